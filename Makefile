@@ -1,0 +1,67 @@
+# dicomvault — `make help` lists the targets. The README's two fresh-machine commands are
+# `make serve` and `make test`; both create .venv/ and build every native part first.
+
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+PIP := $(VPY) -m pip
+DATA ?= ./dicomvault-data
+PYTEST_ARGS ?=
+NATIVE_SRC := $(shell find core/src core/kernels rust/src -type f) rust/build.rs Cargo.toml core/Cargo.toml rust/Cargo.toml pyproject.toml
+STAMP := $(VENV)/.built
+
+.DEFAULT_GOAL := help
+.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench clean sysdeps
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.venv-ok:
+	$(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "maturin>=1.7,<2" "cython>=3.0"
+	touch $@
+
+venv: $(VENV)/.venv-ok ## create .venv with the build tools
+
+# One build step: maturin compiles core + rust and (through rust/build.rs) the Cython kernels
+# into dicomvault._native, installed editable into .venv together with the runtime and test deps.
+$(STAMP): $(VENV)/.venv-ok $(NATIVE_SRC)
+	$(PIP) install -q --no-build-isolation -e '.[test]'
+	touch $@
+
+build: $(STAMP) ## build all native parts and install dicomvault (editable) into .venv
+
+sysdeps: ## install the Debian packages the tests use (needs root; skipped when present)
+	@command -v dcmdump >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk >/dev/null; }
+
+serve: build ## start the archive on $(DATA) (DIMSE on 11112)
+	$(VENV)/bin/dicomvault serve --data $(DATA)
+
+test: build test-rust test-python ## build, then run the Rust and Python suites
+
+test-rust: ## cargo test of the pure-Rust core
+	cargo test -p dicomvault-core --release -q
+
+test-python: build ## pytest (without the slow marker)
+	$(VPY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-full: build test-rust ## every test, slow ones included
+	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+lint: build ## cargo fmt --check, clippy -D warnings, ruff
+	cargo fmt --all --check
+	cargo clippy -p dicomvault-core --all-targets -- -D warnings
+	$(VENV)/bin/ruff check python tests bench
+
+fmt: ## format Rust and Python
+	cargo fmt --all
+	$(VENV)/bin/ruff format python tests bench
+
+bench: build ## pytest-benchmark suites + end-to-end ingest vs the raw device
+	$(VPY) -m pytest bench -q --benchmark-autosave --benchmark-storage=file://bench/.results $(PYTEST_ARGS)
+
+clean: ## remove build outputs (keeps .venv and data)
+	cargo clean
+	rm -f $(STAMP) python/dicomvault/*.so

@@ -1,0 +1,1 @@
+//! Blob store (STUB: interface only, being implemented).

@@ -1,0 +1,332 @@
+"""The `dicomvault` command line. Every command takes `--data DIR` (default ./dicomvault-data).
+
+Read-only commands (ls, stats, export, verify) open the data directory read-only, so they work
+beside a running server or ingest; writers take the directory lock and a second writer is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .engine import DEFAULT_DATA_DIR, Engine, StoreOutcome
+from .errors import DicomVaultError
+
+log = logging.getLogger("dicomvault")
+
+LS_COLUMNS = {
+    "patients": ["PatientID", "PatientName", "PatientBirthDate", "PatientSex", "NumberOfPatientRelatedStudies"],
+    "studies": [
+        "StudyInstanceUID", "PatientID", "PatientName", "StudyDate", "AccessionNumber",
+        "ModalitiesInStudy", "StudyDescription", "NumberOfStudyRelatedInstances",
+    ],
+    "series": [
+        "SeriesInstanceUID", "StudyInstanceUID", "Modality", "SeriesNumber", "SeriesDescription",
+        "NumberOfSeriesRelatedInstances",
+    ],
+    "instances": [
+        "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "SOPClassUID", "InstanceNumber",
+        "Rows", "Columns",
+    ],
+}
+
+
+def _iter_files(paths: Sequence[str]) -> Iterator[Path]:
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                for name in sorted(files):
+                    yield Path(root) / name
+        elif path.exists():
+            yield path
+        else:
+            raise DicomVaultError(f"no such file or directory: {path}")
+
+
+def _batches(files: list[Path], max_files: int = 32, max_bytes: int = 32 << 20) -> Iterator[list[Path]]:
+    batch: list[Path] = []
+    size = 0
+    for f in files:
+        try:
+            fsize = f.stat().st_size
+        except OSError:
+            fsize = 0
+        if batch and (len(batch) >= max_files or size + fsize > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(f)
+        size += fsize
+    if batch:
+        yield batch
+
+
+class _Progress:
+    """One self-rewriting line on stderr (only when it is a terminal, or when forced)."""
+
+    def __init__(self, total_files: int, total_bytes: int, enabled: bool) -> None:
+        self.total_files, self.total_bytes, self.enabled = total_files, total_bytes, enabled
+        self.files = self.bytes = 0
+        self.start = time.monotonic()
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def advance(self, files: int, nbytes: int) -> None:
+        with self._lock:
+            self.files += files
+            self.bytes += nbytes
+            now = time.monotonic()
+            if self.enabled and (now - self._last > 0.2 or self.files == self.total_files):
+                self._last = now
+                frac = self.bytes / self.total_bytes if self.total_bytes else 1.0
+                bar = "#" * int(30 * frac)
+                rate = self.bytes / max(now - self.start, 1e-9) / 1e6
+                sys.stderr.write(
+                    f"\r[{bar:<30}] {self.files}/{self.total_files} files "
+                    f"{self.bytes / 1e6:,.1f}/{self.total_bytes / 1e6:,.1f} MB {rate:,.1f} MB/s"
+                )
+                sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    files = list(_iter_files(args.paths))
+    sizes = {f: (f.stat().st_size if f.exists() else 0) for f in files}
+    total = sum(sizes.values())
+    progress = _Progress(len(files), total, enabled=args.progress or sys.stderr.isatty())
+    stored = duplicates = 0
+    rejected: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    t0 = time.monotonic()
+    with Engine(args.data) as engine:
+
+        def run(batch: list[Path]) -> None:
+            nonlocal stored, duplicates
+            results = engine.store_files(batch)
+            with lock:
+                for path, res in zip(batch, results, strict=True):
+                    if isinstance(res, StoreOutcome):
+                        if res.duplicate:
+                            duplicates += 1
+                        else:
+                            stored += 1
+                    else:
+                        rejected.append((str(path), str(res)))
+                        log.warning("rejected %s: %s", path, res)
+            progress.advance(len(batch), sum(sizes[p] for p in batch))
+
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for fut in [pool.submit(run, b) for b in _batches(files)]:
+                fut.result()
+    progress.done()
+    elapsed = time.monotonic() - t0
+    summary = {
+        "files": len(files),
+        "bytes": total,
+        "seconds": round(elapsed, 3),
+        "mb_per_s": round(total / elapsed / 1e6, 1) if elapsed > 0 else None,
+        "stored": stored,
+        "duplicates": duplicates,
+        "rejected": [{"path": p, "reason": r} for p, r in rejected],
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"{len(files)} files, {total / 1e6:,.1f} MB in {elapsed:.2f} s "
+            f"({summary['mb_per_s']} MB/s): {stored} stored, {duplicates} duplicates, "
+            f"{len(rejected)} rejected"
+        )
+        for p, r in rejected:
+            print(f"  rejected {p}: {r}")
+    return 1 if rejected and args.strict else 0
+
+
+def _level_uid(args: argparse.Namespace) -> tuple[str, str]:
+    for level in ("study", "series", "instance"):
+        uid = getattr(args, level)
+        if uid:
+            return level, uid
+    raise DicomVaultError("give one of --study, --series or --instance")
+
+
+def _add_level_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--study", metavar="UID")
+    g.add_argument("--series", metavar="UID")
+    g.add_argument("--instance", metavar="UID")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    level, uid = _level_uid(args)
+    with Engine(args.data, read_only=True) as engine:
+        paths = engine.export(level, uid, args.output)
+    print(f"exported {len(paths)} files to {args.output}")
+    return 0
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    with Engine(args.data, read_only=True) as engine:
+        rows = [
+            {k: _jsonable(v) for k, v in row.items()}
+            for row in engine.ls(args.what, patient_id=args.patient_id, study=args.study)
+        ]
+    if args.json:
+        print(json.dumps(rows, indent=1, ensure_ascii=False))
+        return 0
+    cols = LS_COLUMNS[args.what]
+    table = [[str(r.get(c, "") if not isinstance(r.get(c), list) else "\\".join(map(str, r[c]))) for c in cols]
+             for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in table]) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    print(f"({len(rows)} {args.what})")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    with Engine(args.data, read_only=True) as engine:
+        report = engine.verify()
+    elapsed = time.monotonic() - t0
+    out = {
+        "checked": report.checked,
+        "ok": report.ok,
+        "damaged": [{"hash": h, "reason": r} for h, r in report.damaged],
+        "missing": report.missing,
+        "unreferenced": report.unreferenced,
+        "bytes": report.bytes,
+        "seconds": round(elapsed, 3),
+        "mb_per_s": round(report.bytes / elapsed / 1e6, 1) if elapsed > 0 else None,
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(
+            f"checked {report.checked} blobs ({report.bytes / 1e6:,.1f} MB stored) in {elapsed:.2f} s: "
+            f"{report.ok} ok, {len(report.damaged)} damaged, {len(report.missing)} missing, "
+            f"{report.unreferenced} unreferenced"
+        )
+        for h, r in report.damaged:
+            print(f"  damaged {h}: {r}")
+        for h in report.missing:
+            print(f"  missing {h}")
+    return 0 if report.clean else 2
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with Engine(args.data, read_only=True) as engine:
+        stats = engine.stats()
+    if args.json:
+        print(json.dumps(stats, indent=2, default=_jsonable))
+        return 0
+    for k, v in stats.items():
+        if k != "tiers":
+            print(f"{k:>20}: {v}")
+    for name, t in stats["tiers"].items():
+        print(f"tier {name}: " + ", ".join(f"{k}={v}" for k, v in t.items()))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    level, uid = _level_uid(args)
+    with Engine(args.data) as engine:
+        n = engine.delete(level, uid)
+        after = engine.stats()
+    print(f"deleted {n} instances; {after['objects']} objects, {after['stored_bytes']:,} bytes stored remain")
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    with Engine(args.data) as engine:
+        print(json.dumps(engine.compact(args.threshold), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicomvault", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data", default=str(DEFAULT_DATA_DIR), metavar="DIR",
+                        help="data directory (default: %(default)s)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", parents=[common], help="store files and folders (recursive)")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("-j", "--jobs", type=int, default=max(2, (os.cpu_count() or 2)),
+                   help="parallel batches (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--progress", action="store_true", help="show progress even when not a terminal")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any file was rejected")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("export", parents=[common], help="write Part-10 files of a study/series/instance")
+    _add_level_args(p)
+    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("ls", parents=[common], help="list patients, studies, series or instances")
+    p.add_argument("what", nargs="?", default="studies", choices=list(LS_COLUMNS))
+    p.add_argument("--patient-id")
+    p.add_argument("--study", metavar="UID")
+    p.add_argument("--json", action="store_true", help="one JSON array of objects keyed by DICOM keywords")
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("verify", parents=[common], help="re-read every blob and check its hash")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("stats", parents=[common], help="objects, bytes, compression, tiers")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("delete", parents=[common], help="delete a study/series/instance and reclaim space")
+    _add_level_args(p)
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("compact", parents=[common], help="rewrite volumes whose garbage passed a threshold")
+    p.add_argument("--threshold", type=float, default=0.25)
+    p.set_defaults(func=cmd_compact)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.func(args)
+    except DicomVaultError as exc:
+        print(f"dicomvault {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

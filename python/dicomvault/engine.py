@@ -1,0 +1,294 @@
+"""The one facade the rest of Python calls: store, read, export, delete, verify.
+
+Data path of a store: native core (parse, hash, compress, durable append; GIL released) →
+index commit (one atomic batch, group-synced WAL) → acknowledge. The blob is durable before the
+index names it, so a crash between the two leaves at most an unreferenced blob, never an index
+entry without bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+
+from . import _native  # type: ignore[attr-defined]
+from .attributes import decode_attrs
+from .errors import DicomVaultError, RejectedError, UnknownObjectError
+from .index import Index
+from .locks import ReadWriteLock
+
+DEFAULT_DATA_DIR = Path("./dicomvault-data")
+HOT_TIER = "hot"
+LEVELS = ("study", "series", "instance")
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """What happened to one object that was accepted."""
+
+    sop_instance_uid: str
+    study_instance_uid: str
+    sop_class_uid: str
+    hash: bytes
+    logical_len: int
+    stored_len: int
+    duplicate: bool
+    replaced: bool = False
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    ok: int = 0
+    bytes: int = 0
+    damaged: list[tuple[str, str]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unreferenced: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not self.damaged and not self.missing
+
+
+def _synth_prefix(attrs: dict[str, Any], transfer_syntax: str) -> bytes:
+    """Preamble + DICM + file meta for a dataset that arrived without one (DIMSE, STOW)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = str(attrs.get("SOPClassUID", ""))
+    meta.MediaStorageSOPInstanceUID = str(attrs.get("SOPInstanceUID", ""))
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "DICOMVAULT_010"
+    buf = io.BytesIO()
+    buf.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    return buf.getvalue()
+
+
+class Engine:
+    """An open data directory: `<data>/blobs` (native blob store) + `<data>/index` (RocksDB).
+
+    A writable engine holds the directory's lock (taken by the blob store); a read-only one takes
+    no lock and can run beside a writer (CLI `ls`, `stats`, `export`, `verify`).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] = DEFAULT_DATA_DIR,
+        *,
+        read_only: bool = False,
+        sync: bool = True,
+        level: int = 1,
+        volume_size: int = 1 << 30,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.read_only = read_only
+        if read_only:
+            if not (self.data_dir / "index").exists():
+                raise DicomVaultError(f"no dicomvault data directory at {self.data_dir}")
+        else:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        # The blob store first: it takes the directory lock, so a second writer fails here
+        # with a clear error before touching the index.
+        self.vault = _native.Vault(
+            str(self.data_dir / "blobs"),
+            read_only=read_only,
+            sync=sync,
+            level=level,
+            volume_size=volume_size,
+        )
+        try:
+            self.index = Index.open(str(self.data_dir / "index"), read_only=read_only)
+        except BaseException:
+            self.vault.close()
+            raise
+        self._lock = ReadWriteLock()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.index.close()
+        self.vault.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- store -----------------------------------------------------------------------------------
+    def _record(self, native: dict[str, Any], prefix: bytes | None) -> dict[str, Any]:
+        attrs = decode_attrs(native["attrs"])
+        for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            if not attrs.get(key):
+                raise RejectedError(f"missing {key}")
+        return {
+            "attrs": attrs,
+            "hash": native["hash"],
+            "prefix": prefix,
+            "transfer_syntax": native["transfer_syntax"],
+            "logical_len": native["logical_len"],
+            "stored_len": native["stored_len"],
+            "codec": native["codec"],
+            "tier": HOT_TIER,
+            "received_at": time.time(),
+        }
+
+    def _commit(self, records: list[dict[str, Any]]) -> list[StoreOutcome]:
+        results = self.index.add_instances(records)
+        released: list[bytes] = []
+        outcomes = []
+        for rec, res in zip(records, results, strict=True):
+            released.extend(res.released_blobs)
+            attrs = rec["attrs"]
+            outcomes.append(
+                StoreOutcome(
+                    sop_instance_uid=str(attrs["SOPInstanceUID"]),
+                    study_instance_uid=str(attrs["StudyInstanceUID"]),
+                    sop_class_uid=str(attrs.get("SOPClassUID", "")),
+                    hash=rec["hash"],
+                    logical_len=rec["logical_len"],
+                    stored_len=rec["stored_len"],
+                    duplicate=res.duplicate,
+                    replaced=res.replaced,
+                )
+            )
+        if released:
+            self.vault.delete(released)
+        return outcomes
+
+    def store_files(self, paths: Sequence[str | os.PathLike[str]]) -> list[StoreOutcome | Exception]:
+        """Stores files (Part-10 or bare datasets); one result per path, in order.
+
+        A rejected file yields its exception in its slot and stores nothing; the others go on.
+        """
+        with self._lock.shared():
+            natives = self.vault.ingest_files([os.fspath(p) for p in paths])
+            results: list[StoreOutcome | Exception] = list(natives)
+            records, slots = [], []
+            for i, native in enumerate(natives):
+                if isinstance(native, Exception):
+                    continue
+                try:
+                    records.append(self._record(native, bytes(native["prefix"])))
+                    slots.append(i)
+                except DicomVaultError as exc:
+                    results[i] = exc
+            if records:
+                for i, outcome in zip(slots, self._commit(records), strict=True):
+                    results[i] = outcome
+            return results
+
+    def store_dataset(self, dataset: bytes, transfer_syntax: str) -> StoreOutcome:
+        """Stores one dataset received without file meta (DIMSE C-STORE, STOW-RS)."""
+        with self._lock.shared():
+            native = self.vault.ingest_dataset(dataset, transfer_syntax)
+            return self._commit([self._record(native, None)])[0]
+
+    # -- read ------------------------------------------------------------------------------------
+    def instances(self, level: str, uid: str) -> list[dict[str, Any]]:
+        if level not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+        found = list(self.index.instances_of(level, uid))
+        if not found:
+            raise UnknownObjectError(level, uid)
+        return found
+
+    def read_dataset(self, sop_instance_uid: str) -> tuple[str, bytes]:
+        """(transfer syntax UID, dataset bytes as received), hash-verified."""
+        rec = self.index.get_instance(sop_instance_uid)
+        if rec is None:
+            raise UnknownObjectError("instance", sop_instance_uid)
+        return self.vault.read(rec["hash"])
+
+    def file_prefix(self, rec: dict[str, Any]) -> bytes:
+        prefix = rec.get("prefix")
+        if prefix is None:
+            return _synth_prefix(rec["attrs"], rec["transfer_syntax"])
+        return bytes(prefix)
+
+    def read_file(self, sop_instance_uid: str) -> bytes:
+        """The object as a Part-10 file (byte-identical to the ingested file, if it came as one)."""
+        rec = self.index.get_instance(sop_instance_uid)
+        if rec is None:
+            raise UnknownObjectError("instance", sop_instance_uid)
+        _, dataset = self.vault.read(rec["hash"])
+        return self.file_prefix(rec) + dataset
+
+    def export(self, level: str, uid: str, out_dir: str | os.PathLike[str]) -> list[Path]:
+        """Writes `<out>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm` for every instance under uid."""
+        out = Path(out_dir)
+        items, paths = [], []
+        for rec in self.instances(level, uid):
+            a = rec["attrs"]
+            path = out / str(a["StudyInstanceUID"]) / str(a["SeriesInstanceUID"]) / f"{a['SOPInstanceUID']}.dcm"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            items.append((rec["hash"], self.file_prefix(rec), str(path)))
+            paths.append(path)
+        errors = [e for e in self.vault.export_files(items) if e is not None]
+        if errors:
+            raise errors[0]
+        return paths
+
+    # -- delete / maintenance --------------------------------------------------------------------
+    def delete(self, level: str, uid: str, *, compact_threshold: float = 0.25) -> int:
+        """Deletes everything under uid; frees blobs no other instance references and compacts
+        volumes whose garbage passed the threshold. Returns the number of instances deleted."""
+        if level not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+        with self._lock.exclusive():
+            res = self.index.delete(level, uid)
+            if res.deleted == 0:
+                raise UnknownObjectError(level, uid)
+            if res.released_blobs:
+                self.vault.delete(list(res.released_blobs))
+            self.vault.compact(compact_threshold)
+            return res.deleted
+
+    def compact(self, threshold: float = 0.25) -> dict[str, Any]:
+        with self._lock.exclusive():
+            return self.vault.compact(threshold)
+
+    def verify(self) -> VerifyReport:
+        """Re-reads every blob, checks its hash, and checks the index names no missing blob."""
+        native = self.vault.verify()
+        report = VerifyReport(
+            checked=native["checked"],
+            ok=native["ok"],
+            bytes=native["bytes"],
+            damaged=[(h.hex(), msg) for h, msg in native["damaged"]],
+        )
+        present = set(self.vault.hashes())
+        referenced = 0
+        for h, _rec in self.index.blobs():
+            referenced += 1
+            if h not in present:
+                report.missing.append(h.hex())
+        report.unreferenced = max(0, len(present) - (referenced - len(report.missing)))
+        return report
+
+    def stats(self) -> dict[str, Any]:
+        idx = dict(self.index.stats())
+        tiers = {HOT_TIER: self.vault.stats()}
+        logical = int(idx.get("logical_bytes", 0))
+        stored = int(idx.get("stored_bytes", 0))
+        idx["compression_ratio"] = round(logical / stored, 3) if stored else None
+        idx["tiers"] = tiers
+        return idx
+
+    def ls(self, what: str, *, patient_id: str | None = None, study: str | None = None) -> Iterable[dict[str, Any]]:
+        """Rows for `dicomvault ls`: patients, studies, series or instances, as keyword dicts."""
+        query: dict[str, str] = {}
+        if patient_id is not None:
+            query["PatientID"] = patient_id
+        if study is not None:
+            query["StudyInstanceUID"] = study
+        level = {"patients": "PATIENT", "studies": "STUDY", "series": "SERIES", "instances": "IMAGE"}[what]
+        return self.index.find(level, query)

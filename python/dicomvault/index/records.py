@@ -1,0 +1,246 @@
+"""Value encoding: one version byte followed by a msgpack map.
+
+The map uses the dataclass field names as keys so that any language with a
+msgpack library can read the index.  Decoding ignores unknown fields and fills
+missing ones with their defaults, so fields can be added without bumping
+``RECORD_VERSION``; only incompatible changes need a new version byte.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
+
+import msgpack
+
+from .errors import RecordDecodeError
+
+RECORD_VERSION = 1
+
+# Level-specific keyword sets: which attributes of an incoming instance are
+# kept on the patient / study / series records (and therefore answer queries
+# at those levels).  Every attribute is kept on the instance record.
+PATIENT_KEYWORDS: frozenset[str] = frozenset(
+    {
+        "PatientName", "PatientID", "IssuerOfPatientID", "TypeOfPatientID",
+        "OtherPatientIDs", "OtherPatientNames", "PatientBirthDate", "PatientBirthTime",
+        "PatientSex", "EthnicGroup", "PatientComments", "ResponsiblePerson",
+        "PatientSpeciesDescription", "PatientBreedDescription", "PatientIdentityRemoved",
+        "PatientMotherBirthName",
+    }
+)
+STUDY_KEYWORDS: frozenset[str] = frozenset(
+    {
+        "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "StudyID",
+        "ReferringPhysicianName", "StudyDescription", "PhysiciansOfRecord",
+        "NameOfPhysiciansReadingStudy", "AdmittingDiagnosesDescription", "PatientAge",
+        "PatientSize", "PatientWeight", "Occupation", "AdditionalPatientHistory",
+        "OtherStudyNumbers", "StudyStatusID", "RequestedProcedureDescription",
+        "RequestedProcedureID", "InstitutionName", "TimezoneOffsetFromUTC",
+        "SpecificCharacterSet", "IssuerOfAccessionNumberSequence",
+    }
+)
+SERIES_KEYWORDS: frozenset[str] = frozenset(
+    {
+        "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription", "SeriesDate",
+        "SeriesTime", "BodyPartExamined", "Laterality", "ProtocolName",
+        "PerformingPhysicianName", "OperatorsName", "PerformedProcedureStepStartDate",
+        "PerformedProcedureStepStartTime", "PerformedProcedureStepID",
+        "PerformedProcedureStepDescription", "Manufacturer", "ManufacturerModelName",
+        "StationName", "InstitutionName", "InstitutionalDepartmentName",
+        "FrameOfReferenceUID", "PatientPosition", "SeriesType",
+    }
+)
+
+
+class Record:
+    """Mixin: msgpack (de)serialisation of a flat dataclass."""
+
+    KIND: ClassVar[str] = "record"
+    _FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        """Plain dict of the fields (shallow; attrs dicts are shared)."""
+        return {f: getattr(self, f) for f in self._FIELDS}
+
+    def encode(self) -> bytes:
+        """Version byte + msgpack map."""
+        return bytes((RECORD_VERSION,)) + msgpack.packb(self.to_wire(), use_bin_type=True)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Self:
+        """Inverse of :meth:`encode`; raises RecordDecodeError on bad input."""
+        if not raw or raw[0] != RECORD_VERSION:
+            ver = raw[0] if raw else None
+            raise RecordDecodeError(cls.KIND, f"unsupported record version {ver!r}")
+        try:
+            data = msgpack.unpackb(raw[1:], raw=False, strict_map_key=True)
+        except (ValueError, msgpack.UnpackException) as exc:
+            raise RecordDecodeError(cls.KIND, str(exc)) from exc
+        if not isinstance(data, dict):
+            raise RecordDecodeError(cls.KIND, f"expected a map, got {type(data).__name__}")
+        fields = cls._FIELDS
+        return cls(**{k: v for k, v in data.items() if k in fields})  # type: ignore[call-arg]
+
+
+def _finish(cls: type[Record]) -> type[Record]:
+    cls._FIELDS = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    return cls
+
+
+@_finish
+@dataclass(slots=True)
+class PatientRecord(Record):
+    """One patient, keyed by PatientID (patients CF)."""
+
+    KIND: ClassVar[str] = "patient"
+    patient_id: str = ""
+    attrs: dict[str, str] = field(default_factory=dict)
+    num_studies: int = 0
+    num_series: int = 0
+    num_instances: int = 0
+    logical_bytes: int = 0
+    stored_bytes: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@_finish
+@dataclass(slots=True)
+class StudyRecord(Record):
+    """One study (studies CF). ``attrs`` holds patient- and study-level attributes."""
+
+    KIND: ClassVar[str] = "study"
+    study_uid: str = ""
+    patient_id: str = ""
+    attrs: dict[str, str] = field(default_factory=dict)
+    num_series: int = 0
+    num_instances: int = 0
+    # modality -> number of series with that modality (ModalitiesInStudy)
+    modalities: dict[str, int] = field(default_factory=dict)
+    # SOP Class UID -> number of instances (SOPClassesInStudy)
+    sop_classes: dict[str, int] = field(default_factory=dict)
+    logical_bytes: int = 0
+    stored_bytes: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    def modalities_in_study(self) -> list[str]:
+        """Sorted distinct modalities of the study's series."""
+        return sorted(m for m, n in self.modalities.items() if n > 0)
+
+
+@_finish
+@dataclass(slots=True)
+class SeriesRecord(Record):
+    """One series (series CF, keyed by study UID + series UID)."""
+
+    KIND: ClassVar[str] = "series"
+    study_uid: str = ""
+    series_uid: str = ""
+    modality: str = ""
+    series_number: int | None = None
+    attrs: dict[str, str] = field(default_factory=dict)
+    num_instances: int = 0
+    logical_bytes: int = 0
+    stored_bytes: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@_finish
+@dataclass(slots=True)
+class InstanceRecord(Record):
+    """One SOP instance (instances CF, keyed by SOP Instance UID).
+
+    ``prefix`` is the original Part-10 preamble + file meta so that export is
+    byte-identical; ``hash`` names the blob holding the dataset.
+    """
+
+    KIND: ClassVar[str] = "instance"
+    sop_uid: str = ""
+    series_uid: str = ""
+    study_uid: str = ""
+    patient_id: str = ""
+    sop_class_uid: str = ""
+    instance_number: int | None = None
+    hash: bytes = b""
+    prefix: bytes = b""
+    transfer_syntax: str = ""
+    logical_len: int = 0
+    stored_len: int = 0
+    codec: int = 0
+    tier: str = "hot"
+    received_at: float = 0.0
+    attrs: dict[str, str] = field(default_factory=dict)
+
+
+@_finish
+@dataclass(slots=True)
+class BlobRecord(Record):
+    """One content-addressed blob (blobs CF, keyed by the 32-byte hash)."""
+
+    KIND: ClassVar[str] = "blob"
+    hash: bytes = b""
+    refcount: int = 0
+    logical_len: int = 0
+    stored_len: int = 0
+    codec: int = 0
+    tier: str = "hot"
+    created_at: float = 0.0
+
+
+# Change kinds written to the feed.
+STORED = "stored"
+REPLACED = "replaced"
+DELETED = "deleted"
+MOVED = "moved"
+METADATA_UPDATED = "metadata_updated"
+CHANGE_KINDS: frozenset[str] = frozenset({STORED, REPLACED, DELETED, MOVED, METADATA_UPDATED})
+
+
+@_finish
+@dataclass(slots=True)
+class Change(Record):
+    """One change-feed entry (feed CF, keyed by big-endian u64 ``seq``)."""
+
+    KIND: ClassVar[str] = "change"
+    seq: int = 0
+    kind: str = STORED
+    level: str = "instance"
+    at: float = 0.0
+    sop_uid: str = ""
+    series_uid: str = ""
+    study_uid: str = ""
+    patient_id: str = ""
+    hash: bytes | None = None
+    old_hash: bytes | None = None
+    logical_len: int = 0
+
+
+@_finish
+@dataclass(slots=True)
+class Stats(Record):
+    """Running counters kept in the meta CF, updated in every write batch."""
+
+    KIND: ClassVar[str] = "stats"
+    objects: int = 0
+    logical_bytes: int = 0
+    # sum of the per-instance stored_len of every indexed instance
+    stored_bytes: int = 0
+    patients: int = 0
+    studies: int = 0
+    series: int = 0
+    blobs: int = 0
+    # distinct blobs' stored size (what is actually on disk after dedup)
+    blob_bytes: int = 0
+    last_seq: int = 0
+
+    def copy(self) -> Stats:
+        """Independent copy (for building a batch without touching the live one)."""
+        return Stats(**self.to_wire())
+
+    def as_dict(self) -> dict[str, int]:
+        """Public dict form returned by Index.stats()."""
+        return {k: int(v) for k, v in self.to_wire().items()}

@@ -1,0 +1,182 @@
+"""Secondary index definitions (``idx`` column family) and entry derivation.
+
+An index entry is ``id(1 byte) E(term) <target>`` with an empty value, where
+``term`` is the normalised attribute value and ``<target>`` is the primary key
+of the indexed record in its own column family:
+
+====  =====================  ========  ==============================================
+id    keyword                level     target
+====  =====================  ========  ==============================================
+0x01  PatientName (PN)       PATIENT   ``E(PatientID)``
+0x10  PatientID              STUDY     ``E(StudyInstanceUID)``
+0x11  PatientName (PN)       STUDY     ``E(StudyInstanceUID)``
+0x12  StudyDate (DA)         STUDY     ``E(StudyInstanceUID)``
+0x13  AccessionNumber        STUDY     ``E(StudyInstanceUID)``
+0x14  ModalitiesInStudy      STUDY     ``E(StudyInstanceUID)``
+0x20  SeriesInstanceUID      SERIES    ``E(StudyInstanceUID)``  (series key = term+target)
+0x21  Modality               SERIES    ``E(StudyInstanceUID) E(SeriesInstanceUID)``
+0x30  SOPClassUID            IMAGE     ``E(SOPInstanceUID)``
+0x3F  (hierarchy)            IMAGE     ``E(study) E(series) u32(InstanceNumber) E(sop)``
+====  =====================  ========  ==============================================
+
+The hierarchy index (0x3F) has no term: it lists the instances of a study or
+series in (series, InstanceNumber, SOP UID) order and drives deletes and
+``instances_of``.  Entries are recomputed from the record before and after a
+change and only the difference is written, so any attribute update keeps the
+index exact.  Extra indexes (configurable later) take ids >= 0x80.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import keys
+from .records import InstanceRecord, PatientRecord, SeriesRecord, StudyRecord
+
+PATIENT = "PATIENT"
+STUDY = "STUDY"
+SERIES = "SERIES"
+IMAGE = "IMAGE"
+
+IDX_HIERARCHY = 0x3F
+
+# term kinds: how a stored value is split/normalised into index terms
+PN = "PN"
+DATE = "DA"
+UID = "UI"
+TEXT = "TEXT"
+
+
+def terms_for(kind: str, value: str | None) -> list[str]:
+    """Index terms of a stored value (same normalisation as the query side)."""
+    if kind == PN:
+        return keys.pn_index_terms(value)
+    if kind == DATE:
+        return [t for t in (keys.norm_date(v) for v in (value or "").split("\\")) if t]
+    if kind == UID:
+        return [t for t in (keys.norm_uid(v) for v in (value or "").split("\\")) if t]
+    return keys.multi_values(value)
+
+
+def norm_term(kind: str, value: str) -> str:
+    """Normalise one query literal the way stored terms are normalised."""
+    if kind == PN:
+        return keys.norm_pn(value)
+    if kind == DATE:
+        return keys.norm_date(value)
+    if kind == UID:
+        return keys.norm_uid(value)
+    return keys.norm_text(value)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexSpec:
+    """One secondary index: which keyword of which level, and how to split it."""
+
+    id: int
+    level: str
+    keyword: str
+    kind: str
+
+    @property
+    def prefix(self) -> bytes:
+        """Key prefix shared by every entry of this index."""
+        return bytes((self.id,))
+
+
+IDX_PATIENT_NAME = IndexSpec(0x01, PATIENT, "PatientName", PN)
+IDX_STUDY_PATIENT_ID = IndexSpec(0x10, STUDY, "PatientID", TEXT)
+IDX_STUDY_PATIENT_NAME = IndexSpec(0x11, STUDY, "PatientName", PN)
+IDX_STUDY_DATE = IndexSpec(0x12, STUDY, "StudyDate", DATE)
+IDX_ACCESSION = IndexSpec(0x13, STUDY, "AccessionNumber", TEXT)
+IDX_MODALITIES = IndexSpec(0x14, STUDY, "ModalitiesInStudy", TEXT)
+IDX_SERIES_UID = IndexSpec(0x20, SERIES, "SeriesInstanceUID", UID)
+IDX_SERIES_MODALITY = IndexSpec(0x21, SERIES, "Modality", TEXT)
+IDX_SOP_CLASS = IndexSpec(0x30, IMAGE, "SOPClassUID", UID)
+
+INDEXES: tuple[IndexSpec, ...] = (
+    IDX_PATIENT_NAME, IDX_STUDY_PATIENT_ID, IDX_STUDY_PATIENT_NAME, IDX_STUDY_DATE,
+    IDX_ACCESSION, IDX_MODALITIES, IDX_SERIES_UID, IDX_SERIES_MODALITY, IDX_SOP_CLASS,
+)
+
+# level -> keyword -> spec
+BY_LEVEL: dict[str, dict[str, IndexSpec]] = {}
+for _spec in INDEXES:
+    BY_LEVEL.setdefault(_spec.level, {})[_spec.keyword] = _spec
+
+
+def entry_key(spec: IndexSpec, term: str, target: bytes) -> bytes:
+    """Full idx key of one entry."""
+    return spec.prefix + keys.encode(term) + target
+
+
+def hierarchy_key(study_uid: str, series_uid: str, instance_number: int | None, sop_uid: str) -> bytes:
+    """Hierarchy index key of one instance."""
+    return (
+        bytes((IDX_HIERARCHY,))
+        + keys.encode(study_uid)
+        + keys.encode(series_uid)
+        + keys.u32(keys.instance_number_key(instance_number))
+        + keys.encode(sop_uid)
+    )
+
+
+def hierarchy_prefix(study_uid: str, series_uid: str | None = None) -> bytes:
+    """Prefix of the hierarchy entries of a study (or of one of its series)."""
+    p = bytes((IDX_HIERARCHY,)) + keys.encode(study_uid)
+    if series_uid is not None:
+        p += keys.encode(series_uid)
+    return p
+
+
+def sop_from_hierarchy_key(k: bytes, prefix_len: int = 1) -> str:
+    """SOP Instance UID at the end of a hierarchy key."""
+    _, pos = keys.decode_at(k, prefix_len)
+    _, pos = keys.decode_at(k, pos)
+    return keys.decode_at(k, pos + 4)[0]
+
+
+def _add(out: dict[bytes, bytes], spec: IndexSpec, values: list[str], target: bytes) -> None:
+    for term in values:
+        out[entry_key(spec, term, target)] = b""
+
+
+def patient_entries(rec: PatientRecord) -> dict[bytes, bytes]:
+    """Index entries of a patient record."""
+    out: dict[bytes, bytes] = {}
+    _add(out, IDX_PATIENT_NAME, terms_for(PN, rec.attrs.get("PatientName")), keys.encode(rec.patient_id))
+    return out
+
+
+def study_entries(rec: StudyRecord) -> dict[bytes, bytes]:
+    """Index entries of a study record."""
+    out: dict[bytes, bytes] = {}
+    target = keys.encode(rec.study_uid)
+    a = rec.attrs
+    _add(out, IDX_STUDY_PATIENT_ID, [rec.patient_id], target)
+    _add(out, IDX_STUDY_PATIENT_NAME, terms_for(PN, a.get("PatientName")), target)
+    _add(out, IDX_STUDY_DATE, terms_for(DATE, a.get("StudyDate")), target)
+    _add(out, IDX_ACCESSION, terms_for(TEXT, a.get("AccessionNumber")), target)
+    _add(out, IDX_MODALITIES, rec.modalities_in_study(), target)
+    return out
+
+
+def series_entries(rec: SeriesRecord) -> dict[bytes, bytes]:
+    """Index entries of a series record."""
+    out: dict[bytes, bytes] = {}
+    study = keys.encode(rec.study_uid)
+    out[entry_key(IDX_SERIES_UID, rec.series_uid, study)] = b""
+    _add(out, IDX_SERIES_MODALITY, terms_for(TEXT, rec.modality), study + keys.encode(rec.series_uid))
+    return out
+
+
+def instance_entries(rec: InstanceRecord) -> dict[bytes, bytes]:
+    """Index entries of an instance record."""
+    out: dict[bytes, bytes] = {}
+    _add(out, IDX_SOP_CLASS, terms_for(UID, rec.sop_class_uid), keys.encode(rec.sop_uid))
+    out[hierarchy_key(rec.study_uid, rec.series_uid, rec.instance_number, rec.sop_uid)] = b""
+    return out
+
+
+EntriesFn = Callable[[object], dict[bytes, bytes]]

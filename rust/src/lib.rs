@@ -1,0 +1,36 @@
+//! dicomvault._native: PyO3 bindings of dicomvault-core.
+//!
+//! Glue only: type conversion, the one error funnel (errors.rs), GIL release around every call that
+//! touches bytes, and batch entry points so Python crosses the boundary once per batch.
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    #[cfg(feature = "extension-module")]
+    kernels::register(m)?;
+    Ok(())
+}
+
+#[cfg(feature = "extension-module")]
+mod kernels {
+    use pyo3::prelude::*;
+    use pyo3::types::PyDict;
+
+    extern "C" {
+        fn PyInit__kernels() -> *mut pyo3::ffi::PyObject;
+    }
+
+    /// Creates the Cython module and makes it importable as `dicomvault._kernels`.
+    pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        let py = m.py();
+        // SAFETY: the init function is Cython's single-phase init (see build.rs); it returns a new
+        // reference to the module or NULL with a Python exception set.
+        let module = unsafe { Bound::from_owned_ptr_or_err(py, PyInit__kernels())? };
+        let modules = py.import("sys")?.getattr("modules")?.cast_into::<PyDict>()?;
+        modules.set_item("dicomvault._kernels", &module)?;
+        m.add("_kernels", module)?;
+        Ok(())
+    }
+}

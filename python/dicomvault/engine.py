@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 from . import _native  # type: ignore[attr-defined]
 from .attributes import decode_attrs
-from .errors import DicomVaultError, RejectedError, UnknownObjectError
+from .errors import DicomVaultError, RejectedError, StorageFullError, UnknownObjectError
 from .index import Index
 from .locks import ReadWriteLock
 
@@ -88,8 +88,10 @@ class Engine:
         sync: bool = True,
         level: int = 1,
         volume_size: int = 1 << 30,
+        min_free_bytes: int = 64 << 20,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.min_free_bytes = min_free_bytes
         self.read_only = read_only
         if read_only:
             if not (self.data_dir / "index").exists():
@@ -124,6 +126,20 @@ class Engine:
         self.close()
 
     # -- store -----------------------------------------------------------------------------------
+    def _check_headroom(self, incoming: int = 0) -> None:
+        """Refuses new objects while free space is under the reserve.
+
+        Why a reserve: the blob store cleans up after ENOSPC by itself, but the index (RocksDB)
+        turns read-only on a failed WAL write; keeping headroom means the index can always commit
+        what the blob store accepted, and deletes can still run to free space.
+        """
+        st = os.statvfs(self.data_dir)
+        free = st.f_bavail * st.f_frsize
+        if free - incoming < self.min_free_bytes:
+            raise StorageFullError(
+                f"only {free:,} bytes free on {self.data_dir}, reserve is {self.min_free_bytes:,}"
+            )
+
     def _record(self, native: dict[str, Any], prefix: bytes | None) -> dict[str, Any]:
         attrs = decode_attrs(native["attrs"])
         for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
@@ -169,8 +185,16 @@ class Engine:
 
         A rejected file yields its exception in its slot and stores nothing; the others go on.
         """
+        return self._store_batch(lambda: self.vault.ingest_files([os.fspath(p) for p in paths]))
+
+    def store_buffers(self, buffers: Sequence[bytes]) -> list[StoreOutcome | Exception]:
+        """Like store_files, for Part-10 files already in memory (STOW-RS bodies, generators)."""
+        return self._store_batch(lambda: self.vault.ingest_buffers(list(buffers)))
+
+    def _store_batch(self, ingest: Callable[[], list[Any]]) -> list[StoreOutcome | Exception]:
         with self._lock.shared():
-            natives = self.vault.ingest_files([os.fspath(p) for p in paths])
+            self._check_headroom()
+            natives = ingest()
             results: list[StoreOutcome | Exception] = list(natives)
             records, slots = [], []
             for i, native in enumerate(natives):
@@ -189,6 +213,7 @@ class Engine:
     def store_dataset(self, dataset: bytes, transfer_syntax: str) -> StoreOutcome:
         """Stores one dataset received without file meta (DIMSE C-STORE, STOW-RS)."""
         with self._lock.shared():
+            self._check_headroom(len(dataset))
             native = self.vault.ingest_dataset(dataset, transfer_syntax)
             return self._commit([self._record(native, None)])[0]
 

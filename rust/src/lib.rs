@@ -5,9 +5,12 @@
 
 use pyo3::prelude::*;
 
+mod errors;
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    errors::register(m)?;
     #[cfg(feature = "extension-module")]
     kernels::register(m)?;
     Ok(())

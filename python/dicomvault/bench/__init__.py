@@ -1,0 +1,1 @@
+"""Synthetic workloads and the `dicomvault bench` driver."""

@@ -1,0 +1,647 @@
+"""C-FIND / QIDO matching (PS3.4 C.2.2.2) and candidate selection.
+
+A query is a level (PATIENT, STUDY, SERIES, IMAGE) and a dict keyword ->
+match string.  Every key in the dict is a *return key*; the non-universal
+ones are also *matching keys*.  Supported match forms (:func:`parse_match`):
+
+* universal: ``""`` or ``"*"`` (matches anything, including absent values);
+* empty value: ``'""'`` (matches only absent/zero-length values);
+* single value: exact, case-sensitive except PN (case-insensitive, normalised
+  like the index: upper-case, trailing empty ``^`` components dropped);
+* wildcard: ``*`` (any run) and ``?`` (one character);
+* range for DA/TM/DT: ``A-B``, ``A-``, ``-B`` (inclusive; a partial upper
+  bound includes every value it prefixes);
+* list: ``a\\b\\c`` (UID list matching for UI; for other VRs each element is a
+  single-value or wildcard matcher, any may match: the form QIDO uses for
+  comma lists).
+
+Stored multi-valued attributes (``CT\\MR``) match if any value matches.  A key
+that the entity does not hold matches only universal and empty-value keys.
+
+Planning: every matching key served by a primary key or a secondary index
+(at the query level or, for SERIES/IMAGE, an upper level expanded downwards)
+becomes a candidate source.  Each source is probed (up to ``PROBE_CAP``
+index entries) and scaled by the average fan-out to the query level; the
+cheapest source is scanned, its candidates are loaded with multi-gets, and
+*all* matching keys are checked in Python on the stored record.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import ChainMap
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from rocksdict import ReadOptions
+
+from . import keys, secondary
+from .errors import QueryError
+from .records import InstanceRecord, PatientRecord, SeriesRecord, Stats, StudyRecord
+from .schema import CF_IDX, CF_INSTANCES, CF_PATIENTS, CF_SERIES, CF_STUDIES
+from .secondary import IMAGE, PATIENT, SERIES, STUDY, IndexSpec
+
+LEVELS: tuple[str, ...] = (PATIENT, STUDY, SERIES, IMAGE)
+_LEVEL_ALIASES = {"INSTANCE": IMAGE, "IMAGES": IMAGE, "INSTANCES": IMAGE, "STUDIES": STUDY,
+                  "PATIENTS": PATIENT}
+UNIQUE_KEY: dict[str, str] = {
+    PATIENT: "PatientID", STUDY: "StudyInstanceUID", SERIES: "SeriesInstanceUID",
+    IMAGE: "SOPInstanceUID",
+}
+PROBE_CAP = 512
+_CHUNK = 256
+
+# VRs of the keywords we index or compute; others are looked up in pydicom's
+# dictionary on first use (importing pydicom costs ~0.3 s, so avoid it).
+_KNOWN_VR: dict[str, str] = {
+    "PatientName": "PN", "PatientID": "LO", "IssuerOfPatientID": "LO", "PatientBirthDate": "DA",
+    "PatientBirthTime": "TM", "PatientSex": "CS", "OtherPatientIDs": "LO", "OtherPatientNames": "PN",
+    "StudyInstanceUID": "UI", "StudyDate": "DA", "StudyTime": "TM", "AccessionNumber": "SH",
+    "StudyID": "SH", "ReferringPhysicianName": "PN", "StudyDescription": "LO",
+    "ModalitiesInStudy": "CS", "SOPClassesInStudy": "UI", "NumberOfStudyRelatedSeries": "IS",
+    "NumberOfStudyRelatedInstances": "IS", "NumberOfPatientRelatedStudies": "IS",
+    "NumberOfPatientRelatedSeries": "IS", "NumberOfPatientRelatedInstances": "IS",
+    "SeriesInstanceUID": "UI", "Modality": "CS", "SeriesNumber": "IS", "SeriesDescription": "LO",
+    "SeriesDate": "DA", "SeriesTime": "TM", "NumberOfSeriesRelatedInstances": "IS",
+    "BodyPartExamined": "CS", "PerformedProcedureStepStartDate": "DA",
+    "PerformedProcedureStepStartTime": "TM", "SOPInstanceUID": "UI", "SOPClassUID": "UI",
+    "InstanceNumber": "IS", "AcquisitionDate": "DA", "ContentDate": "DA", "AcquisitionTime": "TM",
+    "ContentTime": "TM", "AcquisitionDateTime": "DT", "AvailableTransferSyntaxUID": "UI",
+    "InstitutionName": "LO", "PhysiciansOfRecord": "PN", "NameOfPhysiciansReadingStudy": "PN",
+    "PerformingPhysicianName": "PN", "OperatorsName": "PN", "FrameOfReferenceUID": "UI",
+    "Manufacturer": "LO", "StationName": "SH", "ProtocolName": "LO", "Laterality": "CS",
+}
+_COUNT_KEYS_PATIENT = frozenset(
+    {"NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries", "NumberOfPatientRelatedInstances"}
+)
+
+
+@lru_cache(maxsize=4096)
+def vr_of(keyword: str) -> str:
+    """VR of a DICOM keyword (``LO`` for unknown/private keywords)."""
+    vr = _KNOWN_VR.get(keyword)
+    if vr is not None:
+        return vr
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        return "LO"
+    try:
+        return str(dictionary_VR(tag)).split(" ")[0]
+    except KeyError:
+        return "LO"
+
+
+def normalise_level(level: str) -> str:
+    """Upper-case and validate a Query/Retrieve level name."""
+    lv = level.strip().upper()
+    lv = _LEVEL_ALIASES.get(lv, lv)
+    if lv not in LEVELS:
+        raise QueryError(f"unknown query level {level!r}; expected one of {', '.join(LEVELS)}")
+    return lv
+
+
+# ---------------------------------------------------------------------------
+# Matchers
+# ---------------------------------------------------------------------------
+
+UNIVERSAL = "universal"
+EMPTY = "empty"
+SINGLE = "single"
+WILDCARD = "wildcard"
+RANGE = "range"
+LIST = "list"
+
+
+def _norm_literal(vr: str, value: str) -> str:
+    if vr == "PN":
+        return keys.norm_pn(value)
+    if vr == "DA":
+        return keys.norm_date(value)
+    if vr == "TM":
+        return keys.norm_time(value)
+    if vr == "UI":
+        return keys.norm_uid(value)
+    return keys.norm_text(value)
+
+
+def _stored_values(vr: str, value: str | None) -> list[str]:
+    """Normalised stored values to compare against (multi-valued split)."""
+    if not value:
+        return []
+    out: list[str] = []
+    for v in value.split("\\"):
+        if vr == "PN":
+            n = keys.norm_pn(v)
+            if n:
+                out.append(n)
+                if "=" in n:
+                    out.extend(g for g in n.split("=") if g)
+        else:
+            n = _norm_literal(vr, v)
+            if n:
+                out.append(n)
+    return out
+
+
+@dataclass(slots=True)
+class Matcher:
+    """One parsed C.2.2.2 match string for one keyword."""
+
+    keyword: str
+    vr: str
+    kind: str
+    raw: str
+    value: str = ""  # SINGLE: normalised literal; WILDCARD: literal prefix
+    lo: str = ""  # RANGE lower bound ("" = open)
+    hi: str = ""  # RANGE upper bound ("" = open)
+    regex: re.Pattern[str] | None = None
+    items: list[Matcher] = field(default_factory=list)
+
+    @property
+    def constrains(self) -> bool:
+        """False for universal matching (a pure return key)."""
+        return self.kind != UNIVERSAL
+
+    def matches(self, stored: str | None) -> bool:
+        """Does the stored (raw, possibly multi-valued) value satisfy this key?"""
+        if self.kind == UNIVERSAL:
+            return True
+        values = _stored_values(self.vr, stored)
+        if self.kind == EMPTY:
+            return not values
+        return any(self._match_one(v) for v in values)
+
+    def _match_one(self, v: str) -> bool:
+        k = self.kind
+        if k == SINGLE:
+            return v == self.value
+        if k == WILDCARD:
+            return self.regex is not None and self.regex.fullmatch(v) is not None
+        if k == RANGE:
+            if self.lo and v < self.lo:
+                return False
+            return not self.hi or v <= self.hi or v.startswith(self.hi)
+        if k == LIST:
+            return any(m._match_one(v) for m in self.items)
+        return False
+
+
+def _wildcard_regex(pattern: str) -> re.Pattern[str]:
+    parts = []
+    for ch in pattern:
+        if ch == "*":
+            parts.append(".*")
+        elif ch == "?":
+            parts.append(".")
+        else:
+            parts.append(re.escape(ch))
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def _parse_element(keyword: str, vr: str, s: str) -> Matcher:
+    if "*" in s or "?" in s:
+        pat = s.upper() if vr == "PN" else s
+        cut = min((i for i in (pat.find("*"), pat.find("?")) if i >= 0))
+        return Matcher(keyword, vr, WILDCARD, s, value=pat[:cut], regex=_wildcard_regex(pat))
+    return Matcher(keyword, vr, SINGLE, s, value=_norm_literal(vr, s))
+
+
+def parse_match(keyword: str, match: str | None) -> Matcher:
+    """Parse one C.2.2.2 match string for ``keyword`` (VR from the dictionary)."""
+    vr = vr_of(keyword)
+    s = (match or "").strip(" \x00")
+    if s == "" or s.strip("*") == "":
+        return Matcher(keyword, vr, UNIVERSAL, s)
+    if s == '""':
+        return Matcher(keyword, vr, EMPTY, s)
+    if vr in ("DA", "TM", "DT") and "-" in s and "\\" not in s:
+        if s.count("-") != 1:
+            raise QueryError(f"bad range {s!r} for {keyword} ({vr}): expected A-B, A- or -B")
+        lo, hi = (_norm_literal(vr, p) for p in s.split("-"))
+        if lo and hi and lo > hi:
+            raise QueryError(f"empty range {s!r} for {keyword}: lower bound after upper bound")
+        return Matcher(keyword, vr, RANGE, s, lo=lo, hi=hi)
+    if "\\" in s:
+        items = [_parse_element(keyword, vr, p.strip()) for p in s.split("\\") if p.strip()]
+        if not items:
+            return Matcher(keyword, vr, UNIVERSAL, s)
+        if len(items) == 1:
+            return items[0]
+        return Matcher(keyword, vr, LIST, s, items=items)
+    return _parse_element(keyword, vr, s)
+
+
+def parse_query(query: Mapping[str, str | None]) -> list[Matcher]:
+    """Parse every key of a query dict."""
+    out = []
+    for kw, m in query.items():
+        if not isinstance(kw, str) or not kw:
+            raise QueryError(f"query keys must be DICOM keywords, got {kw!r}")
+        out.append(parse_match(kw, m if m is None or isinstance(m, str) else str(m)))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Candidate sources
+# ---------------------------------------------------------------------------
+
+Range = tuple[bytes, bytes | None]
+
+
+def _literal_ranges(m: Matcher, prefix: bytes, kind: str) -> list[Range] | None:
+    """Key ranges (within ``prefix``) holding every term that may match ``m``."""
+    if m.kind == SINGLE:
+        term = m.value
+        if not term:
+            return None
+        lo = prefix + keys.encode(term)
+        return [(lo, keys.prefix_upper_bound(lo))]
+    if m.kind == WILDCARD:
+        lit = m.value.rstrip("^") if kind == secondary.PN else m.value
+        if not lit:
+            return None
+        lo = prefix + keys.encode_prefix(lit)
+        return [(lo, keys.prefix_upper_bound(lo))]
+    if m.kind == RANGE:
+        lo = prefix + keys.encode_prefix(m.lo) if m.lo else prefix
+        hi_base = prefix + keys.encode_prefix(m.hi) if m.hi else prefix
+        return [(lo, keys.prefix_upper_bound(hi_base) if hi_base else None)]
+    if m.kind == LIST:
+        out: list[Range] = []
+        for item in m.items:
+            r = _literal_ranges(item, prefix, kind)
+            if r is None:
+                return None
+            out.extend(r)
+        return out
+    return None
+
+
+def scan(cf: Any, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) pairs with lo <= key < hi."""
+    ro = ReadOptions()
+    if hi is not None:
+        ro.set_iterate_upper_bound(hi)
+    it = cf.iter(ro)
+    it.seek(lo)
+    while it.valid():
+        yield it.key(), it.value()
+        it.next()
+
+
+def scan_keys(cf: Any, lo: bytes, hi: bytes | None) -> Iterator[bytes]:
+    """Keys with lo <= key < hi."""
+    ro = ReadOptions()
+    if hi is not None:
+        ro.set_iterate_upper_bound(hi)
+    it = cf.iter(ro)
+    it.seek(lo)
+    while it.valid():
+        yield it.key()
+        it.next()
+
+
+def _after_term(k: bytes) -> bytes:
+    """Target part of an idx key: everything after the id byte and the term."""
+    return k[keys.decode_at(k, 1)[1]:]
+
+
+def _series_from_uid_entry(k: bytes) -> bytes:
+    """0x20 E(series) E(study) -> series CF key E(study) E(series)."""
+    pos = keys.decode_at(k, 1)[1]
+    return k[pos:] + k[1:pos]
+
+
+def _sop_from_hierarchy(k: bytes) -> bytes:
+    pos = keys.decode_at(k, 1)[1]
+    pos = keys.decode_at(k, pos)[1]
+    return k[pos + 4:]
+
+
+def _identity(k: bytes) -> bytes:
+    return k
+
+
+@dataclass(slots=True)
+class Source:
+    """A way to enumerate candidate keys at ``level`` (CF keys of that level)."""
+
+    name: str
+    cf: Any
+    ranges: list[Range]
+    extract: Callable[[bytes], bytes]
+    level: str
+
+    def keys(self) -> Iterator[bytes]:
+        """Candidate keys at ``self.level`` (may contain duplicates)."""
+        for lo, hi in self.ranges:
+            for k in scan_keys(self.cf, lo, hi):
+                yield self.extract(k)
+
+    def probe(self, cap: int) -> int:
+        """Number of entries, counting at most ``cap``."""
+        n = 0
+        for lo, hi in self.ranges:
+            for _ in scan_keys(self.cf, lo, hi):
+                n += 1
+                if n >= cap:
+                    return n
+        return n
+
+
+class Planner:
+    """Builds sources and runs queries against the CF handles of an open Index."""
+
+    def __init__(self, cfs: Mapping[str, Any], stats: Callable[[], Stats]) -> None:
+        self.cfs = cfs
+        self._stats = stats
+
+    # -- sources ------------------------------------------------------------
+
+    def _primary(self, level: str, m: Matcher) -> Source | None:
+        cfs = self.cfs
+        if level == PATIENT and m.keyword == "PatientID":
+            r = _literal_ranges(m, b"", secondary.TEXT)
+            return Source("PatientID(primary)", cfs[CF_PATIENTS], r, _identity, PATIENT) if r else None
+        if m.keyword == "StudyInstanceUID" and level != PATIENT:
+            r = _literal_ranges(m, b"", secondary.UID)
+            return Source("StudyInstanceUID(primary)", cfs[CF_STUDIES], r, _identity, STUDY) if r else None
+        if m.keyword == "SeriesInstanceUID" and level in (SERIES, IMAGE):
+            r = _literal_ranges(m, secondary.IDX_SERIES_UID.prefix, secondary.UID)
+            return (Source("SeriesInstanceUID(idx)", cfs[CF_IDX], r, _series_from_uid_entry, SERIES)
+                    if r else None)
+        if m.keyword == "SOPInstanceUID" and level == IMAGE:
+            r = _literal_ranges(m, b"", secondary.UID)
+            return Source("SOPInstanceUID(primary)", cfs[CF_INSTANCES], r, _identity, IMAGE) if r else None
+        return None
+
+    def _indexed(self, spec: IndexSpec, m: Matcher) -> Source | None:
+        r = _literal_ranges(m, spec.prefix, spec.kind)
+        if r is None:
+            return None
+        return Source(f"{spec.keyword}(idx {spec.id:#04x})", self.cfs[CF_IDX], r, _after_term, spec.level)
+
+    def sources(self, level: str, matchers: Iterable[Matcher]) -> list[Source]:
+        """Every usable candidate source for a query at ``level``."""
+        depth = LEVELS.index(level)
+        out: list[Source] = []
+        for m in matchers:
+            if not m.constrains or m.kind == EMPTY:
+                continue
+            src = self._primary(level, m)
+            if src is None:
+                for lv in LEVELS[: depth + 1]:
+                    if level != PATIENT and lv == PATIENT:
+                        continue  # PATIENT-level indexes map to PatientIDs, not studies
+                    spec = secondary.BY_LEVEL.get(lv, {}).get(m.keyword)
+                    if spec is not None:
+                        src = self._indexed(spec, m)
+                        break
+            if src is not None:
+                out.append(src)
+        return out
+
+    def fanout(self, src_level: str, level: str) -> float:
+        """Average number of ``level`` entities under one ``src_level`` entity."""
+        st = self._stats()
+        per = {
+            STUDY: 1.0,
+            SERIES: st.series / st.studies if st.studies else 1.0,
+            IMAGE: st.objects / st.studies if st.studies else 1.0,
+        }
+        if src_level == SERIES and level == IMAGE:
+            return st.objects / st.series if st.series else 1.0
+        if src_level == STUDY:
+            return per.get(level, 1.0)
+        return 1.0
+
+    def level_count(self, level: str) -> int:
+        """Number of entities at ``level`` (cost of a full scan)."""
+        st = self._stats()
+        return {PATIENT: st.patients, STUDY: st.studies, SERIES: st.series, IMAGE: st.objects}[level]
+
+    def choose(self, level: str, matchers: list[Matcher]) -> tuple[Source | None, float]:
+        """Cheapest source (None = full scan of the level) and its estimated cost."""
+        best: Source | None = None
+        best_cost = float(self.level_count(level)) + 1.0
+        for src in self.sources(level, matchers):
+            n = src.probe(PROBE_CAP)
+            cost = n * self.fanout(src.level, level)
+            if cost < best_cost:
+                best, best_cost = src, cost
+        return best, best_cost
+
+    # -- expansion ----------------------------------------------------------
+
+    def expand(self, src_level: str, level: str, key: bytes) -> Iterator[bytes]:
+        """Keys at ``level`` under the ``src_level`` entity ``key``."""
+        if src_level == level:
+            yield key
+            return
+        cfs = self.cfs
+        if src_level == STUDY and level == SERIES:
+            yield from scan_keys(cfs[CF_SERIES], key, keys.prefix_upper_bound(key))
+            return
+        if src_level in (STUDY, SERIES) and level == IMAGE:
+            p = bytes((secondary.IDX_HIERARCHY,)) + key
+            for k in scan_keys(cfs[CF_IDX], p, keys.prefix_upper_bound(p)):
+                yield _sop_from_hierarchy(k)
+            return
+        raise QueryError(f"cannot expand {src_level} candidates to {level}")
+
+    def full_scan(self, level: str) -> Iterator[bytes]:
+        """Every key of the level's column family."""
+        cf = {PATIENT: CF_PATIENTS, STUDY: CF_STUDIES, SERIES: CF_SERIES, IMAGE: CF_INSTANCES}[level]
+        return scan_keys(self.cfs[cf], b"", None)
+
+    def candidates(self, level: str, matchers: list[Matcher]) -> Iterator[bytes]:
+        """Deduplicated candidate keys at ``level``."""
+        src, _ = self.choose(level, matchers)
+        if src is None:
+            yield from self.full_scan(level)
+            return
+        seen: set[bytes] = set()
+        for k in src.keys():
+            for lk in self.expand(src.level, level, k):
+                if lk not in seen:
+                    seen.add(lk)
+                    yield lk
+
+    # -- execution ------------------------------------------------------------
+
+    def find(self, level: str, query: Mapping[str, str | None], limit: int | None = None
+             ) -> Iterator[dict[str, str]]:
+        """Run a query; yield one dict per match (requested keys + level unique keys)."""
+        lv = normalise_level(level)
+        matchers = parse_query(query)
+        filters = [m for m in matchers if m.constrains]
+        ret_keys = list(dict.fromkeys([*_unique_keys(lv), *query.keys()]))
+        views = _Views(self.cfs, want=set(ret_keys) | {m.keyword for m in filters})
+        n = 0
+        if limit is not None and limit <= 0:
+            return
+        for chunk in _chunks(self.candidates(lv, matchers), _CHUNK):
+            for view in views.load(lv, chunk):
+                if view is None:
+                    continue
+                if all(m.matches(view.get(m.keyword)) for m in filters):
+                    yield {k: _as_str(view.get(k)) for k in ret_keys}
+                    n += 1
+                    if limit is not None and n >= limit:
+                        return
+
+    def explain(self, level: str, query: Mapping[str, str | None]) -> dict[str, Any]:
+        """Which source the planner would use (for debugging and tests)."""
+        lv = normalise_level(level)
+        matchers = parse_query(query)
+        src, cost = self.choose(lv, matchers)
+        return {"level": lv, "source": src.name if src else "full-scan", "estimate": cost}
+
+
+def _unique_keys(level: str) -> list[str]:
+    if level == PATIENT:
+        return ["PatientID"]
+    return [UNIQUE_KEY[lv] for lv in LEVELS[1: LEVELS.index(level) + 1]]
+
+
+def _as_str(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, list | tuple):
+        return "\\".join(str(x) for x in v)
+    return str(v)
+
+
+def _chunks(it: Iterable[bytes], n: int) -> Iterator[list[bytes]]:
+    buf: list[bytes] = []
+    for x in it:
+        buf.append(x)
+        if len(buf) >= n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+# ---------------------------------------------------------------------------
+# Record views (stored attrs + computed attributes), cached per query
+# ---------------------------------------------------------------------------
+
+
+def patient_view(rec: PatientRecord) -> dict[str, str]:
+    """Attributes of a patient as seen by PATIENT-level queries."""
+    v = dict(rec.attrs)
+    v["PatientID"] = rec.patient_id
+    v["NumberOfPatientRelatedStudies"] = str(rec.num_studies)
+    v["NumberOfPatientRelatedSeries"] = str(rec.num_series)
+    v["NumberOfPatientRelatedInstances"] = str(rec.num_instances)
+    return v
+
+
+def study_view(rec: StudyRecord) -> dict[str, str]:
+    """Attributes of a study as seen by STUDY-level queries (patient attrs included)."""
+    v = dict(rec.attrs)
+    v["StudyInstanceUID"] = rec.study_uid
+    v["PatientID"] = rec.patient_id
+    v["ModalitiesInStudy"] = "\\".join(rec.modalities_in_study())
+    v["SOPClassesInStudy"] = "\\".join(sorted(c for c, n in rec.sop_classes.items() if n > 0))
+    v["NumberOfStudyRelatedSeries"] = str(rec.num_series)
+    v["NumberOfStudyRelatedInstances"] = str(rec.num_instances)
+    return v
+
+
+def series_view(rec: SeriesRecord) -> dict[str, str]:
+    """Series-level attributes (without the study's)."""
+    v = dict(rec.attrs)
+    v["SeriesInstanceUID"] = rec.series_uid
+    v["StudyInstanceUID"] = rec.study_uid
+    v["Modality"] = rec.modality
+    v["NumberOfSeriesRelatedInstances"] = str(rec.num_instances)
+    return v
+
+
+def instance_view(rec: InstanceRecord) -> dict[str, str]:
+    """Instance-level computed attributes (merged over the instance's attrs)."""
+    return {
+        "SOPInstanceUID": rec.sop_uid,
+        "SOPClassUID": rec.sop_class_uid,
+        "SeriesInstanceUID": rec.series_uid,
+        "StudyInstanceUID": rec.study_uid,
+        "AvailableTransferSyntaxUID": rec.transfer_syntax,
+        "InstanceNumber": rec.attrs.get("InstanceNumber", "" if rec.instance_number is None
+                                        else str(rec.instance_number)),
+    }
+
+
+class _Views:
+    def __init__(self, cfs: Mapping[str, Any], want: set[str]) -> None:
+        self.cfs = cfs
+        self.want_patient_counts = bool(want & _COUNT_KEYS_PATIENT)
+        self.studies: dict[bytes, Mapping[str, str] | None] = {}
+        self.series: dict[bytes, Mapping[str, str] | None] = {}
+        self.patients: dict[str, PatientRecord | None] = {}
+
+    def _patient(self, pid: str) -> PatientRecord | None:
+        if pid not in self.patients:
+            raw = self.cfs[CF_PATIENTS].get(keys.encode(pid))
+            self.patients[pid] = PatientRecord.decode(raw) if raw is not None else None
+        return self.patients[pid]
+
+    def _study_view(self, rec: StudyRecord) -> Mapping[str, str]:
+        v = study_view(rec)
+        if self.want_patient_counts:
+            p = self._patient(rec.patient_id)
+            if p is not None:
+                v.update({k: x for k, x in patient_view(p).items() if k in _COUNT_KEYS_PATIENT})
+        return v
+
+    def _fill_studies(self, skeys: Iterable[bytes]) -> None:
+        missing = list(dict.fromkeys(k for k in skeys if k not in self.studies))
+        if missing:
+            for k, raw in zip(missing, self.cfs[CF_STUDIES].get(missing), strict=True):
+                self.studies[k] = self._study_view(StudyRecord.decode(raw)) if raw is not None else None
+
+    def _fill_series(self, sekeys: Iterable[bytes]) -> None:
+        missing = list(dict.fromkeys(k for k in sekeys if k not in self.series))
+        if not missing:
+            return
+        recs = [SeriesRecord.decode(r) if r is not None else None
+                for r in self.cfs[CF_SERIES].get(missing)]
+        self._fill_studies(keys.encode(r.study_uid) for r in recs if r is not None)
+        for k, r in zip(missing, recs, strict=True):
+            if r is None:
+                self.series[k] = None
+                continue
+            sv = self.studies.get(keys.encode(r.study_uid))
+            self.series[k] = ChainMap(series_view(r), sv if sv is not None else {})
+
+    def load(self, level: str, chunk: list[bytes]) -> list[Mapping[str, str] | None]:
+        """Views for a chunk of candidate keys (None where the record vanished)."""
+        if level == PATIENT:
+            return [patient_view(PatientRecord.decode(r)) if r is not None else None
+                    for r in self.cfs[CF_PATIENTS].get(chunk)]
+        if level == STUDY:
+            self._fill_studies(chunk)
+            return [self.studies.get(k) for k in chunk]
+        if level == SERIES:
+            self._fill_series(chunk)
+            return [self.series.get(k) for k in chunk]
+        recs = [InstanceRecord.decode(r) if r is not None else None
+                for r in self.cfs[CF_INSTANCES].get(chunk)]
+        se_keys = [keys.encode(r.study_uid) + keys.encode(r.series_uid) for r in recs if r is not None]
+        self._fill_series(se_keys)
+        out: list[Mapping[str, str] | None] = []
+        for r in recs:
+            if r is None:
+                out.append(None)
+                continue
+            upper = self.series.get(keys.encode(r.study_uid) + keys.encode(r.series_uid))
+            maps = upper.maps if isinstance(upper, ChainMap) else []
+            out.append(ChainMap(instance_view(r), *maps, r.attrs))
+        return out

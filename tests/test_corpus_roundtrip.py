@@ -1,0 +1,59 @@
+"""Every real file pydicom can read is stored and comes back byte-identical.
+
+One test id per file, so a regression names the file. Files pydicom itself cannot read must be
+either rejected with a reason or, if we can keep them, also come back byte-identical: never a
+silent half-store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from conftest import corpus_files, pydicom_reads
+from dicomvault.engine import Engine, StoreOutcome
+from dicomvault.errors import DicomVaultError
+
+FILES = corpus_files()
+
+
+def _ids(p: Path) -> str:
+    return f"{p.parent.parent.name}/{p.name}"
+
+
+@pytest.mark.parametrize("path", FILES, ids=[_ids(p) for p in FILES])
+def test_ingest_export_byte_identical(path: Path, engine: Engine, tmp_path: Path) -> None:
+    original = path.read_bytes()
+    unreadable = pydicom_reads(path)
+    (result,) = engine.store_files([path])
+    if unreadable is not None:
+        if isinstance(result, Exception):
+            assert isinstance(result, DicomVaultError) and str(result), "rejection must say why"
+            assert engine.stats()["objects"] == 0, "a rejected file must leave nothing behind"
+            return
+    else:
+        ds = pydicom.dcmread(path)
+        missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not ds.get(k)]
+        if missing:
+            assert isinstance(result, DicomVaultError), f"{path.name} lacks {missing} yet was stored"
+            assert missing[0] in str(result)
+            assert engine.stats()["objects"] == 0
+            return
+        assert isinstance(result, StoreOutcome), f"pydicom reads {path.name} but we rejected it: {result}"
+        assert result.sop_instance_uid == str(ds.SOPInstanceUID)
+        assert result.study_instance_uid == str(ds.StudyInstanceUID)
+
+        (row,) = list(engine.ls("instances", study=result.study_instance_uid))
+        assert row["SOPInstanceUID"] == str(ds.SOPInstanceUID)
+        if "Rows" in ds:
+            assert int(row["Rows"]) == ds.Rows and int(row["Columns"]) == ds.Columns
+        studies = list(engine.ls("studies", study=result.study_instance_uid))
+        assert studies and studies[0].get("PatientID", "") == str(ds.get("PatientID", ""))
+
+    assert isinstance(result, StoreOutcome)
+    assert engine.read_file(result.sop_instance_uid) == original
+    (exported,) = engine.export("instance", result.sop_instance_uid, tmp_path / "out")
+    assert exported.read_bytes() == original
+    assert engine.verify().clean

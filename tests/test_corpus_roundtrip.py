@@ -18,6 +18,16 @@ from dicomvault.errors import DicomVaultError
 
 FILES = corpus_files()
 
+# Files pydicom "reads" only because it never checks a value length against the end of the file.
+# Storing them would archive a damaged object as if it were whole, so they are rejected, with
+# the offset and tag in the reason.
+KNOWN_BROKEN = {
+    "MR_truncated.dcm": "Pixel Data declared 8192 bytes, 8130 remain",
+    "rtplan_truncated.dcm": "cut inside (300A,00B0)",
+    "emri_small_jpeg_2k_lossless_too_short.dcm": "encapsulated Pixel Data has no sequence delimiter",
+    "no_meta.dcm": "a stray leading byte: pydicom reads one junk element running 170 MB past EOF",
+}
+
 
 def _ids(p: Path) -> str:
     return f"{p.parent.parent.name}/{p.name}"
@@ -28,6 +38,11 @@ def test_ingest_export_byte_identical(path: Path, engine: Engine, tmp_path: Path
     original = path.read_bytes()
     unreadable = pydicom_reads(path)
     (result,) = engine.store_files([path])
+    if path.name in KNOWN_BROKEN:
+        assert isinstance(result, DicomVaultError), f"{path.name} is broken ({KNOWN_BROKEN[path.name]})"
+        assert str(result)
+        assert engine.stats()["objects"] == 0
+        return
     if unreadable is not None:
         if isinstance(result, Exception):
             assert isinstance(result, DicomVaultError) and str(result), "rejection must say why"

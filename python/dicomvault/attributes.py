@@ -39,27 +39,27 @@ def _charsets(raw: bytes | None) -> list[str]:
     return [n or "ISO_IR 6" for n in names]
 
 
-def decode_value(vr: str, value: bytes, charsets: list[str]) -> str | int | list[int]:
+def decode_value(vr: str, value: bytes, charsets: list[str]) -> str:
+    """The value as DICOM's string form (multiple values joined by backslash), for the index."""
     if vr in _INT_VRS:
         width = _INT_VRS[vr]
         signed = vr[0] == "S"
-        nums = [
-            int.from_bytes(value[i : i + width], "little", signed=signed)
+        return "\\".join(
+            str(int.from_bytes(value[i : i + width], "little", signed=signed))
             for i in range(0, len(value) - width + 1, width)
-        ]
-        return nums[0] if len(nums) == 1 else nums
+        )
     if vr in _CHARSET_VRS:
         delimiters = {"^", "="} if vr == "PN" else {"\\"}
         return decode_bytes(value, charsets, delimiters).rstrip(" \x00")
     return value.decode("ascii", "replace").strip(" \x00")
 
 
-def decode_attrs(raw: Iterable[tuple[int, str, bytes]]) -> dict[str, str | int | list[int]]:
+def decode_attrs(raw: Iterable[tuple[int, str, bytes]]) -> dict[str, str]:
     """[(tag, vr, value bytes)] from the native parser → {keyword: value}."""
     items = list(raw)
     charset_raw = next((v for t, _, v in items if t == SPECIFIC_CHARACTER_SET), None)
     charsets = _charsets(charset_raw)
-    out: dict[str, str | int | list[int]] = {}
+    out: dict[str, str] = {}
     for tag, vr, value in items:
         if vr == "UN":
             vr = _dictionary_vr(tag)

@@ -190,7 +190,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     with Engine(args.data, read_only=True) as engine:
         rows = [
             {k: _jsonable(v) for k, v in row.items()}
-            for row in engine.ls(args.what, patient_id=args.patient_id, study=args.study)
+            for row in engine.ls(args.what, patient_id=args.patient_id, study=args.study,
+                                 columns=LS_COLUMNS[args.what])
         ]
     if args.json:
         print(json.dumps(rows, indent=1, ensure_ascii=False))

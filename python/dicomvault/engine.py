@@ -23,7 +23,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 from . import _native  # type: ignore[attr-defined]
 from .attributes import decode_attrs
 from .errors import DicomVaultError, RejectedError, StorageFullError, UnknownObjectError
-from .index import Index
+from .index import Index, InstanceRecord
 from .locks import ReadWriteLock
 
 DEFAULT_DATA_DIR = Path("./dicomvault-data")
@@ -59,7 +59,7 @@ class VerifyReport:
         return not self.damaged and not self.missing
 
 
-def _synth_prefix(attrs: dict[str, Any], transfer_syntax: str) -> bytes:
+def _synth_prefix(attrs: dict[str, str], transfer_syntax: str) -> bytes:
     """Preamble + DICM + file meta for a dataset that arrived without one (DIMSE, STOW)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = str(attrs.get("SOPClassUID", ""))
@@ -141,10 +141,14 @@ class Engine:
             )
 
     def _record(self, native: dict[str, Any], prefix: bytes | None) -> dict[str, Any]:
+        """Index record of a stored object; prefix None = arrived without file meta, so one is
+        made now (once, at receive time, so every later export gives the same bytes)."""
         attrs = decode_attrs(native["attrs"])
         for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
             if not attrs.get(key):
                 raise RejectedError(f"missing {key}")
+        if prefix is None:
+            prefix = _synth_prefix(attrs, native["transfer_syntax"])
         return {
             "attrs": attrs,
             "hash": native["hash"],
@@ -218,7 +222,7 @@ class Engine:
             return self._commit([self._record(native, None)])[0]
 
     # -- read ------------------------------------------------------------------------------------
-    def instances(self, level: str, uid: str) -> list[dict[str, Any]]:
+    def instances(self, level: str, uid: str) -> list[InstanceRecord]:
         if level not in LEVELS:
             raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
         found = list(self.index.instances_of(level, uid))
@@ -231,31 +235,24 @@ class Engine:
         rec = self.index.get_instance(sop_instance_uid)
         if rec is None:
             raise UnknownObjectError("instance", sop_instance_uid)
-        return self.vault.read(rec["hash"])
-
-    def file_prefix(self, rec: dict[str, Any]) -> bytes:
-        prefix = rec.get("prefix")
-        if prefix is None:
-            return _synth_prefix(rec["attrs"], rec["transfer_syntax"])
-        return bytes(prefix)
+        return self.vault.read(rec.hash)
 
     def read_file(self, sop_instance_uid: str) -> bytes:
         """The object as a Part-10 file (byte-identical to the ingested file, if it came as one)."""
         rec = self.index.get_instance(sop_instance_uid)
         if rec is None:
             raise UnknownObjectError("instance", sop_instance_uid)
-        _, dataset = self.vault.read(rec["hash"])
-        return self.file_prefix(rec) + dataset
+        _, dataset = self.vault.read(rec.hash)
+        return rec.prefix + dataset
 
     def export(self, level: str, uid: str, out_dir: str | os.PathLike[str]) -> list[Path]:
         """Writes `<out>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm` for every instance under uid."""
         out = Path(out_dir)
         items, paths = [], []
         for rec in self.instances(level, uid):
-            a = rec["attrs"]
-            path = out / str(a["StudyInstanceUID"]) / str(a["SeriesInstanceUID"]) / f"{a['SOPInstanceUID']}.dcm"
+            path = out / rec.study_uid / rec.series_uid / f"{rec.sop_uid}.dcm"
             path.parent.mkdir(parents=True, exist_ok=True)
-            items.append((rec["hash"], self.file_prefix(rec), str(path)))
+            items.append((rec.hash, rec.prefix, str(path)))
             paths.append(path)
         errors = [e for e in self.vault.export_files(items) if e is not None]
         if errors:
@@ -270,12 +267,10 @@ class Engine:
             raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
         with self._lock.exclusive():
             res = self.index.delete(level, uid)
-            if res.deleted == 0:
-                raise UnknownObjectError(level, uid)
             if res.released_blobs:
                 self.vault.delete(list(res.released_blobs))
             self.vault.compact(compact_threshold)
-            return res.deleted
+            return len(res.deleted)
 
     def compact(self, threshold: float = 0.25) -> dict[str, Any]:
         with self._lock.exclusive():
@@ -308,9 +303,17 @@ class Engine:
         idx["tiers"] = tiers
         return idx
 
-    def ls(self, what: str, *, patient_id: str | None = None, study: str | None = None) -> Iterable[dict[str, Any]]:
-        """Rows for `dicomvault ls`: patients, studies, series or instances, as keyword dicts."""
-        query: dict[str, str] = {}
+    def ls(
+        self,
+        what: str,
+        *,
+        patient_id: str | None = None,
+        study: str | None = None,
+        columns: Iterable[str] = (),
+    ) -> Iterable[dict[str, Any]]:
+        """Rows for `dicomvault ls`: patients, studies, series or instances, as keyword dicts
+        holding `columns` (a C-FIND with those as universal return keys) and the filters."""
+        query: dict[str, str] = dict.fromkeys(columns, "")
         if patient_id is not None:
             query["PatientID"] = patient_id
         if study is not None:

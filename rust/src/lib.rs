@@ -5,12 +5,21 @@
 
 use pyo3::prelude::*;
 
+mod convert;
 mod errors;
+mod primitives;
+mod vault;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
+    m.add_class::<vault::Vault>()?;
+    m.add_function(wrap_pyfunction!(primitives::parse, m)?)?;
+    m.add_function(wrap_pyfunction!(primitives::parse_dataset, m)?)?;
+    m.add_function(wrap_pyfunction!(primitives::blake3, m)?)?;
+    m.add_function(wrap_pyfunction!(primitives::encode, m)?)?;
+    m.add_function(wrap_pyfunction!(primitives::decode, m)?)?;
     #[cfg(feature = "extension-module")]
     kernels::register(m)?;
     Ok(())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-class IndexStoreError(Exception):
+class IndexStoreError(DicomVaultError):
     """Base class of all index errors (named to avoid shadowing builtins.IndexError)."""
 
 

@@ -205,7 +205,7 @@ def _wildcard_regex(pattern: str) -> re.Pattern[str]:
 def _parse_element(keyword: str, vr: str, s: str) -> Matcher:
     if "*" in s or "?" in s:
         pat = s.upper() if vr == "PN" else s
-        cut = min((i for i in (pat.find("*"), pat.find("?")) if i >= 0))
+        cut = min(i for i in (pat.find("*"), pat.find("?")) if i >= 0)
         return Matcher(keyword, vr, WILDCARD, s, value=pat[:cut], regex=_wildcard_regex(pat))
     return Matcher(keyword, vr, SINGLE, s, value=_norm_literal(vr, s))
 
@@ -475,11 +475,19 @@ class Planner:
 
     def find(self, level: str, query: Mapping[str, str | None], limit: int | None = None
              ) -> Iterator[dict[str, str]]:
-        """Run a query; yield one dict per match (requested keys + level unique keys)."""
+        """Run a query; yield one dict per match (requested keys + level unique keys).
+
+        The level and match strings are validated eagerly (QueryError here, not
+        on first iteration); candidates are fetched lazily.
+        """
         lv = normalise_level(level)
         matchers = parse_query(query)
+        return self._run(lv, matchers, list(query.keys()), limit)
+
+    def _run(self, lv: str, matchers: list[Matcher], requested: list[str], limit: int | None
+             ) -> Iterator[dict[str, str]]:
         filters = [m for m in matchers if m.constrains]
-        ret_keys = list(dict.fromkeys([*_unique_keys(lv), *query.keys()]))
+        ret_keys = list(dict.fromkeys([*_unique_keys(lv), *requested]))
         views = _Views(self.cfs, want=set(ret_keys) | {m.keyword for m in filters})
         n = 0
         if limit is not None and limit <= 0:

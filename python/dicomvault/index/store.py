@@ -1,0 +1,685 @@
+"""The Index: patient/study/series/instance records, blob refcounts, secondary
+indexes, change feed and stats in one RocksDB, written with group commits.
+
+Thread-safety: any number of threads may call the write methods
+(:meth:`Index.add_instance`, :meth:`Index.add_instances`, :meth:`Index.delete`)
+concurrently.  The read-modify-write of shared records happens under one
+write lock held only while building and writing the batch (``sync=False``);
+the WAL sync that makes the batch durable is shared with the other writers
+(see commit.py) and happens outside that lock.  A write method returns only
+once its batch is durable.  Readers take no lock.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from rocksdict import Checkpoint, Rdict, WriteOptions
+
+from . import keys, secondary
+from .commit import GroupCommitter
+from .errors import (
+    IndexClosedError,
+    IndexStoreError,
+    InvalidInstanceError,
+    NotFoundError,
+    ReadOnlyIndexError,
+)
+from .feed import last_seq_on_disk, read_changes
+from .query import Planner, scan, scan_keys
+from .records import (
+    DELETED,
+    PATIENT_KEYWORDS,
+    REPLACED,
+    SERIES_KEYWORDS,
+    STORED,
+    STUDY_KEYWORDS,
+    BlobRecord,
+    Change,
+    InstanceRecord,
+    PatientRecord,
+    SeriesRecord,
+    Stats,
+    StudyRecord,
+)
+from .schema import (
+    CF_BLOBS,
+    CF_FEED,
+    CF_IDX,
+    CF_INSTANCES,
+    CF_META,
+    CF_PATIENTS,
+    CF_SERIES,
+    CF_STUDIES,
+    COLUMN_FAMILIES,
+    META_STATS,
+    check_schema,
+    open_db,
+)
+from .txn import Txn
+
+T = TypeVar("T")
+HASH_LEN = 32
+_STUDY_LEVEL_KEYS = PATIENT_KEYWORDS | STUDY_KEYWORDS
+
+
+@dataclass(slots=True)
+class AddResult:
+    """Outcome of indexing one instance.
+
+    ``duplicate``: same SOP Instance UID and same hash already indexed (no-op).
+    ``replaced``: same SOP Instance UID with a different hash; the new object
+    replaced the old one ("keep newest") and ``old_hash`` names the old blob.
+    ``released_blobs``: hashes whose refcount reached 0 (the engine may free them).
+    ``new_blob``: this hash had no blob record before (first reference).
+    """
+
+    sop_uid: str
+    duplicate: bool = False
+    replaced: bool = False
+    seq: int | None = None
+    old_hash: bytes | None = None
+    new_blob: bool = False
+    released_blobs: list[bytes] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class DeleteResult:
+    """Outcome of a delete: removed SOP UIDs, blobs whose refcount hit 0, feed seqs."""
+
+    level: str
+    uid: str
+    deleted: list[str] = field(default_factory=list)
+    released_blobs: list[bytes] = field(default_factory=list)
+    first_seq: int | None = None
+    last_seq: int | None = None
+
+
+def _pick(attrs: Mapping[str, str], wanted: frozenset[str]) -> dict[str, str]:
+    return {k: v for k, v in attrs.items() if k in wanted and v}
+
+
+def _fill_missing(target: dict[str, str], attrs: Mapping[str, str], wanted: frozenset[str]) -> bool:
+    """Copy attributes the record lacks (first non-empty value wins)."""
+    changed = False
+    for k, v in attrs.items():
+        if v and k in wanted and not target.get(k):
+            target[k] = v
+            changed = True
+    return changed
+
+
+class Index:
+    """The dicomvault metadata index (see the package docstring for the layout)."""
+
+    def __init__(self, path: str, db: Rdict, read_only: bool, secondary_path: str | None,
+                 durable: bool) -> None:
+        """Use :meth:`Index.open`."""
+        self.path = path
+        self.read_only = read_only or secondary_path is not None
+        self._secondary_path = secondary_path
+        self._durable = durable
+        self._closed = False
+        self._wlock = threading.Lock()
+        self._wopts = WriteOptions()
+        self._wopts.sync = False
+        self._attach_db(db)
+        self._committer = GroupCommitter(self._sync_wal)
+        self._committer.start_seq(self._stats.last_seq)
+        self._planner = Planner(self._cfs, self._current_stats)
+
+    # ------------------------------------------------------------------ open/close
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], read_only: bool = False,
+             secondary_path: str | None = None, durable: bool = True) -> Index:
+        """Open (create if missing and writable) the index at ``path``.
+
+        ``read_only=True`` opens a consistent view as of now, even while a
+        writer process holds the database (CLI ``ls``/``stats``/``export``/
+        ``verify``); call :meth:`refresh` to see newer writes.
+        ``secondary_path`` opens a RocksDB secondary instance instead (needs a
+        private scratch directory) that :meth:`refresh` catches up cheaply.
+        ``durable=False`` skips WAL syncs (bulk rebuilds, benchmarks only).
+        Raises IndexLockedError if another writer holds ``path``.
+        """
+        p = os.fspath(path)
+        if not read_only and secondary_path is None:
+            os.makedirs(p, exist_ok=True)
+        db = open_db(p, read_only=read_only, secondary_path=secondary_path)
+        try:
+            check_schema(db, p, writable=not (read_only or secondary_path))
+        except BaseException:
+            db.close()
+            raise
+        return cls(p, db, read_only, secondary_path, durable)
+
+    def _attach_db(self, db: Rdict) -> None:
+        self._db = db
+        self._cfs: dict[str, Any] = {n: db.get_column_family(n) for n in COLUMN_FAMILIES}
+        self._handles: dict[str, Any] = {n: db.get_column_family_handle(n) for n in COLUMN_FAMILIES}
+        self._stats = self._load_stats()
+        if hasattr(self, "_planner"):
+            self._planner.cfs = self._cfs
+
+    def _load_stats(self) -> Stats:
+        raw = self._cfs[CF_META].get(META_STATS)
+        st = Stats.decode(raw) if raw is not None else Stats()
+        st.last_seq = max(st.last_seq, last_seq_on_disk(self._cfs[CF_FEED]))
+        return st
+
+    def _current_stats(self) -> Stats:
+        return self._stats
+
+    def _sync_wal(self) -> None:
+        try:
+            self._db.flush_wal(True)
+        except Exception as exc:  # rocksdict raises bare Exception
+            raise IndexStoreError(f"WAL sync failed for index at {self.path!r}: {exc}") from exc
+
+    def close(self) -> None:
+        """Sync outstanding writes and close the database (idempotent)."""
+        if self._closed:
+            return
+        with self._wlock:
+            if not self.read_only and self._committer.written_ticket:
+                self._committer.sync_all()
+            self._closed = True
+            self._release_db()
+
+    def _release_db(self) -> None:
+        """Close the DB and drop every CF object/handle (they keep RocksDB's LOCK alive).
+
+        Iterators of unfinished find()/studies() generators also pin the DB
+        until they are garbage collected.
+        """
+        db, cfs, handles = self._db, self._cfs, self._handles
+        self._cfs, self._handles = {}, {}
+        self._planner.cfs = self._cfs
+        for cf in cfs.values():
+            cf.close()
+        cfs.clear()
+        handles.clear()
+        db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def refresh(self) -> None:
+        """Read-only/secondary: make writes committed by the writer visible."""
+        self._check_open()
+        if self._secondary_path is not None:
+            self._db.try_catch_up_with_primary()
+            self._stats = self._load_stats()
+        elif self.read_only:
+            self._release_db()
+            self._attach_db(open_db(self.path, read_only=True))
+
+    def checkpoint(self, target_dir: str | os.PathLike[str]) -> None:
+        """Consistent on-disk copy (RocksDB checkpoint, hard links) without stopping ingest.
+
+        ``target_dir`` must not exist yet; open it later with :meth:`open`.
+        """
+        self._check_open()
+        if not self.read_only:
+            self._committer.sync_all()
+        try:
+            Checkpoint(self._db).create_checkpoint(os.fspath(target_dir))
+        except Exception as exc:  # rocksdict raises bare Exception
+            raise IndexStoreError(f"checkpoint of {self.path!r} into {os.fspath(target_dir)!r} "
+                                  f"failed: {exc}") from exc
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise IndexClosedError(self.path)
+
+    def _check_writable(self, op: str) -> None:
+        self._check_open()
+        if self.read_only:
+            raise ReadOnlyIndexError(self.path, op)
+
+    # --------------------------------------------------------------- commits
+
+    def _commit(self, op: str, build: Callable[[Txn], T]) -> tuple[T, Txn]:
+        """Build a txn and write it under the write lock; then wait for durability."""
+        self._check_writable(op)
+        with self._wlock:
+            self._check_open()
+            txn = Txn(self._cfs, self._handles, self._stats.copy(), time.time())
+            out = build(txn)
+            batch = txn.finish()
+            if batch is None:
+                ticket = self._committer.written_ticket
+            else:
+                try:
+                    self._db.write(batch, self._wopts)
+                except Exception as exc:  # rocksdict raises bare Exception
+                    raise IndexStoreError(f"{op}: write to index {self.path!r} failed: {exc}") from exc
+                self._stats = txn.stats
+                ticket = self._committer.note_written(txn.stats.last_seq)
+        if self._durable:
+            self._committer.wait_durable(ticket)
+        return out, txn
+
+    @property
+    def commit_stats(self) -> dict[str, int]:
+        """Batches written and WAL syncs performed since open (group-commit efficiency)."""
+        return {"commits": self._committer.commits, "syncs": self._committer.syncs}
+
+    # --------------------------------------------------------------- adding
+
+    @staticmethod
+    def _prepare(inst: Mapping[str, Any]) -> InstanceRecord:
+        raw_attrs = inst.get("attrs")
+        if not isinstance(raw_attrs, Mapping):
+            raise InvalidInstanceError("instance has no 'attrs' mapping")
+        attrs = {str(k): v if isinstance(v, str) else str(v) for k, v in raw_attrs.items()
+                 if v is not None}
+        sop = keys.norm_uid(attrs.get("SOPInstanceUID"))
+        for kw in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+            v = keys.norm_uid(attrs.get(kw))
+            if not v:
+                raise InvalidInstanceError(f"instance {sop or '<no SOPInstanceUID>'} lacks {kw}")
+            attrs[kw] = v
+        h = inst.get("hash")
+        if not isinstance(h, bytes | bytearray | memoryview) or len(h) != HASH_LEN:
+            raise InvalidInstanceError(f"instance {sop}: 'hash' must be {HASH_LEN} bytes, got {h!r:.80}")
+        if "SOPClassUID" in attrs:
+            attrs["SOPClassUID"] = keys.norm_uid(attrs["SOPClassUID"])
+        pid = keys.norm_text(attrs.get("PatientID"))
+        try:
+            return InstanceRecord(
+                sop_uid=sop,
+                series_uid=attrs["SeriesInstanceUID"],
+                study_uid=attrs["StudyInstanceUID"],
+                patient_id=pid,
+                sop_class_uid=attrs.get("SOPClassUID", ""),
+                instance_number=keys.parse_int(attrs.get("InstanceNumber")),
+                hash=bytes(h),
+                prefix=bytes(inst.get("prefix") or b""),
+                transfer_syntax=str(inst.get("transfer_syntax") or ""),
+                logical_len=int(inst.get("logical_len") or 0),
+                stored_len=int(inst.get("stored_len") or 0),
+                codec=int(inst.get("codec") or 0),
+                tier=str(inst.get("tier") or "hot"),
+                received_at=float(inst.get("received_at") or time.time()),
+                attrs=attrs,
+            )
+        except (TypeError, ValueError) as exc:
+            raise InvalidInstanceError(f"instance {sop}: bad field: {exc}") from exc
+
+    def _attach(self, txn: Txn, rec: InstanceRecord) -> bool:
+        """Add an instance and its counters; returns True if its blob record is new."""
+        st, now, a = txn.stats, txn.now, rec.attrs
+        study_key = keys.encode(rec.study_uid)
+        study: StudyRecord | None = txn.get(CF_STUDIES, study_key)
+        new_study = study is None
+        if study is None:
+            study = StudyRecord(study_uid=rec.study_uid, patient_id=rec.patient_id,
+                                attrs=_pick(a, _STUDY_LEVEL_KEYS), created_at=now)
+            study.attrs["PatientID"] = rec.patient_id
+            st.studies += 1
+        else:
+            rec.patient_id = study.patient_id  # a study belongs to the patient it was created for
+            _fill_missing(study.attrs, a, _STUDY_LEVEL_KEYS)
+        pkey = keys.encode(study.patient_id)
+        patient: PatientRecord | None = txn.get(CF_PATIENTS, pkey)
+        if patient is None:
+            patient = PatientRecord(patient_id=study.patient_id, attrs=_pick(a, PATIENT_KEYWORDS),
+                                    created_at=now)
+            st.patients += 1
+        else:
+            _fill_missing(patient.attrs, a, PATIENT_KEYWORDS)
+        if new_study:
+            patient.num_studies += 1
+        series_key = study_key + keys.encode(rec.series_uid)
+        series: SeriesRecord | None = txn.get(CF_SERIES, series_key)
+        if series is None:
+            series = SeriesRecord(study_uid=rec.study_uid, series_uid=rec.series_uid,
+                                  modality=keys.norm_text(a.get("Modality")),
+                                  series_number=keys.parse_int(a.get("SeriesNumber")),
+                                  attrs=_pick(a, SERIES_KEYWORDS), created_at=now)
+            study.num_series += 1
+            patient.num_series += 1
+            st.series += 1
+            if series.modality:
+                study.modalities[series.modality] = study.modalities.get(series.modality, 0) + 1
+        else:
+            if _fill_missing(series.attrs, a, SERIES_KEYWORDS):
+                if not series.modality:
+                    series.modality = keys.norm_text(series.attrs.get("Modality"))
+                    if series.modality:
+                        study.modalities[series.modality] = study.modalities.get(series.modality, 0) + 1
+                if series.series_number is None:
+                    series.series_number = keys.parse_int(series.attrs.get("SeriesNumber"))
+        for r in (series, study, patient):
+            r.num_instances += 1
+            r.logical_bytes += rec.logical_len
+            r.stored_bytes += rec.stored_len
+            r.updated_at = now
+        if rec.sop_class_uid:
+            study.sop_classes[rec.sop_class_uid] = study.sop_classes.get(rec.sop_class_uid, 0) + 1
+        st.objects += 1
+        st.logical_bytes += rec.logical_len
+        st.stored_bytes += rec.stored_len
+        blob: BlobRecord | None = txn.get(CF_BLOBS, rec.hash)
+        new_blob = blob is None
+        if blob is None:
+            blob = BlobRecord(hash=rec.hash, logical_len=rec.logical_len, stored_len=rec.stored_len,
+                              codec=rec.codec, tier=rec.tier, created_at=now)
+            st.blobs += 1
+            st.blob_bytes += rec.stored_len
+        blob.refcount += 1
+        txn.put(CF_BLOBS, rec.hash, blob)
+        txn.put(CF_SERIES, series_key, series)
+        txn.put(CF_STUDIES, study_key, study)
+        txn.put(CF_PATIENTS, pkey, patient)
+        txn.put(CF_INSTANCES, keys.encode(rec.sop_uid), rec)
+        return new_blob
+
+    def _detach(self, txn: Txn, rec: InstanceRecord) -> None:
+        """Remove an instance and its counters (empty parents are pruned at finish)."""
+        st, now = txn.stats, txn.now
+        study_key = keys.encode(rec.study_uid)
+        series_key = study_key + keys.encode(rec.series_uid)
+        series: SeriesRecord | None = txn.get(CF_SERIES, series_key)
+        study: StudyRecord | None = txn.get(CF_STUDIES, study_key)
+        pid = study.patient_id if study is not None else rec.patient_id
+        patient: PatientRecord | None = txn.get(CF_PATIENTS, keys.encode(pid))
+        for cf, k, r in ((CF_SERIES, series_key, series), (CF_STUDIES, study_key, study),
+                         (CF_PATIENTS, keys.encode(pid), patient)):
+            if r is None:
+                continue  # inconsistent index; verify will report it
+            r.num_instances -= 1
+            r.logical_bytes -= rec.logical_len
+            r.stored_bytes -= rec.stored_len
+            r.updated_at = now
+            txn.put(cf, k, r)
+        if study is not None and rec.sop_class_uid:
+            n = study.sop_classes.get(rec.sop_class_uid, 0) - 1
+            if n > 0:
+                study.sop_classes[rec.sop_class_uid] = n
+            else:
+                study.sop_classes.pop(rec.sop_class_uid, None)
+        st.objects -= 1
+        st.logical_bytes -= rec.logical_len
+        st.stored_bytes -= rec.stored_len
+        blob: BlobRecord | None = txn.get(CF_BLOBS, rec.hash)
+        if blob is not None:
+            blob.refcount -= 1
+            txn.put(CF_BLOBS, rec.hash, blob)
+        txn.delete(CF_INSTANCES, keys.encode(rec.sop_uid))
+
+    def _add_one(self, txn: Txn, rec: InstanceRecord) -> AddResult:
+        res = AddResult(sop_uid=rec.sop_uid)
+        old: InstanceRecord | None = txn.get(CF_INSTANCES, keys.encode(rec.sop_uid))
+        if old is not None and old.hash == rec.hash:
+            res.duplicate = True
+            return res
+        kind = STORED
+        if old is not None:
+            self._detach(txn, old)
+            res.replaced, res.old_hash, kind = True, old.hash, REPLACED
+        res.new_blob = self._attach(txn, rec)
+        ch = txn.add_change(Change(kind=kind, level="instance", sop_uid=rec.sop_uid,
+                                   series_uid=rec.series_uid, study_uid=rec.study_uid,
+                                   patient_id=rec.patient_id, hash=rec.hash,
+                                   old_hash=res.old_hash, logical_len=rec.logical_len))
+        res.seq = ch.seq
+        return res
+
+    def add_instance(self, inst: Mapping[str, Any]) -> AddResult:
+        """Index one stored object; returns once the index record is durable.
+
+        ``inst`` keys: ``attrs`` (keyword -> str; the three UIDs are required),
+        ``hash`` (32 bytes), ``prefix`` (Part-10 preamble + meta bytes),
+        ``transfer_syntax``, ``logical_len``, ``stored_len``, ``codec``, ``tier``,
+        ``received_at``.  Same SOP UID + same hash -> ``duplicate=True`` (no
+        write); different hash -> replaced ("keep newest"), the old blob's
+        refcount drops and it is listed in ``released_blobs`` if it hit 0.
+        """
+        return self.add_instances([inst])[0]
+
+    def add_instances(self, insts: Iterable[Mapping[str, Any]]) -> list[AddResult]:
+        """Index several objects in ONE WriteBatch (one feed entry each); durable on return."""
+        recs = [self._prepare(i) for i in insts]
+        if not recs:
+            return []
+
+        def build(txn: Txn) -> list[AddResult]:
+            return [self._add_one(txn, r) for r in recs]
+
+        results, txn = self._commit("add instances", build)
+        released = set(txn.released)
+        for r in results:
+            if r.old_hash is not None and r.old_hash in released:
+                r.released_blobs.append(r.old_hash)
+                released.discard(r.old_hash)
+        return results
+
+    # --------------------------------------------------------------- deleting
+
+    def _sops_under(self, level: str, uid: str) -> list[str]:
+        if level == "instance":
+            return [uid] if self._cfs[CF_INSTANCES].get(keys.encode(uid)) is not None else []
+        if level == "series":
+            prefixes = [secondary.hierarchy_prefix(st, uid) for st in self._studies_of_series(uid)]
+        elif level == "study":
+            prefixes = [secondary.hierarchy_prefix(uid)]
+        elif level == "patient":
+            p = secondary.IDX_STUDY_PATIENT_ID.prefix + keys.encode(uid)
+            prefixes = [secondary.hierarchy_prefix(keys.decode_at(k, len(p))[0])
+                        for k in scan_keys(self._cfs[CF_IDX], p, keys.prefix_upper_bound(p))]
+        else:
+            raise ValueError(f"unknown level {level!r} for UID {uid!r}")
+        out: list[str] = []
+        for p in prefixes:
+            for k in scan_keys(self._cfs[CF_IDX], p, keys.prefix_upper_bound(p)):
+                out.append(secondary.sop_from_hierarchy_key(k))
+        return out
+
+    @staticmethod
+    def _level(level: str) -> str:
+        lv = level.strip().lower()
+        lv = {"image": "instance", "instances": "instance", "studies": "study"}.get(lv, lv)
+        if lv not in ("patient", "study", "series", "instance"):
+            raise ValueError(f"unknown level {level!r}: expected patient, study, series or instance")
+        return lv
+
+    def delete(self, level: str, uid: str) -> DeleteResult:
+        """Delete a study, series, instance (or patient: by PatientID) and everything under it.
+
+        Empty series/studies/patients are removed, secondary entries dropped,
+        blob refcounts decremented; ``released_blobs`` lists hashes that hit 0
+        (the engine deletes those blobs).  One feed entry per deleted instance,
+        one batch, durable on return.  Raises NotFoundError for unknown UIDs.
+        """
+        lv = self._level(level)
+        uid = keys.norm_uid(uid) if lv != "patient" else keys.norm_text(uid)
+        result = DeleteResult(level=lv, uid=uid)
+
+        def build(txn: Txn) -> None:
+            for sop in self._sops_under(lv, uid):
+                rec: InstanceRecord | None = txn.get(CF_INSTANCES, keys.encode(sop))
+                if rec is None:
+                    continue
+                self._detach(txn, rec)
+                ch = txn.add_change(Change(kind=DELETED, level="instance", sop_uid=sop,
+                                           series_uid=rec.series_uid, study_uid=rec.study_uid,
+                                           patient_id=rec.patient_id, hash=rec.hash,
+                                           logical_len=rec.logical_len))
+                result.deleted.append(sop)
+                result.first_seq = result.first_seq or ch.seq
+                result.last_seq = ch.seq
+            if not result.deleted:
+                raise NotFoundError(lv, uid)
+
+        _, txn = self._commit(f"delete {lv} {uid}", build)
+        result.released_blobs = list(txn.released)
+        return result
+
+    # --------------------------------------------------------------- lookups
+
+    def get_instance(self, sop_uid: str) -> InstanceRecord | None:
+        """Instance record by SOP Instance UID."""
+        self._check_open()
+        raw = self._cfs[CF_INSTANCES].get(keys.encode(keys.norm_uid(sop_uid)))
+        return InstanceRecord.decode(raw) if raw is not None else None
+
+    def get_study(self, study_uid: str) -> StudyRecord | None:
+        """Study record by Study Instance UID."""
+        self._check_open()
+        raw = self._cfs[CF_STUDIES].get(keys.encode(keys.norm_uid(study_uid)))
+        return StudyRecord.decode(raw) if raw is not None else None
+
+    def get_patient(self, patient_id: str) -> PatientRecord | None:
+        """Patient record by PatientID."""
+        self._check_open()
+        raw = self._cfs[CF_PATIENTS].get(keys.encode(keys.norm_text(patient_id)))
+        return PatientRecord.decode(raw) if raw is not None else None
+
+    def _studies_of_series(self, series_uid: str) -> list[str]:
+        p = secondary.IDX_SERIES_UID.prefix + keys.encode(series_uid)
+        return [keys.decode_at(k, len(p))[0]
+                for k in scan_keys(self._cfs[CF_IDX], p, keys.prefix_upper_bound(p))]
+
+    def get_series(self, series_uid: str) -> SeriesRecord | None:
+        """Series record by Series Instance UID (the first one if the UID is reused)."""
+        self._check_open()
+        uid = keys.norm_uid(series_uid)
+        for st in self._studies_of_series(uid):
+            raw = self._cfs[CF_SERIES].get(keys.pack(st, uid))
+            if raw is not None:
+                return SeriesRecord.decode(raw)
+        return None
+
+    def series_of(self, study_uid: str) -> list[SeriesRecord]:
+        """Series of a study ordered by SeriesNumber (unnumbered last), then UID."""
+        self._check_open()
+        p = keys.encode(keys.norm_uid(study_uid))
+        recs = [SeriesRecord.decode(v) for _, v in scan(self._cfs[CF_SERIES], p, keys.prefix_upper_bound(p))]
+        recs.sort(key=lambda s: (s.series_number is None, s.series_number or 0, s.series_uid))
+        return recs
+
+    def _instances_at(self, prefix: bytes) -> list[InstanceRecord]:
+        ks = [keys.encode(secondary.sop_from_hierarchy_key(k))
+              for k in scan_keys(self._cfs[CF_IDX], prefix, keys.prefix_upper_bound(prefix))]
+        if not ks:
+            return []
+        return [InstanceRecord.decode(v) for v in self._cfs[CF_INSTANCES].get(ks) if v is not None]
+
+    def instances_of(self, level: str, uid: str) -> list[InstanceRecord]:
+        """All instance records of a patient/study/series/instance.
+
+        Ordered by series (SeriesNumber, then UID), then InstanceNumber, then SOP UID.
+        """
+        self._check_open()
+        lv = self._level(level)
+        if lv == "instance":
+            rec = self.get_instance(uid)
+            return [rec] if rec is not None else []
+        if lv == "patient":
+            pid = keys.norm_text(uid)
+            p = secondary.IDX_STUDY_PATIENT_ID.prefix + keys.encode(pid)
+            out: list[InstanceRecord] = []
+            for k in scan_keys(self._cfs[CF_IDX], p, keys.prefix_upper_bound(p)):
+                out.extend(self.instances_of("study", keys.decode_at(k, len(p))[0]))
+            return out
+        if lv == "series":
+            sid = keys.norm_uid(uid)
+            return [r for st in self._studies_of_series(sid)
+                    for r in self._instances_at(secondary.hierarchy_prefix(st, sid))]
+        study = keys.norm_uid(uid)
+        return [r for se in self.series_of(study)
+                for r in self._instances_at(secondary.hierarchy_prefix(study, se.series_uid))]
+
+    def studies(self) -> Iterator[StudyRecord]:
+        """Every study record, in Study Instance UID order."""
+        self._check_open()
+        for _, v in scan(self._cfs[CF_STUDIES], b"", None):
+            yield StudyRecord.decode(v)
+
+    def patients(self) -> Iterator[PatientRecord]:
+        """Every patient record, in PatientID order."""
+        self._check_open()
+        for _, v in scan(self._cfs[CF_PATIENTS], b"", None):
+            yield PatientRecord.decode(v)
+
+    def instances(self) -> Iterator[InstanceRecord]:
+        """Every instance record, in SOP Instance UID order."""
+        self._check_open()
+        for _, v in scan(self._cfs[CF_INSTANCES], b"", None):
+            yield InstanceRecord.decode(v)
+
+    def blob(self, hash: bytes) -> BlobRecord | None:
+        """Blob record (refcount, sizes, codec, tier) by content hash."""
+        self._check_open()
+        raw = self._cfs[CF_BLOBS].get(bytes(hash))
+        return BlobRecord.decode(raw) if raw is not None else None
+
+    def blobs(self) -> Iterator[tuple[bytes, BlobRecord]]:
+        """Every (hash, blob record), in hash order (for verify)."""
+        self._check_open()
+        for k, v in scan(self._cfs[CF_BLOBS], b"", None):
+            yield k, BlobRecord.decode(v)
+
+    def stats(self) -> dict[str, int]:
+        """Exact counters: objects, logical_bytes, stored_bytes (sum over instances),
+        patients, studies, series, blobs, blob_bytes (distinct blobs), last_seq."""
+        self._check_open()
+        return self._stats.as_dict()
+
+    def check(self) -> list[str]:
+        """Full consistency check (counters, refcounts, secondary entries, stats); see check.py."""
+        self._check_open()
+        from .check import check_index
+
+        return check_index(self)
+
+    # --------------------------------------------------------------- queries & feed
+
+    def find(self, level: str, query: Mapping[str, str | None], limit: int | None = None
+             ) -> Iterator[dict[str, str]]:
+        """C-FIND/QIDO query (PS3.4 C.2.2.2), see query.py.
+
+        ``level``: PATIENT, STUDY, SERIES or IMAGE.  ``query``: keyword -> match
+        string; every key is returned, plus the level's unique key (and the
+        upper-level UIDs for SERIES/IMAGE).  Values are strings ("" if absent).
+        """
+        self._check_open()
+        return self._planner.find(level, query, limit)
+
+    def explain(self, level: str, query: Mapping[str, str | None]) -> dict[str, Any]:
+        """The candidate source the planner picks for a query (debugging)."""
+        self._check_open()
+        return self._planner.explain(level, query)
+
+    def changes(self, since: int = 0, limit: int = 1000) -> list[Change]:
+        """Feed entries with seq > ``since``, oldest first, at most ``limit``.
+
+        On a writable index only durable entries are returned, so a consumer
+        never acts on a change that a crash could still undo.
+        """
+        self._check_open()
+        upto = None if self.read_only or not self._durable else self._committer.durable_seq
+        return read_changes(self._cfs[CF_FEED], since, limit, upto)
+
+    def last_seq(self) -> int:
+        """Highest durable feed seq (0 if the feed is empty)."""
+        self._check_open()
+        if self.read_only or not self._durable:
+            return self._stats.last_seq
+        return self._committer.durable_seq
+
+
+__all__ = ["AddResult", "DeleteResult", "Index"]

@@ -1,0 +1,77 @@
+//! Rust values → Python objects, and argument checks.
+
+use dicomvault_core::hash::Hash;
+use dicomvault_core::object::Prepared;
+use dicomvault_core::parse::{Attr, Parsed};
+use dicomvault_core::store::Stats;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+
+pub fn hash_arg(h: &[u8]) -> PyResult<Hash> {
+    h.try_into().map_err(|_| PyValueError::new_err(format!("a blob hash is 32 bytes, got {}", h.len())))
+}
+
+fn vr_str(vr: &[u8; 2]) -> String {
+    String::from_utf8_lossy(vr).into_owned()
+}
+
+pub fn attrs_to_py<'py>(py: Python<'py>, attrs: &[Attr]) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    for a in attrs {
+        list.append((a.tag, vr_str(&a.vr), PyBytes::new(py, &a.value)))?;
+    }
+    Ok(list)
+}
+
+pub fn parsed_to_py<'py>(py: Python<'py>, p: &Parsed) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("dataset_offset", p.dataset_offset)?;
+    d.set_item("transfer_syntax", &p.transfer_syntax)?;
+    d.set_item("ts_inferred", p.ts_inferred)?;
+    d.set_item("meta", attrs_to_py(py, &p.meta)?)?;
+    d.set_item("attrs", attrs_to_py(py, &p.attrs)?)?;
+    match &p.pixel {
+        Some(px) => {
+            let pd = PyDict::new(py);
+            pd.set_item("offset", px.offset)?;
+            pd.set_item("length", px.length)?;
+            pd.set_item("encapsulated", px.encapsulated)?;
+            pd.set_item("rows", px.rows)?;
+            pd.set_item("columns", px.columns)?;
+            pd.set_item("bits_allocated", px.bits_allocated)?;
+            pd.set_item("samples_per_pixel", px.samples_per_pixel)?;
+            pd.set_item("number_of_frames", px.number_of_frames)?;
+            d.set_item("pixel", pd)?;
+        }
+        None => d.set_item("pixel", py.None())?,
+    }
+    Ok(d)
+}
+
+pub fn prepared_to_py<'py>(py: Python<'py>, p: &Prepared, existed: bool) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("hash", PyBytes::new(py, &p.hash))?;
+    d.set_item("transfer_syntax", &p.parsed.transfer_syntax)?;
+    d.set_item("ts_inferred", p.parsed.ts_inferred)?;
+    d.set_item("prefix", PyBytes::new(py, &p.prefix))?;
+    d.set_item("attrs", attrs_to_py(py, &p.parsed.attrs)?)?;
+    d.set_item("logical_len", p.logical_len)?;
+    d.set_item("stored_len", p.stored.len())?;
+    d.set_item("codec", p.codec as u8)?;
+    d.set_item("existed", existed)?;
+    Ok(d)
+}
+
+pub fn stats_to_py<'py>(py: Python<'py>, s: &Stats) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("objects", s.objects)?;
+    d.set_item("stored_bytes", s.stored_bytes)?;
+    d.set_item("logical_bytes", s.logical_bytes)?;
+    d.set_item("garbage_bytes", s.garbage_bytes)?;
+    d.set_item("disk_bytes", s.disk_bytes)?;
+    d.set_item("volumes", s.volumes)?;
+    d.set_item("corrupt_records", s.corrupt_records)?;
+    d.set_item("syncs", s.syncs)?;
+    Ok(d)
+}

@@ -1,0 +1,49 @@
+//! The core's single-object primitives, for tests and benchmarks (GIL released in each).
+
+use dicomvault_core::codec::{self, Codec};
+use dicomvault_core::object;
+use dicomvault_core::parse::{self, INDEX_TAGS};
+use dicomvault_core::hash;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use crate::convert::parsed_to_py;
+use crate::errors::IntoPy;
+
+/// Parses a Part-10 file or bare dataset; returns the index attributes and pixel location.
+#[pyfunction]
+pub fn parse<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyDict>> {
+    let parsed = py.detach(|| parse::parse_file(data, INDEX_TAGS)).py_err()?;
+    parsed_to_py(py, &parsed)
+}
+
+/// Parses a dataset with a known transfer syntax.
+#[pyfunction]
+pub fn parse_dataset<'py>(py: Python<'py>, data: &[u8], transfer_syntax: &str) -> PyResult<Bound<'py, PyDict>> {
+    let parsed = py.detach(|| parse::parse_dataset(data, transfer_syntax, INDEX_TAGS)).py_err()?;
+    parsed_to_py(py, &parsed)
+}
+
+/// BLAKE3 digest (32 bytes).
+#[pyfunction]
+pub fn blake3<'py>(py: Python<'py>, data: &[u8]) -> Bound<'py, PyBytes> {
+    let h = py.detach(|| hash::hash(data));
+    PyBytes::new(py, &h)
+}
+
+/// A file's bytes → (codec id, stored bytes, logical length), exactly as ingest would store it.
+#[pyfunction]
+#[pyo3(signature = (data, level=1))]
+pub fn encode<'py>(py: Python<'py>, data: &[u8], level: i32) -> PyResult<(u8, Bound<'py, PyBytes>, u64)> {
+    let p = py.detach(|| object::prepare_file(data, INDEX_TAGS, level)).py_err()?;
+    Ok((p.codec as u8, PyBytes::new(py, &p.stored), p.logical_len))
+}
+
+/// Inverse of the codec part of `encode`: the canonical bytes (transfer syntax, NUL, dataset).
+#[pyfunction]
+pub fn decode<'py>(py: Python<'py>, codec_id: u8, stored: &[u8], logical_len: u64) -> PyResult<Bound<'py, PyBytes>> {
+    let codec = Codec::from_u8(codec_id).py_err()?;
+    let out = py.detach(|| codec::decode(codec, stored, logical_len as usize)).py_err()?;
+    let _ = object::split_canonical(&out).py_err()?;
+    Ok(PyBytes::new(py, &out))
+}

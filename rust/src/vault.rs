@@ -1,0 +1,283 @@
+//! `Vault`: the blob store plus the object pipeline (parse → hash → encode → durable put), as one
+//! Python class. Every method that touches bytes runs with the GIL released.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use dicomvault_core::codec::Codec;
+use dicomvault_core::hash::Hash;
+use dicomvault_core::object::{self, Prepared};
+use dicomvault_core::parse::INDEX_TAGS;
+use dicomvault_core::store::{BlobStore, PutItem, StoreConfig};
+use dicomvault_core::Error;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+
+use crate::errors::{to_py, IntoPy};
+use crate::convert::{hash_arg, prepared_to_py, stats_to_py};
+
+#[pyclass(frozen, module = "dicomvault._native")]
+pub struct Vault {
+    store: Mutex<Option<Arc<BlobStore>>>,
+    level: i32,
+    min_free_bytes: u64,
+}
+
+impl Vault {
+    fn store(&self) -> PyResult<Arc<BlobStore>> {
+        self.store
+            .lock()
+            .map_err(|_| pyo3::exceptions::PyRuntimeError::new_err("vault lock poisoned"))?
+            .clone()
+            .ok_or_else(|| pyo3::exceptions::PyValueError::new_err("vault is closed"))
+    }
+
+    /// Stores the prepared objects with one group-committed sync; one result per input.
+    fn put_prepared(&self, store: &BlobStore, prepared: Vec<Result<Prepared, Error>>) -> Vec<Result<(Prepared, bool), Error>> {
+        let ok: Vec<&Prepared> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
+        let incoming: u64 = ok.iter().map(|p| p.stored.len() as u64).sum();
+        let put = dicomvault_core::store::check_free_space(store.root(), incoming, self.min_free_bytes).and_then(|_| {
+            let items: Vec<PutItem<'_>> = ok
+                .iter()
+                .map(|p| PutItem { hash: p.hash, codec: p.codec as u8, logical_len: p.logical_len, bytes: &p.stored })
+                .collect();
+            store.put_many(&items)
+        });
+        let mut outcomes = match put {
+            Ok(v) => v.into_iter().map(|o| Ok(o.existed)).collect::<Vec<_>>(),
+            Err(e) => {
+                let msg = e.to_string();
+                let mut first = Some(e);
+                (0..ok.len())
+                    .map(|_| Err(first.take().unwrap_or(Error::Unsupported { reason: msg.clone() })))
+                    .collect()
+            }
+        }
+        .into_iter();
+        prepared
+            .into_iter()
+            .map(|p| {
+                let p = p?;
+                let existed = outcomes.next().expect("one outcome per prepared object")?;
+                Ok((p, existed))
+            })
+            .collect()
+    }
+}
+
+fn results_to_py(py: Python<'_>, results: Vec<Result<(Prepared, bool), Error>>) -> PyResult<Bound<'_, PyList>> {
+    let list = PyList::empty(py);
+    for r in results {
+        match r {
+            Ok((p, existed)) => list.append(prepared_to_py(py, &p, existed)?)?,
+            Err(e) => list.append(to_py(e).into_value(py))?,
+        }
+    }
+    Ok(list)
+}
+
+#[pymethods]
+impl Vault {
+    #[new]
+    #[pyo3(signature = (root, *, read_only=false, sync=true, level=1, volume_size=1<<30, min_free_bytes=0))]
+    fn new(py: Python<'_>, root: PathBuf, read_only: bool, sync: bool, level: i32, volume_size: u64, min_free_bytes: u64) -> PyResult<Self> {
+        let config = StoreConfig { root, volume_size, sync, read_only };
+        let store = py.detach(|| BlobStore::open(config)).py_err()?;
+        Ok(Vault { store: Mutex::new(Some(Arc::new(store))), level, min_free_bytes })
+    }
+
+    /// Reads, parses, hashes, encodes and durably stores files. One result per path: a dict, or
+    /// the exception that rejected it (nothing stored for that file).
+    fn ingest_files<'py>(&self, py: Python<'py>, paths: Vec<PathBuf>) -> PyResult<Bound<'py, PyList>> {
+        let store = self.store()?;
+        let level = self.level;
+        let results = py.detach(|| {
+            let prepared = paths
+                .iter()
+                .map(|p| {
+                    let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
+                    object::prepare_file(&bytes, INDEX_TAGS, level)
+                })
+                .collect();
+            self.put_prepared(&store, prepared)
+        });
+        results_to_py(py, results)
+    }
+
+    /// Like ingest_files for Part-10 files (or bare datasets) already in memory.
+    fn ingest_buffers<'py>(&self, py: Python<'py>, buffers: Vec<Bound<'py, PyBytes>>) -> PyResult<Bound<'py, PyList>> {
+        let store = self.store()?;
+        let level = self.level;
+        let slices: Vec<&[u8]> = buffers.iter().map(|b| b.as_bytes()).collect();
+        let results = py.detach(|| {
+            let prepared = slices.iter().map(|b| object::prepare_file(b, INDEX_TAGS, level)).collect();
+            self.put_prepared(&store, prepared)
+        });
+        results_to_py(py, results)
+    }
+
+    /// One dataset received with a known transfer syntax (DIMSE, STOW). Raises on rejection.
+    fn ingest_dataset<'py>(&self, py: Python<'py>, dataset: &[u8], transfer_syntax: &str) -> PyResult<Bound<'py, PyDict>> {
+        let store = self.store()?;
+        let level = self.level;
+        let mut results = py.detach(|| {
+            let prepared = vec![object::prepare_dataset(dataset, transfer_syntax, INDEX_TAGS, level)];
+            self.put_prepared(&store, prepared)
+        });
+        let (p, existed) = results.pop().expect("one result").py_err()?;
+        prepared_to_py(py, &p, existed)
+    }
+
+    /// (transfer syntax UID, dataset bytes) of a blob, decoded and hash-verified.
+    fn read<'py>(&self, py: Python<'py>, hash: &[u8]) -> PyResult<Bound<'py, PyTuple>> {
+        let store = self.store()?;
+        let h = hash_arg(hash)?;
+        let logical = py.detach(|| read_logical(&store, &h)).py_err()?;
+        let (ts, ds) = object::split_canonical(&logical).py_err()?;
+        PyTuple::new(py, [ts.into_pyobject(py)?.into_any(), PyBytes::new(py, ds).into_any()])
+    }
+
+    /// Writes `prefix + dataset` of each (hash, prefix, path) to path (via a temporary file and
+    /// rename, so a reader never sees half a file). One result per item: None or the exception.
+    fn export_files<'py>(&self, py: Python<'py>, items: Vec<(Vec<u8>, Vec<u8>, PathBuf)>) -> PyResult<Bound<'py, PyList>> {
+        let store = self.store()?;
+        let results: Vec<Result<(), Error>> = py.detach(|| {
+            items
+                .iter()
+                .map(|(hash, prefix, path)| {
+                    let h: Hash = hash.as_slice().try_into().map_err(|_| Error::NotFound { hash: "(malformed hash)".into() })?;
+                    let logical = read_logical(&store, &h)?;
+                    let (_, ds) = object::split_canonical(&logical)?;
+                    write_file(path, prefix, ds)
+                })
+                .collect()
+        });
+        let list = PyList::empty(py);
+        for r in results {
+            match r {
+                Ok(()) => list.append(py.None())?,
+                Err(e) => list.append(to_py(e).into_value(py))?,
+            }
+        }
+        Ok(list)
+    }
+
+    /// Deletes blobs (durably); returns how many existed.
+    fn delete(&self, py: Python<'_>, hashes: Vec<Vec<u8>>) -> PyResult<u64> {
+        let store = self.store()?;
+        let hs = hashes.iter().map(|h| hash_arg(h)).collect::<PyResult<Vec<Hash>>>()?;
+        py.detach(|| {
+            let mut n = 0;
+            for h in &hs {
+                if store.delete(h)? {
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+        .py_err()
+    }
+
+    fn contains(&self, hash: &[u8]) -> PyResult<bool> {
+        Ok(self.store()?.contains(&hash_arg(hash)?))
+    }
+
+    /// Every live blob hash, in on-disk order.
+    fn hashes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let store = self.store()?;
+        let hs = py.detach(|| store.hashes());
+        PyList::new(py, hs.iter().map(|h| PyBytes::new(py, h)))
+    }
+
+    /// Re-reads every blob, decodes it and checks its hash (two threads, GIL released).
+    /// Returns {checked, ok, bytes, damaged: [(hash, reason)]}.
+    fn verify<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let store = self.store()?;
+        let (checked, bytes, damaged) = py.detach(|| verify_all(&store));
+        let d = PyDict::new(py);
+        d.set_item("checked", checked)?;
+        d.set_item("ok", checked - damaged.len() as u64)?;
+        d.set_item("bytes", bytes)?;
+        let list = PyList::empty(py);
+        for (h, reason) in damaged {
+            list.append((PyBytes::new(py, &h), reason))?;
+        }
+        d.set_item("damaged", list)?;
+        Ok(d)
+    }
+
+    fn compact<'py>(&self, py: Python<'py>, threshold: f64) -> PyResult<Bound<'py, PyDict>> {
+        let store = self.store()?;
+        let report = py.detach(|| store.compact(threshold)).py_err()?;
+        let d = PyDict::new(py);
+        d.set_item("volumes_compacted", report.volumes_compacted)?;
+        d.set_item("records_moved", report.records_moved)?;
+        d.set_item("bytes_reclaimed", report.bytes_reclaimed)?;
+        d.set_item("errors", report.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+        Ok(d)
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let store = self.store()?;
+        stats_to_py(py, &store.stats())
+    }
+
+    /// Read-only vaults: pick up what the writer appended since open.
+    fn refresh(&self, py: Python<'_>) -> PyResult<()> {
+        let store = self.store()?;
+        py.detach(|| store.refresh()).py_err()
+    }
+
+    /// Releases the store (and the writer lock). Idempotent.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let taken = self.store.lock().map_err(|_| pyo3::exceptions::PyRuntimeError::new_err("vault lock poisoned"))?.take();
+        py.detach(move || drop(taken));
+        Ok(())
+    }
+}
+
+fn read_logical(store: &BlobStore, h: &Hash) -> Result<Vec<u8>, Error> {
+    let blob = store.get(h)?;
+    object::decode_verified(h, Codec::from_u8(blob.codec)?, &blob.bytes, blob.logical_len)
+}
+
+fn write_file(path: &std::path::Path, prefix: &[u8], dataset: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    let tmp = path.with_extension("dcm.part");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(prefix).and_then(|_| f.write_all(dataset)).map_err(|e| Error::io(&tmp, e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+fn verify_all(store: &BlobStore) -> (u64, u64, Vec<(Hash, String)>) {
+    let hashes = store.hashes();
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(4);
+    let chunk = hashes.len().div_ceil(workers).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = hashes
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    let mut bytes = 0u64;
+                    let mut damaged = Vec::new();
+                    for h in part {
+                        match store.get(h).and_then(|b| {
+                            bytes += b.bytes.len() as u64;
+                            object::decode_verified(h, Codec::from_u8(b.codec)?, &b.bytes, b.logical_len)
+                        }) {
+                            Ok(_) => {}
+                            Err(e) => damaged.push((*h, e.to_string())),
+                        }
+                    }
+                    (part.len() as u64, bytes, damaged)
+                })
+            })
+            .collect();
+        handles.into_iter().fold((0, 0, Vec::new()), |(c, b, mut d), h| {
+            let (c2, b2, d2) = h.join().expect("verify worker panicked");
+            d.extend(d2);
+            (c + c2, b + b2, d)
+        })
+    })
+}

@@ -17,6 +17,10 @@ pub enum Error {
     #[error("malformed DICOM at offset {offset}{}: {reason}", fmt_tag(*.tag))]
     Malformed { offset: u64, tag: Option<u32>, reason: String },
 
+    /// A composite instance needs Study, Series and SOP Instance UIDs to be filed; this has not.
+    #[error("required attribute {keyword} ({:04X},{:04X}) is missing or empty", .tag >> 16, .tag & 0xFFFF)]
+    MissingAttribute { keyword: &'static str, tag: u32 },
+
     /// Valid DICOM that this build cannot keep (e.g. an unknown transfer syntax with no framing rule).
     #[error("unsupported: {reason}")]
     Unsupported { reason: String },

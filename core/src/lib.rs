@@ -8,7 +8,7 @@
 pub mod codec;
 pub mod error;
 pub mod hash;
-// pub mod object; (wired in once codec and store land)
+pub mod object;
 pub mod parse;
 pub mod store;
 

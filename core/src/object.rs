@@ -55,19 +55,36 @@ fn pixel_layout(pixel: &PixelInfo, base: usize) -> Option<PixelLayout> {
         32 => 4,
         _ => return None,
     };
-    Some(PixelLayout {
-        offset: base + pixel.offset,
-        length: pixel.length,
+    Some(PixelLayout::native(
+        base + pixel.offset,
+        pixel.length,
         bytes_per_sample,
-        big_endian: pixel.big_endian,
-        columns: u32::from(pixel.columns),
-        samples_per_pixel: pixel.samples_per_pixel.max(1),
-        planar: pixel.planar_configuration == 1,
-        ..PixelLayout::default()
-    })
+        pixel.big_endian,
+        u32::from(pixel.columns),
+        pixel.samples_per_pixel.max(1),
+        pixel.planar_configuration == 1,
+    ))
+}
+
+/// The attributes without which an object cannot be filed in the patient/study/series hierarchy.
+const REQUIRED: [(u32, &str); 3] = [
+    (0x0020_000D, "StudyInstanceUID"),
+    (0x0020_000E, "SeriesInstanceUID"),
+    (0x0008_0018, "SOPInstanceUID"),
+];
+
+fn check_required(parsed: &Parsed) -> Result<()> {
+    for (tag, keyword) in REQUIRED {
+        if !parsed.attrs.iter().any(|a| a.tag == tag && !a.value.is_empty()) {
+            return Err(Error::MissingAttribute { keyword, tag });
+        }
+    }
+    Ok(())
 }
 
 fn prepare(parsed: Parsed, prefix: &[u8], dataset: &[u8], level: i32) -> Result<Prepared> {
+    // Checked before anything is hashed or stored: a rejected object leaves nothing behind.
+    check_required(&parsed)?;
     let logical = canonical(&parsed.transfer_syntax, dataset);
     let hash = hash::hash(&logical);
     let base = parsed.transfer_syntax.len() + 1;

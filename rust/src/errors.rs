@@ -8,6 +8,12 @@ use pyo3::prelude::*;
 create_exception!(dicomvault._native, DicomVaultError, PyException, "Base of every dicomvault error.");
 create_exception!(dicomvault._native, NotDicomError, DicomVaultError, "The input is not DICOM.");
 create_exception!(dicomvault._native, MalformedError, DicomVaultError, "Broken DICOM framing.");
+create_exception!(
+    dicomvault._native,
+    MissingAttributeError,
+    MalformedError,
+    "A required attribute (Study/Series/SOP Instance UID) is missing."
+);
 create_exception!(dicomvault._native, UnsupportedError, DicomVaultError, "Valid DICOM this build cannot keep.");
 create_exception!(dicomvault._native, CodecError, DicomVaultError, "A stored payload failed to decode.");
 create_exception!(dicomvault._native, IntegrityError, DicomVaultError, "Bytes do not hash to their address.");
@@ -22,6 +28,7 @@ pub fn to_py(err: Error) -> PyErr {
     match err {
         Error::NotDicom { .. } => NotDicomError::new_err(msg),
         Error::Malformed { .. } => MalformedError::new_err(msg),
+        Error::MissingAttribute { .. } => MissingAttributeError::new_err(msg),
         Error::Unsupported { .. } => UnsupportedError::new_err(msg),
         Error::Codec { .. } => CodecError::new_err(msg),
         Error::HashMismatch { .. } => IntegrityError::new_err(msg),
@@ -49,6 +56,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DicomVaultError", py.get_type::<DicomVaultError>())?;
     m.add("NotDicomError", py.get_type::<NotDicomError>())?;
     m.add("MalformedError", py.get_type::<MalformedError>())?;
+    m.add("MissingAttributeError", py.get_type::<MissingAttributeError>())?;
     m.add("UnsupportedError", py.get_type::<UnsupportedError>())?;
     m.add("CodecError", py.get_type::<CodecError>())?;
     m.add("IntegrityError", py.get_type::<IntegrityError>())?;

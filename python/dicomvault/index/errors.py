@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import DicomVaultError
+
 
 class IndexStoreError(DicomVaultError):
     """Base class of all index errors (named to avoid shadowing builtins.IndexError)."""

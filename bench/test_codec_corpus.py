@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pydicom
 
-from conftest import corpus_dirs
 from dicomvault import _native  # type: ignore[attr-defined]
+from dv_corpus import corpus_dirs
 
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 
@@ -55,19 +55,32 @@ def test_hot_codec_vs_zlib6_per_class(report: list[str]) -> None:
         (codec, stored, logical_len), t_enc = _timed(_native.encode, raw)
         _, t_dec = _timed(_native.decode, codec, stored, logical_len)
         z, t_z = _timed(zlib.compress, raw, 6)
-        rows[modality].append((len(raw) / len(stored), len(raw) / len(z), len(raw) / t_enc / 1e6,
-                               len(raw) / t_z / 1e6, logical_len / t_dec / 1e6))
+        rows[modality].append(
+            (
+                len(raw) / len(stored),
+                len(raw) / len(z),
+                len(raw) / t_enc / 1e6,
+                len(raw) / t_z / 1e6,
+                logical_len / t_dec / 1e6,
+            )
+        )
     assert rows, "no uncompressed images found in pydicom-data"
     report.append("hot codec vs zlib-6 (Orthanc) on pydicom-data, geometric means per class:")
-    report.append(f"  {'class':<6}{'files':>6}{'ratio':>8}{'zlib6':>8}{'x zlib':>8}{'enc MB/s':>10}"
-                  f"{'zlib MB/s':>11}{'x speed':>9}{'dec MB/s':>10}")
+    report.append(
+        f"  {'class':<6}{'files':>6}{'ratio':>8}{'zlib6':>8}{'x zlib':>8}{'enc MB/s':>10}"
+        f"{'zlib MB/s':>11}{'x speed':>9}{'dec MB/s':>10}"
+    )
     everything = []
     for modality in sorted(rows):
         rs = rows[modality]
         everything.extend(rs)
         r, z, e, ze, d = (_gmean([x[i] for x in rs]) for i in range(5))
-        report.append(f"  {modality:<6}{len(rs):>6}{r:>8.2f}{z:>8.2f}{r / z:>8.2f}{e:>10.0f}{ze:>11.0f}"
-                      f"{e / ze:>9.1f}{d:>10.0f}")
+        report.append(
+            f"  {modality:<6}{len(rs):>6}{r:>8.2f}{z:>8.2f}{r / z:>8.2f}{e:>10.0f}{ze:>11.0f}"
+            f"{e / ze:>9.1f}{d:>10.0f}"
+        )
     r, z, e, ze, d = (_gmean([x[i] for x in everything]) for i in range(5))
-    report.append(f"  {'ALL':<6}{len(everything):>6}{r:>8.2f}{z:>8.2f}{r / z:>8.2f}{e:>10.0f}{ze:>11.0f}"
-                  f"{e / ze:>9.1f}{d:>10.0f}")
+    report.append(
+        f"  {'ALL':<6}{len(everything):>6}{r:>8.2f}{z:>8.2f}{r / z:>8.2f}{e:>10.0f}{ze:>11.0f}"
+        f"{e / ze:>9.1f}{d:>10.0f}"
+    )

@@ -47,7 +47,9 @@ def engine_ingest(directory: Path, files: list[bytes], threads: int, batch: int)
     return sum(map(len, files)) / elapsed / 1e6, stats
 
 
-def test_engine_ingest_vs_raw_device(benchmark, scratch: Path, ct_files: list[bytes], report: list[str]) -> None:  # type: ignore[no-untyped-def]
+def test_engine_ingest_vs_raw_device(
+    benchmark, scratch: Path, ct_files: list[bytes], report: list[str]
+) -> None:  # type: ignore[no-untyped-def]
     total = sum(map(len, ct_files))
     threads = int(os.environ.get("DV_BENCH_THREADS", "4"))
     # Raw device before and after the engine; the mean smooths a noisy shared disk.
@@ -65,7 +67,9 @@ def test_engine_ingest_vs_raw_device(benchmark, scratch: Path, ct_files: list[by
     mbs, stats = result[0]
     ratio = mbs / raw
     benchmark.extra_info.update(
-        engine_mb_s=round(mbs, 1), raw_mb_s=round(raw, 1), ratio=round(ratio, 3),
+        engine_mb_s=round(mbs, 1),
+        raw_mb_s=round(raw, 1),
+        ratio=round(ratio, 3),
         compression=stats["compression_ratio"],
     )
     report.append(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from conftest import corpus_dirs
+from dv_corpus import corpus_dirs
 
 CLI = str(Path(sys.executable).with_name("dicomvault"))
 
@@ -20,7 +20,9 @@ CLI = str(Path(sys.executable).with_name("dicomvault"))
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=120)
     if check and proc.returncode != 0:
-        raise AssertionError(f"dicomvault {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"dicomvault {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -56,11 +58,13 @@ def test_ingest_ls_export_stats_verify_delete(inbox: Path, tmp_path: Path) -> No
     studies = json.loads(run("ls", "studies", "--data", str(data), "--json").stdout)
     ct = pydicom.dcmread(inbox / "a" / "CT_small.dcm")
     assert str(ct.StudyInstanceUID) in {s["StudyInstanceUID"] for s in studies}
-    instances = json.loads(run("ls", "instances", "--study", str(ct.StudyInstanceUID), "--data", str(data),
-                               "--json").stdout)
+    instances = json.loads(
+        run("ls", "instances", "--study", str(ct.StudyInstanceUID), "--data", str(data), "--json").stdout
+    )
     assert [i["SOPInstanceUID"] for i in instances] == [str(ct.SOPInstanceUID)]
-    by_pid = json.loads(run("ls", "studies", "--patient-id", str(ct.PatientID), "--data", str(data),
-                            "--json").stdout)
+    by_pid = json.loads(
+        run("ls", "studies", "--patient-id", str(ct.PatientID), "--data", str(data), "--json").stdout
+    )
     assert {s["PatientID"] for s in by_pid} == {str(ct.PatientID)}
     assert "StudyInstanceUID" in run("ls", "--data", str(data)).stdout
 
@@ -79,8 +83,12 @@ def test_ingest_ls_export_stats_verify_delete(inbox: Path, tmp_path: Path) -> No
     after = json.loads(run("stats", "--data", str(data), "--json").stdout)
     assert after["objects"] == 4
     assert after["stored_bytes"] < stats["stored_bytes"]
-    assert run("ls", "instances", "--study", str(ct.StudyInstanceUID), "--data", str(data),
-               "--json").stdout.strip() == "[]"
+    assert (
+        run(
+            "ls", "instances", "--study", str(ct.StudyInstanceUID), "--data", str(data), "--json"
+        ).stdout.strip()
+        == "[]"
+    )
     assert run("verify", "--data", str(data)).returncode == 0
 
 
@@ -102,14 +110,20 @@ def test_read_only_commands_beside_a_writer(inbox: Path, tmp_path: Path) -> None
     data = tmp_path / "data"
     run("ingest", str(inbox / "a"), "--data", str(data))
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import sys, time
             from dicomvault.engine import Engine
             with Engine({str(data)!r}) as e:
                 print("ready", flush=True)
                 sys.stdin.read()
-        """)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"

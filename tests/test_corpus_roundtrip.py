@@ -12,9 +12,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from conftest import corpus_files, pydicom_reads
 from dicomvault.engine import Engine, StoreOutcome
 from dicomvault.errors import DicomVaultError
+from dv_corpus import corpus_files, pydicom_reads
 
 FILES = corpus_files()
 
@@ -60,11 +60,11 @@ def test_ingest_export_byte_identical(path: Path, engine: Engine, tmp_path: Path
         assert result.sop_instance_uid == str(ds.SOPInstanceUID)
         assert result.study_instance_uid == str(ds.StudyInstanceUID)
 
-        (row,) = list(engine.ls("instances", study=result.study_instance_uid))
+        (row,) = list(engine.ls("instances", study=result.study_instance_uid, columns=["Rows", "Columns"]))
         assert row["SOPInstanceUID"] == str(ds.SOPInstanceUID)
         if "Rows" in ds:
             assert int(row["Rows"]) == ds.Rows and int(row["Columns"]) == ds.Columns
-        studies = list(engine.ls("studies", study=result.study_instance_uid))
+        studies = list(engine.ls("studies", study=result.study_instance_uid, columns=["PatientID"]))
         assert studies and studies[0].get("PatientID", "") == str(ds.get("PatientID", ""))
 
     assert isinstance(result, StoreOutcome)

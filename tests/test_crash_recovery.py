@@ -23,24 +23,33 @@ def _trial(data: Path, seed: int, rng: random.Random) -> dict[str, str]:
     """Runs the child until a random moment, SIGKILLs it, returns what it acknowledged."""
     proc = subprocess.Popen(
         [sys.executable, str(CHILD), str(data), str(seed), str(rng.choice([1, 4, 8]))],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     acked: dict[str, str] = {}
     assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "READY", proc.stderr.read() if proc.stderr else ""
+    fd = proc.stdout.fileno()
+    # Read raw bytes as they come (no buffered reader between us and the kill).
+    buf = b""
+    while b"\n" not in buf:
+        chunk = os.read(fd, 65536)
+        assert chunk, "child died before READY"
+        buf += chunk
+    assert buf.startswith(b"READY\n"), buf[:200]
     deadline = time.monotonic() + rng.uniform(0.05, 1.5)
-    os.set_blocking(proc.stdout.fileno(), False)
-    buf = ""
+    os.set_blocking(fd, False)
     while time.monotonic() < deadline and proc.poll() is None:
-        chunk = proc.stdout.read()
-        if chunk:
-            buf += chunk
-        time.sleep(0.005)
+        try:
+            buf += os.read(fd, 1 << 20)
+        except BlockingIOError:
+            time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    os.set_blocking(proc.stdout.fileno(), True)
-    buf += proc.stdout.read()
-    for line in buf.splitlines():
+    os.set_blocking(fd, True)
+    while chunk := os.read(fd, 1 << 20):
+        buf += chunk
+    proc.stdout.close()
+    for line in buf.decode().splitlines():
         if line.startswith("ACK ") and line.count(" ") == 2:  # a line cut by the kill is ignored
             _, uid, digest = line.split()
             acked[uid] = digest

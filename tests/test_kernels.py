@@ -10,7 +10,8 @@ from dicomvault import kernels
 
 def _window_ref(x: np.ndarray, c: float, w: float) -> np.ndarray:
     lo, hi = c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2
-    y = ((x - (c - 0.5)) / (w - 1) + 0.5) * 255.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = ((x - (c - 0.5)) / (w - 1) + 0.5) * 255.0
     out = np.where(x <= lo, 0.0, np.where(x > hi, 255.0, np.floor(y + 0.5)))
     return np.clip(out, 0, 255).astype(np.uint8)
 
@@ -41,6 +42,8 @@ def test_minmax_and_downsample() -> None:
     a = np.arange(16, dtype=np.uint8).reshape(4, 4)
     assert kernels.minmax(a) == (0.0, 15.0)
     small = kernels.downsample_u8(a, 2, 2)
-    np.testing.assert_array_equal(small, a.reshape(2, 2, 2, 2).mean(axis=(1, 3)).round().astype(np.uint8))
+    # Round half up, as the kernel does (integer mean with +n/2).
+    ref = np.floor(a.reshape(2, 2, 2, 2).mean(axis=(1, 3)) + 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(small, ref)
     with pytest.raises(ValueError):
         kernels.downsample_u8(a, 8, 8)

@@ -39,10 +39,7 @@ mod tests {
     #[test]
     fn hex_round_trip() {
         let h = hash(b"abc");
-        assert_eq!(
-            to_hex(&h),
-            "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
-        );
+        assert_eq!(to_hex(&h), "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85");
         assert_eq!(from_hex(&to_hex(&h)), Some(h));
         assert_eq!(from_hex("zz"), None);
     }

@@ -34,11 +34,10 @@ pub fn canonical(transfer_syntax: &str, dataset: &[u8]) -> Vec<u8> {
 
 /// Splits canonical bytes into (transfer syntax UID, dataset bytes).
 pub fn split_canonical(logical: &[u8]) -> Result<(&str, &[u8])> {
-    let nul = logical
-        .iter()
-        .take(65)
-        .position(|&b| b == 0)
-        .ok_or_else(|| Error::Codec { reason: "canonical object has no transfer syntax header".into() })?;
+    let nul =
+        logical.iter().take(65).position(|&b| b == 0).ok_or_else(|| Error::Codec {
+            reason: "canonical object has no transfer syntax header".into(),
+        })?;
     let ts = std::str::from_utf8(&logical[..nul])
         .map_err(|_| Error::Codec { reason: "transfer syntax UID is not ASCII".into() })?;
     Ok((ts, &logical[nul + 1..]))
@@ -67,11 +66,8 @@ fn pixel_layout(pixel: &PixelInfo, base: usize) -> Option<PixelLayout> {
 }
 
 /// The attributes without which an object cannot be filed in the patient/study/series hierarchy.
-const REQUIRED: [(u32, &str); 3] = [
-    (0x0020_000D, "StudyInstanceUID"),
-    (0x0020_000E, "SeriesInstanceUID"),
-    (0x0008_0018, "SOPInstanceUID"),
-];
+const REQUIRED: [(u32, &str); 3] =
+    [(0x0020_000D, "StudyInstanceUID"), (0x0020_000E, "SeriesInstanceUID"), (0x0008_0018, "SOPInstanceUID")];
 
 fn check_required(parsed: &Parsed) -> Result<()> {
     for (tag, keyword) in REQUIRED {
@@ -90,14 +86,7 @@ fn prepare(parsed: Parsed, prefix: &[u8], dataset: &[u8], level: i32) -> Result<
     let base = parsed.transfer_syntax.len() + 1;
     let layout = parsed.pixel.as_ref().and_then(|p| pixel_layout(p, base));
     let (codec, stored) = codec::encode_hot(&logical, layout.as_ref(), level)?;
-    Ok(Prepared {
-        parsed,
-        hash,
-        prefix: prefix.to_vec(),
-        logical_len: logical.len() as u64,
-        codec,
-        stored,
-    })
+    Ok(Prepared { parsed, hash, prefix: prefix.to_vec(), logical_len: logical.len() as u64, codec, stored })
 }
 
 /// A file's bytes (Part-10, or a bare dataset) → prepared object.
@@ -108,7 +97,12 @@ pub fn prepare_file(bytes: &[u8], wanted: &[u32], level: i32) -> Result<Prepared
 }
 
 /// A dataset received with a known transfer syntax (DIMSE C-STORE, STOW-RS) → prepared object.
-pub fn prepare_dataset(dataset: &[u8], transfer_syntax: &str, wanted: &[u32], level: i32) -> Result<Prepared> {
+pub fn prepare_dataset(
+    dataset: &[u8],
+    transfer_syntax: &str,
+    wanted: &[u32],
+    level: i32,
+) -> Result<Prepared> {
     let parsed = parse::parse_dataset(dataset, transfer_syntax, wanted)?;
     prepare(parsed, &[], dataset, level)
 }

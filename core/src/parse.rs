@@ -205,18 +205,9 @@ struct Enc {
     big: bool,
 }
 
-const IMPLICIT_LE: Enc = Enc {
-    explicit: false,
-    big: false,
-};
-const EXPLICIT_LE: Enc = Enc {
-    explicit: true,
-    big: false,
-};
-const EXPLICIT_BE: Enc = Enc {
-    explicit: true,
-    big: true,
-};
+const IMPLICIT_LE: Enc = Enc { explicit: false, big: false };
+const EXPLICIT_LE: Enc = Enc { explicit: true, big: false };
+const EXPLICIT_BE: Enc = Enc { explicit: true, big: true };
 
 /// Framing of a transfer syntax: (encoding, deflated). Every UID other than the three
 /// uncompressed ones and the deflated ones (all the compressed syntaxes, and unknown UIDs)
@@ -238,15 +229,9 @@ fn parse_with_syntax(dataset: &[u8], base: usize, ts: &str, wanted: &[u32]) -> R
     }
     let inflated = inflate(dataset, base)?;
     let mut parsed = walk_dataset(&inflated, 0, enc, wanted).map_err(|e| match e {
-        Error::Malformed {
-            offset,
-            tag,
-            reason,
-        } => Error::malformed(
-            base,
-            tag,
-            format!("in the inflated dataset at offset {offset}: {reason}"),
-        ),
+        Error::Malformed { offset, tag, reason } => {
+            Error::malformed(base, tag, format!("in the inflated dataset at offset {offset}: {reason}"))
+        }
         other => other,
     })?;
     parsed.pixel = None;
@@ -257,15 +242,8 @@ fn parse_with_syntax(dataset: &[u8], base: usize, ts: &str, wanted: &[u32]) -> R
 /// must end properly: a truncated one is `Malformed`, not a silently shorter dataset.
 fn inflate(data: &[u8], base: usize) -> Result<Vec<u8>> {
     match inflate_with(data, false, base) {
-        Err(Error::Malformed { .. }) if data.first() == Some(&0x78) => {
-            inflate_with(data, true, base).map_err(|_| {
-                Error::malformed(
-                    base,
-                    None,
-                    "bad deflate stream (neither raw deflate nor zlib)",
-                )
-            })
-        }
+        Err(Error::Malformed { .. }) if data.first() == Some(&0x78) => inflate_with(data, true, base)
+            .map_err(|_| Error::malformed(base, None, "bad deflate stream (neither raw deflate nor zlib)")),
         other => other,
     }
 }
@@ -287,19 +265,13 @@ fn inflate_with(data: &[u8], zlib: bool, base: usize) -> Result<Vec<u8>> {
         let produced = out.len();
         let status = d
             .decompress_vec(&data[consumed..], &mut out, flate2::FlushDecompress::None)
-            .map_err(|e| {
-                Error::malformed(base + consumed, None, format!("bad deflate stream: {e}"))
-            })?;
+            .map_err(|e| Error::malformed(base + consumed, None, format!("bad deflate stream: {e}")))?;
         if status == flate2::Status::StreamEnd {
             return Ok(out);
         }
         if d.total_in() as usize == consumed && out.len() == produced {
             // No progress with room in the output: the input is used up.
-            return Err(Error::malformed(
-                base + data.len(),
-                None,
-                "deflate stream truncated",
-            ));
+            return Err(Error::malformed(base + data.len(), None, "deflate stream truncated"));
         }
     }
 }
@@ -314,10 +286,7 @@ fn starts_with_meta(b: &[u8]) -> bool {
 /// says (it is often missing or wrong), except for a deflated dataset, whose first bytes are not
 /// a tag: there a group length that lands on an element boundary is trusted.
 fn read_meta(bytes: &[u8], start: usize) -> Result<(Vec<Attr>, usize, Option<String>)> {
-    let cur = Cursor {
-        buf: bytes,
-        base: 0,
-    };
+    let cur = Cursor { buf: bytes, base: 0 };
     let mut meta = Vec::new();
     let mut ts: Option<String> = None;
     let mut group_end: Option<usize> = None;
@@ -388,15 +357,9 @@ fn actual_encoding(buf: &[u8], enc: Enc) -> Enc {
     }
     let vr = [buf[4], buf[5]];
     if enc.explicit && !(vr[0].is_ascii_uppercase() && vr[1].is_ascii_uppercase()) {
-        Enc {
-            explicit: false,
-            ..enc
-        }
+        Enc { explicit: false, ..enc }
     } else if !enc.explicit && is_known_vr(vr) {
-        Enc {
-            explicit: true,
-            ..enc
-        }
+        Enc { explicit: true, ..enc }
     } else {
         enc
     }
@@ -447,11 +410,7 @@ fn walk_dataset(buf: &[u8], base: usize, enc: Enc, wanted: &[u32]) -> Result<Par
                 px.data = Some((h.value, end - h.value, true));
             }
             if h.tag <= last_wanted && wanted.binary_search(&h.tag).is_ok() {
-                attrs.push(Attr {
-                    tag: h.tag,
-                    vr: h.vr,
-                    value: buf[h.value..end].to_vec(),
-                });
+                attrs.push(Attr { tag: h.tag, vr: h.vr, value: buf[h.value..end].to_vec() });
             }
             pos = end;
             continue;
@@ -464,12 +423,8 @@ fn walk_dataset(buf: &[u8], base: usize, enc: Enc, wanted: &[u32]) -> Result<Par
             TAG_COLUMNS => px.columns = read_u16(&h, value, enc).unwrap_or(0),
             TAG_BITS_ALLOCATED => px.bits_allocated = read_u16(&h, value, enc).unwrap_or(0),
             TAG_SAMPLES_PER_PIXEL => px.samples_per_pixel = read_u16(&h, value, enc),
-            TAG_PIXEL_REPRESENTATION => {
-                px.pixel_representation = read_u16(&h, value, enc).unwrap_or(0)
-            }
-            TAG_PLANAR_CONFIGURATION => {
-                px.planar_configuration = read_u16(&h, value, enc).unwrap_or(0)
-            }
+            TAG_PIXEL_REPRESENTATION => px.pixel_representation = read_u16(&h, value, enc).unwrap_or(0),
+            TAG_PLANAR_CONFIGURATION => px.planar_configuration = read_u16(&h, value, enc).unwrap_or(0),
             TAG_NUMBER_OF_FRAMES => px.number_of_frames = read_uint(&h, value, enc),
             _ => {}
         }
@@ -551,13 +506,7 @@ impl Cursor<'_> {
         if tag >> 16 == 0xFFFE {
             // Items and delimiters: no VR in any transfer syntax.
             let len = rd32(b, pos + 4, enc.big);
-            return Ok(Header {
-                tag,
-                vr: [0, 0],
-                explicit_vr: false,
-                len,
-                value: pos + 8,
-            });
+            return Ok(Header { tag, vr: [0, 0], explicit_vr: false, len, value: pos + 8 });
         }
         if enc.explicit {
             let vr = [b[pos + 4], b[pos + 5]];
@@ -567,35 +516,17 @@ impl Cursor<'_> {
                         return Err(self.err(pos, Some(tag), "truncated element header"));
                     }
                     let len = rd32(b, pos + 8, enc.big);
-                    return Ok(Header {
-                        tag,
-                        vr,
-                        explicit_vr: true,
-                        len,
-                        value: pos + 12,
-                    });
+                    return Ok(Header { tag, vr, explicit_vr: true, len, value: pos + 12 });
                 }
                 // Short VRs, and unknown ones (as pydicom does).
                 let len = u32::from(rd16(b, pos + 6, enc.big));
-                return Ok(Header {
-                    tag,
-                    vr,
-                    explicit_vr: true,
-                    len,
-                    value: pos + 8,
-                });
+                return Ok(Header { tag, vr, explicit_vr: true, len, value: pos + 8 });
             }
             // Not a VR: the writer switched to implicit VR for this element.
         }
         let len = rd32(b, pos + 4, enc.big);
         let vr = dictionary_vr(tag).unwrap_or(*b"UN");
-        Ok(Header {
-            tag,
-            vr,
-            explicit_vr: false,
-            len,
-            value: pos + 8,
-        })
+        Ok(Header { tag, vr, explicit_vr: false, len, value: pos + 8 })
     }
 
     /// End of a defined-length value, checked against the input.
@@ -606,10 +537,7 @@ impl Cursor<'_> {
             return Err(self.err(
                 h.value,
                 Some(h.tag),
-                format!(
-                    "value length {} runs past the end of the data ({left} bytes left)",
-                    h.len
-                ),
+                format!("value length {} runs past the end of the data ({left} bytes left)", h.len),
             ));
         }
         Ok(h.value + h.len as usize)
@@ -620,16 +548,10 @@ impl Cursor<'_> {
     /// the sequence delimitation item.
     fn skip_sequence(&self, mut pos: usize, tag: u32, enc: Enc, depth: usize) -> Result<usize> {
         if depth > MAX_DEPTH {
-            return Err(self.err(
-                pos,
-                Some(tag),
-                format!("sequences nested deeper than {MAX_DEPTH}"),
-            ));
+            return Err(self.err(pos, Some(tag), format!("sequences nested deeper than {MAX_DEPTH}")));
         }
         loop {
-            let h = self
-                .header(pos, enc)
-                .map_err(|e| self.in_element(e, pos, tag))?;
+            let h = self.header(pos, enc).map_err(|e| self.in_element(e, pos, tag))?;
             match h.tag {
                 ITEM if h.len == UNDEFINED => pos = self.skip_item(h.value, enc, depth)?,
                 ITEM => pos = self.value_end(&h)?,
@@ -660,10 +582,7 @@ impl Cursor<'_> {
             && read_tag(b, pos, enc.big) >> 16 != 0xFFFE
             && !(b[pos + 4].is_ascii_uppercase() && b[pos + 5].is_ascii_uppercase())
         {
-            Enc {
-                explicit: false,
-                ..enc
-            }
+            Enc { explicit: false, ..enc }
         } else {
             enc
         };
@@ -673,11 +592,7 @@ impl Cursor<'_> {
                 // Its length should be 0; like pydicom, ignore it.
                 ITEM_DELIMITER => return Ok(h.value),
                 ITEM | SEQUENCE_DELIMITER => {
-                    return Err(self.err(
-                        pos,
-                        Some(h.tag),
-                        "item or sequence delimiter inside an item",
-                    ))
+                    return Err(self.err(pos, Some(h.tag), "item or sequence delimiter inside an item"))
                 }
                 _ if h.len == UNDEFINED => {
                     pos = self.skip_sequence(h.value, h.tag, h.inner(enc), depth + 1)?
@@ -690,9 +605,7 @@ impl Cursor<'_> {
     /// A truncated header right after a sequence's last item names the sequence.
     fn in_element(&self, e: Error, pos: usize, tag: u32) -> Error {
         match e {
-            Error::Malformed {
-                tag: None, reason, ..
-            } => self.err(pos, Some(tag), reason),
+            Error::Malformed { tag: None, reason, .. } => self.err(pos, Some(tag), reason),
             other => other,
         }
     }
@@ -727,19 +640,7 @@ fn read_tag(b: &[u8], p: usize, big: bool) -> u32 {
 fn has_long_length(vr: [u8; 2]) -> bool {
     matches!(
         &vr,
-        b"OB"
-            | b"OD"
-            | b"OF"
-            | b"OL"
-            | b"OV"
-            | b"OW"
-            | b"SQ"
-            | b"SV"
-            | b"UC"
-            | b"UN"
-            | b"UR"
-            | b"UT"
-            | b"UV"
+        b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV"
     )
 }
 
@@ -841,10 +742,7 @@ fn effective_vr(h: &Header) -> [u8; 2] {
 fn make_attr(h: &Header, value: &[u8], enc: Enc) -> Attr {
     let vr = effective_vr(h);
     let value = if is_string_vr(vr) {
-        let keep = value
-            .iter()
-            .rposition(|&c| c != b' ' && c != 0)
-            .map_or(0, |i| i + 1);
+        let keep = value.iter().rposition(|&c| c != b' ' && c != 0).map_or(0, |i| i + 1);
         value[..keep].to_vec()
     } else {
         let mut v = value.to_vec();
@@ -856,11 +754,7 @@ fn make_attr(h: &Header, value: &[u8], enc: Enc) -> Attr {
         }
         v
     };
-    Attr {
-        tag: h.tag,
-        vr,
-        value,
-    }
+    Attr { tag: h.tag, vr, value }
 }
 
 /// A US value (or a number written as a string by a sloppy writer).
@@ -906,18 +800,10 @@ mod tests {
         if has_long_length(*vr) {
             out.extend_from_slice(&[0, 0]);
             let len = value.len() as u32;
-            out.extend_from_slice(&if big {
-                len.to_be_bytes()
-            } else {
-                len.to_le_bytes()
-            });
+            out.extend_from_slice(&if big { len.to_be_bytes() } else { len.to_le_bytes() });
         } else {
             let len = value.len() as u16;
-            out.extend_from_slice(&if big {
-                len.to_be_bytes()
-            } else {
-                len.to_le_bytes()
-            });
+            out.extend_from_slice(&if big { len.to_be_bytes() } else { len.to_le_bytes() });
         }
         out.extend_from_slice(value);
         out
@@ -948,29 +834,17 @@ mod tests {
         if uid.len() % 2 == 1 {
             uid.push(0);
         }
-        let body = [
-            ex(0x0002_0001, b"OB", &[0, 1], false),
-            ex(0x0002_0010, b"UI", &uid, false),
-        ]
-        .concat();
+        let body = [ex(0x0002_0001, b"OB", &[0, 1], false), ex(0x0002_0010, b"UI", &uid, false)].concat();
         let mut out = vec![0u8; 128];
         out.extend_from_slice(b"DICM");
-        out.extend(ex(
-            0x0002_0000,
-            b"UL",
-            &(body.len() as u32).to_le_bytes(),
-            false,
-        ));
+        out.extend(ex(0x0002_0000, b"UL", &(body.len() as u32).to_le_bytes(), false));
         out.extend(body);
         out.extend_from_slice(dataset);
         out
     }
 
     fn attr(p: &Parsed, tag: u32) -> Option<&[u8]> {
-        p.attrs
-            .iter()
-            .find(|a| a.tag == tag)
-            .map(|a| a.value.as_slice())
+        p.attrs.iter().find(|a| a.tag == tag).map(|a| a.value.as_slice())
     }
 
     fn small_dataset(big: bool) -> Vec<u8> {
@@ -978,36 +852,9 @@ mod tests {
             ex(0x0008_0018, b"UI", b"1.2.3\0", big),
             ex(0x0008_0060, b"CS", b"CT", big),
             ex(0x0010_0010, b"PN", b"Doe^John ", big),
-            ex(
-                0x0028_0010,
-                b"US",
-                &if big {
-                    2u16.to_be_bytes()
-                } else {
-                    2u16.to_le_bytes()
-                },
-                big,
-            ),
-            ex(
-                0x0028_0011,
-                b"US",
-                &if big {
-                    3u16.to_be_bytes()
-                } else {
-                    3u16.to_le_bytes()
-                },
-                big,
-            ),
-            ex(
-                0x0028_0100,
-                b"US",
-                &if big {
-                    16u16.to_be_bytes()
-                } else {
-                    16u16.to_le_bytes()
-                },
-                big,
-            ),
+            ex(0x0028_0010, b"US", &if big { 2u16.to_be_bytes() } else { 2u16.to_le_bytes() }, big),
+            ex(0x0028_0011, b"US", &if big { 3u16.to_be_bytes() } else { 3u16.to_le_bytes() }, big),
+            ex(0x0028_0100, b"US", &if big { 16u16.to_be_bytes() } else { 16u16.to_le_bytes() }, big),
             ex(TAG_PIXEL_DATA, b"OW", &[1u8; 12], big),
         ]
         .concat()
@@ -1037,22 +884,13 @@ mod tests {
         assert_eq!(attr(&p, 0x0010_0010), Some(&b"Doe^John"[..]));
         assert_eq!(attr(&p, 0x0028_0010), Some(&[2u8, 0][..]));
         let px = p.pixel.unwrap();
-        assert_eq!(
-            &file[p.dataset_offset + px.offset..][..px.length],
-            &[1u8; 12]
-        );
-        assert_eq!(
-            (px.rows, px.columns, px.bits_allocated, px.samples_per_pixel),
-            (2, 3, 16, 1)
-        );
+        assert_eq!(&file[p.dataset_offset + px.offset..][..px.length], &[1u8; 12]);
+        assert_eq!((px.rows, px.columns, px.bits_allocated, px.samples_per_pixel), (2, 3, 16, 1));
         assert_eq!(px.number_of_frames, 1);
         assert!(!px.encapsulated && !px.big_endian);
         // Only wanted tags, in file order.
         let p = parse_file(&file, &[0x0010_0010, 0x0028_0011]).unwrap();
-        assert_eq!(
-            p.attrs.iter().map(|a| a.tag).collect::<Vec<_>>(),
-            vec![0x0010_0010, 0x0028_0011]
-        );
+        assert_eq!(p.attrs.iter().map(|a| a.tag).collect::<Vec<_>>(), vec![0x0010_0010, 0x0028_0011]);
         assert!(parse_file(&file, &[]).unwrap().attrs.is_empty());
     }
 
@@ -1086,13 +924,8 @@ mod tests {
             im_len(SEQUENCE_DELIMITER, 0, &[]),
         ]
         .concat();
-        let ds = [
-            im(0x0008_0016, b"1.2.840\0"),
-            seq,
-            im(0x0008_0018, b"4.5.6\0"),
-            im(0x0028_0010, &[7, 0]),
-        ]
-        .concat();
+        let ds = [im(0x0008_0016, b"1.2.840\0"), seq, im(0x0008_0018, b"4.5.6\0"), im(0x0028_0010, &[7, 0])]
+            .concat();
         let p = parse_file(&ds, INDEX_TAGS).unwrap();
         assert!(p.ts_inferred);
         assert_eq!(p.transfer_syntax, TS_IMPLICIT_LE);
@@ -1100,10 +933,7 @@ mod tests {
         // the SOP Instance UID inside the sequence is not top level
         assert_eq!(attr(&p, 0x0008_0018), Some(&b"4.5.6"[..]));
         assert_eq!(p.attrs.iter().filter(|a| a.tag == 0x0008_0018).count(), 1);
-        assert_eq!(
-            p.attrs.iter().find(|a| a.tag == 0x0028_0010).unwrap().vr,
-            *b"US"
-        );
+        assert_eq!(p.attrs.iter().find(|a| a.tag == 0x0028_0010).unwrap().vr, *b"US");
         assert!(p.pixel.is_none());
         // Same with a known transfer syntax.
         let q = parse_dataset(&ds, "1.2.840.10008.1.2\0", INDEX_TAGS).unwrap();
@@ -1136,17 +966,7 @@ mod tests {
         // A fragment that is not an item.
         let bad = [ex_undef(TAG_PIXEL_DATA, b"OB"), im(0x0008_0018, b"12")].concat();
         let e = parse_dataset(&bad, "1.2.840.10008.1.2.4.50", &[]).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                Error::Malformed {
-                    offset: 12,
-                    tag: Some(TAG_PIXEL_DATA),
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        assert!(matches!(e, Error::Malformed { offset: 12, tag: Some(TAG_PIXEL_DATA), .. }), "{e}");
     }
 
     #[test]
@@ -1183,8 +1003,7 @@ mod tests {
     fn deflated() {
         use std::io::Write;
         let ds = small_dataset(false);
-        let mut enc =
-            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
         enc.write_all(&ds).unwrap();
         let file = part10(TS_DEFLATED_LE, &enc.finish().unwrap());
         let p = parse_file(&file, INDEX_TAGS).unwrap();
@@ -1192,10 +1011,7 @@ mod tests {
         assert!(p.pixel.is_none());
         assert_eq!(attr(&p, 0x0008_0018), Some(&b"1.2.3"[..]));
         let garbage = part10(TS_DEFLATED_LE, &[0xFF; 40]);
-        assert!(matches!(
-            parse_file(&garbage, &[]),
-            Err(Error::Malformed { .. })
-        ));
+        assert!(matches!(parse_file(&garbage, &[]), Err(Error::Malformed { .. })));
     }
 
     #[test]
@@ -1241,28 +1057,16 @@ mod tests {
         }
         // Cut inside a header.
         let at = file.len() - ds.len() + 3;
-        assert!(matches!(
-            parse_file(&file[..at], &[]),
-            Err(Error::Malformed { .. })
-        ));
+        assert!(matches!(parse_file(&file[..at], &[]), Err(Error::Malformed { .. })));
         // Not DICOM.
-        for junk in [
-            &b""[..],
-            b"hello world, this is text\n",
-            b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR",
-            b"{\"a\": 1}",
-        ] {
-            assert!(
-                matches!(parse_file(junk, &[]), Err(Error::NotDicom { .. })),
-                "{junk:?}"
-            );
+        for junk in
+            [&b""[..], b"hello world, this is text\n", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", b"{\"a\": 1}"]
+        {
+            assert!(matches!(parse_file(junk, &[]), Err(Error::NotDicom { .. })), "{junk:?}");
         }
         // A bogus huge length is an error, not an allocation.
         let bogus = [ex_undef(0x0008_1140, b"SQ"), im_len(ITEM, 0xFFFF_FFF0, &[])].concat();
-        assert!(matches!(
-            parse_dataset(&bogus, TS_EXPLICIT_LE, &[]),
-            Err(Error::Malformed { .. })
-        ));
+        assert!(matches!(parse_dataset(&bogus, TS_EXPLICIT_LE, &[]), Err(Error::Malformed { .. })));
     }
 
     #[test]
@@ -1275,10 +1079,7 @@ mod tests {
         assert!(t.elapsed().as_secs_f64() < 1.0);
         // Trailing zeros after a dataset are padding.
         let ds = [small_dataset(false), vec![0; 3]].concat();
-        assert!(parse_dataset(&ds, TS_EXPLICIT_LE, &[])
-            .unwrap()
-            .pixel
-            .is_some());
+        assert!(parse_dataset(&ds, TS_EXPLICIT_LE, &[]).unwrap().pixel.is_some());
     }
 
     #[test]
@@ -1324,10 +1125,7 @@ mod tests {
     /// Top-level element boundaries (relative to the dataset) of a parsable file, with the same
     /// primitives as the parser.
     fn top_level_ends(dataset: &[u8], enc: Enc) -> Vec<usize> {
-        let cur = Cursor {
-            buf: dataset,
-            base: 0,
-        };
+        let cur = Cursor { buf: dataset, base: 0 };
         let mut ends = vec![0];
         let mut pos = 0;
         while pos < dataset.len() {
@@ -1344,19 +1142,14 @@ mod tests {
 
     fn data_dirs() -> Vec<std::path::PathBuf> {
         let site = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(SITE_PACKAGES);
-        vec![
-            site.join("data_store/data"),
-            site.join("pydicom/data/test_files"),
-        ]
+        vec![site.join("data_store/data"), site.join("pydicom/data/test_files")]
     }
 
     /// Relative to this crate (core/ in the repository).
     const SITE_PACKAGES: &str = "../.venv/lib/python3.11/site-packages";
 
     fn corpus_file(name: &str) -> Option<Vec<u8>> {
-        data_dirs()
-            .iter()
-            .find_map(|d| std::fs::read(d.join(name)).ok())
+        data_dirs().iter().find_map(|d| std::fs::read(d.join(name)).ok())
     }
 
     #[test]
@@ -1376,12 +1169,8 @@ mod tests {
             }
         }
         // And a synthetic file, so the test means something without the corpus.
-        let ds = [
-            small_dataset(false),
-            ex_undef(0x0009_1010, b"SQ"),
-            im(ITEM, b"\x08\0\x18\0UI\x02\0AB"),
-        ]
-        .concat();
+        let ds = [small_dataset(false), ex_undef(0x0009_1010, b"SQ"), im(ITEM, b"\x08\0\x18\0UI\x02\0AB")]
+            .concat();
         let ds = [ds, im_len(SEQUENCE_DELIMITER, 0, &[])].concat();
         files.push(("synthetic".into(), part10(TS_EXPLICIT_LE, &ds)));
         for (name, bytes) in files {
@@ -1392,12 +1181,8 @@ mod tests {
             let ends = if deflated {
                 let mut d = flate2::Decompress::new(false);
                 let mut sink = Vec::with_capacity(1 << 20);
-                d.decompress_vec(
-                    &bytes[full.dataset_offset..],
-                    &mut sink,
-                    flate2::FlushDecompress::Finish,
-                )
-                .unwrap();
+                d.decompress_vec(&bytes[full.dataset_offset..], &mut sink, flate2::FlushDecompress::Finish)
+                    .unwrap();
                 let stream_end = d.total_in() as usize;
                 (stream_end..=bytes.len() - full.dataset_offset).collect()
             } else {
@@ -1405,20 +1190,14 @@ mod tests {
             };
             // Inflating is slow in a debug build: sample the cuts inside a deflated stream.
             let step = if deflated { 29 } else { 1 };
-            let cuts = (0..bytes.len())
-                .step_by(step)
-                .chain(bytes.len().saturating_sub(64)..bytes.len());
+            let cuts = (0..bytes.len()).step_by(step).chain(bytes.len().saturating_sub(64)..bytes.len());
             for n in cuts {
                 let r = parse_file(&bytes[..n], INDEX_TAGS);
                 let in_dataset = n >= full.dataset_offset;
-                let on_boundary =
-                    in_dataset && ends.binary_search(&(n - full.dataset_offset)).is_ok();
+                let on_boundary = in_dataset && ends.binary_search(&(n - full.dataset_offset)).is_ok();
                 match r {
                     Ok(p) => {
-                        assert!(
-                            on_boundary || n <= full.dataset_offset,
-                            "{name}: prefix {n} parsed"
-                        );
+                        assert!(on_boundary || n <= full.dataset_offset, "{name}: prefix {n} parsed");
                         assert!(p.dataset_offset <= n);
                         if let Some(px) = p.pixel {
                             assert!(p.dataset_offset + px.offset + px.length <= n);
@@ -1444,12 +1223,7 @@ mod tests {
                     assert!(p.dataset_offset + px.offset + px.length <= b.len());
                 }
             }
-            for ts in [
-                TS_IMPLICIT_LE,
-                TS_EXPLICIT_LE,
-                TS_EXPLICIT_BE,
-                TS_DEFLATED_LE,
-            ] {
+            for ts in [TS_IMPLICIT_LE, TS_EXPLICIT_LE, TS_EXPLICIT_BE, TS_DEFLATED_LE] {
                 if let Ok(Some(px)) = parse_dataset(b, ts, INDEX_TAGS).map(|p| p.pixel) {
                     assert!(px.offset + px.length <= b.len());
                 }
@@ -1470,16 +1244,11 @@ mod tests {
             check(&b);
         }
         // Mutated real files (a few random bytes overwritten).
-        let mut seeds: Vec<Vec<u8>> = [
-            "rtplan.dcm",
-            "JPEG2000.dcm",
-            "image_dfl.dcm",
-            "ExplVR_BigEnd.dcm",
-            "nested_priv_SQ.dcm",
-        ]
-        .iter()
-        .filter_map(|n| corpus_file(n))
-        .collect();
+        let mut seeds: Vec<Vec<u8>> =
+            ["rtplan.dcm", "JPEG2000.dcm", "image_dfl.dcm", "ExplVR_BigEnd.dcm", "nested_priv_SQ.dcm"]
+                .iter()
+                .filter_map(|n| corpus_file(n))
+                .collect();
         seeds.push(part10(TS_EXPLICIT_LE, &small_dataset(false)));
         for seed in &seeds {
             for _ in 0..200 {
@@ -1541,16 +1310,12 @@ mod tests {
                 let p = r.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 assert!(p.dataset_offset <= bytes.len());
                 if let Some(px) = &p.pixel {
-                    assert!(
-                        p.dataset_offset + px.offset + px.length <= bytes.len(),
-                        "{name}"
-                    );
+                    assert!(p.dataset_offset + px.offset + px.length <= bytes.len(), "{name}");
                 }
                 // The dataset alone, with the transfer syntax, parses the same.
                 if !p.ts_inferred {
                     let q =
-                        parse_dataset(&bytes[p.dataset_offset..], &p.transfer_syntax, INDEX_TAGS)
-                            .unwrap();
+                        parse_dataset(&bytes[p.dataset_offset..], &p.transfer_syntax, INDEX_TAGS).unwrap();
                     assert_eq!((&q.attrs, &q.pixel), (&p.attrs, &p.pixel), "{name}");
                 }
             }
@@ -1595,71 +1360,35 @@ mod tests {
                     }
                 }
             };
-            check(
-                "dataset_offset",
-                p.dataset_offset.to_string(),
-                get("dataset_offset"),
-            );
+            check("dataset_offset", p.dataset_offset.to_string(), get("dataset_offset"));
             if get("ts").is_some() {
                 check("ts", p.transfer_syntax.clone(), get("ts"));
             } else {
                 let (enc, _) = framing(&p.transfer_syntax);
-                check(
-                    "implicit",
-                    u8::from(!enc.explicit).to_string(),
-                    get("implicit"),
-                );
+                check("implicit", u8::from(!enc.explicit).to_string(), get("implicit"));
                 check("little", u8::from(!enc.big).to_string(), get("little"));
             }
             for (k, v) in kv {
                 if let Some(t) = k.strip_prefix("attr_") {
                     let tag = u32::from_str_radix(t, 16).unwrap();
-                    let ours: String = attr(&p, tag)
-                        .unwrap_or(b"<absent>")
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect();
+                    let ours: String =
+                        attr(&p, tag).unwrap_or(b"<absent>").iter().map(|b| format!("{b:02x}")).collect();
                     check(k, ours, Some(v));
                 }
             }
             if let Some(px) = &p.pixel {
                 check("Rows", px.rows.to_string(), get("Rows"));
                 check("Columns", px.columns.to_string(), get("Columns"));
-                check(
-                    "BitsAllocated",
-                    px.bits_allocated.to_string(),
-                    get("BitsAllocated"),
-                );
-                check(
-                    "SamplesPerPixel",
-                    px.samples_per_pixel.to_string(),
-                    get("SamplesPerPixel"),
-                );
-                check(
-                    "pixel_offset",
-                    (p.dataset_offset + px.offset).to_string(),
-                    get("pixel_value_tell"),
-                );
-                let len = if px.encapsulated {
-                    px.length - 8
-                } else {
-                    px.length
-                };
+                check("BitsAllocated", px.bits_allocated.to_string(), get("BitsAllocated"));
+                check("SamplesPerPixel", px.samples_per_pixel.to_string(), get("SamplesPerPixel"));
+                check("pixel_offset", (p.dataset_offset + px.offset).to_string(), get("pixel_value_tell"));
+                let len = if px.encapsulated { px.length - 8 } else { px.length };
                 check("pixel_len", len.to_string(), get("pixel_len"));
-                check(
-                    "pixel_undefined",
-                    u8::from(px.encapsulated).to_string(),
-                    get("pixel_undefined"),
-                );
+                check("pixel_undefined", u8::from(px.encapsulated).to_string(), get("pixel_undefined"));
             } else if get("pixel_value_tell").is_some() {
                 failures.push(format!("{name}: pydicom finds pixel data, we do not"));
             }
         }
-        assert!(
-            failures.is_empty(),
-            "{} disagreements:\n{}",
-            failures.len(),
-            failures.join("\n")
-        );
+        assert!(failures.is_empty(), "{} disagreements:\n{}", failures.len(), failures.join("\n"));
     }
 }

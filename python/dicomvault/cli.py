@@ -24,18 +24,39 @@ from .errors import DicomVaultError
 log = logging.getLogger("dicomvault")
 
 LS_COLUMNS = {
-    "patients": ["PatientID", "PatientName", "PatientBirthDate", "PatientSex", "NumberOfPatientRelatedStudies"],
+    "patients": [
+        "PatientID",
+        "PatientName",
+        "PatientBirthDate",
+        "PatientSex",
+        "NumberOfPatientRelatedStudies",
+    ],
     "studies": [
-        "StudyInstanceUID", "PatientID", "PatientName", "StudyDate", "AccessionNumber",
-        "ModalitiesInStudy", "StudyDescription", "NumberOfStudyRelatedInstances",
+        "StudyInstanceUID",
+        "PatientID",
+        "PatientName",
+        "StudyDate",
+        "AccessionNumber",
+        "ModalitiesInStudy",
+        "StudyDescription",
+        "NumberOfStudyRelatedInstances",
     ],
     "series": [
-        "SeriesInstanceUID", "StudyInstanceUID", "Modality", "SeriesNumber", "SeriesDescription",
+        "SeriesInstanceUID",
+        "StudyInstanceUID",
+        "Modality",
+        "SeriesNumber",
+        "SeriesDescription",
         "NumberOfSeriesRelatedInstances",
     ],
     "instances": [
-        "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "SOPClassUID", "InstanceNumber",
-        "Rows", "Columns",
+        "SOPInstanceUID",
+        "SeriesInstanceUID",
+        "StudyInstanceUID",
+        "SOPClassUID",
+        "InstanceNumber",
+        "Rows",
+        "Columns",
     ],
 }
 
@@ -190,15 +211,18 @@ def cmd_ls(args: argparse.Namespace) -> int:
     with Engine(args.data, read_only=True) as engine:
         rows = [
             {k: _jsonable(v) for k, v in row.items()}
-            for row in engine.ls(args.what, patient_id=args.patient_id, study=args.study,
-                                 columns=LS_COLUMNS[args.what])
+            for row in engine.ls(
+                args.what, patient_id=args.patient_id, study=args.study, columns=LS_COLUMNS[args.what]
+            )
         ]
     if args.json:
         print(json.dumps(rows, indent=1, ensure_ascii=False))
         return 0
     cols = LS_COLUMNS[args.what]
-    table = [[str(r.get(c, "") if not isinstance(r.get(c), list) else "\\".join(map(str, r[c]))) for c in cols]
-             for r in rows]
+    table = [
+        [str(r.get(c, "") if not isinstance(r.get(c), list) else "\\".join(map(str, r[c]))) for c in cols]
+        for r in rows
+    ]
     widths = [max([len(c)] + [len(row[i]) for row in table]) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
     for row in table:
@@ -266,18 +290,43 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    # Imported here: the other commands need neither pynetdicom nor the server's start-up cost.
+    from .config import load_config
+    from .dimse import serve
+
+    config = load_config(args.config).with_overrides(
+        data_dir=args.data, ae_title=args.ae, host=args.host, port=args.dimse_port
+    )
+
+    def ready(host: str, port: int) -> None:
+        # One parseable line on stdout so scripts (and tests) know the port is bound.
+        print(
+            f"dicomvault serving DIMSE {config.dimse.ae_title}@{host}:{port} data={config.data_dir}",
+            flush=True,
+        )
+
+    return serve(config, shutdown_timeout=args.shutdown_timeout, ready=ready)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dicomvault", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data", default=str(DEFAULT_DATA_DIR), metavar="DIR",
-                        help="data directory (default: %(default)s)")
+    common.add_argument(
+        "--data", default=str(DEFAULT_DATA_DIR), metavar="DIR", help="data directory (default: %(default)s)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("ingest", parents=[common], help="store files and folders (recursive)")
     p.add_argument("paths", nargs="+")
-    p.add_argument("-j", "--jobs", type=int, default=max(2, (os.cpu_count() or 2)),
-                   help="parallel batches (default: %(default)s)")
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=max(2, (os.cpu_count() or 2)),
+        help="parallel batches (default: %(default)s)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--progress", action="store_true", help="show progress even when not a terminal")
     p.add_argument("--strict", action="store_true", help="exit 1 if any file was rejected")
@@ -310,6 +359,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compact", parents=[common], help="rewrite volumes whose garbage passed a threshold")
     p.add_argument("--threshold", type=float, default=0.25)
     p.set_defaults(func=cmd_compact)
+
+    p = sub.add_parser("serve", help="run the DIMSE SCP until SIGTERM/SIGINT")
+    # No defaults here: an option given on the command line overrides the config file, an
+    # option not given leaves the file's value (or the built-in default).
+    p.add_argument("--data", metavar="DIR", help=f"data directory (default: {DEFAULT_DATA_DIR})")
+    p.add_argument("--config", metavar="FILE", help="TOML configuration (see README)")
+    p.add_argument("--ae", metavar="TITLE", help="our AE title (default: DICOMVAULT)")
+    p.add_argument("--host", metavar="ADDR", help="listen address (default: 127.0.0.1)")
+    p.add_argument("--dimse-port", type=int, metavar="N", help="DIMSE port (default: 11112)")
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM, wait this long for active associations (default: %(default)s)",
+    )
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

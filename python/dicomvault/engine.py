@@ -22,7 +22,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 from . import _native  # type: ignore[attr-defined]
 from .attributes import decode_attrs
-from .errors import DicomVaultError, RejectedError, StorageFullError, UnknownObjectError
+from .errors import DicomVaultError, RejectedError, UnknownObjectError
 from .index import Index, InstanceRecord
 from .locks import ReadWriteLock
 
@@ -106,6 +106,9 @@ class Engine:
             sync=sync,
             level=level,
             volume_size=volume_size,
+            # The reserve keeps room for the index to commit what the blob store accepted
+            # (RocksDB turns read-only after a failed WAL write) and for deletes to run.
+            min_free_bytes=0 if read_only else min_free_bytes,
         )
         try:
             self.index = Index.open(str(self.data_dir / "index"), read_only=read_only)
@@ -126,20 +129,6 @@ class Engine:
         self.close()
 
     # -- store -----------------------------------------------------------------------------------
-    def _check_headroom(self, incoming: int = 0) -> None:
-        """Refuses new objects while free space is under the reserve.
-
-        Why a reserve: the blob store cleans up after ENOSPC by itself, but the index (RocksDB)
-        turns read-only on a failed WAL write; keeping headroom means the index can always commit
-        what the blob store accepted, and deletes can still run to free space.
-        """
-        st = os.statvfs(self.data_dir)
-        free = st.f_bavail * st.f_frsize
-        if free - incoming < self.min_free_bytes:
-            raise StorageFullError(
-                f"only {free:,} bytes free on {self.data_dir}, reserve is {self.min_free_bytes:,}"
-            )
-
     def _record(self, native: dict[str, Any], prefix: bytes | None) -> dict[str, Any]:
         """Index record of a stored object; prefix None = arrived without file meta, so one is
         made now (once, at receive time, so every later export gives the same bytes)."""
@@ -197,7 +186,6 @@ class Engine:
 
     def _store_batch(self, ingest: Callable[[], list[Any]]) -> list[StoreOutcome | Exception]:
         with self._lock.shared():
-            self._check_headroom()
             natives = ingest()
             results: list[StoreOutcome | Exception] = list(natives)
             records, slots = [], []
@@ -217,7 +205,6 @@ class Engine:
     def store_dataset(self, dataset: bytes, transfer_syntax: str) -> StoreOutcome:
         """Stores one dataset received without file meta (DIMSE C-STORE, STOW-RS)."""
         with self._lock.shared():
-            self._check_headroom(len(dataset))
             native = self.vault.ingest_dataset(dataset, transfer_syntax)
             return self._commit([self._record(native, None)])[0]
 

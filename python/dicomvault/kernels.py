@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _native  # noqa: F401  (importing it registers dicomvault._kernels)
-from . import _kernels  # type: ignore[attr-defined]
+from . import (
+    _kernels,  # type: ignore[attr-defined]
+    _native,  # noqa: F401  (importing it registers dicomvault._kernels)
+)
 
 
 def rescale(pixels: np.ndarray, slope: float = 1.0, intercept: float = 0.0) -> np.ndarray:

@@ -14,7 +14,12 @@ create_exception!(
     MalformedError,
     "A required attribute (Study/Series/SOP Instance UID) is missing."
 );
-create_exception!(dicomvault._native, UnsupportedError, DicomVaultError, "Valid DICOM this build cannot keep.");
+create_exception!(
+    dicomvault._native,
+    UnsupportedError,
+    DicomVaultError,
+    "Valid DICOM this build cannot keep."
+);
 create_exception!(dicomvault._native, CodecError, DicomVaultError, "A stored payload failed to decode.");
 create_exception!(dicomvault._native, IntegrityError, DicomVaultError, "Bytes do not hash to their address.");
 create_exception!(dicomvault._native, NotFoundError, DicomVaultError, "No blob with that hash.");

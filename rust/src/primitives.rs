@@ -1,9 +1,9 @@
 //! The core's single-object primitives, for tests and benchmarks (GIL released in each).
 
 use dicomvault_core::codec::{self, Codec};
-use dicomvault_core::object;
-use dicomvault_core::parse::{self, INDEX_TAGS};
 use dicomvault_core::hash;
+use dicomvault_core::object;
+use dicomvault_core::parse::{self as dicom, INDEX_TAGS};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
@@ -13,14 +13,18 @@ use crate::errors::IntoPy;
 /// Parses a Part-10 file or bare dataset; returns the index attributes and pixel location.
 #[pyfunction]
 pub fn parse<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyDict>> {
-    let parsed = py.detach(|| parse::parse_file(data, INDEX_TAGS)).py_err()?;
+    let parsed = py.detach(|| dicom::parse_file(data, INDEX_TAGS)).py_err()?;
     parsed_to_py(py, &parsed)
 }
 
 /// Parses a dataset with a known transfer syntax.
 #[pyfunction]
-pub fn parse_dataset<'py>(py: Python<'py>, data: &[u8], transfer_syntax: &str) -> PyResult<Bound<'py, PyDict>> {
-    let parsed = py.detach(|| parse::parse_dataset(data, transfer_syntax, INDEX_TAGS)).py_err()?;
+pub fn parse_dataset<'py>(
+    py: Python<'py>,
+    data: &[u8],
+    transfer_syntax: &str,
+) -> PyResult<Bound<'py, PyDict>> {
+    let parsed = py.detach(|| dicom::parse_dataset(data, transfer_syntax, INDEX_TAGS)).py_err()?;
     parsed_to_py(py, &parsed)
 }
 
@@ -41,7 +45,12 @@ pub fn encode<'py>(py: Python<'py>, data: &[u8], level: i32) -> PyResult<(u8, Bo
 
 /// Inverse of the codec part of `encode`: the canonical bytes (transfer syntax, NUL, dataset).
 #[pyfunction]
-pub fn decode<'py>(py: Python<'py>, codec_id: u8, stored: &[u8], logical_len: u64) -> PyResult<Bound<'py, PyBytes>> {
+pub fn decode<'py>(
+    py: Python<'py>,
+    codec_id: u8,
+    stored: &[u8],
+    logical_len: u64,
+) -> PyResult<Bound<'py, PyBytes>> {
     let codec = Codec::from_u8(codec_id).py_err()?;
     let out = py.detach(|| codec::decode(codec, stored, logical_len as usize)).py_err()?;
     let _ = object::split_canonical(&out).py_err()?;

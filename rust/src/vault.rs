@@ -13,8 +13,8 @@ use dicomvault_core::Error;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
-use crate::errors::{to_py, IntoPy};
 use crate::convert::{hash_arg, prepared_to_py, stats_to_py};
+use crate::errors::{to_py, IntoPy};
 
 #[pyclass(frozen, module = "dicomvault._native")]
 pub struct Vault {
@@ -33,16 +33,26 @@ impl Vault {
     }
 
     /// Stores the prepared objects with one group-committed sync; one result per input.
-    fn put_prepared(&self, store: &BlobStore, prepared: Vec<Result<Prepared, Error>>) -> Vec<Result<(Prepared, bool), Error>> {
+    fn put_prepared(
+        &self,
+        store: &BlobStore,
+        prepared: Vec<Result<Prepared, Error>>,
+    ) -> Vec<Result<(Prepared, bool), Error>> {
         let ok: Vec<&Prepared> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
         let incoming: u64 = ok.iter().map(|p| p.stored.len() as u64).sum();
-        let put = dicomvault_core::store::check_free_space(store.root(), incoming, self.min_free_bytes).and_then(|_| {
-            let items: Vec<PutItem<'_>> = ok
-                .iter()
-                .map(|p| PutItem { hash: p.hash, codec: p.codec as u8, logical_len: p.logical_len, bytes: &p.stored })
-                .collect();
-            store.put_many(&items)
-        });
+        let put = dicomvault_core::store::check_free_space(store.root(), incoming, self.min_free_bytes)
+            .and_then(|_| {
+                let items: Vec<PutItem<'_>> = ok
+                    .iter()
+                    .map(|p| PutItem {
+                        hash: p.hash,
+                        codec: p.codec as u8,
+                        logical_len: p.logical_len,
+                        bytes: &p.stored,
+                    })
+                    .collect();
+                store.put_many(&items)
+            });
         let mut outcomes = match put {
             Ok(v) => v.into_iter().map(|o| Ok(o.existed)).collect::<Vec<_>>(),
             Err(e) => {
@@ -65,7 +75,10 @@ impl Vault {
     }
 }
 
-fn results_to_py(py: Python<'_>, results: Vec<Result<(Prepared, bool), Error>>) -> PyResult<Bound<'_, PyList>> {
+fn results_to_py(
+    py: Python<'_>,
+    results: Vec<Result<(Prepared, bool), Error>>,
+) -> PyResult<Bound<'_, PyList>> {
     let list = PyList::empty(py);
     for r in results {
         match r {
@@ -80,7 +93,15 @@ fn results_to_py(py: Python<'_>, results: Vec<Result<(Prepared, bool), Error>>) 
 impl Vault {
     #[new]
     #[pyo3(signature = (root, *, read_only=false, sync=true, level=1, volume_size=1<<30, min_free_bytes=0))]
-    fn new(py: Python<'_>, root: PathBuf, read_only: bool, sync: bool, level: i32, volume_size: u64, min_free_bytes: u64) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        root: PathBuf,
+        read_only: bool,
+        sync: bool,
+        level: i32,
+        volume_size: u64,
+        min_free_bytes: u64,
+    ) -> PyResult<Self> {
         let config = StoreConfig { root, volume_size, sync, read_only };
         let store = py.detach(|| BlobStore::open(config)).py_err()?;
         Ok(Vault { store: Mutex::new(Some(Arc::new(store))), level, min_free_bytes })
@@ -105,7 +126,11 @@ impl Vault {
     }
 
     /// Like ingest_files for Part-10 files (or bare datasets) already in memory.
-    fn ingest_buffers<'py>(&self, py: Python<'py>, buffers: Vec<Bound<'py, PyBytes>>) -> PyResult<Bound<'py, PyList>> {
+    fn ingest_buffers<'py>(
+        &self,
+        py: Python<'py>,
+        buffers: Vec<Bound<'py, PyBytes>>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let store = self.store()?;
         let level = self.level;
         let slices: Vec<&[u8]> = buffers.iter().map(|b| b.as_bytes()).collect();
@@ -117,7 +142,12 @@ impl Vault {
     }
 
     /// One dataset received with a known transfer syntax (DIMSE, STOW). Raises on rejection.
-    fn ingest_dataset<'py>(&self, py: Python<'py>, dataset: &[u8], transfer_syntax: &str) -> PyResult<Bound<'py, PyDict>> {
+    fn ingest_dataset<'py>(
+        &self,
+        py: Python<'py>,
+        dataset: &[u8],
+        transfer_syntax: &str,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let store = self.store()?;
         let level = self.level;
         let mut results = py.detach(|| {
@@ -139,13 +169,20 @@ impl Vault {
 
     /// Writes `prefix + dataset` of each (hash, prefix, path) to path (via a temporary file and
     /// rename, so a reader never sees half a file). One result per item: None or the exception.
-    fn export_files<'py>(&self, py: Python<'py>, items: Vec<(Vec<u8>, Vec<u8>, PathBuf)>) -> PyResult<Bound<'py, PyList>> {
+    fn export_files<'py>(
+        &self,
+        py: Python<'py>,
+        items: Vec<(Vec<u8>, Vec<u8>, PathBuf)>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let store = self.store()?;
         let results: Vec<Result<(), Error>> = py.detach(|| {
             items
                 .iter()
                 .map(|(hash, prefix, path)| {
-                    let h: Hash = hash.as_slice().try_into().map_err(|_| Error::NotFound { hash: "(malformed hash)".into() })?;
+                    let h: Hash = hash
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| Error::NotFound { hash: "(malformed hash)".into() })?;
                     let logical = read_logical(&store, &h)?;
                     let (_, ds) = object::split_canonical(&logical)?;
                     write_file(path, prefix, ds)
@@ -230,7 +267,11 @@ impl Vault {
 
     /// Releases the store (and the writer lock). Idempotent.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let taken = self.store.lock().map_err(|_| pyo3::exceptions::PyRuntimeError::new_err("vault lock poisoned"))?.take();
+        let taken = self
+            .store
+            .lock()
+            .map_err(|_| pyo3::exceptions::PyRuntimeError::new_err("vault lock poisoned"))?
+            .take();
         py.detach(move || drop(taken));
         Ok(())
     }

@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dicomvault.index import Index
 from index_helpers import MakeInst, make_inst
+
+from dicomvault.index import Index
 
 
 @pytest.fixture

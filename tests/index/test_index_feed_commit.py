@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 
+from index_helpers import MakeInst
+
 from dicomvault.index import Index, InstanceRecord, keys
 from dicomvault.index.commit import GroupCommitter
 from dicomvault.index.feed import feed_key
 from dicomvault.index.txn import Txn
-from index_helpers import MakeInst
 
 
 def test_feed_monotonic_one_per_change(idx: Index, mk: MakeInst) -> None:

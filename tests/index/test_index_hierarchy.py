@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dicomvault.index import Index, InvalidInstanceError, NotFoundError, ReadOnlyIndexError
 from index_helpers import MakeInst
+
+from dicomvault.index import Index, InvalidInstanceError, NotFoundError, ReadOnlyIndexError
 
 
 def test_hierarchy_built_with_counts(idx: Index, mk: MakeInst) -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dicomvault.index import Index, IndexLockedError, IndexNotFoundError
 from index_helpers import MakeInst
+
+from dicomvault.index import Index, IndexLockedError, IndexNotFoundError
 
 READER = textwrap.dedent("""
     import json, sys

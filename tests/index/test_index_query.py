@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 import pytest
+from index_helpers import make_inst
+
 from dicomvault.index import Index, QueryError
 from dicomvault.index.query import parse_match
-from index_helpers import make_inst
 
 
 @pytest.fixture(scope="module")

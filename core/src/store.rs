@@ -1,1 +1,0 @@
-//! Blob store (STUB: interface only, being implemented).

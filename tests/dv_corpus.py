@@ -1,0 +1,36 @@
+"""The real-image corpus: pydicom-data's clinical images and pydicom's own test files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+
+
+def corpus_dirs() -> list[Path]:
+    """The real files: pydicom-data's clinical images and pydicom's own test files."""
+    import data_store  # the pydicom-data package
+    import pydicom.data
+
+    return [
+        Path(data_store.__file__).parent / "data",
+        Path(pydicom.data.__file__).parent / "test_files",
+    ]
+
+
+def corpus_files() -> list[Path]:
+    files: list[Path] = []
+    for d in corpus_dirs():
+        files.extend(sorted(p for p in d.iterdir() if p.is_file() and p.suffix == ".dcm"))
+    return files
+
+
+def pydicom_reads(path: Path) -> str | None:
+    """None if pydicom reads the whole file (every element, nested ones too), else why not."""
+    try:
+        ds = pydicom.dcmread(path)
+        for elem in ds.iterall():
+            _ = elem.value
+        return None
+    except Exception as exc:  # noqa: BLE001 — any failure means "pydicom cannot read it"
+        return f"{type(exc).__name__}: {exc}"

@@ -22,7 +22,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::record::{BadRegion, Entry, FLAG_DELETED};
+use super::record::{u32_at, u64_at, BadRegion, Entry, FLAG_DELETED};
 
 const MAGIC: [u8; 8] = *b"DVHINT01";
 const VERSION: u32 = 1;
@@ -30,18 +30,6 @@ const HDR: u64 = 64;
 const ENTRY: u64 = 64;
 const ENTRY_FLAGS: u64 = 57;
 pub(crate) const FLAG_CORRUPT: u8 = 0x80;
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
 
 fn crc_of(body: &[u8]) -> u32 {
     let mut c = crc32fast::Hasher::new();

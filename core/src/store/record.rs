@@ -59,13 +59,14 @@ pub(crate) struct Header {
     pub record_crc: u32,
 }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
+/// Little-endian field readers for fixed layouts (callers have checked the length).
+pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(a)
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[at..at + 4]);
     u32::from_le_bytes(a)

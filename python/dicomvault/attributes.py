@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import lru_cache
 
-from pydicom.charset import decode_bytes
+from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 
 # VRs whose text depends on (0008,0005) Specific Character Set.
@@ -31,12 +31,14 @@ def _dictionary_vr(tag: int) -> str:
         return "UN"
 
 
+@lru_cache(maxsize=64)
 def _charsets(raw: bytes | None) -> list[str]:
+    """(0008,0005) value → Python codec names, as pydicom's decode_bytes expects them."""
     if not raw:
-        return ["ISO_IR 6"]
+        return convert_encodings(["ISO_IR 6"])
     names = [c.strip() for c in raw.decode("ascii", "replace").split("\\")]
     # An empty first value means the default repertoire, then code extensions follow.
-    return [n or "ISO_IR 6" for n in names]
+    return convert_encodings([n or "ISO_IR 6" for n in names])
 
 
 def decode_value(vr: str, value: bytes, charsets: list[str]) -> str:

@@ -128,20 +128,23 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     sizes = {f: (f.stat().st_size if f.exists() else 0) for f in files}
     total = sum(sizes.values())
     progress = _Progress(len(files), total, enabled=args.progress or sys.stderr.isatty())
-    stored = duplicates = 0
+    stored = replaced = duplicates = 0
     rejected: list[tuple[str, str]] = []
     lock = threading.Lock()
     t0 = time.monotonic()
     with Engine(args.data) as engine:
 
         def run(batch: list[Path]) -> None:
-            nonlocal stored, duplicates
+            nonlocal stored, replaced, duplicates
             results = engine.store_files(batch)
             with lock:
                 for path, res in zip(batch, results, strict=True):
                     if isinstance(res, StoreOutcome):
                         if res.duplicate:
                             duplicates += 1
+                        elif res.replaced:
+                            # Same SOP Instance UID, other content: the newest is kept.
+                            replaced += 1
                         else:
                             stored += 1
                     else:
@@ -160,6 +163,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         "seconds": round(elapsed, 3),
         "mb_per_s": round(total / elapsed / 1e6, 1) if elapsed > 0 else None,
         "stored": stored,
+        "replaced": replaced,
         "duplicates": duplicates,
         "rejected": [{"path": p, "reason": r} for p, r in rejected],
     }
@@ -168,7 +172,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     else:
         print(
             f"{len(files)} files, {total / 1e6:,.1f} MB in {elapsed:.2f} s "
-            f"({summary['mb_per_s']} MB/s): {stored} stored, {duplicates} duplicates, "
+            f"({summary['mb_per_s']} MB/s): {stored} stored, {replaced} replaced, {duplicates} duplicates, "
             f"{len(rejected)} rejected"
         )
         for p, r in rejected:

@@ -8,7 +8,7 @@ use dicomvault_core::codec::Codec;
 use dicomvault_core::hash::Hash;
 use dicomvault_core::object::{self, Prepared};
 use dicomvault_core::parse::INDEX_TAGS;
-use dicomvault_core::store::{BlobStore, PutItem, StoreConfig};
+use dicomvault_core::store::{check_free_space, BlobStore, PutItem, StoreConfig};
 use dicomvault_core::Error;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
@@ -38,32 +38,18 @@ impl Vault {
         store: &BlobStore,
         prepared: Vec<Result<Prepared, Error>>,
     ) -> Vec<Result<(Prepared, bool), Error>> {
-        let ok: Vec<&Prepared> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
-        let incoming: u64 = ok.iter().map(|p| p.stored.len() as u64).sum();
-        let put = dicomvault_core::store::check_free_space(store.root(), incoming, self.min_free_bytes)
-            .and_then(|_| {
-                let items: Vec<PutItem<'_>> = ok
-                    .iter()
-                    .map(|p| PutItem {
-                        hash: p.hash,
-                        codec: p.codec as u8,
-                        logical_len: p.logical_len,
-                        bytes: &p.stored,
-                    })
-                    .collect();
-                store.put_many(&items)
-            });
-        let mut outcomes = match put {
-            Ok(v) => v.into_iter().map(|o| Ok(o.existed)).collect::<Vec<_>>(),
-            Err(e) => {
-                let msg = e.to_string();
-                let mut first = Some(e);
-                (0..ok.len())
-                    .map(|_| Err(first.take().unwrap_or(Error::Unsupported { reason: msg.clone() })))
-                    .collect()
-            }
-        }
-        .into_iter();
+        let items: Vec<PutItem<'_>> = prepared
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .map(|p| PutItem {
+                hash: p.hash,
+                codec: p.codec as u8,
+                logical_len: p.logical_len,
+                bytes: &p.stored,
+            })
+            .collect();
+        let mut outcomes = put_batch(store, &items, self.min_free_bytes).into_iter();
+        drop(items);
         prepared
             .into_iter()
             .map(|p| {
@@ -72,6 +58,23 @@ impl Vault {
                 Ok((p, existed))
             })
             .collect()
+    }
+}
+
+/// Puts a batch with one group-committed sync, after the free-space check; one result per item
+/// (`Ok(existed)`). A failure of the batch is reported on every item of it.
+fn put_batch(store: &BlobStore, items: &[PutItem<'_>], min_free: u64) -> Vec<Result<bool, Error>> {
+    let incoming = items.iter().map(|i| i.bytes.len() as u64).sum();
+    match check_free_space(store.root(), incoming, min_free).and_then(|_| store.put_many(items)) {
+        Ok(v) => v.into_iter().map(|o| Ok(o.existed)).collect(),
+        Err(e) => {
+            let msg = e.to_string();
+            let mut first = Some(e);
+            items
+                .iter()
+                .map(|_| Err(first.take().unwrap_or_else(|| Error::Unsupported { reason: msg.clone() })))
+                .collect()
+        }
     }
 }
 
@@ -193,6 +196,54 @@ impl Vault {
         for r in results {
             match r {
                 Ok(()) => list.append(py.None())?,
+                Err(e) => list.append(to_py(e).into_value(py))?,
+            }
+        }
+        Ok(list)
+    }
+
+    /// A blob as stored: (codec id, logical length, stored bytes), not decoded. For shipping blobs
+    /// to a replica, which verifies them itself.
+    fn read_stored<'py>(&self, py: Python<'py>, hash: &[u8]) -> PyResult<(u8, u64, Bound<'py, PyBytes>)> {
+        let store = self.store()?;
+        let h = hash_arg(hash)?;
+        let blob = py.detach(|| store.get(&h)).py_err()?;
+        Ok((blob.codec, blob.logical_len, PyBytes::new(py, &blob.bytes)))
+    }
+
+    /// Stores blobs received as stored bytes (replication, heal): each is decoded and its BLAKE3
+    /// checked against its address before anything is written; then one group-committed sync.
+    /// One result per item: True (written), False (already present) or the exception.
+    fn put_stored<'py>(
+        &self,
+        py: Python<'py>,
+        items: Vec<(Vec<u8>, u8, u64, Vec<u8>)>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let store = self.store()?;
+        let min_free = self.min_free_bytes;
+        let results: Vec<Result<bool, Error>> = py.detach(|| {
+            let checked: Vec<Result<PutItem<'_>, Error>> = items
+                .iter()
+                .map(|(hash, codec, logical_len, bytes)| {
+                    let h: Hash = hash.as_slice().try_into().map_err(|_| Error::Codec {
+                        reason: format!("a blob hash is 32 bytes, got {}", hash.len()),
+                    })?;
+                    object::decode_verified(&h, Codec::from_u8(*codec)?, bytes, *logical_len)?;
+                    Ok(PutItem { hash: h, codec: *codec, logical_len: *logical_len, bytes })
+                })
+                .collect();
+            let ok: Vec<PutItem<'_>> = checked.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+            let mut outcomes =
+                put_batch(&store, &ok, min_free).into_iter().map(|r| r.map(|existed| !existed));
+            checked
+                .into_iter()
+                .map(|r| r.and_then(|_| outcomes.next().expect("one outcome per stored item")))
+                .collect()
+        });
+        let list = PyList::empty(py);
+        for r in results {
+            match r {
+                Ok(written) => list.append(written)?,
                 Err(e) => list.append(to_py(e).into_value(py))?,
             }
         }

@@ -33,13 +33,19 @@ $(STAMP): $(VENV)/.venv-ok $(NATIVE_SRC)
 
 build: $(STAMP) ## build all native parts and install dicomvault (editable) into .venv
 
-sysdeps: ## install the Debian packages the tests use (needs root; skipped when present)
-	@command -v dcmdump >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk >/dev/null; }
+# The real peers the interop tests talk to: dcmtk's SCU/SCP tools and Orthanc (Debian packages).
+SYSDEPS := dcmtk orthanc
+sysdeps: ## install the Debian packages the tests use (dcmtk, Orthanc; needs root; skipped when present)
+	@missing=""; for p in $(SYSDEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 serve: build ## start the archive on $(DATA) (DIMSE on 11112)
 	$(VENV)/bin/dicomvault serve --data $(DATA)
 
-test: build test-rust test-python ## build, then run the Rust and Python suites
+test: sysdeps build test-rust test-python ## build, install the test peers, run the Rust and Python suites
 
 test-rust: ## cargo test of the pure-Rust core
 	cargo test -p dicomvault-core --release -q
@@ -47,7 +53,7 @@ test-rust: ## cargo test of the pure-Rust core
 test-python: build ## pytest (without the slow marker)
 	$(VPY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-test-full: build test-rust ## every test, slow ones included
+test-full: sysdeps build test-rust ## every test, slow ones included
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
 lint: build ## cargo fmt --check, clippy -D warnings, ruff

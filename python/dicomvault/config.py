@@ -1,0 +1,196 @@
+"""The server configuration: a TOML file (read with tomllib), overridden by command-line options.
+
+```toml
+data = "/var/lib/dicomvault"      # data directory; relative paths are relative to this file
+
+[dimse]
+ae_title = "DICOMVAULT"
+host = "127.0.0.1"
+port = 11112
+accept_unknown_callers = true
+max_pdu = 131072
+max_associations = 16
+
+[[peers]]
+ae_title = "STORESCP"
+host = "127.0.0.1"
+port = 11113
+```
+
+Unknown keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .engine import DEFAULT_DATA_DIR
+from .errors import DicomVaultError
+
+DEFAULT_AE_TITLE = "DICOMVAULT"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_DIMSE_PORT = 11112
+
+
+class ConfigError(DicomVaultError):
+    """The configuration file or an option is invalid (the message names the file and key)."""
+
+
+def check_ae_title(value: object, where: str) -> str:
+    """A valid AE title (PS3.5 AE: 1-16 chars of default repertoire, no backslash or control
+    characters, not only spaces), stripped of its padding."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: AE title must be a string, got {value!r}")
+    title = value.strip()
+    if not title or len(title) > 16 or "\\" in title or any(ord(c) < 32 or ord(c) > 126 for c in title):
+        raise ConfigError(f"{where}: invalid AE title {value!r} (1-16 printable ASCII characters, no '\\')")
+    return title
+
+
+def _check_port(value: object, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
+        raise ConfigError(f"{where}: port must be an integer 0-65535, got {value!r}")
+    return value
+
+
+def _check_int(value: object, where: str, lo: int, hi: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ConfigError(f"{where}: must be an integer {lo}-{hi}, got {value!r}")
+    return value
+
+
+def _check_str(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: must be a non-empty string, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """A known remote AE: a C-MOVE destination, a storage commitment report destination."""
+
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class DimseConfig:
+    ae_title: str = DEFAULT_AE_TITLE
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_DIMSE_PORT
+    accept_unknown_callers: bool = True
+    max_pdu: int = 131072
+    max_associations: int = 16
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = DEFAULT_DATA_DIR
+    dimse: DimseConfig = field(default_factory=DimseConfig)
+    peers: tuple[PeerConfig, ...] = ()
+
+    def with_overrides(
+        self,
+        *,
+        data_dir: str | os.PathLike[str] | None = None,
+        ae_title: str | None = None,
+        host: str | None = None,
+        port: int | None = None,
+    ) -> Config:
+        """Command-line options win over the file; None means "not given"."""
+        dimse = self.dimse
+        if ae_title is not None:
+            dimse = replace(dimse, ae_title=check_ae_title(ae_title, "--ae"))
+        if host is not None:
+            dimse = replace(dimse, host=_check_str(host, "--host"))
+        if port is not None:
+            dimse = replace(dimse, port=_check_port(port, "--dimse-port"))
+        return replace(self, data_dir=Path(data_dir) if data_dir is not None else self.data_dir, dimse=dimse)
+
+
+_DIMSE_KEYS = {"ae_title", "host", "port", "accept_unknown_callers", "max_pdu", "max_associations"}
+_PEER_KEYS = {"ae_title", "host", "port"}
+_TOP_KEYS = {"data", "dimse", "peers"}
+
+
+def _unknown(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    extra = sorted(set(table) - allowed)
+    if extra:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(extra)} (allowed: {', '.join(sorted(allowed))})"
+        )
+
+
+def _parse_dimse(table: object, where: str) -> DimseConfig:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [dimse] must be a table")
+    _unknown(table, _DIMSE_KEYS, where)
+    d = DimseConfig()
+    accept = table.get("accept_unknown_callers", d.accept_unknown_callers)
+    if not isinstance(accept, bool):
+        raise ConfigError(f"{where}.accept_unknown_callers: must be true or false, got {accept!r}")
+    return DimseConfig(
+        ae_title=check_ae_title(table.get("ae_title", d.ae_title), f"{where}.ae_title"),
+        host=_check_str(table.get("host", d.host), f"{where}.host"),
+        port=_check_port(table.get("port", d.port), f"{where}.port"),
+        accept_unknown_callers=accept,
+        # 0 = unlimited in DICOM; otherwise at least the PS3.8 minimum a peer must accept.
+        max_pdu=_check_int(table.get("max_pdu", d.max_pdu), f"{where}.max_pdu", 0, 1 << 30),
+        max_associations=_check_int(
+            table.get("max_associations", d.max_associations), f"{where}.max_associations", 1, 1024
+        ),
+    )
+
+
+def _parse_peers(items: object, where: str) -> tuple[PeerConfig, ...]:
+    if not isinstance(items, list):
+        raise ConfigError(f"{where}: peers must be an array of tables ([[peers]])")
+    peers: list[PeerConfig] = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        w = f"{where}[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{w}: must be a table")
+        _unknown(item, _PEER_KEYS, w)
+        for key in _PEER_KEYS:
+            if key not in item:
+                raise ConfigError(f"{w}: missing {key}")
+        title = check_ae_title(item["ae_title"], f"{w}.ae_title")
+        if title in seen:
+            raise ConfigError(f"{w}: AE title {title!r} is configured twice")
+        seen.add(title)
+        peers.append(
+            PeerConfig(title, _check_str(item["host"], f"{w}.host"), _check_port(item["port"], f"{w}.port"))
+        )
+    return tuple(peers)
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """The configuration in `path` (defaults for everything when None)."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            doc = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {p}: {exc}") from exc
+    where = str(p)
+    _unknown(doc, _TOP_KEYS, where)
+    data_dir = DEFAULT_DATA_DIR
+    if "data" in doc:
+        data_dir = Path(_check_str(doc["data"], f"{where}: data"))
+        if not data_dir.is_absolute():
+            data_dir = p.parent / data_dir
+    return Config(
+        data_dir=data_dir,
+        dimse=_parse_dimse(doc.get("dimse", {}), f"{where}: dimse"),
+        peers=_parse_peers(doc.get("peers", []), f"{where}: peers"),
+    )

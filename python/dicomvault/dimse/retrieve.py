@@ -1,0 +1,229 @@
+"""C-MOVE and C-GET SCP (Patient Root and Study Root; patient/study/series/image level).
+
+The C-STORE sub-operations send the stored dataset bytes as they are (hash-verified by
+`Engine.read_dataset`) when the negotiated transfer syntax is the stored one: no pydicom decode,
+no re-encode, so what arrived is what leaves, bit for bit. pynetdicom's Q/R service only takes
+pydicom Datasets from a handler and always re-encodes them, so:
+
+* a handler yields a `StoredInstance`: a Dataset carrying only the two UIDs pynetdicom needs to
+  pick a presentation context, plus the stored bytes;
+* `install_raw_send()` wraps the `encode` function pynetdicom's Association uses for C-STORE so
+  that a StoredInstance whose stored encoding matches the context's comes out as its stored bytes.
+  Any other Dataset goes through pynetdicom's own encoder unchanged.
+
+When the peer accepted only another uncompressed transfer syntax (pynetdicom converts between
+uncompressed syntaxes of the same byte order, never from or to a compressed one), the stored bytes
+are decoded with pydicom and re-encoded: a conversion the peer asked for, not our default path.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+import pynetdicom.association
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import build_context, evt
+from pynetdicom.presentation import PresentationContext
+
+from ..engine import Engine
+from ..errors import DicomVaultError
+from ..index import QueryError
+from .common import calling_ae, enable_quickack, log, set_nodelay_quickack, status
+from .find import levels_for, match_string
+from .peers import Peers
+
+PENDING = 0xFF00
+CANCEL = 0xFE00
+IDENTIFIER_DOES_NOT_MATCH = 0xA900
+UNABLE_TO_PROCESS = 0xC000
+MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are odd numbers 1-255
+UNIQUE_KEY = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
+              "IMAGE": "SOPInstanceUID"}
+
+
+class StoredInstance(Dataset):
+    """A stored object on its way out: the UIDs pynetdicom looks at, and the stored bytes.
+
+    `raw` None means it could not be read (`error` says why): encoding it fails, so pynetdicom
+    counts a failed sub-operation and lists its SOP Instance UID in the failed list.
+    """
+
+    def __init__(self, sop_class: str, sop_uid: str, ts: str, raw: bytes | None, error: str = "") -> None:
+        super().__init__()
+        self.SOPClassUID = sop_class
+        self.SOPInstanceUID = sop_uid
+        self.file_meta = FileMetaDataset()
+        self.file_meta.TransferSyntaxUID = ts
+        # Plain attributes, set past pydicom's keyword-aware __setattr__.
+        object.__setattr__(self, "dv_raw", raw)
+        object.__setattr__(self, "dv_ts", UID(ts))
+        object.__setattr__(self, "dv_error", error)
+
+    def encoded(self, implicit: bool, little: bool, deflated: bool) -> bytes | None:
+        raw: bytes | None = self.dv_raw
+        ts: UID = self.dv_ts
+        if raw is None:
+            log.error("cannot send %s: %s", self.SOPInstanceUID, self.dv_error)
+            return None
+        # pynetdicom only picks a context whose syntax equals the stored one, or, both being
+        # uncompressed, one of the same byte order; so equal flags mean the same encoding.
+        if (implicit, little, deflated) == (ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated):
+            return raw
+        log.info("converting %s from %s for the peer", self.SOPInstanceUID, ts.name)
+        data = zlib.decompress(raw, -zlib.MAX_WBITS) if ts.is_deflated else raw
+        ds = read_dataset(BytesIO(data), ts.is_implicit_VR, ts.is_little_endian)
+        return _pynetdicom_encode(ds, implicit, little, deflated)
+
+
+_pynetdicom_encode = pynetdicom.association.encode
+_install_lock = threading.Lock()
+
+
+def _encode(ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False
+            ) -> bytes | None:
+    if isinstance(ds, StoredInstance):
+        return ds.encoded(is_implicit_vr, is_little_endian, deflated)
+    return _pynetdicom_encode(ds, is_implicit_vr, is_little_endian, deflated)
+
+
+def install_raw_send() -> None:
+    """Make pynetdicom's C-STORE send StoredInstances as their stored bytes (idempotent)."""
+    with _install_lock:
+        if pynetdicom.association.encode is not _encode:
+            pynetdicom.association.encode = _encode
+
+
+@dataclass(frozen=True)
+class Match:
+    sop_uid: str
+    sop_class: str
+    transfer_syntax: str
+
+
+class RetrieveError(Exception):
+    def __init__(self, code: int, why: str) -> None:
+        super().__init__(why)
+        self.code = code
+
+
+def resolve(engine: Engine, identifier: Dataset, model: str) -> list[Match]:
+    """The stored instances a retrieve identifier names (PS3.4 C.4.2.2.1: unique keys only)."""
+    level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+    levels = levels_for(model)
+    if level not in levels:
+        raise RetrieveError(IDENTIFIER_DOES_NOT_MATCH,
+                            f"QueryRetrieveLevel {level or '(missing)'!r} not valid for {model}")
+    query: dict[str, str] = {}
+    for lv in levels[: levels.index(level) + 1]:
+        kw = UNIQUE_KEY[lv]
+        value = match_string(identifier[kw]) if kw in identifier else ""
+        if "*" in value or "?" in value:
+            raise RetrieveError(IDENTIFIER_DOES_NOT_MATCH, f"wildcard in unique key {kw}: {value!r}")
+        if value:
+            query[kw] = value
+    if UNIQUE_KEY[level] not in query:
+        raise RetrieveError(IDENTIFIER_DOES_NOT_MATCH, f"{UNIQUE_KEY[level]} missing for a {level} retrieve")
+    query.setdefault("SOPInstanceUID", "")
+    query.update({"SOPClassUID": "", "AvailableTransferSyntaxUID": ""})
+    try:
+        rows = list(engine.index.find("IMAGE", query))
+    except QueryError as exc:
+        raise RetrieveError(IDENTIFIER_DOES_NOT_MATCH, str(exc)) from exc
+    return [Match(r["SOPInstanceUID"], r["SOPClassUID"], r["AvailableTransferSyntaxUID"]) for r in rows]
+
+
+def _load(engine: Engine, m: Match) -> StoredInstance:
+    try:
+        ts, raw = engine.read_dataset(m.sop_uid)
+    except DicomVaultError as exc:
+        # A missing or damaged blob fails this sub-operation only; the others go on.
+        log.error("retrieve: cannot read %s: %s", m.sop_uid, exc)
+        return StoredInstance(m.sop_class, m.sop_uid, m.transfer_syntax, None, str(exc))
+    return StoredInstance(m.sop_class, m.sop_uid, ts, raw)
+
+
+def _sub_operations(event: Any, engine: Engine, matches: list[Match], what: str
+                    ) -> Iterator[tuple[int, Dataset | None]]:
+    for i, m in enumerate(matches):
+        if event.is_cancelled:
+            log.info("%s from %s cancelled after %d of %d", what, calling_ae(event), i, len(matches))
+            yield CANCEL, None
+            return
+        yield PENDING, _load(engine, m)
+
+
+def _matches_or_status(event: Any, engine: Engine, what: str) -> list[Match] | Dataset:
+    try:
+        return resolve(engine, event.identifier, str(event.request.AffectedSOPClassUID))
+    except RetrieveError as exc:
+        log.warning("%s from %s refused (0x%04X): %s", what, calling_ae(event), exc.code, exc)
+        return status(exc.code, str(exc))
+
+
+def handle_get(event: Any, engine: Engine) -> Iterator[Any]:
+    """EVT_C_GET handler: sub-operations go back on the requestor's association (it proposed
+    the storage contexts with the SCP role)."""
+    found = _matches_or_status(event, engine, "C-GET")
+    if isinstance(found, Dataset):
+        # pynetdicom wants a count >= 1 first (0 means "Success, nothing to do"); the failure
+        # status then ends the operation (its final response counts that one as failed).
+        yield 1
+        yield found, None
+        return
+    log.info("C-GET from %s: %d instances", calling_ae(event), len(found))
+    enable_quickack(event.assoc)  # this association now carries our data
+    yield len(found)
+    yield from _sub_operations(event, engine, found, "C-GET")
+
+
+def move_contexts(matches: list[Match]) -> list[PresentationContext]:
+    """Contexts for the sub-association: each (SOP class, stored syntax) exactly, so the stored
+    bytes can go out as they are; then, for uncompressed objects, the two basic little-endian
+    syntaxes as a fallback the peer may prefer. At most 128 (PS3.8)."""
+    exact: dict[tuple[str, str], None] = {}
+    fallback: dict[str, None] = {}
+    for m in matches:
+        exact[(m.sop_class, m.transfer_syntax)] = None
+        if not UID(m.transfer_syntax).is_compressed:
+            fallback[m.sop_class] = None
+    contexts = [build_context(c, [ts]) for c, ts in exact]
+    contexts += [build_context(c, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]) for c in fallback]
+    if len(contexts) > MAX_CONTEXTS:
+        log.warning("C-MOVE needs %d presentation contexts, proposing the first %d", len(contexts),
+                    MAX_CONTEXTS)
+    return contexts[:MAX_CONTEXTS]
+
+
+def handle_move(event: Any, engine: Engine, peers: Peers, max_pdu: int) -> Iterator[Any]:
+    """EVT_C_MOVE handler: sub-operations go to a configured peer on a new association."""
+    dest = event.move_destination
+    dest_title = (dest.decode("ascii", "replace") if isinstance(dest, bytes) else str(dest or "")).strip()
+    peer = peers.get(dest_title)
+    if peer is None:
+        log.warning("C-MOVE from %s refused: unknown move destination %r", calling_ae(event), dest_title)
+        yield None, None  # pynetdicom answers 0xA801 (move destination unknown)
+        return
+    found = _matches_or_status(event, engine, "C-MOVE")
+    if isinstance(found, Dataset):
+        # As for C-GET; pynetdicom also associates with the destination before it reads this
+        # status, so an error here costs one empty association to the peer.
+        yield peer.host, peer.port
+        yield 1
+        yield found, None
+        return
+    log.info("C-MOVE from %s: %d instances to %s (%s:%d)", calling_ae(event), len(found), peer.ae_title,
+             peer.host, peer.port)
+    yield peer.host, peer.port, {
+        "contexts": move_contexts(found),  # unused when nothing matched: no sub-association
+        "max_pdu": max_pdu,
+        "evt_handlers": [(evt.EVT_CONN_OPEN, set_nodelay_quickack)],
+    }
+    yield len(found)
+    yield from _sub_operations(event, engine, found, "C-MOVE")

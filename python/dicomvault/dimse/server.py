@@ -1,0 +1,204 @@
+"""The DIMSE SCP: AE setup, start, graceful stop, and `serve()` behind `dicomvault serve`.
+
+Services: Verification; Storage (every storage SOP class, any transfer syntax the caller proposes:
+pynetdicom's unrestricted storage mode accepts the first proposed syntax of every storage-like
+abstract syntax, private ones included, which is what an archive wants); Patient Root and Study
+Root Query/Retrieve FIND/MOVE/GET; Storage Commitment Push Model.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from pynetdicom import AE, _config, evt
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StorageCommitmentPushModel,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+from pynetdicom.transport import ThreadedAssociationServer
+
+from ..config import Config, ConfigError
+from ..engine import Engine
+from .commitment import CommitmentService
+from .common import log, peer_desc, set_nodelay
+from .find import handle_find
+from .peers import Peers
+from .retrieve import handle_get, handle_move, install_raw_send
+from .store import handle_store
+
+SERVICE_CONTEXTS = (
+    Verification,
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelGet,
+    StorageCommitmentPushModel,
+)
+DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+# ids of acceptor associations that got established (set.add/discard are atomic under the GIL)
+_established: set[int] = set()
+
+
+def _configure_pynetdicom() -> None:
+    """Process-wide pynetdicom settings the server relies on."""
+    # Storage: accept every storage-like context without listing ~170 SOP classes x ~40
+    # syntaxes, which pynetdicom deep-copies per association (~110 ms each, measured).
+    _config.UNRESTRICTED_STORAGE_SERVICE = True
+    # pynetdicom's standard handlers format every PDU and DIMSE message for its log, and the
+    # identifier logging decodes identifiers a second time: CPU on the ingest path for nothing.
+    _config.LOG_HANDLER_LEVEL = "none"
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    install_raw_send()
+
+
+class DimseServer:
+    """One listening AE on an open engine. `start()` returns once the port is bound."""
+
+    def __init__(self, engine: Engine, config: Config) -> None:
+        self.engine = engine
+        self.config = config
+        self.peers = Peers(config.peers)
+        d = config.dimse
+        if not d.accept_unknown_callers and not len(self.peers):
+            raise ConfigError("accept_unknown_callers = false with no [[peers]] would refuse every caller")
+        _configure_pynetdicom()
+        ae = AE(ae_title=d.ae_title)
+        ae.maximum_pdu_size = d.max_pdu
+        ae.maximum_associations = d.max_associations
+        ae.acse_timeout = 30
+        ae.dimse_timeout = 120
+        ae.network_timeout = 300  # an idle association is dropped after 5 minutes
+        if not d.accept_unknown_callers:
+            ae.require_calling_aet = self.peers.titles()
+        for uid in SERVICE_CONTEXTS:
+            ae.add_supported_context(uid)
+        self.ae = ae
+        self.commitment = CommitmentService(engine, ae, self.peers, d.ae_title)
+        self._server: ThreadedAssociationServer | None = None
+
+    def _handlers(self) -> list[tuple[Any, Callable[..., Any]]]:
+        d = self.config.dimse
+        return [
+            (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_C_STORE, partial(handle_store, engine=self.engine)),
+            (evt.EVT_C_FIND, partial(handle_find, engine=self.engine, our_ae=d.ae_title)),
+            (evt.EVT_C_GET, partial(handle_get, engine=self.engine)),
+            (evt.EVT_C_MOVE, partial(handle_move, engine=self.engine, peers=self.peers, max_pdu=d.max_pdu)),
+            (evt.EVT_N_ACTION, self.commitment.handle_n_action),
+            (evt.EVT_ESTABLISHED, _on_established),
+            (evt.EVT_CONN_CLOSE, _log_close),
+            (evt.EVT_REJECTED, _log_event("association rejected", logging.WARNING)),
+            (evt.EVT_ABORTED, _log_event("association aborted", logging.WARNING)),
+        ]
+
+    def start(self) -> tuple[str, int]:
+        d = self.config.dimse
+        server = self.ae.start_server((d.host, d.port), block=False, evt_handlers=self._handlers())
+        assert server is not None  # non-blocking start returns the server
+        self._server = server
+        host, port = server.server_address[:2]
+        log.info("DIMSE SCP %s listening on %s:%d (max PDU %d, max %d associations, %s callers)",
+                 d.ae_title, host, port, d.max_pdu, d.max_associations,
+                 "any" if d.accept_unknown_callers else f"{len(self.peers)} known")
+        return str(host), int(port)
+
+    def stop(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> bool:
+        """Stops accepting, lets active associations finish (up to `timeout`), aborts the rest,
+        waits for pending commitment reports. True if nothing had to be aborted."""
+        server = self._server
+        if server is None:
+            return True
+        self._server = None
+        deadline = time.monotonic() + timeout
+        server.shutdown()  # stops accepting and closes the listening socket; associations go on
+
+        def in_flight() -> list[Any]:
+            # Only established associations carry work. An acceptor thread whose connection
+            # never became an association (a port probe, garbage) lingers until pynetdicom's
+            # ACSE timeout fires (a daemon thread whose DUL has already stopped: it does not hold
+            # up the exit); waiting for it would only delay the shutdown.
+            return [a for a in server.active_associations if a.is_established]
+
+        active = in_flight()
+        if active:
+            log.info("waiting up to %.0f s for %d active association(s)", timeout, len(active))
+        while active and time.monotonic() < deadline:
+            time.sleep(0.05)
+            active = in_flight()
+        clean = not active
+        for assoc in active:
+            log.warning("aborting association with %s at shutdown", str(assoc.requestor.ae_title).strip())
+            assoc.abort()
+        self.commitment.join(max(1.0, deadline - time.monotonic()))
+        return clean
+
+
+def _log_event(what: str, level: int) -> Callable[[Any], None]:
+    def handler(event: Any) -> None:
+        log.log(level, "%s: %s", what, peer_desc(event))
+
+    return handler
+
+
+def _on_established(event: Any) -> None:
+    _established.add(id(event.assoc))
+    log.debug("association established: %s", peer_desc(event))
+
+
+def _log_close(event: Any) -> None:
+    """A connection that closes without ever carrying an association was refused at the PDU
+    level (garbage bytes, a malformed A-ASSOCIATE-RQ, a port scanner): worth one line."""
+    assoc = event.assoc
+    was_established = id(assoc) in _established
+    _established.discard(id(assoc))
+    if assoc.is_acceptor and not was_established and not assoc.is_rejected:
+        log.warning("connection from %s closed without an association (malformed or no PDU)",
+                    peer_desc(event))
+    else:
+        log.debug("connection closed: %s", peer_desc(event))
+
+
+def serve(config: Config, *, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+          ready: Callable[[str, int], None] | None = None) -> int:
+    """Runs the archive until SIGTERM/SIGINT; returns the process exit code (0 = clean)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s received, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    if not log.isEnabledFor(logging.DEBUG):
+        # pynetdicom narrates every association at INFO; its warnings and errors still show.
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with Engine(config.data_dir) as engine:
+            server = DimseServer(engine, config)
+            host, port = server.start()
+            if ready is not None:
+                ready(host, port)
+            try:
+                while not stop.wait(0.5):
+                    pass
+            finally:
+                clean = server.stop(shutdown_timeout)
+            log.info("DIMSE SCP stopped%s; closing the engine", "" if clean else " (associations aborted)")
+        return 0
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

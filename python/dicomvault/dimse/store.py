@@ -1,0 +1,82 @@
+"""C-STORE SCP: the received dataset bytes go to the engine as they arrived (no pydicom decode).
+
+Success (0x0000) is answered only after `Engine.store_dataset` returned, i.e. after the bytes and
+the index record are durable (DESIGN.md §3.1). Every failure is a status the peer can act on, a
+log line naming the calling AE and the SOP Instance UID, and the association stays up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from ..engine import Engine
+from ..errors import (
+    CodecError,
+    DicomVaultError,
+    MalformedError,
+    NotDicomError,
+    RejectedError,
+    StorageFullError,
+    UnsupportedError,
+)
+from .common import calling_ae, log, status
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700  # PS3.4 B.2.3: Refused, out of resources
+OUT_OF_RESOURCES_IO = 0xA701  # same family: the store failed for a local reason (I/O, index)
+DOES_NOT_MATCH_SOP_CLASS = 0xA900  # Error: data set does not match SOP class
+CANNOT_UNDERSTAND = 0xC000  # Error: cannot understand (C000-CFFF); sub-codes say which part
+NOT_DICOM = 0xC001
+UNSUPPORTED = 0xC002
+CODEC = 0xC003
+
+
+def _failure(code: int, event: Any, sop_uid: str, why: str) -> Dataset:
+    log.warning("C-STORE from %s of %s refused (0x%04X): %s", calling_ae(event), sop_uid or "?", code, why)
+    return status(code, why)
+
+
+def handle_store(event: Any, engine: Engine) -> Dataset | int:
+    """EVT_C_STORE handler."""
+    req = event.request
+    sop_uid = str(req.AffectedSOPInstanceUID or "")
+    sop_class = str(req.AffectedSOPClassUID or "")
+    # The request's Data Set is the reassembled P-DATA payload (a BytesIO): the dataset exactly
+    # as encoded by the sender, in the context's transfer syntax.
+    dataset = req.DataSet.getvalue() if req.DataSet is not None else b""
+    ts = str(event.context.transfer_syntax)
+    try:
+        outcome = engine.store_dataset(dataset, ts)
+    except StorageFullError as exc:
+        return _failure(OUT_OF_RESOURCES, event, sop_uid, f"storage full: {exc}")
+    except RejectedError as exc:
+        # Parsed, but lacks what every composite object must have (Study/Series/SOP UIDs).
+        return _failure(DOES_NOT_MATCH_SOP_CLASS, event, sop_uid, f"rejected: {exc}")
+    except NotDicomError as exc:
+        return _failure(NOT_DICOM, event, sop_uid, f"not a DICOM dataset: {exc}")
+    except MalformedError as exc:
+        return _failure(CANNOT_UNDERSTAND, event, sop_uid, f"malformed dataset: {exc}")
+    except UnsupportedError as exc:
+        return _failure(UNSUPPORTED, event, sop_uid, f"unsupported ({ts}): {exc}")
+    except CodecError as exc:
+        return _failure(CODEC, event, sop_uid, f"cannot decode pixel data ({ts}): {exc}")
+    except DicomVaultError as exc:
+        # Anything else from the engine is a local failure (I/O, index): out of resources,
+        # so the sender retries later rather than dropping the object as unreadable.
+        log.error("C-STORE from %s of %s failed: %s", calling_ae(event), sop_uid, exc)
+        return status(OUT_OF_RESOURCES_IO, f"store failed: {exc}")
+
+    # The object is durable now. A request whose command set disagrees with its dataset is a
+    # broken sender: tell it (A900), but the stored object stays (it is valid and durable; it
+    # may also be a duplicate of an earlier good send, which must not be lost).
+    if sop_uid and outcome.sop_instance_uid != sop_uid:
+        return _failure(DOES_NOT_MATCH_SOP_CLASS, event, sop_uid,
+                        f"dataset SOP Instance UID is {outcome.sop_instance_uid}")
+    if sop_class and outcome.sop_class_uid and outcome.sop_class_uid != sop_class:
+        return _failure(DOES_NOT_MATCH_SOP_CLASS, event, sop_uid,
+                        f"dataset SOP Class UID is {outcome.sop_class_uid}, request says {sop_class}")
+    log.info("C-STORE from %s: %s %s (%d bytes)", calling_ae(event), outcome.sop_instance_uid,
+             "duplicate" if outcome.duplicate else "stored", outcome.logical_len)
+    return SUCCESS

@@ -1,0 +1,73 @@
+"""The server configuration file (TOML) and its command-line overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dicomvault.config import Config, ConfigError, PeerConfig, load_config
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "dicomvault.toml"
+    p.write_text(text)
+    return p
+
+
+def test_full_file(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, """
+data = "store"
+[dimse]
+ae_title = "ARCHIVE"
+host = "0.0.0.0"
+port = 104
+accept_unknown_callers = false
+max_pdu = 65536
+max_associations = 4
+[[peers]]
+ae_title = "STORESCP"
+host = "127.0.0.1"
+port = 11113
+[[peers]]
+ae_title = "VIEWER "
+host = "10.0.0.2"
+port = 104
+"""))
+    assert cfg.data_dir == tmp_path / "store"  # relative to the file
+    d = cfg.dimse
+    assert (d.ae_title, d.host, d.port, d.accept_unknown_callers, d.max_pdu, d.max_associations) == (
+        "ARCHIVE", "0.0.0.0", 104, False, 65536, 4)
+    assert cfg.peers == (PeerConfig("STORESCP", "127.0.0.1", 11113), PeerConfig("VIEWER", "10.0.0.2", 104))
+
+
+def test_defaults_and_overrides(tmp_path: Path) -> None:
+    assert load_config(None) == Config()
+    cfg = load_config(_write(tmp_path, '[dimse]\nport = 4242\nae_title = "FROMFILE"\n'))
+    over = cfg.with_overrides(data_dir="/d", ae_title="CLI", host=None, port=None)
+    assert (str(over.data_dir), over.dimse.ae_title, over.dimse.port, over.dimse.host) == (
+        "/d", "CLI", 4242, "127.0.0.1")
+    assert cfg.with_overrides(port=1111).dimse.port == 1111
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[dimse]\nae_tilte = 'X'\n", "unknown key(s) ae_tilte"),
+        ("[dimse]\nport = 70000\n", "port must be an integer"),
+        ("[dimse]\nae_title = 'WAY_TOO_LONG_AE_TITLE'\n", "invalid AE title"),
+        ("[dimse]\naccept_unknown_callers = 'yes'\n", "must be true or false"),
+        ("[[peers]]\nae_title = 'A'\nhost = 'h'\n", "missing port"),
+        ("[[peers]]\nae_title='A'\nhost='h'\nport=1\n[[peers]]\nae_title='A'\nhost='h'\nport=2\n",
+         "configured twice"),
+        ("[dimse\n", "dicomvault.toml"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(_write(tmp_path, text))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "nope.toml")

@@ -1,0 +1,161 @@
+"""The DIMSE server run in-process (no dcmtk): socket tuning, C-FIND character sets and C-CANCEL."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, _config, build_context
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
+
+from dicomvault.config import Config, DimseConfig
+from dicomvault.dimse import DimseServer
+from dicomvault.engine import Engine
+
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+N_INSTANCES = 300
+
+
+def _dataset(**attrs: str) -> bytes:
+    ds = Dataset()
+    ds.SOPClassUID = SECONDARY_CAPTURE
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality = "OT"
+    for k, v in attrs.items():
+        setattr(ds, k, v)
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, DimseServer]]:
+    saved = {k: getattr(_config, k) for k in ("UNRESTRICTED_STORAGE_SERVICE", "LOG_HANDLER_LEVEL",
+                                               "LOG_REQUEST_IDENTIFIERS", "LOG_RESPONSE_IDENTIFIERS")}
+    data = tmp_path_factory.mktemp("inproc")
+    with Engine(data) as engine:
+        study, series = generate_uid(), generate_uid()
+        for _ in range(N_INSTANCES):
+            engine.store_dataset(_dataset(PatientID="MANY", PatientName="Many^Images", StudyInstanceUID=study,
+                                          SeriesInstanceUID=series), ExplicitVRLittleEndian)
+        engine.store_dataset(_dataset(SpecificCharacterSet="ISO_IR 100", PatientID="LATIN1",
+                                      PatientName="Müller^Jürgen", StudyInstanceUID=generate_uid(),
+                                      SeriesInstanceUID=generate_uid(), StudyDate="20240131"),
+                             ExplicitVRLittleEndian)
+        engine.store_dataset(_dataset(SpecificCharacterSet="ISO_IR 192", PatientID="UTF8",
+                                      PatientName="Gérard^Żółć", StudyInstanceUID=generate_uid(),
+                                      SeriesInstanceUID=generate_uid(), StudyDate="20240201"),
+                             ExplicitVRLittleEndian)
+        srv = DimseServer(engine, Config(data_dir=data, dimse=DimseConfig(port=0)))
+        _, port = srv.start()
+        try:
+            yield port, srv
+        finally:
+            assert srv.stop(10)
+            for k, v in saved.items():
+                setattr(_config, k, v)
+
+
+def _associate(port: int, *contexts: str) -> Any:
+    ae = AE(ae_title="INPROC")
+    cxs = [build_context(c) for c in contexts]
+    assoc = ae.associate("127.0.0.1", port, contexts=cxs, ae_title="DICOMVAULT")
+    assert assoc.is_established
+    return assoc
+
+
+def test_accepted_sockets_have_tcp_nodelay(server: tuple[int, DimseServer]) -> None:
+    port, srv = server
+    assoc = _associate(port, Verification)
+    try:
+        assert assoc.send_c_echo().Status == 0x0000
+        assert srv._server is not None
+        [acceptor] = [a for a in srv._server.active_associations if a.is_established]
+        sock = acceptor.dul.socket.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        assoc.release()
+
+
+@pytest.mark.parametrize(
+    ("charset", "name", "want"),
+    [("ISO_IR 100", "Müller^J*", ("Müller^Jürgen", "LATIN1", "20240131")),
+     ("ISO_IR 192", "Gérard^Ż*", ("Gérard^Żółć", "UTF8", "20240201"))],
+)
+def test_find_non_ascii_names(server: tuple[int, DimseServer], charset: str, name: str,
+                              want: tuple[str, str, str]) -> None:
+    port, _ = server
+    q = Dataset()
+    q.SpecificCharacterSet = charset
+    q.QueryRetrieveLevel = "STUDY"
+    q.PatientName = name
+    q.PatientID = ""
+    q.StudyDate = "20240101-20240229"
+    q.StudyInstanceUID = ""
+    assoc = _associate(port, StudyRootQueryRetrieveInformationModelFind)
+    try:
+        rsps = list(assoc.send_c_find(q, StudyRootQueryRetrieveInformationModelFind))
+    finally:
+        assoc.release()
+    matches = [i for s, i in rsps if s.Status == 0xFF00]
+    assert rsps[-1][0].Status == 0x0000
+    assert [(str(m.PatientName), m.PatientID, m.StudyDate) for m in matches] == [want]
+
+
+def test_find_cancel(server: tuple[int, DimseServer]) -> None:
+    port, _ = server
+    q = Dataset()
+    q.QueryRetrieveLevel = "IMAGE"
+    q.PatientID = "MANY"
+    q.StudyInstanceUID = ""
+    q.SeriesInstanceUID = ""
+    q.SOPInstanceUID = ""
+    assoc = _associate(port, PatientRootQueryRetrieveInformationModelFind)
+    try:
+        statuses = []
+        for status, _ in assoc.send_c_find(q, PatientRootQueryRetrieveInformationModelFind, msg_id=7):
+            statuses.append(status.Status)
+            if len(statuses) == 1:
+                assoc.send_c_cancel(7, query_model=PatientRootQueryRetrieveInformationModelFind)
+        assert statuses[-1] == 0xFE00, "cancelled"
+        assert len(statuses) < N_INSTANCES
+        assert assoc.is_established
+    finally:
+        assoc.release()
+
+
+def test_find_bad_level(server: tuple[int, DimseServer]) -> None:
+    port, _ = server
+    q = Dataset()
+    q.QueryRetrieveLevel = "PATIENT"  # not in Study Root
+    q.PatientID = ""
+    assoc = _associate(port, StudyRootQueryRetrieveInformationModelFind)
+    try:
+        rsps = list(assoc.send_c_find(q, StudyRootQueryRetrieveInformationModelFind))
+    finally:
+        assoc.release()
+    assert rsps[-1][0].Status == 0xA900
+
+
+def test_config_in_file_matches_serve_options(tmp_path: Path) -> None:
+    # The README documents this file; it must load as documented.
+    from dicomvault.config import load_config
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    p = tmp_path / "dicomvault.toml"
+    p.write_text(block)
+    cfg = load_config(p)
+    assert cfg.dimse.ae_title == "DICOMVAULT" and cfg.dimse.port == 11112 and cfg.peers

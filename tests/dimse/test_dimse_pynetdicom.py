@@ -1,0 +1,293 @@
+"""The archive's DIMSE services driven by a pynetdicom peer where the test needs exact statuses,
+raw bytes or a role dcmtk does not play: bit-exact C-STORE, bad input, C-GET contexts and
+sub-operation counts, unknown move destinations, storage commitment, garbage on the wire."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from dimse_helpers import ARCHIVE_AE, COMMIT_AE, HOST, Archive, Sent, associate, dataset_bytes, run
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGLSLossless,
+    RLELossless,
+    generate_uid,
+)
+from pynetdicom import AE, _config, build_context, build_role, evt
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    StorageCommitmentPushModel,
+    StorageCommitmentPushModelInstance,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from dv_corpus import corpus_dirs
+
+pytestmark = pytest.mark.interop  # the corpus and the archive's peers come from dcmtk
+
+CT_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
+
+
+@pytest.fixture
+def chunked_send() -> Any:
+    """pynetdicom's own raw sending: a file's dataset goes out as its bytes, no pydicom decode."""
+    old = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    yield
+    _config.STORE_SEND_CHUNKED_DATASET = old
+
+
+# Real files in five transfer syntaxes (distinct SOP Instance UIDs from the dcmtk corpus).
+RAW_FILES = ["waveform_ecg.dcm", "liver_1frame.dcm", "gdcm-US-ALOKA-16_big.dcm", "OBXXXX1A_rle.dcm",
+             "693_J2KR.dcm"]
+
+
+def _real(name: str) -> Path:
+    for d in corpus_dirs():
+        if (d / name).exists():
+            return d / name
+    raise FileNotFoundError(name)
+
+
+def test_store_is_bit_exact(stored: Archive, chunked_send: None) -> None:
+    files = [_real(n) for n in RAW_FILES]
+    sents = [Sent.of(p) for p in files]
+    assoc = associate(stored, [build_context(s.sop_class, s.ts) for s in sents])
+    try:
+        for path, s in zip(files, sents, strict=True):
+            rsp = assoc.send_c_store(path)
+            assert rsp.Status == 0x0000, f"{path.name}: 0x{rsp.Status:04X}"
+            stored.sent[s.sop_uid] = s
+    finally:
+        assoc.release()
+    for path, s in zip(files, sents, strict=True):
+        assert stored.stored(s.sop_uid) == dataset_bytes(path), f"{path.name} not stored bit-exact"
+
+
+def _part10(tmp: Path, name: str, meta_from: Path, dataset: bytes, sop_uid: str | None = None) -> Path:
+    """A Part-10 file with `meta_from`'s file meta (optionally another SOP Instance UID) and
+    the given dataset bytes: what a broken sender would put on the wire."""
+    fm = pydicom.dcmread(meta_from, stop_before_pixels=True).file_meta
+    if sop_uid:
+        fm.MediaStorageSOPInstanceUID = sop_uid
+    out = tmp / name
+    with out.open("wb") as f:
+        f.write(b"\0" * 128 + b"DICM")
+        pydicom.filewriter.write_file_meta_info(f, fm, enforce_standard=True)
+        f.write(dataset)
+    return out
+
+
+def test_bad_datasets_get_failure_statuses_and_association_stays(stored: Archive, chunked_send: None,
+                                                                 tmp_path: Path) -> None:
+    ct = _real("CT_small.dcm")
+    _, data = dataset_bytes(ct)
+    uid = str(pydicom.dcmread(ct, stop_before_pixels=True).SOPInstanceUID)
+    pixel_at = data.index(b"\xe0\x7f\x10\x00")  # (7FE0,0010) tag, explicit VR LE
+    cases = {
+        "mid-pixel-data": _part10(tmp_path, "a.dcm", ct, data[: pixel_at + 2000]),
+        "mid-element-header": _part10(tmp_path, "b.dcm", ct, data[:1003]),
+        "garbage": _part10(tmp_path, "c.dcm", ct, b"\x08\x00\x16\x00UI\xff\xff" + b"\xab" * 301),
+    }
+    assoc = associate(stored, [build_context(CTImageStorage, ExplicitVRLittleEndian)])
+    try:
+        for why, path in cases.items():
+            rsp = assoc.send_c_store(path)
+            assert 0xC000 <= rsp.Status <= 0xCFFF, f"{why}: 0x{rsp.Status:04X}"
+            assert assoc.is_established, f"{why}: association dropped"
+        # Request says one SOP Instance UID, the dataset another: A900 (the dataset is a
+        # duplicate of an object already stored, so nothing changes in the archive).
+        other = _part10(tmp_path, "d.dcm", ct, data, sop_uid=generate_uid())
+        assert assoc.send_c_store(other).Status == 0xA900
+        # A real file with that defect (its file meta names another SOP Instance UID).
+        rtdose = _real("rtdose_expb_1frame.dcm")
+        with_be = associate(stored, [build_context(pydicom.dcmread(rtdose).SOPClassUID, ExplicitVRBigEndian)])
+        try:
+            assert with_be.send_c_store(rtdose).Status == 0xA900
+            stored.sent[Sent.of(rtdose).sop_uid] = Sent.of(rtdose)  # stored under its own UID
+        finally:
+            with_be.release()
+        # ... and the next good object on the same association is stored.
+        assert assoc.send_c_store(ct).Status == 0x0000
+    finally:
+        assoc.release()
+    log = stored.log_text()
+    assert f"C-STORE from PYSCU of {uid} refused (0xC" in log
+    assert "refused (0xA900)" in log
+
+
+def _get(archive: Archive, contexts: list[Any], study: str) -> tuple[list[tuple[str, str, bytes]], list[Any]]:
+    """C-GET of a study; (received (uid, ts, bytes), responses)."""
+    got: list[tuple[str, str, bytes]] = []
+
+    def on_store(event: Any) -> int:
+        got.append((str(event.request.AffectedSOPInstanceUID), str(event.context.transfer_syntax),
+                    event.request.DataSet.getvalue()))
+        return 0x0000
+
+    assoc = associate(archive, [build_context(StudyRootQueryRetrieveInformationModelGet), *contexts],
+                      ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                      evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    q = Dataset()
+    q.QueryRetrieveLevel = "STUDY"
+    q.StudyInstanceUID = study
+    try:
+        rsps = [(s, i) for s, i in assoc.send_c_get(q, StudyRootQueryRetrieveInformationModelGet)]
+    finally:
+        assoc.release()
+    return got, rsps
+
+
+CT_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian,
+               DeflatedExplicitVRLittleEndian, JPEGLSLossless, RLELossless]
+
+
+def test_get_sends_stored_bytes_in_every_accepted_syntax(stored: Archive) -> None:
+    # One context per syntax for the same SOP class: the archive picks the stored one each time.
+    got, rsps = _get(stored, [build_context(CTImageStorage, ts) for ts in CT_SYNTAXES], CT_STUDY)
+    final = rsps[-1][0]
+    assert final.Status == 0x0000
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (6, 0)
+    assert [r[0].NumberOfRemainingSuboperations for r in rsps[:-1]] == [5, 4, 3, 2, 1, 0]
+    assert len(got) == 6
+    for uid, ts, data in got:
+        assert (ts, data) == stored.stored(uid), f"{uid} not sent as stored"
+
+
+def test_get_converts_only_between_uncompressed_little_endian(stored: Archive) -> None:
+    got, rsps = _get(stored, [build_context(CTImageStorage, ExplicitVRLittleEndian)], CT_STUDY)
+    final, ident = rsps[-1]
+    by_ts = {s.sop_uid: s.ts for s in stored.sent.values() if s.study_uid == CT_STUDY}
+    cannot = {u for u, ts in by_ts.items() if ts in (ExplicitVRBigEndian, JPEGLSLossless, RLELossless)}
+    assert final.Status == 0xB000  # warning: some sub-operations failed
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (3, 3)
+    assert set(ident.FailedSOPInstanceUIDList) == cannot
+    for uid, ts, data in got:
+        assert ts == ExplicitVRLittleEndian
+        want = pydicom.dcmread(pydicom.filebase.DicomBytesIO(stored.stored_file(uid)))
+        sent = pydicom.dataset.Dataset(pydicom.filereader.read_dataset(
+            pydicom.filebase.DicomBytesIO(data), False, True))
+        assert sent.PixelData == want.PixelData and sent.SOPInstanceUID == uid
+
+
+def test_retrieve_refusals(stored: Archive) -> None:
+    q = Dataset()
+    q.QueryRetrieveLevel = "STUDY"
+    q.StudyInstanceUID = CT_STUDY
+    assoc = associate(stored, [build_context(StudyRootQueryRetrieveInformationModelMove),
+                               build_context(StudyRootQueryRetrieveInformationModelGet)])
+    try:
+        rsps = list(assoc.send_c_move(q, "NOWHERE", StudyRootQueryRetrieveInformationModelMove))
+        assert rsps[-1][0].Status == 0xA801  # move destination unknown
+        bad = Dataset()
+        bad.QueryRetrieveLevel = "SERIES"  # without SeriesInstanceUID
+        bad.StudyInstanceUID = CT_STUDY
+        rsps = list(assoc.send_c_get(bad, StudyRootQueryRetrieveInformationModelGet))
+        assert rsps[-1][0].Status == 0xA900
+        assert assoc.is_established
+    finally:
+        assoc.release()
+    assert "unknown move destination 'NOWHERE'" in stored.log_text()
+
+
+def test_storage_commitment(stored: Archive) -> None:
+    """N-ACTION from COMMITSCU (a configured peer); the N-EVENT-REPORT comes back on a new
+    association to COMMITSCU's SCP, which this test runs."""
+    reports: list[tuple[int, Dataset, str]] = []
+    arrived = threading.Event()
+
+    def on_report(event: Any) -> tuple[int, None]:
+        reports.append((event.event_type, event.event_information, str(event.assoc.requestor.ae_title)))
+        arrived.set()
+        return 0x0000, None
+
+    scp = AE(ae_title=COMMIT_AE)
+    scp.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
+    server = scp.start_server((HOST, stored.commit_port), block=False,
+                              evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    try:
+        ct = sorted((s for s in stored.sent.values() if s.study_uid == CT_STUDY), key=lambda s: s.sop_uid)
+        bogus = generate_uid()
+        refs = [(s.sop_class, s.sop_uid) for s in ct[:2]] + [(CTImageStorage, bogus)]
+        req = Dataset()
+        req.TransactionUID = tx = generate_uid()
+        req.ReferencedSOPSequence = []
+        for cls, uid in refs:
+            item = Dataset()
+            item.ReferencedSOPClassUID = cls
+            item.ReferencedSOPInstanceUID = uid
+            req.ReferencedSOPSequence.append(item)
+        assoc = associate(stored, [build_context(StorageCommitmentPushModel)], ae_title=COMMIT_AE)
+        try:
+            status, _ = assoc.send_n_action(req, 1, StorageCommitmentPushModel,
+                                            StorageCommitmentPushModelInstance)
+            assert status.Status == 0x0000
+        finally:
+            assoc.release()
+        assert arrived.wait(15), "no N-EVENT-REPORT"
+    finally:
+        server.shutdown()
+    event_type, info, sender = reports[0]
+    assert sender == ARCHIVE_AE
+    assert event_type == 2  # complete, failures exist
+    assert info.TransactionUID == tx
+    assert [i.ReferencedSOPInstanceUID for i in info.ReferencedSOPSequence] == [s.sop_uid for s in ct[:2]]
+    [failed] = info.FailedSOPSequence
+    assert (failed.ReferencedSOPInstanceUID, failed.FailureReason) == (bogus, 0x0112)
+
+
+def test_garbage_on_the_wire_drops_only_that_connection(stored: Archive) -> None:
+    for junk in (b"\x09\x00\x00\x00\x00\x10" + b"garbage!" * 512,  # unknown PDU type
+                 b"\x01\x00\x00\x00\x00\x40" + b"\xff" * 64):  # A-ASSOCIATE-RQ with a junk body
+        with socket.create_connection((HOST, stored.port), timeout=10) as s:
+            s.sendall(junk)
+            reply = s.recv(64)  # an A-ABORT (or the connection closes)
+            assert reply == b"" or reply[0] == 0x07
+    run(["echoscu", "-aet", "ECHOSCU", "-aec", ARCHIVE_AE, *stored.addr])
+    deadline = time.monotonic() + 5
+    while "closed without an association" not in stored.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "closed without an association" in stored.log_text()
+
+
+def test_storage_commitment_report_on_same_association(stored: Archive) -> None:
+    """A requestor that is not a configured peer gets its report on the association it keeps open."""
+    reports: list[Dataset] = []
+    arrived = threading.Event()
+
+    def on_report(event: Any) -> tuple[int, None]:
+        reports.append(event.event_information)
+        arrived.set()
+        return 0x0000, None
+
+    uid = next(s for s in stored.sent.values() if s.study_uid == CT_STUDY)
+    req = Dataset()
+    req.TransactionUID = tx = generate_uid()
+    item = Dataset()
+    item.ReferencedSOPClassUID = uid.sop_class
+    item.ReferencedSOPInstanceUID = uid.sop_uid
+    req.ReferencedSOPSequence = [item]
+    assoc = associate(stored, [build_context(StorageCommitmentPushModel)], ae_title="UNLISTED",
+                      evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    try:
+        status, _ = assoc.send_n_action(req, 1, StorageCommitmentPushModel,
+                                        StorageCommitmentPushModelInstance)
+        assert status.Status == 0x0000
+        assert arrived.wait(15), "no N-EVENT-REPORT on the open association"
+    finally:
+        assoc.release()
+    [info] = reports
+    assert info.TransactionUID == tx
+    assert [i.ReferencedSOPInstanceUID for i in info.ReferencedSOPSequence] == [uid.sop_uid]
+    assert "FailedSOPSequence" not in info

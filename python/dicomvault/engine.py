@@ -22,7 +22,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 from . import _native  # type: ignore[attr-defined]
 from .attributes import decode_attrs
-from .errors import DicomVaultError, RejectedError, UnknownObjectError
+from .errors import DicomVaultError, RejectedError, UIDMismatchError, UnknownObjectError
 from .index import Index, InstanceRecord
 from .locks import ReadWriteLock
 
@@ -202,11 +202,31 @@ class Engine:
                     results[i] = outcome
             return results
 
-    def store_dataset(self, dataset: bytes, transfer_syntax: str) -> StoreOutcome:
-        """Stores one dataset received without file meta (DIMSE C-STORE, STOW-RS)."""
+    def store_dataset(
+        self,
+        dataset: bytes,
+        transfer_syntax: str,
+        *,
+        expected_sop_instance_uid: str | None = None,
+        expected_sop_class_uid: str | None = None,
+    ) -> StoreOutcome:
+        """Stores one dataset received without file meta (DIMSE C-STORE, STOW-RS).
+
+        With `expected_*` (the C-STORE request's Affected SOP Instance/Class UID), a dataset that
+        says otherwise is refused with `UIDMismatchError` before the index names it, so a sender
+        told "failed" never finds the object archived anyway.
+        """
         with self._lock.shared():
             native = self.vault.ingest_dataset(dataset, transfer_syntax)
-            return self._commit([self._record(native, None)])[0]
+            record = self._record(native, None)
+            for key, expected in (
+                ("SOPInstanceUID", expected_sop_instance_uid),
+                ("SOPClassUID", expected_sop_class_uid),
+            ):
+                found = record["attrs"].get(key, "")
+                if expected is not None and found != expected.rstrip("\0 "):
+                    raise UIDMismatchError(f"request names {key} {expected}, the dataset holds {found!r}")
+            return self._commit([record])[0]
 
     # -- read ------------------------------------------------------------------------------------
     def instances(self, level: str, uid: str) -> list[InstanceRecord]:
@@ -216,6 +236,10 @@ class Engine:
         if not found:
             raise UnknownObjectError(level, uid)
         return found
+
+    def instance(self, sop_instance_uid: str) -> InstanceRecord | None:
+        """The index record of one instance, or None."""
+        return self.index.get_instance(sop_instance_uid)
 
     def read_dataset(self, sop_instance_uid: str) -> tuple[str, bytes]:
         """(transfer syntax UID, dataset bytes as received), hash-verified."""

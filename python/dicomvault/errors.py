@@ -31,7 +31,11 @@ class UnknownObjectError(DicomVaultError):
 
 
 class RejectedError(DicomVaultError):
-    """An object was refused before anything was stored (missing UIDs, not DICOM, malformed)."""
+    """An object was refused before the index named it (missing UIDs, not DICOM, malformed)."""
+
+
+class UIDMismatchError(RejectedError):
+    """The dataset's SOP Instance/Class UID is not the one its C-STORE request announced."""
 
 
 __all__ = [
@@ -46,6 +50,7 @@ __all__ = [
     "NotFoundError",
     "RejectedError",
     "StorageFullError",
+    "UIDMismatchError",
     "UnknownObjectError",
     "UnsupportedError",
 ]

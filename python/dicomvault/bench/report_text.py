@@ -1,0 +1,185 @@
+"""The terminal summary table of a bench result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _f(v: Any, nd: int = 0) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float | int):
+        return f"{v:,.{nd}f}"
+    return str(v)
+
+
+def _x(v: float | None, what: str) -> str:
+    return "" if v is None else f"{v:.2f} x {what}"
+
+
+def summary(r: dict[str, Any]) -> str:
+    cfg, wl, gen, dev, ph, ra = (
+        r["config"],
+        r["workload"],
+        r["generator"],
+        r["device"],
+        r["phases"],
+        r["ratios"],
+    )
+    t = r["target"]
+    lines = [
+        f"dicomvault bench  workload={cfg['workload']} seed={cfg['seed']} threads={cfg['threads']} "
+        f"scale={cfg['scale']}  target={t.get('path', t.get('kind'))} ({t.get('filesystem') or '?'})",
+        f"workload: {wl['studies']:,} studies, {wl['objects']:,} objects, {wl['bytes'] / 1e6:,.1f} MB "
+        f"(mean object {wl['mean_object_bytes'] / 1e6:,.2f} MB); "
+        + ", ".join(
+            f"{m} {d['objects']:,} obj {d['bytes'] / 1e6:,.0f} MB"
+            for m, d in sorted(wl["by_modality"].items())
+        ),
+        f"generator: {gen['mb_s']:,.0f} MB/s, {gen['objects_s']:,.0f} objects/s on one thread "
+        f"({gen['mode']}; "
+        f"consumers waited {gen['consumer_wait_seconds']:.2f} s on it)",
+        "",
+    ]
+    head = (
+        f"{'figure':<26}{'count':>10}{'MB':>10}{'s':>8}{'MB/s':>9}{'obj/s':>9}"
+        f"{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}  vs device"
+    )
+    lines += [head, "-" * len(head)]
+
+    def row(
+        name: str, count: Any, mb: Any, s: Any, mbs: Any, ops: Any, lat: dict[str, Any] | None, vs: str = ""
+    ) -> None:
+        lat = lat or {}
+        lines.append(
+            f"{name:<26}{_f(count):>10}{_f(mb, 1):>10}{_f(s, 2):>8}{_f(mbs):>9}{_f(ops):>9}"
+            f"{_f(lat.get('p50'), 2):>9}{_f(lat.get('p95'), 2):>9}{_f(lat.get('p99'), 2):>9}  {vs}"
+        )
+
+    if "seq_write" in dev:
+        d = dev["seq_write"]
+        row(
+            "device synced seq write",
+            None,
+            d["bytes"] / 1e6,
+            d["seconds"],
+            d["mb_s"],
+            None,
+            None,
+            f"(before {d.get('mb_s_before', d['mb_s']):,.0f}, "
+            f"after {d.get('mb_s_after', d['mb_s']):,.0f} MB/s)",
+        )
+    if "small_files" in dev:
+        d = dev["small_files"]
+        row(
+            "device synced small files",
+            d["files"],
+            d["bytes"] / 1e6,
+            d["seconds"],
+            d["mb_s"],
+            d["files_s"],
+            d["latency_ms"],
+            f"(write+fsync per file, mean {d['mean_file_bytes'] / 1e6:,.2f} MB)",
+        )
+    if "seq_read" in dev:
+        d = dev["seq_read"]
+        row(
+            "device seq read",
+            None,
+            d["bytes"] / 1e6,
+            d["seconds"],
+            d["mb_s"],
+            None,
+            None,
+            "(page cache dropped)" if d["cache_dropped"] else "(page cache NOT dropped)",
+        )
+    if "ingest" in ph:
+        p = ph["ingest"]
+        row(
+            "engine ingest",
+            p["objects"],
+            p["bytes"] / 1e6,
+            p["seconds"],
+            p["mb_s"],
+            p["objects_s"],
+            p["latency_ms"],
+            "; ".join(
+                x
+                for x in (
+                    _x(ra["ingest_vs_seq_write"], "seq write"),
+                    _x(ra["ingest_vs_small_files"], "small files"),
+                )
+                if x
+            ),
+        )
+        row(
+            "  stored (compressed)",
+            None,
+            p["stored_bytes"] / 1e6,
+            p["seconds"],
+            p["stored_mb_s"],
+            None,
+            None,
+            f"ratio {p['compression_ratio']}; " + _x(ra["ingest_stored_vs_seq_write"], "seq write"),
+        )
+    if "query" in ph:
+        p = ph["query"]
+        row(
+            "engine query (C-FIND mix)",
+            p["queries"],
+            None,
+            p["seconds"],
+            None,
+            p["queries_s"],
+            p["latency_ms"],
+            f"over {p['studies_indexed']:,} studies",
+        )
+        for k, v in p["by_kind"].items():
+            row(
+                f"  {k}"[:26],
+                v["queries"],
+                None,
+                None,
+                None,
+                None,
+                v["latency_ms"],
+                f"{v['mean_matches']:,} matches",
+            )
+    if "retrieve" in ph:
+        p = ph["retrieve"]
+        row(
+            "engine retrieve",
+            p["objects"],
+            p["bytes"] / 1e6,
+            p["seconds"],
+            p["mb_s"],
+            p["objects_s"],
+            p["latency_ms"],
+            _x(ra["retrieve_vs_seq_read"], "seq read"),
+        )
+        row(
+            "  first object of study",
+            p["studies"],
+            None,
+            None,
+            p["study_mb_s"]["p50"],
+            None,
+            p["first_object_ms"],
+            "(MB/s = median study)",
+        )
+    if "scrub" in ph:
+        p = ph["scrub"]
+        row(
+            "engine scrub (verify)",
+            p["objects"],
+            p["bytes"] / 1e6,
+            p["seconds"],
+            p["mb_s"],
+            p["objects_s"],
+            p["latency_ms"],
+            _x(ra["scrub_vs_seq_read"], "seq read")
+            + f"; stored {p['stored_mb_s']:,.0f} MB/s = "
+            + _x(ra["scrub_stored_vs_seq_read"], "seq read")
+            + f"; damaged {p['damaged']}",
+        )
+    return "\n".join(lines)

@@ -1,0 +1,181 @@
+"""`dicomvault bench` end to end (through `python -m dicomvault.bench`, which builds its parser
+with the same `add_commands` the main CLI calls): a short run completes, its JSON has exactly the
+fields docs/bench.md lists, its HTML is one offline file with SVG charts, and `bench compare`
+reads two results."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "bench.md"
+MAPS = {"by_modality": "<modality>", "by_kind": "<kind>"}  # keys that are data, not field names
+
+
+def bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dicomvault.bench", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    d = tmp_path_factory.mktemp("bench")
+    target = d / "target"
+    r = bench(
+        "--target",
+        str(target),
+        "--workload",
+        "mixed",
+        "--size",
+        "0.04",
+        "--scale",
+        "0.1",
+        "--threads",
+        "2",
+        "--phase-seconds",
+        "0.5",
+        "--seed",
+        "3",
+        "--json",
+        str(d / "r.json"),
+        "--html",
+        str(d / "r.html"),
+    )
+    assert r.returncode == 0, r.stderr
+    return {
+        "dir": d,
+        "target": target,
+        "stdout": r.stdout,
+        "json": json.loads((d / "r.json").read_text()),
+        "html": (d / "r.html").read_text(),
+    }
+
+
+def documented_fields() -> set[str]:
+    """Field paths of the table under "## JSON fields" in docs/bench.md, `{a,b}` expanded."""
+    text = DOCS.read_text(encoding="utf-8").split("## JSON fields", 1)[1]
+    out: set[str] = set()
+    for m in re.finditer(r"^\| `([^`]+)` \|", text, re.M):
+        paths = [m.group(1)]
+        while any("{" in p for p in paths):
+            nxt = []
+            for p in paths:
+                b = re.search(r"\{([^}]*)\}", p)
+                if b is None:
+                    nxt.append(p)
+                    continue
+                nxt += [p[: b.start()] + alt + p[b.end() :] for alt in b.group(1).split(",")]
+            paths = nxt
+        out.update(paths)
+    return out
+
+
+def actual_fields(d: Any, prefix: str = "") -> set[str]:
+    if not isinstance(d, dict):
+        return {prefix}
+    out: set[str] = set()
+    last = prefix.rsplit(".", 1)[-1]
+    for k, v in d.items():
+        key = MAPS.get(last, k)
+        out |= actual_fields(v, f"{prefix}.{key}" if prefix else key)
+    return out
+
+
+def test_short_run_completes_with_every_phase(run: dict[str, Any]) -> None:
+    r = run["json"]
+    assert set(r["phases"]) == {"ingest", "query", "retrieve", "scrub"}
+    ing = r["phases"]["ingest"]
+    assert ing["errors"] == 0 and ing["objects"] > 10 and ing["bytes"] >= 0.04e9
+    assert r["phases"]["scrub"]["damaged"] == 0 and r["phases"]["scrub"]["objects"] == ing["objects"]
+    assert r["phases"]["retrieve"]["objects"] > 0 and r["phases"]["query"]["queries"] >= 6
+    assert r["generator"]["mode"] == "pregenerated" and r["generator"]["mb_s"] > 0
+    assert all(v is not None for v in r["ratios"].values()), r["ratios"]
+    assert len(r["workload"]["by_modality"]) >= 2  # mixed means mixed
+    for line in (
+        "device synced seq write",
+        "engine ingest",
+        "engine query",
+        "engine retrieve",
+        "engine scrub",
+    ):
+        assert line in run["stdout"]
+    assert "x seq write" in run["stdout"] and "x seq read" in run["stdout"]
+    assert not any(run["target"].iterdir()), "the run directory must be removed"
+
+
+def test_json_fields_are_exactly_the_documented_ones(run: dict[str, Any]) -> None:
+    documented, actual = documented_fields(), actual_fields(run["json"])
+    assert len(documented) > 100
+    assert not actual - documented, f"undocumented fields: {sorted(actual - documented)}"
+    assert not documented - actual, f"documented but missing: {sorted(documented - actual)}"
+
+
+def test_html_is_one_offline_file_with_charts(run: dict[str, Any]) -> None:
+    h = run["html"]
+    assert h.startswith("<!DOCTYPE html>") and h.count("<svg") >= 3  # throughput + latency charts
+    assert "<polyline" in h and "<rect" in h
+    assert "<script" not in h and "<link" not in h and " src=" not in h
+    assert not re.findall(r"https?://(?!www\.w3\.org/2000/svg)", h)
+
+
+def test_compare_two_results(run: dict[str, Any], tmp_path: Path) -> None:
+    a = run["json"]
+    b = copy.deepcopy(a)
+    b["phases"]["ingest"]["mb_s"] = a["phases"]["ingest"]["mb_s"] / 2
+    b["phases"]["query"]["latency_ms"]["p50"] = a["phases"]["query"]["latency_ms"]["p50"] * 3
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    r = bench("compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"))
+    assert r.returncode == 0, r.stderr
+    rows = {
+        ln.split()[0]: ln.split()[1:] for ln in r.stdout.splitlines() if ln.startswith(("phases.", "ratios."))
+    }
+    assert rows["phases.ingest.mb_s"][2] == "0.500" and rows["phases.ingest.mb_s"][3] == "A"
+    assert rows["phases.query.latency_ms.p50"][2] == "3.000" and rows["phases.query.latency_ms.p50"][3] == "A"
+    assert rows["phases.scrub.mb_s"][2] == "1.000" and len(rows["phases.scrub.mb_s"]) == 3  # no verdict
+
+
+def test_duration_run_generates_ahead(tmp_path: Path) -> None:
+    r = bench(
+        "--target",
+        str(tmp_path),
+        "--workload",
+        "ct",
+        "--duration",
+        "1",
+        "--scale",
+        "0.1",
+        "--phases",
+        "ingest,scrub",
+        "--phase-seconds",
+        "0.3",
+        "--json",
+        str(tmp_path / "d.json"),
+    )
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "d.json").read_text())
+    assert res["generator"]["mode"] == "run_ahead"
+    assert set(res["phases"]) == {"ingest", "scrub"} and res["ratios"]["retrieve_vs_seq_read"] is None
+    assert 0.9 < res["phases"]["ingest"]["seconds"] < 5
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "s3://bucket/x"], "object tier"),
+        (["--phases", "ingest,bogus"], "unknown phase"),
+        (["--phases", "query"], "ingest phase is required"),
+    ],
+)
+def test_errors_exit_2_with_a_message(args: list[str], message: str, tmp_path: Path) -> None:
+    full = args if "--target" in args else ["--target", str(tmp_path), *args]
+    r = bench(*full, "--size", "0.01", "--scale", "0.1")
+    assert r.returncode == 2 and message in r.stderr, r.stderr

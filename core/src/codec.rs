@@ -44,7 +44,12 @@
 //! channel of the previous pixel): 16/32-bit samples use the gradient predictor
 //! `left + up - up_left` (decoding it is a running sum plus a vector add, so it stays fast),
 //! 8-bit samples the 1-D delta (better on ultrasound speckle). Residuals are zigzag-coded and
-//! split into byte planes; zstd level 1 (min match 7, hash log 12) compresses the planes.
+//! split into byte planes, one section (zstd frame) per plane; zstd level 1 (min match 7, hash
+//! log 12) compresses them. The low planes of 16/32-bit samples are mostly noise, where zstd's
+//! match finder costs most and finds least: they get a search step of 16 (`targetLength`, with
+//! Huffman-coded literals kept on) when a probe of a 16 KiB chunk shows that this costs less
+//! than ~3% of size, else the plain settings. These are encoder choices; the format and the
+//! decoder do not depend on them.
 //! Span bytes that do not form a whole sample go to the rest section; columns of 0 or larger
 //! than the span make the span one row.
 //!
@@ -52,6 +57,8 @@
 //! allocates or decompresses anything, and the output length at the end.
 
 use std::cell::RefCell;
+
+use zstd::zstd_safe::zstd_sys;
 
 use crate::error::{Error, Result};
 
@@ -142,6 +149,12 @@ pub const DEFAULT_HOT_LEVEL: i32 = 1;
 /// zstd overrides at [`DEFAULT_HOT_LEVEL`]: [min_match, hash_log, target_length, window_log].
 const HOT_ZSTD_PARAMS: [u32; 4] = [7, 12, 0, 0];
 
+/// The same for the residual planes: a large search step (target length, i.e. acceleration, of
+/// the fast strategy) with the literals still Huffman-coded. Residual planes are mostly order-0
+/// entropy plus runs of zeros; the step still finds the runs (matches extend both ways), and
+/// the match finder stops paying for every position of the noise.
+const HOT_BODY_ZSTD_PARAMS: [u32; 4] = [7, 12, 16, 0];
+
 /// Probe of a verbatim span: this many chunks of this size.
 const PROBE_CHUNKS: usize = 8;
 const PROBE_CHUNK: usize = 16 << 10;
@@ -208,6 +221,8 @@ pub struct HotOptions {
     pub split_planes: bool,
     /// zstd overrides, 0 = the level's own: [min_match, hash_log, target_length, window_log].
     pub zparams: [u32; 4],
+    /// zstd overrides for the filtered body (the residual planes), same layout as `zparams`.
+    pub body_zparams: [u32; 4],
 }
 
 impl HotOptions {
@@ -219,10 +234,11 @@ impl HotOptions {
             // filter beats the gradient there (measured: US geomean 6.29 vs 5.91).
             predictor_8: Some(Predictor::Left),
             subtract_green: true,
-            split_planes: false,
+            split_planes: true,
             // Measured on the corpus at level 1: min match 7 (+0.5% ratio, fewer sequences to
             // decode) and a 4K-entry hash table (stays in L1/L2; same ratio, faster).
             zparams: if level == DEFAULT_HOT_LEVEL { HOT_ZSTD_PARAMS } else { [0; 4] },
+            body_zparams: if level == DEFAULT_HOT_LEVEL { HOT_BODY_ZSTD_PARAMS } else { [0; 4] },
         }
     }
 }
@@ -373,7 +389,10 @@ struct Scratch {
     a: Vec<u8>,
     b: Vec<u8>,
     rest: Vec<u8>,
-    cctx: Option<((i32, [u32; 4]), zstd::bulk::Compressor<'static>)>,
+    /// Compression contexts for the rest / verbatim span and for the residual planes.
+    cctx: Option<(ZKey, Zc)>,
+    bctx: Option<(ZKey, Zc)>,
+    probe: Vec<u8>,
     dctx: Option<zstd::bulk::Decompressor<'static>>,
 }
 
@@ -399,12 +418,8 @@ thread_local! {
 
 fn encode_plan(logical: &[u8], plan: &Plan, opts: &HotOptions, s: &mut Scratch) -> Result<Vec<u8>> {
     let split = opts.split_planes;
-    let Scratch { b, rest, cctx, .. } = s;
-    let key = (opts.level, opts.zparams);
-    let cctx = match cctx {
-        Some((k, c)) if *k == key => c,
-        _ => &mut cctx.insert((key, new_compressor(opts)?)).1,
-    };
+    let Scratch { b, rest, cctx, bctx, probe, .. } = s;
+    let cctx = Zc::cached(cctx, (opts.level, opts.zparams))?;
     let (off, len) = (plan.off, plan.len);
     let body_len = plan.body_len();
 
@@ -416,20 +431,33 @@ fn encode_plan(logical: &[u8], plan: &Plan, opts: &HotOptions, s: &mut Scratch) 
 
     // The body: byte planes of the residuals (mode 1), the span as is (mode 2).
     let span = &logical[off..off + body_len];
-    let mut pieces: Vec<(&[u8], bool)> = vec![(&rest[..], true)];
+    // Each piece: bytes, and whether to try the body context (true) or the rest one (false);
+    // `None`: store as is.
+    let mut pieces: Vec<(&[u8], Option<bool>)> = vec![(&rest[..], Some(false))];
     match plan.mode {
         MODE_FILTERED => {
             let n = body_len / plan.bps;
             filter_encode(span, plan, n, b);
             if split && plan.bps > 1 && n > 0 {
-                pieces.extend(b.chunks(n).map(|p| (p, true)));
+                // The low planes hold the noise; the top plane (mostly runs) and 8-bit
+                // residuals (ultrasound: LZ-rich) keep the plain context.
+                pieces.extend(b.chunks(n).enumerate().map(|(k, p)| (p, Some(k + 1 < plan.bps))));
             } else {
-                pieces.push((&b[..], true));
+                pieces.push((&b[..], Some(false)));
             }
         }
-        MODE_VERBATIM => pieces.push((span, worth_compressing(span, cctx)?)),
+        MODE_VERBATIM => {
+            let keep = worth_compressing(span, cctx)?;
+            pieces.push((span, keep.then_some(false)));
+        }
         _ => {}
     }
+    let mut bctx = match plan.mode {
+        MODE_FILTERED if opts.body_zparams != opts.zparams => {
+            Some(Zc::cached(bctx, (opts.level, opts.body_zparams))?)
+        }
+        _ => None,
+    };
 
     let bound: usize = pieces.iter().map(|(p, _)| zstd::zstd_safe::compress_bound(p.len())).sum();
     let header_len = FIXED_HEADER + SECTION_ENTRY * pieces.len();
@@ -450,13 +478,17 @@ fn encode_plan(logical: &[u8], plan: &Plan, opts: &HotOptions, s: &mut Scratch) 
     let table_at = out.len();
     out.resize(header_len, 0);
 
-    for (i, (piece, compress)) in pieces.iter().enumerate() {
+    for (i, &(piece, ctx)) in pieces.iter().enumerate() {
         let start = out.len();
         let mut method = METHOD_STORED;
-        if *compress && !piece.is_empty() {
-            let mut cur = std::io::Cursor::new(&mut out);
-            cur.set_position(start as u64);
-            let n = cctx.compress_to_buffer(piece, &mut cur).map_err(|e| codec_err(format!("zstd: {e}")))?;
+        if let Some(body_ctx) = ctx.filter(|_| !piece.is_empty()) {
+            let mut z = &mut *cctx;
+            if let Some(b) = bctx.as_deref_mut() {
+                if body_ctx && accel_pays(piece, z, b, probe)? {
+                    z = b;
+                }
+            }
+            let n = z.compress_into(piece, &mut out)?;
             // Less than ~3% saved is not worth the decoder's time.
             if n < piece.len() - piece.len() / 32 {
                 method = METHOD_ZSTD;
@@ -478,9 +510,26 @@ fn encode_plan(logical: &[u8], plan: &Plan, opts: &HotOptions, s: &mut Scratch) 
     Ok(out)
 }
 
+/// Probe of a residual plane: the accelerated context is used when it does about as well as
+/// the plain one on a chunk from the middle (noise: same size; LZ-rich planes: much worse).
+const ACCEL_PROBE: usize = 16 << 10;
+
+fn accel_pays(plane: &[u8], plain: &mut Zc, fast: &mut Zc, buf: &mut Vec<u8>) -> Result<bool> {
+    if plane.len() < 4 * ACCEL_PROBE {
+        return Ok(false);
+    }
+    let at = (plane.len() - ACCEL_PROBE) / 2;
+    let part = &plane[at..at + ACCEL_PROBE];
+    buf.clear();
+    let slow = plain.compress_into(part, buf)?;
+    buf.clear();
+    let quick = fast.compress_into(part, buf)?;
+    Ok(quick <= slow + slow / 32)
+}
+
 /// Whether a span said to be already compressed still shrinks (weak encapsulations: RLE,
 /// JPEG lossless Huffman...): zstd on up to [`PROBE_CHUNKS`] chunks spread over it.
-fn worth_compressing(span: &[u8], c: &mut zstd::bulk::Compressor<'static>) -> Result<bool> {
+fn worth_compressing(span: &[u8], c: &mut Zc) -> Result<bool> {
     if span.is_empty() {
         return Ok(false);
     }
@@ -491,29 +540,92 @@ fn worth_compressing(span: &[u8], c: &mut zstd::bulk::Compressor<'static>) -> Re
     let (mut raw, mut packed) = (0, 0);
     for i in 0..chunks {
         let part = &span[i * step..i * step + chunk];
-        packed += c.compress_to_buffer(part, &mut buf).map_err(|e| codec_err(format!("zstd: {e}")))?;
+        buf.clear();
+        packed += c.compress_into(part, &mut buf)?;
         raw += part.len();
     }
     Ok(packed < raw - raw / 16)
 }
 
-fn new_compressor(opts: &HotOptions) -> Result<zstd::bulk::Compressor<'static>> {
-    use zstd::zstd_safe::CParameter as P;
-    let err = |e: std::io::Error| codec_err(format!("zstd init: {e}"));
-    let mut c = zstd::bulk::Compressor::new(opts.level).map_err(err)?;
-    let [mml, hlog, tlen, wlog] = opts.zparams;
-    let params = [
-        (mml, P::MinMatch(mml)),
-        (hlog, P::HashLog(hlog)),
-        (tlen, P::TargetLength(tlen)),
-        (wlog, P::WindowLog(wlog)),
-    ];
-    for (v, p) in params {
-        if v != 0 {
-            c.set_parameter(p).map_err(err)?;
-        }
+/// Level and [`HotOptions::zparams`]-style overrides a [`Zc`] was made with.
+type ZKey = (i32, [u32; 4]);
+
+/// A zstd compression context (reused across objects), driven through the raw API because
+/// the safe wrapper does not expose the literal compression mode.
+struct Zc(std::ptr::NonNull<zstd_sys::ZSTD_CCtx>);
+
+impl Drop for Zc {
+    fn drop(&mut self) {
+        // SAFETY: the context came from ZSTD_createCCtx and is freed once, here.
+        unsafe { zstd_sys::ZSTD_freeCCtx(self.0.as_ptr()) };
     }
-    Ok(c)
+}
+
+fn zcheck(r: usize, what: &str) -> Result<usize> {
+    // SAFETY: pure function of the return code.
+    if unsafe { zstd_sys::ZSTD_isError(r) } != 0 {
+        return Err(codec_err(format!("zstd {what}: {}", zstd::zstd_safe::get_error_name(r))));
+    }
+    Ok(r)
+}
+
+impl Zc {
+    /// The context cached in `slot` if it was made for `key`, else a new one put there.
+    fn cached(slot: &mut Option<(ZKey, Zc)>, key: ZKey) -> Result<&mut Zc> {
+        match slot {
+            Some((k, _)) if *k == key => {}
+            _ => *slot = Some((key, Zc::new(key)?)),
+        }
+        Ok(&mut slot.as_mut().expect("just set").1)
+    }
+
+    fn new((level, [mml, hlog, tlen, wlog]): ZKey) -> Result<Zc> {
+        use zstd_sys::ZSTD_cParameter as C;
+        // SAFETY: no arguments; null means out of memory.
+        let ctx = std::ptr::NonNull::new(unsafe { zstd_sys::ZSTD_createCCtx() })
+            .ok_or_else(|| codec_err("zstd init: out of memory"))?;
+        let z = Zc(ctx);
+        let mut params = vec![(C::ZSTD_c_compressionLevel, level)];
+        for (v, p) in [
+            (mml, C::ZSTD_c_minMatch),
+            (hlog, C::ZSTD_c_hashLog),
+            (tlen, C::ZSTD_c_targetLength),
+            (wlog, C::ZSTD_c_windowLog),
+        ] {
+            if v != 0 {
+                params.push((p, v.min(i32::MAX as u32) as i32));
+            }
+        }
+        // ZSTD_c_literalCompressionMode = ZSTD_ps_enable: keep Huffman-coding literals even
+        // with a target length on the fast strategy (which otherwise turns it off).
+        // `literal_compression_stays_on` checks that this parameter still means that.
+        params.push((C::ZSTD_c_experimentalParam5, 1));
+        for (p, v) in params {
+            // SAFETY: valid context; zstd range-checks the value.
+            zcheck(unsafe { zstd_sys::ZSTD_CCtx_setParameter(z.0.as_ptr(), p, v) }, "init")?;
+        }
+        Ok(z)
+    }
+
+    /// Appends one zstd frame of `src` to `out`; returns its length.
+    fn compress_into(&mut self, src: &[u8], out: &mut Vec<u8>) -> Result<usize> {
+        out.reserve(zstd::zstd_safe::compress_bound(src.len()));
+        let dst = out.spare_capacity_mut();
+        // SAFETY: zstd writes at most `dst.len()` bytes into `dst` and reads `src.len()`.
+        let n = unsafe {
+            zstd_sys::ZSTD_compress2(
+                self.0.as_ptr(),
+                dst.as_mut_ptr().cast(),
+                dst.len(),
+                src.as_ptr().cast(),
+                src.len(),
+            )
+        };
+        let n = zcheck(n, "compress")?;
+        // SAFETY: the first `n` bytes of the spare capacity were just written.
+        unsafe { out.set_len(out.len() + n) };
+        Ok(n)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -648,6 +760,7 @@ fn decode_hot(stored: &[u8], logical_len: usize, s: &mut Scratch) -> Result<Vec<
 
     let mut out = vec![0u8; logical_len];
     let Scratch { a, rest, .. } = s;
+    // `a` is overwritten whole by the body sections (their lengths add up to `body_len`).
     let dctx = match &mut s.dctx {
         Some(d) => d,
         None => {
@@ -676,7 +789,6 @@ fn decode_hot(stored: &[u8], logical_len: usize, s: &mut Scratch) -> Result<Vec<
     // Body.
     let body_secs = &sections[1..];
     if mode == MODE_FILTERED {
-        a.clear();
         a.resize(body_len, 0);
         unpack_sections(dctx, body, body_secs, &mut a[..])?;
         filter_decode(&a[..], &plan, body_len / bps, &mut out[off..off + body_len]);
@@ -829,8 +941,19 @@ fn with_rows<T: 'static, R>(
 
 /// Filters `n` whole samples of `span` into byte planes in `planes` (`n * bps` bytes).
 fn filter_encode(span: &[u8], plan: &Plan, n: usize, planes: &mut Vec<u8>) {
-    planes.clear();
+    // Every byte is written below: only growth is zero-filled.
     planes.resize(n * plan.bps, 0);
+    let be = plan.flags & FLAG_BIG_ENDIAN != 0;
+    if plan.flags & FLAG_SUBTRACT_GREEN == 0 && plan.bps <= 2 {
+        let (pred, left, row) = filter_params(plan, n);
+        let (lo, hi) = planes.split_at_mut(if plan.bps == 2 { n } else { n * plan.bps });
+        match (plan.bps, be) {
+            (1, _) => encode_fused::<u8, false>(span, n, left, row, pred, lo, hi),
+            (_, false) => encode_fused::<u16, false>(span, n, left, row, pred, lo, hi),
+            (_, true) => encode_fused::<u16, true>(span, n, left, row, pred, lo, hi),
+        }
+        return;
+    }
     match plan.bps {
         1 => with_rows(&ROWS8, |rows| encode_typed::<u8>(span, plan, n, rows, planes)),
         2 => with_rows(&ROWS16, |rows| encode_typed::<u16>(span, plan, n, rows, planes)),
@@ -854,6 +977,89 @@ fn filter_params(plan: &Plan, n: usize) -> (Predictor, usize, usize) {
     // The 1-D filter runs across row ends: one row.
     let row = if pred == Predictor::Left { n.max(1) } else { row };
     (pred, left, row)
+}
+
+/// One pass from the span's bytes to the residual planes, for 1- and 2-byte samples without
+/// subtract-green: the row above is read in place, nothing is buffered. `lo` gets the low
+/// bytes, `hi` the high ones (2-byte samples; empty for 1-byte ones).
+fn encode_fused<T: Sample, const BE: bool>(
+    span: &[u8],
+    n: usize,
+    left: usize,
+    row: usize,
+    pred: Predictor,
+    lo: &mut [u8],
+    hi: &mut [u8],
+) {
+    let mut start = 0;
+    while start < n {
+        let end = (start + row).min(n);
+        let cur = &span[start * T::BYTES..end * T::BYTES];
+        let up = (start > 0).then(|| &span[(start - row) * T::BYTES..(end - row) * T::BYTES]);
+        let hi = if T::BYTES > 1 { &mut hi[start..end] } else { &mut [][..] };
+        fused_row::<T, BE>(cur, up, left, pred, &mut lo[start..end], hi);
+        start = end;
+    }
+}
+
+#[inline(always)]
+fn load<T: Sample, const BE: bool>(b: &[u8], i: usize) -> T {
+    let s = &b[i * T::BYTES..(i + 1) * T::BYTES];
+    if BE {
+        T::from_be(s)
+    } else {
+        T::from_le(s)
+    }
+}
+
+/// [`residuals`] + zigzag + plane split of one row, read straight from the span's bytes.
+#[inline(always)]
+fn fused_row<T: Sample, const BE: bool>(
+    cur: &[u8],
+    up: Option<&[u8]>,
+    left: usize,
+    pred: Predictor,
+    lo: &mut [u8],
+    hi: &mut [u8],
+) {
+    let len = lo.len();
+    assert!(cur.len() == len * T::BYTES && (T::BYTES == 1 || hi.len() == len));
+    let k = left.min(len);
+    let mut put = |i: usize, r: T| {
+        let z = r.zigzag();
+        lo[i] = z.byte(0);
+        if T::BYTES > 1 {
+            hi[i] = z.byte(1);
+        }
+    };
+    match up {
+        None => {
+            for i in 0..k {
+                put(i, load::<T, BE>(cur, i));
+            }
+            for i in k..len {
+                put(i, load::<T, BE>(cur, i).wsub(load::<T, BE>(cur, i - k)));
+            }
+        }
+        Some(up) => {
+            assert!(up.len() == cur.len());
+            for i in 0..k {
+                put(i, load::<T, BE>(cur, i).wsub(load::<T, BE>(up, i)));
+            }
+            if pred == Predictor::Up {
+                for i in k..len {
+                    put(i, load::<T, BE>(cur, i).wsub(load::<T, BE>(up, i)));
+                }
+            } else {
+                // Gradient: v - (a + u - c) == (v - u) - (a - c).
+                for i in k..len {
+                    let (v, u) = (load::<T, BE>(cur, i), load::<T, BE>(up, i));
+                    let (a, c) = (load::<T, BE>(cur, i - k), load::<T, BE>(up, i - k));
+                    put(i, v.wsub(u).wsub(a.wsub(c)));
+                }
+            }
+        }
+    }
 }
 
 fn encode_typed<T: Sample>(span: &[u8], plan: &Plan, n: usize, rows: &mut Rows<T>, planes: &mut [u8]) {
@@ -1263,6 +1469,69 @@ mod tests {
         assert_eq!(codec, Codec::Hot);
         assert!(stored.len() < random.len() + 8_000, "{}", stored.len());
         assert!(stored.windows(random.len()).any(|w| w == random), "span not stored verbatim");
+    }
+
+    /// The fused one-pass filter (1/2-byte samples) writes exactly what the row-buffered one
+    /// (the reference, also used for 4-byte samples and subtract-green) writes.
+    #[test]
+    fn fused_filter_matches_row_filter() {
+        for bps in [1usize, 2] {
+            for be in [false, true] {
+                let span = image(13, 37, 23, 1, bps, be, bps == 2);
+                for pred in [Predictor::Left, Predictor::Up, Predictor::Gradient] {
+                    for (cols, spp) in
+                        [(37, 1), (0, 1), (5, 1), (36, 1), (38, 1), (100_000, 1), (12, 3), (9, 4)]
+                    {
+                        for cut in [0, bps, 7 * bps] {
+                            let s = &span[..span.len() - cut];
+                            let n = s.len() / bps;
+                            let flags = if be { FLAG_BIG_ENDIAN } else { 0 };
+                            let plan = Plan {
+                                mode: MODE_FILTERED,
+                                predictor: pred as u8,
+                                bps,
+                                flags,
+                                spp,
+                                columns: cols,
+                                off: 0,
+                                len: s.len(),
+                            };
+                            let mut fused = vec![0xAA; 3];
+                            filter_encode(s, &plan, n, &mut fused);
+                            let mut reference = vec![0u8; n * bps];
+                            if bps == 1 {
+                                with_rows(&ROWS8, |r| encode_typed::<u8>(s, &plan, n, r, &mut reference));
+                            } else {
+                                with_rows(&ROWS16, |r| encode_typed::<u16>(s, &plan, n, r, &mut reference));
+                            }
+                            assert!(
+                                fused == reference,
+                                "bps {bps} be {be} {pred:?} cols {cols} spp {spp} cut {cut}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The body context relies on zstd's literal compression mode (an experimental parameter
+    /// set by number): with it, a search step still Huffman-codes the literals. Skewed random
+    /// bytes (4 bits of entropy, no matches) only shrink through Huffman.
+    #[test]
+    fn literal_compression_stays_on() {
+        let mut rng = Rng(5);
+        let data: Vec<u8> = (0..200_000).map(|_| (rng.next() % 16) as u8).collect();
+        let mut z = Zc::new((DEFAULT_HOT_LEVEL, HOT_BODY_ZSTD_PARAMS)).unwrap();
+        let mut out = Vec::new();
+        let n = z.compress_into(&data, &mut out).unwrap();
+        assert!(n < data.len() * 6 / 10, "{n} bytes: literals not Huffman-coded");
+        assert_eq!(zstd::bulk::decompress(&out, data.len()).unwrap(), data);
+        // A plane of such noise takes the accelerated context; an LZ-rich one does not.
+        let mut plain = Zc::new((DEFAULT_HOT_LEVEL, HOT_ZSTD_PARAMS)).unwrap();
+        let mut buf = Vec::new();
+        assert!(accel_pays(&data, &mut plain, &mut z, &mut buf).unwrap());
+        assert!(!accel_pays(&data[..3 * ACCEL_PROBE], &mut plain, &mut z, &mut buf).unwrap());
     }
 
     fn sample_stored() -> (Vec<u8>, Vec<u8>) {

@@ -1265,23 +1265,7 @@ fn prefix_sum<T: Sample>(x: &mut [T], left: usize) {
 mod tests {
     use super::*;
 
-    /// xorshift64*: fixed-seed, dependency-free.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-        fn bytes(&mut self, n: usize) -> Vec<u8> {
-            (0..n).map(|_| self.next() as u8).collect()
-        }
-    }
+    use crate::testutil::Rng;
 
     /// Image-like samples: a smooth field, an edge, a bright disc and a little noise, as
     /// `bps`-byte samples in the given order and planar/interleaved layout.
@@ -1564,7 +1548,7 @@ mod tests {
         for _ in 0..3000 {
             let mut bad = stored.clone();
             for _ in 0..=rng.below(3) {
-                let i = rng.below(bad.len() as u64) as usize;
+                let i = rng.below(bad.len());
                 bad[i] ^= 1 << rng.below(8);
             }
             assert!(matches!(decode(Codec::Hot, &bad, obj.len()), Err(Error::Codec { .. })));
@@ -1590,7 +1574,7 @@ mod tests {
                 // Mostly header bytes, sometimes anywhere.
                 let range = if rng.below(3) == 0 { body } else { body.min(FIXED_HEADER + 3 * SECTION_ENTRY) };
                 for _ in 0..=rng.below(2) {
-                    let i = rng.below(range as u64) as usize;
+                    let i = rng.below(range);
                     bad[i] = if rng.below(2) == 0 { rng.next() as u8 } else { bad[i] ^ (1 << rng.below(8)) };
                 }
                 let crc = crc32fast::hash(&bad[..body]);

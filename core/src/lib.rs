@@ -11,5 +11,7 @@ pub mod hash;
 pub mod object;
 pub mod parse;
 pub mod store;
+#[cfg(test)]
+mod testutil;
 
 pub use error::{Error, Result};

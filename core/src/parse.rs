@@ -1108,19 +1108,7 @@ mod tests {
 
     // ---- robustness: truncation, garbage, mutation ----------------------------------------------
 
-    /// Fixed-seed xorshift64*.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::testutil::Rng;
 
     /// Top-level element boundaries (relative to the dataset) of a parsable file, with the same
     /// primitives as the parser.

@@ -528,6 +528,70 @@ class Index:
         result.released_blobs = list(txn.released)
         return result
 
+    # --------------------------------------------------------------- replication
+
+    def apply_replicated(self, changes: Iterable[tuple[Change, Mapping[str, Any] | None]],
+                         meta: Mapping[bytes, bytes]) -> list[bytes]:
+        """Apply changes shipped from another site and write ``meta`` (the replication
+        cursor) in ONE batch: a crash leaves either both or neither, so replay from the
+        stored cursor is exact, and re-applying a change is a no-op anyway.
+
+        Each item is (upstream change, instance dict for stored/replaced, shaped as for
+        :meth:`add_instance`).  A stored/replaced change whose instance is already indexed
+        with that hash is a duplicate; a deleted change removes the instance only if it still
+        names the deleted hash (so an out-of-date delete never removes a newer version).
+        Local feed entries are written as usual, so this site can feed another (chains).
+        Returns the hashes whose refcount reached 0 (the caller frees those blobs).
+        """
+        items = [(ch, self._prepare(inst) if inst is not None else None) for ch, inst in changes]
+        meta = {bytes(k): bytes(v) for k, v in meta.items()}
+
+        def build(txn: Txn) -> None:
+            txn.meta.update(meta)
+            for ch, rec in items:
+                if ch.kind == DELETED:
+                    key = keys.encode(keys.norm_uid(ch.sop_uid))
+                    cur: InstanceRecord | None = txn.get(CF_INSTANCES, key)
+                    if cur is None or (ch.hash is not None and cur.hash != ch.hash):
+                        continue
+                    self._detach(txn, cur)
+                    txn.add_change(Change(kind=DELETED, level="instance", sop_uid=cur.sop_uid,
+                                          series_uid=cur.series_uid, study_uid=cur.study_uid,
+                                          patient_id=cur.patient_id, hash=cur.hash,
+                                          logical_len=cur.logical_len))
+                elif rec is not None:
+                    self._add_one(txn, rec)
+
+        _, txn = self._commit("apply replicated changes", build)
+        return list(txn.released)
+
+    def get_meta(self, key: bytes) -> bytes | None:
+        """A raw value of the meta column family (replication cursors, site role)."""
+        self._check_open()
+        raw = self._cfs[CF_META].get(bytes(key))
+        return bytes(raw) if raw else None  # b"" is how put_meta(key, None) deletes
+
+    def meta_items(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) of the meta column family under ``prefix`` (deleted ones skipped)."""
+        self._check_open()
+        p = bytes(prefix)
+        return [(bytes(k), bytes(v)) for k, v in scan(self._cfs[CF_META], p, keys.prefix_upper_bound(p))
+                if v]
+
+    def put_meta(self, key: bytes, value: bytes | None) -> None:
+        """Durably set (None: delete) a meta key; ``schema`` and ``stats`` are reserved."""
+        k = bytes(key)
+        if k in (META_STATS, b"schema"):
+            raise ValueError(f"meta key {k!r} is reserved")
+
+        def build(txn: Txn) -> None:
+            if value is None:
+                txn.meta[k] = b""
+            else:
+                txn.meta[k] = bytes(value)
+
+        self._commit(f"put meta {k!r}", build)
+
     # --------------------------------------------------------------- lookups
 
     def get_instance(self, sop_uid: str) -> InstanceRecord | None:

@@ -82,6 +82,9 @@ class Txn:
     slots: dict[tuple[str, bytes], _Slot] = field(default_factory=dict)
     changes: list[Change] = field(default_factory=list)
     released: list[bytes] = field(default_factory=list)
+    # extra meta-CF keys written in the same batch (e.g. a replication cursor, so that applying
+    # replicated changes and advancing the cursor are one atomic write)
+    meta: dict[bytes, bytes] = field(default_factory=dict)
 
     # -- record cache -----------------------------------------------------
 
@@ -195,6 +198,8 @@ class Txn:
                     batch.put(k, v, idx)
         for ch in self.changes:
             batch.put(feed_key(ch.seq), ch.encode(), h[CF_FEED])
+        for k, v in self.meta.items():
+            batch.put(k, v, h[CF_META])
         if batch.is_empty():
             return None
         batch.put(META_STATS, self.stats.encode(), h[CF_META])

@@ -1,0 +1,87 @@
+"""CLI: `dicomvault replicate` and `dicomvault forward status|run`.
+
+`add_commands(subparsers, common)` registers them; `common` is the parent parser holding --data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..engine import Engine
+from ..errors import DicomVaultError
+from . import state
+from .client import ReplicationError, SiteClient
+from .puller import Puller
+
+
+def cmd_replicate(args: argparse.Namespace) -> int:
+    from ..web.site import options_from_args, run_site
+
+    if args.once:
+        with Engine(args.data) as engine:
+            index = engine.index
+            if state.role(index) == state.PRIMARY and state.upstream(index) is not None:
+                raise DicomVaultError(f"{args.data} was promoted to primary; use `dicomvault dr failback`")
+            state.set_role(index, state.REPLICA)
+            puller = Puller(engine, SiteClient(args.source, args.token, cafile=args.ca,
+                                               insecure=args.insecure))
+            try:
+                total = puller.catch_up(max_errors=args.retries)
+            except ReplicationError as exc:
+                raise DicomVaultError(str(exc)) from exc
+            finally:
+                puller.close()
+        print(json.dumps({"applied": total.applied, "blobs_fetched": total.blobs_fetched,
+                          "bytes_fetched": total.bytes_fetched, "seq": total.seq,
+                          "upstream_seq": total.upstream_seq}))
+        return 0
+    return run_site(args.data, options_from_args(args, replicate_from=args.source, token=args.token))
+
+
+def cmd_forward_status(args: argparse.Namespace) -> int:
+    from .forward import forward_status
+
+    rows = forward_status(args.data)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    if not rows:
+        print("no forwarding destinations have run on this data directory")
+    for r in rows:
+        print(f"{r['name']:<16} {r['ae_title']}@{r['host']}:{r['port']}  pending {r['pending']}  "
+              f"sent {r['sent']}  failed {r['failed']}  cursor {r['seq']}/{r['last_seq']}  "
+              f"last error: {r['last_error'] or '-'}")
+    return 0
+
+
+def cmd_forward_run(args: argparse.Namespace) -> int:
+    from .forward import run_forwarders
+    from .settings import load_forward_rules
+
+    rules = load_forward_rules(args.config)
+    return run_forwarders(args.data, rules, once=args.once)
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    from ..web.site import add_site_arguments
+
+    p = sub.add_parser("replicate", parents=[common],
+                       help="replicate from another site (until SIGTERM, or --once)")
+    p.add_argument("--from", dest="source", required=True, metavar="URL", help="upstream site URL")
+    p.add_argument("--token", required=True, help="replication token the upstream gave us")
+    p.add_argument("--once", action="store_true", help="catch up to the upstream's last change, then exit")
+    p.add_argument("--retries", type=int, default=3, help="with --once: transient errors tolerated")
+    add_site_arguments(p, replica=True)
+    p.set_defaults(func=cmd_replicate)
+
+    fwd = sub.add_parser("forward", help="forwarding to DICOM peers")
+    fsub = fwd.add_subparsers(dest="forward_command", required=True)
+    p = fsub.add_parser("status", parents=[common], help="per-destination queue status")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_forward_status)
+    p = fsub.add_parser("run", parents=[common], help="forward per the config's [[forward]] rules")
+    p.add_argument("--config", required=True, metavar="FILE")
+    p.add_argument("--once", action="store_true", help="drain the queues, then exit")
+    p.set_defaults(func=cmd_forward_run)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 from . import _native  # type: ignore[attr-defined]
 from .attributes import decode_attrs
 from .errors import DicomVaultError, RejectedError, UIDMismatchError, UnknownObjectError
-from .index import Index, InstanceRecord
+from .index import Change, Index, InstanceRecord
 from .locks import ReadWriteLock
 
 DEFAULT_DATA_DIR = Path("./dicomvault-data")
@@ -227,6 +227,31 @@ class Engine:
                 if expected is not None and found != expected.rstrip("\0 "):
                     raise UIDMismatchError(f"request names {key} {expected}, the dataset holds {found!r}")
             return self._commit([record])[0]
+
+    def apply_replicated(
+        self, items: Sequence[tuple[Change, Mapping[str, Any] | None]], meta: Mapping[bytes, bytes]
+    ) -> None:
+        """Applies a page of an upstream's change feed (whose blobs are already stored) and the
+        replication cursor in one index batch, then frees blobs nothing references any more.
+
+        Under the shared lock: a delete or compaction never runs between the blob puts of the
+        page and the index commit that names them."""
+        with self._lock.shared():
+            released = self.index.apply_replicated(items, meta)
+            if released:
+                self.vault.delete(released)
+
+    def replace_blob(self, blob_hash: bytes, codec: int, logical_len: int, stored: bytes) -> bool | Exception:
+        """Swaps a damaged or missing blob for a good copy (heal). The copy is decoded and its
+        BLAKE3 checked before it is written; returns True or the exception that refused it.
+
+        Exclusive: nobody reads or dedups against the blob while the damaged record is dropped."""
+        with self._lock.exclusive():
+            # The damaged record still counts as present: drop it first so the good copy is written.
+            if self.vault.contains(blob_hash):
+                self.vault.delete([blob_hash])
+            res = self.vault.put_stored([(blob_hash, codec, logical_len, stored)])[0]
+            return res if isinstance(res, Exception) else True
 
     # -- read ------------------------------------------------------------------------------------
     def instances(self, level: str, uid: str) -> list[InstanceRecord]:

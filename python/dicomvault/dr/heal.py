@@ -41,11 +41,7 @@ def heal(engine: Engine, client: SiteClient, report: VerifyReport | None = None)
         except ReplicationError as exc:
             out.failed.append((h.hex(), str(exc)))
             continue
-        with engine._lock.exclusive():  # nobody reads or dedups against the blob while it is swapped
-            # The damaged record still counts as present: drop it first so the good copy is written.
-            if engine.vault.contains(h):
-                engine.vault.delete([h])
-            res = engine.vault.put_stored([(h, codec, logical_len, data)])[0]
+        res = engine.replace_blob(h, codec, logical_len, data)
         if isinstance(res, Exception):
             out.failed.append((h.hex(), f"copy from {client.url} rejected: {res}"))
         else:

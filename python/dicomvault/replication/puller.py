@@ -91,12 +91,7 @@ class Puller:
                                 upstream_seq=result.upstream_seq, upstream_at=float(resp["now"]),
                                 applied_at=float(last["at"]))
         items = [(_change(c), c["instance"]) for c in changes]
-        # Shared engine lock: compaction (exclusive) never runs between our blob puts and the
-        # index commit that names them.
-        with self.engine._lock.shared():
-            released = index.apply_replicated(items, {state.UPSTREAM: new_up.encode()})
-            if released:
-                self.engine.vault.delete(released)
+        self.engine.apply_replicated(items, {state.UPSTREAM: new_up.encode()})
         result.applied, result.seq = len(changes), new_up.seq
         return result
 

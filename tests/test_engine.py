@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+
+import pydicom
 import pytest
 
 from dicomvault.bench.synth import SeriesSpec, ct_series
@@ -23,10 +26,13 @@ def test_store_dataset_refuses_uid_mismatch_before_indexing(engine: Engine) -> N
     with pytest.raises(UIDMismatchError, match="SOPInstanceUID"):
         engine.store_dataset(ds, ts, expected_sop_instance_uid="1.2.3.4")
     assert engine.stats()["objects"] == 0
-    out = engine.store_dataset(ds, ts, expected_sop_instance_uid=None)
+    out = engine.store_dataset(ds, ts, expected_sop_instance_uid=None, calling_ae="CT_SCANNER_1")
     assert engine.instance(out.sop_instance_uid) is not None
     # A dataset received without file meta gets one made at receive time, once: every read of
     # the file is the same bytes, and it is a valid Part-10 file.
     first = engine.read_file(out.sop_instance_uid)
     assert first[128:132] == b"DICM" and first.endswith(ds)
     assert engine.read_file(out.sop_instance_uid) == first
+    meta = pydicom.dcmread(io.BytesIO(first)).file_meta
+    assert meta.SourceApplicationEntityTitle == "CT_SCANNER_1"
+    assert meta.MediaStorageSOPInstanceUID == out.sop_instance_uid

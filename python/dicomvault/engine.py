@@ -59,14 +59,19 @@ class VerifyReport:
         return not self.damaged and not self.missing
 
 
-def _synth_prefix(attrs: dict[str, str], transfer_syntax: str) -> bytes:
-    """Preamble + DICM + file meta for a dataset that arrived without one (DIMSE, STOW)."""
+def _synth_prefix(attrs: dict[str, str], transfer_syntax: str, source_ae: str | None = None) -> bytes:
+    """Preamble + DICM + file meta for a dataset that arrived without one (DIMSE, STOW).
+
+    `source_ae` (the calling AE of a C-STORE) goes into Source Application Entity Title, which
+    forwarding rules by calling AE read."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = str(attrs.get("SOPClassUID", ""))
     meta.MediaStorageSOPInstanceUID = str(attrs.get("SOPInstanceUID", ""))
     meta.TransferSyntaxUID = transfer_syntax
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = "DICOMVAULT_010"
+    if source_ae:
+        meta.SourceApplicationEntityTitle = source_ae.strip()[:16]
     buf = io.BytesIO()
     buf.write(b"\x00" * 128 + b"DICM")
     write_file_meta_info(buf, meta, enforce_standard=True)
@@ -129,7 +134,9 @@ class Engine:
         self.close()
 
     # -- store -----------------------------------------------------------------------------------
-    def _record(self, native: dict[str, Any], prefix: bytes | None) -> dict[str, Any]:
+    def _record(
+        self, native: dict[str, Any], prefix: bytes | None, source_ae: str | None = None
+    ) -> dict[str, Any]:
         """Index record of a stored object; prefix None = arrived without file meta, so one is
         made now (once, at receive time, so every later export gives the same bytes)."""
         attrs = decode_attrs(native["attrs"])
@@ -137,7 +144,7 @@ class Engine:
             if not attrs.get(key):
                 raise RejectedError(f"missing {key}")
         if prefix is None:
-            prefix = _synth_prefix(attrs, native["transfer_syntax"])
+            prefix = _synth_prefix(attrs, native["transfer_syntax"], source_ae)
         return {
             "attrs": attrs,
             "hash": native["hash"],
@@ -209,6 +216,7 @@ class Engine:
         *,
         expected_sop_instance_uid: str | None = None,
         expected_sop_class_uid: str | None = None,
+        calling_ae: str | None = None,
     ) -> StoreOutcome:
         """Stores one dataset received without file meta (DIMSE C-STORE, STOW-RS).
 
@@ -218,7 +226,7 @@ class Engine:
         """
         with self._lock.shared():
             native = self.vault.ingest_dataset(dataset, transfer_syntax)
-            record = self._record(native, None)
+            record = self._record(native, None, calling_ae)
             for key, expected in (
                 ("SOPInstanceUID", expected_sop_instance_uid),
                 ("SOPClassUID", expected_sop_class_uid),

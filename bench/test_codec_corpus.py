@@ -18,6 +18,7 @@ import pydicom
 from dicomvault import _native  # type: ignore[attr-defined]
 from dv_corpus import corpus_dirs
 
+CLINICAL = {"CR", "CT", "MR", "NM", "US", "MG", "DX", "XA", "PT"}
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 
 
@@ -79,8 +80,12 @@ def test_hot_codec_vs_zlib6_per_class(report: list[str]) -> None:
             f"  {modality:<6}{len(rs):>6}{r:>8.2f}{z:>8.2f}{r / z:>8.2f}{e:>10.0f}{ze:>11.0f}"
             f"{e / ze:>9.1f}{d:>10.0f}"
         )
-    r, z, e, ze, d = (_gmean([x[i] for x in everything]) for i in range(5))
-    report.append(
-        f"  {'ALL':<6}{len(everything):>6}{r:>8.2f}{z:>8.2f}{r / z:>8.2f}{e:>10.0f}{ze:>11.0f}"
-        f"{e / ze:>9.1f}{d:>10.0f}"
-    )
+    # OT (pydicom's synthetic secondary captures: flat colours) and SEG are not modality
+    # output; the clinical line is the one the DESIGN targets speak of.
+    clinical = [x for m in sorted(rows) if m in CLINICAL for x in rows[m]]
+    for label, rs in (("CLINICAL", clinical), ("ALL", everything)):
+        r, z, e, ze, d = (_gmean([x[i] for x in rs]) for i in range(5))
+        report.append(
+            f"  {label:<8}{len(rs):>4}{r:>8.2f}{z:>8.2f}{r / z:>8.2f}{e:>10.0f}{ze:>11.0f}"
+            f"{e / ze:>9.1f}{d:>10.0f}"
+        )

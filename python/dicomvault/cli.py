@@ -18,8 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .bench.cli import add_commands as add_bench_commands
+from .dimse.scu_cli import add_commands as add_scu_commands
+from .dr.commands import add_commands as add_dr_commands
+from .dr.commands import add_heal_arguments
 from .engine import DEFAULT_DATA_DIR, Engine, StoreOutcome
 from .errors import DicomVaultError
+from .replication.commands import add_commands as add_replication_commands
+from .web.site import add_serve_site_arguments
 
 log = logging.getLogger("dicomvault")
 
@@ -236,6 +242,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    if args.heal:
+        from .dr.commands import cmd_heal
+
+        return cmd_heal(args)
     t0 = time.monotonic()
     with Engine(args.data, read_only=True) as engine:
         report = engine.verify()
@@ -303,6 +313,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         data_dir=args.data, ae_title=args.ae, host=args.host, port=args.dimse_port
     )
 
+    from .web.site import serve_site_options, start_services
+
+    site_options = serve_site_options(args, config.replication)
+
+    def services(engine: Engine) -> Any:
+        url, stop = start_services(engine, site_options, config.replication.forward)
+        print(f"dicomvault serving HTTP {url} data={config.data_dir}", flush=True)
+        return stop
+
     def ready(host: str, port: int) -> None:
         # One parseable line on stdout so scripts (and tests) know the port is bound.
         print(
@@ -310,7 +329,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    return serve(config, shutdown_timeout=args.shutdown_timeout, ready=ready)
+    return serve(config, shutdown_timeout=args.shutdown_timeout, ready=ready, services=services)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -350,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", parents=[common], help="re-read every blob and check its hash")
     p.add_argument("--json", action="store_true")
+    add_heal_arguments(p)
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("stats", parents=[common], help="objects, bytes, compression, tiers")
@@ -379,7 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="on SIGTERM, wait this long for active associations (default: %(default)s)",
     )
+    add_serve_site_arguments(p)
     p.set_defaults(func=cmd_serve)
+
+    add_replication_commands(sub, common)
+    add_dr_commands(sub, common)
+    add_bench_commands(sub, common)
+    add_scu_commands(sub, common)
     return parser
 
 

@@ -10,6 +10,8 @@ port = 11112
 accept_unknown_callers = true
 max_pdu = 131072
 max_associations = 16
+workers = 1                        # DIMSE receiver processes; 1 = in the server process
+tuned_reactor = true               # event-driven pynetdicom reactors (dimse/tuning.py)
 
 [[peers]]
 ae_title = "STORESCP"
@@ -30,6 +32,7 @@ from typing import Any
 
 from .engine import DEFAULT_DATA_DIR
 from .errors import DicomVaultError
+from .replication.settings import ReplicationSettings, parse_settings
 
 DEFAULT_AE_TITLE = "DICOMVAULT"
 DEFAULT_HOST = "127.0.0.1"
@@ -86,6 +89,11 @@ class DimseConfig:
     accept_unknown_callers: bool = True
     max_pdu: int = 131072
     max_associations: int = 16
+    # Processes receiving DIMSE associations (dimse/workers.py). 1 = in the server process; N >= 2:
+    # N receiver processes share the port, the server process alone writes the data directory.
+    workers: int = 1
+    # Event-driven pynetdicom reactors instead of its 1 ms polling loops (dimse/tuning.py).
+    tuned_reactor: bool = True
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,8 @@ class Config:
     data_dir: Path = DEFAULT_DATA_DIR
     dimse: DimseConfig = field(default_factory=DimseConfig)
     peers: tuple[PeerConfig, ...] = ()
+    # [replication] and [[forward]]: parsed by replication/settings.py (which documents them)
+    replication: ReplicationSettings = field(default_factory=ReplicationSettings)
 
     def with_overrides(
         self,
@@ -113,9 +123,12 @@ class Config:
         return replace(self, data_dir=Path(data_dir) if data_dir is not None else self.data_dir, dimse=dimse)
 
 
-_DIMSE_KEYS = {"ae_title", "host", "port", "accept_unknown_callers", "max_pdu", "max_associations"}
+_DIMSE_KEYS = {
+    "ae_title", "host", "port", "accept_unknown_callers", "max_pdu", "max_associations", "workers",
+    "tuned_reactor",
+}
 _PEER_KEYS = {"ae_title", "host", "port"}
-_TOP_KEYS = {"data", "dimse", "peers"}
+_TOP_KEYS = {"data", "dimse", "peers", "replication", "forward"}
 
 
 def _unknown(table: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -134,6 +147,9 @@ def _parse_dimse(table: object, where: str) -> DimseConfig:
     accept = table.get("accept_unknown_callers", d.accept_unknown_callers)
     if not isinstance(accept, bool):
         raise ConfigError(f"{where}.accept_unknown_callers: must be true or false, got {accept!r}")
+    tuned = table.get("tuned_reactor", d.tuned_reactor)
+    if not isinstance(tuned, bool):
+        raise ConfigError(f"{where}.tuned_reactor: must be true or false, got {tuned!r}")
     return DimseConfig(
         ae_title=check_ae_title(table.get("ae_title", d.ae_title), f"{where}.ae_title"),
         host=_check_str(table.get("host", d.host), f"{where}.host"),
@@ -144,6 +160,8 @@ def _parse_dimse(table: object, where: str) -> DimseConfig:
         max_associations=_check_int(
             table.get("max_associations", d.max_associations), f"{where}.max_associations", 1, 1024
         ),
+        workers=_check_int(table.get("workers", d.workers), f"{where}.workers", 1, 64),
+        tuned_reactor=tuned,
     )
 
 
@@ -193,4 +211,5 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         data_dir=data_dir,
         dimse=_parse_dimse(doc.get("dimse", {}), f"{where}: dimse"),
         peers=_parse_peers(doc.get("peers", []), f"{where}: peers"),
+        replication=parse_settings(doc, where, p.parent),
     )

@@ -8,7 +8,6 @@ entry without bytes.
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -16,13 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
-
 from . import _native  # type: ignore[attr-defined]
 from .attributes import decode_attrs
 from .errors import DicomVaultError, RejectedError, UIDMismatchError, UnknownObjectError
+from .filemeta import file_meta_prefix
 from .index import Change, Index, InstanceRecord
 from .locks import ReadWriteLock
 
@@ -57,25 +53,6 @@ class VerifyReport:
     @property
     def clean(self) -> bool:
         return not self.damaged and not self.missing
-
-
-def _synth_prefix(attrs: dict[str, str], transfer_syntax: str, source_ae: str | None = None) -> bytes:
-    """Preamble + DICM + file meta for a dataset that arrived without one (DIMSE, STOW).
-
-    `source_ae` (the calling AE of a C-STORE) goes into Source Application Entity Title, which
-    forwarding rules by calling AE read."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = str(attrs.get("SOPClassUID", ""))
-    meta.MediaStorageSOPInstanceUID = str(attrs.get("SOPInstanceUID", ""))
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = "DICOMVAULT_010"
-    if source_ae:
-        meta.SourceApplicationEntityTitle = source_ae.strip()[:16]
-    buf = io.BytesIO()
-    buf.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buf, meta, enforce_standard=True)
-    return buf.getvalue()
 
 
 class Engine:
@@ -144,7 +121,9 @@ class Engine:
             if not attrs.get(key):
                 raise RejectedError(f"missing {key}")
         if prefix is None:
-            prefix = _synth_prefix(attrs, native["transfer_syntax"], source_ae)
+            prefix = file_meta_prefix(
+                attrs.get("SOPClassUID", ""), attrs["SOPInstanceUID"], native["transfer_syntax"], source_ae
+            )
         return {
             "attrs": attrs,
             "hash": native["hash"],

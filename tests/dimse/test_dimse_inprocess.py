@@ -11,7 +11,13 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
 from pynetdicom import AE, _config, build_context
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -159,3 +165,34 @@ def test_config_in_file_matches_serve_options(tmp_path: Path) -> None:
     p.write_text(block)
     cfg = load_config(p)
     assert cfg.dimse.ae_title == "DICOMVAULT" and cfg.dimse.port == 11112 and cfg.peers
+
+
+@pytest.mark.parametrize("syntax",
+                         [ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian])
+def test_find_same_answers_in_every_transfer_syntax(server: tuple[int, DimseServer], syntax: str) -> None:
+    """Little endian contexts get our pre-encoded responses, the others pynetdicom's encoding of
+    the same identifiers: the answers must not differ."""
+    port, _ = server
+    q = Dataset()
+    q.QueryRetrieveLevel = "STUDY"
+    q.PatientID = ""
+    q.PatientName = ""
+    q.StudyDate = "20240101-20241231"
+    q.StudyInstanceUID = ""
+    q.NumberOfStudyRelatedInstances = None
+    q.ModalitiesInStudy = ""
+    q.ReferencedStudySequence = []
+    ae = AE(ae_title="INPROC")
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMVAULT",
+                         contexts=[build_context(StudyRootQueryRetrieveInformationModelFind, [syntax])])
+    assert assoc.is_established
+    try:
+        rsps = list(assoc.send_c_find(q, StudyRootQueryRetrieveInformationModelFind))
+    finally:
+        assoc.release()
+    assert rsps[-1][0].Status == 0x0000
+    got = sorted((m.PatientID, str(m.PatientName), m.StudyDate, m.NumberOfStudyRelatedInstances,
+                  m.ModalitiesInStudy, m.QueryRetrieveLevel, list(m.ReferencedStudySequence))
+                 for s, m in rsps if s.Status == 0xFF00)
+    assert got == [("LATIN1", "Müller^Jürgen", "20240131", 1, "OT", "STUDY", []),
+                   ("UTF8", "Gérard^Żółć", "20240201", 1, "OT", "STUDY", [])]

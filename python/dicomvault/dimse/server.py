@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -29,8 +30,9 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, DimseConfig
 from ..engine import Engine
+from . import tuning
 from .commitment import CommitmentService
 from .common import log, peer_desc, set_nodelay
 from .find import handle_find
@@ -53,8 +55,12 @@ DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 _established: set[int] = set()
 
 
-def _configure_pynetdicom() -> None:
+def _configure_pynetdicom(tuned_reactor: bool = True) -> None:
     """Process-wide pynetdicom settings the server relies on."""
+    if tuned_reactor:
+        # Event-driven reactors and large socket reads instead of 1 ms polling (see tuning.py);
+        # it leaves pynetdicom stock, with a warning, if pynetdicom is not the version it knows.
+        tuning.install()
     # Storage: accept every storage-like context without listing ~170 SOP classes x ~40
     # syntaxes, which pynetdicom deep-copies per association (~110 ms each, measured).
     _config.UNRESTRICTED_STORAGE_SERVICE = True
@@ -64,6 +70,48 @@ def _configure_pynetdicom() -> None:
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
     install_raw_send()
+
+
+def build_ae(d: DimseConfig, peers: Peers, contexts: tuple[str, ...]) -> AE:
+    """The AE every DIMSE listener of ours uses (the server, and the receiver processes of
+    workers.py): same title, limits, timeouts and caller policy."""
+    _configure_pynetdicom(d.tuned_reactor)
+    ae = AE(ae_title=d.ae_title)
+    ae.maximum_pdu_size = d.max_pdu
+    ae.maximum_associations = d.max_associations
+    ae.acse_timeout = 30
+    ae.dimse_timeout = 120
+    ae.network_timeout = 300  # an idle association is dropped after 5 minutes
+    if not d.accept_unknown_callers:
+        ae.require_calling_aet = peers.titles()
+    for uid in contexts:
+        ae.add_supported_context(uid)
+    return ae
+
+
+def drain(server: ThreadedAssociationServer, deadline: float, extra: Callable[[], int] = lambda: 0) -> bool:
+    """After `server.shutdown()`: waits until no established association (and no `extra()` work)
+    is left or the deadline passes, then aborts what remains. True if nothing was aborted."""
+
+    def in_flight() -> list[Any]:
+        # Only established associations carry work. An acceptor thread whose connection
+        # never became an association (a port probe, garbage) lingers until pynetdicom's
+        # ACSE timeout fires (a daemon thread whose DUL has already stopped: it does not hold
+        # up the exit); waiting for it would only delay the shutdown.
+        return [a for a in server.active_associations if a.is_established]
+
+    active = in_flight()
+    if active or extra():
+        log.info("waiting up to %.0f s for %d active association(s)",
+                 max(0.0, deadline - time.monotonic()), len(active) + extra())
+    while (active or extra()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        active = in_flight()
+    clean = not active and not extra()
+    for assoc in active:
+        log.warning("aborting association with %s at shutdown", str(assoc.requestor.ae_title).strip())
+        assoc.abort()
+    return clean
 
 
 class DimseServer:
@@ -76,17 +124,7 @@ class DimseServer:
         d = config.dimse
         if not d.accept_unknown_callers and not len(self.peers):
             raise ConfigError("accept_unknown_callers = false with no [[peers]] would refuse every caller")
-        _configure_pynetdicom()
-        ae = AE(ae_title=d.ae_title)
-        ae.maximum_pdu_size = d.max_pdu
-        ae.maximum_associations = d.max_associations
-        ae.acse_timeout = 30
-        ae.dimse_timeout = 120
-        ae.network_timeout = 300  # an idle association is dropped after 5 minutes
-        if not d.accept_unknown_callers:
-            ae.require_calling_aet = self.peers.titles()
-        for uid in SERVICE_CONTEXTS:
-            ae.add_supported_context(uid)
+        ae = build_ae(d, self.peers, SERVICE_CONTEXTS)
         self.ae = ae
         self.commitment = CommitmentService(engine, ae, self.peers, d.ae_title)
         self._server: ThreadedAssociationServer | None = None
@@ -126,24 +164,7 @@ class DimseServer:
         self._server = None
         deadline = time.monotonic() + timeout
         server.shutdown()  # stops accepting and closes the listening socket; associations go on
-
-        def in_flight() -> list[Any]:
-            # Only established associations carry work. An acceptor thread whose connection
-            # never became an association (a port probe, garbage) lingers until pynetdicom's
-            # ACSE timeout fires (a daemon thread whose DUL has already stopped: it does not hold
-            # up the exit); waiting for it would only delay the shutdown.
-            return [a for a in server.active_associations if a.is_established]
-
-        active = in_flight()
-        if active:
-            log.info("waiting up to %.0f s for %d active association(s)", timeout, len(active))
-        while active and time.monotonic() < deadline:
-            time.sleep(0.05)
-            active = in_flight()
-        clean = not active
-        for assoc in active:
-            log.warning("aborting association with %s at shutdown", str(assoc.requestor.ae_title).strip())
-            assoc.abort()
+        clean = drain(server, deadline)
         self.commitment.join(max(1.0, deadline - time.monotonic()))
         return clean
 
@@ -174,8 +195,12 @@ def _log_close(event: Any) -> None:
 
 
 def serve(config: Config, *, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
-          ready: Callable[[str, int], None] | None = None) -> int:
-    """Runs the archive until SIGTERM/SIGINT; returns the process exit code (0 = clean)."""
+          ready: Callable[[str, int], None] | None = None,
+          services: Callable[[Engine], Callable[[], None]] | None = None) -> int:
+    """Runs the archive until SIGTERM/SIGINT; returns the process exit code (0 = clean).
+
+    `services(engine)` starts what shares the engine (HTTP, replication, forwarding) and returns
+    the function that stops them; they stop before the DIMSE SCP."""
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -188,15 +213,31 @@ def serve(config: Config, *, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         with Engine(config.data_dir) as engine:
-            server = DimseServer(engine, config)
-            host, port = server.start()
-            if ready is not None:
-                ready(host, port)
-            try:
-                while not stop.wait(0.5):
-                    pass
-            finally:
-                clean = server.stop(shutdown_timeout)
+            workers = config.dimse.workers
+            if workers > 1:
+                # The full SCP listens on loopback only; receiver processes own the public port
+                # and relay to it whatever is not C-STORE/C-ECHO (see workers.py).
+                from .workers import run_with_workers
+
+                internal = replace(config.dimse, host="127.0.0.1", port=0)
+                server = DimseServer(engine, replace(config, dimse=internal))
+            else:
+                server = DimseServer(engine, config)
+            stop_services = services(engine) if services is not None else None
+            if workers > 1:
+                clean = run_with_workers(engine, config, server, shutdown_timeout=shutdown_timeout,
+                                         ready=ready, stop=stop, before_stop=stop_services)
+            else:
+                host, port = server.start()
+                if ready is not None:
+                    ready(host, port)
+                try:
+                    while not stop.wait(0.5):
+                        pass
+                finally:
+                    if stop_services is not None:
+                        stop_services()
+                    clean = server.stop(shutdown_timeout)
             log.info("DIMSE SCP stopped%s; closing the engine", "" if clean else " (associations aborted)")
         return 0
     finally:

@@ -21,6 +21,7 @@ from ..errors import (
     StorageFullError,
     UnsupportedError,
 )
+from ..replication import state
 from .common import calling_ae, log, status
 
 SUCCESS = 0x0000
@@ -33,50 +34,76 @@ UNSUPPORTED = 0xC002
 CODEC = 0xC003
 
 
-def _failure(code: int, event: Any, sop_uid: str, why: str) -> Dataset:
-    log.warning("C-STORE from %s of %s refused (0x%04X): %s", calling_ae(event), sop_uid or "?", code, why)
-    return status(code, why)
+def _refused(code: int, caller: str, sop_uid: str, why: str) -> tuple[int, str]:
+    log.warning("C-STORE from %s of %s refused (0x%04X): %s", caller, sop_uid or "?", code, why)
+    return code, why
 
 
-def handle_store(event: Any, engine: Engine) -> Dataset | int:
-    """EVT_C_STORE handler."""
-    req = event.request
-    sop_uid = str(req.AffectedSOPInstanceUID or "")
-    sop_class = str(req.AffectedSOPClassUID or "")
-    # The request's Data Set is the reassembled P-DATA payload (a BytesIO): the dataset exactly
-    # as encoded by the sender, in the context's transfer syntax.
-    dataset = req.DataSet.getvalue() if req.DataSet is not None else b""
-    ts = str(event.context.transfer_syntax)
+def store_status(engine: Engine, dataset: bytes | memoryview, ts: str, *, sop_uid: str, sop_class: str,
+                 caller: str) -> tuple[int, str | None]:
+    """Stores one received dataset; (C-STORE status, error comment or None).
+
+    Used by the in-process handler below and by the writer side of workers.py (which receives
+    the same four facts from a receiver process), so both answer exactly alike.
+    """
+    if state.role(engine.index) == state.REPLICA:
+        # A replica takes writes only from its upstream's feed, or it would diverge from it.
+        # A7xx (out of resources) tells the sender to retry later, e.g. after `dr promote`.
+        why = f"{engine.data_dir} is a replica; promote it first"
+        return _refused(OUT_OF_RESOURCES_IO, caller, sop_uid, why)
     try:
-        outcome = engine.store_dataset(dataset, ts)
+        outcome = engine.store_dataset(
+            bytes(dataset) if isinstance(dataset, memoryview) else dataset, ts, calling_ae=caller
+        )
     except StorageFullError as exc:
-        return _failure(OUT_OF_RESOURCES, event, sop_uid, f"storage full: {exc}")
+        return _refused(OUT_OF_RESOURCES, caller, sop_uid, f"storage full: {exc}")
     except RejectedError as exc:
         # Parsed, but lacks what every composite object must have (Study/Series/SOP UIDs).
-        return _failure(DOES_NOT_MATCH_SOP_CLASS, event, sop_uid, f"rejected: {exc}")
+        return _refused(DOES_NOT_MATCH_SOP_CLASS, caller, sop_uid, f"rejected: {exc}")
     except NotDicomError as exc:
-        return _failure(NOT_DICOM, event, sop_uid, f"not a DICOM dataset: {exc}")
+        return _refused(NOT_DICOM, caller, sop_uid, f"not a DICOM dataset: {exc}")
     except MalformedError as exc:
-        return _failure(CANNOT_UNDERSTAND, event, sop_uid, f"malformed dataset: {exc}")
+        return _refused(CANNOT_UNDERSTAND, caller, sop_uid, f"malformed dataset: {exc}")
     except UnsupportedError as exc:
-        return _failure(UNSUPPORTED, event, sop_uid, f"unsupported ({ts}): {exc}")
+        return _refused(UNSUPPORTED, caller, sop_uid, f"unsupported ({ts}): {exc}")
     except CodecError as exc:
-        return _failure(CODEC, event, sop_uid, f"cannot decode pixel data ({ts}): {exc}")
+        return _refused(CODEC, caller, sop_uid, f"cannot decode pixel data ({ts}): {exc}")
     except DicomVaultError as exc:
         # Anything else from the engine is a local failure (I/O, index): out of resources,
         # so the sender retries later rather than dropping the object as unreadable.
-        log.error("C-STORE from %s of %s failed: %s", calling_ae(event), sop_uid, exc)
-        return status(OUT_OF_RESOURCES_IO, f"store failed: {exc}")
+        log.error("C-STORE from %s of %s failed: %s", caller, sop_uid, exc)
+        return OUT_OF_RESOURCES_IO, f"store failed: {exc}"
 
     # The object is durable now. A request whose command set disagrees with its dataset is a
     # broken sender: tell it (A900), but the stored object stays (it is valid and durable; it
     # may also be a duplicate of an earlier good send, which must not be lost).
     if sop_uid and outcome.sop_instance_uid != sop_uid:
-        return _failure(DOES_NOT_MATCH_SOP_CLASS, event, sop_uid,
+        return _refused(DOES_NOT_MATCH_SOP_CLASS, caller, sop_uid,
                         f"dataset SOP Instance UID is {outcome.sop_instance_uid}")
     if sop_class and outcome.sop_class_uid and outcome.sop_class_uid != sop_class:
-        return _failure(DOES_NOT_MATCH_SOP_CLASS, event, sop_uid,
+        return _refused(DOES_NOT_MATCH_SOP_CLASS, caller, sop_uid,
                         f"dataset SOP Class UID is {outcome.sop_class_uid}, request says {sop_class}")
-    log.info("C-STORE from %s: %s %s (%d bytes)", calling_ae(event), outcome.sop_instance_uid,
+    log.info("C-STORE from %s: %s %s (%d bytes)", caller, outcome.sop_instance_uid,
              "duplicate" if outcome.duplicate else "stored", outcome.logical_len)
-    return SUCCESS
+    return SUCCESS, None
+
+
+def request_facts(event: Any) -> tuple[memoryview, str, str, str]:
+    """(dataset bytes, transfer syntax, SOP Instance UID, SOP Class UID) of an EVT_C_STORE."""
+    req = event.request
+    # The request's Data Set is the reassembled P-DATA payload (a BytesIO): the dataset exactly
+    # as encoded by the sender, in the context's transfer syntax. A view, not a copy.
+    dataset = req.DataSet.getbuffer() if req.DataSet is not None else memoryview(b"")
+    return (dataset, str(event.context.transfer_syntax), str(req.AffectedSOPInstanceUID or ""),
+            str(req.AffectedSOPClassUID or ""))
+
+
+def as_response(code: int, comment: str | None) -> Dataset | int:
+    return SUCCESS if code == SUCCESS else status(code, comment)
+
+
+def handle_store(event: Any, engine: Engine) -> Dataset | int:
+    """EVT_C_STORE handler."""
+    dataset, ts, sop_uid, sop_class = request_facts(event)
+    return as_response(*store_status(engine, dataset, ts, sop_uid=sop_uid, sop_class=sop_class,
+                                     caller=calling_ae(event)))

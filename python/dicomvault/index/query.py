@@ -336,21 +336,43 @@ class Source:
     extract: Callable[[bytes], bytes]
     level: str
 
+    # Keys found by a probe that saw every entry (fewer than the cap): the scan is not repeated.
+    probed: list[bytes] | None = None
+
     def keys(self) -> Iterator[bytes]:
         """Candidate keys at ``self.level`` (may contain duplicates)."""
+        if self.probed is not None:
+            yield from self.probed
+            return
         for lo, hi in self.ranges:
             for k in scan_keys(self.cf, lo, hi):
                 yield self.extract(k)
 
     def probe(self, cap: int) -> int:
         """Number of entries, counting at most ``cap``."""
-        n = 0
+        found: list[bytes] = []
         for lo, hi in self.ranges:
-            for _ in scan_keys(self.cf, lo, hi):
-                n += 1
-                if n >= cap:
-                    return n
-        return n
+            for k in scan_keys(self.cf, lo, hi):
+                found.append(k)
+                if len(found) >= cap:
+                    return len(found)
+        self.probed = [self.extract(k) for k in found]
+        return len(found)
+
+
+@dataclass(slots=True)
+class QueryStats:
+    """What one query touched (pass one to ``find``; filled as the results are consumed).
+
+    For tests and diagnostics: a query served by an index should read about as many entries
+    and records as it returns matches, whatever the size of the archive.
+    """
+
+    source: str = ""  # the candidate source the planner chose ("full-scan" if none)
+    probed: int = 0  # index entries read while costing the usable sources
+    scanned: int = 0  # entries read from the chosen source (or the level's full scan)
+    loaded: int = 0  # records read to check the matching keys
+    matched: int = 0  # results returned
 
 
 class Planner:
@@ -424,12 +446,15 @@ class Planner:
         st = self._stats()
         return {PATIENT: st.patients, STUDY: st.studies, SERIES: st.series, IMAGE: st.objects}[level]
 
-    def choose(self, level: str, matchers: list[Matcher]) -> tuple[Source | None, float]:
+    def choose(self, level: str, matchers: list[Matcher], stats: QueryStats | None = None
+               ) -> tuple[Source | None, float]:
         """Cheapest source (None = full scan of the level) and its estimated cost."""
         best: Source | None = None
         best_cost = float(self.level_count(level)) + 1.0
         for src in self.sources(level, matchers):
             n = src.probe(PROBE_CAP)
+            if stats is not None:
+                stats.probed += n
             cost = n * self.fanout(src.level, level)
             if cost < best_cost:
                 best, best_cost = src, cost
@@ -458,14 +483,22 @@ class Planner:
         cf = {PATIENT: CF_PATIENTS, STUDY: CF_STUDIES, SERIES: CF_SERIES, IMAGE: CF_INSTANCES}[level]
         return scan_keys(self.cfs[cf], b"", None)
 
-    def candidates(self, level: str, matchers: list[Matcher]) -> Iterator[bytes]:
+    def candidates(self, level: str, matchers: list[Matcher], stats: QueryStats | None = None
+                   ) -> Iterator[bytes]:
         """Deduplicated candidate keys at ``level``."""
-        src, _ = self.choose(level, matchers)
+        src, _ = self.choose(level, matchers, stats)
+        if stats is not None:
+            stats.source = src.name if src else "full-scan"
         if src is None:
-            yield from self.full_scan(level)
+            for k in self.full_scan(level):
+                if stats is not None:
+                    stats.scanned += 1
+                yield k
             return
         seen: set[bytes] = set()
         for k in src.keys():
+            if stats is not None:
+                stats.scanned += 1
             for lk in self.expand(src.level, level, k):
                 if lk not in seen:
                     seen.add(lk)
@@ -473,30 +506,35 @@ class Planner:
 
     # -- execution ------------------------------------------------------------
 
-    def find(self, level: str, query: Mapping[str, str | None], limit: int | None = None
-             ) -> Iterator[dict[str, str]]:
+    def find(self, level: str, query: Mapping[str, str | None], limit: int | None = None,
+             stats: QueryStats | None = None) -> Iterator[dict[str, str]]:
         """Run a query; yield one dict per match (requested keys + level unique keys).
 
         The level and match strings are validated eagerly (QueryError here, not
-        on first iteration); candidates are fetched lazily.
+        on first iteration); candidates are fetched lazily. ``stats``, if given,
+        counts what the query reads.
         """
         lv = normalise_level(level)
         matchers = parse_query(query)
-        return self._run(lv, matchers, list(query.keys()), limit)
+        return self._run(lv, matchers, list(query.keys()), limit, stats)
 
-    def _run(self, lv: str, matchers: list[Matcher], requested: list[str], limit: int | None
-             ) -> Iterator[dict[str, str]]:
+    def _run(self, lv: str, matchers: list[Matcher], requested: list[str], limit: int | None,
+             stats: QueryStats | None = None) -> Iterator[dict[str, str]]:
         filters = [m for m in matchers if m.constrains]
         ret_keys = list(dict.fromkeys([*_unique_keys(lv), *requested]))
         views = _Views(self.cfs, want=set(ret_keys) | {m.keyword for m in filters})
         n = 0
         if limit is not None and limit <= 0:
             return
-        for chunk in _chunks(self.candidates(lv, matchers), _CHUNK):
+        for chunk in _chunks(self.candidates(lv, matchers, stats), _CHUNK):
+            if stats is not None:
+                stats.loaded += len(chunk)
             for view in views.load(lv, chunk):
                 if view is None:
                     continue
                 if all(m.matches(view.get(m.keyword)) for m in filters):
+                    if stats is not None:
+                        stats.matched += 1
                     yield {k: _as_str(view.get(k)) for k in ret_keys}
                     n += 1
                     if limit is not None and n >= limit:

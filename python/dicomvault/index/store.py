@@ -32,7 +32,7 @@ from .errors import (
     ReadOnlyIndexError,
 )
 from .feed import last_seq_on_disk, read_changes
-from .query import Planner, scan, scan_keys
+from .query import Planner, QueryStats, scan, scan_keys
 from .records import (
     DELETED,
     PATIENT_KEYWORDS,
@@ -712,16 +712,17 @@ class Index:
 
     # --------------------------------------------------------------- queries & feed
 
-    def find(self, level: str, query: Mapping[str, str | None], limit: int | None = None
-             ) -> Iterator[dict[str, str]]:
+    def find(self, level: str, query: Mapping[str, str | None], limit: int | None = None,
+             stats: QueryStats | None = None) -> Iterator[dict[str, str]]:
         """C-FIND/QIDO query (PS3.4 C.2.2.2), see query.py.
 
         ``level``: PATIENT, STUDY, SERIES or IMAGE.  ``query``: keyword -> match
         string; every key is returned, plus the level's unique key (and the
         upper-level UIDs for SERIES/IMAGE).  Values are strings ("" if absent).
+        ``stats`` (a :class:`QueryStats`) counts what the query reads.
         """
         self._check_open()
-        return self._planner.find(level, query, limit)
+        return self._planner.find(level, query, limit, stats)
 
     def explain(self, level: str, query: Mapping[str, str | None]) -> dict[str, Any]:
         """The candidate source the planner picks for a query (debugging)."""

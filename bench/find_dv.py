@@ -1,0 +1,196 @@
+"""C-FIND latency of `dicomvault serve` alone, with A/B variants of the code in one run.
+
+The C-FIND half of dimse_compare.py without Orthanc: the same synthetic index (written straight
+into the engine's index, cached between runs), the same three study-level query kinds on one
+persistent association, 200 queries each. Each variant is a `dicomvault serve` started with its own
+PYTHONPATH (e.g. a copy of python/ with the old find.py), so two versions of the server code are
+measured against the same index, interleaved round by round, on the same busy machine:
+
+    .venv/bin/python bench/find_dv.py                                  # the working tree only
+    .venv/bin/python bench/find_dv.py --variant before=/tmp/dvA/python --variant after=python
+
+Prints p50/p95 per (variant, query kind) with the mean number of matches, the ratios to the
+first variant, and the CPU per query of the server and of this (pynetdicom SCU) process.
+`--tune-client` installs dimse/tuning.py's reactor patches in the client too; `--dcmtk N` also
+times dcmtk findscu/echoscu `--repeat N` (a C++ client: the server's share without pynetdicom's
+client-side cost; means only); `--profile-dir` records a py-spy profile (collapsed stacks) of
+every server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dimse_compare as dc
+
+from dicomvault.bench.orthanc import free_port
+from dicomvault.dimse import tuning
+
+DV = str(Path(sys.executable).with_name("dicomvault"))
+AE = "DICOMVAULT"
+
+
+def ensure_index(data: Path, n: int) -> None:
+    """The synthetic index of n instances at `data`, built once (marker file beside it)."""
+    marker = data.parent / f"{data.name}.done"
+    if marker.exists() and data.exists():
+        return
+    marker.unlink(missing_ok=True)
+    dc.log(f"building a {n:,}-instance index at {data}")
+    secs = dc.build_dv_index(data, n)
+    dc.log(f"  built in {secs:.1f} s")
+    marker.touch()
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def dcmtk_means(port: int, pid: int, repeat: int, instances: int) -> dict[str, tuple[float, float]]:
+    """kind -> (mean ms per query, server CPU ms per query) with dcmtk's C++ client: `findscu
+    --repeat` on one association, over the first 5 queries of each kind (echoscu for C-ECHO).
+    Only means: findscu does not time single queries. Shows the server without the pynetdicom
+    SCU's own per-message cost."""
+    env = {**os.environ, "TCP_NODELAY": "1"}  # dcmtk leaves Nagle on unless told
+
+    def timed(args: list[str], n: int) -> tuple[float, float]:
+        t0, c0 = time.perf_counter(), proc_cpu(pid)
+        subprocess.run(args, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return (time.perf_counter() - t0) / n * 1000, (proc_cpu(pid) - c0) / n * 1000
+
+    out = {"C-ECHO": timed(["echoscu", "--repeat", str(repeat), "-aec", AE, dc.HOST, str(port)], repeat)}
+    for kind in dc.QUERY_KINDS:
+        walls, cpus = [], []
+        for match in dc.queries(kind, 5, instances):
+            kw = match[0].split("=", 1)[0]
+            keys = [f"{k}" for k in dc.RETURN_KEYS if k != kw] + match + ["QueryRetrieveLevel=STUDY"]
+            args = ["findscu", "-S", "--repeat", str(repeat), "-aec", AE]
+            for k in keys:
+                args += ["-k", k]
+            w, c = timed([*args, dc.HOST, str(port)], repeat)
+            walls.append(w)
+            cpus.append(c)
+        out[kind] = (statistics.mean(walls), statistics.mean(cpus))
+    return out
+
+
+def start_variant(data: Path, pythonpath: str) -> tuple[dc.Target, int]:
+    """`dicomvault serve` on `data` with `pythonpath` first on its module path; (target, pid)."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(Path(pythonpath).resolve()), os.environ.get("PYTHONPATH", "")) if p)}
+    logf = data.parent / f"{data.name}-serve.log"
+    with logf.open("wb") as out:
+        proc = subprocess.Popen([DV, "serve", "--data", str(data), "--ae", AE, "--dimse-port", str(port),
+                                 "--host", dc.HOST, "--http-port", "0"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 60
+    while "serving DIMSE" not in logf.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"dicomvault serve on {data} did not start:\n{logf.read_text()[-3000:]}")
+        time.sleep(0.05)
+
+    def stop() -> None:
+        proc.send_signal(signal.SIGTERM)
+        if proc.wait(120) != 0:
+            dc.log(f"dicomvault serve exited {proc.returncode}; see {logf}")
+
+    return dc.Target("dicomvault", AE, port, stop, lambda: 0), proc.pid
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--index", type=int, default=100_000,
+                    help="index size in instances (default %(default)s)")
+    ap.add_argument("--finds", type=int, default=200, help="C-FINDs per query type (default %(default)s)")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds over all variants (default %(default)s)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=PYTHONPATH",
+                    help="a server code variant (default: current=<repo>/python)")
+    ap.add_argument("--tune-client", action="store_true",
+                    help="install dimse/tuning.py's reactor patches in this (SCU) process too")
+    ap.add_argument("--dcmtk", type=int, default=0, metavar="N",
+                    help="also time dcmtk findscu/echoscu --repeat N per query (means only)")
+    ap.add_argument("--profile-dir", type=Path, help="py-spy record every server into this folder")
+    ap.add_argument("--scratch", type=Path, default=dc.ROOT / ".scratch" / "find-dv")
+    args = ap.parse_args()
+    variants = [tuple(v.split("=", 1)) for v in args.variant] or [("current", str(dc.ROOT.parent / "python"))]
+    if args.tune_client:
+        tuning.install()
+    dc.scu._quiet_pynetdicom()  # the SCU's own pynetdicom logging is not what is measured
+    data = args.scratch / f"index-{args.index}"
+    ensure_index(data, args.index)
+    # (variant, kind) -> per-round (p50, p95, mean matches)
+    res: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    # variant -> per-round (server CPU ms per query, client CPU ms per query), all kinds together
+    cpu: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in variants}
+    # (variant, kind) -> per-round (dcmtk mean ms per query, server CPU ms per query)
+    dcmtk: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for rnd in range(args.rounds):
+        for name, path in variants:
+            target, pid = start_variant(data, path)
+            spy = None
+            if args.profile_dir is not None:
+                args.profile_dir.mkdir(parents=True, exist_ok=True)
+                out = args.profile_dir / f"{name}-r{rnd}.txt"  # collapsed stacks (flamegraph.pl input)
+                pyspy = str(Path(sys.executable).with_name("py-spy"))
+                spy = subprocess.Popen([pyspy, "record", "-o", str(out), "--pid", str(pid), "--rate", "200",
+                                        "--format", "raw"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1)
+            try:
+                cpu0, self0 = proc_cpu(pid), time.process_time()
+                lat = dc.find_latencies(target.ae, target.port, args.finds, args.index)
+                queries = (args.finds + 10) * len(dc.QUERY_KINDS)
+                cpu[name].append(((proc_cpu(pid) - cpu0) / queries * 1000,
+                                  (time.process_time() - self0) / queries * 1000))
+                if args.dcmtk:
+                    for kind, v in dcmtk_means(target.port, pid, args.dcmtk, args.index).items():
+                        dcmtk.setdefault((name, kind), []).append(v)
+            finally:
+                if spy is not None:
+                    spy.send_signal(2)
+                    spy.wait(60)
+                target.stop()
+            for kind, v in lat.items():
+                res.setdefault((name, kind), []).append(v)
+                dc.log(f"round {rnd} {name:>10} {kind:<22} p50 {v[0]:6.2f} ms  p95 {v[1]:6.2f} ms  "
+                       f"matches {v[2]:.1f}")
+    base = variants[0][0]
+    lines = [f"C-FIND study level, {args.index:,} instances, {args.finds} queries/type, "
+             f"{args.rounds} round(s) (median of the rounds' p50/p95); client tuned reactor: "
+             f"{args.tune_client}",
+             "| variant | query | p50 ms | p95 ms | matches | p50 vs " + base + " |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for kind in dc.QUERY_KINDS:
+        b50 = statistics.median(r[0] for r in res[(base, kind)])
+        for name, _ in variants:
+            rs = res[(name, kind)]
+            p50 = statistics.median(r[0] for r in rs)
+            p95 = statistics.median(r[1] for r in rs)
+            lines.append(f"| {name} | {kind} | {p50:.2f} | {p95:.2f} | {rs[0][2]:.1f} | {b50 / p50:.2f}x |")
+    lines.append("")
+    for name, _ in variants:
+        srv = statistics.median(c[0] for c in cpu[name])
+        cli = statistics.median(c[1] for c in cpu[name])
+        lines.append(f"{name}: CPU per query (all kinds): server {srv:.2f} ms, client {cli:.2f} ms")
+    if dcmtk:
+        lines += ["", f"dcmtk findscu/echoscu --repeat {args.dcmtk}, one association (mean per query):",
+                  "| variant | request | mean ms | server CPU ms |", "| --- | --- | --- | --- |"]
+        for (name, kind), vs in dcmtk.items():
+            lines.append(f"| {name} | {kind} | {statistics.median(v[0] for v in vs):.2f} | "
+                         f"{statistics.median(v[1] for v in vs):.2f} |")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

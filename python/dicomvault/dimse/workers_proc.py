@@ -1,0 +1,324 @@
+"""A DIMSE receiver process (`[dimse] workers = N`, started by workers.WorkerPool; the design is
+described there). Never opens the data directory: C-STOREs go to the writer over its Unix socket,
+associations for other services are relayed to the writer's own SCP.
+
+    python -m dicomvault.dimse.workers_proc '<WorkerSpec as JSON>'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from ..config import DimseConfig, PeerConfig
+from .common import calling_ae, log, set_nodelay
+from .peers import Peers
+from .server import SERVICE_CONTEXTS, _log_close, _log_event, _on_established, build_ae, drain
+from .store import as_response, request_facts
+from .workers import WRITER_UNAVAILABLE, WorkerSpec, read_response, send_request
+
+# Associations proposing any of these are relayed to the writer's SCP (it needs the index/blobs).
+WRITER_SERVICES = frozenset(str(uid) for uid in SERVICE_CONTEXTS) - {str(Verification)}
+MAX_PEEK = 1 << 20  # an A-ASSOCIATE-RQ is a few KiB; anything claiming more is left to pynetdicom
+RELAY_BUF = 256 << 10
+ACCEPT_DEFER = 0.002  # seconds a receiver waits before accepting, per connection it already serves
+
+
+# -- C-STORE: ask the writer -------------------------------------------------------------------------
+
+class StoreClient:
+    """Connections to the writer's store socket, one per concurrent request (idle ones reused)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._idle: queue.SimpleQueue[socket.socket] = queue.SimpleQueue()
+
+    def store(self, header: dict[str, str], dataset: bytes | memoryview) -> tuple[int, str | None]:
+        try:
+            sock = self._idle.get_nowait()
+        except queue.Empty:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(self.path)
+            except OSError:
+                sock.close()
+                raise
+        try:
+            send_request(sock, header, dataset)
+            result = read_response(sock)
+        except BaseException:
+            sock.close()  # its state is unknown now: never reuse it
+            raise
+        self._idle.put(sock)
+        return result
+
+
+def handle_store_remote(event: Any, client: StoreClient) -> Dataset | int:
+    """EVT_C_STORE in a receiver: the writer stores and decides the status; success only from it."""
+    dataset, ts, sop_uid, sop_class = request_facts(event)
+    caller = calling_ae(event)
+    try:
+        header = {"ts": ts, "sop": sop_uid, "class": sop_class, "caller": caller}
+        code, comment = client.store(header, dataset)
+    except (OSError, ValueError) as exc:
+        log.error("C-STORE from %s of %s: archive writer unavailable: %s", caller, sop_uid or "?", exc)
+        code, comment = WRITER_UNAVAILABLE, "archive writer unavailable"
+    return as_response(code, comment)
+
+
+# -- which associations are relayed -----------------------------------------------------------------
+
+def proposed_abstract_syntaxes(pdu: bytes) -> list[str] | None:
+    """Abstract syntax UIDs of an A-ASSOCIATE-RQ PDU (PS3.8 9.3.2), or None if it is not one."""
+    if len(pdu) < 74 or pdu[0] != 0x01:
+        return None
+    uids = []
+    pos, end = 74, min(len(pdu), 6 + struct.unpack_from(">I", pdu, 2)[0])
+    while pos + 4 <= end:
+        item, length = pdu[pos], struct.unpack_from(">H", pdu, pos + 2)[0]
+        body = pdu[pos + 4:pos + 4 + length]
+        if item == 0x20:  # presentation context: id, 3 reserved, sub-items
+            sub = 4
+            while sub + 4 <= len(body):
+                stype, slen = body[sub], struct.unpack_from(">H", body, sub + 2)[0]
+                if stype == 0x30:
+                    uids.append(body[sub + 4:sub + 4 + slen].decode("ascii", "replace").strip("\0 "))
+                sub += 4 + slen
+        pos += 4 + length
+    return uids
+
+
+def peek_associate_rq(sock: socket.socket, timeout: float) -> bytes:
+    """The first PDU as far as it arrived within `timeout`, without consuming anything."""
+    deadline = time.monotonic() + timeout
+    need = 6
+    data = b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return data
+        ready, _, _ = select.select([sock], [], [], left)
+        if not ready:
+            return data
+        data = sock.recv(need, socket.MSG_PEEK)
+        if len(data) >= 6 and need == 6:
+            need = 6 + struct.unpack_from(">I", data, 2)[0]
+            if need > MAX_PEEK:
+                return data
+        if len(data) >= need or not data:
+            return data
+        # Part of the PDU is here: the rest is a round trip away at most.
+        time.sleep(0.001)
+
+
+def wants_writer(sock: socket.socket, timeout: float) -> bool:
+    uids = proposed_abstract_syntaxes(peek_associate_rq(sock, timeout))
+    return bool(uids) and any(uid in WRITER_SERVICES for uid in uids)
+
+
+def _pump(src: socket.socket, dst: socket.socket, quickack: bool) -> bool:
+    """Copies src to dst until EOF; True at a clean EOF, False on an error."""
+    buf = bytearray(RELAY_BUF)
+    view = memoryview(buf)
+    try:
+        while True:
+            n = src.recv_into(buf)
+            if quickack:
+                # As common.enable_quickack: a peer with Nagle on (dcmtk) otherwise waits ~40 ms
+                # for our delayed ACK on each response it sends while we send it data (C-GET).
+                src.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            if not n:
+                return True
+            dst.sendall(view[:n])
+    except OSError:
+        return False
+    finally:
+        view.release()
+
+
+def relay(client: socket.socket, writer_addr: tuple[str, int], active: list[int],
+          lock: threading.Lock) -> None:
+    """Byte-level relay of one association between the peer and the writer's SCP."""
+    with lock:
+        active[0] += 1
+    try:
+        upstream = socket.create_connection(writer_addr, timeout=10)
+    except OSError as exc:
+        log.error("cannot reach the writer's SCP at %s:%d: %s", *writer_addr, exc)
+        with lock:
+            active[0] -= 1
+        return
+    upstream.settimeout(None)
+    for s in (client, upstream):
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    quickack = hasattr(socket, "TCP_QUICKACK")
+
+    def down() -> None:
+        # The writer ended the association: nothing more the peer says matters.
+        _pump(upstream, client, False)
+        with_shutdown(client, socket.SHUT_RDWR)
+
+    t = threading.Thread(target=down, name="dv-relay-down", daemon=True)
+    t.start()
+    try:
+        if _pump(client, upstream, quickack):
+            with_shutdown(upstream, socket.SHUT_WR)  # the peer is done sending; let the writer finish
+        else:
+            with_shutdown(upstream, socket.SHUT_RDWR)
+        t.join()
+    finally:
+        upstream.close()
+        with lock:
+            active[0] -= 1
+
+
+def with_shutdown(sock: socket.socket, how: int) -> None:
+    try:
+        sock.shutdown(how)
+    except OSError:
+        pass  # already closed by the other side
+
+
+# -- the receiver's server ------------------------------------------------------------------------
+
+def make_server_class(listen: socket.socket, writer_addr: tuple[str, int], acse_timeout: float,
+                      relays: list[int], relays_lock: threading.Lock,
+                      relayed: list[int]) -> type[ThreadedAssociationServer]:
+    connections = [0]  # connections this receiver is serving (associations and relays)
+
+    class SharedSocketServer(ThreadedAssociationServer):
+        """pynetdicom's threaded server on the inherited listening socket (shared by every
+        receiver): accept is non-blocking, since another receiver may win a connection this one
+        was woken for; closing does not shut the socket down, which would end it for the others."""
+
+        def server_bind(self) -> None:
+            self.socket.close()
+            self.socket = listen
+            listen.settimeout(0.0)
+            self.server_address = listen.getsockname()
+
+        def server_activate(self) -> None:
+            pass  # listening already (bound by the writer)
+
+        def get_request(self) -> tuple[socket.socket, Any]:
+            # Every receiver is woken for a new connection and the first to accept gets it.
+            # Left alone the same one tends to win (measured: 3 of 4 associations on one
+            # process); a receiver already serving n connections lets the others go first.
+            n = connections[0]
+            if n:
+                time.sleep(min(ACCEPT_DEFER * n, 10 * ACCEPT_DEFER))
+            sock, addr = super().get_request()
+            sock.setblocking(True)  # accepted from a non-blocking listener
+            return sock, addr
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            with relays_lock:
+                connections[0] += 1
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                with relays_lock:
+                    connections[0] -= 1
+                raise
+
+        def server_close(self) -> None:
+            self.socket.close()
+
+        def finish_request(self, request: Any, client_address: Any) -> None:
+            # In the connection's own thread: decide by the proposed contexts.
+            try:
+                try:
+                    to_writer = wants_writer(request, acse_timeout)
+                except OSError:
+                    to_writer = False  # gone already: pynetdicom will see it and log it
+                if to_writer:
+                    with relays_lock:
+                        relayed[0] += 1
+                    relay(request, writer_addr, relays, relays_lock)
+                else:
+                    super().finish_request(request, client_address)
+            finally:
+                with relays_lock:
+                    connections[0] -= 1
+
+    return SharedSocketServer
+
+
+def main(argv: list[str]) -> int:
+    spec = WorkerSpec(**json.loads(argv[0]))
+    logging.basicConfig(level=spec.log_level, stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s %(name)s[w{spec.index}]: %(message)s")
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    parent = os.getppid()
+
+    d = DimseConfig(**spec.dimse)
+    peers = Peers(PeerConfig(**p) for p in spec.peers)
+    ae = build_ae(d, peers, (Verification,))
+    client = StoreClient(spec.ipc_path)
+    listen = socket.socket(fileno=spec.listen_fd)
+    relays = [0]  # relays in progress
+    relays_lock = threading.Lock()
+    relayed = [0]  # relays done (for the exit log line)
+    writer_addr = (spec.writer_host, spec.writer_port)
+    server_class = make_server_class(listen, writer_addr, float(ae.acse_timeout or 30), relays, relays_lock,
+                                     relayed)
+    served = [0]
+
+    def on_established(event: Any) -> None:
+        with relays_lock:
+            served[0] += 1
+        _on_established(event)
+
+    handlers = [
+        (evt.EVT_CONN_OPEN, set_nodelay),
+        (evt.EVT_C_STORE, lambda event: handle_store_remote(event, client)),
+        (evt.EVT_ESTABLISHED, on_established),
+        (evt.EVT_CONN_CLOSE, _log_close),
+        (evt.EVT_REJECTED, _log_event("association rejected", logging.WARNING)),
+        (evt.EVT_ABORTED, _log_event("association aborted", logging.WARNING)),
+    ]
+    server = ae.make_server(listen.getsockname(), evt_handlers=handlers, server_class=server_class)
+    thread = threading.Thread(target=server.serve_forever, name=f"dv-receiver-{spec.index}", daemon=True)
+    thread.start()
+    ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() would find it
+    log.debug("receiver %d accepting (pid %d)", spec.index, os.getpid())
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+
+    while not stop.wait(0.5):
+        if os.getppid() != parent:
+            log.error("the writer process is gone; receiver %d exiting", spec.index)
+            break
+    deadline = time.monotonic() + spec.shutdown_timeout
+    server.shutdown()  # stops accepting, closes our copy of the listening socket
+    clean = drain(server, deadline, lambda: relays[0])
+    log.info("receiver %d stopped: %d association(s) served here, %d relayed to the writer",
+             spec.index, served[0], relayed[0])
+    return 0 if clean else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -81,3 +81,31 @@ def test_rules() -> None:
     assert r.matches("MR", "CT1") and not r.matches("CT", "CT1") and not r.matches("MR", "OTHER")
     with pytest.raises(SettingsError, match="unknown key"):
         parse_forward([{"name": "x", "ae_title": "X", "host": "h", "port": 104, "typo": 1}], "cfg")
+
+
+def test_forward_by_calling_ae_of_dimse_objects(tmp_path: Path) -> None:
+    """A rule by calling AE forwards what that modality sent over DIMSE, and nothing else."""
+    from dicomvault import _native
+
+    port = free_port()
+    rule = ForwardRule(name="peer", ae_title="PEER", host="127.0.0.1", port=port,
+                       calling_aes=frozenset({"CT_ROOM_3"}))
+    peer = Peer(port)
+    files = synth_files(1, slices=4, seed=5)
+    peer.start()
+    try:
+        with Engine(tmp_path / "site", min_free_bytes=0) as eng:
+            sent_by: dict[str, str] = {}
+            for i, buf in enumerate(files):
+                parsed = _native.parse(buf)
+                ae = "CT_ROOM_3" if i % 2 == 0 else "OTHER_AE"
+                out = eng.store_dataset(buf[parsed["dataset_offset"] :], parsed["transfer_syntax"],
+                                        calling_ae=ae)
+                sent_by[out.sop_instance_uid] = ae
+            fwd = Forwarder(eng, rule)
+            while fwd.step():
+                pass
+    finally:
+        peer.stop()
+    assert set(peer.received) == {uid for uid, ae in sent_by.items() if ae == "CT_ROOM_3"}
+    assert len(peer.received) == 2

@@ -12,7 +12,7 @@ NATIVE_SRC := $(shell find core/src core/kernels rust/src -type f) rust/build.rs
 STAMP := $(VENV)/.built
 
 .DEFAULT_GOAL := help
-.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-replication clean sysdeps
+.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-replication clean sysdeps
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ bench: build ## pytest-benchmark suites + end-to-end ingest vs the raw device
 
 bench-dimse: sysdeps build ## DIMSE ingest and C-FIND latency vs Orthanc, side by side (long; QUICK=1 for a short run)
 	$(VPY) bench/dimse_compare.py $(if $(QUICK),--quick,)
+
+bench-compare: sysdeps build ## dicomvault vs Orthanc vs the raw device, every headline figure -> bench/RESULTS.md (< 20 min; QUICK=1 ~1 min)
+	$(VPY) bench/compare_all.py $(if $(QUICK),--quick,)
 
 bench-replication: build ## replication RPO, catch-up, backup and restore speed
 	$(VPY) bench/replication.py

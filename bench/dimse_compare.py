@@ -24,7 +24,6 @@ import io
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -39,15 +38,14 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 from pynetdicom import build_context
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
-from dicomvault.bench.orthanc import Orthanc, free_port, start_orthanc
+from dicomvault.bench.dimse import DCMTK_ENV, DV_AE, HOST, start_serve, storescu_parallel
+from dicomvault.bench.measure import latency_summary
+from dicomvault.bench.orthanc import Orthanc, start_orthanc
 from dicomvault.bench.synth import UID_ROOT, SeriesSpec, ct_series
 from dicomvault.dimse import scu
 from dicomvault.engine import Engine
 
 ROOT = Path(__file__).resolve().parent
-DV = str(Path(sys.executable).with_name("dicomvault"))
-HOST = "127.0.0.1"
-DV_AE = "DICOMVAULT"
 INSTANCES_PER_STUDY = 10  # index shape: 10 instances per study, 2 studies per patient
 STUDIES_PER_PATIENT = 2
 
@@ -65,39 +63,28 @@ class Target:
     port: int
     stop: Callable[[], None]
     count: Callable[[], int]
+    root: Path | None = None  # its data directory (dicomvault) or storage directory (Orthanc)
 
 
-def start_dicomvault(data: Path, fresh: bool = True) -> Target:
-    if fresh and data.exists():
-        shutil.rmtree(data)
-    port = free_port()
-    logf = data.parent / f"{data.name}-serve.log"
-    data.parent.mkdir(parents=True, exist_ok=True)
-    with logf.open("wb") as out:
-        proc = subprocess.Popen([DV, "serve", "--data", str(data), "--ae", DV_AE, "--dimse-port", str(port),
-                                 "--host", HOST], stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while "serving DIMSE" not in logf.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"dicomvault serve on {data} did not start:\n{logf.read_text()[-3000:]}")
-        time.sleep(0.05)
+def start_dicomvault(data: Path, fresh: bool = True, config: Path | None = None) -> Target:
+    server = start_serve(data, ae=DV_AE, config=config, fresh=fresh)
 
     def stop() -> None:
-        proc.send_signal(signal.SIGTERM)
-        if proc.wait(120) != 0:
-            log(f"dicomvault serve exited {proc.returncode}; see {logf}")
+        if server.stop() != 0:
+            log(f"dicomvault serve exited {server.proc.returncode}; see {server.log_path}")
 
     def count() -> int:
         with Engine(data, read_only=True) as eng:
             return int(eng.stats()["objects"])
 
-    return Target("dicomvault", DV_AE, port, stop, count)
+    return Target("dicomvault", DV_AE, server.port, stop, count, data)
 
 
-def start_orthanc_target(root: Path, compression: bool) -> tuple[Target, Orthanc]:
+def start_orthanc_target(root: Path, compression: bool,
+                         modalities: dict[str, tuple[str, str, int]] | None = None) -> tuple[Target, Orthanc]:
     # DicomThreadsCount 4: one thread per parallel association (fewer would queue them);
     # ConcurrentJobs 2 = the cores. The rest of the tuning is in orthanc_config().
-    orth = start_orthanc(root, compression=compression, threads=4)
+    orth = start_orthanc(root, compression=compression, threads=4, modalities=modalities)
     name = "Orthanc zlib" if compression else "Orthanc"
 
     def stop() -> None:
@@ -106,7 +93,24 @@ def start_orthanc_target(root: Path, compression: bool) -> tuple[Target, Orthanc
     def count() -> int:
         return int(orth.statistics()["CountInstances"])
 
-    return Target(name, "ORTHANC", orth.dicom_port, stop, count), orth
+    return Target(name, "ORTHANC", orth.dicom_port, stop, count, root / "storage"), orth
+
+
+TARGETS = ("Orthanc", "Orthanc zlib", "dicomvault")
+
+
+def start_target(which: str, store: Path, move_dest: tuple[str, int] | None = None) -> Target:
+    """One of TARGETS on an empty store under `store`; `move_dest` (AE, port on loopback) is made
+    a known C-MOVE destination."""
+    if which == "dicomvault":
+        config = None
+        if move_dest is not None:
+            config = store.parent / f"{store.name}-dv.toml"
+            config.write_text(f'[[peers]]\nae_title = "{move_dest[0]}"\nhost = "{HOST}"\n'
+                              f"port = {move_dest[1]}\n")
+        return start_dicomvault(store / "dv", config=config)
+    mods = {move_dest[0]: (move_dest[0], HOST, move_dest[1])} if move_dest else None
+    return start_orthanc_target(store / "orthanc", compression=which == "Orthanc zlib", modalities=mods)[0]
 
 
 # -- ingest ----------------------------------------------------------------------------------------
@@ -143,10 +147,6 @@ def quarters(files: list[Path], folder: Path, n: int = 4) -> list[Path]:
     return out
 
 
-# dcmtk leaves Nagle on unless told: without this every C-STORE waits ~40 ms for a delayed ACK.
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
-
-
 def storescu(ae: str, port: int, dirs: list[Path]) -> float:
     """Wall seconds from the first storescu start to the last exit (one process per folder)."""
     t0 = time.monotonic()
@@ -173,6 +173,8 @@ class IngestResult:
     instances: int
     stored: int
     mb: float
+    latency_p50_ms: float | None = None  # per object, from storescu's log (ingest_into with log_dir)
+    latency_p95_ms: float | None = None
 
     @property
     def ips(self) -> float:
@@ -183,31 +185,43 @@ class IngestResult:
         return self.mb / self.seconds
 
 
+def ingest_into(target: Target, files: list[Path], dirs: list[Path],
+                log_dir: Path | None = None) -> IngestResult:
+    """Sends `files` (laid out in `dirs`, one storescu each) to a running target. With `log_dir`,
+    storescu logs timestamped lines there and the per-object latencies are parsed from them."""
+    log(f"{target.name}: sending {len(files)} files over {len(dirs)} association(s)")
+    p50 = p95 = None
+    if log_dir is None:
+        secs = storescu(target.ae, target.port, dirs)
+    else:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        run = storescu_parallel(target.ae, target.port, dirs, log_dir)
+        secs = run.seconds
+        lat = latency_summary(run.latencies)
+        p50, p95 = lat["p50"], lat["p95"]
+    stored = target.count()
+    r = IngestResult(target.name, len(dirs), secs, len(files), stored,
+                     sum(f.stat().st_size for f in files) / 1e6, p50, p95)
+    log(f"  {r.ips:.1f} inst/s, {r.mbps:.1f} MB/s, {stored} stored")
+    if stored != len(files):
+        log(f"  WARNING: {target.name} holds {stored} of {len(files)} instances")
+    return r
+
+
 def run_ingest(files: list[Path], scratch: Path) -> list[IngestResult]:
-    total_mb = sum(f.stat().st_size for f in files) / 1e6
     whole = [files[0].parent.parent]
     quarter_dirs = quarters(files, scratch / "quarters")
     results = []
-    for which in ("Orthanc", "Orthanc zlib", "dicomvault"):
-        for assocs, dirs in ((1, whole), (4, quarter_dirs)):
+    for which in TARGETS:
+        for dirs in (whole, quarter_dirs):
             store = scratch / "store"
             if store.exists():
                 shutil.rmtree(store)
-            if which == "dicomvault":
-                target = start_dicomvault(store / "dv")
-            else:
-                target, _ = start_orthanc_target(store / "orthanc", compression=which == "Orthanc zlib")
+            target = start_target(which, store)
             try:
-                log(f"{which}: sending {len(files)} files over {assocs} association(s)")
-                secs = storescu(target.ae, target.port, dirs)
-                stored = target.count()
+                results.append(ingest_into(target, files, dirs))
             finally:
                 target.stop()
-            r = IngestResult(which, assocs, secs, len(files), stored, total_mb)
-            log(f"  {r.ips:.1f} inst/s, {r.mbps:.1f} MB/s, {stored} stored")
-            if stored != len(files):
-                log(f"  WARNING: {which} holds {stored} of {len(files)} instances")
-            results.append(r)
             shutil.rmtree(store, ignore_errors=True)
     return results
 

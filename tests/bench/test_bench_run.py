@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,8 @@ def bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    if shutil.which("storescu") is None:  # the run includes the DIMSE phase (make sysdeps)
+        pytest.skip("dcmtk storescu not installed")
     d = tmp_path_factory.mktemp("bench")
     target = d / "target"
     r = bench(
@@ -44,10 +47,14 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "0.5",
         "--seed",
         "3",
+        "--dimse",
+        "--associations",
+        "2",
         "--json",
         str(d / "r.json"),
         "--html",
         str(d / "r.html"),
+        timeout=240,
     )
     assert r.returncode == 0, r.stderr
     return {
@@ -91,7 +98,7 @@ def actual_fields(d: Any, prefix: str = "") -> set[str]:
 
 def test_short_run_completes_with_every_phase(run: dict[str, Any]) -> None:
     r = run["json"]
-    assert set(r["phases"]) == {"ingest", "query", "retrieve", "scrub"}
+    assert set(r["phases"]) == {"ingest", "query", "retrieve", "scrub", "dimse_ingest"}
     ing = r["phases"]["ingest"]
     assert ing["errors"] == 0 and ing["objects"] > 10 and ing["bytes"] >= 0.04e9
     assert r["phases"]["scrub"]["damaged"] == 0 and r["phases"]["scrub"]["objects"] == ing["objects"]
@@ -105,10 +112,21 @@ def test_short_run_completes_with_every_phase(run: dict[str, Any]) -> None:
         "engine query",
         "engine retrieve",
         "engine scrub",
+        "dimse ingest (2 assoc)",
     ):
         assert line in run["stdout"]
     assert "x seq write" in run["stdout"] and "x seq read" in run["stdout"]
     assert not any(run["target"].iterdir()), "the run directory must be removed"
+
+
+def test_dimse_phase_sends_the_same_objects_durably(run: dict[str, Any]) -> None:
+    d, ing = run["json"]["phases"]["dimse_ingest"], run["json"]["phases"]["ingest"]
+    assert d["server_exit_code"] == 0 and d["errors"] == 0 and d["storescu_failures"] == 0
+    assert d["objects"] == d["objects_stored"] == ing["objects"] and d["bytes"] == ing["bytes"]
+    assert d["associations"] == 2 and len(d["association_objects_s"]) == 2
+    assert d["latency_ms"]["p50"] is not None and d["timeline"]
+    assert d["compression_ratio"] and d["compression_ratio"] > 1
+    assert run["json"]["config"]["dimse"] is True and "dimse" in run["json"]["config"]["phases"]
 
 
 def test_json_fields_are_exactly_the_documented_ones(run: dict[str, Any]) -> None:
@@ -164,6 +182,7 @@ def test_duration_run_generates_ahead(tmp_path: Path) -> None:
     res = json.loads((tmp_path / "d.json").read_text())
     assert res["generator"]["mode"] == "run_ahead"
     assert set(res["phases"]) == {"ingest", "scrub"} and res["ratios"]["retrieve_vs_seq_read"] is None
+    assert res["ratios"]["dimse_ingest_vs_seq_write"] is None
     assert 0.9 < res["phases"]["ingest"]["seconds"] < 5
 
 

@@ -35,6 +35,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         keep=args.keep,
         progress=args.progress if args.progress is not None else sys.stderr.isatty(),
         dimse=args.dimse,
+        associations=args.associations,
     )
     result = run(cfg)
     print(summary(result))
@@ -90,7 +91,9 @@ def add_commands(
         help="engine ingest/query/retrieve threads (default: %(default)s)",
     )
     p.add_argument(
-        "--phases", metavar="LIST", help="comma list of ingest,query,retrieve,scrub (default: all)"
+        "--phases",
+        metavar="LIST",
+        help="comma list of ingest,query,retrieve,scrub,dimse (default: all but dimse)",
     )
     p.add_argument("--json", metavar="FILE", help="write the result as JSON (fields: docs/bench.md)")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report with charts")
@@ -118,7 +121,14 @@ def add_commands(
     p.add_argument(
         "--dimse",
         action="store_true",
-        help="also ingest over DIMSE into `dicomvault serve` (not implemented yet)",
+        help="also ingest the same objects over DIMSE: dcmtk storescu into `dicomvault serve` on the target",
+    )
+    p.add_argument(
+        "--associations",
+        type=_positive(int),
+        default=4,
+        metavar="N",
+        help="parallel storescu associations of the DIMSE phase (default: %(default)s)",
     )
     sub = p.add_subparsers(dest="bench_command")
     c = sub.add_parser("compare", help="per figure: A, B and B/A of two --json results")

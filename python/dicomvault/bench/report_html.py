@@ -12,6 +12,7 @@ from .report_text import summary
 W, H, PAD = 640, 240, 48
 COLORS = {
     "ingest": "#1f77b4",
+    "dimse_ingest": "#ff7f0e",
     "retrieve": "#2ca02c",
     "query": "#9467bd",
     "scrub": "#d62728",
@@ -47,10 +48,11 @@ def _axes(x_label: str, y_label: str, y_max: float, x_ticks: list[tuple[float, s
 
 
 def throughput_svg(r: dict[str, Any]) -> str:
-    """MB/s over time of the ingest and retrieve phases, with the device's limits as dashed lines."""
+    """MB/s over time of the ingest (engine and DIMSE) and retrieve phases, with the device's
+    limits as dashed lines."""
     series = {
         k: r["phases"][k]["timeline"]
-        for k in ("ingest", "retrieve")
+        for k in ("ingest", "dimse_ingest", "retrieve")
         if r["phases"].get(k, {}).get("timeline")
     }
     limits = {

@@ -122,6 +122,27 @@ def summary(r: dict[str, Any]) -> str:
             None,
             f"ratio {p['compression_ratio']}; " + _x(ra["ingest_stored_vs_seq_write"], "seq write"),
         )
+    if "dimse_ingest" in ph:
+        p = ph["dimse_ingest"]
+        row(
+            f"dimse ingest ({p['associations']} assoc)",
+            p["objects"],
+            p["bytes"] / 1e6,
+            p["seconds"],
+            p["mb_s"],
+            p["objects_s"],
+            p["latency_ms"],
+            "; ".join(
+                x
+                for x in (
+                    _x(ra["dimse_ingest_vs_seq_write"], "seq write"),
+                    _x(ra["dimse_ingest_vs_engine_ingest"], "engine ingest"),
+                    f"errors {p['errors']}",
+                    f"server exit {p['server_exit_code']}",
+                )
+                if x
+            ),
+        )
     if "query" in ph:
         p = ph["query"]
         row(

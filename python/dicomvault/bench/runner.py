@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import platform
+import shutil
 import socket
 import sys
 import time
@@ -16,11 +17,12 @@ from ..errors import DicomVaultError
 from . import device, phases
 from .measure import Progress
 from .source import ObjectSource
-from .targets import parse_target
+from .targets import Target, parse_target
 from .workloads import Workload
 
 SCHEMA = "dicomvault-bench/1"
 PHASES = ("ingest", "query", "retrieve", "scrub")
+OPTIONAL_PHASES = ("dimse",)  # run only when asked for (--dimse or --phases ...,dimse)
 DEVICE_MIN_BYTES = 32 << 20
 DEVICE_MAX_BYTES = 1 << 30
 GENERATOR_PROBE_SECONDS = 1.0
@@ -40,6 +42,7 @@ class BenchConfig:
     keep: bool = False
     progress: bool = False
     dimse: bool = False
+    associations: int = 4
 
 
 def _mem_available() -> int:
@@ -73,15 +76,17 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def run(cfg: BenchConfig) -> dict[str, Any]:
-    unknown = [p for p in cfg.phases if p not in PHASES]
+    unknown = [p for p in cfg.phases if p not in PHASES + OPTIONAL_PHASES]
     if unknown:
-        raise DicomVaultError(f"unknown phase(s) {unknown}; choose from {', '.join(PHASES)}")
+        raise DicomVaultError(
+            f"unknown phase(s) {unknown}; choose from {', '.join(PHASES + OPTIONAL_PHASES)}"
+        )
     if "ingest" not in cfg.phases:
         raise DicomVaultError("the ingest phase is required: the other phases work on what it stored")
-    if cfg.dimse:
-        # Seam for the DIMSE ingest phase (N associations of C-STORE into `dicomvault serve` on the
-        # target); see docs/bench.md "DIMSE ingest".
-        raise DicomVaultError("--dimse: the DIMSE ingest phase is not implemented yet (engine-direct only)")
+    # --dimse and a `dimse` phase name are the same request; the config records both as one.
+    cfg.dimse = cfg.dimse or "dimse" in cfg.phases
+    if cfg.dimse and "dimse" not in cfg.phases:
+        cfg.phases = [*cfg.phases, "dimse"]
     if cfg.duration is None and cfg.size_gb is None:
         cfg.size_gb = 1.0
     budget = None if cfg.size_gb is None else int(cfg.size_gb * 1e9)
@@ -93,7 +98,8 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     try:
         probe_bytes = min(max(budget or DEVICE_MAX_BYTES, DEVICE_MIN_BYTES), DEVICE_MAX_BYTES)
         free = target.free_bytes()
-        need = (budget or 0) + probe_bytes + (256 << 20)
+        # The DIMSE phase holds the input files and a second store at once.
+        need = (budget or 0) * (3 if cfg.dimse else 1) + probe_bytes + (256 << 20)
         if free is not None and free < need:
             raise DicomVaultError(
                 f"target has {free / 1e9:.2f} GB free, the run needs about {need / 1e9:.2f} GB"
@@ -159,6 +165,10 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
                 )
             if "scrub" in cfg.phases:
                 out_phases["scrub"] = phases.scrub(engine, target.engine_dir(), tick)
+        if cfg.dimse:
+            out_phases["dimse_ingest"] = _dimse_phase(
+                cfg, workload, target, budget, out_phases["ingest"], tick
+            )
         progress.done()
 
         gen.update(
@@ -205,6 +215,35 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         target.cleanup(cfg.keep)
 
 
+def _dimse_phase(
+    cfg: BenchConfig,
+    workload: Workload,
+    target: Target,
+    budget: int | None,
+    ingest: dict[str, Any],
+    tick: Any,
+) -> dict[str, Any]:
+    """After the engine phases (the engine is closed): the same objects over DIMSE into a fresh
+    `dicomvault serve` under the target. A --duration run sends what the engine ingest stored."""
+    from .phase_dimse import dimse_ingest
+
+    work = target.work_dir("dimse")
+    if work is None:
+        raise DicomVaultError("--dimse needs a local target directory (the server's data lives there)")
+    nbytes = budget if budget is not None else int(ingest["bytes"])
+    free = shutil.disk_usage(work).free
+    if free < 2 * nbytes + (256 << 20):
+        raise DicomVaultError(
+            f"dimse: {free / 1e9:.2f} GB free, the phase needs about {2 * nbytes / 1e9:.2f} GB"
+        )
+    again = Workload(cfg.workload, cfg.seed, cfg.scale)
+    again.pools = workload.pools  # same templates, same seed: the same objects, no rebuild
+    try:
+        return dimse_ingest(again, nbytes, cfg.associations, work, tick)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def _ratios(dev: dict[str, Any], ph: dict[str, Any]) -> dict[str, float | None]:
     """Engine figure / matching device limit (see docs/bench.md, "Reading the ratios")."""
 
@@ -222,6 +261,12 @@ def _ratios(dev: dict[str, Any], ph: dict[str, Any]) -> dict[str, float | None]:
         "ingest_objects_vs_small_files": _ratio(
             g(ph, "ingest", "objects_s"), g(dev, "small_files", "files_s")
         ),
+        "dimse_ingest_vs_seq_write": _ratio(g(ph, "dimse_ingest", "mb_s"), g(dev, "seq_write", "mb_s")),
+        "dimse_ingest_stored_vs_seq_write": _ratio(
+            g(ph, "dimse_ingest", "stored_mb_s"), g(dev, "seq_write", "mb_s")
+        ),
+        "dimse_ingest_vs_small_files": _ratio(g(ph, "dimse_ingest", "mb_s"), g(dev, "small_files", "mb_s")),
+        "dimse_ingest_vs_engine_ingest": _ratio(g(ph, "dimse_ingest", "mb_s"), g(ph, "ingest", "mb_s")),
         "retrieve_vs_seq_read": _ratio(g(ph, "retrieve", "mb_s"), g(dev, "seq_read", "mb_s")),
         "scrub_vs_seq_read": _ratio(g(ph, "scrub", "mb_s"), g(dev, "seq_read", "mb_s")),
         "scrub_stored_vs_seq_read": _ratio(g(ph, "scrub", "stored_mb_s"), g(dev, "seq_read", "mb_s")),

@@ -31,6 +31,11 @@ class Target(ABC):
     @abstractmethod
     def engine_dir(self) -> Path | None: ...
 
+    def work_dir(self, name: str) -> Path | None:
+        """A fresh local directory for a phase's own files (the DIMSE phase's input and server
+        data); None when the target has no local directory."""
+        return None
+
     @abstractmethod
     def describe(self) -> dict[str, Any]: ...
 
@@ -56,6 +61,11 @@ class LocalTarget(Target):
 
     def engine_dir(self) -> Path:
         return self.run_dir / "data"
+
+    def work_dir(self, name: str) -> Path:
+        d = self.run_dir / name
+        d.mkdir(exist_ok=True)
+        return d
 
     def device_dir(self) -> Path:
         d = self.run_dir / "device"

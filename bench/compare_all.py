@@ -1,0 +1,382 @@
+"""`make bench-compare`: dicomvault, Orthanc 1.10 and the raw device side by side, in one run, on
+the same machine, disk and data; writes bench/RESULTS.md (one markdown table of every headline
+figure with ratios, the date, the machine, the load average).
+
+    .venv/bin/python bench/compare_all.py            # full: 2 x 300 CT slices, 100k-instance index
+    .venv/bin/python bench/compare_all.py --quick    # 1 x 100 slices, 5k index (~2 minutes)
+
+Steps: raw device (synced sequential write, sequential read: dicomvault.bench.device); DIMSE ingest
+over 1 and 4 associations into Orthanc, Orthanc with zlib and dicomvault (dimse_compare.py); after
+the 4-association ingest, on the same store: bytes on disk, C-GET (getscu) and C-MOVE (movescu to a
+dcmtk storescp of ours) of one 300-slice study with first-image latency, and `dicomvault verify`;
+then C-FIND latency at 100k instances (dimse_compare.py). Every server is stopped and the run's
+work directory removed even on failure; the generated input is cached under --scratch.
+See bench/README.md, "Side by side: make bench-compare".
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import dimse_compare as dc
+from pydicom import dcmread
+
+from dicomvault.bench import device
+from dicomvault.bench.dimse import (
+    RetrieveRun,
+    StoreScp,
+    dicomvault_command,
+    getscu_study,
+    movescu_study,
+    start_storescp,
+    tree_bytes,
+)
+
+ROOT = Path(__file__).resolve().parent
+DEADLINE_S = 20 * 60  # the issue's budget on 2 cores
+FIND_RESERVE_S = 150  # C-FIND queries on both systems + the report, after Orthanc's index build
+
+
+def machine() -> dict[str, str]:
+    """nproc, memory, the scratch disk (df), kernel and CPU model, for the results header."""
+    cpu = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    mem = "unknown"
+    with contextlib.suppress(OSError), open("/proc/meminfo", encoding="utf-8") as f:
+        kb = next((int(ln.split()[1]) for ln in f if ln.startswith("MemTotal:")), 0)
+        mem = f"{kb / 2**20:.1f} GiB"
+    return {"nproc": str(os.cpu_count()), "memory": mem, "cpu": cpu, "kernel": platform.release()}
+
+
+def df_line(path: Path) -> str:
+    out = subprocess.run(["df", "-hT", str(path)], capture_output=True, text=True, check=False).stdout
+    lines = out.strip().splitlines()
+    return " ".join(lines[-1].split()) if len(lines) > 1 else "unknown"
+
+
+def study_uid(files: list[Path]) -> str:
+    return str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+
+
+def dv_cli(*args: str) -> dict[str, Any]:
+    r = subprocess.run([*dicomvault_command(), *args], capture_output=True, text=True, check=False)
+    if r.returncode not in (0, 2):  # verify exits 2 on damage: its JSON still says what
+        raise RuntimeError(f"dicomvault {' '.join(args)} exited {r.returncode}: {r.stderr[-1000:]}")
+    return dict(json.loads(r.stdout))
+
+
+class Run:
+    """Everything one comparison measures, and what to clean up."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.t0 = time.monotonic()
+        self.scratch: Path = args.scratch
+        self.work = self.scratch / f"run-{os.getpid()}"
+        self.cleanup = contextlib.ExitStack()
+        self.dev: dict[str, Any] = {}
+        self.ingest: list[dc.IngestResult] = []
+        self.size: dict[str, dict[str, int]] = {}
+        self.get: dict[str, RetrieveRun] = {}
+        self.move: dict[str, RetrieveRun] = {}
+        self.verify: dict[str, Any] = {}
+        self.find: dict[str, Any] = {}
+        self.notes: list[str] = []
+        self.scp: StoreScp | None = None
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def devices(self) -> None:
+        d = self.work / "device"
+        d.mkdir(parents=True)
+        probe = d / "sequential.bin"
+        dc.log("device: synced sequential write, sequential read")
+        self.dev["seq_write"] = device.seq_write(probe, 1 << 30, 10.0)
+        self.dev["seq_read"] = device.seq_read(probe, 10.0)
+        probe.unlink()
+
+    def target_round(self, which: str, files: list[Path], whole: list[Path], quarters: list[Path],
+                     scp: Any, uid: str, study_mb: float) -> None:
+        """1-association ingest on an empty store, then the 4-association ingest on another empty
+        store, which then serves the size, retrieve and verify measurements."""
+        for dirs in (whole, quarters):
+            store = self.work / "store"
+            shutil.rmtree(store, ignore_errors=True)
+            target = dc.start_target(which, store, move_dest=(scp.ae, scp.port))
+            try:
+                self.ingest.append(dc.ingest_into(target, files, dirs, self.work / "logs"))
+                if dirs is quarters:
+                    self.after_ingest(which, target, uid, study_mb)
+            finally:
+                target.stop()
+            if which == "dicomvault" and dirs is quarters:
+                assert target.root is not None
+                device.drop_tree_cache(target.root)
+                self.verify = dv_cli("verify", "--json", "--data", str(target.root))
+                dc.log(f"  verify: {self.verify['checked']} blobs in {self.verify['seconds']} s")
+            shutil.rmtree(store, ignore_errors=True)
+
+    def after_ingest(self, which: str, target: dc.Target, uid: str, study_mb: float) -> None:
+        assert target.root is not None
+        root = target.root
+        size = {"disk_bytes": tree_bytes(root)}
+        if which == "dicomvault":
+            size["stored_bytes"] = int(dv_cli("stats", "--json", "--data", str(root))["stored_bytes"])
+        else:
+            size["index_bytes"] = tree_bytes(root.parent / "index")
+        self.size[which] = size
+        logs = self.work / "logs"
+        # Cold caches for both retrieves: the store's files (and index) evicted, as after a night.
+        device.drop_tree_cache(root.parent)
+        self.get[which] = getscu_study(target.ae, target.port, uid, logs)
+        device.drop_tree_cache(root.parent)
+        assert self.scp is not None
+        self.move[which] = movescu_study(target.ae, target.port, uid, self.scp, logs)
+        for kind, r in (("C-GET", self.get[which]), ("C-MOVE", self.move[which])):
+            dc.log(f"  {kind}: {r.objects} objects in {r.seconds:.2f} s = {study_mb / r.seconds:.0f} MB/s, "
+                   f"first image {r.first_object_ms} ms, exit {r.exit_code}")
+
+    def cfind(self, n_index: int, n_find: int) -> None:
+        dv_data = self.work / "index-dv"
+        dc.log(f"C-FIND: dicomvault index of {n_index} instances")
+        dc.build_dv_index(dv_data, n_index)
+        dvt = dc.start_dicomvault(dv_data, fresh=False)
+        try:
+            dv_lat = dc.find_latencies(dvt.ae, dvt.port, n_find, n_index)
+        finally:
+            dvt.stop()
+        budget = min(self.args.orthanc_index_budget, DEADLINE_S - FIND_RESERVE_S - self.elapsed())
+        dc.log(f"C-FIND: Orthanc index, build budget {budget:.0f} s")
+        ot, orth = dc.start_orthanc_target(self.work / "index-orthanc", compression=False)
+        try:
+            n_orth = dc.build_orthanc_index(orth, self.scratch / "tiny", n_index, min(10_000, n_index),
+                                            max(budget, 30.0))
+            orth_lat = dc.find_latencies(ot.ae, ot.port, n_find, n_orth)
+        finally:
+            ot.stop()
+        self.find = {"dv": dv_lat, "orthanc": orth_lat, "n_dv": n_index, "n_orthanc": n_orth,
+                     "n_find": n_find}
+
+
+def _x(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def _n(v: float | None, fmt: str = ",.1f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def report(r: Run, files: list[Path], study_files: int, study_mb: float, load0: tuple[float, ...],
+           load1: tuple[float, ...], started: dt.datetime) -> str:
+    m = machine()
+    input_mb = sum(f.stat().st_size for f in files) / 1e6
+    ing = {(i.target, i.associations): i for i in r.ingest}
+    sw, sr = r.dev["seq_write"]["mb_s"], r.dev["seq_read"]["mb_s"]
+    head = ("| figure | dicomvault | Orthanc | Orthanc zlib | device | dicomvault vs Orthanc | "
+            "dicomvault vs Orthanc zlib | dicomvault / device |")
+    rows = [head, "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def row(name: str, vals: dict[str, float | None], dev: float | None, fmt: str,
+            lower_better: bool) -> None:
+        dv = vals.get("dicomvault")
+
+        def vs(other: float | None) -> str:
+            return _x(other, dv) if lower_better else _x(dv, other)
+
+        rows.append(f"| {name} | {_n(dv, fmt)} | {_n(vals.get('Orthanc'), fmt)} | "
+                    f"{_n(vals.get('Orthanc zlib'), fmt)} | {_n(dev, fmt)} | {vs(vals.get('Orthanc'))} | "
+                    f"{vs(vals.get('Orthanc zlib'))} | {'-' if lower_better else _x(dv, dev)} |")
+
+    for a in (1, 4):
+        done = [t for t in dc.TARGETS if (t, a) in ing]
+        row(f"DIMSE ingest, {a} assoc., instances/s", {t: ing[(t, a)].ips for t in done}, None, ",.1f", False)
+        row(f"DIMSE ingest, {a} assoc., MB/s", {t: ing[(t, a)].mbps for t in done}, sw, ",.1f", False)
+        row(f"DIMSE ingest, {a} assoc., p50 ms per instance",
+            {t: ing[(t, a)].latency_p50_ms for t in done}, None, ",.0f", True)
+    if r.find:
+        for kind in dc.QUERY_KINDS:
+            row(f"C-FIND {kind}, p50 ms", {"dicomvault": r.find["dv"][kind][0],
+                                            "Orthanc": r.find["orthanc"][kind][0]}, None, ",.2f", True)
+            row(f"C-FIND {kind}, p95 ms", {"dicomvault": r.find["dv"][kind][1],
+                                            "Orthanc": r.find["orthanc"][kind][1]}, None, ",.2f", True)
+    for kind, runs in (("C-GET", r.get), ("C-MOVE", r.move)):
+        for t, x in runs.items():
+            if x.objects != study_files or x.exit_code != 0:
+                # A partial retrieve's MB/s (whole study / wall time) is not a throughput: say so.
+                scu = "getscu" if kind == "C-GET" else "movescu"
+                r.notes.append(f"**{kind} from {t} incomplete: {x.objects}/{study_files} objects received, "
+                               f"{scu} exit {x.exit_code}, {x.seconds:.1f} s**; "
+                               "its MB/s row is study bytes / wall time, not a throughput.")
+        row(f"{kind} study retrieve, MB/s", {t: study_mb / x.seconds for t, x in runs.items()}, sr, ",.1f",
+            False)
+        row(f"{kind} first image, ms", {t: x.first_object_ms for t, x in runs.items()}, None, ",.0f", True)
+    row("storage after ingest, MB on disk (data files)",
+        {t: s["disk_bytes"] / 1e6 for t, s in r.size.items()}, None, ",.1f", True)
+    row("compression ratio (input bytes / bytes on disk)",
+        {t: input_mb * 1e6 / s["disk_bytes"] for t, s in r.size.items() if s["disk_bytes"]}, None, ",.2f",
+        False)
+    if r.verify:
+        v = r.verify
+        secs = v["seconds"] or None
+        row("verify (scrub), logical MB/s", {"dicomvault": input_mb / secs if secs else None}, sr, ",.1f",
+            False)
+        row("verify (scrub), stored MB/s read", {"dicomvault": v["bytes"] / 1e6 / secs if secs else None}, sr,
+            ",.1f", False)
+    rows.append(f"| device synced sequential write, MB/s | | | | {sw:,.1f} | | | |")
+    rows.append(f"| device sequential read (cache dropped), MB/s | | | | {sr:,.1f} | | | |")
+
+    dv_size = r.size.get("dicomvault", {})
+    details = [
+        f"- Input: {len(files)} synthetic CT slices 512x512 16-bit ({input_mb:,.0f} MB, "
+        f"`dicomvault.bench.synth.ct_series`), retrieve study: {study_files} slices ({study_mb:,.0f} MB).",
+        "- Ingest: dcmtk `storescu -pdu 131072 +sd +r` with `TCP_NODELAY=1`, one process per association "
+        "(4 associations: 4 processes, a quarter of the files each); wall time first start to last exit; "
+        "every (target, associations) starts from an empty store. Per-instance latency from storescu's "
+        "timestamped log (Sending file to Received Store Response, 1 ms resolution). Stored counts: "
+        + ", ".join(f"{i.target}/{i.associations}: {i.stored}/{i.instances}" for i in r.ingest) + ".",
+        "- Retrieve: after the 4-association ingest, the store's files evicted from the page cache "
+        "(`posix_fadvise DONTNEED`), then `getscu -S -pdu 131072 --ignore` (C-GET, study level) and "
+        "`movescu -S` to a dcmtk `storescp -pdu 131072 --ignore` started by the harness (C-MOVE); MB/s = "
+        "study bytes / client wall time (process start to exit, association set-up included); first "
+        "image = request sent (SCU log) to first C-STORE received (SCU or storescp log), ms resolution. "
+        "Objects received: " + ", ".join(f"{t} {r.get[t].objects}/{r.move[t].objects}" for t in r.get) + ".",
+        "- Storage: bytes allocated on disk (`du`-style, st_blocks) by the data files: dicomvault's whole "
+        f"data directory (index included; `stats --json` stored_bytes {dv_size.get('stored_bytes', 0):,}), "
+        "Orthanc's StorageDirectory (its SQLite index, not included: "
+        + ", ".join(f"{t} {s['index_bytes'] / 1e6:,.1f} MB" for t, s in r.size.items() if "index_bytes" in s)
+        + "). Compression ratio = input bytes / that.",
+        "- Verify: `dicomvault verify --json` after the server stopped, page cache dropped first (every blob "
+        "re-read, decoded, BLAKE3-checked); logical MB/s = input bytes / its `seconds`. Orthanc has no "
+        "equivalent, so the comparison is the device's sequential read.",
+    ]
+    if r.find:
+        details.append(
+            f"- C-FIND: {r.find['n_find']} study-level queries per kind on one persistent association "
+            f"(after 10 warm-up), index of {r.find['n_dv']:,} instances in dicomvault and "
+            f"{r.find['n_orthanc']:,} in Orthanc ({dc.INSTANCES_PER_STUDY} per study, "
+            f"{dc.STUDIES_PER_PATIENT} studies per patient; dicomvault's written straight into its index, "
+            "Orthanc's sent over DIMSE as 8x8 secondary captures; a smaller Orthanc index only flatters "
+            "Orthanc). Method as `bench/dimse_compare.py`; retries after no answer: "
+            f"{dc.FIND_RETRIES or 'none'}.")
+    details += [
+        "- Device: `dicomvault.bench.device` on the scratch directory: 1 MiB writes of random data ending "
+        "in one fdatasync (up to 1 GiB or 10 s), then that file read back after evicting it from the cache.",
+        "- \"vs\" columns: how many times better dicomvault is (throughput and ratio: dicomvault / other; "
+        "latency and size: other / dicomvault). \"dicomvault / device\": against synced sequential write "
+        "for ingest, sequential read for retrieve and verify.",
+        *[f"- {n}" for n in r.notes],
+    ]
+    cfg = ("Orthanc 1.10 (Debian package) as generated by `python/dicomvault/bench/orthanc.py`: "
+           "StorageCompression false (\"Orthanc\") or true (\"Orthanc zlib\"), SyncStorageArea true "
+           "(fsync per file: acknowledged = durable, as ours), SQLite index in its default synchronous mode, "
+           "no plugins, SaveJobs false, DicomThreadsCount 4, ConcurrentJobs 2, MaximumPduLength 131072, "
+           "TcpNoDelay true and `TCP_NODELAY=1` in its environment (its DICOM side is DCMTK, which leaves "
+           "Nagle on otherwise), SynchronousCMove true, StableAge 3600. dicomvault: `dicomvault serve` with "
+           "its defaults (BLAKE3 + hot codec, fdatasync'd volumes and a synced index before each C-STORE "
+           "response).")
+    cmd = " ".join([Path(sys.executable).name, "bench/compare_all.py", *sys.argv[1:]])
+    return "\n".join([
+        "# dicomvault vs Orthanc vs the raw device",
+        "",
+        f"Run {started:%Y-%m-%d %H:%M} ({started.astimezone().tzname()}), `{cmd}`, "
+        f"{r.elapsed() / 60:.1f} minutes. Written by `make bench-compare` (bench/compare_all.py).",
+        "",
+        f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory']} memory, kernel {m['kernel']}; "
+        f"scratch disk: `{df_line(r.scratch)}` (df -hT). **Shared machine, load average "
+        f"{load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f} (1/5/15 min) at the start and "
+        f"{load1[0]:.2f} / {load1[1]:.2f} / {load1[2]:.2f} at the end of the run**: other developers' builds "
+        "and tests ran alongside, so read the ratios (each measured minutes apart on the same disk) "
+        "rather than the absolute figures; run-to-run noise here is about +-30 %.",
+        "",
+        *rows,
+        "",
+        "## How each figure was measured",
+        "",
+        *details,
+        "",
+        "## Configurations",
+        "",
+        cfg,
+        "",
+    ])
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1 x 100 slices, 5k-instance index, 50 C-FINDs")
+    ap.add_argument("--studies", type=int, help="CT studies sent in the ingest (default 2; quick 1)")
+    ap.add_argument("--slices", type=int, help="slices per study (default 300; quick 100)")
+    ap.add_argument("--index", type=int, help="C-FIND index size in instances (default 100000; quick 5000)")
+    ap.add_argument("--finds", type=int, help="C-FINDs per query kind (default 200; quick 50)")
+    ap.add_argument("--orthanc-index-budget", type=float, default=480,
+                    help="max seconds for Orthanc's index build (less if the 20 min budget needs it)")
+    ap.add_argument("--scratch", type=Path, default=ROOT / ".scratch" / "compare",
+                    help="work folder on the disk under test; input cached here (default %(default)s)")
+    ap.add_argument("--out", type=Path, default=ROOT / "RESULTS.md", help="(default %(default)s)")
+    ap.add_argument("--skip-find", action="store_true")
+    return ap.parse_args()
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    # SIGTERM/SIGHUP become SystemExit so the finally blocks stop every server and clean up.
+    raise SystemExit(128 + signum)
+
+
+def main() -> int:
+    args = parse_args()
+    studies = args.studies or (1 if args.quick else 2)
+    slices = args.slices or (100 if args.quick else 300)
+    n_index = args.index or (5000 if args.quick else 100_000)
+    n_find = args.finds or (50 if args.quick else 200)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
+    started = dt.datetime.now()
+    load0 = os.getloadavg()
+    r = Run(args)
+    r.scratch.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(r.work, ignore_errors=True)
+    r.work.mkdir(parents=True)
+    try:
+        r.devices()
+        files = dc.make_ct_input(r.scratch / f"ct-{studies}x{slices}", studies, slices)
+        study_files = [f for f in files if f.parent == files[0].parent]
+        study_mb = sum(f.stat().st_size for f in study_files) / 1e6
+        uid = study_uid(study_files)
+        whole = [files[0].parent.parent]
+        quarters = dc.quarters(files, r.work / "quarters")
+        r.scp = start_storescp(r.work / "logs")
+        r.cleanup.callback(r.scp.stop)
+        for which in dc.TARGETS:
+            r.target_round(which, files, whole, quarters, r.scp, uid, study_mb)
+        dc.log(f"ingest, retrieve, size, verify done at {r.elapsed():.0f} s")
+        if not args.skip_find:
+            r.cfind(n_index, n_find)
+        if r.find and r.find["n_orthanc"] < n_index:
+            r.notes.append(f"Orthanc's C-FIND index stopped at {r.find['n_orthanc']:,} instances to stay "
+                           "within the 20-minute budget.")
+        text = report(r, files, len(study_files), study_mb, load0, os.getloadavg(), started)
+    finally:
+        r.cleanup.close()
+        shutil.rmtree(r.work, ignore_errors=True)
+    args.out.write_text(text)
+    print(text)
+    dc.log(f"written to {args.out} after {r.elapsed():.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

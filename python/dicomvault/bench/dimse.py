@@ -1,0 +1,425 @@
+"""DIMSE ingest driven by dcmtk: `dicomvault serve` as a child process and N parallel
+`storescu -pdu 131072` processes, with per-object latency read from storescu's own log.
+
+Shared by `dicomvault bench --dimse` (phases.dimse_ingest) and the side-by-side scripts in bench/
+(dimse_compare.py, compare_all.py), so every figure comes from the same client and the same timing.
+
+Per-object latency costs nothing extra: storescu runs with a log4cplus configuration that stamps
+each INFO line with epoch milliseconds, and an object's latency is "Sending file" to "Received
+Store Response" of the same association (file read + transfer + the server's durable commit).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DicomVaultError
+from .orthanc import free_port
+
+HOST = "127.0.0.1"
+DV_AE = "DICOMVAULT"
+PDU = 131072
+READY = "dicomvault serving DIMSE"
+# dcmtk leaves Nagle on unless told: without this every C-STORE waits ~40 ms for a delayed ACK.
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+# INFO lines to stdout, each stamped with epoch seconds.milliseconds; the XMIT progress dots off.
+DCMTK_LOG_CONFIG = """\
+log4cplus.rootLogger = INFO, console
+log4cplus.logger.dcmtk.apps.storescu.progress = WARN
+log4cplus.logger.dcmtk.apps.getscu.progress = WARN
+log4cplus.logger.dcmtk.apps.movescu.progress = WARN
+log4cplus.logger.dcmtk.apps.storescp.progress = WARN
+log4cplus.appender.console = log4cplus::ConsoleAppender
+log4cplus.appender.console.logToStderr = false
+log4cplus.appender.console.ImmediateFlush = true
+log4cplus.appender.console.layout = log4cplus::PatternLayout
+log4cplus.appender.console.layout.ConversionPattern = %D{%s.%q} %m%n
+"""
+_STAMP = r"(\d{9,11}\.\d{3}) "
+_SENDING = re.compile(_STAMP + r"Sending file: (.+)$")
+_RESPONSE = re.compile(_STAMP + r"Received Store Response \(([^)]*)\)")
+
+
+def dcmtk_log_config(folder: Path) -> Path:
+    """Writes the timestamped log4cplus configuration (once) and returns its path."""
+    path = folder / "dcmtk-log.cfg"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(DCMTK_LOG_CONFIG)
+    return path
+
+
+def dicomvault_command() -> list[str]:
+    """The `dicomvault` entry point of this interpreter's environment (the venv's script when it
+    exists, so the server runs the same code as the caller)."""
+    script = Path(sys.executable).with_name("dicomvault")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from dicomvault.cli import main; sys.exit(main())"]
+
+
+@dataclass
+class ServeProcess:
+    """A running `dicomvault serve`."""
+
+    proc: subprocess.Popen[bytes]
+    data: Path
+    ae: str
+    port: int
+    log_path: Path
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 120) -> int:
+        """SIGTERM (the server drains its associations and closes the engine cleanly), then its
+        exit code; SIGKILL only if it does not exit within `timeout`."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+
+def start_serve(
+    data: Path,
+    *,
+    ae: str = DV_AE,
+    config: Path | None = None,
+    log_path: Path | None = None,
+    env: dict[str, str] | None = None,
+    fresh: bool = True,
+    timeout: float = 60,
+) -> ServeProcess:
+    """Starts `dicomvault serve` on `data` (emptied first when `fresh`) on a free loopback port
+    and returns once its ready line ("dicomvault serving DIMSE AE@host:port ...") is on stdout.
+    HTTP goes to a free port too (`--http-port 0`): several servers may run side by side."""
+    if fresh and data.exists():
+        shutil.rmtree(data)
+    data.parent.mkdir(parents=True, exist_ok=True)
+    log_path = log_path or data.parent / f"{data.name}-serve.log"
+    port = free_port(HOST)
+    cmd = [
+        *dicomvault_command(),
+        "serve",
+        "--data",
+        str(data),
+        "--ae",
+        ae,
+        "--host",
+        HOST,
+        "--dimse-port",
+        str(port),
+        "--http-port",
+        "0",
+    ]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    with log_path.open("wb") as out:
+        # stdout to a file, not a pipe: nobody has to drain it while the server runs.
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    server = ServeProcess(proc, data, ae, port, log_path)
+    deadline = time.monotonic() + timeout
+    while True:
+        m = re.search(READY + r" \S+@\S+:(\d+)", server.log_text())
+        if m:
+            server.port = int(m.group(1))
+            return server
+        if proc.poll() is not None or time.monotonic() > deadline:
+            server.stop(5)
+            raise DicomVaultError(f"dicomvault serve on {data} did not start:\n{server.log_text()[-3000:]}")
+        time.sleep(0.05)
+
+
+@dataclass
+class StoreRun:
+    """What N storescu processes did: wall time, and per object (from their logs) the response
+    time, latency, size and status."""
+
+    seconds: float
+    started_at: float  # epoch seconds, for the per-object times
+    objects: int = 0
+    failed: int = 0
+    nbytes: int = 0
+    latencies: list[float] = field(default_factory=list)
+    events: list[tuple[float, int, int]] = field(default_factory=list)  # (t since start, bytes, 1)
+    per_association: list[tuple[int, float]] = field(default_factory=list)  # (objects, seconds)
+    exit_codes: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def _parse_storescu_log(text: str, run: StoreRun) -> tuple[int, float]:
+    """Adds one association's objects to `run`; returns (objects, seconds active)."""
+    sending: tuple[float, str] | None = None
+    first = last = None
+    n = 0
+    for line in text.splitlines():
+        m = _SENDING.search(line)
+        if m:
+            sending = (float(m.group(1)), m.group(2))
+            first = sending[0] if first is None else first
+            continue
+        m = _RESPONSE.search(line)
+        if m and sending is not None:
+            t = float(m.group(1))
+            last = t
+            try:
+                size = os.path.getsize(sending[1])
+            except OSError:
+                size = 0
+            if m.group(2).startswith("Success"):
+                n += 1
+                run.objects += 1
+                run.nbytes += size
+                run.latencies.append(max(t - sending[0], 0.0))
+                run.events.append((max(t - run.started_at, 0.0), size, 1))
+            else:
+                run.failed += 1
+            sending = None
+    return n, (last - first) if first is not None and last is not None else 0.0
+
+
+def storescu_parallel(
+    ae: str, port: int, dirs: Sequence[Path], log_dir: Path, host: str = HOST, timeout: float = 3600
+) -> StoreRun:
+    """One `storescu -pdu 131072 +sd +r` per folder, all at once; wall time from the first start
+    to the last exit. Logs go to files in `log_dir` and are parsed afterwards (not in the timed
+    region)."""
+    cfg = dcmtk_log_config(log_dir)
+    logs = [log_dir / f"storescu-{i}.log" for i in range(len(dirs))]
+    started = time.time()
+    t0 = time.monotonic()
+    procs = []
+    for d, lp in zip(dirs, logs, strict=True):
+        with lp.open("wb") as out:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        "storescu",
+                        "-lc",
+                        str(cfg),
+                        "-aet",
+                        "STORESCU",
+                        "-aec",
+                        ae,
+                        "-pdu",
+                        str(PDU),
+                        "+sd",
+                        "+r",
+                        host,
+                        str(port),
+                        str(d),
+                    ],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=DCMTK_ENV,
+                )
+            )
+    try:
+        for p in procs:
+            p.wait(max(1.0, timeout - (time.monotonic() - t0)))
+    finally:
+        for p in procs:  # a hung storescu must not outlive the measurement
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    run = StoreRun(seconds=time.monotonic() - t0, started_at=started)
+    for p, lp in zip(procs, logs, strict=True):
+        text = lp.read_text(errors="replace")
+        run.exit_codes.append(int(p.returncode))
+        run.per_association.append(_parse_storescu_log(text, run))
+        if p.returncode != 0:
+            run.errors.append(text[-500:])
+    run.events.sort()
+    return run
+
+
+def split_files(files: Sequence[Path], folder: Path, n: int) -> list[Path]:
+    """n folders of hard links (copies across filesystems), contiguous shares of about equal bytes,
+    so each storescu (+sd) scans one folder and sends whole studies."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    total = sum(f.stat().st_size for f in files)
+    out = [folder / f"a{q}" for q in range(n)]
+    for d in out:
+        d.mkdir(parents=True)
+    acc = 0
+    for i, f in enumerate(files):
+        q = min(n - 1, acc * n // total) if total else i % n
+        acc += f.stat().st_size
+        dst = out[q] / f"{i:07d}-{f.name}"
+        try:
+            os.link(f, dst)
+        except OSError:
+            shutil.copyfile(f, dst)
+    return out
+
+
+@dataclass
+class RetrieveRun:
+    """One whole-study retrieve by a dcmtk SCU: wall time, objects received, first-object latency
+    (request sent to the first C-STORE sub-operation arriving, from the timestamped logs)."""
+
+    seconds: float
+    objects: int
+    first_object_ms: float | None
+    exit_code: int
+    log_tail: str = ""
+
+
+def _first_stamp(text: str, pattern: str) -> float | None:
+    m = re.search(_STAMP + pattern, text)
+    return float(m.group(1)) if m else None
+
+
+def getscu_study(
+    ae: str, port: int, study_uid: str, log_dir: Path, host: str = HOST, timeout: float = 600
+) -> RetrieveRun:
+    """`getscu -S` of one study at STUDY level, received with --ignore (read off the wire, not
+    written: the client's disk is not what is measured)."""
+    cfg = dcmtk_log_config(log_dir)
+    lp = log_dir / "getscu.log"
+    cmd = [
+        "getscu",
+        "-lc",
+        str(cfg),
+        "-aet",
+        "GETSCU",
+        "-aec",
+        ae,
+        "-S",
+        "-pdu",
+        str(PDU),
+        "--ignore",
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={study_uid}",
+        host,
+        str(port),
+    ]
+    t0 = time.monotonic()
+    with lp.open("wb") as out:
+        rc = subprocess.run(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=DCMTK_ENV, timeout=timeout
+        ).returncode
+    secs = time.monotonic() - t0
+    text = lp.read_text(errors="replace")
+    sent = _first_stamp(text, r"Sending C-GET Request")
+    first = _first_stamp(text, r"Received C-STORE Request")
+    n = len(re.findall(r"Received C-STORE Request", text))
+    return RetrieveRun(secs, n, (first - sent) * 1e3 if sent and first else None, rc, text[-800:])
+
+
+@dataclass
+class StoreScp:
+    """A dcmtk storescp (the C-MOVE destination), receiving with --ignore."""
+
+    proc: subprocess.Popen[bytes]
+    ae: str
+    port: int
+    log_path: Path
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_storescp(log_dir: Path, ae: str = "STORESCP", timeout: float = 10) -> StoreScp:
+    cfg = dcmtk_log_config(log_dir)
+    port = free_port(HOST)
+    lp = log_dir / "storescp.log"
+    with lp.open("wb") as out:
+        proc = subprocess.Popen(
+            ["storescp", "-lc", str(cfg), "-aet", ae, "-pdu", str(PDU), "--ignore", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=DCMTK_ENV,
+        )
+    scp = StoreScp(proc, ae, port, lp)
+    deadline = time.monotonic() + timeout
+    while True:  # listening once a connection is accepted
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return scp
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                scp.stop()
+                raise DicomVaultError(
+                    f"storescp did not start:\n{lp.read_text(errors='replace')[-1000:]}"
+                ) from None
+            time.sleep(0.05)
+
+
+def movescu_study(
+    ae: str, port: int, study_uid: str, dest: StoreScp, log_dir: Path, host: str = HOST, timeout: float = 600
+) -> RetrieveRun:
+    """`movescu -S` of one study to `dest`; objects and first-object time from dest's log (its
+    size before the move is remembered, so one storescp serves several moves)."""
+    cfg = dcmtk_log_config(log_dir)
+    lp = log_dir / "movescu.log"
+    before = len(dest.log_text())
+    cmd = [
+        "movescu",
+        "-lc",
+        str(cfg),
+        "-aet",
+        "MOVESCU",
+        "-aec",
+        ae,
+        "-aem",
+        dest.ae,
+        "-S",
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={study_uid}",
+        host,
+        str(port),
+    ]
+    t0 = time.monotonic()
+    with lp.open("wb") as out:
+        rc = subprocess.run(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=DCMTK_ENV, timeout=timeout
+        ).returncode
+    secs = time.monotonic() - t0
+    text = lp.read_text(errors="replace")
+    received = dest.log_text()[before:]
+    sent = _first_stamp(text, r"Sending Move Request")
+    first = _first_stamp(received, r"Received Store Request")
+    n = len(re.findall(r"Received Store Request", received))
+    return RetrieveRun(secs, n, (first - sent) * 1e3 if sent and first else None, rc, text[-800:])
+
+
+def tree_bytes(root: Path) -> int:
+    """Bytes on disk (allocated blocks, like `du`) of every file under root."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            except OSError:
+                continue
+    return total

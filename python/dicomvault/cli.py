@@ -25,6 +25,7 @@ from .dr.commands import add_heal_arguments
 from .engine import DEFAULT_DATA_DIR, Engine, StoreOutcome
 from .errors import DicomVaultError
 from .replication.commands import add_commands as add_replication_commands
+from .textout import print_table, walk_paths
 from .web.site import add_serve_site_arguments
 
 log = logging.getLogger("dicomvault")
@@ -68,17 +69,11 @@ LS_COLUMNS = {
 
 
 def _iter_files(paths: Sequence[str]) -> Iterator[Path]:
-    for p in paths:
-        path = Path(p)
-        if path.is_dir():
-            for root, dirs, files in os.walk(path):
-                dirs.sort()
-                for name in sorted(files):
-                    yield Path(root) / name
-        elif path.exists():
+    try:
+        for path, _named in walk_paths(paths):
             yield path
-        else:
-            raise DicomVaultError(f"no such file or directory: {path}")
+    except FileNotFoundError as exc:
+        raise DicomVaultError(str(exc)) from exc
 
 
 def _batches(files: list[Path], max_files: int = 32, max_bytes: int = 32 << 20) -> Iterator[list[Path]]:
@@ -228,15 +223,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1, ensure_ascii=False))
         return 0
-    cols = LS_COLUMNS[args.what]
-    table = [
-        [str(r.get(c, "") if not isinstance(r.get(c), list) else "\\".join(map(str, r[c]))) for c in cols]
-        for r in rows
-    ]
-    widths = [max([len(c)] + [len(row[i]) for row in table]) for i, c in enumerate(cols)]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
-    for row in table:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    print_table(LS_COLUMNS[args.what], rows)
     print(f"({len(rows)} {args.what})")
     return 0
 

@@ -57,6 +57,8 @@ from pynetdicom.sop_class import (
 
 from ..engine import Engine
 from ..errors import DicomVaultError
+from ..textout import walk_paths
+from . import tuning
 from .common import log, set_nodelay
 from .store import handle_store
 
@@ -114,6 +116,9 @@ class Peer:
 
 
 def make_ae(calling_ae: str, max_pdu: int = DEFAULT_MAX_PDU, timeout: float = 60.0) -> AE:
+    # Stock pynetdicom now and then drops the response to a request sent right after the previous
+    # exchange and waits out the whole timeout for it (tuning.install_pause_fix() says why).
+    tuning.install_pause_fix()
     ae = AE(ae_title=calling_ae)
     ae.maximum_pdu_size = max_pdu
     ae.acse_timeout = min(timeout, 30.0)
@@ -215,16 +220,11 @@ def scan(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[SendItem], list[
                               str(meta.TransferSyntaxUID), path.stat().st_size))
 
     for p in paths:
-        path = Path(p)
-        if path.is_dir():
-            for root, dirs, files in os.walk(path):
-                dirs.sort()
-                for name in sorted(files):
-                    one(Path(root) / name, explicit=False)
-        elif path.exists():
-            one(path, explicit=True)
-        else:
-            bad.append((str(path), "no such file or directory"))
+        try:
+            for path, named in walk_paths([p]):
+                one(path, explicit=named)
+        except FileNotFoundError:
+            bad.append((str(p), "no such file or directory"))
     return items, bad, skipped
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..engine import DEFAULT_DATA_DIR, Engine
 from ..errors import DicomVaultError
+from ..textout import print_table
 
 if TYPE_CHECKING:
     from . import scu
@@ -110,16 +111,6 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0 if len(report.failed) == 0 else 1
 
 
-def _cell(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, list):
-        return "\\".join(_cell(x) for x in v)
-    if isinstance(v, dict):
-        return json.dumps(v)
-    return str(v)
-
-
 def cmd_query(args: argparse.Namespace) -> int:
     _quiet()
     scu = _scu()
@@ -132,11 +123,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     cols = [kw for kw in scu.dataset_to_dict(ident) if kw != "QueryRetrieveLevel"]
     for r in rows:  # keys the peer added on its own go last
         cols += [k for k in r if k not in cols and k != "QueryRetrieveLevel"]
-    table = [[_cell(r.get(c)) for c in cols] for r in rows]
-    widths = [max([len(c)] + [len(t[i]) for t in table]) for i, c in enumerate(cols)]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
-    for t in table:
-        print("  ".join(v.ljust(w) for v, w in zip(t, widths, strict=True)))
+    print_table(cols, rows)
     print(f"({len(rows)} matches at {args.to})")
     return 0
 

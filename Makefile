@@ -59,7 +59,7 @@ test-full: sysdeps build test-rust ## every test, slow ones included
 lint: build ## cargo fmt --check, clippy -D warnings, ruff
 	cargo fmt --all --check
 	cargo clippy -p dicomvault-core --all-targets -- -D warnings
-	PYO3_PYTHON=$(VPY) cargo clippy -p dicomvault-python --features extension-module -- -D warnings
+	PYO3_PYTHON=$(CURDIR)/$(VPY) cargo clippy -p dicomvault-python --features extension-module -- -D warnings
 	$(VENV)/bin/ruff check python tests bench
 
 fmt: ## format Rust and Python

@@ -61,6 +61,11 @@ def _configure_pynetdicom(tuned_reactor: bool = True) -> None:
         # Event-driven reactors and large socket reads instead of 1 ms polling (see tuning.py);
         # it leaves pynetdicom stock, with a warning, if pynetdicom is not the version it knows.
         tuning.install()
+    else:
+        # Stock polling, but not pynetdicom's lossy reactor pause (a response of ours to a
+        # request we send on an accepted association, e.g. storage commitment's N-EVENT-REPORT,
+        # could be dropped): see tuning.install_pause_fix().
+        tuning.install_pause_fix()
     # Storage: accept every storage-like context without listing ~170 SOP classes x ~40
     # syntaxes, which pynetdicom deep-copies per association (~110 ms each, measured).
     _config.UNRESTRICTED_STORAGE_SERVICE = True

@@ -26,6 +26,18 @@ What the patches change, and nothing else:
   `install()` checks that these bytes equal pynetdicom's own encoding before enabling it. It
   also queues each message's PDUs under a per-association lock (see `_dimse_send_msg`).
 
+One change is a bug fix, not tuning, and is also installed alone (`install_pause_fix()`: the
+server with `tuned_reactor = false`, and every SCU of ours):
+- `Association._run_reactor` re-checks the pause checkpoint after passing it. pynetdicom's
+  handshake (a `send_*()` clears `_reactor_checkpoint`, then spins until `_is_paused`) is racy:
+  `_is_paused` stays True from the reactor's previous pass until the reactor thread runs again, so
+  a `send_*()` issued right after the previous exchange ended (which set the checkpoint) sees a
+  stale True, sends its request, and the reactor, finishing that pass, takes the response off the
+  queue and drops it ("Received unexpected C-ECHO service message"); the requestor then waits out
+  its DIMSE timeout. That is the stall of a pynetdicom SCU running many requests back to back on
+  one association (bench/find_dv.py: 60 s), with either server reactor; bench/dimse_stress.py
+  hits it within seconds. Upstream: pydicom/pynetdicom#875 (closed as a question).
+
 The replaced functions are copies of pynetdicom 3.0.4's with only those lines changed. `install()`
 checks the source of the originals against the digests recorded below: if a pynetdicom upgrade
 changed any of them, it patches nothing, logs a warning and pynetdicom runs stock (correct, only
@@ -91,6 +103,7 @@ _ORIGINALS: dict[str, Callable[..., Any]] = {
     "DIMSEServiceProvider.send_msg": DIMSEServiceProvider.send_msg,
 }
 _installed = False
+_pause_fixed = False  # Association._run_reactor is ours (the stock loop plus the pause fix)
 _fast_rsp = False  # fast C-STORE-RSP encoding verified against pynetdicom's (install())
 _install_lock = threading.Lock()
 
@@ -106,6 +119,29 @@ def mismatches() -> list[str]:
 
 def installed() -> bool:
     return _installed
+
+
+def install_pause_fix() -> bool:
+    """Only the reactor pause fix (see the module docstring), with pynetdicom's 1 ms polling kept:
+    for every pynetdicom association of this process, requestor or acceptor (idempotent; a no-op
+    once `install()` ran, whose reactor has the fix too). False if pynetdicom's reactor is not the
+    one the copy came from: then it stays stock, with a warning."""
+    global _pause_fixed
+    with _install_lock:
+        if _installed or _pause_fixed:
+            return True
+        name = "Association._run_reactor"
+        if source_digest(_ORIGINALS[name]) != EXPECTED_SOURCES[name]:
+            log.warning("pynetdicom reactor pause fix not installed: %s changed upstream "
+                        "(pynetdicom upgraded?); a response may be lost now and then", name)
+            return False
+        Association._run_reactor = _assoc_run_reactor_polling  # type: ignore[method-assign]
+        _pause_fixed = True
+        return True
+
+
+def pause_fixed() -> bool:
+    return _installed or _pause_fixed
 
 
 def install() -> bool:
@@ -137,9 +173,11 @@ def install() -> bool:
 
 
 def uninstall() -> None:
-    """Restores stock pynetdicom (tests, A/B measurements). Only for associations created later."""
-    global _installed
+    """Restores stock pynetdicom, pause fix included (tests, A/B measurements). Only for
+    associations created later."""
+    global _installed, _pause_fixed
     with _install_lock:
+        _pause_fixed = False
         AssociationSocket.recv = _ORIGINALS["AssociationSocket.recv"]  # type: ignore[method-assign]
         DULServiceProvider.__init__ = _ORIGINALS["DULServiceProvider.__init__"]  # type: ignore[method-assign]
         DULServiceProvider.run_reactor = _ORIGINALS["DULServiceProvider.run_reactor"]  # type: ignore[method-assign]
@@ -350,12 +388,28 @@ def _assoc_idle_wait(assoc: Association) -> None:
             q.not_empty.notify()
 
 
+def _assoc_poll_wait(assoc: Association) -> None:
+    """pynetdicom's own wait: 1 ms before every look at the message queue."""
+    time.sleep(0.001)
+
+
 def _assoc_run_reactor(self: Association) -> None:
-    """pynetdicom 3.0.4's Association._run_reactor; only the per-loop sleep differs."""
+    """pynetdicom 3.0.4's Association._run_reactor, event-driven, with the pause fix."""
+    _assoc_reactor_loop(self, _assoc_idle_wait)
+
+
+def _assoc_run_reactor_polling(self: Association) -> None:
+    """pynetdicom 3.0.4's Association._run_reactor with only the pause fix (install_pause_fix)."""
+    _assoc_reactor_loop(self, _assoc_poll_wait)
+
+
+def _assoc_reactor_loop(self: Association, idle_wait: Callable[[Association], None]) -> None:
+    """pynetdicom 3.0.4's Association._run_reactor; the per-loop sleep is `idle_wait`, and the
+    loop goes back to its checkpoint if a send_*() paused it after it had passed (pause fix)."""
     self._is_paused = False
     while not self._kill:
-        # dicomvault: wait for an event instead of sleeping 1 ms
-        _assoc_idle_wait(self)
+        # dicomvault: wait for an event instead of sleeping 1 ms (tuned), or sleep 1 ms (stock)
+        idle_wait(self)
 
         # A race condition may occur if the Acceptor uses the send_*()
         #   methods as the received DIMSE message may be taken off the
@@ -367,6 +421,14 @@ def _assoc_run_reactor(self: Association) -> None:
         self._is_paused = True
         self._reactor_checkpoint.wait()
         self._is_paused = False
+        # dicomvault (pause fix): a send_*() that cleared the checkpoint after it was set for
+        # this pass may have read the `_is_paused = True` just above, before this thread ran
+        # again, and gone on to send its request: it owns the queues now, and the response it
+        # waits for must not be taken (and dropped as unexpected) by _serve_request below.
+        # `_is_paused` is False from here on, so a send_*() clearing the checkpoint later waits
+        # for the next pass; one clearing it earlier is seen by this check.
+        if not self._reactor_checkpoint.is_set():
+            continue
 
         # Check with the DIMSE provider to see if a completely decoded
         #   message is available

@@ -9,6 +9,7 @@ its Specific Character Set, so query values reach the index as Unicode text.
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -298,6 +299,19 @@ class RawResponder:
     def send(self, identifier: bytes) -> None:
         for p in pdata_primitives(self._context_id, self._command, identifier, self._max_pdu):
             self._dul.send_pdu(p)
+        self._wait_sent()
+
+    def _wait_sent(self, limit: float = 0.05) -> None:
+        """Waits (bounded) until the DUL has sent what we queued. Why: the DUL reads the socket
+        only between sends, so a handler that queues every match at once keeps a C-CANCEL
+        unread until the last match is out, and the cancel never takes effect. Waiting also
+        bounds the memory a large result set holds in the queue."""
+        queue = getattr(self._dul, "to_provider_queue", None)
+        if queue is None:
+            return
+        deadline = time.monotonic() + limit
+        while not queue.empty() and time.monotonic() < deadline:
+            time.sleep(0.0001)
 
 
 def handle_find(event: Any, engine: Engine, our_ae: str) -> Iterator[tuple[int, Dataset | None]]:

@@ -188,6 +188,10 @@ def _store_until(arch: Archive, files: list[Path], kill_after: int, victims: lis
     return acked
 
 
+# Slow: a store in flight on a receiver that is killed can leave the client waiting out a DIMSE
+# timeout; under a loaded machine the whole run then passed its 90 s budget once (workers mode
+# is opt-in; the default in-process SCP has its own kill -9 coverage in tests/test_crash_recovery).
+@pytest.mark.slow
 def test_kill9_of_receivers_loses_nothing_acknowledged(archive: Archive, tmp_path: Path) -> None:
     files = synth_files(tmp_path / "series", 30, seed=12)
     before = receivers(archive)

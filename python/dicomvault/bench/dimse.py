@@ -286,6 +286,16 @@ def _first_stamp(text: str, pattern: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
+def _run_logged(cmd: list[str], log_path: Path, timeout: float) -> tuple[float, int, str]:
+    """Runs a dcmtk client with its output in log_path: (wall seconds, exit code, log text)."""
+    t0 = time.monotonic()
+    with log_path.open("wb") as out:
+        rc = subprocess.run(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=DCMTK_ENV, timeout=timeout
+        ).returncode
+    return time.monotonic() - t0, rc, log_path.read_text(errors="replace")
+
+
 def getscu_study(
     ae: str, port: int, study_uid: str, log_dir: Path, host: str = HOST, timeout: float = 600
 ) -> RetrieveRun:
@@ -312,13 +322,7 @@ def getscu_study(
         host,
         str(port),
     ]
-    t0 = time.monotonic()
-    with lp.open("wb") as out:
-        rc = subprocess.run(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=DCMTK_ENV, timeout=timeout
-        ).returncode
-    secs = time.monotonic() - t0
-    text = lp.read_text(errors="replace")
+    secs, rc, text = _run_logged(cmd, lp, timeout)
     sent = _first_stamp(text, r"Sending C-GET Request")
     first = _first_stamp(text, r"Received C-STORE Request")
     n = len(re.findall(r"Received C-STORE Request", text))
@@ -399,13 +403,7 @@ def movescu_study(
         host,
         str(port),
     ]
-    t0 = time.monotonic()
-    with lp.open("wb") as out:
-        rc = subprocess.run(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=DCMTK_ENV, timeout=timeout
-        ).returncode
-    secs = time.monotonic() - t0
-    text = lp.read_text(errors="replace")
+    secs, rc, text = _run_logged(cmd, lp, timeout)
     received = dest.log_text()[before:]
     sent = _first_stamp(text, r"Sending Move Request")
     first = _first_stamp(received, r"Received Store Request")

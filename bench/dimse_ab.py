@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 from dicomvault.bench.orthanc import free_port, start_orthanc
+from dicomvault.bench.procs import terminate
 from dicomvault.bench.synth import SeriesSpec, ct_series
 
 DV = str(Path(sys.executable).with_name("dicomvault"))
@@ -115,8 +115,7 @@ def run_dicomvault(root: Path, dimse_toml: str, dirs: list[Path], n: int) -> tup
         secs = storescu(port, dirs, "DICOMVAULT")
         cpu = (tree_cpu(proc.pid) - c0) / n * 1000
     finally:
-        proc.send_signal(signal.SIGTERM)
-        if proc.wait(120) != 0:
+        if terminate(proc, 120) != 0:
             print(f"serve exited {proc.returncode}: {log.read_text()[-2000:]}", file=sys.stderr)
     return secs, cpu
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 import dimse_compare as dc
 
 from dicomvault.bench.orthanc import free_port
+from dicomvault.bench.procs import terminate
 from dicomvault.dimse import tuning
 
 DV = str(Path(sys.executable).with_name("dicomvault"))
@@ -100,8 +100,7 @@ def start_variant(data: Path, pythonpath: str) -> tuple[dc.Target, int]:
         time.sleep(0.05)
 
     def stop() -> None:
-        proc.send_signal(signal.SIGTERM)
-        if proc.wait(120) != 0:
+        if terminate(proc, 120) != 0:
             dc.log(f"dicomvault serve exited {proc.returncode}; see {logf}")
 
     return dc.Target("dicomvault", AE, port, stop, lambda: 0), proc.pid

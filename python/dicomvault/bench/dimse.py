@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from ..errors import DicomVaultError
 from .orthanc import free_port
+from .procs import terminate
 
 HOST = "127.0.0.1"
 DV_AE = "DICOMVAULT"
@@ -85,14 +85,7 @@ class ServeProcess:
     def stop(self, timeout: float = 120) -> int:
         """SIGTERM (the server drains its associations and closes the engine cleanly), then its
         exit code; SIGKILL only if it does not exit within `timeout`."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return int(self.proc.returncode)
+        return terminate(self.proc, timeout)
 
 
 def start_serve(

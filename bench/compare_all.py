@@ -9,7 +9,8 @@ Steps: raw device (synced sequential write, sequential read: dicomvault.bench.de
 over 1 and 4 associations into Orthanc, Orthanc with zlib and dicomvault (dimse_compare.py); after
 the 4-association ingest, on the same store: bytes on disk, C-GET (getscu) and C-MOVE (movescu to a
 dcmtk storescp of ours) of one 300-slice study with first-image latency, and `dicomvault verify`;
-then C-FIND latency at 100k instances (dimse_compare.py). Every server is stopped and the run's
+the same two ingests into the machine's no-op ceiling (dcmtk `storescp --ignore`: receives, stores
+nothing); then C-FIND latency at 100k instances (dimse_compare.py). Every server is stopped and the run's
 work directory removed even on failure; the generated input is cached under --scratch.
 See bench/README.md, "Side by side: make bench-compare".
 """
@@ -130,6 +131,19 @@ class Run:
                 dc.log(f"  verify: {self.verify['checked']} blobs in {self.verify['seconds']} s")
             shutil.rmtree(store, ignore_errors=True)
 
+    def ceiling_round(self, files: list[Path], whole: list[Path], quarters: list[Path]) -> None:
+        """The same 1- and 4-association ingests into the no-op ceiling (dcmtk storescp --ignore),
+        a fresh one each time: what the machine allows any receiver fed by these clients."""
+        for dirs in (whole, quarters):
+            store = self.work / "store"
+            shutil.rmtree(store, ignore_errors=True)
+            target = dc.start_target(dc.CEILING, store)
+            try:
+                self.ingest.append(dc.ingest_into(target, files, dirs, self.work / "logs"))
+            finally:
+                target.stop()
+            shutil.rmtree(store, ignore_errors=True)
+
     def after_ingest(self, which: str, target: dc.Target, uid: str, study_mb: float) -> None:
         assert target.root is not None
         root = target.root
@@ -186,9 +200,10 @@ def report(r: Run, files: list[Path], study_files: int, study_mb: float, load0: 
     input_mb = sum(f.stat().st_size for f in files) / 1e6
     ing = {(i.target, i.associations): i for i in r.ingest}
     sw, sr = r.dev["seq_write"]["mb_s"], r.dev["seq_read"]["mb_s"]
-    head = ("| figure | dicomvault | Orthanc | Orthanc zlib | device | dicomvault vs Orthanc | "
-            "dicomvault vs Orthanc zlib | dicomvault / device |")
-    rows = [head, "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    head = (f"| figure | dicomvault | Orthanc | Orthanc zlib | {dc.CEILING} | device | "
+            "dicomvault vs Orthanc | dicomvault vs Orthanc zlib | dicomvault / ceiling | "
+            "dicomvault / device |")
+    rows = [head, "| --- " * 10 + "|"]
 
     def row(name: str, vals: dict[str, float | None], dev: float | None, fmt: str,
             lower_better: bool) -> None:
@@ -197,12 +212,14 @@ def report(r: Run, files: list[Path], study_files: int, study_mb: float, load0: 
         def vs(other: float | None) -> str:
             return _x(other, dv) if lower_better else _x(dv, other)
 
+        ceiling = vals.get(dc.CEILING)
         rows.append(f"| {name} | {_n(dv, fmt)} | {_n(vals.get('Orthanc'), fmt)} | "
-                    f"{_n(vals.get('Orthanc zlib'), fmt)} | {_n(dev, fmt)} | {vs(vals.get('Orthanc'))} | "
-                    f"{vs(vals.get('Orthanc zlib'))} | {'-' if lower_better else _x(dv, dev)} |")
+                    f"{_n(vals.get('Orthanc zlib'), fmt)} | {_n(ceiling, fmt)} | {_n(dev, fmt)} | "
+                    f"{vs(vals.get('Orthanc'))} | {vs(vals.get('Orthanc zlib'))} | "
+                    f"{'-' if lower_better else _x(dv, ceiling)} | {'-' if lower_better else _x(dv, dev)} |")
 
     for a in (1, 4):
-        done = [t for t in dc.TARGETS if (t, a) in ing]
+        done = [t for t in (*dc.TARGETS, dc.CEILING) if (t, a) in ing]
         row(f"DIMSE ingest, {a} assoc., instances/s", {t: ing[(t, a)].ips for t in done}, None, ",.1f", False)
         row(f"DIMSE ingest, {a} assoc., MB/s", {t: ing[(t, a)].mbps for t in done}, sw, ",.1f", False)
         row(f"DIMSE ingest, {a} assoc., p50 ms per instance",
@@ -236,8 +253,8 @@ def report(r: Run, files: list[Path], study_files: int, study_mb: float, load0: 
             False)
         row("verify (scrub), stored MB/s read", {"dicomvault": v["bytes"] / 1e6 / secs if secs else None}, sr,
             ",.1f", False)
-    rows.append(f"| device synced sequential write, MB/s | | | | {sw:,.1f} | | | |")
-    rows.append(f"| device sequential read (cache dropped), MB/s | | | | {sr:,.1f} | | | |")
+    rows.append(f"| device synced sequential write, MB/s | | | | | {sw:,.1f} | | | | |")
+    rows.append(f"| device sequential read (cache dropped), MB/s | | | | | {sr:,.1f} | | | | |")
 
     dv_size = r.size.get("dicomvault", {})
     details = [
@@ -246,8 +263,11 @@ def report(r: Run, files: list[Path], study_files: int, study_mb: float, load0: 
         "- Ingest: dcmtk `storescu -pdu 131072 +sd +r` with `TCP_NODELAY=1`, one process per association "
         "(4 associations: 4 processes, a quarter of the files each); wall time first start to last exit; "
         "every (target, associations) starts from an empty store. Per-instance latency from storescu's "
-        "timestamped log (Sending file to Received Store Response, 1 ms resolution). Stored counts: "
-        + ", ".join(f"{i.target}/{i.associations}: {i.stored}/{i.instances}" for i in r.ingest) + ".",
+        "timestamped log (Sending file to Received Store Response, 1 ms resolution). Stored counts "
+        "(received, for the ceiling, which stores nothing): "
+        + ", ".join(f"{i.target}/{i.associations}: {i.stored}/{i.instances}"
+                    + (f" ({i.client_failures} storescu exited non-zero)" if i.client_failures else "")
+                    for i in r.ingest) + ".",
         "- Retrieve: after the 4-association ingest, the store's files evicted from the page cache "
         "(`posix_fadvise DONTNEED`), then `getscu -S -pdu 131072 --ignore` (C-GET, study level) and "
         "`movescu -S` to a dcmtk `storescp -pdu 131072 --ignore` started by the harness (C-MOVE); MB/s = "
@@ -263,6 +283,10 @@ def report(r: Run, files: list[Path], study_files: int, study_mb: float, load0: 
         "re-read, decoded, BLAKE3-checked); logical MB/s = input bytes / its `seconds`. Orthanc has no "
         "equivalent, so the comparison is the device's sequential read.",
     ]
+    ceiling = dc.ceiling_note(r.ingest)
+    if ceiling:
+        details.append(f"- {ceiling} Started fresh for each ingest, after the archives' rounds; its "
+                       "other rows are empty (it stores and serves nothing).")
     if r.find:
         details.append(
             f"- C-FIND: {r.find['n_find']} study-level queries per kind on one persistent association "
@@ -276,8 +300,9 @@ def report(r: Run, files: list[Path], study_files: int, study_mb: float, load0: 
         "- Device: `dicomvault.bench.device` on the scratch directory: 1 MiB writes of random data ending "
         "in one fdatasync (up to 1 GiB or 10 s), then that file read back after evicting it from the cache.",
         "- \"vs\" columns: how many times better dicomvault is (throughput and ratio: dicomvault / other; "
-        "latency and size: other / dicomvault). \"dicomvault / device\": against synced sequential write "
-        "for ingest, sequential read for retrieve and verify.",
+        "latency and size: other / dicomvault). \"dicomvault / ceiling\": dicomvault's share of the no-op "
+        "ceiling's ingest rate (1.00x = as fast as a receiver that does nothing). \"dicomvault / device\": "
+        "against synced sequential write for ingest, sequential read for retrieve and verify.",
         *[f"- {n}" for n in r.notes],
     ]
     cfg = ("Orthanc 1.10 (Debian package) as generated by `python/dicomvault/bench/orthanc.py`: "
@@ -362,7 +387,8 @@ def main() -> int:
         r.cleanup.callback(r.scp.stop)
         for which in dc.TARGETS:
             r.target_round(which, files, whole, quarters, r.scp, uid, study_mb)
-        dc.log(f"ingest, retrieve, size, verify done at {r.elapsed():.0f} s")
+        r.ceiling_round(files, whole, quarters)
+        dc.log(f"ingest, retrieve, size, verify, no-op ceiling done at {r.elapsed():.0f} s")
         if not args.skip_find:
             r.cfind(n_index, n_find)
         if r.find and r.find["n_orthanc"] < n_index:

@@ -3,7 +3,10 @@
 1. Ingest: synthetic CT studies (512x512 16-bit slices) sent by dcmtk `storescu -pdu 131072`
    over 1 association and over 4 parallel associations (4 storescu processes, a quarter of the
    files each), to: Orthanc storing uncompressed, Orthanc with its zlib StorageCompression (the
-   like-for-like: we store compressed too), and `dicomvault serve` (BLAKE3 + hot codec, durable).
+   like-for-like: we store compressed too), and `dicomvault serve` (BLAKE3 + hot codec, durable);
+   then to the machine's own ceiling, dcmtk `storescp -pdu 131072 --ignore` (receives every object
+   and discards it: no disk write, no hash). On 2 cores the storescu clients share the CPUs with the
+   server, so no archive can go faster than that no-op receiver fed by the same clients.
    Each (target, mode) starts from an empty store. Wall time = first storescu start to last exit.
 2. C-FIND study level: an index of N instances in both systems, then 200 C-FINDs per query type
    (PatientID exact, PatientName wildcard, StudyDate range) on one persistent association each;
@@ -24,6 +27,7 @@ import io
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -38,9 +42,10 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 from pynetdicom import build_context
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
-from dicomvault.bench.dimse import DCMTK_ENV, DV_AE, HOST, start_serve, storescu_parallel
+from dicomvault.bench.dimse import DCMTK_ENV, DV_AE, HOST, start_serve, start_storescp, storescu_parallel
 from dicomvault.bench.measure import latency_summary
 from dicomvault.bench.orthanc import Orthanc, start_orthanc
+from dicomvault.bench.procs import terminate
 from dicomvault.bench.synth import UID_ROOT, SeriesSpec, ct_series
 from dicomvault.dimse import scu
 from dicomvault.engine import Engine
@@ -62,7 +67,7 @@ class Target:
     ae: str
     port: int
     stop: Callable[[], None]
-    count: Callable[[], int]
+    count: Callable[[], int]  # instances stored (for the no-op ceiling: received)
     root: Path | None = None  # its data directory (dicomvault) or storage directory (Orthanc)
 
 
@@ -96,12 +101,36 @@ def start_orthanc_target(root: Path, compression: bool,
     return Target(name, "ORTHANC", orth.dicom_port, stop, count, root / "storage"), orth
 
 
-TARGETS = ("Orthanc", "Orthanc zlib", "dicomvault")
+def start_ceiling(folder: Path) -> Target:
+    """The machine's own ceiling for DIMSE receive: dcmtk `storescp -pdu 131072 --ignore` with
+    `TCP_NODELAY=1` on a free port (`dicomvault.bench.dimse.start_storescp`). It reads every object
+    off the wire and discards it (no disk write, no hash, no index), so it bounds what any archive
+    fed by the same storescu clients on this machine can reach. Its timestamped log (one line per
+    object received: `count` reads them) goes to `folder`/storescp.log, not the terminal. dcmtk's
+    default single-process mode serves parallel associations one after another; it has no option
+    to bind 127.0.0.1 only, so it listens on every interface (the clients connect to 127.0.0.1)."""
+    scp = start_storescp(folder)
+
+    def stop() -> None:
+        rc = terminate(scp.proc, 10)
+        if rc != -signal.SIGTERM:  # it should still have been running, until our SIGTERM
+            log(f"{CEILING} exited {rc} before it was stopped; see {scp.log_path}")
+
+    def count() -> int:
+        return scp.log_text().count("Received Store Request")
+
+    return Target(CEILING, scp.ae, scp.port, stop, count)
+
+
+TARGETS = ("Orthanc", "Orthanc zlib", "dicomvault")  # the archives compared
+CEILING = "storescp --ignore (no-op ceiling)"  # measured after them, from the same clients
 
 
 def start_target(which: str, store: Path, move_dest: tuple[str, int] | None = None) -> Target:
-    """One of TARGETS on an empty store under `store`; `move_dest` (AE, port on loopback) is made
-    a known C-MOVE destination."""
+    """One of TARGETS (or CEILING) on an empty store under `store`; `move_dest` (AE, port on
+    loopback) is made a known C-MOVE destination (not for CEILING, which serves no C-MOVE)."""
+    if which == CEILING:
+        return start_ceiling(store / "storescp")
     if which == "dicomvault":
         config = None
         if move_dest is not None:
@@ -149,6 +178,11 @@ def quarters(files: list[Path], folder: Path, n: int = 4) -> list[Path]:
 
 def storescu(ae: str, port: int, dirs: list[Path]) -> float:
     """Wall seconds from the first storescu start to the last exit (one process per folder)."""
+    return storescu_run(ae, port, dirs)[0]
+
+
+def storescu_run(ae: str, port: int, dirs: list[Path]) -> tuple[float, int]:
+    """storescu() and how many of the storescu processes exited non-zero (errors logged)."""
     t0 = time.monotonic()
     procs = [subprocess.Popen(["storescu", "-aet", "STORESCU", "-aec", ae, "-pdu", "131072", "+sd", "+r",
                                HOST, str(port), str(d)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -162,7 +196,7 @@ def storescu(ae: str, port: int, dirs: list[Path]) -> float:
     elapsed = time.monotonic() - t0
     if errors:
         log("storescu reported errors:\n" + "\n".join(errors))
-    return elapsed
+    return elapsed, len(errors)
 
 
 @dataclass
@@ -175,6 +209,7 @@ class IngestResult:
     mb: float
     latency_p50_ms: float | None = None  # per object, from storescu's log (ingest_into with log_dir)
     latency_p95_ms: float | None = None
+    client_failures: int = 0  # storescu processes that exited non-zero
 
     @property
     def ips(self) -> float:
@@ -192,19 +227,24 @@ def ingest_into(target: Target, files: list[Path], dirs: list[Path],
     log(f"{target.name}: sending {len(files)} files over {len(dirs)} association(s)")
     p50 = p95 = None
     if log_dir is None:
-        secs = storescu(target.ae, target.port, dirs)
+        secs, failed = storescu_run(target.ae, target.port, dirs)
     else:
         log_dir.mkdir(parents=True, exist_ok=True)
         run = storescu_parallel(target.ae, target.port, dirs, log_dir)
-        secs = run.seconds
+        secs, failed = run.seconds, sum(1 for c in run.exit_codes if c != 0)
+        if run.errors:
+            log("storescu reported errors:\n" + "\n".join(run.errors))
         lat = latency_summary(run.latencies)
         p50, p95 = lat["p50"], lat["p95"]
     stored = target.count()
     r = IngestResult(target.name, len(dirs), secs, len(files), stored,
-                     sum(f.stat().st_size for f in files) / 1e6, p50, p95)
-    log(f"  {r.ips:.1f} inst/s, {r.mbps:.1f} MB/s, {stored} stored")
+                     sum(f.stat().st_size for f in files) / 1e6, p50, p95, failed)
+    what = "received" if target.name == CEILING else "stored"
+    log(f"  {r.ips:.1f} inst/s, {r.mbps:.1f} MB/s, {stored} {what}")
     if stored != len(files):
-        log(f"  WARNING: {target.name} holds {stored} of {len(files)} instances")
+        log(f"  WARNING: {target.name} {what} {stored} of {len(files)} instances")
+    if failed:
+        log(f"  WARNING: {failed} of {len(dirs)} storescu process(es) exited non-zero")
     return r
 
 
@@ -212,7 +252,7 @@ def run_ingest(files: list[Path], scratch: Path) -> list[IngestResult]:
     whole = [files[0].parent.parent]
     quarter_dirs = quarters(files, scratch / "quarters")
     results = []
-    for which in TARGETS:
+    for which in (*TARGETS, CEILING):
         for dirs in (whole, quarter_dirs):
             store = scratch / "store"
             if store.exists():
@@ -417,14 +457,48 @@ FIND_RETRIES: dict[str, int] = {}
 # -- report ----------------------------------------------------------------------------------------
 
 def ingest_table(results: list[IngestResult]) -> str:
-    lines = ["| target | assocs | instances | seconds | inst/s | MB/s | dicomvault / this |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    """One row per (target, associations); "instances" is stored/sent (received/sent for CEILING,
+    which stores nothing); "this / ceiling" is the share of the no-op ceiling's inst/s with the
+    same associations (dicomvault / ceiling on dicomvault's row, Orthanc / ceiling on Orthanc's)."""
+    lines = ["| target | assocs | instances | seconds | inst/s | MB/s | dicomvault / this | this / ceiling |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     dv = {r.associations: r for r in results if r.target == "dicomvault"}
+    top = {r.associations: r for r in results if r.target == CEILING}
     for r in results:
-        ratio = "" if r.target == "dicomvault" else f"{dv[r.associations].ips / r.ips:.2f}x"
-        lines.append(f"| {r.target} | {r.associations} | {r.stored}/{r.instances} | {r.seconds:.1f} | "
-                     f"{r.ips:.1f} | {r.mbps:.1f} | {ratio} |")
+        d, c = dv.get(r.associations), top.get(r.associations)
+        ratio = "" if r.target == "dicomvault" or d is None else f"{d.ips / r.ips:.2f}x"
+        share = "" if r.target == CEILING or c is None else f"{r.ips / c.ips:.2f}x"
+        count = f"{r.stored}/{r.instances}"
+        if r.client_failures:
+            count += f" ({r.client_failures} storescu failed)"
+        lines.append(f"| {r.target} | {r.associations} | {count} | {r.seconds:.1f} | "
+                     f"{r.ips:.1f} | {r.mbps:.1f} | {ratio} | {share} |")
     return "\n".join(lines)
+
+
+def ceiling_note(results: list[IngestResult]) -> str:
+    """How to read the other rows against the no-op ceiling (empty without a ceiling row)."""
+    by = {(r.target, r.associations): r for r in results}
+    parts = []
+    for a in sorted({r.associations for r in results}):
+        c = by.get((CEILING, a))
+        if c is None:
+            continue
+        part = f"{a} association(s): ceiling {c.ips:.0f} inst/s"
+        if ("Orthanc", a) in by:
+            part += f" = {c.ips / by[('Orthanc', a)].ips:.2f}x Orthanc"
+        shares = [f"{t} {by[(t, a)].ips / c.ips:.2f}" for t in TARGETS if (t, a) in by]
+        if shares:
+            part += "; share of it reached: " + ", ".join(shares)
+        parts.append(part)
+    if not parts:
+        return ""
+    return ("No-op ceiling: dcmtk `storescp -pdu 131072 --ignore` (single process, `TCP_NODELAY=1`) "
+            "receives and discards every object (no disk write, no hash) sent by the same storescu runs; "
+            "its instances column counts objects received. The storescu clients share this machine's "
+            "CPUs with the server, so no receiver, archive or not, goes faster here: an archive can be "
+            "at most ceiling / Orthanc times Orthanc, which is how to read the target \"dicomvault >= 3x "
+            "Orthanc with 4 associations\". " + "; ".join(parts) + ".")
 
 
 def find_table(dv: dict[str, tuple[float, float, float]], orth: dict[str, tuple[float, float, float]],
@@ -464,7 +538,8 @@ def main() -> int:
            f"Command: `{' '.join([Path(sys.executable).name, *sys.argv])}`; machine: {os.cpu_count()} CPUs; "
            f"scratch: {scratch}; Orthanc 1.10.1 (TcpNoDelay, PDU 131072, SyncStorageArea true, "
            "SQLite default, no plugins, 4 DICOM threads); "
-           "dicomvault serve (BLAKE3 + hot codec, durable).", ""]
+           "dicomvault serve (BLAKE3 + hot codec, durable); "
+           "no-op ceiling: dcmtk storescp -pdu 131072 --ignore (receives, stores nothing).", ""]
 
     if not args.skip_ingest:
         files = make_ct_input(scratch / f"ct-{studies}x{slices}", studies, slices)
@@ -473,6 +548,9 @@ def main() -> int:
         res = run_ingest(files, scratch)
         out += [f"## Ingest: dcmtk storescu -pdu 131072, {studies} x {slices} CT slices 512x512 "
                 f"({len(files)} files, {mb:.0f} MB)", "", ingest_table(res), ""]
+        note = ceiling_note(res)
+        if note:
+            out += [note, ""]
 
     if not args.skip_find:
         dv_data = scratch / "index-dv"

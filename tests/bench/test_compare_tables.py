@@ -1,0 +1,114 @@
+"""The DIMSE comparison tables (bench/dimse_compare.py, bench/compare_all.py) carry the no-op
+ceiling (dcmtk storescp --ignore) as a target with its ratios, and every markdown row has as many
+cells as its header. No server runs: the tables are rendered from made-up results."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import compare_all as ca  # noqa: E402
+import dimse_compare as dc  # noqa: E402
+
+from dicomvault.bench.dimse import RetrieveRun  # noqa: E402
+
+RATES = {"Orthanc": 330.0, "Orthanc zlib": 100.0, "dicomvault": 600.0, dc.CEILING: 820.0}
+
+
+def _results() -> list[dc.IngestResult]:
+    out = []
+    for t in (*dc.TARGETS, dc.CEILING):
+        for a in (1, 4):
+            ips = RATES[t] * (1.25 if a == 1 else 1.0)
+            out.append(dc.IngestResult(t, a, 300 / ips, 300, 300, 157.5, 5.0, 9.0))
+    return out
+
+
+def _cells(line: str) -> list[str]:
+    assert line.startswith("|") and line.endswith("|"), line
+    return [c.strip() for c in line[1:-1].split("|")]
+
+
+def _table(text: str) -> list[list[str]]:
+    rows = [_cells(ln) for ln in text.splitlines() if ln.startswith("|")]
+    assert rows and all(len(r) == len(rows[0]) for r in rows), [len(r) for r in rows]
+    return rows
+
+
+def test_ingest_table_has_the_ceiling_row_and_ratios() -> None:
+    rows = _table(dc.ingest_table(_results()))
+    head = rows[0]
+    assert head[-2:] == ["dicomvault / this", "this / ceiling"]
+    by = {(r[0], r[1]): dict(zip(head, r, strict=True)) for r in rows[2:]}
+    assert set(by) == {(t, a) for t in (*dc.TARGETS, dc.CEILING) for a in ("1", "4")}
+    assert dc.CEILING == "storescp --ignore (no-op ceiling)"
+    ceil4 = by[(dc.CEILING, "4")]
+    assert ceil4["instances"] == "300/300" and ceil4["this / ceiling"] == ""
+    assert ceil4["dicomvault / this"] == f"{600 / 820:.2f}x"  # dicomvault / ceiling
+    assert by[("dicomvault", "4")]["this / ceiling"] == f"{600 / 820:.2f}x"
+    assert by[("Orthanc", "4")]["this / ceiling"] == f"{330 / 820:.2f}x"  # Orthanc / ceiling
+    assert by[("Orthanc", "1")]["this / ceiling"] == f"{330 / 820:.2f}x"
+
+
+def test_ingest_table_marks_failed_storescu_and_works_without_the_ceiling() -> None:
+    res = [r for r in _results() if r.target != dc.CEILING]
+    res[0].client_failures = 2
+    rows = _table(dc.ingest_table(res))
+    assert rows[2][2] == "300/300 (2 storescu failed)"
+    assert all(r[-1] == "" for r in rows[2:])
+    assert dc.ceiling_note(res) == ""
+
+
+def test_ceiling_note_gives_the_bound_in_multiples_of_orthanc() -> None:
+    note = dc.ceiling_note(_results())
+    assert f"4 association(s): ceiling 820 inst/s = {820 / 330:.2f}x Orthanc" in note
+    assert f"dicomvault {600 / 820:.2f}" in note and "3x Orthanc" in note
+
+
+def test_start_target_knows_the_ceiling(tmp_path: Path) -> None:
+    if shutil.which("storescp") is None:
+        pytest.skip("dcmtk storescp not installed")
+    target = dc.start_target(dc.CEILING, tmp_path / "store")
+    try:
+        assert target.name == dc.CEILING and target.root is None and target.count() == 0
+    finally:
+        target.stop()
+    assert (tmp_path / "store" / "storescp" / "storescp.log").exists()
+
+
+def test_compare_all_report_has_the_ceiling_column(tmp_path: Path) -> None:
+    files = []
+    for i in range(3):
+        f = tmp_path / f"{i}.dcm"
+        f.write_bytes(b"x" * 1000)
+        files.append(f)
+    r = ca.Run(argparse.Namespace(scratch=tmp_path))
+    r.dev = {"seq_write": {"mb_s": 400.0}, "seq_read": {"mb_s": 1300.0}}
+    r.ingest = _results()
+    run = RetrieveRun(1.0, 3, 5.0, 0)
+    r.get = {t: run for t in dc.TARGETS}
+    r.move = {t: run for t in dc.TARGETS}
+    r.size = {
+        "dicomvault": {"disk_bytes": 700, "stored_bytes": 600},
+        "Orthanc": {"disk_bytes": 3000, "index_bytes": 100},
+        "Orthanc zlib": {"disk_bytes": 900, "index_bytes": 100},
+    }
+    text = ca.report(r, files, 3, 0.003, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), ca.dt.datetime.now())
+    rows = _table(text)
+    head = rows[0]
+    assert dc.CEILING in head and "dicomvault / ceiling" in head
+    by = {row[0]: dict(zip(head, row, strict=True)) for row in rows[2:]}
+    ips4 = by["DIMSE ingest, 4 assoc., instances/s"]
+    assert ips4[dc.CEILING] == "820.0" and ips4["dicomvault / ceiling"] == f"{600 / 820:.2f}x"
+    assert by["DIMSE ingest, 1 assoc., MB/s"]["dicomvault / ceiling"] == f"{600 / 820:.2f}x"
+    assert by["DIMSE ingest, 4 assoc., p50 ms per instance"]["dicomvault / ceiling"] == "-"
+    assert by["C-GET study retrieve, MB/s"][dc.CEILING] == "-"
+    assert by["device synced sequential write, MB/s"]["device"] == "400.0"
+    assert "No-op ceiling: dcmtk `storescp -pdu 131072 --ignore`" in text

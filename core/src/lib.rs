@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod error;
 pub mod hash;
+pub mod net;
 pub mod object;
 pub mod parse;
 pub mod store;

@@ -12,6 +12,7 @@ max_pdu = 131072
 max_associations = 16
 workers = 1                        # DIMSE receiver processes; 1 = in the server process
 tuned_reactor = true               # event-driven pynetdicom reactors (dimse/tuning.py)
+fast_path = true                   # C-STORE/C-ECHO read and answered natively (dimse/fastpath.py)
 
 [[peers]]
 ae_title = "STORESCP"
@@ -94,6 +95,9 @@ class DimseConfig:
     workers: int = 1
     # Event-driven pynetdicom reactors instead of its 1 ms polling loops (dimse/tuning.py).
     tuned_reactor: bool = True
+    # C-STORE and C-ECHO read off the socket and answered natively (dimse/fastpath.py); needs
+    # tuned_reactor (its reactor drives the reads).
+    fast_path: bool = True
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,7 @@ class Config:
 
 _DIMSE_KEYS = {
     "ae_title", "host", "port", "accept_unknown_callers", "max_pdu", "max_associations", "workers",
-    "tuned_reactor",
+    "tuned_reactor", "fast_path",
 }
 _PEER_KEYS = {"ae_title", "host", "port"}
 _TOP_KEYS = {"data", "dimse", "peers", "replication", "forward"}
@@ -144,12 +148,13 @@ def _parse_dimse(table: object, where: str) -> DimseConfig:
         raise ConfigError(f"{where}: [dimse] must be a table")
     _unknown(table, _DIMSE_KEYS, where)
     d = DimseConfig()
-    accept = table.get("accept_unknown_callers", d.accept_unknown_callers)
-    if not isinstance(accept, bool):
-        raise ConfigError(f"{where}.accept_unknown_callers: must be true or false, got {accept!r}")
-    tuned = table.get("tuned_reactor", d.tuned_reactor)
-    if not isinstance(tuned, bool):
-        raise ConfigError(f"{where}.tuned_reactor: must be true or false, got {tuned!r}")
+    accept = _check_bool(table.get("accept_unknown_callers", d.accept_unknown_callers),
+                         f"{where}.accept_unknown_callers")
+    tuned = _check_bool(table.get("tuned_reactor", d.tuned_reactor), f"{where}.tuned_reactor")
+    fast = _check_bool(table.get("fast_path", d.fast_path), f"{where}.fast_path")
+    if fast and not tuned and "fast_path" in table:
+        raise ConfigError(f"{where}.fast_path = true needs tuned_reactor = true "
+                          "(its reactor reads the socket)")
     return DimseConfig(
         ae_title=check_ae_title(table.get("ae_title", d.ae_title), f"{where}.ae_title"),
         host=_check_str(table.get("host", d.host), f"{where}.host"),
@@ -162,7 +167,14 @@ def _parse_dimse(table: object, where: str) -> DimseConfig:
         ),
         workers=_check_int(table.get("workers", d.workers), f"{where}.workers", 1, 64),
         tuned_reactor=tuned,
+        fast_path=fast and tuned,
     )
+
+
+def _check_bool(value: object, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: must be true or false, got {value!r}")
+    return value
 
 
 def _parse_peers(items: object, where: str) -> tuple[PeerConfig, ...]:

@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 
 mod convert;
 mod errors;
+mod net;
 mod primitives;
 mod vault;
 
@@ -15,6 +16,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
     m.add_class::<vault::Vault>()?;
+    m.add_class::<net::PduReader>()?;
+    m.add_function(wrap_pyfunction!(net::encode_response, m)?)?;
     m.add_function(wrap_pyfunction!(primitives::parse, m)?)?;
     m.add_function(wrap_pyfunction!(primitives::parse_dataset, m)?)?;
     m.add_function(wrap_pyfunction!(primitives::blake3, m)?)?;

@@ -235,6 +235,8 @@ def test_sigterm_stops_writer_and_receivers(tmp_path: Path, storescp: tuple[int,
     ("workers = 0", "workers: must be an integer 1-64"),
     ("workers = true", "workers: must be an integer 1-64"),
     ("tuned_reactor = 1", "tuned_reactor: must be true or false"),
+    ("fast_path = 1", "fast_path: must be true or false"),
+    ("tuned_reactor = false\nfast_path = true", "fast_path = true needs tuned_reactor = true"),
 ])
 def test_config_keys(tmp_path: Path, line: str, error: str) -> None:
     from dicomvault.config import ConfigError, load_config

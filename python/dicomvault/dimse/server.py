@@ -32,13 +32,13 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from ..config import Config, ConfigError, DimseConfig
 from ..engine import Engine
-from . import tuning
+from . import fastpath, tuning
 from .commitment import CommitmentService
 from .common import log, peer_desc, set_nodelay
 from .find import handle_find
 from .peers import Peers
 from .retrieve import handle_get, handle_move, install_raw_send
-from .store import handle_store
+from .store import fast_store, handle_store
 
 SERVICE_CONTEXTS = (
     Verification,
@@ -130,6 +130,8 @@ class DimseServer:
         if not d.accept_unknown_callers and not len(self.peers):
             raise ConfigError("accept_unknown_callers = false with no [[peers]] would refuse every caller")
         ae = build_ae(d, self.peers, SERVICE_CONTEXTS)
+        if d.fast_path and d.tuned_reactor:
+            fastpath.enable(ae, fast_store(engine))
         self.ae = ae
         self.commitment = CommitmentService(engine, ae, self.peers, d.ae_title)
         self._server: ThreadedAssociationServer | None = None

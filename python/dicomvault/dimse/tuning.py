@@ -70,6 +70,9 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
+from . import fastpath
+from .fastpath import FastPath
+
 log = logging.getLogger("dicomvault.dimse")
 # the loggers the copied pynetdicom code logs to, so its messages keep their names
 _DUL_LOG = logging.getLogger("pynetdicom.dul")
@@ -234,6 +237,7 @@ class _NotifyingQueue(queue.Queue):  # type: ignore[type-arg]
 def _dul_init(self: DULServiceProvider, assoc: Association) -> None:
     _ORIGINALS["DULServiceProvider.__init__"](self, assoc)
     self.to_user_queue = _NotifyingQueue(self)
+    self._dv_fast = None  # fastpath.FastPath once the association is established (if enabled)
     # Socket objects (not raw fds): a poke after close fails cleanly instead of writing into
     # whatever file reused the descriptor number.
     self._dv_wake_r, self._dv_wake_w = socket.socketpair()
@@ -306,6 +310,9 @@ def _dv_run_reactor(self: DULServiceProvider) -> None:
     # Main DUL loop
     self._idle_timer.start()
     sleep = False
+    # dicomvault: the native C-STORE/C-ECHO path (fastpath.py) while the association is in Sta6
+    fast: FastPath | None = None
+    fast_tried = False
 
     while True:
         # Let the assoc reactor off the leash
@@ -315,7 +322,22 @@ def _dv_run_reactor(self: DULServiceProvider) -> None:
             # test code has time to run.
             sleep = True
 
-        if sleep:
+        # dicomvault: once established, the socket is read natively (the wait happens there)
+        established = self.state_machine.current_state == "Sta6"
+        if fast is None and established and not fast_tried:
+            fast_tried = True
+            fast = self._dv_fast = fastpath.attach(self)
+        elif fast is not None and not established:
+            # Release or abort under way: pynetdicom reads the rest itself. A conforming peer
+            # sends nothing after A-RELEASE-RQ/RP or A-ABORT, so nothing can be left half-read.
+            if fast.leftover():
+                _DUL_LOG.warning("%d bytes after the last whole PDU dropped at association end",
+                                 fast.leftover())
+            if fast.closed:
+                fast_tried = True  # the socket is gone: keep pynetdicom's reader off it too
+            fast = None
+
+        if sleep and fast is None:
             # dicomvault: wait for an event instead of sleeping a fixed delay
             _dv_idle_wait(self)
 
@@ -333,6 +355,9 @@ def _dv_run_reactor(self: DULServiceProvider) -> None:
             #   receive and decode a PDU per loop of the reactor
             if self._process_recv_primitive():  # encode (sent by state machine)
                 pass
+            elif fast is not None:  # dicomvault: native read, waiting up to DUL_IDLE_WAIT if idle
+                if fast.pump(DUL_IDLE_WAIT if sleep else 0.0):
+                    self._idle_timer.restart()
             elif self._is_transport_event():  # receive and decode PDU
                 self._idle_timer.restart()
         except Exception as exc:  # noqa: BLE001 - pynetdicom's own handling, kept as is

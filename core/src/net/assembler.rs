@@ -1,0 +1,190 @@
+//! P-DATA reassembly: complete fast messages out, everything else re-framed for pynetdicom.
+
+use std::collections::HashMap;
+
+use super::command::{self, Command};
+use super::pdu::{self, Pdv};
+
+/// What one PDU (or a run of PDUs) produced, in arrival order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Out {
+    /// A whole PDU for pynetdicom: a non-P-DATA PDU as received, or a P-DATA-TF PDU holding the
+    /// PDVs of messages the archive does not answer itself.
+    Pdu(Vec<u8>),
+    /// A complete fast message: its command and, if it has one, its data set.
+    Message { context_id: u8, command: Command, data_set: Option<Vec<u8>> },
+    /// The association must be aborted: the peer broke the P-DATA rules.
+    ProtocolError(String),
+}
+
+#[derive(Debug)]
+enum State {
+    /// Between messages: the next PDV starts a command set.
+    Idle,
+    /// Command fragments received so far (a command set may span PDVs and PDUs).
+    Command { context_id: u8, bytes: Vec<u8> },
+    /// A fast message's data set, being gathered.
+    Data { context_id: u8, command: Command, bytes: Vec<u8> },
+    /// The data set of a message for pynetdicom, still coming.
+    Pass,
+    /// After a protocol error nothing more is interpreted.
+    Broken,
+}
+
+/// Per-association reassembly state.
+#[derive(Debug)]
+pub struct Assembler {
+    /// context id -> the Command Field answered directly on that context.
+    fast: HashMap<u8, u16>,
+    state: State,
+}
+
+impl Assembler {
+    pub fn new(fast: HashMap<u8, u16>) -> Self {
+        Assembler { fast, state: State::Idle }
+    }
+
+    /// Feeds one whole PDU (header included) and appends what it completes to `out`.
+    pub fn feed(&mut self, pdu_bytes: &[u8], out: &mut Vec<Out>) {
+        if matches!(self.state, State::Broken) {
+            return;
+        }
+        if pdu_bytes[0] != pdu::P_DATA_TF {
+            out.push(Out::Pdu(pdu_bytes.to_vec()));
+            return;
+        }
+        let pdvs = match pdu::pdvs(&pdu_bytes[pdu::HEADER_LEN..]) {
+            Ok(p) => p,
+            Err(why) => return self.fail(why, out),
+        };
+        // PDVs for pynetdicom, re-framed into one PDU (flushed before any fast message that
+        // completes later in the same PDU, so the order of events is the peer's order).
+        let mut pass: Vec<(u8, u8, &[u8])> = Vec::new();
+        for pdv in pdvs {
+            if let Err(why) = self.pdv(pdv, &mut pass, out) {
+                return self.fail(why, out);
+            }
+        }
+        if !pass.is_empty() {
+            let mut framed = Vec::new();
+            pdu::push_pdata(&mut framed, &pass);
+            out.push(Out::Pdu(framed));
+        }
+    }
+
+    fn fail(&mut self, why: String, out: &mut Vec<Out>) {
+        self.state = State::Broken;
+        out.push(Out::ProtocolError(why));
+    }
+
+    fn pdv<'a>(
+        &mut self,
+        pdv: Pdv<'a>,
+        pass: &mut Vec<(u8, u8, &'a [u8])>,
+        out: &mut Vec<Out>,
+    ) -> Result<(), String> {
+        match &mut self.state {
+            State::Broken => Ok(()),
+            State::Idle | State::Command { .. } => {
+                if !pdv.is_command() {
+                    return Err(format!(
+                        "data set fragment on context {} where a command set must start",
+                        pdv.context_id
+                    ));
+                }
+                let bytes = match std::mem::replace(&mut self.state, State::Idle) {
+                    State::Command { context_id, mut bytes } => {
+                        if context_id != pdv.context_id {
+                            return Err(format!(
+                                "command fragments on contexts {context_id} and {}",
+                                pdv.context_id
+                            ));
+                        }
+                        bytes.extend_from_slice(pdv.fragment);
+                        bytes
+                    }
+                    _ => pdv.fragment.to_vec(),
+                };
+                if !pdv.is_last() {
+                    self.state = State::Command { context_id: pdv.context_id, bytes };
+                    return Ok(());
+                }
+                self.command_complete(pdv, bytes, pass, out);
+                Ok(())
+            }
+            State::Data { context_id, bytes, .. } => {
+                if pdv.is_command() || pdv.context_id != *context_id {
+                    return Err(format!(
+                        "expected a data set fragment on context {context_id}, got a {} fragment on {}",
+                        if pdv.is_command() { "command" } else { "data set" },
+                        pdv.context_id
+                    ));
+                }
+                bytes.extend_from_slice(pdv.fragment);
+                if pdv.is_last() {
+                    if let State::Data { context_id, command, bytes } =
+                        std::mem::replace(&mut self.state, State::Idle)
+                    {
+                        flush(pass, out);
+                        out.push(Out::Message { context_id, command, data_set: Some(bytes) });
+                    }
+                }
+                Ok(())
+            }
+            State::Pass => {
+                pass.push((pdv.context_id, pdv.control, pdv.fragment));
+                if !pdv.is_command() && pdv.is_last() {
+                    self.state = State::Idle;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A whole command set arrived in `bytes`, its last fragment being `last`.
+    fn command_complete<'a>(
+        &mut self,
+        last: Pdv<'a>,
+        bytes: Vec<u8>,
+        pass: &mut Vec<(u8, u8, &'a [u8])>,
+        out: &mut Vec<Out>,
+    ) {
+        let context_id = last.context_id;
+        let decoded = command::decode(&bytes);
+        let fast = matches!(&decoded, Ok(c) if self.fast.get(&context_id) == Some(&c.command_field));
+        match decoded {
+            Ok(command) if fast => {
+                if command.has_data_set() {
+                    self.state = State::Data { context_id, command, bytes: Vec::new() };
+                } else {
+                    flush(pass, out);
+                    out.push(Out::Message { context_id, command, data_set: None });
+                }
+            }
+            other => {
+                // pynetdicom's message: with a data set unless the command says none (an
+                // undecodable command is pynetdicom's to report; it expects no data set).
+                let data_set = matches!(other, Ok(c) if c.has_data_set());
+                self.state = if data_set { State::Pass } else { State::Idle };
+                if bytes.len() == last.fragment.len() {
+                    pass.push((context_id, last.control, last.fragment));
+                } else {
+                    // Fragments held from earlier PDVs: pass the whole command as one PDV.
+                    flush(pass, out);
+                    let mut framed = Vec::new();
+                    pdu::push_pdata(&mut framed, &[(context_id, last.control, &bytes)]);
+                    out.push(Out::Pdu(framed));
+                }
+            }
+        }
+    }
+}
+
+fn flush(pass: &mut Vec<(u8, u8, &[u8])>, out: &mut Vec<Out>) {
+    if !pass.is_empty() {
+        let mut framed = Vec::new();
+        pdu::push_pdata(&mut framed, pass);
+        out.push(Out::Pdu(framed));
+        pass.clear();
+    }
+}

@@ -1,0 +1,148 @@
+//! DIMSE command sets (PS3.7 §6.3, §9.3, §E): always Implicit VR Little Endian, group 0000 only.
+
+/// Command Field values (PS3.7 §E.1).
+pub const C_STORE_RQ: u16 = 0x0001;
+pub const C_STORE_RSP: u16 = 0x8001;
+pub const C_ECHO_RQ: u16 = 0x0030;
+pub const C_ECHO_RSP: u16 = 0x8030;
+/// Command Data Set Type: no data set follows.
+pub const NO_DATA_SET: u16 = 0x0101;
+
+const AFFECTED_SOP_CLASS_UID: u32 = 0x0000_0002;
+const COMMAND_FIELD: u32 = 0x0000_0100;
+const MESSAGE_ID: u32 = 0x0000_0110;
+const MESSAGE_ID_BEING_RESPONDED_TO: u32 = 0x0000_0120;
+const PRIORITY: u32 = 0x0000_0700;
+const COMMAND_DATA_SET_TYPE: u32 = 0x0000_0800;
+const STATUS: u32 = 0x0000_0900;
+const ERROR_COMMENT: u32 = 0x0000_0902;
+const AFFECTED_SOP_INSTANCE_UID: u32 = 0x0000_1000;
+const MOVE_ORIGINATOR_AE: u32 = 0x0000_1030;
+const MOVE_ORIGINATOR_MESSAGE_ID: u32 = 0x0000_1031;
+/// PS3.5 Table 6.2-1: LO holds at most 64 characters.
+const LO_MAX: usize = 64;
+
+/// The fields of a request command set the archive acts on directly.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Command {
+    pub command_field: u16,
+    pub message_id: u16,
+    pub priority: u16,
+    pub data_set_type: u16,
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub move_originator_ae: String,
+    pub move_originator_message_id: Option<u16>,
+}
+
+impl Command {
+    pub fn has_data_set(&self) -> bool {
+        self.data_set_type != NO_DATA_SET
+    }
+}
+
+fn text(value: &[u8]) -> Result<String, String> {
+    let s = std::str::from_utf8(value).map_err(|_| "command element is not ASCII".to_string())?;
+    Ok(s.trim_end_matches(['\0', ' ']).trim_start_matches(' ').to_string())
+}
+
+fn us(tag: u32, value: &[u8]) -> Result<u16, String> {
+    match value {
+        [a, b] => Ok(u16::from_le_bytes([*a, *b])),
+        _ => Err(format!("({:04X},{:04X}) US of length {}", tag >> 16, tag & 0xFFFF, value.len())),
+    }
+}
+
+/// Decodes a command set. Unknown group-0000 elements are skipped; anything outside group 0000,
+/// a length overrun or a missing Command Field is an error (the caller hands such a message to
+/// pynetdicom, which reports it the standard way).
+pub fn decode(bytes: &[u8]) -> Result<Command, String> {
+    let mut cmd = Command::default();
+    let mut seen_field = false;
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes.len() - at < 8 {
+            return Err(format!("command set: {} trailing bytes", bytes.len() - at));
+        }
+        let group = u16::from_le_bytes([bytes[at], bytes[at + 1]]);
+        let elem = u16::from_le_bytes([bytes[at + 2], bytes[at + 3]]);
+        let len = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]) as usize;
+        if group != 0 {
+            return Err(format!("command set holds ({group:04X},{elem:04X}) outside group 0000"));
+        }
+        if len > bytes.len() - at - 8 {
+            return Err(format!("command element (0000,{elem:04X}) length {len} overruns the set"));
+        }
+        let tag = u32::from(elem);
+        let value = &bytes[at + 8..at + 8 + len];
+        match tag {
+            AFFECTED_SOP_CLASS_UID => cmd.sop_class_uid = text(value)?,
+            COMMAND_FIELD => {
+                cmd.command_field = us(tag, value)?;
+                seen_field = true;
+            }
+            MESSAGE_ID => cmd.message_id = us(tag, value)?,
+            PRIORITY => cmd.priority = us(tag, value)?,
+            COMMAND_DATA_SET_TYPE => cmd.data_set_type = us(tag, value)?,
+            AFFECTED_SOP_INSTANCE_UID => cmd.sop_instance_uid = text(value)?,
+            MOVE_ORIGINATOR_AE => cmd.move_originator_ae = text(value)?,
+            MOVE_ORIGINATOR_MESSAGE_ID => cmd.move_originator_message_id = Some(us(tag, value)?),
+            _ => {}
+        }
+        at += 8 + len;
+    }
+    if !seen_field {
+        return Err("command set without a Command Field (0000,0100)".into());
+    }
+    Ok(cmd)
+}
+
+/// What a response command set says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseFields<'a> {
+    pub command_field: u16,
+    pub message_id_being_responded_to: u16,
+    pub sop_class_uid: &'a str,
+    /// Left out when empty (C-ECHO-RSP carries none).
+    pub sop_instance_uid: &'a str,
+    pub status: u16,
+    /// Left out when empty; cut to LO's 64 characters.
+    pub error_comment: &'a str,
+}
+
+fn push_element(out: &mut Vec<u8>, tag: u32, value: &[u8]) {
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&((tag & 0xFFFF) as u16).to_le_bytes());
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.extend_from_slice(value);
+}
+
+fn padded(s: &str, pad: u8) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    if v.len() % 2 == 1 {
+        v.push(pad);
+    }
+    v
+}
+
+/// A response command set, elements in tag order after the Command Group Length, exactly as
+/// pynetdicom encodes the same response (checked by the Python tests).
+pub fn encode_response(r: &ResponseFields<'_>) -> Vec<u8> {
+    let mut body = Vec::with_capacity(160);
+    push_element(&mut body, AFFECTED_SOP_CLASS_UID, &padded(r.sop_class_uid, 0));
+    push_element(&mut body, COMMAND_FIELD, &r.command_field.to_le_bytes());
+    push_element(&mut body, MESSAGE_ID_BEING_RESPONDED_TO, &r.message_id_being_responded_to.to_le_bytes());
+    push_element(&mut body, COMMAND_DATA_SET_TYPE, &NO_DATA_SET.to_le_bytes());
+    push_element(&mut body, STATUS, &r.status.to_le_bytes());
+    if !r.error_comment.is_empty() {
+        let comment: String = r.error_comment.chars().filter(char::is_ascii).take(LO_MAX).collect();
+        push_element(&mut body, ERROR_COMMENT, &padded(comment.trim_end(), b' '));
+    }
+    if !r.sop_instance_uid.is_empty() {
+        push_element(&mut body, AFFECTED_SOP_INSTANCE_UID, &padded(r.sop_instance_uid, 0));
+    }
+    let mut out = Vec::with_capacity(body.len() + 12);
+    push_element(&mut out, 0, &(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}

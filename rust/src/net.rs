@@ -1,0 +1,105 @@
+//! The association byte path (core::net) for dimse/fastpath.py: one `PduReader` per established
+//! association, read with the GIL released, and the encoder of the responses answered directly.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use dicomvault_core::net::{self, Conn, Out, ResponseFields, Wait};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+
+/// Reads whole PDUs from an association's socket (a descriptor Python keeps owning and
+/// closing) and reassembles P-DATA. `fast` maps presentation context id -> the Command Field the
+/// caller answers itself on that context; every other message is handed back as PDUs.
+#[pyclass(module = "dicomvault._native")]
+pub struct PduReader {
+    conn: Conn,
+}
+
+#[pymethods]
+impl PduReader {
+    #[new]
+    fn new(fd: i32, max_pdu: usize, fast: HashMap<u8, u16>) -> Self {
+        PduReader { conn: Conn::new(fd, max_pdu, net::Assembler::new(fast)) }
+    }
+
+    /// Waits up to `timeout` seconds (0: only what is already there) for data, or until
+    /// `wake_fd` is readable. Returns (outputs, state, reason): state is "ready", "timeout",
+    /// "woken" or "closed" (reason: what a close cut short, else None). Outputs, in order:
+    /// ("pdu", bytes) for pynetdicom; ("msg", context_id, command_field, message_id,
+    /// sop_class_uid, sop_instance_uid, data_set bytes or None); ("error", why) = abort.
+    #[pyo3(signature = (wake_fd, timeout))]
+    fn next<'py>(
+        &mut self,
+        py: Python<'py>,
+        wake_fd: Option<i32>,
+        timeout: f64,
+    ) -> PyResult<(Bound<'py, PyList>, &'static str, Option<String>)> {
+        let timeout = Duration::from_secs_f64(timeout.max(0.0));
+        let conn = &mut self.conn;
+        let (outs, wait) = py.detach(move || conn.next(wake_fd, timeout));
+        let list = PyList::empty(py);
+        for out in outs {
+            let item: Bound<'py, PyTuple> = match out {
+                Out::Pdu(bytes) => ("pdu", PyBytes::new(py, &bytes)).into_pyobject(py)?,
+                Out::Message { context_id, command, data_set } => (
+                    "msg",
+                    context_id,
+                    command.command_field,
+                    command.message_id,
+                    command.sop_class_uid,
+                    command.sop_instance_uid,
+                    data_set.map(|d| PyBytes::new(py, &d)),
+                )
+                    .into_pyobject(py)?,
+                Out::ProtocolError(why) => ("error", why).into_pyobject(py)?,
+            };
+            list.append(item)?;
+        }
+        let (state, reason) = match wait {
+            Wait::Ready => ("ready", None),
+            Wait::Timeout => ("timeout", None),
+            Wait::Woken => ("woken", None),
+            Wait::Closed(reason) => ("closed", reason),
+        };
+        Ok((list, state, reason))
+    }
+
+    /// Acknowledge every read at once (TCP_QUICKACK), for associations on which we send data.
+    fn set_quickack(&mut self, on: bool) {
+        self.conn.quickack = on;
+    }
+
+    /// Bytes received that do not make a whole PDU yet.
+    fn buffered(&self) -> usize {
+        self.conn.buffered()
+    }
+}
+
+/// The P-DATA-TF PDU(s) of a response command set without a data set (C-STORE-RSP,
+/// C-ECHO-RSP), split to the peer's maximum PDU length (0 = unlimited).
+#[pyfunction]
+#[pyo3(signature = (context_id, command_field, message_id, sop_class_uid, sop_instance_uid, status,
+                    error_comment, max_pdu))]
+#[allow(clippy::too_many_arguments)]
+pub fn encode_response<'py>(
+    py: Python<'py>,
+    context_id: u8,
+    command_field: u16,
+    message_id: u16,
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+    status: u16,
+    error_comment: Option<&str>,
+    max_pdu: usize,
+) -> Bound<'py, PyBytes> {
+    let command = net::encode_response(&ResponseFields {
+        command_field,
+        message_id_being_responded_to: message_id,
+        sop_class_uid,
+        sop_instance_uid,
+        status,
+        error_comment: error_comment.unwrap_or(""),
+    });
+    PyBytes::new(py, &net::pdu::command_pdus(context_id, &command, max_pdu))
+}

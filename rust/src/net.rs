@@ -19,7 +19,7 @@ pub struct PduReader {
 #[pymethods]
 impl PduReader {
     #[new]
-    fn new(fd: i32, max_pdu: usize, fast: HashMap<u8, u16>) -> Self {
+    fn new(fd: i32, max_pdu: usize, fast: HashMap<u8, Vec<u16>>) -> Self {
         PduReader { conn: Conn::new(fd, max_pdu, net::Assembler::new(fast)) }
     }
 
@@ -27,7 +27,8 @@ impl PduReader {
     /// `wake_fd` is readable. Returns (outputs, state, reason): state is "ready", "timeout",
     /// "woken" or "closed" (reason: what a close cut short, else None). Outputs, in order:
     /// ("pdu", bytes) for pynetdicom; ("msg", context_id, command_field, message_id,
-    /// sop_class_uid, sop_instance_uid, data_set bytes or None); ("error", why) = abort.
+    /// sop_class_uid, sop_instance_uid, data_set bytes or None, message_id_being_responded_to);
+    /// ("error", why) = abort.
     #[pyo3(signature = (wake_fd, timeout))]
     fn next<'py>(
         &mut self,
@@ -50,6 +51,7 @@ impl PduReader {
                     command.sop_class_uid,
                     command.sop_instance_uid,
                     data_set.map(|d| PyBytes::new(py, &d)),
+                    command.message_id_being_responded_to,
                 )
                     .into_pyobject(py)?,
                 Out::ProtocolError(why) => ("error", why).into_pyobject(py)?,
@@ -101,5 +103,19 @@ pub fn encode_response<'py>(
         status,
         error_comment: error_comment.unwrap_or(""),
     });
-    PyBytes::new(py, &net::pdu::command_pdus(context_id, &command, max_pdu))
+    PyBytes::new(py, &net::pdu::message_pdus(context_id, &command, None, max_pdu))
+}
+
+/// The P-DATA-TF PDU(s) of a message whose command set is already encoded, with its data set
+/// (e.g. a C-FIND pending response and its identifier), split to the peer's maximum PDU length.
+#[pyfunction]
+#[pyo3(signature = (context_id, command, data_set, max_pdu))]
+pub fn frame_message<'py>(
+    py: Python<'py>,
+    context_id: u8,
+    command: &[u8],
+    data_set: Option<&[u8]>,
+    max_pdu: usize,
+) -> Bound<'py, PyBytes> {
+    PyBytes::new(py, &net::pdu::message_pdus(context_id, command, data_set, max_pdu))
 }

@@ -34,13 +34,13 @@ enum State {
 /// Per-association reassembly state.
 #[derive(Debug)]
 pub struct Assembler {
-    /// context id -> the Command Field answered directly on that context.
-    fast: HashMap<u8, u16>,
+    /// context id -> the Command Fields answered directly on that context.
+    fast: HashMap<u8, Vec<u16>>,
     state: State,
 }
 
 impl Assembler {
-    pub fn new(fast: HashMap<u8, u16>) -> Self {
+    pub fn new(fast: HashMap<u8, Vec<u16>>) -> Self {
         Assembler { fast, state: State::Idle }
     }
 
@@ -151,7 +151,8 @@ impl Assembler {
     ) {
         let context_id = last.context_id;
         let decoded = command::decode(&bytes);
-        let fast = matches!(&decoded, Ok(c) if self.fast.get(&context_id) == Some(&c.command_field));
+        let fast = matches!(&decoded,
+            Ok(c) if self.fast.get(&context_id).is_some_and(|fields| fields.contains(&c.command_field)));
         match decoded {
             Ok(command) if fast => {
                 if command.has_data_set() {
@@ -162,9 +163,10 @@ impl Assembler {
                 }
             }
             other => {
-                // pynetdicom's message: with a data set unless the command says none (an
-                // undecodable command is pynetdicom's to report; it expects no data set).
-                let data_set = matches!(other, Ok(c) if c.has_data_set());
+                // pynetdicom's message, with its data set unless the command says none. An
+                // undecodable command is pynetdicom's to report; what follows it goes there too
+                // until a data set ends (the message boundary is unknown).
+                let data_set = !matches!(other, Ok(c) if !c.has_data_set());
                 self.state = if data_set { State::Pass } else { State::Idle };
                 if bytes.len() == last.fragment.len() {
                     pass.push((context_id, last.control, last.fragment));

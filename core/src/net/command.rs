@@ -5,6 +5,8 @@ pub const C_STORE_RQ: u16 = 0x0001;
 pub const C_STORE_RSP: u16 = 0x8001;
 pub const C_ECHO_RQ: u16 = 0x0030;
 pub const C_ECHO_RSP: u16 = 0x8030;
+pub const C_FIND_RQ: u16 = 0x0020;
+pub const C_CANCEL_RQ: u16 = 0x0FFF;
 /// Command Data Set Type: no data set follows.
 pub const NO_DATA_SET: u16 = 0x0101;
 
@@ -27,6 +29,8 @@ const LO_MAX: usize = 64;
 pub struct Command {
     pub command_field: u16,
     pub message_id: u16,
+    /// C-CANCEL-RQ: the request it cancels.
+    pub message_id_being_responded_to: u16,
     pub priority: u16,
     pub data_set_type: u16,
     pub sop_class_uid: String,
@@ -82,6 +86,7 @@ pub fn decode(bytes: &[u8]) -> Result<Command, String> {
                 seen_field = true;
             }
             MESSAGE_ID => cmd.message_id = us(tag, value)?,
+            MESSAGE_ID_BEING_RESPONDED_TO => cmd.message_id_being_responded_to = us(tag, value)?,
             PRIORITY => cmd.priority = us(tag, value)?,
             COMMAND_DATA_SET_TYPE => cmd.data_set_type = us(tag, value)?,
             AFFECTED_SOP_INSTANCE_UID => cmd.sop_instance_uid = text(value)?,

@@ -7,6 +7,9 @@ Shared by `dicomvault bench --dimse` (phases.dimse_ingest) and the side-by-side 
 Per-object latency costs nothing extra: storescu runs with a log4cplus configuration that stamps
 each INFO line with epoch milliseconds, and an object's latency is "Sending file" to "Received
 Store Response" of the same association (file read + transfer + the server's durable commit).
+
+C-FIND latency the same way (`findscu_queries`): dcmtk findscu sends one C-FIND per query file on
+one association, and its log, stamped to the microsecond, gives each query's latency and matches.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import DicomVaultError
 from .orthanc import free_port
@@ -414,3 +418,143 @@ def tree_bytes(root: Path) -> int:
             except OSError:
                 continue
     return total
+
+
+# -- C-FIND latency with dcmtk findscu -------------------------------------------------------------
+#
+# dcmtk's C++ findscu as the client (a real peer, not pynetdicom): one findscu process, so one
+# association, sends one C-FIND per query file named on its command line, in order. Per query,
+# the latency is read from findscu's own log, which this configuration stamps with log4cplus's
+# %Q (fractional milliseconds: epoch seconds "." milliseconds "." microseconds, 1 us resolution,
+# wall clock): "Sending Find Request (MsgID n)" (logged just before the request is encoded and
+# sent; the query file was read before it) to "Received Final Find Response (status)" (logged
+# once the final, non-pending response has been read). With the dcmtk.dcmnet.responses logger
+# below INFO, each pending response is one line "Received Find Response k (Pending)" (k counts
+# responses over the whole association) instead of a dataset dump: its count is the match count.
+# The request identifier dump findscu logs at INFO is dropped by a filter (it still formats it:
+# a few tens of microseconds inside the timed window).
+
+FINDSCU_LOG_CONFIG = """\
+log4cplus.rootLogger = INFO, console
+log4cplus.logger.dcmtk.dcmnet.responses = WARN
+log4cplus.appender.console = log4cplus::ConsoleAppender
+log4cplus.appender.console.logToStderr = false
+log4cplus.appender.console.ImmediateFlush = true
+log4cplus.appender.console.layout = log4cplus::PatternLayout
+log4cplus.appender.console.layout.ConversionPattern = %D{%s.%Q} %m%n
+log4cplus.appender.console.filters.1 = log4cplus::spi::StringMatchFilter
+log4cplus.appender.console.filters.1.StringToMatch = Request Identifiers:
+log4cplus.appender.console.filters.1.AcceptOnMatch = false
+"""
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information Model - FIND
+_USTAMP = r"^(\d{9,11})\.(\d{3})\.(\d{3}) "  # %D{%s.%Q}: seconds.milliseconds.microseconds
+_FIND_SENT = re.compile(_USTAMP + r"Sending Find Request \(MsgID (\d+)\)")
+_FIND_PENDING = re.compile(_USTAMP + r"Received Find Response \d+ \((Pending[^)]*)\)")
+_FIND_FINAL = re.compile(_USTAMP + r"Received Final Find Response \(([^)]*)\)")
+
+
+def findscu_log_config(folder: Path) -> Path:
+    """Writes findscu's microsecond-stamped log4cplus configuration (once); returns its path."""
+    path = folder / "findscu-log.cfg"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(FINDSCU_LOG_CONFIG)
+    return path
+
+
+def _usec(m: re.Match[str]) -> int:
+    return int(m.group(1)) * 1_000_000 + int(m.group(2)) * 1000 + int(m.group(3))
+
+
+@dataclass
+class FindTiming:
+    """One C-FIND as findscu logged it: request sent to final response read."""
+
+    msg_id: int
+    latency_ms: float
+    matches: int  # pending responses
+    status: str  # of the final response, as dcmtk words it ("Success", "Failed: ...")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "Success"
+
+
+def parse_findscu_log(text: str) -> list[FindTiming]:
+    """The C-FINDs of one findscu log (FINDSCU_LOG_CONFIG's format), in order; a request without
+    a final response (findscu gave up: timeout, abort) is not in the list."""
+    out: list[FindTiming] = []
+    sent: tuple[int, int] | None = None  # (msg id, time in us)
+    pending = 0
+    for line in text.splitlines():
+        m = _FIND_SENT.match(line)
+        if m:
+            sent, pending = (int(m.group(4)), _usec(m)), 0
+            continue
+        if sent is None:
+            continue
+        m = _FIND_PENDING.match(line)
+        if m:
+            pending += 1
+            continue
+        m = _FIND_FINAL.match(line)
+        if m:
+            out.append(FindTiming(sent[0], max(_usec(m) - sent[1], 0) / 1000, pending, m.group(4)))
+            sent = None
+    return out
+
+
+@dataclass
+class FindRun:
+    """One findscu process (one association) over a list of query files."""
+
+    timings: list[FindTiming]
+    exit_code: int
+    seconds: float  # process start to exit, association set-up and release included
+    log_path: Path
+    log_tail: str = ""
+
+
+def write_find_queries(folder: Path, identifiers: Sequence[Any]) -> list[Path]:
+    """Each identifier (a pydicom Dataset) as a query file q0000.dcm, q0001.dcm, ... in `folder`
+    (emptied first): DICOM Part-10 with a file meta header, Explicit VR Little Endian, the
+    meta SOP class Study Root FIND. findscu reads them with or without the meta header."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    out = []
+    for i, ds in enumerate(identifiers):
+        ds = ds.copy()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = STUDY_ROOT_FIND
+        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        path = folder / f"q{i:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        out.append(path)
+    return out
+
+
+def findscu_queries(
+    ae: str,
+    port: int,
+    files: Sequence[Path],
+    log_path: Path,
+    *,
+    host: str = HOST,
+    aet: str = "FINDSCU",
+    dimse_timeout: int = 30,
+    timeout: float = 3600,
+) -> FindRun:
+    """`findscu -S` (Study Root) with every query file on its command line: one association, one
+    C-FIND per file in order, `TCP_NODELAY=1`; per-query latencies and match counts from its
+    log (`log_path`, parsed after it exits). A C-FIND with no answer within `dimse_timeout`
+    seconds makes findscu abort: the run then holds fewer timings than files."""
+    cfg = findscu_log_config(log_path.parent)
+    cmd = ["findscu", "-lc", str(cfg), "-S", "-aet", aet, "-aec", ae, "-td", str(dimse_timeout),
+           host, str(port), *(str(f) for f in files)]
+    secs, rc, text = _run_logged(cmd, log_path, timeout)
+    return FindRun(parse_findscu_log(text), rc, secs, log_path, text[-800:])

@@ -1,4 +1,4 @@
-"""The C-STORE/C-ECHO fast path of an established acceptor association.
+"""The C-STORE/C-ECHO/C-FIND fast path of an established acceptor association.
 
 Why: with pynetdicom reading the socket, every 128 KiB P-DATA PDU goes through its Python DUL,
 state machine and DIMSE reassembly, and every request and response command set through a pydicom
@@ -9,33 +9,49 @@ Here the association's DUL thread (dimse/tuning.py's reactor) reads the socket t
 `_native.PduReader` with the GIL released: whole PDUs, P-DATA reassembled in Rust. A complete
 C-STORE-RQ (on any accepted storage context) or C-ECHO-RQ (on the Verification context) is
 answered by this module: the data set bytes go to the archive's store handler, the response
-command set is encoded natively and written on the socket by the same thread, in order.
-Everything else (C-FIND, C-MOVE, C-GET, N-ACTION, responses to our requests, A-RELEASE, A-ABORT)
+command set is encoded natively and written on the socket by the same thread, in order. So is a
+C-FIND-RQ on a FIND context in little-endian syntax (the identifier is decoded with pydicom for
+its character set, the matches come from dimse/find.py), with its C-CANCEL-RQ honoured: the
+socket is polled between matches.
+Everything else (C-MOVE, C-GET, N-ACTION, responses to our requests, A-RELEASE, A-ABORT)
 comes back as PDUs and is fed to pynetdicom's DUL exactly as its own reader would (decode,
 state-machine event, PDU queue), so those services, association release and abort, and the
 event handlers behave as stock.
 
 Only while the association is in Sta6 (established, no release in progress) and only on plain
-TCP; negotiation, release and TLS stay pynetdicom's. `enable(ae, store)` turns it on for an AE.
+TCP; negotiation, release and TLS stay pynetdicom's. `enable(ae, store, find)` turns it on.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 
 from .. import _native
+from .find import PENDING, FindHandler, command_set, decode_identifier
 
 log = logging.getLogger("dicomvault.dimse")
 
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
+C_FIND_RQ, C_FIND_RSP = 0x0020, 0x8020
+C_CANCEL_RQ = 0x0FFF
 SUCCESS = 0x0000
+# PS3.4 C.4.1.1.4: the identifier cannot be parsed (pynetdicom's answer to the same)
+CANNOT_DECODE_IDENTIFIER = 0xC310
+FIND_MODELS = (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind)
+LITTLE_ENDIAN = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
 # PS3.7 C.5: the SCP failed to process the request (what pynetdicom answers when a handler raises)
 PROCESSING_FAILURE = 0xC211
 
@@ -43,42 +59,53 @@ PROCESSING_FAILURE = 0xC211
 StoreHandler = Callable[[Any, Any, str, str, bytes], tuple[int, str | None]]
 
 
-def enable(ae: Any, store: StoreHandler) -> None:
-    """Acceptor associations of `ae` use the fast path once established (tuned reactor only)."""
-    ae._dv_fast_store = store
+def enable(ae: Any, store: StoreHandler, find: FindHandler | None = None) -> None:
+    """Acceptor associations of `ae` use the fast path once established (tuned reactor only);
+    C-FIND too if `find` is given."""
+    ae._dv_fast = (store, find)
 
 
 def disable(ae: Any) -> None:
-    ae.__dict__.pop("_dv_fast_store", None)
+    ae.__dict__.pop("_dv_fast", None)
 
 
 def attach(dul: Any) -> FastPath | None:
     """The fast path for this DUL's association, or None if it must stay pynetdicom's."""
     assoc = dul.assoc
-    store = getattr(assoc.ae, "_dv_fast_store", None)
+    handlers = getattr(assoc.ae, "_dv_fast", None)
     sock = getattr(dul.socket, "socket", None)
-    if store is None or not assoc.is_acceptor or sock is None or isinstance(sock, ssl.SSLSocket):
+    if handlers is None or not assoc.is_acceptor or sock is None or isinstance(sock, ssl.SSLSocket):
         return None
-    return FastPath(dul, store, sock)
+    return FastPath(dul, *handlers, sock)
 
 
 class FastPath:
     """Driven by one association's DUL thread; see the module docstring."""
 
-    def __init__(self, dul: Any, store: StoreHandler, sock: Any) -> None:
+    def __init__(self, dul: Any, store: StoreHandler, find: FindHandler | None, sock: Any) -> None:
         assoc = dul.assoc
         self.dul = dul
         self.assoc = assoc
         self.sock = sock
         self.store = store
+        self.find = find
         self.contexts = {cx.context_id: cx for cx in assoc.accepted_contexts}
-        fast = {cid: (C_ECHO_RQ if cx.abstract_syntax == Verification else C_STORE_RQ)
-                for cid, cx in self.contexts.items()}
+        fast: dict[int, list[int]] = {}
+        for cid, cx in self.contexts.items():
+            if cx.abstract_syntax == Verification:
+                fast[cid] = [C_ECHO_RQ]
+            elif cx.abstract_syntax in FIND_MODELS:
+                if find is not None and cx.transfer_syntax[0] in LITTLE_ENDIAN:
+                    fast[cid] = [C_FIND_RQ, C_CANCEL_RQ]
+            else:
+                fast[cid] = [C_STORE_RQ]  # pynetdicom too serves any C-STORE as storage
+        self._queue: deque[tuple[Any, ...]] = deque()  # read, not yet acted on (in order)
         self.reader = _native.PduReader(sock.fileno(), int(assoc.acceptor.maximum_length or 0), fast)
         self.peer_max_pdu = int(assoc.requestor.maximum_length or 0)
         self.wake_fd = dul._dv_wake_r.fileno()
         self.closed = False
         self._quickack = False
+        self._closed_reason: str | None = None  # the socket closed during a C-FIND
         self.answered = 0  # requests answered here (tests and debugging: proof the path is taken)
         self.passed = 0  # PDUs handed to pynetdicom
 
@@ -91,7 +118,10 @@ class FastPath:
             self.reader.set_quickack(quickack)
             self._quickack = quickack
         outs, state, reason = self.reader.next(self.wake_fd, timeout)
-        for out in outs:
+        self._queue.extend(outs)
+        got = bool(outs)
+        while self._queue:  # a C-FIND may queue what arrives while it answers
+            out = self._queue.popleft()
             kind = out[0]
             if kind == "pdu":
                 self.passed += 1
@@ -100,15 +130,19 @@ class FastPath:
                 self.answered += 1
                 self._answer(*out[1:])
             else:
+                self._queue.clear()
                 self._abort(out[1])
                 return True
-        if state == "closed":
-            self.closed = True
-            if reason:
-                log.warning("association with %s: %s", self._caller(), reason)
-            self.dul.event_queue.put("Evt17")  # transport connection closed, as pynetdicom's reader
+        if state == "closed" or self._closed_reason is not None:
+            self._close(reason or self._closed_reason or "")
             return True
-        return bool(outs)
+        return got
+
+    def _close(self, reason: str) -> None:
+        self.closed = True
+        if reason:
+            log.warning("association with %s: %s", self._caller(), reason)
+        self.dul.event_queue.put("Evt17")  # transport connection closed, as pynetdicom's reader
 
     def leftover(self) -> int:
         """Bytes read but not yet a whole PDU (checked when pynetdicom takes the socket back)."""
@@ -130,9 +164,16 @@ class FastPath:
         dul._recv_pdu.put(pdu)
 
     def _answer(self, context_id: int, command_field: int, message_id: int, sop_class: str,
-                sop_uid: str, data_set: bytes | None) -> None:
+                sop_uid: str, data_set: bytes | None, responded_to: int) -> None:
         cx = self.contexts[context_id]
         comment: str | None = None
+        if command_field == C_FIND_RQ:
+            self._find(cx, message_id, sop_class, data_set or b"")
+            return
+        if command_field == C_CANCEL_RQ:
+            # PS3.7 9.3.2.3: a cancel for a request no longer running is ignored
+            log.debug("C-CANCEL from %s for message %d, which is not running", self._caller(), responded_to)
+            return
         if command_field == C_ECHO_RQ:
             code, rsp_field = SUCCESS, C_ECHO_RSP
             sop_uid = ""
@@ -143,14 +184,64 @@ class FastPath:
             except Exception as exc:  # noqa: BLE001 - a failing handler must not kill the association
                 log.exception("C-STORE of %s from %s: store handler failed", sop_uid, self._caller())
                 code, comment = PROCESSING_FAILURE, f"handler failed: {exc}"
-        rsp = _native.encode_response(context_id, rsp_field, message_id, sop_class, sop_uid, code, comment,
-                                      self.peer_max_pdu)
+        self._send(_native.encode_response(context_id, rsp_field, message_id, sop_class, sop_uid, code,
+                                           comment, self.peer_max_pdu), sop_uid)
+
+    def _send(self, pdus: bytes, what: str) -> bool:
         try:
-            self.sock.sendall(rsp)
+            self.sock.sendall(pdus)
+            return True
         except OSError as exc:
-            # The peer went away before its response: the object (if stored) is durable; the
-            # next read sees the close and pynetdicom winds the association down.
-            log.warning("C-STORE response of %s to %s not delivered: %s", sop_uid, self._caller(), exc)
+            # The peer went away before its response (a stored object is durable all the same);
+            # the next read sees the close and pynetdicom winds the association down.
+            log.warning("response about %s to %s not delivered: %s", what or "?", self._caller(), exc)
+            return False
+
+    def _find(self, cx: Any, message_id: int, model: str, raw: bytes) -> None:
+        """One C-FIND: pending responses as the matches come, C-CANCEL checked before each."""
+        assert self.find is not None  # the context is fast for C-FIND only with a handler
+        context_id = int(cx.context_id)
+        implicit = cx.transfer_syntax[0] == ImplicitVRLittleEndian
+        try:
+            identifier = decode_identifier(raw, implicit)
+            identifier.get("QueryRetrieveLevel")  # pydicom decodes lazily: fail here, not mid-answer
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is the peer's bad identifier
+            log.warning("C-FIND from %s: identifier cannot be decoded: %s", self._caller(), exc)
+            self._send(_native.encode_response(context_id, C_FIND_RSP, message_id, model, "",
+                                               CANNOT_DECODE_IDENTIFIER, f"cannot decode identifier: {exc}",
+                                               self.peer_max_pdu), "C-FIND")
+            return
+        pending = command_set(model, message_id, PENDING)
+        code, comment = SUCCESS, None
+        try:
+            for response in self.find(self.assoc, cx, model, identifier, implicit,
+                                      lambda: self._cancel_arrived(message_id)):
+                code, encoded, comment = response  # the last one is the final status
+                if code == PENDING and not self._send(_native.frame_message(
+                        context_id, pending, encoded, self.peer_max_pdu), "C-FIND"):
+                    return
+        except Exception as exc:  # noqa: BLE001 - a failing handler must not kill the association
+            log.exception("C-FIND from %s: handler failed", self._caller())
+            code, comment = PROCESSING_FAILURE, f"handler failed: {exc}"
+        self._send(_native.encode_response(context_id, C_FIND_RSP, message_id, model, "", code, comment,
+                                           self.peer_max_pdu), "C-FIND")
+
+    def _cancel_arrived(self, message_id: int) -> bool:
+        """Reads what has arrived (without waiting): True if it holds a C-CANCEL of `message_id`.
+        Anything else is kept, in order, for after this C-FIND."""
+        if self._closed_reason is not None:
+            return True  # nobody left to answer
+        outs, state, reason = self.reader.next(None, 0.0)
+        cancelled = False
+        for out in outs:
+            if out[0] == "msg" and out[2] == C_CANCEL_RQ and out[7] == message_id:
+                cancelled = True
+            else:
+                self._queue.append(out)
+        if state == "closed":
+            self._closed_reason = reason or ""
+            return True
+        return cancelled
 
     def _abort(self, why: str) -> None:
         """The peer broke the P-DATA rules: A-ABORT and end the association, as pynetdicom's DUL

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from io import BytesIO
@@ -314,40 +314,69 @@ class RawResponder:
             time.sleep(0.0001)
 
 
-def handle_find(event: Any, engine: Engine, our_ae: str) -> Iterator[tuple[int, Dataset | None]]:
-    """EVT_C_FIND handler: sends (Pending, match) per match, then yields the final status."""
-    model = str(event.request.AffectedSOPClassUID)
-    identifier = event.identifier
+Responses = Iterator[tuple[int, bytes | None, str | None]]
+
+
+def find_responses(engine: Engine, model: str, identifier: Dataset, our_ae: str, *, implicit: bool,
+                   caller: str, cancelled: Callable[[], bool]) -> Responses:
+    """The responses to one C-FIND: (Pending, encoded identifier, None) per match, then one final
+    (status, None, error comment or None). `cancelled()` is asked before each match (C-CANCEL).
+
+    Shared by the pynetdicom handler below and the native path (dimse/fastpath.py)."""
     level, query, sequences = parse_identifier(identifier)
     if level not in levels_for(model):
         why = f"QueryRetrieveLevel {level or '(missing)'!r} not valid for {model}"
-        log.warning("C-FIND from %s refused: %s", calling_ae(event), why)
-        yield status(IDENTIFIER_DOES_NOT_MATCH, why), None
+        log.warning("C-FIND from %s refused: %s", caller, why)
+        yield IDENTIFIER_DOES_NOT_MATCH, None, why
         return
     try:
         rows = engine.index.find(level, query)
     except QueryError as exc:
-        log.warning("C-FIND from %s refused: %s", calling_ae(event), exc)
-        yield status(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
+        log.warning("C-FIND from %s refused: %s", caller, exc)
+        yield IDENTIFIER_DOES_NOT_MATCH, None, str(exc)
         return
-    raw = RawResponder.for_event(event)
-    implicit = raw[1] if raw is not None else False
     encoder = IdentifierEncoder(level, query, sequences, identifier.get("SpecificCharacterSet"), our_ae,
                                 implicit=implicit)
-    assoc = event.assoc
     n = 0
     for row in rows:
-        if event.is_cancelled:
-            log.info("C-FIND from %s cancelled after %d matches", calling_ae(event), n)
-            yield CANCEL, None
+        if cancelled():
+            log.info("C-FIND from %s cancelled after %d matches", caller, n)
+            yield CANCEL, None, None
             return
-        encoded = encoder.encode(row)
-        if raw is None:
-            yield PENDING, decode_identifier(encoded, implicit)
+        yield PENDING, encoder.encode(row), None
+        n += 1
+    log.info("C-FIND from %s at %s level: %d matches", caller, level, n)
+    yield SUCCESS, None, None
+
+
+def handle_find(event: Any, engine: Engine, our_ae: str) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    """EVT_C_FIND handler: sends (Pending, match) per match, then yields the final status."""
+    raw = RawResponder.for_event(event)
+    implicit = raw[1] if raw is not None else False
+    assoc = event.assoc
+    for code, encoded, comment in find_responses(
+            engine, str(event.request.AffectedSOPClassUID), event.identifier, our_ae, implicit=implicit,
+            caller=calling_ae(event), cancelled=lambda: bool(event.is_cancelled)):
+        if code != PENDING:
+            yield (status(code, comment) if comment else code), None
+        elif raw is None:
+            yield PENDING, decode_identifier(encoded or b"", implicit)
         elif assoc.is_established:
-            raw[0].send(encoded)
+            raw[0].send(encoded or b"")
         else:
             return  # released or aborted under us: nobody to answer
-        n += 1
-    log.info("C-FIND from %s at %s level: %d matches", calling_ae(event), level, n)
-    yield SUCCESS, None
+
+
+FindHandler = Callable[[Any, Any, str, Dataset, bool, Callable[[], bool]], Responses]
+
+
+def fast_find(engine: Engine, our_ae: str) -> FindHandler:
+    """The C-FIND handler of dimse/fastpath.py: (association, context, model, identifier,
+    implicit VR, cancelled) -> find_responses."""
+
+    def find(assoc: Any, context: Any, model: str, identifier: Dataset, implicit: bool,
+             cancelled: Callable[[], bool]) -> Responses:
+        return find_responses(engine, model, identifier, our_ae, implicit=implicit,
+                              caller=str(assoc.requestor.ae_title).strip(), cancelled=cancelled)
+
+    return find

@@ -35,7 +35,7 @@ from ..engine import Engine
 from . import fastpath, tuning
 from .commitment import CommitmentService
 from .common import log, peer_desc, set_nodelay
-from .find import handle_find
+from .find import fast_find, handle_find
 from .peers import Peers
 from .retrieve import handle_get, handle_move, install_raw_send
 from .store import fast_store, handle_store
@@ -131,7 +131,7 @@ class DimseServer:
             raise ConfigError("accept_unknown_callers = false with no [[peers]] would refuse every caller")
         ae = build_ae(d, self.peers, SERVICE_CONTEXTS)
         if d.fast_path and d.tuned_reactor:
-            fastpath.enable(ae, fast_store(engine))
+            fastpath.enable(ae, fast_store(engine), fast_find(engine, d.ae_title))
         self.ae = ae
         self.commitment = CommitmentService(engine, ae, self.peers, d.ae_title)
         self._server: ThreadedAssociationServer | None = None

@@ -108,6 +108,7 @@ class FastPath:
         self._closed_reason: str | None = None  # the socket closed during a C-FIND
         self.answered = 0  # requests answered here (tests and debugging: proof the path is taken)
         self.passed = 0  # PDUs handed to pynetdicom
+        self.stored = self.stored_bytes = self.refused = self.finds = 0  # for the summary line
 
     def pump(self, timeout: float) -> bool:
         """Reads for up to `timeout` seconds and acts on what arrived; True if anything did."""
@@ -143,6 +144,12 @@ class FastPath:
         if reason:
             log.warning("association with %s: %s", self._caller(), reason)
         self.dul.event_queue.put("Evt17")  # transport connection closed, as pynetdicom's reader
+
+    def summary(self) -> None:
+        """One INFO line for what this association did here (per-object lines are DEBUG)."""
+        if self.stored or self.refused or self.finds:
+            log.info("association from %s: %d object(s) stored (%.1f MB), %d refused, %d C-FIND(s)",
+                     self._caller(), self.stored, self.stored_bytes / 1e6, self.refused, self.finds)
 
     def leftover(self) -> int:
         """Bytes read but not yet a whole PDU (checked when pynetdicom takes the socket back)."""
@@ -184,6 +191,11 @@ class FastPath:
             except Exception as exc:  # noqa: BLE001 - a failing handler must not kill the association
                 log.exception("C-STORE of %s from %s: store handler failed", sop_uid, self._caller())
                 code, comment = PROCESSING_FAILURE, f"handler failed: {exc}"
+            if code == SUCCESS:
+                self.stored += 1
+                self.stored_bytes += len(data_set or b"")
+            else:
+                self.refused += 1
         self._send(_native.encode_response(context_id, rsp_field, message_id, sop_class, sop_uid, code,
                                            comment, self.peer_max_pdu), sop_uid)
 
@@ -200,6 +212,7 @@ class FastPath:
     def _find(self, cx: Any, message_id: int, model: str, raw: bytes) -> None:
         """One C-FIND: pending responses as the matches come, C-CANCEL checked before each."""
         assert self.find is not None  # the context is fast for C-FIND only with a handler
+        self.finds += 1
         context_id = int(cx.context_id)
         implicit = cx.transfer_syntax[0] == ImplicitVRLittleEndian
         try:

@@ -84,7 +84,9 @@ def store_status(engine: Engine, dataset: bytes | memoryview, ts: str, *, sop_ui
     if sop_class and outcome.sop_class_uid and outcome.sop_class_uid != sop_class:
         return _refused(DOES_NOT_MATCH_SOP_CLASS, caller, sop_uid,
                         f"dataset SOP Class UID is {outcome.sop_class_uid}, request says {sop_class}")
-    log.info("C-STORE from %s: %s %s (%d bytes)", caller, outcome.sop_instance_uid,
+    # DEBUG: at hundreds of objects a second one line each would drown the log; the fast path
+    # logs one summary per association (fastpath.py), the change feed records every object.
+    log.debug("C-STORE from %s: %s %s (%d bytes)", caller, outcome.sop_instance_uid,
              "duplicate" if outcome.duplicate else "stored", outcome.logical_len)
     return SUCCESS, None
 

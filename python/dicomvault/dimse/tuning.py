@@ -333,6 +333,7 @@ def _dv_run_reactor(self: DULServiceProvider) -> None:
             if fast.leftover():
                 _DUL_LOG.warning("%d bytes after the last whole PDU dropped at association end",
                                  fast.leftover())
+            fast.summary()
             if fast.closed:
                 fast_tried = True  # the socket is gone: keep pynetdicom's reader off it too
             fast = None

@@ -10,8 +10,9 @@ over 1 and 4 associations into Orthanc, Orthanc with zlib and dicomvault (dimse_
 the 4-association ingest, on the same store: bytes on disk, C-GET (getscu) and C-MOVE (movescu to a
 dcmtk storescp of ours) of one 300-slice study with first-image latency, and `dicomvault verify`;
 the same two ingests into the machine's no-op ceiling (dcmtk `storescp --ignore`: receives, stores
-nothing); then C-FIND latency at 100k instances (dimse_compare.py). Every server is stopped and the run's
-work directory removed even on failure; the generated input is cached under --scratch.
+nothing); then C-FIND latency at 100k instances (dimse_compare.py: dcmtk findscu as the client,
+per-query latency from its microsecond-stamped log). Every server is stopped and the run's work
+directory removed even on failure; the generated input is cached under --scratch.
 See bench/README.md, "Side by side: make bench-compare".
 """
 
@@ -165,12 +166,18 @@ class Run:
                    f"first image {r.first_object_ms} ms, exit {r.exit_code}")
 
     def cfind(self, n_index: int, n_find: int) -> None:
+        """C-FIND latency from dcmtk findscu (dimse_compare.find_latencies), and with
+        --pynetdicom-find also from the pynetdicom SCU (secondary rows)."""
         dv_data = self.work / "index-dv"
+        logs = self.work / "cfind"
         dc.log(f"C-FIND: dicomvault index of {n_index} instances")
         dc.build_dv_index(dv_data, n_index)
         dvt = dc.start_dicomvault(dv_data, fresh=False)
+        py: dict[str, dc.FindStats] = {}
         try:
-            dv_lat = dc.find_latencies(dvt.ae, dvt.port, n_find, n_index)
+            dv_lat = dc.find_latencies(dvt.ae, dvt.port, n_find, n_index, logs / "dicomvault")
+            if self.args.pynetdicom_find:
+                py["dv"] = dc.find_latencies_pynetdicom(dvt.ae, dvt.port, n_find, n_index)
         finally:
             dvt.stop()
         budget = min(self.args.orthanc_index_budget, DEADLINE_S - FIND_RESERVE_S - self.elapsed())
@@ -179,11 +186,13 @@ class Run:
         try:
             n_orth = dc.build_orthanc_index(orth, self.scratch / "tiny", n_index, min(10_000, n_index),
                                             max(budget, 30.0))
-            orth_lat = dc.find_latencies(ot.ae, ot.port, n_find, n_orth)
+            orth_lat = dc.find_latencies(ot.ae, ot.port, n_find, n_orth, logs / "orthanc")
+            if self.args.pynetdicom_find:
+                py["orthanc"] = dc.find_latencies_pynetdicom(ot.ae, ot.port, n_find, n_orth)
         finally:
             ot.stop()
         self.find = {"dv": dv_lat, "orthanc": orth_lat, "n_dv": n_index, "n_orthanc": n_orth,
-                     "n_find": n_find}
+                     "n_find": n_find, "pynetdicom": py}
 
 
 def _x(a: float | None, b: float | None) -> str:
@@ -230,6 +239,12 @@ def report(r: Run, files: list[Path], study_files: int, study_mb: float, load0: 
                                             "Orthanc": r.find["orthanc"][kind][0]}, None, ",.2f", True)
             row(f"C-FIND {kind}, p95 ms", {"dicomvault": r.find["dv"][kind][1],
                                             "Orthanc": r.find["orthanc"][kind][1]}, None, ",.2f", True)
+        py = r.find.get("pynetdicom") or {}
+        if "dv" in py and "orthanc" in py:
+            for kind in dc.QUERY_KINDS:
+                row(f"C-FIND {kind}, pynetdicom SCU, p50 ms", {"dicomvault": py["dv"][kind][0],
+                                                                "Orthanc": py["orthanc"][kind][0]},
+                    None, ",.2f", True)
     for kind, runs in (("C-GET", r.get), ("C-MOVE", r.move)):
         for t, x in runs.items():
             if x.objects != study_files or x.exit_code != 0:
@@ -288,14 +303,25 @@ def report(r: Run, files: list[Path], study_files: int, study_mb: float, load0: 
         details.append(f"- {ceiling} Started fresh for each ingest, after the archives' rounds; its "
                        "other rows are empty (it stores and serves nothing).")
     if r.find:
+        matches = ", ".join(f"{k} {r.find['dv'][k][2]:.1f} / {r.find['orthanc'][k][2]:.1f}"
+                            for k in dc.QUERY_KINDS)
         details.append(
-            f"- C-FIND: {r.find['n_find']} study-level queries per kind on one persistent association "
-            f"(after 10 warm-up), index of {r.find['n_dv']:,} instances in dicomvault and "
+            f"- C-FIND: {r.find['n_find']} study-level queries per kind (PatientID exact, PatientName "
+            "`ABCDE*`, StudyDate one-week range), index of "
+            f"{r.find['n_dv']:,} instances in dicomvault and "
             f"{r.find['n_orthanc']:,} in Orthanc ({dc.INSTANCES_PER_STUDY} per study, "
             f"{dc.STUDIES_PER_PATIENT} studies per patient; dicomvault's written straight into its index, "
             "Orthanc's sent over DIMSE as 8x8 secondary captures; a smaller Orthanc index only flatters "
-            "Orthanc). Method as `bench/dimse_compare.py`; retries after no answer: "
-            f"{dc.FIND_RETRIES or 'none'}.")
+            f"Orthanc); mean matches dicomvault / Orthanc: {matches}. {dc.FIND_METHOD} Method as "
+            "`bench/dimse_compare.py`; retries (new association after a query without a successful "
+            f"answer): {dc.FIND_RETRIES or 'none'}.")
+        if r.find.get("pynetdicom"):
+            details.append(
+                "- C-FIND, pynetdicom SCU rows (secondary, `--pynetdicom-find`): the same queries from the "
+                "harness's own Python client (`dicomvault.dimse.scu`, pynetdicom) on one persistent "
+                "association, timed around each `find()`: they include that client's own CPU per query "
+                "(~6 ms measured, more than the server's), so they measure the Python client more than "
+                "the server.")
     details += [
         "- Device: `dicomvault.bench.device` on the scratch directory: 1 MiB writes of random data ending "
         "in one fdatasync (up to 1 GiB or 10 s), then that file read back after evicting it from the cache.",
@@ -353,6 +379,9 @@ def parse_args() -> argparse.Namespace:
                     help="work folder on the disk under test; input cached here (default %(default)s)")
     ap.add_argument("--out", type=Path, default=ROOT / "RESULTS.md", help="(default %(default)s)")
     ap.add_argument("--skip-find", action="store_true")
+    ap.add_argument("--pynetdicom-find", action="store_true",
+                    help="also time the C-FINDs with the pynetdicom SCU (extra rows; the primary "
+                    "client is dcmtk findscu)")
     return ap.parse_args()
 
 

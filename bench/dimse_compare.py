@@ -9,8 +9,10 @@
    server, so no archive can go faster than that no-op receiver fed by the same clients.
    Each (target, mode) starts from an empty store. Wall time = first storescu start to last exit.
 2. C-FIND study level: an index of N instances in both systems, then 200 C-FINDs per query type
-   (PatientID exact, PatientName wildcard, StudyDate range) on one persistent association each;
-   p50/p95 latency as the client sees it.
+   (PatientID exact, PatientName wildcard, StudyDate range) sent by dcmtk's C++ `findscu`, one
+   process (one association) per type, one query file per C-FIND; p50/p95 latency from findscu's
+   log (request sent to final response, 1 us timestamps). `--pynetdicom-find` adds the same
+   queries from this process's pynetdicom SCU as a secondary table.
 
     .venv/bin/python bench/dimse_compare.py            # full: 3 x 300 slices, 100k-instance index
     .venv/bin/python bench/dimse_compare.py --quick    # 1 x 100 slices, 5k index, < 3 minutes
@@ -21,9 +23,11 @@ Prints a markdown table and writes it to bench/.results/dimse-<date>.md. See ben
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import hashlib
 import io
+import itertools
 import os
 import random
 import shutil
@@ -31,6 +35,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +47,17 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 from pynetdicom import build_context
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
-from dicomvault.bench.dimse import DCMTK_ENV, DV_AE, HOST, start_serve, start_storescp, storescu_parallel
+from dicomvault.bench.dimse import (
+    DCMTK_ENV,
+    DV_AE,
+    HOST,
+    FindTiming,
+    findscu_queries,
+    start_serve,
+    start_storescp,
+    storescu_parallel,
+    write_find_queries,
+)
 from dicomvault.bench.measure import latency_summary
 from dicomvault.bench.orthanc import Orthanc, start_orthanc
 from dicomvault.bench.procs import terminate
@@ -408,8 +423,70 @@ RETURN_KEYS = ["StudyInstanceUID", "PatientID", "PatientName", "StudyDate", "Acc
                "StudyDescription", "NumberOfStudyRelatedInstances"]
 
 
-def find_latencies(ae: str, port: int, n: int, instances: int) -> dict[str, tuple[float, float, float]]:
-    """kind -> (p50 ms, p95 ms, mean matches), one persistent association for everything."""
+FindStats = dict[str, tuple[float, float, float]]  # kind -> (p50 ms, p95 ms, mean matches)
+WARMUP = 10  # the first queries of each kind warm caches up and are not timed
+
+
+def find_summary(lat: list[float], hits: list[int]) -> tuple[float, float, float]:
+    """(p50 ms, p95 ms, mean matches) of the timed queries."""
+    lat = sorted(lat)
+    return statistics.median(lat), lat[int(0.95 * (len(lat) - 1))], statistics.mean(hits)
+
+
+def query_identifier(keys: list[str]) -> Dataset:
+    """The C-FIND identifier of one query: STUDY level, RETURN_KEYS empty, `keys` the matching."""
+    return scu.build_identifier("STUDY", [*RETURN_KEYS, *keys], use_defaults=False)
+
+
+def findscu_all(ae: str, port: int, files: list[Path], folder: Path) -> list[FindTiming]:
+    """Every query file through `findscu` on one association, in order; one timing per file. A
+    query without a (successful) final response (seen once with Orthanc right after its index
+    build: no answer until a 30 s timeout) is logged and counted in FIND_RETRIES, and the files
+    from it on go again on a new association (a new findscu); its failed attempt is not a latency."""
+    done: list[FindTiming] = []
+    attempt = 0
+    while len(done) < len(files):
+        run = findscu_queries(ae, port, files[len(done):], folder / f"findscu-{attempt}.log")
+        ok = list(itertools.takewhile(lambda t: t.ok, run.timings))
+        done += ok
+        if len(done) < len(files):
+            FIND_RETRIES[ae] = FIND_RETRIES.get(ae, 0) + 1
+            bad = run.timings[len(ok)].status if len(run.timings) > len(ok) else "no final response"
+            log(f"  {ae}: findscu stopped at query {len(done)} of {len(files)} ({bad}, exit {run.exit_code}; "
+                f"log {run.log_path}):\n{run.log_tail}")
+            attempt += 1
+            if attempt > 3:
+                raise RuntimeError(f"findscu against {ae}:{port} failed {attempt} times; see {folder}")
+            log("  retrying the rest on a new association")
+        elif run.exit_code != 0:
+            log(f"  {ae}: findscu exited {run.exit_code} after every query answered; see {run.log_path}")
+    return done
+
+
+def find_latencies(ae: str, port: int, n: int, instances: int, work: Path | None = None) -> FindStats:
+    """kind -> (p50 ms, p95 ms, mean matches) with dcmtk's C++ `findscu` as the client: per kind,
+    WARMUP + n query files and one `findscu -S` (one association) sending them in order; each
+    query's latency is findscu's own log, request sent to final response read (1 us stamps, see
+    dicomvault.bench.dimse.findscu_queries), and its matches the pending responses. Query files
+    and logs go to `work`/<kind> (a temporary folder, removed afterwards, without `work`)."""
+    with contextlib.ExitStack() as stack:
+        if work is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cfind-")))
+        out = {}
+        for kind in QUERY_KINDS:
+            folder = work / kind.replace(" ", "-")
+            files = write_find_queries(folder / "queries",
+                                       [query_identifier(k) for k in queries(kind, n + WARMUP, instances)])
+            timed = findscu_all(ae, port, files, folder)[WARMUP:]
+            out[kind] = find_summary([t.latency_ms for t in timed], [t.matches for t in timed])
+        return out
+
+
+def find_latencies_pynetdicom(ae: str, port: int, n: int, instances: int) -> FindStats:
+    """The same queries with this process's pynetdicom SCU (dicomvault.dimse.scu) on one persistent
+    association: the time around scu.find(), so it includes the Python client's own cost (~6 ms
+    CPU per query measured: more than the server's). Secondary figure; find_latencies() is the
+    primary one."""
     peer = scu.Peer(ae, HOST, port)
 
     def connect() -> Any:
@@ -420,10 +497,10 @@ def find_latencies(ae: str, port: int, n: int, instances: int) -> dict[str, tupl
     out = {}
     try:
         for kind in QUERY_KINDS:
-            qs = queries(kind, n + 10, instances)
+            qs = queries(kind, n + WARMUP, instances)
             lat, hits = [], []
             for j, keys in enumerate(qs):
-                ident = scu.build_identifier("STUDY", [*RETURN_KEYS, *keys], use_defaults=False)
+                ident = query_identifier(keys)
                 for attempt in range(3):
                     t0 = time.perf_counter()
                     try:
@@ -440,11 +517,10 @@ def find_latencies(ae: str, port: int, n: int, instances: int) -> dict[str, tupl
                         assoc = connect()
                         if attempt == 2:
                             raise
-                if j >= 10:  # the first 10 warm caches up
+                if j >= WARMUP:
                     lat.append((time.perf_counter() - t0) * 1000)
                     hits.append(len(rows))
-            lat.sort()
-            out[kind] = (statistics.median(lat), lat[int(0.95 * (len(lat) - 1))], statistics.mean(hits))
+            out[kind] = find_summary(lat, hits)
     finally:
         if assoc.is_established:
             assoc.release()
@@ -452,6 +528,14 @@ def find_latencies(ae: str, port: int, n: int, instances: int) -> dict[str, tupl
 
 
 FIND_RETRIES: dict[str, int] = {}
+FIND_METHOD = (
+    "Client: dcmtk `findscu` 3.6.7 (C++, as real workstations' C++/Java clients, not this harness's "
+    "Python), Study Root, one `findscu -S` process and so one association per query kind, "
+    "`TCP_NODELAY=1`, one query file per C-FIND (STUDY level, the matching key and 7 empty return "
+    f"keys), {WARMUP} warm-up queries per kind not timed. Latency per query from findscu's own "
+    "log4cplus log, stamped `%D{%s.%Q}` (wall clock, 1 us resolution): \"Sending Find Request\" "
+    "to \"Received Final Find Response\" (request encoded and sent, server work, every pending "
+    "response read, final response read); matches = pending responses.")
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -501,8 +585,7 @@ def ceiling_note(results: list[IngestResult]) -> str:
             "Orthanc with 4 associations\". " + "; ".join(parts) + ".")
 
 
-def find_table(dv: dict[str, tuple[float, float, float]], orth: dict[str, tuple[float, float, float]],
-               n_dv: int, n_orth: int) -> str:
+def find_table(dv: FindStats, orth: FindStats, n_dv: int, n_orth: int) -> str:
     lines = [f"| query (study level) | dicomvault p50 / p95 ms ({n_dv:,} inst.) | "
              f"Orthanc p50 / p95 ms ({n_orth:,} inst.) | Orthanc / dicomvault (p50) | matches dv / Orthanc |",
              "| --- | --- | --- | --- | --- |"]
@@ -526,6 +609,9 @@ def main() -> int:
                     help="work folder, on the disk under test (default %(default)s)")
     ap.add_argument("--skip-ingest", action="store_true")
     ap.add_argument("--skip-find", action="store_true")
+    ap.add_argument("--pynetdicom-find", action="store_true",
+                    help="also time the C-FINDs with the pynetdicom SCU (secondary table; the primary "
+                    "client is dcmtk findscu)")
     args = ap.parse_args()
     studies = args.studies or (1 if args.quick else 3)
     slices = args.slices or (100 if args.quick else 300)
@@ -557,9 +643,14 @@ def main() -> int:
         log(f"C-FIND: dicomvault index of {n_index} instances")
         secs = build_dv_index(dv_data, n_index)
         log(f"  built in {secs:.1f} s")
+        logs = scratch / "cfind"  # query files and findscu logs, kept for inspection
+        dv_py: FindStats = {}
+        orth_py: FindStats = {}
         dvt = start_dicomvault(dv_data, fresh=False)
         try:
-            dv_lat = find_latencies(dvt.ae, dvt.port, n_find, n_index)
+            dv_lat = find_latencies(dvt.ae, dvt.port, n_find, n_index, logs / "dicomvault")
+            if args.pynetdicom_find:
+                dv_py = find_latencies_pynetdicom(dvt.ae, dvt.port, n_find, n_index)
         finally:
             dvt.stop()
         log("C-FIND: Orthanc index (tiny 8x8 instances over 4 storescu associations)")
@@ -567,15 +658,25 @@ def main() -> int:
         try:
             n_orth = build_orthanc_index(orth, scratch / "tiny", n_index, min(10_000, n_index),
                                          args.orthanc_index_budget)
-            orth_lat = find_latencies(ot.ae, ot.port, n_find, n_orth)
+            orth_lat = find_latencies(ot.ae, ot.port, n_find, n_orth, logs / "orthanc")
+            if args.pynetdicom_find:
+                orth_py = find_latencies_pynetdicom(ot.ae, ot.port, n_find, n_orth)
         finally:
             ot.stop()
-        out += [f"## C-FIND study level: {n_find} queries per type, one association, p50/p95 in ms", "",
+        out += [f"## C-FIND study level: {n_find} queries per type, dcmtk findscu, one association per type, "
+                "p50/p95 in ms", "",
                 find_table(dv_lat, orth_lat, n_index, n_orth), "",
+                f"{FIND_METHOD} Query files and findscu logs: {logs}.", "",
                 f"Index shape: {INSTANCES_PER_STUDY} instances per study, {STUDIES_PER_PATIENT} studies per "
                 "patient, StudyDate uniform over 16 years, PatientName `XXXXX*` prefixes of 2,000 surnames. "
                 "dicomvault's records were written straight into its index; Orthanc's came over DIMSE. "
-                f"C-FINDs retried after no answer: {FIND_RETRIES or 'none'}.", ""]
+                "C-FIND retries (new association after a query without a successful answer): "
+                f"{FIND_RETRIES or 'none'}.", ""]
+        if dv_py and orth_py:
+            out += ["### Secondary: the same queries from the pynetdicom SCU (Python), one association",
+                    "", find_table(dv_py, orth_py, n_index, n_orth), "",
+                    "Time around `dicomvault.dimse.scu.find()` in this process: includes the Python client's "
+                    "own cost per query (encode, decode, its reactor), not only the server's.", ""]
         shutil.rmtree(scratch / "index-orthanc", ignore_errors=True)
         shutil.rmtree(dv_data, ignore_errors=True)
 

@@ -1,26 +1,30 @@
 """C-FIND latency of `dicomvault serve` alone, with A/B variants of the code in one run.
 
 The C-FIND half of dimse_compare.py without Orthanc: the same synthetic index (written straight
-into the engine's index, cached between runs), the same three study-level query kinds on one
-persistent association, 200 queries each. Each variant is a `dicomvault serve` started with its own
-PYTHONPATH (e.g. a copy of python/ with the old find.py), so two versions of the server code are
-measured against the same index, interleaved round by round, on the same busy machine:
+into the engine's index, cached between runs), the same three study-level query kinds, 200
+queries each, sent by dcmtk's C++ `findscu` (dimse_compare.find_latencies: one findscu process
+and association per kind, per-query latency from its microsecond-stamped log). Each variant is
+a `dicomvault serve` started with its own PYTHONPATH (e.g. a copy of python/ with the old
+find.py), so two versions of the server code are measured against the same index, interleaved
+round by round, on the same busy machine:
 
     .venv/bin/python bench/find_dv.py                                  # the working tree only
     .venv/bin/python bench/find_dv.py --variant before=/tmp/dvA/python --variant after=python
 
 Prints p50/p95 per (variant, query kind) with the mean number of matches, the ratios to the
-first variant, and the CPU per query of the server and of this (pynetdicom SCU) process.
-`--tune-client` installs dimse/tuning.py's reactor patches in the client too; `--dcmtk N` also
-times dcmtk findscu/echoscu `--repeat N` (a C++ client: the server's share without pynetdicom's
-client-side cost; means only); `--profile-dir` records a py-spy profile (collapsed stacks) of
-every server.
+first variant, and the CPU per query of the server and of the findscu client processes.
+`--pynetdicom` also times the same queries from this process's pynetdicom SCU (the former
+method: its own ~6 ms CPU per query is in its figures) as a secondary table, with its client CPU;
+`--tune-client` installs dimse/tuning.py's reactor patches in that client; `--dcmtk N` also times
+dcmtk findscu/echoscu `--repeat N` (means only, and C-ECHO); `--profile-dir` records a py-spy
+profile (collapsed stacks) of every server.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -53,6 +57,12 @@ def proc_cpu(pid: int) -> float:
     """CPU seconds (user + system, all threads) a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished, waited-for children (findscu)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def dcmtk_means(port: int, pid: int, repeat: int, instances: int) -> dict[str, tuple[float, float]]:
@@ -114,8 +124,10 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="rounds over all variants (default %(default)s)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=PYTHONPATH",
                     help="a server code variant (default: current=<repo>/python)")
+    ap.add_argument("--pynetdicom", action="store_true",
+                    help="also time the queries with the pynetdicom SCU in this process (secondary table)")
     ap.add_argument("--tune-client", action="store_true",
-                    help="install dimse/tuning.py's reactor patches in this (SCU) process too")
+                    help="install dimse/tuning.py's reactor patches in this (pynetdicom SCU) process too")
     ap.add_argument("--dcmtk", type=int, default=0, metavar="N",
                     help="also time dcmtk findscu/echoscu --repeat N per query (means only)")
     ap.add_argument("--profile-dir", type=Path, help="py-spy record every server into this folder")
@@ -127,10 +139,12 @@ def main() -> int:
     dc.scu._quiet_pynetdicom()  # the SCU's own pynetdicom logging is not what is measured
     data = args.scratch / f"index-{args.index}"
     ensure_index(data, args.index)
-    # (variant, kind) -> per-round (p50, p95, mean matches)
-    res: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
-    # variant -> per-round (server CPU ms per query, client CPU ms per query), all kinds together
-    cpu: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in variants}
+    queries = (args.finds + dc.WARMUP) * len(dc.QUERY_KINDS)
+    # client -> (variant, kind) -> per-round (p50, p95, mean matches)
+    res: dict[str, dict[tuple[str, str], list[tuple[float, float, float]]]] = {
+        "findscu": {}, "pynetdicom": {}}
+    # client -> variant -> per-round (server CPU ms per query, client CPU ms per query), all kinds together
+    cpu: dict[str, dict[str, list[tuple[float, float]]]] = {"findscu": {}, "pynetdicom": {}}
     # (variant, kind) -> per-round (dcmtk mean ms per query, server CPU ms per query)
     dcmtk: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for rnd in range(args.rounds):
@@ -146,11 +160,20 @@ def main() -> int:
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1)
             try:
-                cpu0, self0 = proc_cpu(pid), time.process_time()
-                lat = dc.find_latencies(target.ae, target.port, args.finds, args.index)
-                queries = (args.finds + 10) * len(dc.QUERY_KINDS)
-                cpu[name].append(((proc_cpu(pid) - cpu0) / queries * 1000,
-                                  (time.process_time() - self0) / queries * 1000))
+                runs = {}
+                # The primary client: dcmtk findscu (a C++ peer, its own processes).
+                cpu0, kids0 = proc_cpu(pid), children_cpu()
+                runs["findscu"] = dc.find_latencies(target.ae, target.port, args.finds, args.index,
+                                                    args.scratch / "cfind" / f"{name}-r{rnd}")
+                cpu["findscu"].setdefault(name, []).append(((proc_cpu(pid) - cpu0) / queries * 1000,
+                                                            (children_cpu() - kids0) / queries * 1000))
+                if args.pynetdicom:
+                    cpu0, self0 = proc_cpu(pid), time.process_time()
+                    runs["pynetdicom"] = dc.find_latencies_pynetdicom(target.ae, target.port, args.finds,
+                                                                      args.index)
+                    cpu["pynetdicom"].setdefault(name, []).append(
+                        ((proc_cpu(pid) - cpu0) / queries * 1000,
+                         (time.process_time() - self0) / queries * 1000))
                 if args.dcmtk:
                     for kind, v in dcmtk_means(target.port, pid, args.dcmtk, args.index).items():
                         dcmtk.setdefault((name, kind), []).append(v)
@@ -159,28 +182,22 @@ def main() -> int:
                     spy.send_signal(2)
                     spy.wait(60)
                 target.stop()
-            for kind, v in lat.items():
-                res.setdefault((name, kind), []).append(v)
-                dc.log(f"round {rnd} {name:>10} {kind:<22} p50 {v[0]:6.2f} ms  p95 {v[1]:6.2f} ms  "
-                       f"matches {v[2]:.1f}")
+            for client, lat in runs.items():
+                for kind, v in lat.items():
+                    res[client].setdefault((name, kind), []).append(v)
+                    dc.log(f"round {rnd} {name:>10} {client:<10} {kind:<22} p50 {v[0]:6.2f} ms  "
+                           f"p95 {v[1]:6.2f} ms  matches {v[2]:.1f}")
     base = variants[0][0]
     lines = [f"C-FIND study level, {args.index:,} instances, {args.finds} queries/type, "
-             f"{args.rounds} round(s) (median of the rounds' p50/p95); client tuned reactor: "
-             f"{args.tune_client}",
-             "| variant | query | p50 ms | p95 ms | matches | p50 vs " + base + " |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for kind in dc.QUERY_KINDS:
-        b50 = statistics.median(r[0] for r in res[(base, kind)])
-        for name, _ in variants:
-            rs = res[(name, kind)]
-            p50 = statistics.median(r[0] for r in rs)
-            p95 = statistics.median(r[1] for r in rs)
-            lines.append(f"| {name} | {kind} | {p50:.2f} | {p95:.2f} | {rs[0][2]:.1f} | {b50 / p50:.2f}x |")
-    lines.append("")
-    for name, _ in variants:
-        srv = statistics.median(c[0] for c in cpu[name])
-        cli = statistics.median(c[1] for c in cpu[name])
-        lines.append(f"{name}: CPU per query (all kinds): server {srv:.2f} ms, client {cli:.2f} ms")
+             f"{args.rounds} round(s) (median of the rounds' p50/p95); client dcmtk findscu (C++), one "
+             "association per type, latency from its log (1 us stamps)"]
+    lines += table(res["findscu"], variants, base)
+    lines += [""] + cpu_lines(cpu["findscu"], "findscu processes")
+    if args.pynetdicom:
+        lines += ["", "Secondary: the same queries from the pynetdicom SCU in this process, one association; "
+                  f"client tuned reactor: {args.tune_client}"]
+        lines += table(res["pynetdicom"], variants, base)
+        lines += [""] + cpu_lines(cpu["pynetdicom"], "pynetdicom SCU")
     if dcmtk:
         lines += ["", f"dcmtk findscu/echoscu --repeat {args.dcmtk}, one association (mean per query):",
                   "| variant | request | mean ms | server CPU ms |", "| --- | --- | --- | --- |"]
@@ -189,6 +206,33 @@ def main() -> int:
                          f"{statistics.median(v[1] for v in vs):.2f} |")
     print("\n".join(lines))
     return 0
+
+
+def table(res: dict[tuple[str, str], list[tuple[float, float, float]]], variants: list[tuple[str, ...]],
+          base: str) -> list[str]:
+    """p50/p95 per (variant, kind): the median over the rounds, and the p50 ratio to `base`."""
+    lines = ["| variant | query | p50 ms | p95 ms | matches | p50 vs " + base + " |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for kind in dc.QUERY_KINDS:
+        b50 = statistics.median(r[0] for r in res[(base, kind)])
+        for name, *_ in variants:
+            rs = res[(name, kind)]
+            p50 = statistics.median(r[0] for r in rs)
+            p95 = statistics.median(r[1] for r in rs)
+            lines.append(f"| {name} | {kind} | {p50:.2f} | {p95:.2f} | {rs[0][2]:.1f} | {b50 / p50:.2f}x |")
+    return lines
+
+
+def cpu_lines(cpu: dict[str, list[tuple[float, float]]], client: str) -> list[str]:
+    out = []
+    for name, cs in cpu.items():
+        srv = statistics.median(c[0] for c in cs)
+        cli = statistics.median(c[1] for c in cs)
+        out.append(f"{name}: CPU per query (all kinds, warm-up included): server {srv:.2f} ms, "
+                   f"client ({client}) {cli:.2f} ms")
+    if client.startswith("findscu"):
+        out.append("(findscu's figure includes its 3 process starts, dictionary loads and associations.)")
+    return out
 
 
 if __name__ == "__main__":

@@ -112,3 +112,26 @@ def test_compare_all_report_has_the_ceiling_column(tmp_path: Path) -> None:
     assert by["C-GET study retrieve, MB/s"][dc.CEILING] == "-"
     assert by["device synced sequential write, MB/s"]["device"] == "400.0"
     assert "No-op ceiling: dcmtk `storescp -pdu 131072 --ignore`" in text
+
+
+def test_compare_all_report_c_find_rows(tmp_path: Path) -> None:
+    """The C-FIND rows keep their names (dcmtk findscu figures); --pynetdicom-find adds the
+    pynetdicom SCU's p50 as extra rows; the method notes name the client and the timing source."""
+    files = [tmp_path / "0.dcm"]
+    files[0].write_bytes(b"x" * 1000)
+    stats = {k: (1.0 + i, 2.0 + i, 2.0) for i, k in enumerate(dc.QUERY_KINDS)}
+    orth = {k: (10.0 + i, 20.0 + i, 2.0) for i, k in enumerate(dc.QUERY_KINDS)}
+    for py in ({}, {"dv": orth, "orthanc": orth}):
+        r = ca.Run(argparse.Namespace(scratch=tmp_path))
+        r.dev = {"seq_write": {"mb_s": 400.0}, "seq_read": {"mb_s": 1300.0}}
+        r.find = {"dv": stats, "orthanc": orth, "n_dv": 5000, "n_orthanc": 5000, "n_find": 100,
+                  "pynetdicom": py}
+        text = ca.report(r, files, 1, 0.001, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), ca.dt.datetime.now())
+        rows = _table(text)
+        by = {row[0]: dict(zip(rows[0], row, strict=True)) for row in rows[2:]}
+        p50 = by["C-FIND PatientID exact, p50 ms"]
+        assert p50["dicomvault"] == "1.00" and p50["Orthanc"] == "10.00"
+        assert p50["dicomvault vs Orthanc"] == "10.00x"
+        assert by["C-FIND StudyDate range, p95 ms"]["dicomvault"] == "4.00"
+        assert ("C-FIND PatientName wildcard, pynetdicom SCU, p50 ms" in by) == bool(py)
+        assert "dcmtk `findscu`" in text and "%D{%s.%Q}" in text and "1 us resolution" in text

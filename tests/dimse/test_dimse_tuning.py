@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from io import BytesIO
 from types import SimpleNamespace
 from typing import Any
 
@@ -45,19 +46,28 @@ def test_a_changed_pynetdicom_is_left_stock(monkeypatch: pytest.MonkeyPatch) -> 
             assert tuning.install()
 
 
-def test_fast_store_rsp_is_pynetdicoms_encoding() -> None:
-    from pynetdicom.dimse_primitives import C_STORE
+def test_fast_rsp_is_pynetdicoms_encoding() -> None:
+    from pynetdicom.dimse_primitives import C_GET, C_STORE
 
-    assert tuning.fast_store_rsp_matches_pynetdicom()
+    assert tuning.fast_rsp_matches_pynetdicom()
     for uid in (generate_uid(), "1.2.3", "1.23"):
         rsp = C_STORE()
         rsp.MessageIDBeingRespondedTo = 7
         rsp.AffectedSOPClassUID = CTImageStorage
         rsp.AffectedSOPInstanceUID = uid
         rsp.Status = 0x0000
-        assert tuning.fast_store_rsp(rsp) == tuning._pynetdicom_store_rsp(rsp)
+        assert tuning.fast_rsp(rsp) == tuning._pynetdicom_rsp(rsp)
         rsp.Status = 0xA700  # anything but plain success goes the stock way
-        assert tuning.fast_store_rsp(rsp) is None
+        assert tuning.fast_rsp(rsp) is None
+    get = C_GET()
+    get.MessageIDBeingRespondedTo = 3
+    get.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.3"
+    get.Status = 0xFF00
+    get.NumberOfRemainingSuboperations, get.NumberOfCompletedSuboperations = 4, 1
+    assert tuning.fast_rsp(get) == tuning._pynetdicom_rsp(get)
+    get.Status = 0xB000
+    get.Identifier = BytesIO(b"")  # a final response listing failed instances goes the stock way
+    assert tuning.fast_rsp(get) is None
 
 
 def test_recv_reads_whole_pdus_and_stops_at_eof() -> None:

@@ -62,15 +62,16 @@ from typing import Any
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_messages import C_STORE_RSP
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_messages import C_GET_RSP, C_MOVE_RSP, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
-from . import fastpath
+from .. import _native
+from . import encoded, fastpath
 from .fastpath import FastPath
 
 log = logging.getLogger("dicomvault.dimse")
@@ -93,6 +94,9 @@ EXPECTED_SOURCES = {
     "DULServiceProvider.stop_dul": "28a7e0be126e7b306369cc1b131daec8e907d21d0f5692930133b6599b8c6e5f",
     "Association._run_reactor": "f28838c5559e462a563750cfc9f3790027f4bb7e2223baf42c9f5d682c359dee",
     "DIMSEServiceProvider.send_msg": "a839cf2fb46976d9da29cf06fea41c04416b38d14fab612af12e5d869bd5b3f0",
+    # the P-DATA actions encoded.py replaces in the state machine's action table
+    "fsm.DT_1": "82e5c5d4114534fa9ac86124c7c7ef11ff2b98bc73069372cbe413af9df19081",
+    "fsm.AR_7": "9a8d68182bf5c9fd0762295535a20ef3b1f04d83f22d47dcd55a063dbf806d40",
 }
 
 _ORIGINALS: dict[str, Callable[..., Any]] = {
@@ -104,10 +108,12 @@ _ORIGINALS: dict[str, Callable[..., Any]] = {
     "DULServiceProvider.stop_dul": DULServiceProvider.stop_dul,
     "Association._run_reactor": Association._run_reactor,
     "DIMSEServiceProvider.send_msg": DIMSEServiceProvider.send_msg,
+    **encoded.ORIGINAL_FUNCTIONS,
 }
 _installed = False
 _pause_fixed = False  # Association._run_reactor is ours (the stock loop plus the pause fix)
 _fast_rsp = False  # fast C-STORE-RSP encoding verified against pynetdicom's (install())
+_fast_rq = False  # C-STORE-RQ framed natively (encoded.py), verified likewise
 _install_lock = threading.Lock()
 
 
@@ -167,9 +173,15 @@ def install() -> bool:
         DULServiceProvider.stop_dul = _dul_stop_dul  # type: ignore[method-assign]
         Association._run_reactor = _assoc_run_reactor  # type: ignore[method-assign]
         global _fast_rsp
-        _fast_rsp = fast_store_rsp_matches_pynetdicom()
+        _fast_rsp = fast_rsp_matches_pynetdicom()
         if not _fast_rsp:
             log.warning("fast C-STORE-RSP encoding disabled: it differs from pynetdicom's")
+        global _fast_rq
+        _fast_rq = encoded.store_rq_matches_pynetdicom()
+        if _fast_rq:
+            encoded.install()
+        else:
+            log.warning("native C-STORE-RQ framing disabled: its command set differs from pynetdicom's")
         DIMSEServiceProvider.send_msg = _dimse_send_msg  # type: ignore[method-assign]
         _installed = True
         return True
@@ -189,6 +201,7 @@ def uninstall() -> None:
         DULServiceProvider.stop_dul = _ORIGINALS["DULServiceProvider.stop_dul"]  # type: ignore[method-assign]
         Association._run_reactor = _ORIGINALS["Association._run_reactor"]  # type: ignore[method-assign]
         DIMSEServiceProvider.send_msg = _ORIGINALS["DIMSEServiceProvider.send_msg"]  # type: ignore[method-assign]
+        encoded.uninstall()
         _installed = False
 
 
@@ -520,37 +533,51 @@ def _uid_value(uid: object) -> bytes:
     return raw + b"\0" if len(raw) % 2 else raw  # UI values are padded to even length with NUL
 
 
-def fast_store_rsp(primitive: Any) -> bytes | None:
-    """The encoded command set of a plain successful C-STORE-RSP, or None if it is not one."""
-    if type(primitive) is not C_STORE or primitive.MessageIDBeingRespondedTo is None:
+_RSP_FIELDS = {C_STORE: 0x8001, C_GET: 0x8010, C_MOVE: 0x8021}
+_COUNTS = ((0x1020, "NumberOfRemainingSuboperations"), (0x1021, "NumberOfCompletedSuboperations"),
+           (0x1022, "NumberOfFailedSuboperations"), (0x1023, "NumberOfWarningSuboperations"))
+
+
+def fast_rsp(primitive: Any) -> bytes | None:
+    """The encoded command set of a plain response without a data set: C-STORE-RSP, or a
+    C-GET/C-MOVE-RSP with only status and sub-operation counts (the pending responses of a
+    retrieve); None if it is anything else."""
+    field = _RSP_FIELDS.get(type(primitive))
+    if field is None or primitive.MessageIDBeingRespondedTo is None or primitive.Status is None:
         return None
-    if primitive.Status != 0x0000 or primitive.ErrorComment is not None:
+    if primitive.ErrorComment is not None or primitive.OffendingElement is not None:
         return None
-    if primitive.OffendingElement is not None:
+    if primitive.AffectedSOPClassUID is None:
         return None
-    if primitive.AffectedSOPClassUID is None or primitive.AffectedSOPInstanceUID is None:
+    if field == 0x8001:
+        if primitive.Status != 0x0000 or primitive.AffectedSOPInstanceUID is None:
+            return None
+    elif primitive.Identifier is not None:
         return None
-    parts = []
-    for elem, value in (
+    elements = [
         (0x0002, _uid_value(primitive.AffectedSOPClassUID)),
-        (0x0100, _US.pack(0x8001)),  # CommandField: C-STORE-RSP
+        (0x0100, _US.pack(field)),
         (0x0120, _US.pack(primitive.MessageIDBeingRespondedTo)),
         (0x0800, _US.pack(0x0101)),  # CommandDataSetType: no data set
-        (0x0900, _US.pack(0x0000)),  # Status: success
-        (0x1000, _uid_value(primitive.AffectedSOPInstanceUID)),
-    ):
-        parts.append(_ELEMENT.pack(0x0000, elem, len(value)) + value)
-    body = b"".join(parts)
+        (0x0900, _US.pack(primitive.Status)),
+    ]
+    if field == 0x8001:
+        elements.append((0x1000, _uid_value(primitive.AffectedSOPInstanceUID)))
+    else:
+        elements += [(tag, _US.pack(getattr(primitive, name))) for tag, name in _COUNTS
+                     if getattr(primitive, name) is not None]
+    body = b"".join(_ELEMENT.pack(0x0000, elem, len(value)) + value for elem, value in elements)
     return _ELEMENT.pack(0x0000, 0x0000, 4) + struct.pack("<I", len(body)) + body
 
 
-def _pynetdicom_store_rsp(primitive: Any) -> bytes:
-    msg = C_STORE_RSP()
+def _pynetdicom_rsp(primitive: Any) -> bytes:
+    msg = {C_STORE: C_STORE_RSP, C_GET: C_GET_RSP, C_MOVE: C_MOVE_RSP}[type(primitive)]()
     msg.primitive_to_message(primitive)
     return bytes(encode(msg.command_set, True, True))
 
 
-def fast_store_rsp_matches_pynetdicom() -> bool:
+def _sample_responses() -> list[Any]:
+    out: list[Any] = []
     for sop_class, sop_instance, msg_id in (("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", 1),  # odd length
                                             ("1.2.840.10008.5.1.4.1.1.4", "1.2.3.45", 65535)):
         rsp = C_STORE()
@@ -558,9 +585,22 @@ def fast_store_rsp_matches_pynetdicom() -> bool:
         rsp.AffectedSOPClassUID = sop_class
         rsp.AffectedSOPInstanceUID = sop_instance
         rsp.Status = 0x0000
-        if fast_store_rsp(rsp) != _pynetdicom_store_rsp(rsp):
-            return False
-    return True
+        out.append(rsp)
+    for cls, model in ((C_GET, "1.2.840.10008.5.1.4.1.2.2.3"), (C_MOVE, "1.2.840.10008.5.1.4.1.2.1.2")):
+        for status, counts in ((0xFF00, (10, 2, 0, 1)), (0x0000, (None, 12, 0, 0))):
+            rsp = cls()
+            rsp.MessageIDBeingRespondedTo = 7
+            rsp.AffectedSOPClassUID = model
+            rsp.Status = status
+            for (_, name), n in zip(_COUNTS, counts, strict=True):
+                if n is not None:
+                    setattr(rsp, name, n)
+            out.append(rsp)
+    return out
+
+
+def fast_rsp_matches_pynetdicom() -> bool:
+    return all(fast_rsp(rsp) == _pynetdicom_rsp(rsp) for rsp in _sample_responses())
 
 
 def _dimse_send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
@@ -569,13 +609,20 @@ def _dimse_send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int)
     # its N-EVENT-REPORT) interleave their fragments, which the peer cannot decode (seen in
     # tests/dimse: "Received an invalid DIMSE message"). dict.setdefault is atomic.
     lock = self.__dict__.setdefault("_dv_send_lock", threading.Lock())
-    encoded = fast_store_rsp(primitive) if _fast_rsp else None
     max_pdu = self.maximum_pdu_size
+    if _fast_rq and (command := encoded.store_rq_command(primitive)) is not None \
+            and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+        # a C-STORE sub-operation or send: command and data set framed natively, one primitive
+        pdus = _native.frame_message(context_id, command, primitive.DataSet.getvalue(), max_pdu or 0)
+        with lock:
+            self.dul.send_pdu(encoded.EncodedPData(pdus))
+        return
+    rsp = fast_rsp(primitive) if _fast_rsp else None
     with lock:
-        if (encoded is None or (max_pdu and len(encoded) + 6 > max_pdu)
+        if (rsp is None or (max_pdu and len(rsp) + 6 > max_pdu)
                 or self.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
             _ORIGINALS["DIMSEServiceProvider.send_msg"](self, primitive, context_id)
             return
         pdata = P_DATA()
-        pdata.presentation_data_value_list.append((context_id, b"\x03" + encoded))  # last command fragment
+        pdata.presentation_data_value_list.append((context_id, b"\x03" + rsp))  # last command fragment
         self.dul.send_pdu(pdata)

@@ -409,17 +409,32 @@ DULServiceProvider._dv_run_reactor = _dv_run_reactor  # type: ignore[attr-define
 
 # -- association reactor ---------------------------------------------------------------------------
 
+class _CheckpointEvent(threading.Event):
+    """pynetdicom's reactor checkpoint, whose clear() (a send_*() pausing the reactor before it
+    sends a request: every C-MOVE sub-operation, every `dicomvault send`) also wakes the reactor's
+    idle wait, so the pause takes effect at once instead of after pynetdicom's next 1 ms poll."""
+
+    def __init__(self, assoc: Association, is_set: bool) -> None:
+        super().__init__()
+        self._dv_assoc = assoc
+        if is_set:
+            self.set()
+
+    def clear(self) -> None:
+        super().clear()
+        cond = self._dv_assoc.dimse.msg_queue.not_empty
+        with cond:
+            cond.notify_all()
+
+
 def _assoc_idle_wait(assoc: Association) -> None:
     """Stock: time.sleep(0.001) before every look at the message queue. Here: until a DIMSE
-    message is queued, the DUL hands up an ACSE primitive, or ASSOC_IDLE_WAIT passes."""
+    message is queued, the DUL hands up an ACSE primitive, a send_*() pauses the reactor
+    (_CheckpointEvent), or ASSOC_IDLE_WAIT passes."""
     q = assoc.dimse.msg_queue
-    # A requestor's send_*() pauses this reactor and spins until it reaches its checkpoint, which
-    # nothing signals: a long wait here would delay every request we send (each C-MOVE
-    # sub-operation), so requestors keep pynetdicom's 1 ms. Acceptors are paused only by
-    # rare events (a storage commitment report sent on the same association, shutdown).
     with q.not_empty:
-        if not q._qsize():
-            q.not_empty.wait(ASSOC_IDLE_WAIT if assoc.is_acceptor else 0.001)
+        if not q._qsize() and assoc._reactor_checkpoint.is_set():
+            q.not_empty.wait(ASSOC_IDLE_WAIT)
         if q._qsize():
             # Queue.put wakes one waiter. If that was us but a send_*() in another thread waits
             # for this message (we are about to stop at the checkpoint), pass the wake-up on, or
@@ -434,6 +449,8 @@ def _assoc_poll_wait(assoc: Association) -> None:
 
 def _assoc_run_reactor(self: Association) -> None:
     """pynetdicom 3.0.4's Association._run_reactor, event-driven, with the pause fix."""
+    # Swapped before the loop runs: a send_*() reads the attribute each time it pauses us.
+    self._reactor_checkpoint = _CheckpointEvent(self, self._reactor_checkpoint.is_set())
     _assoc_reactor_loop(self, _assoc_idle_wait)
 
 

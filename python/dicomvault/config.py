@@ -13,11 +13,16 @@ max_associations = 16
 workers = 1                        # DIMSE receiver processes; 1 = in the server process
 tuned_reactor = true               # event-driven pynetdicom reactors (dimse/tuning.py)
 fast_path = true                   # C-STORE/C-ECHO read and answered natively (dimse/fastpath.py)
+tls_port = 2762                    # DICOM TLS listener beside `port` (0 or absent: none)
+tls_cert = "dicomvault.crt"        # our certificate chain and key (PEM), for TLS both ways
+tls_key = "dicomvault.key"
+tls_ca = "ca.crt"                  # callers must present a certificate it signed; verifies TLS peers
 
 [[peers]]
 ae_title = "STORESCP"
 host = "127.0.0.1"
 port = 11113
+tls = false                        # C-MOVE and storage commitment to this peer over TLS
 ```
 
 Unknown keys are errors (a typo must not silently fall back to a default).
@@ -80,6 +85,7 @@ class PeerConfig:
     ae_title: str
     host: str
     port: int
+    tls: bool = False  # our associations to it (C-MOVE, storage commitment reports) use TLS
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,13 @@ class DimseConfig:
     # C-STORE and C-ECHO read off the socket and answered natively (dimse/fastpath.py); needs
     # tuned_reactor (its reactor drives the reads).
     fast_path: bool = True
+    # DICOM TLS (PS3.15 B.1, BCP 195): a second listener on tls_port with tls_cert/tls_key; with
+    # tls_ca, callers must present a certificate it signed. The same files authenticate us to
+    # peers configured with tls = true.
+    tls_port: int = 0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -129,9 +142,10 @@ class Config:
 
 _DIMSE_KEYS = {
     "ae_title", "host", "port", "accept_unknown_callers", "max_pdu", "max_associations", "workers",
-    "tuned_reactor", "fast_path",
+    "tuned_reactor", "fast_path", "tls_port", "tls_cert", "tls_key", "tls_ca",
 }
-_PEER_KEYS = {"ae_title", "host", "port"}
+_PEER_KEYS = {"ae_title", "host", "port", "tls"}
+_PEER_REQUIRED = ("ae_title", "host", "port")
 _TOP_KEYS = {"data", "dimse", "peers", "replication", "forward"}
 
 
@@ -143,7 +157,17 @@ def _unknown(table: dict[str, Any], allowed: set[str], where: str) -> None:
         )
 
 
-def _parse_dimse(table: object, where: str) -> DimseConfig:
+def _tls_file(table: dict[str, Any], key: str, where: str, base: Path) -> Path | None:
+    if key not in table:
+        return None
+    path = Path(_check_str(table[key], f"{where}.{key}"))
+    path = path if path.is_absolute() else base / path
+    if not path.is_file():
+        raise ConfigError(f"{where}.{key}: no such file {path}")
+    return path
+
+
+def _parse_dimse(table: object, where: str, base: Path = Path(".")) -> DimseConfig:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: [dimse] must be a table")
     _unknown(table, _DIMSE_KEYS, where)
@@ -168,7 +192,26 @@ def _parse_dimse(table: object, where: str) -> DimseConfig:
         workers=_check_int(table.get("workers", d.workers), f"{where}.workers", 1, 64),
         tuned_reactor=tuned,
         fast_path=fast and tuned,
+        **_parse_tls(table, where, base),
     )
+
+
+def _parse_tls(table: dict[str, Any], where: str, base: Path) -> dict[str, Any]:
+    tls = {
+        "tls_port": _check_port(table["tls_port"], f"{where}.tls_port") if table.get("tls_port") else 0,
+        "tls_cert": _tls_file(table, "tls_cert", where, base),
+        "tls_key": _tls_file(table, "tls_key", where, base),
+        "tls_ca": _tls_file(table, "tls_ca", where, base),
+    }
+    if (tls["tls_cert"] is None) != (tls["tls_key"] is None):
+        raise ConfigError(f"{where}: tls_cert and tls_key go together")
+    if tls["tls_port"] and tls["tls_cert"] is None:
+        raise ConfigError(f"{where}.tls_port needs tls_cert and tls_key")
+    if tls["tls_port"] and tls["tls_port"] == table.get("port", DEFAULT_DIMSE_PORT):
+        raise ConfigError(f"{where}.tls_port must differ from port")
+    if tls["tls_port"] and table.get("workers", 1) != 1:
+        raise ConfigError(f"{where}.tls_port is not supported with workers > 1 yet (workers = 1 serves TLS)")
+    return tls
 
 
 def _check_bool(value: object, where: str) -> bool:
@@ -187,16 +230,15 @@ def _parse_peers(items: object, where: str) -> tuple[PeerConfig, ...]:
         if not isinstance(item, dict):
             raise ConfigError(f"{w}: must be a table")
         _unknown(item, _PEER_KEYS, w)
-        for key in _PEER_KEYS:
+        for key in _PEER_REQUIRED:
             if key not in item:
                 raise ConfigError(f"{w}: missing {key}")
         title = check_ae_title(item["ae_title"], f"{w}.ae_title")
         if title in seen:
             raise ConfigError(f"{w}: AE title {title!r} is configured twice")
         seen.add(title)
-        peers.append(
-            PeerConfig(title, _check_str(item["host"], f"{w}.host"), _check_port(item["port"], f"{w}.port"))
-        )
+        host, port = _check_str(item["host"], f"{w}.host"), _check_port(item["port"], f"{w}.port")
+        peers.append(PeerConfig(title, host, port, tls=_check_bool(item.get("tls", False), f"{w}.tls")))
     return tuple(peers)
 
 
@@ -221,7 +263,7 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
             data_dir = p.parent / data_dir
     return Config(
         data_dir=data_dir,
-        dimse=_parse_dimse(doc.get("dimse", {}), f"{where}: dimse"),
+        dimse=_parse_dimse(doc.get("dimse", {}), f"{where}: dimse", p.parent),
         peers=_parse_peers(doc.get("peers", []), f"{where}: peers"),
         replication=parse_settings(doc, where, p.parent),
     )

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance
 
+from ..config import PeerConfig
 from ..engine import Engine
 from ..errors import DicomVaultError
 from .common import calling_ae, log, set_nodelay
@@ -39,11 +41,13 @@ SEND_ATTEMPTS = 3
 class CommitmentService:
     """Handles N-ACTION and owns the report workers (joined on shutdown)."""
 
-    def __init__(self, engine: Engine, ae: AE, peers: Peers, our_ae: str) -> None:
+    def __init__(self, engine: Engine, ae: AE, peers: Peers, our_ae: str,
+                 connect: Callable[[PeerConfig], dict[str, Any]] = lambda peer: {}) -> None:
         self.engine = engine
         self.ae = ae
         self.peers = peers
         self.our_ae = our_ae
+        self._connect = connect  # extra AE.associate arguments for a peer (TLS)
         self._workers: set[threading.Thread] = set()
         self._lock = threading.Lock()
 
@@ -143,7 +147,7 @@ class CommitmentService:
             out = self.ae.associate(
                 peer.host, peer.port, contexts=[build_context(StorageCommitmentPushModel)],
                 ae_title=peer.ae_title, ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)],
-                evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
+                evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)], **self._connect(peer),
             )
             if out.is_established:
                 try:

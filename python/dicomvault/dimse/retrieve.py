@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from io import BytesIO
@@ -34,6 +34,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context, evt
 from pynetdicom.presentation import PresentationContext
 
+from ..config import PeerConfig
 from ..engine import Engine
 from ..errors import DicomVaultError
 from ..index import QueryError
@@ -218,7 +219,8 @@ def move_contexts(matches: list[Match]) -> list[PresentationContext]:
     return contexts[:MAX_CONTEXTS]
 
 
-def handle_move(event: Any, engine: Engine, peers: Peers, max_pdu: int) -> Iterator[Any]:
+def handle_move(event: Any, engine: Engine, peers: Peers, max_pdu: int,
+                connect: Callable[[PeerConfig], dict[str, Any]] = lambda peer: {}) -> Iterator[Any]:
     """EVT_C_MOVE handler: sub-operations go to a configured peer on a new association."""
     dest = event.move_destination
     dest_title = (dest.decode("ascii", "replace") if isinstance(dest, bytes) else str(dest or "")).strip()
@@ -241,6 +243,7 @@ def handle_move(event: Any, engine: Engine, peers: Peers, max_pdu: int) -> Itera
         "contexts": move_contexts(found),  # unused when nothing matched: no sub-association
         "max_pdu": max_pdu,
         "evt_handlers": [(evt.EVT_CONN_OPEN, set_nodelay_quickack)],
+        **connect(peer),  # TLS to a peer configured so
     }
     yield len(found)
     yield from _sub_operations(event, engine, found, "C-MOVE")

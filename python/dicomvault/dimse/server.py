@@ -30,9 +30,9 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from ..config import Config, ConfigError, DimseConfig
+from ..config import Config, ConfigError, DimseConfig, PeerConfig
 from ..engine import Engine
-from . import fastpath, tuning
+from . import fastpath, tls, tuning
 from .commitment import CommitmentService
 from .common import log, peer_desc, set_nodelay
 from .find import fast_find, handle_find
@@ -133,8 +133,12 @@ class DimseServer:
         if d.fast_path and d.tuned_reactor:
             fastpath.enable(ae, fast_store(engine), fast_find(engine, d.ae_title))
         self.ae = ae
-        self.commitment = CommitmentService(engine, ae, self.peers, d.ae_title)
+        self.commitment = CommitmentService(engine, ae, self.peers, d.ae_title, self._connect)
         self._server: ThreadedAssociationServer | None = None
+        self._tls_server: ThreadedAssociationServer | None = None
+
+    def _connect(self, peer: PeerConfig) -> dict[str, Any]:
+        return tls.associate_args(peer, self.config.dimse)
 
     def _handlers(self) -> list[tuple[Any, Callable[..., Any]]]:
         d = self.config.dimse
@@ -143,7 +147,8 @@ class DimseServer:
             (evt.EVT_C_STORE, partial(handle_store, engine=self.engine)),
             (evt.EVT_C_FIND, partial(handle_find, engine=self.engine, our_ae=d.ae_title)),
             (evt.EVT_C_GET, partial(handle_get, engine=self.engine)),
-            (evt.EVT_C_MOVE, partial(handle_move, engine=self.engine, peers=self.peers, max_pdu=d.max_pdu)),
+            (evt.EVT_C_MOVE, partial(handle_move, engine=self.engine, peers=self.peers, max_pdu=d.max_pdu,
+                                     connect=self._connect)),
             (evt.EVT_N_ACTION, self.commitment.handle_n_action),
             (evt.EVT_ESTABLISHED, _on_established),
             (evt.EVT_CONN_CLOSE, _log_close),
@@ -160,18 +165,26 @@ class DimseServer:
         log.info("DIMSE SCP %s listening on %s:%d (max PDU %d, max %d associations, %s callers)",
                  d.ae_title, host, port, d.max_pdu, d.max_associations,
                  "any" if d.accept_unknown_callers else f"{len(self.peers)} known")
+        if d.tls_port:
+            self._tls_server = self.ae.start_server((d.host, d.tls_port), block=False,
+                                                    evt_handlers=self._handlers(),
+                                                    ssl_context=tls.server_context(d))
+            log.info("DICOM TLS listening on %s:%d (%s)", d.host, d.tls_port,
+                     "callers need a certificate signed by " + str(d.tls_ca) if d.tls_ca
+                     else "no client certificate required")
         return str(host), int(port)
 
     def stop(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> bool:
         """Stops accepting, lets active associations finish (up to `timeout`), aborts the rest,
         waits for pending commitment reports. True if nothing had to be aborted."""
-        server = self._server
-        if server is None:
+        servers = [s for s in (self._server, self._tls_server) if s is not None]
+        if not servers:
             return True
-        self._server = None
+        self._server = self._tls_server = None
         deadline = time.monotonic() + timeout
-        server.shutdown()  # stops accepting and closes the listening socket; associations go on
-        clean = drain(server, deadline)
+        for server in servers:
+            server.shutdown()  # stops accepting and closes the listening socket; associations go on
+        clean = all([drain(server, deadline) for server in servers])
         self.commitment.join(max(1.0, deadline - time.monotonic()))
         return clean
 

@@ -55,13 +55,18 @@ _SENDING = re.compile(_STAMP + r"Sending file: (.+)$")
 _RESPONSE = re.compile(_STAMP + r"Received Store Response \(([^)]*)\)")
 
 
-def dcmtk_log_config(folder: Path) -> Path:
-    """Writes the timestamped log4cplus configuration (once) and returns its path."""
-    path = folder / "dcmtk-log.cfg"
+def _log_config(folder: Path, name: str, text: str) -> Path:
+    """Writes a log4cplus configuration (once) and returns its path."""
+    path = folder / name
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        path.write_text(DCMTK_LOG_CONFIG)
+        path.write_text(text)
     return path
+
+
+def dcmtk_log_config(folder: Path) -> Path:
+    """The millisecond-stamped log4cplus configuration of the storescu/getscu/movescu runs."""
+    return _log_config(folder, "dcmtk-log.cfg", DCMTK_LOG_CONFIG)
 
 
 def dicomvault_command() -> list[str]:
@@ -454,12 +459,8 @@ _FIND_FINAL = re.compile(_USTAMP + r"Received Final Find Response \(([^)]*)\)")
 
 
 def findscu_log_config(folder: Path) -> Path:
-    """Writes findscu's microsecond-stamped log4cplus configuration (once); returns its path."""
-    path = folder / "findscu-log.cfg"
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        path.write_text(FINDSCU_LOG_CONFIG)
-    return path
+    """findscu's microsecond-stamped log4cplus configuration."""
+    return _log_config(folder, "findscu-log.cfg", FINDSCU_LOG_CONFIG)
 
 
 def _usec(m: re.Match[str]) -> int:

@@ -133,6 +133,12 @@ def resolve(engine: Engine, identifier: Dataset, model: str) -> list[Match]:
             query[kw] = value
     if UNIQUE_KEY[level] not in query:
         raise RetrieveError(IDENTIFIER_DOES_NOT_MATCH, f"{UNIQUE_KEY[level]} missing for a {level} retrieve")
+    if len(query) == 1 and "\\" not in query[UNIQUE_KEY[level]]:
+        # The usual retrieve: one study / series / instance (or patient) by its key. The index's
+        # hierarchy walk is ~2x faster than a query (every ms here delays the first image) and
+        # gives the objects in series, then instance number order, as viewers want them.
+        return [Match(r.sop_uid, r.sop_class_uid, r.transfer_syntax)
+                for r in engine.index.instances_of(level, query[UNIQUE_KEY[level]])]
     query.setdefault("SOPInstanceUID", "")
     query.update({"SOPClassUID": "", "AvailableTransferSyntaxUID": ""})
     try:

@@ -8,6 +8,7 @@ Root Query/Retrieve FIND/MOVE/GET; Storage Commitment Push Model.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -214,6 +215,17 @@ def _log_close(event: Any) -> None:
         log.debug("connection closed: %s", peer_desc(event))
 
 
+def _tune_gc() -> None:
+    """Once everything long-lived exists: move it out of the collector's sight (gc.freeze) and
+    collect the young generation less often. Why: every stored object allocates a few hundred
+    short-lived containers (index records, rows), so CPython's cyclic collector ran every ~700
+    allocations and re-walked the whole heap on its older generations: 4.7 % of the CPU of a
+    4-thread ingest (perf, engine only), ~0 % after this. Reference counting still frees
+    everything non-cyclic at once; cycles are still collected, in larger batches."""
+    gc.freeze()
+    gc.set_threshold(10_000, 50, 50)
+
+
 def serve(config: Config, *, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
           ready: Callable[[str, int], None] | None = None,
           services: Callable[[Engine], Callable[[], None]] | None = None) -> int:
@@ -249,6 +261,7 @@ def serve(config: Config, *, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
                                          ready=ready, stop=stop, before_stop=stop_services)
             else:
                 host, port = server.start()
+                _tune_gc()
                 if ready is not None:
                     ready(host, port)
                 try:

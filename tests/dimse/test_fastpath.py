@@ -227,3 +227,34 @@ def test_broken_pdata_aborts_only_that_association(archive: tuple[int, DimseServ
         assert other.send_c_echo().Status == 0x0000
     finally:
         other.release()
+
+
+def test_a_pdu_beyond_the_negotiated_maximum_is_still_read(archive: tuple[int, DimseServer, Engine]) -> None:
+    """Some modalities overshoot the Maximum Length we announce (16 KiB here): the object is
+    read and stored all the same (only absurd lengths are refused)."""
+    from io import BytesIO
+
+    from dicomvault.dimse.encoded import store_rq_command
+
+    port, _, engine = archive
+    uid, data = _ct(generate_uid(), pixels=100_000)
+    assoc = _associate(port)
+    try:
+        [cx] = [c for c in assoc.accepted_contexts if c.abstract_syntax == CTImageStorage]
+        req = C_STORE()
+        req.MessageID = 1
+        req.AffectedSOPClassUID = CTImageStorage
+        req.AffectedSOPInstanceUID = uid
+        req.Priority = 0
+        req.DataSet = BytesIO(data)
+        command = store_rq_command(req)
+        assert command is not None
+        pdu = _native.frame_message(cx.context_id, command, data, 0)  # one ~100 KB PDU
+        assert len(pdu) > 6 * MAX_PDU
+        assoc.dul.socket.socket.sendall(pdu)
+        deadline = time.monotonic() + 10
+        while engine.instance(uid) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert engine.read_dataset(uid) == (ExplicitVRLittleEndian, data)
+    finally:
+        assoc.abort()  # our own client did not expect the response it got

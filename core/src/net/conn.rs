@@ -26,8 +26,9 @@ pub struct Conn {
     fd: RawFd,
     buf: Vec<u8>,
     start: usize,
-    /// Largest PDU length field accepted (PS3.8 §9.3.1: our Maximum Length Received bounds the
-    /// P-DATA-TF PDUs a conforming peer sends; anything far larger is an attack or garbage).
+    /// Largest PDU length field accepted. PS3.8 §9.3.1: our Maximum Length Received bounds the
+    /// P-DATA-TF PDUs a conforming peer sends; some modalities overshoot it, so the bound is
+    /// lenient (4x, at least 16 MiB) and only stops lengths that are garbage or an attack.
     max_pdu_len: usize,
     closed: Option<Option<String>>,
     assembler: Assembler,
@@ -41,7 +42,7 @@ const READ_CHUNK: usize = 256 * 1024;
 impl Conn {
     /// `max_pdu` is the Maximum Length Received we announced (0 = unlimited).
     pub fn new(fd: RawFd, max_pdu: usize, assembler: Assembler) -> Self {
-        let max_pdu_len = if max_pdu == 0 { 1 << 30 } else { max_pdu.max(64 * 1024) + 4096 };
+        let max_pdu_len = if max_pdu == 0 { 1 << 30 } else { max_pdu.saturating_mul(4).max(16 << 20) };
         Conn {
             fd,
             buf: Vec::with_capacity(READ_CHUNK),

@@ -176,6 +176,10 @@ def test_store_echo_find_on_one_association(archive: tuple[int, DimseServer, Eng
         fast = _acceptor(srv).dul._dv_fast
         assert fast is not None and fast.answered == 6  # 4 C-STOREs, the C-ECHO and the C-FIND
         assert fast.passed == 0
+        # our side too (tuning is installed process-wide): the 4 plain-Success C-STORE-RSPs were
+        # read natively, the C-ECHO-RSP and the C-FIND-RSPs went to pynetdicom
+        ours = assoc.dul._dv_fast
+        assert ours is not None and ours.answered == 4 and ours.passed >= 2
     finally:
         assoc.release()
     assert assoc.is_released

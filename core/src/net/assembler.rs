@@ -151,8 +151,11 @@ impl Assembler {
     ) {
         let context_id = last.context_id;
         let decoded = command::decode(&bytes);
+        // Requests named fast are answered by the caller; responses only when they are a plain
+        // Success (anything else, with its comment or counts, is pynetdicom's to interpret).
         let fast = matches!(&decoded,
-            Ok(c) if self.fast.get(&context_id).is_some_and(|fields| fields.contains(&c.command_field)));
+            Ok(c) if self.fast.get(&context_id).is_some_and(|fields| fields.contains(&c.command_field))
+                && (c.command_field & 0x8000 == 0 || c.is_plain_success()));
         match decoded {
             Ok(command) if fast => {
                 if command.has_data_set() {

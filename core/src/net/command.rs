@@ -37,11 +37,20 @@ pub struct Command {
     pub sop_instance_uid: String,
     pub move_originator_ae: String,
     pub move_originator_message_id: Option<u16>,
+    /// Responses: the Status.
+    pub status: Option<u16>,
+    /// Any element beyond the fields above (Error Comment, Offending Element, counts, ...).
+    pub has_other_elements: bool,
 }
 
 impl Command {
     pub fn has_data_set(&self) -> bool {
         self.data_set_type != NO_DATA_SET
+    }
+
+    /// A response that says nothing but Success (what a fast path may answer for pynetdicom).
+    pub fn is_plain_success(&self) -> bool {
+        self.command_field & 0x8000 != 0 && self.status == Some(0) && !self.has_other_elements
     }
 }
 
@@ -92,7 +101,9 @@ pub fn decode(bytes: &[u8]) -> Result<Command, String> {
             AFFECTED_SOP_INSTANCE_UID => cmd.sop_instance_uid = text(value)?,
             MOVE_ORIGINATOR_AE => cmd.move_originator_ae = text(value)?,
             MOVE_ORIGINATOR_MESSAGE_ID => cmd.move_originator_message_id = Some(us(tag, value)?),
-            _ => {}
+            STATUS => cmd.status = Some(us(tag, value)?),
+            0 => {} // Command Group Length
+            _ => cmd.has_other_elements = true,
         }
         at += 8 + len;
     }

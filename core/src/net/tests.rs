@@ -269,3 +269,39 @@ fn cancel_names_the_request_it_cancels() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn only_plain_success_responses_are_fast() {
+    let response = |status: u16, comment: Option<&[u8]>| {
+        let mut body = Vec::new();
+        element(&mut body, 0x0002, b"1.2.840.10008.5.1.4.1.1.2\0");
+        element(&mut body, 0x0100, &0x8001u16.to_le_bytes());
+        element(&mut body, 0x0120, &9u16.to_le_bytes());
+        element(&mut body, 0x0800, &NO_DATA_SET.to_le_bytes());
+        element(&mut body, 0x0900, &status.to_le_bytes());
+        if let Some(c) = comment {
+            element(&mut body, 0x0902, c);
+        }
+        element(&mut body, 0x1000, b"1.2.3\0");
+        let mut cmd = Vec::new();
+        element(&mut cmd, 0x0000, &(body.len() as u32).to_le_bytes());
+        cmd.extend_from_slice(&body);
+        pdata(&[(1, MCH_COMMAND | MCH_LAST, &cmd)])
+    };
+    let mut a = Assembler::new(HashMap::from([(1, vec![0x8001])]));
+    let mut out = Vec::new();
+    a.feed(&response(0, None), &mut out);
+    match &out[..] {
+        [Out::Message { command, .. }] => {
+            assert_eq!((command.message_id_being_responded_to, command.status), (9, Some(0)));
+            assert_eq!(command.sop_instance_uid, "1.2.3");
+        }
+        other => panic!("{other:?}"),
+    }
+    for (status, comment) in [(0xA700u16, None), (0, Some(&b"note"[..])), (0xB000, None)] {
+        let pdu = response(status, comment);
+        out.clear();
+        a.feed(&pdu, &mut out);
+        assert_eq!(out, vec![Out::Pdu(pdu)], "status {status:04X} must go to pynetdicom");
+    }
+}

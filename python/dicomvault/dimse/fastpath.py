@@ -25,12 +25,14 @@ TCP; negotiation, release and TLS stay pynetdicom's. `enable(ae, store, find)` t
 from __future__ import annotations
 
 import logging
+import queue
 import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -72,17 +74,21 @@ def disable(ae: Any) -> None:
 def attach(dul: Any) -> FastPath | None:
     """The fast path for this DUL's association, or None if it must stay pynetdicom's."""
     assoc = dul.assoc
-    handlers = getattr(assoc.ae, "_dv_fast", None)
     sock = getattr(dul.socket, "socket", None)
-    if handlers is None or not assoc.is_acceptor or sock is None or isinstance(sock, ssl.SSLSocket):
+    if sock is None or isinstance(sock, ssl.SSLSocket):
         return None
-    return FastPath(dul, *handlers, sock)
+    if assoc.is_requestor:
+        # Our own associations (C-MOVE sub-operations, forwarding, `dicomvault send`): only the
+        # plain-Success C-STORE-RSPs are read natively; every request of ours stays pynetdicom's.
+        return FastPath(dul, None, None, sock)
+    handlers = getattr(assoc.ae, "_dv_fast", None)
+    return None if handlers is None else FastPath(dul, *handlers, sock)
 
 
 class FastPath:
     """Driven by one association's DUL thread; see the module docstring."""
 
-    def __init__(self, dul: Any, store: StoreHandler, find: FindHandler | None, sock: Any) -> None:
+    def __init__(self, dul: Any, store: StoreHandler | None, find: FindHandler | None, sock: Any) -> None:
         assoc = dul.assoc
         self.dul = dul
         self.assoc = assoc
@@ -92,13 +98,17 @@ class FastPath:
         self.contexts = {cx.context_id: cx for cx in assoc.accepted_contexts}
         fast: dict[int, list[int]] = {}
         for cid, cx in self.contexts.items():
-            if cx.abstract_syntax == Verification:
+            if store is None:
+                fast[cid] = [C_STORE_RSP]  # a requestor: the answers to our C-STOREs
+            elif cx.abstract_syntax == Verification:
                 fast[cid] = [C_ECHO_RQ]
             elif cx.abstract_syntax in FIND_MODELS:
                 if find is not None and cx.transfer_syntax[0] in LITTLE_ENDIAN:
                     fast[cid] = [C_FIND_RQ, C_CANCEL_RQ]
             else:
-                fast[cid] = [C_STORE_RQ]  # pynetdicom too serves any C-STORE as storage
+                # pynetdicom too serves any C-STORE as storage; C-STORE-RSPs arrive here for the
+                # sub-operations of a C-GET we serve on this association
+                fast[cid] = [C_STORE_RQ, C_STORE_RSP]
         self._queue: deque[tuple[Any, ...]] = deque()  # read, not yet acted on (in order)
         self.reader = _native.PduReader(sock.fileno(), int(assoc.acceptor.maximum_length or 0), fast)
         self.peer_max_pdu = int(assoc.requestor.maximum_length or 0)
@@ -129,15 +139,32 @@ class FastPath:
                 self._to_pynetdicom(out[1])
             elif kind == "msg":
                 self.answered += 1
+                self._run_events()  # what pynetdicom got before this message is acted on first
                 self._answer(*out[1:])
             else:
                 self._queue.clear()
                 self._abort(out[1])
                 return True
+        self._run_events()
         if state == "closed" or self._closed_reason is not None:
             self._close(reason or self._closed_reason or "")
             return True
         return got
+
+    def _run_events(self) -> None:
+        """Runs the state machine on every event the PDUs handed to pynetdicom queued. Why here:
+        pynetdicom's DUL loop queues one event and runs one per pass, and it queues an Evt9 for
+        the primitive at the head of its send queue on every pass until that event has run; the
+        several PDUs of one read would leave a backlog, the same primitive would be queued twice
+        and the second DT-1 would find the send queue empty (seen: a failed action, then a DIMSE
+        timeout). Running them now keeps the queue empty between passes, as pynetdicom expects."""
+        events = self.dul.event_queue
+        while True:
+            try:
+                event = events.get(block=False)
+            except queue.Empty:
+                return
+            self.dul.state_machine.do_action(event)
 
     def _close(self, reason: str) -> None:
         self.closed = True
@@ -174,6 +201,9 @@ class FastPath:
                 sop_uid: str, data_set: bytes | None, responded_to: int) -> None:
         cx = self.contexts[context_id]
         comment: str | None = None
+        if command_field == C_STORE_RSP:
+            self._to_waiting_requestor(context_id, responded_to, sop_class, sop_uid)
+            return
         if command_field == C_FIND_RQ:
             self._find(cx, message_id, sop_class, data_set or b"")
             return
@@ -181,6 +211,7 @@ class FastPath:
             # PS3.7 9.3.2.3: a cancel for a request no longer running is ignored
             log.debug("C-CANCEL from %s for message %d, which is not running", self._caller(), responded_to)
             return
+        assert self.store is not None  # requests are fast only on acceptors, which have handlers
         if command_field == C_ECHO_RQ:
             code, rsp_field = SUCCESS, C_ECHO_RSP
             sop_uid = ""
@@ -198,6 +229,16 @@ class FastPath:
                 self.refused += 1
         self._send(_native.encode_response(context_id, rsp_field, message_id, sop_class, sop_uid, code,
                                            comment, self.peer_max_pdu), sop_uid)
+
+    def _to_waiting_requestor(self, context_id: int, responded_to: int, sop_class: str, sop_uid: str) -> None:
+        """A plain-Success C-STORE-RSP, as the primitive pynetdicom's DIMSE layer would have made
+        of it, for the send_c_store() waiting on this association's message queue."""
+        rsp = C_STORE()
+        rsp.MessageIDBeingRespondedTo = responded_to
+        rsp.AffectedSOPClassUID = sop_class
+        rsp.AffectedSOPInstanceUID = sop_uid
+        rsp.Status = SUCCESS
+        self.assoc.dimse.msg_queue.put((context_id, rsp))
 
     def _send(self, pdus: bytes, what: str) -> bool:
         try:

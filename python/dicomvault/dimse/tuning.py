@@ -337,7 +337,9 @@ def _dv_run_reactor(self: DULServiceProvider) -> None:
 
         # dicomvault: once established, the socket is read natively (the wait happens there)
         established = self.state_machine.current_state == "Sta6"
-        if fast is None and established and not fast_tried:
+        # (is_established too: a requestor's association thread learns the accepted contexts
+        # only after the DUL has reached Sta6; until then pynetdicom reads, whole PDUs only)
+        if fast is None and established and not fast_tried and self.assoc.is_established:
             fast_tried = True
             fast = self._dv_fast = fastpath.attach(self)
         elif fast is not None and not established:

@@ -18,8 +18,14 @@ comes back as PDUs and is fed to pynetdicom's DUL exactly as its own reader woul
 state-machine event, PDU queue), so those services, association release and abort, and the
 event handlers behave as stock.
 
+On associations we request (C-MOVE sub-operations, forwarding, `dicomvault send`) the reader is
+used for one thing only: a C-STORE-RSP that says nothing but Success becomes the primitive
+pynetdicom would have made, put straight on the association's message queue for the waiting
+send_c_store(); on our acceptors the same holds for the C-STORE-RSPs of a C-GET we serve.
+
 Only while the association is in Sta6 (established, no release in progress) and only on plain
-TCP; negotiation, release and TLS stay pynetdicom's. `enable(ae, store, find)` turns it on.
+TCP; negotiation, release and TLS stay pynetdicom's. `enable(ae, store, find)` turns it on for
+an AE's acceptor associations; requestor associations use it whenever the tuned reactor runs.
 """
 
 from __future__ import annotations
@@ -110,13 +116,15 @@ class FastPath:
                 # sub-operations of a C-GET we serve on this association
                 fast[cid] = [C_STORE_RQ, C_STORE_RSP]
         self._queue: deque[tuple[Any, ...]] = deque()  # read, not yet acted on (in order)
-        self.reader = _native.PduReader(sock.fileno(), int(assoc.acceptor.maximum_length or 0), fast)
-        self.peer_max_pdu = int(assoc.requestor.maximum_length or 0)
+        local, remote = (assoc.acceptor, assoc.requestor) if assoc.is_acceptor else (assoc.requestor,
+                                                                                     assoc.acceptor)
+        self.reader = _native.PduReader(sock.fileno(), int(local.maximum_length or 0), fast)
+        self.peer_max_pdu = int(remote.maximum_length or 0)  # what our responses must fit
         self.wake_fd = dul._dv_wake_r.fileno()
         self.closed = False
         self._quickack = False
         self._closed_reason: str | None = None  # the socket closed during a C-FIND
-        self.answered = 0  # requests answered here (tests and debugging: proof the path is taken)
+        self.answered = 0  # messages handled here (tests and debugging: proof the path is taken)
         self.passed = 0  # PDUs handed to pynetdicom
         self.stored = self.stored_bytes = self.refused = self.finds = 0  # for the summary line
 

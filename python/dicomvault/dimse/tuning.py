@@ -337,9 +337,13 @@ def _dv_run_reactor(self: DULServiceProvider) -> None:
 
         # dicomvault: once established, the socket is read natively (the wait happens there)
         established = self.state_machine.current_state == "Sta6"
-        # (is_established too: a requestor's association thread learns the accepted contexts
-        # only after the DUL has reached Sta6; until then pynetdicom reads, whole PDUs only)
-        if fast is None and established and not fast_tried and self.assoc.is_established:
+        # A requestor's association thread learns the accepted contexts only after the DUL has
+        # reached Sta6 (is_established then); until the native reader takes over, pynetdicom
+        # reads, and the switch happens only between two DIMSE messages (dimse.message None:
+        # no fragments of a message held by pynetdicom that the native reader would not know).
+        if (fast is None and established and not fast_tried
+                and (self.assoc.is_acceptor or self.assoc.is_established)
+                and getattr(self.assoc.dimse, "message", None) is None and self.event_queue.empty()):
             fast_tried = True
             fast = self._dv_fast = fastpath.attach(self)
         elif fast is not None and not established:

@@ -73,10 +73,6 @@ def enable(ae: Any, store: StoreHandler, find: FindHandler | None = None) -> Non
     ae._dv_fast = (store, find)
 
 
-def disable(ae: Any) -> None:
-    ae.__dict__.pop("_dv_fast", None)
-
-
 def attach(dul: Any) -> FastPath | None:
     """The fast path for this DUL's association, or None if it must stay pynetdicom's."""
     assoc = dul.assoc

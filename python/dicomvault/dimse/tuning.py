@@ -17,8 +17,12 @@ What the patches change, and nothing else:
   outgoing primitive (our C-STORE-RSP) leaves at once. Timers are still checked at least every
   `DUL_IDLE_WAIT` seconds.
 - `Association._run_reactor` waits on its DIMSE message queue's condition (woken by the DUL
-  when a message or an ACSE primitive such as A-RELEASE arrives) instead of sleeping 1 ms per loop;
-  it still loops at least every `ASSOC_IDLE_WAIT` seconds to check timeouts and the DUL thread.
+  when a message or an ACSE primitive such as A-RELEASE arrives, or by a send_*() pausing it:
+  `_CheckpointEvent`) instead of sleeping 1 ms per loop; it still loops at least every
+  `ASSOC_IDLE_WAIT` seconds to check timeouts and the DUL thread.
+- Once the association is established (and between two DIMSE messages), the DUL reactor reads
+  the socket through fastpath.py's native reader instead of pynetdicom's; see that module.
+- pynetdicom's P-DATA actions (DT-1, AR-7) also send encoded.py's pre-framed messages.
 
 - `DIMSEServiceProvider.send_msg` encodes a plain successful C-STORE-RSP (status 0x0000, no
   optional elements, no EVT_DIMSE_SENT handler bound) with `struct` instead of building and

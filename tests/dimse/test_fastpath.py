@@ -81,16 +81,16 @@ def _associate(port: int) -> Any:
 def _send(assoc: Any, data: bytes, folder: Path) -> Dataset:
     """C-STORE of already encoded dataset bytes, sent as they are (what a modality does):
     pynetdicom's chunked sending of a file's data set, without decoding it."""
-    sop_uid = generate_uid()  # only names the file; the request's UID comes from the file meta
+    sop_uid = _uid_of(data)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = _uid_of(data)
+    meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     fp = DicomBytesIO()
     fp.is_little_endian, fp.is_implicit_VR = True, False
     fp.write(b"\0" * 128 + b"DICM")
     write_file_meta_info(fp, meta, enforce_standard=True)
-    path = folder / f"{sop_uid}.dcm"
+    path = folder / f"{sop_uid}-{len(data)}.dcm"  # the same object cut short gets its own file
     path.write_bytes(fp.getvalue() + data)
     return assoc.send_c_store(path)
 

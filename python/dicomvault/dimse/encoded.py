@@ -16,7 +16,6 @@ EVT_DIMSE_SENT handler bound, a field this encoder does not know) takes pynetdic
 
 from __future__ import annotations
 
-import struct
 from io import BytesIO
 from typing import Any
 
@@ -27,8 +26,8 @@ from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
-_ELEMENT = struct.Struct("<HHI")  # group, element, length (implicit VR little endian)
-_US = struct.Struct("<H")
+from . import command_set as cs
+
 DATASET_PRESENT = 0x0001  # pynetdicom's Command Data Set Type when a data set follows
 
 
@@ -38,11 +37,6 @@ class EncodedPData(P_DATA):
     def __init__(self, encoded: bytes) -> None:
         super().__init__()
         self.encoded = encoded
-
-
-def _padded(value: str, pad: bytes) -> bytes:
-    raw = value.encode("ascii")
-    return raw + pad if len(raw) % 2 else raw
 
 
 def store_rq_command(primitive: Any) -> bytes | None:
@@ -57,20 +51,19 @@ def store_rq_command(primitive: Any) -> bytes | None:
     if primitive.AffectedSOPClassUID is None or primitive.AffectedSOPInstanceUID is None:
         return None
     elements = [
-        (0x0002, _padded(str(primitive.AffectedSOPClassUID), b"\0")),
-        (0x0100, _US.pack(0x0001)),  # CommandField: C-STORE-RQ
-        (0x0110, _US.pack(primitive.MessageID)),
-        (0x0700, _US.pack(primitive.Priority or 0)),
-        (0x0800, _US.pack(DATASET_PRESENT)),
-        (0x1000, _padded(str(primitive.AffectedSOPInstanceUID), b"\0")),
+        (0x0002, cs.ui(primitive.AffectedSOPClassUID)),
+        (0x0100, cs.us(0x0001)),  # CommandField: C-STORE-RQ
+        (0x0110, cs.us(primitive.MessageID)),
+        (0x0700, cs.us(primitive.Priority or 0)),
+        (0x0800, cs.us(DATASET_PRESENT)),
+        (0x1000, cs.ui(primitive.AffectedSOPInstanceUID)),
     ]
     originator = primitive.MoveOriginatorApplicationEntityTitle
     if originator:
-        elements.append((0x1030, _padded(str(originator).strip(), b" ")))
+        elements.append((0x1030, cs.ae(originator)))
     if primitive.MoveOriginatorMessageID is not None:
-        elements.append((0x1031, _US.pack(primitive.MoveOriginatorMessageID)))
-    body = b"".join(_ELEMENT.pack(0x0000, elem, len(value)) + value for elem, value in elements)
-    return _ELEMENT.pack(0x0000, 0x0000, 4) + struct.pack("<I", len(body)) + body
+        elements.append((0x1031, cs.us(primitive.MoveOriginatorMessageID)))
+    return cs.pack(elements)
 
 
 def _pynetdicom_store_rq(primitive: Any) -> bytes:

@@ -31,6 +31,7 @@ from pynetdicom.sop_class import (
 
 from ..engine import Engine
 from ..index import QueryError
+from . import command_set as cs
 from .common import calling_ae, log, status
 
 PENDING = 0xFF00
@@ -230,15 +231,8 @@ DATASET_PRESENT = 0x0001  # pynetdicom's value; anything but 0x0101 means "a dat
 def command_set(sop_class: str, msg_id: int, status_code: int) -> bytes:
     """A C-FIND-RSP command set with a dataset (Implicit VR Little Endian, PS3.7 9.3.2.2), the
     same bytes pynetdicom encodes for it."""
-    uid = sop_class.encode()
-    if len(uid) % 2:
-        uid += b"\0"
-    body = (struct.pack("<HHI", 0x0000, 0x0002, len(uid)) + uid
-            + struct.pack("<HHIH", 0x0000, 0x0100, 2, C_FIND_RSP)
-            + struct.pack("<HHIH", 0x0000, 0x0120, 2, msg_id)
-            + struct.pack("<HHIH", 0x0000, 0x0800, 2, DATASET_PRESENT)
-            + struct.pack("<HHIH", 0x0000, 0x0900, 2, status_code))
-    return struct.pack("<HHII", 0x0000, 0x0000, 4, len(body)) + body
+    return cs.pack([(0x0002, cs.ui(sop_class)), (0x0100, cs.us(C_FIND_RSP)), (0x0120, cs.us(msg_id)),
+                    (0x0800, cs.us(DATASET_PRESENT)), (0x0900, cs.us(status_code))])
 
 
 def pdata_primitives(context_id: int, command: bytes, dataset: bytes, max_pdu: int) -> list[P_DATA]:

@@ -57,7 +57,6 @@ import queue
 import select
 import socket
 import ssl
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -75,6 +74,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
 from .. import _native
+from . import command_set as cs
 from . import encoded, fastpath
 from .fastpath import FastPath
 
@@ -353,9 +353,8 @@ def _dv_run_reactor(self: DULServiceProvider) -> None:
         elif fast is not None and not established:
             # Release or abort under way: pynetdicom reads the rest itself. A conforming peer
             # sends nothing after A-RELEASE-RQ/RP or A-ABORT, so nothing can be left half-read.
-            if fast.leftover():
-                _DUL_LOG.warning("%d bytes after the last whole PDU dropped at association end",
-                                 fast.leftover())
+            if leftover := fast.leftover():
+                _DUL_LOG.warning("%d bytes after the last whole PDU dropped at association end", leftover)
             fast.summary()
             if fast.closed:
                 fast_tried = True  # the socket is gone: keep pynetdicom's reader off it too
@@ -551,15 +550,6 @@ def _assoc_reactor_loop(self: Association, idle_wait: Callable[[Association], No
 
 # -- C-STORE-RSP -----------------------------------------------------------------------------------
 
-_ELEMENT = struct.Struct("<HHI")  # group, element, length (implicit VR little endian)
-_US = struct.Struct("<H")
-
-
-def _uid_value(uid: object) -> bytes:
-    raw = str(uid).encode("ascii")
-    return raw + b"\0" if len(raw) % 2 else raw  # UI values are padded to even length with NUL
-
-
 _RSP_FIELDS = {C_STORE: 0x8001, C_GET: 0x8010, C_MOVE: 0x8021}
 _COUNTS = ((0x1020, "NumberOfRemainingSuboperations"), (0x1021, "NumberOfCompletedSuboperations"),
            (0x1022, "NumberOfFailedSuboperations"), (0x1023, "NumberOfWarningSuboperations"))
@@ -582,19 +572,18 @@ def fast_rsp(primitive: Any) -> bytes | None:
     elif primitive.Identifier is not None:
         return None
     elements = [
-        (0x0002, _uid_value(primitive.AffectedSOPClassUID)),
-        (0x0100, _US.pack(field)),
-        (0x0120, _US.pack(primitive.MessageIDBeingRespondedTo)),
-        (0x0800, _US.pack(0x0101)),  # CommandDataSetType: no data set
-        (0x0900, _US.pack(primitive.Status)),
+        (0x0002, cs.ui(primitive.AffectedSOPClassUID)),
+        (0x0100, cs.us(field)),
+        (0x0120, cs.us(primitive.MessageIDBeingRespondedTo)),
+        (0x0800, cs.us(0x0101)),  # CommandDataSetType: no data set
+        (0x0900, cs.us(primitive.Status)),
     ]
     if field == 0x8001:
-        elements.append((0x1000, _uid_value(primitive.AffectedSOPInstanceUID)))
+        elements.append((0x1000, cs.ui(primitive.AffectedSOPInstanceUID)))
     else:
-        elements += [(tag, _US.pack(getattr(primitive, name))) for tag, name in _COUNTS
+        elements += [(tag, cs.us(getattr(primitive, name))) for tag, name in _COUNTS
                      if getattr(primitive, name) is not None]
-    body = b"".join(_ELEMENT.pack(0x0000, elem, len(value)) + value for elem, value in elements)
-    return _ELEMENT.pack(0x0000, 0x0000, 4) + struct.pack("<I", len(body)) + body
+    return cs.pack(elements)
 
 
 def _pynetdicom_rsp(primitive: Any) -> bytes:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,6 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config, build_context
 from pynetdicom.sop_class import (
-    PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
     Verification,
 )
@@ -121,23 +123,26 @@ def test_find_non_ascii_names(server: tuple[int, DimseServer], charset: str, nam
 
 
 def test_find_cancel(server: tuple[int, DimseServer]) -> None:
+    """dcmtk findscu cancels after the first response; the answer stops short with Cancel and the
+    association stays usable. The client is a process of its own: a pynetdicom client in this
+    process shares the GIL with the server it cancels, and could lose the race to the last match
+    (seen once: all 300 matches sent before its C-CANCEL was)."""
     port, _ = server
-    q = Dataset()
-    q.QueryRetrieveLevel = "IMAGE"
-    q.PatientID = "MANY"
-    q.StudyInstanceUID = ""
-    q.SeriesInstanceUID = ""
-    q.SOPInstanceUID = ""
-    assoc = _associate(port, PatientRootQueryRetrieveInformationModelFind)
+    keys = ["QueryRetrieveLevel=IMAGE", "PatientID=MANY", "StudyInstanceUID", "SeriesInstanceUID",
+            "SOPInstanceUID"]
+    cmd = ["findscu", "-v", "-P", "-aec", "DICOMVAULT", "--cancel", "1",
+           *(a for k in keys for a in ("-k", k)), "127.0.0.1", str(port)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "TCP_NODELAY": "1"})
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log
+    final = re.search(r"Received Final Find Response \(([^)]*)\)", log)
+    assert final is not None and "cancel" in final.group(1).lower(), log
+    assert 1 <= len(re.findall(r"Find Response: \d+ \(Pending", log)) < N_INSTANCES, log
+    # the same server answers the next association normally
+    assoc = _associate(port, Verification)
     try:
-        statuses = []
-        for status, _ in assoc.send_c_find(q, PatientRootQueryRetrieveInformationModelFind, msg_id=7):
-            statuses.append(status.Status)
-            if len(statuses) == 1:
-                assoc.send_c_cancel(7, query_model=PatientRootQueryRetrieveInformationModelFind)
-        assert statuses[-1] == 0xFE00, "cancelled"
-        assert len(statuses) < N_INSTANCES
-        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
     finally:
         assoc.release()
 

@@ -33,7 +33,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from ..config import Config, ConfigError, DimseConfig, PeerConfig
 from ..engine import Engine
-from . import fastpath, tls, tuning
+from . import fastpath, tls, tuning, uid_memo
 from .commitment import CommitmentService
 from .common import log, peer_desc, set_nodelay
 from .find import fast_find, handle_find
@@ -70,6 +70,9 @@ def _configure_pynetdicom(tuned_reactor: bool = True) -> None:
     # Storage: accept every storage-like context without listing ~170 SOP classes x ~40
     # syntaxes, which pynetdicom deep-copies per association (~110 ms each, measured).
     _config.UNRESTRICTED_STORAGE_SERVICE = True
+    # Negotiating storescu's ~120 proposed contexts re-validated each UID several times (~27 ms
+    # of CPU per association): see uid_memo.py.
+    uid_memo.install()
     # pynetdicom's standard handlers format every PDU and DIMSE message for its log, and the
     # identifier logging decodes identifiers a second time: CPU on the ingest path for nothing.
     _config.LOG_HANDLER_LEVEL = "none"

@@ -9,7 +9,7 @@ import pytest
 
 from dicomvault.bench.synth import SeriesSpec, ct_series
 from dicomvault.engine import Engine
-from dicomvault.errors import UIDMismatchError
+from dicomvault.errors import DicomVaultError, UIDMismatchError
 
 
 def _dataset(buf: bytes) -> tuple[str, bytes]:
@@ -36,3 +36,29 @@ def test_store_dataset_refuses_uid_mismatch_before_indexing(engine: Engine) -> N
     meta = pydicom.dcmread(io.BytesIO(first)).file_meta
     assert meta.SourceApplicationEntityTitle == "CT_SCANNER_1"
     assert meta.MediaStorageSOPInstanceUID == out.sop_instance_uid
+
+
+def test_received_data_set_is_stored_like_bytes_and_consumed(engine: Engine, tmp_path) -> None:
+    """The DIMSE reader's ReceivedDataSet (no copy into bytes) stores exactly what the same
+    bytes store: same blob, same dataset read back, and a file copy of it dedupes to it."""
+    from dicomvault import _native
+
+    bufs = list(ct_series(SeriesSpec(slices=2, rows=64, columns=64, seed=11)))
+    ts, ds = _dataset(bufs[0])
+    received = _native.ReceivedDataSet(ds)
+    assert len(received) == len(ds) and received.bytes() == ds
+    out = engine.store_dataset(received, ts)
+    assert len(received) == 0 and received.bytes() == b""  # consumed, not copied
+    assert engine.read_dataset(out.sop_instance_uid) == (ts, ds)
+    again = engine.store_dataset(ds, ts)
+    assert (again.hash, again.duplicate) == (out.hash, True)
+    path = tmp_path / "slice.dcm"
+    path.write_bytes(bufs[0])
+    (from_file,) = engine.store_files([path])
+    assert not isinstance(from_file, Exception) and from_file.hash == out.hash
+    with pytest.raises(ValueError, match="already ingested"):
+        engine.store_dataset(received, ts)
+    # refused like bytes: a data set without the hierarchy UIDs
+    ts2, ds2 = _dataset(bufs[1])
+    with pytest.raises(DicomVaultError):
+        engine.store_dataset(_native.ReceivedDataSet(ds2[:200]), ts2)

@@ -190,7 +190,7 @@ class Engine:
 
     def store_dataset(
         self,
-        dataset: bytes,
+        dataset: bytes | _native.ReceivedDataSet,
         transfer_syntax: str,
         *,
         expected_sop_instance_uid: str | None = None,
@@ -202,9 +202,14 @@ class Engine:
         With `expected_*` (the C-STORE request's Affected SOP Instance/Class UID), a dataset that
         says otherwise is refused with `UIDMismatchError` before the index names it, so a sender
         told "failed" never finds the object archived anyway.
+
+        A `ReceivedDataSet` (the DIMSE reader's, see dimse/fastpath.py) is consumed without a copy.
         """
         with self._lock.shared():
-            native = self.vault.ingest_dataset(dataset, transfer_syntax)
+            if isinstance(dataset, _native.ReceivedDataSet):
+                native = self.vault.ingest_received(dataset, transfer_syntax)
+            else:
+                native = self.vault.ingest_dataset(dataset, transfer_syntax)
             record = self._record(native, None, calling_ae)
             for key, expected in (
                 ("SOPInstanceUID", expected_sop_instance_uid),

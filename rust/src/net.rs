@@ -5,8 +5,40 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use dicomvault_core::net::{self, Conn, Out, ResponseFields, Wait};
+use dicomvault_core::object;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
+
+/// The data set of a C-STORE request as the reader gathered it, handed to
+/// `Vault.ingest_received` without a copy into Python bytes (which would then be copied again
+/// into the canonical form). `bytes()` copies it out for any other use.
+#[pyclass(module = "dicomvault._native")]
+pub struct ReceivedDataSet {
+    pub inner: Option<object::ReceivedDataSet>,
+}
+
+#[pymethods]
+impl ReceivedDataSet {
+    /// A copy of `data` (tests, and callers with bytes in hand).
+    #[new]
+    fn new(data: &[u8]) -> Self {
+        let mut inner = object::ReceivedDataSet::default();
+        inner.extend(data);
+        ReceivedDataSet { inner: Some(inner) }
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.as_ref().map_or(0, |d| d.len())
+    }
+
+    /// The data set bytes (a copy); b"" once ingested.
+    fn bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.inner.as_ref().map_or(&[][..], |d| d.data_set()))
+    }
+}
+
+/// C-STORE-RQ: its data set stays native (see ReceivedDataSet).
+const C_STORE_RQ: u16 = 0x0001;
 
 /// Reads whole PDUs from an association's socket (a descriptor Python keeps owning and
 /// closing) and reassembles P-DATA. `fast` maps presentation context id -> the Command Field the
@@ -27,8 +59,8 @@ impl PduReader {
     /// `wake_fd` is readable. Returns (outputs, state, reason): state is "ready", "timeout",
     /// "woken" or "closed" (reason: what a close cut short, else None). Outputs, in order:
     /// ("pdu", bytes) for pynetdicom; ("msg", context_id, command_field, message_id,
-    /// sop_class_uid, sop_instance_uid, data_set bytes or None, message_id_being_responded_to);
-    /// ("error", why) = abort.
+    /// sop_class_uid, sop_instance_uid, data set or None, message_id_being_responded_to) where the
+    /// data set of a C-STORE-RQ is a ReceivedDataSet and any other is bytes; ("error", why) = abort.
     #[pyo3(signature = (wake_fd, timeout))]
     fn next<'py>(
         &mut self,
@@ -43,17 +75,26 @@ impl PduReader {
         for out in outs {
             let item: Bound<'py, PyTuple> = match out {
                 Out::Pdu(bytes) => ("pdu", PyBytes::new(py, &bytes)).into_pyobject(py)?,
-                Out::Message { context_id, command, data_set } => (
-                    "msg",
-                    context_id,
-                    command.command_field,
-                    command.message_id,
-                    command.sop_class_uid,
-                    command.sop_instance_uid,
-                    data_set.map(|d| PyBytes::new(py, &d)),
-                    command.message_id_being_responded_to,
-                )
-                    .into_pyobject(py)?,
+                Out::Message { context_id, command, data_set } => {
+                    let data_set: Option<Bound<'py, PyAny>> = match data_set {
+                        None => None,
+                        Some(d) if command.command_field == C_STORE_RQ => {
+                            Some(Bound::new(py, ReceivedDataSet { inner: Some(d) })?.into_any())
+                        }
+                        Some(d) => Some(PyBytes::new(py, d.data_set()).into_any()),
+                    };
+                    (
+                        "msg",
+                        context_id,
+                        command.command_field,
+                        command.message_id,
+                        command.sop_class_uid,
+                        command.sop_instance_uid,
+                        data_set,
+                        command.message_id_being_responded_to,
+                    )
+                        .into_pyobject(py)?
+                }
                 Out::ProtocolError(why) => ("error", why).into_pyobject(py)?,
             };
             list.append(item)?;

@@ -15,6 +15,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::convert::{hash_arg, prepared_to_py, stats_to_py};
 use crate::errors::{to_py, IntoPy};
+use crate::net::ReceivedDataSet;
 
 #[pyclass(frozen, module = "dicomvault._native")]
 pub struct Vault {
@@ -155,6 +156,28 @@ impl Vault {
         let level = self.level;
         let mut results = py.detach(|| {
             let prepared = vec![object::prepare_dataset(dataset, transfer_syntax, INDEX_TAGS, level)];
+            self.put_prepared(&store, prepared)
+        });
+        let (p, existed) = results.pop().expect("one result").py_err()?;
+        prepared_to_py(py, &p, existed)
+    }
+
+    /// `ingest_dataset` of a data set the DIMSE reader gathered, consumed without a copy (the
+    /// object is empty afterwards).
+    fn ingest_received<'py>(
+        &self,
+        py: Python<'py>,
+        received: &Bound<'py, ReceivedDataSet>,
+        transfer_syntax: &str,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let store = self.store()?;
+        let level = self.level;
+        let data =
+            received.borrow_mut().inner.take().ok_or_else(|| {
+                pyo3::exceptions::PyValueError::new_err("received data set already ingested")
+            })?;
+        let mut results = py.detach(|| {
+            let prepared = vec![object::prepare_received(data, transfer_syntax, INDEX_TAGS, level)];
             self.put_prepared(&store, prepared)
         });
         let (p, existed) = results.pop().expect("one result").py_err()?;

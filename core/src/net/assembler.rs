@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use super::command::{self, Command};
 use super::pdu::{self, Pdv};
+use crate::object::ReceivedDataSet;
 
 /// What one PDU (or a run of PDUs) produced, in arrival order.
 #[derive(Debug, PartialEq, Eq)]
@@ -12,7 +13,7 @@ pub enum Out {
     /// PDVs of messages the archive does not answer itself.
     Pdu(Vec<u8>),
     /// A complete fast message: its command and, if it has one, its data set.
-    Message { context_id: u8, command: Command, data_set: Option<Vec<u8>> },
+    Message { context_id: u8, command: Command, data_set: Option<ReceivedDataSet> },
     /// The association must be aborted: the peer broke the P-DATA rules.
     ProtocolError(String),
 }
@@ -24,7 +25,7 @@ enum State {
     /// Command fragments received so far (a command set may span PDVs and PDUs).
     Command { context_id: u8, bytes: Vec<u8> },
     /// A fast message's data set, being gathered.
-    Data { context_id: u8, command: Command, bytes: Vec<u8> },
+    Data { context_id: u8, command: Command, bytes: ReceivedDataSet },
     /// The data set of a message for pynetdicom, still coming.
     Pass,
     /// After a protocol error nothing more is interpreted.
@@ -120,7 +121,7 @@ impl Assembler {
                         pdv.context_id
                     ));
                 }
-                bytes.extend_from_slice(pdv.fragment);
+                bytes.extend(pdv.fragment);
                 if pdv.is_last() {
                     if let State::Data { context_id, command, bytes } =
                         std::mem::replace(&mut self.state, State::Idle)
@@ -159,7 +160,7 @@ impl Assembler {
         match decoded {
             Ok(command) if fast => {
                 if command.has_data_set() {
-                    self.state = State::Data { context_id, command, bytes: Vec::new() };
+                    self.state = State::Data { context_id, command, bytes: ReceivedDataSet::default() };
                 } else {
                     flush(pass, out);
                     out.push(Out::Message { context_id, command, data_set: None });

@@ -111,7 +111,7 @@ fn store_over_several_pdus_becomes_one_message() {
         Out::Message { context_id, command, data_set } => {
             assert_eq!(*context_id, 1);
             assert_eq!(command.sop_instance_uid, "1.2.3");
-            assert_eq!(data_set.as_deref(), Some(&data[..]));
+            assert_eq!(data_set.as_ref().map(|d| d.data_set()), Some(&data[..]));
         }
         other => panic!("{other:?}"),
     }
@@ -195,7 +195,7 @@ fn conn_reads_pdus_written_in_pieces_and_sees_eof() {
         assert_ne!(wait, Wait::Timeout);
         got = out;
     }
-    assert!(matches!(&got[..], [Out::Message { data_set: Some(d), .. }] if *d == data));
+    assert!(matches!(&got[..], [Out::Message { data_set: Some(d), .. }] if d.data_set() == data));
     let tx = writer.join().unwrap();
 
     // nothing pending: a wake-up ends the wait at once, a timeout ends it after the timeout

@@ -64,7 +64,8 @@ LITTLE_ENDIAN = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
 PROCESSING_FAILURE = 0xC211
 
 # (association, accepted context, SOP Class UID, SOP Instance UID, data set) -> (status, comment)
-StoreHandler = Callable[[Any, Any, str, str, bytes], tuple[int, str | None]]
+# (association, context, SOP class, SOP instance, data set: bytes or a ReceivedDataSet)
+StoreHandler = Callable[[Any, Any, str, str, Any], tuple[int, str | None]]
 
 
 def enable(ae: Any, store: StoreHandler, find: FindHandler | None = None) -> None:
@@ -202,14 +203,14 @@ class FastPath:
         dul._recv_pdu.put(pdu)
 
     def _answer(self, context_id: int, command_field: int, message_id: int, sop_class: str,
-                sop_uid: str, data_set: bytes | None, responded_to: int) -> None:
+                sop_uid: str, data_set: bytes | _native.ReceivedDataSet | None, responded_to: int) -> None:
         cx = self.contexts[context_id]
         comment: str | None = None
         if command_field == C_STORE_RSP:
             self._to_waiting_requestor(context_id, responded_to, sop_class, sop_uid)
             return
         if command_field == C_FIND_RQ:
-            self._find(cx, message_id, sop_class, data_set or b"")
+            self._find(cx, message_id, sop_class, data_set if isinstance(data_set, bytes) else b"")
             return
         if command_field == C_CANCEL_RQ:
             # PS3.7 9.3.2.3: a cancel for a request no longer running is ignored
@@ -221,6 +222,7 @@ class FastPath:
             sop_uid = ""
         else:
             rsp_field = C_STORE_RSP
+            size = len(data_set or b"")  # the engine consumes a ReceivedDataSet
             try:
                 code, comment = self.store(self.assoc, cx, sop_class, sop_uid, data_set or b"")
             except Exception as exc:  # noqa: BLE001 - a failing handler must not kill the association
@@ -228,7 +230,7 @@ class FastPath:
                 code, comment = PROCESSING_FAILURE, f"handler failed: {exc}"
             if code == SUCCESS:
                 self.stored += 1
-                self.stored_bytes += len(data_set or b"")
+                self.stored_bytes += size
             else:
                 self.refused += 1
         self._send(_native.encode_response(context_id, rsp_field, message_id, sop_class, sop_uid, code,

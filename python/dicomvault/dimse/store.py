@@ -12,6 +12,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from .. import _native  # type: ignore[attr-defined]
 from ..engine import Engine
 from ..errors import (
     CodecError,
@@ -40,8 +41,8 @@ def _refused(code: int, caller: str, sop_uid: str, why: str) -> tuple[int, str]:
     return code, why
 
 
-def store_status(engine: Engine, dataset: bytes | memoryview, ts: str, *, sop_uid: str, sop_class: str,
-                 caller: str) -> tuple[int, str | None]:
+def store_status(engine: Engine, dataset: bytes | memoryview | _native.ReceivedDataSet, ts: str, *,
+                 sop_uid: str, sop_class: str, caller: str) -> tuple[int, str | None]:
     """Stores one received dataset; (C-STORE status, error comment or None).
 
     Used by the in-process handler below and by the writer side of workers.py (which receives
@@ -105,12 +106,12 @@ def as_response(code: int, comment: str | None) -> Dataset | int:
     return SUCCESS if code == SUCCESS else status(code, comment)
 
 
-def fast_store(engine: Engine) -> Callable[[Any, Any, str, str, bytes], tuple[int, str | None]]:
+def fast_store(engine: Engine) -> Callable[[Any, Any, str, str, Any], tuple[int, str | None]]:
     """The store handler of dimse/fastpath.py: same answers as `handle_store`, from the facts
     the native reader hands over instead of a pynetdicom event."""
 
     def store(assoc: Any, context: Any, sop_class: str, sop_uid: str,
-              dataset: bytes) -> tuple[int, str | None]:
+              dataset: bytes | _native.ReceivedDataSet) -> tuple[int, str | None]:
         return store_status(engine, dataset, str(context.transfer_syntax[0]), sop_uid=sop_uid,
                             sop_class=sop_class, caller=str(assoc.requestor.ae_title).strip())
 

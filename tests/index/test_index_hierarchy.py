@@ -227,3 +227,36 @@ def test_checkpoint(idx: Index, mk: MakeInst, tmp_path: Path) -> None:
     with Index.open(tmp_path / "ck", read_only=True) as ck:
         assert ck.stats()["objects"] == 1
         assert ck.get_instance("1.1") is not None and ck.get_instance("1.2") is None
+
+
+def test_entries_follow_every_field_they_derive_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hierarchy entries are memoised by what they derive from: a change of any of those gives
+    the entries of the new values, and the shared mappings cannot be modified."""
+    from dicomvault.index import secondary
+    from dicomvault.index.records import SeriesRecord, StudyRecord
+
+    st = StudyRecord(study_uid="1.2.3", patient_id="P1",
+                     attrs={"PatientName": "Doe^Jane", "StudyDate": "20240101", "AccessionNumber": "A1"})
+    first = secondary.study_entries(st)
+    assert secondary.study_entries(st) is first
+    with pytest.raises(TypeError):
+        first[b"x"] = b""  # type: ignore[index]
+    fresh = {k: v for k, v in secondary._study_entries(
+        "1.2.3", "P1", "Doe^Jane", "20240101", "A1", ()).items()}
+    assert dict(first) == fresh
+    for change in (lambda r: r.attrs.update(PatientName="Roe^Jim"),
+                   lambda r: r.attrs.update(StudyDate="20240102"),
+                   lambda r: r.attrs.update(AccessionNumber="A2"),
+                   lambda r: r.modalities.update(CT=1),
+                   lambda r: setattr(r, "patient_id", "P2")):
+        before = dict(secondary.study_entries(st))
+        change(st)
+        after = dict(secondary.study_entries(st))
+        assert after != before
+        assert after == secondary._study_entries(st.study_uid, st.patient_id, st.attrs.get("PatientName"),
+                                                 st.attrs.get("StudyDate"), st.attrs.get("AccessionNumber"),
+                                                 tuple(st.modalities_in_study()))
+    monkeypatch.setattr(secondary, "_ENTRY_CACHE_MAX", 4)
+    for i in range(20):
+        secondary.series_entries(SeriesRecord(study_uid="1.2", series_uid=f"1.2.{i}", modality="CT"))
+    assert len(secondary._ENTRY_CACHE) <= 4

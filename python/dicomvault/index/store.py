@@ -108,8 +108,9 @@ def _pick(attrs: Mapping[str, str], wanted: frozenset[str]) -> dict[str, str]:
 def _fill_missing(target: dict[str, str], attrs: Mapping[str, str], wanted: frozenset[str]) -> bool:
     """Copy attributes the record lacks (first non-empty value wins)."""
     changed = False
-    for k, v in attrs.items():
-        if v and k in wanted and not target.get(k):
+    for k in attrs.keys() & wanted:  # a set operation in C: most attributes are not wanted
+        v = attrs[k]
+        if v and not target.get(k):
             target[k] = v
             changed = True
     return changed

@@ -11,7 +11,7 @@ counters are added, and everything goes into a single WriteBatch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,11 +49,11 @@ _DECODERS: dict[str, type[Record]] = {
 }
 
 
-def _no_entries(_rec: Any) -> dict[bytes, bytes]:
+def _no_entries(_rec: Any) -> Mapping[bytes, bytes]:
     return {}
 
 
-_ENTRIES: dict[str, Callable[[Any], dict[bytes, bytes]]] = {
+_ENTRIES: dict[str, Callable[[Any], Mapping[bytes, bytes]]] = {
     CF_PATIENTS: secondary.patient_entries,
     CF_STUDIES: secondary.study_entries,
     CF_SERIES: secondary.series_entries,
@@ -66,7 +66,7 @@ _ENTRIES: dict[str, Callable[[Any], dict[bytes, bytes]]] = {
 class _Slot:
     cf: str
     key: bytes
-    orig_entries: dict[bytes, bytes]
+    orig_entries: Mapping[bytes, bytes]
     rec: Any
     dirty: bool = False
 
@@ -185,7 +185,7 @@ class Txn:
             handle = h[slot.cf]
             if slot.rec is None:
                 batch.delete(slot.key, handle)
-                new_entries: dict[bytes, bytes] = {}
+                new_entries: Mapping[bytes, bytes] = {}
             else:
                 batch.put(slot.key, slot.rec.encode(), handle)
                 new_entries = _ENTRIES[slot.cf](slot.rec)

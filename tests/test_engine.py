@@ -62,3 +62,38 @@ def test_received_data_set_is_stored_like_bytes_and_consumed(engine: Engine, tmp
     ts2, ds2 = _dataset(bufs[1])
     with pytest.raises(DicomVaultError):
         engine.store_dataset(_native.ReceivedDataSet(ds2[:200]), ts2)
+
+
+def test_get_listing_reads_records_late_and_fails_only_unreadable_objects(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A C-GET lists a study's SOP UIDs from the hierarchy index (retrieve.resolve with
+    syntaxes=False) and reads each record when its object is loaded: same order as the full
+    listing, SOP class and syntax filled at load, and an object deleted or damaged in between
+    fails alone, with its SOP class when the record still names it."""
+    from pydicom.dataset import Dataset
+
+    from dicomvault.dimse.retrieve import _load, resolve
+    from dicomvault.errors import IntegrityError
+
+    bufs = list(ct_series(SeriesSpec(slices=3, rows=32, columns=32, seed=21)))
+    outs = [engine.store_dataset(ds, ts) for ts, ds in map(_dataset, bufs)]
+    study = outs[0].study_instance_uid
+    q = Dataset()
+    q.QueryRetrieveLevel, q.StudyInstanceUID = "STUDY", study
+    model = "1.2.840.10008.5.1.4.1.2.2.3"  # Study Root C-GET
+    lazy, full = resolve(engine, q, model, syntaxes=False), resolve(engine, q, model)
+    assert [m.sop_uid for m in lazy] == [m.sop_uid for m in full] and len(lazy) == 3
+    assert all(m.sop_class == "" for m in lazy) and all(m.sop_class for m in full)
+    first = _load(engine, lazy[0])
+    want = (full[0].sop_class, *engine.read_dataset(lazy[0].sop_uid))
+    assert (first.SOPClassUID, first.dv_ts, first.dv_raw) == want
+    engine.delete("instance", lazy[1].sop_uid)
+    gone = _load(engine, lazy[1])
+    assert gone.dv_raw is None and gone.SOPClassUID == ""
+
+    def damaged(uid: str) -> tuple[object, str, bytes]:
+        raise IntegrityError(f"blob of {uid} damaged")
+
+    monkeypatch.setattr(engine, "read_instance", damaged)
+    bad = _load(engine, lazy[2])
+    assert bad.dv_raw is None and bad.SOPClassUID == full[2].sop_class and "damaged" in bad.dv_error

@@ -260,10 +260,16 @@ class Engine:
 
     def read_dataset(self, sop_instance_uid: str) -> tuple[str, bytes]:
         """(transfer syntax UID, dataset bytes as received), hash-verified."""
+        _, ts, dataset = self.read_instance(sop_instance_uid)
+        return ts, dataset
+
+    def read_instance(self, sop_instance_uid: str) -> tuple[InstanceRecord, str, bytes]:
+        """(index record, transfer syntax UID, dataset bytes as received), hash-verified."""
         rec = self.index.get_instance(sop_instance_uid)
         if rec is None:
             raise UnknownObjectError("instance", sop_instance_uid)
-        return self.vault.read(rec.hash)
+        ts, dataset = self.vault.read(rec.hash)
+        return rec, ts, dataset
 
     def read_file(self, sop_instance_uid: str) -> bytes:
         """The object as a Part-10 file (byte-identical to the ingested file, if it came as one)."""

@@ -32,6 +32,13 @@ def test_hierarchy_built_with_counts(idx: Index, mk: MakeInst) -> None:
     assert [r.sop_uid for r in idx.instances_of("series", "S1")] == ["1.2", "1.1"]
     assert [r.sop_uid for r in idx.instances_of("patient", "PID2")] == ["2.1"]
     assert [r.sop_uid for r in idx.instances_of("instance", "2.1")] == ["2.1"]
+    idx.add_instance(mk("2.2", study="ST3", series="S4", patient_id="PID2", patient_name="Roe^Jane"))
+    # the SOP UIDs alone (C-GET listing), from the hierarchy index, in the same order
+    for level, uid in (("study", "1.2.840.1"), ("series", "S1"), ("patient", "PID2"), ("patient", "PID1"),
+                       ("instance", "2.1"), ("instance", "nope"), ("study", "nope")):
+        assert idx.sop_uids_of(level, uid) == [r.sop_uid for r in idx.instances_of(level, uid)], (level, uid)
+    assert idx.sop_uids_of("patient", "PID2") == ["2.1", "2.2"]
+    idx.delete("instance", "2.2")
     assert {p.patient_id for p in idx.patients()} == {"PID1", "PID2"}
     assert {s.study_uid for s in idx.studies()} == {"1.2.840.1", "ST2"}
     inst = idx.get_instance("1.1")

@@ -106,8 +106,8 @@ def install_raw_send() -> None:
 @dataclass(frozen=True)
 class Match:
     sop_uid: str
-    sop_class: str
-    transfer_syntax: str
+    sop_class: str = ""  # "" (with transfer_syntax ""): read from the index record when loaded
+    transfer_syntax: str = ""
 
 
 class RetrieveError(Exception):
@@ -116,8 +116,12 @@ class RetrieveError(Exception):
         self.code = code
 
 
-def resolve(engine: Engine, identifier: Dataset, model: str) -> list[Match]:
-    """The stored instances a retrieve identifier names (PS3.4 C.4.2.2.1: unique keys only)."""
+def resolve(engine: Engine, identifier: Dataset, model: str, *, syntaxes: bool = True) -> list[Match]:
+    """The stored instances a retrieve identifier names (PS3.4 C.4.2.2.1: unique keys only).
+
+    `syntaxes=False` (C-GET, whose contexts are the requestor's): a one-key retrieve lists only
+    the SOP Instance UIDs, from the hierarchy index, and each record is read when its object is
+    (~35 us per instance less before the first image: ~10 ms for a 300-slice study)."""
     level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
     levels = levels_for(model)
     if level not in levels:
@@ -137,8 +141,11 @@ def resolve(engine: Engine, identifier: Dataset, model: str) -> list[Match]:
         # The usual retrieve: one study / series / instance (or patient) by its key. The index's
         # hierarchy walk is ~2x faster than a query (every ms here delays the first image) and
         # gives the objects in series, then instance number order, as viewers want them.
+        key = query[UNIQUE_KEY[level]]
+        if not syntaxes:
+            return [Match(uid) for uid in engine.index.sop_uids_of(level, key)]
         return [Match(r.sop_uid, r.sop_class_uid, r.transfer_syntax)
-                for r in engine.index.instances_of(level, query[UNIQUE_KEY[level]])]
+                for r in engine.index.instances_of(level, key)]
     query.setdefault("SOPInstanceUID", "")
     query.update({"SOPClassUID": "", "AvailableTransferSyntaxUID": ""})
     try:
@@ -150,12 +157,14 @@ def resolve(engine: Engine, identifier: Dataset, model: str) -> list[Match]:
 
 def _load(engine: Engine, m: Match) -> StoredInstance:
     try:
-        ts, raw = engine.read_dataset(m.sop_uid)
+        rec, ts, raw = engine.read_instance(m.sop_uid)
     except DicomVaultError as exc:
         # A missing or damaged blob fails this sub-operation only; the others go on.
         log.error("retrieve: cannot read %s: %s", m.sop_uid, exc)
+        if not m.sop_class and (rec := engine.instance(m.sop_uid)) is not None:
+            m = Match(m.sop_uid, rec.sop_class_uid, rec.transfer_syntax)
         return StoredInstance(m.sop_class, m.sop_uid, m.transfer_syntax, None, str(exc))
-    return StoredInstance(m.sop_class, m.sop_uid, ts, raw)
+    return StoredInstance(m.sop_class or rec.sop_class_uid, m.sop_uid, ts, raw)
 
 
 # Objects read (decoded, hash-verified: native, off the GIL) ahead of the one being sent, so the
@@ -183,9 +192,10 @@ def _sub_operations(event: Any, engine: Engine, matches: list[Match], what: str
             f.cancel()  # cancelled or aborted: what was not started is not read
 
 
-def _matches_or_status(event: Any, engine: Engine, what: str) -> list[Match] | Dataset:
+def _matches_or_status(event: Any, engine: Engine, what: str, *, syntaxes: bool = True
+                       ) -> list[Match] | Dataset:
     try:
-        return resolve(engine, event.identifier, str(event.request.AffectedSOPClassUID))
+        return resolve(engine, event.identifier, str(event.request.AffectedSOPClassUID), syntaxes=syntaxes)
     except RetrieveError as exc:
         log.warning("%s from %s refused (0x%04X): %s", what, calling_ae(event), exc.code, exc)
         return status(exc.code, str(exc))
@@ -194,7 +204,7 @@ def _matches_or_status(event: Any, engine: Engine, what: str) -> list[Match] | D
 def handle_get(event: Any, engine: Engine) -> Iterator[Any]:
     """EVT_C_GET handler: sub-operations go back on the requestor's association (it proposed
     the storage contexts with the SCP role)."""
-    found = _matches_or_status(event, engine, "C-GET")
+    found = _matches_or_status(event, engine, "C-GET", syntaxes=False)
     if isinstance(found, Dataset):
         # pynetdicom wants a count >= 1 first (0 means "Success, nothing to do"); the failure
         # status then ends the operation (its final response counts that one as failed).

@@ -649,24 +649,32 @@ class Index:
         Ordered by series (SeriesNumber, then UID), then InstanceNumber, then SOP UID.
         """
         self._check_open()
-        lv = self._level(level)
-        if lv == "instance":
+        if self._level(level) == "instance":
             rec = self.get_instance(uid)
             return [rec] if rec is not None else []
+        return [r for p in self._hierarchy_prefixes(level, uid) for r in self._instances_at(p)]
+
+    def sop_uids_of(self, level: str, uid: str) -> list[str]:
+        """The SOP Instance UIDs of instances_of(level, uid), in the same order, read from the
+        hierarchy index alone (no instance record decoded: a C-GET's first image waits on it)."""
+        self._check_open()
+        if self._level(level) == "instance":
+            return [uid] if self.get_instance(uid) is not None else []
+        return [secondary.sop_from_hierarchy_key(k) for p in self._hierarchy_prefixes(level, uid)
+                for k in scan_keys(self._cfs[CF_IDX], p, keys.prefix_upper_bound(p))]
+
+    def _hierarchy_prefixes(self, level: str, uid: str) -> list[bytes]:
+        """Hierarchy index prefixes of the series under a patient/study/series, in series order."""
+        lv = self._level(level)
         if lv == "patient":
-            pid = keys.norm_text(uid)
-            p = secondary.IDX_STUDY_PATIENT_ID.prefix + keys.encode(pid)
-            out: list[InstanceRecord] = []
-            for k in scan_keys(self._cfs[CF_IDX], p, keys.prefix_upper_bound(p)):
-                out.extend(self.instances_of("study", keys.decode_at(k, len(p))[0]))
-            return out
+            p = secondary.IDX_STUDY_PATIENT_ID.prefix + keys.encode(keys.norm_text(uid))
+            return [q for k in scan_keys(self._cfs[CF_IDX], p, keys.prefix_upper_bound(p))
+                    for q in self._hierarchy_prefixes("study", keys.decode_at(k, len(p))[0])]
         if lv == "series":
             sid = keys.norm_uid(uid)
-            return [r for st in self._studies_of_series(sid)
-                    for r in self._instances_at(secondary.hierarchy_prefix(st, sid))]
+            return [secondary.hierarchy_prefix(st, sid) for st in self._studies_of_series(sid)]
         study = keys.norm_uid(uid)
-        return [r for se in self.series_of(study)
-                for r in self._instances_at(secondary.hierarchy_prefix(study, se.series_uid))]
+        return [secondary.hierarchy_prefix(study, se.series_uid) for se in self.series_of(study)]
 
     def studies(self) -> Iterator[StudyRecord]:
         """Every study record, in Study Instance UID order."""

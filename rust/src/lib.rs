@@ -18,6 +18,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<vault::Vault>()?;
     m.add_class::<net::PduReader>()?;
     m.add_class::<net::ReceivedDataSet>()?;
+    m.add_class::<net::IdentifierPlan>()?;
     m.add_function(wrap_pyfunction!(net::encode_response, m)?)?;
     m.add_function(wrap_pyfunction!(net::frame_message, m)?)?;
     m.add_function(wrap_pyfunction!(primitives::parse, m)?)?;

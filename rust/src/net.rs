@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use dicomvault_core::net::{self, Conn, Out, ResponseFields, Wait};
+use dicomvault_core::net::{self, Conn, IdentifierKey, Out, ResponseFields, Wait};
 use dicomvault_core::object;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 /// The data set of a C-STORE request as the reader gathered it, handed to
 /// `Vault.ingest_received` without a copy into Python bytes (which would then be copied again
@@ -159,4 +159,51 @@ pub fn frame_message<'py>(
     max_pdu: usize,
 ) -> Bound<'py, PyBytes> {
     PyBytes::new(py, &net::pdu::message_pdus(context_id, command, data_set, max_pdu))
+}
+
+/// The elements of a C-FIND's response identifiers (core::net::identifier): built once per query
+/// from (tag/VR bytes, 4-byte length, padding byte) per requested key; `encode` then writes one
+/// match from its values (str, written as UTF-8, or bytes as they are).
+#[pyclass(frozen, module = "dicomvault._native")]
+pub struct IdentifierPlan {
+    keys: Vec<IdentifierKey>,
+}
+
+#[pymethods]
+impl IdentifierPlan {
+    #[new]
+    fn new(keys: Vec<(Vec<u8>, bool, u8)>) -> Self {
+        IdentifierPlan {
+            keys: keys
+                .into_iter()
+                .map(|(head, long_length, pad)| IdentifierKey { head, long_length, pad })
+                .collect(),
+        }
+    }
+
+    /// `prefix` then one element per key, from `values` (one per key, in order).
+    fn encode<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &[u8],
+        values: &Bound<'py, PyList>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        if values.len() != self.keys.len() {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "{} values for {} keys",
+                values.len(),
+                self.keys.len()
+            )));
+        }
+        let items: Vec<Bound<'py, PyAny>> = values.iter().collect();
+        let mut slices: Vec<&[u8]> = Vec::with_capacity(items.len());
+        for item in &items {
+            if let Ok(s) = item.cast::<PyString>() {
+                slices.push(s.to_str()?.as_bytes());
+            } else {
+                slices.push(item.cast::<PyBytes>()?.as_bytes());
+            }
+        }
+        Ok(PyBytes::new(py, &net::encode_identifier(prefix, &self.keys, slices)))
+    }
 }

@@ -6,11 +6,13 @@
 //! Python. [`conn::Conn`] turns socket bytes into whole PDUs; [`assembler::Assembler`] turns the
 //! P-DATA PDUs into either complete "fast" messages (C-STORE-RQ, C-ECHO-RQ on contexts the caller
 //! names), answered by the archive directly with [`command::encode_response`], or re-framed PDUs
-//! handed back to pynetdicom unchanged in meaning (C-FIND, C-MOVE, release, abort, ...).
+//! handed back to pynetdicom unchanged in meaning (C-MOVE, release, abort, ...);
+//! [`identifier`] writes the response identifiers of the C-FINDs answered here.
 
 pub mod assembler;
 pub mod command;
 pub mod conn;
+pub mod identifier;
 pub mod pdu;
 #[cfg(test)]
 mod tests;
@@ -18,3 +20,4 @@ mod tests;
 pub use assembler::{Assembler, Out};
 pub use command::{encode_response, Command, ResponseFields};
 pub use conn::{Conn, Wait};
+pub use identifier::{encode_identifier, IdentifierKey};

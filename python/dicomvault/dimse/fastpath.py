@@ -63,8 +63,8 @@ LITTLE_ENDIAN = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
 # PS3.7 C.5: the SCP failed to process the request (what pynetdicom answers when a handler raises)
 PROCESSING_FAILURE = 0xC211
 
-# (association, accepted context, SOP Class UID, SOP Instance UID, data set) -> (status, comment)
-# (association, context, SOP class, SOP instance, data set: bytes or a ReceivedDataSet)
+# (association, accepted context, SOP Class UID, SOP Instance UID, data set: bytes or the
+# reader's ReceivedDataSet) -> (status, comment)
 StoreHandler = Callable[[Any, Any, str, str, Any], tuple[int, str | None]]
 
 

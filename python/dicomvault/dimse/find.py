@@ -188,7 +188,6 @@ class IdentifierEncoder:
         head, fmt = _header(_LEVEL_TAG, "CS", implicit)
         keys.append(_Key("QueryRetrieveLevel", _LEVEL_TAG, "CS", head, fmt, level))
         keys.sort(key=lambda k: k.tag)  # a dataset's elements are in ascending tag order
-        self.keys = keys
         self._charset_head = _header(_CHARSET_TAG, "CS", implicit)
         # The elements are written natively (_native.IdentifierPlan): this runs once per match,
         # and 120-match answers spent more time here than in the index.

@@ -214,5 +214,3 @@ def instance_entries(rec: InstanceRecord) -> dict[bytes, bytes]:
     out[hierarchy_key(rec.study_uid, rec.series_uid, rec.instance_number, rec.sop_uid)] = b""
     return out
 
-
-EntriesFn = Callable[[object], Mapping[bytes, bytes]]

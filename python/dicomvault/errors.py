@@ -1,7 +1,12 @@
-"""The exceptions every layer raises, in one place.
+"""The exceptions every layer raises: one tree under `DicomVaultError`.
 
 The native ones are created in rust/src/errors.rs (one funnel maps each core error to one class);
 they are re-exported here so Python code imports errors from a single module.
+
+Each class names a kind of failure, not a protocol: the HTTP side maps them to status codes in
+one place (web/errors.py), the DIMSE side to statuses in one place (dimse/status.py). Messages
+name the UID, path or parameter concerned and never need the class name to be understood, so
+either mapping can show them to a client as they are.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from ._native import (  # type: ignore[attr-defined]
 )
 
 
-class UnknownObjectError(DicomVaultError):
-    """A UID the index does not know."""
+class UnknownObjectError(NotFoundError):
+    """A UID the index does not know (the one "not found" of the index and the engine; the
+    native `NotFoundError`, its base, is a blob hash the store does not hold)."""
 
     def __init__(self, level: str, uid: str) -> None:
         super().__init__(f"no {level} with UID {uid}")
@@ -38,19 +44,61 @@ class UIDMismatchError(RejectedError):
     """The dataset's SOP Instance/Class UID is not the one its C-STORE request announced."""
 
 
+class RequestError(DicomVaultError):
+    """A request the archive cannot act on as asked: a bad parameter, query or body."""
+
+
+class NotAcceptableError(RequestError):
+    """None of the representations the client accepts can be produced (e.g. a transfer syntax
+    that would need lossy transcoding)."""
+
+
+class UnsupportedMediaTypeError(RequestError):
+    """A request body of a media type the resource does not take."""
+
+
+class PayloadTooLargeError(RequestError):
+    """A request body over the configured cap."""
+
+
+class ConflictError(DicomVaultError):
+    """The request contradicts the archive's state (a write to a replica, an instance that is
+    not of the study the request names)."""
+
+
+class AuthenticationError(DicomVaultError):
+    """No credentials, or credentials nobody holds."""
+
+
+class PermissionDeniedError(DicomVaultError):
+    """Known credentials without the role the action needs."""
+
+
+class UnavailableError(DicomVaultError):
+    """The service is shutting down or a dependency is not reachable now; try again later."""
+
+
 __all__ = [
+    "AuthenticationError",
     "CodecError",
+    "ConflictError",
     "CorruptError",
     "DicomVaultError",
     "IntegrityError",
     "LockedError",
     "MalformedError",
     "MissingAttributeError",
+    "NotAcceptableError",
     "NotDicomError",
     "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
     "RejectedError",
+    "RequestError",
     "StorageFullError",
     "UIDMismatchError",
+    "UnavailableError",
     "UnknownObjectError",
     "UnsupportedError",
+    "UnsupportedMediaTypeError",
 ]

@@ -8,7 +8,8 @@ import pydicom
 
 from dicomvault import _native
 from dicomvault.bench.synth import SeriesSpec, ct_series
-from dicomvault.dimse.store import OUT_OF_RESOURCES_IO, SUCCESS, store_status
+from dicomvault.dimse.status import OUT_OF_RESOURCES_IO, SUCCESS
+from dicomvault.dimse.store import store_status
 from dicomvault.engine import Engine
 from dicomvault.replication import state
 

@@ -26,15 +26,17 @@ from ..engine import Engine
 from ..errors import DicomVaultError
 from .common import calling_ae, log, set_nodelay
 from .peers import Peers
+from .status import (
+    CLASS_INSTANCE_CONFLICT,
+    INVALID_ARGUMENT,
+    MISSING_ATTRIBUTE,
+    NO_SUCH_ACTION,
+    NO_SUCH_OBJECT_INSTANCE,
+)
 
 REQUEST_STORAGE_COMMITMENT = 1  # Action Type ID
 EVENT_ALL_COMMITTED = 1  # Event Type ID: Storage Commitment Request Successful
 EVENT_SOME_FAILED = 2  # Storage Commitment Request Complete - Failures Exist
-NO_SUCH_OBJECT_INSTANCE = 0x0112
-CLASS_INSTANCE_CONFLICT = 0x0119
-NO_SUCH_ACTION = 0x0123
-MISSING_ATTRIBUTE = 0x0120
-INVALID_ARGUMENT = 0x0115
 SEND_ATTEMPTS = 3
 
 

@@ -48,6 +48,7 @@ from pynetdicom.sop_class import (
 
 from .. import _native
 from .find import PENDING, FindHandler, command_set, decode_identifier
+from .status import CANNOT_DECODE_IDENTIFIER, PROCESSING_FAILURE, SUCCESS
 
 log = logging.getLogger("dicomvault.dimse")
 
@@ -55,13 +56,8 @@ C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
 C_FIND_RQ, C_FIND_RSP = 0x0020, 0x8020
 C_CANCEL_RQ = 0x0FFF
-SUCCESS = 0x0000
-# PS3.4 C.4.1.1.4: the identifier cannot be parsed (pynetdicom's answer to the same)
-CANNOT_DECODE_IDENTIFIER = 0xC310
 FIND_MODELS = (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind)
 LITTLE_ENDIAN = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
-# PS3.7 C.5: the SCP failed to process the request (what pynetdicom answers when a handler raises)
-PROCESSING_FAILURE = 0xC211
 
 # (association, accepted context, SOP Class UID, SOP Instance UID, data set: bytes or the
 # reader's ReceivedDataSet) -> (status, comment)

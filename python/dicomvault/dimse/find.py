@@ -34,12 +34,7 @@ from ..engine import Engine
 from ..index import QueryError
 from . import command_set as cs
 from .common import calling_ae, log, status
-
-PENDING = 0xFF00
-CANCEL = 0xFE00
-SUCCESS = 0x0000
-IDENTIFIER_DOES_NOT_MATCH = 0xA900
-UNABLE_TO_PROCESS = 0xC000
+from .status import CANCEL, IDENTIFIER_DOES_NOT_MATCH, PENDING, SUCCESS
 
 PATIENT_ROOT_LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 STUDY_ROOT_LEVELS = ("STUDY", "SERIES", "IMAGE")

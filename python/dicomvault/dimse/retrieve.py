@@ -41,11 +41,8 @@ from ..index import QueryError
 from .common import calling_ae, enable_quickack, log, set_nodelay_quickack, status
 from .find import levels_for, match_string
 from .peers import Peers
+from .status import CANCEL, IDENTIFIER_DOES_NOT_MATCH, PENDING
 
-PENDING = 0xFF00
-CANCEL = 0xFE00
-IDENTIFIER_DOES_NOT_MATCH = 0xA900
-UNABLE_TO_PROCESS = 0xC000
 MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are odd numbers 1-255
 UNIQUE_KEY = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
               "IMAGE": "SOPInstanceUID"}
@@ -110,7 +107,7 @@ class Match:
     transfer_syntax: str = ""
 
 
-class RetrieveError(Exception):
+class RetrieveError(DicomVaultError):
     def __init__(self, code: int, why: str) -> None:
         super().__init__(why)
         self.code = code

@@ -14,26 +14,11 @@ from pydicom.dataset import Dataset
 
 from .. import _native  # type: ignore[attr-defined]
 from ..engine import Engine
-from ..errors import (
-    CodecError,
-    DicomVaultError,
-    MalformedError,
-    NotDicomError,
-    RejectedError,
-    StorageFullError,
-    UnsupportedError,
-)
+from ..errors import DicomVaultError
 from ..replication import state
 from .common import calling_ae, log, status
-
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700  # PS3.4 B.2.3: Refused, out of resources
-OUT_OF_RESOURCES_IO = 0xA701  # same family: the store failed for a local reason (I/O, index)
-DOES_NOT_MATCH_SOP_CLASS = 0xA900  # Error: data set does not match SOP class
-CANNOT_UNDERSTAND = 0xC000  # Error: cannot understand (C000-CFFF); sub-codes say which part
-NOT_DICOM = 0xC001
-UNSUPPORTED = 0xC002
-CODEC = 0xC003
+from .status import DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES_IO, SUCCESS
+from .status import store_status as status_of
 
 
 def _refused(code: int, caller: str, sop_uid: str, why: str) -> tuple[int, str]:
@@ -57,24 +42,12 @@ def store_status(engine: Engine, dataset: bytes | memoryview | _native.ReceivedD
         outcome = engine.store_dataset(
             bytes(dataset) if isinstance(dataset, memoryview) else dataset, ts, calling_ae=caller
         )
-    except StorageFullError as exc:
-        return _refused(OUT_OF_RESOURCES, caller, sop_uid, f"storage full: {exc}")
-    except RejectedError as exc:
-        # Parsed, but lacks what every composite object must have (Study/Series/SOP UIDs).
-        return _refused(DOES_NOT_MATCH_SOP_CLASS, caller, sop_uid, f"rejected: {exc}")
-    except NotDicomError as exc:
-        return _refused(NOT_DICOM, caller, sop_uid, f"not a DICOM dataset: {exc}")
-    except MalformedError as exc:
-        return _refused(CANNOT_UNDERSTAND, caller, sop_uid, f"malformed dataset: {exc}")
-    except UnsupportedError as exc:
-        return _refused(UNSUPPORTED, caller, sop_uid, f"unsupported ({ts}): {exc}")
-    except CodecError as exc:
-        return _refused(CODEC, caller, sop_uid, f"cannot decode pixel data ({ts}): {exc}")
     except DicomVaultError as exc:
-        # Anything else from the engine is a local failure (I/O, index): out of resources,
-        # so the sender retries later rather than dropping the object as unreadable.
-        log.error("C-STORE from %s of %s failed: %s", caller, sop_uid, exc)
-        return OUT_OF_RESOURCES_IO, f"store failed: {exc}"
+        code, what = status_of(exc)
+        if code == OUT_OF_RESOURCES_IO:
+            log.error("C-STORE from %s of %s failed: %s", caller, sop_uid, exc)
+            return code, f"{what}: {exc}"
+        return _refused(code, caller, sop_uid, f"{what} ({ts}): {exc}")
 
     # The object is durable now. A request whose command set disagrees with its dataset is a
     # broken sender: tell it (A900), but the stored object stays (it is valid and durable; it

@@ -58,6 +58,7 @@ from typing import Any
 from ..config import DimseConfig, PeerConfig
 from ..engine import Engine
 from .common import log
+from .status import PROCESSING_FAILURE
 from .store import store_status
 
 # -- the store protocol between receivers and the writer --------------------------------------------
@@ -67,8 +68,6 @@ REQ = struct.Struct(">4sIQ")
 RSP = struct.Struct(">4sI")
 REQ_MAGIC = b"DVS1"
 RSP_MAGIC = b"DVR1"
-UNABLE_TO_PROCESS = 0xC211  # what pynetdicom answers when a C-STORE handler raises
-WRITER_UNAVAILABLE = 0xA701  # out of resources (local reason): the sender should retry later
 
 
 class ProtocolError(OSError):
@@ -174,7 +173,7 @@ class StoreIpcServer:
                 except Exception:  # noqa: BLE001 - answer a status as pynetdicom would, keep serving
                     log.exception("C-STORE from %s of %s: unexpected error", header.get("caller"),
                                   header.get("sop"))
-                    code, comment = UNABLE_TO_PROCESS, "internal error"
+                    code, comment = PROCESSING_FAILURE, "internal error"
                 send_response(sock, code, comment)
         except (OSError, ValueError, KeyError) as exc:
             # A receiver died mid-request or sent nonsense: drop that connection only. An object

@@ -29,8 +29,9 @@ from ..config import DimseConfig, PeerConfig
 from .common import calling_ae, log, set_nodelay
 from .peers import Peers
 from .server import SERVICE_CONTEXTS, _log_close, _log_event, _on_established, build_ae, drain
+from .status import OUT_OF_RESOURCES_IO
 from .store import as_response, request_facts
-from .workers import WRITER_UNAVAILABLE, WorkerSpec, read_response, send_request
+from .workers import WorkerSpec, read_response, send_request
 
 # Associations proposing any of these are relayed to the writer's SCP (it needs the index/blobs).
 WRITER_SERVICES = frozenset(str(uid) for uid in SERVICE_CONTEXTS) - {str(Verification)}
@@ -77,7 +78,7 @@ def handle_store_remote(event: Any, client: StoreClient) -> Dataset | int:
         code, comment = client.store(header, dataset)
     except (OSError, ValueError) as exc:
         log.error("C-STORE from %s of %s: archive writer unavailable: %s", caller, sop_uid or "?", exc)
-        code, comment = WRITER_UNAVAILABLE, "archive writer unavailable"
+        code, comment = OUT_OF_RESOURCES_IO, "archive writer unavailable"
     return as_response(code, comment)
 
 

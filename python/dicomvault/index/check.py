@@ -8,20 +8,18 @@ naming the UID or key concerned.  Reads everything: O(index size).
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from . import keys, secondary
 from .query import scan
 from .records import BlobRecord, InstanceRecord, PatientRecord, SeriesRecord, StudyRecord
 from .schema import CF_BLOBS, CF_IDX, CF_INSTANCES, CF_PATIENTS, CF_SERIES, CF_STUDIES
 
-if TYPE_CHECKING:
-    from .store import Index
 
-
-def check_index(index: Index) -> list[str]:
-    """Return a list of problems (empty when the index is consistent)."""
-    cfs = index._cfs  # noqa: SLF001 - same package
+def check_index(cfs: Mapping[str, Any], stats: Callable[[], Mapping[str, int]]) -> list[str]:
+    """Return a list of problems (empty when the index is consistent): the records in `cfs`
+    (the index's column families) against each other and against the counters `stats()`."""
     problems: list[str] = []
     sizes: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # key -> [n, logical, stored]
     study_classes: dict[str, Counter[str]] = defaultdict(Counter)
@@ -113,7 +111,7 @@ def check_index(index: Index) -> list[str]:
         "objects": objects, "logical_bytes": logical, "stored_bytes": stored, "patients": n_patients,
         "studies": n_studies, "series": n_series, "blobs": n_blobs, "blob_bytes": blob_bytes,
     }
-    st_now = index.stats()
+    st_now = stats()
     for k, v in expected_stats.items():
         if st_now.get(k) != v:
             problems.append(f"stats[{k}] = {st_now.get(k)} but the records say {v}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import DicomVaultError
+from ..errors import DicomVaultError, RequestError, StorageFullError, UnknownObjectError
 
 
 class IndexStoreError(DicomVaultError):
@@ -76,14 +76,14 @@ class InvalidInstanceError(IndexStoreError, ValueError):
     """add_instance() input is missing a required field or has a bad one."""
 
 
-class NotFoundError(IndexStoreError, LookupError):
-    """delete()/lookup of a UID the index does not hold."""
-
-    def __init__(self, level: str, uid: str) -> None:
-        self.level = level
-        self.uid = uid
-        super().__init__(f"no {level} with UID {uid!r} in the index")
+# The index's "no such UID" is the archive's one: callers catch errors.NotFoundError for any of them.
+NotFoundError = UnknownObjectError
 
 
-class QueryError(IndexStoreError, ValueError):
+class QueryError(IndexStoreError, RequestError, ValueError):
     """Malformed query: unknown level, bad range, unsupported key."""
+
+
+class IndexFullError(IndexStoreError, StorageFullError):
+    """The device under the index is full: a storage-full error like the blob store's, so every
+    protocol answers it as out of resources (0xA700 / 507) and the sender retries later."""

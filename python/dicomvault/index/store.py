@@ -26,6 +26,7 @@ from . import keys, secondary
 from .commit import GroupCommitter
 from .errors import (
     IndexClosedError,
+    IndexFullError,
     IndexStoreError,
     InvalidInstanceError,
     NotFoundError,
@@ -265,7 +266,8 @@ class Index:
                 try:
                     self._db.write(batch, self._wopts)
                 except Exception as exc:  # rocksdict raises bare Exception
-                    raise IndexStoreError(f"{op}: write to index {self.path!r} failed: {exc}") from exc
+                    cls = IndexFullError if "No space left" in str(exc) else IndexStoreError
+                    raise cls(f"{op}: write to index {self.path!r} failed: {exc}") from exc
                 self._stats = txn.stats
                 ticket = self._committer.note_written(txn.stats.last_seq)
         if self._durable:
@@ -717,7 +719,7 @@ class Index:
         self._check_open()
         from .check import check_index
 
-        return check_index(self)
+        return check_index(self._cfs, self.stats)
 
     # --------------------------------------------------------------- queries & feed
 

@@ -10,10 +10,11 @@ from urllib.parse import urlencode, urlsplit
 
 import msgpack
 
+from ..errors import DicomVaultError
 from .wire import MISSING, OK, read_frames
 
 
-class ReplicationError(Exception):
+class ReplicationError(DicomVaultError):
     """The upstream site refused, failed or sent something wrong (the message names the URL)."""
 
 

@@ -19,7 +19,6 @@ import os
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from pydicom import dcmread
@@ -27,6 +26,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, build_context
 
 from ..engine import Engine
+from ..errors import DicomVaultError
 from ..index.records import DELETED, InstanceRecord
 from . import state
 from .settings import ForwardRule
@@ -52,13 +52,11 @@ def _calling_ae(rec: InstanceRecord) -> str:
     return str(ds.file_meta.get("SourceApplicationEntityTitle", "") or "").strip()
 
 
-@dataclass
-class SendError(Exception):
-    sop_uid: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"instance {self.sop_uid}: {self.reason}"
+class SendError(DicomVaultError):
+    def __init__(self, sop_uid: str, reason: str) -> None:
+        super().__init__(f"instance {sop_uid}: {reason}")
+        self.sop_uid = sop_uid
+        self.reason = reason
 
 
 class Forwarder:

@@ -3,7 +3,7 @@
 1. local ingest: the engine stores a backlog (default 1 GB of synthetic 512x512 CT slices) with
    2 threads, durably: the reference rate;
 2. catch-up: a fresh replica (`dicomvault replicate --once`, a separate process) pulls that backlog
-   from the primary served over loopback HTTP (`python -m dicomvault.web`): MB/s and ratio to 1.;
+   from the primary served over loopback HTTP (`python -m dicomvault.site`): MB/s and ratio to 1.;
 3. backup of the primary, then restore of the backup: MB/s each (stored bytes copied);
 4. RPO under sustained ingest at the engine's full rate: a primary process ingests as fast as it
    can for --rpo-seconds while a `dicomvault replicate` process follows it; the primary's tracker
@@ -82,7 +82,7 @@ def ingest(engine: object, objs: Iterator[bytes], total: int, threads: int = 2, 
 
 
 def start_site(data: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
-    p = subprocess.Popen([sys.executable, "-m", "dicomvault.web", "--data", str(data), "--http-port", "0",
+    p = subprocess.Popen([sys.executable, "-m", "dicomvault.site", "--data", str(data), "--http-port", "0",
                           "--replication-token", TOKEN, *extra], stdout=subprocess.PIPE, text=True)
     assert p.stdout is not None
     line = p.stdout.readline()
@@ -106,7 +106,7 @@ def logical_bytes(data: Path) -> int:
 def primary_child(data: str, seconds: float) -> None:
     """--primary-child: engine + site in one process, ingesting at full rate for `seconds`."""
     from dicomvault.engine import Engine
-    from dicomvault.web.site import Site, SiteOptions
+    from dicomvault.site import Site, SiteOptions
 
     bases = base_slices(24)
     with Engine(data) as eng:

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .auth.commands import add_users_commands
 from .bench.cli import add_commands as add_bench_commands
 from .dimse.scu_cli import add_commands as add_scu_commands
 from .dr.commands import add_commands as add_dr_commands
@@ -25,8 +26,8 @@ from .dr.commands import add_heal_arguments
 from .engine import DEFAULT_DATA_DIR, Engine, StoreOutcome
 from .errors import DicomVaultError
 from .replication.commands import add_commands as add_replication_commands
+from .site_args import add_serve_site_arguments, add_site_arguments
 from .textout import print_table, walk_paths
-from .web.site import add_serve_site_arguments
 
 log = logging.getLogger("dicomvault")
 
@@ -300,9 +301,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         data_dir=args.data, ae_title=args.ae, host=args.host, port=args.dimse_port
     )
 
-    from .web.site import serve_site_options, start_services
+    from .site import start_services
+    from .site_args import serve_site_options
 
-    site_options = serve_site_options(args, config.replication)
+    site_options = serve_site_options(args, config.http, config.replication)
 
     def services(engine: Engine) -> Any:
         url, stop = start_services(engine, site_options, config.replication.forward)
@@ -317,6 +319,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
 
     return serve(config, shutdown_timeout=args.shutdown_timeout, ready=ready, services=services)
+
+
+def _run_replica_site(args: argparse.Namespace) -> int:
+    """`replicate` without --once: a site replicating from --from until SIGTERM."""
+    from .site import run_site
+    from .site_args import options_from_args
+
+    return run_site(args.data, options_from_args(args, replicate_from=args.source, token=args.token))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -389,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_site_arguments(p)
     p.set_defaults(func=cmd_serve)
 
-    add_replication_commands(sub, common)
+    add_replication_commands(sub, common, add_site_arguments=add_site_arguments, run_site=_run_replica_site)
+    add_users_commands(sub, common)
     add_dr_commands(sub, common)
     add_bench_commands(sub, common)
     add_scu_commands(sub, common)

@@ -114,12 +114,28 @@ class DimseConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """`[http]`: the HTTP service (DICOMweb, WADO-URI, /api, replication feed)."""
+
+    host: str | None = None
+    port: int | None = None
+    # "auto" (anonymous may read and store on loopback while no users exist), "none", or a role
+    anonymous: str = "auto"
+    public_url: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    max_body: int = 8 << 30
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = DEFAULT_DATA_DIR
     dimse: DimseConfig = field(default_factory=DimseConfig)
     peers: tuple[PeerConfig, ...] = ()
     # [replication] and [[forward]]: parsed by replication/settings.py (which documents them)
     replication: ReplicationSettings = field(default_factory=ReplicationSettings)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     def with_overrides(
         self,
@@ -146,7 +162,9 @@ _DIMSE_KEYS = {
 }
 _PEER_KEYS = {"ae_title", "host", "port", "tls"}
 _PEER_REQUIRED = ("ae_title", "host", "port")
-_TOP_KEYS = {"data", "dimse", "peers", "replication", "forward"}
+_TOP_KEYS = {"data", "dimse", "peers", "replication", "forward", "http"}
+_HTTP_KEYS = {"host", "port", "anonymous", "public_url", "cors_origins", "max_body", "tls_cert", "tls_key"}
+_ANONYMOUS = ("auto", "none", "reader", "writer", "admin")
 
 
 def _unknown(table: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -242,6 +260,28 @@ def _parse_peers(items: object, where: str) -> tuple[PeerConfig, ...]:
     return tuple(peers)
 
 
+def _parse_http(table: object, where: str, base: Path) -> HttpConfig:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table")
+    _unknown(table, _HTTP_KEYS, where)
+    anonymous = table.get("anonymous", "auto")
+    if anonymous not in _ANONYMOUS:
+        raise ConfigError(f"{where}.anonymous: must be one of {', '.join(_ANONYMOUS)}, got {anonymous!r}")
+    origins = table.get("cors_origins", [])
+    if not isinstance(origins, list) or not all(isinstance(o, str) and o for o in origins):
+        raise ConfigError(f"{where}.cors_origins: must be a list of origins, got {origins!r}")
+    return HttpConfig(
+        host=_check_str(table["host"], f"{where}.host") if "host" in table else None,
+        port=_check_int(table["port"], f"{where}.port", 0, 65535) if "port" in table else None,
+        anonymous=anonymous,
+        public_url=_check_str(table["public_url"], f"{where}.public_url") if "public_url" in table else None,
+        cors_origins=tuple(origins),
+        max_body=_check_int(table.get("max_body", 8 << 30), f"{where}.max_body", 1, 1 << 50),
+        tls_cert=str(_tls_file(table, "tls_cert", where, base) or "") or None,
+        tls_key=str(_tls_file(table, "tls_key", where, base) or "") or None,
+    )
+
+
 def load_config(path: str | os.PathLike[str] | None) -> Config:
     """The configuration in `path` (defaults for everything when None)."""
     if path is None:
@@ -266,4 +306,5 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         dimse=_parse_dimse(doc.get("dimse", {}), f"{where}: dimse", p.parent),
         peers=_parse_peers(doc.get("peers", []), f"{where}: peers"),
         replication=parse_settings(doc, where, p.parent),
+        http=_parse_http(doc.get("http", {}), f"{where}: http", p.parent),
     )

@@ -13,7 +13,7 @@ from repl_helpers import TOKEN, synth_files
 from dicomvault.engine import Engine
 from dicomvault.replication.client import SiteClient
 from dicomvault.replication.puller import Puller
-from dicomvault.web.site import Site, SiteOptions
+from dicomvault.site import Site, SiteOptions
 
 
 def test_verify_heal_repairs_corrupt_and_missing_blobs(tmp_path: Path) -> None:

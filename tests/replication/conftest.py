@@ -9,7 +9,7 @@ import pytest
 from repl_helpers import TOKEN
 
 from dicomvault.engine import Engine
-from dicomvault.web.site import Site, SiteOptions
+from dicomvault.site import Site, SiteOptions
 
 
 @pytest.fixture

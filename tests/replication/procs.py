@@ -137,7 +137,7 @@ class Proc:
 
 def serve(data: Path, http_port: int, log: Path, *extra: str) -> Proc:
     return Proc([CLI, "serve", "--data", str(data), "--dimse-port", "0", "--http-port", str(http_port),
-                 "--open-ingest", *extra], log)
+                 *extra], log)
 
 
 def replicate(data: Path, source: str, token: str, log: Path, *extra: str) -> Proc:
@@ -165,7 +165,7 @@ class Ingester:
     def _run(self) -> None:
         data = next(self.files, None)
         while not self._stop.is_set() and data is not None:
-            req = urllib.request.Request(self.url_of[0] + "/instances", data=data, method="POST",
+            req = urllib.request.Request(self.url_of[0] + "/api/instances", data=data, method="POST",
                                          headers={"Content-Type": "application/dicom"})
             try:
                 with urllib.request.urlopen(req, timeout=10) as resp:

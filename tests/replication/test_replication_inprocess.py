@@ -14,7 +14,7 @@ from dicomvault.engine import Engine
 from dicomvault.replication import state
 from dicomvault.replication.client import ReplicationError, SiteClient
 from dicomvault.replication.puller import Puller
-from dicomvault.web.site import Site, SiteOptions
+from dicomvault.site import Site, SiteOptions
 
 
 def snapshot(eng: Engine) -> dict[str, bytes]:

@@ -16,8 +16,8 @@ from typing import Any
 
 from ..engine import Engine
 from ..errors import DicomVaultError, LockedError
+from ..http_info import read_http_info
 from ..replication.client import ReplicationError, SiteClient
-from ..web.site import read_http_info
 
 
 def _admin(data: str, path: str, body: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
@@ -60,7 +60,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
             out = backup(engine, args.dir, verify=args.verify).as_dict()
     except LockedError:
         target = str(Path(args.dir).resolve())
-        out = _admin(args.data, "/admin/backup", {"dir": target, "verify": args.verify})
+        out = _admin(args.data, "/api/admin/backup", {"dir": target, "verify": args.verify})
     print(json.dumps(out, indent=1))
     return 0 if not out.get("damaged") else 2
 
@@ -147,7 +147,7 @@ def cmd_heal(args: argparse.Namespace) -> int:
         finally:
             client.close()
     except LockedError:
-        out = _admin(args.data, "/admin/heal", {"from": args.source, "token": args.token,
+        out = _admin(args.data, "/api/admin/heal", {"from": args.source, "token": args.token,
                                                  "cafile": args.ca, "insecure": args.insecure})
     print(json.dumps(out, indent=1))
     return 0 if out["clean"] else 2

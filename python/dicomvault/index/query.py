@@ -18,6 +18,30 @@ ones are also *matching keys*.  Supported match forms (:func:`parse_match`):
 Stored multi-valued attributes (``CT\\MR``) match if any value matches.  A key
 that the entity does not hold matches only universal and empty-value keys.
 
+Fuzzy matching (QIDO ``fuzzymatching=true``; ``find(..., fuzzy=True)`` or a
+:class:`FuzzyMatch` match string) applies to PN keys only; other keys keep the
+rules above.  The rule: the query is split into words at spaces, ``^``, ``=``
+and ``,``; every word must match the *start* of some word of the stored name,
+whose words are its components (family, given, middle, prefix, suffix) of every
+component group (alphabetic, ideographic, phonetic), themselves split at
+spaces.  Case-insensitive, order-independent ("smi joh" matches
+``Smith^John`` and ``John^Smith``); two query words may match the same stored
+word.  ``*`` and ``?`` inside a word keep their meaning (``*ith`` matches
+``SMITH``: the word pattern is anchored at the start of a stored word and open
+at its end).  A ``\\`` list of names matches if any of them does.  Served by
+the PatientName index (entries scanned key-only, the words matched per target
+aggregated, so a study is a candidate only if all words found a component)
+instead of loading every record.
+
+Newest first (QIDO's study list; ``find(..., newest_first=True)`` or a
+:class:`NewestFirst` StudyDate match string, STUDY level only): results come
+grouped by StudyDate, newest first, undated studies last (order inside one
+date unspecified).  If the cheapest source yields at most ``ORDERED_SORT_MAX``
+candidates they are all loaded and sorted; otherwise the StudyDate index is
+walked backwards (within the date matcher's range when it has one), so a
+``limit`` stops the query after about ``limit`` records however large the
+archive, and undated studies follow from a key-only scan of the studies.
+
 Planning: every matching key served by a primary key or a secondary index
 (at the query level or, for SERIES/IMAGE, an upper level expanded downwards)
 becomes a candidate source.  Each source is probed (up to ``PROBE_CAP``
@@ -52,6 +76,7 @@ UNIQUE_KEY: dict[str, str] = {
 }
 PROBE_CAP = 512
 _CHUNK = 256
+_FIRST_CHUNK = 16
 
 # VRs of the keywords we index or compute; others are looked up in pydicom's
 # dictionary on first use (importing pydicom costs ~0.3 s, so avoid it).
@@ -114,6 +139,40 @@ SINGLE = "single"
 WILDCARD = "wildcard"
 RANGE = "range"
 LIST = "list"
+FUZZY = "fuzzy"
+
+# Separators of query words and stored name words for fuzzy PN matching.
+_FUZZY_QUERY_SPLIT = re.compile(r"[\s^=,]+")
+_FUZZY_NAME_SPLIT = re.compile(r"[\s^=]+")
+# A key-only scan of a name index costs about this fraction of loading and checking a record.
+FUZZY_SCAN_COST = 0.2
+
+
+# An ordered STUDY query whose cheapest source yields at most this many candidates sorts them;
+# above it, it walks the StudyDate index backwards instead.
+ORDERED_SORT_MAX = 2048
+
+
+class NewestFirst(str):
+    """A StudyDate match string that also asks for STUDY results newest first (see the module
+    docstring). A ``str`` so it travels unchanged through ``Index.find(level, query)``."""
+
+    __slots__ = ()
+
+
+class FuzzyMatch(str):
+    """A PN match string to be matched fuzzily (see the module docstring).
+
+    A ``str`` so it travels unchanged through ``Index.find(level, query)``; on a non-PN key it
+    is an ordinary match string.
+    """
+
+    __slots__ = ()
+
+
+def fuzzy_words(name: str) -> list[str]:
+    """Words of a normalised stored name (components of every group, split at spaces)."""
+    return [w for w in _FUZZY_NAME_SPLIT.split(name) if w]
 
 
 def _norm_literal(vr: str, value: str) -> str:
@@ -160,6 +219,8 @@ class Matcher:
     hi: str = ""  # RANGE upper bound ("" = open)
     regex: re.Pattern[str] | None = None
     items: list[Matcher] = field(default_factory=list)
+    # FUZZY: one (literal prefix, pattern or None) per query word; all must find a stored word.
+    words: list[tuple[str, re.Pattern[str] | None]] = field(default_factory=list)
 
     @property
     def constrains(self) -> bool:
@@ -187,7 +248,26 @@ class Matcher:
             return not self.hi or v <= self.hi or v.startswith(self.hi)
         if k == LIST:
             return any(m._match_one(v) for m in self.items)
+        if k == FUZZY:
+            names = fuzzy_words(v)
+            return all(any(_word_hits(w, n) for n in names) for w in self.words)
         return False
+
+    def word_mask(self, term: str) -> int:
+        """FUZZY: bit i set if query word i matches a word of ``term`` (a normalised name)."""
+        names = fuzzy_words(term)
+        mask = 0
+        for i, w in enumerate(self.words):
+            if any(_word_hits(w, n) for n in names):
+                mask |= 1 << i
+        return mask
+
+
+def _word_hits(word: tuple[str, re.Pattern[str] | None], name: str) -> bool:
+    prefix, rx = word
+    if rx is None:
+        return name.startswith(prefix)
+    return rx.match(name) is not None
 
 
 def _wildcard_regex(pattern: str) -> re.Pattern[str]:
@@ -210,14 +290,37 @@ def _parse_element(keyword: str, vr: str, s: str) -> Matcher:
     return Matcher(keyword, vr, SINGLE, s, value=_norm_literal(vr, s))
 
 
-def parse_match(keyword: str, match: str | None) -> Matcher:
-    """Parse one C.2.2.2 match string for ``keyword`` (VR from the dictionary)."""
+def _parse_fuzzy(keyword: str, s: str) -> Matcher:
+    words: list[tuple[str, re.Pattern[str] | None]] = []
+    for w in _FUZZY_QUERY_SPLIT.split(s.upper()):
+        if not w or w.strip("*") == "":
+            continue  # a lone "*" word constrains nothing
+        if "*" in w or "?" in w:
+            words.append(("", _wildcard_regex(w + "*")))
+        else:
+            words.append((w, None))
+    if not words:
+        return Matcher(keyword, "PN", UNIVERSAL, s)
+    return Matcher(keyword, "PN", FUZZY, s, words=words)
+
+
+def parse_match(keyword: str, match: str | None, fuzzy: bool = False) -> Matcher:
+    """Parse one C.2.2.2 match string for ``keyword`` (VR from the dictionary).
+
+    ``fuzzy`` (or a :class:`FuzzyMatch` string) selects fuzzy matching for PN keywords.
+    """
     vr = vr_of(keyword)
+    fuzzy = (fuzzy or isinstance(match, FuzzyMatch)) and vr == "PN"
     s = (match or "").strip(" \x00")
     if s == "" or s.strip("*") == "":
         return Matcher(keyword, vr, UNIVERSAL, s)
     if s == '""':
         return Matcher(keyword, vr, EMPTY, s)
+    if fuzzy:
+        alts = [_parse_fuzzy(keyword, p) for p in s.split("\\") if p.strip()]
+        if any(not m.constrains for m in alts) or not alts:
+            return Matcher(keyword, vr, UNIVERSAL, s)
+        return alts[0] if len(alts) == 1 else Matcher(keyword, vr, LIST, s, items=alts)
     if vr in ("DA", "TM", "DT") and "-" in s and "\\" not in s:
         if s.count("-") != 1:
             raise QueryError(f"bad range {s!r} for {keyword} ({vr}): expected A-B, A- or -B")
@@ -235,13 +338,13 @@ def parse_match(keyword: str, match: str | None) -> Matcher:
     return _parse_element(keyword, vr, s)
 
 
-def parse_query(query: Mapping[str, str | None]) -> list[Matcher]:
-    """Parse every key of a query dict."""
+def parse_query(query: Mapping[str, str | None], fuzzy: bool = False) -> list[Matcher]:
+    """Parse every key of a query dict (``fuzzy``: fuzzy matching on every PN key)."""
     out = []
     for kw, m in query.items():
         if not isinstance(kw, str) or not kw:
             raise QueryError(f"query keys must be DICOM keywords, got {kw!r}")
-        out.append(parse_match(kw, m if m is None or isinstance(m, str) else str(m)))
+        out.append(parse_match(kw, m if m is None or isinstance(m, str) else str(m), fuzzy))
     return out
 
 
@@ -305,6 +408,24 @@ def scan_keys(cf: Any, lo: bytes, hi: bytes | None) -> Iterator[bytes]:
         it.next()
 
 
+def scan_keys_reverse(cf: Any, lo: bytes, hi: bytes | None) -> Iterator[bytes]:
+    """Keys with lo <= key < hi, largest first."""
+    ro = ReadOptions()
+    ro.set_iterate_lower_bound(lo)
+    if hi is not None:
+        ro.set_iterate_upper_bound(hi)
+    it = cf.iter(ro)
+    if hi is None:
+        it.seek_to_last()
+    else:
+        it.seek_for_prev(hi)
+    while it.valid():
+        k = it.key()
+        if hi is None or k < hi:  # seek_for_prev stops on hi itself when that key exists
+            yield k
+        it.prev()
+
+
 def _after_term(k: bytes) -> bytes:
     """Target part of an idx key: everything after the id byte and the term."""
     return k[keys.decode_at(k, 1)[1]:]
@@ -338,6 +459,8 @@ class Source:
 
     # Keys found by a probe that saw every entry (fewer than the cap): the scan is not repeated.
     probed: list[bytes] | None = None
+    # Cost estimate of a source that is not probed (a filtered scan); None = probe it.
+    estimate: float | None = None
 
     def keys(self) -> Iterator[bytes]:
         """Candidate keys at ``self.level`` (may contain duplicates)."""
@@ -358,6 +481,39 @@ class Source:
                     return len(found)
         self.probed = [self.extract(k) for k in found]
         return len(found)
+
+
+@dataclass(slots=True)
+class FuzzyNameSource(Source):
+    """A PN index scanned key-only for a FUZZY matcher.
+
+    A name index holds one entry per component group, and the words of one query may match
+    different groups of the same name, so the word masks are OR-ed per target before a target
+    is kept: every target whose stored name could match is yielded (the record check decides).
+    """
+
+    matcher: Matcher | None = None
+
+    def keys(self) -> Iterator[bytes]:
+        """Targets whose terms together match every query word, in first-seen order."""
+        m = self.matcher
+        if m is None:
+            return
+        full = (1 << len(m.words)) - 1
+        masks: dict[bytes, int] = {}
+        term_masks: dict[str, int] = {}
+        for lo, hi in self.ranges:
+            for k in scan_keys(self.cf, lo, hi):
+                term, pos = keys.decode_at(k, 1)
+                tm = term_masks.get(term)
+                if tm is None:
+                    tm = term_masks[term] = m.word_mask(term)
+                if tm:
+                    t = self.extract(k)
+                    masks[t] = masks.get(t, 0) | tm
+        for t, mask in masks.items():
+            if mask == full:
+                yield t
 
 
 @dataclass(slots=True)
@@ -402,6 +558,13 @@ class Planner:
         return None
 
     def _indexed(self, spec: IndexSpec, m: Matcher) -> Source | None:
+        if m.kind == FUZZY:
+            if spec.kind != secondary.PN:
+                return None
+            est = self.level_count(spec.level) * FUZZY_SCAN_COST
+            return FuzzyNameSource(f"{spec.keyword}(idx {spec.id:#04x}, fuzzy)", self.cfs[CF_IDX],
+                                   [(spec.prefix, keys.prefix_upper_bound(spec.prefix))], _after_term,
+                                   spec.level, estimate=est, matcher=m)
         r = _literal_ranges(m, spec.prefix, spec.kind)
         if r is None:
             return None
@@ -452,6 +615,11 @@ class Planner:
         best: Source | None = None
         best_cost = float(self.level_count(level)) + 1.0
         for src in self.sources(level, matchers):
+            if src.estimate is not None:
+                cost = src.estimate * self.fanout(src.level, level)
+                if cost < best_cost:
+                    best, best_cost = src, cost
+                continue
             n = src.probe(PROBE_CAP)
             if stats is not None:
                 stats.probed += n
@@ -487,6 +655,9 @@ class Planner:
                    ) -> Iterator[bytes]:
         """Deduplicated candidate keys at ``level``."""
         src, _ = self.choose(level, matchers, stats)
+        return self._keys_from(src, level, stats)
+
+    def _keys_from(self, src: Source | None, level: str, stats: QueryStats | None) -> Iterator[bytes]:
         if stats is not None:
             stats.source = src.name if src else "full-scan"
         if src is None:
@@ -506,27 +677,87 @@ class Planner:
 
     # -- execution ------------------------------------------------------------
 
+    def newest_first(self, matchers: list[Matcher], stats: QueryStats | None = None
+                     ) -> tuple[Iterator[bytes], bool]:
+        """Candidate study keys for a newest-first query, and whether they already come in
+        StudyDate order (a walk of the date index) or must be sorted (few candidates)."""
+        src, cost = self.choose(STUDY, matchers, stats)
+        if src is not None and cost <= ORDERED_SORT_MAX:
+            return self._keys_from(src, STUDY, stats), False
+        date = next((m for m in matchers if m.keyword == "StudyDate"), None)
+        if stats is not None:
+            stats.source = "StudyDate(idx 0x12, newest first)"
+        return self._date_walk(date, stats), True
+
+    def _date_walk(self, m: Matcher | None, stats: QueryStats | None) -> Iterator[bytes]:
+        spec = secondary.IDX_STUDY_DATE
+        walk: list[Range] = [(spec.prefix, keys.prefix_upper_bound(spec.prefix))]
+        if m is not None and m.kind in (SINGLE, RANGE):
+            walk = _literal_ranges(m, spec.prefix, spec.kind) or walk
+        elif m is not None and m.kind == EMPTY:
+            walk = []  # only undated studies can match
+        undated = m is None or m.kind in (UNIVERSAL, EMPTY)
+        seen: set[bytes] = set()
+        for lo, hi in walk:
+            for k in scan_keys_reverse(self.cfs[CF_IDX], lo, hi):
+                if stats is not None:
+                    stats.scanned += 1
+                t = _after_term(k)
+                if t not in seen:  # a multi-valued date indexes a study twice
+                    seen.add(t)
+                    yield t
+        if undated:
+            # Every dated study was seen (the whole index was walked): the rest have no date.
+            for k in scan_keys(self.cfs[CF_STUDIES], b"", None):
+                if k not in seen:
+                    if stats is not None:
+                        stats.scanned += 1
+                    yield k
+
     def find(self, level: str, query: Mapping[str, str | None], limit: int | None = None,
-             stats: QueryStats | None = None) -> Iterator[dict[str, str]]:
+             stats: QueryStats | None = None, fuzzy: bool = False, newest_first: bool = False
+             ) -> Iterator[dict[str, str]]:
         """Run a query; yield one dict per match (requested keys + level unique keys).
 
         The level and match strings are validated eagerly (QueryError here, not
         on first iteration); candidates are fetched lazily. ``stats``, if given,
-        counts what the query reads.
+        counts what the query reads. ``fuzzy``: fuzzy matching on every PN key
+        (a :class:`FuzzyMatch` value does it for one key). ``newest_first`` (or a
+        :class:`NewestFirst` StudyDate value; STUDY level): results grouped by
+        StudyDate, newest first.
         """
         lv = normalise_level(level)
-        matchers = parse_query(query)
-        return self._run(lv, matchers, list(query.keys()), limit, stats)
+        matchers = parse_query(query, fuzzy)
+        ordered = lv == STUDY and (newest_first or isinstance(query.get("StudyDate"), NewestFirst))
+        requested = list(query.keys())
+        if ordered and "StudyDate" not in query:
+            requested.append("StudyDate")
+        return self._run(lv, matchers, requested, limit, stats, ordered)
 
     def _run(self, lv: str, matchers: list[Matcher], requested: list[str], limit: int | None,
-             stats: QueryStats | None = None) -> Iterator[dict[str, str]]:
+             stats: QueryStats | None = None, newest_first: bool = False) -> Iterator[dict[str, str]]:
+        if limit is not None and limit <= 0:
+            return
+        if not newest_first:
+            rows = self._matches(lv, matchers, requested, self.candidates(lv, matchers, stats), stats)
+        else:
+            cands, in_order = self.newest_first(matchers, stats)
+            rows = self._matches(lv, matchers, requested, cands, stats)
+            if not in_order:
+                rows = iter(sorted(rows, key=lambda r: keys.norm_date(r.get("StudyDate")), reverse=True))
+        n = 0
+        for row in rows:
+            yield row
+            n += 1
+            if limit is not None and n >= limit:
+                return
+
+    def _matches(self, lv: str, matchers: list[Matcher], requested: list[str], candidates: Iterator[bytes],
+                 stats: QueryStats | None) -> Iterator[dict[str, str]]:
         filters = [m for m in matchers if m.constrains]
         ret_keys = list(dict.fromkeys([*_unique_keys(lv), *requested]))
         views = _Views(self.cfs, want=set(ret_keys) | {m.keyword for m in filters})
-        n = 0
-        if limit is not None and limit <= 0:
-            return
-        for chunk in _chunks(self.candidates(lv, matchers, stats), _CHUNK):
+        for chunk in _chunks(candidates, _CHUNK):
             if stats is not None:
                 stats.loaded += len(chunk)
             for view in views.load(lv, chunk):
@@ -536,9 +767,6 @@ class Planner:
                     if stats is not None:
                         stats.matched += 1
                     yield {k: _as_str(view.get(k)) for k in ret_keys}
-                    n += 1
-                    if limit is not None and n >= limit:
-                        return
 
     def explain(self, level: str, query: Mapping[str, str | None]) -> dict[str, Any]:
         """Which source the planner would use (for debugging and tests)."""
@@ -565,12 +793,15 @@ def _as_str(v: Any) -> str:
 
 
 def _chunks(it: Iterable[bytes], n: int) -> Iterator[list[bytes]]:
+    # Small first chunks: a query stopped by a limit (a newest-first page) loads few extra records.
+    size = min(n, _FIRST_CHUNK)
     buf: list[bytes] = []
     for x in it:
         buf.append(x)
-        if len(buf) >= n:
+        if len(buf) >= size:
             yield buf
             buf = []
+            size = min(n, size * 2)
     if buf:
         yield buf
 

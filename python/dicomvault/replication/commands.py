@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import Any
 
 from ..engine import Engine
@@ -17,8 +18,6 @@ from .puller import Puller
 
 
 def cmd_replicate(args: argparse.Namespace) -> int:
-    from ..web.site import options_from_args, run_site
-
     if args.once:
         with Engine(args.data) as engine:
             index = engine.index
@@ -37,7 +36,9 @@ def cmd_replicate(args: argparse.Namespace) -> int:
                           "bytes_fetched": total.bytes_fetched, "seq": total.seq,
                           "upstream_seq": total.upstream_seq}))
         return 0
-    return run_site(args.data, options_from_args(args, replicate_from=args.source, token=args.token))
+    # Without --once a replica is a site (HTTP feed for chains, status): the CLI passes in the
+    # composition root's runner, so this package never imports the layers above it.
+    return int(args.run_site(args))
 
 
 def cmd_forward_status(args: argparse.Namespace) -> int:
@@ -64,9 +65,8 @@ def cmd_forward_run(args: argparse.Namespace) -> int:
     return run_forwarders(args.data, rules, once=args.once)
 
 
-def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    from ..web.site import add_site_arguments
-
+def add_commands(sub: Any, common: argparse.ArgumentParser, *, add_site_arguments: Callable[..., None],
+                 run_site: Callable[[argparse.Namespace], int]) -> None:
     p = sub.add_parser("replicate", parents=[common],
                        help="replicate from another site (until SIGTERM, or --once)")
     p.add_argument("--from", dest="source", required=True, metavar="URL", help="upstream site URL")
@@ -74,7 +74,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--once", action="store_true", help="catch up to the upstream's last change, then exit")
     p.add_argument("--retries", type=int, default=3, help="with --once: transient errors tolerated")
     add_site_arguments(p, replica=True)
-    p.set_defaults(func=cmd_replicate)
+    p.set_defaults(func=cmd_replicate, run_site=run_site)
 
     fwd = sub.add_parser("forward", help="forwarding to DICOM peers")
     fsub = fwd.add_subparsers(dest="forward_command", required=True)

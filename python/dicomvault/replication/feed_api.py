@@ -1,30 +1,39 @@
 """What a site serves to its replicas: its change feed, its blobs by hash, its instance list
 (for failback reconciliation) and its status. Any site serves these, replicas included, which
-is what makes chains work: a replica's own feed records what it applied."""
+is what makes chains work: a replica's own feed records what it applied.
+
+Plain service methods returning the wire payloads (replication/wire.py); the HTTP routes that
+carry them live in web/replication_routes.py, so this layer knows nothing of HTTP.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-
 from ..engine import Engine
-from ..errors import DicomVaultError, NotFoundError
+from ..errors import DicomVaultError, NotFoundError, RequestError
 from ..index.records import DELETED
-from ..web.router import REPLICATION, HttpError, Request, Response, Router
 from . import state
 from .tracker import ReplicaTracker
 from .wire import MISSING, OK, UNREADABLE, frame, split_hashes
 
-MSGPACK = "application/msgpack"
 MAX_LIMIT = 5000
 MAX_WAIT = 10.0
 
 
-def _pack(data: Any) -> Response:
-    return Response(200, msgpack.packb(data, use_bin_type=True), MSGPACK)
+@dataclass(frozen=True)
+class Puller:
+    """Who is pulling: the replica's id (or its address), the principal its token names, the
+    address it came from, and the last error it reported."""
+
+    replica_id: str
+    principal: str
+    client: str
+    feed_id: str | None = None
+    error: str | None = None
 
 
 class FeedService:
@@ -34,23 +43,15 @@ class FeedService:
         self.tracker = tracker
         self.feed_id = state.feed_id(engine.index)
 
-    def register(self, router: Router) -> None:
-        router.add("GET", "/replication/changes", self.changes, REPLICATION)
-        router.add("POST", "/replication/blobs", self.blobs, REPLICATION)
-        router.add("GET", "/replication/instances", self.instances, REPLICATION)
-        router.add("GET", "/replication/status", self.status, REPLICATION)
-
-    def changes(self, req: Request) -> Response:
-        since = req.int_arg("since", 0)
-        limit = max(1, min(req.int_arg("limit", 1000), MAX_LIMIT))
+    def changes(self, who: Puller, since: int, limit: int, wait: float) -> dict[str, Any]:
+        if since < 0:
+            raise RequestError(f"since={since} is negative")
+        limit = max(1, min(limit, MAX_LIMIT))
         # Long poll: an idle replica waits here for the next change instead of polling, which
         # keeps the RPO near one commit without a busy loop.
-        try:
-            wait = min(float(req.arg("wait", "0") or 0), MAX_WAIT)
-        except ValueError:
-            raise HttpError(400, f"query parameter wait={req.arg('wait')!r} is not a number") from None
+        wait = min(max(wait, 0.0), MAX_WAIT)
         index = self.engine.index
-        self._record_pull(req, since)
+        self._record_pull(who, since)
         deadline = time.monotonic() + wait
         while True:
             entries = index.changes(since, limit)
@@ -67,32 +68,32 @@ class FeedService:
                     wire["instance"] = rec.to_wire()
             out.append(wire)
         last_at = entries[-1].at if entries else 0.0
-        return _pack({"feed_id": self.feed_id, "last_seq": last_seq, "last_at": last_at,
-                      "now": time.time(), "changes": out})
+        return {"feed_id": self.feed_id, "last_seq": last_seq, "last_at": last_at,
+                "now": time.time(), "changes": out}
 
-    def _record_pull(self, req: Request, since: int) -> None:
+    def _record_pull(self, who: Puller, since: int) -> None:
         """The replica's `since` is its durable cursor: what it holds. Recorded on arrival, so a
         long poll does not hide a replica that has caught up."""
         index = self.engine.index
-        if req.arg("feed_id") not in (None, "", self.feed_id):
+        if who.feed_id not in (None, "", self.feed_id):
             since = 0  # its cursor is for another feed: it holds nothing of ours yet
         last_seq = index.last_seq()
         oldest = index.changes(since, 1) if last_seq > since else []
         self.tracker.pulled(
-            req.headers.get("X-Replica-Id") or req.client,
-            principal=req.principal,
-            client=req.client,
+            who.replica_id or who.client,
+            principal=who.principal,
+            client=who.client,
             since=since,
             last_seq=last_seq,
             oldest_unapplied_at=oldest[0].at if oldest else None,
-            error=req.headers.get("X-Replica-Error"),
+            error=who.error,
         )
 
-    def blobs(self, req: Request) -> Response:
+    def blobs(self, body: bytes) -> bytes:
         try:
-            hashes = split_hashes(req.body)
+            hashes = split_hashes(body)
         except ValueError as exc:
-            raise HttpError(400, str(exc)) from exc
+            raise RequestError(str(exc)) from exc
         vault = self.engine.vault
         parts = []
         for h in hashes:
@@ -103,21 +104,20 @@ class FeedService:
                 parts.append(frame(h, MISSING, 0, 0, b""))
             except DicomVaultError as exc:
                 parts.append(frame(h, UNREADABLE, 0, 0, f"blob {h.hex()}: {exc}".encode()))
-        return Response(200, b"".join(parts), "application/octet-stream")
+        return b"".join(parts)
 
-    def instances(self, req: Request) -> Response:
+    def instances(self) -> dict[str, Any]:
         pairs = [(r.sop_uid, r.hash) for r in self.engine.index.instances()]
-        return _pack({"feed_id": self.feed_id, "last_seq": self.engine.index.last_seq(),
-                      "instances": pairs})
+        return {"feed_id": self.feed_id, "last_seq": self.engine.index.last_seq(), "instances": pairs}
 
-    def status(self, req: Request) -> Response:
+    def status(self) -> dict[str, Any]:
         index = self.engine.index
         up = state.upstream(index)
-        return _pack({
+        return {
             "feed_id": self.feed_id,
             "role": state.role(index),
             "last_seq": index.last_seq(),
             "objects": index.stats()["objects"],
             "upstream": None if up is None else up.__dict__,
             "replicas": self.tracker.snapshot(),
-        })
+        }

@@ -1,11 +1,9 @@
-"""HTTP service: a small router on the stdlib ThreadingHTTPServer (TLS via ssl), shared by the
-replication feed, management endpoints and, later, DICOMweb.
+"""The archive's one HTTP application (Starlette on uvicorn): DICOMweb, WADO-URI, /api, the
+replication feed, /metrics and /healthz.
 
-Modules: ``router`` (requests, responses, routes, bearer tokens), ``server`` (the listening
-service and its lifecycle), ``site`` (a standalone site process: engine + HTTP + replication).
+Modules: ``app`` (the application: every router mounted in one place), ``server`` (uvicorn in a
+thread of the serve process, TLS), ``context`` (what the routes share), ``security`` (the one
+authentication and authorization check), ``errors`` (the one error -> HTTP status mapping),
+``responses`` (JSON, parameters, base URLs), ``api``/``admin`` (/api), ``replication_routes``,
+``metrics``, ``wado_uri``, and the ``dicomweb`` package.
 """
-
-from .router import HttpError, Request, Response, Router
-from .server import HttpService
-
-__all__ = ["HttpError", "HttpService", "Request", "Response", "Router"]

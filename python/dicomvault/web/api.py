@@ -1,0 +1,116 @@
+"""`/api`: JSON for the CLI, the viewer and administrators — archive statistics, study lists,
+a raw Part-10 upload, users and their tokens, background jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..engine import StoreOutcome
+from ..errors import ConflictError, PayloadTooLargeError, RequestError, UnknownObjectError
+from ..replication import state
+from .context import WebContext
+from .responses import body_json, int_param, json_response
+from .security import secured
+
+READ, WRITE, ADMIN = "read", "write", "admin"
+STUDY_COLUMNS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                 "AccessionNumber", "StudyDescription", "ModalitiesInStudy", "ReferringPhysicianName",
+                 "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")
+SERIES_COLUMNS = ("Modality", "SeriesNumber", "SeriesDescription", "BodyPartExamined",
+                  "NumberOfSeriesRelatedInstances")
+# A raw upload is one object; bigger ones go through STOW-RS, which streams.
+MAX_RAW_UPLOAD = 1 << 30
+
+
+def _refuse_on_replica(ctx: WebContext) -> None:
+    if state.role(ctx.engine.index) == state.REPLICA:
+        raise ConflictError(f"{ctx.engine.data_dir} is a replica; promote it to take writes")
+
+
+def routes(ctx: WebContext, jobs: Callable[[], list[dict[str, Any]]] | None = None) -> list[Route]:
+    engine = ctx.engine
+    users = ctx.security.users
+
+    def stats(request: Request) -> Response:
+        return json_response(engine.stats())
+
+    def studies(request: Request) -> Response:
+        """Study rows for lists: every STUDY_COLUMNS key, filtered by any of them given as a
+        query parameter (C-FIND matching: wildcards, date ranges)."""
+        limit = int_param(request, "limit", 100, 1, 10_000)
+        offset = int_param(request, "offset", 0, 0)
+        query: dict[str, str] = dict.fromkeys(STUDY_COLUMNS, "")
+        for k, v in request.query_params.items():
+            if k in ("limit", "offset"):
+                continue
+            if k not in STUDY_COLUMNS and k != "StudyInstanceUID":
+                raise RequestError(f"unknown study filter {k!r}; use one of {', '.join(STUDY_COLUMNS)}")
+            query[k] = v
+        rows = list(engine.index.find("STUDY", query, limit=offset + limit))
+        return json_response(rows[offset:])
+
+    def study(request: Request) -> Response:
+        uid = request.path_params["study"]
+        rows = list(engine.index.find("STUDY", {"StudyInstanceUID": uid, **dict.fromkeys(STUDY_COLUMNS, "")}))
+        if not rows:
+            raise UnknownObjectError("study", uid)
+        series = list(engine.index.find("SERIES", {"StudyInstanceUID": uid,
+                                                   **dict.fromkeys(SERIES_COLUMNS, "")}))
+        return json_response({**rows[0], "series": series})
+
+    async def upload(request: Request) -> Response:
+        _refuse_on_replica(ctx)
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > MAX_RAW_UPLOAD:
+            raise PayloadTooLargeError(f"body of {declared} bytes is over {MAX_RAW_UPLOAD}; use STOW-RS")
+        body = await request.body()
+        if not body:
+            raise RequestError("POST /api/instances needs a DICOM Part-10 body")
+        res = (await run_in_threadpool(engine.store_buffers, [body]))[0]
+        if not isinstance(res, StoreOutcome):
+            raise res
+        return json_response({"SOPInstanceUID": res.sop_instance_uid,
+                              "StudyInstanceUID": res.study_instance_uid, "hash": res.hash.hex(),
+                              "duplicate": res.duplicate, "replaced": res.replaced})
+
+    def list_users(request: Request) -> Response:
+        return json_response([u.as_dict() for u in users.list()])
+
+    async def add_user(request: Request) -> Response:
+        body = await body_json(request)
+        name, role = body.get("name"), body.get("role")
+        if not isinstance(name, str) or not isinstance(role, str):
+            raise RequestError('POST /api/users needs {"name": ..., "role": ..., "password"?: ...}')
+        password = body.get("password")
+        await run_in_threadpool(users.add, name, role, password if isinstance(password, str) else None)
+        return json_response({"name": name, "role": role}, 201)
+
+    def remove_user(request: Request) -> Response:
+        users.remove(request.path_params["name"])
+        return Response(status_code=204)
+
+    def new_token(request: Request) -> Response:
+        return json_response({"name": request.path_params["name"],
+                              "token": users.issue_token(request.path_params["name"])}, 201)
+
+    def list_jobs(request: Request) -> Response:
+        return json_response(jobs() if jobs is not None else [])
+
+    sec = ctx.security
+    return [
+        Route("/api/stats", secured(sec, READ, stats), methods=["GET"]),
+        Route("/api/studies", secured(sec, READ, studies), methods=["GET"]),
+        Route("/api/studies/{study}", secured(sec, READ, study), methods=["GET"]),
+        Route("/api/instances", secured(sec, WRITE, upload), methods=["POST"]),
+        Route("/api/jobs", secured(sec, ADMIN, list_jobs), methods=["GET"]),
+        Route("/api/users", secured(sec, ADMIN, list_users), methods=["GET"]),
+        Route("/api/users", secured(sec, ADMIN, add_user), methods=["POST"]),
+        Route("/api/users/{name}", secured(sec, ADMIN, remove_user), methods=["DELETE"]),
+        Route("/api/users/{name}/tokens", secured(sec, ADMIN, new_token), methods=["POST"]),
+    ]

@@ -1,0 +1,73 @@
+"""The archive's one HTTP application (Starlette): every router mounted in one place.
+
+  /dicom-web   DICOMweb: QIDO-RS, WADO-RS, STOW-RS (dicomweb/routes.py)
+  /wado        WADO-URI (wado_uri.py)
+  /api         JSON for the CLI, the viewer and admins (api.py, admin.py)
+  /replication the change feed and blobs for replicas (replication_routes.py)
+  /metrics     Prometheus text (metrics.py)
+  /healthz     liveness, open to all
+
+Errors from every route are turned into responses by web/errors.py alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from ..errors import DicomVaultError
+from . import admin, api, replication_routes, wado_uri
+from .context import WebContext
+from .dicomweb import routes as dicomweb_routes
+from .errors import error_response
+from .metrics import HttpStats, MetricsMiddleware, metrics_endpoint
+from .security import secured
+
+_LANDING = """<!doctype html><meta charset="utf-8"><title>dicomvault</title>
+<h1>dicomvault</h1><p>DICOMweb: <a href="dicom-web/studies">/dicom-web</a> (QIDO-RS, WADO-RS, STOW-RS) ·
+WADO-URI: /wado · JSON API: <a href="api/stats">/api</a> · <a href="metrics">/metrics</a> ·
+<a href="healthz">/healthz</a></p>
+"""
+
+
+def build_app(ctx: WebContext, *, jobs: Callable[[], list[dict[str, Any]]] | None = None,
+              status_extra: Callable[[], dict[str, Any]] | None = None) -> Starlette:
+    stats = HttpStats()
+    sec = ctx.security
+
+    def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    def landing(request: Request) -> Response:
+        return HTMLResponse(_LANDING)
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", secured(sec, None, healthz), methods=["GET", "HEAD"]),
+        Route("/", secured(sec, None, landing), methods=["GET"]),
+        Route("/metrics", secured(sec, "read", metrics_endpoint(stats, ctx.engine)), methods=["GET"]),
+        *api.routes(ctx, jobs),
+        *admin.routes(ctx, status_extra),
+        *wado_uri.routes(ctx),
+        *dicomweb_routes.routes(ctx),
+    ]
+    if ctx.feed is not None:
+        routes += replication_routes.routes(ctx.feed, sec)
+    middleware = [Middleware(MetricsMiddleware, stats=stats)]
+    if ctx.settings.cors_origins:
+        middleware.append(Middleware(
+            CORSMiddleware, allow_origins=list(ctx.settings.cors_origins), allow_credentials=True,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS", "HEAD"],
+            allow_headers=["Authorization", "Content-Type", "Accept", "Range"],
+            expose_headers=["Warning", "Content-Range", "Content-Length", "Content-Location"]))
+    app = Starlette(routes=routes, middleware=middleware,
+                    exception_handlers={DicomVaultError: error_response, Exception: error_response})
+    app.state.ctx = ctx
+    app.state.http_stats = stats
+    return app

@@ -1,0 +1,88 @@
+"""The one mapping from the archive's error tree (errors.py) to HTTP responses.
+
+A response carries the error's message (it names the UID, path or parameter) and never a Python
+class name; anything outside the tree is a bug: 500 with a generic text, the traceback in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from ..errors import (
+    AuthenticationError,
+    CodecError,
+    ConflictError,
+    CorruptError,
+    DicomVaultError,
+    IntegrityError,
+    LockedError,
+    MalformedError,
+    NotAcceptableError,
+    NotDicomError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RejectedError,
+    RequestError,
+    StorageFullError,
+    UnavailableError,
+    UnsupportedError,
+    UnsupportedMediaTypeError,
+)
+
+log = logging.getLogger("dicomvault.web")
+
+# Most specific first: the first class an error is an instance of decides.
+_STATUS: tuple[tuple[type[BaseException], int], ...] = (
+    (AuthenticationError, 401),
+    (PermissionDeniedError, 403),
+    (NotAcceptableError, 406),
+    (UnsupportedMediaTypeError, 415),
+    (PayloadTooLargeError, 413),
+    (RequestError, 400),
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (StorageFullError, 507),
+    (RejectedError, 400),
+    (NotDicomError, 400),
+    (MalformedError, 400),
+    (UnsupportedError, 415),
+    (UnavailableError, 503),
+    (LockedError, 503),
+    # Stored bytes that fail their hash or codec: the archive's fault, not the client's.
+    (IntegrityError, 500),
+    (CodecError, 500),
+    (CorruptError, 500),
+)
+
+
+_INPUT_ERRORS = (RejectedError, NotDicomError, MalformedError)
+
+
+def http_status(exc: BaseException) -> int:
+    for cls, code in _STATUS:
+        if isinstance(exc, cls):
+            return code
+    return 500
+
+
+def error_response(request: Request, exc: Exception) -> Response:
+    """Starlette exception handler for every DicomVaultError (and, as 500, anything else)."""
+    if not isinstance(exc, DicomVaultError):
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return PlainTextResponse("internal error (see the server log)", 500)
+    code = http_status(exc)
+    if code == 400 and request.method in ("GET", "HEAD") and isinstance(exc, _INPUT_ERRORS):
+        # A read sends no object: a parse failure here is a stored object we cannot read.
+        code = 500
+    headers = {}
+    if code == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="dicomvault", Basic realm="dicomvault"'
+    if code >= 500:
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+    else:
+        log.info("%s %s -> %d: %s", request.method, request.url.path, code, exc)
+    return PlainTextResponse(str(exc) or f"error {code}", code, headers=headers)

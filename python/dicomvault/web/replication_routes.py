@@ -1,0 +1,53 @@
+"""The replication API (replication/feed_api.py) as HTTP routes: the change feed, blobs by hash,
+the instance list and status, for replicas holding a token of the replicator role."""
+
+from __future__ import annotations
+
+import msgpack
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..errors import PayloadTooLargeError
+from ..replication.feed_api import FeedService, Puller
+from .responses import float_param, int_param
+from .security import Security, secured
+
+MSGPACK = "application/msgpack"
+MAX_HASHES_BODY = 32 * 100_000
+REPLICATE = "replicate"
+
+
+def _pack(data: object) -> Response:
+    return Response(msgpack.packb(data, use_bin_type=True), media_type=MSGPACK)
+
+
+def routes(feed: FeedService, security: Security) -> list[Route]:
+    def changes(request: Request) -> Response:
+        p = request.state.principal
+        who = Puller(
+            replica_id=request.headers.get("x-replica-id") or "",
+            principal=p.name,
+            client=request.client.host if request.client else "",
+            feed_id=request.query_params.get("feed_id"),
+            error=request.headers.get("x-replica-error"),
+        )
+        return _pack(feed.changes(who, int_param(request, "since", 0), int_param(request, "limit", 1000),
+                                  float_param(request, "wait", 0.0)))
+
+    async def blobs(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_HASHES_BODY:
+            raise PayloadTooLargeError(f"at most {MAX_HASHES_BODY // 32} hashes per request")
+        data = await run_in_threadpool(feed.blobs, body)
+        return Response(data, media_type="application/octet-stream")
+
+    return [
+        Route("/replication/changes", secured(security, REPLICATE, changes), methods=["GET"]),
+        Route("/replication/blobs", secured(security, REPLICATE, blobs), methods=["POST"]),
+        Route("/replication/instances", secured(security, REPLICATE, lambda r: _pack(feed.instances())),
+              methods=["GET"]),
+        Route("/replication/status", secured(security, REPLICATE, lambda r: _pack(feed.status())),
+              methods=["GET"]),
+    ]

@@ -12,7 +12,7 @@ NATIVE_SRC := $(shell find core/src core/kernels rust/src -type f) rust/build.rs
 STAMP := $(VENV)/.built
 
 .DEFAULT_GOAL := help
-.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-replication clean sysdeps
+.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-dicomweb bench-replication clean sysdeps
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -34,7 +34,7 @@ $(STAMP): $(VENV)/.venv-ok $(NATIVE_SRC)
 build: $(STAMP) ## build all native parts and install dicomvault (editable) into .venv
 
 # The real peers the interop tests talk to: dcmtk's SCU/SCP tools and Orthanc (Debian packages).
-SYSDEPS := dcmtk orthanc orthanc-dicomweb dicom3tools openssl
+SYSDEPS := dcmtk orthanc orthanc-dicomweb dicom3tools openssl curl
 sysdeps: ## install the Debian packages the tests use (dcmtk, Orthanc; needs root; skipped when present)
 	@missing=""; for p in $(SYSDEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -74,6 +74,9 @@ bench-dimse: sysdeps build ## DIMSE ingest and C-FIND latency vs Orthanc, side b
 
 bench-compare: sysdeps build ## dicomvault vs Orthanc vs the raw device, every headline figure -> bench/RESULTS.md (< 20 min; QUICK=1 ~1 min)
 	$(VPY) bench/compare_all.py $(if $(QUICK),--quick,)
+
+bench-dicomweb: sysdeps build ## DICOMweb vs Orthanc's plugin, side by side -> bench/RESULTS.md (< 15 min; QUICK=1 < 2 min)
+	$(VPY) bench/dicomweb_compare.py $(if $(QUICK),--quick,)
 
 bench-replication: build ## replication RPO, catch-up, backup and restore speed
 	$(VPY) bench/replication.py

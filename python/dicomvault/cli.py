@@ -294,7 +294,10 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     # Imported here: the other commands need neither pynetdicom nor the server's start-up cost.
+    from .allocator import tune_allocator
     from .config import load_config
+
+    tune_allocator()
     from .dimse import serve
 
     config = load_config(args.config).with_overrides(

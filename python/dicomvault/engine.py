@@ -263,6 +263,18 @@ class Engine:
         _, ts, dataset = self.read_instance(sop_instance_uid)
         return ts, dataset
 
+    def read_record(self, rec: InstanceRecord) -> tuple[str, bytes]:
+        """(transfer syntax UID, dataset bytes) of an index record the caller already holds
+        (a retrieve that listed a study), hash-verified, without looking the record up again."""
+        return self.vault.read(rec.hash)
+
+    @staticmethod
+    def dataset_length(rec: InstanceRecord) -> int:
+        """Length of the dataset bytes `read_record(rec)` returns, known before reading: the
+        record's logical length counts the canonical form, `transfer syntax UID + NUL + dataset`
+        (core/src/object.rs), so a retrieve can announce its Content-Length up front."""
+        return rec.logical_len - len(rec.transfer_syntax.encode("ascii")) - 1
+
     def read_instance(self, sop_instance_uid: str) -> tuple[InstanceRecord, str, bytes]:
         """(index record, transfer syntax UID, dataset bytes as received), hash-verified."""
         rec = self.index.get_instance(sop_instance_uid)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from . import (
@@ -10,12 +12,17 @@ from . import (
 )
 
 
+def _per_sample(kernel: Any, pixels: np.ndarray, dtype: type, *args: Any) -> np.ndarray:
+    """Runs a one-output-per-sample kernel over pixels of any shape: kernel(src, out, *args)."""
+    src = np.ascontiguousarray(pixels).reshape(-1)
+    out = np.empty(src.shape[0], dtype=dtype)
+    kernel(src, out, *args)
+    return out.reshape(pixels.shape)
+
+
 def rescale(pixels: np.ndarray, slope: float = 1.0, intercept: float = 0.0) -> np.ndarray:
     """Modality LUT: stored values to output units (e.g. Hounsfield), as float32."""
-    src = np.ascontiguousarray(pixels).reshape(-1)
-    out = np.empty(src.shape[0], dtype=np.float32)
-    _kernels.rescale(src, out, float(slope), float(intercept))
-    return out.reshape(pixels.shape)
+    return _per_sample(_kernels.rescale, pixels, np.float32, float(slope), float(intercept))
 
 
 def window_to_u8(
@@ -26,10 +33,9 @@ def window_to_u8(
     intercept: float = 0.0,
 ) -> np.ndarray:
     """Rescale then apply the DICOM linear window, giving an 8-bit image for display."""
-    src = np.ascontiguousarray(pixels).reshape(-1)
-    out = np.empty(src.shape[0], dtype=np.uint8)
-    _kernels.window_to_u8(src, out, float(slope), float(intercept), float(center), float(width))
-    return out.reshape(pixels.shape)
+    return _per_sample(
+        _kernels.window_to_u8, pixels, np.uint8, float(slope), float(intercept), float(center), float(width)
+    )
 
 
 def minmax(pixels: np.ndarray) -> tuple[float, float]:
@@ -51,10 +57,15 @@ def window_sigmoid_to_u8(
     intercept: float = 0.0,
 ) -> np.ndarray:
     """Rescale then apply the DICOM SIGMOID window (PS3.3 C.11.2.1.3.1), giving 8 bits."""
-    src = np.ascontiguousarray(pixels).reshape(-1)
-    out = np.empty(src.shape[0], dtype=np.uint8)
-    _kernels.window_sigmoid_to_u8(src, out, float(slope), float(intercept), float(center), float(width))
-    return out.reshape(pixels.shape)
+    return _per_sample(
+        _kernels.window_sigmoid_to_u8,
+        pixels,
+        np.uint8,
+        float(slope),
+        float(intercept),
+        float(center),
+        float(width),
+    )
 
 
 def _lut16(lut: np.ndarray) -> np.ndarray:
@@ -69,10 +80,15 @@ def lut_apply(
     intercept: float = 0.0,
 ) -> np.ndarray:
     """A LUT (Modality LUT Sequence) on the (rescaled) values, clamped to its range, as float32."""
-    src = np.ascontiguousarray(pixels).reshape(-1)
-    out = np.empty(src.shape[0], dtype=np.float32)
-    _kernels.lut_apply(src, out, _lut16(lut), float(first_mapped), float(slope), float(intercept))
-    return out.reshape(pixels.shape)
+    return _per_sample(
+        _kernels.lut_apply,
+        pixels,
+        np.float32,
+        _lut16(lut),
+        float(first_mapped),
+        float(slope),
+        float(intercept),
+    )
 
 
 def lut_to_u8(
@@ -84,13 +100,18 @@ def lut_to_u8(
     intercept: float = 0.0,
 ) -> np.ndarray:
     """A VOI LUT then its output range (lo, hi) scaled to 0..255."""
-    src = np.ascontiguousarray(pixels).reshape(-1)
-    out = np.empty(src.shape[0], dtype=np.uint8)
     lo, hi = out_range
-    _kernels.lut_to_u8(
-        src, out, _lut16(lut), float(first_mapped), float(slope), float(intercept), float(lo), float(hi)
+    return _per_sample(
+        _kernels.lut_to_u8,
+        pixels,
+        np.uint8,
+        _lut16(lut),
+        float(first_mapped),
+        float(slope),
+        float(intercept),
+        float(lo),
+        float(hi),
     )
-    return out.reshape(pixels.shape)
 
 
 def palette_to_rgb(

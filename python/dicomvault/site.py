@@ -228,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
+    from .allocator import tune_allocator
     from .site_args import add_site_arguments, options_from_args
 
+    tune_allocator()
     p = argparse.ArgumentParser(prog="python -m dicomvault.site", description=main.__doc__)
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("-v", "--verbose", action="store_true")

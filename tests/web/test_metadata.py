@@ -22,21 +22,16 @@ FILES = ["CT_small.dcm", "MR_small_bigendian.dcm", "waveform_ecg.dcm", "image_df
 BASE = "https://pacs.example:8443/dicom-web"
 
 
-class CountingVault:
-    """The engine's vault, counting reads (a hit must not touch the store)."""
+class CountingEngine:
+    """The engine, counting reads of stored objects (a hit must not touch the store)."""
 
-    def __init__(self, vault: Any) -> None:
-        self.vault = vault
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
         self.reads = 0
 
-    def read(self, blob_hash: bytes) -> tuple[str, bytes]:
+    def read_record(self, rec: InstanceRecord) -> tuple[str, bytes]:
         self.reads += 1
-        return self.vault.read(blob_hash)
-
-
-class CountingEngine:
-    def __init__(self, engine: Engine) -> None:
-        self.vault = CountingVault(engine.vault)
+        return self.engine.read_record(rec)
 
 
 def store(engine: Engine, files: list[str]) -> list[InstanceRecord]:
@@ -68,12 +63,12 @@ def test_miss_then_hit_for_any_base_url(
     with MetadataCache(tmp_path / "cache" / "metadata") as cache:
         service = MetadataService(counting, cache)
         first = orjson.loads(service.instances_json(records, BASE))
-        assert counting.vault.reads == len(records)
+        assert counting.reads == len(records)
         assert first == [expected_json(engine, rec, BASE) for rec in records]
 
         other = "http://10.0.0.5/proxy/dicom-web"
         second = orjson.loads(service.instances_json(records, other + "/"))
-        assert counting.vault.reads == len(records), "a hit read the store"
+        assert counting.reads == len(records), "a hit read the store"
         assert second == [expected_json(engine, rec, other) for rec in records]
         assert PLACEHOLDER not in orjson.dumps(second).decode()
 
@@ -113,11 +108,11 @@ def test_cache_survives_reopen_and_warm(
         assert service.warm(records[:3]) == 3
         assert service.warm(records) == len(records) - 3
         assert service.warm(records) == 0
-    reads = counting.vault.reads
+    reads = counting.reads
     with MetadataCache(path) as cache:
         service = MetadataService(counting, cache)
         doc = orjson.loads(service.instances_json(records, BASE))
-        assert counting.vault.reads == reads
+        assert counting.reads == reads
         assert doc == [expected_json(engine, rec, BASE) for rec in records]
 
 
@@ -142,10 +137,10 @@ def test_a_cache_that_cannot_be_opened_is_rebuilt(engine: Engine, records: list[
         assert cache.enabled
         service = MetadataService(counting, cache)
         doc = orjson.loads(service.instances_json(records, BASE))
-        assert counting.vault.reads == len(records)  # rebuilt empty: every instance is a miss
+        assert counting.reads == len(records)  # rebuilt empty: every instance is a miss
         assert doc == [expected_json(engine, rec, BASE) for rec in records]
         service.instances_json(records, BASE)
-        assert counting.vault.reads == len(records)
+        assert counting.reads == len(records)
 
 
 def test_a_cache_held_elsewhere_leaves_the_service_working(engine: Engine, records: list[InstanceRecord],

@@ -23,6 +23,9 @@ from .procs import terminate
 
 ORTHANC_BIN = "/usr/sbin/Orthanc"
 ORTHANC_AE = "ORTHANC"
+# The Debian orthanc-dicomweb package (plugin 1.7 for Orthanc 1.10).
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+DICOMWEB_ROOT = "/dicom-web/"
 
 
 class OrthancError(RuntimeError):
@@ -37,7 +40,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def orthanc_config(root: Path, *, dicom_port: int, http_port: int,
                    modalities: dict[str, tuple[str, str, int]], compression: bool = False,
-                   threads: int = 4, extra: dict[str, Any] | None = None
+                   threads: int = 4, extra: dict[str, Any] | None = None, dicomweb: bool = False
                    ) -> dict[str, Any]:
     """Orthanc 1.10 configuration (key names as documented in /etc/orthanc/orthanc.json).
 
@@ -45,6 +48,12 @@ def orthanc_config(root: Path, *, dicom_port: int, http_port: int,
     the largest PDU it allows (131072), no plugins, no job persistence; SyncStorageArea stays true
     (its default: fsync per file, i.e. acknowledged = durable, the same contract as ours) and the
     SQLite index keeps its default synchronous mode.
+
+    `dicomweb=True` loads the DICOMweb plugin, configured as its documentation's sample
+    (section "DicomWeb" of the plugin's dicomweb.json): QIDO/WADO-RS/STOW-RS under /dicom-web/,
+    WADO-URI under /wado; full study and series metadata (read from the stored files, the
+    plugin's own default and the only mode comparable with an archive that answers from its
+    stored datasets); BulkDataURIs built from the request's Host header rather than a fixed host.
     """
     cfg: dict[str, Any] = {
         "Name": "dicomvault-peer",
@@ -80,6 +89,17 @@ def orthanc_config(root: Path, *, dicom_port: int, http_port: int,
         "StableAge": 3600,  # no "stable" events firing during a measurement
         "HttpThreadsCount": 4,
     }
+    if dicomweb:
+        cfg["Plugins"] = [DICOMWEB_PLUGIN]
+        cfg["DicomWeb"] = {
+            "Enable": True,
+            "Root": DICOMWEB_ROOT,
+            "EnableWado": True,
+            "WadoRoot": "/wado",
+            "Ssl": False,
+            "StudiesMetadata": "Full",
+            "SeriesMetadata": "Full",
+        }
     if extra:
         cfg.update(extra)
     return cfg
@@ -99,6 +119,12 @@ class Orthanc:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb root (no trailing slash, as dicomweb-client's `url` wants it); only
+        served when started with `dicomweb=True`."""
+        return self.url + DICOMWEB_ROOT.rstrip("/")
 
     @property
     def peer(self) -> str:
@@ -153,16 +179,19 @@ class Orthanc:
 
 def start_orthanc(root: Path, *, modalities: dict[str, tuple[str, str, int]] | None = None,
                   compression: bool = False, threads: int = 4, extra: dict[str, Any] | None = None,
-                  timeout: float = 30) -> Orthanc:
-    """Starts Orthanc with its storage and index under `root` (created; emptied if it exists)."""
+                  timeout: float = 30, dicomweb: bool = False) -> Orthanc:
+    """Starts Orthanc with its storage and index under `root` (created; emptied if it exists);
+    with `dicomweb=True` also its DICOMweb plugin (see `orthanc_config`)."""
     if not Path(ORTHANC_BIN).exists():
         raise OrthancError(f"{ORTHANC_BIN} not found (apt-get install orthanc)")
+    if dicomweb and not Path(DICOMWEB_PLUGIN).exists():
+        raise OrthancError(f"{DICOMWEB_PLUGIN} not found (apt-get install orthanc-dicomweb)")
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
     dicom_port, http_port = free_port(), free_port()
     cfg = orthanc_config(root, dicom_port=dicom_port, http_port=http_port, modalities=modalities or {},
-                         compression=compression, threads=threads, extra=extra)
+                         compression=compression, threads=threads, extra=extra, dicomweb=dicomweb)
     cfg_path = root / "orthanc.json"
     cfg_path.write_text(json.dumps(cfg, indent=2))
     log_path = root / "orthanc.log"
@@ -181,6 +210,9 @@ def start_orthanc(root: Path, *, modalities: dict[str, tuple[str, str, int]] | N
                                f"{orthanc.log_text()[-3000:]}")
         try:
             orthanc.get_json("/system")
+            if dicomweb:
+                # plugins register their routes after the core's REST API answers
+                orthanc.request("GET", DICOMWEB_ROOT + "studies?limit=1")
             # the HTTP server comes up before the DICOM one: wait for both
             with socket.create_connection(("127.0.0.1", dicom_port), timeout=0.5):
                 return orthanc

@@ -43,12 +43,8 @@ _BULK_KEY = b'"BulkDataURI":"' + ENCODED_PLACEHOLDER
 SETTINGS_KEY = b"settings"
 
 
-class _Vault(Protocol):
-    def read(self, blob_hash: bytes) -> tuple[str, bytes]: ...
-
-
 class _Engine(Protocol):
-    vault: _Vault
+    def read_record(self, rec: InstanceRecord) -> tuple[str, bytes]: ...
 
 
 def cache_key(blob_hash: bytes) -> bytes:
@@ -239,7 +235,7 @@ class MetadataService:
 
     # -- computing -------------------------------------------------------------------------------
     def _json(self, rec: InstanceRecord, base: str) -> bytes:
-        ts, dataset = self.engine.vault.read(rec.hash)
+        ts, dataset = self.engine.read_record(rec)
         prefix = f"{base}/studies/{rec.study_uid}/series/{rec.series_uid}/instances/{rec.sop_uid}"
         return orjson.dumps(dataset_json(ts, dataset, prefix, threshold=self.threshold))
 

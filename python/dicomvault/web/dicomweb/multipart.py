@@ -22,7 +22,7 @@ import asyncio
 import os
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -68,6 +68,35 @@ def multipart_content_type(root_type: str, boundary: str, **params: str) -> str:
 PartSpec = tuple[str, bytes | Iterable[bytes]] | tuple[str, bytes | Iterable[bytes], dict[str, str]]
 
 
+def _opening(boundary: str, first: bool, spec: PartSpec) -> bytes:
+    """The delimiter and header block that start one part."""
+    extra = spec[2] if len(spec) > 2 else None  # type: ignore[misc]
+    delim = f"--{boundary}\r\n".encode("latin-1")
+    return (delim if first else CRLF + delim) + part_header(spec[0], extra)
+
+
+def stream_length(boundary: str, parts: Iterable[tuple[str, int]]) -> int:
+    """The exact byte length of multipart_stream's output for parts of these (content type,
+    body length), so a response can carry Content-Length instead of chunked framing."""
+    total, first = 0, True
+    for content_type, size in parts:
+        total += len(_opening(boundary, first, (content_type, b""))) + size
+        first = False
+    return total + len(_closing(boundary, first))
+
+
+def _closing(boundary: str, first: bool) -> bytes:
+    return ("" if first else "\r\n").encode() + f"--{boundary}--\r\n".encode("latin-1")
+
+
+def _body_chunks(body: bytes | bytearray | memoryview | Iterable[bytes]) -> Iterator[bytes]:
+    if isinstance(body, bytes | bytearray | memoryview):
+        if body:
+            yield bytes(body) if not isinstance(body, bytes) else body
+    else:
+        yield from (chunk for chunk in body if chunk)
+
+
 def multipart_stream(parts: Iterable[PartSpec], boundary: str) -> Iterator[bytes]:
     """The body of a multipart/related message, as chunks.
 
@@ -76,22 +105,24 @@ def multipart_stream(parts: Iterable[PartSpec], boundary: str) -> Iterator[bytes
     lazily, so a study is never held in memory. An empty `parts` gives a body with the closing
     delimiter only (RFC 2046 wants one part at least: callers answer 204/404 instead).
     """
-    delim = f"--{boundary}\r\n".encode("latin-1")
     first = True
     for spec in parts:
-        content_type, body = spec[0], spec[1]
-        extra = spec[2] if len(spec) > 2 else None  # type: ignore[misc]
-        head = part_header(content_type, extra)
-        yield (delim if first else CRLF + delim) + head
+        yield _opening(boundary, first, spec)
         first = False
-        if isinstance(body, bytes | bytearray | memoryview):
-            if body:
-                yield bytes(body) if not isinstance(body, bytes) else body
-        else:
-            for chunk in body:
-                if chunk:
-                    yield chunk
-    yield ("" if first else "\r\n").encode() + f"--{boundary}--\r\n".encode("latin-1")
+        yield from _body_chunks(spec[1])
+    yield _closing(boundary, first)
+
+
+async def multipart_stream_async(parts: AsyncIterable[PartSpec], boundary: str) -> AsyncIterator[bytes]:
+    """multipart_stream for parts that arrive asynchronously (bodies read by a thread pool while
+    the event loop sends), so a retrieve never hops threads per chunk."""
+    first = True
+    async for spec in parts:
+        yield _opening(boundary, first, spec)
+        first = False
+        for chunk in _body_chunks(spec[1]):
+            yield chunk
+    yield _closing(boundary, first)
 
 
 # -- reader --------------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ one instance at a time, read from the native store in the thread pool.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -35,15 +36,18 @@ from .pixels import FrameIndexCache, FrameSource, native_frame_bytes
 
 PREFIX = "/dicom-web"
 T = TypeVar("T")
-# PS3.5 9.1: UIDs are digits and dots, at most 64 characters. Checked on every path segment that
-# names one, so nothing else (a traversal, a query) reaches the index.
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+R = TypeVar("R")
+# PS3.5 9.1 UIDs are digits and dots, at most 64 characters, but archives hold objects from
+# modalities that broke the rule (hex strings, letters): what STOW or C-STORE accepted must be
+# retrievable. So a path segment naming a UID may hold letters, digits, ".", "-" and "_", never
+# a path separator, a percent escape or a lone "." / ".."; the UID is only ever an index key.
+_UID = re.compile(r"^[0-9A-Za-z._-]{1,128}$")
 _FRAMES = re.compile(r"^[0-9]+(,[0-9]+)*$")
 MAX_FRAMES_PER_REQUEST = 10_000
 
 
 def check_uid(value: str, what: str) -> str:
-    if len(value) > 64 or not _UID.match(value):
+    if not _UID.match(value) or value in (".", ".."):
         raise RequestError(f"{what} {value[:80]!r} is not a DICOM UID")
     return value
 
@@ -93,10 +97,10 @@ READ_AHEAD = 2
 _readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dv-wado-read")
 
 
-def read_ahead(load: Callable[[T], bytes], items: Sequence[T]) -> Iterator[tuple[T, Future[bytes]]]:
+def read_ahead(load: Callable[[T], R], items: Sequence[T]) -> Iterator[tuple[T, Future[R]]]:
     """(item, future of load(item)) in order, at most READ_AHEAD + 1 loads in flight; loads not
     started when the consumer stops (a client that went away) are cancelled."""
-    pending: deque[tuple[T, Future[bytes]]] = deque()
+    pending: deque[tuple[T, Future[R]]] = deque()
     todo = iter(items)
     try:
         while True:
@@ -165,22 +169,38 @@ class DicomWeb:
         boundary = multipart.new_boundary()
         asked_any = offer.params.get("transfer-syntax") == media.ANY_TRANSFER_SYNTAX
 
-        def parts() -> Iterator[tuple[str, bytes]]:
-            for (_, ts), fut in read_ahead(lambda item: self._instance_file(*item), plan):
+        part_types = [f"{media.DICOM}; transfer-syntax={ts}" for _, ts in plan]
+        headers = {}
+        if all(ts == rec.transfer_syntax for rec, ts in plan):
+            # As stored, every size is known: Content-Length, not chunked framing (clients read
+            # it faster, and know a study's size before it arrives).
+            sizes = [len(rec.prefix) + self.engine.dataset_length(rec) for rec, _ in plan]
+            length = multipart.stream_length(boundary, zip(part_types, sizes, strict=True))
+            headers["Content-Length"] = str(length)
+
+        async def parts() -> AsyncIterator[tuple[str, tuple[bytes, bytes]]]:
+            loads = read_ahead(lambda item: self._instance_file(*item), plan)
+            for part_type, (_, fut) in zip(part_types, loads, strict=True):
                 try:
-                    yield (f"{media.DICOM}; transfer-syntax={ts}", fut.result())
+                    data = await asyncio.wrap_future(fut)
                 except NotFoundError:
+                    if "Content-Length" in headers:
+                        raise  # deleted while the response streamed: the length is a promise
                     continue  # deleted while the response streamed: the others still go
+                yield (part_type, data)
         ctype = multipart.multipart_content_type(media.DICOM, boundary,
                                                  **({"transfer-syntax": "*"} if asked_any else {}))
-        return StreamingResponse(multipart.multipart_stream(parts(), boundary), media_type=ctype)
+        return StreamingResponse(multipart.multipart_stream_async(parts(), boundary), media_type=ctype,
+                                 headers=headers)
 
-    def _instance_file(self, rec: InstanceRecord, ts: str) -> bytes:
-        stored_ts, dataset = self.engine.read_dataset(rec.sop_uid)
+    def _instance_file(self, rec: InstanceRecord, ts: str) -> tuple[bytes, bytes]:
+        """(file meta, dataset) of the Part-10 object in `ts`: two chunks, so 500 KB are not
+        copied again just to join them."""
+        stored_ts, dataset = self.engine.read_record(rec)
         if ts == stored_ts:
-            return rec.prefix + dataset
-        out = transcode.transcode(stored_ts, dataset, ts)
-        return file_meta_prefix(rec.sop_class_uid, rec.sop_uid, ts) + out
+            return rec.prefix, dataset
+        meta = file_meta_prefix(rec.sop_class_uid, rec.sop_uid, ts)
+        return meta, transcode.transcode(stored_ts, dataset, ts)
 
     # -- WADO-RS: metadata ---------------------------------------------------------------------
     def metadata_route(self, request: Request) -> Response:
@@ -191,7 +211,7 @@ class DicomWeb:
 
     # -- WADO-RS: frames and bulk data ---------------------------------------------------------
     def _source(self, rec: InstanceRecord) -> FrameSource:
-        ts, dataset = self.engine.read_dataset(rec.sop_uid)
+        ts, dataset = self.engine.read_record(rec)
         return FrameSource.from_dataset(ts, dataset, key=rec.hash, cache=self.frames)
 
     def frames_route(self, request: Request) -> Response:
@@ -207,7 +227,7 @@ class DicomWeb:
         if ts == src.frame_transfer_syntax:
             get = src.frame
         elif ts == media.EXPLICIT_VR_LE and mtype == media.OCTET_STREAM:
-            ts_stored, dataset = self.engine.read_dataset(rec.sop_uid)
+            ts_stored, dataset = self.engine.read_record(rec)
 
             def get(n: int) -> bytes:
                 return native_frame_bytes(ts_stored, dataset, n, key=rec.hash)
@@ -231,7 +251,7 @@ class DicomWeb:
         study, series, sop = _uids(request)
         path = request.path_params["path"]
         rec = records_of(self.engine, study, series, sop)[0]
-        ts, dataset = self.engine.read_dataset(rec.sop_uid)
+        ts, dataset = self.engine.read_record(rec)
         value = bulk_value(ts, dataset, path)
         vts = media.web_transfer_syntax(ts)
         mtype = media.OCTET_STREAM if path.upper() != "7FE00010" else media.bulk_media_type(vts)
@@ -262,12 +282,12 @@ class DicomWeb:
                 # The representative image: the middle instance of the first series.
                 first = [r for r in recs if r.series_uid == recs[0].series_uid]
                 rec = first[len(first) // 2]
-                ts, dataset = self.engine.read_dataset(rec.sop_uid)
+                ts, dataset = self.engine.read_record(rec)
                 img = render.thumbnail(ts, dataset, media_type=opts.media_type, viewport=opts.viewport,
                                        quality=opts.quality, key=rec.hash)
                 return Response(img, media_type=opts.media_type)
             if sop is not None and (frames is None or len(frames) == 1):
-                ts, dataset = self.engine.read_dataset(recs[0].sop_uid)
+                ts, dataset = self.engine.read_record(recs[0])
                 img = render.render(ts, dataset, frames[0] if frames else None, media_type=opts.media_type,
                                     window=opts.window, viewport=opts.viewport, quality=opts.quality,
                                     key=recs[0].hash)
@@ -278,7 +298,7 @@ class DicomWeb:
 
             def parts() -> Iterator[tuple[str, bytes]]:
                 for rec, frame in targets:
-                    ts, dataset = self.engine.read_dataset(rec.sop_uid)
+                    ts, dataset = self.engine.read_record(rec)
                     try:
                         yield opts.media_type, render.render(
                             ts, dataset, frame, media_type=opts.media_type, window=opts.window,

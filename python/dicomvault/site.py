@@ -30,6 +30,7 @@ from .replication.tracker import ReplicaTracker
 from .site_args import AUTO, AUTO_ANONYMOUS_ROLE, SiteOptions
 from .web.app import build_app
 from .web.context import WebContext, WebSettings
+from .web.dicomweb.warmer import MetadataWarmer
 from .web.security import Security
 from .web.server import HttpServer
 
@@ -81,6 +82,10 @@ class Site:
         self._thread: threading.Thread | None = None
         self.forward_status: Callable[[], list[dict[str, Any]]] | None = None
         self.app = build_app(self.ctx, jobs=self._jobs, status_extra=self._status_extra)
+        # The series a modality just sent is the one a radiologist opens next: warm its metadata.
+        metadata = self.ctx.extras.get("metadata")
+        cached = metadata is not None and metadata.cache is not None and not engine.read_only
+        self.warmer = MetadataWarmer(engine, metadata) if cached else None
         self.http = HttpServer(self.app, options.host, options.port, certfile=options.certfile,
                                keyfile=options.keyfile, port_explicit=options.port_explicit)
         if options.replicate_from:
@@ -139,6 +144,8 @@ class Site:
         self.http.start()
         write_http_info(self.engine.data_dir, {"url": self.url, "admin_token": self.admin_token,
                                                "pid": os.getpid(), "tls": self.http.tls is not None})
+        if self.warmer is not None:
+            self.warmer.start()
         if self.puller is not None:
             self._thread = threading.Thread(target=self.puller.run, args=(self._stop,),
                                             name="dicomvault-replicate", daemon=True)
@@ -153,6 +160,8 @@ class Site:
         if self.puller is not None:
             self.puller.close()
         self.http.stop()
+        if self.warmer is not None:
+            self.warmer.stop()
         md = self.ctx.extras.get("metadata")
         if md is not None and md.cache is not None:
             try:

@@ -8,8 +8,7 @@ objects. Each server is also checked against an independent computation from pyd
 UID sets, the uploaded bytes, the frames pydicom extracts), so a shared mistake is caught too.
 
 Every difference between the two servers is an assertion failure or is listed in KNOWN_DIFFERENCES
-with the PS3.18 section that allows it. The dicomvault half skips (with the reason) while
-`dicomvault serve` does not answer DICOMweb yet; the Orthanc half always runs.
+with the PS3.18 section that allows it.
 """
 
 from __future__ import annotations
@@ -263,9 +262,6 @@ class _Serve:
                     return f"{self.url}/studies: {exc}"
                 if r.status_code == 200:
                     return None
-                if r.status_code == 404:  # DICOMweb routes not mounted yet
-                    return f"{self.url}/studies -> HTTP 404: {r.text[:200]}"
-                # it answers, wrongly: that is a failure, not "not ready"
                 pytest.fail(f"{self.url}/studies?limit=1 -> HTTP {r.status_code}: {r.text[:300]}\n"
                             + "\n".join(self.lines[-40:]))
         return f"no 'dicomvault serving HTTP' line after {timeout} s: " + "\n".join(self.lines[-15:])
@@ -287,7 +283,7 @@ def dicomvault(tmp_path_factory: pytest.TempPathFactory, orthanc: Peer) -> Itera
     try:
         why = serve.wait(SERVE_TIMEOUT_S)
         if why is not None:
-            pytest.skip(f"dicomvault DICOMweb not serving yet: {why[-1500:]}")
+            pytest.fail(f"dicomvault serve does not answer DICOMweb: {why[-1500:]}")
         peer = Peer("dicomvault", serve.url, DICOMwebClient(serve.url))
         _stow(peer, orthanc.stored)
         yield peer

@@ -1,0 +1,33 @@
+"""The metadata warmer computes a series' metadata once the series has been quiet, from the
+change feed, so the first /metadata request is served from the cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dicomvault.bench.synth import SeriesSpec, ct_series
+from dicomvault.engine import Engine
+from dicomvault.web.dicomweb.metadata import MetadataCache, MetadataService
+from dicomvault.web.dicomweb.warmer import MetadataWarmer
+
+
+def test_warms_quiet_series_only(tmp_path: Path) -> None:
+    with Engine(tmp_path / "d") as eng:
+        cache = MetadataCache(str(tmp_path / "cache"))
+        service = MetadataService(eng, cache)
+        warmer = MetadataWarmer(eng, service, quiet_s=5.0)
+        a = eng.store_buffers(list(ct_series(SeriesSpec(slices=6, rows=32, columns=32, seed=1))))
+        assert warmer.step(now=100.0) == 0  # just arrived: the modality may still be sending
+        b = eng.store_buffers(list(ct_series(SeriesSpec(slices=4, rows=32, columns=32, seed=2))))
+        assert warmer.step(now=104.0) == 0  # series A is 4 s quiet, B 0 s
+        assert warmer.step(now=106.0) == 6  # A is quiet now; B (seen at 104) is not
+        assert all(cache.get_many([o.hash for o in a]))
+        assert not any(cache.get_many([o.hash for o in b]))
+        assert warmer.step(now=110.0) == 4
+        assert all(cache.get_many([o.hash for o in b]))
+        # a served request now reads nothing from the store
+        recs = eng.index.instances_of("series", eng.instance(a[0].sop_instance_uid).series_uid)
+        body = service.instances_json(recs, "http://x/dicom-web")
+        assert body.count(b'"00080018"') == 6
+        assert warmer.step(now=200.0) == 0  # nothing new
+        cache.close()

@@ -34,3 +34,15 @@ def pydicom_reads(path: Path) -> str | None:
         return None
     except Exception as exc:  # noqa: BLE001 — any failure means "pydicom cannot read it"
         return f"{type(exc).__name__}: {exc}"
+
+
+def split_part10(path: Path | str) -> tuple[str, bytes]:
+    """(transfer syntax, dataset bytes without file meta) of a Part-10 file: what the engine
+    stores of it and serves back."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    with open(path, "rb") as fp:
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+        pos = fp.tell()
+    return str(meta.TransferSyntaxUID), Path(path).read_bytes()[pos:]

@@ -34,17 +34,6 @@ def _path(name: str) -> Path:
     return Path(get_testdata_file(name))
 
 
-def _dataset_bytes(path: Path) -> bytes:
-    """The dataset part of a Part-10 file (what the archive keeps and serves back)."""
-    with open(path, "rb") as f:
-        pydicom.dcmread(f, stop_before_pixels=True)  # positions after the file meta
-        f.seek(0)
-        ds = pydicom.dcmread(f)
-    raw = path.read_bytes()
-    meta_end = 132 + 12 + int(ds.file_meta.FileMetaInformationGroupLength)
-    return raw[meta_end:]
-
-
 def _multipart(bodies: list[bytes], ctype: str = "application/dicom") -> bytes:
     out = b""
     for b in bodies:

@@ -13,7 +13,6 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
 from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
@@ -21,19 +20,12 @@ from dicomvault.engine import Engine
 from dicomvault.errors import NotAcceptableError, NotFoundError, RequestError
 from dicomvault.web.dicomweb import pixels, syntaxes
 from dicomvault.web.dicomweb.pixels import FrameIndexCache, FrameSource, decoded_frame, native_frame_bytes
-from dv_corpus import corpus_dirs, corpus_files
+from dv_corpus import corpus_dirs, corpus_files, split_part10
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 DATA = corpus_dirs()[0]
 
 
-def split(path: Path | str) -> tuple[str, bytes]:
-    """(transfer syntax, dataset bytes without file meta), as the engine stores an ingested file."""
-    with open(path, "rb") as fp:
-        read_preamble(fp, False)
-        meta = _read_file_meta_info(fp)
-        pos = fp.tell()
-    return str(meta.TransferSyntaxUID), Path(path).read_bytes()[pos:]
 
 
 def encode(ds: Dataset, *, implicit: bool = False, little: bool = True) -> bytes:
@@ -55,7 +47,7 @@ def _image_files() -> list[Path]:
         if path.stat().st_size > 3_000_000:
             continue
         try:
-            split(path)
+            split_part10(path)
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception:  # noqa: BLE001 — files pydicom cannot open are not a reference
             continue
@@ -104,7 +96,7 @@ def test_frames_match_pydicom(path: Path) -> None:
         ref = ds.pixel_array
     except Exception:  # noqa: BLE001 — pydicom cannot decode it either: nothing to compare
         pytest.skip("pydicom cannot decode it")
-    ts, data = split(path)
+    ts, data = split_part10(path)
     src = FrameSource.from_dataset(ts, data)
     nframes = int(ds.get("NumberOfFrames", 1) or 1)
     assert src.number_of_frames == nframes
@@ -144,8 +136,8 @@ def test_big_endian_frames_equal_little_endian_ones() -> None:
         ("OBXXXX1A_2frame.dcm", "OBXXXX1A_expb_2frame.dcm"),
         ("SC_rgb_16bit_2frame.dcm", "SC_rgb_expb_16bit_2frame.dcm"),
     ]:
-        le = FrameSource.from_dataset(*split(DATA / le_name))
-        be = FrameSource.from_dataset(*split(DATA / be_name))
+        le = FrameSource.from_dataset(*split_part10(DATA / le_name))
+        be = FrameSource.from_dataset(*split_part10(DATA / be_name))
         assert be.frame_transfer_syntax == ExplicitVRLittleEndian
         for n in range(1, le.number_of_frames + 1):
             assert be.frame(n) == le.frame(n), (be_name, n)
@@ -153,7 +145,7 @@ def test_big_endian_frames_equal_little_endian_ones() -> None:
 
 def test_compressed_frame_as_native_bytes() -> None:
     ref = pydicom.dcmread(DATA / "emri_small.dcm").pixel_array
-    ts, data = split(DATA / "emri_small_jpeg_ls_lossless.dcm")
+    ts, data = split_part10(DATA / "emri_small_jpeg_ls_lossless.dcm")
     for n in (1, 7, 10):
         assert native_frame_bytes(ts, data, n) == ref[n - 1].astype("<u2").tobytes()
         np.testing.assert_array_equal(decoded_frame(ts, data, n), ref[n - 1])
@@ -224,7 +216,7 @@ def test_encapsulated_frame_location(how: str) -> None:
 
 def test_deflated_object() -> None:
     path = get_testdata_file("image_dfl.dcm")
-    ts, data = split(path)
+    ts, data = split_part10(path)
     assert ts == syntaxes.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
     src = FrameSource.from_dataset(ts, data)
     np.testing.assert_array_equal(src.decode(1)[0], pydicom.dcmread(path).pixel_array)
@@ -256,12 +248,12 @@ def test_cache_reuses_the_layout(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_errors_name_what_is_wrong() -> None:
-    ts, data = split(DATA / "emri_small.dcm")
+    ts, data = split_part10(DATA / "emri_small.dcm")
     src = FrameSource.from_dataset(ts, data)
     for bad in (0, 11, -1):
         with pytest.raises(RequestError, match=f"frame {bad}"):
             src.frame(bad)
-    ts, data = split(get_testdata_file("rtplan.dcm"))
+    ts, data = split_part10(get_testdata_file("rtplan.dcm"))
     with pytest.raises(NotFoundError, match="1.2.777.777.77.7.7777.7777.20030903150023"):
         FrameSource.from_dataset(ts, data)
 

@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.filewriter import write_dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, convert_color_space
 
@@ -26,22 +25,16 @@ from dicomvault.web.dicomweb.render import (
     render,
     thumbnail,
 )
-from dv_corpus import corpus_dirs
+from dv_corpus import corpus_dirs, split_part10
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 DATA = corpus_dirs()[0]
 
 
-def split(path: Path | str) -> tuple[str, bytes]:
-    with open(path, "rb") as fp:
-        read_preamble(fp, False)
-        meta = _read_file_meta_info(fp)
-        pos = fp.tell()
-    return str(meta.TransferSyntaxUID), Path(path).read_bytes()[pos:]
 
 
 def png(path: Path | str, frame: int | None = None, **kw: object) -> np.ndarray:
-    out = render(*split(path), frame, media_type="image/png", **kw)  # type: ignore[arg-type]
+    out = render(*split_part10(path), frame, media_type="image/png", **kw)  # type: ignore[arg-type]
     return np.asarray(Image.open(io.BytesIO(out)))
 
 
@@ -165,7 +158,7 @@ def test_viewport_keeps_aspect_ratio_and_box_filters() -> None:
 
 
 def test_jpeg_output_and_quality() -> None:
-    ts, data = split(DATA / "693_UNCI.dcm")
+    ts, data = split_part10(DATA / "693_UNCI.dcm")
     ref = png(DATA / "693_UNCI.dcm").astype(int)
     hi = render(ts, data, 1, media_type="image/jpeg", quality=95)
     lo = render(ts, data, 1, media_type="image/jpeg", quality=10)
@@ -176,16 +169,16 @@ def test_jpeg_output_and_quality() -> None:
 
 
 def test_thumbnail_is_the_middle_frame_and_never_enlarges() -> None:
-    ts, data = split(DATA / "emri_small.dcm")
+    ts, data = split_part10(DATA / "emri_small.dcm")
     thumb = np.asarray(Image.open(io.BytesIO(thumbnail(ts, data, media_type="image/png"))))
     assert thumb.shape == (64, 64)
     np.testing.assert_array_equal(thumb, png(DATA / "emri_small.dcm", 5))
-    big = np.asarray(Image.open(io.BytesIO(thumbnail(*split(DATA / "US1_UNCR.dcm")))))
+    big = np.asarray(Image.open(io.BytesIO(thumbnail(*split_part10(DATA / "US1_UNCR.dcm")))))
     assert big.shape == (96, 128, 3)
 
 
 def test_bad_parameters() -> None:
-    ts, data = split(DATA / "emri_small.dcm")
+    ts, data = split_part10(DATA / "emri_small.dcm")
     with pytest.raises(RequestError, match="quality"):
         render(ts, data, 1, quality=0)
     with pytest.raises(NotAcceptableError, match="image/gif"):
@@ -211,7 +204,7 @@ def _p50_ms(fn: object, runs: int = 25) -> float:
 
 def test_ct_512_render_latency() -> None:
     """Target p50 <= 15 ms for a 512x512 CT frame from dataset bytes (PS3.18 /rendered)."""
-    ts, data = split(DATA / "693_UNCI.dcm")
+    ts, data = split_part10(DATA / "693_UNCI.dcm")
     cold = _p50_ms(lambda: render(ts, data, 1))  # header parsed every time
     cached = _p50_ms(lambda: render(ts, data, 1, key=b"ct-693"))
     print(f"\n512x512 CT JPEG render p50: {cold:.2f} ms uncached, {cached:.2f} ms with the frame index cache")

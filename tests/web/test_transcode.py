@@ -12,13 +12,13 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+from pydicom.filereader import read_dataset
 
 from dicomvault.errors import NotAcceptableError
 from dicomvault.web.dicomweb import syntaxes
 from dicomvault.web.dicomweb.pixels import FrameSource
 from dicomvault.web.dicomweb.transcode import can_transcode, transcode
-from dv_corpus import corpus_dirs
+from dv_corpus import corpus_dirs, split_part10
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 DATA = corpus_dirs()[0]
@@ -29,12 +29,6 @@ RLE = syntaxes.RLE_LOSSLESS
 DEFLATED = syntaxes.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
 
 
-def split(path: Path | str) -> tuple[str, bytes]:
-    with open(path, "rb") as fp:
-        read_preamble(fp, False)
-        meta = _read_file_meta_info(fp)
-        pos = fp.tell()
-    return str(meta.TransferSyntaxUID), Path(path).read_bytes()[pos:]
 
 
 def parse(ts: str, data: bytes) -> Dataset:
@@ -100,7 +94,7 @@ CASES = [
 
 @pytest.mark.parametrize("path,dst", CASES, ids=lambda v: v.name if isinstance(v, Path) else v)
 def test_round_trip_against_pydicom(path: Path, dst: str) -> None:
-    src_ts, data = split(path)
+    src_ts, data = split_part10(path)
     assert can_transcode(src_ts, dst)
     out = transcode(src_ts, data, dst)
     got = parse(dst, out)
@@ -117,31 +111,31 @@ def test_round_trip_against_pydicom(path: Path, dst: str) -> None:
 def test_palette_of_big_endian_object_survives() -> None:
     from dicomvault.web.dicomweb.render import render
 
-    le_ts, le = split(DATA / "OBXXXX1A.dcm")
-    be_ts, be = split(DATA / "OBXXXX1A_expb.dcm")
+    le_ts, le = split_part10(DATA / "OBXXXX1A.dcm")
+    be_ts, be = split_part10(DATA / "OBXXXX1A_expb.dcm")
     converted = transcode(be_ts, be, ELE)
     assert render(ELE, converted, 1, media_type="image/png") == render(le_ts, le, 1, media_type="image/png")
 
 
 def test_lossy_source_is_marked_lossy() -> None:
     path = DATA / "color3d_jpeg_baseline.dcm"
-    src_ts, data = split(path)
+    src_ts, data = split_part10(path)
     got = parse(ELE, transcode(src_ts, data, ELE))
     assert got.LossyImageCompression == "01"
     assert got.PhotometricInterpretation == "RGB"
     np.testing.assert_array_equal(got.pixel_array[7], pydicom.pixels.pixel_array(path, index=7))
-    lossless = parse(ELE, transcode(*split(DATA / "emri_small_jpeg_ls_lossless.dcm"), ELE))
+    lossless = parse(ELE, transcode(*split_part10(DATA / "emri_small_jpeg_ls_lossless.dcm"), ELE))
     assert lossless.get("LossyImageCompression", "00") == "00"
 
 
 def test_deflated_to_explicit_is_the_inflated_bytes() -> None:
-    ts, data = split(get_testdata_file("image_dfl.dcm"))
+    ts, data = split_part10(get_testdata_file("image_dfl.dcm"))
     assert ts == DEFLATED
     assert transcode(ts, data, ELE) == zlib.decompress(data, -zlib.MAX_WBITS)
 
 
 def test_identity_returns_the_stored_bytes() -> None:
-    ts, data = split(DATA / "emri_small_jpeg_2k_lossless.dcm")
+    ts, data = split_part10(DATA / "emri_small_jpeg_2k_lossless.dcm")
     assert transcode(ts, data, ts) is data
 
 
@@ -159,11 +153,11 @@ def test_what_cannot_be_done_losslessly() -> None:
         (ELE, "1.2.3"),
     ]:
         assert not can_transcode(src, dst), (src, dst)
-    ts, data = split(DATA / "emri_small_jpeg_2k_lossless.dcm")
+    ts, data = split_part10(DATA / "emri_small_jpeg_2k_lossless.dcm")
     with pytest.raises(NotAcceptableError, match=f"{j2k}.*{jls}"):
         transcode(ts, data, jls)
     # 1-bit segmentation: RLE cannot hold it; the route learns it as a 406.
-    ts, data = split(DATA / "liver.dcm")
+    ts, data = split_part10(DATA / "liver.dcm")
     assert can_transcode(ts, RLE)
     with pytest.raises(NotAcceptableError, match="RLE"):
         transcode(ts, data, RLE)

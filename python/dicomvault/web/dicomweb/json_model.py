@@ -693,14 +693,7 @@ def _find_element(
             return None
         if tag == target and not (top_level and tag >> 16 == 0x0002):
             return vr, value_pos, length
-        if length != UNDEFINED_LENGTH:
-            pos = value_pos + length
-        elif vr in ("OB", "OW") or tag in ALWAYS_BULK_TAGS:
-            pos = _skip_fragments(buf, value_pos)
-        elif vr == "SQ" or implicit:
-            pos = _skip_sequence(buf, value_pos, implicit)
-        else:
-            raise _Fallback(f"undefined length {vr} {tag:08X}")
+        pos = _after_value(buf, tag, vr, value_pos, length, implicit)
     return None
 
 
@@ -726,20 +719,24 @@ def _find_item(
     return None
 
 
+def _after_value(buf: bytes, tag: int, vr: str, value_pos: int, length: int, implicit: bool) -> int:
+    """Position after an element's value: its length, or its delimiter when undefined."""
+    if length != UNDEFINED_LENGTH:
+        return value_pos + length
+    if vr in ("OB", "OW") or tag in ALWAYS_BULK_TAGS:
+        return _skip_fragments(buf, value_pos)
+    if vr == "SQ" or implicit:
+        return _skip_sequence(buf, value_pos, implicit)
+    raise _Fallback(f"undefined length {vr} {tag:08X}")
+
+
 def _skip_item(buf: bytes, pos: int, implicit: bool) -> int:
     """Position after the delimiter of an item of undefined length starting at `pos`."""
     while True:
         tag, vr, value_pos, length = _element_header(buf, pos, implicit)
         if tag == _ITEM_END:
             return value_pos
-        if length != UNDEFINED_LENGTH:
-            pos = value_pos + length
-        elif vr in ("OB", "OW") or tag in ALWAYS_BULK_TAGS:
-            pos = _skip_fragments(buf, value_pos)
-        elif vr == "SQ" or implicit:
-            pos = _skip_sequence(buf, value_pos, implicit)
-        else:
-            raise _Fallback(f"undefined length {vr} {tag:08X}")
+        pos = _after_value(buf, tag, vr, value_pos, length, implicit)
 
 
 def _skip_sequence(buf: bytes, pos: int, implicit: bool) -> int:

@@ -128,6 +128,13 @@ async def multipart_stream_async(parts: AsyncIterable[PartSpec], boundary: str) 
 # -- reader --------------------------------------------------------------------------------------
 
 
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 @dataclass
 class Part:
     """One body part: its headers (names in lower case), content type, and its body either in
@@ -152,10 +159,7 @@ class Part:
         """Releases the body: the spool file is removed (idempotent)."""
         self.data = None
         if self.path is not None:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            _unlink_quietly(self.path)
             self.path = None
 
 
@@ -439,10 +443,7 @@ class _Sink:
             self.file.close()
             self.file = None
         if self.path is not None:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            _unlink_quietly(self.path)
             self.path = None
 
 
@@ -450,10 +451,7 @@ def _close_and_remove(file: BinaryIO | None, path: str | None) -> None:
     if file is not None:
         file.close()
     if path is not None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        _unlink_quietly(path)
 
 
 async def read_parts(

@@ -39,7 +39,8 @@ def _route_of(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
     if path:
-        return str(path)
+        # inside a Mount the route's path is relative to it
+        return str(scope.get("root_path", "")) + str(path)
     # Mounted sub-apps: the first two segments keep the label set small (no UIDs in labels).
     parts = str(scope.get("path", "")).split("/")
     return "/".join(parts[:3]) or "/"

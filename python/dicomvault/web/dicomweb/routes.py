@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from ...auth.roles import READ, WRITE
 from ...engine import Engine
@@ -376,9 +376,13 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
     s, se, i = "/studies/{study}", "/series/{series}", "/instances/{instance}"
 
     def get(path: str, handler: Any) -> Route:
-        return Route(PREFIX + path, secured(sec, READ, handler), methods=["GET"])
+        return Route(path, secured(sec, READ, handler), methods=["GET"])
 
-    out: list[BaseRoute] = [
+    # STOW first: a modality gateway's POSTs are the most frequent requests, and each route is
+    # a regex tried in order (~5 us each).
+    out: list[BaseRoute] = [Route(path, secured(sec, WRITE, dw.store), methods=["POST"])
+                            for path in ("/studies", s)]
+    out += [
         get("/studies", dw.search("studies")),
         get(s + "/series", dw.search("series")),
         get("/series", dw.search("series")),
@@ -397,9 +401,8 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
     for suffix, thumb in (("/rendered", False), ("/thumbnail", True)):
         for base in (s, s + se, s + se + i, s + se + i + "/frames/{frames}"):
             out.append(get(base + suffix, dw.rendered(thumb)))
-    for path in ("/studies", s):
-        out.append(Route(PREFIX + path, secured(sec, WRITE, dw.store), methods=["POST"]))
-    return out
+    # One mount: requests outside /dicom-web skip every DICOMweb route at once.
+    return [Mount(PREFIX, routes=out)]
 
 
 __all__ = ["DicomWeb", "check_uid", "frame_numbers", "int_param", "records_of", "routes"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,17 @@ HTTP_INFO = "http.json"
 
 def write_http_info(data_dir: str | os.PathLike[str], info: dict[str, Any]) -> None:
     path = Path(data_dir) / HTTP_INFO
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(info, f)
-    os.replace(tmp, path)
+    # A new file of our own (O_EXCL: no planted link or older file with wider permissions is
+    # reused), 0600 whatever the umask: the admin token must not be readable by others.
+    fd, tmp = tempfile.mkstemp(prefix=".http.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_http_info(data_dir: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .auth.users import UserStore
+from .auth.users import UserStore, split_token_spec
 from .engine import Engine
 from .errors import DicomVaultError
 from .http_info import remove_http_info, write_http_info
@@ -47,13 +47,6 @@ def is_loopback(host: str) -> bool:
             return False
 
 
-def _runtime_name(token: str, i: int) -> tuple[str, str]:
-    if "=" in token:
-        name, secret = token.split("=", 1)
-        return name, secret
-    return f"replica-{i}", token
-
-
 class Site:
     def __init__(self, engine: Engine, options: SiteOptions) -> None:
         self.engine = engine
@@ -62,7 +55,7 @@ class Site:
         self.users = UserStore(engine.data_dir)
         self.users.add_runtime_token(self.admin_token, "local-admin", "admin")
         for i, tok in enumerate(options.replication_tokens, 1):
-            name, secret = _runtime_name(tok, i)
+            name, secret = split_token_spec(tok, f"replica-{i}")
             if not secret:
                 raise DicomVaultError(f"replication token {name!r} is empty: it would admit anyone")
             self.users.add_runtime_token(secret, name, "replicator")
@@ -86,10 +79,14 @@ class Site:
         metadata = self.ctx.extras.get("metadata")
         cached = metadata is not None and metadata.cache is not None and not engine.read_only
         self.warmer = MetadataWarmer(engine, metadata) if cached else None
-        self.http = HttpServer(self.app, options.host, options.port, certfile=options.certfile,
-                               keyfile=options.keyfile, port_explicit=options.port_explicit)
-        if options.replicate_from:
-            self._prepare_replica(options.replicate_from)
+        try:
+            self.http = HttpServer(self.app, options.host, options.port, certfile=options.certfile,
+                                   keyfile=options.keyfile, port_explicit=options.port_explicit)
+            if options.replicate_from:
+                self._prepare_replica(options.replicate_from)
+        except BaseException:
+            self._close_metadata_cache()  # a bad certificate must not leave the cache locked
+            raise
 
     def _security(self) -> Security:
         o = self.options
@@ -136,6 +133,14 @@ class Site:
             jobs += [{"kind": "forward", **f} for f in self.forward_status()]
         return jobs
 
+    def _close_metadata_cache(self) -> None:
+        md = self.ctx.extras.get("metadata")
+        if md is not None and md.cache is not None:
+            try:
+                md.cache.close()
+            except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception; a cache may fail
+                log.warning("metadata cache: closing failed (it is rebuilt as needed): %s", exc)
+
     @property
     def url(self) -> str:
         return self.http.url
@@ -162,12 +167,7 @@ class Site:
         self.http.stop()
         if self.warmer is not None:
             self.warmer.stop()
-        md = self.ctx.extras.get("metadata")
-        if md is not None and md.cache is not None:
-            try:
-                md.cache.close()
-            except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception; a cache may fail
-                log.warning("metadata cache: closing failed (it is rebuilt as needed): %s", exc)
+        self._close_metadata_cache()
         self.tracker.flush()
         remove_http_info(self.engine.data_dir)
 

@@ -196,10 +196,13 @@ def test_ohif_style_requests(loaded: tuple[Site, DICOMwebClient]) -> None:
     # limit cut: the Warning header says there is more
     r = httpx.get(base + "/instances", params={"limit": "2"})
     assert len(r.json()) == 2
-    # metadata behind a reverse proxy: BulkDataURIs use the forwarded scheme, host and prefix
+    # metadata behind a reverse proxy: BulkDataURIs use the forwarded scheme, host and prefix.
+    # Proxied requests are never anonymous (the proxy connects from loopback for everyone).
+    proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "pacs.example.org",
+               "X-Forwarded-Prefix": "/archive"}
+    assert httpx.get(f"{base}/studies/{ct.StudyInstanceUID}/metadata", headers=proxied).status_code == 401
     r = httpx.get(f"{base}/studies/{ct.StudyInstanceUID}/metadata",
-                  headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "pacs.example.org",
-                           "X-Forwarded-Prefix": "/archive"})
+                  headers={**proxied, "Authorization": f"Bearer {site.admin_token}"})
     (meta,) = r.json()
     assert meta["7FE00010"]["BulkDataURI"].startswith("https://pacs.example.org/archive/dicom-web/studies/")
     # Range on bulk data
@@ -299,7 +302,7 @@ def test_full_disk_is_a700_and_507_never_400(small_fs: Callable[[int], Path]) ->
                     break
                 acked += 1
             assert refused is not None, "the disk never filled: the test proved nothing"
-            assert refused.status_code == 409, refused.text
+            assert refused.status_code == 507, refused.text
             reasons = {f["00081197"]["Value"][0] for f in refused.json()["00081198"]["Value"]}
             assert reasons == {0xA700}
             r = httpx.post(base + "/api/instances", content=files[-1])
@@ -307,5 +310,32 @@ def test_full_disk_is_a700_and_507_never_400(small_fs: Callable[[int], Path]) ->
             # what was acknowledged is still there and the server still answers
             assert len(httpx.get(base + "/dicom-web/instances").json()) == acked
             assert eng.verify().clean
+        finally:
+            site.stop()
+
+
+def test_study_retrieve_that_leaves_instances_out_is_206(tmp_path: Path) -> None:
+    """A study whose compressed object cannot become RLE losslessly: the native one comes back
+    as RLE, the other is left out, and the response says so (206 + Warning), not a silent 200."""
+    ct = pydicom.dcmread(_path("CT_small.dcm"))
+    j2k = pydicom.dcmread(_path("JPEG2000.dcm"))
+    j2k.StudyInstanceUID = ct.StudyInstanceUID
+    buf = io.BytesIO()
+    j2k.save_as(buf, enforce_file_format=True)
+    with Engine(tmp_path / "d") as eng:
+        eng.store_buffers([_path("CT_small.dcm").read_bytes(), buf.getvalue()])
+        site = Site(eng, SiteOptions(port=0))
+        site.start()
+        try:
+            r = httpx.get(f"{site.url}/dicom-web/studies/{ct.StudyInstanceUID}",
+                          headers={"Accept": 'multipart/related; type="application/dicom"; '
+                                             "transfer-syntax=1.2.840.10008.1.2.5"})
+            assert r.status_code == 206, r.text
+            assert "left out" in r.headers["warning"]
+            ((ctype, body),) = _split(r)
+            assert "1.2.840.10008.1.2.5" in ctype
+            got = pydicom.dcmread(io.BytesIO(body))
+            assert got.SOPInstanceUID == ct.SOPInstanceUID
+            assert (got.pixel_array == ct.pixel_array).all()
         finally:
             site.stop()

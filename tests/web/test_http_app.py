@@ -119,3 +119,44 @@ def test_https_with_tls_1_2_minimum(tmp_path: Path) -> None:
                 httpx.get(s.url + "/healthz", verify=old)
         finally:
             s.stop()
+
+
+def test_anonymous_only_for_direct_local_callers(site: Site, http: httpx.Client) -> None:
+    """A reverse proxy on this host connects from 127.0.0.1 for everyone behind it, and a web page
+    can reach a loopback port by DNS rebinding: neither is anonymous."""
+    assert http.get("/api/stats").status_code == 200
+    assert http.get("/api/stats", headers={"X-Forwarded-For": "203.0.113.9"}).status_code == 401
+    assert http.get("/api/stats", headers={"Forwarded": "for=203.0.113.9"}).status_code == 401
+    assert http.get("/api/stats", headers={"Host": "attacker.example"}).status_code == 401
+    assert http.get("/api/stats", headers={"Host": "localhost"}).status_code == 200
+
+
+def _status_of_head(site: Site, head: str) -> int:
+    """Sends only a request head (its body never comes) and reads the status line: the answer
+    must come from the head alone."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(site.url)
+    with socket.create_connection((u.hostname, u.port), timeout=10) as s:
+        s.sendall(head.encode() + b"\r\n\r\n")
+        return int(s.recv(100).split(b" ")[1])
+
+
+def test_bodies_over_their_cap_are_413(site: Site) -> None:
+    from dicomvault.web import api
+
+    host = "Host: 127.0.0.1"
+    big = f"POST /api/instances HTTP/1.1\r\n{host}\r\nContent-Length: {api.MAX_RAW_UPLOAD + 1}"
+    assert _status_of_head(site, big) == 413
+    stow = (f"POST /dicom-web/studies HTTP/1.1\r\n{host}\r\nContent-Length: {(8 << 30) + 1}\r\n"
+            "Content-Type: multipart/related; type=\"application/dicom\"; boundary=x")
+    assert _status_of_head(site, stow) == 413
+
+
+def test_unmatched_routes_share_one_metrics_label(http: httpx.Client) -> None:
+    for i in range(3):
+        assert http.get(f"/no/such/{i}").status_code == 404
+    text = http.get("/metrics").text
+    assert 'route="<unmatched>",status="404"} 3' in text
+    assert "/no/such" not in text

@@ -207,7 +207,8 @@ def test_full_disk_is_a700_never_400(engine: Engine, files: dict[str, Path]) -> 
     assert [sop for sop, _ in _failed(result)] == [_uids(p)[2] for p in paths[2:]]
     assert all(engine.instance(_uids(p)[2]) is None for p in paths[2:])
     result = store_parts(_FullAfter(engine, room=0), _parts(paths[2:]), None, base_url=BASE)  # type: ignore[arg-type]
-    assert result.status == 409
+    # nothing stored because the disk is full: 507 (retry later), not 409 (the data is wrong)
+    assert result.status == 507
     assert {reason for _, reason in _failed(result)} == {OUT_OF_RESOURCES}
 
 

@@ -25,7 +25,7 @@ MAX_WAIT = 10.0
 
 
 @dataclass(frozen=True)
-class Puller:
+class PullRequest:
     """Who is pulling: the replica's id (or its address), the principal its token names, the
     address it came from, and the last error it reported."""
 
@@ -43,7 +43,7 @@ class FeedService:
         self.tracker = tracker
         self.feed_id = state.feed_id(engine.index)
 
-    def changes(self, who: Puller, since: int, limit: int, wait: float) -> dict[str, Any]:
+    def changes(self, who: PullRequest, since: int, limit: int, wait: float) -> dict[str, Any]:
         if since < 0:
             raise RequestError(f"since={since} is negative")
         limit = max(1, min(limit, MAX_LIMIT))
@@ -71,7 +71,7 @@ class FeedService:
         return {"feed_id": self.feed_id, "last_seq": last_seq, "last_at": last_at,
                 "now": time.time(), "changes": out}
 
-    def _record_pull(self, who: Puller, since: int) -> None:
+    def _record_pull(self, who: PullRequest, since: int) -> None:
         """The replica's `since` is its durable cursor: what it holds. Recorded on arrival, so a
         long poll does not hide a replica that has caught up."""
         index = self.engine.index

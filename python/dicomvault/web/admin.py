@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..auth.roles import ADMIN
 from ..dr.backup import backup
 from ..dr.heal import heal
 from ..errors import RequestError
@@ -18,8 +19,6 @@ from ..replication.client import SiteClient
 from .context import WebContext
 from .responses import body_json, json_response
 from .security import secured
-
-ADMIN = "admin"
 
 
 def routes(ctx: WebContext, status_extra: Any = None) -> list[Route]:

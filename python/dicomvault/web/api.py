@@ -11,14 +11,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..auth.roles import ADMIN, READ, WRITE
 from ..engine import StoreOutcome
-from ..errors import ConflictError, PayloadTooLargeError, RequestError, UnknownObjectError
-from ..replication import state
+from ..errors import RequestError, UnknownObjectError
 from .context import WebContext
-from .responses import body_json, int_param, json_response
+from .dicomweb.stow import ensure_writable
+from .responses import body_json, int_param, json_response, read_body
 from .security import secured
 
-READ, WRITE, ADMIN = "read", "write", "admin"
 STUDY_COLUMNS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                  "AccessionNumber", "StudyDescription", "ModalitiesInStudy", "ReferringPhysicianName",
                  "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")
@@ -26,11 +26,6 @@ SERIES_COLUMNS = ("Modality", "SeriesNumber", "SeriesDescription", "BodyPartExam
                   "NumberOfSeriesRelatedInstances")
 # A raw upload is one object; bigger ones go through STOW-RS, which streams.
 MAX_RAW_UPLOAD = 1 << 30
-
-
-def _refuse_on_replica(ctx: WebContext) -> None:
-    if state.role(ctx.engine.index) == state.REPLICA:
-        raise ConflictError(f"{ctx.engine.data_dir} is a replica; promote it to take writes")
 
 
 def routes(ctx: WebContext, jobs: Callable[[], list[dict[str, Any]]] | None = None) -> list[Route]:
@@ -44,7 +39,7 @@ def routes(ctx: WebContext, jobs: Callable[[], list[dict[str, Any]]] | None = No
         """Study rows for lists: every STUDY_COLUMNS key, filtered by any of them given as a
         query parameter (C-FIND matching: wildcards, date ranges)."""
         limit = int_param(request, "limit", 100, 1, 10_000)
-        offset = int_param(request, "offset", 0, 0)
+        offset = int_param(request, "offset", 0, 0, 100_000)
         query: dict[str, str] = dict.fromkeys(STUDY_COLUMNS, "")
         for k, v in request.query_params.items():
             if k in ("limit", "offset"):
@@ -65,11 +60,8 @@ def routes(ctx: WebContext, jobs: Callable[[], list[dict[str, Any]]] | None = No
         return json_response({**rows[0], "series": series})
 
     async def upload(request: Request) -> Response:
-        _refuse_on_replica(ctx)
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > MAX_RAW_UPLOAD:
-            raise PayloadTooLargeError(f"body of {declared} bytes is over {MAX_RAW_UPLOAD}; use STOW-RS")
-        body = await request.body()
+        ensure_writable(engine)
+        body = await read_body(request, MAX_RAW_UPLOAD)
         if not body:
             raise RequestError("POST /api/instances needs a DICOM Part-10 body")
         res = (await run_in_threadpool(engine.store_buffers, [body]))[0]

@@ -41,9 +41,8 @@ def _route_of(scope: Scope) -> str:
     if path:
         # inside a Mount the route's path is relative to it
         return str(scope.get("root_path", "")) + str(path)
-    # Mounted sub-apps: the first two segments keep the label set small (no UIDs in labels).
-    parts = str(scope.get("path", "")).split("/")
-    return "/".join(parts[:3]) or "/"
+    # No route matched (a 404): one label for all, so requests cannot grow the label set.
+    return "<unmatched>"
 
 
 class MetricsMiddleware:

@@ -9,14 +9,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..errors import PayloadTooLargeError
-from ..replication.feed_api import FeedService, Puller
-from .responses import float_param, int_param
+from ..auth.roles import REPLICATE
+from ..replication.feed_api import FeedService, PullRequest
+from .responses import float_param, int_param, read_body
 from .security import Security, secured
 
 MSGPACK = "application/msgpack"
 MAX_HASHES_BODY = 32 * 100_000
-REPLICATE = "replicate"
 
 
 def _pack(data: object) -> Response:
@@ -26,7 +25,7 @@ def _pack(data: object) -> Response:
 def routes(feed: FeedService, security: Security) -> list[Route]:
     def changes(request: Request) -> Response:
         p = request.state.principal
-        who = Puller(
+        who = PullRequest(
             replica_id=request.headers.get("x-replica-id") or "",
             principal=p.name,
             client=request.client.host if request.client else "",
@@ -37,9 +36,7 @@ def routes(feed: FeedService, security: Security) -> list[Route]:
                                   float_param(request, "wait", 0.0)))
 
     async def blobs(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_HASHES_BODY:
-            raise PayloadTooLargeError(f"at most {MAX_HASHES_BODY // 32} hashes per request")
+        body = await read_body(request, MAX_HASHES_BODY)
         data = await run_in_threadpool(feed.blobs, body)
         return Response(data, media_type="application/octet-stream")
 

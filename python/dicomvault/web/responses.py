@@ -9,7 +9,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..errors import RequestError
+from ..errors import PayloadTooLargeError, RequestError
 
 DICOM_JSON = "application/dicom+json"
 
@@ -75,8 +75,28 @@ def base_url(request: Request, configured: str | None, trust_forwarded: bool) ->
     return f"{request.url.scheme}://{host}"
 
 
+async def read_body(request: Request, cap: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `cap` bytes (a declared
+    Content-Length over it is refused before reading; a chunked body is counted as it comes)."""
+    declared = request.headers.get("content-length")
+    if declared:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise RequestError(f"Content-Length {declared[:40]!r} is not a number") from None
+        if size > cap:
+            raise PayloadTooLargeError(f"request body of {size} bytes exceeds the limit of {cap} bytes")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > cap:
+            raise PayloadTooLargeError(f"request body exceeds the limit of {cap} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def body_json(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+    raw = await read_body(request, 1 << 20)
     try:
         data = orjson.loads(raw or b"{}")
     except orjson.JSONDecodeError as exc:

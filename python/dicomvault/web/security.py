@@ -9,6 +9,7 @@ when the site allows one (only ever on a loopback bind: see site.py), else 401.
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ from starlette.responses import Response
 
 from ..auth.roles import Principal, authorize
 from ..auth.users import UserStore
-from ..errors import AuthenticationError
+from ..errors import AuthenticationError, UnavailableError
 
 Handler = Callable[[Request], Awaitable[Response]] | Callable[[Request], Response]
 
@@ -32,14 +33,30 @@ class Security:
         self.users = users
         self.anonymous = Principal("anonymous", anonymous_role, "anonymous") if anonymous_role else None
         self.only_without_users = only_without_users
+        self._scrypt_slots = threading.BoundedSemaphore(2)
 
     def principal(self, request: Request) -> Principal:
-        found = self.users.authenticate(request.headers.get("authorization"))
+        header = request.headers.get("authorization")
+        if header and header[:6].lower() == "basic ":
+            found = self._basic(header)
+        else:
+            found = self.users.authenticate(header)
         if found is not None:
             return found
-        if self.anonymous is not None and not (self.only_without_users and self.users.has_users()):
+        if (self.anonymous is not None and _direct_local(request)
+                and not (self.only_without_users and self.users.has_users())):
             return self.anonymous
         raise AuthenticationError("credentials required: Authorization: Bearer <token> or Basic")
+
+    def _basic(self, header: str) -> Principal | None:
+        # A password check that misses the cache is ~50 ms of scrypt and 16 MiB: without a bound,
+        # anyone could keep both cores busy with wrong passwords and starve every retrieve.
+        if not self._scrypt_slots.acquire(timeout=2.0):
+            raise UnavailableError("too many password checks at once; retry, or use a bearer token")
+        try:
+            return self.users.authenticate(header)
+        finally:
+            self._scrypt_slots.release()
 
     def require(self, request: Request, action: str) -> Principal:
         p = self.principal(request)
@@ -49,6 +66,25 @@ class Security:
         authorize(p, action)
         request.state.principal = p
         return p
+
+
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+def _direct_local(request: Request) -> bool:
+    """A caller on this machine talking to us directly: loopback peer address, no proxy headers,
+    and a Host naming a loopback address. Anonymous access needs all three: a reverse proxy on
+    the same host connects from 127.0.0.1 for everyone behind it, and a web page could reach a
+    loopback port through DNS rebinding (its Host is then the attacker's name)."""
+    client = request.client.host if request.client else ""
+    if not (client.startswith("127.") or client == "::1"):
+        return False
+    h = request.headers
+    if "forwarded" in h or "x-forwarded-for" in h or "x-forwarded-host" in h:
+        return False
+    host = h.get("host", "")
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+    return name in _LOCAL_HOSTS or name.startswith("127.")
 
 
 def secured(security: Security, action: str | None, handler: Handler) -> Callable[[Request], Awaitable[Any]]:

@@ -45,7 +45,6 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     sock.listen(1024)
-    sock.set_inheritable(True)
     return sock
 
 
@@ -111,6 +110,7 @@ class HttpServer:
         deadline = time.monotonic() + 30
         while not server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()  # no serving thread or bound port left behind
                 raise DicomVaultError(f"HTTP service on {self.host}:{self.port} did not start (see the log)")
             time.sleep(0.005)
         log.info("HTTP%s listening on %s", "S" if self.tls else "", self.url)

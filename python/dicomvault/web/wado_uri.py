@@ -53,7 +53,7 @@ def routes(ctx: WebContext) -> list[Route]:
         rec = records_of(engine, check_uid(q["studyUID"], "studyUID"), check_uid(q["seriesUID"], "seriesUID"),
                          check_uid(q["objectUID"], "objectUID"))[0]
         wanted = [t.split(";")[0].strip().lower() for t in q.get("contentType", "").split(",") if t.strip()]
-        ts, dataset = engine.read_dataset(rec.sop_uid)
+        ts, dataset = engine.read_record(rec)
         if not wanted:
             # PS3.18 9.1.2.1.6: image/jpeg by default for objects with pixels, else application/dicom.
             wanted = ["image/jpeg"] if _has_pixels(ts, dataset, rec.hash) else [DICOM]

@@ -94,6 +94,7 @@ _DATE_RE = {
 }
 # Above this many estimated candidates a series/instance search is not sorted (module docstring).
 SORT_MAX_ROWS = 2000
+MAX_OFFSET = 100_000
 _RESERVED = frozenset({"includefield", "fuzzymatching", "limit", "offset", "accept", "charset"})
 
 
@@ -253,6 +254,10 @@ def parse_qido(resource: str, params: Sequence[tuple[str, str]], *, study_uid: s
     fuzzy = _bool_param("fuzzymatching", reserved["fuzzymatching"]) if "fuzzymatching" in reserved else False
     limit = _int_param("limit", reserved["limit"], 0) if "limit" in reserved else None
     offset = _int_param("offset", reserved["offset"], 0) if "offset" in reserved else 0
+    if offset > MAX_OFFSET:
+        # A page past this would walk (and decode) every record before it; narrow the query.
+        raise RequestError(f"offset={offset} is past the {MAX_OFFSET:,} results a search may page through; "
+                           "narrow the query (e.g. a StudyDate range)")
     include, include_all = _includefields(reserved.get("includefield", []))
 
     match: dict[str, str] = {}

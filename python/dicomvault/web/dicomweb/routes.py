@@ -9,6 +9,7 @@ one instance at a time, read from the native store in the thread pool.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -32,9 +33,10 @@ from ..security import secured
 from . import media, multipart, qido, render, stow, transcode
 from .json_model import bulk_value
 from .metadata import MetadataCache, MetadataService
-from .pixels import FrameIndexCache, FrameSource, native_frame_bytes
+from .pixels import FrameSource, native_frame_bytes
 
 PREFIX = "/dicom-web"
+log = logging.getLogger("dicomvault.web")
 T = TypeVar("T")
 R = TypeVar("R")
 # PS3.5 9.1 UIDs are digits and dots, at most 64 characters, but archives hold objects from
@@ -124,7 +126,6 @@ class DicomWeb:
     def __init__(self, ctx: WebContext) -> None:
         self.ctx = ctx
         self.engine = ctx.engine
-        self.frames = FrameIndexCache()
         cache_dir = str(ctx.engine.data_dir / "cache" / "metadata")
         cache = None if ctx.engine.read_only else MetadataCache(cache_dir)
         self.metadata = MetadataService(ctx.engine, cache)
@@ -154,11 +155,12 @@ class DicomWeb:
     def retrieve(self, request: Request) -> Response:
         offer = media.negotiate(_accept(request), media.instance_offers())
         recs = records_of(self.engine, *_uids(request))
-        plan = []
+        plan, skipped = [], []
         for rec in recs:
             ts = media.instance_transfer_syntax(offer, rec.transfer_syntax)
             if ts != rec.transfer_syntax and not transcode.can_transcode(rec.transfer_syntax, ts):
-                continue  # a study retrieve skips what it cannot convert rather than fail whole
+                skipped.append(rec)  # a study retrieve leaves out what it cannot convert, and says so
+                continue
             plan.append((rec, ts))
         if not plan:
             rec = recs[0]
@@ -170,7 +172,13 @@ class DicomWeb:
         asked_any = offer.params.get("transfer-syntax") == media.ANY_TRANSFER_SYNTAX
 
         part_types = [f"{media.DICOM}; transfer-syntax={ts}" for _, ts in plan]
-        headers = {}
+        headers, status = {}, 200
+        if skipped:
+            # PS3.18 10.4.3: some of what was asked for is not in the response -> 206 + Warning
+            status = 206
+            headers["Warning"] = (f'299 {request.url.hostname or "dicomvault"}: "{len(skipped)} instance(s) '
+                                  f'cannot be converted losslessly to the requested transfer syntax and are '
+                                  f'left out; ask for transfer-syntax=* to get them as stored"')
         if all(ts == rec.transfer_syntax for rec, ts in plan):
             # As stored, every size is known: Content-Length, not chunked framing (clients read
             # it faster, and know a study's size before it arrives).
@@ -190,8 +198,8 @@ class DicomWeb:
                 yield (part_type, data)
         ctype = multipart.multipart_content_type(media.DICOM, boundary,
                                                  **({"transfer-syntax": "*"} if asked_any else {}))
-        return StreamingResponse(multipart.multipart_stream_async(parts(), boundary), media_type=ctype,
-                                 headers=headers)
+        return StreamingResponse(multipart.multipart_stream_async(parts(), boundary), status_code=status,
+                                 media_type=ctype, headers=headers)
 
     def _instance_file(self, rec: InstanceRecord, ts: str) -> tuple[bytes, bytes]:
         """(file meta, dataset) of the Part-10 object in `ts`: two chunks, so 500 KB are not
@@ -210,24 +218,20 @@ class DicomWeb:
         return Response(body, media_type=media.DICOM_JSON)
 
     # -- WADO-RS: frames and bulk data ---------------------------------------------------------
-    def _source(self, rec: InstanceRecord) -> FrameSource:
-        ts, dataset = self.engine.read_record(rec)
-        return FrameSource.from_dataset(ts, dataset, key=rec.hash, cache=self.frames)
-
     def frames_route(self, request: Request) -> Response:
         study, series, sop = _uids(request)
         frames = frame_numbers(request.path_params["frames"])
         rec = records_of(self.engine, study, series, sop)[0]
         offer = media.negotiate(_accept(request), media.bulk_offers())
         mtype, ts = media.frame_representation(offer, rec.transfer_syntax)
-        src = self._source(rec)
+        ts_stored, dataset = self.engine.read_record(rec)
+        src = FrameSource.from_dataset(ts_stored, dataset, key=rec.hash)
         for n in frames:
             if n > src.number_of_frames:
                 src.frame(n)  # raises the range error before anything streams
         if ts == src.frame_transfer_syntax:
             get = src.frame
         elif ts == media.EXPLICIT_VR_LE and mtype == media.OCTET_STREAM:
-            ts_stored, dataset = self.engine.read_record(rec)
 
             def get(n: int) -> bytes:
                 return native_frame_bytes(ts_stored, dataset, n, key=rec.hash)
@@ -315,12 +319,13 @@ class DicomWeb:
         study = request.path_params.get("study")
         if study is not None:
             check_uid(study, "study UID")
-        declared = int(request.headers.get("content-length") or 0)
-        stow.check_length(declared, self.ctx.settings.max_body)
+        stow.check_length(request.headers.get("content-length"), self.ctx.settings.max_body)
         result = await stow.store_stream(
             self.engine, request.stream(), request.headers.get("content-type"),
             study_uid=study, base_url=self.base(request), spool_dir=str(self.ctx.spool_dir),
             max_body=self.ctx.settings.max_body)
+        for why in result.failures:
+            log.warning("STOW-RS from %s: %s", request.client.host if request.client else "?", why)
         return Response(result.json_bytes(), result.status, media_type=media.DICOM_JSON)
 
 

@@ -43,26 +43,18 @@ from ... import _native  # type: ignore[attr-defined]
 from ...attributes import decode_attrs
 from ...engine import Engine, StoreOutcome
 from ...errors import (
-    CodecError,
     ConflictError,
     DicomVaultError,
-    MalformedError,
-    MissingAttributeError,
-    NotDicomError,
     PayloadTooLargeError,
-    RejectedError,
     RequestError,
-    StorageFullError,
-    UnsupportedError,
     UnsupportedMediaTypeError,
 )
+from ...failures import CANNOT_UNDERSTAND, DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES, store_failure
 from ...replication import state as replication_state
 from .media import DICOM, MULTIPART_RELATED, parse_content_type
 from .multipart import Part, read_parts
 
-OUT_OF_RESOURCES = 0xA700
-SOP_CLASS_MISMATCH = 0xA900
-CANNOT_UNDERSTAND = 0xC000
+SOP_CLASS_MISMATCH = DOES_NOT_MATCH_SOP_CLASS
 STUDY_MISMATCH = 0xC122
 PROCESSING_FAILURE = 0x0110
 
@@ -178,16 +170,13 @@ def _identify_file(path: str) -> _Identity | None:
 
 
 def failure_reason(exc: BaseException) -> int:
-    """The Failure Reason (0008,1197) of an engine error (PS3.18 Table I.2-2)."""
-    if isinstance(exc, StorageFullError):
-        return OUT_OF_RESOURCES
-    # Before the parse errors: a missing required attribute is a MalformedError natively, but
-    # the data set was understood, it just does not satisfy its SOP class.
-    if isinstance(exc, RejectedError | MissingAttributeError):
-        return SOP_CLASS_MISMATCH
-    if isinstance(exc, NotDicomError | MalformedError | CodecError | UnsupportedError):
-        return CANNOT_UNDERSTAND
-    return PROCESSING_FAILURE
+    """The Failure Reason (0008,1197) of an engine error (PS3.18 Table I.2-2): the C-STORE
+    status of failures.py, its C0xx sub-codes folded into 0xC000."""
+    found = store_failure(exc)
+    if found is None:
+        return PROCESSING_FAILURE
+    code = found[0]
+    return CANNOT_UNDERSTAND if code & 0xF000 == 0xC000 else code
 
 
 def _part_label(part: Part) -> str:
@@ -313,7 +302,13 @@ class StowSession:
     def _status(self) -> int:
         if not self.failed:
             return 200
-        return 202 if self.stored else 409
+        if self.stored:
+            return 202
+        if all(f.reason == OUT_OF_RESOURCES for f in self.failed):
+            # Nothing stored because the archive is full: 507, which a client retries later, where
+            # 409 would tell it the instances themselves are wrong (the body still says 0xA700).
+            return 507
+        return 409
 
     def _instance_url(self, outcome: StoreOutcome) -> str:
         rec = self.engine.instance(outcome.sop_instance_uid)

@@ -66,7 +66,7 @@ def test_syntax_table() -> None:
     assert syntaxes.frame_media_type("1.2.840.10008.1.2.4.90") == "image/jp2"
     assert syntaxes.frame_media_type("1.2.840.10008.1.2.4.92") == "image/jpx"
     assert syntaxes.frame_media_type("1.2.840.10008.1.2.4.201") == "image/jphc"
-    assert syntaxes.frame_media_type("1.2.840.10008.1.2.5") == "image/x-dicom-rle"
+    assert syntaxes.frame_media_type("1.2.840.10008.1.2.5") == "image/dicom-rle"
     assert syntaxes.frame_media_type("1.2.840.10008.1.2.4.102") == "video/mp4"
     assert syntaxes.default_syntax("image/jpeg") == "1.2.840.10008.1.2.4.70"
     assert syntaxes.default_syntax("application/octet-stream") == ExplicitVRLittleEndian
@@ -268,7 +268,7 @@ def test_through_the_engine(engine: Engine) -> None:
     cache = FrameIndexCache()
     for _ in range(2):
         src = FrameSource.from_dataset(ts, data, key=rec.hash, cache=cache)
-        assert src.frame_media_type == "image/x-dicom-rle" and src.frame_transfer_syntax == ts
+        assert src.frame_media_type == "image/dicom-rle" and src.frame_transfer_syntax == ts
         np.testing.assert_array_equal(src.decode(3)[0], ref.pixel_array[2])
     assert cache.hits == 1
     np.testing.assert_array_equal(decoded_frame(ts, data, 1, key=rec.hash), ref.pixel_array[0])

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from ...errors import NotAcceptableError, RequestError
+from .syntaxes import DEFAULT_SYNTAX_FOR_MEDIA_TYPE, SYNTAXES
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
@@ -41,54 +42,12 @@ JSON = "application/json"
 OCTET_STREAM = "application/octet-stream"
 MULTIPART_RELATED = "multipart/related"
 
-# Syntaxes whose pixel data is not encapsulated (frames are raw little-endian bytes, or need a byte
-# swap for big endian, which the caller handles).
-NATIVE_TRANSFER_SYNTAXES = frozenset(
-    {IMPLICIT_VR_LE, EXPLICIT_VR_LE, DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE}
-)
-
-# PS3.18 Table 8.7.3-5: compressed bulk data media type of each transfer syntax.
-_TS_MEDIA: dict[str, str] = {
-    "1.2.840.10008.1.2.4.50": "image/jpeg",
-    "1.2.840.10008.1.2.4.51": "image/jpeg",
-    "1.2.840.10008.1.2.4.57": "image/jpeg",
-    "1.2.840.10008.1.2.4.70": "image/jpeg",
-    "1.2.840.10008.1.2.4.80": "image/jls",
-    "1.2.840.10008.1.2.4.81": "image/jls",
-    "1.2.840.10008.1.2.4.90": "image/jp2",
-    "1.2.840.10008.1.2.4.91": "image/jp2",
-    "1.2.840.10008.1.2.4.92": "image/jpx",
-    "1.2.840.10008.1.2.4.93": "image/jpx",
-    "1.2.840.10008.1.2.4.201": "image/jphc",
-    "1.2.840.10008.1.2.4.202": "image/jphc",
-    "1.2.840.10008.1.2.4.203": "image/jphc",
-    "1.2.840.10008.1.2.4.110": "image/jxl",
-    "1.2.840.10008.1.2.4.111": "image/jxl",
-    "1.2.840.10008.1.2.4.112": "image/jxl",
-    "1.2.840.10008.1.2.5": "image/dicom-rle",
-    "1.2.840.10008.1.2.4.100": "video/mpeg",
-    "1.2.840.10008.1.2.4.101": "video/mpeg",
-    "1.2.840.10008.1.2.4.102": "video/mp4",
-    "1.2.840.10008.1.2.4.103": "video/mp4",
-    "1.2.840.10008.1.2.4.104": "video/mp4",
-    "1.2.840.10008.1.2.4.105": "video/mp4",
-    "1.2.840.10008.1.2.4.106": "video/mp4",
-    "1.2.840.10008.1.2.4.107": "video/mp4",
-    "1.2.840.10008.1.2.4.108": "video/mp4",
-}
-# The "D" (default) row of each media type in Table 8.7.3-5; octet-stream is Table 8.7.3-4.
-_MEDIA_DEFAULT_TS: dict[str, str] = {
-    OCTET_STREAM: EXPLICIT_VR_LE,
-    "image/jpeg": "1.2.840.10008.1.2.4.70",
-    "image/jls": "1.2.840.10008.1.2.4.80",
-    "image/jp2": "1.2.840.10008.1.2.4.90",
-    "image/jpx": "1.2.840.10008.1.2.4.92",
-    "image/jphc": "1.2.840.10008.1.2.4.201",
-    "image/jxl": "1.2.840.10008.1.2.4.110",
-    "image/dicom-rle": "1.2.840.10008.1.2.5",
-    "video/mpeg": "1.2.840.10008.1.2.4.100",
-    "video/mp4": "1.2.840.10008.1.2.4.102",
-}
+# From the one transfer-syntax table (syntaxes.py): which syntaxes have native pixel data, the
+# bulk data media type of each encapsulated one (PS3.18 Table 8.7.3-5), and the syntax a media
+# type means when the client names none (its "D" row; octet-stream: Table 8.7.3-4).
+NATIVE_TRANSFER_SYNTAXES = frozenset(uid for uid, ts in SYNTAXES.items() if not ts.encapsulated)
+_TS_MEDIA: dict[str, str] = {uid: ts.media_type for uid, ts in SYNTAXES.items() if ts.encapsulated}
+_MEDIA_DEFAULT_TS: dict[str, str] = dict(DEFAULT_SYNTAX_FOR_MEDIA_TYPE)
 # Names clients still send from earlier editions of PS3.18.
 _MEDIA_ALIASES = {"image/x-dicom-rle": "image/dicom-rle", "image/x-jls": "image/jls"}
 BULK_MEDIA_TYPES: tuple[str, ...] = tuple(_MEDIA_DEFAULT_TS)

@@ -82,7 +82,11 @@ _ALL: tuple[TransferSyntax, ...] = (
         lossless=True,
     ),
     _encaps("1.2.840.10008.1.2.4.203", "High-Throughput JPEG 2000", "image/jphc", lossless=False),
-    _encaps(RLE_LOSSLESS, "RLE Lossless", "image/x-dicom-rle", lossless=True),
+    # image/dicom-rle since PS3.18 2019 (image/x-dicom-rle before; media.py accepts both)
+    _encaps(RLE_LOSSLESS, "RLE Lossless", "image/dicom-rle", lossless=True),
+    _encaps("1.2.840.10008.1.2.4.110", "JPEG XL Lossless", "image/jxl", lossless=True),
+    _encaps("1.2.840.10008.1.2.4.111", "JPEG XL JPEG Recompression", "image/jxl", lossless=True),
+    _encaps("1.2.840.10008.1.2.4.112", "JPEG XL", "image/jxl", lossless=False),
     _encaps(
         "1.2.840.10008.1.2.4.100", "MPEG2 Main Profile / Main Level", "video/mpeg", lossless=False, video=True
     ),
@@ -151,7 +155,8 @@ DEFAULT_SYNTAX_FOR_MEDIA_TYPE: dict[str, str] = {
     "image/jp2": "1.2.840.10008.1.2.4.90",
     "image/jpx": "1.2.840.10008.1.2.4.92",
     "image/jphc": "1.2.840.10008.1.2.4.201",
-    "image/x-dicom-rle": RLE_LOSSLESS,
+    "image/jxl": "1.2.840.10008.1.2.4.110",
+    "image/dicom-rle": RLE_LOSSLESS,
     "video/mpeg": "1.2.840.10008.1.2.4.100",
     "video/mp4": "1.2.840.10008.1.2.4.102",
 }

@@ -119,12 +119,21 @@ def window_sigmoid_to_u8(const pixel_t[::1] src, unsigned char[::1] out, double 
             out[i] = <unsigned char>floor(y + 0.5) if y < 254.5 else 255
 
 
+cdef inline Py_ssize_t _lut_index(double v, Py_ssize_t m) noexcept nogil:
+    """The LUT entry of a value already shifted by the first mapped value: clamped to 0..m-1."""
+    cdef double x = floor(v)
+    if x <= 0:
+        return 0
+    if x >= m - 1:
+        return m - 1
+    return <Py_ssize_t>x
+
+
 def lut_apply(const pixel_t[::1] src, float[::1] out, const unsigned short[::1] lut, double first_mapped,
               double slope, double intercept):
     """out[i] = lut[clamp(src[i] * slope + intercept - first_mapped)] (PS3.3 C.11.1 / C.11.2.1.1:
     inputs below the first mapped value take the first entry, above the range the last)."""
     cdef Py_ssize_t i, n = src.shape[0], m = lut.shape[0]
-    cdef double x
     cdef Py_ssize_t k
     if out.shape[0] != n:
         raise ValueError(f"output has {out.shape[0]} elements, input {n}")
@@ -132,13 +141,7 @@ def lut_apply(const pixel_t[::1] src, float[::1] out, const unsigned short[::1] 
         raise ValueError("empty LUT")
     with nogil:
         for i in range(n):
-            x = floor(src[i] * slope + intercept - first_mapped)
-            if x <= 0:
-                k = 0
-            elif x >= m - 1:
-                k = m - 1
-            else:
-                k = <Py_ssize_t>x
+            k = _lut_index(src[i] * slope + intercept - first_mapped, m)
             out[i] = lut[k]
 
 
@@ -146,7 +149,7 @@ def lut_to_u8(const pixel_t[::1] src, unsigned char[::1] out, const unsigned sho
               double first_mapped, double slope, double intercept, double lo, double hi):
     """A VOI LUT (PS3.3 C.11.2.1.1) then its output range lo..hi scaled to 0..255, in one pass."""
     cdef Py_ssize_t i, n = src.shape[0], m = lut.shape[0]
-    cdef double x, y, scale
+    cdef double y, scale
     cdef Py_ssize_t k
     if out.shape[0] != n:
         raise ValueError(f"output has {out.shape[0]} elements, input {n}")
@@ -157,13 +160,7 @@ def lut_to_u8(const pixel_t[::1] src, unsigned char[::1] out, const unsigned sho
     scale = 255.0 / (hi - lo)
     with nogil:
         for i in range(n):
-            x = floor(src[i] * slope + intercept - first_mapped)
-            if x <= 0:
-                k = 0
-            elif x >= m - 1:
-                k = m - 1
-            else:
-                k = <Py_ssize_t>x
+            k = _lut_index(src[i] * slope + intercept - first_mapped, m)
             y = (lut[k] - lo) * scale
             if y <= 0:
                 out[i] = 0

@@ -221,7 +221,7 @@ def test_deflated_object() -> None:
     src = FrameSource.from_dataset(ts, data)
     np.testing.assert_array_equal(src.decode(1)[0], pydicom.dcmread(path).pixel_array)
     # Deflate is over the explicit little endian dataset: inflating gives that syntax's bytes.
-    assert zlib.compress(pixels.inflate(data))
+    assert zlib.compress(syntaxes.inflate(data))
 
 
 def test_cache_reuses_the_layout(monkeypatch: pytest.MonkeyPatch) -> None:

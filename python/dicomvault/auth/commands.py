@@ -106,18 +106,13 @@ def add_users_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
 
-    p = usub.add_parser("remove", parents=[common], help="remove a user and all its tokens")
-    p.add_argument("name")
-    p.set_defaults(func=cmd_remove)
-
-    p = usub.add_parser("token", parents=[common], help="issue a bearer token; prints it alone on stdout")
-    p.add_argument("name")
-    p.set_defaults(func=cmd_token)
-
-    p = usub.add_parser("passwd", parents=[common], help="set a user's password (stdin when not a terminal)")
-    p.add_argument("name")
-    p.set_defaults(func=cmd_passwd)
-
-    p = usub.add_parser("revoke", parents=[common], help="revoke every bearer token of a user")
-    p.add_argument("name")
-    p.set_defaults(func=cmd_revoke)
+    # The commands that take just a user name.
+    for name, func, help_ in (
+        ("remove", cmd_remove, "remove a user and all its tokens"),
+        ("token", cmd_token, "issue a bearer token; prints it alone on stdout"),
+        ("passwd", cmd_passwd, "set a user's password (stdin when not a terminal)"),
+        ("revoke", cmd_revoke, "revoke every bearer token of a user"),
+    ):
+        p = usub.add_parser(name, parents=[common], help=help_)
+        p.add_argument("name")
+        p.set_defaults(func=func)

@@ -40,7 +40,6 @@ import base64
 import math
 import re
 import struct
-import zlib
 from io import BytesIO
 from typing import Any
 
@@ -55,6 +54,7 @@ from pydicom.uid import UID
 from pydicom.valuerep import TEXT_VR_DELIMS, PersonName
 
 from ...errors import MalformedError, NotFoundError, RequestError
+from .syntaxes import inflate
 
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 # PS3.18 8.7.5: the VRs whose values may be sent as bulk data.
@@ -108,12 +108,7 @@ class _Syntax:
 
 
 def _inflated(syntax: _Syntax, dataset: bytes) -> bytes:
-    if not syntax.deflated:
-        return dataset
-    try:
-        return zlib.decompressobj(-zlib.MAX_WBITS).decompress(dataset)
-    except zlib.error as exc:
-        raise MalformedError(f"deflated dataset ({syntax.uid}) does not inflate: {exc}") from exc
+    return inflate(dataset) if syntax.deflated else dataset
 
 
 def parse_dataset(transfer_syntax: str, dataset: bytes) -> tuple[Dataset, bool]:
@@ -704,13 +699,9 @@ def _find_item(
     limit = len(buf) if end is None else end
     count = 0
     while pos < limit:
-        group, element, length = struct.unpack_from("<HHI", buf, pos)
-        tag = group << 16 | element
-        pos += 8
-        if tag == _SEQ_END:
+        length, pos = _item_header(buf, pos)
+        if length is None:
             return None
-        if tag != _ITEM:
-            raise _Fallback(f"{tag:08X} where a sequence item was expected")
         item_end = None if length == UNDEFINED_LENGTH else pos + length
         if count == index:
             return pos, item_end
@@ -730,6 +721,18 @@ def _after_value(buf: bytes, tag: int, vr: str, value_pos: int, length: int, imp
     raise _Fallback(f"undefined length {vr} {tag:08X}")
 
 
+def _item_header(buf: bytes, pos: int) -> tuple[int | None, int]:
+    """(item length, position after the header) of the item starting at `pos`; length None at
+    the sequence delimiter."""
+    group, element, length = struct.unpack_from("<HHI", buf, pos)
+    tag = group << 16 | element
+    if tag == _SEQ_END:
+        return None, pos + 8
+    if tag != _ITEM:
+        raise _Fallback(f"{tag:08X} where a sequence item was expected")
+    return length, pos + 8
+
+
 def _skip_item(buf: bytes, pos: int, implicit: bool) -> int:
     """Position after the delimiter of an item of undefined length starting at `pos`."""
     while True:
@@ -742,13 +745,9 @@ def _skip_item(buf: bytes, pos: int, implicit: bool) -> int:
 def _skip_sequence(buf: bytes, pos: int, implicit: bool) -> int:
     """Position after the delimiter of a sequence of undefined length whose value is at `pos`."""
     while True:
-        group, element, length = struct.unpack_from("<HHI", buf, pos)
-        tag = group << 16 | element
-        pos += 8
-        if tag == _SEQ_END:
+        length, pos = _item_header(buf, pos)
+        if length is None:
             return pos
-        if tag != _ITEM:
-            raise _Fallback(f"{tag:08X} where a sequence item was expected")
         pos = pos + length if length != UNDEFINED_LENGTH else _skip_item(buf, pos, implicit)
 
 

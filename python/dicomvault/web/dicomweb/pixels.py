@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import struct
 import threading
-import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from pydicom.pixels import get_decoder
 
 from ...errors import MalformedError, NotAcceptableError, NotFoundError, RequestError
 from . import syntaxes
+from .syntaxes import inflate
 
 PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)  # Float, Double Float, Pixel Data
 _ITEM = 0xFFFEE000
@@ -104,14 +104,6 @@ class FrameIndexCache:
 
 
 DEFAULT_CACHE = FrameIndexCache()
-
-
-def inflate(dataset: bytes) -> bytes:
-    """The explicit VR little endian dataset inside a Deflated transfer syntax (raw deflate)."""
-    try:
-        return zlib.decompress(dataset, -zlib.MAX_WBITS)
-    except zlib.error as exc:
-        raise MalformedError(f"deflated dataset does not inflate: {exc}") from exc
 
 
 def read_header(transfer_syntax: str, dataset: bytes) -> tuple[Dataset, int]:

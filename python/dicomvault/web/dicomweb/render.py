@@ -83,28 +83,29 @@ def thumbnail(
 
 
 # -- parameters ------------------------------------------------------------------------------------
+def _fields(text: str, form: str, convert: Any, what: str) -> list[Any]:
+    """The comma-separated fields of a query parameter of the given form ("vw,vh"), the numeric
+    ones converted; RequestError naming the form otherwise."""
+    parts = [p.strip() for p in text.split(",")]
+    names = form.split(",")
+    if len(parts) != len(names):
+        raise RequestError(f"{what} must be {form}; got {text!r}")
+    try:
+        return [convert(p) if n != "function" else p for p, n in zip(parts, names, strict=True)]
+    except ValueError as exc:
+        raise RequestError(f"{what} fields must be numbers; got {text!r}") from exc
+
+
 def parse_window(text: str) -> Window:
     """The `window` query parameter (PS3.18 8.3.5.1.4): "center,width,function"."""
-    parts = [p.strip() for p in text.split(",")]
-    if len(parts) != 3:
-        raise RequestError(f"window must be center,width,function; got {text!r}")
-    try:
-        center, width = float(parts[0]), float(parts[1])
-    except ValueError as exc:
-        raise RequestError(f"window center and width must be numbers; got {text!r}") from exc
-    return _check_window((center, width, parts[2]))
+    center, width, function = _fields(text, "center,width,function", float, "window")
+    return _check_window((center, width, function))
 
 
 def parse_viewport(text: str) -> tuple[int, int]:
     """The `viewport` query parameter (PS3.18 8.3.5.1.3): "vw,vh" (a source rectangle after them
     is not supported and refused, rather than silently ignored)."""
-    parts = [p.strip() for p in text.split(",")]
-    if len(parts) != 2:
-        raise RequestError(f"viewport must be vw,vh; got {text!r}")
-    try:
-        vw, vh = int(parts[0]), int(parts[1])
-    except ValueError as exc:
-        raise RequestError(f"viewport sizes must be integers; got {text!r}") from exc
+    vw, vh = _fields(text, "vw,vh", int, "viewport")
     if vw < 1 or vh < 1:
         raise RequestError(f"viewport sizes must be positive; got {text!r}")
     return vw, vh

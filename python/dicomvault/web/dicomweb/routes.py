@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -27,6 +25,7 @@ from ...engine import Engine
 from ...errors import NotAcceptableError, NotFoundError, RequestError, UnknownObjectError
 from ...filemeta import file_meta_prefix
 from ...index.records import InstanceRecord
+from ...readahead import read_ahead
 from ..context import WebContext
 from ..responses import base_url, int_param
 from ..security import secured
@@ -37,8 +36,6 @@ from .pixels import FrameSource, native_frame_bytes
 
 PREFIX = "/dicom-web"
 log = logging.getLogger("dicomvault.web")
-T = TypeVar("T")
-R = TypeVar("R")
 # PS3.5 9.1 UIDs are digits and dots, at most 64 characters, but archives hold objects from
 # modalities that broke the rule (hex strings, letters): what STOW or C-STORE accepted must be
 # retrievable. So a path segment naming a UID may hold letters, digits, ".", "-" and "_", never
@@ -91,29 +88,6 @@ def records_of(engine: Engine, study: str, series: str | None = None, sop: str |
     if not recs:
         raise UnknownObjectError("study", study)
     return recs
-
-
-# Objects read (decoded, hash-verified in the native store, GIL released) ahead of the one being
-# sent, so reading the next overlaps sending this one: the same scheme as the DIMSE retrieve.
-READ_AHEAD = 2
-_readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dv-wado-read")
-
-
-def read_ahead(load: Callable[[T], R], items: Sequence[T]) -> Iterator[tuple[T, Future[R]]]:
-    """(item, future of load(item)) in order, at most READ_AHEAD + 1 loads in flight; loads not
-    started when the consumer stops (a client that went away) are cancelled."""
-    pending: deque[tuple[T, Future[R]]] = deque()
-    todo = iter(items)
-    try:
-        while True:
-            while len(pending) <= READ_AHEAD and (item := next(todo, None)) is not None:
-                pending.append((item, _readers.submit(load, item)))
-            if not pending:
-                return
-            yield pending.popleft()
-    finally:
-        for _, fut in pending:
-            fut.cancel()
 
 
 def _accept(request: Request) -> str | None:

@@ -6,9 +6,10 @@ frame is, which transfer syntax a requested media type defaults to) before readi
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
-from ...errors import NotAcceptableError
+from ...errors import MalformedError, NotAcceptableError
 
 OCTET_STREAM = "application/octet-stream"
 
@@ -204,3 +205,11 @@ def syntaxes_for_media_type(media_type: str) -> list[str]:
 def media_type_matches(media_type: str, uid: str) -> bool:
     """Whether a frame in transfer syntax uid may be sent as media_type (PS3.18 8.7.3.5.2)."""
     return frame_media_type(uid) == media_type.lower()
+
+
+def inflate(dataset: bytes) -> bytes:
+    """The explicit VR little endian dataset inside a Deflated transfer syntax (raw deflate)."""
+    try:
+        return zlib.decompress(dataset, -zlib.MAX_WBITS)
+    except zlib.error as exc:
+        raise MalformedError(f"deflated dataset does not inflate: {exc}") from exc

@@ -22,7 +22,7 @@ from pydicom.pixels import get_decoder
 
 from ...errors import MalformedError, NotAcceptableError
 from . import syntaxes
-from .pixels import inflate
+from .syntaxes import inflate
 
 _NATIVE_OUT = (syntaxes.EXPLICIT_VR_LITTLE_ENDIAN, syntaxes.IMPLICIT_VR_LITTLE_ENDIAN)
 # Word size of the binary VRs whose byte order follows the transfer syntax (PS3.5 7.3).

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .auth.commands import add_users_commands
+from .auth.share_commands import add_shares_commands
 from .bench.cli import add_commands as add_bench_commands
 from .dimse.scu_cli import add_commands as add_scu_commands
 from .dr.commands import add_commands as add_dr_commands
@@ -404,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_replication_commands(sub, common, add_site_arguments=add_site_arguments, run_site=_run_replica_site)
     add_users_commands(sub, common)
+    add_shares_commands(sub, common)
     add_dr_commands(sub, common)
     add_bench_commands(sub, common)
     add_scu_commands(sub, common)

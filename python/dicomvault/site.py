@@ -18,6 +18,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .audit.log import AuditLog
+from .auth.sessions import SessionStore
+from .auth.shares import ShareStore
 from .auth.users import UserStore, split_token_spec
 from .engine import Engine
 from .errors import DicomVaultError
@@ -59,6 +62,11 @@ class Site:
             if not secret:
                 raise DicomVaultError(f"replication token {name!r} is empty: it would admit anyone")
             self.users.add_runtime_token(secret, name, "replicator")
+        # One of each per site: sessions live in this process only, shares and the audit trail in
+        # the data directory (the CLI edits and appends to the same files).
+        self.sessions = SessionStore(self.users, lifetime=options.session_lifetime, idle=options.session_idle)
+        self.shares = ShareStore(engine.data_dir)
+        self.audit = AuditLog(engine.data_dir)
         self.security = self._security()
         # STOW-RS spools big parts here; what a crash left behind is garbage.
         shutil.rmtree(engine.data_dir / "tmp" / "http", ignore_errors=True)
@@ -90,6 +98,7 @@ class Site:
 
     def _security(self) -> Security:
         o = self.options
+        stores: dict[str, Any] = {"sessions": self.sessions, "shares": self.shares, "audit": self.audit}
         loopback = is_loopback(o.host)
         if not loopback:
             if o.anonymous not in (AUTO, "none"):
@@ -100,12 +109,12 @@ class Site:
                     f"refusing to serve HTTP on {o.host} with no users: anyone on the network could "
                     f"read the archive. Add one first: dicomvault users add NAME --role admin --data "
                     f"{self.engine.data_dir}")
-            return Security(self.users, None)
+            return Security(self.users, None, **stores)
         if o.anonymous == AUTO:
-            return Security(self.users, AUTO_ANONYMOUS_ROLE, only_without_users=True)
+            return Security(self.users, AUTO_ANONYMOUS_ROLE, only_without_users=True, **stores)
         if o.anonymous == "none":
-            return Security(self.users, None)
-        return Security(self.users, o.anonymous)
+            return Security(self.users, None, **stores)
+        return Security(self.users, o.anonymous, **stores)
 
     def _prepare_replica(self, url: str) -> None:
         index = self.engine.index

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_HTTP_PORT = 8080
+# A working day: a radiologist logs in once per shift, and a forgotten browser does not stay in.
+DEFAULT_SESSION_LIFETIME = 8 * 3600.0
 AUTO = "auto"
 # What an anonymous caller may do on a loopback bind while no users exist ("auto"): read and
 # store, as a workstation's own archive would; admin needs the token in http.json, replication
@@ -36,6 +38,9 @@ class SiteOptions:
     public_url: str | None = None
     cors_origins: tuple[str, ...] = ()
     max_body: int = 8 << 30
+    # Login sessions of /api/session: seconds from login to the end, and without a request.
+    session_lifetime: float = DEFAULT_SESSION_LIFETIME
+    session_idle: float | None = None
 
 
 ANONYMOUS_CHOICES = (AUTO, "none", "reader", "writer", "admin")
@@ -55,6 +60,26 @@ def _common(p: argparse.ArgumentParser, *, defaults: bool) -> None:
                    help="the URL clients reach this server at (behind a reverse proxy), for BulkDataURIs")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="a web origin whose pages may call the API (repeatable; e.g. an OHIF host)")
+    p.add_argument("--session-lifetime", type=_seconds, metavar="SECONDS",
+                   help=f"a login session ends this long after login (default: {DEFAULT_SESSION_LIFETIME:g})")
+    p.add_argument("--session-idle", type=_seconds, metavar="SECONDS",
+                   help="a login session also ends after this long without a request (default: never)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _session_options(args: Any) -> dict[str, Any]:
+    lifetime = getattr(args, "session_lifetime", None)
+    return {"session_lifetime": DEFAULT_SESSION_LIFETIME if lifetime is None else lifetime,
+            "session_idle": getattr(args, "session_idle", None)}
 
 
 def add_site_arguments(p: argparse.ArgumentParser, *, replica: bool) -> None:
@@ -78,7 +103,7 @@ def options_from_args(args: Any, *, replicate_from: str | None = None, token: st
         replicate_from=replicate_from or getattr(args, "replicate_from", None),
         upstream_token=token or getattr(args, "token", None),
         cafile=args.ca, insecure=args.insecure, anonymous=args.anonymous,
-        public_url=args.public_url, cors_origins=tuple(args.cors_origin),
+        public_url=args.public_url, cors_origins=tuple(args.cors_origin), **_session_options(args),
     )
 
 
@@ -108,5 +133,5 @@ def serve_site_options(args: Any, http: Any, replication: Any) -> SiteOptions:
         anonymous=args.anonymous or http.anonymous,
         public_url=args.public_url or http.public_url,
         cors_origins=tuple(args.cors_origin) or http.cors_origins,
-        max_body=http.max_body,
+        max_body=http.max_body, **_session_options(args),
     )

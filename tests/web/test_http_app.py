@@ -19,10 +19,19 @@ from dicomvault.site import Site, SiteOptions
 CT = Path(get_testdata_file("CT_small.dcm"))
 
 
-def test_healthz_and_landing(http: httpx.Client) -> None:
+def test_healthz_and_viewer_shell(http: httpx.Client) -> None:
     assert http.get("/healthz").text == "ok"
     r = http.get("/")
-    assert r.status_code == 200 and "/dicom-web" in r.text
+    assert r.status_code == 200 and 'src="viewer/js/main.js"' in r.text
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    js = http.get("/viewer/js/main.js")
+    assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
+    assert js.headers["x-content-type-options"] == "nosniff" and js.headers["cache-control"] == "no-cache"
+    # A revalidation after no change is a 304, not the file again.
+    assert http.get("/viewer/js/main.js", headers={"If-None-Match": js.headers["etag"]}).status_code == 304
+    # Nothing outside the viewer folder is reachable through it.
+    assert http.get("/viewer/../app.py").status_code == 404
+    assert http.get("/viewer/%2e%2e/app.py").status_code == 404
 
 
 def test_anonymous_writer_on_loopback_until_a_user_exists(site: Site, http: httpx.Client) -> None:

@@ -15,7 +15,7 @@ import pytest
 from dicomvault.engine import Engine
 from dicomvault.index import InstanceRecord
 from dicomvault.web.dicomweb.json_model import dataset_json
-from dicomvault.web.dicomweb.metadata import PLACEHOLDER, MetadataCache, MetadataService
+from dicomvault.web.dicomweb.metadata import PLACEHOLDER, MetadataCache, MetadataService, with_stored_syntax
 
 FILES = ["CT_small.dcm", "MR_small_bigendian.dcm", "waveform_ecg.dcm", "image_dfl.dcm", "JPEG2000.dcm",
          "rtplan.dcm"]
@@ -48,7 +48,7 @@ def store(engine: Engine, files: list[str]) -> list[InstanceRecord]:
 def expected_json(engine: Engine, rec: InstanceRecord, base: str, threshold: int = 1024) -> dict[str, Any]:
     _, ts, dataset = engine.read_instance(rec.sop_uid)
     prefix = f"{base}/studies/{rec.study_uid}/series/{rec.series_uid}/instances/{rec.sop_uid}"
-    return dataset_json(ts, dataset, prefix, threshold=threshold)
+    return with_stored_syntax(dataset_json(ts, dataset, prefix, threshold=threshold), ts)
 
 
 @pytest.fixture
@@ -197,3 +197,12 @@ def test_a_cache_made_with_another_threshold_is_emptied(engine: Engine, records:
         assert doc != [expected_json(engine, rec, BASE) for rec in records]
     with MetadataCache(path, threshold=64) as cache:
         assert all(v is not None for v in cache.get_many([r.hash for r in records]))
+
+
+def test_stored_syntax_is_announced_in_tag_order(engine: Engine, records: list[InstanceRecord]) -> None:
+    """A viewer asks frames as native bytes and must know what they went through (a YBR JPEG
+    comes back RGB): every instance names its stored syntax in (0008,3002), keys kept in order."""
+    service = MetadataService(engine, None)
+    for rec, doc in zip(records, orjson.loads(service.instances_json(records, BASE)), strict=True):
+        assert doc["00083002"] == {"vr": "UI", "Value": [rec.transfer_syntax]}
+        assert list(doc) == sorted(doc)

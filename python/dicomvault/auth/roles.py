@@ -19,8 +19,10 @@ WRITE = "write"
 ADMIN = "admin"
 # The replication feed and the blobs it names.
 REPLICATE = "replicate"
+# Share links: create, list and revoke read-only links to one study (auth/shares.py).
+SHARE = "share"
 
-ACTIONS: frozenset[str] = frozenset({READ, WRITE, ADMIN, REPLICATE})
+ACTIONS: frozenset[str] = frozenset({READ, WRITE, ADMIN, REPLICATE, SHARE})
 
 READER = "reader"
 WRITER = "writer"
@@ -30,7 +32,9 @@ REPLICATOR = "replicator"
 ROLE_ACTIONS: dict[str, frozenset[str]] = {
     READER: frozenset({READ}),
     # A writer that could not read back what it stored would break every STOW-then-verify client.
-    WRITER: frozenset({READ, WRITE}),
+    # Sharing is a writer's (not a reader's) because a link hands a study to someone with no
+    # account at all: it widens who can read, which is more than reading. Readers ask a writer.
+    WRITER: frozenset({READ, WRITE, SHARE}),
     ADMIN_ROLE: ACTIONS,
     # A replica reads the feed and blobs, and DICOMweb reads let an operator check it from outside.
     REPLICATOR: frozenset({REPLICATE, READ}),
@@ -38,16 +42,21 @@ ROLE_ACTIONS: dict[str, frozenset[str]] = {
 
 ROLES: tuple[str, ...] = tuple(ROLE_ACTIONS)
 
-AuthMethod = Literal["token", "basic", "anonymous", "runtime"]
+# session: a login of auth/sessions.py; share: a share link of auth/shares.py.
+AuthMethod = Literal["token", "basic", "anonymous", "runtime", "session", "share"]
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who a request acts as: a user name (never a secret), its role, and how it proved it."""
+    """Who a request acts as: a user name (never a secret), its role, and how it proved it.
+
+    `study` set means the principal exists for that one study (a share link): its role says
+    which actions, and web/security.py confines it to routes naming that study."""
 
     name: str
     role: str
     method: AuthMethod
+    study: str | None = None
 
     def can(self, action: str) -> bool:
         return action in ROLE_ACTIONS.get(self.role, frozenset())

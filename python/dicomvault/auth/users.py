@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import fcntl
 import functools
 import hashlib
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import AuthenticationError, ConflictError, DicomVaultError, NotFoundError, RequestError
+from .jsonfile import atomic_replace, ensure_private_dir
 from .roles import Principal, check_role
 
 AUTH_DIR = "auth"
@@ -265,32 +265,11 @@ class UserStore:
     # -- writing --
 
     def _ensure_dir(self) -> None:
-        self.dir.parent.mkdir(parents=True, exist_ok=True)
-        self.dir.mkdir(mode=0o700, exist_ok=True)
-        # mkdir's mode is filtered by the umask, and an existing directory keeps whatever it had.
-        os.chmod(self.dir, 0o700)
+        ensure_private_dir(self.dir)
 
     def _write(self, users: dict[str, dict[str, Any]]) -> None:
         body = json.dumps({"version": FILE_VERSION, "users": users}, indent=1, sort_keys=True).encode()
-        tmp = self.dir / f".{USERS_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            try:
-                os.fchmod(fd, 0o600)
-                os.write(fd, body)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        atomic_replace(self.path, body)
 
     def _mutate(self, change: Callable[[dict[str, dict[str, Any]]], T]) -> T:
         """Applies `change` to the users as the file holds them under the lock, then writes them.
@@ -435,6 +414,28 @@ class UserStore:
         if not _NAME_RE.fullmatch(name):
             # Not echoed: a client that swapped the fields would put the password here.
             raise AuthenticationError("malformed Basic credentials: invalid user name")
+        return Principal(name, self._verify(name, password)["role"], "basic")
+
+    def verify_login(self, name: str, password: str) -> tuple[str, str]:
+        """(role, stamp) of `name` when `password` is its password: the same check as Basic (one
+        scrypt, or none within BASIC_CACHE_SECONDS of the same success), for a login page.
+        AuthenticationError otherwise, one message whether the name is unknown or the password
+        wrong. The stamp is `session_state`'s: a session compares it to learn that the password
+        it was opened with has changed."""
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+            # Not echoed, as in Basic: a user who swapped the fields would put the password here.
+            raise AuthenticationError("wrong user name or password")
+        rec = self._verify(name, password)
+        return rec["role"], _stamp_of(rec)
+
+    def session_state(self, name: str) -> tuple[str, str] | None:
+        """(role, stamp) of `name` as the file holds it now; None when there is no such user.
+        The stamp changes when its password is set or the user is removed and added again."""
+        rec = self._current().users.get(name)
+        return None if rec is None else (rec["role"], _stamp_of(rec))
+
+    def _verify(self, name: str, password: str) -> dict[str, Any]:
+        """The record of `name` when `password` is its password, else AuthenticationError."""
         snap = self._current()
         rec = snap.users.get(name)
         stored = rec.get("password") if rec is not None else None
@@ -449,7 +450,7 @@ class UserStore:
             if not verify_password(password, stored):
                 raise failure
             self._remember(key, now + BASIC_CACHE_SECONDS)
-        return Principal(name, rec["role"], "basic")
+        return rec
 
     def _remember(self, key: bytes, expiry: float) -> None:
         with self._lock:
@@ -473,6 +474,12 @@ def _user(users: dict[str, dict[str, Any]], name: str, path: Path) -> dict[str, 
     if rec is None:
         raise NotFoundError(f"no user {name!r} in {path}")
     return rec
+
+
+def _stamp_of(rec: dict[str, Any]) -> str:
+    # A digest, not the scrypt hash itself: sessions keep it in memory for hours.
+    basis = "\0".join((str(rec.get("created", "")), str(rec.get("password") or "")))
+    return hashlib.sha256(basis.encode("utf-8")).hexdigest()
 
 
 def _info(name: str, rec: dict[str, Any]) -> UserInfo:

@@ -6,6 +6,7 @@
   /replication the change feed and blobs for replicas (replication_routes.py)
   /metrics     Prometheus text (metrics.py)
   /healthz     liveness, open to all
+  /, /viewer   the browser viewer's files (viewer_static.py)
 
 Errors from every route are turned into responses by web/errors.py alone.
 """
@@ -19,22 +20,25 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ..errors import DicomVaultError
-from . import admin, api, replication_routes, wado_uri
+from . import (
+    admin,
+    api,
+    measurements,
+    replication_routes,
+    session_routes,
+    shares_routes,
+    viewer_static,
+    wado_uri,
+)
 from .context import WebContext
 from .dicomweb import routes as dicomweb_routes
 from .errors import error_response
 from .metrics import HttpStats, MetricsMiddleware, metrics_endpoint
 from .security import secured
-
-_LANDING = """<!doctype html><meta charset="utf-8"><title>dicomvault</title>
-<h1>dicomvault</h1><p>DICOMweb: <a href="dicom-web/studies">/dicom-web</a> (QIDO-RS, WADO-RS, STOW-RS) ·
-WADO-URI: /wado · JSON API: <a href="api/stats">/api</a> · <a href="metrics">/metrics</a> ·
-<a href="healthz">/healthz</a></p>
-"""
 
 
 def build_app(ctx: WebContext, *, jobs: Callable[[], list[dict[str, Any]]] | None = None,
@@ -45,17 +49,17 @@ def build_app(ctx: WebContext, *, jobs: Callable[[], list[dict[str, Any]]] | Non
     def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")
 
-    def landing(request: Request) -> Response:
-        return HTMLResponse(_LANDING)
-
     routes: list[BaseRoute] = [
         Route("/healthz", secured(sec, None, healthz), methods=["GET", "HEAD"]),
-        Route("/", secured(sec, None, landing), methods=["GET"]),
         Route("/metrics", secured(sec, "read", metrics_endpoint(stats, ctx.engine)), methods=["GET"]),
         *api.routes(ctx, jobs),
+        *measurements.routes(ctx),
+        *session_routes.routes(ctx),
+        *shares_routes.routes(ctx),
         *admin.routes(ctx, status_extra),
         *wado_uri.routes(ctx),
         *dicomweb_routes.routes(ctx),
+        *viewer_static.routes(),
     ]
     if ctx.feed is not None:
         routes += replication_routes.routes(ctx.feed, sec)

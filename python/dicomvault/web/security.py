@@ -1,46 +1,70 @@
 """Who is asking, and may they: every route goes through `Security.require(request, action)`,
 the one place HTTP requests are authenticated and authorized.
 
-Credentials: `Authorization: Bearer <token>` or `Basic <user:password>`, checked by the user store
-(auth/users.py; tokens and passwords kept hashed). With no credentials, the anonymous role applies
-when the site allows one (only ever on a loopback bind: see site.py), else 401.
+Credentials: `Authorization: Bearer <token>` (a login session, a share link, a user token or a
+runtime token) or `Basic <user:password>`, checked by the stores in auth/ (secrets kept hashed).
+With no credentials, the anonymous role applies when the site allows one (only ever on a
+loopback bind: see site.py), else 401.
+
+A principal bound to one study (a share link) is confined here too, and only here: a route may
+serve it only when the route's path parameter `study` is that study, or when the route was
+declared `any_study` (it reveals nothing of any study: GET /api/session). Every other route
+refuses it with 403, so a route added later is closed to share links until it names a study.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..audit.log import FAILURE, SHARE_SCOPE_REFUSED, SHARE_USED, SUCCESS, AuditLog, Record
 from ..auth.roles import Principal, authorize
+from ..auth.sessions import Session, SessionStore
+from ..auth.shares import ShareStore
 from ..auth.users import UserStore
-from ..errors import AuthenticationError, UnavailableError
+from ..errors import AuthenticationError, PermissionDeniedError, UnavailableError
 
 Handler = Callable[[Request], Awaitable[Response]] | Callable[[Request], Response]
+
+# A share link's viewer fetches every frame with it: one "used" line per share per hour says who
+# looked, without a line per frame.
+SHARE_USED_EVERY = 3600.0
+# Off-scope attempts are what the audit is for, but a script can make them at will.
+SHARE_REFUSED_EVERY = 60.0
+_PENDING = "dicomvault.audit"
 
 
 class Security:
     def __init__(self, users: UserStore, anonymous_role: str | None = None, *,
-                 only_without_users: bool = False) -> None:
+                 only_without_users: bool = False, sessions: SessionStore | None = None,
+                 shares: ShareStore | None = None, audit: AuditLog | None = None) -> None:
         """anonymous_role: what a request without credentials may do (None: nothing). With
         only_without_users, that holds only while the store has no users: the first user an
-        admin adds turns anonymous access off, without a restart."""
+        admin adds turns anonymous access off, without a restart. sessions and shares default to
+        fresh stores of the users' data directory; audit None writes no audit trail."""
         self.users = users
         self.anonymous = Principal("anonymous", anonymous_role, "anonymous") if anonymous_role else None
         self.only_without_users = only_without_users
+        self.sessions = sessions if sessions is not None else SessionStore(users)
+        self.shares = shares if shares is not None else ShareStore(users.dir.parent)
+        self.audit = audit
         self._scrypt_slots = threading.BoundedSemaphore(2)
+
+    # -- who --
 
     def principal(self, request: Request) -> Principal:
         header = request.headers.get("authorization")
         if header and header[:6].lower() == "basic ":
             found = self._basic(header)
         else:
-            found = self.users.authenticate(header)
+            found = self._bearer(header)
         if found is not None:
             return found
         if (self.anonymous is not None and _direct_local(request)
@@ -48,24 +72,105 @@ class Security:
             return self.anonymous
         raise AuthenticationError("credentials required: Authorization: Bearer <token> or Basic")
 
-    def _basic(self, header: str) -> Principal | None:
-        # A password check that misses the cache is ~50 ms of scrypt and 16 MiB: without a bound,
-        # anyone could keep both cores busy with wrong passwords and starve every retrieve.
+    def _bearer(self, header: str | None) -> Principal | None:
+        token = bearer_token(header)
+        if token:
+            # Sessions first (memory only), then shares, then user and runtime tokens: whichever
+            # store knows the token's hash answers; the last one reports an unknown token.
+            found = self.sessions.authenticate(token)
+            if found is None:
+                found = self.shares.authenticate(token)
+            if found is not None:
+                return found
+        return self.users.authenticate(header)
+
+    @contextlib.contextmanager
+    def password_slot(self) -> Iterator[None]:
+        """Held around every password check. One that misses the cache is ~50 ms of scrypt and
+        16 MiB: without a bound, anyone could keep both cores busy with wrong passwords (over
+        Basic or the login route alike) and starve every retrieve."""
         if not self._scrypt_slots.acquire(timeout=2.0):
             raise UnavailableError("too many password checks at once; retry, or use a bearer token")
         try:
-            return self.users.authenticate(header)
+            yield
         finally:
             self._scrypt_slots.release()
 
-    def require(self, request: Request, action: str) -> Principal:
+    def _basic(self, header: str) -> Principal | None:
+        with self.password_slot():
+            return self.users.authenticate(header)
+
+    def login(self, name: str, password: str) -> Session:
+        """A new session for `name` (blocking: call it in the thread pool)."""
+        with self.password_slot():
+            return self.sessions.login(name, password)
+
+    def expires(self, request: Request) -> float | None:
+        """When the session or share link the request bears ends; None for other credentials."""
+        token = bearer_token(request.headers.get("authorization"))
+        if not token:
+            return None
+        found = self.sessions.expires(token)
+        return found if found is not None else self.shares.expires(token)
+
+    # -- may they --
+
+    def require(self, request: Request, action: str, *, any_study: bool = False) -> Principal:
         p = self.principal(request)
         if p.method == "anonymous" and not p.can(action):
             # Credentials would help here: 401 (with its challenge), not 403.
             raise AuthenticationError(f"credentials required to {action}: Authorization: Bearer or Basic")
         authorize(p, action)
+        if p.study is not None:
+            self._confine(request, p, any_study)
         request.state.principal = p
         return p
+
+    def _confine(self, request: Request, p: Principal, any_study: bool) -> None:
+        """The study scope check. The route's `study` path parameter comes from Starlette's
+        merged path_params, which include those of enclosing Mounts (tests/web/test_share_scope.py)."""
+        asked = request.path_params.get("study")
+        where = f"{request.method} {request.url.path}"
+        if any_study or asked == p.study:
+            if p.method == "share":
+                self._pend(request, SHARE_USED, SUCCESS, p, {"path": where},
+                           (f"used:{p.name}", SHARE_USED_EVERY))
+            return
+        self._pend(request, SHARE_SCOPE_REFUSED, FAILURE, p, {"path": where},
+                   (f"refused:{p.name}", SHARE_REFUSED_EVERY))
+        raise PermissionDeniedError(f"{p.name} may read study {p.study} only, not {where}")
+
+    def _pend(self, request: Request, event: str, outcome: str, p: Principal, detail: dict[str, Any],
+              once_per: tuple[str, float]) -> None:
+        # Decided now (cheap); written by `secured` in the thread pool (an fsync, not on the loop).
+        if self.audit is None:
+            return
+        rec = self.audit.event(event, outcome, user=p.name, client=client_of(request), study=p.study,
+                               detail=detail, once_per=once_per)
+        if rec is not None:
+            request.scope.setdefault(_PENDING, []).append(rec)
+
+    def take_pending(self, request: Request) -> list[Record]:
+        return request.scope.pop(_PENDING, None) or []
+
+    def record(self, request: Request, event: str, outcome: str, *, user: str | None,
+               study: str | None = None, detail: dict[str, Any] | None = None) -> None:
+        """Writes an audit event of `request` now (an fsync: call it off the event loop)."""
+        if self.audit is not None:
+            self.audit.record(event, outcome, user=user, client=client_of(request), study=study,
+                              detail=detail)
+
+
+def bearer_token(header: str | None) -> str | None:
+    scheme, _, rest = (header or "").strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return rest.strip() or None
+
+
+def client_of(request: Request) -> str | None:
+    """The peer address (a reverse proxy's own, behind one): what the audit log records."""
+    return request.client.host if request.client else None
 
 
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
@@ -87,18 +192,26 @@ def _direct_local(request: Request) -> bool:
     return name in _LOCAL_HOSTS or name.startswith("127.")
 
 
-def secured(security: Security, action: str | None, handler: Handler) -> Callable[[Request], Awaitable[Any]]:
+def secured(security: Security, action: str | None, handler: Handler, *,
+            any_study: bool = False) -> Callable[[Request], Awaitable[Any]]:
     """The Starlette endpoint of a route: authorize, then run the handler (a plain function runs
-    in the thread pool, since it may block on the engine). action None = open (/healthz)."""
+    in the thread pool, since it may block on the engine). action None = open (/healthz).
+    any_study: a principal bound to one study may use the route whatever its path (the route
+    serves nothing of any study)."""
     is_async = _is_async(handler)
 
     async def endpoint(request: Request) -> Any:
         if action is not None:
-            if request.headers.get("authorization", "")[:6].lower() == "basic ":
-                # An uncached password check is ~50 ms of scrypt: not on the event loop.
-                await run_in_threadpool(security.require, request, action)
-            else:
-                security.require(request, action)
+            try:
+                if request.headers.get("authorization", "")[:6].lower() == "basic ":
+                    # An uncached password check is ~50 ms of scrypt: not on the event loop.
+                    await run_in_threadpool(security.require, request, action, any_study=any_study)
+                else:
+                    security.require(request, action, any_study=any_study)
+            finally:
+                pending = security.take_pending(request)
+                if pending and security.audit is not None:
+                    await run_in_threadpool(security.audit.write, pending)
         if is_async:
             return await handler(request)  # type: ignore[misc]
         return await run_in_threadpool(handler, request)

@@ -30,7 +30,7 @@ from .json_model import dataset_json
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: AvailableTransferSyntaxUID added
 DEFAULT_THRESHOLD = 1024
 WARM_BATCH = 256
 # Stands for the base URL inside cached JSON. NULs cannot reach orjson's output unescaped, so the
@@ -45,6 +45,24 @@ SETTINGS_KEY = b"settings"
 
 class _Engine(Protocol):
     def read_record(self, rec: InstanceRecord) -> tuple[str, bytes]: ...
+
+
+def with_stored_syntax(obj: dict[str, object], ts: str) -> dict[str, object]:
+    """The instance JSON with Available Transfer Syntax UID (0008,3002) = the stored syntax, in tag
+    order. A viewer needs it to know what a frame asked for as native bytes went through: a
+    YBR JPEG comes back decoded to RGB, a native YBR_FULL_422 frame as stored (subsampled)."""
+    if "00083002" in obj:
+        return obj
+    out: dict[str, object] = {}
+    entry: dict[str, object] | None = {"vr": "UI", "Value": [ts]}
+    for key, value in obj.items():
+        if entry is not None and key > "00083002":
+            out["00083002"] = entry
+            entry = None
+        out[key] = value
+    if entry is not None:
+        out["00083002"] = entry
+    return out
 
 
 def cache_key(blob_hash: bytes) -> bytes:
@@ -237,7 +255,8 @@ class MetadataService:
     def _json(self, rec: InstanceRecord, base: str) -> bytes:
         ts, dataset = self.engine.read_record(rec)
         prefix = f"{base}/studies/{rec.study_uid}/series/{rec.series_uid}/instances/{rec.sop_uid}"
-        return orjson.dumps(dataset_json(ts, dataset, prefix, threshold=self.threshold))
+        doc = dataset_json(ts, dataset, prefix, threshold=self.threshold)
+        return orjson.dumps(with_stored_syntax(doc, ts))
 
     def _encode(self, rec: InstanceRecord) -> bytes | None:
         """The cacheable JSON (base URL as placeholder), or None when a stored value itself

@@ -34,7 +34,7 @@ $(STAMP): $(VENV)/.venv-ok $(NATIVE_SRC)
 build: $(STAMP) ## build all native parts and install dicomvault (editable) into .venv
 
 # The real peers the interop tests talk to: dcmtk's SCU/SCP tools and Orthanc (Debian packages).
-SYSDEPS := dcmtk orthanc orthanc-dicomweb dicom3tools openssl curl
+SYSDEPS := dcmtk orthanc orthanc-dicomweb orthanc-webviewer dicom3tools openssl curl chromium nodejs
 sysdeps: ## install the Debian packages the tests use (dcmtk, Orthanc; needs root; skipped when present)
 	@missing=""; for p in $(SYSDEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

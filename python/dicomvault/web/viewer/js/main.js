@@ -40,11 +40,15 @@ export class App {
   }
 
   async start() {
+    // A 401 here only says "nobody yet": route() shows the login page or opens a share link. Left to
+    // onUnauthorized, it would start a second login route that never ends (loggingIn stuck true).
+    this.loggingIn = true;
     try {
       this.session = await this.client.api("/session");
     } catch (err) {
       if (err.status !== 401) { toast(err.message, "error"); }
     }
+    this.loggingIn = false;
     await this.route(location.hash || "#/studies");
   }
 

@@ -69,7 +69,28 @@ export class DicomWebClient {
 
   // --- WADO-RS -----------------------------------------------------------------------------
   async seriesMetadata(studyUid, seriesUid, { signal } = {}) {
-    return this.json(`/dicom-web/studies/${enc(studyUid)}/series/${enc(seriesUid)}/metadata`, { signal });
+    const instances = await this.json(`/dicom-web/studies/${enc(studyUid)}/series/${enc(seriesUid)}/metadata`, { signal });
+    await this.inlineLutData(instances, { signal });
+    return instances;
+  }
+
+  /** LUT and palette data longer than the archive's bulk data threshold come as a BulkDataURI, but
+   *  the display needs them (series.js reads Value or InlineBinary): fetch them and put them inline. */
+  async inlineLutData(instances, { signal } = {}) {
+    const wanted = [];
+    for (const inst of instances) {
+      for (const tag of LUT_SEQUENCES) for (const item of inst[tag]?.Value || []) wanted.push(item?.[LUT_DATA]);
+      for (const tag of PALETTE_DATA) wanted.push(inst[tag]);
+    }
+    await Promise.all(wanted.filter((el) => el?.BulkDataURI && !el.Value && !el.InlineBinary).map(async (el) => {
+      // As a path on this origin: the archive may name itself otherwise (localhost, 127.0.0.1).
+      const path = el.BulkDataURI.replace(/^[a-z][a-z0-9+.-]*:\/\/[^/]+/i, "");
+      const rsp = await this.request(path, { accept: "application/octet-stream", signal });
+      const bytes = new Uint8Array(await rsp.arrayBuffer());
+      let bin = "";
+      for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+      el.InlineBinary = btoa(bin);
+    }));
   }
 
   async studyMetadata(studyUid, { signal } = {}) {
@@ -106,21 +127,27 @@ export class DicomWebClient {
 
 function enc(uid) { return encodeURIComponent(uid); }
 
+// Modality LUT Sequence, VOI LUT Sequence; their LUT Data; Red, Green, Blue Palette Color LUT Data.
+const LUT_SEQUENCES = ["00283000", "00283010"];
+const LUT_DATA = "00283006";
+const PALETTE_DATA = ["00281201", "00281202", "00281203"];
+
 /** The parts of a multipart/related body (RFC 2046) as ArrayBuffers, without copying text. */
 export function splitMultipart(buffer, contentType) {
   const m = /boundary="?([^";]+)"?/i.exec(contentType);
   if (!m) return [buffer];   // a single-part answer
   const bytes = new Uint8Array(buffer);
   const delim = new TextEncoder().encode(`--${m[1]}`);
+  const find = delimiterFinder(delim);
   const parts = [];
-  let pos = indexOf(bytes, delim, 0);
+  let pos = find(bytes, 0);
   while (pos >= 0) {
     let start = pos + delim.length;
     if (bytes[start] === 0x2d && bytes[start + 1] === 0x2d) break;   // closing delimiter
     const headEnd = indexOf(bytes, CRLFCRLF, start);
     if (headEnd < 0) break;
     start = headEnd + 4;
-    const next = indexOf(bytes, delim, start);
+    const next = find(bytes, start);
     if (next < 0) break;
     const end = next - 2;   // the CRLF before the delimiter belongs to it
     parts.push(buffer.slice(start, end));
@@ -130,6 +157,26 @@ export function splitMultipart(buffer, contentType) {
 }
 
 const CRLFCRLF = new Uint8Array([13, 10, 13, 10]);
+
+/** A Boyer-Moore-Horspool search for the boundary delimiter: it steps through a frame's bytes
+ *  about a delimiter's length at a time, where a first-byte scan stops at every "-" (one 16-bit
+ *  pixel in 256 has one) and the scan cost as much as the copy of the part. */
+function delimiterFinder(needle) {
+  const m = needle.length;
+  const shift = new Uint8Array(256).fill(Math.min(m, 255));
+  for (let i = 0; i < m - 1; i++) shift[needle[i]] = Math.min(m - 1 - i, 255);
+  const last = needle[m - 1];
+  return (hay, from) => {
+    for (let i = from + m - 1; i < hay.length; i += shift[hay[i]]) {
+      if (hay[i] !== last) continue;
+      let j = m - 2;
+      let k = i - 1;
+      while (j >= 0 && hay[k] === needle[j]) { j--; k--; }
+      if (j < 0) return i - m + 1;
+    }
+    return -1;
+  };
+}
 
 function indexOf(hay, needle, from) {
   // Frames are large and the delimiter rare: a first-byte scan with indexOf is fast enough.

@@ -67,6 +67,21 @@ export class CanvasRenderer {
         o[4 * i + 3] = 255;
       }
     }
+    const f = view.fusion;
+    if (f && f.values && f.values.length === n) {
+      // The shader's fusion blend, per pixel: overlay window → colour map → mix by opacity.
+      for (let i = 0; i < n; i++) {
+        const v = f.values[i];
+        if (v !== v) continue;   // NaN: no overlay here
+        const k = linearWindow(v, f.center, f.width) / 255;
+        if (k < 0.001) continue;
+        const ci = Math.min(255, Math.floor(k * 255)) * 4;
+        for (let c = 0; c < 3; c++) {
+          const g = o[4 * i + c] / 255;
+          o[4 * i + c] = Math.floor(((1 - f.opacity) * g + f.opacity * (f.colormap[ci + c] / 255)) * 255 + 0.5);
+        }
+      }
+    }
     sctx.putImageData(out, 0, 0);
   }
 

@@ -168,13 +168,17 @@ function drawShape(ctx, vp, kind, points, values, color, dpr, label) {
   ctx.stroke();
   for (const p of c) { ctx.fillRect(p[0] - 2 * dpr, p[1] - 2 * dpr, 4 * dpr, 4 * dpr); }
   const text = [label, ...values.map(formatValue)].filter(Boolean);
-  const anchor = c.reduce((best, p) => (p[0] > best[0] ? p : best), c[0]);
+  // The text block sits right of the shape, from its top down, so labels of neighbouring
+  // shapes do not pile onto one corner.
+  const right = Math.max(...c.map((p) => p[0])) + 8 * dpr;
+  const top = Math.min(...c.map((p) => p[1]));
   ctx.strokeStyle = "rgba(0,0,0,0.85)";
   ctx.lineWidth = 3 * dpr;
+  ctx.textBaseline = "top";
   text.forEach((t, i) => {
-    const y = anchor[1] - (text.length - 1 - i) * 14 * dpr;
-    ctx.strokeText(t, anchor[0] + 6 * dpr, y);
-    ctx.fillText(t, anchor[0] + 6 * dpr, y);
+    const y = top + i * 14 * dpr;
+    ctx.strokeText(t, right, y);
+    ctx.fillText(t, right, y);
   });
   ctx.lineWidth = 1.5 * dpr;
 }

@@ -94,7 +94,10 @@ export function orientationMarkers(image, m) {
     const sp = image.pixelSpacing || [1, 1];
     const cx = ix * sp[1];
     const cy = iy * sp[0];
-    return [o[0] * cx + o[3] * cy, o[1] * cx + o[4] * cy, o[2] * cx + o[5] * cy];
+    const v = [o[0] * cx + o[3] * cy, o[1] * cx + o[4] * cy, o[2] * cx + o[5] * cy];
+    // A direction, whatever the zoom: one canvas pixel is a tiny fraction of a mm at 16x.
+    const n = Math.hypot(v[0], v[1], v[2]) || 1;
+    return v.map((x) => x / n);
   };
   const neg = (v) => v.map((x) => -x);
   const right = toPatient([1, 0]);

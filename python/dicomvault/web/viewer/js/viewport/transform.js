@@ -17,8 +17,10 @@ export function imageToCanvas(state, image, canvasW, canvasH) {
   const d = s * cos * fy;
   const cx = image.columns / 2;
   const cy = image.rows / 2;
-  const tx = canvasW / 2 + state.pan[0] - (a * cx + c * cy);
-  const ty = canvasH / 2 + state.pan[1] - (b * cx + d * cy);
+  // Whole device pixels: at 1:1 (or any whole zoom) each image pixel then covers whole canvas
+  // pixels instead of straddling two, which would make edges look soft or shifted.
+  const tx = Math.round(canvasW / 2 + state.pan[0] - (a * cx + c * cy));
+  const ty = Math.round(canvasH / 2 + state.pan[1] - (b * cx + d * cy));
   return [a, b, c, d, tx, ty];
 }
 

@@ -3,7 +3,7 @@
 import { frameKey } from "../data/loader.js";
 import { CanvasRenderer } from "../image/canvasrenderer.js";
 import { GLRenderer } from "../image/glrenderer.js";
-import { fullRangeWindow, histogramWindow, initialWindow } from "../image/lut.js";
+import { fullRangeWindow, histogramWindow, initialWindow, modalityValue } from "../image/lut.js";
 import { mipLevel, mipOf } from "../image/mip.js";
 import { drawCorners, drawMarkers, orientationMarkers } from "./overlay.js";
 import { apply, fitScale, imageToCanvas, invert, shaderMatrix } from "./transform.js";
@@ -206,6 +206,15 @@ export class Viewport {
   /** The displayed RGBA at the centre of image pixel (col, row): what the tests read back. */
   readDisplayPixel(col, row) {
     const [x, y] = this.imageToCanvasPoint([col + 0.5, row + 0.5]);
+    // The canvas pixel whose centre samples image pixel (col, row): at 1:1 with the image half a
+    // pixel off the canvas grid (odd canvas, even image), (x, y) is a canvas pixel corner and the
+    // pixel at floor(x, y) shows the next image pixel.
+    const inv = invert(this.matrix());
+    for (const [dx, dy] of [[0, 0], [-1, 0], [0, -1], [-1, -1]]) {
+      const px = Math.floor(x) + dx, py = Math.floor(y) + dy;
+      const [ix, iy] = apply(inv, [px + 0.5, py + 0.5]);
+      if (Math.floor(ix) === col && Math.floor(iy) === row) return this.renderer.readPixel(px, py);
+    }
     return this.renderer.readPixel(x, y);
   }
 
@@ -216,7 +225,7 @@ export class Viewport {
     const c = Math.floor(col), r = Math.floor(row);
     if (c < 0 || r < 0 || c >= width || r >= height) return null;
     const stored = data[r * width + c];
-    return { stored, value: stored * this.image.slope + this.image.intercept };
+    return { stored, value: modalityValue(this.image, stored) };   // the Modality LUT when there is one
   }
 
   // --- display state ------------------------------------------------------------------------

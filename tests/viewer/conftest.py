@@ -569,11 +569,14 @@ class Viewer:
     page: Page
     base: str
 
-    def goto(self, hash_: str = "#/studies", query: str = "") -> None:
+    def goto(self, hash_: str = "#/studies", query: str = "?renderer=webgl") -> None:
+        # WebGL2 unless a test asks otherwise: the viewer would pick Canvas 2D by itself on this
+        # GPU-less machine (SwiftShader), and the shader path is the one a real GPU runs.
         self.page.goto(f"{self.base}/{query}{hash_}")
         self.page.wait_for_function("() => window.dicomvault !== undefined")
 
-    def open_study(self, study: str, query: str = "", series: str | None = None) -> dict[str, Any]:
+    def open_study(self, study: str, query: str = "?renderer=webgl", series: str | None = None
+                   ) -> dict[str, Any]:
         self.goto(f"#/study/{study}", query)
         if series is not None:
             self.page.wait_for_function(WAIT_IMAGE, arg=[0, None, None])

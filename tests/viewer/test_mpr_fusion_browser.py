@@ -278,7 +278,7 @@ def mpr_page(mpr_browser, mpr_server: str):
     pg = ctx.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.goto(f"{mpr_server}/#/study/{STUDY}")
+    pg.goto(f"{mpr_server}/?renderer=webgl#/study/{STUDY}")
     pg.wait_for_function(
         "() => { const vp = window.dicomvault?.grid?.viewports[0];"
         " return vp && vp.image && vp.series && vp.series.seriesUid === '" + CT_SERIES + "' && !vp.dirty; }",

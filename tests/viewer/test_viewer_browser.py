@@ -334,6 +334,19 @@ def test_canvas_renderer_shows_the_same_pixels(viewer, make_viewer, viewer_data)
     assert_gray(canvas.read(points), expected_gray(path, points, 400, 1800), points)
 
 
+def test_software_webgl_chooses_canvas_2d_by_itself(make_viewer, viewer_data) -> None:
+    """With no ?renderer, the viewer uses WebGL2 on a GPU and Canvas 2D where WebGL2 is only a
+    software rasterizer (this machine: SwiftShader), which draws the same pixels several times
+    faster there; the shader path stays reachable with ?renderer=webgl."""
+    auto = make_viewer()
+    gpu = auto.page.evaluate("""() => { const gl = document.createElement('canvas').getContext('webgl2');
+      const i = gl && gl.getExtension('WEBGL_debug_renderer_info');
+      return i ? String(gl.getParameter(i.UNMASKED_RENDERER_WEBGL)) : ''; }""")
+    st = auto.open_study(viewer_data.study["ct_j2k"], query="")
+    software = any(k in gpu for k in ("SwiftShader", "llvmpipe", "softpipe"))
+    assert st["renderer"] == ("canvas2d" if software else "webgl2"), gpu
+
+
 # --- interaction -----------------------------------------------------------------------------------------
 
 

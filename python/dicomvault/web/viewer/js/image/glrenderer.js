@@ -6,12 +6,30 @@
 // that would invent values a radiologist could mistake for signal). Below 1:1 a box-filtered
 // mip level is used instead, so a 4k mammogram fitted to the screen is not aliased.
 
+// The canvas → image mapping is affine, so it is computed per vertex and interpolated: exact, and
+// one matrix product less per fragment (which counts where the "GPU" is SwiftShader on the CPU).
 const VERTEX = `#version 300 es
 in vec2 a_pos;
-void main() { gl_Position = vec4(a_pos, 0.0, 1.0); }`;
+uniform mat3 u_canvasToImage;  // canvas pixel (y down) -> image coordinate at this level
+uniform vec2 u_canvasSize;
+out vec2 v_img;
+void main() {
+  vec2 canvas = vec2((a_pos.x + 1.0) * 0.5 * u_canvasSize.x, (1.0 - a_pos.y) * 0.5 * u_canvasSize.y);
+  v_img = (u_canvasToImage * vec3(canvas, 1.0)).xy;
+  gl_Position = vec4(a_pos, 0.0, 1.0);
+}`;
 
-function fragment(sampler, kind) {
+/**
+ * The fragment shader of one mode. Modes are compile-time (#if) rather than uniform branches:
+ * under SwiftShader, the CPU "GPU" of machines without one, every uniform branch and unused
+ * texture fetch costs on each of the ~700k fragments, and specialising cut a draw several-fold.
+ * mode: {sampler, kind: "int"|"uint"|"float", rgb, lut: 0 none | 1 modality LUT | 2 VOI LUT, fusion}
+ */
+function fragment({ sampler, kind, rgb, lut, fusion }) {
   return `#version 300 es
+#define RGB ${rgb ? 1 : 0}
+#define LUT ${lut}
+#define FUSION ${fusion ? 1 : 0}
 precision highp float;
 precision highp int;
 precision highp ${sampler};
@@ -20,18 +38,13 @@ uniform ${sampler} u_image;
 uniform sampler2D u_lut;       // modality or VOI LUT values, 256 x N (R32F)
 uniform sampler2D u_colormap;  // fusion colour map, 256 x 1
 uniform sampler2D u_fuse;      // fusion layer: modality values on this image's grid (R32F)
-uniform mat3 u_canvasToImage;  // canvas pixel (y down) -> image coordinate at this level
-uniform vec2 u_canvasSize;
+in vec2 v_img;
 uniform ivec2 u_size;
 uniform float u_slope, u_intercept;
 uniform float u_center, u_width;
-uniform int u_voiLut;          // 0 linear window; 1 VOI LUT (u_lut)
 uniform float u_lutFirst, u_lutMax;
 uniform int u_lutLength;
-uniform bool u_modalityLut;
 uniform bool u_invert;
-uniform bool u_rgb;
-uniform bool u_fusion;
 uniform float u_fuseCenter, u_fuseWidth, u_fuseOpacity;
 out vec4 outColor;
 
@@ -50,8 +63,7 @@ float window01(float x, float center, float width) {
 }
 
 void main() {
-  vec2 canvas = vec2(gl_FragCoord.x, u_canvasSize.y - gl_FragCoord.y);
-  vec2 img = (u_canvasToImage * vec3(canvas, 1.0)).xy;
+  vec2 img = v_img;
   ivec2 t = ivec2(floor(img));
   if (img.x < 0.0 || img.y < 0.0 || t.x >= u_size.x || t.y >= u_size.y) {
     outColor = vec4(0.0, 0.0, 0.0, 1.0);
@@ -59,29 +71,38 @@ void main() {
   }
   vec4 texel = vec4(texelFetch(u_image, t, 0));
   vec3 rgb;
-  if (u_rgb) {
-    rgb = texel.rgb / 255.0;
-    // Colour images: a plain contrast stretch; the default (127.5, 255) is the identity.
-    rgb = clamp((rgb * 255.0 - (u_center - u_width / 2.0)) / max(u_width, 1e-6), 0.0, 1.0);
-  } else {
-    float stored = ${kind === "float" ? "texel.r" : "float(texel.r)"};
-    float v = u_modalityLut ? lutAt(stored - u_lutFirst) : stored * u_slope + u_intercept;
-    float g = u_voiLut == 1 ? lutAt(v - u_lutFirst) / u_lutMax : window01(v, u_center, u_width);
-    rgb = vec3(g);
-  }
+#if RGB
+  // Colour images: a plain contrast stretch; the default (127.5, 255) is the identity.
+  rgb = clamp((texel.rgb - (u_center - u_width / 2.0)) / max(u_width, 1e-6), 0.0, 1.0);
+#else
+  float stored = ${kind === "float" ? "texel.r" : "float(texel.r)"};
+#if LUT == 1
+  float v = lutAt(stored - u_lutFirst);
+#else
+  float v = stored * u_slope + u_intercept;
+#endif
+#if LUT == 2
+  float g = lutAt(v - u_lutFirst) / u_lutMax;
+#else
+  float g = window01(v, u_center, u_width);
+#endif
+  rgb = vec3(g);
+#endif
   if (u_invert) rgb = 1.0 - rgb;
-  if (u_fusion) {
-    float f = texelFetch(u_fuse, t, 0).r;
-    if (f == f) {   // NaN marks "no overlay data here"
-      float k = window01(f, u_fuseCenter, u_fuseWidth);
-      vec3 c = texelFetch(u_colormap, ivec2(int(k * 255.0), 0), 0).rgb;
-      rgb = mix(rgb, c, u_fuseOpacity * step(0.001, k));
-    }
+#if FUSION
+  float f = texelFetch(u_fuse, t, 0).r;
+  if (f == f) {   // NaN marks "no overlay data here"
+    float k = window01(f, u_fuseCenter, u_fuseWidth);
+    vec3 c = texelFetch(u_colormap, ivec2(int(k * 255.0), 0), 0).rgb;
+    rgb = mix(rgb, c, u_fuseOpacity * step(0.001, k));
   }
+#endif
   // The output is quantised once, here, the way the tests compute it: floor(g * 255 + 0.5).
   outColor = vec4(floor(rgb * 255.0 + 0.5) / 255.0, 1.0);
 }`;
 }
+
+const SAMPLERS = { int: "isampler2D", uint: "usampler2D", float: "sampler2D" };
 
 function compile(gl, type, src) {
   const s = gl.createShader(type);
@@ -127,11 +148,11 @@ export class GLRenderer {
     this.canvas = canvas;
     this.kind = "webgl2";
     this.maxTextureSize = gl.getParameter(gl.MAX_TEXTURE_SIZE);
-    this.programs = {
-      int: program(gl, fragment("isampler2D", "int")),
-      uint: program(gl, fragment("usampler2D", "uint")),
-      float: program(gl, fragment("sampler2D", "float")),
-    };
+    const info = gl.getExtension("WEBGL_debug_renderer_info");
+    const name = info ? String(gl.getParameter(info.UNMASKED_RENDERER_WEBGL)) : "";
+    /** The software rasterizer behind this context, or "" for a real GPU. */
+    this.software = (/SwiftShader|llvmpipe|softpipe|Software Rasterizer/i.exec(name) || [""])[0];
+    this.programs = new Map();   // mode key -> compiled program, built on first use
     const buf = gl.createBuffer();
     gl.bindBuffer(gl.ARRAY_BUFFER, buf);
     gl.bufferData(gl.ARRAY_BUFFER, new Float32Array([-1, -1, 1, -1, -1, 1, 1, 1]), gl.STATIC_DRAW);
@@ -189,7 +210,18 @@ export class GLRenderer {
     gl.clear(gl.COLOR_BUFFER_BIT);
     if (!pixels) return;
     const fmt = formatOf(gl, pixels);
-    const prog = this.programs[fmt[3]];
+    const voi = view.useVoiLut && image.voiLut;
+    const mode = {
+      kind: fmt[3], sampler: SAMPLERS[fmt[3]], rgb: pixels.samples === 3,
+      lut: pixels.samples === 3 ? 0 : voi ? 2 : image.modalityLut ? 1 : 0,
+      fusion: !!(view.fusion && view.fusion.values),
+    };
+    const key = `${mode.kind}|${mode.rgb}|${mode.lut}|${mode.fusion}`;
+    let prog = this.programs.get(key);
+    if (!prog) {
+      prog = program(gl, fragment(mode));
+      this.programs.set(key, prog);
+    }
     gl.useProgram(prog.p);
     const u = prog.uniforms;
     if (this.uploaded !== pixels) {
@@ -200,14 +232,12 @@ export class GLRenderer {
       gl.bindTexture(gl.TEXTURE_2D, this.imageTex);
     }
     gl.uniform1i(u.u_image, 0);
-    const lut = view.useVoiLut && image.voiLut ? image.voiLut : image.modalityLut;
+    const lut = mode.lut === 2 ? image.voiLut : mode.lut === 1 ? image.modalityLut : null;
     if (lut) this.uploadLut(lut);
     gl.uniform1i(u.u_lut, 1);
     gl.uniform1i(u.u_lutLength, lut ? lut.data.length : 1);
     gl.uniform1f(u.u_lutFirst, lut ? lut.first : 0);
     gl.uniform1f(u.u_lutMax, lut ? (1 << lut.bits) - 1 : 1);
-    gl.uniform1i(u.u_voiLut, view.useVoiLut && image.voiLut ? 1 : 0);
-    gl.uniform1i(u.u_modalityLut, !!image.modalityLut && !(view.useVoiLut && image.voiLut));
     gl.uniformMatrix3fv(u.u_canvasToImage, false, view.canvasToImage);
     gl.uniform2f(u.u_canvasSize, this.canvas.width, this.canvas.height);
     gl.uniform2i(u.u_size, pixels.width, pixels.height);
@@ -216,9 +246,7 @@ export class GLRenderer {
     gl.uniform1f(u.u_center, view.center);
     gl.uniform1f(u.u_width, view.width);
     gl.uniform1i(u.u_invert, view.invert ? 1 : 0);
-    gl.uniform1i(u.u_rgb, pixels.samples === 3 ? 1 : 0);
     const fusion = view.fusion;
-    gl.uniform1i(u.u_fusion, fusion && fusion.values ? 1 : 0);
     gl.uniform1i(u.u_fuse, 2);
     gl.uniform1i(u.u_colormap, 3);
     if (fusion && fusion.values) {
@@ -261,6 +289,11 @@ export class GLRenderer {
     }
     gl.bindVertexArray(this.vao);
     gl.drawArrays(gl.TRIANGLE_STRIP, 0, 4);
+  }
+
+  /** Give the context back at once (browsers cap live WebGL contexts per page). */
+  release() {
+    this.gl.getExtension("WEBGL_lose_context")?.loseContext();
   }
 
   /** RGBA of the canvas pixel (x, y), y down (for tests and the pixel probe). */

@@ -8,9 +8,12 @@ import { mipLevel, mipOf } from "../image/mip.js";
 import { drawCorners, drawMarkers, orientationMarkers } from "./overlay.js";
 import { apply, fitScale, imageToCanvas, invert, shaderMatrix } from "./transform.js";
 
-let forceCanvas = new URLSearchParams(location.search).get("renderer") === "canvas";
+// "webgl" or "canvas" forces a renderer; by default WebGL2 unless the browser's WebGL is a
+// software rasterizer (SwiftShader, llvmpipe: machines without a GPU), where Canvas 2D measured
+// several times faster for the same pixels (bench/RESULTS.md, Viewer).
+let rendererChoice = new URLSearchParams(location.search).get("renderer");
 
-export function useCanvasRenderer(on) { forceCanvas = on; }
+export function useRenderer(choice) { rendererChoice = choice; }
 
 export class Viewport {
   constructor(container, { loader, id }) {
@@ -35,8 +38,12 @@ export class Viewport {
     this.el.append(this.canvas, this.overlay, this.scroll, this.status);
     container.append(this.el);
     try {
-      if (forceCanvas) throw new Error("canvas renderer requested");
+      if (rendererChoice === "canvas") throw new Error("canvas renderer requested");
       this.renderer = new GLRenderer(this.canvas);
+      if (this.renderer.software && rendererChoice !== "webgl") {
+        this.renderer.release();
+        throw new Error(`software WebGL (${this.renderer.software}): Canvas 2D is faster here`);
+      }
     } catch {
       // A 2D context cannot be taken on a canvas that already tried webgl2.
       const fresh = document.createElement("canvas");

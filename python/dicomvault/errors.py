@@ -78,6 +78,38 @@ class UnavailableError(DicomVaultError):
     """The service is shutting down or a dependency is not reachable now; try again later."""
 
 
+class ObjectStoreUnavailableError(UnavailableError):
+    """An S3-compatible store did not answer (refused, timed out, 5xx) after the bounded retries.
+    `endpoint`, `bucket` and `key` (None for bucket-level calls) say which request."""
+
+    def __init__(self, message: str, endpoint: str, bucket: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.bucket = bucket
+        self.key = key
+
+
+class ObjectStoreError(DicomVaultError):
+    """An S3-compatible store answered but refused the request (credentials, permissions, a
+    range past the end): retrying will not help; the message carries the store's error code."""
+
+    def __init__(self, message: str, endpoint: str, bucket: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.bucket = bucket
+        self.key = key
+
+
+class ObjectNotFoundError(NotFoundError):
+    """A key (or the bucket itself) the object store does not hold."""
+
+    def __init__(self, message: str, endpoint: str, bucket: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.bucket = bucket
+        self.key = key
+
+
 __all__ = [
     "AuthenticationError",
     "CodecError",
@@ -91,6 +123,9 @@ __all__ = [
     "NotAcceptableError",
     "NotDicomError",
     "NotFoundError",
+    "ObjectNotFoundError",
+    "ObjectStoreError",
+    "ObjectStoreUnavailableError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "RejectedError",

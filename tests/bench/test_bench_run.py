@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "bench.md"
-MAPS = {"by_modality": "<modality>", "by_kind": "<kind>"}  # keys that are data, not field names
+# keys that are data, not field names
+MAPS = {"by_modality": "<modality>", "by_kind": "<kind>", "skipped": "<phase>"}
 
 
 def bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -66,9 +67,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
-def documented_fields() -> set[str]:
-    """Field paths of the table under "## JSON fields" in docs/bench.md, `{a,b}` expanded."""
-    text = DOCS.read_text(encoding="utf-8").split("## JSON fields", 1)[1]
+def documented_fields(heading: str = "## JSON fields\n") -> set[str]:
+    """Field paths of the table under `heading` in docs/bench.md (up to the next section),
+    `{a,b}` expanded."""
+    text = DOCS.read_text(encoding="utf-8").split(heading, 1)[1].split("\n## ", 1)[0]
     out: set[str] = set()
     for m in re.finditer(r"^\| `([^`]+)` \|", text, re.M):
         paths = [m.group(1)]
@@ -189,7 +191,8 @@ def test_duration_run_generates_ahead(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--target", "s3://bucket/x"], "object tier"),
+        (["--target", "http://127.0.0.1:8333/x"], "s3://BUCKET"),
+        (["--endpoint", "http://127.0.0.1:8333"], "go with an s3://BUCKET target"),
         (["--phases", "ingest,bogus"], "unknown phase"),
         (["--phases", "query"], "ingest phase is required"),
     ],

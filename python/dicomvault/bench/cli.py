@@ -18,7 +18,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(compare_files(Path(args.a), Path(args.b)))
         return 0
     if args.target is None:
-        args.parser.error("--target DIR is required")
+        args.parser.error("--target DIR or --target s3://BUCKET is required")
     from .report_text import summary
     from .runner import PHASES, BenchConfig, run
 
@@ -36,6 +36,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         progress=args.progress if args.progress is not None else sys.stderr.isatty(),
         dimse=args.dimse,
         associations=args.associations,
+        endpoint=args.endpoint,
+        sse=args.sse,
     )
     result = run(cfg)
     print(summary(result))
@@ -67,16 +69,28 @@ def add_commands(
     p = subparsers.add_parser(
         "bench",
         parents=parents,
-        help="benchmark a storage device with a synthetic PACS workload",
+        help="benchmark a storage device or an object store with a synthetic PACS workload",
         description="Runs the real engine on --target with a synthetic modality workload and measures the "
-        "device's own limits in the same run; see docs/bench.md.",
+        "device's own limits in the same run; with --target s3://BUCKET, measures an S3-compatible "
+        "store's PUT/GET/ranged-read limits with the same workload; see docs/bench.md.",
     )
     p.set_defaults(func=_cmd_bench, bench_command=None, parser=p)
     p.add_argument(
         "--target",
-        metavar="DIR",
-        help="directory on the device under test (a fresh subdirectory "
-        "is used and removed afterwards); S3 endpoints are reserved for the object tier",
+        metavar="DIR|s3://BUCKET[/PREFIX]",
+        help="directory on the device under test, or a bucket of an S3-compatible store (a fresh "
+        "subdirectory or key prefix is used and removed afterwards)",
+    )
+    p.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="S3 endpoint of an s3:// target, e.g. http://127.0.0.1:8333 (default: AWS_ENDPOINT_URL, "
+        "else AWS); credentials and region come from the AWS environment variables",
+    )
+    p.add_argument(
+        "--sse",
+        choices=("AES256", "aws:kms"),
+        help="server-side encryption of the objects an s3:// target writes",
     )
     p.add_argument("--workload", choices=WORKLOADS, default="mixed", help="(default: %(default)s)")
     g = p.add_mutually_exclusive_group()

@@ -15,6 +15,7 @@ _SKIP = (
     "command",
     "timeline",
     "latency_histogram",
+    "first_byte_histogram",
     "schema",
     "version",
     "started_at",
@@ -35,7 +36,7 @@ _LOWER_IS_BETTER = ("errors", "damaged", "consumer_wait_seconds")
 def _direction(key: str) -> int:
     """+1 higher is better, -1 lower is better, 0 a count or size (no verdict)."""
     parts = key.split(".")
-    if "latency_ms" in parts or "first_object_ms" in parts or parts[-1] in _LOWER_IS_BETTER:
+    if {"latency_ms", "first_object_ms", "first_byte_ms"} & set(parts) or parts[-1] in _LOWER_IS_BETTER:
         return -1
     if parts[0] == "ratios" or parts[-1] in _HIGHER_IS_BETTER or parts[-2:-1] == ["study_mb_s"]:
         return 1

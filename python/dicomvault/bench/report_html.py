@@ -17,7 +17,14 @@ COLORS = {
     "query": "#9467bd",
     "scrub": "#d62728",
     "small_files": "#7f7f7f",
+    "object_put": "#1f77b4",
+    "pack_put": "#ff7f0e",
+    "object_get": "#2ca02c",
+    "pack_get": "#8c564b",
+    "ranged_read": "#9467bd",
+    "first_byte": "#17becf",
 }
+TIMELINE_PHASES = ("ingest", "dimse_ingest", "retrieve", "object_put", "pack_put", "object_get", "pack_get")
 
 
 def _esc(x: Any) -> str:
@@ -51,9 +58,7 @@ def throughput_svg(r: dict[str, Any]) -> str:
     """MB/s over time of the ingest (engine and DIMSE) and retrieve phases, with the device's
     limits as dashed lines."""
     series = {
-        k: r["phases"][k]["timeline"]
-        for k in ("ingest", "dimse_ingest", "retrieve")
-        if r["phases"].get(k, {}).get("timeline")
+        k: r["phases"][k]["timeline"] for k in TIMELINE_PHASES if r["phases"].get(k, {}).get("timeline")
     }
     limits = {
         "synced seq write": r["device"].get("seq_write", {}).get("mb_s"),
@@ -88,8 +93,8 @@ def throughput_svg(r: dict[str, Any]) -> str:
         )
     for i, name in enumerate(series):
         out.append(
-            f'<rect x="{PAD + 10 + 90 * i}" y="16" width="10" height="10" fill="{COLORS[name]}"/>'
-            f'<text x="{PAD + 24 + 90 * i}" y="25" font-size="11">{name}</text>'
+            f'<rect x="{PAD + 10 + 100 * i}" y="16" width="10" height="10" fill="{COLORS[name]}"/>'
+            f'<text x="{PAD + 24 + 100 * i}" y="25" font-size="11">{name}</text>'
         )
     out.append("</svg>")
     return "\n".join(out)
@@ -143,6 +148,14 @@ def render(r: dict[str, Any]) -> str:
     for name, p in r["phases"].items():
         label = f"{name} ({'per query' if name == 'query' else 'per object'})"
         hists.append(histogram_svg(label, p["latency_histogram"], p["latency_ms"]))
+        if "first_byte_histogram" in p:
+            hists.append(
+                histogram_svg(
+                    f"first_byte of {name} (request to first byte)",
+                    p["first_byte_histogram"],
+                    p["first_byte_ms"],
+                )
+            )
     if "small_files" in r["device"]:
         d = r["device"]["small_files"]
         hists.append(
@@ -151,7 +164,7 @@ def render(r: dict[str, Any]) -> str:
             )
         )
     cfg = r["config"]
-    title = f"dicomvault bench — {cfg['workload']} on {r['target'].get('path', '')}"
+    title = f"dicomvault bench — {cfg['workload']} on {r['target'].get('path') or r['target'].get('url', '')}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:1em auto;color:#222}}

@@ -27,9 +27,14 @@ def summary(r: dict[str, Any]) -> str:
         r["ratios"],
     )
     t = r["target"]
+    where = (
+        f"{t['url']} at {t['endpoint']}" + (f", sse {t['sse']}" if t.get("sse") else "")
+        if t.get("kind") == "s3"
+        else f"{t.get('path', t.get('kind'))} ({t.get('filesystem') or '?'})"
+    )
     lines = [
         f"dicomvault bench  workload={cfg['workload']} seed={cfg['seed']} threads={cfg['threads']} "
-        f"scale={cfg['scale']}  target={t.get('path', t.get('kind'))} ({t.get('filesystem') or '?'})",
+        f"scale={cfg['scale']}  target={where}",
         f"workload: {wl['studies']:,} studies, {wl['objects']:,} objects, {wl['bytes'] / 1e6:,.1f} MB "
         f"(mean object {wl['mean_object_bytes'] / 1e6:,.2f} MB); "
         + ", ".join(
@@ -203,4 +208,54 @@ def summary(r: dict[str, Any]) -> str:
             + _x(ra["scrub_stored_vs_seq_read"], "seq read")
             + f"; damaged {p['damaged']}",
         )
+    _s3_rows(ph, ra, row)
+    if r.get("skipped"):
+        by_reason: dict[str, list[str]] = {}
+        for name, why in r["skipped"].items():
+            by_reason.setdefault(why, []).append(name)
+        lines += [""] + [f"skipped {', '.join(names)}: {why}" for why, names in by_reason.items()]
     return "\n".join(lines)
+
+
+def _s3_rows(ph: dict[str, Any], ra: dict[str, Any], row: Any) -> None:
+    """The object-store phases of an s3:// target (bench/phase_s3.py)."""
+    for key, name in (
+        ("object_put", "s3 PUT objects"),
+        ("pack_put", "s3 PUT packs"),
+        ("object_get", "s3 GET objects"),
+        ("pack_get", "s3 GET packs"),
+        ("ranged_read", "s3 ranged read in pack"),
+    ):
+        p = ph.get(key)
+        if p is None:
+            continue
+        note = f"concurrency {p['concurrency']}"
+        if key == "object_put":
+            note += "; " + _x(ra.get("object_put_vs_pack_put"), "pack PUT MB/s")
+        elif key == "pack_put":
+            note += f"; packs of {p['pack_bytes'] / 1e6:,.1f} MB"
+            if p["part_bytes"]:
+                note += f", {p['part_bytes'] / 1e6:,.1f} MB parts x {p['parts_in_flight']} in flight"
+        elif key == "ranged_read":
+            note += f"; {p['range_bytes'] / 1024:,.0f} KiB ranges"
+        row(
+            name,
+            p["objects"],
+            p["bytes"] / 1e6,
+            p["seconds"],
+            p["mb_s"],
+            p["objects_s"],
+            p["latency_ms"],
+            note,
+        )
+        if key == "object_get":
+            row(
+                "  first byte",
+                p["objects"],
+                None,
+                None,
+                None,
+                None,
+                p["first_byte_ms"],
+                "(request to first byte)",
+            )

@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import DicomVaultError
-from . import device, phases
+from . import device, phase_s3, phases
 from .measure import Progress
 from .source import ObjectSource
-from .targets import Target, parse_target
+from .targets import S3Target, Target, parse_target
 from .workloads import Workload
 
 SCHEMA = "dicomvault-bench/1"
@@ -26,6 +26,10 @@ OPTIONAL_PHASES = ("dimse",)  # run only when asked for (--dimse or --phases ...
 DEVICE_MIN_BYTES = 32 << 20
 DEVICE_MAX_BYTES = 1 << 30
 GENERATOR_PROBE_SECONDS = 1.0
+S3_SKIP_REASON = (
+    "needs the engine on a local device; the engine cannot keep blobs on an object store yet, "
+    "so an s3:// target measures the store itself"
+)
 
 
 @dataclass
@@ -43,6 +47,8 @@ class BenchConfig:
     progress: bool = False
     dimse: bool = False
     associations: int = 4
+    endpoint: str | None = None
+    sse: str | None = None
 
 
 def _mem_available() -> int:
@@ -93,7 +99,10 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     progress = Progress(cfg.progress)
     tick = progress.update
     started = time.time()
-    target = parse_target(cfg.target)
+    target = parse_target(cfg.target, cfg.endpoint, cfg.sse)
+    if isinstance(target, S3Target) and cfg.dimse:
+        target.cleanup(keep=True)
+        raise DicomVaultError("--dimse needs a local target directory (the server's data lives there)")
     result: dict[str, Any] = {"schema": SCHEMA}
     try:
         probe_bytes = min(max(budget or DEVICE_MAX_BYTES, DEVICE_MIN_BYTES), DEVICE_MAX_BYTES)
@@ -139,6 +148,9 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
             tick("pre-generating the workload", force=True)
         source = ObjectSource(workload, budget, pregenerate)
         out_phases: dict[str, Any] = {}
+        if isinstance(target, S3Target):
+            result.update(_s3_run(cfg, target, source, budget, started, gen, progress))
+            return result
         with target.open_engine() as engine:
             out_phases["ingest"], ingested = phases.ingest(engine, source, cfg.threads, cfg.duration, tick)
             if ddir is not None:
@@ -171,40 +183,9 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
             )
         progress.done()
 
-        gen.update(
-            mode=source.mode,
-            busy_seconds=round(source.busy_seconds, 3),
-            consumer_wait_seconds=round(source.wait_seconds, 3),
-        )
-        by_mod: dict[str, dict[str, int]] = {}
-        for s in studies:  # what was acknowledged (a duration run may end inside a study)
-            m = by_mod.setdefault(s.modality, {"studies": 0, "objects": 0, "bytes": 0})
-            m["studies"] += 1
-            m["objects"] += ingested[s.uid][0]
-            m["bytes"] += ingested[s.uid][1]
         ing = out_phases["ingest"]
+        result.update(_common(cfg, started, target, gen, source, studies, ingested, ing))
         result.update(
-            version=_version(),
-            started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-            seconds=round(time.time() - started, 3),
-            command=sys.argv,
-            config={k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
-            machine={
-                "hostname": socket.gethostname(),
-                "platform": platform.platform(),
-                "python": platform.python_version(),
-                "cpus": os.cpu_count(),
-            },
-            target=target.describe(),
-            generator=gen,
-            workload={
-                "name": cfg.workload,
-                "studies": len(studies),
-                "objects": ing["objects"],
-                "bytes": ing["bytes"],
-                "mean_object_bytes": round(ing["bytes"] / ing["objects"]) if ing["objects"] else 0,
-                "by_modality": by_mod,
-            },
             device=dev,
             phases=out_phases,
             ratios=_ratios(dev, out_phases),
@@ -213,6 +194,91 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     finally:
         progress.done()
         target.cleanup(cfg.keep)
+
+
+def _s3_run(
+    cfg: BenchConfig,
+    target: S3Target,
+    source: ObjectSource,
+    budget: int | None,
+    started: float,
+    gen: dict[str, Any],
+    progress: Progress,
+) -> dict[str, Any]:
+    """The object-store phases in place of the device probes and the engine phases, which
+    need a local device: the result names them under `skipped`."""
+    out, stored = phase_s3.run(
+        target.store,
+        target.run_prefix,
+        source,
+        threads=cfg.threads,
+        duration=cfg.duration,
+        budget=budget,
+        scale=cfg.scale,
+        phase_seconds=cfg.phase_seconds,
+        seed=cfg.seed,
+        tick=progress.update,
+    )
+    progress.done()
+    studies = [s for s in source.catalog if s.uid in stored]
+    return {
+        **_common(cfg, started, target, gen, source, studies, stored, out["object_put"]),
+        "device": {},
+        "phases": out,
+        "skipped": {
+            **{p: S3_SKIP_REASON for p in cfg.phases if p in PHASES},
+            "device": "no local device: the object-store phases measure the store's own limits",
+        },
+        "ratios": {"object_put_vs_pack_put": _ratio(out["object_put"]["mb_s"], out["pack_put"]["mb_s"])},
+    }
+
+
+def _common(
+    cfg: BenchConfig,
+    started: float,
+    target: Target,
+    gen: dict[str, Any],
+    source: ObjectSource,
+    studies: list[Any],
+    stored: dict[str, list[int]],
+    first: dict[str, Any],
+) -> dict[str, Any]:
+    """The result fields every target has: the run, the machine, the generator and the
+    workload as stored by the first phase (a --duration run may end inside a study)."""
+    gen.update(
+        mode=source.mode,
+        busy_seconds=round(source.busy_seconds, 3),
+        consumer_wait_seconds=round(source.wait_seconds, 3),
+    )
+    by_mod: dict[str, dict[str, int]] = {}
+    for s in studies:
+        m = by_mod.setdefault(s.modality, {"studies": 0, "objects": 0, "bytes": 0})
+        m["studies"] += 1
+        m["objects"] += stored[s.uid][0]
+        m["bytes"] += stored[s.uid][1]
+    return {
+        "version": _version(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "seconds": round(time.time() - started, 3),
+        "command": sys.argv,
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
+        "machine": {
+            "hostname": socket.gethostname(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+        },
+        "target": target.describe(),
+        "generator": gen,
+        "workload": {
+            "name": cfg.workload,
+            "studies": len(studies),
+            "objects": first["objects"],
+            "bytes": first["bytes"],
+            "mean_object_bytes": round(first["bytes"] / first["objects"]) if first["objects"] else 0,
+            "by_modality": by_mod,
+        },
+    }
 
 
 def _dimse_phase(

@@ -1,5 +1,6 @@
-"""Where a benchmark runs. Today a local directory (any mounted device: disk, array, NFS/SAN);
-the seam for an S3-compatible endpoint (once the object tier exists) is `parse_target`."""
+"""Where a benchmark runs: a local directory (any mounted device: disk, array, NFS/SAN), or an
+S3-compatible object store (`s3://BUCKET[/PREFIX]` with `--endpoint URL`), whose own PUT/GET
+limits are probed (bench/phase_s3.py) until the object tier can hold an engine's blobs."""
 
 from __future__ import annotations
 
@@ -106,13 +107,64 @@ def _fs_type(path: Path) -> str | None:
     return best[1] if best else None
 
 
-def parse_target(spec: str) -> Target:
-    """`--target` value -> Target. `s3://bucket/prefix` (or http(s)://) is reserved for the
-    object tier: an S3Target will open an engine whose hot tier is a small local cache and whose
-    tier under test is the endpoint, and will probe the endpoint's own PUT/GET limits."""
-    if spec.startswith(("s3://", "http://", "https://")):
-        raise DicomVaultError(
-            f"--target {spec}: S3-compatible targets need the object tier, which does not exist yet; "
-            "give a directory on the device to test"
-        )
+class S3Target(Target):
+    """A bucket (and optional key prefix) of an S3-compatible store: the run works under a fresh
+    `<prefix>dicomvault-bench-<time>-<pid>/` and deletes what it wrote at the end. The bucket is
+    created if missing (and kept). Credentials and region: the AWS environment variables."""
+
+    def __init__(self, bucket: str, prefix: str, endpoint: str | None, sse: str | None = None) -> None:
+        from ..tiering.objectstore import ObjectStore
+
+        self.store = ObjectStore(endpoint, bucket, sse=sse, max_concurrency=4)  # type: ignore[arg-type]
+        self.prefix = prefix
+        self.url = f"s3://{bucket}/{prefix}"
+        self.run_prefix = f"{prefix}dicomvault-bench-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}/"
+        self.bucket_created = self.store.ensure_bucket()
+
+    def open_engine(self) -> Engine:
+        raise DicomVaultError(f"{self.url}: the engine cannot keep its blobs on an object store yet")
+
+    def engine_dir(self) -> None:
+        return None
+
+    def device_dir(self) -> None:
+        return None
+
+    def free_bytes(self) -> None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "s3",
+            "url": self.url,
+            "endpoint": self.store.endpoint,
+            "bucket": self.store.bucket,
+            "prefix": self.prefix,
+            "region": self.store.region,
+            "sse": self.store.sse,
+            "bucket_created": self.bucket_created,
+        }
+
+    def cleanup(self, keep: bool) -> None:
+        try:
+            if not keep:
+                self.store.delete_many(o.key for o in self.store.list(self.run_prefix))
+        finally:
+            self.store.close()
+
+
+def parse_target(spec: str, endpoint: str | None = None, sse: str | None = None) -> Target:
+    """`--target` value -> Target: `s3://BUCKET[/PREFIX]` is an object store (at `endpoint`,
+    else AWS_ENDPOINT_URL, else AWS itself), anything else a directory."""
+    if spec.startswith("s3://"):
+        bucket, _, prefix = spec[len("s3://") :].partition("/")
+        if not bucket:
+            raise DicomVaultError(f"--target {spec}: no bucket; give s3://BUCKET[/PREFIX]")
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        return S3Target(bucket, prefix, endpoint, sse)
+    if spec.startswith(("http://", "https://")):
+        raise DicomVaultError(f"--target {spec}: give an object store as s3://BUCKET and --endpoint {spec}")
+    if endpoint is not None or sse is not None:
+        raise DicomVaultError("--endpoint and --sse go with an s3://BUCKET target")
     return LocalTarget(spec)

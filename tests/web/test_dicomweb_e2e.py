@@ -160,6 +160,9 @@ def test_frames_of_multiframe_objects(loaded: tuple[Site, DICOMwebClient]) -> No
     ((ctype, body),) = _split(r)
     assert "1.2.840.10008.1.2.1" in ctype
     assert body == rle.pixel_array[1].tobytes()
+    # A few frames (what a viewer asks, hundreds of times per series) come with a Content-Length,
+    # which costs a browser less than a chunked stream.
+    assert r.headers["content-length"] == str(len(r.content)) and "transfer-encoding" not in r.headers
 
 
 def test_rendered_and_thumbnail(loaded: tuple[Site, DICOMwebClient]) -> None:

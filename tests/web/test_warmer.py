@@ -31,3 +31,24 @@ def test_warms_quiet_series_only(tmp_path: Path) -> None:
         assert body.count(b'"00080018"') == 6
         assert warmer.step(now=200.0) == 0  # nothing new
         cache.close()
+
+
+def test_catches_up_on_what_arrived_while_not_serving(tmp_path: Path) -> None:
+    """`dicomvault ingest` then `serve`: the warmer starts where its last run stopped (its cursor
+    is kept in the cache), so the series stored in between are warm before their first view; a
+    first run ever catches up on the newest feed entries."""
+    with Engine(tmp_path / "d") as eng:
+        first = eng.store_buffers(list(ct_series(SeriesSpec(slices=5, rows=32, columns=32, seed=3))))
+        cache = MetadataCache(str(tmp_path / "cache"))
+        service = MetadataService(eng, cache)
+        warmer = MetadataWarmer(eng, service, quiet_s=5.0)
+        assert warmer.step(now=0.0) == 0 and warmer.step(now=10.0) == 5  # never ran: catches up
+        assert all(cache.get_many([o.hash for o in first]))
+        assert cache.cursor() == eng.index.last_seq()
+        # the server stops; an ingest adds a series; the server starts again
+        later = eng.store_buffers(list(ct_series(SeriesSpec(slices=3, rows=32, columns=32, seed=4))))
+        again = MetadataWarmer(eng, service, quiet_s=5.0)
+        assert again.step(now=0.0) == 0 and again.step(now=10.0) == 3
+        assert all(cache.get_many([o.hash for o in later]))
+        assert again.step(now=20.0) == 0
+        cache.close()

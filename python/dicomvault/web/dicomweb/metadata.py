@@ -155,6 +155,20 @@ class MetadataCache:
         if count:
             self._db.write(batch)
 
+    # A key no blob can produce (cache keys are a 32-byte hash + 1 version byte).
+    _CURSOR_KEY = b"warmer-cursor"
+
+    def cursor(self) -> int | None:
+        """The change-feed position the warmer has covered, None if it never ran on this cache."""
+        if self._db is None:
+            return None
+        raw = self._db.get(self._CURSOR_KEY)
+        return int.from_bytes(raw, "big") if raw else None
+
+    def set_cursor(self, seq: int) -> None:
+        if self._db is not None:
+            self._db.put(self._CURSOR_KEY, seq.to_bytes(8, "big"))
+
     def discard(self, hashes: Iterable[bytes]) -> None:
         """Forgets blobs that were deleted (space only: a stale entry is never wrong, its key
         names content that no longer exists)."""

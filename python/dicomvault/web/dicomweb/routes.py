@@ -223,6 +223,11 @@ class DicomWeb:
                 yield part_type, get(n), {"Content-Location": f"{loc}{n}"}
 
         ctype = multipart.multipart_content_type(mtype, boundary, **{"transfer-syntax": ts})
+        frame_bytes = src.rows * src.columns * src.samples_per_pixel * max(1, src.bits_allocated // 8)
+        if len(frames) * frame_bytes <= BUFFERED_FRAMES_MAX:
+            # A viewer asks one frame (or a few) per request, hundreds per series: a body with a
+            # Content-Length costs the browser measurably less than a chunked stream.
+            return Response(b"".join(multipart.multipart_stream(parts(), boundary)), media_type=ctype)
         return StreamingResponse(multipart.multipart_stream(parts(), boundary), media_type=ctype)
 
     def bulk_route(self, request: Request) -> Response:
@@ -347,6 +352,10 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     if lo >= size or lo >= hi:
         raise RequestError(f"Range {header[:80]!r} is outside the {size} bytes of the value")
     return lo, hi
+
+
+# Frames up to this many bytes in all are answered as one buffered body rather than streamed.
+BUFFERED_FRAMES_MAX = 32 << 20
 
 
 def routes(ctx: WebContext) -> list[BaseRoute]:

@@ -22,6 +22,10 @@ from .metadata import MetadataService
 log = logging.getLogger("dicomvault.web")
 BATCH = 32
 FEED_PAGE = 1000
+# A cache that never saw the warmer (first `serve` after `dicomvault ingest` of a folder) catches
+# up on this many of the newest feed entries, not on the whole archive: the recent studies are
+# the ones opened first, and older ones are warmed by their first view.
+CATCH_UP = 100_000
 
 
 class MetadataWarmer:
@@ -31,9 +35,12 @@ class MetadataWarmer:
         self.metadata = metadata
         self.quiet_s = quiet_s
         self.poll_s = poll_s
-        # Only what arrives from now on: a restart does not re-warm the whole archive, whose
-        # cache persists anyway.
-        self.cursor = engine.index.last_seq()
+        # Where the last run stopped (kept in the cache itself), so objects stored while the
+        # server was down (an ingest, a restore) are warmed too; the cache persists, so a
+        # restart never re-warms what is already there.
+        last = engine.index.last_seq()
+        kept = metadata.cache.cursor() if metadata.cache is not None else None
+        self.cursor = min(kept, last) if kept is not None else max(0, last - CATCH_UP)
         self.pending: dict[tuple[str, str], float] = {}  # (study, series) -> last change time
         self.warmed = 0
         self._stop = threading.Event()
@@ -67,6 +74,8 @@ class MetadataWarmer:
                 if ch.kind in (STORED, REPLACED):
                     self.pending[(ch.study_uid, ch.series_uid)] = now
             if changes:
+                # Entries are oldest first and only what became pending is left to do: a crash
+                # before those are warmed leaves them to their first view, never wrong.
                 self.cursor = changes[-1].seq
             if len(changes) < FEED_PAGE:
                 break
@@ -81,4 +90,6 @@ class MetadataWarmer:
                     break
                 done += self.metadata.warm(recs[i:i + BATCH])
         self.warmed += done
+        if not self.pending and self.metadata.cache is not None:
+            self.metadata.cache.set_cursor(self.cursor)
         return done

@@ -309,7 +309,7 @@ def ingest(data_dir: Path, paths: list[Path]) -> None:
     assert proc.returncode == 0, f"dicomvault ingest exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def viewer_data(tmp_path_factory: pytest.TempPathFactory) -> ViewerData:
     if (why := browser_missing()) is not None:
         pytest.skip(why)
@@ -390,7 +390,7 @@ def start_server(data_dir: Path, log: Path, *extra: str) -> Server:
     return s
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def viewer_site(viewer_data: ViewerData) -> Iterator[Server]:
     s = start_server(viewer_data.data_dir, viewer_data.data_dir.parent / "serve.log")
     try:
@@ -402,8 +402,11 @@ def viewer_site(viewer_data: ViewerData) -> Iterator[Server]:
 # --- the browser -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
+    # Package scope (tests/viewer has an __init__.py for it), not session: playwright's sync API
+    # keeps an event loop running in this thread while it is open, and later tests that call
+    # asyncio.run() would fail beside it.
     if (why := browser_missing()) is not None:
         pytest.skip(why)
     with sync_playwright() as p:
@@ -674,7 +677,7 @@ def add_user(data_dir: Path, name: str, role: str, password: str) -> None:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def access_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AccessSite]:
     """A server WITHOUT anonymous access over two studies (CT_small and MR_small), one writer."""
     if (why := browser_missing()) is not None:

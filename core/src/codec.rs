@@ -6,6 +6,10 @@
 //! Already-compressed pixel spans (encapsulated JPEG, J2K...) can be kept verbatim so no CPU is
 //! spent on them, and an object that would not shrink by ~3% is kept as [`Codec::Raw`].
 //!
+//! [`Codec::Cold`] is the cold-tier codec, in [`cold`]: a context-modelling image coder with
+//! arithmetic coding on native 8/16-bit pixel data (~1.15x denser than hot, ~20x slower);
+//! [`encode_cold`] falls back to the hot codec for what it does not model.
+//!
 //! # Stored format of `Codec::Hot`, version 1
 //!
 //! All integers are little-endian.
@@ -62,6 +66,10 @@ use zstd::zstd_safe::zstd_sys;
 
 use crate::error::{Error, Result};
 
+pub mod cold;
+
+pub use cold::{cold_support, encode_cold, ColdFallback};
+
 #[repr(u8)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
@@ -69,6 +77,9 @@ pub enum Codec {
     Raw = 0,
     /// The hot codec: pixel-aware filter on uncompressed pixel data + zstd; zstd on the rest.
     Hot = 1,
+    /// The cold codec ([`cold`]): a context-modelling image coder on native 8/16-bit pixel
+    /// data + arithmetic coding; zstd at a high level on the rest.
+    Cold = 2,
 }
 
 impl Codec {
@@ -76,6 +87,7 @@ impl Codec {
         match v {
             0 => Ok(Codec::Raw),
             1 => Ok(Codec::Hot),
+            2 => Ok(Codec::Cold),
             _ => Err(Error::Codec { reason: format!("unknown codec id {v}") }),
         }
     }
@@ -288,6 +300,7 @@ pub fn decode(codec: Codec, stored: &[u8], logical_len: usize) -> Result<Vec<u8>
             s.trim();
             r
         }),
+        Codec::Cold => cold::decode_cold(stored, logical_len),
     }
 }
 
@@ -1349,7 +1362,8 @@ mod tests {
     fn codec_ids() {
         assert_eq!(Codec::from_u8(0).unwrap(), Codec::Raw);
         assert_eq!(Codec::from_u8(1).unwrap(), Codec::Hot);
-        assert!(matches!(Codec::from_u8(2), Err(Error::Codec { .. })));
+        assert_eq!(Codec::from_u8(2).unwrap(), Codec::Cold);
+        assert!(matches!(Codec::from_u8(3), Err(Error::Codec { .. })));
     }
 
     #[test]

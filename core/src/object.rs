@@ -94,8 +94,9 @@ pub fn split_canonical(logical: &[u8]) -> Result<(&str, &[u8])> {
     Ok((ts, &logical[nul + 1..]))
 }
 
-/// Where the codec may apply its pixel filter, in canonical-byte coordinates.
-fn pixel_layout(pixel: &PixelInfo, base: usize) -> Option<PixelLayout> {
+/// Where the codec may apply its pixel filter: `base` is where the parsed dataset starts in the
+/// buffer being encoded (the canonical header's length, or a file's `dataset_offset`).
+pub fn pixel_layout(pixel: &PixelInfo, base: usize) -> Option<PixelLayout> {
     if pixel.encapsulated {
         return Some(PixelLayout::verbatim(base + pixel.offset, pixel.length));
     }
@@ -129,26 +130,64 @@ fn check_required(parsed: &Parsed) -> Result<()> {
     Ok(())
 }
 
-fn prepare(parsed: Parsed, prefix: &[u8], dataset: &[u8], level: i32) -> Result<Prepared> {
+fn prepare(parsed: Parsed, prefix: &[u8], dataset: &[u8], target: Codec, level: i32) -> Result<Prepared> {
     // Checked before anything is hashed or stored: a rejected object leaves nothing behind.
     check_required(&parsed)?;
     let logical = canonical(&parsed.transfer_syntax, dataset);
-    prepare_canonical(parsed, prefix, &logical, level)
+    prepare_canonical(parsed, prefix, &logical, target, level)
 }
 
-fn prepare_canonical(parsed: Parsed, prefix: &[u8], logical: &[u8], level: i32) -> Result<Prepared> {
+fn prepare_canonical(
+    parsed: Parsed,
+    prefix: &[u8],
+    logical: &[u8],
+    target: Codec,
+    level: i32,
+) -> Result<Prepared> {
     let hash = hash::hash(logical);
     let base = parsed.transfer_syntax.len() + 1;
     let layout = parsed.pixel.as_ref().and_then(|p| pixel_layout(p, base));
-    let (codec, stored) = codec::encode_hot(logical, layout.as_ref(), level)?;
+    let (codec, stored) = encode_with(logical, layout.as_ref(), target, level)?;
     Ok(Prepared { parsed, hash, prefix: prefix.to_vec(), logical_len: logical.len() as u64, codec, stored })
+}
+
+/// Encodes for a tier's codec. Returns the codec actually used: [`Codec::Cold`] leaves what
+/// its model does not code to the hot codec, which may keep it [`Codec::Raw`].
+fn encode_with(
+    logical: &[u8],
+    layout: Option<&PixelLayout>,
+    target: Codec,
+    level: i32,
+) -> Result<(Codec, Vec<u8>)> {
+    match target {
+        Codec::Raw => Ok((Codec::Raw, logical.to_vec())),
+        Codec::Hot => codec::encode_hot(logical, layout, level),
+        Codec::Cold => codec::encode_cold(logical, layout),
+    }
+}
+
+/// Canonical bytes (as [`decode_verified`] returns them) encoded for `target`: what moving a
+/// blob to a tier with another codec stores. The pixel layout is found by parsing the dataset
+/// (without copying its pixels); canonical bytes that do not parse are compressed whole.
+/// `level` is the hot codec's zstd level (the cold codec's fallback uses the default level).
+pub fn encode_canonical(logical: &[u8], target: Codec, level: i32) -> Result<(Codec, Vec<u8>)> {
+    let layout = split_canonical(logical).ok().and_then(|(ts, dataset)| {
+        let parsed = parse::parse_dataset(dataset, ts, &[]).ok()?;
+        parsed.pixel.as_ref().and_then(|p| pixel_layout(p, ts.len() + 1))
+    });
+    encode_with(logical, layout.as_ref(), target, level)
 }
 
 /// A file's bytes (Part-10, or a bare dataset) → prepared object.
 pub fn prepare_file(bytes: &[u8], wanted: &[u32], level: i32) -> Result<Prepared> {
+    prepare_file_with(bytes, wanted, Codec::Hot, level)
+}
+
+/// [`prepare_file`] with the codec of the tier the object goes to (see [`encode_canonical`]).
+pub fn prepare_file_with(bytes: &[u8], wanted: &[u32], target: Codec, level: i32) -> Result<Prepared> {
     let parsed = parse::parse_file(bytes, wanted)?;
     let (prefix, dataset) = bytes.split_at(parsed.dataset_offset);
-    prepare(parsed, prefix, dataset, level)
+    prepare(parsed, prefix, dataset, target, level)
 }
 
 /// A dataset received with a known transfer syntax (DIMSE C-STORE, STOW-RS) → prepared object.
@@ -159,7 +198,7 @@ pub fn prepare_dataset(
     level: i32,
 ) -> Result<Prepared> {
     let parsed = parse::parse_dataset(dataset, transfer_syntax, wanted)?;
-    prepare(parsed, &[], dataset, level)
+    prepare(parsed, &[], dataset, Codec::Hot, level)
 }
 
 /// [`prepare_dataset`] of a data set received into a [`ReceivedDataSet`], without copying it.
@@ -172,7 +211,7 @@ pub fn prepare_received(
     let parsed = parse::parse_dataset(received.data_set(), transfer_syntax, wanted)?;
     check_required(&parsed)?;
     let (buf, start) = received.into_canonical(&parsed.transfer_syntax);
-    prepare_canonical(parsed, &[], &buf[start..], level)
+    prepare_canonical(parsed, &[], &buf[start..], Codec::Hot, level)
 }
 
 /// Decodes stored bytes and checks they hash to `expected`: every read path verifies.
@@ -259,5 +298,59 @@ mod tests {
         let mut missing = ReceivedDataSet::default();
         missing.extend(&ds[explicit_le(0x0008_0016, b"UI", b"1.2.840.10008.5.1.4.1.1.2\0").len()..][..8]);
         assert!(prepare_received(missing, ts, crate::parse::INDEX_TAGS, 1).is_err());
+    }
+
+    /// A small CT-like dataset: noise on a smooth field, so the image model has work to do.
+    fn ct_dataset() -> Vec<u8> {
+        let mut rng = crate::testutil::Rng(3);
+        let pixels: Vec<u8> = (0..96 * 80u32)
+            .flat_map(|i| ((1000 + (i % 96) * 5 + (i / 96) * 3 + rng.below(9) as u32) as u16).to_le_bytes())
+            .collect();
+        [
+            explicit_le(0x0008_0016, b"UI", b"1.2.840.10008.5.1.4.1.1.2\0"),
+            explicit_le(0x0008_0018, b"UI", b"1.2.3.4"),
+            explicit_le(0x0020_000D, b"UI", b"1.2.3.5"),
+            explicit_le(0x0020_000E, b"UI", b"1.2.3.6"),
+            explicit_le(0x0028_0002, b"US", &1u16.to_le_bytes()),
+            explicit_le(0x0028_0010, b"US", &80u16.to_le_bytes()),
+            explicit_le(0x0028_0011, b"US", &96u16.to_le_bytes()),
+            explicit_le(0x0028_0100, b"US", &16u16.to_le_bytes()),
+            explicit_le(0x7FE0_0010, b"OW", &pixels),
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn objects_encode_for_every_tier_codec() {
+        let ds = ct_dataset();
+        let ts = "1.2.840.10008.1.2.1";
+        let mut file = vec![0u8; 128];
+        file.extend_from_slice(b"DICM");
+        let meta_ts = [ts.as_bytes(), b"\0"].concat();
+        let meta = explicit_le(0x0002_0010, b"UI", &meta_ts);
+        file.extend(explicit_le(0x0002_0000, b"UL", &(meta.len() as u32).to_le_bytes()));
+        file.extend(meta);
+        file.extend_from_slice(&ds);
+
+        let hot = prepare_file(&file, crate::parse::INDEX_TAGS, 1).unwrap();
+        let cold = prepare_file_with(&file, crate::parse::INDEX_TAGS, Codec::Cold, 1).unwrap();
+        assert_eq!((hot.codec, cold.codec), (Codec::Hot, Codec::Cold));
+        assert_eq!((hot.hash, hot.logical_len), (cold.hash, cold.logical_len));
+        assert!(cold.stored.len() < hot.stored.len(), "{} vs {}", cold.stored.len(), hot.stored.len());
+        let logical = decode_verified(&cold.hash, cold.codec, &cold.stored, cold.logical_len).unwrap();
+        assert_eq!(logical, canonical(ts, &ds));
+
+        // Moving the blob between tiers: canonical bytes to each codec and back.
+        for target in [Codec::Raw, Codec::Hot, Codec::Cold] {
+            let (codec, stored) = encode_canonical(&logical, target, 1).unwrap();
+            assert_eq!(codec, target);
+            assert_eq!(decode_verified(&cold.hash, codec, &stored, cold.logical_len).unwrap(), logical);
+        }
+        assert_eq!(encode_canonical(&logical, Codec::Cold, 1).unwrap().1, cold.stored);
+        // Bytes that do not parse are still kept (the cold codec falls back to hot).
+        let junk = canonical(ts, &[7u8; 5000]);
+        let (codec, stored) = encode_canonical(&junk, Codec::Cold, 1).unwrap();
+        assert_ne!(codec, Codec::Cold);
+        assert_eq!(crate::codec::decode(codec, &stored, junk.len()).unwrap(), junk);
     }
 }

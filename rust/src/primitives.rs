@@ -35,12 +35,42 @@ pub fn blake3<'py>(py: Python<'py>, data: &[u8]) -> Bound<'py, PyBytes> {
     PyBytes::new(py, &h)
 }
 
-/// A file's bytes → (codec id, stored bytes, logical length), exactly as ingest would store it.
+/// A file's bytes → (codec id, stored bytes, logical length), exactly as ingest would store it
+/// for a tier with codec `codec` (0 raw, 1 hot, 2 cold; cold falls back to hot for what its
+/// model does not code, and the codec id returned says which was used).
 #[pyfunction]
-#[pyo3(signature = (data, level=1))]
-pub fn encode<'py>(py: Python<'py>, data: &[u8], level: i32) -> PyResult<(u8, Bound<'py, PyBytes>, u64)> {
-    let p = py.detach(|| object::prepare_file(data, INDEX_TAGS, level)).py_err()?;
+#[pyo3(signature = (data, level=1, codec=1))]
+pub fn encode<'py>(
+    py: Python<'py>,
+    data: &[u8],
+    level: i32,
+    codec: u8,
+) -> PyResult<(u8, Bound<'py, PyBytes>, u64)> {
+    let target = Codec::from_u8(codec).py_err()?;
+    let p = py.detach(|| object::prepare_file_with(data, INDEX_TAGS, target, level)).py_err()?;
     Ok((p.codec as u8, PyBytes::new(py, &p.stored), p.logical_len))
+}
+
+/// A stored blob re-encoded for a tier with codec `target` (what a tier move stores):
+/// (codec id used, stored bytes). The logical bytes are unchanged, so the blob's hash is too.
+#[pyfunction]
+#[pyo3(signature = (codec_id, stored, logical_len, target, level=1))]
+pub fn recode<'py>(
+    py: Python<'py>,
+    codec_id: u8,
+    stored: &[u8],
+    logical_len: u64,
+    target: u8,
+    level: i32,
+) -> PyResult<(u8, Bound<'py, PyBytes>)> {
+    let (codec, target) = (Codec::from_u8(codec_id).py_err()?, Codec::from_u8(target).py_err()?);
+    let (used, out) = py
+        .detach(|| {
+            let logical = codec::decode(codec, stored, logical_len as usize)?;
+            object::encode_canonical(&logical, target, level)
+        })
+        .py_err()?;
+    Ok((used as u8, PyBytes::new(py, &out)))
 }
 
 /// Inverse of the codec part of `encode`: the canonical bytes (transfer syntax, NUL, dataset).

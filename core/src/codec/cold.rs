@@ -1,0 +1,1752 @@
+//! The cold codec: dense lossless coding of native pixel data, for the cold tier.
+//!
+//! Native (uncompressed) 8- and 16-bit samples are coded by a context-modelling image coder
+//! written here (no C library): prediction by an error-weighted blend of five predictors,
+//! residuals coded by an adaptive binary arithmetic coder in contexts of the local prediction
+//! error. The bytes around the pixel span (header, trailing elements) are compressed by zstd.
+//! Everything the model does not cover (encapsulated pixel data, 1- or 32-bit samples, more
+//! than four samples per pixel, no pixel data) goes to the hot codec: [`encode_cold`] then
+//! returns [`Codec::Hot`] (or [`Codec::Raw`]), and [`cold_support`] says why, so callers can
+//! count the fallbacks. [`encode_cold`] also keeps the hot codec's output when it is the
+//! smaller one (lossy-decompressed or synthetic images whose residuals repeat, palette
+//! indices): the cold tier never stores more than the warm one would.
+//!
+//! Measured on the codec benchmark's corpus (`cargo run --release --example cold_ratio`):
+//! about 1.7x the stored size of Orthanc's zlib-6 in total and 1.15x the hot codec's, at
+//! ~30 MB/s per core to encode and ~38 MB/s to decode.
+//!
+//! # Stored format of `Codec::Cold`, version 1
+//!
+//! All integers are little-endian.
+//!
+//! | bytes | field |
+//! | --- | --- |
+//! | 4 | magic `b"DVC"` then the format version `1` |
+//! | 1 | flags: bit 0 big-endian samples, bit 1 signed (two's complement) samples, bit 2 colour transform, bit 3 swapped pairs |
+//! | 1 | bytes per sample: 1 or 2 |
+//! | 1 | channels: samples per pixel as coded, 1..=4 (planar colour is coded as 1 channel) |
+//! | 1 | reserved, 0 |
+//! | 4 | columns: pixels per row, 1..=65536, at most the number of pixels (when there are any) |
+//! | 8 | logical length |
+//! | 8 | span offset |
+//! | 8 | span length |
+//! | 1 | rest method: 0 stored, 1 zstd |
+//! | 8 | rest raw length |
+//! | 8 | rest stored length |
+//! | 8 | arithmetic-coded stream length |
+//! | 8 | raw-bit stream length |
+//! | 12 × channels | per channel: lowest and highest value (i32 each), number of distinct values `m` (u32; 0: not compacted) |
+//! | ... | per compacted channel, in channel order: `m - 1` LEB128 gaps between its sorted distinct values, minus 1 |
+//! | ... | rest, arithmetic-coded stream, raw-bit stream, back to back |
+//! | 4 | CRC-32 of every byte before it |
+//!
+//! The span's body is its first `span_len - span_len % (bps * channels)` bytes: whole pixels,
+//! `n = body / (bps * channels)` of them, in rows of `columns` pixels (the last row may be
+//! shorter; frames follow each other as more rows). The rest is `logical[..off]`, the span
+//! bytes after the body (a trailing odd byte, a partial pixel), then `logical[off + span_len..]`.
+//!
+//! With the swapped-pairs flag (8-bit samples only, even body length) the body's bytes are
+//! coded with each pair swapped: 8-bit samples in Explicit VR Big Endian OW words.
+//! Samples are read in their byte order, as two's complement when the signed flag is set (the
+//! encoder picks whichever reading gives the narrower range), so any bit pattern, bits above
+//! Bits Stored included, round-trips. With the colour transform (3 interleaved channels)
+//! channel 0 is G, channel 1 is R - G and channel 2 is B - G. Each channel's values lie in its
+//! stored [lowest, highest] range; the decoder rejects anything else.
+//!
+//! # The model
+//!
+//! Channels are coded as images of `columns` pixels a row, row by row, the channels of a row
+//! one after the other. Before that the encoder reads the samples once to choose their reading
+//! (signed or not) and each channel's range; a channel that uses at most half of the values in
+//! its range is *compacted*: the model codes the ranks of its values (rescaled CT, palettes).
+//! For each sample, with W, N, NW, NE its neighbours (the first row sees W everywhere, the first
+//! column N), in 1/8 units:
+//! - five predictions: `W + NE - N`; N or W corrected by the signed errors `te` the blend made
+//!   at W, N, NW and NE (the three error-feedback predictors of JPEG XL's "self-correcting"
+//!   predictor); and MED (LOCO-I's median edge detector);
+//! - the blend: their average weighted by `1 / (1 + e)`, `e` each one's absolute error summed
+//!   over NWW, NW, N, NE and NEE of the row above (computed per row in single-precision IEEE
+//!   arithmetic, which every platform rounds alike, normalised to 2^22), clamped to the range of
+//!   W, N and NE unless the errors at W, N and NE agree in sign;
+//! - the context `q`: a half-octave quantisation of `(|te_W| + |te_N| + |te_NW| + |te_NE|) / 4`
+//!   (for colour channels 1 and 2 plus channel 0's residual at this pixel), 40 values;
+//! - the prediction coded against is MED where, in contexts `q / 4`, its decaying error sum has
+//!   lately been below the blend's, else the blend; rounded, clamped to the channel's range;
+//! - the residual `e = x - prediction`: its bit length `k` (0 for e = 0) is coded by the
+//!   adaptive binary decision "k < k0" then unary steps down or up from `k0`, the context's
+//!   running average of `k`; then (k > 0) the sign, in context `q` and the sign of
+//!   `te_W + te_N`; then (k > 1) the bit below the leading one, in context `q` and `k`; the
+//!   `k - 2` low bits go to the raw-bit stream (LSB first, zero-padded bytes).
+//!
+//! Probabilities are 16-bit, adapting by a shift of about `log2(n + 1.5)` for their `n`-th use,
+//! then 6. The arithmetic coder is LZMA's range coder (32-bit range, carry propagation, 16-bit
+//! probabilities, 5 bytes of flush). This is an outline: the code of this module (every
+//! constant, rounding and initial state) is the normative definition of version 1, and the
+//! tests pin its round trip; a change to any of it needs a new format version.
+//!
+//! [`decode`](super::decode) checks the CRC, every field and every length against
+//! `logical_len` before it allocates or decompresses anything; a value outside its channel's
+//! range or a stream read past its end is an error, never a panic.
+
+use crate::error::Result;
+
+use super::{codec_err, encode_hot, Codec, PixelKind, PixelLayout, Reader, DEFAULT_HOT_LEVEL};
+
+const MAGIC: [u8; 3] = *b"DVC";
+const VERSION: u8 = 1;
+/// Fixed header, up to and including the raw-bit stream length.
+const FIXED_HEADER: usize = 4 + 4 + 4 + 8 + 8 + 8 + 1 + 8 + 8 + 8 + 8;
+const CRC_LEN: usize = 4;
+
+const FLAG_BIG_ENDIAN: u8 = 1;
+const FLAG_SIGNED: u8 = 2;
+const FLAG_TRANSFORM: u8 = 4;
+const FLAG_SWAP_PAIRS: u8 = 8;
+
+const METHOD_STORED: u8 = 0;
+const METHOD_ZSTD: u8 = 1;
+
+/// Most pixels in a row: the row buffers (~100 bytes a column and channel) stay small.
+const MAX_COLUMNS: usize = 1 << 16;
+
+/// Most channels (interleaved samples per pixel) the model codes.
+pub const MAX_CHANNELS: usize = 4;
+
+/// Why [`encode_cold`] leaves an object to the hot codec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColdFallback {
+    /// No pixel data (or none located): nothing for the image model.
+    NoPixelData,
+    /// Encapsulated (already compressed) pixel data.
+    Encapsulated,
+    /// Samples the model does not code: not 8 or 16 bits, or more than [`MAX_CHANNELS`] per pixel.
+    UnsupportedSamples,
+    /// The pixel span lies outside the object.
+    BadLayout,
+}
+
+/// `None` when [`encode_cold`] codes this object with the cold model, else why it does not.
+pub fn cold_support(logical_len: usize, layout: Option<&PixelLayout>) -> Option<ColdFallback> {
+    let Some(l) = layout else {
+        return Some(ColdFallback::NoPixelData);
+    };
+    if l.offset.checked_add(l.length).is_none_or(|end| end > logical_len) {
+        return Some(ColdFallback::BadLayout);
+    }
+    if l.kind == PixelKind::Verbatim {
+        return Some(ColdFallback::Encapsulated);
+    }
+    let spp = if l.planar { 1 } else { l.samples_per_pixel.max(1) as usize };
+    if !matches!(l.bytes_per_sample, 1 | 2) || spp > MAX_CHANNELS {
+        return Some(ColdFallback::UnsupportedSamples);
+    }
+    None
+}
+
+/// Encodes `logical` with the cold codec when [`cold_support`] allows, else with the hot codec
+/// (at its default level). The result is never larger than the hot codec's: when the hot
+/// codec does better on an object, its output is returned. Returns the codec that was used.
+pub fn encode_cold(logical: &[u8], layout: Option<&PixelLayout>) -> Result<(Codec, Vec<u8>)> {
+    if cold_support(logical.len(), layout).is_some() {
+        return encode_hot(logical, layout, DEFAULT_HOT_LEVEL);
+    }
+    let layout = layout.expect("supported layouts exist");
+    let cold = encode_model(logical, layout)?;
+    let (hot_codec, hot) = encode_hot(logical, Some(layout), DEFAULT_HOT_LEVEL)?;
+    if hot.len() < cold.len() {
+        return Ok((hot_codec, hot));
+    }
+    Ok((Codec::Cold, cold))
+}
+
+/// The cold model's encoding of a supported object (no hot fallback; for tests and benchmarks).
+#[doc(hidden)]
+pub fn encode_cold_only(logical: &[u8], layout: &PixelLayout) -> Result<Vec<u8>> {
+    if let Some(why) = cold_support(logical.len(), Some(layout)) {
+        return Err(codec_err(format!("the cold model does not code this object: {why:?}")));
+    }
+    encode_model(logical, layout)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Geometry.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Geometry {
+    bps: usize,
+    channels: usize,
+    big_endian: bool,
+    signed: bool,
+    transform: bool,
+    columns: usize,
+    pixels: usize,
+}
+
+impl Geometry {
+    fn pixel_bytes(&self) -> usize {
+        self.bps * self.channels
+    }
+    fn body_len(&self) -> usize {
+        self.pixels * self.pixel_bytes()
+    }
+    /// Range of a channel's values the format allows.
+    fn limits(&self, ch: usize) -> (i32, i32) {
+        let (lo, hi) = match (self.bps, self.signed) {
+            (1, false) => (0, 255),
+            (1, true) => (-128, 127),
+            (_, false) => (0, 65535),
+            (_, true) => (-32768, 32767),
+        };
+        if self.transform && ch > 0 {
+            (lo - hi, hi - lo)
+        } else {
+            (lo, hi)
+        }
+    }
+
+    #[inline(always)]
+    fn sample(&self, b: &[u8]) -> i32 {
+        if self.bps == 1 {
+            if self.signed {
+                b[0] as i8 as i32
+            } else {
+                b[0] as i32
+            }
+        } else {
+            let v = if self.big_endian {
+                u16::from_be_bytes([b[0], b[1]])
+            } else {
+                u16::from_le_bytes([b[0], b[1]])
+            };
+            if self.signed {
+                v as i16 as i32
+            } else {
+                v as i32
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn put(&self, v: i32, b: &mut [u8]) {
+        if self.bps == 1 {
+            b[0] = v as u8;
+        } else {
+            let v = v as u16;
+            b[..2].copy_from_slice(&if self.big_endian { v.to_be_bytes() } else { v.to_le_bytes() });
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoder.
+
+fn encode_model(logical: &[u8], layout: &PixelLayout) -> Result<Vec<u8>> {
+    let (off, len) = (layout.offset, layout.length);
+    let bps = layout.bytes_per_sample as usize;
+    let channels = if layout.planar { 1 } else { layout.samples_per_pixel.max(1) as usize };
+    let pixels = len / (bps * channels);
+    let mut span = &logical[off..off + pixels * bps * channels];
+    // 8-bit samples in Explicit VR Big Endian OW words come in swapped pairs: put them back
+    // in order when that reads smoother.
+    let swapped;
+    let swap = bps == 1 && layout.big_endian && span.len().is_multiple_of(2) && swap_reads_smoother(span);
+    if swap {
+        swapped = swap_pairs(span);
+        span = &swapped;
+    }
+    let mut g = Geometry {
+        bps,
+        channels,
+        big_endian: layout.big_endian && bps > 1,
+        signed: false,
+        transform: false,
+        columns: 1,
+        pixels,
+    };
+    let columns = layout.columns as usize;
+    // No columns, or more than the pixels: rows of up to MAX_COLUMNS pixels.
+    g.columns = if columns == 0 || columns > pixels { pixels.max(1) } else { columns }.min(MAX_COLUMNS);
+    g.transform = channels == 3;
+    let infos = analyse(span, &mut g);
+
+    let body_len = g.body_len();
+    let mut rest = Vec::with_capacity(logical.len() - body_len);
+    rest.extend_from_slice(&logical[..off]);
+    rest.extend_from_slice(&logical[off + body_len..]);
+    let (rest_method, rest_stored) = compress_rest(&rest)?;
+
+    let (ac, raw) = encode_pixels(span, &g, &infos);
+
+    let mut out =
+        Vec::with_capacity(FIXED_HEADER + 12 * channels + rest_stored.len() + ac.len() + raw.len() + 4);
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    let mut flags = 0;
+    if g.big_endian {
+        flags |= FLAG_BIG_ENDIAN;
+    }
+    if g.signed {
+        flags |= FLAG_SIGNED;
+    }
+    if g.transform {
+        flags |= FLAG_TRANSFORM;
+    }
+    if swap {
+        flags |= FLAG_SWAP_PAIRS;
+    }
+    out.push(flags);
+    out.push(bps as u8);
+    out.push(channels as u8);
+    out.push(0);
+    out.extend_from_slice(&(g.columns as u32).to_le_bytes());
+    out.extend_from_slice(&(logical.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(off as u64).to_le_bytes());
+    out.extend_from_slice(&(len as u64).to_le_bytes());
+    out.push(rest_method);
+    out.extend_from_slice(&(rest.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(rest_stored.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(ac.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+    for c in &infos {
+        out.extend_from_slice(&c.lo.to_le_bytes());
+        out.extend_from_slice(&c.hi.to_le_bytes());
+        out.extend_from_slice(&(c.values.len() as u32).to_le_bytes());
+    }
+    for c in &infos {
+        for w in c.values.windows(2) {
+            put_varint(&mut out, (w[1] - w[0] - 1) as u32);
+        }
+    }
+    out.extend_from_slice(&rest_stored);
+    out.extend_from_slice(&ac);
+    out.extend_from_slice(&raw);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
+/// Whether the bytes read in swapped pairs vary less from one to the next than as they are.
+fn swap_reads_smoother(span: &[u8]) -> bool {
+    let (mut plain, mut swapped) = (0u64, 0u64);
+    for (i, w) in span.chunks_exact(4).enumerate() {
+        if i % 4 != 0 {
+            continue; // a quarter of the words is plenty
+        }
+        let d = |a: u8, b: u8| (a as i32 - b as i32).unsigned_abs() as u64;
+        plain += d(w[0], w[1]) + d(w[1], w[2]) + d(w[2], w[3]);
+        swapped += d(w[1], w[0]) + d(w[0], w[3]) + d(w[3], w[2]);
+    }
+    swapped < plain
+}
+
+fn swap_pairs(b: &[u8]) -> Vec<u8> {
+    b.chunks_exact(2).flat_map(|p| [p[1], p[0]]).collect()
+}
+
+/// zstd level for the rest of the object, by its size. Measured on the corpus: levels 19/12
+/// instead of these change the total stored size by < 0.1% and cost ~15% of the encode time
+/// (a big rest is a palette LUT, overlays, waveforms: level 6 is fast there).
+fn rest_level(n: usize) -> i32 {
+    match n {
+        0..=16_384 => 12,
+        16_385..=262_144 => 9,
+        _ => 6,
+    }
+}
+
+fn compress_rest(rest: &[u8]) -> Result<(u8, Vec<u8>)> {
+    if rest.is_empty() {
+        return Ok((METHOD_STORED, Vec::new()));
+    }
+    let z =
+        zstd::bulk::compress(rest, rest_level(rest.len())).map_err(|e| codec_err(format!("zstd: {e}")))?;
+    if z.len() < rest.len() {
+        Ok((METHOD_ZSTD, z))
+    } else {
+        Ok((METHOD_STORED, rest.to_vec()))
+    }
+}
+
+/// What the decoder needs to know of a channel before its pixels: its range and, when the
+/// channel is compacted, its distinct values (the model then codes their ranks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ChanInfo {
+    lo: i32,
+    hi: i32,
+    /// Sorted distinct values (first `lo`, last `hi`), or empty: not compacted.
+    values: Vec<i32>,
+}
+
+impl ChanInfo {
+    /// Range of the values the model codes.
+    fn model_range(&self) -> (i32, i32) {
+        if self.values.is_empty() {
+            (self.lo, self.hi)
+        } else {
+            (0, self.values.len() as i32 - 1)
+        }
+    }
+}
+
+/// Reads the samples once: picks their interpretation (two's complement when that gives the
+/// narrower ranges) and returns each channel's range and distinct values (after the colour
+/// transform). A channel whose values fill at most half of its range is compacted.
+fn analyse(span: &[u8], g: &mut Geometry) -> Vec<ChanInfo> {
+    // Which raw (unsigned) sample values occur, per channel.
+    let bits = 8 * g.bps as u32;
+    let words = (1usize << bits) / 64;
+    let mut seen = vec![vec![0u64; words]; g.channels];
+    let mut mark = |ch: usize, v: usize| seen[ch][v >> 6] |= 1 << (v & 63);
+    match (g.bps, g.big_endian) {
+        (1, _) => span
+            .chunks_exact(g.channels)
+            .for_each(|p| p.iter().enumerate().for_each(|(ch, &b)| mark(ch, b as usize))),
+        (_, false) => span.chunks_exact(2 * g.channels).for_each(|p| {
+            p.chunks_exact(2)
+                .enumerate()
+                .for_each(|(ch, b)| mark(ch, u16::from_le_bytes([b[0], b[1]]) as usize))
+        }),
+        (_, true) => span.chunks_exact(2 * g.channels).for_each(|p| {
+            p.chunks_exact(2)
+                .enumerate()
+                .for_each(|(ch, b)| mark(ch, u16::from_be_bytes([b[0], b[1]]) as usize))
+        }),
+    }
+    // Read as two's complement, the upper half of the values comes first.
+    let signed: Vec<Vec<u64>> = seen.iter().map(|m| [&m[words / 2..], &m[..words / 2]].concat()).collect();
+    let range = |maps: &[Vec<u64>]| -> u64 {
+        maps.iter()
+            .filter_map(|m| {
+                let first = m.iter().position(|&w| w != 0)?;
+                let last = m.iter().rposition(|&w| w != 0)?;
+                Some(
+                    (last * 64 + 63
+                        - m[last].leading_zeros() as usize
+                        - (first * 64 + m[first].trailing_zeros() as usize)) as u64,
+                )
+            })
+            .sum()
+    };
+    g.signed = range(&signed) < range(&seen);
+    let (maps, min) = if g.signed { (signed, -(1i32 << (bits - 1))) } else { (seen, 0) };
+    if !g.transform {
+        return maps.iter().map(|m| ChanInfo::from_map(m, min)).collect();
+    }
+    // Colour: channel 0 is G as read, channels 1 and 2 need the transform.
+    let (lo, hi) = g.limits(1);
+    let mut diff = vec![vec![0u64; ((hi - lo) as usize >> 6) + 1]; 2];
+    let mut px = [0i32; MAX_CHANNELS];
+    for p in span.chunks_exact(g.pixel_bytes()) {
+        load_pixel(p, g, &mut px);
+        for (d, &v) in diff.iter_mut().zip(&px[1..3]) {
+            let at = (v - lo) as usize;
+            d[at >> 6] |= 1 << (at & 63);
+        }
+    }
+    vec![
+        ChanInfo::from_map(&maps[1], min),
+        ChanInfo::from_map(&diff[0], lo),
+        ChanInfo::from_map(&diff[1], lo),
+    ]
+}
+
+impl ChanInfo {
+    /// From a bitmap of the values that occur (bit i: value `min + i`).
+    fn from_map(map: &[u64], min: i32) -> ChanInfo {
+        let values: Vec<i32> = map
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &w)| {
+                let mut w = w;
+                std::iter::from_fn(move || {
+                    (w != 0).then(|| {
+                        let b = w.trailing_zeros() as usize;
+                        w &= w - 1;
+                        min + (i * 64 + b) as i32
+                    })
+                })
+            })
+            .collect();
+        let (Some(&lo), Some(&hi)) = (values.first(), values.last()) else {
+            return ChanInfo { lo: 0, hi: 0, values: Vec::new() };
+        };
+        let compact = hi > lo && values.len() as u64 * 2 <= (hi - lo) as u64 + 1;
+        ChanInfo { lo, hi, values: if compact { values } else { Vec::new() } }
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u32) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+#[inline(always)]
+fn load_pixel(p: &[u8], g: &Geometry, px: &mut [i32; MAX_CHANNELS]) {
+    for ch in 0..g.channels {
+        px[ch] = g.sample(&p[ch * g.bps..]);
+    }
+    if g.transform {
+        let (r, gr, b) = (px[0], px[1], px[2]);
+        px[0] = gr;
+        px[1] = r - gr;
+        px[2] = b - gr;
+    }
+}
+
+#[inline(always)]
+fn read<const BPS: usize, const BE: bool, const SIGNED: bool>(b: &[u8]) -> i32 {
+    match (BPS, BE, SIGNED) {
+        (1, _, false) => b[0] as i32,
+        (1, _, true) => b[0] as i8 as i32,
+        (_, false, false) => u16::from_le_bytes([b[0], b[1]]) as i32,
+        (_, false, true) => i16::from_le_bytes([b[0], b[1]]) as i32,
+        (_, true, false) => u16::from_be_bytes([b[0], b[1]]) as i32,
+        (_, true, true) => i16::from_be_bytes([b[0], b[1]]) as i32,
+    }
+}
+
+/// Channel `ch` of a row of pixels into `dst`.
+fn load_row<const BPS: usize, const BE: bool, const SIGNED: bool>(
+    row: &[u8],
+    g: &Geometry,
+    ch: usize,
+    dst: &mut [i32],
+) {
+    let at = ch * BPS;
+    for (d, p) in dst.iter_mut().zip(row.chunks_exact(BPS * g.channels)) {
+        *d = read::<BPS, BE, SIGNED>(&p[at..at + BPS]);
+    }
+}
+
+/// The same with the colour transform.
+fn load_row_rgb(row: &[u8], g: &Geometry, ch: usize, dst: &mut [i32]) {
+    let mut px = [0i32; MAX_CHANNELS];
+    for (d, p) in dst.iter_mut().zip(row.chunks_exact(g.pixel_bytes())) {
+        load_pixel(p, g, &mut px);
+        *d = px[ch];
+    }
+}
+
+/// A row of pixels from the channels' rows.
+fn store_row<const BPS: usize, const BE: bool>(rows: &[&mut [i32]], g: &Geometry, out: &mut [u8]) {
+    for (ch, src) in rows.iter().enumerate() {
+        let at = ch * BPS;
+        for (p, &v) in out.chunks_exact_mut(BPS * g.channels).zip(src.iter()) {
+            let b = &mut p[at..at + BPS];
+            match (BPS, BE) {
+                (1, _) => b[0] = v as u8,
+                (_, false) => b.copy_from_slice(&(v as u16).to_le_bytes()),
+                (_, true) => b.copy_from_slice(&(v as u16).to_be_bytes()),
+            }
+        }
+    }
+}
+
+/// The same with the inverse colour transform.
+fn store_row_rgb(rows: &[&mut [i32]], g: &Geometry, out: &mut [u8]) {
+    let (gr, rg, bg) = (&rows[0], &rows[1], &rows[2]);
+    for (c, p) in out.chunks_exact_mut(g.pixel_bytes()).enumerate() {
+        let green = gr[c];
+        g.put(rg[c].wrapping_add(green), &mut p[..]);
+        g.put(green, &mut p[g.bps..]);
+        g.put(bg[c].wrapping_add(green), &mut p[2 * g.bps..]);
+    }
+}
+
+fn encode_pixels(span: &[u8], g: &Geometry, infos: &[ChanInfo]) -> (Vec<u8>, Vec<u8>) {
+    let mut io = Encoder { rc: RangeEncoder::new(span.len() / 4), bits: BitWriter::new(span.len() / 16) };
+    if g.pixels > 0 {
+        let mut chans: Vec<Channel> =
+            infos.iter().map(|c| Channel::new(c.model_range(), g.columns)).collect();
+        // value - lo -> rank, for compacted channels.
+        let ranks: Vec<Vec<u32>> = infos
+            .iter()
+            .map(|c| {
+                let mut m = Vec::new();
+                if !c.values.is_empty() {
+                    m.resize((c.hi - c.lo) as usize + 1, 0);
+                    for (rank, &v) in c.values.iter().enumerate() {
+                        m[(v - c.lo) as usize] = rank as u32;
+                    }
+                }
+                m
+            })
+            .collect();
+        let row_bytes = g.columns * g.pixel_bytes();
+        for (r, row) in span.chunks(row_bytes).enumerate() {
+            let w = row.len() / g.pixel_bytes();
+            let load = match (g.bps, g.big_endian, g.signed) {
+                _ if g.transform => load_row_rgb,
+                (1, _, false) => load_row::<1, false, false>,
+                (1, _, true) => load_row::<1, false, true>,
+                (_, false, false) => load_row::<2, false, false>,
+                (_, false, true) => load_row::<2, false, true>,
+                (_, true, false) => load_row::<2, true, false>,
+                (_, true, true) => load_row::<2, true, true>,
+            };
+            for (ch, c) in chans.iter_mut().enumerate() {
+                let dst = &mut c.cur[PAD..PAD + w];
+                load(row, g, ch, dst);
+                if !ranks[ch].is_empty() {
+                    let (lo, rank) = (infos[ch].lo, &ranks[ch][..]);
+                    dst.iter_mut().for_each(|v| *v = rank[(*v - lo) as usize] as i32);
+                }
+            }
+            code_row(&mut io, &mut chans, r, w);
+        }
+    }
+    (io.rc.finish(), io.bits.finish())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoder.
+
+// The header reader is codec.rs's (this module is its child); cold streams add varints.
+impl Reader<'_> {
+    /// LEB128, at most 5 bytes, no bits beyond 32.
+    fn varint(&mut self) -> Result<u32> {
+        let mut v: u64 = 0;
+        for i in 0..5 {
+            let b = self.u8()?;
+            v |= ((b & 0x7F) as u64) << (7 * i);
+            if b & 0x80 == 0 {
+                return u32::try_from(v).map_err(|_| codec_err("bad varint"));
+            }
+        }
+        Err(codec_err("bad varint"))
+    }
+    fn i32(&mut self) -> Result<i32> {
+        Ok(i32::from_le_bytes(self.take()?))
+    }
+    fn len(&mut self) -> Result<usize> {
+        usize::try_from(u64::from_le_bytes(self.take()?)).map_err(|_| codec_err("length overflows"))
+    }
+}
+
+pub(super) fn decode_cold(stored: &[u8], logical_len: usize) -> Result<Vec<u8>> {
+    if stored.len() < FIXED_HEADER + CRC_LEN {
+        return Err(codec_err(format!("stored object too short ({} bytes)", stored.len())));
+    }
+    let (body, crc) = stored.split_at(stored.len() - CRC_LEN);
+    if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+        return Err(codec_err("checksum mismatch"));
+    }
+    let mut r = Reader { b: body, pos: 0 };
+    if r.take::<3>()? != MAGIC {
+        return Err(codec_err("bad magic"));
+    }
+    let version = r.u8()?;
+    if version != VERSION {
+        return Err(codec_err(format!("unsupported cold format version {version}")));
+    }
+    let flags = r.u8()?;
+    let bps = r.u8()? as usize;
+    let channels = r.u8()? as usize;
+    let reserved = r.u8()?;
+    let columns = r.u32()? as usize;
+    let stored_logical = r.len()?;
+    let off = r.len()?;
+    let len = r.len()?;
+    let rest_method = r.u8()?;
+    let rest_raw = r.len()?;
+    let rest_stored = r.len()?;
+    let ac_len = r.len()?;
+    let raw_len = r.len()?;
+
+    if stored_logical != logical_len {
+        return Err(codec_err(format!(
+            "stored object is for {stored_logical} bytes, expected {logical_len}"
+        )));
+    }
+    if reserved != 0
+        || flags & !(FLAG_BIG_ENDIAN | FLAG_SIGNED | FLAG_TRANSFORM | FLAG_SWAP_PAIRS) != 0
+        || (flags & FLAG_SWAP_PAIRS != 0 && bps != 1)
+        || !matches!(bps, 1 | 2)
+        || !(1..=MAX_CHANNELS).contains(&channels)
+        || (flags & FLAG_TRANSFORM != 0) != (channels == 3)
+        || (flags & FLAG_BIG_ENDIAN != 0 && bps == 1)
+        || rest_method > METHOD_ZSTD
+    {
+        return Err(codec_err(format!("bad header (flags {flags:#x}, bps {bps}, channels {channels})")));
+    }
+    if off.checked_add(len).is_none_or(|end| end > logical_len) {
+        return Err(codec_err("pixel span outside the object"));
+    }
+    let pixels = len / (bps * channels);
+    let g = Geometry {
+        bps,
+        channels,
+        big_endian: flags & FLAG_BIG_ENDIAN != 0,
+        signed: flags & FLAG_SIGNED != 0,
+        transform: flags & FLAG_TRANSFORM != 0,
+        columns,
+        pixels,
+    };
+    if columns == 0
+        || columns > MAX_COLUMNS
+        || (pixels > 0 && columns > pixels)
+        || (pixels == 0 && columns != 1)
+    {
+        return Err(codec_err(format!("bad column count {columns} for {pixels} pixels")));
+    }
+    let body_len = g.body_len();
+    if flags & FLAG_SWAP_PAIRS != 0 && !body_len.is_multiple_of(2) {
+        return Err(codec_err("swapped pairs in a body of odd length"));
+    }
+    if rest_raw != logical_len - body_len {
+        return Err(codec_err("rest has the wrong length"));
+    }
+    let mut infos = Vec::with_capacity(channels);
+    for ch in 0..channels {
+        let (lo, hi, count) = (r.i32()?, r.i32()?, r.u32()? as usize);
+        let (min, max) = g.limits(ch);
+        if lo > hi || lo < min || hi > max || count == 1 || count as u64 > (hi as i64 - lo as i64 + 1) as u64
+        {
+            return Err(codec_err(format!("bad value range [{lo}, {hi}] ({count} values) for channel {ch}")));
+        }
+        infos.push((lo, hi, count));
+    }
+    // Value tables: `count` <= hi - lo + 1 <= 2^18, so the allocation is bounded.
+    let infos = infos
+        .into_iter()
+        .enumerate()
+        .map(|(ch, (lo, hi, count))| {
+            let mut values = Vec::with_capacity(count);
+            if count > 0 {
+                let mut v = lo;
+                values.push(v);
+                for _ in 1..count {
+                    let gap = r.varint()?;
+                    v = match (v as i64).checked_add(gap as i64 + 1) {
+                        Some(x) if x <= hi as i64 => x as i32,
+                        _ => return Err(codec_err(format!("bad value table for channel {ch}"))),
+                    };
+                    values.push(v);
+                }
+                if v != hi {
+                    return Err(codec_err(format!(
+                        "value table of channel {ch} does not end at its highest value"
+                    )));
+                }
+            }
+            Ok(ChanInfo { lo, hi, values })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let payload = &body[r.pos..];
+    let sizes = [rest_stored, ac_len, raw_len];
+    if sizes.iter().try_fold(0usize, |a, &b| a.checked_add(b)) != Some(payload.len()) {
+        return Err(codec_err("section lengths do not cover the payload"));
+    }
+    if rest_method == METHOD_STORED && rest_stored != rest_raw {
+        return Err(codec_err("stored rest length mismatch"));
+    }
+    let (rest_bytes, rest) = payload.split_at(rest_stored);
+    let (ac, raw) = rest.split_at(ac_len);
+
+    let mut out = vec![0u8; logical_len];
+    // Rest.
+    let mut restbuf = Vec::new();
+    let rest_plain: &[u8] = if rest_method == METHOD_STORED {
+        rest_bytes
+    } else {
+        restbuf.resize(rest_raw, 0);
+        let n = zstd::bulk::Decompressor::new()
+            .and_then(|mut d| d.decompress_to_buffer(rest_bytes, &mut restbuf[..]))
+            .map_err(|e| codec_err(format!("zstd: {e}")))?;
+        if n != rest_raw {
+            return Err(codec_err(format!("rest decompressed to {n} bytes, expected {rest_raw}")));
+        }
+        &restbuf
+    };
+    out[..off].copy_from_slice(&rest_plain[..off]);
+    out[off + body_len..].copy_from_slice(&rest_plain[off..]);
+
+    // Pixels.
+    if pixels > 0 {
+        let body = &mut out[off..off + body_len];
+        decode_pixels(ac, raw, &g, &infos, body)?;
+        if flags & FLAG_SWAP_PAIRS != 0 {
+            body.chunks_exact_mut(2).for_each(|p| p.swap(0, 1));
+        }
+    }
+    Ok(out)
+}
+
+fn decode_pixels(ac: &[u8], raw: &[u8], g: &Geometry, infos: &[ChanInfo], out: &mut [u8]) -> Result<()> {
+    let mut io = Decoder { rc: RangeDecoder::new(ac), bits: BitReader::new(raw) };
+    let mut chans: Vec<Channel> = infos.iter().map(|c| Channel::new(c.model_range(), g.columns)).collect();
+    let row_bytes = g.columns * g.pixel_bytes();
+    let store = match (g.bps, g.big_endian) {
+        _ if g.transform => store_row_rgb,
+        (1, _) => store_row::<1, false>,
+        (_, false) => store_row::<2, false>,
+        (_, true) => store_row::<2, true>,
+    };
+    let mut scratch = vec![vec![0i32; g.columns]; g.channels];
+    for (r, row) in out.chunks_mut(row_bytes).enumerate() {
+        let w = row.len() / g.pixel_bytes();
+        if !code_row(&mut io, &mut chans, r, w) {
+            return Err(codec_err(format!("corrupt pixel stream (row {r})")));
+        }
+        // Compacted channels: ranks back to values (into scratch rows: `up` is the model's).
+        for (ch, c) in chans.iter().enumerate() {
+            let (src, dst, values) = (&c.up[PAD..PAD + w], &mut scratch[ch][..w], &infos[ch].values[..]);
+            if values.is_empty() {
+                dst.copy_from_slice(src);
+            } else {
+                // In range: the row decoded without error.
+                dst.iter_mut().zip(src).for_each(|(d, &x)| *d = values[x as usize]);
+            }
+        }
+        let rows: Vec<&mut [i32]> = scratch.iter_mut().map(|r| &mut r[..w]).collect();
+        store(&rows, g, row);
+    }
+    if io.rc.overrun() || io.bits.overrun() {
+        return Err(codec_err("pixel stream is truncated"));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model.
+
+/// Padding of the row buffers on each side.
+const PAD: usize = 2;
+/// Fractional bits of predictions.
+const PB: u32 = 3;
+/// Quantised error contexts.
+const NQ: usize = 40;
+/// Bit lengths of residuals are below this (16-bit channels after the colour transform: 17).
+const MAX_K: usize = 32;
+/// Predictors blended, and their weights at zero error.
+const NP: usize = 5;
+const MAXW: [f32; NP] = [13.0, 12.0, 12.0, 12.0, 12.0];
+/// Fractional bits of the blend's weights.
+const WB: u32 = 22;
+
+/// Adaptive probability of a 0 bit (16-bit), with a use count that sets its adaptation rate:
+/// a shift of 1, 2, 2, 3, 3, 3, 3, 4... (about 1/(n + 1.5)) up to 6. A shift update never
+/// reaches 0 or 65536, so no clamp is needed.
+#[derive(Clone, Copy)]
+struct Prob {
+    p: u16,
+    n: u16,
+}
+
+/// Adaptation shift by use count: the bit length of the count, at most 6.
+static SHIFT: [u8; 64] = {
+    let mut t = [6u8; 64];
+    let mut n = 0;
+    while n < 32 {
+        t[n] = (32 - (n as u32).leading_zeros()) as u8;
+        n += 1;
+    }
+    t
+};
+const COUNT_MAX: u16 = 32;
+
+impl Prob {
+    const NEW: Prob = Prob { p: 1 << 15, n: 1 };
+
+    #[inline(always)]
+    fn update(&mut self, bit: u32) {
+        let shift = SHIFT[(self.n & 63) as usize] as u32;
+        let p = self.p as u32;
+        // bit 0: p += (65536 - p) >> shift; bit 1: p -= p >> shift (branch-free).
+        let mask = 0u32.wrapping_sub(bit);
+        let up = (65536 - p) >> shift;
+        let down = p >> shift;
+        self.p = (p + (up & !mask)).wrapping_sub(down & mask) as u16;
+        self.n += (self.n < COUNT_MAX) as u16;
+    }
+}
+
+/// Bit-level I/O shared by the encoder and the decoder, so the model is written once.
+trait Io {
+    const ENC: bool;
+    /// Codes `bit` (encoder) or decodes one (decoder) with probability `p`, then adapts it.
+    fn bit(&mut self, p: &mut Prob, bit: u32) -> u32;
+    /// Codes the `n` (< 32) low bits of `v` raw, or reads them.
+    fn raw(&mut self, n: u32, v: u32) -> u32;
+}
+
+struct Encoder {
+    rc: RangeEncoder,
+    bits: BitWriter,
+}
+
+impl Io for Encoder {
+    const ENC: bool = true;
+    #[inline(always)]
+    fn bit(&mut self, p: &mut Prob, bit: u32) -> u32 {
+        self.rc.encode(bit, p.p as u32);
+        p.update(bit);
+        bit
+    }
+    #[inline(always)]
+    fn raw(&mut self, n: u32, v: u32) -> u32 {
+        self.bits.put(n, v);
+        v
+    }
+}
+
+struct Decoder<'a> {
+    rc: RangeDecoder<'a>,
+    bits: BitReader<'a>,
+}
+
+impl Io for Decoder<'_> {
+    const ENC: bool = false;
+    #[inline(always)]
+    fn bit(&mut self, p: &mut Prob, _: u32) -> u32 {
+        let bit = self.rc.decode(p.p as u32);
+        p.update(bit);
+        bit
+    }
+    #[inline(always)]
+    fn raw(&mut self, n: u32, _: u32) -> u32 {
+        self.bits.get(n)
+    }
+}
+
+/// A channel's adaptive state, per context `q`.
+struct Model {
+    /// Running average of the residual bit length k (1/256 units).
+    kavg: [u32; NQ],
+    /// Steps of k: [0] "k < j" at j = k0, [1] "k < j" going down, [2] "k > j" going up.
+    kprob: [[[Prob; MAX_K]; 3]; NQ],
+    sign: [[Prob; 4]; NQ],
+    /// The bit below the leading one of |residual|, by k.
+    mant: [[Prob; MAX_K]; NQ],
+    /// Decaying error sums of the blend and of MED, per context / 4.
+    sel: [[u32; 2]; 16],
+}
+
+/// One channel's rows and model.
+struct Channel {
+    lo: i32,
+    hi: i32,
+    /// The largest bit length of a residual.
+    kmax: u32,
+    /// Values of the current row and the one above, padded by [`PAD`] on each side.
+    cur: Vec<i32>,
+    up: Vec<i32>,
+    /// Signed error of the blended prediction (1/8 units), current row and the one above.
+    te_cur: Vec<i32>,
+    te_up: Vec<i32>,
+    /// Absolute errors of each predictor, current row and the one above.
+    pe_cur: [Vec<i32>; NP],
+    pe_up: [Vec<i32>; NP],
+    /// Per column of the current row (unpadded): each predictor's weight in the blend, in
+    /// 2^-24 units, and the scratch they are computed in.
+    wt: [Vec<i32>; NP],
+    inv: [Vec<f32>; NP],
+    /// |residual| of the current row, for the channels after it.
+    mag: Vec<u32>,
+    m: Box<Model>,
+}
+
+impl Channel {
+    fn new((lo, hi): (i32, i32), columns: usize) -> Channel {
+        let span = (hi - lo) as u32;
+        let kmax = 32 - span.leading_zeros();
+        let width = columns + 2 * PAD;
+        Channel {
+            lo,
+            hi,
+            kmax,
+            cur: vec![0; width],
+            up: vec![0; width],
+            te_cur: vec![0; width],
+            te_up: vec![0; width],
+            pe_cur: std::array::from_fn(|_| vec![0; width]),
+            pe_up: std::array::from_fn(|_| vec![0; width]),
+            wt: std::array::from_fn(|_| vec![0; columns]),
+            inv: std::array::from_fn(|_| vec![0.0; columns]),
+            mag: vec![0; width],
+            m: Box::new(Model {
+                kavg: [0; NQ],
+                kprob: [[[Prob::NEW; MAX_K]; 3]; NQ],
+                sign: [[Prob::NEW; 4]; NQ],
+                mant: [[Prob::NEW; MAX_K]; NQ],
+                sel: [[0; 2]; 16],
+            }),
+        }
+    }
+}
+
+/// Half-octave quantisation: 0, 1, 2, 3, 4-5, 6-7, 8-11, 12-15, ...
+#[inline(always)]
+fn qlog(a: u32) -> usize {
+    if a < 4 {
+        return a as usize;
+    }
+    let b = 31 - a.leading_zeros();
+    let q = 2 * b as usize + ((a >> (b - 1)) & 1) as usize;
+    q.min(NQ - 1)
+}
+
+/// Each predictor's weight in the blend, for the `w` columns of a row: the inverse of its
+/// errors in the row above at NWW, NW, N, NE and NEE, normalised to a sum of about 2^22
+/// ([`WB`] bits). Single-precision IEEE arithmetic (exactly rounded, no fused multiply-add),
+/// so every platform computes the same weights; the conversion to integers adds 2^23 and
+/// takes the mantissa bits (round to nearest even).
+fn blend_weights(pe_up: &[Vec<i32>; NP], inv: &mut [Vec<f32>; NP], wt: &mut [Vec<i32>; NP], w: usize) {
+    for k in 0..NP {
+        let pe = &pe_up[k][..w + 2 * PAD];
+        let inv = &mut inv[k][..w];
+        let (a, b, c, d, e) = (&pe[..w], &pe[1..w + 1], &pe[2..w + 2], &pe[3..w + 3], &pe[4..w + 4]);
+        for j in 0..w {
+            let sum = a[j] + b[j] + c[j] + d[j] + e[j];
+            inv[j] = MAXW[k] / (sum as f32 + 1.0);
+        }
+    }
+    const MAGIC: f32 = 8_388_608.0;
+    let [i0, i1, i2, i3, i4] = inv;
+    let (i0, i1, i2, i3, i4) = (&i0[..w], &i1[..w], &i2[..w], &i3[..w], &i4[..w]);
+    let [w0, w1, w2, w3, w4] = wt;
+    let (w0, w1, w2, w3, w4) = (&mut w0[..w], &mut w1[..w], &mut w2[..w], &mut w3[..w], &mut w4[..w]);
+    for j in 0..w {
+        let scale = (1u32 << WB) as f32 / ((((i0[j] + i1[j]) + i2[j]) + i3[j]) + i4[j]);
+        let int = |x: f32| ((x * scale + MAGIC).to_bits() - MAGIC.to_bits()) as i32;
+        w0[j] = int(i0[j]);
+        w1[j] = int(i1[j]);
+        w2[j] = int(i2[j]);
+        w3[j] = int(i3[j]);
+        w4[j] = int(i4[j]);
+    }
+}
+
+/// Codes (or decodes into `cur`) one row of `w` pixels of every channel. Returns false when a
+/// decoded value is out of its channel's range.
+fn code_row<I: Io>(io: &mut I, chans: &mut [Channel], r: usize, w: usize) -> bool {
+    let mut ok = true;
+    for ch in 0..chans.len() {
+        let (first, rest) = chans.split_at_mut(ch);
+        let base = first.first().map(|c| &c.mag[..]);
+        let c = &mut rest[0];
+        ok &= if r == 0 {
+            code_channel_row::<I, true>(io, c, base, w)
+        } else {
+            code_channel_row::<I, false>(io, c, base, w)
+        };
+    }
+    for c in chans.iter_mut() {
+        std::mem::swap(&mut c.up, &mut c.cur);
+        std::mem::swap(&mut c.te_up, &mut c.te_cur);
+        std::mem::swap(&mut c.pe_up, &mut c.pe_cur);
+    }
+    ok
+}
+
+#[inline(always)]
+fn code_channel_row<I: Io, const FIRST: bool>(
+    io: &mut I,
+    s: &mut Channel,
+    base: Option<&[u32]>,
+    w: usize,
+) -> bool {
+    let width = s.cur.len() - 2 * PAD;
+    assert!(w <= width && s.up.len() == width + 2 * PAD && s.te_cur.len() == s.up.len());
+    assert!(s.te_up.len() == s.up.len() && s.mag.len() == s.up.len());
+    assert!(base.is_none_or(|b| b.len() == s.up.len()));
+    if FIRST {
+        let mid = s.lo + (s.hi - s.lo) / 2;
+        s.cur[PAD - 2..PAD].fill(mid);
+        s.te_up.fill(0);
+        for pe in s.pe_up.iter_mut() {
+            pe.fill(0);
+        }
+    } else {
+        // Left of the row: W = WW = NW = N; right of the row above: NE = N.
+        let n0 = s.up[PAD];
+        s.cur[PAD - 2..PAD].fill(n0);
+        s.up[PAD - 1] = n0;
+        s.up[PAD + width] = s.up[PAD + width - 1];
+        s.te_up[PAD - 1] = s.te_up[PAD];
+        s.te_up[PAD + width] = s.te_up[PAD + width - 1];
+        for pe in s.pe_up.iter_mut() {
+            let (first, last) = (pe[PAD], pe[PAD + width - 1]);
+            pe[..PAD].fill(first);
+            pe[PAD + width..].fill(last);
+        }
+    }
+    blend_weights(&s.pe_up, &mut s.inv, &mut s.wt, w);
+    s.te_cur[PAD - 1] = 0;
+    let (lo, hi) = (s.lo, s.hi);
+    let kmax = s.kmax;
+    let m = &mut *s.m;
+    // Every row buffer cut to the columns the loop reads, so that indexing needs no checks.
+    let n_ = PAD + w + 1;
+    let (cur, up, te_cur, te_up, mag) =
+        (&mut s.cur[..n_], &s.up[..n_], &mut s.te_cur[..n_], &s.te_up[..n_], &mut s.mag[..n_]);
+    let base = base.map(|b| &b[..n_]);
+    let [pe0, pe1, pe2, pe3, pe4] = &mut s.pe_cur;
+    let pe = [&mut pe0[..n_], &mut pe1[..n_], &mut pe2[..n_], &mut pe3[..n_], &mut pe4[..n_]];
+    let [w0, w1, w2, w3, w4] = &s.wt;
+    let wt = [&w0[..w], &w1[..w], &w2[..w], &w3[..w], &w4[..w]];
+    let mut bad = false;
+    for i in PAD..PAD + w {
+        let j = i - PAD;
+        let wv = cur[i - 1];
+        let (n, nw, ne) = if FIRST { (wv, wv, wv) } else { (up[i], up[i - 1], up[i + 1]) };
+        let te_w = te_cur[i - 1];
+        let (te_n, te_nw, te_ne) = (te_up[i], te_up[i - 1], te_up[i + 1]);
+
+        // Context: the size of the errors made around (and, for colour channels 1 and 2, of
+        // channel 0's residual at this pixel).
+        let mut a = te_w.unsigned_abs() + te_n.unsigned_abs() + te_nw.unsigned_abs() + te_ne.unsigned_abs();
+        if let Some(b) = base {
+            a += b[i] << (PB + 1);
+        }
+        let q = qlog(a >> 2);
+
+        // Sub-predictions, in 1/8 units.
+        let (n8, w8, ne8) = (n << PB, wv << PB, ne << PB);
+        let sum_wn = te_n + te_w;
+        let (mn, mx) = (wv.min(n), wv.max(n));
+        let med = if nw >= mx {
+            mn
+        } else if nw <= mn {
+            mx
+        } else {
+            wv + n - nw
+        } << PB;
+        let p: [i32; NP] = [
+            w8 + ne8 - n8,
+            n8 - (((sum_wn + te_ne) * 16) >> 5),
+            w8 - (((sum_wn + te_nw) * 10) >> 5),
+            n8 - ((te_nw * 7 + te_n * 7 + te_ne * 7) >> 5),
+            med,
+        ];
+        let mut acc: i64 = 1 << (WB - 1);
+        for k in 0..NP {
+            acc += p[k] as i64 * wt[k][j] as i64;
+        }
+        let mut blend = (acc >> WB) as i32;
+        if ((te_n ^ te_w) | (te_n ^ te_ne)) <= 0 {
+            blend = blend.max(mn.min(ne) << PB).min(mx.max(ne) << PB);
+        }
+        // MED alone where it has recently done better in this kind of context.
+        let sel = &mut m.sel[(q >> 2) & 15];
+        let pred = if sel[1] < sel[0] { med } else { blend };
+        let pv = ((pred + (1 << (PB - 1))) >> PB).max(lo).min(hi);
+
+        // Residual.
+        let e_in = if I::ENC { cur[i] - pv } else { 0 };
+        let mag_in = e_in.unsigned_abs();
+        let k_in = 32 - mag_in.leading_zeros();
+        // k: from the context's usual bit length k0, "k < k0?", then unary steps down or up.
+        let kq = &mut m.kavg[q];
+        let k0 = ((*kq + 128) >> 8).min(kmax);
+        let kp = &mut m.kprob[q];
+        let mut k;
+        if k0 > 0 && io.bit(&mut kp[0][k0 as usize & (MAX_K - 1)], (k_in < k0) as u32) == 1 {
+            k = k0 - 1;
+            while k > 0 && io.bit(&mut kp[1][k as usize & (MAX_K - 1)], (k_in < k) as u32) == 1 {
+                k -= 1;
+            }
+        } else {
+            k = k0;
+            while k < kmax && io.bit(&mut kp[2][k as usize & (MAX_K - 1)], (k_in > k) as u32) == 1 {
+                k += 1;
+            }
+        }
+        *kq = (*kq as i32 + (((k << 8) as i32 - *kq as i32) >> 4)) as u32;
+        let mut x = pv;
+        if k > 0 {
+            let sctx = ((te_w + te_n).signum() + 1) as usize & 3;
+            let neg = io.bit(&mut m.sign[q][sctx], (e_in < 0) as u32);
+            let mut mag = 1u32 << (k - 1);
+            if k >= 2 {
+                let top = io.bit(&mut m.mant[q][k as usize & (MAX_K - 1)], (mag_in >> (k - 2)) & 1);
+                mag |= top << (k - 2);
+                if k >= 3 {
+                    mag |= io.raw(k - 2, mag_in & ((1 << (k - 2)) - 1));
+                }
+            }
+            x = if neg == 1 { pv - mag as i32 } else { pv + mag as i32 };
+        }
+        if !I::ENC {
+            if x < lo || x > hi {
+                bad = true;
+                x = x.max(lo).min(hi);
+            }
+            cur[i] = x;
+        }
+        mag[i] = (x - pv).unsigned_abs();
+
+        // Errors.
+        let x8 = x << PB;
+        sel[0] = sel[0] - (sel[0] >> 6) + (blend - x8).unsigned_abs();
+        sel[1] = sel[1] - (sel[1] >> 6) + (med - x8).unsigned_abs();
+        te_cur[i] = blend - x8;
+        for k in 0..NP {
+            pe[k][i] = ((p[k] - x8).abs() + 3) >> PB;
+        }
+    }
+    !bad
+}
+
+// ---------------------------------------------------------------------------------------------
+// Range coder (LZMA's) and the raw-bit stream.
+
+struct RangeEncoder {
+    low: u64,
+    range: u32,
+    cache: u8,
+    cache_size: u64,
+    out: Vec<u8>,
+}
+
+impl RangeEncoder {
+    fn new(cap: usize) -> Self {
+        RangeEncoder { low: 0, range: u32::MAX, cache: 0, cache_size: 1, out: Vec::with_capacity(cap) }
+    }
+
+    #[inline(always)]
+    fn encode(&mut self, bit: u32, p0: u32) {
+        let bound = (self.range >> 16) * p0;
+        let mask = 0u32.wrapping_sub(bit);
+        self.low += (bound & mask) as u64;
+        self.range = (bound & !mask) | (self.range.wrapping_sub(bound) & mask);
+        while self.range < (1 << 24) {
+            self.range <<= 8;
+            self.shift_low();
+        }
+    }
+
+    #[inline(always)]
+    fn shift_low(&mut self) {
+        if (self.low as u32) < 0xFF00_0000 || (self.low >> 32) != 0 {
+            let carry = (self.low >> 32) as u8;
+            let mut temp = self.cache;
+            loop {
+                self.out.push(temp.wrapping_add(carry));
+                temp = 0xFF;
+                self.cache_size -= 1;
+                if self.cache_size == 0 {
+                    break;
+                }
+            }
+            self.cache = (self.low >> 24) as u8;
+        }
+        self.cache_size += 1;
+        self.low = (self.low & 0x00FF_FFFF) << 8;
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        for _ in 0..5 {
+            self.shift_low();
+        }
+        self.out
+    }
+}
+
+struct RangeDecoder<'a> {
+    code: u32,
+    range: u32,
+    src: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> RangeDecoder<'a> {
+    fn new(src: &'a [u8]) -> Self {
+        let mut d = RangeDecoder { code: 0, range: u32::MAX, src, pos: 0 };
+        for _ in 0..5 {
+            d.code = (d.code << 8) | d.next_byte();
+        }
+        d
+    }
+
+    #[inline(always)]
+    fn next_byte(&mut self) -> u32 {
+        let b = self.src.get(self.pos).copied().unwrap_or(0);
+        self.pos += 1;
+        b as u32
+    }
+
+    #[inline(always)]
+    fn decode(&mut self, p0: u32) -> u32 {
+        let bound = (self.range >> 16) * p0;
+        let bit = (self.code >= bound) as u32;
+        let mask = 0u32.wrapping_sub(bit);
+        self.code -= bound & mask;
+        self.range = (bound & !mask) | (self.range.wrapping_sub(bound) & mask);
+        while self.range < (1 << 24) {
+            self.range <<= 8;
+            self.code = (self.code << 8) | self.next_byte();
+        }
+        bit
+    }
+
+    /// Read past the end of the stream (beyond the encoder's 4 flush bytes).
+    fn overrun(&self) -> bool {
+        self.pos > self.src.len()
+    }
+}
+
+struct BitWriter {
+    buf: u64,
+    n: u32,
+    out: Vec<u8>,
+}
+
+impl BitWriter {
+    fn new(cap: usize) -> Self {
+        BitWriter { buf: 0, n: 0, out: Vec::with_capacity(cap) }
+    }
+
+    #[inline(always)]
+    fn put(&mut self, n: u32, v: u32) {
+        self.buf |= (v as u64) << self.n;
+        self.n += n;
+        if self.n >= 32 {
+            self.out.extend_from_slice(&(self.buf as u32).to_le_bytes());
+            self.buf >>= 32;
+            self.n -= 32;
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        while self.n > 0 {
+            self.out.push(self.buf as u8);
+            self.buf >>= 8;
+            self.n = self.n.saturating_sub(8);
+        }
+        self.out
+    }
+}
+
+struct BitReader<'a> {
+    buf: u64,
+    /// Bits in `buf`.
+    n: u32,
+    src: &'a [u8],
+    pos: usize,
+    /// Zero bits appended past the end of `src` (and still in `buf` or consumed).
+    padded: u64,
+    consumed_pad: bool,
+}
+
+impl<'a> BitReader<'a> {
+    fn new(src: &'a [u8]) -> Self {
+        BitReader { buf: 0, n: 0, src, pos: 0, padded: 0, consumed_pad: false }
+    }
+
+    #[inline(always)]
+    fn get(&mut self, n: u32) -> u32 {
+        if self.n < n {
+            self.refill();
+        }
+        let v = (self.buf & ((1u64 << n) - 1)) as u32;
+        self.buf >>= n;
+        self.n -= n;
+        if (self.n as u64) < self.padded {
+            self.consumed_pad = true;
+        }
+        v
+    }
+
+    #[inline(never)]
+    fn refill(&mut self) {
+        while self.n <= 56 {
+            match self.src.get(self.pos) {
+                Some(&b) => {
+                    self.buf |= (b as u64) << self.n;
+                    self.pos += 1;
+                }
+                None => self.padded += 8,
+            }
+            self.n += 8;
+        }
+    }
+
+    /// Bits were read past the end of the stream.
+    fn overrun(&self) -> bool {
+        self.consumed_pad
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::decode;
+    use crate::error::Error;
+    use crate::testutil::Rng;
+
+    /// Image-like samples (smooth field, edges, a flat disc, noise) for every channel, as
+    /// `bps`-byte words in the given byte order, interleaved or planar. `bits` caps the values
+    /// (bits above it random when `junk` is set); `signed` centres them on zero.
+    #[allow(clippy::too_many_arguments)]
+    fn image(
+        seed: u64,
+        cols: usize,
+        rows: usize,
+        spp: usize,
+        bps: usize,
+        be: bool,
+        signed: bool,
+        planar: bool,
+    ) -> Vec<u8> {
+        let mut rng = Rng(seed | 1);
+        let max: i64 = if bps == 1 { 255 } else { 4095 };
+        let mut planes = vec![Vec::with_capacity(cols * rows); spp];
+        for y in 0..rows {
+            for x in 0..cols {
+                let (dx, dy) = (x as i64 - cols as i64 / 2, y as i64 - rows as i64 / 2);
+                for (c, plane) in planes.iter_mut().enumerate() {
+                    let mut v = (x as i64 * 3 + y as i64 * 2 + c as i64 * 17) % (max / 2);
+                    if x > cols / 3 {
+                        v += max / 4;
+                    }
+                    if dx * dx + dy * dy < (cols as i64 * cols as i64) / 16 {
+                        v = max / 3;
+                    } else {
+                        v += rng.below(7) as i64 - 3;
+                    }
+                    let v = v.clamp(0, max) - if signed { max / 2 } else { 0 };
+                    plane.push(v);
+                }
+            }
+        }
+        let order: Vec<i64> = if planar {
+            planes.concat()
+        } else {
+            (0..cols * rows).flat_map(|i| planes.iter().map(move |p| p[i])).collect()
+        };
+        let mut out = Vec::with_capacity(order.len() * bps);
+        for v in order {
+            let b = (v as u64).to_le_bytes();
+            if be {
+                out.extend(b[..bps].iter().rev());
+            } else {
+                out.extend_from_slice(&b[..bps]);
+            }
+        }
+        out
+    }
+
+    fn native(bps: u8, be: bool, cols: u32, spp: u16, planar: bool) -> PixelLayout {
+        PixelLayout::native(0, 0, bps, be, cols, spp, planar)
+    }
+
+    /// `span` between a header and a trailer of arbitrary bytes; the layout placed on it.
+    fn object(
+        seed: u64,
+        header: usize,
+        span: &[u8],
+        trailer: usize,
+        layout: PixelLayout,
+    ) -> (Vec<u8>, PixelLayout) {
+        let mut rng = Rng(seed);
+        let mut obj = rng.bytes(header);
+        obj.extend_from_slice(span);
+        obj.extend(rng.bytes(trailer));
+        (obj, PixelLayout { offset: header, length: span.len(), ..layout })
+    }
+
+    /// The cold model's round trip (and the public entry point's), bit for bit.
+    fn roundtrip(obj: &[u8], l: &PixelLayout) -> usize {
+        let stored = encode_cold_only(obj, l).unwrap();
+        assert_eq!(decode(Codec::Cold, &stored, obj.len()).unwrap(), obj, "cold model, {l:?}");
+        let (codec, best) = encode_cold(obj, Some(l)).unwrap();
+        assert!(best.len() <= stored.len());
+        assert_eq!(decode(codec, &best, obj.len()).unwrap(), obj, "encode_cold, {l:?}");
+        stored.len()
+    }
+
+    #[test]
+    fn every_sample_kind_roundtrips() {
+        let mut seed = 1;
+        for bps in [1u8, 2] {
+            for be in [false, true] {
+                for signed in [false, true] {
+                    for (spp, planar) in [(1u16, false), (3, false), (3, true), (2, false), (4, false)] {
+                        for (cols, rows) in [(37usize, 23usize), (1, 50), (64, 1), (5, 2), (200, 3)] {
+                            seed += 1;
+                            let span =
+                                image(seed, cols, rows, spp as usize, bps as usize, be, signed, planar);
+                            let (obj, l) =
+                                object(seed, 131, &span, 17, native(bps, be, cols as u32, spp, planar));
+                            roundtrip(&obj, &l);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn compresses_images() {
+        for (bps, spp) in [(2u8, 1u16), (1, 1), (1, 3), (2, 3)] {
+            let span = image(5, 256, 128, spp as usize, bps as usize, false, false, false);
+            let (obj, l) = object(5, 300, &span, 0, native(bps, false, 256, spp, false));
+            let n = roundtrip(&obj, &l);
+            let (_, hot) = encode_hot(&obj, Some(&l), DEFAULT_HOT_LEVEL).unwrap();
+            assert!(n < obj.len() / 3, "bps {bps} spp {spp}: {n} of {}", obj.len());
+            assert!(n < hot.len(), "bps {bps} spp {spp}: cold {n} vs hot {}", hot.len());
+            assert_eq!(encode_cold(&obj, Some(&l)).unwrap().0, Codec::Cold);
+        }
+    }
+
+    #[test]
+    fn odd_geometries_roundtrip() {
+        let span = image(9, 33, 9, 1, 2, false, false, false);
+        for (cols, len) in [
+            (33u32, span.len()),  // exact
+            (33, span.len() - 1), // trailing odd byte
+            (33, span.len() - 2), // partial last row
+            (0, span.len()),      // columns unknown: one row
+            (1000, span.len()),   // more columns than pixels
+            (70_000, span.len()), // more than a row may have
+            (1, span.len()),      // one column
+            (33, 1),              // shorter than a sample
+            (33, 0),              // empty span
+        ] {
+            let (obj, l) = object(3, 64, &span[..len], 5, native(2, false, cols, 1, false));
+            roundtrip(&obj, &l);
+        }
+        // Partial last pixel of an RGB span; a span ending the object; a span starting it.
+        let rgb = image(4, 10, 10, 3, 1, false, false, false);
+        for (h, t, len) in [(10, 10, rgb.len() - 2), (0, 0, rgb.len()), (7, 0, rgb.len() - 1)] {
+            let (obj, l) = object(8, h, &rgb[..len], t, native(1, false, 10, 3, false));
+            roundtrip(&obj, &l);
+        }
+    }
+
+    #[test]
+    fn long_rows_are_cut() {
+        let span: Vec<u8> = (0..150_000u32).map(|i| (i / 7 % 251) as u8).collect();
+        let (obj, l) = object(3, 10, &span, 10, native(1, false, 0, 1, false));
+        let stored = encode_cold_only(&obj, &l).unwrap();
+        assert_eq!(u32::from_le_bytes(stored[8..12].try_into().unwrap()), 1 << 16);
+        roundtrip(&obj, &l);
+    }
+
+    #[test]
+    fn any_bit_pattern_roundtrips() {
+        let mut rng = Rng(77);
+        // Random bits above 12 stored bits, full-range noise, extremes, constants.
+        let junk: Vec<u8> = (0..64 * 48)
+            .flat_map(|i: u32| (((i * 13) % 4096) as u16 | (rng.next() as u16 & 0xF000)).to_le_bytes())
+            .collect();
+        let noise = rng.bytes(64 * 48 * 2);
+        let extremes: Vec<u8> = (0..64 * 48)
+            .flat_map(|i: u32| if i.is_multiple_of(3) { [0x00, 0x80] } else { [0xFF, 0x7F] })
+            .collect();
+        let constant = vec![0xA5u8; 64 * 48 * 2];
+        for span in [&junk, &noise, &extremes, &constant] {
+            for (spp, be) in [(1u16, false), (3, true), (3, false), (2, false)] {
+                let span = &span[..span.len() - span.len() % (2 * spp as usize)];
+                let (obj, l) = object(1, 40, span, 40, native(2, be, 64 / spp as u32, spp, false));
+                roundtrip(&obj, &l);
+                let (obj, l) = object(1, 40, span, 40, native(1, be, 64, spp, false));
+                roundtrip(&obj, &l);
+            }
+        }
+    }
+
+    #[test]
+    fn sparse_values_are_compacted() {
+        // Multiples of 37 (a rescaled image): the model codes ranks.
+        let span: Vec<u8> = (0..128 * 64u32)
+            .flat_map(|i| ((((i % 128) / 3 + i / 128) % 100) as u16 * 37).to_le_bytes())
+            .collect();
+        let (obj, l) = object(2, 10, &span, 10, native(2, false, 128, 1, false));
+        let stored = encode_cold_only(&obj, &l).unwrap();
+        let count_at = FIXED_HEADER + 8;
+        assert_eq!(u32::from_le_bytes(stored[count_at..count_at + 4].try_into().unwrap()), 100);
+        roundtrip(&obj, &l);
+    }
+
+    #[test]
+    fn swapped_pairs_of_big_endian_bytes() {
+        let plain = image(6, 80, 40, 1, 1, false, false, false);
+        let swapped: Vec<u8> = plain.chunks_exact(2).flat_map(|p| [p[1], p[0]]).collect();
+        let (obj, l) = object(2, 33, &swapped, 9, native(1, true, 80, 1, false));
+        let stored = encode_cold_only(&obj, &l).unwrap();
+        assert_eq!(stored[4] & FLAG_SWAP_PAIRS, FLAG_SWAP_PAIRS);
+        roundtrip(&obj, &l);
+        // Little-endian 8-bit data is never swapped.
+        let (obj, l) = object(2, 33, &swapped, 9, native(1, false, 80, 1, false));
+        assert_eq!(encode_cold_only(&obj, &l).unwrap()[4] & FLAG_SWAP_PAIRS, 0);
+    }
+
+    #[test]
+    fn unsupported_objects_fall_back_to_hot() {
+        let span = image(3, 16, 16, 1, 2, false, false, false);
+        let (obj, l) = object(1, 50, &span, 50, native(2, false, 16, 1, false));
+        let cases = [
+            (None, ColdFallback::NoPixelData),
+            (Some(PixelLayout::verbatim(50, span.len())), ColdFallback::Encapsulated),
+            (Some(PixelLayout { bytes_per_sample: 4, ..l.clone() }), ColdFallback::UnsupportedSamples),
+            (Some(PixelLayout { samples_per_pixel: 5, ..l.clone() }), ColdFallback::UnsupportedSamples),
+            (Some(PixelLayout { offset: obj.len(), ..l.clone() }), ColdFallback::BadLayout),
+        ];
+        for (layout, why) in cases {
+            assert_eq!(cold_support(obj.len(), layout.as_ref()), Some(why));
+            let (codec, stored) = encode_cold(&obj, layout.as_ref()).unwrap();
+            assert_ne!(codec, Codec::Cold);
+            assert_eq!(decode(codec, &stored, obj.len()).unwrap(), obj);
+            if let Some(layout) = &layout {
+                assert!(encode_cold_only(&obj, layout).is_err());
+            }
+        }
+        assert_eq!(cold_support(obj.len(), Some(&l)), None);
+    }
+
+    /// The real corpus (pydicom-data and pydicom's test files in the repository's `.venv`):
+    /// every file whose pixel data the model codes round-trips. Skipped when absent.
+    #[test]
+    fn real_corpus_roundtrips() {
+        let site =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib/python3.11/site-packages");
+        let dirs = [site.join("data_store/data"), site.join("pydicom/data/test_files")];
+        let mut files: Vec<_> = dirs
+            .iter()
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "dcm"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            eprintln!("corpus not found under {}: skipped", site.display());
+            return;
+        }
+        // Unoptimised test builds are slow: the larger files are left to the example.
+        let limit = if cfg!(debug_assertions) { 1 << 20 } else { usize::MAX };
+        let mut coded = 0;
+        for f in files {
+            let data = std::fs::read(&f).unwrap();
+            if data.len() > limit {
+                continue;
+            }
+            let Ok(p) = crate::parse::parse_file(&data, crate::parse::INDEX_TAGS) else { continue };
+            let layout = p.pixel.as_ref().and_then(|px| crate::object::pixel_layout(px, p.dataset_offset));
+            if cold_support(data.len(), layout.as_ref()).is_none() {
+                let stored = encode_cold_only(&data, layout.as_ref().unwrap()).unwrap();
+                assert!(decode(Codec::Cold, &stored, data.len()).unwrap() == data, "{}", f.display());
+                coded += 1;
+            }
+            let (codec, stored) = encode_cold(&data, layout.as_ref()).unwrap();
+            assert!(decode(codec, &stored, data.len()).unwrap() == data, "{}", f.display());
+        }
+        assert!(coded > 10, "only {coded} corpus files went through the cold model");
+    }
+
+    fn sample_stored() -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (bps, spp, be) in [(2u8, 1u16, false), (1, 3, false), (1, 1, true)] {
+            let span = image(11, 24, 12, spp as usize, bps as usize, be, false, false);
+            let (obj, l) = object(4, 120, &span, 31, native(bps, be, 24, spp, false));
+            out.push((obj.clone(), encode_cold_only(&obj, &l).unwrap()));
+        }
+        let sparse: Vec<u8> = (0..400u32).flat_map(|i| ((i % 7) as u16 * 1000).to_le_bytes()).collect();
+        let (obj, l) = object(4, 20, &sparse, 1, native(2, false, 20, 1, false));
+        out.push((obj.clone(), encode_cold_only(&obj, &l).unwrap()));
+        out
+    }
+
+    #[test]
+    fn truncation_and_length_mismatch_are_errors() {
+        for (obj, stored) in sample_stored() {
+            for cut in 0..stored.len() {
+                let r = decode(Codec::Cold, &stored[..cut], obj.len());
+                assert!(matches!(r, Err(Error::Codec { .. })), "prefix {cut} accepted");
+            }
+            let mut longer = stored.clone();
+            longer.push(0);
+            assert!(decode(Codec::Cold, &longer, obj.len()).is_err());
+            assert!(decode(Codec::Cold, &stored, obj.len() + 1).is_err());
+            assert!(decode(Codec::Cold, &stored, obj.len() - 1).is_err());
+        }
+    }
+
+    #[test]
+    fn bit_flips_are_errors() {
+        let mut rng = Rng(7);
+        for (obj, stored) in sample_stored() {
+            for _ in 0..500 {
+                let mut bad = stored.clone();
+                for _ in 0..=rng.below(3) {
+                    let i = rng.below(bad.len());
+                    bad[i] ^= 1 << rng.below(8);
+                }
+                assert!(matches!(decode(Codec::Cold, &bad, obj.len()), Err(Error::Codec { .. })));
+            }
+        }
+    }
+
+    /// Corruption that the CRC does not see (its value fixed up): every field is validated,
+    /// nothing panics or allocates beyond the object, and whatever decodes has the right length.
+    #[test]
+    fn corrupt_streams_with_valid_crc_never_panic() {
+        let mut rng = Rng(99);
+        for (obj, stored) in sample_stored() {
+            let body = stored.len() - CRC_LEN;
+            for round in 0..3000 {
+                let mut bad = stored.clone();
+                // Mostly header bytes, sometimes anywhere; sometimes a whole field overwritten.
+                let range = if rng.below(3) == 0 { body } else { body.min(FIXED_HEADER + 40) };
+                for _ in 0..=rng.below(3) {
+                    let i = rng.below(range);
+                    bad[i] = match rng.below(3) {
+                        0 => rng.next() as u8,
+                        1 => bad[i] ^ (1 << rng.below(8)),
+                        _ => 0xFF,
+                    };
+                }
+                if round % 10 == 0 {
+                    // Cut or extend the payload, lengths left as they were.
+                    let at = rng.below(body);
+                    bad.truncate(at);
+                    let extra = rng.below(64);
+                    bad.extend(rng.bytes(extra));
+                    bad.extend_from_slice(&[0; CRC_LEN]);
+                }
+                let body = bad.len() - CRC_LEN;
+                let crc = crc32fast::hash(&bad[..body]);
+                bad[body..].copy_from_slice(&crc.to_le_bytes());
+                if let Ok(out) = decode(Codec::Cold, &bad, obj.len()) {
+                    assert_eq!(out.len(), obj.len());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn range_coder_and_bit_stream_roundtrip() {
+        let mut rng = Rng(5);
+        let bits: Vec<(u32, u32)> =
+            (0..20_000).map(|_| ((rng.below(100) < 90) as u32, rng.below(3) as u32)).collect();
+        let mut enc = Encoder { rc: RangeEncoder::new(0), bits: BitWriter::new(0) };
+        let mut probs = [Prob::NEW; 3];
+        let raws: Vec<(u32, u32)> =
+            (0..5000).map(|i| (i % 24 + 1, rng.next() as u32 & ((1 << (i % 24 + 1)) - 1))).collect();
+        for (i, &(b, c)) in bits.iter().enumerate() {
+            enc.bit(&mut probs[c as usize], b);
+            if let Some(&(n, v)) = raws.get(i) {
+                enc.raw(n, v);
+            }
+        }
+        let (ac, raw) = (enc.rc.finish(), enc.bits.finish());
+        assert!(ac.len() < bits.len() / 8 / 2, "adaptive coding compresses skewed bits");
+        let mut dec = Decoder { rc: RangeDecoder::new(&ac), bits: BitReader::new(&raw) };
+        let mut probs = [Prob::NEW; 3];
+        for (i, &(b, c)) in bits.iter().enumerate() {
+            assert_eq!(dec.bit(&mut probs[c as usize], 0), b);
+            if let Some(&(n, v)) = raws.get(i) {
+                assert_eq!(dec.raw(n, 0), v);
+            }
+        }
+        assert!(!dec.rc.overrun() && !dec.bits.overrun());
+        dec.bits.get(24);
+        dec.bits.get(24);
+        assert!(dec.bits.overrun());
+    }
+}

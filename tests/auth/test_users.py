@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomvault.auth import roles
-from dicomvault.auth import users as users_mod
+from dicomvault.auth import jsonfile, roles
 from dicomvault.auth.roles import Principal, authorize
 from dicomvault.auth.users import UserStore, split_token_spec
 from dicomvault.errors import (
@@ -270,18 +269,18 @@ def test_cached_basic_costs_microseconds_once_settled(
     store: UserStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Past the racy window the hot path is a stat and a dict lookup, no re-read and no scrypt.
-    monkeypatch.setattr(users_mod, "_RACY_NS", 0)
+    monkeypatch.setattr(jsonfile, "RACY_NS", 0)
     store.add("viewer", "reader", "pw")
     header = basic("viewer", "pw")
     store.authenticate(header)
     calls: list[int] = []
-    real = store._read
+    real = store._file._read
 
     def counting_read():  # type: ignore[no-untyped-def]
         calls.append(1)
         return real()
 
-    monkeypatch.setattr(store, "_read", counting_read)
+    monkeypatch.setattr(store._file, "_read", counting_read)
     t0 = time.perf_counter()
     for _ in range(1000):
         store.authenticate(header)
@@ -312,7 +311,7 @@ def test_change_seen_by_open_store_without_restart(tmp_path: Path) -> None:
 
 def test_change_seen_without_racy_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # With the young-file re-read off, the (mtime, size, inode) stamp alone must notice changes.
-    monkeypatch.setattr(users_mod, "_RACY_NS", 0)
+    monkeypatch.setattr(jsonfile, "RACY_NS", 0)
     server = UserStore(tmp_path / "data")
     cli = UserStore(tmp_path / "data")
     cli.add("a", "reader")

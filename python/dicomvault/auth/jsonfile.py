@@ -3,8 +3,8 @@
 The pattern users.py established (its module docstring says why each step): readers keep a
 parsed snapshot and re-read only when the file's (mtime_ns, size, inode) moves, or while the file
 is young enough for that stamp to lie; writers take an fcntl lock on a separate lock file, re-read
-under it, and replace the file atomically with mode 0600. `StampedJson` packages it for new
-files (shares.json); users.py keeps its own reader and borrows the writing helpers.
+under it, and replace the file atomically with mode 0600. `StampedJson` packages it for
+users.json and shares.json.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ Doc = dict[str, Any]
 S = TypeVar("S")
 T = TypeVar("T")
 
-# See users._RACY_NS: a file loaded while younger than this is re-read until it has aged.
+# Filesystem timestamps are coarse (a jiffy on ext4, a second or two elsewhere): two writes in
+# one tick can leave mtime, size and even the inode number (freed and reused by the rename)
+# unchanged. As git does for its index, a file loaded while it was this young is re-read on the
+# next call until it has aged; these files are small, so the cost is nothing.
 RACY_NS = 2_000_000_000
 
 

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import fcntl
 import functools
 import hashlib
 import hmac
-import json
 import os
 import re
 import secrets
@@ -31,7 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import AuthenticationError, ConflictError, DicomVaultError, NotFoundError, RequestError
-from .jsonfile import atomic_replace, ensure_private_dir
+from .jsonfile import StampedJson
 from .roles import Principal, check_role
 
 AUTH_DIR = "auth"
@@ -45,11 +43,6 @@ FILE_VERSION = 1
 BASIC_CACHE_SECONDS = 60.0
 _BASIC_CACHE_MAX = 4096
 
-# Filesystem timestamps are coarse (a jiffy on ext4, a second or two elsewhere): two writes in
-# one tick can leave mtime, size and even the inode number (freed and reused by the rename)
-# unchanged. As git does for its index, a file loaded while it was this young is re-read on the
-# next call until it has aged; it is small, so the cost is nothing.
-_RACY_NS = 2_000_000_000
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 _MAX_PASSWORD_CHARS = 4096
@@ -182,7 +175,6 @@ class _Snapshot:
 
 
 _EMPTY = _Snapshot({}, {})
-_Stamp = tuple[int, int, int]
 
 
 class UserStore:
@@ -195,23 +187,17 @@ class UserStore:
         self.dir = Path(data_dir) / AUTH_DIR
         self.path = self.dir / USERS_FILE
         self._lock = threading.Lock()
-        self._snap = _EMPTY
-        self._stamp: _Stamp | None = None
-        self._loaded = False
-        self._racy = False
+        # The file's snapshot, re-read when another process changed it (jsonfile.py says how).
+        self._file: StampedJson[_Snapshot] = StampedJson(self.path, LOCK_FILE, self._parse)
         self._runtime: dict[str, Principal] = {}
         self._basic_cache: dict[bytes, float] = {}
 
     # -- reading --
 
-    def _parse(self, raw: bytes) -> _Snapshot:
-        try:
-            doc = json.loads(raw)
-        except ValueError as exc:
-            raise DicomVaultError(f"{self.path}: not valid JSON ({exc}); fix or remove it") from exc
-        if not isinstance(doc, dict) or doc.get("version") != FILE_VERSION or not isinstance(
-            doc.get("users"), dict
-        ):
+    def _parse(self, doc: dict[str, Any] | None) -> _Snapshot:
+        if doc is None:
+            return _EMPTY
+        if doc.get("version") != FILE_VERSION or not isinstance(doc.get("users"), dict):
             raise DicomVaultError(f"{self.path}: not a version {FILE_VERSION} users file")
         users: dict[str, dict[str, Any]] = doc["users"]
         by_token: dict[str, str] = {}
@@ -227,72 +213,22 @@ class UserStore:
                 raise DicomVaultError(f"{self.path}: user {name!r}: bad record ({exc})") from exc
         return _Snapshot(users, by_token)
 
-    def _read(self) -> tuple[_Snapshot, _Stamp | None]:
-        """The file's content and the stamp of the very inode read (fstat, not stat, so a rename
-        between the two cannot pair new content with an old stamp)."""
-        try:
-            with open(self.path, "rb") as f:
-                st = os.fstat(f.fileno())
-                raw = f.read()
-        except FileNotFoundError:
-            return _EMPTY, None
-        except OSError as exc:
-            raise DicomVaultError(f"{self.path}: cannot read users file: {exc}") from exc
-        snap = self._parse(raw)
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        return snap, stamp
-
-    def _adopt(self, snap: _Snapshot, stamp: _Stamp | None) -> None:
-        self._snap, self._stamp, self._loaded = snap, stamp, True
-        self._racy = stamp is not None and time.time_ns() - stamp[0] < _RACY_NS
-
     def _current(self) -> _Snapshot:
         """The users as the file holds them now: re-read when its stamp moved (or it is young)."""
-        try:
-            st = os.stat(self.path)
-            stamp: _Stamp | None = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except FileNotFoundError:
-            stamp = None
-        except OSError as exc:
-            raise DicomVaultError(f"{self.path}: cannot stat users file: {exc}") from exc
-        if self._loaded and stamp == self._stamp and not self._racy:
-            return self._snap
-        with self._lock:
-            snap, stamp = self._read()
-            self._adopt(snap, stamp)
-            return snap
+        return self._file.current()
 
     # -- writing --
 
-    def _ensure_dir(self) -> None:
-        ensure_private_dir(self.dir)
-
-    def _write(self, users: dict[str, dict[str, Any]]) -> None:
-        body = json.dumps({"version": FILE_VERSION, "users": users}, indent=1, sort_keys=True).encode()
-        atomic_replace(self.path, body)
-
     def _mutate(self, change: Callable[[dict[str, dict[str, Any]]], T]) -> T:
-        """Applies `change` to the users as the file holds them under the lock, then writes them.
-        `change` raises to abandon (nothing is written)."""
-        try:
-            self._ensure_dir()
-            lock_fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise DicomVaultError(f"{self.dir}: cannot open the users lock: {exc}") from exc
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            snap, _ = self._read()
-            users = json.loads(json.dumps(snap.users))  # a private copy: `change` edits it
+        """Applies `change` to (a private copy of) the users as the file holds them under the
+        lock, then writes them. `change` raises to abandon (nothing is written)."""
+
+        def edit(doc: dict[str, Any] | None) -> tuple[dict[str, Any], T]:
+            users: dict[str, dict[str, Any]] = doc["users"] if doc is not None else {}
             result = change(users)
-            try:
-                self._write(users)
-            except OSError as exc:
-                raise DicomVaultError(f"{self.path}: cannot write users file: {exc}") from exc
-            with self._lock:
-                self._adopt(*self._read())
-            return result
-        finally:
-            os.close(lock_fd)  # also releases the flock
+            return {"version": FILE_VERSION, "users": users}, result
+
+        return self._file.mutate(edit)
 
     # -- administration --
 

@@ -657,15 +657,22 @@ def run(args: argparse.Namespace) -> int:
             shutil.copy(work / "dv-serve.log", keep)
             notes.append(f"dicomvault's server log kept as {keep.relative_to(ROOT)}")
     text = report(args, r, inp, (time.monotonic() - t_start) / 60)
-    print(SECTION + "\n\n" + text)
-    out = ROOT / ".results" / f"dicomweb-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M}.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(SECTION + "\n\n" + text + "\n")
-    if args.results is not None:
-        old = args.results.read_text() if args.results.exists() else ""
-        args.results.write_text(replace_section(old, SECTION, text))
-        log(f"wrote {out} and the section '{SECTION}' of {args.results}")
+    publish(SECTION, text, "dicomweb", args.results)
     return 0
+
+
+def publish(section: str, text: str, stem: str, results: Path | None) -> Path:
+    """Prints a run's report, keeps it as bench/.results/<stem>-<time>.md and, with `results`,
+    replaces its section of that file (RESULTS.md); the kept file's path."""
+    print(section + "\n\n" + text)
+    out = ROOT / ".results" / f"{stem}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M}.md"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(section + "\n\n" + text + "\n")
+    if results is not None:
+        old = results.read_text() if results.exists() else ""
+        results.write_text(replace_section(old, section, text))
+        log(f"wrote {out} and the section '{section}' of {results}")
+    return out
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dicomweb_compare import replace_section
+from dicomweb_compare import publish
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from dicomvault.bench.dimse import dicomvault_command
@@ -1275,17 +1275,10 @@ def run(args: argparse.Namespace) -> int:
                 if p.exists():
                     shutil.copy(p, keep / p.name)
     text = report(args, res, (time.monotonic() - t_start) / 60, env)
-    print(SECTION + "\n\n" + text)
-    out = ROOT / ".results" / f"viewer-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M}.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(SECTION + "\n\n" + text + "\n")
-    raw = out.with_suffix(".json")
-    raw.write_text(json.dumps({"click": res.click, "nav": {f"{k[0]}/{k[1]}": v for k, v in res.nav.items()},
-                               "fps": res.fps, "ceiling": res.ceiling, "notes": res.notes}, default=str))
-    if args.results is not None:
-        old = args.results.read_text() if args.results.exists() else ""
-        args.results.write_text(replace_section(old, SECTION, text))
-        log(f"wrote {out} and the section '{SECTION}' of {args.results}")
+    out = publish(SECTION, text, "viewer", args.results)
+    out.with_suffix(".json").write_text(json.dumps(
+        {"click": res.click, "nav": {f"{k[0]}/{k[1]}": v for k, v in res.nav.items()},
+         "fps": res.fps, "ceiling": res.ceiling, "notes": res.notes}, default=str))
     return 0
 
 

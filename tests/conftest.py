@@ -7,9 +7,11 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from dicomvault.engine import Engine
+from dicomvault.site import Site, SiteOptions
 from dv_corpus import corpus_files
 
 
@@ -47,3 +49,23 @@ def small_fs(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
     finally:
         for mnt in mounted:
             subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+# The HTTP side: a site (the real Starlette app on uvicorn) on a loopback port, in this process,
+# over a fresh data directory, and an httpx client for it. Modules needing data or users in the
+# site override `site`; `http` follows.
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    with Engine(tmp_path / "data", min_free_bytes=0) as eng:
+        s = Site(eng, SiteOptions(port=0))
+        s.start()
+        try:
+            yield s
+        finally:
+            s.stop()
+
+
+@pytest.fixture
+def http(site: Site) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=site.url, timeout=30) as c:
+        yield c

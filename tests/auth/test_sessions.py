@@ -7,7 +7,6 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -21,23 +20,6 @@ from dicomvault.errors import AuthenticationError, RequestError
 from dicomvault.site import Site, SiteOptions, start_site
 
 PASSWORD = "correct horse battery"
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    with Engine(tmp_path / "data", min_free_bytes=0) as eng:
-        s = Site(eng, SiteOptions(port=0))
-        s.start()
-        try:
-            yield s
-        finally:
-            s.stop()
-
-
-@pytest.fixture
-def http(site: Site) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=site.url, timeout=30) as c:
-        yield c
 
 
 def login(http: httpx.Client, name: str, password: str) -> httpx.Response:

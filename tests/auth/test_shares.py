@@ -139,12 +139,6 @@ def site(tmp_path: Path) -> Iterator[Site]:
             s.stop()
 
 
-@pytest.fixture
-def http(site: Site) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=site.url, timeout=30) as c:
-        yield c
-
-
 def as_(site: Site, name: str) -> dict[str, str]:
     return bearer(site.users.issue_token(name))
 

@@ -15,6 +15,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
 
+import dicomweb_compare as wc  # noqa: E402
 import viewer_bench as vb  # noqa: E402
 
 
@@ -132,11 +133,11 @@ def test_figures_and_report_tables() -> None:
 def test_replace_section_keeps_the_rest() -> None:
     old = ("# Results\n\n## DICOMweb\n\nold dicomweb\n\n## Viewer (make bench-viewer)\n\nold viewer\n\n"
            "## Later\n\nx\n")
-    new = vb.replace_section(old, vb.SECTION, "new viewer")
+    new = wc.replace_section(old, vb.SECTION, "new viewer")
     assert new.count(vb.SECTION) == 1
     assert "old viewer" not in new and "new viewer" in new
     assert "old dicomweb" in new and "## Later\n\nx" in new
-    appended = vb.replace_section("# Results\n", vb.SECTION, "first")
+    appended = wc.replace_section("# Results\n", vb.SECTION, "first")
     assert appended.endswith(f"{vb.SECTION}\n\nfirst\n")
 
 

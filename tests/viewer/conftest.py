@@ -21,6 +21,7 @@ import copy
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -332,10 +333,14 @@ def viewer_data(tmp_path_factory: pytest.TempPathFactory) -> ViewerData:
 class Server:
     """`dicomvault serve` as a child process; `url` once /healthz answers."""
 
-    def __init__(self, data_dir: Path, log: Path, *extra: str) -> None:
+    def __init__(self, data_dir: Path, log: Path, *extra: str, tls: tuple[Path, Path] | None = None) -> None:
+        """tls: (certificate, key) to serve HTTPS; the health check trusts that certificate."""
         self.data_dir = data_dir
         self.http_port = free_port()
-        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.http_port}"
+        self._verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(tls[0])) if tls else True
+        if tls:
+            extra = (*extra, "--tls-cert", str(tls[0]), "--tls-key", str(tls[1]))
         self.log = log
         self._log = log.open("ab")
         self.proc = subprocess.Popen(
@@ -361,7 +366,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"dicomvault serve exited {self.proc.returncode}:\n{self.tail()}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                if httpx.get(self.url + "/healthz", timeout=2, verify=self._verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -384,8 +389,8 @@ class Server:
         self._log.close()
 
 
-def start_server(data_dir: Path, log: Path, *extra: str) -> Server:
-    s = Server(data_dir, log, *extra)
+def start_server(data_dir: Path, log: Path, *extra: str, tls: tuple[Path, Path] | None = None) -> Server:
+    s = Server(data_dir, log, *extra, tls=tls)
     s.wait_healthy()
     return s
 

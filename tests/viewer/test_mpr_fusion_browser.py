@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import math
 import shutil
-import signal
-import socket
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from .conftest import ingest, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 DV = str(ROOT / ".venv" / "bin" / "dicomvault")
@@ -34,7 +32,7 @@ CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "test-output" / "viewer"
 
 pytest.importorskip("pydicom")
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() or not Path(DV).exists(),
                                 reason="needs /usr/bin/chromium and .venv/bin/dicomvault")
 
@@ -207,69 +205,22 @@ def make_study(out: Path) -> None:
 
 
 # --- the server and the browser ---------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def mpr_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     base = tmp_path_factory.mktemp("mpr-fusion")
     make_study(base / "dicom")
     data = base / "data"
-    ingest = subprocess.run([DV, "ingest", str(base / "dicom"), "--data", str(data), "--strict"],
-                            capture_output=True, text=True, timeout=120)
-    assert ingest.returncode == 0, ingest.stdout + ingest.stderr
-    port = free_port()
-    log = open(base / "serve.log", "w")  # noqa: SIM115 — closed at teardown
-    proc = subprocess.Popen([DV, "serve", "--data", str(data), "--dimse-port", str(free_port()),
-                             "--http-port", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    ingest(data, [base / "dicom"])
+    server = start_server(data, base / "serve.log")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                tail = (base / "serve.log").read_text()[-3000:]
-                pytest.fail(f"dicomvault serve exited {proc.returncode}: {tail}")
-            try:
-                with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("dicomvault serve: no /healthz after 30 s")
-            time.sleep(0.1)
-        yield url
+        yield server.url
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
+        server.stop()
 
 
 @pytest.fixture(scope="module")
-def mpr_browser(request: pytest.FixtureRequest) -> Iterator[object]:
-    """The session's shared chromium when tests/viewer/conftest.py provides one (playwright's sync
-    API cannot run twice at once in one process), else one of our own."""
-    try:
-        shared = request.getfixturevalue("browser")
-    except pytest.FixtureLookupError:
-        shared = None
-    if shared is not None:
-        yield shared
-        return
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM)
-        try:
-            yield b
-        finally:
-            b.close()
+def mpr_browser(browser):  # noqa: ANN001, ANN201 - the package's Chromium (tests/viewer/conftest.py)
+    return browser
 
 
 @pytest.fixture

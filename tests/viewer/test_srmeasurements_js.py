@@ -23,6 +23,7 @@ import dicomvault
 from dicomvault.analysis.sr import ImageRef, Measurement, Value, measurement_report
 from dicomvault.engine import Engine
 from dicomvault.site import Site, SiteOptions
+from dv_http import store_via_api
 
 MODULE = Path(dicomvault.__file__).parent / "web" / "viewer" / "js" / "data" / "srmeasurements.js"
 NODE = shutil.which("node")
@@ -63,12 +64,6 @@ def http(tmp_path: Path) -> Iterator[httpx.Client]:
             site.stop()
 
 
-def _store(http: httpx.Client, path: Path) -> dict[str, str]:
-    r = http.post("/api/instances", content=path.read_bytes())
-    assert r.status_code == 200, r.text
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return {"study": ds.StudyInstanceUID, "series": ds.SeriesInstanceUID, "instance": ds.SOPInstanceUID,
-            "sop_class": ds.SOPClassUID}
 
 
 def _image(img: dict[str, str], frame: int = 1) -> dict[str, Any]:
@@ -101,7 +96,7 @@ def assert_same(got: list[dict[str, Any]], posted: list[dict[str, Any]]) -> None
 
 
 def test_round_trip_ct_all_kinds(http: httpx.Client) -> None:
-    img = _store(http, CT)
+    img = store_via_api(http, CT)
     image = _image(img)
     posted = [
         {"kind": "length", "label": "Lesion A", "image": image,
@@ -135,7 +130,7 @@ def test_round_trip_ct_all_kinds(http: httpx.Client) -> None:
 
 
 def test_round_trip_multiframe_mr_and_default_labels(http: httpx.Client) -> None:
-    img = _store(http, EMRI)
+    img = store_via_api(http, EMRI)
     posted = [
         {"kind": "angle", "image": _image(img, 3), "points": [[5.0, 5.0], [32.0, 32.0], [60.0, 5.0]],
          "values": [{"name": "angle", "value": 88.5, "unit": "deg"}]},
@@ -152,7 +147,7 @@ def test_round_trip_multiframe_mr_and_default_labels(http: httpx.Client) -> None
 
 
 def test_minor_axis_first_comes_back_major_axis_first(http: httpx.Client) -> None:
-    img = _store(http, CT)
+    img = store_via_api(http, CT)
     posted = {"kind": "ellipse", "label": "tall", "image": _image(img),
               "points": [[30.0, 40.0], [50.0, 40.0], [40.0, 10.0], [40.0, 70.0]], "values": []}
     meta, _ = _save_and_read(http, img["study"], {"measurements": [posted]})

@@ -5,10 +5,7 @@ the same port is refused."""
 from __future__ import annotations
 
 import shutil
-import signal
-import ssl
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +13,7 @@ import httpx
 import pydicom
 import pytest
 
-from dicomvault.bench.orthanc import free_port
-
-from .conftest import CLI, WAIT_IMAGE, add_user, browser_missing, ingest, real_file
+from .conftest import WAIT_IMAGE, add_user, browser_missing, ingest, real_file, start_server
 
 
 @pytest.fixture(scope="module")
@@ -36,32 +31,11 @@ def https_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
     data = root / "data"
     ingest(data, [ct])
     add_user(data, "reader1", "reader", "a long enough password")
-    port = free_port()
-    log = (root / "serve.log").open("wb")
-    proc = subprocess.Popen([CLI, "serve", "--data", str(data), "--dimse-port", str(free_port()),
-                             "--http-port", str(port), "--tls-cert", str(crt), "--tls-key", str(key),
-                             "--anonymous", "none"], stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
-    url = f"https://127.0.0.1:{port}"
+    server = start_server(data, root / "serve.log", "--anonymous", "none", tls=(crt, key))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                trust = ssl.create_default_context(cafile=str(crt))
-                if httpx.get(url + "/healthz", verify=trust, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-            time.sleep(0.1)
-        yield url, str(pydicom.dcmread(ct, stop_before_pixels=True).StudyInstanceUID)
+        yield server.url, str(pydicom.dcmread(ct, stop_before_pixels=True).StudyInstanceUID)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        server.stop()
 
 
 def test_login_and_read_a_study_over_https(https_site: tuple[str, str], browser) -> None:  # noqa: ANN001

@@ -14,17 +14,12 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from dicomvault.site import Site
+from dv_http import store_via_api
 
 CT = Path(get_testdata_file("CT_small.dcm"))  # 128 x 128, study 1.3.6.1.4.1.5962.1.2.1.20040119072730.12322
 MR = Path(get_testdata_file("MR_small.dcm"))  # another study
 
 
-def _store(http: httpx.Client, path: Path) -> dict[str, str]:
-    r = http.post("/api/instances", content=path.read_bytes())
-    assert r.status_code == 200, r.text
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return {"study": ds.StudyInstanceUID, "series": ds.SeriesInstanceUID, "instance": ds.SOPInstanceUID,
-            "sop_class": ds.SOPClassUID}
 
 
 def _body(img: dict[str, str]) -> dict[str, Any]:
@@ -49,7 +44,7 @@ def _tag(obj: dict[str, Any], tag: str) -> Any:
 
 
 def test_post_stores_an_sr_that_qido_and_wado_find(site: Site, http: httpx.Client) -> None:
-    img = _store(http, CT)
+    img = store_via_api(http, CT)
     r = _post(http, img["study"], _body(img))
     assert r.status_code == 201, r.text
     out = r.json()
@@ -114,8 +109,8 @@ def _error(r: httpx.Response) -> dict[str, Any]:
 
 
 def test_bad_bodies_are_400_with_the_index(http: httpx.Client) -> None:
-    img = _store(http, CT)
-    other = _store(http, MR)
+    img = store_via_api(http, CT)
+    other = store_via_api(http, MR)
     study = img["study"]
 
     def with_second(change: dict[str, Any]) -> dict[str, Any]:
@@ -166,14 +161,14 @@ def test_bad_bodies_are_400_with_the_index(http: httpx.Client) -> None:
 
 
 def test_unknown_study_is_404(http: httpx.Client) -> None:
-    img = _store(http, CT)
+    img = store_via_api(http, CT)
     r = _post(http, "1.2.3.4.5", _body(img))
     assert r.status_code == 404 and "1.2.3.4.5" in r.text
     assert _post(http, "../etc", _body(img)).status_code in (400, 404)
 
 
 def test_roles_reader_403_writer_is_the_observer(site: Site, http: httpx.Client) -> None:
-    img = _store(http, CT)
+    img = store_via_api(http, CT)
     site.users.add("rita", "reader")
     site.users.add("dr.wu", "writer")
     reader = {"Authorization": f"Bearer {site.users.issue_token('rita')}"}
@@ -190,7 +185,7 @@ def test_roles_reader_403_writer_is_the_observer(site: Site, http: httpx.Client)
 
 @pytest.mark.parametrize("frame", [1, 4])
 def test_multiframe_image_frame_reference(http: httpx.Client, frame: int) -> None:
-    img = _store(http, Path(get_testdata_file("emri_small.dcm")))
+    img = store_via_api(http, Path(get_testdata_file("emri_small.dcm")))
     body = {"measurements": [{"kind": "angle", "image": {"series": img["series"], "instance": img["instance"],
                                                           "frame": frame},
                               "points": [[5, 5], [32, 32], [60, 5]],
@@ -205,7 +200,7 @@ def test_multiframe_image_frame_reference(http: httpx.Client, frame: int) -> Non
 def test_a_replica_refuses_with_409(site: Site, http: httpx.Client) -> None:
     from dicomvault.replication import state
 
-    img = _store(http, CT)
+    img = store_via_api(http, CT)
     state.set_role(site.engine.index, state.REPLICA)
     r = _post(http, img["study"], _body(img))
     assert r.status_code == 409 and "replica" in r.text

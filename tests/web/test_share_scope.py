@@ -45,12 +45,6 @@ def site(tmp_path: Path) -> Iterator[Site]:
             s.stop()
 
 
-@pytest.fixture
-def http(site: Site) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=site.url, timeout=30) as c:
-        yield c
-
-
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 

@@ -14,5 +14,6 @@ pub mod parse;
 pub mod store;
 #[cfg(test)]
 mod testutil;
+pub mod tiermove;
 
 pub use error::{Error, Result};

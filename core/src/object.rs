@@ -20,7 +20,17 @@ pub struct Prepared {
     pub prefix: Vec<u8>,
     pub logical_len: u64,
     pub codec: Codec,
-    pub stored: Vec<u8>,
+    /// The stored bytes are `buf[stored_at..]` (see [`Prepared::stored`]): a raw blob is the
+    /// canonical buffer itself, so landing an object copies it no more than once.
+    buf: Vec<u8>,
+    stored_at: usize,
+}
+
+impl Prepared {
+    /// The stored (encoded) bytes.
+    pub fn stored(&self) -> &[u8] {
+        &self.buf[self.stored_at..]
+    }
 }
 
 /// Builds the canonical bytes of a dataset.
@@ -134,21 +144,31 @@ fn prepare(parsed: Parsed, prefix: &[u8], dataset: &[u8], target: Codec, level: 
     // Checked before anything is hashed or stored: a rejected object leaves nothing behind.
     check_required(&parsed)?;
     let logical = canonical(&parsed.transfer_syntax, dataset);
-    prepare_canonical(parsed, prefix, &logical, target, level)
+    prepare_canonical(parsed, prefix, logical, 0, target, level)
 }
 
+/// `buf[start..]` holds the canonical bytes; the buffer is kept as the stored bytes when the
+/// target codec is raw.
 fn prepare_canonical(
     parsed: Parsed,
     prefix: &[u8],
-    logical: &[u8],
+    buf: Vec<u8>,
+    start: usize,
     target: Codec,
     level: i32,
 ) -> Result<Prepared> {
+    let logical = &buf[start..];
     let hash = hash::hash(logical);
-    let base = parsed.transfer_syntax.len() + 1;
-    let layout = parsed.pixel.as_ref().and_then(|p| pixel_layout(p, base));
-    let (codec, stored) = encode_with(logical, layout.as_ref(), target, level)?;
-    Ok(Prepared { parsed, hash, prefix: prefix.to_vec(), logical_len: logical.len() as u64, codec, stored })
+    let logical_len = logical.len() as u64;
+    let (codec, buf, stored_at) = if target == Codec::Raw {
+        (Codec::Raw, buf, start)
+    } else {
+        let base = parsed.transfer_syntax.len() + 1;
+        let layout = parsed.pixel.as_ref().and_then(|p| pixel_layout(p, base));
+        let (codec, stored) = encode_with(logical, layout.as_ref(), target, level)?;
+        (codec, stored, 0)
+    };
+    Ok(Prepared { parsed, hash, prefix: prefix.to_vec(), logical_len, codec, buf, stored_at })
 }
 
 /// Encodes for a tier's codec. Returns the codec actually used: [`Codec::Cold`] leaves what
@@ -195,10 +215,11 @@ pub fn prepare_dataset(
     dataset: &[u8],
     transfer_syntax: &str,
     wanted: &[u32],
+    target: Codec,
     level: i32,
 ) -> Result<Prepared> {
     let parsed = parse::parse_dataset(dataset, transfer_syntax, wanted)?;
-    prepare(parsed, &[], dataset, Codec::Hot, level)
+    prepare(parsed, &[], dataset, target, level)
 }
 
 /// [`prepare_dataset`] of a data set received into a [`ReceivedDataSet`], without copying it.
@@ -206,12 +227,13 @@ pub fn prepare_received(
     received: ReceivedDataSet,
     transfer_syntax: &str,
     wanted: &[u32],
+    target: Codec,
     level: i32,
 ) -> Result<Prepared> {
     let parsed = parse::parse_dataset(received.data_set(), transfer_syntax, wanted)?;
     check_required(&parsed)?;
     let (buf, start) = received.into_canonical(&parsed.transfer_syntax);
-    prepare_canonical(parsed, &[], &buf[start..], Codec::Hot, level)
+    prepare_canonical(parsed, &[], buf, start, target, level)
 }
 
 /// Decodes stored bytes and checks they hash to `expected`: every read path verifies.
@@ -290,14 +312,17 @@ mod tests {
         for chunk in ds.chunks(1000) {
             received.extend(chunk);
         }
-        let a = prepare_dataset(&ds, ts, crate::parse::INDEX_TAGS, 1).unwrap();
-        let b = prepare_received(received, ts, crate::parse::INDEX_TAGS, 1).unwrap();
-        assert_eq!((a.hash, a.logical_len, a.codec, &a.stored), (b.hash, b.logical_len, b.codec, &b.stored));
+        let a = prepare_dataset(&ds, ts, crate::parse::INDEX_TAGS, Codec::Hot, 1).unwrap();
+        let b = prepare_received(received, ts, crate::parse::INDEX_TAGS, Codec::Hot, 1).unwrap();
+        assert_eq!(
+            (a.hash, a.logical_len, a.codec, a.stored()),
+            (b.hash, b.logical_len, b.codec, b.stored())
+        );
         assert_eq!(a.hash, crate::hash::hash(&canonical(ts, &ds)));
         assert!(matches!(a.codec, Codec::Hot), "the pixel filter ran: {:?}", a.codec);
         let mut missing = ReceivedDataSet::default();
         missing.extend(&ds[explicit_le(0x0008_0016, b"UI", b"1.2.840.10008.5.1.4.1.1.2\0").len()..][..8]);
-        assert!(prepare_received(missing, ts, crate::parse::INDEX_TAGS, 1).is_err());
+        assert!(prepare_received(missing, ts, crate::parse::INDEX_TAGS, Codec::Hot, 1).is_err());
     }
 
     /// A small CT-like dataset: noise on a smooth field, so the image model has work to do.
@@ -336,8 +361,13 @@ mod tests {
         let cold = prepare_file_with(&file, crate::parse::INDEX_TAGS, Codec::Cold, 1).unwrap();
         assert_eq!((hot.codec, cold.codec), (Codec::Hot, Codec::Cold));
         assert_eq!((hot.hash, hot.logical_len), (cold.hash, cold.logical_len));
-        assert!(cold.stored.len() < hot.stored.len(), "{} vs {}", cold.stored.len(), hot.stored.len());
-        let logical = decode_verified(&cold.hash, cold.codec, &cold.stored, cold.logical_len).unwrap();
+        assert!(
+            cold.stored().len() < hot.stored().len(),
+            "{} vs {}",
+            cold.stored().len(),
+            hot.stored().len()
+        );
+        let logical = decode_verified(&cold.hash, cold.codec, cold.stored(), cold.logical_len).unwrap();
         assert_eq!(logical, canonical(ts, &ds));
 
         // Moving the blob between tiers: canonical bytes to each codec and back.
@@ -346,7 +376,7 @@ mod tests {
             assert_eq!(codec, target);
             assert_eq!(decode_verified(&cold.hash, codec, &stored, cold.logical_len).unwrap(), logical);
         }
-        assert_eq!(encode_canonical(&logical, Codec::Cold, 1).unwrap().1, cold.stored);
+        assert_eq!(encode_canonical(&logical, Codec::Cold, 1).unwrap().1, cold.stored());
         // Bytes that do not parse are still kept (the cold codec falls back to hot).
         let junk = canonical(ts, &[7u8; 5000]);
         let (codec, stored) = encode_canonical(&junk, Codec::Cold, 1).unwrap();

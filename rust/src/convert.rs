@@ -57,7 +57,7 @@ pub fn prepared_to_py<'py>(py: Python<'py>, p: &Prepared, existed: bool) -> PyRe
     d.set_item("prefix", PyBytes::new(py, &p.prefix))?;
     d.set_item("attrs", attrs_to_py(py, &p.parsed.attrs)?)?;
     d.set_item("logical_len", p.logical_len)?;
-    d.set_item("stored_len", p.stored.len())?;
+    d.set_item("stored_len", p.stored().len())?;
     d.set_item("codec", p.codec as u8)?;
     d.set_item("existed", existed)?;
     Ok(d)

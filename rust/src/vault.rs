@@ -8,7 +8,8 @@ use dicomvault_core::codec::Codec;
 use dicomvault_core::hash::Hash;
 use dicomvault_core::object::{self, Prepared};
 use dicomvault_core::parse::INDEX_TAGS;
-use dicomvault_core::store::{check_free_space, BlobStore, PutItem, StoreConfig};
+use dicomvault_core::store::{check_free_space, BlobStore, LocalTierConfig, PutItem, StoreConfig};
+use dicomvault_core::tiermove;
 use dicomvault_core::Error;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
@@ -22,6 +23,8 @@ pub struct Vault {
     store: Mutex<Option<Arc<BlobStore>>>,
     level: i32,
     min_free_bytes: u64,
+    /// Codec of what ingest stores in the landing tier (raw: compacted later; hot: inline).
+    ingest_codec: Codec,
 }
 
 impl Vault {
@@ -46,10 +49,10 @@ impl Vault {
                 hash: p.hash,
                 codec: p.codec as u8,
                 logical_len: p.logical_len,
-                bytes: &p.stored,
+                bytes: p.stored(),
             })
             .collect();
-        let mut outcomes = put_batch(store, &items, self.min_free_bytes).into_iter();
+        let mut outcomes = put_batch(store, &items, self.min_free_bytes, None).into_iter();
         drop(items);
         prepared
             .into_iter()
@@ -63,10 +66,21 @@ impl Vault {
 }
 
 /// Puts a batch with one group-committed sync, after the free-space check; one result per item
-/// (`Ok(existed)`). A failure of the batch is reported on every item of it.
-fn put_batch(store: &BlobStore, items: &[PutItem<'_>], min_free: u64) -> Vec<Result<bool, Error>> {
+/// (`Ok(existed)`). A failure of the batch is reported on every item of it. `tier` None: new
+/// objects, into the landing tier unless some tier holds them already.
+fn put_batch(
+    store: &BlobStore,
+    items: &[PutItem<'_>],
+    min_free: u64,
+    tier: Option<usize>,
+) -> Vec<Result<bool, Error>> {
     let incoming = items.iter().map(|i| i.bytes.len() as u64).sum();
-    match check_free_space(store.root(), incoming, min_free).and_then(|_| store.put_many(items)) {
+    let put = || match tier {
+        Some(t) => store.put_many_in(t, items),
+        None => store.put_many(items),
+    };
+    let dir = store.tier_at(tier.unwrap_or(0)).map_or(store.root(), |t| t.path());
+    match check_free_space(dir, incoming, min_free).and_then(|_| put()) {
         Ok(v) => v.into_iter().map(|o| Ok(o.existed)).collect(),
         Err(e) => {
             let msg = e.to_string();
@@ -95,8 +109,14 @@ fn results_to_py(
 
 #[pymethods]
 impl Vault {
+    /// `tiers`: the local tiers as (name, directory relative to `root`), fastest first; new
+    /// objects go to the first, encoded with `ingest_codec` (0 raw, 1 hot).
     #[new]
-    #[pyo3(signature = (root, *, read_only=false, sync=true, level=1, volume_size=1<<30, min_free_bytes=0))]
+    #[pyo3(signature = (
+        root, *, read_only=false, sync=true, level=1, volume_size=1<<30, min_free_bytes=0,
+        tiers=None, ingest_codec=1,
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         root: PathBuf,
@@ -105,23 +125,29 @@ impl Vault {
         level: i32,
         volume_size: u64,
         min_free_bytes: u64,
+        tiers: Option<Vec<(String, PathBuf)>>,
+        ingest_codec: u8,
     ) -> PyResult<Self> {
-        let config = StoreConfig { root, volume_size, sync, read_only };
+        let ingest_codec = Codec::from_u8(ingest_codec).py_err()?;
+        let mut config = StoreConfig { volume_size, sync, read_only, ..StoreConfig::new(root) };
+        if let Some(t) = tiers {
+            config.tiers = t.into_iter().map(|(name, dir)| LocalTierConfig::new(name, dir)).collect();
+        }
         let store = py.detach(|| BlobStore::open(config)).py_err()?;
-        Ok(Vault { store: Mutex::new(Some(Arc::new(store))), level, min_free_bytes })
+        Ok(Vault { store: Mutex::new(Some(Arc::new(store))), level, min_free_bytes, ingest_codec })
     }
 
     /// Reads, parses, hashes, encodes and durably stores files. One result per path: a dict, or
     /// the exception that rejected it (nothing stored for that file).
     fn ingest_files<'py>(&self, py: Python<'py>, paths: Vec<PathBuf>) -> PyResult<Bound<'py, PyList>> {
         let store = self.store()?;
-        let level = self.level;
+        let (level, target) = (self.level, self.ingest_codec);
         let results = py.detach(|| {
             let prepared = paths
                 .iter()
                 .map(|p| {
                     let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
-                    object::prepare_file(&bytes, INDEX_TAGS, level)
+                    object::prepare_file_with(&bytes, INDEX_TAGS, target, level)
                 })
                 .collect();
             self.put_prepared(&store, prepared)
@@ -136,10 +162,11 @@ impl Vault {
         buffers: Vec<Bound<'py, PyBytes>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let store = self.store()?;
-        let level = self.level;
+        let (level, target) = (self.level, self.ingest_codec);
         let slices: Vec<&[u8]> = buffers.iter().map(|b| b.as_bytes()).collect();
         let results = py.detach(|| {
-            let prepared = slices.iter().map(|b| object::prepare_file(b, INDEX_TAGS, level)).collect();
+            let prepared =
+                slices.iter().map(|b| object::prepare_file_with(b, INDEX_TAGS, target, level)).collect();
             self.put_prepared(&store, prepared)
         });
         results_to_py(py, results)
@@ -153,9 +180,9 @@ impl Vault {
         transfer_syntax: &str,
     ) -> PyResult<Bound<'py, PyDict>> {
         let store = self.store()?;
-        let level = self.level;
+        let (level, target) = (self.level, self.ingest_codec);
         let mut results = py.detach(|| {
-            let prepared = vec![object::prepare_dataset(dataset, transfer_syntax, INDEX_TAGS, level)];
+            let prepared = vec![object::prepare_dataset(dataset, transfer_syntax, INDEX_TAGS, target, level)];
             self.put_prepared(&store, prepared)
         });
         let (p, existed) = results.pop().expect("one result").py_err()?;
@@ -171,13 +198,13 @@ impl Vault {
         transfer_syntax: &str,
     ) -> PyResult<Bound<'py, PyDict>> {
         let store = self.store()?;
-        let level = self.level;
+        let (level, target) = (self.level, self.ingest_codec);
         let data =
             received.borrow_mut().inner.take().ok_or_else(|| {
                 pyo3::exceptions::PyValueError::new_err("received data set already ingested")
             })?;
         let mut results = py.detach(|| {
-            let prepared = vec![object::prepare_received(data, transfer_syntax, INDEX_TAGS, level)];
+            let prepared = vec![object::prepare_received(data, transfer_syntax, INDEX_TAGS, target, level)];
             self.put_prepared(&store, prepared)
         });
         let (p, existed) = results.pop().expect("one result").py_err()?;
@@ -237,10 +264,14 @@ impl Vault {
     /// Stores blobs received as stored bytes (replication, heal): each is decoded and its BLAKE3
     /// checked against its address before anything is written; then one group-committed sync.
     /// One result per item: True (written), False (already present) or the exception.
+    /// `tier`: the local tier to write to (a move back from an object store); default: as new
+    /// objects (the landing tier, unless a tier holds them already).
+    #[pyo3(signature = (items, tier=None))]
     fn put_stored<'py>(
         &self,
         py: Python<'py>,
         items: Vec<(Vec<u8>, u8, u64, Vec<u8>)>,
+        tier: Option<usize>,
     ) -> PyResult<Bound<'py, PyList>> {
         let store = self.store()?;
         let min_free = self.min_free_bytes;
@@ -257,7 +288,7 @@ impl Vault {
                 .collect();
             let ok: Vec<PutItem<'_>> = checked.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
             let mut outcomes =
-                put_batch(&store, &ok, min_free).into_iter().map(|r| r.map(|existed| !existed));
+                put_batch(&store, &ok, min_free, tier).into_iter().map(|r| r.map(|existed| !existed));
             checked
                 .into_iter()
                 .map(|r| r.and_then(|_| outcomes.next().expect("one outcome per stored item")))
@@ -273,20 +304,71 @@ impl Vault {
         Ok(list)
     }
 
-    /// Deletes blobs (durably); returns how many existed.
+    /// Deletes blobs from every tier (durably, one sync per volume touched); how many copies.
     fn delete(&self, py: Python<'_>, hashes: Vec<Vec<u8>>) -> PyResult<u64> {
         let store = self.store()?;
         let hs = hashes.iter().map(|h| hash_arg(h)).collect::<PyResult<Vec<Hash>>>()?;
-        py.detach(|| {
-            let mut n = 0;
-            for h in &hs {
-                if store.delete(h)? {
-                    n += 1;
-                }
+        py.detach(|| store.delete_many(&hs)).py_err()
+    }
+
+    /// The local tiers' names, fastest first.
+    fn tier_names(&self) -> PyResult<Vec<String>> {
+        Ok(self.store()?.tier_names().into_iter().map(String::from).collect())
+    }
+
+    /// Copies blobs from local tier `source` to local tier `dest` re-encoded with `codec`
+    /// (one sync), then reads each copy back and checks its hash; the source copies stay until
+    /// `delete_in`. One result per hash: (codec used, stored length) or the exception.
+    #[pyo3(signature = (hashes, source, dest, codec, level=None))]
+    fn copy_between<'py>(
+        &self,
+        py: Python<'py>,
+        hashes: Vec<Vec<u8>>,
+        source: usize,
+        dest: usize,
+        codec: u8,
+        level: Option<i32>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let store = self.store()?;
+        let hs = hashes.iter().map(|h| hash_arg(h)).collect::<PyResult<Vec<Hash>>>()?;
+        let target = Codec::from_u8(codec).py_err()?;
+        let (level, min_free) = (level.unwrap_or(self.level), self.min_free_bytes);
+        let results = py
+            .detach(|| tiermove::copy_verified(&store, &hs, source, dest, target, level, min_free))
+            .py_err()?;
+        let list = PyList::empty(py);
+        for r in results {
+            match r {
+                Ok(c) => list.append((c.codec, c.stored_len))?,
+                Err(e) => list.append(to_py(e).into_value(py))?,
             }
-            Ok(n)
-        })
-        .py_err()
+        }
+        Ok(list)
+    }
+
+    /// Frees the copies local tier `tier` holds of `hashes` (one sync per volume); how many.
+    fn delete_in(&self, py: Python<'_>, tier: usize, hashes: Vec<Vec<u8>>) -> PyResult<u64> {
+        let store = self.store()?;
+        let hs = hashes.iter().map(|h| hash_arg(h)).collect::<PyResult<Vec<Hash>>>()?;
+        py.detach(|| store.delete_in(tier, &hs)).py_err()
+    }
+
+    /// Live hashes of one local tier, in on-disk order.
+    fn tier_hashes<'py>(&self, py: Python<'py>, tier: usize) -> PyResult<Bound<'py, PyList>> {
+        let store = self.store()?;
+        let hs = py.detach(|| store.tier_at(tier).map(|t| t.hashes())).py_err()?;
+        PyList::new(py, hs.iter().map(|h| PyBytes::new(py, h)))
+    }
+
+    /// Per local tier, in order: (name, statistics dict).
+    fn tier_stats<'py>(&self, py: Python<'py>) -> PyResult<Vec<(String, Bound<'py, PyDict>)>> {
+        let store = self.store()?;
+        store.tier_stats().iter().map(|(n, s)| Ok((n.clone(), stats_to_py(py, s)?))).collect()
+    }
+
+    /// Indices of the local tiers holding a copy of `hash`.
+    fn holders(&self, hash: &[u8]) -> PyResult<Vec<usize>> {
+        Ok(self.store()?.holders(&hash_arg(hash)?))
     }
 
     fn contains(&self, hash: &[u8]) -> PyResult<bool> {

@@ -1,10 +1,13 @@
 //! Durable, content-addressed blob store.
 //!
-//! [`BlobStore`] is the facade the bindings use. It holds named [`Tier`]s; for now only `hot`, a
-//! [`VolumeTier`]: append-only volume files (`<root>/volumes/vol-NNNNNNNN.dat`, Haystack style)
-//! with an in-memory index hash → [`Location`] rebuilt on open from per-volume hint files (sealed
+//! [`BlobStore`] is the facade the bindings use. It holds the local tiers, fastest first, each a
+//! [`VolumeTier`]: append-only volume files (`<dir>/vol-NNNNNNNN.dat`, Haystack style) with an
+//! in-memory index hash → [`Location`] rebuilt on open from per-volume hint files (sealed
 //! volumes) and a scan of the active volume. See `record.rs` for the record format and `hint.rs`
-//! for the hint files.
+//! for the hint files. New objects go to the first tier (the landing tier); moving a blob to
+//! another tier is [`crate::tiermove`]'s (copy, read back and verify, then the caller switches
+//! its index and frees the old copy with [`BlobStore::delete_in`]). Tiers off this machine
+//! (object stores) are not here: the Python layer keeps those.
 //!
 //! Durability: `put` returns only once its record is on stable storage (group-committed
 //! fdatasync); a new volume file is made durable with an fsync of its directory. A delete flips the
@@ -18,6 +21,7 @@ mod hint;
 mod record;
 mod volume;
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -28,10 +32,25 @@ pub use volume::VolumeTier;
 /// Default size at which the active volume is sealed and a new one started.
 pub const DEFAULT_VOLUME_SIZE: u64 = 1 << 30;
 
+/// One local tier: its name and directory (relative to the store root unless absolute).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalTierConfig {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl LocalTierConfig {
+    pub fn new(name: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
+        LocalTierConfig { name: name.into(), dir: dir.into() }
+    }
+}
+
 /// How to open a store.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
     pub root: PathBuf,
+    /// The local tiers, fastest first; new objects go to the first. Never empty.
+    pub tiers: Vec<LocalTierConfig>,
     /// Roll over to a new volume file once the active one would exceed this many bytes.
     pub volume_size: u64,
     /// fdatasync before `put`/`delete` return. Only benchmarks of the no-fsync case turn it off.
@@ -43,7 +62,13 @@ pub struct StoreConfig {
 
 impl StoreConfig {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        StoreConfig { root: root.into(), volume_size: DEFAULT_VOLUME_SIZE, sync: true, read_only: false }
+        StoreConfig {
+            root: root.into(),
+            tiers: vec![LocalTierConfig::new("hot", "volumes")],
+            volume_size: DEFAULT_VOLUME_SIZE,
+            sync: true,
+            read_only: false,
+        }
     }
 }
 
@@ -159,6 +184,10 @@ pub trait Tier: Send + Sync {
     fn locate(&self, hash: &Hash) -> Option<Location>;
     /// Whether it existed.
     fn delete(&self, hash: &Hash) -> Result<bool>;
+    /// Deletes every listed blob it holds with one sync per volume touched; how many it held.
+    fn delete_many(&self, hashes: &[Hash]) -> Result<u64>;
+    /// Where its files live (for free-space checks).
+    fn path(&self) -> &Path;
     fn stats(&self) -> Stats;
     /// All live hashes, in on-disk order (reading them in sequence is sequential I/O).
     fn hashes(&self) -> Vec<Hash>;
@@ -173,10 +202,12 @@ pub trait Tier: Send + Sync {
     }
 }
 
-/// The public store: named tiers (for now only `hot`).
+/// The public store: the local tiers, fastest first.
 pub struct BlobStore {
     root: PathBuf,
     tiers: Vec<Box<dyn Tier>>,
+    /// The `flock` on `<root>/LOCK`, held while a writable store is open.
+    _lock: Option<File>,
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -188,8 +219,32 @@ impl std::fmt::Debug for BlobStore {
 
 impl BlobStore {
     pub fn open(config: StoreConfig) -> Result<Self> {
-        let hot = VolumeTier::open(&config, "hot", 0)?;
-        Ok(BlobStore { root: config.root, tiers: vec![Box::new(hot)] })
+        if config.tiers.is_empty() || config.tiers.len() > u8::MAX as usize {
+            return Err(Error::Unsupported { reason: format!("{} local tiers (1-255)", config.tiers.len()) });
+        }
+        let lock = if config.read_only {
+            if !config.tiers.iter().any(|t| config.root.join(&t.dir).is_dir()) {
+                return Err(Error::io(
+                    &config.root,
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no tier directory (not a blob store?)",
+                    ),
+                ));
+            }
+            None
+        } else {
+            std::fs::create_dir_all(&config.root).map_err(|e| Error::io(&config.root, e))?;
+            Some(volume::take_lock(&config.root)?)
+        };
+        let mut tiers: Vec<Box<dyn Tier>> = Vec::with_capacity(config.tiers.len());
+        for (i, t) in config.tiers.iter().enumerate() {
+            if config.tiers[..i].iter().any(|o| o.name == t.name || o.dir == t.dir) {
+                return Err(Error::Unsupported { reason: format!("tier {} named or placed twice", t.name) });
+            }
+            tiers.push(Box::new(VolumeTier::open(&config, &t.name, i as u8, &t.dir)?));
+        }
+        Ok(BlobStore { root: config.root, tiers, _lock: lock })
     }
 
     pub fn root(&self) -> &Path {
@@ -204,17 +259,66 @@ impl BlobStore {
         self.tiers.iter().find(|t| t.name() == name).map(|t| t.as_ref())
     }
 
-    fn hot(&self) -> &dyn Tier {
+    /// The tier at `index` (0 = the landing tier).
+    pub fn tier_at(&self, index: usize) -> Result<&dyn Tier> {
+        self.tiers
+            .get(index)
+            .map(|t| t.as_ref())
+            .ok_or_else(|| Error::Unsupported { reason: format!("no tier {index}") })
+    }
+
+    pub fn tier_index(&self, name: &str) -> Option<usize> {
+        self.tiers.iter().position(|t| t.name() == name)
+    }
+
+    fn landing(&self) -> &dyn Tier {
         self.tiers[0].as_ref()
     }
 
     /// Stores a blob durably (returns after fdatasync). `existed` if the hash was already stored.
     pub fn put(&self, hash: &Hash, codec: u8, logical_len: u64, bytes: &[u8]) -> Result<PutOutcome> {
-        self.hot().put(&PutItem { hash: *hash, codec, logical_len, bytes })
+        let item = PutItem { hash: *hash, codec, logical_len, bytes };
+        Ok(self.put_many(std::slice::from_ref(&item))?.remove(0))
     }
 
+    /// Stores new blobs in the landing tier with one group-committed sync. A hash any tier
+    /// already holds is not written again (`existed`), wherever it lives.
     pub fn put_many(&self, items: &[PutItem<'_>]) -> Result<Vec<PutOutcome>> {
-        self.hot().put_many(items)
+        let elsewhere: Vec<bool> =
+            items.iter().map(|i| self.tiers[1..].iter().any(|t| t.contains(&i.hash))).collect();
+        if !elsewhere.contains(&true) {
+            return self.landing().put_many(items);
+        }
+        let fresh: Vec<PutItem<'_>> =
+            items.iter().zip(&elsewhere).filter(|(_, e)| !**e).map(|(i, _)| *i).collect();
+        let mut written = self.landing().put_many(&fresh)?.into_iter();
+        Ok(elsewhere
+            .iter()
+            .map(|e| {
+                let landed = if *e { None } else { written.next() };
+                landed.unwrap_or(PutOutcome { existed: true })
+            })
+            .collect())
+    }
+
+    /// Stores blobs in one given tier (a tier move's copy, a heal), one sync.
+    pub fn put_many_in(&self, tier: usize, items: &[PutItem<'_>]) -> Result<Vec<PutOutcome>> {
+        self.tier_at(tier)?.put_many(items)
+    }
+
+    /// Frees the copies one tier holds of `hashes` (the old copies after a move); how many.
+    pub fn delete_in(&self, tier: usize, hashes: &[Hash]) -> Result<u64> {
+        self.tier_at(tier)?.delete_many(hashes)
+    }
+
+    /// Per tier, in order: name and statistics.
+    pub fn tier_stats(&self) -> Vec<(String, Stats)> {
+        self.tiers.iter().map(|t| (t.name().to_string(), t.stats())).collect()
+    }
+
+    /// Indices of the tiers holding a copy of `hash` (more than one only mid-move).
+    pub fn holders(&self, hash: &Hash) -> Vec<usize> {
+        (0..self.tiers.len()).filter(|&i| self.tiers[i].contains(hash)).collect()
     }
 
     pub fn get(&self, hash: &Hash) -> Result<StoredBlob> {
@@ -246,6 +350,15 @@ impl BlobStore {
             any |= t.delete(hash)?;
         }
         Ok(any)
+    }
+
+    /// Deletes from every tier with one sync per volume touched; how many copies were freed.
+    pub fn delete_many(&self, hashes: &[Hash]) -> Result<u64> {
+        let mut n = 0;
+        for t in &self.tiers {
+            n += t.delete_many(hashes)?;
+        }
+        Ok(n)
     }
 
     pub fn compact(&self, threshold: f64) -> Result<CompactReport> {

@@ -514,3 +514,70 @@ fn storage_full_leaves_nothing_partial() {
         check(&s, i, 20_000);
     }
 }
+
+fn two_tiers(root: &Path) -> StoreConfig {
+    StoreConfig {
+        tiers: vec![LocalTierConfig::new("landing", "landing"), LocalTierConfig::new("warm", "volumes")],
+        sync: false,
+        ..StoreConfig::new(root)
+    }
+}
+
+#[test]
+fn new_blobs_land_in_the_first_tier_and_dedupe_across_tiers() {
+    let d = tempfile::tempdir().unwrap();
+    let s = BlobStore::open(two_tiers(d.path())).unwrap();
+    assert_eq!(s.tier_names(), vec!["landing", "warm"]);
+    let h = put(&s, 1, 1000);
+    assert_eq!(s.holders(&h), vec![0]);
+    // Once in warm only, a second put of the same hash writes nothing anywhere.
+    let (_, b) = blob(1, 1000);
+    s.put_many_in(1, &[PutItem { hash: h, codec: 1, logical_len: 2000, bytes: &b }]).unwrap();
+    assert_eq!(s.delete_in(0, &[h]).unwrap(), 1);
+    assert_eq!(s.holders(&h), vec![1]);
+    let (h2, b2) = blob(2, 500);
+    let items = [
+        PutItem { hash: h, codec: 1, logical_len: 2000, bytes: &b },
+        PutItem { hash: h2, codec: 1, logical_len: 1000, bytes: &b2 },
+    ];
+    let out = s.put_many(&items).unwrap();
+    assert_eq!(out, vec![PutOutcome { existed: true }, PutOutcome { existed: false }]);
+    assert_eq!(s.holders(&h), vec![1]);
+    assert_eq!(s.holders(&h2), vec![0]);
+    check(&s, 1, 1000);
+    let per: Vec<u64> = s.tier_stats().iter().map(|(_, st)| st.objects).collect();
+    assert_eq!(per, vec![1, 1]);
+    drop(s);
+    // Placement survives a reopen (each tier rebuilds its own map), read-only too.
+    let r = BlobStore::open(StoreConfig { read_only: true, ..two_tiers(d.path()) }).unwrap();
+    assert_eq!(r.holders(&h), vec![1]);
+    assert_eq!(r.holders(&h2), vec![0]);
+}
+
+#[test]
+fn delete_many_syncs_once_per_volume_and_survives_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    let s = BlobStore::open(StoreConfig { sync: true, ..two_tiers(d.path()) }).unwrap();
+    let hs: Vec<Hash> = (0..20).map(|i| put(&s, i, 300)).collect();
+    let before = s.tier_at(0).unwrap().stats().syncs;
+    assert_eq!(s.delete_in(0, &hs[..10]).unwrap(), 10);
+    assert_eq!(s.tier_at(0).unwrap().stats().syncs - before, 1);
+    assert_eq!(s.delete_in(0, &hs[..10]).unwrap(), 0, "already gone");
+    drop(s);
+    let s = BlobStore::open(two_tiers(d.path())).unwrap();
+    assert!(hs[..10].iter().all(|h| !s.contains(h)));
+    assert!(hs[10..].iter().all(|h| s.contains(h)));
+}
+
+#[test]
+fn tiers_must_be_distinct_and_a_read_only_open_tolerates_a_new_tier() {
+    let d = tempfile::tempdir().unwrap();
+    let mut c = two_tiers(d.path());
+    c.tiers[1].dir = "landing".into();
+    assert!(BlobStore::open(c).is_err());
+    drop(BlobStore::open(cfg(d.path())).unwrap());
+    // An old store (one tier in volumes/) read with a landing tier configured in front.
+    let r = BlobStore::open(StoreConfig { read_only: true, ..two_tiers(d.path()) }).unwrap();
+    assert_eq!(r.stats().objects, 0);
+    assert!(BlobStore::open(StoreConfig { read_only: true, ..two_tiers(&d.path().join("none")) }).is_err());
+}

@@ -241,7 +241,7 @@ enum Appended {
     New { loc: Location, end: Pos, epoch: u64 },
 }
 
-/// Hot tier: append-only volume files under `<root>/volumes`.
+/// A local tier: append-only volume files in one directory.
 pub struct VolumeTier {
     name: String,
     tier: u8,
@@ -261,8 +261,6 @@ pub struct VolumeTier {
     appends: AtomicU64,
     mutate: Mutex<()>,
     compacting: Mutex<()>,
-    /// Holds the `flock` on `<root>/LOCK` for writable opens.
-    _lock: Option<File>,
 }
 
 impl std::fmt::Debug for VolumeTier {
@@ -271,7 +269,8 @@ impl std::fmt::Debug for VolumeTier {
     }
 }
 
-fn take_lock(root: &Path) -> Result<File> {
+/// Takes the exclusive `flock` on `<root>/LOCK` (one writer per store, whatever its tiers).
+pub(super) fn take_lock(root: &Path) -> Result<File> {
     let path = root.join("LOCK");
     let f = OpenOptions::new()
         .read(true)
@@ -308,7 +307,12 @@ fn take_lock(root: &Path) -> Result<File> {
 
 fn list_volumes(dir: &Path, cleanup: bool) -> Result<Vec<u32>> {
     let mut ids = Vec::new();
-    for ent in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+    let entries = match fs::read_dir(dir) {
+        // A read-only open of a tier no writer has created yet (a tier added to the config).
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !cleanup => return Ok(ids),
+        other => other.map_err(|e| Error::io(dir, e))?,
+    };
+    for ent in entries {
         let ent = ent.map_err(|e| Error::io(dir, e))?;
         let name = ent.file_name();
         let Some(name) = name.to_str() else { continue };
@@ -426,23 +430,17 @@ fn load(dir: &Path, read_only: bool, tier: u8) -> Result<Loaded> {
 }
 
 impl VolumeTier {
-    /// Opens (creating if needed, unless read-only) the tier in `<config.root>/volumes`.
-    pub fn open(config: &StoreConfig, name: &str, tier: u8) -> Result<Self> {
+    /// Opens (creating if needed, unless read-only) the tier in `dir` (relative to `config.root`
+    /// unless absolute). The caller holds the store's lock ([`take_lock`]) for writable opens.
+    pub fn open(config: &StoreConfig, name: &str, tier: u8, dir: &Path) -> Result<Self> {
         let root = config.root.clone();
-        let dir = root.join("volumes");
-        let lock_file = if config.read_only {
-            if !dir.is_dir() {
-                return Err(Error::io(
-                    &dir,
-                    io::Error::new(io::ErrorKind::NotFound, "no volumes directory (not a blob store?)"),
-                ));
-            }
-            None
-        } else {
+        let dir = root.join(dir);
+        if !config.read_only {
             fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            fsync_dir(&root)?;
-            Some(take_lock(&root)?)
-        };
+            if let Some(parent) = dir.parent() {
+                fsync_dir(parent)?;
+            }
+        }
         let loaded = load(&dir, config.read_only, tier)?;
         let mut state = loaded.state;
         let appender = if config.read_only {
@@ -484,7 +482,6 @@ impl VolumeTier {
             appends: AtomicU64::new(0),
             mutate: Mutex::new(()),
             compacting: Mutex::new(()),
-            _lock: lock_file,
         };
         if !config.read_only && !loaded.dups.is_empty() {
             // Keep the first copy; mark the others deleted on disk so that deleting the blob
@@ -997,6 +994,36 @@ impl Tier for VolumeTier {
         }
         wlock(&self.state).remove_if(hash, &loc);
         Ok(true)
+    }
+
+    fn delete_many(&self, hashes: &[Hash]) -> Result<u64> {
+        if self.read_only {
+            return Err(self.read_only_error());
+        }
+        let _m = lock(&self.mutate);
+        let mut flagged: Vec<(Hash, Location)> = Vec::new();
+        let mut vols: BTreeMap<u32, Arc<Volume>> = BTreeMap::new();
+        for h in hashes {
+            let Some(loc) = rlock(&self.state).map.get(h).copied() else { continue };
+            let vol = self.flag_deleted(h, &loc)?;
+            vols.insert(vol.id, vol);
+            flagged.push((*h, loc));
+        }
+        // One sync per volume touched, not per record: a tier move frees thousands at a time.
+        if self.sync {
+            for v in vols.values() {
+                self.sync_volume(v)?;
+            }
+        }
+        let mut st = wlock(&self.state);
+        for (h, loc) in &flagged {
+            st.remove_if(h, loc);
+        }
+        Ok(flagged.len() as u64)
+    }
+
+    fn path(&self) -> &Path {
+        &self.dir
     }
 
     fn stats(&self) -> Stats {

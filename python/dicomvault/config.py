@@ -25,6 +25,9 @@ port = 11113
 tls = false                        # C-MOVE and storage commitment to this peer over TLS
 ```
 
+`[replication]` and `[[forward]]` are documented in replication/settings.py, `tiers` and
+`[tiering]` (tiered placement) in storage/settings.py.
+
 Unknown keys are errors (a typo must not silently fall back to a default).
 """
 
@@ -39,6 +42,7 @@ from typing import Any
 from .engine import DEFAULT_DATA_DIR
 from .errors import DicomVaultError
 from .replication.settings import ReplicationSettings, parse_settings
+from .storage.settings import TieringSettings, default_settings, parse_tiering
 
 DEFAULT_AE_TITLE = "DICOMVAULT"
 DEFAULT_HOST = "127.0.0.1"
@@ -136,6 +140,8 @@ class Config:
     # [replication] and [[forward]]: parsed by replication/settings.py (which documents them)
     replication: ReplicationSettings = field(default_factory=ReplicationSettings)
     http: HttpConfig = field(default_factory=HttpConfig)
+    # `tiers` and [tiering]: parsed by storage/settings.py (which documents them)
+    tiering: TieringSettings = field(default_factory=default_settings)
 
     def with_overrides(
         self,
@@ -162,7 +168,7 @@ _DIMSE_KEYS = {
 }
 _PEER_KEYS = {"ae_title", "host", "port", "tls"}
 _PEER_REQUIRED = ("ae_title", "host", "port")
-_TOP_KEYS = {"data", "dimse", "peers", "replication", "forward", "http"}
+_TOP_KEYS = {"data", "dimse", "peers", "replication", "forward", "http", "tiers", "tiering"}
 _HTTP_KEYS = {"host", "port", "anonymous", "public_url", "cors_origins", "max_body", "tls_cert", "tls_key"}
 _ANONYMOUS = ("auto", "none", "reader", "writer", "admin")
 
@@ -307,4 +313,5 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         peers=_parse_peers(doc.get("peers", []), f"{where}: peers"),
         replication=parse_settings(doc, where, p.parent),
         http=_parse_http(doc.get("http", {}), f"{where}: http", p.parent),
+        tiering=parse_tiering(doc, where),
     )

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from test_bench_run import actual_fields, documented_fields
 
-from dicomvault.tiering.objectstore import ObjectStore
+from dicomvault.storage.objectstore import ObjectStore
 from seaweed_server import SeaweedServer, free_ports, start_seaweed, weed_binary
 
 S3_OPS = ("object_put", "pack_put", "object_get", "pack_get", "ranged_read")

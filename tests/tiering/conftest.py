@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from dicomvault.tiering.objectstore import ObjectStore
+from dicomvault.storage.objectstore import ObjectStore
 from seaweed_server import SeaweedServer, start_seaweed, weed_binary
 
 

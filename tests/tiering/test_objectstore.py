@@ -20,7 +20,7 @@ from dicomvault.errors import (
     ObjectStoreUnavailableError,
     UnavailableError,
 )
-from dicomvault.tiering.objectstore import MiB, ObjectStore
+from dicomvault.storage.objectstore import MiB, ObjectStore
 from dicomvault.web.errors import http_status
 from seaweed_server import SeaweedServer, free_ports
 

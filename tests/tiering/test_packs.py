@@ -15,8 +15,8 @@ import pytest
 from blake3 import blake3
 
 from dicomvault.errors import CorruptError, IntegrityError, ObjectStoreUnavailableError
-from dicomvault.tiering.objectstore import MiB, ObjectStore
-from dicomvault.tiering.packs import (
+from dicomvault.storage.objectstore import MiB, ObjectStore
+from dicomvault.storage.packs import (
     HEADER,
     TRAILER,
     PackEntry,

@@ -25,13 +25,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..tiering.objectstore import ObjectStore
+from ..storage.objectstore import ObjectStore
 from .measure import Recorder, latency_histogram, latency_summary
 from .phases import _run_threads
 from .source import ObjectSource
 
 Tick = Callable[[str], None]
-PACK_BYTES = 256 << 20  # the cold tier's pack target (tiering/packs.py), times --scale
+PACK_BYTES = 256 << 20  # the cold tier's pack target (storage/packs.py), times --scale
 MIN_PACK_BYTES = 6 << 20
 RANGE_BYTES = 64 << 10
 MAX_RANGED_READS = 20_000

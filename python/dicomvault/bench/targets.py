@@ -113,7 +113,7 @@ class S3Target(Target):
     created if missing (and kept). Credentials and region: the AWS environment variables."""
 
     def __init__(self, bucket: str, prefix: str, endpoint: str | None, sse: str | None = None) -> None:
-        from ..tiering.objectstore import ObjectStore
+        from ..storage.objectstore import ObjectStore
 
         self.store = ObjectStore(endpoint, bucket, sse=sse, max_concurrency=4)  # type: ignore[arg-type]
         self.prefix = prefix

@@ -59,7 +59,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from ..errors import ObjectNotFoundError, ObjectStoreError, ObjectStoreUnavailableError
 
-log = logging.getLogger("dicomvault.tiering.objectstore")
+log = logging.getLogger("dicomvault.storage.objectstore")
 
 T = TypeVar("T")
 E = TypeVar("E", ObjectStoreError, ObjectStoreUnavailableError, ObjectNotFoundError)

@@ -1,3 +1,4 @@
-"""Tiered placement (DESIGN section 4). So far the cold tier's object-store backend: an S3 client
-that fails fast (objectstore.py) and packs of many blobs per object read by ranged GETs
-(packs.py); tier configuration, policies, the compactor and the migrator jobs build on them."""
+"""Moving blobs between tiers (DESIGN section 4): the background compactor (landing → warm),
+crash-safe moves (copy, read back and verify, index switch, free), the policies and the
+resumable jobs that apply them, promotion, reclaim, and the `tier` commands. The tiers
+themselves and their backends are declared in `storage/`."""

@@ -18,6 +18,14 @@ def corpus_dirs() -> list[Path]:
     ]
 
 
+def real_file(name: str) -> Path:
+    """A real image of the corpus by file name."""
+    for d in corpus_dirs():
+        if (d / name).is_file():
+            return d / name
+    raise FileNotFoundError(f"{name} not in the real-image corpus (pydicom-data, pydicom test files)")
+
+
 def corpus_files() -> list[Path]:
     files: list[Path] = []
     for d in corpus_dirs():
@@ -36,13 +44,15 @@ def pydicom_reads(path: Path) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
-def split_part10(path: Path | str) -> tuple[str, bytes]:
-    """(transfer syntax, dataset bytes without file meta) of a Part-10 file: what the engine
-    stores of it and serves back."""
+def split_part10(src: Path | str | bytes) -> tuple[str, bytes]:
+    """(transfer syntax, dataset bytes without file meta) of a Part-10 file (a path, or its
+    bytes): what the engine stores of it and serves back."""
+    import io
+
     from pydicom.filereader import _read_file_meta_info, read_preamble
 
-    with open(path, "rb") as fp:
-        read_preamble(fp, False)
-        meta = _read_file_meta_info(fp)
-        pos = fp.tell()
-    return str(meta.TransferSyntaxUID), Path(path).read_bytes()[pos:]
+    data = src if isinstance(src, bytes) else Path(src).read_bytes()
+    fp = io.BytesIO(data)
+    read_preamble(fp, False)
+    meta = _read_file_meta_info(fp)
+    return str(meta.TransferSyntaxUID), data[fp.tell():]

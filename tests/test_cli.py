@@ -70,6 +70,14 @@ def test_ingest_ls_export_stats_verify_delete(inbox: Path, tmp_path: Path) -> No
 
     stats = json.loads(run("stats", "--data", str(data), "--json").stdout)
     assert stats["objects"] == 5
+    # Ingest lands raw (disk speed); the compactor (`tier compact`, or serve in the background)
+    # moves everything to the warm tier's hot codec.
+    landing = stats["tiers"]["landing"]
+    assert landing["objects"] == 5 and landing["stored_bytes"] == landing["logical_bytes"]
+    compacted = json.loads(run("tier", "compact", "--data", str(data)).stdout)
+    assert compacted["blobs"] == 5 and not compacted["failed"]
+    stats = json.loads(run("stats", "--data", str(data), "--json").stdout)
+    assert stats["tiers"]["landing"]["objects"] == 0 and stats["tiers"]["warm"]["objects"] == 5
     assert stats["logical_bytes"] > stats["stored_bytes"] > 0
 
     out = tmp_path / "out"

@@ -29,6 +29,7 @@ from .errors import DicomVaultError
 from .replication.commands import add_commands as add_replication_commands
 from .site_args import add_serve_site_arguments, add_site_arguments
 from .textout import print_table, walk_paths
+from .tiering.commands import add_tier_commands
 
 log = logging.getLogger("dicomvault")
 
@@ -237,10 +238,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return cmd_heal(args)
     t0 = time.monotonic()
     with Engine(args.data, read_only=True) as engine:
-        report = engine.verify()
+        rate = int(args.remote_rate * 1e6) if args.remote_rate else None
+        if rate is None and args.config:
+            from .config import load_config
+
+            rate = load_config(args.config).tiering.verify_rate
+        report = engine.verify(remote=not args.local_only, rate_limit=rate)
     elapsed = time.monotonic() - t0
     out = {
         "checked": report.checked,
+        "remote_checked": report.remote_checked,
         "ok": report.ok,
         "damaged": [{"hash": h, "reason": r} for h, r in report.damaged],
         "missing": report.missing,
@@ -311,7 +318,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     site_options = serve_site_options(args, config.http, config.replication)
 
     def services(engine: Engine) -> Any:
-        url, stop = start_services(engine, site_options, config.replication.forward)
+        url, stop = start_services(engine, site_options, config.replication.forward, config.tiering)
         print(f"dicomvault serving HTTP {url} data={config.data_dir}", flush=True)
         return stop
 
@@ -368,8 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON array of objects keyed by DICOM keywords")
     p.set_defaults(func=cmd_ls)
 
-    p = sub.add_parser("verify", parents=[common], help="re-read every blob and check its hash")
+    p = sub.add_parser("verify", parents=[common], help="re-read every blob of every tier and check its hash")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--remote-rate", type=float, metavar="MB_S",
+                   help="read object-store tiers at most this fast (MB/s; default: unlimited)")
+    p.add_argument("--local-only", action="store_true", help="skip the object-store tiers")
+    p.add_argument("--config", metavar="FILE", help="TOML configuration: its [tiering] verify_rate")
     add_heal_arguments(p)
     p.set_defaults(func=cmd_verify)
 
@@ -409,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dr_commands(sub, common)
     add_bench_commands(sub, common)
     add_scu_commands(sub, common)
+    add_tier_commands(sub, str(DEFAULT_DATA_DIR))
     return parser
 
 

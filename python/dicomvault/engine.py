@@ -17,14 +17,26 @@ from typing import Any
 
 from . import _native  # type: ignore[attr-defined]
 from .attributes import decode_attrs
-from .errors import DicomVaultError, RejectedError, UIDMismatchError, UnknownObjectError
+from .errors import (
+    DicomVaultError,
+    RejectedError,
+    UIDMismatchError,
+    UnavailableError,
+    UnknownObjectError,
+)
 from .filemeta import file_meta_prefix
-from .index import Change, Index, InstanceRecord
+from .index import BlobRecord, Change, Index, InstanceRecord, Placement
 from .locks import ReadWriteLock
+from .storage.cold import ColdPlacement, ColdTier
+from .storage.layout import resolve as resolve_layout
+from .storage.settings import TierSpec
 
 DEFAULT_DATA_DIR = Path("./dicomvault-data")
-HOT_TIER = "hot"
 LEVELS = ("study", "series", "instance")
+# Blob records written before tiers existed name this tier; it is the one in volumes/.
+LEGACY_TIER = "hot"
+# After an object store failed to answer, reads of it fail at once for this many seconds.
+REMOTE_RETRY_AFTER = 5.0
 
 
 @dataclass(frozen=True)
@@ -49,17 +61,38 @@ class VerifyReport:
     damaged: list[tuple[str, str]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unreferenced: int = 0
+    # blobs checked in object-store tiers (by streaming their packs), per tier
+    remote_checked: dict[str, int] = field(default_factory=dict)
 
     @property
     def clean(self) -> bool:
         return not self.damaged and not self.missing
 
 
+def cold_placement(blob: BlobRecord) -> ColdPlacement:
+    """Where a blob of an object-store tier is, from its index record."""
+    return ColdPlacement(
+        hash=blob.hash,
+        pack_key=blob.pack_key,
+        offset=blob.pack_offset,
+        length=blob.stored_len,
+        digest=blob.pack_digest,
+        codec=blob.codec,
+        logical_len=blob.logical_len,
+    )
+
+
 class Engine:
-    """An open data directory: `<data>/blobs` (native blob store) + `<data>/index` (RocksDB).
+    """An open data directory: `<data>/blobs` (native blob store: the local tiers) +
+    `<data>/index` (RocksDB, which names the tier of every blob) + object-store tiers.
 
     A writable engine holds the directory's lock (taken by the blob store); a read-only one takes
     no lock and can run beside a writer (CLI `ls`, `stats`, `export`, `verify`).
+
+    Tiers (`tiers`, else the layout stored in `<data>/tiers.json`, else landing + warm): new
+    objects go to the first, with its codec (raw: the background compactor compresses them
+    later); reads find a blob in whichever local tier holds it, else in the object-store tier
+    its index record names.
     """
 
     def __init__(
@@ -71,6 +104,7 @@ class Engine:
         level: int = 1,
         volume_size: int = 1 << 30,
         min_free_bytes: int = 64 << 20,
+        tiers: Sequence[TierSpec] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.min_free_bytes = min_free_bytes
@@ -80,6 +114,18 @@ class Engine:
                 raise DicomVaultError(f"no dicomvault data directory at {self.data_dir}")
         else:
             self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.tiers: tuple[TierSpec, ...] = resolve_layout(self.data_dir, tiers, write=not read_only)
+        self.local_tiers = [t for t in self.tiers if t.is_local]
+        self.remote_tiers = {t.name: t for t in self.tiers if not t.is_local}
+        self._remote: dict[str, ColdTier] = {}
+        self._remote_down: dict[str, tuple[float, UnavailableError]] = {}
+        self.landing_tier = self.tiers[0].name
+        # Studies read since the tiering service last looked: last access (idle policies) and
+        # the ones read from an object store (promotion).
+        self.accessed: dict[str, float] = {}
+        self.cold_reads: set[str] = set()
+        # monotonic time of the last ingest commit (the compactor yields while it is recent)
+        self.last_ingest = 0.0
         # The blob store first: it takes the directory lock, so a second writer fails here
         # with a clear error before touching the index.
         self.vault = _native.Vault(
@@ -91,6 +137,9 @@ class Engine:
             # The reserve keeps room for the index to commit what the blob store accepted
             # (RocksDB turns read-only after a failed WAL write) and for deletes to run.
             min_free_bytes=0 if read_only else min_free_bytes,
+            tiers=[(t.name, t.path) for t in self.local_tiers],
+            # Ingest never runs the cold codec inline: a cold landing tier stores hot.
+            ingest_codec=min(self.tiers[0].codec_id, 1),
         )
         try:
             self.index = Index.open(str(self.data_dir / "index"), read_only=read_only)
@@ -103,6 +152,86 @@ class Engine:
     def close(self) -> None:
         self.index.close()
         self.vault.close()
+        for r in self._remote.values():
+            r.close()
+        self._remote.clear()
+
+    # -- tiers -----------------------------------------------------------------------------------
+    def local_index(self, tier: str) -> int:
+        """Position of a local tier in the native store (its `copy_between`/`delete_in` index)."""
+        for i, t in enumerate(self.local_tiers):
+            if t.name == tier:
+                return i
+        raise DicomVaultError(f"no local tier named {tier!r} (tiers: {[t.name for t in self.tiers]})")
+
+    def remote(self, tier: str) -> ColdTier:
+        """The object-store tier `tier`, connected on first use (a command that never reads a
+        cold blob never needs the store to be up)."""
+        r = self._remote.get(tier)
+        if r is None:
+            spec = self.remote_tiers.get(tier)
+            if spec is None:
+                raise DicomVaultError(f"no object-store tier named {tier!r}")
+            r = ColdTier.from_spec(
+                spec.name, spec.endpoint, spec.bucket or "", region=spec.region,
+                access_key=spec.access_key, secret_key=spec.secret_key, prefix=spec.prefix,
+                sse=spec.sse, pack_size=spec.pack_size, codec=spec.codec_id,
+                # A store that accepts connections and then says nothing must fail a read in
+                # seconds (a viewer is waiting), not after three 5 s timeouts.
+                read_timeout=2.0, retries=1,
+            )
+            self._remote[tier] = r
+        return r
+
+    def placed_tier(self, blob: BlobRecord) -> str:
+        """The tier a blob record names (records from before tiers say `hot`: the volumes/ tier)."""
+        if blob.tier == LEGACY_TIER and LEGACY_TIER not in {t.name for t in self.tiers}:
+            for t in self.local_tiers:
+                if t.path == "volumes":
+                    return t.name
+        return blob.tier
+
+    def _read_remote(self, blob_hash: bytes, study_uid: str | None) -> tuple[str, bytes]:
+        blob = self.index.blob(blob_hash)
+        if blob is None or blob.tier not in self.remote_tiers:
+            raise _native.NotFoundError(f"blob {blob_hash.hex()} is in no tier")
+        down = self._remote_down.get(blob.tier)
+        if down is not None and time.monotonic() - down[0] < REMOTE_RETRY_AFTER:
+            # A study of 500 cold instances while the store is down: one timeout, not 500.
+            raise UnavailableError(f"{down[1]} (not retried for {REMOTE_RETRY_AFTER:.0f} s)") from down[1]
+        try:
+            logical = self.remote(blob.tier).read_logical(cold_placement(blob))
+        except UnavailableError as exc:
+            self._remote_down[blob.tier] = (time.monotonic(), exc)
+            raise
+        self._remote_down.pop(blob.tier, None)
+        if study_uid:
+            self.cold_reads.add(study_uid)
+        ts, _, dataset = logical.partition(b"\0")
+        return ts.decode("ascii"), dataset
+
+    def read_stored(self, blob_hash: bytes) -> tuple[int, int, bytes]:
+        """(codec, logical length, stored bytes) of a blob from whichever tier holds it, not
+        decoded (replication and backup ship blobs as stored; the receiver verifies them)."""
+        try:
+            return self.vault.read_stored(blob_hash)
+        except _native.NotFoundError:
+            blob = self.index.blob(blob_hash)
+            if blob is None or blob.tier not in self.remote_tiers:
+                raise
+            codec, stored = self.remote(blob.tier).read(cold_placement(blob))
+            return codec, blob.logical_len, stored
+
+    def _read(self, blob_hash: bytes, study_uid: str | None) -> tuple[str, bytes]:
+        """(transfer syntax, dataset) of a blob from whichever tier holds it, hash-verified."""
+        if study_uid:
+            self.accessed[study_uid] = time.time()
+        try:
+            return self.vault.read(blob_hash)
+        except _native.NotFoundError:
+            if not self.remote_tiers:
+                raise
+            return self._read_remote(blob_hash, study_uid)
 
     def __enter__(self) -> Engine:
         return self
@@ -132,11 +261,12 @@ class Engine:
             "logical_len": native["logical_len"],
             "stored_len": native["stored_len"],
             "codec": native["codec"],
-            "tier": HOT_TIER,
+            "tier": self.landing_tier,
             "received_at": time.time(),
         }
 
     def _commit(self, records: list[dict[str, Any]]) -> list[StoreOutcome]:
+        self.last_ingest = time.monotonic()
         results = self.index.add_instances(records)
         released: list[bytes] = []
         outcomes = []
@@ -236,6 +366,8 @@ class Engine:
     def replace_blob(self, blob_hash: bytes, codec: int, logical_len: int, stored: bytes) -> bool | Exception:
         """Swaps a damaged or missing blob for a good copy (heal). The copy is decoded and its
         BLAKE3 checked before it is written; returns True or the exception that refused it.
+        A blob placed in an object store is healed into the landing tier and placed there (the
+        damaged remote copy stops being named; the policies move it out again later).
 
         Exclusive: nobody reads or dedups against the blob while the damaged record is dropped."""
         with self._lock.exclusive():
@@ -243,7 +375,15 @@ class Engine:
             if self.vault.contains(blob_hash):
                 self.vault.delete([blob_hash])
             res = self.vault.put_stored([(blob_hash, codec, logical_len, stored)])[0]
-            return res if isinstance(res, Exception) else True
+            if isinstance(res, Exception):
+                return res
+            blob = self.index.blob(blob_hash)
+            if blob is not None and blob.tier in self.remote_tiers:
+                self.index.set_placements(
+                    [Placement(blob_hash, blob.tier, self.landing_tier, codec, len(stored))]
+                )
+        self.free_packs()
+        return True
 
     # -- read ------------------------------------------------------------------------------------
     def instances(self, level: str, uid: str) -> list[InstanceRecord]:
@@ -263,10 +403,19 @@ class Engine:
         _, ts, dataset = self.read_instance(sop_instance_uid)
         return ts, dataset
 
-    def read_record(self, rec: InstanceRecord) -> tuple[str, bytes]:
+    def read_record(self, rec: InstanceRecord, *, background: bool = False) -> tuple[str, bytes]:
         """(transfer syntax UID, dataset bytes) of an index record the caller already holds
-        (a retrieve that listed a study), hash-verified, without looking the record up again."""
-        return self.vault.read(rec.hash)
+        (a retrieve that listed a study), hash-verified, without looking the record up again.
+        `background`: the archive's own work (a cache warmer), which is not a user's access:
+        it neither counts as the study's last access nor promotes it from an object store."""
+        return self._read(rec.hash, None if background else rec.study_uid)
+
+    def is_remote(self, blob_hash: bytes) -> bool:
+        """Whether the blob is placed in an object-store tier (reading it costs a GET)."""
+        if not self.remote_tiers:
+            return False
+        blob = self.index.blob(blob_hash)
+        return blob is not None and blob.tier in self.remote_tiers
 
     @staticmethod
     def dataset_length(rec: InstanceRecord) -> int:
@@ -280,7 +429,7 @@ class Engine:
         rec = self.index.get_instance(sop_instance_uid)
         if rec is None:
             raise UnknownObjectError("instance", sop_instance_uid)
-        ts, dataset = self.vault.read(rec.hash)
+        ts, dataset = self._read(rec.hash, rec.study_uid)
         return rec, ts, dataset
 
     def read_file(self, sop_instance_uid: str) -> bytes:
@@ -288,21 +437,28 @@ class Engine:
         rec = self.index.get_instance(sop_instance_uid)
         if rec is None:
             raise UnknownObjectError("instance", sop_instance_uid)
-        _, dataset = self.vault.read(rec.hash)
+        _, dataset = self._read(rec.hash, rec.study_uid)
         return rec.prefix + dataset
 
     def export(self, level: str, uid: str, out_dir: str | os.PathLike[str]) -> list[Path]:
         """Writes `<out>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm` for every instance under uid."""
         out = Path(out_dir)
-        items, paths = [], []
-        for rec in self.instances(level, uid):
+        items, paths, recs = [], [], self.instances(level, uid)
+        for rec in recs:
             path = out / rec.study_uid / rec.series_uid / f"{rec.sop_uid}.dcm"
             path.parent.mkdir(parents=True, exist_ok=True)
             items.append((rec.hash, rec.prefix, str(path)))
             paths.append(path)
-        errors = [e for e in self.vault.export_files(items) if e is not None]
-        if errors:
-            raise errors[0]
+            self.accessed[rec.study_uid] = time.time()
+        for rec, path, err in zip(recs, paths, self.vault.export_files(items), strict=True):
+            if err is None:
+                continue
+            if not (isinstance(err, _native.NotFoundError) and self.remote_tiers):
+                raise err
+            _, dataset = self._read_remote(rec.hash, rec.study_uid)
+            part = path.with_suffix(".dcm.part")
+            part.write_bytes(rec.prefix + dataset)
+            os.replace(part, path)
         return paths
 
     # -- delete / maintenance --------------------------------------------------------------------
@@ -316,14 +472,32 @@ class Engine:
             if res.released_blobs:
                 self.vault.delete(list(res.released_blobs))
             self.vault.compact(compact_threshold)
-            return len(res.deleted)
+        self.free_packs()
+        return len(res.deleted)
+
+    def free_packs(self) -> list[str]:
+        """Deletes the object-store packs whose last live blob left (deleted, moved back).
+        Best effort: a store that is down keeps them, and the orphan sweep of `tier run` finds
+        them later. Returns the keys deleted."""
+        done = []
+        for key in self.index.drain_emptied_packs():
+            for name in self.remote_tiers:
+                try:
+                    self.remote(name).delete_pack(key)
+                    done.append(key)
+                    break
+                except DicomVaultError:
+                    continue
+        return done
 
     def compact(self, threshold: float = 0.25) -> dict[str, Any]:
         with self._lock.exclusive():
             return self.vault.compact(threshold)
 
-    def verify(self) -> VerifyReport:
-        """Re-reads every blob, checks its hash, and checks the index names no missing blob."""
+    def verify(self, *, remote: bool = True, rate_limit: int | None = None) -> VerifyReport:
+        """Re-reads every blob of every tier, checks its hash, and checks the index names no
+        missing blob. Object-store tiers are read by streaming each pack once (at most
+        `rate_limit` bytes/s); `remote=False` skips them (their blobs are then not counted)."""
         native = self.vault.verify()
         report = VerifyReport(
             checked=native["checked"],
@@ -333,21 +507,73 @@ class Engine:
         )
         present = set(self.vault.hashes())
         referenced = 0
-        for h, _rec in self.index.blobs():
+        by_tier: dict[str, list[ColdPlacement]] = {}
+        for h, blob in self.index.blobs():
+            if blob.tier in self.remote_tiers:
+                # Checked in its object store even when a promoted copy is local too.
+                by_tier.setdefault(blob.tier, []).append(cold_placement(blob))
+                referenced += h in present
+                continue
             referenced += 1
             if h not in present:
                 report.missing.append(h.hex())
         report.unreferenced = max(0, len(present) - (referenced - len(report.missing)))
+        for name, placements in by_tier.items():
+            if not remote:
+                break
+            res = self.remote(name).verify(placements, rate_limit=rate_limit)
+            report.remote_checked[name] = res.blobs
+            report.checked += res.blobs
+            report.ok += res.blobs - len(res.damaged) - len(res.missing)
+            report.bytes += res.bytes
+            report.damaged.extend(res.damaged)
+            report.missing.extend(h for h, _ in res.missing)
         return report
 
     def stats(self) -> dict[str, Any]:
         idx = dict(self.index.stats())
-        tiers = {HOT_TIER: self.vault.stats()}
-        logical = int(idx.get("logical_bytes", 0))
-        stored = int(idx.get("stored_bytes", 0))
+        idx["tiers"] = self.tier_stats()
+        logical = sum(t["logical_bytes"] for t in idx["tiers"].values())
+        stored = sum(t["stored_bytes"] for t in idx["tiers"].values())
+        # What the blobs take now, wherever they are (the index's own counter is per instance
+        # as received, before compaction or tier moves).
+        idx["stored_bytes"] = stored
         idx["compression_ratio"] = round(logical / stored, 3) if stored else None
-        idx["tiers"] = tiers
         return idx
+
+    def tier_stats(self) -> dict[str, dict[str, Any]]:
+        """Per tier, in order: what the index places there (blobs, stored and logical bytes,
+        their ratio), its backend, codec and capacity; local tiers add their volume files."""
+        counts = dict(self.index.tier_counts())
+        if LEGACY_TIER in counts and LEGACY_TIER not in {t.name for t in self.tiers}:
+            legacy = counts.pop(LEGACY_TIER)
+            name = self.placed_tier(BlobRecord(tier=LEGACY_TIER))
+            have = counts.get(name, (0, 0, 0))
+            counts[name] = (have[0] + legacy[0], have[1] + legacy[1], have[2] + legacy[2])
+        native = dict(self.vault.tier_stats())
+        out: dict[str, dict[str, Any]] = {}
+        for t in self.tiers:
+            blobs, stored, logical = counts.get(t.name, (0, 0, 0))
+            row: dict[str, Any] = {
+                "backend": t.backend, "codec": t.codec, "capacity": t.capacity,
+                "objects": blobs, "stored_bytes": stored, "logical_bytes": logical,
+                "ratio": round(logical / stored, 3) if stored else None,
+            }
+            if t.is_local:
+                v = native.get(t.name, {})
+                row.update(
+                    copies=v.get("objects", 0), disk_bytes=v.get("disk_bytes", 0),
+                    garbage_bytes=v.get("garbage_bytes", 0), volumes=v.get("volumes", 0),
+                    path=str(self.data_dir / "blobs" / (t.path or "")),
+                )
+                used = v.get("disk_bytes", 0)
+            else:
+                row.update(endpoint=t.endpoint, bucket=t.bucket, prefix=t.prefix)
+                used = stored
+            row["used_bytes"] = used
+            row["free_bytes"] = max(0, t.capacity - used) if t.capacity else None
+            out[t.name] = row
+        return out
 
     def ls(
         self,

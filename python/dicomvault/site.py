@@ -31,6 +31,8 @@ from .replication.feed_api import FeedService
 from .replication.puller import Puller
 from .replication.tracker import ReplicaTracker
 from .site_args import AUTO, AUTO_ANONYMOUS_ROLE, SiteOptions
+from .storage.settings import TieringSettings, default_settings
+from .tiering.service import TieringService
 from .web.app import build_app
 from .web.context import WebContext, WebSettings
 from .web.dicomweb.warmer import MetadataWarmer
@@ -51,7 +53,7 @@ def is_loopback(host: str) -> bool:
 
 
 class Site:
-    def __init__(self, engine: Engine, options: SiteOptions) -> None:
+    def __init__(self, engine: Engine, options: SiteOptions, tiering: TieringService | None = None) -> None:
         self.engine = engine
         self.options = options
         self.admin_token = secrets.token_urlsafe(24)
@@ -82,7 +84,7 @@ class Site:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.forward_status: Callable[[], list[dict[str, Any]]] | None = None
-        self.app = build_app(self.ctx, jobs=self._jobs, status_extra=self._status_extra)
+        self.app = build_app(self.ctx, jobs=self._jobs, status_extra=self._status_extra, tiering=tiering)
         # The series a modality just sent is the one a radiologist opens next: warm its metadata.
         metadata = self.ctx.extras.get("metadata")
         cached = metadata is not None and metadata.cache is not None and not engine.read_only
@@ -213,13 +215,16 @@ def run_site(data_dir: str | os.PathLike[str], options: SiteOptions, *, announce
             signal.signal(s, h)
 
 
-def start_services(engine: Engine, options: SiteOptions, forward_rules: tuple[Any, ...] = ()
-                   ) -> tuple[str, Callable[[], None]]:
+def start_services(engine: Engine, options: SiteOptions, forward_rules: tuple[Any, ...] = (),
+                   tiering: TieringSettings | None = None) -> tuple[str, Callable[[], None]]:
     """What `dicomvault serve` runs beside the DIMSE SCP: the site (HTTP, feed, admin, optional
-    puller) and one forwarding thread per `[[forward]]` destination. Returns the stop function."""
+    puller), the tiering service (compactor, policies) and one forwarding thread per
+    `[[forward]]` destination. Returns the stop function."""
     from .replication.forward import Forwarder, forward_status
 
-    site = Site(engine, options)
+    tier_service = TieringService(engine, tiering or default_settings())
+    tier_service.start()
+    site = Site(engine, options, tier_service)
     site.forward_status = lambda: forward_status(engine.data_dir)
     site.start()
     log.info("HTTP service at %s (%d replication token(s))", site.url, len(options.replication_tokens))
@@ -237,6 +242,7 @@ def start_services(engine: Engine, options: SiteOptions, forward_rules: tuple[An
         for t in threads:
             t.join(35)
         site.stop()
+        tier_service.stop()
 
     return site.url, stop_all
 

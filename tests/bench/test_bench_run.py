@@ -100,8 +100,12 @@ def actual_fields(d: Any, prefix: str = "") -> set[str]:
 
 def test_short_run_completes_with_every_phase(run: dict[str, Any]) -> None:
     r = run["json"]
-    assert set(r["phases"]) == {"ingest", "query", "retrieve", "scrub", "dimse_ingest"}
+    assert set(r["phases"]) == {"ingest", "compact", "query", "retrieve", "scrub", "dimse_ingest"}
     ing = r["phases"]["ingest"]
+    # Ingest lands raw; the compact phase moves all of it to the warm tier's codec.
+    comp = r["phases"]["compact"]
+    assert ing["compression_ratio"] == 1.0
+    assert comp["failed"] == 0 and comp["blobs"] == ing["objects"] and comp["compression_ratio"] > 1.2
     assert ing["errors"] == 0 and ing["objects"] > 10 and ing["bytes"] >= 0.04e9
     assert r["phases"]["scrub"]["damaged"] == 0 and r["phases"]["scrub"]["objects"] == ing["objects"]
     assert r["phases"]["retrieve"]["objects"] > 0 and r["phases"]["query"]["queries"] >= 6
@@ -111,6 +115,7 @@ def test_short_run_completes_with_every_phase(run: dict[str, Any]) -> None:
     for line in (
         "device synced seq write",
         "engine ingest",
+        "compact to warm",
         "engine query",
         "engine retrieve",
         "engine scrub",
@@ -183,7 +188,8 @@ def test_duration_run_generates_ahead(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "d.json").read_text())
     assert res["generator"]["mode"] == "run_ahead"
-    assert set(res["phases"]) == {"ingest", "scrub"} and res["ratios"]["retrieve_vs_seq_read"] is None
+    assert set(res["phases"]) == {"ingest", "compact", "scrub"}
+    assert res["ratios"]["retrieve_vs_seq_read"] is None
     assert res["ratios"]["dimse_ingest_vs_seq_write"] is None
     assert 0.9 < res["phases"]["ingest"]["seconds"] < 5
 

@@ -29,9 +29,12 @@ class CountingEngine:
         self.engine = engine
         self.reads = 0
 
-    def read_record(self, rec: InstanceRecord) -> tuple[str, bytes]:
+    def read_record(self, rec: InstanceRecord, *, background: bool = False) -> tuple[str, bytes]:
         self.reads += 1
-        return self.engine.read_record(rec)
+        return self.engine.read_record(rec, background=background)
+
+    def is_remote(self, blob_hash: bytes) -> bool:
+        return self.engine.is_remote(blob_hash)
 
 
 def store(engine: Engine, files: list[str]) -> list[InstanceRecord]:

@@ -146,6 +146,8 @@ def histogram_svg(name: str, hist: dict[str, list[float]], lat: dict[str, Any]) 
 def render(r: dict[str, Any]) -> str:
     hists = []
     for name, p in r["phases"].items():
+        if "latency_histogram" not in p:
+            continue  # a phase timed as a whole (compact)
         label = f"{name} ({'per query' if name == 'query' else 'per object'})"
         hists.append(histogram_svg(label, p["latency_histogram"], p["latency_ms"]))
         if "first_byte_histogram" in p:

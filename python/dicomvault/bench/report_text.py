@@ -127,6 +127,18 @@ def summary(r: dict[str, Any]) -> str:
             None,
             f"ratio {p['compression_ratio']}; " + _x(ra["ingest_stored_vs_seq_write"], "seq write"),
         )
+    if "compact" in ph:
+        p = ph["compact"]
+        row(
+            f"compact to warm ({p['threads']} thr)",
+            p["blobs"],
+            p["logical_bytes"] / 1e6,
+            p["seconds"],
+            p["mb_s"],
+            None,
+            None,
+            f"ratio {p['compression_ratio']}",
+        )
     if "dimse_ingest" in ph:
         p = ph["dimse_ingest"]
         row(

@@ -166,6 +166,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
                     "mb_s_before": before["mb_s"],
                     "mb_s_after": after["mb_s"],
                 }
+            out_phases["compact"] = phases.compact(engine, tick)
             studies = [s for s in source.catalog if s.uid in ingested]
             if "query" in cfg.phases and studies:
                 out_phases["query"] = phases.query(

@@ -247,7 +247,8 @@ def serve(config: Config, *, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        with Engine(config.data_dir) as engine:
+        tiers = config.tiering.tiers if config.tiering.configured else None
+        with Engine(config.data_dir, tiers=tiers) as engine:
             workers = config.dimse.workers
             if workers > 1:
                 # The full SCP listens on loopback only; receiver processes own the public port

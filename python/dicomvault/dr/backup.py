@@ -14,13 +14,14 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..engine import Engine
 from ..errors import DicomVaultError
 from ..index import Index
 from ..replication import state
+from ..storage.layout import LAYOUT_FILE, store_layout
 
 MANIFEST = "BACKUP.json"
 
@@ -60,6 +61,23 @@ def _copy_volumes(src: Path, dst: Path) -> int:
     return copied
 
 
+def _copy_tiers(engine: Engine, out: Path) -> int:
+    """Copies every local tier's volumes and writes the layout the copy opens with (a tier kept
+    outside the data directory lands inside the copy). Object-store tiers are not copied: the
+    backup names their packs, which the store keeps (it is its own replicated storage)."""
+    copied = 0
+    tiers = []
+    for t in engine.tiers:
+        if t.is_local:
+            inside = not Path(t.path or "").is_absolute()
+            rel = t.path if inside else f"tier-{t.name}"
+            copied += _copy_volumes(engine.data_dir / "blobs" / (t.path or ""), out / "blobs" / (rel or ""))
+            t = replace(t, path=rel)
+        tiers.append(t)
+    store_layout(out, tuple(tiers))
+    return copied
+
+
 def _fsync_tree(root: Path) -> None:
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
@@ -83,7 +101,7 @@ def _refetch(engine: Engine, copy: Engine, missing: list[bytes], out: Path, copi
     fetched = 0
     for h in missing:
         try:
-            item = (h, *engine.vault.read_stored(h))
+            item = (h, *engine.read_stored(h))
         except DicomVaultError:
             gone.add(h)
             continue
@@ -113,11 +131,12 @@ def backup(engine: Engine, dest: str | os.PathLike[str], *, verify: bool = False
     t0 = time.perf_counter()
     engine.index.checkpoint(out / "index")
     report = BackupReport(path=str(out))
-    report.bytes_copied = _copy_volumes(engine.data_dir / "blobs" / "volumes", out / "blobs" / "volumes")
+    report.bytes_copied = _copy_tiers(engine, out)
     with Engine(out, min_free_bytes=0) as copy:
         st = copy.index.stats()
         report.objects, report.last_seq = st["objects"], st["last_seq"]
-        missing = [h for h, _ in copy.index.blobs() if not copy.vault.contains(h)]
+        missing = [h for h, b in copy.index.blobs()
+                   if not copy.vault.contains(h) and b.tier not in copy.remote_tiers]
         report.blobs = st["blobs"]
         if missing:
             report.refetched, report.bytes_copied = _refetch(engine, copy, missing, out,
@@ -152,7 +171,13 @@ def restore(src: str | os.PathLike[str], data_dir: str | os.PathLike[str], *,
     target.mkdir(parents=True, exist_ok=True)
     shutil.copytree(source / "index", target / "index")
     report = BackupReport(path=str(target))
-    report.bytes_copied = _copy_volumes(source / "blobs" / "volumes", target / "blobs" / "volumes")
+    report.bytes_copied = 0
+    for d in sorted((source / "blobs").iterdir()):
+        if d.is_dir():
+            report.bytes_copied += _copy_volumes(d, target / "blobs" / d.name)
+    if (source / LAYOUT_FILE).exists():
+        shutil.copyfile(source / LAYOUT_FILE, target / LAYOUT_FILE)
+        os.chmod(target / LAYOUT_FILE, 0o600)
     _fsync_tree(target)
     with Index.open(target / "index") as idx:
         state.new_feed_id(idx)

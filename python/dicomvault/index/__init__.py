@@ -43,11 +43,12 @@ from .records import (
     StudyRecord,
 )
 from .schema import SCHEMA_VERSION
-from .store import AddResult, DeleteResult, Index
+from .store import AddResult, DeleteResult, Index, Placement
 
 __all__ = [
     "SCHEMA_VERSION",
     "AddResult",
+    "Placement",
     "BlobRecord",
     "Change",
     "DeleteResult",

@@ -17,7 +17,12 @@ from .records import BlobRecord, InstanceRecord, PatientRecord, SeriesRecord, St
 from .schema import CF_BLOBS, CF_IDX, CF_INSTANCES, CF_PATIENTS, CF_SERIES, CF_STUDIES
 
 
-def check_index(cfs: Mapping[str, Any], stats: Callable[[], Mapping[str, int]]) -> list[str]:
+def check_index(
+    cfs: Mapping[str, Any],
+    stats: Callable[[], Mapping[str, int]],
+    tier_counts: Callable[[], Mapping[str, tuple[int, int, int]]] | None = None,
+    live_packs: Callable[[], Mapping[str, int]] | None = None,
+) -> list[str]:
     """Return a list of problems (empty when the index is consistent): the records in `cfs`
     (the index's column families) against each other and against the counters `stats()`."""
     problems: list[str] = []
@@ -93,10 +98,16 @@ def check_index(cfs: Mapping[str, Any], stats: Callable[[], Mapping[str, int]]) 
                             f"{series_per_patient[pa.patient_id]}")
         expected_idx.update(secondary.patient_entries(pa))
     n_blobs = blob_bytes = 0
+    per_tier: dict[str, tuple[int, int, int]] = {}
+    per_pack: dict[str, int] = {}
     for h, v in scan(cfs[CF_BLOBS], b"", None):
         b = BlobRecord.decode(v)
         n_blobs += 1
         blob_bytes += b.stored_len
+        c = per_tier.get(b.tier, (0, 0, 0))
+        per_tier[b.tier] = (c[0] + 1, c[1] + b.stored_len, c[2] + b.logical_len)
+        if b.pack_key:
+            per_pack[b.pack_key] = per_pack.get(b.pack_key, 0) + 1
         if b.refcount != refs.get(h, 0):
             problems.append(f"blob {h.hex()}: refcount {b.refcount} != {refs.get(h, 0)}")
     for h in refs:
@@ -111,6 +122,10 @@ def check_index(cfs: Mapping[str, Any], stats: Callable[[], Mapping[str, int]]) 
         "objects": objects, "logical_bytes": logical, "stored_bytes": stored, "patients": n_patients,
         "studies": n_studies, "series": n_series, "blobs": n_blobs, "blob_bytes": blob_bytes,
     }
+    if tier_counts is not None and dict(tier_counts()) != per_tier:
+        problems.append(f"tier counters {dict(tier_counts())} but the blob records say {per_tier}")
+    if live_packs is not None and dict(live_packs()) != per_pack:
+        problems.append(f"pack counts {dict(live_packs())} but the blob records say {per_pack}")
     st_now = stats()
     for k, v in expected_stats.items():
         if st_now.get(k) != v:

@@ -187,8 +187,14 @@ class BlobRecord(Record):
     logical_len: int = 0
     stored_len: int = 0
     codec: int = 0
+    # Where the blob lives (its placement): a local tier's volumes find it by hash; an
+    # object-store tier needs the pack, the offset and the BLAKE3 of the stored bytes.
     tier: str = "hot"
     created_at: float = 0.0
+    pack_key: str = ""
+    pack_offset: int = 0
+    pack_digest: bytes = b""
+    moved_at: float = 0.0
 
 
 # Change kinds written to the feed.
@@ -236,11 +242,23 @@ class Stats(Record):
     # distinct blobs' stored size (what is actually on disk after dedup)
     blob_bytes: int = 0
     last_seq: int = 0
+    # tier name -> [blobs, stored bytes, logical bytes] of the blobs placed there
+    tiers: dict[str, list[int]] = field(default_factory=dict)
 
     def copy(self) -> Stats:
         """Independent copy (for building a batch without touching the live one)."""
-        return Stats(**self.to_wire())
+        wire = self.to_wire()
+        wire["tiers"] = {k: list(v) for k, v in self.tiers.items()}
+        return Stats(**wire)
+
+    def count_tier(self, tier: str, blobs: int, stored: int, logical: int) -> None:
+        c = self.tiers.setdefault(tier, [0, 0, 0])
+        c[0] += blobs
+        c[1] += stored
+        c[2] += logical
+        if c[0] <= 0:
+            del self.tiers[tier]
 
     def as_dict(self) -> dict[str, int]:
-        """Public dict form returned by Index.stats()."""
-        return {k: int(v) for k, v in self.to_wire().items()}
+        """Public dict form returned by Index.stats() (the per-tier counters: tier_counts())."""
+        return {k: int(v) for k, v in self.to_wire().items() if k != "tiers"}

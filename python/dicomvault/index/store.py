@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -63,11 +63,25 @@ from .schema import (
     check_schema,
     open_db,
 )
-from .txn import Txn
+from .txn import PACK_META_PREFIX, Txn
 
 T = TypeVar("T")
 HASH_LEN = 32
 _STUDY_LEVEL_KEYS = PATIENT_KEYWORDS | STUDY_KEYWORDS
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One blob's new place, for :meth:`Index.set_placements`."""
+
+    hash: bytes
+    from_tier: str
+    to_tier: str
+    codec: int
+    stored_len: int
+    pack_key: str = ""
+    pack_offset: int = 0
+    pack_digest: bytes = b""
 
 
 @dataclass(slots=True)
@@ -129,6 +143,8 @@ class Index:
         self._durable = durable
         self._closed = False
         self._wlock = threading.Lock()
+        # Packs of object-store tiers whose last live blob left (see drain_emptied_packs).
+        self._emptied_packs: list[str] = []
         self._wopts = WriteOptions()
         self._wopts.sync = False
         self._attach_db(db)
@@ -160,7 +176,22 @@ class Index:
         except BaseException:
             db.close()
             raise
-        return cls(p, db, read_only, secondary_path, durable)
+        index = cls(p, db, read_only, secondary_path, durable)
+        if not (read_only or secondary_path) and index._stats.blobs and not index._stats.tiers:
+            index._backfill_tier_counts()
+        return index
+
+    def _backfill_tier_counts(self) -> None:
+        """Indexes written before per-tier counters existed get them once, from the records."""
+
+        def build(txn: Txn) -> None:
+            txn.stats.tiers = {}
+            for _, v in scan(self._cfs[CF_BLOBS], b"", None):
+                b = BlobRecord.decode(v)
+                txn.stats.count_tier(b.tier, 1, b.stored_len, b.logical_len)
+            txn.meta[b"tier/counted"] = b"1"  # something to write, so the stats go in too
+
+        self._commit("count blobs per tier", build)
 
     def _attach_db(self, db: Rdict) -> None:
         self._db = db
@@ -270,6 +301,7 @@ class Index:
                     raise cls(f"{op}: write to index {self.path!r} failed: {exc}") from exc
                 self._stats = txn.stats
                 ticket = self._committer.note_written(txn.stats.last_seq)
+                self._emptied_packs.extend(txn.emptied_packs)
         if self._durable:
             self._committer.wait_durable(ticket)
         return out, txn
@@ -382,6 +414,7 @@ class Index:
                               codec=rec.codec, tier=rec.tier, created_at=now)
             st.blobs += 1
             st.blob_bytes += rec.stored_len
+            st.count_tier(rec.tier, 1, rec.stored_len, rec.logical_len)
         blob.refcount += 1
         txn.put(CF_BLOBS, rec.hash, blob)
         txn.put(CF_SERIES, series_key, series)
@@ -581,6 +614,19 @@ class Index:
         return [(bytes(k), bytes(v)) for k, v in scan(self._cfs[CF_META], p, keys.prefix_upper_bound(p))
                 if v]
 
+    def put_meta_many(self, items: Mapping[bytes, bytes | None]) -> None:
+        """:meth:`put_meta` of several keys in one durable batch."""
+        for k in items:
+            if bytes(k) in (META_STATS, b"schema"):
+                raise ValueError(f"meta key {bytes(k)!r} is reserved")
+
+        def build(txn: Txn) -> None:
+            for k, v in items.items():
+                txn.meta[bytes(k)] = b"" if v is None else bytes(v)
+
+        if items:
+            self._commit(f"put {len(items)} meta keys", build)
+
     def put_meta(self, key: bytes, value: bytes | None) -> None:
         """Durably set (None: delete) a meta key; ``schema`` and ``stats`` are reserved."""
         k = bytes(key)
@@ -594,6 +640,55 @@ class Index:
                 txn.meta[k] = bytes(value)
 
         self._commit(f"put meta {k!r}", build)
+
+    def set_placements(self, moves: Sequence[Placement]) -> list[bytes]:
+        """Switches blobs to a new tier in one durable batch: the index step of a tier move,
+        after the copy was read back and verified and before the old copy is freed.
+
+        A move applies only if the blob is still placed where the mover found it
+        (``from_tier``): a blob deleted or moved by someone else meanwhile is left alone.
+        Returns the hashes switched (the caller frees their old copies; for the others it
+        frees the new copy instead)."""
+
+        def build(txn: Txn) -> list[bytes]:
+            done = []
+            for m in moves:
+                blob: BlobRecord | None = txn.get(CF_BLOBS, m.hash)
+                if blob is None or blob.tier != m.from_tier:
+                    continue
+                st = txn.stats
+                st.count_tier(blob.tier, -1, -blob.stored_len, -blob.logical_len)
+                st.count_tier(m.to_tier, 1, m.stored_len, blob.logical_len)
+                st.blob_bytes += m.stored_len - blob.stored_len
+                if blob.pack_key:
+                    txn.count_pack(blob.pack_key, -1)
+                if m.pack_key:
+                    txn.count_pack(m.pack_key, 1)
+                blob.tier, blob.codec, blob.stored_len = m.to_tier, m.codec, m.stored_len
+                blob.pack_key, blob.pack_offset, blob.pack_digest = m.pack_key, m.pack_offset, m.pack_digest
+                blob.moved_at = txn.now
+                txn.put(CF_BLOBS, m.hash, blob)
+                done.append(m.hash)
+            return done
+
+        done, _ = self._commit(f"move {len(moves)} blobs", build)
+        return done
+
+    def tier_counts(self) -> dict[str, tuple[int, int, int]]:
+        """tier name -> (blobs, stored bytes, logical bytes) placed there, from the counters."""
+        self._check_open()
+        return {k: (int(v[0]), int(v[1]), int(v[2])) for k, v in self._stats.tiers.items()}
+
+    def drain_emptied_packs(self) -> list[str]:
+        """Packs whose last live blob left since the last call (moved back, deleted): their
+        objects can be deleted. A crash loses this list; the orphan sweep finds them again."""
+        with self._wlock:
+            out, self._emptied_packs = self._emptied_packs, []
+        return out
+
+    def live_packs(self) -> dict[str, int]:
+        """pack key -> number of live blobs in it."""
+        return {k[len(PACK_META_PREFIX):].decode(): int(v) for k, v in self.meta_items(PACK_META_PREFIX)}
 
     # --------------------------------------------------------------- lookups
 
@@ -719,7 +814,7 @@ class Index:
         self._check_open()
         from .check import check_index
 
-        return check_index(self._cfs, self.stats)
+        return check_index(self._cfs, self.stats, self.tier_counts, self.live_packs)
 
     # --------------------------------------------------------------- queries & feed
 

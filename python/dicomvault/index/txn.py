@@ -49,6 +49,14 @@ _DECODERS: dict[str, type[Record]] = {
 }
 
 
+PACK_META_PREFIX = b"tier/pack/"
+
+
+def pack_meta_key(pack_key: str) -> bytes:
+    """Meta-CF key of a pack's live-blob count (empty value: the pack holds nothing live)."""
+    return PACK_META_PREFIX + pack_key.encode()
+
+
 def _no_entries(_rec: Any) -> Mapping[bytes, bytes]:
     return {}
 
@@ -85,6 +93,10 @@ class Txn:
     # extra meta-CF keys written in the same batch (e.g. a replication cursor, so that applying
     # replicated changes and advancing the cursor are one atomic write)
     meta: dict[bytes, bytes] = field(default_factory=dict)
+    # pack key -> change in the number of live blobs placed in it (object-store tiers)
+    pack_delta: dict[str, int] = field(default_factory=dict)
+    # packs whose last live blob left in this batch (the caller deletes the objects)
+    emptied_packs: list[str] = field(default_factory=list)
 
     # -- record cache -----------------------------------------------------
 
@@ -171,11 +183,31 @@ class Txn:
             self.delete(CF_BLOBS, slot.key)
             st.blobs -= 1
             st.blob_bytes -= blob.stored_len
+            st.count_tier(blob.tier, -1, -blob.stored_len, -blob.logical_len)
+            if blob.pack_key:
+                self.count_pack(blob.pack_key, -1)
             self.released.append(blob.hash)
+
+    def count_pack(self, key: str, delta: int) -> None:
+        self.pack_delta[key] = self.pack_delta.get(key, 0) + delta
+
+    def _apply_pack_counts(self) -> None:
+        for key, delta in self.pack_delta.items():
+            if delta == 0:
+                continue
+            mkey = pack_meta_key(key)
+            raw = self.cfs[CF_META].get(mkey)
+            n = (int(raw) if raw else 0) + delta
+            if n > 0:
+                self.meta[mkey] = str(n).encode()
+            else:
+                self.meta[mkey] = b""
+                self.emptied_packs.append(key)
 
     def finish(self) -> WriteBatch | None:
         """Prune, then build the WriteBatch (None if nothing changed)."""
         self._prune()
+        self._apply_pack_counts()
         batch = WriteBatch(raw_mode=True)
         h = self.handles
         idx = h["idx"]

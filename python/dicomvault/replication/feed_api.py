@@ -94,11 +94,10 @@ class FeedService:
             hashes = split_hashes(body)
         except ValueError as exc:
             raise RequestError(str(exc)) from exc
-        vault = self.engine.vault
         parts = []
         for h in hashes:
             try:
-                codec, logical_len, data = vault.read_stored(h)
+                codec, logical_len, data = self.engine.read_stored(h)
                 parts.append(frame(h, OK, codec, logical_len, data))
             except NotFoundError:
                 parts.append(frame(h, MISSING, 0, 0, b""))

@@ -24,6 +24,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ..errors import DicomVaultError
+from ..tiering.service import TieringService
 from . import (
     admin,
     api,
@@ -31,6 +32,7 @@ from . import (
     replication_routes,
     session_routes,
     shares_routes,
+    tier_routes,
     viewer_static,
     wado_uri,
 )
@@ -42,7 +44,8 @@ from .security import secured
 
 
 def build_app(ctx: WebContext, *, jobs: Callable[[], list[dict[str, Any]]] | None = None,
-              status_extra: Callable[[], dict[str, Any]] | None = None) -> Starlette:
+              status_extra: Callable[[], dict[str, Any]] | None = None,
+              tiering: TieringService | None = None) -> Starlette:
     stats = HttpStats()
     sec = ctx.security
 
@@ -53,6 +56,7 @@ def build_app(ctx: WebContext, *, jobs: Callable[[], list[dict[str, Any]]] | Non
         Route("/healthz", secured(sec, None, healthz), methods=["GET", "HEAD"]),
         Route("/metrics", secured(sec, "read", metrics_endpoint(stats, ctx.engine)), methods=["GET"]),
         *api.routes(ctx, jobs),
+        *tier_routes.routes(ctx, tiering),
         *measurements.routes(ctx),
         *session_routes.routes(ctx),
         *shares_routes.routes(ctx),

@@ -85,6 +85,15 @@ def render(stats: HttpStats, engine: Any) -> str:
         if key in idx:
             out += [f"# HELP dicomvault_{key} {help_}", f"# TYPE dicomvault_{key} gauge",
                     f"dicomvault_{key} {int(idx[key])}"]
+    tiers = engine.tier_stats()
+    for key, help_ in (("objects", "blobs placed in the tier"), ("stored_bytes", "stored bytes in the tier"),
+                       ("logical_bytes", "bytes as received of the blobs in the tier"),
+                       ("used_bytes", "bytes the tier takes (volume files, or packs)"),
+                       ("capacity", "configured capacity of the tier")):
+        out += [f"# HELP dicomvault_tier_{key} {help_}", f"# TYPE dicomvault_tier_{key} gauge"]
+        for name, row in tiers.items():
+            if row.get(key) is not None:
+                out.append(f'dicomvault_tier_{key}{{tier="{_esc(name)}"}} {int(row[key])}')
     out += ["# HELP dicomvault_feed_last_seq last change feed sequence number",
             "# TYPE dicomvault_feed_last_seq counter", f"dicomvault_feed_last_seq {engine.index.last_seq()}"]
     with stats._lock:

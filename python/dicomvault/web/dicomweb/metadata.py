@@ -44,7 +44,9 @@ SETTINGS_KEY = b"settings"
 
 
 class _Engine(Protocol):
-    def read_record(self, rec: InstanceRecord) -> tuple[str, bytes]: ...
+    def read_record(self, rec: InstanceRecord, *, background: bool = False) -> tuple[str, bytes]: ...
+
+    def is_remote(self, blob_hash: bytes) -> bool: ...
 
 
 def with_stored_syntax(obj: dict[str, object], ts: str) -> dict[str, object]:
@@ -258,24 +260,26 @@ class MetadataService:
         cached = self.cache.get_many([rec.hash for rec in records])
         fresh = []
         for rec, hit in zip(records, cached, strict=True):
-            if hit is None:
-                encoded = self._encode(rec)
+            # An instance in an object-store tier is not warmed: a GET and a cold decode for a
+            # cache nobody asked for (it is cached when it is first read).
+            if hit is None and not self.engine.is_remote(rec.hash):
+                encoded = self._encode(rec, background=True)
                 if encoded is not None:
                     fresh.append((rec.hash, encoded))
         self.cache.put_many(fresh)
         return len(fresh)
 
     # -- computing -------------------------------------------------------------------------------
-    def _json(self, rec: InstanceRecord, base: str) -> bytes:
-        ts, dataset = self.engine.read_record(rec)
+    def _json(self, rec: InstanceRecord, base: str, background: bool = False) -> bytes:
+        ts, dataset = self.engine.read_record(rec, background=background)
         prefix = f"{base}/studies/{rec.study_uid}/series/{rec.series_uid}/instances/{rec.sop_uid}"
         doc = dataset_json(ts, dataset, prefix, threshold=self.threshold)
         return orjson.dumps(with_stored_syntax(doc, ts))
 
-    def _encode(self, rec: InstanceRecord) -> bytes | None:
+    def _encode(self, rec: InstanceRecord, background: bool = False) -> bytes | None:
         """The cacheable JSON (base URL as placeholder), or None when a stored value itself
         spells the placeholder, which the base URL replacement would then rewrite."""
-        encoded = self._json(rec, PLACEHOLDER)
+        encoded = self._json(rec, PLACEHOLDER, background)
         if encoded.count(ENCODED_PLACEHOLDER) != encoded.count(_BULK_KEY):
             return None
         return encoded

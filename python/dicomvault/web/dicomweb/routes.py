@@ -160,9 +160,14 @@ class DicomWeb:
             length = multipart.stream_length(boundary, zip(part_types, sizes, strict=True))
             headers["Content-Length"] = str(length)
 
+        # The first part is read before the response starts, so a store that cannot give it (an
+        # object-store tier that is down, a damaged blob) is an HTTP status, not a cut stream.
+        first = self._instance_file(*plan[0])
+
         async def parts() -> AsyncIterator[tuple[str, tuple[bytes, bytes]]]:
-            loads = read_ahead(lambda item: self._instance_file(*item), plan)
-            for part_type, (_, fut) in zip(part_types, loads, strict=True):
+            yield (part_types[0], first)
+            loads = read_ahead(lambda item: self._instance_file(*item), plan[1:])
+            for part_type, (_, fut) in zip(part_types[1:], loads, strict=True):
                 try:
                     data = await asyncio.wrap_future(fut)
                 except NotFoundError:

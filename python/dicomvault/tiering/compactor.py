@@ -1,0 +1,168 @@
+"""The background compactor: landing (raw, written at disk speed) → the next local tier (hot
+codec), blob by blob, on every core when ingest is idle and on one low-priority thread when it
+is busy.
+
+Why per blob and not per study: the landing tier exists so ingest costs only the disk and a
+hash; it should drain as fast as the codec allows, whatever study a blob belongs to. Each batch
+is a `Mover` batch (copy, read back and verify, index switch, free); a landing volume whose
+records all left is then removed by the store's own compaction (threshold 1.0: only fully dead
+volumes, nothing is copied).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from ..engine import Engine
+from ..index import BlobRecord
+from .mover import Mover, MoveReport, batches
+
+log = logging.getLogger(__name__)
+
+# Ingest counts as busy if it committed within this many seconds.
+BUSY_WINDOW = 1.0
+# While ingest is busy, helper threads (all but one) wait this long between batches.
+YIELD_SLEEP = 0.05
+
+
+def lower_priority() -> None:
+    """This thread at nice 19 (Linux: per thread), so ingest and retrieval always win the CPU."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (OSError, AttributeError):  # not Linux or not permitted: run at normal priority
+        pass
+
+
+def compaction_target(engine: Engine) -> str | None:
+    """The tier the compactor fills: the first local tier after landing, when landing is raw."""
+    if engine.tiers[0].codec != "raw":
+        return None
+    for t in engine.local_tiers[1:]:
+        return t.name
+    return None
+
+
+@dataclass
+class CompactionPass:
+    report: MoveReport
+    extra_copies_freed: int = 0
+    volumes_removed: int = 0
+    threads: int = 1
+
+
+class Compactor:
+    def __init__(self, engine: Engine, *, threads: int = 0, compact_after: float = 0.0) -> None:
+        self.engine = engine
+        self.target = compaction_target(engine)
+        self.threads = threads or os.cpu_count() or 1
+        self.compact_after = compact_after
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.totals = MoveReport()
+        self._lock = threading.Lock()
+
+    # -- one pass --------------------------------------------------------------------------
+    def _landing_blobs(self, extra: list[bytes]) -> Iterator[BlobRecord]:
+        eng = self.engine
+        landing = eng.tiers[0].name
+        known = {t.name for t in eng.tiers}
+        now = time.time()
+        for h in eng.vault.tier_hashes(0):
+            rec = eng.index.blob(h)
+            if rec is None:
+                continue  # being ingested right now, or an orphan (reclaim() handles those)
+            placed = eng.placed_tier(rec)
+            if placed != landing and placed in known:
+                extra.append(h)  # a copy left by an interrupted move, or a re-sent duplicate
+                continue
+            # Placed here, or in a tier this layout does not have (a restored backup of a
+            # tiered archive): compacted like any landed blob, which also fixes its record.
+            if now - rec.created_at >= self.compact_after:
+                yield rec
+
+    def run_once(self, *, threads: int | None = None) -> CompactionPass:
+        """Moves every eligible landing blob to the target tier; returns what it did."""
+        eng = self.engine
+        if self.target is None:
+            return CompactionPass(MoveReport())
+        extra: list[bytes] = []
+        work = list(batches(self._landing_blobs(extra)))
+        known = {t.name for t in eng.tiers}
+        # Landed blobs, and blobs placed in a tier this layout lacks; never one a study move
+        # placed elsewhere after the listing above.
+        sources = {eng.tiers[0].name} | {b.tier for batch in work for b in batch if b.tier not in known}
+        n = max(1, min(threads or self.threads, len(work) or 1))
+        result = CompactionPass(MoveReport(), threads=n)
+        if extra:
+            with eng._lock.shared():
+                # Re-checked under the lock: only copies of blobs placed where a copy exists.
+                gone = [h for h in extra if (r := eng.index.blob(h)) is not None
+                        and self._held_elsewhere(eng.placed_tier(r), h)]
+                result.extra_copies_freed = eng.vault.delete_in(0, gone)
+        if work:
+            slots = iter(range(n))
+            slot_lock = threading.Lock()
+
+            def init() -> None:
+                lower_priority()
+                with slot_lock:
+                    threading.current_thread().dv_slot = next(slots, n)  # type: ignore[attr-defined]
+
+            def one(batch: list[BlobRecord]) -> MoveReport:
+                if self._stop.is_set():
+                    return MoveReport()
+                slot = getattr(threading.current_thread(), "dv_slot", 0)
+                while slot > 0 and self.ingest_busy() and not self._stop.is_set():
+                    time.sleep(YIELD_SLEEP)
+                return Mover(eng).move(batch, self.target or "", sources=sources)
+
+            with ThreadPoolExecutor(n, thread_name_prefix="dv-compact", initializer=init) as pool:
+                for r in pool.map(one, work):
+                    result.report.add(r)
+        if result.report.blobs or result.extra_copies_freed:
+            result.volumes_removed = int(eng.compact(1.0).get("volumes_compacted", 0))
+        with self._lock:
+            self.totals.add(result.report)
+        return result
+
+    def _held_elsewhere(self, placed: str, blob_hash: bytes) -> bool:
+        eng = self.engine
+        if placed == eng.tiers[0].name:
+            return False
+        if placed in eng.remote_tiers:
+            return True  # read back and verified in the object store before it was placed there
+        return eng.local_index(placed) in eng.vault.holders(blob_hash)
+
+    def ingest_busy(self) -> bool:
+        return time.monotonic() - self.engine.last_ingest < BUSY_WINDOW
+
+    # -- in the background -------------------------------------------------------------------
+    def start(self, interval: float = 1.0) -> None:
+        if self.target is None or self._thread is not None:
+            return
+
+        def loop() -> None:
+            lower_priority()
+            while not self._stop.wait(interval):
+                try:
+                    p = self.run_once()
+                    if p.report.failed:
+                        log.warning("compaction: %d blobs not moved, first: %s", len(p.report.failed),
+                                    p.report.failed[0])
+                except Exception:  # keep compacting after a transient failure (disk full, ...)
+                    log.exception("compaction pass failed; retrying in %.0f s", interval)
+
+        self._thread = threading.Thread(target=loop, name="dv-compactor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None

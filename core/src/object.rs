@@ -13,23 +13,66 @@ use crate::parse::{self, Parsed, PixelInfo};
 
 /// Everything the engine needs from one object: index attributes, address, encoded payload.
 #[derive(Debug)]
-pub struct Prepared {
+pub struct Prepared<'a> {
     pub parsed: Parsed,
     pub hash: Hash,
     /// Bytes before the dataset in the input (empty for a bare dataset or a DIMSE dataset).
     pub prefix: Vec<u8>,
     pub logical_len: u64,
     pub codec: Codec,
-    /// The stored bytes are `buf[stored_at..]` (see [`Prepared::stored`]): a raw blob is the
-    /// canonical buffer itself, so landing an object copies it no more than once.
-    buf: Vec<u8>,
-    stored_at: usize,
+    stored: Stored<'a>,
 }
 
-impl Prepared {
-    /// The stored (encoded) bytes.
-    pub fn stored(&self) -> &[u8] {
-        &self.buf[self.stored_at..]
+/// The stored bytes, without a copy where the codec is raw: a received buffer (past its
+/// headroom), or the transfer syntax header + the caller's dataset bytes.
+#[derive(Debug)]
+enum Stored<'a> {
+    Owned(Vec<u8>, usize),
+    Split(Vec<u8>, &'a [u8]),
+}
+
+/// What remains of a [`Prepared`] object once its bytes are stored: everything but the bytes.
+#[derive(Debug)]
+pub struct Landed {
+    pub parsed: Parsed,
+    pub hash: Hash,
+    pub prefix: Vec<u8>,
+    pub logical_len: u64,
+    pub codec: Codec,
+    pub stored_len: u64,
+}
+
+impl Prepared<'_> {
+    /// Drops the bytes (they may borrow the caller's input), keeps the rest.
+    pub fn landed(self) -> Landed {
+        let stored_len = self.stored_len() as u64;
+        Landed {
+            parsed: self.parsed,
+            hash: self.hash,
+            prefix: self.prefix,
+            logical_len: self.logical_len,
+            codec: self.codec,
+            stored_len,
+        }
+    }
+
+    /// The stored (encoded) bytes as (head, body): they are `head ++ body`.
+    pub fn parts(&self) -> (&[u8], &[u8]) {
+        match &self.stored {
+            Stored::Owned(buf, at) => (&[], &buf[*at..]),
+            Stored::Split(head, body) => (head, body),
+        }
+    }
+
+    pub fn stored_len(&self) -> usize {
+        let (h, b) = self.parts();
+        h.len() + b.len()
+    }
+
+    /// The stored bytes in one buffer (a copy when they are split).
+    pub fn stored_vec(&self) -> Vec<u8> {
+        let (h, b) = self.parts();
+        [h, b].concat()
     }
 }
 
@@ -140,9 +183,33 @@ fn check_required(parsed: &Parsed) -> Result<()> {
     Ok(())
 }
 
-fn prepare(parsed: Parsed, prefix: &[u8], dataset: &[u8], target: Codec, level: i32) -> Result<Prepared> {
+fn prepare<'a>(
+    parsed: Parsed,
+    prefix: &[u8],
+    dataset: &'a [u8],
+    target: Codec,
+    level: i32,
+) -> Result<Prepared<'a>> {
     // Checked before anything is hashed or stored: a rejected object leaves nothing behind.
     check_required(&parsed)?;
+    if target == Codec::Raw {
+        // The canonical bytes are never assembled: hashed in two pieces, written by pwritev.
+        let mut head = Vec::with_capacity(parsed.transfer_syntax.len() + 1);
+        head.extend_from_slice(parsed.transfer_syntax.as_bytes());
+        head.push(0);
+        let mut h = blake3::Hasher::new();
+        h.update(&head);
+        h.update(dataset);
+        let logical_len = (head.len() + dataset.len()) as u64;
+        return Ok(Prepared {
+            parsed,
+            hash: *h.finalize().as_bytes(),
+            prefix: prefix.to_vec(),
+            logical_len,
+            codec: Codec::Raw,
+            stored: Stored::Split(head, dataset),
+        });
+    }
     let logical = canonical(&parsed.transfer_syntax, dataset);
     prepare_canonical(parsed, prefix, logical, 0, target, level)
 }
@@ -156,19 +223,19 @@ fn prepare_canonical(
     start: usize,
     target: Codec,
     level: i32,
-) -> Result<Prepared> {
+) -> Result<Prepared<'static>> {
     let logical = &buf[start..];
     let hash = hash::hash(logical);
     let logical_len = logical.len() as u64;
-    let (codec, buf, stored_at) = if target == Codec::Raw {
-        (Codec::Raw, buf, start)
+    let (codec, stored) = if target == Codec::Raw {
+        (Codec::Raw, Stored::Owned(buf, start))
     } else {
         let base = parsed.transfer_syntax.len() + 1;
         let layout = parsed.pixel.as_ref().and_then(|p| pixel_layout(p, base));
-        let (codec, stored) = encode_with(logical, layout.as_ref(), target, level)?;
-        (codec, stored, 0)
+        let (codec, out) = encode_with(logical, layout.as_ref(), target, level)?;
+        (codec, Stored::Owned(out, 0))
     };
-    Ok(Prepared { parsed, hash, prefix: prefix.to_vec(), logical_len, codec, buf, stored_at })
+    Ok(Prepared { parsed, hash, prefix: prefix.to_vec(), logical_len, codec, stored })
 }
 
 /// Encodes for a tier's codec. Returns the codec actually used: [`Codec::Cold`] leaves what
@@ -199,25 +266,30 @@ pub fn encode_canonical(logical: &[u8], target: Codec, level: i32) -> Result<(Co
 }
 
 /// A file's bytes (Part-10, or a bare dataset) → prepared object.
-pub fn prepare_file(bytes: &[u8], wanted: &[u32], level: i32) -> Result<Prepared> {
+pub fn prepare_file<'a>(bytes: &'a [u8], wanted: &[u32], level: i32) -> Result<Prepared<'a>> {
     prepare_file_with(bytes, wanted, Codec::Hot, level)
 }
 
 /// [`prepare_file`] with the codec of the tier the object goes to (see [`encode_canonical`]).
-pub fn prepare_file_with(bytes: &[u8], wanted: &[u32], target: Codec, level: i32) -> Result<Prepared> {
+pub fn prepare_file_with<'a>(
+    bytes: &'a [u8],
+    wanted: &[u32],
+    target: Codec,
+    level: i32,
+) -> Result<Prepared<'a>> {
     let parsed = parse::parse_file(bytes, wanted)?;
     let (prefix, dataset) = bytes.split_at(parsed.dataset_offset);
     prepare(parsed, prefix, dataset, target, level)
 }
 
 /// A dataset received with a known transfer syntax (DIMSE C-STORE, STOW-RS) → prepared object.
-pub fn prepare_dataset(
-    dataset: &[u8],
+pub fn prepare_dataset<'a>(
+    dataset: &'a [u8],
     transfer_syntax: &str,
     wanted: &[u32],
     target: Codec,
     level: i32,
-) -> Result<Prepared> {
+) -> Result<Prepared<'a>> {
     let parsed = parse::parse_dataset(dataset, transfer_syntax, wanted)?;
     prepare(parsed, &[], dataset, target, level)
 }
@@ -229,7 +301,7 @@ pub fn prepare_received(
     wanted: &[u32],
     target: Codec,
     level: i32,
-) -> Result<Prepared> {
+) -> Result<Prepared<'static>> {
     let parsed = parse::parse_dataset(received.data_set(), transfer_syntax, wanted)?;
     check_required(&parsed)?;
     let (buf, start) = received.into_canonical(&parsed.transfer_syntax);
@@ -315,11 +387,22 @@ mod tests {
         let a = prepare_dataset(&ds, ts, crate::parse::INDEX_TAGS, Codec::Hot, 1).unwrap();
         let b = prepare_received(received, ts, crate::parse::INDEX_TAGS, Codec::Hot, 1).unwrap();
         assert_eq!(
-            (a.hash, a.logical_len, a.codec, a.stored()),
-            (b.hash, b.logical_len, b.codec, b.stored())
+            (a.hash, a.logical_len, a.codec, a.stored_vec()),
+            (b.hash, b.logical_len, b.codec, b.stored_vec())
         );
         assert_eq!(a.hash, crate::hash::hash(&canonical(ts, &ds)));
         assert!(matches!(a.codec, Codec::Hot), "the pixel filter ran: {:?}", a.codec);
+        // Raw: the dataset is not copied (head + the caller's bytes), nor for a received buffer;
+        // either way the same address and the canonical bytes as stored.
+        let raw = prepare_dataset(&ds, ts, crate::parse::INDEX_TAGS, Codec::Raw, 1).unwrap();
+        assert_eq!(raw.parts().1.as_ptr(), ds.as_ptr(), "the dataset is stored from the caller's buffer");
+        let mut again = ReceivedDataSet::default();
+        again.extend(&ds);
+        let raw_rx = prepare_received(again, ts, crate::parse::INDEX_TAGS, Codec::Raw, 1).unwrap();
+        for r in [&raw, &raw_rx] {
+            assert_eq!((r.hash, r.logical_len, r.codec), (a.hash, a.logical_len, Codec::Raw));
+            assert_eq!(r.stored_vec(), canonical(ts, &ds));
+        }
         let mut missing = ReceivedDataSet::default();
         missing.extend(&ds[explicit_le(0x0008_0016, b"UI", b"1.2.840.10008.5.1.4.1.1.2\0").len()..][..8]);
         assert!(prepare_received(missing, ts, crate::parse::INDEX_TAGS, Codec::Hot, 1).is_err());
@@ -361,13 +444,8 @@ mod tests {
         let cold = prepare_file_with(&file, crate::parse::INDEX_TAGS, Codec::Cold, 1).unwrap();
         assert_eq!((hot.codec, cold.codec), (Codec::Hot, Codec::Cold));
         assert_eq!((hot.hash, hot.logical_len), (cold.hash, cold.logical_len));
-        assert!(
-            cold.stored().len() < hot.stored().len(),
-            "{} vs {}",
-            cold.stored().len(),
-            hot.stored().len()
-        );
-        let logical = decode_verified(&cold.hash, cold.codec, cold.stored(), cold.logical_len).unwrap();
+        assert!(cold.stored_len() < hot.stored_len(), "{} vs {}", cold.stored_len(), hot.stored_len());
+        let logical = decode_verified(&cold.hash, cold.codec, &cold.stored_vec(), cold.logical_len).unwrap();
         assert_eq!(logical, canonical(ts, &ds));
 
         // Moving the blob between tiers: canonical bytes to each codec and back.
@@ -376,7 +454,7 @@ mod tests {
             assert_eq!(codec, target);
             assert_eq!(decode_verified(&cold.hash, codec, &stored, cold.logical_len).unwrap(), logical);
         }
-        assert_eq!(encode_canonical(&logical, Codec::Cold, 1).unwrap().1, cold.stored());
+        assert_eq!(encode_canonical(&logical, Codec::Cold, 1).unwrap().1, cold.stored_vec());
         // Bytes that do not parse are still kept (the cold codec falls back to hot).
         let junk = canonical(ts, &[7u8; 5000]);
         let (codec, stored) = encode_canonical(&junk, Codec::Cold, 1).unwrap();

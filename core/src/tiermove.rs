@@ -55,9 +55,15 @@ pub fn copy_verified(
         .iter()
         .zip(&encoded)
         .filter_map(|(h, e)| e.as_ref().ok().map(|(codec, stored, n)| (h, codec, stored, n)))
-        .map(|(h, codec, stored, n)| PutItem { hash: *h, codec: *codec, logical_len: *n, bytes: stored })
+        .map(|(h, codec, stored, n)| PutItem {
+            hash: *h,
+            codec: *codec,
+            logical_len: *n,
+            head: &[],
+            bytes: stored,
+        })
         .collect();
-    let incoming = items.iter().map(|i| i.bytes.len() as u64).sum();
+    let incoming = items.iter().map(|i| i.stored_len()).sum();
     check_free_space(dst.path(), incoming, min_free)?;
     let outcomes = dst.put_many(&items)?;
     let fresh: Vec<Hash> =
@@ -139,9 +145,10 @@ mod tests {
             ..StoreConfig::new(d.path())
         };
         let store = BlobStore::open(config).unwrap();
-        let p = prepare_file_with(&image(), INDEX_TAGS, Codec::Raw, 1).unwrap();
+        let file = image();
+        let p = prepare_file_with(&file, INDEX_TAGS, Codec::Raw, 1).unwrap();
         assert_eq!(p.codec, Codec::Raw);
-        store.put(&p.hash, 0, p.logical_len, p.stored()).unwrap();
+        store.put(&p.hash, 0, p.logical_len, &p.stored_vec()).unwrap();
         let missing = [7u8; 32];
         let out = copy_verified(&store, &[p.hash, missing], 0, 1, Codec::Hot, 1, 0).unwrap();
         let c = out[0].as_ref().unwrap();
@@ -166,9 +173,10 @@ mod tests {
         };
         let store = BlobStore::open(config).unwrap();
         // Stored under a hash its bytes do not have: decode_verified must refuse it.
-        let p = prepare_file_with(&image(), INDEX_TAGS, Codec::Raw, 1).unwrap();
+        let file = image();
+        let p = prepare_file_with(&file, INDEX_TAGS, Codec::Raw, 1).unwrap();
         let wrong = [1u8; 32];
-        store.put(&wrong, 0, p.logical_len, p.stored()).unwrap();
+        store.put(&wrong, 0, p.logical_len, &p.stored_vec()).unwrap();
         let out = copy_verified(&store, &[wrong], 0, 1, Codec::Hot, 1, 0).unwrap();
         assert!(matches!(out[0], Err(crate::Error::HashMismatch { .. })));
         assert_eq!(store.holders(&wrong), vec![0], "the unverified copy was removed");

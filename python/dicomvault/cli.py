@@ -355,7 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-j",
         "--jobs",
         type=int,
-        default=max(2, (os.cpu_count() or 2)),
+        # Twice the cores: a batch spends much of its time waiting on fdatasync and the index's
+        # WAL sync, and more batches in flight share each sync (measured: bench/RESULTS.md Tiers).
+        default=max(4, 2 * (os.cpu_count() or 2)),
         help="parallel batches (default: %(default)s)",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

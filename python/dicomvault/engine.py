@@ -191,9 +191,18 @@ class Engine:
                     return t.name
         return blob.tier
 
-    def _read_remote(self, blob_hash: bytes, study_uid: str | None) -> tuple[str, bytes]:
+    def _remote_blob(self, blob_hash: bytes) -> BlobRecord | None:
+        """The index record of a blob no local tier has, if an object-store tier holds it."""
         blob = self.index.blob(blob_hash)
-        if blob is None or blob.tier not in self.remote_tiers:
+        if self.read_only and (blob is None or blob.tier not in self.remote_tiers):
+            # A read-only view older than the writer's move of the blob to an object store.
+            self.index.refresh()
+            blob = self.index.blob(blob_hash)
+        return blob if blob is not None and blob.tier in self.remote_tiers else None
+
+    def _read_remote(self, blob_hash: bytes, study_uid: str | None) -> tuple[str, bytes]:
+        blob = self._remote_blob(blob_hash)
+        if blob is None:
             raise _native.NotFoundError(f"blob {blob_hash.hex()} is in no tier")
         down = self._remote_down.get(blob.tier)
         if down is not None and time.monotonic() - down[0] < REMOTE_RETRY_AFTER:
@@ -216,8 +225,8 @@ class Engine:
         try:
             return self.vault.read_stored(blob_hash)
         except _native.NotFoundError:
-            blob = self.index.blob(blob_hash)
-            if blob is None or blob.tier not in self.remote_tiers:
+            blob = self._remote_blob(blob_hash)
+            if blob is None:
                 raise
             codec, stored = self.remote(blob.tier).read(cold_placement(blob))
             return codec, blob.logical_len, stored

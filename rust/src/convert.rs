@@ -1,7 +1,7 @@
 //! Rust values → Python objects, and argument checks.
 
 use dicomvault_core::hash::Hash;
-use dicomvault_core::object::Prepared;
+use dicomvault_core::object::Landed;
 use dicomvault_core::parse::{Attr, Parsed};
 use dicomvault_core::store::Stats;
 use pyo3::exceptions::PyValueError;
@@ -49,7 +49,7 @@ pub fn parsed_to_py<'py>(py: Python<'py>, p: &Parsed) -> PyResult<Bound<'py, PyD
     Ok(d)
 }
 
-pub fn prepared_to_py<'py>(py: Python<'py>, p: &Prepared, existed: bool) -> PyResult<Bound<'py, PyDict>> {
+pub fn landed_to_py<'py>(py: Python<'py>, p: &Landed, existed: bool) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("hash", PyBytes::new(py, &p.hash))?;
     d.set_item("transfer_syntax", &p.parsed.transfer_syntax)?;
@@ -57,7 +57,7 @@ pub fn prepared_to_py<'py>(py: Python<'py>, p: &Prepared, existed: bool) -> PyRe
     d.set_item("prefix", PyBytes::new(py, &p.prefix))?;
     d.set_item("attrs", attrs_to_py(py, &p.parsed.attrs)?)?;
     d.set_item("logical_len", p.logical_len)?;
-    d.set_item("stored_len", p.stored().len())?;
+    d.set_item("stored_len", p.stored_len)?;
     d.set_item("codec", p.codec as u8)?;
     d.set_item("existed", existed)?;
     Ok(d)

@@ -48,7 +48,7 @@ pub fn encode<'py>(
 ) -> PyResult<(u8, Bound<'py, PyBytes>, u64)> {
     let target = Codec::from_u8(codec).py_err()?;
     let p = py.detach(|| object::prepare_file_with(data, INDEX_TAGS, target, level)).py_err()?;
-    Ok((p.codec as u8, PyBytes::new(py, p.stored()), p.logical_len))
+    Ok((p.codec as u8, PyBytes::new(py, &p.stored_vec()), p.logical_len))
 }
 
 /// A stored blob re-encoded for a tier with codec `target` (what a tier move stores):

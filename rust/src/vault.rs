@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use dicomvault_core::codec::Codec;
 use dicomvault_core::hash::Hash;
-use dicomvault_core::object::{self, Prepared};
+use dicomvault_core::object::{self, Landed, Prepared};
 use dicomvault_core::parse::INDEX_TAGS;
 use dicomvault_core::store::{check_free_space, BlobStore, LocalTierConfig, PutItem, StoreConfig};
 use dicomvault_core::tiermove;
@@ -14,7 +14,7 @@ use dicomvault_core::Error;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
-use crate::convert::{hash_arg, prepared_to_py, stats_to_py};
+use crate::convert::{hash_arg, landed_to_py, stats_to_py};
 use crate::errors::{to_py, IntoPy};
 use crate::net::ReceivedDataSet;
 
@@ -40,16 +40,14 @@ impl Vault {
     fn put_prepared(
         &self,
         store: &BlobStore,
-        prepared: Vec<Result<Prepared, Error>>,
-    ) -> Vec<Result<(Prepared, bool), Error>> {
+        prepared: Vec<Result<Prepared<'_>, Error>>,
+    ) -> Vec<Result<(Landed, bool), Error>> {
         let items: Vec<PutItem<'_>> = prepared
             .iter()
             .filter_map(|p| p.as_ref().ok())
-            .map(|p| PutItem {
-                hash: p.hash,
-                codec: p.codec as u8,
-                logical_len: p.logical_len,
-                bytes: p.stored(),
+            .map(|p| {
+                let (head, bytes) = p.parts();
+                PutItem { hash: p.hash, codec: p.codec as u8, logical_len: p.logical_len, head, bytes }
             })
             .collect();
         let mut outcomes = put_batch(store, &items, self.min_free_bytes, None).into_iter();
@@ -59,7 +57,7 @@ impl Vault {
             .map(|p| {
                 let p = p?;
                 let existed = outcomes.next().expect("one outcome per prepared object")?;
-                Ok((p, existed))
+                Ok((p.landed(), existed))
             })
             .collect()
     }
@@ -74,7 +72,7 @@ fn put_batch(
     min_free: u64,
     tier: Option<usize>,
 ) -> Vec<Result<bool, Error>> {
-    let incoming = items.iter().map(|i| i.bytes.len() as u64).sum();
+    let incoming = items.iter().map(|i| i.stored_len()).sum();
     let put = || match tier {
         Some(t) => store.put_many_in(t, items),
         None => store.put_many(items),
@@ -93,14 +91,11 @@ fn put_batch(
     }
 }
 
-fn results_to_py(
-    py: Python<'_>,
-    results: Vec<Result<(Prepared, bool), Error>>,
-) -> PyResult<Bound<'_, PyList>> {
+fn results_to_py(py: Python<'_>, results: Vec<Result<(Landed, bool), Error>>) -> PyResult<Bound<'_, PyList>> {
     let list = PyList::empty(py);
     for r in results {
         match r {
-            Ok((p, existed)) => list.append(prepared_to_py(py, &p, existed)?)?,
+            Ok((p, existed)) => list.append(landed_to_py(py, &p, existed)?)?,
             Err(e) => list.append(to_py(e).into_value(py))?,
         }
     }
@@ -143,11 +138,14 @@ impl Vault {
         let store = self.store()?;
         let (level, target) = (self.level, self.ingest_codec);
         let results = py.detach(|| {
-            let prepared = paths
-                .iter()
-                .map(|p| {
-                    let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
-                    object::prepare_file_with(&bytes, INDEX_TAGS, target, level)
+            // Read first: a raw landing stores the files' own bytes, without a copy.
+            let mut files: Vec<Result<Vec<u8>, Error>> =
+                paths.iter().map(|p| std::fs::read(p).map_err(|e| Error::io(p, e))).collect();
+            let prepared = files
+                .iter_mut()
+                .map(|f| match f {
+                    Ok(bytes) => object::prepare_file_with(bytes, INDEX_TAGS, target, level),
+                    Err(e) => Err(std::mem::replace(e, Error::Unsupported { reason: String::new() })),
                 })
                 .collect();
             self.put_prepared(&store, prepared)
@@ -186,7 +184,7 @@ impl Vault {
             self.put_prepared(&store, prepared)
         });
         let (p, existed) = results.pop().expect("one result").py_err()?;
-        prepared_to_py(py, &p, existed)
+        landed_to_py(py, &p, existed)
     }
 
     /// `ingest_dataset` of a data set the DIMSE reader gathered, consumed without a copy (the
@@ -208,7 +206,7 @@ impl Vault {
             self.put_prepared(&store, prepared)
         });
         let (p, existed) = results.pop().expect("one result").py_err()?;
-        prepared_to_py(py, &p, existed)
+        landed_to_py(py, &p, existed)
     }
 
     /// (transfer syntax UID, dataset bytes) of a blob, decoded and hash-verified.
@@ -283,7 +281,7 @@ impl Vault {
                         reason: format!("a blob hash is 32 bytes, got {}", hash.len()),
                     })?;
                     object::decode_verified(&h, Codec::from_u8(*codec)?, bytes, *logical_len)?;
-                    Ok(PutItem { hash: h, codec: *codec, logical_len: *logical_len, bytes })
+                    Ok(PutItem { hash: h, codec: *codec, logical_len: *logical_len, head: &[], bytes })
                 })
                 .collect();
             let ok: Vec<PutItem<'_>> = checked.iter().filter_map(|r| r.as_ref().ok().copied()).collect();

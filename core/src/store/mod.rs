@@ -87,8 +87,16 @@ pub struct PutItem<'a> {
     pub hash: Hash,
     pub codec: u8,
     pub logical_len: u64,
-    /// The stored (encoded) bytes.
+    /// The stored (encoded) bytes are `head ++ bytes` (a raw object: its transfer syntax
+    /// header, then the caller's dataset bytes, never joined in memory).
+    pub head: &'a [u8],
     pub bytes: &'a [u8],
+}
+
+impl PutItem<'_> {
+    pub fn stored_len(&self) -> u64 {
+        (self.head.len() + self.bytes.len()) as u64
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,6 +216,7 @@ pub struct BlobStore {
     tiers: Vec<Box<dyn Tier>>,
     /// The `flock` on `<root>/LOCK`, held while a writable store is open.
     _lock: Option<File>,
+    read_only: bool,
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -244,7 +253,7 @@ impl BlobStore {
             }
             tiers.push(Box::new(VolumeTier::open(&config, &t.name, i as u8, &t.dir)?));
         }
-        Ok(BlobStore { root: config.root, tiers, _lock: lock })
+        Ok(BlobStore { root: config.root, tiers, _lock: lock, read_only: config.read_only })
     }
 
     pub fn root(&self) -> &Path {
@@ -277,7 +286,7 @@ impl BlobStore {
 
     /// Stores a blob durably (returns after fdatasync). `existed` if the hash was already stored.
     pub fn put(&self, hash: &Hash, codec: u8, logical_len: u64, bytes: &[u8]) -> Result<PutOutcome> {
-        let item = PutItem { hash: *hash, codec, logical_len, bytes };
+        let item = PutItem { hash: *hash, codec, logical_len, head: &[], bytes };
         Ok(self.put_many(std::slice::from_ref(&item))?.remove(0))
     }
 
@@ -322,6 +331,19 @@ impl BlobStore {
     }
 
     pub fn get(&self, hash: &Hash) -> Result<StoredBlob> {
+        match self.get_once(hash) {
+            // A read-only view loaded before the writer moved the blob to another tier (the
+            // old copy is flagged deleted, the new one is past what this view loaded): look
+            // again at what the writer has now.
+            Err(Error::NotFound { .. }) if self.read_only => {
+                self.refresh()?;
+                self.get_once(hash)
+            }
+            other => other,
+        }
+    }
+
+    fn get_once(&self, hash: &Hash) -> Result<StoredBlob> {
         for t in &self.tiers {
             match t.get(hash) {
                 Err(Error::NotFound { .. }) => continue,

@@ -77,6 +77,7 @@ pub(crate) fn encode_header(
     codec: u8,
     hash: &Hash,
     logical_len: u64,
+    head: &[u8],
     payload: &[u8],
 ) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
@@ -86,11 +87,12 @@ pub(crate) fn encode_header(
     h[6] = codec;
     h[8..40].copy_from_slice(hash);
     h[40..48].copy_from_slice(&logical_len.to_le_bytes());
-    h[48..56].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    h[48..56].copy_from_slice(&((head.len() + payload.len()) as u64).to_le_bytes());
     let hcrc = crc32fast::hash(&h[0..56]);
     h[56..60].copy_from_slice(&hcrc.to_le_bytes());
     let mut rc = crc32fast::Hasher::new();
     rc.update(&h[0..60]);
+    rc.update(head);
     rc.update(payload);
     h[60..64].copy_from_slice(&rc.finalize().to_le_bytes());
     h
@@ -343,7 +345,7 @@ mod tests {
     #[test]
     fn header_round_trip_and_flags_excluded() {
         let payload = b"hello world";
-        let h = encode_header(3, &[7u8; 32], 99, payload);
+        let h = encode_header(3, &[7u8; 32], 99, &[], payload);
         let p = parse_header(&h).unwrap();
         assert_eq!(p.codec, 3);
         assert_eq!(p.logical_len, 99);

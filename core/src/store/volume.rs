@@ -1,9 +1,13 @@
 //! The hot tier: append-only volume files with group-committed fdatasync.
 //!
 //! Concurrency design:
-//! - `appender` (Mutex) serialises appends: dedupe check, rollover, one `pwritev` of
-//!   header+payload+padding at the current end, index insert. It is never held across an fsync
-//!   of the active volume, only across the page-cache copy.
+//! - `appender` (Mutex) serialises the reservation of appends: dedupe check, rollover, the
+//!   record's place at the current end. The `pwritev` of header+payload+padding (the page-cache
+//!   copy) runs after it is released, so concurrent writers copy in parallel; `inflight` lists
+//!   the reserved records still being written. A record enters the index only once written, a
+//!   sync only ever claims the bytes before the first record still in flight, and a rollover or
+//!   a failure cut waits until nothing is in flight. It is never held across an fsync of the
+//!   active volume.
 //! - Group commit: after appending, a writer waits until `synced >= its record end`. The first
 //!   waiter that finds no sync in progress becomes the leader, snapshots the append end, calls
 //!   fdatasync once for everything appended so far, publishes the new `synced` position and wakes
@@ -21,9 +25,10 @@
 //!   land between "live copy made" and "old file removed" (which could resurrect the blob after a
 //!   crash).
 //!
-//! Lock order: compacting → mutate → appender → sync_state → state.
+//! Lock order: compacting → mutate → appender → sync_state → state, and appender → inflight
+//! (a writer finishing its copy takes state, then inflight, never both).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -221,6 +226,16 @@ struct Appender {
     records: Vec<Entry>,
 }
 
+/// Records reserved in the active volume whose bytes are still being copied in.
+#[derive(Default)]
+struct InFlight {
+    /// Start of each reserved record not yet written.
+    pending: BTreeSet<Pos>,
+    /// hash → end of a reserved record not yet written (a concurrent put of the same hash is a
+    /// duplicate that waits on that record's durability).
+    hashes: HashMap<Hash, Pos>,
+}
+
 struct SyncFailure {
     path: PathBuf,
     errno: Option<i32>,
@@ -252,6 +267,8 @@ pub struct VolumeTier {
     read_only: bool,
     state: RwLock<State>,
     appender: Mutex<Option<Appender>>,
+    inflight: Mutex<InFlight>,
+    inflight_cv: Condvar,
     sync_state: Mutex<SyncState>,
     sync_cv: Condvar,
     /// Bumped (under the appender lock) whenever unsynced records are cut off after a failed sync.
@@ -469,6 +486,8 @@ impl VolumeTier {
             read_only: config.read_only,
             state: RwLock::new(state),
             appender: Mutex::new(appender),
+            inflight: Mutex::new(InFlight::default()),
+            inflight_cv: Condvar::new(),
             sync_state: Mutex::new(SyncState {
                 synced,
                 leader: false,
@@ -526,10 +545,10 @@ impl VolumeTier {
 
     /// Appends one record (dedupe unless `forced`: compaction copies are not indexed here).
     fn append(&self, item: &PutItem<'_>, forced: bool) -> Result<Appended> {
-        let stored_len = item.bytes.len() as u64;
+        let stored_len = item.stored_len();
         let size = record::record_size(stored_len)
             .ok_or_else(|| Error::Unsupported { reason: "blob too large".into() })?;
-        let header = record::encode_header(item.codec, &item.hash, item.logical_len, item.bytes);
+        let header = record::encode_header(item.codec, &item.hash, item.logical_len, item.head, item.bytes);
         let pad = [0u8; 8];
         let pad_len = (size - HEADER_LEN - stored_len) as usize;
 
@@ -537,23 +556,15 @@ impl VolumeTier {
         let a = guard.as_mut().ok_or_else(|| self.read_only_error())?;
         if !forced {
             let existing = rlock(&self.state).map.get(&item.hash).copied();
-            if let Some(loc) = existing {
-                return Ok(Appended::Existed {
-                    end: loc_end(&loc),
-                    epoch: self.epoch.load(Ordering::SeqCst),
-                });
+            let pending = lock(&self.inflight).hashes.get(&item.hash).copied();
+            if let Some(end) = existing.map(|loc| loc_end(&loc)).or(pending) {
+                return Ok(Appended::Existed { end, epoch: self.epoch.load(Ordering::SeqCst) });
             }
         }
         if a.end > 0 && a.end.saturating_add(size) > self.volume_size {
             self.rollover(a)?;
         }
         let off = a.end;
-        if let Err(e) = pwritev_all(&a.active.file, off, &[&header, item.bytes, &pad[..pad_len]]) {
-            // Leave no partial record behind; if even that fails the next append overwrites it
-            // and a reopen cuts it off as a torn tail.
-            let _ = a.active.file.set_len(off);
-            return Err(Error::io(&a.active.path, e));
-        }
         let end = off + size;
         a.end = end;
         self.appends.fetch_add(1, Ordering::SeqCst);
@@ -574,25 +585,68 @@ impl VolumeTier {
             codec: item.codec,
         };
         {
-            let mut st = wlock(&self.state);
-            if let Some(v) = st.volumes.get_mut(&loc.volume) {
-                v.len = end;
-            }
+            let mut inf = lock(&self.inflight);
+            inf.pending.insert((loc.volume, off));
             if !forced {
-                st.add(item.hash, loc);
+                inf.hashes.insert(item.hash, (loc.volume, end));
             }
+        }
+        if let Some(v) = wlock(&self.state).volumes.get_mut(&loc.volume) {
+            v.len = end;
         }
         let epoch = self.epoch.load(Ordering::SeqCst);
         let vol = a.active.clone();
         drop(guard);
+
+        let written = pwritev_all(&vol.file, off, &[&header, item.head, item.bytes, &pad[..pad_len]]);
+        if written.is_ok() && !forced {
+            // Into the index before leaving `inflight`: a concurrent put of the same hash
+            // always finds one of the two.
+            wlock(&self.state).add(item.hash, loc);
+        }
+        {
+            let mut inf = lock(&self.inflight);
+            inf.pending.remove(&(loc.volume, off));
+            if !forced {
+                inf.hashes.remove(&item.hash);
+            }
+        }
+        self.inflight_cv.notify_all();
+        if let Err(e) = written {
+            // Other records may follow this one: everything not yet synced is cut off (their
+            // writers get the error through the epoch), and the file is truncated there.
+            let err = Error::io(&vol.path, e);
+            if let Some(a) = lock(&self.appender).as_mut() {
+                self.fail_locked(a, vol.id, &err);
+            }
+            return Err(err);
+        }
         if self.sync {
             start_writeback(&vol.file, off, size);
         }
         Ok(Appended::New { loc, end: (loc.volume, end), epoch })
     }
 
+    /// Waits (the appender lock held, so nothing new is reserved) until every reserved record
+    /// is written.
+    fn drain_inflight(&self) {
+        let mut inf = lock(&self.inflight);
+        while !inf.pending.is_empty() {
+            inf = self.inflight_cv.wait(inf).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Waits until every record reserved before `target` is written.
+    fn written_up_to(&self, target: Pos) {
+        let mut inf = lock(&self.inflight);
+        while inf.pending.first().is_some_and(|p| *p < target) {
+            inf = self.inflight_cv.wait(inf).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
     /// Seals the active volume (synced, hint written) and starts the next one.
     fn rollover(&self, a: &mut Appender) -> Result<()> {
+        self.drain_inflight();
         let old = a.active.clone();
         let new_id = old
             .id
@@ -638,6 +692,8 @@ impl VolumeTier {
     /// A sync of `failed_vol` failed: cut unsynced records off the active volume and the index,
     /// and bump the epoch so their writers get the error.
     fn fail_locked(&self, a: &mut Appender, failed_vol: u32, err: &Error) {
+        // A copy still in flight would land after the cut (and enter the index): let it finish.
+        self.drain_inflight();
         let keep = {
             let mut ss = lock(&self.sync_state);
             let (path, errno, message) = match err {
@@ -707,10 +763,16 @@ impl VolumeTier {
                     std::thread::yield_now();
                 }
             }
+            // A record reserved before ours may still be copying in: syncing before it is
+            // written would cover nothing of ours.
+            self.written_up_to(target);
             let snapshot = {
                 let app = lock(&self.appender);
-                app.as_ref()
-                    .map(|a| (a.active.clone(), (a.active.id, a.end), self.appends.load(Ordering::SeqCst)))
+                app.as_ref().map(|a| {
+                    // Only what is written: up to the first record still being copied in.
+                    let upto = lock(&self.inflight).pending.first().copied().unwrap_or((a.active.id, a.end));
+                    (a.active.clone(), upto, self.appends.load(Ordering::SeqCst))
+                })
             };
             let Some((vol, upto, snap)) = snapshot else {
                 // Read-only: nothing is ever pending.
@@ -856,6 +918,7 @@ impl VolumeTier {
                     hash: *h,
                     codec: blob.codec,
                     logical_len: blob.logical_len,
+                    head: &[],
                     bytes: &blob.bytes,
                 };
                 if let Appended::New { loc, end, epoch } = self.append(&item, true)? {

@@ -28,6 +28,7 @@ from .filemeta import file_meta_prefix
 from .index import BlobRecord, Change, Index, InstanceRecord, Placement
 from .locks import ReadWriteLock
 from .storage.cold import ColdPlacement, ColdTier
+from .storage.coldcache import ColdReadCache
 from .storage.layout import resolve as resolve_layout
 from .storage.settings import TierSpec
 
@@ -119,6 +120,7 @@ class Engine:
         self.remote_tiers = {t.name: t for t in self.tiers if not t.is_local}
         self._remote: dict[str, ColdTier] = {}
         self._remote_down: dict[str, tuple[float, UnavailableError]] = {}
+        self._cold_cache = ColdReadCache()
         self.landing_tier = self.tiers[0].name
         # Studies read since the tiering service last looked: last access (idle policies) and
         # the ones read from an object store (promotion).
@@ -209,7 +211,12 @@ class Engine:
             # A study of 500 cold instances while the store is down: one timeout, not 500.
             raise UnavailableError(f"{down[1]} (not retried for {REMOTE_RETRY_AFTER:.0f} s)") from down[1]
         try:
-            logical = self.remote(blob.tier).read_logical(cold_placement(blob))
+            tier = self.remote(blob.tier)
+            hit = self._cold_cache.get(blob_hash)
+            if hit is None and study_uid:
+                hit = self._read_ahead(tier, blob, study_uid)
+            p = cold_placement(blob)
+            logical = tier.logical_of(p, *hit) if hit is not None else tier.read_logical(p)
         except UnavailableError as exc:
             self._remote_down[blob.tier] = (time.monotonic(), exc)
             raise
@@ -230,6 +237,33 @@ class Engine:
                 raise
             codec, stored = self.remote(blob.tier).read(cold_placement(blob))
             return codec, blob.logical_len, stored
+
+    def _read_ahead(self, tier: ColdTier, blob: BlobRecord, study_uid: str) -> tuple[int, bytes] | None:
+        """Fetches, with one coalesced read, the study's blobs that follow `blob` in its pack
+        (up to a window) into the read cache (storage/coldcache.py); returns `blob`'s."""
+        key = f"{blob.pack_key}/{study_uid}"
+        with self._cold_cache.fetch_lock(key):
+            hit = self._cold_cache.get(blob.hash)
+            if hit is not None:
+                return hit
+            following: dict[bytes, BlobRecord] = {}
+            for rec in self.index.instances_of("study", study_uid):
+                if rec.hash in following:
+                    continue
+                b = self.index.blob(rec.hash)
+                if b is not None and b.pack_key == blob.pack_key and b.pack_offset >= blob.pack_offset:
+                    following[rec.hash] = b
+            window, size, limit = [], 0, self._cold_cache.next_window(key)
+            for b in sorted(following.values(), key=lambda b: b.pack_offset):
+                window.append(b)
+                size += b.stored_len
+                if size >= limit:
+                    break
+            got = tier.read_many([cold_placement(b) for b in window])
+            fetched = {b.hash: r for b, r in zip(window, got, strict=True) if not isinstance(r, Exception)}
+            self._cold_cache.put_many(fetched)
+        self._cold_cache.release(key)
+        return fetched.get(blob.hash)
 
     def _read(self, blob_hash: bytes, study_uid: str | None) -> tuple[str, bytes]:
         """(transfer syntax, dataset) of a blob from whichever tier holds it, hash-verified."""

@@ -470,6 +470,11 @@ class ColdTier:
     def read_logical(self, p: ColdPlacement) -> bytes:
         """The blob's logical bytes, decoded and checked against its hash."""
         codec, stored = self.read(p)
+        return self.logical_of(p, codec, stored)
+
+    def logical_of(self, p: ColdPlacement, codec: int, stored: bytes) -> bytes:
+        """Logical bytes of stored bytes already read (`read_many`), decoded and checked
+        against the blob's hash."""
         return self._check_logical(
             p.hash,
             codec,

@@ -12,7 +12,7 @@ NATIVE_SRC := $(shell find core/src core/kernels rust/src -type f) rust/build.rs
 STAMP := $(VENV)/.built
 
 .DEFAULT_GOAL := help
-.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-dicomweb bench-viewer bench-replication clean sysdeps
+.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-dicomweb bench-viewer bench-tiers bench-replication clean sysdeps
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -84,6 +84,11 @@ bench-dicomweb: sysdeps build ## DICOMweb vs Orthanc's plugin, side by side -> b
 bench-viewer: sysdeps ## the browser viewer (chromium) vs the Orthanc Web Viewer plugin -> bench/RESULTS.md (~5 min; QUICK=1 ~1 min)
 	@test -f $(STAMP) || $(MAKE) --no-print-directory build
 	$(VPY) bench/viewer_bench.py $(if $(QUICK),--quick,)
+
+# Like bench-viewer: a built .venv is reused as it is (build only when nothing was built yet).
+bench-tiers: sysdeps ## tiered storage: landing vs inline ingest, compaction, cold tier on SeaweedFS (~4 min; QUICK=1 ~1 min)
+	@test -f $(STAMP) || $(MAKE) --no-print-directory build
+	$(VPY) bench/tier_bench.py $(if $(QUICK),--quick,)
 
 bench-replication: build ## replication RPO, catch-up, backup and restore speed
 	$(VPY) bench/replication.py

@@ -211,11 +211,13 @@ class Engine:
             # A study of 500 cold instances while the store is down: one timeout, not 500.
             raise UnavailableError(f"{down[1]} (not retried for {REMOTE_RETRY_AFTER:.0f} s)") from down[1]
         try:
-            tier = self.remote(blob.tier)
+            tier, p = self.remote(blob.tier), cold_placement(blob)
             hit = self._cold_cache.get(blob_hash)
             if hit is None and study_uid:
-                hit = self._read_ahead(tier, blob, study_uid)
-            p = cold_placement(blob)
+                hit = self._cold_cache.read_ahead(
+                    tier, p, f"{p.pack_key}/{study_uid}",
+                    lambda: [cold_placement(b) for b in self.study_blobs(study_uid) if b.tier == blob.tier],
+                )
             logical = tier.logical_of(p, *hit) if hit is not None else tier.read_logical(p)
         except UnavailableError as exc:
             self._remote_down[blob.tier] = (time.monotonic(), exc)
@@ -238,32 +240,27 @@ class Engine:
             codec, stored = self.remote(blob.tier).read(cold_placement(blob))
             return codec, blob.logical_len, stored
 
-    def _read_ahead(self, tier: ColdTier, blob: BlobRecord, study_uid: str) -> tuple[int, bytes] | None:
-        """Fetches, with one coalesced read, the study's blobs that follow `blob` in its pack
-        (up to a window) into the read cache (storage/coldcache.py); returns `blob`'s."""
-        key = f"{blob.pack_key}/{study_uid}"
-        with self._cold_cache.fetch_lock(key):
-            hit = self._cold_cache.get(blob.hash)
-            if hit is not None:
-                return hit
-            following: dict[bytes, BlobRecord] = {}
-            for rec in self.index.instances_of("study", study_uid):
-                if rec.hash in following:
-                    continue
-                b = self.index.blob(rec.hash)
-                if b is not None and b.pack_key == blob.pack_key and b.pack_offset >= blob.pack_offset:
-                    following[rec.hash] = b
-            window, size, limit = [], 0, self._cold_cache.next_window(key)
-            for b in sorted(following.values(), key=lambda b: b.pack_offset):
-                window.append(b)
-                size += b.stored_len
-                if size >= limit:
-                    break
-            got = tier.read_many([cold_placement(b) for b in window])
-            fetched = {b.hash: r for b, r in zip(window, got, strict=True) if not isinstance(r, Exception)}
-            self._cold_cache.put_many(fetched)
-        self._cold_cache.release(key)
-        return fetched.get(blob.hash)
+    def study_blobs(self, study_uid: str) -> list[BlobRecord]:
+        """The distinct blob records of a study's instances (UnknownObjectError if none)."""
+        seen: dict[bytes, BlobRecord] = {}
+        for rec in self.instances("study", study_uid):
+            if rec.hash not in seen and (b := self.index.blob(rec.hash)) is not None:
+                seen[rec.hash] = b
+        return list(seen.values())
+
+    def read_remote_many(self, blobs: Sequence[BlobRecord]) -> list[tuple[int, bytes] | Exception]:
+        """(codec, stored bytes) of object-store blobs, digest-checked, one result per blob:
+        what a recent read already fetched (the read cache), the rest with coalesced GETs."""
+        out: list[tuple[int, bytes] | Exception | None] = [self._cold_cache.get(b.hash) for b in blobs]
+        missing: dict[str, list[int]] = {}
+        for i, b in enumerate(blobs):
+            if out[i] is None:
+                missing.setdefault(b.tier, []).append(i)
+        for tier, idx in missing.items():
+            got = self.remote(tier).read_many([cold_placement(blobs[i]) for i in idx])
+            for i, r in zip(idx, got, strict=True):
+                out[i] = r
+        return [r for r in out if r is not None]
 
     def _read(self, blob_hash: bytes, study_uid: str | None) -> tuple[str, bytes]:
         """(transfer syntax, dataset) of a blob from whichever tier holds it, hash-verified."""

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+from .cold import ColdPlacement, ColdTier
 
 # Stored bytes per read-ahead of a study: the first window is small (the first image must not
 # wait for tens of MB), each next one doubles, up to the largest.
@@ -28,9 +31,9 @@ class ColdReadCache:
         self._items: OrderedDict[bytes, tuple[int, bytes]] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
-        # One fetch per window at a time: the retrieve's read-ahead threads ask for neighbours
+        # One fetch per study at a time: the retrieve's read-ahead threads ask for neighbours
         # together, and the second must wait for the first's GET rather than issue its own.
-        self._fetching: dict[str, threading.Lock] = {}
+        self._fetching = [threading.Lock() for _ in range(64)]
         self._windows: OrderedDict[str, int] = OrderedDict()
 
     def get(self, blob_hash: bytes) -> tuple[int, bytes] | None:
@@ -51,20 +54,34 @@ class ColdReadCache:
                 _, old = self._items.popitem(last=False)
                 self._size -= len(old[1])
 
-    def next_window(self, key: str) -> int:
+    def read_ahead(
+        self, tier: ColdTier, p: ColdPlacement, key: str, study: Callable[[], Iterable[ColdPlacement]]
+    ) -> tuple[int, bytes] | None:
+        """(codec, stored bytes) of `p`, fetched with the blobs of `study` (called only on a
+        miss) that follow it in its pack, up to the next window of `key`; None if `p` itself
+        could not be read (the caller reads it alone and reports why)."""
+        with self._fetching[hash(key) % len(self._fetching)]:
+            hit = self.get(p.hash)
+            if hit is not None:
+                return hit
+            following = sorted((q for q in study() if q.pack_key == p.pack_key and q.offset >= p.offset),
+                               key=lambda q: q.offset)
+            window, size, limit = [], 0, self._next_window(key)
+            for q in following:
+                window.append(q)
+                size += q.length
+                if size >= limit:
+                    break
+            got = tier.read_many(window)
+            fetched = {q.hash: r for q, r in zip(window, got, strict=True) if not isinstance(r, Exception)}
+            self.put_many(fetched)
+            return fetched.get(p.hash)
+
+    def _next_window(self, key: str) -> int:
         """The size of the next read-ahead of `key` (a study in a pack): doubles each time."""
         with self._lock:
-            size = self._windows.pop(key, FIRST_WINDOW // 2) * 2
-            size = min(size, WINDOW_BYTES)
+            size = min(self._windows.pop(key, FIRST_WINDOW // 2) * 2, WINDOW_BYTES)
             self._windows[key] = size
             while len(self._windows) > 1024:
                 self._windows.popitem(last=False)
             return size
-
-    def fetch_lock(self, key: str) -> threading.Lock:
-        with self._lock:
-            return self._fetching.setdefault(key, threading.Lock())
-
-    def release(self, key: str) -> None:
-        with self._lock:
-            self._fetching.pop(key, None)

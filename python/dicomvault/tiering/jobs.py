@@ -20,11 +20,11 @@ from typing import Any
 
 import msgpack
 
-from ..engine import Engine, cold_placement
+from ..engine import Engine
 from ..errors import RequestError, UnavailableError, UnknownObjectError
 from ..storage.settings import DAY, TieringSettings
 from . import studies
-from .mover import Mover, MoveReport, recode_for
+from .mover import Mover, MoveReport, fetch_to_local
 from .policy import PlannedMove, plan_all
 
 log = logging.getLogger(__name__)
@@ -49,17 +49,6 @@ class Pacer:
             time.sleep(ahead)
 
 
-def study_blobs(engine: Engine, study_uid: str) -> list[Any]:
-    """The distinct blob records of a study's instances."""
-    seen: dict[bytes, Any] = {}
-    for rec in engine.instances("study", study_uid):
-        if rec.hash not in seen:
-            b = engine.index.blob(rec.hash)
-            if b is not None:
-                seen[rec.hash] = b
-    return list(seen.values())
-
-
 def move_study(
     engine: Engine, study_uid: str, to_tier: str, *, pace: Callable[[int], None] | None = None,
     promoted_until: float | None = None,
@@ -68,7 +57,7 @@ def move_study(
     UnknownObjectError for an unknown study, the store's error when it is down."""
     if to_tier not in {t.name for t in engine.tiers}:
         raise RequestError(f"no tier named {to_tier!r} (tiers: {[t.name for t in engine.tiers]})")
-    blobs = study_blobs(engine, study_uid)
+    blobs = engine.study_blobs(study_uid)
     report = Mover(engine, pace=pace).move(blobs, to_tier)
     if not report.failed:
         studies.put(engine, study_uid, studies.StudyTier(to_tier, time.time(), promoted_until))
@@ -81,24 +70,13 @@ def promote(engine: Engine, study_uid: str, days: float) -> int:
     just dropping the local copies). Returns the number of blobs copied."""
     dest = engine.local_index(studies.home_tier(engine))
     items = []
-    for b in study_blobs(engine, study_uid):
+    for b in engine.study_blobs(study_uid):
         if b.tier not in engine.remote_tiers or engine.vault.holders(b.hash):
             continue
         items.append(b)
-    copied = 0
     with engine._lock.shared():
-        for tier in {b.tier for b in items}:
-            group = [b for b in items if b.tier == tier]
-            got = engine.remote(tier).read_many([cold_placement(b) for b in group])
-            codec = engine.local_tiers[dest].codec_id
-            puts = []
-            for b, r in zip(group, got, strict=True):
-                if not isinstance(r, Exception):
-                    used, stored = recode_for(codec, r[0], r[1], b.logical_len)
-                    puts.append((b.hash, used, b.logical_len, stored))
-            if puts:
-                res = engine.vault.put_stored(puts, tier=dest)
-                copied += sum(1 for r in res if r is True)
+        # What the retrieve that caused the promotion fetched is still in the read cache.
+        copied = sum(not isinstance(r, Exception) for r in fetch_to_local(engine, items, dest))
     st = studies.get(engine, study_uid)
     studies.put(engine, study_uid, studies.StudyTier(st.tier, st.moved_at, time.time() + days * DAY))
     return copied
@@ -112,7 +90,7 @@ def demote_expired(engine: Engine, now: float | None = None) -> int:
         if st.promoted_until is None or st.promoted_until > now or st.tier not in engine.remote_tiers:
             continue
         try:
-            hashes = [b.hash for b in study_blobs(engine, uid) if b.tier in engine.remote_tiers]
+            hashes = [b.hash for b in engine.study_blobs(uid) if b.tier in engine.remote_tiers]
         except UnknownObjectError:
             hashes = []
         with engine._lock.shared():
@@ -132,7 +110,7 @@ def reclaim(engine: Engine) -> dict[str, int]:
     for uid, st in studies.all_tiers(engine).items():
         if st.promoted_until is not None and st.promoted_until > now:
             try:
-                promoted.update(b.hash for b in study_blobs(engine, uid))
+                promoted.update(b.hash for b in engine.study_blobs(uid))
             except UnknownObjectError:
                 continue
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .. import (
     _native,  # type: ignore[attr-defined]
     failpoints,
 )
-from ..engine import Engine, cold_placement
+from ..engine import Engine
 from ..errors import DicomVaultError
 from ..index import BlobRecord, Placement
 
@@ -56,6 +57,28 @@ def recode_for(dest_codec: int, codec: int, stored: bytes, logical_len: int) -> 
         return codec, stored
     used, out = _native.recode(codec, stored, logical_len, dest_codec)
     return int(used), bytes(out)
+
+
+def fetch_to_local(
+    engine: Engine, blobs: Sequence[BlobRecord], dest: int
+) -> list[tuple[int, int] | Exception]:
+    """Copies object-store blobs into local tier `dest`, recoded for its codec and verified by
+    `put_stored`; per blob, (codec, stored length) of the local copy or why not. The caller
+    holds the engine's shared lock."""
+    dest_codec = engine.local_tiers[dest].codec_id
+    got = engine.read_remote_many(blobs)
+    # Every blob read is replaced below by its put's outcome; a failed read stays its error.
+    out: list[Any] = list(got)
+    items, idx = [], []
+    for i, (b, r) in enumerate(zip(blobs, got, strict=True)):
+        if not isinstance(r, Exception):
+            codec, stored = recode_for(dest_codec, r[0], r[1], b.logical_len)
+            items.append((b.hash, codec, b.logical_len, stored))
+            idx.append(i)
+    if items:
+        for i, item, res in zip(idx, items, engine.vault.put_stored(items, tier=dest), strict=True):
+            out[i] = res if isinstance(res, Exception) else (item[1], len(item[3]))
+    return out
 
 
 def batches(blobs: Iterable[BlobRecord], max_bytes: int = BATCH_BYTES) -> Iterable[list[BlobRecord]]:
@@ -146,29 +169,11 @@ class Mover:
     def _fetch_into(
         self, blobs: Sequence[BlobRecord], dest: int, moves: list[Placement], report: MoveReport, to_tier: str
     ) -> None:
-        eng = self.engine
-        dest_codec = eng.local_tiers[dest].codec_id
-        by_tier: dict[str, list[BlobRecord]] = {}
-        for b in blobs:
-            by_tier.setdefault(b.tier, []).append(b)
-        for tier, group in by_tier.items():
-            got = eng.remote(tier).read_many([cold_placement(b) for b in group])
-            items, keep = [], []
-            for b, res in zip(group, got, strict=True):
-                if isinstance(res, Exception):
-                    report.failed.append((b.hash.hex(), str(res)))
-                else:
-                    codec, stored = recode_for(dest_codec, res[0], res[1], b.logical_len)
-                    items.append((b.hash, codec, b.logical_len, stored))
-                    keep.append(b)
-            if not items:
-                continue
-            put = eng.vault.put_stored(items, tier=dest)
-            for b, item, res in zip(keep, items, put, strict=True):
-                if isinstance(res, Exception):
-                    report.failed.append((b.hash.hex(), str(res)))
-                else:
-                    moves.append(Placement(b.hash, b.tier, to_tier, item[1], len(item[3])))
+        for b, res in zip(blobs, fetch_to_local(self.engine, blobs, dest), strict=True):
+            if isinstance(res, Exception):
+                report.failed.append((b.hash.hex(), str(res)))
+            else:
+                moves.append(Placement(b.hash, b.tier, to_tier, res[0], res[1]))
 
     # -- object-store destination --------------------------------------------------------------
     def _to_remote(self, batch: Sequence[BlobRecord], to_tier: str) -> MoveReport:

@@ -37,13 +37,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 from pynetdicom import build_context
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
@@ -361,15 +361,40 @@ def tiny_chunk(folder: Path, start: int, n: int) -> list[Path]:
     return [d / f"s{q}" for q in range(4)]
 
 
-def build_dv_index(data: Path, n: int) -> float:
-    """Index records straight into the engine's index (no blobs: C-FIND never reads them)."""
+# Large studies added to dicomvault's index for the queries inside one study (find_dv.py): a
+# thin-slice CT's size, in BIG_SERIES series.
+BIG_STUDIES = 10
+BIG_INSTANCES = 2000
+BIG_SERIES = 4
+
+
+def big_study_attrs(k: int, j: int) -> dict[str, str]:
+    """Attributes of instance j of large study k."""
+    per_series = BIG_INSTANCES // BIG_SERIES
+    series = j // per_series + 1
+    return {
+        "PatientID": f"PBIG{k:03d}", "PatientName": f"BIGSTUDY^{k}", "PatientBirthDate": "19600101",
+        "PatientSex": "F", "StudyInstanceUID": f"{UID_ROOT}8.{k}",
+        "SeriesInstanceUID": f"{UID_ROOT}8.{k}.{series}",
+        "SOPInstanceUID": f"{UID_ROOT}8.{k}.{series}.{j + 1}",
+        "SOPClassUID": CTImageStorage, "StudyDate": "20200101", "StudyTime": "120000",
+        "AccessionNumber": f"BIG{k:05d}", "StudyDescription": "BENCH LARGE STUDY", "StudyID": "1",
+        "Modality": "CT", "SeriesNumber": str(series), "SeriesDescription": f"RECON {series}",
+        "InstanceNumber": str(j % per_series + 1),
+    }
+
+
+def build_dv_index(data: Path, n: int, big: int = 0) -> float:
+    """Index records straight into the engine's index (no blobs: C-FIND never reads them): n
+    instances of index_attrs, then `big` studies of big_study_attrs."""
     if data.exists():
         shutil.rmtree(data)
     t0 = time.monotonic()
+    attrs = itertools.chain((index_attrs(i) for i in range(n)),
+                            (big_study_attrs(k, j) for k in range(big) for j in range(BIG_INSTANCES)))
     with Engine(data) as eng:
         batch: list[dict[str, Any]] = []
-        for i in range(n):
-            a = index_attrs(i)
+        for a in attrs:
             h = hashlib.blake2b(a["SOPInstanceUID"].encode(), digest_size=32).digest()
             batch.append({"attrs": a, "hash": h,
                           "prefix": b"", "transfer_syntax": ExplicitVRLittleEndian, "logical_len": 500,
@@ -402,13 +427,25 @@ def build_orthanc_index(orth: Orthanc, folder: Path, target: int, chunk: int, bu
 
 
 def queries(kind: str, n: int, instances: int, seed: int = 1) -> list[list[str]]:
-    """n query key lists of one kind, over the first `instances` instances' patients."""
+    """n query key lists of one kind, over the first `instances` instances' patients (or over the
+    BIG_STUDIES large studies for IN_STUDY_KINDS)."""
     rng = random.Random(seed)
-    patients = max(1, instances // INSTANCES_PER_STUDY // STUDIES_PER_PATIENT)
+    studies = max(1, instances // INSTANCES_PER_STUDY)
+    patients = max(1, studies // STUDIES_PER_PATIENT)
     out = []
     for _ in range(n):
+        big = rng.randrange(BIG_STUDIES)
         if kind == "PatientID exact":
             k = [f"PatientID=P{rng.randrange(patients):07d}"]
+        elif kind == "AccessionNumber exact":
+            k = [f"AccessionNumber=A{rng.randrange(studies):08d}"]
+        elif kind == SERIES_IN_STUDY:
+            k = [f"StudyInstanceUID={UID_ROOT}8.{big}"]
+        elif kind == IMAGES_IN_SERIES:
+            k = [f"StudyInstanceUID={UID_ROOT}8.{big}",
+                 f"SeriesInstanceUID={UID_ROOT}8.{big}.{rng.randrange(BIG_SERIES) + 1}"]
+        elif kind == IMAGES_IN_STUDY:
+            k = [f"StudyInstanceUID={UID_ROOT}8.{big}"]
         elif kind == "PatientName wildcard":
             k = [f"PatientName={SURNAMES[rng.randrange(min(patients, len(SURNAMES)))][:5]}*"]
         else:
@@ -418,9 +455,25 @@ def queries(kind: str, n: int, instances: int, seed: int = 1) -> list[list[str]]
     return out
 
 
-QUERY_KINDS = ("PatientID exact", "PatientName wildcard", "StudyDate range")
+QUERY_KINDS = ("PatientID exact", "AccessionNumber exact", "PatientName wildcard", "StudyDate range")
+SERIES_IN_STUDY = "Series of a 2,000-image study"
+IMAGES_IN_SERIES = "Images of a 500-image series"
+IMAGES_IN_STUDY = "Images of a 2,000-image study"
+# Queries inside one of the BIG_STUDIES (find_dv.py): SERIES level, then IMAGE level with and
+# without the series (the second is a relational query: every image of the study).
+IN_STUDY_KINDS = (SERIES_IN_STUDY, IMAGES_IN_SERIES, IMAGES_IN_STUDY)
 RETURN_KEYS = ["StudyInstanceUID", "PatientID", "PatientName", "StudyDate", "AccessionNumber",
                "StudyDescription", "NumberOfStudyRelatedInstances"]
+LEVEL_RETURN_KEYS = {
+    "STUDY": RETURN_KEYS,
+    "SERIES": ["StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription",
+               "NumberOfSeriesRelatedInstances"],
+    "IMAGE": ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "InstanceNumber"],
+}
+
+
+def kind_level(kind: str) -> str:
+    return {SERIES_IN_STUDY: "SERIES", IMAGES_IN_SERIES: "IMAGE", IMAGES_IN_STUDY: "IMAGE"}.get(kind, "STUDY")
 
 
 FindStats = dict[str, tuple[float, float, float]]  # kind -> (p50 ms, p95 ms, mean matches)
@@ -433,9 +486,9 @@ def find_summary(lat: list[float], hits: list[int]) -> tuple[float, float, float
     return statistics.median(lat), lat[int(0.95 * (len(lat) - 1))], statistics.mean(hits)
 
 
-def query_identifier(keys: list[str]) -> Dataset:
-    """The C-FIND identifier of one query: STUDY level, RETURN_KEYS empty, `keys` the matching."""
-    return scu.build_identifier("STUDY", [*RETURN_KEYS, *keys], use_defaults=False)
+def query_identifier(keys: list[str], level: str = "STUDY") -> Dataset:
+    """The C-FIND identifier of one query: the level's return keys empty, `keys` the matching."""
+    return scu.build_identifier(level, [*LEVEL_RETURN_KEYS[level], *keys], use_defaults=False)
 
 
 def findscu_all(ae: str, port: int, files: list[Path], folder: Path) -> list[FindTiming]:
@@ -463,7 +516,8 @@ def findscu_all(ae: str, port: int, files: list[Path], folder: Path) -> list[Fin
     return done
 
 
-def find_latencies(ae: str, port: int, n: int, instances: int, work: Path | None = None) -> FindStats:
+def find_latencies(ae: str, port: int, n: int, instances: int, work: Path | None = None,
+                   kinds: Sequence[str] = QUERY_KINDS) -> FindStats:
     """kind -> (p50 ms, p95 ms, mean matches) with dcmtk's C++ `findscu` as the client: per kind,
     WARMUP + n query files and one `findscu -S` (one association) sending them in order; each
     query's latency is findscu's own log, request sent to final response read (1 us stamps, see
@@ -473,10 +527,11 @@ def find_latencies(ae: str, port: int, n: int, instances: int, work: Path | None
         if work is None:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cfind-")))
         out = {}
-        for kind in QUERY_KINDS:
-            folder = work / kind.replace(" ", "-")
-            files = write_find_queries(folder / "queries",
-                                       [query_identifier(k) for k in queries(kind, n + WARMUP, instances)])
+        for kind in kinds:
+            folder = work / kind.replace(" ", "-").replace(",", "")
+            level = kind_level(kind)
+            files = write_find_queries(folder / "queries", [query_identifier(k, level)
+                                                            for k in queries(kind, n + WARMUP, instances)])
             timed = findscu_all(ae, port, files, folder)[WARMUP:]
             out[kind] = find_summary([t.latency_ms for t in timed], [t.matches for t in timed])
         return out

@@ -41,14 +41,18 @@ DV = str(Path(sys.executable).with_name("dicomvault"))
 AE = "DICOMVAULT"
 
 
+KINDS = (*dc.QUERY_KINDS, *dc.IN_STUDY_KINDS)
+
+
 def ensure_index(data: Path, n: int) -> None:
-    """The synthetic index of n instances at `data`, built once (marker file beside it)."""
-    marker = data.parent / f"{data.name}.done"
+    """The synthetic index of n instances plus dc.BIG_STUDIES large studies at `data`, built once
+    (marker file beside it)."""
+    marker = data.parent / f"{data.name}.big{dc.BIG_STUDIES}.done"
     if marker.exists() and data.exists():
         return
     marker.unlink(missing_ok=True)
-    dc.log(f"building a {n:,}-instance index at {data}")
-    secs = dc.build_dv_index(data, n)
+    dc.log(f"building a {n:,}-instance index + {dc.BIG_STUDIES} studies of {dc.BIG_INSTANCES:,} at {data}")
+    secs = dc.build_dv_index(data, n, dc.BIG_STUDIES)
     dc.log(f"  built in {secs:.1f} s")
     marker.touch()
 
@@ -57,6 +61,13 @@ def proc_cpu(pid: int) -> float:
     """CPU seconds (user + system, all threads) a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_memory(pid: int) -> tuple[float, float]:
+    """(resident MB now, peak resident MB) of a process, from /proc/<pid>/status."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                  if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
 def children_cpu() -> float:
@@ -139,7 +150,7 @@ def main() -> int:
     dc.scu._quiet_pynetdicom()  # the SCU's own pynetdicom logging is not what is measured
     data = args.scratch / f"index-{args.index}"
     ensure_index(data, args.index)
-    queries = (args.finds + dc.WARMUP) * len(dc.QUERY_KINDS)
+    queries = (args.finds + dc.WARMUP) * len(KINDS)
     # client -> (variant, kind) -> per-round (p50, p95, mean matches)
     res: dict[str, dict[tuple[str, str], list[tuple[float, float, float]]]] = {
         "findscu": {}, "pynetdicom": {}}
@@ -147,6 +158,8 @@ def main() -> int:
     cpu: dict[str, dict[str, list[tuple[float, float]]]] = {"findscu": {}, "pynetdicom": {}}
     # (variant, kind) -> per-round (dcmtk mean ms per query, server CPU ms per query)
     dcmtk: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    # variant -> per-round (server resident MB after the findscu queries, peak resident MB)
+    memory: dict[str, list[tuple[float, float]]] = {}
     for rnd in range(args.rounds):
         for name, path in variants:
             target, pid = start_variant(data, path)
@@ -164,7 +177,8 @@ def main() -> int:
                 # The primary client: dcmtk findscu (a C++ peer, its own processes).
                 cpu0, kids0 = proc_cpu(pid), children_cpu()
                 runs["findscu"] = dc.find_latencies(target.ae, target.port, args.finds, args.index,
-                                                    args.scratch / "cfind" / f"{name}-r{rnd}")
+                                                    args.scratch / "cfind" / f"{name}-r{rnd}", KINDS)
+                memory.setdefault(name, []).append(proc_memory(pid))
                 cpu["findscu"].setdefault(name, []).append(((proc_cpu(pid) - cpu0) / queries * 1000,
                                                             (children_cpu() - kids0) / queries * 1000))
                 if args.pynetdicom:
@@ -188,11 +202,15 @@ def main() -> int:
                     dc.log(f"round {rnd} {name:>10} {client:<10} {kind:<22} p50 {v[0]:6.2f} ms  "
                            f"p95 {v[1]:6.2f} ms  matches {v[2]:.1f}")
     base = variants[0][0]
-    lines = [f"C-FIND study level, {args.index:,} instances, {args.finds} queries/type, "
+    lines = [f"C-FIND, {args.index:,} instances + {dc.BIG_STUDIES} studies of {dc.BIG_INSTANCES:,}, "
+             f"{args.finds} queries/type, "
              f"{args.rounds} round(s) (median of the rounds' p50/p95); client dcmtk findscu (C++), one "
              "association per type, latency from its log (1 us stamps)"]
     lines += table(res["findscu"], variants, base)
     lines += [""] + cpu_lines(cpu["findscu"], "findscu processes")
+    for name, ms in memory.items():
+        lines.append(f"{name}: server memory after the queries: resident {max(m[0] for m in ms):.0f} MB, "
+                     f"peak {max(m[1] for m in ms):.0f} MB (VmRSS / VmHWM; RocksDB block cache included)")
     if args.pynetdicom:
         lines += ["", "Secondary: the same queries from the pynetdicom SCU in this process, one association; "
                   f"client tuned reactor: {args.tune_client}"]
@@ -213,7 +231,7 @@ def table(res: dict[tuple[str, str], list[tuple[float, float, float]]], variants
     """p50/p95 per (variant, kind): the median over the rounds, and the p50 ratio to `base`."""
     lines = ["| variant | query | p50 ms | p95 ms | matches | p50 vs " + base + " |",
              "| --- | --- | --- | --- | --- | --- |"]
-    for kind in dc.QUERY_KINDS:
+    for kind in KINDS:
         b50 = statistics.median(r[0] for r in res[(base, kind)])
         for name, *_ in variants:
             rs = res[(name, kind)]

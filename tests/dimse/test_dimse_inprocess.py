@@ -147,6 +147,25 @@ def test_find_cancel(server: tuple[int, DimseServer]) -> None:
         assoc.release()
 
 
+def test_find_many_matches_arrive_whole_and_in_order(server: tuple[int, DimseServer]) -> None:
+    """Pending responses leave in batches (dimse/fastpath.py): dcmtk's findscu still reads every
+    match once, each a well-formed response, then the final Success."""
+    port, _ = server
+    keys = ["QueryRetrieveLevel=IMAGE", "PatientID=MANY", "StudyInstanceUID", "SeriesInstanceUID",
+            "SOPInstanceUID", "InstanceNumber"]
+    cmd = ["findscu", "-v", "-P", "-aec", "DICOMVAULT", *(a for k in keys for a in ("-k", k)),
+           "127.0.0.1", str(port)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "TCP_NODELAY": "1"})
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log
+    numbers = [int(n) for n in re.findall(r"Find Response: (\d+) \(Pending", log)]
+    assert numbers == list(range(1, N_INSTANCES + 1)), log[-3000:]
+    assert len(set(re.findall(r"\(0008,0018\) UI \[([^\]]+)\]", log))) == N_INSTANCES
+    final = re.search(r"Received Final Find Response \(([^)]*)\)", log)
+    assert final is not None and final.group(1) == "Success", log[-3000:]
+
+
 def test_find_bad_level(server: tuple[int, DimseServer]) -> None:
     port, _ = server
     q = Dataset()

@@ -58,6 +58,10 @@ C_FIND_RQ, C_FIND_RSP = 0x0020, 0x8020
 C_CANCEL_RQ = 0x0FFF
 FIND_MODELS = (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind)
 LITTLE_ENDIAN = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
+# C-FIND pending responses per send: FIRST, doubling up to MAX, or BYTES, whichever comes first
+FIND_BATCH_FIRST = 4
+FIND_BATCH_MAX = 16
+FIND_BATCH_BYTES = 256 * 1024
 
 # (association, accepted context, SOP Class UID, SOP Instance UID, data set: bytes or the
 # reader's ReceivedDataSet) -> (status, comment)
@@ -269,18 +273,33 @@ class FastPath:
             return
         pending = command_set(model, message_id, PENDING)
         code, comment = SUCCESS, None
+        # Pending responses leave in batches, one send each, and the socket is polled for a
+        # C-CANCEL after each batch rather than before every match: a send and a poll per match
+        # were a third of a 120-match answer's time. The first batches are small so that the
+        # first matches still leave at once; a cancel is honoured within FIND_BATCH_MAX matches.
+        batch: list[bytes] = []
+        batch_bytes, batch_limit = 0, FIND_BATCH_FIRST
+        cancelled = [False]  # what the last poll saw; asked by find_responses before each match
         try:
-            for response in self.find(self.assoc, cx, model, identifier, implicit,
-                                      lambda: self._cancel_arrived(message_id)):
+            for response in self.find(self.assoc, cx, model, identifier, implicit, lambda: cancelled[0]):
                 code, encoded, comment = response  # the last one is the final status
-                if code == PENDING and not self._send(_native.frame_message(
-                        context_id, pending, encoded, self.peer_max_pdu), "C-FIND"):
-                    return
+                if code != PENDING:
+                    continue
+                frame = _native.frame_message(context_id, pending, encoded, self.peer_max_pdu)
+                batch.append(frame)
+                batch_bytes += len(frame)
+                if len(batch) >= batch_limit or batch_bytes >= FIND_BATCH_BYTES:
+                    if not self._send(b"".join(batch), "C-FIND"):
+                        return
+                    batch.clear()
+                    batch_bytes, batch_limit = 0, min(batch_limit * 2, FIND_BATCH_MAX)
+                    cancelled[0] = self._cancel_arrived(message_id)
         except Exception as exc:  # noqa: BLE001 - a failing handler must not kill the association
             log.exception("C-FIND from %s: handler failed", self._caller())
             code, comment = PROCESSING_FAILURE, f"handler failed: {exc}"
-        self._send(_native.encode_response(context_id, C_FIND_RSP, message_id, model, "", code, comment,
-                                           self.peer_max_pdu), "C-FIND")
+        batch.append(_native.encode_response(context_id, C_FIND_RSP, message_id, model, "", code, comment,
+                                             self.peer_max_pdu))
+        self._send(b"".join(batch), "C-FIND")
 
     def _cancel_arrived(self, message_id: int) -> bool:
         """Reads what has arrived (without waiting): True if it holds a C-CANCEL of `message_id`.

@@ -191,6 +191,7 @@ class IdentifierEncoder:
         self._values = [(k.keyword, k.default, k.vr in _BINARY_VRS or k.vr == "SQ", k.vr in _PACK, k.vr)
                         for k in keys]
         self._prefixes: dict[str, bytes] = {}
+        self._special = any(empty or number for _, _, empty, number, _ in self._values)  # not plain text
 
     def _element(self, head: bytes, fmt: str, value: bytes) -> bytes:
         if fmt == "<H" and len(value) > _MAX_SHORT:
@@ -212,12 +213,13 @@ class IdentifierEncoder:
         texts: list[str | bytes] = [(get(kw) or default) if kw else ""
                                     for kw, default, _, _, _ in self._values]
         # every DICOM character set writes ASCII as ASCII; anything else goes out as UTF-8
-        charset = self.request_charset if all(t.isascii() for t in texts) else "ISO_IR 192"
-        for i, (_, _, empty, number, vr) in enumerate(self._values):
-            if empty:
-                texts[i] = ""  # a sequence without items; binary keys are never matched
-            elif number and texts[i]:
-                texts[i] = _binary_bytes(vr, str(texts[i]))
+        charset = self.request_charset if "".join(texts).isascii() else "ISO_IR 192"  # type: ignore[arg-type]
+        if self._special:
+            for i, (_, _, empty, number, vr) in enumerate(self._values):
+                if empty:
+                    texts[i] = ""  # a sequence without items; binary keys are never matched
+                elif number and texts[i]:
+                    texts[i] = _binary_bytes(vr, str(texts[i]))
         return bytes(self._plan.encode(self._prefix(charset), texts))
 
 

@@ -53,8 +53,7 @@ cheapest source is scanned, its candidates are loaded with multi-gets, and
 from __future__ import annotations
 
 import re
-from collections import ChainMap
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -438,8 +437,10 @@ def _series_from_uid_entry(k: bytes) -> bytes:
 
 
 def _sop_from_hierarchy(k: bytes) -> bytes:
-    pos = keys.decode_at(k, 1)[1]
-    pos = keys.decode_at(k, pos)[1]
+    """0x?? E(study) E(series) u32 number SOP -> the SOP Instance UID key. The terminator is
+    searched for, not decoded: an escaped NUL is 00 FF, never 00 01."""
+    pos = k.index(keys.TERM, 1) + 2
+    pos = k.index(keys.TERM, pos) + 2
     return k[pos + 4:]
 
 
@@ -461,6 +462,9 @@ class Source:
     probed: list[bytes] | None = None
     # Cost estimate of a source that is not probed (a filtered scan); None = probe it.
     estimate: float | None = None
+    # A matcher every candidate of this source satisfies by construction (an exact unique key:
+    # the entity and what the hierarchy holds under it), so records need not be checked for it.
+    implies: Matcher | None = None
 
     def keys(self) -> Iterator[bytes]:
         """Candidate keys at ``self.level`` (may contain duplicates)."""
@@ -541,6 +545,12 @@ class Planner:
     # -- sources ------------------------------------------------------------
 
     def _primary(self, level: str, m: Matcher) -> Source | None:
+        src = self._primary_source(level, m)
+        if src is not None and m.kind == SINGLE and m.keyword != "PatientID":
+            src.implies = m
+        return src
+
+    def _primary_source(self, level: str, m: Matcher) -> Source | None:
         cfs = self.cfs
         if level == PATIENT and m.keyword == "PatientID":
             r = _literal_ranges(m, b"", secondary.TEXT)
@@ -739,7 +749,9 @@ class Planner:
         if limit is not None and limit <= 0:
             return
         if not newest_first:
-            rows = self._matches(lv, matchers, requested, self.candidates(lv, matchers, stats), stats)
+            src, _ = self.choose(lv, matchers, stats)
+            checked = [m for m in matchers if src is None or m is not src.implies]
+            rows = self._matches(lv, checked, requested, self._keys_from(src, lv, stats), stats)
         else:
             cands, in_order = self.newest_first(matchers, stats)
             rows = self._matches(lv, matchers, requested, cands, stats)
@@ -754,19 +766,27 @@ class Planner:
 
     def _matches(self, lv: str, matchers: list[Matcher], requested: list[str], candidates: Iterator[bytes],
                  stats: QueryStats | None) -> Iterator[dict[str, str]]:
-        filters = [m for m in matchers if m.constrains]
+        filters = [(m.keyword, m.matches) for m in matchers if m.constrains]
         ret_keys = list(dict.fromkeys([*_unique_keys(lv), *requested]))
-        views = _Views(self.cfs, want=set(ret_keys) | {m.keyword for m in filters})
+        views = _Views(self.cfs, want=set(ret_keys) | {kw for kw, _ in filters})
         for chunk in _chunks(candidates, _CHUNK):
             if stats is not None:
                 stats.loaded += len(chunk)
             for view in views.load(lv, chunk):
                 if view is None:
                     continue
-                if all(m.matches(view.get(m.keyword)) for m in filters):
+                get = view.get
+                for kw, matches in filters:
+                    if not matches(get(kw)):
+                        break
+                else:
                     if stats is not None:
                         stats.matched += 1
-                    yield {k: _as_str(view.get(k)) for k in ret_keys}
+                    row = {k: get(k) for k in ret_keys}
+                    for k, v in row.items():
+                        if v.__class__ is not str:
+                            row[k] = _as_str(v)
+                    yield row
 
     def explain(self, level: str, query: Mapping[str, str | None]) -> dict[str, Any]:
         """Which source the planner would use (for debugging and tests)."""
@@ -811,6 +831,16 @@ def _chunks(it: Iterable[bytes], n: int) -> Iterator[list[bytes]]:
 # ---------------------------------------------------------------------------
 
 
+class _Everything:
+    """A container of every keyword: views compute all their attributes."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_ALL = _Everything()
+
+
 def patient_view(rec: PatientRecord) -> dict[str, str]:
     """Attributes of a patient as seen by PATIENT-level queries."""
     v = dict(rec.attrs)
@@ -821,13 +851,16 @@ def patient_view(rec: PatientRecord) -> dict[str, str]:
     return v
 
 
-def study_view(rec: StudyRecord) -> dict[str, str]:
-    """Attributes of a study as seen by STUDY-level queries (patient attrs included)."""
+def study_view(rec: StudyRecord, want: Container[str] = _ALL) -> dict[str, str]:
+    """Attributes of a study as seen by STUDY-level queries (patient attrs included); the lists
+    ModalitiesInStudy and SOPClassesInStudy only if in `want` (a query loads many studies)."""
     v = dict(rec.attrs)
     v["StudyInstanceUID"] = rec.study_uid
     v["PatientID"] = rec.patient_id
-    v["ModalitiesInStudy"] = "\\".join(rec.modalities_in_study())
-    v["SOPClassesInStudy"] = "\\".join(sorted(c for c, n in rec.sop_classes.items() if n > 0))
+    if "ModalitiesInStudy" in want:
+        v["ModalitiesInStudy"] = "\\".join(rec.modalities_in_study())
+    if "SOPClassesInStudy" in want:
+        v["SOPClassesInStudy"] = "\\".join(sorted(c for c, n in rec.sop_classes.items() if n > 0))
     v["NumberOfStudyRelatedSeries"] = str(rec.num_series)
     v["NumberOfStudyRelatedInstances"] = str(rec.num_instances)
     return v
@@ -845,23 +878,32 @@ def series_view(rec: SeriesRecord) -> dict[str, str]:
 
 def instance_view(rec: InstanceRecord) -> dict[str, str]:
     """Instance-level computed attributes (merged over the instance's attrs)."""
+    return instance_view_of(rec.to_wire())
+
+
+def instance_view_of(r: Mapping[str, Any]) -> dict[str, str]:
+    """:func:`instance_view` of an instance record's field dict (InstanceRecord.fields_of)."""
+    number = r.get("instance_number")
+    attrs = r.get("attrs") or {}
     return {
-        "SOPInstanceUID": rec.sop_uid,
-        "SOPClassUID": rec.sop_class_uid,
-        "SeriesInstanceUID": rec.series_uid,
-        "StudyInstanceUID": rec.study_uid,
-        "AvailableTransferSyntaxUID": rec.transfer_syntax,
-        "InstanceNumber": rec.attrs.get("InstanceNumber", "" if rec.instance_number is None
-                                        else str(rec.instance_number)),
+        "SOPInstanceUID": r.get("sop_uid", ""),
+        "SOPClassUID": r.get("sop_class_uid", ""),
+        "SeriesInstanceUID": r.get("series_uid", ""),
+        "StudyInstanceUID": r.get("study_uid", ""),
+        "AvailableTransferSyntaxUID": r.get("transfer_syntax", ""),
+        "InstanceNumber": attrs.get("InstanceNumber", "" if number is None else str(number)),
     }
 
 
 class _Views:
     def __init__(self, cfs: Mapping[str, Any], want: set[str]) -> None:
         self.cfs = cfs
+        self.want = want
         self.want_patient_counts = bool(want & _COUNT_KEYS_PATIENT)
         self.studies: dict[bytes, Mapping[str, str] | None] = {}
         self.series: dict[bytes, Mapping[str, str] | None] = {}
+        # (study UID, series UID) -> the flat series view ({} if the series record is gone)
+        self.by_uids: dict[tuple[str, str], Mapping[str, str]] = {}
         self.patients: dict[str, PatientRecord | None] = {}
 
     def _patient(self, pid: str) -> PatientRecord | None:
@@ -871,7 +913,7 @@ class _Views:
         return self.patients[pid]
 
     def _study_view(self, rec: StudyRecord) -> Mapping[str, str]:
-        v = study_view(rec)
+        v = study_view(rec, self.want)
         if self.want_patient_counts:
             p = self._patient(rec.patient_id)
             if p is not None:
@@ -896,7 +938,9 @@ class _Views:
                 self.series[k] = None
                 continue
             sv = self.studies.get(keys.encode(r.study_uid))
-            self.series[k] = ChainMap(series_view(r), sv if sv is not None else {})
+            # flat, the series' own attributes over the study's (what a ChainMap of the two
+            # would show, at a plain dict's lookup cost: SERIES/IMAGE rows read it per match)
+            self.series[k] = {**(sv or {}), **series_view(r)}
 
     def load(self, level: str, chunk: list[bytes]) -> list[Mapping[str, str] | None]:
         """Views for a chunk of candidate keys (None where the record vanished)."""
@@ -909,16 +953,23 @@ class _Views:
         if level == SERIES:
             self._fill_series(chunk)
             return [self.series.get(k) for k in chunk]
-        recs = [InstanceRecord.decode(r) if r is not None else None
-                for r in self.cfs[CF_INSTANCES].get(chunk)]
-        se_keys = [keys.encode(r.study_uid) + keys.encode(r.series_uid) for r in recs if r is not None]
-        self._fill_series(se_keys)
+        # Instances are read as field dicts, not records: an IMAGE query may load thousands.
+        fields_of = InstanceRecord.fields_of
+        recs = [fields_of(r) if r is not None else None for r in self.cfs[CF_INSTANCES].get(chunk)]
+        uppers = self.by_uids
+        missing = ({(r.get("study_uid", ""), r.get("series_uid", "")) for r in recs if r is not None}
+                   - uppers.keys())
+        if missing:
+            sekeys = {uids: keys.encode(uids[0]) + keys.encode(uids[1]) for uids in missing}
+            self._fill_series(sekeys.values())
+            for uids, sekey in sekeys.items():
+                uppers[uids] = self.series.get(sekey) or {}
         out: list[Mapping[str, str] | None] = []
         for r in recs:
             if r is None:
                 out.append(None)
                 continue
-            upper = self.series.get(keys.encode(r.study_uid) + keys.encode(r.series_uid))
-            maps = upper.maps if isinstance(upper, ChainMap) else []
-            out.append(ChainMap(instance_view(r), *maps, r.attrs))
+            # the instance's computed attributes over the series' and study's, over its own
+            out.append({**(r.get("attrs") or {}), **uppers[(r.get("study_uid", ""), r.get("series_uid", ""))],
+                        **instance_view_of(r)})
         return out

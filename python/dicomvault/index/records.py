@@ -71,17 +71,27 @@ class Record:
     @classmethod
     def decode(cls, raw: bytes) -> Self:
         """Inverse of :meth:`encode`; raises RecordDecodeError on bad input."""
+        data = cls.fields_of(raw)
+        try:
+            return cls(**data)
+        except TypeError:  # a field this version does not know (written by a newer one)
+            fields = cls._FIELDS
+            return cls(**{k: v for k, v in data.items() if k in fields})  # type: ignore[call-arg]
+
+    @classmethod
+    def fields_of(cls, raw: bytes) -> dict[str, Any]:
+        """The stored fields as a dict, without building the record (the query path reads a few
+        fields of thousands of records); raises RecordDecodeError on bad input."""
         if not raw or raw[0] != RECORD_VERSION:
             ver = raw[0] if raw else None
             raise RecordDecodeError(cls.KIND, f"unsupported record version {ver!r}")
         try:
-            data = msgpack.unpackb(raw[1:], raw=False, strict_map_key=True)
+            data = msgpack.unpackb(memoryview(raw)[1:], raw=False, strict_map_key=True)
         except (ValueError, msgpack.UnpackException) as exc:
             raise RecordDecodeError(cls.KIND, str(exc)) from exc
         if not isinstance(data, dict):
             raise RecordDecodeError(cls.KIND, f"expected a map, got {type(data).__name__}")
-        fields = cls._FIELDS
-        return cls(**{k: v for k, v in data.items() if k in fields})  # type: ignore[call-arg]
+        return data
 
 
 def _finish(cls: type[Record]) -> type[Record]:

@@ -25,7 +25,7 @@ import os
 import time
 
 import msgpack
-from rocksdict import AccessType, BlockBasedOptions, Options, Rdict
+from rocksdict import AccessType, BlockBasedOptions, Cache, Options, Rdict
 
 from .errors import IndexLockedError, IndexNotFoundError, IndexOpenError, SchemaVersionError
 
@@ -48,13 +48,32 @@ META_SCHEMA = b"schema"
 META_STATS = b"stats"
 
 
+# One LRU cache of uncompressed blocks for every column family of every index this process
+# opens (RocksDB's default is 8 MB per column family). Why: at a million instances a study
+# query's records sit in blocks a cold 8 MB cache had to read and decompress again (measured:
+# a third of a 120-match date-range query); the capacity is also the bound on what index reads
+# hold in memory. DICOMVAULT_INDEX_CACHE_MB sets it.
+BLOCK_CACHE_MB = 256
+_block_cache: Cache | None = None
+
+
+def block_cache() -> Cache:
+    """The process's shared block cache (created on first use; outlives every DB using it)."""
+    global _block_cache
+    if _block_cache is None:
+        mb = int(os.environ.get("DICOMVAULT_INDEX_CACHE_MB", BLOCK_CACHE_MB))
+        _block_cache = Cache(max(mb, 8) << 20)
+    return _block_cache
+
+
 def _cf_options(name: str) -> Options:
     opts = Options(raw_mode=True)
+    table = BlockBasedOptions()
+    table.set_block_cache(block_cache())
     if name in (CF_INSTANCES, CF_BLOBS, CF_STUDIES, CF_PATIENTS):
         # point lookups dominate: bloom filters avoid disk reads for misses
-        table = BlockBasedOptions()
         table.set_bloom_filter(10, False)
-        opts.set_block_based_table_factory(table)
+    opts.set_block_based_table_factory(table)
     return opts
 
 

@@ -317,8 +317,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     site_options = serve_site_options(args, config.http, config.replication)
 
+    forward_tls = None
+    if any(rule.tls for rule in config.replication.forward):
+        from .dimse.tls import client_context
+
+        forward_tls = client_context(config.dimse)
+
     def services(engine: Engine) -> Any:
-        url, stop = start_services(engine, site_options, config.replication.forward, config.tiering)
+        url, stop = start_services(engine, site_options, config.replication.forward, config.tiering,
+                                   forward_tls)
         print(f"dicomvault serving HTTP {url} data={config.data_dir}", flush=True)
         return stop
 

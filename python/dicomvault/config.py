@@ -233,8 +233,6 @@ def _parse_tls(table: dict[str, Any], where: str, base: Path) -> dict[str, Any]:
         raise ConfigError(f"{where}.tls_port needs tls_cert and tls_key")
     if tls["tls_port"] and tls["tls_port"] == table.get("port", DEFAULT_DIMSE_PORT):
         raise ConfigError(f"{where}.tls_port must differ from port")
-    if tls["tls_port"] and table.get("workers", 1) != 1:
-        raise ConfigError(f"{where}.tls_port is not supported with workers > 1 yet (workers = 1 serves TLS)")
     return tls
 
 

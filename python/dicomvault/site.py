@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -216,7 +217,8 @@ def run_site(data_dir: str | os.PathLike[str], options: SiteOptions, *, announce
 
 
 def start_services(engine: Engine, options: SiteOptions, forward_rules: tuple[Any, ...] = (),
-                   tiering: TieringSettings | None = None) -> tuple[str, Callable[[], None]]:
+                   tiering: TieringSettings | None = None, forward_tls: ssl.SSLContext | None = None
+                   ) -> tuple[str, Callable[[], None]]:
     """What `dicomvault serve` runs beside the DIMSE SCP: the site (HTTP, feed, admin, optional
     puller), the tiering service (compactor, policies) and one forwarding thread per
     `[[forward]]` destination. Returns the stop function."""
@@ -231,7 +233,7 @@ def start_services(engine: Engine, options: SiteOptions, forward_rules: tuple[An
     stop = threading.Event()
     threads = []
     for rule in forward_rules:
-        fwd = Forwarder(engine, rule)
+        fwd = Forwarder(engine, rule, forward_tls)
         t = threading.Thread(target=fwd.run, args=(stop,), name=f"dicomvault-forward-{rule.name}",
                              daemon=True)
         t.start()

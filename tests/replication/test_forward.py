@@ -4,10 +4,13 @@ modality, the durable per-destination cursor, retries after the peer was down, `
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
+import pydicom
 import pytest
 from procs import CLI, free_port
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -15,6 +18,9 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage
 from repl_helpers import synth_files
 
+from dicomvault.bench.pki import dcmtk_tls_args, make_pki
+from dicomvault.config import DimseConfig
+from dicomvault.dimse.tls import client_context
 from dicomvault.engine import Engine
 from dicomvault.replication.forward import Forwarder
 from dicomvault.replication.settings import ForwardRule, SettingsError, parse_forward
@@ -109,3 +115,62 @@ def test_forward_by_calling_ae_of_dimse_objects(tmp_path: Path) -> None:
         peer.stop()
     assert set(peer.received) == {uid for uid, ae in sent_by.items() if ae == "CT_ROOM_3"}
     assert len(peer.received) == 2
+
+
+def test_forward_over_tls_to_dcmtk(tmp_path: Path) -> None:
+    """A rule with tls = true sends over DICOM TLS (our certificate, the peer's checked against
+    the site CA) to dcmtk's storescp +tls; a peer whose certificate the CA did not sign gets
+    nothing and the error says why the association failed."""
+    pki = make_pki(tmp_path / "pki")
+    key, crt = pki["client"]
+    ctx = client_context(DimseConfig(tls_cert=crt, tls_key=key, tls_ca=pki["ca"][1]))
+    files = synth_files(1, slices=3, seed=9)
+    out = tmp_path / "received"
+    out.mkdir()
+    for who, expect in (("rogue", 0), ("peer", 3)):
+        port = free_port()
+        scp = subprocess.Popen(["storescp", *dcmtk_tls_args(pki, who), "-aet", "PEER", "-od", str(out),
+                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_listening(port, scp)
+            rule = ForwardRule(name=f"tls-{who}", ae_title="PEER", host="127.0.0.1", port=port, tls=True)
+            with Engine(tmp_path / "site", min_free_bytes=0) as eng:
+                if who == "rogue":
+                    eng.store_buffers(files)
+                fwd = Forwarder(eng, rule, ctx)
+                while fwd.step():
+                    pass
+                if who == "rogue":
+                    assert "TLS handshake" in fwd.status["last_error"]
+                sent = {r.sop_uid: eng.read_dataset(r.sop_uid)[1] for r in eng.index.instances()}
+        finally:
+            scp.terminate()
+            scp.wait(10)
+        assert len(list(out.iterdir())) == expect
+    got = {str(pydicom.dcmread(p).SOPInstanceUID): dataset_bytes(p) for p in out.iterdir()}
+    assert got == sent  # bit for bit, over TLS
+    with pytest.raises(SettingsError, match="tls = true needs"):
+        with Engine(tmp_path / "site", min_free_bytes=0) as eng:
+            Forwarder(eng, rule)
+    assert parse_forward([{"name": "x", "ae_title": "X", "host": "h", "port": 104, "tls": True}], "c")[0].tls
+    with pytest.raises(SettingsError, match="true or false"):
+        parse_forward([{"name": "x", "ae_title": "X", "host": "h", "port": 104, "tls": "yes"}], "c")
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            assert time.monotonic() < deadline, f"storescp not listening on {port}"
+            time.sleep(0.05)
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """A Part-10 file's data set bytes (after the file meta group)."""
+    raw = path.read_bytes()
+    meta_len = int.from_bytes(raw[140:144], "little")  # (0002,0000) group length value
+    return raw[144 + meta_len:]

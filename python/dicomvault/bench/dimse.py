@@ -196,7 +196,8 @@ def _parse_storescu_log(text: str, run: StoreRun) -> tuple[int, float]:
 
 
 def storescu_parallel(
-    ae: str, port: int, dirs: Sequence[Path], log_dir: Path, host: str = HOST, timeout: float = 3600
+    ae: str, port: int, dirs: Sequence[Path], log_dir: Path, host: str = HOST, timeout: float = 3600,
+    extra: Sequence[str] = (),
 ) -> StoreRun:
     """One `storescu -pdu 131072 +sd +r` per folder, all at once; wall time from the first start
     to the last exit. Logs go to files in `log_dir` and are parsed afterwards (not in the timed
@@ -222,6 +223,7 @@ def storescu_parallel(
                         str(PDU),
                         "+sd",
                         "+r",
+                        *extra,
                         host,
                         str(port),
                         str(d),
@@ -353,13 +355,15 @@ class StoreScp:
                 self.proc.wait()
 
 
-def start_storescp(log_dir: Path, ae: str = "STORESCP", timeout: float = 10) -> StoreScp:
+def start_storescp(log_dir: Path, ae: str = "STORESCP", timeout: float = 10, extra: Sequence[str] = (),
+                   log_name: str = "storescp.log") -> StoreScp:
+    """`extra`: more storescp options (e.g. +tls ...)."""
     cfg = dcmtk_log_config(log_dir)
     port = free_port(HOST)
-    lp = log_dir / "storescp.log"
+    lp = log_dir / log_name
     with lp.open("wb") as out:
         proc = subprocess.Popen(
-            ["storescp", "-lc", str(cfg), "-aet", ae, "-pdu", str(PDU), "--ignore", str(port)],
+            ["storescp", "-lc", str(cfg), "-aet", ae, "-pdu", str(PDU), "--ignore", *extra, str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=DCMTK_ENV,

@@ -87,3 +87,19 @@ def enable_quickack(assoc: Any) -> None:
         return data
 
     dul_socket.recv = recv_and_ack
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket, inheritable (workers.py hands it to its receiver processes)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -35,11 +36,12 @@ from ..config import Config, ConfigError, DimseConfig, PeerConfig
 from ..engine import Engine
 from . import fastpath, tls, tuning, uid_memo
 from .commitment import CommitmentService
-from .common import log, peer_desc, set_nodelay
+from .common import listen_socket, log, peer_desc, set_nodelay
 from .find import fast_find, handle_find
 from .peers import Peers
 from .retrieve import handle_get, handle_move, install_raw_send
 from .store import fast_store, handle_store
+from .tls_relay import tls_acceptor
 
 SERVICE_CONTEXTS = (
     Verification,
@@ -139,7 +141,11 @@ class DimseServer:
         self.ae = ae
         self.commitment = CommitmentService(engine, ae, self.peers, d.ae_title, self._connect)
         self._server: ThreadedAssociationServer | None = None
-        self._tls_server: ThreadedAssociationServer | None = None
+        self._tls_listen: socket.socket | None = None
+        self._tls_thread: threading.Thread | None = None
+        self._tls_stop = threading.Event()
+        self._tls_active = [0]  # TLS relays in progress
+        self._tls_lock = threading.Lock()
 
     def _connect(self, peer: PeerConfig) -> dict[str, Any]:
         return tls.associate_args(peer, self.config.dimse)
@@ -170,25 +176,48 @@ class DimseServer:
                  d.ae_title, host, port, d.max_pdu, d.max_associations,
                  "any" if d.accept_unknown_callers else f"{len(self.peers)} known")
         if d.tls_port:
-            self._tls_server = self.ae.start_server((d.host, d.tls_port), block=False,
-                                                    evt_handlers=self._handlers(),
-                                                    ssl_context=tls.server_context(d))
+            # TLS is terminated in front of the plain listener and relayed to it (tls_relay.py),
+            # so TLS associations take the same native path as plain ones.
+            self._tls_listen = listen_socket(d.host, d.tls_port)
+            self._tls_stop.clear()
+            scp = ("127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host, port)
+            self._tls_thread = threading.Thread(
+                target=tls_acceptor, name="dv-tls-accept", daemon=True,
+                args=(self._tls_listen, tls.server_context(d), scp, float(self.ae.acse_timeout or 30),
+                      self._tls_stop, self._tls_active, self._tls_lock))
+            self._tls_thread.start()
             log.info("DICOM TLS listening on %s:%d (%s)", d.host, d.tls_port,
                      "callers need a certificate signed by " + str(d.tls_ca) if d.tls_ca
                      else "no client certificate required")
         return str(host), int(port)
 
+    def _stop_tls(self, deadline: float) -> bool:
+        """Stops accepting TLS connections and waits (until `deadline`) for the relays to end:
+        their associations end through the plain listener's drain."""
+        if self._tls_thread is None:
+            return True
+        self._tls_stop.set()
+        self._tls_thread.join(2.0)
+        self._tls_thread = None
+        if self._tls_listen is not None:
+            self._tls_listen.close()
+            self._tls_listen = None
+        while self._tls_active[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not self._tls_active[0]
+
     def stop(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> bool:
         """Stops accepting, lets active associations finish (up to `timeout`), aborts the rest,
         waits for pending commitment reports. True if nothing had to be aborted."""
-        servers = [s for s in (self._server, self._tls_server) if s is not None]
-        if not servers:
+        server = self._server
+        if server is None:
             return True
-        self._server = self._tls_server = None
+        self._server = None
         deadline = time.monotonic() + timeout
-        for server in servers:
-            server.shutdown()  # stops accepting and closes the listening socket; associations go on
-        clean = all([drain(server, deadline) for server in servers])
+        self._tls_stop.set()  # no new TLS connections; the relays end with their associations
+        server.shutdown()  # stops accepting and closes the listening socket; associations go on
+        clean = drain(server, deadline)
+        clean = self._stop_tls(deadline) and clean
         self.commitment.join(max(1.0, deadline - time.monotonic()))
         return clean
 
@@ -255,7 +284,8 @@ def serve(config: Config, *, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
                 # and relay to it whatever is not C-STORE/C-ECHO (see workers.py).
                 from .workers import run_with_workers
 
-                internal = replace(config.dimse, host="127.0.0.1", port=0)
+                # The receivers terminate TLS too (tls_port), and relay its associations here.
+                internal = replace(config.dimse, host="127.0.0.1", port=0, tls_port=0)
                 server = DimseServer(engine, replace(config, dimse=internal))
             else:
                 server = DimseServer(engine, config)

@@ -4,8 +4,10 @@ listener and of our associations to peers configured with `tls = true`.
 Peers are authenticated by certificate chain against `tls_ca` (the way DICOM nodes are usually
 deployed: addressed by IP, certificates issued by a site CA), not by host name; without `tls_ca`
 a peer's certificate is checked against the system's trusted roots. The TLS listener serves every
-service the plain one does; its associations go through pynetdicom's own reader (the native fast
-path reads plain TCP sockets only).
+service the plain one does: tls_relay.py terminates TLS and relays each association to the plain
+listener (in the server process, or in each receiver process with `workers`), so both take the
+native fast path. Our own associations to TLS peers (C-MOVE, commitment reports, forwarding) are
+pynetdicom's, on a TLS socket.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ from typing import Any
 
 from ..config import DimseConfig, PeerConfig
 from ..engine import Engine
-from .common import log
+from .common import listen_socket, log
 from .status import PROCESSING_FAILURE
 from .store import store_status
 
@@ -194,6 +194,7 @@ class WorkerSpec:
     peers: list[dict[str, Any]]
     shutdown_timeout: float
     log_level: int
+    tls_listen_fd: int = -1  # the public DICOM TLS listener (tls_port), or -1 for none
 
 
 class _Worker:
@@ -220,6 +221,7 @@ class WorkerPool:
         self._ipc_dir = Path(tempfile.mkdtemp(prefix="dicomvault-ipc-"))
         self.ipc = StoreIpcServer(engine, self._ipc_dir / "store.sock")
         self._listen: socket.socket | None = None
+        self._tls_listen: socket.socket | None = None
         self._workers = [_Worker(i) for i in range(dimse.workers)]
         self._stopping = False
 
@@ -230,6 +232,8 @@ class WorkerPool:
         d = self.dimse
         try:
             self._listen = listen_socket(d.host, d.port)
+            if d.tls_port:
+                self._tls_listen = listen_socket(d.host, d.tls_port)
             self.ipc.start()
             for w in self._workers:
                 self._spawn(w)
@@ -243,6 +247,11 @@ class WorkerPool:
         log.info("DIMSE %s: %d receiver processes on %s:%d (pids %s), writer SCP on %s:%d",
                  d.ae_title, len(self._workers), host, port,
                  ", ".join(str(w.proc.pid) for w in self._workers if w.proc), *self.writer_addr)
+        if self._tls_listen is not None:
+            log.info("DICOM TLS listening on %s:%d in the receivers (%s)", host,
+                     self._tls_listen.getsockname()[1],
+                     "callers need a certificate signed by " + str(d.tls_ca) if d.tls_ca
+                     else "no client certificate required")
         return str(host), int(port)
 
     def supervise(self) -> None:
@@ -272,10 +281,11 @@ class WorkerPool:
         then the IPC server stops. True if every receiver exited cleanly in time."""
         self._stopping = True
         deadline = time.monotonic() + timeout
-        if self._listen is not None:
-            # Our copy of the listening socket; the port closes when the receivers drop theirs.
-            self._listen.close()
-            self._listen = None
+        for listener in (self._listen, self._tls_listen):
+            if listener is not None:
+                # Our copy of the listening socket; the port closes when the receivers drop theirs.
+                listener.close()
+        self._listen = self._tls_listen = None
         for w in self._workers:
             if w.proc is not None and w.proc.poll() is None:
                 w.proc.send_signal(signal.SIGTERM)
@@ -303,12 +313,14 @@ class WorkerPool:
             writer_host=self.writer_addr[0], writer_port=self.writer_addr[1], dimse=asdict(self.dimse),
             peers=[asdict(p) for p in self.peers], shutdown_timeout=self.shutdown_timeout,
             log_level=logging.getLogger().getEffectiveLevel(),
+            tls_listen_fd=self._tls_listen.fileno() if self._tls_listen is not None else -1,
         )
-        # A new interpreter (not fork): only the listening socket is inherited; stdout is the
+        fds = [self._listen.fileno()] + ([spec.tls_listen_fd] if spec.tls_listen_fd >= 0 else [])
+        # A new interpreter (not fork): only the listening sockets are inherited; stdout is the
         # readiness pipe, stderr the server's log.
         w.proc = subprocess.Popen(
-            [sys.executable, "-m", "dicomvault.dimse.workers_proc", json.dumps(asdict(spec))],
-            pass_fds=(self._listen.fileno(),), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            [sys.executable, "-m", "dicomvault.dimse.workers_proc", json.dumps(asdict(spec), default=str)],
+            pass_fds=fds, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
         )
         w.started = time.monotonic()
 
@@ -329,22 +341,6 @@ class WorkerPool:
                 line += chunk
         out.close()  # a receiver writes only its ready line to stdout
         w.proc.stdout = None
-
-
-def listen_socket(host: str, port: int) -> socket.socket:
-    """The public listening socket (inheritable by the receivers)."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, addr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
 
 
 def run_with_workers(engine: Engine, config: Any, server: Any, *, shutdown_timeout: float,

@@ -18,6 +18,7 @@ import struct
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -26,17 +27,19 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from ..config import DimseConfig, PeerConfig
+from . import tls
 from .common import calling_ae, log, set_nodelay
 from .peers import Peers
 from .server import SERVICE_CONTEXTS, _log_close, _log_event, _on_established, build_ae, drain
 from .status import OUT_OF_RESOURCES_IO
 from .store import as_response, request_facts
+from .tls_relay import RELAY_BUF, tls_acceptor, with_shutdown
 from .workers import WorkerSpec, read_response, send_request
 
 # Associations proposing any of these are relayed to the writer's SCP (it needs the index/blobs).
 WRITER_SERVICES = frozenset(str(uid) for uid in SERVICE_CONTEXTS) - {str(Verification)}
 MAX_PEEK = 1 << 20  # an A-ASSOCIATE-RQ is a few KiB; anything claiming more is left to pynetdicom
-RELAY_BUF = 256 << 10
+TLS_FILES = ("tls_cert", "tls_key", "tls_ca")
 ACCEPT_DEFER = 0.002  # seconds a receiver waits before accepting, per connection it already serves
 
 
@@ -188,13 +191,6 @@ def relay(client: socket.socket, writer_addr: tuple[str, int], active: list[int]
             active[0] -= 1
 
 
-def with_shutdown(sock: socket.socket, how: int) -> None:
-    try:
-        sock.shutdown(how)
-    except OSError:
-        pass  # already closed by the other side
-
-
 # -- the receiver's server ------------------------------------------------------------------------
 
 def make_server_class(listen: socket.socket, writer_addr: tuple[str, int], acse_timeout: float,
@@ -275,7 +271,8 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, on_signal)
     parent = os.getppid()
 
-    d = DimseConfig(**spec.dimse)
+    # the TLS files travel as text in the JSON spec
+    d = DimseConfig(**{k: Path(v) if k in TLS_FILES and v is not None else v for k, v in spec.dimse.items()})
     peers = Peers(PeerConfig(**p) for p in spec.peers)
     ae = build_ae(d, peers, (Verification,))
     client = StoreClient(spec.ipc_path)
@@ -304,6 +301,15 @@ def main(argv: list[str]) -> int:
     server = ae.make_server(listen.getsockname(), evt_handlers=handlers, server_class=server_class)
     thread = threading.Thread(target=server.serve_forever, name=f"dv-receiver-{spec.index}", daemon=True)
     thread.start()
+    tls_stop = threading.Event()
+    tls_thread = None
+    if spec.tls_listen_fd >= 0:
+        tls_listen = socket.socket(fileno=spec.tls_listen_fd)
+        tls_thread = threading.Thread(
+            target=tls_acceptor, name=f"dv-tls-accept-{spec.index}",
+            args=(tls_listen, tls.server_context(d), writer_addr, float(ae.acse_timeout or 30), tls_stop,
+                  relays, relays_lock), daemon=True)
+        tls_thread.start()
     ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() would find it
     log.debug("receiver %d accepting (pid %d)", spec.index, os.getpid())
     sys.stdout.write("ready\n")
@@ -315,6 +321,10 @@ def main(argv: list[str]) -> int:
             break
     deadline = time.monotonic() + spec.shutdown_timeout
     server.shutdown()  # stops accepting, closes our copy of the listening socket
+    if tls_thread is not None:
+        tls_stop.set()
+        tls_thread.join(2.0)
+        tls_listen.close()
     clean = drain(server, deadline, lambda: relays[0])
     log.info("receiver %d stopped: %d association(s) served here, %d relayed to the writer",
              spec.index, served[0], relayed[0])

@@ -62,7 +62,14 @@ def cmd_forward_run(args: argparse.Namespace) -> int:
     from .settings import load_forward_rules
 
     rules = load_forward_rules(args.config)
-    return run_forwarders(args.data, rules, once=args.once)
+    tls_context = None
+    if any(rule.tls for rule in rules):
+        # the TLS files are the [dimse] table's of the same configuration
+        from ..config import load_config
+        from ..dimse.tls import client_context
+
+        tls_context = client_context(load_config(args.config).dimse)
+    return run_forwarders(args.data, rules, once=args.once, tls_context=tls_context)
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser, *, add_site_arguments: Callable[..., None],

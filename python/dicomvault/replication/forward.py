@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import ssl
 import tempfile
 import threading
 import time
@@ -29,7 +30,7 @@ from ..engine import Engine
 from ..errors import DicomVaultError
 from ..index.records import DELETED, InstanceRecord
 from . import state
-from .settings import ForwardRule
+from .settings import ForwardRule, SettingsError
 
 log = logging.getLogger("dicomvault.forward")
 UNCOMPRESSED_LE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -60,9 +61,14 @@ class SendError(DicomVaultError):
 
 
 class Forwarder:
-    def __init__(self, engine: Engine, rule: ForwardRule) -> None:
+    def __init__(self, engine: Engine, rule: ForwardRule, tls_context: ssl.SSLContext | None = None) -> None:
+        """`tls_context`: our client side of DICOM TLS (dimse/tls.client_context), required by
+        a rule with tls = true."""
+        if rule.tls and tls_context is None:
+            raise SettingsError(f"forward {rule.name}: tls = true needs the [dimse] TLS settings")
         self.engine = engine
         self.rule = rule
+        self.tls_args = (tls_context, None) if rule.tls else None
         self.key = _key(rule.name)
         st = state.load_map(engine.index, self.key)
         self.status: dict[str, Any] = {
@@ -127,9 +133,11 @@ class Forwarder:
             if r.transfer_syntax in UNCOMPRESSED_LE:
                 syntaxes.update(UNCOMPRESSED_LE)
         contexts = [build_context(uid, sorted(ts)) for uid, ts in wanted.items()][:128]
-        assoc = ae.associate(self.rule.host, self.rule.port, contexts=contexts, ae_title=self.rule.ae_title)
+        assoc = ae.associate(self.rule.host, self.rule.port, contexts=contexts, ae_title=self.rule.ae_title,
+                             tls_args=self.tls_args)
         if not assoc.is_established:
-            raise SendError(recs[0].sop_uid, f"association with {self.dest} failed (rejected or unreachable)")
+            why = "TLS handshake, rejected or unreachable" if self.tls_args else "rejected or unreachable"
+            raise SendError(recs[0].sop_uid, f"association with {self.dest} failed ({why})")
         try:
             accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
             with tempfile.TemporaryDirectory(prefix="dv-forward-") as tmp:
@@ -186,9 +194,10 @@ def forward_status(data_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
         return rows
 
 
-def run_forwarders(data_dir: str | os.PathLike[str], rules: tuple[ForwardRule, ...], *, once: bool) -> int:
+def run_forwarders(data_dir: str | os.PathLike[str], rules: tuple[ForwardRule, ...], *, once: bool,
+                   tls_context: ssl.SSLContext | None = None) -> int:
     with Engine(data_dir) as eng:
-        fwds = [Forwarder(eng, r) for r in rules]
+        fwds = [Forwarder(eng, r, tls_context) for r in rules]
         if once:
             for f in fwds:
                 while f.step():

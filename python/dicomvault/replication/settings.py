@@ -18,6 +18,7 @@ port = 4242
 modalities = ["CT", "MR"]                   # optional: only these (default: all)
 calling_aes = ["CT_SCANNER_1"]              # optional: only objects received from these AEs
 our_ae_title = "DICOMVAULT"                 # optional: calling AE title we use
+tls = true                                  # optional: DICOM TLS, with [dimse] tls_cert/tls_key/tls_ca
 ```
 Unknown keys are errors.
 """
@@ -46,6 +47,7 @@ class ForwardRule:
     modalities: frozenset[str] = frozenset()
     calling_aes: frozenset[str] = frozenset()
     our_ae_title: str = "DICOMVAULT"
+    tls: bool = False  # associations over DICOM TLS (our certificate and CA: [dimse] tls_*)
 
     def matches(self, modality: str, calling_ae: str) -> bool:
         if self.modalities and modality.upper() not in self.modalities:
@@ -77,11 +79,17 @@ def _str(value: object, where: str) -> str:
     return value.strip()
 
 
+def _bool(value: object, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise SettingsError(f"{where}: must be true or false, got {value!r}")
+    return value
+
+
 def parse_forward(items: object, where: str) -> tuple[ForwardRule, ...]:
     if not isinstance(items, list):
         raise SettingsError(f"{where}: forward must be an array of tables ([[forward]])")
     rules, seen = [], set()
-    allowed = {"name", "ae_title", "host", "port", "modalities", "calling_aes", "our_ae_title"}
+    allowed = {"name", "ae_title", "host", "port", "modalities", "calling_aes", "our_ae_title", "tls"}
     for i, item in enumerate(items):
         w = f"{where}[{i}]"
         if not isinstance(item, dict):
@@ -105,6 +113,7 @@ def parse_forward(items: object, where: str) -> tuple[ForwardRule, ...]:
             modalities=frozenset(m.upper() for m in _strs(item.get("modalities", []), f"{w}.modalities")),
             calling_aes=_strs(item.get("calling_aes", []), f"{w}.calling_aes"),
             our_ae_title=_str(item.get("our_ae_title", "DICOMVAULT"), f"{w}.our_ae_title"),
+            tls=_bool(item.get("tls", False), f"{w}.tls"),
         ))
     return tuple(rules)
 

@@ -50,17 +50,21 @@ pub struct PduReader {
 
 #[pymethods]
 impl PduReader {
+    /// `any_status`: contexts whose fast responses come out whatever their status (else only a
+    /// plain Success does, the rest going to pynetdicom as PDUs).
     #[new]
-    fn new(fd: i32, max_pdu: usize, fast: HashMap<u8, Vec<u16>>) -> Self {
-        PduReader { conn: Conn::new(fd, max_pdu, net::Assembler::new(fast)) }
+    #[pyo3(signature = (fd, max_pdu, fast, any_status=Vec::new()))]
+    fn new(fd: i32, max_pdu: usize, fast: HashMap<u8, Vec<u16>>, any_status: Vec<u8>) -> Self {
+        PduReader { conn: Conn::new(fd, max_pdu, net::Assembler::new(fast).with_any_status(any_status)) }
     }
 
     /// Waits up to `timeout` seconds (0: only what is already there) for data, or until
     /// `wake_fd` is readable. Returns (outputs, state, reason): state is "ready", "timeout",
     /// "woken" or "closed" (reason: what a close cut short, else None). Outputs, in order:
     /// ("pdu", bytes) for pynetdicom; ("msg", context_id, command_field, message_id,
-    /// sop_class_uid, sop_instance_uid, data set or None, message_id_being_responded_to) where the
-    /// data set of a C-STORE-RQ is a ReceivedDataSet and any other is bytes; ("error", why) = abort.
+    /// sop_class_uid, sop_instance_uid, data set or None, message_id_being_responded_to, status or
+    /// None) where the data set of a C-STORE-RQ is a ReceivedDataSet and any other is bytes;
+    /// ("error", why) = abort.
     #[pyo3(signature = (wake_fd, timeout))]
     fn next<'py>(
         &mut self,
@@ -92,6 +96,7 @@ impl PduReader {
                         command.sop_instance_uid,
                         data_set,
                         command.message_id_being_responded_to,
+                        command.status,
                     )
                         .into_pyobject(py)?
                 }

@@ -5,6 +5,7 @@ sub-operation counts, unknown move destinations, storage commitment, garbage on 
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEG2000Lossless,
     JPEGLSLossless,
     RLELossless,
     generate_uid,
@@ -30,6 +32,7 @@ from pynetdicom.sop_class import (
     StorageCommitmentPushModelInstance,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
+    Verification,
 )
 
 from dv_corpus import corpus_dirs
@@ -165,20 +168,46 @@ def test_get_sends_stored_bytes_in_every_accepted_syntax(stored: Archive) -> Non
         assert (ts, data) == stored.stored(uid), f"{uid} not sent as stored"
 
 
-def test_get_converts_only_between_uncompressed_little_endian(stored: Archive) -> None:
+def test_get_converts_to_what_the_requestor_accepted(stored: Archive) -> None:
+    """A requestor that accepted only Explicit VR Little Endian gets every object in it: the
+    uncompressed ones converted, the JPEG-LS and RLE ones decompressed; the pixel values are the
+    stored object's."""
     got, rsps = _get(stored, [build_context(CTImageStorage, ExplicitVRLittleEndian)], CT_STUDY)
-    final, ident = rsps[-1]
+    final = rsps[-1][0]
+    assert final.Status == 0x0000
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (6, 0)
     by_ts = {s.sop_uid: s.ts for s in stored.sent.values() if s.study_uid == CT_STUDY}
-    cannot = {u for u, ts in by_ts.items() if ts in (ExplicitVRBigEndian, JPEGLSLossless, RLELossless)}
-    assert final.Status == 0xB000  # warning: some sub-operations failed
-    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (3, 3)
-    assert set(ident.FailedSOPInstanceUIDList) == cannot
+    assert {by_ts[uid] for uid, _, _ in got} >= {ExplicitVRBigEndian, JPEGLSLossless, RLELossless}
     for uid, ts, data in got:
         assert ts == ExplicitVRLittleEndian
         want = pydicom.dcmread(pydicom.filebase.DicomBytesIO(stored.stored_file(uid)))
         sent = pydicom.dataset.Dataset(pydicom.filereader.read_dataset(
             pydicom.filebase.DicomBytesIO(data), False, True))
-        assert sent.PixelData == want.PixelData and sent.SOPInstanceUID == uid
+        sent.file_meta = pydicom.dataset.FileMetaDataset()
+        sent.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        assert sent.SOPInstanceUID == uid
+        assert (sent.pixel_array == want.pixel_array).all(), f"{uid} ({by_ts[uid]}): pixels differ"
+
+
+def test_get_fails_what_no_accepted_syntax_reaches_and_goes_on(stored: Archive) -> None:
+    """The requestor accepted only JPEG 2000 for CT, which nothing here is stored in and we do not
+    compress to: each sub-operation fails with its UID listed, the operation completes (0xA702:
+    all failed) and the association stays usable."""
+    got, rsps = _get(stored, [build_context(CTImageStorage, JPEG2000Lossless)], CT_STUDY)
+    final, ident = rsps[-1]
+    assert final.Status == 0xA702
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (0, 6)
+    assert got == []
+    study = {s.sop_uid for s in stored.sent.values() if s.study_uid == CT_STUDY}
+    assert set(ident.FailedSOPInstanceUIDList) == study
+    # some accepted, some not: 0xB000 and the rest delivered
+    got, rsps = _get(stored, [build_context(CTImageStorage, ts) for ts in (JPEGLSLossless, RLELossless)],
+                     CT_STUDY)
+    final, ident = rsps[-1]
+    by_ts = {s.sop_uid: s.ts for s in stored.sent.values() if s.study_uid == CT_STUDY}
+    assert final.Status == 0xB000
+    assert {uid for uid, _, _ in got} == {u for u, ts in by_ts.items() if ts in (JPEGLSLossless, RLELossless)}
+    assert set(ident.FailedSOPInstanceUIDList) == study - {uid for uid, _, _ in got}
 
 
 def test_retrieve_refusals(stored: Archive) -> None:
@@ -291,3 +320,89 @@ def test_storage_commitment_report_on_same_association(stored: Archive) -> None:
     assert info.TransactionUID == tx
     assert [i.ReferencedSOPInstanceUID for i in info.ReferencedSOPSequence] == [uid.sop_uid]
     assert "FailedSOPSequence" not in info
+
+
+def test_get_cancel_in_the_middle(stored: Archive) -> None:
+    """A C-CANCEL after the second object: the operation ends with Cancel and its counts, and
+    the association goes on (C-ECHO)."""
+    got: list[str] = []
+
+    def on_store(event: Any) -> int:
+        got.append(str(event.request.AffectedSOPInstanceUID))
+        if len(got) == 2:
+            cx = next(c for c in event.assoc.accepted_contexts
+                      if c.abstract_syntax == StudyRootQueryRetrieveInformationModelGet)
+            event.assoc.send_c_cancel(1, cx.context_id)
+        return 0x0000
+
+    assoc = associate(stored, [build_context(StudyRootQueryRetrieveInformationModelGet),
+                               build_context(CTImageStorage, CT_SYNTAXES), build_context(Verification)],
+                      ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                      evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    q = Dataset()
+    q.QueryRetrieveLevel = "STUDY"
+    q.StudyInstanceUID = CT_STUDY
+    try:
+        rsps = list(assoc.send_c_get(q, StudyRootQueryRetrieveInformationModelGet, msg_id=1))
+        final = rsps[-1][0]
+        assert final.Status == 0xFE00
+        assert 2 <= final.NumberOfCompletedSuboperations < 6
+        assert final.NumberOfRemainingSuboperations == 6 - final.NumberOfCompletedSuboperations
+        assert len(got) == final.NumberOfCompletedSuboperations
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+
+
+def test_get_counts_what_the_requestor_refuses(stored: Archive) -> None:
+    """The requestor answers one sub-operation with a failure and one with a warning: 0xB000,
+    the counts, the failed UID listed."""
+    answers = iter([0xA700, 0xB007])
+
+    def status_for(_: str) -> int:
+        return next(answers, 0x0000)
+
+    got: list[str] = []
+
+    def on_store(event: Any) -> int:
+        uid = str(event.request.AffectedSOPInstanceUID)
+        got.append(uid)
+        return status_for(uid)
+
+    assoc = associate(stored, [build_context(StudyRootQueryRetrieveInformationModelGet),
+                               build_context(CTImageStorage, CT_SYNTAXES)],
+                      ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                      evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    q = Dataset()
+    q.QueryRetrieveLevel = "STUDY"
+    q.StudyInstanceUID = CT_STUDY
+    try:
+        final, ident = list(assoc.send_c_get(q, StudyRootQueryRetrieveInformationModelGet))[-1]
+    finally:
+        assoc.release()
+    assert final.Status == 0xB000
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations,
+            final.NumberOfWarningSuboperations) == (4, 1, 1)
+    failed = ident.FailedSOPInstanceUIDList  # one value: pydicom gives the str itself
+    assert (failed if isinstance(failed, str) else list(failed)) == got[0]
+
+
+def test_get_requestor_that_drops_the_association(stored: Archive, tmp_path: Path) -> None:
+    """dcmtk's getscu killed (-9) once the first object has arrived: the server ends that C-GET
+    when the connection drops, logs it, and serves the next association in full."""
+    out = tmp_path / "got"
+    out.mkdir()
+    proc = subprocess.Popen(["getscu", "-S", "-aec", ARCHIVE_AE, "-od", str(out),
+                             "-k", "QueryRetrieveLevel=STUDY",
+                             "-k", f"StudyInstanceUID={CT_STUDY}", HOST, str(stored.port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not any(out.iterdir()):
+            assert proc.poll() is None and time.monotonic() < deadline, "getscu received nothing"
+            time.sleep(0.005)
+        proc.kill()
+    finally:
+        proc.wait(10)
+    got, rsps = _get(stored, [build_context(CTImageStorage, CT_SYNTAXES)], CT_STUDY)
+    assert rsps[-1][0].Status == 0x0000 and len(got) == 6

@@ -1,6 +1,6 @@
 //! P-DATA reassembly: complete fast messages out, everything else re-framed for pynetdicom.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::command::{self, Command};
 use super::pdu::{self, Pdv};
@@ -37,12 +37,21 @@ enum State {
 pub struct Assembler {
     /// context id -> the Command Fields answered directly on that context.
     fast: HashMap<u8, Vec<u16>>,
+    /// Contexts whose fast responses come out whatever their status (the caller interprets
+    /// failures and warnings itself: the sub-operations of a C-GET it runs).
+    any_status: HashSet<u8>,
     state: State,
 }
 
 impl Assembler {
     pub fn new(fast: HashMap<u8, Vec<u16>>) -> Self {
-        Assembler { fast, state: State::Idle }
+        Assembler { fast, any_status: HashSet::new(), state: State::Idle }
+    }
+
+    /// Responses named fast on these contexts come out with any status, not only plain Success.
+    pub fn with_any_status(mut self, contexts: impl IntoIterator<Item = u8>) -> Self {
+        self.any_status = contexts.into_iter().collect();
+        self
     }
 
     /// Feeds one whole PDU (header included) and appends what it completes to `out`.
@@ -153,10 +162,12 @@ impl Assembler {
         let context_id = last.context_id;
         let decoded = command::decode(&bytes);
         // Requests named fast are answered by the caller; responses only when they are a plain
-        // Success (anything else, with its comment or counts, is pynetdicom's to interpret).
+        // Success (anything else, with its comment or counts, is pynetdicom's to interpret),
+        // unless the context takes any status.
         let fast = matches!(&decoded,
             Ok(c) if self.fast.get(&context_id).is_some_and(|fields| fields.contains(&c.command_field))
-                && (c.command_field & 0x8000 == 0 || c.is_plain_success()));
+                && (c.command_field & 0x8000 == 0 || c.is_plain_success()
+                    || self.any_status.contains(&context_id)));
         match decoded {
             Ok(command) if fast => {
                 if command.has_data_set() {

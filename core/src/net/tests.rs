@@ -304,4 +304,14 @@ fn only_plain_success_responses_are_fast() {
         a.feed(&pdu, &mut out);
         assert_eq!(out, vec![Out::Pdu(pdu)], "status {status:04X} must go to pynetdicom");
     }
+    // A context that takes any status (the sub-operations of a C-GET answered natively).
+    let mut any = Assembler::new(HashMap::from([(1, vec![0x8001])])).with_any_status([1]);
+    for (status, comment) in [(0xA700u16, None), (0, Some(&b"note"[..])), (0xB000, None)] {
+        out.clear();
+        any.feed(&response(status, comment), &mut out);
+        match &out[..] {
+            [Out::Message { command, .. }] => assert_eq!(command.status, Some(status)),
+            other => panic!("status {status:04X}: {other:?}"),
+        }
+    }
 }

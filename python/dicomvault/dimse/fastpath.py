@@ -1,4 +1,4 @@
-"""The C-STORE/C-ECHO/C-FIND fast path of an established acceptor association.
+"""The C-STORE/C-ECHO/C-FIND/C-GET fast path of an established acceptor association.
 
 Why: with pynetdicom reading the socket, every 128 KiB P-DATA PDU goes through its Python DUL,
 state machine and DIMSE reassembly, and every request and response command set through a pydicom
@@ -12,8 +12,10 @@ answered by this module: the data set bytes go to the archive's store handler, t
 command set is encoded natively and written on the socket by the same thread, in order. So is a
 C-FIND-RQ on a FIND context in little-endian syntax (the identifier is decoded with pydicom for
 its character set, the matches come from dimse/find.py), with its C-CANCEL-RQ honoured: the
-socket is polled between matches.
-Everything else (C-MOVE, C-GET, N-ACTION, responses to our requests, A-RELEASE, A-ABORT)
+socket is polled between batches of matches. A C-GET-RQ on a GET context in little-endian
+syntax runs here from start to end (dimse/fastget.py: sub-operations sent and their responses
+read by this thread, transcoding where the requestor accepted another syntax).
+Everything else (C-MOVE, N-ACTION, responses to our requests, A-RELEASE, A-ABORT)
 comes back as PDUs and is fed to pynetdicom's DUL exactly as its own reader would (decode,
 state-machine event, PDU queue), so those services, association release and abort, and the
 event handlers behave as stock.
@@ -47,6 +49,7 @@ from pynetdicom.sop_class import (
 )
 
 from .. import _native
+from .fastget import C_GET_RQ, GET_MODELS
 from .find import PENDING, FindHandler, command_set, decode_identifier
 from .status import CANNOT_DECODE_IDENTIFIER, PROCESSING_FAILURE, SUCCESS
 
@@ -68,10 +71,15 @@ FIND_BATCH_BYTES = 256 * 1024
 StoreHandler = Callable[[Any, Any, str, str, Any], tuple[int, str | None]]
 
 
-def enable(ae: Any, store: StoreHandler, find: FindHandler | None = None) -> None:
+# (fast path, context, message id, SOP Class, identifier bytes): runs one C-GET (dimse/fastget.py)
+GetHandler = Callable[[Any, Any, int, str, bytes], None]
+
+
+def enable(ae: Any, store: StoreHandler, find: FindHandler | None = None,
+           get: GetHandler | None = None) -> None:
     """Acceptor associations of `ae` use the fast path once established (tuned reactor only);
-    C-FIND too if `find` is given."""
-    ae._dv_fast = (store, find)
+    C-FIND too if `find` is given, C-GET if `get` is."""
+    ae._dv_fast = (store, find, get)
 
 
 def attach(dul: Any) -> FastPath | None:
@@ -83,7 +91,7 @@ def attach(dul: Any) -> FastPath | None:
     if assoc.is_requestor:
         # Our own associations (C-MOVE sub-operations, forwarding, `dicomvault send`): only the
         # plain-Success C-STORE-RSPs are read natively; every request of ours stays pynetdicom's.
-        return FastPath(dul, None, None, sock)
+        return FastPath(dul, None, None, None, sock)
     handlers = getattr(assoc.ae, "_dv_fast", None)
     return None if handlers is None else FastPath(dul, *handlers, sock)
 
@@ -91,9 +99,11 @@ def attach(dul: Any) -> FastPath | None:
 class FastPath:
     """Driven by one association's DUL thread; see the module docstring."""
 
-    def __init__(self, dul: Any, store: StoreHandler | None, find: FindHandler | None, sock: Any) -> None:
+    def __init__(self, dul: Any, store: StoreHandler | None, find: FindHandler | None, get: GetHandler | None,
+                 sock: Any) -> None:
         assoc = dul.assoc
         self.dul = dul
+        self.get = get
         self.assoc = assoc
         self.sock = sock
         self.store = store
@@ -108,6 +118,9 @@ class FastPath:
             elif cx.abstract_syntax in FIND_MODELS:
                 if find is not None and cx.transfer_syntax[0] in LITTLE_ENDIAN:
                     fast[cid] = [C_FIND_RQ, C_CANCEL_RQ]
+            elif cx.abstract_syntax in GET_MODELS:
+                if get is not None and cx.transfer_syntax[0] in LITTLE_ENDIAN:
+                    fast[cid] = [C_GET_RQ, C_CANCEL_RQ]
             else:
                 # pynetdicom too serves any C-STORE as storage; C-STORE-RSPs arrive here for the
                 # sub-operations of a C-GET we serve on this association
@@ -115,7 +128,11 @@ class FastPath:
         self._queue: deque[tuple[Any, ...]] = deque()  # read, not yet acted on (in order)
         local, remote = (assoc.acceptor, assoc.requestor) if assoc.is_acceptor else (assoc.requestor,
                                                                                      assoc.acceptor)
-        self.reader = _native.PduReader(sock.fileno(), int(local.maximum_length or 0), fast)
+        # With C-GET answered here, every C-STORE-RSP on an acceptor is one of its sub-operations
+        # and comes out whatever its status (fastget.py counts failures and warnings).
+        any_status = [cid for cid, fields in fast.items() if C_STORE_RSP in fields] if get is not None else []
+        self.reader = _native.PduReader(sock.fileno(), int(local.maximum_length or 0), fast, any_status)
+        self._message_id = 0  # of the requests we send (C-GET sub-operations)
         self.peer_max_pdu = int(remote.maximum_length or 0)  # what our responses must fit
         self.wake_fd = dul._dv_wake_r.fileno()
         self.closed = False
@@ -123,7 +140,7 @@ class FastPath:
         self._closed_reason: str | None = None  # the socket closed during a C-FIND
         self.answered = 0  # messages handled here (tests and debugging: proof the path is taken)
         self.passed = 0  # PDUs handed to pynetdicom
-        self.stored = self.stored_bytes = self.refused = self.finds = 0  # for the summary line
+        self.stored = self.stored_bytes = self.refused = self.finds = self.gets = 0  # for the summary line
 
     def pump(self, timeout: float) -> bool:
         """Reads for up to `timeout` seconds and acts on what arrived; True if anything did."""
@@ -190,6 +207,32 @@ class FastPath:
     def _caller(self) -> str:
         return str(self.assoc.requestor.ae_title).strip()
 
+    # -- what a C-GET run here (fastget.NativeGet) uses -------------------------------------------
+
+    def caller(self) -> str:
+        return self._caller()
+
+    def send(self, pdus: bytes, what: str) -> bool:
+        return self._send(pdus, what)
+
+    def next_message_id(self) -> int:
+        self._message_id = self._message_id % 0xFFFF + 1
+        return self._message_id
+
+    def dimse_timeout(self) -> float | None:
+        timeout = self.assoc.dimse_timeout
+        return None if timeout is None else float(timeout)
+
+    def queue_later(self, out: tuple[Any, ...]) -> None:
+        """Something read during an operation that is not for it: acted on after it, in order."""
+        self._queue.append(out)
+
+    def closed_during(self, reason: str) -> None:
+        self._closed_reason = reason
+
+    def abort(self, why: str) -> None:
+        self._abort(why)
+
     def _to_pynetdicom(self, raw: bytes) -> None:
         """What pynetdicom's DUL does with a PDU it read itself (DULServiceProvider._read_pdu_data)."""
         dul = self.dul
@@ -203,11 +246,22 @@ class FastPath:
         dul._recv_pdu.put(pdu)
 
     def _answer(self, context_id: int, command_field: int, message_id: int, sop_class: str,
-                sop_uid: str, data_set: bytes | _native.ReceivedDataSet | None, responded_to: int) -> None:
+                sop_uid: str, data_set: bytes | _native.ReceivedDataSet | None, responded_to: int,
+                rsp_status: int | None) -> None:
         cx = self.contexts[context_id]
         comment: str | None = None
         if command_field == C_STORE_RSP:
-            self._to_waiting_requestor(context_id, responded_to, sop_class, sop_uid)
+            if rsp_status == SUCCESS and self.get is None:
+                self._to_waiting_requestor(context_id, responded_to, sop_class, sop_uid)
+            else:
+                # no C-GET of ours is waiting for it (it ended: cancelled, or timed out)
+                log.warning("C-STORE-RSP from %s to message %d (0x%04X) answers no running request",
+                            self._caller(), responded_to, rsp_status or 0)
+            return
+        if command_field == C_GET_RQ:
+            assert self.get is not None  # the context is fast for C-GET only with a handler
+            self.gets += 1
+            self.get(self, cx, message_id, sop_class, data_set if isinstance(data_set, bytes) else b"")
             return
         if command_field == C_FIND_RQ:
             self._find(cx, message_id, sop_class, data_set if isinstance(data_set, bytes) else b"")

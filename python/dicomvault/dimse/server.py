@@ -37,6 +37,7 @@ from ..engine import Engine
 from . import fastpath, tls, tuning, uid_memo
 from .commitment import CommitmentService
 from .common import listen_socket, log, peer_desc, set_nodelay
+from .fastget import fast_get
 from .find import fast_find, handle_find
 from .peers import Peers
 from .retrieve import handle_get, handle_move, install_raw_send
@@ -137,7 +138,7 @@ class DimseServer:
             raise ConfigError("accept_unknown_callers = false with no [[peers]] would refuse every caller")
         ae = build_ae(d, self.peers, SERVICE_CONTEXTS)
         if d.fast_path and d.tuned_reactor:
-            fastpath.enable(ae, fast_store(engine), fast_find(engine, d.ae_title))
+            fastpath.enable(ae, fast_store(engine), fast_find(engine, d.ae_title), fast_get(engine))
         self.ae = ae
         self.commitment = CommitmentService(engine, ae, self.peers, d.ae_title, self._connect)
         self._server: ThreadedAssociationServer | None = None

@@ -390,16 +390,18 @@ def _terminate(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def _keep_dicomweb_section(out: Path, text: str) -> str:
-    """The new report plus the DICOMweb section `make bench-dicomweb` wrote into the same file
-    (that benchmark runs on its own: the two together would pass the 20-minute budget)."""
-    heading = "## DICOMweb: dicomvault vs Orthanc-dicomweb"
+def _keep_other_sections(out: Path, text: str) -> str:
+    """The new report plus every section other benchmarks wrote into the same file (DICOMweb,
+    viewer, tiers, C-FIND at 1M, TLS: each runs on its own, within its own time budget): the
+    `## ` sections of the old file whose heading the new report does not have."""
     old = out.read_text() if out.exists() else ""
-    start = old.find(heading + "\n")
-    if start < 0:
-        return text
-    nxt = old.find("\n## ", start + len(heading))
-    return text.rstrip() + "\n\n" + old[start: nxt + 1 if nxt >= 0 else len(old)].rstrip() + "\n"
+    ours = {line for line in text.splitlines() if line.startswith("## ")}
+    kept = []
+    for part in ("\n" + old).split("\n## ")[1:]:
+        heading = "## " + part.split("\n", 1)[0]
+        if heading not in ours:
+            kept.append(("## " + part).rstrip())
+    return "\n\n".join([text.rstrip(), *kept]) + "\n"
 
 
 def main() -> int:
@@ -439,7 +441,7 @@ def main() -> int:
     finally:
         r.cleanup.close()
         shutil.rmtree(r.work, ignore_errors=True)
-    args.out.write_text(_keep_dicomweb_section(args.out, text))
+    args.out.write_text(_keep_other_sections(args.out, text))
     print(text)
     dc.log(f"written to {args.out} after {r.elapsed():.0f} s")
     return 0

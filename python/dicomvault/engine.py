@@ -128,6 +128,7 @@ class Engine:
         self.cold_reads: set[str] = set()
         # monotonic time of the last ingest commit (the compactor yields while it is recent)
         self.last_ingest = 0.0
+        self.last_read = 0.0  # monotonic time of the last foreground read (the compactor yields)
         # The blob store first: it takes the directory lock, so a second writer fails here
         # with a clear error before touching the index.
         self.vault = _native.Vault(
@@ -264,8 +265,9 @@ class Engine:
 
     def _read(self, blob_hash: bytes, study_uid: str | None) -> tuple[str, bytes]:
         """(transfer syntax, dataset) of a blob from whichever tier holds it, hash-verified."""
-        if study_uid:
+        if study_uid:  # a foreground read (retrieve, viewer), not a background one
             self.accessed[study_uid] = time.time()
+            self.last_read = time.monotonic()
         try:
             return self.vault.read(blob_hash)
         except _native.NotFoundError:

@@ -1,7 +1,9 @@
 """Read-ahead for retrieves: objects read (decoded and hash-verified natively, off the GIL) ahead
 of the one being sent, so the read of the next overlaps the send of this one on the other core.
 A C-GET of 100 CT slices went from ~140 to ~155 MB/s with it (measured); DIMSE retrieves and
-WADO-RS study retrieves share it."""
+WADO-RS study retrieves share it. Four ahead rather than two: with the native C-GET the decode,
+not the send, paces a retrieve (300-slice CT, getscu: ~560-630 -> ~610-730 MB/s over three
+interleaved runs each)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
-READ_AHEAD = 2
+READ_AHEAD = 4
 _readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dv-read-ahead")
 
 

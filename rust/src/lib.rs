@@ -21,6 +21,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<net::IdentifierPlan>()?;
     m.add_function(wrap_pyfunction!(net::encode_response, m)?)?;
     m.add_function(wrap_pyfunction!(net::frame_message, m)?)?;
+    m.add_function(wrap_pyfunction!(net::send_message, m)?)?;
     m.add_function(wrap_pyfunction!(primitives::parse, m)?)?;
     m.add_function(wrap_pyfunction!(primitives::parse_dataset, m)?)?;
     m.add_function(wrap_pyfunction!(primitives::blake3, m)?)?;

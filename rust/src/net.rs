@@ -63,8 +63,8 @@ impl PduReader {
     /// "woken" or "closed" (reason: what a close cut short, else None). Outputs, in order:
     /// ("pdu", bytes) for pynetdicom; ("msg", context_id, command_field, message_id,
     /// sop_class_uid, sop_instance_uid, data set or None, message_id_being_responded_to, status or
-    /// None) where the data set of a C-STORE-RQ is a ReceivedDataSet and any other is bytes;
-    /// ("error", why) = abort.
+    /// None, move destination or "") where the data set of a C-STORE-RQ is a ReceivedDataSet and
+    /// any other is bytes; ("error", why) = abort.
     #[pyo3(signature = (wake_fd, timeout))]
     fn next<'py>(
         &mut self,
@@ -97,6 +97,7 @@ impl PduReader {
                         data_set,
                         command.message_id_being_responded_to,
                         command.status,
+                        command.move_destination,
                     )
                         .into_pyobject(py)?
                 }
@@ -164,6 +165,24 @@ pub fn frame_message<'py>(
     max_pdu: usize,
 ) -> Bound<'py, PyBytes> {
     PyBytes::new(py, &net::pdu::message_pdus(context_id, command, data_set, max_pdu))
+}
+
+/// Sends `prefix` (already framed: a pending response) and one DIMSE message on the socket `fd`,
+/// its data set written from the caller's buffer without a copy (core::net::send), with the GIL
+/// released. `data_set` is any bytes-like object.
+#[pyfunction]
+#[pyo3(signature = (fd, prefix, context_id, command, data_set, max_pdu))]
+pub fn send_message(
+    py: Python<'_>,
+    fd: i32,
+    prefix: &[u8],
+    context_id: u8,
+    command: &[u8],
+    data_set: &[u8],
+    max_pdu: usize,
+) -> PyResult<()> {
+    py.detach(|| net::Framed::new(prefix, context_id, command, data_set, max_pdu).send(fd))
+        .map_err(PyErr::from)
 }
 
 /// The elements of a C-FIND's response identifiers (core::net::identifier): built once per query

@@ -406,3 +406,96 @@ def test_get_requestor_that_drops_the_association(stored: Archive, tmp_path: Pat
         proc.wait(10)
     got, rsps = _get(stored, [build_context(CTImageStorage, CT_SYNTAXES)], CT_STUDY)
     assert rsps[-1][0].Status == 0x0000 and len(got) == 6
+
+
+class Destination:
+    """A pynetdicom storage SCP as the C-MOVE destination (the archive's COMMITSCU peer): it
+    accepts CT only in `syntaxes`, and aborts the association after `abort_after` objects."""
+
+    def __init__(self, port: int, syntaxes: list[str], abort_after: int | None = None) -> None:
+        self.received: list[str] = []
+        self.abort_after = abort_after
+        ae = AE(ae_title=COMMIT_AE)
+        ae.add_supported_context(CTImageStorage, syntaxes)
+        self.server = ae.start_server((HOST, port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+
+    def _on_store(self, event: Any) -> int:
+        self.received.append(str(event.request.AffectedSOPInstanceUID))
+        if self.abort_after is not None and len(self.received) >= self.abort_after:
+            threading.Thread(target=event.assoc.abort, daemon=True).start()
+        return 0x0000
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def _move(archive: Archive, dest: str, cancel_after: int | None = None) -> list[tuple[Any, Any]]:
+    assoc = associate(archive, [build_context(StudyRootQueryRetrieveInformationModelMove)])
+    q = Dataset()
+    q.QueryRetrieveLevel = "STUDY"
+    q.StudyInstanceUID = CT_STUDY
+    out = []
+    try:
+        for status, ident in assoc.send_c_move(q, dest, StudyRootQueryRetrieveInformationModelMove, msg_id=1):
+            out.append((status, ident))
+            if cancel_after is not None and len(out) == cancel_after:
+                cx = assoc.accepted_contexts[0]
+                assoc.send_c_cancel(1, cx.context_id)
+        assert assoc.is_established
+    finally:
+        assoc.release()
+    return out
+
+
+def test_move_to_a_destination_that_accepts_nothing_we_have(stored: Archive) -> None:
+    """The destination accepts CT only in JPEG 2000: every sub-operation fails, listed, 0xA702."""
+    dest = Destination(stored.commit_port, [JPEG2000Lossless])
+    try:
+        final, ident = _move(stored, COMMIT_AE)[-1]
+    finally:
+        dest.stop()
+    study = {s.sop_uid for s in stored.sent.values() if s.study_uid == CT_STUDY}
+    assert final.Status == 0xA702
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (0, 6)
+    assert set(ident.FailedSOPInstanceUIDList) == study and dest.received == []
+
+
+def test_move_to_an_unreachable_destination(stored: Archive) -> None:
+    final, ident = _move(stored, COMMIT_AE)[-1]  # nothing listens on the peer's port
+    assert final.Status == 0xA702 and final.NumberOfFailedSuboperations == 6
+    assert "cannot connect" in final.ErrorComment
+    assert "C-MOVE from PYSCU: cannot connect to COMMITSCU@" in stored.log_text()
+
+
+def test_move_converts_for_the_destination_and_can_be_cancelled(stored: Archive) -> None:
+    """A destination that takes only Explicit VR Little Endian gets every object converted;
+    then a C-CANCEL after the second pending response ends the next move early, with Cancel."""
+    dest = Destination(stored.commit_port, [ExplicitVRLittleEndian])
+    try:
+        rsps = _move(stored, COMMIT_AE)
+        assert rsps[-1][0].Status == 0x0000 and len(dest.received) == 6
+        assert [r[0].NumberOfRemainingSuboperations for r in rsps[:-1]] == [5, 4, 3, 2, 1, 0]
+        dest.received.clear()
+        rsps = _move(stored, COMMIT_AE, cancel_after=2)
+    finally:
+        dest.stop()
+    final = rsps[-1][0]
+    assert final.Status == 0xFE00
+    assert 2 <= final.NumberOfCompletedSuboperations < 6 == final.NumberOfCompletedSuboperations + \
+        final.NumberOfRemainingSuboperations
+    assert len(dest.received) == final.NumberOfCompletedSuboperations
+
+
+def test_move_destination_that_drops_the_association(stored: Archive) -> None:
+    """The destination aborts after the first object: the rest fail, the requestor is told
+    (0xB000, the failed UIDs) and its association goes on."""
+    dest = Destination(stored.commit_port, [ExplicitVRLittleEndian], abort_after=1)
+    try:
+        final, ident = _move(stored, COMMIT_AE)[-1]
+    finally:
+        dest.stop()
+    done = final.NumberOfCompletedSuboperations
+    assert (done, final.NumberOfFailedSuboperations) in ((1, 5), (0, 6))  # the abort may beat the answer
+    assert final.Status == (0xB000 if done else 0xA702)
+    assert len(ident.FailedSOPInstanceUIDList) == final.NumberOfFailedSuboperations

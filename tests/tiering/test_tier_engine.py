@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -177,6 +178,30 @@ def test_compaction_drains_landing_into_warm(tmp_path: Path, seaweed: SeaweedSer
         # Nothing left to do: a second pass moves nothing.
         again = Compactor(e).run_once()
         assert again.report.blobs == 0 and again.extra_copies_freed == 0
+
+
+def test_compaction_waits_while_studies_are_retrieved(tmp_path: Path, objs: dict[str, Obj]) -> None:
+    """A foreground read (a retrieve, the viewer) holds every compaction thread back; once the
+    reads stop, the pass runs. Background reads (the metadata warmer) do not count."""
+    tiers = (TierSpec("landing", "local", "raw", path="landing"),
+             TierSpec("warm", "local", "hot", path="warm"))
+    with filled(tmp_path / "data", tiers, objs, compact=False) as e:
+        uid = next(iter(objs.values())).sop
+        e.read_record(e.instance(uid), background=True)
+        assert e.last_read == 0.0
+        e.read_dataset(uid)
+        assert e.last_read > 0.0
+        e.last_read = time.monotonic() + 60  # a retrieve going on
+        c = Compactor(e, threads=2)
+        done: list[Any] = []
+        t = threading.Thread(target=lambda: done.append(c.run_once()))
+        t.start()
+        time.sleep(0.5)
+        assert objects(e)["landing"] == len(objs) and not done, "compaction ran during a retrieve"
+        e.last_read = 0.0  # the retrieve ended
+        t.join(60)
+        assert done and done[0].report.blobs == len(objs)
+        assert objects(e) == {"landing": 0, "warm": len(objs)}
 
 
 # -- moves between warm and cold ----------------------------------------------------------------

@@ -19,6 +19,7 @@ const COMMAND_DATA_SET_TYPE: u32 = 0x0000_0800;
 const STATUS: u32 = 0x0000_0900;
 const ERROR_COMMENT: u32 = 0x0000_0902;
 const AFFECTED_SOP_INSTANCE_UID: u32 = 0x0000_1000;
+const MOVE_DESTINATION: u32 = 0x0000_0600;
 const MOVE_ORIGINATOR_AE: u32 = 0x0000_1030;
 const MOVE_ORIGINATOR_MESSAGE_ID: u32 = 0x0000_1031;
 /// PS3.5 Table 6.2-1: LO holds at most 64 characters.
@@ -37,6 +38,8 @@ pub struct Command {
     pub sop_instance_uid: String,
     pub move_originator_ae: String,
     pub move_originator_message_id: Option<u16>,
+    /// C-MOVE-RQ: the AE title the sub-operations go to.
+    pub move_destination: String,
     /// Responses: the Status.
     pub status: Option<u16>,
     /// Any element beyond the fields above (Error Comment, Offending Element, counts, ...).
@@ -100,6 +103,7 @@ pub fn decode(bytes: &[u8]) -> Result<Command, String> {
             COMMAND_DATA_SET_TYPE => cmd.data_set_type = us(tag, value)?,
             AFFECTED_SOP_INSTANCE_UID => cmd.sop_instance_uid = text(value)?,
             MOVE_ORIGINATOR_AE => cmd.move_originator_ae = text(value)?,
+            MOVE_DESTINATION => cmd.move_destination = text(value)?,
             MOVE_ORIGINATOR_MESSAGE_ID => cmd.move_originator_message_id = Some(us(tag, value)?),
             STATUS => cmd.status = Some(us(tag, value)?),
             0 => {} // Command Group Length

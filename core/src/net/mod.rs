@@ -14,6 +14,7 @@ pub mod command;
 pub mod conn;
 pub mod identifier;
 pub mod pdu;
+pub mod send;
 #[cfg(test)]
 mod tests;
 
@@ -21,3 +22,4 @@ pub use assembler::{Assembler, Out};
 pub use command::{encode_response, Command, ResponseFields};
 pub use conn::{Conn, Wait};
 pub use identifier::{encode_identifier, IdentifierKey};
+pub use send::Framed;

@@ -315,3 +315,20 @@ fn only_plain_success_responses_are_fast() {
         }
     }
 }
+
+#[test]
+fn a_move_request_names_its_destination() {
+    let mut body = Vec::new();
+    element(&mut body, 0x0002, b"1.2.840.10008.5.1.4.1.2.2.2\0");
+    element(&mut body, 0x0100, &0x0021u16.to_le_bytes());
+    element(&mut body, 0x0110, &3u16.to_le_bytes());
+    element(&mut body, 0x0600, b"STORESCP");
+    element(&mut body, 0x0700, &0u16.to_le_bytes());
+    element(&mut body, 0x0800, &1u16.to_le_bytes());
+    let mut cmd = Vec::new();
+    element(&mut cmd, 0x0000, &(body.len() as u32).to_le_bytes());
+    cmd.extend_from_slice(&body);
+    let c = command::decode(&cmd).unwrap();
+    assert_eq!((c.command_field, c.message_id, c.move_destination.as_str()), (0x0021, 3, "STORESCP"));
+    assert!(!c.has_other_elements, "the destination is a known field");
+}

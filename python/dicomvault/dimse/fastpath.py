@@ -49,7 +49,7 @@ from pynetdicom.sop_class import (
 )
 
 from .. import _native
-from .fastget import C_GET_RQ, GET_MODELS
+from .fastretrieve import C_GET_RQ, C_MOVE_RQ, GET_MODELS, MOVE_MODELS
 from .find import PENDING, FindHandler, command_set, decode_identifier
 from .status import CANNOT_DECODE_IDENTIFIER, PROCESSING_FAILURE, SUCCESS
 
@@ -71,15 +71,17 @@ FIND_BATCH_BYTES = 256 * 1024
 StoreHandler = Callable[[Any, Any, str, str, Any], tuple[int, str | None]]
 
 
-# (fast path, context, message id, SOP Class, identifier bytes): runs one C-GET (dimse/fastget.py)
+# (fast path, context, message id, SOP Class, identifier bytes): runs one C-GET (dimse/fastretrieve.py)
 GetHandler = Callable[[Any, Any, int, str, bytes], None]
+# ... and the move destination AE title: runs one C-MOVE
+MoveHandler = Callable[[Any, Any, int, str, bytes, str], None]
 
 
 def enable(ae: Any, store: StoreHandler, find: FindHandler | None = None,
-           get: GetHandler | None = None) -> None:
+           get: GetHandler | None = None, move: MoveHandler | None = None) -> None:
     """Acceptor associations of `ae` use the fast path once established (tuned reactor only);
-    C-FIND too if `find` is given, C-GET if `get` is."""
-    ae._dv_fast = (store, find, get)
+    C-FIND too if `find` is given, C-GET if `get` is, C-MOVE if `move` is."""
+    ae._dv_fast = (store, find, get, move)
 
 
 def attach(dul: Any) -> FastPath | None:
@@ -91,7 +93,7 @@ def attach(dul: Any) -> FastPath | None:
     if assoc.is_requestor:
         # Our own associations (C-MOVE sub-operations, forwarding, `dicomvault send`): only the
         # plain-Success C-STORE-RSPs are read natively; every request of ours stays pynetdicom's.
-        return FastPath(dul, None, None, None, sock)
+        return FastPath(dul, None, None, None, None, sock)
     handlers = getattr(assoc.ae, "_dv_fast", None)
     return None if handlers is None else FastPath(dul, *handlers, sock)
 
@@ -100,10 +102,11 @@ class FastPath:
     """Driven by one association's DUL thread; see the module docstring."""
 
     def __init__(self, dul: Any, store: StoreHandler | None, find: FindHandler | None, get: GetHandler | None,
-                 sock: Any) -> None:
+                 move: MoveHandler | None, sock: Any) -> None:
         assoc = dul.assoc
         self.dul = dul
         self.get = get
+        self.move = move
         self.assoc = assoc
         self.sock = sock
         self.store = store
@@ -121,6 +124,9 @@ class FastPath:
             elif cx.abstract_syntax in GET_MODELS:
                 if get is not None and cx.transfer_syntax[0] in LITTLE_ENDIAN:
                     fast[cid] = [C_GET_RQ, C_CANCEL_RQ]
+            elif cx.abstract_syntax in MOVE_MODELS:
+                if move is not None and cx.transfer_syntax[0] in LITTLE_ENDIAN:
+                    fast[cid] = [C_MOVE_RQ, C_CANCEL_RQ]
             else:
                 # pynetdicom too serves any C-STORE as storage; C-STORE-RSPs arrive here for the
                 # sub-operations of a C-GET we serve on this association
@@ -131,7 +137,8 @@ class FastPath:
         # With C-GET answered here, every C-STORE-RSP on an acceptor is one of its sub-operations
         # and comes out whatever its status (fastget.py counts failures and warnings).
         any_status = [cid for cid, fields in fast.items() if C_STORE_RSP in fields] if get is not None else []
-        self.reader = _native.PduReader(sock.fileno(), int(local.maximum_length or 0), fast, any_status)
+        self.local_max_pdu = int(local.maximum_length or 0)
+        self.reader = _native.PduReader(sock.fileno(), self.local_max_pdu, fast, any_status)
         self._message_id = 0  # of the requests we send (C-GET sub-operations)
         self.peer_max_pdu = int(remote.maximum_length or 0)  # what our responses must fit
         self.wake_fd = dul._dv_wake_r.fileno()
@@ -207,7 +214,7 @@ class FastPath:
     def _caller(self) -> str:
         return str(self.assoc.requestor.ae_title).strip()
 
-    # -- what a C-GET run here (fastget.NativeGet) uses -------------------------------------------
+    # -- what a C-GET or C-MOVE run here (fastretrieve.NativeRetrieve) uses -----------------------
 
     def caller(self) -> str:
         return self._caller()
@@ -215,9 +222,22 @@ class FastPath:
     def send(self, pdus: bytes, what: str) -> bool:
         return self._send(pdus, what)
 
+    def send_message(self, prefix: bytes, context_id: int, command: bytes, data: bytes, what: str) -> bool:
+        """`prefix` (framed already) and one message with its data set, framed and written natively
+        without copying the data set."""
+        try:
+            _native.send_message(self.sock.fileno(), prefix, context_id, command, data, self.peer_max_pdu)
+            return True
+        except OSError as exc:
+            log.warning("%s to %s not delivered: %s", what or "?", self._caller(), exc)
+            return False
+
     def next_message_id(self) -> int:
         self._message_id = self._message_id % 0xFFFF + 1
         return self._message_id
+
+    def acse_timeout(self) -> float:
+        return float(self.assoc.acse_timeout or 30)
 
     def dimse_timeout(self) -> float | None:
         timeout = self.assoc.dimse_timeout
@@ -247,7 +267,7 @@ class FastPath:
 
     def _answer(self, context_id: int, command_field: int, message_id: int, sop_class: str,
                 sop_uid: str, data_set: bytes | _native.ReceivedDataSet | None, responded_to: int,
-                rsp_status: int | None) -> None:
+                rsp_status: int | None, move_destination: str) -> None:
         cx = self.contexts[context_id]
         comment: str | None = None
         if command_field == C_STORE_RSP:
@@ -262,6 +282,12 @@ class FastPath:
             assert self.get is not None  # the context is fast for C-GET only with a handler
             self.gets += 1
             self.get(self, cx, message_id, sop_class, data_set if isinstance(data_set, bytes) else b"")
+            return
+        if command_field == C_MOVE_RQ:
+            assert self.move is not None  # the context is fast for C-MOVE only with a handler
+            self.gets += 1
+            self.move(self, cx, message_id, sop_class, data_set if isinstance(data_set, bytes) else b"",
+                      move_destination)
             return
         if command_field == C_FIND_RQ:
             self._find(cx, message_id, sop_class, data_set if isinstance(data_set, bytes) else b"")

@@ -12,6 +12,7 @@ import gc
 import logging
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from ..engine import Engine
 from . import fastpath, tls, tuning, uid_memo
 from .commitment import CommitmentService
 from .common import listen_socket, log, peer_desc, set_nodelay
-from .fastget import fast_get
+from .fastretrieve import fast_get, fast_move
 from .find import fast_find, handle_find
 from .peers import Peers
 from .retrieve import handle_get, handle_move, install_raw_send
@@ -138,7 +139,8 @@ class DimseServer:
             raise ConfigError("accept_unknown_callers = false with no [[peers]] would refuse every caller")
         ae = build_ae(d, self.peers, SERVICE_CONTEXTS)
         if d.fast_path and d.tuned_reactor:
-            fastpath.enable(ae, fast_store(engine), fast_find(engine, d.ae_title), fast_get(engine))
+            fastpath.enable(ae, fast_store(engine), fast_find(engine, d.ae_title), fast_get(engine),
+                            fast_move(engine, self.peers, d.ae_title, self._tls_client))
         self.ae = ae
         self.commitment = CommitmentService(engine, ae, self.peers, d.ae_title, self._connect)
         self._server: ThreadedAssociationServer | None = None
@@ -147,6 +149,14 @@ class DimseServer:
         self._tls_stop = threading.Event()
         self._tls_active = [0]  # TLS relays in progress
         self._tls_lock = threading.Lock()
+        self._tls_ctx: ssl.SSLContext | None = None
+
+    def _tls_client(self) -> ssl.SSLContext | None:
+        """Our client side of DICOM TLS (made once; None without [dimse] TLS settings)."""
+        d = self.config.dimse
+        if self._tls_ctx is None and (d.tls_cert is not None or d.tls_ca is not None):
+            self._tls_ctx = tls.client_context(d)
+        return self._tls_ctx
 
     def _connect(self, peer: PeerConfig) -> dict[str, Any]:
         return tls.associate_args(peer, self.config.dimse)

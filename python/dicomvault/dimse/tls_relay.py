@@ -30,65 +30,80 @@ def with_shutdown(sock: socket.socket, how: int) -> None:
 
 
 def relay_tls(client: ssl.SSLSocket, scp_addr: tuple[str, int]) -> None:
-    """Relays one DICOM TLS association, decrypted, to our plain SCP on loopback. One thread
-    for both directions: an OpenSSL connection must not be read and written by two threads at
-    once (the plain relay uses two). DIMSE sends in one direction at a time plus short
-    responses, which the socket buffers absorb while a send blocks."""
+    """Relays one DICOM TLS association, decrypted, to our plain SCP on loopback."""
     try:
         upstream = socket.create_connection(scp_addr, timeout=10)
     except OSError as exc:
         log.error("cannot reach the SCP behind the TLS port at %s:%d: %s", *scp_addr, exc)
+        client.close()
         return
     upstream.settimeout(None)
-    for s in (client, upstream):
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    pump_tls(client, upstream)
+
+
+def pump_tls(secure: ssl.SSLSocket, plain: socket.socket) -> None:
+    """Copies between a TLS connection and its plain side until the plain side ends (then both
+    are closed). One thread for both directions: an OpenSSL connection must not be read and
+    written by two threads at once. DIMSE sends in one direction at a time plus short responses,
+    which the socket buffers absorb while a send blocks. The end of the TLS side's stream is
+    passed on as a half-close, so the plain side can still finish (an A-RELEASE-RP)."""
+    secure.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     quickack = hasattr(socket, "TCP_QUICKACK")
     buf = bytearray(RELAY_BUF)
     view = memoryview(buf)
-    client_open = True
+    secure_open = True
     try:
         while True:
-            if client_open and client.pending():
-                ready = [client]  # decrypted bytes already buffered: select would not see them
+            if secure_open and secure.pending():
+                ready = [secure]  # decrypted bytes already buffered: select would not see them
             else:
-                ready, _, _ = select.select([client, upstream] if client_open else [upstream], [], [])
+                ready, _, _ = select.select([secure, plain] if secure_open else [plain], [], [])
             for s in ready:
-                if s is client:
-                    n, eof = _read_records(client, view)
+                if s is secure:
+                    n, eof = _read_records(secure, view)
                     if quickack:
-                        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+                        secure.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
                     if n:
-                        upstream.sendall(view[:n])
+                        plain.sendall(view[:n])
                     if eof:
-                        client_open = False  # the peer is done sending; let the SCP finish
-                        with_shutdown(upstream, socket.SHUT_WR)
+                        secure_open = False  # the TLS peer is done sending; let the plain side finish
+                        with_shutdown(plain, socket.SHUT_WR)
                 else:
-                    n = upstream.recv_into(buf)
+                    n = plain.recv_into(buf)
                     if not n:
-                        return  # the SCP ended the association
-                    client.sendall(view[:n])
+                        return  # the plain side ended the association
+                    secure.sendall(view[:n])
     except OSError as exc:  # ssl.SSLError is one: a peer that vanished or broke the record layer
         log.debug("TLS relay ended: %s", exc)
     finally:
         view.release()
-        upstream.close()
-        with_shutdown(client, socket.SHUT_RDWR)
-        client.close()
+        plain.close()
+        with_shutdown(secure, socket.SHUT_RDWR)
+        secure.close()
 
 
-def _read_records(client: ssl.SSLSocket, view: memoryview) -> tuple[int, bool]:
-    """Reads what the peer has sent, up to the buffer: (bytes read, end of stream). Why more
-    than one read: a TLS read returns one record (16 KiB at most), and a send to the SCP per
-    record cost a third of TLS ingest; this gathers what has arrived into one send."""
+def _read_records(secure: ssl.SSLSocket, view: memoryview) -> tuple[int, bool]:
+    """Reads what the TLS peer has sent, up to the buffer: (bytes read, end of stream).
+    Non-blocking: records that carry no data (TLS 1.3 session tickets after the handshake, a key
+    update) must not leave this thread waiting in a read while the other side waits for us. And
+    more than one record: a read returns one record (16 KiB at most), and a send per record cost
+    a third of TLS ingest; this gathers what has arrived into one send."""
     got = 0
     room = len(view) - _RECORD
-    while True:
-        n = client.recv_into(view[got:])
-        if not n:
-            return got, True
-        got += n
-        if got >= room or not (client.pending() or select.select([client], [], [], 0)[0]):
-            return got, False
+    secure.settimeout(0.0)
+    try:
+        while got < room:
+            try:
+                n = secure.recv_into(view[got:])
+            except (ssl.SSLWantReadError, BlockingIOError):
+                break  # nothing more decrypted yet (or only records without data)
+            if not n:
+                return got, True
+            got += n
+        return got, False
+    finally:
+        secure.settimeout(None)
 
 
 def tls_failure(exc: BaseException) -> str:

@@ -118,7 +118,10 @@ class Compactor:
                 if self._stop.is_set():
                     return MoveReport()
                 slot = getattr(threading.current_thread(), "dv_slot", 0)
-                while slot > 0 and self.ingest_busy() and not self._stop.is_set():
+                # Every thread waits while objects are being retrieved (a radiologist opening the
+                # study just received must not share the CPU and the GIL with its compaction); all
+                # but one while ingest is busy, so the landing tier still drains under a burst.
+                while (self.retrieve_busy() or (slot > 0 and self.ingest_busy())) and not self._stop.is_set():
                     time.sleep(YIELD_SLEEP)
                 return Mover(eng).move(batch, self.target or "", sources=sources)
 
@@ -141,6 +144,9 @@ class Compactor:
 
     def ingest_busy(self) -> bool:
         return time.monotonic() - self.engine.last_ingest < BUSY_WINDOW
+
+    def retrieve_busy(self) -> bool:
+        return time.monotonic() - self.engine.last_read < BUSY_WINDOW
 
     # -- in the background -------------------------------------------------------------------
     def start(self, interval: float = 1.0) -> None:

@@ -12,7 +12,7 @@ NATIVE_SRC := $(shell find core/src core/kernels rust/src -type f) rust/build.rs
 STAMP := $(VENV)/.built
 
 .DEFAULT_GOAL := help
-.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-dicomweb bench-viewer bench-tiers bench-replication clean sysdeps
+.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-dicomweb bench-viewer bench-tiers bench-find bench-tls bench-replication clean sysdeps
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -89,6 +89,12 @@ bench-viewer: sysdeps ## the browser viewer (chromium) vs the Orthanc Web Viewer
 bench-tiers: sysdeps ## tiered storage: landing vs inline ingest, compaction, cold tier on SeaweedFS (~4 min; QUICK=1 ~1 min)
 	@test -f $(STAMP) || $(MAKE) --no-print-directory build
 	$(VPY) bench/tier_bench.py $(if $(QUICK),--quick,)
+
+bench-find: sysdeps build ## C-FIND latency at 1M instances (+ queries inside 2,000-image studies), memory (~5 min)
+	$(VPY) bench/find_dv.py --index 1000000 --finds 150 --rounds 2
+
+bench-tls: sysdeps build ## DICOM TLS vs plain: ingest and C-MOVE, workers 1 and 2, and the no-op storescp ceiling (~2 min)
+	$(VPY) bench/tls_bench.py --slices 300 --repeats 3
 
 bench-replication: build ## replication RPO, catch-up, backup and restore speed
 	$(VPY) bench/replication.py

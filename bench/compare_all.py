@@ -93,6 +93,9 @@ class Run:
         self.ingest: list[dc.IngestResult] = []
         self.size: dict[str, dict[str, int]] = {}
         self.get: dict[str, RetrieveRun] = {}
+        self.small: tuple[str, Path, int] | None = None  # (study UID, folder, objects) of the small study
+        self.small_get: dict[str, RetrieveRun] = {}
+        self.small_move: dict[str, RetrieveRun] = {}
         self.move: dict[str, RetrieveRun] = {}
         self.verify: dict[str, Any] = {}
         self.find: dict[str, Any] = {}
@@ -164,6 +167,17 @@ class Run:
         for kind, r in (("C-GET", self.get[which]), ("C-MOVE", self.move[which])):
             dc.log(f"  {kind}: {r.objects} objects in {r.seconds:.2f} s = {study_mb / r.seconds:.0f} MB/s, "
                    f"first image {r.first_object_ms} ms, exit {r.exit_code}")
+        if self.small:
+            # The many-small-objects study (CR/DX-like): sent, then retrieved with cold caches.
+            small_uid, small_dir, n = self.small
+            dc.storescu(target.ae, target.port, [small_dir])
+            device.drop_tree_cache(root.parent)
+            self.small_get[which] = getscu_study(target.ae, target.port, small_uid, logs)
+            device.drop_tree_cache(root.parent)
+            self.small_move[which] = movescu_study(target.ae, target.port, small_uid, self.scp, logs)
+            for kind, r in (("C-GET", self.small_get[which]), ("C-MOVE", self.small_move[which])):
+                dc.log(f"  {kind} small objects: {r.objects}/{n} in {r.seconds:.2f} s = "
+                       f"{r.objects / r.seconds:.0f} objects/s, first image {r.first_object_ms} ms")
 
     def cfind(self, n_index: int, n_find: int) -> None:
         """C-FIND latency from dcmtk findscu (dimse_compare.find_latencies), and with
@@ -256,6 +270,13 @@ def report(r: Run, files: list[Path], study_files: int, study_mb: float, load0: 
         row(f"{kind} study retrieve, MB/s", {t: study_mb / x.seconds for t, x in runs.items()}, sr, ",.1f",
             False)
         row(f"{kind} first image, ms", {t: x.first_object_ms for t, x in runs.items()}, None, ",.0f", True)
+    small_n = r.small[2] if r.small else 0
+    for kind, runs in (("C-GET", r.small_get), ("C-MOVE", r.small_move)):
+        if not runs:
+            continue
+        name = f"{kind} {small_n} small objects ({dc.SMALL_SIZE}x{dc.SMALL_SIZE} CR)"
+        row(f"{name}, objects/s", {t: x.objects / x.seconds for t, x in runs.items()}, None, ",.0f", False)
+        row(f"{name}, first image ms", {t: x.first_object_ms for t, x in runs.items()}, None, ",.0f", True)
     row("storage after ingest, MB on disk (data files)",
         {t: s["disk_bytes"] / 1e6 for t, s in r.size.items()}, None, ",.1f", True)
     row("compression ratio (input bytes / bytes on disk)",
@@ -426,6 +447,8 @@ def main() -> int:
         uid = study_uid(study_files)
         whole = [files[0].parent.parent]
         quarters = dc.quarters(files, r.work / "quarters")
+        small = dc.make_small_input(r.scratch / f"small-{dc.SMALL_OBJECTS}")
+        r.small = (study_uid(small), small[0].parent, len(small))
         r.scp = start_storescp(r.work / "logs")
         r.cleanup.callback(r.scp.stop)
         for which in dc.TARGETS:

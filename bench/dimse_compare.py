@@ -42,8 +42,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from pydicom.uid import (
+    ComputedRadiographyImageStorage,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 from pynetdicom import build_context
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
@@ -61,7 +68,7 @@ from dicomvault.bench.dimse import (
 from dicomvault.bench.measure import latency_summary
 from dicomvault.bench.orthanc import Orthanc, start_orthanc
 from dicomvault.bench.procs import terminate
-from dicomvault.bench.synth import UID_ROOT, SeriesSpec, ct_series
+from dicomvault.bench.synth import UID_ROOT, SeriesSpec, cr_image, ct_series
 from dicomvault.dimse import scu
 from dicomvault.engine import Engine
 
@@ -174,6 +181,44 @@ def make_ct_input(folder: Path, studies: int, slices: int) -> list[Path]:
             log(f"generated study {k + 1}/{studies} ({slices} slices)")
         marker.touch()
     return sorted(folder.glob("study*/*.dcm"))
+
+
+SMALL_OBJECTS = 200  # the many-small-objects retrieve: a CR/DX-like study of ~100 KB images
+SMALL_SIZE = 224  # 224 x 224 x 16 bit = 100 KB of pixels
+
+
+def make_small_input(folder: Path, n: int = SMALL_OBJECTS) -> list[Path]:
+    """One study of n small CR images (synth.cr_image, 16-bit), written once and reused."""
+    marker = folder.parent / f"{folder.name}.done"
+    if not marker.exists():
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        rng = np.random.default_rng(11)
+        study, series = generate_uid(), generate_uid()
+        for i in range(n):
+            ds = Dataset()
+            ds.SOPClassUID = ComputedRadiographyImageStorage
+            ds.SOPInstanceUID = generate_uid()
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+            ds.PatientID, ds.PatientName = "SMALL0001", "SMALL^OBJECTS"
+            ds.PatientBirthDate = ds.PatientSex = ""
+            ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20260101", "120000", "SMALL1", "1"
+            ds.ReferringPhysicianName, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "", "CR", 1, i + 1
+            ds.BodyPartExamined, ds.ViewPosition, ds.PatientOrientation = "CHEST", "PA", ""
+            ds.Manufacturer = "dicomvault bench"
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.Rows = ds.Columns = SMALL_SIZE
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+            ds.PixelData = cr_image(SMALL_SIZE, SMALL_SIZE, rng).tobytes()
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.save_as(folder / f"{i:04d}.dcm", enforce_file_format=True)
+        log(f"generated the small-objects study ({n} CR images of {SMALL_SIZE}x{SMALL_SIZE})")
+        marker.touch()
+    return sorted(folder.glob("*.dcm"))
 
 
 def quarters(files: list[Path], folder: Path, n: int = 4) -> list[Path]:

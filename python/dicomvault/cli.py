@@ -423,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_site_arguments(p)
     p.set_defaults(func=cmd_serve)
 
-    add_replication_commands(sub, common, add_site_arguments=add_site_arguments, run_site=_run_replica_site)
+    add_replication_commands(sub, common, add_site_arguments=add_site_arguments, run_site=_run_replica_site,
+                             forward_tls=_forward_tls)
     add_users_commands(sub, common)
     add_shares_commands(sub, common)
     add_dr_commands(sub, common)
@@ -431,6 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_scu_commands(sub, common)
     add_tier_commands(sub, str(DEFAULT_DATA_DIR))
     return parser
+
+
+def _forward_tls(config_path: str | None) -> Any:
+    """Our DICOM TLS client context, from the [dimse] TLS files of the configuration."""
+    from .config import load_config
+    from .dimse.tls import client_context
+
+    return client_context(load_config(config_path).dimse)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -174,3 +174,31 @@ def dataset_bytes(path: Path) -> bytes:
     raw = path.read_bytes()
     meta_len = int.from_bytes(raw[140:144], "little")  # (0002,0000) group length value
     return raw[144 + meta_len:]
+
+
+def test_forward_run_cli_over_tls(tmp_path: Path) -> None:
+    """`dicomvault forward run --once --config` with a tls = true rule: the TLS files come from
+    the same file's [dimse] table."""
+    pki = make_pki(tmp_path / "pki")
+    key, crt = pki["client"]
+    port = free_port()
+    cfg = tmp_path / "dv.toml"
+    cfg.write_text(f'[dimse]\ntls_cert = "{crt}"\ntls_key = "{key}"\ntls_ca = "{pki["ca"][1]}"\n'
+                   f'[[forward]]\nname = "tls"\nae_title = "PEER"\nhost = "127.0.0.1"\nport = {port}\n'
+                   'tls = true\n')
+    data = tmp_path / "site"
+    with Engine(data, min_free_bytes=0) as eng:
+        eng.store_buffers(synth_files(1, slices=2, seed=4))
+    out = tmp_path / "received"
+    out.mkdir()
+    scp = subprocess.Popen(["storescp", *dcmtk_tls_args(pki, "peer"), "-aet", "PEER", "-od", str(out),
+                            str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_listening(port, scp)
+        run = subprocess.run([CLI, "forward", "run", "--once", "--config", str(cfg), "--data", str(data)],
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        scp.terminate()
+        scp.wait(10)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert len(list(out.iterdir())) == 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -62,18 +63,15 @@ def cmd_forward_run(args: argparse.Namespace) -> int:
     from .settings import load_forward_rules
 
     rules = load_forward_rules(args.config)
-    tls_context = None
-    if any(rule.tls for rule in rules):
-        # the TLS files are the [dimse] table's of the same configuration
-        from ..config import load_config
-        from ..dimse.tls import client_context
-
-        tls_context = client_context(load_config(args.config).dimse)
+    # the TLS files are the [dimse] table's of the same configuration (the CLI reads it)
+    tls_context = args.forward_tls(args.config) if any(rule.tls for rule in rules) else None
     return run_forwarders(args.data, rules, once=args.once, tls_context=tls_context)
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser, *, add_site_arguments: Callable[..., None],
-                 run_site: Callable[[argparse.Namespace], int]) -> None:
+                 run_site: Callable[[argparse.Namespace], int],
+                 forward_tls: Callable[[str | None], ssl.SSLContext]) -> None:
+    """`forward_tls(config path)`: our DICOM TLS client context from that configuration."""
     p = sub.add_parser("replicate", parents=[common],
                        help="replicate from another site (until SIGTERM, or --once)")
     p.add_argument("--from", dest="source", required=True, metavar="URL", help="upstream site URL")
@@ -91,4 +89,4 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, *, add_site_argument
     p = fsub.add_parser("run", parents=[common], help="forward per the config's [[forward]] rules")
     p.add_argument("--config", required=True, metavar="FILE")
     p.add_argument("--once", action="store_true", help="drain the queues, then exit")
-    p.set_defaults(func=cmd_forward_run)
+    p.set_defaults(func=cmd_forward_run, forward_tls=forward_tls)

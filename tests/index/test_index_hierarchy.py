@@ -37,6 +37,9 @@ def test_hierarchy_built_with_counts(idx: Index, mk: MakeInst) -> None:
     for level, uid in (("study", "1.2.840.1"), ("series", "S1"), ("patient", "PID2"), ("patient", "PID1"),
                        ("instance", "2.1"), ("instance", "nope"), ("study", "nope")):
         assert idx.sop_uids_of(level, uid) == [r.sop_uid for r in idx.instances_of(level, uid)], (level, uid)
+        # ... and with class and syntax (C-MOVE's contexts), from the records' fields
+        assert idx.syntaxes_of(level, uid) == [(r.sop_uid, r.sop_class_uid, r.transfer_syntax)
+                                               for r in idx.instances_of(level, uid)], (level, uid)
     assert idx.sop_uids_of("patient", "PID2") == ["2.1", "2.2"]
     idx.delete("instance", "2.2")
     assert {p.patient_id for p in idx.patients()} == {"PID1", "PID2"}

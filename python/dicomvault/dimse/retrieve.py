@@ -140,8 +140,7 @@ def resolve(engine: Engine, identifier: Dataset, model: str, *, syntaxes: bool =
         key = query[UNIQUE_KEY[level]]
         if not syntaxes:
             return [Match(uid) for uid in engine.index.sop_uids_of(level, key)]
-        return [Match(r.sop_uid, r.sop_class_uid, r.transfer_syntax)
-                for r in engine.index.instances_of(level, key)]
+        return [Match(*t) for t in engine.index.syntaxes_of(level, key)]
     query.setdefault("SOPInstanceUID", "")
     query.update({"SOPClassUID": "", "AvailableTransferSyntaxUID": ""})
     try:

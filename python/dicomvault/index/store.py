@@ -751,6 +751,26 @@ class Index:
             return [rec] if rec is not None else []
         return [r for p in self._hierarchy_prefixes(level, uid) for r in self._instances_at(p)]
 
+    def syntaxes_of(self, level: str, uid: str) -> list[tuple[str, str, str]]:
+        """(SOP Instance UID, SOP Class UID, transfer syntax) of instances_of(level, uid), in the
+        same order, from the records' fields without building records (a C-MOVE proposes its
+        sub-association's contexts from them before its first image)."""
+        self._check_open()
+        if self._level(level) == "instance":
+            recs = [r for r in [self.get_instance(uid)] if r is not None]
+            return [(r.sop_uid, r.sop_class_uid, r.transfer_syntax) for r in recs]
+        out = []
+        fields_of = InstanceRecord.fields_of
+        for p in self._hierarchy_prefixes(level, uid):
+            ks = [keys.encode(secondary.sop_from_hierarchy_key(k))
+                  for k in scan_keys(self._cfs[CF_IDX], p, keys.prefix_upper_bound(p))]
+            for v in self._cfs[CF_INSTANCES].get(ks) if ks else []:
+                if v is not None:
+                    f = fields_of(v)
+                    out.append((f.get("sop_uid", ""), f.get("sop_class_uid", ""),
+                                f.get("transfer_syntax", "")))
+        return out
+
     def sop_uids_of(self, level: str, uid: str) -> list[str]:
         """The SOP Instance UIDs of instances_of(level, uid), in the same order, read from the
         hierarchy index alone (no instance record decoded: a C-GET's first image waits on it)."""

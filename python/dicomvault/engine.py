@@ -440,9 +440,10 @@ class Engine:
         """The index record of one instance, or None."""
         return self.index.get_instance(sop_instance_uid)
 
-    def read_dataset(self, sop_instance_uid: str) -> tuple[str, bytes]:
-        """(transfer syntax UID, dataset bytes as received), hash-verified."""
-        _, ts, dataset = self.read_instance(sop_instance_uid)
+    def read_dataset(self, sop_instance_uid: str, *, background: bool = False) -> tuple[str, bytes]:
+        """(transfer syntax UID, dataset bytes as received), hash-verified. `background`: as for
+        read_record (storage commitment, forwarding: not a user's access)."""
+        _, ts, dataset = self.read_instance(sop_instance_uid, background=background)
         return ts, dataset
 
     def read_record(self, rec: InstanceRecord, *, background: bool = False) -> tuple[str, bytes]:
@@ -466,20 +467,21 @@ class Engine:
         (core/src/object.rs), so a retrieve can announce its Content-Length up front."""
         return rec.logical_len - len(rec.transfer_syntax.encode("ascii")) - 1
 
-    def read_instance(self, sop_instance_uid: str) -> tuple[InstanceRecord, str, bytes]:
+    def read_instance(self, sop_instance_uid: str, *, background: bool = False
+                      ) -> tuple[InstanceRecord, str, bytes]:
         """(index record, transfer syntax UID, dataset bytes as received), hash-verified."""
         rec = self.index.get_instance(sop_instance_uid)
         if rec is None:
             raise UnknownObjectError("instance", sop_instance_uid)
-        ts, dataset = self._read(rec.hash, rec.study_uid)
+        ts, dataset = self._read(rec.hash, None if background else rec.study_uid)
         return rec, ts, dataset
 
-    def read_file(self, sop_instance_uid: str) -> bytes:
+    def read_file(self, sop_instance_uid: str, *, background: bool = False) -> bytes:
         """The object as a Part-10 file (byte-identical to the ingested file, if it came as one)."""
         rec = self.index.get_instance(sop_instance_uid)
         if rec is None:
             raise UnknownObjectError("instance", sop_instance_uid)
-        _, dataset = self._read(rec.hash, rec.study_uid)
+        _, dataset = self._read(rec.hash, None if background else rec.study_uid)
         return rec.prefix + dataset
 
     def export(self, level: str, uid: str, out_dir: str | os.PathLike[str]) -> list[Path]:

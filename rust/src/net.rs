@@ -168,10 +168,11 @@ pub fn frame_message<'py>(
 }
 
 /// Sends `prefix` (already framed: a pending response) and one DIMSE message on the socket `fd`,
-/// its data set written from the caller's buffer without a copy (core::net::send), with the GIL
-/// released. `data_set` is any bytes-like object.
+/// its data set (bytes) written from the caller's buffer without a copy (core::net::send), with
+/// the GIL released. `timeout` (seconds, None: none) bounds a wait for a peer that stopped reading.
 #[pyfunction]
-#[pyo3(signature = (fd, prefix, context_id, command, data_set, max_pdu))]
+#[pyo3(signature = (fd, prefix, context_id, command, data_set, max_pdu, timeout=None))]
+#[allow(clippy::too_many_arguments)]
 pub fn send_message(
     py: Python<'_>,
     fd: i32,
@@ -180,8 +181,10 @@ pub fn send_message(
     command: &[u8],
     data_set: &[u8],
     max_pdu: usize,
+    timeout: Option<f64>,
 ) -> PyResult<()> {
-    py.detach(|| net::Framed::new(prefix, context_id, command, data_set, max_pdu).send(fd))
+    let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
+    py.detach(|| net::Framed::new(prefix, context_id, command, data_set, max_pdu).send(fd, timeout))
         .map_err(PyErr::from)
 }
 

@@ -499,3 +499,34 @@ def test_move_destination_that_drops_the_association(stored: Archive) -> None:
     assert (done, final.NumberOfFailedSuboperations) in ((1, 5), (0, 6))  # the abort may beat the answer
     assert final.Status == (0xB000 if done else 0xA702)
     assert len(ident.FailedSOPInstanceUIDList) == final.NumberOfFailedSuboperations
+
+
+def test_get_served_by_pynetdicom_counts_a_refused_object(stored: Archive) -> None:
+    """A C-GET on a context the native path does not take (the GET model in Explicit VR Big
+    Endian) is pynetdicom's; the requestor's failure status for one object still reaches it (the
+    native reader hands C-STORE-RSPs outside its own retrieves over, whatever their status)."""
+    first = [True]
+
+    def on_store(event: Any) -> int:
+        if first[0]:
+            first[0] = False
+            return 0xA700
+        return 0x0000
+
+    assoc = associate(stored, [build_context(StudyRootQueryRetrieveInformationModelGet, ExplicitVRBigEndian),
+                               build_context(CTImageStorage, CT_SYNTAXES)],
+                      ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                      evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    q = Dataset()
+    q.QueryRetrieveLevel = "STUDY"
+    q.StudyInstanceUID = CT_STUDY
+    t0 = time.monotonic()
+    try:
+        final = list(assoc.send_c_get(q, StudyRootQueryRetrieveInformationModelGet))[-1][0]
+    finally:
+        assoc.release()
+    assert time.monotonic() - t0 < 20, "a sub-operation waited for a response that was dropped"
+    assert final.Status == 0xB000
+    # the refused one, and the big endian, JPEG-LS and RLE objects that pynetdicom's path does not
+    # convert (it converts between uncompressed little-endian syntaxes only)
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (2, 4)

@@ -188,6 +188,8 @@ def test_compaction_waits_while_studies_are_retrieved(tmp_path: Path, objs: dict
     with filled(tmp_path / "data", tiers, objs, compact=False) as e:
         uid = next(iter(objs.values())).sop
         e.read_record(e.instance(uid), background=True)
+        e.read_file(uid, background=True)  # forwarding
+        e.read_dataset(uid, background=True)  # storage commitment
         assert e.last_read == 0.0
         e.read_dataset(uid)
         assert e.last_read > 0.0

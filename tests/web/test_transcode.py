@@ -15,9 +15,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_dataset
 
 from dicomvault.errors import NotAcceptableError
-from dicomvault.web.dicomweb import syntaxes
+from dicomvault.transfer import syntaxes
+from dicomvault.transfer.transcode import can_transcode, transcode
 from dicomvault.web.dicomweb.pixels import FrameSource
-from dicomvault.web.dicomweb.transcode import can_transcode, transcode
 from dv_corpus import corpus_dirs, split_part10
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -8,6 +8,7 @@
 
 use std::io::{self, IoSlice};
 use std::os::fd::RawFd;
+use std::time::Duration;
 
 use super::pdu::{HEADER_LEN, MCH_COMMAND, MCH_LAST, PDV_HEADER_LEN, P_DATA_TF};
 
@@ -105,8 +106,9 @@ impl<'a> Framed<'a> {
     }
 
     /// Writes everything to `fd` (a connected socket, blocking or not: a full send buffer is
-    /// waited out with poll).
-    pub fn send(&self, fd: RawFd) -> io::Result<()> {
+    /// waited out with poll, for at most `timeout` without progress: a peer that stops reading
+    /// must not hold the sending thread for ever).
+    pub fn send(&self, fd: RawFd, timeout: Option<Duration>) -> io::Result<()> {
         let mut slices = self.slices();
         let mut rest = &mut slices[..];
         while !rest.is_empty() {
@@ -118,7 +120,10 @@ impl<'a> Framed<'a> {
                     io::ErrorKind::Interrupted => continue,
                     io::ErrorKind::WouldBlock => {
                         let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
-                        unsafe { libc::poll(&mut pfd, 1, -1) };
+                        let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as libc::c_int);
+                        if unsafe { libc::poll(&mut pfd, 1, ms) } == 0 {
+                            return Err(io::Error::new(io::ErrorKind::TimedOut, "the peer stopped reading"));
+                        }
                         continue;
                     }
                     _ => return Err(err),
@@ -163,7 +168,7 @@ mod tests {
             b.read_to_end(&mut got).unwrap();
             got
         });
-        framed.send(a.as_raw_fd()).unwrap();
+        framed.send(a.as_raw_fd(), None).unwrap();
         drop(a);
         assert_eq!(reader.join().unwrap(), want);
     }

@@ -1,4 +1,4 @@
-"""The C-STORE/C-ECHO/C-FIND/C-GET fast path of an established acceptor association.
+"""The C-STORE/C-ECHO/C-FIND/C-GET/C-MOVE fast path of an established acceptor association.
 
 Why: with pynetdicom reading the socket, every 128 KiB P-DATA PDU goes through its Python DUL,
 state machine and DIMSE reassembly, and every request and response command set through a pydicom
@@ -12,22 +12,24 @@ answered by this module: the data set bytes go to the archive's store handler, t
 command set is encoded natively and written on the socket by the same thread, in order. So is a
 C-FIND-RQ on a FIND context in little-endian syntax (the identifier is decoded with pydicom for
 its character set, the matches come from dimse/find.py), with its C-CANCEL-RQ honoured: the
-socket is polled between batches of matches. A C-GET-RQ on a GET context in little-endian
-syntax runs here from start to end (dimse/fastget.py: sub-operations sent and their responses
-read by this thread, transcoding where the requestor accepted another syntax).
-Everything else (C-MOVE, N-ACTION, responses to our requests, A-RELEASE, A-ABORT)
-comes back as PDUs and is fed to pynetdicom's DUL exactly as its own reader would (decode,
-state-machine event, PDU queue), so those services, association release and abort, and the
-event handlers behave as stock.
+socket is polled between batches of matches. A C-GET-RQ or C-MOVE-RQ on a GET or MOVE context in
+little-endian syntax runs here from start to end (dimse/fastretrieve.py: sub-operations sent and
+their responses read by this thread, or on the C-MOVE sub-association it opens).
+Everything else (N-ACTION, responses to pynetdicom's requests, A-RELEASE, A-ABORT) comes back
+as PDUs and is fed to pynetdicom's DUL exactly as its own reader would (decode, state-machine
+event, PDU queue), so those services, association release and abort, and the event handlers
+behave as stock.
 
-On associations we request (C-MOVE sub-operations, forwarding, `dicomvault send`) the reader is
-used for one thing only: a C-STORE-RSP that says nothing but Success becomes the primitive
-pynetdicom would have made, put straight on the association's message queue for the waiting
-send_c_store(); on our acceptors the same holds for the C-STORE-RSPs of a C-GET we serve.
+On associations pynetdicom requests (forwarding, storage commitment reports, `dicomvault send`)
+the reader is used for one thing only: a C-STORE-RSP that says nothing but Success becomes the
+primitive pynetdicom would have made, put straight on the association's message queue for the
+waiting send_c_store(); on our acceptors a C-STORE-RSP outside a native retrieve (a C-GET that
+pynetdicom serves) becomes that primitive with its status.
 
-Only while the association is in Sta6 (established, no release in progress) and only on plain
-TCP; negotiation, release and TLS stay pynetdicom's. `enable(ae, store, find)` turns it on for
-an AE's acceptor associations; requestor associations use it whenever the tuned reactor runs.
+Only while the association is in Sta6 (established, no release in progress) and only on a plain
+socket; negotiation and release stay pynetdicom's (TLS is terminated in front, dimse/tls_relay.py).
+`enable(ae, store, find, get, move)` turns it on for an AE's acceptor associations; requestor
+associations use it whenever the tuned reactor runs.
 """
 
 from __future__ import annotations
@@ -134,8 +136,8 @@ class FastPath:
         self._queue: deque[tuple[Any, ...]] = deque()  # read, not yet acted on (in order)
         local, remote = (assoc.acceptor, assoc.requestor) if assoc.is_acceptor else (assoc.requestor,
                                                                                      assoc.acceptor)
-        # With C-GET answered here, every C-STORE-RSP on an acceptor is one of its sub-operations
-        # and comes out whatever its status (fastget.py counts failures and warnings).
+        # With C-GET answered here, C-STORE-RSPs on an acceptor come out whatever their status
+        # (fastretrieve.py counts failures and warnings; _answer hands strays to pynetdicom).
         any_status = [cid for cid, fields in fast.items() if C_STORE_RSP in fields] if get is not None else []
         self.local_max_pdu = int(local.maximum_length or 0)
         self.reader = _native.PduReader(sock.fileno(), self.local_max_pdu, fast, any_status)
@@ -226,7 +228,8 @@ class FastPath:
         """`prefix` (framed already) and one message with its data set, framed and written natively
         without copying the data set."""
         try:
-            _native.send_message(self.sock.fileno(), prefix, context_id, command, data, self.peer_max_pdu)
+            _native.send_message(self.sock.fileno(), prefix, context_id, command, data, self.peer_max_pdu,
+                                 self.dimse_timeout())
             return True
         except OSError as exc:
             log.warning("%s to %s not delivered: %s", what or "?", self._caller(), exc)
@@ -235,6 +238,11 @@ class FastPath:
     def next_message_id(self) -> int:
         self._message_id = self._message_id % 0xFFFF + 1
         return self._message_id
+
+    def killed(self) -> bool:
+        """pynetdicom is ending this association (an abort, a server shutdown): stop at once."""
+        return bool(self.closed or getattr(self.dul, "_kill_thread", False)
+                    or getattr(self.assoc, "_kill", False))
 
     def acse_timeout(self) -> float:
         return float(self.assoc.acse_timeout or 30)
@@ -271,12 +279,10 @@ class FastPath:
         cx = self.contexts[context_id]
         comment: str | None = None
         if command_field == C_STORE_RSP:
-            if rsp_status == SUCCESS and self.get is None:
-                self._to_waiting_requestor(context_id, responded_to, sop_class, sop_uid)
-            else:
-                # no C-GET of ours is waiting for it (it ended: cancelled, or timed out)
-                log.warning("C-STORE-RSP from %s to message %d (0x%04X) answers no running request",
-                            self._caller(), responded_to, rsp_status or 0)
+            # A native retrieve reads its own responses; one arriving here is for a send_c_store()
+            # of pynetdicom's (a C-GET it serves on a context the native path does not take).
+            self._to_waiting_requestor(context_id, responded_to, sop_class, sop_uid,
+                                       SUCCESS if rsp_status is None else rsp_status)
             return
         if command_field == C_GET_RQ:
             assert self.get is not None  # the context is fast for C-GET only with a handler
@@ -316,14 +322,16 @@ class FastPath:
         self._send(_native.encode_response(context_id, rsp_field, message_id, sop_class, sop_uid, code,
                                            comment, self.peer_max_pdu), sop_uid)
 
-    def _to_waiting_requestor(self, context_id: int, responded_to: int, sop_class: str, sop_uid: str) -> None:
-        """A plain-Success C-STORE-RSP, as the primitive pynetdicom's DIMSE layer would have made
-        of it, for the send_c_store() waiting on this association's message queue."""
+    def _to_waiting_requestor(self, context_id: int, responded_to: int, sop_class: str, sop_uid: str,
+                              status: int = SUCCESS) -> None:
+        """A C-STORE-RSP, as the primitive pynetdicom's DIMSE layer would have made of it (its
+        status; an Error Comment the reader does not keep), for the send_c_store() waiting on this
+        association's message queue."""
         rsp = C_STORE()
         rsp.MessageIDBeingRespondedTo = responded_to
         rsp.AffectedSOPClassUID = sop_class
         rsp.AffectedSOPInstanceUID = sop_uid
-        rsp.Status = SUCCESS
+        rsp.Status = status
         self.assoc.dimse.msg_queue.put((context_id, rsp))
 
     def _send(self, pdus: bytes, what: str) -> bool:

@@ -31,25 +31,19 @@ import socket
 import ssl
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from io import BytesIO
 from typing import Any
 
-import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.uid import (
     UID,
-    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-from pynetdicom.dsutils import encode
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -70,6 +64,7 @@ from ..config import PeerConfig
 from ..engine import Engine
 from ..errors import DicomVaultError
 from ..readahead import read_ahead
+from ..transfer.transcode import can_transcode, transcode
 from . import command_set as cs
 from .common import log
 from .find import decode_identifier
@@ -96,8 +91,9 @@ ALL_FAILED = 0xA702  # out of resources: unable to perform sub-operations
 WARNING_STATUSES = frozenset({0x0001, 0xB000, 0xB006, 0xB007})
 DATASET_PRESENT = 0x0001
 NO_DATASET = 0x0101
-# Uncompressed syntaxes an object can be converted to, in the order we prefer them.
-UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
+US_MAX = 0xFFFF  # the counts are US: a retrieve of more objects reports the most a US holds
+# Syntaxes an object can be converted to, in the order we prefer them.
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"  # PS3.7 A.2.1, the DICOM application context
 A_RELEASE_RQ = b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00"
 A_ABORT_RQ = b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00"  # service user, no reason
@@ -147,69 +143,44 @@ class Offer:
 
     def choose(self, sop_class: str, stored: str) -> tuple[int, str] | None:
         """(context id, transfer syntax to send in): the stored syntax if accepted, else an
-        accepted uncompressed one; None if neither was."""
+        accepted little-endian uncompressed one the stored syntax converts to without loss
+        (transfer/transcode.py); None if neither was."""
         offered = self.by_class.get(sop_class, [])
         for cid, ts in offered:
             if ts == stored:
                 return cid, ts
         for want in UNCOMPRESSED:
             for cid, ts in offered:
-                if ts == want:
+                if ts == want and can_transcode(stored, ts):
                     return cid, ts
         return None
 
 
-# Binary VRs pydicom keeps as raw bytes, with their word size: what a change of byte order must
-# swap itself (numbers in US, SS, FL, ... are decoded values, which pydicom writes either way).
-_WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
-
-
-def _swap_words(ds: Dataset) -> None:
-    for elem in ds.iterall():
-        size = _WORD_SIZES.get(str(elem.VR))
-        if size and isinstance(elem.value, bytes | bytearray) and len(elem.value) % size == 0:
-            elem.value = np.frombuffer(elem.value, dtype=f"u{size}").byteswap().tobytes()
-
-
-def convert(raw: bytes, stored: str, target: str) -> bytes:
-    """The data set `raw` (in `stored`) in the uncompressed syntax `target`: decoded by pydicom,
-    its pixel data decompressed (pydicom's decoders: pylibjpeg, Pillow) when `stored` is a
-    compressed syntax, its words swapped when the byte order changes, and encoded again. Raises
-    on anything that cannot be converted."""
-    ts = UID(stored)
-    data = zlib.decompress(raw, -zlib.MAX_WBITS) if ts.is_deflated else raw
-    ds = read_dataset(BytesIO(data), ts.is_implicit_VR, ts.is_little_endian)
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ts
-    if ts.is_compressed:
-        # the same instance in another transfer syntax: its SOP Instance UID stays (PS3.5 10)
-        ds.decompress(generate_instance_uid=False)
-    out = UID(target)
-    if ts.is_little_endian != out.is_little_endian:
-        _swap_words(ds)
-    encoded = encode(ds, out.is_implicit_VR, out.is_little_endian)
-    if encoded is None:
-        raise ValueError(f"pydicom cannot encode the data set in {out.name}")
-    return encoded
+def _unsendable(m: Match, sop_class: str, ts: str, what: str) -> Outgoing:
+    why = f"no accepted transfer syntax for {sop_class} that {UID(ts).name} can be sent in"
+    log.warning("%s: %s not sent: %s", what, m.sop_uid, why)
+    return Outgoing(m.sop_uid, sop_class, error=why)
 
 
 def prepare(engine: Engine, offer: Offer, m: Match, what: str) -> Outgoing:
-    """Reads one matched object (its blob decoded and hash-checked) and makes it sendable."""
+    """Reads one matched object (its blob decoded and hash-checked) and makes it sendable. A
+    match that already names its class and syntax (C-MOVE) is checked against the offer first,
+    so nothing is read for an object that cannot be sent."""
+    if m.sop_class and m.transfer_syntax and offer.choose(m.sop_class, m.transfer_syntax) is None:
+        return _unsendable(m, m.sop_class, m.transfer_syntax, what)
     try:
         rec, ts, raw = engine.read_instance(m.sop_uid)
-    except DicomVaultError as exc:
+    except Exception as exc:  # noqa: BLE001 - an unreadable object fails its sub-operation only
         log.error("%s: cannot read %s: %s", what, m.sop_uid, exc)
         return Outgoing(m.sop_uid, m.sop_class, error=str(exc))
     sop_class = m.sop_class or rec.sop_class_uid
     choice = offer.choose(sop_class, ts)
     if choice is None:
-        why = f"no accepted transfer syntax for {sop_class} that {UID(ts).name} can be sent in"
-        log.warning("%s: %s not sent: %s", what, m.sop_uid, why)
-        return Outgoing(m.sop_uid, sop_class, error=why)
+        return _unsendable(m, sop_class, ts, what)
     cid, target = choice
     if target != ts:
         try:
-            raw = convert(raw, ts, target)
+            raw = transcode(ts, raw, target)
         except Exception as exc:  # noqa: BLE001 - any decoder failure fails this sub-operation only
             log.warning("%s: %s cannot be converted from %s to %s: %s", what, m.sop_uid, UID(ts).name,
                         UID(target).name, exc)
@@ -241,9 +212,9 @@ def retrieve_rsp(field: int, sop_class: str, message_id: int, status: int, count
         text = "".join(c for c in comment if c.isascii())[:64].rstrip()
         elements.append((0x0902, text.encode("ascii") + (b" " if len(text) % 2 else b"")))
     if remaining:
-        elements.append((0x1020, cs.us(counts.remaining)))
-    elements += [(0x1021, cs.us(counts.completed)), (0x1022, cs.us(counts.failed)),
-                 (0x1023, cs.us(counts.warning))]
+        elements.append((0x1020, cs.us(min(counts.remaining, US_MAX))))
+    elements += [(0x1021, cs.us(min(counts.completed, US_MAX))), (0x1022, cs.us(min(counts.failed, US_MAX))),
+                 (0x1023, cs.us(min(counts.warning, US_MAX)))]
     return cs.pack(elements)
 
 
@@ -300,7 +271,8 @@ class SubAssociation:
 
     def send_store(self, prefix: bytes, context_id: int, command: bytes, data: bytes, what: str) -> bool:
         try:
-            _native.send_message(self.sock.fileno(), prefix, context_id, command, data, self.max_pdu)
+            _native.send_message(self.sock.fileno(), prefix, context_id, command, data, self.max_pdu,
+                                 self.op.io.dimse_timeout())
             return True
         except OSError as exc:
             log.warning("C-MOVE: %s not delivered to the destination: %s", what, exc)
@@ -397,13 +369,26 @@ def open_sub_association(peer: PeerConfig, calling: str, matches: list[Match], m
     except (OSError, AssociationRefused) as exc:
         sock.close()
         raise AssociationRefused(f"association with {where} failed: {exc}") from exc
+    try:
+        accepted, peer_max = _accepted(answer, contexts, where)
+    except AssociationRefused:
+        sock.close()
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a malformed answer makes the decoder raise
+        sock.close()
+        raise AssociationRefused(f"{where} sent an association answer that does not decode: {exc}") from exc
+    return SubAssociation(sock, reader, Offer(accepted), peer_max, op, originator, pump)
+
+
+def _accepted(answer: bytes, contexts: list[PresentationContext], where: str
+              ) -> tuple[list[tuple[int, str, str]], int]:
+    """(accepted (context id, SOP Class, syntax), the peer's maximum PDU length) of an
+    A-ASSOCIATE-AC; AssociationRefused for a rejection or another PDU."""
     if answer[0] == PDU_ASSOCIATE_RJ:
         rj = A_ASSOCIATE_RJ()
         rj.decode(answer)
-        sock.close()
         raise AssociationRefused(f"{where} rejected the association ({rj.reason_str})")
     if answer[0] != PDU_ASSOCIATE_AC:
-        sock.close()
         raise AssociationRefused(f"{where} answered the association request with PDU type 0x{answer[0]:02X}")
     ac = A_ASSOCIATE_AC()
     ac.decode(answer)
@@ -414,7 +399,7 @@ def open_sub_association(peer: PeerConfig, calling: str, matches: list[Match], m
                 if r.result == 0 and int(r.context_id) in by_id and r.transfer_syntax]
     peer_max = next((int(i.maximum_length_received or 0) for i in prim.user_information
                      if isinstance(i, MaximumLengthNotification)), 0)
-    return SubAssociation(sock, reader, Offer(accepted), peer_max, op, originator, pump)
+    return accepted, peer_max
 
 
 def _first_pdu(reader: Any, timeout: float) -> bytes:
@@ -424,6 +409,8 @@ def _first_pdu(reader: Any, timeout: float) -> bytes:
         for out in outs:
             if out[0] == "pdu":
                 return bytes(out[1])
+            if out[0] == "error":
+                raise AssociationRefused(f"unreadable answer ({out[1]})")
         if state == "closed":
             raise AssociationRefused(f"connection closed ({reason or 'no answer'})")
         if time.monotonic() >= deadline:
@@ -431,6 +418,15 @@ def _first_pdu(reader: Any, timeout: float) -> bytes:
 
 
 # -- the operation ---------------------------------------------------------------------------------
+
+WAKE_S = 0.5  # longest wait between looks at whether the association is being killed
+
+
+def ends_association(out: tuple[Any, ...]) -> bool:
+    """A reader output that ends the association: a protocol error, an A-ABORT or an
+    A-RELEASE-RQ (any other PDU, a P-DATA for pynetdicom included, is acted on afterwards)."""
+    return out[0] == "error" or (out[0] == "pdu" and bytes(out[1][:1]) in (b"\x05", b"\x07"))
+
 
 class NativeRetrieve:
     """One C-GET or C-MOVE, run by the requestor association's reader thread. `io` is its
@@ -455,6 +451,8 @@ class NativeRetrieve:
         self.implicit = str(cx.transfer_syntax[0]) == ImplicitVRLittleEndian
         self.cancelled = False
         self.gone = False  # the requestor's association ended during the operation
+        self.dest_failed = False  # C-MOVE: the destination went away or stopped answering
+        self.counts: Counts | None = None
         self.unsent = b""  # the last pending response, sent with the next write on the association
 
     # responses on the requestor's association
@@ -472,28 +470,38 @@ class NativeRetrieve:
         self.unsent = b""
 
     def run(self) -> None:
+        """The whole operation; whatever fails, the requestor gets a final response (unless its
+        association is gone) and the reader thread goes on."""
+        try:
+            self._run(Counts(0))
+        except Exception as exc:  # noqa: BLE001 - answer the requestor, keep the association
+            log.exception("%s from %s failed", self.what, self.io.caller())
+            if not self.gone:
+                self._final(PROCESSING_FAILURE, self.counts or Counts(0), f"retrieve failed: {exc}")
+
+    def _run(self, counts: Counts) -> None:
         caller = self.io.caller()
         try:
             identifier = decode_identifier(self.raw, self.implicit)
             identifier.get("QueryRetrieveLevel")  # pydicom decodes lazily: fail here
         except Exception as exc:  # noqa: BLE001 - any decoding failure is the peer's bad identifier
             log.warning("%s from %s: identifier cannot be decoded: %s", self.what, caller, exc)
-            self._final(CANNOT_DECODE_IDENTIFIER, Counts(0), f"cannot decode identifier: {exc}")
+            self._final(CANNOT_DECODE_IDENTIFIER, counts, f"cannot decode identifier: {exc}")
             return
         peer = None
         if self.move_to is not None:
             peer = self.peers.get(self.move_to) if self.peers is not None else None
             if peer is None:
                 log.warning("C-MOVE from %s refused: unknown move destination %r", caller, self.move_to)
-                self._final(MOVE_DESTINATION_UNKNOWN, Counts(0), f"unknown move destination {self.move_to}")
+                self._final(MOVE_DESTINATION_UNKNOWN, counts, f"unknown move destination {self.move_to}")
                 return
         try:
             matches = resolve(self.engine, identifier, self.model, syntaxes=peer is not None)
         except RetrieveError as exc:
             log.warning("%s from %s refused (0x%04X): %s", self.what, caller, exc.code, exc)
-            self._final(exc.code, Counts(0), str(exc))
+            self._final(exc.code, counts, str(exc))
             return
-        counts = Counts(len(matches))
+        counts = self.counts = Counts(len(matches))
         if not matches:
             self._final(SUCCESS, counts)
             return
@@ -508,26 +516,17 @@ class NativeRetrieve:
                 dest = open_sub_association(peer, self.our_ae, matches, int(self.io.local_max_pdu),
                                             tls_context, float(self.io.acse_timeout()), self,
                                             (caller, self.message_id))
-            except AssociationRefused as exc:
+            except (AssociationRefused, OSError, ValueError) as exc:
                 log.warning("C-MOVE from %s: %s", caller, exc)
-                for m in matches:
-                    counts.remaining -= 1
-                    counts.fail(m.sop_uid)
+                self._fail_rest(matches, 0, counts)
                 self._final(ALL_FAILED, counts, str(exc))
                 return
         loads = read_ahead(lambda m: prepare(self.engine, dest.offer, m, self.what), matches)
-        clean = False
         try:
-            self._sub_operations(dest, loads, counts)
-            clean = not self.gone
-        except Exception as exc:  # noqa: BLE001 - answer the requestor, keep the association
-            log.exception("%s from %s failed", self.what, caller)
-            if not self.gone:
-                self._final(PROCESSING_FAILURE, counts, f"retrieve failed: {exc}")
-            return
+            self._sub_operations(dest, loads, matches, counts)
         finally:
             loads.close()
-            dest.close(clean)
+            dest.close(not (self.gone or self.dest_failed))
         if self.gone:
             return
         if self.cancelled:
@@ -544,9 +543,10 @@ class NativeRetrieve:
                  counts.failed, counts.warning)
         self._final(status, counts)
 
-    def _sub_operations(self, dest: SameAssociation | SubAssociation, loads: Any, counts: Counts) -> None:
+    def _sub_operations(self, dest: SameAssociation | SubAssociation, loads: Any, matches: list[Match],
+                        counts: Counts) -> None:
         same = isinstance(dest, SameAssociation)
-        for _, fut in loads:
+        for i, (_, fut) in enumerate(loads):
             if self.cancelled or self.gone:
                 return
             out: Outgoing = fut.result()
@@ -557,23 +557,21 @@ class NativeRetrieve:
                 msg_id = dest.next_message_id()
                 command = store_rq(out.sop_class, out.sop_uid, msg_id, dest.originator)
                 # on the same association, the previous pending response leaves with this request
-                if not dest.send_store(self.unsent if same else b"", out.context_id, command, out.data,
-                                       out.sop_uid):
+                sent = dest.send_store(self.unsent if same else b"", out.context_id, command, out.data,
+                                       out.sop_uid)
+                if sent and same:
+                    self.unsent = b""
+                status = dest.await_response(msg_id, out.sop_uid) if sent else None
+                if status is None:
                     if same:
                         self.gone = True
-                    else:
+                    else:  # the destination failed: this one and the rest, none of them read
+                        self.dest_failed = True
                         counts.fail(out.sop_uid)
-                        self._fail_rest(loads, counts)
-                    return
-                if same:
-                    self.unsent = b""
-                status = dest.await_response(msg_id, out.sop_uid)
-                if status is None:
-                    if not same and not self.gone:
-                        counts.fail(out.sop_uid)  # the destination went away
-                        self._fail_rest(loads, counts)
-                    return
-                if status == SUCCESS:
+                        self._fail_rest(matches, i + 1, counts)
+                    if self.gone:
+                        return
+                elif status == SUCCESS:
                     counts.completed += 1
                 elif status in WARNING_STATUSES:
                     counts.warning += 1
@@ -588,35 +586,42 @@ class NativeRetrieve:
                     self.gone = True
                     return
                 self.unsent = b""
+            if self.dest_failed:
+                return
 
-    def _fail_rest(self, loads: Any, counts: Counts) -> None:
-        for m, _ in loads:
+    @staticmethod
+    def _fail_rest(matches: list[Match], start: int, counts: Counts) -> None:
+        for m in matches[start:]:
             counts.remaining -= 1
             counts.fail(m.sop_uid)
 
     # reading
     def read_until(self, reader: Any, msg_id: int, sop_uid: str, *, destination: bool = False) -> int | None:
         """The status of the C-STORE-RSP to `msg_id` from `reader` (None if that association
-        ended or timed out). On the requestor's own association a C-CANCEL for this operation is
-        noted and anything else is kept, in order, for after the operation."""
+        ended, timed out, or the requestor's association is being killed). On the requestor's own
+        association a C-CANCEL for this operation is noted, an A-ABORT or A-RELEASE-RQ ends it,
+        and anything else is kept, in order, for after the operation."""
         timeout = self.io.dimse_timeout()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            left = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            if self.io.killed():
+                self.gone = True
+                return None
+            left = WAKE_S if deadline is None else min(WAKE_S, max(0.0, deadline - time.monotonic()))
             outs, state, reason = reader.next(None, left)
             status = None
             for out in outs:
                 if out[0] == "msg" and out[2] == C_STORE_RSP and out[7] == msg_id:
                     status = int(out[8]) if out[8] is not None else PROCESSING_FAILURE
                 elif destination:
-                    if out[0] != "msg":
+                    if ends_association(out):
                         log.warning("C-MOVE: the destination ended the association during %s", sop_uid)
-                        return None  # A-ABORT or A-RELEASE-RQ from the destination
+                        return None
                 elif out[0] == "msg" and out[2] == C_CANCEL_RQ and out[7] == self.message_id:
                     self.cancelled = True
                 else:
-                    if out[0] != "msg":
-                        self.gone = True  # A-ABORT, A-RELEASE-RQ or a protocol error mid-operation
+                    if ends_association(out):
+                        self.gone = True
                     self.io.queue_later(out)
             if state == "closed":
                 if destination:
@@ -645,7 +650,7 @@ class NativeRetrieve:
             if out[0] == "msg" and out[2] == C_CANCEL_RQ and out[7] == self.message_id:
                 self.cancelled = True
             else:
-                if out[0] != "msg":
+                if ends_association(out):
                     self.gone = True
                 self.io.queue_later(out)
         if state == "closed":

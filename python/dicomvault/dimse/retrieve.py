@@ -1,4 +1,6 @@
-"""C-MOVE and C-GET SCP (Patient Root and Study Root; patient/study/series/image level).
+"""C-MOVE and C-GET SCP through pynetdicom (Patient Root and Study Root; patient/study/series/image
+level): the path of `fast_path = false` and of GET/MOVE contexts in other than little-endian
+syntaxes; the usual path is dimse/fastretrieve.py, which shares `resolve` and `move_contexts`.
 
 The C-STORE sub-operations send the stored dataset bytes as they are (hash-verified by
 `Engine.read_dataset`) when the negotiated transfer syntax is the stored one: no pydicom decode,
@@ -203,14 +205,14 @@ def handle_get(event: Any, engine: Engine) -> Iterator[Any]:
 
 def move_contexts(matches: list[Match]) -> list[PresentationContext]:
     """Contexts for the sub-association: each (SOP class, stored syntax) exactly, so the stored
-    bytes can go out as they are; then, for uncompressed objects, the two basic little-endian
-    syntaxes as a fallback the peer may prefer. At most 128 (PS3.8)."""
+    bytes can go out as they are; then, per SOP class, the two basic little-endian syntaxes as
+    a fallback the peer may prefer (a compressed object is decompressed to one of them on the
+    native path, dimse/fastretrieve.py). At most 128 (PS3.8)."""
     exact: dict[tuple[str, str], None] = {}
     fallback: dict[str, None] = {}
     for m in matches:
         exact[(m.sop_class, m.transfer_syntax)] = None
-        if not UID(m.transfer_syntax).is_compressed:
-            fallback[m.sop_class] = None
+        fallback[m.sop_class] = None
     contexts = [build_context(c, [ts]) for c, ts in exact]
     contexts += [build_context(c, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]) for c in fallback]
     if len(contexts) > MAX_CONTEXTS:

@@ -151,11 +151,11 @@ class DimseServer:
         self._tls_lock = threading.Lock()
         self._tls_ctx: ssl.SSLContext | None = None
 
-    def _tls_client(self) -> ssl.SSLContext | None:
-        """Our client side of DICOM TLS (made once; None without [dimse] TLS settings)."""
-        d = self.config.dimse
-        if self._tls_ctx is None and (d.tls_cert is not None or d.tls_ca is not None):
-            self._tls_ctx = tls.client_context(d)
+    def _tls_client(self) -> ssl.SSLContext:
+        """Our client side of DICOM TLS, made once (peers verified against tls_ca, else the
+        system's roots, as tls.associate_args does for pynetdicom's associations)."""
+        if self._tls_ctx is None:
+            self._tls_ctx = tls.client_context(self.config.dimse)
         return self._tls_ctx
 
     def _connect(self, peer: PeerConfig) -> dict[str, Any]:

@@ -6,8 +6,9 @@ deployed: addressed by IP, certificates issued by a site CA), not by host name; 
 a peer's certificate is checked against the system's trusted roots. The TLS listener serves every
 service the plain one does: tls_relay.py terminates TLS and relays each association to the plain
 listener (in the server process, or in each receiver process with `workers`), so both take the
-native fast path. Our own associations to TLS peers (C-MOVE, commitment reports, forwarding) are
-pynetdicom's, on a TLS socket.
+native fast path. A native C-MOVE reaches a TLS destination through a socket pair pumped by
+tls_relay.pump_tls; commitment reports, forwarding and pynetdicom's own C-MOVE use pynetdicom on
+a TLS socket.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 
 from .common import log
 
@@ -53,13 +54,20 @@ def pump_tls(secure: ssl.SSLSocket, plain: socket.socket) -> None:
     buf = bytearray(RELAY_BUF)
     view = memoryview(buf)
     secure_open = True
+    # poll, not select: a server with its index and volumes open can hold descriptors past 1024
+    poller = select.poll()
+    poller.register(secure, select.POLLIN)
+    poller.register(plain, select.POLLIN)
+    fds = {secure.fileno(): secure, plain.fileno(): plain}
     try:
         while True:
             if secure_open and secure.pending():
-                ready = [secure]  # decrypted bytes already buffered: select would not see them
+                ready = [secure]  # decrypted bytes already buffered: poll would not see them
             else:
-                ready, _, _ = select.select([secure, plain] if secure_open else [plain], [], [])
+                ready = [fds[fd] for fd, _ in poller.poll()]
             for s in ready:
+                if s is secure and not secure_open:
+                    continue
                 if s is secure:
                     n, eof = _read_records(secure, view)
                     if quickack:
@@ -68,6 +76,7 @@ def pump_tls(secure: ssl.SSLSocket, plain: socket.socket) -> None:
                         plain.sendall(view[:n])
                     if eof:
                         secure_open = False  # the TLS peer is done sending; let the plain side finish
+                        poller.unregister(secure)
                         with_shutdown(plain, socket.SHUT_WR)
                 else:
                     n = plain.recv_into(buf)
@@ -156,19 +165,29 @@ def tls_acceptor(listen: socket.socket, ctx: ssl.SSLContext, scp_addr: tuple[str
             with lock:
                 active[0] -= 1
 
+    poller = select.poll()
+    poller.register(listen, select.POLLIN)
     while not stop.is_set():
         try:
-            ready, _, _ = select.select([listen], [], [], 0.5)
-            if not ready:
+            if not poller.poll(500):
                 continue
             conn, _addr = listen.accept()
         except BlockingIOError:
             continue  # another receiver took it
-        except OSError:
+        except OSError as exc:
             if stop.is_set():
                 return
-            raise
+            # out of descriptors, a connection reset before it was accepted: the port stays served
+            log.warning("DICOM TLS port: accept failed: %s", exc)
+            time.sleep(0.1)
+            continue
         conn.setblocking(True)
         with lock:
             active[0] += 1
-        threading.Thread(target=run, args=(conn,), name="dv-tls-relay", daemon=True).start()
+        try:
+            threading.Thread(target=run, args=(conn,), name="dv-tls-relay", daemon=True).start()
+        except RuntimeError as exc:  # no thread to be had: refuse this one, not the port
+            log.warning("DICOM TLS port: connection refused: %s", exc)
+            conn.close()
+            with lock:
+                active[0] -= 1

@@ -148,7 +148,7 @@ class Forwarder:
                 assoc.release()
 
     def _send_one(self, assoc: Any, accepted: set[tuple[str, str]], rec: InstanceRecord, tmp: str) -> None:
-        data = self.engine.read_file(rec.sop_uid)
+        data = self.engine.read_file(rec.sop_uid, background=True)  # the compactor need not wait
         if (rec.sop_class_uid, rec.transfer_syntax) in accepted:
             path = os.path.join(tmp, "obj.dcm")
             with open(path, "wb") as f:

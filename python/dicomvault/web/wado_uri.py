@@ -16,8 +16,9 @@ from starlette.routing import Route
 from ..auth.roles import READ
 from ..errors import NotAcceptableError, NotFoundError, RequestError
 from ..filemeta import file_meta_prefix
+from ..transfer import transcode
 from .context import WebContext
-from .dicomweb import render, transcode
+from .dicomweb import render
 from .dicomweb.pixels import FrameSource
 from .dicomweb.routes import check_uid, records_of
 from .responses import float_param, int_param

@@ -54,7 +54,7 @@ from pydicom.uid import UID
 from pydicom.valuerep import TEXT_VR_DELIMS, PersonName
 
 from ...errors import MalformedError, NotFoundError, RequestError
-from .syntaxes import inflate
+from ...transfer.syntaxes import inflate
 
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 # PS3.18 8.7.5: the VRs whose values may be sent as bulk data.

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from ...errors import NotAcceptableError, RequestError
-from .syntaxes import DEFAULT_SYNTAX_FOR_MEDIA_TYPE, SYNTAXES
+from ...transfer.syntaxes import DEFAULT_SYNTAX_FOR_MEDIA_TYPE, SYNTAXES
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"

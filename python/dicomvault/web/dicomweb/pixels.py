@@ -19,8 +19,8 @@ from pydicom.filereader import read_dataset
 from pydicom.pixels import get_decoder
 
 from ...errors import MalformedError, NotAcceptableError, NotFoundError, RequestError
-from . import syntaxes
-from .syntaxes import inflate
+from ...transfer import syntaxes
+from ...transfer.syntaxes import inflate
 
 PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)  # Float, Double Float, Pixel Data
 _ITEM = 0xFFFEE000

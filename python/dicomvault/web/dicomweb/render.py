@@ -20,7 +20,7 @@ from pydicom.pixels import apply_color_lut
 
 from ... import kernels
 from ...errors import NotAcceptableError, RequestError
-from . import syntaxes
+from ...transfer import syntaxes
 from .pixels import FrameSource
 
 MEDIA_TYPES = ("image/jpeg", "image/png")

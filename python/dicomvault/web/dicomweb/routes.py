@@ -26,10 +26,11 @@ from ...errors import NotAcceptableError, NotFoundError, RequestError, UnknownOb
 from ...filemeta import file_meta_prefix
 from ...index.records import InstanceRecord
 from ...readahead import read_ahead
+from ...transfer import transcode
 from ..context import WebContext
 from ..responses import base_url, int_param
 from ..security import secured
-from . import media, multipart, qido, render, stow, transcode
+from . import media, multipart, qido, render, stow
 from .json_model import bulk_value
 from .metadata import MetadataCache, MetadataService
 from .pixels import FrameSource, native_frame_bytes

@@ -1,4 +1,5 @@
-"""Lossless transfer-syntax changes for WADO-RS retrieves that ask for a syntax other than the stored one.
+"""Lossless transfer-syntax changes for retrieves that ask for a syntax other than the stored one
+(WADO-RS `Accept`, a DIMSE peer that did not accept the stored syntax).
 
 Only changes that keep every stored value: between the native little endian syntaxes, big endian or
 deflated to little endian, any decodable encapsulated syntax to explicit VR little endian (the
@@ -20,7 +21,7 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import correct_ambiguous_vr, write_dataset
 from pydicom.pixels import get_decoder
 
-from ...errors import MalformedError, NotAcceptableError
+from ..errors import MalformedError, NotAcceptableError
 from . import syntaxes
 from .syntaxes import inflate
 

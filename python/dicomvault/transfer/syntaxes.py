@@ -9,7 +9,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from ...errors import MalformedError, NotAcceptableError
+from ..errors import MalformedError, NotAcceptableError
 
 OCTET_STREAM = "application/octet-stream"
 

@@ -8,6 +8,14 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
+# Command Field values (PS3.7 E.1), for every module that reads or writes command sets
+C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
+C_GET_RQ, C_GET_RSP = 0x0010, 0x8010
+C_FIND_RQ, C_FIND_RSP = 0x0020, 0x8020
+C_MOVE_RQ, C_MOVE_RSP = 0x0021, 0x8021
+C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
+C_CANCEL_RQ = 0x0FFF
+
 _ELEMENT = struct.Struct("<HHI")  # group, element, value length
 _US = struct.Struct("<H")
 _UL = struct.Struct("<I")

@@ -51,16 +51,23 @@ from pynetdicom.sop_class import (
 )
 
 from .. import _native
-from .fastretrieve import C_GET_RQ, C_MOVE_RQ, GET_MODELS, MOVE_MODELS
+from .command_set import (
+    C_CANCEL_RQ,
+    C_ECHO_RQ,
+    C_ECHO_RSP,
+    C_FIND_RQ,
+    C_FIND_RSP,
+    C_GET_RQ,
+    C_MOVE_RQ,
+    C_STORE_RQ,
+    C_STORE_RSP,
+)
+from .fastretrieve import GET_MODELS, MOVE_MODELS
 from .find import PENDING, FindHandler, command_set, decode_identifier
 from .status import CANNOT_DECODE_IDENTIFIER, PROCESSING_FAILURE, SUCCESS
 
 log = logging.getLogger("dicomvault.dimse")
 
-C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
-C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
-C_FIND_RQ, C_FIND_RSP = 0x0020, 0x8020
-C_CANCEL_RQ = 0x0FFF
 FIND_MODELS = (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind)
 LITTLE_ENDIAN = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
 # C-FIND pending responses per send: FIRST, doubling up to MAX, or BYTES, whichever comes first
@@ -205,9 +212,10 @@ class FastPath:
 
     def summary(self) -> None:
         """One INFO line for what this association did here (per-object lines are DEBUG)."""
-        if self.stored or self.refused or self.finds:
-            log.info("association from %s: %d object(s) stored (%.1f MB), %d refused, %d C-FIND(s)",
-                     self._caller(), self.stored, self.stored_bytes / 1e6, self.refused, self.finds)
+        if self.stored or self.refused or self.finds or self.gets:
+            log.info("association from %s: %d object(s) stored (%.1f MB), %d refused, %d C-FIND(s), "
+                     "%d C-GET/C-MOVE(s)", self._caller(), self.stored, self.stored_bytes / 1e6, self.refused,
+                     self.finds, self.gets)
 
     def leftover(self) -> int:
         """Bytes read but not yet a whole PDU (checked when pynetdicom takes the socket back)."""

@@ -32,6 +32,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,32 +64,29 @@ from .. import _native
 from ..config import PeerConfig
 from ..engine import Engine
 from ..errors import DicomVaultError
-from ..readahead import read_ahead
+from ..readahead import read_ahead, submit
 from ..transfer.transcode import can_transcode, transcode
 from . import command_set as cs
+from .command_set import C_CANCEL_RQ, C_GET_RSP, C_MOVE_RSP, C_STORE_RQ, C_STORE_RSP
 from .common import log
 from .find import decode_identifier
 from .peers import Peers
 from .retrieve import Match, RetrieveError, move_contexts, resolve
 from .status import (
+    ALL_FAILED,
     CANCEL,
     CANNOT_DECODE_IDENTIFIER,
     MOVE_DESTINATION_UNKNOWN,
     PENDING,
     PROCESSING_FAILURE,
+    SUB_OPERATIONS_FAILED,
     SUCCESS,
+    WARNING_STATUSES,
 )
 from .tls_relay import pump_tls
 
 GET_MODELS = (PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet)
 MOVE_MODELS = (PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove)
-C_GET_RQ, C_GET_RSP = 0x0010, 0x8010
-C_MOVE_RQ, C_MOVE_RSP = 0x0021, 0x8021
-C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
-C_CANCEL_RQ = 0x0FFF
-SUB_OPERATIONS_FAILED = 0xB000  # complete, one or more failures or warnings
-ALL_FAILED = 0xA702  # out of resources: unable to perform sub-operations
-WARNING_STATUSES = frozenset({0x0001, 0xB000, 0xB006, 0xB007})
 DATASET_PRESENT = 0x0001
 NO_DATASET = 0x0101
 US_MAX = 0xFFFF  # the counts are US: a retrieve of more objects reports the most a US holds
@@ -239,7 +237,6 @@ class SameAssociation:
         self.io = io
         self.op = op
         self.offer = Offer.as_scu_on(io.contexts)
-        self.max_pdu = io.peer_max_pdu
         self.originator: tuple[str, int] | None = None
 
     def send_store(self, prefix: bytes, context_id: int, command: bytes, data: bytes, what: str) -> bool:
@@ -495,8 +492,17 @@ class NativeRetrieve:
                 log.warning("C-MOVE from %s refused: unknown move destination %r", caller, self.move_to)
                 self._final(MOVE_DESTINATION_UNKNOWN, counts, f"unknown move destination {self.move_to}")
                 return
+        # A C-GET's offer is known now: its first object is read while the rest is listed.
+        get_dest = SameAssociation(self.io, self) if peer is None else None
+        first: list[Future[Outgoing]] = []
+
+        def start_first(m: Match) -> None:
+            if get_dest is not None:
+                first.append(submit(lambda x: prepare(self.engine, get_dest.offer, x, self.what), m))
+
         try:
-            matches = resolve(self.engine, identifier, self.model, syntaxes=peer is not None)
+            matches = resolve(self.engine, identifier, self.model, syntaxes=peer is not None,
+                              on_first=start_first)
         except RetrieveError as exc:
             log.warning("%s from %s refused (0x%04X): %s", self.what, caller, exc.code, exc)
             self._final(exc.code, counts, str(exc))
@@ -505,9 +511,9 @@ class NativeRetrieve:
         if not matches:
             self._final(SUCCESS, counts)
             return
-        if peer is None:
+        if get_dest is not None:
             log.info("C-GET from %s: %d instances", caller, len(matches))
-            dest: SameAssociation | SubAssociation = SameAssociation(self.io, self)
+            dest: SameAssociation | SubAssociation = get_dest
         else:
             log.info("C-MOVE from %s: %d instances to %s (%s:%d)", caller, len(matches), peer.ae_title,
                      peer.host, peer.port)
@@ -521,7 +527,8 @@ class NativeRetrieve:
                 self._fail_rest(matches, 0, counts)
                 self._final(ALL_FAILED, counts, str(exc))
                 return
-        loads = read_ahead(lambda m: prepare(self.engine, dest.offer, m, self.what), matches)
+        loads = read_ahead(lambda m: prepare(self.engine, dest.offer, m, self.what), matches,
+                           first[0] if first else None)
         try:
             self._sub_operations(dest, loads, matches, counts)
         finally:

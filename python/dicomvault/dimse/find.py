@@ -33,6 +33,7 @@ from .. import _native  # type: ignore[attr-defined]
 from ..engine import Engine
 from ..index import QueryError
 from . import command_set as cs
+from .command_set import C_FIND_RSP
 from .common import calling_ae, log, status
 from .status import CANCEL, IDENTIFIER_DOES_NOT_MATCH, PENDING, SUCCESS
 
@@ -231,7 +232,6 @@ def decode_identifier(raw: bytes, implicit: bool) -> Dataset:
 
 # -- sending pending responses -------------------------------------------------------------------
 
-C_FIND_RSP = 0x8020
 DATASET_PRESENT = 0x0001  # pynetdicom's value; anything but 0x0101 means "a dataset follows"
 
 

@@ -20,6 +20,11 @@ PENDING = 0xFF00
 CANCEL = 0xFE00
 OUT_OF_RESOURCES_IO = 0xA701  # same family: the store failed for a local reason (I/O, index)
 MOVE_DESTINATION_UNKNOWN = 0xA801
+# C-GET/C-MOVE final statuses (PS3.4 C.4.2.1.5, C.4.3.1.4)
+ALL_FAILED = 0xA702  # out of resources: unable to perform sub-operations (every one failed)
+SUB_OPERATIONS_FAILED = 0xB000  # complete, one or more failures or warnings
+# C-STORE warnings a sub-operation can answer (PS3.4 B.2.3): counted as warnings, not failures
+WARNING_STATUSES = frozenset({0x0001, 0xB000, 0xB006, 0xB007})
 IDENTIFIER_DOES_NOT_MATCH = 0xA900  # C-FIND/C-MOVE/C-GET: identifier does not match SOP class
 UNABLE_TO_PROCESS = 0xC000
 PROCESSING_FAILURE = 0xC211  # what pynetdicom answers when a handler raises

@@ -661,12 +661,6 @@ class Planner:
         cf = {PATIENT: CF_PATIENTS, STUDY: CF_STUDIES, SERIES: CF_SERIES, IMAGE: CF_INSTANCES}[level]
         return scan_keys(self.cfs[cf], b"", None)
 
-    def candidates(self, level: str, matchers: list[Matcher], stats: QueryStats | None = None
-                   ) -> Iterator[bytes]:
-        """Deduplicated candidate keys at ``level``."""
-        src, _ = self.choose(level, matchers, stats)
-        return self._keys_from(src, level, stats)
-
     def _keys_from(self, src: Source | None, level: str, stats: QueryStats | None) -> Iterator[bytes]:
         if stats is not None:
             stats.source = src.name if src else "full-scan"

@@ -51,8 +51,8 @@ META_STATS = b"stats"
 # One LRU cache of uncompressed blocks for every column family of every index this process
 # opens (RocksDB's default is 8 MB per column family). Why: at a million instances a study
 # query's records sit in blocks a cold 8 MB cache had to read and decompress again (measured:
-# a third of a 120-match date-range query); the capacity is also the bound on what index reads
-# hold in memory. DICOMVAULT_INDEX_CACHE_MB sets it.
+# a third of a 120-match date-range query). The capacity bounds the data blocks reads keep
+# (index and filter blocks and the memtables are outside it). DICOMVAULT_INDEX_CACHE_MB sets it.
 BLOCK_CACHE_MB = 256
 _block_cache: Cache | None = None
 

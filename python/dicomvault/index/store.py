@@ -774,11 +774,19 @@ class Index:
     def sop_uids_of(self, level: str, uid: str) -> list[str]:
         """The SOP Instance UIDs of instances_of(level, uid), in the same order, read from the
         hierarchy index alone (no instance record decoded: a C-GET's first image waits on it)."""
+        return list(self.iter_sop_uids_of(level, uid))
+
+    def iter_sop_uids_of(self, level: str, uid: str) -> Iterator[str]:
+        """sop_uids_of, as the index is read (a C-GET starts reading its first object while the
+        rest of the study is being listed)."""
         self._check_open()
         if self._level(level) == "instance":
-            return [uid] if self.get_instance(uid) is not None else []
-        return [secondary.sop_from_hierarchy_key(k) for p in self._hierarchy_prefixes(level, uid)
-                for k in scan_keys(self._cfs[CF_IDX], p, keys.prefix_upper_bound(p))]
+            if self.get_instance(uid) is not None:
+                yield uid
+            return
+        for p in self._hierarchy_prefixes(level, uid):
+            for k in scan_keys(self._cfs[CF_IDX], p, keys.prefix_upper_bound(p)):
+                yield secondary.sop_from_hierarchy_key(k)
 
     def _hierarchy_prefixes(self, level: str, uid: str) -> list[bytes]:
         """Hierarchy index prefixes of the series under a patient/study/series, in series order."""

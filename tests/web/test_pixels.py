@@ -18,7 +18,8 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
 from dicomvault.engine import Engine
 from dicomvault.errors import NotAcceptableError, NotFoundError, RequestError
-from dicomvault.web.dicomweb import pixels, syntaxes
+from dicomvault.transfer import syntaxes
+from dicomvault.web.dicomweb import pixels
 from dicomvault.web.dicomweb.pixels import FrameIndexCache, FrameSource, decoded_frame, native_frame_bytes
 from dv_corpus import corpus_dirs, corpus_files, split_part10
 

@@ -518,7 +518,8 @@ class NativeRetrieve:
             log.info("C-MOVE from %s: %d instances to %s (%s:%d)", caller, len(matches), peer.ae_title,
                      peer.host, peer.port)
             try:
-                tls_context = self.tls_context() if self.tls_context else None
+                # made on first use only: loading the trust roots costs ~30 ms
+                tls_context = self.tls_context() if peer.tls and self.tls_context else None
                 dest = open_sub_association(peer, self.our_ae, matches, int(self.io.local_max_pdu),
                                             tls_context, float(self.io.acse_timeout()), self,
                                             (caller, self.message_id))

@@ -139,17 +139,29 @@ def _get(archive: Archive, contexts: list[Any], study: str) -> tuple[list[tuple[
                     event.request.DataSet.getvalue()))
         return 0x0000
 
-    assoc = associate(archive, [build_context(StudyRootQueryRetrieveInformationModelGet), *contexts],
-                      ext_neg=[build_role(CTImageStorage, scp_role=True)],
-                      evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    q = Dataset()
-    q.QueryRetrieveLevel = "STUDY"
-    q.StudyInstanceUID = study
+    assoc = _get_association(archive, contexts, on_store)
     try:
-        rsps = [(s, i) for s, i in assoc.send_c_get(q, StudyRootQueryRetrieveInformationModelGet)]
+        rsps = [(s, i) for s, i in assoc.send_c_get(_study(study), StudyRootQueryRetrieveInformationModelGet)]
     finally:
         assoc.release()
     return got, rsps
+
+
+def _get_association(archive: Archive, contexts: list[Any], on_store: Any,
+                     get_syntaxes: list[str] | None = None) -> Any:
+    """An association for C-GETs of CT: the GET model (in `get_syntaxes`, default pynetdicom's),
+    `contexts`, the SCP role for CT, `on_store` answering the sub-operations."""
+    get = (build_context(StudyRootQueryRetrieveInformationModelGet, get_syntaxes) if get_syntaxes
+           else build_context(StudyRootQueryRetrieveInformationModelGet))
+    return associate(archive, [get, *contexts], ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                     evt_handlers=[(evt.EVT_C_STORE, on_store)])
+
+
+def _study(study: str) -> Dataset:
+    q = Dataset()
+    q.QueryRetrieveLevel = "STUDY"
+    q.StudyInstanceUID = study
+    return q
 
 
 CT_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian,
@@ -335,15 +347,10 @@ def test_get_cancel_in_the_middle(stored: Archive) -> None:
             event.assoc.send_c_cancel(1, cx.context_id)
         return 0x0000
 
-    assoc = associate(stored, [build_context(StudyRootQueryRetrieveInformationModelGet),
-                               build_context(CTImageStorage, CT_SYNTAXES), build_context(Verification)],
-                      ext_neg=[build_role(CTImageStorage, scp_role=True)],
-                      evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    q = Dataset()
-    q.QueryRetrieveLevel = "STUDY"
-    q.StudyInstanceUID = CT_STUDY
+    contexts = [build_context(CTImageStorage, CT_SYNTAXES), build_context(Verification)]
+    assoc = _get_association(stored, contexts, on_store)
     try:
-        rsps = list(assoc.send_c_get(q, StudyRootQueryRetrieveInformationModelGet, msg_id=1))
+        rsps = list(assoc.send_c_get(_study(CT_STUDY), StudyRootQueryRetrieveInformationModelGet, msg_id=1))
         final = rsps[-1][0]
         assert final.Status == 0xFE00
         assert 2 <= final.NumberOfCompletedSuboperations < 6
@@ -369,15 +376,9 @@ def test_get_counts_what_the_requestor_refuses(stored: Archive) -> None:
         got.append(uid)
         return status_for(uid)
 
-    assoc = associate(stored, [build_context(StudyRootQueryRetrieveInformationModelGet),
-                               build_context(CTImageStorage, CT_SYNTAXES)],
-                      ext_neg=[build_role(CTImageStorage, scp_role=True)],
-                      evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    q = Dataset()
-    q.QueryRetrieveLevel = "STUDY"
-    q.StudyInstanceUID = CT_STUDY
+    assoc = _get_association(stored, [build_context(CTImageStorage, CT_SYNTAXES)], on_store)
     try:
-        final, ident = list(assoc.send_c_get(q, StudyRootQueryRetrieveInformationModelGet))[-1]
+        final, ident = list(assoc.send_c_get(_study(CT_STUDY), StudyRootQueryRetrieveInformationModelGet))[-1]
     finally:
         assoc.release()
     assert final.Status == 0xB000
@@ -429,12 +430,10 @@ class Destination:
 
 def _move(archive: Archive, dest: str, cancel_after: int | None = None) -> list[tuple[Any, Any]]:
     assoc = associate(archive, [build_context(StudyRootQueryRetrieveInformationModelMove)])
-    q = Dataset()
-    q.QueryRetrieveLevel = "STUDY"
-    q.StudyInstanceUID = CT_STUDY
     out = []
     try:
-        for status, ident in assoc.send_c_move(q, dest, StudyRootQueryRetrieveInformationModelMove, msg_id=1):
+        move = assoc.send_c_move(_study(CT_STUDY), dest, StudyRootQueryRetrieveInformationModelMove, msg_id=1)
+        for status, ident in move:
             out.append((status, ident))
             if cancel_after is not None and len(out) == cancel_after:
                 cx = assoc.accepted_contexts[0]
@@ -534,16 +533,11 @@ def test_get_served_by_pynetdicom_counts_a_refused_object(stored: Archive) -> No
             return 0xA700
         return 0x0000
 
-    assoc = associate(stored, [build_context(StudyRootQueryRetrieveInformationModelGet, ExplicitVRBigEndian),
-                               build_context(CTImageStorage, CT_SYNTAXES)],
-                      ext_neg=[build_role(CTImageStorage, scp_role=True)],
-                      evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    q = Dataset()
-    q.QueryRetrieveLevel = "STUDY"
-    q.StudyInstanceUID = CT_STUDY
+    assoc = _get_association(stored, [build_context(CTImageStorage, CT_SYNTAXES)], on_store,
+                             [ExplicitVRBigEndian])
     t0 = time.monotonic()
     try:
-        final = list(assoc.send_c_get(q, StudyRootQueryRetrieveInformationModelGet))[-1][0]
+        final = list(assoc.send_c_get(_study(CT_STUDY), StudyRootQueryRetrieveInformationModelGet))[-1][0]
     finally:
         assoc.release()
     assert time.monotonic() - t0 < 20, "a sub-operation waited for a response that was dropped"

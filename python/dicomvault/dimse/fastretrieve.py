@@ -625,18 +625,13 @@ class NativeRetrieve:
                     if ends_association(out):
                         log.warning("C-MOVE: the destination ended the association during %s", sop_uid)
                         return None
-                elif out[0] == "msg" and out[2] == C_CANCEL_RQ and out[7] == self.message_id:
-                    self.cancelled = True
                 else:
-                    if ends_association(out):
-                        self.gone = True
-                    self.io.queue_later(out)
+                    self._from_requestor(out)
             if state == "closed":
                 if destination:
                     log.warning("C-MOVE: the destination closed the connection during %s", sop_uid)
                 else:
-                    self.io.closed_during(reason or "")
-                    self.gone = True
+                    self._requestor_closed(reason)
                 return None
             if self.gone:
                 return None
@@ -655,15 +650,23 @@ class NativeRetrieve:
         association without waiting."""
         outs, state, reason = self.io.reader.next(None, 0.0)
         for out in outs:
-            if out[0] == "msg" and out[2] == C_CANCEL_RQ and out[7] == self.message_id:
-                self.cancelled = True
-            else:
-                if ends_association(out):
-                    self.gone = True
-                self.io.queue_later(out)
+            self._from_requestor(out)
         if state == "closed":
-            self.io.closed_during(reason or "")
+            self._requestor_closed(reason)
+
+    def _from_requestor(self, out: tuple[Any, ...]) -> None:
+        """Something the requestor's association delivered during the operation: its C-CANCEL is
+        noted; an A-ABORT or A-RELEASE-RQ ends the operation; the rest waits, in order, for after."""
+        if out[0] == "msg" and out[2] == C_CANCEL_RQ and out[7] == self.message_id:
+            self.cancelled = True
+            return
+        if ends_association(out):
             self.gone = True
+        self.io.queue_later(out)
+
+    def _requestor_closed(self, reason: str | None) -> None:
+        self.io.closed_during(reason or "")
+        self.gone = True
 
 
 Handler = Callable[..., None]

@@ -11,6 +11,25 @@ pub fn hash(bytes: &[u8]) -> Hash {
     *blake3::hash(bytes).as_bytes()
 }
 
+/// Bytes hashed and then checksummed while they are still in cache (see [`hash_and_crc`]).
+const FUSED_PIECE: usize = 64 << 10;
+
+/// BLAKE3 of `parts` joined, and the CRC-32 of the same bytes, in one pass over memory: each
+/// 64 KiB piece is checksummed right after it is hashed. Why: a volume record's crc covers its
+/// stored bytes (store/record.rs), which for a raw object are exactly the hashed bytes, and a
+/// second pass over objects that are no longer in cache cost ~9 % of a tmpfs ingest (perf).
+pub fn hash_and_crc(parts: &[&[u8]]) -> (Hash, u32) {
+    let mut h = blake3::Hasher::new();
+    let mut c = crc32fast::Hasher::new();
+    for part in parts {
+        for piece in part.chunks(FUSED_PIECE) {
+            h.update(piece);
+            c.update(piece);
+        }
+    }
+    (*h.finalize().as_bytes(), c.finalize())
+}
+
 pub fn to_hex(h: &Hash) -> String {
     let mut s = String::with_capacity(64);
     for b in h {
@@ -35,6 +54,16 @@ pub fn from_hex(s: &str) -> Option<Hash> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fused_hash_and_crc_match_separate_passes() {
+        let a: Vec<u8> = (0..200_001u32).map(|i| (i * 7 + i / 300) as u8).collect();
+        let b = b"tail".to_vec();
+        let mut joined = a.clone();
+        joined.extend_from_slice(&b);
+        assert_eq!(hash_and_crc(&[&a, &b]), (hash(&joined), crc32fast::hash(&joined)));
+        assert_eq!(hash_and_crc(&[]), (hash(b""), 0));
+    }
 
     #[test]
     fn hex_round_trip() {

@@ -21,6 +21,9 @@ pub struct Prepared<'a> {
     pub logical_len: u64,
     pub codec: Codec,
     stored: Stored<'a>,
+    /// CRC-32 of the stored bytes, where it came with the hash (raw objects; see
+    /// [`hash::hash_and_crc`]), for the volume record to use instead of another pass.
+    pub stored_crc: Option<u32>,
 }
 
 /// The stored bytes, without a copy where the codec is raw: a received buffer (past its
@@ -197,17 +200,16 @@ fn prepare<'a>(
         let mut head = Vec::with_capacity(parsed.transfer_syntax.len() + 1);
         head.extend_from_slice(parsed.transfer_syntax.as_bytes());
         head.push(0);
-        let mut h = blake3::Hasher::new();
-        h.update(&head);
-        h.update(dataset);
+        let (hash, crc) = hash::hash_and_crc(&[&head, dataset]);
         let logical_len = (head.len() + dataset.len()) as u64;
         return Ok(Prepared {
             parsed,
-            hash: *h.finalize().as_bytes(),
+            hash,
             prefix: prefix.to_vec(),
             logical_len,
             codec: Codec::Raw,
             stored: Stored::Split(head, dataset),
+            stored_crc: Some(crc),
         });
     }
     let logical = canonical(&parsed.transfer_syntax, dataset);
@@ -225,17 +227,19 @@ fn prepare_canonical(
     level: i32,
 ) -> Result<Prepared<'static>> {
     let logical = &buf[start..];
-    let hash = hash::hash(logical);
     let logical_len = logical.len() as u64;
-    let (codec, stored) = if target == Codec::Raw {
-        (Codec::Raw, Stored::Owned(buf, start))
+    let (hash, codec, stored, stored_crc) = if target == Codec::Raw {
+        let (hash, crc) = hash::hash_and_crc(&[logical]);
+        (hash, Codec::Raw, Stored::Owned(buf, start), Some(crc))
     } else {
+        let hash = hash::hash(logical);
         let base = parsed.transfer_syntax.len() + 1;
         let layout = parsed.pixel.as_ref().and_then(|p| pixel_layout(p, base));
         let (codec, out) = encode_with(logical, layout.as_ref(), target, level)?;
-        (codec, Stored::Owned(out, 0))
+        // The hot codec can keep an object raw: its crc then comes from the store's own pass.
+        (hash, codec, Stored::Owned(out, 0), None)
     };
-    Ok(Prepared { parsed, hash, prefix: prefix.to_vec(), logical_len, codec, stored })
+    Ok(Prepared { parsed, hash, prefix: prefix.to_vec(), logical_len, codec, stored, stored_crc })
 }
 
 /// Encodes for a tier's codec. Returns the codec actually used: [`Codec::Cold`] leaves what

@@ -61,6 +61,7 @@ pub fn copy_verified(
             logical_len: *n,
             head: &[],
             bytes: stored,
+            crc: None,
         })
         .collect();
     let incoming = items.iter().map(|i| i.stored_len()).sum();

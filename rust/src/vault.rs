@@ -16,6 +16,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::convert::{hash_arg, landed_to_py, stats_to_py};
 use crate::errors::{to_py, IntoPy};
+use crate::gil;
 use crate::net::ReceivedDataSet;
 
 #[pyclass(frozen, module = "dicomvault._native")]
@@ -47,7 +48,14 @@ impl Vault {
             .filter_map(|p| p.as_ref().ok())
             .map(|p| {
                 let (head, bytes) = p.parts();
-                PutItem { hash: p.hash, codec: p.codec as u8, logical_len: p.logical_len, head, bytes }
+                PutItem {
+                    hash: p.hash,
+                    codec: p.codec as u8,
+                    logical_len: p.logical_len,
+                    head,
+                    bytes,
+                    crc: p.stored_crc,
+                }
             })
             .collect();
         let mut outcomes = put_batch(store, &items, self.min_free_bytes, None).into_iter();
@@ -128,7 +136,7 @@ impl Vault {
         if let Some(t) = tiers {
             config.tiers = t.into_iter().map(|(name, dir)| LocalTierConfig::new(name, dir)).collect();
         }
-        let store = py.detach(|| BlobStore::open(config)).py_err()?;
+        let store = gil::blocking(py, || BlobStore::open(config)).py_err()?;
         Ok(Vault { store: Mutex::new(Some(Arc::new(store))), level, min_free_bytes, ingest_codec })
     }
 
@@ -137,7 +145,7 @@ impl Vault {
     fn ingest_files<'py>(&self, py: Python<'py>, paths: Vec<PathBuf>) -> PyResult<Bound<'py, PyList>> {
         let store = self.store()?;
         let (level, target) = (self.level, self.ingest_codec);
-        let results = py.detach(|| {
+        let results = gil::blocking(py, || {
             // Read first: a raw landing stores the files' own bytes, without a copy.
             let mut files: Vec<Result<Vec<u8>, Error>> =
                 paths.iter().map(|p| std::fs::read(p).map_err(|e| Error::io(p, e))).collect();
@@ -162,7 +170,7 @@ impl Vault {
         let store = self.store()?;
         let (level, target) = (self.level, self.ingest_codec);
         let slices: Vec<&[u8]> = buffers.iter().map(|b| b.as_bytes()).collect();
-        let results = py.detach(|| {
+        let results = gil::blocking(py, || {
             let prepared =
                 slices.iter().map(|b| object::prepare_file_with(b, INDEX_TAGS, target, level)).collect();
             self.put_prepared(&store, prepared)
@@ -179,7 +187,7 @@ impl Vault {
     ) -> PyResult<Bound<'py, PyDict>> {
         let store = self.store()?;
         let (level, target) = (self.level, self.ingest_codec);
-        let mut results = py.detach(|| {
+        let mut results = gil::blocking(py, || {
             let prepared = vec![object::prepare_dataset(dataset, transfer_syntax, INDEX_TAGS, target, level)];
             self.put_prepared(&store, prepared)
         });
@@ -201,7 +209,7 @@ impl Vault {
             received.borrow_mut().inner.take().ok_or_else(|| {
                 pyo3::exceptions::PyValueError::new_err("received data set already ingested")
             })?;
-        let mut results = py.detach(|| {
+        let mut results = gil::blocking(py, || {
             let prepared = vec![object::prepare_received(data, transfer_syntax, INDEX_TAGS, target, level)];
             self.put_prepared(&store, prepared)
         });
@@ -213,7 +221,7 @@ impl Vault {
     fn read<'py>(&self, py: Python<'py>, hash: &[u8]) -> PyResult<Bound<'py, PyTuple>> {
         let store = self.store()?;
         let h = hash_arg(hash)?;
-        let logical = py.detach(|| read_logical(&store, &h)).py_err()?;
+        let logical = gil::blocking(py, || read_logical(&store, &h)).py_err()?;
         let (ts, ds) = object::split_canonical(&logical).py_err()?;
         PyTuple::new(py, [ts.into_pyobject(py)?.into_any(), PyBytes::new(py, ds).into_any()])
     }
@@ -226,7 +234,7 @@ impl Vault {
         items: Vec<(Vec<u8>, Vec<u8>, PathBuf)>,
     ) -> PyResult<Bound<'py, PyList>> {
         let store = self.store()?;
-        let results: Vec<Result<(), Error>> = py.detach(|| {
+        let results: Vec<Result<(), Error>> = gil::blocking(py, || {
             items
                 .iter()
                 .map(|(hash, prefix, path)| {
@@ -255,7 +263,7 @@ impl Vault {
     fn read_stored<'py>(&self, py: Python<'py>, hash: &[u8]) -> PyResult<(u8, u64, Bound<'py, PyBytes>)> {
         let store = self.store()?;
         let h = hash_arg(hash)?;
-        let blob = py.detach(|| store.get(&h)).py_err()?;
+        let blob = gil::blocking(py, || store.get(&h)).py_err()?;
         Ok((blob.codec, blob.logical_len, PyBytes::new(py, &blob.bytes)))
     }
 
@@ -273,7 +281,7 @@ impl Vault {
     ) -> PyResult<Bound<'py, PyList>> {
         let store = self.store()?;
         let min_free = self.min_free_bytes;
-        let results: Vec<Result<bool, Error>> = py.detach(|| {
+        let results: Vec<Result<bool, Error>> = gil::blocking(py, || {
             let checked: Vec<Result<PutItem<'_>, Error>> = items
                 .iter()
                 .map(|(hash, codec, logical_len, bytes)| {
@@ -281,7 +289,14 @@ impl Vault {
                         reason: format!("a blob hash is 32 bytes, got {}", hash.len()),
                     })?;
                     object::decode_verified(&h, Codec::from_u8(*codec)?, bytes, *logical_len)?;
-                    Ok(PutItem { hash: h, codec: *codec, logical_len: *logical_len, head: &[], bytes })
+                    Ok(PutItem {
+                        hash: h,
+                        codec: *codec,
+                        logical_len: *logical_len,
+                        head: &[],
+                        bytes,
+                        crc: None,
+                    })
                 })
                 .collect();
             let ok: Vec<PutItem<'_>> = checked.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
@@ -306,7 +321,7 @@ impl Vault {
     fn delete(&self, py: Python<'_>, hashes: Vec<Vec<u8>>) -> PyResult<u64> {
         let store = self.store()?;
         let hs = hashes.iter().map(|h| hash_arg(h)).collect::<PyResult<Vec<Hash>>>()?;
-        py.detach(|| store.delete_many(&hs)).py_err()
+        gil::blocking(py, || store.delete_many(&hs)).py_err()
     }
 
     /// The local tiers' names, fastest first.
@@ -331,9 +346,9 @@ impl Vault {
         let hs = hashes.iter().map(|h| hash_arg(h)).collect::<PyResult<Vec<Hash>>>()?;
         let target = Codec::from_u8(codec).py_err()?;
         let (level, min_free) = (level.unwrap_or(self.level), self.min_free_bytes);
-        let results = py
-            .detach(|| tiermove::copy_verified(&store, &hs, source, dest, target, level, min_free))
-            .py_err()?;
+        let results =
+            gil::blocking(py, || tiermove::copy_verified(&store, &hs, source, dest, target, level, min_free))
+                .py_err()?;
         let list = PyList::empty(py);
         for r in results {
             match r {
@@ -348,13 +363,13 @@ impl Vault {
     fn delete_in(&self, py: Python<'_>, tier: usize, hashes: Vec<Vec<u8>>) -> PyResult<u64> {
         let store = self.store()?;
         let hs = hashes.iter().map(|h| hash_arg(h)).collect::<PyResult<Vec<Hash>>>()?;
-        py.detach(|| store.delete_in(tier, &hs)).py_err()
+        gil::blocking(py, || store.delete_in(tier, &hs)).py_err()
     }
 
     /// Live hashes of one local tier, in on-disk order.
     fn tier_hashes<'py>(&self, py: Python<'py>, tier: usize) -> PyResult<Bound<'py, PyList>> {
         let store = self.store()?;
-        let hs = py.detach(|| store.tier_at(tier).map(|t| t.hashes())).py_err()?;
+        let hs = gil::blocking(py, || store.tier_at(tier).map(|t| t.hashes())).py_err()?;
         PyList::new(py, hs.iter().map(|h| PyBytes::new(py, h)))
     }
 
@@ -376,7 +391,7 @@ impl Vault {
     /// Every live blob hash, in on-disk order.
     fn hashes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let store = self.store()?;
-        let hs = py.detach(|| store.hashes());
+        let hs = gil::blocking(py, || store.hashes());
         PyList::new(py, hs.iter().map(|h| PyBytes::new(py, h)))
     }
 
@@ -384,7 +399,7 @@ impl Vault {
     /// Returns {checked, ok, bytes, damaged: [(hash, reason)]}.
     fn verify<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let store = self.store()?;
-        let (checked, bytes, damaged) = py.detach(|| verify_all(&store));
+        let (checked, bytes, damaged) = gil::blocking(py, || verify_all(&store));
         let d = PyDict::new(py);
         d.set_item("checked", checked)?;
         d.set_item("ok", checked - damaged.len() as u64)?;
@@ -399,7 +414,7 @@ impl Vault {
 
     fn compact<'py>(&self, py: Python<'py>, threshold: f64) -> PyResult<Bound<'py, PyDict>> {
         let store = self.store()?;
-        let report = py.detach(|| store.compact(threshold)).py_err()?;
+        let report = gil::blocking(py, || store.compact(threshold)).py_err()?;
         let d = PyDict::new(py);
         d.set_item("volumes_compacted", report.volumes_compacted)?;
         d.set_item("records_moved", report.records_moved)?;
@@ -416,7 +431,7 @@ impl Vault {
     /// Read-only vaults: pick up what the writer appended since open.
     fn refresh(&self, py: Python<'_>) -> PyResult<()> {
         let store = self.store()?;
-        py.detach(|| store.refresh()).py_err()
+        gil::blocking(py, || store.refresh()).py_err()
     }
 
     /// Releases the store (and the writer lock). Idempotent.
@@ -426,7 +441,7 @@ impl Vault {
             .lock()
             .map_err(|_| pyo3::exceptions::PyRuntimeError::new_err("vault lock poisoned"))?
             .take();
-        py.detach(move || drop(taken));
+        gil::blocking(py, move || drop(taken));
         Ok(())
     }
 }

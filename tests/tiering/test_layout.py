@@ -72,6 +72,21 @@ def test_a_config_that_drops_a_tier_holding_blobs_is_refused(tmp_path: Path) -> 
         assert [t.name for t in e.tiers] == ["landing", "warm", "archive"]
 
 
+def test_blobs_in_any_lane_of_a_tier_count_as_held(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    with Engine(d) as e:
+        (out,) = e.store_files([CT])
+    # Concurrent writers fill the lanes in `lane-k/`: put the only blob in lane 1.
+    landing = d / "blobs" / "landing"
+    (landing / "lane-1").mkdir(exist_ok=True)
+    for vol in landing.glob("*.dat"):
+        vol.rename(landing / "lane-1" / vol.name)
+    with Engine(d) as e:
+        assert e.read_file(out.sop_instance_uid) == Path(CT).read_bytes()
+    with pytest.raises(LayoutError, match="'landing'.*still holds blobs"):
+        Engine(d, tiers=(TierSpec("warm", "local", "hot", path="volumes"),))
+
+
 def test_an_object_store_tier_cannot_silently_disappear(tmp_path: Path) -> None:
     d = tmp_path / "d"
     three = (

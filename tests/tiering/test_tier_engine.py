@@ -139,8 +139,8 @@ def assert_clean(eng: Engine, remote: dict[str, int] | None = None) -> None:
 
 
 def landing_volumes(data: Path) -> list[Path]:
-    """Landing volume files that hold anything."""
-    return [p for p in (data / "blobs" / "landing").glob("*.dat") if p.stat().st_size > 0]
+    """Landing volume files that hold anything, in every lane."""
+    return [p for p in (data / "blobs" / "landing").rglob("*.dat") if p.stat().st_size > 0]
 
 
 # -- compaction ---------------------------------------------------------------------------------

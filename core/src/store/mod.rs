@@ -1,7 +1,8 @@
 //! Durable, content-addressed blob store.
 //!
 //! [`BlobStore`] is the facade the bindings use. It holds the local tiers, fastest first, each a
-//! [`VolumeTier`]: append-only volume files (`<dir>/vol-NNNNNNNN.dat`, Haystack style) with an
+//! [`LanedTier`] of one or more [`VolumeTier`] lanes (writers copy in parallel, one lane each):
+//! append-only volume files (`<dir>/vol-NNNNNNNN.dat`, Haystack style) with an
 //! in-memory index hash → [`Location`] rebuilt on open from per-volume hint files (sealed
 //! volumes) and a scan of the active volume. See `record.rs` for the record format and `hint.rs`
 //! for the hint files. New objects go to the first tier (the landing tier); moving a blob to
@@ -18,6 +19,7 @@
 //! logical hash is verified a layer up (`object::decode_verified`).
 
 mod hint;
+mod lanes;
 mod record;
 mod volume;
 
@@ -27,6 +29,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::hash::{self, Hash};
 
+pub use lanes::{default_lanes, LanedTier, MAX_LANES};
 pub use volume::VolumeTier;
 
 /// Default size at which the active volume is sealed and a new one started.
@@ -58,6 +61,8 @@ pub struct StoreConfig {
     /// Open without the writer lock, never writing or truncating (CLI `ls`/`export`/`verify`
     /// alongside a running writer). Call [`BlobStore::refresh`] to see newer records.
     pub read_only: bool,
+    /// Volume lanes each local tier writes through at once ([`LanedTier`]); 1..=[`MAX_LANES`].
+    pub lanes: usize,
 }
 
 impl StoreConfig {
@@ -68,6 +73,7 @@ impl StoreConfig {
             volume_size: DEFAULT_VOLUME_SIZE,
             sync: true,
             read_only: false,
+            lanes: default_lanes(),
         }
     }
 }
@@ -91,6 +97,9 @@ pub struct PutItem<'a> {
     /// header, then the caller's dataset bytes, never joined in memory).
     pub head: &'a [u8],
     pub bytes: &'a [u8],
+    /// CRC-32 of `head ++ bytes` when the caller computed it along with the hash (saves the
+    /// record a second pass over the bytes); None: the store computes it.
+    pub crc: Option<u32>,
 }
 
 impl PutItem<'_> {
@@ -139,7 +148,7 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn add(&mut self, o: &Stats) {
+    pub(super) fn add(&mut self, o: &Stats) {
         self.objects += o.objects;
         self.stored_bytes += o.stored_bytes;
         self.logical_bytes += o.logical_bytes;
@@ -179,6 +188,15 @@ pub struct CompactReport {
     /// Volumes that could not be compacted (e.g. `StorageFull` while copying, or a corrupt live
     /// record); they are left as they were and the other candidates are still processed.
     pub errors: Vec<Error>,
+}
+
+impl CompactReport {
+    pub(super) fn merge(&mut self, r: CompactReport) {
+        self.volumes_compacted += r.volumes_compacted;
+        self.records_moved += r.records_moved;
+        self.bytes_reclaimed += r.bytes_reclaimed;
+        self.errors.extend(r.errors);
+    }
 }
 
 /// A storage tier: somewhere blobs can be put and got by hash.
@@ -251,7 +269,7 @@ impl BlobStore {
             if config.tiers[..i].iter().any(|o| o.name == t.name || o.dir == t.dir) {
                 return Err(Error::Unsupported { reason: format!("tier {} named or placed twice", t.name) });
             }
-            tiers.push(Box::new(VolumeTier::open(&config, &t.name, i as u8, &t.dir)?));
+            tiers.push(Box::new(LanedTier::open(&config, &t.name, i as u8, &t.dir)?));
         }
         Ok(BlobStore { root: config.root, tiers, _lock: lock, read_only: config.read_only })
     }
@@ -286,7 +304,7 @@ impl BlobStore {
 
     /// Stores a blob durably (returns after fdatasync). `existed` if the hash was already stored.
     pub fn put(&self, hash: &Hash, codec: u8, logical_len: u64, bytes: &[u8]) -> Result<PutOutcome> {
-        let item = PutItem { hash: *hash, codec, logical_len, head: &[], bytes };
+        let item = PutItem { hash: *hash, codec, logical_len, head: &[], bytes, crc: None };
         Ok(self.put_many(std::slice::from_ref(&item))?.remove(0))
     }
 
@@ -386,11 +404,7 @@ impl BlobStore {
     pub fn compact(&self, threshold: f64) -> Result<CompactReport> {
         let mut total = CompactReport::default();
         for t in &self.tiers {
-            let r = t.compact(threshold)?;
-            total.volumes_compacted += r.volumes_compacted;
-            total.records_moved += r.records_moved;
-            total.bytes_reclaimed += r.bytes_reclaimed;
-            total.errors.extend(r.errors);
+            total.merge(t.compact(threshold)?);
         }
         Ok(total)
     }

@@ -72,13 +72,15 @@ pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(a)
 }
 
-/// Builds the header for a new record (flags 0) including both checksums.
+/// Builds the header for a new record (flags 0) including both checksums. `payload_crc`: the
+/// CRC-32 of `head ++ payload` if the caller has it (then the payload is not read again).
 pub(crate) fn encode_header(
     codec: u8,
     hash: &Hash,
     logical_len: u64,
     head: &[u8],
     payload: &[u8],
+    payload_crc: Option<u32>,
 ) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[0..4].copy_from_slice(&MAGIC);
@@ -92,8 +94,15 @@ pub(crate) fn encode_header(
     h[56..60].copy_from_slice(&hcrc.to_le_bytes());
     let mut rc = crc32fast::Hasher::new();
     rc.update(&h[0..60]);
-    rc.update(head);
-    rc.update(payload);
+    match payload_crc {
+        Some(c) => {
+            rc.combine(&crc32fast::Hasher::new_with_initial_len(c, (head.len() + payload.len()) as u64))
+        }
+        None => {
+            rc.update(head);
+            rc.update(payload);
+        }
+    }
     h[60..64].copy_from_slice(&rc.finalize().to_le_bytes());
     h
 }
@@ -345,7 +354,10 @@ mod tests {
     #[test]
     fn header_round_trip_and_flags_excluded() {
         let payload = b"hello world";
-        let h = encode_header(3, &[7u8; 32], 99, &[], payload);
+        let h = encode_header(3, &[7u8; 32], 99, &[], payload, None);
+        // A caller's crc of head ++ payload gives the same header as the store's own pass.
+        let (head, body) = payload.split_at(4);
+        assert_eq!(encode_header(3, &[7u8; 32], 99, head, body, Some(crc32fast::hash(payload))), h);
         let p = parse_header(&h).unwrap();
         assert_eq!(p.codec, 3);
         assert_eq!(p.logical_len, 99);

@@ -7,12 +7,141 @@ use std::sync::Arc;
 use super::*;
 use crate::hash::hash;
 
+/// One lane: these tests are about the volume files themselves (the lane tests set their own).
 fn cfg(root: &Path) -> StoreConfig {
-    StoreConfig::new(root)
+    StoreConfig { lanes: 1, ..StoreConfig::new(root) }
 }
 
 fn small(root: &Path, volume_size: u64) -> StoreConfig {
-    StoreConfig { volume_size, sync: false, ..StoreConfig::new(root) }
+    StoreConfig { volume_size, sync: false, lanes: 1, ..StoreConfig::new(root) }
+}
+
+fn laned(root: &Path, lanes: usize) -> StoreConfig {
+    StoreConfig { lanes, volume_size: 64 << 10, ..StoreConfig::new(root) }
+}
+
+/// Volume files (any extension `ext`) of every lane of the `volumes` tier.
+fn lane_files(root: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.join("volumes")];
+    while let Some(dir) = dirs.pop() {
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|e| e == ext) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `threads` writers putting `per` blobs each (ids t * 1000 + k), all at once.
+fn put_concurrently(s: &Arc<BlobStore>, threads: u32, per: u32, shared: bool) {
+    let go = Arc::new(std::sync::Barrier::new(threads as usize));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (s, go) = (s.clone(), go.clone());
+            std::thread::spawn(move || {
+                go.wait();
+                for k in 0..per {
+                    let id = if shared { k } else { t * 1000 + k };
+                    let (h, b) = blob(id, 3000 + id as usize % 5000);
+                    let out = s.put(&h, 1, b.len() as u64 * 2, &b).unwrap();
+                    assert!(shared || !out.existed);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
+#[test]
+fn lanes_write_in_parallel_and_reopen_with_any_count() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Arc::new(BlobStore::open(laned(d.path(), 3)).unwrap());
+    put_concurrently(&s, 6, 40, false);
+    assert_eq!(s.stats().objects, 240);
+    let used: Vec<PathBuf> =
+        lane_files(d.path(), "dat").into_iter().filter(|p| fs::metadata(p).unwrap().len() > 0).collect();
+    assert!(
+        used.iter().any(|p| p.to_string_lossy().contains("lane-")),
+        "one lane took every write: {used:?}"
+    );
+    drop(s);
+    // Fewer lanes than the store has: the others are still read, deleted from and compacted.
+    for lanes in [1, 3, 5] {
+        let s = BlobStore::open(laned(d.path(), lanes)).unwrap();
+        assert_eq!(s.stats().objects, 240, "{lanes} lanes");
+        for t in 0..6 {
+            for k in 0..40 {
+                check(&s, t * 1000 + k, 3000 + (t * 1000 + k) as usize % 5000);
+            }
+        }
+    }
+    let s = BlobStore::open(laned(d.path(), 1)).unwrap();
+    let gone: Vec<Hash> = (0..6)
+        .flat_map(|t| (0..40).map(move |k| blob(t * 1000 + k, 3000 + (t * 1000 + k) as usize % 5000).0))
+        .collect();
+    assert_eq!(s.delete_many(&gone).unwrap(), 240);
+    s.compact(0.5).unwrap();
+    assert_eq!(s.stats().objects, 0);
+}
+
+#[test]
+fn a_hash_put_from_many_lanes_at_once_is_stored_once() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Arc::new(BlobStore::open(laned(d.path(), 4)).unwrap());
+    put_concurrently(&s, 8, 30, true);
+    let st = s.stats();
+    assert_eq!(st.objects, 30);
+    assert_eq!(st.garbage_bytes, 0, "a second copy was written");
+    drop(s);
+    let s = BlobStore::open(laned(d.path(), 4)).unwrap();
+    assert_eq!(s.stats().objects, 30);
+    assert!(s.scan_report().corrupt.is_empty());
+}
+
+#[test]
+fn a_read_only_view_finds_lanes_created_after_it_opened() {
+    let d = tempfile::tempdir().unwrap();
+    let s = BlobStore::open(laned(d.path(), 1)).unwrap();
+    put(&s, 1, 100);
+    drop(s);
+    let view = BlobStore::open(StoreConfig { read_only: true, ..laned(d.path(), 1) }).unwrap();
+    let s = Arc::new(BlobStore::open(laned(d.path(), 4)).unwrap());
+    put_concurrently(&s, 4, 20, false);
+    assert!(lane_files(d.path(), "dat").iter().any(|p| p.to_string_lossy().contains("lane-3")));
+    for t in 0..4 {
+        for k in 0..20 {
+            // `get` refreshes a read-only view on a miss.
+            let (h, b) = blob(t * 1000 + k, 3000 + (t * 1000 + k) as usize % 5000);
+            assert_eq!(view.get(&h).unwrap().bytes, b);
+        }
+    }
+    assert_eq!(view.stats().objects, 81);
+}
+
+#[test]
+fn a_torn_tail_in_a_lane_is_cut_at_open() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Arc::new(BlobStore::open(laned(d.path(), 2)).unwrap());
+    put_concurrently(&s, 4, 10, false);
+    drop(s);
+    let last =
+        lane_files(d.path(), "dat").into_iter().rfind(|p| p.to_string_lossy().contains("lane-1")).unwrap();
+    let f = fs::OpenOptions::new().append(true).open(&last).unwrap();
+    f.write_all_at(&[0xAB; 700], fs::metadata(&last).unwrap().len()).unwrap();
+    drop(f);
+    let s = BlobStore::open(laned(d.path(), 2)).unwrap();
+    assert_eq!(s.stats().objects, 40);
+    let torn = s.scan_report().truncated;
+    assert_eq!(torn.len(), 1);
+    assert_eq!(torn[0].path, last);
 }
 
 fn blob(i: u32, len: usize) -> (Hash, Vec<u8>) {
@@ -77,10 +206,10 @@ fn round_trip_and_dedupe() {
     let (h2, b2) = blob(2, 333);
     let (h3, b3) = blob(3, 70_000);
     let items = [
-        PutItem { hash: h2, codec: 1, logical_len: 666, head: &[], bytes: &b2 },
-        PutItem { hash: h3, codec: 1, logical_len: 140_000, head: &[], bytes: &b3 },
-        PutItem { hash: h2, codec: 1, logical_len: 666, head: &[], bytes: &b2 },
-        PutItem { hash: h, codec: 1, logical_len: 2000, head: &[], bytes: &b },
+        PutItem { hash: h2, codec: 1, logical_len: 666, head: &[], bytes: &b2, crc: None },
+        PutItem { hash: h3, codec: 1, logical_len: 140_000, head: &[], bytes: &b3, crc: None },
+        PutItem { hash: h2, codec: 1, logical_len: 666, head: &[], bytes: &b2, crc: None },
+        PutItem { hash: h, codec: 1, logical_len: 2000, head: &[], bytes: &b, crc: None },
     ];
     let outs: Vec<bool> = s.put_many(&items).unwrap().iter().map(|o| o.existed).collect();
     assert_eq!(outs, vec![false, false, true, true]);
@@ -391,7 +520,7 @@ fn read_only_open_alongside_writer() {
     let f = fs::OpenOptions::new().append(true).open(&active).unwrap();
     let len = f.metadata().unwrap().len();
     let (hx, bx) = blob(500, 900);
-    let hdr = record::encode_header(1, &hx, 900, &[], &bx);
+    let hdr = record::encode_header(1, &hx, 900, &[], &bx, None);
     std::io::Write::write_all(&mut &f, &hdr).unwrap();
     std::io::Write::write_all(&mut &f, &bx[..100]).unwrap();
     drop(f);
@@ -532,13 +661,14 @@ fn new_blobs_land_in_the_first_tier_and_dedupe_across_tiers() {
     assert_eq!(s.holders(&h), vec![0]);
     // Once in warm only, a second put of the same hash writes nothing anywhere.
     let (_, b) = blob(1, 1000);
-    s.put_many_in(1, &[PutItem { hash: h, codec: 1, logical_len: 2000, head: &[], bytes: &b }]).unwrap();
+    s.put_many_in(1, &[PutItem { hash: h, codec: 1, logical_len: 2000, head: &[], bytes: &b, crc: None }])
+        .unwrap();
     assert_eq!(s.delete_in(0, &[h]).unwrap(), 1);
     assert_eq!(s.holders(&h), vec![1]);
     let (h2, b2) = blob(2, 500);
     let items = [
-        PutItem { hash: h, codec: 1, logical_len: 2000, head: &[], bytes: &b },
-        PutItem { hash: h2, codec: 1, logical_len: 1000, head: &[], bytes: &b2 },
+        PutItem { hash: h, codec: 1, logical_len: 2000, head: &[], bytes: &b, crc: None },
+        PutItem { hash: h2, codec: 1, logical_len: 1000, head: &[], bytes: &b2, crc: None },
     ];
     let out = s.put_many(&items).unwrap();
     assert_eq!(out, vec![PutOutcome { existed: true }, PutOutcome { existed: false }]);
@@ -630,7 +760,8 @@ fn a_read_only_view_follows_a_blob_moved_to_another_tier() {
     assert_eq!(r.holders(&h), vec![0]);
     // The writer moves it (copy to warm, free the landing copy) after the view was loaded.
     let (_, b) = blob(5, 3000);
-    w.put_many_in(1, &[PutItem { hash: h, codec: 1, logical_len: 6000, head: &[], bytes: &b }]).unwrap();
+    w.put_many_in(1, &[PutItem { hash: h, codec: 1, logical_len: 6000, head: &[], bytes: &b, crc: None }])
+        .unwrap();
     w.delete_in(0, &[h]).unwrap();
     assert_eq!(r.get(&h).unwrap().bytes, b);
     assert_eq!(r.holders(&h), vec![1]);

@@ -55,7 +55,9 @@ const TAIL_VERIFY: u64 = 64 << 20;
 /// active), the next leader waits up to this long for k records to be appended since that sync
 /// before issuing its own, so that one fdatasync covers all concurrent writers instead of
 /// alternating between them. A flush costs milliseconds of device latency, a 512 KiB append
-/// ~0.1 ms. A lone writer (k = 1) never waits.
+/// ~0.1 ms. A lone writer (k = 1) never waits, and nobody waits longer than the last sync took:
+/// where a flush is nearly free (tmpfs, a drive with power-loss protection) a second sync costs
+/// less than the wait, and the spinning waiter would take a core from the writers it waits for.
 const GROUP_WAIT: std::time::Duration = std::time::Duration::from_micros(1000);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -248,6 +250,8 @@ struct SyncState {
     /// `appends` at the last leader snapshot, and how many records that sync covered.
     last_snap: u64,
     last_batch: u64,
+    /// How long the last fdatasync took (bounds the group-commit wait).
+    last_sync: std::time::Duration,
     failure: Option<SyncFailure>,
 }
 
@@ -448,8 +452,9 @@ fn load(dir: &Path, read_only: bool, tier: u8) -> Result<Loaded> {
 
 impl VolumeTier {
     /// Opens (creating if needed, unless read-only) the tier in `dir` (relative to `config.root`
-    /// unless absolute). The caller holds the store's lock ([`take_lock`]) for writable opens.
-    pub fn open(config: &StoreConfig, name: &str, tier: u8, dir: &Path) -> Result<Self> {
+    /// unless absolute); an empty one starts at volume `id_base + 1` (lanes keep their volume
+    /// ids apart). The caller holds the store's lock ([`take_lock`]) for writable opens.
+    pub fn open(config: &StoreConfig, name: &str, tier: u8, dir: &Path, id_base: u32) -> Result<Self> {
         let root = config.root.clone();
         let dir = root.join(dir);
         if !config.read_only {
@@ -466,10 +471,11 @@ impl VolumeTier {
             let (active, end, records) = match loaded.last {
                 Some(l) => l,
                 None => {
-                    let vol = create_volume(&dir, 1)?;
+                    let id = id_base + 1;
+                    let vol = create_volume(&dir, id)?;
                     state
                         .volumes
-                        .insert(1, VolInfo { vol: vol.clone(), len: 0, live: 0, corrupt: Vec::new() });
+                        .insert(id, VolInfo { vol: vol.clone(), len: 0, live: 0, corrupt: Vec::new() });
                     (vol, 0, Vec::new())
                 }
             };
@@ -493,6 +499,7 @@ impl VolumeTier {
                 leader: false,
                 last_snap: 0,
                 last_batch: 1,
+                last_sync: GROUP_WAIT,
                 failure: None,
             }),
             sync_cv: Condvar::new(),
@@ -515,6 +522,11 @@ impl VolumeTier {
             }
         }
         Ok(t)
+    }
+
+    /// Whether the hash is stored here or being written here right now.
+    pub(super) fn holds(&self, hash: &Hash) -> bool {
+        rlock(&self.state).map.contains_key(hash) || lock(&self.inflight).hashes.contains_key(hash)
     }
 
     fn read_only_error(&self) -> Error {
@@ -548,7 +560,8 @@ impl VolumeTier {
         let stored_len = item.stored_len();
         let size = record::record_size(stored_len)
             .ok_or_else(|| Error::Unsupported { reason: "blob too large".into() })?;
-        let header = record::encode_header(item.codec, &item.hash, item.logical_len, item.head, item.bytes);
+        let header =
+            record::encode_header(item.codec, &item.hash, item.logical_len, item.head, item.bytes, item.crc);
         let pad = [0u8; 8];
         let pad_len = (size - HEADER_LEN - stored_len) as usize;
 
@@ -754,11 +767,12 @@ impl VolumeTier {
             }
             g.leader = true;
             let (last_snap, want) = (g.last_snap, g.last_batch.min(16));
+            let group_wait = GROUP_WAIT.min(g.last_sync);
             drop(g);
             if want > 1 {
                 let t0 = std::time::Instant::now();
                 while self.appends.load(Ordering::SeqCst).wrapping_sub(last_snap) < want
-                    && t0.elapsed() < GROUP_WAIT
+                    && t0.elapsed() < group_wait
                 {
                     std::thread::yield_now();
                 }
@@ -780,12 +794,14 @@ impl VolumeTier {
                 g.leader = false;
                 return Ok(());
             };
+            let t_sync = std::time::Instant::now();
             let res = vol.file.sync_data();
             match res {
                 Ok(()) => {
                     self.syncs.fetch_add(1, Ordering::Relaxed);
                     g = lock(&self.sync_state);
                     g.leader = false;
+                    g.last_sync = t_sync.elapsed();
                     g.last_batch = snap.wrapping_sub(g.last_snap).max(1);
                     g.last_snap = snap;
                     if g.synced < upto {
@@ -920,6 +936,7 @@ impl VolumeTier {
                     logical_len: blob.logical_len,
                     head: &[],
                     bytes: &blob.bytes,
+                    crc: None,
                 };
                 if let Appended::New { loc, end, epoch } = self.append(&item, true)? {
                     if last.is_some_and(|(_, e)| e != epoch) {

@@ -59,7 +59,8 @@ def store_layout(data_dir: Path, tiers: Sequence[TierSpec]) -> None:
 
 def _has_volumes(blobs: Path, tier: TierSpec) -> bool:
     d = blobs / (tier.path or "")
-    return d.is_dir() and any(p.suffix == ".dat" and p.stat().st_size > 0 for p in d.iterdir())
+    # Every lane's volumes (core/src/store/lanes.rs: lane k writes in `lane-k/`).
+    return d.is_dir() and any(p.stat().st_size > 0 for p in (*d.glob("*.dat"), *d.glob("lane-*/*.dat")))
 
 
 def resolve(data_dir: Path, configured: Sequence[TierSpec] | None, *, write: bool) -> tuple[TierSpec, ...]:

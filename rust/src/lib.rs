@@ -1,12 +1,14 @@
 //! dicomvault._native: PyO3 bindings of dicomvault-core.
 //!
-//! Glue only: type conversion, the one error funnel (errors.rs), GIL release around every call that
-//! touches bytes, and batch entry points so Python crosses the boundary once per batch.
+//! Glue only: type conversion, the one error funnel (errors.rs), the one GIL policy (gil.rs) for
+//! every call that touches bytes, and batch entry points so Python crosses the boundary once per
+//! batch.
 
 use pyo3::prelude::*;
 
 mod convert;
 mod errors;
+mod gil;
 mod net;
 mod primitives;
 mod vault;

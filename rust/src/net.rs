@@ -9,6 +9,8 @@ use dicomvault_core::object;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
+use crate::gil;
+
 /// The data set of a C-STORE request as the reader gathered it, handed to
 /// `Vault.ingest_received` without a copy into Python bytes (which would then be copied again
 /// into the canonical form). `bytes()` copies it out for any other use.
@@ -74,7 +76,7 @@ impl PduReader {
     ) -> PyResult<(Bound<'py, PyList>, &'static str, Option<String>)> {
         let timeout = Duration::from_secs_f64(timeout.max(0.0));
         let conn = &mut self.conn;
-        let (outs, wait) = py.detach(move || conn.next(wake_fd, timeout));
+        let (outs, wait) = gil::blocking(py, move || conn.next(wake_fd, timeout));
         let list = PyList::empty(py);
         for out in outs {
             let item: Bound<'py, PyTuple> = match out {
@@ -164,7 +166,9 @@ pub fn frame_message<'py>(
     data_set: Option<&[u8]>,
     max_pdu: usize,
 ) -> Bound<'py, PyBytes> {
-    PyBytes::new(py, &net::pdu::message_pdus(context_id, command, data_set, max_pdu))
+    let len = command.len() + data_set.map_or(0, <[u8]>::len);
+    let pdus = gil::bytes_work(py, len, || net::pdu::message_pdus(context_id, command, data_set, max_pdu));
+    PyBytes::new(py, &pdus)
 }
 
 /// Sends `prefix` (already framed: a pending response) and one DIMSE message on the socket `fd`,
@@ -184,7 +188,7 @@ pub fn send_message(
     timeout: Option<f64>,
 ) -> PyResult<()> {
     let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
-    py.detach(|| net::Framed::new(prefix, context_id, command, data_set, max_pdu).send(fd, timeout))
+    gil::blocking(py, || net::Framed::new(prefix, context_id, command, data_set, max_pdu).send(fd, timeout))
         .map_err(PyErr::from)
 }
 

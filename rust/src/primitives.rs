@@ -1,4 +1,4 @@
-//! The core's single-object primitives, for tests and benchmarks (GIL released in each).
+//! The core's single-object primitives, for tests and benchmarks (GIL: crate::gil's policy).
 
 use dicomvault_core::codec::{self, Codec};
 use dicomvault_core::hash;
@@ -9,11 +9,12 @@ use pyo3::types::{PyBytes, PyDict};
 
 use crate::convert::parsed_to_py;
 use crate::errors::IntoPy;
+use crate::gil;
 
 /// Parses a Part-10 file or bare dataset; returns the index attributes and pixel location.
 #[pyfunction]
 pub fn parse<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyDict>> {
-    let parsed = py.detach(|| dicom::parse_file(data, INDEX_TAGS)).py_err()?;
+    let parsed = gil::bytes_work(py, data.len(), || dicom::parse_file(data, INDEX_TAGS)).py_err()?;
     parsed_to_py(py, &parsed)
 }
 
@@ -24,14 +25,15 @@ pub fn parse_dataset<'py>(
     data: &[u8],
     transfer_syntax: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let parsed = py.detach(|| dicom::parse_dataset(data, transfer_syntax, INDEX_TAGS)).py_err()?;
+    let parsed = gil::bytes_work(py, data.len(), || dicom::parse_dataset(data, transfer_syntax, INDEX_TAGS))
+        .py_err()?;
     parsed_to_py(py, &parsed)
 }
 
 /// BLAKE3 digest (32 bytes).
 #[pyfunction]
 pub fn blake3<'py>(py: Python<'py>, data: &[u8]) -> Bound<'py, PyBytes> {
-    let h = py.detach(|| hash::hash(data));
+    let h = gil::bytes_work(py, data.len(), || hash::hash(data));
     PyBytes::new(py, &h)
 }
 
@@ -47,7 +49,8 @@ pub fn encode<'py>(
     codec: u8,
 ) -> PyResult<(u8, Bound<'py, PyBytes>, u64)> {
     let target = Codec::from_u8(codec).py_err()?;
-    let p = py.detach(|| object::prepare_file_with(data, INDEX_TAGS, target, level)).py_err()?;
+    let p = gil::bytes_work(py, data.len(), || object::prepare_file_with(data, INDEX_TAGS, target, level))
+        .py_err()?;
     Ok((p.codec as u8, PyBytes::new(py, &p.stored_vec()), p.logical_len))
 }
 
@@ -64,12 +67,11 @@ pub fn recode<'py>(
     level: i32,
 ) -> PyResult<(u8, Bound<'py, PyBytes>)> {
     let (codec, target) = (Codec::from_u8(codec_id).py_err()?, Codec::from_u8(target).py_err()?);
-    let (used, out) = py
-        .detach(|| {
-            let logical = codec::decode(codec, stored, logical_len as usize)?;
-            object::encode_canonical(&logical, target, level)
-        })
-        .py_err()?;
+    let (used, out) = gil::bytes_work(py, stored.len().max(logical_len as usize), || {
+        let logical = codec::decode(codec, stored, logical_len as usize)?;
+        object::encode_canonical(&logical, target, level)
+    })
+    .py_err()?;
     Ok((used as u8, PyBytes::new(py, &out)))
 }
 
@@ -82,7 +84,10 @@ pub fn decode<'py>(
     logical_len: u64,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let codec = Codec::from_u8(codec_id).py_err()?;
-    let out = py.detach(|| codec::decode(codec, stored, logical_len as usize)).py_err()?;
+    let out = gil::bytes_work(py, stored.len().max(logical_len as usize), || {
+        codec::decode(codec, stored, logical_len as usize)
+    })
+    .py_err()?;
     let _ = object::split_canonical(&out).py_err()?;
     Ok(PyBytes::new(py, &out))
 }

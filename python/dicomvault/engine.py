@@ -20,12 +20,14 @@ from .attributes import decode_attrs
 from .errors import (
     DicomVaultError,
     RejectedError,
+    ReplicaWriteError,
     UIDMismatchError,
     UnavailableError,
     UnknownObjectError,
 )
 from .filemeta import file_meta_prefix
 from .index import BlobRecord, Change, Index, InstanceRecord, Placement
+from .index import role as site_role
 from .locks import ReadWriteLock
 from .storage.cold import ColdPlacement, ColdTier
 from .storage.coldcache import ColdReadCache
@@ -331,15 +333,28 @@ class Engine:
             self.vault.delete(released)
         return outcomes
 
+    def ensure_writable(self) -> None:
+        """Raises ReplicaWriteError on a replica: every local write path (DIMSE, DICOMweb, the
+        CLI, the API) goes through the engine, so this is the one place that refuses them. Only
+        replication's own paths (apply_replicated, put_stored, heal) write to a replica."""
+        if site_role.role(self.index) == site_role.REPLICA:
+            raise ReplicaWriteError(
+                f"{self.data_dir} is a replica: it takes changes only from its upstream "
+                "(`dicomvault dr promote` makes it writable)"
+            )
+
     def store_files(self, paths: Sequence[str | os.PathLike[str]]) -> list[StoreOutcome | Exception]:
         """Stores files (Part-10 or bare datasets); one result per path, in order.
 
         A rejected file yields its exception in its slot and stores nothing; the others go on.
+        Raises ReplicaWriteError on a replica.
         """
+        self.ensure_writable()
         return self._store_batch(lambda: self.vault.ingest_files([os.fspath(p) for p in paths]))
 
     def store_buffers(self, buffers: Sequence[bytes]) -> list[StoreOutcome | Exception]:
         """Like store_files, for Part-10 files already in memory (STOW-RS bodies, generators)."""
+        self.ensure_writable()
         return self._store_batch(lambda: self.vault.ingest_buffers(list(buffers)))
 
     def _store_batch(self, ingest: Callable[[], list[Any]]) -> list[StoreOutcome | Exception]:
@@ -376,7 +391,9 @@ class Engine:
         told "failed" never finds the object archived anyway.
 
         A `ReceivedDataSet` (the DIMSE reader's, see dimse/fastpath.py) is consumed without a copy.
+        Raises ReplicaWriteError on a replica.
         """
+        self.ensure_writable()
         with self._lock.shared():
             if isinstance(dataset, _native.ReceivedDataSet):
                 native = self.vault.ingest_received(dataset, transfer_syntax)
@@ -506,9 +523,15 @@ class Engine:
         return paths
 
     # -- delete / maintenance --------------------------------------------------------------------
-    def delete(self, level: str, uid: str, *, compact_threshold: float = 0.25) -> int:
+    def delete(self, level: str, uid: str, *, compact_threshold: float = 0.25,
+               converging: bool = False) -> int:
         """Deletes everything under uid; frees blobs no other instance references and compacts
-        volumes whose garbage passed the threshold. Returns the number of instances deleted."""
+        volumes whose garbage passed the threshold. Returns the number of instances deleted.
+
+        On a replica only with `converging` (failback dropping what its upstream does not hold);
+        otherwise ReplicaWriteError."""
+        if not converging:
+            self.ensure_writable()
         if level not in LEVELS:
             raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
         with self._lock.exclusive():

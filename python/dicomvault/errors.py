@@ -66,6 +66,12 @@ class ConflictError(DicomVaultError):
     not of the study the request names)."""
 
 
+class ReplicaWriteError(ConflictError):
+    """A local write to a replica, which takes its data only from its upstream's change feed
+    (anything else would make it diverge). DIMSE answers it as out of resources, so a sender
+    retries later (after `dicomvault dr promote`); HTTP as 409."""
+
+
 class AuthenticationError(DicomVaultError):
     """No credentials, or credentials nobody holds."""
 
@@ -129,6 +135,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "RejectedError",
+    "ReplicaWriteError",
     "RequestError",
     "StorageFullError",
     "UIDMismatchError",

@@ -11,11 +11,13 @@ from .errors import (
     MissingAttributeError,
     NotDicomError,
     RejectedError,
+    ReplicaWriteError,
     StorageFullError,
     UnsupportedError,
 )
 
 OUT_OF_RESOURCES = 0xA700  # Refused: out of resources
+OUT_OF_RESOURCES_IO = 0xA701  # same family: not stored for a local reason (I/O, index, a replica)
 DOES_NOT_MATCH_SOP_CLASS = 0xA900  # Error: data set does not match SOP class
 CANNOT_UNDERSTAND = 0xC000  # Error: cannot understand (C000-CFFF); the sub-codes say which part
 NOT_DICOM = 0xC001
@@ -27,6 +29,8 @@ CODEC = 0xC003
 # satisfy its SOP class, so it comes before the parse errors.
 _STORE_FAILURES: tuple[tuple[tuple[type[BaseException], ...], int, str], ...] = (
     ((StorageFullError,), OUT_OF_RESOURCES, "storage full"),
+    # A7xx tells a sender to retry later, e.g. after `dr promote`: the object is not at fault.
+    ((ReplicaWriteError,), OUT_OF_RESOURCES_IO, "this archive is a replica"),
     ((RejectedError, MissingAttributeError), DOES_NOT_MATCH_SOP_CLASS, "rejected"),
     ((NotDicomError,), NOT_DICOM, "not a DICOM dataset"),
     ((MalformedError,), CANNOT_UNDERSTAND, "malformed dataset"),

@@ -183,6 +183,7 @@ class _FullAfter:
         self._engine = engine
         self.room = room
         self.index = engine.index
+        self.ensure_writable = engine.ensure_writable
 
     def store_buffers(self, buffers: Sequence[bytes]) -> list[StoreOutcome | Exception]:
         if self.room <= 0:

@@ -11,6 +11,7 @@ from ..failures import (
     DOES_NOT_MATCH_SOP_CLASS,
     NOT_DICOM,
     OUT_OF_RESOURCES,
+    OUT_OF_RESOURCES_IO,
     UNSUPPORTED,
     store_failure,
 )
@@ -18,7 +19,6 @@ from ..failures import (
 SUCCESS = 0x0000
 PENDING = 0xFF00
 CANCEL = 0xFE00
-OUT_OF_RESOURCES_IO = 0xA701  # same family: the store failed for a local reason (I/O, index)
 MOVE_DESTINATION_UNKNOWN = 0xA801
 # C-GET/C-MOVE final statuses (PS3.4 C.4.2.1.5, C.4.3.1.4)
 ALL_FAILED = 0xA702  # out of resources: unable to perform sub-operations (every one failed)
@@ -47,4 +47,4 @@ def store_status(exc: DicomVaultError) -> tuple[int, str]:
 
 # re-exported: the DIMSE modules take every status from here
 __all__ = ["CANNOT_UNDERSTAND", "CODEC", "DOES_NOT_MATCH_SOP_CLASS", "NOT_DICOM", "OUT_OF_RESOURCES",
-           "UNSUPPORTED"]
+           "OUT_OF_RESOURCES_IO", "UNSUPPORTED"]

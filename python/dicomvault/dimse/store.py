@@ -14,8 +14,7 @@ from pydicom.dataset import Dataset
 
 from .. import _native  # type: ignore[attr-defined]
 from ..engine import Engine
-from ..errors import DicomVaultError
-from ..replication import state
+from ..errors import DicomVaultError, ReplicaWriteError
 from .common import calling_ae, log, status
 from .status import DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES_IO, SUCCESS
 from .status import store_status as status_of
@@ -33,18 +32,13 @@ def store_status(engine: Engine, dataset: bytes | memoryview | _native.ReceivedD
     Used by the in-process handler below and by the writer side of workers.py (which receives
     the same four facts from a receiver process), so both answer exactly alike.
     """
-    if state.role(engine.index) == state.REPLICA:
-        # A replica takes writes only from its upstream's feed, or it would diverge from it.
-        # A7xx (out of resources) tells the sender to retry later, e.g. after `dr promote`.
-        why = f"{engine.data_dir} is a replica; promote it first"
-        return _refused(OUT_OF_RESOURCES_IO, caller, sop_uid, why)
     try:
         outcome = engine.store_dataset(
             bytes(dataset) if isinstance(dataset, memoryview) else dataset, ts, calling_ae=caller
         )
     except DicomVaultError as exc:
         code, what = status_of(exc)
-        if code == OUT_OF_RESOURCES_IO:
+        if code == OUT_OF_RESOURCES_IO and not isinstance(exc, ReplicaWriteError):
             log.error("C-STORE from %s of %s failed: %s", caller, sop_uid, exc)
             return code, f"{what}: {exc}"
         return _refused(code, caller, sop_uid, f"{what} ({ts}): {exc}")

@@ -95,6 +95,6 @@ def failback(engine: Engine, client: SiteClient, *, discard_divergent: bool = Fa
             report.divergent.append(rec.sop_uid)
     if discard_divergent:
         for sop in report.divergent:
-            engine.delete("instance", sop)
+            engine.delete("instance", sop, converging=True)
         report.discarded = len(report.divergent)
     return report

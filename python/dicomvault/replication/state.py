@@ -19,11 +19,12 @@ from typing import Any
 import msgpack
 
 from ..index import Index
+from ..index.role import PRIMARY, REPLICA, ROLE, role, set_role
 
 FEED_ID = b"repl:feed_id"
 UPSTREAM = b"repl:upstream"
-ROLE = b"repl:role"
-PRIMARY, REPLICA = "primary", "replica"
+# re-exported: replication's modules take the role from here
+__all__ = ["PRIMARY", "REPLICA", "ROLE", "role", "set_role"]
 
 
 def _load(raw: bytes | None) -> dict[str, Any]:
@@ -90,15 +91,6 @@ def upstream(index: Index) -> Upstream | None:
 
 def set_upstream(index: Index, up: Upstream | None) -> None:
     index.put_meta(UPSTREAM, up.encode() if up is not None else None)
-
-
-def role(index: Index) -> str:
-    raw = index.get_meta(ROLE)
-    return raw.decode() if raw else PRIMARY
-
-
-def set_role(index: Index, value: str) -> None:
-    index.put_meta(ROLE, value.encode())
 
 
 def load_map(index: Index, key: bytes) -> dict[str, Any]:

@@ -43,14 +43,12 @@ from ... import _native  # type: ignore[attr-defined]
 from ...attributes import decode_attrs
 from ...engine import Engine, StoreOutcome
 from ...errors import (
-    ConflictError,
     DicomVaultError,
     PayloadTooLargeError,
     RequestError,
     UnsupportedMediaTypeError,
 )
 from ...failures import CANNOT_UNDERSTAND, DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES, store_failure
-from ...replication import state as replication_state
 from .media import DICOM, MULTIPART_RELATED, parse_content_type
 from .multipart import Part, read_parts
 
@@ -128,9 +126,9 @@ def check_request_type(content_type: str | None) -> None:
 
 
 def ensure_writable(engine: Engine) -> None:
-    """A replica takes its data from its upstream only: a STOW there is a conflict (409)."""
-    if replication_state.role(engine.index) == replication_state.REPLICA:
-        raise ConflictError("this archive is a replica: it accepts no stores until it is promoted")
+    """A replica takes its data from its upstream only: a STOW there is a conflict (409),
+    answered before the body is read."""
+    engine.ensure_writable()
 
 
 # -- identity and failure mapping ----------------------------------------------------------------

@@ -65,6 +65,36 @@ impl Error {
         Error::Malformed { offset: offset as u64, tag, reason: reason.into() }
     }
 
+    /// The same failure again, for every other item of a batch it stopped: the same variant
+    /// (a full disk stays `StorageFull` for each object, never some other kind), the same text.
+    pub fn again(&self) -> Self {
+        let io_again = |e: &std::io::Error| match e.raw_os_error() {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::new(e.kind(), e.to_string()),
+        };
+        match self {
+            Error::NotDicom { reason } => Error::NotDicom { reason: reason.clone() },
+            Error::Malformed { offset, tag, reason } => {
+                Error::Malformed { offset: *offset, tag: *tag, reason: reason.clone() }
+            }
+            Error::MissingAttribute { keyword, tag } => Error::MissingAttribute { keyword, tag: *tag },
+            Error::Unsupported { reason } => Error::Unsupported { reason: reason.clone() },
+            Error::Codec { reason } => Error::Codec { reason: reason.clone() },
+            Error::HashMismatch { expected, actual } => {
+                Error::HashMismatch { expected: expected.clone(), actual: actual.clone() }
+            }
+            Error::NotFound { hash } => Error::NotFound { hash: hash.clone() },
+            Error::StorageFull { path, source } => {
+                Error::StorageFull { path: path.clone(), source: io_again(source) }
+            }
+            Error::Corrupt { path, offset, reason } => {
+                Error::Corrupt { path: path.clone(), offset: *offset, reason: reason.clone() }
+            }
+            Error::Locked { path, reason } => Error::Locked { path: path.clone(), reason: reason.clone() },
+            Error::Io { path, source } => Error::Io { path: path.clone(), source: io_again(source) },
+        }
+    }
+
     /// Wraps an I/O error with the path it concerns, turning ENOSPC/EDQUOT into `StorageFull`
     /// so callers can answer "out of resources" rather than a generic failure.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

@@ -10,7 +10,7 @@ use crate::codec::Codec;
 use crate::error::Result;
 use crate::hash::Hash;
 use crate::object::{decode_verified, encode_canonical};
-use crate::store::{check_free_space, BlobStore, PutItem};
+use crate::store::{check_free_space, BlobStore, PutItem, Reserve};
 
 /// A blob now also held by the destination tier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub struct Copied {
 /// with one sync for the batch; then reads every copy back from `to` and checks it decodes to
 /// its hash. One result per hash: the copy's codec and lengths, or why this blob was not copied
 /// (the others go on). Refuses the whole batch, before writing, when it would leave less than
-/// `min_free` bytes on the destination's filesystem.
+/// the `reserve` free on the destination's filesystem.
 pub fn copy_verified(
     store: &BlobStore,
     hashes: &[Hash],
@@ -32,7 +32,7 @@ pub fn copy_verified(
     to: usize,
     target: Codec,
     level: i32,
-    min_free: u64,
+    reserve: &Reserve,
 ) -> Result<Vec<Result<Copied>>> {
     let (src, dst) = (store.tier_at(from)?, store.tier_at(to)?);
     // The source is not hash-checked here: its record crc is checked on read, and the read back
@@ -65,7 +65,7 @@ pub fn copy_verified(
         })
         .collect();
     let incoming = items.iter().map(|i| i.stored_len()).sum();
-    check_free_space(dst.path(), incoming, min_free)?;
+    check_free_space(dst.path(), incoming, reserve)?;
     let outcomes = dst.put_many(&items)?;
     let fresh: Vec<Hash> =
         items.iter().zip(&outcomes).filter(|(_, o)| !o.existed).map(|(i, _)| i.hash).collect();
@@ -151,7 +151,7 @@ mod tests {
         assert_eq!(p.codec, Codec::Raw);
         store.put(&p.hash, 0, p.logical_len, &p.stored_vec()).unwrap();
         let missing = [7u8; 32];
-        let out = copy_verified(&store, &[p.hash, missing], 0, 1, Codec::Hot, 1, 0).unwrap();
+        let out = copy_verified(&store, &[p.hash, missing], 0, 1, Codec::Hot, 1, &Reserve::NONE).unwrap();
         let c = out[0].as_ref().unwrap();
         assert_eq!(c.codec, Codec::Hot as u8);
         assert!(c.stored_len < p.logical_len, "hot codec compresses the gradient");
@@ -178,7 +178,7 @@ mod tests {
         let p = prepare_file_with(&file, INDEX_TAGS, Codec::Raw, 1).unwrap();
         let wrong = [1u8; 32];
         store.put(&wrong, 0, p.logical_len, &p.stored_vec()).unwrap();
-        let out = copy_verified(&store, &[wrong], 0, 1, Codec::Hot, 1, 0).unwrap();
+        let out = copy_verified(&store, &[wrong], 0, 1, Codec::Hot, 1, &Reserve::NONE).unwrap();
         assert!(matches!(out[0], Err(crate::Error::HashMismatch { .. })));
         assert_eq!(store.holders(&wrong), vec![0], "the unverified copy was removed");
     }

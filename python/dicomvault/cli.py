@@ -25,7 +25,7 @@ from .dimse.scu_cli import add_commands as add_scu_commands
 from .dr.commands import add_commands as add_dr_commands
 from .dr.commands import add_heal_arguments
 from .engine import DEFAULT_DATA_DIR, Engine, StoreOutcome
-from .errors import DicomVaultError
+from .errors import DicomVaultError, StorageFullError
 from .replication.commands import add_commands as add_replication_commands
 from .site_args import add_serve_site_arguments, add_site_arguments
 from .textout import print_table, walk_paths
@@ -134,12 +134,22 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     progress = _Progress(len(files), total, enabled=args.progress or sys.stderr.isatty())
     stored = replaced = duplicates = 0
     rejected: list[tuple[str, str]] = []
+    # The first storage-full refusal stops the run: every later file would be refused too, and
+    # the operator must hear "the archive is full", not one rejection per file.
+    full: list[tuple[str, str]] = []
     lock = threading.Lock()
     t0 = time.monotonic()
-    with Engine(args.data) as engine:
+    reserve = None
+    if args.config:
+        from .config import load_config
+
+        reserve = load_config(args.config).reserve
+    with Engine(args.data, reserve=reserve) as engine:
 
         def run(batch: list[Path]) -> None:
             nonlocal stored, replaced, duplicates
+            if full:
+                return
             results = engine.store_files(batch)
             with lock:
                 for path, res in zip(batch, results, strict=True):
@@ -151,6 +161,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                             replaced += 1
                         else:
                             stored += 1
+                    elif isinstance(res, StorageFullError):
+                        full.append((str(path), str(res)))
                     else:
                         rejected.append((str(path), str(res)))
                         log.warning("rejected %s: %s", path, res)
@@ -161,6 +173,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 fut.result()
     progress.done()
     elapsed = time.monotonic() - t0
+    not_stored = len(files) - stored - replaced - duplicates - len(rejected)
     summary = {
         "files": len(files),
         "bytes": total,
@@ -170,6 +183,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         "replaced": replaced,
         "duplicates": duplicates,
         "rejected": [{"path": p, "reason": r} for p, r in rejected],
+        "storage_full": {"reason": full[0][1], "not_stored": not_stored} if full else None,
     }
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -181,6 +195,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         )
         for p, r in rejected:
             print(f"  rejected {p}: {r}")
+    if full:
+        print(
+            f"dicomvault ingest: storage full, stopped with {not_stored} file(s) not stored: {full[0][1]}\n"
+            "  Everything reported stored is durable. Free space and run the same command again: "
+            "the files already stored are skipped as duplicates.",
+            file=sys.stderr,
+        )
+        return 2
     return 1 if rejected and args.strict else 0
 
 
@@ -370,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--progress", action="store_true", help="show progress even when not a terminal")
     p.add_argument("--strict", action="store_true", help="exit 1 if any file was rejected")
+    p.add_argument("--config", metavar="FILE", help="TOML configuration: its [storage] reserve")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("export", parents=[common], help="write Part-10 files of a study/series/instance")

@@ -26,7 +26,8 @@ tls = false                        # C-MOVE and storage commitment to this peer 
 ```
 
 `[replication]` and `[[forward]]` are documented in replication/settings.py, `tiers` and
-`[tiering]` (tiered placement) in storage/settings.py.
+`[tiering]` (tiered placement) in storage/settings.py, `[storage]` (the free-space reserve) in
+storage/reserve.py.
 
 Unknown keys are errors (a typo must not silently fall back to a default).
 """
@@ -42,6 +43,7 @@ from typing import Any
 from .engine import DEFAULT_DATA_DIR
 from .errors import DicomVaultError
 from .replication.settings import ReplicationSettings, parse_settings
+from .storage.reserve import Reserve, parse_reserve
 from .storage.settings import TieringSettings, default_settings, parse_tiering
 
 DEFAULT_AE_TITLE = "DICOMVAULT"
@@ -142,6 +144,8 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     # `tiers` and [tiering]: parsed by storage/settings.py (which documents them)
     tiering: TieringSettings = field(default_factory=default_settings)
+    # [storage]: the free-space reserve (storage/reserve.py)
+    reserve: Reserve = field(default_factory=Reserve)
 
     def with_overrides(
         self,
@@ -168,7 +172,7 @@ _DIMSE_KEYS = {
 }
 _PEER_KEYS = {"ae_title", "host", "port", "tls"}
 _PEER_REQUIRED = ("ae_title", "host", "port")
-_TOP_KEYS = {"data", "dimse", "peers", "replication", "forward", "http", "tiers", "tiering"}
+_TOP_KEYS = {"data", "dimse", "peers", "replication", "forward", "http", "tiers", "tiering", "storage"}
 _HTTP_KEYS = {"host", "port", "anonymous", "public_url", "cors_origins", "max_body", "tls_cert", "tls_key"}
 _ANONYMOUS = ("auto", "none", "reader", "writer", "admin")
 
@@ -312,4 +316,5 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         replication=parse_settings(doc, where, p.parent),
         http=_parse_http(doc.get("http", {}), f"{where}: http", p.parent),
         tiering=parse_tiering(doc, where),
+        reserve=parse_reserve(doc.get("storage", {}), f"{where}: storage"),
     )

@@ -32,6 +32,7 @@ from .locks import ReadWriteLock
 from .storage.cold import ColdPlacement, ColdTier
 from .storage.coldcache import ColdReadCache
 from .storage.layout import resolve as resolve_layout
+from .storage.reserve import Reserve
 from .storage.settings import TierSpec
 
 DEFAULT_DATA_DIR = Path("./dicomvault-data")
@@ -106,11 +107,15 @@ class Engine:
         sync: bool = True,
         level: int = 1,
         volume_size: int = 1 << 30,
-        min_free_bytes: int = 64 << 20,
+        min_free_bytes: int | None = None,
         tiers: Sequence[TierSpec] | None = None,
+        reserve: Reserve | None = None,
     ) -> None:
+        """`reserve`: the free space every write leaves on each filesystem holding a local tier
+        (storage/reserve.py; default: 2 % of it, at least 16 MiB, at most 4 GiB);
+        `min_free_bytes` instead: a fixed reserve (0: none)."""
         self.data_dir = Path(data_dir)
-        self.min_free_bytes = min_free_bytes
+        self.reserve = Reserve.fixed(min_free_bytes) if min_free_bytes is not None else (reserve or Reserve())
         self.read_only = read_only
         if read_only:
             if not (self.data_dir / "index").exists():
@@ -141,7 +146,9 @@ class Engine:
             volume_size=volume_size,
             # The reserve keeps room for the index to commit what the blob store accepted
             # (RocksDB turns read-only after a failed WAL write) and for deletes to run.
-            min_free_bytes=0 if read_only else min_free_bytes,
+            min_free_bytes=0 if read_only else self.reserve.floor,
+            reserve_fraction=0.0 if read_only else self.reserve.fraction,
+            reserve_max_bytes=0 if read_only else self.reserve.ceiling,
             tiers=[(t.name, t.path) for t in self.local_tiers],
             # Ingest never runs the cold codec inline: a cold landing tier stores hot.
             ingest_codec=min(self.tiers[0].codec_id, 1),

@@ -8,7 +8,7 @@ use dicomvault_core::codec::Codec;
 use dicomvault_core::hash::Hash;
 use dicomvault_core::object::{self, Landed, Prepared};
 use dicomvault_core::parse::INDEX_TAGS;
-use dicomvault_core::store::{check_free_space, BlobStore, LocalTierConfig, PutItem, StoreConfig};
+use dicomvault_core::store::{check_free_space, BlobStore, LocalTierConfig, PutItem, Reserve, StoreConfig};
 use dicomvault_core::tiermove;
 use dicomvault_core::Error;
 use pyo3::prelude::*;
@@ -23,7 +23,7 @@ use crate::net::ReceivedDataSet;
 pub struct Vault {
     store: Mutex<Option<Arc<BlobStore>>>,
     level: i32,
-    min_free_bytes: u64,
+    reserve: Reserve,
     /// Codec of what ingest stores in the landing tier (raw: compacted later; hot: inline).
     ingest_codec: Codec,
 }
@@ -58,7 +58,7 @@ impl Vault {
                 }
             })
             .collect();
-        let mut outcomes = put_batch(store, &items, self.min_free_bytes, None).into_iter();
+        let mut outcomes = put_batch(store, &items, &self.reserve, None).into_iter();
         drop(items);
         prepared
             .into_iter()
@@ -77,7 +77,7 @@ impl Vault {
 fn put_batch(
     store: &BlobStore,
     items: &[PutItem<'_>],
-    min_free: u64,
+    reserve: &Reserve,
     tier: Option<usize>,
 ) -> Vec<Result<bool, Error>> {
     let incoming = items.iter().map(|i| i.stored_len()).sum();
@@ -86,16 +86,9 @@ fn put_batch(
         None => store.put_many(items),
     };
     let dir = store.tier_at(tier.unwrap_or(0)).map_or(store.root(), |t| t.path());
-    match check_free_space(dir, incoming, min_free).and_then(|_| put()) {
+    match check_free_space(dir, incoming, reserve).and_then(|_| put()) {
         Ok(v) => v.into_iter().map(|o| Ok(o.existed)).collect(),
-        Err(e) => {
-            let msg = e.to_string();
-            let mut first = Some(e);
-            items
-                .iter()
-                .map(|_| Err(first.take().unwrap_or_else(|| Error::Unsupported { reason: msg.clone() })))
-                .collect()
-        }
+        Err(e) => items.iter().map(|_| Err(e.again())).collect(),
     }
 }
 
@@ -117,7 +110,7 @@ impl Vault {
     #[new]
     #[pyo3(signature = (
         root, *, read_only=false, sync=true, level=1, volume_size=1<<30, min_free_bytes=0,
-        tiers=None, ingest_codec=1,
+        tiers=None, ingest_codec=1, reserve_fraction=0.0, reserve_max_bytes=None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -130,6 +123,8 @@ impl Vault {
         min_free_bytes: u64,
         tiers: Option<Vec<(String, PathBuf)>>,
         ingest_codec: u8,
+        reserve_fraction: f64,
+        reserve_max_bytes: Option<u64>,
     ) -> PyResult<Self> {
         let ingest_codec = Codec::from_u8(ingest_codec).py_err()?;
         let mut config = StoreConfig { volume_size, sync, read_only, ..StoreConfig::new(root) };
@@ -137,7 +132,14 @@ impl Vault {
             config.tiers = t.into_iter().map(|(name, dir)| LocalTierConfig::new(name, dir)).collect();
         }
         let store = gil::blocking(py, || BlobStore::open(config)).py_err()?;
-        Ok(Vault { store: Mutex::new(Some(Arc::new(store))), level, min_free_bytes, ingest_codec })
+        // The free space every write leaves: `reserve_fraction` of the filesystem, at least
+        // `min_free_bytes`, at most `reserve_max_bytes` (core::store::Reserve).
+        let reserve = Reserve {
+            floor: min_free_bytes,
+            fraction: reserve_fraction,
+            ceiling: reserve_max_bytes.unwrap_or(min_free_bytes),
+        };
+        Ok(Vault { store: Mutex::new(Some(Arc::new(store))), level, reserve, ingest_codec })
     }
 
     /// Reads, parses, hashes, encodes and durably stores files. One result per path: a dict, or
@@ -280,7 +282,7 @@ impl Vault {
         tier: Option<usize>,
     ) -> PyResult<Bound<'py, PyList>> {
         let store = self.store()?;
-        let min_free = self.min_free_bytes;
+        let reserve = self.reserve;
         let results: Vec<Result<bool, Error>> = gil::blocking(py, || {
             let checked: Vec<Result<PutItem<'_>, Error>> = items
                 .iter()
@@ -301,7 +303,7 @@ impl Vault {
                 .collect();
             let ok: Vec<PutItem<'_>> = checked.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
             let mut outcomes =
-                put_batch(&store, &ok, min_free, tier).into_iter().map(|r| r.map(|existed| !existed));
+                put_batch(&store, &ok, &reserve, tier).into_iter().map(|r| r.map(|existed| !existed));
             checked
                 .into_iter()
                 .map(|r| r.and_then(|_| outcomes.next().expect("one outcome per stored item")))
@@ -345,9 +347,9 @@ impl Vault {
         let store = self.store()?;
         let hs = hashes.iter().map(|h| hash_arg(h)).collect::<PyResult<Vec<Hash>>>()?;
         let target = Codec::from_u8(codec).py_err()?;
-        let (level, min_free) = (level.unwrap_or(self.level), self.min_free_bytes);
+        let (level, reserve) = (level.unwrap_or(self.level), self.reserve);
         let results =
-            gil::blocking(py, || tiermove::copy_verified(&store, &hs, source, dest, target, level, min_free))
+            gil::blocking(py, || tiermove::copy_verified(&store, &hs, source, dest, target, level, &reserve))
                 .py_err()?;
         let list = PyList::empty(py);
         for r in results {

@@ -52,8 +52,9 @@ def test_ingest_on_a_replica_fails_with_exit_2_and_stores_nothing(tmp_path: Path
     data = tmp_path / "d"
     with Engine(data) as e:
         role.set_role(e.index, role.REPLICA)
+    cli = str(Path(sys.executable).with_name("dicomvault"))
     run = subprocess.run(
-        [str(Path(sys.executable).with_name("dicomvault")), "ingest", str(tmp_path / "in"), "--data", str(data)],
+        [cli, "ingest", str(tmp_path / "in"), "--data", str(data)],
         capture_output=True, text=True, timeout=120,
     )
     assert run.returncode == 2, run.stderr

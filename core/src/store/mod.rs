@@ -456,12 +456,39 @@ impl BlobStore {
 #[cfg(test)]
 mod tests;
 
-/// Refuses a write of `incoming` bytes that would leave less than `min_free` bytes on the
-/// filesystem holding `root`. Why: the index beside the store must always be able to commit
-/// what the store accepted (RocksDB turns read-only after a failed WAL write), and an operator
-/// must be able to run deletes to get out of a full disk.
-pub fn check_free_space(root: &Path, incoming: u64, min_free: u64) -> Result<()> {
-    if min_free == 0 {
+/// How much free space a filesystem holding a tier must keep after a write: `fraction` of its
+/// size, at least `floor` and at most `ceiling` bytes (the floor wins if they cross). Why a
+/// reserve: the index beside the store must always be able to commit what the store accepted
+/// (RocksDB turns read-only after a failed WAL write or flush), and an operator must be able to
+/// run deletes to get out of a full disk. Why it scales: what it must hold (memtable flushes,
+/// compactions) grows with the archive, while a fixed reserve sized for a large disk leaves a
+/// small one nothing to store.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Reserve {
+    pub floor: u64,
+    pub fraction: f64,
+    pub ceiling: u64,
+}
+
+impl Reserve {
+    /// No reserve: writes run until the device itself refuses (benchmarks, restore targets).
+    pub const NONE: Reserve = Reserve { floor: 0, fraction: 0.0, ceiling: 0 };
+
+    pub fn fixed(bytes: u64) -> Self {
+        Reserve { floor: bytes, fraction: 0.0, ceiling: bytes }
+    }
+
+    /// The reserve on a filesystem of `size` bytes.
+    pub fn bytes(&self, size: u64) -> u64 {
+        let fraction = if self.fraction.is_finite() { self.fraction.clamp(0.0, 1.0) } else { 0.0 };
+        ((size as f64 * fraction) as u64).min(self.ceiling).max(self.floor)
+    }
+}
+
+/// Refuses (`StorageFull`) a write of `incoming` bytes that would leave less than the reserve
+/// free on the filesystem holding `root`.
+pub fn check_free_space(root: &Path, incoming: u64, reserve: &Reserve) -> Result<()> {
+    if *reserve == Reserve::NONE {
         return Ok(());
     }
     let c_path = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())
@@ -472,12 +499,17 @@ pub fn check_free_space(root: &Path, incoming: u64, min_free: u64) -> Result<()>
         return Err(Error::io(root, std::io::Error::last_os_error()));
     }
     let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
-    if free.saturating_sub(incoming) < min_free {
+    let size = (st.f_blocks as u64).saturating_mul(st.f_frsize as u64);
+    let keep = reserve.bytes(size);
+    if free.saturating_sub(incoming) < keep {
         return Err(Error::StorageFull {
             path: root.to_path_buf(),
             source: std::io::Error::new(
                 std::io::ErrorKind::StorageFull,
-                format!("{free} bytes free, {incoming} incoming, reserve {min_free}"),
+                format!(
+                    "{free} bytes free of {size}, {incoming} incoming, {keep} kept in reserve for the index \
+                     and for deletes"
+                ),
             ),
         });
     }

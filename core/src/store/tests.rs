@@ -766,3 +766,22 @@ fn a_read_only_view_follows_a_blob_moved_to_another_tier() {
     assert_eq!(r.get(&h).unwrap().bytes, b);
     assert_eq!(r.holders(&h), vec![1]);
 }
+
+#[test]
+fn reserve_scales_with_the_filesystem_between_floor_and_ceiling() {
+    let r = Reserve { floor: 16 << 20, fraction: 0.02, ceiling: 4 << 30 };
+    assert_eq!(r.bytes(48 << 20), 16 << 20); // a small volume keeps the floor, not 2 % of it
+    assert_eq!(r.bytes(100 << 30), 2 << 30); // 2 % of 100 GiB
+    assert_eq!(r.bytes(10 << 40), 4 << 30); // capped on a large one
+    assert_eq!(Reserve::fixed(64 << 20).bytes(1 << 40), 64 << 20);
+    // Crossed bounds: the floor wins; a nonsense fraction counts as none.
+    assert_eq!(Reserve { floor: 10, fraction: 0.5, ceiling: 5 }.bytes(1000), 10);
+    assert_eq!(Reserve { floor: 1, fraction: f64::NAN, ceiling: 99 }.bytes(1000), 1);
+    let d = tempfile::tempdir().unwrap();
+    assert!(check_free_space(d.path(), 0, &Reserve::NONE).is_ok());
+    let all = Reserve { floor: 0, fraction: 1.0, ceiling: u64::MAX };
+    let err = check_free_space(d.path(), 1, &all).unwrap_err();
+    assert!(matches!(err.again(), Error::StorageFull { .. }));
+    assert_eq!(err.again().to_string(), err.to_string());
+    assert!(err.to_string().contains("kept in reserve"), "{err}");
+}

@@ -288,7 +288,7 @@ def serve(config: Config, *, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         tiers = config.tiering.tiers if config.tiering.configured else None
-        with Engine(config.data_dir, tiers=tiers) as engine:
+        with Engine(config.data_dir, tiers=tiers, reserve=config.reserve) as engine:
             workers = config.dimse.workers
             if workers > 1:
                 # The full SCP listens on loopback only; receiver processes own the public port

@@ -1,27 +1,31 @@
 //! The cold codec: dense lossless coding of native pixel data, for the cold tier.
 //!
 //! Native (uncompressed) 8- and 16-bit samples are coded by a context-modelling image coder
-//! written here (no C library): prediction by an error-weighted blend of five predictors,
-//! residuals coded by an adaptive binary arithmetic coder in contexts of the local prediction
-//! error. The bytes around the pixel span (header, trailing elements) are compressed by zstd.
-//! Everything the model does not cover (encapsulated pixel data, 1- or 32-bit samples, more
-//! than four samples per pixel, no pixel data) goes to the hot codec: [`encode_cold`] then
-//! returns [`Codec::Hot`] (or [`Codec::Raw`]), and [`cold_support`] says why, so callers can
-//! count the fallbacks. [`encode_cold`] also keeps the hot codec's output when it is the
-//! smaller one (lossy-decompressed or synthetic images whose residuals repeat, palette
-//! indices): the cold tier never stores more than the warm one would.
+//! written here (no C library): prediction by MED (LOCO-I's median edge detector), residuals
+//! as tokens coded by rANS with static per-context tables (a two-pass encoder) in contexts of
+//! the residuals and gradients of the rows above, their low bits raw. The bytes around the
+//! pixel span (header, trailing elements) are compressed by zstd. Everything the model does
+//! not cover (encapsulated pixel data, 1- or 32-bit samples, more than four samples per pixel,
+//! no pixel data) goes to the hot codec: [`encode_cold`] then returns [`Codec::Hot`] (or
+//! [`Codec::Raw`]), and [`cold_support`] says why, so callers can count the fallbacks.
+//! [`encode_cold`] also keeps the hot codec's output when it is the smaller one
+//! (lossy-decompressed or synthetic images whose residuals repeat, palette indices): the cold
+//! tier never stores more than the warm one would.
 //!
 //! Measured on the codec benchmark's corpus (`cargo run --release --example cold_ratio`):
-//! about 1.7x the stored size of Orthanc's zlib-6 in total and 1.15x the hot codec's, at
-//! ~30 MB/s per core to encode and ~38 MB/s to decode.
+//! about 1.69x the stored size of Orthanc's zlib-6 in total and 1.13x the hot codec's, at
+//! ~75 MB/s per core to encode and ~150-180 MB/s to decode. Version 1 (an error-weighted
+//! blend of five predictors, adaptive binary arithmetic coding; decoded, no longer written)
+//! stored ~2% less in total, up to ~12% less on some mid-size images, and decoded at ~38 MB/s:
+//! the cold tier's retrieval is bound by this decode, so version 2 trades that for speed.
 //!
-//! # Stored format of `Codec::Cold`, version 1
+//! # Stored format of `Codec::Cold`, version 2
 //!
 //! All integers are little-endian.
 //!
 //! | bytes | field |
 //! | --- | --- |
-//! | 4 | magic `b"DVC"` then the format version `1` |
+//! | 4 | magic `b"DVC"` then the format version `2` |
 //! | 1 | flags: bit 0 big-endian samples, bit 1 signed (two's complement) samples, bit 2 colour transform, bit 3 swapped pairs |
 //! | 1 | bytes per sample: 1 or 2 |
 //! | 1 | channels: samples per pixel as coded, 1..=4 (planar colour is coded as 1 channel) |
@@ -33,12 +37,17 @@
 //! | 1 | rest method: 0 stored, 1 zstd |
 //! | 8 | rest raw length |
 //! | 8 | rest stored length |
-//! | 8 | arithmetic-coded stream length |
+//! | 1 | table section method: 0 stored, 1 zstd |
+//! | 8 | table section raw length (0 if and only if there are no pixels) |
+//! | 8 | table section stored length |
+//! | 8 | rANS stream length |
 //! | 8 | raw-bit stream length |
 //! | 12 × channels | per channel: lowest and highest value (i32 each), number of distinct values `m` (u32; 0: not compacted) |
 //! | ... | per compacted channel, in channel order: `m - 1` LEB128 gaps between its sorted distinct values, minus 1 |
-//! | ... | rest, arithmetic-coded stream, raw-bit stream, back to back |
+//! | ... | rest, table section, rANS stream, raw-bit stream, back to back |
 //! | 4 | CRC-32 of every byte before it |
+//!
+//! Without pixels the three pixel streams are empty.
 //!
 //! The span's body is its first `span_len - span_len % (bps * channels)` bytes: whole pixels,
 //! `n = body / (bps * channels)` of them, in rows of `columns` pixels (the last row may be
@@ -53,7 +62,70 @@
 //! channel 0 is G, channel 1 is R - G and channel 2 is B - G. Each channel's values lie in its
 //! stored [lowest, highest] range; the decoder rejects anything else.
 //!
-//! # The model
+//! The table section (decompressed):
+//!
+//! | bytes | field |
+//! | --- | --- |
+//! | 2 | `T`, the number of tables: 1..=256 |
+//! | 256 × channels | the context map: the table of each context (below), < `T` |
+//! | per table: 1 | `n`, the tokens it describes: 1..=72 |
+//! | per table: `n` | frequency codes of tokens `0..n` (0: absent), 0..=52, at least one not 0 |
+//!
+//! A table's frequencies sum to 2^11: with code weights `w(c) = (4 + (c - 1) % 4) << ((c - 1)
+//! / 4)`, `p` tokens present and `W` the sum of their weights, token `t` has frequency
+//! `1 + w(c_t) * (2^11 - p) / W` (integer division), and the first token of the largest
+//! frequency gets what is left to 2^11. The tokens take consecutive slots in order, each as
+//! many as its frequency, from `start_t`.
+//!
+//! The rANS stream is two 32-bit states (for the samples of even and odd index in coding
+//! order; each at least 2^16) then 16-bit words. A sample's token, with `x` its state and the
+//! table its context maps to: `t` the token of slot `x % 2^11`; then `x = f_t * (x >> 11) +
+//! x % 2^11 - start_t`, and while `x < 2^16`, `x = x << 16 | the next word`. After the last
+//! sample both states are 2^16 and every word has been read (the encoder codes backwards from
+//! those states). The raw-bit stream is read LSB first and zero-padded to a byte; its last byte
+//! holds at least one bit that is read.
+//!
+//! Tokens: with `u` the zigzagged residual (`2e` for `e >= 0`, `-2e - 1` otherwise), the token
+//! of `u < 16` is `u`; of a larger `u` of bit length `b + 1`, `16 + 4 (b - 4)` plus the two
+//! bits below the leading one, then `b - 2` raw bits: the low bits of `u`.
+//!
+//! # The model of version 2
+//!
+//! Channels are coded as images of `columns` pixels a row, row by row, the channels of a row
+//! one after the other. Before that the encoder reads the samples once to choose their reading
+//! (signed or not) and each channel's range; a channel that uses at most half of the values in
+//! its range is *compacted*: the model codes the ranks of its values (rescaled CT, palettes),
+//! in the model range `[lo, hi]` (the stored range, or `[0, m - 1]`). For each sample, with W,
+//! N, NW, NE, NN its neighbours (NW = N in the first column, NE = N in the last, NN = N in the
+//! second row) and `|e_X|` the magnitude of the residual at X:
+//! - the prediction: MED, the median of W, N and W + N - NW; in the first row W (for the first
+//!   sample `lo + (hi - lo) / 2`), in the first column of the others N;
+//! - the context, from the rows above only (so the decoder computes a row's contexts ahead,
+//!   vectorised, and its per-sample loops carry no context dependency): the error size `a =
+//!   |e_NWW| + |e_NEE| + 2 (|e_NW| + |e_N| + |e_NE| + |e_NN| + 2 |e_B|)`, with `e_B` channel
+//!   0's residual at this pixel for the other channels (0 for channel 0), magnitudes beyond a
+//!   row's ends those at its ends and those above the first row 0; and the gradient `g = |N -
+//!   NW| + |NE - N| + |N - NN|` (0 in the first row). Quantised: `q` the half-octave of `a + 2`
+//!   (`2 floor(log2(a + 2))` plus the bit below its leading one, minus 2; at most 31: a = 0, 1,
+//!   2-3, 4-5, 6-9, ...), `gq` the bit length of `g` (at most 7); the context of channel `ch`
+//!   is `256 ch + 8 q + gq`;
+//! - the residual `x - prediction`, as a token of the context's table and raw bits.
+//!
+//! The encoder's first pass computes the tokens and counts them by context; it then picks the
+//! context map among a few groupings of the contexts (per channel or shared; error sizes
+//! merged by 1, 2, 4 or all; gradients kept or merged) by the estimated size, tables included,
+//! and quantises each table's counts to the nearest code (in ratio). Both sides compute the
+//! frequencies from the codes in integers, the contexts in integers and exactly converted f32
+//! (exponent bits), so every platform decodes alike; the tests pin the output of a few objects.
+//!
+//! # Stored format of version 1
+//!
+//! As version 2 but for the format version `1`, the five fields from the table section method
+//! to the raw-bit stream length replaced by two: the arithmetic-coded stream length (8 bytes)
+//! and the raw-bit stream length (8 bytes); the payload after the value tables is the rest, the
+//! arithmetic-coded stream and the raw-bit stream (LSB first, zero-padded bytes).
+//!
+//! # The model of version 1
 //!
 //! Channels are coded as images of `columns` pixels a row, row by row, the channels of a row
 //! one after the other. Before that the encoder reads the samples once to choose their reading
@@ -80,22 +152,31 @@
 //!
 //! Probabilities are 16-bit, adapting by a shift of about `log2(n + 1.5)` for their `n`-th use,
 //! then 6. The arithmetic coder is LZMA's range coder (32-bit range, carry propagation, 16-bit
-//! probabilities, 5 bytes of flush). This is an outline: the code of this module (every
-//! constant, rounding and initial state) is the normative definition of version 1, and the
-//! tests pin its round trip; a change to any of it needs a new format version.
+//! probabilities, 5 bytes of flush). Its encoder is kept for the tests only.
+//!
+//! These are outlines: the code of this module (every constant, rounding and initial state)
+//! is the normative definition of both versions, and the tests pin each one's output for a few
+//! objects (version 1's as its original encoder wrote it); a change to any of it needs a new
+//! format version.
 //!
 //! [`decode`](super::decode) checks the CRC, every field and every length against
-//! `logical_len` before it allocates or decompresses anything; a value outside its channel's
-//! range or a stream read past its end is an error, never a panic.
+//! `logical_len` before it allocates or decompresses anything (version 2's tables: at most 256
+//! of ~2 KiB); a value outside its channel's range, a stream read past its end or not to its
+//! end is an error, never a panic.
 
 use crate::error::Result;
 
 use super::{codec_err, encode_hot, Codec, PixelKind, PixelLayout, Reader, DEFAULT_HOT_LEVEL};
 
 const MAGIC: [u8; 3] = *b"DVC";
-const VERSION: u8 = 1;
-/// Fixed header, up to and including the raw-bit stream length.
+/// The format [`encode_cold`] writes.
+const VERSION: u8 = VERSION_2;
+const VERSION_1: u8 = 1;
+const VERSION_2: u8 = 2;
+/// Fixed header of version 1, up to and including the raw-bit stream length.
 const FIXED_HEADER: usize = 4 + 4 + 4 + 8 + 8 + 8 + 1 + 8 + 8 + 8 + 8;
+/// Fixed header of version 2: the table section's method and raw length come on top.
+const FIXED_HEADER_V2: usize = FIXED_HEADER + 1 + 8 + 8;
 const CRC_LEN: usize = 4;
 
 const FLAG_BIG_ENDIAN: u8 = 1;
@@ -241,6 +322,12 @@ impl Geometry {
 // Encoder.
 
 fn encode_model(logical: &[u8], layout: &PixelLayout) -> Result<Vec<u8>> {
+    encode_version(logical, layout, VERSION)
+}
+
+/// The cold model's encoding in format `version`: [`VERSION`], or version 1 for the tests that
+/// pin its decoder (archives hold version-1 objects; nothing writes them any more).
+fn encode_version(logical: &[u8], layout: &PixelLayout, version: u8) -> Result<Vec<u8>> {
     let (off, len) = (layout.offset, layout.length);
     let bps = layout.bytes_per_sample as usize;
     let channels = if layout.planar { 1 } else { layout.samples_per_pixel.max(1) as usize };
@@ -275,12 +362,30 @@ fn encode_model(logical: &[u8], layout: &PixelLayout) -> Result<Vec<u8>> {
     rest.extend_from_slice(&logical[off + body_len..]);
     let (rest_method, rest_stored) = compress_rest(&rest)?;
 
-    let (ac, raw) = encode_pixels(span, &g, &infos);
+    // The pixel streams, and the header fields that describe them.
+    let mut fields = Vec::new();
+    let streams: Vec<Vec<u8>> = match version {
+        #[cfg(test)]
+        VERSION_1 => {
+            let (ac, raw) = encode_pixels(span, &g, &infos);
+            vec![ac, raw]
+        }
+        _ => {
+            let (tables, rans, raw) = encode_pixels_v2(span, &g, &infos);
+            let (table_method, table_stored) = compress_tables(&tables)?;
+            fields.push(table_method);
+            fields.extend_from_slice(&(tables.len() as u64).to_le_bytes());
+            vec![table_stored, rans, raw]
+        }
+    };
+    for s in &streams {
+        fields.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    }
 
-    let mut out =
-        Vec::with_capacity(FIXED_HEADER + 12 * channels + rest_stored.len() + ac.len() + raw.len() + 4);
+    let payload: usize = streams.iter().map(Vec::len).sum();
+    let mut out = Vec::with_capacity(FIXED_HEADER_V2 + 12 * channels + rest_stored.len() + payload + 4);
     out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
+    out.push(version);
     let mut flags = 0;
     if g.big_endian {
         flags |= FLAG_BIG_ENDIAN;
@@ -305,8 +410,7 @@ fn encode_model(logical: &[u8], layout: &PixelLayout) -> Result<Vec<u8>> {
     out.push(rest_method);
     out.extend_from_slice(&(rest.len() as u64).to_le_bytes());
     out.extend_from_slice(&(rest_stored.len() as u64).to_le_bytes());
-    out.extend_from_slice(&(ac.len() as u64).to_le_bytes());
-    out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+    out.extend_from_slice(&fields);
     for c in &infos {
         out.extend_from_slice(&c.lo.to_le_bytes());
         out.extend_from_slice(&c.hi.to_le_bytes());
@@ -318,8 +422,9 @@ fn encode_model(logical: &[u8], layout: &PixelLayout) -> Result<Vec<u8>> {
         }
     }
     out.extend_from_slice(&rest_stored);
-    out.extend_from_slice(&ac);
-    out.extend_from_slice(&raw);
+    for s in &streams {
+        out.extend_from_slice(s);
+    }
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     Ok(out)
@@ -556,44 +661,66 @@ fn store_row_rgb(rows: &[&mut [i32]], g: &Geometry, out: &mut [u8]) {
     }
 }
 
+/// Per channel: value - lo -> rank for a compacted channel, else empty.
+fn rank_maps(infos: &[ChanInfo]) -> Vec<Vec<u32>> {
+    infos
+        .iter()
+        .map(|c| {
+            let mut m = Vec::new();
+            if !c.values.is_empty() {
+                m.resize((c.hi - c.lo) as usize + 1, 0);
+                for (rank, &v) in c.values.iter().enumerate() {
+                    m[(v - c.lo) as usize] = rank as u32;
+                }
+            }
+            m
+        })
+        .collect()
+}
+
+type LoadRow = fn(&[u8], &Geometry, usize, &mut [i32]);
+
+fn row_loader(g: &Geometry) -> LoadRow {
+    match (g.bps, g.big_endian, g.signed) {
+        _ if g.transform => load_row_rgb,
+        (1, _, false) => load_row::<1, false, false>,
+        (1, _, true) => load_row::<1, false, true>,
+        (_, false, false) => load_row::<2, false, false>,
+        (_, false, true) => load_row::<2, false, true>,
+        (_, true, false) => load_row::<2, true, false>,
+        (_, true, true) => load_row::<2, true, true>,
+    }
+}
+
+/// Channel `ch` of a row of pixels as the model codes it (ranks of compacted channels).
+fn load_model_row(
+    load: LoadRow,
+    row: &[u8],
+    g: &Geometry,
+    ch: usize,
+    info: &ChanInfo,
+    rank: &[u32],
+    dst: &mut [i32],
+) {
+    load(row, g, ch, dst);
+    if !rank.is_empty() {
+        dst.iter_mut().for_each(|v| *v = rank[(*v - info.lo) as usize] as i32);
+    }
+}
+
+#[cfg(test)]
 fn encode_pixels(span: &[u8], g: &Geometry, infos: &[ChanInfo]) -> (Vec<u8>, Vec<u8>) {
     let mut io = Encoder { rc: RangeEncoder::new(span.len() / 4), bits: BitWriter::new(span.len() / 16) };
     if g.pixels > 0 {
         let mut chans: Vec<Channel> =
             infos.iter().map(|c| Channel::new(c.model_range(), g.columns)).collect();
-        // value - lo -> rank, for compacted channels.
-        let ranks: Vec<Vec<u32>> = infos
-            .iter()
-            .map(|c| {
-                let mut m = Vec::new();
-                if !c.values.is_empty() {
-                    m.resize((c.hi - c.lo) as usize + 1, 0);
-                    for (rank, &v) in c.values.iter().enumerate() {
-                        m[(v - c.lo) as usize] = rank as u32;
-                    }
-                }
-                m
-            })
-            .collect();
+        let ranks = rank_maps(infos);
+        let load = row_loader(g);
         let row_bytes = g.columns * g.pixel_bytes();
         for (r, row) in span.chunks(row_bytes).enumerate() {
             let w = row.len() / g.pixel_bytes();
-            let load = match (g.bps, g.big_endian, g.signed) {
-                _ if g.transform => load_row_rgb,
-                (1, _, false) => load_row::<1, false, false>,
-                (1, _, true) => load_row::<1, false, true>,
-                (_, false, false) => load_row::<2, false, false>,
-                (_, false, true) => load_row::<2, false, true>,
-                (_, true, false) => load_row::<2, true, false>,
-                (_, true, true) => load_row::<2, true, true>,
-            };
             for (ch, c) in chans.iter_mut().enumerate() {
-                let dst = &mut c.cur[PAD..PAD + w];
-                load(row, g, ch, dst);
-                if !ranks[ch].is_empty() {
-                    let (lo, rank) = (infos[ch].lo, &ranks[ch][..]);
-                    dst.iter_mut().for_each(|v| *v = rank[(*v - lo) as usize] as i32);
-                }
+                load_model_row(load, row, g, ch, &infos[ch], &ranks[ch], &mut c.cur[PAD..PAD + w]);
             }
             code_row(&mut io, &mut chans, r, w);
         }
@@ -639,7 +766,7 @@ pub(super) fn decode_cold(stored: &[u8], logical_len: usize) -> Result<Vec<u8>> 
         return Err(codec_err("bad magic"));
     }
     let version = r.u8()?;
-    if version != VERSION {
+    if version != VERSION_1 && version != VERSION_2 {
         return Err(codec_err(format!("unsupported cold format version {version}")));
     }
     let flags = r.u8()?;
@@ -653,8 +780,13 @@ pub(super) fn decode_cold(stored: &[u8], logical_len: usize) -> Result<Vec<u8>> 
     let rest_method = r.u8()?;
     let rest_raw = r.len()?;
     let rest_stored = r.len()?;
-    let ac_len = r.len()?;
-    let raw_len = r.len()?;
+    // Version 2's table section (method, raw length) precedes the lengths of the pixel streams.
+    let (table_method, table_raw) = if version == VERSION_2 { (r.u8()?, r.len()?) } else { (0, 0) };
+    let streams = if version == VERSION_2 { 3 } else { 2 };
+    let mut stream_lens = [0usize; 3];
+    for l in &mut stream_lens[..streams] {
+        *l = r.len()?;
+    }
 
     if stored_logical != logical_len {
         return Err(codec_err(format!(
@@ -669,6 +801,7 @@ pub(super) fn decode_cold(stored: &[u8], logical_len: usize) -> Result<Vec<u8>> 
         || (flags & FLAG_TRANSFORM != 0) != (channels == 3)
         || (flags & FLAG_BIG_ENDIAN != 0 && bps == 1)
         || rest_method > METHOD_ZSTD
+        || table_method > METHOD_ZSTD
     {
         return Err(codec_err(format!("bad header (flags {flags:#x}, bps {bps}, channels {channels})")));
     }
@@ -736,43 +869,70 @@ pub(super) fn decode_cold(stored: &[u8], logical_len: usize) -> Result<Vec<u8>> 
         })
         .collect::<Result<Vec<_>>>()?;
     let payload = &body[r.pos..];
-    let sizes = [rest_stored, ac_len, raw_len];
-    if sizes.iter().try_fold(0usize, |a, &b| a.checked_add(b)) != Some(payload.len()) {
+    let sizes = &stream_lens[..streams];
+    if sizes.iter().try_fold(rest_stored, |a, &b| a.checked_add(b)) != Some(payload.len()) {
         return Err(codec_err("section lengths do not cover the payload"));
     }
     if rest_method == METHOD_STORED && rest_stored != rest_raw {
         return Err(codec_err("stored rest length mismatch"));
     }
-    let (rest_bytes, rest) = payload.split_at(rest_stored);
-    let (ac, raw) = rest.split_at(ac_len);
+    if version == VERSION_2 {
+        if (pixels == 0) != (table_raw == 0) || table_raw > MAX_TABLE_SECTION {
+            return Err(codec_err(format!("bad table section length {table_raw}")));
+        }
+        if pixels == 0 && stream_lens.iter().any(|&l| l != 0) {
+            return Err(codec_err("pixel streams without pixels"));
+        }
+        if table_method == METHOD_STORED && stream_lens[0] != table_raw {
+            return Err(codec_err("stored table section length mismatch"));
+        }
+    }
+    let (rest_bytes, mut rest) = payload.split_at(rest_stored);
+    let mut sections = [&[][..]; 3];
+    for (sec, &l) in sections.iter_mut().zip(sizes) {
+        (*sec, rest) = rest.split_at(l);
+    }
 
     let mut out = vec![0u8; logical_len];
     // Rest.
-    let mut restbuf = Vec::new();
-    let rest_plain: &[u8] = if rest_method == METHOD_STORED {
-        rest_bytes
-    } else {
-        restbuf.resize(rest_raw, 0);
-        let n = zstd::bulk::Decompressor::new()
-            .and_then(|mut d| d.decompress_to_buffer(rest_bytes, &mut restbuf[..]))
-            .map_err(|e| codec_err(format!("zstd: {e}")))?;
-        if n != rest_raw {
-            return Err(codec_err(format!("rest decompressed to {n} bytes, expected {rest_raw}")));
-        }
-        &restbuf
-    };
+    let rest_plain = decompress(rest_method, rest_bytes, rest_raw, "rest")?;
     out[..off].copy_from_slice(&rest_plain[..off]);
     out[off + body_len..].copy_from_slice(&rest_plain[off..]);
 
     // Pixels.
     if pixels > 0 {
         let body = &mut out[off..off + body_len];
-        decode_pixels(ac, raw, &g, &infos, body)?;
+        if version == VERSION_1 {
+            decode_pixels(sections[0], sections[1], &g, &infos, body)?;
+        } else {
+            let tables = decompress(table_method, sections[0], table_raw, "table section")?;
+            decode_pixels_v2(&tables, sections[1], sections[2], &g, &infos, body)?;
+        }
         if flags & FLAG_SWAP_PAIRS != 0 {
             body.chunks_exact_mut(2).for_each(|p| p.swap(0, 1));
         }
     }
     Ok(out)
+}
+
+/// A section as stored (borrowed) or decompressed to exactly `raw_len` bytes.
+fn decompress<'a>(
+    method: u8,
+    stored: &'a [u8],
+    raw_len: usize,
+    what: &str,
+) -> Result<std::borrow::Cow<'a, [u8]>> {
+    if method == METHOD_STORED {
+        return Ok(stored.into());
+    }
+    let mut buf = vec![0u8; raw_len];
+    let n = zstd::bulk::Decompressor::new()
+        .and_then(|mut d| d.decompress_to_buffer(stored, &mut buf[..]))
+        .map_err(|e| codec_err(format!("zstd: {e}")))?;
+    if n != raw_len {
+        return Err(codec_err(format!("{what} decompressed to {n} bytes, expected {raw_len}")));
+    }
+    Ok(buf.into())
 }
 
 fn decode_pixels(ac: &[u8], raw: &[u8], g: &Geometry, infos: &[ChanInfo], out: &mut [u8]) -> Result<()> {
@@ -873,11 +1033,13 @@ trait Io {
     fn raw(&mut self, n: u32, v: u32) -> u32;
 }
 
+#[cfg(test)]
 struct Encoder {
     rc: RangeEncoder,
     bits: BitWriter,
 }
 
+#[cfg(test)]
 impl Io for Encoder {
     const ENC: bool = true;
     #[inline(always)]
@@ -1192,8 +1354,581 @@ fn code_channel_row<I: Io, const FIRST: bool>(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Version 2: MED prediction, static per-context tables, rANS.
+
+/// Token alphabet: zigzagged residuals below 16 as themselves, larger ones as their bit length
+/// and the two bits below the leading one (residuals of 16-bit channels after the colour
+/// transform stay below 2^18: tokens up to 71).
+const NTOK: usize = 72;
+/// Frequencies of a table sum to 2^TAB_BITS.
+const TAB_BITS: u32 = 11;
+const TAB_SIZE: usize = 1 << TAB_BITS;
+/// rANS state: in [RANS_L, 2^32), renormalised by 16-bit words.
+const RANS_L: u32 = 1 << 16;
+/// Error-size levels and gradient levels of a channel's contexts.
+const NQ2: usize = 32;
+const NG: usize = 8;
+const CTX_PER_CHANNEL: usize = NQ2 * NG;
+const MAX_TABLES: usize = 256;
+/// Frequency codes: 0 absent, c > 0 a weight of (4 + (c - 1) % 4) << ((c - 1) / 4).
+const MAX_CODE: u8 = 52;
+/// Largest table section: table count, context map, tables.
+const MAX_TABLE_SECTION: usize = 2 + MAX_CHANNELS * CTX_PER_CHANNEL + MAX_TABLES * (1 + NTOK);
+
+/// Per token: the smallest zigzagged residual it stands for, and its raw bits.
+static TOKENS: [(u32, u32); NTOK] = {
+    let mut t = [(0u32, 0u32); NTOK];
+    let mut i = 0;
+    while i < NTOK {
+        t[i] = if i < 16 {
+            (i as u32, 0)
+        } else {
+            let n = (i as u32 - 16) / 4 + 4;
+            ((4 + (i as u32 - 16) % 4) << (n - 2), n - 2)
+        };
+        i += 1;
+    }
+    t
+};
+
+/// Token, raw-bit count and raw bits of a zigzagged residual.
+#[inline(always)]
+fn tokenize(u: u32) -> (u32, u32, u32) {
+    if u < 16 {
+        (u, 0, 0)
+    } else {
+        let n = 31 - u.leading_zeros();
+        (16 + (n - 4) * 4 + ((u >> (n - 2)) & 3), n - 2, u & ((1 << (n - 2)) - 1))
+    }
+}
+
+/// A channel's context (of [`CTX_PER_CHANNEL`]): the size of the residuals around, `a`
+/// (< 2^23), and of the local gradient, `g` (< 2^23), quantised: half-octaves of a + 2 (0, 1,
+/// 2-3, 4-5, 6-9, 10-13, 14-21, ...) and the bit length of g. Both are read off the exponent
+/// and first mantissa bit of the exactly converted f32: no branches, and SIMD does them.
+#[inline(always)]
+fn context(a: u32, g: u32) -> usize {
+    let q = ((((a + 2) as i32 as f32).to_bits() >> 22) as i32 - 256).min(NQ2 as i32 - 1);
+    let gq = (((g as i32 as f32).to_bits() >> 23) as i32 - 126).clamp(0, NG as i32 - 1);
+    (q * NG as i32 + gq) as usize
+}
+
+/// One channel's rows, padded: values by one column on each side (current row, the two rows
+/// above), |residual|s by two (likewise); and the current row's contexts and residuals.
+struct MedChannel {
+    lo: i32,
+    hi: i32,
+    columns: usize,
+    cur: Vec<i32>,
+    up: Vec<i32>,
+    up2: Vec<i32>,
+    mcur: Vec<u32>,
+    mup: Vec<u32>,
+    mup2: Vec<u32>,
+    ctx: Vec<u16>,
+    res: Vec<i32>,
+}
+
+impl MedChannel {
+    fn new((lo, hi): (i32, i32), columns: usize) -> MedChannel {
+        let (v, m) = (columns + 2, columns + 4);
+        MedChannel {
+            lo,
+            hi,
+            columns,
+            cur: vec![0; v],
+            up: vec![0; v],
+            up2: vec![0; v],
+            mcur: vec![0; m],
+            mup: vec![0; m],
+            mup2: vec![0; m],
+            ctx: vec![0; columns],
+            res: vec![0; columns],
+        }
+    }
+
+    /// The contexts of the row's `w` samples, from the rows above (and the base channel's
+    /// |residual|s of this row, `base`, padded as `mcur`): none depends on the row itself, so
+    /// they are computed ahead, in a loop the compiler vectorises, and the decoder's loops
+    /// carry no context dependency from one sample to the next.
+    fn contexts(&mut self, base: &[u32], r: usize, ctx0: usize, w: usize) {
+        let columns = self.columns;
+        // Beyond the ends of the row above: its end values.
+        self.up[0] = self.up[1];
+        self.up[columns + 1] = self.up[columns];
+        let (first, last) = (self.mup[2], self.mup[columns + 1]);
+        self.mup[..2].fill(first);
+        self.mup[columns + 2..].fill(last);
+        let (ctx, base) = (&mut self.ctx[..w], &base[2..w + 2]);
+        if r == 0 {
+            for (c, &b) in ctx.iter_mut().zip(base) {
+                *c = (ctx0 + context(4 * b, 0)) as u16;
+            }
+            return;
+        }
+        // The row above the first: NN = N.
+        let nn_row = if r >= 2 { &self.up2[1..w + 1] } else { &self.up[1..w + 1] };
+        let (nw, n, ne) = (&self.up[..w], &self.up[1..w + 1], &self.up[2..w + 2]);
+        let m = &self.mup[..w + 4];
+        let (mnww, mnw, mn, mne, mnee) = (&m[..w], &m[1..w + 1], &m[2..w + 2], &m[3..w + 3], &m[4..w + 4]);
+        let mnn = &self.mup2[2..w + 2];
+        for i in 0..w {
+            let a = mnww[i] + mnee[i] + 2 * (mnw[i] + mn[i] + mne[i] + mnn[i] + 2 * base[i]);
+            let g = (n[i] - nw[i]).unsigned_abs()
+                + (ne[i] - n[i]).unsigned_abs()
+                + (n[i] - nn_row[i]).unsigned_abs();
+            ctx[i] = (ctx0 + context(a, g)) as u16;
+        }
+    }
+
+    /// The row's `w` values from its residuals and MED (LOCO-I's median edge detector, as the
+    /// median of W, N and W + N - NW: within [min(W, N), max(W, N)], so in range, and without
+    /// branches, which noise would make random). Returns false when a value is out of range;
+    /// the row is then garbage (wrapping arithmetic: no overflow) and decoding stops.
+    fn reconstruct(&mut self, r: usize, w: usize) -> bool {
+        // Left of the row: W = NW = N; of the first row: W, the middle of the range.
+        self.cur[0] = if r == 0 { self.lo + (self.hi - self.lo) / 2 } else { self.up[1] };
+        let (lo, span) = (self.lo, (self.hi - self.lo) as u32);
+        let (cur, res) = (&mut self.cur[..w + 1], &self.res[..w]);
+        let mut bad = false;
+        if r == 0 {
+            for i in 0..w {
+                let x = cur[i].wrapping_add(res[i]);
+                bad |= x.wrapping_sub(lo) as u32 > span;
+                cur[i + 1] = x;
+            }
+        } else {
+            let up = &self.up[..w + 1];
+            for i in 0..w {
+                let (wv, n, nw) = (cur[i], up[i + 1], up[i]);
+                let pv = wv.wrapping_add(n).wrapping_sub(nw).max(wv.min(n)).min(wv.max(n));
+                let x = pv.wrapping_add(res[i]);
+                bad |= x.wrapping_sub(lo) as u32 > span;
+                cur[i + 1] = x;
+            }
+        }
+        !bad
+    }
+
+    /// The encoder's residuals of the row (its values are in `cur`).
+    fn residuals(&mut self, r: usize, w: usize) {
+        self.cur[0] = if r == 0 { self.lo + (self.hi - self.lo) / 2 } else { self.up[1] };
+        self.up[0] = self.up[1];
+        let (cur, res, mcur) = (&self.cur[..w + 1], &mut self.res[..w], &mut self.mcur[2..w + 2]);
+        for i in 0..w {
+            let (wv, x) = (cur[i], cur[i + 1]);
+            let pv = if r == 0 {
+                wv
+            } else {
+                let (n, nw) = (self.up[i + 1], self.up[i]);
+                (wv + n - nw).max(wv.min(n)).min(wv.max(n))
+            };
+            res[i] = x - pv;
+            mcur[i] = res[i].unsigned_abs();
+        }
+    }
+
+    fn next_row(&mut self) {
+        std::mem::swap(&mut self.up2, &mut self.up);
+        std::mem::swap(&mut self.up, &mut self.cur);
+        std::mem::swap(&mut self.mup2, &mut self.mup);
+        std::mem::swap(&mut self.mup, &mut self.mcur);
+    }
+}
+
+/// The encoder's first pass: tokens (with their contexts) and their counts; raw bits written.
+struct TokenSink {
+    /// Context << 8 | token, per sample in coding order.
+    toks: Vec<u32>,
+    /// Counts by context and token.
+    hist: Vec<u32>,
+    bits: BitWriter,
+}
+
+impl TokenSink {
+    fn row(&mut self, ctx: &[u16], res: &[i32]) {
+        for (&c, &e) in ctx.iter().zip(res) {
+            let (t, nb, v) = tokenize(((e << 1) ^ (e >> 31)) as u32);
+            self.toks.push((c as u32) << 8 | t);
+            self.hist[c as usize * NTOK + t as usize] += 1;
+            self.bits.put(nb, v);
+        }
+    }
+}
+
+/// The decoder: tokens from the rANS stream by the context map's table, then raw bits.
+struct TokenSource<'a> {
+    /// Two interleaved rANS states, samples alternating between them (the first sample's
+    /// first): each one's dependency chain is half as long.
+    x: [u32; 2],
+    /// The rANS stream's words, then a zero.
+    words: &'a [u16],
+    pos: usize,
+    cmap: &'a [u8],
+    tables: &'a Tables,
+    /// The raw-bit stream, then 8 zero bytes: every read is one unaligned 8-byte load.
+    raw: &'a [u8],
+    bitpos: usize,
+}
+
+impl TokenSource<'_> {
+    /// The residuals (and their magnitudes) of a row of contexts.
+    fn row(&mut self, ctx: &[u16], res: &mut [i32], mags: &mut [u32]) {
+        let ([mut x, mut next], mut pos, mut bitpos) = (self.x, self.pos, self.bitpos);
+        let (words, raw_end) = (self.words, self.raw.len() - 8);
+        for ((&c, e), m) in ctx.iter().zip(res.iter_mut()).zip(mags.iter_mut()) {
+            let t = self.cmap[c as usize] as usize;
+            let slot = x & (TAB_SIZE as u32 - 1);
+            let tok = self.tables.tokens[t << TAB_BITS | slot as usize] as usize;
+            let fs = self.tables.freq_start[t * NTOK + tok];
+            x = (fs & 0xFFFF) * (x >> TAB_BITS) + slot - (fs >> 16);
+            // Renormalisation is a coin toss for the branch predictor: a select instead (the
+            // word is read either way; past the end, reads are zero and the final check fails).
+            let w = words.get(pos).copied().unwrap_or(0) as u32;
+            let need = x < RANS_L;
+            x = if need { (x << 16) | w } else { x };
+            pos += need as usize;
+            (x, next) = (next, x);
+            let (base, nb) = TOKENS[tok];
+            let at = (bitpos >> 3).min(raw_end);
+            let word = u64::from_le_bytes(self.raw[at..at + 8].try_into().expect("8 bytes"));
+            let bits = (word >> (bitpos & 7)) as u32 & ((1 << nb) - 1);
+            bitpos += nb as usize;
+            let u = base + bits;
+            *e = (u >> 1) as i32 ^ -((u & 1) as i32);
+            *m = u.div_ceil(2);
+        }
+        (self.x, self.pos, self.bitpos) = ([x, next], pos, bitpos);
+    }
+}
+
+/// Weight of a frequency code (see [`MAX_CODE`]).
+fn code_weight(c: u8) -> u64 {
+    let c = c as u64 - 1;
+    (4 + c % 4) << (c / 4)
+}
+
+/// The frequencies (summing to 2^TAB_BITS, each present token at least 1) of a table's codes.
+/// Integer arithmetic: the encoder and the decoder get the same table everywhere.
+fn frequencies(codes: &[u8]) -> Option<[u32; NTOK]> {
+    let present = codes.iter().filter(|&&c| c > 0).count() as u64;
+    if present == 0 || codes.len() > NTOK || codes.iter().any(|&c| c > MAX_CODE) {
+        return None;
+    }
+    let total: u64 = codes.iter().filter(|&&c| c > 0).map(|&c| code_weight(c)).sum();
+    let spare = TAB_SIZE as u64 - present;
+    let mut f = [0u32; NTOK];
+    for (f, &c) in f.iter_mut().zip(codes) {
+        if c > 0 {
+            *f = 1 + (code_weight(c) * spare / total) as u32;
+        }
+    }
+    // The rounding's remainder to the (first) most frequent token.
+    let sum: u32 = f.iter().sum();
+    let top = (0..NTOK).fold(0, |b, i| if f[i] > f[b] { i } else { b });
+    f[top] += TAB_SIZE as u32 - sum;
+    Some(f)
+}
+
+/// The code whose weight is nearest (in ratio) to `count` out of `total`, scaled to the table.
+fn frequency_code(count: u64, total: u64) -> u8 {
+    if count == 0 {
+        return 0;
+    }
+    // Target weight in quarter units of 2^TAB_BITS.
+    let t = (count << (TAB_BITS + 2)) / total;
+    let mut best = 1u8;
+    for c in 2..=MAX_CODE {
+        // Compare t / w(c - 1) with w(c) / t: the geometric midpoint.
+        let (lo, hi) = (code_weight(c - 1), code_weight(c));
+        if t * t >= lo * hi {
+            best = c;
+        }
+    }
+    best
+}
+
+/// log2(x) in 1/65536 units, by integer squaring (the encoder's cost estimates are the same
+/// everywhere).
+fn log2_fp(x: u64) -> u64 {
+    let b = 63 - x.max(1).leading_zeros() as u64;
+    let mut m = if b >= 31 { x >> (b - 31) } else { x << (31 - b) };
+    let mut r = b << 16;
+    for i in (0..16).rev() {
+        m = (m * m) >> 31;
+        if m >= 1 << 32 {
+            m >>= 1;
+            r |= 1 << i;
+        }
+    }
+    r
+}
+
+/// Estimated bits (1/65536 units) to code `counts` with their own table, the table included.
+fn table_cost(counts: &[u32]) -> u64 {
+    let n: u64 = counts.iter().map(|&c| c as u64).sum();
+    if n == 0 {
+        return 0;
+    }
+    let mut bits = n * log2_fp(n);
+    let mut present = 0;
+    for &c in counts.iter().filter(|&&c| c > 0) {
+        bits -= c as u64 * log2_fp(c as u64);
+        present += 1;
+    }
+    bits + ((16 + 5 * present) << 16)
+}
+
+/// The context map: of a few groupings of the contexts (per channel or shared; all error-size
+/// levels, pairs, fours or one; all gradient levels or one), the encoder picks the one with
+/// the smallest estimated size, tables included (small images want few tables).
+/// Returns the map (context -> table) and the tables' counts.
+fn choose_tables(hist: &[u32], channels: usize) -> (Vec<u8>, Vec<[u32; NTOK]>) {
+    let nctx = channels * CTX_PER_CHANNEL;
+    let mut best: Option<(u64, Vec<u8>, Vec<[u32; NTOK]>)> = None;
+    for per_channel in [true, false] {
+        if !per_channel && channels == 1 {
+            continue;
+        }
+        for (q_shift, g_shift) in [(0, 0), (0, 3), (1, 0), (1, 3), (2, 0), (2, 3), (5, 3)] {
+            // Each context to the first context of its group.
+            let group = |ctx: usize| {
+                let (ch, q, g) = (ctx / CTX_PER_CHANNEL, ctx % CTX_PER_CHANNEL / NG, ctx % NG);
+                let c = (q >> q_shift << q_shift) * NG + (g >> g_shift << g_shift);
+                if per_channel {
+                    ch * CTX_PER_CHANNEL + c
+                } else {
+                    c
+                }
+            };
+            let mut groups = vec![[0u32; NTOK]; nctx];
+            for ctx in 0..nctx {
+                let g = &mut groups[group(ctx)];
+                for (a, &b) in g.iter_mut().zip(&hist[ctx * NTOK..(ctx + 1) * NTOK]) {
+                    *a += b;
+                }
+            }
+            let mut table_of = vec![usize::MAX; nctx];
+            let mut tables = Vec::new();
+            let mut cost = 0;
+            for (gi, counts) in groups.iter().enumerate() {
+                if counts.iter().any(|&c| c > 0) {
+                    table_of[gi] = tables.len();
+                    tables.push(*counts);
+                    cost += table_cost(counts);
+                }
+            }
+            if tables.is_empty() || tables.len() > MAX_TABLES || best.as_ref().is_some_and(|b| b.0 <= cost) {
+                continue;
+            }
+            // Contexts no sample has: any table.
+            let cmap = (0..nctx).map(|ctx| table_of[group(ctx)].try_into().unwrap_or(0)).collect();
+            best = Some((cost, cmap, tables));
+        }
+    }
+    let (_, cmap, tables) = best.expect("a channel's q-only grouping has at most 32 tables");
+    (cmap, tables)
+}
+
+/// Version 2's pixel streams: table section (plain), rANS stream, raw-bit stream.
+fn encode_pixels_v2(span: &[u8], g: &Geometry, infos: &[ChanInfo]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    if g.pixels == 0 {
+        return (Vec::new(), Vec::new(), Vec::new());
+    }
+    let samples = g.pixels * g.channels;
+    let mut sink = TokenSink {
+        toks: Vec::with_capacity(samples),
+        hist: vec![0; g.channels * CTX_PER_CHANNEL * NTOK],
+        bits: BitWriter::new(span.len() / 2),
+    };
+    let mut chans: Vec<MedChannel> =
+        infos.iter().map(|c| MedChannel::new(c.model_range(), g.columns)).collect();
+    let ranks = rank_maps(infos);
+    let load = row_loader(g);
+    // The base channel's |residual|s for the first channel: none.
+    let zeros = vec![0u32; g.columns + 4];
+    for (r, row) in span.chunks(g.columns * g.pixel_bytes()).enumerate() {
+        let w = row.len() / g.pixel_bytes();
+        for ch in 0..chans.len() {
+            let (first, rest) = chans.split_at_mut(ch);
+            let c = &mut rest[0];
+            load_model_row(load, row, g, ch, &infos[ch], &ranks[ch], &mut c.cur[1..1 + w]);
+            c.contexts(first.first().map_or(&zeros[..], |b| &b.mcur[..]), r, ch * CTX_PER_CHANNEL, w);
+            c.residuals(r, w);
+            sink.row(&c.ctx[..w], &c.res[..w]);
+        }
+        chans.iter_mut().for_each(MedChannel::next_row);
+    }
+    let (cmap, counts) = choose_tables(&sink.hist, g.channels);
+
+    // Table section: count, context map, each table's frequency codes.
+    let mut section = Vec::with_capacity(2 + cmap.len() + counts.len() * (1 + NTOK));
+    section.extend_from_slice(&(counts.len() as u16).to_le_bytes());
+    section.extend_from_slice(&cmap);
+    let mut freqs = Vec::with_capacity(counts.len());
+    for c in &counts {
+        let total: u64 = c.iter().map(|&n| n as u64).sum();
+        let codes: Vec<u8> = c.iter().map(|&n| frequency_code(n as u64, total)).collect();
+        let len = codes.iter().rposition(|&c| c > 0).expect("a table has a token") + 1;
+        section.push(len as u8);
+        section.extend_from_slice(&codes[..len]);
+        let f = frequencies(&codes[..len]).expect("valid codes");
+        let mut start = [0u32; NTOK];
+        for t in 1..NTOK {
+            start[t] = start[t - 1] + f[t - 1];
+        }
+        freqs.push((f, start));
+    }
+
+    // rANS codes backwards; the decoder reads the words in the reverse order they come out.
+    // Sample k in state k % 2, as the decoder alternates.
+    let mut xs = [RANS_L; 2];
+    let mut words: Vec<u16> = Vec::with_capacity(samples);
+    for (k, &tc) in sink.toks.iter().enumerate().rev() {
+        let (f, start) = &freqs[cmap[(tc >> 8) as usize] as usize];
+        let t = (tc & 0xFF) as usize;
+        let (f, start) = (f[t], start[t]);
+        let x = &mut xs[k % 2];
+        if *x as u64 >= (f as u64) << (32 - TAB_BITS) {
+            words.push(*x as u16);
+            *x >>= 16;
+        }
+        *x = ((*x / f) << TAB_BITS) + *x % f + start;
+    }
+    let mut rans = Vec::with_capacity(8 + 2 * words.len());
+    rans.extend_from_slice(&xs[0].to_le_bytes());
+    rans.extend_from_slice(&xs[1].to_le_bytes());
+    for w in words.iter().rev() {
+        rans.extend_from_slice(&w.to_le_bytes());
+    }
+    (section, rans, sink.bits.finish())
+}
+
+fn compress_tables(section: &[u8]) -> Result<(u8, Vec<u8>)> {
+    if section.is_empty() {
+        return Ok((METHOD_STORED, Vec::new()));
+    }
+    let z = zstd::bulk::compress(section, 19).map_err(|e| codec_err(format!("zstd: {e}")))?;
+    if z.len() < section.len() {
+        Ok((METHOD_ZSTD, z))
+    } else {
+        Ok((METHOD_STORED, section.to_vec()))
+    }
+}
+
+/// The decoder's tables: per table, the token of each slot (one byte: the tables a row uses
+/// stay in the first-level cache), and each token's frequency | start << 16.
+struct Tables {
+    tokens: Vec<u8>,
+    freq_start: Vec<u32>,
+}
+
+/// The table section read and checked: the context map and the tables.
+fn read_tables(section: &[u8], channels: usize) -> Result<(Vec<u8>, Tables)> {
+    let bad = || codec_err("bad table section");
+    let nctx = channels * CTX_PER_CHANNEL;
+    let count = u16::from_le_bytes(section.get(..2).ok_or_else(bad)?.try_into().expect("2 bytes")) as usize;
+    let cmap = section.get(2..2 + nctx).ok_or_else(bad)?;
+    if count == 0 || count > MAX_TABLES || cmap.iter().any(|&t| t as usize >= count) {
+        return Err(bad());
+    }
+    let mut at = 2 + nctx;
+    let mut tables = Tables { tokens: vec![0; count * TAB_SIZE], freq_start: vec![0; count * NTOK] };
+    for (tokens, fs) in tables.tokens.chunks_exact_mut(TAB_SIZE).zip(tables.freq_start.chunks_exact_mut(NTOK))
+    {
+        let len = *section.get(at).ok_or_else(bad)? as usize;
+        let codes = section.get(at + 1..at + 1 + len).ok_or_else(bad)?;
+        at += 1 + len;
+        let f = frequencies(codes).ok_or_else(bad)?;
+        let mut start = 0;
+        for (t, (&f, fs)) in f.iter().zip(fs.iter_mut()).enumerate() {
+            tokens[start..start + f as usize].fill(t as u8);
+            *fs = f | (start as u32) << 16;
+            start += f as usize;
+        }
+    }
+    if at != section.len() {
+        return Err(bad());
+    }
+    Ok((cmap.to_vec(), tables))
+}
+
+fn decode_pixels_v2(
+    tables: &[u8],
+    rans: &[u8],
+    raw: &[u8],
+    g: &Geometry,
+    infos: &[ChanInfo],
+    out: &mut [u8],
+) -> Result<()> {
+    let (cmap, tables) = read_tables(tables, g.channels)?;
+    // Two states, then whole words.
+    if rans.len() < 8 || !rans.len().is_multiple_of(2) {
+        return Err(codec_err(format!("bad rANS stream length {}", rans.len())));
+    }
+    let x = [0, 4].map(|at| u32::from_le_bytes(rans[at..at + 4].try_into().expect("4 bytes")));
+    if x.iter().any(|&x| x < RANS_L) {
+        return Err(codec_err("bad rANS state"));
+    }
+    let mut words: Vec<u16> = rans[8..].chunks_exact(2).map(|w| u16::from_le_bytes([w[0], w[1]])).collect();
+    let nwords = words.len();
+    words.push(0);
+    let mut padded = Vec::with_capacity(raw.len() + 8);
+    padded.extend_from_slice(raw);
+    padded.extend_from_slice(&[0; 8]);
+    let mut io =
+        TokenSource { x, words: &words, pos: 0, cmap: &cmap, tables: &tables, raw: &padded, bitpos: 0 };
+    let mut chans: Vec<MedChannel> =
+        infos.iter().map(|c| MedChannel::new(c.model_range(), g.columns)).collect();
+    let row_bytes = g.columns * g.pixel_bytes();
+    let store = match (g.bps, g.big_endian) {
+        _ if g.transform => store_row_rgb,
+        (1, _) => store_row::<1, false>,
+        (_, false) => store_row::<2, false>,
+        (_, true) => store_row::<2, true>,
+    };
+    let mut scratch = vec![vec![0i32; g.columns]; g.channels];
+    let zeros = vec![0u32; g.columns + 4];
+    for (r, row) in out.chunks_mut(row_bytes).enumerate() {
+        let w = row.len() / g.pixel_bytes();
+        let mut ok = true;
+        for ch in 0..chans.len() {
+            let (first, rest) = chans.split_at_mut(ch);
+            let c = &mut rest[0];
+            c.contexts(first.first().map_or(&zeros[..], |b| &b.mcur[..]), r, ch * CTX_PER_CHANNEL, w);
+            io.row(&c.ctx[..w], &mut c.res[..w], &mut c.mcur[2..w + 2]);
+            ok &= c.reconstruct(r, w);
+        }
+        if !ok {
+            return Err(codec_err(format!("corrupt pixel stream (row {r})")));
+        }
+        chans.iter_mut().for_each(MedChannel::next_row);
+        // Compacted channels: ranks back to values (into scratch rows: `up` is the model's).
+        for (ch, c) in chans.iter().enumerate() {
+            let (src, dst, values) = (&c.up[1..1 + w], &mut scratch[ch][..w], &infos[ch].values[..]);
+            if values.is_empty() {
+                dst.copy_from_slice(src);
+            } else {
+                // In range: the row decoded without error.
+                dst.iter_mut().zip(src).for_each(|(d, &x)| *d = values[x as usize]);
+            }
+        }
+        let rows: Vec<&mut [i32]> = scratch.iter_mut().map(|r| &mut r[..w]).collect();
+        store(&rows, g, row);
+    }
+    // The encoder started from RANS_L: anything else, or words left over, is corruption.
+    // The raw bits end in the last byte (the encoder pads it with zeros).
+    let raw_exact = io.bitpos <= 8 * raw.len() && io.bitpos + 8 > 8 * raw.len();
+    if io.x != [RANS_L; 2] || io.pos != nwords || !raw_exact {
+        return Err(codec_err("pixel stream is corrupt or truncated"));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // Range coder (LZMA's) and the raw-bit stream.
 
+#[cfg(test)]
 struct RangeEncoder {
     low: u64,
     range: u32,
@@ -1202,6 +1937,7 @@ struct RangeEncoder {
     out: Vec<u8>,
 }
 
+#[cfg(test)]
 impl RangeEncoder {
     fn new(cap: usize) -> Self {
         RangeEncoder { low: 0, range: u32::MAX, cache: 0, cache_size: 1, out: Vec::with_capacity(cap) }
@@ -1449,10 +2185,14 @@ mod tests {
         (obj, PixelLayout { offset: header, length: span.len(), ..layout })
     }
 
-    /// The cold model's round trip (and the public entry point's), bit for bit.
+    /// The cold model's round trip (and the public entry point's), bit for bit; and version 1's.
     fn roundtrip(obj: &[u8], l: &PixelLayout) -> usize {
         let stored = encode_cold_only(obj, l).unwrap();
+        assert_eq!(stored[3], VERSION_2);
         assert_eq!(decode(Codec::Cold, &stored, obj.len()).unwrap(), obj, "cold model, {l:?}");
+        let v1 = encode_version(obj, l, VERSION_1).unwrap();
+        assert_eq!(v1[3], VERSION_1);
+        assert_eq!(decode(Codec::Cold, &v1, obj.len()).unwrap(), obj, "cold model version 1, {l:?}");
         let (codec, best) = encode_cold(obj, Some(l)).unwrap();
         assert!(best.len() <= stored.len());
         assert_eq!(decode(codec, &best, obj.len()).unwrap(), obj, "encode_cold, {l:?}");
@@ -1558,8 +2298,11 @@ mod tests {
             .collect();
         let (obj, l) = object(2, 10, &span, 10, native(2, false, 128, 1, false));
         let stored = encode_cold_only(&obj, &l).unwrap();
-        let count_at = FIXED_HEADER + 8;
+        let count_at = FIXED_HEADER_V2 + 8;
         assert_eq!(u32::from_le_bytes(stored[count_at..count_at + 4].try_into().unwrap()), 100);
+        let v1 = encode_version(&obj, &l, VERSION_1).unwrap();
+        let count_at = FIXED_HEADER + 8;
+        assert_eq!(u32::from_le_bytes(v1[count_at..count_at + 4].try_into().unwrap()), 100);
         roundtrip(&obj, &l);
     }
 
@@ -1639,16 +2382,21 @@ mod tests {
         assert!(coded > 10, "only {coded} corpus files went through the cold model");
     }
 
+    /// Small objects and their stored forms, in both versions.
     fn sample_stored() -> Vec<(Vec<u8>, Vec<u8>)> {
-        let mut out = Vec::new();
+        let mut objects = Vec::new();
         for (bps, spp, be) in [(2u8, 1u16, false), (1, 3, false), (1, 1, true)] {
             let span = image(11, 24, 12, spp as usize, bps as usize, be, false, false);
-            let (obj, l) = object(4, 120, &span, 31, native(bps, be, 24, spp, false));
-            out.push((obj.clone(), encode_cold_only(&obj, &l).unwrap()));
+            objects.push(object(4, 120, &span, 31, native(bps, be, 24, spp, false)));
         }
         let sparse: Vec<u8> = (0..400u32).flat_map(|i| ((i % 7) as u16 * 1000).to_le_bytes()).collect();
-        let (obj, l) = object(4, 20, &sparse, 1, native(2, false, 20, 1, false));
-        out.push((obj.clone(), encode_cold_only(&obj, &l).unwrap()));
+        objects.push(object(4, 20, &sparse, 1, native(2, false, 20, 1, false)));
+        let mut out = Vec::new();
+        for (obj, l) in objects {
+            for version in [VERSION_1, VERSION_2] {
+                out.push((obj.clone(), encode_version(&obj, &l, version).unwrap()));
+            }
+        }
         out
     }
 
@@ -1692,7 +2440,7 @@ mod tests {
             for round in 0..3000 {
                 let mut bad = stored.clone();
                 // Mostly header bytes, sometimes anywhere; sometimes a whole field overwritten.
-                let range = if rng.below(3) == 0 { body } else { body.min(FIXED_HEADER + 40) };
+                let range = if rng.below(3) == 0 { body } else { body.min(FIXED_HEADER_V2 + 40) };
                 for _ in 0..=rng.below(3) {
                     let i = rng.below(range);
                     bad[i] = match rng.below(3) {
@@ -1710,6 +2458,202 @@ mod tests {
                     bad.extend_from_slice(&[0; CRC_LEN]);
                 }
                 let body = bad.len() - CRC_LEN;
+                let crc = crc32fast::hash(&bad[..body]);
+                bad[body..].copy_from_slice(&crc.to_le_bytes());
+                if let Ok(out) = decode(Codec::Cold, &bad, obj.len()) {
+                    assert_eq!(out.len(), obj.len());
+                }
+            }
+        }
+    }
+
+    /// Objects whose version-1 encodings are pinned (by the original version-1 encoder).
+    fn golden_objects() -> Vec<(Vec<u8>, PixelLayout)> {
+        let mut seed = 12345u32;
+        let mut rnd = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            seed >> 24
+        };
+        let mut out = Vec::new();
+        let mut push = |span: Vec<u8>, layout: PixelLayout, rnd: &mut dyn FnMut() -> u32| {
+            let mut obj: Vec<u8> = (0..100u32).map(|i| (i * 7 % 251) as u8).collect();
+            let offset = obj.len();
+            let length = span.len();
+            obj.extend_from_slice(&span);
+            obj.extend((0..13).map(|_| rnd() as u8));
+            out.push((obj, PixelLayout { offset, length, ..layout }));
+        };
+        // 16-bit little-endian grey, 40 x 30: gradient, edge, noise.
+        let span: Vec<u8> = (0..40 * 30u32)
+            .flat_map(|i| {
+                let (x, y) = (i % 40, i / 40);
+                let v = x * 37 + y * 21 + if x > 25 { 900 } else { 0 } + rnd() % 9;
+                (v as u16).to_le_bytes()
+            })
+            .collect();
+        push(span, PixelLayout::native(0, 0, 2, false, 40, 1, false), &mut rnd);
+        // 8-bit RGB, 24 x 16.
+        let span: Vec<u8> = (0..24 * 16u32)
+            .flat_map(|i| {
+                let (x, y) = (i % 24, i / 24);
+                let g = (x * 5 + y * 3 + rnd() % 5) as u8;
+                [g.wrapping_add(20), g, g.wrapping_sub(9).wrapping_add((rnd() % 3) as u8)]
+            })
+            .collect();
+        push(span, PixelLayout::native(0, 0, 1, false, 24, 3, false), &mut rnd);
+        // 16-bit big-endian multiples of 37 (compacted), 20 x 20, then an odd byte.
+        let mut span: Vec<u8> = (0..20 * 20u32)
+            .flat_map(|i| ((((i % 20) / 3 + i / 20 + rnd() % 2) % 40) as u16 * 37).to_be_bytes())
+            .collect();
+        span.push(0xAB);
+        push(span, PixelLayout::native(0, 0, 2, true, 20, 1, false), &mut rnd);
+        // 8-bit samples in big-endian words (swapped pairs), 32 x 8.
+        let span: Vec<u8> = (0..32 * 8u32)
+            .map(|i| ((i % 32) * 6 + (i / 32) * 4 + rnd() % 4) as u8)
+            .collect::<Vec<u8>>()
+            .chunks_exact(2)
+            .flat_map(|p| [p[1], p[0]])
+            .collect();
+        push(span, PixelLayout::native(0, 0, 1, true, 32, 1, false), &mut rnd);
+        out
+    }
+
+    const PINNED_V2: [(usize, u32); 4] =
+        [(1898, 0x6220_3f89), (557, 0xc79a_fb6d), (366, 0xf60a_5a10), (354, 0x9b4c_81fb)];
+
+    /// Version 1 as the original encoder wrote it (length and CRC of its output, recorded from
+    /// that encoder): what archives hold keeps decoding.
+    #[test]
+    fn version_1_is_pinned() {
+        let pinned = [
+            (2513, 1721, 0x0bc2_2885),
+            (1265, 508, 0x2b1a_e41b),
+            (914, 331, 0xa124_98ab),
+            (369, 315, 0xa62a_d15f),
+        ];
+        for ((obj, l), (len, stored_len, crc)) in golden_objects().into_iter().zip(pinned) {
+            assert_eq!(obj.len(), len);
+            let stored = encode_version(&obj, &l, VERSION_1).unwrap();
+            assert_eq!(stored.len(), stored_len);
+            assert_eq!(u32::from_le_bytes(stored[stored.len() - 4..].try_into().unwrap()), crc);
+            assert_eq!(decode(Codec::Cold, &stored, obj.len()).unwrap(), obj);
+            roundtrip(&obj, &l);
+        }
+        // The samples cover compaction and swapped pairs.
+        let objs = golden_objects();
+        let count_at = FIXED_HEADER + 8;
+        let v1 = encode_version(&objs[2].0, &objs[2].1, VERSION_1).unwrap();
+        assert_eq!(u32::from_le_bytes(v1[count_at..count_at + 4].try_into().unwrap()), 27);
+        let v1 = encode_version(&objs[3].0, &objs[3].1, VERSION_1).unwrap();
+        assert_eq!(v1[4] & FLAG_SWAP_PAIRS, FLAG_SWAP_PAIRS);
+    }
+
+    /// Version 2's pieces: tokens, frequency tables, the context quantisation.
+    #[test]
+    fn version_2_tokens_and_tables() {
+        for u in (0..1u32 << 18).step_by(7).chain([0, 15, 16, 17, (1 << 18) - 1]) {
+            let (t, nb, v) = tokenize(u);
+            assert!((t as usize) < NTOK);
+            assert_eq!(TOKENS[t as usize].1, nb);
+            assert_eq!(TOKENS[t as usize].0 + v, u);
+            assert!(v < 1 << nb.max(1));
+        }
+        let mut rng = Rng(3);
+        for _ in 0..2000 {
+            let n = 1 + rng.below(NTOK);
+            let codes: Vec<u8> =
+                (0..n).map(|_| if rng.below(3) == 0 { 0 } else { rng.below(53) as u8 }).collect();
+            match frequencies(&codes) {
+                None => assert!(codes.iter().all(|&c| c == 0)),
+                Some(f) => {
+                    assert_eq!(f.iter().sum::<u32>(), TAB_SIZE as u32);
+                    for (i, &f) in f.iter().enumerate() {
+                        assert_eq!(f > 0, codes.get(i).is_some_and(|&c| c > 0));
+                    }
+                }
+            }
+        }
+        assert!(frequencies(&[MAX_CODE + 1]).is_none());
+        assert!(frequencies(&[1; NTOK + 1]).is_none());
+        // Codes track counts: the biggest count gets the biggest frequency.
+        let counts = [5u64, 1000, 30, 0, 1];
+        let codes: Vec<u8> = counts.iter().map(|&c| frequency_code(c, 1036)).collect();
+        let f = frequencies(&codes).unwrap();
+        assert_eq!(f[3], 0);
+        assert!(f[1] > f[2] && f[2] > f[0] && f[0] >= f[4] && f[4] >= 1);
+        // Half-octaves of a + 2; bit lengths of g.
+        let q = |a| context(a, 0) / NG;
+        let qs: Vec<usize> = [0, 1, 2, 3, 4, 5, 6, 9, 10, 13, 14, 21, 22].iter().map(|&a| q(a)).collect();
+        assert_eq!(qs, [0, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7]);
+        assert_eq!(q((1 << 23) - 1), NQ2 - 1);
+        let gq: Vec<usize> =
+            [0, 1, 2, 3, 4, 7, 8, 63, 64, 1 << 22].iter().map(|&g| context(0, g) % NG).collect();
+        assert_eq!(gq, [0, 1, 2, 2, 3, 3, 4, 6, 7, 7]);
+        assert_eq!(log2_fp(1), 0);
+        assert_eq!(log2_fp(1 << 20), 20 << 16);
+        assert!((log2_fp(3) as i64 - 103_872).abs() < 4);
+    }
+
+    /// A version-2 stream decodes the same everywhere: its bytes are pinned.
+    #[test]
+    fn version_2_is_pinned() {
+        let mut crcs = Vec::new();
+        for (obj, l) in golden_objects() {
+            let stored = encode_cold_only(&obj, &l).unwrap();
+            assert_eq!(decode(Codec::Cold, &stored, obj.len()).unwrap(), obj);
+            crcs.push((stored.len(), u32::from_le_bytes(stored[stored.len() - 4..].try_into().unwrap())));
+        }
+        assert_eq!(crcs, PINNED_V2);
+    }
+
+    /// Version 2's own streams, corrupt: the table section (plain, so that the mutations reach
+    /// its reader rather than zstd's), the rANS and raw-bit streams. Errors, never panics.
+    #[test]
+    fn corrupt_version_2_streams_are_errors() {
+        let mut rng = Rng(11);
+        let g = Geometry {
+            bps: 2,
+            channels: 2,
+            big_endian: false,
+            signed: false,
+            transform: false,
+            columns: 9,
+            pixels: 9 * 7,
+        };
+        let infos = vec![ChanInfo { lo: 0, hi: 4095, values: Vec::new() }; 2];
+        let mut out = vec![0u8; g.body_len()];
+        // A valid section: two tables, contexts alternating between them.
+        let mut section = vec![2, 0];
+        section.extend((0..2 * CTX_PER_CHANNEL).map(|c| (c % 2) as u8));
+        section.extend_from_slice(&[5, 30, 20, 0, 9, 1]);
+        section.extend_from_slice(&[NTOK as u8]);
+        section.extend((0..NTOK).map(|t| (t % 40) as u8 + 1));
+        assert!(read_tables(&section, 2).is_ok());
+        assert!(read_tables(&section, 1).is_err());
+        for round in 0..3000 {
+            let mut tables = section.clone();
+            if round % 2 == 0 {
+                for _ in 0..=rng.below(3) {
+                    let i = rng.below(tables.len());
+                    tables[i] = rng.next() as u8;
+                }
+                if round % 10 == 0 {
+                    tables.truncate(rng.below(tables.len()));
+                }
+            }
+            let (rans_len, raw_len) = (rng.below(200), rng.below(200));
+            let (rans, raw) = (rng.bytes(rans_len), rng.bytes(raw_len));
+            assert!(decode_pixels_v2(&tables, &rans, &raw, &g, &infos, &mut out).is_err());
+        }
+        // Mutations of real streams, CRC fixed up: in the payload, past the header.
+        for (obj, stored) in sample_stored().into_iter().filter(|(_, s)| s[3] == VERSION_2) {
+            let body = stored.len() - CRC_LEN;
+            for _ in 0..2000 {
+                let mut bad = stored.clone();
+                for _ in 0..=rng.below(2) {
+                    let i = FIXED_HEADER_V2 + rng.below(body - FIXED_HEADER_V2);
+                    bad[i] ^= 1 << rng.below(8);
+                }
                 let crc = crc32fast::hash(&bad[..body]);
                 bad[body..].copy_from_slice(&crc.to_le_bytes());
                 if let Ok(out) = decode(Codec::Cold, &bad, obj.len()) {

@@ -1,6 +1,6 @@
 """A/B of `dicomvault serve` DIMSE ingest settings (and Orthanc) in one run, repeated, interleaved.
 
-For tuning the receive path (dimse/tuning.py, dimse/workers.py) on a shared, noisy machine:
+For tuning the receive path (dimse/association.py, dimse/workers.py) on a shared, noisy machine:
 every variant is measured in every round, so compare ratios within a round, and medians.
 bench/dimse_compare.py is the full side-by-side benchmark (make bench-dimse).
 

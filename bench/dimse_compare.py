@@ -582,15 +582,16 @@ def find_latencies(ae: str, port: int, n: int, instances: int, work: Path | None
         return out
 
 
-def find_latencies_pynetdicom(ae: str, port: int, n: int, instances: int) -> FindStats:
+def find_latencies_pynetdicom(ae: str, port: int, n: int, instances: int, tuned_client: bool = False
+                              ) -> FindStats:
     """The same queries with this process's pynetdicom SCU (dicomvault.dimse.scu) on one persistent
     association: the time around scu.find(), so it includes the Python client's own cost (~6 ms
     CPU per query measured: more than the server's). Secondary figure; find_latencies() is the
-    primary one."""
+    primary one. `tuned_client`: the SCU's associations with the server's tuned reactors."""
     peer = scu.Peer(ae, HOST, port)
 
     def connect() -> Any:
-        return scu.associate(scu.make_ae("FINDSCU"), peer,
+        return scu.associate(scu.make_ae("FINDSCU", tuned=tuned_client), peer,
                              [build_context(StudyRootQueryRetrieveInformationModelFind)])
 
     assoc = connect()

@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dimse_compare as dc  # noqa: E402
 
 from dicomvault.bench.dimse import DCMTK_ENV, DV_AE, HOST, start_serve  # noqa: E402
-from dicomvault.dimse import tuning  # noqa: E402
+from dicomvault.dimse.association import ArchiveAE  # noqa: E402
 
 FIND = StudyRootQueryRetrieveInformationModelFind
 GET = StudyRootQueryRetrieveInformationModelGet
@@ -161,8 +161,9 @@ class Client:
     """One pynetdicom association, used for everything until the time is up or it stalls."""
 
     def __init__(self, name: str, port: int, server_pid: int, timeout: float, instances: int,
-                 out: Path, seed: int) -> None:
+                 out: Path, seed: int, tune: bool = False, stock: bool = False) -> None:
         self.name = name
+        self.tune, self.stock = tune, stock
         self.port = port
         self.server_pid = server_pid
         self.timeout = timeout
@@ -182,7 +183,7 @@ class Client:
         return 0x0000
 
     def connect(self) -> Any:
-        ae = AE(ae_title=f"STRESS{self.name}"[:16])
+        ae = client_ae(f"STRESS{self.name}"[:16], self.tune, self.stock)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
         contexts = [build_context(Verification), build_context(FIND), build_context(GET),
                     build_context(SecondaryCaptureImageStorage, ExplicitVRLittleEndian)]
@@ -288,20 +289,18 @@ class Client:
         return self.result
 
 
-def _client_patches(tune_client: bool, stock_client: bool) -> None:
-    """The clients' pynetdicom: tuned (`--tune-client`), stock with our reactor pause fix (the
-    default, as dicomvault's own SCUs run it), or plain stock (`--stock-client`: shows
-    pynetdicom's lost responses, see tuning.install_pause_fix)."""
-    if tune_client:
-        tuning.install()
-    elif not stock_client:
-        tuning.install_pause_fix()
+def client_ae(title: str, tune_client: bool, stock_client: bool) -> AE:
+    """The clients' AE: our associations tuned (`--tune-client`), our associations with pynetdicom's
+    polling and our reactor pause fix (the default, as dicomvault's own SCUs run), or plain stock
+    pynetdicom (`--stock-client`: shows its lost responses, see dimse/association.py)."""
+    if stock_client:
+        return AE(ae_title=title)
+    return ArchiveAE(title, tuned=tune_client)
 
 
 def _client_proc(args: tuple[str, int, int, float, int, str, int, float, bool, bool], q: Any) -> None:
     name, port, pid, timeout, instances, out, seed, deadline_in, tune, stock = args
-    _client_patches(tune, stock)
-    c = Client(name, port, pid, timeout, instances, Path(out), seed)
+    c = Client(name, port, pid, timeout, instances, Path(out), seed, tune, stock)
     q.put(c.run(time.monotonic() + deadline_in))
 
 
@@ -381,8 +380,8 @@ def run_stress(scratch: Path, *, tuned: bool, seconds: float, clients: int = 2, 
             for p in ps:
                 p.join(30)
         else:
-            _client_patches(tune_client, stock_client)
-            cs = [Client(f"t{i}", server.port, pid, timeout, instances, out, i) for i in range(clients)]
+            cs = [Client(f"t{i}", server.port, pid, timeout, instances, out, i, tune_client, stock_client)
+                  for i in range(clients)]
             box: list[ClientResult] = []
             for c in cs:
                 th = threading.Thread(target=lambda c=c: box.append(c.run(deadline)))
@@ -407,9 +406,9 @@ def main() -> int:
     ap.add_argument("--procs", action="store_true", help="clients in processes instead of threads")
     ap.add_argument("--tuned", choices=("both", "true", "false"), default="both",
                     help="the server's [dimse] tuned_reactor (default: both, one after the other)")
-    ap.add_argument("--tune-client", action="store_true", help="tuning.install() in the clients too")
+    ap.add_argument("--tune-client", action="store_true", help="clients with the tuned reactors too")
     ap.add_argument("--stock-client", action="store_true",
-                    help="clients on stock pynetdicom, without tuning.install_pause_fix()")
+                    help="clients on stock pynetdicom, without our reactor pause fix")
     ap.add_argument("--dcmtk", type=int, default=0, metavar="N", help="N dcmtk findscu/echoscu loops too")
     ap.add_argument("--timeout", type=float, default=5.0, help="client DIMSE timeout (default %(default)s s)")
     ap.add_argument("--index", type=int, default=20_000, help="index size in instances (default %(default)s)")

@@ -15,8 +15,9 @@ Prints p50/p95 per (variant, query kind) with the mean number of matches, the ra
 first variant, and the CPU per query of the server and of the findscu client processes.
 `--pynetdicom` also times the same queries from this process's pynetdicom SCU (the former
 method: its own ~6 ms CPU per query is in its figures) as a secondary table, with its client CPU;
-`--tune-client` installs dimse/tuning.py's reactor patches in that client; `--dcmtk N` also times
-dcmtk findscu/echoscu `--repeat N` (means only, and C-ECHO); `--profile-dir` records a py-spy
+`--tune-client` gives that client's associations the server's tuned reactors
+(dimse/association.py); `--dcmtk N` also times dcmtk findscu/echoscu `--repeat N` (means only,
+and C-ECHO); `--profile-dir` records a py-spy
 profile (collapsed stacks) of every server.
 """
 
@@ -35,7 +36,6 @@ import dimse_compare as dc
 
 from dicomvault.bench.orthanc import free_port
 from dicomvault.bench.procs import terminate
-from dicomvault.dimse import tuning
 
 DV = str(Path(sys.executable).with_name("dicomvault"))
 AE = "DICOMVAULT"
@@ -138,15 +138,13 @@ def main() -> int:
     ap.add_argument("--pynetdicom", action="store_true",
                     help="also time the queries with the pynetdicom SCU in this process (secondary table)")
     ap.add_argument("--tune-client", action="store_true",
-                    help="install dimse/tuning.py's reactor patches in this (pynetdicom SCU) process too")
+                    help="the tuned reactors (dimse/association.py) in this process's pynetdicom SCU too")
     ap.add_argument("--dcmtk", type=int, default=0, metavar="N",
                     help="also time dcmtk findscu/echoscu --repeat N per query (means only)")
     ap.add_argument("--profile-dir", type=Path, help="py-spy record every server into this folder")
     ap.add_argument("--scratch", type=Path, default=dc.ROOT / ".scratch" / "find-dv")
     args = ap.parse_args()
     variants = [tuple(v.split("=", 1)) for v in args.variant] or [("current", str(dc.ROOT.parent / "python"))]
-    if args.tune_client:
-        tuning.install()
     dc.scu._quiet_pynetdicom()  # the SCU's own pynetdicom logging is not what is measured
     data = args.scratch / f"index-{args.index}"
     ensure_index(data, args.index)
@@ -184,7 +182,7 @@ def main() -> int:
                 if args.pynetdicom:
                     cpu0, self0 = proc_cpu(pid), time.process_time()
                     runs["pynetdicom"] = dc.find_latencies_pynetdicom(target.ae, target.port, args.finds,
-                                                                      args.index)
+                                                                      args.index, args.tune_client)
                     cpu["pynetdicom"].setdefault(name, []).append(
                         ((proc_cpu(pid) - cpu0) / queries * 1000,
                          (time.process_time() - self0) / queries * 1000))

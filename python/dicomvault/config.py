@@ -11,7 +11,7 @@ accept_unknown_callers = true
 max_pdu = 131072
 max_associations = 16
 workers = 1                        # DIMSE receiver processes; 1 = in the server process
-tuned_reactor = true               # event-driven pynetdicom reactors (dimse/tuning.py)
+tuned_reactor = true               # event-driven reactors of our associations (dimse/association.py)
 fast_path = true                   # C-STORE/C-ECHO read and answered natively (dimse/fastpath.py)
 tls_port = 2762                    # DICOM TLS listener beside `port` (0 or absent: none)
 tls_cert = "dicomvault.crt"        # our certificate chain and key (PEM), for TLS both ways
@@ -105,7 +105,9 @@ class DimseConfig:
     # Processes receiving DIMSE associations (dimse/workers.py). 1 = in the server process; N >= 2:
     # N receiver processes share the port, the server process alone writes the data directory.
     workers: int = 1
-    # Event-driven pynetdicom reactors instead of its 1 ms polling loops (dimse/tuning.py).
+    # Our associations' event-driven reactors, large socket reads and native message encoding
+    # (dimse/association.py, dul.py, encoded.py) instead of pynetdicom's 1 ms polling loops; false:
+    # pynetdicom's reactors and encoding as they are, with only the reactor pause fix, for A/B runs.
     tuned_reactor: bool = True
     # C-STORE and C-ECHO read off the socket and answered natively (dimse/fastpath.py); needs
     # tuned_reactor (its reactor drives the reads).

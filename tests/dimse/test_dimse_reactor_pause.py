@@ -1,5 +1,5 @@
 """pynetdicom's reactor pause race, the stall of a SCU running requests back to back on one
-association (tuning.install_pause_fix() explains it): the interleaving is forced, not waited for.
+association (dimse/association.py explains it): the interleaving is forced, not waited for.
 
 The reactor thread is held right after its checkpoint wait() returned, with `_is_paused` still True
 from before: a send_c_find() issued then believes the reactor paused, and its response arrives
@@ -22,10 +22,10 @@ import pytest
 from dimse_helpers import ARCHIVE_AE, HOST, Archive
 from pydicom.dataset import Dataset
 from pynetdicom import AE
-from pynetdicom.association import Association
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
 
-from dicomvault.dimse import scu, tuning
+from dicomvault.dimse import scu
+from dicomvault.dimse.association import ArchiveAE, ArchiveAssociation
 
 DIMSE_TIMEOUT = 3.0
 
@@ -55,12 +55,10 @@ class GatedCheckpoint(threading.Event):
         return got
 
 
-def find_in_the_window(archive: Archive, reactor: Callable[[Association], None],
-                       monkeypatch: pytest.MonkeyPatch) -> list[int | None]:
+def find_in_the_window(archive: Archive, make_ae: Callable[[], AE]) -> list[int | None]:
     """The statuses of a no-match C-FIND sent while the reactor is held in the window (None: no
     response within the DIMSE timeout)."""
-    monkeypatch.setattr(Association, "_run_reactor", reactor)
-    ae = AE(ae_title="PAUSETEST")
+    ae = make_ae()
     ae.acse_timeout = ae.network_timeout = 20
     ae.dimse_timeout = DIMSE_TIMEOUT
     ae.add_requested_context(FIND)
@@ -98,27 +96,27 @@ def find_in_the_window(archive: Archive, reactor: Callable[[Association], None],
             assoc.abort()
 
 
-@pytest.mark.parametrize("reactor", [tuning._assoc_run_reactor_polling, tuning._assoc_run_reactor],
-                         ids=["polling", "tuned"])
-def test_fixed_reactors_leave_the_response_to_the_requestor(
-        archive: Archive, reactor: Callable[[Association], None], monkeypatch: pytest.MonkeyPatch) -> None:
-    assert not tuning.mismatches()
+@pytest.mark.parametrize("tuned", [False, True], ids=["polling", "tuned"])
+def test_our_reactors_leave_the_response_to_the_requestor(archive: Archive, tuned: bool) -> None:
     t0 = time.monotonic()
-    assert find_in_the_window(archive, reactor, monkeypatch) == [0x0000]
+    assert find_in_the_window(archive, lambda: ArchiveAE("PAUSETEST", tuned=tuned)) == [0x0000]
     assert time.monotonic() - t0 < DIMSE_TIMEOUT
 
 
-def test_stock_reactor_drops_the_response(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stock_reactor_drops_the_response(archive: Archive) -> None:
     """The bug itself, so the test above is known to force the interleaving: should pynetdicom fix
-    it upstream, this fails and install_pause_fix() can go (the digests change anyway)."""
-    stock = tuning._ORIGINALS["Association._run_reactor"]
-    assert find_in_the_window(archive, stock, monkeypatch) == [None]
+    it upstream, this fails and ArchiveAssociation's pause fix can go."""
+    assert find_in_the_window(archive, lambda: AE(ae_title="PAUSETEST")) == [None]
 
 
-def test_our_scus_and_the_stock_server_get_the_fix() -> None:
-    scu.make_ae("PAUSEFIX")
-    assert tuning.pause_fixed()
-    assert Association._run_reactor in (tuning._assoc_run_reactor, tuning._assoc_run_reactor_polling)
+def test_our_scus_get_the_fix(archive: Archive) -> None:
+    ae = scu.make_ae("PAUSEFIX")
+    assert isinstance(ae, ArchiveAE) and not ae.tuned
+    assoc = scu.associate(ae, scu.Peer(ARCHIVE_AE, HOST, archive.port), [scu.build_context(FIND)])
+    try:
+        assert isinstance(assoc, ArchiveAssociation) and not assoc.tuned
+    finally:
+        assoc.release()
 
 
 # -- stress: bench/dimse_stress.py --------------------------------------------------------------

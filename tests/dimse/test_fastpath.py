@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, _config, build_context
+from pynetdicom import _config, build_context
 from pynetdicom.dimse_messages import C_ECHO_RSP, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import encode
@@ -26,6 +26,7 @@ from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformati
 from dicomvault import _native
 from dicomvault.config import Config, DimseConfig
 from dicomvault.dimse import DimseServer
+from dicomvault.dimse.association import ArchiveAE
 from dicomvault.engine import Engine
 
 MAX_PDU = 16384  # small, so every test object spans many P-DATA PDUs
@@ -70,7 +71,7 @@ def archive(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[in
 
 
 def _associate(port: int) -> Any:
-    ae = AE(ae_title="FASTSCU")
+    ae = ArchiveAE("FASTSCU", tuned=True)  # our requestor side: its native reader is checked too
     contexts = [build_context(CTImageStorage, ExplicitVRLittleEndian), build_context(Verification),
                 build_context(StudyRootQueryRetrieveInformationModelFind)]
     assoc = ae.associate("127.0.0.1", port, contexts=contexts, ae_title="DICOMVAULT")
@@ -173,12 +174,12 @@ def test_store_echo_find_on_one_association(archive: tuple[int, DimseServer, Eng
         assert [int(r.NumberOfStudyRelatedInstances) for r in rows] == [3]
         # the same object again: a duplicate, still Success
         assert _send(assoc, next(iter(sent.values())), tmp_path).Status == 0x0000
-        fast = _acceptor(srv).dul._dv_fast
+        fast = _acceptor(srv).dul.fast_path
         assert fast is not None and fast.answered == 6  # 4 C-STOREs, the C-ECHO and the C-FIND
         assert fast.passed == 0
-        # our side too (tuning is installed process-wide): the 4 plain-Success C-STORE-RSPs were
-        # read natively, the C-ECHO-RSP and the C-FIND-RSPs went to pynetdicom
-        ours = assoc.dul._dv_fast
+        # our side too (a tuned ArchiveAE): the 4 plain-Success C-STORE-RSPs were read natively,
+        # the C-ECHO-RSP and the C-FIND-RSPs went to pynetdicom
+        ours = assoc.dul.fast_path
         assert ours is not None and ours.answered == 4 and ours.passed >= 2
     finally:
         assoc.release()
@@ -209,10 +210,52 @@ def test_fast_path_off_serves_through_pynetdicom(archive: tuple[int, DimseServer
     assoc = _associate(port)
     try:
         assert _send(assoc, data, tmp_path).Status == 0x0000
-        assert getattr(_acceptor(srv).dul, "_dv_fast", None) is None
+        assert getattr(_acceptor(srv).dul, "fast_path", None) is None
     finally:
         assoc.release()
     assert engine.read_dataset(uid)[1] == data
+
+
+@pytest.mark.parametrize("archive", [False], indirect=True)
+@pytest.mark.parametrize("client", ["stock", "ours"])
+def test_pynetdicom_c_get_sends_the_stored_bytes(archive: tuple[int, DimseServer, Engine], tmp_path: Path,
+                                                 client: str) -> None:
+    """C-GET served by pynetdicom (fast_path = false): each sub-operation's data set is the
+    stored bytes as they are (retrieve.StoredInstance through ArchiveAssociation.send_c_store),
+    and a missing blob fails only its own sub-operation."""
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
+
+    port, _, engine = archive
+    study = generate_uid()
+    objects = dict(_ct(study) for _ in range(3))
+    assoc = _associate(port)
+    try:
+        for data in objects.values():
+            assert _send(assoc, data, tmp_path).Status == 0x0000
+    finally:
+        assoc.release()
+    got: dict[str, bytes] = {}
+
+    def on_store(event: Any) -> int:
+        got[str(event.request.AffectedSOPInstanceUID)] = event.request.DataSet.getvalue()
+        return 0x0000
+
+    ae = AE(ae_title="GETSCU") if client == "stock" else ArchiveAE("GETSCU", tuned=False)
+    contexts = [build_context(GET), build_context(CTImageStorage, ExplicitVRLittleEndian)]
+    getter = ae.associate("127.0.0.1", port, contexts=contexts, ae_title="DICOMVAULT",
+                          ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                          evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert getter.is_established
+    try:
+        q = Dataset()
+        q.QueryRetrieveLevel = "STUDY"
+        q.StudyInstanceUID = study
+        final = [st for st, _ in getter.send_c_get(q, GET)][-1]
+        assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 3
+    finally:
+        getter.release()
+    assert got == objects
 
 
 def test_broken_pdata_aborts_only_that_association(archive: tuple[int, DimseServer, Engine]) -> None:

@@ -1,7 +1,7 @@
 """DIMSE command sets packed with `struct` (PS3.7 §6.3: group 0000, always Implicit VR Little
-Endian, elements in tag order after the Command Group Length). The fast encoders of tuning.py,
-encoded.py and find.py build theirs here; each checks its bytes against pynetdicom's own encoding
-of the same message (in install() or in the tests)."""
+Endian, elements in tag order after the Command Group Length). The fast encoders of encoded.py
+and find.py build theirs here; each checks its bytes against pynetdicom's own encoding of the
+same message (encoded.encoders_verified() before first use, or in the tests)."""
 
 from __future__ import annotations
 

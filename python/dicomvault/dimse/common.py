@@ -71,22 +71,9 @@ def enable_quickack(assoc: Any) -> None:
     throughput (measured), and our NODELAY already avoids the stall.
     """
     dul_socket = getattr(assoc.dul, "socket", None)
-    if not hasattr(socket, "TCP_QUICKACK") or dul_socket is None or getattr(dul_socket, "dv_quickack", False):
-        return
-    dul_socket.dv_quickack = True
-    recv = dul_socket.recv
-
-    def recv_and_ack(nr_bytes: int) -> bytearray:
-        data = recv(nr_bytes)
-        sock = dul_socket.socket
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-            except OSError:
-                pass  # closing: nothing left to acknowledge
-        return data
-
-    dul_socket.recv = recv_and_ack
+    if not hasattr(socket, "TCP_QUICKACK") or not hasattr(dul_socket, "quickack"):
+        return  # not one of our sockets (transport.ArchiveSocket): pynetdicom's reads, no re-arming
+    dul_socket.quickack = True  # ArchiveSocket.recv and fastpath.py's native reader re-arm it
 
 
 def listen_socket(host: str, port: int) -> socket.socket:

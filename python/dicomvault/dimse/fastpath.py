@@ -5,7 +5,7 @@ state machine and DIMSE reassembly, and every request and response command set t
 Dataset: ~2.5 ms of GIL-holding CPU per 512 KB CT slice (profiled, bench/README.md), which capped
 ingest at one core's worth of Python whatever the number of associations.
 
-Here the association's DUL thread (dimse/tuning.py's reactor) reads the socket through
+Here the association's DUL thread (dimse/dul.py's event-driven reactor) reads the socket through
 `_native.PduReader` with the GIL released: whole PDUs, P-DATA reassembled in Rust. A complete
 C-STORE-RQ (on any accepted storage context) or C-ECHO-RQ (on the Verification context) is
 answered by this module: the data set bytes go to the archive's store handler, the response
@@ -28,8 +28,8 @@ pynetdicom serves) becomes that primitive with its status.
 
 Only while the association is in Sta6 (established, no release in progress) and only on a plain
 socket; negotiation and release stay pynetdicom's (TLS is terminated in front, dimse/tls_relay.py).
-`enable(ae, store, find, get, move)` turns it on for an AE's acceptor associations; requestor
-associations use it whenever the tuned reactor runs.
+`enable(ae, store, find, get, move)` turns it on for an ArchiveAE's acceptor associations;
+requestor associations of an ArchiveAE use it whenever the tuned reactor runs (association.py).
 """
 
 from __future__ import annotations
@@ -88,9 +88,9 @@ MoveHandler = Callable[[Any, Any, int, str, bytes, str], None]
 
 def enable(ae: Any, store: StoreHandler, find: FindHandler | None = None,
            get: GetHandler | None = None, move: MoveHandler | None = None) -> None:
-    """Acceptor associations of `ae` use the fast path once established (tuned reactor only);
-    C-FIND too if `find` is given, C-GET if `get` is, C-MOVE if `move` is."""
-    ae._dv_fast = (store, find, get, move)
+    """Acceptor associations of `ae` (an association.ArchiveAE) use the fast path once established
+    (tuned reactor only); C-FIND too if `find` is given, C-GET if `get` is, C-MOVE if `move` is."""
+    ae.fast_handlers = (store, find, get, move)
 
 
 def attach(dul: Any) -> FastPath | None:
@@ -103,7 +103,7 @@ def attach(dul: Any) -> FastPath | None:
         # Our own associations (C-MOVE sub-operations, forwarding, `dicomvault send`): only the
         # plain-Success C-STORE-RSPs are read natively; every request of ours stays pynetdicom's.
         return FastPath(dul, None, None, None, None, sock)
-    handlers = getattr(assoc.ae, "_dv_fast", None)
+    handlers = getattr(assoc.ae, "fast_handlers", None)
     return None if handlers is None else FastPath(dul, *handlers, sock)
 
 
@@ -150,7 +150,7 @@ class FastPath:
         self.reader = _native.PduReader(sock.fileno(), self.local_max_pdu, fast, any_status)
         self._message_id = 0  # of the requests we send (C-GET sub-operations)
         self.peer_max_pdu = int(remote.maximum_length or 0)  # what our responses must fit
-        self.wake_fd = dul._dv_wake_r.fileno()
+        self.wake_fd = dul.wake_fileno()
         self.closed = False
         self._quickack = False
         self._closed_reason: str | None = None  # the socket closed during a C-FIND
@@ -162,7 +162,7 @@ class FastPath:
         """Reads for up to `timeout` seconds and acts on what arrived; True if anything did."""
         if self.closed:
             return False
-        quickack = getattr(self.dul.socket, "dv_quickack", False)
+        quickack = getattr(self.dul.socket, "quickack", False)
         if quickack != self._quickack:
             self.reader.set_quickack(quickack)
             self._quickack = quickack

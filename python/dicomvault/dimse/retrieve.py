@@ -9,9 +9,9 @@ pydicom Datasets from a handler and always re-encodes them, so:
 
 * a handler yields a `StoredInstance`: a Dataset carrying only the two UIDs pynetdicom needs to
   pick a presentation context, plus the stored bytes;
-* `install_raw_send()` wraps the `encode` function pynetdicom's Association uses for C-STORE so
-  that a StoredInstance whose stored encoding matches the context's comes out as its stored bytes.
-  Any other Dataset goes through pynetdicom's own encoder unchanged.
+* our associations (association.ArchiveAssociation.send_c_store) send a StoredInstance as what its
+  `encoded()` gives for the context pynetdicom picks: the stored bytes when the stored encoding
+  matches the context's. Any other Dataset goes through pynetdicom's own encoder unchanged.
 
 When the peer accepted only another uncompressed transfer syntax (pynetdicom converts between
 uncompressed syntaxes of the same byte order, never from or to a compressed one), the stored bytes
@@ -20,18 +20,17 @@ are decoded with pydicom and re-encoded: a conversion the peer asked for, not ou
 
 from __future__ import annotations
 
-import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
-import pynetdicom.association
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context, evt
+from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext
 
 from ..config import PeerConfig
@@ -40,6 +39,7 @@ from ..errors import DicomVaultError
 from ..index import QueryError
 from ..readahead import read_ahead
 from .common import calling_ae, enable_quickack, log, set_nodelay_quickack, status
+from .encoded import PreEncodedDataset
 from .find import levels_for, match_string
 from .peers import Peers
 from .status import CANCEL, IDENTIFIER_DOES_NOT_MATCH, PENDING
@@ -49,7 +49,7 @@ UNIQUE_KEY = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "Se
               "IMAGE": "SOPInstanceUID"}
 
 
-class StoredInstance(Dataset):
+class StoredInstance(PreEncodedDataset):
     """A stored object on its way out: the UIDs pynetdicom looks at, and the stored bytes.
 
     `raw` None means it could not be read (`error` says why): encoding it fails, so pynetdicom
@@ -80,25 +80,7 @@ class StoredInstance(Dataset):
         log.info("converting %s from %s for the peer", self.SOPInstanceUID, ts.name)
         data = zlib.decompress(raw, -zlib.MAX_WBITS) if ts.is_deflated else raw
         ds = read_dataset(BytesIO(data), ts.is_implicit_VR, ts.is_little_endian)
-        return _pynetdicom_encode(ds, implicit, little, deflated)
-
-
-_pynetdicom_encode = pynetdicom.association.encode
-_install_lock = threading.Lock()
-
-
-def _encode(ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False
-            ) -> bytes | None:
-    if isinstance(ds, StoredInstance):
-        return ds.encoded(is_implicit_vr, is_little_endian, deflated)
-    return _pynetdicom_encode(ds, is_implicit_vr, is_little_endian, deflated)
-
-
-def install_raw_send() -> None:
-    """Make pynetdicom's C-STORE send StoredInstances as their stored bytes (idempotent)."""
-    with _install_lock:
-        if pynetdicom.association.encode is not _encode:
-            pynetdicom.association.encode = _encode
+        return encode(ds, implicit, little, deflated)  # pynetdicom's encoder, as for any Dataset
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,8 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, _config, build_context, build_role, evt
+from pynetdicom import _config, build_context, build_role, evt
+from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import PresentationContext, StoragePresentationContexts
@@ -58,7 +59,7 @@ from pynetdicom.sop_class import (
 from ..engine import Engine
 from ..errors import DicomVaultError
 from ..textout import walk_paths
-from . import tuning
+from .association import ArchiveAE
 from .common import log, set_nodelay
 from .store import handle_store
 
@@ -115,11 +116,13 @@ class Peer:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
-def make_ae(calling_ae: str, max_pdu: int = DEFAULT_MAX_PDU, timeout: float = 60.0) -> AE:
-    # Stock pynetdicom now and then drops the response to a request sent right after the previous
-    # exchange and waits out the whole timeout for it (tuning.install_pause_fix() says why).
-    tuning.install_pause_fix()
-    ae = AE(ae_title=calling_ae)
+def make_ae(calling_ae: str, max_pdu: int = DEFAULT_MAX_PDU, timeout: float = 60.0, *,
+            tuned: bool = False) -> ArchiveAE:
+    """Our SCU's AE. Its associations are ours (association.py): stock pynetdicom now and then
+    drops the response to a request sent right after the previous exchange and waits out the
+    whole timeout for it, which ArchiveAssociation's reactor fixes. `tuned`: the event-driven
+    reactors and native reads of the server's associations too (default: pynetdicom's polling)."""
+    ae = ArchiveAE(calling_ae, tuned=tuned)
     ae.maximum_pdu_size = max_pdu
     ae.acse_timeout = min(timeout, 30.0)
     ae.dimse_timeout = timeout
@@ -127,8 +130,8 @@ def make_ae(calling_ae: str, max_pdu: int = DEFAULT_MAX_PDU, timeout: float = 60
     return ae
 
 
-def associate(ae: AE, peer: Peer, contexts: list[PresentationContext], *, max_pdu: int = DEFAULT_MAX_PDU,
-              ext_neg: list[Any] | None = None,
+def associate(ae: ApplicationEntity, peer: Peer, contexts: list[PresentationContext], *,
+              max_pdu: int = DEFAULT_MAX_PDU, ext_neg: list[Any] | None = None,
               handlers: Sequence[tuple[Any, Callable[..., Any]]] = ()) -> Association:
     """An established association, or ScuError saying why not."""
     assoc = ae.associate(peer.host, peer.port, contexts=contexts, ae_title=peer.ae_title, max_pdu=max_pdu,

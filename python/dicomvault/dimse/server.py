@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -20,7 +21,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from pynetdicom import AE, _config, evt
+from pynetdicom import _config, evt
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -33,15 +34,19 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
+from ..audit.log import APPLICATION_START, APPLICATION_STOP, SUCCESS, AuditLog
 from ..config import Config, ConfigError, DimseConfig, PeerConfig
 from ..engine import Engine
-from . import fastpath, tls, tuning, uid_memo
+from . import fastpath, tls
+from .association import ArchiveAE
 from .commitment import CommitmentService
 from .common import listen_socket, log, peer_desc, set_nodelay
+from .encoded import encoders_verified
 from .fastretrieve import fast_get, fast_move
 from .find import fast_find, handle_find
+from .negotiation_cache import memoise_ui_validation
 from .peers import Peers
-from .retrieve import handle_get, handle_move, install_raw_send
+from .retrieve import handle_get, handle_move
 from .store import fast_store, handle_store
 from .tls_relay import tls_acceptor
 
@@ -60,36 +65,31 @@ DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 _established: set[int] = set()
 
 
-def _configure_pynetdicom(tuned_reactor: bool = True) -> None:
-    """Process-wide pynetdicom settings the server relies on."""
-    if tuned_reactor:
-        # Event-driven reactors and large socket reads instead of 1 ms polling (see tuning.py);
-        # it leaves pynetdicom stock, with a warning, if pynetdicom is not the version it knows.
-        tuning.install()
-    else:
-        # Stock polling, but not pynetdicom's lossy reactor pause (a response of ours to a
-        # request we send on an accepted association, e.g. storage commitment's N-EVENT-REPORT,
-        # could be dropped): see tuning.install_pause_fix().
-        tuning.install_pause_fix()
+def configure_pynetdicom() -> None:
+    """Process-wide pynetdicom settings the server relies on (its documented `_config` options)."""
     # Storage: accept every storage-like context without listing ~170 SOP classes x ~40
     # syntaxes, which pynetdicom deep-copies per association (~110 ms each, measured).
     _config.UNRESTRICTED_STORAGE_SERVICE = True
-    # Negotiating storescu's ~120 proposed contexts re-validated each UID several times (~27 ms
-    # of CPU per association): see uid_memo.py.
-    uid_memo.install()
+    # Negotiating storescu's ~120 proposed contexts re-validated each UID several times: the
+    # verdicts are remembered (negotiation_cache.py).
+    memoise_ui_validation()
+    # Our own encoders are checked against pynetdicom's once, now, not in the first association.
+    encoders_verified()
     # pynetdicom's standard handlers format every PDU and DIMSE message for its log, and the
     # identifier logging decodes identifiers a second time: CPU on the ingest path for nothing.
     _config.LOG_HANDLER_LEVEL = "none"
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
-    install_raw_send()
 
 
-def build_ae(d: DimseConfig, peers: Peers, contexts: tuple[str, ...]) -> AE:
+def build_ae(d: DimseConfig, peers: Peers, contexts: tuple[str, ...]) -> ArchiveAE:
     """The AE every DIMSE listener of ours uses (the server, and the receiver processes of
     workers.py): same title, limits, timeouts and caller policy."""
-    _configure_pynetdicom(d.tuned_reactor)
-    ae = AE(ae_title=d.ae_title)
+    configure_pynetdicom()
+    # Our associations, requested or accepted (association.py): event-driven reactors and the
+    # native paths with tuned_reactor (the default), pynetdicom's polling reactors without;
+    # pynetdicom's reactor pause fixed either way.
+    ae = ArchiveAE(d.ae_title, tuned=d.tuned_reactor)
     ae.maximum_pdu_size = d.max_pdu
     ae.maximum_associations = d.max_associations
     ae.acse_timeout = 30
@@ -192,10 +192,11 @@ class DimseServer:
             self._tls_listen = listen_socket(d.host, d.tls_port)
             self._tls_stop.clear()
             scp = ("127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host, port)
+            ctx, reloader = tls.listener_context(d)
             self._tls_thread = threading.Thread(
                 target=tls_acceptor, name="dv-tls-accept", daemon=True,
-                args=(self._tls_listen, tls.server_context(d), scp, float(self.ae.acse_timeout or 30),
-                      self._tls_stop, self._tls_active, self._tls_lock))
+                args=(self._tls_listen, ctx, scp, float(self.ae.acse_timeout or 30),
+                      self._tls_stop, self._tls_active, self._tls_lock, reloader.check))
             self._tls_thread.start()
             log.info("DICOM TLS listening on %s:%d (%s)", d.host, d.tls_port,
                      "callers need a certificate signed by " + str(d.tls_ca) if d.tls_ca
@@ -289,6 +290,10 @@ def serve(config: Config, *, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
     try:
         tiers = config.tiering.tiers if config.tiering.configured else None
         with Engine(config.data_dir, tiers=tiers, reserve=config.reserve) as engine:
+            audit = AuditLog(config.data_dir)
+            who = {"user": f"dicomvault:{config.dimse.ae_title}", "client": "local"}
+            detail = {"pid": os.getpid(), "dimse_port": config.dimse.port, "workers": config.dimse.workers}
+            audit.record(APPLICATION_START, SUCCESS, **who, detail=detail)
             workers = config.dimse.workers
             if workers > 1:
                 # The full SCP listens on loopback only; receiver processes own the public port
@@ -317,6 +322,7 @@ def serve(config: Config, *, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
                         stop_services()
                     clean = server.stop(shutdown_timeout)
             log.info("DIMSE SCP stopped%s; closing the engine", "" if clean else " (associations aborted)")
+            audit.record(APPLICATION_STOP, SUCCESS, **who, detail={"pid": os.getpid(), "clean": clean})
         return 0
     finally:
         for s, h in previous.items():

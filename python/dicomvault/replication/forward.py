@@ -24,8 +24,9 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, build_context
+from pynetdicom import _config, build_context
 
+from ..dimse.association import ArchiveAE
 from ..engine import Engine
 from ..errors import DicomVaultError
 from ..index.records import DELETED, InstanceRecord
@@ -124,7 +125,9 @@ class Forwarder:
 
     def _send(self, recs: list[InstanceRecord]) -> None:
         _config.STORE_SEND_CHUNKED_DATASET = True  # send file bytes as they are, no decode
-        ae = AE(ae_title=self.rule.our_ae_title)
+        # Our associations (dimse/association.py): event-driven reactors, C-STORE responses read
+        # natively, pynetdicom's reactor pause fixed.
+        ae = ArchiveAE(self.rule.our_ae_title, tuned=True)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
         wanted: dict[str, set[str]] = {}
         for r in recs:

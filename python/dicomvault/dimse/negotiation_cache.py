@@ -1,0 +1,117 @@
+"""Less repeated work in association negotiation: UID validation remembered, and an A-ASSOCIATE-RQ
+seen before not decoded again.
+
+Why: dcmtk storescu (like many workstations) proposes ~120 presentation contexts, each with up to
+~30 transfer syntaxes, and pynetdicom turns every one of those UIDs into a pydicom `UID` several
+times while decoding the A-ASSOCIATE-RQ, negotiating and encoding the A-ASSOCIATE-AC, each time
+with pydicom's and pynetdicom's regex validation: ~11 ms of GIL-holding CPU per such association
+(measured on the captured storescu request, bench/README.md). Both memos here are reached through
+places pynetdicom offers, not by replacing its functions:
+
+- `MemoisedUIValidator` is pynetdicom's documented `_config.VALIDATORS["UI"]` hook (installed by
+  server.configure_pynetdicom), remembering the verdict per UID and validation settings.
+- `associate_rq_cache` is used by our DUL (dul.EventDrivenDUL._decode_pdu): a peer sends the same
+  A-ASSOCIATE-RQ bytes every time (same AE titles, contexts, maximum PDU), so the decoded PDU is
+  kept and handed out again. pynetdicom only reads a received PDU (the state machine converts it
+  into a new A-ASSOCIATE primitive per association), so sharing it is safe.
+Together: ~11 -> ~6 ms per storescu association (bench/README.md).
+
+Both are bounded: the vocabulary seen in practice is a few hundred UIDs and a handful of peers; a
+peer inventing new ones per association only restarts a cache, it cannot grow it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from pydicom import config as pydicom_config
+from pydicom.uid import UID, AllTransferSyntaxes
+from pynetdicom import _config
+
+MAX_UIDS = 4096
+MAX_REQUESTS = 16  # distinct A-ASSOCIATE-RQs kept (~0.3 MB each for 120 contexts)
+
+Validator = Callable[[Any], tuple[bool, str]]
+
+
+class MemoisedUIValidator:
+    """A `_config.VALIDATORS["UI"]` function: `wrapped`'s verdict, remembered per distinct
+    (UID, settings it depends on: pynetdicom's ENFORCE_UID_CONFORMANCE, and pydicom's reading
+    validation mode, with which pydicom's UID() may raise)."""
+
+    def __init__(self, wrapped: Validator) -> None:
+        self.wrapped = wrapped
+        self._cache: dict[tuple[str, bool, Any], tuple[bool, str]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, value: Any) -> tuple[bool, str]:
+        if not isinstance(value, str):
+            return self.wrapped(value)
+        key = (str(value), bool(_config.ENFORCE_UID_CONFORMANCE),
+               pydicom_config.settings.reading_validation_mode)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        verdict = self.wrapped(value)
+        with self._lock:
+            if len(self._cache) >= MAX_UIDS:
+                self._cache.clear()
+            self._cache[key] = verdict
+        return verdict
+
+
+def memoise_ui_validation() -> None:
+    """Wraps pynetdicom's current UI validator (idempotent), its cache filled with the verdicts on
+    the UIDs every peer proposes (pydicom's transfer syntaxes, pynetdicom's SOP classes): a few ms
+    at start instead of during the first associations."""
+    current = _config.VALIDATORS["UI"]
+    if isinstance(current, MemoisedUIValidator):
+        return
+    memo = MemoisedUIValidator(current)
+    for uid in _known_uids():
+        memo(uid)
+    _config.VALIDATORS["UI"] = memo
+
+
+def _known_uids() -> list[UID]:
+    from pynetdicom import sop_class
+
+    uids = [UID(u) for u in AllTransferSyntaxes]
+    uids += [v for v in vars(sop_class).values() if isinstance(v, UID)]
+    return uids[:MAX_UIDS // 2]
+
+
+class AssociateRqCache:
+    """Decoded A-ASSOCIATE-RQ PDUs by their bytes, least recently used dropped first."""
+
+    def __init__(self, size: int = MAX_REQUESTS) -> None:
+        self.size = size
+        self._pdus: OrderedDict[bytes, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, raw: bytes) -> Any | None:
+        with self._lock:
+            pdu = self._pdus.get(raw)
+            if pdu is not None:
+                self._pdus.move_to_end(raw)
+            return pdu
+
+    def put(self, raw: bytes, pdu: Any) -> None:
+        with self._lock:
+            self._pdus[raw] = pdu
+            while len(self._pdus) > self.size:
+                self._pdus.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._pdus.clear()
+
+    def __len__(self) -> int:
+        return len(self._pdus)
+
+
+associate_rq_cache = AssociateRqCache()

@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .audit.commands import add_audit_commands
+from .audit.log import DATA_DELETION, EXPORT, SUCCESS, AuditLog, cli_user
 from .auth.commands import add_users_commands
 from .auth.share_commands import add_shares_commands
 from .bench.cli import add_commands as add_bench_commands
@@ -221,10 +223,20 @@ def _add_level_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--instance", metavar="UID")
 
 
+def _audit_scope(engine: Engine, level: str, uid: str) -> tuple[str | None, str | None]:
+    """(patient ID, study UID) of what a command is about to touch, for its audit record."""
+    found = engine.instances(level, uid)
+    return (found[0].patient_id or None, found[0].study_uid) if found else (None, None)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     level, uid = _level_uid(args)
     with Engine(args.data, read_only=True) as engine:
+        patient, study = _audit_scope(engine, level, uid)
         paths = engine.export(level, uid, args.output)
+    what = {"level": level, "uid": uid, "files": len(paths), "to": str(args.output)}
+    AuditLog(args.data).record(EXPORT, SUCCESS, user=cli_user(), client="local", patient=patient, study=study,
+                               detail=what)
     print(f"exported {len(paths)} files to {args.output}")
     return 0
 
@@ -310,8 +322,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     level, uid = _level_uid(args)
     with Engine(args.data) as engine:
+        patient, study = _audit_scope(engine, level, uid)
         n = engine.delete(level, uid)
         after = engine.stats()
+    AuditLog(args.data).record(DATA_DELETION, SUCCESS, user=cli_user(), client="local", patient=patient,
+                               study=study, detail={"level": level, "uid": uid, "instances": n})
     print(f"deleted {n} instances; {after['objects']} objects, {after['stored_bytes']:,} bytes stored remain")
     return 0
 
@@ -449,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_replication_commands(sub, common, add_site_arguments=add_site_arguments, run_site=_run_replica_site,
                              forward_tls=_forward_tls)
     add_users_commands(sub, common)
+    add_audit_commands(sub, common)
     add_shares_commands(sub, common)
     add_dr_commands(sub, common)
     add_bench_commands(sub, common)

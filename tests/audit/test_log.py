@@ -27,7 +27,8 @@ from dicomvault.cli import build_parser
 from dicomvault.engine import Engine
 from dicomvault.site import Site, SiteOptions
 
-KEYS = {"time", "event", "outcome", "user", "client", "study", "detail"}
+# The record's fields, and the chain's two (seq, prev) the writer adds.
+KEYS = {"time", "event", "code", "outcome", "user", "client", "patient", "study", "detail", "seq", "prev"}
 CT_FILE = Path(get_testdata_file("CT_small.dcm"))
 MR_STUDY = pydicom.dcmread(get_testdata_file("MR_small.dcm"), stop_before_pixels=True).StudyInstanceUID
 
@@ -41,8 +42,9 @@ def lines(path: Path) -> list[dict]:
 def test_build_event_is_the_one_shape() -> None:
     rec = build_event(LOGIN, SUCCESS, when=0.25, user="wendy", client="10.0.0.9", study=None,
                       detail={"role": "writer"})
-    assert rec == {"time": "1970-01-01T00:00:00.250+00:00", "event": "login", "outcome": "success",
-                   "user": "wendy", "client": "10.0.0.9", "study": None, "detail": {"role": "writer"}}
+    assert rec == {"time": "1970-01-01T00:00:00.250+00:00", "event": "login", "code": "DCM 110114",
+                   "outcome": "success", "user": "wendy", "client": "10.0.0.9", "patient": None,
+                   "study": None, "detail": {"role": "writer"}}
     with pytest.raises(ValueError, match="audit event"):
         build_event("logn", SUCCESS, when=0, user=None, client=None)
     with pytest.raises(ValueError, match="outcome"):

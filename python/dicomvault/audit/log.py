@@ -1,8 +1,12 @@
 """The audit log: `<data>/audit/audit.jsonl`, one JSON object per line, appended and never rewritten.
 
-Each line is {time, event, outcome, user, client, study, detail}, shaped by `build_event` alone:
-the later IHE ATNA export (RFC 3881 / DICOM PS3.15 A.5 messages) maps that one dict, so no caller
-builds a record by hand.
+Each line is {time, event, code, outcome, user, client, patient, study, detail}, shaped by
+`build_event` alone (`code` is the event's DICOM PS3.15 A.5 / IHE ATNA EventID), so no caller
+builds a record by hand, plus two fields the writer adds: `seq` (1, 2, ...) and `prev`, the
+SHA-256 of the previous line's bytes. Editing, inserting or deleting a line breaks the chain at
+that point (`verify`); cutting lines off the end is caught by `<data>/audit/head` (the last seq
+and line hash, replaced after every append). A writer takes an flock on the file while it reads
+the chain's end and appends, so the CLI and a server can append to the same log.
 
 Events are rare (logins, share changes, share use at most hourly per share), so every line is
 written with O_APPEND in one write and fsync'd before the request that caused it goes on: a
@@ -14,18 +18,24 @@ one line per window, counting what it left out in `detail.suppressed`.
 
 from __future__ import annotations
 
+import fcntl
+import getpass
+import hashlib
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 AUDIT_DIR = "audit"
 AUDIT_FILE = "audit.jsonl"
+HEAD_FILE = "head"
+GENESIS = "0" * 64  # `prev` of the first chained line
 
 LOGIN = "login"
 LOGOUT = "logout"
@@ -33,7 +43,31 @@ SHARE_CREATED = "share-created"
 SHARE_REVOKED = "share-revoked"
 SHARE_USED = "share-used"
 SHARE_SCOPE_REFUSED = "share-scope-refused"
-EVENTS = frozenset({LOGIN, LOGOUT, SHARE_CREATED, SHARE_REVOKED, SHARE_USED, SHARE_SCOPE_REFUSED})
+APPLICATION_START = "application-start"
+APPLICATION_STOP = "application-stop"
+DATA_DELETION = "data-deletion"
+EXPORT = "export"
+SECURITY_ALERT = "security-alert"
+INSTANCES_TRANSFERRED = "instances-transferred"
+QUERY = "query"
+
+# Each event's EventID (DICOM PS3.16 CID 400, as PS3.15 A.5.3 uses them).
+CODES = {
+    LOGIN: "DCM 110114",  # User Authentication
+    LOGOUT: "DCM 110114",
+    SHARE_CREATED: "DCM 110113",  # Security Alert (a security configuration change)
+    SHARE_REVOKED: "DCM 110113",
+    SHARE_USED: "DCM 110103",  # DICOM Instances Accessed
+    SHARE_SCOPE_REFUSED: "DCM 110113",
+    APPLICATION_START: "DCM 110100",  # Application Activity
+    APPLICATION_STOP: "DCM 110100",
+    DATA_DELETION: "DCM 110105",
+    EXPORT: "DCM 110106",
+    SECURITY_ALERT: "DCM 110113",
+    INSTANCES_TRANSFERRED: "DCM 110104",
+    QUERY: "DCM 110112",
+}
+EVENTS = frozenset(CODES)
 
 SUCCESS = "success"
 FAILURE = "failure"
@@ -48,7 +82,8 @@ Record = dict[str, Any]
 
 
 def build_event(event: str, outcome: str, *, when: float, user: str | None, client: str | None,
-                study: str | None = None, detail: dict[str, Any] | None = None) -> Record:
+                study: str | None = None, detail: dict[str, Any] | None = None,
+                patient: str | None = None) -> Record:
     """The one shape of an audit record. An unknown event or outcome is a bug in the caller
     (ValueError), not something to write and let an ATNA mapping trip over later."""
     if event not in EVENTS:
@@ -56,8 +91,39 @@ def build_event(event: str, outcome: str, *, when: float, user: str | None, clie
     if outcome not in OUTCOMES:
         raise ValueError(f"unknown audit outcome {outcome!r}; outcomes are {sorted(OUTCOMES)}")
     return {"time": datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds"),
-            "event": event, "outcome": outcome, "user": user, "client": client, "study": study,
-            "detail": dict(detail or {})}
+            "event": event, "code": CODES[event], "outcome": outcome, "user": user, "client": client,
+            "patient": patient, "study": study, "detail": dict(detail or {})}
+
+
+def cli_user() -> str:
+    """Who runs a CLI command, as audit records and share revocations name them."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no USER variable and a uid without a passwd entry (containers)
+        return "cli:unknown"
+
+
+def line_hash(line: bytes) -> str:
+    """The chain's hash of one line (its bytes without the newline)."""
+    return hashlib.sha256(line).hexdigest()
+
+
+def _last_line(fd: int, size: int) -> bytes | None:
+    """The last complete line of the file (without its newline), or None when it is empty."""
+    if size == 0:
+        return None
+    block = 4096
+    end = size
+    tail = b""
+    while True:
+        start = max(0, end - block)
+        tail = os.pread(fd, end - start, start) + tail
+        body = tail[:-1] if tail.endswith(b"\n") else tail
+        cut = body.rfind(b"\n")
+        if cut >= 0 or start == 0:
+            return body[cut + 1:]
+        end = start
+        block *= 2
 
 
 class AuditLog:
@@ -69,6 +135,7 @@ class AuditLog:
     def __init__(self, data_dir: str | os.PathLike[str], *, clock: Callable[[], float] = time.time) -> None:
         self.dir = Path(data_dir) / AUDIT_DIR
         self.path = self.dir / AUDIT_FILE
+        self.head_path = self.dir / HEAD_FILE
         # Public so tests can move time forward.
         self.clock = clock
         self.write_failures = 0
@@ -79,7 +146,7 @@ class AuditLog:
 
     def event(self, event: str, outcome: str, *, user: str | None, client: str | None,
               study: str | None = None, detail: dict[str, Any] | None = None,
-              once_per: tuple[str, float] | None = None) -> Record | None:
+              once_per: tuple[str, float] | None = None, patient: str | None = None) -> Record | None:
         """The record of an event, or None when `once_per=(key, seconds)` says a line for `key`
         was written less than `seconds` ago (it is then counted, and the next line of `key`
         says how many were left out)."""
@@ -91,7 +158,8 @@ class AuditLog:
                 return None
             if suppressed:
                 detail["suppressed"] = suppressed
-        return build_event(event, outcome, when=now, user=user, client=client, study=study, detail=detail)
+        return build_event(event, outcome, when=now, user=user, client=client, study=study, detail=detail,
+                           patient=patient)
 
     def _pass(self, key: str, every: float, now: float) -> int | None:
         """How many events of `key` were left out before this one, or None to leave it out."""
@@ -112,35 +180,163 @@ class AuditLog:
             return held[2] if held is not None else 0
 
     def write(self, records: Sequence[Record]) -> None:
-        """Appends `records` (one write, then fsync). A failure is logged, counted in
-        `write_failures` and swallowed: the archive must go on serving images when the audit
-        disk is full, and the error log says the trail has a gap."""
+        """Appends `records`, chained (one write, then fsync, then the head). A failure is
+        logged, counted in `write_failures` and swallowed: the archive must go on serving images
+        when the audit disk is full, and the error log says the trail has a gap."""
         if not records:
             return
-        data = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records)
-        body = data.encode("utf-8")
         with self._write_lock:
             try:
                 self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 try:
-                    view = memoryview(body)
+                    # Other processes append too: the chain's end is read and extended under one lock.
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    seq, prev = self._chain_end(fd)
+                    lines = []
+                    for r in records:
+                        seq += 1
+                        line = json.dumps({**r, "seq": seq, "prev": prev}, ensure_ascii=False,
+                                          separators=(",", ":")).encode("utf-8")
+                        prev = line_hash(line)
+                        lines.append(line + b"\n")
+                    view = memoryview(b"".join(lines))
                     while view:
                         view = view[os.write(fd, view):]
                     os.fsync(fd)
+                    self._write_head(seq, prev)
                 finally:
-                    os.close(fd)
+                    os.close(fd)  # releases the flock
             except OSError as exc:
                 self.write_failures += 1
                 log.error("audit: cannot append %d event(s) to %s: %s", len(records), self.path, exc)
 
+    def _chain_end(self, fd: int) -> tuple[int, str]:
+        """(seq, hash) of the last line: where the next line chains on."""
+        last = _last_line(fd, os.fstat(fd).st_size)
+        if last is None:
+            return 0, GENESIS
+        try:
+            seq = int(json.loads(last).get("seq", 0))
+        except (ValueError, AttributeError):
+            seq = 0  # a damaged last line: chain on its bytes anyway; verify reports it
+        return seq, line_hash(last)
+
+    def _write_head(self, seq: int, digest: str) -> None:
+        tmp = self.head_path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, f"{seq} {digest}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.head_path)
+
     def record(self, event: str, outcome: str, *, user: str | None, client: str | None,
                study: str | None = None, detail: dict[str, Any] | None = None,
-               once_per: tuple[str, float] | None = None) -> Record | None:
+               once_per: tuple[str, float] | None = None, patient: str | None = None) -> Record | None:
         """`event` then `write`: for callers already off the event loop (routes in the thread
         pool, the CLI). Returns what was written, None when throttled."""
         rec = self.event(event, outcome, user=user, client=client, study=study, detail=detail,
-                         once_per=once_per)
+                         once_per=once_per, patient=patient)
         if rec is not None:
             self.write([rec])
         return rec
+
+
+@dataclass
+class ChainReport:
+    """What `verify` found: the chained lines checked, lines from before the chain existed
+    (no `seq`; anchored by the first chained line's `prev`, not checkable themselves), and
+    every break, as (line number, why)."""
+
+    lines: int = 0
+    chained: int = 0
+    unchained: int = 0
+    breaks: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def intact(self) -> bool:
+        return not self.breaks
+
+
+def verify(data_dir: str | os.PathLike[str]) -> ChainReport:
+    """Re-computes the chain of the data directory's audit log and checks it against the head."""
+    d = Path(data_dir) / AUDIT_DIR
+    report = ChainReport()
+    prev, seq = None, 0
+    try:
+        raw = (d / AUDIT_FILE).read_bytes()
+    except FileNotFoundError:
+        raw = b""
+    for n, line in enumerate(raw.split(b"\n")[:-1] if raw else [], start=1):
+        report.lines += 1
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            report.breaks.append((n, "not a JSON line"))
+            prev = line_hash(line)
+            continue
+        if not isinstance(rec, dict) or "seq" not in rec:
+            if report.chained:
+                report.breaks.append((n, "a line without seq/prev inside the chain"))
+            report.unchained += 1
+            prev = line_hash(line)
+            continue
+        report.chained += 1
+        want_prev = prev if prev is not None else GENESIS
+        if rec.get("prev") != want_prev:
+            report.breaks.append((n, "prev does not match the line before it (edited, inserted or removed)"))
+        if rec.get("seq") != seq + 1 and report.chained > 1:
+            report.breaks.append((n, f"seq {rec.get('seq')} after {seq}"))
+        seq = rec.get("seq") if isinstance(rec.get("seq"), int) else seq + 1
+        prev = line_hash(line)
+    if raw and not raw.endswith(b"\n"):
+        report.breaks.append((report.lines + 1, "a torn last line (no newline)"))
+    try:
+        head_seq, head_hash = (d / HEAD_FILE).read_text().split()
+    except FileNotFoundError:
+        if report.chained:
+            report.breaks.append((report.lines, "the head file is missing"))
+        return report
+    except ValueError:
+        report.breaks.append((report.lines, "the head file is damaged"))
+        return report
+    if int(head_seq) != seq or head_hash != prev:
+        report.breaks.append((report.lines, f"the log ends at seq {seq}, its head says {head_seq}: "
+                                            "lines were cut off the end or the head was replaced"))
+    return report
+
+
+def search(data_dir: str | os.PathLike[str], *, patient: str | None = None, user: str | None = None,
+           study: str | None = None, event: str | None = None, since: str | None = None,
+           until: str | None = None) -> Iterator[Record]:
+    """The audit records matching every given criterion (times as ISO 8601, compared as UTC)."""
+    lo, hi = _utc(since), _utc(until)
+    path = Path(data_dir) / AUDIT_DIR / AUDIT_FILE
+    if not path.exists():
+        return
+    with path.open("rb") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(rec, dict):
+                continue
+            when = _utc(rec.get("time"))
+            if ((patient is not None and rec.get("patient") != patient)
+                    or (user is not None and rec.get("user") != user)
+                    or (study is not None and rec.get("study") != study)
+                    or (event is not None and rec.get("event") != event)
+                    or (lo is not None and (when is None or when < lo))
+                    or (hi is not None and (when is None or when > hi))):
+                continue
+            yield rec
+
+
+def _utc(text: object) -> datetime | None:
+    if not isinstance(text, str) or not text:
+        return None
+    t = datetime.fromisoformat(text)
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)

@@ -6,22 +6,14 @@ refuses a revoked link on its next request. A revocation is written to the audit
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 from typing import Any
 
-from ..audit.log import SHARE_REVOKED, SUCCESS, AuditLog
+from ..audit.log import SHARE_REVOKED, SUCCESS, AuditLog, cli_user
 from ..textout import print_table
 from .shares import ShareStore
 
 _LIST_COLUMNS = ["id", "study", "created_by", "created", "expires", "status", "note"]
-
-
-def cli_user() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):  # no USER variable and a uid without a passwd entry (containers)
-        return "cli:unknown"
 
 
 def cmd_list(args: argparse.Namespace) -> int:

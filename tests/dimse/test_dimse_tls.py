@@ -4,6 +4,7 @@ storescp that only speaks TLS. Certificates are made by openssl for each test se
 
 from __future__ import annotations
 
+import logging
 import ssl
 import subprocess
 import time
@@ -85,6 +86,23 @@ def test_plain_and_untrusted_callers_are_refused_and_service_goes_on(
     assert rogue.returncode != 0, "a certificate the site CA did not sign was accepted"
     run(["echoscu", *_tls_args(pki), "-aec", "DICOMVAULT", HOST, port])
     run(["echoscu", "-aec", "DICOMVAULT", HOST, str(archive["port"])])  # the plain listener too
+
+
+def test_expired_and_missing_client_certificates_are_refused_with_the_reason(
+        archive: dict[str, Any], pki: dict[str, tuple[Path, Path]], caplog: pytest.LogCaptureFixture) -> None:
+    port = str(archive["tls_port"])
+    quick = ["-aec", "DICOMVAULT", "-to", "5", "-ta", "5", HOST, port]
+    with caplog.at_level(logging.WARNING, logger="dicomvault.dimse"):
+        expired = run(["echoscu", *_tls_args(pki, "expired"), *quick], check=False, timeout=30)
+        # +tla: TLS without a certificate of our own
+        anonymous = run(["echoscu", "+tla", "+cf", str(pki["ca"][1]), *quick], check=False, timeout=30)
+        deadline = time.monotonic() + 5
+        while caplog.text.count("refused") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert expired.returncode != 0 and anonymous.returncode != 0
+    assert "certificate refused: certificate has expired" in caplog.text, caplog.text
+    assert "peer did not return a certificate" in caplog.text, caplog.text
+    run(["echoscu", *_tls_args(pki), "-aec", "DICOMVAULT", HOST, port])
 
 
 def test_c_move_to_a_tls_peer(archive: dict[str, Any], pki: dict[str, tuple[Path, Path]],

@@ -33,13 +33,15 @@ def issue(folder: Path, name: str, ca: tuple[Path, Path] | None, days: int = 2) 
 
 
 def make_pki(folder: Path) -> Pki:
-    """ca, server, client, peer (signed by ca) and rogue (self-signed), in `folder`."""
+    """ca, server, client, peer (signed by ca), expired (signed by ca, its validity ended
+    yesterday) and rogue (self-signed), in `folder`."""
     if shutil.which("openssl") is None:
         raise DicomVaultError("openssl is needed to make the certificates (Debian package openssl)")
     folder.mkdir(parents=True, exist_ok=True)
     ca = issue(folder, "ca", None)
     return {"ca": ca, "server": issue(folder, "server", ca), "client": issue(folder, "client", ca),
-            "peer": issue(folder, "peer", ca), "rogue": issue(folder, "rogue", None)}
+            "peer": issue(folder, "peer", ca), "expired": issue(folder, "expired", ca, days=-1),
+            "rogue": issue(folder, "rogue", None)}
 
 
 def dcmtk_tls_args(pki: Pki, who: str) -> list[str]:

@@ -16,34 +16,28 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+from .. import tls_policy
 from ..config import DimseConfig, PeerConfig
 
 
 def server_context(d: DimseConfig) -> ssl.SSLContext:
-    """Our listener: our certificate; with tls_ca, callers must present one it signed."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    """Our listener (tls_policy's BCP 195 policy): our certificate; with tls_ca, callers must
+    present one it signed."""
     assert d.tls_cert is not None and d.tls_key is not None  # config.py enforces it with tls_port
-    ctx.load_cert_chain(str(d.tls_cert), str(d.tls_key))
-    if d.tls_ca is not None:
-        ctx.load_verify_locations(str(d.tls_ca))
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
+    return tls_policy.server_context(d.tls_cert, d.tls_key, d.tls_ca)
+
+
+def listener_context(d: DimseConfig) -> tuple[ssl.SSLContext, tls_policy.CertificateReloader]:
+    """The listener's context and the reloader that swaps in a renewed certificate and key."""
+    ctx = server_context(d)
+    assert d.tls_cert is not None
+    return ctx, tls_policy.CertificateReloader(ctx, d.tls_cert, d.tls_key)
 
 
 def client_context(d: DimseConfig) -> ssl.SSLContext:
-    """Our side of an association to a TLS peer: its chain verified, our certificate offered."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.check_hostname = False  # peers are authenticated by chain (see the module docstring)
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    if d.tls_ca is not None:
-        ctx.load_verify_locations(str(d.tls_ca))
-    else:
-        ctx.load_default_certs()
-    if d.tls_cert is not None and d.tls_key is not None:
-        ctx.load_cert_chain(str(d.tls_cert), str(d.tls_key))
-    return ctx
+    """Our side of an association to a TLS peer: its chain verified (not its host name: see the
+    module docstring), our certificate offered."""
+    return tls_policy.client_context(d.tls_ca, d.tls_cert, d.tls_key, check_hostname=False)
 
 
 def associate_args(peer: PeerConfig, d: DimseConfig) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 
 from .common import log
 
@@ -152,10 +153,12 @@ def serve_tls_connection(conn: socket.socket, ctx: ssl.SSLContext, scp_addr: tup
 
 def tls_acceptor(listen: socket.socket, ctx: ssl.SSLContext, scp_addr: tuple[str, int],
                  handshake_timeout: float, stop: threading.Event, active: list[int],
-                 lock: threading.Lock) -> None:
+                 lock: threading.Lock, reload: Callable[[], object] | None = None) -> None:
     """Accepts on the TLS listener until `stop` (non-blocking: with receiver processes, another
     may win a connection); each connection in a thread of its own, counted in `active` until it
-    ends, relayed to the plain SCP at `scp_addr`."""
+    ends, relayed to the plain SCP at `scp_addr`. `reload` (tls_policy.CertificateReloader.check)
+    runs before each accept and at least every half second: a renewed certificate is served from
+    the next handshake on."""
     listen.setblocking(False)
 
     def run(conn: socket.socket) -> None:
@@ -168,6 +171,8 @@ def tls_acceptor(listen: socket.socket, ctx: ssl.SSLContext, scp_addr: tuple[str
     poller = select.poll()
     poller.register(listen, select.POLLIN)
     while not stop.is_set():
+        if reload is not None:
+            reload()
         try:
             if not poller.poll(500):
                 continue

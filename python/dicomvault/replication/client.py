@@ -10,6 +10,7 @@ from urllib.parse import urlencode, urlsplit
 
 import msgpack
 
+from .. import tls_policy
 from ..errors import DicomVaultError
 from .wire import MISSING, OK, read_frames
 
@@ -33,7 +34,7 @@ class SiteClient:
         self._base = parts.path.rstrip("/")
         self._ctx: ssl.SSLContext | None = None
         if parts.scheme == "https":
-            ctx = ssl.create_default_context(cafile=cafile)
+            ctx = tls_policy.client_context(cafile)
             if insecure:
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE

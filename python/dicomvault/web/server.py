@@ -18,21 +18,18 @@ from typing import Any
 
 import uvicorn
 
+from .. import tls_policy
 from ..errors import DicomVaultError
 
 log = logging.getLogger("dicomvault.web")
 
 
 def tls_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
-    """BCP 195: TLS 1.2 or newer (1.3 preferred by OpenSSL), the library's secure cipher list."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.options |= ssl.OP_NO_COMPRESSION
+    """The HTTPS listener's context: tls_policy's BCP 195 policy."""
     try:
-        ctx.load_cert_chain(certfile, keyfile)
+        return tls_policy.server_context(certfile, keyfile)
     except (OSError, ssl.SSLError) as exc:
         raise DicomVaultError(f"cannot load the HTTPS certificate {certfile} / key {keyfile}: {exc}") from exc
-    return ctx
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -71,6 +68,10 @@ class HttpServer:
         self.host, self.port = host, port
         self.port_explicit = port_explicit
         self.tls = tls_context(certfile, keyfile) if certfile else None
+        # A renewed certificate is served from the next handshake on (no restart).
+        self.reloader = (tls_policy.CertificateReloader(self.tls, certfile, keyfile)
+                         if self.tls is not None and certfile else None)
+        self._reload_stop = threading.Event()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
@@ -114,9 +115,19 @@ class HttpServer:
                 raise DicomVaultError(f"HTTP service on {self.host}:{self.port} did not start (see the log)")
             time.sleep(0.005)
         log.info("HTTP%s listening on %s", "S" if self.tls else "", self.url)
+        if self.reloader is not None:
+            reloader = self.reloader
+            self._reload_stop.clear()
+
+            def watch() -> None:
+                while not self._reload_stop.wait(reloader.interval):
+                    reloader.check()
+
+            threading.Thread(target=watch, name="dicomvault-https-reload", daemon=True).start()
         return self.url
 
     def stop(self) -> None:
+        self._reload_stop.set()
         server, self._server = self._server, None
         if server is not None:
             server.should_exit = True

@@ -99,7 +99,11 @@ class Vault:
         min_free_bytes: int = 0,
         tiers: list[tuple[str, str | PathLike[str]]] | None = None,
         ingest_codec: int = 1,
-    ) -> None: ...
+        reserve_fraction: float = 0.0,
+        reserve_max_bytes: int | None = None,
+    ) -> None:
+        """Every write leaves `reserve_fraction` of the filesystem free, at least
+        `min_free_bytes`, at most `reserve_max_bytes` (default: `min_free_bytes`)."""
     def ingest_files(self, paths: list[str | PathLike[str]]) -> list[dict[str, Any] | DicomVaultError]: ...
     def ingest_buffers(self, buffers: list[bytes]) -> list[dict[str, Any] | DicomVaultError]:
         """Like ingest_files for Part-10 files (or bare datasets) already in memory."""

@@ -387,7 +387,7 @@ def settle(data: Path, work: Path, seconds: float = 9.0) -> None:
 def promoted_blobs(engine: Engine, uid: str) -> int:
     return sum(
         1
-        for b in jobs.study_blobs(engine, uid)
+        for b in engine.study_blobs(uid)
         if b.tier in engine.remote_tiers and engine.vault.holders(b.hash)
     )
 

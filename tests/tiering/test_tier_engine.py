@@ -558,3 +558,12 @@ def test_store_outage_fails_fast_pauses_the_job_and_resumes(
         assert_clean(e, remote={"cold": 3})
         assert len(e.index.live_packs()) == 2 and e.remote("cold").usage()[0] == 2
         assert jobs.reclaim(e) == {"orphans": 0, "extra_copies": 0, "packs": 0}
+
+
+def test_a_promotion_waits_for_the_reads_that_caused_it_to_pause() -> None:
+    from dicomvault.tiering.service import PROMOTE_MAX_DEFER, PROMOTE_QUIET, promotion_due
+
+    t = 1000.0
+    assert not promotion_due(t, last_read=t - 0.1, pending_since=t - 5)  # a retrieve is going on
+    assert promotion_due(t, last_read=t - PROMOTE_QUIET, pending_since=t - 5)  # it paused
+    assert promotion_due(t, last_read=t, pending_since=t - PROMOTE_MAX_DEFER)  # reads never stop

@@ -133,6 +133,7 @@ def associate(archive: Archive, contexts: list[Any], ae_title: str = "PYSCU", **
 
 
 def write_config(path: Path, data: Path, storescp_port: int, commit_port: int, **dimse: object) -> Path:
+    max_associations = dimse.pop("max_associations", 16)
     extra = "".join(f"{k} = {str(v).lower() if isinstance(v, bool) else v}\n" for k, v in dimse.items())
     path.write_text(textwrap.dedent(f"""\
         data = "{data}"
@@ -141,7 +142,7 @@ def write_config(path: Path, data: Path, storescp_port: int, commit_port: int, *
         ae_title = "{ARCHIVE_AE}"
         port = 1
         max_pdu = 131072
-        max_associations = 16
+        max_associations = {max_associations}
         """) + extra + textwrap.dedent(f"""
         [[peers]]
         ae_title = "{STORESCP_AE}"

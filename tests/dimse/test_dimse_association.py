@@ -202,3 +202,31 @@ def test_idle_association_does_not_poll(monkeypatch: pytest.MonkeyPatch) -> None
     assert idle["dul"] < limit and idle["assoc"] < limit, idle
     assert echo < 0.25, f"an echo took {echo * 1000:.0f} ms on an idle association"
 
+
+
+def test_a_connection_closed_before_its_request_frees_its_slot_at_once(tmp_path: Any) -> None:
+    """A TCP probe (health check, scanner) that closes without an A-ASSOCIATE-RQ used to count
+    against max_associations for the whole ACSE timeout (30 s)."""
+    from dicomvault.config import Config, DimseConfig
+    from dicomvault.dimse import DimseServer
+    from dicomvault.engine import Engine
+
+    with Engine(tmp_path / "data") as eng:
+        config = Config(data_dir=tmp_path / "data", dimse=DimseConfig(port=0, max_associations=1))
+        srv = DimseServer(eng, config)
+        host, port = srv.start()
+        try:
+            for _ in range(3):
+                socket.create_connection((host, port)).close()
+            time.sleep(0.3)  # the server has taken them in (each would linger 30 s before)
+            deadline = time.monotonic() + 2
+            while [a for a in srv.ae.active_associations if a.is_acceptor]:
+                assert time.monotonic() < deadline, "a closed probe still holds an association slot"
+                time.sleep(0.02)
+            ae = AE()
+            ae.add_requested_context(Verification)
+            assoc = ae.associate(host, port, ae_title="DICOMVAULT")
+            assert assoc.is_established
+            assoc.release()
+        finally:
+            assert srv.stop(5)

@@ -62,6 +62,28 @@ def test_refuses_unknown_callers_and_finishes_in_flight_work_on_sigterm(
         stop_archive(arch)
     log = arch.log_text()
     assert "association rejected: STRANGER" in log
+    assert "calling AE title 'STRANGER' is not a known peer; admit it with a [[peers]] entry" in log
     assert "DIMSE SCP stopped;" in log and "aborted" not in log.split("SIGTERM received")[1]
     with Engine(arch.data, read_only=True) as eng:
         assert eng.read_dataset("1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322") == dataset_bytes(ct)
+
+
+def test_the_association_limit_refuses_with_the_reason_and_service_goes_on(
+    tmp_path: Path, storescp: tuple[int, Path]
+) -> None:
+    arch = start_archive(tmp_path, storescp[0], free_port(), max_associations=2)
+    try:
+        # pynetdicom counts an association until its thread has ended: the start-up probe's (and
+        # a refused one's) for a moment after its connection closed. Let them end first.
+        time.sleep(1.0)
+        held = [associate(arch, [build_context(Verification)]) for _ in range(2)]
+        third = run(["echoscu", "-aec", ARCHIVE_AE, "-to", "5", "-ta", "5", *arch.addr], check=False)
+        assert third.returncode != 0, "a third association got past max_associations = 2"
+        for a in held:
+            a.release()
+        time.sleep(1.0)
+        run(["echoscu", "-aec", ARCHIVE_AE, *arch.addr])  # served again once they ended
+    finally:
+        stop_archive(arch)
+    log = arch.log_text()
+    assert "local limit exceeded: 2 associations active, [dimse] max_associations = 2" in log, log[-3000:]

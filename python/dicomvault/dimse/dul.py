@@ -54,6 +54,8 @@ DUL_IDLE_WAIT = 0.05
 # The state machine actions that send a P-DATA request (PS3.8 9.2: Sta6 + Evt9 -> DT-1, Sta8 +
 # Evt9 -> AR-7), with the state each leaves the machine in.
 P_DATA_ACTIONS = {"DT-1": "Sta6", "AR-7": "Sta8"}
+# How often an acceptor waiting for its A-ASSOCIATE-RQ looks whether the connection is still there.
+CLOSED_CHECK = 0.05
 
 
 class EncodedPDataStateMachine(StateMachine):
@@ -129,6 +131,28 @@ class EventDrivenDUL(DULServiceProvider):
     def kill_dul(self) -> None:
         super().kill_dul()
         self._wake()
+
+    def receive_pdu(self, wait: bool = False, timeout: float | None = None) -> Any:
+        """pynetdicom's, except that an acceptor's wait ends as soon as its connection is gone.
+        Why: an acceptor waits up to the ACSE timeout (30 s) for the A-ASSOCIATE-RQ, and pynetdicom
+        counts it against `max_associations` all that time, so a connection closed without one (a
+        port probe, a load balancer's health check, a scanner) held a slot for 30 s: with
+        max_associations = 2, one TCP probe left room for a single association (measured)."""
+        if not wait or not self.assoc.is_acceptor:
+            return super().receive_pdu(wait=wait, timeout=timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = CLOSED_CHECK if deadline is None else min(CLOSED_CHECK, deadline - time.monotonic())
+            item = super().receive_pdu(wait=True, timeout=max(0.0, left))
+            if item is not None:
+                return item
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            # The DUL thread ends when the peer closes before an A-ASSOCIATE-RQ (Evt17 in Sta2;
+            # its socket object still says connected); it was started before this wait.
+            sock = self.socket
+            if not self.is_alive() or sock is None or not sock._is_connected:
+                return super().receive_pdu(wait=False)  # what came just before the close, if any
 
     def stop_dul(self) -> bool:
         if self.state_machine.current_state == "Sta1":

@@ -173,7 +173,7 @@ class DimseServer:
             (evt.EVT_N_ACTION, self.commitment.handle_n_action),
             (evt.EVT_ESTABLISHED, _on_established),
             (evt.EVT_CONN_CLOSE, _log_close),
-            (evt.EVT_REJECTED, _log_event("association rejected", logging.WARNING)),
+            (evt.EVT_REJECTED, _log_rejected),
             (evt.EVT_ABORTED, _log_event("association aborted", logging.WARNING)),
         ]
 
@@ -239,6 +239,31 @@ def _log_event(what: str, level: int) -> Callable[[Any], None]:
         log.log(level, "%s: %s", what, peer_desc(event))
 
     return handler
+
+
+def rejection_reason(event: Any) -> str:
+    """Why our AE rejected an association, in the words an operator acts on. pynetdicom keeps no
+    record of the A-ASSOCIATE-RJ reason on the acceptor's side, so it is worked out again from
+    the same checks its ACSE made."""
+    assoc = event.assoc
+    ae = assoc.ae
+    called = str(assoc.acceptor.ae_title).strip()
+    calling = str(assoc.requestor.ae_title).strip()
+    if ae.require_called_aet and called != str(ae.ae_title).strip():
+        return f"called AE title {called!r} is not ours ({str(ae.ae_title).strip()!r})"
+    known = [str(t).strip() for t in ae.require_calling_aet]
+    if known and calling not in known:
+        return (f"calling AE title {calling!r} is not a known peer; admit it with a [[peers]] entry "
+                f"(ae_title = {calling!r}, host, port) or [dimse] accept_unknown_callers = true")
+    active = sum(1 for a in ae.active_associations if a.is_acceptor)
+    if active > ae.maximum_associations:
+        return (f"local limit exceeded: {active - 1} associations active, [dimse] max_associations = "
+                f"{ae.maximum_associations}")
+    return "no presentation context or negotiation item could be accepted"
+
+
+def _log_rejected(event: Any) -> None:
+    log.warning("association rejected: %s: %s", peer_desc(event), rejection_reason(event))
 
 
 def _on_established(event: Any) -> None:

@@ -30,7 +30,7 @@ from ..config import DimseConfig, PeerConfig
 from . import tls
 from .common import calling_ae, log, set_nodelay
 from .peers import Peers
-from .server import SERVICE_CONTEXTS, _log_close, _log_event, _on_established, build_ae, drain
+from .server import SERVICE_CONTEXTS, _log_close, _log_event, _log_rejected, _on_established, build_ae, drain
 from .status import OUT_OF_RESOURCES_IO
 from .store import as_response, request_facts
 from .tls_relay import RELAY_BUF, tls_acceptor, with_shutdown
@@ -295,7 +295,7 @@ def main(argv: list[str]) -> int:
         (evt.EVT_C_STORE, lambda event: handle_store_remote(event, client)),
         (evt.EVT_ESTABLISHED, on_established),
         (evt.EVT_CONN_CLOSE, _log_close),
-        (evt.EVT_REJECTED, _log_event("association rejected", logging.WARNING)),
+        (evt.EVT_REJECTED, _log_rejected),
         (evt.EVT_ABORTED, _log_event("association aborted", logging.WARNING)),
     ]
     server = ae.make_server(listen.getsockname(), evt_handlers=handlers, server_class=server_class)

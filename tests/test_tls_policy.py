@@ -30,6 +30,8 @@ class Listener:
 
     def __init__(self, ctx: ssl.SSLContext, reload: tls_policy.CertificateReloader | None = None) -> None:
         self.ctx, self.reload = ctx, reload
+        if reload is not None:
+            reload.install(ctx)  # as HTTPS does: each handshake takes the reloader's context
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.errors: list[str] = []
@@ -42,8 +44,6 @@ class Listener:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            if self.reload is not None:
-                self.reload.check()
             try:
                 with self.ctx.wrap_socket(conn, server_side=True) as tls:
                     tls.sendall(b"ok")
@@ -68,7 +68,9 @@ def served(pki: dict[str, tuple[Path, Path]], tmp_path: Path) -> Iterator[tuple[
     shutil.copy(pki["server"][0], key)
     shutil.copy(pki["server"][1], crt)
     ctx = tls_policy.server_context(crt, key)
-    listener = Listener(ctx, tls_policy.CertificateReloader(ctx, crt, key, interval=0))
+    reloader = tls_policy.CertificateReloader(lambda: tls_policy.server_context(crt, key), crt, key,
+                                              interval=0)
+    listener = Listener(ctx, reloader)
     yield listener, key, crt
     listener.close()
 
@@ -129,3 +131,34 @@ def test_clients_are_told_why_a_peer_is_refused(pki: dict[str, tuple[Path, Path]
                 wrong_host.wrap_socket(raw, server_hostname="pacs.example.org")
     finally:
         listener.close()
+
+
+def test_https_serves_a_renewed_certificate_without_a_restart(
+        pki: dict[str, tuple[Path, Path]], tmp_path: Path) -> None:
+    from dicomvault.web.server import HttpServer
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    key, crt = tmp_path / "https.key", tmp_path / "https.crt"
+    shutil.copy(pki["server"][0], key)
+    shutil.copy(pki["server"][1], crt)
+    srv = HttpServer(app, "127.0.0.1", 0, certfile=str(crt), keyfile=str(key))
+    srv.start()
+    try:
+        assert srv.reloader is not None
+        srv.reloader.interval = 0
+        client = tls_policy.client_context(pki["ca"][1])
+
+        def served_cn() -> str:
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as raw:
+                with client.wrap_socket(raw, server_hostname="localhost") as tls:
+                    return dict(x[0] for x in tls.getpeercert()["subject"])["commonName"]
+
+        assert served_cn() == "server"
+        shutil.copy(pki["renewed"][0], key)
+        shutil.copy(pki["renewed"][1], crt)
+        assert served_cn() == "renewed"
+    finally:
+        srv.stop()

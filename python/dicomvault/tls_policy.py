@@ -14,6 +14,7 @@ import os
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("dicomvault.tls")
@@ -64,22 +65,25 @@ def client_context(ca: PathLike | None = None, cert: PathLike | None = None, key
 
 
 class CertificateReloader:
-    """Loads a listener's certificate and key again when either file changes, so a renewed
-    certificate takes effect on the next handshake without a restart. `check()` is cheap (two
-    stats, at most every `interval` seconds) and is called by the code that accepts connections.
-    A new pair is tried in a scratch context first: a half-copied or mismatched pair is logged and
-    the old one kept (OpenSSL would otherwise leave the live context with a new certificate and
-    the old key)."""
+    """Serves a renewed certificate and key without a restart. When either file changes (two
+    stats, at most every `interval` seconds), a fresh context is built from them by `make` and
+    the next handshake gets it: an acceptor asks `context()` per connection (the DICOM TLS
+    relay), or `install` puts an SNI callback on a listener's fixed context that hands each
+    handshake the current one (HTTPS: asyncio holds one context; the callback runs with or
+    without SNI). A context in use is never modified, since OpenSSL does not promise that is
+    safe while other threads start handshakes from it. A pair that does not load (half copied,
+    a key that does not match) is logged and the previous context stays in service."""
 
-    def __init__(self, ctx: ssl.SSLContext, cert: str | os.PathLike[str],
-                 key: str | os.PathLike[str] | None = None, *, interval: float = 2.0) -> None:
-        self.ctx = ctx
+    def __init__(self, make: Callable[[], ssl.SSLContext], cert: PathLike, key: PathLike | None = None,
+                 *, interval: float = 2.0) -> None:
+        self._make = make
         self.cert, self.key = Path(cert), Path(key) if key is not None else None
         self.interval = interval
         self.reloads = 0
         self._lock = threading.Lock()
         self._next = 0.0
         self._seen = self._stamp()
+        self._ctx = make()
 
     def _stamp(self) -> tuple[tuple[int, int], ...]:
         out = []
@@ -93,8 +97,21 @@ class CertificateReloader:
                 out.append((0, 0))
         return tuple(out)
 
+    def context(self) -> ssl.SSLContext:
+        """The context the next handshake should use (reloaded first if the files changed)."""
+        self.check()
+        return self._ctx
+
+    def install(self, listener: ssl.SSLContext) -> None:
+        """Makes every handshake on `listener` use `context()`."""
+
+        def pick(conn: ssl.SSLObject | ssl.SSLSocket, _name: str | None, _ctx: ssl.SSLContext) -> None:
+            conn.context = self.context()
+
+        listener.sni_callback = pick
+
     def check(self) -> bool:
-        """Reloads if the files changed since the last look; whether it did."""
+        """Builds a new context if the files changed since the last look; whether it did."""
         now = time.monotonic()
         if now < self._next:
             return False
@@ -104,14 +121,13 @@ class CertificateReloader:
             if stamp == self._seen:
                 return False
             self._seen = stamp
-            key = None if self.key is None else str(self.key)
             try:
-                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(self.cert), key)
-                self.ctx.load_cert_chain(str(self.cert), key)
+                fresh = self._make()
             except (OSError, ssl.SSLError) as exc:
                 log.error("TLS certificate %s changed but does not load (%s); still serving the "
                           "previous one", self.cert, exc)
                 return False
+            self._ctx = fresh
             self.reloads += 1
             log.info("TLS certificate %s reloaded", self.cert)
             return True

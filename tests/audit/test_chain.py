@@ -162,3 +162,40 @@ def test_serve_records_its_start_and_stop(tmp_path: Path) -> None:
     assert all(r["code"] == "DCM 110100" and r["detail"]["pid"] == proc.pid for r in recs)
     assert recs[0]["detail"]["dimse_port"] == dimse and recs[1]["detail"]["clean"] is True
     assert verify(data).intact
+
+
+def test_a_torn_last_line_is_cut_before_the_next_event(tmp_path: Path) -> None:
+    log = _log(tmp_path, 2)
+    with log.path.open("ab") as f:  # an append cut short by a full disk or a crash
+        f.write(b'{"time":"2026')
+    assert not verify(tmp_path).intact
+    log.record(EXPORT, SUCCESS, user="u", client=None, patient="P9")
+    assert [r["seq"] for r in search(tmp_path)] == [1, 2, 3]
+    assert [r["patient"] for r in search(tmp_path, event=EXPORT)] == ["P9"]
+    assert verify(tmp_path).intact
+
+
+def test_verify_while_a_server_appends_sees_no_false_break(tmp_path: Path) -> None:
+    _log(tmp_path, 1)
+    stop = threading.Event()
+
+    def append() -> None:
+        w = AuditLog(tmp_path)
+        while not stop.is_set():
+            w.record(LOGIN, SUCCESS, user="busy", client=None)
+
+    t = threading.Thread(target=append)
+    t.start()
+    try:
+        reports = [verify(tmp_path) for _ in range(30)]
+    finally:
+        stop.set()
+        t.join()
+    assert all(r.intact for r in reports), [r.breaks for r in reports if not r.intact][:1]
+
+
+def test_a_damaged_head_is_a_break_not_a_crash(tmp_path: Path) -> None:
+    log = _log(tmp_path, 2)
+    log.head_path.write_text("x y\n")
+    r = verify(tmp_path)
+    assert not r.intact and "head file is damaged" in r.breaks[-1][1]

@@ -5,6 +5,7 @@ storescp that only speaks TLS. Certificates are made by openssl for each test se
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import subprocess
 import time
@@ -300,3 +301,39 @@ def test_tls_with_workers_c_move_to_a_tls_peer(workers_archive: tuple[Archive, i
         scp.wait(10)
     [got] = list(out.iterdir())
     assert pydicom.dcmread(got).SOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(
+        tmp_path: Path, pki: dict[str, tuple[Path, Path]]) -> None:
+    import shutil
+
+    from dicomvault.bench.pki import issue
+
+    renewed = issue(tmp_path, "renewed", pki["ca"])
+    key, crt = tmp_path / "live.key", tmp_path / "live.crt"
+    shutil.copy(pki["server"][0], key)
+    shutil.copy(pki["server"][1], crt)
+    tls_port = free_port()
+    dimse = DimseConfig(port=0, tls_port=tls_port, tls_cert=crt, tls_key=key, tls_ca=pki["ca"][1])
+    client = ssl.create_default_context(cafile=str(pki["ca"][1]))
+    client.check_hostname = False
+    client.load_cert_chain(str(pki["client"][1]), str(pki["client"][0]))
+
+    def served_cn() -> str:
+        with socket.create_connection((HOST, tls_port), timeout=5) as raw:
+            with client.wrap_socket(raw) as tls:
+                return dict(x[0] for x in tls.getpeercert()["subject"])["commonName"]
+
+    with Engine(tmp_path / "data") as engine:
+        srv = DimseServer(engine, Config(data_dir=tmp_path / "data", dimse=dimse))
+        srv.start()
+        try:
+            assert served_cn() == "server"
+            shutil.copy(renewed[0], key)
+            shutil.copy(renewed[1], crt)
+            deadline = time.monotonic() + 10  # looked at every 2 s
+            while served_cn() != "renewed":
+                assert time.monotonic() < deadline, "the renewed certificate was never served"
+                time.sleep(0.2)
+        finally:
+            assert srv.stop(10)

@@ -108,6 +108,27 @@ def line_hash(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
 
 
+def _last_line_end(fd: int, size: int) -> int:
+    """Offset just past the last newline before `size` (0 if there is none)."""
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        cut = os.pread(fd, end - start, start).rfind(b"\n")
+        if cut >= 0:
+            return start + cut + 1
+        end = start
+    return 0
+
+
+def _head(path: Path) -> tuple[int, str | None]:
+    """(seq, hash) the head file records; (0, None) when it is missing or unreadable."""
+    try:
+        seq, digest = path.read_text().split()
+        return int(seq), digest
+    except (OSError, ValueError):
+        return 0, None
+
+
 def _last_line(fd: int, size: int) -> bytes | None:
     """The last complete line of the file (without its newline), or None when it is empty."""
     if size == 0:
@@ -212,14 +233,22 @@ class AuditLog:
                 log.error("audit: cannot append %d event(s) to %s: %s", len(records), self.path, exc)
 
     def _chain_end(self, fd: int) -> tuple[int, str]:
-        """(seq, hash) of the last line: where the next line chains on."""
-        last = _last_line(fd, os.fstat(fd).st_size)
+        """(seq, hash) of the last line: where the next line chains on. A torn last line (an
+        append cut short by a full disk or a crash: never acknowledged, its writer got the
+        error) is cut off first, or the next event would be glued onto it."""
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            whole = _last_line_end(fd, size)
+            log.warning("audit: cutting a torn last line (%d bytes) off %s", size - whole, self.path)
+            os.ftruncate(fd, whole)
+            size = whole
+        last = _last_line(fd, size)
         if last is None:
             return 0, GENESIS
         try:
             seq = int(json.loads(last).get("seq", 0))
         except (ValueError, AttributeError):
-            seq = 0  # a damaged last line: chain on its bytes anyway; verify reports it
+            seq = _head(self.head_path)[0]  # a damaged last line: the head still counts
         return seq, line_hash(last)
 
     def _write_head(self, seq: int, digest: str) -> None:
@@ -231,6 +260,12 @@ class AuditLog:
         finally:
             os.close(fd)
         os.replace(tmp, self.head_path)
+        # The rename durable too: an older head after a power loss would read as lines cut off.
+        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
     def record(self, event: str, outcome: str, *, user: str | None, client: str | None,
                study: str | None = None, detail: dict[str, Any] | None = None,
@@ -261,14 +296,27 @@ class ChainReport:
 
 
 def verify(data_dir: str | os.PathLike[str]) -> ChainReport:
-    """Re-computes the chain of the data directory's audit log and checks it against the head."""
+    """Re-computes the chain of the data directory's audit log and checks it against the head.
+    The log and its head are read under a shared lock, so a server appending meanwhile is not
+    mistaken for lines cut off."""
     d = Path(data_dir) / AUDIT_DIR
+    try:
+        fd = os.open(d / AUDIT_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return ChainReport()
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        size = os.fstat(fd).st_size
+        raw = os.pread(fd, size, 0) if size else b""
+        head = (d / HEAD_FILE).read_text() if (d / HEAD_FILE).exists() else None
+    finally:
+        os.close(fd)
+    return _check_chain(raw, head)
+
+
+def _check_chain(raw: bytes, head: str | None) -> ChainReport:
     report = ChainReport()
     prev, seq = None, 0
-    try:
-        raw = (d / AUDIT_FILE).read_bytes()
-    except FileNotFoundError:
-        raw = b""
     for n, line in enumerate(raw.split(b"\n")[:-1] if raw else [], start=1):
         report.lines += 1
         try:
@@ -293,16 +341,17 @@ def verify(data_dir: str | os.PathLike[str]) -> ChainReport:
         prev = line_hash(line)
     if raw and not raw.endswith(b"\n"):
         report.breaks.append((report.lines + 1, "a torn last line (no newline)"))
-    try:
-        head_seq, head_hash = (d / HEAD_FILE).read_text().split()
-    except FileNotFoundError:
+    if head is None:
         if report.chained:
             report.breaks.append((report.lines, "the head file is missing"))
         return report
+    try:
+        head_seq, head_hash = head.split()
+        head_n = int(head_seq)
     except ValueError:
         report.breaks.append((report.lines, "the head file is damaged"))
         return report
-    if int(head_seq) != seq or head_hash != prev:
+    if head_n != seq or head_hash != prev:
         report.breaks.append((report.lines, f"the log ends at seq {seq}, its head says {head_seq}: "
                                             "lines were cut off the end or the head was replaced"))
     return report

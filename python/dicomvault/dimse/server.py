@@ -192,11 +192,11 @@ class DimseServer:
             self._tls_listen = listen_socket(d.host, d.tls_port)
             self._tls_stop.clear()
             scp = ("127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host, port)
-            ctx, reloader = tls.listener_context(d)
+            reloader = tls.listener_contexts(d)
             self._tls_thread = threading.Thread(
                 target=tls_acceptor, name="dv-tls-accept", daemon=True,
-                args=(self._tls_listen, ctx, scp, float(self.ae.acse_timeout or 30),
-                      self._tls_stop, self._tls_active, self._tls_lock, reloader.check))
+                args=(self._tls_listen, reloader.context(), scp, float(self.ae.acse_timeout or 30),
+                      self._tls_stop, self._tls_active, self._tls_lock, reloader.context))
             self._tls_thread.start()
             log.info("DICOM TLS listening on %s:%d (%s)", d.host, d.tls_port,
                      "callers need a certificate signed by " + str(d.tls_ca) if d.tls_ca
@@ -243,23 +243,21 @@ def _log_event(what: str, level: int) -> Callable[[Any], None]:
 
 def rejection_reason(event: Any) -> str:
     """Why our AE rejected an association, in the words an operator acts on. pynetdicom keeps no
-    record of the A-ASSOCIATE-RJ reason on the acceptor's side, so it is worked out again from
-    the same checks its ACSE made."""
+    record of the A-ASSOCIATE-RJ reason on the acceptor's side, so it is worked out again from the
+    checks its ACSE made, in the order that decides: the association limit is checked last and
+    overrides the others, so it is looked at first here."""
     assoc = event.assoc
     ae = assoc.ae
-    called = str(assoc.acceptor.ae_title).strip()
-    calling = str(assoc.requestor.ae_title).strip()
-    if ae.require_called_aet and called != str(ae.ae_title).strip():
-        return f"called AE title {called!r} is not ours ({str(ae.ae_title).strip()!r})"
-    known = [str(t).strip() for t in ae.require_calling_aet]
-    if known and calling not in known:
-        return (f"calling AE title {calling!r} is not a known peer; admit it with a [[peers]] entry "
-                f"(ae_title = {calling!r}, host, port) or [dimse] accept_unknown_callers = true")
     active = sum(1 for a in ae.active_associations if a.is_acceptor)
     if active > ae.maximum_associations:
         return (f"local limit exceeded: {active - 1} associations active, [dimse] max_associations = "
                 f"{ae.maximum_associations}")
-    return "no presentation context or negotiation item could be accepted"
+    calling = str(assoc.requestor.ae_title).strip()
+    known = [str(t).strip() for t in ae.require_calling_aet]
+    if known and calling not in known:
+        return (f"calling AE title {calling!r} is not a known peer; admit it with a [[peers]] entry "
+                f"(ae_title = {calling!r}, host, port) or [dimse] accept_unknown_callers = true")
+    return "the request could not be accepted (no acceptable presentation context or negotiation item)"
 
 
 def _log_rejected(event: Any) -> None:

@@ -27,11 +27,11 @@ def server_context(d: DimseConfig) -> ssl.SSLContext:
     return tls_policy.server_context(d.tls_cert, d.tls_key, d.tls_ca)
 
 
-def listener_context(d: DimseConfig) -> tuple[ssl.SSLContext, tls_policy.CertificateReloader]:
-    """The listener's context and the reloader that swaps in a renewed certificate and key."""
-    ctx = server_context(d)
+def listener_contexts(d: DimseConfig) -> tls_policy.CertificateReloader:
+    """The listener's contexts: `context()` is the one for the next handshake, rebuilt when the
+    certificate or key file changes."""
     assert d.tls_cert is not None
-    return ctx, tls_policy.CertificateReloader(ctx, d.tls_cert, d.tls_key)
+    return tls_policy.CertificateReloader(lambda: server_context(d), d.tls_cert, d.tls_key)
 
 
 def client_context(d: DimseConfig) -> ssl.SSLContext:

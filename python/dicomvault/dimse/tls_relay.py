@@ -153,15 +153,15 @@ def serve_tls_connection(conn: socket.socket, ctx: ssl.SSLContext, scp_addr: tup
 
 def tls_acceptor(listen: socket.socket, ctx: ssl.SSLContext, scp_addr: tuple[str, int],
                  handshake_timeout: float, stop: threading.Event, active: list[int],
-                 lock: threading.Lock, reload: Callable[[], object] | None = None) -> None:
+                 lock: threading.Lock, reload: Callable[[], ssl.SSLContext] | None = None) -> None:
     """Accepts on the TLS listener until `stop` (non-blocking: with receiver processes, another
     may win a connection); each connection in a thread of its own, counted in `active` until it
-    ends, relayed to the plain SCP at `scp_addr`. `reload` (tls_policy.CertificateReloader.check)
-    runs before each accept and at least every half second: a renewed certificate is served from
-    the next handshake on."""
+    ends, relayed to the plain SCP at `scp_addr`. `reload` (tls_policy.CertificateReloader's
+    `context`) gives the context for each connection: a renewed certificate is served from the
+    next handshake on."""
     listen.setblocking(False)
 
-    def run(conn: socket.socket) -> None:
+    def run(conn: socket.socket, ctx: ssl.SSLContext) -> None:
         try:
             serve_tls_connection(conn, ctx, scp_addr, handshake_timeout)
         finally:
@@ -172,7 +172,7 @@ def tls_acceptor(listen: socket.socket, ctx: ssl.SSLContext, scp_addr: tuple[str
     poller.register(listen, select.POLLIN)
     while not stop.is_set():
         if reload is not None:
-            reload()
+            ctx = reload()
         try:
             if not poller.poll(500):
                 continue
@@ -190,7 +190,7 @@ def tls_acceptor(listen: socket.socket, ctx: ssl.SSLContext, scp_addr: tuple[str
         with lock:
             active[0] += 1
         try:
-            threading.Thread(target=run, args=(conn,), name="dv-tls-relay", daemon=True).start()
+            threading.Thread(target=run, args=(conn, ctx), name="dv-tls-relay", daemon=True).start()
         except RuntimeError as exc:  # no thread to be had: refuse this one, not the port
             log.warning("DICOM TLS port: connection refused: %s", exc)
             conn.close()

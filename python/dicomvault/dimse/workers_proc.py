@@ -305,11 +305,11 @@ def main(argv: list[str]) -> int:
     tls_thread = None
     if spec.tls_listen_fd >= 0:
         tls_listen = socket.socket(fileno=spec.tls_listen_fd)
-        ctx, reloader = tls.listener_context(d)
+        reloader = tls.listener_contexts(d)
         tls_thread = threading.Thread(
             target=tls_acceptor, name=f"dv-tls-accept-{spec.index}",
-            args=(tls_listen, ctx, writer_addr, float(ae.acse_timeout or 30), tls_stop,
-                  relays, relays_lock, reloader.check), daemon=True)
+            args=(tls_listen, reloader.context(), writer_addr, float(ae.acse_timeout or 30), tls_stop,
+                  relays, relays_lock, reloader.context), daemon=True)
         tls_thread.start()
     ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() would find it
     log.debug("receiver %d accepting (pid %d)", spec.index, os.getpid())

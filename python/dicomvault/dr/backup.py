@@ -47,10 +47,14 @@ class BackupReport:
 
 
 def _copy_volumes(src: Path, dst: Path) -> int:
-    """Copies volume and hint files present now; one that vanishes (compacted) is skipped."""
+    """Copies volume and hint files present now, of every lane (`lane-k/`, core/src/store/lanes.rs);
+    one that vanishes (compacted) is skipped."""
     dst.mkdir(parents=True, exist_ok=True)
     copied = 0
     for f in sorted(src.iterdir()):
+        if f.is_dir() and f.name.startswith("lane-"):
+            copied += _copy_volumes(f, dst / f.name)
+            continue
         if not f.is_file():
             continue
         try:

@@ -68,10 +68,13 @@ class HttpServer:
         self.host, self.port = host, port
         self.port_explicit = port_explicit
         self.tls = tls_context(certfile, keyfile) if certfile else None
-        # A renewed certificate is served from the next handshake on (no restart).
-        self.reloader = (tls_policy.CertificateReloader(self.tls, certfile, keyfile)
-                         if self.tls is not None and certfile else None)
-        self._reload_stop = threading.Event()
+        # A renewed certificate is served from the next handshake on (no restart): the
+        # listener's context hands each handshake the reloader's current one.
+        self.reloader: tls_policy.CertificateReloader | None = None
+        if self.tls is not None and certfile:
+            self.reloader = tls_policy.CertificateReloader(
+                lambda: tls_policy.server_context(certfile, keyfile), certfile, keyfile)
+            self.reloader.install(self.tls)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
@@ -115,19 +118,9 @@ class HttpServer:
                 raise DicomVaultError(f"HTTP service on {self.host}:{self.port} did not start (see the log)")
             time.sleep(0.005)
         log.info("HTTP%s listening on %s", "S" if self.tls else "", self.url)
-        if self.reloader is not None:
-            reloader = self.reloader
-            self._reload_stop.clear()
-
-            def watch() -> None:
-                while not self._reload_stop.wait(reloader.interval):
-                    reloader.check()
-
-            threading.Thread(target=watch, name="dicomvault-https-reload", daemon=True).start()
         return self.url
 
     def stop(self) -> None:
-        self._reload_stop.set()
         server, self._server = self._server, None
         if server is not None:
             server.should_exit = True

@@ -14,12 +14,14 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pydicom
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom.dsutils import split_dataset
 
 from dicomvault.engine import Engine
@@ -37,6 +39,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
+
+
+# What an in-process DimseServer sets process-wide (dimse/server.configure_pynetdicom).
+_SERVER_OPTIONS = ("UNRESTRICTED_STORAGE_SERVICE", "LOG_HANDLER_LEVEL", "LOG_REQUEST_IDENTIFIERS",
+                   "LOG_RESPONSE_IDENTIFIERS")
+
+
+@contextmanager
+def pynetdicom_options_kept() -> Iterator[None]:
+    """Puts back pynetdicom's process-wide options an in-process server set: left on, every plain
+    pynetdicom peer of a later test accepts any storage context in the first syntax proposed."""
+    saved = {k: getattr(_config, k) for k in _SERVER_OPTIONS}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(_config, k, v)
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes] | None, log: Path | None,

@@ -207,11 +207,13 @@ def test_idle_association_does_not_poll(monkeypatch: pytest.MonkeyPatch) -> None
 def test_a_connection_closed_before_its_request_frees_its_slot_at_once(tmp_path: Any) -> None:
     """A TCP probe (health check, scanner) that closes without an A-ASSOCIATE-RQ used to count
     against max_associations for the whole ACSE timeout (30 s)."""
+    from dimse_helpers import pynetdicom_options_kept
+
     from dicomvault.config import Config, DimseConfig
     from dicomvault.dimse import DimseServer
     from dicomvault.engine import Engine
 
-    with Engine(tmp_path / "data") as eng:
+    with pynetdicom_options_kept(), Engine(tmp_path / "data") as eng:
         config = Config(data_dir=tmp_path / "data", dimse=DimseConfig(port=0, max_associations=1))
         srv = DimseServer(eng, config)
         host, port = srv.start()

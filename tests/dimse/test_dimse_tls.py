@@ -16,11 +16,20 @@ from typing import Any
 
 import pydicom
 import pytest
-from dimse_helpers import CLI, Archive, dataset_bytes, free_port, run, stop_archive, wait_port
+from dimse_helpers import (
+    CLI,
+    Archive,
+    dataset_bytes,
+    free_port,
+    pynetdicom_options_kept,
+    run,
+    stop_archive,
+    wait_port,
+)
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, StoragePresentationContexts, _config, build_role, evt
+from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -43,22 +52,18 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory,
             pki: dict[str, tuple[Path, Path]]) -> Iterator[dict[str, Any]]:
-    saved = {k: getattr(_config, k) for k in ("UNRESTRICTED_STORAGE_SERVICE", "LOG_HANDLER_LEVEL",
-                                               "LOG_REQUEST_IDENTIFIERS", "LOG_RESPONSE_IDENTIFIERS")}
     data = tmp_path_factory.mktemp("tls") / "data"
     tls_port, peer_port = free_port(), free_port()
     key, crt = pki["server"]
     dimse = DimseConfig(port=0, tls_port=tls_port, tls_cert=crt, tls_key=key, tls_ca=pki["ca"][1])
     peers = (PeerConfig("TLSSCP", HOST, peer_port, tls=True),)
-    with Engine(data) as engine:
+    with pynetdicom_options_kept(), Engine(data) as engine:
         srv = DimseServer(engine, Config(data_dir=data, dimse=dimse, peers=peers))
         _, port = srv.start()
         try:
             yield {"port": port, "tls_port": tls_port, "peer_port": peer_port, "engine": engine}
         finally:
             assert srv.stop(10)
-            for k, v in saved.items():
-                setattr(_config, k, v)
 
 
 def _tls_args(pki: dict[str, tuple[Path, Path]], who: str = "client") -> list[str]:
@@ -324,7 +329,7 @@ def test_a_renewed_certificate_is_served_without_a_restart(
             with client.wrap_socket(raw) as tls:
                 return dict(x[0] for x in tls.getpeercert()["subject"])["commonName"]
 
-    with Engine(tmp_path / "data") as engine:
+    with pynetdicom_options_kept(), Engine(tmp_path / "data") as engine:
         srv = DimseServer(engine, Config(data_dir=tmp_path / "data", dimse=dimse))
         srv.start()
         try:

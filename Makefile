@@ -12,7 +12,7 @@ NATIVE_SRC := $(shell find core/src core/kernels rust/src -type f) rust/build.rs
 STAMP := $(VENV)/.built
 
 .DEFAULT_GOAL := help
-.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-dicomweb bench-viewer bench-tiers bench-find bench-tls bench-replication clean sysdeps
+.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-dicomweb bench-viewer bench-tiers bench-find bench-tls bench-replication clean sysdeps fuzz
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -55,6 +55,23 @@ test-python: build ## pytest (without the slow marker)
 
 test-full: sysdeps build test-rust ## every test, slow ones included
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS := dicom_parse pdu_stream codec_decode cold_roundtrip
+PYDICOM_FILES = $(CURDIR)/$(VENV)/lib/python3.11/site-packages/pydicom/data/test_files
+
+fuzz: build ## coverage-guided fuzzing of every parser: cargo-fuzz, nightly, AddressSanitizer; FUZZ_SECONDS per target (default 300)
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
+	cd core/fuzz && for t in $(FUZZ_TARGETS); do \
+	  mkdir -p corpus/$$t && \
+	  seeds="seeds/$$t"; [ "$$t" = dicom_parse ] && seeds="$$seeds $(PYDICOM_FILES)"; \
+	  cargo +nightly fuzz run $$t corpus/$$t $$seeds -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 \
+	    -max_len=1048576 -print_final_stats=1 2>&1 | tee fuzz-$$t.log | grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|==[0-9]+==ERROR|SUMMARY)" ; \
+	  if ls artifacts/$$t/crash-* artifacts/$$t/oom-* artifacts/$$t/timeout-* >/dev/null 2>&1; then \
+	    mkdir -p regressions/$$t && cp artifacts/$$t/* regressions/$$t/ && \
+	    echo "fuzz: $$t found inputs that fail: copied to core/fuzz/regressions/$$t (make test replays them)"; exit 1; fi; \
+	done
 
 lint: build ## cargo fmt --check, clippy -D warnings, ruff
 	cargo fmt --all --check

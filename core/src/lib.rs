@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod error;
+pub mod fuzzing;
 pub mod hash;
 pub mod net;
 pub mod object;

@@ -462,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     add_replication_commands(sub, common, add_site_arguments=add_site_arguments, run_site=_run_replica_site,
-                             forward_tls=_forward_tls)
+                             forward_tls=_forward_tls, forward_ae=_forward_ae)
     add_users_commands(sub, common)
     add_audit_commands(sub, common)
     add_shares_commands(sub, common)
@@ -479,6 +479,13 @@ def _forward_tls(config_path: str | None) -> Any:
     from .dimse.tls import client_context
 
     return client_context(load_config(config_path).dimse)
+
+
+def _forward_ae(title: str) -> Any:
+    """The AE `forward run` associates from: ours (dimse/association.py)."""
+    from .dimse.association import requestor_ae
+
+    return requestor_ae(title)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -222,6 +222,7 @@ def start_services(engine: Engine, options: SiteOptions, forward_rules: tuple[An
     """What `dicomvault serve` runs beside the DIMSE SCP: the site (HTTP, feed, admin, optional
     puller), the tiering service (compactor, policies) and one forwarding thread per
     `[[forward]]` destination. Returns the stop function."""
+    from .dimse.association import requestor_ae
     from .replication.forward import Forwarder, forward_status
 
     tier_service = TieringService(engine, tiering or default_settings())
@@ -233,7 +234,7 @@ def start_services(engine: Engine, options: SiteOptions, forward_rules: tuple[An
     stop = threading.Event()
     threads = []
     for rule in forward_rules:
-        fwd = Forwarder(engine, rule, forward_tls)
+        fwd = Forwarder(engine, rule, forward_tls, requestor_ae)
         t = threading.Thread(target=fwd.run, args=(stop,), name=f"dicomvault-forward-{rule.name}",
                              daemon=True)
         t.start()

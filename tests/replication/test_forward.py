@@ -20,6 +20,7 @@ from repl_helpers import synth_files
 
 from dicomvault.bench.pki import dcmtk_tls_args, make_pki
 from dicomvault.config import DimseConfig
+from dicomvault.dimse.association import requestor_ae
 from dicomvault.dimse.tls import client_context
 from dicomvault.engine import Engine
 from dicomvault.replication.forward import Forwarder
@@ -59,7 +60,7 @@ def test_forward_queue_survives_peer_down_and_restart(tmp_path: Path) -> None:
     files = synth_files(2, slices=4)
     with Engine(data, min_free_bytes=0) as eng:
         eng.store_buffers(files[:4])
-        fwd = Forwarder(eng, rule)
+        fwd = Forwarder(eng, rule, make_ae=requestor_ae)
         assert fwd.step() == 0  # peer down: nothing consumed, error recorded, backoff
         assert "association" in fwd.status["last_error"]
     st = json.loads(subprocess.run([CLI, "forward", "status", "--json", "--data", str(data)],
@@ -69,7 +70,7 @@ def test_forward_queue_survives_peer_down_and_restart(tmp_path: Path) -> None:
     try:
         with Engine(data, min_free_bytes=0) as eng:  # a restart: the cursor is durable
             eng.store_buffers(files[4:])
-            fwd = Forwarder(eng, rule)
+            fwd = Forwarder(eng, rule, make_ae=requestor_ae)
             while fwd.step():
                 pass
             sent = {r.sop_uid: eng.read_dataset(r.sop_uid)[1] for r in eng.index.instances()}
@@ -108,7 +109,7 @@ def test_forward_by_calling_ae_of_dimse_objects(tmp_path: Path) -> None:
                 out = eng.store_dataset(buf[parsed["dataset_offset"] :], parsed["transfer_syntax"],
                                         calling_ae=ae)
                 sent_by[out.sop_instance_uid] = ae
-            fwd = Forwarder(eng, rule)
+            fwd = Forwarder(eng, rule, make_ae=requestor_ae)
             while fwd.step():
                 pass
     finally:
@@ -137,7 +138,7 @@ def test_forward_over_tls_to_dcmtk(tmp_path: Path) -> None:
             with Engine(tmp_path / "site", min_free_bytes=0) as eng:
                 if who == "rogue":
                     eng.store_buffers(files)
-                fwd = Forwarder(eng, rule, ctx)
+                fwd = Forwarder(eng, rule, ctx, requestor_ae)
                 while fwd.step():
                     pass
                 if who == "rogue":
@@ -151,7 +152,7 @@ def test_forward_over_tls_to_dcmtk(tmp_path: Path) -> None:
     assert got == sent  # bit for bit, over TLS
     with pytest.raises(SettingsError, match="tls = true needs"):
         with Engine(tmp_path / "site", min_free_bytes=0) as eng:
-            Forwarder(eng, rule)
+            Forwarder(eng, rule, make_ae=requestor_ae)
     assert parse_forward([{"name": "x", "ae_title": "X", "host": "h", "port": 104, "tls": True}], "c")[0].tls
     with pytest.raises(SettingsError, match="true or false"):
         parse_forward([{"name": "x", "ae_title": "X", "host": "h", "port": 104, "tls": "yes"}], "c")

@@ -284,3 +284,9 @@ class ArchiveAE(ApplicationEntity):
         sock = ArchiveSocket(assoc, address=address, big_reads=self.tuned)
         sock.tls_args = tls_args
         return sock
+
+
+def requestor_ae(title: str) -> ArchiveAE:
+    """An AE for associations we request to other nodes (forwarding): our event-driven
+    associations, C-STORE responses read natively, pynetdicom's reactor pause fixed."""
+    return ArchiveAE(title, tuned=True)

@@ -65,13 +65,15 @@ def cmd_forward_run(args: argparse.Namespace) -> int:
     rules = load_forward_rules(args.config)
     # the TLS files are the [dimse] table's of the same configuration (the CLI reads it)
     tls_context = args.forward_tls(args.config) if any(rule.tls for rule in rules) else None
-    return run_forwarders(args.data, rules, once=args.once, tls_context=tls_context)
+    return run_forwarders(args.data, rules, once=args.once, tls_context=tls_context, make_ae=args.forward_ae)
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser, *, add_site_arguments: Callable[..., None],
                  run_site: Callable[[argparse.Namespace], int],
-                 forward_tls: Callable[[str | None], ssl.SSLContext]) -> None:
-    """`forward_tls(config path)`: our DICOM TLS client context from that configuration."""
+                 forward_tls: Callable[[str | None], ssl.SSLContext],
+                 forward_ae: Callable[[str], Any]) -> None:
+    """`forward_tls(config path)`: our DICOM TLS client context from that configuration;
+    `forward_ae(our AE title)`: the AE forwarding associates from (forward.MakeAE)."""
     p = sub.add_parser("replicate", parents=[common],
                        help="replicate from another site (until SIGTERM, or --once)")
     p.add_argument("--from", dest="source", required=True, metavar="URL", help="upstream site URL")
@@ -89,4 +91,4 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, *, add_site_argument
     p = fsub.add_parser("run", parents=[common], help="forward per the config's [[forward]] rules")
     p.add_argument("--config", required=True, metavar="FILE")
     p.add_argument("--once", action="store_true", help="drain the queues, then exit")
-    p.set_defaults(func=cmd_forward_run, forward_tls=forward_tls)
+    p.set_defaults(func=cmd_forward_run, forward_tls=forward_tls, forward_ae=forward_ae)

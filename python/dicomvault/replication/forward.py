@@ -20,13 +20,14 @@ import ssl
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import _config, build_context
+from pynetdicom import AE, _config, build_context
+from pynetdicom.ae import ApplicationEntity
 
-from ..dimse.association import ArchiveAE
 from ..engine import Engine
 from ..errors import DicomVaultError
 from ..index.records import DELETED, InstanceRecord
@@ -61,15 +62,27 @@ class SendError(DicomVaultError):
         self.reason = reason
 
 
+# Makes the AE a forwarder associates from, given our AE title. Whoever runs the forwarders
+# passes dimse.association.requestor_ae (site.py, the CLI): our associations live in the network
+# layer above this one, so they are handed in, not imported.
+MakeAE = Callable[[str], ApplicationEntity]
+
+
+def stock_ae(title: str) -> ApplicationEntity:
+    return AE(ae_title=title)
+
+
 class Forwarder:
-    def __init__(self, engine: Engine, rule: ForwardRule, tls_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, engine: Engine, rule: ForwardRule, tls_context: ssl.SSLContext | None = None,
+                 make_ae: MakeAE = stock_ae) -> None:
         """`tls_context`: our client side of DICOM TLS (dimse/tls.client_context), required by
-        a rule with tls = true."""
+        a rule with tls = true. `make_ae`: see MakeAE."""
         if rule.tls and tls_context is None:
             raise SettingsError(f"forward {rule.name}: tls = true needs the [dimse] TLS settings")
         self.engine = engine
         self.rule = rule
         self.tls_args = (tls_context, None) if rule.tls else None
+        self.make_ae = make_ae
         self.key = _key(rule.name)
         st = state.load_map(engine.index, self.key)
         self.status: dict[str, Any] = {
@@ -125,9 +138,7 @@ class Forwarder:
 
     def _send(self, recs: list[InstanceRecord]) -> None:
         _config.STORE_SEND_CHUNKED_DATASET = True  # send file bytes as they are, no decode
-        # Our associations (dimse/association.py): event-driven reactors, C-STORE responses read
-        # natively, pynetdicom's reactor pause fixed.
-        ae = ArchiveAE(self.rule.our_ae_title, tuned=True)
+        ae = self.make_ae(self.rule.our_ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
         wanted: dict[str, set[str]] = {}
         for r in recs:
@@ -198,9 +209,9 @@ def forward_status(data_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def run_forwarders(data_dir: str | os.PathLike[str], rules: tuple[ForwardRule, ...], *, once: bool,
-                   tls_context: ssl.SSLContext | None = None) -> int:
+                   tls_context: ssl.SSLContext | None = None, make_ae: MakeAE = stock_ae) -> int:
     with Engine(data_dir) as eng:
-        fwds = [Forwarder(eng, r, tls_context) for r in rules]
+        fwds = [Forwarder(eng, r, tls_context, make_ae) for r in rules]
         if once:
             for f in fwds:
                 while f.step():

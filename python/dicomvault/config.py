@@ -306,6 +306,8 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {p}: {exc}") from exc
+    except UnicodeDecodeError as exc:  # found by tests/test_fuzz_python_parsers.py
+        raise ConfigError(f"config file {p} is not UTF-8 text (TOML must be): byte {exc.start}") from exc
     where = str(p)
     _unknown(doc, _TOP_KEYS, where)
     data_dir = DEFAULT_DATA_DIR

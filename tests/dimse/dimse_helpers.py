@@ -142,10 +142,11 @@ class Archive:
             return eng.read_file(sop_uid)
 
 
-def associate(archive: Archive, contexts: list[Any], ae_title: str = "PYSCU", **kw: Any) -> Any:
-    """A pynetdicom association to the archive (asserted established)."""
-    ae = AE(ae_title=ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
+def associate(archive: Archive, contexts: list[Any], ae_title: str = "PYSCU", *, ae: Any = None,
+              timeout: float = 20, **kw: Any) -> Any:
+    """A pynetdicom association to the archive (asserted established), from `ae` if given."""
+    ae = ae if ae is not None else AE(ae_title=ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     assoc = ae.associate(HOST, archive.port, contexts=contexts, ae_title=ARCHIVE_AE, **kw)
     assert assoc.is_established, "association refused"
     return assoc

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dimse_helpers import (
@@ -152,9 +153,11 @@ def test_parallel_senders_all_durable_and_findable(archive: Archive, tmp_path: P
     assert find_images(archive, study) == 48  # C-FIND relayed to the writer
 
 
-def _store_until(arch: Archive, files: list[Path], kill_after: int, victims: list[int]) -> set[str]:
-    """Stores files one by one over pynetdicom, reconnecting when the association dies; kills
-    `victims` (kill -9) after `kill_after` acknowledgements. The SOP UIDs acknowledged."""
+def _store_until(arch: Archive, files: list[Path], kill_after: int, victims: list[int],
+                 ae: Any = None, timeout: float = 20) -> set[str]:
+    """Stores files one by one over pynetdicom (from `ae` if given), reconnecting when the
+    association dies; kills `victims` (kill -9) after `kill_after` acknowledgements. The SOP UIDs
+    acknowledged."""
     import pydicom
 
     acked: set[str] = set()
@@ -166,7 +169,8 @@ def _store_until(arch: Archive, files: list[Path], kill_after: int, victims: lis
         assert time.monotonic() < deadline, f"{len(pending)} objects never acknowledged"
         if assoc is None or not assoc.is_established:
             try:
-                assoc = associate(arch, [build_context(CTImageStorage, ExplicitVRLittleEndian)])
+                assoc = associate(arch, [build_context(CTImageStorage, ExplicitVRLittleEndian)], ae=ae,
+                                  timeout=timeout)
             except (AssertionError, OSError):
                 time.sleep(0.2)  # receivers restarting
                 continue
@@ -205,6 +209,32 @@ def test_kill9_of_receivers_loses_nothing_acknowledged(archive: Archive, tmp_pat
         assert time.monotonic() < deadline, archive.log_text()[-3000:]
         time.sleep(0.1)
     assert "exited with signal 9; restarting it" in archive.log_text()
+
+
+def test_kill9_of_the_receivers_short_form(tmp_path: Path, storescp: tuple[int, Path]) -> None:
+    """The kill -9 trial of the worker-process mode in `make test` (the long one above is slow):
+    both receivers killed after 4 acknowledgements of 12; every acknowledged object is in the
+    archive, the receivers come back, and the rest is stored through them. The client is our
+    requestor AE (pynetdicom's reactor pause fixed) with 10 s timeouts, so an object lost in
+    flight is sent again after at most 10 s, not 20."""
+    from dicomvault.dimse.association import requestor_ae
+
+    arch = start_archive(tmp_path, storescp[0], free_port(), workers=2)
+    try:
+        before = wait_ready(arch, 2)
+        files = synth_files(tmp_path / "series", 12, seed=14)
+        acked = _store_until(arch, files, kill_after=4, victims=before, ae=requestor_ae("PYSCU"), timeout=10)
+        assert len(acked) == 12
+        deadline = time.monotonic() + 30
+        while len(set(receivers(arch)) - set(before)) < 2:
+            assert time.monotonic() < deadline, arch.log_text()[-3000:]
+            time.sleep(0.1)
+    finally:
+        stop_archive(arch)
+    with Engine(arch.data, read_only=True) as eng:
+        for uid in acked:
+            assert eng.instance(uid) is not None, f"acknowledged {uid} is not in the archive"
+    assert arch.log_text().count("exited with signal 9; restarting it") == 2
 
 
 def test_sigterm_stops_writer_and_receivers(tmp_path: Path, storescp: tuple[int, Path]) -> None:

@@ -140,6 +140,7 @@ def test_serve_records_its_start_and_stop(tmp_path: Path) -> None:
 
     dimse, http = free_ports(2)
     data = tmp_path / "data"
+    ct = get_testdata_file("CT_small.dcm")
     args = ["serve", "--data", str(data), "--host", "127.0.0.1", "--dimse-port", str(dimse),
             "--http-port", str(http)]
     proc = subprocess.Popen([CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -154,13 +155,22 @@ def test_serve_records_its_start_and_stop(tmp_path: Path) -> None:
             except OSError:
                 assert time.monotonic() < deadline, "dicomvault serve not up after 30 s"
                 time.sleep(0.1)
+        send = subprocess.run(["storescu", "-aet", "CT_ROOM_3", "-aec", "DICOMVAULT", "127.0.0.1", str(dimse),
+                               ct, ct], capture_output=True, text=True, timeout=60)
+        assert send.returncode == 0, send.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(40) == 0
     recs = list(search(data))
-    assert [r["event"] for r in recs] == ["application-start", "application-stop"]
-    assert all(r["code"] == "DCM 110100" and r["detail"]["pid"] == proc.pid for r in recs)
-    assert recs[0]["detail"]["dimse_port"] == dimse and recs[1]["detail"]["clean"] is True
+    assert [r["event"] for r in recs] == ["application-start", "instances-transferred", "application-stop"]
+    start, moved, stop = recs
+    assert all(r["code"] == "DCM 110100" and r["detail"]["pid"] == proc.pid for r in (start, stop))
+    assert start["detail"]["dimse_port"] == dimse and stop["detail"]["clean"] is True
+    ds = pydicom.dcmread(ct, stop_before_pixels=True)
+    # One record for the burst (the same object twice: both acknowledged, one stored).
+    assert (moved["code"], moved["user"], moved["study"], moved["patient"]) == (
+        "DCM 110104", "CT_ROOM_3", ds.StudyInstanceUID, ds.PatientID)
+    assert moved["detail"]["instances"] == 2 and moved["detail"]["direction"] == "received"
     assert verify(data).intact
 
 
@@ -199,3 +209,27 @@ def test_a_damaged_head_is_a_break_not_a_crash(tmp_path: Path) -> None:
     log.head_path.write_text("x y\n")
     r = verify(tmp_path)
     assert not r.intact and "head file is damaged" in r.breaks[-1][1]
+
+
+def test_transfers_are_one_record_per_callers_burst_of_a_study(tmp_path: Path) -> None:
+    from dicomvault.audit.transfers import TransferAudit
+
+    now = [1000.0]
+    audit = TransferAudit(AuditLog(tmp_path), {"s1": "P1", "s2": "P2"}.get, quiet=10, clock=lambda: now[0])
+    try:
+        for sop in ("s1", "s1b", "s1c"):
+            audit.stored("CT1", "1.2.1", sop)
+        audit.stored("MR1", "1.2.2", "s2")
+        now[0] += 5
+        audit.stored("MR1", "1.2.2", "s2b")
+        assert audit.flush() == 0  # nothing quiet for 10 s yet
+        now[0] += 6
+        assert audit.flush() == 1  # CT1's burst ended 11 s ago; MR1's 6 s ago
+        now[0] += 5
+        assert audit.flush() == 1
+    finally:
+        audit.close()
+    recs = list(search(tmp_path, event="instances-transferred"))
+    assert [(r["user"], r["study"], r["patient"], r["detail"]["instances"]) for r in recs] == [
+        ("CT1", "1.2.1", "P1", 3), ("MR1", "1.2.2", "P2", 2)]
+    assert verify(tmp_path).intact

@@ -35,6 +35,7 @@ from pynetdicom.sop_class import (
 from pynetdicom.transport import ThreadedAssociationServer
 
 from ..audit.log import APPLICATION_START, APPLICATION_STOP, SUCCESS, AuditLog
+from ..audit.transfers import TransferAudit
 from ..config import Config, ConfigError, DimseConfig, PeerConfig
 from ..engine import Engine
 from . import fastpath, tls
@@ -138,8 +139,11 @@ class DimseServer:
         if not d.accept_unknown_callers and not len(self.peers):
             raise ConfigError("accept_unknown_callers = false with no [[peers]] would refuse every caller")
         ae = build_ae(d, self.peers, SERVICE_CONTEXTS)
+        # ATNA "Instances Transferred": one record per caller's burst of one study (audit/transfers.py)
+        self.transfers = TransferAudit(AuditLog(config.data_dir), self._patient_of)
         if d.fast_path and d.tuned_reactor:
-            fastpath.enable(ae, fast_store(engine), fast_find(engine, d.ae_title), fast_get(engine),
+            fastpath.enable(ae, fast_store(engine, self.transfers), fast_find(engine, d.ae_title),
+                            fast_get(engine),
                             fast_move(engine, self.peers, d.ae_title, self._tls_client))
         self.ae = ae
         self.commitment = CommitmentService(engine, ae, self.peers, d.ae_title, self._connect)
@@ -150,6 +154,10 @@ class DimseServer:
         self._tls_active = [0]  # TLS relays in progress
         self._tls_lock = threading.Lock()
         self._tls_ctx: ssl.SSLContext | None = None
+
+    def _patient_of(self, sop_uid: str) -> str | None:
+        rec = self.engine.instance(sop_uid)
+        return (rec.patient_id or None) if rec is not None else None
 
     def _tls_client(self) -> ssl.SSLContext:
         """Our client side of DICOM TLS, made once (peers verified against tls_ca, else the
@@ -165,7 +173,7 @@ class DimseServer:
         d = self.config.dimse
         return [
             (evt.EVT_CONN_OPEN, set_nodelay),
-            (evt.EVT_C_STORE, partial(handle_store, engine=self.engine)),
+            (evt.EVT_C_STORE, partial(handle_store, engine=self.engine, audit=self.transfers)),
             (evt.EVT_C_FIND, partial(handle_find, engine=self.engine, our_ae=d.ae_title)),
             (evt.EVT_C_GET, partial(handle_get, engine=self.engine)),
             (evt.EVT_C_MOVE, partial(handle_move, engine=self.engine, peers=self.peers, max_pdu=d.max_pdu,
@@ -231,6 +239,7 @@ class DimseServer:
         clean = drain(server, deadline)
         clean = self._stop_tls(deadline) and clean
         self.commitment.join(max(1.0, deadline - time.monotonic()))
+        self.transfers.close()
         return clean
 
 

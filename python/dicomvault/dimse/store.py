@@ -13,6 +13,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from .. import _native  # type: ignore[attr-defined]
+from ..audit.transfers import TransferAudit
 from ..engine import Engine
 from ..errors import DicomVaultError, ReplicaWriteError
 from .common import calling_ae, log, status
@@ -26,7 +27,8 @@ def _refused(code: int, caller: str, sop_uid: str, why: str) -> tuple[int, str]:
 
 
 def store_status(engine: Engine, dataset: bytes | memoryview | _native.ReceivedDataSet, ts: str, *,
-                 sop_uid: str, sop_class: str, caller: str) -> tuple[int, str | None]:
+                 sop_uid: str, sop_class: str, caller: str,
+                 audit: TransferAudit | None = None) -> tuple[int, str | None]:
     """Stores one received dataset; (C-STORE status, error comment or None).
 
     Used by the in-process handler below and by the writer side of workers.py (which receives
@@ -43,6 +45,8 @@ def store_status(engine: Engine, dataset: bytes | memoryview | _native.ReceivedD
             return code, f"{what}: {exc}"
         return _refused(code, caller, sop_uid, f"{what} ({ts}): {exc}")
 
+    if audit is not None:
+        audit.stored(caller, outcome.study_instance_uid, outcome.sop_instance_uid)
     # The object is durable now. A request whose command set disagrees with its dataset is a
     # broken sender: tell it (A900), but the stored object stays (it is valid and durable; it
     # may also be a duplicate of an earlier good send, which must not be lost).
@@ -73,20 +77,21 @@ def as_response(code: int, comment: str | None) -> Dataset | int:
     return SUCCESS if code == SUCCESS else status(code, comment)
 
 
-def fast_store(engine: Engine) -> Callable[[Any, Any, str, str, Any], tuple[int, str | None]]:
+def fast_store(engine: Engine, audit: TransferAudit | None = None
+               ) -> Callable[[Any, Any, str, str, Any], tuple[int, str | None]]:
     """The store handler of dimse/fastpath.py: same answers as `handle_store`, from the facts
     the native reader hands over instead of a pynetdicom event."""
 
     def store(assoc: Any, context: Any, sop_class: str, sop_uid: str,
               dataset: bytes | _native.ReceivedDataSet) -> tuple[int, str | None]:
         return store_status(engine, dataset, str(context.transfer_syntax[0]), sop_uid=sop_uid,
-                            sop_class=sop_class, caller=str(assoc.requestor.ae_title).strip())
+                            sop_class=sop_class, caller=str(assoc.requestor.ae_title).strip(), audit=audit)
 
     return store
 
 
-def handle_store(event: Any, engine: Engine) -> Dataset | int:
+def handle_store(event: Any, engine: Engine, audit: TransferAudit | None = None) -> Dataset | int:
     """EVT_C_STORE handler."""
     dataset, ts, sop_uid, sop_class = request_facts(event)
     return as_response(*store_status(engine, dataset, ts, sop_uid=sop_uid, sop_class=sop_class,
-                                     caller=calling_ae(event)))
+                                     caller=calling_ae(event), audit=audit))

@@ -55,6 +55,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..audit.transfers import TransferAudit
 from ..config import DimseConfig, PeerConfig
 from ..engine import Engine
 from .common import listen_socket, log
@@ -133,9 +134,10 @@ class StoreIpcServer:
     """Unix-socket server in the writer: one thread per receiver connection, each request stored
     with `store_status` (concurrent requests share the engine's group commits)."""
 
-    def __init__(self, engine: Engine, path: Path) -> None:
+    def __init__(self, engine: Engine, path: Path, audit: TransferAudit | None = None) -> None:
         self.engine = engine
         self.path = path
+        self.audit = audit
         outer = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -168,7 +170,7 @@ class StoreIpcServer:
                 try:
                     code, comment = store_status(
                         self.engine, dataset, header["ts"], sop_uid=header["sop"],
-                        sop_class=header["class"], caller=header["caller"],
+                        sop_class=header["class"], caller=header["caller"], audit=self.audit,
                     )
                 except Exception:  # noqa: BLE001 - answer a status as pynetdicom would, keep serving
                     log.exception("C-STORE from %s of %s: unexpected error", header.get("caller"),
@@ -212,14 +214,16 @@ class WorkerPool:
     RESPAWN_INTERVAL = 1.0  # at most one restart per second per slot (a crash loop stays visible)
 
     def __init__(self, engine: Engine, dimse: DimseConfig, peers: tuple[PeerConfig, ...],
-                 writer_addr: tuple[str, int], shutdown_timeout: float) -> None:
+                 writer_addr: tuple[str, int], shutdown_timeout: float,
+                 audit: TransferAudit | None = None) -> None:
+        """`audit`: where the stores the receivers relay are counted for the audit trail."""
         self.dimse = dimse
         self.peers = peers
         self.writer_addr = writer_addr
         self.shutdown_timeout = shutdown_timeout
         # A private directory (mkdtemp: mode 0700) so no other user can talk to the writer.
         self._ipc_dir = Path(tempfile.mkdtemp(prefix="dicomvault-ipc-"))
-        self.ipc = StoreIpcServer(engine, self._ipc_dir / "store.sock")
+        self.ipc = StoreIpcServer(engine, self._ipc_dir / "store.sock", audit)
         self._listen: socket.socket | None = None
         self._tls_listen: socket.socket | None = None
         self._workers = [_Worker(i) for i in range(dimse.workers)]
@@ -351,7 +355,8 @@ def run_with_workers(engine: Engine, config: Any, server: Any, *, shutdown_timeo
     engine) runs first at shutdown, as in-process. Returns True if everything stopped cleanly."""
     try:
         whost, wport = server.start()
-        pool = WorkerPool(engine, config.dimse, config.peers, (whost, wport), shutdown_timeout)
+        pool = WorkerPool(engine, config.dimse, config.peers, (whost, wport), shutdown_timeout,
+                          audit=server.transfers)
         try:
             host, port = pool.start()
         except BaseException:

@@ -158,12 +158,20 @@ def test_serve_records_its_start_and_stop(tmp_path: Path) -> None:
         send = subprocess.run(["storescu", "-aet", "CT_ROOM_3", "-aec", "DICOMVAULT", "127.0.0.1", str(dimse),
                                ct, ct], capture_output=True, text=True, timeout=60)
         assert send.returncode == 0, send.stderr
+        pid = str(pydicom.dcmread(ct, stop_before_pixels=True).PatientID)
+        keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"PatientID={pid}", "-k", "StudyInstanceUID"]
+        find = subprocess.run(["findscu", "-S", "-aet", "VIEWER", "-aec", "DICOMVAULT", *keys, "127.0.0.1",
+                               str(dimse)], capture_output=True, text=True, timeout=60)
+        assert find.returncode == 0, find.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(40) == 0
     recs = list(search(data))
-    assert [r["event"] for r in recs] == ["application-start", "instances-transferred", "application-stop"]
-    start, moved, stop = recs
+    assert [r["event"] for r in recs] == [
+        "application-start", "query", "instances-transferred", "application-stop"]
+    start, query, moved, stop = recs
+    assert (query["code"], query["user"], query["patient"]) == ("DCM 110112", "VIEWER", pid)
+    assert query["detail"]["level"] == "STUDY" and query["detail"]["matches"] == 1
     assert all(r["code"] == "DCM 110100" and r["detail"]["pid"] == proc.pid for r in (start, stop))
     assert start["detail"]["dimse_port"] == dimse and stop["detail"]["clean"] is True
     ds = pydicom.dcmread(ct, stop_before_pixels=True)
@@ -212,10 +220,10 @@ def test_a_damaged_head_is_a_break_not_a_crash(tmp_path: Path) -> None:
 
 
 def test_transfers_are_one_record_per_callers_burst_of_a_study(tmp_path: Path) -> None:
-    from dicomvault.audit.transfers import TransferAudit
+    from dicomvault.audit.dimse import DimseAudit
 
     now = [1000.0]
-    audit = TransferAudit(AuditLog(tmp_path), {"s1": "P1", "s2": "P2"}.get, quiet=10, clock=lambda: now[0])
+    audit = DimseAudit(AuditLog(tmp_path), {"s1": "P1", "s2": "P2"}.get, quiet=10, clock=lambda: now[0])
     try:
         for sop in ("s1", "s1b", "s1c"):
             audit.stored("CT1", "1.2.1", sop)

@@ -30,6 +30,7 @@ from pynetdicom.sop_class import (
 )
 
 from .. import _native  # type: ignore[attr-defined]
+from ..audit.dimse import DimseAudit
 from ..engine import Engine
 from ..index import QueryError
 from . import command_set as cs
@@ -319,9 +320,11 @@ Responses = Iterator[tuple[int, bytes | None, str | None]]
 
 
 def find_responses(engine: Engine, model: str, identifier: Dataset, our_ae: str, *, implicit: bool,
-                   caller: str, cancelled: Callable[[], bool]) -> Responses:
+                   caller: str, cancelled: Callable[[], bool],
+                   audit: DimseAudit | None = None) -> Responses:
     """The responses to one C-FIND: (Pending, encoded identifier, None) per match, then one final
     (status, None, error comment or None). `cancelled()` is asked before each match (C-CANCEL).
+    An answered query is an ATNA Query record in `audit`.
 
     Shared by the pynetdicom handler below and the native path (dimse/fastpath.py)."""
     level, query, sequences = parse_identifier(identifier)
@@ -342,22 +345,27 @@ def find_responses(engine: Engine, model: str, identifier: Dataset, our_ae: str,
     for row in rows:
         if cancelled():
             log.info("C-FIND from %s cancelled after %d matches", caller, n)
+            if audit is not None:
+                audit.queried(caller, level, query, n)
             yield CANCEL, None, None
             return
         yield PENDING, encoder.encode(row), None
         n += 1
     log.info("C-FIND from %s at %s level: %d matches", caller, level, n)
+    if audit is not None:
+        audit.queried(caller, level, query, n)
     yield SUCCESS, None, None
 
 
-def handle_find(event: Any, engine: Engine, our_ae: str) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+def handle_find(event: Any, engine: Engine, our_ae: str,
+                audit: DimseAudit | None = None) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """EVT_C_FIND handler: sends (Pending, match) per match, then yields the final status."""
     raw = RawResponder.for_event(event)
     implicit = raw[1] if raw is not None else False
     assoc = event.assoc
     for code, encoded, comment in find_responses(
             engine, str(event.request.AffectedSOPClassUID), event.identifier, our_ae, implicit=implicit,
-            caller=calling_ae(event), cancelled=lambda: bool(event.is_cancelled)):
+            caller=calling_ae(event), cancelled=lambda: bool(event.is_cancelled), audit=audit):
         if code != PENDING:
             yield (status(code, comment) if comment else code), None
         elif raw is None:
@@ -371,13 +379,13 @@ def handle_find(event: Any, engine: Engine, our_ae: str) -> Iterator[tuple[int |
 FindHandler = Callable[[Any, Any, str, Dataset, bool, Callable[[], bool]], Responses]
 
 
-def fast_find(engine: Engine, our_ae: str) -> FindHandler:
+def fast_find(engine: Engine, our_ae: str, audit: DimseAudit | None = None) -> FindHandler:
     """The C-FIND handler of dimse/fastpath.py: (association, context, model, identifier,
     implicit VR, cancelled) -> find_responses."""
 
     def find(assoc: Any, context: Any, model: str, identifier: Dataset, implicit: bool,
              cancelled: Callable[[], bool]) -> Responses:
         return find_responses(engine, model, identifier, our_ae, implicit=implicit,
-                              caller=str(assoc.requestor.ae_title).strip(), cancelled=cancelled)
+                              caller=str(assoc.requestor.ae_title).strip(), cancelled=cancelled, audit=audit)
 
     return find

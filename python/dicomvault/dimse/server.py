@@ -34,8 +34,8 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
+from ..audit.dimse import DimseAudit
 from ..audit.log import APPLICATION_START, APPLICATION_STOP, SUCCESS, AuditLog
-from ..audit.transfers import TransferAudit
 from ..config import Config, ConfigError, DimseConfig, PeerConfig
 from ..engine import Engine
 from . import fastpath, tls
@@ -139,11 +139,11 @@ class DimseServer:
         if not d.accept_unknown_callers and not len(self.peers):
             raise ConfigError("accept_unknown_callers = false with no [[peers]] would refuse every caller")
         ae = build_ae(d, self.peers, SERVICE_CONTEXTS)
-        # ATNA "Instances Transferred": one record per caller's burst of one study (audit/transfers.py)
-        self.transfers = TransferAudit(AuditLog(config.data_dir), self._patient_of)
+        # ATNA records of stores (one per caller's burst of a study) and queries (audit/dimse.py)
+        self.audit = DimseAudit(AuditLog(config.data_dir), self._patient_of)
         if d.fast_path and d.tuned_reactor:
-            fastpath.enable(ae, fast_store(engine, self.transfers), fast_find(engine, d.ae_title),
-                            fast_get(engine),
+            fastpath.enable(ae, fast_store(engine, self.audit),
+                            fast_find(engine, d.ae_title, self.audit), fast_get(engine),
                             fast_move(engine, self.peers, d.ae_title, self._tls_client))
         self.ae = ae
         self.commitment = CommitmentService(engine, ae, self.peers, d.ae_title, self._connect)
@@ -173,8 +173,9 @@ class DimseServer:
         d = self.config.dimse
         return [
             (evt.EVT_CONN_OPEN, set_nodelay),
-            (evt.EVT_C_STORE, partial(handle_store, engine=self.engine, audit=self.transfers)),
-            (evt.EVT_C_FIND, partial(handle_find, engine=self.engine, our_ae=d.ae_title)),
+            (evt.EVT_C_STORE, partial(handle_store, engine=self.engine, audit=self.audit)),
+            (evt.EVT_C_FIND,
+             partial(handle_find, engine=self.engine, our_ae=d.ae_title, audit=self.audit)),
             (evt.EVT_C_GET, partial(handle_get, engine=self.engine)),
             (evt.EVT_C_MOVE, partial(handle_move, engine=self.engine, peers=self.peers, max_pdu=d.max_pdu,
                                      connect=self._connect)),
@@ -239,7 +240,7 @@ class DimseServer:
         clean = drain(server, deadline)
         clean = self._stop_tls(deadline) and clean
         self.commitment.join(max(1.0, deadline - time.monotonic()))
-        self.transfers.close()
+        self.audit.close()
         return clean
 
 

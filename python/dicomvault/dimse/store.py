@@ -13,7 +13,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from .. import _native  # type: ignore[attr-defined]
-from ..audit.transfers import TransferAudit
+from ..audit.dimse import DimseAudit
 from ..engine import Engine
 from ..errors import DicomVaultError, ReplicaWriteError
 from .common import calling_ae, log, status
@@ -28,7 +28,7 @@ def _refused(code: int, caller: str, sop_uid: str, why: str) -> tuple[int, str]:
 
 def store_status(engine: Engine, dataset: bytes | memoryview | _native.ReceivedDataSet, ts: str, *,
                  sop_uid: str, sop_class: str, caller: str,
-                 audit: TransferAudit | None = None) -> tuple[int, str | None]:
+                 audit: DimseAudit | None = None) -> tuple[int, str | None]:
     """Stores one received dataset; (C-STORE status, error comment or None).
 
     Used by the in-process handler below and by the writer side of workers.py (which receives
@@ -77,7 +77,7 @@ def as_response(code: int, comment: str | None) -> Dataset | int:
     return SUCCESS if code == SUCCESS else status(code, comment)
 
 
-def fast_store(engine: Engine, audit: TransferAudit | None = None
+def fast_store(engine: Engine, audit: DimseAudit | None = None
                ) -> Callable[[Any, Any, str, str, Any], tuple[int, str | None]]:
     """The store handler of dimse/fastpath.py: same answers as `handle_store`, from the facts
     the native reader hands over instead of a pynetdicom event."""
@@ -90,7 +90,7 @@ def fast_store(engine: Engine, audit: TransferAudit | None = None
     return store
 
 
-def handle_store(event: Any, engine: Engine, audit: TransferAudit | None = None) -> Dataset | int:
+def handle_store(event: Any, engine: Engine, audit: DimseAudit | None = None) -> Dataset | int:
     """EVT_C_STORE handler."""
     dataset, ts, sop_uid, sop_class = request_facts(event)
     return as_response(*store_status(engine, dataset, ts, sop_uid=sop_uid, sop_class=sop_class,

@@ -55,7 +55,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..audit.transfers import TransferAudit
+from ..audit.dimse import DimseAudit
 from ..config import DimseConfig, PeerConfig
 from ..engine import Engine
 from .common import listen_socket, log
@@ -134,7 +134,7 @@ class StoreIpcServer:
     """Unix-socket server in the writer: one thread per receiver connection, each request stored
     with `store_status` (concurrent requests share the engine's group commits)."""
 
-    def __init__(self, engine: Engine, path: Path, audit: TransferAudit | None = None) -> None:
+    def __init__(self, engine: Engine, path: Path, audit: DimseAudit | None = None) -> None:
         self.engine = engine
         self.path = path
         self.audit = audit
@@ -215,7 +215,7 @@ class WorkerPool:
 
     def __init__(self, engine: Engine, dimse: DimseConfig, peers: tuple[PeerConfig, ...],
                  writer_addr: tuple[str, int], shutdown_timeout: float,
-                 audit: TransferAudit | None = None) -> None:
+                 audit: DimseAudit | None = None) -> None:
         """`audit`: where the stores the receivers relay are counted for the audit trail."""
         self.dimse = dimse
         self.peers = peers
@@ -356,7 +356,7 @@ def run_with_workers(engine: Engine, config: Any, server: Any, *, shutdown_timeo
     try:
         whost, wport = server.start()
         pool = WorkerPool(engine, config.dimse, config.peers, (whost, wport), shutdown_timeout,
-                          audit=server.transfers)
+                          audit=server.audit)
         try:
             host, port = pool.start()
         except BaseException:

@@ -661,6 +661,48 @@ fn store_row_rgb(rows: &[&mut [i32]], g: &Geometry, out: &mut [u8]) {
     }
 }
 
+/// Turns the decoder's model rows into output bytes, the same for both format versions:
+/// compacted channels' ranks back to values (into scratch rows: the model keeps its own), then
+/// the samples stored in the object's byte layout.
+struct RowWriter {
+    store: fn(&[&mut [i32]], &Geometry, &mut [u8]),
+    scratch: Vec<Vec<i32>>,
+}
+
+impl RowWriter {
+    fn new(g: &Geometry) -> Self {
+        let store = match (g.bps, g.big_endian) {
+            _ if g.transform => store_row_rgb,
+            (1, _) => store_row::<1, false>,
+            (_, false) => store_row::<2, false>,
+            (_, true) => store_row::<2, true>,
+        };
+        RowWriter { store, scratch: vec![vec![0i32; g.columns]; g.channels] }
+    }
+
+    /// `ups`: each channel's decoded row (as the model holds it), `out`: the row's bytes.
+    fn write<'a>(
+        &mut self,
+        ups: impl Iterator<Item = &'a [i32]>,
+        infos: &[ChanInfo],
+        g: &Geometry,
+        out: &mut [u8],
+    ) {
+        let w = out.len() / g.pixel_bytes();
+        for ((src, dst), info) in ups.zip(self.scratch.iter_mut()).zip(infos) {
+            let (src, dst) = (&src[..w], &mut dst[..w]);
+            if info.values.is_empty() {
+                dst.copy_from_slice(src);
+            } else {
+                // In range: the row decoded without error.
+                dst.iter_mut().zip(src).for_each(|(d, &x)| *d = info.values[x as usize]);
+            }
+        }
+        let rows: Vec<&mut [i32]> = self.scratch.iter_mut().map(|r| &mut r[..w]).collect();
+        (self.store)(&rows, g, out);
+    }
+}
+
 /// Per channel: value - lo -> rank for a compacted channel, else empty.
 fn rank_maps(infos: &[ChanInfo]) -> Vec<Vec<u32>> {
     infos
@@ -939,30 +981,13 @@ fn decode_pixels(ac: &[u8], raw: &[u8], g: &Geometry, infos: &[ChanInfo], out: &
     let mut io = Decoder { rc: RangeDecoder::new(ac), bits: BitReader::new(raw) };
     let mut chans: Vec<Channel> = infos.iter().map(|c| Channel::new(c.model_range(), g.columns)).collect();
     let row_bytes = g.columns * g.pixel_bytes();
-    let store = match (g.bps, g.big_endian) {
-        _ if g.transform => store_row_rgb,
-        (1, _) => store_row::<1, false>,
-        (_, false) => store_row::<2, false>,
-        (_, true) => store_row::<2, true>,
-    };
-    let mut scratch = vec![vec![0i32; g.columns]; g.channels];
+    let mut writer = RowWriter::new(g);
     for (r, row) in out.chunks_mut(row_bytes).enumerate() {
         let w = row.len() / g.pixel_bytes();
         if !code_row(&mut io, &mut chans, r, w) {
             return Err(codec_err(format!("corrupt pixel stream (row {r})")));
         }
-        // Compacted channels: ranks back to values (into scratch rows: `up` is the model's).
-        for (ch, c) in chans.iter().enumerate() {
-            let (src, dst, values) = (&c.up[PAD..PAD + w], &mut scratch[ch][..w], &infos[ch].values[..]);
-            if values.is_empty() {
-                dst.copy_from_slice(src);
-            } else {
-                // In range: the row decoded without error.
-                dst.iter_mut().zip(src).for_each(|(d, &x)| *d = values[x as usize]);
-            }
-        }
-        let rows: Vec<&mut [i32]> = scratch.iter_mut().map(|r| &mut r[..w]).collect();
-        store(&rows, g, row);
+        writer.write(chans.iter().map(|c| &c.up[PAD..PAD + w]), infos, g, row);
     }
     if io.rc.overrun() || io.bits.overrun() {
         return Err(codec_err("pixel stream is truncated"));
@@ -1881,13 +1906,7 @@ fn decode_pixels_v2(
     let mut chans: Vec<MedChannel> =
         infos.iter().map(|c| MedChannel::new(c.model_range(), g.columns)).collect();
     let row_bytes = g.columns * g.pixel_bytes();
-    let store = match (g.bps, g.big_endian) {
-        _ if g.transform => store_row_rgb,
-        (1, _) => store_row::<1, false>,
-        (_, false) => store_row::<2, false>,
-        (_, true) => store_row::<2, true>,
-    };
-    let mut scratch = vec![vec![0i32; g.columns]; g.channels];
+    let mut writer = RowWriter::new(g);
     let zeros = vec![0u32; g.columns + 4];
     for (r, row) in out.chunks_mut(row_bytes).enumerate() {
         let w = row.len() / g.pixel_bytes();
@@ -1903,18 +1922,7 @@ fn decode_pixels_v2(
             return Err(codec_err(format!("corrupt pixel stream (row {r})")));
         }
         chans.iter_mut().for_each(MedChannel::next_row);
-        // Compacted channels: ranks back to values (into scratch rows: `up` is the model's).
-        for (ch, c) in chans.iter().enumerate() {
-            let (src, dst, values) = (&c.up[1..1 + w], &mut scratch[ch][..w], &infos[ch].values[..]);
-            if values.is_empty() {
-                dst.copy_from_slice(src);
-            } else {
-                // In range: the row decoded without error.
-                dst.iter_mut().zip(src).for_each(|(d, &x)| *d = values[x as usize]);
-            }
-        }
-        let rows: Vec<&mut [i32]> = scratch.iter_mut().map(|r| &mut r[..w]).collect();
-        store(&rows, g, row);
+        writer.write(chans.iter().map(|c| &c.up[1..1 + w]), infos, g, row);
     }
     // The encoder started from RANS_L: anything else, or words left over, is corruption.
     // The raw bits end in the last byte (the encoder pads it with zeros).

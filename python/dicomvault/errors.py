@@ -76,6 +76,16 @@ class AuthenticationError(DicomVaultError):
     """No credentials, or credentials nobody holds."""
 
 
+class InvalidTokenError(AuthenticationError):
+    """A bearer token that was presented and does not hold: bad signature, expired, another
+    issuer or audience, an unknown key. `description` is what the client is told (RFC 6750's
+    error_description); the message may say more for the log."""
+
+    def __init__(self, message: str, description: str | None = None) -> None:
+        super().__init__(message)
+        self.description = description or message
+
+
 class PermissionDeniedError(DicomVaultError):
     """Known credentials without the role the action needs."""
 
@@ -123,6 +133,7 @@ __all__ = [
     "CorruptError",
     "DicomVaultError",
     "IntegrityError",
+    "InvalidTokenError",
     "LockedError",
     "MalformedError",
     "MissingAttributeError",

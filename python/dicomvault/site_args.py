@@ -41,6 +41,8 @@ class SiteOptions:
     # Login sessions of /api/session: seconds from login to the end, and without a request.
     session_lifetime: float = DEFAULT_SESSION_LIFETIME
     session_idle: float | None = None
+    # [http.oidc]: an auth/oidc_settings.OidcSettings (Any: this module stays light to import)
+    oidc: Any = None
 
 
 ANONYMOUS_CHOICES = (AUTO, "none", "reader", "writer", "admin")
@@ -133,5 +135,5 @@ def serve_site_options(args: Any, http: Any, replication: Any) -> SiteOptions:
         anonymous=args.anonymous or http.anonymous,
         public_url=args.public_url or http.public_url,
         cors_origins=tuple(args.cors_origin) or http.cors_origins,
-        max_body=http.max_body, **_session_options(args),
+        max_body=http.max_body, oidc=http.oidc, **_session_options(args),
     )

@@ -134,9 +134,10 @@ class JwksCache:
                 return False
             before = {(k.kid, k.alg) for k in self._keys}
             self._keys, self._loaded_at, self.last_error = keys, self.clock(), None
+            kids = sorted({str(k.kid) for k in keys})
             added = sorted({str(k.kid) for k in keys if (k.kid, k.alg) not in before})
-            log.info("OIDC: %d signing key(s) from %s%s", len(keys), self.source,
-                     f" (new kid: {', '.join(added)})" if before and added else "")
+            log.info("OIDC: signing key(s) %s from %s%s", ", ".join(kids), self.source,
+                     f" (new: {', '.join(added)})" if before and added else "")
             return True
 
     def _read(self) -> bytes:

@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import re
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -35,6 +39,12 @@ from .roles import ROLE_ACTIONS, ROLES, Principal
 log = logging.getLogger("dicomvault.auth")
 
 _MAX_TOKEN_CHARS = 16384
+# A verified token is remembered (by its SHA-256) for this long at most, and never past its exp:
+# a viewer sends the same token with every frame, and a signature check costs ~300-400 us of
+# event loop (RS256/ES256 here) against ~2 us for the lookup. It also bounds how long a key the
+# provider withdrew keeps working for tokens already seen.
+VERIFIED_CACHE_SECONDS = 60.0
+_VERIFIED_CACHE_MAX = 10_000
 _MAX_NAME_CHARS = 256
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -126,11 +136,16 @@ class OidcVerifier:
     """Checks tokens of one identity provider. `authenticate` never does I/O; when
     `wants_refresh(token)` says so, run `refresh()` in a thread first."""
 
-    def __init__(self, settings: OidcSettings, jwks: JwksCache | None = None) -> None:
+    def __init__(self, settings: OidcSettings, jwks: JwksCache | None = None, *,
+                 clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.jwks = jwks if jwks is not None else JwksCache(
             settings.jwks, settings.algorithms, min_interval=settings.jwks_refresh_min,
             max_age=settings.jwks_max_age, ca=settings.jwks_ca)
+        # Public so tests can move time forward.
+        self.clock = clock
+        self._verified: dict[str, tuple[Principal, float]] = {}
+        self._lock = threading.Lock()
 
     def wants_refresh(self, token: str) -> bool:
         header = unverified_header(token)
@@ -140,12 +155,35 @@ class OidcVerifier:
         return self.jwks.needs_refresh(kid if isinstance(kid, str) else None, header["alg"])
 
     def refresh(self) -> None:
-        self.jwks.refresh()
+        if self.jwks.refresh():
+            # A key the provider withdrew must not live on in tokens verified with it.
+            self.forget_verified()
 
     def authenticate(self, token: str) -> Principal:
         """The principal of a valid token. InvalidTokenError (401) when it does not hold,
         PermissionDeniedError (403) when it holds but maps to none of our roles, UnavailableError
         (503) when no key was ever loaded (the provider unreachable since the start)."""
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+        known = self._verified.get(digest)
+        now = self.clock()
+        if known is not None and now < known[1]:
+            return known[0]
+        p, exp = self._check(token)
+        with self._lock:
+            if len(self._verified) >= _VERIFIED_CACHE_MAX:
+                for k in [k for k, (_, until) in self._verified.items() if until <= now]:
+                    del self._verified[k]
+                if len(self._verified) >= _VERIFIED_CACHE_MAX:
+                    self._verified.clear()
+            self._verified[digest] = (p, min(exp, now + VERIFIED_CACHE_SECONDS))
+        return p
+
+    def forget_verified(self) -> None:
+        """Every token is checked in full again (after the keys changed)."""
+        with self._lock:
+            self._verified.clear()
+
+    def _check(self, token: str) -> tuple[Principal, float]:
         header = unverified_header(token)
         if header is None:
             raise InvalidTokenError("bearer token is not a JWT", "malformed token")
@@ -173,7 +211,7 @@ class OidcVerifier:
                 f"identity-provider user {name!r} has no role here: its {self.settings.roles_claim} "
                 f"claim holds {[_safe(r) for r in idp_roles[:20]]}, and [http.oidc] role_map maps only "
                 f"{sorted(dict(self.settings.role_map))}")
-        return Principal(name, widest(ours), "oidc")
+        return Principal(name, widest(ours), "oidc"), float(claims["exp"])
 
     def _decode(self, token: str, keys: list[Any], alg: str) -> dict[str, Any]:
         s = self.settings

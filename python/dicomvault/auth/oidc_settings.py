@@ -76,10 +76,10 @@ def _str(table: dict[str, Any], key: str, where: str, default: str | None = None
     return value.strip()
 
 
-def _seconds(table: dict[str, Any], key: str, where: str, default: float, hi: float) -> float:
+def _seconds(table: dict[str, Any], key: str, where: str, default: float, hi: float, lo: float = 0) -> float:
     value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= hi:
-        raise OidcSettingsError(f"{where}.{key}: must be a number of seconds 0-{hi:g}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        raise OidcSettingsError(f"{where}.{key}: must be a number of seconds {lo:g}-{hi:g}, got {value!r}")
     return float(value)
 
 
@@ -143,8 +143,9 @@ def parse_oidc(table: object, where: str, base: Path) -> OidcSettings:
         username_claim=_str(table, "username_claim", where, "preferred_username"),
         roles_claim=_str(table, "roles_claim", where, "roles"),
         leeway=_seconds(table, "leeway", where, 30.0, 600.0),
-        jwks_refresh_min=_seconds(table, "jwks_refresh_min", where, 60.0, 86400.0),
-        jwks_max_age=_seconds(table, "jwks_max_age", where, 3600.0, 30 * 86400.0),
+        # At least a second: each token naming an unknown kid may cost a fetch from the provider.
+        jwks_refresh_min=_seconds(table, "jwks_refresh_min", where, 60.0, 86400.0, lo=1.0),
+        jwks_max_age=_seconds(table, "jwks_max_age", where, 3600.0, 30 * 86400.0, lo=60.0),
         jwks_ca=None if ca is None else _path(_str(table, "jwks_ca", where), base, f"{where}.jwks_ca"),
         algorithms=_algorithms(table.get("algorithms", list(ALLOWED_ALGORITHMS)), where),
     )

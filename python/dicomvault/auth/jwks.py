@@ -92,6 +92,9 @@ class JwksCache:
         self.timeout = timeout
         self.clock = clock
         self._tls = tls_policy.client_context(ca) if source.startswith("https://") else None
+        if source.startswith("http://"):
+            log.warning("OIDC: the JWKS %s is fetched over plain HTTP: anyone on the path could put "
+                        "their own keys in it and sign tokens we accept; use https://", source)
         self._lock = threading.Lock()
         self._keys: list[SigningKey] = []
         self._loaded_at: float | None = None

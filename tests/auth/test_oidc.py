@@ -183,6 +183,7 @@ def test_refused_tokens_are_401_invalid_token(site: Site, http: httpx.Client, rs
         "signature does not verify": rogue.token(claims),
         "token expired": rsa_key.token(claims, iat=now - 7200, nbf=now - 7200, exp=now - 3600),
         "token not valid yet (nbf)": rsa_key.token(claims, nbf=now + 3600, exp=now + 7200),
+        "token issued in the future (iat)": rsa_key.token(claims, iat=now + 3600, exp=now + 7200),
         "wrong issuer": rsa_key.token(claims, iss="https://evil.test/realms/hospital"),
         "wrong audience": rsa_key.token(claims, aud="some-other-app"),
         "token lacks the exp claim": rsa_key.token(claims, exp=None),

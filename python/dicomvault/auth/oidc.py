@@ -113,8 +113,7 @@ def _printable(name: str) -> str:
 # PyJWT's failures, as the client is told them.
 _REASONS: tuple[tuple[type[Exception], str], ...] = (
     (jwt_errors.ExpiredSignatureError, "token expired"),
-    (jwt_errors.ImmatureSignatureError, "token not valid yet (nbf)"),
-    (jwt_errors.InvalidIssuedAtError, "token issued in the future (iat)"),
+    (jwt_errors.InvalidIssuedAtError, "token iat is not a number"),
     (jwt_errors.InvalidIssuerError, "wrong issuer"),
     (jwt_errors.InvalidAudienceError, "wrong audience"),
     (jwt_errors.InvalidSignatureError, "signature does not verify"),
@@ -126,6 +125,9 @@ _REASONS: tuple[tuple[type[Exception], str], ...] = (
 def _reason(exc: jwt_errors.PyJWTError) -> str:
     if isinstance(exc, jwt_errors.MissingRequiredClaimError):
         return f"token lacks the {exc.claim} claim"
+    if isinstance(exc, jwt_errors.ImmatureSignatureError):
+        # PyJWT raises it for both claims; its message names which.
+        return "token issued in the future (iat)" if "(iat)" in str(exc) else "token not valid yet (nbf)"
     for cls, text in _REASONS:
         if isinstance(exc, cls):
             return text

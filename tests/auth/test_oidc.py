@@ -23,11 +23,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from pydicom.data import get_testdata_file
 
+from dicomvault import tls_policy
+from dicomvault.auth.jwks import JwksCache
 from dicomvault.auth.oidc_settings import OidcSettings, OidcSettingsError, parse_oidc
 from dicomvault.config import load_config
 from dicomvault.engine import Engine
 from dicomvault.site import Site, SiteOptions
-from oidc_idp import AUDIENCE, ISSUER, JwksServer, SigningKey, user, write_jwks
+from oidc_idp import AUDIENCE, ISSUER, JwksServer, SigningKey, certificate, user, write_jwks
 
 CT = Path(get_testdata_file("CT_small.dcm"))
 ROLE_MAP = (("radiologist", "reader"), ("technologist", "writer"), ("pacs-admin", "admin"))
@@ -347,3 +349,21 @@ leeway = 10
     for table, message in bad:
         with pytest.raises(OidcSettingsError, match=re.escape(message)):
             parse_oidc(table, "cfg: http.oidc", tmp_path)
+
+
+def test_jwks_over_https_is_verified(tmp_path: Path, rsa_key: SigningKey) -> None:
+    _, ca_crt, *ca = certificate(tmp_path, "site-ca")
+    server_key, server_crt, *_ = certificate(tmp_path, "sso", (ca[0], ca[1]))
+    rogue_key, rogue_crt, *_ = certificate(tmp_path, "rogue")
+    with JwksServer([rsa_key], tls_policy.server_context(server_crt, server_key)) as idp:
+        good = JwksCache(idp.url, ("RS256",), ca=ca_crt)
+        assert good.refresh() and good.find("rsa-1", "RS256")
+        # Without the site CA (system roots only) the provider's certificate is not trusted.
+        untrusted = JwksCache(idp.url, ("RS256",))
+        assert not untrusted.refresh() and not untrusted.loaded
+        assert "certificate verify failed" in str(untrusted.last_error)
+    # A server the site CA did not sign (a man in the middle) is refused, keys kept as they were.
+    with JwksServer([SigningKey("evil", "RS256")], tls_policy.server_context(rogue_crt, rogue_key)) as evil:
+        good.source = evil.url
+        assert not good.refresh(force=True) and "certificate verify failed" in str(good.last_error)
+        assert good.find("rsa-1", "RS256") and not good.find("evil", "RS256")

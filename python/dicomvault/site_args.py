@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .auth.oidc_settings import OidcSettings
 
 DEFAULT_HTTP_PORT = 8080
 # A working day: a radiologist logs in once per shift, and a forgotten browser does not stay in.
@@ -41,8 +44,8 @@ class SiteOptions:
     # Login sessions of /api/session: seconds from login to the end, and without a request.
     session_lifetime: float = DEFAULT_SESSION_LIFETIME
     session_idle: float | None = None
-    # [http.oidc]: an auth/oidc_settings.OidcSettings (Any: this module stays light to import)
-    oidc: Any = None
+    # [http.oidc]: bearer tokens of the site's identity provider
+    oidc: OidcSettings | None = None
 
 
 ANONYMOUS_CHOICES = (AUTO, "none", "reader", "writer", "admin")

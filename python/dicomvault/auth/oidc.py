@@ -194,7 +194,7 @@ class OidcVerifier:
             shown = _safe(str(alg))
             raise InvalidTokenError(
                 f"token signed with {shown!r}; accepted: {', '.join(self.settings.algorithms)}",
-                f"algorithm {shown} not accepted")
+                f"algorithm {shown} not accepted", "algorithm not accepted")
         kid = header.get("kid") if isinstance(header.get("kid"), str) else None
         keys = self.jwks.find(kid, alg)
         if not keys:
@@ -203,7 +203,8 @@ class OidcVerifier:
                                        f"{self.settings.jwks} ({self.jwks.last_error or 'not fetched yet'})")
             shown = _safe(str(kid))
             raise InvalidTokenError(f"token names signing key kid={shown} ({alg}), which the JWKS "
-                                    f"{self.settings.jwks} does not hold", f"unknown signing key {shown}")
+                                    f"{self.settings.jwks} does not hold", f"unknown signing key {shown}",
+                                    "unknown signing key")
         claims = self._decode(token, keys, alg)
         name = self._name(claims)
         idp_roles = _strings(claim(claims, self.settings.roles_claim))

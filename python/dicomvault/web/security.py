@@ -118,7 +118,7 @@ class Security:
             # for another audience.
             log.warning("OIDC token from %s refused: %s", client, exc)
             self._pend(request, LOGIN, FAILURE, None, None, {"method": "oidc", "reason": str(exc)},
-                       (f"oidc-refused:{client}:{exc.description}", OIDC_REFUSED_EVERY))
+                       (f"oidc-refused:{client}:{exc.kind}", OIDC_REFUSED_EVERY))
             raise
         except PermissionDeniedError as exc:
             log.warning("OIDC token from %s: %s", client, exc)

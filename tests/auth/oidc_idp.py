@@ -58,7 +58,7 @@ def user(name: str, *roles: str) -> dict[str, Any]:
 class JwksServer:
     """Serves {"keys": [...]} at /certs; counts the fetches."""
 
-    def __init__(self, keys: list[SigningKey], tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, keys: list[SigningKey], tls: ssl.SSLContext | None = None, port: int = 0) -> None:
         self.keys = list(keys)
         self.fetches = 0
         owner = self
@@ -76,7 +76,7 @@ class JwksServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         if tls is not None:
             self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         scheme = "https" if tls is not None else "http"

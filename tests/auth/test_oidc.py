@@ -296,18 +296,26 @@ def test_jwks_from_a_file_and_rotation(tmp_path: Path, rsa_key: SigningKey, ec_k
 
 def test_provider_down_at_start_then_up(tmp_path: Path, rsa_key: SigningKey) -> None:
     with JwksServer([rsa_key]) as idp:
-        url = idp.url
+        url, port = idp.url, idp.server.server_address[1]
     # Nothing listens there now: the site starts anyway, and says why it cannot check tokens.
     site = start_site(tmp_path, settings(url))
     try:
+        clock = clock_of(site)
         with httpx.Client(base_url=site.url, timeout=30) as http:
             token = rsa_key.token(user("rachel", "radiologist"))
             r = http.get("/dicom-web/studies", headers=bearer(token))
             assert r.status_code == 503 and "no signing keys" in r.text and url in r.text
+            assert "Connection refused" in r.text
             # Local users go on working meanwhile.
             site.users.add("local", "reader")
             local = site.users.issue_token("local")
             assert http.get("/dicom-web/studies", headers=bearer(local)).status_code == 200
+            # The provider comes back: the next token after jwks_refresh_min fetches the keys.
+            with JwksServer([rsa_key], port=port) as back:
+                assert http.get("/dicom-web/studies", headers=bearer(token)).status_code == 503
+                clock.advance(61)
+                assert http.get("/dicom-web/studies", headers=bearer(token)).status_code == 200
+                assert back.fetches == 1
     finally:
         stop_site(site)
 

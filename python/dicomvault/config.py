@@ -25,7 +25,8 @@ port = 11113
 tls = false                        # C-MOVE and storage commitment to this peer over TLS
 ```
 
-`[replication]` and `[[forward]]` are documented in replication/settings.py, `tiers` and
+`[http.oidc]` (OpenID Connect bearer tokens) is documented in auth/oidc_settings.py;
+`[replication]` and `[[forward]]` in replication/settings.py, `tiers` and
 `[tiering]` (tiered placement) in storage/settings.py, `[storage]` (the free-space reserve) in
 storage/reserve.py.
 
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .auth.oidc_settings import OidcSettings, parse_oidc
 from .engine import DEFAULT_DATA_DIR
 from .errors import DicomVaultError
 from .replication.settings import ReplicationSettings, parse_settings
@@ -164,6 +166,8 @@ class HttpConfig:
     max_body: int = 8 << 30
     tls_cert: str | None = None
     tls_key: str | None = None
+    # [http.oidc]: bearer tokens of the site's identity provider (auth/oidc_settings.py)
+    oidc: OidcSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -208,7 +212,8 @@ _DIMSE_KEYS = {
 _PEER_KEYS = {"ae_title", "host", "port", "tls", "allow", "move_to", "from_hosts", "cert"}
 _PEER_REQUIRED = ("ae_title", "host")
 _TOP_KEYS = {"data", "dimse", "peers", "replication", "forward", "http", "tiers", "tiering", "storage"}
-_HTTP_KEYS = {"host", "port", "anonymous", "public_url", "cors_origins", "max_body", "tls_cert", "tls_key"}
+_HTTP_KEYS = {"host", "port", "anonymous", "public_url", "cors_origins", "max_body", "tls_cert", "tls_key",
+              "oidc"}
 _ANONYMOUS = ("auto", "none", "reader", "writer", "admin")
 
 
@@ -356,6 +361,7 @@ def _parse_http(table: object, where: str, base: Path) -> HttpConfig:
         max_body=_check_int(table.get("max_body", 8 << 30), f"{where}.max_body", 1, 1 << 50),
         tls_cert=str(_tls_file(table, "tls_cert", where, base) or "") or None,
         tls_key=str(_tls_file(table, "tls_key", where, base) or "") or None,
+        oidc=parse_oidc(table["oidc"], f"{where}.oidc", base) if "oidc" in table else None,
     )
 
 

@@ -25,7 +25,8 @@ port = 11113
 tls = false                        # C-MOVE and storage commitment to this peer over TLS
 ```
 
-`[replication]` and `[[forward]]` are documented in replication/settings.py, `tiers` and
+`[audit]` (sending the audit trail to a syslog repository) is documented in audit/settings.py,
+`[replication]` and `[[forward]]` in replication/settings.py, `tiers` and
 `[tiering]` (tiered placement) in storage/settings.py, `[storage]` (the free-space reserve) in
 storage/reserve.py.
 
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .audit.settings import AuditSettings, parse_audit
 from .engine import DEFAULT_DATA_DIR
 from .errors import DicomVaultError
 from .replication.settings import ReplicationSettings, parse_settings
@@ -150,6 +152,8 @@ class Config:
     tiering: TieringSettings = field(default_factory=default_settings)
     # [storage]: the free-space reserve (storage/reserve.py)
     reserve: Reserve = field(default_factory=Reserve)
+    # [audit]: the audit repository the log is sent to (audit/settings.py)
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
     def with_overrides(
         self,
@@ -176,7 +180,8 @@ _DIMSE_KEYS = {
 }
 _PEER_KEYS = {"ae_title", "host", "port", "tls"}
 _PEER_REQUIRED = ("ae_title", "host", "port")
-_TOP_KEYS = {"data", "dimse", "peers", "replication", "forward", "http", "tiers", "tiering", "storage"}
+_TOP_KEYS = {"data", "dimse", "peers", "replication", "forward", "http", "tiers", "tiering", "storage",
+              "audit"}
 _HTTP_KEYS = {"host", "port", "anonymous", "public_url", "cors_origins", "max_body", "tls_cert", "tls_key"}
 _ANONYMOUS = ("auto", "none", "reader", "writer", "admin")
 
@@ -323,4 +328,5 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         http=_parse_http(doc.get("http", {}), f"{where}: http", p.parent),
         tiering=parse_tiering(doc, where),
         reserve=parse_reserve(doc.get("storage", {}), f"{where}: storage"),
+        audit=parse_audit(doc.get("audit", {}), f"{where}: audit", p.parent),
     )

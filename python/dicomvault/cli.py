@@ -362,7 +362,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     def services(engine: Engine) -> Any:
         url, stop = start_services(engine, site_options, config.replication.forward, config.tiering,
-                                   forward_tls, config.audit, config.dimse.ae_title)
+                                   forward_tls)
         print(f"dicomvault serving HTTP {url} data={config.data_dir}", flush=True)
         return stop
 

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 from .audit.log import AuditLog
-from .audit.settings import AuditSettings
 from .auth.sessions import SessionStore
 from .auth.shares import ShareStore
 from .auth.users import UserStore, split_token_spec
@@ -218,31 +217,17 @@ def run_site(data_dir: str | os.PathLike[str], options: SiteOptions, *, announce
 
 
 def start_services(engine: Engine, options: SiteOptions, forward_rules: tuple[Any, ...] = (),
-                   tiering: TieringSettings | None = None, forward_tls: ssl.SSLContext | None = None,
-                   audit: AuditSettings | None = None, ae_title: str = "DICOMVAULT"
+                   tiering: TieringSettings | None = None, forward_tls: ssl.SSLContext | None = None
                    ) -> tuple[str, Callable[[], None]]:
     """What `dicomvault serve` runs beside the DIMSE SCP: the site (HTTP, feed, admin, optional
-    puller), the tiering service (compactor, policies), one forwarding thread per `[[forward]]`
-    destination and, with `[audit] syslog`, the audit log's sender. Returns the stop function."""
-    from .audit.atna import AuditSource
-    from .audit.sender import SyslogSender
+    puller), the tiering service (compactor, policies) and one forwarding thread per
+    `[[forward]]` destination. Returns the stop function."""
     from .dimse.association import requestor_ae
     from .replication.forward import Forwarder, forward_status
 
-    sender = None
-    if audit is not None and audit.endpoint is not None:
-        # First: records written while the rest starts are sent as soon as they are on disk.
-        sender = SyslogSender(engine.data_dir, audit.endpoint,
-                              AuditSource(audit.source_id or ae_title, audit.site))
-        sender.start()
     tier_service = TieringService(engine, tiering or default_settings())
     tier_service.start()
-    try:
-        site = Site(engine, options, tier_service)
-    except BaseException:
-        if sender is not None:
-            sender.stop()
-        raise
+    site = Site(engine, options, tier_service)
     site.forward_status = lambda: forward_status(engine.data_dir)
     site.start()
     log.info("HTTP service at %s (%d replication token(s))", site.url, len(options.replication_tokens))
@@ -261,8 +246,6 @@ def start_services(engine: Engine, options: SiteOptions, forward_rules: tuple[An
             t.join(35)
         site.stop()
         tier_service.stop()
-        if sender is not None:
-            sender.stop()
 
     return site.url, stop_all
 

@@ -8,8 +8,8 @@ later (a syslog server never writes back, so a close or a reset is all we can se
 that went away with records unread). A repository that is down or closes the connection is
 retried with exponential backoff from `retry_min` to `retry_max` seconds, and sending resumes
 at the cursor: at-least-once, so records sent just before an outage or a crash of the server
-may arrive twice (the same `seq` in the message's EventDateTime and content). Over UDP nothing
-is acknowledged: a datagram sent is counted delivered.
+may arrive twice (the same message again). Over UDP nothing is acknowledged: a datagram sent is
+counted delivered.
 
 An outage is logged once when it starts and once when it ends, and written to
 `<data>/audit/syslog.status` (JSON) for `dicomvault audit status`.
@@ -27,8 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import DicomVaultError
 from .atna import AuditSource, render
 from .log import AUDIT_DIR, HEAD_FILE
+from .settings import AuditSettings
 from .syslog import MAX_DATAGRAM, Endpoint, Transport, message
 from .tail import AuditTail, Position, cursor_path, load_cursor, save_cursor
 
@@ -49,6 +51,18 @@ def last_seq(data_dir: str | os.PathLike[str]) -> int:
         return 0
 
 
+def start_sender(data_dir: str | os.PathLike[str], settings: AuditSettings,
+                 ae_title: str) -> SyslogSender | None:
+    """The running sender `[audit]` asks for (None without `syslog`): what `serve` calls. A TLS
+    certificate, key or CA file that does not load is an error here, not an outage later."""
+    if settings.endpoint is None:
+        return None
+    source = AuditSource(settings.source_id or ae_title, settings.site)
+    sender = SyslogSender(data_dir, settings.endpoint, source)
+    sender.start()
+    return sender
+
+
 class SyslogSender:
     """`start()` the thread, `stop()` it (what is sent by then is committed to the cursor)."""
 
@@ -56,6 +70,13 @@ class SyslogSender:
                  poll: float = 0.25, retry_min: float = 1.0, retry_max: float = 60.0, grace: float = 0.5,
                  batch: int = 200, clock: Callable[[], float] = time.time) -> None:
         self.data_dir = Path(data_dir)
+        if endpoint.target.scheme == "tls":
+            try:
+                endpoint.tls_context()
+            except (OSError, ssl.SSLError) as exc:
+                raise DicomVaultError(f"audit: syslog TLS files for {endpoint.target} do not load "
+                                      f"(syslog_ca={endpoint.ca}, syslog_cert={endpoint.cert}, "
+                                      f"syslog_key={endpoint.key}): {exc}") from exc
         self.endpoint = endpoint
         self.source = source
         self.poll, self.retry_min, self.retry_max, self.grace = poll, retry_min, retry_max, grace
@@ -170,15 +191,17 @@ class SyslogSender:
             log.error("audit: cannot write the syslog cursor %s: %s", self.cursor_file, exc)
 
     def _finish(self) -> None:
-        """At stop: what the repository acknowledged gets its grace and is committed; the rest is
-        sent again by the next start."""
-        if self._transport is not None and self._pending:
+        """At stop, over a connection that is up: what was written just before (the server's
+        application-stop) is sent, and what the repository acknowledged gets its grace and is
+        committed, for at most `grace` + 2 s. The rest is sent again by the next start."""
+        if self._transport is not None:
             deadline = time.monotonic() + self.grace + 2.0
             try:
+                while self._step() and time.monotonic() < deadline:
+                    pass
                 while self._pending and time.monotonic() < deadline:
+                    time.sleep(min(0.05, self.grace or 0.05))
                     self._confirm()
-                    if self._pending:
-                        time.sleep(min(0.05, self.grace or 0.05))
             except (OSError, ssl.SSLError, ConnectionError) as exc:
                 log.warning("audit: %s went away while stopping (%s); %d record(s) are sent again at the "
                             "next start", self.endpoint.target, exc, len(self._pending))

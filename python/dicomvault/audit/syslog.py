@@ -193,7 +193,11 @@ class Endpoint:
     key: Path | None = None
     timeout: float = 10.0
 
+    def tls_context(self) -> ssl.SSLContext:
+        return client_context(self.ca, self.cert, self.key)
+
     def connect(self) -> Transport:
         if self.target.scheme == "udp":
             return UdpTransport(self.target, self.timeout)
-        return TlsTransport(self.target, client_context(self.ca, self.cert, self.key), self.timeout)
+        # Built per connection: a renewed certificate or CA file is used from the next reconnect.
+        return TlsTransport(self.target, self.tls_context(), self.timeout)

@@ -115,11 +115,14 @@ def test_a_stopped_repository_blocks_nobody_and_misses_nothing(tmp_path: Path, p
         write(log, 1, 5)
         tls_receiver.wait_for(5)
         tls_receiver.stop()
+        # Alone, record 6 is written into a connection the repository closed: only the reset (or
+        # the unacknowledged bytes) tells it did not arrive.
+        write(log, 6, 1)
+        wait_until(lambda: sender.down_since is not None)
         # The writers go on at disk speed while the repository is away.
         t0 = time.monotonic()
-        write(log, 6, 30)
+        write(log, 7, 29)
         assert time.monotonic() - t0 < 10.0
-        wait_until(lambda: sender.down_since is not None)
         status = json.loads(subprocess.run([CLI, "audit", "status", "--data", str(tmp_path), "--json"],
                                            capture_output=True, text=True, check=True, timeout=60).stdout)
         assert status["state"] == "down" and status["last_seq"] == 35
@@ -207,6 +210,30 @@ def test_udp_sends_one_message_per_datagram(tmp_path: Path) -> None:
     msgs = [parse(m) for m in got]  # each datagram is one whole message
     assert [seq_of(m) for m in msgs] == [1, 2, 3, 4]
     assert {m.msgid for m in msgs} == {"IHE+RFC-3881"}
+
+
+def test_udp_resends_what_an_icmp_error_says_was_refused(tmp_path: Path) -> None:
+    """On loopback (as on a LAN passing ICMP) a closed port answers "unreachable": the records
+    sent meanwhile are sent again once the receiver is back. Elsewhere UDP loses them."""
+    receiver = UdpReceiver().start()
+    log = AuditLog(tmp_path)
+    udp = Endpoint(parse_target(f"udp://127.0.0.1:{receiver.port}"))
+    sender = SyslogSender(tmp_path, udp, SOURCE, **FAST)
+    sender.start()
+    try:
+        write(log, 1, 3)
+        receiver.wait_for(3)
+        receiver.stop()
+        write(log, 4, 1)  # alone: only the ICMP error it draws tells that it was refused
+        wait_until(lambda: sender.down_since is not None)
+        write(log, 5, 9)
+        receiver.start()
+        got = receiver.wait_for(13)
+        wait_until(lambda: sender.cursor.seq == 13)
+    finally:
+        sender.stop()
+        receiver.stop()
+    assert first_arrivals(got) == list(range(1, 14))
 
 
 def test_audit_table_is_checked(tmp_path: Path, pki: Pki) -> None:

@@ -5,11 +5,12 @@ seq order, and no writer ever waits on the network: writers append and fsync as 
 sender reads behind them. A record counts as delivered, and the cursor moves past it, once the
 repository's TCP has acknowledged its bytes and the connection was still open `grace` seconds
 later (a syslog server never writes back, so a close or a reset is all we can see of a receiver
-that went away with records unread). A repository that is down or closes the connection is
-retried with exponential backoff from `retry_min` to `retry_max` seconds, and sending resumes
-at the cursor: at-least-once, so records sent just before an outage or a crash of the server
-may arrive twice (the same message again). Over UDP nothing is acknowledged: a datagram sent is
-counted delivered.
+that went away with records unread); over UDP, once `grace` passed without an ICMP error. A
+repository that is down or closes the connection is retried with exponential backoff from
+`retry_min` to `retry_max` seconds, and sending resumes at the cursor: at-least-once, so records
+sent just before an outage or a crash of the server may arrive twice (the same message again).
+Over UDP a datagram lost without an ICMP error (a host down, a firewall) is lost: nothing
+acknowledges it.
 
 An outage is logged once when it starts and once when it ends, and written to
 `<data>/audit/syslog.status` (JSON) for `dicomvault audit status`.
@@ -126,6 +127,13 @@ class SyslogSender:
                     break
                 delay = min(delay * 2, self.retry_max)
                 continue
+            except Exception as exc:  # noqa: BLE001 - a bug must not end the thread silently
+                log.exception("audit: syslog sender failed; retrying in %g s", delay)
+                self._down(exc)
+                if self._stop.wait(delay):
+                    break
+                delay = min(delay * 2, self.retry_max)
+                continue
             if not busy:
                 self._stop.wait(self.poll)
         self._finish()
@@ -172,8 +180,6 @@ class SyslogSender:
         if acked:
             self._pending = [(p, now if t is None else t) for p, t in self._pending]
         done = [p for p, t in self._pending if t is not None and now - t >= self.grace]
-        if self.endpoint.target.scheme == "udp":
-            done = [p for p, _ in self._pending]
         if done:
             self._pending = self._pending[len(done):]
             self._commit(done[-1])

@@ -14,6 +14,7 @@ nature: nothing acknowledges a datagram.
 from __future__ import annotations
 
 import fcntl
+import os
 import select
 import socket
 import ssl
@@ -159,8 +160,10 @@ class TlsTransport:
 
 
 class UdpTransport:
-    """A connected UDP socket: an ICMP "port unreachable" for an earlier datagram makes a later
-    send fail, which is all UDP can tell; the datagram that drew it is lost."""
+    """A connected UDP socket. All UDP can tell is an ICMP "port unreachable" drawn by a datagram,
+    which the kernel keeps as the socket's error: `delivered()` reads it, so datagrams sent to a
+    closed port are sent again once it is open (when the network lets ICMP through, as on a LAN
+    or loopback; a host that is down or a filtering firewall tells nothing and those are lost)."""
 
     def __init__(self, target: Target, timeout: float) -> None:
         self.target = target
@@ -177,7 +180,10 @@ class UdpTransport:
         self.sock.send(msg)
 
     def delivered(self) -> bool:
-        return True  # nothing more can be known of a datagram
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise ConnectionRefusedError(err, f"{os.strerror(err)} (ICMP from {self.target})")
+        return True
 
     def close(self) -> None:
         self.sock.close()

@@ -24,6 +24,7 @@ from dicomvault.audit.settings import AuditSettingsError, parse_audit
 from dicomvault.audit.syslog import Endpoint, Target, message, parse_target
 from dicomvault.audit.tail import cursor_path, load_cursor
 from dicomvault.bench.pki import Pki, issue
+from dicomvault.cli import main as cli_main
 from dicomvault.config import load_config
 
 CLI = str(Path(sys.executable).with_name("dicomvault"))
@@ -324,8 +325,8 @@ def test_serve_sends_and_resumes_from_its_cursor_after_a_restart(tmp_path: Path,
     assert load_cursor(cursor_path(data)).seq == 7
 
 
-def test_serve_killed_resends_what_it_could_not_confirm(tmp_path: Path, pki: Pki,
-                                                        tls_receiver: TlsReceiver) -> None:
+def test_serve_killed_resends_what_it_could_not_confirm(tmp_path: Path, pki: Pki, tls_receiver: TlsReceiver,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """kill -9 while records are being sent: after the restart every record of the log has
     arrived, in order of first arrival, exactly as the log renders it; some may come twice."""
     data, config = serve_config(tmp_path, pki, tls_receiver.port)
@@ -335,6 +336,10 @@ def test_serve_killed_resends_what_it_could_not_confirm(tmp_path: Path, pki: Pki
     write(AuditLog(data), 2, 40)
     proc.kill()  # no stop, no application-stop, no last cursor commit
     proc.wait(30)
+    assert cli_main(["audit", "status", "--data", str(data), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["state"] == f"up when its server (pid {proc.pid}) ended without stopping"
+    assert status["last_seq"] == 41
     proc = serve(tmp_path, config, log)
     try:
         tls_receiver.wait_for(42)

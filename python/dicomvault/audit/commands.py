@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,6 +55,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         pass
     except (OSError, ValueError) as exc:
         state = {"state": f"unreadable status file ({exc})"}
+    if state.get("state") in ("starting", "up", "down") and not _alive(state.get("pid")):
+        state["state"] = f"{state['state']} when its server (pid {state.get('pid')}) ended without stopping"
     sent = load_cursor(cursor_path(args.data)).seq
     doc = {"last_seq": last, "sent_seq": sent, "backlog": max(0, last - sent), **state}
     if args.json:
@@ -68,6 +71,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     if state.get("state") == "down":
         print(f"  down since {_when(state.get('down_since'))}: {state.get('last_error')}")
     return 0
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: it exists
+    return True
 
 
 def _when(t: object) -> str:

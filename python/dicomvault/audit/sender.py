@@ -174,7 +174,7 @@ class SyslogSender:
         if not self._pending or self._transport is None:
             return
         acked = self._transport.delivered()
-        if not acked and not self._transport_open():
+        if not acked and not self._transport.open():
             raise ConnectionError(f"{self.endpoint.target} closed the connection")
         now = time.monotonic()
         if acked:
@@ -183,10 +183,6 @@ class SyslogSender:
         if done:
             self._pending = self._pending[len(done):]
             self._commit(done[-1])
-
-    def _transport_open(self) -> bool:
-        check = getattr(self._transport, "open", None)
-        return bool(check()) if check is not None else True
 
     def _commit(self, pos: Position) -> None:
         self.cursor = pos

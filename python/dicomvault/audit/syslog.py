@@ -97,7 +97,13 @@ def octet_counted(msg: bytes) -> bytes:
 
 class Transport(Protocol):
     def send(self, msg: bytes) -> None: ...
-    def delivered(self) -> bool: ...
+
+    def delivered(self) -> bool:
+        """Whether all sent so far reached the repository (raises what says it did not)."""
+
+    def open(self) -> bool:
+        """Whether the repository still holds the connection."""
+
     def close(self) -> None: ...
 
 
@@ -184,6 +190,9 @@ class UdpTransport:
         if err:
             raise ConnectionRefusedError(err, f"{os.strerror(err)} (ICMP from {self.target})")
         return True
+
+    def open(self) -> bool:
+        return True  # a datagram socket has no connection to lose
 
     def close(self) -> None:
         self.sock.close()

@@ -17,6 +17,8 @@ from dicomvault.audit.log import EVENTS, FAILURE, SUCCESS, AuditLog, build_event
 SOURCE = AuditSource("ARCHIVE_AE", site="Radiology West", hostname="pacs1.example.org")
 
 # The schema's content models (A.5.1): per element, its children in order as (tag, min, max).
+# Name|Query is optional as in the current standard (an older text of the schema had it required;
+# the log holds no patient names to put there).
 MANY = 10**9
 CONTENT = {
     "AuditMessage": [("EventIdentification", 1, 1), ("ActiveParticipant", 1, MANY),

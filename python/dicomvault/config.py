@@ -26,6 +26,7 @@ tls = false                        # C-MOVE and storage commitment to this peer 
 ```
 
 `[http.oidc]` (OpenID Connect bearer tokens) is documented in auth/oidc_settings.py;
+`[audit]` (sending the audit trail to a syslog repository) is documented in audit/settings.py,
 `[replication]` and `[[forward]]` in replication/settings.py, `tiers` and
 `[tiering]` (tiered placement) in storage/settings.py, `[storage]` (the free-space reserve) in
 storage/reserve.py.
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from .auth.oidc_settings import OidcSettings, parse_oidc
+from .audit.settings import AuditSettings, parse_audit
 from .engine import DEFAULT_DATA_DIR
 from .errors import DicomVaultError
 from .replication.settings import ReplicationSettings, parse_settings
@@ -182,6 +184,8 @@ class Config:
     tiering: TieringSettings = field(default_factory=default_settings)
     # [storage]: the free-space reserve (storage/reserve.py)
     reserve: Reserve = field(default_factory=Reserve)
+    # [audit]: the audit repository the log is sent to (audit/settings.py)
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
     def with_overrides(
         self,
@@ -211,7 +215,8 @@ _DIMSE_KEYS = {
 }
 _PEER_KEYS = {"ae_title", "host", "port", "tls", "allow", "move_to", "from_hosts", "cert"}
 _PEER_REQUIRED = ("ae_title", "host")
-_TOP_KEYS = {"data", "dimse", "peers", "replication", "forward", "http", "tiers", "tiering", "storage"}
+_TOP_KEYS = {"data", "dimse", "peers", "replication", "forward", "http", "tiers", "tiering", "storage",
+              "audit"}
 _HTTP_KEYS = {"host", "port", "anonymous", "public_url", "cors_origins", "max_body", "tls_cert", "tls_key",
               "oidc"}
 _ANONYMOUS = ("auto", "none", "reader", "writer", "admin")
@@ -394,4 +399,5 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         http=_parse_http(doc.get("http", {}), f"{where}: http", p.parent),
         tiering=parse_tiering(doc, where),
         reserve=parse_reserve(doc.get("storage", {}), f"{where}: storage"),
+        audit=parse_audit(doc.get("audit", {}), f"{where}: audit", p.parent),
     )

@@ -36,6 +36,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from ..audit.dimse import DimseAudit
 from ..audit.log import APPLICATION_START, APPLICATION_STOP, SUCCESS, AuditLog
+from ..audit.sender import start_sender
 from ..config import Config, DimseConfig, PeerConfig
 from ..engine import Engine
 from . import fastpath, tls
@@ -327,6 +328,10 @@ def serve(config: Config, *, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         tiers = config.tiering.tiers if config.tiering.configured else None
         with Engine(config.data_dir, tiers=tiers, reserve=config.reserve) as engine:
             audit = AuditLog(config.data_dir)
+            # Started before this run's first record and stopped after its last (application-stop),
+            # so a repository that is up gets the whole run. On an exception the process ends and
+            # what was not confirmed is sent again by the next start.
+            sender = start_sender(config.data_dir, config.audit, config.dimse.ae_title)
             who = {"user": f"dicomvault:{config.dimse.ae_title}", "client": "local"}
             detail = {"pid": os.getpid(), "dimse_port": config.dimse.port, "workers": config.dimse.workers}
             audit.record(APPLICATION_START, SUCCESS, **who, detail=detail)
@@ -359,6 +364,8 @@ def serve(config: Config, *, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
                     clean = server.stop(shutdown_timeout)
             log.info("DIMSE SCP stopped%s; closing the engine", "" if clean else " (associations aborted)")
             audit.record(APPLICATION_STOP, SUCCESS, **who, detail={"pid": os.getpid(), "clean": clean})
+            if sender is not None:
+                sender.stop()
         return 0
     finally:
         for s, h in previous.items():

@@ -42,8 +42,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .auth.oidc_settings import OidcSettings, parse_oidc
 from .audit.settings import AuditSettings, parse_audit
+from .auth.oidc_settings import OidcSettings, parse_oidc
 from .engine import DEFAULT_DATA_DIR
 from .errors import DicomVaultError
 from .replication.settings import ReplicationSettings, parse_settings

@@ -29,6 +29,7 @@ from .dr.commands import add_commands as add_dr_commands
 from .dr.commands import add_heal_arguments
 from .engine import DEFAULT_DATA_DIR, Engine, StoreOutcome
 from .errors import DicomVaultError, StorageFullError
+from .integration.iocm_commands import add_rejected_commands
 from .replication.commands import add_commands as add_replication_commands
 from .site_args import add_serve_site_arguments, add_site_arguments
 from .textout import print_table, walk_paths
@@ -472,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_peers_commands(sub, common)
     add_audit_commands(sub, common)
     add_shares_commands(sub, common)
+    add_rejected_commands(sub, common)
     add_dr_commands(sub, common)
     add_bench_commands(sub, common)
     add_scu_commands(sub, common)

@@ -173,6 +173,14 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class IocmConfig:
+    """[iocm]: what a rejection note titled 113039 (Data Retention Policy Expired) does to the
+    instances it references: delete them (true) or hide them like the other titles (false)."""
+
+    delete_on_retention_expired: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = DEFAULT_DATA_DIR
     dimse: DimseConfig = field(default_factory=DimseConfig)
@@ -186,6 +194,8 @@ class Config:
     reserve: Reserve = field(default_factory=Reserve)
     # [audit]: the audit repository the log is sent to (audit/settings.py)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    # [iocm]: IHE IOCM rejection notes (docs/integration.md)
+    iocm: IocmConfig = field(default_factory=IocmConfig)
 
     def with_overrides(
         self,
@@ -216,7 +226,7 @@ _DIMSE_KEYS = {
 _PEER_KEYS = {"ae_title", "host", "port", "tls", "allow", "move_to", "from_hosts", "cert"}
 _PEER_REQUIRED = ("ae_title", "host")
 _TOP_KEYS = {"data", "dimse", "peers", "replication", "forward", "http", "tiers", "tiering", "storage",
-              "audit"}
+              "audit", "iocm"}
 _HTTP_KEYS = {"host", "port", "anonymous", "public_url", "cors_origins", "max_body", "tls_cert", "tls_key",
               "oidc"}
 _ANONYMOUS = ("auto", "none", "reader", "writer", "admin")
@@ -400,4 +410,13 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         tiering=parse_tiering(doc, where),
         reserve=parse_reserve(doc.get("storage", {}), f"{where}: storage"),
         audit=parse_audit(doc.get("audit", {}), f"{where}: audit", p.parent),
+        iocm=_parse_iocm(doc.get("iocm", {}), f"{where}: iocm"),
     )
+
+
+def _parse_iocm(table: object, where: str) -> IocmConfig:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table")
+    _unknown(table, {"delete_on_retention_expired"}, where)
+    return IocmConfig(delete_on_retention_expired=_check_bool(
+        table.get("delete_on_retention_expired", False), f"{where}.delete_on_retention_expired"))

@@ -19,6 +19,7 @@ from typing import Any
 
 from . import _native  # type: ignore[attr-defined]
 from .attributes import decode_attrs
+from .audit.log import DATA_DELETION, INSTANCES_REJECTED, SUCCESS, AuditLog
 from .errors import (
     DicomVaultError,
     RejectedError,
@@ -28,9 +29,10 @@ from .errors import (
     UnknownObjectError,
 )
 from .filemeta import file_meta_prefix
-from .index import BlobRecord, Change, Index, InstanceRecord, Placement
+from .index import REJECTION_TITLES, BlobRecord, Change, Index, InstanceRecord, Placement, Rejection
 from .index import role as site_role
 from .locks import ReadWriteLock
+from .rejection_notes import KOS_SOP_CLASS, parse_rejection
 from .storage.cold import ColdPlacement, ColdTier
 from .storage.coldcache import ColdReadCache
 from .storage.layout import resolve as resolve_layout
@@ -124,10 +126,13 @@ class Engine:
         min_free_bytes: int | None = None,
         tiers: Sequence[TierSpec] | None = None,
         reserve: Reserve | None = None,
+        delete_on_retention_expired: bool = False,
     ) -> None:
         """`reserve`: the free space every write leaves on each filesystem holding a local tier
         (storage/reserve.py; default: 2 % of it, at least 16 MiB, at most 4 GiB);
-        `min_free_bytes` instead: a fixed reserve (0: none)."""
+        `min_free_bytes` instead: a fixed reserve (0: none).
+        `delete_on_retention_expired`: IOCM policy ([iocm] in the config): a rejection note titled
+        113039 (Data Retention Policy Expired) deletes what it references instead of hiding it."""
         self.data_dir = Path(data_dir)
         self.reserve = Reserve.fixed(min_free_bytes) if min_free_bytes is not None else (reserve or Reserve())
         self.read_only = read_only
@@ -172,6 +177,7 @@ class Engine:
         except BaseException:
             self.vault.close()
             raise
+        self.index.delete_on_retention_expired = delete_on_retention_expired
         self._lock = ReadWriteLock()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -330,13 +336,39 @@ class Engine:
             "received_at": time.time(),
         }
 
-    def _commit(self, records: list[dict[str, Any]]) -> list[StoreOutcome]:
+    def _rejection_of(self, sop_class_uid: str, sop_uid: str, blob_hash: bytes) -> Rejection | None:
+        """The IOCM rejection a just-stored object expresses (only KOS objects are read)."""
+        if sop_class_uid.rstrip("\0 ") != KOS_SOP_CLASS:
+            return None
+        ts, dataset = self._read(blob_hash, None)
+        return parse_rejection(dataset, ts, sop_uid)
+
+    def _audit_rejection(self, rejection: Rejection, client: str | None, patient: str | None) -> None:
+        """One audit record per applied note (see docs/integration.md, IOCM, for the choice)."""
+        deleted = rejection.deletes and self.index.delete_on_retention_expired
+        AuditLog(self.data_dir).record(
+            DATA_DELETION if deleted else INSTANCES_REJECTED, SUCCESS, user=None, client=client,
+            patient=patient, study=rejection.refs[0].study_uid,
+            detail={"note": rejection.note_uid, "code": f"DCM {rejection.code}",
+                    "title": REJECTION_TITLES[rejection.code], "action": "deleted" if deleted else "hidden",
+                    "instances": [r.sop_uid for r in rejection.refs]})
+
+    def _commit(self, records: list[dict[str, Any]], client: str | None = None) -> list[StoreOutcome]:
         self.last_ingest = time.monotonic()
+        for rec in records:
+            # The note's blob is durable already; the hiding goes into the note's own index batch,
+            # so no crash leaves the note stored and its references visible.
+            rejection = self._rejection_of(rec["attrs"].get("SOPClassUID", ""),
+                                           rec["attrs"]["SOPInstanceUID"], rec["hash"])
+            if rejection is not None:
+                rec["rejection"] = rejection
         results = self.index.add_instances(records)
         released: list[bytes] = []
         outcomes = []
         for rec, res in zip(records, results, strict=True):
             released.extend(res.released_blobs)
+            if "rejection" in rec and not res.duplicate:
+                self._audit_rejection(rec["rejection"], client, rec["attrs"].get("PatientID"))
             attrs = rec["attrs"]
             outcomes.append(
                 StoreOutcome(
@@ -428,7 +460,7 @@ class Engine:
                 found = record["attrs"].get(key, "")
                 if expected is not None and found != expected.rstrip("\0 "):
                     raise UIDMismatchError(f"request names {key} {expected}, the dataset holds {found!r}")
-            return self._commit([record])[0]
+            return self._commit([record], calling_ae)[0]
 
     def apply_replicated(
         self, items: Sequence[tuple[Change, Mapping[str, Any] | None]], meta: Mapping[bytes, bytes]
@@ -439,9 +471,21 @@ class Engine:
         Under the shared lock: a delete or compaction never runs between the blob puts of the
         page and the index commit that names them."""
         with self._lock.shared():
-            released = self.index.apply_replicated(items, meta)
+            page: list[tuple[Change, Mapping[str, Any] | None]] = []
+            notes: list[tuple[Rejection, str | None]] = []
+            for ch, inst in items:
+                rejection = None if inst is None else self._rejection_of(
+                    str(inst.get("sop_class_uid") or ""), ch.sop_uid, bytes(inst["hash"]))
+                if rejection is not None and inst is not None:
+                    # Derived here from the note itself: the replica hides what its primary hid.
+                    inst = {**inst, "rejection": rejection}
+                    notes.append((rejection, str(inst.get("patient_id") or "") or None))
+                page.append((ch, inst))
+            released = self.index.apply_replicated(page, meta)
             if released:
                 self.vault.delete(released)
+        for rejection, patient in notes:
+            self._audit_rejection(rejection, "replication", patient)
 
     def replace_blob(self, blob_hash: bytes, codec: int, logical_len: int, stored: bytes) -> bool | Exception:
         """Swaps a damaged or missing blob for a good copy (heal). The copy is decoded and its

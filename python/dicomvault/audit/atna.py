@@ -60,6 +60,8 @@ ACTIONS = {
     events.DATA_DELETION: "D",
     events.EXPORT: "R",
     events.SHARE_USED: "R",
+    events.INSTANCES_REJECTED: "U",  # IOCM hides instances: an update of what the archive shows
+    events.INSTANCES_RESTORED: "U",
 }  # every other event is "E" (execute), but instances-transferred (see _action)
 
 # A.5.2: 0 success; 4 minor failure (a refused login, a refused request: the archive goes on).

@@ -50,6 +50,9 @@ EXPORT = "export"
 SECURITY_ALERT = "security-alert"
 INSTANCES_TRANSFERRED = "instances-transferred"
 QUERY = "query"
+# IOCM: instances hidden by a rejection note, or put back by an admin (docs/integration.md)
+INSTANCES_REJECTED = "instances-rejected"
+INSTANCES_RESTORED = "instances-restored"
 
 # Each event's EventID (DICOM PS3.16 CID 400, as PS3.15 A.5.3 uses them).
 CODES = {
@@ -66,6 +69,8 @@ CODES = {
     SECURITY_ALERT: "DCM 110113",
     INSTANCES_TRANSFERRED: "DCM 110104",
     QUERY: "DCM 110112",
+    INSTANCES_REJECTED: "DCM 110103",  # DICOM Instances Accessed, action U (update)
+    INSTANCES_RESTORED: "DCM 110103",
 }
 EVENTS = frozenset(CODES)
 

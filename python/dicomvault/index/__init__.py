@@ -9,6 +9,7 @@ Modules:
 * ``txn``       write transactions (record cache + index diff -> one WriteBatch)
 * ``commit``    group commit (shared WAL sync, leader/follower)
 * ``feed``      change feed
+* ``rejections`` the IOCM rejected set (instances a rejection note hides)
 * ``query``     C.2.2.2 matching and candidate selection
 * ``store``     the :class:`Index` facade
 * ``errors``    exceptions
@@ -42,6 +43,7 @@ from .records import (
     SeriesRecord,
     StudyRecord,
 )
+from .rejections import REJECTION_TITLES, Reference, RejectedEntry, Rejection
 from .schema import SCHEMA_VERSION
 from .store import AddResult, DeleteResult, Index, Placement
 
@@ -62,6 +64,10 @@ __all__ = [
     "InvalidInstanceError",
     "NotFoundError",
     "PatientRecord",
+    "REJECTION_TITLES",
+    "Reference",
+    "RejectedEntry",
+    "Rejection",
     "QueryError",
     "ReadOnlyIndexError",
     "RecordDecodeError",

@@ -14,7 +14,8 @@ from typing import Any
 from . import keys, secondary
 from .query import scan
 from .records import BlobRecord, InstanceRecord, PatientRecord, SeriesRecord, StudyRecord
-from .schema import CF_BLOBS, CF_IDX, CF_INSTANCES, CF_PATIENTS, CF_SERIES, CF_STUDIES
+from .rejections import REJECTED_PREFIX, RejectedEntry
+from .schema import CF_BLOBS, CF_IDX, CF_INSTANCES, CF_META, CF_PATIENTS, CF_SERIES, CF_STUDIES
 
 
 def check_index(
@@ -45,6 +46,10 @@ def check_index(
             s[0] += 1
             s[1] += rec.logical_len
             s[2] += rec.stored_len
+    # Instances a rejection note hides hold their blob reference outside the hierarchy.
+    for _, v in scan(cfs[CF_META], REJECTED_PREFIX, keys.prefix_upper_bound(REJECTED_PREFIX)):
+        if v and (entry := RejectedEntry.decode(v)).record:
+            refs[InstanceRecord.decode(entry.record).hash] += 1
 
     def cmp(key: str, what: str, n: int, lg: int, sb: int) -> None:
         exp = sizes.get(key, [0, 0, 0])

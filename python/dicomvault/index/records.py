@@ -213,7 +213,12 @@ REPLACED = "replaced"
 DELETED = "deleted"
 MOVED = "moved"
 METADATA_UPDATED = "metadata_updated"
-CHANGE_KINDS: frozenset[str] = frozenset({STORED, REPLACED, DELETED, MOVED, METADATA_UPDATED})
+# IOCM: an instance hidden by a rejection note / put back by an admin (index/rejections.py).
+# They carry no hash: forwarding skips them; a replica derives the hiding from the note itself.
+REJECTED = "rejected"
+RESTORED = "restored"
+CHANGE_KINDS: frozenset[str] = frozenset({STORED, REPLACED, DELETED, MOVED, METADATA_UPDATED, REJECTED,
+                                          RESTORED})
 
 
 @_finish

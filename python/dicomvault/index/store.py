@@ -37,7 +37,9 @@ from .query import Planner, QueryStats, scan, scan_keys
 from .records import (
     DELETED,
     PATIENT_KEYWORDS,
+    REJECTED,
     REPLACED,
+    RESTORED,
     SERIES_KEYWORDS,
     STORED,
     STUDY_KEYWORDS,
@@ -49,6 +51,7 @@ from .records import (
     Stats,
     StudyRecord,
 )
+from .rejections import REJECTED_PREFIX, RejectedEntry, Rejection, entry_key
 from .schema import (
     CF_BLOBS,
     CF_FEED,
@@ -151,6 +154,12 @@ class Index:
         self._committer = GroupCommitter(self._sync_wal)
         self._committer.start_seq(self._stats.last_seq)
         self._planner = Planner(self._cfs, self._current_stats)
+        # Whether any rejected entry exists: while none does (the common case), a store does
+        # not look its SOP UID up in the rejected set.
+        self._has_rejections = any(True for _ in self._rejected_items())
+        # IOCM policy for 113039 (retention expired): delete the referenced instances instead of
+        # hiding them. The engine sets it from [iocm] delete_on_retention_expired.
+        self.delete_on_retention_expired = False
 
     # ------------------------------------------------------------------ open/close
 
@@ -353,8 +362,10 @@ class Index:
         except (TypeError, ValueError) as exc:
             raise InvalidInstanceError(f"instance {sop}: bad field: {exc}") from exc
 
-    def _attach(self, txn: Txn, rec: InstanceRecord) -> bool:
-        """Add an instance and its counters; returns True if its blob record is new."""
+    def _attach(self, txn: Txn, rec: InstanceRecord, count_blob: bool = True) -> bool:
+        """Add an instance and its counters; returns True if its blob record is new.
+        ``count_blob=False``: the blob reference is already held (an instance restored from the
+        rejected set)."""
         st, now, a = txn.stats, txn.now, rec.attrs
         study_key = keys.encode(rec.study_uid)
         study: StudyRecord | None = txn.get(CF_STUDIES, study_key)
@@ -407,24 +418,40 @@ class Index:
         st.objects += 1
         st.logical_bytes += rec.logical_len
         st.stored_bytes += rec.stored_len
-        blob: BlobRecord | None = txn.get(CF_BLOBS, rec.hash)
-        new_blob = blob is None
-        if blob is None:
-            blob = BlobRecord(hash=rec.hash, logical_len=rec.logical_len, stored_len=rec.stored_len,
-                              codec=rec.codec, tier=rec.tier, created_at=now)
-            st.blobs += 1
-            st.blob_bytes += rec.stored_len
-            st.count_tier(rec.tier, 1, rec.stored_len, rec.logical_len)
-        blob.refcount += 1
-        txn.put(CF_BLOBS, rec.hash, blob)
+        new_blob = self._ref_blob(txn, rec) if count_blob else False
         txn.put(CF_SERIES, series_key, series)
         txn.put(CF_STUDIES, study_key, study)
         txn.put(CF_PATIENTS, pkey, patient)
         txn.put(CF_INSTANCES, keys.encode(rec.sop_uid), rec)
         return new_blob
 
-    def _detach(self, txn: Txn, rec: InstanceRecord) -> None:
-        """Remove an instance and its counters (empty parents are pruned at finish)."""
+    @staticmethod
+    def _ref_blob(txn: Txn, rec: InstanceRecord) -> bool:
+        """One more reference to the record's blob; True if the blob record is new."""
+        st = txn.stats
+        blob: BlobRecord | None = txn.get(CF_BLOBS, rec.hash)
+        new_blob = blob is None
+        if blob is None:
+            blob = BlobRecord(hash=rec.hash, logical_len=rec.logical_len, stored_len=rec.stored_len,
+                              codec=rec.codec, tier=rec.tier, created_at=txn.now)
+            st.blobs += 1
+            st.blob_bytes += rec.stored_len
+            st.count_tier(rec.tier, 1, rec.stored_len, rec.logical_len)
+        blob.refcount += 1
+        txn.put(CF_BLOBS, rec.hash, blob)
+        return new_blob
+
+    @staticmethod
+    def _unref_blob(txn: Txn, blob_hash: bytes) -> None:
+        """One reference fewer (a blob reaching 0 is released when the txn finishes)."""
+        blob: BlobRecord | None = txn.get(CF_BLOBS, blob_hash)
+        if blob is not None:
+            blob.refcount -= 1
+            txn.put(CF_BLOBS, blob_hash, blob)
+
+    def _detach(self, txn: Txn, rec: InstanceRecord, count_blob: bool = True) -> None:
+        """Remove an instance and its counters (empty parents are pruned at finish).
+        ``count_blob=False``: the blob reference stays (the instance goes to the rejected set)."""
         st, now = txn.stats, txn.now
         study_key = keys.encode(rec.study_uid)
         series_key = study_key + keys.encode(rec.series_uid)
@@ -450,13 +477,21 @@ class Index:
         st.objects -= 1
         st.logical_bytes -= rec.logical_len
         st.stored_bytes -= rec.stored_len
-        blob: BlobRecord | None = txn.get(CF_BLOBS, rec.hash)
-        if blob is not None:
-            blob.refcount -= 1
-            txn.put(CF_BLOBS, rec.hash, blob)
+        if count_blob:
+            self._unref_blob(txn, rec.hash)
         txn.delete(CF_INSTANCES, keys.encode(rec.sop_uid))
 
-    def _add_one(self, txn: Txn, rec: InstanceRecord) -> AddResult:
+    def _add_one(self, txn: Txn, rec: InstanceRecord, rejection: Rejection | None = None) -> AddResult:
+        if self._has_rejections:
+            entry = self._rejected_entry(txn, rec.sop_uid)
+            if entry is not None:
+                return self._add_rejected(txn, rec, entry)
+        res = self._add_visible(txn, rec)
+        if rejection is not None and not res.duplicate:
+            self._reject(txn, rejection)
+        return res
+
+    def _add_visible(self, txn: Txn, rec: InstanceRecord) -> AddResult:
         res = AddResult(sop_uid=rec.sop_uid)
         old: InstanceRecord | None = txn.get(CF_INSTANCES, keys.encode(rec.sop_uid))
         if old is not None and old.hash == rec.hash:
@@ -480,20 +515,22 @@ class Index:
         ``inst`` keys: ``attrs`` (keyword -> str; the three UIDs are required),
         ``hash`` (32 bytes), ``prefix`` (Part-10 preamble + meta bytes),
         ``transfer_syntax``, ``logical_len``, ``stored_len``, ``codec``, ``tier``,
-        ``received_at``.  Same SOP UID + same hash -> ``duplicate=True`` (no
-        write); different hash -> replaced ("keep newest"), the old blob's
-        refcount drops and it is listed in ``released_blobs`` if it hit 0.
+        ``received_at``; optionally ``rejection`` (a :class:`Rejection`: this object is an
+        IOCM rejection note, whose references are hidden in the same batch).  Same SOP UID +
+        same hash -> ``duplicate=True`` (no write); different hash -> replaced ("keep
+        newest"), the old blob's refcount drops and it is listed in ``released_blobs`` if it
+        hit 0.  An instance a stored note rejected goes to the rejected set, not the hierarchy.
         """
         return self.add_instances([inst])[0]
 
     def add_instances(self, insts: Iterable[Mapping[str, Any]]) -> list[AddResult]:
         """Index several objects in ONE WriteBatch (one feed entry each); durable on return."""
-        recs = [self._prepare(i) for i in insts]
-        if not recs:
+        items = [(self._prepare(i), i.get("rejection")) for i in insts]
+        if not items:
             return []
 
         def build(txn: Txn) -> list[AddResult]:
-            return [self._add_one(txn, r) for r in recs]
+            return [self._add_one(txn, r, rej) for r, rej in items]
 
         results, txn = self._commit("add instances", build)
         released = set(txn.released)
@@ -502,6 +539,140 @@ class Index:
                 r.released_blobs.append(r.old_hash)
                 released.discard(r.old_hash)
         return results
+
+    # --------------------------------------------------------------- IOCM rejected set
+
+    def _rejected_items(self) -> Iterator[tuple[bytes, bytes]]:
+        p = REJECTED_PREFIX
+        return ((k, v) for k, v in scan(self._cfs[CF_META], p, keys.prefix_upper_bound(p)) if v)
+
+    def _rejected_entry(self, txn: Txn, sop_uid: str) -> RejectedEntry | None:
+        k = entry_key(sop_uid)
+        raw = txn.meta.get(k)
+        if raw is None:
+            raw = self._cfs[CF_META].get(k)
+        return RejectedEntry.decode(raw) if raw else None
+
+    def _add_rejected(self, txn: Txn, rec: InstanceRecord, entry: RejectedEntry) -> AddResult:
+        """An instance a stored note rejected arrives: it joins its entry, not the hierarchy."""
+        res = AddResult(sop_uid=rec.sop_uid)
+        if entry.deleted:
+            # The note's policy deleted this instance: a late copy is not kept either. Its blob
+            # was just written and nothing names it, so the engine frees it.
+            if txn.get(CF_BLOBS, rec.hash) is None and rec.hash not in txn.released:
+                txn.released.append(rec.hash)
+            res.duplicate = True
+            return res
+        if entry.record:
+            old = InstanceRecord.decode(entry.record)
+            if old.hash == rec.hash:
+                res.duplicate = True
+                return res
+            self._unref_blob(txn, old.hash)
+            res.replaced, res.old_hash = True, old.hash
+        res.new_blob = self._ref_blob(txn, rec)
+        entry.record, entry.study_uid, entry.series_uid = rec.encode(), rec.study_uid, rec.series_uid
+        txn.meta[entry_key(rec.sop_uid)] = entry.encode()
+        # A STORED change with its hash: a replica fetches the blob and the record (the feed
+        # serves hidden records too) and hides it there by the same note.
+        ch = txn.add_change(Change(kind=STORED, level="instance", sop_uid=rec.sop_uid,
+                                   series_uid=rec.series_uid, study_uid=rec.study_uid,
+                                   patient_id=rec.patient_id, hash=rec.hash, old_hash=res.old_hash,
+                                   logical_len=rec.logical_len))
+        res.seq = ch.seq
+        return res
+
+    def _reject(self, txn: Txn, rejection: Rejection) -> None:
+        """Hide (or, for a deleting title under the delete policy, delete) what a note names."""
+        delete = rejection.deletes and self.delete_on_retention_expired
+        self._has_rejections = True
+        for ref in rejection.refs:
+            sop = keys.norm_uid(ref.sop_uid)
+            if not sop or sop == keys.norm_uid(rejection.note_uid):
+                continue
+            if self._rejected_entry(txn, sop) is not None:
+                continue  # an earlier note rejected it already; that note stays its reason
+            entry = RejectedEntry(sop_uid=sop, study_uid=keys.norm_uid(ref.study_uid),
+                                  series_uid=keys.norm_uid(ref.series_uid), note_uid=rejection.note_uid,
+                                  code=rejection.code, at=txn.now, deleted=delete)
+            cur: InstanceRecord | None = txn.get(CF_INSTANCES, keys.encode(sop))
+            if cur is not None:
+                self._detach(txn, cur, count_blob=delete)
+                entry.study_uid, entry.series_uid = cur.study_uid, cur.series_uid
+                if not delete:
+                    entry.record = cur.encode()
+                txn.add_change(Change(kind=DELETED if delete else REJECTED, level="instance",
+                                      sop_uid=sop, series_uid=cur.series_uid, study_uid=cur.study_uid,
+                                      patient_id=cur.patient_id, hash=cur.hash if delete else None,
+                                      logical_len=cur.logical_len))
+            txn.meta[entry_key(sop)] = entry.encode()
+
+    def _restore_one(self, txn: Txn, sop_uid: str) -> RejectedEntry | None:
+        """Put a hidden instance back into the hierarchy and forget its entry."""
+        entry = self._rejected_entry(txn, sop_uid)
+        if entry is None:
+            return None
+        txn.meta[entry_key(sop_uid)] = b""
+        if entry.record and txn.get(CF_INSTANCES, keys.encode(entry.sop_uid)) is None:
+            rec = InstanceRecord.decode(entry.record)
+            self._attach(txn, rec, count_blob=False)
+            txn.add_change(Change(kind=RESTORED, level="instance", sop_uid=rec.sop_uid,
+                                  series_uid=rec.series_uid, study_uid=rec.study_uid,
+                                  patient_id=rec.patient_id, logical_len=rec.logical_len))
+        elif entry.record:
+            self._unref_blob(txn, InstanceRecord.decode(entry.record).hash)
+        else:
+            # Nothing held (not arrived, or deleted by policy): a RESTORED change still tells a
+            # replica to forget its entry.
+            txn.add_change(Change(kind=RESTORED, level="instance", sop_uid=entry.sop_uid,
+                                  series_uid=entry.series_uid, study_uid=entry.study_uid))
+        return entry
+
+    def _drop_rejected(self, txn: Txn, sop_uid: str, blob_hash: bytes | None) -> None:
+        """A replicated delete of an instance this site holds hidden: drop it for good."""
+        entry = self._rejected_entry(txn, sop_uid)
+        if entry is None or not entry.record:
+            return
+        rec = InstanceRecord.decode(entry.record)
+        if blob_hash is not None and rec.hash != blob_hash:
+            return
+        self._unref_blob(txn, rec.hash)
+        txn.meta[entry_key(sop_uid)] = b""
+        txn.add_change(Change(kind=DELETED, level="instance", sop_uid=rec.sop_uid,
+                              series_uid=rec.series_uid, study_uid=rec.study_uid,
+                              patient_id=rec.patient_id, hash=rec.hash, logical_len=rec.logical_len))
+
+    def rejected(self, study_uid: str | None = None, note_uid: str | None = None) -> list[RejectedEntry]:
+        """The rejected set (optionally of one study or one note), in SOP Instance UID order."""
+        self._check_open()
+        study = keys.norm_uid(study_uid) if study_uid else None
+        note = keys.norm_uid(note_uid) if note_uid else None
+        out = []
+        for _, v in self._rejected_items():
+            e = RejectedEntry.decode(v)
+            if (study is None or e.study_uid == study) and (note is None or e.note_uid == note):
+                out.append(e)
+        return out
+
+    def rejected_record(self, sop_uid: str) -> InstanceRecord | None:
+        """The record of an instance held hidden (None if it is not, or not arrived)."""
+        self._check_open()
+        raw = self._cfs[CF_META].get(entry_key(sop_uid))
+        if not raw:
+            return None
+        e = RejectedEntry.decode(raw)
+        return InstanceRecord.decode(e.record) if e.record else None
+
+    def restore(self, sop_uids: Sequence[str]) -> list[RejectedEntry]:
+        """Put hidden instances back (an admin's correction of a rejection), one durable batch;
+        returns the entries restored (unknown UIDs are skipped)."""
+        uids = [keys.norm_uid(u) for u in sop_uids]
+
+        def build(txn: Txn) -> list[RejectedEntry]:
+            return [e for e in (self._restore_one(txn, u) for u in uids) if e is not None]
+
+        done, _ = self._commit(f"restore {len(uids)} rejected instances", build)
+        return done
 
     # --------------------------------------------------------------- deleting
 
@@ -579,15 +750,23 @@ class Index:
         Local feed entries are written as usual, so this site can feed another (chains).
         Returns the hashes whose refcount reached 0 (the caller frees those blobs).
         """
-        items = [(ch, self._prepare(inst) if inst is not None else None) for ch, inst in changes]
+        items = [(ch, self._prepare(inst) if inst is not None else None,
+                  inst.get("rejection") if inst is not None else None) for ch, inst in changes]
         meta = {bytes(k): bytes(v) for k, v in meta.items()}
 
         def build(txn: Txn) -> None:
             txn.meta.update(meta)
-            for ch, rec in items:
-                if ch.kind == DELETED:
+            for ch, rec, rejection in items:
+                if ch.kind == RESTORED:
+                    self._restore_one(txn, ch.sop_uid)
+                elif ch.kind == REJECTED:
+                    continue  # derived here from the note itself (stored before it in the feed)
+                elif ch.kind == DELETED:
                     key = keys.encode(keys.norm_uid(ch.sop_uid))
                     cur: InstanceRecord | None = txn.get(CF_INSTANCES, key)
+                    if cur is None and self._has_rejections:
+                        self._drop_rejected(txn, ch.sop_uid, ch.hash)
+                        continue
                     if cur is None or (ch.hash is not None and cur.hash != ch.hash):
                         continue
                     self._detach(txn, cur)
@@ -596,7 +775,7 @@ class Index:
                                           patient_id=cur.patient_id, hash=cur.hash,
                                           logical_len=cur.logical_len))
                 elif rec is not None:
-                    self._add_one(txn, rec)
+                    self._add_one(txn, rec, rejection)
 
         _, txn = self._commit("apply replicated changes", build)
         return list(txn.released)

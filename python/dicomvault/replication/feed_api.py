@@ -63,7 +63,8 @@ class FeedService:
             wire = ch.to_wire()
             wire["instance"] = None
             if ch.kind != DELETED and ch.hash is not None:
-                rec = index.get_instance(ch.sop_uid)
+                # A record a rejection note hides still ships: the replica holds it hidden too.
+                rec = index.get_instance(ch.sop_uid) or index.rejected_record(ch.sop_uid)
                 if rec is not None and rec.hash == ch.hash:
                     wire["instance"] = rec.to_wire()
             out.append(wire)

@@ -28,6 +28,7 @@ from ..tiering.service import TieringService
 from . import (
     admin,
     api,
+    iocm_routes,
     measurements,
     replication_routes,
     session_routes,
@@ -60,6 +61,7 @@ def build_app(ctx: WebContext, *, jobs: Callable[[], list[dict[str, Any]]] | Non
         *measurements.routes(ctx),
         *session_routes.routes(ctx),
         *shares_routes.routes(ctx),
+        *iocm_routes.routes(ctx),
         *admin.routes(ctx, status_extra),
         *wado_uri.routes(ctx),
         *dicomweb_routes.routes(ctx),

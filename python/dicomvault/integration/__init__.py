@@ -1,0 +1,1 @@
+"""Hospital integration (DESIGN.md §2): IHE IOCM rejection notes so far (iocm.py)."""

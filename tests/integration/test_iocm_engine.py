@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from iocm_data import ct_series, rejection_note
+from dv_iocm import ct_series, rejection_note
 
 from dicomvault.engine import Engine
 from dicomvault.errors import UnknownObjectError

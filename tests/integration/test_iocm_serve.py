@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
-from iocm_data import Image, ct_series, rejection_note
+from dv_iocm import Image, ct_series, rejection_note
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dimse"))
 from dimse_helpers import (  # noqa: E402

@@ -91,3 +91,14 @@ def test_other_kos_titles_hide_nothing(tmp_path: Path) -> None:
         eng.store_files([im.path for im in images] + [tmp_path / "kos.dcm", tmp_path / "kos2.dcm"])
         assert eng.index.rejected() == []
         assert {im.sop_uid for im in images} <= _visible(eng, images[0].study_uid)
+
+
+def test_deleting_a_study_deletes_what_is_hidden_in_it(tmp_path: Path) -> None:
+    images = ct_series(tmp_path / "ct", 3)
+    rejection_note(tmp_path / "kos.dcm", images[:2])
+    with Engine(tmp_path / "data", min_free_bytes=0) as eng:
+        eng.store_files([im.path for im in images] + [tmp_path / "kos.dcm"])
+        assert eng.delete("study", images[0].study_uid) == 4
+        assert eng.index.rejected() == []
+        assert eng.index.stats()["blobs"] == 0
+        assert eng.index.check() == []

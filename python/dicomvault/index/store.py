@@ -642,6 +642,21 @@ class Index:
                               series_uid=rec.series_uid, study_uid=rec.study_uid,
                               patient_id=rec.patient_id, hash=rec.hash, logical_len=rec.logical_len))
 
+    def _rejected_under(self, level: str, uid: str) -> list[RejectedEntry]:
+        """Hidden instances (with a record held) under a patient/study/series/instance."""
+        out = []
+        for _, v in self._rejected_items():
+            e = RejectedEntry.decode(v)
+            if not e.record:
+                continue
+            if level == "patient":
+                hit = InstanceRecord.decode(e.record).patient_id == uid
+            else:
+                hit = uid == {"study": e.study_uid, "series": e.series_uid, "instance": e.sop_uid}[level]
+            if hit:
+                out.append(e)
+        return out
+
     def rejected(self, study_uid: str | None = None, note_uid: str | None = None) -> list[RejectedEntry]:
         """The rejected set (optionally of one study or one note), in SOP Instance UID order."""
         self._check_open()
@@ -728,6 +743,11 @@ class Index:
                 result.deleted.append(sop)
                 result.first_seq = result.first_seq or ch.seq
                 result.last_seq = ch.seq
+            if self._has_rejections:
+                # What a rejection note hides under it goes too: a delete leaves nothing behind.
+                for entry in self._rejected_under(lv, uid):
+                    self._drop_rejected(txn, entry.sop_uid, None)
+                    result.deleted.append(entry.sop_uid)
             if not result.deleted:
                 raise NotFoundError(lv, uid)
 

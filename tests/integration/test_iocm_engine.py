@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 from dv_iocm import ct_series, rejection_note
 
+from dicomvault.audit.atna import AuditSource, render
 from dicomvault.engine import Engine
 from dicomvault.errors import UnknownObjectError
 
@@ -102,3 +105,21 @@ def test_deleting_a_study_deletes_what_is_hidden_in_it(tmp_path: Path) -> None:
         assert eng.index.rejected() == []
         assert eng.index.stats()["blobs"] == 0
         assert eng.index.check() == []
+
+
+def test_rejection_is_audited_as_instances_accessed_update(tmp_path: Path) -> None:
+    images = ct_series(tmp_path / "ct", 2)
+    note = rejection_note(tmp_path / "kos.dcm", images[:1], code="113037")
+    with Engine(tmp_path / "data", min_free_bytes=0) as eng:
+        eng.store_files([im.path for im in images] + [tmp_path / "kos.dcm"])
+        eng.store_files([tmp_path / "kos.dcm"])  # a duplicate note changes nothing: no second record
+    lines = (tmp_path / "data" / "audit" / "audit.jsonl").read_text().splitlines()
+    recs = [json.loads(x) for x in lines if '"instances-rejected"' in x]
+    assert len(recs) == 1
+    rec = recs[0]
+    assert rec["detail"]["note"] == note and rec["detail"]["instances"] == [images[0].sop_uid]
+    assert rec["study"] == images[0].study_uid and rec["patient"] == "IOCM1"
+    xml = ET.fromstring(render(rec, AuditSource("DICOMVAULT")))
+    ident = xml.find("EventIdentification")
+    assert ident is not None and ident.get("EventActionCode") == "U"
+    assert ident.find("EventID").get("csd-code") == "110103"

@@ -58,7 +58,9 @@ def _start(tmp: Path, *, delete_on_retention_expired: bool = False) -> tuple[Arc
     info = read_http_info(data)
     assert info is not None
     arch = Archive(proc, port, data, log, 0, 0)
-    return arch, httpx.Client(base_url=info["url"], timeout=30), str(info["admin_token"])
+    # The per-start admin token: anonymous access ends once a test adds a user.
+    admin = {"Authorization": f"Bearer {info['admin_token']}"}
+    return arch, httpx.Client(base_url=info["url"], timeout=30, headers=admin), str(info["admin_token"])
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +143,12 @@ def test_rejection_hides_from_every_path_and_admin_restores(
     assert viewer["NumberOfStudyRelatedInstances"] == "3"
 
     # the rejected set is an admin's: anonymous (a writer on loopback) is refused
-    assert http.get("/api/rejected").status_code in (401, 403)
+    assert httpx.get(str(http.base_url.join("/api/rejected")), timeout=30).status_code == 401  # anonymous
     admin = {"Authorization": f"Bearer {token}"}
+    assert http.post("/api/users", json={"name": "rad", "role": "writer"}, headers=admin).status_code == 201
+    writer = {"Authorization": f"Bearer {http.post('/api/users/rad/tokens', headers=admin).json()['token']}"}
+    assert http.get("/api/rejected", headers=writer).status_code == 403
+    assert http.post("/api/rejected/restore", json={"note": note}, headers=writer).status_code == 403
     rows = http.get("/api/rejected", params={"study": study}, headers=admin).json()
     assert {(r["SOPInstanceUID"], r["state"], r["code"], r["note"]) for r in rows} == {
         (im.sop_uid, "hidden", "DCM 113001", note) for im in images[:2]}

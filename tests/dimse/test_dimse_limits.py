@@ -178,3 +178,22 @@ def _serve_up(srv: Served) -> None:
     echo = _ae("CHECK", Verification).associate(HOST, srv.port, ae_title=ARCHIVE_AE)
     assert echo.is_established
     echo.release()
+
+
+@pytest.mark.parametrize("mode", [{}, {"fast_path": False}], ids=["fast-path", "pynetdicom"])
+def test_pdu_claiming_gigabytes_is_refused_at_once(tmp_path: Path, mode: dict[str, object]) -> None:
+    """A PDU header announcing 4 GiB: the connection is dropped at once (no buffer of the claimed
+    size, no wait for the ACSE or network timeout), before and after the association."""
+    with serving(tmp_path, mode) as srv:
+        with socket.create_connection((HOST, srv.port)) as s:
+            s.sendall(struct.pack(">BBI", 0x01, 0, 0xFFFFFFF0))  # A-ASSOCIATE-RQ of 4 GiB
+            assert _closed_within(s, 10) < 5  # the ACSE timeout is the default 30 s
+        assoc = _ae("HUGEPDU", CTImageStorage).associate(HOST, srv.port, ae_title=ARCHIVE_AE)
+        assert assoc.is_established
+        assoc.dul.socket.socket.sendall(struct.pack(">BBI", 0x04, 0, 0xFFFFFFF0))  # P-DATA-TF of 4 GiB
+        deadline = time.monotonic() + 10
+        while assoc.is_established and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not assoc.is_established
+        _serve_up(srv)
+        assert "a PDU of 4294967280 bytes announced" in srv.log_text()

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 # limit when the association has no timeout set.
 STALL_CHECK = 0.25
 STALL_DEFAULT = 300.0
+MIN_PDU_BOUND = 16 << 20  # see ArchiveSocket._too_long
 
 
 def recv_exactly(sock: socket.socket, nr_bytes: int,
@@ -121,8 +122,28 @@ class ArchiveSocket(AssociationSocket):
         assoc = self.assoc
         return bool(assoc._kill or getattr(assoc.dul, "_kill_thread", False))
 
+    def _too_long(self, nr_bytes: int) -> bool:
+        """A read of a PDU longer than any peer may send us: the native reader's bound (4x our
+        max_pdu, at least 16 MiB; 1 GiB without one). Why here too: pynetdicom reads the first
+        PDU of every association, and all of them with `tuned_reactor = false` or in the receiver
+        processes of `workers`, into a buffer of the length the header claims, so six bytes
+        claiming 4 GiB made it allocate 4 GiB."""
+        if nr_bytes <= MIN_PDU_BOUND or not self.assoc.is_acceptor:
+            return False
+        ours = int(self.assoc.ae.maximum_pdu_size or 0)
+        bound = (1 << 30) if ours == 0 else max(4 * ours, MIN_PDU_BOUND)
+        if nr_bytes <= bound:
+            return False
+        remote = self.assoc.requestor
+        log.warning("association with %s@%s:%s dropped: a PDU of %d bytes announced, more than the %d "
+                    "accepted ([dimse] max_pdu = %d)", str(remote.ae_title).strip() or "?", remote.address,
+                    remote.port, nr_bytes, bound, ours)
+        return True
+
     def recv(self, nr_bytes: int) -> bytearray:
         sock = self.socket
+        if sock is not None and self._too_long(nr_bytes):
+            return bytearray()  # pynetdicom: a short read is a closed connection; the association ends
         if not self.big_reads or sock is None:
             data = super().recv(nr_bytes)
         elif isinstance(sock, ssl.SSLSocket):

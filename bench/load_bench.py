@@ -28,6 +28,7 @@ import multiprocessing as mp
 import os
 import re
 import shlex
+import subprocess
 import sys
 import tempfile
 import threading
@@ -208,14 +209,17 @@ def table(levels: list[Level]) -> str:
     return "\n".join(rows)
 
 
-def append_results(text: str, command: str) -> None:
+def append_results(text: str, command: str, load: float) -> None:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     head = RESULTS.read_text()
-    section = (f"\n## Load (make bench-load)\n\n### {stamp}, `{command}`\n\n"
-               f"`dicomvault serve` with no configuration (the default limits), one fresh server per row; "
-               f"clients in 8 processes on the same 2-core machine (client and server share the cores), "
-               f"one association per calling AE title, each storing small real objects "
-               f"(pydicom's {', '.join(FILES)}, new UIDs) back to back after all associations are up. "
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=RESULTS.parent).stdout.strip() or "?"
+    section = (f"\n## Load (make bench-load)\n\n### {stamp}, `{command}` (code {commit}, load average "
+               f"{load:.1f} at the start)\n\n"
+               f"`dicomvault serve` with no configuration (the default limits), one fresh server per\n"
+               f"row; clients in 8 processes on the same 2-core machine (client and server share the\n"
+               f"cores), one association per calling AE title, each storing small real objects\n"
+               f"(pydicom's {', '.join(FILES)}, new UIDs) back to back after all associations are up.\n"
                f"Lost = acknowledged but not in the index afterwards.\n\n{text}\n")
     if "\n## Load (make bench-load)\n" in head:
         before, after = head.split("\n## Load (make bench-load)\n", 1)
@@ -241,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     levels = [8, 32] if args.quick else [int(x) for x in args.levels.split(",")]
     objects = 4 if args.quick else args.objects
+    load = os.getloadavg()[0]  # the machine is shared: the figures depend on it
     with tempfile.TemporaryDirectory(prefix="dv-load-") as tmp:
         done = []
         for n in levels:
@@ -251,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if not (args.quick or args.no_results):
         command = "python bench/load_bench.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-        append_results(text, command.strip())
+        append_results(text, command.strip(), load)
     bad = any(lv.lost or lv.refused_client for lv in done)
     return 1 if bad else 0
 

@@ -79,8 +79,12 @@ def test_qido_cut_at_max_query_results_with_warning(tmp_path: Path) -> None:
         assert r.status_code == 200
         assert len(r.json()) == 2
         assert r.headers["Warning"].startswith("299 ")
-        full = httpx.get(f"{srv.url}/dicom-web/studies", params={"limit": 2}, timeout=10)
-        assert "Warning" not in full.headers or len(full.json()) == 2
+        # "additional results can be requested": the next page holds the third, and is not cut
+        rest = httpx.get(f"{srv.url}/dicom-web/studies", params={"offset": 2}, timeout=10)
+        assert len(rest.json()) == 1 and "Warning" not in rest.headers
+        uids = {s["0020000D"]["Value"][0] for s in r.json() + rest.json()}
+        assert len(uids) == 3
+        assert srv.refused("query", "qido_max_results") == 1  # the first page only
 
 
 def test_rate_limit_is_429_with_retry_after(tmp_path: Path) -> None:

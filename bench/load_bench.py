@@ -1,8 +1,9 @@
 """Load: what `dicomvault serve` with its default limits sustains at 32, 64 and 128 concurrent
 associations (issue 14, item 4).
 
-Per level, a fresh server with no configuration (the defaults: max_associations 128,
-max_associations_per_peer 64, ...) on its own data directory. Clients: a few processes, each
+Per level, a fresh server with the default limits (max_associations 128,
+max_associations_per_peer 64, ...) on its own data directory, its clients declared as peers
+allowed to store (unknown callers are refused by default). Clients: a few processes, each
 with one thread per association, each association from its own calling AE title (a modality
 each; the per-peer default of 64 would refuse more than that from a single title). Every client
 first establishes its association, all wait at a barrier, then each stores N small real objects
@@ -132,7 +133,11 @@ def run_level(n: int, n_objects: int, workdir: Path) -> Level:
     from dicomvault.bench.dimse import start_serve
     from dicomvault.engine import Engine
 
-    server = start_serve(workdir / f"data-{n}")
+    # The defaults, and the callers declared as peers (unknown callers are refused by default).
+    config = workdir / f"load-{n}.toml"
+    config.write_text("".join(f'[[peers]]\nae_title = "LOAD{i:03d}"\nhost = "{HOST}"\nallow = ["store"]\n\n'
+                              for i in range(1, n + 1)))
+    server = start_serve(workdir / f"data-{n}", config=config)
     http = re.search(r"dicomvault serving HTTP (\S+)", server.log_text())
     deadline = time.monotonic() + 30
     while http is None and time.monotonic() < deadline:
@@ -216,8 +221,9 @@ def append_results(text: str, command: str, load: float) -> None:
                             cwd=RESULTS.parent).stdout.strip() or "?"
     section = (f"\n## Load (make bench-load)\n\n### {stamp}, `{command}` (code {commit}, load average "
                f"{load:.1f} at the start)\n\n"
-               f"`dicomvault serve` with no configuration (the default limits), one fresh server per\n"
-               f"row; clients in 8 processes on the same 2-core machine (client and server share the\n"
+               f"`dicomvault serve` with the default limits (the clients declared as peers), one fresh\n"
+               f"server per row; clients in 8 processes on the same 2-core machine (client and server\n"
+               f"share the "
                f"cores), one association per calling AE title, each storing small real objects\n"
                f"(pydicom's {', '.join(FILES)}, new UIDs) back to back after all associations are up.\n"
                f"Lost = acknowledged but not in the index afterwards.\n\n{text}\n")

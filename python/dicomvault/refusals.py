@@ -19,7 +19,8 @@ from collections.abc import Callable
 # kind -> the reasons it can have
 KINDS: dict[str, tuple[str, ...]] = {
     "association": ("max_associations", "max_associations_per_peer", "unknown_calling_ae",
-                    "called_ae_title", "no_acceptable_context", "acse_timeout", "network_timeout"),
+                    "peer_address_or_certificate", "no_acceptable_context", "acse_timeout",
+                    "network_timeout"),
     "store": ("max_object_size",),
     "query": ("max_query_results", "qido_max_results"),
     "http": ("max_body", "rate_limit_address", "rate_limit_user"),

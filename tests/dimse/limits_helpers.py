@@ -1,6 +1,7 @@
 """A `dicomvault serve` with limits configured, for the limit tests (DIMSE and HTTP): the config
-file is written from the test's own `[dimse]` and `[http]` keys, both ports are free loopback
-ports, and /metrics is read over HTTP."""
+file is written from the test's own `[dimse]` and `[http]` keys (callers need not be declared
+peers: the limits, not the admission, are under test), both ports are free loopback ports, and
+/metrics is read over HTTP."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def serving(tmp: Path, dimse: dict[str, object] | None = None,
         ae_title = "{ARCHIVE_AE}"
         host = "{HOST}"
         port = {port}
-        """) + _toml(dimse or {}) + textwrap.dedent(f"""
+        """) + _toml({"accept_unknown_callers": True, **(dimse or {})}) + textwrap.dedent(f"""
         [http]
         host = "{HOST}"
         port = {http_port}

@@ -57,12 +57,13 @@ class DimseAudit:
             else:
                 b.last, b.count = now, b.count + 1
 
-    def queried(self, caller: str, level: str, keys: dict[str, str], matches: int) -> None:
+    def queried(self, caller: str, level: str, keys: dict[str, str], matches: int,
+                model: str | None = None) -> None:
         given = {k: str(v) for k, v in keys.items() if v not in ("", None)}
         rec = self.log.event(QUERY, SUCCESS, user=caller, client=caller, patient=given.get("PatientID"),
                              study=given.get("StudyInstanceUID"),
-                             detail={"protocol": "DIMSE C-FIND", "level": level, "keys": given,
-                                     "matches": matches})
+                             detail={"protocol": "DIMSE C-FIND", "model": model, "level": level,
+                                     "keys": given, "matches": matches})
         if rec is not None:
             with self._lock:
                 self._queries.append(rec)

@@ -492,6 +492,11 @@ class NativeRetrieve:
                 log.warning("C-MOVE from %s refused: unknown move destination %r", caller, self.move_to)
                 self._final(MOVE_DESTINATION_UNKNOWN, counts, f"unknown move destination {self.move_to}")
                 return
+            if self.peers is not None and not self.peers.may_move_to(caller, self.move_to):
+                log.warning("C-MOVE from %s refused: move destination %r not allowed for it "
+                            "(peers add --move-to)", caller, self.move_to)
+                self._final(MOVE_DESTINATION_UNKNOWN, counts, f"move destination {self.move_to} not allowed")
+                return
         # A C-GET's offer is known now: its first object is read while the rest is listed.
         get_dest = SameAssociation(self.io, self) if peer is None else None
         first: list[Future[Outgoing]] = []

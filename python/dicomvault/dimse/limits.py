@@ -118,11 +118,18 @@ def refused_size(dataset: Any, limit: int) -> int | None:
 
 
 def association_reason(text: str) -> str:
-    """The /metrics label of a rejection reason written by server.rejection_reason."""
+    """The /metrics label of a rejection reason: server.rejection_reason's words, or an
+    admission verdict's (dimse/peers.py)."""
     if text.startswith("local limit exceeded"):
         return "max_associations"
     if text.startswith("calling AE title"):
         return "unknown_calling_ae"
-    if text.startswith("called AE title"):
-        return "called_ae_title"
+    if text.startswith("peer "):
+        return "peer_address_or_certificate"
     return "no_acceptable_context"
+
+
+def count_admission_refusal(refused: str) -> None:
+    """Counts a caller refused by the admission at the edge (a receiver process or the TLS relay
+    answers the A-ASSOCIATE-RJ itself, without pynetdicom's EVT_REJECTED)."""
+    REFUSALS.count("association", association_reason(refused))

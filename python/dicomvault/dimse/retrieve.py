@@ -220,6 +220,11 @@ def handle_move(event: Any, engine: Engine, peers: Peers, max_pdu: int,
         log.warning("C-MOVE from %s refused: unknown move destination %r", calling_ae(event), dest_title)
         yield None, None  # pynetdicom answers 0xA801 (move destination unknown)
         return
+    if not peers.may_move_to(calling_ae(event), dest_title):
+        log.warning("C-MOVE from %s refused: move destination %r not allowed for it (peers add --move-to)",
+                    calling_ae(event), dest_title)
+        yield None, None  # 0xA801 too: to this caller the destination does not exist
+        return
     found = _matches_or_status(event, engine, "C-MOVE")
     if isinstance(found, Dataset):
         # As for C-GET; pynetdicom also associates with the destination before it reads this

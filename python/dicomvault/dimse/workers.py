@@ -204,6 +204,7 @@ class WorkerSpec:
     shutdown_timeout: float
     log_level: int
     tls_listen_fd: int = -1  # the public DICOM TLS listener (tls_port), or -1 for none
+    data_dir: str = ""  # where `dicomvault peers` keeps the peers it admits (auth/peers.json)
 
 
 class _Worker:
@@ -226,6 +227,7 @@ class WorkerPool:
         """`audit`: where the stores the receivers relay are counted for the audit trail."""
         self.dimse = dimse
         self.peers = peers
+        self.data_dir = engine.data_dir
         self.writer_addr = writer_addr
         self.shutdown_timeout = shutdown_timeout
         # A private directory (mkdtemp: mode 0700) so no other user can talk to the writer.
@@ -322,7 +324,8 @@ class WorkerPool:
         spec = WorkerSpec(
             index=w.index, listen_fd=self._listen.fileno(), ipc_path=str(self.ipc.path),
             writer_host=self.writer_addr[0], writer_port=self.writer_addr[1], dimse=asdict(self.dimse),
-            peers=[asdict(p) for p in self.peers], shutdown_timeout=self.shutdown_timeout,
+            peers=[p.as_dict() for p in self.peers], data_dir=str(self.data_dir),
+            shutdown_timeout=self.shutdown_timeout,
             log_level=logging.getLogger().getEffectiveLevel(),
             tls_listen_fd=self._tls_listen.fileno() if self._tls_listen is not None else -1,
         )

@@ -26,11 +26,12 @@ from pynetdicom import evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from ..config import DimseConfig, PeerConfig
+from ..config import DimseConfig, parse_peer
 from ..refusals import REFUSALS
 from . import tls
+from .admission import RJ_CALLING_AE, Admit, edge_verdict, log_refusal, reject_pdu
 from .common import calling_ae, log, set_nodelay
-from .limits import oversize, refused_size
+from .limits import count_admission_refusal, oversize, refused_size
 from .peers import Peers
 from .server import (
     SERVICE_CONTEXTS,
@@ -165,9 +166,27 @@ def peek_associate_rq(sock: socket.socket, timeout: float) -> bytes:
         time.sleep(0.001)
 
 
-def wants_writer(sock: socket.socket, timeout: float) -> bool:
-    uids = proposed_abstract_syntaxes(peek_associate_rq(sock, timeout))
+def wants_writer(first_pdu: bytes) -> bool:
+    uids = proposed_abstract_syntaxes(first_pdu)
     return bool(uids) and any(uid in WRITER_SERVICES for uid in uids)
+
+
+def admitted_at_edge(admit: Admit, sock: socket.socket, first_pdu: bytes, address: str) -> bool:
+    """An association relayed to the writer is decided here, where the caller's address is known
+    (the writer's SCP sees this process's loopback connection): False when refused, with the
+    A-ASSOCIATE-RJ sent and the connection closed."""
+    verdict = edge_verdict(admit, first_pdu, address, None)
+    if verdict is None or verdict.refused is None:
+        return True
+    log_refusal(verdict, address)
+    count_admission_refusal(verdict.refused)
+    try:
+        sock.recv(len(first_pdu))  # consume the request we answer (it was only peeked)
+        sock.sendall(reject_pdu(*RJ_CALLING_AE))
+    except OSError:
+        pass  # gone already; refused either way
+    with_shutdown(sock, socket.SHUT_RDWR)
+    return False
 
 
 def _pump(src: socket.socket, dst: socket.socket, quickack: bool) -> bool:
@@ -230,7 +249,7 @@ def relay(client: socket.socket, writer_addr: tuple[str, int], active: list[int]
 
 def make_server_class(listen: socket.socket, writer_addr: tuple[str, int], acse_timeout: float,
                       relays: list[int], relays_lock: threading.Lock,
-                      relayed: list[int]) -> type[ThreadedAssociationServer]:
+                      relayed: list[int], admit: Admit) -> type[ThreadedAssociationServer]:
     connections = [0]  # connections this receiver is serving (associations and relays)
 
     class SharedSocketServer(ThreadedAssociationServer):
@@ -275,9 +294,12 @@ def make_server_class(listen: socket.socket, writer_addr: tuple[str, int], acse_
             # In the connection's own thread: decide by the proposed contexts.
             try:
                 try:
-                    to_writer = wants_writer(request, acse_timeout)
+                    first = peek_associate_rq(request, acse_timeout)
                 except OSError:
-                    to_writer = False  # gone already: pynetdicom will see it and log it
+                    first = b""  # gone already: pynetdicom will see it and log it
+                to_writer = wants_writer(first)
+                if to_writer and not admitted_at_edge(admit, request, first, str(client_address[0])):
+                    return
                 if to_writer:
                     with relays_lock:
                         relayed[0] += 1
@@ -308,7 +330,8 @@ def main(argv: list[str]) -> int:
 
     # the TLS files travel as text in the JSON spec
     d = DimseConfig(**{k: Path(v) if k in TLS_FILES and v is not None else v for k, v in spec.dimse.items()})
-    peers = Peers(PeerConfig(**p) for p in spec.peers)
+    peers = Peers((parse_peer(p, "peer") for p in spec.peers), spec.data_dir or None,
+                  accept_unknown=d.accept_unknown_callers, our_title=d.ae_title)
     ae = build_ae(d, peers, (Verification,))
     client = StoreClient(spec.ipc_path)
     REFUSALS.forward = RefusalReporter(client)
@@ -318,7 +341,7 @@ def main(argv: list[str]) -> int:
     relayed = [0]  # relays done (for the exit log line)
     writer_addr = (spec.writer_host, spec.writer_port)
     server_class = make_server_class(listen, writer_addr, float(ae.acse_timeout or 30), relays, relays_lock,
-                                     relayed)
+                                     relayed, peers.admit)
     served = [0]
 
     def on_established(event: Any) -> None:
@@ -346,7 +369,7 @@ def main(argv: list[str]) -> int:
         tls_thread = threading.Thread(
             target=tls_acceptor, name=f"dv-tls-accept-{spec.index}",
             args=(tls_listen, reloader.context(), writer_addr, float(ae.acse_timeout or 30), tls_stop,
-                  relays, relays_lock, reloader.context), daemon=True)
+                  relays, relays_lock, reloader.context), kwargs={"admit": peers.admit}, daemon=True)
         tls_thread.start()
     ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() would find it
     log.debug("receiver %d accepting (pid %d)", spec.index, os.getpid())

@@ -197,3 +197,17 @@ def test_pdu_claiming_gigabytes_is_refused_at_once(tmp_path: Path, mode: dict[st
         assert not assoc.is_established
         _serve_up(srv)
         assert "a PDU of 4294967280 bytes announced" in srv.log_text()
+
+
+@pytest.mark.parametrize("mode", [{}, {"workers": 2}], ids=["in-process", "workers"])
+def test_admission_refusals_are_counted(tmp_path: Path, mode: dict[str, object]) -> None:
+    """An unknown caller refused by the admission (dimse/peers.py) moves /metrics too, also when
+    a receiver process answers the A-ASSOCIATE-RJ itself (relayed services are decided there)."""
+    with serving(tmp_path, {"accept_unknown_callers": False, **mode}) as srv:
+        for contexts in ((Verification,), (StudyRootQueryRetrieveInformationModelFind,)):
+            assoc = _ae("STRANGER", *contexts).associate(HOST, srv.port, ae_title=ARCHIVE_AE)
+            assert assoc.is_rejected
+        deadline = time.monotonic() + 10  # a receiver's report reaches the writer asynchronously
+        while srv.refused("association", "unknown_calling_ae") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert srv.refused("association", "unknown_calling_ae") == 2

@@ -81,7 +81,10 @@ class Site:
             engine=engine, security=self.security, closing=self.closing, feed=self.feed,
             tracker=self.tracker,
             settings=WebSettings(public_base_url=options.public_url, cors_origins=options.cors_origins,
-                                 max_body=options.max_body))
+                                 max_body=options.max_body, max_results=options.max_query_results,
+                                 rate_limit=options.rate_limit,
+                                 rate_limit_per_address=options.rate_limit_per_address,
+                                 rate_burst=options.rate_burst))
         self.puller: Puller | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

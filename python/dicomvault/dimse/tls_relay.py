@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from .admission import RJ_CALLING_AE, Admit, RelayOrigins, edge_verdict, log_refusal, reject_pdu
 from .common import log
+from .limits import count_admission_refusal
 
 RELAY_BUF = 256 << 10
 MAX_FIRST_PDU = 1 << 20  # an A-ASSOCIATE-RQ with every context a workstation proposes: ~20 KiB
@@ -92,6 +93,7 @@ def admit_tls(tls_sock: ssl.SSLSocket, admit: Admit, address: str,
     verdict = edge_verdict(admit, first, address, cert)
     if verdict is not None and verdict.refused is not None:
         log_refusal(verdict, address)
+        count_admission_refusal(verdict.refused)
         try:
             tls_sock.sendall(reject_pdu(*RJ_CALLING_AE))
         except OSError:

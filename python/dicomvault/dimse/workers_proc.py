@@ -27,11 +27,22 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from ..config import DimseConfig, parse_peer
+from ..refusals import REFUSALS
 from . import tls
 from .admission import RJ_CALLING_AE, Admit, edge_verdict, log_refusal, reject_pdu
 from .common import calling_ae, log, set_nodelay
+from .limits import count_admission_refusal, oversize, refused_size
 from .peers import Peers
-from .server import SERVICE_CONTEXTS, _log_close, _log_event, _log_rejected, _on_established, build_ae, drain
+from .server import (
+    SERVICE_CONTEXTS,
+    _log_close,
+    _log_event,
+    _log_rejected,
+    _on_established,
+    build_ae,
+    drain,
+    limit_handlers,
+)
 from .status import OUT_OF_RESOURCES_IO
 from .store import as_response, request_facts
 from .tls_relay import RELAY_BUF, tls_acceptor, with_shutdown
@@ -73,10 +84,34 @@ class StoreClient:
         return result
 
 
+class RefusalReporter:
+    """Passes this receiver's refusals (refusals.py) to the writer, whose /metrics counts them;
+    from a thread of its own, so an association thread never waits on the writer for it."""
+
+    def __init__(self, client: StoreClient) -> None:
+        self.client = client
+        self._queue: queue.SimpleQueue[tuple[str, str, int]] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="dv-refusals", daemon=True).start()
+
+    def __call__(self, kind: str, reason: str, n: int) -> None:
+        self._queue.put((kind, reason, n))
+
+    def _run(self) -> None:
+        while True:
+            kind, reason, n = self._queue.get()
+            try:
+                self.client.store({"refused": kind, "reason": reason, "n": str(n)}, b"")
+            except OSError as exc:  # the writer is going away: the count is lost, nothing else
+                log.warning("refusal %s/%s not reported to the writer: %s", kind, reason, exc)
+
+
 def handle_store_remote(event: Any, client: StoreClient) -> Dataset | int:
     """EVT_C_STORE in a receiver: the writer stores and decides the status; success only from it."""
-    dataset, ts, sop_uid, sop_class = request_facts(event)
     caller = calling_ae(event)
+    limit = getattr(event.assoc.ae, "max_object_size", 0)
+    if (dropped := refused_size(event.request.DataSet, limit)) is not None:
+        return as_response(*oversize(caller, str(event.request.AffectedSOPInstanceUID or ""), dropped, limit))
+    dataset, ts, sop_uid, sop_class = request_facts(event)
     try:
         header = {"ts": ts, "sop": sop_uid, "class": sop_class, "caller": caller}
         code, comment = client.store(header, dataset)
@@ -144,6 +179,7 @@ def admitted_at_edge(admit: Admit, sock: socket.socket, first_pdu: bytes, addres
     if verdict is None or verdict.refused is None:
         return True
     log_refusal(verdict, address)
+    count_admission_refusal(verdict.refused)
     try:
         sock.recv(len(first_pdu))  # consume the request we answer (it was only peeked)
         sock.sendall(reject_pdu(*RJ_CALLING_AE))
@@ -298,6 +334,7 @@ def main(argv: list[str]) -> int:
                   accept_unknown=d.accept_unknown_callers, our_title=d.ae_title)
     ae = build_ae(d, peers, (Verification,))
     client = StoreClient(spec.ipc_path)
+    REFUSALS.forward = RefusalReporter(client)
     listen = socket.socket(fileno=spec.listen_fd)
     relays = [0]  # relays in progress
     relays_lock = threading.Lock()
@@ -319,6 +356,7 @@ def main(argv: list[str]) -> int:
         (evt.EVT_CONN_CLOSE, _log_close),
         (evt.EVT_REJECTED, _log_rejected),
         (evt.EVT_ABORTED, _log_event("association aborted", logging.WARNING)),
+        *limit_handlers(d),
     ]
     server = ae.make_server(listen.getsockname(), evt_handlers=handlers, server_class=server_class)
     thread = threading.Thread(target=server.serve_forever, name=f"dv-receiver-{spec.index}", daemon=True)

@@ -8,7 +8,8 @@
   /healthz     liveness, open to all
   /, /viewer   the browser viewer's files (viewer_static.py)
 
-Errors from every route are turned into responses by web/errors.py alone.
+Errors from every route are turned into responses by web/errors.py alone; body size and request
+rate limits apply to every route (web/limits.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from . import (
 from .context import WebContext
 from .dicomweb import routes as dicomweb_routes
 from .errors import error_response
+from .limits import LimitsMiddleware
 from .metrics import HttpStats, MetricsMiddleware, metrics_endpoint
 from .security import secured
 
@@ -69,7 +71,11 @@ def build_app(ctx: WebContext, *, jobs: Callable[[], list[dict[str, Any]]] | Non
     ]
     if ctx.feed is not None:
         routes += replication_routes.routes(ctx.feed, sec)
-    middleware = [Middleware(MetricsMiddleware, stats=stats)]
+    s = ctx.settings
+    # Limits inside the metrics: a 413 or 429 is counted as a request like any other.
+    middleware = [Middleware(MetricsMiddleware, stats=stats),
+                  Middleware(LimitsMiddleware, max_body=s.max_body, rate_limit=s.rate_limit,
+                             rate_limit_per_address=s.rate_limit_per_address, rate_burst=s.rate_burst)]
     if ctx.settings.cors_origins:
         middleware.append(Middleware(
             CORSMiddleware, allow_origins=list(ctx.settings.cors_origins), allow_credentials=True,

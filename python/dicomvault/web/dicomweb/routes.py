@@ -26,6 +26,7 @@ from ...errors import NotAcceptableError, NotFoundError, RequestError, UnknownOb
 from ...filemeta import file_meta_prefix
 from ...index.records import InstanceRecord
 from ...readahead import read_ahead
+from ...refusals import REFUSALS
 from ...transfer import transcode
 from ..context import WebContext
 from ..responses import base_url, int_param
@@ -122,6 +123,8 @@ class DicomWeb:
             headers = {}
             if result.truncated:
                 headers["Warning"] = qido.warning_header(request.url.hostname or "dicomvault")
+                if not q.limit or q.limit > self.ctx.settings.max_results:
+                    REFUSALS.count("query", "qido_max_results")  # cut by our limit, not the client's
             return Response(orjson.dumps(result.items), 200, headers=headers, media_type=media.DICOM_JSON)
 
         return handler

@@ -34,7 +34,7 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from ..audit.dimse import DimseAudit
+from ..audit.dimse import DimseAudit, RefusalAudit
 from ..audit.log import APPLICATION_START, APPLICATION_STOP, SUCCESS, AuditLog
 from ..config import Config, ConfigError, DimseConfig, PeerConfig
 from ..engine import Engine
@@ -143,8 +143,8 @@ class DimseServer:
         self.audit = DimseAudit(AuditLog(config.data_dir), self._patient_of)
         if d.fast_path and d.tuned_reactor:
             fastpath.enable(ae, fast_store(engine, self.audit),
-                            fast_find(engine, d.ae_title, self.audit), fast_get(engine),
-                            fast_move(engine, self.peers, d.ae_title, self._tls_client))
+                            fast_find(engine, d.ae_title, self.audit), fast_get(engine, self.audit),
+                            fast_move(engine, self.peers, d.ae_title, self._tls_client, self.audit))
         self.ae = ae
         self.commitment = CommitmentService(engine, ae, self.peers, d.ae_title, self._connect)
         self._server: ThreadedAssociationServer | None = None
@@ -176,13 +176,13 @@ class DimseServer:
             (evt.EVT_C_STORE, partial(handle_store, engine=self.engine, audit=self.audit)),
             (evt.EVT_C_FIND,
              partial(handle_find, engine=self.engine, our_ae=d.ae_title, audit=self.audit)),
-            (evt.EVT_C_GET, partial(handle_get, engine=self.engine)),
+            (evt.EVT_C_GET, partial(handle_get, engine=self.engine, audit=self.audit)),
             (evt.EVT_C_MOVE, partial(handle_move, engine=self.engine, peers=self.peers, max_pdu=d.max_pdu,
-                                     connect=self._connect)),
+                                     connect=self._connect, audit=self.audit)),
             (evt.EVT_N_ACTION, self.commitment.handle_n_action),
             (evt.EVT_ESTABLISHED, _on_established),
             (evt.EVT_CONN_CLOSE, _log_close),
-            (evt.EVT_REJECTED, _log_rejected),
+            (evt.EVT_REJECTED, partial(_log_rejected, audit=self.audit)),
             (evt.EVT_ABORTED, _log_event("association aborted", logging.WARNING)),
         ]
 
@@ -205,7 +205,8 @@ class DimseServer:
             self._tls_thread = threading.Thread(
                 target=tls_acceptor, name="dv-tls-accept", daemon=True,
                 args=(self._tls_listen, reloader.context(), scp, float(self.ae.acse_timeout or 30),
-                      self._tls_stop, self._tls_active, self._tls_lock, reloader.context))
+                      self._tls_stop, self._tls_active, self._tls_lock, reloader.context,
+                      self.audit.tls_refused))
             self._tls_thread.start()
             log.info("DICOM TLS listening on %s:%d (%s)", d.host, d.tls_port,
                      "callers need a certificate signed by " + str(d.tls_ca) if d.tls_ca
@@ -270,8 +271,12 @@ def rejection_reason(event: Any) -> str:
     return "the request could not be accepted (no acceptable presentation context or negotiation item)"
 
 
-def _log_rejected(event: Any) -> None:
-    log.warning("association rejected: %s: %s", peer_desc(event), rejection_reason(event))
+def _log_rejected(event: Any, audit: DimseAudit | RefusalAudit | None = None) -> None:
+    reason = rejection_reason(event)
+    log.warning("association rejected: %s: %s", peer_desc(event), reason)
+    if audit is not None:
+        requestor = event.assoc.requestor
+        audit.refused(str(requestor.ae_title).strip(), getattr(requestor, "address", None), reason)
 
 
 def _on_established(event: Any) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from .common import log
 
 RELAY_BUF = 256 << 10
+OnRefused = Callable[[str, str], None]
 _RECORD = 16 << 10  # the largest TLS record's plaintext
 
 
@@ -130,7 +131,7 @@ def tls_failure(exc: BaseException) -> str:
 
 
 def serve_tls_connection(conn: socket.socket, ctx: ssl.SSLContext, scp_addr: tuple[str, int],
-                         handshake_timeout: float) -> None:
+                         handshake_timeout: float, on_refused: OnRefused | None = None) -> None:
     """One connection to the TLS port: handshake (mutual, when the context asks for a client
     certificate), then the association is relayed to the plain SCP."""
     try:
@@ -143,8 +144,11 @@ def serve_tls_connection(conn: socket.socket, ctx: ssl.SSLContext, scp_addr: tup
     try:
         tls_sock = ctx.wrap_socket(conn, server_side=True)
     except (OSError, ValueError) as exc:
-        log.warning("DICOM TLS connection from %s refused: %s", peer, tls_failure(exc))
+        why = tls_failure(exc)
+        log.warning("DICOM TLS connection from %s refused: %s", peer, why)
         conn.close()
+        if on_refused is not None:
+            on_refused(host, why)
         return
     tls_sock.settimeout(None)
     log.debug("DICOM TLS connection from %s (%s, %s)", peer, tls_sock.version(), tls_sock.cipher()[0])
@@ -153,17 +157,19 @@ def serve_tls_connection(conn: socket.socket, ctx: ssl.SSLContext, scp_addr: tup
 
 def tls_acceptor(listen: socket.socket, ctx: ssl.SSLContext, scp_addr: tuple[str, int],
                  handshake_timeout: float, stop: threading.Event, active: list[int],
-                 lock: threading.Lock, reload: Callable[[], ssl.SSLContext] | None = None) -> None:
+                 lock: threading.Lock, reload: Callable[[], ssl.SSLContext] | None = None,
+                 on_refused: OnRefused | None = None) -> None:
     """Accepts on the TLS listener until `stop` (non-blocking: with receiver processes, another
     may win a connection); each connection in a thread of its own, counted in `active` until it
     ends, relayed to the plain SCP at `scp_addr`. `reload` (tls_policy.CertificateReloader's
     `context`) gives the context for each connection: a renewed certificate is served from the
-    next handshake on."""
+    next handshake on. `on_refused(host, reason)`: told of every failed handshake (the audit
+    trail's Security Alert)."""
     listen.setblocking(False)
 
     def run(conn: socket.socket, ctx: ssl.SSLContext) -> None:
         try:
-            serve_tls_connection(conn, ctx, scp_addr, handshake_timeout)
+            serve_tls_connection(conn, ctx, scp_addr, handshake_timeout, on_refused)
         finally:
             with lock:
                 active[0] -= 1

@@ -197,6 +197,7 @@ class WorkerSpec:
     shutdown_timeout: float
     log_level: int
     tls_listen_fd: int = -1  # the public DICOM TLS listener (tls_port), or -1 for none
+    audit_dir: str = ""  # the data directory whose audit log refusals go to ("": none)
 
 
 class _Worker:
@@ -224,6 +225,7 @@ class WorkerPool:
         # A private directory (mkdtemp: mode 0700) so no other user can talk to the writer.
         self._ipc_dir = Path(tempfile.mkdtemp(prefix="dicomvault-ipc-"))
         self.ipc = StoreIpcServer(engine, self._ipc_dir / "store.sock", audit)
+        self._audit_dir = str(engine.data_dir) if audit is not None else ""
         self._listen: socket.socket | None = None
         self._tls_listen: socket.socket | None = None
         self._workers = [_Worker(i) for i in range(dimse.workers)]
@@ -318,6 +320,7 @@ class WorkerPool:
             peers=[asdict(p) for p in self.peers], shutdown_timeout=self.shutdown_timeout,
             log_level=logging.getLogger().getEffectiveLevel(),
             tls_listen_fd=self._tls_listen.fileno() if self._tls_listen is not None else -1,
+            audit_dir=self._audit_dir,
         )
         fds = [self._listen.fileno()] + ([spec.tls_listen_fd] if spec.tls_listen_fd >= 0 else [])
         # A new interpreter (not fork): only the listening sockets are inherited; stdout is the

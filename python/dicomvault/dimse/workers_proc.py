@@ -18,6 +18,7 @@ import struct
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from pynetdicom import evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from ..audit.dimse import RefusalAudit
+from ..audit.log import AuditLog
 from ..config import DimseConfig, PeerConfig
 from . import tls
 from .common import calling_ae, log, set_nodelay
@@ -276,6 +279,9 @@ def main(argv: list[str]) -> int:
     peers = Peers(PeerConfig(**p) for p in spec.peers)
     ae = build_ae(d, peers, (Verification,))
     client = StoreClient(spec.ipc_path)
+    # Refusals are rare and throttled per caller: written here, at once (the log takes an flock,
+    # so the writer and every receiver append to the same chain).
+    refusals = RefusalAudit(AuditLog(spec.audit_dir)) if spec.audit_dir else None
     listen = socket.socket(fileno=spec.listen_fd)
     relays = [0]  # relays in progress
     relays_lock = threading.Lock()
@@ -295,7 +301,7 @@ def main(argv: list[str]) -> int:
         (evt.EVT_C_STORE, lambda event: handle_store_remote(event, client)),
         (evt.EVT_ESTABLISHED, on_established),
         (evt.EVT_CONN_CLOSE, _log_close),
-        (evt.EVT_REJECTED, _log_rejected),
+        (evt.EVT_REJECTED, partial(_log_rejected, audit=refusals)),
         (evt.EVT_ABORTED, _log_event("association aborted", logging.WARNING)),
     ]
     server = ae.make_server(listen.getsockname(), evt_handlers=handlers, server_class=server_class)
@@ -309,7 +315,8 @@ def main(argv: list[str]) -> int:
         tls_thread = threading.Thread(
             target=tls_acceptor, name=f"dv-tls-accept-{spec.index}",
             args=(tls_listen, reloader.context(), writer_addr, float(ae.acse_timeout or 30), tls_stop,
-                  relays, relays_lock, reloader.context), daemon=True)
+                  relays, relays_lock, reloader.context,
+                  refusals.tls_refused if refusals is not None else None), daemon=True)
         tls_thread.start()
     ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() would find it
     log.debug("receiver %d accepting (pid %d)", spec.index, os.getpid())

@@ -81,15 +81,19 @@ def routes(ctx: WebContext, jobs: Callable[[], list[dict[str, Any]]] | None = No
             raise RequestError('POST /api/users needs {"name": ..., "role": ..., "password"?: ...}')
         password = body.get("password")
         await run_in_threadpool(users.add, name, role, password if isinstance(password, str) else None)
+        await run_in_threadpool(sec.config_changed, request, "users", "add", name,
+                                {"role": role, "password": isinstance(password, str)})
         return json_response({"name": name, "role": role}, 201)
 
     def remove_user(request: Request) -> Response:
         users.remove(request.path_params["name"])
+        sec.config_changed(request, "users", "remove", request.path_params["name"])
         return Response(status_code=204)
 
     def new_token(request: Request) -> Response:
-        return json_response({"name": request.path_params["name"],
-                              "token": users.issue_token(request.path_params["name"])}, 201)
+        token = users.issue_token(request.path_params["name"])
+        sec.config_changed(request, "users", "token", request.path_params["name"])
+        return json_response({"name": request.path_params["name"], "token": token}, 201)
 
     def list_jobs(request: Request) -> Response:
         return json_response(jobs() if jobs is not None else [])

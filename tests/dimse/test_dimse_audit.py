@@ -18,10 +18,16 @@ from dimse_helpers import (
     Archive,
     Sent,
     free_port,
+    pynetdicom_options_kept,
     run,
     start_archive,
     stop_archive,
 )
+
+from dicomvault.bench.pki import dcmtk_tls_args, make_pki
+from dicomvault.config import Config, DimseConfig
+from dicomvault.dimse import DimseServer
+from dicomvault.engine import Engine
 
 pytestmark = pytest.mark.interop
 
@@ -100,3 +106,50 @@ def test_retrieves_and_refusals_are_audited(tmp_path: Path, storescp: tuple[int,
     assert "not a known peer" in a["detail"]["reason"]
     v = verify_cli(arch.data)
     assert v.returncode == 0, v.stdout + v.stderr
+
+
+def test_refused_tls_handshakes_are_security_alerts(tmp_path: Path) -> None:
+    """Expired, untrusted and missing client certificates at the DICOM TLS port (dcmtk echoscu
+    +tls): one Security Alert per host and reason a minute, naming the reason."""
+    pki = make_pki(tmp_path / "pki")
+    data = tmp_path / "data"
+    tls_port = free_port()
+    key, crt = pki["server"]
+    dimse = DimseConfig(port=0, tls_port=tls_port, tls_cert=crt, tls_key=key, tls_ca=pki["ca"][1])
+    quick = ["-aec", ARCHIVE_AE, "-to", "5", "-ta", "5", HOST, str(tls_port)]
+    with pynetdicom_options_kept(), Engine(data) as engine:
+        srv = DimseServer(engine, Config(data_dir=data, dimse=dimse, peers=()))
+        srv.start()
+        try:
+            for _ in range(2):  # the second of each is left out of the log (counted)
+                assert run(["echoscu", *dcmtk_tls_args(pki, "expired"), *quick], check=False).returncode != 0
+            assert run(["echoscu", *dcmtk_tls_args(pki, "rogue"), *quick], check=False).returncode != 0
+            assert run(["echoscu", "+tla", "+cf", str(pki["ca"][1]), *quick], check=False).returncode != 0
+            run(["echoscu", *dcmtk_tls_args(pki, "client"), *quick])  # a good certificate: no alert
+        finally:
+            assert srv.stop(10)  # waits for the relays (each reports its refusal) and writes
+    alerts = [r for r in audit_records(data) if r["event"] == "tls-refused"]
+    reasons = sorted(r["detail"]["reason"] for r in alerts)
+    assert len(alerts) == 3, reasons
+    assert any("certificate has expired" in x for x in reasons), reasons
+    assert any("peer did not return a certificate" in x for x in reasons), reasons
+    assert all((r["client"], r["code"], r["outcome"]) == (HOST, "DCM 110113", "failure") for r in alerts)
+    assert verify_cli(data).returncode == 0
+
+
+def test_receiver_processes_audit_refused_associations(tmp_path: Path, storescp: tuple[int, Path]) -> None:
+    arch = start_archive(tmp_path / "arch", storescp[0], free_port(), accept_unknown_callers=False, workers=2)
+    try:
+        for _ in range(2):
+            stranger = run(["echoscu", "-aet", "STRANGER", "-aec", ARCHIVE_AE, *arch.addr], check=False)
+            assert stranger.returncode != 0
+        run(["echoscu", "-aet", STORESCP_AE, "-aec", ARCHIVE_AE, *arch.addr])
+    finally:
+        rc = stop_archive(arch)
+    assert rc == 0, arch.log_text()[-3000:]
+    alerts = [r for r in audit_records(arch.data) if r["event"] == "association-refused"]
+    # two receivers: each throttles on its own, so one or two lines, never a line per attempt
+    # beyond that; the same caller and reason
+    assert 1 <= len(alerts) <= 2, alerts
+    assert all((r["user"], r["client"]) == ("STRANGER", HOST) for r in alerts)
+    assert verify_cli(arch.data).returncode == 0

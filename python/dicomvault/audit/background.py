@@ -82,6 +82,19 @@ class AuditWriter:
             burst.busy += busy
         return new
 
+    def bump(self, key: Hashable, record_of: RecordOf, counter: str, fields: Any) -> None:
+        """`count(key, record_of, {counter: 1}, fields=fields)` for a per-object path (a C-STORE):
+        the same, with less work per call. `fields` is kept as given (no copy)."""
+        now = self.clock()
+        with self._lock:
+            held = self._bursts.get(key)
+            if held is None:
+                self._bursts[key] = (Burst(now, now, {counter: 1}, fields), record_of)
+            else:
+                b = held[0]
+                b.last = now
+                b.counts[counter] += 1
+
     def flush(self, *, everything: bool = False) -> int:
         """Writes the records queued and the bursts that went quiet (every burst with
         `everything`); returns how many lines that was."""

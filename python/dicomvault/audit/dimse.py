@@ -60,7 +60,7 @@ class DimseAudit:
     # -- received --
 
     def stored(self, caller: str, study: str, sop: str) -> None:
-        self.writer.count(("store", caller, study), self._received, {"instances": 1}, fields={"sop": sop})
+        self.writer.bump(("store", caller, study), self._received, "instances", {"sop": sop})
 
     def _received(self, key: Any, b: Burst) -> Record | None:
         _, caller, study = key

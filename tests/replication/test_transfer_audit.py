@@ -19,6 +19,7 @@ from pynetdicom.sop_class import CTImageStorage
 from repl_helpers import TOKEN, synth_files
 
 from dicomvault.dimse.association import requestor_ae
+from dicomvault.dr.failover import failback
 from dicomvault.engine import Engine
 from dicomvault.replication.client import SiteClient
 from dicomvault.replication.forward import Forwarder
@@ -109,4 +110,35 @@ def test_replication_is_audited_per_study_and_page_on_the_replica(primary, tmp_p
         assert (r["client"], r["detail"]["source"], r["detail"]["direction"], r["outcome"]) == (
             site.url, site.url, "received", "success")
     assert all(r["patient"] for r in recs)
+    # a study deleted on the primary: one Data Deletion record on the replica, once applied
+    eng.delete("study", b)
+    with Engine(tmp_path / "replica", min_free_bytes=0) as rep:
+        p = Puller(rep, SiteClient(site.url, TOKEN))
+        try:
+            p.catch_up()
+        finally:
+            p.close()
+    (gone,) = records(data, "data-deletion")
+    assert (gone["study"], gone["code"], gone["detail"]["completed"], gone["client"]) == (
+        b, "DCM 110105", 5, site.url)
+    assert len(records(data, "instances-transferred")) == 5  # the deletion transferred nothing
+    verify(data)
+
+
+def test_failback_discarding_divergent_objects_is_a_data_deletion(primary, tmp_path: Path) -> None:
+    eng, site = primary
+    files = synth_files(2, slices=3, seed=11)
+    eng.store_buffers(files[:3])  # the new primary holds the first study
+    with Engine(tmp_path / "old", min_free_bytes=0) as old:
+        old.store_buffers(files)  # the old primary holds both: the second never reached the other
+        client = SiteClient(site.url, TOKEN)
+        try:
+            rep = failback(old, client, discard_divergent=True)
+        finally:
+            client.close()
+        assert rep.discarded == 3
+        data = old.data_dir
+    (gone,) = records(data, "data-deletion")
+    assert (gone["study"], gone["detail"]["completed"], gone["user"], gone["detail"]["reason"]) == (
+        study_of(files[3]), 3, "dicomvault:failback", "dr failback --discard-divergent")
     verify(data)

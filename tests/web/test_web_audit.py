@@ -69,6 +69,8 @@ def test_http_reads_searches_and_refusals_are_audited(site: Site, http: httpx.Cl
                                   "seriesUID": MR.SeriesInstanceUID, "objectUID": MR.SOPInstanceUID,
                                   "contentType": "application/dicom"}, headers=rita)
     assert r.status_code == 200
+    # a password accepted (Basic): authenticated, once an hour like the token
+    assert http.get("/dicom-web/studies", auth=("rita", "rita-password")).status_code == 200
     # refused credentials: a wrong password three times, a token nobody issued: one line a minute
     for _ in range(3):
         assert http.get("/dicom-web/studies", auth=("rita", "wrong")).status_code == 401
@@ -89,7 +91,8 @@ def test_http_reads_searches_and_refusals_are_audited(site: Site, http: httpx.Cl
     assert [(q["user"], q["client"], q["detail"]["protocol"], q["detail"]["level"], q["detail"]["matches"],
              q["patient"]) for q in queries] == [
         ("rita", "127.0.0.1", "QIDO-RS", "studies", 1, CT.PatientID),
-        ("rita", "127.0.0.1", "QIDO-RS", "studies", 0, "NOBODY")]
+        ("rita", "127.0.0.1", "QIDO-RS", "studies", 0, "NOBODY"),
+        ("rita", "127.0.0.1", "QIDO-RS", "studies", 2, None)]
     assert all(q["code"] == "DCM 110112" for q in queries)
     accessed = {r["study"]: r for r in recs if r["event"] == "instances-accessed"}
     assert set(accessed) == {CT.StudyInstanceUID, MR.StudyInstanceUID}
@@ -99,7 +102,10 @@ def test_http_reads_searches_and_refusals_are_audited(site: Site, http: httpx.Cl
     assert ct["detail"]["requests"] == 27
     assert ct["detail"]["kinds"] == {"frames": 25, "metadata": 1, "rendered": 1}
     assert accessed[MR.StudyInstanceUID]["detail"]["kinds"] == {"wado-uri": 1}
-    auth = [r for r in recs if r["event"] == "authentication"]
+    ok = [(r["user"], r["detail"]["scheme"]) for r in recs if r["event"] == "authentication"
+          and r["outcome"] == "success"]
+    assert ok == [("rita", "token"), ("rita", "basic")]  # 30 requests with the token: one line
+    auth = [r for r in recs if r["event"] == "authentication" and r["outcome"] == "failure"]
     assert len(auth) == 2, auth
     assert (auth[0]["outcome"], auth[0]["user"], auth[0]["detail"]["scheme"], auth[0]["code"]) == (
         "failure", "rita", "basic", "DCM 110114")

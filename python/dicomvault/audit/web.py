@@ -10,6 +10,9 @@
 - ATNA "User Authentication" (DCM 110114), failure, for a request whose credentials were refused
   (wrong password, unknown, expired or revoked token): at most one line per client a minute
   (a script can try tokens at will; the next line counts what was left out).
+- The same event, success, for a user's password (Basic) or bearer token accepted: at most one
+  line per user, client and scheme an hour (every request carries them; a login session is
+  recorded once, by its login).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from .background import AuditWriter, Burst
 from .log import AUTHENTICATION, FAILURE, INSTANCES_ACCESSED, QUERY, SUCCESS, AuditLog, Record
 
 AUTH_FAILED_EVERY = 60.0
+AUTH_OK_EVERY = 3600.0
 
 
 class WebAudit:
@@ -56,6 +60,11 @@ class WebAudit:
         self.writer.queue(self.log.event(
             AUTHENTICATION, FAILURE, user=user, client=client, detail={"scheme": scheme, "reason": reason},
             once_per=(f"auth-failed:{client}", AUTH_FAILED_EVERY)))
+
+    def authenticated(self, user: str, client: str | None, scheme: str) -> None:
+        self.writer.queue(self.log.event(
+            AUTHENTICATION, SUCCESS, user=user, client=client, detail={"scheme": scheme},
+            once_per=(f"auth-ok:{user}@{client}:{scheme}", AUTH_OK_EVERY)))
 
     def flush(self, *, everything: bool = False) -> int:
         return self.writer.flush(everything=everything)

@@ -17,11 +17,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ..audit.log import AuditLog
+from ..audit.log import DATA_DELETION, AuditLog
 from ..audit.transfers import per_study
 from ..engine import Engine
 from ..errors import DicomVaultError
-from ..index.records import Change
+from ..index.records import DELETED, REPLACED, STORED, Change
 from . import state
 from .client import ReplicationError, SiteClient
 
@@ -105,12 +105,16 @@ class Puller:
 
     def _audit(self, changes: list[dict[str, Any]], feed: str, seq: int, result: PullResult) -> None:
         objects = [(str(c["instance"].get("study_uid") or ""), c["instance"].get("patient_id"), True)
-                   for c in changes if c.get("instance") is not None]
-        if objects:
-            detail = {"direction": "received", "protocol": "replication", "source": self.client.url,
-                      "feed": feed, "seq": seq, "blobs_fetched": result.blobs_fetched}
-            self.audit.write(per_study(self.audit, objects, user="dicomvault:replication",
-                                       client=self.client.url, detail=detail))
+                   for c in changes if c.get("instance") is not None and c.get("kind") in (STORED, REPLACED)]
+        deleted = [(str(c.get("study_uid") or ""), c.get("patient_id"), True)
+                   for c in changes if c.get("kind") == DELETED]
+        who = {"user": "dicomvault:replication", "client": self.client.url}
+        detail = {"protocol": "replication", "source": self.client.url, "feed": feed, "seq": seq}
+        records = per_study(self.audit, objects, **who,
+                            detail={**detail, "direction": "received", "blobs_fetched": result.blobs_fetched})
+        records += per_study(self.audit, deleted, **who, event=DATA_DELETION,
+                             detail={**detail, "reason": "deleted on the upstream"})
+        self.audit.write(records)  # one fsync (none when the page had nothing to record)
 
     def _fetch_missing(self, changes: list[dict[str, Any]], result: PullResult) -> None:
         vault = self.engine.vault

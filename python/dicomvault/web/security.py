@@ -128,6 +128,8 @@ class Security:
         if p.method == "anonymous" and not p.can(action):
             # Credentials would help here: 401 (with its challenge), not 403.
             raise AuthenticationError(f"credentials required to {action}: Authorization: Bearer or Basic")
+        if p.method in ("basic", "token") and self.events is not None:
+            self.events.authenticated(p.name, client_of(request), p.method)
         authorize(p, action)
         if p.study is not None:
             self._confine(request, p, any_study)

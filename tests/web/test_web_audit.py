@@ -51,6 +51,9 @@ def test_http_reads_searches_and_refusals_are_audited(site: Site, http: httpx.Cl
     r = http.get("/dicom-web/studies", params={"PatientID": CT.PatientID}, headers=rita)
     assert r.status_code == 200 and len(r.json()) == 1
     assert http.get("/dicom-web/studies", params={"PatientID": "NOBODY"}, headers=rita).json() == []
+    # the viewer's study list and summary (/api): a Query and a read
+    assert http.get("/api/studies", params={"PatientID": MR.PatientID}, headers=rita).status_code == 200
+    assert http.get(f"/api/studies/{MR.StudyInstanceUID}", headers=rita).status_code == 200
     # WADO-RS as a viewer reads: metadata, then the same frame 25 times, a rendering
     st, se, sop = CT.StudyInstanceUID, CT.SeriesInstanceUID, CT.SOPInstanceUID
     assert http.get(f"/dicom-web/studies/{st}/metadata", headers=rita).status_code == 200
@@ -92,6 +95,7 @@ def test_http_reads_searches_and_refusals_are_audited(site: Site, http: httpx.Cl
              q["patient"]) for q in queries] == [
         ("rita", "127.0.0.1", "QIDO-RS", "studies", 1, CT.PatientID),
         ("rita", "127.0.0.1", "QIDO-RS", "studies", 0, "NOBODY"),
+        ("rita", "127.0.0.1", "HTTP /api/studies", "studies", 1, MR.PatientID),
         ("rita", "127.0.0.1", "QIDO-RS", "studies", 2, None)]
     assert all(q["code"] == "DCM 110112" for q in queries)
     accessed = {r["study"]: r for r in recs if r["event"] == "instances-accessed"}
@@ -101,7 +105,7 @@ def test_http_reads_searches_and_refusals_are_audited(site: Site, http: httpx.Cl
         "rita", "127.0.0.1", CT.PatientID, "DCM 110103")
     assert ct["detail"]["requests"] == 27
     assert ct["detail"]["kinds"] == {"frames": 25, "metadata": 1, "rendered": 1}
-    assert accessed[MR.StudyInstanceUID]["detail"]["kinds"] == {"wado-uri": 1}
+    assert accessed[MR.StudyInstanceUID]["detail"]["kinds"] == {"study-summary": 1, "wado-uri": 1}
     ok = [(r["user"], r["detail"]["scheme"]) for r in recs if r["event"] == "authentication"
           and r["outcome"] == "success"]
     assert ok == [("rita", "token"), ("rita", "basic")]  # 30 requests with the token: one line

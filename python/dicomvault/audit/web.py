@@ -49,12 +49,12 @@ class WebAudit:
                               patient=patient, detail=detail)
 
     def queried(self, user: str | None, client: str | None, level: str, keys: dict[str, str],
-                matches: int, *, study: str | None = None) -> None:
+                matches: int, *, study: str | None = None, protocol: str = "QIDO-RS") -> None:
         given = {k: v for k, v in keys.items() if v not in ("", None)}
         self.writer.queue(self.log.event(
             QUERY, SUCCESS, user=user, client=client, patient=given.get("PatientID") or given.get("00100020"),
             study=study or given.get("StudyInstanceUID") or given.get("0020000D"),
-            detail={"protocol": "QIDO-RS", "level": level, "keys": given, "matches": matches}))
+            detail={"protocol": protocol, "level": level, "keys": given, "matches": matches}))
 
     def auth_failed(self, client: str | None, scheme: str, reason: str, user: str | None = None) -> None:
         self.writer.queue(self.log.event(

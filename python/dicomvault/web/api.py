@@ -48,6 +48,7 @@ def routes(ctx: WebContext, jobs: Callable[[], list[dict[str, Any]]] | None = No
                 raise RequestError(f"unknown study filter {k!r}; use one of {', '.join(STUDY_COLUMNS)}")
             query[k] = v
         rows = list(engine.index.find("STUDY", query, limit=offset + limit))
+        sec.queried(request, "studies", query, len(rows[offset:]), protocol="HTTP /api/studies")
         return json_response(rows[offset:])
 
     def study(request: Request) -> Response:
@@ -102,7 +103,7 @@ def routes(ctx: WebContext, jobs: Callable[[], list[dict[str, Any]]] | None = No
     return [
         Route("/api/stats", secured(sec, READ, stats), methods=["GET"]),
         Route("/api/studies", secured(sec, READ, studies), methods=["GET"]),
-        Route("/api/studies/{study}", secured(sec, READ, study), methods=["GET"]),
+        Route("/api/studies/{study}", secured(sec, READ, study, access="study-summary"), methods=["GET"]),
         Route("/api/instances", secured(sec, WRITE, upload), methods=["POST"]),
         Route("/api/jobs", secured(sec, ADMIN, list_jobs), methods=["GET"]),
         Route("/api/users", secured(sec, ADMIN, list_users), methods=["GET"]),

@@ -170,11 +170,12 @@ class Security:
         if self.events is not None and study and p is not None:
             self.events.accessed(p.name, client_of(request), study, kind)
 
-    def queried(self, request: Request, level: str, keys: dict[str, str], matches: int) -> None:
+    def queried(self, request: Request, level: str, keys: dict[str, str], matches: int,
+                protocol: str = "QIDO-RS") -> None:
         p = getattr(request.state, "principal", None)
         if self.events is not None:
             self.events.queried(p.name if p else None, client_of(request), level, keys, matches,
-                                study=request.path_params.get("study"))
+                                study=request.path_params.get("study"), protocol=protocol)
 
     def refused_credentials(self, request: Request, exc: AuthenticationError) -> None:
         """Credentials given and refused (not merely missing): a throttled audit record."""

@@ -6,8 +6,10 @@ Security Alert; the chain verifies afterwards (`dicomvault audit verify`)."""
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,9 +25,11 @@ from dimse_helpers import (
     start_archive,
     stop_archive,
 )
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 
 from dicomvault.bench.pki import dcmtk_tls_args, make_pki
-from dicomvault.config import Config, DimseConfig
+from dicomvault.config import Config, DimseConfig, PeerConfig
 from dicomvault.dimse import DimseServer
 from dicomvault.engine import Engine
 
@@ -110,7 +114,8 @@ def test_retrieves_and_refusals_are_audited(tmp_path: Path, storescp: tuple[int,
 
 def test_refused_tls_handshakes_are_security_alerts(tmp_path: Path) -> None:
     """Expired, untrusted and missing client certificates at the DICOM TLS port (dcmtk echoscu
-    +tls): one Security Alert per host and reason a minute, naming the reason."""
+    +tls): one Security Alert per host and reason a minute, naming the reason. An association
+    refused after a good handshake names the TLS peer's address, not the relay's loopback one."""
     pki = make_pki(tmp_path / "pki")
     data = tmp_path / "data"
     tls_port = free_port()
@@ -118,14 +123,24 @@ def test_refused_tls_handshakes_are_security_alerts(tmp_path: Path) -> None:
     dimse = DimseConfig(port=0, tls_port=tls_port, tls_cert=crt, tls_key=key, tls_ca=pki["ca"][1])
     quick = ["-aec", ARCHIVE_AE, "-to", "5", "-ta", "5", HOST, str(tls_port)]
     with pynetdicom_options_kept(), Engine(data) as engine:
-        srv = DimseServer(engine, Config(data_dir=data, dimse=dimse, peers=()))
+        dimse = replace(dimse, accept_unknown_callers=False)
+        peers = (PeerConfig("KNOWN", HOST, 104),)
+        srv = DimseServer(engine, Config(data_dir=data, dimse=dimse, peers=peers))
         srv.start()
         try:
             for _ in range(2):  # the second of each is left out of the log (counted)
                 assert run(["echoscu", *dcmtk_tls_args(pki, "expired"), *quick], check=False).returncode != 0
             assert run(["echoscu", *dcmtk_tls_args(pki, "rogue"), *quick], check=False).returncode != 0
             assert run(["echoscu", "+tla", "+cf", str(pki["ca"][1]), *quick], check=False).returncode != 0
-            run(["echoscu", *dcmtk_tls_args(pki, "client"), *quick])  # a good certificate: no alert
+            run(["echoscu", "-aet", "KNOWN", *dcmtk_tls_args(pki, "client"), *quick])  # a good one: no alert
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki["ca"][1]))
+            ctx.check_hostname = False
+            ctx.load_cert_chain(str(pki["client"][1]), str(pki["client"][0]))
+            ae = AE(ae_title="STRANGER")
+            ae.add_requested_context(Verification)
+            assoc = ae.associate(HOST, tls_port, ae_title=ARCHIVE_AE, tls_args=(ctx, None),
+                                 bind_address=("127.0.0.2", 0))
+            assert assoc.is_rejected
         finally:
             assert srv.stop(10)  # waits for the relays (each reports its refusal) and writes
     alerts = [r for r in audit_records(data) if r["event"] == "tls-refused"]
@@ -134,6 +149,8 @@ def test_refused_tls_handshakes_are_security_alerts(tmp_path: Path) -> None:
     assert any("certificate has expired" in x for x in reasons), reasons
     assert any("peer did not return a certificate" in x for x in reasons), reasons
     assert all((r["client"], r["code"], r["outcome"]) == (HOST, "DCM 110113", "failure") for r in alerts)
+    (refused,) = [r for r in audit_records(data) if r["event"] == "association-refused"]
+    assert (refused["user"], refused["client"]) == ("STRANGER", "127.0.0.2")
     assert verify_cli(data).returncode == 0
 
 

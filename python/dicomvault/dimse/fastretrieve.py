@@ -84,7 +84,7 @@ from .status import (
     SUCCESS,
     WARNING_STATUSES,
 )
-from .tls_relay import pump_tls
+from .tls_relay import pump_tls, requestor_host
 
 GET_MODELS = (PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet)
 MOVE_MODELS = (PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove)
@@ -492,7 +492,7 @@ class NativeRetrieve:
             return
         dest = None if peer is None else f"{peer.ae_title}@{peer.host}:{peer.port}"
         self._audit_key = self.audit.retrieve_started(
-            id(self.io), caller, getattr(self.io.assoc.requestor, "address", None), self.what,
+            id(self.io), caller, requestor_host(self.io.assoc), self.what,
             str(identifier.get("StudyInstanceUID", "") or "") or None,
             str(identifier.get("PatientID", "") or "") or None, matches[0].sop_uid, len(matches), dest)
 

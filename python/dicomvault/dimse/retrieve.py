@@ -44,6 +44,7 @@ from .encoded import PreEncodedDataset
 from .find import levels_for, match_string
 from .peers import Peers
 from .status import CANCEL, IDENTIFIER_DOES_NOT_MATCH, PENDING
+from .tls_relay import requestor_host
 
 MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are odd numbers 1-255
 UNIQUE_KEY = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
@@ -162,7 +163,7 @@ def _sub_operations(event: Any, engine: Engine, matches: list[Match], what: str,
     if audit is not None:
         ident = event.identifier
         key = audit.retrieve_started(id(event.assoc), calling_ae(event),
-                                     getattr(event.assoc.requestor, "address", None), what,
+                                     requestor_host(event.assoc), what,
                                      str(ident.get("StudyInstanceUID", "") or "") or None,
                                      str(ident.get("PatientID", "") or "") or None, matches[0].sop_uid,
                                      len(matches), destination)

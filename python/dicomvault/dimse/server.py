@@ -41,7 +41,7 @@ from ..engine import Engine
 from . import fastpath, tls
 from .association import ArchiveAE
 from .commitment import CommitmentService
-from .common import listen_socket, log, peer_desc, set_nodelay
+from .common import calling_ae, listen_socket, log, peer_desc, set_nodelay
 from .encoded import encoders_verified
 from .fastretrieve import fast_get, fast_move
 from .find import fast_find, handle_find
@@ -49,7 +49,7 @@ from .negotiation_cache import memoise_ui_validation
 from .peers import Peers
 from .retrieve import handle_get, handle_move
 from .store import fast_store, handle_store
-from .tls_relay import tls_acceptor
+from .tls_relay import requestor_host, tls_acceptor
 
 SERVICE_CONTEXTS = (
     Verification,
@@ -275,8 +275,7 @@ def _log_rejected(event: Any, audit: DimseAudit | RefusalAudit | None = None) ->
     reason = rejection_reason(event)
     log.warning("association rejected: %s: %s", peer_desc(event), reason)
     if audit is not None:
-        requestor = event.assoc.requestor
-        audit.refused(str(requestor.ae_title).strip(), getattr(requestor, "address", None), reason)
+        audit.refused(calling_ae(event), requestor_host(event.assoc), reason)
 
 
 def _on_established(event: Any) -> None:

@@ -17,10 +17,14 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from .common import log
 
 RELAY_BUF = 256 << 10
+# (host, port) of a relay's connection to the plain SCP -> the TLS peer's host: an association
+# relayed from the TLS port is seen coming from loopback, the audit trail names the real peer.
+_relayed: dict[tuple[str, int], str] = {}
 OnRefused = Callable[[str, str], None]
 _RECORD = 16 << 10  # the largest TLS record's plaintext
 
@@ -32,7 +36,7 @@ def with_shutdown(sock: socket.socket, how: int) -> None:
         pass  # already closed by the other side
 
 
-def relay_tls(client: ssl.SSLSocket, scp_addr: tuple[str, int]) -> None:
+def relay_tls(client: ssl.SSLSocket, scp_addr: tuple[str, int], peer_host: str | None = None) -> None:
     """Relays one DICOM TLS association, decrypted, to our plain SCP on loopback."""
     try:
         upstream = socket.create_connection(scp_addr, timeout=10)
@@ -42,7 +46,27 @@ def relay_tls(client: ssl.SSLSocket, scp_addr: tuple[str, int]) -> None:
         return
     upstream.settimeout(None)
     upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    pump_tls(client, upstream)
+    local = upstream.getsockname()[:2]
+    if peer_host is not None:
+        _relayed[local] = peer_host
+    try:
+        pump_tls(client, upstream)
+    finally:
+        _relayed.pop(local, None)
+
+
+def client_host(address: str | None, port: int | None) -> str | None:
+    """The host of the peer behind a connection to our plain SCP: the TLS peer's when the
+    connection is one of this process's relays, else `address` itself."""
+    if address is None or port is None:
+        return address
+    return _relayed.get((address, int(port)), address)
+
+
+def requestor_host(assoc: Any) -> str | None:
+    """`client_host` of the peer that requested `assoc` (an acceptor association of ours)."""
+    r = assoc.requestor
+    return client_host(getattr(r, "address", None), getattr(r, "port", None))
 
 
 def pump_tls(secure: ssl.SSLSocket, plain: socket.socket) -> None:
@@ -152,7 +176,7 @@ def serve_tls_connection(conn: socket.socket, ctx: ssl.SSLContext, scp_addr: tup
         return
     tls_sock.settimeout(None)
     log.debug("DICOM TLS connection from %s (%s, %s)", peer, tls_sock.version(), tls_sock.cipher()[0])
-    relay_tls(tls_sock, scp_addr)
+    relay_tls(tls_sock, scp_addr, host)
 
 
 def tls_acceptor(listen: socket.socket, ctx: ssl.SSLContext, scp_addr: tuple[str, int],

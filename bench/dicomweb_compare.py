@@ -188,6 +188,7 @@ def start_dv_serve(data: Path, log_path: Path, timeout: float = 60) -> Server:
     """`dicomvault serve` on `data` (already ingested), HTTP on a free port; returns once its
     "dicomvault serving HTTP <url> ..." line is out."""
     cmd = [*dicomvault_command(), "serve", "--data", str(data), "--dimse-port", str(free_port()),
+           "--accept-unknown-callers",
            "--http-port", str(free_port())]
     with log_path.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)

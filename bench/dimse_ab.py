@@ -100,7 +100,8 @@ def run_dicomvault(root: Path, dimse_toml: str, dirs: list[Path], n: int) -> tup
     root.mkdir(parents=True)
     port = free_port()
     cfg = root / "dicomvault.toml"
-    cfg.write_text(f'data = "{root}/data"\n[dimse]\nport = {port}\n{dimse_toml}\n'
+    cfg.write_text(f'data = "{root}/data"\n[dimse]\nport = {port}\naccept_unknown_callers = true\n'
+                   f'{dimse_toml}\n'
                    f'[replication]\nhttp_port = {free_port()}\n')
     log = root / "serve.log"
     with log.open("wb") as out:

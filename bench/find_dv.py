@@ -111,7 +111,8 @@ def start_variant(data: Path, pythonpath: str) -> tuple[dc.Target, int]:
         p for p in (str(Path(pythonpath).resolve()), os.environ.get("PYTHONPATH", "")) if p)}
     logf = data.parent / f"{data.name}-serve.log"
     with logf.open("wb") as out:
-        proc = subprocess.Popen([DV, "serve", "--data", str(data), "--ae", AE, "--dimse-port", str(port),
+        proc = subprocess.Popen([DV, "serve", "--data", str(data), "--accept-unknown-callers",
+                                 "--ae", AE, "--dimse-port", str(port),
                                  "--host", dc.HOST, "--http-port", "0"],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 60

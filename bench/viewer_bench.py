@@ -237,7 +237,8 @@ class DvServer:
 
     def start(self, timeout: float = 60) -> None:
         before = self._starts()
-        cmd = [*dicomvault_command(), "serve", "--data", str(self.data), "--dimse-port", str(self.dimse_port),
+        cmd = [*dicomvault_command(), "serve", "--data", str(self.data), "--accept-unknown-callers",
+               "--dimse-port", str(self.dimse_port),
                "--http-port", str(self.http_port)]
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)

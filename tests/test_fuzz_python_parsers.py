@@ -122,6 +122,15 @@ ae_title = "PACS"
 host = "10.0.0.1"
 port = 104
 
+[http.oidc]
+issuer = "https://sso.example/realms/h"
+audience = ["dicomvault"]
+jwks = "https://sso.example/realms/h/certs"
+roles_claim = "realm_access.roles"
+role_map = { radiologist = "reader", admins = "admin" }
+leeway = 30
+algorithms = ["RS256", "ES256"]
+
 [storage]
 reserve_min = "16MB"
 reserve_fraction = 0.02

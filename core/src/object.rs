@@ -179,11 +179,42 @@ const REQUIRED: [(u32, &str); 3] =
 
 fn check_required(parsed: &Parsed) -> Result<()> {
     for (tag, keyword) in REQUIRED {
-        if !parsed.attrs.iter().any(|a| a.tag == tag && !a.value.is_empty()) {
+        let Some(attr) = parsed.attrs.iter().find(|a| a.tag == tag && !trim_padding(&a.value).is_empty())
+        else {
             return Err(Error::MissingAttribute { keyword, tag });
+        };
+        if let Some(why) = unsafe_uid(trim_padding(&attr.value)) {
+            return Err(Error::Malformed {
+                offset: 0,
+                tag: Some(tag),
+                reason: format!("{keyword} {:?} {why}", String::from_utf8_lossy(&attr.value)),
+            });
         }
     }
     Ok(())
+}
+
+/// A value without its trailing NUL/space padding (PS3.5 6.2: UI pads with NUL, others with space).
+fn trim_padding(value: &[u8]) -> &[u8] {
+    &value[..value.iter().rposition(|&b| b != 0 && b != b' ').map_or(0, |i| i + 1)]
+}
+
+/// Why a UID cannot be kept, if it cannot. These UIDs name files (`export` writes
+/// `<study>/<series>/<sop>.dcm`) and URL path segments, so a value that would climb out of a
+/// directory or cut a path is refused whatever else it holds. Other departures from PS3.5's
+/// digits-and-dots are kept: modalities in the field send them, and refusing their studies
+/// would lose clinical data to protect nothing.
+fn unsafe_uid(uid: &[u8]) -> Option<&'static str> {
+    if uid.iter().any(|&b| b == b'/' || b == b'\\') {
+        return Some("contains a path separator");
+    }
+    if uid.iter().any(|&b| b < 0x20 || b == 0x7F) {
+        return Some("contains a control character");
+    }
+    if uid == b"." || uid == b".." {
+        return Some("is not a UID");
+    }
+    None
 }
 
 fn prepare<'a>(
@@ -366,6 +397,38 @@ mod tests {
         }
         out.extend_from_slice(value);
         out
+    }
+
+    #[test]
+    fn uids_that_would_name_a_path_outside_their_folder_are_refused() {
+        let with_uids = |sop: &[u8], study: &[u8]| {
+            [
+                explicit_le(0x0008_0016, b"UI", b"1.2.840.10008.5.1.4.1.1.7\0"),
+                explicit_le(0x0008_0018, b"UI", sop),
+                explicit_le(0x0020_000D, b"UI", study),
+                explicit_le(0x0020_000E, b"UI", b"1.2.3.6"),
+            ]
+            .concat()
+        };
+        let ts = "1.2.840.10008.1.2.1";
+        let prep = |ds: &[u8]| prepare_dataset(ds, ts, crate::parse::INDEX_TAGS, Codec::Raw, 1).map(|_| ());
+        // kept: conformant, padded, and the non-conformant values modalities really send
+        for (sop, study) in
+            [(&b"1.2.3.4"[..], &b"1.2.3.5\0"[..]), (b"1.2.03.4 ", b"1.2.3.5"), (b"1.2.abc", b"1.2")]
+        {
+            assert!(prep(&with_uids(sop, study)).is_ok(), "{sop:?} {study:?}");
+        }
+        for (sop, study, why) in [
+            (&b"1.2.3.4"[..], &b"../../etc"[..], "path separator"),
+            (b"x/y", b"1.2", "path separator"),
+            (b"1.2\\3", b"1.2", "path separator"),
+            (b"..", b"1.2", "not a UID"),
+            (b"1.2", b"\0 ", "missing or empty"),
+            (b"1.2\n", b"1.2", "control character"),
+        ] {
+            let err = prep(&with_uids(sop, study)).unwrap_err().to_string();
+            assert!(err.contains(why), "{sop:?} {study:?}: {err}");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ from typing import Any
 from .audit.commands import add_audit_commands
 from .audit.log import DATA_DELETION, EXPORT, SUCCESS, AuditLog, cli_user
 from .auth.commands import add_users_commands
+from .auth.peer_commands import add_peers_commands
 from .auth.share_commands import add_shares_commands
 from .bench.cli import add_commands as add_bench_commands
 from .dimse.scu_cli import add_commands as add_scu_commands
@@ -346,7 +347,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .dimse import serve
 
     config = load_config(args.config).with_overrides(
-        data_dir=args.data, ae_title=args.ae, host=args.host, port=args.dimse_port
+        data_dir=args.data, ae_title=args.ae, host=args.host, port=args.dimse_port,
+        accept_unknown_callers=True if args.accept_unknown_callers else None,
     )
 
     from .site import start_services
@@ -451,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ae", metavar="TITLE", help="our AE title (default: DICOMVAULT)")
     p.add_argument("--host", metavar="ADDR", help="listen address (default: 127.0.0.1)")
     p.add_argument("--dimse-port", type=int, metavar="N", help="DIMSE port (default: 11112)")
+    p.add_argument("--accept-unknown-callers", action="store_true",
+                   help="let any calling AE in, with every service (a lab or a benchmark; a hospital "
+                        "admits its nodes with `dicomvault peers add`)")
     p.add_argument(
         "--shutdown-timeout",
         type=float,
@@ -464,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_replication_commands(sub, common, add_site_arguments=add_site_arguments, run_site=_run_replica_site,
                              forward_tls=_forward_tls, forward_ae=_forward_ae)
     add_users_commands(sub, common)
+    add_peers_commands(sub, common)
     add_audit_commands(sub, common)
     add_shares_commands(sub, common)
     add_dr_commands(sub, common)

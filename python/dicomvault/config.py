@@ -7,7 +7,7 @@ data = "/var/lib/dicomvault"      # data directory; relative paths are relative 
 ae_title = "DICOMVAULT"
 host = "127.0.0.1"
 port = 11112
-accept_unknown_callers = true
+accept_unknown_callers = false     # true: any caller may echo, store, query, retrieve
 max_pdu = 131072
 max_associations = 128
 workers = 1                        # DIMSE receiver processes; 1 = in the server process
@@ -25,7 +25,9 @@ port = 11113
 tls = false                        # C-MOVE and storage commitment to this peer over TLS
 ```
 
-`[replication]` and `[[forward]]` are documented in replication/settings.py, `tiers` and
+`[http.oidc]` (OpenID Connect bearer tokens) is documented in auth/oidc_settings.py;
+`[audit]` (sending the audit trail to a syslog repository) is documented in audit/settings.py,
+`[replication]` and `[[forward]]` in replication/settings.py, `tiers` and
 `[tiering]` (tiered placement) in storage/settings.py, `[storage]` (the free-space reserve) in
 storage/reserve.py.
 
@@ -40,6 +42,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .audit.settings import AuditSettings, parse_audit
+from .auth.oidc_settings import OidcSettings, parse_oidc
 from .engine import DEFAULT_DATA_DIR
 from .errors import DicomVaultError
 from .replication.settings import ReplicationSettings, parse_settings
@@ -84,14 +88,41 @@ def _check_str(value: object, where: str) -> str:
     return value
 
 
+# What a known peer may ask of us (C-ECHO is always allowed): C-STORE; C-FIND; C-GET and C-MOVE;
+# storage commitment.
+SERVICES = ("store", "query", "retrieve", "commit")
+
+
 @dataclass(frozen=True)
 class PeerConfig:
-    """A known remote AE: a C-MOVE destination, a storage commitment report destination."""
+    """A known remote AE: who may call us (from where, with which certificate, for what), and where
+    we call it (C-MOVE destination, storage commitment reports, forwarding)."""
 
     ae_title: str
     host: str
-    port: int
+    port: int  # 0: a caller only, never called back
     tls: bool = False  # our associations to it (C-MOVE, storage commitment reports) use TLS
+    allow: frozenset[str] = frozenset(SERVICES)
+    # C-MOVE destinations it may name besides itself ("*": any known peer)
+    move_to: tuple[str, ...] = ()
+    # addresses or networks (CIDR) it may call from ("*": anywhere); empty: `host` only
+    from_hosts: tuple[str, ...] = ()
+    # SHA-256 fingerprint (hex) of the client certificate its DICOM TLS associations must present
+    cert: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON/TOML form (`parse_peer` reads it back)."""
+        out: dict[str, Any] = {"ae_title": self.ae_title, "host": self.host, "port": self.port,
+                               "allow": sorted(self.allow)}
+        if self.tls:
+            out["tls"] = True
+        if self.move_to:
+            out["move_to"] = list(self.move_to)
+        if self.from_hosts:
+            out["from_hosts"] = list(self.from_hosts)
+        if self.cert:
+            out["cert"] = self.cert
+        return out
 
 
 @dataclass(frozen=True)
@@ -99,7 +130,8 @@ class DimseConfig:
     ae_title: str = DEFAULT_AE_TITLE
     host: str = DEFAULT_HOST
     port: int = DEFAULT_DIMSE_PORT
-    accept_unknown_callers: bool = True
+    # Callers that are no peer (`dicomvault peers add`) get A-ASSOCIATE-RJ unless this is true.
+    accept_unknown_callers: bool = False
     max_pdu: int = 131072
     # Sized for a hospital, not a laptop: 32 storescu clients at once against the old default of
     # 16 lost 4 associations to "local limit exceeded"; 128 took 96 at once (RSS 119 MB).
@@ -136,6 +168,8 @@ class HttpConfig:
     max_body: int = 8 << 30
     tls_cert: str | None = None
     tls_key: str | None = None
+    # [http.oidc]: bearer tokens of the site's identity provider (auth/oidc_settings.py)
+    oidc: OidcSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +184,8 @@ class Config:
     tiering: TieringSettings = field(default_factory=default_settings)
     # [storage]: the free-space reserve (storage/reserve.py)
     reserve: Reserve = field(default_factory=Reserve)
+    # [audit]: the audit repository the log is sent to (audit/settings.py)
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
     def with_overrides(
         self,
@@ -158,9 +194,12 @@ class Config:
         ae_title: str | None = None,
         host: str | None = None,
         port: int | None = None,
+        accept_unknown_callers: bool | None = None,
     ) -> Config:
         """Command-line options win over the file; None means "not given"."""
         dimse = self.dimse
+        if accept_unknown_callers is not None:
+            dimse = replace(dimse, accept_unknown_callers=accept_unknown_callers)
         if ae_title is not None:
             dimse = replace(dimse, ae_title=check_ae_title(ae_title, "--ae"))
         if host is not None:
@@ -174,10 +213,12 @@ _DIMSE_KEYS = {
     "ae_title", "host", "port", "accept_unknown_callers", "max_pdu", "max_associations", "workers",
     "tuned_reactor", "fast_path", "tls_port", "tls_cert", "tls_key", "tls_ca",
 }
-_PEER_KEYS = {"ae_title", "host", "port", "tls"}
-_PEER_REQUIRED = ("ae_title", "host", "port")
-_TOP_KEYS = {"data", "dimse", "peers", "replication", "forward", "http", "tiers", "tiering", "storage"}
-_HTTP_KEYS = {"host", "port", "anonymous", "public_url", "cors_origins", "max_body", "tls_cert", "tls_key"}
+_PEER_KEYS = {"ae_title", "host", "port", "tls", "allow", "move_to", "from_hosts", "cert"}
+_PEER_REQUIRED = ("ae_title", "host")
+_TOP_KEYS = {"data", "dimse", "peers", "replication", "forward", "http", "tiers", "tiering", "storage",
+              "audit"}
+_HTTP_KEYS = {"host", "port", "anonymous", "public_url", "cors_origins", "max_body", "tls_cert", "tls_key",
+              "oidc"}
 _ANONYMOUS = ("auto", "none", "reader", "writer", "admin")
 
 
@@ -256,20 +297,54 @@ def _parse_peers(items: object, where: str) -> tuple[PeerConfig, ...]:
     peers: list[PeerConfig] = []
     seen: set[str] = set()
     for i, item in enumerate(items):
-        w = f"{where}[{i}]"
-        if not isinstance(item, dict):
-            raise ConfigError(f"{w}: must be a table")
-        _unknown(item, _PEER_KEYS, w)
-        for key in _PEER_REQUIRED:
-            if key not in item:
-                raise ConfigError(f"{w}: missing {key}")
-        title = check_ae_title(item["ae_title"], f"{w}.ae_title")
-        if title in seen:
-            raise ConfigError(f"{w}: AE title {title!r} is configured twice")
-        seen.add(title)
-        host, port = _check_str(item["host"], f"{w}.host"), _check_port(item["port"], f"{w}.port")
-        peers.append(PeerConfig(title, host, port, tls=_check_bool(item.get("tls", False), f"{w}.tls")))
+        peer = parse_peer(item, f"{where}[{i}]")
+        if peer.ae_title in seen:
+            raise ConfigError(f"{where}[{i}]: AE title {peer.ae_title!r} is configured twice")
+        seen.add(peer.ae_title)
+        peers.append(peer)
     return tuple(peers)
+
+
+def parse_peer(item: object, w: str) -> PeerConfig:
+    """One peer, from a [[peers]] table or an entry of `<data>/auth/peers.json`."""
+    if not isinstance(item, dict):
+        raise ConfigError(f"{w}: must be a table")
+    _unknown(item, _PEER_KEYS, w)
+    for key in _PEER_REQUIRED:
+        if key not in item:
+            raise ConfigError(f"{w}: missing {key}")
+    title = check_ae_title(item["ae_title"], f"{w}.ae_title")
+    host = _check_str(item["host"], f"{w}.host")
+    port = 0 if item.get("port", 0) == 0 else _check_port(item["port"], f"{w}.port")
+    allow = _check_str_list(item.get("allow", list(SERVICES)), f"{w}.allow")
+    bad = sorted(set(allow) - set(SERVICES))
+    if bad:
+        raise ConfigError(f"{w}.allow: unknown service(s) {', '.join(bad)} (services: {', '.join(SERVICES)})")
+    move_to = tuple(t if t == "*" else check_ae_title(t, f"{w}.move_to")
+                    for t in _check_str_list(item.get("move_to", []), f"{w}.move_to"))
+    from_hosts = tuple(_check_str_list(item.get("from_hosts", []), f"{w}.from_hosts"))
+    cert = item.get("cert")
+    if cert is not None:
+        cert = normalise_fingerprint(_check_str(cert, f"{w}.cert"), f"{w}.cert")
+    return PeerConfig(title, host, port, tls=_check_bool(item.get("tls", False), f"{w}.tls"),
+                      allow=frozenset(allow), move_to=move_to, from_hosts=from_hosts, cert=cert)
+
+
+def normalise_fingerprint(text: str, where: str) -> str:
+    """A SHA-256 certificate fingerprint as lowercase hex, from any of the usual spellings
+    (`openssl x509 -fingerprint -sha256` prints AB:CD:..., with an optional `sha256:` prefix)."""
+    hexed = text.strip().lower().removeprefix("sha256:").removeprefix("sha256=").replace(":", "")
+    if len(hexed) != 64 or any(c not in "0123456789abcdef" for c in hexed):
+        raise ConfigError(f"{where}: not a SHA-256 fingerprint (64 hex digits, colons allowed): {text!r}")
+    return hexed
+
+
+def _check_str_list(value: object, where: str) -> list[str]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: must be a list of strings, got {value!r}")
+    return value
 
 
 def _parse_http(table: object, where: str, base: Path) -> HttpConfig:
@@ -291,6 +366,7 @@ def _parse_http(table: object, where: str, base: Path) -> HttpConfig:
         max_body=_check_int(table.get("max_body", 8 << 30), f"{where}.max_body", 1, 1 << 50),
         tls_cert=str(_tls_file(table, "tls_cert", where, base) or "") or None,
         tls_key=str(_tls_file(table, "tls_key", where, base) or "") or None,
+        oidc=parse_oidc(table["oidc"], f"{where}.oidc", base) if "oidc" in table else None,
     )
 
 
@@ -323,4 +399,5 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         http=_parse_http(doc.get("http", {}), f"{where}: http", p.parent),
         tiering=parse_tiering(doc, where),
         reserve=parse_reserve(doc.get("storage", {}), f"{where}: storage"),
+        audit=parse_audit(doc.get("audit", {}), f"{where}: audit", p.parent),
     )

@@ -8,7 +8,9 @@ entry without bytes.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -84,6 +86,18 @@ def cold_placement(blob: BlobRecord) -> ColdPlacement:
         codec=blob.codec,
         logical_len=blob.logical_len,
     )
+
+
+_FILE_NAME = re.compile(r"[0-9A-Za-z._-]{1,128}")
+
+
+def file_name(uid: str) -> str:
+    """A UID as a file or folder name: itself when it is a safe one, else `uid-` and a digest of
+    it. The core refuses UIDs with path separators or control characters on the way in; this
+    keeps an export inside its folder whatever an index holds (data stored before that check)."""
+    if _FILE_NAME.fullmatch(uid) and uid not in (".", ".."):
+        return uid
+    return "uid-" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 class Engine:
@@ -513,7 +527,8 @@ class Engine:
         out = Path(out_dir)
         items, paths, recs = [], [], self.instances(level, uid)
         for rec in recs:
-            path = out / rec.study_uid / rec.series_uid / f"{rec.sop_uid}.dcm"
+            folder = out / file_name(rec.study_uid) / file_name(rec.series_uid)
+            path = folder / f"{file_name(rec.sop_uid)}.dcm"
             path.parent.mkdir(parents=True, exist_ok=True)
             items.append((rec.hash, rec.prefix, str(path)))
             paths.append(path)

@@ -76,6 +76,18 @@ class AuthenticationError(DicomVaultError):
     """No credentials, or credentials nobody holds."""
 
 
+class InvalidTokenError(AuthenticationError):
+    """A bearer token that was presented and does not hold: bad signature, expired, another
+    issuer or audience, an unknown key. `description` is what the client is told (RFC 6750's
+    error_description); the message may say more for the log. `kind` is the description
+    without what the token itself put in it (a key id), for counting refusals by reason."""
+
+    def __init__(self, message: str, description: str | None = None, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.description = description or message
+        self.kind = kind or self.description
+
+
 class PermissionDeniedError(DicomVaultError):
     """Known credentials without the role the action needs."""
 
@@ -123,6 +135,7 @@ __all__ = [
     "CorruptError",
     "DicomVaultError",
     "IntegrityError",
+    "InvalidTokenError",
     "LockedError",
     "MalformedError",
     "MissingAttributeError",

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .audit.log import AuditLog
+from .auth.oidc import OidcVerifier
 from .auth.sessions import SessionStore
 from .auth.shares import ShareStore
 from .auth.users import UserStore, split_token_spec
@@ -101,21 +102,25 @@ class Site:
 
     def _security(self) -> Security:
         o = self.options
+        oidc = self._oidc()
         stores: dict[str, Any] = {"sessions": self.sessions, "shares": self.shares, "audit": self.audit,
-                                  "patient_of": self._patient_of}
+                                  "oidc": oidc, "patient_of": self._patient_of}
         loopback = is_loopback(o.host)
         if not loopback:
             if o.anonymous not in (AUTO, "none"):
                 raise DicomVaultError(f"anonymous access ({o.anonymous}) is only allowed on a loopback "
                                       f"address, not {o.host}")
-            if not self.users.has_users() and not o.replication_tokens:
+            if not self.users.has_users() and not o.replication_tokens and oidc is None:
                 raise DicomVaultError(
                     f"refusing to serve HTTP on {o.host} with no users: anyone on the network could "
                     f"read the archive. Add one first: dicomvault users add NAME --role admin --data "
                     f"{self.engine.data_dir}")
             return Security(self.users, None, **stores)
-        if o.anonymous == AUTO:
+        if o.anonymous == AUTO and oidc is None:
             return Security(self.users, AUTO_ANONYMOUS_ROLE, only_without_users=True, **stores)
+        if o.anonymous == AUTO:
+            # A site that named an identity provider wants its users identified, local users or not.
+            return Security(self.users, None, **stores)
         if o.anonymous == "none":
             return Security(self.users, None, **stores)
         return Security(self.users, o.anonymous, **stores)
@@ -124,6 +129,15 @@ class Site:
         """The patient of a study, for its audit records (one index read per record)."""
         rows = self.engine.index.find("STUDY", {"StudyInstanceUID": study, "PatientID": ""}, limit=1)
         return next((r.get("PatientID") or None for r in rows), None)
+
+    def _oidc(self) -> OidcVerifier | None:
+        if self.options.oidc is None:
+            return None
+        verifier = OidcVerifier(self.options.oidc)
+        # Fetched now so the first token needs no wait; an identity provider down at our start is
+        # logged and fetched again when a token comes (the site serves local users meanwhile).
+        verifier.jwks.refresh(force=True)
+        return verifier
 
     def _prepare_replica(self, url: str) -> None:
         index = self.engine.index

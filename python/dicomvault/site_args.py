@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .auth.oidc_settings import OidcSettings
 
 DEFAULT_HTTP_PORT = 8080
 # A working day: a radiologist logs in once per shift, and a forgotten browser does not stay in.
@@ -41,6 +44,8 @@ class SiteOptions:
     # Login sessions of /api/session: seconds from login to the end, and without a request.
     session_lifetime: float = DEFAULT_SESSION_LIFETIME
     session_idle: float | None = None
+    # [http.oidc]: bearer tokens of the site's identity provider
+    oidc: OidcSettings | None = None
 
 
 ANONYMOUS_CHOICES = (AUTO, "none", "reader", "writer", "admin")
@@ -133,5 +138,5 @@ def serve_site_options(args: Any, http: Any, replication: Any) -> SiteOptions:
         anonymous=args.anonymous or http.anonymous,
         public_url=args.public_url or http.public_url,
         cors_origins=tuple(args.cors_origin) or http.cors_origins,
-        max_body=http.max_body, **_session_options(args),
+        max_body=http.max_body, oidc=http.oidc, **_session_options(args),
     )

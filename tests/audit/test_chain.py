@@ -141,7 +141,8 @@ def test_serve_records_its_start_and_stop(tmp_path: Path) -> None:
     dimse, http = free_ports(2)
     data = tmp_path / "data"
     ct = get_testdata_file("CT_small.dcm")
-    args = ["serve", "--data", str(data), "--host", "127.0.0.1", "--dimse-port", str(dimse),
+    args = ["serve", "--data", str(data), "--accept-unknown-callers",
+            "--host", "127.0.0.1", "--dimse-port", str(dimse),
             "--http-port", str(http)]
     proc = subprocess.Popen([CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             stdin=subprocess.DEVNULL)

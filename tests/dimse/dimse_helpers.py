@@ -154,6 +154,8 @@ def associate(archive: Archive, contexts: list[Any], ae_title: str = "PYSCU", *,
 
 def write_config(path: Path, data: Path, storescp_port: int, commit_port: int, **dimse: object) -> Path:
     max_associations = dimse.pop("max_associations", 16)
+    # the tools' own AE titles (STORESCU, FINDSCU, ...) call in: an open door unless a test closes it
+    dimse.setdefault("accept_unknown_callers", True)
     extra = "".join(f"{k} = {str(v).lower() if isinstance(v, bool) else v}\n" for k, v in dimse.items())
     path.write_text(textwrap.dedent(f"""\
         data = "{data}"

@@ -214,7 +214,8 @@ def test_a_connection_closed_before_its_request_frees_its_slot_at_once(tmp_path:
     from dicomvault.engine import Engine
 
     with pynetdicom_options_kept(), Engine(tmp_path / "data") as eng:
-        config = Config(data_dir=tmp_path / "data", dimse=DimseConfig(port=0, max_associations=1))
+        config = Config(data_dir=tmp_path / "data", dimse=DimseConfig(port=0, max_associations=1,
+                                                                            accept_unknown_callers=True))
         srv = DimseServer(eng, config)
         host, port = srv.start()
         try:

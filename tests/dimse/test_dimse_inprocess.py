@@ -66,7 +66,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Dims
                                       PatientName="Gérard^Żółć", StudyInstanceUID=generate_uid(),
                                       SeriesInstanceUID=generate_uid(), StudyDate="20240201"),
                              ExplicitVRLittleEndian)
-        srv = DimseServer(engine, Config(data_dir=data, dimse=DimseConfig(port=0)))
+        srv = DimseServer(engine, Config(data_dir=data, dimse=DimseConfig(port=0,
+                                                                accept_unknown_callers=True)))
         _, port = srv.start()
         try:
             yield port, srv

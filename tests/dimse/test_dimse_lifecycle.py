@@ -62,7 +62,8 @@ def test_refuses_unknown_callers_and_finishes_in_flight_work_on_sigterm(
         stop_archive(arch)
     log = arch.log_text()
     assert "association rejected: STRANGER" in log
-    assert "calling AE title 'STRANGER' is not a known peer; admit it with a [[peers]] entry" in log
+    assert ("calling AE title 'STRANGER' is not a known peer; "
+            "admit it with `dicomvault peers add STRANGER 127.0.0.1") in log
     assert "DIMSE SCP stopped;" in log and "aborted" not in log.split("SIGTERM received")[1]
     with Engine(arch.data, read_only=True) as eng:
         assert eng.read_dataset("1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322") == dataset_bytes(ct)

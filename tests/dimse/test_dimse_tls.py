@@ -55,7 +55,8 @@ def archive(tmp_path_factory: pytest.TempPathFactory,
     data = tmp_path_factory.mktemp("tls") / "data"
     tls_port, peer_port = free_port(), free_port()
     key, crt = pki["server"]
-    dimse = DimseConfig(port=0, tls_port=tls_port, tls_cert=crt, tls_key=key, tls_ca=pki["ca"][1])
+    dimse = DimseConfig(port=0, accept_unknown_callers=True,
+                        tls_port=tls_port, tls_cert=crt, tls_key=key, tls_ca=pki["ca"][1])
     peers = (PeerConfig("TLSSCP", HOST, peer_port, tls=True),)
     with pynetdicom_options_kept(), Engine(data) as engine:
         srv = DimseServer(engine, Config(data_dir=data, dimse=dimse, peers=peers))
@@ -169,6 +170,7 @@ def workers_archive(tmp_path_factory: pytest.TempPathFactory,
     cfg.write_text(f'''data = "{tmp / 'data'}"
 [dimse]
 ae_title = "DICOMVAULT"
+accept_unknown_callers = true
 workers = 2
 tls_port = {tls_port}
 tls_cert = "{crt}"
@@ -319,7 +321,8 @@ def test_a_renewed_certificate_is_served_without_a_restart(
     shutil.copy(pki["server"][0], key)
     shutil.copy(pki["server"][1], crt)
     tls_port = free_port()
-    dimse = DimseConfig(port=0, tls_port=tls_port, tls_cert=crt, tls_key=key, tls_ca=pki["ca"][1])
+    dimse = DimseConfig(port=0, accept_unknown_callers=True,
+                        tls_port=tls_port, tls_cert=crt, tls_key=key, tls_ca=pki["ca"][1])
     client = ssl.create_default_context(cafile=str(pki["ca"][1]))
     client.check_hostname = False
     client.load_cert_chain(str(pki["client"][1]), str(pki["client"][0]))

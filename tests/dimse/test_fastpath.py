@@ -60,7 +60,8 @@ def archive(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[in
     fast = getattr(request, "param", True)
     with Engine(tmp_path / "data") as engine:
         srv = DimseServer(engine, Config(data_dir=tmp_path / "data",
-                                         dimse=DimseConfig(port=0, max_pdu=MAX_PDU, fast_path=fast)))
+                                         dimse=DimseConfig(port=0, max_pdu=MAX_PDU, fast_path=fast,
+                                                                         accept_unknown_callers=True)))
         _, port = srv.start()
         try:
             yield port, srv, engine

@@ -232,7 +232,8 @@ def archive_with_orthanc_peer(tmp_path: Path, orthanc: Orthanc) -> Iterator[tupl
         """))
     log = tmp_path / "serve.log"
     with log.open("wb") as f:
-        proc = subprocess.Popen([DV, "serve", "--data", str(data), "--ae", "DVSERVE", "--dimse-port",
+        proc = subprocess.Popen([DV, "serve", "--data", str(data), "--accept-unknown-callers",
+                                 "--ae", "DVSERVE", "--dimse-port",
                                  str(port), "--host", HOST, "--config", str(cfg)],
                                 stdout=f, stderr=subprocess.STDOUT)
     try:

@@ -49,6 +49,7 @@ data = "{data}"
 [dimse]
 ae_title = "{ae}"
 port = {dimse_port}
+accept_unknown_callers = true
 
 """ + THREE_TIERS + """
 [tiering]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, Protocol
 
 from .background import AuditWriter, Burst
 from .log import (
@@ -39,6 +39,14 @@ from .log import (
 )
 
 REFUSED_EVERY = 60.0  # seconds between two lines of one refused caller and reason
+
+
+class Refusals(Protocol):
+    """Where a listener reports whom it turned away (DimseAudit, RefusalAudit)."""
+
+    def refused(self, caller: str, client: str | None, reason: str) -> None: ...
+
+    def tls_refused(self, client: str | None, reason: str) -> None: ...
 
 
 class DimseAudit:
@@ -116,12 +124,14 @@ class DimseAudit:
 
     # -- queried --
 
-    def queried(self, caller: str, level: str, keys: dict[str, str], matches: int) -> None:
+    def queried(self, caller: str, level: str, keys: dict[str, str], matches: int,
+                model: str | None = None) -> None:
         given = {k: str(v) for k, v in keys.items() if v not in ("", None)}
         self.writer.queue(self.log.event(
             QUERY, SUCCESS, user=caller, client=caller, patient=given.get("PatientID"),
             study=given.get("StudyInstanceUID"),
-            detail={"protocol": "DIMSE C-FIND", "level": level, "keys": given, "matches": matches}))
+            detail={"protocol": "DIMSE C-FIND", "model": model, "level": level, "keys": given,
+                    "matches": matches}))
 
     # -- refused --
 

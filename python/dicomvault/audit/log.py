@@ -52,7 +52,6 @@ INSTANCES_TRANSFERRED = "instances-transferred"
 QUERY = "query"
 BEGIN_TRANSFERRING = "begin-transferring"
 INSTANCES_ACCESSED = "instances-accessed"
-AUTHENTICATION = "authentication"  # credentials on a request (a login is LOGIN)
 ASSOCIATION_REFUSED = "association-refused"
 TLS_REFUSED = "tls-refused"
 CONFIG_CHANGE = "config-change"
@@ -74,7 +73,6 @@ CODES = {
     QUERY: "DCM 110112",
     BEGIN_TRANSFERRING: "DCM 110102",
     INSTANCES_ACCESSED: "DCM 110103",
-    AUTHENTICATION: "DCM 110114",
     ASSOCIATION_REFUSED: "DCM 110113",
     TLS_REFUSED: "DCM 110113",
     CONFIG_CHANGE: "DCM 110113",

@@ -7,7 +7,8 @@
   series; a line each would be hundreds of fsyncs and a log nobody can read.
 - ATNA "Query" (DCM 110112) for each QIDO-RS search: user, client, level, the keys given, the
   number of matches.
-- ATNA "User Authentication" (DCM 110114), failure, for a request whose credentials were refused
+- ATNA "User Authentication" (DCM 110114, event `login` as for the login route and identity
+  provider tokens, `detail.method` basic or token), failure, for a request whose credentials were refused
   (wrong password, unknown, expired or revoked token): at most one line per client a minute
   (a script can try tokens at will; the next line counts what was left out).
 - The same event, success, for a user's password (Basic) or bearer token accepted: at most one
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .background import AuditWriter, Burst
-from .log import AUTHENTICATION, FAILURE, INSTANCES_ACCESSED, QUERY, SUCCESS, AuditLog, Record
+from .log import FAILURE, INSTANCES_ACCESSED, LOGIN, QUERY, SUCCESS, AuditLog, Record
 
 AUTH_FAILED_EVERY = 60.0
 AUTH_OK_EVERY = 3600.0
@@ -56,15 +57,15 @@ class WebAudit:
             study=study or given.get("StudyInstanceUID") or given.get("0020000D"),
             detail={"protocol": protocol, "level": level, "keys": given, "matches": matches}))
 
-    def auth_failed(self, client: str | None, scheme: str, reason: str, user: str | None = None) -> None:
+    def auth_failed(self, client: str | None, method: str, reason: str, user: str | None = None) -> None:
         self.writer.queue(self.log.event(
-            AUTHENTICATION, FAILURE, user=user, client=client, detail={"scheme": scheme, "reason": reason},
+            LOGIN, FAILURE, user=user, client=client, detail={"method": method, "reason": reason},
             once_per=(f"auth-failed:{client}", AUTH_FAILED_EVERY)))
 
-    def authenticated(self, user: str, client: str | None, scheme: str) -> None:
+    def authenticated(self, user: str, client: str | None, method: str) -> None:
         self.writer.queue(self.log.event(
-            AUTHENTICATION, SUCCESS, user=user, client=client, detail={"scheme": scheme},
-            once_per=(f"auth-ok:{user}@{client}:{scheme}", AUTH_OK_EVERY)))
+            LOGIN, SUCCESS, user=user, client=client, detail={"method": method},
+            once_per=(f"auth-ok:{user}@{client}:{method}", AUTH_OK_EVERY)))
 
     def flush(self, *, everything: bool = False) -> int:
         return self.writer.flush(everything=everything)

@@ -42,8 +42,9 @@ ROLE_ACTIONS: dict[str, frozenset[str]] = {
 
 ROLES: tuple[str, ...] = tuple(ROLE_ACTIONS)
 
-# session: a login of auth/sessions.py; share: a share link of auth/shares.py.
-AuthMethod = Literal["token", "basic", "anonymous", "runtime", "session", "share"]
+# session: a login of auth/sessions.py; share: a share link of auth/shares.py; oidc: a token of
+# the site's identity provider (auth/oidc.py).
+AuthMethod = Literal["token", "basic", "anonymous", "runtime", "session", "share", "oidc"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,6 +120,7 @@ def start_serve(
         "serve",
         "--data",
         str(data),
+        "--accept-unknown-callers",  # the benchmark's clients call with their own titles
         "--ae",
         ae,
         "--host",

@@ -56,6 +56,7 @@ from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AddressInformation, RequestHandler
 
+from .admission import ArchiveACSE
 from .dul import EventDrivenDUL
 from .encoded import ArchiveDIMSEProvider, PreEncodedDataset
 from .transport import ArchiveSocket
@@ -111,6 +112,8 @@ class ArchiveAssociation(Association):
         # A fresh DUL either way: one made before adoption may hold an acceptor's transport event.
         self.dul = EventDrivenDUL(self) if tuned else DULServiceProvider(self)
         self.dimse = ArchiveDIMSEProvider(self, fast_encoding=tuned)
+        # who gets in and which contexts they keep (admission.py): the same in both modes
+        self.acse = ArchiveACSE(self)
         # pynetdicom's setters pass these on to the DUL's timers, set on its own DUL in __init__
         self.acse_timeout = self.acse_timeout
         self.network_timeout = self.network_timeout

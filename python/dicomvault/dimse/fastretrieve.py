@@ -69,7 +69,7 @@ from ..readahead import read_ahead, submit
 from ..transfer.transcode import can_transcode, transcode
 from . import command_set as cs
 from .command_set import C_CANCEL_RQ, C_GET_RSP, C_MOVE_RSP, C_STORE_RQ, C_STORE_RSP
-from .common import log
+from .common import log, requestor_host
 from .find import decode_identifier
 from .peers import Peers
 from .retrieve import Match, RetrieveError, move_contexts, resolve
@@ -84,7 +84,7 @@ from .status import (
     SUCCESS,
     WARNING_STATUSES,
 )
-from .tls_relay import pump_tls, requestor_host
+from .tls_relay import pump_tls
 
 GET_MODELS = (PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet)
 MOVE_MODELS = (PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove)
@@ -511,6 +511,11 @@ class NativeRetrieve:
             if peer is None:
                 log.warning("C-MOVE from %s refused: unknown move destination %r", caller, self.move_to)
                 self._final(MOVE_DESTINATION_UNKNOWN, counts, f"unknown move destination {self.move_to}")
+                return
+            if self.peers is not None and not self.peers.may_move_to(caller, self.move_to):
+                log.warning("C-MOVE from %s refused: move destination %r not allowed for it "
+                            "(peers add --move-to)", caller, self.move_to)
+                self._final(MOVE_DESTINATION_UNKNOWN, counts, f"move destination {self.move_to} not allowed")
                 return
         # A C-GET's offer is known now: its first object is read while the rest is listed.
         get_dest = SameAssociation(self.io, self) if peer is None else None

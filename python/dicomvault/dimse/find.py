@@ -346,14 +346,14 @@ def find_responses(engine: Engine, model: str, identifier: Dataset, our_ae: str,
         if cancelled():
             log.info("C-FIND from %s cancelled after %d matches", caller, n)
             if audit is not None:
-                audit.queried(caller, level, query, n)
+                audit.queried(caller, level, query, n, model=model)
             yield CANCEL, None, None
             return
         yield PENDING, encoder.encode(row), None
         n += 1
     log.info("C-FIND from %s at %s level: %d matches", caller, level, n)
     if audit is not None:
-        audit.queried(caller, level, query, n)
+        audit.queried(caller, level, query, n, model=model)
     yield SUCCESS, None, None
 
 

@@ -39,12 +39,11 @@ from ..engine import Engine
 from ..errors import DicomVaultError
 from ..index import QueryError
 from ..readahead import read_ahead
-from .common import calling_ae, enable_quickack, log, set_nodelay_quickack, status
+from .common import calling_ae, enable_quickack, log, requestor_host, set_nodelay_quickack, status
 from .encoded import PreEncodedDataset
 from .find import levels_for, match_string
 from .peers import Peers
 from .status import CANCEL, IDENTIFIER_DOES_NOT_MATCH, PENDING
-from .tls_relay import requestor_host
 
 MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are odd numbers 1-255
 UNIQUE_KEY = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
@@ -244,6 +243,11 @@ def handle_move(event: Any, engine: Engine, peers: Peers, max_pdu: int,
     if peer is None:
         log.warning("C-MOVE from %s refused: unknown move destination %r", calling_ae(event), dest_title)
         yield None, None  # pynetdicom answers 0xA801 (move destination unknown)
+        return
+    if not peers.may_move_to(calling_ae(event), dest_title):
+        log.warning("C-MOVE from %s refused: move destination %r not allowed for it (peers add --move-to)",
+                    calling_ae(event), dest_title)
+        yield None, None  # 0xA801 too: to this caller the destination does not exist
         return
     found = _matches_or_status(event, engine, "C-MOVE")
     if isinstance(found, Dataset):

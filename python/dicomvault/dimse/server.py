@@ -36,12 +36,14 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from ..audit.dimse import DimseAudit, RefusalAudit
 from ..audit.log import APPLICATION_START, APPLICATION_STOP, SUCCESS, AuditLog
-from ..config import Config, ConfigError, DimseConfig, PeerConfig
+from ..audit.sender import start_sender
+from ..config import Config, DimseConfig, PeerConfig
 from ..engine import Engine
 from . import fastpath, tls
+from .admission import relay_origins
 from .association import ArchiveAE
 from .commitment import CommitmentService
-from .common import calling_ae, listen_socket, log, peer_desc, set_nodelay
+from .common import calling_ae, listen_socket, log, peer_desc, requestor_host, set_nodelay
 from .encoded import encoders_verified
 from .fastretrieve import fast_get, fast_move
 from .find import fast_find, handle_find
@@ -49,7 +51,7 @@ from .negotiation_cache import memoise_ui_validation
 from .peers import Peers
 from .retrieve import handle_get, handle_move
 from .store import fast_store, handle_store
-from .tls_relay import requestor_host, tls_acceptor
+from .tls_relay import tls_acceptor
 
 SERVICE_CONTEXTS = (
     Verification,
@@ -96,8 +98,9 @@ def build_ae(d: DimseConfig, peers: Peers, contexts: tuple[str, ...]) -> Archive
     ae.acse_timeout = 30
     ae.dimse_timeout = 120
     ae.network_timeout = 300  # an idle association is dropped after 5 minutes
-    if not d.accept_unknown_callers:
-        ae.require_calling_aet = peers.titles()
+    # every caller is checked against the peers (admission.py), unknown ones too: a declared
+    # peer's title is bound to its address whatever accept_unknown_callers says
+    ae.admission = peers.admit
     for uid in contexts:
         ae.add_supported_context(uid)
     return ae
@@ -131,14 +134,16 @@ def drain(server: ThreadedAssociationServer, deadline: float, extra: Callable[[]
 class DimseServer:
     """One listening AE on an open engine. `start()` returns once the port is bound."""
 
-    def __init__(self, engine: Engine, config: Config) -> None:
+    def __init__(self, engine: Engine, config: Config, *, trust_relays: bool = False) -> None:
         self.engine = engine
         self.config = config
-        self.peers = Peers(config.peers)
         d = config.dimse
-        if not d.accept_unknown_callers and not len(self.peers):
-            raise ConfigError("accept_unknown_callers = false with no [[peers]] would refuse every caller")
+        self.peers = Peers(config.peers, config.data_dir, accept_unknown=d.accept_unknown_callers,
+                           our_title=d.ae_title)
         ae = build_ae(d, self.peers, SERVICE_CONTEXTS)
+        # behind worker processes (an internal loopback listener only they use): they checked
+        # each caller's address and certificate at the edge
+        ae.trust_relays = trust_relays
         # ATNA records of stores (one per caller's burst of a study) and queries (audit/dimse.py)
         self.audit = DimseAudit(AuditLog(config.data_dir), self._patient_of)
         if d.fast_path and d.tuned_reactor:
@@ -194,7 +199,7 @@ class DimseServer:
         host, port = server.server_address[:2]
         log.info("DIMSE SCP %s listening on %s:%d (max PDU %d, max %d associations, %s callers)",
                  d.ae_title, host, port, d.max_pdu, d.max_associations,
-                 "any" if d.accept_unknown_callers else f"{len(self.peers)} known")
+                 "any" if d.accept_unknown_callers else f"only the {len(self.peers)} known")
         if d.tls_port:
             # TLS is terminated in front of the plain listener and relayed to it (tls_relay.py),
             # so TLS associations take the same native path as plain ones.
@@ -205,8 +210,8 @@ class DimseServer:
             self._tls_thread = threading.Thread(
                 target=tls_acceptor, name="dv-tls-accept", daemon=True,
                 args=(self._tls_listen, reloader.context(), scp, float(self.ae.acse_timeout or 30),
-                      self._tls_stop, self._tls_active, self._tls_lock, reloader.context,
-                      self.audit.tls_refused))
+                      self._tls_stop, self._tls_active, self._tls_lock, reloader.context),
+                kwargs={"admit": self.peers.admit, "origins": relay_origins, "audit": self.audit})
             self._tls_thread.start()
             log.info("DICOM TLS listening on %s:%d (%s)", d.host, d.tls_port,
                      "callers need a certificate signed by " + str(d.tls_ca) if d.tls_ca
@@ -254,20 +259,18 @@ def _log_event(what: str, level: int) -> Callable[[Any], None]:
 
 def rejection_reason(event: Any) -> str:
     """Why our AE rejected an association, in the words an operator acts on. pynetdicom keeps no
-    record of the A-ASSOCIATE-RJ reason on the acceptor's side, so it is worked out again from the
-    checks its ACSE made, in the order that decides: the association limit is checked last and
-    overrides the others, so it is looked at first here."""
+    record of the A-ASSOCIATE-RJ reason on the acceptor's side: a refused caller carries our
+    admission verdict (admission.py); otherwise it is worked out again from the checks its ACSE
+    made, the association limit last (it overrides the others)."""
     assoc = event.assoc
+    verdict = getattr(assoc, "verdict", None)
+    if verdict is not None and verdict.refused is not None:
+        return f"{verdict.refused}; {verdict.hint}"
     ae = assoc.ae
     active = sum(1 for a in ae.active_associations if a.is_acceptor)
     if active > ae.maximum_associations:
         return (f"local limit exceeded: {active - 1} associations active, [dimse] max_associations = "
                 f"{ae.maximum_associations}")
-    calling = str(assoc.requestor.ae_title).strip()
-    known = [str(t).strip() for t in ae.require_calling_aet]
-    if known and calling not in known:
-        return (f"calling AE title {calling!r} is not a known peer; admit it with a [[peers]] entry "
-                f"(ae_title = {calling!r}, host, port) or [dimse] accept_unknown_callers = true")
     return "the request could not be accepted (no acceptable presentation context or negotiation item)"
 
 
@@ -328,6 +331,10 @@ def serve(config: Config, *, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         tiers = config.tiering.tiers if config.tiering.configured else None
         with Engine(config.data_dir, tiers=tiers, reserve=config.reserve) as engine:
             audit = AuditLog(config.data_dir)
+            # Started before this run's first record and stopped after its last (application-stop),
+            # so a repository that is up gets the whole run. On an exception the process ends and
+            # what was not confirmed is sent again by the next start.
+            sender = start_sender(config.data_dir, config.audit, config.dimse.ae_title)
             who = {"user": f"dicomvault:{config.dimse.ae_title}", "client": "local"}
             detail = {"pid": os.getpid(), "dimse_port": config.dimse.port, "workers": config.dimse.workers}
             audit.record(APPLICATION_START, SUCCESS, **who, detail=detail)
@@ -339,7 +346,7 @@ def serve(config: Config, *, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
 
                 # The receivers terminate TLS too (tls_port), and relay its associations here.
                 internal = replace(config.dimse, host="127.0.0.1", port=0, tls_port=0)
-                server = DimseServer(engine, replace(config, dimse=internal))
+                server = DimseServer(engine, replace(config, dimse=internal), trust_relays=True)
             else:
                 server = DimseServer(engine, config)
             stop_services = services(engine) if services is not None else None
@@ -360,6 +367,8 @@ def serve(config: Config, *, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
                     clean = server.stop(shutdown_timeout)
             log.info("DIMSE SCP stopped%s; closing the engine", "" if clean else " (associations aborted)")
             audit.record(APPLICATION_STOP, SUCCESS, **who, detail={"pid": os.getpid(), "clean": clean})
+            if sender is not None:
+                sender.stop()
         return 0
     finally:
         for s, h in previous.items():

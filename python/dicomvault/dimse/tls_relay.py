@@ -11,21 +11,21 @@ The receiver processes of workers.py run the same relay, to the writer's SCP.
 
 from __future__ import annotations
 
+import hashlib
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
+from ..audit.dimse import Refusals
+from .admission import RJ_CALLING_AE, Admit, RelayOrigins, edge_verdict, log_refusal, reject_pdu
 from .common import log
 
 RELAY_BUF = 256 << 10
-# (host, port) of a relay's connection to the plain SCP -> the TLS peer's host: an association
-# relayed from the TLS port is seen coming from loopback, the audit trail names the real peer.
-_relayed: dict[tuple[str, int], str] = {}
-OnRefused = Callable[[str, str], None]
+MAX_FIRST_PDU = 1 << 20  # an A-ASSOCIATE-RQ with every context a workstation proposes: ~20 KiB
 _RECORD = 16 << 10  # the largest TLS record's plaintext
 
 
@@ -36,8 +36,11 @@ def with_shutdown(sock: socket.socket, how: int) -> None:
         pass  # already closed by the other side
 
 
-def relay_tls(client: ssl.SSLSocket, scp_addr: tuple[str, int], peer_host: str | None = None) -> None:
-    """Relays one DICOM TLS association, decrypted, to our plain SCP on loopback."""
+def relay_tls(client: ssl.SSLSocket, scp_addr: tuple[str, int], first: bytes = b"",
+              origin: tuple[RelayOrigins, str, str | None] | None = None) -> None:
+    """Relays one DICOM TLS association, decrypted, to our plain SCP on loopback. `first`: bytes
+    already read from the client (its A-ASSOCIATE-RQ); `origin`: where to tell an SCP in this
+    process that the connection came from (registry, caller's address, certificate sha256)."""
     try:
         upstream = socket.create_connection(scp_addr, timeout=10)
     except OSError as exc:
@@ -46,27 +49,56 @@ def relay_tls(client: ssl.SSLSocket, scp_addr: tuple[str, int], peer_host: str |
         return
     upstream.settimeout(None)
     upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    local = upstream.getsockname()[:2]
-    if peer_host is not None:
-        _relayed[local] = peer_host
+    if origin is not None:
+        origin[0].register(upstream, origin[1], origin[2])
+    if first:
+        try:
+            upstream.sendall(first)
+        except OSError as exc:
+            log.warning("TLS relay: the SCP closed before the association request: %s", exc)
+            upstream.close()
+            client.close()
+            return
+    pump_tls(client, upstream)
+
+
+def read_first_pdu(sock: ssl.SSLSocket) -> bytes:
+    """The client's first PDU (its A-ASSOCIATE-RQ), read whole (up to MAX_FIRST_PDU; what is
+    larger, or ends early, is returned as far as it came and left to the SCP to refuse)."""
+    data = b""
+    need = 6
+    while len(data) < need:
+        chunk = sock.recv(need - len(data))
+        if not chunk:
+            break
+        data += chunk
+        if len(data) == 6 and need == 6:
+            need = min(6 + struct.unpack_from(">I", data, 2)[0], MAX_FIRST_PDU)
+    return data
+
+
+def admit_tls(tls_sock: ssl.SSLSocket, admit: Admit, address: str,
+              timeout: float, audit: Refusals | None = None) -> tuple[bytes, str | None] | None:
+    """Reads the A-ASSOCIATE-RQ and decides on the caller with its real address and certificate:
+    (the bytes read, the certificate's sha256) to relay, or None when refused (A-ASSOCIATE-RJ sent)."""
+    der = tls_sock.getpeercert(binary_form=True)
+    cert = hashlib.sha256(der).hexdigest() if der else None
+    tls_sock.settimeout(timeout)
     try:
-        pump_tls(client, upstream)
-    finally:
-        _relayed.pop(local, None)
-
-
-def client_host(address: str | None, port: int | None) -> str | None:
-    """The host of the peer behind a connection to our plain SCP: the TLS peer's when the
-    connection is one of this process's relays, else `address` itself."""
-    if address is None or port is None:
-        return address
-    return _relayed.get((address, int(port)), address)
-
-
-def requestor_host(assoc: Any) -> str | None:
-    """`client_host` of the peer that requested `assoc` (an acceptor association of ours)."""
-    r = assoc.requestor
-    return client_host(getattr(r, "address", None), getattr(r, "port", None))
+        first = read_first_pdu(tls_sock)
+    except (OSError, ValueError) as exc:
+        log.warning("DICOM TLS connection from %s: no association request: %s", address, exc)
+        return None
+    tls_sock.settimeout(None)
+    verdict = edge_verdict(admit, first, address, cert)
+    if verdict is not None and verdict.refused is not None:
+        log_refusal(verdict, address, audit)
+        try:
+            tls_sock.sendall(reject_pdu(*RJ_CALLING_AE))
+        except OSError:
+            pass  # gone already; refused either way
+        return None
+    return first, cert
 
 
 def pump_tls(secure: ssl.SSLSocket, plain: socket.socket) -> None:
@@ -155,9 +187,12 @@ def tls_failure(exc: BaseException) -> str:
 
 
 def serve_tls_connection(conn: socket.socket, ctx: ssl.SSLContext, scp_addr: tuple[str, int],
-                         handshake_timeout: float, on_refused: OnRefused | None = None) -> None:
+                         handshake_timeout: float, admit: Admit | None = None,
+                         origins: RelayOrigins | None = None, audit: Refusals | None = None) -> None:
     """One connection to the TLS port: handshake (mutual, when the context asks for a client
-    certificate), then the association is relayed to the plain SCP."""
+    certificate), the caller admitted or refused (`admit`, with its real address and
+    certificate), then the association is relayed to the plain SCP (told where it came from
+    through `origins` when that SCP is in this process). Refusals go to `audit` too."""
     try:
         host, port = conn.getpeername()[:2]
         peer = f"{host}:{port}"
@@ -171,29 +206,38 @@ def serve_tls_connection(conn: socket.socket, ctx: ssl.SSLContext, scp_addr: tup
         why = tls_failure(exc)
         log.warning("DICOM TLS connection from %s refused: %s", peer, why)
         conn.close()
-        if on_refused is not None:
-            on_refused(host, why)
+        if audit is not None:
+            audit.tls_refused(host, why)
         return
     tls_sock.settimeout(None)
     log.debug("DICOM TLS connection from %s (%s, %s)", peer, tls_sock.version(), tls_sock.cipher()[0])
-    relay_tls(tls_sock, scp_addr, host)
+    if admit is None:
+        relay_tls(tls_sock, scp_addr)
+        return
+    admitted = admit_tls(tls_sock, admit, host, handshake_timeout, audit)
+    if admitted is None:
+        with_shutdown(tls_sock, socket.SHUT_RDWR)
+        tls_sock.close()
+        return
+    first, cert = admitted
+    relay_tls(tls_sock, scp_addr, first, (origins, host, cert) if origins is not None else None)
 
 
 def tls_acceptor(listen: socket.socket, ctx: ssl.SSLContext, scp_addr: tuple[str, int],
                  handshake_timeout: float, stop: threading.Event, active: list[int],
-                 lock: threading.Lock, reload: Callable[[], ssl.SSLContext] | None = None,
-                 on_refused: OnRefused | None = None) -> None:
+                 lock: threading.Lock, reload: Callable[[], ssl.SSLContext] | None = None, *,
+                 admit: Admit | None = None, origins: RelayOrigins | None = None,
+                 audit: Refusals | None = None) -> None:
     """Accepts on the TLS listener until `stop` (non-blocking: with receiver processes, another
     may win a connection); each connection in a thread of its own, counted in `active` until it
     ends, relayed to the plain SCP at `scp_addr`. `reload` (tls_policy.CertificateReloader's
     `context`) gives the context for each connection: a renewed certificate is served from the
-    next handshake on. `on_refused(host, reason)`: told of every failed handshake (the audit
-    trail's Security Alert)."""
+    next handshake on. `audit`: told of every refused handshake and caller (Security Alerts)."""
     listen.setblocking(False)
 
     def run(conn: socket.socket, ctx: ssl.SSLContext) -> None:
         try:
-            serve_tls_connection(conn, ctx, scp_addr, handshake_timeout, on_refused)
+            serve_tls_connection(conn, ctx, scp_addr, handshake_timeout, admit, origins, audit)
         finally:
             with lock:
                 active[0] -= 1

@@ -197,7 +197,7 @@ class WorkerSpec:
     shutdown_timeout: float
     log_level: int
     tls_listen_fd: int = -1  # the public DICOM TLS listener (tls_port), or -1 for none
-    audit_dir: str = ""  # the data directory whose audit log refusals go to ("": none)
+    data_dir: str = ""  # where `dicomvault peers` keeps the peers it admits (auth/peers.json)
 
 
 class _Worker:
@@ -220,12 +220,12 @@ class WorkerPool:
         """`audit`: where the stores the receivers relay are counted for the audit trail."""
         self.dimse = dimse
         self.peers = peers
+        self.data_dir = engine.data_dir
         self.writer_addr = writer_addr
         self.shutdown_timeout = shutdown_timeout
         # A private directory (mkdtemp: mode 0700) so no other user can talk to the writer.
         self._ipc_dir = Path(tempfile.mkdtemp(prefix="dicomvault-ipc-"))
         self.ipc = StoreIpcServer(engine, self._ipc_dir / "store.sock", audit)
-        self._audit_dir = str(engine.data_dir) if audit is not None else ""
         self._listen: socket.socket | None = None
         self._tls_listen: socket.socket | None = None
         self._workers = [_Worker(i) for i in range(dimse.workers)]
@@ -317,10 +317,10 @@ class WorkerPool:
         spec = WorkerSpec(
             index=w.index, listen_fd=self._listen.fileno(), ipc_path=str(self.ipc.path),
             writer_host=self.writer_addr[0], writer_port=self.writer_addr[1], dimse=asdict(self.dimse),
-            peers=[asdict(p) for p in self.peers], shutdown_timeout=self.shutdown_timeout,
+            peers=[p.as_dict() for p in self.peers], data_dir=str(self.data_dir),
+            shutdown_timeout=self.shutdown_timeout,
             log_level=logging.getLogger().getEffectiveLevel(),
             tls_listen_fd=self._tls_listen.fileno() if self._tls_listen is not None else -1,
-            audit_dir=self._audit_dir,
         )
         fds = [self._listen.fileno()] + ([spec.tls_listen_fd] if spec.tls_listen_fd >= 0 else [])
         # A new interpreter (not fork): only the listening sockets are inherited; stdout is the

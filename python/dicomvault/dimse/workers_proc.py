@@ -27,10 +27,11 @@ from pynetdicom import evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from ..audit.dimse import RefusalAudit
+from ..audit.dimse import RefusalAudit, Refusals
 from ..audit.log import AuditLog
-from ..config import DimseConfig, PeerConfig
+from ..config import DimseConfig, parse_peer
 from . import tls
+from .admission import RJ_CALLING_AE, Admit, edge_verdict, log_refusal, reject_pdu
 from .common import calling_ae, log, set_nodelay
 from .peers import Peers
 from .server import SERVICE_CONTEXTS, _log_close, _log_event, _log_rejected, _on_established, build_ae, drain
@@ -133,9 +134,27 @@ def peek_associate_rq(sock: socket.socket, timeout: float) -> bytes:
         time.sleep(0.001)
 
 
-def wants_writer(sock: socket.socket, timeout: float) -> bool:
-    uids = proposed_abstract_syntaxes(peek_associate_rq(sock, timeout))
+def wants_writer(first_pdu: bytes) -> bool:
+    uids = proposed_abstract_syntaxes(first_pdu)
     return bool(uids) and any(uid in WRITER_SERVICES for uid in uids)
+
+
+def admitted_at_edge(admit: Admit, sock: socket.socket, first_pdu: bytes, address: str,
+                     audit: Refusals | None = None) -> bool:
+    """An association relayed to the writer is decided here, where the caller's address is known
+    (the writer's SCP sees this process's loopback connection): False when refused, with the
+    A-ASSOCIATE-RJ sent and the connection closed."""
+    verdict = edge_verdict(admit, first_pdu, address, None)
+    if verdict is None or verdict.refused is None:
+        return True
+    log_refusal(verdict, address, audit)
+    try:
+        sock.recv(len(first_pdu))  # consume the request we answer (it was only peeked)
+        sock.sendall(reject_pdu(*RJ_CALLING_AE))
+    except OSError:
+        pass  # gone already; refused either way
+    with_shutdown(sock, socket.SHUT_RDWR)
+    return False
 
 
 def _pump(src: socket.socket, dst: socket.socket, quickack: bool) -> bool:
@@ -198,7 +217,8 @@ def relay(client: socket.socket, writer_addr: tuple[str, int], active: list[int]
 
 def make_server_class(listen: socket.socket, writer_addr: tuple[str, int], acse_timeout: float,
                       relays: list[int], relays_lock: threading.Lock,
-                      relayed: list[int]) -> type[ThreadedAssociationServer]:
+                      relayed: list[int], admit: Admit, audit: Refusals | None = None
+                      ) -> type[ThreadedAssociationServer]:
     connections = [0]  # connections this receiver is serving (associations and relays)
 
     class SharedSocketServer(ThreadedAssociationServer):
@@ -243,9 +263,12 @@ def make_server_class(listen: socket.socket, writer_addr: tuple[str, int], acse_
             # In the connection's own thread: decide by the proposed contexts.
             try:
                 try:
-                    to_writer = wants_writer(request, acse_timeout)
+                    first = peek_associate_rq(request, acse_timeout)
                 except OSError:
-                    to_writer = False  # gone already: pynetdicom will see it and log it
+                    first = b""  # gone already: pynetdicom will see it and log it
+                to_writer = wants_writer(first)
+                if to_writer and not admitted_at_edge(admit, request, first, str(client_address[0]), audit):
+                    return
                 if to_writer:
                     with relays_lock:
                         relayed[0] += 1
@@ -276,19 +299,20 @@ def main(argv: list[str]) -> int:
 
     # the TLS files travel as text in the JSON spec
     d = DimseConfig(**{k: Path(v) if k in TLS_FILES and v is not None else v for k, v in spec.dimse.items()})
-    peers = Peers(PeerConfig(**p) for p in spec.peers)
+    peers = Peers((parse_peer(p, "peer") for p in spec.peers), spec.data_dir or None,
+                  accept_unknown=d.accept_unknown_callers, our_title=d.ae_title)
     ae = build_ae(d, peers, (Verification,))
     client = StoreClient(spec.ipc_path)
     # Refusals are rare and throttled per caller: written here, at once (the log takes an flock,
     # so the writer and every receiver append to the same chain).
-    refusals = RefusalAudit(AuditLog(spec.audit_dir)) if spec.audit_dir else None
+    refusals = RefusalAudit(AuditLog(spec.data_dir)) if spec.data_dir else None
     listen = socket.socket(fileno=spec.listen_fd)
     relays = [0]  # relays in progress
     relays_lock = threading.Lock()
     relayed = [0]  # relays done (for the exit log line)
     writer_addr = (spec.writer_host, spec.writer_port)
     server_class = make_server_class(listen, writer_addr, float(ae.acse_timeout or 30), relays, relays_lock,
-                                     relayed)
+                                     relayed, peers.admit, refusals)
     served = [0]
 
     def on_established(event: Any) -> None:
@@ -315,8 +339,8 @@ def main(argv: list[str]) -> int:
         tls_thread = threading.Thread(
             target=tls_acceptor, name=f"dv-tls-accept-{spec.index}",
             args=(tls_listen, reloader.context(), writer_addr, float(ae.acse_timeout or 30), tls_stop,
-                  relays, relays_lock, reloader.context,
-                  refusals.tls_refused if refusals is not None else None), daemon=True)
+                  relays, relays_lock, reloader.context),
+            kwargs={"admit": peers.admit, "audit": refusals}, daemon=True)
         tls_thread.start()
     ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() would find it
     log.debug("receiver %d accepting (pid %d)", spec.index, os.getpid())

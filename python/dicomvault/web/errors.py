@@ -18,6 +18,7 @@ from ..errors import (
     CorruptError,
     DicomVaultError,
     IntegrityError,
+    InvalidTokenError,
     LockedError,
     MalformedError,
     NotAcceptableError,
@@ -69,6 +70,10 @@ def http_status(exc: BaseException) -> int:
     return 500
 
 
+def _quotable(text: str) -> str:
+    return "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "?" for c in text)
+
+
 def error_response(request: Request, exc: Exception) -> Response:
     """Starlette exception handler for every DicomVaultError (and, as 500, anything else)."""
     if not isinstance(exc, DicomVaultError):
@@ -79,7 +84,12 @@ def error_response(request: Request, exc: Exception) -> Response:
         # A read sends no object: a parse failure here is a stored object we cannot read.
         code = 500
     headers = {}
-    if code == 401:
+    if isinstance(exc, InvalidTokenError):
+        # RFC 6750 3.1: a token was presented and does not hold; the client should get a new one
+        # (the description is printable ASCII without quotes: auth/oidc.py makes it so).
+        headers["WWW-Authenticate"] = (f'Bearer realm="dicomvault", error="invalid_token", '
+                                       f'error_description="{_quotable(exc.description)}"')
+    elif code == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="dicomvault", Basic realm="dicomvault"'
     if code >= 500:
         log.error("%s %s: %s", request.method, request.url.path, exc)

@@ -2,7 +2,10 @@
 the one place HTTP requests are authenticated and authorized.
 
 Credentials: `Authorization: Bearer <token>` (a login session, a share link, a user token or a
-runtime token) or `Basic <user:password>`, checked by the stores in auth/ (secrets kept hashed).
+runtime token) or `Basic <user:password>`, checked by the stores in auth/ (secrets kept hashed);
+with `[http.oidc]`, a bearer token that is a JWT is checked as the identity provider's instead
+(auth/oidc.py): 401 with RFC 6750's `invalid_token` when it does not hold, 403 when its roles
+do not allow the action.
 With no credentials, the anonymous role applies when the site allows one (only ever on a
 loopback bind: see site.py), else 401.
 
@@ -10,6 +13,10 @@ A principal bound to one study (a share link) is confined here too, and only her
 serve it only when the route's path parameter `study` is that study, or when the route was
 declared `any_study` (it reveals nothing of any study: GET /api/session). Every other route
 refuses it with 403, so a route added later is closed to share links until it names a study.
+
+Every endpoint says which it is: `secured` marks its endpoint with the action it requires,
+`public` marks what is open on purpose (the viewer's files), and tests/web/test_route_security.py
+walks the route table for anything marked neither.
 """
 
 from __future__ import annotations
@@ -18,22 +25,30 @@ import base64
 import binascii
 import contextlib
 import inspect
+import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ..audit.changes import config_changed
-from ..audit.log import FAILURE, SHARE_SCOPE_REFUSED, SHARE_USED, SUCCESS, AuditLog, Record
+from ..audit.log import FAILURE, LOGIN, SHARE_SCOPE_REFUSED, SHARE_USED, SUCCESS, AuditLog, Record
 from ..audit.web import WebAudit
+from ..auth.oidc import OidcVerifier, looks_like_jwt
 from ..auth.roles import Principal, authorize
 from ..auth.sessions import Session, SessionStore
 from ..auth.shares import ShareStore
 from ..auth.users import UserStore, validate_name
-from ..errors import AuthenticationError, PermissionDeniedError, RequestError, UnavailableError
+from ..errors import (
+    AuthenticationError,
+    InvalidTokenError,
+    PermissionDeniedError,
+    RequestError,
+    UnavailableError,
+)
 
 Handler = Callable[[Request], Awaitable[Response]] | Callable[[Request], Response]
 
@@ -42,18 +57,30 @@ Handler = Callable[[Request], Awaitable[Response]] | Callable[[Request], Respons
 SHARE_USED_EVERY = 3600.0
 # Off-scope attempts are what the audit is for, but a script can make them at will.
 SHARE_REFUSED_EVERY = 60.0
+# An identity-provider token is presented with every request: its user's authentication is
+# recorded once per hour. Refused tokens: the first of each reason per client per minute, the
+# rest counted in the next line (a client can send them at will; each line is an fsync).
+OIDC_LOGIN_EVERY = 3600.0
+OIDC_REFUSED_EVERY = 60.0
 _PENDING = "dicomvault.audit"
+# The attribute `secured` and `public` set on an endpoint: the action it requires, or PUBLIC.
+ACCESS_ATTR = "dicomvault_access"
+PUBLIC = "public"
+
+log = logging.getLogger("dicomvault.web")
 
 
 class Security:
     def __init__(self, users: UserStore, anonymous_role: str | None = None, *,
                  only_without_users: bool = False, sessions: SessionStore | None = None,
                  shares: ShareStore | None = None, audit: AuditLog | None = None,
+                 oidc: OidcVerifier | None = None,
                  patient_of: Callable[[str], str | None] | None = None) -> None:
         """anonymous_role: what a request without credentials may do (None: nothing). With
         only_without_users, that holds only while the store has no users: the first user an
         admin adds turns anonymous access off, without a restart. sessions and shares default to
-        fresh stores of the users' data directory; audit None writes no audit trail.
+        fresh stores of the users' data directory; audit None writes no audit trail; oidc None:
+        JWT bearer tokens are not accepted (they reach the token stores, which know none).
         patient_of(study UID) names the patient in access records."""
         self.users = users
         self.anonymous = Principal("anonymous", anonymous_role, "anonymous") if anonymous_role else None
@@ -61,6 +88,7 @@ class Security:
         self.sessions = sessions if sessions is not None else SessionStore(users)
         self.shares = shares if shares is not None else ShareStore(users.dir.parent)
         self.audit = audit
+        self.oidc = oidc
         # reads, searches and refused credentials: counted here, written by a thread (audit/web.py)
         self.events = WebAudit(audit, patient_of) if audit is not None else None
         self._scrypt_slots = threading.BoundedSemaphore(2)
@@ -72,6 +100,9 @@ class Security:
         if header and header[:6].lower() == "basic ":
             found = self._basic(header)
         else:
+            token = bearer_token(header)
+            if token and self.oidc is not None and looks_like_jwt(token):
+                return self._oidc(request, self.oidc, token)
             found = self._bearer(header)
         if found is not None:
             return found
@@ -91,6 +122,34 @@ class Security:
             if found is not None:
                 return found
         return self.users.authenticate(header)
+
+    def _oidc(self, request: Request, oidc: OidcVerifier, token: str) -> Principal:
+        client = client_of(request)
+        try:
+            p = oidc.authenticate(token)
+        except InvalidTokenError as exc:
+            # The reason, never the token: a refused token may still be someone's valid one
+            # for another audience.
+            log.warning("OIDC token from %s refused: %s", client, exc)
+            self._pend(request, LOGIN, FAILURE, None, None, {"method": "oidc", "reason": str(exc)},
+                       (f"oidc-refused:{client}:{exc.kind}", OIDC_REFUSED_EVERY))
+            raise
+        except PermissionDeniedError as exc:
+            log.warning("OIDC token from %s: %s", client, exc)
+            raise
+        self._pend(request, LOGIN, SUCCESS, p.name, None, {"method": "oidc", "role": p.role},
+                   (f"oidc:{p.name}:{p.role}", OIDC_LOGIN_EVERY))
+        return p
+
+    def key_refresh_due(self, header: str | None) -> bool:
+        """A JWT bearer token whose signing key we may have to fetch first (no I/O here)."""
+        token = bearer_token(header) if self.oidc is not None else None
+        return token is not None and self.oidc is not None and self.oidc.wants_refresh(token)
+
+    def refresh_keys(self) -> None:
+        """Fetches the identity provider's keys again (blocking: call it in the thread pool)."""
+        if self.oidc is not None:
+            self.oidc.refresh()
 
     @contextlib.contextmanager
     def password_slot(self) -> Iterator[None]:
@@ -143,19 +202,19 @@ class Security:
         where = f"{request.method} {request.url.path}"
         if any_study or asked == p.study:
             if p.method == "share":
-                self._pend(request, SHARE_USED, SUCCESS, p, {"path": where},
+                self._pend(request, SHARE_USED, SUCCESS, p.name, p.study, {"path": where},
                            (f"used:{p.name}", SHARE_USED_EVERY))
             return
-        self._pend(request, SHARE_SCOPE_REFUSED, FAILURE, p, {"path": where},
+        self._pend(request, SHARE_SCOPE_REFUSED, FAILURE, p.name, p.study, {"path": where},
                    (f"refused:{p.name}", SHARE_REFUSED_EVERY))
         raise PermissionDeniedError(f"{p.name} may read study {p.study} only, not {where}")
 
-    def _pend(self, request: Request, event: str, outcome: str, p: Principal, detail: dict[str, Any],
-              once_per: tuple[str, float]) -> None:
+    def _pend(self, request: Request, event: str, outcome: str, user: str | None, study: str | None,
+              detail: dict[str, Any], once_per: tuple[str, float]) -> None:
         # Decided now (cheap); written by `secured` in the thread pool (an fsync, not on the loop).
         if self.audit is None:
             return
-        rec = self.audit.event(event, outcome, user=p.name, client=client_of(request), study=p.study,
+        rec = self.audit.event(event, outcome, user=user, client=client_of(request), study=study,
                                detail=detail, once_per=once_per)
         if rec is not None:
             request.scope.setdefault(_PENDING, []).append(rec)
@@ -178,12 +237,13 @@ class Security:
                                 study=request.path_params.get("study"), protocol=protocol)
 
     def refused_credentials(self, request: Request, exc: AuthenticationError) -> None:
-        """Credentials given and refused (not merely missing): a throttled audit record."""
+        """Credentials given and refused (not merely missing): a throttled audit record. An
+        identity provider's token is recorded where it is checked (`_oidc`), with its reason."""
         header = request.headers.get("authorization")
-        if self.events is not None and header:
-            scheme = header.strip().partition(" ")[0].lower()
-            self.events.auth_failed(client_of(request), scheme, str(exc),
-                                    _basic_user(header) if scheme == "basic" else None)
+        if self.events is not None and header and not isinstance(exc, InvalidTokenError):
+            method = header.strip().partition(" ")[0].lower()
+            self.events.auth_failed(client_of(request), method, str(exc),
+                                    _basic_user(header) if method == "basic" else None)
 
     def config_changed(self, request: Request, what: str, action: str, target: str | None,
                        detail: dict[str, Any] | None = None) -> None:
@@ -260,10 +320,14 @@ def secured(security: Security, action: str | None, handler: Handler, *,
     async def endpoint(request: Request) -> Any:
         if action is not None:
             try:
-                if request.headers.get("authorization", "")[:6].lower() == "basic ":
+                header = request.headers.get("authorization", "")
+                if header[:6].lower() == "basic ":
                     # An uncached password check is ~50 ms of scrypt: not on the event loop.
                     await run_in_threadpool(security.require, request, action, any_study=any_study)
                 else:
+                    if security.key_refresh_due(header):
+                        # A key the identity provider rotated in: fetched off the event loop.
+                        await run_in_threadpool(security.refresh_keys)
                     security.require(request, action, any_study=any_study)
             except AuthenticationError as exc:
                 security.refused_credentials(request, exc)
@@ -281,7 +345,24 @@ def secured(security: Security, action: str | None, handler: Handler, *,
         return response
 
     endpoint.__name__ = getattr(handler, "__name__", "endpoint")
+    setattr(endpoint, ACCESS_ATTR, action or PUBLIC)
     return endpoint
+
+
+T = TypeVar("T")
+
+
+def public(app: T) -> T:
+    """Marks an endpoint or ASGI app that serves everyone on purpose (it holds no data: the
+    viewer's files), so the route walk of the tests tells it from a route that forgot `secured`."""
+    setattr(app, ACCESS_ATTR, PUBLIC)
+    return app
+
+
+def access_of(endpoint: object) -> str | None:
+    """The action an endpoint requires, PUBLIC, or None when it went through neither `secured`
+    nor `public`."""
+    return getattr(endpoint, ACCESS_ATTR, None)
 
 
 def _is_async(fn: Any) -> bool:

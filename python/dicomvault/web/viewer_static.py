@@ -15,6 +15,8 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
+from .security import public
+
 VIEWER_DIR = Path(__file__).with_name("viewer")
 
 # The viewer loads nothing from elsewhere; a stored value that slipped into markup could run no
@@ -50,6 +52,6 @@ def index(request: Request) -> Response:
 
 def routes() -> list[BaseRoute]:
     return [
-        Route("/", index, methods=["GET", "HEAD"]),
-        Mount("/viewer", app=_ViewerFiles(directory=VIEWER_DIR, follow_symlink=False), name="viewer"),
+        Route("/", public(index), methods=["GET", "HEAD"]),
+        Mount("/viewer", app=public(_ViewerFiles(directory=VIEWER_DIR, follow_symlink=False)), name="viewer"),
     ]

@@ -1,4 +1,4 @@
-"""`dicomvault users ...` writes a config-change Security Alert per change, through the real CLI;
+"""`dicomvault users ...` writes a Security Alert (security configuration) per change, through the real CLI;
 a secret (token, password) never reaches the log, and a command that changes nothing writes
 nothing."""
 
@@ -27,8 +27,10 @@ def test_user_commands_are_security_alerts(tmp_path: Path) -> None:
     text = (tmp_path / "data" / "audit" / "audit.jsonl").read_text()
     recs = [json.loads(line) for line in text.splitlines()]
     assert [(r["event"], r["code"], r["detail"]["what"], r["detail"]["action"], r["detail"]["target"])
-            for r in recs] == [("config-change", "DCM 110113", "users", a, "alice")
+            for r in recs] == [("security-alert", "DCM 110113", "users", a, "alice")
                                for a in ("add", "token", "revoke", "remove")]
+    first = recs[0]["detail"]
+    assert (first["change"], first["alert"]) == ("users-add", "security-configuration")
     assert recs[0]["detail"]["role"] == "reader" and recs[0]["detail"]["password"] is True
     assert recs[2]["detail"]["tokens"] == 1
     assert all(r["user"].startswith("cli:") and r["client"] == "local" for r in recs)

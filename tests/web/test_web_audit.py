@@ -1,6 +1,6 @@
 """The audit trail of HTTP traffic, checked after real requests to a real site (uvicorn, httpx):
 QIDO-RS searches are Query records, WADO-RS/WADO-URI reads one Instances Accessed record per
-(user, client, study) burst, refused credentials a throttled User Authentication failure, user
+(user, client, study) burst, refused credentials a throttled User Authentication (login) failure, user
 changes through /api a Security Alert; the chain verifies (`dicomvault audit verify`)."""
 
 from __future__ import annotations
@@ -106,16 +106,16 @@ def test_http_reads_searches_and_refusals_are_audited(site: Site, http: httpx.Cl
     assert ct["detail"]["requests"] == 27
     assert ct["detail"]["kinds"] == {"frames": 25, "metadata": 1, "rendered": 1}
     assert accessed[MR.StudyInstanceUID]["detail"]["kinds"] == {"study-summary": 1, "wado-uri": 1}
-    ok = [(r["user"], r["detail"]["scheme"]) for r in recs if r["event"] == "authentication"
+    ok = [(r["user"], r["detail"]["method"]) for r in recs if r["event"] == "login"
           and r["outcome"] == "success"]
     assert ok == [("rita", "token"), ("rita", "basic")]  # 30 requests with the token: one line
-    auth = [r for r in recs if r["event"] == "authentication" and r["outcome"] == "failure"]
+    auth = [r for r in recs if r["event"] == "login" and r["outcome"] == "failure"]
     assert len(auth) == 2, auth
-    assert (auth[0]["outcome"], auth[0]["user"], auth[0]["detail"]["scheme"], auth[0]["code"]) == (
+    assert (auth[0]["outcome"], auth[0]["user"], auth[0]["detail"]["method"], auth[0]["code"]) == (
         "failure", "rita", "basic", "DCM 110114")
-    assert auth[1]["detail"]["scheme"] == "bearer" and auth[1]["detail"]["suppressed"] == 3
+    assert auth[1]["detail"]["method"] == "bearer" and auth[1]["detail"]["suppressed"] == 3
     changes = [(r["detail"]["what"], r["detail"]["action"], r["detail"]["target"], r["user"])
-               for r in recs if r["event"] == "config-change"]
+               for r in recs if r["event"] == "security-alert"]
     assert changes == [("users", "add", "ann", "local-admin"), ("users", "token", "ann", "local-admin")]
     assert not any("password" in json.dumps(r) and "rita-password" in json.dumps(r) for r in recs)
     v = subprocess.run([sys.executable, "-m", "dicomvault.cli", "audit", "verify", "--data", str(data)],

@@ -50,7 +50,6 @@ EVENT_TYPES: dict[str, Code] = {
     # A caller turned away in the association or the TLS handshake: its node failed to authenticate.
     events.ASSOCIATION_REFUSED: ("110126", "DCM", "Node Authentication"),
     events.TLS_REFUSED: ("110126", "DCM", "Node Authentication"),
-    events.CONFIG_CHANGE: _SECURITY_CONFIGURATION,
 }
 # Security Alert needs an EventTypeCode (A.5.3.11): a writer names it in detail["alert"].
 ALERT_TYPES: dict[str, Code] = {

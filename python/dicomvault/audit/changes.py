@@ -3,7 +3,8 @@ one function, so every command and route that changes who may do what writes the
 
     config_changed(data_dir, "users", "add", "alice", detail={"role": "reader"})
 
-writes `config-change` (DCM 110113, Security Alert) with `detail.what` = "users",
+writes `security-alert` (DCM 110113, EventTypeCode Security Configuration) with
+`detail.change` = "users-add" (as peer changes say "peer-added"), `detail.what` = "users",
 `detail.action` = "add", `detail.target` = "alice". From the CLI, the user is `cli:<login>` and
 the client "local"; a route passes its principal and the peer address. Secrets (passwords,
 tokens) never go in `detail`.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .log import CONFIG_CHANGE, SUCCESS, AuditLog, Record, cli_user
+from .log import SECURITY_ALERT, SUCCESS, AuditLog, Record, cli_user
 
 
 def config_changed(where: AuditLog | str | os.PathLike[str], what: str, action: str, target: str | None,
@@ -25,5 +26,6 @@ def config_changed(where: AuditLog | str | os.PathLike[str], what: str, action: 
     log = where if isinstance(where, AuditLog) else AuditLog(where)
     if user is None:
         user, client = cli_user(), client or "local"
-    return log.record(CONFIG_CHANGE, SUCCESS, user=user, client=client,
-                      detail={"what": what, "action": action, "target": target, **(detail or {})})
+    return log.record(SECURITY_ALERT, SUCCESS, user=user, client=client,
+                      detail={"alert": "security-configuration", "change": f"{what}-{action}", "what": what,
+                              "action": action, "target": target, **(detail or {})})

@@ -54,7 +54,6 @@ BEGIN_TRANSFERRING = "begin-transferring"
 INSTANCES_ACCESSED = "instances-accessed"
 ASSOCIATION_REFUSED = "association-refused"
 TLS_REFUSED = "tls-refused"
-CONFIG_CHANGE = "config-change"
 
 # Each event's EventID (DICOM PS3.16 CID 400, as PS3.15 A.5.3 uses them).
 CODES = {
@@ -75,7 +74,6 @@ CODES = {
     INSTANCES_ACCESSED: "DCM 110103",
     ASSOCIATION_REFUSED: "DCM 110113",
     TLS_REFUSED: "DCM 110113",
-    CONFIG_CHANGE: "DCM 110113",
 }
 EVENTS = frozenset(CODES)
 

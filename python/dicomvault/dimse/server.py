@@ -34,7 +34,7 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from ..audit.dimse import DimseAudit, RefusalAudit
+from ..audit.dimse import DimseAudit, Refusals
 from ..audit.log import APPLICATION_START, APPLICATION_STOP, SUCCESS, AuditLog
 from ..audit.sender import start_sender
 from ..config import Config, DimseConfig, PeerConfig
@@ -274,7 +274,7 @@ def rejection_reason(event: Any) -> str:
     return "the request could not be accepted (no acceptable presentation context or negotiation item)"
 
 
-def _log_rejected(event: Any, audit: DimseAudit | RefusalAudit | None = None) -> None:
+def _log_rejected(event: Any, audit: Refusals | None = None) -> None:
     reason = rejection_reason(event)
     log.warning("association rejected: %s: %s", peer_desc(event), reason)
     if audit is not None:

@@ -34,7 +34,7 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from ..audit.dimse import DimseAudit
+from ..audit.dimse import DimseAudit, Refusals
 from ..audit.log import APPLICATION_START, APPLICATION_STOP, SUCCESS, AuditLog
 from ..audit.sender import start_sender
 from ..config import Config, DimseConfig, PeerConfig
@@ -44,7 +44,7 @@ from . import fastpath, tls
 from .admission import relay_origins
 from .association import ArchiveAE
 from .commitment import CommitmentService
-from .common import listen_socket, log, peer_desc, set_nodelay
+from .common import calling_ae, listen_socket, log, peer_desc, requestor_host, set_nodelay
 from .dul import acse_expired, stalled
 from .encoded import encoders_verified
 from .fastretrieve import fast_get, fast_move
@@ -158,8 +158,8 @@ class DimseServer:
         if d.fast_path and d.tuned_reactor:
             fastpath.enable(ae, fast_store(engine, self.audit),
                             fast_find(engine, d.ae_title, self.audit, max_results=d.max_query_results),
-                            fast_get(engine),
-                            fast_move(engine, self.peers, d.ae_title, self._tls_client))
+                            fast_get(engine, self.audit),
+                            fast_move(engine, self.peers, d.ae_title, self._tls_client, self.audit))
         self.ae = ae
         self.commitment = CommitmentService(engine, ae, self.peers, d.ae_title, self._connect)
         self._server: ThreadedAssociationServer | None = None
@@ -192,13 +192,13 @@ class DimseServer:
             (evt.EVT_C_FIND,
              partial(handle_find, engine=self.engine, our_ae=d.ae_title, audit=self.audit,
                      max_results=d.max_query_results)),
-            (evt.EVT_C_GET, partial(handle_get, engine=self.engine)),
+            (evt.EVT_C_GET, partial(handle_get, engine=self.engine, audit=self.audit)),
             (evt.EVT_C_MOVE, partial(handle_move, engine=self.engine, peers=self.peers, max_pdu=d.max_pdu,
-                                     connect=self._connect)),
+                                     connect=self._connect, audit=self.audit)),
             (evt.EVT_N_ACTION, self.commitment.handle_n_action),
             (evt.EVT_ESTABLISHED, _on_established),
             (evt.EVT_CONN_CLOSE, _log_close),
-            (evt.EVT_REJECTED, _log_rejected),
+            (evt.EVT_REJECTED, partial(_log_rejected, audit=self.audit)),
             (evt.EVT_ABORTED, _log_event("association aborted", logging.WARNING)),
             *limit_handlers(d),
         ]
@@ -223,7 +223,7 @@ class DimseServer:
                 target=tls_acceptor, name="dv-tls-accept", daemon=True,
                 args=(self._tls_listen, reloader.context(), scp, float(self.ae.acse_timeout or 30),
                       self._tls_stop, self._tls_active, self._tls_lock, reloader.context),
-                kwargs={"admit": self.peers.admit, "origins": relay_origins})
+                kwargs={"admit": self.peers.admit, "origins": relay_origins, "audit": self.audit})
             self._tls_thread.start()
             log.info("DICOM TLS listening on %s:%d (%s)", d.host, d.tls_port,
                      "callers need a certificate signed by " + str(d.tls_ca) if d.tls_ca
@@ -286,10 +286,12 @@ def rejection_reason(event: Any) -> str:
     return "the request could not be accepted (no acceptable presentation context or negotiation item)"
 
 
-def _log_rejected(event: Any) -> None:
-    why = rejection_reason(event)
-    REFUSALS.count("association", association_reason(why))
-    log.warning("association rejected: %s: %s", peer_desc(event), why)
+def _log_rejected(event: Any, audit: Refusals | None = None) -> None:
+    reason = rejection_reason(event)
+    REFUSALS.count("association", association_reason(reason))
+    log.warning("association rejected: %s: %s", peer_desc(event), reason)
+    if audit is not None:
+        audit.refused(calling_ae(event), requestor_host(event.assoc), reason)
 
 
 def _on_established(event: Any) -> None:

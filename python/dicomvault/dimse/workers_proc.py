@@ -18,6 +18,7 @@ import struct
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from pynetdicom import evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from ..audit.dimse import RefusalAudit, Refusals
+from ..audit.log import AuditLog
 from ..config import DimseConfig, parse_peer
 from ..refusals import REFUSALS
 from . import tls
@@ -171,14 +174,15 @@ def wants_writer(first_pdu: bytes) -> bool:
     return bool(uids) and any(uid in WRITER_SERVICES for uid in uids)
 
 
-def admitted_at_edge(admit: Admit, sock: socket.socket, first_pdu: bytes, address: str) -> bool:
+def admitted_at_edge(admit: Admit, sock: socket.socket, first_pdu: bytes, address: str,
+                     audit: Refusals | None = None) -> bool:
     """An association relayed to the writer is decided here, where the caller's address is known
     (the writer's SCP sees this process's loopback connection): False when refused, with the
     A-ASSOCIATE-RJ sent and the connection closed."""
     verdict = edge_verdict(admit, first_pdu, address, None)
     if verdict is None or verdict.refused is None:
         return True
-    log_refusal(verdict, address)
+    log_refusal(verdict, address, audit)
     count_admission_refusal(verdict.refused)
     try:
         sock.recv(len(first_pdu))  # consume the request we answer (it was only peeked)
@@ -249,7 +253,8 @@ def relay(client: socket.socket, writer_addr: tuple[str, int], active: list[int]
 
 def make_server_class(listen: socket.socket, writer_addr: tuple[str, int], acse_timeout: float,
                       relays: list[int], relays_lock: threading.Lock,
-                      relayed: list[int], admit: Admit) -> type[ThreadedAssociationServer]:
+                      relayed: list[int], admit: Admit, audit: Refusals | None = None
+                      ) -> type[ThreadedAssociationServer]:
     connections = [0]  # connections this receiver is serving (associations and relays)
 
     class SharedSocketServer(ThreadedAssociationServer):
@@ -298,7 +303,7 @@ def make_server_class(listen: socket.socket, writer_addr: tuple[str, int], acse_
                 except OSError:
                     first = b""  # gone already: pynetdicom will see it and log it
                 to_writer = wants_writer(first)
-                if to_writer and not admitted_at_edge(admit, request, first, str(client_address[0])):
+                if to_writer and not admitted_at_edge(admit, request, first, str(client_address[0]), audit):
                     return
                 if to_writer:
                     with relays_lock:
@@ -335,13 +340,16 @@ def main(argv: list[str]) -> int:
     ae = build_ae(d, peers, (Verification,))
     client = StoreClient(spec.ipc_path)
     REFUSALS.forward = RefusalReporter(client)
+    # Refusals are rare and throttled per caller: written here, at once (the log takes an flock,
+    # so the writer and every receiver append to the same chain).
+    refusals = RefusalAudit(AuditLog(spec.data_dir)) if spec.data_dir else None
     listen = socket.socket(fileno=spec.listen_fd)
     relays = [0]  # relays in progress
     relays_lock = threading.Lock()
     relayed = [0]  # relays done (for the exit log line)
     writer_addr = (spec.writer_host, spec.writer_port)
     server_class = make_server_class(listen, writer_addr, float(ae.acse_timeout or 30), relays, relays_lock,
-                                     relayed, peers.admit)
+                                     relayed, peers.admit, refusals)
     served = [0]
 
     def on_established(event: Any) -> None:
@@ -354,7 +362,7 @@ def main(argv: list[str]) -> int:
         (evt.EVT_C_STORE, lambda event: handle_store_remote(event, client)),
         (evt.EVT_ESTABLISHED, on_established),
         (evt.EVT_CONN_CLOSE, _log_close),
-        (evt.EVT_REJECTED, _log_rejected),
+        (evt.EVT_REJECTED, partial(_log_rejected, audit=refusals)),
         (evt.EVT_ABORTED, _log_event("association aborted", logging.WARNING)),
         *limit_handlers(d),
     ]
@@ -369,7 +377,8 @@ def main(argv: list[str]) -> int:
         tls_thread = threading.Thread(
             target=tls_acceptor, name=f"dv-tls-accept-{spec.index}",
             args=(tls_listen, reloader.context(), writer_addr, float(ae.acse_timeout or 30), tls_stop,
-                  relays, relays_lock, reloader.context), kwargs={"admit": peers.admit}, daemon=True)
+                  relays, relays_lock, reloader.context),
+            kwargs={"admit": peers.admit, "audit": refusals}, daemon=True)
         tls_thread.start()
     ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() would find it
     log.debug("receiver %d accepting (pid %d)", spec.index, os.getpid())

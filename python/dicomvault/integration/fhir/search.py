@@ -28,7 +28,7 @@ from . import mapping, params
 from .ids import from_fhir_id
 from .params import DCM_SYSTEM, DICOM_UID_SYSTEM, V2_0203, DayRange, Token
 
-TOTAL_SCAN = 500
+TOTAL_SCAN = 100
 IMAGING_STUDY_PARAMS = frozenset({"_id", "patient", "subject", "patient.identifier", "identifier",
                                   "identifier:of-type", "accession", "started", "modality"})
 PATIENT_PARAMS = frozenset({"_id", "identifier", "name", "family", "given", "birthdate", "gender"})

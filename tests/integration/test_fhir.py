@@ -406,7 +406,8 @@ def test_ids_refuse_what_no_identifier_encodes() -> None:
 
 def test_a_page_costs_three_index_queries_whatever_its_size(
         fsite: Site, client: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The page's studies, their series, their instances: counted on the real index."""
+    """The page's studies, their series, their instances (a Patient page: the patients), counted
+    on the real index."""
     calls: list[str] = []
     lock = threading.Lock()
     real_find = Index.find
@@ -422,3 +423,6 @@ def test_a_page_costs_three_index_queries_whatever_its_size(
         found = search(client, "ImagingStudy", _count=count)
         assert len(found) == count and all("series" in s for s in found)
         assert calls == ["STUDY", "SERIES", "IMAGE"], calls
+    calls.clear()
+    assert len(search(client, "Patient", name="doe")) == 1
+    assert calls == ["PATIENT"], calls

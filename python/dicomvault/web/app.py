@@ -2,6 +2,7 @@
 
   /dicom-web   DICOMweb: QIDO-RS, WADO-RS, STOW-RS (dicomweb/routes.py)
   /wado        WADO-URI (wado_uri.py)
+  /fhir/r4     FHIR R4 read API for EHRs (fhir_routes.py)
   /api         JSON for the CLI, the viewer and admins (api.py, admin.py)
   /replication the change feed and blobs for replicas (replication_routes.py)
   /metrics     Prometheus text (metrics.py)
@@ -29,6 +30,7 @@ from ..tiering.service import TieringService
 from . import (
     admin,
     api,
+    fhir_routes,
     measurements,
     peers_routes,
     replication_routes,
@@ -67,6 +69,7 @@ def build_app(ctx: WebContext, *, jobs: Callable[[], list[dict[str, Any]]] | Non
         *admin.routes(ctx, status_extra),
         *wado_uri.routes(ctx),
         *dicomweb_routes.routes(ctx),
+        *fhir_routes.routes(ctx),
         *viewer_static.routes(),
     ]
     if ctx.feed is not None:

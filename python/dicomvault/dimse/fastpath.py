@@ -62,6 +62,7 @@ from .command_set import (
     C_STORE_RQ,
     C_STORE_RSP,
 )
+from .common import enable_quickack
 from .fastretrieve import GET_MODELS, MOVE_MODELS
 from .find import PENDING, FindHandler, command_set, decode_identifier
 from .limits import oversize
@@ -161,6 +162,14 @@ class FastPath:
         self.answered = 0  # messages handled here (tests and debugging: proof the path is taken)
         self.passed = 0  # PDUs handed to pynetdicom
         self.stored = self.stored_bytes = self.refused = self.finds = self.gets = 0  # for the summary line
+
+    def ack_promptly(self) -> None:
+        """From now on every read is acknowledged at once (common.enable_quickack says why):
+        in force before the C-GET's first sub-operation, not from the next pump."""
+        enable_quickack(self.assoc)
+        if not self._quickack and getattr(self.dul.socket, "quickack", False):
+            self.reader.set_quickack(True)
+            self._quickack = True
 
     def pump(self, timeout: float) -> bool:
         """Reads for up to `timeout` seconds and acts on what arrived; True if anything did."""
@@ -303,6 +312,7 @@ class FastPath:
         if command_field == C_GET_RQ:
             assert self.get is not None  # the context is fast for C-GET only with a handler
             self.gets += 1
+            self.ack_promptly()  # this association now carries our data
             self.get(self, cx, message_id, sop_class, data_set if isinstance(data_set, bytes) else b"")
             return
         if command_field == C_MOVE_RQ:

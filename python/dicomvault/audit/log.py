@@ -50,6 +50,10 @@ EXPORT = "export"
 SECURITY_ALERT = "security-alert"
 INSTANCES_TRANSFERRED = "instances-transferred"
 QUERY = "query"
+BEGIN_TRANSFERRING = "begin-transferring"
+INSTANCES_ACCESSED = "instances-accessed"
+ASSOCIATION_REFUSED = "association-refused"
+TLS_REFUSED = "tls-refused"
 # IOCM: instances hidden by a rejection note, or put back by an admin (docs/integration.md)
 INSTANCES_REJECTED = "instances-rejected"
 INSTANCES_RESTORED = "instances-restored"
@@ -69,6 +73,10 @@ CODES = {
     SECURITY_ALERT: "DCM 110113",
     INSTANCES_TRANSFERRED: "DCM 110104",
     QUERY: "DCM 110112",
+    BEGIN_TRANSFERRING: "DCM 110102",
+    INSTANCES_ACCESSED: "DCM 110103",
+    ASSOCIATION_REFUSED: "DCM 110113",
+    TLS_REFUSED: "DCM 110113",
     INSTANCES_REJECTED: "DCM 110103",  # DICOM Instances Accessed, action U (update)
     INSTANCES_RESTORED: "DCM 110103",
 }

@@ -35,6 +35,7 @@ from pynetdicom import evt
 from pynetdicom.acse import ACSE
 from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 
+from ..audit.dimse import Refusals
 from .common import log
 
 # A-ASSOCIATE-RJ: rejected-permanent, DICOM UL service-user, calling AE title not recognised
@@ -124,6 +125,7 @@ class ArchiveACSE(ACSE):
             checked = True
         verdict = admit(calling, address, cert, checked)
         self.assoc.verdict = verdict  # type: ignore[attr-defined]
+        self.assoc.client_address = address  # type: ignore[attr-defined]  # the caller's, for the audit trail
         if verdict.refused is not None:
             self.requestor.ae_title = calling
             self.send_reject(*RJ_CALLING_AE)
@@ -176,6 +178,8 @@ def edge_verdict(admit: Admit, pdu: bytes, address: str, cert: str | None) -> Ve
     return admit(title, address, cert, False)
 
 
-def log_refusal(verdict: Verdict, address: str) -> None:
+def log_refusal(verdict: Verdict, address: str, audit: Refusals | None = None) -> None:
     logging.getLogger("dicomvault.dimse").warning(
         "association rejected: %s@%s: %s; %s", verdict.title, address, verdict.refused, verdict.hint)
+    if audit is not None:
+        audit.refused(verdict.title, address, str(verdict.refused))

@@ -1,5 +1,5 @@
 """IOCM end to end against a real `dicomvault serve`: images and rejection notes sent with dcmtk
-storescu, then C-FIND (findscu), QIDO-RS and WADO-RS/URI (httpx) and C-GET (getscu) must not
+storescu, then C-FIND (findscu), QIDO-RS, WADO-RS/URI and FHIR (httpx) and C-GET (getscu) must not
 return the rejected instances and must still return the others; an admin restores over /api."""
 
 from __future__ import annotations
@@ -109,6 +109,15 @@ def _wado_status(http: httpx.Client, im: Image) -> tuple[int, int]:
     return rs.status_code, uri.status_code
 
 
+def _fhir(http: httpx.Client, study_uid: str) -> tuple[int, set[str]]:
+    """(numberOfInstances, instance UIDs) of the study's FHIR ImagingStudy."""
+    r = http.get(f"/fhir/r4/ImagingStudy/{study_uid}")
+    assert r.status_code == 200, r.text
+    res = r.json()
+    uids = {i["uid"] for se in res.get("series", []) for i in se.get("instance", [])}
+    return int(res["numberOfInstances"]), uids
+
+
 def _get_study(arch: Archive, out: Path, study_uid: str) -> set[str]:
     out.mkdir()
     run(["getscu", "-aet", "GETSCU", "-aec", ARCHIVE_AE, "-S", "+B", "-od", str(out),
@@ -141,6 +150,7 @@ def test_rejection_hides_from_every_path_and_admin_restores(
     assert _get_study(arch, tmp_path / "g1", study) == kept
     viewer = http.get(f"/api/studies/{study}").json()
     assert viewer["NumberOfStudyRelatedInstances"] == "3"
+    assert _fhir(http, study) == (3, kept)
 
     # the rejected set is an admin's: anonymous (a writer on loopback) is refused
     assert httpx.get(str(http.base_url.join("/api/rejected")), timeout=30).status_code == 401  # anonymous
@@ -161,6 +171,7 @@ def test_rejection_hides_from_every_path_and_admin_restores(
     assert _qido(http, study) == everything
     assert _wado_status(http, images[0]) == (200, 200)
     assert _get_study(arch, tmp_path / "g2", study) == everything
+    assert _fhir(http, study) == (5, everything)
     assert http.post("/api/rejected/restore", json={"note": note}, headers=admin).status_code == 404
 
     events = [(e["event"], e["detail"].get("note"), e["code"]) for e in _audit(arch)

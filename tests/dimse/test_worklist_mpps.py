@@ -360,3 +360,31 @@ def test_a_peer_without_the_worklist_service_cannot_query_it(site: dict[str, Any
     assert "worklist not allowed for this peer" in site["archive"].log_text()
     cli(site["data"], "peers", "add", "WLONLY", HOST, "--allow", "worklist")
     assert accessions(findscu_w(site, aet="WLONLY", modality="MR")) == ["ACC3"]
+
+
+def test_worklist_and_mpps_through_receiver_processes(tmp_path: Path, dcmtk: None) -> None:
+    """With `workers = 2` the receivers relay worklist and MPPS associations to the writer."""
+    arch = start_archive(tmp_path, free_port(), free_port(), workers=2)
+    try:
+        deadline = time.monotonic() + 30
+        while not (arch.data / "http.json").exists():
+            assert time.monotonic() < deadline, arch.log_text()
+            time.sleep(0.05)
+        entry = json.loads(cli(arch.data, "worklist", "add", "--patient-id", "PW", "--accession", "W1",
+                               "--modality", "CT", "--station-ae", "CTW", "--json").stdout)
+        site = {"tmp": tmp_path, "archive": arch}
+        assert accessions(findscu_w(site, station="CTW")) == ["W1"]
+        ae = AE(ae_title="CTW")
+        ae.add_requested_context(MPPS)
+        assoc = ae.associate(HOST, arch.port, ae_title=ARCHIVE_AE)
+        assert assoc.is_established
+        try:
+            attrs = _create_attrs({**entry, "procedure": ""}, station="CTW")
+            rsp, _ = assoc.send_n_create(attrs, MPPS, generate_uid())
+            assert _status(rsp) == 0x0000
+        finally:
+            assoc.release()
+        shown = json.loads(cli(arch.data, "worklist", "show", entry["key"], "--json").stdout)
+        assert shown["status"] == "STARTED"
+    finally:
+        assert stop_archive(arch) == 0, arch.log_text()[-4000:]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import msgpack
@@ -100,7 +100,7 @@ class WorklistStore:
         if new is not None:
             for k in _secondary(new):
                 out[k] = b"1"
-            out[ENTRY + _key_part(new)] = _encode(new.as_dict() | {"key": None})
+            out[ENTRY + _key_part(new)] = _encode(asdict(new))
         return out
 
     def add(self, entry: WorklistEntry, *, replace_existing: bool = False) -> WorklistEntry:

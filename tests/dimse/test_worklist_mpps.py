@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
+from pynetdicom.sop_class import ModalityWorklistInformationFind
 
 from dicomvault.engine import Engine
 from dicomvault.integration.worklist_store import WorklistStore
@@ -388,3 +389,58 @@ def test_worklist_and_mpps_through_receiver_processes(tmp_path: Path, dcmtk: Non
         assert shown["status"] == "STARTED"
     finally:
         assert stop_archive(arch) == 0, arch.log_text()[-4000:]
+
+
+def test_pynetdicom_worklist_query_in_utf8(site: dict[str, Any]) -> None:
+    r = site["http"]["writer"].post("/api/worklist", json={
+        "patient_id": "P8", "patient_name": "Müller^Jürgen", "accession": "ACC8", "modality": "DX",
+        "station_ae": "DX1", "start": "2026-03-10 11:00"})
+    assert r.status_code == 201, r.text
+    ae = AE(ae_title="DX1")
+    ae.add_requested_context(ModalityWorklistInformationFind)
+    assoc = ae.associate(HOST, site["archive"].port, ae_title=ARCHIVE_AE)
+    assert assoc.is_established
+    q = Dataset()
+    q.PatientName = "Mü*"
+    q.PatientID = ""
+    item = Dataset()
+    item.ScheduledStationAETitle = "DX1"
+    item.ScheduledProcedureStepStartDate = ""
+    q.ScheduledProcedureStepSequence = [item]
+    q.SpecificCharacterSet = "ISO_IR 192"
+    try:
+        answers = [(int(s.Status), ident)
+                   for s, ident in assoc.send_c_find(q, ModalityWorklistInformationFind)]
+    finally:
+        assoc.release()
+    assert [code for code, _ in answers] == [0xFF00, 0x0000]
+    match = answers[0][1]
+    assert str(match.PatientName) == "Müller^Jürgen" and match.SpecificCharacterSet == "ISO_IR 192"
+    assert match.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate == "20260310"
+
+
+def test_acknowledged_entries_and_steps_survive_kill_9(tmp_path: Path, dcmtk: None) -> None:
+    arch = start_archive(tmp_path, free_port(), free_port())
+    try:
+        deadline = time.monotonic() + 30
+        while not (arch.data / "http.json").exists():
+            assert time.monotonic() < deadline, arch.log_text()
+            time.sleep(0.05)
+        entry = json.loads(cli(arch.data, "worklist", "add", "--patient-id", "PK", "--accession", "K1",
+                               "--modality", "CT", "--station-ae", "CTK", "--json").stdout)
+        ae = AE(ae_title="CTK")
+        ae.add_requested_context(MPPS)
+        assoc = ae.associate(HOST, arch.port, ae_title=ARCHIVE_AE)
+        assert assoc.is_established
+        uid = generate_uid()
+        rsp, _ = assoc.send_n_create(_create_attrs({**entry, "procedure": ""}, station="CTK"), MPPS, uid)
+        assert _status(rsp) == 0x0000
+        arch.proc.kill()  # SIGKILL right after the acknowledgement: no clean shutdown
+        arch.proc.wait(10)
+    finally:
+        if arch.proc.poll() is None:
+            stop_archive(arch)
+    with Engine(arch.data, read_only=True) as engine:
+        store = WorklistStore(engine.index)
+        assert store.require(entry["key"]).status == "STARTED"
+        assert store.get_mpps(uid)["status"] == "IN PROGRESS"  # type: ignore[index]

@@ -13,8 +13,10 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from dicomvault.engine import Engine
 from dicomvault.errors import ConflictError, RequestError, UnknownObjectError
 from dicomvault.index import Index
+from dicomvault.index.role import REPLICA, set_role
 from dicomvault.integration.mpps import (
     DUPLICATE_SOP_INSTANCE,
     MISSING_ATTRIBUTE_VALUE,
@@ -203,3 +205,15 @@ def test_cli_without_a_server(tmp_path: Path) -> None:
     assert "SCHEDULED" in _cli(data, "show", "A1^A1^A1")
     _cli(data, "remove", "A1^A1^A1")
     assert json.loads(_cli(data, "list", "--all", "--json")) == []
+
+
+def test_cli_refuses_to_schedule_on_a_replica(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with Engine(data) as engine:
+        set_role(engine.index, REPLICA)
+    proc = subprocess.run([sys.executable, "-m", "dicomvault.cli", "worklist", "add", "--patient-id", "P",
+                           "--accession", "A", "--data", str(data)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "is a replica" in proc.stderr
+    with Engine(data, read_only=True) as engine:
+        assert WorklistStore(engine.index).entries(active_only=False) == []

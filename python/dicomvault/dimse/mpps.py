@@ -7,6 +7,7 @@ refusals into DIMSE statuses (with Error Comment and, for a step no longer IN PR
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -30,10 +31,12 @@ def _refusal(exc: MppsRefusal) -> Dataset:
 
 
 class MppsHandlers:
-    """EVT_N_CREATE and EVT_N_SET handlers on one MPPS service."""
+    """EVT_N_CREATE and EVT_N_SET handlers on one MPPS service. On a replica (whose index
+    follows its upstream's) they refuse with 0x0110 and the reason."""
 
-    def __init__(self, service: MppsService) -> None:
+    def __init__(self, service: MppsService, ensure_writable: Callable[[], None]) -> None:
         self.service = service
+        self.ensure_writable = ensure_writable
 
     def n_create(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
         caller = calling_ae(event)
@@ -41,6 +44,7 @@ class MppsHandlers:
         given = req.AffectedSOPInstanceUID
         uid = str(given) if given else generate_uid()
         try:
+            self.ensure_writable()
             attrs = event.attribute_list
             record = self.service.create(uid, attrs, caller)
         except MppsRefusal as exc:
@@ -60,6 +64,7 @@ class MppsHandlers:
         caller = calling_ae(event)
         uid = str(event.request.RequestedSOPInstanceUID)
         try:
+            self.ensure_writable()
             record = self.service.set(uid, event.modification_list, caller)
         except MppsRefusal as exc:
             log.warning("MPPS N-SET %s from %s refused: %s", uid, caller, exc)

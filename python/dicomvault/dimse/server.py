@@ -162,7 +162,7 @@ class DimseServer:
         self.ae = ae
         self.commitment = CommitmentService(engine, ae, self.peers, d.ae_title, self._connect)
         self.worklist = WorklistStore(engine.index)
-        self.mpps = MppsHandlers(MppsService(self.worklist))
+        self.mpps = MppsHandlers(MppsService(self.worklist), engine.ensure_writable)
         self._server: ThreadedAssociationServer | None = None
         self._tls_listen: socket.socket | None = None
         self._tls_thread: threading.Thread | None = None

@@ -66,6 +66,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     entry = entry_from_fields(fields)
     try:
         with Engine(args.data) as engine:
+            engine.ensure_writable()  # a replica's index follows its upstream only
             WorklistStore(engine.index).add(entry, replace_existing=args.replace)
             out = entry.as_dict()
     except LockedError:
@@ -81,6 +82,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 def cmd_remove(args: argparse.Namespace) -> int:
     try:
         with Engine(args.data) as engine:
+            engine.ensure_writable()
             store = WorklistStore(engine.index)
             out = (store.cancel(args.key) if args.cancel else store.remove(args.key)).as_dict()
     except LockedError:

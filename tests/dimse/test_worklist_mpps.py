@@ -5,6 +5,7 @@ modality, and the results read back with `dicomvault worklist show` and the API.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import httpx
 import pydicom
 import pytest
 from dimse_helpers import ARCHIVE_AE, HOST, Archive, free_port, run, start_archive, stop_archive
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE
@@ -284,6 +286,17 @@ def test_mpps_in_progress_then_completed_takes_the_entry_off_the_worklist(
     assert api.json()["performed_series"][0]["series_uid"] == series
     human = cli(site["data"], "worklist", "show", entry["key"]).stdout
     assert "COMPLETED" in human and series in human
+    # the study the modality stored under the scheduled study UID shows the step too
+    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ct.StudyInstanceUID, ct.SeriesInstanceUID, ct.SOPInstanceUID = entry["study_uid"], series, generate_uid()
+    ct.file_meta.MediaStorageSOPInstanceUID = ct.SOPInstanceUID
+    part10 = io.BytesIO()
+    ct.save_as(part10, enforce_file_format=True)
+    writer = site["http"]["writer"]
+    assert writer.post("/api/instances", content=part10.getvalue()).status_code == 200
+    study = site["http"]["reader"].get(f"/api/studies/{entry['study_uid']}").json()
+    assert [(p["key"], p["status"], p["mpps"]) for p in study["procedure_steps"]] == [
+        (entry["key"], "COMPLETED", [uid])]
 
     # a completed step may no longer be updated (PS3.4 F.7.2.2.4)
     rsp, _ = mpps_assoc.send_n_set(_final("DISCONTINUED", series), MPPS, uid)

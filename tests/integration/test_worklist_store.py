@@ -108,6 +108,9 @@ def test_sequence_matching_and_return_keys(tmp_path: Path) -> None:
     assert matches(_query(ScheduledStationAETitle="CT1"), ds)
     assert not matches(_query(ScheduledStationAETitle="CT2"), ds)
     assert matches(_query(Modality="C?"), ds)
+    stray = _query(ScheduledStationAETitle="CT1")
+    stray.QueryRetrieveLevel = "STUDY"  # not a worklist key: ignored, not matched
+    assert matches(stray, ds) and "QueryRetrieveLevel" not in response(stray, ds)
     q = Dataset()
     q.RequestedProcedureCodeSequence = []  # universal: the whole sequence comes back
     q.ScheduledProcedureStepSequence = [Dataset()]

@@ -20,8 +20,9 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-# Not matching keys: they qualify the query or the encoding.
-_SKIP_TAGS = {0x00080005}
+# Not matching keys: they qualify the query or the encoding (a Query/Retrieve Level has no place in
+# a worklist identifier, but some SCUs send one: ignored rather than matched against nothing).
+_SKIP_TAGS = {0x00080005, 0x00080052}
 _BINARY_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN", "AT", "US", "SS", "UL", "SL", "FL", "FD",
                "UV", "SV"}
 _RANGE_VRS = {"DA", "TM", "DT"}

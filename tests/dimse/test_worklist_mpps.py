@@ -430,6 +430,17 @@ def test_pynetdicom_worklist_query_in_utf8(site: dict[str, Any]) -> None:
     match = answers[0][1]
     assert str(match.PatientName) == "Müller^Jürgen" and match.SpecificCharacterSet == "ISO_IR 192"
     assert match.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate == "20260310"
+    # an ATNA Query record, with the step's keys from inside the sequence (written within ~2 s)
+    audit = site["data"] / "audit" / "audit.jsonl"
+    deadline = time.monotonic() + 15
+    while True:
+        records = [json.loads(line) for line in audit.read_text().splitlines() if line.strip()]
+        mine = [r for r in records if r["detail"].get("level") == "WORKLIST" and r["user"] == "DX1"]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert mine and mine[-1]["detail"]["keys"] == {"PatientName": "Mü*", "ScheduledStationAETitle": "DX1"}
+    assert mine[-1]["detail"]["matches"] == 1 and mine[-1]["event"] == "query"
 
 
 def test_acknowledged_entries_and_steps_survive_kill_9(tmp_path: Path, dcmtk: None) -> None:

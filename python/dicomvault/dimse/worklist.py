@@ -54,6 +54,9 @@ def handle_worklist_find(event: Any, store: WorklistStore,
         return
     log.info("worklist C-FIND from %s: %d matches", caller, n)
     if audit is not None:
-        query = {e.keyword: str(e.value) for e in identifier if e.VR != "SQ" and e.keyword}
+        # the step's keys (station, modality, dates) sit in its sequence item: flattened for the record
+        items = [identifier] + list(identifier.get("ScheduledProcedureStepSequence", None) or [])[:1]
+        query = {e.keyword: str(e.value) for ds in items for e in ds
+                 if e.VR != "SQ" and e.keyword and e.keyword != "SpecificCharacterSet"}
         audit.queried(caller, "WORKLIST", query, n, model=str(event.request.AffectedSOPClassUID))
     yield SUCCESS, None

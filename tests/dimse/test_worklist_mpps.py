@@ -468,3 +468,13 @@ def test_acknowledged_entries_and_steps_survive_kill_9(tmp_path: Path, dcmtk: No
         store = WorklistStore(engine.index)
         assert store.require(entry["key"]).status == "STARTED"
         assert store.get_mpps(uid)["status"] == "IN PROGRESS"  # type: ignore[index]
+
+
+def test_a_key_with_a_slash_is_addressable(site: dict[str, Any]) -> None:
+    writer = site["http"]["writer"]
+    r = writer.post("/api/worklist", json={"patient_id": "P7", "accession": "R/7", "station_ae": "XA1"})
+    assert r.status_code == 201 and r.json()["key"] == "R/7^R/7^R/7"
+    path = "/api/worklist/" + urllib.parse.quote("R/7^R/7^R/7", safe="")
+    assert writer.get(path).json()["station_ae"] == "XA1"
+    assert writer.delete(path).status_code == 200
+    assert writer.get(path).status_code == 404

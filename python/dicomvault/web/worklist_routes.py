@@ -67,6 +67,6 @@ def routes(ctx: WebContext) -> list[Route]:
     return [
         Route("/api/worklist", secured(ctx.security, READ, list_entries), methods=["GET"]),
         Route("/api/worklist", secured(ctx.security, WRITE, add), methods=["POST"]),
-        Route("/api/worklist/{key}", secured(ctx.security, READ, show), methods=["GET"]),
-        Route("/api/worklist/{key}", secured(ctx.security, WRITE, remove), methods=["DELETE"]),
+        Route("/api/worklist/{key:path}", secured(ctx.security, READ, show), methods=["GET"]),
+        Route("/api/worklist/{key:path}", secured(ctx.security, WRITE, remove), methods=["DELETE"]),
     ]

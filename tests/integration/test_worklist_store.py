@@ -64,7 +64,8 @@ def test_secondary_indexes_follow_updates_and_removal(tmp_path: Path) -> None:
         store = WorklistStore(idx)
         store.add(entry_from_fields(_entry("A1")))
         store.add(entry_from_fields(_entry("A2", station_ae="CT2", start="2026-03-11 10:00")))
-        store.update("A1^A1^A1", station_ae="CT9", start_date="20260312")
+        store.update("A1^A1^A1", station_ae="CT9", start="2026-03-12 07:45")
+        assert store.require("A1^A1^A1").start_time == "074500"
         assert [e.key for e in store.entries(station_ae="CT1")] == []
         assert [e.key for e in store.entries(station_ae="CT9")] == ["A1^A1^A1"]
         assert [e.key for e in store.entries(date="20260311-20260312")] == ["A2^A2^A2", "A1^A1^A1"]

@@ -31,7 +31,16 @@ from pydicom.dataset import Dataset
 from ..errors import ConflictError, UnknownObjectError
 from ..index import Index
 from ..index import keys as K
-from .worklist_entry import CANCELED, COMPLETED, DISCONTINUED, STATUSES, WorklistEntry, check_entry, split_key
+from .worklist_entry import (
+    CANCELED,
+    COMPLETED,
+    DISCONTINUED,
+    STATUSES,
+    WorklistEntry,
+    check_entry,
+    parse_start,
+    split_key,
+)
 from .worklist_match import matches, response
 
 ENTRY, BY_DATE, BY_AE, BY_MODALITY, BY_STUDY = b"wl/e/", b"wl/d/", b"wl/a/", b"wl/m/", b"wl/u/"
@@ -115,7 +124,10 @@ class WorklistStore:
         return entry
 
     def update(self, key: str, **changes: Any) -> WorklistEntry:
-        """Changes fields of an entry (an order change); the key fields cannot change."""
+        """Changes fields of an entry (an order change); the key fields cannot change. `start`
+        ('YYYY-MM-DD HH:MM') may stand for start_date and start_time."""
+        if "start" in changes:
+            changes["start_date"], changes["start_time"] = parse_start(str(changes.pop("start")))
         fixed = {"accession", "requested_procedure_id", "sps_id", "created"} & set(changes)
         if fixed:
             raise ConflictError(f"worklist entry {key}: {', '.join(sorted(fixed))} cannot change "

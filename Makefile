@@ -12,7 +12,7 @@ NATIVE_SRC := $(shell find core/src core/kernels rust/src -type f) rust/build.rs
 STAMP := $(VENV)/.built
 
 .DEFAULT_GOAL := help
-.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-dicomweb bench-viewer bench-tiers bench-find bench-tls bench-replication clean sysdeps fuzz
+.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-dicomweb bench-viewer bench-tiers bench-find bench-tls bench-load bench-fhir bench-replication clean sysdeps fuzz
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -110,8 +110,14 @@ bench-tiers: sysdeps ## tiered storage: landing vs inline ingest, compaction, co
 bench-find: sysdeps build ## C-FIND latency at 1M instances (+ queries inside 2,000-image studies), memory (~5 min)
 	$(VPY) bench/find_dv.py --index 1000000 --finds 150 --rounds 2
 
+bench-fhir: build ## FHIR ImagingStudy/Patient search latency on 1,000 studies (~2 min)
+	$(VPY) bench/fhir_search.py
+
 bench-tls: sysdeps build ## DICOM TLS vs plain: ingest and C-MOVE, workers 1 and 2, and the no-op storescp ceiling (~2 min)
 	$(VPY) bench/tls_bench.py --slices 300 --repeats 3
+
+bench-load: build ## 32/64/128 concurrent associations against serve's default limits: throughput, p99, RSS, refusals, lost -> bench/RESULTS.md (~5 min; QUICK=1 < 1 min)
+	$(VPY) bench/load_bench.py $(if $(QUICK),--quick)
 
 bench-replication: build ## replication RPO, catch-up, backup and restore speed
 	$(VPY) bench/replication.py

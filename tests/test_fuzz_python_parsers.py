@@ -1,8 +1,9 @@
 """Fuzz smoke of the Python-side parsers of outside input (issue 14, item 6): the STOW-RS
-multipart reader, QIDO-RS parameters and the TOML configuration. Each takes valid input mutated
-the way libFuzzer starts (bit flips, edge bytes, cuts, duplicated and dropped runs) plus random
-chunkings, with a fixed seed, and may only ever refuse with one of our own errors: anything else
-(IndexError, UnicodeDecodeError, KeyError...) is a crash a client could trigger."""
+multipart reader, QIDO-RS parameters, FHIR search parameters and ids (issue 15), and the TOML
+configuration. Each takes valid input mutated the way libFuzzer starts (bit flips, edge bytes,
+cuts, duplicated and dropped runs) plus random chunkings, with a fixed seed, and may only ever
+refuse with one of our own errors: anything else (IndexError, UnicodeDecodeError, KeyError...)
+is a crash a client could trigger."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from pathlib import Path
 from pydicom.data import get_testdata_file
 
 from dicomvault.config import load_config
+from dicomvault.engine import Engine
 from dicomvault.errors import DicomVaultError
+from dicomvault.integration.fhir import params as fhir_params
+from dicomvault.integration.fhir import search as fhir_search
 from dicomvault.web.dicomweb.multipart import read_parts
 from dicomvault.web.dicomweb.qido import parse_qido
 
@@ -107,6 +111,36 @@ def test_qido_parameters() -> None:
             parse_qido(resource, params, study_uid=rng.choice((None, "1.2.3", "x" * 70)))
         except DicomVaultError:
             pass
+
+
+def test_fhir_search_parameters(engine: Engine) -> None:
+    """Parsed and run against a real index holding one study: a bad value may only be a 400/404."""
+    engine.store_files([get_testdata_file("CT_small.dcm")])
+    study = [("patient.identifier", "|1CT1"), ("patient", "Patient/1CT1"), ("subject", "x"),
+             ("identifier", "urn:dicom:uid|urn:oid:1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"),
+             ("identifier:of-type", "http://terminology.hl7.org/CodeSystem/v2-0203|ACSN|A1"),
+             ("accession", "A\\,B"), ("started", "ge2004-01-01"), ("started", "lt2005"),
+             ("modality", "http://dicom.nema.org/resources/ontology/DCM|CT,MR"), ("_id", "1.2.3"),
+             ("_count", "5"), ("_offset", "0"), ("_format", "json")]
+    patient = [("identifier", "|1CT1"), ("name", "CompressedSamples,x"), ("family", "Comp"),
+               ("given", "ct"), ("birthdate", "le2000-02-29"), ("gender", "male,unknown"), ("_id", "1CT1"),
+               ("_count", "0")]
+    rng = random.Random(15)
+    for _ in range(ROUNDS):
+        for base, allowed, run in ((study, fhir_search.IMAGING_STUDY_PARAMS,
+                                    fhir_search.search_imaging_studies),
+                                   (patient, fhir_search.PATIENT_PARAMS, fhir_search.search_patients)):
+            params = _pairs(rng, rng.sample(base, 1 + rng.randrange(len(base))))
+            try:
+                run(engine.index, fhir_params.group(params, allowed, "fuzz"))
+            except DicomVaultError:
+                pass
+        fid = mutate(rng, b"FHIR-2d1.2-20x").decode("latin-1")
+        for read in (fhir_search.read_imaging_study, fhir_search.read_patient):
+            try:
+                read(engine.index, fid)
+            except DicomVaultError:
+                pass
 
 
 def test_toml_configuration(tmp_path: Path) -> None:

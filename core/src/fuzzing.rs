@@ -54,7 +54,8 @@ pub fn dicom_parse(data: &[u8]) {
 /// a command set.
 pub fn pdu_stream(data: &[u8]) {
     let fast: HashMap<u8, Vec<u16>> = [(1, vec![C_STORE_RQ, C_ECHO_RQ]), (3, vec![C_FIND_RQ])].into();
-    let mut asm = Assembler::new(fast).with_any_status([3]);
+    // A small data set limit, so that the drop-and-count path of an oversize C-STORE runs too.
+    let mut asm = Assembler::new(fast).with_any_status([3]).with_max_data_set(4096);
     let mut out = Vec::new();
     let mut rest = data;
     while rest.len() >= pdu::HEADER_LEN {

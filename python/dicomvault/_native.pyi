@@ -151,11 +151,13 @@ class Vault:
 
 class PduReader:
     def __init__(
-        self, fd: int, max_pdu: int, fast: dict[int, list[int]], any_status: list[int] = ...
+        self, fd: int, max_pdu: int, fast: dict[int, list[int]], any_status: list[int] = ...,
+        max_data_set: int = ...,
     ) -> None: ...
     # Outputs: ("pdu", bytes) | ("msg", context_id, command_field, message_id, sop_class_uid,
     # sop_instance_uid, ReceivedDataSet | bytes | None, message_id_being_responded_to,
-    # status | None, move_destination) | ("error", why).
+    # status | None, move_destination) | ("oversize", context_id, command_field, message_id,
+    # sop_class_uid, sop_instance_uid, bytes received) | ("error", why).
     def next(
         self, wake_fd: int | None, timeout: float
     ) -> tuple[list[tuple[Any, ...]], Literal["ready", "timeout", "woken", "closed"], str | None]: ...

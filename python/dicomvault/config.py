@@ -10,6 +10,12 @@ port = 11112
 accept_unknown_callers = false     # true: any caller may echo, store, query, retrieve
 max_pdu = 131072
 max_associations = 128
+max_associations_per_peer = 64    # per calling AE title
+max_object_size = "4GiB"           # a C-STORE data set larger is refused (0xA700), never buffered
+max_query_results = 10000          # C-FIND matches answered; more: 0xA700 after these
+acse_timeout = 30                  # seconds for the A-ASSOCIATE-RQ (and A-RELEASE-RP)
+dimse_timeout = 120                # seconds for a DIMSE message we wait for
+network_timeout = 300              # an association idle this long is dropped
 workers = 1                        # DIMSE receiver processes; 1 = in the server process
 tuned_reactor = true               # event-driven reactors of our associations (dimse/association.py)
 fast_path = true                   # C-STORE/C-ECHO read and answered natively (dimse/fastpath.py)
@@ -17,6 +23,13 @@ tls_port = 2762                    # DICOM TLS listener beside `port` (0 or abse
 tls_cert = "dicomvault.crt"        # our certificate chain and key (PEM), for TLS both ways
 tls_key = "dicomvault.key"
 tls_ca = "ca.crt"                  # callers must present a certificate it signed; verifies TLS peers
+
+[http]
+max_body = "8GiB"                  # larger request bodies: 413, refused before they are read
+max_query_results = 1000           # QIDO-RS results per response (Warning 299 when cut)
+rate_limit = 0                     # requests/s per user or token (0: off), token bucket
+rate_limit_per_address = 0         # requests/s per client address (0: off)
+rate_burst = 200                   # requests a bucket holds (a burst allowed at once)
 
 [[peers]]
 ae_title = "STORESCP"
@@ -48,7 +61,7 @@ from .engine import DEFAULT_DATA_DIR
 from .errors import DicomVaultError
 from .replication.settings import ReplicationSettings, parse_settings
 from .storage.reserve import Reserve, parse_reserve
-from .storage.settings import TieringSettings, default_settings, parse_tiering
+from .storage.settings import SettingsError, TieringSettings, default_settings, parse_size, parse_tiering
 
 DEFAULT_AE_TITLE = "DICOMVAULT"
 DEFAULT_HOST = "127.0.0.1"
@@ -80,6 +93,29 @@ def _check_int(value: object, where: str, lo: int, hi: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
         raise ConfigError(f"{where}: must be an integer {lo}-{hi}, got {value!r}")
     return value
+
+
+def _check_seconds(value: object, where: str, lo: float = 0.1, hi: float = 86_400.0) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ConfigError(f"{where}: must be a number of seconds {lo:g}-{hi:g}, got {value!r}")
+    return float(value)
+
+
+def _check_rate(value: object, where: str) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1e6:
+        raise ConfigError(f"{where}: must be requests per second, 0 (off) to 1000000, got {value!r}")
+    return float(value)
+
+
+def _check_size(value: object, where: str, lo: int, hi: int) -> int:
+    """A byte count: an integer or a text like "4GB"/"512MiB"."""
+    try:
+        size = parse_size(value, where)
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from exc
+    if not lo <= size <= hi:
+        raise ConfigError(f"{where}: must be {lo}-{hi} bytes, got {value!r}")
+    return size
 
 
 def _check_str(value: object, where: str) -> str:
@@ -139,6 +175,21 @@ class DimseConfig:
     # Sized for a hospital, not a laptop: 32 storescu clients at once against the old default of
     # 16 lost 4 associations to "local limit exceeded"; 128 took 96 at once (RSS 119 MB).
     max_associations: int = 128
+    # One caller (keyed by its calling AE title) cannot take every slot: a modality opens a few,
+    # a router or another archive sending a backlog at most a few dozen; the rest stay free for
+    # everybody else. Refused as A-ASSOCIATE-RJ transient, local limit exceeded.
+    max_associations_per_peer: int = 64
+    # A C-STORE data set larger than this is refused (0xA700) as it streams in, never held in
+    # memory; the association goes on. The largest clinical objects (breast tomosynthesis, whole
+    # slide images) reach 2-3 GB.
+    max_object_size: int = 4 << 30
+    # C-FIND matches answered to one request (no paging in DIMSE): more end with 0xA700.
+    max_query_results: int = 10_000
+    # seconds: the A-ASSOCIATE-RQ after connecting (and the ARTIM timer), one DIMSE message we
+    # wait for, and an association without any traffic (dropped then).
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 120.0
+    network_timeout: float = 300.0
     # Processes receiving DIMSE associations (dimse/workers.py). 1 = in the server process; N >= 2:
     # N receiver processes share the port, the server process alone writes the data directory.
     workers: int = 1
@@ -173,6 +224,13 @@ class HttpConfig:
     tls_key: str | None = None
     # [http.oidc]: bearer tokens of the site's identity provider (auth/oidc_settings.py)
     oidc: OidcSettings | None = None
+    # QIDO-RS: results per response; a query matching more is cut with Warning 299 (PS3.18).
+    max_query_results: int = 1000
+    # Token buckets, requests per second (0 = off): per user or token, and per client address.
+    # Off by default: a viewer loading a study sends hundreds of frame requests in seconds.
+    rate_limit: float = 0.0
+    rate_limit_per_address: float = 0.0
+    rate_burst: int = 200
 
 
 @dataclass(frozen=True)
@@ -215,13 +273,15 @@ class Config:
 _DIMSE_KEYS = {
     "ae_title", "host", "port", "accept_unknown_callers", "max_pdu", "max_associations", "workers",
     "tuned_reactor", "fast_path", "tls_port", "tls_cert", "tls_key", "tls_ca",
+    "max_associations_per_peer", "max_object_size", "max_query_results", "acse_timeout", "dimse_timeout",
+    "network_timeout",
 }
 _PEER_KEYS = {"ae_title", "host", "port", "tls", "allow", "move_to", "from_hosts", "cert"}
 _PEER_REQUIRED = ("ae_title", "host")
 _TOP_KEYS = {"data", "dimse", "peers", "replication", "forward", "http", "tiers", "tiering", "storage",
               "audit"}
 _HTTP_KEYS = {"host", "port", "anonymous", "public_url", "cors_origins", "max_body", "tls_cert", "tls_key",
-              "oidc"}
+              "oidc", "max_query_results", "rate_limit", "rate_limit_per_address", "rate_burst"}
 _ANONYMOUS = ("auto", "none", "reader", "writer", "admin")
 
 
@@ -266,6 +326,17 @@ def _parse_dimse(table: object, where: str, base: Path = Path(".")) -> DimseConf
             table.get("max_associations", d.max_associations), f"{where}.max_associations", 1, 1024
         ),
         workers=_check_int(table.get("workers", d.workers), f"{where}.workers", 1, 64),
+        max_associations_per_peer=_check_int(
+            table.get("max_associations_per_peer", d.max_associations_per_peer),
+            f"{where}.max_associations_per_peer", 1, 1024),
+        max_object_size=_check_size(
+            table.get("max_object_size", d.max_object_size), f"{where}.max_object_size", 1024, 1 << 40),
+        max_query_results=_check_int(table.get("max_query_results", d.max_query_results),
+                                     f"{where}.max_query_results", 1, 10_000_000),
+        acse_timeout=_check_seconds(table.get("acse_timeout", d.acse_timeout), f"{where}.acse_timeout"),
+        dimse_timeout=_check_seconds(table.get("dimse_timeout", d.dimse_timeout), f"{where}.dimse_timeout"),
+        network_timeout=_check_seconds(table.get("network_timeout", d.network_timeout),
+                                       f"{where}.network_timeout"),
         tuned_reactor=tuned,
         fast_path=fast and tuned,
         **_parse_tls(table, where, base),
@@ -366,7 +437,13 @@ def _parse_http(table: object, where: str, base: Path) -> HttpConfig:
         anonymous=anonymous,
         public_url=_check_str(table["public_url"], f"{where}.public_url") if "public_url" in table else None,
         cors_origins=tuple(origins),
-        max_body=_check_int(table.get("max_body", 8 << 30), f"{where}.max_body", 1, 1 << 50),
+        max_body=_check_size(table.get("max_body", 8 << 30), f"{where}.max_body", 1, 1 << 50),
+        max_query_results=_check_int(table.get("max_query_results", 1000), f"{where}.max_query_results",
+                                     1, 1_000_000),
+        rate_limit=_check_rate(table.get("rate_limit", 0), f"{where}.rate_limit"),
+        rate_limit_per_address=_check_rate(table.get("rate_limit_per_address", 0),
+                                           f"{where}.rate_limit_per_address"),
+        rate_burst=_check_int(table.get("rate_burst", 200), f"{where}.rate_burst", 1, 1_000_000),
         tls_cert=str(_tls_file(table, "tls_cert", where, base) or "") or None,
         tls_key=str(_tls_file(table, "tls_key", where, base) or "") or None,
         oidc=parse_oidc(table["oidc"], f"{where}.oidc", base) if "oidc" in table else None,

@@ -81,7 +81,10 @@ class Site:
             engine=engine, security=self.security, closing=self.closing, feed=self.feed,
             tracker=self.tracker,
             settings=WebSettings(public_base_url=options.public_url, cors_origins=options.cors_origins,
-                                 max_body=options.max_body))
+                                 max_body=options.max_body, max_results=options.max_query_results,
+                                 rate_limit=options.rate_limit,
+                                 rate_limit_per_address=options.rate_limit_per_address,
+                                 rate_burst=options.rate_burst))
         self.puller: Puller | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -104,7 +107,7 @@ class Site:
         o = self.options
         oidc = self._oidc()
         stores: dict[str, Any] = {"sessions": self.sessions, "shares": self.shares, "audit": self.audit,
-                                  "oidc": oidc}
+                                  "oidc": oidc, "patient_of": self._patient_of}
         loopback = is_loopback(o.host)
         if not loopback:
             if o.anonymous not in (AUTO, "none"):
@@ -124,6 +127,11 @@ class Site:
         if o.anonymous == "none":
             return Security(self.users, None, **stores)
         return Security(self.users, o.anonymous, **stores)
+
+    def _patient_of(self, study: str) -> str | None:
+        """The patient of a study, for its audit records (one index read per record)."""
+        rows = self.engine.index.find("STUDY", {"StudyInstanceUID": study, "PatientID": ""}, limit=1)
+        return next((r.get("PatientID") or None for r in rows), None)
 
     def _oidc(self) -> OidcVerifier | None:
         if self.options.oidc is None:
@@ -192,6 +200,7 @@ class Site:
         if self.puller is not None:
             self.puller.close()
         self.http.stop()
+        self.security.close()  # after the last request: its reads are counted
         if self.warmer is not None:
             self.warmer.stop()
         self._close_metadata_cache()

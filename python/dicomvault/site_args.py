@@ -41,6 +41,11 @@ class SiteOptions:
     public_url: str | None = None
     cors_origins: tuple[str, ...] = ()
     max_body: int = 8 << 30
+    # [http] max_query_results, rate_limit, rate_limit_per_address, rate_burst (web/limits.py)
+    max_query_results: int = 1000
+    rate_limit: float = 0.0
+    rate_limit_per_address: float = 0.0
+    rate_burst: int = 200
     # Login sessions of /api/session: seconds from login to the end, and without a request.
     session_lifetime: float = DEFAULT_SESSION_LIFETIME
     session_idle: float | None = None
@@ -138,5 +143,7 @@ def serve_site_options(args: Any, http: Any, replication: Any) -> SiteOptions:
         anonymous=args.anonymous or http.anonymous,
         public_url=args.public_url or http.public_url,
         cors_origins=tuple(args.cors_origin) or http.cors_origins,
-        max_body=http.max_body, oidc=http.oidc, **_session_options(args),
+        max_body=http.max_body, oidc=http.oidc, max_query_results=http.max_query_results,
+        rate_limit=http.rate_limit, rate_limit_per_address=http.rate_limit_per_address,
+        rate_burst=http.rate_burst, **_session_options(args),
     )

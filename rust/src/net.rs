@@ -53,11 +53,19 @@ pub struct PduReader {
 #[pymethods]
 impl PduReader {
     /// `any_status`: contexts whose fast responses come out whatever their status (else only a
-    /// plain Success does, the rest going to pynetdicom as PDUs).
+    /// plain Success does, the rest going to pynetdicom as PDUs). `max_data_set`: a C-STORE data
+    /// set longer than this (0 = no limit) is dropped as it arrives and comes out as "oversize".
     #[new]
-    #[pyo3(signature = (fd, max_pdu, fast, any_status=Vec::new()))]
-    fn new(fd: i32, max_pdu: usize, fast: HashMap<u8, Vec<u16>>, any_status: Vec<u8>) -> Self {
-        PduReader { conn: Conn::new(fd, max_pdu, net::Assembler::new(fast).with_any_status(any_status)) }
+    #[pyo3(signature = (fd, max_pdu, fast, any_status=Vec::new(), max_data_set=0))]
+    fn new(
+        fd: i32,
+        max_pdu: usize,
+        fast: HashMap<u8, Vec<u16>>,
+        any_status: Vec<u8>,
+        max_data_set: usize,
+    ) -> Self {
+        let assembler = net::Assembler::new(fast).with_any_status(any_status).with_max_data_set(max_data_set);
+        PduReader { conn: Conn::new(fd, max_pdu, assembler) }
     }
 
     /// Waits up to `timeout` seconds (0: only what is already there) for data, or until
@@ -66,7 +74,8 @@ impl PduReader {
     /// ("pdu", bytes) for pynetdicom; ("msg", context_id, command_field, message_id,
     /// sop_class_uid, sop_instance_uid, data set or None, message_id_being_responded_to, status or
     /// None, move destination or "") where the data set of a C-STORE-RQ is a ReceivedDataSet and
-    /// any other is bytes; ("error", why) = abort.
+    /// any other is bytes; ("oversize", context_id, command_field, message_id, sop_class_uid,
+    /// sop_instance_uid, bytes received) for a C-STORE over `max_data_set`; ("error", why) = abort.
     #[pyo3(signature = (wake_fd, timeout))]
     fn next<'py>(
         &mut self,
@@ -103,6 +112,16 @@ impl PduReader {
                     )
                         .into_pyobject(py)?
                 }
+                Out::Oversize { context_id, command, received } => (
+                    "oversize",
+                    context_id,
+                    command.command_field,
+                    command.message_id,
+                    command.sop_class_uid,
+                    command.sop_instance_uid,
+                    received,
+                )
+                    .into_pyobject(py)?,
                 Out::ProtocolError(why) => ("error", why).into_pyobject(py)?,
             };
             list.append(item)?;

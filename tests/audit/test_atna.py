@@ -103,7 +103,9 @@ def test_every_event_renders_to_a_schema_valid_message(event: str) -> None:
     (ev.LOGIN, "E", "110122"), (ev.LOGOUT, "E", "110123"), (ev.DATA_DELETION, "D", None),
     (ev.EXPORT, "R", None), (ev.SHARE_USED, "R", None), (ev.QUERY, "E", None),
     (ev.INSTANCES_TRANSFERRED, "C", None), (ev.SHARE_SCOPE_REFUSED, "E", "110132"),
-    (ev.SECURITY_ALERT, "E", "110129"),
+    (ev.SECURITY_ALERT, "E", "110129"), (ev.BEGIN_TRANSFERRING, "E", None),
+    (ev.INSTANCES_ACCESSED, "R", None), (ev.ASSOCIATION_REFUSED, "E", "110126"),
+    (ev.TLS_REFUSED, "E", "110126"),
 ])
 def test_action_and_event_type_codes_follow_a53(event: str, action: str, etype: str | None) -> None:
     ident = message(event).find("EventIdentification")

@@ -242,3 +242,32 @@ def test_transfers_are_one_record_per_callers_burst_of_a_study(tmp_path: Path) -
     assert [(r["user"], r["study"], r["patient"], r["detail"]["instances"]) for r in recs] == [
         ("CT1", "1.2.1", "P1", 3), ("MR1", "1.2.2", "P2", 2)]
     assert verify(tmp_path).intact
+
+
+def test_a_retrieve_longer_than_the_quiet_window_is_one_record(tmp_path: Path) -> None:
+    """A C-MOVE still running after `quiet` seconds is not cut in two: its burst is busy until
+    it ends; then the operations of one association and study add up."""
+    from dicomvault.audit.dimse import DimseAudit
+
+    now = [1000.0]
+    audit = DimseAudit(AuditLog(tmp_path), {"s1": "P1"}.get, quiet=10, clock=lambda: now[0])
+    try:
+        key = audit.retrieve_started(7, "WS1", "10.0.0.9", "C-MOVE", "1.2.1", None, "s1", 300, "PACS@h:104")
+        assert audit.flush() == 1  # Begin Transferring, at once
+        now[0] += 60
+        assert audit.flush() == 0  # still running
+        audit.retrieve_ended(key, 299, 1, 0)
+        key2 = audit.retrieve_started(7, "WS1", "10.0.0.9", "C-MOVE", "1.2.1", None, "s1", 5, "PACS@h:104")
+        audit.retrieve_ended(key2, 5, 0, 0)
+        assert audit.flush() == 0  # ended just now: not quiet yet; no second Begin either
+        now[0] += 11
+        assert audit.flush() == 1
+    finally:
+        audit.close()
+    (begin,) = search(tmp_path, event="begin-transferring")
+    (rec,) = search(tmp_path, event="instances-transferred")
+    assert (begin["user"], begin["patient"], begin["detail"]["destination"]) == ("WS1", "P1", "PACS@h:104")
+    d = rec["detail"]
+    assert (rec["outcome"], d["operations"], d["matched"], d["completed"], d["failed"]) == (
+        "failure", 2, 305, 304, 1)
+    assert verify(tmp_path).intact

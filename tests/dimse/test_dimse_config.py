@@ -63,6 +63,12 @@ def test_defaults_and_overrides(tmp_path: Path) -> None:
         ("[[peers]]\nae_title='A'\nhost='h'\nport=1\n[[peers]]\nae_title='A'\nhost='h'\nport=2\n",
          "configured twice"),
         ("[dimse\n", "dicomvault.toml"),
+        ("[dimse]\nmax_object_size = '4 lightyears'\n", "max_object_size: not a size"),
+        ("[dimse]\nmax_object_size = 10\n", "max_object_size: must be 1024-"),
+        ("[dimse]\nnetwork_timeout = 0\n", "network_timeout: must be a number of seconds"),
+        ("[dimse]\nmax_associations_per_peer = 0\n", "max_associations_per_peer: must be an integer"),
+        ("[http]\nrate_limit = -1\n", "rate_limit: must be requests per second"),
+        ("[http]\nrate_limits = 5\n", "unknown key(s) rate_limits"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -73,3 +79,31 @@ def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_limits(tmp_path: Path) -> None:
+    """Every limit of [dimse] and [http], with sizes as text; absent ones keep their defaults."""
+    cfg = load_config(_write(tmp_path, """
+[dimse]
+max_associations_per_peer = 8
+max_object_size = "2GiB"
+max_query_results = 500
+acse_timeout = 10
+dimse_timeout = 60.5
+network_timeout = 600
+[http]
+max_body = "1GB"
+max_query_results = 100
+rate_limit = 50
+rate_limit_per_address = 20.5
+rate_burst = 400
+"""))
+    d, h = cfg.dimse, cfg.http
+    assert (d.max_associations_per_peer, d.max_object_size, d.max_query_results) == (8, 2 << 30, 500)
+    assert (d.acse_timeout, d.dimse_timeout, d.network_timeout) == (10.0, 60.5, 600.0)
+    assert (h.max_body, h.max_query_results, h.rate_limit, h.rate_limit_per_address, h.rate_burst) == (
+        10**9, 100, 50.0, 20.5, 400)
+    defaults = Config()
+    assert (defaults.dimse.max_associations, defaults.dimse.max_associations_per_peer) == (128, 64)
+    assert defaults.dimse.max_object_size == 4 << 30 and defaults.http.max_body == 8 << 30
+    assert defaults.http.rate_limit == defaults.http.rate_limit_per_address == 0  # off

@@ -39,6 +39,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from dicomvault.audit.log import search
 from dicomvault.bench.pki import dcmtk_tls_args, make_pki
 from dicomvault.config import SERVICES, Config, DimseConfig, PeerConfig
 from dicomvault.dimse import DimseServer
@@ -137,6 +138,10 @@ def test_an_unknown_caller_is_refused_with_the_command_that_admits_it_which_work
     assert query.returncode != 0 or "No Acceptable Presentation Contexts" in query.stderr + query.stdout
     peers_cli(archive["data"], "remove", "MODALITY")
     assert run(["echoscu", "-aet", "MODALITY", *quick(port)], check=False, timeout=30).returncode != 0
+    # each change is a configuration change in the audit trail, by the CLI's user
+    changes = [(r["detail"]["change"], r["detail"].get("ae_title")) for r in
+               search(archive["data"], event="security-alert") if r["user"].startswith("cli:")]
+    assert ("peer-added", "MODALITY") in changes and ("peer-removed", "MODALITY") in changes
 
 
 def test_a_known_title_calling_from_another_address_is_refused(

@@ -6,6 +6,9 @@ use super::command::{self, Command};
 use super::pdu::{self, Pdv};
 use crate::object::ReceivedDataSet;
 
+/// The one message whose data set [`Assembler::with_max_data_set`] bounds.
+const C_STORE_RQ: u16 = 0x0001;
+
 /// What one PDU (or a run of PDUs) produced, in arrival order.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Out {
@@ -14,6 +17,9 @@ pub enum Out {
     Pdu(Vec<u8>),
     /// A complete fast message: its command and, if it has one, its data set.
     Message { context_id: u8, command: Command, data_set: Option<ReceivedDataSet> },
+    /// A fast C-STORE-RQ whose data set grew past the limit ([`Assembler::with_max_data_set`]):
+    /// its fragments were counted and dropped, so the caller refuses it without ever holding it.
+    Oversize { context_id: u8, command: Command, received: usize },
     /// The association must be aborted: the peer broke the P-DATA rules.
     ProtocolError(String),
 }
@@ -26,6 +32,8 @@ enum State {
     Command { context_id: u8, bytes: Vec<u8> },
     /// A fast message's data set, being gathered.
     Data { context_id: u8, command: Command, bytes: ReceivedDataSet },
+    /// An oversize C-STORE data set: its fragments are counted, not kept, until its last one.
+    Discard { context_id: u8, command: Command, received: usize },
     /// The data set of a message for pynetdicom, still coming.
     Pass,
     /// After a protocol error nothing more is interpreted.
@@ -40,12 +48,21 @@ pub struct Assembler {
     /// Contexts whose fast responses come out whatever their status (the caller interprets
     /// failures and warnings itself: the sub-operations of a C-GET it runs).
     any_status: HashSet<u8>,
+    /// Largest C-STORE data set gathered (0 = no limit); see [`Out::Oversize`].
+    max_data_set: usize,
     state: State,
 }
 
 impl Assembler {
     pub fn new(fast: HashMap<u8, Vec<u16>>) -> Self {
-        Assembler { fast, any_status: HashSet::new(), state: State::Idle }
+        Assembler { fast, any_status: HashSet::new(), max_data_set: 0, state: State::Idle }
+    }
+
+    /// C-STORE data sets longer than `limit` bytes (0 = no limit) are dropped as they arrive and
+    /// reported as [`Out::Oversize`] once their last fragment is in.
+    pub fn with_max_data_set(mut self, limit: usize) -> Self {
+        self.max_data_set = limit;
+        self
     }
 
     /// Responses named fast on these contexts come out with any status, not only plain Success.
@@ -122,13 +139,28 @@ impl Assembler {
                 self.command_complete(pdv, bytes, pass, out);
                 Ok(())
             }
-            State::Data { context_id, bytes, .. } => {
+            State::Data { context_id, bytes, command } => {
                 if pdv.is_command() || pdv.context_id != *context_id {
                     return Err(format!(
                         "expected a data set fragment on context {context_id}, got a {} fragment on {}",
                         if pdv.is_command() { "command" } else { "data set" },
                         pdv.context_id
                     ));
+                }
+                if self.max_data_set > 0
+                    && command.command_field == C_STORE_RQ
+                    && bytes.len() + pdv.fragment.len() > self.max_data_set
+                {
+                    // From here on only counted: the peer's remaining fragments are read and
+                    // dropped, so the association survives and the refusal is a status.
+                    if let State::Data { context_id, command, bytes } =
+                        std::mem::replace(&mut self.state, State::Idle)
+                    {
+                        let received = bytes.len() + pdv.fragment.len();
+                        self.state = State::Discard { context_id, command, received };
+                    }
+                    self.discarded_last(pdv.is_last(), pass, out);
+                    return Ok(());
                 }
                 bytes.extend(pdv.fragment);
                 if pdv.is_last() {
@@ -141,6 +173,18 @@ impl Assembler {
                 }
                 Ok(())
             }
+            State::Discard { context_id, received, .. } => {
+                if pdv.is_command() || pdv.context_id != *context_id {
+                    return Err(format!(
+                        "expected a data set fragment on context {context_id}, got a {} fragment on {}",
+                        if pdv.is_command() { "command" } else { "data set" },
+                        pdv.context_id
+                    ));
+                }
+                *received += pdv.fragment.len();
+                self.discarded_last(pdv.is_last(), pass, out);
+                Ok(())
+            }
             State::Pass => {
                 pass.push((pdv.context_id, pdv.control, pdv.fragment));
                 if !pdv.is_command() && pdv.is_last() {
@@ -148,6 +192,19 @@ impl Assembler {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// In `State::Discard`: after the last fragment, the oversize message comes out.
+    fn discarded_last(&mut self, last: bool, pass: &mut Vec<(u8, u8, &[u8])>, out: &mut Vec<Out>) {
+        if !last {
+            return;
+        }
+        if let State::Discard { context_id, command, received } =
+            std::mem::replace(&mut self.state, State::Idle)
+        {
+            flush(pass, out);
+            out.push(Out::Oversize { context_id, command, received });
         }
     }
 

@@ -332,3 +332,28 @@ fn a_move_request_names_its_destination() {
     assert_eq!((c.command_field, c.message_id, c.move_destination.as_str()), (0x0021, 3, "STORESCP"));
     assert!(!c.has_other_elements, "the destination is a known field");
 }
+
+#[test]
+fn oversize_store_is_counted_not_kept_and_the_next_one_passes() {
+    let mut a = fast().with_max_data_set(1000);
+    let cmd = request(C_STORE_RQ, 1, CT, "1.2.3.4", true);
+    let mut out = Vec::new();
+    a.feed(&pdata(&[(1, MCH_COMMAND | MCH_LAST, &cmd), (1, 0, &[7u8; 600])]), &mut out);
+    a.feed(&pdata(&[(1, 0, &[7u8; 600])]), &mut out);
+    assert!(out.is_empty(), "nothing comes out before the last fragment: {out:?}");
+    a.feed(&pdata(&[(1, MCH_LAST, &[7u8; 300])]), &mut out);
+    match &out[..] {
+        [Out::Oversize { context_id: 1, command, received: 1500 }] => assert_eq!(command.message_id, 1),
+        other => panic!("expected one oversize message, got {other:?}"),
+    }
+    // the next object on the same association, within the limit, is a message as usual
+    out.clear();
+    let cmd = request(C_STORE_RQ, 2, CT, "1.2.3.5", true);
+    a.feed(&pdata(&[(1, MCH_COMMAND | MCH_LAST, &cmd), (1, MCH_LAST, &[1u8; 1000])]), &mut out);
+    assert!(matches!(&out[..], [Out::Message { data_set: Some(d), .. }] if d.data_set() == [1u8; 1000]));
+    // one fragment past the limit in a single PDU
+    out.clear();
+    let cmd = request(C_STORE_RQ, 3, CT, "1.2.3.6", true);
+    a.feed(&pdata(&[(1, MCH_COMMAND | MCH_LAST, &cmd), (1, MCH_LAST, &[1u8; 1001])]), &mut out);
+    assert!(matches!(&out[..], [Out::Oversize { received: 1001, .. }]), "{out:?}");
+}

@@ -26,6 +26,7 @@ Code = tuple[str, str, str]
 
 EVENT_IDS: dict[str, Code] = {
     "DCM 110100": ("110100", "DCM", "Application Activity"),
+    "DCM 110102": ("110102", "DCM", "Begin Transferring DICOM Instances"),
     "DCM 110103": ("110103", "DCM", "DICOM Instances Accessed"),
     "DCM 110104": ("110104", "DCM", "DICOM Instances Transferred"),
     "DCM 110105": ("110105", "DCM", "DICOM Study Deleted"),
@@ -46,6 +47,9 @@ EVENT_TYPES: dict[str, Code] = {
     events.SHARE_CREATED: _SECURITY_CONFIGURATION,
     events.SHARE_REVOKED: _SECURITY_CONFIGURATION,
     events.SHARE_SCOPE_REFUSED: _RESTRICTED_FUNCTION,
+    # A caller turned away in the association or the TLS handshake: its node failed to authenticate.
+    events.ASSOCIATION_REFUSED: ("110126", "DCM", "Node Authentication"),
+    events.TLS_REFUSED: ("110126", "DCM", "Node Authentication"),
 }
 # Security Alert needs an EventTypeCode (A.5.3.11): a writer names it in detail["alert"].
 ALERT_TYPES: dict[str, Code] = {
@@ -60,6 +64,7 @@ ACTIONS = {
     events.DATA_DELETION: "D",
     events.EXPORT: "R",
     events.SHARE_USED: "R",
+    events.INSTANCES_ACCESSED: "R",
 }  # every other event is "E" (execute), but instances-transferred (see _action)
 
 # A.5.2: 0 success; 4 minor failure (a refused login, a refused request: the archive goes on).
@@ -131,7 +136,7 @@ def _roles(event: str, rec: dict[str, Any]) -> tuple[Code | None, Code | None]:
         return ROLE_LAUNCHER, ROLE_APPLICATION
     if event == events.INSTANCES_TRANSFERRED and _action(rec) == "C":
         return ROLE_SOURCE, ROLE_DESTINATION
-    if event in (events.INSTANCES_TRANSFERRED, events.EXPORT, events.SHARE_USED):
+    if event in (events.INSTANCES_TRANSFERRED, events.EXPORT, events.SHARE_USED, events.BEGIN_TRANSFERRING):
         return ROLE_DESTINATION, ROLE_SOURCE
     if event == events.QUERY:
         return ROLE_SOURCE, ROLE_DESTINATION  # the process issuing the query, the one answering

@@ -50,6 +50,10 @@ EXPORT = "export"
 SECURITY_ALERT = "security-alert"
 INSTANCES_TRANSFERRED = "instances-transferred"
 QUERY = "query"
+BEGIN_TRANSFERRING = "begin-transferring"
+INSTANCES_ACCESSED = "instances-accessed"
+ASSOCIATION_REFUSED = "association-refused"
+TLS_REFUSED = "tls-refused"
 
 # Each event's EventID (DICOM PS3.16 CID 400, as PS3.15 A.5.3 uses them).
 CODES = {
@@ -66,6 +70,10 @@ CODES = {
     SECURITY_ALERT: "DCM 110113",
     INSTANCES_TRANSFERRED: "DCM 110104",
     QUERY: "DCM 110112",
+    BEGIN_TRANSFERRING: "DCM 110102",
+    INSTANCES_ACCESSED: "DCM 110103",
+    ASSOCIATION_REFUSED: "DCM 110113",
+    TLS_REFUSED: "DCM 110113",
 }
 EVENTS = frozenset(CODES)
 

@@ -1,7 +1,8 @@
 """CLI: `dicomvault users add|list|remove|token|passwd|revoke`.
 
 They edit `<data>/auth/users.json` directly, whether or not a server holds the data directory:
-the file has its own lock, and a running server sees the change on its next request.
+the file has its own lock, and a running server sees the change on its next request. Every
+change is a Security Alert in the audit log (audit/changes.py), done by `cli:<login name>`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import sys
 from typing import Any
 
+from ..audit.changes import config_changed
 from ..errors import RequestError
 from ..textout import print_table
 from .roles import ROLES
@@ -45,6 +47,8 @@ def cmd_add(args: argparse.Namespace) -> int:
     store = UserStore(args.data)
     password = read_password(args.name) if args.password else None
     info = store.add(args.name, args.role, password)
+    config_changed(args.data, "users", "add", info.name,
+                   detail={"role": info.role, "password": info.has_password})
     how = "with a password" if info.has_password else "without a password (`users token` gives it one)"
     print(f"added user {info.name} (role {info.role}) {how}")
     return 0
@@ -67,13 +71,16 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_remove(args: argparse.Namespace) -> int:
     UserStore(args.data).remove(args.name)
+    config_changed(args.data, "users", "remove", args.name)
     print(f"removed user {args.name}")
     return 0
 
 
 def cmd_token(args: argparse.Namespace) -> int:
     # The token alone on stdout, so `TOKEN=$(dicomvault users token NAME)` just works.
-    print(UserStore(args.data).issue_token(args.name), flush=True)
+    token = UserStore(args.data).issue_token(args.name)
+    config_changed(args.data, "users", "token", args.name)
+    print(token, flush=True)
     return 0
 
 
@@ -81,12 +88,14 @@ def cmd_passwd(args: argparse.Namespace) -> int:
     store = UserStore(args.data)
     store.get(args.name)  # an unknown user fails before anyone types a password
     store.set_password(args.name, read_password(args.name))
+    config_changed(args.data, "users", "passwd", args.name)
     print(f"password of {args.name} changed")
     return 0
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     n = UserStore(args.data).revoke_tokens(args.name)
+    config_changed(args.data, "users", "revoke", args.name, detail={"tokens": n})
     print(f"revoked {n} tokens of {args.name}")
     return 0
 

@@ -11,6 +11,7 @@ import argparse
 import json
 from typing import Any
 
+from ..audit.log import SECURITY_ALERT, SUCCESS, AuditLog, cli_user
 from ..config import SERVICES, ConfigError, PeerConfig, load_config, parse_peer
 from ..errors import RequestError
 from ..textout import print_table
@@ -34,9 +35,15 @@ def _peer_from_args(args: argparse.Namespace) -> PeerConfig:
         raise RequestError(str(exc)) from exc
 
 
+def _audit(data: str, detail: dict[str, Any]) -> None:
+    """A peer change is a configuration change: an audit Security Alert, as its HTTP twin writes."""
+    AuditLog(data).record(SECURITY_ALERT, SUCCESS, user=cli_user(), client="local", detail=detail)
+
+
 def cmd_add(args: argparse.Namespace) -> int:
     peer = _peer_from_args(args)
     replaced = PeerStore(args.data).add(peer, replace=args.replace)
+    _audit(args.data, {"change": "peer-replaced" if replaced else "peer-added", **peer.as_dict()})
     where = ", ".join(peer.from_hosts or (peer.host,))
     print(f"{'replaced' if replaced else 'added'} peer {peer.ae_title}: calls from {where}, "
           f"may {', '.join(sorted(peer.allow)) or 'only echo'}"
@@ -46,6 +53,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def cmd_remove(args: argparse.Namespace) -> int:
     PeerStore(args.data).remove(args.ae_title)
+    _audit(args.data, {"change": "peer-removed", "ae_title": args.ae_title.strip()})
     print(f"removed peer {args.ae_title.strip()}")
     return 0
 

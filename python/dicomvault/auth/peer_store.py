@@ -15,11 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, PeerConfig, parse_peer
-from ..errors import DicomVaultError, RequestError
+from ..errors import ConflictError, DicomVaultError, NotFoundError
 from .jsonfile import Doc, StampedJson
 
 PEERS_FILE = "peers.json"
 _LOCK = ".peers.lock"
+
+
+class UnknownPeerError(NotFoundError):
+    """`peers remove` (or DELETE /api/peers/AE) of a title peers.json does not hold."""
 
 
 def _parse(doc: Doc | None) -> dict[str, PeerConfig]:
@@ -59,7 +63,7 @@ class PeerStore:
             kept = [e for e in entries if str(e.get("ae_title", "")).strip() != peer.ae_title]
             replaced = len(kept) != len(entries)
             if replaced and not replace:
-                raise RequestError(f"peer {peer.ae_title!r} exists; `peers add --replace` changes it")
+                raise ConflictError(f"peer {peer.ae_title!r} exists; `peers add --replace` changes it")
             entry = peer.as_dict()
             entry["added"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             doc["peers"] = kept + [entry]
@@ -74,7 +78,7 @@ class PeerStore:
             entries = (doc or {}).get("peers", [])
             kept = [e for e in entries if str(e.get("ae_title", "")).strip() != title]
             if len(kept) == len(entries):
-                raise RequestError(f"no peer {title!r} in {self.path}")
+                raise UnknownPeerError(f"no peer {title!r} in {self.path}")
             return {**(doc or {}), "peers": kept}, None
 
         self._file.mutate(change)

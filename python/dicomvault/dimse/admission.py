@@ -40,6 +40,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from ..audit.dimse import Refusals
 from .common import log
 
 # A-ASSOCIATE-RJ: rejected-permanent, DICOM UL service-user, calling AE title not recognised
@@ -134,6 +135,7 @@ class ArchiveACSE(ACSE):
             checked = True
         verdict = admit(calling, address, cert, checked)
         self.assoc.verdict = verdict  # type: ignore[attr-defined]
+        self.assoc.client_address = address  # type: ignore[attr-defined]  # the caller's, for the audit trail
         if verdict.refused is not None:
             self.requestor.ae_title = calling
             self.send_reject(*RJ_CALLING_AE)
@@ -186,6 +188,8 @@ def edge_verdict(admit: Admit, pdu: bytes, address: str, cert: str | None) -> Ve
     return admit(title, address, cert, False)
 
 
-def log_refusal(verdict: Verdict, address: str) -> None:
+def log_refusal(verdict: Verdict, address: str, audit: Refusals | None = None) -> None:
     logging.getLogger("dicomvault.dimse").warning(
         "association rejected: %s@%s: %s; %s", verdict.title, address, verdict.refused, verdict.hint)
+    if audit is not None:
+        audit.refused(verdict.title, address, str(verdict.refused))

@@ -56,6 +56,7 @@ from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AddressInformation, RequestHandler
 
+from ..refusals import REFUSALS
 from .admission import ArchiveACSE
 from .dul import EventDrivenDUL
 from .encoded import ArchiveDIMSEProvider, PreEncodedDataset
@@ -63,6 +64,7 @@ from .transport import ArchiveSocket
 
 # the logger pynetdicom's association logs to: the messages of the copied loop keep their name
 _ASSOC_LOG = logging.getLogger("pynetdicom.assoc")
+_DV_LOG = logging.getLogger("dicomvault.dimse")
 
 # Upper bound of the tuned reactor's idle wait (seconds). Events end it at once; this only bounds
 # how late a network timeout or a silently dead DUL thread is noticed.
@@ -234,6 +236,8 @@ class ArchiveAssociation(Association):
             # Check if network_timeout has expired
             if self.dul.idle_timer_expired():
                 _ASSOC_LOG.error("Network timeout reached")
+                # dicomvault: said with the peer and the setting, and counted (/metrics)
+                network_timeout_reached(self)
                 if self.network_timeout_response == "A-RELEASE":
                     self._is_paused = True
                     self._reactor_checkpoint.wait()
@@ -244,6 +248,14 @@ class ArchiveAssociation(Association):
 
                 self.kill()
                 return
+
+
+def network_timeout_reached(assoc: Association) -> None:
+    remote = assoc.requestor if assoc.is_acceptor else assoc.acceptor
+    _DV_LOG.warning("association with %s@%s:%s dropped: nothing received for [dimse] network_timeout = %g s",
+                    str(remote.ae_title).strip() or "?", remote.address, remote.port, assoc.network_timeout)
+    if assoc.is_acceptor:
+        REFUSALS.count("association", "network_timeout")
 
 
 class ArchiveRequestHandler(RequestHandler):
@@ -273,6 +285,8 @@ class ArchiveAE(ApplicationEntity):
         super().__init__(ae_title)
         self.tuned = tuned
         self.fast_handlers: tuple[Any, ...] | None = None
+        # `[dimse] max_object_size` for C-STOREs we accept (0 = none): limits.py, fastpath.py
+        self.max_object_size = 0
 
     def make_server(self, address: Any, *args: Any, **kwargs: Any) -> Any:
         # pynetdicom passes keyword arguments it does not know on to the server class, and its

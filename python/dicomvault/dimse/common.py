@@ -25,6 +25,12 @@ def calling_ae(event: Any) -> str:
     return str(event.assoc.requestor.ae_title).strip()
 
 
+def requestor_host(assoc: Any) -> str | None:
+    """The address of the peer that requested `assoc`: the caller's own for an association our
+    DICOM TLS relay passed on (admission.py notes it on the association), else the socket's."""
+    return getattr(assoc, "client_address", None) or getattr(assoc.requestor, "address", None)
+
+
 def peer_desc(event: Any) -> str:
     """`AE@host:port` of the remote side, for log lines."""
     assoc = event.assoc

@@ -100,6 +100,18 @@ class _NotifyingQueue(queue.Queue):  # type: ignore[type-arg]
                 cond.notify_all()
 
 
+def acse_expired(assoc: Any) -> bool:
+    """True if `assoc` (an acceptor) was dropped for want of an A-ASSOCIATE-RQ in time, and its
+    socket did not report the drop itself (transport.ArchiveSocket, half a PDU)."""
+    dul = assoc.dul
+    return bool(getattr(dul, "acse_expired", False)) and not getattr(dul, "stall_reported", False)
+
+
+def stalled(assoc: Any) -> bool:
+    """True if `assoc`'s socket dropped it for a PDU that stopped half way (and said so)."""
+    return bool(getattr(assoc.dul, "stall_reported", False))
+
+
 class EventDrivenDUL(DULServiceProvider):
     """See the module docstring."""
 
@@ -108,6 +120,8 @@ class EventDrivenDUL(DULServiceProvider):
         self.to_user_queue = _NotifyingQueue(self)
         self.state_machine = EncodedPDataStateMachine(self)
         self.fast_path: FastPath | None = None  # fastpath.FastPath once established (if enabled)
+        self.acse_expired = False  # an acceptor's A-ASSOCIATE-RQ did not come within the ACSE timeout
+        self.stall_reported = False  # ... and its socket logged and counted that (transport.py)
         # Socket objects (not raw fds): a poke after close fails cleanly instead of writing into
         # whatever file reused the descriptor number.
         self._wake_r, self._wake_w = socket.socketpair()
@@ -147,6 +161,7 @@ class EventDrivenDUL(DULServiceProvider):
             if item is not None:
                 return item
             if deadline is not None and time.monotonic() >= deadline:
+                self.acse_expired = True  # server.py logs and counts the drop by this
                 return None
             # The DUL thread ends when the peer closes before an A-ASSOCIATE-RQ (Evt17 in Sta2;
             # its socket object still says connected); it was started before this wait.

@@ -40,6 +40,7 @@ from pynetdicom.pdu_primitives import P_DATA
 
 from .. import _native
 from . import command_set as cs
+from .limits import bound_message
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -222,6 +223,13 @@ class ArchiveDIMSEProvider(DIMSEServiceProvider):
         # SOP Instance UID -> the bytes to send for a PreEncodedDataset, set by
         # ArchiveAssociation.send_c_store just before pynetdicom builds the request.
         self.pre_encoded: dict[str, bytes] = {}
+
+    def receive_primitive(self, primitive: Any) -> None:
+        # `[dimse] max_object_size` on the path pynetdicom reads (limits.OversizeDataSet)
+        super().receive_primitive(primitive)
+        limit = getattr(self.assoc.ae, "max_object_size", 0) if self.assoc.is_acceptor else 0
+        if limit:
+            bound_message(self.message, limit)
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         if type(primitive) is C_STORE and primitive.MessageIDBeingRespondedTo is None and self.pre_encoded:

@@ -62,8 +62,10 @@ from .command_set import (
     C_STORE_RQ,
     C_STORE_RSP,
 )
+from .common import enable_quickack
 from .fastretrieve import GET_MODELS, MOVE_MODELS
 from .find import PENDING, FindHandler, command_set, decode_identifier
+from .limits import oversize
 from .status import CANNOT_DECODE_IDENTIFIER, PROCESSING_FAILURE, SUCCESS
 
 log = logging.getLogger("dicomvault.dimse")
@@ -147,7 +149,10 @@ class FastPath:
         # (fastretrieve.py counts failures and warnings; _answer hands strays to pynetdicom).
         any_status = [cid for cid, fields in fast.items() if C_STORE_RSP in fields] if get is not None else []
         self.local_max_pdu = int(local.maximum_length or 0)
-        self.reader = _native.PduReader(sock.fileno(), self.local_max_pdu, fast, any_status)
+        # `[dimse] max_object_size`: the reader drops a bigger C-STORE data set as it arrives
+        self.max_object_size = int(getattr(assoc.ae, "max_object_size", 0) or 0) if store is not None else 0
+        self.reader = _native.PduReader(sock.fileno(), self.local_max_pdu, fast, any_status,
+                                        self.max_object_size)
         self._message_id = 0  # of the requests we send (C-GET sub-operations)
         self.peer_max_pdu = int(remote.maximum_length or 0)  # what our responses must fit
         self.wake_fd = dul.wake_fileno()
@@ -157,6 +162,14 @@ class FastPath:
         self.answered = 0  # messages handled here (tests and debugging: proof the path is taken)
         self.passed = 0  # PDUs handed to pynetdicom
         self.stored = self.stored_bytes = self.refused = self.finds = self.gets = 0  # for the summary line
+
+    def ack_promptly(self) -> None:
+        """From now on every read is acknowledged at once (common.enable_quickack says why):
+        in force before the C-GET's first sub-operation, not from the next pump."""
+        enable_quickack(self.assoc)
+        if not self._quickack and getattr(self.dul.socket, "quickack", False):
+            self.reader.set_quickack(True)
+            self._quickack = True
 
     def pump(self, timeout: float) -> bool:
         """Reads for up to `timeout` seconds and acts on what arrived; True if anything did."""
@@ -179,6 +192,10 @@ class FastPath:
                 self.answered += 1
                 self._run_events()  # what pynetdicom got before this message is acted on first
                 self._answer(*out[1:])
+            elif kind == "oversize":
+                self.answered += 1
+                self._run_events()
+                self._refuse_oversize(*out[1:])
             else:
                 self._queue.clear()
                 self._abort(out[1])
@@ -295,6 +312,7 @@ class FastPath:
         if command_field == C_GET_RQ:
             assert self.get is not None  # the context is fast for C-GET only with a handler
             self.gets += 1
+            self.ack_promptly()  # this association now carries our data
             self.get(self, cx, message_id, sop_class, data_set if isinstance(data_set, bytes) else b"")
             return
         if command_field == C_MOVE_RQ:
@@ -328,6 +346,14 @@ class FastPath:
             else:
                 self.refused += 1
         self._send(_native.encode_response(context_id, rsp_field, message_id, sop_class, sop_uid, code,
+                                           comment, self.peer_max_pdu), sop_uid)
+
+    def _refuse_oversize(self, context_id: int, command_field: int, message_id: int, sop_class: str,
+                         sop_uid: str, received: int) -> None:
+        """A C-STORE-RQ whose data set the reader dropped for its size: refused, nothing stored."""
+        code, comment = oversize(self._caller(), sop_uid, received, self.max_object_size)
+        self.refused += 1
+        self._send(_native.encode_response(context_id, C_STORE_RSP, message_id, sop_class, sop_uid, code,
                                            comment, self.peer_max_pdu), sop_uid)
 
     def _to_waiting_requestor(self, context_id: int, responded_to: int, sop_class: str, sop_uid: str,

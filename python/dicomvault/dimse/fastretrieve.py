@@ -61,6 +61,7 @@ from pynetdicom.sop_class import (
 )
 
 from .. import _native
+from ..audit.dimse import DimseAudit
 from ..config import PeerConfig
 from ..engine import Engine
 from ..errors import DicomVaultError
@@ -68,7 +69,7 @@ from ..readahead import read_ahead, submit
 from ..transfer.transcode import can_transcode, transcode
 from . import command_set as cs
 from .command_set import C_CANCEL_RQ, C_GET_RSP, C_MOVE_RSP, C_STORE_RQ, C_STORE_RSP
-from .common import log
+from .common import log, requestor_host
 from .find import decode_identifier
 from .peers import Peers
 from .retrieve import Match, RetrieveError, move_contexts, resolve
@@ -432,7 +433,8 @@ class NativeRetrieve:
 
     def __init__(self, io: Any, engine: Engine, cx: Any, message_id: int, model: str, raw: bytes,
                  move_to: str | None = None, peers: Peers | None = None,
-                 tls_context: Callable[[], ssl.SSLContext | None] | None = None, our_ae: str = "") -> None:
+                 tls_context: Callable[[], ssl.SSLContext | None] | None = None, our_ae: str = "",
+                 audit: DimseAudit | None = None) -> None:
         self.io = io
         self.engine = engine
         self.context_id = int(cx.context_id)
@@ -451,6 +453,8 @@ class NativeRetrieve:
         self.dest_failed = False  # C-MOVE: the destination went away or stopped answering
         self.counts: Counts | None = None
         self.unsent = b""  # the last pending response, sent with the next write on the association
+        self.audit = audit
+        self._audit_key: Any = None  # the audit burst this operation counts in, once it started
 
     # responses on the requestor's association
     def _rsp(self, status: int, counts: Counts, *, remaining: bool, ident: bytes | None = None,
@@ -475,6 +479,22 @@ class NativeRetrieve:
             log.exception("%s from %s failed", self.what, self.io.caller())
             if not self.gone:
                 self._final(PROCESSING_FAILURE, self.counts or Counts(0), f"retrieve failed: {exc}")
+        finally:
+            if self._audit_key is not None and self.audit is not None:
+                c = self.counts or Counts(0)
+                self.audit.retrieve_ended(self._audit_key, c.completed, c.failed, c.warning,
+                                          self.cancelled or self.gone)
+
+    def _audit_start(self, caller: str, identifier: Dataset, matches: list[Match], peer: PeerConfig | None
+                     ) -> None:
+        """Counts this operation in the audit trail: once per operation, never per object."""
+        if self.audit is None:
+            return
+        dest = None if peer is None else f"{peer.ae_title}@{peer.host}:{peer.port}"
+        self._audit_key = self.audit.retrieve_started(
+            id(self.io), caller, requestor_host(self.io.assoc), self.what,
+            str(identifier.get("StudyInstanceUID", "") or "") or None,
+            str(identifier.get("PatientID", "") or "") or None, matches[0].sop_uid, len(matches), dest)
 
     def _run(self, counts: Counts) -> None:
         caller = self.io.caller()
@@ -516,6 +536,7 @@ class NativeRetrieve:
         if not matches:
             self._final(SUCCESS, counts)
             return
+        self._audit_start(caller, identifier, matches, peer)
         if get_dest is not None:
             log.info("C-GET from %s: %d instances", caller, len(matches))
             dest: SameAssociation | SubAssociation = get_dest
@@ -677,22 +698,22 @@ class NativeRetrieve:
 Handler = Callable[..., None]
 
 
-def fast_get(engine: Engine) -> Handler:
+def fast_get(engine: Engine, audit: DimseAudit | None = None) -> Handler:
     """The C-GET handler of dimse/fastpath.py: (fast path, context, message id, model, identifier)."""
 
     def get(io: Any, cx: Any, message_id: int, model: str, raw: bytes) -> None:
-        NativeRetrieve(io, engine, cx, message_id, model, raw).run()
+        NativeRetrieve(io, engine, cx, message_id, model, raw, audit=audit).run()
 
     return get
 
 
 def fast_move(engine: Engine, peers: Peers, our_ae: str,
-              tls_context: Callable[[], ssl.SSLContext | None]) -> Handler:
+              tls_context: Callable[[], ssl.SSLContext | None], audit: DimseAudit | None = None) -> Handler:
     """The C-MOVE handler of dimse/fastpath.py: (fast path, context, message id, model, identifier,
     move destination AE)."""
 
     def move(io: Any, cx: Any, message_id: int, model: str, raw: bytes, destination: str) -> None:
         NativeRetrieve(io, engine, cx, message_id, model, raw, move_to=destination, peers=peers,
-                       tls_context=tls_context, our_ae=our_ae).run()
+                       tls_context=tls_context, our_ae=our_ae, audit=audit).run()
 
     return move

@@ -33,10 +33,11 @@ from .. import _native  # type: ignore[attr-defined]
 from ..audit.dimse import DimseAudit
 from ..engine import Engine
 from ..index import QueryError
+from ..refusals import REFUSALS
 from . import command_set as cs
 from .command_set import C_FIND_RSP
 from .common import calling_ae, log, status
-from .status import CANCEL, IDENTIFIER_DOES_NOT_MATCH, PENDING, SUCCESS
+from .status import CANCEL, IDENTIFIER_DOES_NOT_MATCH, OUT_OF_RESOURCES, PENDING, SUCCESS
 
 PATIENT_ROOT_LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 STUDY_ROOT_LEVELS = ("STUDY", "SERIES", "IMAGE")
@@ -321,10 +322,14 @@ Responses = Iterator[tuple[int, bytes | None, str | None]]
 
 def find_responses(engine: Engine, model: str, identifier: Dataset, our_ae: str, *, implicit: bool,
                    caller: str, cancelled: Callable[[], bool],
-                   audit: DimseAudit | None = None) -> Responses:
+                   audit: DimseAudit | None = None, max_results: int = 0) -> Responses:
     """The responses to one C-FIND: (Pending, encoded identifier, None) per match, then one final
     (status, None, error comment or None). `cancelled()` is asked before each match (C-CANCEL).
-    An answered query is an ATNA Query record in `audit`.
+    An answered query is an ATNA Query record in `audit`. More than `max_results` matches (0: no
+    limit): that many Pending responses, then Refused: Out of Resources (0xA700) saying so. Not
+    Success, which PS3.4 C.4.1.3 reserves for "a response has been sent for any match known to
+    the SCP"; not Cancel (0xFE00, what Orthanc answers), which answers a C-CANCEL the caller never
+    sent. SCUs show the matches they got and the failure's Error Comment.
 
     Shared by the pynetdicom handler below and the native path (dimse/fastpath.py)."""
     level, query, sequences = parse_identifier(identifier)
@@ -343,6 +348,14 @@ def find_responses(engine: Engine, model: str, identifier: Dataset, our_ae: str,
                                 implicit=implicit)
     n = 0
     for row in rows:
+        if max_results and n >= max_results:
+            REFUSALS.count("query", "max_query_results")
+            why = f"more than {max_results} matches ([dimse] max_query_results): narrow the query"
+            log.warning("C-FIND from %s at %s level cut after %d matches: %s", caller, level, n, why)
+            if audit is not None:
+                audit.queried(caller, level, query, n)
+            yield OUT_OF_RESOURCES, None, why
+            return
         if cancelled():
             log.info("C-FIND from %s cancelled after %d matches", caller, n)
             if audit is not None:
@@ -357,15 +370,16 @@ def find_responses(engine: Engine, model: str, identifier: Dataset, our_ae: str,
     yield SUCCESS, None, None
 
 
-def handle_find(event: Any, engine: Engine, our_ae: str,
-                audit: DimseAudit | None = None) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+def handle_find(event: Any, engine: Engine, our_ae: str, audit: DimseAudit | None = None,
+                max_results: int = 0) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """EVT_C_FIND handler: sends (Pending, match) per match, then yields the final status."""
     raw = RawResponder.for_event(event)
     implicit = raw[1] if raw is not None else False
     assoc = event.assoc
     for code, encoded, comment in find_responses(
             engine, str(event.request.AffectedSOPClassUID), event.identifier, our_ae, implicit=implicit,
-            caller=calling_ae(event), cancelled=lambda: bool(event.is_cancelled), audit=audit):
+            caller=calling_ae(event), cancelled=lambda: bool(event.is_cancelled), audit=audit,
+            max_results=max_results):
         if code != PENDING:
             yield (status(code, comment) if comment else code), None
         elif raw is None:
@@ -379,13 +393,15 @@ def handle_find(event: Any, engine: Engine, our_ae: str,
 FindHandler = Callable[[Any, Any, str, Dataset, bool, Callable[[], bool]], Responses]
 
 
-def fast_find(engine: Engine, our_ae: str, audit: DimseAudit | None = None) -> FindHandler:
+def fast_find(engine: Engine, our_ae: str, audit: DimseAudit | None = None,
+              max_results: int = 0) -> FindHandler:
     """The C-FIND handler of dimse/fastpath.py: (association, context, model, identifier,
     implicit VR, cancelled) -> find_responses."""
 
     def find(assoc: Any, context: Any, model: str, identifier: Dataset, implicit: bool,
              cancelled: Callable[[], bool]) -> Responses:
         return find_responses(engine, model, identifier, our_ae, implicit=implicit,
-                              caller=str(assoc.requestor.ae_title).strip(), cancelled=cancelled, audit=audit)
+                              caller=str(assoc.requestor.ae_title).strip(), cancelled=cancelled, audit=audit,
+                              max_results=max_results)
 
     return find

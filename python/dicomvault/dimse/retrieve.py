@@ -33,12 +33,13 @@ from pynetdicom import build_context, evt
 from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext
 
+from ..audit.dimse import DimseAudit
 from ..config import PeerConfig
 from ..engine import Engine
 from ..errors import DicomVaultError
 from ..index import QueryError
 from ..readahead import read_ahead
-from .common import calling_ae, enable_quickack, log, set_nodelay_quickack, status
+from .common import calling_ae, enable_quickack, log, requestor_host, set_nodelay_quickack, status
 from .encoded import PreEncodedDataset
 from .find import levels_for, match_string
 from .peers import Peers
@@ -153,18 +154,39 @@ def _load(engine: Engine, m: Match) -> StoredInstance:
     return StoredInstance(m.sop_class or rec.sop_class_uid, m.sop_uid, ts, raw)
 
 
-def _sub_operations(event: Any, engine: Engine, matches: list[Match], what: str
+def _sub_operations(event: Any, engine: Engine, matches: list[Match], what: str,
+                    audit: DimseAudit | None = None, destination: str | None = None
                     ) -> Iterator[tuple[int, Dataset | None]]:
     loads = read_ahead(lambda m: _load(engine, m), matches)
+    key = None
+    if audit is not None:
+        ident = event.identifier
+        key = audit.retrieve_started(id(event.assoc), calling_ae(event),
+                                     requestor_host(event.assoc), what,
+                                     str(ident.get("StudyInstanceUID", "") or "") or None,
+                                     str(ident.get("PatientID", "") or "") or None, matches[0].sop_uid,
+                                     len(matches), destination)
+    # pynetdicom keeps the sub-operations' statuses to itself: the audit counts what was handed
+    # to it as completed and what could not be read as failed.
+    handed = unreadable = 0
+    cancelled = True  # until the loop ends by itself (an abort closes the generator)
     try:
         for i, (_, fut) in enumerate(loads):
             if event.is_cancelled:
                 log.info("%s from %s cancelled after %d of %d", what, calling_ae(event), i, len(matches))
                 yield CANCEL, None
                 return
-            yield PENDING, fut.result()
+            inst = fut.result()
+            if inst.dv_raw is None:
+                unreadable += 1
+            else:
+                handed += 1
+            yield PENDING, inst
+        cancelled = False
     finally:
         loads.close()  # cancelled or aborted: what was not started is not read
+        if audit is not None and key is not None:
+            audit.retrieve_ended(key, handed, unreadable, 0, cancelled)
 
 
 def _matches_or_status(event: Any, engine: Engine, what: str, *, syntaxes: bool = True
@@ -176,7 +198,7 @@ def _matches_or_status(event: Any, engine: Engine, what: str, *, syntaxes: bool 
         return status(exc.code, str(exc))
 
 
-def handle_get(event: Any, engine: Engine) -> Iterator[Any]:
+def handle_get(event: Any, engine: Engine, audit: DimseAudit | None = None) -> Iterator[Any]:
     """EVT_C_GET handler: sub-operations go back on the requestor's association (it proposed
     the storage contexts with the SCP role)."""
     found = _matches_or_status(event, engine, "C-GET", syntaxes=False)
@@ -189,7 +211,8 @@ def handle_get(event: Any, engine: Engine) -> Iterator[Any]:
     log.info("C-GET from %s: %d instances", calling_ae(event), len(found))
     enable_quickack(event.assoc)  # this association now carries our data
     yield len(found)
-    yield from _sub_operations(event, engine, found, "C-GET")
+    if found:
+        yield from _sub_operations(event, engine, found, "C-GET", audit)
 
 
 def move_contexts(matches: list[Match]) -> list[PresentationContext]:
@@ -211,7 +234,8 @@ def move_contexts(matches: list[Match]) -> list[PresentationContext]:
 
 
 def handle_move(event: Any, engine: Engine, peers: Peers, max_pdu: int,
-                connect: Callable[[PeerConfig], dict[str, Any]] = lambda peer: {}) -> Iterator[Any]:
+                connect: Callable[[PeerConfig], dict[str, Any]] = lambda peer: {},
+                audit: DimseAudit | None = None) -> Iterator[Any]:
     """EVT_C_MOVE handler: sub-operations go to a configured peer on a new association."""
     dest = event.move_destination
     dest_title = (dest.decode("ascii", "replace") if isinstance(dest, bytes) else str(dest or "")).strip()
@@ -242,4 +266,6 @@ def handle_move(event: Any, engine: Engine, peers: Peers, max_pdu: int,
         **connect(peer),  # TLS to a peer configured so
     }
     yield len(found)
-    yield from _sub_operations(event, engine, found, "C-MOVE")
+    if found:
+        yield from _sub_operations(event, engine, found, "C-MOVE", audit,
+                                   f"{peer.ae_title}@{peer.host}:{peer.port}")

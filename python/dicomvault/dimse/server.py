@@ -37,21 +37,24 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from ..audit.dimse import DimseAudit
+from ..audit.dimse import DimseAudit, Refusals
 from ..audit.log import APPLICATION_START, APPLICATION_STOP, SUCCESS, AuditLog
 from ..audit.sender import start_sender
 from ..config import Config, DimseConfig, PeerConfig
 from ..engine import Engine
 from ..integration.mpps import MppsService
 from ..integration.worklist_store import WorklistStore
+from ..refusals import REFUSALS
 from . import fastpath, tls
 from .admission import relay_origins
 from .association import ArchiveAE
 from .commitment import CommitmentService
-from .common import listen_socket, log, peer_desc, set_nodelay
+from .common import calling_ae, listen_socket, log, peer_desc, requestor_host, set_nodelay
+from .dul import acse_expired, stalled
 from .encoded import encoders_verified
 from .fastretrieve import fast_get, fast_move
 from .find import fast_find, handle_find
+from .limits import association_reason, per_peer_limit
 from .mpps import MppsHandlers
 from .negotiation_cache import memoise_ui_validation
 from .peers import Peers
@@ -104,15 +107,21 @@ def build_ae(d: DimseConfig, peers: Peers, contexts: tuple[str, ...]) -> Archive
     ae = ArchiveAE(d.ae_title, tuned=d.tuned_reactor)
     ae.maximum_pdu_size = d.max_pdu
     ae.maximum_associations = d.max_associations
-    ae.acse_timeout = 30
-    ae.dimse_timeout = 120
-    ae.network_timeout = 300  # an idle association is dropped after 5 minutes
+    ae.max_object_size = d.max_object_size  # read by the C-STORE paths (limits.py, fastpath.py)
+    ae.acse_timeout = d.acse_timeout
+    ae.dimse_timeout = d.dimse_timeout
+    ae.network_timeout = d.network_timeout  # an idle association is dropped (aborted)
     # every caller is checked against the peers (admission.py), unknown ones too: a declared
     # peer's title is bound to its address whatever accept_unknown_callers says
     ae.admission = peers.admit
     for uid in contexts:
         ae.add_supported_context(uid)
     return ae
+
+
+def limit_handlers(d: DimseConfig) -> list[tuple[Any, Callable[..., Any]]]:
+    """The event handlers of the limits every listener of ours applies (server and receivers)."""
+    return [(evt.EVT_REQUESTED, per_peer_limit(d.max_associations_per_peer))]
 
 
 def drain(server: ThreadedAssociationServer, deadline: float, extra: Callable[[], int] = lambda: 0) -> bool:
@@ -157,8 +166,9 @@ class DimseServer:
         self.audit = DimseAudit(AuditLog(config.data_dir), self._patient_of)
         if d.fast_path and d.tuned_reactor:
             fastpath.enable(ae, fast_store(engine, self.audit),
-                            fast_find(engine, d.ae_title, self.audit), fast_get(engine),
-                            fast_move(engine, self.peers, d.ae_title, self._tls_client))
+                            fast_find(engine, d.ae_title, self.audit, max_results=d.max_query_results),
+                            fast_get(engine, self.audit),
+                            fast_move(engine, self.peers, d.ae_title, self._tls_client, self.audit))
         self.ae = ae
         self.commitment = CommitmentService(engine, ae, self.peers, d.ae_title, self._connect)
         self.worklist = WorklistStore(engine.index)
@@ -185,9 +195,10 @@ class DimseServer:
     def _connect(self, peer: PeerConfig) -> dict[str, Any]:
         return tls.associate_args(peer, self.config.dimse)
 
-    def _find(self, our_ae: str) -> Callable[[Any], Any]:
+    def _find(self, d: DimseConfig) -> Callable[[Any], Any]:
         """The C-FIND handler: the worklist's for its model, the archive's for the others."""
-        archive = partial(handle_find, engine=self.engine, our_ae=our_ae, audit=self.audit)
+        archive = partial(handle_find, engine=self.engine, our_ae=d.ae_title, audit=self.audit,
+                          max_results=d.max_query_results)
 
         def find(event: Any) -> Any:
             if str(event.request.AffectedSOPClassUID) == ModalityWorklistInformationFind:
@@ -201,17 +212,18 @@ class DimseServer:
         return [
             (evt.EVT_CONN_OPEN, set_nodelay),
             (evt.EVT_C_STORE, partial(handle_store, engine=self.engine, audit=self.audit)),
-            (evt.EVT_C_FIND, self._find(d.ae_title)),
-            (evt.EVT_C_GET, partial(handle_get, engine=self.engine)),
+            (evt.EVT_C_FIND, self._find(d)),
+            (evt.EVT_C_GET, partial(handle_get, engine=self.engine, audit=self.audit)),
             (evt.EVT_C_MOVE, partial(handle_move, engine=self.engine, peers=self.peers, max_pdu=d.max_pdu,
-                                     connect=self._connect)),
+                                     connect=self._connect, audit=self.audit)),
             (evt.EVT_N_ACTION, self.commitment.handle_n_action),
             (evt.EVT_N_CREATE, self.mpps.n_create),
             (evt.EVT_N_SET, self.mpps.n_set),
             (evt.EVT_ESTABLISHED, _on_established),
             (evt.EVT_CONN_CLOSE, _log_close),
-            (evt.EVT_REJECTED, _log_rejected),
+            (evt.EVT_REJECTED, partial(_log_rejected, audit=self.audit)),
             (evt.EVT_ABORTED, _log_event("association aborted", logging.WARNING)),
+            *limit_handlers(d),
         ]
 
     def start(self) -> tuple[str, int]:
@@ -220,8 +232,8 @@ class DimseServer:
         assert server is not None  # non-blocking start returns the server
         self._server = server
         host, port = server.server_address[:2]
-        log.info("DIMSE SCP %s listening on %s:%d (max PDU %d, max %d associations, %s callers)",
-                 d.ae_title, host, port, d.max_pdu, d.max_associations,
+        log.info("DIMSE SCP %s listening on %s:%d (max PDU %d, max %d associations, %d per peer, %s callers)",
+                 d.ae_title, host, port, d.max_pdu, d.max_associations, d.max_associations_per_peer,
                  "any" if d.accept_unknown_callers else f"only the {len(self.peers)} known")
         if d.tls_port:
             # TLS is terminated in front of the plain listener and relayed to it (tls_relay.py),
@@ -234,7 +246,7 @@ class DimseServer:
                 target=tls_acceptor, name="dv-tls-accept", daemon=True,
                 args=(self._tls_listen, reloader.context(), scp, float(self.ae.acse_timeout or 30),
                       self._tls_stop, self._tls_active, self._tls_lock, reloader.context),
-                kwargs={"admit": self.peers.admit, "origins": relay_origins})
+                kwargs={"admit": self.peers.admit, "origins": relay_origins, "audit": self.audit})
             self._tls_thread.start()
             log.info("DICOM TLS listening on %s:%d (%s)", d.host, d.tls_port,
                      "callers need a certificate signed by " + str(d.tls_ca) if d.tls_ca
@@ -297,8 +309,12 @@ def rejection_reason(event: Any) -> str:
     return "the request could not be accepted (no acceptable presentation context or negotiation item)"
 
 
-def _log_rejected(event: Any) -> None:
-    log.warning("association rejected: %s: %s", peer_desc(event), rejection_reason(event))
+def _log_rejected(event: Any, audit: Refusals | None = None) -> None:
+    reason = rejection_reason(event)
+    REFUSALS.count("association", association_reason(reason))
+    log.warning("association rejected: %s: %s", peer_desc(event), reason)
+    if audit is not None:
+        audit.refused(calling_ae(event), requestor_host(event.assoc), reason)
 
 
 def _on_established(event: Any) -> None:
@@ -312,7 +328,11 @@ def _log_close(event: Any) -> None:
     assoc = event.assoc
     was_established = id(assoc) in _established
     _established.discard(id(assoc))
-    if assoc.is_acceptor and not was_established and not assoc.is_rejected:
+    if assoc.is_acceptor and not was_established and not assoc.is_rejected and acse_expired(assoc):
+        REFUSALS.count("association", "acse_timeout")
+        log.warning("connection from %s dropped: no A-ASSOCIATE-RQ within [dimse] acse_timeout = %g s",
+                    peer_desc(event), assoc.acse_timeout)
+    elif assoc.is_acceptor and not was_established and not assoc.is_rejected and not stalled(assoc):
         log.warning("connection from %s closed without an association (malformed or no PDU)",
                     peer_desc(event))
     else:

@@ -17,6 +17,7 @@ from ..audit.dimse import DimseAudit
 from ..engine import Engine
 from ..errors import DicomVaultError, ReplicaWriteError
 from .common import calling_ae, log, status
+from .limits import oversize, refused_size
 from .status import DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES_IO, SUCCESS
 from .status import store_status as status_of
 
@@ -92,6 +93,10 @@ def fast_store(engine: Engine, audit: DimseAudit | None = None
 
 def handle_store(event: Any, engine: Engine, audit: DimseAudit | None = None) -> Dataset | int:
     """EVT_C_STORE handler."""
+    limit = getattr(event.assoc.ae, "max_object_size", 0)
+    if (dropped := refused_size(event.request.DataSet, limit)) is not None:
+        return as_response(*oversize(calling_ae(event), str(event.request.AffectedSOPInstanceUID or ""),
+                                     dropped, limit))
     dataset, ts, sop_uid, sop_class = request_facts(event)
     return as_response(*store_status(engine, dataset, ts, sop_uid=sop_uid, sop_class=sop_class,
                                      caller=calling_ae(event), audit=audit))

@@ -20,8 +20,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..audit.dimse import Refusals
 from .admission import RJ_CALLING_AE, Admit, RelayOrigins, edge_verdict, log_refusal, reject_pdu
 from .common import log
+from .limits import count_admission_refusal
 
 RELAY_BUF = 256 << 10
 MAX_FIRST_PDU = 1 << 20  # an A-ASSOCIATE-RQ with every context a workstation proposes: ~20 KiB
@@ -77,7 +79,7 @@ def read_first_pdu(sock: ssl.SSLSocket) -> bytes:
 
 
 def admit_tls(tls_sock: ssl.SSLSocket, admit: Admit, address: str,
-              timeout: float) -> tuple[bytes, str | None] | None:
+              timeout: float, audit: Refusals | None = None) -> tuple[bytes, str | None] | None:
     """Reads the A-ASSOCIATE-RQ and decides on the caller with its real address and certificate:
     (the bytes read, the certificate's sha256) to relay, or None when refused (A-ASSOCIATE-RJ sent)."""
     der = tls_sock.getpeercert(binary_form=True)
@@ -91,7 +93,8 @@ def admit_tls(tls_sock: ssl.SSLSocket, admit: Admit, address: str,
     tls_sock.settimeout(None)
     verdict = edge_verdict(admit, first, address, cert)
     if verdict is not None and verdict.refused is not None:
-        log_refusal(verdict, address)
+        log_refusal(verdict, address, audit)
+        count_admission_refusal(verdict.refused)
         try:
             tls_sock.sendall(reject_pdu(*RJ_CALLING_AE))
         except OSError:
@@ -187,11 +190,11 @@ def tls_failure(exc: BaseException) -> str:
 
 def serve_tls_connection(conn: socket.socket, ctx: ssl.SSLContext, scp_addr: tuple[str, int],
                          handshake_timeout: float, admit: Admit | None = None,
-                         origins: RelayOrigins | None = None) -> None:
+                         origins: RelayOrigins | None = None, audit: Refusals | None = None) -> None:
     """One connection to the TLS port: handshake (mutual, when the context asks for a client
     certificate), the caller admitted or refused (`admit`, with its real address and
     certificate), then the association is relayed to the plain SCP (told where it came from
-    through `origins` when that SCP is in this process)."""
+    through `origins` when that SCP is in this process). Refusals go to `audit` too."""
     try:
         host, port = conn.getpeername()[:2]
         peer = f"{host}:{port}"
@@ -202,15 +205,18 @@ def serve_tls_connection(conn: socket.socket, ctx: ssl.SSLContext, scp_addr: tup
     try:
         tls_sock = ctx.wrap_socket(conn, server_side=True)
     except (OSError, ValueError) as exc:
-        log.warning("DICOM TLS connection from %s refused: %s", peer, tls_failure(exc))
+        why = tls_failure(exc)
+        log.warning("DICOM TLS connection from %s refused: %s", peer, why)
         conn.close()
+        if audit is not None:
+            audit.tls_refused(host, why)
         return
     tls_sock.settimeout(None)
     log.debug("DICOM TLS connection from %s (%s, %s)", peer, tls_sock.version(), tls_sock.cipher()[0])
     if admit is None:
         relay_tls(tls_sock, scp_addr)
         return
-    admitted = admit_tls(tls_sock, admit, host, handshake_timeout)
+    admitted = admit_tls(tls_sock, admit, host, handshake_timeout, audit)
     if admitted is None:
         with_shutdown(tls_sock, socket.SHUT_RDWR)
         tls_sock.close()
@@ -222,17 +228,18 @@ def serve_tls_connection(conn: socket.socket, ctx: ssl.SSLContext, scp_addr: tup
 def tls_acceptor(listen: socket.socket, ctx: ssl.SSLContext, scp_addr: tuple[str, int],
                  handshake_timeout: float, stop: threading.Event, active: list[int],
                  lock: threading.Lock, reload: Callable[[], ssl.SSLContext] | None = None, *,
-                 admit: Admit | None = None, origins: RelayOrigins | None = None) -> None:
+                 admit: Admit | None = None, origins: RelayOrigins | None = None,
+                 audit: Refusals | None = None) -> None:
     """Accepts on the TLS listener until `stop` (non-blocking: with receiver processes, another
     may win a connection); each connection in a thread of its own, counted in `active` until it
     ends, relayed to the plain SCP at `scp_addr`. `reload` (tls_policy.CertificateReloader's
     `context`) gives the context for each connection: a renewed certificate is served from the
-    next handshake on."""
+    next handshake on. `audit`: told of every refused handshake and caller (Security Alerts)."""
     listen.setblocking(False)
 
     def run(conn: socket.socket, ctx: ssl.SSLContext) -> None:
         try:
-            serve_tls_connection(conn, ctx, scp_addr, handshake_timeout, admit, origins)
+            serve_tls_connection(conn, ctx, scp_addr, handshake_timeout, admit, origins, audit)
         finally:
             with lock:
                 active[0] -= 1

@@ -58,12 +58,14 @@ from typing import Any
 from ..audit.dimse import DimseAudit
 from ..config import DimseConfig, PeerConfig
 from ..engine import Engine
+from ..refusals import REFUSALS
 from .common import listen_socket, log
 from .status import PROCESSING_FAILURE
 from .store import store_status
 
 # -- the store protocol between receivers and the writer --------------------------------------------
 # request:  REQ (magic, header length, dataset length), header (JSON: ts, sop, class, caller), dataset
+#           or, for a refusal counted in the receiver: header (JSON: refused, reason, n), no dataset
 # response: RSP (magic, body length), body (JSON: status, comment)
 REQ = struct.Struct(">4sIQ")
 RSP = struct.Struct(">4sI")
@@ -167,6 +169,11 @@ class StoreIpcServer:
                 if req is None:
                     return
                 header, dataset = req
+                if "refused" in header:
+                    # a receiver's refusal (refusals.py): counted here, where /metrics reads
+                    REFUSALS.count(header["refused"], header["reason"], int(header.get("n", 1)))
+                    send_response(sock, 0, None)
+                    continue
                 try:
                     code, comment = store_status(
                         self.engine, dataset, header["ts"], sop_uid=header["sop"],

@@ -18,6 +18,7 @@ import struct
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,25 @@ from pynetdicom import evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from ..audit.dimse import RefusalAudit, Refusals
+from ..audit.log import AuditLog
 from ..config import DimseConfig, parse_peer
+from ..refusals import REFUSALS
 from . import tls
 from .admission import RJ_CALLING_AE, Admit, edge_verdict, log_refusal, reject_pdu
 from .common import calling_ae, log, set_nodelay
+from .limits import count_admission_refusal, oversize, refused_size
 from .peers import Peers
-from .server import SERVICE_CONTEXTS, _log_close, _log_event, _log_rejected, _on_established, build_ae, drain
+from .server import (
+    SERVICE_CONTEXTS,
+    _log_close,
+    _log_event,
+    _log_rejected,
+    _on_established,
+    build_ae,
+    drain,
+    limit_handlers,
+)
 from .status import OUT_OF_RESOURCES_IO
 from .store import as_response, request_facts
 from .tls_relay import RELAY_BUF, tls_acceptor, with_shutdown
@@ -73,10 +87,34 @@ class StoreClient:
         return result
 
 
+class RefusalReporter:
+    """Passes this receiver's refusals (refusals.py) to the writer, whose /metrics counts them;
+    from a thread of its own, so an association thread never waits on the writer for it."""
+
+    def __init__(self, client: StoreClient) -> None:
+        self.client = client
+        self._queue: queue.SimpleQueue[tuple[str, str, int]] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="dv-refusals", daemon=True).start()
+
+    def __call__(self, kind: str, reason: str, n: int) -> None:
+        self._queue.put((kind, reason, n))
+
+    def _run(self) -> None:
+        while True:
+            kind, reason, n = self._queue.get()
+            try:
+                self.client.store({"refused": kind, "reason": reason, "n": str(n)}, b"")
+            except OSError as exc:  # the writer is going away: the count is lost, nothing else
+                log.warning("refusal %s/%s not reported to the writer: %s", kind, reason, exc)
+
+
 def handle_store_remote(event: Any, client: StoreClient) -> Dataset | int:
     """EVT_C_STORE in a receiver: the writer stores and decides the status; success only from it."""
-    dataset, ts, sop_uid, sop_class = request_facts(event)
     caller = calling_ae(event)
+    limit = getattr(event.assoc.ae, "max_object_size", 0)
+    if (dropped := refused_size(event.request.DataSet, limit)) is not None:
+        return as_response(*oversize(caller, str(event.request.AffectedSOPInstanceUID or ""), dropped, limit))
+    dataset, ts, sop_uid, sop_class = request_facts(event)
     try:
         header = {"ts": ts, "sop": sop_uid, "class": sop_class, "caller": caller}
         code, comment = client.store(header, dataset)
@@ -136,14 +174,16 @@ def wants_writer(first_pdu: bytes) -> bool:
     return bool(uids) and any(uid in WRITER_SERVICES for uid in uids)
 
 
-def admitted_at_edge(admit: Admit, sock: socket.socket, first_pdu: bytes, address: str) -> bool:
+def admitted_at_edge(admit: Admit, sock: socket.socket, first_pdu: bytes, address: str,
+                     audit: Refusals | None = None) -> bool:
     """An association relayed to the writer is decided here, where the caller's address is known
     (the writer's SCP sees this process's loopback connection): False when refused, with the
     A-ASSOCIATE-RJ sent and the connection closed."""
     verdict = edge_verdict(admit, first_pdu, address, None)
     if verdict is None or verdict.refused is None:
         return True
-    log_refusal(verdict, address)
+    log_refusal(verdict, address, audit)
+    count_admission_refusal(verdict.refused)
     try:
         sock.recv(len(first_pdu))  # consume the request we answer (it was only peeked)
         sock.sendall(reject_pdu(*RJ_CALLING_AE))
@@ -213,7 +253,8 @@ def relay(client: socket.socket, writer_addr: tuple[str, int], active: list[int]
 
 def make_server_class(listen: socket.socket, writer_addr: tuple[str, int], acse_timeout: float,
                       relays: list[int], relays_lock: threading.Lock,
-                      relayed: list[int], admit: Admit) -> type[ThreadedAssociationServer]:
+                      relayed: list[int], admit: Admit, audit: Refusals | None = None
+                      ) -> type[ThreadedAssociationServer]:
     connections = [0]  # connections this receiver is serving (associations and relays)
 
     class SharedSocketServer(ThreadedAssociationServer):
@@ -262,7 +303,7 @@ def make_server_class(listen: socket.socket, writer_addr: tuple[str, int], acse_
                 except OSError:
                     first = b""  # gone already: pynetdicom will see it and log it
                 to_writer = wants_writer(first)
-                if to_writer and not admitted_at_edge(admit, request, first, str(client_address[0])):
+                if to_writer and not admitted_at_edge(admit, request, first, str(client_address[0]), audit):
                     return
                 if to_writer:
                     with relays_lock:
@@ -298,13 +339,17 @@ def main(argv: list[str]) -> int:
                   accept_unknown=d.accept_unknown_callers, our_title=d.ae_title)
     ae = build_ae(d, peers, (Verification,))
     client = StoreClient(spec.ipc_path)
+    REFUSALS.forward = RefusalReporter(client)
+    # Refusals are rare and throttled per caller: written here, at once (the log takes an flock,
+    # so the writer and every receiver append to the same chain).
+    refusals = RefusalAudit(AuditLog(spec.data_dir)) if spec.data_dir else None
     listen = socket.socket(fileno=spec.listen_fd)
     relays = [0]  # relays in progress
     relays_lock = threading.Lock()
     relayed = [0]  # relays done (for the exit log line)
     writer_addr = (spec.writer_host, spec.writer_port)
     server_class = make_server_class(listen, writer_addr, float(ae.acse_timeout or 30), relays, relays_lock,
-                                     relayed, peers.admit)
+                                     relayed, peers.admit, refusals)
     served = [0]
 
     def on_established(event: Any) -> None:
@@ -317,8 +362,9 @@ def main(argv: list[str]) -> int:
         (evt.EVT_C_STORE, lambda event: handle_store_remote(event, client)),
         (evt.EVT_ESTABLISHED, on_established),
         (evt.EVT_CONN_CLOSE, _log_close),
-        (evt.EVT_REJECTED, _log_rejected),
+        (evt.EVT_REJECTED, partial(_log_rejected, audit=refusals)),
         (evt.EVT_ABORTED, _log_event("association aborted", logging.WARNING)),
+        *limit_handlers(d),
     ]
     server = ae.make_server(listen.getsockname(), evt_handlers=handlers, server_class=server_class)
     thread = threading.Thread(target=server.serve_forever, name=f"dv-receiver-{spec.index}", daemon=True)
@@ -331,7 +377,8 @@ def main(argv: list[str]) -> int:
         tls_thread = threading.Thread(
             target=tls_acceptor, name=f"dv-tls-accept-{spec.index}",
             args=(tls_listen, reloader.context(), writer_addr, float(ae.acse_timeout or 30), tls_stop,
-                  relays, relays_lock, reloader.context), kwargs={"admit": peers.admit}, daemon=True)
+                  relays, relays_lock, reloader.context),
+            kwargs={"admit": peers.admit, "audit": refusals}, daemon=True)
         tls_thread.start()
     ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() would find it
     log.debug("receiver %d accepting (pid %d)", spec.index, os.getpid())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from ..audit.log import DATA_DELETION, AuditLog
+from ..audit.transfers import per_study
 from ..engine import Engine
 from ..errors import DicomVaultError
 from ..replication import state
@@ -94,7 +96,12 @@ def failback(engine: Engine, client: SiteClient, *, discard_divergent: bool = Fa
         if theirs.get(rec.sop_uid) != rec.hash:
             report.divergent.append(rec.sop_uid)
     if discard_divergent:
+        gone = [(r.study_uid, r.patient_id, True) for r in map(index.get_instance, report.divergent)
+                if r is not None]
         for sop in report.divergent:
             engine.delete("instance", sop, converging=True)
         report.discarded = len(report.divergent)
+        log = AuditLog(engine.data_dir)
+        log.write(per_study(log, gone, user="dicomvault:failback", client=client.url, event=DATA_DELETION,
+                            detail={"reason": "dr failback --discard-divergent", "upstream": client.url}))
     return report

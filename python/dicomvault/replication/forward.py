@@ -9,6 +9,11 @@ Objects go out as stored (streamed from a temporary file, not decoded) in a pres
 of their own transfer syntax; an uncompressed object the peer takes only in the other little-endian
 syntax is converted by pydicom; a compressed one it cannot take fails (and is retried: peers get
 reconfigured; `forward status` shows the error).
+
+Audit trail: a page that reaches an association writes Begin Transferring, then one Instances
+Transferred per study of the page (completed, and the object that failed), naming the
+destination; a page that never reached the peer (refused, unreachable) is logged and retried,
+not audited: nothing was transferred.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, build_context
 from pynetdicom.ae import ApplicationEntity
 
+from ..audit.log import BEGIN_TRANSFERRING, SUCCESS, AuditLog
+from ..audit.transfers import per_study
 from ..engine import Engine
 from ..errors import DicomVaultError
 from ..index.records import DELETED, InstanceRecord
@@ -53,6 +60,14 @@ def _calling_ae(rec: InstanceRecord) -> str:
     except Exception:  # noqa: BLE001 - an odd prefix just means "no calling AE known"
         return ""
     return str(ds.file_meta.get("SourceApplicationEntityTitle", "") or "").strip()
+
+
+def _first_of_each_study(recs: list[InstanceRecord]) -> list[tuple[InstanceRecord, int]]:
+    """(first object, number of objects) of each study in a page."""
+    out: dict[str, list[Any]] = {}
+    for r in recs:
+        out.setdefault(r.study_uid, [r, 0])[1] += 1
+    return [(r, n) for r, n in out.values()]
 
 
 class SendError(DicomVaultError):
@@ -92,6 +107,7 @@ class Forwarder:
         }
         self.backoff = 1.0
         self.dest = f"{rule.ae_title}@{rule.host}:{rule.port}"
+        self.audit = AuditLog(engine.data_dir)
 
     def _save(self) -> None:
         self.engine.index.put_meta(self.key, state.dump_map(self.status))
@@ -152,14 +168,28 @@ class Forwarder:
         if not assoc.is_established:
             why = "TLS handshake, rejected or unreachable" if self.tls_args else "rejected or unreachable"
             raise SendError(recs[0].sop_uid, f"association with {self.dest} failed ({why})")
+        user = f"dicomvault:{self.rule.our_ae_title}"
+        detail = {"direction": "sent", "protocol": "DIMSE C-STORE (forward)", "destination": self.dest,
+                  "rule": self.rule.name}
+        self.audit.write([r for r in (self.audit.event(
+            BEGIN_TRANSFERRING, SUCCESS, user=user, client=self.dest, study=rec.study_uid,
+            patient=rec.patient_id or None, detail={**detail, "instances": n})
+            for rec, n in _first_of_each_study(recs)) if r is not None])
+        done = 0
         try:
             accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
             with tempfile.TemporaryDirectory(prefix="dv-forward-") as tmp:
                 for r in recs:
                     self._send_one(assoc, accepted, r, tmp)
+                    done += 1
         finally:
             if assoc.is_established:
                 assoc.release()
+            # what went (and the one that failed; the rest of the page is retried later)
+            tried = recs[: done + 1]
+            self.audit.write(per_study(self.audit, ((r.study_uid, r.patient_id, i < done)
+                                                    for i, r in enumerate(tried)),
+                                       user=user, client=self.dest, detail=detail))
 
     def _send_one(self, assoc: Any, accepted: set[tuple[str, str]], rec: InstanceRecord, tmp: str) -> None:
         data = self.engine.read_file(rec.sop_uid, background=True)  # the compactor need not wait

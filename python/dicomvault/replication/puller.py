@@ -1,7 +1,11 @@
 """A replica pulling from its upstream: changes in order from the durable cursor, the blobs it
 lacks (by hash, verified by the native store before anything is written), then the index changes
 and the new cursor in ONE batch. Any interruption (kill -9, a dropped link, an upstream restart)
-resumes from the cursor: blobs already here are skipped, applied changes are no-ops."""
+resumes from the cursor: blobs already here are skipped, applied changes are no-ops.
+
+Each page applied is audited on the replica: one Instances Transferred record per study of the
+page (direction received, the upstream named), written after the page is durable, with one
+fsync for all of them."""
 
 from __future__ import annotations
 
@@ -13,9 +17,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from ..audit.log import DATA_DELETION, AuditLog
+from ..audit.transfers import per_study
 from ..engine import Engine
 from ..errors import DicomVaultError
-from ..index.records import Change
+from ..index.records import DELETED, REPLACED, STORED, Change
 from . import state
 from .client import ReplicationError, SiteClient
 
@@ -56,6 +62,7 @@ class Puller:
         # One client per fetcher thread: http.client connections are not thread-safe.
         self._local = threading.local()
         self._fetch_clients: list[SiteClient] = []
+        self.audit = AuditLog(engine.data_dir)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -93,7 +100,21 @@ class Puller:
         items = [(_change(c), c["instance"]) for c in changes]
         self.engine.apply_replicated(items, {state.UPSTREAM: new_up.encode()})
         result.applied, result.seq = len(changes), new_up.seq
+        self._audit(changes, feed, new_up.seq, result)
         return result
+
+    def _audit(self, changes: list[dict[str, Any]], feed: str, seq: int, result: PullResult) -> None:
+        objects = [(str(c["instance"].get("study_uid") or ""), c["instance"].get("patient_id"), True)
+                   for c in changes if c.get("instance") is not None and c.get("kind") in (STORED, REPLACED)]
+        deleted = [(str(c.get("study_uid") or ""), c.get("patient_id"), True)
+                   for c in changes if c.get("kind") == DELETED]
+        who = {"user": "dicomvault:replication", "client": self.client.url}
+        detail = {"protocol": "replication", "source": self.client.url, "feed": feed, "seq": seq}
+        records = per_study(self.audit, objects, **who,
+                            detail={**detail, "direction": "received", "blobs_fetched": result.blobs_fetched})
+        records += per_study(self.audit, deleted, **who, event=DATA_DELETION,
+                             detail={**detail, "reason": "deleted on the upstream"})
+        self.audit.write(records)  # one fsync (none when the page had nothing to record)
 
     def _fetch_missing(self, changes: list[dict[str, Any]], result: PullResult) -> None:
         vault = self.engine.vault

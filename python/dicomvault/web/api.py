@@ -50,6 +50,7 @@ def routes(ctx: WebContext, jobs: Callable[[], list[dict[str, Any]]] | None = No
                 raise RequestError(f"unknown study filter {k!r}; use one of {', '.join(STUDY_COLUMNS)}")
             query[k] = v
         rows = list(engine.index.find("STUDY", query, limit=offset + limit))
+        sec.queried(request, "studies", query, len(rows[offset:]), protocol="HTTP /api/studies")
         return json_response(rows[offset:])
 
     def study(request: Request) -> Response:
@@ -87,15 +88,19 @@ def routes(ctx: WebContext, jobs: Callable[[], list[dict[str, Any]]] | None = No
             raise RequestError('POST /api/users needs {"name": ..., "role": ..., "password"?: ...}')
         password = body.get("password")
         await run_in_threadpool(users.add, name, role, password if isinstance(password, str) else None)
+        await run_in_threadpool(sec.config_changed, request, "users", "add", name,
+                                {"role": role, "password": isinstance(password, str)})
         return json_response({"name": name, "role": role}, 201)
 
     def remove_user(request: Request) -> Response:
         users.remove(request.path_params["name"])
+        sec.config_changed(request, "users", "remove", request.path_params["name"])
         return Response(status_code=204)
 
     def new_token(request: Request) -> Response:
-        return json_response({"name": request.path_params["name"],
-                              "token": users.issue_token(request.path_params["name"])}, 201)
+        token = users.issue_token(request.path_params["name"])
+        sec.config_changed(request, "users", "token", request.path_params["name"])
+        return json_response({"name": request.path_params["name"], "token": token}, 201)
 
     def list_jobs(request: Request) -> Response:
         return json_response(jobs() if jobs is not None else [])
@@ -104,7 +109,7 @@ def routes(ctx: WebContext, jobs: Callable[[], list[dict[str, Any]]] | None = No
     return [
         Route("/api/stats", secured(sec, READ, stats), methods=["GET"]),
         Route("/api/studies", secured(sec, READ, studies), methods=["GET"]),
-        Route("/api/studies/{study}", secured(sec, READ, study), methods=["GET"]),
+        Route("/api/studies/{study}", secured(sec, READ, study, access="study-summary"), methods=["GET"]),
         Route("/api/instances", secured(sec, WRITE, upload), methods=["POST"]),
         Route("/api/jobs", secured(sec, ADMIN, list_jobs), methods=["GET"]),
         Route("/api/users", secured(sec, ADMIN, list_users), methods=["GET"]),

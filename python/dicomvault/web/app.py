@@ -2,13 +2,15 @@
 
   /dicom-web   DICOMweb: QIDO-RS, WADO-RS, STOW-RS (dicomweb/routes.py)
   /wado        WADO-URI (wado_uri.py)
+  /fhir/r4     FHIR R4 read API for EHRs (fhir_routes.py)
   /api         JSON for the CLI, the viewer and admins (api.py, admin.py; worklist_routes.py)
   /replication the change feed and blobs for replicas (replication_routes.py)
   /metrics     Prometheus text (metrics.py)
   /healthz     liveness, open to all
   /, /viewer   the browser viewer's files (viewer_static.py)
 
-Errors from every route are turned into responses by web/errors.py alone.
+Errors from every route are turned into responses by web/errors.py alone; body size and request
+rate limits apply to every route (web/limits.py).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from ..tiering.service import TieringService
 from . import (
     admin,
     api,
+    fhir_routes,
     measurements,
+    peers_routes,
     replication_routes,
     session_routes,
     shares_routes,
@@ -40,6 +44,7 @@ from . import (
 from .context import WebContext
 from .dicomweb import routes as dicomweb_routes
 from .errors import error_response
+from .limits import LimitsMiddleware
 from .metrics import HttpStats, MetricsMiddleware, metrics_endpoint
 from .security import secured
 
@@ -62,14 +67,20 @@ def build_app(ctx: WebContext, *, jobs: Callable[[], list[dict[str, Any]]] | Non
         *worklist_routes.routes(ctx),
         *session_routes.routes(ctx),
         *shares_routes.routes(ctx),
+        *peers_routes.routes(ctx),
         *admin.routes(ctx, status_extra),
         *wado_uri.routes(ctx),
         *dicomweb_routes.routes(ctx),
+        *fhir_routes.routes(ctx),
         *viewer_static.routes(),
     ]
     if ctx.feed is not None:
         routes += replication_routes.routes(ctx.feed, sec)
-    middleware = [Middleware(MetricsMiddleware, stats=stats)]
+    s = ctx.settings
+    # Limits inside the metrics: a 413 or 429 is counted as a request like any other.
+    middleware = [Middleware(MetricsMiddleware, stats=stats),
+                  Middleware(LimitsMiddleware, max_body=s.max_body, rate_limit=s.rate_limit,
+                             rate_limit_per_address=s.rate_limit_per_address, rate_burst=s.rate_burst)]
     if ctx.settings.cors_origins:
         middleware.append(Middleware(
             CORSMiddleware, allow_origins=list(ctx.settings.cors_origins), allow_credentials=True,

@@ -25,6 +25,10 @@ class WebSettings:
     max_body: int = 8 << 30
     # QIDO-RS: most results one response carries (Warning 299 when cut).
     max_results: int = 1000
+    # requests/s per credential and per client address (0 = off), bucket size (web/limits.py)
+    rate_limit: float = 0.0
+    rate_limit_per_address: float = 0.0
+    rate_burst: int = 200
     trust_forwarded: bool = True
 
 

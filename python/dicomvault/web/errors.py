@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
@@ -33,6 +34,7 @@ from ..errors import (
     UnsupportedError,
     UnsupportedMediaTypeError,
 )
+from ..integration.fhir.mapping import operation_outcome
 
 log = logging.getLogger("dicomvault.web")
 
@@ -61,6 +63,10 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
 
 
 _INPUT_ERRORS = (RejectedError, NotDicomError, MalformedError)
+# FHIR routes answer errors as OperationOutcome (R4 http.html); the issue code by status.
+FHIR_PREFIX = "/fhir/"
+_FHIR_ISSUE = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 406: "not-supported",
+               413: "too-costly", 415: "not-supported", 503: "transient"}
 
 
 def http_status(exc: BaseException) -> int:
@@ -78,7 +84,7 @@ def error_response(request: Request, exc: Exception) -> Response:
     """Starlette exception handler for every DicomVaultError (and, as 500, anything else)."""
     if not isinstance(exc, DicomVaultError):
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return PlainTextResponse("internal error (see the server log)", 500)
+        return _body(request, "internal error (see the server log)", 500, {})
     code = http_status(exc)
     if code == 400 and request.method in ("GET", "HEAD") and isinstance(exc, _INPUT_ERRORS):
         # A read sends no object: a parse failure here is a stored object we cannot read.
@@ -95,4 +101,11 @@ def error_response(request: Request, exc: Exception) -> Response:
         log.error("%s %s: %s", request.method, request.url.path, exc)
     else:
         log.info("%s %s -> %d: %s", request.method, request.url.path, code, exc)
-    return PlainTextResponse(str(exc) or f"error {code}", code, headers=headers)
+    return _body(request, str(exc) or f"error {code}", code, headers)
+
+
+def _body(request: Request, text: str, code: int, headers: dict[str, str]) -> Response:
+    if request.url.path.startswith(FHIR_PREFIX):
+        body = orjson.dumps(operation_outcome(_FHIR_ISSUE.get(code, "exception"), text))
+        return Response(body, code, headers=headers, media_type="application/fhir+json")
+    return PlainTextResponse(text, code, headers=headers)

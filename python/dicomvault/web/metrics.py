@@ -1,5 +1,6 @@
 """`/metrics` in the Prometheus text format (0.0.4): archive size from the index, HTTP request
-counts and latency by route and status (counted by `MetricsMiddleware`), replication cursor."""
+counts and latency by route and status (counted by `MetricsMiddleware`), replication cursor,
+refusals by a limit (refusals.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..refusals import render_metrics as refusal_lines
 
 # Latency buckets in seconds: a QIDO answers in milliseconds, a study retrieve in seconds.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
@@ -96,6 +99,7 @@ def render(stats: HttpStats, engine: Any) -> str:
                 out.append(f'dicomvault_tier_{key}{{tier="{_esc(name)}"}} {int(row[key])}')
     out += ["# HELP dicomvault_feed_last_seq last change feed sequence number",
             "# TYPE dicomvault_feed_last_seq counter", f"dicomvault_feed_last_seq {engine.index.last_seq()}"]
+    out += refusal_lines()
     with stats._lock:
         counts = dict(stats.count)
         hists = {k: list(v) for k, v in stats.hist.items()}

@@ -21,6 +21,8 @@ walks the route table for anything marked neither.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import inspect
 import logging
@@ -32,13 +34,21 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..audit.changes import config_changed
 from ..audit.log import FAILURE, LOGIN, SHARE_SCOPE_REFUSED, SHARE_USED, SUCCESS, AuditLog, Record
+from ..audit.web import WebAudit
 from ..auth.oidc import OidcVerifier, looks_like_jwt
 from ..auth.roles import Principal, authorize
 from ..auth.sessions import Session, SessionStore
 from ..auth.shares import ShareStore
-from ..auth.users import UserStore
-from ..errors import AuthenticationError, InvalidTokenError, PermissionDeniedError, UnavailableError
+from ..auth.users import UserStore, validate_name
+from ..errors import (
+    AuthenticationError,
+    InvalidTokenError,
+    PermissionDeniedError,
+    RequestError,
+    UnavailableError,
+)
 
 Handler = Callable[[Request], Awaitable[Response]] | Callable[[Request], Response]
 
@@ -64,12 +74,14 @@ class Security:
     def __init__(self, users: UserStore, anonymous_role: str | None = None, *,
                  only_without_users: bool = False, sessions: SessionStore | None = None,
                  shares: ShareStore | None = None, audit: AuditLog | None = None,
-                 oidc: OidcVerifier | None = None) -> None:
+                 oidc: OidcVerifier | None = None,
+                 patient_of: Callable[[str], str | None] | None = None) -> None:
         """anonymous_role: what a request without credentials may do (None: nothing). With
         only_without_users, that holds only while the store has no users: the first user an
         admin adds turns anonymous access off, without a restart. sessions and shares default to
         fresh stores of the users' data directory; audit None writes no audit trail; oidc None:
-        JWT bearer tokens are not accepted (they reach the token stores, which know none)."""
+        JWT bearer tokens are not accepted (they reach the token stores, which know none).
+        patient_of(study UID) names the patient in access records."""
         self.users = users
         self.anonymous = Principal("anonymous", anonymous_role, "anonymous") if anonymous_role else None
         self.only_without_users = only_without_users
@@ -77,6 +89,8 @@ class Security:
         self.shares = shares if shares is not None else ShareStore(users.dir.parent)
         self.audit = audit
         self.oidc = oidc
+        # reads, searches and refused credentials: counted here, written by a thread (audit/web.py)
+        self.events = WebAudit(audit, patient_of) if audit is not None else None
         self._scrypt_slots = threading.BoundedSemaphore(2)
 
     # -- who --
@@ -173,6 +187,8 @@ class Security:
         if p.method == "anonymous" and not p.can(action):
             # Credentials would help here: 401 (with its challenge), not 403.
             raise AuthenticationError(f"credentials required to {action}: Authorization: Bearer or Basic")
+        if p.method in ("basic", "token") and self.events is not None:
+            self.events.authenticated(p.name, client_of(request), p.method)
         authorize(p, action)
         if p.study is not None:
             self._confine(request, p, any_study)
@@ -206,6 +222,43 @@ class Security:
     def take_pending(self, request: Request) -> list[Record]:
         return request.scope.pop(_PENDING, None) or []
 
+    def accessed(self, request: Request, kind: str) -> None:
+        """A read served: counted in its (user, client, study) burst; no fsync here."""
+        study = request.path_params.get("study") or request.query_params.get("studyUID")
+        p = getattr(request.state, "principal", None)
+        if self.events is not None and study and p is not None:
+            self.events.accessed(p.name, client_of(request), study, kind)
+
+    def queried(self, request: Request, level: str, keys: dict[str, str], matches: int,
+                protocol: str = "QIDO-RS") -> None:
+        p = getattr(request.state, "principal", None)
+        if self.events is not None:
+            self.events.queried(p.name if p else None, client_of(request), level, keys, matches,
+                                study=request.path_params.get("study"), protocol=protocol)
+
+    def refused_credentials(self, request: Request, exc: AuthenticationError) -> None:
+        """Credentials given and refused (not merely missing): a throttled audit record. An
+        identity provider's token is recorded where it is checked (`_oidc`), with its reason."""
+        header = request.headers.get("authorization")
+        if self.events is not None and header and not isinstance(exc, InvalidTokenError):
+            method = header.strip().partition(" ")[0].lower()
+            self.events.auth_failed(client_of(request), method, str(exc),
+                                    _basic_user(header) if method == "basic" else None)
+
+    def config_changed(self, request: Request, what: str, action: str, target: str | None,
+                       detail: dict[str, Any] | None = None) -> None:
+        """The Security Alert of a configuration change made through a route (an fsync: call it
+        off the event loop)."""
+        p = getattr(request.state, "principal", None)
+        if self.audit is not None:
+            config_changed(self.audit, what, action, target, user=p.name if p else None,
+                           client=client_of(request) or "unknown", detail=detail)
+
+    def close(self) -> None:
+        """Writes the audit records still counted or queued."""
+        if self.events is not None:
+            self.events.close()
+
     def record(self, request: Request, event: str, outcome: str, *, user: str | None,
                study: str | None = None, detail: dict[str, Any] | None = None) -> None:
         """Writes an audit event of `request` now (an fsync: call it off the event loop)."""
@@ -219,6 +272,16 @@ def bearer_token(header: str | None) -> str | None:
     if scheme.lower() != "bearer":
         return None
     return rest.strip() or None
+
+
+def _basic_user(header: str) -> str | None:
+    """The user name of a Basic header, when it is a valid one (a password typed in the name
+    field is not written to the audit log)."""
+    try:
+        raw = base64.b64decode(header.strip()[6:].strip(), validate=True).decode("utf-8")
+        return validate_name(raw.partition(":")[0])
+    except (binascii.Error, ValueError, RequestError):
+        return None
 
 
 def client_of(request: Request) -> str | None:
@@ -246,11 +309,12 @@ def _direct_local(request: Request) -> bool:
 
 
 def secured(security: Security, action: str | None, handler: Handler, *,
-            any_study: bool = False) -> Callable[[Request], Awaitable[Any]]:
+            any_study: bool = False, access: str | None = None) -> Callable[[Request], Awaitable[Any]]:
     """The Starlette endpoint of a route: authorize, then run the handler (a plain function runs
     in the thread pool, since it may block on the engine). action None = open (/healthz).
     any_study: a principal bound to one study may use the route whatever its path (the route
-    serves nothing of any study)."""
+    serves nothing of any study). access: the route reads a study's objects (the kind of read, as
+    the audit trail counts it), named by its path's `study` or WADO-URI's studyUID."""
     is_async = _is_async(handler)
 
     async def endpoint(request: Request) -> Any:
@@ -265,13 +329,20 @@ def secured(security: Security, action: str | None, handler: Handler, *,
                         # A key the identity provider rotated in: fetched off the event loop.
                         await run_in_threadpool(security.refresh_keys)
                     security.require(request, action, any_study=any_study)
+            except AuthenticationError as exc:
+                security.refused_credentials(request, exc)
+                raise
             finally:
                 pending = security.take_pending(request)
                 if pending and security.audit is not None:
                     await run_in_threadpool(security.audit.write, pending)
         if is_async:
-            return await handler(request)  # type: ignore[misc]
-        return await run_in_threadpool(handler, request)
+            response = await handler(request)  # type: ignore[misc]
+        else:
+            response = await run_in_threadpool(handler, request)
+        if access is not None and getattr(response, "status_code", 500) < 400:
+            security.accessed(request, access)
+        return response
 
     endpoint.__name__ = getattr(handler, "__name__", "endpoint")
     setattr(endpoint, ACCESS_ATTR, action or PUBLIC)

@@ -83,4 +83,4 @@ def routes(ctx: WebContext) -> list[Route]:
         raise NotAcceptableError(f"contentType {q.get('contentType')!r}: WADO-URI here serves "
                                  f"{DICOM}, {', '.join(IMAGE_TYPES)}")
 
-    return [Route("/wado", secured(ctx.security, READ, wado), methods=["GET"])]
+    return [Route("/wado", secured(ctx.security, READ, wado, access="wado-uri"), methods=["GET"])]

@@ -26,6 +26,7 @@ from ...errors import NotAcceptableError, NotFoundError, RequestError, UnknownOb
 from ...filemeta import file_meta_prefix
 from ...index.records import InstanceRecord
 from ...readahead import read_ahead
+from ...refusals import REFUSALS
 from ...transfer import transcode
 from ..context import WebContext
 from ..responses import base_url, int_param
@@ -119,9 +120,12 @@ class DicomWeb:
             q = qido.parse_qido(resource, params, study_uid=study, series_uid=series)
             result = qido.search(self.engine.index, q, max_results=self.ctx.settings.max_results,
                                  base_url=self.base(request))
+            self.ctx.security.queried(request, resource, dict(params), len(result.items))
             headers = {}
             if result.truncated:
                 headers["Warning"] = qido.warning_header(request.url.hostname or "dicomvault")
+                if not q.limit or q.limit > self.ctx.settings.max_results:
+                    REFUSALS.count("query", "qido_max_results")  # cut by our limit, not the client's
             return Response(orjson.dumps(result.items), 200, headers=headers, media_type=media.DICOM_JSON)
 
         return handler
@@ -369,8 +373,9 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
     sec = ctx.security
     s, se, i = "/studies/{study}", "/series/{series}", "/instances/{instance}"
 
-    def get(path: str, handler: Any) -> Route:
-        return Route(path, secured(sec, READ, handler), methods=["GET"])
+    def get(path: str, handler: Any, access: str | None = None) -> Route:
+        # access: the kind of read of a study's objects the audit trail counts (None: a search)
+        return Route(path, secured(sec, READ, handler, access=access), methods=["GET"])
 
     # STOW first: a modality gateway's POSTs are the most frequent requests, and each route is
     # a regex tried in order (~5 us each).
@@ -383,18 +388,18 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         get(s + se + "/instances", dw.search("instances")),
         get(s + "/instances", dw.search("instances")),
         get("/instances", dw.search("instances")),
-        get(s, dw.retrieve),
-        get(s + se, dw.retrieve),
-        get(s + se + i, dw.retrieve),
-        get(s + "/metadata", dw.metadata_route),
-        get(s + se + "/metadata", dw.metadata_route),
-        get(s + se + i + "/metadata", dw.metadata_route),
-        get(s + se + i + "/frames/{frames}", dw.frames_route),
-        get(s + se + i + "/bulkdata/{path:path}", dw.bulk_route),
+        get(s, dw.retrieve, "instances"),
+        get(s + se, dw.retrieve, "instances"),
+        get(s + se + i, dw.retrieve, "instances"),
+        get(s + "/metadata", dw.metadata_route, "metadata"),
+        get(s + se + "/metadata", dw.metadata_route, "metadata"),
+        get(s + se + i + "/metadata", dw.metadata_route, "metadata"),
+        get(s + se + i + "/frames/{frames}", dw.frames_route, "frames"),
+        get(s + se + i + "/bulkdata/{path:path}", dw.bulk_route, "bulkdata"),
     ]
     for suffix, thumb in (("/rendered", False), ("/thumbnail", True)):
         for base in (s, s + se, s + se + i, s + se + i + "/frames/{frames}"):
-            out.append(get(base + suffix, dw.rendered(thumb)))
+            out.append(get(base + suffix, dw.rendered(thumb), suffix[1:]))
     # One mount: requests outside /dicom-web skip every DICOMweb route at once.
     return [Mount(PREFIX, routes=out)]
 

@@ -30,6 +30,7 @@ from .dr.commands import add_heal_arguments
 from .engine import DEFAULT_DATA_DIR, Engine, StoreOutcome
 from .errors import DicomVaultError, StorageFullError
 from .integration.iocm_commands import add_rejected_commands
+from .integration.worklist_commands import add_worklist_commands
 from .replication.commands import add_commands as add_replication_commands
 from .site_args import add_serve_site_arguments, add_site_arguments
 from .textout import print_table, walk_paths
@@ -471,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
                              forward_tls=_forward_tls, forward_ae=_forward_ae)
     add_users_commands(sub, common)
     add_peers_commands(sub, common)
+    add_worklist_commands(sub, common)
     add_audit_commands(sub, common)
     add_shares_commands(sub, common)
     add_rejected_commands(sub, common)

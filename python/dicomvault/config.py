@@ -124,9 +124,12 @@ def _check_str(value: object, where: str) -> str:
     return value
 
 
-# What a known peer may ask of us (C-ECHO is always allowed): C-STORE; C-FIND; C-GET and C-MOVE;
-# storage commitment.
-SERVICES = ("store", "query", "retrieve", "commit")
+# What a known peer may ask of us (C-ECHO is always allowed): C-STORE; C-FIND on the archive;
+# C-GET and C-MOVE; storage commitment; C-FIND on the modality worklist; MPPS N-CREATE/N-SET.
+# The worklist is its own service, not "query": a modality that reads its schedule need not be
+# able to browse every patient's archived studies (and a viewer that queries the archive need
+# not see the schedule).
+SERVICES = ("store", "query", "retrieve", "commit", "worklist", "mpps")
 
 
 @dataclass(frozen=True)

@@ -125,8 +125,8 @@ def test_an_unknown_caller_is_refused_with_the_command_that_admits_it_which_work
         refused = run(["echoscu", "-aet", "MODALITY", *quick(port)], check=False, timeout=30)
         wait_for(caplog, "calling AE title 'MODALITY' is not a known peer")
     assert refused.returncode != 0
-    assert "admit it with `dicomvault peers add MODALITY 127.0.0.1 --allow store,query,retrieve,commit`" \
-        in caplog.text
+    assert ("admit it with `dicomvault peers add MODALITY 127.0.0.1 "
+            "--allow store,query,retrieve,commit,worklist,mpps`") in caplog.text
     # as the log line says (store only), on the running server
     peers_cli(archive["data"], "add", "MODALITY", "127.0.0.1", "--allow", "store")
     run(["echoscu", "-aet", "MODALITY", *quick(port)])

@@ -33,7 +33,12 @@ from typing import Any, cast
 from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.acse import ACSE
-from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
+from pynetdicom.sop_class import (
+    ModalityPerformedProcedureStep,
+    ModalityWorklistInformationFind,
+    StorageCommitmentPushModel,
+    Verification,
+)
 
 from ..audit.dimse import Refusals
 from .common import log
@@ -60,11 +65,16 @@ Admit = Callable[[str, str, str | None, bool], Verdict]  # (calling AE, address,
 @lru_cache(maxsize=4096)
 def service_of(uid: str) -> str:
     """The service a presentation context's abstract syntax belongs to: echo, query, retrieve,
-    commit, or store (anything else: unrestricted storage accepts unknown and private classes)."""
+    commit, worklist, mpps, or store (anything else: unrestricted storage accepts unknown and
+    private classes)."""
     if uid == Verification:
         return "echo"
     if uid == StorageCommitmentPushModel:
         return "commit"
+    if uid == ModalityWorklistInformationFind:
+        return "worklist"
+    if uid == ModalityPerformedProcedureStep:
+        return "mpps"
     keyword = UID(uid).keyword
     if keyword.endswith("Find"):
         return "query"

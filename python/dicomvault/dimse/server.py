@@ -3,7 +3,8 @@
 Services: Verification; Storage (every storage SOP class, any transfer syntax the caller proposes:
 pynetdicom's unrestricted storage mode accepts the first proposed syntax of every storage-like
 abstract syntax, private ones included, which is what an archive wants); Patient Root and Study
-Root Query/Retrieve FIND/MOVE/GET; Storage Commitment Push Model.
+Root Query/Retrieve FIND/MOVE/GET; Storage Commitment Push Model; Modality Worklist FIND
+(worklist.py) and Modality Performed Procedure Step N-CREATE/N-SET (mpps.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Any
 
 from pynetdicom import _config, evt
 from pynetdicom.sop_class import (
+    ModalityPerformedProcedureStep,
+    ModalityWorklistInformationFind,
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
@@ -39,6 +42,8 @@ from ..audit.log import APPLICATION_START, APPLICATION_STOP, SUCCESS, AuditLog
 from ..audit.sender import start_sender
 from ..config import Config, DimseConfig, PeerConfig
 from ..engine import Engine
+from ..integration.mpps import MppsService
+from ..integration.worklist_store import WorklistStore
 from ..refusals import REFUSALS
 from . import fastpath, tls
 from .admission import relay_origins
@@ -50,11 +55,13 @@ from .encoded import encoders_verified
 from .fastretrieve import fast_get, fast_move
 from .find import fast_find, handle_find
 from .limits import association_reason, per_peer_limit
+from .mpps import MppsHandlers
 from .negotiation_cache import memoise_ui_validation
 from .peers import Peers
 from .retrieve import handle_get, handle_move
 from .store import fast_store, handle_store
 from .tls_relay import tls_acceptor
+from .worklist import handle_worklist_find
 
 SERVICE_CONTEXTS = (
     Verification,
@@ -65,6 +72,8 @@ SERVICE_CONTEXTS = (
     PatientRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelGet,
     StorageCommitmentPushModel,
+    ModalityWorklistInformationFind,
+    ModalityPerformedProcedureStep,
 )
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 # ids of acceptor associations that got established (set.add/discard are atomic under the GIL)
@@ -162,6 +171,8 @@ class DimseServer:
                             fast_move(engine, self.peers, d.ae_title, self._tls_client, self.audit))
         self.ae = ae
         self.commitment = CommitmentService(engine, ae, self.peers, d.ae_title, self._connect)
+        self.worklist = WorklistStore(engine.index)
+        self.mpps = MppsHandlers(MppsService(self.worklist), engine.ensure_writable)
         self._server: ThreadedAssociationServer | None = None
         self._tls_listen: socket.socket | None = None
         self._tls_thread: threading.Thread | None = None
@@ -184,18 +195,30 @@ class DimseServer:
     def _connect(self, peer: PeerConfig) -> dict[str, Any]:
         return tls.associate_args(peer, self.config.dimse)
 
+    def _find(self, d: DimseConfig) -> Callable[[Any], Any]:
+        """The C-FIND handler: the worklist's for its model, the archive's for the others."""
+        archive = partial(handle_find, engine=self.engine, our_ae=d.ae_title, audit=self.audit,
+                          max_results=d.max_query_results)
+
+        def find(event: Any) -> Any:
+            if str(event.request.AffectedSOPClassUID) == ModalityWorklistInformationFind:
+                return handle_worklist_find(event, self.worklist, self.audit)
+            return archive(event)
+
+        return find
+
     def _handlers(self) -> list[tuple[Any, Callable[..., Any]]]:
         d = self.config.dimse
         return [
             (evt.EVT_CONN_OPEN, set_nodelay),
             (evt.EVT_C_STORE, partial(handle_store, engine=self.engine, audit=self.audit)),
-            (evt.EVT_C_FIND,
-             partial(handle_find, engine=self.engine, our_ae=d.ae_title, audit=self.audit,
-                     max_results=d.max_query_results)),
+            (evt.EVT_C_FIND, self._find(d)),
             (evt.EVT_C_GET, partial(handle_get, engine=self.engine, audit=self.audit)),
             (evt.EVT_C_MOVE, partial(handle_move, engine=self.engine, peers=self.peers, max_pdu=d.max_pdu,
                                      connect=self._connect, audit=self.audit)),
             (evt.EVT_N_ACTION, self.commitment.handle_n_action),
+            (evt.EVT_N_CREATE, self.mpps.n_create),
+            (evt.EVT_N_SET, self.mpps.n_set),
             (evt.EVT_ESTABLISHED, _on_established),
             (evt.EVT_CONN_CLOSE, _log_close),
             (evt.EVT_REJECTED, partial(_log_rejected, audit=self.audit)),

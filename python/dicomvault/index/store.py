@@ -813,6 +813,12 @@ class Index:
         return [(bytes(k), bytes(v)) for k, v in scan(self._cfs[CF_META], p, keys.prefix_upper_bound(p))
                 if v]
 
+    def meta_range(self, lo: bytes, hi: bytes | None) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) of the meta column family with lo <= key < hi (deleted ones skipped):
+        range scans of the namespaces kept there (the worklist's date index)."""
+        self._check_open()
+        return [(bytes(k), bytes(v)) for k, v in scan(self._cfs[CF_META], bytes(lo), hi) if v]
+
     def put_meta_many(self, items: Mapping[bytes, bytes | None]) -> None:
         """:meth:`put_meta` of several keys in one durable batch."""
         for k in items:

@@ -14,6 +14,7 @@ from starlette.routing import Route
 from ..auth.roles import ADMIN, READ, WRITE
 from ..engine import StoreOutcome
 from ..errors import RequestError, UnknownObjectError
+from ..integration.worklist_store import WorklistStore
 from .context import WebContext
 from .dicomweb.stow import ensure_writable
 from .responses import body_json, int_param, json_response, read_body
@@ -31,6 +32,7 @@ MAX_RAW_UPLOAD = 1 << 30
 def routes(ctx: WebContext, jobs: Callable[[], list[dict[str, Any]]] | None = None) -> list[Route]:
     engine = ctx.engine
     users = ctx.security.users
+    worklist = WorklistStore(engine.index)
 
     def stats(request: Request) -> Response:
         return json_response(engine.stats())
@@ -58,7 +60,11 @@ def routes(ctx: WebContext, jobs: Callable[[], list[dict[str, Any]]] | None = No
             raise UnknownObjectError("study", uid)
         series = list(engine.index.find("SERIES", {"StudyInstanceUID": uid,
                                                    **dict.fromkeys(SERIES_COLUMNS, "")}))
-        return json_response({**rows[0], "series": series})
+        # the order(s) this study was scheduled for, and how far the modality got (MPPS)
+        steps = [{"key": e.key, "status": e.status, "procedure": e.procedure, "mpps": e.mpps,
+                  "performed_series": e.performed_series}
+                 for e in worklist.entries(active_only=False, study_uid=uid)]
+        return json_response({**rows[0], "series": series, "procedure_steps": steps})
 
     async def upload(request: Request) -> Response:
         ensure_writable(engine)

@@ -3,7 +3,7 @@
   /dicom-web   DICOMweb: QIDO-RS, WADO-RS, STOW-RS (dicomweb/routes.py)
   /wado        WADO-URI (wado_uri.py)
   /fhir/r4     FHIR R4 read API for EHRs (fhir_routes.py)
-  /api         JSON for the CLI, the viewer and admins (api.py, admin.py)
+  /api         JSON for the CLI, the viewer and admins (api.py, admin.py; worklist_routes.py)
   /replication the change feed and blobs for replicas (replication_routes.py)
   /metrics     Prometheus text (metrics.py)
   /healthz     liveness, open to all
@@ -40,6 +40,7 @@ from . import (
     tier_routes,
     viewer_static,
     wado_uri,
+    worklist_routes,
 )
 from .context import WebContext
 from .dicomweb import routes as dicomweb_routes
@@ -64,6 +65,7 @@ def build_app(ctx: WebContext, *, jobs: Callable[[], list[dict[str, Any]]] | Non
         *api.routes(ctx, jobs),
         *tier_routes.routes(ctx, tiering),
         *measurements.routes(ctx),
+        *worklist_routes.routes(ctx),
         *session_routes.routes(ctx),
         *shares_routes.routes(ctx),
         *peers_routes.routes(ctx),

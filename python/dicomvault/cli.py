@@ -21,9 +21,9 @@ from typing import Any
 from .audit.commands import add_audit_commands
 from .audit.log import DATA_DELETION, EXPORT, SUCCESS, AuditLog, cli_user
 from .auth.commands import add_users_commands
-from .auth.peer_commands import add_peers_commands
 from .auth.share_commands import add_shares_commands
 from .bench.cli import add_commands as add_bench_commands
+from .dimse.peer_commands import add_peers_commands
 from .dimse.scu_cli import add_commands as add_scu_commands
 from .dr.commands import add_commands as add_dr_commands
 from .dr.commands import add_heal_arguments

@@ -57,8 +57,16 @@ from typing import Any
 
 from .audit.settings import AuditSettings, parse_audit
 from .auth.oidc_settings import OidcSettings, parse_oidc
+from .auth.peer_settings import PeerConfig, parse_peer
+from .config_values import (
+    ConfigError,
+    check_ae_title,
+)
+from .config_values import check_bool as _check_bool
+from .config_values import check_port as _check_port
+from .config_values import check_str as _check_str
+from .config_values import unknown_keys as _unknown
 from .engine import DEFAULT_DATA_DIR
-from .errors import DicomVaultError
 from .replication.settings import ReplicationSettings, parse_settings
 from .storage.reserve import Reserve, parse_reserve
 from .storage.settings import SettingsError, TieringSettings, default_settings, parse_size, parse_tiering
@@ -68,25 +76,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_DIMSE_PORT = 11112
 
 
-class ConfigError(DicomVaultError):
-    """The configuration file or an option is invalid (the message names the file and key)."""
 
 
-def check_ae_title(value: object, where: str) -> str:
-    """A valid AE title (PS3.5 AE: 1-16 chars of default repertoire, no backslash or control
-    characters, not only spaces), stripped of its padding."""
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}: AE title must be a string, got {value!r}")
-    title = value.strip()
-    if not title or len(title) > 16 or "\\" in title or any(ord(c) < 32 or ord(c) > 126 for c in title):
-        raise ConfigError(f"{where}: invalid AE title {value!r} (1-16 printable ASCII characters, no '\\')")
-    return title
 
-
-def _check_port(value: object, where: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
-        raise ConfigError(f"{where}: port must be an integer 0-65535, got {value!r}")
-    return value
 
 
 def _check_int(value: object, where: str, lo: int, hi: int) -> int:
@@ -118,50 +110,6 @@ def _check_size(value: object, where: str, lo: int, hi: int) -> int:
     return size
 
 
-def _check_str(value: object, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: must be a non-empty string, got {value!r}")
-    return value
-
-
-# What a known peer may ask of us (C-ECHO is always allowed): C-STORE; C-FIND on the archive;
-# C-GET and C-MOVE; storage commitment; C-FIND on the modality worklist; MPPS N-CREATE/N-SET.
-# The worklist is its own service, not "query": a modality that reads its schedule need not be
-# able to browse every patient's archived studies (and a viewer that queries the archive need
-# not see the schedule).
-SERVICES = ("store", "query", "retrieve", "commit", "worklist", "mpps")
-
-
-@dataclass(frozen=True)
-class PeerConfig:
-    """A known remote AE: who may call us (from where, with which certificate, for what), and where
-    we call it (C-MOVE destination, storage commitment reports, forwarding)."""
-
-    ae_title: str
-    host: str
-    port: int  # 0: a caller only, never called back
-    tls: bool = False  # our associations to it (C-MOVE, storage commitment reports) use TLS
-    allow: frozenset[str] = frozenset(SERVICES)
-    # C-MOVE destinations it may name besides itself ("*": any known peer)
-    move_to: tuple[str, ...] = ()
-    # addresses or networks (CIDR) it may call from ("*": anywhere); empty: `host` only
-    from_hosts: tuple[str, ...] = ()
-    # SHA-256 fingerprint (hex) of the client certificate its DICOM TLS associations must present
-    cert: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON/TOML form (`parse_peer` reads it back)."""
-        out: dict[str, Any] = {"ae_title": self.ae_title, "host": self.host, "port": self.port,
-                               "allow": sorted(self.allow)}
-        if self.tls:
-            out["tls"] = True
-        if self.move_to:
-            out["move_to"] = list(self.move_to)
-        if self.from_hosts:
-            out["from_hosts"] = list(self.from_hosts)
-        if self.cert:
-            out["cert"] = self.cert
-        return out
 
 
 @dataclass(frozen=True)
@@ -286,8 +234,6 @@ _DIMSE_KEYS = {
     "max_associations_per_peer", "max_object_size", "max_query_results", "acse_timeout", "dimse_timeout",
     "network_timeout",
 }
-_PEER_KEYS = {"ae_title", "host", "port", "tls", "allow", "move_to", "from_hosts", "cert"}
-_PEER_REQUIRED = ("ae_title", "host")
 _TOP_KEYS = {"data", "dimse", "peers", "replication", "forward", "http", "tiers", "tiering", "storage",
               "audit", "iocm"}
 _HTTP_KEYS = {"host", "port", "anonymous", "public_url", "cors_origins", "max_body", "tls_cert", "tls_key",
@@ -295,12 +241,6 @@ _HTTP_KEYS = {"host", "port", "anonymous", "public_url", "cors_origins", "max_bo
 _ANONYMOUS = ("auto", "none", "reader", "writer", "admin")
 
 
-def _unknown(table: dict[str, Any], allowed: set[str], where: str) -> None:
-    extra = sorted(set(table) - allowed)
-    if extra:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(extra)} (allowed: {', '.join(sorted(allowed))})"
-        )
 
 
 def _tls_file(table: dict[str, Any], key: str, where: str, base: Path) -> Path | None:
@@ -369,10 +309,6 @@ def _parse_tls(table: dict[str, Any], where: str, base: Path) -> dict[str, Any]:
     return tls
 
 
-def _check_bool(value: object, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}: must be true or false, got {value!r}")
-    return value
 
 
 def _parse_peers(items: object, where: str) -> tuple[PeerConfig, ...]:
@@ -389,46 +325,10 @@ def _parse_peers(items: object, where: str) -> tuple[PeerConfig, ...]:
     return tuple(peers)
 
 
-def parse_peer(item: object, w: str) -> PeerConfig:
-    """One peer, from a [[peers]] table or an entry of `<data>/auth/peers.json`."""
-    if not isinstance(item, dict):
-        raise ConfigError(f"{w}: must be a table")
-    _unknown(item, _PEER_KEYS, w)
-    for key in _PEER_REQUIRED:
-        if key not in item:
-            raise ConfigError(f"{w}: missing {key}")
-    title = check_ae_title(item["ae_title"], f"{w}.ae_title")
-    host = _check_str(item["host"], f"{w}.host")
-    port = 0 if item.get("port", 0) == 0 else _check_port(item["port"], f"{w}.port")
-    allow = _check_str_list(item.get("allow", list(SERVICES)), f"{w}.allow")
-    bad = sorted(set(allow) - set(SERVICES))
-    if bad:
-        raise ConfigError(f"{w}.allow: unknown service(s) {', '.join(bad)} (services: {', '.join(SERVICES)})")
-    move_to = tuple(t if t == "*" else check_ae_title(t, f"{w}.move_to")
-                    for t in _check_str_list(item.get("move_to", []), f"{w}.move_to"))
-    from_hosts = tuple(_check_str_list(item.get("from_hosts", []), f"{w}.from_hosts"))
-    cert = item.get("cert")
-    if cert is not None:
-        cert = normalise_fingerprint(_check_str(cert, f"{w}.cert"), f"{w}.cert")
-    return PeerConfig(title, host, port, tls=_check_bool(item.get("tls", False), f"{w}.tls"),
-                      allow=frozenset(allow), move_to=move_to, from_hosts=from_hosts, cert=cert)
 
 
-def normalise_fingerprint(text: str, where: str) -> str:
-    """A SHA-256 certificate fingerprint as lowercase hex, from any of the usual spellings
-    (`openssl x509 -fingerprint -sha256` prints AB:CD:..., with an optional `sha256:` prefix)."""
-    hexed = text.strip().lower().removeprefix("sha256:").removeprefix("sha256=").replace(":", "")
-    if len(hexed) != 64 or any(c not in "0123456789abcdef" for c in hexed):
-        raise ConfigError(f"{where}: not a SHA-256 fingerprint (64 hex digits, colons allowed): {text!r}")
-    return hexed
 
 
-def _check_str_list(value: object, where: str) -> list[str]:
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"{where}: must be a list of strings, got {value!r}")
-    return value
 
 
 def _parse_http(table: object, where: str, base: Path) -> HttpConfig:

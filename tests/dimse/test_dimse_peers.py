@@ -40,8 +40,9 @@ from pynetdicom.sop_class import (
 )
 
 from dicomvault.audit.log import search
+from dicomvault.auth.peer_settings import SERVICES
 from dicomvault.bench.pki import dcmtk_tls_args, make_pki
-from dicomvault.config import SERVICES, Config, DimseConfig, PeerConfig
+from dicomvault.config import Config, DimseConfig, PeerConfig
 from dicomvault.dimse import DimseServer
 from dicomvault.dimse.admission import context_allowed, service_of
 from dicomvault.dimse.peers import Peers

@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, PeerConfig, parse_peer
+from ..config_values import ConfigError
 from ..errors import ConflictError, DicomVaultError, NotFoundError
 from .jsonfile import Doc, StampedJson
+from .peer_settings import PeerConfig, parse_peer
 
 PEERS_FILE = "peers.json"
 _LOCK = ".peers.lock"

@@ -16,8 +16,8 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from ..auth.peer_settings import SERVICES, PeerConfig
 from ..auth.peer_store import PeerStore
-from ..config import SERVICES, PeerConfig
 from .admission import Verdict
 
 # Hostnames in `host`/`from_hosts` are resolved again after this long (DHCP, DNS changes).

@@ -29,7 +29,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from ..audit.dimse import RefusalAudit, Refusals
 from ..audit.log import AuditLog
-from ..config import DimseConfig, parse_peer
+from ..auth.peer_settings import parse_peer
+from ..config import DimseConfig
 from ..refusals import REFUSALS
 from . import tls
 from .admission import RJ_CALLING_AE, Admit, edge_verdict, log_refusal, reject_pdu

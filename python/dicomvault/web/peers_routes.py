@@ -22,9 +22,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..audit.log import SECURITY_ALERT, SUCCESS
+from ..auth.peer_settings import PeerConfig, parse_peer
 from ..auth.peer_store import PeerStore
 from ..auth.roles import ADMIN, Principal
-from ..config import ConfigError, PeerConfig, parse_peer
+from ..config_values import ConfigError
 from ..errors import RequestError
 from .context import WebContext
 from .responses import body_json, json_response

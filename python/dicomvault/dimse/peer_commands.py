@@ -12,10 +12,12 @@ import json
 from typing import Any
 
 from ..audit.log import SECURITY_ALERT, SUCCESS, AuditLog, cli_user
-from ..config import SERVICES, ConfigError, PeerConfig, load_config, parse_peer
+from ..auth.peer_settings import SERVICES, PeerConfig, parse_peer
+from ..auth.peer_store import PeerStore
+from ..config import load_config
+from ..config_values import ConfigError
 from ..errors import RequestError
 from ..textout import print_table
-from .peer_store import PeerStore
 
 _COLUMNS = ["ae_title", "host", "port", "allow", "move_to", "from", "cert", "tls", "source"]
 

@@ -12,7 +12,7 @@ NATIVE_SRC := $(shell find core/src core/kernels rust/src -type f) rust/build.rs
 STAMP := $(VENV)/.built
 
 .DEFAULT_GOAL := help
-.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-dicomweb bench-viewer bench-tiers bench-find bench-tls bench-load bench-fhir bench-replication clean sysdeps fuzz
+.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-dicomweb bench-viewer bench-tiers bench-find bench-tls bench-load bench-fhir bench-replication clean sysdeps fuzz fuzz-python
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -72,12 +72,29 @@ fuzz: build ## coverage-guided fuzzing of every parser: cargo-fuzz, nightly, Add
 	    mkdir -p regressions/$$t && cp artifacts/$$t/* regressions/$$t/ && \
 	    echo "fuzz: $$t found inputs that fail: copied to core/fuzz/regressions/$$t (make test replays them)"; exit 1; fi; \
 	done
+	$(MAKE) --no-print-directory fuzz-python
+
+# The Python parsers of outside input (fuzz/python/targets/): atheris (libFuzzer) with coverage of
+# dicomvault's own modules; an input that raises anything but the archive's typed errors, takes over
+# 1 s or 2 GB is a finding, copied to fuzz/python/regressions/<target>/ (make test replays them).
+PY_FUZZ_TARGETS := stow_multipart stow_store qido_params media_types http_read toml_config
+
+fuzz-python: build ## coverage-guided fuzzing of the Python parsers (atheris): FUZZ_SECONDS per target
+	@cd fuzz/python && failed=""; for t in $(PY_FUZZ_TARGETS); do \
+	  mkdir -p corpus/$$t artifacts/$$t && \
+	  $(CURDIR)/$(VPY) run.py $$t corpus/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=1 -rss_limit_mb=2048 \
+	    -max_len=262144 -artifact_prefix=artifacts/$$t/ -print_final_stats=1 2>&1 | tee fuzz-$$t.log \
+	    | grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|=== Uncaught|==[0-9]+== ERROR)"; \
+	  if ls artifacts/$$t/crash-* artifacts/$$t/oom-* artifacts/$$t/timeout-* >/dev/null 2>&1; then \
+	    mkdir -p regressions/$$t && mv artifacts/$$t/* regressions/$$t/ && failed="$$failed $$t"; fi; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz-python: failing inputs of$$failed copied to fuzz/python/regressions/"; exit 1; fi
 
 lint: build ## cargo fmt --check, clippy -D warnings, ruff
 	cargo fmt --all --check
 	cargo clippy -p dicomvault-core --all-targets -- -D warnings
 	PYO3_PYTHON=$(CURDIR)/$(VPY) cargo clippy -p dicomvault-python --features extension-module -- -D warnings
-	$(VENV)/bin/ruff check python tests bench
+	$(VENV)/bin/ruff check python tests bench fuzz/python
 
 fmt: ## format Rust and Python
 	cargo fmt --all

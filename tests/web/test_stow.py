@@ -319,3 +319,20 @@ def test_spooled_part_with_an_unknown_vr_is_one_failure(engine: Engine, tmp_path
     mr = "1.3.6.1.4.1.5962.1.1.4.1.1.20040826185059.5457"  # the second part: a mutated MR_small
     assert (result.status, _failed(result)) == (409, [("", CANNOT_UNDERSTAND), (mr, CANNOT_UNDERSTAND)])
     assert list(spool.iterdir()) == []
+
+
+def test_spooled_part_with_a_bad_meta_group_length(engine: Engine, tmp_path: Path) -> None:
+    """Found by fuzz/python/targets/stow_store.py: a spooled part whose (0002,0000) value has a
+    length no UL can have made pydicom raise BytesLengthException out of the identification, a 500;
+    the body is also truncated, which is what the client must hear (400)."""
+    regressions = Path(__file__).resolve().parents[2] / "fuzz/python/regressions/stow_store"
+    regression = regressions / "crash-7caa9721cb3ff60f18c2483578125c140e2cb4f8"
+    content_type, _, body = regression.read_bytes().partition(b"\n")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    with pytest.raises(RequestError, match="before its closing delimiter"):
+        asyncio.run(store_stream(
+            engine, _chunks(body, 1 + len(body) // 3), content_type.decode("latin-1"),
+            study_uid="1.3.6.1.4.1.5962.1.2.1.20040119072730.12322", base_url=BASE, spool_dir=str(spool),
+            max_body=1 << 20, memory_part_limit=4096))
+    assert list(spool.iterdir()) == []

@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 import pydicom
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from ... import _native  # type: ignore[attr-defined]
 from ...attributes import decode_attrs
@@ -163,7 +163,10 @@ def _identify_file(path: str) -> _Identity | None:
         TypeError,
         AttributeError,
         IndexError,
-        NotImplementedError,  # "Unknown Value Representation" (found by fuzz/python stow_store)
+        # "Unknown Value Representation", values of a length their VR cannot have (found by
+        # fuzz/python/targets/stow_store.py)
+        NotImplementedError,
+        BytesLengthException,
     ):
         # Garbage makes pydicom fail in many ways; the engine names the real problem later.
         return None

@@ -13,8 +13,11 @@ every target; a failing input is written where -artifact_prefix says (see the Ma
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
+import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -28,6 +31,22 @@ def write_seeds(target: object, out: Path) -> int:
         (out / hashlib.sha1(seed).hexdigest()).write_bytes(seed)
         n += 1
     return n
+
+
+def _aborting(one_input: Callable[[bytes], None]) -> Callable[[bytes], None]:
+    """A finding aborts the process: libFuzzer's SIGABRT handler writes the input at once. Left to
+    atheris, an exception exits through the C atexit handlers, and those of a target with a RocksDB
+    index and worker threads open can hang until the timeout kills the process unrecorded."""
+
+    def run(data: bytes) -> None:
+        try:
+            one_input(data)
+        except Exception:
+            traceback.print_exc()
+            sys.stderr.flush()
+            os.abort()
+
+    return run
 
 
 def main(argv: list[str]) -> None:
@@ -52,7 +71,7 @@ def main(argv: list[str]) -> None:
     write_seeds(target, seeds)
     # libFuzzer writes new inputs to the first directory and reads the others: the seeds go last.
     args = [argv[0], *argv[2:], str(seeds)]
-    atheris.Setup(args, target.one_input)
+    atheris.Setup(args, _aborting(target.one_input))
     atheris.Fuzz()
 
 

@@ -83,10 +83,12 @@ PY_FUZZ_TIMEOUT ?= 1
 
 fuzz-python: build ## coverage-guided fuzzing of the Python parsers (atheris): FUZZ_SECONDS per target
 	@cd fuzz/python && failed=""; for t in $(PY_FUZZ_TARGETS); do \
-	  mkdir -p corpus/$$t artifacts/$$t && \
-	  $(CURDIR)/$(VPY) run.py $$t corpus/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=$(PY_FUZZ_TIMEOUT) \
-	    -rss_limit_mb=2048 -max_len=262144 -artifact_prefix=artifacts/$$t/ -print_final_stats=1 2>&1 | tee fuzz-$$t.log \
+	  mkdir -p corpus/$$t artifacts/$$t scratch/$$t && \
+	  TMPDIR=$(CURDIR)/fuzz/python/scratch/$$t $(CURDIR)/$(VPY) run.py $$t corpus/$$t \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=$(PY_FUZZ_TIMEOUT) -rss_limit_mb=2048 -max_len=262144 \
+	    -artifact_prefix=artifacts/$$t/ -print_final_stats=1 2>&1 | tee fuzz-$$t.log \
 	    | grep -E "(DONE|stat::number_of_executed_units|Uncaught Python exception|ERROR: libFuzzer)"; \
+	  rm -rf scratch/$$t; \
 	  if ls artifacts/$$t/crash-* artifacts/$$t/oom-* artifacts/$$t/timeout-* >/dev/null 2>&1; then \
 	    mkdir -p regressions/$$t && mv artifacts/$$t/* regressions/$$t/ && failed="$$failed $$t"; fi; \
 	done; \

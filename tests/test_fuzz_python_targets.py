@@ -7,6 +7,7 @@ The long runs: `make fuzz-python FUZZ_SECONDS=600`."""
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,8 @@ def test_fuzz_smoke(target: str, tmp_path: Path) -> None:
         [sys.executable, str(FUZZ / "run.py"), target, str(corpus), f"-runs={RUNS.get(target, 2000)}",
          "-seed=1", "-timeout=10", "-rss_limit_mb=2048", "-max_len=262144",
          f"-artifact_prefix={tmp_path}/"],
-        capture_output=True, text=True, timeout=180)
+        # libFuzzer exits without Python's exit handlers: the targets' scratch directories go here
+        capture_output=True, text=True, timeout=180, env={**os.environ, "TMPDIR": str(tmp_path)})
     findings = [p.name for p in tmp_path.iterdir() if p.name.startswith(("crash-", "timeout-", "oom-"))]
     assert proc.returncode == 0 and not findings, f"{target}: {findings}\n{proc.stderr[-4000:]}"
     assert "Done " in proc.stderr and " runs in " in proc.stderr

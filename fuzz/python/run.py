@@ -8,6 +8,9 @@ so they follow the test files) and passed to libFuzzer after the given corpus di
 Only the archive's own modules are instrumented: coverage of pydicom, Starlette or tomllib does not
 steer the mutations, which keeps executions fast and the search on our code. `make fuzz` runs
 every target; a failing input is written where -artifact_prefix says (see the Makefile).
+
+libFuzzer ends the process without running Python's exit handlers, so the scratch data
+directories the targets make are left in TMPDIR: point it at a directory to remove afterwards.
 """
 
 from __future__ import annotations

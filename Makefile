@@ -78,7 +78,7 @@ fuzz: build ## coverage-guided fuzzing of every parser: cargo-fuzz (nightly, Add
 # dicomvault's own modules. An input that raises anything but the archive's typed errors, runs over
 # PY_FUZZ_TIMEOUT seconds (raise it on a loaded machine) or takes 2 GB is a finding, moved to
 # fuzz/python/regressions/<target>/ (make test replays them).
-PY_FUZZ_TARGETS := stow_multipart stow_store qido_params media_types http_read toml_config
+PY_FUZZ_TARGETS := stow_multipart stow_store qido_params media_types http_read toml_config fhir_search
 PY_FUZZ_TIMEOUT ?= 1
 
 fuzz-python: build ## coverage-guided fuzzing of the Python parsers (atheris): FUZZ_SECONDS per target

@@ -18,7 +18,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-TARGETS = ("stow_multipart", "stow_store", "qido_params", "media_types", "http_read", "toml_config")
+TARGETS = ("stow_multipart", "stow_store", "qido_params", "media_types", "http_read", "toml_config",
+           "fhir_search")
 
 
 def load(name: str) -> ModuleType:

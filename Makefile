@@ -12,7 +12,7 @@ NATIVE_SRC := $(shell find core/src core/kernels rust/src -type f) rust/build.rs
 STAMP := $(VENV)/.built
 
 .DEFAULT_GOAL := help
-.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-dicomweb bench-viewer bench-tiers bench-find bench-tls bench-load bench-fhir bench-replication clean sysdeps fuzz
+.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-dicomweb bench-viewer bench-tiers bench-find bench-tls bench-load bench-fhir bench-replication clean sysdeps fuzz fuzz-python
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -60,7 +60,7 @@ FUZZ_SECONDS ?= 300
 FUZZ_TARGETS := dicom_parse pdu_stream codec_decode cold_roundtrip
 PYDICOM_FILES = $(CURDIR)/$(VENV)/lib/python3.11/site-packages/pydicom/data/test_files
 
-fuzz: build ## coverage-guided fuzzing of every parser: cargo-fuzz, nightly, AddressSanitizer; FUZZ_SECONDS per target (default 300)
+fuzz: build ## coverage-guided fuzzing of every parser: cargo-fuzz (nightly, AddressSanitizer), then atheris; FUZZ_SECONDS per target (default 300)
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 	rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
 	cd core/fuzz && for t in $(FUZZ_TARGETS); do \
@@ -72,12 +72,34 @@ fuzz: build ## coverage-guided fuzzing of every parser: cargo-fuzz, nightly, Add
 	    mkdir -p regressions/$$t && cp artifacts/$$t/* regressions/$$t/ && \
 	    echo "fuzz: $$t found inputs that fail: copied to core/fuzz/regressions/$$t (make test replays them)"; exit 1; fi; \
 	done
+	$(MAKE) --no-print-directory fuzz-python
+
+# The Python parsers of outside input (fuzz/python/targets/): atheris (libFuzzer) with coverage of
+# dicomvault's own modules. An input that raises anything but the archive's typed errors, runs over
+# PY_FUZZ_TIMEOUT seconds (raise it on a loaded machine) or takes 2 GB is a finding, moved to
+# fuzz/python/regressions/<target>/ (make test replays them).
+PY_FUZZ_TARGETS := stow_multipart stow_store qido_params media_types http_read toml_config fhir_search
+PY_FUZZ_TIMEOUT ?= 1
+
+fuzz-python: build ## coverage-guided fuzzing of the Python parsers (atheris): FUZZ_SECONDS per target
+	@cd fuzz/python && failed=""; for t in $(PY_FUZZ_TARGETS); do \
+	  mkdir -p corpus/$$t artifacts/$$t scratch/$$t && \
+	  TMPDIR=$(CURDIR)/fuzz/python/scratch/$$t $(CURDIR)/$(VPY) run.py $$t corpus/$$t \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=$(PY_FUZZ_TIMEOUT) -rss_limit_mb=2048 -max_len=262144 \
+	    -artifact_prefix=artifacts/$$t/ -print_final_stats=1 2>&1 | tee fuzz-$$t.log \
+	    | grep -E "(DONE|stat::number_of_executed_units|Uncaught Python exception|ERROR: libFuzzer)"; \
+	  rm -rf scratch/$$t; \
+	  if ls artifacts/$$t/crash-* artifacts/$$t/oom-* artifacts/$$t/timeout-* >/dev/null 2>&1; then \
+	    mkdir -p regressions/$$t && mv artifacts/$$t/* regressions/$$t/ && failed="$$failed $$t"; fi; \
+	done; \
+	if [ -n "$$failed" ]; then \
+	  echo "fuzz-python: failing inputs of$$failed moved to fuzz/python/regressions/"; exit 1; fi
 
 lint: build ## cargo fmt --check, clippy -D warnings, ruff
 	cargo fmt --all --check
 	cargo clippy -p dicomvault-core --all-targets -- -D warnings
 	PYO3_PYTHON=$(CURDIR)/$(VPY) cargo clippy -p dicomvault-python --features extension-module -- -D warnings
-	$(VENV)/bin/ruff check python tests bench
+	$(VENV)/bin/ruff check python tests bench fuzz/python
 
 fmt: ## format Rust and Python
 	cargo fmt --all

@@ -99,6 +99,18 @@ def test_find_study_level(stored: Archive, tmp_path: Path, keys: dict[str, str],
         assert int(r.NumberOfStudyRelatedInstances) == n
 
 
+def test_find_star_runs_answer_at_once(stored: Archive, tmp_path: Path) -> None:
+    """Found by fuzzing QIDO (fuzz/python/regressions/qido_params/): a run of stars made the regex
+    matcher backtrack for minutes per stored value; C-FIND matches with the same code."""
+    started = time.monotonic()
+    query = {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "", "PatientName": "*" * 40 + "Q"}
+    assert findscu(stored, tmp_path / "none", "-S", query) == []
+    query["PatientName"] = "*" * 40 + "CT1"
+    rsp = findscu(stored, tmp_path / "ct", "-S", query)
+    assert CT_STUDY in {str(r.StudyInstanceUID) for r in rsp}
+    assert time.monotonic() - started < 30
+
+
 def test_find_series_and_image_level(stored: Archive, tmp_path: Path) -> None:
     ct = [s for s in stored.sent.values() if s.study_uid == CT_STUDY]
     assert len(ct) == 6

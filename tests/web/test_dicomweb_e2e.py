@@ -245,6 +245,11 @@ def test_bad_input_gets_the_right_status(loaded: tuple[Site, DICOMwebClient]) ->
                    headers={"Accept": "multipart/related; type=application/dicom+xml"}), 406),
         # a series that is not of the study the path names
         (httpx.get(f"{base}/studies/1.2.3/series/{ct.SeriesInstanceUID}"), 404),
+        # a WADO-URI transferSyntax that is not a UID: it was encoded as ASCII into the file meta,
+        # a 500 (found by fuzz/python/targets/http_read.py; the exact input is in its regressions)
+        (httpx.get(f"{site.url}/wado?requestType=WADO&studyUID={ct.StudyInstanceUID}&seriesUID="
+                   f"{ct.SeriesInstanceUID}&objectUID={ct.SOPInstanceUID}&contentType=application/dicom"
+                   "&transferSyntax=1.2.840.10008.1.2.%FF"), 400),
     ]
     for resp, code in cases:
         assert resp.status_code == code, (resp.request.url, resp.status_code, resp.text)

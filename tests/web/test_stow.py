@@ -300,3 +300,39 @@ def test_check_length() -> None:
         check_length(11, 10)
     with pytest.raises(RequestError, match="not a number"):
         check_length("ten", 10)
+
+
+def test_spooled_part_with_an_unknown_vr_is_one_failure(engine: Engine, tmp_path: Path) -> None:
+    """Found by fuzz/python/targets/stow_store.py: a spooled part of the study the URL names, whose
+    SOP Instance UID has a VR pydicom does not know, failed the whole request (NotImplementedError,
+    HTTP 500) instead of being that part's failure."""
+    regressions = Path(__file__).resolve().parents[2] / "fuzz/python/regressions/stow_store"
+    regression = regressions / "crash-137b5d9d9cbf4c76132140c97905d09e0dd0dc72"
+    content_type, _, body = regression.read_bytes().partition(b"\n")
+    assert body[530:532] == b"\x55\xb7"  # the VR of (0008,0018) in the CT's copy
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    result = asyncio.run(store_stream(
+        engine, _chunks(body, 1 + len(body) // 3), content_type.decode("latin-1"),
+        study_uid="1.3.6.1.4.1.5962.1.2.1.20040119072730.12322", base_url=BASE, spool_dir=str(spool),
+        max_body=1 << 20, memory_part_limit=4096))
+    mr = "1.3.6.1.4.1.5962.1.1.4.1.1.20040826185059.5457"  # the second part: a mutated MR_small
+    assert (result.status, _failed(result)) == (409, [("", CANNOT_UNDERSTAND), (mr, CANNOT_UNDERSTAND)])
+    assert list(spool.iterdir()) == []
+
+
+def test_spooled_part_with_a_bad_meta_group_length(engine: Engine, tmp_path: Path) -> None:
+    """Found by fuzz/python/targets/stow_store.py: a spooled part whose (0002,0000) value has a
+    length no UL can have made pydicom raise BytesLengthException out of the identification, a 500;
+    the body is also truncated, which is what the client must hear (400)."""
+    regressions = Path(__file__).resolve().parents[2] / "fuzz/python/regressions/stow_store"
+    regression = regressions / "crash-7caa9721cb3ff60f18c2483578125c140e2cb4f8"
+    content_type, _, body = regression.read_bytes().partition(b"\n")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    with pytest.raises(RequestError, match="before its closing delimiter"):
+        asyncio.run(store_stream(
+            engine, _chunks(body, 1 + len(body) // 3), content_type.decode("latin-1"),
+            study_uid="1.3.6.1.4.1.5962.1.2.1.20040119072730.12322", base_url=BASE, spool_dir=str(spool),
+            max_body=1 << 20, memory_part_limit=4096))
+    assert list(spool.iterdir()) == []

@@ -65,6 +65,7 @@ from .errors import QueryError
 from .records import InstanceRecord, PatientRecord, SeriesRecord, Stats, StudyRecord
 from .schema import CF_IDX, CF_INSTANCES, CF_PATIENTS, CF_SERIES, CF_STUDIES
 from .secondary import IMAGE, PATIENT, SERIES, STUDY, IndexSpec
+from .wildcard import Wildcard
 
 LEVELS: tuple[str, ...] = (PATIENT, STUDY, SERIES, IMAGE)
 _LEVEL_ALIASES = {"INSTANCE": IMAGE, "IMAGES": IMAGE, "INSTANCES": IMAGE, "STUDIES": STUDY,
@@ -216,10 +217,10 @@ class Matcher:
     value: str = ""  # SINGLE: normalised literal; WILDCARD: literal prefix
     lo: str = ""  # RANGE lower bound ("" = open)
     hi: str = ""  # RANGE upper bound ("" = open)
-    regex: re.Pattern[str] | None = None
+    regex: Wildcard | None = None
     items: list[Matcher] = field(default_factory=list)
     # FUZZY: one (literal prefix, pattern or None) per query word; all must find a stored word.
-    words: list[tuple[str, re.Pattern[str] | None]] = field(default_factory=list)
+    words: list[tuple[str, Wildcard | None]] = field(default_factory=list)
 
     @property
     def constrains(self) -> bool:
@@ -240,7 +241,7 @@ class Matcher:
         if k == SINGLE:
             return v == self.value
         if k == WILDCARD:
-            return self.regex is not None and self.regex.fullmatch(v) is not None
+            return self.regex is not None and self.regex.fullmatch(v)
         if k == RANGE:
             if self.lo and v < self.lo:
                 return False
@@ -262,40 +263,28 @@ class Matcher:
         return mask
 
 
-def _word_hits(word: tuple[str, re.Pattern[str] | None], name: str) -> bool:
+def _word_hits(word: tuple[str, Wildcard | None], name: str) -> bool:
     prefix, rx = word
     if rx is None:
         return name.startswith(prefix)
-    return rx.match(name) is not None
-
-
-def _wildcard_regex(pattern: str) -> re.Pattern[str]:
-    parts = []
-    for ch in pattern:
-        if ch == "*":
-            parts.append(".*")
-        elif ch == "?":
-            parts.append(".")
-        else:
-            parts.append(re.escape(ch))
-    return re.compile("".join(parts), re.DOTALL)
+    return rx.fullmatch(name)  # the word's pattern ends with "*": open at the end
 
 
 def _parse_element(keyword: str, vr: str, s: str) -> Matcher:
     if "*" in s or "?" in s:
         pat = s.upper() if vr == "PN" else s
         cut = min(i for i in (pat.find("*"), pat.find("?")) if i >= 0)
-        return Matcher(keyword, vr, WILDCARD, s, value=pat[:cut], regex=_wildcard_regex(pat))
+        return Matcher(keyword, vr, WILDCARD, s, value=pat[:cut], regex=Wildcard(pat))
     return Matcher(keyword, vr, SINGLE, s, value=_norm_literal(vr, s))
 
 
 def _parse_fuzzy(keyword: str, s: str) -> Matcher:
-    words: list[tuple[str, re.Pattern[str] | None]] = []
+    words: list[tuple[str, Wildcard | None]] = []
     for w in _FUZZY_QUERY_SPLIT.split(s.upper()):
         if not w or w.strip("*") == "":
             continue  # a lone "*" word constrains nothing
         if "*" in w or "?" in w:
-            words.append(("", _wildcard_regex(w + "*")))
+            words.append(("", Wildcard(w + "*")))
         else:
             words.append((w, None))
     if not words:

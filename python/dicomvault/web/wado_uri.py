@@ -60,7 +60,8 @@ def routes(ctx: WebContext) -> list[Route]:
             wanted = ["image/jpeg"] if _has_pixels(ts, dataset, rec.hash) else [DICOM]
         for ctype in wanted:
             if ctype in (DICOM, "*/*"):
-                dst = q.get("transferSyntax") or ts
+                # A UID before anything encodes it (found by fuzz/python/targets/http_read.py).
+                dst = check_uid(q["transferSyntax"], "transferSyntax") if q.get("transferSyntax") else ts
                 if dst == ts:
                     return Response(rec.prefix + dataset, media_type=DICOM)
                 meta = file_meta_prefix(rec.sop_class_uid, rec.sop_uid, dst)

@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 import pydicom
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from ... import _native  # type: ignore[attr-defined]
 from ...attributes import decode_attrs
@@ -152,6 +152,8 @@ def _identify_file(path: str) -> _Identity | None:
     a multi-gigabyte part costs a few kilobytes of reading."""
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=list(_IDENTITY_TAGS))
+        # Values are converted when read, here: a bad VR fails now, not in dcmread.
+        return _Identity(*(str(ds.get(k, "") or "") for k in _IDENTITY_TAGS))
     except (
         InvalidDicomError,
         OSError,
@@ -161,10 +163,13 @@ def _identify_file(path: str) -> _Identity | None:
         TypeError,
         AttributeError,
         IndexError,
+        # "Unknown Value Representation", values of a length their VR cannot have (found by
+        # fuzz/python/targets/stow_store.py)
+        NotImplementedError,
+        BytesLengthException,
     ):
         # Garbage makes pydicom fail in many ways; the engine names the real problem later.
         return None
-    return _Identity(*(str(ds.get(k, "") or "") for k in _IDENTITY_TAGS))
 
 
 def failure_reason(exc: BaseException) -> int:

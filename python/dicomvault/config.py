@@ -17,6 +17,9 @@ tls_port = 2762                    # DICOM TLS listener beside `port` (0 or abse
 tls_cert = "dicomvault.crt"        # our certificate chain and key (PEM), for TLS both ways
 tls_key = "dicomvault.key"
 tls_ca = "ca.crt"                  # callers must present a certificate it signed; verifies TLS peers
+acse_timeout = 30                  # seconds for association setup and release
+dimse_timeout = 120                # seconds a peer may take to answer within a DIMSE exchange
+network_timeout = 300              # seconds without a byte before an association is dropped
 
 [[peers]]
 ae_title = "STORESCP"
@@ -78,6 +81,12 @@ def _check_int(value: object, where: str, lo: int, hi: int) -> int:
     return value
 
 
+def _check_seconds(value: object, where: str) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0.1 <= value <= 86400:
+        raise ConfigError(f"{where}: must be a number of seconds 0.1-86400, got {value!r}")
+    return float(value)
+
+
 def _check_str(value: object, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: must be a non-empty string, got {value!r}")
@@ -121,6 +130,11 @@ class DimseConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    # Seconds. A peer that stalls mid-PDU (or idles) holds an association and a worker until
+    # network_timeout drops it: sites with flaky senders lower it.
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 120.0
+    network_timeout: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -173,6 +187,7 @@ class Config:
 _DIMSE_KEYS = {
     "ae_title", "host", "port", "accept_unknown_callers", "max_pdu", "max_associations", "workers",
     "tuned_reactor", "fast_path", "tls_port", "tls_cert", "tls_key", "tls_ca",
+    "acse_timeout", "dimse_timeout", "network_timeout",
 }
 _PEER_KEYS = {"ae_title", "host", "port", "tls"}
 _PEER_REQUIRED = ("ae_title", "host", "port")
@@ -224,6 +239,10 @@ def _parse_dimse(table: object, where: str, base: Path = Path(".")) -> DimseConf
         workers=_check_int(table.get("workers", d.workers), f"{where}.workers", 1, 64),
         tuned_reactor=tuned,
         fast_path=fast and tuned,
+        acse_timeout=_check_seconds(table.get("acse_timeout", d.acse_timeout), f"{where}.acse_timeout"),
+        dimse_timeout=_check_seconds(table.get("dimse_timeout", d.dimse_timeout), f"{where}.dimse_timeout"),
+        network_timeout=_check_seconds(table.get("network_timeout", d.network_timeout),
+                                       f"{where}.network_timeout"),
         **_parse_tls(table, where, base),
     )
 

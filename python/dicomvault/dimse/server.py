@@ -93,9 +93,9 @@ def build_ae(d: DimseConfig, peers: Peers, contexts: tuple[str, ...]) -> Archive
     ae = ArchiveAE(d.ae_title, tuned=d.tuned_reactor)
     ae.maximum_pdu_size = d.max_pdu
     ae.maximum_associations = d.max_associations
-    ae.acse_timeout = 30
-    ae.dimse_timeout = 120
-    ae.network_timeout = 300  # an idle association is dropped after 5 minutes
+    ae.acse_timeout = d.acse_timeout
+    ae.dimse_timeout = d.dimse_timeout
+    ae.network_timeout = d.network_timeout  # an idle or stalled association is dropped after it
     if not d.accept_unknown_callers:
         ae.require_calling_aet = peers.titles()
     for uid in contexts:

@@ -205,4 +205,3 @@ def test_peer_cut_mid_pdu(tmp_path: Path, mode: str) -> None:
     )
     tally.notes.append(f"{what}; the cut object absent; both slots usable after")
     tally.report()
-

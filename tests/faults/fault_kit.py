@@ -72,10 +72,14 @@ class Tally:
 
     def report(self) -> str:
         rec = ", ".join(f"{k} {v}" for k, v in sorted(self.reclaimed.items())) or "none"
+        runs = (
+            f" ({self.killed} killed mid-run, {self.finished} finished first)"
+            if self.killed + self.finished
+            else ""
+        )
         line = (
-            f"{self.scenario}: seed {self.seed}, {self.trials} trials ({self.killed} killed mid-run, "
-            f"{self.finished} finished first), {self.acked} acknowledged, {self.lost} lost; "
-            f"reclaimed after restarts: {rec}"
+            f"{self.scenario}: seed {self.seed}, {self.trials} trials{runs}, {self.acked} acknowledged, "
+            f"{self.lost} lost; reclaimed after restarts: {rec}"
         )
         if self.notes:
             line += "; " + "; ".join(self.notes)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fault_kit import CLI, Acked, Tally, check_restart, part10_digest, seed
+from fault_kit import CLI, Acked, Tally, check_restart, long_only, part10_digest, seed
 from io_shim import READS, SYNCS, WRITES, build, injected, shim_env
 
 from dicomvault.bench.synth import SeriesSpec, ct_series
@@ -137,9 +137,9 @@ def send(assoc: object, files: list[bytes], acked: Acked, tally: Tally) -> list[
 
 WRITE_FAULTS = [
     pytest.param("ENOSPC", WRITES, id="ENOSPC-write"),
-    pytest.param("EIO", WRITES, id="EIO-write"),
+    pytest.param("EIO", WRITES, id="EIO-write", marks=long_only),
     pytest.param("EIO", SYNCS, id="EIO-fsync"),
-    pytest.param("ENOSPC", SYNCS, id="ENOSPC-fsync"),
+    pytest.param("ENOSPC", SYNCS, id="ENOSPC-fsync", marks=long_only),
 ]
 
 
@@ -271,8 +271,11 @@ def test_read_faults_report_errors_not_wrong_bytes(
 
 @pytest.mark.parametrize(
     ("errno", "ops"),
-    [("ENOSPC", WRITES), ("EIO", WRITES), ("EIO", SYNCS)],
-    ids=["ENOSPC-write", "EIO-write", "EIO-fsync"],
+    [
+        pytest.param("ENOSPC", WRITES, id="ENOSPC-write", marks=long_only),
+        pytest.param("EIO", WRITES, id="EIO-write"),
+        pytest.param("EIO", SYNCS, id="EIO-fsync", marks=long_only),
+    ],
 )
 def test_ingest_cli_under_write_faults(tmp_path: Path, shim: Path, errno: str, ops: str) -> None:
     """`dicomvault ingest` hitting a failing write: it must not exit 0 as if all went well, and

@@ -166,10 +166,12 @@ def lost_objects(engine: Engine, acked: Acked) -> list[str]:
     return lost
 
 
-def check_restart(data: Path, acked: Acked, tally: Tally, *, remote: bool = False) -> None:
+def check_restart(data: Path, acked: Acked, tally: Tally, *, remote: bool = False, cli: bool = True) -> None:
     """Reopens `data` as the next start does (crash recovery, then the reclaim the tiering service
-    runs at start), checks every acknowledged object and that every indexed one reads, then runs
-    `dicomvault verify` as an operator would: clean and nothing unreferenced left."""
+    runs at start), checks every acknowledged object, that every indexed one reads and that the
+    store verifies clean with nothing unreferenced; with `cli`, `dicomvault verify` too, as an
+    operator would run it (the same check in its own process: the scenarios run it after their
+    last trial, the engine's verify after every one)."""
     with Engine(data, min_free_bytes=0) as engine:
         tally.add_reclaimed(jobs.reclaim(engine))
         lost = lost_objects(engine, acked)
@@ -182,9 +184,17 @@ def check_restart(data: Path, acked: Acked, tally: Tally, *, remote: bool = Fals
             for name in engine.remote_tiers:
                 live = set(engine.index.live_packs())
                 assert engine.remote(name).orphan_packs(live) == [], f"seed {tally.seed}: orphan packs"
-    run = subprocess.run(
-        [CLI, "verify", "--data", str(data), "--json"], capture_output=True, text=True, timeout=300
-    )
-    assert run.returncode == 0, f"seed {tally.seed}: verify -> {run.returncode}\n{run.stdout}\n{run.stderr}"
-    report = json.loads(run.stdout)
-    assert report["unreferenced"] == 0, f"seed {tally.seed}: {report}"
+        if not cli:
+            report = engine.verify(remote=remote)
+            assert report.clean and report.unreferenced == 0, (
+                f"seed {tally.seed}: {report.damaged[:3]} {report.missing[:3]} {report.unreferenced}"
+            )
+    if cli:
+        run = subprocess.run(
+            [CLI, "verify", "--data", str(data), "--json"], capture_output=True, text=True, timeout=300
+        )
+        assert run.returncode == 0, (
+            f"seed {tally.seed}: verify -> {run.returncode}\n{run.stdout}\n{run.stderr}"
+        )
+        report = json.loads(run.stdout)
+        assert report["unreferenced"] == 0, f"seed {tally.seed}: {report}"

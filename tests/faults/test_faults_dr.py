@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from fault_kit import CLI, Tally, seed
+from fault_kit import CLI, Tally, long_only, seed
 
 from dicomvault.engine import Engine
 
@@ -54,6 +54,7 @@ def replica_status(primary: Path) -> dict:  # type: ignore[type-arg]
     return rep
 
 
+@long_only
 def test_failback_discards_what_never_reached_the_new_primary(tmp_path: Path) -> None:
     s = seed()
     tally = Tally("dr failback --discard-divergent", s)
@@ -96,6 +97,7 @@ def test_failback_discards_what_never_reached_the_new_primary(tmp_path: Path) ->
     tally.report()
 
 
+@long_only
 def test_dr_status_reports_lag_and_its_end(tmp_path: Path) -> None:
     s = seed()
     tally = Tally("dr status under lag", s)
@@ -129,6 +131,7 @@ def test_dr_status_reports_lag_and_its_end(tmp_path: Path) -> None:
     tally.report()
 
 
+@long_only
 def test_replica_resumes_against_a_primary_restored_from_backup(tmp_path: Path) -> None:
     """The primary is lost and restored from a backup older than the replica's cursor: the
     replica keeps everything it has and still receives what the restored primary takes next."""

@@ -160,13 +160,13 @@ def test_write_faults_under_dimse(tmp_path: Path, shim: Path, assoc_factory, err
     )
     srv = start_serve(tmp_path, env)
     acked: Acked = {}
-    files = series(s % 100000, 30)
+    files = series(s % 100000, 18)
     try:
         a = assoc_factory(srv.dimse)
-        before = send(a, files[:10], acked, tally)
-        assert before == [0] * 10, before
+        before = send(a, files[:6], acked, tally)
+        assert before == [0] * 6, before
         arm.touch()
-        during = send(a, files[10:20], acked, tally)
+        during = send(a, files[6:12], acked, tally)
         assert injected(flog), f"the shim never fired ({ops})"
         failed = [st for st in during if st != 0]
         assert failed, f"every store succeeded under {errno} on {ops}: {during}"
@@ -174,8 +174,8 @@ def test_write_faults_under_dimse(tmp_path: Path, shim: Path, assoc_factory, err
         assert a.send_c_echo().Status == 0x0000  # type: ignore[attr-defined]
         arm.unlink()
         # The fault cleared: the same association and a new one store again, no restart.
-        after = send(a, files[20:25], acked, tally) + send(assoc_factory(srv.dimse), files[25:], acked, tally)
-        assert after == [0] * 10, (
+        after = send(a, files[12:15], acked, tally) + send(assoc_factory(srv.dimse), files[15:], acked, tally)
+        assert after == [0] * 6, (
             f"stores still fail after the fault cleared: {after}\n{srv.log_text()[-3000:]}"
         )
     finally:
@@ -185,7 +185,7 @@ def test_write_faults_under_dimse(tmp_path: Path, shim: Path, assoc_factory, err
     check_restart(srv.data, acked, tally)
     tally.notes.append(
         f"armed from call {nth}: {len(injected(flog))} calls failed, answered "
-        f"{sorted({hex(x) for x in failed})} to {len(failed)} of 10 stores, 0x0000 again after"
+        f"{sorted({hex(x) for x in failed})} to {len(failed)} of 6 stores, 0x0000 again after"
     )
     tally.report()
 

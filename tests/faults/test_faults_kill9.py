@@ -79,14 +79,12 @@ def test_kill9_cli_ingest(tmp_path: Path) -> None:
     """A run of `dicomvault ingest` reports what it stored only at its end: a run killed before
     acknowledges nothing, and the same command run again must then store every file (what the
     killed run left must neither block nor duplicate it)."""
-    n, s = trials(3), seed()
+    n, s = trials(2), seed()
     rng, tally = random.Random(s), Tally("kill9 cli-ingest", s)
     data, acked = tmp_path / "data", {}
     work = 0.0
     for t in range(n):
-        files = write_folder(
-            tmp_path / f"in{t}", series(s * 1000 + t, slices=rng.randint(100, 200), size=256)
-        )
+        files = write_folder(tmp_path / f"in{t}", series(s * 1000 + t, slices=rng.randint(60, 120), size=256))
         args = [
             CLI,
             "ingest",
@@ -104,7 +102,7 @@ def test_kill9_cli_ingest(tmp_path: Path) -> None:
         tally.trials += 1
         if r.killed:
             tally.killed += 1
-            check_restart(data, acked, tally)
+            check_restart(data, acked, tally, cli=False)
             out = timed(args, data).out  # the same command again finishes the folder
         else:
             tally.finished += 1
@@ -113,7 +111,7 @@ def test_kill9_cli_ingest(tmp_path: Path) -> None:
         assert summary["stored"] + summary["duplicates"] + summary["replaced"] == len(files), summary
         for buf in files.values():
             acked[uid_of(buf)] = part10_digest(buf)
-        check_restart(data, acked, tally)
+        check_restart(data, acked, tally, cli=t == n - 1)
     tally.acked = len(acked)
     tally.notes.append(f"every killed run's folder re-ingested whole ({tally.killed} runs)")
     tally.report()
@@ -242,7 +240,7 @@ def test_kill9_dimse_ingest(tmp_path: Path) -> None:
             for c in clients:
                 c.join(60)
             assert len(acked) > before, f"nothing acknowledged in trial {t}\n{arch.log_text()[-3000:]}"
-            check_restart(arch.data, acked, tally)
+            check_restart(arch.data, acked, tally, cli=t == n - 1)
             if t == n - 1:  # the same data directory serves again
                 again = start_archive(tmp_path / "srv", free_port(), free_port())
                 _pynetdicom_client(again.port, files[-1:], acked, threading.Lock())
@@ -266,7 +264,7 @@ def test_kill9_compaction(tmp_path: Path) -> None:
     a new series, so a killed pass leaves work for the next."""
     from dicomvault.storage.settings import TierSpec
 
-    n, s = trials(3), seed()
+    n, s = trials(2), seed()
     rng, tally = random.Random(s + 2), Tally("kill9 compaction", s)
     data, acked = tmp_path / "data", {}
     layout = (
@@ -277,7 +275,7 @@ def test_kill9_compaction(tmp_path: Path) -> None:
     work = 0.0
     for t in range(n):
         store_in_process(
-            data, series(s * 1000 + 700 + t, slices=rng.randint(100, 200), size=256), acked, tiers=layout
+            data, series(s * 1000 + 700 + t, slices=rng.randint(60, 120), size=256), acked, tiers=layout
         )
         r = run_and_kill(args, data, None if t == 0 else rng.uniform(0, 1.2) * work)
         work = work or r.work
@@ -285,7 +283,7 @@ def test_kill9_compaction(tmp_path: Path) -> None:
         tally.trials += 1
         tally.killed += killed
         tally.finished += not killed
-        check_restart(data, acked, tally)
+        check_restart(data, acked, tally, cli=t == n - 1)
     timed(args, data)  # what is left compacts
     with Engine(data, min_free_bytes=0) as engine:
         st = engine.tier_stats()
@@ -299,7 +297,7 @@ def test_kill9_tier_moves(tmp_path: Path, seaweed: SeaweedServer) -> None:
     """`dicomvault tier move` of a study to cold (SeaweedFS) or back to warm, killed at random."""
     from dicomvault.storage.settings import TierSpec
 
-    n, s = trials(3), seed()
+    n, s = trials(2), seed()
     rng, tally = random.Random(s + 3), Tally("kill9 tier-moves", s)
     data, acked = tmp_path / "data", {}
     layout = (
@@ -340,10 +338,11 @@ def test_kill9_tier_moves(tmp_path: Path, seaweed: SeaweedServer) -> None:
         tally.trials += 1
         tally.killed += killed
         tally.finished += not killed
-        check_restart(data, acked, tally, remote=True)
+        check_restart(data, acked, tally, remote=True, cli=False)
         if killed:  # the move run again completes
             timed(args, data)
-            check_restart(data, acked, tally, remote=True)
+            check_restart(data, acked, tally, remote=True, cli=False)
+    check_restart(data, acked, tally, remote=True)
     tally.acked = len(acked)
     tally.notes.append(f"moves to cold {moves['cold']}, back to warm {moves['warm']}; each killed move rerun")
     tally.report()
@@ -362,7 +361,7 @@ def test_kill9_replication(tmp_path: Path) -> None:
     from procs import Ingester, files_of, free_port, replicate, serve, snapshot, wait_until
     from repl_helpers import TOKEN, synth_stream
 
-    n, s = trials(3), seed()
+    n, s = trials(2), seed()
     rng, tally = random.Random(s + 4), Tally("kill9 replication", s)
     pdata, rdata = tmp_path / "primary", tmp_path / "replica"
     port = free_port()

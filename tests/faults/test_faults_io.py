@@ -182,7 +182,7 @@ def test_write_faults_under_dimse(tmp_path: Path, shim: Path, assoc_factory, err
         rc = srv.stop()
     assert rc == 0, srv.log_text()[-3000:]
     tally.trials = 1
-    check_restart(srv.data, acked, tally)
+    check_restart(srv.data, acked, tally, cli=False)
     tally.notes.append(
         f"armed from call {nth}: {len(injected(flog))} calls failed, answered "
         f"{sorted({hex(x) for x in failed})} to {len(failed)} of 6 stores, 0x0000 again after"

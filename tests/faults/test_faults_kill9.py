@@ -95,9 +95,10 @@ def test_kill9_cli_ingest(tmp_path: Path) -> None:
             "-j",
             str(rng.choice([1, 2, 4])),
         ]
-        # The first run is timed to its end: the later kills fall within a run's length.
-        r = run_and_kill(args, data, None if t == 0 else rng.uniform(0, 1.2) * work)
-        work = work or r.work
+        # The first run is timed to its end: the later kills fall within a run's length (scaled
+        # by its file count), the last few percent past it so that some runs finish.
+        r = run_and_kill(args, data, None if t == 0 else rng.uniform(0, 1.05) * work * len(files))
+        work = work or r.work / len(files)
         out = r.out
         tally.trials += 1
         if r.killed:
@@ -277,7 +278,7 @@ def test_kill9_compaction(tmp_path: Path) -> None:
         store_in_process(
             data, series(s * 1000 + 700 + t, slices=rng.randint(60, 120), size=256), acked, tiers=layout
         )
-        r = run_and_kill(args, data, None if t == 0 else rng.uniform(0, 1.2) * work)
+        r = run_and_kill(args, data, None if t == 0 else rng.uniform(0, 1.05) * work)
         work = work or r.work
         killed = r.killed
         tally.trials += 1
@@ -331,7 +332,7 @@ def test_kill9_tier_moves(tmp_path: Path, seaweed: SeaweedServer) -> None:
         else:
             study, to = study_uids[-1], "cold"
         args = [CLI, "tier", "move", "--data", str(data), "--study", study, "--to", to]
-        r = run_and_kill(args, data, rng.uniform(0, 1.2) * durations[to] if to in durations else None)
+        r = run_and_kill(args, data, rng.uniform(0, 1.05) * durations[to] if to in durations else None)
         durations.setdefault(to, r.work)
         killed = r.killed
         moves[to] += 1

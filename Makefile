@@ -77,7 +77,7 @@ fuzz: build ## coverage-guided fuzzing of every parser: cargo-fuzz, nightly, Add
 # FAULT_TRIALS kill -9 trials per scenario and every I/O fault variant; FAULT_SEED replays a run
 # (default: a new seed each run, printed with every scenario's tally).
 FAULT_TRIALS ?= 50
-faults: sysdeps build ## fault injection, long form: kill -9, ENOSPC/EIO, stalled peers and object store (FAULT_TRIALS=50, ~25 min)
+faults: sysdeps build ## fault injection, long form: kill -9, ENOSPC/EIO, stalled peers and object store (FAULT_TRIALS=50, ~35 min)
 	FAULT_TRIALS=$(FAULT_TRIALS) FAULT_SEED=$${FAULT_SEED:-$$(date +%s)} \
 	  $(VPY) -m pytest -q -m faults tests/faults $(PYTEST_ARGS)
 

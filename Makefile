@@ -12,7 +12,7 @@ NATIVE_SRC := $(shell find core/src core/kernels rust/src -type f) rust/build.rs
 STAMP := $(VENV)/.built
 
 .DEFAULT_GOAL := help
-.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-dicomweb bench-viewer bench-tiers bench-find bench-tls bench-load bench-fhir bench-replication clean sysdeps fuzz fuzz-python
+.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-dicomweb bench-viewer bench-tiers bench-find bench-tls bench-load bench-fhir bench-replication clean sysdeps fuzz fuzz-python faults
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -94,6 +94,14 @@ fuzz-python: build ## coverage-guided fuzzing of the Python parsers (atheris): F
 	done; \
 	if [ -n "$$failed" ]; then \
 	  echo "fuzz-python: failing inputs of$$failed moved to fuzz/python/regressions/"; exit 1; fi
+
+# The long form of the fault-injection suite (tests/faults; `make test` runs its short form):
+# FAULT_TRIALS kill -9 trials per scenario and every I/O fault variant; FAULT_SEED replays a run
+# (default: a new seed each run, printed with every scenario's tally).
+FAULT_TRIALS ?= 50
+faults: sysdeps build ## fault injection, long form: kill -9, ENOSPC/EIO, stalled peers and object store (FAULT_TRIALS=50, ~35 min)
+	FAULT_TRIALS=$(FAULT_TRIALS) FAULT_SEED=$${FAULT_SEED:-$$(date +%s)} \
+	  $(VPY) -m pytest -q -m faults tests/faults $(PYTEST_ARGS)
 
 lint: build ## cargo fmt --check, clippy -D warnings, ruff
 	cargo fmt --all --check

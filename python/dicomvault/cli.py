@@ -29,6 +29,7 @@ from .dr.commands import add_commands as add_dr_commands
 from .dr.commands import add_heal_arguments
 from .engine import DEFAULT_DATA_DIR, Engine, StoreOutcome
 from .errors import DicomVaultError, StorageFullError
+from .failures import store_failure
 from .integration.iocm_commands import add_rejected_commands
 from .integration.worklist_commands import add_worklist_commands
 from .replication.commands import add_commands as add_replication_commands
@@ -142,6 +143,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     # The first storage-full refusal stops the run: every later file would be refused too, and
     # the operator must hear "the archive is full", not one rejection per file.
     full: list[tuple[str, str]] = []
+    # An I/O or index error is the archive's, not the file's: it stops the run the same way
+    # (it was reported as one "rejected" file after another with exit 0).
+    broken: list[tuple[str, str]] = []
     lock = threading.Lock()
     t0 = time.monotonic()
     reserve = None
@@ -153,7 +157,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
         def run(batch: list[Path]) -> None:
             nonlocal stored, replaced, duplicates
-            if full:
+            if full or broken:
                 return
             results = engine.store_files(batch)
             with lock:
@@ -168,6 +172,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                             stored += 1
                     elif isinstance(res, StorageFullError):
                         full.append((str(path), str(res)))
+                    elif store_failure(res) is None:
+                        broken.append((str(path), str(res)))
                     else:
                         rejected.append((str(path), str(res)))
                         log.warning("rejected %s: %s", path, res)
@@ -189,6 +195,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         "duplicates": duplicates,
         "rejected": [{"path": p, "reason": r} for p, r in rejected],
         "storage_full": {"reason": full[0][1], "not_stored": not_stored} if full else None,
+        "archive_error": {"reason": broken[0][1], "not_stored": not_stored} if broken and not full else None,
     }
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -205,6 +212,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             f"dicomvault ingest: storage full, stopped with {not_stored} file(s) not stored: {full[0][1]}\n"
             "  Everything reported stored is durable. Free space and run the same command again: "
             "the files already stored are skipped as duplicates.",
+            file=sys.stderr,
+        )
+        return 2
+    if broken:
+        print(
+            f"dicomvault ingest: archive error, stopped with {not_stored} file(s) not stored: "
+            f"{broken[0][1]}\n"
+            "  The files are not at fault. Everything reported stored is durable; once the cause is "
+            "fixed, run the same command again.",
             file=sys.stderr,
         )
         return 2

@@ -70,6 +70,7 @@ def start_serve(tmp: Path, env: dict[str, str]) -> Server:
                 "serve",
                 "--data",
                 str(data),
+                "--accept-unknown-callers",  # the tools call with their own AE titles
                 "--host",
                 HOST,
                 "--dimse-port",

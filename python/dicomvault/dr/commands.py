@@ -9,42 +9,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from ..engine import Engine
 from ..errors import DicomVaultError, LockedError
-from ..http_info import read_http_info
+from ..http_info import call_local_server
 from ..replication.client import ReplicationError, SiteClient
 
 
 def _admin(data: str, path: str, body: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
     """POSTs to the admin API of the server holding `data`."""
-    info = read_http_info(data)
-    if info is None:
-        raise DicomVaultError(f"{data} is locked by a process that serves no HTTP admin API "
-                              f"(no {data}/http.json); stop it first")
-    req = urllib.request.Request(info["url"] + path, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Authorization": f"Bearer {info['admin_token']}",
-                                          "Content-Type": "application/json"})
-    ctx = None
-    if info.get("tls"):
-        import ssl
-
-        # Our own server on this machine, proven by the token in its data directory.
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    try:
-        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        raise DicomVaultError(f"{info['url']}{path}: HTTP {exc.code}: {exc.read().decode(errors='replace')}"
-                              ) from exc
-    except OSError as exc:
-        raise DicomVaultError(f"{info['url']}{path}: {exc}") from exc
+    answer: dict[str, Any] = call_local_server(data, "POST", path, body, timeout)
+    return answer
 
 
 def _client(args: argparse.Namespace, url: str | None = None) -> SiteClient:

@@ -10,47 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import ssl
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any
 
 from ..engine import Engine
-from ..errors import DicomVaultError, LockedError
-from ..http_info import read_http_info
+from ..errors import LockedError
+from ..http_info import call_local_server
 from ..textout import print_table
 from .worklist_entry import WorklistEntry, entry_from_fields
 from .worklist_store import WorklistStore
 
 _COLUMNS = ["key", "status", "start", "station_ae", "modality", "patient_id", "patient_name", "procedure",
             "study_uid"]
-
-
-def _server_call(data: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    """A request to the API of the server holding `data`, as its local admin."""
-    info = read_http_info(data)
-    if info is None:
-        raise DicomVaultError(f"{data} is locked by a process that serves no HTTP API (no {data}/http.json); "
-                              f"stop it or use the API of the server that holds it")
-    req = urllib.request.Request(info["url"] + path, method=method,
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Authorization": f"Bearer {info['admin_token']}",
-                                          "Content-Type": "application/json"})
-    ctx = None
-    if info.get("tls"):
-        # our own server on this machine, proven by the token in its data directory
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    try:
-        with urllib.request.urlopen(req, timeout=60, context=ctx) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        raise DicomVaultError(f"{info['url']}{path}: HTTP {exc.code}: {exc.read().decode(errors='replace')}"
-                              ) from exc
-    except OSError as exc:
-        raise DicomVaultError(f"{info['url']}{path}: {exc}") from exc
 
 
 def _key_path(key: str) -> str:
@@ -70,7 +41,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             WorklistStore(engine.index).add(entry, replace_existing=args.replace)
             out = entry.as_dict()
     except LockedError:
-        out = _server_call(args.data, "POST", "/api/worklist", {**fields, "study_uid": entry.study_uid,
+        out = call_local_server(args.data, "POST", "/api/worklist", {**fields, "study_uid": entry.study_uid,
                                                                  "replace": args.replace})
     if args.json:
         print(json.dumps(out, indent=1))
@@ -86,7 +57,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
             store = WorklistStore(engine.index)
             out = (store.cancel(args.key) if args.cancel else store.remove(args.key)).as_dict()
     except LockedError:
-        out = _server_call(args.data, "DELETE", _key_path(args.key) + ("?cancel=1" if args.cancel else ""))
+        path = _key_path(args.key) + ("?cancel=1" if args.cancel else "")
+        out = call_local_server(args.data, "DELETE", path)
     print(f"{'canceled' if args.cancel else 'removed'} {out['key']}")
     return 0
 

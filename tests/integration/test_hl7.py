@@ -264,7 +264,7 @@ def test_report_by_accession_shown_on_the_study(served: Served) -> None:
     (report,) = body["reports"]
     assert report["text"] == "No acute bleed.\nVentricles normal & symmetric.\nNormal\nstudy."
     assert report["status"] == "F" and report["accession"] == "RACC1"
-    assert report["author"] == "Strange^Stephen"
+    assert report["author"] == "Strange^Stephen" and report["observed"] == "20260310101500"
     assert served.http.get(f"/api/studies/{other}").json()["reports"] == []
 
 

@@ -41,6 +41,7 @@ def apply_result(msg: Message, reports: ReportStore) -> str:
     done = []
     for obr, obxs, zds in _reports(msg):
         lines: list[str] = []
+        obx_status = ""
         study_uid = msg.get(zds, 1) if zds else ""
         for obx in obxs:
             kind = msg.get(obx, 2).upper()
@@ -51,6 +52,7 @@ def apply_result(msg: Message, reports: ReportStore) -> str:
             elif kind in TEXT_TYPES:
                 # FT/TX repeats are lines of one text; \.br\ escapes became newlines on reading
                 lines += [msg.unescape(r) for r in obx.get(5, [])]
+                obx_status = msg.get(obx, 11) or obx_status
         accession = msg.get(obr, 18) or msg.get(obr, 3)
         if not study_uid and not accession:
             raise Hl7Error("the report names no study: no ZDS-1 / OBX 113014 Study Instance UID, no "
@@ -60,7 +62,8 @@ def apply_result(msg: Message, reports: ReportStore) -> str:
         record: dict[str, Any] = {
             "control_id": msg.control_id + (f"/{len(done)}" if done else ""), "study_uid": study_uid,
             "accession": accession, "patient_id": msg.get(pid, 3) if pid else "",
-            "status": msg.get(obr, 25), "observed": msg.get(obr, 7) or msg.get(obr, 22),
+            # OBR-25 result status, else the text's OBX-11 (F final, P preliminary, C corrected)
+            "status": msg.get(obr, 25) or obx_status, "observed": msg.get(obr, 7) or msg.get(obr, 22),
             "procedure": msg.get(obr, 4, comp=2) or msg.get(obr, 4),
             "author": _interpreter(msg, obr), "text": "\n".join(lines),
             "sender": f"{msg.get('MSH', 3)}@{msg.get('MSH', 4)}", "received": time.time()}

@@ -3,11 +3,14 @@ escape sequences and character sets as parsed from real-shaped bytes."""
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 
 from dicomvault.config_values import ConfigError
 from dicomvault.integration.hl7.message import Hl7Error, parse
-from dicomvault.integration.hl7.mllp import FrameError, FrameReader, frame
+from dicomvault.integration.hl7.mllp import FrameError, FrameReader, MllpServer, frame
 from dicomvault.integration.hl7.settings import parse_hl7
 
 M1 = b"MSH|^~\\&|A|B|C|D|20260101||ORU^R01|1|P|2.3\rOBX|1|TX|X||a\\F\\b\\S\\c\\T\\d\\R\\e\\E\\f\\X41E9\\\r"
@@ -49,3 +52,33 @@ def test_hl7_table() -> None:
         parse_hl7({"idle_timeout": 0}, "t: hl7")
     with pytest.raises(ConfigError):
         parse_hl7({"colour": 1}, "t: hl7")
+
+
+def test_connections_over_the_limit_are_closed() -> None:
+    server = MllpServer("127.0.0.1", 0, lambda raw, peer: b"ACK " + raw, max_connections=2, idle_timeout=5)
+    server.start()
+    try:
+        held = [socket.create_connection(server.address, timeout=5) for _ in range(2)]
+        for s in held:  # both served
+            s.sendall(frame(b"x"))
+            assert s.recv(100) == frame(b"ACK x")
+        extra = socket.create_connection(server.address, timeout=5)
+        assert extra.recv(100) == b""  # closed at once
+        extra.close()
+        held.pop().close()
+        deadline = time.monotonic() + 5
+        while True:  # a slot frees once the server sees the close
+            again = socket.create_connection(server.address, timeout=5)
+            again.sendall(frame(b"y"))
+            try:
+                reply = again.recv(100)
+            except ConnectionResetError:
+                reply = b""
+            again.close()
+            if reply == frame(b"ACK y") or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert reply == frame(b"ACK y")
+        held[0].close()
+    finally:
+        server.stop()

@@ -53,8 +53,9 @@ def frame(payload: bytes) -> bytes:
 
 class MllpServer:
     def __init__(self, host: str, port: int, handler: Handler, *, max_message: int = 1 << 20,
-                 idle_timeout: float = 60.0) -> None:
+                 idle_timeout: float = 60.0, max_connections: int = 32) -> None:
         self.handler = handler
+        self.max_connections = max_connections
         self.max_message = max_message
         self.idle_timeout = idle_timeout
         self._sock = socket.create_server((host, port), reuse_port=False)
@@ -83,6 +84,13 @@ class MllpServer:
             except OSError:
                 return
             peer = f"{addr[0]}:{addr[1]}"
+            with self._guard:
+                full = len(self._conns) >= self.max_connections
+            if full:
+                # a sender opening connections without end must not take a thread each
+                log.warning("HL7 %s refused: %d connections open", peer, self.max_connections)
+                conn.close()
+                continue
             t = threading.Thread(target=self._connection, args=(conn, peer), name=f"dicomvault-hl7-{peer}",
                                  daemon=True)
             with self._guard:

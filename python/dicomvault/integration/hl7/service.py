@@ -74,7 +74,7 @@ def start_hl7(index: Index, data_dir: str, config: Hl7Config) -> MllpServer | No
         return None
     service = Hl7Service(index, data_dir, config.stations)
     server = MllpServer(config.host, config.port, service.handle, max_message=config.max_message,
-                        idle_timeout=config.idle_timeout)
+                        idle_timeout=config.idle_timeout, max_connections=config.max_connections)
     server.start()
     log.info("HL7 MLLP listener at %s:%d", *server.address)
     return server

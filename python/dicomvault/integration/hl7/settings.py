@@ -18,6 +18,7 @@ class Hl7Config:
     port: int = DEFAULT_PORT
     max_message: int = 1 << 20
     idle_timeout: float = 60.0
+    max_connections: int = 32
     stations: dict[str, str] = field(default_factory=dict)
     # the default port busy (another archive on this host, parallel tests) is a warning, a port
     # someone chose a failure
@@ -27,7 +28,7 @@ class Hl7Config:
 def parse_hl7(table: object, where: str) -> Hl7Config:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table")
-    unknown_keys(table, {"host", "port", "max_message", "idle_timeout", "stations"}, where)
+    unknown_keys(table, {"host", "port", "max_message", "idle_timeout", "max_connections", "stations"}, where)
     max_message = table.get("max_message", 1 << 20)
     bad = isinstance(max_message, bool) or not isinstance(max_message, int)
     if bad or not 1024 <= max_message <= 1 << 28:
@@ -35,6 +36,9 @@ def parse_hl7(table: object, where: str) -> Hl7Config:
     idle = table.get("idle_timeout", 60.0)
     if not isinstance(idle, int | float) or isinstance(idle, bool) or not 0.1 <= idle <= 86_400:
         raise ConfigError(f"{where}.idle_timeout: must be 0.1-86400 seconds, got {idle!r}")
+    conns = table.get("max_connections", 32)
+    if isinstance(conns, bool) or not isinstance(conns, int) or not 1 <= conns <= 4096:
+        raise ConfigError(f"{where}.max_connections: must be 1-4096, got {conns!r}")
     stations = table.get("stations", {})
     if not isinstance(stations, dict):
         raise ConfigError(f"{where}.stations: expected a table modality = \"AE\"")
@@ -42,4 +46,5 @@ def parse_hl7(table: object, where: str) -> Hl7Config:
         host=check_str(table.get("host", "127.0.0.1"), f"{where}.host"),
         port=check_port(table.get("port", DEFAULT_PORT), f"{where}.port"),
         port_explicit="port" in table, max_message=max_message, idle_timeout=float(idle),
+        max_connections=conns,
         stations={str(k).upper(): check_ae_title(v, f"{where}.stations.{k}") for k, v in stations.items()})

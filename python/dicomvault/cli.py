@@ -391,6 +391,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"dicomvault serving HTTP {url} data={config.data_dir}", flush=True)
         try:
             listener = start_hl7(engine.index, str(engine.data_dir), hl7)
+        except DicomVaultError:
+            stop()
+            raise
         except OSError as exc:
             if hl7.port_explicit:
                 stop()

@@ -3,8 +3,12 @@ escape sequences and character sets as parsed from real-shaped bytes."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +86,29 @@ def test_connections_over_the_limit_are_closed() -> None:
         held[0].close()
     finally:
         server.stop()
+
+
+def test_senders_outside_allow_are_closed() -> None:
+    server = MllpServer("127.0.0.1", 0, lambda raw, peer: b"ACK", allow=(ipaddress.ip_network("10.0.0.0/8"),))
+    server.start()
+    try:
+        with socket.create_connection(server.address, timeout=5) as s:
+            try:
+                s.sendall(frame(b"x"))
+                assert s.recv(100) == b""
+            except ConnectionResetError:
+                pass  # closed before our bytes were read: refused all the same
+    finally:
+        server.stop()
+    assert parse_hl7({"allow": ["10.1.2.3", "192.168.0.0/16"]}, "t").allow[1].prefixlen == 16
+    with pytest.raises(ConfigError, match="allow"):
+        parse_hl7({"allow": ["not-an-address"]}, "t: hl7")
+
+
+def test_serve_refuses_a_non_loopback_listener_without_allow(tmp_path: Path) -> None:
+    cfg = tmp_path / "dv.toml"
+    cfg.write_text(f'data = "{tmp_path / "data"}"\n[hl7]\nhost = "0.0.0.0"\nport = 1\n')
+    proc = subprocess.run([sys.executable, "-m", "dicomvault.cli", "serve", "--config", str(cfg),
+                           "--dimse-port", "0", "--http-port", "0"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "refusing to listen for HL7 on 0.0.0.0 with no [hl7] allow" in proc.stderr

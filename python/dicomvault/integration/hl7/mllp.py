@@ -6,6 +6,7 @@ sender that lost its framing cannot be resynchronised safely)."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import threading
@@ -14,6 +15,7 @@ from collections.abc import Callable
 log = logging.getLogger("dicomvault.hl7")
 START, END = b"\x0b", b"\x1c\x0d"
 Handler = Callable[[bytes, str], bytes]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class FrameError(ValueError):
@@ -53,8 +55,10 @@ def frame(payload: bytes) -> bytes:
 
 class MllpServer:
     def __init__(self, host: str, port: int, handler: Handler, *, max_message: int = 1 << 20,
-                 idle_timeout: float = 60.0, max_connections: int = 32) -> None:
+                 idle_timeout: float = 60.0, max_connections: int = 32,
+                 allow: tuple[Network, ...] = ()) -> None:
         self.handler = handler
+        self.allow = allow  # empty: any sender that reaches the address
         self.max_connections = max_connections
         self.max_message = max_message
         self.idle_timeout = idle_timeout
@@ -84,6 +88,10 @@ class MllpServer:
             except OSError:
                 return
             peer = f"{addr[0]}:{addr[1]}"
+            if self.allow and not any(ipaddress.ip_address(addr[0]) in net for net in self.allow):
+                log.warning("HL7 %s refused: not in [hl7] allow", peer)
+                conn.close()
+                continue
             with self._guard:
                 full = len(self._conns) >= self.max_connections
             if full:

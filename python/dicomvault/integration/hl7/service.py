@@ -6,6 +6,7 @@ with the reason beside it."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 from ...errors import DicomVaultError
@@ -68,13 +69,28 @@ class Hl7Service:
         return build_ack(msg, code, reason, err)
 
 
+def _loopback(host: str) -> bool:
+    # site.is_loopback would be a higher layer; an HL7 host is a literal address or localhost
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def start_hl7(index: Index, data_dir: str, config: Hl7Config) -> MllpServer | None:
     """The MLLP listener for `config`, started; None when the port is 0 (off)."""
     if not config.port:
         return None
+    if not config.allow and not _loopback(config.host):
+        raise DicomVaultError(
+            f"refusing to listen for HL7 on {config.host} with no [hl7] allow: anyone on the network "
+            f"could schedule and cancel exams. List the RIS/HIS addresses in [hl7] allow")
     service = Hl7Service(index, data_dir, config.stations)
     server = MllpServer(config.host, config.port, service.handle, max_message=config.max_message,
-                        idle_timeout=config.idle_timeout, max_connections=config.max_connections)
+                        idle_timeout=config.idle_timeout, max_connections=config.max_connections,
+                        allow=config.allow)
     server.start()
     log.info("HL7 MLLP listener at %s:%d", *server.address)
     return server

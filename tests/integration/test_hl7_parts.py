@@ -109,6 +109,7 @@ def test_serve_refuses_a_non_loopback_listener_without_allow(tmp_path: Path) -> 
     cfg = tmp_path / "dv.toml"
     cfg.write_text(f'data = "{tmp_path / "data"}"\n[hl7]\nhost = "0.0.0.0"\nport = 1\n')
     proc = subprocess.run([sys.executable, "-m", "dicomvault.cli", "serve", "--config", str(cfg),
-                           "--dimse-port", "0", "--http-port", "0"], capture_output=True, text=True, timeout=60)
+                           "--dimse-port", "0", "--http-port", "0"],
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "refusing to listen for HL7 on 0.0.0.0 with no [hl7] allow" in proc.stderr

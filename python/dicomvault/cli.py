@@ -381,7 +381,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         forward_tls = client_context(config.dimse)
 
-    hl7 = config.hl7 if args.hl7_port is None else replace(config.hl7, port=args.hl7_port, port_explicit=True)
+    from .config_values import check_port
+
+    hl7 = config.hl7 if args.hl7_port is None else replace(
+        config.hl7, port=check_port(args.hl7_port, "--hl7-port"), port_explicit=True)
 
     def services(engine: Engine) -> Any:
         from .integration.hl7.service import start_hl7

@@ -296,3 +296,13 @@ def test_idle_and_oversized_connections_are_closed(served: Served) -> None:
     ok = msg("MSH|^~\\&|RIS|HOSP|PACS|HOSP|20260310||ORU^R01|RPT9|P|2.3", "OBR|1||FO9||||||||||||||||ACC99",
              "OBX|1|TX|X||text")
     assert send(served, ok)[0]["MSA"][1:3] == ["AA", "RPT9"]
+
+
+def test_resent_new_order_keeps_its_entry_and_study(served: Served) -> None:
+    first = omi("NW", "601", "C601", "")  # no IPC-3: the archive assigns the study UID
+    assert send(served, first)[0]["MSA"][1] == "AA"
+    (before,) = [r for r in findscu_w(served, "CT01") if r.AccessionNumber == "ACC601"]
+    assert send(served, first)[0]["MSA"][1] == "AA"  # the same message again: its ACK was lost
+    (after,) = [r for r in findscu_w(served, "CT01") if r.AccessionNumber == "ACC601"]
+    assert after.StudyInstanceUID == before.StudyInstanceUID
+    assert len(kept(served, "received", "C601")) == 2

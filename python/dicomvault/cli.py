@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -380,11 +381,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         forward_tls = client_context(config.dimse)
 
+    from .config_values import check_port
+
+    hl7 = config.hl7 if args.hl7_port is None else replace(
+        config.hl7, port=check_port(args.hl7_port, "--hl7-port"), port_explicit=True)
+
     def services(engine: Engine) -> Any:
+        from .integration.hl7.service import start_hl7
+
         url, stop = start_services(engine, site_options, config.replication.forward, config.tiering,
                                    forward_tls)
         print(f"dicomvault serving HTTP {url} data={config.data_dir}", flush=True)
-        return stop
+        try:
+            listener = start_hl7(engine.index, str(engine.data_dir), hl7)
+        except DicomVaultError:
+            stop()
+            raise
+        except OSError as exc:
+            if hl7.port_explicit:
+                stop()
+                raise DicomVaultError(f"HL7 listener on {hl7.host}:{hl7.port}: {exc}") from exc
+            log.warning("HL7 listener not started: default port %s:%d: %s (set [hl7] port or "
+                        "--hl7-port)", hl7.host, hl7.port, exc)
+            listener = None
+        if listener is None:
+            return stop
+        print(f"dicomvault serving HL7 {listener.address[0]}:{listener.address[1]} data={config.data_dir}",
+              flush=True)
+
+        def stop_all() -> None:
+            listener.stop()
+            stop()
+
+        return stop_all
 
     def ready(host: str, port: int) -> None:
         # One parseable line on stdout so scripts (and tests) know the port is bound.
@@ -481,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="on SIGTERM, wait this long for active associations (default: %(default)s)",
     )
+    p.add_argument("--hl7-port", type=int, metavar="N",
+                   help="HL7 v2 MLLP port, 0 = off (default: [hl7] port, else 2575)")
     add_serve_site_arguments(p)
     p.set_defaults(func=cmd_serve)
 

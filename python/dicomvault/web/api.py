@@ -14,6 +14,7 @@ from starlette.routing import Route
 from ..auth.roles import ADMIN, READ, WRITE
 from ..engine import StoreOutcome
 from ..errors import RequestError, UnknownObjectError
+from ..integration.reports import ReportStore
 from ..integration.worklist_store import WorklistStore
 from .context import WebContext
 from .dicomweb.stow import ensure_writable
@@ -33,6 +34,7 @@ def routes(ctx: WebContext, jobs: Callable[[], list[dict[str, Any]]] | None = No
     engine = ctx.engine
     users = ctx.security.users
     worklist = WorklistStore(engine.index)
+    reports = ReportStore(engine.index)
 
     def stats(request: Request) -> Response:
         return json_response(engine.stats())
@@ -64,7 +66,11 @@ def routes(ctx: WebContext, jobs: Callable[[], list[dict[str, Any]]] | None = No
         steps = [{"key": e.key, "status": e.status, "procedure": e.procedure, "mpps": e.mpps,
                   "performed_series": e.performed_series}
                  for e in worklist.entries(active_only=False, study_uid=uid)]
-        return json_response({**rows[0], "series": series, "procedure_steps": steps})
+        # report texts received over HL7 (ORU^R01), by study UID or by the study's accession number
+        texts = [{k: r.get(k) for k in ("text", "status", "observed", "procedure", "author", "accession",
+                                        "control_id", "sender")}
+                 for r in reports.for_study(uid, str(rows[0].get("AccessionNumber") or ""))]
+        return json_response({**rows[0], "series": series, "procedure_steps": steps, "reports": texts})
 
     async def upload(request: Request) -> Response:
         ensure_writable(engine)

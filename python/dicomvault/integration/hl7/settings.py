@@ -1,0 +1,60 @@
+"""[hl7]: the MLLP listener's settings (docs/integration.md, HL7 section)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from ...config_values import ConfigError, check_ae_title, check_port, check_str, check_str_list, unknown_keys
+
+DEFAULT_PORT = 2575
+
+
+@dataclass(frozen=True)
+class Hl7Config:
+    """host, port (0: off), max_message bytes, idle_timeout seconds, and `stations`: modality ->
+    Scheduled Station AE Title, for orders that name no station (IPC-9 / OBR-21)."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    max_message: int = 1 << 20
+    idle_timeout: float = 60.0
+    max_connections: int = 32
+    # sender addresses or networks admitted; empty: any that reaches `host` (loopback only)
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    stations: dict[str, str] = field(default_factory=dict)
+    # the default port busy (another archive on this host, parallel tests) is a warning, a port
+    # someone chose a failure
+    port_explicit: bool = False
+
+
+def parse_hl7(table: object, where: str) -> Hl7Config:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table")
+    keys = {"host", "port", "max_message", "idle_timeout", "max_connections", "allow", "stations"}
+    unknown_keys(table, keys, where)
+    max_message = table.get("max_message", 1 << 20)
+    bad = isinstance(max_message, bool) or not isinstance(max_message, int)
+    if bad or not 1024 <= max_message <= 1 << 28:
+        raise ConfigError(f"{where}.max_message: must be 1024-268435456 bytes, got {max_message!r}")
+    idle = table.get("idle_timeout", 60.0)
+    if not isinstance(idle, int | float) or isinstance(idle, bool) or not 0.1 <= idle <= 86_400:
+        raise ConfigError(f"{where}.idle_timeout: must be 0.1-86400 seconds, got {idle!r}")
+    conns = table.get("max_connections", 32)
+    if isinstance(conns, bool) or not isinstance(conns, int) or not 1 <= conns <= 4096:
+        raise ConfigError(f"{where}.max_connections: must be 1-4096, got {conns!r}")
+    allow = []
+    for text in check_str_list(table.get("allow", []), f"{where}.allow"):
+        try:
+            allow.append(ipaddress.ip_network(text, strict=False))
+        except ValueError as exc:
+            raise ConfigError(f"{where}.allow: {exc}") from exc
+    stations = table.get("stations", {})
+    if not isinstance(stations, dict):
+        raise ConfigError(f"{where}.stations: expected a table modality = \"AE\"")
+    return Hl7Config(
+        host=check_str(table.get("host", "127.0.0.1"), f"{where}.host"),
+        port=check_port(table.get("port", DEFAULT_PORT), f"{where}.port"),
+        port_explicit="port" in table, max_message=max_message, idle_timeout=float(idle),
+        max_connections=conns, allow=tuple(allow),
+        stations={str(k).upper(): check_ae_title(v, f"{where}.stations.{k}") for k, v in stations.items()})

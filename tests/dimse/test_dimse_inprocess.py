@@ -127,19 +127,27 @@ def test_find_cancel(server: tuple[int, DimseServer]) -> None:
     """dcmtk findscu cancels after the first response; the answer stops short with Cancel and the
     association stays usable. The client is a process of its own: a pynetdicom client in this
     process shares the GIL with the server it cancels, and could lose the race to the last match
-    (seen once: all 300 matches sent before its C-CANCEL was)."""
+    (seen once: all 300 matches sent before its C-CANCEL was). A findscu descheduled on a loaded
+    machine can lose it too (seen once in CI at load ~10): the cancel is asked for up to three
+    times, and a server that ignores cancels answers Success to all three."""
     port, _ = server
     keys = ["QueryRetrieveLevel=IMAGE", "PatientID=MANY", "StudyInstanceUID", "SeriesInstanceUID",
             "SOPInstanceUID"]
     cmd = ["findscu", "-v", "-P", "-aec", "DICOMVAULT", "--cancel", "1",
            *(a for k in keys for a in ("-k", k)), "127.0.0.1", str(port)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "TCP_NODELAY": "1"})
-    log = out.stdout + out.stderr
-    assert out.returncode == 0, log
-    final = re.search(r"Received Final Find Response \(([^)]*)\)", log)
-    assert final is not None and "cancel" in final.group(1).lower(), log
-    assert 1 <= len(re.findall(r"Find Response: \d+ \(Pending", log)) < N_INSTANCES, log
+    finals: list[str] = []
+    for _ in range(3):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "TCP_NODELAY": "1"})
+        log = out.stdout + out.stderr
+        assert out.returncode == 0, log
+        final = re.search(r"Received Final Find Response \(([^)]*)\)", log)
+        assert final is not None, log
+        finals.append(final.group(1))
+        if "cancel" in final.group(1).lower():
+            assert 1 <= len(re.findall(r"Find Response: \d+ \(Pending", log)) < N_INSTANCES, log
+            break
+    assert "cancel" in finals[-1].lower(), f"no C-FIND was cancelled in {len(finals)} tries: {finals}"
     # the same server answers the next association normally
     assoc = _associate(port, Verification)
     try:

@@ -19,7 +19,7 @@ from fault_kit import CLI, Tally, long_only, seed
 from dicomvault.engine import Engine
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "replication"))
-from procs import HOST, Ingester, Relay, files_of, free_port, replicate, serve, snapshot, wait_until  # noqa: E402
+from procs import Ingester, Relay, files_of, free_port, replicate, serve, snapshot, wait_until  # noqa: E402
 from repl_helpers import TOKEN, synth_stream  # noqa: E402
 
 
@@ -181,22 +181,10 @@ class CorruptingRelay(Relay):
         super().__init__(target)
         self.corrupted = 0
 
-    def _accept(self, lst: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = lst.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection((HOST, self.target), timeout=5)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._socks.update((client, upstream))
-            wants_blobs = threading.Event()
-            threading.Thread(target=self._up, args=(client, upstream, wants_blobs), daemon=True).start()
-            threading.Thread(target=self._down, args=(upstream, client, wants_blobs), daemon=True).start()
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        wants_blobs = threading.Event()
+        threading.Thread(target=self._up, args=(client, upstream, wants_blobs), daemon=True).start()
+        threading.Thread(target=self._down, args=(upstream, client, wants_blobs), daemon=True).start()
 
     def _up(self, src: socket.socket, dst: socket.socket, wants_blobs: threading.Event) -> None:
         self._pipe_with(

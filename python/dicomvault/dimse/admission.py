@@ -21,7 +21,6 @@ processes listens on an internal loopback port that only they use, so it trusts 
 
 from __future__ import annotations
 
-import logging
 import socket
 import struct
 import threading
@@ -189,7 +188,7 @@ def edge_verdict(admit: Admit, pdu: bytes, address: str, cert: str | None) -> Ve
 
 
 def log_refusal(verdict: Verdict, address: str, audit: Refusals | None = None) -> None:
-    logging.getLogger("dicomvault.dimse").warning(
+    log.warning(
         "association rejected: %s@%s: %s; %s", verdict.title, address, verdict.refused, verdict.hint)
     if audit is not None:
         audit.refused(verdict.title, address, str(verdict.refused))

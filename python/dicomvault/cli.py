@@ -32,6 +32,7 @@ from .engine import DEFAULT_DATA_DIR, Engine, StoreOutcome
 from .errors import DicomVaultError, StorageFullError
 from .failures import store_failure
 from .integration.iocm_commands import add_rejected_commands
+from .integration.patient_commands import add_patient_commands
 from .integration.worklist_commands import add_worklist_commands
 from .replication.commands import add_commands as add_replication_commands
 from .site_args import add_serve_site_arguments, add_site_arguments
@@ -253,8 +254,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     level, uid = _level_uid(args)
     with Engine(args.data, read_only=True) as engine:
         patient, study = _audit_scope(engine, level, uid)
-        paths = engine.export(level, uid, args.output)
-    what = {"level": level, "uid": uid, "files": len(paths), "to": str(args.output)}
+        paths = engine.export(level, uid, args.output, as_received=args.as_received)
+    what = {"level": level, "uid": uid, "files": len(paths), "to": str(args.output),
+            "as_received": args.as_received}
     AuditLog(args.data).record(EXPORT, SUCCESS, user=cli_user(), client="local", patient=patient, study=study,
                                detail=what)
     print(f"exported {len(paths)} files to {args.output}")
@@ -462,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", parents=[common], help="write Part-10 files of a study/series/instance")
     _add_level_args(p)
     p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.add_argument("--as-received", action="store_true",
+                   help="the bytes exactly as received, without the patient corrections made since")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("ls", parents=[common], help="list patients, studies, series or instances")
@@ -520,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_users_commands(sub, common)
     add_peers_commands(sub, common)
     add_worklist_commands(sub, common)
+    add_patient_commands(sub, common)
     add_audit_commands(sub, common)
     add_shares_commands(sub, common)
     add_rejected_commands(sub, common)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _native  # type: ignore[attr-defined]
+from . import _native, coercion  # type: ignore[attr-defined]
 from .attributes import decode_attrs
 from .audit.log import DATA_DELETION, INSTANCES_REJECTED, SUCCESS, AuditLog
 from .errors import (
@@ -522,18 +522,32 @@ class Engine:
         """The index record of one instance, or None."""
         return self.index.get_instance(sop_instance_uid)
 
-    def read_dataset(self, sop_instance_uid: str, *, background: bool = False) -> tuple[str, bytes]:
-        """(transfer syntax UID, dataset bytes as received), hash-verified. `background`: as for
-        read_record (storage commitment, forwarding: not a user's access)."""
-        _, ts, dataset = self.read_instance(sop_instance_uid, background=background)
+    def read_dataset(self, sop_instance_uid: str, *, background: bool = False,
+                     as_received: bool = False) -> tuple[str, bytes]:
+        """(transfer syntax UID, dataset bytes as they leave the archive), hash-verified.
+        `background`: as for read_record (storage commitment, forwarding: not a user's access)."""
+        _, ts, dataset = self.read_instance(sop_instance_uid, background=background, as_received=as_received)
         return ts, dataset
 
-    def read_record(self, rec: InstanceRecord, *, background: bool = False) -> tuple[str, bytes]:
+    def read_record(self, rec: InstanceRecord, *, background: bool = False,
+                    as_received: bool = False) -> tuple[str, bytes]:
         """(transfer syntax UID, dataset bytes) of an index record the caller already holds
         (a retrieve that listed a study), hash-verified, without looking the record up again.
         `background`: the archive's own work (a cache warmer), which is not a user's access:
-        it neither counts as the study's last access nor promotes it from an object store."""
-        return self._read(rec.hash, None if background else rec.study_uid)
+        it neither counts as the study's last access nor promotes it from an object store.
+        The bytes are those received, with the patient corrections of the study applied
+        (coercion.py) unless `as_received`."""
+        ts, dataset = self._read(rec.hash, None if background else rec.study_uid)
+        return ts, dataset if as_received else self.outgoing(rec.study_uid, ts, dataset)
+
+    def coercion_of(self, study_uid: str) -> dict[str, str]:
+        """The patient attributes a correction changed for this study's objects ({}: none)."""
+        return self.index.coercion_of(study_uid)
+
+    def outgoing(self, study_uid: str, ts: str, dataset: bytes) -> bytes:
+        """A stored data set as it leaves the archive: the study's patient corrections applied."""
+        values = self.index.coercion_of(study_uid)
+        return coercion.apply(ts, dataset, values) if values else dataset
 
     def is_remote(self, blob_hash: bytes) -> bool:
         """Whether the blob is placed in an object-store tier (reading it costs a GET)."""
@@ -549,40 +563,53 @@ class Engine:
         (core/src/object.rs), so a retrieve can announce its Content-Length up front."""
         return rec.logical_len - len(rec.transfer_syntax.encode("ascii")) - 1
 
-    def read_instance(self, sop_instance_uid: str, *, background: bool = False
+    def read_instance(self, sop_instance_uid: str, *, background: bool = False, as_received: bool = False
                       ) -> tuple[InstanceRecord, str, bytes]:
-        """(index record, transfer syntax UID, dataset bytes as received), hash-verified."""
+        """(index record, transfer syntax UID, dataset bytes as they leave the archive: see
+        read_record), hash-verified."""
         rec = self.index.get_instance(sop_instance_uid)
         if rec is None:
             raise UnknownObjectError("instance", sop_instance_uid)
-        ts, dataset = self._read(rec.hash, None if background else rec.study_uid)
+        ts, dataset = self.read_record(rec, background=background, as_received=as_received)
         return rec, ts, dataset
 
-    def read_file(self, sop_instance_uid: str, *, background: bool = False) -> bytes:
-        """The object as a Part-10 file (byte-identical to the ingested file, if it came as one)."""
-        rec = self.index.get_instance(sop_instance_uid)
-        if rec is None:
-            raise UnknownObjectError("instance", sop_instance_uid)
-        _, dataset = self._read(rec.hash, None if background else rec.study_uid)
+    def read_file(self, sop_instance_uid: str, *, background: bool = False,
+                  as_received: bool = False) -> bytes:
+        """The object as a Part-10 file: byte-identical to the ingested file if it came as one and
+        no patient correction applies (or `as_received`)."""
+        rec, _, dataset = self.read_instance(sop_instance_uid, background=background, as_received=as_received)
         return rec.prefix + dataset
 
-    def export(self, level: str, uid: str, out_dir: str | os.PathLike[str]) -> list[Path]:
-        """Writes `<out>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm` for every instance under uid."""
+    def export(self, level: str, uid: str, out_dir: str | os.PathLike[str], *,
+               as_received: bool = False) -> list[Path]:
+        """Writes `<out>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm` for every instance under uid,
+        with the patient corrections applied unless `as_received` (then byte-identical to what
+        was received)."""
         out = Path(out_dir)
         items, paths, recs = [], [], self.instances(level, uid)
+        corrected: set[str] = set()
+        if not as_received:
+            corrected = {s for s in {r.study_uid for r in recs} if self.index.coercion_of(s)}
+        slow: list[tuple[InstanceRecord, Path]] = []
         for rec in recs:
             folder = out / file_name(rec.study_uid) / file_name(rec.series_uid)
             path = folder / f"{file_name(rec.sop_uid)}.dcm"
             path.parent.mkdir(parents=True, exist_ok=True)
-            items.append((rec.hash, rec.prefix, str(path)))
             paths.append(path)
             self.accessed[rec.study_uid] = time.time()
-        for rec, path, err in zip(recs, paths, self.vault.export_files(items), strict=True):
+            if rec.study_uid in corrected:
+                slow.append((rec, path))
+            else:
+                items.append((rec, path))
+        native = self.vault.export_files([(r.hash, r.prefix, str(p)) for r, p in items]) if items else []
+        for (rec, path), err in zip(items, native, strict=True):
             if err is None:
                 continue
             if not (isinstance(err, _native.NotFoundError) and self.remote_tiers):
                 raise err
-            _, dataset = self._read_remote(rec.hash, rec.study_uid)
+            slow.append((rec, path))
+        for rec, path in slow:
+            ts, dataset = self.read_record(rec, as_received=as_received)
             part = path.with_suffix(".dcm.part")
             part.write_bytes(rec.prefix + dataset)
             os.replace(part, path)

@@ -135,11 +135,11 @@ class Archive:
     def stored(self, sop_uid: str) -> tuple[str, bytes]:
         """(ts, dataset bytes) as the archive holds them, read beside the running server."""
         with Engine(self.data, read_only=True) as eng:
-            return eng.read_dataset(sop_uid)
+            return eng.read_dataset(sop_uid, as_received=True)
 
     def stored_file(self, sop_uid: str) -> bytes:
         with Engine(self.data, read_only=True) as eng:
-            return eng.read_file(sop_uid)
+            return eng.read_file(sop_uid, as_received=True)
 
 
 def associate(archive: Archive, contexts: list[Any], ae_title: str = "PYSCU", *, ae: Any = None,

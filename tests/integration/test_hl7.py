@@ -7,43 +7,14 @@ from __future__ import annotations
 import io
 import shutil
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
 import pydicom
 import pytest
+from hl7_served import ARCHIVE_AE, HOST, SB, Served, kept, msg, run, send, serve_with_hl7
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dimse"))
-from dimse_helpers import (  # noqa: E402
-    ARCHIVE_AE,
-    CLI,
-    HOST,
-    Archive,
-    free_port,
-    run,
-    stop_archive,
-    wait_port,
-    write_config,
-)
-
-from dicomvault.http_info import read_http_info  # noqa: E402
-
-SB, EB = b"\x0b", b"\x1c\x0d"
-
-
-@dataclass
-class Served:
-    arch: Archive
-    http: httpx.Client
-    hl7_port: int
-    tmp: Path
 
 
 @pytest.fixture(scope="module")
@@ -51,71 +22,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     for tool in ("findscu", "dump2dcm"):
         if shutil.which(tool) is None:
             pytest.fail(f"missing tool {tool} (run `make sysdeps`)")
-    tmp = tmp_path_factory.mktemp("hl7")
-    data = tmp / "data"
-    cfg = write_config(tmp / "dicomvault.toml", data, free_port(), free_port())
     # short limits so the idle and size tests take a second; MR orders without a station go to MR7
-    cfg.write_text(cfg.read_text() + '\n[hl7]\nidle_timeout = 1.5\nmax_message = 8192\n'
-                   '[hl7.stations]\nMR = "MR7"\n')
-    port, http_port, hl7_port = free_port(), free_port(), free_port()
-    log = tmp / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([CLI, "serve", "--config", str(cfg), "--dimse-port", str(port),
-                                 "--host", HOST, "--http-port", str(http_port), "--hl7-port", str(hl7_port)],
-                                stdout=out, stderr=subprocess.STDOUT)
-    arch = Archive(proc, port, data, log, 0, 0)
-    try:
-        wait_port(port, proc, log)
-        wait_port(hl7_port, proc, log)
-        info = read_http_info(data)
-        assert info is not None
-        http = httpx.Client(base_url=info["url"], timeout=30,
-                            headers={"Authorization": f"Bearer {info['admin_token']}"})
-        yield Served(arch, http, hl7_port, tmp)
-        http.close()
-    finally:
-        assert stop_archive(arch) == 0, arch.log_text()[-4000:]
-
-
-def frames(stream: socket.socket, n: int) -> list[bytes]:
-    buf, out = b"", []
-    while len(out) < n:
-        chunk = stream.recv(65536)
-        assert chunk, f"connection closed after {len(out)} of {n} replies"
-        buf += chunk
-        while EB in buf:
-            frame, buf = buf.split(EB, 1)
-            assert frame.startswith(SB)
-            out.append(frame[1:])
-    return out
-
-
-def send(s: Served, *messages: bytes, split: bool = False) -> list[dict[str, list[str]]]:
-    """Sends the messages on one connection (each cut in two writes when `split`); the ACKs."""
-    with socket.create_connection((HOST, s.hl7_port), timeout=20) as sock:
-        for m in messages:
-            framed = SB + m + EB
-            if split:
-                half = len(framed) // 2
-                sock.sendall(framed[:half])
-                time.sleep(0.05)
-                sock.sendall(framed[half:])
-            else:
-                sock.sendall(framed)
-        replies = frames(sock, len(messages))
-    return [ack_fields(r) for r in replies]
-
-
-def ack_fields(raw: bytes) -> dict[str, list[str]]:
-    segs = {}
-    for line in raw.decode("latin-1").split("\r"):
-        if line:
-            segs[line[:3]] = line.split("|")
-    return segs
-
-
-def msg(*segments: str, encoding: str = "ascii") -> bytes:
-    return ("\r".join(segments) + "\r").encode(encoding)
+    with serve_with_hl7(tmp_path_factory.mktemp("hl7"), '\n[hl7]\nidle_timeout = 1.5\nmax_message = 8192\n'
+                        '[hl7.stations]\nMR = "MR7"\n') as s:
+        yield s
 
 
 def findscu_w(s: Served, station: str) -> list[pydicom.Dataset]:
@@ -145,10 +55,6 @@ def findscu_w(s: Served, station: str) -> list[pydicom.Dataset]:
     run(["findscu", "-W", "-X", "-od", str(out), "-aet", "FINDSCU", "-aec", ARCHIVE_AE, *s.arch.addr,
          str(query)])
     return [pydicom.dcmread(f) for f in sorted(out.glob("rsp*.dcm"))]
-
-
-def kept(s: Served, kind: str, control_id: str) -> list[Path]:
-    return sorted((s.arch.data / "hl7" / kind).glob(f"*/*-{control_id}.hl7"))
 
 
 def omi(control: str, order: str, ctl_id: str, study_uid: str) -> bytes:
@@ -227,13 +133,13 @@ def test_malformed_messages_are_nakked_and_kept(served: Served) -> None:
     assert path.read_bytes() == no_msh
 
 
-def test_adt_is_kept_and_answered_not_supported(served: Served) -> None:
+def test_adt_for_a_patient_without_images_is_accepted_and_changes_nothing(served: Served) -> None:
     m = msg("MSH|^~\\&|HIS|HOSP|PACS|HOSP|20260310||ADT^A08^ADT_A01|ADT1|P|2.5.1", "EVN|A08|20260310",
             "PID|1||P100^^^HOSP||Muller^Zoe||19800214|F", "PV1|1|O")
     (ack,) = send(served, m)
-    assert ack["MSA"][1:3] == ["AE", "ADT1"]
-    assert "not supported yet" in ack["MSA"][3]
-    assert kept(served, "received", "ADT1") and kept(served, "rejected", "ADT1")
+    assert ack["MSA"][1:3] == ["AA", "ADT1"]
+    assert "nothing to update" in ack["MSA"][3]
+    assert kept(served, "received", "ADT1") and not kept(served, "rejected", "ADT1")
 
 
 def _store_study(s: Served, accession: str, study_uid: str = "") -> str:

@@ -203,3 +203,28 @@ def test_forward_run_cli_over_tls(tmp_path: Path) -> None:
         scp.wait(10)
     assert run.returncode == 0, run.stdout + run.stderr
     assert len(list(out.iterdir())) == 2
+
+
+def test_forwarded_objects_carry_the_patient_corrections(tmp_path: Path) -> None:
+    port = free_port()
+    rule = ForwardRule(name="peer", ae_title="PEER", host="127.0.0.1", port=port)
+    peer = Peer(port)
+    peer.start()
+    try:
+        with Engine(tmp_path / "site", min_free_bytes=0) as eng:
+            eng.store_buffers(synth_files(1, slices=3))
+            (pid,) = {r.patient_id for r in eng.index.instances()}
+            eng.index.update_patient(pid, {"PatientName": "Forwarded^Fixed"})
+            fwd = Forwarder(eng, rule, make_ae=requestor_ae)
+            while fwd.step():
+                pass
+            stored = {r.sop_uid: eng.read_dataset(r.sop_uid, as_received=True)[1]
+                      for r in eng.index.instances()}
+    finally:
+        peer.stop()
+    assert set(peer.received) == set(stored)
+    for uid, data in peer.received.items():
+        ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data), force=True)
+        assert str(ds.PatientName) == "Forwarded^Fixed"
+        assert data != stored[uid] and ds.PixelData == pydicom.dcmread(
+            pydicom.filebase.DicomBytesIO(stored[uid]), force=True).PixelData

@@ -31,6 +31,7 @@ EVENT_IDS: dict[str, Code] = {
     "DCM 110104": ("110104", "DCM", "DICOM Instances Transferred"),
     "DCM 110105": ("110105", "DCM", "DICOM Study Deleted"),
     "DCM 110106": ("110106", "DCM", "Export"),
+    "DCM 110110": ("110110", "DCM", "Patient Record"),
     "DCM 110112": ("110112", "DCM", "Query"),
     "DCM 110113": ("110113", "DCM", "Security Alert"),
     "DCM 110114": ("110114", "DCM", "User Authentication"),
@@ -67,6 +68,7 @@ ACTIONS = {
     events.INSTANCES_ACCESSED: "R",
     events.INSTANCES_REJECTED: "U",  # IOCM hides instances: an update of what the archive shows
     events.INSTANCES_RESTORED: "U",
+    events.PATIENT_RECORD: "U",  # an update, a merge or its undoing: the patient's record changes
 }  # every other event is "E" (execute), but instances-transferred (see _action)
 
 # A.5.2: 0 success; 4 minor failure (a refused login, a refused request: the archive goes on).

@@ -57,6 +57,8 @@ TLS_REFUSED = "tls-refused"
 # IOCM: instances hidden by a rejection note, or put back by an admin (docs/integration.md)
 INSTANCES_REJECTED = "instances-rejected"
 INSTANCES_RESTORED = "instances-restored"
+# A patient's demographics updated, two patients merged or a merge undone (HL7 ADT, the API)
+PATIENT_RECORD = "patient-record"
 
 # Each event's EventID (DICOM PS3.16 CID 400, as PS3.15 A.5.3 uses them).
 CODES = {
@@ -79,6 +81,7 @@ CODES = {
     TLS_REFUSED: "DCM 110113",
     INSTANCES_REJECTED: "DCM 110103",  # DICOM Instances Accessed, action U (update)
     INSTANCES_RESTORED: "DCM 110103",
+    PATIENT_RECORD: "DCM 110110",
 }
 EVENTS = frozenset(CODES)
 

@@ -95,7 +95,8 @@ class CommitmentService:
                 failed.append((sop_class, uid, CLASS_INSTANCE_CONFLICT))
                 continue
             try:
-                self.engine.read_dataset(uid, background=True)  # every byte read back, BLAKE3 checked
+                # every byte read back, BLAKE3 checked
+                self.engine.read_dataset(uid, background=True, as_received=True)
             except DicomVaultError as exc:
                 log.error("storage commitment: %s fails verification: %s", uid, exc)
                 failed.append((sop_class, uid, NO_SUCH_OBJECT_INSTANCE))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import DicomVaultError, RequestError, StorageFullError, UnknownObjectError
+from ..errors import ConflictError, DicomVaultError, RequestError, StorageFullError, UnknownObjectError
 
 
 class IndexStoreError(DicomVaultError):
@@ -87,3 +87,13 @@ class QueryError(IndexStoreError, RequestError, ValueError):
 class IndexFullError(IndexStoreError, StorageFullError):
     """The device under the index is full: a storage-full error like the blob store's, so every
     protocol answers it as out of resources (0xA700 / 507) and the sender retries later."""
+
+
+class CorrectionError(IndexStoreError, RequestError, ValueError):
+    """A patient correction that cannot be applied as asked (an attribute an update may not set,
+    a merge of a patient into itself)."""
+
+
+class CorrectionConflictError(IndexStoreError, ConflictError):
+    """A merge that contradicts one already done (the prior patient was merged elsewhere, or the
+    survivor was itself merged away)."""

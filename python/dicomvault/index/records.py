@@ -114,6 +114,9 @@ class PatientRecord(Record):
     stored_bytes: int = 0
     created_at: float = 0.0
     updated_at: float = 0.0
+    # when the HIS last corrected this patient (index/patients.py); 0: never. A new study of a
+    # corrected patient takes the patient's current values, not the ones its objects carry.
+    corrected_at: float = 0.0
 
 
 @_finish
@@ -135,6 +138,10 @@ class StudyRecord(Record):
     stored_bytes: int = 0
     created_at: float = 0.0
     updated_at: float = 0.0
+    # Patient attributes (keyword -> current value) applied to this study's objects on their way
+    # out (coercion.py) because a patient update or merge changed them; the stored bytes keep
+    # what was received. Empty for a study nobody corrected.
+    coerced: dict[str, str] = field(default_factory=dict)
 
     def modalities_in_study(self) -> list[str]:
         """Sorted distinct modalities of the study's series."""
@@ -217,8 +224,14 @@ METADATA_UPDATED = "metadata_updated"
 # They carry no hash: forwarding skips them; a replica derives the hiding from the note itself.
 REJECTED = "rejected"
 RESTORED = "restored"
+# Patient corrections from the HIS (index/patients.py): no hash either; ``detail`` says what
+# changed, so a replica applies the same correction to its own index.
+PATIENT_UPDATED = "patient_updated"
+PATIENTS_MERGED = "patients_merged"
+MERGE_UNDONE = "merge_undone"
+PATIENT_CHANGES: frozenset[str] = frozenset({PATIENT_UPDATED, PATIENTS_MERGED, MERGE_UNDONE})
 CHANGE_KINDS: frozenset[str] = frozenset({STORED, REPLACED, DELETED, MOVED, METADATA_UPDATED, REJECTED,
-                                          RESTORED})
+                                          RESTORED}) | PATIENT_CHANGES
 
 
 @_finish
@@ -238,6 +251,7 @@ class Change(Record):
     hash: bytes | None = None
     old_hash: bytes | None = None
     logical_len: int = 0
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 @_finish

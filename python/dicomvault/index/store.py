@@ -33,9 +33,11 @@ from .errors import (
     ReadOnlyIndexError,
 )
 from .feed import last_seq_on_disk, read_changes
+from .patients import PatientCorrections
 from .query import Planner, QueryStats, scan, scan_keys
 from .records import (
     DELETED,
+    PATIENT_CHANGES,
     PATIENT_KEYWORDS,
     REJECTED,
     REPLACED,
@@ -134,7 +136,7 @@ def _fill_missing(target: dict[str, str], attrs: Mapping[str, str], wanted: froz
     return changed
 
 
-class Index:
+class Index(PatientCorrections):
     """The dicomvault metadata index (see the package docstring for the layout)."""
 
     def __init__(self, path: str, db: Rdict, read_only: bool, secondary_path: str | None,
@@ -157,6 +159,10 @@ class Index:
         # Whether any rejected entry exists: while none does (the common case), a store does
         # not look its SOP UID up in the rejected set.
         self._has_rejections = any(True for _ in self._rejected_items())
+        # Likewise for patient merges: while none exists a new study does not look its
+        # PatientID up among the merged ones.
+        self._has_merges = self._any_merge()
+        self._load_coerced()
         # IOCM policy for 113039 (retention expired): delete the referenced instances instead of
         # hiding them. The engine sets it from [iocm] delete_on_retention_expired.
         self.delete_on_retention_expired = False
@@ -266,6 +272,7 @@ class Index:
         elif self.read_only:
             self._release_db()
             self._attach_db(open_db(self.path, read_only=True))
+        self._load_coerced()
 
     def checkpoint(self, target_dir: str | os.PathLike[str]) -> None:
         """Consistent on-disk copy (RocksDB checkpoint, hard links) without stopping ingest.
@@ -371,6 +378,9 @@ class Index:
         study: StudyRecord | None = txn.get(CF_STUDIES, study_key)
         new_study = study is None
         if study is None:
+            received_id = rec.patient_id
+            if self._has_merges:
+                rec.patient_id = self._survivor(txn, received_id)
             study = StudyRecord(study_uid=rec.study_uid, patient_id=rec.patient_id,
                                 attrs=_pick(a, _STUDY_LEVEL_KEYS), created_at=now)
             study.attrs["PatientID"] = rec.patient_id
@@ -380,6 +390,8 @@ class Index:
             _fill_missing(study.attrs, a, _STUDY_LEVEL_KEYS)
         pkey = keys.encode(study.patient_id)
         patient: PatientRecord | None = txn.get(CF_PATIENTS, pkey)
+        if new_study:
+            self._new_study_values(txn, study, patient, received_id, a)
         if patient is None:
             patient = PatientRecord(patient_id=study.patient_id, attrs=_pick(a, PATIENT_KEYWORDS),
                                     created_at=now)
@@ -777,7 +789,9 @@ class Index:
         def build(txn: Txn) -> None:
             txn.meta.update(meta)
             for ch, rec, rejection in items:
-                if ch.kind == RESTORED:
+                if ch.kind in PATIENT_CHANGES:
+                    self._apply_patient_change(txn, ch)
+                elif ch.kind == RESTORED:
                     self._restore_one(txn, ch.sop_uid)
                 elif ch.kind == REJECTED:
                     continue  # derived here from the note itself (stored before it in the feed)

@@ -54,7 +54,8 @@ def routes(ctx: WebContext) -> list[Route]:
         rec = records_of(engine, check_uid(q["studyUID"], "studyUID"), check_uid(q["seriesUID"], "seriesUID"),
                          check_uid(q["objectUID"], "objectUID"))[0]
         wanted = [t.split(";")[0].strip().lower() for t in q.get("contentType", "").split(",") if t.strip()]
-        ts, dataset = engine.read_record(rec)
+        # as received: the pixel paths cache by blob hash; the corrections go on the DICOM answer
+        ts, dataset = engine.read_record(rec, as_received=True)
         if not wanted:
             # PS3.18 9.1.2.1.6: image/jpeg by default for objects with pixels, else application/dicom.
             wanted = ["image/jpeg"] if _has_pixels(ts, dataset, rec.hash) else [DICOM]
@@ -62,6 +63,7 @@ def routes(ctx: WebContext) -> list[Route]:
             if ctype in (DICOM, "*/*"):
                 # A UID before anything encodes it (found by fuzz/python/targets/http_read.py).
                 dst = check_uid(q["transferSyntax"], "transferSyntax") if q.get("transferSyntax") else ts
+                dataset = engine.outgoing(rec.study_uid, ts, dataset)
                 if dst == ts:
                     return Response(rec.prefix + dataset, media_type=DICOM)
                 meta = file_meta_prefix(rec.sop_class_uid, rec.sop_uid, dst)

@@ -51,13 +51,20 @@ def _xcn(msg: Message, raw: str) -> str:
     return "^".join((c[1], c[2], c[3], c[5], c[4])).rstrip("^")
 
 
-def _patient(msg: Message) -> dict[str, str]:
+def patient_segment(msg: Message, what: str) -> tuple[dict[int, list[str]], str]:
+    """(the PID segment, its patient ID: PID-3, first repetition, component 1); Hl7Error if either
+    is missing. `what` names the message kind in the error."""
     pid = next(iter(msg.all("PID")), None)
     if pid is None:
-        raise Hl7Error("an order needs a PID segment", "100")
+        raise Hl7Error(f"{what} needs a PID segment", "100")
     patient_id = msg.get(pid, 3)
     if not patient_id:
         raise Hl7Error("PID-3 (patient identifier) is empty", "101")
+    return pid, patient_id
+
+
+def _patient(msg: Message) -> dict[str, str]:
+    pid, patient_id = patient_segment(msg, "an order")
     pv1 = next(iter(msg.all("PV1")), {})
     return {"patient_id": patient_id, "patient_name": person_name(msg, (pid.get(5) or [""])[0]),
             "patient_birth_date": msg.get(pid, 7)[:8], "patient_sex": msg.get(pid, 8).upper()[:1],

@@ -11,12 +11,14 @@ import logging
 
 from ...errors import DicomVaultError
 from ...index import Index
+from ..patients import PatientUpdates
 from ..reports import ReportStore
 from ..worklist_store import WorklistStore
 from .ack import ACCEPT, ERROR, REJECT, build_ack
 from .message import Hl7Error, Message, parse
 from .mllp import MllpServer
 from .orders import apply_order
+from .patients import MERGES, UPDATES, apply_patient
 from .results import apply_result
 from .settings import Hl7Config
 from .spool import Spool
@@ -24,13 +26,14 @@ from .spool import Spool
 log = logging.getLogger("dicomvault.hl7")
 ORDERS = {("ORM", "O01"), ("OMI", "O23")}
 RESULTS = {("ORU", "R01")}
-PATIENT_EVENTS = {"A01", "A04", "A08", "A31", "A40", "A47"}
+PATIENT_EVENTS = UPDATES | MERGES
 
 
 class Hl7Service:
     def __init__(self, index: Index, data_dir: str, stations: dict[str, str] | None = None) -> None:
         self.worklist = WorklistStore(index)
         self.reports = ReportStore(index)
+        self.patients = PatientUpdates(index, data_dir)
         self.spool = Spool(data_dir)
         self.stations = {k.upper(): v for k, v in (stations or {}).items()}
 
@@ -49,11 +52,10 @@ class Hl7Service:
             elif kind in RESULTS:
                 summary = apply_result(msg, self.reports)
             elif kind[0] == "ADT" and kind[1] in PATIENT_EVENTS:
-                raise Hl7Error(f"ADT^{kind[1]} kept but not applied: patient updates are not supported "
-                               "yet", "207")
+                summary = apply_patient(msg, self.patients, peer)
             else:
                 raise Hl7Error(f"message type {'^'.join(kind)} is not supported (ORM^O01, OMI^O23, "
-                               "ORU^R01; ADT kept only)", "200", reject=True)
+                               "ORU^R01, ADT^A01/A04/A08/A31/A40/A47)", "200", reject=True)
         except Hl7Error as exc:
             return self._refuse(raw, msg, peer, REJECT if exc.reject else ERROR, str(exc), exc.code)
         except (DicomVaultError, ValueError, OSError) as exc:

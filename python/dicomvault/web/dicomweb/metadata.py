@@ -18,13 +18,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import orjson
 from rocksdict import DBCompressionType, Options, Rdict, WriteBatch, WriteOptions
 
+from ...coercion import json_entries
 from ...index.records import InstanceRecord
 from .json_model import dataset_json
 
@@ -44,7 +45,10 @@ SETTINGS_KEY = b"settings"
 
 
 class _Engine(Protocol):
-    def read_record(self, rec: InstanceRecord, *, background: bool = False) -> tuple[str, bytes]: ...
+    def read_record(self, rec: InstanceRecord, *, background: bool = False,
+                    as_received: bool = False) -> tuple[str, bytes]: ...
+
+    def coercion_of(self, study_uid: str) -> dict[str, str]: ...
 
     def is_remote(self, blob_hash: bytes) -> bool: ...
 
@@ -197,6 +201,12 @@ class MetadataCache:
         self.close()
 
 
+def _overlay(encoded: bytes, entries: Mapping[str, object]) -> bytes:
+    obj = orjson.loads(encoded)
+    obj.update(entries)
+    return orjson.dumps(dict(sorted(obj.items())))
+
+
 def _is_lock_error(msg: str) -> bool:
     low = msg.lower()
     return "lock" in low and ("/lock" in low or "lock file" in low or "no locks" in low)
@@ -233,11 +243,32 @@ class MetadataService:
             parts.append(hit)
         if fresh and self.cache is not None:
             self.cache.put_many(fresh)
+        self._coerce(records, parts, literal)
         base = orjson.dumps(base_url.rstrip("/"))[1:-1]
         if not literal:
             return (b"[" + b",".join(parts) + b"]").replace(ENCODED_PLACEHOLDER, base)
         out = [literal.get(i) or part.replace(ENCODED_PLACEHOLDER, base) for i, part in enumerate(parts)]
         return b"[" + b",".join(out) + b"]"
+
+    def _coerce(self, records: Sequence[InstanceRecord], parts: list[bytes],
+                literal: dict[int, bytes]) -> None:
+        """The patient corrections of the records' studies laid over their JSON (the cache keeps the
+        JSON of the bytes as received, so a correction or its undoing shows at once)."""
+        entries: dict[str, dict[str, object]] = {}
+        for uid in {rec.study_uid for rec in records}:
+            values = self.engine.coercion_of(uid)
+            if values:
+                entries[uid] = json_entries(values)
+        if not entries:
+            return
+        for i, rec in enumerate(records):
+            over = entries.get(rec.study_uid)
+            if over is None:
+                continue
+            if i in literal:
+                literal[i] = _overlay(literal[i], over)
+            else:
+                parts[i] = _overlay(parts[i], over)
 
     def warm(self, records: Iterable[InstanceRecord]) -> int:
         """Computes and caches the metadata of the records not cached yet (e.g. in the
@@ -271,7 +302,7 @@ class MetadataService:
 
     # -- computing -------------------------------------------------------------------------------
     def _json(self, rec: InstanceRecord, base: str, background: bool = False) -> bytes:
-        ts, dataset = self.engine.read_record(rec, background=background)
+        ts, dataset = self.engine.read_record(rec, background=background, as_received=True)
         prefix = f"{base}/studies/{rec.study_uid}/series/{rec.series_uid}/instances/{rec.sop_uid}"
         doc = dataset_json(ts, dataset, prefix, threshold=self.threshold)
         return orjson.dumps(with_stored_syntax(doc, ts))

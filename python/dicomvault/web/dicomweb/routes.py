@@ -208,7 +208,7 @@ class DicomWeb:
         rec = records_of(self.engine, study, series, sop)[0]
         offer = media.negotiate(_accept(request), media.bulk_offers())
         mtype, ts = media.frame_representation(offer, rec.transfer_syntax)
-        ts_stored, dataset = self.engine.read_record(rec)
+        ts_stored, dataset = self.engine.read_record(rec, as_received=True)
         src = FrameSource.from_dataset(ts_stored, dataset, key=rec.hash)
         for n in frames:
             if n > src.number_of_frames:
@@ -244,7 +244,7 @@ class DicomWeb:
         study, series, sop = _uids(request)
         path = request.path_params["path"]
         rec = records_of(self.engine, study, series, sop)[0]
-        ts, dataset = self.engine.read_record(rec)
+        ts, dataset = self.engine.read_record(rec, as_received=True)
         value = bulk_value(ts, dataset, path)
         vts = media.web_transfer_syntax(ts)
         mtype = media.OCTET_STREAM if path.upper() != "7FE00010" else media.bulk_media_type(vts)
@@ -275,12 +275,12 @@ class DicomWeb:
                 # The representative image: the middle instance of the first series.
                 first = [r for r in recs if r.series_uid == recs[0].series_uid]
                 rec = first[len(first) // 2]
-                ts, dataset = self.engine.read_record(rec)
+                ts, dataset = self.engine.read_record(rec, as_received=True)
                 img = render.thumbnail(ts, dataset, media_type=opts.media_type, viewport=opts.viewport,
                                        quality=opts.quality, key=rec.hash)
                 return Response(img, media_type=opts.media_type)
             if sop is not None and (frames is None or len(frames) == 1):
-                ts, dataset = self.engine.read_record(recs[0])
+                ts, dataset = self.engine.read_record(recs[0], as_received=True)
                 img = render.render(ts, dataset, frames[0] if frames else None, media_type=opts.media_type,
                                     window=opts.window, viewport=opts.viewport, quality=opts.quality,
                                     key=recs[0].hash)
@@ -291,7 +291,7 @@ class DicomWeb:
 
             def parts() -> Iterator[tuple[str, bytes]]:
                 for rec, frame in targets:
-                    ts, dataset = self.engine.read_record(rec)
+                    ts, dataset = self.engine.read_record(rec, as_received=True)
                     try:
                         yield opts.media_type, render.render(
                             ts, dataset, frame, media_type=opts.media_type, window=opts.window,

@@ -57,6 +57,10 @@ TLS_REFUSED = "tls-refused"
 # IOCM: instances hidden by a rejection note, or put back by an admin (docs/integration.md)
 INSTANCES_REJECTED = "instances-rejected"
 INSTANCES_RESTORED = "instances-restored"
+# HL7 v2 messages applied (integration/hl7/auditing.py): a patient's demographics, an order or
+# a report changed; detail["action"] is the EventActionCode (C create, U update, D delete)
+PATIENT_RECORD = "patient-record"
+PROCEDURE_RECORD = "procedure-record"
 
 # Each event's EventID (DICOM PS3.16 CID 400, as PS3.15 A.5.3 uses them).
 CODES = {
@@ -79,6 +83,8 @@ CODES = {
     TLS_REFUSED: "DCM 110113",
     INSTANCES_REJECTED: "DCM 110103",  # DICOM Instances Accessed, action U (update)
     INSTANCES_RESTORED: "DCM 110103",
+    PATIENT_RECORD: "DCM 110110",  # Patient Record
+    PROCEDURE_RECORD: "DCM 110111",  # Procedure Record
 }
 EVENTS = frozenset(CODES)
 

@@ -141,7 +141,7 @@ def apply_order(msg: Message, store: WorklistStore, stations: dict[str, str]) ->
                     if control == CHANGE:
                         changes = {k: v for k, v in e.__dict__.items()
                                    if k not in ("accession", "requested_procedure_id", "sps_id", "created",
-                                                "status", "mpps", "performed_series", "updated")}
+                                                "status", "mpps", "performed_series", "updated", "priors")}
                         if not msg.get(group.ipcs[0], 3) if group.ipcs else not group.zds:
                             changes.pop("study_uid")  # none given: keep the one assigned
                         store.update(e.key, **changes)

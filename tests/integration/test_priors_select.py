@@ -50,8 +50,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engine, d
 
 
 def order(**kw: str) -> object:
-    fields = {"patient_id": PATIENT, "accession": "A1", "modality": "CT", "procedure": "CT Thorax w/o contrast",
-              **kw}
+    fields = {"patient_id": PATIENT, "accession": "A1", "modality": "CT",
+              "procedure": "CT Thorax w/o contrast", **kw}
     return entry_from_fields({k: v for k, v in fields.items() if v})
 
 
@@ -62,7 +62,10 @@ def chosen(engine: tuple[Engine, dict[str, str]], settings: PriorsConfig, **kw: 
     return [names[p.study_uid] for p, _ in got]
 
 
-def test_modality_and_body_part_newest_first_within_count_and_age(engine: tuple[Engine, dict[str, str]]) -> None:
+Archive = tuple[Engine, dict[str, str]]
+
+
+def test_modality_and_body_part_newest_first_within_count_and_age(engine: Archive) -> None:
     # CT + chest: the MR, the head CT, the 7-year-old one and the other patient's are left out
     assert chosen(engine, PriorsConfig(count=10)) == ["ct_chest_1", "ct_lung_desc", "ct_chest_2"]
     assert chosen(engine, PriorsConfig(count=2)) == ["ct_chest_1", "ct_lung_desc"]
@@ -81,7 +84,7 @@ def test_criteria_any_and_single(engine: tuple[Engine, dict[str, str]]) -> None:
         "ct_chest_1", "ct_head", "ct_lung_desc", "ct_chest_2"]
 
 
-def test_an_order_that_says_nothing_comparable_selects_nothing(engine: tuple[Engine, dict[str, str]]) -> None:
+def test_an_order_that_says_nothing_comparable_selects_nothing(engine: Archive) -> None:
     # the procedure names no known body part: only the modality criterion is left
     assert chosen(engine, PriorsConfig(count=10), procedure="Special protocol 7") == [
         "ct_chest_1", "ct_head", "ct_lung_desc", "ct_chest_2"]
@@ -90,7 +93,8 @@ def test_an_order_that_says_nothing_comparable_selects_nothing(engine: tuple[Eng
 
 def test_the_orders_own_study_is_not_its_prior(engine: tuple[Engine, dict[str, str]]) -> None:
     eng, uids = engine
-    assert chosen(engine, PriorsConfig(count=10), study_uid=uids["ct_chest_1"]) == ["ct_lung_desc", "ct_chest_2"]
+    assert chosen(engine, PriorsConfig(count=10), study_uid=uids["ct_chest_1"]) == [
+        "ct_lung_desc", "ct_chest_2"]
 
 
 def test_body_part_synonyms_and_configured_extras() -> None:

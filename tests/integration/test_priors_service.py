@@ -180,7 +180,8 @@ def test_unknown_peer_and_giving_up(archive: tuple[Engine, dict[str, str]]) -> N
 
 def test_no_push_configured_records_the_priors_local(archive: tuple[Engine, dict[str, str]]) -> None:
     eng, uids = archive
-    svc = PriorsService(eng, PriorsConfig(), peer_of=lambda _ae: None, calling_ae="DICOMVAULT", promote_days=7)
+    svc = PriorsService(eng, PriorsConfig(), peer_of=lambda _ae: None, calling_ae="DICOMVAULT",
+                        promote_days=7)
     store = WorklistStore(eng.index)
     entry = store.add(entry_from_fields({"patient_id": PATIENT, "accession": "ORD4", "modality": "MR",
                                          "procedure": "MRI thorax"}))

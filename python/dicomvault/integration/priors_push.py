@@ -62,7 +62,8 @@ def push_study(engine: Engine, study_uid: str, peer: PeerConfig, calling_ae: str
     unreached = report.statuses.get("association failed", 0)
     if items and unreached == len(items):
         # nothing reached the peer: nothing to audit (as a forward that never connected)
-        raise PushError(f"study {study_uid}: {report.failed[0][1] if report.failed else dest + ' unreachable'}")
+        why = report.failed[0][1] if report.failed else f"{dest} unreachable"
+        raise PushError(f"study {study_uid}: {why}")
     ok, failed = report.ok, report.files - report.ok
     audit.write([r for r in (
         audit.event(BEGIN_TRANSFERRING, SUCCESS, user=user, client=dest, study=study_uid, patient=patient,

@@ -175,3 +175,25 @@ tls_ca = "ca.crt"
     assert "HL7 MLLP/TLS listener" in log.read_text()
     with Engine(tmp_path / "data", read_only=True) as eng:
         assert [e.accession for e in WorklistStore(eng.index).entries()] == ["ACCT9"]
+
+
+def test_applied_messages_as_atna_messages(listener: tuple[MllpServer, Engine], pki: Pki) -> None:
+    """The records of an order and its cancel, as the audit repository receives them."""
+    from dicomvault.audit.atna import AuditSource, audit_message
+
+    server, eng = listener
+    port = server.address[1]
+    for msg in (order(20), order(20).replace(b"ORC|NW", b"ORC|CA").replace(b"|TLS20|", b"|TLS21|")):
+        ack = exchange(port, client(pki, "client"), msg)
+        assert ack is not None and b"MSA|AA" in ack, ack
+    recs = [r for r in audit(eng.data_dir) if r["event"] == "procedure-record"]
+    assert [r["detail"]["action"] for r in recs] == ["C", "D"]
+    for rec, action in zip(recs, ("C", "D"), strict=True):
+        root = audit_message(rec, AuditSource("DICOMVAULT"))
+        ident = root.find("EventIdentification")
+        assert ident is not None and ident.get("EventActionCode") == action
+        event_id = ident.find("EventID")
+        assert event_id is not None and event_id.get("csd-code") == "110111"
+        patient = root.find("ParticipantObjectIdentification")
+        assert patient is not None and patient.get("ParticipantObjectID") == "TLSP20"
+    assert WorklistStore(eng.index).entries() == []  # canceled

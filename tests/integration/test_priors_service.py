@@ -191,3 +191,33 @@ def test_no_push_configured_records_the_priors_local(archive: tuple[Engine, dict
         (uids["mr"], "local", ["modality", "body_part"])]
     assert rec["order_body_parts"] == ["CHEST"]
 
+
+
+def test_entries_scheduled_while_no_service_ran_are_taken_up_at_start(archive: tuple[Engine, dict[str, str]]
+                                                                      ) -> None:
+    eng, _ = archive
+    store = WorklistStore(eng.index)
+    # `dicomvault worklist add` with no server: nobody listens
+    early = store.add(entry_from_fields({"patient_id": PATIENT, "accession": "ORD5", "modality": "MR",
+                                         "procedure": "MR chest"}))
+    # a peer lookup that blows up: an unexpected error is recorded with a retry time, not looped on
+    calls: list[str] = []
+
+    def broken_peers(ae: str) -> PeerConfig | None:
+        calls.append(ae)
+        raise RuntimeError("peer table unreadable")
+
+    svc = PriorsService(eng, PriorsConfig(push_to=WORKSTATION), peer_of=broken_peers, calling_ae="DICOMVAULT",
+                        promote_days=7)
+    svc.start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not store.require(early.key).priors:
+            time.sleep(0.05)
+        rec = store.require(early.key).priors
+        assert rec["state"] == "failed" and "peer table unreadable" in rec["error"], rec
+        assert rec["attempts"] == 1 and rec["next_try"] > time.time() + 50
+        time.sleep(6)  # past a rescan: not retried before next_try
+        assert len(calls) == 1 and store.require(early.key).priors["attempts"] == 1
+    finally:
+        svc.stop()

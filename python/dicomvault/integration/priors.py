@@ -121,8 +121,9 @@ class PriorsService:
                 continue
             try:
                 self.process(key)
-            except Exception:  # noqa: BLE001 - the thread serves every order; this one is retried
+            except Exception as exc:  # noqa: BLE001 - the thread serves every order; this one is retried
                 log.exception("priors of worklist entry %s failed", key)
+                self._record_crash(key, exc)
 
     def _queue_due(self) -> None:
         """Active entries never handled, or failed and due a retry."""
@@ -136,6 +137,22 @@ class PriorsService:
             with self._guard:
                 for k in due:
                     self._queue.setdefault(k, None)
+
+    def _record_crash(self, key: str, exc: Exception) -> None:
+        """An unexpected error: recorded as a failure with a retry time, so the entry is not
+        taken up again at every rescan (and its log line repeated every few seconds)."""
+        try:
+            entry = self.store.get(key)
+            if entry is None:
+                return
+            attempts = int((entry.priors or {}).get("attempts", 0)) + 1
+            retry = attempts < self.settings.max_attempts
+            backoff = min(MAX_BACKOFF, self.settings.retry_after * 2 ** (attempts - 1))
+            self.store.update(key, priors={**(entry.priors or {}), "state": FAILED, "attempts": attempts,
+                                           "error": f"internal error: {exc!r}", "updated": time.time(),
+                                           "next_try": time.time() + backoff if retry else None})
+        except DicomVaultError as again:
+            log.error("priors of worklist entry %s: recording the failure failed too: %s", key, again)
 
     # -- one entry ---------------------------------------------------------------------------------
 

@@ -132,7 +132,8 @@ def apply_order(msg: Message, store: WorklistStore, stations: dict[str, str]) ->
                     if old is not None and old.status not in ("SCHEDULED",):
                         raise Hl7Error(f"worklist entry {e.key} exists with status {old.status}", "206")
                     if old is not None:
-                        e.study_uid, e.created = old.study_uid, old.created
+                        # the priors already made ready are not fetched and sent again
+                        e.study_uid, e.created, e.priors = old.study_uid, old.created, old.priors
                     store.add(e, replace_existing=True)
                     done.append(f"scheduled {e.key}")
                 elif control in (CHANGE, CANCEL, DISCONTINUE):

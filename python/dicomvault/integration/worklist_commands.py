@@ -109,6 +109,11 @@ def cmd_show(args: argparse.Namespace) -> int:
               "procedure", "station_ae", "modality", "performing_physician", "step_description"):
         print(f"{k:22} {out[k]}")
     print(f"{'start':22} {_start(out)}")
+    if out.get("priors"):
+        print(f"{'priors':22} {_priors(out['priors'])}")
+        for s in out["priors"].get("studies", []):
+            print(f"  prior {s['study_uid']} {s['study_date']} {','.join(s['modalities'])}: {s['state']}"
+                  + (f" ({s['reason']})" if s.get("reason") else ""))
     for s in out["mpps_steps"]:
         print(f"MPPS {s['uid']}: {s['status']} (from {s['caller']})")
     for series in out["performed_series"]:

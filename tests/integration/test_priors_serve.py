@@ -234,3 +234,38 @@ def test_order_over_hl7_brings_relevant_priors_back_and_pushes_them(site: Site) 
     orders = [r for r in lines if r["event"] == "procedure-record" and r["detail"]["control_id"] == "PRI1"]
     assert len(orders) == 1 and orders[0]["detail"]["action"] == "C" and orders[0]["patient"] == PATIENT
     assert orders[0]["user"] == "hl7:RIS@HOSP" and orders[0]["code"] == "DCM 110111"
+
+
+def test_object_store_down_fails_the_priors_not_the_order(site: Site, seaweed: SeaweedServer) -> None:
+    """Last in this module: it stops the SeaweedFS the module shares."""
+    patient = "E2E-PRI-8"
+    uid, files = study_file(patient, "CT", "CHEST", days_ago(30), "CT CHEST")
+    store(site, files)
+    until("landing drained", lambda: site.http.get("/api/tiers").json()["tiers"]["landing"]["objects"] == 0,
+          site)
+    r = site.http.post("/api/tiers/move", json={"study": uid, "to": "cold"})
+    assert r.status_code == 200 and r.json()["failed"] == [], r.text
+    seaweed.stop()
+
+    order = ("\r".join([
+        "MSH|^~\\&|RIS|HOSP|DICOMVAULT|HOSP|20260310081500||ORM^O01|PRI2|P|2.3.1",
+        f"PID|||{patient}^^^HOSP||Prior^Other||19600101|M",
+        "ORC|NW|PO901|FO901",
+        "OBR|1|PO901|FO901|CTCH^CT Chest^L||||||||||||||ACC901|RP901|SPS901||||CT",
+    ]) + "\r").encode()
+    assert mllp(site, order)[1:3] == ["AA", "PRI2"]
+
+    def failed() -> dict[str, Any] | None:
+        rows = site.http.get("/api/worklist").json()
+        row = next((e for e in rows if e["accession"] == "ACC901"), None)
+        return row if row and row["priors"].get("state") == "failed" else None
+
+    entry = until("priors of ACC901 failed", failed, site)
+    got = entry["priors"]
+    assert entry["status"] == "SCHEDULED"  # the order itself is untouched
+    (study,) = got["studies"]
+    assert study["study_uid"] == uid and study["state"] == "failed"
+    assert uid in study["reason"] and "promotion" in study["reason"] and "not reachable" in study["reason"]
+    assert got["next_try"] > time.time() + 30 and got["attempts"] == 1
+    assert f"priors of worklist entry ACC901^RP901^SPS901 (patient {patient}), attempt 1" in site.tail()
+    assert placement(site, uid) == ({"cold"}, False)

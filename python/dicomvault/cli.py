@@ -388,6 +388,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     def services(engine: Engine) -> Any:
         from .dimse.peers import Peers
+        from .dimse.tls import client_context
         from .integration.hl7.service import start_hl7
         from .integration.priors import start_priors
 
@@ -396,7 +397,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"dicomvault serving HTTP {url} data={config.data_dir}", flush=True)
         # before the HL7 listener, so the first order is seen
         priors = start_priors(engine, config.priors, peer_of=Peers(config.peers, engine.data_dir).get,
-                              calling_ae=config.dimse.ae_title, promote_days=config.tiering.promote_days)
+                              calling_ae=config.dimse.ae_title, promote_days=config.tiering.promote_days,
+                              tls=lambda: client_context(config.dimse))
 
         def stop() -> None:
             if priors is not None:

@@ -6,6 +6,7 @@ job without resending what went; the add never waits for any of it."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -13,20 +14,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import StoragePresentationContexts
 
 from dicomvault.auth.peer_settings import PeerConfig
+from dicomvault.bench.pki import make_pki
 from dicomvault.engine import Engine
 from dicomvault.integration.priors import PriorsService
 from dicomvault.integration.priors_settings import PriorsConfig
 from dicomvault.integration.worklist_entry import entry_from_fields
 from dicomvault.integration.worklist_store import WorklistStore
+from dicomvault.tls_policy import client_context
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dimse"))
-from dimse_helpers import free_port  # noqa: E402
+from dimse_helpers import free_port, wait_port  # noqa: E402
 from priors_helpers import days_ago, study_file  # noqa: E402
 
 PATIENT = "SVC-1"
@@ -221,3 +225,45 @@ def test_entries_scheduled_while_no_service_ran_are_taken_up_at_start(archive: t
         assert len(calls) == 1 and store.require(early.key).priors["attempts"] == 1
     finally:
         svc.stop()
+
+
+def test_push_to_a_tls_peer_goes_over_dicom_tls(archive: tuple[Engine, dict[str, str]],
+                                                tmp_path: Path) -> None:
+    """A push_to peer marked `tls = true`: a DCMTK storescp that only speaks TLS and requires our
+    certificate (the site CA signed both)."""
+    eng, uids = archive
+    pki = make_pki(tmp_path / "pki")
+    port = free_port()
+    out = tmp_path / "received"
+    out.mkdir()
+    key, crt = pki["peer"]
+    scp = subprocess.Popen(["storescp", "+tls", str(key), str(crt), "-pw", "+cf", str(pki["ca"][1]),
+                            "-aet", WORKSTATION, "-od", str(out), str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peers = {WORKSTATION: PeerConfig(WORKSTATION, "127.0.0.1", port, tls=True)}
+    ours = pki["client"]
+    store = WorklistStore(eng.index)
+    try:
+        wait_port(port, scp, None)
+        # no TLS context: refused with the reason, nothing sent in clear
+        settings = PriorsConfig(push_to=WORKSTATION)
+        plain = PriorsService(eng, settings, peer_of=peers.get, calling_ae="DICOMVAULT", promote_days=7)
+        entry = store.add(entry_from_fields({"patient_id": PATIENT, "accession": "ORD6", "modality": "MR",
+                                             "procedure": "MR chest"}))
+        rec = plain.process(entry.key)
+        assert rec is not None and rec["state"] == "failed" and "wants DICOM TLS" in rec["error"]
+        assert list(out.iterdir()) == []
+
+        svc = PriorsService(eng, settings, peer_of=peers.get, calling_ae="DICOMVAULT", promote_days=7,
+                            tls=lambda: client_context(pki["ca"][1], ours[1], ours[0], check_hostname=False))
+        rec = svc.process(entry.key)
+        assert rec is not None and rec["state"] == "done", rec
+        assert [(s["study_uid"], s["state"], s["pushed"]) for s in rec["studies"]] == [
+            (uids["mr"], "pushed", 2)]
+    finally:
+        scp.terminate()
+        scp.wait(10)
+    got = {str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in out.iterdir()}
+    assert got == {uids["mr"]} and len(list(out.iterdir())) == 2
+    sent = [r for r in audit_lines(eng) if r["event"] == "instances-transferred"]
+    assert [(r["study"], r["detail"]["tls"]) for r in sent] == [(uids["mr"], True)]

@@ -35,7 +35,7 @@ from ..engine import Engine
 from ..errors import DicomVaultError, UnavailableError, UnknownObjectError
 from ..storage.settings import DAY
 from ..tiering import jobs
-from .priors_push import PushError, push_study
+from .priors_push import PushError, TlsContext, push_study
 from .priors_select import select_priors
 from .priors_settings import PriorsConfig
 from .worklist_entry import WorklistEntry
@@ -64,8 +64,11 @@ def _start_time(entry: WorklistEntry) -> float | None:
 
 class PriorsService:
     def __init__(self, engine: Engine, settings: PriorsConfig, *, peer_of: PeerOf, calling_ae: str,
-                 promote_days: float) -> None:
+                 promote_days: float, tls: TlsContext | None = None) -> None:
+        """`peer_of(ae)`: a known peer by AE title, looked up at each push; `tls()`: our DICOM TLS
+        client context, for a push_to peer marked `tls = true`."""
         self.engine = engine
+        self.tls = tls
         self.settings = settings
         self.peer_of = peer_of
         self.calling_ae = calling_ae
@@ -227,7 +230,8 @@ class PriorsService:
                 f"{self.settings.push_to} HOST:PORT` or [[peers]])")
             return
         try:
-            result = push_study(self.engine, uid, peer, self.calling_ae, self.audit, order=entry.key)
+            result = push_study(self.engine, uid, peer, self.calling_ae, self.audit, order=entry.key,
+                                tls=self.tls)
         except (DicomVaultError, OSError) as exc:
             row["state"], row["reason"] = FAILED, str(exc) if isinstance(exc, PushError) else (
                 f"push of study {uid} to {peer.ae_title}: {exc}")
@@ -260,11 +264,11 @@ class PriorsService:
 
 
 def start_priors(engine: Engine, settings: PriorsConfig, *, peer_of: PeerOf, calling_ae: str,
-                 promote_days: float) -> PriorsService | None:
+                 promote_days: float, tls: TlsContext | None = None) -> PriorsService | None:
     """The priors service of `serve`, started; None when [priors] enabled is false."""
     if not settings.enabled:
         return None
     service = PriorsService(engine, settings, peer_of=peer_of, calling_ae=calling_ae,
-                            promote_days=promote_days)
+                            promote_days=promote_days, tls=tls)
     service.start()
     return service

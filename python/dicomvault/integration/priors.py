@@ -170,7 +170,8 @@ class PriorsService:
         except DicomVaultError:
             return None  # a replica: its primary makes the priors ready
         prev = entry.priors or {}
-        attempts = int(prev.get("attempts", 0)) + 1
+        # attempts count the tries since the last success (a resent order after a success starts again)
+        attempts = int(prev.get("attempts", 0)) + 1 if prev.get("state") == FAILED else 1
         now = time.time()
         record: dict[str, Any] = {"attempts": attempts, "updated": now, "push_to": self.settings.push_to}
         try:

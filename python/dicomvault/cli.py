@@ -389,11 +389,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config.hl7, port=check_port(args.hl7_port, "--hl7-port"), port_explicit=True)
 
     def services(engine: Engine) -> Any:
+        from .dimse.peers import Peers
+        from .dimse.tls import client_context
         from .integration.hl7.service import start_hl7
+        from .integration.priors import start_priors
 
-        url, stop = start_services(engine, site_options, config.replication.forward, config.tiering,
-                                   forward_tls)
+        url, site_stop = start_services(engine, site_options, config.replication.forward, config.tiering,
+                                        forward_tls)
         print(f"dicomvault serving HTTP {url} data={config.data_dir}", flush=True)
+        # before the HL7 listener, so the first order is seen
+        priors = start_priors(engine, config.priors, peer_of=Peers(config.peers, engine.data_dir).get,
+                              calling_ae=config.dimse.ae_title, promote_days=config.tiering.promote_days,
+                              tls=lambda: client_context(config.dimse))
+
+        def stop() -> None:
+            if priors is not None:
+                priors.stop()
+            site_stop()
+
         try:
             listener = start_hl7(engine.index, str(engine.data_dir), hl7)
         except DicomVaultError:

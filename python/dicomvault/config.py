@@ -68,6 +68,7 @@ from .config_values import check_str as _check_str
 from .config_values import unknown_keys as _unknown
 from .engine import DEFAULT_DATA_DIR
 from .integration.hl7.settings import Hl7Config, parse_hl7
+from .integration.priors_settings import PriorsConfig, parse_priors
 from .replication.settings import ReplicationSettings, parse_settings
 from .storage.reserve import Reserve, parse_reserve
 from .storage.settings import SettingsError, TieringSettings, default_settings, parse_size, parse_tiering
@@ -208,6 +209,8 @@ class Config:
     iocm: IocmConfig = field(default_factory=IocmConfig)
     # [hl7]: the HL7 v2 MLLP listener (integration/hl7/settings.py)
     hl7: Hl7Config = field(default_factory=Hl7Config)
+    # [priors]: prior studies made ready when an order arrives (integration/priors_settings.py)
+    priors: PriorsConfig = field(default_factory=PriorsConfig)
 
     def with_overrides(
         self,
@@ -238,7 +241,7 @@ _DIMSE_KEYS = {
     "network_timeout",
 }
 _TOP_KEYS = {"data", "dimse", "peers", "replication", "forward", "http", "tiers", "tiering", "storage",
-              "audit", "iocm", "hl7"}
+              "audit", "iocm", "hl7", "priors"}
 _HTTP_KEYS = {"host", "port", "anonymous", "public_url", "cors_origins", "max_body", "tls_cert", "tls_key",
               "oidc", "max_query_results", "rate_limit", "rate_limit_per_address", "rate_burst"}
 _ANONYMOUS = ("auto", "none", "reader", "writer", "admin")
@@ -394,7 +397,8 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         reserve=parse_reserve(doc.get("storage", {}), f"{where}: storage"),
         audit=parse_audit(doc.get("audit", {}), f"{where}: audit", p.parent),
         iocm=_parse_iocm(doc.get("iocm", {}), f"{where}: iocm"),
-        hl7=parse_hl7(doc.get("hl7", {}), f"{where}: hl7"),
+        hl7=parse_hl7(doc.get("hl7", {}), f"{where}: hl7", p.parent),
+        priors=parse_priors(doc.get("priors", {}), f"{where}: priors"),
     )
 
 

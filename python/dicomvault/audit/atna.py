@@ -32,6 +32,7 @@ EVENT_IDS: dict[str, Code] = {
     "DCM 110105": ("110105", "DCM", "DICOM Study Deleted"),
     "DCM 110106": ("110106", "DCM", "Export"),
     "DCM 110110": ("110110", "DCM", "Patient Record"),
+    "DCM 110111": ("110111", "DCM", "Procedure Record"),
     "DCM 110112": ("110112", "DCM", "Query"),
     "DCM 110113": ("110113", "DCM", "Security Alert"),
     "DCM 110114": ("110114", "DCM", "User Authentication"),
@@ -126,6 +127,9 @@ def _action(rec: dict[str, Any]) -> str:
     event = rec.get("event")
     if event == events.INSTANCES_TRANSFERRED:
         return "C" if _detail(rec).get("direction", "received") == "received" else "R"
+    if event in (events.PATIENT_RECORD, events.PROCEDURE_RECORD):
+        action = _detail(rec).get("action")  # what the HL7 message did to the record
+        return action if action in ("C", "R", "U", "D") else "U"
     return ACTIONS.get(str(event), "E")
 
 

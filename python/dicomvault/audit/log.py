@@ -57,8 +57,11 @@ TLS_REFUSED = "tls-refused"
 # IOCM: instances hidden by a rejection note, or put back by an admin (docs/integration.md)
 INSTANCES_REJECTED = "instances-rejected"
 INSTANCES_RESTORED = "instances-restored"
-# A patient's demographics updated, two patients merged or a merge undone (HL7 ADT, the API)
+# A patient's demographics updated, two patients merged or a merge undone (HL7 ADT, the API,
+# the CLI: integration/patients.py); an order or a report changed (integration/hl7/auditing.py).
+# detail["action"] may carry the EventActionCode (C create, U update, D delete)
 PATIENT_RECORD = "patient-record"
+PROCEDURE_RECORD = "procedure-record"
 
 # Each event's EventID (DICOM PS3.16 CID 400, as PS3.15 A.5.3 uses them).
 CODES = {
@@ -81,7 +84,8 @@ CODES = {
     TLS_REFUSED: "DCM 110113",
     INSTANCES_REJECTED: "DCM 110103",  # DICOM Instances Accessed, action U (update)
     INSTANCES_RESTORED: "DCM 110103",
-    PATIENT_RECORD: "DCM 110110",
+    PATIENT_RECORD: "DCM 110110",  # Patient Record
+    PROCEDURE_RECORD: "DCM 110111",  # Procedure Record
 }
 EVENTS = frozenset(CODES)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import threading
 import time
 from collections import Counter
@@ -132,10 +133,13 @@ def make_ae(calling_ae: str, max_pdu: int = DEFAULT_MAX_PDU, timeout: float = 60
 
 def associate(ae: ApplicationEntity, peer: Peer, contexts: list[PresentationContext], *,
               max_pdu: int = DEFAULT_MAX_PDU, ext_neg: list[Any] | None = None,
-              handlers: Sequence[tuple[Any, Callable[..., Any]]] = ()) -> Association:
-    """An established association, or ScuError saying why not."""
+              handlers: Sequence[tuple[Any, Callable[..., Any]]] = (),
+              tls_args: tuple[ssl.SSLContext, str | None] | None = None) -> Association:
+    """An established association, or ScuError saying why not. `tls_args`: DICOM TLS, as
+    pynetdicom takes it (our client context, the server host name or None; dimse/tls.py)."""
     assoc = ae.associate(peer.host, peer.port, contexts=contexts, ae_title=peer.ae_title, max_pdu=max_pdu,
-                         ext_neg=ext_neg, evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay), *handlers])
+                         ext_neg=ext_neg, evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay), *handlers],
+                         tls_args=tls_args)
     if assoc.is_established:
         return assoc
     if assoc.is_rejected:
@@ -144,6 +148,8 @@ def associate(ae: ApplicationEntity, peer: Peer, contexts: list[PresentationCont
         why = "aborted the association request"
     else:
         why = "is not reachable (connection refused or timed out)"
+    if tls_args is not None and not assoc.is_rejected:
+        why += " over DICOM TLS (or the TLS handshake failed)"
     raise ScuError(f"{peer} {why}; we called as {ae.ae_title}")
 
 
@@ -277,9 +283,11 @@ def _send_one(assoc: Association, it: SendItem, msg_id: int) -> int | None:
 
 def send_files(items: Sequence[SendItem], peer: Peer, *, calling_ae: str = DEFAULT_CALLING_AE,
                associations: int = 1, max_pdu: int = DEFAULT_MAX_PDU,
-               progress: Callable[[int, int], None] | None = None) -> SendReport:
+               progress: Callable[[int, int], None] | None = None,
+               tls_args: tuple[ssl.SSLContext, str | None] | None = None) -> SendReport:
     """C-STOREs the files over `associations` parallel associations (files split round-robin in
-    contiguous chunks, so each association keeps a study's files together)."""
+    contiguous chunks, so each association keeps a study's files together); over DICOM TLS
+    with `tls_args` (see `associate`)."""
     _quiet_pynetdicom()
     # pynetdicom then sends a file's dataset straight from disk (no dcmread, no re-encode).
     _config.STORE_SEND_CHUNKED_DATASET = True
@@ -304,7 +312,7 @@ def send_files(items: Sequence[SendItem], peer: Peer, *, calling_ae: str = DEFAU
             reconnects = 0
             while todo:
                 try:
-                    assoc = associate(ae, peer, _store_contexts(todo), max_pdu=max_pdu)
+                    assoc = associate(ae, peer, _store_contexts(todo), max_pdu=max_pdu, tls_args=tls_args)
                 except ScuError as exc:
                     for it in todo:
                         record(it, "association failed", str(exc))

@@ -21,7 +21,7 @@ from .worklist_entry import WorklistEntry, entry_from_fields
 from .worklist_store import WorklistStore
 
 _COLUMNS = ["key", "status", "start", "station_ae", "modality", "patient_id", "patient_name", "procedure",
-            "study_uid"]
+            "study_uid", "priors"]
 
 
 def _key_path(key: str) -> str:
@@ -69,6 +69,18 @@ def _start(e: dict[str, Any]) -> str:
     return f"{day} {t[:2]}:{t[2:4]}".strip() if len(t) >= 4 else day
 
 
+def _priors(p: dict[str, Any]) -> str:
+    """The priors of an entry in a few words: '2 pushed', '1 promoted, 1 local', 'failed: 2 ...'."""
+    if not p:
+        return ""
+    if p.get("state") == "failed":
+        return f"failed: {p.get('error', '')}"[:60]
+    counts: dict[str, int] = {}
+    for s in p.get("studies", []):
+        counts[s["state"]] = counts.get(s["state"], 0) + 1
+    return ", ".join(f"{n} {state}" for state, n in counts.items()) or "none"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     with Engine(args.data, read_only=True) as engine:
         rows = WorklistStore(engine.index).entries(active_only=not args.all, date=args.date,
@@ -77,7 +89,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
-    print_table(_COLUMNS, [{**e, "start": _start(e)} for e in out])
+    print_table(_COLUMNS, [{**e, "start": _start(e), "priors": _priors(e.get("priors") or {})} for e in out])
     print(f"({len(out)} entries)")
     return 0
 
@@ -97,6 +109,11 @@ def cmd_show(args: argparse.Namespace) -> int:
               "procedure", "station_ae", "modality", "performing_physician", "step_description"):
         print(f"{k:22} {out[k]}")
     print(f"{'start':22} {_start(out)}")
+    if out.get("priors"):
+        print(f"{'priors':22} {_priors(out['priors'])}")
+        for s in out["priors"].get("studies", []):
+            print(f"  prior {s['study_uid']} {s['study_date']} {','.join(s['modalities'])}: {s['state']}"
+                  + (f" ({s['reason']})" if s.get("reason") else ""))
     for s in out["mpps_steps"]:
         print(f"MPPS {s['uid']}: {s['status']} (from {s['caller']})")
     for series in out["performed_series"]:

@@ -19,9 +19,10 @@ per index orders the read-modify-write of entries, whichever of DIMSE, HTTP or H
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -48,6 +49,37 @@ MPPS = b"mpps/"
 FORMAT = 1  # the version byte in front of every record
 _locks: dict[str, threading.RLock] = {}
 _locks_guard = threading.Lock()
+log = logging.getLogger("dicomvault.worklist")
+# Told of every entry scheduled (`add`), whoever adds it: HL7 orders, `POST /api/worklist` and
+# `dicomvault worklist add` each build their own WorklistStore, so listeners are kept per index
+# like the locks. A listener must only queue work (it runs before the add returns).
+Listener = Callable[[WorklistEntry], None]
+_listeners: dict[str, list[Listener]] = {}
+
+
+def on_scheduled(index: Index, listener: Listener) -> Callable[[], None]:
+    """Calls `listener(entry)` after each entry added to `index`'s worklist; returns the
+    function that stops it (the priors service subscribes here, integration/priors.py)."""
+    with _locks_guard:
+        _listeners.setdefault(index.path, []).append(listener)
+
+    def stop() -> None:
+        with _locks_guard:
+            held = _listeners.get(index.path, [])
+            if listener in held:
+                held.remove(listener)
+
+    return stop
+
+
+def _notify(index: Index, entry: WorklistEntry) -> None:
+    with _locks_guard:
+        held = list(_listeners.get(index.path, ()))
+    for listener in held:
+        try:
+            listener(entry)
+        except Exception:  # noqa: BLE001 - the entry is durable; a listener's bug must not fail the add
+            log.exception("worklist entry %s: a listener of new entries failed", entry.key)
 
 
 def _lock_for(index: Index) -> threading.RLock:
@@ -121,6 +153,7 @@ class WorklistStore:
                 raise ConflictError(f"worklist entry {entry.key} exists (status {old.status}); "
                                     f"update or remove it first")
             self.index.put_meta_many(self._writes(old, entry))
+        _notify(self.index, entry)
         return entry
 
     def update(self, key: str, **changes: Any) -> WorklistEntry:

@@ -2,13 +2,20 @@
 
 A thread per connection; a connection may carry many messages and a frame may arrive in pieces.
 A frame over `max_message` bytes or a peer silent for `idle_timeout` closes the connection (a
-sender that lost its framing cannot be resynchronised safely)."""
+sender that lost its framing cannot be resynchronised safely).
+
+With `tls` (a function giving the current server context: tls_policy.CertificateReloader, so a
+renewed certificate applies without a restart) every connection is TLS: the handshake runs in
+the connection's thread, so a slow or silent client holds up no one else; one that fails it (no
+certificate when one is required, an untrusted one, plain MLLP) is closed and reported to
+`tls_refused(address, reason)`."""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 
@@ -16,6 +23,8 @@ log = logging.getLogger("dicomvault.hl7")
 START, END = b"\x0b", b"\x1c\x0d"
 Handler = Callable[[bytes, str], bytes]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+TlsRefused = Callable[[str, str], None]
+HANDSHAKE_TIMEOUT = 10.0
 
 
 class FrameError(ValueError):
@@ -56,8 +65,11 @@ def frame(payload: bytes) -> bytes:
 class MllpServer:
     def __init__(self, host: str, port: int, handler: Handler, *, max_message: int = 1 << 20,
                  idle_timeout: float = 60.0, max_connections: int = 32,
-                 allow: tuple[Network, ...] = ()) -> None:
+                 allow: tuple[Network, ...] = (), tls: Callable[[], ssl.SSLContext] | None = None,
+                 tls_refused: TlsRefused | None = None) -> None:
         self.handler = handler
+        self.tls = tls
+        self.tls_refused = tls_refused
         self.allow = allow  # empty: any sender that reaches the address
         self.max_connections = max_connections
         self.max_message = max_message
@@ -99,17 +111,39 @@ class MllpServer:
                 log.warning("HL7 %s refused: %d connections open", peer, self.max_connections)
                 conn.close()
                 continue
-            t = threading.Thread(target=self._connection, args=(conn, peer), name=f"dicomvault-hl7-{peer}",
-                                 daemon=True)
+            t = threading.Thread(target=self._connection, args=(conn, peer, addr[0]),
+                                 name=f"dicomvault-hl7-{peer}", daemon=True)
             with self._guard:
                 self._conns.add(conn)
                 self._threads = [x for x in self._threads if x.is_alive()] + [t]
             t.start()
 
-    def _connection(self, conn: socket.socket, peer: str) -> None:
-        reader = FrameReader(self.max_message)
-        conn.settimeout(self.idle_timeout)
+    def _handshake(self, conn: socket.socket, peer: str, address: str) -> socket.socket | None:
+        """The TLS side of a connection, None (reported, logged) when its handshake fails."""
+        assert self.tls is not None
+        conn.settimeout(min(self.idle_timeout, HANDSHAKE_TIMEOUT))
         try:
+            return self.tls().wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            reason = f"HL7 MLLP/TLS handshake failed: {getattr(exc, 'reason', None) or exc}"
+            log.warning("HL7 %s refused: %s", peer, reason)
+            if self.tls_refused is not None:
+                self.tls_refused(address, reason)
+            return None
+
+    def _connection(self, conn: socket.socket, peer: str, address: str) -> None:
+        reader = FrameReader(self.max_message)
+        try:
+            if self.tls is not None:
+                secured = self._handshake(conn, peer, address)
+                if secured is None:
+                    return
+                with self._guard:
+                    # stop() must shut the TLS socket down, not the raw one it wraps
+                    self._conns.discard(conn)
+                    self._conns.add(secured)
+                conn = secured
+            conn.settimeout(self.idle_timeout)
             while not self._stop.is_set():
                 data = conn.recv(65536)
                 if not data:

@@ -139,7 +139,8 @@ def apply_order(msg: Message, store: WorklistStore, stations: dict[str, str]) ->
                     if old is not None and old.status not in ("SCHEDULED",):
                         raise Hl7Error(f"worklist entry {e.key} exists with status {old.status}", "206")
                     if old is not None:
-                        e.study_uid, e.created = old.study_uid, old.created
+                        # the priors already made ready are not fetched and sent again
+                        e.study_uid, e.created, e.priors = old.study_uid, old.created, old.priors
                     store.add(e, replace_existing=True)
                     done.append(f"scheduled {e.key}")
                 elif control in (CHANGE, CANCEL, DISCONTINUE):
@@ -148,7 +149,7 @@ def apply_order(msg: Message, store: WorklistStore, stations: dict[str, str]) ->
                     if control == CHANGE:
                         changes = {k: v for k, v in e.__dict__.items()
                                    if k not in ("accession", "requested_procedure_id", "sps_id", "created",
-                                                "status", "mpps", "performed_series", "updated")}
+                                                "status", "mpps", "performed_series", "updated", "priors")}
                         if not msg.get(group.ipcs[0], 3) if group.ipcs else not group.zds:
                             changes.pop("study_uid")  # none given: keep the one assigned
                         store.update(e.key, **changes)

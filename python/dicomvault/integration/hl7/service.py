@@ -9,12 +9,16 @@ from __future__ import annotations
 import ipaddress
 import logging
 
+from ...audit.dimse import RefusalAudit
+from ...audit.log import AuditLog
 from ...errors import DicomVaultError
 from ...index import Index
+from ...tls_policy import CertificateReloader, server_context
 from ..patients import PatientUpdates
 from ..reports import ReportStore
 from ..worklist_store import WorklistStore
 from .ack import ACCEPT, ERROR, REJECT, build_ack
+from .auditing import audited
 from .message import Hl7Error, Message, parse
 from .mllp import MllpServer
 from .orders import apply_order
@@ -90,9 +94,18 @@ def start_hl7(index: Index, data_dir: str, config: Hl7Config) -> MllpServer | No
             f"refusing to listen for HL7 on {config.host} with no [hl7] allow: anyone on the network "
             f"could schedule and cancel exams. List the RIS/HIS addresses in [hl7] allow")
     service = Hl7Service(index, data_dir, config.stations)
-    server = MllpServer(config.host, config.port, service.handle, max_message=config.max_message,
-                        idle_timeout=config.idle_timeout, max_connections=config.max_connections,
-                        allow=config.allow)
+    audit = AuditLog(data_dir)
+    tls = None
+    if config.tls_cert is not None:
+        cert, key, ca = config.tls_cert, config.tls_key, config.tls_ca
+        try:
+            tls = CertificateReloader(lambda: server_context(cert, key, ca), cert, key).context
+        except OSError as exc:  # ssl.SSLError too: a key that does not match, a file that is no PEM
+            raise DicomVaultError(f"[hl7] tls_cert {cert} / tls_key {key} / tls_ca {ca}: {exc}") from exc
+    server = MllpServer(config.host, config.port, audited(service.handle, audit),
+                        max_message=config.max_message, idle_timeout=config.idle_timeout,
+                        max_connections=config.max_connections,
+                        allow=config.allow, tls=tls, tls_refused=RefusalAudit(audit).tls_refused)
     server.start()
-    log.info("HL7 MLLP listener at %s:%d", *server.address)
+    log.info("HL7 MLLP%s listener at %s:%d", "/TLS" if tls else "", *server.address)
     return server

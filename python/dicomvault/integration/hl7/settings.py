@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ...config_values import ConfigError, check_ae_title, check_port, check_str, check_str_list, unknown_keys
 
@@ -26,12 +27,29 @@ class Hl7Config:
     # the default port busy (another archive on this host, parallel tests) is a warning, a port
     # someone chose a failure
     port_explicit: bool = False
+    # MLLP over TLS (BCP 195, tls_policy.py) when a certificate is set; with `tls_ca`, senders
+    # must present a certificate it signed
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
 
 
-def parse_hl7(table: object, where: str) -> Hl7Config:
+def _file(table: dict[str, object], key: str, where: str, base: Path) -> Path | None:
+    if key not in table:
+        return None
+    path = Path(check_str(table[key], f"{where}.{key}"))
+    path = path if path.is_absolute() else base / path
+    if not path.is_file():
+        raise ConfigError(f"{where}.{key}: no such file {path}")
+    return path
+
+
+def parse_hl7(table: object, where: str, base: Path = Path(".")) -> Hl7Config:
+    """The [hl7] table; relative TLS file names are relative to `base` (the config file's folder)."""
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table")
-    keys = {"host", "port", "max_message", "idle_timeout", "max_connections", "allow", "stations"}
+    keys = {"host", "port", "max_message", "idle_timeout", "max_connections", "allow", "stations",
+            "tls_cert", "tls_key", "tls_ca"}
     unknown_keys(table, keys, where)
     max_message = table.get("max_message", 1 << 20)
     bad = isinstance(max_message, bool) or not isinstance(max_message, int)
@@ -52,9 +70,12 @@ def parse_hl7(table: object, where: str) -> Hl7Config:
     stations = table.get("stations", {})
     if not isinstance(stations, dict):
         raise ConfigError(f"{where}.stations: expected a table modality = \"AE\"")
+    cert, key, ca = (_file(table, k, where, base) for k in ("tls_cert", "tls_key", "tls_ca"))
+    if cert is None and (key is not None or ca is not None):
+        raise ConfigError(f"{where}: tls_key and tls_ca need tls_cert (the listener's certificate)")
     return Hl7Config(
         host=check_str(table.get("host", "127.0.0.1"), f"{where}.host"),
         port=check_port(table.get("port", DEFAULT_PORT), f"{where}.port"),
         port_explicit="port" in table, max_message=max_message, idle_timeout=float(idle),
-        max_connections=conns, allow=tuple(allow),
+        max_connections=conns, allow=tuple(allow), tls_cert=cert, tls_key=key, tls_ca=ca,
         stations={str(k).upper(): check_ae_title(v, f"{where}.stations.{k}") for k, v in stations.items()})

@@ -29,9 +29,13 @@ class CountingEngine:
         self.engine = engine
         self.reads = 0
 
-    def read_record(self, rec: InstanceRecord, *, background: bool = False) -> tuple[str, bytes]:
+    def read_record(self, rec: InstanceRecord, *, background: bool = False,
+                    as_received: bool = False) -> tuple[str, bytes]:
         self.reads += 1
-        return self.engine.read_record(rec, background=background)
+        return self.engine.read_record(rec, background=background, as_received=as_received)
+
+    def coercion_of(self, study_uid: str) -> dict[str, str]:
+        return self.engine.coercion_of(study_uid)
 
     def is_remote(self, blob_hash: bytes) -> bool:
         return self.engine.is_remote(blob_hash)

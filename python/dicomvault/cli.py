@@ -251,6 +251,12 @@ def _audit_scope(engine: Engine, level: str, uid: str) -> tuple[str | None, str 
 
 def cmd_export(args: argparse.Namespace) -> int:
     level, uid = _level_uid(args)
+    if args.deidentify:
+        from .integration.deid.commands import export_deidentified
+
+        return export_deidentified(args, level, uid)
+    if args.retain or args.allow_burned_in:
+        raise DicomVaultError("--retain and --allow-burned-in go with --deidentify PROJECT")
     with Engine(args.data, read_only=True) as engine:
         patient, study = _audit_scope(engine, level, uid)
         paths = engine.export(level, uid, args.output)
@@ -462,6 +468,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", parents=[common], help="write Part-10 files of a study/series/instance")
     _add_level_args(p)
     p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.add_argument("--deidentify", metavar="PROJECT",
+                   help="de-identify for this [deidentify] project (PS3.15 Annex E; docs/integration.md)")
+    p.add_argument("--retain", metavar="LIST",
+                   help="retain options: dates,full-dates,patient,device,institution,private "
+                        "(default: the project's)")
+    p.add_argument("--allow-burned-in", action="store_true",
+                   help="also export objects that may carry burned-in annotation (listed in the report)")
+    p.add_argument("--config", metavar="FILE", help="TOML configuration: its [deidentify] projects")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("ls", parents=[common], help="list patients, studies, series or instances")

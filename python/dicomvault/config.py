@@ -40,7 +40,8 @@ tls = false                        # C-MOVE and storage commitment to this peer 
 
 `[http.oidc]` (OpenID Connect bearer tokens) is documented in auth/oidc_settings.py;
 `[audit]` (sending the audit trail to a syslog repository) is documented in audit/settings.py,
-`[replication]` and `[[forward]]` in replication/settings.py, `tiers` and
+`[replication]` and `[[forward]]` in replication/settings.py, `[deidentify]` (research projects,
+their secrets, the mapping) in integration/deid/settings.py, `tiers` and
 `[tiering]` (tiered placement) in storage/settings.py, `[storage]` (the free-space reserve) in
 storage/reserve.py.
 
@@ -67,6 +68,7 @@ from .config_values import check_port as _check_port
 from .config_values import check_str as _check_str
 from .config_values import unknown_keys as _unknown
 from .engine import DEFAULT_DATA_DIR
+from .integration.deid.settings import DeidSettings, parse_deidentify
 from .integration.hl7.settings import Hl7Config, parse_hl7
 from .replication.settings import ReplicationSettings, parse_settings
 from .storage.reserve import Reserve, parse_reserve
@@ -208,6 +210,8 @@ class Config:
     iocm: IocmConfig = field(default_factory=IocmConfig)
     # [hl7]: the HL7 v2 MLLP listener (integration/hl7/settings.py)
     hl7: Hl7Config = field(default_factory=Hl7Config)
+    # [deidentify]: research projects for de-identified export (integration/deid/settings.py)
+    deidentify: DeidSettings = field(default_factory=DeidSettings)
 
     def with_overrides(
         self,
@@ -238,7 +242,7 @@ _DIMSE_KEYS = {
     "network_timeout",
 }
 _TOP_KEYS = {"data", "dimse", "peers", "replication", "forward", "http", "tiers", "tiering", "storage",
-              "audit", "iocm", "hl7"}
+              "audit", "iocm", "hl7", "deidentify"}
 _HTTP_KEYS = {"host", "port", "anonymous", "public_url", "cors_origins", "max_body", "tls_cert", "tls_key",
               "oidc", "max_query_results", "rate_limit", "rate_limit_per_address", "rate_burst"}
 _ANONYMOUS = ("auto", "none", "reader", "writer", "admin")
@@ -395,6 +399,7 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         audit=parse_audit(doc.get("audit", {}), f"{where}: audit", p.parent),
         iocm=_parse_iocm(doc.get("iocm", {}), f"{where}: iocm"),
         hl7=parse_hl7(doc.get("hl7", {}), f"{where}: hl7"),
+        deidentify=parse_deidentify(doc.get("deidentify", {}), f"{where}: deidentify", p.parent),
     )
 
 

@@ -42,10 +42,12 @@ class Study:
         return [o for o in self.objects if o.modality == modality]
 
 
-def _person_item(name: str) -> Dataset:
+def _equipment_item(operator: str) -> Dataset:
     item = Dataset()
-    item.PersonName = name
+    item.Manufacturer = "ACME"
     item.InstitutionName = "St. Elsewhere Hospital"
+    item.OperatorsName = operator
+    item.ContributionDateTime = "20240229120000"
     return item
 
 
@@ -67,11 +69,12 @@ def _identify(ds: Dataset, study_uid: str, series_uid: str, frame_of_reference: 
     ds.OtherPatientIDsSequence = Sequence([Dataset()])
     ds.OtherPatientIDsSequence[0].PatientID = "MRN-OTHER-1"
     ds.OtherPatientIDsSequence[0].IssuerOfPatientID = "OTHER HOSPITAL"
-    # A K-kept sequence whose items hold attributes the table removes
-    ds.PerformingPhysicianIdentificationSequence = Sequence([_person_item("WILSON^JAMES")])
-    ds.ReferencedStudySequence = Sequence([Dataset()])
-    ds.ReferencedStudySequence[0].ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
-    ds.ReferencedStudySequence[0].ReferencedSOPInstanceUID = study_uid
+    # A sequence the table does not list (kept), whose items hold what it replaces
+    ds.ContributingEquipmentSequence = Sequence([_equipment_item("WILSON^JAMES")])
+    # X/Z/D with items: kept (D), its UIDs replaced
+    ds.ReferencedPerformedProcedureStepSequence = Sequence([Dataset()])
+    ds.ReferencedPerformedProcedureStepSequence[0].ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.3"
+    ds.ReferencedPerformedProcedureStepSequence[0].ReferencedSOPInstanceUID = study_uid + ".7"
 
 
 def make_study(out: Path) -> Study:

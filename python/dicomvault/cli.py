@@ -379,7 +379,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .site import start_services
     from .site_args import serve_site_options
 
-    site_options = serve_site_options(args, config.http, config.replication)
+    site_options = replace(serve_site_options(args, config.http, config.replication),
+                           deidentify=config.deidentify)
 
     forward_tls = None
     if any(rule.tls for rule in config.replication.forward):

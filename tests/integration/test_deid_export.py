@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from dv_deid import B_VALUE, KEY_HEX, PATIENT_ID, SECRET, UNSAFE_PRIVATE_TEXT, Study, make_study, write_config
 from pydicom.dataset import Dataset
 
 from dicomvault.integration.deid.mapping import MappingKeyError, mapping_path, read_mapping
 from dicomvault.integration.deid.pseudonyms import Pseudonymizer, shift_da, shift_dt
 from dv_corpus import real_file
-from dv_deid import B_VALUE, KEY_HEX, PATIENT_ID, SECRET, UNSAFE_PRIVATE_TEXT, Study, make_study, write_config
 
 
 def dv(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -87,7 +87,8 @@ def test_study_export_keeps_references_and_removes_identity(archive, tmp_path: P
         assert ct.ReferencedImageSequence[0].ReferencedSOPClassUID == ct.SOPClassUID
     shift = pseudo.day_shift(PATIENT_ID)
     for ds in first.values():
-        assert ds.PatientID == pseudo.patient_id(PATIENT_ID) and ds.PatientName == pseudo.patient_name(PATIENT_ID)
+        assert ds.PatientID == pseudo.patient_id(PATIENT_ID)
+        assert ds.PatientName == pseudo.patient_name(PATIENT_ID)
         assert ds.PatientIdentityRemoved == "YES" and ds.LongitudinalTemporalInformationModified == "MODIFIED"
         assert [i.CodeValue for i in ds.DeidentificationMethodCodeSequence] == ["113100", "113107"]
         assert ds.StudyDate == shift_da("20240229", shift) and ds.ContentDate == shift_da("20240301", shift)
@@ -115,7 +116,8 @@ def test_retain_options_and_burned_in_on_request(archive, tmp_path: Path) -> Non
     out, report = export(archive, tmp_path / "c", "--retain", "full-dates,patient,device,private",
                          "--allow-burned-in")
     assert len(out) == 5 and report["burned_in_held_back"] == []
-    assert [e["SOPInstanceUID"] for e in report["burned_in_exported"]] == [pseudo.uid(study.of("US")[0].sop_uid)]
+    flagged = [e["SOPInstanceUID"] for e in report["burned_in_exported"]]
+    assert flagged == [pseudo.uid(study.of("US")[0].sop_uid)]
     for ds in out.values():
         assert ds.StudyDate == "20240229" and ds.LongitudinalTemporalInformationModified == "UNMODIFIED"
         assert ds.PatientAge == "063Y" and ds.PatientSex == "F"
@@ -176,7 +178,8 @@ def test_output_has_no_new_dciodvfy_errors(tmp_path: Path, retain: str) -> None:
     from dicomvault.integration.deid.profile import Options
 
     deid = Deidentifier("TRIAL", SECRET.encode(), Options.parse(retain))
-    names = ["CT_small.dcm", "MR_small.dcm", "US1_UNCR.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm", "SC_rgb.dcm",
+    names = ["CT_small.dcm", "MR_small.dcm", "US1_UNCR.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm",
+             "SC_rgb.dcm",
              "eCT_Supplemental.dcm", "rtplan.dcm", "rtstruct.dcm", "rtdose.dcm", "emri_small.dcm"]
     checked = 0
     for name in names:
@@ -191,8 +194,8 @@ def test_output_has_no_new_dciodvfy_errors(tmp_path: Path, retain: str) -> None:
 
 def test_export_arguments_are_checked(archive, tmp_path: Path) -> None:
     data, study, cfg = archive
-    plain = dv("export", "--data", str(data), "--study", study.uid, "-o", str(tmp_path / "p"), "--retain", "dates",
-               check=False)
+    plain = dv("export", "--data", str(data), "--study", study.uid, "-o", str(tmp_path / "p"),
+               "--retain", "dates", check=False)
     assert plain.returncode == 2 and "--deidentify" in plain.stderr
     nocfg = dv("export", "--data", str(data), "--study", study.uid, "-o", str(tmp_path / "q"),
                "--deidentify", "TRIAL", check=False)

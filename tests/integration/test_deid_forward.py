@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from dv_deid import PATIENT_ID, SECRET, make_study, write_config
 
 from dicomvault.integration.deid.pseudonyms import Pseudonymizer
 from dicomvault.replication.settings import SettingsError, load_settings
-from dv_deid import PATIENT_ID, SECRET, make_study, write_config
 
 
 def free_port() -> int:
@@ -100,6 +100,7 @@ allow_burned_in = true
     with pytest.raises(SettingsError, match="NOPE"):
         load_settings(bad)
     loose = tmp_path / "loose.toml"
-    loose.write_text('[[forward]]\nname = "x"\nae_title = "X"\nhost = "h"\nport = 104\nallow_burned_in = true\n')
+    loose.write_text('[[forward]]\nname = "x"\nae_title = "X"\nhost = "h"\nport = 104\n'
+                     'allow_burned_in = true\n')
     with pytest.raises(SettingsError, match="only with deidentify"):
         load_settings(loose)

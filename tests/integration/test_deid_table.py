@@ -183,7 +183,8 @@ def _check(key: str, code: str, before: Any, after: Dataset, pseudo: Pseudonymiz
         return "removed"
     value = elem.value
     if code == "Z":
-        return None if value in ("", None, b"") or (vr == "SQ" and len(value) == 0) else f"not empty: {value!r}"
+        empty = value in ("", None, b"") or (vr == "SQ" and len(value) == 0)
+        return None if empty else f"not empty: {value!r}"
     if vr == "SQ":
         return None if len(value) == 1 else f"{len(value)} items"
     if code == "K":
@@ -232,8 +233,8 @@ def test_each_row_applied_attribute_by_attribute(option: str) -> None:
     expected_codes = {"": [], "dates": ["113107"], "full-dates": ["113106"], "patient": ["113108"],
                       "device": ["113109"], "institution": ["113112"]}[option]
     assert codes == [("113100", "DCM")] + [(c, "DCM") for c in expected_codes]
-    assert ds.LongitudinalTemporalInformationModified == {"dates": "MODIFIED", "full-dates": "UNMODIFIED"}.get(
-        option, "REMOVED")
+    temporal = {"dates": "MODIFIED", "full-dates": "UNMODIFIED"}.get(option, "REMOVED")
+    assert ds.LongitudinalTemporalInformationModified == temporal
 
 
 def test_rows_resolve_by_tag_including_repeating_groups() -> None:

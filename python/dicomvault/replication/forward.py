@@ -204,7 +204,8 @@ class Forwarder:
             res = self.deid.convert(data, f"instance {rec.sop_uid}")
             self.deid.save_mapping({"forward": self.rule.name, "destination": self.dest})
             if res is None:
-                log.warning("forward to %s: instance %s held back (burned-in annotation)", self.dest, rec.sop_uid)
+                log.warning("forward to %s: instance %s held back (burned-in annotation)", self.dest,
+                            rec.sop_uid)
                 self.status["skipped"] += 1
                 return
             data = res.data

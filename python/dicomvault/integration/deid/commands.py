@@ -39,7 +39,8 @@ def export_deidentified(args: argparse.Namespace, level: str, uid: str) -> int:
     (out / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
     export.save_mapping({"export": "cli", "level": level, "to": str(out)})
     AuditLog(args.data).record(EXPORT, SUCCESS, user=cli_user(), client="local", patient=patient, study=study,
-                               detail={"level": level, "uid": uid, "files": report["exported"], "to": str(out),
+                               detail={"level": level, "uid": uid, "files": report["exported"],
+                                       "to": str(out),
                                        "deidentified": project.name, "retain": report["retain"],
                                        "burned_in_held_back": len(report["burned_in_held_back"]),
                                        "burned_in_exported": len(report["burned_in_exported"])})

@@ -119,8 +119,10 @@ class Deidentifier:
         ds.file_meta = meta
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
-        return Result(sop_uid=str(ds.get("SOPInstanceUID", "")), series_uid=str(ds.get("SeriesInstanceUID", "")),
-                      study_uid=str(ds.get("StudyInstanceUID", "")), sop_class_uid=str(ds.get("SOPClassUID", "")),
+        return Result(sop_uid=str(ds.get("SOPInstanceUID", "")),
+                      series_uid=str(ds.get("SeriesInstanceUID", "")),
+                      study_uid=str(ds.get("StudyInstanceUID", "")),
+                      sop_class_uid=str(ds.get("SOPClassUID", "")),
                       burned_in=reason, data=buf.getvalue())
 
     def dataset(self, ds: Dataset) -> None:

@@ -116,7 +116,8 @@ def parse_deidentify(table: object, where: str, base: Path) -> DeidSettings:
         raise ConfigError(f"{where}: give one of mapping_key or mapping_key_file")
     key = None
     if "mapping_key" in table:
-        key = parse_key(check_str(table["mapping_key"], f"{where}.mapping_key").encode(), f"{where}.mapping_key")
+        text = check_str(table["mapping_key"], f"{where}.mapping_key")
+        key = parse_key(text.encode(), f"{where}.mapping_key")
     elif "mapping_key_file" in table:
         key = parse_key(_private_file(table["mapping_key_file"], f"{where}.mapping_key_file", base),
                         f"{where}.mapping_key_file")
@@ -134,7 +135,8 @@ def parse_deidentify(table: object, where: str, base: Path) -> DeidSettings:
         unknown_keys(item, {"secret", "secret_file", "retain", "keep_mapping"}, w)
         p_keep = _keep(item.get("keep_mapping", keep), f"{w}.keep_mapping")
         if p_keep == "encrypted" and key is None:
-            raise ConfigError(f"{w}: keep_mapping = \"encrypted\" needs {where}.mapping_key_file (or mapping_key)")
+            raise ConfigError(f"{w}: keep_mapping = \"encrypted\" needs {where}.mapping_key_file "
+                              "(or mapping_key)")
         out.append(Project(name=name, secret=_secret(item, w, base),
                            retain=_retain(item["retain"], f"{w}.retain") if "retain" in item else retain,
                            keep_mapping=p_keep, mapping_key=key if p_keep == "encrypted" else None))

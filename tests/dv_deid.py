@@ -74,7 +74,7 @@ def _identify(ds: Dataset, study_uid: str, series_uid: str, frame_of_reference: 
     # X/Z/D with items: kept (D), its UIDs replaced
     ds.ReferencedPerformedProcedureStepSequence = Sequence([Dataset()])
     ds.ReferencedPerformedProcedureStepSequence[0].ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.3"
-    ds.ReferencedPerformedProcedureStepSequence[0].ReferencedSOPInstanceUID = study_uid + ".7"
+    ds.ReferencedPerformedProcedureStepSequence[0].ReferencedSOPInstanceUID = study_uid[:60] + ".7"
 
 
 def make_study(out: Path) -> Study:

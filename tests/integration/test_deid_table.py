@@ -266,6 +266,15 @@ def test_private_attributes_removed_unless_safe_and_retained() -> None:
     assert [i.CodeValue for i in ds.DeidentificationMethodCodeSequence] == ["113100", "113111"]
 
 
+def test_well_known_uids_of_the_standard_are_kept() -> None:
+    ds = Dataset()
+    ds.SynchronizationFrameOfReferenceUID = "1.2.840.10008.15.1.1"  # UTC
+    ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.10.99"
+    Deidentifier("T", b"s" * 32, Options()).dataset(ds)
+    assert ds.SynchronizationFrameOfReferenceUID == "1.2.840.10008.15.1.1"
+    assert ds.FrameOfReferenceUID == Pseudonymizer("T", b"s" * 32).uid("1.2.826.0.1.3680043.10.99")
+
+
 def test_retain_options_are_checked() -> None:
     with pytest.raises(Exception, match="unknown retain option"):
         Options.parse("dates,eyes")

@@ -4,7 +4,8 @@ Actions:
 - X removed; Z emptied (a sequence: no items); K kept (a sequence: its items de-identified).
 - D a dummy of the attribute's VR (a sequence: its items de-identified).
 - U a UID of the project (pseudonyms.py): the same original gives the same UID, so references
-  between objects (Referenced SOP Instance UID, Frame of Reference, ...) stay consistent.
+  between objects (Referenced SOP Instance UID, Frame of Reference, ...) stay consistent. The
+  standard's own well-known UIDs (1.2.840.10008.*) are kept.
 - C on a date (Modified Dates option): moved back by the patient's day shift; on a time:
   unchanged (whole days move, not hours); on anything else: a dummy, since we know no cleaning
   that keeps meaning and provably drops identity.
@@ -46,6 +47,7 @@ from .safe_private import SAFE_CREATORS, is_safe
 PATIENT_ID = Tag(0x0010, 0x0020)
 PATIENT_NAME = Tag(0x0010, 0x0010)
 DUMMY_TEXT = "ANONYMIZED"
+DICOM_ROOT = "1.2.840.10008."
 _DUMMY_BY_VR: dict[str, Any] = {
     "DA": "19000101", "DT": "19000101000000", "TM": "000000", "AS": "000Y",
     "DS": "0", "IS": "0", "US": 0, "SS": 0, "UL": 0, "SL": 0, "UV": 0, "SV": 0, "FL": 0.0, "FD": 0.0,
@@ -226,6 +228,11 @@ class Deidentifier:
             self._dummy(elem)
 
     def _uid(self, original: str) -> str:
+        if original.startswith(DICOM_ROOT):
+            # A well-known UID of the standard (the UTC synchronization frame of reference, a
+            # standard frame of reference or palette): names no instance, and a replaced one
+            # would lose its meaning.
+            return original
         new = self.pseudo.uid(original)
         self.mapping.add("uid", original, new)
         return new

@@ -213,3 +213,32 @@ def test_export_arguments_are_checked(archive, tmp_path: Path) -> None:
     ct = study.of("CT")[0]
     exported = tmp_path / "plain" / study.uid / ct.series_uid / f"{ct.sop_uid}.dcm"
     assert exported.read_bytes() == ct.path.read_bytes()
+
+
+def test_no_identifier_of_the_corpus_survives_in_the_bytes() -> None:
+    """Every real file of the corpus that has its UIDs, de-identified with no option: its
+    patient's name and ID, the physicians' and operators' names, the accession number and its
+    UIDs appear nowhere in the output bytes (private attributes and nested items included)."""
+    from dicomvault.integration.deid.deidentifier import Deidentifier
+    from dicomvault.integration.deid.profile import Options
+    from dv_corpus import corpus_files
+
+    deid = Deidentifier("TRIAL", SECRET.encode(), Options())
+    keywords = ("PatientName", "PatientID", "ReferringPhysicianName", "OperatorsName", "AccessionNumber",
+                "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+    done, leaks = 0, []
+    for path in corpus_files():
+        data = path.read_bytes()
+        try:
+            src = pydicom.dcmread(path, force=True)
+        except (pydicom.errors.InvalidDicomError, ValueError, EOFError, OSError):
+            continue
+        if not src.get("SOPInstanceUID") or not src.get("SOPClassUID"):
+            continue
+        out = deid.part10(data, where=path.name).data
+        done += 1
+        for kw in keywords:
+            value = str(src.get(kw, "") or "").strip()
+            if len(value) >= 6 and value.encode() in out:
+                leaks.append((path.name, kw, value))
+    assert done >= 100 and leaks == []

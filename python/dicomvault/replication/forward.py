@@ -201,7 +201,10 @@ class Forwarder:
     def _send_one(self, assoc: Any, accepted: set[tuple[str, str]], rec: InstanceRecord, tmp: str) -> None:
         data = self.engine.read_file(rec.sop_uid, background=True)  # the compactor need not wait
         if self.deid is not None:
-            res = self.deid.convert(data, f"instance {rec.sop_uid}")
+            try:
+                res = self.deid.convert(data, f"instance {rec.sop_uid}")
+            except DicomVaultError as exc:
+                raise SendError(rec.sop_uid, f"de-identification failed: {exc}") from exc
             self.deid.save_mapping({"forward": self.rule.name, "destination": self.dest})
             if res is None:
                 log.warning("forward to %s: instance %s held back (burned-in annotation)", self.dest,

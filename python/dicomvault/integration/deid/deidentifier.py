@@ -26,6 +26,7 @@ SOP Instance UID.
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,14 +114,18 @@ class Deidentifier:
             raise MalformedError(f"{where}: no SOP Instance UID or SOP Class UID to de-identify")
         reason = burned_in_reason(ds)
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) or _syntax_of(ds)
-        self.dataset(ds)
-        meta = FileMetaDataset()
-        meta.TransferSyntaxUID = ts
-        meta.MediaStorageSOPClassUID = ds.get("SOPClassUID", "")
-        meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID", "")
-        ds.file_meta = meta
         buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
+        try:
+            # Elements are decoded lazily: a value pydicom cannot decode or encode surfaces here.
+            self.dataset(ds)
+            meta = FileMetaDataset()
+            meta.TransferSyntaxUID = ts
+            meta.MediaStorageSOPClassUID = ds.get("SOPClassUID", "")
+            meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID", "")
+            ds.file_meta = meta
+            ds.save_as(buf, enforce_file_format=True)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, struct.error) as exc:
+            raise MalformedError(f"{where}: cannot be de-identified: {type(exc).__name__}: {exc}") from exc
         return Result(sop_uid=str(ds.get("SOPInstanceUID", "")),
                       series_uid=str(ds.get("SeriesInstanceUID", "")),
                       study_uid=str(ds.get("StudyInstanceUID", "")),

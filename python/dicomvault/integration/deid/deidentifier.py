@@ -217,6 +217,10 @@ class Deidentifier:
 
     def _apply(self, ds: Dataset, elem: DataElement, code: str, patient: _Patient) -> None:
         code = _resolve(code, elem)
+        if elem.VR == "UN" and code in ("U", "C"):
+            # A value of unknown VR (an attribute newer than pydicom's dictionary, in implicit VR)
+            # cannot be given a UID or a shifted date of the right form: removed instead.
+            code = "X"
         if code == "X":
             del ds[elem.tag]
         elif code == "Z":

@@ -275,12 +275,14 @@ def test_well_known_uids_of_the_standard_are_kept() -> None:
     assert ds.FrameOfReferenceUID == Pseudonymizer("T", b"s" * 32).uid("1.2.826.0.1.3680043.10.99")
 
 
-def test_a_uid_of_unknown_vr_is_removed_not_kept() -> None:
+def test_values_of_vr_un() -> None:
     ds = Dataset()
-    ds.add_new(0x00209161, "UN", b"1.2.826.0.1.3680043.10.5\0")  # Concatenation UID (U), as UN
+    # read as UN (implicit VR), a known UID is decoded as UI by pydicom and replaced
+    ds.add_new(0x00209161, "UN", b"1.2.826.0.1.3680043.10.5\0")  # Concatenation UID (U)
     ds.add_new(0x0072006D, "UN", b"secret")  # Selector UN Value (D): a dummy of its bytes
     Deidentifier("T", b"s" * 32, Options()).dataset(ds)
-    assert 0x00209161 not in ds and ds[0x0072006D].value not in (b"secret", b"")
+    assert ds[0x00209161].value == Pseudonymizer("T", b"s" * 32).uid("1.2.826.0.1.3680043.10.5")
+    assert ds[0x0072006D].value not in (b"secret", b"")
 
 
 def test_retain_options_are_checked() -> None:

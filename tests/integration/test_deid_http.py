@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +41,12 @@ def research_site(tmp_path: Path) -> Iterator[tuple[Site, Study]]:
             yield s, study
         finally:
             s.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def bearer(site: Site, user: str) -> dict[str, str]:
@@ -97,3 +109,35 @@ def test_export_research_who_and_what(research_site: tuple[Site, Study]) -> None
         with_burned_in = http.post(url, json={**body, "allow_burned_in": True}, headers=bearer(site, "wendy"))
     report = json.loads(zipfile.ZipFile(io.BytesIO(with_burned_in.content)).read("deid-report.json"))
     assert report["exported"] == 5 and len(report["burned_in_exported"]) == 1
+
+
+def test_serve_reads_deidentify_from_its_config(tmp_path: Path) -> None:
+    """`dicomvault serve --config` hands [deidentify] to the HTTP side (cli.py -> site)."""
+    study = make_study(tmp_path / "in")
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, "-m", "dicomvault.cli", "ingest", "--data", str(data),
+                    str(tmp_path / "in")], check=True, capture_output=True, timeout=120)
+    cfg = write_config(tmp_path)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "dicomvault.cli", "serve", "--config", str(cfg),
+                                 "--data", str(data), "--dimse-port", str(free_port()), "--http-port", "0",
+                                 "--hl7-port", "0"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline, url = time.monotonic() + 60, None
+        while url is None and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            m = re.search(r"dicomvault serving HTTP (\S+)", log.read_text())
+            url = m.group(1) if m else None
+            time.sleep(0.1)
+        assert url, log.read_text()
+        with httpx.Client(base_url=url, timeout=60) as http:  # loopback, no users: the anonymous writer
+            assert [p["name"] for p in http.get("/api/research-projects").json()] == ["TRIAL", "OTHER"]
+            r = http.post(f"/api/studies/{study.uid}/export-research", json={"project": "OTHER"})
+        assert r.status_code == 200
+        names = zipfile.ZipFile(io.BytesIO(r.content)).namelist()
+        other = Pseudonymizer("OTHER", b"another-secret-for-another-project")
+        assert f"{other.uid(study.uid)}/" in names[0] and "deid-report.json" in names
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(40)

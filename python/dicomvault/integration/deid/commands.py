@@ -25,19 +25,22 @@ def export_deidentified(args: argparse.Namespace, level: str, uid: str) -> int:
     options = Options.parse(args.retain) if args.retain is not None else None
     export = ResearchExport(project, options, args.data, allow_burned_in=args.allow_burned_in)
     out = Path(args.output)
-    with Engine(args.data, read_only=True) as engine:
-        found = engine.instances(level, uid)
-        patient, study = (found[0].patient_id or None, found[0].study_uid) if found else (None, None)
-        for rel, data in export.objects(engine, level, uid):
-            path = out / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            part = path.with_suffix(".dcm.part")
-            part.write_bytes(data)
-            os.replace(part, path)
+    try:
+        with Engine(args.data, read_only=True) as engine:
+            found = engine.instances(level, uid)
+            patient, study = (found[0].patient_id or None, found[0].study_uid) if found else (None, None)
+            for rel, data in export.objects(engine, level, uid):
+                path = out / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                part = path.with_suffix(".dcm.part")
+                part.write_bytes(data)
+                os.replace(part, path)
+    finally:
+        # what was written before a failure has left too: its pseudonyms are kept all the same
+        export.save_mapping({"export": "cli", "level": level, "to": str(out)})
     report = export.report
     out.mkdir(parents=True, exist_ok=True)
     (out / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
-    export.save_mapping({"export": "cli", "level": level, "to": str(out)})
     AuditLog(args.data).record(EXPORT, SUCCESS, user=cli_user(), client="local", patient=patient, study=study,
                                detail={"level": level, "uid": uid, "files": report["exported"],
                                        "to": str(out),

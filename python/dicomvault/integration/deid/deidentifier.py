@@ -161,7 +161,7 @@ class Deidentifier:
     # -- attribute by attribute --
 
     def _walk(self, ds: Dataset, patient: _Patient) -> None:
-        dropped_overlays = set()
+        dropped_overlays: set[int] = set()
         for tag in list(ds.keys()):
             if tag not in ds:
                 continue  # went with its overlay group

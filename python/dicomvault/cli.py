@@ -252,6 +252,12 @@ def _audit_scope(engine: Engine, level: str, uid: str) -> tuple[str | None, str 
 
 def cmd_export(args: argparse.Namespace) -> int:
     level, uid = _level_uid(args)
+    if args.deidentify:
+        from .integration.deid.commands import export_deidentified
+
+        return export_deidentified(args, level, uid)
+    if args.retain or args.allow_burned_in:
+        raise DicomVaultError("--retain and --allow-burned-in go with --deidentify PROJECT")
     with Engine(args.data, read_only=True) as engine:
         patient, study = _audit_scope(engine, level, uid)
         paths = engine.export(level, uid, args.output, as_received=args.as_received)
@@ -375,7 +381,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .site import start_services
     from .site_args import serve_site_options
 
-    site_options = serve_site_options(args, config.http, config.replication)
+    site_options = replace(serve_site_options(args, config.http, config.replication),
+                           deidentify=config.deidentify)
 
     forward_tls = None
     if any(rule.tls for rule in config.replication.forward):
@@ -479,6 +486,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="DIR")
     p.add_argument("--as-received", action="store_true",
                    help="the bytes exactly as received, without the patient corrections made since")
+    p.add_argument("--deidentify", metavar="PROJECT",
+                   help="de-identify for this [deidentify] project (PS3.15 Annex E; docs/integration.md)")
+    p.add_argument("--retain", metavar="LIST",
+                   help="retain options: dates,full-dates,patient,device,institution,private "
+                        "(default: the project's)")
+    p.add_argument("--allow-burned-in", action="store_true",
+                   help="also export objects that may carry burned-in annotation (listed in the report)")
+    p.add_argument("--config", metavar="FILE", help="TOML configuration: its [deidentify] projects")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("ls", parents=[common], help="list patients, studies, series or instances")

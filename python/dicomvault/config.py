@@ -40,7 +40,8 @@ tls = false                        # C-MOVE and storage commitment to this peer 
 
 `[http.oidc]` (OpenID Connect bearer tokens) is documented in auth/oidc_settings.py;
 `[audit]` (sending the audit trail to a syslog repository) is documented in audit/settings.py,
-`[replication]` and `[[forward]]` in replication/settings.py, `tiers` and
+`[replication]` and `[[forward]]` in replication/settings.py, `[deidentify]` (research projects,
+their secrets, the mapping) in integration/deid/settings.py, `tiers` and
 `[tiering]` (tiered placement) in storage/settings.py, `[storage]` (the free-space reserve) in
 storage/reserve.py.
 
@@ -67,6 +68,7 @@ from .config_values import check_port as _check_port
 from .config_values import check_str as _check_str
 from .config_values import unknown_keys as _unknown
 from .engine import DEFAULT_DATA_DIR
+from .integration.deid.settings import DeidSettings, parse_deidentify
 from .integration.hl7.settings import Hl7Config, parse_hl7
 from .integration.priors_settings import PriorsConfig, parse_priors
 from .replication.settings import ReplicationSettings, parse_settings
@@ -211,6 +213,8 @@ class Config:
     hl7: Hl7Config = field(default_factory=Hl7Config)
     # [priors]: prior studies made ready when an order arrives (integration/priors_settings.py)
     priors: PriorsConfig = field(default_factory=PriorsConfig)
+    # [deidentify]: research projects for de-identified export (integration/deid/settings.py)
+    deidentify: DeidSettings = field(default_factory=DeidSettings)
 
     def with_overrides(
         self,
@@ -241,7 +245,7 @@ _DIMSE_KEYS = {
     "network_timeout",
 }
 _TOP_KEYS = {"data", "dimse", "peers", "replication", "forward", "http", "tiers", "tiering", "storage",
-              "audit", "iocm", "hl7", "priors"}
+              "audit", "iocm", "hl7", "priors", "deidentify"}
 _HTTP_KEYS = {"host", "port", "anonymous", "public_url", "cors_origins", "max_body", "tls_cert", "tls_key",
               "oidc", "max_query_results", "rate_limit", "rate_limit_per_address", "rate_burst"}
 _ANONYMOUS = ("auto", "none", "reader", "writer", "admin")
@@ -399,6 +403,7 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         iocm=_parse_iocm(doc.get("iocm", {}), f"{where}: iocm"),
         hl7=parse_hl7(doc.get("hl7", {}), f"{where}: hl7", p.parent),
         priors=parse_priors(doc.get("priors", {}), f"{where}: priors"),
+        deidentify=parse_deidentify(doc.get("deidentify", {}), f"{where}: deidentify", p.parent),
     )
 
 

@@ -79,7 +79,7 @@ class Site:
         self.feed = FeedService(engine, self.tracker, self.closing)
         self.ctx = WebContext(
             engine=engine, security=self.security, closing=self.closing, feed=self.feed,
-            tracker=self.tracker,
+            tracker=self.tracker, deidentify=options.deidentify,
             settings=WebSettings(public_base_url=options.public_url, cors_origins=options.cors_origins,
                                  max_body=options.max_body, max_results=options.max_query_results,
                                  rate_limit=options.rate_limit,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .auth.oidc_settings import OidcSettings
+    from .integration.deid.settings import DeidSettings
 
 DEFAULT_HTTP_PORT = 8080
 # A working day: a radiologist logs in once per shift, and a forgotten browser does not stay in.
@@ -51,6 +52,8 @@ class SiteOptions:
     session_idle: float | None = None
     # [http.oidc]: bearer tokens of the site's identity provider
     oidc: OidcSettings | None = None
+    # [deidentify]: research projects for POST /api/studies/{uid}/export-research
+    deidentify: DeidSettings | None = None
 
 
 ANONYMOUS_CHOICES = (AUTO, "none", "reader", "writer", "admin")

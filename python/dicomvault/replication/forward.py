@@ -10,6 +10,10 @@ of their own transfer syntax; an uncompressed object the peer takes only in the 
 syntax is converted by pydicom; a compressed one it cannot take fails (and is retried: peers get
 reconfigured; `forward status` shows the error).
 
+A rule with `deidentify` sends each object de-identified for its project (integration/deid:
+PS3.15 Annex E, UIDs remapped as every export of that project remaps them); objects flagged for
+burned-in annotation are skipped (counted in `skipped`) unless the rule allows them.
+
 Audit trail: a page that reaches an association writes Begin Transferring, then one Instances
 Transferred per study of the page (completed, and the object that failed), naming the
 destination; a page that never reached the peer (refused, unreachable) is logged and retried,
@@ -38,6 +42,7 @@ from ..audit.transfers import per_study
 from ..engine import Engine
 from ..errors import DicomVaultError
 from ..index.records import DELETED, InstanceRecord
+from ..integration.deid.export import ResearchExport
 from . import state
 from .settings import ForwardRule, SettingsError
 
@@ -108,6 +113,8 @@ class Forwarder:
         self.backoff = 1.0
         self.dest = f"{rule.ae_title}@{rule.host}:{rule.port}"
         self.audit = AuditLog(engine.data_dir)
+        self.deid = None if rule.deidentify is None else ResearchExport(
+            rule.deidentify, rule.deidentify_retain, engine.data_dir, allow_burned_in=rule.allow_burned_in)
 
     def _save(self) -> None:
         self.engine.index.put_meta(self.key, state.dump_map(self.status))
@@ -193,6 +200,18 @@ class Forwarder:
 
     def _send_one(self, assoc: Any, accepted: set[tuple[str, str]], rec: InstanceRecord, tmp: str) -> None:
         data = self.engine.read_file(rec.sop_uid, background=True)  # the compactor need not wait
+        if self.deid is not None:
+            try:
+                res = self.deid.convert(data, f"instance {rec.sop_uid}")
+            except DicomVaultError as exc:
+                raise SendError(rec.sop_uid, f"de-identification failed: {exc}") from exc
+            self.deid.save_mapping({"forward": self.rule.name, "destination": self.dest})
+            if res is None:
+                log.warning("forward to %s: instance %s held back (burned-in annotation)", self.dest,
+                            rec.sop_uid)
+                self.status["skipped"] += 1
+                return
+            data = res.data
         if (rec.sop_class_uid, rec.transfer_syntax) in accepted:
             path = os.path.join(tmp, "obj.dcm")
             with open(path, "wb") as f:

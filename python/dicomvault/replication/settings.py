@@ -19,6 +19,9 @@ modalities = ["CT", "MR"]                   # optional: only these (default: all
 calling_aes = ["CT_SCANNER_1"]              # optional: only objects received from these AEs
 our_ae_title = "DICOMVAULT"                 # optional: calling AE title we use
 tls = true                                  # optional: DICOM TLS, with [dimse] tls_cert/tls_key/tls_ca
+deidentify = "LUNG-2026"                    # optional: send de-identified for this [deidentify] project
+deidentify_retain = ["dates"]               # optional: its retain options (default: the project's)
+allow_burned_in = false                     # optional: also send objects flagged for burned-in text
 ```
 Unknown keys are errors.
 """
@@ -31,7 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DicomVaultError
+from ..errors import DicomVaultError, RequestError
+from ..integration.deid.profile import Options
+from ..integration.deid.settings import DeidSettings, Project, parse_deidentify
 
 
 class SettingsError(DicomVaultError):
@@ -48,6 +53,11 @@ class ForwardRule:
     calling_aes: frozenset[str] = frozenset()
     our_ae_title: str = "DICOMVAULT"
     tls: bool = False  # associations over DICOM TLS (our certificate and CA: [dimse] tls_*)
+    # de-identified on the way out for this project (integration/deid), with these options
+    # (None: the project's), objects flagged for burned-in annotation held back unless allowed
+    deidentify: Project | None = None
+    deidentify_retain: Options | None = None
+    allow_burned_in: bool = False
 
     def matches(self, modality: str, calling_ae: str) -> bool:
         if self.modalities and modality.upper() not in self.modalities:
@@ -85,11 +95,29 @@ def _bool(value: object, where: str) -> bool:
     return value
 
 
-def parse_forward(items: object, where: str) -> tuple[ForwardRule, ...]:
+def _deid_options(item: dict[str, Any], where: str, deid: DeidSettings) -> dict[str, Any]:
+    """The de-identification keys of one [[forward]] rule."""
+    if "deidentify" not in item:
+        for key in ("deidentify_retain", "allow_burned_in"):
+            if key in item:
+                raise SettingsError(f"{where}.{key}: only with deidentify = \"PROJECT\"")
+        return {}
+    try:
+        project = deid.project(_str(item["deidentify"], f"{where}.deidentify"))
+        retain = Options.parse(_strs(item["deidentify_retain"], f"{where}.deidentify_retain"),
+                               f"{where}.deidentify_retain") if "deidentify_retain" in item else None
+    except RequestError as exc:
+        raise SettingsError(f"{where}: {exc}") from exc
+    return {"deidentify": project, "deidentify_retain": retain,
+            "allow_burned_in": _bool(item.get("allow_burned_in", False), f"{where}.allow_burned_in")}
+
+
+def parse_forward(items: object, where: str, deid: DeidSettings | None = None) -> tuple[ForwardRule, ...]:
     if not isinstance(items, list):
         raise SettingsError(f"{where}: forward must be an array of tables ([[forward]])")
     rules, seen = [], set()
-    allowed = {"name", "ae_title", "host", "port", "modalities", "calling_aes", "our_ae_title", "tls"}
+    allowed = {"name", "ae_title", "host", "port", "modalities", "calling_aes", "our_ae_title", "tls",
+               "deidentify", "deidentify_retain", "allow_burned_in"}
     for i, item in enumerate(items):
         w = f"{where}[{i}]"
         if not isinstance(item, dict):
@@ -114,6 +142,7 @@ def parse_forward(items: object, where: str) -> tuple[ForwardRule, ...]:
             calling_aes=_strs(item.get("calling_aes", []), f"{w}.calling_aes"),
             our_ae_title=_str(item.get("our_ae_title", "DICOMVAULT"), f"{w}.our_ae_title"),
             tls=_bool(item.get("tls", False), f"{w}.tls"),
+            **_deid_options(item, w, deid or DeidSettings()),
         ))
     return tuple(rules)
 
@@ -142,7 +171,8 @@ def parse_settings(doc: dict[str, Any], where: str, base: Path) -> ReplicationSe
         if "replicate_from" in rep else None,
         token=_str(rep["token"], f"{where}: replication.token") if "token" in rep else None,
         tls_cert=path("tls_cert"), tls_key=path("tls_key"), ca=path("ca"),
-        forward=parse_forward(doc.get("forward", []), f"{where}: forward"),
+        forward=parse_forward(doc.get("forward", []), f"{where}: forward",
+                              parse_deidentify(doc.get("deidentify", {}), f"{where}: deidentify", base)),
     )
 
 

@@ -3,7 +3,8 @@
   /dicom-web   DICOMweb: QIDO-RS, WADO-RS, STOW-RS (dicomweb/routes.py)
   /wado        WADO-URI (wado_uri.py)
   /fhir/r4     FHIR R4 read API for EHRs (fhir_routes.py)
-  /api         JSON for the CLI, the viewer and admins (api.py, admin.py; worklist_routes.py)
+  /api         JSON for the CLI, the viewer and admins (api.py, admin.py; worklist_routes.py;
+               research_routes.py: de-identified export for research)
   /replication the change feed and blobs for replicas (replication_routes.py)
   /metrics     Prometheus text (metrics.py)
   /healthz     liveness, open to all
@@ -36,6 +37,7 @@ from . import (
     patients_routes,
     peers_routes,
     replication_routes,
+    research_routes,
     session_routes,
     shares_routes,
     tier_routes,
@@ -72,6 +74,7 @@ def build_app(ctx: WebContext, *, jobs: Callable[[], list[dict[str, Any]]] | Non
         *peers_routes.routes(ctx),
         *iocm_routes.routes(ctx),
         *patients_routes.routes(ctx),
+        *research_routes.routes(ctx),
         *admin.routes(ctx, status_extra),
         *wado_uri.routes(ctx),
         *dicomweb_routes.routes(ctx),

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..engine import Engine
 
 if TYPE_CHECKING:
+    from ..integration.deid.settings import DeidSettings
     from ..replication.feed_api import FeedService
     from ..replication.tracker import ReplicaTracker
     from .security import Security
@@ -43,6 +44,8 @@ class WebContext:
     tracker: ReplicaTracker | None = None
     # per-request caches and services of the DICOMweb routes (metadata cache, frame index)
     extras: dict[str, Any] = field(default_factory=dict)
+    # [deidentify]: the research projects of export-research (web/research_routes.py)
+    deidentify: DeidSettings | None = None
 
     @property
     def spool_dir(self) -> Path:

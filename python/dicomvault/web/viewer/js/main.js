@@ -14,6 +14,7 @@ import { showLogin, storeToken, storedToken } from "./ui/login.js";
 import { renderMetadata } from "./ui/metadata.js";
 import { SeriesPanel, studyLabel } from "./ui/seriespanel.js";
 import { openShareDialog } from "./ui/share.js";
+import { openResearchExport } from "./ui/research.js";
 import { StudyList } from "./ui/studylist.js";
 import { attachInteraction } from "./viewport/interaction.js";
 
@@ -330,6 +331,7 @@ export class App {
       btn("MPR", "Reformat: axial, coronal, sagittal (M)", () => this.toggleMpr(), ".mpr"),
       btn("Fusion", "Fuse another series of the same frame of reference", () => this.openFusion(), ".fusion"),
       this.can("share") ? btn("Share", "Create a share link to this study", () => openShareDialog(this.client, this.study.uid)) : null,
+      this.can("share") ? btn("Research", "Export this study de-identified for a research project", () => openResearchExport(this.client, this.study.uid)) : null,
     );
     return bar;
   }

@@ -107,7 +107,8 @@ def report(ct: list[Dataset], volume_ml: float) -> Dataset:
     """A TID 1500 SR of one volume measurement over `ct`: series 9000."""
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="block"),
-        measurements=[hd.sr.Measurement(name=codes.SCT.Volume, value=volume_ml, unit=hd.sr.CodedConcept("mL", "UCUM", "milliliter"))])
+        measurements=[hd.sr.Measurement(name=codes.SCT.Volume, value=volume_ml,
+                                        unit=hd.sr.CodedConcept("mL", "UCUM", "milliliter"))])
     content = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(),
                                       procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
                                       imaging_measurements=[group])

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dv_analysis import analysed_study, result
 from pydicom.dataset import Dataset
 
 from dicomvault.analysis import results
 from dicomvault.analysis.api import URGENT, WARNING, Flag, Measurement, Result
 from dicomvault.engine import Engine
 from dicomvault.index import keys as K
-from dv_analysis import analysed_study, result
 
 
 def _bytes(ds: Dataset) -> bytes:
@@ -31,7 +31,8 @@ def _store(eng: Engine, objects: list[Dataset]) -> None:
         assert not isinstance(outcome, Exception), outcome
 
 
-def _record(eng: Engine, study: Any, res: Result, stored: list[tuple[str, str, str]] | None = None) -> None:
+def _record(eng: Engine, study: Any, res: Result,
+            stored: list[tuple[str, str, str]] | None = None) -> None:
     results.record(eng.index, study_uid=study.study_uid, patient_id=study.patient_id,
                    study_date=study.study_date, result=res,
                    stored=study.stored() if stored is None else stored)
@@ -49,12 +50,14 @@ def test_study_results_have_the_agreed_shape(eng: Engine) -> None:
     _record(eng, s, result("ct-chest", s.ct_series, volume=2.4, emphysema=7.5,
                            flags=[("chest.emphysema", WARNING, "Emphysema index 7.5 % in series 1")]))
     _record(eng, s, result("quality", s.ct_series, volume=2.4,
-                           flags=[("quality.missing_slices", URGENT, "Series 1: slice 4 missing")]), stored=[])
+                           flags=[("quality.missing_slices", URGENT, "Series 1: slice 4 missing")]),
+            stored=[])
     out = results.study_results(eng.index, s.study_uid)
     assert set(out) == {"study_uid", "flags", "measurements", "objects"}
     assert out["study_uid"] == s.study_uid
     # most severe first, whatever the analyzer's name
-    assert [(f["analyzer"], f["severity"]) for f in out["flags"]] == [("quality", URGENT), ("ct-chest", WARNING)]
+    assert [(f["analyzer"], f["severity"]) for f in out["flags"]] == [("quality", URGENT),
+                                                                   ("ct-chest", WARNING)]
     assert set(out["flags"][0]) == {"analyzer", "code", "reason", "severity", "score", "series_uid"}
     assert out["flags"][0]["score"] == 0.9 and out["flags"][0]["series_uid"] == s.ct_series
     assert [(m["analyzer"], m["key"], m["value"], m["unit"]) for m in out["measurements"]] == [
@@ -84,7 +87,8 @@ def test_a_run_replaces_the_previous_run_of_its_analyzer_only(eng: Engine) -> No
     # quality again, now finding nothing: its measurement, flag and objects go; ct-chest's stay
     _record(eng, s, result("quality", s.ct_series, volume=3.0), stored=[])
     out = results.study_results(eng.index, s.study_uid)
-    assert [(m["analyzer"], m["value"]) for m in out["measurements"]] == [("ct-chest", 2.0), ("quality", 3.0)]
+    assert [(m["analyzer"], m["value"]) for m in out["measurements"]] == [("ct-chest", 2.0),
+                                                                        ("quality", 3.0)]
     assert [f["analyzer"] for f in out["flags"]] == ["ct-chest"]
     assert out["objects"] == []
     # the summary and the flagged-study keys moved down to warning, with no urgent key left behind
@@ -109,7 +113,8 @@ def test_trends_in_study_date_order_with_the_change_since_the_last_study(eng: En
         _store(eng, s.ct)
         _record(eng, s, result("ct-chest", s.ct_series, volume=vol, emphysema=emph), stored=[])
         studies.append(s)
-    other = analysed_study(patient_id="PT-8", patient_name="Other^Pat", study_date="20220101", with_objects=False)
+    other = analysed_study(patient_id="PT-8", patient_name="Other^Pat", study_date="20220101",
+                           with_objects=False)
     _store(eng, other.ct)
     _record(eng, other, result("ct-chest", other.ct_series, volume=1.0, emphysema=50.0), stored=[])
 
@@ -173,7 +178,8 @@ def test_trends_read_the_patients_keys_only(eng: Engine) -> None:
         mine.append(s)
     for i in range(25):  # other patients, one of them with an ID that extends ours
         pid = "SCAN-ME2" if i == 0 else f"OTHER-{i}"
-        s = analysed_study(patient_id=pid, patient_name="Other^Pat", study_date="20200101", with_objects=False)
+        s = analysed_study(patient_id=pid, patient_name="Other^Pat", study_date="20200101",
+                           with_objects=False)
         _store(eng, s.ct)
         _record(eng, s, result("ct-chest", s.ct_series, volume=9.0), stored=[])
     counting = CountingIndex(eng.index)

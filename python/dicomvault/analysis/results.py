@@ -116,7 +116,8 @@ def _runs(index: Index, study_uid: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _flag_writes(index: Index, study_uid: str, runs: Iterable[Mapping[str, Any]]) -> dict[bytes, bytes | None]:
+def _flag_writes(index: Index, study_uid: str, runs: Iterable[Mapping[str, Any]]
+                 ) -> dict[bytes, bytes | None]:
     out: dict[bytes, bytes | None] = {}
     old = flag_summary(index, study_uid)
     new = _summary(runs)

@@ -6,12 +6,16 @@ prefix scan of the patient's own keys, and everything survives a reopen."""
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import highdicom as hd
+import numpy as np
 import pytest
-from dv_analysis import analysed_study, result
+from dv_analysis import BLOCK, analysed_study, result
 from pydicom.dataset import Dataset
 
 from dicomvault.analysis import results
@@ -217,3 +221,25 @@ def test_bad_results_are_refused_naming_the_analyzer_and_study(eng: Engine) -> N
     with pytest.raises(ValueError, match="no analyzer name"):
         _record(eng, s, Result(""), stored=[])
     assert results.study_results(eng.index, s.study_uid)["measurements"] == []
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) is not installed")
+def test_the_seg_and_sr_the_tests_store_are_valid(tmp_path: Path) -> None:
+    """The objects the results and viewer tests put in the study stand for the pipeline's: dciodvfy
+    finds no error in them, and highdicom reads the SEG back as the block it marks."""
+    s = analysed_study(patient_id="V1", patient_name="Valid^Pat", study_date="20240101")
+    for name, ds in (("seg", s.seg), ("sr", s.sr)):
+        path = tmp_path / f"{name}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+        errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
+        assert errors == [], f"{name}: {errors}"
+    seg = hd.seg.Segmentation.from_dataset(s.seg)
+    order = [str(d.SOPInstanceUID) for d in s.ct]
+    mask = np.zeros((len(s.ct), *s.ct[0].pixel_array.shape), bool)
+    for i, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        src = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        mask[order.index(src)] |= seg.pixel_array[i].astype(bool)
+    expected = np.zeros_like(mask)
+    expected[BLOCK] = True
+    assert (mask == expected).all()

@@ -6,6 +6,7 @@ pydicom's DICOM JSON reader; a share link reads its study's analysis and no tren
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import date, timedelta
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,14 @@ from typing import Any
 import httpx
 import pytest
 from dv_analysis import Study, analysed_study, result
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicomvault.analysis import results
-from dicomvault.analysis.api import INFO, URGENT, WARNING
+from dicomvault.analysis.api import INFO, URGENT, WARNING, Flag, Result
 from dicomvault.engine import Engine
 from dicomvault.site import Site, SiteOptions
+from dicomvault.web.dicomweb import qido, qido_flags
 
 # key -> (patient, date, highest severity or None); C and A are the same patient's
 PLAN = {
@@ -124,7 +127,15 @@ def test_qido_rows_carry_the_flag_block(http: httpx.Client, studies: dict[str, S
     assert rows[studies["C"].study_uid]["00991001"] == {"vr": "CS"}
 
 
-def test_qido_flag_filters(http: httpx.Client, studies: dict[str, Study]) -> None:
+@pytest.fixture(params=[64, 1], ids=["chunk64", "chunk1"])
+def chunk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Flagged studies are loaded a chunk at a time: also one by one, so pages and day
+    boundaries fall inside and across chunks."""
+    monkeypatch.setattr(qido_flags, "CHUNK", request.param)
+    return request.param
+
+
+def test_qido_flag_filters(http: httpx.Client, studies: dict[str, Study], chunk: int) -> None:
     uid = {k: s.study_uid for k, s in studies.items()}
     newest_first = ["C", "B", "A", "D", "E"]
     assert _uids(_search(http)) == [uid[k] for k in newest_first]
@@ -138,7 +149,7 @@ def test_qido_flag_filters(http: httpx.Client, studies: dict[str, Study]) -> Non
     assert _uids(_search(http, StudyDate="20240101-", flagged="true")) == [uid["B"], uid["A"]]
 
 
-def test_qido_orderby_flag_pages(http: httpx.Client, studies: dict[str, Study]) -> None:
+def test_qido_orderby_flag_pages(http: httpx.Client, studies: dict[str, Study], chunk: int) -> None:
     uid = {k: s.study_uid for k, s in studies.items()}
     expected = [uid[k] for k in ("A", "B", "D", "C", "E")]  # urgent, warning, info, then newest first
     assert _uids(_search(http, orderby="flag")) == expected
@@ -147,6 +158,7 @@ def test_qido_orderby_flag_pages(http: httpx.Client, studies: dict[str, Study]) 
     r = http.get("/dicom-web/studies", params={"orderby": "flag", "limit": 2})
     assert "Warning" in r.headers  # more matched than returned
     assert _uids(_search(http, orderby="flag", flagged="true", limit=1, offset=1)) == [uid["B"]]
+    assert _uids(_search(http, flagged="true", limit=2, offset=1)) == [uid["A"], uid["D"]]
     assert _uids(_search(http, orderby="flag", PatientID="PX")) == [uid["A"], uid["C"]]
 
 
@@ -191,3 +203,61 @@ def test_share_link_reads_its_studys_analysis_only(site: Site, http: httpx.Clien
     assert http.get(f"/api/studies/{b.study_uid}/analysis", headers=h).status_code == 403
     assert http.get("/api/patients/PX/trends", headers=h).status_code == 403
     assert http.get("/api/patients/PX/trends").status_code == 401  # anonymous ends with the first user
+
+
+class CountingIndex:
+    """The real index, with the study records its finds return counted."""
+
+    def __init__(self, index: Any) -> None:
+        self._index = index
+        self.loaded = 0
+
+    def find(self, *args: Any, **kw: Any) -> Iterator[dict[str, str]]:
+        for row in self._index.find(*args, **kw):
+            self.loaded += 1
+            yield row
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._index, name)
+
+
+def _tiny_study(i: int) -> tuple[bytes, Dataset]:
+    """A study of one pixel-less instance, dated 2020-01-01 + i days."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.PatientID, ds.PatientName = f"T{i}", f"Tiny^{i}"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.StudyDate = (date(2020, 1, 1) + timedelta(days=i)).strftime("%Y%m%d")
+    ds.StudyTime, ds.Modality = "120000", "OT"
+    return _bytes(ds), ds
+
+
+def test_a_flagged_page_loads_about_a_page_of_records(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(qido_flags, "CHUNK", 4)
+    with Engine(tmp_path / "data", min_free_bytes=0) as eng:
+        made = [_tiny_study(i) for i in range(60)]
+        eng.store_buffers([b for b, _ in made])
+        for i, (_, ds) in enumerate(made[:40]):  # 40 flagged, 20 not
+            severity = URGENT if i % 2 else WARNING
+            results.record(eng.index, study_uid=ds.StudyInstanceUID, patient_id=ds.PatientID,
+                           study_date=ds.StudyDate, stored=[],
+                           result=Result("q", flags=[Flag("q.x", "why", severity)]))
+        newest_flagged = [str(ds.StudyInstanceUID) for _, ds in reversed(made[:40])]
+        for params, expected in (
+            ([("flagged", "true"), ("limit", "5")], newest_flagged[:5]),
+            ([("orderby", "flag"), ("limit", "5")], [u for u in newest_flagged if u in
+                                                     results.flagged_studies(eng.index, [URGENT])][:5]),
+            ([("00991001", "warning"), ("limit", "3"), ("offset", "2")],
+             [u for u in newest_flagged if u in results.flagged_studies(eng.index, [WARNING])][2:5]),
+        ):
+            counting = CountingIndex(eng.index)
+            got = qido.search(counting, qido.parse_qido("studies", params))
+            assert _uids(got.items) == expected, params
+            assert got.truncated
+            # the page, one more to know there is more, rounded up to whole chunks: not all 40
+            assert counting.loaded <= 12, (params, counting.loaded)

@@ -4,13 +4,14 @@ objects it stored), durable in the index's `meta` column family beside the workl
     an/r/s/ E(study uid) E(analyzer instance)                     -> the run's record
     an/r/p/ E(patient id) E(study date) E(study uid) E(analyzer)  -> its measurements (trends)
     an/r/f/ E(study uid)                                          -> the study's flag summary
-    an/r/v/ <severity rank> E(study uid)                          -> b"1" (flagged studies)
+    an/r/v/ <severity rank> E(study date) E(study uid)            -> b"1" (flagged studies)
 
 `E()` is the index's order-preserving component encoding (index/keys.py); records are a version
 byte + msgpack, like the worklist's. The `p` keys repeat the measurements of the `s` record so a
 patient's trends are one prefix scan of their own keys, already in study date order; the `f` and
 `v` keys exist for the study list and QIDO (integration of issue 16 item 3): the highest severity
-and the reasons of one study in one read, and every flagged study without a scan of all studies.
+and the reasons of one study in one read, and every flagged study without a scan of all studies,
+by severity and then date (so the flagged studies' newest page needs only its own records).
 A new run of an analyzer instance on a study replaces its previous run, and every key it touches
 changes in one synced batch.
 
@@ -65,8 +66,8 @@ def _patient_key(patient_id: str, study_date: str, study_uid: str, analyzer: str
     return BY_PATIENT + K.pack(patient_id, study_date, study_uid, analyzer)
 
 
-def _severity_key(rank: int, study_uid: str) -> bytes:
-    return BY_SEVERITY + bytes((rank,)) + K.encode(study_uid)
+def _severity_key(rank: int, study_date: str, study_uid: str) -> bytes:
+    return BY_SEVERITY + bytes((rank,)) + K.pack(study_date, study_uid)
 
 
 def _finite(value: float, what: str) -> float:
@@ -96,7 +97,7 @@ def _run_record(*, study_uid: str, patient_id: str, study_date: str, result: Res
             "measurements": measurements, "flags": flags, "objects": objects}
 
 
-def _summary(runs: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+def _summary(runs: Iterable[Mapping[str, Any]], study_date: str) -> dict[str, Any] | None:
     """The study list's view of a study's flags: the highest severity, and every reason, most
     severe first. None when no run flagged anything."""
     flags = [(RANK[f["severity"]], run["analyzer"], f) for run in runs for f in run["flags"]]
@@ -105,7 +106,7 @@ def _summary(runs: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
     flags.sort(key=lambda t: (-t[0], t[1]))
     top = flags[0][2]["severity"]
     return {"severity": top, "rank": RANK[top], "reasons": [f["reason"] for _, _, f in flags],
-            "codes": [f["code"] for _, _, f in flags]}
+            "codes": [f["code"] for _, _, f in flags], "study_date": study_date}
 
 
 def _runs(index: Index, study_uid: str) -> dict[str, dict[str, Any]]:
@@ -116,18 +117,18 @@ def _runs(index: Index, study_uid: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _flag_writes(index: Index, study_uid: str, runs: Iterable[Mapping[str, Any]]
+def _flag_writes(index: Index, study_uid: str, runs: Iterable[Mapping[str, Any]], study_date: str
                  ) -> dict[bytes, bytes | None]:
     out: dict[bytes, bytes | None] = {}
     old = flag_summary(index, study_uid)
-    new = _summary(runs)
-    if old is not None and (new is None or old["rank"] != new["rank"]):
-        out[_severity_key(old["rank"], study_uid)] = None
+    new = _summary(runs, study_date)
+    if old is not None:
+        out[_severity_key(old["rank"], old["study_date"], study_uid)] = None
     if new is None:
         out[FLAGS + K.encode(study_uid)] = None
     else:
         out[FLAGS + K.encode(study_uid)] = _encode(new)
-        out[_severity_key(new["rank"], study_uid)] = b"1"
+        out[_severity_key(new["rank"], study_date, study_uid)] = b"1"  # after the delete: same key kept
     return out
 
 
@@ -152,7 +153,7 @@ def record(index: Index, *, study_uid: str, patient_id: str, study_date: str, re
         writes[_run_key(study_uid, result.analyzer)] = _encode(rec)
         writes[_patient_key(patient_id, rec["study_date"], study_uid, result.analyzer)] = _encode(
             {"measurements": rec["measurements"]})
-        writes.update(_flag_writes(index, study_uid, runs.values()))
+        writes.update(_flag_writes(index, study_uid, runs.values(), rec["study_date"]))
         index.put_meta_many(writes)
 
 
@@ -164,28 +165,33 @@ def forget_study(index: Index, study_uid: str) -> int:
         for run in runs.values():
             writes[_run_key(study_uid, run["analyzer"])] = None
             writes[_patient_key(run["patient_id"], run["study_date"], study_uid, run["analyzer"])] = None
-        writes.update(_flag_writes(index, study_uid, ()))
+        writes.update(_flag_writes(index, study_uid, (), ""))
         index.put_meta_many(writes)
     return len(runs)
 
 
 def flag_summary(index: Index, study_uid: str) -> dict[str, Any] | None:
-    """{"severity", "rank", "reasons", "codes"} of a flagged study; None if nothing flagged it."""
+    """{"severity", "rank", "reasons", "codes", "study_date"} of a flagged study; None if nothing
+    flagged it."""
     raw = index.get_meta(FLAGS + K.encode(study_uid))
     return _decode(raw, f"flag summary of study {study_uid}") if raw else None
 
 
+def flagged(index: Index, severity: str) -> list[tuple[str, str]]:
+    """(study date, study UID) of the studies whose highest severity is `severity`, oldest first:
+    a scan of those studies' keys only."""
+    prefix = BY_SEVERITY + bytes((RANK[severity],))
+    out = []
+    for k, _ in index.meta_items(prefix):
+        date, uid = K.unpack(k, len(prefix))
+        out.append((date, uid))
+    return out
+
+
 def flagged_studies(index: Index, severities: Iterable[str] = SEVERITIES) -> dict[str, str]:
     """Study UID -> highest severity, for the studies whose highest severity is one of
-    `severities`: a scan of the flagged studies' keys only."""
-    out: dict[str, str] = {}
-    by_rank = {RANK[s]: s for s in severities}
-    for rank, severity in by_rank.items():
-        prefix = BY_SEVERITY + bytes((rank,))
-        for k, _ in index.meta_items(prefix):
-            uid, _ = K.decode_at(k, len(prefix))
-            out[uid] = severity
-    return out
+    `severities`."""
+    return {uid: s for s in severities for _, uid in flagged(index, s)}
 
 
 def study_results(index: Index, study_uid: str) -> dict[str, Any]:
@@ -240,4 +246,5 @@ def trends(index: Index, patient_id: str) -> dict[str, Any]:
     return {"patient_id": patient_id, "trends": out}
 
 
-__all__ = ["RANK", "flag_summary", "flagged_studies", "forget_study", "record", "study_results", "trends"]
+__all__ = ["RANK", "flag_summary", "flagged", "flagged_studies", "forget_study", "record", "study_results",
+           "trends"]

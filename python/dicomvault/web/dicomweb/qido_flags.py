@@ -19,7 +19,9 @@ match key or in includefield), then the elements are present and empty. Request 
 
 QIDO-RS has no standard ordering parameter, so `orderby` is ours; it is accepted on study searches
 only, like the attributes themselves. The flags are read from the results store
-(analysis/results.py): the flagged studies from their own keys, never by a scan of all studies.
+(analysis/results.py): the flagged studies from their own keys (by severity, then the study date
+recorded with the result), never by a scan of all studies; their records are loaded newest first,
+a chunk at a time, until the page is complete.
 """
 
 from __future__ import annotations
@@ -110,6 +112,8 @@ def parse(pairs: Sequence[tuple[str, str]], include: bool, level: str) -> FlagQu
 
 
 Rows = list[dict[str, str]]
+# Flagged studies are loaded this many at a time, newest first, until a page is complete.
+CHUNK = 64
 
 
 def study_rows(index: Any, fq: FlagQuery, query: Mapping[str, str], need: int,
@@ -118,35 +122,45 @@ def study_rows(index: Any, fq: FlagQuery, query: Mapping[str, str], need: int,
     """The study rows of a search the flags filter or reorder: at least ``need`` of them when
     there are, ordered, and whether every match was read. ``first_days`` and ``order`` are
     qido.py's newest-first paging and its ordering of a list of study rows."""
-    flagged = results.flagged_studies(index)
+    given = parse_match("StudyInstanceUID", str(query.get("StudyInstanceUID") or ""))
+    if fq.severities is not None and not fq.first:
+        # newest first across the severities asked for: merged by the dates in the keys
+        keys = sorted((k for s in fq.severities for k in results.flagged(index, s)), reverse=True)
+        rows, counted = first_days(_load(index, query, keys, given), need)
+        order(rows)
+        return rows, counted
     head: Rows = []
-    if fq.severities is not None or fq.first and not fq.unflagged:
-        head = _flagged_matches(index, query, flagged, fq.severities)
-        order(head)
-        if fq.first:
-            rank = results.RANK
-            head.sort(key=lambda r: -rank[flagged[r["StudyInstanceUID"]]])  # stable: dates kept
+    if not fq.unflagged:
+        for severity in sorted(fq.severities or SEVERITIES, key=lambda s: -results.RANK[s]):
+            keys = sorted(results.flagged(index, severity), reverse=True)
+            rows, counted = first_days(_load(index, query, keys, given), need - len(head))
+            order(rows)
+            head += rows
+            if not counted:
+                return head, False
         if fq.severities is not None:
             return head, True
+    every_flagged = results.flagged_studies(index)
     rest: Iterator[dict[str, str]] = (r for r in index.find("STUDY", query)
-                                      if r.get("StudyInstanceUID", "") not in flagged)
+                                      if r.get("StudyInstanceUID", "") not in every_flagged)
     tail, counted = first_days(rest, max(0, need - len(head)))
     order(tail)
     return head + tail, counted
 
 
-def _flagged_matches(index: Any, query: Mapping[str, str], flagged: Mapping[str, str],
-                     severities: frozenset[str] | None) -> Rows:
-    """The flagged studies (of ``severities``) the query's other keys match, unordered."""
-    given = parse_match("StudyInstanceUID", str(query.get("StudyInstanceUID") or ""))
-    uids = sorted(u for u, s in flagged.items()
-                  if (severities is None or s in severities) and given.matches(u))
-    if not uids:
-        return []
-    q = {**query, "StudyInstanceUID": "\\".join(uids)}
-    # A plain StudyDate match: these are few, sorted by the caller, no newest-first walk needed.
-    q["StudyDate"] = str(query.get("StudyDate") or "")
-    return list(index.find("STUDY", q))
+def _load(index: Any, query: Mapping[str, str], keys: Sequence[tuple[str, str]], given: Any
+          ) -> Iterator[dict[str, str]]:
+    """The records of the flagged studies ``keys`` ((study date, UID), newest first) that match
+    the query, in that order, loaded a chunk at a time as the caller reads on."""
+    uids = [uid for _, uid in keys if given.matches(uid)]
+    rank = {uid: i for i, uid in enumerate(uids)}
+    # These few are put in order here: no newest-first walk of the StudyDate index for them.
+    plain = {**query, "StudyDate": str(query.get("StudyDate") or "")}
+    for i in range(0, len(uids), CHUNK):
+        chunk = uids[i:i + CHUNK]
+        rows = list(index.find("STUDY", {**plain, "StudyInstanceUID": "\\".join(chunk)}))
+        rows.sort(key=lambda r: rank.get(r.get("StudyInstanceUID", ""), 0))
+        yield from rows
 
 
 def annotate(index: Any, item: dict[str, Any], study_uid: str, include: bool) -> dict[str, Any]:

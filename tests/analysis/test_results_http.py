@@ -5,6 +5,7 @@ pydicom's DICOM JSON reader; a share link reads its study's analysis and no tren
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import date, timedelta
 from io import BytesIO
@@ -261,3 +262,21 @@ def test_a_flagged_page_loads_about_a_page_of_records(tmp_path: Path,
             assert got.truncated
             # the page, one more to know there is more, rounded up to whole chunks: not all 40
             assert counting.loaded <= 12, (params, counting.loaded)
+
+
+def test_reads_are_audited(site: Site, http: httpx.Client, studies: dict[str, Study]) -> None:
+    site.users.add("rita", "reader")
+    rita = {"Authorization": f"Bearer {site.users.issue_token('rita')}"}
+    a = studies["A"]
+    assert http.get(f"/api/studies/{a.study_uid}/analysis", headers=rita).status_code == 200
+    assert http.get("/api/patients/PX/trends", headers=rita).status_code == 200
+    site.stop()  # writes the bursts still counted
+    site.stop = lambda: None  # type: ignore[method-assign]  # the fixture's stop is done
+    path = site.engine.data_dir / "audit" / "audit.jsonl"
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    (read,) = [r for r in recs if r["event"] == "instances-accessed"]
+    assert (read["user"], read["study"], read["patient"], read["detail"]["kinds"]) == (
+        "rita", a.study_uid, "PX", {"analysis": 1})
+    (query,) = [r for r in recs if r["event"] == "query"]
+    assert (query["user"], query["patient"], query["detail"]["protocol"], query["detail"]["matches"]) == (
+        "rita", "PX", "HTTP /api/patients/trends", 2)

@@ -6,7 +6,8 @@ analysis/results.py, written by the analysis pipeline):
 
 404 when the index knows neither the study (the patient) nor any result of it. A share link,
 bound to one study, may read that study's analysis (the path names it) but no patient's trends,
-which span studies it was not given.
+which span studies it was not given. The audit trail counts a study's analysis read with the
+study's other reads (kind "analysis") and records a trends read as a query by PatientID.
 """
 
 from __future__ import annotations
@@ -39,10 +40,14 @@ def routes(ctx: WebContext) -> list[Route]:
         out = results.trends(index, pid)
         if not out["trends"] and index.get_patient(pid) is None:
             raise UnknownObjectError("patient", pid)
+        # A patient's measurements across studies: audited like a search by PatientID.
+        ctx.security.queried(request, "patients", {"PatientID": pid}, len(out["trends"]),
+                             protocol="HTTP /api/patients/trends")
         return json_response(out)
 
     return [
-        Route("/api/studies/{study}/analysis", secured(ctx.security, READ, study_analysis), methods=["GET"]),
+        Route("/api/studies/{study}/analysis", secured(ctx.security, READ, study_analysis, access="analysis"),
+              methods=["GET"]),
         Route("/api/patients/{patient_id:path}/trends", secured(ctx.security, READ, patient_trends),
               methods=["GET"]),
     ]

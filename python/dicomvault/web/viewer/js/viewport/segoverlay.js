@@ -10,13 +10,15 @@ export class SegOverlay {
   constructor(client, onChange) {
     this.client = client;
     this.onChange = onChange;
-    this.segs = [];          // {seg, masks: Map(frame number -> Uint8Array), visible, error}
+    // {seg, masks: Map(frame number -> the frame's bytes as fetched), visible, error}: kept packed
+    // (a 512² binary frame is 32 KiB, 256 KiB unpacked) and unpacked when an image is first drawn.
+    this.segs = [];
     this.opacity = 0.5;
     this.layers = new Map(); // `${seriesUid}|${index}` -> canvas of every visible SEG on that image
     this.placement = new Map();  // `${segSop}|${seriesUid}` -> Map(image index -> [frames])
   }
 
-  clear() { this.segs = []; this.resetCache(); }
+  clear() { this.segs = []; this.placement.clear(); this.resetCache(); }
 
   resetCache() { this.layers.clear(); }
 
@@ -41,7 +43,7 @@ export class SegOverlay {
           for (let i = 0; i < numbers.length; i += FRAMES_PER_REQUEST) {
             const chunk = numbers.slice(i, i + FRAMES_PER_REQUEST);
             const parts = await this.client.frames(studyUid, seg.seriesUid, seg.sopInstanceUid, chunk);
-            chunk.forEach((n, k) => entry.masks.set(n, unpackFrame(parts[k], seg)));
+            chunk.forEach((n, k) => entry.masks.set(n, parts[k]));
           }
         } catch (err) {
           entry.error = `Cannot read segmentation ${seg.sopInstanceUid}: ${err.message}`;
@@ -96,9 +98,10 @@ export class SegOverlay {
       const ctx = canvas.getContext("2d");
       const img = ctx.getImageData(0, 0, columns, rows);
       for (const f of frames) {
-        const mask = entry.masks.get(f.frame);
+        const raw = entry.masks.get(f.frame);
         const color = entry.seg.segments.get(f.segment)?.color || [255, 64, 64];
-        if (!mask) continue;
+        if (!raw) continue;
+        const mask = unpackFrame(raw, entry.seg);
         for (let p = 0; p < mask.length; p++) {
           if (!mask[p]) continue;
           const o = p * 4;

@@ -14,30 +14,33 @@ export class SegOverlay {
     // (a 512² binary frame is 32 KiB, 256 KiB unpacked) and unpacked when an image is first drawn.
     this.segs = [];
     this.opacity = 0.5;
+    this.generation = 0;     // bumped by clear(): a load still running for the previous study is dropped
     this.layers = new Map(); // `${seriesUid}|${index}` -> canvas of every visible SEG on that image
     this.placement = new Map();  // `${segSop}|${seriesUid}` -> Map(image index -> [frames])
   }
 
-  clear() { this.segs = []; this.placement.clear(); this.resetCache(); }
+  clear() { this.segs = []; this.placement.clear(); this.resetCache(); this.generation++; }
 
   resetCache() { this.layers.clear(); }
 
   /** Loads the SEG instances of `segRows` (QIDO series rows of modality SEG) of a study. */
   async load(studyUid, segRows) {
+    const generation = this.generation;
+    const segs = [];
     for (const row of segRows) {
       const seriesUid = str(row, TAG.SeriesInstanceUID);
       let instances;
       try {
         instances = await this.client.seriesMetadata(studyUid, seriesUid);
       } catch (err) {
-        this.segs.push({ seg: { seriesUid, description: str(row, TAG.SeriesDescription), segments: new Map() },
+        segs.push({ seg: { seriesUid, description: str(row, TAG.SeriesDescription), segments: new Map() },
           masks: new Map(), visible: false, error: err.message });
         continue;
       }
       for (const inst of instances) {
         const seg = parseSeg(inst);
         const entry = { seg, masks: new Map(), visible: true, error: null };
-        this.segs.push(entry);
+        segs.push(entry);
         try {
           const numbers = seg.frames.map((f) => f.frame);
           for (let i = 0; i < numbers.length; i += FRAMES_PER_REQUEST) {
@@ -51,6 +54,8 @@ export class SegOverlay {
         }
       }
     }
+    if (generation !== this.generation) return [];   // another study was opened meanwhile
+    this.segs.push(...segs);
     this.resetCache();
     this.onChange?.();
     return this.segs;

@@ -3,8 +3,9 @@
   /dicom-web   DICOMweb: QIDO-RS, WADO-RS, STOW-RS (dicomweb/routes.py)
   /wado        WADO-URI (wado_uri.py)
   /fhir/r4     FHIR R4 read API for EHRs (fhir_routes.py)
-  /api         JSON for the CLI, the viewer and admins (api.py, admin.py; worklist_routes.py;
-               research_routes.py: de-identified export for research)
+  /api         JSON for the CLI, the viewer and admins (api.py, admin.py; worklist_routes.py,
+               analysis_routes.py, patients_routes.py; research_routes.py: de-identified export
+               for research)
   /replication the change feed and blobs for replicas (replication_routes.py)
   /metrics     Prometheus text (metrics.py)
   /healthz     liveness, open to all
@@ -30,6 +31,7 @@ from ..errors import DicomVaultError
 from ..tiering.service import TieringService
 from . import (
     admin,
+    analysis_routes,
     api,
     fhir_routes,
     iocm_routes,
@@ -68,6 +70,7 @@ def build_app(ctx: WebContext, *, jobs: Callable[[], list[dict[str, Any]]] | Non
         *api.routes(ctx, jobs),
         *tier_routes.routes(ctx, tiering),
         *measurements.routes(ctx),
+        *analysis_routes.routes(ctx),
         *worklist_routes.routes(ctx),
         *session_routes.routes(ctx),
         *shares_routes.routes(ctx),

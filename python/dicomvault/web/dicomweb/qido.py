@@ -14,6 +14,8 @@ index/query.py), ``limit``, ``offset``; the generic ``accept`` and ``charset`` p
 index/query.py (single value, ``*``/``?`` wildcards, date/time ranges, UID lists, case rules).
 ``{sequence}.{attribute}`` keys: the index holds no sequences, so a universal one is accepted
 (as a return key it has no value) and a constraining one is refused naming it.
+Study searches also take the analysis flag parameters of qido_flags.py (``00991001=urgent``,
+``flagged=true``, ``orderby=flag``), and every flagged study's row carries its private block.
 
 Results are ordered deterministically before ``offset``/``limit`` apply, so pages do not
 overlap while the archive does not change:
@@ -49,6 +51,7 @@ from ...index.query import (
     study_view,
     vr_of,
 )
+from . import qido_flags
 from .attrs_json import attrs_json
 
 STUDY, SERIES, IMAGE = "STUDY", "SERIES", "IMAGE"
@@ -126,6 +129,7 @@ class QidoQuery:
     accept: tuple[str, ...] = ()
     charset: tuple[str, ...] = ()
     empty: bool = False
+    flags: qido_flags.FlagQuery | None = None  # the analysis flag parameters (qido_flags.py)
 
 
 @dataclass(slots=True)
@@ -209,9 +213,10 @@ def _bool_param(name: str, values: list[str]) -> bool:
     return vals == {"true"}
 
 
-def _includefields(values: list[str]) -> tuple[tuple[str, ...], bool]:
+def _includefields(values: list[str]) -> tuple[tuple[str, ...], bool, bool]:
+    """(keywords, all, an analysis flag element named)"""
     out: list[str] = []
-    include_all = False
+    include_all = flag_fields = False
     for v in values:
         for item in v.split(","):
             item = item.strip()
@@ -220,11 +225,14 @@ def _includefields(values: list[str]) -> tuple[tuple[str, ...], bool]:
             if item.lower() == "all":
                 include_all = True
                 continue
+            if qido_flags.is_flag_field(item):
+                flag_fields = True
+                continue
             kw = _keyword(item.partition(".")[0])
             if kw is None:
                 raise RequestError(f"includefield {item!r}: not a DICOM keyword or tag")
             out.append(kw)
-    return tuple(dict.fromkeys(out)), include_all
+    return tuple(dict.fromkeys(out)), include_all, flag_fields
 
 
 def parse_qido(resource: str, params: Sequence[tuple[str, str]], *, study_uid: str | None = None,
@@ -237,10 +245,14 @@ def parse_qido(resource: str, params: Sequence[tuple[str, str]], *, study_uid: s
         raise RequestError(f"unknown QIDO-RS resource {resource!r}; expected studies, series or instances")
     reserved: dict[str, list[str]] = {}
     attrs: dict[str, list[tuple[str, str]]] = {}  # keyword -> [(param name, value)]
+    flag_params: list[tuple[str, str]] = []
     for name, value in params:
         lname = name.lower()
         if lname in _RESERVED:
             reserved.setdefault(lname, []).append(value)
+            continue
+        if qido_flags.is_flag_param(name):
+            flag_params.append((name, value))
             continue
         kw, nested = _attribute(name)
         if nested is not None:
@@ -258,7 +270,8 @@ def parse_qido(resource: str, params: Sequence[tuple[str, str]], *, study_uid: s
         # A page past this would walk (and decode) every record before it; narrow the query.
         raise RequestError(f"offset={offset} is past the {MAX_OFFSET:,} results a search may page through; "
                            "narrow the query (e.g. a StudyDate range)")
-    include, include_all = _includefields(reserved.get("includefield", []))
+    include, include_all, flag_fields = _includefields(reserved.get("includefield", []))
+    flags = qido_flags.parse(flag_params, flag_fields or include_all and level == STUDY, level)
 
     match: dict[str, str] = {}
     for kw, pairs in attrs.items():
@@ -292,7 +305,7 @@ def parse_qido(resource: str, params: Sequence[tuple[str, str]], *, study_uid: s
         study_uid=keys.norm_uid(study_uid) if study_uid else None,
         series_uid=keys.norm_uid(series_uid) if series_uid else None,
         accept=tuple(reserved.get("accept", ())), charset=tuple(reserved.get("charset", ())),
-        empty=empty,
+        empty=empty, flags=flags,
     )
 
 
@@ -390,8 +403,12 @@ def search(index: Any, q: QidoQuery, *, max_results: int = 1000, base_url: str |
     try:
         if q.level == STUDY:
             query["StudyDate"] = NewestFirst(query.get("StudyDate") or "")
-            rows, counted = _first_days(index.find(STUDY, query), q.offset + size + 1)
-            _order(STUDY, rows)
+            if q.flags is not None and q.flags.reorders:
+                rows, counted = qido_flags.study_rows(index, q.flags, query, q.offset + size + 1,
+                                                      _first_days, lambda r: _order(STUDY, r))
+            else:
+                rows, counted = _first_days(index.find(STUDY, query), q.offset + size + 1)
+                _order(STUDY, rows)
         elif index.explain(q.level, query)["estimate"] > SORT_MAX_ROWS:
             rows = list(index.find(q.level, query, q.offset + size + 1))
             counted = len(rows) <= q.offset + size
@@ -411,7 +428,11 @@ def search(index: Any, q: QidoQuery, *, max_results: int = 1000, base_url: str |
         kws: Iterable[str] = wanted
         if q.include_all:
             kws = (*wanted, *(k for k, v in values.items() if v))
-        items.append(attrs_json(values, tuple(kws)))
+        item = attrs_json(values, tuple(kws))
+        if q.level == STUDY:
+            item = qido_flags.annotate(index, item, row.get("StudyInstanceUID", ""),
+                                       q.flags is not None and q.flags.include)
+        items.append(item)
     return QidoResult(items, len(rows) > q.offset + len(page), len(rows) if counted else None)
 
 

@@ -1,4 +1,4 @@
-// The application: routes (#/studies, #/study/UID, #/share/TOKEN, #/login), the viewer screen,
+// The application: routes (#/studies, #/study/UID, #/patient/ID, #/share/TOKEN, #/login), the viewer screen,
 // and the wiring between data, viewports, tools and panels. Exposed as window.dicomvault for
 // the browser tests and the benchmark.
 import { DicomWebClient } from "./data/client.js";
@@ -9,14 +9,18 @@ import { CT_PRESETS } from "./image/lut.js";
 import { Grid } from "./layout/grid.js";
 import { ScrollSync } from "./layout/sync.js";
 import { MEASURE_TOOLS, Measurements, formatValue } from "./tools/measuretool.js";
+import { renderAnalysis } from "./ui/analysispanel.js";
 import { clear, h, toast } from "./ui/dom.js";
+import { flagBadge, flagOfAnalysis } from "./ui/flags.js";
 import { showLogin, storeToken, storedToken } from "./ui/login.js";
 import { renderMetadata } from "./ui/metadata.js";
 import { SeriesPanel, studyLabel } from "./ui/seriespanel.js";
 import { openShareDialog } from "./ui/share.js";
 import { openResearchExport } from "./ui/research.js";
 import { StudyList } from "./ui/studylist.js";
+import { showTrends } from "./ui/trends.js";
 import { attachInteraction } from "./viewport/interaction.js";
+import { SegOverlay } from "./viewport/segoverlay.js";
 
 const TOOLS = [
   ["wl", "W/L", "w"], ["pan", "Pan", "p"], ["zoom", "Zoom", "z"], ["scroll", "Scroll", "s"],
@@ -30,6 +34,9 @@ export class App {
     this.client.onUnauthorized = () => { if (!this.loggingIn) this.route("#/login"); };
     this.loader = new FrameLoader(this.client);
     this.measure = new Measurements(this);
+    // the study's segmentations over its images, and its analysis results (flags, measurements)
+    this.segs = new SegOverlay(this.client, () => { this.redrawAll(); this.renderAnalysisPanel(); });
+    this.analysis = null;
     this.sync = new ScrollSync();
     this.tool = "wl";
     this.session = null;
@@ -79,6 +86,7 @@ export class App {
       if (view === "login") { history.replaceState(null, "", "#/studies"); return this.route("#/studies"); }
     }
     if (view === "study" && arg) return this.openStudy(decodeURIComponent(arg));
+    if (view === "patient" && arg && !this.session?.study) return this.showPatient(decodeURIComponent(arg));
     if (this.session?.study) return this.openStudy(this.session.study);
     return this.showStudies();
   }
@@ -108,8 +116,18 @@ export class App {
     this.teardownViewer();
     const main = h("main.studies-page");
     this.root.replaceChildren(this.header(), main);
-    this.studies = new StudyList(main, { client: this.client, onOpen: (uid) => { location.hash = `#/study/${encodeURIComponent(uid)}`; } });
+    this.studies = new StudyList(main, { client: this.client,
+      onOpen: (uid) => { location.hash = `#/study/${encodeURIComponent(uid)}`; },
+      onTrends: (pid) => { location.hash = `#/patient/${encodeURIComponent(pid)}`; } });
     this.studies.search(0);
+  }
+
+  /** The patient's page: measurement trends across their studies. */
+  async showPatient(patientId) {
+    this.teardownViewer();
+    const main = h("main.patient-page");
+    this.root.replaceChildren(this.header(), main);
+    this.trends = await showTrends(main, this.client, patientId);
   }
 
   teardownViewer() {
@@ -118,6 +136,10 @@ export class App {
     this.mpr?.stop?.();
     this.mpr = null;
     this.measure.clear();
+    this.segs.clear();
+    this.analysis = null;
+    this.analysisEl = null;
+    this.analysisLoaded = false;
     this.sync.disable();
   }
 
@@ -130,7 +152,8 @@ export class App {
     this.probeEl = h("span.probe");
     const left = h("div.left");
     this.toolbar = this.buildToolbar();
-    this.root.replaceChildren(this.header(this.toolbar), h("main.viewer-page", {}, left, gridEl, side),
+    this.flagsEl = h("span.study-flags");
+    this.root.replaceChildren(this.header(this.flagsEl, this.toolbar), h("main.viewer-page", {}, left, gridEl, side),
       h("footer.status", {}, this.probeEl));
     this.panel = new SeriesPanel(left, { client: this.client, onPick: (s, se) => this.showSeries(this.activeVp, s, se) });
     this.grid = new Grid(gridEl, { loader: this.loader, onCreate: (vp) => this.setupViewport(vp) });
@@ -152,6 +175,7 @@ export class App {
     const first = images.sort((a, b) => Number(str(a, TAG.SeriesNumber, "0")) - Number(str(b, TAG.SeriesNumber, "0")))[0];
     const shown = first ? this.showSeries(this.activeVp, studyUid, str(first, TAG.SeriesInstanceUID)) : Promise.resolve();
     this.loadReports(studyUid, seriesRows);
+    this.loadAnalysis(studyUid, seriesRows);
     await shown;
     this.findPriors();
   }
@@ -167,6 +191,31 @@ export class App {
     }
   }
 
+  /** The analysis results of the study (flags in the header, measurements and segmentations in
+   *  the side panel), and its segmentations' frames for the overlay. */
+  async loadAnalysis(studyUid, seriesRows) {
+    const segRows = seriesRows.filter((r) => str(r, TAG.Modality) === "SEG");
+    const segsLoaded = segRows.length ? this.segs.load(studyUid, segRows) : Promise.resolve();
+    try {
+      this.analysis = await this.client.api(`/studies/${encodeURIComponent(studyUid)}/analysis`);
+    } catch (err) {
+      this.analysis = { study_uid: studyUid, flags: [], measurements: [], objects: [], error: err.message };
+    }
+    if (this.study?.uid !== studyUid) return;
+    const flag = flagOfAnalysis(this.analysis);
+    this.flagsEl?.replaceChildren(...(flag ? [flagBadge(flag)] : []));
+    if (this.analysis.flags.length || this.analysis.measurements.length || segRows.length) this.sideTab(this.analysisTab, "analysis");
+    this.renderAnalysisPanel();
+    await segsLoaded;
+    this.analysisLoaded = true;
+  }
+
+  renderAnalysisPanel() {
+    if (!this.analysisEl) return;
+    renderAnalysis(this.analysisEl, { analysis: this.analysis, seriesRows: this.study?.series || [], segs: this.segs,
+      onShowSeries: (uid) => this.showSeries(this.activeVp, this.study.uid, uid) });
+  }
+
   async findPriors() {
     const vp = this.grid?.viewports[0];
     const md = vp?.image?.metadata;
@@ -177,6 +226,7 @@ export class App {
       const rows = await this.client.searchStudies({ PatientID: pid, includefield: ["StudyDescription", "ModalitiesInStudy"], limit: 50 });
       this.study.priors = rows.filter((r) => str(r, TAG.StudyInstanceUID) !== this.study.uid);
     } catch { this.study.priors = []; }
+    this.flagsEl?.append(h("a.trends-link", { href: `#/patient/${encodeURIComponent(pid)}`, title: "This patient's measurements over time" }, "Trends"));
     const sel = this.toolbar.querySelector("select.priors");
     sel.replaceChildren(h("option", { value: "" }, this.study.priors.length ? `Compare with prior (${this.study.priors.length})` : "No priors"),
       ...this.study.priors.map((p) => h("option", { value: str(p, TAG.StudyInstanceUID) }, studyLabel(p))));
@@ -223,6 +273,12 @@ export class App {
       vp.status.textContent = `Cannot load series: ${err.message}`;
       return;
     }
+    if (series.modality === "SEG") {
+      // A segmentation is shown over the images it was made from, not as images of its own.
+      this.sideTab(this.analysisTab, "analysis");
+      vp.status.textContent = vp.image ? "" : "Segmentations are shown over their source images";
+      return;
+    }
     if (!series.images.length) {
       // A report or key-object series: show its measurements instead.
       this.loadReports(studyUid, [{ [TAG.Modality]: { Value: ["SR"] }, [TAG.SeriesInstanceUID]: { Value: [seriesUid] } }]);
@@ -257,7 +313,7 @@ export class App {
 
   setupViewport(vp) {
     attachInteraction(vp, this);
-    vp.overlays.push((ctx, v) => this.measure.draw(ctx, v));
+    vp.overlays.push((ctx, v) => this.segs.draw(ctx, v), (ctx, v) => this.measure.draw(ctx, v));
     vp.on((what) => {
       if (what === "image" && this.sync.enabled && vp === this.activeVp) this.sync.follow(vp, this.grid.viewports);
       if (vp === this.activeVp && ["image", "window", "series", "cine"].includes(what)) this.refreshToolbar();
@@ -380,11 +436,16 @@ export class App {
     } }, "Save as report (SR)");
     save.hidden = !this.can("write");
     this.metaEl = h("div.metadata");
+    this.analysisEl = h("div.analysis");
+    this.analysisTab = h("button", { type: "button", dataset: { tab: "analysis" }, onclick: (e) => this.sideTab(e.target, "analysis") }, "Analysis");
     const tabs = h("div.tabs", {},
-      h("button.on", { type: "button", onclick: (e) => this.sideTab(e.target, "measure") }, "Measurements"),
-      h("button", { type: "button", onclick: (e) => this.sideTab(e.target, "meta") }, "Metadata"));
-    this.sidePanes = { measure: h("section.pane.measure", {}, this.measureList, save), meta: h("section.pane.meta", { hidden: true }, this.metaEl) };
-    side.append(tabs, this.sidePanes.measure, this.sidePanes.meta);
+      h("button.on", { type: "button", dataset: { tab: "measure" }, onclick: (e) => this.sideTab(e.target, "measure") }, "Measurements"),
+      this.analysisTab,
+      h("button", { type: "button", dataset: { tab: "meta" }, onclick: (e) => this.sideTab(e.target, "meta") }, "Metadata"));
+    this.sidePanes = { measure: h("section.pane.measure", {}, this.measureList, save),
+      analysis: h("section.pane.analysis-pane", { hidden: true }, this.analysisEl),
+      meta: h("section.pane.meta", { hidden: true }, this.metaEl) };
+    side.append(tabs, this.sidePanes.measure, this.sidePanes.analysis, this.sidePanes.meta);
     this.measure.on(() => this.renderMeasurements());
     this.renderMeasurements();
   }

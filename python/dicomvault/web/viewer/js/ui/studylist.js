@@ -1,8 +1,10 @@
 // The study list: QIDO-RS search by patient name (fuzzy), ID, accession, date range,
 // modality and description; paged on the server (newest first), sortable within a page;
-// a patient's other studies (priors) one click away.
+// a patient's other studies (priors) and measurement trends one click away; studies the analysis
+// flagged carry a badge (reasons on hover) and can be listed first ("Flagged first": orderby=flag).
 import { TAG, formatDate, num, personName, str, values } from "../data/dicomjson.js";
 import { clear, debounce, h, toast } from "./dom.js";
+import { SEVERITY_RANK, flagBadge, flagOfRow } from "./flags.js";
 
 const PAGE = 50;
 const INCLUDE = ["StudyDescription", "ModalitiesInStudy", "NumberOfStudyRelatedSeries",
@@ -17,12 +19,14 @@ const COLUMNS = [
   { key: "desc", label: "Description", get: (s) => str(s, TAG.StudyDescription) },
   { key: "acc", label: "Accession", get: (s) => str(s, TAG.AccessionNumber) },
   { key: "n", label: "Images", get: (s) => num(s, TAG.NumberOfStudyRelatedInstances, 0), numeric: true },
+  { key: "flag", label: "Flag", get: (s) => SEVERITY_RANK[flagOfRow(s)?.severity] || 0, show: (s) => flagBadge(flagOfRow(s)), numeric: true },
 ];
 
 export class StudyList {
-  constructor(root, { client, onOpen }) {
+  constructor(root, { client, onOpen, onTrends = null }) {
     this.client = client;
     this.onOpen = onOpen;
+    this.onTrends = onTrends;
     this.offset = 0;
     this.rows = [];
     this.sort = { key: null, dir: 1 };
@@ -37,6 +41,8 @@ export class StudyList {
       field("to", "To", "date"),
       h("label", {}, "Modality", h("select", { name: "mod" }, ...MODALITIES.map((m) => h("option", { value: m }, m || "any")))),
       field("desc", "Description"),
+      h("label.check", { title: "Studies the analysis flagged first, most urgent first" },
+        h("input", { name: "flagfirst", type: "checkbox" }), "Flagged first"),
       h("button", { type: "submit" }, "Search"),
       h("button", { type: "button", onclick: () => { this.form.reset(); this.search(0); } }, "Clear"));
     const live = debounce(() => this.search(0), 250);
@@ -64,6 +70,7 @@ export class StudyList {
       StudyDate: range,
       ModalitiesInStudy: f.mod || undefined,
       StudyDescription: wild(f.desc),
+      orderby: f.flagfirst ? "flag" : undefined,
       includefield: INCLUDE,
       limit: PAGE + 1,   // one more than shown tells whether there is a next page
       offset: this.offset,
@@ -111,11 +118,13 @@ export class StudyList {
     const body = rows.map((s) => {
       const uid = str(s, TAG.StudyInstanceUID);
       const pid = str(s, TAG.PatientID);
-      return h("tr.study", { dataset: { study: uid }, tabIndex: 0,
+      return h("tr.study", { dataset: { study: uid, severity: flagOfRow(s)?.severity || "" }, tabIndex: 0,
         onclick: () => this.onOpen(uid), onkeydown: (e) => { if (e.key === "Enter") this.onOpen(uid); } },
       ...COLUMNS.map((c) => h("td", {}, c.show ? c.show(s) : String(c.get(s)))),
       h("td", {}, h("button.priors", { type: "button", title: "Other studies of this patient",
-        onclick: (e) => { e.stopPropagation(); this.showPriors(pid); } }, "Priors")));
+        onclick: (e) => { e.stopPropagation(); this.showPriors(pid); } }, "Priors"),
+      this.onTrends && pid ? h("button.trends", { type: "button", title: "This patient's measurements over time",
+        onclick: (e) => { e.stopPropagation(); this.onTrends(pid); } }, "Trends") : null));
     });
     clear(this.table).append(h("thead", {}, head), h("tbody", {}, ...body));
     const last = this.offset + rows.length;

@@ -5,6 +5,7 @@ lungs split, the flag, and what it declines."""
 from __future__ import annotations
 
 import random
+from copy import deepcopy
 
 import numpy as np
 import pytest
@@ -119,7 +120,7 @@ def test_no_lungs_gives_a_summary_and_nothing_else() -> None:
     solid = np.where(body, 40 + 1024, -1000 + 1024).astype(np.uint16).tobytes()
     body_only = []
     for ds in ph.datasets:
-        ds = ds.copy()
+        ds = deepcopy(ds)
         ds.PixelData = solid
         ds.SOPInstanceUID = generate_uid()
         body_only.append(ds)

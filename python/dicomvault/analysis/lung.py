@@ -131,9 +131,10 @@ class CtChestAnalyzer:
         out = []
         for side, mask in (("left", masks.left), ("right", masks.right), ("total", masks.lungs)):
             label = "Lungs" if side == "total" else f"{side.capitalize()} lung"
+            ml = float(np.count_nonzero(mask)) * volume.voxel_ml
             out.append(api.Measurement(
                 key=f"lung_volume_{side}", label=f"{label} volume", unit="mL", concept=as_tuple(VOLUME),
-                finding_site=lung, series_uid=uid, value=round(float(mask.sum()) * volume.voxel_ml, 1)))
+                finding_site=lung, series_uid=uid, value=round(ml, 1)))
             key = "emphysema_index" if side == "total" else f"emphysema_index_{side}"
             out.append(api.Measurement(
                 key=key, label=f"{label}: emphysema index (LAA{threshold:g})", unit="%",
@@ -153,8 +154,8 @@ class CtChestAnalyzer:
                        f"{self.options['laa_threshold_hu']:g} HU, above the {limit:g} % threshold."))
         cut = []
         for name, mask in (("left", masks.left), ("right", masks.right)):
-            limit = float(self.options["truncation_fraction"]) * max(int(mask.sum()), 1)
-            if max(int(mask[0].sum()), int(mask[-1].sum())) > limit:
+            limit = float(self.options["truncation_fraction"]) * max(np.count_nonzero(mask), 1)
+            if max(np.count_nonzero(mask[0]), np.count_nonzero(mask[-1])) > limit:
                 cut.append(name)
         if cut:
             flags.append(api.Flag(

@@ -76,8 +76,15 @@ def binary_seg(sources: Sequence[Dataset], segments: Sequence[Segment], *, algor
     if not any(seg.mask.any() for seg in segments):
         raise SegError(f"series {series}: every segment is empty")
     algo = algorithm(algorithm_name, algorithm_family)
-    # Segment axis last, as highdicom takes a multi-segment binary array.
-    pixels = np.stack([seg.mask for seg in segments], axis=-1).astype(np.uint8)
+    # Segments that do not overlap go in as one label map (segment number per voxel), which
+    # highdicom checks far faster than a stack of binary masks (segment axis last).
+    pixels = np.zeros(shape, dtype=np.uint8 if len(segments) < 256 else np.uint16)
+    overlap = False
+    for number, seg in enumerate(segments, start=1):
+        overlap = overlap or bool(np.any(pixels[seg.mask]))
+        pixels[seg.mask] = number
+    if overlap:
+        pixels = np.stack([seg.mask for seg in segments], axis=-1).astype(np.uint8)
     out = hd.seg.Segmentation(
         source_images=list(sources), pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,

@@ -27,6 +27,7 @@ from dicomvault.analysis import api  # noqa: E402
 from dicomvault.analysis.emphysema import low_attenuation_percent  # noqa: E402
 from dicomvault.analysis.lung import CtChestAnalyzer  # noqa: E402
 from dicomvault.analysis.lung_segmentation import segment_lungs  # noqa: E402
+from dicomvault.analysis.quality import QualityAnalyzer  # noqa: E402
 from dicomvault.analysis.volume import build_volume  # noqa: E402
 
 
@@ -75,6 +76,9 @@ def main() -> int:
     t = clock()
     result = analyzer.run([api.SeriesData(info=info, datasets=datasets)])
     stages["whole run (incl. SEG + SR)"] = since(t)
+    t = clock()
+    quality = QualityAnalyzer({}).run([api.SeriesData(info=info, datasets=datasets)])
+    stages["quality analyzer, same series"] = since(t)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     got = {m.key: m.value for m in result.measurements}
@@ -90,6 +94,7 @@ def main() -> int:
               f"{got[f'emphysema_index_{key}']:.2f} % (truth {ph.emphysema_percent(side):.2f} %)")
     print(f"objects: {[o.Modality for o in result.objects]}, SEG frames "
           f"{int(result.objects[0].NumberOfFrames)}; summary: {result.summary}")
+    print(f"quality: {quality.summary}")
     return 0
 
 

@@ -235,3 +235,19 @@ def test_real_files_run_without_an_exception() -> None:
             assert flag.code.startswith("quality.") and flag.series_uid in flag.reason, (path.name, flag)
         ran += 1
     assert ran >= 20
+
+
+def test_pyproject_entry_points_name_the_builtin_classes() -> None:
+    # The venv is shared and not reinstalled per branch, so the entry points are checked from
+    # pyproject.toml itself: each resolves to a class whose name is the entry point's.
+    import importlib
+    import tomllib
+    from pathlib import Path
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    entries = tomllib.loads(pyproject.read_text())["project"]["entry-points"][api.ENTRY_POINT_GROUP]
+    for name in ("ct-chest", "quality"):
+        module, _, attr = entries[name].partition(":")
+        cls = getattr(importlib.import_module(module), attr)
+        assert cls.name == name and cls.event == api.SERIES_COMPLETE
+        assert callable(cls({}).wants)

@@ -132,11 +132,13 @@ def study_attributes(patient_id: str = "PHANTOM-1", study_uid: str | None = None
 def ct_series(hu: np.ndarray, spacing: tuple[float, float, float], *, study: Dataset | None = None,
               series_uid: str | None = None, body_part: str = "CHEST", protocol: str = "Chest routine",
               description: str = "Chest 5mm", first_z: float = 0.0,
-              slice_z: Sequence[float] | None = None,
+              slice_z: Sequence[float] | None = None, mirrored: bool = False,
               edit: Callable[[int, Dataset], None] | None = None) -> list[Dataset]:
     """One CT Image Storage instance per slice of `hu` (slice 0 at z = `first_z`, then downwards
     by the slice spacing unless `slice_z` gives every position); `edit(k, ds)` changes slice k
-    before its pixels are packed (tests craft defects with it)."""
+    before its pixels are packed (tests craft defects with it). `mirrored`: the rows run towards
+    the patient's right (Image Orientation (Patient) -1\\0\\0\\0\\1\\0, as some scanners write
+    feet-first scans), the same anatomy stored with its columns reversed."""
     nz, ny, nx = hu.shape
     dz, dy, dx = spacing
     study = study or study_attributes()
@@ -166,8 +168,9 @@ def ct_series(hu: np.ndarray, spacing: tuple[float, float, float], *, study: Dat
         ds.KVP = 120
         ds.SliceThickness = dz
         z = slice_z[k] if slice_z is not None else first_z - k * dz
-        ds.ImagePositionPatient = [-(nx - 1) / 2.0 * dx, -(ny - 1) / 2.0 * dy, z]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        sign = -1 if mirrored else 1
+        ds.ImagePositionPatient = [-sign * (nx - 1) / 2.0 * dx, -(ny - 1) / 2.0 * dy, z]
+        ds.ImageOrientationPatient = [sign, 0, 0, 0, 1, 0]
         ds.SliceLocation = z
         ds.PixelSpacing = [dy, dx]
         ds.SamplesPerPixel = 1
@@ -178,7 +181,7 @@ def ct_series(hu: np.ndarray, spacing: tuple[float, float, float], *, study: Dat
         ds.RescaleIntercept, ds.RescaleSlope = INTERCEPT, 1
         ds.RescaleType = "HU"
         ds.WindowCenter, ds.WindowWidth = -600, 1500
-        pixels = hu[k]
+        pixels = hu[k][:, ::-1] if mirrored else hu[k]
         if edit is not None:
             edited = edit(k, ds)
             if isinstance(edited, np.ndarray):

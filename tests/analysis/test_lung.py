@@ -10,7 +10,7 @@ from copy import deepcopy
 import numpy as np
 import pytest
 from analysis_helpers import series_data
-from phantoms import LEFT, RIGHT, chest_phantom
+from phantoms import LEFT, RIGHT, chest_phantom, ct_series
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
@@ -77,6 +77,18 @@ def test_airways_and_outside_air_are_not_lung(phantom) -> None:
     assert extra <= 0.002 * truth.sum(), extra
     assert masks.airway_voxels > 0
     assert not masks.split_at_midline
+
+
+def test_sides_follow_the_patient_axes_not_the_image_columns() -> None:
+    # Rows towards the patient's right: the left lung is now on the low columns, and the slice
+    # normal points down, so the superior slice comes first in the sorted volume.
+    ph = chest_phantom(seed=17, emphysema=(0.15, 0.05), with_datasets=False)
+    mirrored = ct_series(ph.hu, ph.spacing, mirrored=True)
+    assert mirrored[0].ImageOrientationPatient[0] == -1
+    got = _values(CtChestAnalyzer({"write_objects": False}).run([series_data(mirrored)]))
+    assert abs(got["emphysema_index_left"] - ph.emphysema_percent(LEFT)) <= 1.0
+    assert abs(got["emphysema_index_right"] - ph.emphysema_percent(RIGHT)) <= 1.0
+    assert abs(got["lung_volume_left"] - ph.volume_ml(LEFT)) <= 0.02 * ph.volume_ml(LEFT)
 
 
 def test_touching_lungs_are_split_at_the_midline() -> None:

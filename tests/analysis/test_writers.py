@@ -180,3 +180,11 @@ def test_report_group_naming_a_segment_needs_the_seg() -> None:
     with pytest.raises(ValueError, match="no SEG"):
         measurement_report(ph.datasets, [Group("g", [m], LUNG, Code("7771000", "SCT", "Left"), 1)],
                            algorithm_name="t", series_number=9101, series_description="t")
+
+
+def test_phantom_slices_are_valid_ct_images(tmp_path: Path) -> None:
+    # The SEG and SR copy patient, study and frame of reference from these: they must be clean.
+    ph = chest_phantom(shape=(2, 32, 32), spacing=(5.0, 10.0, 10.0), seed=2)
+    errors, out = dciodvfy(ph.datasets[0], tmp_path / "ct.dcm")
+    assert errors == [] and "Warning" not in out, out
+    assert "CTImage" in out

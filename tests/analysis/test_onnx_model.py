@@ -29,6 +29,7 @@ from tiny_model import (
     NOISE_HU,
     TinyModel,
     classification_model,
+    segmentation_forms_model,
     segmentation_model,
     train,
 )
@@ -59,8 +60,11 @@ def models(model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     return {"seg": segmentation_model(model, d / "nodule_seg.onnx"),
             "seg3d": segmentation_model(model, d / "nodule_seg3d.onnx", layout="volume3d",
                                         grid=("D", "H", "W")),
+            "seg-background": segmentation_forms_model(model, d / "nodule_seg_bg.onnx", "background"),
+            "seg-labels": segmentation_forms_model(model, d / "nodule_seg_labels.onnx", "labels"),
             "cls": classification_model(model, d / "nodule_cls.onnx"),
-            "cls32": classification_model(model, d / "nodule_cls32.onnx", grid=(32, 32))}
+            "cls32": classification_model(model, d / "nodule_cls32.onnx", grid=(32, 32)),
+            "cls-batch5": classification_model(model, d / "nodule_cls_b5.onnx", batch=5)}
 
 
 def _centres() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -219,6 +223,21 @@ def test_segmentation_covers_the_nodules(models: dict[str, Path], tmp_path: Path
     assert _dciodvfy(seg, tmp_path / "seg.dcm") == []
 
 
+@pytest.mark.parametrize("form", ["seg-background", "seg-labels"])
+def test_other_output_forms_give_the_same_mask(models: dict[str, Path], form: str) -> None:
+    # one probability channel, background-first channels, a label map: one mask, read three ways
+    data, truth = ct_series(np.random.default_rng(14), NODULES, "Chest nodules")
+    output = {"kind": "segmentation", "labels": ["Nodule"]}
+    base = _analyzer(models["seg"], output).run([data])
+    other = _analyzer(models[form], output).run([data])
+    mask = _seg_mask(other.objects[0], data)
+    # a label map is resampled nearest-neighbour from the model's coarser grid, so its edges
+    # step by 1.5 source pixels where interpolated probabilities do not (measured: 0.95)
+    assert _dice(mask, _seg_mask(base.objects[0], data)) > (0.97 if form == "seg-background" else 0.9)
+    assert _dice(mask, truth) > 0.7
+    assert other.measurements[0].value == pytest.approx(base.measurements[0].value, rel=0.05)
+
+
 def test_segmentation_of_a_clean_series_writes_no_seg(models: dict[str, Path]) -> None:
     data, _ = ct_series(np.random.default_rng(12), (), "Chest clean")
     analyzer = _analyzer(models["seg"], {"kind": "segmentation", "labels": ["Nodule"], "flag_above_ml": 0.1})
@@ -233,6 +252,18 @@ def test_a_pickled_analyzer_reopens_its_model(models: dict[str, Path]) -> None:
     analyzer = _analyzer(models["cls"], {"kind": "classification"})
     copy = pickle.loads(pickle.dumps(analyzer))
     assert copy.run([data]).measurements == analyzer.run([data]).measurements
+
+
+def test_batches_give_the_scores_of_one_run(models: dict[str, Path]) -> None:
+    # 32 slices: by 3 (the last run short), and through a model fixed at 5 (the last run padded)
+    data, _ = ct_series(np.random.default_rng(15), NODULES, "Chest nodules")
+    whole = _analyzer(models["cls"], {"kind": "classification"}, batch=64).run([data])
+    by3 = _analyzer(models["cls"], {"kind": "classification"}, batch=3).run([data])
+    fixed = _analyzer(models["cls-batch5"], {"kind": "classification"}).run([data])
+    assert whole.measurements == by3.measurements == fixed.measurements
+    assert whole.flags == by3.flags and len(whole.flags) == 1
+    # the same slice scored highest (the reason names the model file, which differs)
+    assert whole.flags[0].reason.split("highest on ")[1] == fixed.flags[0].reason.split("highest on ")[1]
 
 
 def test_other_modalities_are_declined(models: dict[str, Path]) -> None:

@@ -128,8 +128,32 @@ def segmentation_model(m: TinyModel, path: Path, layout: str = "slice2d",
     return _save(graph, path)
 
 
-def classification_model(m: TinyModel, path: Path, grid: tuple[int, int] = (SIZE, SIZE)) -> Path:
-    """[N, 1, H, W] -> [N, 1]: a nodule score per slice."""
+def segmentation_forms_model(m: TinyModel, path: Path, form: str) -> Path:
+    """The slice2d segmentation model with its output in another of the forms the runner reads:
+    "background" = [N, 2, H, W] (background, nodule), "labels" = [N, H, W] int64 (0 or 1)."""
+    inits, conv = _conv(m, "slice2d")
+    nodes = [conv, helper.make_node("Sigmoid", ["logit"], ["prob"])]
+    if form == "background":
+        inits.append(numpy_helper.from_array(np.array([1.0], dtype=np.float32), "ONE"))
+        nodes += [helper.make_node("Sub", ["ONE", "prob"], ["back"]),
+                  helper.make_node("Concat", ["back", "prob"], ["out"], axis=1)]
+        out = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 2, SIZE, SIZE])
+    else:
+        nodes.append(helper.make_node("ArgMax", ["logit_pair"], ["out"], axis=1, keepdims=0))
+        # label 1 where the logit is above 0 (probability above 0.5): argmax over (0, logit)
+        inits.append(numpy_helper.from_array(np.zeros((1, 1, 1, 1), dtype=np.float32), "ZERO"))
+        nodes.insert(2, helper.make_node("Mul", ["logit", "ZERO"], ["zeros"]))
+        nodes.insert(3, helper.make_node("Concat", ["zeros", "logit"], ["logit_pair"], axis=1))
+        out = helper.make_tensor_value_info("out", TensorProto.INT64, ["N", SIZE, SIZE])
+    graph = helper.make_graph(
+        nodes, f"tiny_nodule_seg_{form}",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, SIZE, SIZE])], [out], inits)
+    return _save(graph, path)
+
+
+def classification_model(m: TinyModel, path: Path, grid: tuple[int, int] = (SIZE, SIZE),
+                         batch: int | str = "N") -> Path:
+    """[N, 1, H, W] -> [N, 1]: a nodule score per slice (N fixed when ``batch`` is a number)."""
     inits, conv = _conv(m, "slice2d")
     inits += [numpy_helper.from_array(np.array([m.scale], dtype=np.float32), "A"),
               numpy_helper.from_array(np.array([m.offset], dtype=np.float32), "C")]
@@ -141,6 +165,6 @@ def classification_model(m: TinyModel, path: Path, grid: tuple[int, int] = (SIZE
              helper.make_node("Sigmoid", ["z"], ["score"])]
     graph = helper.make_graph(
         nodes, "tiny_nodule_cls",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, *grid])],
-        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1])], inits)
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 1, *grid])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, [batch, 1])], inits)
     return _save(graph, path)

@@ -5,6 +5,7 @@ the key it concerns, not on the first study at night.
     model = "/srv/models/nodule.onnx"
     modalities = ["CT"]
     threads = 1                      # onnxruntime intra-op threads
+    batch = 8                        # slices per inference run (slice2d), bounds the memory
     series_number = 9000
     description = "Nodule model"     # the SEG's SeriesDescription (default names the model file)
     [...INSTANCE.input]
@@ -87,13 +88,14 @@ class ModelOptions:
     model: Path
     modalities: frozenset[str]
     threads: int
+    batch: int
     series_number: int
     description: str
     input: InputSpec
     output: OutputSpec
 
 
-_TOP = {"model", "modalities", "threads", "series_number", "description", "input", "output"}
+_TOP = {"model", "modalities", "threads", "batch", "series_number", "description", "input", "output"}
 _INPUT = {"layout", "size", "window", "hu_range", "normalise", "dtype", "name"}
 _OUTPUT = {"kind", "threshold", "name", "activation", "severity", "code", "finding", "aggregate",
            "score_index", "labels", "flag_above_ml"}
@@ -260,6 +262,7 @@ def parse_options(options: Mapping[str, Any], where: str = "[analysis.analyzers]
         model=model,
         modalities=modalities,
         threads=_int(options.get("threads", 1), f"{where}.threads", 1, 256),
+        batch=_int(options.get("batch", 8), f"{where}.batch", 1, 4096),
         series_number=_int(options.get("series_number", 9000), f"{where}.series_number", 1, 2**31 - 1),
         description=description[:64],
         input=_parse_input(_table(options.get("input", {}), f"{where}.input"), f"{where}.input"),

@@ -37,6 +37,7 @@ from tiny_model import (
 from dicomvault.analysis.api import URGENT, SeriesData, SeriesInfo
 from dicomvault.analysis.model_options import ModelConfigError
 from dicomvault.analysis.onnx_model import OnnxModelAnalyzer
+from dicomvault.engine import Engine
 
 # The test series: a grid finer than the model's (96 x 96 at 0.7 mm -> 64 x 64), 2 mm slices
 ROWS = COLS = 96
@@ -236,6 +237,21 @@ def test_other_output_forms_give_the_same_mask(models: dict[str, Path], form: st
     assert _dice(mask, _seg_mask(base.objects[0], data)) > (0.97 if form == "seg-background" else 0.9)
     assert _dice(mask, truth) > 0.7
     assert other.measurements[0].value == pytest.approx(base.measurements[0].value, rel=0.05)
+
+
+def test_the_seg_is_archived_in_the_analysed_study(models: dict[str, Path], engine: Engine) -> None:
+    # what the pipeline does with Result.objects: the engine stores them like any received object
+    data, _ = ct_series(np.random.default_rng(17), NODULES[:2], "Chest nodules")
+    seg = _analyzer(models["seg"], {"kind": "segmentation", "labels": ["Nodule"]}).run([data]).objects[0]
+    buf = BytesIO()
+    seg.save_as(buf, enforce_file_format=True)
+    (outcome,) = engine.store_buffers([buf.getvalue()])
+    assert not isinstance(outcome, Exception), outcome
+    assert outcome.study_instance_uid == data.info.study_uid
+    assert outcome.sop_class_uid == "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage
+    assert [r.sop_uid for r in engine.instances("series", seg.SeriesInstanceUID)] == [
+        seg.SOPInstanceUID]
+    assert engine.read_file(seg.SOPInstanceUID) == buf.getvalue()
 
 
 def test_segmentation_of_a_clean_series_writes_no_seg(models: dict[str, Path]) -> None:

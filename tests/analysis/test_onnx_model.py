@@ -239,6 +239,24 @@ def test_other_output_forms_give_the_same_mask(models: dict[str, Path], form: st
     assert other.measurements[0].value == pytest.approx(base.measurements[0].value, rel=0.05)
 
 
+def test_two_labels_give_two_segments_and_two_volumes(models: dict[str, Path], tmp_path: Path) -> None:
+    # the background-first model read as two independent probabilities: "air" and "nodule"
+    data, truth = ct_series(np.random.default_rng(18), NODULES, "Chest nodules")
+    result = _analyzer(models["seg-background"], {"kind": "segmentation", "labels": [
+        {"name": "Aerated lung", "key": "air", "type": ["39607008", "SCT", "Lung"],
+         "category": ["91723000", "SCT", "Anatomical Structure"]}, "Nodule"]}).run([data])
+    air, nodule = result.measurements
+    assert (air.key, nodule.key) == ("air_volume", "nodule_volume")
+    voxel_ml = PIXEL_MM * PIXEL_MM * SLICE_MM / 1000
+    # every voxel is in exactly one of the two (p and 1 - p on either side of 0.5)
+    assert air.value + nodule.value == pytest.approx(SLICES * ROWS * COLS * voxel_ml, abs=2 * voxel_ml)
+    assert abs(nodule.value - truth.sum() * voxel_ml) <= VOLUME_TOLERANCE * truth.sum() * voxel_ml
+    (seg,) = result.objects
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Aerated lung", "Nodule"]
+    assert seg.SegmentSequence[0].SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"
+    assert _dciodvfy(seg, tmp_path / "seg2.dcm") == []
+
+
 def test_the_seg_is_archived_in_the_analysed_study(models: dict[str, Path], engine: Engine) -> None:
     # what the pipeline does with Result.objects: the engine stores them like any received object
     data, _ = ct_series(np.random.default_rng(17), NODULES[:2], "Chest nodules")
@@ -267,6 +285,7 @@ def test_a_pickled_analyzer_reopens_its_model(models: dict[str, Path]) -> None:
     data, _ = ct_series(np.random.default_rng(13), NODULES[:1], "Chest one nodule")
     analyzer = _analyzer(models["cls"], {"kind": "classification"})
     copy = pickle.loads(pickle.dumps(analyzer))
+    assert copy.session.session.get_session_options().intra_op_num_threads == 1  # the default
     assert copy.run([data]).measurements == analyzer.run([data]).measurements
 
 
@@ -280,6 +299,14 @@ def test_batches_give_the_scores_of_one_run(models: dict[str, Path]) -> None:
     assert whole.flags == by3.flags and len(whole.flags) == 1
     # the same slice scored highest (the reason names the model file, which differs)
     assert whole.flags[0].reason.split("highest on ")[1] == fixed.flags[0].reason.split("highest on ")[1]
+
+
+def test_a_series_that_is_no_volume_fails_naming_it(models: dict[str, Path]) -> None:
+    data, _ = ct_series(np.random.default_rng(19), (), "Chest clean")
+    odd = data.datasets[0]
+    odd.Rows, odd.Columns, odd.PixelData = 48, 48, bytes(48 * 48 * 2)
+    with pytest.raises(ValueError, match=f"series {data.info.series_uid}: slices of different sizes"):
+        _analyzer(models["cls"], {"kind": "classification"}).run([data])
 
 
 def test_other_modalities_are_declined(models: dict[str, Path]) -> None:

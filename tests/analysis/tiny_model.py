@@ -64,15 +64,20 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def _logistic(x: np.ndarray, y: np.ndarray, steps: int, lr: float) -> tuple[np.ndarray, float]:
-    """Weights and bias minimising the mean logistic loss, by full-batch gradient descent."""
-    w = np.zeros(x.shape[1], dtype=np.float64)
-    b = 0.0
+def _logistic(x: np.ndarray, y: np.ndarray, steps: int = 12, ridge: float = 1e-5) -> tuple[np.ndarray, float]:
+    """Weights and bias minimising the mean logistic loss (plus a small ridge, which keeps nearly
+    separable classes from driving the weights to infinity), by Newton's method: a dozen steps
+    where gradient descent needs hundreds, which matters on a loaded 2-core CI machine."""
+    xb = np.hstack([x, np.ones((len(x), 1))])
+    wb = np.zeros(xb.shape[1])
+    penalty = ridge * np.eye(xb.shape[1])
+    penalty[-1, -1] = 0.0  # the bias is not shrunk
     for _ in range(steps):
-        g = _sigmoid(x @ w + b) - y
-        w -= lr * (x.T @ g) / len(y)
-        b -= lr * float(g.mean())
-    return w, b
+        p = _sigmoid(xb @ wb)
+        grad = xb.T @ (p - y) / len(y) + penalty @ wb
+        hess = (xb * (p * (1 - p))[:, None]).T @ xb / len(y) + penalty
+        wb -= np.linalg.solve(hess, grad)
+    return wb[:-1], float(wb[-1])
 
 
 def train(rng: np.random.Generator, n_slices: int = 60) -> TinyModel:
@@ -84,14 +89,14 @@ def train(rng: np.random.Generator, n_slices: int = 60) -> TinyModel:
     pos = np.flatnonzero(y)
     neg = rng.choice(np.flatnonzero(y == 0), size=min(len(pos) * 2, int((y == 0).sum())), replace=False)
     pick = np.concatenate([pos, neg])
-    w, b = _logistic(patches[pick], y[pick], steps=400, lr=8.0)
+    w, b = _logistic(patches[pick], y[pick])
     kernel = w.reshape(K, K)
     # classification head on the slice's strongest response; a slice is positive with a disc of
     # radius >= 2 px (a sphere's last sliver is not something to be flagged for)
     peak = (_patches(x).reshape(n_slices, -1, K * K) @ w + b).max(axis=1)
     big = np.array([m.sum() >= np.pi * 4 for m in masks], dtype=np.float64)
     mu, sd = float(peak.mean()), float(peak.std()) or 1.0
-    (a,), c = _logistic(((peak - mu) / sd)[:, None], big, steps=2000, lr=2.0)
+    (a,), c = _logistic(((peak - mu) / sd)[:, None], big)
     return TinyModel(kernel.astype(np.float32), float(b), float(a / sd), float(c - a * mu / sd))
 
 

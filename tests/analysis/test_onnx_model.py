@@ -35,16 +35,18 @@ from tiny_model import (
 )
 
 from dicomvault.analysis.api import URGENT, SeriesData, SeriesInfo
+from dicomvault.analysis.model_input import model_grid
 from dicomvault.analysis.model_options import ModelConfigError
 from dicomvault.analysis.onnx_model import OnnxModelAnalyzer
 from dicomvault.engine import Engine
 
 # The test series: a grid finer than the model's (96 x 96 at 0.7 mm -> 64 x 64), 2 mm slices
-ROWS = COLS = 96
+ROWS = 96  # and as many columns
 PIXEL_MM = 0.7
 SLICE_MM = 2.0
 SLICES = 32
 NODULES = (((20.0, 20.0, 22.0), 5.0), ((40.0, 45.0, 40.0), 6.0), ((34.0, 18.0, 48.0), 4.0))  # (z, y, x) mm, r
+Nodules = tuple[tuple[tuple[float, float, float], float], ...]  # ((z, y, x) mm, radius mm) each
 VOLUME_TOLERANCE = 0.10  # measured: +2.4 % against the spheres, +4.4 % against their voxels
 
 INPUT = {"layout": "slice2d", "size": [64, 64], "hu_range": list(HU_RANGE), "normalise": "minmax"}
@@ -63,32 +65,29 @@ def models(model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> dict[s
                                         grid=("D", "H", "W")),
             "seg-background": segmentation_forms_model(model, d / "nodule_seg_bg.onnx", "background"),
             "seg-labels": segmentation_forms_model(model, d / "nodule_seg_labels.onnx", "labels"),
+            "seg-any": segmentation_model(model, d / "nodule_seg_any.onnx", grid=("H", "W")),
             "cls": classification_model(model, d / "nodule_cls.onnx"),
             "cls32": classification_model(model, d / "nodule_cls32.onnx", grid=(32, 32)),
             "cls-batch5": classification_model(model, d / "nodule_cls_b5.onnx", batch=5)}
 
 
-def _centres() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    z = (np.arange(SLICES) * SLICE_MM)[:, None, None]
-    y = ((np.arange(ROWS) + 0.0) * PIXEL_MM)[None, :, None]
-    x = ((np.arange(COLS) + 0.0) * PIXEL_MM)[None, None, :]
-    return z, y, x
-
-
-def truth_mask(nodules: tuple[tuple[tuple[float, float, float], float], ...]) -> np.ndarray:
+def truth_mask(nodules: Nodules, rows: int = ROWS,
+               pixel_mm: float = PIXEL_MM) -> np.ndarray:
     """Voxels whose centre lies in a sphere: [slices, rows, cols] (slices by position)."""
-    z, y, x = _centres()
-    mask = np.zeros((SLICES, ROWS, COLS), dtype=bool)
+    z = (np.arange(SLICES) * SLICE_MM)[:, None, None]
+    y = (np.arange(rows) * pixel_mm)[None, :, None]
+    x = (np.arange(rows) * pixel_mm)[None, None, :]
+    mask = np.zeros((SLICES, rows, rows), dtype=bool)
     for (cz, cy, cx), r in nodules:
         mask |= (z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 <= r * r
     return mask
 
 
-def ct_series(rng: np.random.Generator, nodules: tuple[tuple[tuple[float, float, float], float], ...],
-              description: str) -> tuple[SeriesData, np.ndarray]:
+def ct_series(rng: np.random.Generator, nodules: Nodules, description: str, rows: int = ROWS,
+              pixel_mm: float = PIXEL_MM) -> tuple[SeriesData, np.ndarray]:
     """A CT series as the pipeline hands it over (Part-10 bytes decoded by pydicom), its
     instances shuffled so that the runner must order them by position, and the truth mask."""
-    truth = truth_mask(nodules)
+    truth = truth_mask(nodules, rows, pixel_mm)
     hu = rng.normal(LUNG_HU, NOISE_HU, truth.shape)
     hu[truth] = rng.normal(NODULE_HU, NOISE_HU, int(truth.sum()))
     stored = np.clip(np.round(hu + 1024), 0, 4095).astype(np.uint16)
@@ -112,11 +111,11 @@ def ct_series(rng: np.random.Generator, nodules: tuple[tuple[tuple[float, float,
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.ImagePositionPatient = [0.0, 0.0, float(i) * SLICE_MM]
-        ds.PixelSpacing = [PIXEL_MM, PIXEL_MM]
+        ds.PixelSpacing = [pixel_mm, pixel_mm]
         ds.SliceThickness = SLICE_MM
         ds.KVP, ds.AcquisitionNumber = 120, 1
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.Rows, ds.Columns = ROWS, COLS
+        ds.Rows, ds.Columns = rows, rows
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
         ds.PixelData = stored[i].tobytes()
@@ -138,7 +137,7 @@ def _seg_mask(seg: Dataset, data: SeriesData) -> np.ndarray:
     position = {ds.SOPInstanceUID: round(float(ds.ImagePositionPatient[2]) / SLICE_MM)
                 for ds in data.datasets}
     frames = seg.pixel_array if seg.pixel_array.ndim == 3 else seg.pixel_array[None]
-    mask = np.zeros((SLICES, ROWS, COLS), dtype=bool)
+    mask = np.zeros((SLICES, seg.Rows, seg.Columns), dtype=bool)
     for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
         src = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         # one segment: highdicom may put its identification in the shared groups instead
@@ -249,12 +248,28 @@ def test_two_labels_give_two_segments_and_two_volumes(models: dict[str, Path], t
     assert (air.key, nodule.key) == ("air_volume", "nodule_volume")
     voxel_ml = PIXEL_MM * PIXEL_MM * SLICE_MM / 1000
     # every voxel is in exactly one of the two (p and 1 - p on either side of 0.5)
-    assert air.value + nodule.value == pytest.approx(SLICES * ROWS * COLS * voxel_ml, abs=2 * voxel_ml)
+    assert air.value + nodule.value == pytest.approx(SLICES * ROWS * ROWS * voxel_ml, abs=2 * voxel_ml)
     assert abs(nodule.value - truth.sum() * voxel_ml) <= VOLUME_TOLERANCE * truth.sum() * voxel_ml
     (seg,) = result.objects
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Aerated lung", "Nodule"]
     assert seg.SegmentSequence[0].SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"
     assert _dciodvfy(seg, tmp_path / "seg2.dcm") == []
+
+
+def test_spacing_resamples_each_series_to_the_model_scale(models: dict[str, Path]) -> None:
+    # the same nodules in a 96-pixel 0.7 mm series and a 200-pixel 0.5 mm one (a wider field of
+    # view): both brought to 1.05 mm pixels, the scale of the slices the model was trained on
+    # (64 px over 67.2 mm), where a fixed size would shrink the wider one's nodules
+    spacing = {"input": {**{k: v for k, v in INPUT.items() if k != "size"}, "spacing": [1.05, 1.05]}}
+    analyzer = _analyzer(models["seg-any"], {"kind": "segmentation", "labels": ["Nodule"]}, **spacing)
+    assert model_grid((SLICES, 200, 200), (SLICE_MM, 0.5, 0.5), analyzer.options.input) == (SLICES, 95, 95)
+    for rows, pixel_mm in ((96, 0.7), (200, 0.5)):
+        data, truth = ct_series(np.random.default_rng(20), NODULES, "Chest nodules", rows, pixel_mm)
+        result = analyzer.run([data])
+        dice = _dice(_seg_mask(result.objects[0], data), truth)
+        assert dice > 0.7, (rows, pixel_mm, dice)
+        truth_ml = truth.sum() * pixel_mm * pixel_mm * SLICE_MM / 1000
+        assert abs(result.measurements[0].value - truth_ml) <= VOLUME_TOLERANCE * truth_ml
 
 
 def test_the_seg_is_archived_in_the_analysed_study(models: dict[str, Path], engine: Engine) -> None:
@@ -332,6 +347,8 @@ def test_a_model_whose_input_disagrees_with_the_config_is_refused(models: dict[s
     ("seg", {"output": {"kind": "segmentation", "labels": ["A", "B", "C"]}}, "1 channels for 3 label(s)"),
     ("cls", {"output": {"kind": "segmentation", "labels": ["A"]}}, "segmentation reads"),
     ("seg", {"input": {k: v for k, v in INPUT.items() if k != "size"}}, "set input.size to [64, 64]"),
+    ("seg", {"input": {**{k: v for k, v in INPUT.items() if k != "size"}, "spacing": [1.0, 1.0]}},
+     "input.spacing makes a grid that follows"),
 ])
 def test_other_disagreements_name_the_model(models: dict[str, Path], which: str, options: dict[str, Any],
                                             words: str) -> None:

@@ -36,8 +36,17 @@ def normalise(voxels: np.ndarray, spec: InputSpec) -> np.ndarray:
     return x
 
 
-def model_grid(source: tuple[int, int, int], spec: InputSpec) -> tuple[int, int, int]:
-    """The [slices, rows, cols] the model sees for a source volume of that shape."""
+def model_grid(source: tuple[int, int, int], spacing: tuple[float, float, float],
+               spec: InputSpec) -> tuple[int, int, int]:
+    """The [slices, rows, cols] the model sees for a source volume of that shape and voxel size
+    (mm between slices, rows, columns). With ``spec.spacing`` the field of view is kept and the
+    pixel count rounded, so the model's pixels come within half a pixel of the spacing asked."""
+    if spec.spacing is not None:
+        axes = (1, 2) if spec.layout == "slice2d" else (0, 1, 2)
+        grid = list(source)
+        for axis, mm in zip(axes, spec.spacing, strict=True):
+            grid[axis] = max(1, round(source[axis] * spacing[axis] / mm))
+        return (grid[0], grid[1], grid[2])
     if spec.size is None:
         return source
     if spec.layout == "slice2d":
@@ -45,9 +54,9 @@ def model_grid(source: tuple[int, int, int], spec: InputSpec) -> tuple[int, int,
     return (spec.size[0], spec.size[1], spec.size[2])
 
 
-def to_model_input(voxels: np.ndarray, spec: InputSpec) -> np.ndarray:
+def to_model_input(voxels: np.ndarray, spacing: tuple[float, float, float], spec: InputSpec) -> np.ndarray:
     """[slices, rows, cols] modality values → [N, 1, rows, cols] (slice2d, one item per slice) or
     [1, 1, slices, rows, cols] (volume3d) in the model's dtype."""
-    x = resize(normalise(voxels, spec), model_grid(voxels.shape, spec), order=1)
+    x = resize(normalise(voxels, spec), model_grid(voxels.shape, spacing, spec), order=1)
     x = x.astype(spec.dtype, copy=False)
     return x[:, None] if spec.layout == "slice2d" else x[None, None]

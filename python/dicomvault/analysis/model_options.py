@@ -11,6 +11,7 @@ the key it concerns, not on the first study at night.
     [...INSTANCE.input]
     layout = "slice2d"               # or "volume3d"
     size = [64, 64]                  # [rows, cols] (slice2d) or [slices, rows, cols] (volume3d)
+    # or spacing = [1.0, 1.0]        # mm, same order: the grid follows each series' field of view
     window = [-300, 1400]            # [center, width], or hu_range = [low, high]
     normalise = "minmax"             # "none", "minmax" or { mean = m, std = s }
     dtype = "float32"
@@ -50,7 +51,8 @@ class ModelConfigError(ConfigError):
 @dataclass(frozen=True, slots=True)
 class InputSpec:
     layout: str
-    size: tuple[int, ...] | None  # None: the source grid as it is
+    size: tuple[int, ...] | None  # None: the source grid as it is (or resampled to ``spacing``)
+    spacing: tuple[float, ...] | None  # mm per model pixel, as size: [rows, cols] or [slices, rows, cols]
     clip: tuple[float, float] | None  # window or HU range, in modality (rescaled) values
     normalise: str | tuple[float, float]  # "none" | "minmax" | (mean, std)
     dtype: str
@@ -96,7 +98,7 @@ class ModelOptions:
 
 
 _TOP = {"model", "modalities", "threads", "batch", "series_number", "description", "input", "output"}
-_INPUT = {"layout", "size", "window", "hu_range", "normalise", "dtype", "name"}
+_INPUT = {"layout", "size", "spacing", "window", "hu_range", "normalise", "dtype", "name"}
 _OUTPUT = {"kind", "threshold", "name", "activation", "severity", "code", "finding", "aggregate",
            "score_index", "labels", "flag_above_ml"}
 
@@ -152,6 +154,17 @@ def _parse_input(table: Mapping[str, Any], where: str) -> InputSpec:
         if not isinstance(raw, list | tuple) or len(raw) != want:
             raise ModelConfigError(f"{where}.size: layout {layout} needs {want} integers, got {raw!r}")
         size = tuple(_int(v, f"{where}.size", 1, 4096) for v in raw)
+    spacing: tuple[float, ...] | None = None
+    if "spacing" in table:
+        if size is not None:
+            raise ModelConfigError(f"{where}: size and spacing both set the model's grid; give one")
+        want = 2 if layout == "slice2d" else 3
+        raw = table["spacing"]
+        if not isinstance(raw, list | tuple) or len(raw) != want:
+            raise ModelConfigError(f"{where}.spacing: layout {layout} needs {want} numbers (mm), got {raw!r}")
+        spacing = tuple(_number(v, f"{where}.spacing") for v in raw)
+        if min(spacing) <= 0:
+            raise ModelConfigError(f"{where}.spacing: must be positive, got {list(raw)}")
     if "window" in table and "hu_range" in table:
         raise ModelConfigError(f"{where}: window and hu_range say the same thing; give one")
     clip: tuple[float, float] | None = None
@@ -181,7 +194,7 @@ def _parse_input(table: Mapping[str, Any], where: str) -> InputSpec:
     name = table.get("name")
     if name is not None and not (isinstance(name, str) and name):
         raise ModelConfigError(f"{where}.name: must be a non-empty string, got {name!r}")
-    return InputSpec(layout, size, clip, normalise, dtype, name)
+    return InputSpec(layout, size, spacing, clip, normalise, dtype, name)
 
 
 def _parse_labels(raw: object, where: str) -> tuple[LabelSpec, ...]:

@@ -87,8 +87,10 @@ def _check_input(meta: Any, opts: ModelOptions) -> int | None:
     if spec.size is None:
         fixed = [d for d in spatial if _fixed(d) is not None]
         if fixed:
+            why = ("input.spacing makes a grid that follows each series' field of view" if spec.spacing
+                   else "without input.size the runner feeds the source grid")
             raise ModelConfigError(f"model {path}: input {meta.name!r} is declared {_show(shape)}, a fixed "
-                                   f"grid; set input.size to {[_fixed(d) for d in spatial]}")
+                                   f"grid, but {why}; set input.size to {[_fixed(d) for d in spatial]}")
     else:
         for declared, want in zip(spatial, spec.size, strict=True):
             if _fixed(declared) not in (None, want):

@@ -66,7 +66,7 @@ class OnnxModelAnalyzer:
         return result
 
     def _infer(self, volume: SeriesVolume, uid: str) -> np.ndarray:
-        x = to_model_input(volume.voxels, self.options.input)
+        x = to_model_input(volume.voxels, volume.spacing, self.options.input)
         try:
             return self.session.run(x)
         except (Fail, InvalidArgument) as exc:

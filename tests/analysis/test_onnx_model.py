@@ -65,6 +65,8 @@ def models(model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> dict[s
                                         grid=("D", "H", "W")),
             "seg-background": segmentation_forms_model(model, d / "nodule_seg_bg.onnx", "background"),
             "seg-labels": segmentation_forms_model(model, d / "nodule_seg_labels.onnx", "labels"),
+            "seg-logits": segmentation_forms_model(model, d / "nodule_seg_logits.onnx", "logits"),
+            "seg-logit-pair": segmentation_forms_model(model, d / "nodule_seg_logit_pair.onnx", "logit-pair"),
             "seg-any": segmentation_model(model, d / "nodule_seg_any.onnx", grid=("H", "W")),
             "cls": classification_model(model, d / "nodule_cls.onnx"),
             "cls32": classification_model(model, d / "nodule_cls32.onnx", grid=(32, 32)),
@@ -223,17 +225,20 @@ def test_segmentation_covers_the_nodules(models: dict[str, Path], tmp_path: Path
     assert _dciodvfy(seg, tmp_path / "seg.dcm") == []
 
 
-@pytest.mark.parametrize("form", ["seg-background", "seg-labels"])
-def test_other_output_forms_give_the_same_mask(models: dict[str, Path], form: str) -> None:
-    # one probability channel, background-first channels, a label map: one mask, read three ways
+@pytest.mark.parametrize(("form", "activation"), [
+    ("seg-background", "none"), ("seg-labels", "none"), ("seg-logits", "sigmoid"),
+    ("seg-logit-pair", "softmax")])
+def test_other_output_forms_give_the_same_mask(models: dict[str, Path], form: str, activation: str) -> None:
+    # one probability channel, background-first channels, a label map, logits: one mask, read
+    # each way the output options describe
     data, truth = ct_series(np.random.default_rng(14), NODULES, "Chest nodules")
     output = {"kind": "segmentation", "labels": ["Nodule"]}
     base = _analyzer(models["seg"], output).run([data])
-    other = _analyzer(models[form], output).run([data])
+    other = _analyzer(models[form], dict(output, activation=activation)).run([data])
     mask = _seg_mask(other.objects[0], data)
     # a label map is resampled nearest-neighbour from the model's coarser grid, so its edges
     # step by 1.5 source pixels where interpolated probabilities do not (measured: 0.95)
-    assert _dice(mask, _seg_mask(base.objects[0], data)) > (0.97 if form == "seg-background" else 0.9)
+    assert _dice(mask, _seg_mask(base.objects[0], data)) > (0.9 if form == "seg-labels" else 0.97)
     assert _dice(mask, truth) > 0.7
     assert other.measurements[0].value == pytest.approx(base.measurements[0].value, rel=0.05)
 
@@ -346,6 +351,7 @@ def test_a_model_whose_input_disagrees_with_the_config_is_refused(models: dict[s
     ("seg", {"input": dict(INPUT, dtype="float16")}, "tensor(float16)"),
     ("seg", {"output": {"kind": "segmentation", "labels": ["A", "B", "C"]}}, "1 channels for 3 label(s)"),
     ("cls", {"output": {"kind": "segmentation", "labels": ["A"]}}, "segmentation reads"),
+    ("cls", {"output": {"kind": "classification", "activation": "softmax"}}, "softmax needs [N, classes]"),
     ("seg", {"input": {k: v for k, v in INPUT.items() if k != "size"}}, "set input.size to [64, 64]"),
     ("seg", {"input": {**{k: v for k, v in INPUT.items() if k != "size"}, "spacing": [1.0, 1.0]}},
      "input.spacing makes a grid that follows"),

@@ -135,10 +135,20 @@ def segmentation_model(m: TinyModel, path: Path, layout: str = "slice2d",
 
 def segmentation_forms_model(m: TinyModel, path: Path, form: str) -> Path:
     """The slice2d segmentation model with its output in another of the forms the runner reads:
-    "background" = [N, 2, H, W] (background, nodule), "labels" = [N, H, W] int64 (0 or 1)."""
+    "background" = [N, 2, H, W] (background, nodule), "labels" = [N, H, W] int64 (0 or 1),
+    "logits" = [N, 1, H, W] before the sigmoid, "logit-pair" = [N, 2, H, W] logits (0, nodule),
+    whose softmax is "background"."""
     inits, conv = _conv(m, "slice2d")
     nodes = [conv, helper.make_node("Sigmoid", ["logit"], ["prob"])]
-    if form == "background":
+    if form == "logits":
+        nodes = [conv, helper.make_node("Identity", ["logit"], ["out"])]
+        out = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 1, SIZE, SIZE])
+    elif form == "logit-pair":
+        inits.append(numpy_helper.from_array(np.zeros((1, 1, 1, 1), dtype=np.float32), "ZERO"))
+        nodes = [conv, helper.make_node("Mul", ["logit", "ZERO"], ["zeros"]),
+                 helper.make_node("Concat", ["zeros", "logit"], ["out"], axis=1)]
+        out = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 2, SIZE, SIZE])
+    elif form == "background":
         inits.append(numpy_helper.from_array(np.array([1.0], dtype=np.float32), "ONE"))
         nodes += [helper.make_node("Sub", ["ONE", "prob"], ["back"]),
                   helper.make_node("Concat", ["back", "prob"], ["out"], axis=1)]

@@ -23,7 +23,9 @@ def _activate(x: np.ndarray, activation: str, axis: int) -> np.ndarray:
 def series_score(raw: np.ndarray, spec: OutputSpec) -> tuple[float, int]:
     """The series' score and the (0-based) item that gave it: one item per slice (slice2d) or
     one for the volume. ``raw`` is [N] or [N, classes]."""
-    scores = _activate(raw, spec.activation, axis=-1) if raw.ndim == 2 else _activate(raw, spec.activation, 0)
+    if raw.ndim == 1 and spec.activation == "softmax":
+        raise ValueError("a softmax needs a score per class; the model gave one score per item")
+    scores = _activate(raw, spec.activation, axis=-1)
     if scores.ndim == 2:
         if spec.score_index >= scores.shape[1]:
             raise ValueError(f"the model gave {scores.shape[1]} score columns, output.score_index is "

@@ -109,6 +109,10 @@ def _check_output(meta: Any, opts: ModelOptions) -> bool:
         if len(shape) not in (1, 2):
             raise ModelConfigError(f"model {path}: output {meta.name!r} is declared {_show(shape)}; a "
                                    f"classification output is [N] or [N, classes]")
+        if out.activation == "softmax" and (len(shape) == 1 or _fixed(shape[1]) == 1):
+            # a softmax over one column is 1 everywhere: every series would be flagged
+            raise ModelConfigError(f"model {path}: output {meta.name!r} is declared {_show(shape)}, one "
+                                   f"score per item: output.activation softmax needs [N, classes]")
         if len(shape) == 2 and _fixed(shape[1]) is not None and out.score_index >= shape[1]:
             raise ModelConfigError(f"model {path}: output {meta.name!r} has {shape[1]} columns, but "
                                    f"output.score_index is {out.score_index}")

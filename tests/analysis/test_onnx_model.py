@@ -38,6 +38,7 @@ from dicomvault.analysis.api import URGENT, SeriesData, SeriesInfo
 from dicomvault.analysis.model_input import model_grid
 from dicomvault.analysis.model_options import ModelConfigError
 from dicomvault.analysis.onnx_model import OnnxModelAnalyzer
+from dicomvault.config_values import ConfigError
 from dicomvault.engine import Engine
 
 # The test series: a grid finer than the model's (96 x 96 at 0.7 mm -> 64 x 64), 2 mm slices
@@ -363,6 +364,25 @@ def test_other_disagreements_name_the_model(models: dict[str, Path], which: str,
     with pytest.raises(ModelConfigError) as exc:
         OnnxModelAnalyzer(config)
     assert str(models[which]) in str(exc.value) and words in str(exc.value)
+
+
+@pytest.mark.parametrize(("options", "words"), [
+    ({"input": dict(INPUT, window=[40, 400])}, "window and hu_range say the same thing"),
+    ({"input": dict(INPUT, spacing=[1.0, 1.0])}, "size and spacing both set"),
+    ({"input": dict(INPUT, size=[64])}, "input.size: layout slice2d needs 2 integers"),
+    ({"input": dict(INPUT, normalise={"mean": 0.0})}, "input.normalise: a table needs mean and std"),
+    ({"output": {"kind": "segmentation"}}, "output.labels: a segmentation output needs its labels"),
+    ({"output": {"kind": "segmentation", "labels": ["A b", "a-b"]}}, "two labels share a measurement key"),
+    ({"output": {"kind": "classification", "severity": "high"}}, "output.severity: must be one of"),
+    ({"output": {"kind": "classification", "labels": ["A"]}}, "labels and flag_above_ml belong to"),
+    ({"treads": 2}, "unknown key(s) treads"),
+])
+def test_option_errors_name_the_key(models: dict[str, Path], options: dict[str, Any], words: str) -> None:
+    config = {"model": str(models["seg"]), "input": dict(INPUT), "output": {"kind": "classification"}}
+    config.update(options)
+    with pytest.raises(ConfigError) as exc:
+        OnnxModelAnalyzer(config)
+    assert words in str(exc.value)
 
 
 def test_a_missing_model_file_is_refused(tmp_path: Path) -> None:

@@ -305,6 +305,7 @@ def test_a_pickled_analyzer_reopens_its_model(models: dict[str, Path]) -> None:
     # a worker process receives the analyzer pickled; the ONNX session is not picklable itself
     data, _ = ct_series(np.random.default_rng(13), NODULES[:1], "Chest one nodule")
     analyzer = _analyzer(models["cls"], {"kind": "classification"})
+    assert analyzer._session is None  # checked at load, then let go until the first run
     copy = pickle.loads(pickle.dumps(analyzer))
     assert copy.session.session.get_session_options().intra_op_num_threads == 1  # the default
     assert copy.run([data]).measurements == analyzer.run([data]).measurements

@@ -258,7 +258,7 @@ def _parse_output(table: Mapping[str, Any], where: str) -> OutputSpec:
     )
 
 
-def parse_options(options: Mapping[str, Any], where: str = "[analysis.analyzers] onnx") -> ModelOptions:
+def parse_options(options: Mapping[str, Any], where: str = "[analysis.analyzers.<instance>]") -> ModelOptions:
     unknown_keys(dict(options), _TOP, where)
     raw_model = options.get("model")
     if not isinstance(raw_model, str) or not raw_model:

@@ -41,11 +41,21 @@ class OnnxModelAnalyzer:
     def __init__(self, options: Mapping[str, Any]) -> None:
         # Loading and checking the model here makes a wrong model or config fail when the
         # pipeline loads its analyzers, with the model path in the message, not at the first study.
+        # The session is then let go: the serve process makes every analyzer only to ask wants(),
+        # and should not hold each model's weights and buffers for that; `run` (in a worker)
+        # opens it again, once.
         self._raw = dict(options)
         self.options: ModelOptions = parse_options(options)
-        self.session: ModelSession = open_session(self.options)
+        open_session(self.options)
+        self._session: ModelSession | None = None
 
-    # An InferenceSession cannot be pickled: a copy sent to a worker process reopens the model.
+    @property
+    def session(self) -> ModelSession:
+        if self._session is None:
+            self._session = open_session(self.options)
+        return self._session
+
+    # An InferenceSession cannot be pickled: a copy sent to another process reopens the model.
     def __getstate__(self) -> dict[str, Any]:
         return {"options": self._raw}
 

@@ -243,3 +243,21 @@ def test_the_seg_and_sr_the_tests_store_are_valid(tmp_path: Path) -> None:
     expected = np.zeros_like(mask)
     expected[BLOCK] = True
     assert (mask == expected).all()
+
+
+def test_trends_follow_a_patient_merge_and_its_undoing(eng: Engine) -> None:
+    old = analysed_study(patient_id="TMP-1", patient_name="Temp^Pat", study_date="20220101",
+                         with_objects=False)
+    new = analysed_study(patient_id="MRN-1", patient_name="Real^Pat", study_date="20240101",
+                         with_objects=False)
+    for s, emph in ((old, 4.0), (new, 6.0)):
+        _store(eng, s.ct)
+        _record(eng, s, result("ct-chest", s.ct_series, volume=1.0, emphysema=emph), stored=[])
+    eng.index.merge_patients("TMP-1", "MRN-1")
+    emph = results.trends(eng.index, "MRN-1")["trends"][1]
+    assert [(p["study_date"], p["value"]) for p in emph["points"]] == [("20220101", 4.0), ("20240101", 6.0)]
+    assert emph["change"]["absolute"] == pytest.approx(2.0)
+    assert results.trends(eng.index, "TMP-1")["trends"] == []  # its study is the survivor's now
+    eng.index.unmerge_patients("TMP-1")
+    assert [p["value"] for p in results.trends(eng.index, "MRN-1")["trends"][1]["points"]] == [6.0]
+    assert [p["value"] for p in results.trends(eng.index, "TMP-1")["trends"][1]["points"]] == [4.0]

@@ -220,17 +220,37 @@ def _change(points: list[dict[str, Any]]) -> dict[str, Any] | None:
             "since": prev["study_date"]}
 
 
+def _ids_of(index: Index, patient_id: str) -> list[str]:
+    """The patient's ID and every ID merged into it (whose studies it now holds): results are
+    keyed by the ID a study had when it was measured."""
+    into: dict[str, list[str]] = {}
+    for m in index.merges():
+        into.setdefault(m.survivor_id, []).append(m.prior_id)
+    ids, todo = [patient_id], [patient_id]
+    while todo:
+        for prior in into.get(todo.pop(), []):
+            if prior not in ids:
+                ids.append(prior)
+                todo.append(prior)
+    return ids
+
+
 def trends(index: Index, patient_id: str) -> dict[str, Any]:
     """`GET /api/patients/{patient_id}/trends`: each measurement (analyzer instance and key)
     across the patient's studies, oldest first, with the change from the study before the last.
     One point per study: a key measured twice in one study (two series) keeps its first value.
-    Studies the index no longer holds are left out."""
+    Studies the index no longer holds are left out; after a patient merge the survivor's trends
+    include the merged patient's studies (and the merged ID's no longer do)."""
     series: dict[tuple[str, str], dict[str, Any]] = {}
     known: dict[str, bool] = {}
-    for k, v in index.meta_items(BY_PATIENT + K.encode(patient_id)):
-        _, study_date, study_uid, analyzer = K.unpack(k, len(BY_PATIENT))
+    entries = [(K.unpack(k, len(BY_PATIENT)), k, v) for pid in _ids_of(index, patient_id)
+               for k, v in index.meta_items(BY_PATIENT + K.encode(pid))]
+    entries.sort(key=lambda e: (e[0][1], e[0][2], e[0][3]))  # by study date across merged IDs
+    for (_, study_date, study_uid, analyzer), k, v in entries:
         if study_uid not in known:
-            known[study_uid] = index.get_study(study_uid) is not None
+            study = index.get_study(study_uid)
+            # gone, or moved to another patient by a merge since it was measured
+            known[study_uid] = study is not None and study.patient_id == patient_id
         if not known[study_uid]:
             continue
         for m in _decode(v, f"trend entry {k!r}")["measurements"]:

@@ -253,9 +253,13 @@ def _audit_scope(engine: Engine, level: str, uid: str) -> tuple[str | None, str 
 def cmd_export(args: argparse.Namespace) -> int:
     level, uid = _level_uid(args)
     if args.deidentify:
+        from .config import load_config
         from .integration.deid.commands import export_deidentified
 
-        return export_deidentified(args, level, uid)
+        if not args.config:
+            raise DicomVaultError("--deidentify needs --config FILE with a [deidentify] table naming "
+                                  "the project")
+        return export_deidentified(args, level, uid, load_config(args.config).deidentify)
     if args.retain or args.allow_burned_in:
         raise DicomVaultError("--retain and --allow-burned-in go with --deidentify PROJECT")
     with Engine(args.data, read_only=True) as engine:
@@ -399,7 +403,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .dimse.peers import Peers
         from .dimse.tls import client_context
         from .integration.hl7.service import start_hl7
-        from .integration.priors import start_priors
+        from .priors.service import start_priors
 
         url, site_stop = start_services(engine, site_options, config.replication.forward, config.tiering,
                                         forward_tls)

@@ -13,10 +13,10 @@ import pytest
 
 from dicomvault.config_values import ConfigError
 from dicomvault.engine import Engine
-from dicomvault.integration.priors_select import BodyParts, select_priors
 from dicomvault.integration.priors_settings import PriorsConfig, parse_priors
 from dicomvault.integration.worklist_entry import entry_from_fields
 from dicomvault.integration.worklist_store import WorklistStore, on_scheduled
+from dicomvault.priors.select import BodyParts, select_priors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from priors_helpers import days_ago, study_file  # noqa: E402
@@ -125,7 +125,7 @@ def test_settings_defaults_and_refusals() -> None:
 
 
 def test_cutoff_handles_a_leap_day() -> None:
-    from dicomvault.integration.priors_select import _cutoff
+    from dicomvault.priors.select import _cutoff
 
     assert _cutoff(date(2028, 2, 29), 1) == "20270228"
     assert _cutoff(date(2026, 3, 10), 0.5) == "20250908"

@@ -22,10 +22,10 @@ from pynetdicom.presentation import StoragePresentationContexts
 from dicomvault.auth.peer_settings import PeerConfig
 from dicomvault.bench.pki import make_pki
 from dicomvault.engine import Engine
-from dicomvault.integration.priors import PriorsService
 from dicomvault.integration.priors_settings import PriorsConfig
 from dicomvault.integration.worklist_entry import entry_from_fields
 from dicomvault.integration.worklist_store import WorklistStore
+from dicomvault.priors.service import PriorsService
 from dicomvault.tls_policy import client_context
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

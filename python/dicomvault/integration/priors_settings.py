@@ -16,7 +16,7 @@ class PriorsConfig:
     """`match`: the criteria a prior must meet (`require` all of them, or any); a criterion the
     order gives nothing to compare with (no modality, no body part recognised) is left out.
     `body_parts`: extra synonyms per BodyPartExamined term, added to the built-in table
-    (priors_select.BODY_PARTS). `retry_after`: seconds before a failed order is tried again
+    (priors/select.py BODY_PARTS). `retry_after`: seconds before a failed order is tried again
     (doubling per attempt, at most an hour), `max_attempts` tries in all."""
 
     enabled: bool = True

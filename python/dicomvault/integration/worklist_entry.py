@@ -58,7 +58,7 @@ class WorklistEntry:
     # filled as the modality reports (MPPS): the steps' SOP Instance UIDs, the series they made
     mpps: list[str] = field(default_factory=list)
     performed_series: list[dict[str, Any]] = field(default_factory=list)
-    # what the priors service did for this order (integration/priors.py): state, studies, errors
+    # what the priors service did for this order (priors/service.py): state, studies, errors
     priors: dict[str, Any] = field(default_factory=dict)
     created: float = 0.0
     updated: float = 0.0

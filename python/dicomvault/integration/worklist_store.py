@@ -59,7 +59,7 @@ _listeners: dict[str, list[Listener]] = {}
 
 def on_scheduled(index: Index, listener: Listener) -> Callable[[], None]:
     """Calls `listener(entry)` after each entry added to `index`'s worklist; returns the
-    function that stops it (the priors service subscribes here, integration/priors.py)."""
+    function that stops it (the priors service subscribes here, priors/service.py)."""
     with _locks_guard:
         _listeners.setdefault(index.path, []).append(listener)
 

@@ -9,19 +9,16 @@ from pathlib import Path
 
 from ...audit.log import EXPORT, SUCCESS, AuditLog, cli_user
 from ...engine import Engine
-from ...errors import DicomVaultError
 from .export import REPORT_NAME, ResearchExport
 from .profile import Options
+from .settings import DeidSettings
 
 
-def export_deidentified(args: argparse.Namespace, level: str, uid: str) -> int:
+def export_deidentified(args: argparse.Namespace, level: str, uid: str, settings: DeidSettings) -> int:
     """Writes `<out>/<study>/<series>/<sop>.dcm` in the new UIDs and `<out>/deid-report.json`;
-    prints the report's counts and every object held back or flagged."""
-    from ...config import load_config  # the CLI layer's configuration, read only for this command
-
-    if not args.config:
-        raise DicomVaultError("--deidentify needs --config FILE with a [deidentify] table naming the project")
-    project = load_config(args.config).deidentify.project(args.deidentify)
+    prints the report's counts and every object held back or flagged. `settings`: the
+    configuration's [deidentify] table (the CLI read it)."""
+    project = settings.project(args.deidentify)
     options = Options.parse(args.retain) if args.retain is not None else None
     export = ResearchExport(project, options, args.data, allow_burned_in=args.allow_burned_in)
     out = Path(args.output)

@@ -7,10 +7,10 @@ through a running server) ends in `WorklistStore.add`, which tells its listeners
 listener only queues the entry's key, so the add (and the HL7 ACK) never waits. A thread of its
 own then, per entry:
 
-1. selects the relevant priors (priors_select.py: the [priors] relevance rule, count, age);
+1. selects the relevant priors (select.py: the [priors] relevance rule, count, age);
 2. promotes each from the object store to the first compressing local tier (tiering/jobs.promote,
    what a read of a cold study does), kept there at least until the exam's day;
-3. pushes each by C-STORE to `push_to` (priors_push.py), audited as Instances Transferred;
+3. pushes each by C-STORE to `push_to` (push.py), audited as Instances Transferred;
 4. records what it did on the entry (`priors`: state, studies, reasons), which `GET
    /api/worklist` and `dicomvault worklist list` show.
 
@@ -33,13 +33,13 @@ from ..audit.log import AuditLog
 from ..auth.peer_settings import PeerConfig
 from ..engine import Engine
 from ..errors import DicomVaultError, UnavailableError, UnknownObjectError
+from ..integration.priors_settings import PriorsConfig
+from ..integration.worklist_entry import WorklistEntry
+from ..integration.worklist_store import WorklistStore, on_scheduled
 from ..storage.settings import DAY
 from ..tiering import jobs
-from .priors_push import PushError, TlsContext, push_study
-from .priors_select import select_priors
-from .priors_settings import PriorsConfig
-from .worklist_entry import WorklistEntry
-from .worklist_store import WorklistStore, on_scheduled
+from .push import PushError, TlsContext, push_study
+from .select import select_priors
 
 log = logging.getLogger("dicomvault.priors")
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from ..index import Index
-from .priors_settings import PriorsConfig
-from .worklist_entry import WorklistEntry
+from ..integration.priors_settings import PriorsConfig
+from ..integration.worklist_entry import WorklistEntry
 
 # DICOM BodyPartExamined defined terms (PS3.16 Annex L) and the words an order or a description
 # uses for them. A term always matches itself.

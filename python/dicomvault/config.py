@@ -42,7 +42,7 @@ tls = false                        # C-MOVE and storage commitment to this peer 
 `[audit]` (sending the audit trail to a syslog repository) is documented in audit/settings.py,
 `[replication]` and `[[forward]]` in replication/settings.py, `tiers` and
 `[tiering]` (tiered placement) in storage/settings.py, `[storage]` (the free-space reserve) in
-storage/reserve.py.
+storage/reserve.py, `[analysis]` (the analysis pipeline and its analyzers) in analysis/settings.py.
 
 Unknown keys are errors (a typo must not silently fall back to a default).
 """
@@ -55,6 +55,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .analysis.settings import AnalysisSettings, parse_analysis
 from .audit.settings import AuditSettings, parse_audit
 from .auth.oidc_settings import OidcSettings, parse_oidc
 from .auth.peer_settings import PeerConfig, parse_peer
@@ -208,6 +209,8 @@ class Config:
     iocm: IocmConfig = field(default_factory=IocmConfig)
     # [hl7]: the HL7 v2 MLLP listener (integration/hl7/settings.py)
     hl7: Hl7Config = field(default_factory=Hl7Config)
+    # [analysis]: the analysis pipeline and its analyzer instances (analysis/settings.py)
+    analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
 
     def with_overrides(
         self,
@@ -238,7 +241,7 @@ _DIMSE_KEYS = {
     "network_timeout",
 }
 _TOP_KEYS = {"data", "dimse", "peers", "replication", "forward", "http", "tiers", "tiering", "storage",
-              "audit", "iocm", "hl7"}
+              "audit", "iocm", "hl7", "analysis"}
 _HTTP_KEYS = {"host", "port", "anonymous", "public_url", "cors_origins", "max_body", "tls_cert", "tls_key",
               "oidc", "max_query_results", "rate_limit", "rate_limit_per_address", "rate_burst"}
 _ANONYMOUS = ("auto", "none", "reader", "writer", "admin")
@@ -395,6 +398,7 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         audit=parse_audit(doc.get("audit", {}), f"{where}: audit", p.parent),
         iocm=_parse_iocm(doc.get("iocm", {}), f"{where}: iocm"),
         hl7=parse_hl7(doc.get("hl7", {}), f"{where}: hl7"),
+        analysis=parse_analysis(doc.get("analysis", {}), f"{where}: analysis"),
     )
 
 

@@ -1,0 +1,185 @@
+"""What `serve` runs for analysis: one thread that reads the change feed into completion events
+(events.py) and starts due jobs, up to `concurrency` at once, each in a worker process
+(runner.py, worker.py) at a CPU priority below ingest.
+
+An analyzer that raises, hangs or crashes fails its own job only: the reason is recorded with
+the job and logged with the study UID, and ingest never waits on any of it (the store path does
+not know this service exists; it only reads what ingest committed).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ..engine import Engine
+from ..errors import DicomVaultError
+from .events import CompletionReader, mpps_marker_writes
+from .jobs import QUEUED, JobStore
+from .plugins import Plugin, load
+from .runner import Attempt, JobFailure, Recorder, execute, finish
+from .settings import AnalysisSettings
+
+log = logging.getLogger("dicomvault.analysis")
+RESULTS_MODULE = "dicomvault.analysis.results"
+
+
+def default_recorder() -> Recorder | None:
+    """analysis/results.py's `record`, if that module is installed."""
+    try:
+        module = importlib.import_module(RESULTS_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name != RESULTS_MODULE:
+            raise
+        log.warning("analysis: %s is not installed; measurements and flags are kept with the jobs only",
+                    RESULTS_MODULE)
+        return None
+    recorder: Recorder = module.record
+    return recorder
+
+
+class AnalysisService:
+    def __init__(self, engine: Engine, settings: AnalysisSettings, *, plugins: Sequence[Plugin] | None = None,
+                 recorder: Recorder | None = None) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.store = JobStore(engine.index)
+        self.plugins = {p.instance: p for p in (load(settings) if plugins is None else plugins)}
+        self.recorder = recorder if recorder is not None else default_recorder()
+        self.reader = CompletionReader(engine.index, self.store, list(self.plugins.values()),
+                                       quiet_seconds=settings.quiet_seconds,
+                                       max_attempts=settings.retries + 1)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._running: dict[int, tuple[Attempt, threading.Thread]] = {}
+        self._guard = threading.Lock()
+        self.last_error: str | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        recovered = self.store.recover()
+        if recovered:
+            log.info("analysis: %d job(s) cut by the last stop queued again: %s", len(recovered),
+                     ", ".join(map(str, recovered)))
+        self.reader.start_cursor()
+        names = ", ".join(f"{p.instance} ({p.event})" for p in self.plugins.values()) or "none"
+        log.info("analysis: %d analyzer(s): %s; quiet %g s, %d at once, timeout %g s, %d retries",
+                 len(self.plugins), names,
+                 self.settings.quiet_seconds, self.settings.concurrency, self.settings.timeout_seconds,
+                 self.settings.retries)
+        self._thread = threading.Thread(target=self._loop, name="dv-analysis", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Kills running workers (their jobs go back to the queue, the attempt not counted)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(30)
+        with self._guard:
+            running = list(self._running.values())
+        for attempt, _ in running:
+            attempt.cancelled.set()
+            attempt.kill()
+        for _, thread in running:
+            thread.join(30)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def mpps_completed(self, record: dict[str, Any]) -> None:
+        """An MPPS went COMPLETED: its performed series are complete once all their instances
+        are here (integration/mpps.py calls this after its own write)."""
+        writes = mpps_marker_writes(record)
+        if writes:
+            with self.store.lock:
+                self.engine.index.put_meta_many(writes)
+            self.wake()
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def _interval(self) -> float:
+        return min(1.0, max(0.05, self.settings.quiet_seconds / 4))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.reader.read_feed()
+                self.reader.complete_due()
+                self._dispatch()
+                self.last_error = None
+            except Exception as exc:  # noqa: BLE001 - the service outlives any one bad pass
+                # the index full, a disk error, a damaged record: logged, the next tick tries again
+                self.last_error = str(exc)
+                log.exception("analysis: event or dispatch pass failed")
+            self._wake.wait(self._interval())
+            self._wake.clear()
+
+    def _dispatch(self) -> None:
+        with self._guard:
+            free = self.settings.concurrency - len(self._running)
+        if free <= 0 or self._stop.is_set():
+            return
+        now = time.time()
+        for job_id in self.store.due(now, free):
+            job = self.store.claim(job_id, now)
+            if job is None:
+                continue
+            attempt = Attempt(job)
+            thread = threading.Thread(target=self._run, args=(attempt,), name=f"dv-analysis-{job_id}",
+                                      daemon=True)
+            with self._guard:
+                self._running[job_id] = (attempt, thread)
+            thread.start()
+
+    def _run(self, attempt: Attempt) -> None:
+        job = attempt.job
+        started = time.time()
+        ok: dict[str, Any] | None = None
+        error: str | None = None
+        plugin = self.plugins.get(job["analyzer"])
+        try:
+            if plugin is None:
+                raise JobFailure(f"analyzer {job['analyzer']} is not configured (or not enabled) any more")
+            ok = execute(self.engine, self.store, attempt, target=plugin.target,
+                         options=dict(plugin.options), timeout=self.settings.timeout_seconds,
+                         nice=self.settings.nice, recorder=self.recorder)
+        except JobFailure as exc:
+            error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - storing or recording a result failed: the job's failure
+            log.exception("analysis job %d (%s, study %s): storing the result failed", job["id"],
+                          job["analyzer"], job["study_uid"])
+            error = f"{type(exc).__name__}: {exc}"
+        interrupted = attempt.cancelled.is_set() and ok is None
+        try:
+            done = finish(self.store, job["id"], ok=ok, error=error, started=started,
+                          retry_delay=self.settings.retry_delay, interrupted=interrupted)
+        except DicomVaultError:
+            log.exception("analysis job %d: its end could not be recorded (queued again at the next start)",
+                          job["id"])
+            done = None
+        if done is not None and error is not None and not interrupted:
+            again = done["state"] == QUEUED
+            log.warning("analysis job %d (%s, study %s) attempt %d failed%s: %s", job["id"], job["analyzer"],
+                        job["study_uid"], done["attempts"], ", retried later" if again else "", error)
+        elif done is not None and ok is not None:
+            log.info("analysis job %d (%s, study %s) done in %.1f s: %s", job["id"], job["analyzer"],
+                     job["study_uid"], done["seconds"], done.get("summary") or "no summary")
+        with self._guard:
+            self._running.pop(job["id"], None)
+        self._wake.set()
+
+    # -- what /api/jobs shows ---------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        with self._guard:
+            running = sorted(self._running)
+        return {"enabled": True, "analyzers": {p.instance: p.event for p in self.plugins.values()},
+                "running": running, "cursor": self.reader.cursor(), "last_error": self.last_error,
+                "counts": self.store.counts()}

@@ -141,6 +141,7 @@ def test_a_series_sent_to_serve_is_analysed_once_and_its_result_is_in_qido(tmp_p
             assert one["measurements"][0]["series_uid"] == series and one["objects"] == [obj]
             assert admin.get("/api/jobs", params={"state": "bogus"}).status_code == 400
             assert admin.get("/api/jobs/999999").status_code == 404
+            assert admin.get("/api/jobs/abc").status_code == 400
             assert admin.get("/api/analysis/status").json()["analyzers"] == {"mean": "series-complete"}
             # a retry over the API, then one from the CLI (through the running server)
             assert admin.post(f"/api/jobs/{job['id']}/retry").status_code == 200

@@ -181,5 +181,6 @@ class AnalysisService:
         with self._guard:
             running = sorted(self._running)
         return {"enabled": True, "analyzers": {p.instance: p.event for p in self.plugins.values()},
-                "running": running, "cursor": self.reader.cursor(), "last_error": self.last_error,
+                "running": running, "cursor": self.reader.cursor(),
+                "pending_series": len(self.reader.pending()), "last_error": self.last_error,
                 "counts": self.store.counts()}

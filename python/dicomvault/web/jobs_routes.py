@@ -59,12 +59,18 @@ def routes(ctx: WebContext, site_jobs: Callable[[], list[dict[str, Any]]] | None
                                                      study_uid=q.get("study") or None, limit=limit)]
         return json_response(out)
 
+    def job_id(request: Request) -> int:
+        text = request.path_params["id"]
+        if not text.isdigit():
+            raise RequestError(f"job id must be a number, got {text!r}")
+        return int(text)
+
     def show(request: Request) -> Response:
-        return json_response(view(store.require(request.path_params["id"]), full=True))
+        return json_response(view(store.require(job_id(request)), full=True))
 
     def retry(request: Request) -> Response:
         ensure_writable(engine)
-        job = store.retry(request.path_params["id"])
+        job = store.retry(job_id(request))
         if analysis is not None:
             analysis.wake()
         return json_response(view(job))
@@ -77,7 +83,7 @@ def routes(ctx: WebContext, site_jobs: Callable[[], list[dict[str, Any]]] | None
     sec = ctx.security
     return [
         Route("/api/jobs", secured(sec, ADMIN, list_jobs), methods=["GET"]),
-        Route("/api/jobs/{id:int}", secured(sec, ADMIN, show), methods=["GET"]),
-        Route("/api/jobs/{id:int}/retry", secured(sec, ADMIN, retry), methods=["POST"]),
+        Route("/api/jobs/{id}", secured(sec, ADMIN, show), methods=["GET"]),
+        Route("/api/jobs/{id}/retry", secured(sec, ADMIN, retry), methods=["POST"]),
         Route("/api/analysis/status", secured(sec, ADMIN, status), methods=["GET"]),
     ]

@@ -2,9 +2,10 @@
 sample_analyzers:NAME"` (the repository root on PYTHONPATH). Each does what its name says, so a
 test can make the pipeline meet success, an exception, a hang, a crash and a slow run.
 
-Options every one takes: `log` (a file that gets one line per run() call, in whichever process
-ran it: the ground truth of how many times an analyzer really ran) and `pid_file` (where run()
-writes its process id).
+Options every one takes: `log` (a file that gets a line "run PID TIME" per run() call, in
+whichever process ran it: the ground truth of how many times an analyzer really ran, and when;
+MeanValue adds "end PID TIME" as its run() returns) and `pid_file` (where run() writes its
+process id).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ IMAGE_MODALITIES = {"CT", "MR", "CR", "DX", "PT", "NM", "US", "MG", "OT"}
 def _note(options: Mapping[str, Any], what: str) -> None:
     if options.get("log"):
         with open(options["log"], "a") as f:
-            f.write(f"{what} {os.getpid()}\n")
+            f.write(f"{what} {os.getpid()} {time.time():.3f}\n")
     if options.get("pid_file"):
         with open(options["pid_file"], "w") as f:
             f.write(str(os.getpid()))
@@ -116,6 +117,7 @@ class MeanValue:
             if self.options.get("key_image"):
                 out.objects.append(key_image(s.datasets, self.name, value))
             out.summary = f"mean {value:.2f} over {len(s.datasets)} images"
+        _note(self.options, "end")
         return out
 
 

@@ -77,8 +77,10 @@ def expected_mean(paths: list[Path]) -> float:
     return float(np.mean(px))
 
 
-def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
+def lines(path: Path, what: str = "run") -> list[str]:
+    """The sample analyzers' log lines of one kind ("run" or "end")."""
+    text = path.read_text() if path.exists() else ""
+    return [line for line in text.splitlines() if line.split(" ", 1)[0] == what]
 
 
 # -- settings and plugins -------------------------------------------------------------------------
@@ -269,7 +271,7 @@ def test_a_raising_analyzer_fails_its_job_after_the_retries_and_ingest_goes_on(
         engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     log = tmp_path / "runs.log"
     svc = start(engine, settings({"raising": sample("Raising", log=str(log)), "mean": sample("MeanValue")},
-                                 retries=2, retry_delay=0.2))
+                                 retries=2, retry_delay=0.2, concurrency=2))
     try:
         study = pydicom.uid.generate_uid()
         store(engine, ct_series(tmp_path / "a", 2, study_uid=study))
@@ -368,5 +370,53 @@ def test_retry_of_a_failed_job_runs_it_again(engine: Engine, tmp_path: Path) -> 
             return j is not None and j["state"] == FAILED and j["finished"] > job["finished"]
 
         wait_until(retried, 60, "the retried job")
+    finally:
+        svc.stop()
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_the_concurrency_limit_bounds_the_workers_at_once(engine: Engine, tmp_path: Path,
+                                                          concurrency: int) -> None:
+    log = tmp_path / "runs.log"
+    slow = sample("MeanValue", sleep=2, log=str(log))
+    svc = start(engine, settings({"slow": slow}, concurrency=concurrency))
+    try:
+        for i in range(2):
+            store(engine, ct_series(tmp_path / f"s{i}", 2, seed=i))
+        wait_until(lambda: ended(engine, "slow", 2), 90, "two jobs")
+        runs = sorted(float(line.split()[2]) for line in lines(log, "run"))
+        ends = sorted(float(line.split()[2]) for line in lines(log, "end"))
+        assert len(runs) == len(ends) == 2
+        # the most run() calls in progress at any one time
+        events = sorted([(t, 1) for t in runs] + [(t, -1) for t in ends], key=lambda e: (e[0], e[1]))
+        most = now = 0
+        for _, step in events:
+            now += step
+            most = max(most, now)
+        assert most == concurrency
+    finally:
+        svc.stop()
+
+
+def test_a_study_archived_before_can_be_analysed_on_request(engine: Engine, tmp_path: Path) -> None:
+    study = pydicom.uid.generate_uid()
+    store(engine, ct_series(tmp_path / "a", 2, study_uid=study))
+    store(engine, ct_series(tmp_path / "b", 3, study_uid=study))
+    s = settings({"mean": sample("MeanValue"), "count": sample("StudySeriesCount")})
+    svc = start(engine, s)  # starts reading the feed at its end: the study is not analysed by itself
+    try:
+        time.sleep(1.5)
+        assert JobStore(engine.index).jobs() == []
+        with pytest.raises(Exception, match="no analyzer instance nope is enabled"):
+            svc.reader.analyse_study(study, ["nope"])
+        with pytest.raises(Exception, match="no study with UID 9.9.9"):
+            svc.reader.analyse_study("9.9.9")
+        queued = svc.reader.analyse_study(study, ["count"])
+        assert [(j["analyzer"], len(j["series_uids"])) for j in queued] == [("count", 2)]
+        svc.wake()
+        (job,) = wait_until(lambda: ended(engine, "count"), 30, "the requested job")
+        assert job["reason"] == "requested" and job["state"] == DONE
+        queued = svc.reader.analyse_study(study)  # every analyzer: the study's, and one per series
+        assert sorted(j["analyzer"] for j in queued) == ["count", "mean", "mean"]
     finally:
         svc.stop()

@@ -1,9 +1,10 @@
-"""CLI: `dicomvault jobs list|show|retry` — the analysis jobs.
+"""CLI: `dicomvault jobs list|show|add|retry` — the analysis jobs.
 
-Reads open the index read-only, so they work beside a running server. A retry writes: it opens
-the data directory when nothing holds it, and otherwise goes through the running server's API
-(`POST /api/jobs/{id}/retry`) with the admin token it left in `<data>/http.json`, so the one
-process that writes the index stays the one that writes the queue (and starts the job at once).
+Reads open the index read-only, so they work beside a running server. `add` and `retry` write:
+they open the data directory when nothing holds it (the jobs then run at the next `serve`), and
+otherwise go through the running server's API (`POST /api/jobs`, `POST /api/jobs/{id}/retry`)
+with the admin token it left in `<data>/http.json`, so the one process that writes the index
+stays the one that writes the queue (and starts the job at once).
 """
 
 from __future__ import annotations
@@ -81,6 +82,29 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_add(args: argparse.Namespace) -> int:
+    try:
+        with Engine(args.data) as engine:
+            engine.ensure_writable()
+            from ..config import load_config
+            from .events import CompletionReader
+            from .plugins import load
+
+            s = load_config(args.config).analysis
+            reader = CompletionReader(engine.index, JobStore(engine.index), load(s),
+                                      quiet_seconds=s.quiet_seconds, max_attempts=s.retries + 1)
+            out = [view(j) for j in reader.analyse_study(args.study, args.analyzer)]
+    except LockedError:
+        out = call_local_server(args.data, "POST", "/api/jobs", {"study_uid": args.study,
+                                                                 "analyzers": args.analyzer})
+    for j in out:
+        print(f"job {j['id']}: {j['analyzer']} on {len(j['series_uids'])} series of study {j['study_uid']}: "
+              f"{j['state']}")
+    if not out:
+        print(f"no analyzer wants study {args.study}")
+    return 0
+
+
 def add_jobs_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     jobs = sub.add_parser("jobs", parents=[common], help="analysis jobs (queued, running, done, failed)")
     # `dicomvault jobs` alone lists
@@ -99,6 +123,14 @@ def add_jobs_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("id", type=int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_show)
+
+    p = jsub.add_parser("add", parents=[common], help="analyse a study already archived")
+    p.add_argument("--study", required=True, metavar="UID")
+    p.add_argument("--analyzer", action="append", default=[], metavar="NAME",
+                   help="only this analyzer instance (repeatable; default: every one that wants it)")
+    p.add_argument("--config", metavar="FILE",
+                   help="TOML configuration: its [analysis] (when no server holds the data directory)")
+    p.set_defaults(func=cmd_add)
 
     p = jsub.add_parser("retry", parents=[common], help="queue a job again now (attempts counted from zero)")
     p.add_argument("id", type=int)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import RequestError, UnknownObjectError
 from ..index import Index
 from ..index import keys as K
 from ..index.records import REPLACED, RESTORED, STORED, SeriesRecord
@@ -29,6 +30,11 @@ PAGE = 1000
 MAX_PAGES = 20  # per tick: a backlog is read in steps, so completions are not held up behind it
 # An MPPS naming a series the archive has not seen yet is kept this long for it.
 MPPS_KEEP = 24 * 3600.0
+SWEEP_EVERY = 600.0  # seconds between looks for MPPS markers nobody came for
+
+
+class UnknownAnalyzerError(RequestError):
+    """A request names an analyzer instance that is not enabled here."""
 
 
 def series_info(index: Index, rec: SeriesRecord) -> SeriesInfo:
@@ -58,6 +64,7 @@ class CompletionReader:
         self.plugins = list(plugins)
         self.quiet = quiet_seconds
         self.max_attempts = max_attempts
+        self._swept = 0.0
 
     def start_cursor(self) -> None:
         """A first start reads from now: analysing every study already archived is a choice
@@ -125,9 +132,22 @@ class CompletionReader:
             b.writes[key] = None
         return False
 
+    def sweep_markers(self, now: float) -> int:
+        """Drops MPPS markers older than MPPS_KEEP (their series was analysed before the MPPS
+        came, or never arrived); returns how many."""
+        old = [k for k, v in self.index.meta_items(MPPS)
+               if now - float(decode(v, "MPPS marker").get("at", now)) > MPPS_KEEP]
+        if old:
+            with self.store.lock:
+                self.index.put_meta_many(dict.fromkeys(old))
+        return len(old)
+
     def complete_due(self, now: float | None = None) -> list[dict[str, Any]]:
         """Queues the jobs of the series (and studies) complete by `now`; returns the jobs."""
         now = time.time() if now is None else now
+        if now - self._swept > SWEEP_EVERY:
+            self._swept = now
+            self.sweep_markers(now)
         queued: list[dict[str, Any]] = []
         with self.store.batch() as b:
             pending = self.pending()
@@ -151,8 +171,34 @@ class CompletionReader:
                      job["scope"] or job["study_uid"], job["reason"])
         return queued
 
-    def _series_complete(self, b: Batch, p: dict[str, Any], now: float) -> list[dict[str, Any]]:
-        plugins = [pl for pl in self.plugins if pl.event == SERIES_COMPLETE]
+    def analyse_study(self, study_uid: str, analyzers: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Queues the jobs of a study already archived, as if each of its series had just become
+        complete (`dicomvault jobs add`); `analyzers`: only these instances."""
+        unknown = sorted(set(analyzers) - {p.instance for p in self.plugins})
+        if unknown:
+            raise UnknownAnalyzerError(f"no analyzer instance {', '.join(unknown)} is enabled (enabled: "
+                                       f"{', '.join(p.instance for p in self.plugins) or 'none'})")
+        study = self.index.get_study(study_uid)
+        if study is None:
+            raise UnknownObjectError("study", study_uid)
+        now = time.time()
+        only = set(analyzers) or None
+        with self.store.batch() as b:
+            queued = []
+            for rec in self.index.series_of(study_uid):
+                if not self.store.owned(rec.series_uid):
+                    p = {"study_uid": study_uid, "series_uid": rec.series_uid, "patient_id": study.patient_id,
+                         "reason": "requested"}
+                    queued += self._series_complete(b, p, now, only)
+            queued += self._study_complete(b, study_uid, study.patient_id, "requested", now, only)
+        return queued
+
+    def _of(self, event: str, only: set[str] | None) -> list[Plugin]:
+        return [p for p in self.plugins if p.event == event and (only is None or p.instance in only)]
+
+    def _series_complete(self, b: Batch, p: dict[str, Any], now: float,
+                         only: set[str] | None = None) -> list[dict[str, Any]]:
+        plugins = self._of(SERIES_COMPLETE, only)
         rec = self.index.get_series(p["series_uid"])
         if not plugins or rec is None:  # deleted since
             return []
@@ -162,9 +208,9 @@ class CompletionReader:
                         reason=p["reason"], max_attempts=self.max_attempts, now=now)
                 for pl in plugins if _wants(pl, info)]
 
-    def _study_complete(self, b: Batch, study: str, patient: str, reason: str,
-                        now: float) -> list[dict[str, Any]]:
-        plugins = [pl for pl in self.plugins if pl.event == STUDY_COMPLETE]
+    def _study_complete(self, b: Batch, study: str, patient: str, reason: str, now: float,
+                        only: set[str] | None = None) -> list[dict[str, Any]]:
+        plugins = self._of(STUDY_COMPLETE, only)
         if not plugins:
             return []
         infos = [series_info(self.index, s) for s in self.index.series_of(study)

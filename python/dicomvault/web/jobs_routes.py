@@ -5,6 +5,9 @@ studies and the state of replication).
          one JSON array: the replication puller and forwarding destinations ({"kind", ...}), then
          analysis jobs newest first ({"kind": "analysis", "id", "state", "analyzer", ...};
          at most `limit`, default 100)
+    POST /api/jobs               {"study_uid", "analyzers"?: [instance...]}: analyses a study
+                                 already archived (its series as if just complete) -> 201, the
+                                 jobs queued; 409 where analysis is off
     GET  /api/jobs/{id}          one analysis job, with its measurements, flags and objects
     POST /api/jobs/{id}/retry    queues it again now, its attempts counted from zero
     GET  /api/analysis/status    whether analysis runs here, its analyzers, counts per state
@@ -18,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -25,10 +29,10 @@ from starlette.routing import Route
 from ..analysis.jobs import STATES, JobStore, view
 from ..analysis.service import AnalysisService
 from ..auth.roles import ADMIN
-from ..errors import RequestError
+from ..errors import ConflictError, RequestError
 from .context import WebContext
 from .dicomweb.stow import ensure_writable
-from .responses import int_param, json_response
+from .responses import body_json, int_param, json_response
 from .security import secured
 
 _FILTERS = ("kind", "state", "analyzer", "study", "limit")
@@ -75,6 +79,19 @@ def routes(ctx: WebContext, site_jobs: Callable[[], list[dict[str, Any]]] | None
             analysis.wake()
         return json_response(view(job))
 
+    async def add(request: Request) -> Response:
+        ensure_writable(engine)
+        if analysis is None:
+            raise ConflictError("analysis is off here ([analysis] enabled = false, or a replica)")
+        body = await body_json(request)
+        study, names = body.get("study_uid"), body.get("analyzers", [])
+        if not isinstance(study, str) or not study or not isinstance(names, list) \
+                or not all(isinstance(n, str) for n in names):
+            raise RequestError('POST /api/jobs needs {"study_uid": "...", "analyzers"?: ["name", ...]}')
+        jobs = await run_in_threadpool(analysis.reader.analyse_study, study, names)
+        analysis.wake()
+        return json_response([view(j) for j in jobs], 201)
+
     def status(request: Request) -> Response:
         if analysis is None:
             return json_response({"enabled": False, "counts": store.counts()})
@@ -83,6 +100,7 @@ def routes(ctx: WebContext, site_jobs: Callable[[], list[dict[str, Any]]] | None
     sec = ctx.security
     return [
         Route("/api/jobs", secured(sec, ADMIN, list_jobs), methods=["GET"]),
+        Route("/api/jobs", secured(sec, ADMIN, add), methods=["POST"]),
         Route("/api/jobs/{id}", secured(sec, ADMIN, show), methods=["GET"]),
         Route("/api/jobs/{id}/retry", secured(sec, ADMIN, retry), methods=["POST"]),
         Route("/api/analysis/status", secured(sec, ADMIN, status), methods=["GET"]),

@@ -184,3 +184,12 @@ class BrokenConstructor(MeanValue):
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         raise ValueError("option 'model' is required")
+
+
+class WantsRaises(MeanValue):
+    """A bug in wants(): the series is queued anyway and the job shows the error."""
+
+    name: ClassVar[str] = "wants-raises"
+
+    def wants(self, series: SeriesInfo) -> bool:
+        raise KeyError(f"no attribute in {series.series_uid}")

@@ -420,3 +420,17 @@ def test_a_study_archived_before_can_be_analysed_on_request(engine: Engine, tmp_
         assert sorted(j["analyzer"] for j in queued) == ["count", "mean", "mean"]
     finally:
         svc.stop()
+
+
+def test_a_wants_that_raises_shows_as_a_failed_job(engine: Engine, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    svc = start(engine, settings({"w": sample("WantsRaises")}, retries=0))
+    try:
+        paths = ct_series(tmp_path / "in", 2)
+        store(engine, paths)
+        (job,) = wait_until(lambda: ended(engine, "w"), 60, "the job")
+        series = str(pydicom.dcmread(paths[0]).SeriesInstanceUID)
+        assert job["state"] == FAILED and job["last_error"] == f"KeyError: 'no attribute in {series}'"
+        assert any("wants() raised" in r.getMessage() for r in caplog.records)
+    finally:
+        svc.stop()

@@ -205,21 +205,24 @@ def execute(engine: Engine, store: JobStore, attempt: Attempt, *, target: str, o
             "data_dir": str(engine.data_dir), "nice": nice}
     try:
         out = run_worker(attempt, directory, spec, timeout)
+        done = {"summary": out["summary"], "timings": out["timings"], "instances": out["instances"],
+                "priority": out.get("priority", [])}
+        if out["declined"]:
+            # nothing new: the previous result (if any) stands, objects and measurements alike
+            return done
         t = time.monotonic()
         storer = ResultStorer(engine, store, recorder)
         objects = storer.store_objects(job, directory, out["objects"])
         headers = [pydicom.dcmread(directory / n, stop_before_pixels=True) for n in out["objects"]]
         result = Result(analyzer=job["analyzer"], measurements=[_measurement(m) for m in out["measurements"]],
                         flags=[_flag(f) for f in out["flags"]], summary=out["summary"], objects=headers)
-        if not out["declined"]:
-            storer.record(job, result, list(objects))
+        storer.record(job, result, list(objects))
         storer.drop_previous(store.get(job["id"]) or job, {s for _, s, _ in objects})
         out["timings"]["store"] = time.monotonic() - t
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    return {"summary": out["summary"], "measurements": out["measurements"], "flags": out["flags"],
-            "objects": [list(o) for o in objects], "storing": [], "timings": out["timings"],
-            "instances": out["instances"], "priority": out.get("priority", [])}
+    return {**done, "measurements": out["measurements"], "flags": out["flags"],
+            "objects": [list(o) for o in objects], "storing": []}
 
 
 def finish(store: JobStore, job_id: int, *, ok: dict[str, Any] | None, error: str | None, started: float,

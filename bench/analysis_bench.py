@@ -100,8 +100,11 @@ def send_studies(srv: ServeProcess, studies: list[list[Path]], logs: Path) -> tu
 
 
 def wait_for_analysis(srv: ServeProcess, quiet: float) -> list[dict[str, Any]]:
-    analyzers = api(srv.data, "GET", "/api/analysis/status")["analyzers"]
-    log(f"  waiting for the jobs of {', '.join(analyzers) or 'no analyzer'}")
+    status = api(srv.data, "GET", "/api/analysis/status")
+    if not status["enabled"]:
+        log("  analysis does not run: no analyzer enabled")
+        return []
+    log(f"  waiting for the jobs of {', '.join(status['analyzers'])}")
     time.sleep(quiet + 1)  # the last series becomes pending, then complete
     return wait_idle(srv.data, 3600)
 
@@ -170,7 +173,7 @@ def main() -> int:
                 if mode == "on":
                     run_jobs = wait_for_analysis(srv, args.quiet)
                     jobs += run_jobs
-                    if not idle:
+                    if not idle and run_jobs:
                         idle = idle_rerun(srv, run_jobs)
             finally:
                 srv.stop(120)

@@ -245,8 +245,8 @@ def run_site(data_dir: str | os.PathLike[str], options: SiteOptions, *, announce
 
 
 def start_analysis(engine: Engine, settings: AnalysisSettings) -> AnalysisService | None:
-    """The analysis pipeline, heard by the MPPS service of this index; None where it is off or
-    on a replica (whose results arrive from its primary with the rest)."""
+    """The analysis pipeline, heard by the MPPS service of this index; None where it is off, has
+    no analyzer, or on a replica (whose results arrive from its primary with the rest)."""
     from .integration.mpps import add_completion_listener
 
     if not settings.enabled:
@@ -255,6 +255,10 @@ def start_analysis(engine: Engine, settings: AnalysisSettings) -> AnalysisServic
         log.info("analysis: not run on a replica (its primary's results are replicated)")
         return None
     service = AnalysisService(engine, settings)
+    if not service.plugins:
+        # nothing would ever be queued: no thread, no feed reads, no index writes beside ingest
+        log.info("analysis: no analyzer enabled (none installed or configured)")
+        return None
     service.start()
     add_completion_listener(engine.index.path, service.mpps_completed)
     return service

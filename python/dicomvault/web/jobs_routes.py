@@ -82,7 +82,8 @@ def routes(ctx: WebContext, site_jobs: Callable[[], list[dict[str, Any]]] | None
     async def add(request: Request) -> Response:
         ensure_writable(engine)
         if analysis is None:
-            raise ConflictError("analysis is off here ([analysis] enabled = false, or a replica)")
+            raise ConflictError("analysis is off here ([analysis] enabled = false, no analyzer enabled, "
+                                "or a replica)")
         body = await body_json(request)
         study, names = body.get("study_uid"), body.get("analyzers", [])
         if not isinstance(study, str) or not study or not isinstance(names, list) \

@@ -90,8 +90,9 @@ def key_image(source: Sequence[Dataset], analyzer: str, value: float) -> Dataset
 
 
 class MeanValue:
-    """Per series: the mean modality value (a measurement), a flag when it is above the
-    `flag_above` option, and with `key_image = true` a Secondary Capture result object."""
+    """Per series of the `modalities` option (default: any image modality): the mean modality
+    value (a measurement), a flag when it is above the `flag_above` option, and with
+    `key_image = true` a Secondary Capture result object."""
 
     name: ClassVar[str] = "mean-value"
     event: ClassVar[str] = SERIES_COMPLETE
@@ -100,7 +101,7 @@ class MeanValue:
         self.options = dict(options)
 
     def wants(self, series: SeriesInfo) -> bool:
-        return series.modality in IMAGE_MODALITIES
+        return series.modality in self.options.get("modalities", IMAGE_MODALITIES)
 
     def run(self, series: Sequence[SeriesData]) -> Result:
         _note(self.options, "run")

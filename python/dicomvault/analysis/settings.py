@@ -8,7 +8,8 @@ concurrency = 1         # jobs running at once (one worker process each)
 timeout_seconds = 600   # a worker still running after this long is killed; the attempt failed
 retries = 2             # a failed job is tried again this many times (with backoff)
 retry_delay = 10        # seconds before the first retry; doubled for each further one
-nice = 10               # workers' niceness (0-19); above 0 they also ask for SCHED_IDLE
+nice = 10               # workers run this much nicer than the server (0-19); above 0 they also
+                        # ask for SCHED_IDLE and the idle I/O class
 
 [analysis.analyzers.ct-chest]      # one table per analyzer instance, named by the table
 enabled = true                     # built-ins registered as entry points run without a table

@@ -26,6 +26,9 @@ from typing import Any
 SPEC, RESULT, ERROR, LOG = "spec.json", "result.json", "error.json", "worker.log"
 PR_SET_PDEATHSIG = 1
 ANALYZER_FAILED = 3
+# ioprio_set(2): the syscall's number per architecture, IOPRIO_WHO_PROCESS, the idle class
+SYS_IOPRIO_SET = {"x86_64": 251, "aarch64": 30}
+IOPRIO_WHO_PROCESS, IOPRIO_CLASS_IDLE, IOPRIO_CLASS_SHIFT = 1, 3, 13
 
 
 def lower_priority(nice: int) -> list[str]:
@@ -42,7 +45,22 @@ def lower_priority(nice: int) -> list[str]:
                 applied.append("SCHED_IDLE")
             except OSError as exc:  # a container's seccomp policy may refuse it; nice still holds
                 applied.append(f"no SCHED_IDLE ({exc.strerror})")
+        if _idle_io():
+            applied.append("I/O idle")
     return applied
+
+
+def _idle_io() -> bool:
+    """The idle I/O class (as `ionice -c3`): the series' reads wait for ingest's writes and syncs
+    where the block scheduler honours classes (BFQ; mq-deadline and none ignore them)."""
+    number = SYS_IOPRIO_SET.get(os.uname().machine)
+    if number is None:
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.syscall(number, IOPRIO_WHO_PROCESS, 0, IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT)) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def die_with_parent() -> None:

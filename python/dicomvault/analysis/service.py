@@ -26,6 +26,7 @@ from .settings import AnalysisSettings
 
 log = logging.getLogger("dicomvault.analysis")
 RESULTS_MODULE = "dicomvault.analysis.results"
+TICK_MIN = 0.5
 
 
 def default_recorder() -> Recorder | None:
@@ -105,7 +106,9 @@ class AnalysisService:
     # -- the loop ---------------------------------------------------------------------------------
 
     def _interval(self) -> float:
-        return min(1.0, max(0.05, self.settings.quiet_seconds / 4))
+        # Each tick that finds new changes writes the cursor and the pending series (one synced
+        # batch beside ingest's): at most twice a second, at least once.
+        return min(1.0, max(TICK_MIN, self.settings.quiet_seconds / 4))
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -187,7 +187,8 @@ def main() -> int:
     print(f"| off | {rate['off']:.0f} | |")
     print(f"| on | {rate['on']:.0f} | {ratio:.2f} |")
     pairs = [on / off for on, off in zip(rates["on"], rates["off"], strict=True)]
-    print(f"\non / off per repeat: {', '.join(f'{p:.2f}' for p in pairs)} (the spread is this machine's noise)")
+    spread = ", ".join(f"{p:.2f}" for p in pairs)
+    print(f"\non / off per repeat: {spread} (the spread is this machine's noise)")
     print(f"\nAnalysis time per {args.slices}-slice CT (seconds; median over the studies while ingest ran, "
           "then one idle rerun)\n")
     print("| analyzer | state | during ingest | idle | load | read | run | write | store |")

@@ -189,9 +189,9 @@ def main() -> int:
     pairs = [on / off for on, off in zip(rates["on"], rates["off"], strict=True)]
     spread = ", ".join(f"{p:.2f}" for p in pairs)
     print(f"\non / off per repeat: {spread} (the spread is this machine's noise)")
-    print(f"\nAnalysis time per {args.slices}-slice CT (seconds; median over the studies while ingest ran, "
-          "then one idle rerun)\n")
-    print("| analyzer | state | during ingest | idle | load | read | run | write | store |")
+    print(f"\nAnalysis time per {args.slices}-slice CT (seconds; median over the studies of the runs with "
+          "analysis on, then one rerun with nothing else running)\n")
+    print("| analyzer | state | in the runs | idle | load | read | run | write | store |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in sorted({j["analyzer"] for j in jobs}):
         mine = [j for j in jobs if j["analyzer"] == name]

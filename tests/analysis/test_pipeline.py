@@ -283,6 +283,8 @@ def test_a_raising_analyzer_fails_its_job_after_the_retries_and_ingest_goes_on(
                             and len(j) == 2 and j[:1], 60, "the failed job")
         assert job["attempts"] == 3 == job["max_attempts"] and len(lines(log)) >= 3
         assert "RuntimeError: boom on purpose" in job["last_error"]
+        full = JobStore(engine.index).get(job["id"])
+        assert "sample_analyzers.py" in full["last_traceback"] and "in run" in full["last_traceback"]
         assert job["study_uid"] == study
         # the other analyzer of the same series is not held up by it
         assert {j["state"] for j in wait_until(lambda: ended(engine, "mean", 2), 30, "mean jobs")} == {DONE}
@@ -432,5 +434,26 @@ def test_a_wants_that_raises_shows_as_a_failed_job(engine: Engine, tmp_path: Pat
         series = str(pydicom.dcmread(paths[0]).SeriesInstanceUID)
         assert job["state"] == FAILED and job["last_error"] == f"KeyError: 'no attribute in {series}'"
         assert any("wants() raised" in r.getMessage() for r in caplog.records)
+    finally:
+        svc.stop()
+
+
+def test_a_due_job_waits_for_a_pause_in_ingest(engine: Engine, tmp_path: Path) -> None:
+    svc = start(engine, settings({"mean": sample("MeanValue")}, quiet_seconds=0.5))
+    try:
+        first = ct_series(tmp_path / "a", 2)
+        store(engine, first)
+        other = ct_series(tmp_path / "b", 15, seed=5)
+        for p in other:  # another series arrives, an object every 0.2 s, for 3 s
+            store(engine, [p])
+            time.sleep(0.2)
+        last_store = time.time()
+        series = str(pydicom.dcmread(first[0]).SeriesInstanceUID)
+        (job,) = [j for j in jobs_of(engine, "mean") if j["series_uids"] == [series]]
+        assert job["state"] == QUEUED, "started while objects were arriving"
+        wait_until(lambda: ended(engine, "mean", 2), 60, "both jobs")
+        started = JobStore(engine.index).get(job["id"])["started"]
+        assert started >= last_store + 0.5
+        assert svc.status()["waiting_for_ingest_pause"] is False
     finally:
         svc.stop()

@@ -68,6 +68,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"flag           {f['severity']} {f['code']}: {f['reason']}")
     for o in job["objects"]:
         print(f"object         {o['sop_uid']} (series {o['series_uid']})")
+    if job.get("last_traceback") and job["state"] != "done":
+        print("last failure:\n" + job["last_traceback"].rstrip())
     return 0
 
 

@@ -92,7 +92,7 @@ def view(job: dict[str, Any], *, full: bool = False) -> dict[str, Any]:
     out["objects"] = len(job.get("objects", []))
     if full:
         out.update({k: job.get(k) for k in ("patient_id", "measurements", "flags", "timings", "instances",
-                                             "priority")})
+                                             "priority", "last_traceback")})
         out["objects"] = [{"sop_uid": o[0], "series_uid": o[1], "sop_class_uid": o[2]}
                           for o in job.get("objects", [])]
     return out

@@ -35,12 +35,18 @@ from .worker import ERROR, LOG, RESULT, SPEC
 
 log = logging.getLogger("dicomvault.analysis")
 
+MAX_DETAIL = 8000  # characters of a failure's traceback kept with the job
 # record(index, *, study_uid, patient_id, study_date, result, stored) of analysis/results.py
 Recorder = Callable[..., None]
 
 
 class JobFailure(DicomVaultError):
-    """One attempt failed; the message is the job's recorded reason."""
+    """One attempt failed; the message is the job's recorded reason, `detail` the analyzer's
+    traceback or the worker's last log lines."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 @dataclass
@@ -91,9 +97,11 @@ def run_worker(attempt: Attempt, directory: Path, spec: dict[str, Any], timeout:
         raise JobFailure("cancelled: the server is stopping")
     if code != 0:
         if (directory / ERROR).exists():
-            raise JobFailure(json.loads((directory / ERROR).read_text())["error"])
+            err = json.loads((directory / ERROR).read_text())
+            raise JobFailure(err["error"], err.get("traceback", ""))
         how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        raise JobFailure(f"worker {how}: {_tail(directory / LOG)}".strip())
+        tail = _tail(directory / LOG)
+        raise JobFailure(f"worker {how}: {tail}".strip(), tail)
     return dict(json.loads((directory / RESULT).read_text()))
 
 
@@ -226,7 +234,7 @@ def execute(engine: Engine, store: JobStore, attempt: Attempt, *, target: str, o
 
 
 def finish(store: JobStore, job_id: int, *, ok: dict[str, Any] | None, error: str | None, started: float,
-           retry_delay: float, interrupted: bool = False) -> dict[str, Any] | None:
+           retry_delay: float, interrupted: bool = False, detail: str = "") -> dict[str, Any] | None:
     """Writes the end of an attempt: done, failed, or queued again (retry, new data, a stop)."""
     now = time.time()
     with store.batch() as b:
@@ -234,6 +242,8 @@ def finish(store: JobStore, job_id: int, *, ok: dict[str, Any] | None, error: st
         if old is None:
             return None
         job = {**old, "finished": now, "seconds": round(now - started, 3)}
+        if error is not None and not interrupted:
+            job["last_traceback"] = detail[-MAX_DETAIL:]
         if interrupted:
             job.update(state=QUEUED, attempts=max(old["attempts"] - 1, 0), not_before=now,
                        last_error=INTERRUPTED)

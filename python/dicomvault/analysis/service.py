@@ -13,6 +13,7 @@ import importlib
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,13 @@ from .settings import AnalysisSettings
 log = logging.getLogger("dicomvault.analysis")
 RESULTS_MODULE = "dicomvault.analysis.results"
 TICK_MIN = 0.5
+# A due job waits while objects are being stored (the last store less than INGEST_QUIET seconds
+# ago), at most MAX_DEFER seconds: measured (bench/analysis_bench.py), a worker at niceness 19
+# and SCHED_IDLE still cost ingest about a fifth of its rate on this 2-vCPU machine while they
+# overlapped, most likely through the shared caches and memory bandwidth that no CPU priority
+# governs. Under ingest that never pauses, jobs still start, MAX_DEFER apart at worst.
+INGEST_QUIET = 1.0
+MAX_DEFER = 60.0
 
 
 def default_recorder() -> Recorder | None:
@@ -58,6 +66,7 @@ class AnalysisService:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._running: dict[int, tuple[Attempt, threading.Thread]] = {}
+        self._deferred_since: float | None = None
         self._guard = threading.Lock()
         self.last_error: str | None = None
 
@@ -130,7 +139,10 @@ class AnalysisService:
         if free <= 0 or self._stop.is_set():
             return
         now = time.time()
-        for job_id in self.store.due(now, free):
+        due = self.store.due(now, free)
+        if not due or self._yield_to_ingest():
+            return
+        for job_id in due:
             job = self.store.claim(job_id, now)
             if job is None:
                 continue
@@ -141,11 +153,25 @@ class AnalysisService:
                 self._running[job_id] = (attempt, thread)
             thread.start()
 
+    def _yield_to_ingest(self) -> bool:
+        """Whether due jobs wait for a pause in ingest (see INGEST_QUIET)."""
+        mono = time.monotonic()
+        if mono - self.engine.last_ingest >= INGEST_QUIET:
+            self._deferred_since = None
+            return False
+        if self._deferred_since is None:
+            self._deferred_since = mono
+        if mono - self._deferred_since < MAX_DEFER:
+            return True
+        self._deferred_since = mono  # waited long enough: start what is due, then wait again
+        return False
+
     def _run(self, attempt: Attempt) -> None:
         job = attempt.job
         started = time.time()
         ok: dict[str, Any] | None = None
         error: str | None = None
+        detail = ""
         plugin = self.plugins.get(job["analyzer"])
         try:
             if plugin is None:
@@ -154,15 +180,15 @@ class AnalysisService:
                          options=dict(plugin.options), timeout=self.settings.timeout_seconds,
                          nice=self.settings.nice, recorder=self.recorder)
         except JobFailure as exc:
-            error = str(exc)
+            error, detail = str(exc), exc.detail
         except Exception as exc:  # noqa: BLE001 - storing or recording a result failed: the job's failure
             log.exception("analysis job %d (%s, study %s): storing the result failed", job["id"],
                           job["analyzer"], job["study_uid"])
-            error = f"{type(exc).__name__}: {exc}"
+            error, detail = f"{type(exc).__name__}: {exc}", traceback.format_exc()
         interrupted = attempt.cancelled.is_set() and ok is None
         try:
             done = finish(self.store, job["id"], ok=ok, error=error, started=started,
-                          retry_delay=self.settings.retry_delay, interrupted=interrupted)
+                          retry_delay=self.settings.retry_delay, interrupted=interrupted, detail=detail)
         except DicomVaultError:
             log.exception("analysis job %d: its end could not be recorded (queued again at the next start)",
                           job["id"])
@@ -185,5 +211,6 @@ class AnalysisService:
             running = sorted(self._running)
         return {"enabled": True, "analyzers": {p.instance: p.event for p in self.plugins.values()},
                 "running": running, "cursor": self.reader.cursor(),
+                "waiting_for_ingest_pause": self._deferred_since is not None,
                 "pending_series": len(self.reader.pending()), "last_error": self.last_error,
                 "counts": self.store.counts()}

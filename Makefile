@@ -12,7 +12,7 @@ NATIVE_SRC := $(shell find core/src core/kernels rust/src -type f) rust/build.rs
 STAMP := $(VENV)/.built
 
 .DEFAULT_GOAL := help
-.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-dicomweb bench-viewer bench-tiers bench-find bench-tls bench-load bench-fhir bench-replication clean sysdeps fuzz fuzz-python faults
+.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-dicomweb bench-viewer bench-tiers bench-find bench-tls bench-load bench-fhir bench-replication bench-analysis clean sysdeps fuzz fuzz-python faults
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -148,6 +148,9 @@ bench-tls: sysdeps build ## DICOM TLS vs plain: ingest and C-MOVE, workers 1 and
 
 bench-load: build ## 32/64/128 concurrent associations against serve's default limits: throughput, p99, RSS, refusals, lost -> bench/RESULTS.md (~5 min; QUICK=1 < 1 min)
 	$(VPY) bench/load_bench.py $(if $(QUICK),--quick)
+
+bench-analysis: sysdeps build ## analysis on ingest: ingest rate with analysis off and on (same run), analysis time per 300-slice CT per analyzer (~3 min; QUICK=1 < 1 min)
+	$(VPY) bench/analysis_bench.py $(if $(QUICK),--quick,)
 
 bench-replication: build ## replication RPO, catch-up, backup and restore speed
 	$(VPY) bench/replication.py

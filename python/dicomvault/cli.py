@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .analysis.commands import add_jobs_commands
 from .audit.commands import add_audit_commands
 from .audit.log import DATA_DELETION, EXPORT, SUCCESS, AuditLog, cli_user
 from .auth.commands import add_users_commands
@@ -406,7 +407,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .priors.service import start_priors
 
         url, site_stop = start_services(engine, site_options, config.replication.forward, config.tiering,
-                                        forward_tls)
+                                        forward_tls, config.analysis)
         print(f"dicomvault serving HTTP {url} data={config.data_dir}", flush=True)
         # before the HL7 listener, so the first order is seen
         priors = start_priors(engine, config.priors, peer_of=Peers(config.peers, engine.data_dir).get,
@@ -557,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_peers_commands(sub, common)
     add_worklist_commands(sub, common)
     add_patient_commands(sub, common)
+    add_jobs_commands(sub, common)
     add_audit_commands(sub, common)
     add_shares_commands(sub, common)
     add_rejected_commands(sub, common)

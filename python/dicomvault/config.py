@@ -43,7 +43,7 @@ tls = false                        # C-MOVE and storage commitment to this peer 
 `[replication]` and `[[forward]]` in replication/settings.py, `[deidentify]` (research projects,
 their secrets, the mapping) in integration/deid/settings.py, `tiers` and
 `[tiering]` (tiered placement) in storage/settings.py, `[storage]` (the free-space reserve) in
-storage/reserve.py.
+storage/reserve.py, `[analysis]` (the analysis pipeline and its analyzers) in analysis/settings.py.
 
 Unknown keys are errors (a typo must not silently fall back to a default).
 """
@@ -56,6 +56,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .analysis.settings import AnalysisSettings, parse_analysis
 from .audit.settings import AuditSettings, parse_audit
 from .auth.oidc_settings import OidcSettings, parse_oidc
 from .auth.peer_settings import PeerConfig, parse_peer
@@ -215,6 +216,8 @@ class Config:
     priors: PriorsConfig = field(default_factory=PriorsConfig)
     # [deidentify]: research projects for de-identified export (integration/deid/settings.py)
     deidentify: DeidSettings = field(default_factory=DeidSettings)
+    # [analysis]: the analysis pipeline and its analyzer instances (analysis/settings.py)
+    analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
 
     def with_overrides(
         self,
@@ -245,7 +248,7 @@ _DIMSE_KEYS = {
     "network_timeout",
 }
 _TOP_KEYS = {"data", "dimse", "peers", "replication", "forward", "http", "tiers", "tiering", "storage",
-              "audit", "iocm", "hl7", "priors", "deidentify"}
+              "audit", "iocm", "hl7", "priors", "deidentify", "analysis"}
 _HTTP_KEYS = {"host", "port", "anonymous", "public_url", "cors_origins", "max_body", "tls_cert", "tls_key",
               "oidc", "max_query_results", "rate_limit", "rate_limit_per_address", "rate_burst"}
 _ANONYMOUS = ("auto", "none", "reader", "writer", "admin")
@@ -404,6 +407,7 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         hl7=parse_hl7(doc.get("hl7", {}), f"{where}: hl7", p.parent),
         priors=parse_priors(doc.get("priors", {}), f"{where}: priors"),
         deidentify=parse_deidentify(doc.get("deidentify", {}), f"{where}: deidentify", p.parent),
+        analysis=parse_analysis(doc.get("analysis", {}), f"{where}: analysis"),
     )
 
 

@@ -19,6 +19,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .analysis.service import AnalysisService
+from .analysis.settings import AnalysisSettings
 from .audit.log import AuditLog
 from .auth.oidc import OidcVerifier
 from .auth.sessions import SessionStore
@@ -55,7 +57,8 @@ def is_loopback(host: str) -> bool:
 
 
 class Site:
-    def __init__(self, engine: Engine, options: SiteOptions, tiering: TieringService | None = None) -> None:
+    def __init__(self, engine: Engine, options: SiteOptions, tiering: TieringService | None = None,
+                 analysis: AnalysisService | None = None) -> None:
         self.engine = engine
         self.options = options
         self.admin_token = secrets.token_urlsafe(24)
@@ -89,7 +92,8 @@ class Site:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.forward_status: Callable[[], list[dict[str, Any]]] | None = None
-        self.app = build_app(self.ctx, jobs=self._jobs, status_extra=self._status_extra, tiering=tiering)
+        self.app = build_app(self.ctx, jobs=self._jobs, status_extra=self._status_extra, tiering=tiering,
+                             analysis=analysis)
         # The series a modality just sent is the one a radiologist opens next: warm its metadata.
         metadata = self.ctx.extras.get("metadata")
         cached = metadata is not None and metadata.cache is not None and not engine.read_only
@@ -240,18 +244,40 @@ def run_site(data_dir: str | os.PathLike[str], options: SiteOptions, *, announce
             signal.signal(s, h)
 
 
+def start_analysis(engine: Engine, settings: AnalysisSettings) -> AnalysisService | None:
+    """The analysis pipeline, heard by the MPPS service of this index; None where it is off, has
+    no analyzer, or on a replica (whose results arrive from its primary with the rest)."""
+    from .integration.mpps import add_completion_listener
+
+    if not settings.enabled:
+        return None
+    if state.role(engine.index) == state.REPLICA:
+        log.info("analysis: not run on a replica (its primary's results are replicated)")
+        return None
+    service = AnalysisService(engine, settings)
+    if not service.plugins:
+        # nothing would ever be queued: no thread, no feed reads, no index writes beside ingest
+        log.info("analysis: no analyzer enabled (none installed or configured)")
+        return None
+    service.start()
+    add_completion_listener(engine.index.path, service.mpps_completed)
+    return service
+
+
 def start_services(engine: Engine, options: SiteOptions, forward_rules: tuple[Any, ...] = (),
-                   tiering: TieringSettings | None = None, forward_tls: ssl.SSLContext | None = None
-                   ) -> tuple[str, Callable[[], None]]:
+                   tiering: TieringSettings | None = None, forward_tls: ssl.SSLContext | None = None,
+                   analysis: AnalysisSettings | None = None) -> tuple[str, Callable[[], None]]:
     """What `dicomvault serve` runs beside the DIMSE SCP: the site (HTTP, feed, admin, optional
-    puller), the tiering service (compactor, policies) and one forwarding thread per
-    `[[forward]]` destination. Returns the stop function."""
+    puller), the tiering service (compactor, policies), the analysis pipeline and one forwarding
+    thread per `[[forward]]` destination. Returns the stop function."""
     from .dimse.association import requestor_ae
+    from .integration.mpps import remove_completion_listener
     from .replication.forward import Forwarder, forward_status
 
+    analysis_service = start_analysis(engine, analysis or AnalysisSettings())
     tier_service = TieringService(engine, tiering or default_settings())
     tier_service.start()
-    site = Site(engine, options, tier_service)
+    site = Site(engine, options, tier_service, analysis_service)
     site.forward_status = lambda: forward_status(engine.data_dir)
     site.start()
     log.info("HTTP service at %s (%d replication token(s))", site.url, len(options.replication_tokens))
@@ -268,6 +294,9 @@ def start_services(engine: Engine, options: SiteOptions, forward_rules: tuple[An
         stop.set()
         for t in threads:
             t.join(35)
+        if analysis_service is not None:
+            remove_completion_listener(engine.index.path, analysis_service.mpps_completed)
+            analysis_service.stop()
         site.stop()
         tier_service.stop()
 

@@ -21,7 +21,10 @@ leave the worklist, and list the performed series). The rules of Table F.7.2-1 a
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -29,6 +32,8 @@ from pydicom.dataset import Dataset
 
 from .worklist_entry import COMPLETED, DISCONTINUED, STARTED, WorklistEntry, make_key
 from .worklist_store import WorklistStore
+
+log = logging.getLogger("dicomvault.mpps")
 
 IN_PROGRESS = "IN PROGRESS"
 PPS_STATUSES = (IN_PROGRESS, COMPLETED, DISCONTINUED)
@@ -53,6 +58,34 @@ SET_NOT_ALLOWED = frozenset({
     "PerformedStationName", "PerformedLocation", "PerformedProcedureStepStartDate",
     "PerformedProcedureStepStartTime", "Modality", "StudyID", "SOPInstanceUID", "SOPClassUID",
 })
+
+
+# Who hears of a step that went COMPLETED, per index (the analysis pipeline: its series are
+# complete at once). Registered by the composition root, called after the record is durable.
+CompletionListener = Callable[[dict[str, Any]], None]
+_listeners: dict[str, list[CompletionListener]] = {}
+_listeners_guard = threading.Lock()
+
+
+def add_completion_listener(index_path: str, listener: CompletionListener) -> None:
+    with _listeners_guard:
+        _listeners.setdefault(index_path, []).append(listener)
+
+
+def remove_completion_listener(index_path: str, listener: CompletionListener) -> None:
+    with _listeners_guard:
+        if listener in _listeners.get(index_path, []):
+            _listeners[index_path].remove(listener)
+
+
+def _completed(index_path: str, record: dict[str, Any]) -> None:
+    with _listeners_guard:
+        listeners = list(_listeners.get(index_path, []))
+    for listener in listeners:
+        try:
+            listener(record)
+        except Exception:  # noqa: BLE001 - the step is stored and answered whatever a listener does
+            log.exception("MPPS %s: a completion listener failed", record.get("uid"))
 
 
 @dataclass
@@ -178,4 +211,6 @@ class MppsService:
             record = {**record, "status": status, "attrs": merged.to_json_dict(), "updated": now,
                       "performed_series": series, "last_caller": caller}
             self.store.put_mpps(record, entries)
+        if status == COMPLETED:
+            _completed(self.store.index.path, record)
         return record

@@ -1,10 +1,7 @@
 """`/api`: JSON for the CLI, the viewer and administrators — archive statistics, study lists,
-a raw Part-10 upload, users and their tokens, background jobs."""
+a raw Part-10 upload, users and their tokens (background jobs: jobs_routes.py)."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -30,7 +27,7 @@ SERIES_COLUMNS = ("Modality", "SeriesNumber", "SeriesDescription", "BodyPartExam
 MAX_RAW_UPLOAD = 1 << 30
 
 
-def routes(ctx: WebContext, jobs: Callable[[], list[dict[str, Any]]] | None = None) -> list[Route]:
+def routes(ctx: WebContext) -> list[Route]:
     engine = ctx.engine
     users = ctx.security.users
     worklist = WorklistStore(engine.index)
@@ -108,16 +105,12 @@ def routes(ctx: WebContext, jobs: Callable[[], list[dict[str, Any]]] | None = No
         sec.config_changed(request, "users", "token", request.path_params["name"])
         return json_response({"name": request.path_params["name"], "token": token}, 201)
 
-    def list_jobs(request: Request) -> Response:
-        return json_response(jobs() if jobs is not None else [])
-
     sec = ctx.security
     return [
         Route("/api/stats", secured(sec, READ, stats), methods=["GET"]),
         Route("/api/studies", secured(sec, READ, studies), methods=["GET"]),
         Route("/api/studies/{study}", secured(sec, READ, study, access="study-summary"), methods=["GET"]),
         Route("/api/instances", secured(sec, WRITE, upload), methods=["POST"]),
-        Route("/api/jobs", secured(sec, ADMIN, list_jobs), methods=["GET"]),
         Route("/api/users", secured(sec, ADMIN, list_users), methods=["GET"]),
         Route("/api/users", secured(sec, ADMIN, add_user), methods=["POST"]),
         Route("/api/users/{name}", secured(sec, ADMIN, remove_user), methods=["DELETE"]),

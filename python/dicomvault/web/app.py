@@ -4,8 +4,8 @@
   /wado        WADO-URI (wado_uri.py)
   /fhir/r4     FHIR R4 read API for EHRs (fhir_routes.py)
   /api         JSON for the CLI, the viewer and admins (api.py, admin.py; worklist_routes.py,
-               analysis_routes.py, patients_routes.py; research_routes.py: de-identified export
-               for research)
+               analysis_routes.py, jobs_routes.py (background and analysis jobs), patients_routes.py;
+               research_routes.py: de-identified export for research)
   /replication the change feed and blobs for replicas (replication_routes.py)
   /metrics     Prometheus text (metrics.py)
   /healthz     liveness, open to all
@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from ..analysis.service import AnalysisService
 from ..errors import DicomVaultError
 from ..tiering.service import TieringService
 from . import (
@@ -35,6 +36,7 @@ from . import (
     api,
     fhir_routes,
     iocm_routes,
+    jobs_routes,
     measurements,
     patients_routes,
     peers_routes,
@@ -57,7 +59,7 @@ from .security import secured
 
 def build_app(ctx: WebContext, *, jobs: Callable[[], list[dict[str, Any]]] | None = None,
               status_extra: Callable[[], dict[str, Any]] | None = None,
-              tiering: TieringService | None = None) -> Starlette:
+              tiering: TieringService | None = None, analysis: AnalysisService | None = None) -> Starlette:
     stats = HttpStats()
     sec = ctx.security
 
@@ -67,7 +69,8 @@ def build_app(ctx: WebContext, *, jobs: Callable[[], list[dict[str, Any]]] | Non
     routes: list[BaseRoute] = [
         Route("/healthz", secured(sec, None, healthz), methods=["GET", "HEAD"]),
         Route("/metrics", secured(sec, "read", metrics_endpoint(stats, ctx.engine)), methods=["GET"]),
-        *api.routes(ctx, jobs),
+        *api.routes(ctx),
+        *jobs_routes.routes(ctx, jobs, analysis),
         *tier_routes.routes(ctx, tiering),
         *measurements.routes(ctx),
         *analysis_routes.routes(ctx),

@@ -37,6 +37,8 @@ VOLUME: tuple[str, str, str] = ("118565006", "SCT", "Volume")
 class OnnxModelAnalyzer:
     name: ClassVar[str] = "onnx"
     event: ClassVar[str] = SERIES_COMPLETE
+    # no model of its own: the pipeline makes an instance only for a configured table (plugins.py)
+    needs_configuration: ClassVar[bool] = True
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         # Loading and checking the model here makes a wrong model or config fail when the

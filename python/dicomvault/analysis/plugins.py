@@ -94,11 +94,17 @@ def instances(settings: AnalysisSettings) -> list[tuple[AnalyzerConfig, str]]:
 def load(settings: AnalysisSettings) -> list[Plugin]:
     """The enabled analyzers, made. A configured one that fails is an error (the site asked for
     it); a built-in enabled only by default that fails (an option it needs is not set) is left
-    out with a warning."""
+    out with a warning, and one that says it `needs_configuration` (a model runner) is not made
+    at all without its table."""
     plugins = []
     for cfg, target in instances(settings):
         explicit = settings.configured(cfg.instance) is not None
         try:
+            if not explicit and getattr(resolve_class(target, cfg.instance), "needs_configuration", False):
+                # a runner of the site's own models (onnx): nothing to run until a table names one
+                log.info("analyzer %s: not configured ([analysis.analyzers.NAME] uses = %r)", cfg.instance,
+                         cfg.instance)
+                continue
             analyzer = make(cfg.instance, target, cfg.options)
         except PluginError as exc:
             if explicit:

@@ -10,6 +10,7 @@ import { Grid } from "./layout/grid.js";
 import { ScrollSync } from "./layout/sync.js";
 import { MEASURE_TOOLS, Measurements, formatValue } from "./tools/measuretool.js";
 import { renderAnalysis } from "./ui/analysispanel.js";
+import { renderReports } from "./ui/reports.js";
 import { clear, h, toast } from "./ui/dom.js";
 import { flagBadge, flagOfAnalysis } from "./ui/flags.js";
 import { showLogin, storeToken, storedToken } from "./ui/login.js";
@@ -140,6 +141,7 @@ export class App {
     this.analysis = null;
     this.analysisEl = null;
     this.analysisLoaded = false;
+    this.reportEl = null;
     this.sync.disable();
   }
 
@@ -176,6 +178,7 @@ export class App {
     const shown = first ? this.showSeries(this.activeVp, studyUid, str(first, TAG.SeriesInstanceUID)) : Promise.resolve();
     this.loadReports(studyUid, seriesRows);
     this.loadAnalysis(studyUid, seriesRows);
+    this.loadHl7Reports(studyUid);
     await shown;
     this.findPriors();
   }
@@ -189,6 +192,16 @@ export class App {
         toast(`Cannot read report series: ${err.message}`, "error");
       }
     }
+  }
+
+  /** The study's reports received over HL7 (ORU^R01) in the Report tab, shown when there are any. */
+  async loadHl7Reports(studyUid) {
+    let reports = [];
+    try {
+      reports = (await this.client.api(`/studies/${encodeURIComponent(studyUid)}`)).reports || [];
+    } catch { reports = []; }   // a share link may not read the summary: no tab, nothing lost
+    if (this.study?.uid !== studyUid || !this.reportEl) return;
+    this.reportTab.hidden = renderReports(this.reportEl, reports) === 0;
   }
 
   /** The analysis results of the study (flags in the header, measurements and segmentations in
@@ -438,14 +451,18 @@ export class App {
     this.metaEl = h("div.metadata");
     this.analysisEl = h("div.analysis");
     this.analysisTab = h("button", { type: "button", dataset: { tab: "analysis" }, onclick: (e) => this.sideTab(e.target, "analysis") }, "Analysis");
+    this.reportEl = h("div.reports");
+    this.reportTab = h("button", { type: "button", hidden: true, dataset: { tab: "report" }, onclick: (e) => this.sideTab(e.target, "report") }, "Report");
     const tabs = h("div.tabs", {},
       h("button.on", { type: "button", dataset: { tab: "measure" }, onclick: (e) => this.sideTab(e.target, "measure") }, "Measurements"),
       this.analysisTab,
+      this.reportTab,
       h("button", { type: "button", dataset: { tab: "meta" }, onclick: (e) => this.sideTab(e.target, "meta") }, "Metadata"));
     this.sidePanes = { measure: h("section.pane.measure", {}, this.measureList, save),
       analysis: h("section.pane.analysis-pane", { hidden: true }, this.analysisEl),
+      report: h("section.pane.report-pane", { hidden: true }, this.reportEl),
       meta: h("section.pane.meta", { hidden: true }, this.metaEl) };
-    side.append(tabs, this.sidePanes.measure, this.sidePanes.analysis, this.sidePanes.meta);
+    side.append(tabs, this.sidePanes.measure, this.sidePanes.analysis, this.sidePanes.report, this.sidePanes.meta);
     this.measure.on(() => this.renderMeasurements());
     this.renderMeasurements();
   }

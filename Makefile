@@ -150,7 +150,7 @@ bench-load: build ## 32/64/128 concurrent associations against serve's default l
 	$(VPY) bench/load_bench.py $(if $(QUICK),--quick)
 
 bench-analysis: sysdeps build ## analysis on ingest: ingest rate with analysis off and on (same run), analysis time per 300-slice CT per analyzer (~3 min; QUICK=1 < 1 min)
-	$(VPY) bench/analysis_bench.py $(if $(QUICK),--quick,)
+	$(VPY) bench/analysis_bench.py --phantom $(if $(QUICK),--quick,)
 
 bench-replication: build ## replication RPO, catch-up, backup and restore speed
 	$(VPY) bench/replication.py

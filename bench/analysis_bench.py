@@ -3,8 +3,10 @@
     .venv/bin/python bench/analysis_bench.py [--slices 300] [--studies 4] [--associations 4]
         [--repeats 2] [--quiet 0.5] [--analyzers FILE] [--no-sample] [--quick]
 
-Workload: `--studies` synthetic chest CTs of `--slices` 512x512 16-bit slices
-(dicomvault.bench.synth), written as Part-10 files before any clock starts.
+Workload: `--studies` synthetic CTs of `--slices` 512x512 16-bit slices (dicomvault.bench.synth),
+or with `--phantom` the chest phantom of tests/analysis/phantoms.py (lungs of known volume and
+emphysema, trachea, vessels: what the ct-chest analyzer segments), written as Part-10 files before
+any clock starts.
 
 - Ingest, analysis off and on in the same run: a fresh `dicomvault serve` per mode; the studies
   are sent one after the other, each by `--associations` dcmtk storescu processes at once.
@@ -44,6 +46,26 @@ from dicomvault.bench.synth import SeriesSpec, ct_series
 AE = "DICOMVAULT"
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = '[analysis.analyzers.mean]\nclass = "tests.analysis.sample_analyzers:MeanValue"\nkey_image = true\n'
+
+
+def phantom_series(slices: int, seed: int) -> list[bytes]:
+    """One chest phantom CT (300 mm of chest over `slices` slices of 512 x 512 at 0.625 mm), each
+    slice as Part-10 bytes."""
+    import io
+
+    sys.path.insert(0, str(ROOT / "tests" / "analysis"))
+    from phantoms import chest_phantom, study_attributes
+    from phantoms import ct_series as phantom_ct
+
+    study = study_attributes(patient_id=f"BENCH{seed:03d}")
+    ph = chest_phantom(shape=(slices, 512, 512), spacing=(300.0 / slices, 0.625, 0.625), seed=seed,
+                       with_datasets=False)
+    out = []
+    for ds in phantom_ct(ph.hu, ph.spacing, study=study):
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        out.append(buf.getvalue())
+    return out
 
 
 def log(msg: str) -> None:
@@ -134,6 +156,8 @@ def main() -> int:
     ap.add_argument("--analyzers", type=Path, help="a TOML file of [analysis.analyzers.NAME] tables")
     ap.add_argument("--no-sample", action="store_true", help="leave the tests' sample analyzer out")
     ap.add_argument("--quick", action="store_true", help="2 studies of 100 slices")
+    ap.add_argument("--phantom", action="store_true",
+                    help="chest phantoms with lungs (tests/analysis/phantoms.py), not synthetic noise CTs")
     ap.add_argument("--scratch", type=Path)
     args = ap.parse_args()
     if args.quick:
@@ -150,8 +174,9 @@ def main() -> int:
         folder = work / f"series-{s}"
         folder.mkdir(exist_ok=True)
         files = []
-        for i, raw in enumerate(ct_series(SeriesSpec(slices=args.slices, seed=100 + s,
-                                                     patient_id=f"BENCH{s:03d}"))):
+        series = phantom_series(args.slices, s) if args.phantom else ct_series(
+            SeriesSpec(slices=args.slices, seed=100 + s, patient_id=f"BENCH{s:03d}"))
+        for i, raw in enumerate(series):
             f = folder / f"{i:05d}.dcm"
             f.write_bytes(raw)
             files.append(f)

@@ -28,11 +28,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import msgpack
-
 from ..errors import NotFoundError
 from ..index import Index
 from ..index import keys as K
+from ..index.meta_records import decode_map as decode
+from ..index.meta_records import encode, lock_for
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 STATES = (QUEUED, RUNNING, DONE, FAILED)
@@ -40,10 +40,7 @@ STATES = (QUEUED, RUNNING, DONE, FAILED)
 CURSOR = b"an/cursor"
 LAST_ID = b"an/n"
 JOB, SCOPE, DUE, PENDING, MPPS, OWNED = b"an/j/", b"an/k/", b"an/q/", b"an/p/", b"an/m/", b"an/o/"
-FORMAT = 1
 INTERRUPTED = "interrupted (the server stopped); queued again"
-_locks: dict[str, threading.RLock] = {}
-_locks_guard = threading.Lock()
 
 
 class UnknownJobError(NotFoundError):
@@ -53,21 +50,7 @@ class UnknownJobError(NotFoundError):
 
 
 def _lock_for(index: Index) -> threading.RLock:
-    with _locks_guard:
-        return _locks.setdefault(index.path, threading.RLock())
-
-
-def encode(value: dict[str, Any]) -> bytes:
-    return bytes((FORMAT,)) + msgpack.packb(value, use_bin_type=True)
-
-
-def decode(raw: bytes, what: str) -> dict[str, Any]:
-    if not raw or raw[0] != FORMAT:
-        raise ValueError(f"{what}: unknown record format {raw[:1]!r}")
-    out = msgpack.unpackb(raw[1:], raw=False)
-    if not isinstance(out, dict):
-        raise ValueError(f"{what}: record is not a map")
-    return out
+    return lock_for(index.path, "analysis-jobs")
 
 
 def scope_key(instance: str, study_uid: str, series_uid: str) -> bytes:

@@ -27,35 +27,20 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import msgpack
-
 from ..index import Index
 from ..index import keys as K
+from ..index.meta_records import decode, encode, lock_for
 from .api import INFO, SEVERITIES, URGENT, WARNING, Result
 
 RUN, BY_PATIENT, FLAGS, BY_SEVERITY = b"an/r/s/", b"an/r/p/", b"an/r/f/", b"an/r/v/"
-FORMAT = 1  # the version byte in front of every record
 # Higher asks for attention sooner; the byte in the `v` keys.
 RANK: dict[str, int] = {INFO: 1, WARNING: 2, URGENT: 3}
 
-_locks: dict[str, threading.RLock] = {}
-_locks_guard = threading.Lock()
 
 
 def _lock_for(index: Index) -> threading.RLock:
     # One writer process per index; inside it, record() is a read-modify-write of the study's keys.
-    with _locks_guard:
-        return _locks.setdefault(index.path, threading.RLock())
-
-
-def _encode(value: Any) -> bytes:
-    return bytes((FORMAT,)) + msgpack.packb(value, use_bin_type=True)
-
-
-def _decode(raw: bytes, what: str) -> Any:
-    if not raw or raw[0] != FORMAT:
-        raise ValueError(f"{what}: unknown record format {raw[:1]!r}")
-    return msgpack.unpackb(raw[1:], raw=False)
+    return lock_for(index.path, "analysis-results")
 
 
 def _run_key(study_uid: str, analyzer: str) -> bytes:
@@ -112,7 +97,7 @@ def _summary(runs: Iterable[Mapping[str, Any]], study_date: str) -> dict[str, An
 def _runs(index: Index, study_uid: str) -> dict[str, dict[str, Any]]:
     out = {}
     for k, v in index.meta_items(RUN + K.encode(study_uid)):
-        rec = _decode(v, f"analysis result {k!r}")
+        rec = decode(v, f"analysis result {k!r}")
         out[rec["analyzer"]] = rec
     return out
 
@@ -127,7 +112,7 @@ def _flag_writes(index: Index, study_uid: str, runs: Iterable[Mapping[str, Any]]
     if new is None:
         out[FLAGS + K.encode(study_uid)] = None
     else:
-        out[FLAGS + K.encode(study_uid)] = _encode(new)
+        out[FLAGS + K.encode(study_uid)] = encode(new)
         out[_severity_key(new["rank"], study_date, study_uid)] = b"1"  # after the delete: same key kept
     return out
 
@@ -150,8 +135,8 @@ def record(index: Index, *, study_uid: str, patient_id: str, study_date: str, re
         if old is not None:
             writes[_patient_key(old["patient_id"], old["study_date"], study_uid, old["analyzer"])] = None
         runs[result.analyzer] = rec
-        writes[_run_key(study_uid, result.analyzer)] = _encode(rec)
-        writes[_patient_key(patient_id, rec["study_date"], study_uid, result.analyzer)] = _encode(
+        writes[_run_key(study_uid, result.analyzer)] = encode(rec)
+        writes[_patient_key(patient_id, rec["study_date"], study_uid, result.analyzer)] = encode(
             {"measurements": rec["measurements"]})
         writes.update(_flag_writes(index, study_uid, runs.values(), rec["study_date"]))
         index.put_meta_many(writes)
@@ -174,7 +159,7 @@ def flag_summary(index: Index, study_uid: str) -> dict[str, Any] | None:
     """{"severity", "rank", "reasons", "codes", "study_date"} of a flagged study; None if nothing
     flagged it."""
     raw = index.get_meta(FLAGS + K.encode(study_uid))
-    return _decode(raw, f"flag summary of study {study_uid}") if raw else None
+    return decode(raw, f"flag summary of study {study_uid}") if raw else None
 
 
 def flagged(index: Index, severity: str) -> list[tuple[str, str]]:
@@ -253,7 +238,7 @@ def trends(index: Index, patient_id: str) -> dict[str, Any]:
             known[study_uid] = study is not None and study.patient_id == patient_id
         if not known[study_uid]:
             continue
-        for m in _decode(v, f"trend entry {k!r}")["measurements"]:
+        for m in decode(v, f"trend entry {k!r}")["measurements"]:
             t = series.setdefault((analyzer, m["key"]), {"analyzer": analyzer, "key": m["key"],
                                                         "label": m["label"], "unit": m["unit"], "points": []})
             if t["points"] and t["points"][-1]["study_uid"] == study_uid:

@@ -26,12 +26,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, replace
 from typing import Any
 
-import msgpack
 from pydicom.dataset import Dataset
 
 from ..errors import ConflictError, UnknownObjectError
 from ..index import Index
 from ..index import keys as K
+from ..index.meta_records import decode_map, encode, lock_for
 from .worklist_entry import (
     CANCELED,
     COMPLETED,
@@ -46,25 +46,23 @@ from .worklist_match import matches, response
 
 ENTRY, BY_DATE, BY_AE, BY_MODALITY, BY_STUDY = b"wl/e/", b"wl/d/", b"wl/a/", b"wl/m/", b"wl/u/"
 MPPS = b"mpps/"
-FORMAT = 1  # the version byte in front of every record
-_locks: dict[str, threading.RLock] = {}
-_locks_guard = threading.Lock()
 log = logging.getLogger("dicomvault.worklist")
 # Told of every entry scheduled (`add`), whoever adds it: HL7 orders, `POST /api/worklist` and
 # `dicomvault worklist add` each build their own WorklistStore, so listeners are kept per index
 # like the locks. A listener must only queue work (it runs before the add returns).
 Listener = Callable[[WorklistEntry], None]
 _listeners: dict[str, list[Listener]] = {}
+_listeners_guard = threading.Lock()
 
 
 def on_scheduled(index: Index, listener: Listener) -> Callable[[], None]:
     """Calls `listener(entry)` after each entry added to `index`'s worklist; returns the
     function that stops it (the priors service subscribes here, priors/service.py)."""
-    with _locks_guard:
+    with _listeners_guard:
         _listeners.setdefault(index.path, []).append(listener)
 
     def stop() -> None:
-        with _locks_guard:
+        with _listeners_guard:
             held = _listeners.get(index.path, [])
             if listener in held:
                 held.remove(listener)
@@ -73,7 +71,7 @@ def on_scheduled(index: Index, listener: Listener) -> Callable[[], None]:
 
 
 def _notify(index: Index, entry: WorklistEntry) -> None:
-    with _locks_guard:
+    with _listeners_guard:
         held = list(_listeners.get(index.path, ()))
     for listener in held:
         try:
@@ -83,21 +81,7 @@ def _notify(index: Index, entry: WorklistEntry) -> None:
 
 
 def _lock_for(index: Index) -> threading.RLock:
-    with _locks_guard:
-        return _locks.setdefault(index.path, threading.RLock())
-
-
-def _encode(value: dict[str, Any]) -> bytes:
-    return bytes((FORMAT,)) + msgpack.packb(value, use_bin_type=True)
-
-
-def _decode(raw: bytes, what: str) -> dict[str, Any]:
-    if not raw or raw[0] != FORMAT:
-        raise ValueError(f"{what}: unknown record format {raw[:1]!r}")
-    out = msgpack.unpackb(raw[1:], raw=False)
-    if not isinstance(out, dict):
-        raise ValueError(f"{what}: record is not a map")
-    return out
+    return lock_for(index.path, "worklist")
 
 
 def _key_part(entry: WorklistEntry) -> bytes:
@@ -124,7 +108,7 @@ class WorklistStore:
     def get(self, key: str) -> WorklistEntry | None:
         acc, rp, sps = split_key(key)
         raw = self.index.get_meta(ENTRY + K.pack(acc, rp, sps))
-        return WorklistEntry.from_dict(_decode(raw, f"worklist entry {key}")) if raw else None
+        return WorklistEntry.from_dict(decode_map(raw, f"worklist entry {key}")) if raw else None
 
     def require(self, key: str) -> WorklistEntry:
         entry = self.get(key)
@@ -141,7 +125,7 @@ class WorklistStore:
         if new is not None:
             for k in _secondary(new):
                 out[k] = b"1"
-            out[ENTRY + _key_part(new)] = _encode(asdict(new))
+            out[ENTRY + _key_part(new)] = encode(asdict(new))
         return out
 
     def add(self, entry: WorklistEntry, *, replace_existing: bool = False) -> WorklistEntry:
@@ -196,7 +180,7 @@ class WorklistStore:
 
     def _all(self) -> Iterator[WorklistEntry]:
         for k, v in self.index.meta_items(ENTRY):
-            yield WorklistEntry.from_dict(_decode(v, f"worklist entry {k!r}"))
+            yield WorklistEntry.from_dict(decode_map(v, f"worklist entry {k!r}"))
 
     def _indexed(self, ns: bytes, lo: bytes, hi: bytes | None) -> Iterator[WorklistEntry]:
         """Entries named by the secondary index `ns` between the encoded values lo and hi."""
@@ -205,7 +189,7 @@ class WorklistStore:
             acc, rp, sps = K.unpack(k, pos)
             raw = self.index.get_meta(ENTRY + K.pack(acc, rp, sps))
             if raw:
-                yield WorklistEntry.from_dict(_decode(raw, f"worklist entry {acc}^{rp}^{sps}"))
+                yield WorklistEntry.from_dict(decode_map(raw, f"worklist entry {acc}^{rp}^{sps}"))
 
     def _exactly(self, ns: bytes, value: str) -> Iterator[WorklistEntry]:
         return self._indexed(ns, K.encode(value), K.encode_prefix(value) + K.AFTER_TERM)
@@ -266,19 +250,19 @@ class WorklistStore:
 
     def get_mpps(self, uid: str) -> dict[str, Any] | None:
         raw = self.index.get_meta(MPPS + K.encode(uid))
-        return _decode(raw, f"MPPS {uid}") if raw else None
+        return decode_map(raw, f"MPPS {uid}") if raw else None
 
     def put_mpps(self, record: dict[str, Any], entries: Iterable[WorklistEntry] = ()) -> None:
         """Writes an MPPS record and the entries it changed, in one durable batch. The caller
         holds `lock` across its read of both and this write."""
-        writes: dict[bytes, bytes | None] = {MPPS + K.encode(str(record["uid"])): _encode(record)}
+        writes: dict[bytes, bytes | None] = {MPPS + K.encode(str(record["uid"])): encode(record)}
         for e in entries:
             old = self.get(e.key)
             writes.update(self._writes(old, e))
         self.index.put_meta_many(writes)
 
     def mpps_all(self) -> list[dict[str, Any]]:
-        return [_decode(v, f"MPPS {k!r}") for k, v in self.index.meta_items(MPPS)]
+        return [decode_map(v, f"MPPS {k!r}") for k, v in self.index.meta_items(MPPS)]
 
     @property
     def lock(self) -> threading.RLock:

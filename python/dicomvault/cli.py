@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .analysis.commands import add_jobs_commands
+from .analysis.settings import AnalysisSettings
 from .audit.commands import add_audit_commands
 from .audit.log import DATA_DELETION, EXPORT, SUCCESS, AuditLog, cli_user
 from .auth.commands import add_users_commands
@@ -460,6 +461,12 @@ def _run_replica_site(args: argparse.Namespace) -> int:
     return run_site(args.data, options_from_args(args, replicate_from=args.source, token=args.token))
 
 
+def _analysis_settings(path: str | None) -> AnalysisSettings:
+    from .config import load_config
+
+    return load_config(path).analysis
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dicomvault", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -558,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_peers_commands(sub, common)
     add_worklist_commands(sub, common)
     add_patient_commands(sub, common)
-    add_jobs_commands(sub, common)
+    add_jobs_commands(sub, common, _analysis_settings)
     add_audit_commands(sub, common)
     add_shares_commands(sub, common)
     add_rejected_commands(sub, common)

@@ -51,17 +51,11 @@ def _syntax(ts: str) -> tuple[bool, bool]:
     return ts == ImplicitVRLittleEndian, ts != ExplicitVRBigEndian
 
 
-def _charsets(head: Dataset) -> list[str]:
-    elem = head.get(0x00080005)
-    raw = elem.value if elem is not None else None
-    if raw is None:
-        return ["ISO_IR 6"]
-    if isinstance(raw, bytes | bytearray):
-        text = bytes(raw).decode("ascii", "replace").strip(" \0")
-        return [v.strip() for v in text.split("\\")] if text else ["ISO_IR 6"]
-    if isinstance(raw, str):
-        return [raw] if raw else ["ISO_IR 6"]
-    return [str(v) for v in raw] or ["ISO_IR 6"]
+def _charset_terms(raw: bytes | str | None) -> list[str]:
+    """The defined terms of a Specific Character Set value as encoded (the default repertoire
+    when the element is absent or empty)."""
+    text = (raw if isinstance(raw, str) else bytes(raw or b"").decode("ascii", "replace")).strip(" \0")
+    return [v.strip() for v in text.split("\\")] if text else ["ISO_IR 6"]
 
 
 def _fits(values: Mapping[str, str], charsets: list[str]) -> bool:
@@ -134,11 +128,7 @@ def _splice(dataset: bytes, implicit: bool, little: bool, values: Mapping[str, s
         elems, start = top_level(dataset, implicit, little, PATIENT_GROUP, keep=_CHARSET)
     except WalkError:
         return None
-    charsets = ["ISO_IR 6"]
-    for e in elems:
-        if e.tag == 0x00080005:
-            text = dataset[e.value_start:e.end].decode("ascii", "replace").strip(" \0")
-            charsets = [v.strip() for v in text.split("\\")] if text else charsets
+    charsets = _charset_terms(next((dataset[e.value_start:e.end] for e in elems if e.tag in _CHARSET), None))
     if not _fits(values, charsets):
         return None
     text = "".join(values.values())
@@ -166,7 +156,8 @@ def _splice_pydicom(dataset: bytes, implicit: bool, little: bool, values: Mappin
         start = fp.tell()
         group = read_dataset(fp, implicit, little, stop_when=lambda tag, _vr, _len: tag.group > PATIENT_GROUP)
         end = fp.tell()
-        charsets = _charsets(head)
+        raw = head.get_item(0x00080005)
+        charsets = _charset_terms(raw.value if raw is not None else None)
         if not _fits(values, charsets):
             return _whole(dataset, implicit, little, values)
         # as the group was found encoded: some writers mislabel their syntax and pydicom, like

@@ -63,6 +63,7 @@ from .auth.peer_settings import PeerConfig, parse_peer
 from .config_values import (
     ConfigError,
     check_ae_title,
+    optional_file,
 )
 from .config_values import check_bool as _check_bool
 from .config_values import check_port as _check_port
@@ -256,16 +257,6 @@ _ANONYMOUS = ("auto", "none", "reader", "writer", "admin")
 
 
 
-def _tls_file(table: dict[str, Any], key: str, where: str, base: Path) -> Path | None:
-    if key not in table:
-        return None
-    path = Path(_check_str(table[key], f"{where}.{key}"))
-    path = path if path.is_absolute() else base / path
-    if not path.is_file():
-        raise ConfigError(f"{where}.{key}: no such file {path}")
-    return path
-
-
 def _parse_dimse(table: object, where: str, base: Path = Path(".")) -> DimseConfig:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: [dimse] must be a table")
@@ -309,9 +300,9 @@ def _parse_dimse(table: object, where: str, base: Path = Path(".")) -> DimseConf
 def _parse_tls(table: dict[str, Any], where: str, base: Path) -> dict[str, Any]:
     tls = {
         "tls_port": _check_port(table["tls_port"], f"{where}.tls_port") if table.get("tls_port") else 0,
-        "tls_cert": _tls_file(table, "tls_cert", where, base),
-        "tls_key": _tls_file(table, "tls_key", where, base),
-        "tls_ca": _tls_file(table, "tls_ca", where, base),
+        "tls_cert": optional_file(table, "tls_cert", where, base),
+        "tls_key": optional_file(table, "tls_key", where, base),
+        "tls_ca": optional_file(table, "tls_ca", where, base),
     }
     if (tls["tls_cert"] is None) != (tls["tls_key"] is None):
         raise ConfigError(f"{where}: tls_cert and tls_key go together")
@@ -367,8 +358,8 @@ def _parse_http(table: object, where: str, base: Path) -> HttpConfig:
         rate_limit_per_address=_check_rate(table.get("rate_limit_per_address", 0),
                                            f"{where}.rate_limit_per_address"),
         rate_burst=_check_int(table.get("rate_burst", 200), f"{where}.rate_burst", 1, 1_000_000),
-        tls_cert=str(_tls_file(table, "tls_cert", where, base) or "") or None,
-        tls_key=str(_tls_file(table, "tls_key", where, base) or "") or None,
+        tls_cert=str(optional_file(table, "tls_cert", where, base) or "") or None,
+        tls_key=str(optional_file(table, "tls_key", where, base) or "") or None,
         oidc=parse_oidc(table["oidc"], f"{where}.oidc", base) if "oidc" in table else None,
     )
 

@@ -3,6 +3,7 @@ settings modules under it): each names the key it refused."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .errors import DicomVaultError
@@ -55,3 +56,24 @@ def check_str_list(value: object, where: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ConfigError(f"{where}: must be a list of strings, got {value!r}")
     return value
+
+
+def existing_file(value: str, where: str, base: Path, error: type[DicomVaultError] = ConfigError) -> Path:
+    """A file the configuration names (relative to `base`, the config file's folder), which must
+    exist; `error` (the section's own error class) names `where` otherwise."""
+    path = Path(value)
+    path = path if path.is_absolute() else base / path
+    if not path.is_file():
+        raise error(f"{where}: no such file {path}")
+    return path
+
+
+def optional_file(table: dict[str, Any], key: str, where: str, base: Path,
+                  error: type[DicomVaultError] = ConfigError) -> Path | None:
+    """`existing_file` of table[key], None when the key is absent."""
+    if key not in table:
+        return None
+    value = table[key]
+    if not isinstance(value, str) or not value:
+        raise error(f"{where}.{key}: must be a file name, got {value!r}")
+    return existing_file(value, f"{where}.{key}", base, error)

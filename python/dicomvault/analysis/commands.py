@@ -10,8 +10,10 @@ stays the one that writes the queue (and starts the job at once).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..engine import Engine
@@ -19,6 +21,9 @@ from ..errors import LockedError
 from ..http_info import call_local_server
 from ..textout import print_table
 from .jobs import STATES, JobStore, view
+from .settings import AnalysisSettings
+
+SettingsLoader = Callable[[str | None], AnalysisSettings]
 
 _COLUMNS = ["id", "state", "analyzer", "study_uid", "series", "attempts", "updated", "seconds", "note"]
 
@@ -84,15 +89,14 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_add(args: argparse.Namespace) -> int:
+def cmd_add(args: argparse.Namespace, settings_of: SettingsLoader) -> int:
     try:
         with Engine(args.data) as engine:
             engine.ensure_writable()
-            from ..config import load_config
             from .events import CompletionReader
             from .plugins import load
 
-            s = load_config(args.config).analysis
+            s = settings_of(args.config)
             reader = CompletionReader(engine.index, JobStore(engine.index), load(s),
                                       quiet_seconds=s.quiet_seconds, max_attempts=s.retries + 1)
             out = [view(j) for j in reader.analyse_study(args.study, args.analyzer)]
@@ -107,7 +111,8 @@ def cmd_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_jobs_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+def add_jobs_commands(sub: Any, common: argparse.ArgumentParser, settings_of: SettingsLoader) -> None:
+    """`settings_of(config file or None)`: the [analysis] settings, as the CLI reads its configuration."""
     jobs = sub.add_parser("jobs", parents=[common], help="analysis jobs (queued, running, done, failed)")
     # `dicomvault jobs` alone lists
     jobs.set_defaults(func=cmd_list, state=None, analyzer=None, study=None, limit=100, json=False)
@@ -132,7 +137,7 @@ def add_jobs_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="only this analyzer instance (repeatable; default: every one that wants it)")
     p.add_argument("--config", metavar="FILE",
                    help="TOML configuration: its [analysis] (when no server holds the data directory)")
-    p.set_defaults(func=cmd_add)
+    p.set_defaults(func=functools.partial(cmd_add, settings_of=settings_of))
 
     p = jsub.add_parser("retry", parents=[common], help="queue a job again now (attempts counted from zero)")
     p.add_argument("id", type=int)

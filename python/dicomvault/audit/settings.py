@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config_values import optional_file
 from ..errors import DicomVaultError
 from .syslog import Endpoint, TargetError, parse_target
 
@@ -33,18 +34,6 @@ class AuditSettings:
     endpoint: Endpoint | None = None  # None: the log is kept locally only
     source_id: str | None = None
     site: str | None = None
-
-
-def _file(table: dict[str, Any], key: str, where: str, base: Path) -> Path | None:
-    if key not in table:
-        return None
-    value = table[key]
-    if not isinstance(value, str) or not value:
-        raise AuditSettingsError(f"{where}.{key}: must be a file name, got {value!r}")
-    path = Path(value) if Path(value).is_absolute() else base / value
-    if not path.is_file():
-        raise AuditSettingsError(f"{where}.{key}: no such file {path}")
-    return path
 
 
 def _text(table: dict[str, Any], key: str, where: str) -> str | None:
@@ -63,7 +52,8 @@ def parse_audit(table: object, where: str, base: Path) -> AuditSettings:
     if extra:
         raise AuditSettingsError(f"{where}: unknown key(s) {', '.join(extra)} "
                                  f"(allowed: {', '.join(sorted(_KEYS))})")
-    ca, cert, key = (_file(table, k, where, base) for k in ("syslog_ca", "syslog_cert", "syslog_key"))
+    ca, cert, key = (optional_file(table, k, where, base, AuditSettingsError)
+                     for k in ("syslog_ca", "syslog_cert", "syslog_key"))
     endpoint = None
     if "syslog" in table:
         url = table["syslog"]

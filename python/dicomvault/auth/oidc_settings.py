@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config_values import existing_file
 from ..errors import DicomVaultError
 from .roles import ROLES
 
@@ -110,14 +111,6 @@ def _algorithms(value: object, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _path(value: str, base: Path, where: str) -> Path:
-    path = Path(value)
-    path = path if path.is_absolute() else base / path
-    if not path.is_file():
-        raise OidcSettingsError(f"{where}: no such file {path}")
-    return path
-
-
 def parse_oidc(table: object, where: str, base: Path) -> OidcSettings:
     """`table` is the `[http.oidc]` table; relative paths are relative to `base` (the config
     file's directory)."""
@@ -133,7 +126,7 @@ def parse_oidc(table: object, where: str, base: Path) -> OidcSettings:
     jwks = _str(table, "jwks", where)
     if not is_url(jwks):
         # A file is checked now, so a typo fails the start rather than every token later.
-        jwks = str(_path(jwks, base, f"{where}.jwks"))
+        jwks = str(existing_file(jwks, f"{where}.jwks", base, OidcSettingsError))
     ca = table.get("jwks_ca")
     return OidcSettings(
         issuer=_str(table, "issuer", where),
@@ -146,6 +139,7 @@ def parse_oidc(table: object, where: str, base: Path) -> OidcSettings:
         # At least a second: each token naming an unknown kid may cost a fetch from the provider.
         jwks_refresh_min=_seconds(table, "jwks_refresh_min", where, 60.0, 86400.0, lo=1.0),
         jwks_max_age=_seconds(table, "jwks_max_age", where, 3600.0, 30 * 86400.0, lo=60.0),
-        jwks_ca=None if ca is None else _path(_str(table, "jwks_ca", where), base, f"{where}.jwks_ca"),
+        jwks_ca=None if ca is None else existing_file(_str(table, "jwks_ca", where), f"{where}.jwks_ca", base,
+                                                      OidcSettingsError),
         algorithms=_algorithms(table.get("algorithms", list(ALLOWED_ALGORITHMS)), where),
     )

@@ -92,15 +92,21 @@ def check_values(values: Mapping[str, str]) -> dict[str, str]:
     return {k: "" if v is None else str(v) for k, v in values.items()}
 
 
+def _assign(attrs: dict[str, str], values: Mapping[str, str]) -> None:
+    """Set each value; an empty one removes the attribute (as the index keeps what was received)."""
+    for k, v in values.items():
+        if v:
+            attrs[k] = v
+        else:
+            attrs.pop(k, None)
+
+
 def _retarget(study: StudyRecord, values: Mapping[str, str]) -> None:
     """Give a study the patient values ``values`` (complete: a patient attribute the study has
     but ``values`` lacks is emptied), in its attributes and in what leaves the archive."""
-    for k in [k for k in study.attrs if k in UPDATABLE and k not in values]:
-        del study.attrs[k]
-        study.coerced[k] = ""
-    for k, v in values.items():
-        study.attrs[k] = v
-        study.coerced[k] = v
+    full = {**{k: "" for k in study.attrs if k in UPDATABLE}, **values}
+    _assign(study.attrs, full)
+    study.coerced.update(full)
 
 
 def _move_counts(study: StudyRecord, src: PatientRecord | None, dst: PatientRecord) -> None:
@@ -204,14 +210,9 @@ class PatientCorrections:
             self._mark_coerced(txn, study)
             return
         values = patient_values(patient)
-        for k in set(values) | {k for k in received if k in UPDATABLE}:
-            v = values.get(k, "")
-            if received.get(k, "") != v:
-                study.coerced[k] = v
-            if v:
-                study.attrs[k] = v
-            else:
-                study.attrs.pop(k, None)
+        full = {k: values.get(k, "") for k in set(values) | {k for k in received if k in UPDATABLE}}
+        study.coerced.update({k: v for k, v in full.items() if received.get(k, "") != v})
+        _assign(study.attrs, full)
         self._mark_coerced(txn, study)
 
     def _update_in(self, txn: Txn, patient_id: str, values: Mapping[str, str], *, strict: bool = True
@@ -223,11 +224,7 @@ class PatientCorrections:
             if strict:
                 raise NotFoundError("patient", patient_id)
             return []
-        for k, v in values.items():
-            if v:
-                patient.attrs[k] = v
-            else:
-                patient.attrs.pop(k, None)
+        _assign(patient.attrs, values)
         patient.corrected_at = patient.updated_at = txn.now
         txn.put(CF_PATIENTS, pkey, patient)
         studies = self.studies_of_patient(pid)
@@ -236,12 +233,8 @@ class PatientCorrections:
             study: StudyRecord | None = txn.get(CF_STUDIES, skey)
             if study is None:
                 continue
-            for k, v in values.items():
-                if v:
-                    study.attrs[k] = v
-                else:
-                    study.attrs.pop(k, None)
-                study.coerced[k] = v
+            _assign(study.attrs, values)
+            study.coerced.update(values)
             study.updated_at = txn.now
             self._mark_coerced(txn, study)
             txn.put(CF_STUDIES, skey, study)
@@ -269,10 +262,7 @@ class PatientCorrections:
             base = {k: v for k, v in (src.attrs if src is not None else {}).items() if k in UPDATABLE}
             dst = PatientRecord(patient_id=survivor, attrs=base, created_at=txn.now)
             txn.stats.patients += 1
-        if survivor_values:
-            dst.attrs.update({k: v for k, v in survivor_values.items() if v})
-            for k in [k for k, v in survivor_values.items() if not v]:
-                dst.attrs.pop(k, None)
+        _assign(dst.attrs, survivor_values or {})
         dst.corrected_at = dst.updated_at = txn.now
         record = MergeRecord(prior_id=prior, survivor_id=survivor, at=txn.now, survivor_created=created,
                              prior_attrs=dict(src.attrs) if src is not None else {},

@@ -15,10 +15,9 @@ from typing import Any
 
 from ..audit.log import cli_user
 from ..engine import Engine
-from ..errors import LockedError, RequestError, UnknownObjectError
+from ..errors import LockedError, RequestError
 from ..http_info import call_local_server
-from ..index.patients import patient_values
-from .patients import PatientUpdates, merge_view
+from .patients import PatientUpdates, merge_view, patient_summary
 
 
 def _path(patient_id: str) -> str:
@@ -42,16 +41,11 @@ def _print(out: Any, as_json: bool, text: str) -> None:
 
 def cmd_show(args: argparse.Namespace) -> int:
     with Engine(args.data, read_only=True) as engine:
-        rec = engine.index.get_patient(args.patient_id)
-        if rec is None:
-            raise UnknownObjectError("patient", args.patient_id)
-        studies = {uid: (s.coerced if (s := engine.index.get_study(uid)) else {})
-                   for uid in engine.index.studies_of_patient(args.patient_id)}
-    out = {"patient_id": rec.patient_id, "values": patient_values(rec),
-           "corrected_at": rec.corrected_at or None, "studies": studies}
+        out = patient_summary(engine.index, args.patient_id)
     lines = [f"{k:24} {v}" for k, v in out["values"].items()]
-    lines += [f"study {uid}" + (f"  (corrected on the way out: {', '.join(sorted(c))})" if c else "")
-              for uid, c in studies.items()]
+    for st in out["studies"]:
+        fixed = ", ".join(sorted(st["coerced"]))
+        lines.append(f"study {st['study_uid']}" + (f"  (corrected on the way out: {fixed})" if fixed else ""))
     _print(out, args.json, "\n".join(lines))
     return 0
 

@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..audit.log import FAILURE, PATIENT_RECORD, SUCCESS, AuditLog
-from ..errors import DicomVaultError
+from ..errors import DicomVaultError, UnknownObjectError
 from ..index import Index
-from ..index.patients import MergeRecord
+from ..index.patients import MergeRecord, patient_values
 
 log = logging.getLogger("dicomvault.patients")
 
@@ -78,3 +78,15 @@ def merge_view(record: MergeRecord) -> dict[str, Any]:
     return {"prior_id": record.prior_id, "survivor_id": record.survivor_id, "at": record.at,
             "studies": sorted(record.studies), "prior_attributes": record.prior_attrs,
             "survivor_created": record.survivor_created}
+
+
+def patient_summary(index: Index, patient_id: str) -> dict[str, Any]:
+    """A patient as the API and the CLI show it: the current values, and for each study the
+    attributes corrected on the way out. UnknownObjectError for a patient the index lacks."""
+    rec = index.get_patient(patient_id)
+    if rec is None:
+        raise UnknownObjectError("patient", patient_id)
+    studies = [s for s in (index.get_study(u) for u in index.studies_of_patient(patient_id)) if s is not None]
+    return {"patient_id": rec.patient_id, "values": patient_values(rec),
+            "corrected_at": rec.corrected_at or None,
+            "studies": [{"study_uid": s.study_uid, "coerced": s.coerced} for s in studies]}

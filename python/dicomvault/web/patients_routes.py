@@ -21,9 +21,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..auth.roles import ADMIN, READ, Principal
-from ..errors import RequestError, UnknownObjectError
-from ..index.patients import patient_values
-from ..integration.patients import PatientUpdates, merge_view
+from ..errors import RequestError
+from ..integration.patients import PatientUpdates, merge_view, patient_summary
 from .context import WebContext
 from .dicomweb.stow import ensure_writable
 from .responses import body_json, json_response
@@ -42,15 +41,7 @@ def routes(ctx: WebContext) -> list[Route]:
     updates = PatientUpdates(engine.index, str(engine.data_dir))
 
     def show(request: Request) -> Response:
-        pid = request.path_params["patient"]
-        rec = engine.index.get_patient(pid)
-        if rec is None:
-            raise UnknownObjectError("patient", pid)
-        studies = [s for s in (engine.index.get_study(u) for u in engine.index.studies_of_patient(pid))
-                   if s is not None]
-        return json_response({"patient_id": rec.patient_id, "values": patient_values(rec),
-                              "corrected_at": rec.corrected_at or None,
-                              "studies": [{"study_uid": s.study_uid, "coerced": s.coerced} for s in studies]})
+        return json_response(patient_summary(engine.index, request.path_params["patient"]))
 
     def _who(request: Request) -> dict[str, Any]:
         p: Principal = request.state.principal

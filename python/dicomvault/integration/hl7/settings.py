@@ -6,7 +6,15 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...config_values import ConfigError, check_ae_title, check_port, check_str, check_str_list, unknown_keys
+from ...config_values import (
+    ConfigError,
+    check_ae_title,
+    check_port,
+    check_str,
+    check_str_list,
+    optional_file,
+    unknown_keys,
+)
 
 DEFAULT_PORT = 2575
 
@@ -32,16 +40,6 @@ class Hl7Config:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
-
-
-def _file(table: dict[str, object], key: str, where: str, base: Path) -> Path | None:
-    if key not in table:
-        return None
-    path = Path(check_str(table[key], f"{where}.{key}"))
-    path = path if path.is_absolute() else base / path
-    if not path.is_file():
-        raise ConfigError(f"{where}.{key}: no such file {path}")
-    return path
 
 
 def parse_hl7(table: object, where: str, base: Path = Path(".")) -> Hl7Config:
@@ -70,7 +68,7 @@ def parse_hl7(table: object, where: str, base: Path = Path(".")) -> Hl7Config:
     stations = table.get("stations", {})
     if not isinstance(stations, dict):
         raise ConfigError(f"{where}.stations: expected a table modality = \"AE\"")
-    cert, key, ca = (_file(table, k, where, base) for k in ("tls_cert", "tls_key", "tls_ca"))
+    cert, key, ca = (optional_file(table, k, where, base) for k in ("tls_cert", "tls_key", "tls_ca"))
     if cert is None and (key is not None or ca is not None):
         raise ConfigError(f"{where}: tls_key and tls_ca need tls_cert (the listener's certificate)")
     return Hl7Config(

@@ -51,7 +51,7 @@ test-rust: ## cargo test of the pure-Rust core
 	cargo test -p dicomvault-core --release -q
 
 test-python: build ## pytest (without the slow marker)
-	$(VPY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(VPY) -m pytest -q -m "not slow" --durations=25 $(PYTEST_ARGS)
 
 test-full: sysdeps build test-rust ## every test, slow ones included
 	$(VPY) -m pytest -q $(PYTEST_ARGS)

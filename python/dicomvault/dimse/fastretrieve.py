@@ -32,7 +32,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,14 +64,14 @@ from ..audit.dimse import DimseAudit
 from ..config import PeerConfig
 from ..engine import Engine
 from ..errors import DicomVaultError
-from ..readahead import read_ahead, submit
+from ..readahead import read_ahead
 from ..transfer.transcode import can_transcode, transcode
 from . import command_set as cs
 from .command_set import C_CANCEL_RQ, C_GET_RSP, C_MOVE_RSP, C_STORE_RQ, C_STORE_RSP
 from .common import log, requestor_host
 from .find import decode_identifier
 from .peers import Peers
-from .retrieve import Match, RetrieveError, move_contexts, resolve
+from .retrieve import Match, RetrieveError, move_contexts, resolve, resolve_iter
 from .status import (
     ALL_FAILED,
     CANCEL,
@@ -517,17 +516,55 @@ class NativeRetrieve:
                             "(peers add --move-to)", caller, self.move_to)
                 self._final(MOVE_DESTINATION_UNKNOWN, counts, f"move destination {self.move_to} not allowed")
                 return
-        # A C-GET's offer is known now: its first object is read while the rest is listed.
-        get_dest = SameAssociation(self.io, self) if peer is None else None
-        first: list[Future[Outgoing]] = []
+        if peer is None:
+            self._get(caller, identifier, counts)
+        else:
+            self._move(caller, identifier, peer, counts)
 
-        def start_first(m: Match) -> None:
-            if get_dest is not None:
-                first.append(submit(lambda x: prepare(self.engine, get_dest.offer, x, self.what), m))
-
+    def _get(self, caller: str, identifier: Dataset, counts: Counts) -> None:
+        """C-GET: the first object is read and its C-STORE-RQ sent as soon as the first match is
+        listed; the rest of the study is listed while that object is on the wire. The total,
+        which the pending responses need (remaining), is known before the first C-STORE-RSP is
+        read, and so before the first pending response is made."""
+        dest = SameAssociation(self.io, self)
         try:
-            matches = resolve(self.engine, identifier, self.model, syntaxes=peer is not None,
-                              on_first=start_first)
+            found = resolve_iter(self.engine, identifier, self.model, syntaxes=False)
+            first = next(found, None)
+        except RetrieveError as exc:
+            log.warning("%s from %s refused (0x%04X): %s", self.what, caller, exc.code, exc)
+            self._final(exc.code, counts, str(exc))
+            return
+        if first is None:
+            self._final(SUCCESS, counts)
+            return
+        # Read in this thread, with nothing else running for this retrieve: on 2 cores, a listing
+        # or read-ahead competing for the GIL held the first send back by up to a switch
+        # interval (5 ms) under load (measured, bench/RESULTS.md "Ceiling of the same work").
+        out = prepare(self.engine, dest.offer, first, self.what)
+        sent = self._start(dest, out)
+        try:
+            matches = [first, *found]
+        except Exception:
+            # the first object is on its way: its response is read before the failure is reported
+            self.counts = Counts(1)
+            self._finish(dest, out, sent, 0, [first], self.counts)
+            raise
+        counts = self.counts = Counts(len(matches))
+        self._audit_start(caller, identifier, matches, None)
+        log.info("C-GET from %s: %d instances", caller, len(matches))
+        loads = read_ahead(lambda m: prepare(self.engine, dest.offer, m, self.what), matches[1:])
+        try:
+            if self._finish(dest, out, sent, 0, matches, counts):
+                self._sub_operations(dest, loads, matches, counts, 1)
+        finally:
+            loads.close()
+        self._conclude(caller, counts)
+
+    def _move(self, caller: str, identifier: Dataset, peer: PeerConfig, counts: Counts) -> None:
+        """C-MOVE: the whole study is listed first, its (SOP class, syntax) pairs being the
+        contexts proposed on the sub-association."""
+        try:
+            matches = resolve(self.engine, identifier, self.model, syntaxes=True)
         except RetrieveError as exc:
             log.warning("%s from %s refused (0x%04X): %s", self.what, caller, exc.code, exc)
             self._final(exc.code, counts, str(exc))
@@ -537,30 +574,29 @@ class NativeRetrieve:
             self._final(SUCCESS, counts)
             return
         self._audit_start(caller, identifier, matches, peer)
-        if get_dest is not None:
-            log.info("C-GET from %s: %d instances", caller, len(matches))
-            dest: SameAssociation | SubAssociation = get_dest
-        else:
-            log.info("C-MOVE from %s: %d instances to %s (%s:%d)", caller, len(matches), peer.ae_title,
-                     peer.host, peer.port)
-            try:
-                # made on first use only: loading the trust roots costs ~30 ms
-                tls_context = self.tls_context() if peer.tls and self.tls_context else None
-                dest = open_sub_association(peer, self.our_ae, matches, int(self.io.local_max_pdu),
-                                            tls_context, float(self.io.acse_timeout()), self,
-                                            (caller, self.message_id))
-            except (AssociationRefused, OSError, ValueError) as exc:
-                log.warning("C-MOVE from %s: %s", caller, exc)
-                self._fail_rest(matches, 0, counts)
-                self._final(ALL_FAILED, counts, str(exc))
-                return
-        loads = read_ahead(lambda m: prepare(self.engine, dest.offer, m, self.what), matches,
-                           first[0] if first else None)
+        log.info("C-MOVE from %s: %d instances to %s (%s:%d)", caller, len(matches), peer.ae_title,
+                 peer.host, peer.port)
         try:
-            self._sub_operations(dest, loads, matches, counts)
+            # made on first use only: loading the trust roots costs ~30 ms
+            tls_context = self.tls_context() if peer.tls and self.tls_context else None
+            dest = open_sub_association(peer, self.our_ae, matches, int(self.io.local_max_pdu),
+                                        tls_context, float(self.io.acse_timeout()), self,
+                                        (caller, self.message_id))
+        except (AssociationRefused, OSError, ValueError) as exc:
+            log.warning("C-MOVE from %s: %s", caller, exc)
+            self._fail_rest(matches, 0, counts)
+            self._final(ALL_FAILED, counts, str(exc))
+            return
+        loads = read_ahead(lambda m: prepare(self.engine, dest.offer, m, self.what), matches)
+        try:
+            self._sub_operations(dest, loads, matches, counts, 0)
         finally:
             loads.close()
             dest.close(not (self.gone or self.dest_failed))
+        self._conclude(caller, counts)
+
+    def _conclude(self, caller: str, counts: Counts) -> None:
+        """The final response, after the sub-operations ran (or stopped)."""
         if self.gone:
             return
         if self.cancelled:
@@ -578,50 +614,65 @@ class NativeRetrieve:
         self._final(status, counts)
 
     def _sub_operations(self, dest: SameAssociation | SubAssociation, loads: Any, matches: list[Match],
-                        counts: Counts) -> None:
-        same = isinstance(dest, SameAssociation)
-        for i, (_, fut) in enumerate(loads):
+                        counts: Counts, start: int) -> None:
+        """Sub-operations `start`, `start` + 1, ... of `matches`, their loads in `loads`."""
+        for i, (_, fut) in enumerate(loads, start):
             if self.cancelled or self.gone:
                 return
             out: Outgoing = fut.result()
-            counts.remaining -= 1
-            if out.data is None:
-                counts.fail(out.sop_uid)
-            else:
-                msg_id = dest.next_message_id()
-                command = store_rq(out.sop_class, out.sop_uid, msg_id, dest.originator)
-                # on the same association, the previous pending response leaves with this request
-                sent = dest.send_store(self.unsent if same else b"", out.context_id, command, out.data,
-                                       out.sop_uid)
-                if sent and same:
-                    self.unsent = b""
-                status = dest.await_response(msg_id, out.sop_uid) if sent else None
-                if status is None:
-                    if same:
-                        self.gone = True
-                    else:  # the destination failed: this one and the rest, none of them read
-                        self.dest_failed = True
-                        counts.fail(out.sop_uid)
-                        self._fail_rest(matches, i + 1, counts)
-                    if self.gone:
-                        return
-                elif status == SUCCESS:
-                    counts.completed += 1
-                elif status in WARNING_STATUSES:
-                    counts.warning += 1
-                else:
-                    log.warning("%s: %s refused with status 0x%04X", self.what, out.sop_uid, status)
-                    counts.fail(out.sop_uid)
-            # a pending response after every sub-operation, the last one too (as pynetdicom and
-            # dcmtk do); on a C-GET it leaves with the next request, or with the final response
-            self.unsent += self._rsp(PENDING, counts, remaining=True)
-            if not same:
-                if not self.io.send(self.unsent, self.what):
-                    self.gone = True
-                    return
-                self.unsent = b""
-            if self.dest_failed:
+            if not self._finish(dest, out, self._start(dest, out), i, matches, counts):
                 return
+
+    def _start(self, dest: SameAssociation | SubAssociation, out: Outgoing) -> tuple[int, bool] | None:
+        """Sends one sub-operation's C-STORE-RQ: (message id, delivered), None if it had nothing
+        to send (its object could not be read or sent)."""
+        if out.data is None:
+            return None
+        same = isinstance(dest, SameAssociation)
+        msg_id = dest.next_message_id()
+        command = store_rq(out.sop_class, out.sop_uid, msg_id, dest.originator)
+        # on the same association, the previous pending response leaves with this request
+        sent = dest.send_store(self.unsent if same else b"", out.context_id, command, out.data, out.sop_uid)
+        if sent and same:
+            self.unsent = b""
+        return msg_id, sent
+
+    def _finish(self, dest: SameAssociation | SubAssociation, out: Outgoing, started: tuple[int, bool] | None,
+                i: int, matches: list[Match], counts: Counts) -> bool:
+        """Reads the response to sub-operation `i` (started by _start), counts it, and queues or
+        sends its pending response; False when the operation cannot go on."""
+        same = isinstance(dest, SameAssociation)
+        counts.remaining -= 1
+        if started is None:
+            counts.fail(out.sop_uid)
+        else:
+            msg_id, sent = started
+            status = dest.await_response(msg_id, out.sop_uid) if sent else None
+            if status is None:
+                if same:
+                    self.gone = True
+                else:  # the destination failed: this one and the rest, none of them read
+                    self.dest_failed = True
+                    counts.fail(out.sop_uid)
+                    self._fail_rest(matches, i + 1, counts)
+                if self.gone:
+                    return False
+            elif status == SUCCESS:
+                counts.completed += 1
+            elif status in WARNING_STATUSES:
+                counts.warning += 1
+            else:
+                log.warning("%s: %s refused with status 0x%04X", self.what, out.sop_uid, status)
+                counts.fail(out.sop_uid)
+        # a pending response after every sub-operation, the last one too (as pynetdicom and
+        # dcmtk do); on a C-GET it leaves with the next request, or with the final response
+        self.unsent += self._rsp(PENDING, counts, remaining=True)
+        if not same:
+            if not self.io.send(self.unsent, self.what):
+                self.gone = True
+                return False
+            self.unsent = b""
+        return not self.dest_failed
 
     @staticmethod
     def _fail_rest(matches: list[Match], start: int, counts: Counts) -> None:

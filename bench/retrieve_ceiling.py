@@ -9,13 +9,15 @@ The same client for every server: dcmtk `getscu -S -pdu 131072 --ignore` with `T
       every object decoded and BLAKE3-checked on the way out), and
   (c) Orthanc 1.10 (python/dicomvault/bench/orthanc.py, uncompressed storage),
 on two workloads: a CT study (`dicomvault.bench.synth.ct_series`, 300 slices 512x512 16-bit) and
-200 small CR objects (~100 KB each, bench/dimse_compare.make_small_input). With --move, C-MOVE by
-dcmtk `movescu` to a dcmtk `storescp --ignore` for (b) and (c) too (the no-op SCP has no C-MOVE).
+200 small CR objects (~100 KB each, bench/dimse_compare.make_small_input). Unless --no-move, C-MOVE
+by dcmtk `movescu` to a dcmtk `storescp --ignore` for (b) and (c) too (the no-op SCP has no C-MOVE).
 
 Per retrieve: MB/s and objects/s (study bytes / getscu wall time, process start to exit,
 association set-up included), first image (getscu's log, stamped to the microsecond: "Sending
-C-GET Request" to the first "Received C-STORE Request"; for C-MOVE the storescp's first
-"Received Store Request"), CPU seconds of the client (wait4 rusage) and of the server process
+C-GET Request" to the first "Received C-STORE Request", which getscu logs once the whole object
+is read: its C-STORE-RSP follows ~2 us later; for C-MOVE the storescp's first "Received Store
+Request", stamped to the ms), association set-up (getscu's "Requesting Association" to
+"Association Accepted"), CPU seconds of the client (wait4 rusage) and of the server process
 tree (/proc/<pid>/stat utime + stime before and after). One untimed warm-up retrieve per server
 and workload first; then --rounds rounds, the servers' order rotated each round; medians.
 Page cache warm unless --cold (then the archives' files are evicted before each retrieve; the
@@ -129,6 +131,7 @@ class Retrieve:
     client_cpu: float
     server_cpu: float
     exit_code: int
+    assoc_ms: float | None = None  # "Requesting Association" to "Association Accepted"
     log_tail: str = ""
 
 
@@ -152,6 +155,11 @@ def _run_client(cmd: list[str], log_path: Path, server_pid: int, timeout: float 
     return secs, proc.returncode, usage.ru_utime + usage.ru_stime, server, text
 
 
+def _assoc_ms(text: str) -> float | None:
+    rq, ac = _stamp(text, r"Requesting Association"), _stamp(text, r"Association Accepted")
+    return (ac - rq) * 1e3 if rq and ac else None
+
+
 def getscu(ae: str, port: int, uid: str, cfg: Path, log_path: Path, server_pid: int) -> Retrieve:
     cmd = ["getscu", "-lc", str(cfg), "-aet", "GETSCU", "-aec", ae, "-S", "-pdu", str(PDU), "--ignore",
            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid}", HOST, str(port)]
@@ -159,7 +167,8 @@ def getscu(ae: str, port: int, uid: str, cfg: Path, log_path: Path, server_pid: 
     sent = _stamp(text, r"Sending C-GET Request")
     first = _stamp(text, r"Received C-STORE Request")
     n = len(re.findall(r"Received C-STORE Request", text))
-    return Retrieve(secs, n, (first - sent) * 1e3 if sent and first else None, ccpu, scpu, rc, text[-600:])
+    first_ms = (first - sent) * 1e3 if sent and first else None
+    return Retrieve(secs, n, first_ms, ccpu, scpu, rc, _assoc_ms(text), text[-600:])
 
 
 def movescu(ae: str, port: int, uid: str, dest: StoreScp, cfg: Path, log_path: Path,
@@ -172,7 +181,8 @@ def movescu(ae: str, port: int, uid: str, dest: StoreScp, cfg: Path, log_path: P
     sent = _stamp(text, r"Sending Move Request")
     first = _stamp(received, r"Received Store Request")
     n = len(re.findall(r"Received Store Request", received))
-    return Retrieve(secs, n, (first - sent) * 1e3 if sent and first else None, ccpu, scpu, rc, text[-600:])
+    first_ms = (first - sent) * 1e3 if sent and first else None
+    return Retrieve(secs, n, first_ms, ccpu, scpu, rc, _assoc_ms(text), text[-600:])
 
 
 # -- the servers ------------------------------------------------------------------------------------
@@ -307,7 +317,7 @@ def _fmt(v: float | None, f: str) -> str:
 
 # (key, row label, format, lower is better)
 FIGURES = (("mb_s", "MB/s", ",.0f", False), ("objects_s", "objects/s", ",.0f", False),
-           ("first_ms", "first image, ms", ".2f", True),
+           ("first_ms", "first image, ms", ".2f", True), ("assoc_ms", "association set-up, ms", ".2f", True),
            ("client_cpu_s", "client CPU s per retrieve", ".2f", True),
            ("server_cpu_s", "server CPU s per retrieve", ".2f", True))
 
@@ -329,6 +339,7 @@ def report(results: dict[tuple[str, str, str], list[Retrieve]], loads: list[Work
                     "mb_s": _med([w.mb / r.seconds for r in ok]),
                     "objects_s": _med([w.objects / r.seconds for r in ok]),
                     "first_ms": _med([r.first_ms for r in ok]),
+                    "assoc_ms": _med([r.assoc_ms for r in ok]),
                     "client_cpu_s": _med([r.client_cpu for r in ok]),
                     "server_cpu_s": _med([r.server_cpu for r in ok]),
                     "complete_runs": len(ok),

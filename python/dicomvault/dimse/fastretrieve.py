@@ -27,6 +27,7 @@ uncompressed one it is converted (decompressed) to.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import ssl
 import threading
@@ -154,17 +155,47 @@ class Offer:
         return None
 
 
+class PendingOffer:
+    """The offer of a C-MOVE sub-association still being negotiated: the read-ahead reads its
+    first objects meanwhile and waits here, once read, to choose their context (set() when the
+    association is up; abandon() when there will be none)."""
+
+    def __init__(self) -> None:
+        self._offer: Offer | None = None
+        self._ready = threading.Event()
+        self.abandoned = False
+
+    def set(self, offer: Offer) -> None:
+        self._offer = offer
+        self._ready.set()
+
+    def abandon(self) -> None:
+        """No sub-association: the reads under way end without a context, and are dropped."""
+        if not self._ready.is_set():
+            self.abandoned = True
+            self.set(Offer([]))
+
+    def known(self) -> bool:
+        return self._ready.is_set()
+
+    def choose(self, sop_class: str, stored: str) -> tuple[int, str] | None:
+        self._ready.wait()
+        assert self._offer is not None  # set before the event
+        return self._offer.choose(sop_class, stored)
+
+
 def _unsendable(m: Match, sop_class: str, ts: str, what: str) -> Outgoing:
     why = f"no accepted transfer syntax for {sop_class} that {UID(ts).name} can be sent in"
     log.warning("%s: %s not sent: %s", what, m.sop_uid, why)
     return Outgoing(m.sop_uid, sop_class, error=why)
 
 
-def prepare(engine: Engine, offer: Offer, m: Match, what: str) -> Outgoing:
+def prepare(engine: Engine, offer: Offer | PendingOffer, m: Match, what: str) -> Outgoing:
     """Reads one matched object (its blob decoded and hash-checked) and makes it sendable. A
     match that already names its class and syntax (C-MOVE) is checked against the offer first,
-    so nothing is read for an object that cannot be sent."""
-    if m.sop_class and m.transfer_syntax and offer.choose(m.sop_class, m.transfer_syntax) is None:
+    if it is known yet, so nothing is read for an object that cannot be sent."""
+    if (m.sop_class and m.transfer_syntax and (not isinstance(offer, PendingOffer) or offer.known())
+            and offer.choose(m.sop_class, m.transfer_syntax) is None):
         return _unsendable(m, m.sop_class, m.transfer_syntax, what)
     try:
         rec, ts, raw = engine.read_instance(m.sop_uid)
@@ -174,6 +205,8 @@ def prepare(engine: Engine, offer: Offer, m: Match, what: str) -> Outgoing:
     sop_class = m.sop_class or rec.sop_class_uid
     choice = offer.choose(sop_class, ts)
     if choice is None:
+        if isinstance(offer, PendingOffer) and offer.abandoned:
+            return Outgoing(m.sop_uid, sop_class, error="no sub-association")
         return _unsendable(m, sop_class, ts, what)
     cid, target = choice
     if target != ts:
@@ -576,23 +609,31 @@ class NativeRetrieve:
         self._audit_start(caller, identifier, matches, peer)
         log.info("C-MOVE from %s: %d instances to %s (%s:%d)", caller, len(matches), peer.ae_title,
                  peer.host, peer.port)
+        # The first objects are read while the sub-association is negotiated (a few ms with the
+        # destination's answer): they wait for its offer to choose their context.
+        offer = PendingOffer()
+        loads = read_ahead(lambda m: prepare(self.engine, offer, m, self.what), matches)
+        first = next(loads)
         try:
-            # made on first use only: loading the trust roots costs ~30 ms
-            tls_context = self.tls_context() if peer.tls and self.tls_context else None
-            dest = open_sub_association(peer, self.our_ae, matches, int(self.io.local_max_pdu),
-                                        tls_context, float(self.io.acse_timeout()), self,
-                                        (caller, self.message_id))
-        except (AssociationRefused, OSError, ValueError) as exc:
-            log.warning("C-MOVE from %s: %s", caller, exc)
-            self._fail_rest(matches, 0, counts)
-            self._final(ALL_FAILED, counts, str(exc))
-            return
-        loads = read_ahead(lambda m: prepare(self.engine, dest.offer, m, self.what), matches)
-        try:
-            self._sub_operations(dest, loads, matches, counts, 0)
+            try:
+                # made on first use only: loading the trust roots costs ~30 ms
+                tls_context = self.tls_context() if peer.tls and self.tls_context else None
+                dest = open_sub_association(peer, self.our_ae, matches, int(self.io.local_max_pdu),
+                                            tls_context, float(self.io.acse_timeout()), self,
+                                            (caller, self.message_id))
+            except (AssociationRefused, OSError, ValueError) as exc:
+                log.warning("C-MOVE from %s: %s", caller, exc)
+                self._fail_rest(matches, 0, counts)
+                self._final(ALL_FAILED, counts, str(exc))
+                return
+            offer.set(dest.offer)
+            try:
+                self._sub_operations(dest, itertools.chain([first], loads), matches, counts, 0)
+            finally:
+                dest.close(not (self.gone or self.dest_failed))
         finally:
+            offer.abandon()  # whatever ended it: no read may wait for an offer forever
             loads.close()
-            dest.close(not (self.gone or self.dest_failed))
         self._conclude(caller, counts)
 
     def _conclude(self, caller: str, counts: Counts) -> None:

@@ -269,7 +269,7 @@ class SameAssociation:
     def __init__(self, io: Any, op: NativeRetrieve) -> None:
         self.io = io
         self.op = op
-        self.offer = Offer.as_scu_on(io.contexts)
+        self.offer = io.get_offer or Offer.as_scu_on(io.contexts)
         self.originator: tuple[str, int] | None = None
 
     def send_store(self, prefix: bytes, context_id: int, command: bytes, data: bytes, what: str) -> bool:

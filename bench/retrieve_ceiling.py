@@ -194,7 +194,7 @@ class Server:
     port: int
     pid: int
     stop: Callable[[], None]
-    files: Path | None = None  # what --cold evicts before each retrieve
+    files: Path | None = None  # what --cold evicts before each retrieve: stored objects and index
 
 
 def start_noop(folders: list[Path], work: Path) -> Server:
@@ -238,8 +238,8 @@ def start_orthanc_server(root: Path, folders: list[Path], dest: StoreScp) -> Ser
     dc.storescu("ORTHANC", orth.dicom_port, folders)
     n = int(orth.statistics()["CountInstances"])
     log(f"  Orthanc holds {n} instances")
-    return Server(ORTHANC, "ORTHANC", orth.dicom_port, orth.proc.pid, lambda: orth.stop(60) and None,
-                  root / "storage")
+    # --cold evicts its storage and its SQLite index, as dicomvault's blobs and index
+    return Server(ORTHANC, "ORTHANC", orth.dicom_port, orth.proc.pid, lambda: orth.stop(60) and None, root)
 
 
 # -- the run ----------------------------------------------------------------------------------------

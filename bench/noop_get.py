@@ -1,12 +1,15 @@
-"""The machine's ceiling for a C-GET study retrieve: a no-op C-GET SCP.
+"""The machine's ceiling for a C-GET or C-MOVE study retrieve: a no-op retrieve SCP.
 
 It holds the objects of some Part-10 files in memory (their data sets, as stored: the bytes
 after the file meta group) and answers a C-GET by sending them as C-STORE sub-operations on the
 requestor's association, one at a time, waiting for each C-STORE-RSP as DIMSE requires, with a
 pending C-GET-RSP after each (sent with the next request, in the same write, as our archive does)
-and the final response. No index, no disk, no decode, no hash: the work left is exactly what
-any C-GET SCP must do on the wire, so a client (dcmtk getscu) against it measures the machine's
-ceiling for the same work; an archive can only be slower.
+and the final response. A C-MOVE the same way on a sub-association it opens to the destination
+(`--dest AE=HOST:PORT`), proposing each (SOP class, stored syntax) as our archive does, with a
+pending C-MOVE-RSP on the requestor's association after each. No index, no disk, no decode, no
+hash: the work left is exactly what any retrieve SCP must do on the wire, so a client (dcmtk
+getscu, movescu) against it measures the machine's ceiling for the same work; an archive can
+only be slower.
 
 Framing and the byte path are the archive's own native ones (`_native.send_message`: one
 vectored write per object straight from the in-memory data set, no copy; `_native.PduReader`
@@ -16,7 +19,8 @@ pynetdicom's PDU classes and its acceptor negotiation: every presentation contex
 offers is accepted in the objects' stored transfer syntax where it offers that one (its first
 offered syntax otherwise), and every SCP/SCU role it proposes is granted.
 
-    python bench/noop_get.py --port 11199 DIR [DIR ...]     # prints "noop-get serving on PORT"
+    python bench/noop_get.py --port 11199 [--dest AE=HOST:PORT] DIR [DIR ...]
+    # prints "noop-get serving on PORT"
 
 Used by bench/retrieve_ceiling.py.
 """
@@ -45,14 +49,27 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from dicomvault import _native
-from dicomvault.dimse.command_set import C_GET_RQ, C_GET_RSP, C_STORE_RSP
-from dicomvault.dimse.fastretrieve import GET_MODELS, Counts, retrieve_rsp, store_rq
+from dicomvault.dimse.command_set import C_GET_RQ, C_GET_RSP, C_MOVE_RQ, C_MOVE_RSP, C_STORE_RSP
+from dicomvault.dimse.fastretrieve import (
+    A_RELEASE_RQ,
+    GET_MODELS,
+    MOVE_MODELS,
+    Counts,
+    Offer,
+    _accepted,
+    _first_pdu,
+    _proposal,
+    retrieve_rsp,
+    store_rq,
+)
 from dicomvault.dimse.find import decode_identifier
-from dicomvault.dimse.status import PENDING, SUCCESS
+from dicomvault.dimse.retrieve import Match, move_contexts
+from dicomvault.dimse.status import MOVE_DESTINATION_UNKNOWN, PENDING, SUCCESS
 
 MAX_PDU = 131072  # what we receive; we send in PDUs as large as the requestor receives
 A_RELEASE_RP = b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00"
-PDU_RELEASE_RQ, PDU_ABORT = 0x05, 0x07
+PDU_RELEASE_RQ, PDU_RELEASE_RP, PDU_ABORT = 0x05, 0x06, 0x07
+OUR_AE = "NOOPGET"
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 
 
@@ -113,27 +130,29 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-Negotiated = tuple[bytes, dict[int, PresentationContext], int]
+Negotiated = tuple[bytes, dict[int, PresentationContext], int, str]
 # A-ASSOCIATE-RQ PDU -> what was answered to it. Why: pynetdicom's decoding and negotiation of
 # the ~120 contexts getscu proposes took ~37 ms, more than Orthanc's whole set-up; the benchmark's
 # warm-up retrieve fills this, as our archive's negotiation cache (dimse/negotiation_cache.py).
 _answers: dict[bytes, Negotiated] = {}
 
 
-def accept(sock: socket.socket, stored: set[str]) -> tuple[dict[int, PresentationContext], int]:
-    """Reads the A-ASSOCIATE-RQ and accepts it: (accepted contexts by id, the requestor's max PDU)."""
+def accept(sock: socket.socket, stored: set[str]) -> tuple[dict[int, PresentationContext], int, str]:
+    """Reads the A-ASSOCIATE-RQ and accepts it: (accepted contexts by id, the requestor's max PDU,
+    its AE title)."""
     raw = _recv_pdu(sock)
     if raw[0] != 0x01:
         raise ConnectionError(f"expected an A-ASSOCIATE-RQ, got PDU type 0x{raw[0]:02X}")
     if raw not in _answers:
         _answers[raw] = negotiate(raw, stored)
-    ac, accepted, peer_max = _answers[raw]
+    ac, accepted, peer_max, calling = _answers[raw]
     sock.sendall(ac)
-    return accepted, peer_max
+    return accepted, peer_max, calling
 
 
 def negotiate(raw: bytes, stored: set[str]) -> Negotiated:
-    """(A-ASSOCIATE-AC PDU, accepted contexts by id, the requestor's max PDU) for an A-ASSOCIATE-RQ."""
+    """(A-ASSOCIATE-AC PDU, accepted contexts by id, the requestor's max PDU, its AE title) for an
+    A-ASSOCIATE-RQ."""
     rq = A_ASSOCIATE_RQ()
     rq.decode(raw)
     prim = rq.to_primitive()
@@ -170,22 +189,26 @@ def negotiate(raw: bytes, stored: set[str]) -> Negotiated:
     pdu = A_ASSOCIATE_AC()
     pdu.from_primitive(ac)
     accepted = {int(cx.context_id): cx for cx in results if cx.result == 0x00}
-    return bytes(pdu.encode()), accepted, peer_max
+    return bytes(pdu.encode()), accepted, peer_max, str(prim.calling_ae_title).strip()
 
 
 class Association:
     """One requestor's association: C-GETs answered from memory until it releases or aborts."""
 
-    def __init__(self, sock: socket.socket, studies: dict[str, list[Obj]]) -> None:
+    def __init__(self, sock: socket.socket, studies: dict[str, list[Obj]],
+                 destinations: dict[str, tuple[str, int]]) -> None:
         self.sock = sock
         self.studies = studies
+        self.destinations = destinations
         stored = {o.transfer_syntax for objs in studies.values() for o in objs}
-        self.contexts, self.peer_max = accept(sock, stored)
+        self.contexts, self.peer_max, self.caller = accept(sock, stored)
         self.get_cx = {cid for cid, cx in self.contexts.items() if cx.abstract_syntax in GET_MODELS}
+        self.move_cx = {cid for cid, cx in self.contexts.items() if cx.abstract_syntax in MOVE_MODELS}
         # (SOP class, transfer syntax) -> the context a C-STORE of it goes on
         self.store_cx = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])): cid
-                         for cid, cx in self.contexts.items() if cid not in self.get_cx}
-        fast = {cid: [C_GET_RQ] if cid in self.get_cx else [C_STORE_RSP] for cid in self.contexts}
+                         for cid, cx in self.contexts.items() if cid not in self.get_cx | self.move_cx}
+        fast = {cid: [C_STORE_RSP] for cid in self.contexts}
+        fast.update({cid: [C_GET_RQ] for cid in self.get_cx} | {cid: [C_MOVE_RQ] for cid in self.move_cx})
         self.reader = _native.PduReader(sock.fileno(), MAX_PDU, fast, list(self.store_cx.values()), 0)
         self.reader.set_quickack(True)  # this association carries our data: ACK responses at once
 
@@ -195,6 +218,8 @@ class Association:
             for out in outs:
                 if out[0] == "msg" and out[2] == C_GET_RQ:
                     self.get(out[1], out[3], out[4], out[6] if isinstance(out[6], bytes) else b"")
+                elif out[0] == "msg" and out[2] == C_MOVE_RQ:
+                    self.move(out[1], out[3], out[4], out[6] if isinstance(out[6], bytes) else b"", out[9])
                 elif out[0] == "pdu" and out[1][0] == PDU_RELEASE_RQ:
                     self.sock.sendall(A_RELEASE_RP)
                     return
@@ -203,10 +228,12 @@ class Association:
             if state in ("closed", "timeout"):
                 return
 
-    def get(self, cid: int, message_id: int, model: str, raw: bytes) -> None:
+    def study(self, cid: int, raw: bytes) -> list[Obj]:
         implicit = str(self.contexts[cid].transfer_syntax[0]) == ImplicitVRLittleEndian
-        study = str(decode_identifier(raw, implicit).get("StudyInstanceUID", ""))
-        objs = self.studies.get(study, [])
+        return self.studies.get(str(decode_identifier(raw, implicit).get("StudyInstanceUID", "")), [])
+
+    def get(self, cid: int, message_id: int, model: str, raw: bytes) -> None:
+        objs = self.study(cid, raw)
         counts = Counts(len(objs))
         fd, unsent = self.sock.fileno(), b""
         for i, obj in enumerate(objs):
@@ -227,21 +254,71 @@ class Association:
                                data_set=False)
         self.sock.sendall(unsent + bytes(_native.frame_message(cid, command, None, self.peer_max)))
 
-    def await_store_rsp(self, msg_id: int) -> int:
+    def await_store_rsp(self, msg_id: int, reader: _native.PduReader | None = None) -> int:
         while True:
-            outs, state, why = self.reader.next(None, 30.0)
+            outs, state, why = (reader or self.reader).next(None, 30.0)
             for out in outs:
                 if out[0] == "msg" and out[2] == C_STORE_RSP and out[7] == msg_id:
                     return int(out[8]) if out[8] is not None else 0xC000
             if state in ("closed", "timeout"):
                 raise ConnectionError(f"no C-STORE-RSP to message {msg_id}: {state} {why or ''}")
 
+    def move(self, cid: int, message_id: int, model: str, raw: bytes, dest_ae: str) -> None:
+        """C-MOVE: the objects on a sub-association to the destination, a pending response on
+        this association after each (the sub-association is opened per C-MOVE, as any C-MOVE
+        SCP must: its set-up is part of the work)."""
+        objs = self.study(cid, raw)
+        counts = Counts(len(objs))
+        dest = self.destinations.get(dest_ae.strip())
 
-def handle(conn: socket.socket, studies: dict[str, list[Obj]]) -> None:
+        def respond(status: int, *, remaining: bool) -> None:
+            command = retrieve_rsp(C_MOVE_RSP, model, message_id, status, counts, remaining=remaining,
+                                   data_set=False)
+            self.sock.sendall(bytes(_native.frame_message(cid, command, None, self.peer_max)))
+
+        if dest is None or not objs:
+            respond(MOVE_DESTINATION_UNKNOWN if dest is None else SUCCESS, remaining=False)
+            return
+        matches = [Match(o.sop_uid, o.sop_class, o.transfer_syntax) for o in objs]
+        contexts = move_contexts(matches)
+        for i, cx in enumerate(contexts):
+            cx.context_id = 2 * i + 1
+        ids = [int(cx.context_id) for cx in contexts]
+        with socket.create_connection(dest) as sub:
+            sub.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            reader = _native.PduReader(sub.fileno(), MAX_PDU, {i: [C_STORE_RSP] for i in ids}, ids, 0)
+            reader.set_quickack(True)
+            sub.sendall(_proposal(OUR_AE, dest_ae.strip(), contexts, MAX_PDU))
+            accepted, peer_max = _accepted(_first_pdu(reader, 30.0), contexts, f"{dest_ae}@{dest}")
+            offer = Offer(accepted)
+            for i, obj in enumerate(objs):
+                choice = offer.choose(obj.sop_class, obj.transfer_syntax)
+                counts.remaining -= 1
+                if choice is None or choice[1] != obj.transfer_syntax:
+                    counts.fail(obj.sop_uid)  # a ceiling converts nothing
+                else:
+                    msg_id = i % 0xFFFF + 1
+                    command = store_rq(obj.sop_class, obj.sop_uid, msg_id, (self.caller, message_id))
+                    _native.send_message(sub.fileno(), b"", choice[0], command, obj.data, peer_max, 30.0)
+                    if self.await_store_rsp(msg_id, reader) == SUCCESS:
+                        counts.completed += 1
+                    else:
+                        counts.fail(obj.sop_uid)
+                respond(PENDING, remaining=True)
+            sub.sendall(A_RELEASE_RQ)
+            while True:  # its A-RELEASE-RP, or the end of the connection
+                outs, state, _ = reader.next(None, 10.0)
+                if state != "ready" or any(o[0] == "pdu" and o[1][0] == PDU_RELEASE_RP for o in outs):
+                    break
+        respond(SUCCESS, remaining=False)
+
+
+def handle(conn: socket.socket, studies: dict[str, list[Obj]], destinations: dict[str, tuple[str, int]]
+           ) -> None:
     with conn:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            Association(conn, studies).serve()
+            Association(conn, studies, destinations).serve()
         except (OSError, ValueError) as exc:
             print(f"noop-get: association ended: {exc}", file=sys.stderr, flush=True)
 
@@ -251,14 +328,21 @@ def main() -> int:
     ap.add_argument("folders", type=Path, nargs="+", help="folders of Part-10 files (*.dcm, recursive)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--dest", action="append", default=[], metavar="AE=HOST:PORT",
+                    help="a C-MOVE destination (repeatable)")
     args = ap.parse_args()
+    destinations = {}
+    for d in args.dest:
+        ae, _, where = d.partition("=")
+        host, _, port = where.rpartition(":")
+        destinations[ae.strip()] = (host, int(port))
     studies = load(args.folders)
     srv = socket.create_server((args.host, args.port))
     n = sum(len(v) for v in studies.values())
     print(f"noop-get serving on {srv.getsockname()[1]}: {n} objects in {len(studies)} studies", flush=True)
     while True:
         conn, _ = srv.accept()
-        threading.Thread(target=handle, args=(conn, studies), daemon=True).start()
+        threading.Thread(target=handle, args=(conn, studies, destinations), daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -3,14 +3,15 @@ same work, in one run, interleaved.
 
 The same client for every server: dcmtk `getscu -S -pdu 131072 --ignore` with `TCP_NODELAY=1`
 (as bench/compare_all.py runs it), fetching one study at STUDY level from
-  (a) the no-op C-GET SCP (bench/noop_get.py: the objects in memory, sent as C-STORE
+  (a) the no-op retrieve SCP (bench/noop_get.py: the objects in memory, sent as C-STORE
       sub-operations with our native framing, each C-STORE-RSP awaited; nothing else),
   (b) `dicomvault serve`, the study ingested by storescu and compacted to the warm tier (hot codec:
       every object decoded and BLAKE3-checked on the way out), and
   (c) Orthanc 1.10 (python/dicomvault/bench/orthanc.py, uncompressed storage),
 on two workloads: a CT study (`dicomvault.bench.synth.ct_series`, 300 slices 512x512 16-bit) and
 200 small CR objects (~100 KB each, bench/dimse_compare.make_small_input). Unless --no-move, C-MOVE
-by dcmtk `movescu` to a dcmtk `storescp --ignore` for (b) and (c) too (the no-op SCP has no C-MOVE).
+by dcmtk `movescu` to a dcmtk `storescp --ignore` too, from all three (the no-op SCP opening its
+sub-association to that storescp per C-MOVE, as any C-MOVE SCP must).
 
 Per retrieve: MB/s and objects/s (study bytes / getscu wall time, process start to exit,
 association set-up included), first image (getscu's log, stamped to the microsecond: "Sending
@@ -56,7 +57,7 @@ from dicomvault.bench.orthanc import start_orthanc
 from dicomvault.bench.procs import terminate
 
 ROOT = Path(__file__).resolve().parent
-NOOP = "no-op C-GET SCP (ceiling)"
+NOOP = "no-op retrieve SCP (ceiling)"
 DV = "dicomvault"
 ORTHANC = "Orthanc"
 
@@ -197,10 +198,11 @@ class Server:
     files: Path | None = None  # what --cold evicts before each retrieve: stored objects and index
 
 
-def start_noop(folders: list[Path], work: Path) -> Server:
+def start_noop(folders: list[Path], work: Path, dest: StoreScp | None = None) -> Server:
     log_path = work / "noop-get.log"
+    move = ["--dest", f"{dest.ae}={HOST}:{dest.port}"] if dest is not None else []
     with log_path.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "noop_get.py"), *map(str, folders)],
+        proc = subprocess.Popen([sys.executable, str(ROOT / "noop_get.py"), *move, *map(str, folders)],
                                 stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while True:
@@ -275,8 +277,6 @@ def measure(servers: list[Server], loads: list[Workload], rounds: int, move: boo
 
     for kind in kinds:
         for s in servers:
-            if kind == "C-MOVE" and s.name == NOOP:
-                continue
             for w in loads:
                 r = one(kind, s, w)  # warm-up, not counted
                 if r.objects != w.objects or r.exit_code:
@@ -287,8 +287,6 @@ def measure(servers: list[Server], loads: list[Workload], rounds: int, move: boo
         for w in loads:
             for kind in kinds:
                 for s in order:
-                    if kind == "C-MOVE" and s.name == NOOP:
-                        continue
                     r = one(kind, s, w)
                     out.setdefault((kind, w.name, s.name), []).append(r)
                     log(f"round {i + 1} {kind} {w.name} {s.name}: {r.objects}/{w.objects} in "
@@ -389,8 +387,8 @@ def main() -> int:
         stack.callback(shutil.rmtree, work, True)
         dest = start_storescp(work, log_name="storescp.log")
         stack.callback(dest.stop)
-        log("no-op C-GET SCP: loading the objects")
-        servers.append(start_noop(folders, work))
+        log("no-op retrieve SCP: loading the objects")
+        servers.append(start_noop(folders, work, dest))
         stack.callback(servers[-1].stop)
         log("dicomvault: ingest, compaction to warm")
         (work / "dv").mkdir()

@@ -1,7 +1,8 @@
 """The retrieve ceiling (bench/noop_get.py, bench/retrieve_ceiling.py): the no-op C-GET SCP really
 delivers the objects it holds, whole and bit-exact, with DIMSE's pending and final counts, to the
 benchmark's client (dcmtk getscu), on a repeated association too (its negotiation cache); and the
-benchmark's measurement of one getscu run reads what getscu logged."""
+benchmark's measurement of one getscu run reads what getscu logged; a C-MOVE reaches the
+destination on a sub-association."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ sys.path.insert(0, str(BENCH))
 import noop_get  # noqa: E402
 import retrieve_ceiling as rc  # noqa: E402
 
-from dicomvault.bench.dimse import DCMTK_ENV  # noqa: E402
+from dicomvault.bench.dimse import DCMTK_ENV, StoreScp, start_storescp  # noqa: E402
 from dicomvault.bench.synth import SeriesSpec, ct_series  # noqa: E402
 
 pytestmark = [pytest.mark.interop,
@@ -40,8 +41,16 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 
 @pytest.fixture(scope="module")
-def noop(study: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[rc.Server]:
-    server = rc.start_noop([study[0]], tmp_path_factory.mktemp("noop"))
+def dest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreScp]:
+    scp = start_storescp(tmp_path_factory.mktemp("storescp"))
+    yield scp
+    scp.stop()
+
+
+@pytest.fixture(scope="module")
+def noop(study: tuple[Path, str], dest: StoreScp, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[rc.Server]:
+    server = rc.start_noop([study[0]], tmp_path_factory.mktemp("noop"), dest)
     yield server
     server.stop()
 
@@ -89,3 +98,15 @@ def test_the_measured_retrieve_reads_getscu_s_log(noop: rc.Server, study: tuple[
     assert r.client_cpu >= 0 and r.server_cpu >= 0
     unknown = rc.getscu(noop.ae, noop.port, "1.2.3.4", cfg, tmp_path / "none.log", noop.pid)
     assert (unknown.exit_code, unknown.objects, unknown.first_ms) == (0, 0, None)
+
+
+def test_movescu_gets_every_object_to_the_destination(noop: rc.Server, dest: StoreScp,
+                                                     study: tuple[Path, str], tmp_path: Path) -> None:
+    cfg = tmp_path / "us.cfg"
+    cfg.write_text(rc.LOG_CONFIG)
+    for _ in range(2):
+        r = rc.movescu(noop.ae, noop.port, study[1], dest, cfg, tmp_path / "movescu.log", noop.pid)
+        assert (r.exit_code, r.objects) == (0, SLICES), r.log_tail
+        assert r.first_ms is not None and r.first_ms > 0
+    log = (tmp_path / "movescu.log").read_text()
+    assert "Move Response" in log and "Failed" not in log

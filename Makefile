@@ -12,7 +12,7 @@ NATIVE_SRC := $(shell find core/src core/kernels rust/src -type f) rust/build.rs
 STAMP := $(VENV)/.built
 
 .DEFAULT_GOAL := help
-.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-dicomweb bench-viewer bench-tiers bench-find bench-tls bench-load bench-fhir bench-replication bench-analysis clean sysdeps fuzz fuzz-python faults
+.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-retrieve bench-dicomweb bench-viewer bench-tiers bench-find bench-tls bench-load bench-fhir bench-replication bench-analysis clean sysdeps fuzz fuzz-python faults
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -121,6 +121,9 @@ bench-dimse: sysdeps build ## DIMSE ingest and C-FIND latency vs Orthanc, side b
 
 bench-compare: sysdeps build ## dicomvault vs Orthanc vs the raw device, every headline figure -> bench/RESULTS.md (< 20 min; QUICK=1 ~1 min)
 	$(VPY) bench/compare_all.py $(if $(QUICK),--quick,)
+
+bench-retrieve: sysdeps build ## C-GET/C-MOVE retrieve and first image vs Orthanc and the no-op C-GET SCP ceiling, interleaved (~2 min; COLD=1 page cache dropped)
+	$(VPY) bench/retrieve_ceiling.py $(if $(COLD),--cold,)
 
 bench-dicomweb: sysdeps build ## DICOMweb vs Orthanc's plugin, side by side -> bench/RESULTS.md (< 15 min; QUICK=1 < 2 min)
 	$(VPY) bench/dicomweb_compare.py $(if $(QUICK),--quick,)

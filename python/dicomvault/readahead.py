@@ -19,22 +19,11 @@ READ_AHEAD = 4
 _readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dv-read-ahead")
 
 
-def submit(load: Callable[[T], R], item: T) -> Future[R]:
-    """load(item) on the read-ahead pool (a first object started before the rest is listed)."""
-    return _readers.submit(load, item)
-
-
-def read_ahead(load: Callable[[T], R], items: Iterable[T], first: Future[R] | None = None
-               ) -> Iterator[tuple[T, Future[R]]]:
+def read_ahead(load: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[T, Future[R]]]:
     """(item, future of load(item)) in order, at most READ_AHEAD + 1 loads in flight; loads not
-    started when the consumer stops (a cancel, a client that went away) are cancelled. `first`:
-    the first item's load, already submitted."""
+    started when the consumer stops (a cancel, a client that went away) are cancelled."""
     pending: deque[tuple[T, Future[R]]] = deque()
     todo = iter(items)
-    if first is not None:
-        for item in todo:
-            pending.append((item, first))
-            break
     try:
         while True:
             while len(pending) <= READ_AHEAD:

@@ -63,7 +63,7 @@ from .command_set import (
     C_STORE_RSP,
 )
 from .common import enable_quickack
-from .fastretrieve import GET_MODELS, MOVE_MODELS
+from .fastretrieve import GET_MODELS, MOVE_MODELS, Offer
 from .find import PENDING, FindHandler, command_set, decode_identifier
 from .limits import oversize
 from .status import CANNOT_DECODE_IDENTIFIER, PROCESSING_FAILURE, SUCCESS
@@ -143,6 +143,10 @@ class FastPath:
                 # sub-operations of a C-GET we serve on this association
                 fast[cid] = [C_STORE_RQ, C_STORE_RSP]
         self._queue: deque[tuple[Any, ...]] = deque()  # read, not yet acted on (in order)
+        # The storage contexts a C-GET sends on, worked out now, while the requestor prepares its
+        # request, rather than in its first image's time (~0.1-0.2 ms for getscu's contexts).
+        self.get_offer = (Offer.as_scu_on(self.contexts) if get is not None and any(
+            cx.abstract_syntax in GET_MODELS for cx in self.contexts.values()) else None)
         local, remote = (assoc.acceptor, assoc.requestor) if assoc.is_acceptor else (assoc.requestor,
                                                                                      assoc.acceptor)
         # With C-GET answered here, C-STORE-RSPs on an acceptor come out whatever their status

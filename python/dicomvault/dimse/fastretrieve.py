@@ -27,12 +27,12 @@ uncompressed one it is converted (decompressed) to.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,14 +65,14 @@ from ..audit.dimse import DimseAudit
 from ..config import PeerConfig
 from ..engine import Engine
 from ..errors import DicomVaultError
-from ..readahead import read_ahead, submit
+from ..readahead import read_ahead
 from ..transfer.transcode import can_transcode, transcode
 from . import command_set as cs
 from .command_set import C_CANCEL_RQ, C_GET_RSP, C_MOVE_RSP, C_STORE_RQ, C_STORE_RSP
 from .common import log, requestor_host
 from .find import decode_identifier
 from .peers import Peers
-from .retrieve import Match, RetrieveError, move_contexts, resolve
+from .retrieve import Match, RetrieveError, move_contexts, resolve, resolve_iter
 from .status import (
     ALL_FAILED,
     CANCEL,
@@ -155,17 +155,47 @@ class Offer:
         return None
 
 
+class PendingOffer:
+    """The offer of a C-MOVE sub-association still being negotiated: the read-ahead reads its
+    first objects meanwhile and waits here, once read, to choose their context (set() when the
+    association is up; abandon() when there will be none)."""
+
+    def __init__(self) -> None:
+        self._offer: Offer | None = None
+        self._ready = threading.Event()
+        self.abandoned = False
+
+    def set(self, offer: Offer) -> None:
+        self._offer = offer
+        self._ready.set()
+
+    def abandon(self) -> None:
+        """No sub-association: the reads under way end without a context, and are dropped."""
+        if not self._ready.is_set():
+            self.abandoned = True
+            self.set(Offer([]))
+
+    def known(self) -> bool:
+        return self._ready.is_set()
+
+    def choose(self, sop_class: str, stored: str) -> tuple[int, str] | None:
+        self._ready.wait()
+        assert self._offer is not None  # set before the event
+        return self._offer.choose(sop_class, stored)
+
+
 def _unsendable(m: Match, sop_class: str, ts: str, what: str) -> Outgoing:
     why = f"no accepted transfer syntax for {sop_class} that {UID(ts).name} can be sent in"
     log.warning("%s: %s not sent: %s", what, m.sop_uid, why)
     return Outgoing(m.sop_uid, sop_class, error=why)
 
 
-def prepare(engine: Engine, offer: Offer, m: Match, what: str) -> Outgoing:
+def prepare(engine: Engine, offer: Offer | PendingOffer, m: Match, what: str) -> Outgoing:
     """Reads one matched object (its blob decoded and hash-checked) and makes it sendable. A
     match that already names its class and syntax (C-MOVE) is checked against the offer first,
-    so nothing is read for an object that cannot be sent."""
-    if m.sop_class and m.transfer_syntax and offer.choose(m.sop_class, m.transfer_syntax) is None:
+    if it is known yet, so nothing is read for an object that cannot be sent."""
+    if (m.sop_class and m.transfer_syntax and (not isinstance(offer, PendingOffer) or offer.known())
+            and offer.choose(m.sop_class, m.transfer_syntax) is None):
         return _unsendable(m, m.sop_class, m.transfer_syntax, what)
     try:
         rec, ts, raw = engine.read_instance(m.sop_uid)
@@ -175,6 +205,8 @@ def prepare(engine: Engine, offer: Offer, m: Match, what: str) -> Outgoing:
     sop_class = m.sop_class or rec.sop_class_uid
     choice = offer.choose(sop_class, ts)
     if choice is None:
+        if isinstance(offer, PendingOffer) and offer.abandoned:
+            return Outgoing(m.sop_uid, sop_class, error="no sub-association")
         return _unsendable(m, sop_class, ts, what)
     cid, target = choice
     if target != ts:
@@ -237,7 +269,7 @@ class SameAssociation:
     def __init__(self, io: Any, op: NativeRetrieve) -> None:
         self.io = io
         self.op = op
-        self.offer = Offer.as_scu_on(io.contexts)
+        self.offer = io.get_offer or Offer.as_scu_on(io.contexts)
         self.originator: tuple[str, int] | None = None
 
     def send_store(self, prefix: bytes, context_id: int, command: bytes, data: bytes, what: str) -> bool:
@@ -517,17 +549,55 @@ class NativeRetrieve:
                             "(peers add --move-to)", caller, self.move_to)
                 self._final(MOVE_DESTINATION_UNKNOWN, counts, f"move destination {self.move_to} not allowed")
                 return
-        # A C-GET's offer is known now: its first object is read while the rest is listed.
-        get_dest = SameAssociation(self.io, self) if peer is None else None
-        first: list[Future[Outgoing]] = []
+        if peer is None:
+            self._get(caller, identifier, counts)
+        else:
+            self._move(caller, identifier, peer, counts)
 
-        def start_first(m: Match) -> None:
-            if get_dest is not None:
-                first.append(submit(lambda x: prepare(self.engine, get_dest.offer, x, self.what), m))
-
+    def _get(self, caller: str, identifier: Dataset, counts: Counts) -> None:
+        """C-GET: the first object is read and its C-STORE-RQ sent as soon as the first match is
+        listed; the rest of the study is listed while that object is on the wire. The total,
+        which the pending responses need (remaining), is known before the first C-STORE-RSP is
+        read, and so before the first pending response is made."""
+        dest = SameAssociation(self.io, self)
         try:
-            matches = resolve(self.engine, identifier, self.model, syntaxes=peer is not None,
-                              on_first=start_first)
+            found = resolve_iter(self.engine, identifier, self.model, syntaxes=False)
+            first = next(found, None)
+        except RetrieveError as exc:
+            log.warning("%s from %s refused (0x%04X): %s", self.what, caller, exc.code, exc)
+            self._final(exc.code, counts, str(exc))
+            return
+        if first is None:
+            self._final(SUCCESS, counts)
+            return
+        # Read in this thread, with nothing else running for this retrieve: on 2 cores, a listing
+        # or read-ahead competing for the GIL held the first send back by up to a switch
+        # interval (5 ms) under load (measured, bench/RESULTS.md "Ceiling of the same work").
+        out = prepare(self.engine, dest.offer, first, self.what)
+        sent = self._start(dest, out)
+        try:
+            matches = [first, *found]
+        except Exception:
+            # the first object is on its way: its response is read before the failure is reported
+            self.counts = Counts(1)
+            self._finish(dest, out, sent, 0, [first], self.counts)
+            raise
+        counts = self.counts = Counts(len(matches))
+        self._audit_start(caller, identifier, matches, None)
+        log.info("C-GET from %s: %d instances", caller, len(matches))
+        loads = read_ahead(lambda m: prepare(self.engine, dest.offer, m, self.what), matches[1:])
+        try:
+            if self._finish(dest, out, sent, 0, matches, counts):
+                self._sub_operations(dest, loads, matches, counts, 1)
+        finally:
+            loads.close()
+        self._conclude(caller, counts)
+
+    def _move(self, caller: str, identifier: Dataset, peer: PeerConfig, counts: Counts) -> None:
+        """C-MOVE: the whole study is listed first, its (SOP class, syntax) pairs being the
+        contexts proposed on the sub-association."""
+        try:
+            matches = resolve(self.engine, identifier, self.model, syntaxes=True)
         except RetrieveError as exc:
             log.warning("%s from %s refused (0x%04X): %s", self.what, caller, exc.code, exc)
             self._final(exc.code, counts, str(exc))
@@ -537,12 +607,14 @@ class NativeRetrieve:
             self._final(SUCCESS, counts)
             return
         self._audit_start(caller, identifier, matches, peer)
-        if get_dest is not None:
-            log.info("C-GET from %s: %d instances", caller, len(matches))
-            dest: SameAssociation | SubAssociation = get_dest
-        else:
-            log.info("C-MOVE from %s: %d instances to %s (%s:%d)", caller, len(matches), peer.ae_title,
-                     peer.host, peer.port)
+        log.info("C-MOVE from %s: %d instances to %s (%s:%d)", caller, len(matches), peer.ae_title,
+                 peer.host, peer.port)
+        # The first objects are read while the sub-association is negotiated (a few ms with the
+        # destination's answer): they wait for its offer to choose their context.
+        offer = PendingOffer()
+        loads = read_ahead(lambda m: prepare(self.engine, offer, m, self.what), matches)
+        first = next(loads)
+        try:
             try:
                 # made on first use only: loading the trust roots costs ~30 ms
                 tls_context = self.tls_context() if peer.tls and self.tls_context else None
@@ -554,13 +626,18 @@ class NativeRetrieve:
                 self._fail_rest(matches, 0, counts)
                 self._final(ALL_FAILED, counts, str(exc))
                 return
-        loads = read_ahead(lambda m: prepare(self.engine, dest.offer, m, self.what), matches,
-                           first[0] if first else None)
-        try:
-            self._sub_operations(dest, loads, matches, counts)
+            offer.set(dest.offer)
+            try:
+                self._sub_operations(dest, itertools.chain([first], loads), matches, counts, 0)
+            finally:
+                dest.close(not (self.gone or self.dest_failed))
         finally:
+            offer.abandon()  # whatever ended it: no read may wait for an offer forever
             loads.close()
-            dest.close(not (self.gone or self.dest_failed))
+        self._conclude(caller, counts)
+
+    def _conclude(self, caller: str, counts: Counts) -> None:
+        """The final response, after the sub-operations ran (or stopped)."""
         if self.gone:
             return
         if self.cancelled:
@@ -578,50 +655,65 @@ class NativeRetrieve:
         self._final(status, counts)
 
     def _sub_operations(self, dest: SameAssociation | SubAssociation, loads: Any, matches: list[Match],
-                        counts: Counts) -> None:
-        same = isinstance(dest, SameAssociation)
-        for i, (_, fut) in enumerate(loads):
+                        counts: Counts, start: int) -> None:
+        """Sub-operations `start`, `start` + 1, ... of `matches`, their loads in `loads`."""
+        for i, (_, fut) in enumerate(loads, start):
             if self.cancelled or self.gone:
                 return
             out: Outgoing = fut.result()
-            counts.remaining -= 1
-            if out.data is None:
-                counts.fail(out.sop_uid)
-            else:
-                msg_id = dest.next_message_id()
-                command = store_rq(out.sop_class, out.sop_uid, msg_id, dest.originator)
-                # on the same association, the previous pending response leaves with this request
-                sent = dest.send_store(self.unsent if same else b"", out.context_id, command, out.data,
-                                       out.sop_uid)
-                if sent and same:
-                    self.unsent = b""
-                status = dest.await_response(msg_id, out.sop_uid) if sent else None
-                if status is None:
-                    if same:
-                        self.gone = True
-                    else:  # the destination failed: this one and the rest, none of them read
-                        self.dest_failed = True
-                        counts.fail(out.sop_uid)
-                        self._fail_rest(matches, i + 1, counts)
-                    if self.gone:
-                        return
-                elif status == SUCCESS:
-                    counts.completed += 1
-                elif status in WARNING_STATUSES:
-                    counts.warning += 1
-                else:
-                    log.warning("%s: %s refused with status 0x%04X", self.what, out.sop_uid, status)
-                    counts.fail(out.sop_uid)
-            # a pending response after every sub-operation, the last one too (as pynetdicom and
-            # dcmtk do); on a C-GET it leaves with the next request, or with the final response
-            self.unsent += self._rsp(PENDING, counts, remaining=True)
-            if not same:
-                if not self.io.send(self.unsent, self.what):
-                    self.gone = True
-                    return
-                self.unsent = b""
-            if self.dest_failed:
+            if not self._finish(dest, out, self._start(dest, out), i, matches, counts):
                 return
+
+    def _start(self, dest: SameAssociation | SubAssociation, out: Outgoing) -> tuple[int, bool] | None:
+        """Sends one sub-operation's C-STORE-RQ: (message id, delivered), None if it had nothing
+        to send (its object could not be read or sent)."""
+        if out.data is None:
+            return None
+        same = isinstance(dest, SameAssociation)
+        msg_id = dest.next_message_id()
+        command = store_rq(out.sop_class, out.sop_uid, msg_id, dest.originator)
+        # on the same association, the previous pending response leaves with this request
+        sent = dest.send_store(self.unsent if same else b"", out.context_id, command, out.data, out.sop_uid)
+        if sent and same:
+            self.unsent = b""
+        return msg_id, sent
+
+    def _finish(self, dest: SameAssociation | SubAssociation, out: Outgoing, started: tuple[int, bool] | None,
+                i: int, matches: list[Match], counts: Counts) -> bool:
+        """Reads the response to sub-operation `i` (started by _start), counts it, and queues or
+        sends its pending response; False when the operation cannot go on."""
+        same = isinstance(dest, SameAssociation)
+        counts.remaining -= 1
+        if started is None:
+            counts.fail(out.sop_uid)
+        else:
+            msg_id, sent = started
+            status = dest.await_response(msg_id, out.sop_uid) if sent else None
+            if status is None:
+                if same:
+                    self.gone = True
+                else:  # the destination failed: this one and the rest, none of them read
+                    self.dest_failed = True
+                    counts.fail(out.sop_uid)
+                    self._fail_rest(matches, i + 1, counts)
+                if self.gone:
+                    return False
+            elif status == SUCCESS:
+                counts.completed += 1
+            elif status in WARNING_STATUSES:
+                counts.warning += 1
+            else:
+                log.warning("%s: %s refused with status 0x%04X", self.what, out.sop_uid, status)
+                counts.fail(out.sop_uid)
+        # a pending response after every sub-operation, the last one too (as pynetdicom and
+        # dcmtk do); on a C-GET it leaves with the next request, or with the final response
+        self.unsent += self._rsp(PENDING, counts, remaining=True)
+        if not same:
+            if not self.io.send(self.unsent, self.what):
+                self.gone = True
+                return False
+            self.unsent = b""
+        return not self.dest_failed
 
     @staticmethod
     def _fail_rest(matches: list[Match], start: int, counts: Counts) -> None:

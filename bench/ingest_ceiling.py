@@ -1,7 +1,7 @@
 """DIMSE ingest against the machine's no-op ceiling, with the same clients, in one run.
 
     .venv/bin/python bench/ingest_ceiling.py [--slices 400] [--rounds 3] [--workers 1,2]
-        [--data shm,disk] [--tree NAME=PYTHONPATH ...]
+        [--data shm,disk] [--tree NAME=PYTHONPATH ...] [--variant NAME=TOML ...]
 
 Clients: four dcmtk `storescu -pdu 131072 +sd +r` at once (`TCP_NODELAY=1`), a quarter of a
 synthetic CT series (512x512 16-bit slices, written as Part-10 files before any clock starts)
@@ -12,7 +12,8 @@ each. Receivers, every one in every round, the order reversed on odd rounds:
 - `dicomvault serve` with `[dimse] workers` = each value of --workers, its data directory on
   /dev/shm (`shm`: the CPU path shows whatever the disk) and on the working disk (`disk`), a
   fresh directory each run; with several --tree values, each tree's code (PYTHONPATH) in turn,
-  so a before/after comparison alternates within the run.
+  so a before/after comparison alternates within the run; each --variant adds a run with more
+  config lines (e.g. `late=[tiering]\ncompact_after = 3600`: no compaction during the ingest).
 
 Per run: wall time (first storescu start to last exit), instances/s, MB/s, CPU seconds of the
 server (its process tree, reaped children included, from /proc/<pid>/stat) and of the four clients
@@ -174,9 +175,13 @@ def main() -> int:
                     help="the working disk's scratch folder for `disk` (default: the temp dir)")
     ap.add_argument("--tree", action="append", default=[], metavar="NAME=PYTHONPATH",
                     help="code to run `serve` from (several: alternated; default: this interpreter's)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=TOML",
+                    help="also serve with these config lines (\\n between lines), this interpreter's code")
     ap.add_argument("--json", type=Path, default=None, help="also write every run here")
     args = ap.parse_args()
-    trees = [(t.split("=", 1)[0], t.split("=", 1)[1]) for t in args.tree] or [("serve", "")]
+    # (name, PYTHONPATH or "" for this interpreter's, extra config lines)
+    serves = [(t.split("=", 1)[0], t.split("=", 1)[1], "") for t in args.tree] or [("serve", "", "")]
+    serves += [(v.split("=", 1)[0], "", v.split("=", 1)[1].replace("\\n", "\n")) for v in args.variant]
     workers = [int(w) for w in args.workers.split(",")]
     data_roots = {"shm": Path("/dev/shm"), "disk": args.disk_dir}
     places = args.data.split(",")
@@ -193,10 +198,12 @@ def main() -> int:
         dirs = split_files(files, work / "split", CLIENTS)
         per_dir = [len(list(d.iterdir())) for d in dirs]
         log(f"{len(files)} files, {mb:.0f} MB, {CLIENTS} storescu; load {os.getloadavg()}")
-        cfgs = {w: work / f"workers-{w}.toml" for w in workers}
-        for w, cfg in cfgs.items():
-            cfg.write_text(f"[dimse]\nworkers = {w}\n")
-        variants = [("ceiling", "", 0, "")] + [(name, path, w, place) for name, path in trees
+        cfgs: dict[tuple[str, int], Path] = {}
+        for name, _, extra in serves:
+            for w in workers:
+                cfgs[(name, w)] = work / f"{name}-workers-{w}.toml"
+                cfgs[(name, w)].write_text(f"[dimse]\nworkers = {w}\n{extra}\n")
+        variants = [("ceiling", "", 0, "")] + [(name, path, w, place) for name, path, _ in serves
                                                 for w in workers for place in places]
         runs: dict[tuple[str, int, str], list[Run]] = {}
         ratios: dict[tuple[str, int, str], list[float]] = {}
@@ -211,7 +218,7 @@ def main() -> int:
                     if path:
                         env["PYTHONPATH"] = path
                     data = Path(tempfile.mkdtemp(prefix="dv-ingest-data-", dir=data_roots[place])) / "data"
-                    run = serve_run(data, cfgs[w], env, dirs, per_dir)
+                    run = serve_run(data, cfgs[(name, w)], env, dirs, per_dir)
                     shutil.rmtree(data.parent, ignore_errors=True)
                 key = (name, w, place)
                 done[key] = run

@@ -12,7 +12,7 @@ NATIVE_SRC := $(shell find core/src core/kernels rust/src -type f) rust/build.rs
 STAMP := $(VENV)/.built
 
 .DEFAULT_GOAL := help
-.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-retrieve bench-dicomweb bench-viewer bench-tiers bench-find bench-tls bench-load bench-fhir bench-replication bench-analysis clean sysdeps fuzz fuzz-python faults
+.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-retrieve bench-dicomweb bench-viewer bench-tiers bench-find bench-tls bench-ingest bench-load bench-fhir bench-replication bench-analysis clean sysdeps fuzz fuzz-python faults
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -148,6 +148,9 @@ bench-fhir: build ## FHIR ImagingStudy/Patient search latency on 1,000 studies (
 
 bench-tls: sysdeps build ## DICOM TLS vs plain: ingest and C-MOVE, workers 1 and 2, and the no-op storescp ceiling (~2 min)
 	$(VPY) bench/tls_bench.py --slices 300 --repeats 3
+
+bench-ingest: sysdeps build ## DIMSE ingest (4 x storescu) against storescp --fork --ignore in the same run, /dev/shm and disk, workers 1 and 2 (~3 min)
+	$(VPY) bench/ingest_ceiling.py --slices 400 --rounds 3
 
 bench-load: build ## 32/64/128 concurrent associations against serve's default limits: throughput, p99, RSS, refusals, lost -> bench/RESULTS.md (~5 min; QUICK=1 < 1 min)
 	$(VPY) bench/load_bench.py $(if $(QUICK),--quick)

@@ -10,6 +10,7 @@ nothing acknowledged and they come back, SIGTERM stops every process.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -151,6 +152,31 @@ def test_parallel_senders_all_durable_and_findable(archive: Archive, tmp_path: P
     with Engine(archive.data, read_only=True) as eng:
         assert len(eng.instances("study", study)) == 48
     assert find_images(archive, study) == 48  # C-FIND relayed to the writer
+
+
+RECEIVER_SUMMARY = re.compile(r"dicomvault\.dimse\[w\d+\]: association from STORESCU: "
+                              r"(\d+) object\(s\) stored")
+
+
+def stored_by_receivers_natively(arch: Archive) -> int:
+    """Objects the receivers' native reader (fastpath.py) stored, from its per-association lines."""
+    return sum(int(m.group(1)) for m in RECEIVER_SUMMARY.finditer(arch.log_text()))
+
+
+def test_receivers_take_the_native_store_path(archive: Archive, tmp_path: Path) -> None:
+    """A receiver reads C-STOREs with the native reader, not pynetdicom's per-PDU Python (which
+    made workers = 2 slower than one process), and still answers only what the writer stored."""
+    files = synth_files(tmp_path / "series", 12, seed=13)
+    before = stored_by_receivers_natively(archive)
+    run_ok = subprocess.run(["storescu", "-aet", "STORESCU", "-aec", ARCHIVE_AE, *archive.addr,
+                             *map(str, files)], capture_output=True, timeout=60)
+    assert run_ok.returncode == 0, run_ok.stderr.decode(errors="replace")
+    deadline = time.monotonic() + 10  # the line is written when the association has ended
+    while stored_by_receivers_natively(archive) - before < 12 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stored_by_receivers_natively(archive) - before == 12, archive.log_text()[-3000:]
+    with Engine(archive.data, read_only=True) as eng:
+        assert len(eng.instances("study", study_of(files[0]))) == 12
 
 
 def _store_until(arch: Archive, files: list[Path], kill_after: int, victims: list[int],

@@ -296,6 +296,11 @@ class EventDrivenDUL(DULServiceProvider):
                 return
 
             # Check the event queue to see if there is anything to do
+            # dicomvault: looked at before taking (this thread alone takes from it); an empty
+            # queue, the usual case between two messages, then costs no lock and no raised Empty
+            if not self.event_queue.queue:
+                sleep = True
+                continue
             try:
                 event = self.event_queue.get(block=False)
             # If the queue is empty, return to the start of the loop

@@ -35,7 +35,6 @@ requestor associations of an ArchiveAE use it whenever the tuned reactor runs (a
 from __future__ import annotations
 
 import logging
-import queue
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -218,12 +217,11 @@ class FastPath:
         and the second DT-1 would find the send queue empty (seen: a failed action, then a DIMSE
         timeout). Running them now keeps the queue empty between passes, as pynetdicom expects."""
         events = self.dul.event_queue
-        while True:
-            try:
-                event = events.get(block=False)
-            except queue.Empty:
-                return
-            self.dul.state_machine.do_action(event)
+        # Looked at before taking: this runs twice per message and the queue is nearly always
+        # empty, where get(block=False) costs a lock and a raised Empty (~2.5 us against 0.2).
+        # Only this DUL thread takes from it, so a non-empty queue stays non-empty until the get.
+        while events.queue:
+            self.dul.state_machine.do_action(events.get(block=False))
 
     def _close(self, reason: str) -> None:
         self.closed = True
@@ -306,7 +304,9 @@ class FastPath:
                 sop_uid: str, data_set: bytes | _native.ReceivedDataSet | None, responded_to: int,
                 rsp_status: int | None, move_destination: str) -> None:
         cx = self.contexts[context_id]
-        comment: str | None = None
+        if command_field == C_STORE_RQ:  # first: nearly every message of an ingest is one
+            self._store(cx, context_id, message_id, sop_class, sop_uid, data_set)
+            return
         if command_field == C_STORE_RSP:
             # A native retrieve reads its own responses; one arriving here is for a send_c_store()
             # of pynetdicom's (a C-GET it serves on a context the native path does not take).
@@ -332,24 +332,27 @@ class FastPath:
             # PS3.7 9.3.2.3: a cancel for a request no longer running is ignored
             log.debug("C-CANCEL from %s for message %d, which is not running", self._caller(), responded_to)
             return
+        # C-ECHO-RQ: what is left of the requests the reader hands over on an acceptor
+        self._send(_native.encode_response(context_id, C_ECHO_RSP, message_id, sop_class, "", SUCCESS, None,
+                                           self.peer_max_pdu), "C-ECHO")
+
+    def _store(self, cx: Any, context_id: int, message_id: int, sop_class: str, sop_uid: str,
+               data_set: bytes | _native.ReceivedDataSet | None) -> None:
+        """One C-STORE-RQ: the handler stores (durably) and decides the status, then the response."""
         assert self.store is not None  # requests are fast only on acceptors, which have handlers
-        if command_field == C_ECHO_RQ:
-            code, rsp_field = SUCCESS, C_ECHO_RSP
-            sop_uid = ""
+        comment: str | None = None
+        size = len(data_set or b"")  # the engine consumes a ReceivedDataSet
+        try:
+            code, comment = self.store(self.assoc, cx, sop_class, sop_uid, data_set or b"")
+        except Exception as exc:  # noqa: BLE001 - a failing handler must not kill the association
+            log.exception("C-STORE of %s from %s: store handler failed", sop_uid, self._caller())
+            code, comment = PROCESSING_FAILURE, f"handler failed: {exc}"
+        if code == SUCCESS:
+            self.stored += 1
+            self.stored_bytes += size
         else:
-            rsp_field = C_STORE_RSP
-            size = len(data_set or b"")  # the engine consumes a ReceivedDataSet
-            try:
-                code, comment = self.store(self.assoc, cx, sop_class, sop_uid, data_set or b"")
-            except Exception as exc:  # noqa: BLE001 - a failing handler must not kill the association
-                log.exception("C-STORE of %s from %s: store handler failed", sop_uid, self._caller())
-                code, comment = PROCESSING_FAILURE, f"handler failed: {exc}"
-            if code == SUCCESS:
-                self.stored += 1
-                self.stored_bytes += size
-            else:
-                self.refused += 1
-        self._send(_native.encode_response(context_id, rsp_field, message_id, sop_class, sop_uid, code,
+            self.refused += 1
+        self._send(_native.encode_response(context_id, C_STORE_RSP, message_id, sop_class, sop_uid, code,
                                            comment, self.peer_max_pdu), sop_uid)
 
     def _refuse_oversize(self, context_id: int, command_field: int, message_id: int, sop_class: str,

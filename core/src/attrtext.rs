@@ -150,11 +150,12 @@ fn text(a: &Attr, cs: Charset) -> Option<String> {
     })
 }
 
-/// (keyword, text) of each attribute in order, or None when any of them needs the Python path.
-/// A tag given twice keeps its place and takes its last value there, as a Python dict would.
-pub fn decode_index_attrs(attrs: &[Attr]) -> Option<Vec<(&'static str, String)>> {
+/// (tag, text) of each attribute in order, or None when any of them needs the Python path
+/// (the keys are the tags' [`keyword`]s, every one of which exists). A tag given twice keeps
+/// its place and takes its last value there, as a Python dict would.
+pub fn decode_index_attrs(attrs: &[Attr]) -> Option<Vec<(u32, String)>> {
     let cs = charset(attrs)?;
-    attrs.iter().map(|a| Some((keyword(a.tag)?, text(a, cs)?))).collect()
+    attrs.iter().map(|a| Some((keyword(a.tag).map(|_| a.tag)?, text(a, cs)?))).collect()
 }
 
 #[cfg(test)]
@@ -167,7 +168,7 @@ mod tests {
     }
 
     fn decode(attrs: &[Attr]) -> Option<Vec<(&'static str, String)>> {
-        decode_index_attrs(attrs)
+        decode_index_attrs(attrs).map(|v| v.into_iter().map(|(t, s)| (keyword(t).unwrap(), s)).collect())
     }
 
     #[test]

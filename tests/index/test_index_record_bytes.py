@@ -8,6 +8,7 @@ from index_helpers import MakeInst
 
 from dicomvault.index import Index
 from dicomvault.index.records import RECORD_VERSION, Change, Record, Stats
+from dicomvault.index.rejections import RejectedEntry
 
 
 def _reference(rec: Record) -> bytes:
@@ -36,3 +37,6 @@ def test_what_ormsgpack_refuses_msgpack_writes() -> None:
     st = Stats(objects=2**64 - 1, tiers={"landing": [1, 2, 3]})
     assert st.encode() == _reference(st)
     assert Stats.decode(st.encode()) == st
+    entry = RejectedEntry(sop_uid="1.2", study_uid="1", series_uid="1.1", note_uid="9", code="113001",
+                          at=1.25, deleted=True, record=b"\x01\x80")
+    assert entry.encode() == _reference(entry)

@@ -45,6 +45,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import sys
@@ -120,6 +121,11 @@ def batches(bufs: Sequence[bytes]) -> Iterator[list[bytes]]:
         yield cur
 
 
+def cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def ingest(data: Path, bufs: Sequence[bytes], tiers: Sequence[TierSpec], jobs_n: int) -> dict[str, Any]:
     """A fresh data directory, every buffer stored through `store_buffers` on `jobs_n` threads; the
     engine is opened before and closed after the clock (open/close are not ingest)."""
@@ -139,17 +145,22 @@ def ingest(data: Path, bufs: Sequence[bytes], tiers: Sequence[TierSpec], jobs_n:
                 with lock:
                     errors += bad
 
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), cpu_seconds()
         with ThreadPoolExecutor(jobs_n) as pool:
             for fut in [pool.submit(run, b) for b in batches(bufs)]:
                 fut.result()
         secs = time.perf_counter() - t0
+        cpu = cpu_seconds() - cpu0
         st = engine.stats()
     return {
         "bytes": nbytes,
         "files": len(bufs),
         "seconds": round(secs, 3),
         "mb_s": mb_s(nbytes, secs),
+        # user + system CPU of the whole process (every thread): less sensitive to the other
+        # load of a shared machine than the wall clock
+        "cpu_seconds": round(cpu, 3),
+        "cpu_us_per_object": round(cpu / len(bufs) * 1e6, 1),
         "errors": errors,
         "stored_bytes": st["stored_bytes"],
         "ratio": st["compression_ratio"],
@@ -527,6 +538,12 @@ def table(res: dict[str, Any]) -> list[tuple[str, str, str]]:
             (f"{name}: inline / synced write", both("inline_vs_synced_write"), ""),
             (f"{name}: landing / inline", both("landing_vs_inline"), ""),
         ]
+        for mode in ("landing", "inline"):
+            cpu = [x["cpu_seconds"] for x in s["runs"][mode] if "cpu_seconds" in x]
+            if cpu:
+                per = [x["cpu_us_per_object"] for x in s["runs"][mode]]
+                rows.append((f"{name}: {mode} ingest CPU-s (us per object)",
+                             f"{median(cpu):.3f} ({median(per):.0f})", f"min {min(cpu):.3f}"))
         if "memcpy_blake3_mb_s" in s:
             rows += [
                 (

@@ -5,6 +5,7 @@
 //! [`codec`] compresses them losslessly; [`store`] places them durably in a tier.
 //! [`object`] composes the four for one incoming object.
 
+pub mod attrtext;
 pub mod codec;
 pub mod error;
 pub mod fuzzing;

@@ -707,7 +707,7 @@ fn number_width(vr: [u8; 2]) -> usize {
 
 /// VRs of the tags this module reads in implicit VR: the index tags, the pixel module, the meta
 /// group and group lengths. Anything else is opaque ("UN").
-fn dictionary_vr(tag: u32) -> Option<[u8; 2]> {
+pub(crate) fn dictionary_vr(tag: u32) -> Option<[u8; 2]> {
     Some(match tag {
         0x0008_0005 | 0x0008_0008 | 0x0008_0060 | 0x0010_0040 | 0x0018_0015 | 0x0028_0004 => *b"CS",
         0x0008_0012 | 0x0008_0020..=0x0008_0023 | 0x0010_0030 | 0x0040_0244 => *b"DA",

@@ -85,7 +85,9 @@ class StoreIOError(DicomVaultError):
 
 # vault.rs. Per-item results hold the exception instead of raising it. The dict of a stored
 # object (convert.rs landed_to_py): hash, transfer_syntax, ts_inferred, prefix,
-# attrs [(tag, VR, value bytes)], logical_len, stored_len, codec, existed.
+# index_attrs ({keyword: str} decoded natively, core/src/attrtext.rs, or None when the character
+# set is left to Python), attrs [(tag, VR, value bytes)] (only when index_attrs is None),
+# logical_len, stored_len, codec, existed. attributes.index_attrs reads either.
 
 class Vault:
     def __init__(
@@ -200,7 +202,8 @@ def send_message(
 ) -> None: ...
 
 # primitives.rs. parse dicts (convert.rs parsed_to_py): dataset_offset, transfer_syntax,
-# ts_inferred, meta and attrs [(tag, VR, value bytes)], pixel (dict or None).
+# ts_inferred, meta and attrs [(tag, VR, value bytes)], index_attrs ({keyword: str} or None,
+# as for Vault's ingest results), pixel (dict or None).
 
 def parse(data: bytes) -> dict[str, Any]:
     """Parses a Part-10 file or bare dataset; returns the index attributes and pixel location."""

@@ -1,13 +1,17 @@
 """Decoding the index attributes the native parser extracts into Python values.
 
 The parser hands back raw value bytes (padding stripped, binary values little endian); only the
-few dozen index attributes are decoded here, never the pixel data, so this stays off the byte path.
+few dozen index attributes are decoded, never the pixel data. The native side decodes them itself
+for the common character sets (core/src/attrtext.rs: `index_attrs` of a parse or ingest result);
+this module is the reference it must agree with, and the path for everything else (ISO 2022 code
+extensions, other character sets, invalid UTF-8).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
+from typing import Any
 
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR, keyword_for_tag
@@ -67,3 +71,10 @@ def decode_attrs(raw: Iterable[tuple[int, str, bytes]]) -> dict[str, str]:
             vr = _dictionary_vr(tag)
         out[keyword(tag)] = decode_value(vr, value, charsets)
     return out
+
+
+def index_attrs(native: Mapping[str, Any]) -> dict[str, str]:
+    """{keyword: value} of a native parse or ingest result: as the native side decoded them, or
+    decoded here when it left them raw (`index_attrs` None)."""
+    decoded = native.get("index_attrs")
+    return decoded if decoded is not None else decode_attrs(native["attrs"])

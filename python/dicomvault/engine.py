@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _native, coercion  # type: ignore[attr-defined]
-from .attributes import decode_attrs
+from .attributes import index_attrs
 from .audit.log import DATA_DELETION, INSTANCES_REJECTED, SUCCESS, AuditLog
 from .errors import (
     DicomVaultError,
@@ -316,7 +316,7 @@ class Engine:
     ) -> dict[str, Any]:
         """Index record of a stored object; prefix None = arrived without file meta, so one is
         made now (once, at receive time, so every later export gives the same bytes)."""
-        attrs = decode_attrs(native["attrs"])
+        attrs = index_attrs(native)
         for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
             if not attrs.get(key):
                 raise RejectedError(f"missing {key}")

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use dicomvault_core::attrtext::decode_index_attrs;
 use dicomvault_core::codec::Codec;
 use dicomvault_core::hash::Hash;
 use dicomvault_core::object::{self, Landed, Prepared};
@@ -14,7 +15,7 @@ use dicomvault_core::Error;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
-use crate::convert::{hash_arg, landed_to_py, stats_to_py};
+use crate::convert::{hash_arg, landed_to_py, stats_to_py, IndexText};
 use crate::errors::{to_py, IntoPy};
 use crate::gil;
 use crate::net::ReceivedDataSet;
@@ -37,12 +38,13 @@ impl Vault {
             .ok_or_else(|| pyo3::exceptions::PyValueError::new_err("vault is closed"))
     }
 
-    /// Stores the prepared objects with one group-committed sync; one result per input.
+    /// Stores the prepared objects with one group-committed sync; one result per input, with
+    /// its index attributes decoded here, where the GIL is not held.
     fn put_prepared(
         &self,
         store: &BlobStore,
         prepared: Vec<Result<Prepared<'_>, Error>>,
-    ) -> Vec<Result<(Landed, bool), Error>> {
+    ) -> Vec<Result<(Landed, bool, IndexText), Error>> {
         let items: Vec<PutItem<'_>> = prepared
             .iter()
             .filter_map(|p| p.as_ref().ok())
@@ -65,7 +67,8 @@ impl Vault {
             .map(|p| {
                 let p = p?;
                 let existed = outcomes.next().expect("one outcome per prepared object")?;
-                Ok((p.landed(), existed))
+                let text = decode_index_attrs(&p.parsed.attrs);
+                Ok((p.landed(), existed, text))
             })
             .collect()
     }
@@ -92,11 +95,14 @@ fn put_batch(
     }
 }
 
-fn results_to_py(py: Python<'_>, results: Vec<Result<(Landed, bool), Error>>) -> PyResult<Bound<'_, PyList>> {
+fn results_to_py(
+    py: Python<'_>,
+    results: Vec<Result<(Landed, bool, IndexText), Error>>,
+) -> PyResult<Bound<'_, PyList>> {
     let list = PyList::empty(py);
     for r in results {
         match r {
-            Ok((p, existed)) => list.append(landed_to_py(py, &p, existed)?)?,
+            Ok((p, existed, text)) => list.append(landed_to_py(py, &p, existed, &text)?)?,
             Err(e) => list.append(to_py(e).into_value(py))?,
         }
     }
@@ -193,8 +199,8 @@ impl Vault {
             let prepared = vec![object::prepare_dataset(dataset, transfer_syntax, INDEX_TAGS, target, level)];
             self.put_prepared(&store, prepared)
         });
-        let (p, existed) = results.pop().expect("one result").py_err()?;
-        landed_to_py(py, &p, existed)
+        let (p, existed, text) = results.pop().expect("one result").py_err()?;
+        landed_to_py(py, &p, existed, &text)
     }
 
     /// `ingest_dataset` of a data set the DIMSE reader gathered, consumed without a copy (the
@@ -215,8 +221,8 @@ impl Vault {
             let prepared = vec![object::prepare_received(data, transfer_syntax, INDEX_TAGS, target, level)];
             self.put_prepared(&store, prepared)
         });
-        let (p, existed) = results.pop().expect("one result").py_err()?;
-        landed_to_py(py, &p, existed)
+        let (p, existed, text) = results.pop().expect("one result").py_err()?;
+        landed_to_py(py, &p, existed, &text)
     }
 
     /// (transfer syntax UID, dataset bytes) of a blob, decoded and hash-verified.

@@ -9,14 +9,30 @@ missing ones with their defaults, so fields can be added without bumping
 from __future__ import annotations
 
 import dataclasses
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 import msgpack
+import ormsgpack
 
 from .errors import RecordDecodeError
 
 RECORD_VERSION = 1
+_VERSION_BYTE = bytes((RECORD_VERSION,))
+
+
+def pack(record: Record) -> bytes:
+    """msgpack map of a record's fields. ormsgpack (Rust) reads the dataclass itself and writes
+    the same bytes as msgpack.packb(record.to_wire(), use_bin_type=True) at a quarter of the cost
+    (an instance record's 45 attributes took ~7 µs per store); what it refuses (a non-str map key
+    in a change's detail) msgpack writes."""
+    try:
+        return ormsgpack.packb(record)
+    except TypeError:  # ormsgpack.MsgpackEncodeError is one
+        return msgpack.packb(record.to_wire(), use_bin_type=True)
+
 
 # Level-specific keyword sets: which attributes of an incoming instance are
 # kept on the patient / study / series records (and therefore answer queries
@@ -59,14 +75,16 @@ class Record:
 
     KIND: ClassVar[str] = "record"
     _FIELDS: ClassVar[tuple[str, ...]] = ()
+    # every field's value at once, as a tuple (one C call: each store encodes several records)
+    _VALUES: ClassVar[Callable[[Any], tuple[Any, ...]]] = staticmethod(lambda _r: ())
 
     def to_wire(self) -> dict[str, Any]:
         """Plain dict of the fields (shallow; attrs dicts are shared)."""
-        return {f: getattr(self, f) for f in self._FIELDS}
+        return dict(zip(self._FIELDS, self._VALUES(self), strict=True))
 
     def encode(self) -> bytes:
         """Version byte + msgpack map."""
-        return bytes((RECORD_VERSION,)) + msgpack.packb(self.to_wire(), use_bin_type=True)
+        return _VERSION_BYTE + pack(self)
 
     @classmethod
     def decode(cls, raw: bytes) -> Self:
@@ -96,6 +114,8 @@ class Record:
 
 def _finish(cls: type[Record]) -> type[Record]:
     cls._FIELDS = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    # attrgetter of two or more names returns a tuple (every record class has several fields)
+    cls._VALUES = staticmethod(operator.attrgetter(*cls._FIELDS))  # type: ignore[assignment]
     return cls
 
 

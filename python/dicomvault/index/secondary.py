@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from types import MappingProxyType
 
 from . import keys
@@ -211,9 +212,21 @@ def _series_entries(study_uid: str, series_uid: str, modality: str) -> dict[byte
 
 
 def instance_entries(rec: InstanceRecord) -> dict[bytes, bytes]:
-    """Index entries of an instance record."""
-    out: dict[bytes, bytes] = {}
-    _add(out, IDX_SOP_CLASS, terms_for(UID, rec.sop_class_uid), keys.encode(rec.sop_uid))
-    out[hierarchy_key(rec.study_uid, rec.series_uid, rec.instance_number, rec.sop_uid)] = b""
+    """Index entries of an instance record (those of entry_key and hierarchy_key, in that order,
+    from parts shared by the instances of a series or a SOP class: ~5 µs per store otherwise)."""
+    target = keys.encode(rec.sop_uid)
+    out = dict.fromkeys([p + target for p in _sop_class_prefixes(rec.sop_class_uid)], b"")
+    out[_hierarchy_prefix(rec.study_uid, rec.series_uid)
+        + keys.u32(keys.instance_number_key(rec.instance_number)) + target] = b""
     return out
+
+
+@lru_cache(maxsize=256)
+def _sop_class_prefixes(sop_class_uid: str) -> tuple[bytes, ...]:
+    return tuple(entry_key(IDX_SOP_CLASS, term, b"") for term in terms_for(UID, sop_class_uid))
+
+
+@lru_cache(maxsize=4096)
+def _hierarchy_prefix(study_uid: str, series_uid: str) -> bytes:
+    return hierarchy_prefix(study_uid, series_uid)
 

@@ -127,8 +127,13 @@ def _pick(attrs: Mapping[str, str], wanted: frozenset[str]) -> dict[str, str]:
 
 def _fill_missing(target: dict[str, str], attrs: Mapping[str, str], wanted: frozenset[str]) -> bool:
     """Copy attributes the record lacks (first non-empty value wins)."""
+    present = attrs.keys() & wanted  # a set operation in C: most attributes are not wanted
+    if present <= target.keys() and all(target.values()):
+        # The usual case after a study's first object: nothing is missing. Checked in C; the
+        # loop below cost ~2 µs per record level, three per store.
+        return False
     changed = False
-    for k in attrs.keys() & wanted:  # a set operation in C: most attributes are not wanted
+    for k in present:
         v = attrs[k]
         if v and not target.get(k):
             target[k] = v
@@ -334,8 +339,15 @@ class Index(PatientCorrections):
         raw_attrs = inst.get("attrs")
         if not isinstance(raw_attrs, Mapping):
             raise InvalidInstanceError("instance has no 'attrs' mapping")
-        attrs = {str(k): v if isinstance(v, str) else str(v) for k, v in raw_attrs.items()
-                 if v is not None}
+        try:
+            # The engine's case, every key and value a str (else join raises), checked in C:
+            # the comprehension below cost ~3 µs per store.
+            "".join(raw_attrs)
+            "".join(raw_attrs.values())
+            attrs = dict(raw_attrs)
+        except TypeError:
+            attrs = {str(k): v if isinstance(v, str) else str(v) for k, v in raw_attrs.items()
+                     if v is not None}
         sop = keys.norm_uid(attrs.get("SOPInstanceUID"))
         for kw in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
             v = keys.norm_uid(attrs.get(kw))

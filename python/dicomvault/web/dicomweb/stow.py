@@ -40,7 +40,7 @@ import pydicom
 from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from ... import _native  # type: ignore[attr-defined]
-from ...attributes import decode_attrs
+from ...attributes import index_attrs
 from ...engine import Engine, StoreOutcome
 from ...errors import (
     DicomVaultError,
@@ -138,7 +138,7 @@ def _identify(part: Part) -> _Identity | None:
     """The part's UIDs without storing it, or None if they cannot be read."""
     try:
         if part.data is not None:
-            attrs = decode_attrs(_native.parse(part.data)["attrs"])
+            attrs = index_attrs(_native.parse(part.data))
             return _Identity(*(str(attrs.get(k, "") or "") for k in _IDENTITY_TAGS))
         if part.path is not None:
             return _identify_file(part.path)

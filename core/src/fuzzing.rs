@@ -241,6 +241,7 @@ mod tests {
                 for (id, enc) in [
                     (1u8, codec::encode_hot(&image, Some(&layout), 1).map(|x| x.1)),
                     (2, cold::encode_cold_only(&image, &layout)),
+                    (2, cold::encode_cold_version(&image, &layout, 2)),
                 ] {
                     let mut s = vec![id];
                     s.extend_from_slice(&(image.len() as u32).to_le_bytes());

@@ -166,7 +166,7 @@
 //!
 //! [`decode`](super::decode) checks the CRC, every field and every length against
 //! `logical_len` before it allocates or decompresses anything (the tables of versions 2 and 3:
-//! at most 256 of 8 KiB); a value outside its channel's range, a stream read past its end or not to its
+//! at most 256 of ~2.5 KiB); a value outside its channel's range, a stream read past its end or not to its
 //! end is an error, never a panic.
 
 use crate::error::Result;
@@ -1634,7 +1634,7 @@ struct TokenSource<'a, const N: usize> {
     bitpos: usize,
 }
 
-/// Per token: the smallest zigzagged residual it stands for and the mask of its raw bits,
+/// Per token: the smallest zigzagged residual it stands for, its raw-bit count and their mask,
 /// padded to 128 entries so that a 7-bit token indexes it without a bounds check.
 static TOKEN_BITS: [(u32, u32, u32); 128] = {
     let mut t = [(0u32, 0u32, 0u32); 128];
@@ -1656,7 +1656,8 @@ impl<const N: usize> TokenSource<'_, N> {
     #[inline(always)]
     fn row<const FIRST: bool>(&mut self, ctx: &[u16], up: &[i32], cur: &mut [i32]) {
         let (mut x, mut pos, mut bitpos) = (self.x, self.pos, self.bitpos);
-        let (words, raw, first, slots) = (self.words, self.raw, &self.tables.first, &self.tables.slots[..]);
+        let (words, raw, first) = (self.words, self.raw, &self.tables.first);
+        let (tokens, freq_start) = (&self.tables.tokens[..], &self.tables.freq_start[..]);
         let raw_end = raw.len() - 8;
         let w = ctx.len();
         let (up, cur) = (&up[..w + 1], &mut cur[..w + 1]);
@@ -1667,8 +1668,10 @@ impl<const N: usize> TokenSource<'_, N> {
             ($i:expr, $x:expr) => {{
                 let (i, x): (usize, &mut u32) = ($i, $x);
                 let slot = *x & (TAB_SIZE as u32 - 1);
-                let entry = slots[(first[ctx[i] as usize & (MAX_CONTEXTS - 1)] | slot) as usize];
-                let next = (entry & 0xFFF) * (*x >> TAB_BITS) + ((entry >> 12) & (TAB_SIZE as u32 - 1));
+                let table = first[ctx[i] as usize & (MAX_CONTEXTS - 1)];
+                let tok = tokens[(table | slot) as usize] as usize;
+                let fs = freq_start[(table >> (TAB_BITS - 7)) as usize | (tok & 127)];
+                let next = (fs & 0xFFFF) * (*x >> TAB_BITS) + slot - (fs >> 16);
                 // Renormalisation is a coin toss for the branch predictor: a select instead (the
                 // word is read either way; past the end, reads are zero and the final check fails).
                 let word = words.get(pos).copied().unwrap_or(0) as u32;
@@ -1676,7 +1679,7 @@ impl<const N: usize> TokenSource<'_, N> {
                 *x = if need { (next << 16) | word } else { next };
                 pos += need as usize;
 
-                let (base, nb, mask) = TOKEN_BITS[(entry >> 23) as usize & 127];
+                let (base, nb, mask) = TOKEN_BITS[tok & 127];
                 let at = (bitpos >> 3).min(raw_end);
                 let bits = u64::from_le_bytes(raw[at..at + 8].try_into().expect("8 bytes"));
                 let u = base + ((bits >> (bitpos & 7)) as u32 & mask);
@@ -1946,12 +1949,14 @@ fn compress_tables(section: &[u8]) -> Result<(u8, Vec<u8>)> {
 /// Contexts of all channels.
 const MAX_CONTEXTS: usize = MAX_CHANNELS * CTX_PER_CHANNEL;
 
-/// The decoder's tables: per context, the first slot of its table; per table and slot, one
-/// word: the token's frequency (12 bits), the slot's offset from the token's first slot (11
-/// bits) and the token (7 bits), so that a sample costs one lookup in its rANS chain.
+/// The decoder's tables: per context, the first slot of its table; per table, the token of
+/// each slot (one byte: a table is 2 KiB, so the few a row uses stay in the first-level cache;
+/// one word per slot with the frequency and start folded in ran no faster, at 4x the memory)
+/// and per token its frequency | start << 16 (128 a table: a 7-bit token needs no bounds check).
 struct Tables {
     first: [u32; MAX_CONTEXTS],
-    slots: Vec<u32>,
+    tokens: Vec<u8>,
+    freq_start: Vec<u32>,
 }
 
 /// The table section read and checked: the context map and the tables.
@@ -1968,24 +1973,24 @@ fn read_tables(section: &[u8], channels: usize) -> Result<Tables> {
         *f = (t as u32) << TAB_BITS;
     }
     let mut at = 2 + nctx;
-    let mut slots = vec![0u32; count * TAB_SIZE];
-    for table in slots.chunks_exact_mut(TAB_SIZE) {
+    let mut tokens = vec![0u8; count * TAB_SIZE];
+    let mut freq_start = vec![0u32; count * 128];
+    for (table, fs) in tokens.chunks_exact_mut(TAB_SIZE).zip(freq_start.chunks_exact_mut(128)) {
         let len = *section.get(at).ok_or_else(bad)? as usize;
         let codes = section.get(at + 1..at + 1 + len).ok_or_else(bad)?;
         at += 1 + len;
         let f = frequencies(codes).ok_or_else(bad)?;
         let mut start = 0;
-        for (t, &f) in f.iter().enumerate() {
-            for (k, slot) in table[start..start + f as usize].iter_mut().enumerate() {
-                *slot = f | (k as u32) << 12 | (t as u32) << 23;
-            }
+        for (t, (&f, fs)) in f.iter().zip(fs.iter_mut()).enumerate() {
+            table[start..start + f as usize].fill(t as u8);
+            *fs = f | (start as u32) << 16;
             start += f as usize;
         }
     }
     if at != section.len() {
         return Err(bad());
     }
-    Ok(Tables { first, slots })
+    Ok(Tables { first, tokens, freq_start })
 }
 
 /// A version's pixel streams: table section, rANS stream, raw-bit stream.

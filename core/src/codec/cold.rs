@@ -14,7 +14,7 @@
 //!
 //! Measured on the codec benchmark's corpus (`cargo run --release --example cold_ratio`):
 //! about 1.69x the stored size of Orthanc's zlib-6 in total and 1.13x the hot codec's, at
-//! ~90 MB/s per core to encode and ~255-265 MB/s to decode (~300 MB/s on the tier bench's
+//! ~90 MB/s per core to encode and ~230-265 MB/s to decode (~290-300 MB/s on the tier bench's
 //! CT; `--example cold_decode` times the decode alone). Version 1 (an error-weighted blend of
 //! five predictors, adaptive binary arithmetic coding; decoded, no longer written) stored ~2%
 //! less in total, up to ~12% less on some mid-size images, and decoded at ~38 MB/s: the cold

@@ -106,7 +106,9 @@ pub fn cold_roundtrip(data: &[u8]) {
     if cold::cold_support(pixels.len(), Some(&layout)).is_some() {
         return;
     }
-    if let Ok(stored) = cold::encode_cold_only(pixels, &layout) {
+    // The format written today (version 3) and version 2, whose encoder is kept for this.
+    let versions = [cold::encode_cold_only(pixels, &layout), cold::encode_cold_version(pixels, &layout, 2)];
+    for stored in versions.into_iter().flatten() {
         let back =
             codec::decode(Codec::Cold, &stored, pixels.len()).expect("the cold codec's own output decodes");
         assert!(back == pixels, "cold round trip changed the bytes");
@@ -239,6 +241,7 @@ mod tests {
                 for (id, enc) in [
                     (1u8, codec::encode_hot(&image, Some(&layout), 1).map(|x| x.1)),
                     (2, cold::encode_cold_only(&image, &layout)),
+                    (2, cold::encode_cold_version(&image, &layout, 2)),
                 ] {
                     let mut s = vec![id];
                     s.extend_from_slice(&(image.len() as u32).to_le_bytes());

@@ -14,18 +14,22 @@
 //!
 //! Measured on the codec benchmark's corpus (`cargo run --release --example cold_ratio`):
 //! about 1.69x the stored size of Orthanc's zlib-6 in total and 1.13x the hot codec's, at
-//! ~75 MB/s per core to encode and ~150-180 MB/s to decode. Version 1 (an error-weighted
-//! blend of five predictors, adaptive binary arithmetic coding; decoded, no longer written)
-//! stored ~2% less in total, up to ~12% less on some mid-size images, and decoded at ~38 MB/s:
-//! the cold tier's retrieval is bound by this decode, so version 2 trades that for speed.
+//! ~90 MB/s per core to encode and ~230-265 MB/s to decode (~290-300 MB/s on the tier bench's
+//! CT; `--example cold_decode` times the decode alone). Version 1 (an error-weighted blend of
+//! five predictors, adaptive binary arithmetic coding; decoded, no longer written) stored ~2%
+//! less in total, up to ~12% less on some mid-size images, and decoded at ~38 MB/s: the cold
+//! tier's retrieval is bound by this decode, so version 2 traded that for speed. Version 3
+//! (written today) is version 2's model with four interleaved rANS states instead of two;
+//! both are decoded by one loop that reads a sample's token, raw bits and MED value together,
+//! compiled a second time for x86-64-v3 CPUs (AVX2, BMI2) and picked at run time.
 //!
-//! # Stored format of `Codec::Cold`, version 2
+//! # Stored format of `Codec::Cold`, versions 2 and 3
 //!
 //! All integers are little-endian.
 //!
 //! | bytes | field |
 //! | --- | --- |
-//! | 4 | magic `b"DVC"` then the format version `2` |
+//! | 4 | magic `b"DVC"` then the format version `2` or `3` |
 //! | 1 | flags: bit 0 big-endian samples, bit 1 signed (two's complement) samples, bit 2 colour transform, bit 3 swapped pairs |
 //! | 1 | bytes per sample: 1 or 2 |
 //! | 1 | channels: samples per pixel as coded, 1..=4 (planar colour is coded as 1 channel) |
@@ -77,19 +81,20 @@
 //! frequency gets what is left to 2^11. The tokens take consecutive slots in order, each as
 //! many as its frequency, from `start_t`.
 //!
-//! The rANS stream is two 32-bit states (for the samples of even and odd index in coding
-//! order; each at least 2^16) then 16-bit words. A sample's token, with `x` its state and the
-//! table its context maps to: `t` the token of slot `x % 2^11`; then `x = f_t * (x >> 11) +
-//! x % 2^11 - start_t`, and while `x < 2^16`, `x = x << 16 | the next word`. After the last
-//! sample both states are 2^16 and every word has been read (the encoder codes backwards from
-//! those states). The raw-bit stream is read LSB first and zero-padded to a byte; its last byte
+//! The rANS stream is `S` 32-bit states, each at least 2^16 (`S` = 2 in version 2, 4 in
+//! version 3; sample `k` in coding order, counted over all rows and channels, uses state `k %
+//! S`), then 16-bit words. A sample's token, with `x` its state and the table its context
+//! maps to: `t` the token of slot `x % 2^11`; then `x = f_t * (x >> 11) + x % 2^11 -
+//! start_t`, and while `x < 2^16`, `x = x << 16 | the next word` (words are read in one
+//! sequence, whichever state takes them). After the last sample every state is 2^16 and every
+//! word has been read (the encoder codes backwards from those states). The raw-bit stream is read LSB first and zero-padded to a byte; its last byte
 //! holds at least one bit that is read.
 //!
 //! Tokens: with `u` the zigzagged residual (`2e` for `e >= 0`, `-2e - 1` otherwise), the token
 //! of `u < 16` is `u`; of a larger `u` of bit length `b + 1`, `16 + 4 (b - 4)` plus the two
 //! bits below the leading one, then `b - 2` raw bits: the low bits of `u`.
 //!
-//! # The model of version 2
+//! # The model of versions 2 and 3
 //!
 //! Channels are coded as images of `columns` pixels a row, row by row, the channels of a row
 //! one after the other. Before that the encoder reads the samples once to choose their reading
@@ -155,13 +160,13 @@
 //! probabilities, 5 bytes of flush). Its encoder is kept for the tests only.
 //!
 //! These are outlines: the code of this module (every constant, rounding and initial state)
-//! is the normative definition of both versions, and the tests pin each one's output for a few
-//! objects (version 1's as its original encoder wrote it); a change to any of it needs a new
-//! format version.
+//! is the normative definition of every version, and the tests pin each one's output for a
+//! few objects (version 1's as its original encoder wrote it); a change to any of it needs a
+//! new format version.
 //!
 //! [`decode`](super::decode) checks the CRC, every field and every length against
-//! `logical_len` before it allocates or decompresses anything (version 2's tables: at most 256
-//! of ~2 KiB); a value outside its channel's range, a stream read past its end or not to its
+//! `logical_len` before it allocates or decompresses anything (the tables of versions 2 and 3:
+//! at most 256 of ~2.5 KiB); a value outside its channel's range, a stream read past its end or not to its
 //! end is an error, never a panic.
 
 use crate::error::Result;
@@ -170,12 +175,13 @@ use super::{codec_err, encode_hot, Codec, PixelKind, PixelLayout, Reader, DEFAUL
 
 const MAGIC: [u8; 3] = *b"DVC";
 /// The format [`encode_cold`] writes.
-const VERSION: u8 = VERSION_2;
+const VERSION: u8 = VERSION_3;
 const VERSION_1: u8 = 1;
 const VERSION_2: u8 = 2;
+const VERSION_3: u8 = 3;
 /// Fixed header of version 1, up to and including the raw-bit stream length.
 const FIXED_HEADER: usize = 4 + 4 + 4 + 8 + 8 + 8 + 1 + 8 + 8 + 8 + 8;
-/// Fixed header of version 2: the table section's method and raw length come on top.
+/// Fixed header of versions 2 and 3: the table section's method and raw length come on top.
 const FIXED_HEADER_V2: usize = FIXED_HEADER + 1 + 8 + 8;
 const CRC_LEN: usize = 4;
 
@@ -247,6 +253,19 @@ pub fn encode_cold_only(logical: &[u8], layout: &PixelLayout) -> Result<Vec<u8>>
         return Err(codec_err(format!("the cold model does not code this object: {why:?}")));
     }
     encode_model(logical, layout)
+}
+
+/// The cold model's encoding in an older format `version` that still has an encoder (for
+/// benchmarks that compare versions on the same files).
+#[doc(hidden)]
+pub fn encode_cold_version(logical: &[u8], layout: &PixelLayout, version: u8) -> Result<Vec<u8>> {
+    if let Some(why) = cold_support(logical.len(), Some(layout)) {
+        return Err(codec_err(format!("the cold model does not code this object: {why:?}")));
+    }
+    if version != VERSION_2 && version != VERSION_3 {
+        return Err(codec_err(format!("no encoder for cold format version {version}")));
+    }
+    encode_version(logical, layout, version)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -371,7 +390,7 @@ fn encode_version(logical: &[u8], layout: &PixelLayout, version: u8) -> Result<V
             vec![ac, raw]
         }
         _ => {
-            let (tables, rans, raw) = encode_pixels_v2(span, &g, &infos);
+            let (tables, rans, raw) = encode_pixels_v2(span, &g, &infos, rans_states(version));
             let (table_method, table_stored) = compress_tables(&tables)?;
             fields.push(table_method);
             fields.extend_from_slice(&(tables.len() as u64).to_le_bytes());
@@ -636,7 +655,7 @@ fn load_row_rgb(row: &[u8], g: &Geometry, ch: usize, dst: &mut [i32]) {
 }
 
 /// A row of pixels from the channels' rows.
-fn store_row<const BPS: usize, const BE: bool>(rows: &[&mut [i32]], g: &Geometry, out: &mut [u8]) {
+fn store_row<const BPS: usize, const BE: bool>(rows: &[&[i32]], g: &Geometry, out: &mut [u8]) {
     for (ch, src) in rows.iter().enumerate() {
         let at = ch * BPS;
         for (p, &v) in out.chunks_exact_mut(BPS * g.channels).zip(src.iter()) {
@@ -651,7 +670,7 @@ fn store_row<const BPS: usize, const BE: bool>(rows: &[&mut [i32]], g: &Geometry
 }
 
 /// The same with the inverse colour transform.
-fn store_row_rgb(rows: &[&mut [i32]], g: &Geometry, out: &mut [u8]) {
+fn store_row_rgb(rows: &[&[i32]], g: &Geometry, out: &mut [u8]) {
     let (gr, rg, bg) = (&rows[0], &rows[1], &rows[2]);
     for (c, p) in out.chunks_exact_mut(g.pixel_bytes()).enumerate() {
         let green = gr[c];
@@ -665,7 +684,7 @@ fn store_row_rgb(rows: &[&mut [i32]], g: &Geometry, out: &mut [u8]) {
 /// compacted channels' ranks back to values (into scratch rows: the model keeps its own), then
 /// the samples stored in the object's byte layout.
 struct RowWriter {
-    store: fn(&[&mut [i32]], &Geometry, &mut [u8]),
+    store: fn(&[&[i32]], &Geometry, &mut [u8]),
     scratch: Vec<Vec<i32>>,
 }
 
@@ -681,6 +700,8 @@ impl RowWriter {
     }
 
     /// `ups`: each channel's decoded row (as the model holds it), `out`: the row's bytes.
+    /// Inlined: the rANS decoder's x86-64-v3 compilation vectorises the rank lookups (gathers).
+    #[inline(always)]
     fn write<'a>(
         &mut self,
         ups: impl Iterator<Item = &'a [i32]>,
@@ -689,17 +710,19 @@ impl RowWriter {
         out: &mut [u8],
     ) {
         let w = out.len() / g.pixel_bytes();
-        for ((src, dst), info) in ups.zip(self.scratch.iter_mut()).zip(infos) {
-            let (src, dst) = (&src[..w], &mut dst[..w]);
+        let mut rows: [&[i32]; MAX_CHANNELS] = [&[]; MAX_CHANNELS];
+        for (((src, dst), info), row) in ups.zip(self.scratch.iter_mut()).zip(infos).zip(rows.iter_mut()) {
             if info.values.is_empty() {
-                dst.copy_from_slice(src);
+                *row = &src[..w];
             } else {
-                // In range: the row decoded without error.
-                dst.iter_mut().zip(src).for_each(|(d, &x)| *d = info.values[x as usize]);
+                // In range: the row decoded without error (the clamp only spares the bounds
+                // checks, so that the loop vectorises).
+                let (dst, last) = (&mut dst[..w], info.values.len() - 1);
+                dst.iter_mut().zip(&src[..w]).for_each(|(d, &x)| *d = info.values[(x as usize).min(last)]);
+                *row = dst;
             }
         }
-        let rows: Vec<&mut [i32]> = self.scratch.iter_mut().map(|r| &mut r[..w]).collect();
-        (self.store)(&rows, g, out);
+        (self.store)(&rows[..g.channels], g, out);
     }
 }
 
@@ -808,7 +831,7 @@ pub(super) fn decode_cold(stored: &[u8], logical_len: usize) -> Result<Vec<u8>> 
         return Err(codec_err("bad magic"));
     }
     let version = r.u8()?;
-    if version != VERSION_1 && version != VERSION_2 {
+    if !matches!(version, VERSION_1 | VERSION_2 | VERSION_3) {
         return Err(codec_err(format!("unsupported cold format version {version}")));
     }
     let flags = r.u8()?;
@@ -822,9 +845,10 @@ pub(super) fn decode_cold(stored: &[u8], logical_len: usize) -> Result<Vec<u8>> 
     let rest_method = r.u8()?;
     let rest_raw = r.len()?;
     let rest_stored = r.len()?;
-    // Version 2's table section (method, raw length) precedes the lengths of the pixel streams.
-    let (table_method, table_raw) = if version == VERSION_2 { (r.u8()?, r.len()?) } else { (0, 0) };
-    let streams = if version == VERSION_2 { 3 } else { 2 };
+    // From version 2 the table section (method, raw length) precedes the pixel streams' lengths.
+    let tabled = version != VERSION_1;
+    let (table_method, table_raw) = if tabled { (r.u8()?, r.len()?) } else { (0, 0) };
+    let streams = if tabled { 3 } else { 2 };
     let mut stream_lens = [0usize; 3];
     for l in &mut stream_lens[..streams] {
         *l = r.len()?;
@@ -918,7 +942,7 @@ pub(super) fn decode_cold(stored: &[u8], logical_len: usize) -> Result<Vec<u8>> 
     if rest_method == METHOD_STORED && rest_stored != rest_raw {
         return Err(codec_err("stored rest length mismatch"));
     }
-    if version == VERSION_2 {
+    if tabled {
         if (pixels == 0) != (table_raw == 0) || table_raw > MAX_TABLE_SECTION {
             return Err(codec_err(format!("bad table section length {table_raw}")));
         }
@@ -948,13 +972,25 @@ pub(super) fn decode_cold(stored: &[u8], logical_len: usize) -> Result<Vec<u8>> 
             decode_pixels(sections[0], sections[1], &g, &infos, body)?;
         } else {
             let tables = decompress(table_method, sections[0], table_raw, "table section")?;
-            decode_pixels_v2(&tables, sections[1], sections[2], &g, &infos, body)?;
+            let streams = (&tables[..], sections[1], sections[2]);
+            if version == VERSION_2 {
+                decode_pixels_rans::<2>(streams, &g, &infos, body)?;
+            } else {
+                decode_pixels_rans::<4>(streams, &g, &infos, body)?;
+            }
         }
         if flags & FLAG_SWAP_PAIRS != 0 {
             body.chunks_exact_mut(2).for_each(|p| p.swap(0, 1));
         }
     }
     Ok(out)
+}
+
+thread_local! {
+    /// A zstd decompression context per thread: creating one per section cost more than
+    /// decompressing a small object's rest.
+    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// A section as stored (borrowed) or decompressed to exactly `raw_len` bytes.
@@ -968,8 +1004,15 @@ fn decompress<'a>(
         return Ok(stored.into());
     }
     let mut buf = vec![0u8; raw_len];
-    let n = zstd::bulk::Decompressor::new()
-        .and_then(|mut d| d.decompress_to_buffer(stored, &mut buf[..]))
+    let n = DCTX
+        .with(|d| {
+            let mut d = d.borrow_mut();
+            let d = match &mut *d {
+                Some(d) => d,
+                None => d.insert(zstd::bulk::Decompressor::new()?),
+            };
+            d.decompress_to_buffer(stored, &mut buf[..])
+        })
         .map_err(|e| codec_err(format!("zstd: {e}")))?;
     if n != raw_len {
         return Err(codec_err(format!("{what} decompressed to {n} bytes, expected {raw_len}")));
@@ -1379,7 +1422,7 @@ fn code_channel_row<I: Io, const FIRST: bool>(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Version 2: MED prediction, static per-context tables, rANS.
+// Versions 2 and 3: MED prediction, static per-context tables, rANS.
 
 /// Token alphabet: zigzagged residuals below 16 as themselves, larger ones as their bit length
 /// and the two bits below the leading one (residuals of 16-bit channels after the colour
@@ -1476,6 +1519,7 @@ impl MedChannel {
     /// |residual|s of this row, `base`, padded as `mcur`): none depends on the row itself, so
     /// they are computed ahead, in a loop the compiler vectorises, and the decoder's loops
     /// carry no context dependency from one sample to the next.
+    #[inline(always)]
     fn contexts(&mut self, base: &[u32], r: usize, ctx0: usize, w: usize) {
         let columns = self.columns;
         // Beyond the ends of the row above: its end values.
@@ -1487,7 +1531,7 @@ impl MedChannel {
         let (ctx, base) = (&mut self.ctx[..w], &base[2..w + 2]);
         if r == 0 {
             for (c, &b) in ctx.iter_mut().zip(base) {
-                *c = (ctx0 + context(4 * b, 0)) as u16;
+                *c = (ctx0 as u32 + context(4 * b, 0) as u32) as u16;
             }
             return;
         }
@@ -1502,37 +1546,30 @@ impl MedChannel {
             let g = (n[i] - nw[i]).unsigned_abs()
                 + (ne[i] - n[i]).unsigned_abs()
                 + (n[i] - nn_row[i]).unsigned_abs();
-            ctx[i] = (ctx0 + context(a, g)) as u16;
+            ctx[i] = (ctx0 as u32 + context(a, g) as u32) as u16;
         }
     }
 
-    /// The row's `w` values from its residuals and MED (LOCO-I's median edge detector, as the
-    /// median of W, N and W + N - NW: within [min(W, N), max(W, N)], so in range, and without
-    /// branches, which noise would make random). Returns false when a value is out of range;
-    /// the row is then garbage (wrapping arithmetic: no overflow) and decoding stops.
-    fn reconstruct(&mut self, r: usize, w: usize) -> bool {
-        // Left of the row: W = NW = N; of the first row: W, the middle of the range.
-        self.cur[0] = if r == 0 { self.lo + (self.hi - self.lo) / 2 } else { self.up[1] };
+    /// After the decoder's loop: the row's residual magnitudes (the next rows' contexts need
+    /// them), from its values and their predictions, which are known now, so that the loop
+    /// vectorises; and whether every value is in range (else the stream is corrupt).
+    #[inline(always)]
+    fn check_row(&mut self, r: usize, w: usize) -> bool {
         let (lo, span) = (self.lo, (self.hi - self.lo) as u32);
-        let (cur, res) = (&mut self.cur[..w + 1], &self.res[..w]);
-        let mut bad = false;
-        if r == 0 {
-            for i in 0..w {
-                let x = cur[i].wrapping_add(res[i]);
-                bad |= x.wrapping_sub(lo) as u32 > span;
-                cur[i + 1] = x;
-            }
-        } else {
-            let up = &self.up[..w + 1];
-            for i in 0..w {
-                let (wv, n, nw) = (cur[i], up[i + 1], up[i]);
-                let pv = wv.wrapping_add(n).wrapping_sub(nw).max(wv.min(n)).min(wv.max(n));
-                let x = pv.wrapping_add(res[i]);
-                bad |= x.wrapping_sub(lo) as u32 > span;
-                cur[i + 1] = x;
-            }
+        let (cur, up, mcur) = (&self.cur[..w + 1], &self.up[..w + 1], &mut self.mcur[2..w + 2]);
+        let mut bad = 0u32;
+        for i in 0..w {
+            let (wv, x) = (cur[i], cur[i + 1]);
+            let pv = if r == 0 {
+                wv
+            } else {
+                let (n, nw) = (up[i + 1], up[i]);
+                wv.wrapping_add(n).wrapping_sub(nw).max(wv.min(n)).min(wv.max(n))
+            };
+            mcur[i] = x.wrapping_sub(pv).unsigned_abs();
+            bad |= (x.wrapping_sub(lo) as u32 > span) as u32;
         }
-        !bad
+        bad == 0
     }
 
     /// The encoder's residuals of the row (its values are in `cur`).
@@ -1581,49 +1618,101 @@ impl TokenSink {
     }
 }
 
-/// The decoder: tokens from the rANS stream by the context map's table, then raw bits.
-struct TokenSource<'a> {
-    /// Two interleaved rANS states, samples alternating between them (the first sample's
-    /// first): each one's dependency chain is half as long.
-    x: [u32; 2],
+/// The decoder of versions 2 and 3: `N` rANS states taken in turn (the first sample's first;
+/// version 2 has two, version 3 four), so that `N` dependency chains run side by side. A row's
+/// tokens, raw bits and MED reconstruction share one loop: the chain of values along the row
+/// (each one's prediction needs its left neighbour) then overlaps the rANS chains instead of
+/// following them.
+struct TokenSource<'a, const N: usize> {
+    x: [u32; N],
     /// The rANS stream's words, then a zero.
     words: &'a [u16],
     pos: usize,
-    cmap: &'a [u8],
     tables: &'a Tables,
     /// The raw-bit stream, then 8 zero bytes: every read is one unaligned 8-byte load.
     raw: &'a [u8],
     bitpos: usize,
 }
 
-impl TokenSource<'_> {
-    /// The residuals (and their magnitudes) of a row of contexts.
-    fn row(&mut self, ctx: &[u16], res: &mut [i32], mags: &mut [u32]) {
-        let ([mut x, mut next], mut pos, mut bitpos) = (self.x, self.pos, self.bitpos);
-        let (words, raw_end) = (self.words, self.raw.len() - 8);
-        for ((&c, e), m) in ctx.iter().zip(res.iter_mut()).zip(mags.iter_mut()) {
-            let t = self.cmap[c as usize] as usize;
-            let slot = x & (TAB_SIZE as u32 - 1);
-            let tok = self.tables.tokens[t << TAB_BITS | slot as usize] as usize;
-            let fs = self.tables.freq_start[t * NTOK + tok];
-            x = (fs & 0xFFFF) * (x >> TAB_BITS) + slot - (fs >> 16);
-            // Renormalisation is a coin toss for the branch predictor: a select instead (the
-            // word is read either way; past the end, reads are zero and the final check fails).
-            let w = words.get(pos).copied().unwrap_or(0) as u32;
-            let need = x < RANS_L;
-            x = if need { (x << 16) | w } else { x };
-            pos += need as usize;
-            (x, next) = (next, x);
-            let (base, nb) = TOKENS[tok];
-            let at = (bitpos >> 3).min(raw_end);
-            let word = u64::from_le_bytes(self.raw[at..at + 8].try_into().expect("8 bytes"));
-            let bits = (word >> (bitpos & 7)) as u32 & ((1 << nb) - 1);
-            bitpos += nb as usize;
-            let u = base + bits;
-            *e = (u >> 1) as i32 ^ -((u & 1) as i32);
-            *m = u.div_ceil(2);
+/// Per token: the smallest zigzagged residual it stands for, its raw-bit count and their mask,
+/// padded to 128 entries so that a 7-bit token indexes it without a bounds check.
+static TOKEN_BITS: [(u32, u32, u32); 128] = {
+    let mut t = [(0u32, 0u32, 0u32); 128];
+    let mut i = 0;
+    while i < NTOK {
+        let (base, nb) = TOKENS[i];
+        t[i] = (base, nb, (1 << nb) - 1);
+        i += 1;
+    }
+    t
+};
+
+impl<const N: usize> TokenSource<'_, N> {
+    /// Decodes a row of `w = ctx.len()` samples of one channel into `cur[1..=w]` (`cur[0]`: the
+    /// value left of the row; `up`: the row above, padded likewise). Wrapping arithmetic: a
+    /// corrupt stream gives garbage, never an overflow; [`MedChannel::check_row`] finds it.
+    /// What the loop does not need (the residuals' magnitudes, the range check) is left to that
+    /// vectorised pass: this loop's registers are scarce.
+    #[inline(always)]
+    fn row<const FIRST: bool>(&mut self, ctx: &[u16], up: &[i32], cur: &mut [i32]) {
+        let (mut x, mut pos, mut bitpos) = (self.x, self.pos, self.bitpos);
+        let (words, raw, first) = (self.words, self.raw, &self.tables.first);
+        let (tokens, freq_start) = (&self.tables.tokens[..], &self.tables.freq_start[..]);
+        let raw_end = raw.len() - 8;
+        let w = ctx.len();
+        let (up, cur) = (&up[..w + 1], &mut cur[..w + 1]);
+        let mut wv = cur[0];
+        // One sample with state `x` (a macro: a closure is not always inlined, and its
+        // captures then live in memory).
+        macro_rules! step {
+            ($i:expr, $x:expr) => {{
+                let (i, x): (usize, &mut u32) = ($i, $x);
+                let slot = *x & (TAB_SIZE as u32 - 1);
+                let table = first[ctx[i] as usize & (MAX_CONTEXTS - 1)];
+                let tok = tokens[(table | slot) as usize] as usize;
+                let fs = freq_start[(table >> (TAB_BITS - 7)) as usize | (tok & 127)];
+                let next = (fs & 0xFFFF) * (*x >> TAB_BITS) + slot - (fs >> 16);
+                // Renormalisation is a coin toss for the branch predictor: a select instead (the
+                // word is read either way; past the end, reads are zero and the final check fails).
+                let word = words.get(pos).copied().unwrap_or(0) as u32;
+                let need = next < RANS_L;
+                *x = if need { (next << 16) | word } else { next };
+                pos += need as usize;
+
+                let (base, nb, mask) = TOKEN_BITS[tok & 127];
+                let at = (bitpos >> 3).min(raw_end);
+                let bits = u64::from_le_bytes(raw[at..at + 8].try_into().expect("8 bytes"));
+                let u = base + ((bits >> (bitpos & 7)) as u32 & mask);
+                bitpos += nb as usize;
+                let e = (u >> 1) as i32 ^ -((u & 1) as i32);
+
+                // MED (LOCO-I's median edge detector) as the median of W, N and W + N - NW: within
+                // [min(W, N), max(W, N)], so in range, and without branches, which noise would make
+                // random. The first row predicts W.
+                let pv = if FIRST {
+                    wv
+                } else {
+                    let (n, nw) = (up[i + 1], up[i]);
+                    wv.wrapping_add(n).wrapping_sub(nw).max(wv.min(n)).min(wv.max(n))
+                };
+                let v = pv.wrapping_add(e);
+                cur[i + 1] = v;
+                wv = v;
+            }};
         }
-        (self.x, self.pos, self.bitpos) = ([x, next], pos, bitpos);
+        // N samples at a time, each with its own state (unrolled: the states stay in registers).
+        let whole = w - w % N;
+        for i in (0..whole).step_by(N) {
+            for (j, x) in x.iter_mut().enumerate() {
+                step!(i + j, x);
+            }
+        }
+        for (j, x) in x[..w % N].iter_mut().enumerate() {
+            step!(whole + j, x);
+        }
+        // The next row starts with the state after the last one used.
+        x.rotate_left(w % N);
+        (self.x, self.pos, self.bitpos) = (x, pos, bitpos);
     }
 }
 
@@ -1755,8 +1844,23 @@ fn choose_tables(hist: &[u32], channels: usize) -> (Vec<u8>, Vec<[u32; NTOK]>) {
     (cmap, tables)
 }
 
-/// Version 2's pixel streams: table section (plain), rANS stream, raw-bit stream.
-fn encode_pixels_v2(span: &[u8], g: &Geometry, infos: &[ChanInfo]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+/// Interleaved rANS states of a format version (2 or 3).
+fn rans_states(version: u8) -> usize {
+    if version == VERSION_2 {
+        2
+    } else {
+        4
+    }
+}
+
+/// The pixel streams of versions 2 and 3 (`states` rANS states): table section (plain), rANS
+/// stream, raw-bit stream.
+fn encode_pixels_v2(
+    span: &[u8],
+    g: &Geometry,
+    infos: &[ChanInfo],
+    states: usize,
+) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     if g.pixels == 0 {
         return (Vec::new(), Vec::new(), Vec::new());
     }
@@ -1806,23 +1910,24 @@ fn encode_pixels_v2(span: &[u8], g: &Geometry, infos: &[ChanInfo]) -> (Vec<u8>, 
     }
 
     // rANS codes backwards; the decoder reads the words in the reverse order they come out.
-    // Sample k in state k % 2, as the decoder alternates.
-    let mut xs = [RANS_L; 2];
+    // Sample k in state k % states, as the decoder takes them in turn.
+    let mut xs = vec![RANS_L; states];
     let mut words: Vec<u16> = Vec::with_capacity(samples);
     for (k, &tc) in sink.toks.iter().enumerate().rev() {
         let (f, start) = &freqs[cmap[(tc >> 8) as usize] as usize];
         let t = (tc & 0xFF) as usize;
         let (f, start) = (f[t], start[t]);
-        let x = &mut xs[k % 2];
+        let x = &mut xs[k % states];
         if *x as u64 >= (f as u64) << (32 - TAB_BITS) {
             words.push(*x as u16);
             *x >>= 16;
         }
         *x = ((*x / f) << TAB_BITS) + *x % f + start;
     }
-    let mut rans = Vec::with_capacity(8 + 2 * words.len());
-    rans.extend_from_slice(&xs[0].to_le_bytes());
-    rans.extend_from_slice(&xs[1].to_le_bytes());
+    let mut rans = Vec::with_capacity(4 * states + 2 * words.len());
+    for x in &xs {
+        rans.extend_from_slice(&x.to_le_bytes());
+    }
     for w in words.iter().rev() {
         rans.extend_from_slice(&w.to_le_bytes());
     }
@@ -1841,15 +1946,21 @@ fn compress_tables(section: &[u8]) -> Result<(u8, Vec<u8>)> {
     }
 }
 
-/// The decoder's tables: per table, the token of each slot (one byte: the tables a row uses
-/// stay in the first-level cache), and each token's frequency | start << 16.
+/// Contexts of all channels.
+const MAX_CONTEXTS: usize = MAX_CHANNELS * CTX_PER_CHANNEL;
+
+/// The decoder's tables: per context, the first slot of its table; per table, the token of
+/// each slot (one byte: a table is 2 KiB, so the few a row uses stay in the first-level cache;
+/// one word per slot with the frequency and start folded in ran no faster, at 4x the memory)
+/// and per token its frequency | start << 16 (128 a table: a 7-bit token needs no bounds check).
 struct Tables {
+    first: [u32; MAX_CONTEXTS],
     tokens: Vec<u8>,
     freq_start: Vec<u32>,
 }
 
 /// The table section read and checked: the context map and the tables.
-fn read_tables(section: &[u8], channels: usize) -> Result<(Vec<u8>, Tables)> {
+fn read_tables(section: &[u8], channels: usize) -> Result<Tables> {
     let bad = || codec_err("bad table section");
     let nctx = channels * CTX_PER_CHANNEL;
     let count = u16::from_le_bytes(section.get(..2).ok_or_else(bad)?.try_into().expect("2 bytes")) as usize;
@@ -1857,17 +1968,21 @@ fn read_tables(section: &[u8], channels: usize) -> Result<(Vec<u8>, Tables)> {
     if count == 0 || count > MAX_TABLES || cmap.iter().any(|&t| t as usize >= count) {
         return Err(bad());
     }
+    let mut first = [0u32; MAX_CONTEXTS];
+    for (f, &t) in first.iter_mut().zip(cmap) {
+        *f = (t as u32) << TAB_BITS;
+    }
     let mut at = 2 + nctx;
-    let mut tables = Tables { tokens: vec![0; count * TAB_SIZE], freq_start: vec![0; count * NTOK] };
-    for (tokens, fs) in tables.tokens.chunks_exact_mut(TAB_SIZE).zip(tables.freq_start.chunks_exact_mut(NTOK))
-    {
+    let mut tokens = vec![0u8; count * TAB_SIZE];
+    let mut freq_start = vec![0u32; count * 128];
+    for (table, fs) in tokens.chunks_exact_mut(TAB_SIZE).zip(freq_start.chunks_exact_mut(128)) {
         let len = *section.get(at).ok_or_else(bad)? as usize;
         let codes = section.get(at + 1..at + 1 + len).ok_or_else(bad)?;
         at += 1 + len;
         let f = frequencies(codes).ok_or_else(bad)?;
         let mut start = 0;
         for (t, (&f, fs)) in f.iter().zip(fs.iter_mut()).enumerate() {
-            tokens[start..start + f as usize].fill(t as u8);
+            table[start..start + f as usize].fill(t as u8);
             *fs = f | (start as u32) << 16;
             start += f as usize;
         }
@@ -1875,34 +1990,89 @@ fn read_tables(section: &[u8], channels: usize) -> Result<(Vec<u8>, Tables)> {
     if at != section.len() {
         return Err(bad());
     }
-    Ok((cmap.to_vec(), tables))
+    Ok(Tables { first, tokens, freq_start })
 }
 
-fn decode_pixels_v2(
-    tables: &[u8],
-    rans: &[u8],
-    raw: &[u8],
+/// A version's pixel streams: table section, rANS stream, raw-bit stream.
+type RansStreams<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
+/// The pixels of versions 2 (`N` = 2) and 3 (`N` = 4) from their streams. On x86-64 CPUs with
+/// AVX2 and BMI2 the same code compiled for them (the crate is built for baseline x86-64):
+/// the contexts' loop runs 8 lanes wide and the bit extraction takes single-µop shifts.
+/// Integer code and exact conversions only, so both compilations decode alike (tested).
+fn decode_pixels_rans<const N: usize>(
+    streams: RansStreams<'_>,
     g: &Geometry,
     infos: &[ChanInfo],
     out: &mut [u8],
 ) -> Result<()> {
-    let (cmap, tables) = read_tables(tables, g.channels)?;
-    // Two states, then whole words.
-    if rans.len() < 8 || !rans.len().is_multiple_of(2) {
+    #[cfg(target_arch = "x86_64")]
+    if x86_v3() && !tests_want_portable() {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { decode_pixels_x86_v3::<N>(streams, g, infos, out) };
+    }
+    decode_pixels_body::<N>(streams, g, infos, out)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Set by the tests that run the portable decoder on CPUs that have the x86-64-v3 one.
+    static PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[inline(always)]
+fn tests_want_portable() -> bool {
+    #[cfg(test)]
+    return PORTABLE.with(|p| p.get());
+    #[cfg(not(test))]
+    false
+}
+
+/// The CPU runs code compiled for x86-64-v3's integer features (AVX2, BMI1/2, LZCNT).
+#[cfg(target_arch = "x86_64")]
+fn x86_v3() -> bool {
+    std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("bmi1")
+        && std::is_x86_feature_detected!("bmi2")
+        && std::is_x86_feature_detected!("lzcnt")
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,bmi1,bmi2,lzcnt")]
+unsafe fn decode_pixels_x86_v3<const N: usize>(
+    streams: RansStreams<'_>,
+    g: &Geometry,
+    infos: &[ChanInfo],
+    out: &mut [u8],
+) -> Result<()> {
+    decode_pixels_body::<N>(streams, g, infos, out)
+}
+
+#[inline(always)]
+fn decode_pixels_body<const N: usize>(
+    (tables, rans, raw): RansStreams<'_>,
+    g: &Geometry,
+    infos: &[ChanInfo],
+    out: &mut [u8],
+) -> Result<()> {
+    let tables = read_tables(tables, g.channels)?;
+    // N states, then whole words.
+    if rans.len() < 4 * N || !rans.len().is_multiple_of(2) {
         return Err(codec_err(format!("bad rANS stream length {}", rans.len())));
     }
-    let x = [0, 4].map(|at| u32::from_le_bytes(rans[at..at + 4].try_into().expect("4 bytes")));
+    let x: [u32; N] =
+        std::array::from_fn(|k| u32::from_le_bytes(rans[4 * k..4 * k + 4].try_into().expect("4 bytes")));
     if x.iter().any(|&x| x < RANS_L) {
         return Err(codec_err("bad rANS state"));
     }
-    let mut words: Vec<u16> = rans[8..].chunks_exact(2).map(|w| u16::from_le_bytes([w[0], w[1]])).collect();
+    let mut words: Vec<u16> =
+        rans[4 * N..].chunks_exact(2).map(|w| u16::from_le_bytes([w[0], w[1]])).collect();
     let nwords = words.len();
     words.push(0);
     let mut padded = Vec::with_capacity(raw.len() + 8);
     padded.extend_from_slice(raw);
     padded.extend_from_slice(&[0; 8]);
-    let mut io =
-        TokenSource { x, words: &words, pos: 0, cmap: &cmap, tables: &tables, raw: &padded, bitpos: 0 };
+    let mut io = TokenSource::<N> { x, words: &words, pos: 0, tables: &tables, raw: &padded, bitpos: 0 };
     let mut chans: Vec<MedChannel> =
         infos.iter().map(|c| MedChannel::new(c.model_range(), g.columns)).collect();
     let row_bytes = g.columns * g.pixel_bytes();
@@ -1915,8 +2085,14 @@ fn decode_pixels_v2(
             let (first, rest) = chans.split_at_mut(ch);
             let c = &mut rest[0];
             c.contexts(first.first().map_or(&zeros[..], |b| &b.mcur[..]), r, ch * CTX_PER_CHANNEL, w);
-            io.row(&c.ctx[..w], &mut c.res[..w], &mut c.mcur[2..w + 2]);
-            ok &= c.reconstruct(r, w);
+            // Left of the row: W = NW = N; of the first row: W, the middle of the range.
+            c.cur[0] = if r == 0 { c.lo + (c.hi - c.lo) / 2 } else { c.up[1] };
+            if r == 0 {
+                io.row::<true>(&c.ctx[..w], &c.up, &mut c.cur);
+            } else {
+                io.row::<false>(&c.ctx[..w], &c.up, &mut c.cur);
+            }
+            ok &= c.check_row(r, w);
         }
         if !ok {
             return Err(codec_err(format!("corrupt pixel stream (row {r})")));
@@ -1927,7 +2103,7 @@ fn decode_pixels_v2(
     // The encoder started from RANS_L: anything else, or words left over, is corruption.
     // The raw bits end in the last byte (the encoder pads it with zeros).
     let raw_exact = io.bitpos <= 8 * raw.len() && io.bitpos + 8 > 8 * raw.len();
-    if io.x != [RANS_L; 2] || io.pos != nwords || !raw_exact {
+    if io.x != [RANS_L; N] || io.pos != nwords || !raw_exact {
         return Err(codec_err("pixel stream is corrupt or truncated"));
     }
     Ok(())
@@ -2193,14 +2369,20 @@ mod tests {
         (obj, PixelLayout { offset: header, length: span.len(), ..layout })
     }
 
-    /// The cold model's round trip (and the public entry point's), bit for bit; and version 1's.
+    /// The cold model's round trip (and the public entry point's), bit for bit; and versions 1
+    /// and 2's. Each also through the portable decoder when the CPU takes the x86-64-v3 one.
     fn roundtrip(obj: &[u8], l: &PixelLayout) -> usize {
         let stored = encode_cold_only(obj, l).unwrap();
-        assert_eq!(stored[3], VERSION_2);
+        assert_eq!(stored[3], VERSION_3);
         assert_eq!(decode(Codec::Cold, &stored, obj.len()).unwrap(), obj, "cold model, {l:?}");
-        let v1 = encode_version(obj, l, VERSION_1).unwrap();
-        assert_eq!(v1[3], VERSION_1);
-        assert_eq!(decode(Codec::Cold, &v1, obj.len()).unwrap(), obj, "cold model version 1, {l:?}");
+        assert_eq!(decode_portable(&stored, obj.len()).unwrap(), obj, "portable decoder, {l:?}");
+        for version in [VERSION_1, VERSION_2] {
+            let old = encode_version(obj, l, version).unwrap();
+            assert_eq!(old[3], version);
+            assert_eq!(decode(Codec::Cold, &old, obj.len()).unwrap(), obj, "version {version}, {l:?}");
+        }
+        let v2 = encode_cold_version(obj, l, VERSION_2).unwrap();
+        assert_eq!(decode_portable(&v2, obj.len()).unwrap(), obj, "portable decoder, version 2, {l:?}");
         let (codec, best) = encode_cold(obj, Some(l)).unwrap();
         assert!(best.len() <= stored.len());
         assert_eq!(decode(codec, &best, obj.len()).unwrap(), obj, "encode_cold, {l:?}");
@@ -2401,7 +2583,7 @@ mod tests {
         objects.push(object(4, 20, &sparse, 1, native(2, false, 20, 1, false)));
         let mut out = Vec::new();
         for (obj, l) in objects {
-            for version in [VERSION_1, VERSION_2] {
+            for version in [VERSION_1, VERSION_2, VERSION_3] {
                 out.push((obj.clone(), encode_version(&obj, &l, version).unwrap()));
             }
         }
@@ -2528,6 +2710,8 @@ mod tests {
 
     const PINNED_V2: [(usize, u32); 4] =
         [(1898, 0x6220_3f89), (557, 0xc79a_fb6d), (366, 0xf60a_5a10), (354, 0x9b4c_81fb)];
+    const PINNED_V3: [(usize, u32); 4] =
+        [(1906, 0x6698_bed6), (561, 0x81e6_d99b), (370, 0xf980_68f8), (360, 0xa7d8_5c02)];
 
     /// Version 1 as the original encoder wrote it (length and CRC of its output, recorded from
     /// that encoder): what archives hold keeps decoding.
@@ -2602,22 +2786,28 @@ mod tests {
         assert!((log2_fp(3) as i64 - 103_872).abs() < 4);
     }
 
-    /// A version-2 stream decodes the same everywhere: its bytes are pinned.
+    /// Version 2 and version 3 streams decode the same everywhere: their bytes are pinned
+    /// (version 2's as the version-2 encoder wrote them; it is kept, next to version 3's).
     #[test]
-    fn version_2_is_pinned() {
-        let mut crcs = Vec::new();
-        for (obj, l) in golden_objects() {
-            let stored = encode_cold_only(&obj, &l).unwrap();
-            assert_eq!(decode(Codec::Cold, &stored, obj.len()).unwrap(), obj);
-            crcs.push((stored.len(), u32::from_le_bytes(stored[stored.len() - 4..].try_into().unwrap())));
+    fn versions_2_and_3_are_pinned() {
+        for (version, pinned) in [(VERSION_2, PINNED_V2), (VERSION_3, PINNED_V3)] {
+            let mut crcs = Vec::new();
+            for (obj, l) in golden_objects() {
+                let stored = encode_cold_version(&obj, &l, version).unwrap();
+                assert_eq!(stored[3], version);
+                assert_eq!(decode(Codec::Cold, &stored, obj.len()).unwrap(), obj);
+                assert_eq!(decode_portable(&stored, obj.len()).unwrap(), obj);
+                crcs.push((stored.len(), u32::from_le_bytes(stored[stored.len() - 4..].try_into().unwrap())));
+            }
+            assert_eq!(crcs, pinned, "version {version}");
         }
-        assert_eq!(crcs, PINNED_V2);
     }
 
-    /// Version 2's own streams, corrupt: the table section (plain, so that the mutations reach
-    /// its reader rather than zstd's), the rANS and raw-bit streams. Errors, never panics.
+    /// Versions 2 and 3's own streams, corrupt: the table section (plain, so that the mutations
+    /// reach its reader rather than zstd's), the rANS and raw-bit streams. Errors, never panics,
+    /// through both compilations of the decoder.
     #[test]
-    fn corrupt_version_2_streams_are_errors() {
+    fn corrupt_rans_streams_are_errors() {
         let mut rng = Rng(11);
         let g = Geometry {
             bps: 2,
@@ -2651,10 +2841,14 @@ mod tests {
             }
             let (rans_len, raw_len) = (rng.below(200), rng.below(200));
             let (rans, raw) = (rng.bytes(rans_len), rng.bytes(raw_len));
-            assert!(decode_pixels_v2(&tables, &rans, &raw, &g, &infos, &mut out).is_err());
+            let streams = (&tables[..], &rans[..], &raw[..]);
+            assert!(decode_pixels_rans::<2>(streams, &g, &infos, &mut out).is_err());
+            assert!(decode_pixels_rans::<4>(streams, &g, &infos, &mut out).is_err());
+            assert!(decode_pixels_body::<2>(streams, &g, &infos, &mut out).is_err());
+            assert!(decode_pixels_body::<4>(streams, &g, &infos, &mut out).is_err());
         }
         // Mutations of real streams, CRC fixed up: in the payload, past the header.
-        for (obj, stored) in sample_stored().into_iter().filter(|(_, s)| s[3] == VERSION_2) {
+        for (obj, stored) in sample_stored().into_iter().filter(|(_, s)| s[3] != VERSION_1) {
             let body = stored.len() - CRC_LEN;
             for _ in 0..2000 {
                 let mut bad = stored.clone();
@@ -2664,11 +2858,26 @@ mod tests {
                 }
                 let crc = crc32fast::hash(&bad[..body]);
                 bad[body..].copy_from_slice(&crc.to_le_bytes());
-                if let Ok(out) = decode(Codec::Cold, &bad, obj.len()) {
+                let fast = decode(Codec::Cold, &bad, obj.len());
+                if let Ok(out) = &fast {
                     assert_eq!(out.len(), obj.len());
+                }
+                let portable = decode_portable(&bad, obj.len());
+                assert_eq!(fast.is_ok(), portable.is_ok());
+                if let (Ok(a), Ok(b)) = (fast, portable) {
+                    assert!(a == b);
                 }
             }
         }
+    }
+
+    /// [`decode_cold`] with the portable compilation of the rANS decoder (what CPUs without
+    /// AVX2/BMI2 run): the tests compare it with the dispatched one.
+    fn decode_portable(stored: &[u8], logical_len: usize) -> Result<Vec<u8>> {
+        PORTABLE.with(|p| p.set(true));
+        let out = decode_cold(stored, logical_len);
+        PORTABLE.with(|p| p.set(false));
+        out
     }
 
     #[test]

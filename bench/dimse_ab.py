@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from dicomvault.bench.orthanc import free_port, start_orthanc
-from dicomvault.bench.procs import terminate
+from dicomvault.bench.procs import terminate, tree_cpu
 from dicomvault.bench.synth import SeriesSpec, ct_series
 
 DV = str(Path(sys.executable).with_name("dicomvault"))
@@ -69,29 +69,6 @@ def storescu(port: int, dirs: list[Path], ae: str) -> float:
         if p.returncode:
             print(f"storescu failed: {err.decode(errors='replace')[-300:]}", file=sys.stderr)
     return elapsed
-
-
-def tree_cpu(pid: int) -> float:
-    """utime + stime seconds of pid and its live descendants."""
-    tick = os.sysconf("SC_CLK_TCK")
-    children: dict[int, list[int]] = {}
-    cpu: dict[int, float] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{d}/stat").read_text()
-        except OSError:
-            continue
-        f = stat[stat.rindex(")") + 2:].split()
-        children.setdefault(int(f[1]), []).append(int(d))
-        cpu[int(d)] = (int(f[11]) + int(f[12])) / tick
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        total += cpu.get(p, 0.0)
-        todo += children.get(p, [])
-    return total
 
 
 def run_dicomvault(root: Path, dimse_toml: str, dirs: list[Path], n: int) -> tuple[float, float]:

@@ -39,41 +39,15 @@ from pathlib import Path
 
 from dicomvault.bench.dimse import DCMTK_ENV, HOST, PDU, dicomvault_command, split_files, start_serve
 from dicomvault.bench.orthanc import free_port
+from dicomvault.bench.procs import tree_cpu
 from dicomvault.bench.synth import SeriesSpec, ct_series
 
 AE = "DICOMVAULT"
 CLIENTS = 4
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of `pid` and its descendants: utime + stime of each process still in the tree
-    (zombies included) + cutime + cstime of the root (children it has reaped)."""
-    children: dict[int, list[int]] = {}
-    own: dict[int, float] = {}
-    reaped = 0.0
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{d}/stat").read_text()
-        except OSError:
-            continue  # exited between listdir and read
-        f = stat[stat.rindex(")") + 2:].split()
-        children.setdefault(int(f[1]), []).append(int(d))
-        own[int(d)] = (int(f[11]) + int(f[12])) / TICK
-        if int(d) == pid:
-            reaped = (int(f[13]) + int(f[14])) / TICK
-    total, todo = reaped, [pid]
-    while todo:
-        p = todo.pop()
-        total += own.get(p, 0.0)
-        todo += children.get(p, [])
-    return total
 
 
 def machine_ticks() -> tuple[int, int]:

@@ -54,7 +54,7 @@ from pydicom import dcmread
 from dicomvault.bench import device
 from dicomvault.bench.dimse import DCMTK_ENV, HOST, PDU, StoreScp, dicomvault_command, start_storescp
 from dicomvault.bench.orthanc import start_orthanc
-from dicomvault.bench.procs import terminate
+from dicomvault.bench.procs import terminate, tree_cpu
 
 ROOT = Path(__file__).resolve().parent
 NOOP = "no-op retrieve SCP (ceiling)"
@@ -76,7 +76,6 @@ log4cplus.appender.console.layout.ConversionPattern = %D{%s.%Q} %m%n
 """
 # %Q stamps (ours) and %q ones (the storescp of dicomvault.bench.dimse, a C-MOVE's destination)
 _USTAMP = r"(\d{9,11})\.(\d{3})(?:\.(\d{3}))? "
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def log(msg: str) -> None:
@@ -91,36 +90,6 @@ def _stamp(text: str, pattern: str) -> float | None:
 
 
 # -- CPU accounting ---------------------------------------------------------------------------------
-
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, utime + stime in seconds) of a live process, from /proc/<pid>/stat."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            text = f.read()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) "; comm may hold spaces
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def tree_cpu(root: int) -> float:
-    """CPU seconds used so far by `root` and its live descendants (every thread's, finished
-    threads included: /proc/<pid>/stat counts them)."""
-    stats: dict[int, tuple[int, float]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit() and (s := _stat(int(name))) is not None:
-            stats[int(name)] = s
-    keep, total, changed = {root}, 0.0, True
-    while changed:
-        changed = False
-        for pid, (ppid, _) in stats.items():
-            if ppid in keep and pid not in keep:
-                keep.add(pid)
-                changed = True
-    for pid in keep:
-        total += stats.get(pid, (0, 0.0))[1]
-    return total
-
 
 # -- the clients ------------------------------------------------------------------------------------
 

@@ -112,10 +112,16 @@ def assoc_factory() -> Iterator[object]:
         opened.append(assoc)
         return assoc
 
+    def release_all() -> None:
+        for a in opened:
+            if a.is_established:
+                a.release()
+
+    # Released before the server is stopped: serve drains open associations for up to 30 s on
+    # SIGTERM, and idle ones only end at the client's 20 s network timeout.
+    make.release_all = release_all  # type: ignore[attr-defined]
     yield make
-    for a in opened:
-        if a.is_established:
-            a.release()
+    release_all()
 
 
 def send(assoc: object, files: list[bytes], acked: Acked, tally: Tally) -> list[int]:
@@ -180,6 +186,7 @@ def test_write_faults_under_dimse(tmp_path: Path, shim: Path, assoc_factory, err
             f"stores still fail after the fault cleared: {after}\n{srv.log_text()[-3000:]}"
         )
     finally:
+        assoc_factory.release_all()
         rc = srv.stop()
     assert rc == 0, srv.log_text()[-3000:]
     tally.trials = 1
@@ -257,6 +264,7 @@ def test_read_faults_report_errors_not_wrong_bytes(
             report = json.loads(run.stdout)
             assert report["ok"] < len(files), report
     finally:
+        assoc_factory.release_all()
         rc = srv.stop()
     assert rc == 0
     tally.trials = 1

@@ -135,7 +135,7 @@ def _stress(tmp_path: Path, seconds: float, clients: int, dcmtk: int, **kw: Any)
 
 
 def test_mixed_traffic_on_persistent_associations_short(tmp_path: Path) -> None:
-    _stress(tmp_path, seconds=8, clients=2, dcmtk=0)
+    _stress(tmp_path, seconds=5, clients=2, dcmtk=0)
 
 
 @pytest.mark.slow

@@ -43,9 +43,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, BinaryIO, Literal, TypeVar
 
-import boto3
 from botocore import UNSIGNED
-from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -189,6 +187,11 @@ class ObjectStore:
         self.part_size = part_size
         self.max_concurrency = max(1, max_concurrency)
         endpoint = endpoint or _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+        # Imported here, not with the module: boto3 and botocore.config take ~140 ms to import, which
+        # every CLI command and every `serve` paid, though only an object-store tier needs them.
+        import boto3
+        from botocore.config import Config
+
         session = boto3.session.Session(
             aws_access_key_id=access_key,
             aws_secret_access_key=secret_key,

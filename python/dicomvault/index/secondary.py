@@ -115,13 +115,12 @@ def entry_key(spec: IndexSpec, term: str, target: bytes) -> bytes:
 
 def hierarchy_key(study_uid: str, series_uid: str, instance_number: int | None, sop_uid: str) -> bytes:
     """Hierarchy index key of one instance."""
-    return (
-        bytes((IDX_HIERARCHY,))
-        + keys.encode(study_uid)
-        + keys.encode(series_uid)
-        + keys.u32(keys.instance_number_key(instance_number))
-        + keys.encode(sop_uid)
-    )
+    return hierarchy_prefix(study_uid, series_uid) + _instance_part(instance_number, keys.encode(sop_uid))
+
+
+def _instance_part(instance_number: int | None, sop_key: bytes) -> bytes:
+    """What follows a series' hierarchy prefix in an instance's key (instance number order)."""
+    return keys.u32(keys.instance_number_key(instance_number)) + sop_key
 
 
 def hierarchy_prefix(study_uid: str, series_uid: str | None = None) -> bytes:
@@ -216,8 +215,7 @@ def instance_entries(rec: InstanceRecord) -> dict[bytes, bytes]:
     from parts shared by the instances of a series or a SOP class: ~5 µs per store otherwise)."""
     target = keys.encode(rec.sop_uid)
     out = dict.fromkeys([p + target for p in _sop_class_prefixes(rec.sop_class_uid)], b"")
-    out[_hierarchy_prefix(rec.study_uid, rec.series_uid)
-        + keys.u32(keys.instance_number_key(rec.instance_number)) + target] = b""
+    out[_hierarchy_prefix(rec.study_uid, rec.series_uid) + _instance_part(rec.instance_number, target)] = b""
     return out
 
 

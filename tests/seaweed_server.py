@@ -9,15 +9,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+
+from dicomvault.bench.ports import free_ports  # noqa: F401  (re-exported to the tests)
 
 ACCESS_KEY = "dvtestaccess"
 SECRET_KEY = "dvtestsecret-not-a-real-one"
@@ -34,17 +34,6 @@ def weed_binary() -> str | None:
     if here.is_file() and os.access(here, os.X_OK):
         return str(here)
     return shutil.which("weed")
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports, held open together so none is handed out twice."""
-    with ExitStack() as stack:
-        socks = []
-        for _ in range(n):
-            s = stack.enter_context(socket.socket())
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
 
 
 @dataclass

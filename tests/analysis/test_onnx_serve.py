@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,16 +25,12 @@ from pynetdicom import AE
 from test_onnx_model import INPUT, NODULES, ct_series
 from tiny_model import segmentation_model, train
 
+from dicomvault.bench.ports import free_port
+
 pytest.importorskip("dicomvault.analysis.plugins", reason="the analysis pipeline is not in this tree")
 
 HOST = "127.0.0.1"
 T = TypeVar("T")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def _wait(fn: Callable[[], T | None], timeout: float, what: str) -> T:
@@ -82,7 +77,7 @@ def _config(tmp: Path, model: Path) -> Path:
 def test_a_ct_series_sent_to_serve_gets_its_seg(tmp_path: Path) -> None:
     model = segmentation_model(train(np.random.default_rng(16)), tmp_path / "nodule_seg.onnx")
     cfg = _config(tmp_path, model)
-    dimse, http = _free_port(), _free_port()
+    dimse, http = free_port(), free_port()
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "dicomvault.cli", "serve", "--config", str(cfg),

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,14 +24,10 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
 
+from dicomvault.bench.ports import free_port
+
 HOST = "127.0.0.1"
 ARCHIVE_AE = "DICOMVAULT"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -24,6 +24,7 @@ from dicomvault.audit.settings import AuditSettingsError, parse_audit
 from dicomvault.audit.syslog import Endpoint, Target, message, parse_target
 from dicomvault.audit.tail import cursor_path, load_cursor
 from dicomvault.bench.pki import Pki, issue
+from dicomvault.bench.ports import free_port
 from dicomvault.cli import main as cli_main
 from dicomvault.config import load_config
 
@@ -260,9 +261,7 @@ def test_audit_table_is_checked(tmp_path: Path, pki: Pki) -> None:
 
 def serve_config(tmp_path: Path, pki: Pki, syslog_port: int) -> tuple[Path, Path]:
     """(data directory, config file) of a `serve` sending its audit log to localhost:syslog_port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dimse_port = s.getsockname()[1]
+    dimse_port = free_port()
     data = tmp_path / "data"
     config = tmp_path / "dicomvault.toml"
     config.write_text(f"""data = "{data}"

@@ -5,7 +5,6 @@ provider's tokens (and says why it refuses one, in the response and in its log).
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,13 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from dicomvault.bench.ports import free_port
 from oidc_idp import AUDIENCE, ISSUER, JwksServer, SigningKey, user
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _http_url(proc: subprocess.Popen[str], log: Path, timeout: float = 60) -> str:
@@ -41,7 +35,7 @@ def test_serve_takes_provider_tokens_from_the_config(tmp_path: Path) -> None:
 data = "data"
 
 [dimse]
-port = {_free_port()}
+port = {free_port()}
 
 [http]
 port = 0

@@ -24,6 +24,7 @@ import pydicom
 from pynetdicom import AE, _config
 from pynetdicom.dsutils import split_dataset
 
+from dicomvault.bench.ports import free_port  # noqa: F401  (re-exported to the tests)
 from dicomvault.engine import Engine
 
 CLI = str(Path(sys.executable).with_name("dicomvault"))
@@ -33,12 +34,6 @@ STORESCP_AE = "STORESCP"
 COMMIT_AE = "COMMITSCU"
 DCMTK_TOOLS = ("echoscu", "storescu", "findscu", "movescu", "getscu", "storescp", "dcmconv", "dcmcjpls",
                "dcmcrle", "dcmdjpeg", "dcmodify")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 # What an in-process DimseServer sets process-wide (dimse/server.configure_pynetdicom).

@@ -16,14 +16,9 @@ import pydicom
 import pytest
 from dv_deid import PATIENT_ID, SECRET, make_study, write_config
 
+from dicomvault.bench.ports import free_port
 from dicomvault.integration.deid.pseudonyms import Pseudonymizer
 from dicomvault.replication.settings import SettingsError, load_settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:

@@ -7,7 +7,6 @@ import io
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pydicom
 import pytest
 from dv_deid import KEY_HEX, PATIENT_ID, SECRET, Study, make_study, write_config
 
+from dicomvault.bench.ports import free_port
 from dicomvault.config import load_config
 from dicomvault.engine import Engine
 from dicomvault.integration.deid.mapping import mapping_path, read_mapping
@@ -41,12 +41,6 @@ def research_site(tmp_path: Path) -> Iterator[tuple[Site, Study]]:
             yield s, study
         finally:
             s.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def bearer(site: Site, user: str) -> dict[str, str]:

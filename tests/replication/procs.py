@@ -18,16 +18,11 @@ from pathlib import Path
 
 import blake3
 
+from dicomvault.bench.ports import free_port
 from dicomvault.engine import Engine
 
 CLI = str(Path(sys.executable).with_name("dicomvault"))
 HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 class Relay:

@@ -6,7 +6,6 @@ a trend of the emphysema index on the patient's page in the browser viewer."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ import httpx
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 
+from dicomvault.bench.ports import free_port
+
 from .conftest import CLI, Viewer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analysis"))
@@ -25,12 +26,6 @@ from phantoms import chest_phantom, ct_series, study_attributes  # noqa: E402
 HOST = "127.0.0.1"
 PATIENT = "CHEST-E2E"
 SEG, SR = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def _until(what: str, fn: Any, timeout: float, log: Path) -> Any:
@@ -66,7 +61,7 @@ def test_ct_chest_studies_get_sr_seg_flag_and_a_trend_in_the_viewer(tmp_path: Pa
     data, cfg = tmp_path / "data", tmp_path / "dicomvault.toml"
     cfg.write_text(f'data = "{data}"\n\n[dimse]\naccept_unknown_callers = true\n\n'
                    "[analysis]\nquiet_seconds = 1\n")  # the built-in analyzers, unconfigured
-    dimse, http = _free_port(), _free_port()
+    dimse, http = free_port(), free_port()
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([CLI, "serve", "--config", str(cfg), "--dimse-port", str(dimse),

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .ports import free_port  # noqa: F401  (the bench scripts take it from here)
 from .procs import terminate
 
 ORTHANC_BIN = "/usr/sbin/Orthanc"
@@ -30,12 +31,6 @@ DICOMWEB_ROOT = "/dicom-web/"
 
 class OrthancError(RuntimeError):
     """Orthanc would not start, or its REST API answered an error (the message says which URL)."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def orthanc_config(root: Path, *, dicom_port: int, http_port: int,

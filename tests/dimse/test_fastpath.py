@@ -4,6 +4,7 @@ a peer breaking the P-DATA rules loses only its own association."""
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import time
@@ -275,6 +276,28 @@ def test_broken_pdata_aborts_only_that_association(archive: tuple[int, DimseServ
         assert other.send_c_echo().Status == 0x0000
     finally:
         other.release()
+
+
+def test_a_peer_abort_ends_its_association_without_an_error(archive: tuple[int, DimseServer, Engine],
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A-ABORT from the peer is a normal end (a workstation closing a viewer does it): logged as a
+    warning, not as pynetdicom's InvalidEventError traceback for the Evt17 that follows it."""
+    port, _, _ = archive
+    with caplog.at_level(logging.INFO):
+        assoc = _associate(port)
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.abort()
+        deadline = time.monotonic() + 10
+        while "association aborted" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+        other = _associate(port)
+        try:
+            assert other.send_c_echo().Status == 0x0000
+        finally:
+            other.release()
+    assert "association aborted: FASTSCU" in caplog.text
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
 
 
 def test_a_pdu_beyond_the_negotiated_maximum_is_still_read(archive: tuple[int, DimseServer, Engine]) -> None:

@@ -220,8 +220,16 @@ class FastPath:
         # Looked at before taking: this runs twice per message and the queue is nearly always
         # empty, where get(block=False) costs a lock and a raised Empty (~2.5 us against 0.2).
         # Only this DUL thread takes from it, so a non-empty queue stays non-empty until the get.
+        machine = self.dul.state_machine
         while events.queue:
-            self.dul.state_machine.do_action(events.get(block=False))
+            event = events.get(block=False)
+            # A peer's A-ABORT: AA-3 closes the socket, whose close() queues Evt17 with the
+            # machine already in Sta1, where it is invalid. pynetdicom's own loop is normally
+            # stopped before it takes that event; drained here it would raise InvalidEventError
+            # and log a traceback for every aborted association. Nothing is left to close.
+            if event == "Evt17" and machine.current_state == "Sta1":
+                continue
+            machine.do_action(event)
 
     def _close(self, reason: str) -> None:
         self.closed = True

@@ -206,6 +206,34 @@ def test_compaction_waits_while_studies_are_retrieved(tmp_path: Path, objs: dict
         assert objects(e) == {"landing": 0, "warm": len(objs)}
 
 
+@pytest.mark.parametrize("capacity", [None, 1 << 40, 1 << 10])
+def test_compaction_waits_for_a_busy_ingest_until_landing_fills_up(tmp_path: Path, objs: dict[str, Obj],
+                                                                   capacity: int | None) -> None:
+    """While ingest is busy no compaction thread takes the CPU or the GIL from it, unless the
+    landing tier passes half its capacity: then one thread drains it, so that a burst that never
+    stops cannot fill the landing disk. (No capacity set: the file system's free space decides;
+    the test's has more than a fifth free.)"""
+    tiers = (TierSpec("landing", "local", "raw", path="landing", capacity=capacity),
+             TierSpec("warm", "local", "hot", path="warm"))
+    with filled(tmp_path / "data", tiers, objs, compact=False) as e:
+        e.last_ingest = time.monotonic() + 60  # a burst going on
+        c = Compactor(e, threads=2)
+        done: list[Any] = []
+        t = threading.Thread(target=lambda: done.append(c.run_once()))
+        t.start()
+        if capacity == 1 << 10:  # far past half of it: drained during the burst
+            t.join(60)
+            assert done and done[0].report.blobs == len(objs)
+            assert objects(e) == {"landing": 0, "warm": len(objs)}
+            return
+        time.sleep(1.5)  # past PRESSURE_CHECK: the verdict was taken again
+        assert objects(e)["landing"] == len(objs) and not done, "compaction ran during ingest"
+        e.last_ingest = 0.0  # the burst ended
+        t.join(60)
+        assert done and done[0].report.blobs == len(objs)
+        assert objects(e) == {"landing": 0, "warm": len(objs)}
+
+
 # -- moves between warm and cold ----------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
 """The background compactor: landing (raw, written at disk speed) → the next local tier (hot
-codec), blob by blob, on every core when ingest is idle and on one low-priority thread when it
-is busy.
+codec), blob by blob, on every core when ingest is idle; while ingest is busy it waits, unless the
+landing tier is filling up (then one low-priority thread drains it).
 
 Why per blob and not per study: the landing tier exists so ingest costs only the disk and a
 hash; it should drain as fast as the codec allows, whatever study a blob belongs to. Each batch
@@ -27,8 +27,16 @@ log = logging.getLogger(__name__)
 
 # Ingest counts as busy if it committed within this many seconds.
 BUSY_WINDOW = 1.0
-# While ingest is busy, helper threads (all but one) wait this long between batches.
+# While ingest or a retrieve is busy, compaction threads look again this often.
 YIELD_SLEEP = 0.05
+# While ingest is busy, one thread compacts anyway once the landing tier holds this share of its
+# capacity or, with no capacity set, once its file system has less than FS_FREE_FLOOR of its
+# size free. Why wait at all: a compaction thread, even at nice 19, takes the GIL for its index
+# work and the CPU for the codec; measured in a DIMSE burst, ~300 us per ingested object on disk
+# (bench/RESULTS.md, "late" rows). Why not always: a burst that never stops must not fill the disk.
+LANDING_PRESSURE = 0.5
+FS_FREE_FLOOR = 0.2
+PRESSURE_CHECK = 1.0  # seconds a landing-pressure verdict is kept
 
 
 def lower_priority() -> None:
@@ -66,6 +74,8 @@ class Compactor:
         self._thread: threading.Thread | None = None
         self.totals = MoveReport()
         self._lock = threading.Lock()
+        self._pressure_at = float("-inf")
+        self._pressed = False
 
     # -- one pass --------------------------------------------------------------------------
     def _landing_blobs(self, extra: list[bytes]) -> Iterator[BlobRecord]:
@@ -119,9 +129,11 @@ class Compactor:
                     return MoveReport()
                 slot = getattr(threading.current_thread(), "dv_slot", 0)
                 # Every thread waits while objects are being retrieved (a radiologist opening the
-                # study just received must not share the CPU and the GIL with its compaction); all
-                # but one while ingest is busy, so the landing tier still drains under a burst.
-                while (self.retrieve_busy() or (slot > 0 and self.ingest_busy())) and not self._stop.is_set():
+                # study just received must not share the CPU and the GIL with its compaction) and
+                # while ingest is busy, but for one once the landing tier fills up.
+                while not self._stop.is_set() and (
+                        self.retrieve_busy()
+                        or (self.ingest_busy() and (slot > 0 or not self.landing_pressed()))):
                     time.sleep(YIELD_SLEEP)
                 return Mover(eng).move(batch, self.target or "", sources=sources)
 
@@ -147,6 +159,23 @@ class Compactor:
 
     def retrieve_busy(self) -> bool:
         return time.monotonic() - self.engine.last_read < BUSY_WINDOW
+
+    def landing_pressed(self) -> bool:
+        """The landing tier is filling up (see LANDING_PRESSURE): kept for PRESSURE_CHECK seconds."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._pressure_at < PRESSURE_CHECK:
+                return self._pressed
+        landing = self.engine.tiers[0]
+        if landing.capacity:
+            used = dict(self.engine.vault.tier_stats()).get(landing.name, {}).get("disk_bytes", 0)
+            pressed = used >= LANDING_PRESSURE * landing.capacity
+        else:
+            fs = os.statvfs(self.engine.data_dir / "blobs" / (landing.path or ""))
+            pressed = fs.f_bavail < FS_FREE_FLOOR * fs.f_blocks
+        with self._lock:
+            self._pressure_at, self._pressed = now, pressed
+        return pressed
 
     # -- in the background -------------------------------------------------------------------
     def start(self, interval: float = 1.0) -> None:

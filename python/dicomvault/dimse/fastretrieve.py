@@ -15,6 +15,14 @@ while the current one is on the wire.
   itself: pynetdicom's own PDU classes encode the A-ASSOCIATE-RQ and decode the answer, then the
   socket is read natively like any other. A TLS destination gets a TLS connection whose
   decrypted side is one end of a socket pair (tls_relay.pump_tls), so the same code reads it.
+  For one study by its UID the contexts come from the study's (SOP class, syntax) pairs kept in
+  its index record (retrieve.move_plan): the sub-association is negotiated while the first
+  object is read, and the study is listed while that object is on the wire. Otherwise (another
+  level, several keys, a study indexed before the pairs were kept) every match is listed with
+  its class and syntax first. An object whose pair was not proposed (stored into the study
+  between the study record's read and the listing) goes out converted to an uncompressed syntax
+  the destination accepted, or fails with the others going on, as for a destination that
+  refused its stored syntax.
 
 The semantics are PS3.4 C.4.2/C.4.3's: one sub-operation at a time (no asynchronous operations
 are negotiated); a pending response after each with the remaining, completed, failed and warning

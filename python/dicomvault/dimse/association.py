@@ -5,7 +5,10 @@ How they get in, per association and without touching pynetdicom's classes or mo
 - acceptors: `ArchiveAE.make_server` (which `start_server` calls, and workers_proc.py calls with
   its own server class) passes `request_handler=ArchiveRequestHandler` to pynetdicom's
   `AssociationServer`; its `_create_association` takes the association pynetdicom configured and
-  makes it ours (`ArchiveAssociation.adopt`) before it starts.
+  makes it ours (`ArchiveAssociation.adopt`) before it starts, and its `handle` starts the DUL
+  thread before the association thread (the A-ASSOCIATE-RQ is read sooner). For a non-blocking
+  `start_server` the server class is `InlineHandlerServer`: the handler runs in the accepting
+  thread, not in a thread of its own.
 - requestors (our SCUs, forwarding, storage commitment reports, pynetdicom's C-MOVE
   sub-associations, which it requests through the serving AE): `AE.associate` builds a plain
   `Association` inline and hands it, unstarted, to `AE._create_socket`; `ArchiveAE._create_socket`
@@ -272,6 +275,16 @@ class ArchiveRequestHandler(RequestHandler):
         adopted = ArchiveAssociation.adopt(assoc, tuned=tuned)
         adopted.set_socket(ArchiveSocket(adopted, client_socket=self.request, big_reads=tuned))
         return adopted
+
+    def handle(self) -> None:
+        """pynetdicom's RequestHandler.handle (make the association, EVT_CONN_OPEN, start it),
+        with the DUL thread started here, before the association thread, instead of by it: the
+        A-ASSOCIATE-RQ, usually sent right after the connection, is read one thread start sooner."""
+        assoc = self._create_association()
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        assoc.dul.start()
+        assoc._started_dul = True
+        assoc.start()
 
 
 class InlineHandlerServer(ThreadedAssociationServer):

@@ -26,6 +26,7 @@ from pynetdicom.transport import AddressInformation, AssociationServer, Associat
 METHODS: list[tuple[type, str, str]] = [
     (ApplicationEntity, "_create_socket", "overridden: adopts the requestor association (association.py)"),
     (RequestHandler, "_create_association", "overridden: adopts the acceptor association"),
+    (RequestHandler, "handle", "overridden: copy of 3.0.4's, the DUL thread started first (association.py)"),
     (Association, "_run_reactor", "overridden: copy of 3.0.4's loop, event-driven + pause fix"),
     (Association, "_serve_request", "called by the copied reactor loop"),
     (Association, "_get_valid_context", "called by send_c_store for a pre-encoded data set"),
@@ -46,7 +47,7 @@ CONTEXT_ATTRIBUTES = ["_context_id", "_abstract_syntax", "_transfer_syntax", "re
 PRIMITIVE_LISTS = ["_user_information", "_presentation_context_definition_list",
                    "_presentation_context_definition_results_list"]
 ASSOCIATION_ATTRIBUTES = ["_reactor_checkpoint", "_is_paused", "_kill", "_dul_ready", "_accepted_cx",
-                          "_rejected_cx"]
+                          "_rejected_cx", "_started_dul"]
 DUL_ATTRIBUTES = ["_kill_thread", "_idle_timer", "_run_loop_delay", "_recv_pdu", "event_queue",
                   "to_provider_queue", "to_user_queue", "state_machine", "artim_timer"]
 SOCKET_ATTRIBUTES = ["_is_connected"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,6 +253,11 @@ def test_admission_still_decides_per_caller(tmp_path: Path, servers: Callable[..
         g = accepted(ask(ours, getter))
         assert g[find][0] == g[get][0] == g[ct][0] == 0x00
         assert g[mr][0] == 0x01  # MR on which it would be the SCU: storing, refused
+    # many at once, the two callers mixed: each answer is that caller's (the memos are shared)
+    expected = {storer: ask(ours, storer), getter: ask(ours, getter)}
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda raw: (raw, ask(ours, raw)), [storer, getter] * 12))
+    assert all(answer == expected[raw] for raw, answer in answers)
     # an unknown caller, same contexts: refused outright (A-ASSOCIATE-RJ), every time
     stranger = Request(calling="STRANGER", contexts=getscu_like()).encode()
     for _ in range(2):

@@ -16,7 +16,7 @@ NATIVE_SRC := $(shell find core/src core/kernels rust/src -type f) rust/build.rs
 STAMP := $(VENV)/.built
 
 .DEFAULT_GOAL := help
-.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-retrieve bench-dicomweb bench-viewer bench-tiers bench-find bench-tls bench-ingest bench-load bench-fhir bench-replication bench-analysis clean sysdeps fuzz fuzz-python faults
+.PHONY: help venv build serve test test-rust test-python test-full lint fmt bench bench-dimse bench-compare bench-retrieve bench-assoc bench-dicomweb bench-viewer bench-tiers bench-find bench-tls bench-ingest bench-load bench-fhir bench-replication bench-analysis clean sysdeps fuzz fuzz-python faults
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -128,6 +128,9 @@ bench-compare: sysdeps build ## dicomvault vs Orthanc vs the raw device, every h
 
 bench-retrieve: sysdeps build ## C-GET/C-MOVE retrieve and first image vs Orthanc and the no-op C-GET SCP ceiling, interleaved (~2 min; COLD=1 page cache dropped)
 	$(VPY) bench/retrieve_ceiling.py $(if $(COLD),--cold,)
+
+bench-assoc: sysdeps build ## association set-up alone: getscu's and echoscu's requests replayed against serve and Orthanc (~1 min)
+	$(VPY) bench/assoc_setup.py --orthanc
 
 bench-dicomweb: sysdeps build ## DICOMweb vs Orthanc's plugin, side by side -> bench/RESULTS.md (< 15 min; QUICK=1 < 2 min)
 	$(VPY) bench/dicomweb_compare.py $(if $(QUICK),--quick,)

@@ -4,23 +4,27 @@ polling, and nothing of pynetdicom's is changed for the rest of the process."""
 from __future__ import annotations
 
 import socket
+import socketserver
 import threading
 import time
 from collections.abc import Iterator
 from io import BytesIO
 from typing import Any
 
+import pynetdicom.acse
 import pynetdicom.association
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt, fsm, utils
+from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_GET, C_STORE
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.sop_class import CTImageStorage, Verification
-from pynetdicom.transport import AssociationSocket
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from dicomvault.dimse import association, dul, encoded
 from dicomvault.dimse.association import ArchiveAE, ArchiveAssociation
@@ -138,10 +142,17 @@ def test_pynetdicom_itself_is_left_alone(scp: tuple[int, list[bytes], list[Any]]
     for cls, names in ((Association, ("_run_reactor", "send_c_store", "__init__")),
                        (DULServiceProvider, ("run_reactor", "send_pdu", "kill_dul", "stop_dul", "__init__",
                                              "_decode_pdu")),
-                       (DIMSEServiceProvider, ("send_msg",)), (AssociationSocket, ("recv",))):
+                       (DIMSEServiceProvider, ("send_msg",)), (AssociationSocket, ("recv",)),
+                       (ACSE, ("_negotiate_as_acceptor", "send_accept")),
+                       (RequestHandler, ("handle", "_create_association")),
+                       (ThreadedAssociationServer, ("process_request_thread",)),
+                       (A_ASSOCIATE_RQ, ("to_primitive",))):
         for name in names:
             assert getattr(cls, name).__module__.startswith("pynetdicom."), f"{cls.__name__}.{name}"
     assert fsm.ACTIONS["DT-1"][1] is fsm.DT_1 and fsm.ACTIONS["AR-7"][1] is fsm.AR_7
+    assert fsm.ACTIONS["AE-6"][1] is fsm.AE_6 and fsm.ACTIONS["AE-7"][1] is fsm.AE_7
+    assert pynetdicom.acse.negotiate_unrestricted.__module__ == "pynetdicom.presentation"
+    assert ThreadedAssociationServer.process_request is socketserver.ThreadingMixIn.process_request
     assert pynetdicom.association.encode.__module__ == "pynetdicom.dsutils"
     assert utils.set_uid.__module__ == "pynetdicom.utils"
     ae = AE(ae_title="PLAIN")

@@ -31,7 +31,6 @@ from typing import Any, cast
 
 from pydicom.uid import UID
 from pynetdicom import evt
-from pynetdicom.acse import ACSE
 from pynetdicom.sop_class import (
     ModalityPerformedProcedureStep,
     ModalityWorklistInformationFind,
@@ -40,6 +39,7 @@ from pynetdicom.sop_class import (
 )
 
 from ..audit.dimse import Refusals
+from .accept_memo import MemoisedACSE
 from .common import log
 
 # A-ASSOCIATE-RJ: rejected-permanent, DICOM UL service-user, calling AE title not recognised
@@ -113,9 +113,10 @@ class RelayOrigins:
 relay_origins = RelayOrigins()
 
 
-class ArchiveACSE(ACSE):
+class ArchiveACSE(MemoisedACSE):
     """pynetdicom's ACSE with the archive's admission (`ae.admission`, an `Admit`; None: admit
-    every caller to every service, as pynetdicom does)."""
+    every caller to every service, as pynetdicom does), run for every association; the
+    negotiation behind it is remembered (accept_memo.py)."""
 
     def _negotiate_as_acceptor(self) -> None:
         admit = cast(Admit | None, getattr(self.assoc.ae, "admission", None))

@@ -15,7 +15,9 @@ real work, and on one association the polls add ~2 ms of latency per object (rec
   fastpath.py's native reader instead of pynetdicom's (see that module);
 - its `to_user_queue` wakes the association reactor when an ACSE primitive (A-RELEASE, A-ABORT)
   is put on it;
-- its state machine (`EncodedPDataStateMachine`) writes encoded.py's pre-framed P-DATA as is;
+- its state machine (`EncodedPDataStateMachine`) writes encoded.py's pre-framed P-DATA as is, an
+  A-ASSOCIATE-AC as accept_memo.py remembers it (encoded once per distinct answer), and hands the
+  association a copy of the A-ASSOCIATE-RQ's primitive made once per distinct request;
 - an A-ASSOCIATE-RQ that arrived before with the same bytes is not decoded again
   (negotiation_cache.py).
 """
@@ -28,16 +30,17 @@ import select
 import socket
 import ssl
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pynetdicom import evt
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.fsm import TRANSITION_TABLE, StateMachine
-from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
 
 from . import fastpath
+from .accept_memo import accepts
 from .encoded import EncodedPData
-from .negotiation_cache import associate_rq_cache
+from .negotiation_cache import CachedRequest, associate_rq_cache
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -54,6 +57,12 @@ DUL_IDLE_WAIT = 0.05
 # The state machine actions that send a P-DATA request (PS3.8 9.2: Sta6 + Evt9 -> DT-1, Sta8 +
 # Evt9 -> AR-7), with the state each leaves the machine in.
 P_DATA_ACTIONS = {"DT-1": "Sta6", "AR-7": "Sta8"}
+# The action that takes a received A-ASSOCIATE-RQ (PS3.8 9.2: Sta2 + Evt6 -> AE-6 -> Sta3), and the
+# one that sends the A-ASSOCIATE-AC (Sta3 + Evt7 -> AE-7 -> Sta6).
+REQUEST_ACTION = "AE-6"
+REQUEST_NEXT_STATE = "Sta3"
+ACCEPT_ACTION = "AE-7"
+ACCEPT_NEXT_STATE = "Sta6"
 # How often an acceptor waiting for its A-ASSOCIATE-RQ looks whether the connection is still there.
 CLOSED_CHECK = 0.05
 
@@ -61,10 +70,17 @@ CLOSED_CHECK = 0.05
 class EncodedPDataStateMachine(StateMachine):
     """pynetdicom's DUL state machine; a P-DATA request that is an `EncodedPData` (a whole DIMSE
     message framed natively) is written as its bytes, where pynetdicom's DT-1/AR-7 actions would
-    build and encode a P-DATA-TF PDU from its fragments. Same transition, same EVT_FSM_TRANSITION."""
+    build and encode a P-DATA-TF PDU from its fragments; a received A-ASSOCIATE-RQ (AE-6) becomes
+    a copy of the primitive made when its bytes were first seen, and an A-ASSOCIATE-AC (AE-7) is
+    written as accept_memo.accepts has it. Same transitions, same events."""
 
     def do_action(self, event: str) -> None:
         action = TRANSITION_TABLE.get((event, self.current_state))
+        if action == ACCEPT_ACTION:
+            self._send_accept(event)
+            return
+        if action == REQUEST_ACTION and self._receive_request(event):
+            return
         next_state = P_DATA_ACTIONS.get(action or "")
         queued = self.dul.to_provider_queue.queue  # the DUL thread alone takes from it
         if next_state is None or not queued or not isinstance(queued[0], EncodedPData):
@@ -81,6 +97,49 @@ class EncodedPDataStateMachine(StateMachine):
                     {"action": action, "current_state": self.current_state, "fsm_event": event,
                      "next_state": next_state})
         self.transition(next_state)
+
+    def _receive_request(self, event: str) -> bool:
+        """pynetdicom's AE-6 (Sta2 + Evt6: an A-ASSOCIATE-RQ received, handed to the association as
+        an A-ASSOCIATE indication), with the primitive copied from the one made when these bytes
+        were first received (negotiation_cache.py). False (nothing done: pynetdicom's AE-6 does it,
+        with its rejection of another protocol version) unless the queued PDU is that request."""
+        dul = cast("EventDrivenDUL", self.dul)
+        request = dul.associate_rq
+        queued = dul._recv_pdu.queue  # the DUL thread alone takes from it
+        if request is None or not queued or queued[0] is not request.pdu:
+            return False
+        if request.pdu.protocol_version != 0x0001:
+            return False
+        dul.artim_timer.stop()
+        dul._recv_pdu.get(False)
+        dul.to_user_queue.put(request.primitive())
+        evt.trigger(dul.assoc, evt.EVT_FSM_TRANSITION,
+                    {"action": REQUEST_ACTION, "current_state": self.current_state, "fsm_event": event,
+                     "next_state": REQUEST_NEXT_STATE})
+        self.transition(REQUEST_NEXT_STATE)
+        return True
+
+    def _send_accept(self, event: str) -> None:
+        """pynetdicom's AE-7 (Sta3 + Evt7: send the A-ASSOCIATE-AC), with the PDU and its bytes
+        from accept_memo.accepts when an association before got the same answer."""
+        primitive = self.dul.to_provider_queue.get(False)
+        try:
+            pdu, raw = accepts.encoded(primitive)
+            if self.dul.socket is not None:
+                self.dul.socket.send(raw)
+                evt.trigger(self.dul.assoc, evt.EVT_PDU_SENT, {"pdu": pdu})
+            else:
+                _DUL_LOG.warning("Attempted to send data over closed connection")
+        except Exception:
+            # as pynetdicom's StateMachine.do_action: logged, the DUL stopped, raised on
+            _DUL_LOG.exception("State Machine received an exception attempting to perform the action "
+                               "'%s' while in state '%s'", ACCEPT_ACTION, self.current_state)
+            self.dul.kill_dul()
+            raise
+        evt.trigger(self.dul.assoc, evt.EVT_FSM_TRANSITION,
+                    {"action": ACCEPT_ACTION, "current_state": self.current_state, "fsm_event": event,
+                     "next_state": ACCEPT_NEXT_STATE})
+        self.transition(ACCEPT_NEXT_STATE)
 
 
 class _NotifyingQueue(queue.Queue):  # type: ignore[type-arg]
@@ -122,6 +181,7 @@ class EventDrivenDUL(DULServiceProvider):
         self.fast_path: FastPath | None = None  # fastpath.FastPath once established (if enabled)
         self.acse_expired = False  # an acceptor's A-ASSOCIATE-RQ did not come within the ACSE timeout
         self.stall_reported = False  # ... and its socket logged and counted that (transport.py)
+        self.associate_rq: CachedRequest | None = None  # the A-ASSOCIATE-RQ received, with its primitive
         # Socket objects (not raw fds): a poke after close fails cleanly instead of writing into
         # whatever file reused the descriptor number.
         self._wake_r, self._wake_w = socket.socketpair()
@@ -176,18 +236,21 @@ class EventDrivenDUL(DULServiceProvider):
 
     def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
         """pynetdicom's decoding; an A-ASSOCIATE-RQ whose bytes were decoded before is taken from
-        the cache (the same events are triggered)."""
+        the cache (the same events are triggered), and kept as `associate_rq` for AE-6."""
         if bytestream[:1] != b"\x01":
             return super()._decode_pdu(bytestream)
         raw = bytes(bytestream)
-        pdu = associate_rq_cache.get(raw)
-        if pdu is None:
+        request = associate_rq_cache.get(raw)
+        if request is None:
             pdu, event = super()._decode_pdu(bytestream)
-            associate_rq_cache.put(raw, pdu)
+            if isinstance(pdu, A_ASSOCIATE_RQ):
+                self.associate_rq = CachedRequest(pdu)
+                associate_rq_cache.put(raw, self.associate_rq)
             return pdu, event
+        self.associate_rq = request
         evt.trigger(self.assoc, evt.EVT_DATA_RECV, {"data": raw})
-        evt.trigger(self.assoc, evt.EVT_PDU_RECV, {"pdu": pdu})
-        return pdu, "Evt6"
+        evt.trigger(self.assoc, evt.EVT_PDU_RECV, {"pdu": request.pdu})
+        return request.pdu, "Evt6"
 
     def _idle_wait(self) -> None:
         """pynetdicom: time.sleep(_run_loop_delay). Here: until the socket is readable, a primitive

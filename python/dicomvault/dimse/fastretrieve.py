@@ -15,6 +15,14 @@ while the current one is on the wire.
   itself: pynetdicom's own PDU classes encode the A-ASSOCIATE-RQ and decode the answer, then the
   socket is read natively like any other. A TLS destination gets a TLS connection whose
   decrypted side is one end of a socket pair (tls_relay.pump_tls), so the same code reads it.
+  For one study by its UID the contexts come from the study's (SOP class, syntax) pairs kept in
+  its index record (retrieve.move_plan): the sub-association is negotiated while the first
+  object is read, and the study is listed while that object is on the wire. Otherwise (another
+  level, several keys, a study indexed before the pairs were kept) every match is listed with
+  its class and syntax first. An object whose pair was not proposed (stored into the study
+  between the study record's read and the listing) goes out converted to an uncompressed syntax
+  the destination accepted, or fails with the others going on, as for a destination that
+  refused its stored syntax.
 
 The semantics are PS3.4 C.4.2/C.4.3's: one sub-operation at a time (no asynchronous operations
 are negotiated); a pending response after each with the remaining, completed, failed and warning
@@ -72,7 +80,7 @@ from .command_set import C_CANCEL_RQ, C_GET_RSP, C_MOVE_RSP, C_STORE_RQ, C_STORE
 from .common import log, requestor_host
 from .find import decode_identifier
 from .peers import Peers
-from .retrieve import Match, RetrieveError, move_contexts, resolve, resolve_iter
+from .retrieve import Match, RetrieveError, move_contexts, move_plan, resolve, resolve_iter
 from .status import (
     ALL_FAILED,
     CANCEL,
@@ -361,12 +369,11 @@ class AssociationRefused(DicomVaultError):
     pass
 
 
-def open_sub_association(peer: PeerConfig, calling: str, matches: list[Match], max_pdu: int,
+def open_sub_association(peer: PeerConfig, calling: str, contexts: list[PresentationContext], max_pdu: int,
                          tls_context: ssl.SSLContext | None, timeout: float, op: NativeRetrieve,
                          originator: tuple[str, int]) -> SubAssociation:
-    """Connects (with TLS if the peer wants it), proposes the contexts the matches need, and
+    """Connects (with TLS if the peer wants it), proposes `contexts` (retrieve.move_contexts), and
     returns the established association; raises AssociationRefused with the reason."""
-    contexts = move_contexts(matches)
     for i, cx in enumerate(contexts):
         cx.context_id = 2 * i + 1
     where = f"{peer.ae_title}@{peer.host}:{peer.port}"
@@ -484,6 +491,7 @@ class NativeRetrieve:
         self.gone = False  # the requestor's association ended during the operation
         self.dest_failed = False  # C-MOVE: the destination went away or stopped answering
         self.counts: Counts | None = None
+        self._open_error = ""  # C-MOVE: why there is no sub-association
         self.unsent = b""  # the last pending response, sent with the next write on the association
         self.audit = audit
         self._audit_key: Any = None  # the audit burst this operation counts in, once it started
@@ -594,14 +602,82 @@ class NativeRetrieve:
         self._conclude(caller, counts)
 
     def _move(self, caller: str, identifier: Dataset, peer: PeerConfig, counts: Counts) -> None:
-        """C-MOVE: the whole study is listed first, its (SOP class, syntax) pairs being the
-        contexts proposed on the sub-association."""
+        """C-MOVE. One study by its UID (the usual one): proposed from the study's (SOP class,
+        syntax) pairs (retrieve.move_plan), the first object read meanwhile and sent as soon as
+        the destination accepts, the rest of the study listed while it is on the wire (as C-GET
+        does). Otherwise the whole match is listed first, its pairs being the contexts."""
         try:
-            matches = resolve(self.engine, identifier, self.model, syntaxes=True)
+            plan = move_plan(self.engine, identifier, self.model)
+            if plan is None:
+                self._move_listed(caller, identifier, peer, counts,
+                                  resolve(self.engine, identifier, self.model, syntaxes=True))
+                return
+            first = next(plan.matches, None)
         except RetrieveError as exc:
             log.warning("%s from %s refused (0x%04X): %s", self.what, caller, exc.code, exc)
             self._final(exc.code, counts, str(exc))
             return
+        if first is None:
+            self._final(SUCCESS, counts)
+            return
+        offer = PendingOffer()
+        # read (pool thread) while this one waits for the destination's answer
+        head = read_ahead(lambda m: prepare(self.engine, offer, m, self.what), [first])
+        dest: SubAssociation | None = None
+        try:
+            _, first_load = next(head)
+            dest = self._open(caller, peer, plan.contexts)
+            if dest is None:
+                matches = [first, *plan.matches]
+                counts = self.counts = Counts(len(matches))
+                self._audit_start(caller, identifier, matches, peer)
+                self._fail_rest(matches, 0, counts)
+                self._final(ALL_FAILED, counts, self._open_error)
+                return
+            offer.set(dest.offer)
+            out: Outgoing = first_load.result()
+            sent = self._start(dest, out)
+            try:
+                matches = [first, *plan.matches]
+            except Exception:
+                # the first object is on its way: its response is read before the failure is reported
+                self.counts = Counts(1)
+                self._finish(dest, out, sent, 0, [first], self.counts)
+                raise
+            counts = self.counts = Counts(len(matches))
+            self._audit_start(caller, identifier, matches, peer)
+            log.info("C-MOVE from %s: %d instances to %s (%s:%d)", caller, len(matches), peer.ae_title,
+                     peer.host, peer.port)
+            loads = read_ahead(lambda m: prepare(self.engine, offer, m, self.what), matches[1:])
+            try:
+                if self._finish(dest, out, sent, 0, matches, counts):
+                    self._sub_operations(dest, loads, matches, counts, 1)
+            finally:
+                loads.close()
+        finally:
+            offer.abandon()  # whatever ended it: no read may wait for an offer forever
+            head.close()
+            if dest is not None:
+                dest.close(not (self.gone or self.dest_failed))
+        self._conclude(caller, counts)
+
+    def _open(self, caller: str, peer: PeerConfig, contexts: list[PresentationContext]
+              ) -> SubAssociation | None:
+        """The sub-association to the destination; None (logged) if there is none."""
+        try:
+            # made on first use only: loading the trust roots costs ~30 ms
+            tls_context = self.tls_context() if peer.tls and self.tls_context else None
+            return open_sub_association(peer, self.our_ae, contexts, int(self.io.local_max_pdu), tls_context,
+                                        float(self.io.acse_timeout()), self, (caller, self.message_id))
+        except (AssociationRefused, OSError, ValueError) as exc:
+            log.warning("C-MOVE from %s: %s", caller, exc)
+            self._open_error = str(exc)
+            return None
+
+    def _move_listed(self, caller: str, identifier: Dataset, peer: PeerConfig, counts: Counts,
+                     matches: list[Match]) -> None:
+        """C-MOVE of matches listed with their SOP class and syntax: those pairs are the contexts
+        proposed on the sub-association."""
         counts = self.counts = Counts(len(matches))
         if not matches:
             self._final(SUCCESS, counts)
@@ -615,16 +691,10 @@ class NativeRetrieve:
         loads = read_ahead(lambda m: prepare(self.engine, offer, m, self.what), matches)
         first = next(loads)
         try:
-            try:
-                # made on first use only: loading the trust roots costs ~30 ms
-                tls_context = self.tls_context() if peer.tls and self.tls_context else None
-                dest = open_sub_association(peer, self.our_ae, matches, int(self.io.local_max_pdu),
-                                            tls_context, float(self.io.acse_timeout()), self,
-                                            (caller, self.message_id))
-            except (AssociationRefused, OSError, ValueError) as exc:
-                log.warning("C-MOVE from %s: %s", caller, exc)
+            dest = self._open(caller, peer, move_contexts(matches))
+            if dest is None:
                 self._fail_rest(matches, 0, counts)
-                self._final(ALL_FAILED, counts, str(exc))
+                self._final(ALL_FAILED, counts, self._open_error)
                 return
             offer.set(dest.offer)
             try:

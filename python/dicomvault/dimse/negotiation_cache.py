@@ -12,9 +12,14 @@ places pynetdicom offers, not by replacing its functions:
   server.configure_pynetdicom), remembering the verdict per UID and validation settings.
 - `associate_rq_cache` is used by our DUL (dul.EventDrivenDUL._decode_pdu): a peer sends the same
   A-ASSOCIATE-RQ bytes every time (same AE titles, contexts, maximum PDU), so the decoded PDU is
-  kept and handed out again. pynetdicom only reads a received PDU (the state machine converts it
-  into a new A-ASSOCIATE primitive per association), so sharing it is safe.
-Together: ~11 -> ~6 ms per storescu association (bench/README.md).
+  kept and handed out again. pynetdicom only reads a received PDU, so sharing it is safe.
+- With the PDU, the cache keeps (`CachedRequest`) the A-ASSOCIATE (request) primitive that
+  pynetdicom's state machine (AE-6) makes from it per association: made once (7.7 ms for getscu's
+  ~120 contexts: every UID becomes a validated pydicom UID again), each association getting its
+  own copy (its own lists; the items in them, which pynetdicom only reads, shared). Our DUL's
+  state machine does AE-6 with it (dul.py).
+Together: ~11 -> ~6 ms per storescu association (bench/README.md); with the primitive and the
+answer remembered too (accept_memo.py), see bench/RESULTS.md "Association set-up".
 
 Both are bounded: the vocabulary seen in practice is a few hundred UIDs and a handful of peers; a
 peer inventing new ones per association only restarts a cache, it cannot grow it.
@@ -30,6 +35,10 @@ from typing import Any
 from pydicom import config as pydicom_config
 from pydicom.uid import UID, AllTransferSyntaxes
 from pynetdicom import _config
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE
+
+from .accept_memo import proposed_key
 
 MAX_UIDS = 4096
 MAX_REQUESTS = 16  # distinct A-ASSOCIATE-RQs kept (~0.3 MB each for 120 contexts)
@@ -85,24 +94,52 @@ def _known_uids() -> list[UID]:
     return uids[:MAX_UIDS // 2]
 
 
+class CachedRequest:
+    """A decoded A-ASSOCIATE-RQ PDU and the A-ASSOCIATE (request) primitive made from it once
+    (pynetdicom's `to_primitive`), of which every association gets its own copy."""
+
+    def __init__(self, pdu: A_ASSOCIATE_RQ) -> None:
+        self.pdu = pdu
+        self._primitive: A_ASSOCIATE | None = None
+
+    def primitive(self) -> A_ASSOCIATE:
+        made = self._primitive
+        if made is None:
+            made = self.pdu.to_primitive()
+            proposed_key(made)  # kept on it, and so on every copy: accept_memo.NegotiationMemo's key
+            self._primitive = made
+        return copy_primitive(made)
+
+
+def copy_primitive(primitive: A_ASSOCIATE) -> A_ASSOCIATE:
+    """A copy of an A-ASSOCIATE primitive with its own lists (and so its own result fields)."""
+    new = A_ASSOCIATE.__new__(A_ASSOCIATE)
+    new.__dict__.update(primitive.__dict__)
+    new._user_information = list(primitive._user_information)
+    new._presentation_context_definition_list = list(primitive._presentation_context_definition_list)
+    new._presentation_context_definition_results_list = list(
+        primitive._presentation_context_definition_results_list)
+    return new
+
+
 class AssociateRqCache:
-    """Decoded A-ASSOCIATE-RQ PDUs by their bytes, least recently used dropped first."""
+    """Decoded A-ASSOCIATE-RQ PDUs (`CachedRequest`s) by their bytes, least recently used dropped first."""
 
     def __init__(self, size: int = MAX_REQUESTS) -> None:
         self.size = size
-        self._pdus: OrderedDict[bytes, Any] = OrderedDict()
+        self._pdus: OrderedDict[bytes, CachedRequest] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, raw: bytes) -> Any | None:
+    def get(self, raw: bytes) -> CachedRequest | None:
         with self._lock:
             pdu = self._pdus.get(raw)
             if pdu is not None:
                 self._pdus.move_to_end(raw)
             return pdu
 
-    def put(self, raw: bytes, pdu: Any) -> None:
+    def put(self, raw: bytes, request: CachedRequest) -> None:
         with self._lock:
-            self._pdus[raw] = pdu
+            self._pdus[raw] = request
             while len(self._pdus) > self.size:
                 self._pdus.popitem(last=False)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from . import keys, secondary
 from .query import scan
-from .records import BlobRecord, InstanceRecord, PatientRecord, SeriesRecord, StudyRecord
+from .records import BlobRecord, InstanceRecord, PatientRecord, SeriesRecord, StudyRecord, syntax_pair
 from .rejections import REJECTED_PREFIX, RejectedEntry
 from .schema import CF_BLOBS, CF_IDX, CF_INSTANCES, CF_META, CF_PATIENTS, CF_SERIES, CF_STUDIES
 
@@ -29,6 +29,7 @@ def check_index(
     problems: list[str] = []
     sizes: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # key -> [n, logical, stored]
     study_classes: dict[str, Counter[str]] = defaultdict(Counter)
+    study_syntaxes: dict[str, Counter[str]] = defaultdict(Counter)
     refs: Counter[bytes] = Counter()
     expected_idx: set[bytes] = set()
     objects = logical = stored = 0
@@ -41,6 +42,7 @@ def check_index(
         expected_idx.update(secondary.instance_entries(rec))
         if rec.sop_class_uid:
             study_classes[rec.study_uid][rec.sop_class_uid] += 1
+        study_syntaxes[rec.study_uid][syntax_pair(rec)] += 1
         for k in (f"se:{rec.study_uid}/{rec.series_uid}", f"st:{rec.study_uid}", f"pa:{rec.patient_id}"):
             s = sizes[k]
             s[0] += 1
@@ -86,6 +88,10 @@ def check_index(
         if Counter(st.sop_classes) != study_classes[st.study_uid]:
             problems.append(f"study {st.study_uid}: sop_classes {st.sop_classes} != "
                             f"{dict(study_classes[st.study_uid])}")
+        # a summary that does not count every instance (indexed before it existed) is not used
+        if st.syntax_pairs() is not None and Counter(st.syntaxes) != study_syntaxes[st.study_uid]:
+            problems.append(f"study {st.study_uid}: syntaxes {st.syntaxes} != "
+                            f"{dict(study_syntaxes[st.study_uid])}")
         studies_per_patient[st.patient_id] += 1
         series_per_patient[st.patient_id] += st.num_series
         expected_idx.update(secondary.study_entries(st))

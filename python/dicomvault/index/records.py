@@ -154,6 +154,11 @@ class StudyRecord(Record):
     modalities: dict[str, int] = field(default_factory=dict)
     # SOP Class UID -> number of instances (SOPClassesInStudy)
     sop_classes: dict[str, int] = field(default_factory=dict)
+    # "SOP Class UID\\transfer syntax UID" -> number of instances: the presentation contexts a
+    # C-MOVE of the study proposes, known without reading every instance record. Complete only
+    # if its counts add up to num_instances (a study indexed before this field existed has some
+    # instances it does not count): `syntax_pairs()`.
+    syntaxes: dict[str, int] = field(default_factory=dict)
     logical_bytes: int = 0
     stored_bytes: int = 0
     created_at: float = 0.0
@@ -166,6 +171,14 @@ class StudyRecord(Record):
     def modalities_in_study(self) -> list[str]:
         """Sorted distinct modalities of the study's series."""
         return sorted(m for m, n in self.modalities.items() if n > 0)
+
+    def syntax_pairs(self) -> list[tuple[str, str]] | None:
+        """The distinct (SOP Class UID, transfer syntax UID) of the study's instances, in the order
+        they were first stored; None if `syntaxes` does not count every instance."""
+        if sum(self.syntaxes.values()) != self.num_instances:
+            return None
+        pairs = [tuple(k.split("\\", 1)) for k, n in self.syntaxes.items() if n > 0]
+        return [(c, ts) for c, ts in pairs] if all(len(p) == 2 for p in pairs) else None
 
 
 @_finish
@@ -311,3 +324,8 @@ class Stats(Record):
     def as_dict(self) -> dict[str, int]:
         """Public dict form returned by Index.stats() (the per-tier counters: tier_counts())."""
         return {k: int(v) for k, v in self.to_wire().items() if k != "tiers"}
+
+
+def syntax_pair(rec: InstanceRecord) -> str:
+    """An instance's key in StudyRecord.syntaxes."""
+    return f"{rec.sop_class_uid}\\{rec.transfer_syntax}"

@@ -52,6 +52,7 @@ from .records import (
     SeriesRecord,
     Stats,
     StudyRecord,
+    syntax_pair,
 )
 from .rejections import REJECTED_PREFIX, RejectedEntry, Rejection, entry_key
 from .schema import (
@@ -439,6 +440,8 @@ class Index(PatientCorrections):
             r.updated_at = now
         if rec.sop_class_uid:
             study.sop_classes[rec.sop_class_uid] = study.sop_classes.get(rec.sop_class_uid, 0) + 1
+        pair = syntax_pair(rec)
+        study.syntaxes[pair] = study.syntaxes.get(pair, 0) + 1
         st.objects += 1
         st.logical_bytes += rec.logical_len
         st.stored_bytes += rec.stored_len
@@ -498,6 +501,13 @@ class Index(PatientCorrections):
                 study.sop_classes[rec.sop_class_uid] = n
             else:
                 study.sop_classes.pop(rec.sop_class_uid, None)
+        if study is not None:
+            pair = syntax_pair(rec)
+            n = study.syntaxes.get(pair, 0) - 1
+            if n > 0:
+                study.syntaxes[pair] = n
+            else:
+                study.syntaxes.pop(pair, None)
         st.objects -= 1
         st.logical_bytes -= rec.logical_len
         st.stored_bytes -= rec.stored_len

@@ -229,9 +229,22 @@ impl Vault {
     fn read<'py>(&self, py: Python<'py>, hash: &[u8]) -> PyResult<Bound<'py, PyTuple>> {
         let store = self.store()?;
         let h = hash_arg(hash)?;
-        let logical = gil::blocking(py, || read_logical(&store, &h)).py_err()?;
-        let (ts, ds) = object::split_canonical(&logical).py_err()?;
-        PyTuple::new(py, [ts.into_pyobject(py)?.into_any(), PyBytes::new(py, ds).into_any()])
+        // Decoded into this thread's buffer (gil::blocking runs on the calling thread), which
+        // the bytes object is then copied from: the readers of a retrieve reuse one allocation
+        // instead of allocating and zero-filling one per object.
+        READ_BUFFER.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let logical = &mut *buf;
+            let read = gil::blocking(py, || read_logical_into(&store, &h, logical));
+            let tuple = read.py_err().and_then(|()| {
+                let (ts, ds) = object::split_canonical(&buf).py_err()?;
+                PyTuple::new(py, [ts.into_pyobject(py)?.into_any(), PyBytes::new(py, ds).into_any()])
+            });
+            if buf.capacity() > KEEP_READ_BUFFER {
+                *buf = Vec::new();
+            }
+            tuple
+        })
     }
 
     /// Writes `prefix + dataset` of each (hash, prefix, path) to path (via a temporary file and
@@ -457,6 +470,18 @@ impl Vault {
 fn read_logical(store: &BlobStore, h: &Hash) -> Result<Vec<u8>, Error> {
     let blob = store.get(h)?;
     object::decode_verified(h, Codec::from_u8(blob.codec)?, &blob.bytes, blob.logical_len)
+}
+
+fn read_logical_into(store: &BlobStore, h: &Hash, logical: &mut Vec<u8>) -> Result<(), Error> {
+    let blob = store.get(h)?;
+    object::decode_verified_into(h, Codec::from_u8(blob.codec)?, &blob.bytes, blob.logical_len, logical)
+}
+
+/// A read buffer larger than this (a big multi-frame object) is not kept for the next read.
+const KEEP_READ_BUFFER: usize = 32 << 20;
+
+thread_local! {
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn write_file(path: &std::path::Path, prefix: &[u8], dataset: &[u8]) -> Result<(), Error> {

@@ -16,6 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::convert::{hash_arg, landed_to_py, stats_to_py, IndexText};
+use crate::decoded::{self, DecodedObject};
 use crate::errors::{to_py, IntoPy};
 use crate::gil;
 use crate::net::ReceivedDataSet;
@@ -245,6 +246,30 @@ impl Vault {
             }
             tuple
         })
+    }
+
+    /// (transfer syntax UID, data set) of a blob, decoded and hash-verified, the data set left in
+    /// the native buffer it was decoded into (a `DecodedObject`, for `send_message`).
+    fn read_decoded<'py>(
+        &self,
+        py: Python<'py>,
+        hash: &[u8],
+    ) -> PyResult<(String, Bound<'py, DecodedObject>)> {
+        let store = self.store()?;
+        let h = hash_arg(hash)?;
+        let mut buf = decoded::take_buffer();
+        let read = gil::blocking(py, || read_logical_into(&store, &h, &mut buf));
+        let split = read.and_then(|()| {
+            let (ts, ds) = object::split_canonical(&buf)?;
+            Ok((ts.to_owned(), buf.len() - ds.len()))
+        });
+        match split {
+            Ok((ts, start)) => Ok((ts, Bound::new(py, DecodedObject::new(buf, start))?)),
+            Err(e) => {
+                decoded::give_back(buf);
+                Err(e).py_err()
+            }
+        }
     }
 
     /// Writes `prefix + dataset` of each (hash, prefix, path) to path (via a temporary file and

@@ -97,3 +97,31 @@ def test_get_listing_reads_records_late_and_fails_only_unreadable_objects(
     monkeypatch.setattr(engine, "read_instance", damaged)
     bad = _load(engine, lazy[2])
     assert bad.dv_raw is None and bad.SOPClassUID == full[2].sop_class and "damaged" in bad.dv_error
+
+
+def test_read_for_sending_is_the_read_data_set_in_a_native_buffer(engine: Engine) -> None:
+    """What a DIMSE retrieve sends (engine.read_for_sending): the same transfer syntax and bytes
+    as read_instance; a native buffer (sent without a copy) unless a patient correction rewrites
+    the data set, then the corrected bytes. The buffers are pooled: objects read after others
+    were released are whole and right, a shorter one after a longer one too."""
+    from dicomvault import _native
+
+    bufs = list(ct_series(SeriesSpec(slices=3, rows=64, columns=64, seed=21)))
+    bufs += list(ct_series(SeriesSpec(slices=1, rows=32, columns=48, seed=22)))
+    sops = [engine.store_dataset(ds, ts).sop_instance_uid for ts, ds in map(_dataset, bufs)]
+    for _ in range(2):  # the second pass reads into buffers the first one gave back
+        for sop, buf in zip(sops, bufs, strict=True):
+            rec, ts, data = engine.read_for_sending(sop)
+            assert isinstance(data, _native.DecodedObject)
+            want = engine.read_instance(sop)
+            assert (rec.sop_uid, ts) == (sop, want[1]) and (ts, data.bytes()) == _dataset(buf)
+            assert len(data) == len(want[2]) and data.bytes() == want[2]
+            del data
+    held = [engine.read_for_sending(sop)[2] for sop in sops]  # alive together: distinct buffers
+    assert [d.bytes() for d in held] == [_dataset(b)[1] for b in bufs]
+    rec = engine.instance(sops[0])
+    assert rec is not None
+    engine.index.update_patient(rec.patient_id, {"PatientName": "Fixed^Name"})
+    _, ts, corrected = engine.read_for_sending(sops[0])
+    assert isinstance(corrected, bytes) and corrected == engine.read_instance(sops[0])[2]
+    assert "Fixed^Name" in str(pydicom.dcmread(io.BytesIO(corrected), force=True).PatientName)

@@ -345,12 +345,26 @@ pub fn prepare_received(
 
 /// Decodes stored bytes and checks they hash to `expected`: every read path verifies.
 pub fn decode_verified(expected: &Hash, codec: Codec, stored: &[u8], logical_len: u64) -> Result<Vec<u8>> {
-    let logical = codec::decode(codec, stored, logical_len as usize)?;
-    let actual = hash::hash(&logical);
+    let mut logical = Vec::new();
+    decode_verified_into(expected, codec, stored, logical_len, &mut logical)?;
+    Ok(logical)
+}
+
+/// [`decode_verified`] into a reused buffer (see [`codec::decode_into`]).
+pub fn decode_verified_into(
+    expected: &Hash,
+    codec: Codec,
+    stored: &[u8],
+    logical_len: u64,
+    logical: &mut Vec<u8>,
+) -> Result<()> {
+    let len = usize::try_from(logical_len).map_err(|_| Error::Codec { reason: "object too large".into() })?;
+    codec::decode_into(codec, stored, len, logical)?;
+    let actual = hash::hash(logical);
     if &actual != expected {
         return Err(Error::HashMismatch { expected: hash::to_hex(expected), actual: hash::to_hex(&actual) });
     }
-    Ok(logical)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ __all__ = [
     "Vault",
     "PduReader",
     "ReceivedDataSet",
+    "DecodedObject",
     "IdentifierPlan",
     "encode_response",
     "frame_message",
@@ -114,6 +115,9 @@ class Vault:
     def ingest_received(self, received: ReceivedDataSet, transfer_syntax: str) -> dict[str, Any]: ...
     def read(self, hash: bytes) -> tuple[str, bytes]:
         """(transfer syntax UID, dataset bytes) of a blob, decoded and hash-verified."""
+    def read_decoded(self, hash: bytes) -> tuple[str, DecodedObject]:
+        """read(), the data set left in the native buffer it was decoded into (send_message
+        sends it without a copy)."""
     def export_files(
         self, items: list[tuple[bytes, bytes, str | PathLike[str]]]
     ) -> list[DicomVaultError | None]: ...
@@ -175,6 +179,11 @@ class ReceivedDataSet:
     def bytes(self) -> builtins.bytes:
         """The data set bytes (a copy); b"" once ingested."""
 
+class DecodedObject:
+    def __len__(self) -> int: ...
+    def bytes(self) -> builtins.bytes:
+        """The data set bytes (a copy)."""
+
 class IdentifierPlan:
     def __init__(self, keys: list[tuple[bytes, bool, int]]) -> None: ...
     def encode(self, prefix: bytes, values: list[str | bytes]) -> bytes:
@@ -196,7 +205,7 @@ def send_message(
     prefix: bytes,
     context_id: int,
     command: bytes,
-    data_set: bytes,
+    data_set: bytes | DecodedObject,
     max_pdu: int,
     timeout: float | None = None,
 ) -> None: ...

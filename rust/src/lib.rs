@@ -7,6 +7,7 @@
 use pyo3::prelude::*;
 
 mod convert;
+mod decoded;
 mod errors;
 mod gil;
 mod net;
@@ -18,6 +19,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
     m.add_class::<vault::Vault>()?;
+    m.add_class::<decoded::DecodedObject>()?;
     m.add_class::<net::PduReader>()?;
     m.add_class::<net::ReceivedDataSet>()?;
     m.add_class::<net::IdentifierPlan>()?;

@@ -9,6 +9,7 @@ use dicomvault_core::object;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
+use crate::decoded::DecodedObject;
 use crate::gil;
 
 /// The data set of a C-STORE request as the reader gathered it, handed to
@@ -191,8 +192,9 @@ pub fn frame_message<'py>(
 }
 
 /// Sends `prefix` (already framed: a pending response) and one DIMSE message on the socket `fd`,
-/// its data set (bytes) written from the caller's buffer without a copy (core::net::send), with
-/// the GIL released. `timeout` (seconds, None: none) bounds a wait for a peer that stopped reading.
+/// its data set (bytes, or a `DecodedObject`) written from where it is without a copy
+/// (core::net::send), with the GIL released. `timeout` (seconds, None: none) bounds a wait for a
+/// peer that stopped reading.
 #[pyfunction]
 #[pyo3(signature = (fd, prefix, context_id, command, data_set, max_pdu, timeout=None))]
 #[allow(clippy::too_many_arguments)]
@@ -202,10 +204,14 @@ pub fn send_message(
     prefix: &[u8],
     context_id: u8,
     command: &[u8],
-    data_set: &[u8],
+    data_set: &Bound<'_, PyAny>,
     max_pdu: usize,
     timeout: Option<f64>,
 ) -> PyResult<()> {
+    let data_set: &[u8] = match data_set.cast::<DecodedObject>() {
+        Ok(decoded) => decoded.get().data_set(),
+        Err(_) => data_set.cast::<PyBytes>()?.as_bytes(),
+    };
     let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
     gil::blocking(py, || net::Framed::new(prefix, context_id, command, data_set, max_pdu).send(fd, timeout))
         .map_err(PyErr::from)

@@ -16,6 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::convert::{hash_arg, landed_to_py, stats_to_py, IndexText};
+use crate::decoded::{self, DecodedObject};
 use crate::errors::{to_py, IntoPy};
 use crate::gil;
 use crate::net::ReceivedDataSet;
@@ -229,9 +230,46 @@ impl Vault {
     fn read<'py>(&self, py: Python<'py>, hash: &[u8]) -> PyResult<Bound<'py, PyTuple>> {
         let store = self.store()?;
         let h = hash_arg(hash)?;
-        let logical = gil::blocking(py, || read_logical(&store, &h)).py_err()?;
-        let (ts, ds) = object::split_canonical(&logical).py_err()?;
-        PyTuple::new(py, [ts.into_pyobject(py)?.into_any(), PyBytes::new(py, ds).into_any()])
+        // Decoded into this thread's buffer (gil::blocking runs on the calling thread), which
+        // the bytes object is then copied from: the readers of a retrieve reuse one allocation
+        // instead of allocating and zero-filling one per object.
+        READ_BUFFER.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let logical = &mut *buf;
+            let read = gil::blocking(py, || read_logical_into(&store, &h, logical));
+            let tuple = read.py_err().and_then(|()| {
+                let (ts, ds) = object::split_canonical(&buf).py_err()?;
+                PyTuple::new(py, [ts.into_pyobject(py)?.into_any(), PyBytes::new(py, ds).into_any()])
+            });
+            if buf.capacity() > KEEP_READ_BUFFER {
+                *buf = Vec::new();
+            }
+            tuple
+        })
+    }
+
+    /// (transfer syntax UID, data set) of a blob, decoded and hash-verified, the data set left in
+    /// the native buffer it was decoded into (a `DecodedObject`, for `send_message`).
+    fn read_decoded<'py>(
+        &self,
+        py: Python<'py>,
+        hash: &[u8],
+    ) -> PyResult<(String, Bound<'py, DecodedObject>)> {
+        let store = self.store()?;
+        let h = hash_arg(hash)?;
+        let mut buf = decoded::take_buffer();
+        let read = gil::blocking(py, || read_logical_into(&store, &h, &mut buf));
+        let split = read.and_then(|()| {
+            let (ts, ds) = object::split_canonical(&buf)?;
+            Ok((ts.to_owned(), buf.len() - ds.len()))
+        });
+        match split {
+            Ok((ts, start)) => Ok((ts, Bound::new(py, DecodedObject::new(buf, start))?)),
+            Err(e) => {
+                decoded::give_back(buf);
+                Err(e).py_err()
+            }
+        }
     }
 
     /// Writes `prefix + dataset` of each (hash, prefix, path) to path (via a temporary file and
@@ -457,6 +495,18 @@ impl Vault {
 fn read_logical(store: &BlobStore, h: &Hash) -> Result<Vec<u8>, Error> {
     let blob = store.get(h)?;
     object::decode_verified(h, Codec::from_u8(blob.codec)?, &blob.bytes, blob.logical_len)
+}
+
+fn read_logical_into(store: &BlobStore, h: &Hash, logical: &mut Vec<u8>) -> Result<(), Error> {
+    let blob = store.get(h)?;
+    object::decode_verified_into(h, Codec::from_u8(blob.codec)?, &blob.bytes, blob.logical_len, logical)
+}
+
+/// A read buffer larger than this (a big multi-frame object) is not kept for the next read.
+const KEEP_READ_BUFFER: usize = 32 << 20;
+
+thread_local! {
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn write_file(path: &std::path::Path, prefix: &[u8], dataset: &[u8]) -> Result<(), Error> {

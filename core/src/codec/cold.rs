@@ -2030,7 +2030,7 @@ fn tests_want_portable() -> bool {
 
 /// The CPU runs code compiled for x86-64-v3's integer features (AVX2, BMI1/2, LZCNT).
 #[cfg(target_arch = "x86_64")]
-fn x86_v3() -> bool {
+pub(super) fn x86_v3() -> bool {
     std::is_x86_feature_detected!("avx2")
         && std::is_x86_feature_detected!("bmi1")
         && std::is_x86_feature_detected!("bmi2")

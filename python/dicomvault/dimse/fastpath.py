@@ -259,7 +259,8 @@ class FastPath:
     def send(self, pdus: bytes, what: str) -> bool:
         return self._send(pdus, what)
 
-    def send_message(self, prefix: bytes, context_id: int, command: bytes, data: bytes, what: str) -> bool:
+    def send_message(self, prefix: bytes, context_id: int, command: bytes,
+                     data: bytes | _native.DecodedObject, what: str) -> bool:
         """`prefix` (framed already) and one message with its data set, framed and written natively
         without copying the data set."""
         try:

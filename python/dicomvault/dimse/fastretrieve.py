@@ -116,7 +116,7 @@ class Outgoing:
     sop_uid: str
     sop_class: str
     context_id: int = 0
-    data: bytes | None = None
+    data: bytes | _native.DecodedObject | None = None  # the native buffer: sent without a copy
     error: str = ""
 
 
@@ -206,7 +206,7 @@ def prepare(engine: Engine, offer: Offer | PendingOffer, m: Match, what: str) ->
             and offer.choose(m.sop_class, m.transfer_syntax) is None):
         return _unsendable(m, m.sop_class, m.transfer_syntax, what)
     try:
-        rec, ts, raw = engine.read_instance(m.sop_uid)
+        rec, ts, raw = engine.read_for_sending(m.sop_uid)
     except Exception as exc:  # noqa: BLE001 - an unreadable object fails its sub-operation only
         log.error("%s: cannot read %s: %s", what, m.sop_uid, exc)
         return Outgoing(m.sop_uid, m.sop_class, error=str(exc))
@@ -219,7 +219,7 @@ def prepare(engine: Engine, offer: Offer | PendingOffer, m: Match, what: str) ->
     cid, target = choice
     if target != ts:
         try:
-            raw = transcode(ts, raw, target)
+            raw = transcode(ts, raw if isinstance(raw, bytes) else raw.bytes(), target)
         except Exception as exc:  # noqa: BLE001 - any decoder failure fails this sub-operation only
             log.warning("%s: %s cannot be converted from %s to %s: %s", what, m.sop_uid, UID(ts).name,
                         UID(target).name, exc)
@@ -280,7 +280,8 @@ class SameAssociation:
         self.offer = io.get_offer or Offer.as_scu_on(io.contexts)
         self.originator: tuple[str, int] | None = None
 
-    def send_store(self, prefix: bytes, context_id: int, command: bytes, data: bytes, what: str) -> bool:
+    def send_store(self, prefix: bytes, context_id: int, command: bytes, data: bytes | _native.DecodedObject,
+                   what: str) -> bool:
         return bool(self.io.send_message(prefix, context_id, command, data, what))
 
     def next_message_id(self) -> int:
@@ -307,7 +308,8 @@ class SubAssociation:
         self._pump = pump
         self._msg = 0
 
-    def send_store(self, prefix: bytes, context_id: int, command: bytes, data: bytes, what: str) -> bool:
+    def send_store(self, prefix: bytes, context_id: int, command: bytes, data: bytes | _native.DecodedObject,
+                   what: str) -> bool:
         try:
             _native.send_message(self.sock.fileno(), prefix, context_id, command, data, self.max_pdu,
                                  self.op.io.dimse_timeout())

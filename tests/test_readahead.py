@@ -58,3 +58,30 @@ def test_a_waiting_load_holds_up_no_other_read_ahead() -> None:
     assert other == list(range(1, 51)) and not blocked.done()
     answered.set()
     assert blocked.result(5) == 0 and [f.result(5) for _, f in waiting] == [1, 2]
+
+
+def test_a_consumed_result_is_not_held() -> None:
+    """Decoded objects return their buffers to a pool when released: the read-ahead must not keep
+    the results of a whole study alive until the retrieve ends."""
+    import gc
+    import weakref
+
+    class Loaded:
+        pass
+
+    refs: list[weakref.ref[Loaded]] = []
+
+    def load(i: int) -> Loaded:
+        obj = Loaded()
+        refs.append(weakref.ref(obj))
+        return obj
+
+    loads = read_ahead(load, range(40))
+    for _ in range(20):
+        _, fut = next(loads)
+        fut.result(5)
+        del fut
+    gc.collect()
+    alive = sum(r() is not None for r in refs)
+    assert alive <= READ_AHEAD + 2, alive
+    loads.close()

@@ -9,18 +9,16 @@ One reader per retrieve, loading its objects in order, rather than a shared pool
 them one by one: on 2 cores, two threads reading for one retrieve made three threads busy on two
 cores, and their hand-offs cost more than the overlap gained (300-slice CT, getscu, interleaved
 runs, bench/retrieve_cpu.py: with a pool of one, server CPU per retrieve 0.265 -> 0.230 s and
-wall 0.257 -> 0.216 s; this design 0.230 s against that pool's 0.225 in a later run). The reader
-is a task of a pool with a thread for every retrieve that may run at once, not a thread of its
-own: a thread started per retrieve cost 8-25% more server CPU (perf: its fresh allocations
-zero-filled and faulted in), and a pool of one or two would let a load that waits (a C-MOVE's
-objects wait for the destination's answer to choose their context) hold up the other
-retrieves."""
+wall 0.257 -> 0.216 s; this design 0.230 s against that pool's 0.225 in a later run). A pool of
+one or two would also let a load that waits (a C-MOVE's objects wait for the destination's
+answer to choose their context) hold up the other retrieves: each has its own reader thread."""
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from queue import SimpleQueue
 from typing import TypeVar
 
@@ -28,43 +26,81 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 READ_AHEAD = 4
-# Retrieves reading at once before one waits for another to end: the pool starts a thread only
-# when none is idle, so a server that retrieves one study at a time keeps reusing one.
-READERS = 128  # [dimse] max_associations by default
-_readers = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="dv-read-ahead")
+
+
+class _Readers:
+    """Threads that run the readers, each kept for a later retrieve once its reader is done, one
+    more started when none is idle. Daemon threads: a reader whose consumer never closed its
+    read-ahead waits for ever, and must not hold up the interpreter's exit."""
+
+    def __init__(self) -> None:
+        self._tasks: SimpleQueue[Callable[[], None]] = SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+
+    def submit(self, task: Callable[[], None]) -> None:
+        with self._lock:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1  # that thread takes this task (or another, as long as one per task)
+        self._tasks.put(task)
+        if spawn:
+            threading.Thread(target=self._run, name="dv-read-ahead", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            task = self._tasks.get()
+            try:
+                task()
+            finally:
+                del task
+                with self._lock:
+                    self._idle += 1
+
+
+_readers = _Readers()
 
 
 def read_ahead(load: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[T, Future[R]]]:
     """(item, future of load(item)) in order, at most READ_AHEAD + 1 loads done or running ahead
     of the consumer; loads not started when the consumer stops (a cancel, a client that went
-    away) are not run."""
-    todo = list(items)
-    if not todo:
-        return
-    futures: list[Future[R]] = [Future() for _ in todo]
-    # tokens of room ahead; SimpleQueue, not Semaphore: its wait and wake-up are C, not Python
-    room: SimpleQueue[None] = SimpleQueue()
-    for _ in range(READ_AHEAD + 1):
-        room.put(None)
-    stop = threading.Event()
+    away) are not run. Only the consumer holds a result once it is loaded: decoded objects go
+    back to their buffer pool (rust/src/decoded.rs) as soon as they are sent."""
+    todo = iter(items)
+    # (item, future) to load, in order; None: stop. SimpleQueue: its wait and wake-up are C.
+    jobs: SimpleQueue[tuple[T, Future[R]] | None] = SimpleQueue()
+    pending: deque[tuple[T, Future[R]]] = deque()
 
     def reader() -> None:
-        for item, fut in zip(todo, futures, strict=True):
-            room.get()
-            if stop.is_set() or not fut.set_running_or_notify_cancel():
-                return
-            try:
-                fut.set_result(load(item))
-            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-                fut.set_exception(exc)
+        while (job := jobs.get()) is not None:
+            item, fut = job
+            del job
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(load(item))
+                except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                    fut.set_exception(exc)
+            del item, fut
 
-    _readers.submit(reader)
+    started = False
     try:
-        for item, fut in zip(todo, futures, strict=True):
-            yield item, fut
-            room.put(None)
+        while True:
+            while len(pending) <= READ_AHEAD:
+                try:
+                    pair: tuple[T, Future[R]] = (next(todo), Future())
+                except StopIteration:
+                    break
+                pending.append(pair)
+                jobs.put(pair)
+                del pair
+            if not pending:
+                return
+            if not started:
+                _readers.submit(reader)
+                started = True
+            yield pending.popleft()
     finally:
-        stop.set()
-        for fut in futures:
+        for _, fut in pending:
             fut.cancel()  # those not started
-        room.put(None)  # a reader waiting for room sees the stop
+        pending.clear()
+        jobs.put(None)

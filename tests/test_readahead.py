@@ -85,3 +85,31 @@ def test_a_consumed_result_is_not_held() -> None:
     alive = sum(r() is not None for r in refs)
     assert alive <= READ_AHEAD + 2, alive
     loads.close()
+
+
+def test_reader_threads_are_reused_and_survive_a_failing_task() -> None:
+    import logging
+
+    from dicomvault import readahead
+
+    def readers() -> set[threading.Thread]:
+        time.sleep(0.1)  # a reader that finished counts itself idle
+        return {t for t in threading.enumerate() if t.name == "dv-read-ahead"}
+
+    for _ in range(2):
+        assert [f.result(5) for _, f in read_ahead(lambda i: i, range(10))] == list(range(10))
+    before = readers()
+    for _ in range(5):  # one after the other: the same thread each time
+        assert [f.result(5) for _, f in read_ahead(lambda i: i, range(10))] == list(range(10))
+    assert readers() == before and all(t.daemon for t in before)
+
+    def fail() -> None:
+        raise RuntimeError("reader bug")
+
+    logging.getLogger("dicomvault.readahead").disabled = True
+    try:
+        readahead._readers.submit(fail)
+        assert [f.result(5) for _, f in read_ahead(lambda i: i * 2, range(5))] == [0, 2, 4, 6, 8]
+    finally:
+        logging.getLogger("dicomvault.readahead").disabled = False
+    assert readers() == before  # the thread that ran the failing task is still there, idle

@@ -15,12 +15,15 @@ answer to choose their context) hold up the other retrieves: each has its own re
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from queue import SimpleQueue
 from typing import TypeVar
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -52,10 +55,11 @@ class _Readers:
             task = self._tasks.get()
             try:
                 task()
-            finally:
-                del task
-                with self._lock:
-                    self._idle += 1
+            except Exception:  # noqa: BLE001 - the thread stays: submit counted on it being idle
+                log.exception("read-ahead reader failed")
+            del task
+            with self._lock:
+                self._idle += 1
 
 
 _readers = _Readers()

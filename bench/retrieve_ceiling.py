@@ -188,7 +188,10 @@ def start_dv(data: Path, folders: list[Path], dest: StoreScp) -> Server:
     """`serve` on `data`: the inputs sent by storescu, the server left up for its metadata warmer,
     stopped, the landing tier compacted to warm (`dicomvault tier compact`), started again."""
     config = data.parent / "dv.toml"
-    config.write_text(f'[[peers]]\nae_title = "{dest.ae}"\nhost = "{HOST}"\nport = {dest.port}\n')
+    # The analysis pipeline off: after the restart its worker would analyse the studies (a child
+    # process at ~1 core, counted as server CPU, competing with the retrieves; Orthanc runs none).
+    config.write_text(f'[analysis]\nenabled = false\n\n[[peers]]\nae_title = "{dest.ae}"\nhost = "{HOST}"\n'
+                      f'port = {dest.port}\n')
     server = dc.start_serve(data, config=config, log_path=data.parent / "serve-ingest.log")
     try:
         dc.storescu(server.ae, server.port, folders)

@@ -3,38 +3,108 @@ of the one being sent, so the read of the next overlaps the send of this one on 
 A C-GET of 100 CT slices went from ~140 to ~155 MB/s with it (measured); DIMSE retrieves and
 WADO-RS study retrieves share it. Four ahead rather than two: with the native C-GET the decode,
 not the send, paces a retrieve (300-slice CT, getscu: ~560-630 -> ~610-730 MB/s over three
-interleaved runs each)."""
+interleaved runs each).
+
+One reader per retrieve, loading its objects in order, rather than a shared pool of two taking
+them one by one: on 2 cores, two threads reading for one retrieve made three threads busy on two
+cores, and their hand-offs cost more than the overlap gained (300-slice CT, getscu, interleaved
+runs, bench/retrieve_cpu.py: with a pool of one, server CPU per retrieve 0.265 -> 0.230 s and
+wall 0.257 -> 0.216 s; this design 0.230 s against that pool's 0.225 in a later run). A pool of
+one or two would also let a load that waits (a C-MOVE's objects wait for the destination's
+answer to choose their context) hold up the other retrieves: each has its own reader thread."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
+from queue import SimpleQueue
 from typing import TypeVar
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 READ_AHEAD = 4
-_readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dv-read-ahead")
+
+
+class _Readers:
+    """Threads that run the readers, each kept for a later retrieve once its reader is done, one
+    more started when none is idle. Daemon threads: a reader whose consumer never closed its
+    read-ahead waits for ever, and must not hold up the interpreter's exit."""
+
+    def __init__(self) -> None:
+        self._tasks: SimpleQueue[Callable[[], None]] = SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+
+    def submit(self, task: Callable[[], None]) -> None:
+        with self._lock:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1  # that thread takes this task (or another, as long as one per task)
+        self._tasks.put(task)
+        if spawn:
+            threading.Thread(target=self._run, name="dv-read-ahead", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            task = self._tasks.get()
+            try:
+                task()
+            except Exception:  # noqa: BLE001 - the thread stays: submit counted on it being idle
+                log.exception("read-ahead reader failed")
+            del task
+            with self._lock:
+                self._idle += 1
+
+
+_readers = _Readers()
 
 
 def read_ahead(load: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[T, Future[R]]]:
-    """(item, future of load(item)) in order, at most READ_AHEAD + 1 loads in flight; loads not
-    started when the consumer stops (a cancel, a client that went away) are cancelled."""
-    pending: deque[tuple[T, Future[R]]] = deque()
+    """(item, future of load(item)) in order, at most READ_AHEAD + 1 loads done or running ahead
+    of the consumer; loads not started when the consumer stops (a cancel, a client that went
+    away) are not run. Only the consumer holds a result once it is loaded: decoded objects go
+    back to their buffer pool (rust/src/decoded.rs) as soon as they are sent."""
     todo = iter(items)
+    # (item, future) to load, in order; None: stop. SimpleQueue: its wait and wake-up are C.
+    jobs: SimpleQueue[tuple[T, Future[R]] | None] = SimpleQueue()
+    pending: deque[tuple[T, Future[R]]] = deque()
+
+    def reader() -> None:
+        while (job := jobs.get()) is not None:
+            item, fut = job
+            del job
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(load(item))
+                except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                    fut.set_exception(exc)
+            del item, fut
+
+    started = False
     try:
         while True:
             while len(pending) <= READ_AHEAD:
                 try:
-                    item = next(todo)
+                    pair: tuple[T, Future[R]] = (next(todo), Future())
                 except StopIteration:
                     break
-                pending.append((item, _readers.submit(load, item)))
+                pending.append(pair)
+                jobs.put(pair)
+                del pair
             if not pending:
                 return
+            if not started:
+                _readers.submit(reader)
+                started = True
             yield pending.popleft()
     finally:
         for _, fut in pending:
-            fut.cancel()
+            fut.cancel()  # those not started
+        pending.clear()
+        jobs.put(None)

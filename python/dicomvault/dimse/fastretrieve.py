@@ -6,8 +6,9 @@ into another Dataset), which made a study retrieve slower than Orthanc's. Here t
 reader thread, which already owns the socket, runs the whole operation: it resolves the
 identifier from the index, frames each C-STORE-RQ natively and writes it, reads its C-STORE-RSP
 through a native reader (GIL released), and reports progress with pending responses. The next
-objects are read, decoded from their stored codec and, if need be, converted by a read-ahead pool
-while the current one is on the wire.
+objects are read, decoded from their stored codec and, if need be, converted by the retrieve's
+read-ahead reader (readahead.py) while the current one is on the wire; a data set goes out from
+the native buffer it was decoded into (Engine.read_for_sending), not through a bytes copy.
 
 - C-GET: the sub-operations go back on the same association, on the storage contexts the
   requestor proposed with the SCP role.

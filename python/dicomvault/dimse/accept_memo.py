@@ -114,10 +114,10 @@ def supported_key(contexts: list[PresentationContext]) -> tuple[Any, ...]:
                   cx.scu_role, cx.scp_role) for cx in contexts)
 
 
-class NegotiationMemo:
-    """Presentation context negotiations (pynetdicom's functions) by everything they read."""
+class _Memo:
+    """What both memos share: an _Lru, its hit counts, clear() and len()."""
 
-    def __init__(self, size: int = MAX_NEGOTIATIONS) -> None:
+    def __init__(self, size: int) -> None:
         self._lru = _Lru(size)
 
     @property
@@ -130,6 +130,13 @@ class NegotiationMemo:
 
     def __len__(self) -> int:
         return len(self._lru)
+
+
+class NegotiationMemo(_Memo):
+    """Presentation context negotiations (pynetdicom's functions) by everything they read."""
+
+    def __init__(self, size: int = MAX_NEGOTIATIONS) -> None:
+        super().__init__(size)
 
     def negotiate(self, request: A_ASSOCIATE, supported: list[PresentationContext],
                   rq_roles: dict[Any, tuple[Any, Any]]) -> Negotiated:
@@ -167,21 +174,11 @@ def accept_key(primitive: A_ASSOCIATE) -> Hashable | None:
     return key
 
 
-class AcceptMemo:
+class AcceptMemo(_Memo):
     """Encoded A-ASSOCIATE-AC PDUs by `accept_key`."""
 
     def __init__(self, size: int = MAX_ACCEPTS) -> None:
-        self._lru = _Lru(size)
-
-    @property
-    def stats(self) -> tuple[int, int]:
-        return self._lru.hits, self._lru.misses
-
-    def clear(self) -> None:
-        self._lru.clear()
-
-    def __len__(self) -> int:
-        return len(self._lru)
+        super().__init__(size)
 
     def encoded(self, primitive: A_ASSOCIATE) -> tuple[A_ASSOCIATE_AC, bytes]:
         """(the PDU, its bytes) of an A-ASSOCIATE (accept) primitive, as pynetdicom's AE-7 makes

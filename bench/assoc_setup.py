@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -29,6 +28,8 @@ from pathlib import Path
 from dicomvault.bench.dimse import HOST, start_serve
 from dicomvault.bench.orthanc import start_orthanc
 from dicomvault.bench.ports import free_port
+from dicomvault.bench.procs import proc_cpu
+from dicomvault.dimse.transport import recv_pdu
 
 RELEASE_RQ = bytes([5, 0, 0, 0, 0, 4, 0, 0, 0, 0])
 TOOLS = {
@@ -36,30 +37,6 @@ TOOLS = {
                "StudyInstanceUID=1.2.3.4"],
     "echoscu": ["echoscu", "-aec", "DICOMVAULT"],
 }
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (utime + stime) of one process: both servers run in one (no workers here), and
-    reading one file per association costs the client little on a 2-core machine."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _pdu(sock: socket.socket) -> bytes:
-    head = b""
-    while len(head) < 6:
-        chunk = sock.recv(6 - len(head))
-        if not chunk:
-            raise ConnectionError("connection closed before a whole PDU")
-        head += chunk
-    length = int.from_bytes(head[2:6], "big")
-    body = bytearray()
-    while len(body) < length:
-        chunk = sock.recv(length - len(body))
-        if not chunk:
-            raise ConnectionError("connection closed in a PDU")
-        body += chunk
-    return head + bytes(body)
 
 
 def capture(tool: str) -> bytes:
@@ -71,7 +48,7 @@ def capture(tool: str) -> bytes:
         listener.settimeout(30)
         conn, _ = listener.accept()
         with conn:
-            raw = _pdu(conn)
+            raw = recv_pdu(conn)
         proc.wait(30)
     if raw[0] != 0x01:
         raise RuntimeError(f"{tool} sent PDU type 0x{raw[0]:02X}, not an A-ASSOCIATE-RQ")
@@ -84,12 +61,12 @@ def associate_once(port: int, raw: bytes) -> float:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(raw)
         t0 = time.perf_counter()
-        answer = _pdu(sock)
+        answer = recv_pdu(sock)
         took = time.perf_counter() - t0
         if answer[0] != 0x02:
             raise RuntimeError(f"association not accepted (PDU type 0x{answer[0]:02X})")
         sock.sendall(RELEASE_RQ)
-        _pdu(sock)
+        recv_pdu(sock)
     return took
 
 

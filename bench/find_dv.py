@@ -35,7 +35,7 @@ from pathlib import Path
 import dimse_compare as dc
 
 from dicomvault.bench.orthanc import free_port
-from dicomvault.bench.procs import terminate
+from dicomvault.bench.procs import proc_cpu, terminate
 
 DV = str(Path(sys.executable).with_name("dicomvault"))
 AE = "DICOMVAULT"
@@ -55,12 +55,6 @@ def ensure_index(data: Path, n: int) -> None:
     secs = dc.build_dv_index(data, n, dc.BIG_STUDIES)
     dc.log(f"  built in {secs:.1f} s")
     marker.touch()
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_memory(pid: int) -> tuple[float, float]:

@@ -68,6 +68,7 @@ from dicomvault.dimse.fastretrieve import (
 from dicomvault.dimse.find import decode_identifier
 from dicomvault.dimse.retrieve import Match, move_contexts
 from dicomvault.dimse.status import MOVE_DESTINATION_UNKNOWN, PENDING, SUCCESS
+from dicomvault.dimse.transport import recv_pdu
 
 MAX_PDU = 131072  # what we receive; we send in PDUs as large as the requestor receives
 A_RELEASE_RP = b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00"
@@ -118,21 +119,6 @@ def load(folders: list[Path]) -> dict[str, list[Obj]]:
     return studies
 
 
-def _recv_pdu(sock: socket.socket) -> bytes:
-    head = _recv_exactly(sock, 6)
-    return head + _recv_exactly(sock, struct.unpack_from(">I", head, 2)[0])
-
-
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("peer closed during association set-up")
-        buf += chunk
-    return bytes(buf)
-
-
 Negotiated = tuple[bytes, dict[int, PresentationContext], int, str]
 # A-ASSOCIATE-RQ PDU -> what was answered to it. Why: pynetdicom's decoding and negotiation of
 # the ~120 contexts getscu proposes took ~37 ms, more than Orthanc's whole set-up; the benchmark's
@@ -143,7 +129,7 @@ _answers: dict[bytes, Negotiated] = {}
 def accept(sock: socket.socket, stored: set[str]) -> tuple[dict[int, PresentationContext], int, str]:
     """Reads the A-ASSOCIATE-RQ and accepts it: (accepted contexts by id, the requestor's max PDU,
     its AE title)."""
-    raw = _recv_pdu(sock)
+    raw = recv_pdu(sock)
     if raw[0] != 0x01:
         raise ConnectionError(f"expected an A-ASSOCIATE-RQ, got PDU type 0x{raw[0]:02X}")
     if raw not in _answers:

@@ -41,6 +41,7 @@ from dicomvault.dimse.accept_memo import accepts, negotiations
 from dicomvault.dimse.negotiation_cache import associate_rq_cache
 from dicomvault.dimse.peers import Peers
 from dicomvault.dimse.server import SERVICE_CONTEXTS, build_ae
+from dicomvault.dimse.transport import recv_pdu
 
 RELEASE_RQ = bytes([5, 0, 0, 0, 0, 4, 0, 0, 0, 0])
 STORE_CLASSES = [CTImageStorage, MRImageStorage, "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.7",
@@ -99,31 +100,14 @@ def getscu_like() -> tuple[tuple[str, tuple[str, ...]], ...]:
     return tuple(cxs)
 
 
-def _pdu(sock: socket.socket) -> bytes:
-    head = b""
-    while len(head) < 6:
-        chunk = sock.recv(6 - len(head))
-        if not chunk:
-            raise ConnectionError("closed before a PDU")
-        head += chunk
-    body = b""
-    length = int.from_bytes(head[2:6], "big")
-    while len(body) < length:
-        chunk = sock.recv(length - len(body))
-        if not chunk:
-            raise ConnectionError("closed in a PDU")
-        body += chunk
-    return head + body
-
-
 def ask(port: int, raw: bytes) -> bytes:
     """Sends an A-ASSOCIATE-RQ, returns the answer PDU (released if accepted)."""
     with socket.create_connection((HOST, port), timeout=10) as sock:
         sock.sendall(raw)
-        answer = _pdu(sock)
+        answer = recv_pdu(sock)
         if answer[0] == 0x02:
             sock.sendall(RELEASE_RQ)
-            assert _pdu(sock)[0] == 0x06
+            assert recv_pdu(sock)[0] == 0x06
         return answer
 
 

@@ -11,7 +11,7 @@
 //! LLVM does not vectorise the scan by itself (it rewrites it into scalar adds), hence the
 //! intrinsics; everything else, and every CPU without them, takes the portable loops.
 
-use super::{Predictor, Sample};
+use super::{load, Predictor, Sample};
 
 /// Decodes `n` samples from their planes (`lo`: least significant bytes; `hi`: most
 /// significant ones, empty for 1-byte samples) into `out` (`n * T::BYTES` bytes).
@@ -64,16 +64,6 @@ fn residual<T: Sample>(lo: &[u8], hi: &[u8], i: usize) -> T {
         T::from_planes(&[lo[i]]).unzigzag()
     } else {
         T::from_planes(&[lo[i], hi[i]]).unzigzag()
-    }
-}
-
-#[inline(always)]
-fn load<T: Sample, const BE: bool>(b: &[u8], i: usize) -> T {
-    let s = &b[i * T::BYTES..(i + 1) * T::BYTES];
-    if BE {
-        T::from_be(s)
-    } else {
-        T::from_le(s)
     }
 }
 

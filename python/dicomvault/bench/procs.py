@@ -24,6 +24,13 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float) -> int:
     return int(proc.returncode)
 
 
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) one process has used so far."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    f = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "; comm may hold spaces
+    return (int(f[11]) + int(f[12])) / _TICK
+
+
 def tree_cpu(pid: int) -> float:
     """CPU seconds of `pid` and its descendants: utime + stime of each process still in the tree
     (zombies included) + cutime + cstime of the root (children it has reaped). On a 2-core machine

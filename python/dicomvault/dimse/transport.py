@@ -64,6 +64,17 @@ def recv_exactly(sock: socket.socket, nr_bytes: int,
     return buf
 
 
+def recv_pdu(sock: socket.socket) -> bytes:
+    """One whole PDU (6-byte header + body) read with blocking reads; ConnectionError if the peer
+    closes first. For the tools that speak the upper layer without pynetdicom (benchmarks, tests)."""
+    head = recv_exactly(sock, 6)
+    if len(head) == 6:
+        body = recv_exactly(sock, int.from_bytes(head[2:6], "big"))
+        if len(body) == int.from_bytes(head[2:6], "big"):
+            return bytes(head + body)
+    raise ConnectionError("connection closed before a whole PDU")
+
+
 def _recv_or_stall(sock: socket.socket, view: memoryview, n: int, seconds: float,
                    killed: Callable[[], bool]) -> int:
     try:

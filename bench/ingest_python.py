@@ -11,6 +11,9 @@ clock counts this object's work only, whatever else the machine runs):
    write and the building of its result dicts) = the Python around it: attributes, the index
    commit, the outcomes.
 2. index: `Index.add_instances` alone, same batches, on the records the engine would pass.
+3. C-STORE path: `Engine.store_dataset`, one data set per call (one index commit per object, as
+   a DIMSE C-STORE makes), the Python around `Vault.ingest_dataset`; with the index's record
+   cache (index/record_cache.py) and without it, alternating run by run.
 
 Minimum over the repeats (a stall only ever adds), per object.
 """
@@ -52,6 +55,13 @@ class _TimedVault:
         finally:
             self.native += time.thread_time() - t0
 
+    def ingest_dataset(self, dataset: bytes, ts: str) -> Any:
+        t0 = time.thread_time()
+        try:
+            return self._vault.ingest_dataset(dataset, ts)
+        finally:
+            self.native += time.thread_time() - t0
+
 
 def engine_python(root: Path, bufs: list[bytes]) -> tuple[float, float]:
     """(µs of Python, µs of native) per object of one engine ingest."""
@@ -64,6 +74,21 @@ def engine_python(root: Path, bufs: list[bytes]) -> tuple[float, float]:
         cpu = time.thread_time() - t0
         engine.vault = real
     return (cpu - timed.native) / len(bufs) * 1e6, timed.native / len(bufs) * 1e6
+
+
+def one_by_one_python(root: Path, datasets: list[tuple[bytes, str]], record_cache: bool) -> float:
+    """µs of Python per object of `Engine.store_dataset` calls, one object each."""
+    with Engine(root, tiers=DEFAULT_TIERS) as engine:
+        if not record_cache:
+            engine.index._records = None  # noqa: SLF001 - the A/B's other side: every load decodes
+        real = engine.vault
+        timed = engine.vault = _TimedVault(real)  # type: ignore[assignment]
+        t0 = time.thread_time()
+        for ds, ts in datasets:
+            engine.store_dataset(ds, ts, calling_ae="BENCH")
+        cpu = time.thread_time() - t0
+        engine.vault = real
+    return (cpu - timed.native) / len(datasets) * 1e6
 
 
 def index_records(bufs: list[bytes]) -> list[dict[str, Any]]:
@@ -108,11 +133,24 @@ def main() -> int:
     try:
         py, native = best(lambda d: engine_python(d, bufs), args.repeats, base)
         idx = best(lambda d: index_alone(d, recs), args.repeats, base)
+        datasets = []
+        for b in bufs:
+            p = _native.parse(b)
+            datasets.append((b[p["dataset_offset"]:], p["transfer_syntax"]))
+        one: dict[bool, list[float]] = {True: [], False: []}
+        for r in range(2 * args.repeats):
+            on = r % 2 == 0
+            one[on].append(one_by_one_python(base / f"one{r}", datasets, on))
+            shutil.rmtree(base / f"one{r}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print(f"{len(bufs)} CT objects, {sum(map(len, bufs)) / 1e6:.0f} MB, best of {args.repeats}, one thread:")
     print(f"  engine ingest: Python {py:.1f} us/object (native call {native:.1f} us/object)")
     print(f"  Index.add_instances alone: {idx:.1f} us/object")
+    for on in (True, False):
+        v = sorted(one[on])
+        print(f"  store_dataset one by one, record cache {'on' if on else 'off'}: Python {v[0]:.1f} "
+              f"us/object (median {v[len(v) // 2]:.1f})")
     return 0
 
 

@@ -35,6 +35,7 @@ from .errors import (
 from .feed import last_seq_on_disk, read_changes
 from .patients import PatientCorrections
 from .query import Planner, QueryStats, scan, scan_keys
+from .record_cache import RecordCache
 from .records import (
     DELETED,
     PATIENT_CHANGES,
@@ -219,6 +220,7 @@ class Index(PatientCorrections):
         self._cfs: dict[str, Any] = {n: db.get_column_family(n) for n in COLUMN_FAMILIES}
         self._handles: dict[str, Any] = {n: db.get_column_family_handle(n) for n in COLUMN_FAMILIES}
         self._stats = self._load_stats()
+        self._records = RecordCache()  # a new database (a restore) holds other records
         if hasattr(self, "_planner"):
             self._planner.cfs = self._cfs
 
@@ -310,7 +312,7 @@ class Index(PatientCorrections):
         self._check_writable(op)
         with self._wlock:
             self._check_open()
-            txn = Txn(self._cfs, self._handles, self._stats.copy(), time.time())
+            txn = Txn(self._cfs, self._handles, self._stats.copy(), time.time(), cache=self._records)
             out = build(txn)
             batch = txn.finish()
             if batch is None:
@@ -322,6 +324,7 @@ class Index(PatientCorrections):
                     cls = IndexFullError if "No space left" in str(exc) else IndexStoreError
                     raise cls(f"{op}: write to index {self.path!r} failed: {exc}") from exc
                 self._stats = txn.stats
+                txn.written()
                 ticket = self._committer.note_written(txn.stats.last_seq)
                 self._emptied_packs.extend(txn.emptied_packs)
         if self._durable:

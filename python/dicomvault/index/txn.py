@@ -19,6 +19,7 @@ from rocksdict import WriteBatch
 
 from . import keys, secondary
 from .feed import feed_key
+from .record_cache import RecordCache
 from .records import (
     BlobRecord,
     Change,
@@ -77,6 +78,7 @@ class _Slot:
     orig_entries: Mapping[bytes, bytes]
     rec: Any
     dirty: bool = False
+    new_entries: Mapping[bytes, bytes] | None = None  # set by finish for a written record
 
 
 @dataclass(slots=True)
@@ -97,15 +99,21 @@ class Txn:
     pack_delta: dict[str, int] = field(default_factory=dict)
     # packs whose last live blob left in this batch (the caller deletes the objects)
     emptied_packs: list[str] = field(default_factory=list)
+    # records written by earlier transactions (see record_cache.py); None: always read the DB
+    cache: RecordCache | None = None
 
     # -- record cache -----------------------------------------------------
 
     def _slot(self, cf: str, key: bytes) -> _Slot:
         slot = self.slots.get((cf, key))
         if slot is None:
-            raw = self.cfs[cf].get(key)
-            rec = _DECODERS[cf].decode(raw) if raw is not None else None
-            orig = _ENTRIES[cf](rec) if rec is not None else {}
+            hit = self.cache.take(cf, key) if self.cache is not None else None
+            if hit is not None:
+                rec, orig = hit
+            else:
+                raw = self.cfs[cf].get(key)
+                rec = _DECODERS[cf].decode(raw) if raw is not None else None
+                orig = _ENTRIES[cf](rec) if rec is not None else {}
             slot = _Slot(cf, key, orig, rec)
             self.slots[(cf, key)] = slot
         return slot
@@ -221,6 +229,7 @@ class Txn:
             else:
                 batch.put(slot.key, slot.rec.encode(), handle)
                 new_entries = _ENTRIES[slot.cf](slot.rec)
+            slot.new_entries = new_entries
             old = slot.orig_entries
             for k in old:
                 if k not in new_entries:
@@ -236,3 +245,11 @@ class Txn:
             return None
         batch.put(META_STATS, self.stats.encode(), h[CF_META])
         return batch
+
+    def written(self) -> None:
+        """The batch of :meth:`finish` is in the database: its records go to the cache as written."""
+        if self.cache is None:
+            return
+        for slot in self.slots.values():
+            if slot.dirty and slot.new_entries is not None:
+                self.cache.keep(slot.cf, slot.key, slot.rec, slot.new_entries)

@@ -24,7 +24,7 @@ from .schema import CF_PATIENTS, CF_SERIES, CF_STUDIES
 
 # Aggregates that every store in a study rewrites; instance and blob records are written once.
 CACHED_CFS = frozenset((CF_STUDIES, CF_SERIES, CF_PATIENTS))
-MAX_RECORDS = 4096
+MAX_RECORDS = 1024  # the studies arriving now, each with its series and patient: a few dozen
 
 
 class RecordCache:

@@ -234,6 +234,41 @@ def test_compaction_waits_for_a_busy_ingest_until_landing_fills_up(tmp_path: Pat
         assert objects(e) == {"landing": 0, "warm": len(objs)}
 
 
+def test_background_passes_list_the_landing_tier_only_when_they_can_move_something(
+        tmp_path: Path, objs: dict[str, Obj], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A background pass reads the index record of every landed blob: none while ingest (or a
+    retrieve) would keep the movers waiting, none again until something landed, and with
+    compact_after none before the earliest landed blob is due."""
+    tiers = (TierSpec("landing", "local", "raw", path="landing"),
+             TierSpec("warm", "local", "hot", path="warm"))
+    with filled(tmp_path / "data", tiers, objs, compact=False) as e:
+        c = Compactor(e, threads=1)
+        e.last_ingest = time.monotonic() + 60  # a burst going on
+        assert not c.pass_worthwhile()
+        e.last_ingest = 0.0
+        e.last_read = time.monotonic() + 60  # a retrieve going on
+        assert not c.pass_worthwhile()
+        e.last_read = 0.0
+        assert c.pass_worthwhile()  # never listed
+        assert c.run_once().report.blobs == len(objs)
+        assert not c.pass_worthwhile()  # nothing landed since
+        e.last_ingest = time.monotonic()  # an object stored
+        assert not c.pass_worthwhile()  # ... and ingest counts as busy for BUSY_WINDOW (1 s)
+        time.sleep(1.1)
+        e.last_ingest = time.monotonic() - 1.05  # stored after the listing, ingest idle since
+        assert c.pass_worthwhile()
+
+        later = Compactor(e, threads=1, compact_after=3600)
+        assert later.pass_worthwhile()
+        e.last_ingest = 0.0
+        assert later.run_once().report.blobs == 0
+        assert not later.pass_worthwhile()
+        e.last_ingest = time.monotonic() - 5  # what lands now is due in an hour too
+        assert not later.pass_worthwhile()
+        monkeypatch.setattr("dicomvault.tiering.compactor.RESCAN_S", 0.0)
+        assert later.pass_worthwhile()  # the periodic rescan
+
+
 # -- moves between warm and cold ----------------------------------------------------------------
 
 
@@ -402,8 +437,8 @@ def test_a_compaction_batch_listed_before_a_move_to_cold_leaves_it_there(
     n = len(objs)
 
     class Interleaved(Compactor):
-        def _landing_blobs(self, extra: list[bytes]) -> Iterator[Any]:
-            listed = list(super()._landing_blobs(extra))
+        def _landing_blobs(self, extra: list[bytes], not_due: list[float]) -> Iterator[Any]:
+            listed = list(super()._landing_blobs(extra, not_due))
             assert jobs.move_study(self.engine, uid, "cold").blobs == 1  # the tier pass, meanwhile
             yield from listed
 

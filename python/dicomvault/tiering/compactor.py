@@ -37,6 +37,9 @@ YIELD_SLEEP = 0.05
 LANDING_PRESSURE = 0.5
 FS_FREE_FLOOR = 0.2
 PRESSURE_CHECK = 1.0  # seconds a landing-pressure verdict is kept
+# A background pass that found nothing to do lists the landing tier again at the latest after
+# this long (a blob landed by a path that does not count as ingest: a replica's apply, a restore).
+RESCAN_S = 60.0
 
 
 def lower_priority() -> None:
@@ -76,9 +79,14 @@ class Compactor:
         self._lock = threading.Lock()
         self._pressure_at = float("-inf")
         self._pressed = False
+        # When the last listing of the landing tier started (monotonic and wall clock), and when
+        # the earliest blob it found not yet due (compact_after) becomes due (wall clock).
+        self._listed_mono = float("-inf")
+        self._listed_wall = 0.0
+        self._pending_due = float("inf")
 
     # -- one pass --------------------------------------------------------------------------
-    def _landing_blobs(self, extra: list[bytes]) -> Iterator[BlobRecord]:
+    def _landing_blobs(self, extra: list[bytes], not_due: list[float]) -> Iterator[BlobRecord]:
         eng = self.engine
         landing = eng.tiers[0].name
         known = {t.name for t in eng.tiers}
@@ -95,6 +103,8 @@ class Compactor:
             # tiered archive): compacted like any landed blob, which also fixes its record.
             if now - rec.created_at >= self.compact_after:
                 yield rec
+            else:
+                not_due.append(rec.created_at + self.compact_after)
 
     def run_once(self, *, threads: int | None = None) -> CompactionPass:
         """Moves every eligible landing blob to the target tier; returns what it did."""
@@ -102,7 +112,9 @@ class Compactor:
         if self.target is None:
             return CompactionPass(MoveReport())
         extra: list[bytes] = []
-        work = list(batches(self._landing_blobs(extra)))
+        not_due: list[float] = []
+        listed_mono, listed_wall = time.monotonic(), time.time()
+        work = list(batches(self._landing_blobs(extra, not_due)))
         known = {t.name for t in eng.tiers}
         # Landed blobs, and blobs placed in a tier this layout lacks; never one a study move
         # placed elsewhere after the listing above.
@@ -144,7 +156,29 @@ class Compactor:
             result.volumes_removed = int(eng.compact(1.0).get("volumes_compacted", 0))
         with self._lock:
             self.totals.add(result.report)
+            self._listed_mono, self._listed_wall = listed_mono, listed_wall
+            # Blobs that failed to move (or were left at a stop) are due again at once.
+            self._pending_due = listed_wall if result.report.failed or self._stop.is_set() else min(
+                not_due, default=float("inf"))
         return result
+
+    def pass_worthwhile(self) -> bool:
+        """Whether a background pass could move anything now. A pass lists the landing tier,
+        reading the index record of every blob in it (~10 µs each, with the GIL): once a second
+        during an ingest burst that was ~7 % of the server's samples with 2,400 objects landed
+        (py-spy, 4 storescu), for nothing, as the movers then only wait. So no pass while reads
+        or ingest would hold the movers back (unless the landing tier fills up), and, with
+        compact_after, none before the earliest landed blob is due: what lands later is due later
+        still. A pass at least every RESCAN_S all the same."""
+        if self.retrieve_busy() or (self.ingest_busy() and not self.landing_pressed()):
+            return False
+        with self._lock:
+            listed_mono, listed_wall, due = self._listed_mono, self._listed_wall, self._pending_due
+        if time.monotonic() - listed_mono >= RESCAN_S:
+            return True
+        if self.engine.last_ingest >= listed_mono:  # stored since that listing began
+            due = min(due, listed_wall + self.compact_after)
+        return time.time() >= due
 
     def _held_elsewhere(self, placed: str, blob_hash: bytes) -> bool:
         eng = self.engine
@@ -185,6 +219,8 @@ class Compactor:
         def loop() -> None:
             lower_priority()
             while not self._stop.wait(interval):
+                if not self.pass_worthwhile():
+                    continue
                 try:
                     p = self.run_once()
                     if p.report.failed:

@@ -54,6 +54,7 @@ from pydicom.uid import (
 from pynetdicom import build_context
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
+from dicomvault.analysis.settings import AnalysisSettings
 from dicomvault.bench.dimse import (
     DCMTK_ENV,
     DV_AE,
@@ -67,7 +68,7 @@ from dicomvault.bench.dimse import (
 )
 from dicomvault.bench.measure import latency_summary
 from dicomvault.bench.orthanc import Orthanc, start_orthanc
-from dicomvault.bench.procs import terminate
+from dicomvault.bench.procs import terminate, tree_cpu
 from dicomvault.bench.synth import UID_ROOT, SeriesSpec, cr_image, ct_series
 from dicomvault.dimse import scu
 from dicomvault.engine import Engine
@@ -91,6 +92,30 @@ class Target:
     stop: Callable[[], None]
     count: Callable[[], int]  # instances stored (for the no-op ceiling: received)
     root: Path | None = None  # its data directory (dicomvault) or storage directory (Orthanc)
+    # Waits until the archive's background work after an ingest is done; the seconds it took.
+    settle: Callable[[], float] = lambda: 0.0
+
+
+IDLE_CPU = 0.05  # CPU seconds per second of the server's process tree below which it is idle
+SETTLE_TIMEOUT = 900.0
+
+
+def wait_idle(pid: int, done: Callable[[], bool] = lambda: True, timeout: float = SETTLE_TIMEOUT) -> float:
+    """Seconds until `done()` holds and the process tree of `pid` used under IDLE_CPU per second
+    in two one-second windows in a row (its background work after an ingest finished), at most
+    `timeout` (then it says so and returns)."""
+    t0 = time.monotonic()
+    quiet = 0
+    cpu = tree_cpu(pid)
+    while time.monotonic() - t0 < timeout:
+        time.sleep(1.0)
+        now = tree_cpu(pid)
+        quiet = quiet + 1 if now - cpu < IDLE_CPU and done() else 0
+        cpu = now
+        if quiet >= 2:
+            return time.monotonic() - t0
+    log(f"  pid {pid} still busy after {timeout:.0f} s; measuring anyway")
+    return time.monotonic() - t0
 
 
 def start_dicomvault(data: Path, fresh: bool = True, config: Path | None = None) -> Target:
@@ -104,7 +129,22 @@ def start_dicomvault(data: Path, fresh: bool = True, config: Path | None = None)
         with Engine(data, read_only=True) as eng:
             return int(eng.stats()["objects"])
 
-    return Target("dicomvault", DV_AE, server.port, stop, count, data)
+    def landing_empty() -> bool:
+        with Engine(data, read_only=True) as eng:
+            tiers = list(eng.stats().get("tiers", {}).values())
+        return len(tiers) < 2 or tiers[0].get("objects", 0) == 0
+
+    def settle() -> float:
+        # What follows a burst in `serve`: the compactor moves the landing tier to warm (the
+        # hot codec: "compressed at rest"), the analysis pipeline runs on each new series once
+        # it has been quiet for quiet_seconds (the default here), the metadata warmer fills its
+        # cache. A study retrieved later (a prior, the next day's reading) is past all that, so
+        # size and retrieve are measured once it is done.
+        t0 = time.monotonic()
+        time.sleep(AnalysisSettings().quiet_seconds + 2.0)
+        return time.monotonic() - t0 + wait_idle(server.proc.pid, landing_empty)
+
+    return Target("dicomvault", DV_AE, server.port, stop, count, data, settle)
 
 
 def start_orthanc_target(root: Path, compression: bool,
@@ -120,7 +160,8 @@ def start_orthanc_target(root: Path, compression: bool,
     def count() -> int:
         return int(orth.statistics()["CountInstances"])
 
-    return Target(name, "ORTHANC", orth.dicom_port, stop, count, root / "storage"), orth
+    return (Target(name, "ORTHANC", orth.dicom_port, stop, count, root / "storage",
+                   lambda: wait_idle(orth.proc.pid)), orth)
 
 
 def start_ceiling(folder: Path) -> Target:

@@ -61,6 +61,7 @@ from dicomvault.bench.dimse import (
     HOST,
     FindTiming,
     findscu_queries,
+    landing_empty,
     start_serve,
     start_storescp,
     storescu_parallel,
@@ -129,11 +130,6 @@ def start_dicomvault(data: Path, fresh: bool = True, config: Path | None = None)
         with Engine(data, read_only=True) as eng:
             return int(eng.stats()["objects"])
 
-    def landing_empty() -> bool:
-        with Engine(data, read_only=True) as eng:
-            tiers = list(eng.stats().get("tiers", {}).values())
-        return len(tiers) < 2 or tiers[0].get("objects", 0) == 0
-
     def settle() -> float:
         # What follows a burst in `serve`: the compactor moves the landing tier to warm (the
         # hot codec: "compressed at rest"), the analysis pipeline runs on each new series once
@@ -142,7 +138,7 @@ def start_dicomvault(data: Path, fresh: bool = True, config: Path | None = None)
         # size and retrieve are measured once it is done.
         t0 = time.monotonic()
         time.sleep(AnalysisSettings().quiet_seconds + 2.0)
-        return time.monotonic() - t0 + wait_idle(server.proc.pid, landing_empty)
+        return time.monotonic() - t0 + wait_idle(server.proc.pid, lambda: landing_empty(data))
 
     return Target("dicomvault", DV_AE, server.port, stop, count, data, settle)
 

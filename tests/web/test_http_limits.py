@@ -89,14 +89,16 @@ def test_qido_cut_at_max_query_results_with_warning(tmp_path: Path) -> None:
 
 def test_rate_limit_is_429_with_retry_after(tmp_path: Path) -> None:
     with serving(tmp_path, http={"rate_limit_per_address": 1, "rate_burst": 5}) as srv:
-        codes = [httpx.get(f"{srv.url}/healthz", timeout=10).status_code for _ in range(8)]
+        # The refused response is taken from the run itself: a request sent after it, on a
+        # loaded machine, can come after a token refilled (1 a second) and pass (seen in CI).
+        responses = [httpx.get(f"{srv.url}/healthz", timeout=10) for _ in range(8)]
+        codes = [r.status_code for r in responses]
         assert codes[:5] == [200] * 5 and 429 in codes[5:], codes
-        refused = httpx.get(f"{srv.url}/healthz", timeout=10)
-        assert refused.status_code == 429
+        refused = responses[codes.index(429)]
         assert int(refused.headers["Retry-After"]) >= 1
         assert "rate_limit_per_address" in refused.text
         time.sleep(int(refused.headers["Retry-After"]) + 0.1)  # the /metrics request needs a token too
-        assert srv.refused("http", "rate_limit_address") == codes.count(429) + 1
+        assert srv.refused("http", "rate_limit_address") == codes.count(429)
 
 
 def test_token_bucket_refills_at_its_rate() -> None:

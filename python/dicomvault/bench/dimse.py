@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..engine import Engine
 from ..errors import DicomVaultError
 from .orthanc import free_port
 from .procs import terminate
@@ -252,6 +253,24 @@ def storescu_parallel(
             run.errors.append(text[-500:])
     run.events.sort()
     return run
+
+
+def landing_empty(data: Path) -> bool:
+    """Whether the first (landing) tier of the data directory `data` holds no blob: everything
+    ingested has been compacted to the next tier (read through a read-only view while `serve`
+    runs). True for a layout of one tier."""
+    with Engine(data, read_only=True) as eng:
+        tiers = list(eng.stats().get("tiers", {}).values())
+    return len(tiers) < 2 or tiers[0].get("objects", 0) == 0
+
+
+def wait_compacted(data: Path, timeout: float = 300.0) -> float:
+    """Seconds until `serve`'s background compactor emptied the landing tier of `data` (it starts
+    a second after the last commit), at most `timeout`."""
+    t0 = time.monotonic()
+    while not landing_empty(data) and time.monotonic() - t0 < timeout:
+        time.sleep(0.25)
+    return time.monotonic() - t0
 
 
 def split_files(files: Sequence[Path], folder: Path, n: int) -> list[Path]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..engine import Engine
 from ..errors import DicomVaultError
-from .dimse import DV_AE, PDU, start_serve, storescu_parallel
+from .dimse import DV_AE, PDU, start_serve, storescu_parallel, wait_compacted
 from .measure import Recorder
 from .workloads import Workload
 
@@ -67,9 +67,11 @@ def _progress(log_dir: Path, associations: int, stop: threading.Event, tick: Tic
 def dimse_ingest(
     workload: Workload, budget: int, associations: int, work: Path, tick: Tick
 ) -> dict[str, Any]:
-    """Writes the input (untimed), starts `dicomvault serve` on `work/data`, sends, SIGTERMs the
-    server and checks it exits 0. Latency per object is storescu's own: "Sending file" to
-    "Received Store Response" (read, transfer, durable commit, response)."""
+    """Writes the input (untimed), starts `dicomvault serve` on `work/data`, sends, waits for the
+    background compactor to move the landing tier on (the stored size and ratio are those of the
+    archive at rest, not of the raw landing copies), SIGTERMs the server and checks it exits 0.
+    Latency per object is storescu's own: "Sending file" to "Received Store Response" (read,
+    transfer, durable commit, response)."""
     tick("dimse: writing the workload's objects to files")
     t = time.perf_counter()
     files, nbytes = write_objects(workload, budget, work / "input", associations)
@@ -88,6 +90,8 @@ def dimse_ingest(
         run = storescu_parallel(
             DV_AE, server.port, [work / "input" / f"a{q}" for q in range(associations)], work
         )
+        tick("dimse: waiting for the compactor")
+        wait_compacted(data)
     finally:
         stop.set()
         watcher.join()

@@ -3,13 +3,16 @@ blobs that follow in its pack), not one GET per instance; every blob is still ch
 
 from __future__ import annotations
 
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
+from dicomvault import _native
 from dicomvault.bench.synth import SeriesSpec, ct_series
 from dicomvault.engine import Engine
 from dicomvault.errors import IntegrityError
+from dicomvault.readahead import read_ahead
 from dicomvault.storage.settings import TierSpec
 from dicomvault.tiering import jobs
 from dicomvault.tiering.compactor import Compactor
@@ -80,3 +83,48 @@ def test_a_blob_damaged_in_the_store_is_refused_even_when_read_ahead(
         else:
             raise AssertionError("a damaged cold blob was served")
         assert e.read_file(outs[5].sop_instance_uid) == files[5]
+
+
+def test_a_cold_retrieve_decodes_on_two_readers_in_order_and_a_damaged_blob_fails_alone(
+    tmp_path: Path, seaweed: SeaweedServer
+) -> None:
+    """The retrieve path (read_ahead over Engine.read_for_sending, as the C-GET does) of a study
+    in the dense codec on the object store: its objects are decoded on two reader threads, come
+    back bit-exact and in order, and a blob damaged in the store, in the middle of a coalesced
+    window, fails that object only (IntegrityError naming it), before and after it all sound."""
+    files = list(ct_series(SeriesSpec(slices=40, rows=96, columns=96, seed=13)))
+    t = tiers(seaweed, f"t-{uuid.uuid4().hex[:12]}")
+    data = tmp_path / "d"
+    with Engine(data, tiers=t) as e:
+        outs = e.store_buffers(files)
+        Compactor(e).run_once()
+        assert jobs.move_study(e, outs[0].study_instance_uid, "cold").blobs == 40
+        assert {e.index.blob(o.hash).codec for o in outs} == {_native.CODEC_COLD}
+        victim = e.index.blob(outs[17].hash)
+        store = e.remote("cold").store
+        pack = bytearray(store.get(victim.pack_key))
+        pack[victim.pack_offset + victim.stored_len // 2] ^= 0xFF
+        store.put(victim.pack_key, bytes(pack))
+    with Engine(data) as e:  # a fresh engine: nothing cached, the study read in windows
+        readers: set[int] = set()
+
+        def load(uid: str) -> tuple[bytes, str, _native.DecodedObject]:
+            readers.add(threading.get_ident())
+            rec, ts, decoded = e.read_for_sending(uid)
+            assert isinstance(decoded, _native.DecodedObject)
+            return rec.prefix, ts, decoded
+
+        got: list[bytes | None] = []
+        for uid, fut in read_ahead(load, [o.sop_instance_uid for o in outs]):
+            if uid == outs[17].sop_instance_uid:
+                try:
+                    fut.result(30)
+                except IntegrityError as exc:
+                    assert outs[17].hash.hex() in str(exc)
+                    got.append(None)
+                    continue
+                raise AssertionError("a damaged cold blob was served")
+            prefix, _, decoded = fut.result(30)
+            got.append(prefix + decoded.bytes())
+        assert len(readers) == 2, readers
+        assert got == [None if i == 17 else f for i, f in enumerate(files)]

@@ -183,6 +183,7 @@ class Engine:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def close(self) -> None:
+        self._cold_cache.close()
         self.index.close()
         self.vault.close()
         for r in self._remote.values():

@@ -4,6 +4,7 @@ blobs that follow in its pack), not one GET per instance; every blob is still ch
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,48 @@ def test_a_cold_retrieve_decodes_on_two_readers_in_order_and_a_damaged_blob_fail
             got.append(prefix + decoded.bytes())
         assert len(readers) == 2, readers
         assert got == [None if i == 17 else f for i, f in enumerate(files)]
+
+
+def test_the_next_window_is_fetched_in_the_background_from_the_middle_of_the_last(
+    tmp_path: Path, seaweed: SeaweedServer, monkeypatch: Any
+) -> None:
+    """Reading a cold study in order: once the middle blob of a window is read, the window after
+    it is fetched on the prefetch thread, before any reader asks for it, and the reads of that
+    window then need no GET of their own. Every blob still comes back bit-exact."""
+    from dicomvault.storage import coldcache
+
+    files = list(ct_series(SeriesSpec(slices=40, rows=64, columns=64, seed=14)))
+    t = tiers(seaweed, f"t-{uuid.uuid4().hex[:12]}")
+    data = tmp_path / "d"
+    with Engine(data, tiers=t) as e:
+        outs = e.store_buffers(files)
+        Compactor(e).run_once()
+        assert jobs.move_study(e, outs[0].study_instance_uid, "cold").blobs == 40
+        stored = max(e.index.blob(o.hash).stored_len for o in outs)
+    monkeypatch.setattr(coldcache, "FIRST_WINDOW", 3 * stored)  # windows of ~3, 6, 12, 19 blobs
+    with Engine(data) as e:
+        cache = e._cold_cache
+        gets = CountingGets(e.remote("cold").store)
+        threads: list[str] = []
+        inner = e.remote("cold").store.get_range
+
+        def get_range(key: str, start: int, end: int) -> bytes:
+            threads.append(threading.current_thread().name)
+            return inner(key, start, end)
+
+        e.remote("cold").store.get_range = get_range
+        prefetched = 0
+        for out, f in zip(outs, files, strict=True):
+            trigger = out.hash in cache._triggers
+            before = len(threads)
+            assert e.read_file(out.sop_instance_uid) == f
+            if trigger:  # the next window comes without being asked for
+                deadline = time.monotonic() + 10
+                while len(threads) == before and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert threads[before:] == [t for t in threads[before:] if t.startswith("dv-cold-prefetch")]
+                assert len(threads) == before + 1
+                prefetched += 1
+            else:
+                assert len(threads) == before or before == 0, f"a GET of its own for {out.hash.hex()}"
+        assert prefetched >= 2 and threads[0] != threads[1] and gets.calls == len(threads) == prefetched + 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -146,6 +147,9 @@ class Engine:
         self.local_tiers = [t for t in self.tiers if t.is_local]
         self.remote_tiers = {t.name: t for t in self.tiers if not t.is_local}
         self._remote: dict[str, ColdTier] = {}
+        # One connection per tier: a first read while `serve` connects at start (client setup
+        # and bucket check, 0.1-0.25 s) waits for that one instead of making a second (leaked).
+        self._remote_lock = threading.Lock()
         self._remote_down: dict[str, tuple[float, UnavailableError]] = {}
         self._cold_cache = ColdReadCache()
         self.landing_tier = self.tiers[0].name
@@ -202,20 +206,24 @@ class Engine:
         """The object-store tier `tier`, connected on first use (a command that never reads a
         cold blob never needs the store to be up)."""
         r = self._remote.get(tier)
-        if r is None:
-            spec = self.remote_tiers.get(tier)
-            if spec is None:
-                raise DicomVaultError(f"no object-store tier named {tier!r}")
-            r = ColdTier.from_spec(
-                spec.name, spec.endpoint, spec.bucket or "", region=spec.region,
-                access_key=spec.access_key, secret_key=spec.secret_key, prefix=spec.prefix,
-                sse=spec.sse, pack_size=spec.pack_size, codec=spec.codec_id,
-                # A store that accepts connections and then says nothing must fail a read in
-                # seconds (a viewer is waiting), not after three 5 s timeouts.
-                read_timeout=2.0, retries=1,
-            )
-            self._remote[tier] = r
-        return r
+        if r is not None:
+            return r
+        with self._remote_lock:
+            r = self._remote.get(tier)
+            if r is None:
+                spec = self.remote_tiers.get(tier)
+                if spec is None:
+                    raise DicomVaultError(f"no object-store tier named {tier!r}")
+                r = ColdTier.from_spec(
+                    spec.name, spec.endpoint, spec.bucket or "", region=spec.region,
+                    access_key=spec.access_key, secret_key=spec.secret_key, prefix=spec.prefix,
+                    sse=spec.sse, pack_size=spec.pack_size, codec=spec.codec_id,
+                    # A store that accepts connections and then says nothing must fail a read in
+                    # seconds (a viewer is waiting), not after three 5 s timeouts.
+                    read_timeout=2.0, retries=1,
+                )
+                self._remote[tier] = r
+            return r
 
     def placed_tier(self, blob: BlobRecord) -> str:
         """The tier a blob record names (records from before tiers say `hot`: the volumes/ tier)."""

@@ -174,3 +174,24 @@ def test_the_next_window_is_fetched_in_the_background_from_the_middle_of_the_las
             else:
                 assert len(threads) == before or before == 0, f"a GET of its own for {out.hash.hex()}"
         assert prefetched >= 2 and threads[0] != threads[1] and gets.calls == len(threads) == prefetched + 1
+
+
+def test_concurrent_first_uses_of_an_object_store_tier_share_one_connection(
+    tmp_path: Path, seaweed: SeaweedServer
+) -> None:
+    """`serve` connects to the store at start while the first retrieve's readers may already
+    read: one client is made (the others wait for it), not one each, left unclosed."""
+    with Engine(tmp_path / "d", tiers=tiers(seaweed, f"t-{uuid.uuid4().hex[:12]}")) as e:
+        start = threading.Barrier(4)
+        got: list[Any] = []
+
+        def first_use() -> None:
+            start.wait(10)
+            got.append(e.remote("cold"))
+
+        threads = [threading.Thread(target=first_use) for _ in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(30)
+        assert len(got) == 4 and all(r is got[0] for r in got)

@@ -5,26 +5,33 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
 from dicomvault.readahead import READ_AHEAD, read_ahead
 
 
-def test_results_come_in_order_with_errors_in_their_place() -> None:
-    def load(i: int) -> int:
-        if i == 3:
-            raise ValueError("three")
-        return i * 10
-
+def _results(load: Callable[[int], int], n: int, failing: int) -> list[int]:
+    """The results of read_ahead(load, range(n)) in the order they come, checking that item
+    `failing` raises its ValueError in its place."""
     got = []
-    for i, fut in read_ahead(load, range(8)):
-        if i == 3:
-            with pytest.raises(ValueError, match="three"):
+    for i, fut in read_ahead(load, range(n)):
+        if i == failing:
+            with pytest.raises(ValueError, match=f"item {failing}"):
                 fut.result(5)
         else:
             got.append(fut.result(5))
-    assert got == [0, 10, 20, 40, 50, 60, 70]
+    return got
+
+
+def test_results_come_in_order_with_errors_in_their_place() -> None:
+    def load(i: int) -> int:
+        if i == 3:
+            raise ValueError("item 3")
+        return i * 10
+
+    assert _results(load, 8, 3) == [0, 10, 20, 40, 50, 60, 70]
     assert list(read_ahead(load, [])) == []
 
 
@@ -137,17 +144,10 @@ def test_a_decode_bound_load_gets_a_second_reader_and_results_stay_in_order() ->
             with lock:
                 running[0] -= 1
             if i == 7:
-                raise ValueError("seven")
+                raise ValueError("item 7")
             return i * 10
 
-        got = []
-        for i, fut in read_ahead(load, range(30)):
-            if i == 7:
-                with pytest.raises(ValueError, match="seven"):
-                    fut.result(5)
-            else:
-                got.append(fut.result(5))
-        return got, most[0], threads
+        return _results(load, 30, 7), most[0], threads
 
     expected = [i * 10 for i in range(30) if i != 7]
     got, most, threads = run(bound=True)

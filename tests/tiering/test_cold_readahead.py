@@ -43,15 +43,28 @@ class CountingGets:
         store.get_range = get_range
 
 
-def test_a_cold_study_is_read_in_coalesced_windows(tmp_path: Path, seaweed: SeaweedServer) -> None:
-    files = list(ct_series(SeriesSpec(slices=40, rows=64, columns=64, seed=11)))
-    t = tiers(seaweed, f"t-{uuid.uuid4().hex[:12]}")
+def cold_study(tmp_path: Path, seaweed: SeaweedServer, spec: SeriesSpec, damaged: int | None = None
+               ) -> tuple[Path, list[bytes], list[Any]]:
+    """(data directory, files, store outcomes) of a CT series stored, compacted and moved to the
+    object-store tier; with `damaged`, that instance's blob has a byte flipped in its pack."""
+    files = list(ct_series(spec))
     data = tmp_path / "d"
-    with Engine(data, tiers=t) as e:
+    with Engine(data, tiers=tiers(seaweed, f"t-{uuid.uuid4().hex[:12]}")) as e:
         outs = e.store_buffers(files)
         Compactor(e).run_once()
-        study = outs[0].study_instance_uid
-        assert jobs.move_study(e, study, "cold").blobs == 40
+        assert jobs.move_study(e, outs[0].study_instance_uid, "cold").blobs == len(files)
+        if damaged is not None:
+            victim = e.index.blob(outs[damaged].hash)
+            store = e.remote("cold").store
+            pack = bytearray(store.get(victim.pack_key))
+            pack[victim.pack_offset + victim.stored_len // 2] ^= 0xFF
+            store.put(victim.pack_key, bytes(pack))
+    return data, files, outs
+
+
+def test_a_cold_study_is_read_in_coalesced_windows(tmp_path: Path, seaweed: SeaweedServer) -> None:
+    data, files, outs = cold_study(tmp_path, seaweed, SeriesSpec(slices=40, rows=64, columns=64, seed=11))
+    study = outs[0].study_instance_uid
     with Engine(data) as e:  # a fresh engine: nothing cached
         gets = CountingGets(e.remote("cold").store)
         for out, f in zip(outs, files, strict=True):
@@ -63,18 +76,8 @@ def test_a_cold_study_is_read_in_coalesced_windows(tmp_path: Path, seaweed: Seaw
 def test_a_blob_damaged_in_the_store_is_refused_even_when_read_ahead(
     tmp_path: Path, seaweed: SeaweedServer
 ) -> None:
-    files = list(ct_series(SeriesSpec(slices=6, rows=64, columns=64, seed=12)))
-    t = tiers(seaweed, f"t-{uuid.uuid4().hex[:12]}")
-    data = tmp_path / "d"
-    with Engine(data, tiers=t) as e:
-        outs = e.store_buffers(files)
-        Compactor(e).run_once()
-        jobs.move_study(e, outs[0].study_instance_uid, "cold")
-        victim = e.index.blob(outs[3].hash)
-        store = e.remote("cold").store
-        pack = bytearray(store.get(victim.pack_key))
-        pack[victim.pack_offset + victim.stored_len // 2] ^= 0xFF
-        store.put(victim.pack_key, bytes(pack))
+    data, files, outs = cold_study(tmp_path, seaweed, SeriesSpec(slices=6, rows=64, columns=64, seed=12),
+                                   damaged=3)
     with Engine(data) as e:
         assert e.read_file(outs[0].sop_instance_uid) == files[0]
         try:
@@ -93,20 +96,10 @@ def test_a_cold_retrieve_decodes_on_two_readers_in_order_and_a_damaged_blob_fail
     in the dense codec on the object store: its objects are decoded on two reader threads, come
     back bit-exact and in order, and a blob damaged in the store, in the middle of a coalesced
     window, fails that object only (IntegrityError naming it), before and after it all sound."""
-    files = list(ct_series(SeriesSpec(slices=40, rows=96, columns=96, seed=13)))
-    t = tiers(seaweed, f"t-{uuid.uuid4().hex[:12]}")
-    data = tmp_path / "d"
-    with Engine(data, tiers=t) as e:
-        outs = e.store_buffers(files)
-        Compactor(e).run_once()
-        assert jobs.move_study(e, outs[0].study_instance_uid, "cold").blobs == 40
-        assert {e.index.blob(o.hash).codec for o in outs} == {_native.CODEC_COLD}
-        victim = e.index.blob(outs[17].hash)
-        store = e.remote("cold").store
-        pack = bytearray(store.get(victim.pack_key))
-        pack[victim.pack_offset + victim.stored_len // 2] ^= 0xFF
-        store.put(victim.pack_key, bytes(pack))
+    data, files, outs = cold_study(tmp_path, seaweed, SeriesSpec(slices=40, rows=96, columns=96, seed=13),
+                                   damaged=17)
     with Engine(data) as e:  # a fresh engine: nothing cached, the study read in windows
+        assert {e.index.blob(o.hash).codec for o in outs} == {_native.CODEC_COLD}
         readers: set[int] = set()
 
         def load(uid: str) -> tuple[bytes, str, _native.DecodedObject]:
@@ -139,13 +132,8 @@ def test_the_next_window_is_fetched_in_the_background_from_the_middle_of_the_las
     window then need no GET of their own. Every blob still comes back bit-exact."""
     from dicomvault.storage import coldcache
 
-    files = list(ct_series(SeriesSpec(slices=40, rows=64, columns=64, seed=14)))
-    t = tiers(seaweed, f"t-{uuid.uuid4().hex[:12]}")
-    data = tmp_path / "d"
-    with Engine(data, tiers=t) as e:
-        outs = e.store_buffers(files)
-        Compactor(e).run_once()
-        assert jobs.move_study(e, outs[0].study_instance_uid, "cold").blobs == 40
+    data, files, outs = cold_study(tmp_path, seaweed, SeriesSpec(slices=40, rows=64, columns=64, seed=14))
+    with Engine(data) as e:
         stored = max(e.index.blob(o.hash).stored_len for o in outs)
     monkeypatch.setattr(coldcache, "FIRST_WINDOW", 3 * stored)  # windows of ~3, 6, 12, 19 blobs
     with Engine(data) as e:

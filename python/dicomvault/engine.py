@@ -148,7 +148,7 @@ class Engine:
         self.remote_tiers = {t.name: t for t in self.tiers if not t.is_local}
         self._remote: dict[str, ColdTier] = {}
         # One connection per tier: a first read while `serve` connects at start (client setup
-        # and bucket check, 0.1-0.25 s) waits for that one instead of making a second (leaked).
+        # and bucket check, 0.1-0.6 s) waits for that one instead of making a second (leaked).
         self._remote_lock = threading.Lock()
         self._remote_down: dict[str, tuple[float, UnavailableError]] = {}
         self._cold_cache = ColdReadCache()

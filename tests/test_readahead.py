@@ -5,26 +5,33 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
 from dicomvault.readahead import READ_AHEAD, read_ahead
 
 
-def test_results_come_in_order_with_errors_in_their_place() -> None:
-    def load(i: int) -> int:
-        if i == 3:
-            raise ValueError("three")
-        return i * 10
-
+def _results(load: Callable[[int], int], n: int, failing: int) -> list[int]:
+    """The results of read_ahead(load, range(n)) in the order they come, checking that item
+    `failing` raises its ValueError in its place."""
     got = []
-    for i, fut in read_ahead(load, range(8)):
-        if i == 3:
-            with pytest.raises(ValueError, match="three"):
+    for i, fut in read_ahead(load, range(n)):
+        if i == failing:
+            with pytest.raises(ValueError, match=f"item {failing}"):
                 fut.result(5)
         else:
             got.append(fut.result(5))
-    assert got == [0, 10, 20, 40, 50, 60, 70]
+    return got
+
+
+def test_results_come_in_order_with_errors_in_their_place() -> None:
+    def load(i: int) -> int:
+        if i == 3:
+            raise ValueError("item 3")
+        return i * 10
+
+    assert _results(load, 8, 3) == [0, 10, 20, 40, 50, 60, 70]
     assert list(read_ahead(load, [])) == []
 
 
@@ -114,3 +121,62 @@ def test_reader_threads_are_reused_and_survive_a_failing_task() -> None:
     finally:
         logging.getLogger("dicomvault.readahead").disabled = False
     assert readers() == before  # the thread that ran the failing task is still there, idle
+
+
+def test_a_decode_bound_load_gets_a_second_reader_and_results_stay_in_order() -> None:
+    """A load that calls decode_bound() (a cold object) widens its read-ahead to
+    DECODE_BOUND_READERS readers running loads at the same time; the consumer still gets every
+    result in order, errors in their place. Without the call, one reader: never two at once."""
+    from dicomvault.readahead import DECODE_BOUND_READERS, decode_bound
+
+    def run(bound: bool) -> tuple[list[int], int, set[str]]:
+        lock = threading.Lock()
+        running, most, threads = [0], [0], set()
+
+        def load(i: int) -> int:
+            if bound:
+                decode_bound()
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+                threads.add(threading.current_thread().name + str(threading.get_ident()))
+            time.sleep(0.01 + 0.01 * (i % 3))  # uneven: later loads finish before earlier ones
+            with lock:
+                running[0] -= 1
+            if i == 7:
+                raise ValueError("item 7")
+            return i * 10
+
+        return _results(load, 30, 7), most[0], threads
+
+    expected = [i * 10 for i in range(30) if i != 7]
+    got, most, threads = run(bound=True)
+    assert got == expected
+    assert most == DECODE_BOUND_READERS == 2 and len(threads) == 2
+    got, most, threads = run(bound=False)
+    assert got == expected and most == 1 and len(threads) == 1
+
+
+def test_decode_bound_outside_a_read_ahead_and_after_one_is_a_no_op() -> None:
+    """The flag is per reader thread and cleared when its read-ahead ends: a reader thread
+    reused by a warm retrieve after a cold one reads alone again."""
+    from dicomvault.readahead import decode_bound
+
+    decode_bound()  # not in a reader: nothing happens
+    cold = [f.result(5) for _, f in read_ahead(lambda i: (decode_bound(), i)[1], range(20))]
+    assert cold == list(range(20))
+    time.sleep(0.1)  # both readers idle again
+    lock = threading.Lock()
+    running, most = [0], [0]
+
+    def load(i: int) -> int:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.005)
+        with lock:
+            running[0] -= 1
+        return i
+
+    assert [f.result(5) for _, f in read_ahead(load, range(20))] == list(range(20))
+    assert most[0] == 1

@@ -230,3 +230,8 @@ def decode(codec_id: int, stored: bytes, logical_len: int) -> bytes:
 def recode(
     codec_id: int, stored: bytes, logical_len: int, target: int, level: int = 1
 ) -> tuple[int, bytes]: ...
+def decode_verified(
+    codec_id: int, stored: bytes, logical_len: int, hash: bytes
+) -> tuple[str, DecodedObject]:
+    """Stored bytes decoded into a native buffer and checked against `hash`, off the GIL:
+    (transfer syntax UID, data set); IntegrityError if they decode to other bytes."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from .filemeta import file_meta_prefix
 from .index import REJECTION_TITLES, BlobRecord, Change, Index, InstanceRecord, Placement, Rejection
 from .index import role as site_role
 from .locks import ReadWriteLock
+from .readahead import decode_bound
 from .rejection_notes import KOS_SOP_CLASS, parse_rejection
 from .storage.cold import ColdPlacement, ColdTier
 from .storage.coldcache import ColdReadCache
@@ -145,6 +147,9 @@ class Engine:
         self.local_tiers = [t for t in self.tiers if t.is_local]
         self.remote_tiers = {t.name: t for t in self.tiers if not t.is_local}
         self._remote: dict[str, ColdTier] = {}
+        # One connection per tier: a first read while `serve` connects at start (client setup
+        # and bucket check, 0.1-0.6 s) waits for that one instead of making a second (leaked).
+        self._remote_lock = threading.Lock()
         self._remote_down: dict[str, tuple[float, UnavailableError]] = {}
         self._cold_cache = ColdReadCache()
         self.landing_tier = self.tiers[0].name
@@ -182,6 +187,7 @@ class Engine:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def close(self) -> None:
+        self._cold_cache.close()
         self.index.close()
         self.vault.close()
         for r in self._remote.values():
@@ -200,20 +206,24 @@ class Engine:
         """The object-store tier `tier`, connected on first use (a command that never reads a
         cold blob never needs the store to be up)."""
         r = self._remote.get(tier)
-        if r is None:
-            spec = self.remote_tiers.get(tier)
-            if spec is None:
-                raise DicomVaultError(f"no object-store tier named {tier!r}")
-            r = ColdTier.from_spec(
-                spec.name, spec.endpoint, spec.bucket or "", region=spec.region,
-                access_key=spec.access_key, secret_key=spec.secret_key, prefix=spec.prefix,
-                sse=spec.sse, pack_size=spec.pack_size, codec=spec.codec_id,
-                # A store that accepts connections and then says nothing must fail a read in
-                # seconds (a viewer is waiting), not after three 5 s timeouts.
-                read_timeout=2.0, retries=1,
-            )
-            self._remote[tier] = r
-        return r
+        if r is not None:
+            return r
+        with self._remote_lock:
+            r = self._remote.get(tier)
+            if r is None:
+                spec = self.remote_tiers.get(tier)
+                if spec is None:
+                    raise DicomVaultError(f"no object-store tier named {tier!r}")
+                r = ColdTier.from_spec(
+                    spec.name, spec.endpoint, spec.bucket or "", region=spec.region,
+                    access_key=spec.access_key, secret_key=spec.secret_key, prefix=spec.prefix,
+                    sse=spec.sse, pack_size=spec.pack_size, codec=spec.codec_id,
+                    # A store that accepts connections and then says nothing must fail a read in
+                    # seconds (a viewer is waiting), not after three 5 s timeouts.
+                    read_timeout=2.0, retries=1,
+                )
+                self._remote[tier] = r
+            return r
 
     def placed_tier(self, blob: BlobRecord) -> str:
         """The tier a blob record names (records from before tiers say `hot`: the volumes/ tier)."""
@@ -232,7 +242,8 @@ class Engine:
             blob = self.index.blob(blob_hash)
         return blob if blob is not None and blob.tier in self.remote_tiers else None
 
-    def _read_remote(self, blob_hash: bytes, study_uid: str | None) -> tuple[str, bytes]:
+    def _read_remote(self, blob_hash: bytes, study_uid: str | None) -> tuple[str, _native.DecodedObject]:
+        """(transfer syntax, data set in a native buffer) of an object-store blob, hash-checked."""
         blob = self._remote_blob(blob_hash)
         if blob is None:
             raise _native.NotFoundError(f"blob {blob_hash.hex()} is in no tier")
@@ -242,21 +253,22 @@ class Engine:
             raise UnavailableError(f"{down[1]} (not retried for {REMOTE_RETRY_AFTER:.0f} s)") from down[1]
         try:
             tier, p = self.remote(blob.tier), cold_placement(blob)
+            if p.codec == _native.CODEC_COLD:
+                decode_bound()  # the dense codec's decode paces a retrieve: its read-ahead widens
             hit = self._cold_cache.get(blob_hash)
             if hit is None and study_uid:
                 hit = self._cold_cache.read_ahead(
                     tier, p, f"{p.pack_key}/{study_uid}",
                     lambda: [cold_placement(b) for b in self.study_blobs(study_uid) if b.tier == blob.tier],
                 )
-            logical = tier.logical_of(p, *hit) if hit is not None else tier.read_logical(p)
+            ts, dataset = tier.decoded_of(p, *hit) if hit is not None else tier.read_decoded(p)
         except UnavailableError as exc:
             self._remote_down[blob.tier] = (time.monotonic(), exc)
             raise
         self._remote_down.pop(blob.tier, None)
         if study_uid:
             self.cold_reads.add(study_uid)
-        ts, _, dataset = logical.partition(b"\0")
-        return ts.decode("ascii"), dataset
+        return ts, dataset
 
     def read_stored(self, blob_hash: bytes) -> tuple[int, int, bytes]:
         """(codec, logical length, stored bytes) of a blob from whichever tier holds it, not
@@ -302,15 +314,16 @@ class Engine:
         except _native.NotFoundError:
             if not self.remote_tiers:
                 raise
-            return self._read_remote(blob_hash, study_uid)
+            ts, dataset = self._read_remote(blob_hash, study_uid)
+            return ts, dataset.bytes()
 
     def read_for_sending(self, sop_instance_uid: str
                          ) -> tuple[InstanceRecord, str, bytes | _native.DecodedObject]:
         """read_instance for a sender that only writes the data set out (a DIMSE retrieve): the
         data set of a local blob stays in the native buffer it was decoded into, which
         `_native.send_message` sends as it is (copying 0.5 MB per CT slice into bytes cost ~4% of
-        a C-GET's server CPU). Bytes where a patient correction rewrites it, or from an
-        object-store tier. `.bytes()` of the native buffer copies it out."""
+        a C-GET's server CPU); from an object-store tier too. Bytes where a patient correction
+        rewrites it. `.bytes()` of the native buffer copies it out."""
         rec = self.index.get_instance(sop_instance_uid)
         if rec is None:
             raise UnknownObjectError("instance", sop_instance_uid)
@@ -324,8 +337,7 @@ class Engine:
         except _native.NotFoundError:
             if not self.remote_tiers:
                 raise
-            ts, dataset = self._read_remote(rec.hash, rec.study_uid)
-            return rec, ts, dataset
+            ts, decoded = self._read_remote(rec.hash, rec.study_uid)
         return rec, ts, decoded
 
     def __enter__(self) -> Engine:

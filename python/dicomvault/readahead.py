@@ -11,7 +11,12 @@ cores, and their hand-offs cost more than the overlap gained (300-slice CT, gets
 runs, bench/retrieve_cpu.py: with a pool of one, server CPU per retrieve 0.265 -> 0.230 s and
 wall 0.257 -> 0.216 s; this design 0.230 s against that pool's 0.225 in a later run). A pool of
 one or two would also let a load that waits (a C-MOVE's objects wait for the destination's
-answer to choose their context) hold up the other retrieves: each has its own reader thread."""
+answer to choose their context) hold up the other retrieves: each has its own reader thread.
+
+Except where one core of decode is the limit: an object read from an object-store tier in the
+dense cold codec (~300 MB/s per core, against ~1,600 for the hot one) calls `decode_bound()`
+from its load, and that retrieve gets a second reader, both taking its objects in order (the
+consumer still gets them in order). Measured: see bench/RESULTS.md, "Cold retrieve on two readers"."""
 
 from __future__ import annotations
 
@@ -29,6 +34,19 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 READ_AHEAD = 4
+# Readers of a retrieve whose loads are decode-bound (2 cores measured; more untested).
+DECODE_BOUND_READERS = 2
+
+# The running reader's `widen` (a thread-local: reader threads serve one retrieve after another).
+_current = threading.local()
+
+
+def decode_bound() -> None:
+    """Called by a load that decodes more than one core keeps up with: the read-ahead running
+    it (if any) adds readers, up to DECODE_BOUND_READERS. Cheap to call for every object."""
+    widen = getattr(_current, "widen", None)
+    if widen is not None:
+        widen()
 
 
 class _Readers:
@@ -71,20 +89,37 @@ def read_ahead(load: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[T, 
     away) are not run. Only the consumer holds a result once it is loaded: decoded objects go
     back to their buffer pool (rust/src/decoded.rs) as soon as they are sent."""
     todo = iter(items)
-    # (item, future) to load, in order; None: stop. SimpleQueue: its wait and wake-up are C.
+    # (item, future) to load, in order; None: stop (each reader puts it back for the others).
+    # SimpleQueue: its wait and wake-up are C.
     jobs: SimpleQueue[tuple[T, Future[R]] | None] = SimpleQueue()
     pending: deque[tuple[T, Future[R]]] = deque()
+    readers = [1]
+    lock = threading.Lock()
+
+    def widen() -> None:
+        if readers[0] >= DECODE_BOUND_READERS:  # read without the lock: the usual case, every object
+            return
+        with lock:
+            more = readers[0] < DECODE_BOUND_READERS
+            readers[0] += more
+        if more:
+            _readers.submit(reader)
 
     def reader() -> None:
-        while (job := jobs.get()) is not None:
-            item, fut = job
-            del job
-            if fut.set_running_or_notify_cancel():
-                try:
-                    fut.set_result(load(item))
-                except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-                    fut.set_exception(exc)
-            del item, fut
+        _current.widen = widen
+        try:
+            while (job := jobs.get()) is not None:
+                item, fut = job
+                del job
+                if fut.set_running_or_notify_cancel():
+                    try:
+                        fut.set_result(load(item))
+                    except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                        fut.set_exception(exc)
+                del item, fut
+            jobs.put(None)
+        finally:
+            _current.widen = None
 
     started = False
     try:

@@ -7,8 +7,14 @@
 
 use std::sync::Mutex;
 
+use dicomvault_core::codec::Codec;
+use dicomvault_core::object;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+
+use crate::convert::hash_arg;
+use crate::errors::IntoPy;
+use crate::gil;
 
 /// Buffers kept for reuse (a retrieve holds the read-ahead's few at a time) ...
 const KEEP_BUFFERS: usize = 8;
@@ -69,5 +75,34 @@ impl DecodedObject {
     /// The data set bytes (a copy).
     fn bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
         PyBytes::new(py, self.data_set())
+    }
+}
+
+/// Stored bytes read from elsewhere (an object-store tier) decoded into a pooled native buffer
+/// and checked against the blob's hash, off the GIL: (transfer syntax UID, data set). Why: the
+/// cold codec's decode is what paces a retrieve from an object store, and `decode` + `blake3`
+/// took the GIL back between them and copied each object twice (into bytes, then its data set
+/// out of those); here the retrieve's readers decode on all cores and the sender gets the buffer.
+#[pyfunction]
+pub fn decode_verified<'py>(
+    py: Python<'py>,
+    codec_id: u8,
+    stored: &[u8],
+    logical_len: u64,
+    hash: &[u8],
+) -> PyResult<(String, Bound<'py, DecodedObject>)> {
+    let (codec, h) = (Codec::from_u8(codec_id).py_err()?, hash_arg(hash)?);
+    let mut buf = take_buffer();
+    let read = gil::bytes_work(py, stored.len().max(logical_len as usize), || {
+        object::decode_verified_into(&h, codec, stored, logical_len, &mut buf)?;
+        let (ts, ds) = object::split_canonical(&buf)?;
+        Ok((ts.to_owned(), buf.len() - ds.len()))
+    });
+    match read {
+        Ok((ts, start)) => Ok((ts, Bound::new(py, DecodedObject::new(buf, start))?)),
+        Err(e) => {
+            give_back(buf);
+            Err(e).py_err()
+        }
     }
 }

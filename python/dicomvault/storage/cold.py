@@ -475,13 +475,27 @@ class ColdTier:
     def logical_of(self, p: ColdPlacement, codec: int, stored: bytes) -> bytes:
         """Logical bytes of stored bytes already read (`read_many`), decoded and checked
         against the blob's hash."""
-        return self._check_logical(
-            p.hash,
-            codec,
-            stored,
-            p.logical_len,
-            f"the bytes in {self.store.bucket}/{p.pack_key} at {p.offset}",
-        )
+        return self._check_logical(p.hash, codec, stored, p.logical_len, self._where(p))
+
+    def read_decoded(self, p: ColdPlacement) -> tuple[str, _native.DecodedObject]:
+        """`decoded_of` the blob's stored bytes, read by one ranged GET."""
+        codec, stored = self.read(p)
+        return self.decoded_of(p, codec, stored)
+
+    def decoded_of(self, p: ColdPlacement, codec: int, stored: bytes) -> tuple[str, _native.DecodedObject]:
+        """(transfer syntax, data set in a native buffer) of stored bytes already read, decoded
+        and checked against the blob's hash off the GIL (what a retrieve sends as it is)."""
+        try:
+            return _native.decode_verified(codec, stored, p.logical_len, p.hash)
+        except DicomVaultError as exc:
+            raise _integrity(
+                f"blob {p.hash.hex()}: {self._where(p)} (codec {codec}) do not decode to it: {exc}",
+                None,
+                [p.hash],
+            ) from exc
+
+    def _where(self, p: ColdPlacement) -> str:
+        return f"the bytes in {self.store.bucket}/{p.pack_key} at {p.offset}"
 
     def read_many(self, ps: Sequence[ColdPlacement]) -> list[tuple[int, bytes] | Exception]:
         """One result per placement, in order: (codec, stored bytes) or the error for that blob

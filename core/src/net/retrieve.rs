@@ -18,19 +18,17 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::assembler::Out;
-use super::command::{encode_retrieve_pending, encode_store_rq, SubOperations};
+use super::command::{encode_retrieve_pending, encode_store_rq, SubOperations, C_STORE_RSP};
 use super::conn::{Conn, Wait};
-use super::pdu::message_pdus;
+use super::pdu::{message_pdus, A_ABORT};
 use super::send::{write_all, Framed};
 
 /// Objects loaded ahead of the one being sent (readahead.py's depth).
 pub const READ_AHEAD: usize = 4;
-const C_STORE_RSP: u16 = 0x8001;
 const SUCCESS: u16 = 0x0000;
 /// A C-STORE-RSP without a Status (what dimse/fastretrieve.py counted it as).
 const PROCESSING_FAILURE: u16 = 0xC211;
 const A_RELEASE_RQ: u8 = 0x05;
-const A_ABORT: u8 = 0x07;
 
 /// One sub-operation: the context it goes on and what its C-STORE-RQ names.
 #[derive(Debug, Clone)]
@@ -44,7 +42,8 @@ pub struct Item {
 #[derive(Debug, Clone)]
 pub struct Route<'a> {
     /// The association the C-STORE-RQs go on, its peer's maximum PDU length, and how long a
-    /// write may wait for a peer that stopped reading (None: for ever).
+    /// write (of those, or of a pending response) may wait for a peer that stopped reading (None:
+    /// for ever).
     pub store_fd: RawFd,
     pub store_max_pdu: usize,
     pub send_timeout: Option<Duration>,
@@ -207,7 +206,7 @@ fn send_all<D: AsRef<[u8]>>(
         let pdus = message_pdus(route.rsp_context_id, &pending, None, route.rsp_max_pdu);
         if route.same_association {
             progress.unsent.extend_from_slice(&pdus);
-        } else if let Err(error) = write_all(route.rsp_fd, &mut [IoSlice::new(&pdus)], None) {
+        } else if let Err(error) = write_all(route.rsp_fd, &mut [IoSlice::new(&pdus)], route.send_timeout) {
             return (i + 1, Stop::Respond(error));
         }
     }

@@ -750,20 +750,25 @@ class NativeRetrieve:
         """Sub-operations `start`, `start` + 1, ... of `matches`: BATCH at a time, those sent as
         stored from a local blob by _native.retrieve_batch, the others (converted,
         patient-corrected, from an object-store tier, not indexed) read here as before."""
-        i: int | None = start
-        while i is not None and i < len(matches):
-            if self.cancelled or self.gone:
-                return
-            if self.io.killed():
-                self.gone = True
-                return
-            plan = self._plan(dest.offer, matches[i:i + BATCH])
-            native = next((k for k, p in enumerate(plan) if p is None), len(plan))
-            if native:
-                i = self._batch(dest, [p for p in plan[:native] if p is not None], matches, counts, i)
-            else:
-                here = next((k for k, p in enumerate(plan) if p is not None), len(plan))
-                i = self._read_here(dest, matches, counts, i, i + here)
+        for chunk_start in range(start, len(matches), BATCH):
+            plan = self._plan(dest.offer, matches[chunk_start:chunk_start + BATCH])
+            k = 0
+            while k < len(plan):  # runs of native items and of items read here, in order
+                if self.cancelled or self.gone:
+                    return
+                if self.io.killed():
+                    self.gone = True
+                    return
+                native = plan[k] is not None
+                end = next((j for j in range(k, len(plan)) if (plan[j] is not None) != native), len(plan))
+                if native:
+                    items = [p for p in plan[k:end] if p is not None]
+                    nxt = self._batch(dest, items, matches, counts, chunk_start + k)
+                else:
+                    nxt = self._read_here(dest, matches, counts, chunk_start + k, chunk_start + end)
+                if nxt is None:
+                    return
+                k = nxt - chunk_start
 
     def _plan(self, offer: Offer | PendingOffer, chunk: list[Match]) -> list[NativeItem | None]:
         """The native sub-operation of each match, None for one read here."""

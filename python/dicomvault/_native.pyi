@@ -210,6 +210,29 @@ def send_message(
     timeout: float | None = None,
 ) -> None: ...
 
+# retrieve.rs: a batch of C-GET/C-MOVE sub-operations, each item (blob hash, stored transfer
+# syntax, context id, SOP Class UID, SOP Instance UID); rsp = (fd, context id, command field, SOP
+# Class UID, message id, max PDU) of the pending responses. Returns (items done, stop ("end",
+# "load", "send", "await", "respond"), last message id, status, outs, closed, requestor outs,
+# requestor closed, error, unsent, remaining, completed).
+def retrieve_batch(
+    vault: Vault,
+    fd: int,
+    reader: PduReader,
+    items: list[tuple[bytes, str, int, str, str]],
+    max_pdu: int,
+    send_timeout: float | None,
+    originator: tuple[str, int] | None,
+    rsp: tuple[int, int, int, str, int, int],
+    same_association: bool,
+    requestor: PduReader | None,
+    message_id: int,
+    counts: tuple[int, int, int, int],
+    unsent: bytes,
+    wait: float,
+) -> tuple[int, str, int, int | None, list[tuple[Any, ...]], str | None, list[tuple[Any, ...]], str | None,
+           str | None, bytes, int, int]: ...
+
 # primitives.rs. parse dicts (convert.rs parsed_to_py): dataset_offset, transfer_syntax,
 # ts_inferred, meta and attrs [(tag, VR, value bytes)], index_attrs ({keyword: str} or None,
 # as for Vault's ingest results), pixel (dict or None).

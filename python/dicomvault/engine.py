@@ -340,6 +340,27 @@ class Engine:
             ts, decoded = self._read_remote(rec.hash, rec.study_uid)
         return rec, ts, decoded
 
+    def blobs_for_sending(self, sop_uids: list[str]) -> list[tuple[bytes, str, str] | None]:
+        """(blob hash, stored transfer syntax, SOP Class UID) of each object whose data set
+        read_for_sending would send as its local blob holds it, for a native reader
+        (_native.retrieve_batch); None for one read_for_sending must read itself (not indexed, or
+        of a patient-corrected study). A blob no longer local (an object-store tier) is found out
+        by that reader, which then hands it back. One index multi-get for the lot."""
+        out: list[tuple[bytes, str, str] | None] = []
+        coerced: dict[str, bool] = {}
+        now = time.time()
+        for f in self.index.sending_fields(sop_uids):
+            if f is None:
+                out.append(None)
+                continue
+            blob_hash, ts, sop_class, study_uid = f
+            if study_uid not in coerced:
+                coerced[study_uid] = bool(self.index.coercion_of(study_uid))
+                self.accessed[study_uid] = now
+            out.append(None if coerced[study_uid] else (blob_hash, ts, sop_class))
+        self.last_read = time.monotonic()
+        return out
+
     def __enter__(self) -> Engine:
         return self
 

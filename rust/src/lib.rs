@@ -12,6 +12,7 @@ mod errors;
 mod gil;
 mod net;
 mod primitives;
+mod retrieve;
 mod vault;
 
 #[pymodule]
@@ -26,6 +27,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(net::encode_response, m)?)?;
     m.add_function(wrap_pyfunction!(net::frame_message, m)?)?;
     m.add_function(wrap_pyfunction!(net::send_message, m)?)?;
+    m.add_function(wrap_pyfunction!(retrieve::retrieve_batch, m)?)?;
     m.add_function(wrap_pyfunction!(primitives::parse, m)?)?;
     m.add_function(wrap_pyfunction!(primitives::parse_dataset, m)?)?;
     m.add_function(wrap_pyfunction!(primitives::blake3, m)?)?;

@@ -48,7 +48,7 @@ const C_STORE_RQ: u16 = 0x0001;
 /// caller answers itself on that context; every other message is handed back as PDUs.
 #[pyclass(module = "dicomvault._native")]
 pub struct PduReader {
-    conn: Conn,
+    pub conn: Conn,
 }
 
 #[pymethods]
@@ -89,43 +89,7 @@ impl PduReader {
         let (outs, wait) = gil::blocking(py, move || conn.next(wake_fd, timeout));
         let list = PyList::empty(py);
         for out in outs {
-            let item: Bound<'py, PyTuple> = match out {
-                Out::Pdu(bytes) => ("pdu", PyBytes::new(py, &bytes)).into_pyobject(py)?,
-                Out::Message { context_id, command, data_set } => {
-                    let data_set: Option<Bound<'py, PyAny>> = match data_set {
-                        None => None,
-                        Some(d) if command.command_field == C_STORE_RQ => {
-                            Some(Bound::new(py, ReceivedDataSet { inner: Some(d) })?.into_any())
-                        }
-                        Some(d) => Some(PyBytes::new(py, d.data_set()).into_any()),
-                    };
-                    (
-                        "msg",
-                        context_id,
-                        command.command_field,
-                        command.message_id,
-                        command.sop_class_uid,
-                        command.sop_instance_uid,
-                        data_set,
-                        command.message_id_being_responded_to,
-                        command.status,
-                        command.move_destination,
-                    )
-                        .into_pyobject(py)?
-                }
-                Out::Oversize { context_id, command, received } => (
-                    "oversize",
-                    context_id,
-                    command.command_field,
-                    command.message_id,
-                    command.sop_class_uid,
-                    command.sop_instance_uid,
-                    received,
-                )
-                    .into_pyobject(py)?,
-                Out::ProtocolError(why) => ("error", why).into_pyobject(py)?,
-            };
-            list.append(item)?;
+            list.append(out_to_py(py, out)?)?;
         }
         let (state, reason) = match wait {
             Wait::Ready => ("ready", None),
@@ -145,6 +109,46 @@ impl PduReader {
     fn buffered(&self) -> usize {
         self.conn.buffered()
     }
+}
+
+/// A reader output as the Python tuple `PduReader.next` documents.
+pub fn out_to_py<'py>(py: Python<'py>, out: Out) -> PyResult<Bound<'py, PyTuple>> {
+    Ok(match out {
+        Out::Pdu(bytes) => ("pdu", PyBytes::new(py, &bytes)).into_pyobject(py)?,
+        Out::Message { context_id, command, data_set } => {
+            let data_set: Option<Bound<'py, PyAny>> = match data_set {
+                None => None,
+                Some(d) if command.command_field == C_STORE_RQ => {
+                    Some(Bound::new(py, ReceivedDataSet { inner: Some(d) })?.into_any())
+                }
+                Some(d) => Some(PyBytes::new(py, d.data_set()).into_any()),
+            };
+            (
+                "msg",
+                context_id,
+                command.command_field,
+                command.message_id,
+                command.sop_class_uid,
+                command.sop_instance_uid,
+                data_set,
+                command.message_id_being_responded_to,
+                command.status,
+                command.move_destination,
+            )
+                .into_pyobject(py)?
+        }
+        Out::Oversize { context_id, command, received } => (
+            "oversize",
+            context_id,
+            command.command_field,
+            command.message_id,
+            command.sop_class_uid,
+            command.sop_instance_uid,
+            received,
+        )
+            .into_pyobject(py)?,
+        Out::ProtocolError(why) => ("error", why).into_pyobject(py)?,
+    })
 }
 
 /// The P-DATA-TF PDU(s) of a response command set without a data set (C-STORE-RSP,

@@ -31,7 +31,7 @@ pub struct Vault {
 }
 
 impl Vault {
-    fn store(&self) -> PyResult<Arc<BlobStore>> {
+    pub(crate) fn store(&self) -> PyResult<Arc<BlobStore>> {
         self.store
             .lock()
             .map_err(|_| pyo3::exceptions::PyRuntimeError::new_err("vault lock poisoned"))?
@@ -497,7 +497,7 @@ fn read_logical(store: &BlobStore, h: &Hash) -> Result<Vec<u8>, Error> {
     object::decode_verified(h, Codec::from_u8(blob.codec)?, &blob.bytes, blob.logical_len)
 }
 
-fn read_logical_into(store: &BlobStore, h: &Hash, logical: &mut Vec<u8>) -> Result<(), Error> {
+pub(crate) fn read_logical_into(store: &BlobStore, h: &Hash, logical: &mut Vec<u8>) -> Result<(), Error> {
     let blob = store.get(h)?;
     object::decode_verified_into(h, Codec::from_u8(blob.codec)?, &blob.bytes, blob.logical_len, logical)
 }

@@ -413,16 +413,20 @@ class Destination:
     """A pynetdicom storage SCP as the C-MOVE destination (the archive's COMMITSCU peer): it
     accepts CT only in `syntaxes`."""
 
-    def __init__(self, port: int, syntaxes: list[str]) -> None:
+    def __init__(self, port: int, syntaxes: list[str], refuse: frozenset[str] = frozenset()) -> None:
         self.received: list[str] = []
+        self.data: dict[str, tuple[str, bytes]] = {}  # uid -> (syntax, data set) as received
+        self.refuse = refuse  # these are answered 0xA700 (out of resources)
         ae = AE(ae_title=COMMIT_AE)
         ae.add_supported_context(CTImageStorage, syntaxes)
         self.server = ae.start_server((HOST, port), block=False,
                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
 
     def _on_store(self, event: Any) -> int:
-        self.received.append(str(event.request.AffectedSOPInstanceUID))
-        return 0x0000
+        uid = str(event.request.AffectedSOPInstanceUID)
+        self.received.append(uid)
+        self.data[uid] = (str(event.context.transfer_syntax), event.request.DataSet.getvalue())
+        return 0xA700 if uid in self.refuse else 0x0000
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -472,15 +476,20 @@ def test_move_converts_for_the_destination_and_can_be_cancelled(stored: Archive)
         rsps = _move(stored, COMMIT_AE)
         assert rsps[-1][0].Status == 0x0000 and len(dest.received) == 6
         assert [r[0].NumberOfRemainingSuboperations for r in rsps[:-1]] == [5, 4, 3, 2, 1, 0]
-        dest.received.clear()
-        rsps = _move(stored, COMMIT_AE, cancel_after=2)
+        _cancelled_move(stored, dest)
     finally:
         dest.stop()
-    final = rsps[-1][0]
+
+
+def _cancelled_move(stored: Archive, dest: Destination) -> None:
+    """A C-MOVE cancelled after its second pending response ends early, with Cancel and counts
+    that add up to the study; the destination got what the counts say was sent."""
+    dest.received.clear()
+    final = _move(stored, COMMIT_AE, cancel_after=2)[-1][0]
     assert final.Status == 0xFE00
-    assert 2 <= final.NumberOfCompletedSuboperations < 6 == final.NumberOfCompletedSuboperations + \
-        final.NumberOfRemainingSuboperations
-    assert len(dest.received) == final.NumberOfCompletedSuboperations
+    remaining, completed, failed, _ = _counts(final)
+    assert remaining is not None and 2 <= completed + failed < 6 == completed + failed + remaining
+    assert len(dest.received) == completed + failed
 
 
 def test_move_destination_that_drops_the_association(stored: Archive, tmp_path: Path) -> None:
@@ -545,3 +554,81 @@ def test_get_served_by_pynetdicom_counts_a_refused_object(stored: Archive) -> No
     # the refused one, and the big endian, JPEG-LS and RLE objects that pynetdicom's path does not
     # convert (it converts between uncompressed little-endian syntaxes only)
     assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (2, 4)
+
+
+# -- the native batches of sub-operations (fastretrieve._batch, _native.retrieve_batch) ----------
+
+def _counts(rsp: Any) -> tuple[int | None, int, int, int]:
+    """(remaining (None: not sent, as in a final Success), completed, failed, warning)."""
+    return (rsp.get("NumberOfRemainingSuboperations"), rsp.NumberOfCompletedSuboperations,
+            rsp.NumberOfFailedSuboperations, rsp.NumberOfWarningSuboperations)
+
+
+def _uids(ident: Any) -> list[str]:
+    uids = ident.FailedSOPInstanceUIDList  # one value: pydicom gives the str itself
+    return [uids] if isinstance(uids, str) else list(uids)
+
+
+def test_get_mixes_objects_sent_as_stored_and_converted(stored: Archive) -> None:
+    """The requestor accepts Explicit VR Little Endian and JPEG-LS only: the objects stored in
+    those go out natively as stored, the four others are converted between them, in study order,
+    with one pending response each whose counts step by one."""
+    contexts = [build_context(CTImageStorage, ExplicitVRLittleEndian),
+                build_context(CTImageStorage, JPEGLSLossless)]
+    got, rsps = _get(stored, contexts, CT_STUDY)
+    assert rsps[-1][0].Status == 0x0000
+    assert [_counts(r[0]) for r in rsps[:-1]] == [(5 - i, i + 1, 0, 0) for i in range(6)]
+    assert _counts(rsps[-1][0]) == (None, 6, 0, 0)
+    kept = {ExplicitVRLittleEndian, JPEGLSLossless}
+    as_stored = [uid for uid, ts, data in got if stored.stored(uid)[0] in kept]
+    assert len(as_stored) == 2
+    for uid, ts, data in got:
+        stored_ts, stored_data = stored.stored(uid)
+        if stored_ts in kept:
+            assert (ts, data) == (stored_ts, stored_data), f"{uid} not sent as stored"
+        else:
+            assert ts == ExplicitVRLittleEndian
+
+
+def test_get_pending_counts_through_failures_in_a_batch(stored: Archive) -> None:
+    """The requestor refuses the third and fifth sub-operations: every pending response has the
+    counts so far, the final one 0xB000 with both failed UIDs in order, and nothing is skipped."""
+    got: list[str] = []
+
+    def on_store(event: Any) -> int:
+        got.append(str(event.request.AffectedSOPInstanceUID))
+        return 0xA700 if len(got) in (3, 5) else 0x0000
+
+    assoc = _get_association(stored, [build_context(CTImageStorage, ts) for ts in CT_SYNTAXES], on_store)
+    try:
+        rsps = list(assoc.send_c_get(_study(CT_STUDY), StudyRootQueryRetrieveInformationModelGet))
+    finally:
+        assoc.release()
+    assert [_counts(r[0]) for r in rsps[:-1]] == [(5, 1, 0, 0), (4, 2, 0, 0), (3, 2, 1, 0), (2, 3, 1, 0),
+                                                  (1, 3, 2, 0), (0, 4, 2, 0)]
+    final, ident = rsps[-1]
+    assert final.Status == 0xB000 and _counts(final) == (None, 4, 2, 0)
+    assert _uids(ident) == [got[2], got[4]] and len(got) == 6
+
+
+def test_move_as_stored_counts_a_refused_object_and_can_be_cancelled(stored: Archive) -> None:
+    """A destination that accepts every stored syntax gets the objects natively, as stored, one
+    pending response each; one it refuses is counted and listed; then a C-CANCEL after the
+    second pending response ends the next move early, with Cancel and consistent counts."""
+    study = [s.sop_uid for s in stored.sent.values() if s.study_uid == CT_STUDY]
+    refused = sorted(study)[3]
+    dest = Destination(stored.commit_port, CT_SYNTAXES, refuse=frozenset({refused}))
+    try:
+        rsps = _move(stored, COMMIT_AE)
+        final, ident = rsps[-1]
+        assert final.Status == 0xB000 and _counts(final) == (None, 5, 1, 0)
+        assert _uids(ident) == [refused]
+        pending = [_counts(r[0]) for r in rsps[:-1]]
+        assert [p[0] for p in pending] == [5, 4, 3, 2, 1, 0]
+        assert [p[1] + p[2] for p in pending] == [1, 2, 3, 4, 5, 6]
+        assert sorted(dest.received) == sorted(study)
+        for uid, (ts, data) in dest.data.items():
+            assert (ts, data) == stored.stored(uid), f"{uid} not sent as stored"
+        _cancelled_move(stored, dest)
+    finally:
+        dest.stop()

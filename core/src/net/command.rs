@@ -161,8 +161,79 @@ pub fn encode_response(r: &ResponseFields<'_>) -> Vec<u8> {
     if !r.sop_instance_uid.is_empty() {
         push_element(&mut body, AFFECTED_SOP_INSTANCE_UID, &padded(r.sop_instance_uid, 0));
     }
+    with_group_length(&body)
+}
+
+/// Command Data Set Type: a data set follows (any value but 0x0101; pynetdicom writes 0x0001).
+pub const DATA_SET_PRESENT: u16 = 0x0001;
+/// Status Pending (PS3.4 C.4.2.1.5, C.4.3.1.4): a retrieve's sub-operations go on.
+pub const PENDING: u16 = 0xFF00;
+const NUMBER_OF_REMAINING: u32 = 0x0000_1020;
+const NUMBER_OF_COMPLETED: u32 = 0x0000_1021;
+const NUMBER_OF_FAILED: u32 = 0x0000_1022;
+const NUMBER_OF_WARNING: u32 = 0x0000_1023;
+
+fn with_group_length(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 12);
     push_element(&mut out, 0, &(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&body);
+    out.extend_from_slice(body);
     out
+}
+
+/// AE values are padded with a space, as UIs are with NUL.
+fn ae(value: &str) -> Vec<u8> {
+    padded(value.trim(), b' ')
+}
+
+/// A C-STORE-RQ command set with a data set, medium priority, as pynetdicom encodes it (and
+/// dimse/fastretrieve.store_rq); a C-MOVE sub-operation names its Move Originator AE and message.
+pub fn encode_store_rq(
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+    message_id: u16,
+    originator: Option<(&str, u16)>,
+) -> Vec<u8> {
+    let mut body = Vec::with_capacity(192);
+    push_element(&mut body, AFFECTED_SOP_CLASS_UID, &padded(sop_class_uid, 0));
+    push_element(&mut body, COMMAND_FIELD, &C_STORE_RQ.to_le_bytes());
+    push_element(&mut body, MESSAGE_ID, &message_id.to_le_bytes());
+    push_element(&mut body, PRIORITY, &0u16.to_le_bytes());
+    push_element(&mut body, COMMAND_DATA_SET_TYPE, &DATA_SET_PRESENT.to_le_bytes());
+    push_element(&mut body, AFFECTED_SOP_INSTANCE_UID, &padded(sop_instance_uid, 0));
+    if let Some((ae_title, id)) = originator {
+        push_element(&mut body, MOVE_ORIGINATOR_AE, &ae(ae_title));
+        push_element(&mut body, MOVE_ORIGINATOR_MESSAGE_ID, &id.to_le_bytes());
+    }
+    with_group_length(&body)
+}
+
+/// The sub-operation counts of a C-GET-RSP or C-MOVE-RSP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubOperations {
+    pub remaining: u32,
+    pub completed: u32,
+    pub failed: u32,
+    pub warning: u32,
+}
+
+/// A pending C-GET-RSP or C-MOVE-RSP (PS3.7 9.3.3.2, 9.3.4.2) without a data set, its counts
+/// capped at what a US holds, as dimse/fastretrieve.retrieve_rsp encodes it.
+pub fn encode_retrieve_pending(
+    command_field: u16,
+    sop_class_uid: &str,
+    message_id: u16,
+    counts: &SubOperations,
+) -> Vec<u8> {
+    let us = |n: u32| (n.min(u32::from(u16::MAX)) as u16).to_le_bytes();
+    let mut body = Vec::with_capacity(160);
+    push_element(&mut body, AFFECTED_SOP_CLASS_UID, &padded(sop_class_uid, 0));
+    push_element(&mut body, COMMAND_FIELD, &command_field.to_le_bytes());
+    push_element(&mut body, MESSAGE_ID_BEING_RESPONDED_TO, &message_id.to_le_bytes());
+    push_element(&mut body, COMMAND_DATA_SET_TYPE, &NO_DATA_SET.to_le_bytes());
+    push_element(&mut body, STATUS, &PENDING.to_le_bytes());
+    push_element(&mut body, NUMBER_OF_REMAINING, &us(counts.remaining));
+    push_element(&mut body, NUMBER_OF_COMPLETED, &us(counts.completed));
+    push_element(&mut body, NUMBER_OF_FAILED, &us(counts.failed));
+    push_element(&mut body, NUMBER_OF_WARNING, &us(counts.warning));
+    with_group_length(&body)
 }

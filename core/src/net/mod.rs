@@ -14,12 +14,15 @@ pub mod command;
 pub mod conn;
 pub mod identifier;
 pub mod pdu;
+pub mod retrieve;
 pub mod send;
 #[cfg(test)]
 mod tests;
 
 pub use assembler::{Assembler, Out};
-pub use command::{encode_response, Command, ResponseFields};
+pub use command::{
+    encode_response, encode_retrieve_pending, encode_store_rq, Command, ResponseFields, SubOperations,
+};
 pub use conn::{Conn, Wait};
 pub use identifier::{encode_identifier, IdentifierKey};
 pub use send::Framed;

@@ -105,34 +105,38 @@ impl<'a> Framed<'a> {
         self.slices().iter().flat_map(|s| s.iter().copied()).collect()
     }
 
-    /// Writes everything to `fd` (a connected socket, blocking or not: a full send buffer is
-    /// waited out with poll, for at most `timeout` without progress: a peer that stops reading
-    /// must not hold the sending thread for ever).
+    /// Writes everything to `fd` (see [`write_all`]).
     pub fn send(&self, fd: RawFd, timeout: Option<Duration>) -> io::Result<()> {
-        let mut slices = self.slices();
-        let mut rest = &mut slices[..];
-        while !rest.is_empty() {
-            let iov: &[IoSlice<'_>] = rest;
-            let n = unsafe { libc::writev(fd, iov.as_ptr().cast(), iov.len().min(1024) as libc::c_int) };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                match err.kind() {
-                    io::ErrorKind::Interrupted => continue,
-                    io::ErrorKind::WouldBlock => {
-                        let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
-                        let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as libc::c_int);
-                        if unsafe { libc::poll(&mut pfd, 1, ms) } == 0 {
-                            return Err(io::Error::new(io::ErrorKind::TimedOut, "the peer stopped reading"));
-                        }
-                        continue;
-                    }
-                    _ => return Err(err),
-                }
-            }
-            IoSlice::advance_slices(&mut rest, n as usize);
-        }
-        Ok(())
+        write_all(fd, &mut self.slices(), timeout)
     }
+}
+
+/// Writes `slices` to `fd` (a connected socket, blocking or not: a full send buffer is waited
+/// out with poll, for at most `timeout` without progress: a peer that stops reading must not
+/// hold the sending thread for ever).
+pub fn write_all(fd: RawFd, slices: &mut [IoSlice<'_>], timeout: Option<Duration>) -> io::Result<()> {
+    let mut rest = slices;
+    while !rest.is_empty() {
+        let iov: &[IoSlice<'_>] = rest;
+        let n = unsafe { libc::writev(fd, iov.as_ptr().cast(), iov.len().min(1024) as libc::c_int) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => {
+                    let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+                    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as libc::c_int);
+                    if unsafe { libc::poll(&mut pfd, 1, ms) } == 0 {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "the peer stopped reading"));
+                    }
+                    continue;
+                }
+                _ => return Err(err),
+            }
+        }
+        IoSlice::advance_slices(&mut rest, n as usize);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::command::{self, C_CANCEL_RQ as C_CANCEL, C_ECHO_RQ, C_STORE_RQ, NO_DATA_SET};
 use super::pdu::{self, MCH_COMMAND, MCH_LAST};
+use super::retrieve;
 use super::*;
 
 const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
@@ -356,4 +357,238 @@ fn oversize_store_is_counted_not_kept_and_the_next_one_passes() {
     let cmd = request(C_STORE_RQ, 3, CT, "1.2.3.6", true);
     a.feed(&pdata(&[(1, MCH_COMMAND | MCH_LAST, &cmd), (1, MCH_LAST, &[1u8; 1001])]), &mut out);
     assert!(matches!(&out[..], [Out::Oversize { received: 1001, .. }]), "{out:?}");
+}
+
+/// A C-GET requestor on the other end of a socket pair: reads each C-STORE-RQ with its data set
+/// (and passes over the pending responses) and answers it with the next of `statuses` (a C-CANCEL-RQ for `cancel_after` sent with the answer
+/// to that request); returns the (command, data set) pairs it received.
+fn store_peer(
+    mut sock: UnixStream,
+    statuses: Vec<u16>,
+    cancel_after: Option<u16>,
+) -> Vec<(Command, Vec<u8>)> {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let mut command = Vec::new();
+    let mut data = Vec::new();
+    let mut statuses = statuses.into_iter();
+    loop {
+        let mut head = [0u8; pdu::HEADER_LEN];
+        if sock.read_exact(&mut head).is_err() {
+            return got;
+        }
+        let len = u32::from_be_bytes([head[2], head[3], head[4], head[5]]) as usize;
+        let mut body = vec![0u8; len];
+        if sock.read_exact(&mut body).is_err() {
+            return got;
+        }
+        for pdv in pdu::pdvs(&body).unwrap() {
+            if pdv.is_command() {
+                command.extend_from_slice(pdv.fragment);
+                if pdv.is_last() && !command::decode(&command).unwrap().has_data_set() {
+                    command.clear(); // a pending C-GET-RSP, sent with the next request
+                }
+                continue;
+            }
+            data.extend_from_slice(pdv.fragment);
+            if !pdv.is_last() {
+                continue;
+            }
+            let cmd = command::decode(&command).unwrap();
+            let Some(status) = statuses.next() else { return got };
+            let rsp = encode_response(&ResponseFields {
+                command_field: 0x8001,
+                message_id_being_responded_to: cmd.message_id,
+                sop_class_uid: &cmd.sop_class_uid,
+                sop_instance_uid: &cmd.sop_instance_uid,
+                status,
+                error_comment: "",
+            });
+            let mut out = pdu::message_pdus(1, &rsp, None, 0);
+            if cancel_after == Some(cmd.message_id) {
+                out.extend(pdu::message_pdus(1, &cancel(cmd.message_id), None, 0));
+            }
+            sock.write_all(&out).unwrap();
+            got.push((cmd, std::mem::take(&mut data)));
+            command.clear();
+        }
+    }
+}
+
+fn cancel(msg_id: u16) -> Vec<u8> {
+    let mut body = Vec::new();
+    element(&mut body, 0x0100, &C_CANCEL.to_le_bytes());
+    element(&mut body, 0x0120, &msg_id.to_le_bytes());
+    element(&mut body, 0x0800, &NO_DATA_SET.to_le_bytes());
+    let mut out = Vec::new();
+    element(&mut out, 0x0000, &(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Runs `n` sub-operations of 100 KB objects as a C-GET does (same association, pending
+/// responses held for the next request) against `store_peer`.
+fn run_get(
+    n: usize,
+    statuses: Vec<u16>,
+    cancel_after: Option<u16>,
+    fail_load: Option<usize>,
+) -> (usize, retrieve::Stop, retrieve::Progress, Vec<(Command, Vec<u8>)>) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let peer = std::thread::spawn(move || store_peer(theirs, statuses, cancel_after));
+    let items: Vec<retrieve::Item> = (0..n)
+        .map(|i| retrieve::Item {
+            context_id: 1,
+            sop_class_uid: CT.into(),
+            sop_instance_uid: format!("1.2.3.{i}"),
+        })
+        .collect();
+    let route = retrieve::Route {
+        store_fd: ours.as_raw_fd(),
+        store_max_pdu: 16_384,
+        send_timeout: Some(Duration::from_secs(5)),
+        originator: None,
+        rsp_fd: ours.as_raw_fd(),
+        rsp_context_id: 5,
+        rsp_command_field: 0x8010,
+        rsp_sop_class_uid: "1.2.840.10008.5.1.4.1.2.2.3",
+        rsp_message_id: 9,
+        rsp_max_pdu: 16_384,
+        same_association: true,
+        wait: Duration::from_secs(5),
+    };
+    let assembler = Assembler::new(HashMap::from([(1, vec![0x8001, C_CANCEL])])).with_any_status([1]);
+    let mut conn = Conn::new(ours.as_raw_fd(), 0, assembler);
+    let mut progress = retrieve::Progress {
+        message_id: 0xFFFE, // the ids wrap from 0xFFFF to 1
+        counts: SubOperations { remaining: n as u32 + 1, completed: 1, failed: 0, warning: 0 },
+        // the pending response of the sub-operation before the batch, held for its first request
+        unsent: pdu::message_pdus(
+            5,
+            &encode_retrieve_pending(
+                0x8010,
+                FIND,
+                9,
+                &SubOperations { remaining: n as u32 + 1, completed: 1, failed: 0, warning: 0 },
+            ),
+            None,
+            0,
+        ),
+    };
+    let load = |i: usize| -> Result<Vec<u8>, String> {
+        if Some(i) == fail_load {
+            return Err(format!("object {i} unreadable"));
+        }
+        Ok(vec![i as u8; 100_000])
+    };
+    let (done, stop) = retrieve::run(&route, &mut conn, None, &items, load, &mut progress);
+    drop(conn);
+    ours.shutdown(std::net::Shutdown::Both).unwrap();
+    (done, stop, progress, peer.join().unwrap())
+}
+
+/// The pending responses framed in `unsent` (after the `prefix` bytes), as (remaining, completed).
+fn pending_counts(unsent: &[u8]) -> Vec<(u16, u16)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < unsent.len() {
+        let len =
+            u32::from_be_bytes([unsent[at + 2], unsent[at + 3], unsent[at + 4], unsent[at + 5]]) as usize;
+        for pdv in pdu::pdvs(&unsent[at + pdu::HEADER_LEN..at + pdu::HEADER_LEN + len]).unwrap() {
+            assert_eq!(pdv.context_id, 5);
+            let f = pdv.fragment;
+            let cmd = command::decode(f).unwrap();
+            assert_eq!(
+                (cmd.command_field, cmd.message_id_being_responded_to, cmd.status),
+                (0x8010, 9, Some(0xFF00))
+            );
+            let us = |elem: u16| {
+                let mut i = 0;
+                while i < f.len() {
+                    let e = u16::from_le_bytes([f[i + 2], f[i + 3]]);
+                    let l = u32::from_le_bytes([f[i + 4], f[i + 5], f[i + 6], f[i + 7]]) as usize;
+                    if e == elem {
+                        return u16::from_le_bytes([f[i + 8], f[i + 9]]);
+                    }
+                    i += 8 + l;
+                }
+                panic!("no (0000,{elem:04X})");
+            };
+            assert_eq!((us(0x1022), us(0x1023)), (0, 0));
+            out.push((us(0x1020), us(0x1021)));
+        }
+        at += pdu::HEADER_LEN + len;
+    }
+    out
+}
+
+#[test]
+fn store_rq_and_pending_round_trip() {
+    let rq = command::decode(&encode_store_rq(CT, "1.2.3", 7, Some(("MOVESCU", 3)))).unwrap();
+    assert_eq!((rq.command_field, rq.message_id, rq.priority, rq.data_set_type), (C_STORE_RQ, 7, 0, 1));
+    assert_eq!((rq.sop_class_uid.as_str(), rq.sop_instance_uid.as_str()), (CT, "1.2.3"));
+    assert_eq!((rq.move_originator_ae.as_str(), rq.move_originator_message_id), ("MOVESCU", Some(3)));
+    let plain = command::decode(&encode_store_rq(CT, "1.2.3", 7, None)).unwrap();
+    assert_eq!((plain.move_originator_ae.as_str(), plain.move_originator_message_id), ("", None));
+    let counts = SubOperations { remaining: 70_000, completed: 2, failed: 0, warning: 0 };
+    let pending = pdu::message_pdus(5, &encode_retrieve_pending(0x8010, FIND, 9, &counts), None, 0);
+    assert_eq!(pending_counts(&pending), vec![(0xFFFF, 2)]); // capped at what a US holds
+}
+
+#[test]
+fn retrieve_batch_sends_every_object_and_makes_each_pending_response() {
+    let (done, stop, progress, got) = run_get(4, vec![0; 4], None, None);
+    assert!(matches!(stop, retrieve::Stop::End), "{stop:?}");
+    assert_eq!(done, 4);
+    assert_eq!(got.len(), 4);
+    for (i, (cmd, data)) in got.iter().enumerate() {
+        assert_eq!(cmd.sop_instance_uid, format!("1.2.3.{i}"));
+        assert_eq!(data, &vec![i as u8; 100_000]);
+    }
+    let ids: Vec<u16> = got.iter().map(|(c, _)| c.message_id).collect();
+    assert_eq!(ids, vec![0xFFFF, 1, 2, 3]);
+    assert_eq!(progress.message_id, 3);
+    assert_eq!((progress.counts.remaining, progress.counts.completed), (1, 5));
+    // the last pending response waits for the next write; the earlier ones went with the requests
+    assert_eq!(pending_counts(&progress.unsent), vec![(1, 5)]);
+}
+
+#[test]
+fn retrieve_batch_stops_at_a_warning_with_its_status() {
+    let (done, stop, progress, got) = run_get(5, vec![0, 0, 0xB000, 0, 0], None, None);
+    assert_eq!(done, 2);
+    match stop {
+        retrieve::Stop::Await { message_id, status, ref outs, ref closed, .. } => {
+            assert_eq!((message_id, status), (got[2].0.message_id, Some(0xB000)));
+            assert!(outs.is_empty() && closed.is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(got.len(), 3); // nothing sent after the one that warned
+    assert_eq!((progress.counts.remaining, progress.counts.completed), (4, 3));
+    assert!(progress.unsent.is_empty()); // the last one went with the request that warned
+}
+
+#[test]
+fn retrieve_batch_hands_back_a_cancel_read_with_a_response() {
+    let (done, stop, progress, got) = run_get(5, vec![0; 5], Some(1), None);
+    assert_eq!(done, 1); // the ids wrap: the second request was message 1
+    match stop {
+        retrieve::Stop::Await { status, ref outs, .. } => {
+            assert_eq!(status, Some(0));
+            assert!(matches!(&outs[..], [Out::Message { command, .. }] if command.command_field == C_CANCEL));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(got.len(), 2);
+    assert_eq!(progress.counts.completed, 2); // the caller counts the one with the cancel
+}
+
+#[test]
+fn retrieve_batch_stops_before_an_object_it_cannot_load() {
+    let (done, stop, progress, got) = run_get(4, vec![0; 4], None, Some(2));
+    assert_eq!(done, 2);
+    assert!(matches!(stop, retrieve::Stop::Load(ref why) if why == "object 2 unreadable"), "{stop:?}");
+    assert_eq!(got.len(), 2);
+    assert_eq!(pending_counts(&progress.unsent), vec![(3, 3)]);
 }

@@ -275,6 +275,13 @@ class FastPath:
         self._message_id = self._message_id % 0xFFFF + 1
         return self._message_id
 
+    def last_message_id(self) -> int:
+        return self._message_id
+
+    def set_last_message_id(self, message_id: int) -> None:
+        """After a native batch of sub-operations (fastretrieve.py) took ids from this one on."""
+        self._message_id = message_id
+
     def killed(self) -> bool:
         """pynetdicom is ending this association (an abort, a server shutdown): stop at once."""
         return bool(self.closed or getattr(self.dul, "_kill_thread", False)

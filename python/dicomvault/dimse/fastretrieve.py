@@ -4,11 +4,18 @@ Why: through pynetdicom every C-STORE sub-operation of a retrieve cost ~0.5 ms o
 request as a Dataset primitive, its message queue, the reactor's hand-offs, the response decoded
 into another Dataset), which made a study retrieve slower than Orthanc's. Here the association's
 reader thread, which already owns the socket, runs the whole operation: it resolves the
-identifier from the index, frames each C-STORE-RQ natively and writes it, reads its C-STORE-RSP
-through a native reader (GIL released), and reports progress with pending responses. The next
-objects are read, decoded from their stored codec and, if need be, converted by the retrieve's
-read-ahead reader (readahead.py) while the current one is on the wire; a data set goes out from
-the native buffer it was decoded into (Engine.read_for_sending), not through a bytes copy.
+identifier from the index and sends the first object at once. The rest go a batch (BATCH) at a
+time through one native call each (_native.retrieve_batch, core/src/net/retrieve.rs): the batch's
+index records are looked up in one multi-get (Engine.blobs_for_sending), then, with the GIL
+released, a native reader thread reads and decodes the objects a few ahead while this thread
+frames each C-STORE-RQ, writes it with its data set, reads its C-STORE-RSP and makes the pending
+response. Python sees a sub-operation again only when it needs more than a plain Success: a
+warning or failure status, a C-CANCEL or anything else read meanwhile, an association that ends,
+a slow response, an object not readable as a local blob. Objects sent otherwise than as stored
+(converted, patient-corrected, from an object-store tier) are read here, as before, by the
+read-ahead reader (readahead.py) with prepare(), a data set going out from the native buffer it
+was decoded into (Engine.read_for_sending), not through a bytes copy. Measured: server CPU per
+300-slice CT C-GET 0.26 -> 0.20 s, C-MOVE 0.29 -> 0.22 s (bench/RESULTS.md, "Native retrieve loop").
 
 - C-GET: the sub-operations go back on the same association, on the storage contexts the
   requestor proposed with the SCP role.
@@ -36,7 +43,6 @@ uncompressed one it is converted (decompressed) to.
 
 from __future__ import annotations
 
-import itertools
 import socket
 import ssl
 import threading
@@ -288,6 +294,12 @@ class SameAssociation:
     def next_message_id(self) -> int:
         return int(self.io.next_message_id())
 
+    def last_message_id(self) -> int:
+        return int(self.io.last_message_id())
+
+    def set_last_message_id(self, message_id: int) -> None:
+        self.io.set_last_message_id(message_id)
+
     def await_response(self, msg_id: int, sop_uid: str) -> int | None:
         return self.op.read_until(self.io.reader, msg_id, sop_uid)
 
@@ -322,6 +334,12 @@ class SubAssociation:
     def next_message_id(self) -> int:
         self._msg = self._msg % 0xFFFF + 1
         return self._msg
+
+    def last_message_id(self) -> int:
+        return self._msg
+
+    def set_last_message_id(self, message_id: int) -> None:
+        self._msg = message_id
 
     def await_response(self, msg_id: int, sop_uid: str) -> int | None:
         status = self.op.read_until(self.reader, msg_id, sop_uid, destination=True)
@@ -460,6 +478,12 @@ def _first_pdu(reader: Any, timeout: float) -> bytes:
 # -- the operation ---------------------------------------------------------------------------------
 
 WAKE_S = 0.5  # longest wait between looks at whether the association is being killed
+# Sub-operations per native batch: what is looked up in the index at once, and how many go by
+# before a kill of the association (a server shutdown) is looked at again (~0.2 s of CT).
+BATCH = 100
+UNREAD: Any = object()  # _finish: the response is still to be read
+# (blob hash, stored transfer syntax, context id, SOP Class UID, SOP Instance UID)
+NativeItem = tuple[bytes, str, int, str, str]
 
 
 def ends_association(out: tuple[Any, ...]) -> bool:
@@ -596,12 +620,8 @@ class NativeRetrieve:
         counts = self.counts = Counts(len(matches))
         self._audit_start(caller, identifier, matches, None)
         log.info("C-GET from %s: %d instances", caller, len(matches))
-        loads = read_ahead(lambda m: prepare(self.engine, dest.offer, m, self.what), matches[1:])
-        try:
-            if self._finish(dest, out, sent, 0, matches, counts):
-                self._sub_operations(dest, loads, matches, counts, 1)
-        finally:
-            loads.close()
+        if self._finish(dest, out, sent, 0, matches, counts):
+            self._sub_operations(dest, matches, counts, 1)
         self._conclude(caller, counts)
 
     def _move(self, caller: str, identifier: Dataset, peer: PeerConfig, counts: Counts) -> None:
@@ -651,12 +671,8 @@ class NativeRetrieve:
             self._audit_start(caller, identifier, matches, peer)
             log.info("C-MOVE from %s: %d instances to %s (%s:%d)", caller, len(matches), peer.ae_title,
                      peer.host, peer.port)
-            loads = read_ahead(lambda m: prepare(self.engine, offer, m, self.what), matches[1:])
-            try:
-                if self._finish(dest, out, sent, 0, matches, counts):
-                    self._sub_operations(dest, loads, matches, counts, 1)
-            finally:
-                loads.close()
+            if self._finish(dest, out, sent, 0, matches, counts):
+                self._sub_operations(dest, matches, counts, 1)
         finally:
             offer.abandon()  # whatever ended it: no read may wait for an offer forever
             head.close()
@@ -691,9 +707,9 @@ class NativeRetrieve:
         # The first objects are read while the sub-association is negotiated (a few ms with the
         # destination's answer): they wait for its offer to choose their context.
         offer = PendingOffer()
-        loads = read_ahead(lambda m: prepare(self.engine, offer, m, self.what), matches)
-        first = next(loads)
+        head = read_ahead(lambda m: prepare(self.engine, offer, m, self.what), matches[:1])
         try:
+            _, first = next(head)
             dest = self._open(caller, peer, move_contexts(matches))
             if dest is None:
                 self._fail_rest(matches, 0, counts)
@@ -701,12 +717,14 @@ class NativeRetrieve:
                 return
             offer.set(dest.offer)
             try:
-                self._sub_operations(dest, itertools.chain([first], loads), matches, counts, 0)
+                out: Outgoing = first.result()
+                if self._finish(dest, out, self._start(dest, out), 0, matches, counts):
+                    self._sub_operations(dest, matches, counts, 1)
             finally:
                 dest.close(not (self.gone or self.dest_failed))
         finally:
             offer.abandon()  # whatever ended it: no read may wait for an offer forever
-            loads.close()
+            head.close()
         self._conclude(caller, counts)
 
     def _conclude(self, caller: str, counts: Counts) -> None:
@@ -727,15 +745,132 @@ class NativeRetrieve:
                  counts.failed, counts.warning)
         self._final(status, counts)
 
-    def _sub_operations(self, dest: SameAssociation | SubAssociation, loads: Any, matches: list[Match],
-                        counts: Counts, start: int) -> None:
-        """Sub-operations `start`, `start` + 1, ... of `matches`, their loads in `loads`."""
-        for i, (_, fut) in enumerate(loads, start):
-            if self.cancelled or self.gone:
-                return
-            out: Outgoing = fut.result()
-            if not self._finish(dest, out, self._start(dest, out), i, matches, counts):
-                return
+    def _sub_operations(self, dest: SameAssociation | SubAssociation, matches: list[Match], counts: Counts,
+                        start: int) -> None:
+        """Sub-operations `start`, `start` + 1, ... of `matches`: BATCH at a time, those sent as
+        stored from a local blob by _native.retrieve_batch, the others (converted,
+        patient-corrected, from an object-store tier, not indexed) read here as before."""
+        for chunk_start in range(start, len(matches), BATCH):
+            plan = self._plan(dest.offer, matches[chunk_start:chunk_start + BATCH])
+            k = 0
+            while k < len(plan):  # runs of native items and of items read here, in order
+                if self.cancelled or self.gone:
+                    return
+                if self.io.killed():
+                    self.gone = True
+                    return
+                native = plan[k] is not None
+                end = next((j for j in range(k, len(plan)) if (plan[j] is not None) != native), len(plan))
+                if native:
+                    items = [p for p in plan[k:end] if p is not None]
+                    nxt = self._batch(dest, items, matches, counts, chunk_start + k)
+                else:
+                    nxt = self._read_here(dest, matches, counts, chunk_start + k, chunk_start + end)
+                if nxt is None:
+                    return
+                k = nxt - chunk_start
+
+    def _plan(self, offer: Offer | PendingOffer, chunk: list[Match]) -> list[NativeItem | None]:
+        """The native sub-operation of each match, None for one read here."""
+        plan: list[NativeItem | None] = []
+        for m, blob in zip(chunk, self.engine.blobs_for_sending([m.sop_uid for m in chunk]), strict=True):
+            if blob is None:
+                plan.append(None)
+                continue
+            blob_hash, ts, stored_class = blob
+            sop_class = m.sop_class or stored_class
+            choice = offer.choose(sop_class, ts)
+            # sent as stored, or else (converted, or refused and failed) read here
+            plan.append((blob_hash, ts, choice[0], sop_class, m.sop_uid)
+                        if choice is not None and choice[1] == ts else None)
+        return plan
+
+    def _read_here(self, dest: SameAssociation | SubAssociation, matches: list[Match], counts: Counts,
+                   start: int, end: int) -> int | None:
+        """Sub-operations start..end-1 read by prepare() with the read-ahead; the next index, None
+        when the operation cannot go on."""
+        loads = read_ahead(lambda m: prepare(self.engine, dest.offer, m, self.what), matches[start:end])
+        try:
+            for i, (_, fut) in enumerate(loads, start):
+                if self.cancelled or self.gone:
+                    return None
+                out: Outgoing = fut.result()
+                if not self._finish(dest, out, self._start(dest, out), i, matches, counts):
+                    return None
+        finally:
+            loads.close()
+        return end
+
+    def _batch(self, dest: SameAssociation | SubAssociation, items: list[NativeItem], matches: list[Match],
+               counts: Counts, start: int) -> int | None:
+        """Sub-operations start.. of `items` natively, until one needs more than a plain Success
+        (acted on here, as any other); the next index, None when the operation cannot go on."""
+        io = self.io
+        same = isinstance(dest, SameAssociation)
+        if same:
+            fd, reader, max_pdu, requestor = io.sock.fileno(), io.reader, io.peer_max_pdu, None
+        else:
+            assert isinstance(dest, SubAssociation)
+            fd, reader, max_pdu, requestor = dest.sock.fileno(), dest.reader, dest.max_pdu, io.reader
+        (done, stop, msg_id, status, outs, closed, req_outs, req_closed, error, unsent, remaining,
+         completed) = _native.retrieve_batch(
+            self.engine.vault, fd, reader, items, max_pdu, io.dimse_timeout(), dest.originator,
+            (io.sock.fileno(), self.context_id, self.rsp_field, self.model, self.message_id, io.peer_max_pdu),
+            same, requestor, dest.last_message_id(),
+            (counts.remaining, counts.completed, counts.failed, counts.warning), self.unsent, WAKE_S)
+        dest.set_last_message_id(msg_id)
+        counts.remaining, counts.completed = remaining, completed
+        self.unsent = bytes(unsent)
+        i = start + done
+        if stop == "end":
+            return i
+        if stop == "respond":
+            log.warning("response about %s to %s not delivered: %s", self.what, io.caller(), error)
+            self.gone = True
+            return None
+        if stop == "load":
+            # Not readable as a local blob: most likely the study went to an object-store tier,
+            # so the rest of the batch is read here too (prepare logs what cannot be read at all).
+            return self._read_here(dest, matches, counts, i, start + len(items))
+        _, _, cid, sop_class, sop_uid = items[done]
+        out = Outgoing(sop_uid, sop_class, cid)
+        if stop == "send":
+            log.warning("%s: %s not delivered: %s", self.what, sop_uid, error)
+            return i + 1 if self._finish(dest, out, (msg_id, False), i, matches, counts) else None
+        status = self._awaited(dest, msg_id, sop_uid, status, outs, closed, req_outs, req_closed)
+        return i + 1 if self._finish(dest, out, (msg_id, True), i, matches, counts, status=status) else None
+
+    def _awaited(self, dest: SameAssociation | SubAssociation, msg_id: int, sop_uid: str, status: int | None,
+                 outs: list[tuple[Any, ...]], closed: str | None, req_outs: list[tuple[Any, ...]],
+                 req_closed: str | None) -> int | None:
+        """The status of a sub-operation a native batch stopped at (see retrieve_batch): what it
+        read besides is acted on as read_until and poll_cancel act on it, and the response read
+        here if it had not come."""
+        if isinstance(dest, SameAssociation):
+            for out in outs:
+                self._from_requestor(out)
+            if closed is not None:
+                self._requestor_closed(closed)
+                return None
+            if self.gone:
+                return None
+            return status if status is not None else dest.await_response(msg_id, sop_uid)
+        if outs:
+            log.warning("C-MOVE: the destination ended the association during %s", sop_uid)
+            return None
+        if closed is not None:
+            log.warning("C-MOVE: the destination closed the connection during %s", sop_uid)
+            return None
+        if status is None:
+            return dest.await_response(msg_id, sop_uid)
+        if status == SUCCESS:  # the batch looked at the requestor's association after it
+            for out in req_outs:
+                self._from_requestor(out)
+            if req_closed is not None:
+                self._requestor_closed(req_closed)
+        elif not self.cancelled:
+            self.poll_cancel()
+        return status
 
     def _start(self, dest: SameAssociation | SubAssociation, out: Outgoing) -> tuple[int, bool] | None:
         """Sends one sub-operation's C-STORE-RQ: (message id, delivered), None if it had nothing
@@ -752,16 +887,18 @@ class NativeRetrieve:
         return msg_id, sent
 
     def _finish(self, dest: SameAssociation | SubAssociation, out: Outgoing, started: tuple[int, bool] | None,
-                i: int, matches: list[Match], counts: Counts) -> bool:
-        """Reads the response to sub-operation `i` (started by _start), counts it, and queues or
-        sends its pending response; False when the operation cannot go on."""
+                i: int, matches: list[Match], counts: Counts, status: Any = UNREAD) -> bool:
+        """Reads the response to sub-operation `i` (started by _start) unless its `status` was
+        read already (None: there will be none), counts it, and queues or sends its pending
+        response; False when the operation cannot go on."""
         same = isinstance(dest, SameAssociation)
         counts.remaining -= 1
         if started is None:
             counts.fail(out.sop_uid)
         else:
             msg_id, sent = started
-            status = dest.await_response(msg_id, out.sop_uid) if sent else None
+            if status is UNREAD:
+                status = dest.await_response(msg_id, out.sop_uid) if sent else None
             if status is None:
                 if same:
                     self.gone = True

@@ -942,6 +942,25 @@ class Index(PatientCorrections):
         raw = self._cfs[CF_INSTANCES].get(keys.encode(keys.norm_uid(sop_uid)))
         return InstanceRecord.decode(raw) if raw is not None else None
 
+    def sending_fields(self, sop_uids: list[str]) -> list[tuple[bytes, str, str, str] | None]:
+        """(blob hash, transfer syntax, SOP Class UID, Study Instance UID) of each instance (None:
+        not indexed), in one multi-get and without building records: a retrieve's native batches
+        (dimse/fastretrieve.py) look up a hundred objects at a time."""
+        self._check_open()
+        if not sop_uids:
+            return []
+        raws = self._cfs[CF_INSTANCES].get([keys.encode(keys.norm_uid(u)) for u in sop_uids])
+        fields_of = InstanceRecord.fields_of
+        out: list[tuple[bytes, str, str, str] | None] = []
+        for raw in raws:
+            if raw is None:
+                out.append(None)
+                continue
+            f = fields_of(raw)
+            out.append((bytes(f.get("hash", b"")), str(f.get("transfer_syntax", "")),
+                        str(f.get("sop_class_uid", "")), str(f.get("study_uid", ""))))
+        return out
+
     def get_study(self, study_uid: str) -> StudyRecord | None:
         """Study record by Study Instance UID."""
         self._check_open()

@@ -9,6 +9,9 @@ skips its own negotiation, so the negotiation (peers and permissions) stays unto
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections.abc import Iterable
 from io import BytesIO
 from typing import Any
 
@@ -31,22 +34,38 @@ def calling_title(assoc: Any) -> str:
     return str(title).strip() if title is not None else ""
 
 
-def peer_count(assoc: Any, title: str) -> int:
-    """Acceptor associations of `assoc`'s AE from `title` that hold a slot, `assoc` included."""
-    return sum(1 for a in list(assoc.ae.active_associations)
-               if a.is_acceptor and not (a.is_rejected or a.is_aborted or a.is_released)
-               and calling_title(a) == title)
+def _holds_slot(a: Any) -> bool:
+    if not a.is_acceptor or a.is_rejected or a.is_aborted or a.is_released:
+        return False
+    # Started and finished: gone, whatever its flags say. Not started yet: it already answered
+    # (the DUL thread sends the A-ASSOCIATE-AC, accept_memo.py) and holds its slot.
+    return a.ident is None or a.is_alive()
+
+
+def peer_count(associations: Iterable[Any], title: str) -> int:
+    """Acceptor associations among `associations` from `title` that hold a slot."""
+    return sum(1 for a in associations if _holds_slot(a) and calling_title(a) == title)
 
 
 def per_peer_limit(limit: int) -> Any:
-    """EVT_REQUESTED handler: more than `limit` associations from one calling AE title -> reject."""
+    """EVT_REQUESTED handler: more than `limit` associations from one calling AE title -> reject.
+
+    The count is of the associations this handler let in, not only of pynetdicom's
+    `active_associations` (the running Association threads): the accepting thread starts an
+    association's thread after its DUL thread, which may already have answered, so under load a
+    third request from a caller holding two could arrive while the second was not yet a running
+    thread, and got in (seen once in a loaded test run)."""
+    admitted: weakref.WeakSet[Any] = weakref.WeakSet()
+    lock = threading.Lock()
 
     def on_requested(event: Any) -> None:
         assoc = event.assoc
         title = calling_title(assoc)
-        active = peer_count(assoc, title)
-        if active <= limit:
-            return
+        with lock:
+            active = peer_count({*assoc.ae.active_associations, *admitted, assoc}, title)
+            if active <= limit:
+                admitted.add(assoc)
+                return
         log.warning("association rejected: %s: local limit exceeded: %d associations from %r active, "
                     "[dimse] max_associations_per_peer = %d", peer_desc(event), active - 1, title, limit)
         REFUSALS.count("association", "max_associations_per_peer")

@@ -47,7 +47,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -610,15 +610,7 @@ class NativeRetrieve:
         # interval (5 ms) under load (measured, bench/RESULTS.md "Ceiling of the same work").
         out = prepare(self.engine, dest.offer, first, self.what)
         sent = self._start(dest, out)
-        try:
-            matches = [first, *found]
-        except Exception:
-            # the first object is on its way: its response is read before the failure is reported
-            self.counts = Counts(1)
-            self._finish(dest, out, sent, 0, [first], self.counts)
-            raise
-        counts = self.counts = Counts(len(matches))
-        self._audit_start(caller, identifier, matches, None)
+        matches, counts = self._listed(dest, out, sent, first, found, caller, identifier, None)
         log.info("C-GET from %s: %d instances", caller, len(matches))
         if self._finish(dest, out, sent, 0, matches, counts):
             self._sub_operations(dest, matches, counts, 1)
@@ -660,15 +652,7 @@ class NativeRetrieve:
             offer.set(dest.offer)
             out: Outgoing = first_load.result()
             sent = self._start(dest, out)
-            try:
-                matches = [first, *plan.matches]
-            except Exception:
-                # the first object is on its way: its response is read before the failure is reported
-                self.counts = Counts(1)
-                self._finish(dest, out, sent, 0, [first], self.counts)
-                raise
-            counts = self.counts = Counts(len(matches))
-            self._audit_start(caller, identifier, matches, peer)
+            matches, counts = self._listed(dest, out, sent, first, plan.matches, caller, identifier, peer)
             log.info("C-MOVE from %s: %d instances to %s (%s:%d)", caller, len(matches), peer.ae_title,
                      peer.host, peer.port)
             if self._finish(dest, out, sent, 0, matches, counts):
@@ -726,6 +710,22 @@ class NativeRetrieve:
             offer.abandon()  # whatever ended it: no read may wait for an offer forever
             head.close()
         self._conclude(caller, counts)
+
+    def _listed(self, dest: SameAssociation | SubAssociation, out: Outgoing, sent: tuple[int, bool] | None,
+                first: Match, rest: Iterable[Match], caller: str, identifier: Dataset, peer: PeerConfig | None
+                ) -> tuple[list[Match], Counts]:
+        """The matches after the first (listed while the first object is on the wire), counted
+        and audited. If listing them fails, the first object's response is read before the
+        failure is reported."""
+        try:
+            matches = [first, *rest]
+        except Exception:
+            self.counts = Counts(1)
+            self._finish(dest, out, sent, 0, [first], self.counts)
+            raise
+        counts = self.counts = Counts(len(matches))
+        self._audit_start(caller, identifier, matches, peer)
+        return matches, counts
 
     def _conclude(self, caller: str, counts: Counts) -> None:
         """The final response, after the sub-operations ran (or stopped)."""

@@ -343,7 +343,58 @@ pub fn prepare_received(
     prepare_canonical(parsed, &[], buf, start, target, level)
 }
 
-/// Decodes stored bytes and checks they hash to `expected`: every read path verifies.
+/// How a read checks what it decoded (DESIGN.md section 3.3; `[storage] verify_reads`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadCheck {
+    /// The decoded bytes against a checksum stored with them where there is one (the hot
+    /// codec's XXH3-64 of the logical bytes; a raw payload is its logical bytes, which the blob
+    /// store's record CRC has just checked), else their BLAKE3 against the blob's address.
+    #[default]
+    Checksum,
+    /// BLAKE3 of the decoded bytes against the blob's address, on every read.
+    Hash,
+}
+
+impl ReadCheck {
+    pub fn parse(name: &str) -> Result<ReadCheck> {
+        match name {
+            "checksum" => Ok(ReadCheck::Checksum),
+            "hash" => Ok(ReadCheck::Hash),
+            _ => Err(Error::Codec {
+                reason: format!("verify_reads is \"checksum\" or \"hash\", got {name:?}"),
+            }),
+        }
+    }
+}
+
+/// Decodes the stored bytes of a blob read from the local blob store (its record CRC checked)
+/// into `logical` and checks the result as `check` says. Compaction, tier moves, replication
+/// and `verify` use [`decode_verified`]: BLAKE3 always.
+pub fn decode_read_into(
+    expected: &Hash,
+    codec: Codec,
+    stored: &[u8],
+    logical_len: u64,
+    logical: &mut Vec<u8>,
+    check: ReadCheck,
+) -> Result<()> {
+    let len = usize::try_from(logical_len).map_err(|_| Error::Codec { reason: "object too large".into() })?;
+    let checked = codec::decode_checked_into(codec, stored, len, logical)?;
+    if check == ReadCheck::Checksum && (checked || codec == Codec::Raw) {
+        return Ok(());
+    }
+    verify_hash(expected, logical)
+}
+
+fn verify_hash(expected: &Hash, logical: &[u8]) -> Result<()> {
+    let actual = hash::hash(logical);
+    if &actual != expected {
+        return Err(Error::HashMismatch { expected: hash::to_hex(expected), actual: hash::to_hex(&actual) });
+    }
+    Ok(())
+}
+
+/// Decodes stored bytes and checks they hash to `expected` (BLAKE3).
 pub fn decode_verified(expected: &Hash, codec: Codec, stored: &[u8], logical_len: u64) -> Result<Vec<u8>> {
     let mut logical = Vec::new();
     decode_verified_into(expected, codec, stored, logical_len, &mut logical)?;
@@ -360,16 +411,50 @@ pub fn decode_verified_into(
 ) -> Result<()> {
     let len = usize::try_from(logical_len).map_err(|_| Error::Codec { reason: "object too large".into() })?;
     codec::decode_into(codec, stored, len, logical)?;
-    let actual = hash::hash(logical);
-    if &actual != expected {
-        return Err(Error::HashMismatch { expected: hash::to_hex(expected), actual: hash::to_hex(&actual) });
-    }
-    Ok(())
+    verify_hash(expected, logical)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_check_as_configured() {
+        let mut logical = canonical("1.2.840.10008.1.2.1", &b"\x08\x00\x60\x00CS\x02\x00CT".repeat(400));
+        let h = hash::hash(&logical);
+        let (codec, hot) = codec::encode_hot(&logical, None, codec::DEFAULT_HOT_LEVEL).unwrap();
+        assert_eq!(codec, Codec::Hot);
+        let mut out = Vec::new();
+        for check in [ReadCheck::Checksum, ReadCheck::Hash] {
+            decode_read_into(&h, Codec::Hot, &hot, logical.len() as u64, &mut out, check).unwrap();
+            assert_eq!(out, logical);
+            decode_read_into(&h, Codec::Raw, &logical, logical.len() as u64, &mut out, check).unwrap();
+        }
+        // Stored under another address: only the BLAKE3 check can tell, and it runs where asked
+        // and wherever the stored bytes carry no checksum of what they decode to.
+        let other = hash::hash(b"other");
+        let len = logical.len() as u64;
+        assert!(decode_read_into(&other, Codec::Hot, &hot, len, &mut out, ReadCheck::Checksum).is_ok());
+        assert!(decode_read_into(&other, Codec::Raw, &logical, len, &mut out, ReadCheck::Checksum).is_ok());
+        for (codec, stored) in [(Codec::Hot, &hot), (Codec::Raw, &logical)] {
+            let r = decode_read_into(&other, codec, stored, len, &mut out, ReadCheck::Hash);
+            assert!(matches!(r, Err(Error::HashMismatch { .. })), "{codec:?}: {r:?}");
+        }
+        assert!(decode_verified(&other, Codec::Hot, &hot, len).is_err());
+        // The cold codec stores no checksum of the decoded bytes: BLAKE3 either way.
+        logical = canonical("1.2.840.10008.1.2.1", &ct_dataset());
+        let (codec, cold) = encode_canonical(&logical, Codec::Cold, 1).unwrap();
+        assert_eq!(codec, Codec::Cold);
+        let len = logical.len() as u64;
+        let h = hash::hash(&logical);
+        decode_read_into(&h, codec, &cold, len, &mut out, ReadCheck::Checksum).unwrap();
+        assert_eq!(out, logical);
+        let r = decode_read_into(&other, codec, &cold, len, &mut out, ReadCheck::Checksum);
+        assert!(matches!(r, Err(Error::HashMismatch { .. })), "{r:?}");
+        assert_eq!(ReadCheck::parse("hash").unwrap(), ReadCheck::Hash);
+        assert_eq!(ReadCheck::parse("checksum").unwrap(), ReadCheck::default());
+        assert!(ReadCheck::parse("none").is_err());
+    }
 
     #[test]
     fn canonical_round_trip() {

@@ -104,9 +104,12 @@ class Vault:
         ingest_codec: int = 1,
         reserve_fraction: float = 0.0,
         reserve_max_bytes: int | None = None,
+        verify_reads: str = "checksum",
     ) -> None:
         """Every write leaves `reserve_fraction` of the filesystem free, at least
-        `min_free_bytes`, at most `reserve_max_bytes` (default: `min_free_bytes`)."""
+        `min_free_bytes`, at most `reserve_max_bytes` (default: `min_free_bytes`).
+        `verify_reads`: "checksum" or "hash", how reads check what they decode
+        (storage/read_check.py)."""
     def ingest_files(self, paths: list[str | PathLike[str]]) -> list[dict[str, Any] | DicomVaultError]: ...
     def ingest_buffers(self, buffers: list[bytes]) -> list[dict[str, Any] | DicomVaultError]:
         """Like ingest_files for Part-10 files (or bare datasets) already in memory."""
@@ -114,7 +117,7 @@ class Vault:
         """One dataset received with a known transfer syntax (DIMSE, STOW). Raises on rejection."""
     def ingest_received(self, received: ReceivedDataSet, transfer_syntax: str) -> dict[str, Any]: ...
     def read(self, hash: bytes) -> tuple[str, bytes]:
-        """(transfer syntax UID, dataset bytes) of a blob, decoded and hash-verified."""
+        """(transfer syntax UID, dataset bytes) of a blob, decoded and checked (`verify_reads`)."""
     def read_decoded(self, hash: bytes) -> tuple[str, DecodedObject]:
         """read(), the data set left in the native buffer it was decoded into (send_message
         sends it without a copy)."""

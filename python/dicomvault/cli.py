@@ -38,6 +38,7 @@ from .integration.patient_commands import add_patient_commands
 from .integration.worklist_commands import add_worklist_commands
 from .replication.commands import add_commands as add_replication_commands
 from .site_args import add_serve_site_arguments, add_site_arguments
+from .storage.read_check import DEFAULT as READ_CHECK_DEFAULT
 from .textout import print_table, walk_paths
 from .tiering.commands import add_tier_commands
 
@@ -152,12 +153,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     broken: list[tuple[str, str]] = []
     lock = threading.Lock()
     t0 = time.monotonic()
-    reserve = None
+    reserve, verify_reads = None, READ_CHECK_DEFAULT
     if args.config:
         from .config import load_config
 
-        reserve = load_config(args.config).reserve
-    with Engine(args.data, reserve=reserve) as engine:
+        config = load_config(args.config)
+        reserve, verify_reads = config.reserve, config.verify_reads
+    with Engine(args.data, reserve=reserve, verify_reads=verify_reads) as engine:
 
         def run(batch: list[Path]) -> None:
             nonlocal stored, replaced, duplicates
@@ -252,6 +254,15 @@ def _audit_scope(engine: Engine, level: str, uid: str) -> tuple[str | None, str 
     return (found[0].patient_id or None, found[0].study_uid) if found else (None, None)
 
 
+def _verify_reads(args: argparse.Namespace) -> str:
+    """`[storage] verify_reads` of the --config file, if one is given."""
+    if not args.config:
+        return READ_CHECK_DEFAULT
+    from .config import load_config
+
+    return load_config(args.config).verify_reads
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     level, uid = _level_uid(args)
     if args.deidentify:
@@ -264,7 +275,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return export_deidentified(args, level, uid, load_config(args.config).deidentify)
     if args.retain or args.allow_burned_in:
         raise DicomVaultError("--retain and --allow-burned-in go with --deidentify PROJECT")
-    with Engine(args.data, read_only=True) as engine:
+    with Engine(args.data, read_only=True, verify_reads=_verify_reads(args)) as engine:
         patient, study = _audit_scope(engine, level, uid)
         paths = engine.export(level, uid, args.output, as_received=args.as_received)
     what = {"level": level, "uid": uid, "files": len(paths), "to": str(args.output),

@@ -74,6 +74,8 @@ from .integration.deid.settings import DeidSettings, parse_deidentify
 from .integration.hl7.settings import Hl7Config, parse_hl7
 from .integration.priors_settings import PriorsConfig, parse_priors
 from .replication.settings import ReplicationSettings, parse_settings
+from .storage.read_check import DEFAULT as READ_CHECK_DEFAULT
+from .storage.read_check import parse_verify_reads
 from .storage.reserve import Reserve, parse_reserve
 from .storage.settings import SettingsError, TieringSettings, default_settings, parse_size, parse_tiering
 
@@ -205,8 +207,10 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     # `tiers` and [tiering]: parsed by storage/settings.py (which documents them)
     tiering: TieringSettings = field(default_factory=default_settings)
-    # [storage]: the free-space reserve (storage/reserve.py)
+    # [storage]: the free-space reserve (storage/reserve.py) and how reads check what they
+    # decode (storage/read_check.py)
     reserve: Reserve = field(default_factory=Reserve)
+    verify_reads: str = READ_CHECK_DEFAULT
     # [audit]: the audit repository the log is sent to (audit/settings.py)
     audit: AuditSettings = field(default_factory=AuditSettings)
     # [iocm]: IHE IOCM rejection notes (docs/integration.md)
@@ -393,6 +397,7 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         http=_parse_http(doc.get("http", {}), f"{where}: http", p.parent),
         tiering=parse_tiering(doc, where),
         reserve=parse_reserve(doc.get("storage", {}), f"{where}: storage"),
+        verify_reads=parse_verify_reads(doc.get("storage", {}), f"{where}: storage"),
         audit=parse_audit(doc.get("audit", {}), f"{where}: audit", p.parent),
         iocm=_parse_iocm(doc.get("iocm", {}), f"{where}: iocm"),
         hl7=parse_hl7(doc.get("hl7", {}), f"{where}: hl7", p.parent),

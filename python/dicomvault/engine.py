@@ -38,6 +38,7 @@ from .rejection_notes import KOS_SOP_CLASS, parse_rejection
 from .storage.cold import ColdPlacement, ColdTier
 from .storage.coldcache import ColdReadCache
 from .storage.layout import resolve as resolve_layout
+from .storage.read_check import DEFAULT as READ_CHECK_DEFAULT
 from .storage.reserve import Reserve
 from .storage.settings import TierSpec
 
@@ -129,8 +130,11 @@ class Engine:
         tiers: Sequence[TierSpec] | None = None,
         reserve: Reserve | None = None,
         delete_on_retention_expired: bool = False,
+        verify_reads: str = READ_CHECK_DEFAULT,
     ) -> None:
-        """`reserve`: the free space every write leaves on each filesystem holding a local tier
+        """`verify_reads` ([storage] in the config, storage/read_check.py): how each read checks
+        the bytes it decoded.
+        `reserve`: the free space every write leaves on each filesystem holding a local tier
         (storage/reserve.py; default: 2 % of it, at least 16 MiB, at most 4 GiB);
         `min_free_bytes` instead: a fixed reserve (0: none).
         `delete_on_retention_expired`: IOCM policy ([iocm] in the config): a rejection note titled
@@ -176,6 +180,7 @@ class Engine:
             tiers=[(t.name, t.path) for t in self.local_tiers],
             # Ingest never runs the cold codec inline: a cold landing tier stores hot.
             ingest_codec=min(self.tiers[0].codec_id, 1),
+            verify_reads=verify_reads,
         )
         try:
             self.index = Index.open(str(self.data_dir / "index"), read_only=read_only)

@@ -1,6 +1,6 @@
 //! `retrieve_batch`: a batch of a C-GET's or C-MOVE's C-STORE sub-operations run natively
 //! (core::net::retrieve), for dimse/fastretrieve.py. The objects are read from the vault (decoded
-//! and BLAKE3-checked, as `Vault.read_decoded` reads them) on a reader thread, all of it with the
+//! and checked (`verify_reads`), as `Vault.read_decoded` reads them) on a reader thread, all of it with the
 //! GIL released.
 
 use std::time::Duration;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use dicomvault_core::hash::Hash;
 use dicomvault_core::net::retrieve::{self, Item, Progress, Route, Stop};
 use dicomvault_core::net::SubOperations;
-use dicomvault_core::object;
+use dicomvault_core::object::{self, ReadCheck};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
@@ -30,9 +30,10 @@ fn load(
     store: &dicomvault_core::store::BlobStore,
     hash: &Hash,
     syntax: &str,
+    check: ReadCheck,
 ) -> Result<DecodedObject, String> {
     let mut buf = decoded::take_buffer();
-    let start = read_logical_into(store, hash, &mut buf).map_err(|e| e.to_string()).and_then(|()| {
+    let start = read_logical_into(store, hash, &mut buf, check).map_err(|e| e.to_string()).and_then(|()| {
         let (ts, ds) = object::split_canonical(&buf).map_err(|e| e.to_string())?;
         if ts != syntax {
             return Err(format!("stored in {ts}, indexed as {syntax}"));
@@ -82,6 +83,7 @@ pub fn retrieve_batch<'py>(
     wait: f64,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let store = vault.get().store()?;
+    let check = vault.get().read_check();
     let mut sources: Vec<(Hash, String)> = Vec::with_capacity(items.len());
     let mut subs: Vec<Item> = Vec::with_capacity(items.len());
     for (hash, syntax, context_id, sop_class_uid, sop_instance_uid) in items {
@@ -113,7 +115,14 @@ pub fn retrieve_batch<'py>(
         let req = requestor.as_deref_mut().map(|r| &mut r.conn);
         let (route, subs, sources, progress) = (&route, &subs, &sources, &mut progress);
         gil::blocking(py, move || {
-            retrieve::run(route, conn, req, subs, |i| load(&store, &sources[i].0, &sources[i].1), progress)
+            retrieve::run(
+                route,
+                conn,
+                req,
+                subs,
+                |i| load(&store, &sources[i].0, &sources[i].1, check),
+                progress,
+            )
         })
     };
     let (kind, message_id, status, outs, closed, req_outs, req_closed, error) = match stop {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use dicomvault_core::attrtext::decode_index_attrs;
 use dicomvault_core::codec::Codec;
 use dicomvault_core::hash::Hash;
-use dicomvault_core::object::{self, Landed, Prepared};
+use dicomvault_core::object::{self, Landed, Prepared, ReadCheck};
 use dicomvault_core::parse::INDEX_TAGS;
 use dicomvault_core::store::{check_free_space, BlobStore, LocalTierConfig, PutItem, Reserve, StoreConfig};
 use dicomvault_core::tiermove;
@@ -28,9 +28,15 @@ pub struct Vault {
     reserve: Reserve,
     /// Codec of what ingest stores in the landing tier (raw: compacted later; hot: inline).
     ingest_codec: Codec,
+    /// How reads check what they decode (`[storage] verify_reads`).
+    read_check: ReadCheck,
 }
 
 impl Vault {
+    pub(crate) fn read_check(&self) -> ReadCheck {
+        self.read_check
+    }
+
     pub(crate) fn store(&self) -> PyResult<Arc<BlobStore>> {
         self.store
             .lock()
@@ -118,6 +124,7 @@ impl Vault {
     #[pyo3(signature = (
         root, *, read_only=false, sync=true, level=1, volume_size=1<<30, min_free_bytes=0,
         tiers=None, ingest_codec=1, reserve_fraction=0.0, reserve_max_bytes=None,
+        verify_reads="checksum",
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -132,8 +139,10 @@ impl Vault {
         ingest_codec: u8,
         reserve_fraction: f64,
         reserve_max_bytes: Option<u64>,
+        verify_reads: &str,
     ) -> PyResult<Self> {
         let ingest_codec = Codec::from_u8(ingest_codec).py_err()?;
+        let read_check = ReadCheck::parse(verify_reads).py_err()?;
         let mut config = StoreConfig { volume_size, sync, read_only, ..StoreConfig::new(root) };
         if let Some(t) = tiers {
             config.tiers = t.into_iter().map(|(name, dir)| LocalTierConfig::new(name, dir)).collect();
@@ -146,7 +155,7 @@ impl Vault {
             fraction: reserve_fraction,
             ceiling: reserve_max_bytes.unwrap_or(min_free_bytes),
         };
-        Ok(Vault { store: Mutex::new(Some(Arc::new(store))), level, reserve, ingest_codec })
+        Ok(Vault { store: Mutex::new(Some(Arc::new(store))), level, reserve, ingest_codec, read_check })
     }
 
     /// Reads, parses, hashes, encodes and durably stores files. One result per path: a dict, or
@@ -226,7 +235,7 @@ impl Vault {
         landed_to_py(py, &p, existed, &text)
     }
 
-    /// (transfer syntax UID, dataset bytes) of a blob, decoded and hash-verified.
+    /// (transfer syntax UID, dataset bytes) of a blob, decoded and checked (`verify_reads`).
     fn read<'py>(&self, py: Python<'py>, hash: &[u8]) -> PyResult<Bound<'py, PyTuple>> {
         let store = self.store()?;
         let h = hash_arg(hash)?;
@@ -236,7 +245,7 @@ impl Vault {
         READ_BUFFER.with(|buf| {
             let mut buf = buf.borrow_mut();
             let logical = &mut *buf;
-            let read = gil::blocking(py, || read_logical_into(&store, &h, logical));
+            let read = gil::blocking(py, || read_logical_into(&store, &h, logical, self.read_check));
             let tuple = read.py_err().and_then(|()| {
                 let (ts, ds) = object::split_canonical(&buf).py_err()?;
                 PyTuple::new(py, [ts.into_pyobject(py)?.into_any(), PyBytes::new(py, ds).into_any()])
@@ -248,7 +257,7 @@ impl Vault {
         })
     }
 
-    /// (transfer syntax UID, data set) of a blob, decoded and hash-verified, the data set left in
+    /// (transfer syntax UID, data set) of a blob, decoded and checked (`verify_reads`), the data set left in
     /// the native buffer it was decoded into (a `DecodedObject`, for `send_message`).
     fn read_decoded<'py>(
         &self,
@@ -258,7 +267,7 @@ impl Vault {
         let store = self.store()?;
         let h = hash_arg(hash)?;
         let mut buf = decoded::take_buffer();
-        let read = gil::blocking(py, || read_logical_into(&store, &h, &mut buf));
+        let read = gil::blocking(py, || read_logical_into(&store, &h, &mut buf, self.read_check));
         let split = read.and_then(|()| {
             let (ts, ds) = object::split_canonical(&buf)?;
             Ok((ts.to_owned(), buf.len() - ds.len()))
@@ -280,6 +289,7 @@ impl Vault {
         items: Vec<(Vec<u8>, Vec<u8>, PathBuf)>,
     ) -> PyResult<Bound<'py, PyList>> {
         let store = self.store()?;
+        let check = self.read_check;
         let results: Vec<Result<(), Error>> = gil::blocking(py, || {
             items
                 .iter()
@@ -288,7 +298,7 @@ impl Vault {
                         .as_slice()
                         .try_into()
                         .map_err(|_| Error::NotFound { hash: "(malformed hash)".into() })?;
-                    let logical = read_logical(&store, &h)?;
+                    let logical = read_logical(&store, &h, check)?;
                     let (_, ds) = object::split_canonical(&logical)?;
                     write_file(path, prefix, ds)
                 })
@@ -492,14 +502,21 @@ impl Vault {
     }
 }
 
-fn read_logical(store: &BlobStore, h: &Hash) -> Result<Vec<u8>, Error> {
-    let blob = store.get(h)?;
-    object::decode_verified(h, Codec::from_u8(blob.codec)?, &blob.bytes, blob.logical_len)
+fn read_logical(store: &BlobStore, h: &Hash, check: ReadCheck) -> Result<Vec<u8>, Error> {
+    let mut logical = Vec::new();
+    read_logical_into(store, h, &mut logical, check)?;
+    Ok(logical)
 }
 
-pub(crate) fn read_logical_into(store: &BlobStore, h: &Hash, logical: &mut Vec<u8>) -> Result<(), Error> {
+/// A blob's logical bytes, decoded and checked as `check` says (the Vault's `verify_reads`).
+pub(crate) fn read_logical_into(
+    store: &BlobStore,
+    h: &Hash,
+    logical: &mut Vec<u8>,
+    check: ReadCheck,
+) -> Result<(), Error> {
     let blob = store.get(h)?;
-    object::decode_verified_into(h, Codec::from_u8(blob.codec)?, &blob.bytes, blob.logical_len, logical)
+    object::decode_read_into(h, Codec::from_u8(blob.codec)?, &blob.bytes, blob.logical_len, logical, check)
 }
 
 /// A read buffer larger than this (a big multi-frame object) is not kept for the next read.

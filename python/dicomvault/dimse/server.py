@@ -369,7 +369,7 @@ def serve(config: Config, *, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         tiers = config.tiering.tiers if config.tiering.configured else None
-        with Engine(config.data_dir, tiers=tiers, reserve=config.reserve,
+        with Engine(config.data_dir, tiers=tiers, reserve=config.reserve, verify_reads=config.verify_reads,
                     delete_on_retention_expired=config.iocm.delete_on_retention_expired) as engine:
             audit = AuditLog(config.data_dir)
             # Started before this run's first record and stopped after its last (application-stop),

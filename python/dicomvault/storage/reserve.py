@@ -19,8 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .read_check import KEYS as READ_CHECK_KEYS
 from .settings import SettingsError, parse_size
 
+# [storage] keys of this module; verify_reads is read_check.py's
 _KEYS = {"reserve_min", "reserve_fraction", "reserve_max"}
 
 
@@ -48,9 +50,9 @@ def parse_reserve(table: object, where: str) -> Reserve:
     """The `[storage]` table (absent: the defaults)."""
     if not isinstance(table, dict):
         raise SettingsError(f"{where}: [storage] must be a table")
-    extra = sorted(set(table) - _KEYS)
+    extra = sorted(set(table) - _KEYS - READ_CHECK_KEYS)
     if extra:
-        allowed = ", ".join(sorted(_KEYS))
+        allowed = ", ".join(sorted(_KEYS | READ_CHECK_KEYS))
         raise SettingsError(f"{where}: unknown key(s) {', '.join(extra)} (allowed: {allowed})")
     d = Reserve()
     fraction: Any = table.get("reserve_fraction", d.fraction)

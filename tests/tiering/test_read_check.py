@@ -1,0 +1,90 @@
+"""`[storage] verify_reads`: every read checks what it decoded (storage/read_check.py).
+
+A warm-tier object whose hot stream was damaged and whose CRCs were then made right again (what
+no CRC of the stored bytes can see: a decoder fault, memory corruption, a forged stream) is
+refused on read in both modes, and the scrub reports it; the other objects read bit-exact."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from dv_corpus import real_file
+
+from dicomvault.config import load_config
+from dicomvault.engine import Engine
+from dicomvault.errors import DicomVaultError
+from dicomvault.storage.settings import SettingsError, TierSpec
+from dicomvault.tiering.compactor import Compactor
+
+TIERS = (TierSpec("landing", "local", "raw", path="landing"), TierSpec("warm", "local", "hot", path="warm"))
+FILES = ("CT_small.dcm", "MR_small.dcm", "693_UNCR.dcm")
+HEADER = 64  # core/src/store/record.rs
+
+
+def records(vol: Path) -> dict[bytes, tuple[int, int]]:
+    """BLAKE3 -> (payload offset, stored length) of each record of a volume file."""
+    raw, out, at = vol.read_bytes(), {}, 0
+    while at + HEADER <= len(raw) and raw[at:at + 4] == b"DVR1":
+        digest = raw[at + 8:at + 40]
+        (stored_len,) = struct.unpack_from("<Q", raw, at + 48)
+        out[digest] = (at + HEADER, stored_len)
+        at += (HEADER + stored_len + 7) & ~7
+    return out
+
+
+def damage(vol: Path, digest: bytes, where: float) -> None:
+    """Flips a byte of the record's hot stream at `where` (0..1 of the sections) and makes the
+    stream's CRC and the record's CRC right again."""
+    payload_at, n = records(vol)[digest]
+    raw = bytearray(vol.read_bytes())
+    payload = raw[payload_at:payload_at + n]
+    assert payload[:4] == b"DVH\x02", payload[:4]
+    i = 120 + int((n - 120 - 12) * where)
+    payload[i] ^= 0x10
+    payload[-4:] = struct.pack("<I", zlib.crc32(payload[:-4]))
+    raw[payload_at:payload_at + n] = payload
+    head = bytearray(raw[payload_at - HEADER:payload_at - 4])
+    head[5] = 0  # the flags byte is outside the checksums
+    raw[payload_at - 4:payload_at] = struct.pack("<I", zlib.crc32(bytes(payload), zlib.crc32(bytes(head))))
+    vol.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("where", [0.3, 0.6, 0.9])
+def test_a_damaged_stream_with_right_crcs_is_refused_on_read(tmp_path: Path, where: float) -> None:
+    data = tmp_path / "data"
+    paths = [real_file(n) for n in FILES]
+    with Engine(data, tiers=TIERS, min_free_bytes=0) as eng:
+        assert not [r for r in eng.store_files(paths) if isinstance(r, Exception)]
+        assert Compactor(eng, threads=1).run_once().report.blobs == len(paths)
+        inst = sorted(eng.index.instances(), key=lambda r: r.sop_uid)
+        originals = {r.sop_uid: eng.read_file(r.sop_uid) for r in inst}
+    victim = next(r for r in inst if r.sop_uid in originals and len(originals[r.sop_uid]) > 100_000)
+    vol = next(v for v in (data / "blobs" / "warm").glob("vol-*.dat") if victim.hash in records(v))
+    damage(vol, victim.hash, where)
+    for mode in ("checksum", "hash"):
+        with Engine(data, tiers=TIERS, read_only=True, verify_reads=mode) as eng:
+            with pytest.raises(DicomVaultError):
+                eng.read_file(victim.sop_uid)
+            for r in inst:
+                if r.sop_uid != victim.sop_uid:
+                    assert eng.read_file(r.sop_uid) == originals[r.sop_uid]
+    with Engine(data, tiers=TIERS, read_only=True) as eng:
+        report = eng.verify()
+    assert [h for h, _ in report.damaged] == [victim.hash.hex()]
+
+
+def test_verify_reads_setting(tmp_path: Path) -> None:
+    cfg = tmp_path / "dv.toml"
+    assert load_config(None).verify_reads == "checksum"
+    cfg.write_text('[storage]\nverify_reads = "hash"\nreserve_min = "1MB"\n')
+    c = load_config(cfg)
+    assert (c.verify_reads, c.reserve.floor) == ("hash", 1_000_000)
+    for bad in ('verify_reads = "none"', "verify_reads = 1", 'verify = "hash"'):
+        cfg.write_text(f"[storage]\n{bad}\n")
+        with pytest.raises(SettingsError, match="verify"):
+            load_config(cfg)
+    with pytest.raises(DicomVaultError), Engine(tmp_path / "d", verify_reads="sometimes"):
+        pass

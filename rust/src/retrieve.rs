@@ -3,7 +3,7 @@
 //! and checked (`verify_reads`), as `Vault.read_decoded` reads them) on a reader thread, all of it with the
 //! GIL released.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dicomvault_core::hash::Hash;
 use dicomvault_core::net::retrieve::{self, Item, Progress, Route, Stop};
@@ -58,12 +58,15 @@ fn closed_to_py(closed: Option<Option<String>>) -> Option<String> {
 /// `reader`; `rsp` = (fd, context id, command field, SOP Class UID, message id, max PDU) of the
 /// C-GET/C-MOVE whose pending responses are made; `requestor` (C-MOVE) the requestor
 /// association's reader. Returns (items done, stop, last message id, status, outs, closed,
-/// requestor outs, requestor closed, error, unsent, remaining, completed), where stop is "end",
+/// requestor outs, requestor closed, error, unsent, (remaining, completed, seconds since the
+/// last pending response or None)), where stop is "end",
 /// "load", "send", "await" or "respond" (core::net::retrieve::Stop), closed is None or what the
-/// close cut short ("" for nothing), and outs are `PduReader.next` outputs.
+/// close cut short ("" for nothing), and outs are `PduReader.next` outputs. A pending response
+/// is made once `pending_interval` seconds have passed since the last one (0: after every
+/// sub-operation); `since_pending`: seconds since the caller made the last one (None: none yet).
 #[pyfunction]
 #[pyo3(signature = (vault, fd, reader, items, max_pdu, send_timeout, originator, rsp, same_association,
-                    requestor, message_id, counts, unsent, wait))]
+                    requestor, message_id, counts, unsent, wait, pending_interval, since_pending))]
 #[allow(clippy::too_many_arguments)]
 pub fn retrieve_batch<'py>(
     py: Python<'py>,
@@ -81,6 +84,8 @@ pub fn retrieve_batch<'py>(
     counts: (u32, u32, u32, u32),
     unsent: Vec<u8>,
     wait: f64,
+    pending_interval: f64,
+    since_pending: Option<f64>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let store = vault.get().store()?;
     let check = vault.get().read_check();
@@ -104,10 +109,17 @@ pub fn retrieve_batch<'py>(
         rsp_max_pdu,
         same_association,
         wait: Duration::from_secs_f64(wait.max(0.0)),
+        pending_interval: Duration::from_secs_f64(pending_interval.max(0.0)),
     };
     let (remaining, completed, failed, warning) = counts;
-    let mut progress =
-        Progress { message_id, counts: SubOperations { remaining, completed, failed, warning }, unsent };
+    let last_pending =
+        since_pending.and_then(|s| Instant::now().checked_sub(Duration::from_secs_f64(s.max(0.0))));
+    let mut progress = Progress {
+        message_id,
+        counts: SubOperations { remaining, completed, failed, warning },
+        unsent,
+        last_pending,
+    };
     let mut reader = reader.try_borrow_mut()?;
     let mut requestor = requestor.as_ref().map(|r| r.try_borrow_mut()).transpose()?;
     let (done, stop) = {
@@ -156,8 +168,11 @@ pub fn retrieve_batch<'py>(
         closed_to_py(req_closed),
         error,
         PyBytes::new(py, &progress.unsent),
-        progress.counts.remaining,
-        progress.counts.completed,
+        (
+            progress.counts.remaining,
+            progress.counts.completed,
+            progress.last_pending.map(|t| t.elapsed().as_secs_f64()),
+        ),
     )
         .into_pyobject(py)
 }

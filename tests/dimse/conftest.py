@@ -55,7 +55,9 @@ def storescp(tmp_path_factory: pytest.TempPathFactory, dcmtk: None) -> Iterator[
 
 @pytest.fixture(scope="session")
 def archive(tmp_path_factory: pytest.TempPathFactory, storescp: tuple[int, Path]) -> Iterator[Archive]:
-    arch = start_archive(tmp_path_factory.mktemp("archive"), storescp[0], free_port())
+    # a pending response after every sub-operation: the tests read C-GET/C-MOVE counts step by
+    # step (test_pending_interval.py runs the default)
+    arch = start_archive(tmp_path_factory.mktemp("archive"), storescp[0], free_port(), pending_interval=0)
     try:
         yield arch
     finally:

@@ -434,6 +434,18 @@ fn run_get(
     cancel_after: Option<u16>,
     fail_load: Option<usize>,
 ) -> (usize, retrieve::Stop, retrieve::Progress, Vec<(Command, Vec<u8>)>) {
+    run_get_every(n, statuses, cancel_after, fail_load, Duration::ZERO, None)
+}
+
+/// [`run_get`] with a pending response once `interval` has passed since `last_pending`.
+fn run_get_every(
+    n: usize,
+    statuses: Vec<u16>,
+    cancel_after: Option<u16>,
+    fail_load: Option<usize>,
+    interval: Duration,
+    last_pending: Option<std::time::Instant>,
+) -> (usize, retrieve::Stop, retrieve::Progress, Vec<(Command, Vec<u8>)>) {
     let (ours, theirs) = UnixStream::pair().unwrap();
     let peer = std::thread::spawn(move || store_peer(theirs, statuses, cancel_after));
     let items: Vec<retrieve::Item> = (0..n)
@@ -456,6 +468,7 @@ fn run_get(
         rsp_max_pdu: 16_384,
         same_association: true,
         wait: Duration::from_secs(5),
+        pending_interval: interval,
     };
     let assembler = Assembler::new(HashMap::from([(1, vec![0x8001, C_CANCEL])])).with_any_status([1]);
     let mut conn = Conn::new(ours.as_raw_fd(), 0, assembler);
@@ -474,6 +487,7 @@ fn run_get(
             None,
             0,
         ),
+        last_pending,
     };
     let load = |i: usize| -> Result<Vec<u8>, String> {
         if Some(i) == fail_load {
@@ -551,6 +565,28 @@ fn retrieve_batch_sends_every_object_and_makes_each_pending_response() {
     assert_eq!((progress.counts.remaining, progress.counts.completed), (1, 5));
     // the last pending response waits for the next write; the earlier ones went with the requests
     assert_eq!(pending_counts(&progress.unsent), vec![(1, 5)]);
+}
+
+#[test]
+fn retrieve_batch_makes_pending_responses_once_their_interval_has_passed() {
+    let now = std::time::Instant::now();
+    // One made just before the batch: none of the four is due within an hour; the one held
+    // from before goes with the first request.
+    let (done, stop, progress, got) =
+        run_get_every(4, vec![0; 4], None, None, Duration::from_secs(3600), Some(now));
+    assert!(matches!(stop, retrieve::Stop::End), "{stop:?}");
+    assert_eq!((done, got.len()), (4, 4));
+    assert!(progress.unsent.is_empty());
+    assert_eq!(progress.last_pending, Some(now));
+    assert_eq!((progress.counts.remaining, progress.counts.completed), (1, 5));
+    // None made yet: the first sub-operation's is due, then none within the hour.
+    let (_, _, progress, _) = run_get_every(4, vec![0; 4], None, None, Duration::from_secs(3600), None);
+    assert!(progress.unsent.is_empty()); // it went with the second request
+    assert!(progress.last_pending.is_some_and(|t| t > now));
+    // The last one made long enough ago: due at once.
+    let long_ago = now.checked_sub(Duration::from_secs(7200));
+    let (_, _, progress, _) = run_get_every(1, vec![0], None, None, Duration::from_secs(3600), long_ago);
+    assert_eq!(pending_counts(&progress.unsent), vec![(1, 2)]);
 }
 
 #[test]

@@ -500,7 +500,7 @@ class NativeRetrieve:
     def __init__(self, io: Any, engine: Engine, cx: Any, message_id: int, model: str, raw: bytes,
                  move_to: str | None = None, peers: Peers | None = None,
                  tls_context: Callable[[], ssl.SSLContext | None] | None = None, our_ae: str = "",
-                 audit: DimseAudit | None = None) -> None:
+                 audit: DimseAudit | None = None, pending_interval: float = 0.0) -> None:
         self.io = io
         self.engine = engine
         self.context_id = int(cx.context_id)
@@ -520,6 +520,10 @@ class NativeRetrieve:
         self.counts: Counts | None = None
         self._open_error = ""  # C-MOVE: why there is no sub-association
         self.unsent = b""  # the last pending response, sent with the next write on the association
+        # a pending response once this many seconds passed since the last one ([dimse]
+        # pending_interval; 0: after every sub-operation)
+        self.pending_interval = pending_interval
+        self._last_pending: float | None = None  # time.monotonic() of the last one made
         self.audit = audit
         self._audit_key: Any = None  # the audit burst this operation counts in, once it started
 
@@ -812,14 +816,17 @@ class NativeRetrieve:
         else:
             assert isinstance(dest, SubAssociation)
             fd, reader, max_pdu, requestor = dest.sock.fileno(), dest.reader, dest.max_pdu, io.reader
-        (done, stop, msg_id, status, outs, closed, req_outs, req_closed, error, unsent, remaining,
-         completed) = _native.retrieve_batch(
+        last = self._last_pending
+        (done, stop, msg_id, status, outs, closed, req_outs, req_closed, error, unsent,
+         (remaining, completed, since)) = _native.retrieve_batch(
             self.engine.vault, fd, reader, items, max_pdu, io.dimse_timeout(), dest.originator,
             (io.sock.fileno(), self.context_id, self.rsp_field, self.model, self.message_id, io.peer_max_pdu),
             same, requestor, dest.last_message_id(),
-            (counts.remaining, counts.completed, counts.failed, counts.warning), self.unsent, WAKE_S)
+            (counts.remaining, counts.completed, counts.failed, counts.warning), self.unsent, WAKE_S,
+            self.pending_interval, None if last is None else time.monotonic() - last)
         dest.set_last_message_id(msg_id)
         counts.remaining, counts.completed = remaining, completed
+        self._last_pending = None if since is None else time.monotonic() - since
         self.unsent = bytes(unsent)
         i = start + done
         if stop == "end":
@@ -915,8 +922,11 @@ class NativeRetrieve:
             else:
                 log.warning("%s: %s refused with status 0x%04X", self.what, out.sop_uid, status)
                 counts.fail(out.sop_uid)
-        # a pending response after every sub-operation, the last one too (as pynetdicom and
-        # dcmtk do); on a C-GET it leaves with the next request, or with the final response
+        # a pending response once pending_interval has passed since the last one (0: after every
+        # sub-operation, the last one too, as pynetdicom and dcmtk do); on a C-GET it leaves with
+        # the next request, or with the final response
+        if not self._pending_due():
+            return not self.dest_failed
         self.unsent += self._rsp(PENDING, counts, remaining=True)
         if not same:
             if not self.io.send(self.unsent, self.what):
@@ -924,6 +934,14 @@ class NativeRetrieve:
                 return False
             self.unsent = b""
         return not self.dest_failed
+
+    def _pending_due(self) -> bool:
+        """Whether a pending response is due now (then it counts as made)."""
+        now = time.monotonic()
+        if self._last_pending is not None and now - self._last_pending < self.pending_interval:
+            return False
+        self._last_pending = now
+        return True
 
     @staticmethod
     def _fail_rest(matches: list[Match], start: int, counts: Counts) -> None:
@@ -1000,22 +1018,25 @@ class NativeRetrieve:
 Handler = Callable[..., None]
 
 
-def fast_get(engine: Engine, audit: DimseAudit | None = None) -> Handler:
+def fast_get(engine: Engine, audit: DimseAudit | None = None, pending_interval: float = 0.0) -> Handler:
     """The C-GET handler of dimse/fastpath.py: (fast path, context, message id, model, identifier)."""
 
     def get(io: Any, cx: Any, message_id: int, model: str, raw: bytes) -> None:
-        NativeRetrieve(io, engine, cx, message_id, model, raw, audit=audit).run()
+        NativeRetrieve(io, engine, cx, message_id, model, raw, audit=audit,
+                       pending_interval=pending_interval).run()
 
     return get
 
 
 def fast_move(engine: Engine, peers: Peers, our_ae: str,
-              tls_context: Callable[[], ssl.SSLContext | None], audit: DimseAudit | None = None) -> Handler:
+              tls_context: Callable[[], ssl.SSLContext | None], audit: DimseAudit | None = None,
+              pending_interval: float = 0.0) -> Handler:
     """The C-MOVE handler of dimse/fastpath.py: (fast path, context, message id, model, identifier,
     move destination AE)."""
 
     def move(io: Any, cx: Any, message_id: int, model: str, raw: bytes, destination: str) -> None:
         NativeRetrieve(io, engine, cx, message_id, model, raw, move_to=destination, peers=peers,
-                       tls_context=tls_context, our_ae=our_ae, audit=audit).run()
+                       tls_context=tls_context, our_ae=our_ae, audit=audit,
+                       pending_interval=pending_interval).run()
 
     return move

@@ -167,8 +167,9 @@ class DimseServer:
         if d.fast_path and d.tuned_reactor:
             fastpath.enable(ae, fast_store(engine, self.audit),
                             fast_find(engine, d.ae_title, self.audit, max_results=d.max_query_results),
-                            fast_get(engine, self.audit),
-                            fast_move(engine, self.peers, d.ae_title, self._tls_client, self.audit))
+                            fast_get(engine, self.audit, d.pending_interval),
+                            fast_move(engine, self.peers, d.ae_title, self._tls_client, self.audit,
+                                      d.pending_interval))
         self.ae = ae
         self.commitment = CommitmentService(engine, ae, self.peers, d.ae_title, self._connect)
         self.worklist = WorklistStore(engine.index)

@@ -60,6 +60,13 @@ def _counts(rsp: Any) -> tuple[int | None, int, int, int]:
             rsp.NumberOfFailedSuboperations, rsp.NumberOfWarningSuboperations)
 
 
+def _one_pending_then_final(rsps: list[Any]) -> None:
+    statuses = [r[0].Status for r in rsps]
+    assert statuses == [PENDING, 0x0000], statuses
+    assert _counts(rsps[0][0]) == (SLICES - 1, 1, 0, 0)
+    assert _counts(rsps[-1][0])[1:] == (SLICES, 0, 0)
+
+
 def test_get_sends_the_first_pending_response_then_none_within_it(sparse: tuple[Archive, str]) -> None:
     arch, study = sparse
     got: list[str] = []
@@ -76,10 +83,7 @@ def test_get_sends_the_first_pending_response_then_none_within_it(sparse: tuple[
         rsps = list(assoc.send_c_get(_query(study), StudyRootQueryRetrieveInformationModelGet))
     finally:
         assoc.release()
-    statuses = [r[0].Status for r in rsps]
-    assert statuses == [PENDING, 0x0000], statuses
-    assert _counts(rsps[0][0]) == (SLICES - 1, 1, 0, 0)
-    assert _counts(rsps[-1][0])[1:] == (SLICES, 0, 0)
+    _one_pending_then_final(rsps)
     assert sorted(got) == sorted(arch.sent)
 
 
@@ -90,10 +94,7 @@ def test_move_sends_the_first_pending_response_then_none_within_it(sparse: tuple
         rsps = list(assoc.send_c_move(_query(study), STORESCP_AE, StudyRootQueryRetrieveInformationModelMove))
     finally:
         assoc.release()
-    statuses = [r[0].Status for r in rsps]
-    assert statuses == [PENDING, 0x0000], statuses
-    assert _counts(rsps[0][0]) == (SLICES - 1, 1, 0, 0)
-    assert _counts(rsps[-1][0])[1:] == (SLICES, 0, 0)
+    _one_pending_then_final(rsps)
 
 
 def test_pending_interval_setting(tmp_path: Path) -> None:

@@ -39,3 +39,18 @@ def test_same_bytes_as_pydicom(ae: str | None, inst: str, ts: str) -> None:
     read_preamble(fp, force=False)
     meta = _read_file_meta_info(fp)
     assert meta.MediaStorageSOPInstanceUID == inst and meta.TransferSyntaxUID == ts
+
+
+def test_objects_of_one_class_and_syntax_differ_in_their_instance_and_sender() -> None:
+    """The elements that do not depend on the instance are made once per (class, syntax, sender):
+    consecutive objects, of odd and even UID lengths, from one sender and then another."""
+    cls, ts = "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.1.2.1"
+    for ae in ("MR1", None, " MR1 ", "MR2"):
+        for inst in (
+            "1.2.3.4",
+            "1.2.3.45",
+            "1.2.3.4.5.6.7.8.9.10.11.12.13.14.15.16.17.18.19.20.21.22.23.24.25",
+        ):
+            assert file_meta_prefix(cls, inst, ts, ae) == _pydicom_prefix(
+                cls, inst, ts, ae.strip() if ae else None
+            )

@@ -308,10 +308,11 @@ class Stats(Record):
     tiers: dict[str, list[int]] = field(default_factory=dict)
 
     def copy(self) -> Stats:
-        """Independent copy (for building a batch without touching the live one)."""
-        wire = self.to_wire()
-        wire["tiers"] = {k: list(v) for k, v in self.tiers.items()}
-        return Stats(**wire)
+        """Independent copy (for building a batch without touching the live one; every index
+        write makes one: positional, without the dict of to_wire)."""
+        st = Stats(*self._VALUES(self))
+        st.tiers = {k: list(v) for k, v in self.tiers.items()}
+        return st
 
     def count_tier(self, tier: str, blobs: int, stored: int, logical: int) -> None:
         c = self.tiers.setdefault(tier, [0, 0, 0])

@@ -11,7 +11,7 @@ PRIMARY, REPLICA = "primary", "replica"
 
 
 def role(index: Index) -> str:
-    raw = index.get_meta(ROLE)
+    raw = index.get_meta_cached(ROLE)  # every local write asks (engine.ensure_writable)
     return raw.decode() if raw else PRIMARY
 
 

@@ -221,6 +221,7 @@ class Index(PatientCorrections):
         self._handles: dict[str, Any] = {n: db.get_column_family_handle(n) for n in COLUMN_FAMILIES}
         self._stats = self._load_stats()
         self._records = RecordCache()  # a new database (a restore) holds other records
+        self._meta_memo: dict[bytes, bytes | None] = {}  # get_meta_cached (a new database: forgotten)
         if hasattr(self, "_planner"):
             self._planner.cfs = self._cfs
 
@@ -315,6 +316,8 @@ class Index(PatientCorrections):
             txn = Txn(self._cfs, self._handles, self._stats.copy(), time.time(), cache=self._records)
             out = build(txn)
             batch = txn.finish()
+            if txn.meta:
+                self._meta_memo.clear()  # under the write lock: get_meta_cached fills under it too
             if batch is None:
                 ticket = self._committer.written_ticket
             else:
@@ -844,6 +847,24 @@ class Index(PatientCorrections):
         self._check_open()
         raw = self._cfs[CF_META].get(bytes(key))
         return bytes(raw) if raw else None  # b"" is how put_meta(key, None) deletes
+
+    def get_meta_cached(self, key: bytes) -> bytes | None:
+        """:meth:`get_meta` of a key read on every store (the site role, engine.ensure_writable),
+        remembered by a writable index. Every write of a meta key goes through `_commit`, which
+        forgets them all; the value is read and remembered under the same write lock, so a
+        concurrent write cannot leave an older value remembered. A read-only index (another
+        process writes) always reads."""
+        if self.read_only:
+            return self.get_meta(key)
+        self._check_open()
+        k = bytes(key)
+        try:
+            return self._meta_memo[k]
+        except KeyError:
+            pass
+        with self._wlock:
+            value = self._meta_memo[k] = self.get_meta(k)
+        return value
 
     def meta_items(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
         """Every (key, value) of the meta column family under ``prefix`` (deleted ones skipped)."""

@@ -50,6 +50,14 @@ _DECODERS: dict[str, type[Record]] = {
 }
 
 
+# The records `_prune` deletes once written: an empty series, study or patient, an unreferenced blob.
+_EMPTY: dict[str, Callable[[Any], bool]] = {
+    CF_SERIES: lambda r: r.num_instances <= 0,
+    CF_STUDIES: lambda r: r.num_instances <= 0,
+    CF_PATIENTS: lambda r: r.num_instances <= 0 and r.num_studies <= 0,
+    CF_BLOBS: lambda r: r.refcount <= 0,
+}
+
 PACK_META_PREFIX = b"tier/pack/"
 
 
@@ -147,7 +155,19 @@ class Txn:
     def _dirty(self, cf: str) -> list[_Slot]:
         return [s for s in self.slots.values() if s.cf == cf and s.dirty and s.rec is not None]
 
+    def _anything_to_prune(self) -> bool:
+        """Whether a written record is one `_prune` removes. Pruning only cascades from such a
+        record, so a batch without one (every plain store) skips the four scans below."""
+        for s in self.slots.values():
+            if s.dirty and s.rec is not None:
+                empty = _EMPTY.get(s.cf)
+                if empty is not None and empty(s.rec):
+                    return True
+        return False
+
     def _prune(self) -> None:
+        if not self._anything_to_prune():
+            return
         st = self.stats
         for slot in self._dirty(CF_SERIES):
             se: SeriesRecord = slot.rec
@@ -231,6 +251,11 @@ class Txn:
                 new_entries = _ENTRIES[slot.cf](slot.rec)
             slot.new_entries = new_entries
             old = slot.orig_entries
+            if old is new_entries:
+                # The same memoized entries (secondary.py `_memo`: a study, series or patient
+                # record whose indexed values did not change, the usual case of every store after
+                # a series' first): nothing to diff.
+                continue
             for k in old:
                 if k not in new_entries:
                     batch.delete(k, idx)

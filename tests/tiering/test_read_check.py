@@ -11,13 +11,13 @@ import zlib
 from pathlib import Path
 
 import pytest
-from dv_corpus import real_file
 
 from dicomvault.config import load_config
 from dicomvault.engine import Engine
 from dicomvault.errors import DicomVaultError
 from dicomvault.storage.settings import SettingsError, TierSpec
 from dicomvault.tiering.compactor import Compactor
+from dv_corpus import real_file
 
 TIERS = (TierSpec("landing", "local", "raw", path="landing"), TierSpec("warm", "local", "hot", path="warm"))
 FILES = ("CT_small.dcm", "MR_small.dcm", "693_UNCR.dcm")

@@ -127,6 +127,8 @@ pub fn retrieve_batch<'py>(
         let req = requestor.as_deref_mut().map(|r| &mut r.conn);
         let (route, subs, sources, progress) = (&route, &subs, &sources, &mut progress);
         gil::blocking(py, move || {
+            // the batch's objects read from the disk in parallel, not one at a time as sent
+            store.prefetch(&sources.iter().map(|(h, _)| *h).collect::<Vec<_>>());
             retrieve::run(
                 route,
                 conn,

@@ -229,6 +229,12 @@ impl Tier for LanedTier {
         self.lanes().iter().find_map(|l| l.locate(hash))
     }
 
+    fn prefetch(&self, hashes: &[Hash]) {
+        for lane in self.lanes().iter() {
+            lane.prefetch(hashes);
+        }
+    }
+
     fn delete(&self, hash: &Hash) -> Result<bool> {
         Ok(self.each(|l| l.delete(hash))?.into_iter().any(|d| d))
     }

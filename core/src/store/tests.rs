@@ -785,3 +785,20 @@ fn reserve_scales_with_the_filesystem_between_floor_and_ceiling() {
     assert_eq!(err.again().to_string(), err.to_string());
     assert!(err.to_string().contains("kept in reserve"), "{err}");
 }
+
+#[test]
+fn prefetch_takes_held_missing_and_deleted_blobs_alike() {
+    let d = tempfile::tempdir().unwrap();
+    let s = BlobStore::open(laned(d.path(), 2)).unwrap();
+    let held: Vec<Hash> = (0..20).map(|i| put(&s, i, 5000 + i as usize)).collect();
+    let gone = put(&s, 99, 700);
+    assert!(s.delete(&gone).unwrap());
+    let mut asked = held.clone();
+    asked.extend([gone, blob(1234, 10).0]);
+    s.prefetch(&asked);
+    s.prefetch(&[]);
+    for i in 0..20 {
+        check(&s, i, 5000 + i as usize);
+    }
+    assert!(s.get(&gone).is_err());
+}

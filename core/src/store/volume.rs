@@ -1058,6 +1058,28 @@ impl Tier for VolumeTier {
         rlock(&self.state).map.contains_key(hash)
     }
 
+    fn prefetch(&self, hashes: &[Hash]) {
+        let ranges: Vec<(Arc<Volume>, u64, u64)> = {
+            let st = rlock(&self.state);
+            hashes
+                .iter()
+                .filter_map(|h| {
+                    let loc = st.map.get(h)?;
+                    let vol = st.volumes.get(&loc.volume)?.vol.clone();
+                    Some((vol, loc.offset, HEADER_LEN + loc.stored_len))
+                })
+                .collect()
+        };
+        for (vol, offset, len) in ranges {
+            // Advice only: an error (a closed or truncated file) shows in the read that follows.
+            let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+                continue;
+            };
+            // SAFETY: posix_fadvise only reads its integer arguments; the fd is open (`vol`).
+            unsafe { libc::posix_fadvise(vol.file.as_raw_fd(), off, len, libc::POSIX_FADV_WILLNEED) };
+        }
+    }
+
     fn locate(&self, hash: &Hash) -> Option<Location> {
         rlock(&self.state).map.get(hash).copied()
     }

@@ -124,6 +124,8 @@ class Vault:
     def export_files(
         self, items: list[tuple[bytes, bytes, str | PathLike[str]]]
     ) -> list[DicomVaultError | None]: ...
+    def prefetch(self, hashes: list[bytes]) -> None:
+        """Starts the disk reads of these blobs in the background; returns at once."""
     def read_stored(self, hash: bytes) -> tuple[int, int, bytes]: ...
     def put_stored(
         self, items: list[tuple[bytes, int, int, bytes]], tier: int | None = None
@@ -233,8 +235,10 @@ def retrieve_batch(
     counts: tuple[int, int, int, int],
     unsent: bytes,
     wait: float,
+    pending_interval: float,
+    since_pending: float | None,
 ) -> tuple[int, str, int, int | None, list[tuple[Any, ...]], str | None, list[tuple[Any, ...]], str | None,
-           str | None, bytes, int, int]: ...
+           str | None, bytes, tuple[int, int, float | None]]: ...
 
 # primitives.rs. parse dicts (convert.rs parsed_to_py): dataset_offset, transfer_syntax,
 # ts_inferred, meta and attrs [(tag, VR, value bytes)], index_attrs ({keyword: str} or None,

@@ -345,6 +345,11 @@ class Engine:
             ts, decoded = self._read_remote(rec.hash, rec.study_uid)
         return rec, ts, decoded
 
+    def prefetch(self, blob_hashes: list[bytes]) -> None:
+        """Starts reading these local blobs from the disk in the background (a study about to be
+        read in its own order, which is not the volumes'); returns at once."""
+        self.vault.prefetch(blob_hashes)
+
     def blobs_for_sending(self, sop_uids: list[str]) -> list[tuple[bytes, str, str] | None]:
         """(blob hash, stored transfer syntax, SOP Class UID) of each object whose data set
         read_for_sending would send as its local blob holds it, for a native reader

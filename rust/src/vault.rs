@@ -314,6 +314,16 @@ impl Vault {
         Ok(list)
     }
 
+    /// Starts the disk reads of these blobs in the background and returns at once
+    /// (core::store::BlobStore::prefetch), for a reader about to read them in an order of its
+    /// own. Hashes not held locally are skipped.
+    fn prefetch(&self, py: Python<'_>, hashes: Vec<Vec<u8>>) -> PyResult<()> {
+        let store = self.store()?;
+        let hashes: Vec<Hash> = hashes.iter().filter_map(|h| h.as_slice().try_into().ok()).collect();
+        gil::blocking(py, || store.prefetch(&hashes));
+        Ok(())
+    }
+
     /// A blob as stored: (codec id, logical length, stored bytes), not decoded. For shipping blobs
     /// to a replica, which verifies them itself.
     fn read_stored<'py>(&self, py: Python<'py>, hash: &[u8]) -> PyResult<(u8, u64, Bound<'py, PyBytes>)> {

@@ -167,6 +167,7 @@ class DicomWeb:
 
         # The first part is read before the response starts, so a store that cannot give it (an
         # object-store tier that is down, a damaged blob) is an HTTP status, not a cut stream.
+        self.engine.prefetch([rec.hash for rec, _ in plan])
         first = self._instance_file(*plan[0])
 
         async def parts() -> AsyncIterator[tuple[str, tuple[bytes, bytes]]]:

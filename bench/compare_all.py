@@ -370,8 +370,9 @@ def report(r: Run, files: list[Path], study_files: int, study_mb: float, load0: 
            "no plugins, SaveJobs false, DicomThreadsCount 4, ConcurrentJobs 2, MaximumPduLength 131072, "
            "TcpNoDelay true and `TCP_NODELAY=1` in its environment (its DICOM side is DCMTK, which leaves "
            "Nagle on otherwise), SynchronousCMove true, StableAge 3600. dicomvault: `dicomvault serve` with "
-           "its defaults (BLAKE3 + hot codec, fdatasync'd volumes and a synced index before each C-STORE "
-           "response).")
+           "its defaults (received bytes BLAKE3-hashed into the raw landing tier, fdatasync'd volumes and a "
+           "synced index before each C-STORE response; compacted to the hot codec in the background, "
+           "before the retrieves; reads checked by the stored checksum, pending responses every 0.1 s).")
     cmd = " ".join([Path(sys.executable).name, "bench/compare_all.py", *sys.argv[1:]])
     return "\n".join([
         "# dicomvault vs Orthanc vs the raw device",

@@ -50,9 +50,10 @@ log4cplus.appender.console = log4cplus::ConsoleAppender
 log4cplus.appender.console.logToStderr = false
 log4cplus.appender.console.ImmediateFlush = true
 log4cplus.appender.console.layout = log4cplus::PatternLayout
-log4cplus.appender.console.layout.ConversionPattern = %D{%s.%q} %m%n
+log4cplus.appender.console.layout.ConversionPattern = %D{%s.%Q} %m%n
 """
-_STAMP = r"(\d{9,11}\.\d{3}) "
+# seconds.milliseconds.microseconds (%D{%s.%Q}); older logs without the microseconds parse too
+_STAMP = r"(\d{9,11}\.\d{3}(?:\.\d{3})?) "
 _SENDING = re.compile(_STAMP + r"Sending file: (.+)$")
 _RESPONSE = re.compile(_STAMP + r"Received Store Response \(([^)]*)\)")
 
@@ -67,7 +68,7 @@ def _log_config(folder: Path, name: str, text: str) -> Path:
 
 
 def dcmtk_log_config(folder: Path) -> Path:
-    """The millisecond-stamped log4cplus configuration of the storescu/getscu/movescu runs."""
+    """The microsecond-stamped log4cplus configuration of the storescu/getscu/movescu runs."""
     return _log_config(folder, "dcmtk-log.cfg", DCMTK_LOG_CONFIG)
 
 
@@ -175,12 +176,12 @@ def _parse_storescu_log(text: str, run: StoreRun) -> tuple[int, float]:
     for line in text.splitlines():
         m = _SENDING.search(line)
         if m:
-            sending = (float(m.group(1)), m.group(2))
+            sending = (_secs(m.group(1)), m.group(2))
             first = sending[0] if first is None else first
             continue
         m = _RESPONSE.search(line)
         if m and sending is not None:
-            t = float(m.group(1))
+            t = _secs(m.group(1))
             last = t
             try:
                 size = os.path.getsize(sending[1])
@@ -306,9 +307,15 @@ class RetrieveRun:
     log_tail: str = ""
 
 
+def _secs(stamp: str) -> float:
+    """A _STAMP's seconds."""
+    whole, ms, *us = stamp.split(".")
+    return int(whole) + int(ms) / 1e3 + (int(us[0]) / 1e6 if us else 0.0)
+
+
 def _first_stamp(text: str, pattern: str) -> float | None:
     m = re.search(_STAMP + pattern, text)
-    return float(m.group(1)) if m else None
+    return _secs(m.group(1)) if m else None
 
 
 def _run_logged(cmd: list[str], log_path: Path, timeout: float) -> tuple[float, int, str]:

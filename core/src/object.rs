@@ -383,10 +383,6 @@ pub fn decode_read_into(
     if check == ReadCheck::Checksum && (checked || codec == Codec::Raw) {
         return Ok(());
     }
-    verify_hash(expected, logical)
-}
-
-fn verify_hash(expected: &Hash, logical: &[u8]) -> Result<()> {
     let actual = hash::hash(logical);
     if &actual != expected {
         return Err(Error::HashMismatch { expected: hash::to_hex(expected), actual: hash::to_hex(&actual) });
@@ -409,9 +405,7 @@ pub fn decode_verified_into(
     logical_len: u64,
     logical: &mut Vec<u8>,
 ) -> Result<()> {
-    let len = usize::try_from(logical_len).map_err(|_| Error::Codec { reason: "object too large".into() })?;
-    codec::decode_into(codec, stored, len, logical)?;
-    verify_hash(expected, logical)
+    decode_read_into(expected, codec, stored, logical_len, logical, ReadCheck::Hash)
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ no-op SCP holds its objects in memory either way).
 
     .venv/bin/python bench/retrieve_ceiling.py                 # 5 rounds, C-GET and C-MOVE
     .venv/bin/python bench/retrieve_ceiling.py --rounds 7 --cold --json out.json
+    .venv/bin/python bench/retrieve_ceiling.py --cold --orthanc-storage-cache 0   # Orthanc cold too
 """
 
 from __future__ import annotations
@@ -207,8 +208,12 @@ def start_dv(data: Path, folders: list[Path], dest: StoreScp) -> Server:
     return Server(DV, server.ae, server.port, server.proc.pid, lambda: server.stop() and None, data)
 
 
-def start_orthanc_server(root: Path, folders: list[Path], dest: StoreScp) -> Server:
-    orth = start_orthanc(root, modalities={dest.ae: (dest.ae, HOST, dest.port)})
+def start_orthanc_server(root: Path, folders: list[Path], dest: StoreScp,
+                         storage_cache_mb: int | None = None) -> Server:
+    # Orthanc 1.10 keeps recently read or written files in its own memory (default 128 MB), which
+    # evicting the page cache does not clear: --orthanc-storage-cache 0 makes its cold runs cold.
+    extra = None if storage_cache_mb is None else {"MaximumStorageCacheSize": storage_cache_mb}
+    orth = start_orthanc(root, modalities={dest.ae: (dest.ae, HOST, dest.port)}, extra=extra)
     dc.storescu("ORTHANC", orth.dicom_port, folders)
     n = int(orth.statistics()["CountInstances"])
     log(f"  Orthanc holds {n} instances")
@@ -345,6 +350,9 @@ def main() -> int:
     ap.add_argument("--cold", action="store_true", help="evict the archives' files before each retrieve")
     ap.add_argument("--no-move", action="store_true", help="C-GET only")
     ap.add_argument("--no-orthanc", action="store_true")
+    ap.add_argument("--orthanc-storage-cache", type=int, metavar="MB",
+                    help="Orthanc's MaximumStorageCacheSize (its default: 128); 0 with --cold "
+                         "makes Orthanc's cold runs read its files from the disk too")
     ap.add_argument("--scratch", type=Path, default=ROOT / ".scratch" / "ceiling")
     ap.add_argument("--json", type=Path, help="write the medians here too")
     args = ap.parse_args()
@@ -372,7 +380,8 @@ def main() -> int:
         stack.callback(servers[-1].stop)
         if not args.no_orthanc:
             log("Orthanc: ingest")
-            servers.append(start_orthanc_server(work / "orthanc", folders, dest))
+            servers.append(start_orthanc_server(work / "orthanc", folders, dest,
+                                                args.orthanc_storage_cache))
             stack.callback(servers[-1].stop)
         results = measure(servers, loads, args.rounds, not args.no_move, args.cold, dest, work)
     text, summary = report(results, loads, args.rounds, args.cold, started, load0)

@@ -26,7 +26,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_dataset
@@ -86,8 +86,10 @@ class StoredInstance(PreEncodedDataset):
         return encode(ds, implicit, little, deflated)  # pynetdicom's encoder, as for any Dataset
 
 
-@dataclass(frozen=True)
-class Match:
+class Match(NamedTuple):
+    """One matched object. A tuple, not a frozen dataclass: a C-GET makes one per object of the
+    study as it lists it (~1 us less each, 0.3 ms of a 300-slice study)."""
+
     sop_uid: str
     sop_class: str = ""  # "" (with transfer_syntax ""): read from the index record when loaded
     transfer_syntax: str = ""
@@ -127,7 +129,7 @@ def resolve_keys(engine: Engine, level: str, query: dict[str, str], *, syntaxes:
         # gives the objects in series, then instance number order, as viewers want them.
         key = query[UNIQUE_KEY[level]]
         if not syntaxes:
-            return (Match(uid) for uid in engine.index.iter_sop_uids_of(level, key))
+            return map(Match, engine.index.iter_sop_uids_of(level, key))
         return iter([Match(*t) for t in engine.index.syntaxes_of(level, key)])
     query.setdefault("SOPInstanceUID", "")
     query.update({"SOPClassUID": "", "AvailableTransferSyntaxUID": ""})

@@ -201,6 +201,41 @@ def test_get_converts_to_what_the_requestor_accepted(stored: Archive) -> None:
         assert (sent.pixel_array == want.pixel_array).all(), f"{uid} ({by_ts[uid]}): pixels differ"
 
 
+def test_get_of_one_object_converts_it_when_its_syntax_was_not_accepted(stored: Archive) -> None:
+    """Each object of the study retrieved alone (IMAGE level, the first and only sub-operation,
+    which is read before the study is listed) by a requestor that accepted only Explicit VR
+    Little Endian: the ones stored in another syntax arrive converted to it, not as stored."""
+    study = {s.sop_uid: s.ts for s in stored.sent.values() if s.study_uid == CT_STUDY}
+    assert len(set(study.values())) > 2
+    got: list[tuple[str, str]] = []
+    pixels_equal: list[bool] = []
+
+    def on_store(event: Any) -> int:
+        uid = str(event.request.AffectedSOPInstanceUID)
+        got.append((uid, str(event.context.transfer_syntax)))
+        sent = pydicom.dataset.Dataset(pydicom.filereader.read_dataset(
+            pydicom.filebase.DicomBytesIO(event.request.DataSet.getvalue()), False, True))
+        sent.file_meta = pydicom.dataset.FileMetaDataset()
+        sent.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        want = pydicom.dcmread(pydicom.filebase.DicomBytesIO(stored.stored_file(uid)))
+        pixels_equal.append(sent.SOPInstanceUID == uid and bool((sent.pixel_array == want.pixel_array).all()))
+        return 0x0000
+
+    assoc = _get_association(stored, [build_context(CTImageStorage, ExplicitVRLittleEndian)], on_store)
+    try:
+        for uid in study:
+            q = Dataset()
+            q.QueryRetrieveLevel = "IMAGE"
+            q.SOPInstanceUID = uid
+            rsps = list(assoc.send_c_get(q, StudyRootQueryRetrieveInformationModelGet))
+            assert rsps[-1][0].Status == 0x0000, uid
+            assert rsps[-1][0].NumberOfCompletedSuboperations == 1, uid
+    finally:
+        assoc.release()
+    assert got == [(uid, ExplicitVRLittleEndian) for uid in study]
+    assert pixels_equal == [True] * len(study)
+
+
 def test_get_fails_what_no_accepted_syntax_reaches_and_goes_on(stored: Archive) -> None:
     """The requestor accepted only JPEG 2000 for CT, which nothing here is stored in and we do not
     compress to: each sub-operation fails with its UID listed, the operation completes (0xA702:

@@ -270,3 +270,19 @@ def test_entries_follow_every_field_they_derive_from(monkeypatch: pytest.MonkeyP
     for i in range(20):
         secondary.series_entries(SeriesRecord(study_uid="1.2", series_uid=f"1.2.{i}", modality="CT"))
     assert len(secondary._ENTRY_CACHE) <= 4
+
+
+def test_study_listed_in_series_number_order(idx: Index, mk: MakeInst) -> None:
+    """A C-GET lists a study series by series in SeriesNumber order (unnumbered last), then by UID,
+    whatever order the UIDs sort in; series_of gives the same order."""
+    idx.add_instance(mk("1.1", series="S1", series_number=None))
+    idx.add_instance(mk("1.2", series="S2", series_number=10))
+    idx.add_instance(mk("1.3", series="S3", series_number=2))
+    idx.add_instance(mk("1.4", series="S4", series_number=2))
+    idx.add_instance(mk("1.0", series="S0", series_number=None))
+    # a NUL in the UID: escaped in the keys
+    idx.add_instance(mk("1.3\x007", series="S3", series_number=2, instance_number=9))
+    order = ["1.3", "1.3\x007", "1.4", "1.2", "1.0", "1.1"]
+    assert idx.sop_uids_of("study", "1.2.840.1") == order
+    assert list(idx.iter_sop_uids_of("study", "1.2.840.1")) == order
+    assert [s.series_uid for s in idx.series_of("1.2.840.1")] == ["S3", "S4", "S2", "S0", "S1"]

@@ -143,6 +143,11 @@ def _fill_missing(target: dict[str, str], attrs: Mapping[str, str], wanted: froz
     return changed
 
 
+def _series_order(number: int | None, uid: str) -> tuple[bool, int, str]:
+    """Series of a study in SeriesNumber order (unnumbered last), then by UID."""
+    return number is None, number or 0, uid
+
+
 class Index(PatientCorrections):
     """The dicomvault metadata index (see the package docstring for the layout)."""
 
@@ -1014,8 +1019,19 @@ class Index(PatientCorrections):
         self._check_open()
         p = keys.encode(keys.norm_uid(study_uid))
         recs = [SeriesRecord.decode(v) for _, v in scan(self._cfs[CF_SERIES], p, keys.prefix_upper_bound(p))]
-        recs.sort(key=lambda s: (s.series_number is None, s.series_number or 0, s.series_uid))
+        recs.sort(key=lambda s: _series_order(s.series_number, s.series_uid))
         return recs
+
+    def _series_uids_of(self, study_uid: str) -> list[str]:
+        """The series UIDs of series_of, without building their records (a C-GET lists its study
+        before the first image: ~20 us a series less)."""
+        p = keys.encode(keys.norm_uid(study_uid))
+        fields_of = SeriesRecord.fields_of
+        rows = scan(self._cfs[CF_SERIES], p, keys.prefix_upper_bound(p))
+        found = [(f.get("series_number"), str(f.get("series_uid", "")))
+                 for f in (fields_of(v) for _, v in rows)]
+        found.sort(key=lambda s: _series_order(*s))
+        return [uid for _, uid in found]
 
     def _instances_at(self, prefix: bytes) -> list[InstanceRecord]:
         ks = [keys.encode(secondary.sop_from_hierarchy_key(k))
@@ -1069,8 +1085,11 @@ class Index(PatientCorrections):
                 yield uid
             return
         for p in self._hierarchy_prefixes(level, uid):
+            start = len(p) + 4  # the series' prefix, then the instance number (u32), then E(sop)
             for k in scan_keys(self._cfs[CF_IDX], p, keys.prefix_upper_bound(p)):
-                yield secondary.sop_from_hierarchy_key(k)
+                # E(sop) without its terminator: the UID itself unless that holds a NUL (escaped)
+                raw = k[start:-2]
+                yield raw.decode() if b"\x00" not in raw else secondary.sop_from_hierarchy_key(k)
 
     def _hierarchy_prefixes(self, level: str, uid: str) -> list[bytes]:
         """Hierarchy index prefixes of the series under a patient/study/series, in series order."""
@@ -1083,7 +1102,7 @@ class Index(PatientCorrections):
             sid = keys.norm_uid(uid)
             return [secondary.hierarchy_prefix(st, sid) for st in self._studies_of_series(sid)]
         study = keys.norm_uid(uid)
-        return [secondary.hierarchy_prefix(study, se.series_uid) for se in self.series_of(study)]
+        return [secondary.hierarchy_prefix(study, series) for series in self._series_uids_of(study)]
 
     def studies(self) -> Iterator[StudyRecord]:
         """Every study record, in Study Instance UID order."""

@@ -1692,7 +1692,7 @@ impl<const N: usize> TokenSource<'_, N> {
     fn row<const FIRST: bool>(&mut self, ctx: &[u16], up: &[i32], cur: &mut [i32]) {
         let (mut x, mut pos, mut bitpos) = (self.x, self.pos, self.bitpos);
         let (words, raw, first) = (self.words, self.raw, &self.tables.first);
-        let (tokens, freq_start) = (&self.tables.tokens[..], &self.tables.freq_start[..]);
+        let tables = &self.tables.tables[..];
         let raw_end = raw.len() - 8;
         let w = ctx.len();
         let (up, cur) = (&up[..w + 1], &mut cur[..w + 1]);
@@ -1703,9 +1703,9 @@ impl<const N: usize> TokenSource<'_, N> {
             ($i:expr, $x:expr) => {{
                 let (i, x): (usize, &mut u32) = ($i, $x);
                 let slot = *x & (TAB_SIZE as u32 - 1);
-                let table = first[ctx[i] as usize & (MAX_CONTEXTS - 1)];
-                let tok = tokens[(table | slot) as usize] as usize;
-                let fs = freq_start[(table >> (TAB_BITS - 7)) as usize | (tok & 127)];
+                let table = &tables[first[ctx[i] as usize & (MAX_CONTEXTS - 1)] as usize];
+                let tok = table.tokens[slot as usize] as usize & 127;
+                let fs = table.freq_start[tok];
                 let next = (fs & 0xFFFF) * (*x >> TAB_BITS) + slot - (fs >> 16);
                 // Renormalisation is a coin toss for the branch predictor: a select instead (the
                 // word is read either way; past the end, reads are zero and the final check fails).
@@ -1714,7 +1714,7 @@ impl<const N: usize> TokenSource<'_, N> {
                 *x = if need { (next << 16) | word } else { next };
                 pos += need as usize;
 
-                let (base, nb, mask) = TOKEN_BITS[tok & 127];
+                let (base, nb, mask) = TOKEN_BITS[tok];
                 let at = (bitpos >> 3).min(raw_end);
                 let bits = u64::from_le_bytes(raw[at..at + 8].try_into().expect("8 bytes"));
                 let u = base + ((bits >> (bitpos & 7)) as u32 & mask);
@@ -1984,14 +1984,20 @@ fn compress_tables(section: &[u8]) -> Result<(u8, Vec<u8>)> {
 /// Contexts of all channels.
 const MAX_CONTEXTS: usize = MAX_CHANNELS * CTX_PER_CHANNEL;
 
-/// The decoder's tables: per context, the first slot of its table; per table, the token of
-/// each slot (one byte: a table is 2 KiB, so the few a row uses stay in the first-level cache;
-/// one word per slot with the frequency and start folded in ran no faster, at 4x the memory)
-/// and per token its frequency | start << 16 (128 a table: a 7-bit token needs no bounds check).
+/// The decoder's tables: per context, the number of its table; per table, the token of each
+/// slot (one byte: a table is 2 KiB, so the few a row uses stay in the first-level cache; one
+/// word per slot with the frequency and start folded in ran no faster, at 4x the memory) and
+/// per token its frequency | start << 16. One table's two arrays side by side, of fixed sizes:
+/// a sample's lookups take one bounds check (the table number) and one base pointer.
 struct Tables {
     first: [u32; MAX_CONTEXTS],
-    tokens: Vec<u8>,
-    freq_start: Vec<u32>,
+    tables: Vec<Table>,
+}
+
+struct Table {
+    tokens: [u8; TAB_SIZE],
+    /// 128 entries: a 7-bit token needs no bounds check.
+    freq_start: [u32; 128],
 }
 
 /// The table section read and checked: the context map and the tables.
@@ -2005,27 +2011,28 @@ fn read_tables(section: &[u8], channels: usize) -> Result<Tables> {
     }
     let mut first = [0u32; MAX_CONTEXTS];
     for (f, &t) in first.iter_mut().zip(cmap) {
-        *f = (t as u32) << TAB_BITS;
+        *f = t as u32;
     }
     let mut at = 2 + nctx;
-    let mut tokens = vec![0u8; count * TAB_SIZE];
-    let mut freq_start = vec![0u32; count * 128];
-    for (table, fs) in tokens.chunks_exact_mut(TAB_SIZE).zip(freq_start.chunks_exact_mut(128)) {
+    let mut tables = Vec::with_capacity(count);
+    for _ in 0..count {
         let len = *section.get(at).ok_or_else(bad)? as usize;
         let codes = section.get(at + 1..at + 1 + len).ok_or_else(bad)?;
         at += 1 + len;
         let f = frequencies(codes).ok_or_else(bad)?;
+        let mut table = Table { tokens: [0; TAB_SIZE], freq_start: [0; 128] };
         let mut start = 0;
-        for (t, (&f, fs)) in f.iter().zip(fs.iter_mut()).enumerate() {
-            table[start..start + f as usize].fill(t as u8);
+        for (t, (&f, fs)) in f.iter().zip(table.freq_start.iter_mut()).enumerate() {
+            table.tokens[start..start + f as usize].fill(t as u8);
             *fs = f | (start as u32) << 16;
             start += f as usize;
         }
+        tables.push(table);
     }
     if at != section.len() {
         return Err(bad());
     }
-    Ok(Tables { first, tokens, freq_start })
+    Ok(Tables { first, tables })
 }
 
 /// A version's pixel streams: table section, rANS stream, raw-bit stream.

@@ -313,8 +313,8 @@ pub fn decode_into(codec: Codec, stored: &[u8], logical_len: usize, out: &mut Ve
 }
 
 /// [`decode_into`], and whether the decoded bytes were checked against a checksum of the
-/// logical bytes that the encoder stored with them (hot format version 2: an error if they
-/// differ). `false`: only the stored bytes were checked (their CRC), not what they decode to.
+/// logical bytes that the encoder stored with them (hot format version 2, cold format version
+/// 4: an error if they differ). `false`: only the stored bytes were checked (their CRC), not what they decode to.
 pub fn decode_checked_into(
     codec: Codec,
     stored: &[u8],
@@ -339,10 +339,7 @@ pub fn decode_checked_into(
             s.trim();
             r
         }),
-        Codec::Cold => {
-            *out = cold::decode_cold(stored, logical_len)?;
-            Ok(false)
-        }
+        Codec::Cold => cold::decode_cold_into(stored, logical_len, out),
     }
 }
 

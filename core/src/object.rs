@@ -293,11 +293,14 @@ fn encode_with(
 /// (without copying its pixels); canonical bytes that do not parse are compressed whole.
 /// `level` is the hot codec's zstd level (the cold codec's fallback uses the default level).
 pub fn encode_canonical(logical: &[u8], target: Codec, level: i32) -> Result<(Codec, Vec<u8>)> {
-    let layout = split_canonical(logical).ok().and_then(|(ts, dataset)| {
-        let parsed = parse::parse_dataset(dataset, ts, &[]).ok()?;
-        parsed.pixel.as_ref().and_then(|p| pixel_layout(p, ts.len() + 1))
-    });
-    encode_with(logical, layout.as_ref(), target, level)
+    encode_with(logical, canonical_layout(logical).as_ref(), target, level)
+}
+
+/// The pixel layout of canonical bytes, found by parsing them; None if they do not parse.
+fn canonical_layout(logical: &[u8]) -> Option<PixelLayout> {
+    let (ts, dataset) = split_canonical(logical).ok()?;
+    let parsed = parse::parse_dataset(dataset, ts, &[]).ok()?;
+    parsed.pixel.as_ref().and_then(|p| pixel_layout(p, ts.len() + 1))
 }
 
 /// A file's bytes (Part-10, or a bare dataset) → prepared object.
@@ -347,7 +350,7 @@ pub fn prepare_received(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReadCheck {
     /// The decoded bytes against a checksum stored with them where there is one (the hot
-    /// codec's XXH3-64 of the logical bytes; a raw payload is its logical bytes, which the blob
+    /// codec's and the cold codec's XXH3-64 of the logical bytes; a raw payload is its logical bytes, which the blob
     /// store's record CRC has just checked), else their BLAKE3 against the blob's address.
     #[default]
     Checksum,
@@ -435,15 +438,24 @@ mod tests {
             assert!(matches!(r, Err(Error::HashMismatch { .. })), "{codec:?}: {r:?}");
         }
         assert!(decode_verified(&other, Codec::Hot, &hot, len).is_err());
-        // The cold codec stores no checksum of the decoded bytes: BLAKE3 either way.
+        // The cold codec's version 4 checks its decode like the hot codec; its versions 1 to 3
+        // store no checksum of the decoded bytes: BLAKE3 either way.
         logical = canonical("1.2.840.10008.1.2.1", &ct_dataset());
         let (codec, cold) = encode_canonical(&logical, Codec::Cold, 1).unwrap();
         assert_eq!(codec, Codec::Cold);
         let len = logical.len() as u64;
         let h = hash::hash(&logical);
-        decode_read_into(&h, codec, &cold, len, &mut out, ReadCheck::Checksum).unwrap();
+        for check in [ReadCheck::Checksum, ReadCheck::Hash] {
+            decode_read_into(&h, codec, &cold, len, &mut out, check).unwrap();
+            assert_eq!(out, logical);
+        }
+        assert!(decode_read_into(&other, codec, &cold, len, &mut out, ReadCheck::Checksum).is_ok());
+        let r = decode_read_into(&other, codec, &cold, len, &mut out, ReadCheck::Hash);
+        assert!(matches!(r, Err(Error::HashMismatch { .. })), "{r:?}");
+        let v3 = codec::cold::encode_cold_version(&logical, &canonical_layout(&logical).unwrap(), 3).unwrap();
+        decode_read_into(&h, codec, &v3, len, &mut out, ReadCheck::Checksum).unwrap();
         assert_eq!(out, logical);
-        let r = decode_read_into(&other, codec, &cold, len, &mut out, ReadCheck::Checksum);
+        let r = decode_read_into(&other, codec, &v3, len, &mut out, ReadCheck::Checksum);
         assert!(matches!(r, Err(Error::HashMismatch { .. })), "{r:?}");
         assert_eq!(ReadCheck::parse("hash").unwrap(), ReadCheck::Hash);
         assert_eq!(ReadCheck::parse("checksum").unwrap(), ReadCheck::default());

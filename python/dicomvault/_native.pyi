@@ -260,8 +260,10 @@ def decode(codec_id: int, stored: bytes, logical_len: int) -> bytes:
 def recode(
     codec_id: int, stored: bytes, logical_len: int, target: int, level: int = 1
 ) -> tuple[int, bytes]: ...
-def decode_verified(
-    codec_id: int, stored: bytes, logical_len: int, hash: bytes
+def decode_read(
+    codec_id: int, stored: bytes, logical_len: int, hash: bytes, verify_reads: str
 ) -> tuple[str, DecodedObject]:
-    """Stored bytes decoded into a native buffer and checked against `hash`, off the GIL:
-    (transfer syntax UID, data set); IntegrityError if they decode to other bytes."""
+    """Stored bytes decoded into a native buffer and checked as `verify_reads` ("checksum" or
+    "hash", storage/read_check.py) says, off the GIL: (transfer syntax UID, data set);
+    IntegrityError if they decode to other bytes than `hash` addresses, CodecError if they do
+    not decode or not to the checksum stored with them."""

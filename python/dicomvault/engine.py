@@ -142,6 +142,7 @@ class Engine:
         self.data_dir = Path(data_dir)
         self.reserve = Reserve.fixed(min_free_bytes) if min_free_bytes is not None else (reserve or Reserve())
         self.read_only = read_only
+        self.verify_reads = verify_reads
         if read_only:
             if not (self.data_dir / "index").exists():
                 raise DicomVaultError(f"no dicomvault data directory at {self.data_dir}")
@@ -266,7 +267,10 @@ class Engine:
                     tier, p, f"{p.pack_key}/{study_uid}",
                     lambda: [cold_placement(b) for b in self.study_blobs(study_uid) if b.tier == blob.tier],
                 )
-            ts, dataset = tier.decoded_of(p, *hit) if hit is not None else tier.read_decoded(p)
+            ts, dataset = (
+                tier.decoded_of(p, *hit, self.verify_reads) if hit is not None
+                else tier.read_decoded(p, self.verify_reads)
+            )
         except UnavailableError as exc:
             self._remote_down[blob.tier] = (time.monotonic(), exc)
             raise

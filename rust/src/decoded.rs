@@ -8,7 +8,7 @@
 use std::sync::Mutex;
 
 use dicomvault_core::codec::Codec;
-use dicomvault_core::object;
+use dicomvault_core::object::{self, ReadCheck};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -78,23 +78,27 @@ impl DecodedObject {
     }
 }
 
-/// Stored bytes read from elsewhere (an object-store tier) decoded into a pooled native buffer
-/// and checked against the blob's hash, off the GIL: (transfer syntax UID, data set). Why: the
-/// cold codec's decode is what paces a retrieve from an object store, and `decode` + `blake3`
-/// took the GIL back between them and copied each object twice (into bytes, then its data set
-/// out of those); here the retrieve's readers decode on all cores and the sender gets the buffer.
+/// Stored bytes read from elsewhere (an object-store tier, its digest of the stored bytes
+/// checked) decoded into a pooled native buffer and checked as `verify_reads` says (against the
+/// checksum stored with them, else the blob's hash), off the GIL: (transfer syntax UID, data
+/// set). Why: the cold codec's decode is what paces a retrieve from an object store, and
+/// `decode` + `blake3` took the GIL back between them and copied each object twice (into
+/// bytes, then its data set out of those); here the retrieve's readers decode on all cores and
+/// the sender gets the buffer.
 #[pyfunction]
-pub fn decode_verified<'py>(
+pub fn decode_read<'py>(
     py: Python<'py>,
     codec_id: u8,
     stored: &[u8],
     logical_len: u64,
     hash: &[u8],
+    verify_reads: &str,
 ) -> PyResult<(String, Bound<'py, DecodedObject>)> {
     let (codec, h) = (Codec::from_u8(codec_id).py_err()?, hash_arg(hash)?);
+    let check = ReadCheck::parse(verify_reads).py_err()?;
     let mut buf = take_buffer();
     let read = gil::bytes_work(py, stored.len().max(logical_len as usize), || {
-        object::decode_verified_into(&h, codec, stored, logical_len, &mut buf)?;
+        object::decode_read_into(&h, codec, stored, logical_len, &mut buf, check)?;
         let (ts, ds) = object::split_canonical(&buf)?;
         Ok((ts.to_owned(), buf.len() - ds.len()))
     });

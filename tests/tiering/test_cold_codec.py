@@ -76,17 +76,18 @@ def test_denser_than_zlib_on_uncompressed_clinical_images(corpus: list[tuple[Pat
     assert zl / cold >= 1.6, f"cold is {zl / cold:.2f}x zlib"
 
 
-def test_decode_verified_gives_the_data_set_checked_against_the_hash(
-    corpus: list[tuple[Path, bytes]],
-) -> None:
-    """decode_verified (the cold retrieve's decode: pooled native buffers, off the GIL) gives
-    each object's transfer syntax and data set as decode does; the buffers of objects still held
-    are never reused under them; a wrong hash is IntegrityError, damaged bytes CodecError."""
+def test_decode_read_gives_the_data_set_checked(corpus: list[tuple[Path, bytes]]) -> None:
+    """decode_read (the cold retrieve's decode: pooled native buffers, off the GIL) gives each
+    object's transfer syntax and data set as decode does; the buffers of objects still held are
+    never reused under them; a wrong hash is IntegrityError where the read checks BLAKE3
+    ("hash"), while "checksum" trusts the checksum the codec stored with the bytes; damaged
+    bytes are CodecError or IntegrityError in both modes."""
     held = []
-    for path, data in corpus[:60]:
+    for i, (path, data) in enumerate(corpus[:60]):
         codec, stored, n = _native.encode(data, codec=_native.CODEC_COLD)
         canonical = bytes(_native.decode(codec, stored, n))
-        ts, obj = _native.decode_verified(codec, stored, n, _native.blake3(canonical))
+        mode = ("checksum", "hash")[i % 2]
+        ts, obj = _native.decode_read(codec, stored, n, _native.blake3(canonical), mode)
         assert isinstance(obj, _native.DecodedObject)
         want_ts, _, want_ds = canonical.partition(b"\0")
         assert (ts, obj.bytes()) == (want_ts.decode("ascii"), want_ds), path.name
@@ -95,12 +96,16 @@ def test_decode_verified_gives_the_data_set_checked_against_the_hash(
             old, want = held.pop(0)
             assert old.bytes() == want
     assert all(obj.bytes() == want for obj, want in held)
-    codec, stored, n = _native.encode(corpus[0][1], codec=_native.CODEC_COLD)
+    encoded = (_native.encode(d, codec=_native.CODEC_COLD) for _, d in corpus)
+    codec, stored, n = next(e for e in encoded if e[0] == _native.CODEC_COLD)
     with pytest.raises(_native.IntegrityError):
-        _native.decode_verified(codec, stored, n, bytes(32))
-    if codec == _native.CODEC_COLD:
-        damaged = bytearray(stored)
-        damaged[len(damaged) // 2] ^= 0x55
-        digest = _native.blake3(_native.decode(codec, stored, n))
+        _native.decode_read(codec, stored, n, bytes(32), "hash")
+    assert len(_native.decode_read(codec, stored, n, bytes(32), "checksum")[1]) < n
+    with pytest.raises(_native.CodecError):
+        _native.decode_read(codec, stored, n, bytes(32), "sometimes")
+    damaged = bytearray(stored)
+    damaged[len(damaged) // 2] ^= 0x55
+    digest = _native.blake3(_native.decode(codec, stored, n))
+    for mode in ("checksum", "hash"):
         with pytest.raises((_native.CodecError, _native.IntegrityError)):
-            _native.decode_verified(codec, bytes(damaged), n, digest)
+            _native.decode_read(codec, bytes(damaged), n, digest, mode)

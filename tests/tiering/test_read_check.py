@@ -2,7 +2,9 @@
 
 A warm-tier object whose hot stream was damaged and whose CRCs were then made right again (what
 no CRC of the stored bytes can see: a decoder fault, memory corruption, a forged stream) is
-refused on read in both modes, and the scrub reports it; the other objects read bit-exact."""
+refused on read in both modes, and the scrub reports it; the other objects read bit-exact. The
+same for a cold-tier object (object store, cold codec) whose stream and digests were forged, in
+the format written now (its checksum catches it) and in format 3 (no checksum: BLAKE3 does)."""
 
 from __future__ import annotations
 
@@ -12,12 +14,16 @@ from pathlib import Path
 
 import pytest
 
+from dicomvault import _native
 from dicomvault.config import load_config
 from dicomvault.engine import Engine
 from dicomvault.errors import DicomVaultError
+from dicomvault.index import Placement
 from dicomvault.storage.settings import SettingsError, TierSpec
+from dicomvault.tiering import jobs
 from dicomvault.tiering.compactor import Compactor
 from dv_corpus import real_file
+from seaweed_server import SeaweedServer
 
 TIERS = (TierSpec("landing", "local", "raw", path="landing"), TierSpec("warm", "local", "hot", path="warm"))
 FILES = ("CT_small.dcm", "MR_small.dcm", "693_UNCR.dcm")
@@ -88,3 +94,78 @@ def test_verify_reads_setting(tmp_path: Path) -> None:
             load_config(cfg)
     with pytest.raises(DicomVaultError), Engine(tmp_path / "d", verify_reads="sometimes"):
         pass
+
+
+COLD_FIXED_HEADER = 86  # core/src/codec/cold.rs FIXED_HEADER_V2; its last field: raw-bit stream length
+COLD_CHECK = 8  # format 4's XXH3-64 of the logical bytes, before the CRC
+
+
+def forge_cold(stored: bytes, version: int, flip: int | None = None) -> bytes:
+    """A format-4 cold stream as format `version` (3: without its checksum), with bit `flip` of
+    the second half of its raw-bit stream flipped (the low bits of samples: a change that the
+    stream's own checks may not see); its CRC right."""
+    assert stored[:4] == b"DVC\x04", stored[:4]
+    body = bytearray(stored[:-4 - COLD_CHECK])
+    (raw_len,) = struct.unpack_from("<Q", stored, COLD_FIXED_HEADER - 8)
+    if flip is not None:
+        body[len(body) - raw_len // 2 + flip // 8] ^= 1 << flip % 8
+    if version == 4:
+        body += stored[-4 - COLD_CHECK:-4]
+    else:
+        body[3] = version
+    return bytes(body) + struct.pack("<I", zlib.crc32(bytes(body)))
+
+
+def silent_damage(codec: int, stored: bytes, logical_len: int) -> int:
+    """The first bit of `forge_cold` whose flip a stream without a checksum decodes, to other
+    bytes, without an error."""
+    want = _native.decode(codec, stored, logical_len)
+    for flip in range(256):
+        try:
+            got = _native.decode(codec, forge_cold(stored, 3, flip), logical_len)
+        except DicomVaultError:
+            continue
+        if got != want:
+            return flip
+    raise AssertionError("no damage that decodes")
+
+
+@pytest.mark.parametrize(("version", "damaged"), [(4, True), (3, True), (3, False)])
+def test_a_forged_cold_stream_is_refused_on_read(
+    tmp_path: Path, seaweed: SeaweedServer, version: int, damaged: bool
+) -> None:
+    data = tmp_path / "data"
+    cold = TierSpec("cold", "s3", "cold", endpoint=seaweed.endpoint, bucket=f"t-rc-{version}-{damaged:d}",
+                    access_key=seaweed.access_key, secret_key=seaweed.secret_key)
+    tiers = (*TIERS, cold)
+    paths = [real_file(n) for n in FILES]
+    with Engine(data, tiers=tiers, min_free_bytes=0) as eng:
+        assert not [r for r in eng.store_files(paths) if isinstance(r, Exception)]
+        Compactor(eng, threads=1).run_once()
+        inst = sorted(eng.index.instances(), key=lambda r: r.sop_uid)
+        originals = {r.sop_uid: eng.read_file(r.sop_uid) for r in inst}
+        for study in {r.study_uid for r in inst}:
+            jobs.move_study(eng, study, "cold")
+        victim = max(inst, key=lambda r: len(originals[r.sop_uid]))
+        blob = eng.index.blob(victim.hash)
+        assert (blob.tier, blob.codec) == ("cold", _native.CODEC_COLD)
+        store = eng.remote("cold").store
+        pack = bytearray(store.get(blob.pack_key))
+        stored = bytes(pack[blob.pack_offset:blob.pack_offset + blob.stored_len])
+        flip = silent_damage(blob.codec, stored, blob.logical_len) if damaged else None
+        forged = forge_cold(stored, version, flip)
+        # In place of the blob's bytes in its pack, its placement's length and digest made right.
+        pack[blob.pack_offset:blob.pack_offset + len(forged)] = forged
+        store.put(blob.pack_key, bytes(pack))
+        assert eng.index.set_placements([Placement(
+            victim.hash, "cold", "cold", blob.codec, len(forged), blob.pack_key, blob.pack_offset,
+            _native.blake3(forged),
+        )]) == [victim.hash]
+    for mode in ("checksum", "hash"):
+        with Engine(data, tiers=tiers, read_only=True, verify_reads=mode) as eng:
+            if damaged:
+                with pytest.raises(DicomVaultError):
+                    eng.read_file(victim.sop_uid)
+            for r in inst:
+                if r.sop_uid != victim.sop_uid or not damaged:
+                    assert eng.read_file(r.sop_uid) == originals[r.sop_uid]

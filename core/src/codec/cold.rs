@@ -18,18 +18,21 @@
 //! CT; `--example cold_decode` times the decode alone). Version 1 (an error-weighted blend of
 //! five predictors, adaptive binary arithmetic coding; decoded, no longer written) stored ~2%
 //! less in total, up to ~12% less on some mid-size images, and decoded at ~38 MB/s: the cold
-//! tier's retrieval is bound by this decode, so version 2 traded that for speed. Version 3
-//! (written today) is version 2's model with four interleaved rANS states instead of two;
-//! both are decoded by one loop that reads a sample's token, raw bits and MED value together,
-//! compiled a second time for x86-64-v3 CPUs (AVX2, BMI2) and picked at run time.
+//! tier's retrieval is bound by this decode, so version 2 traded that for speed. Version 3 is
+//! version 2's model with four interleaved rANS states instead of two; both are decoded by one
+//! loop that reads a sample's token, raw bits and MED value together, compiled a second time
+//! for x86-64-v3 CPUs (AVX2, BMI2) and picked at run time. Version 4 (written today) is version
+//! 3 with the XXH3-64 of the logical bytes at its end, for the reason of the hot codec's
+//! version 2 (see [`super`]): a read checks its decode against it (~30 µs for a CT slice)
+//! instead of hashing it with BLAKE3 (~150 µs), ~7 % of a cold C-GET's server CPU.
 //!
-//! # Stored format of `Codec::Cold`, versions 2 and 3
+//! # Stored format of `Codec::Cold`, versions 2 to 4
 //!
 //! All integers are little-endian.
 //!
 //! | bytes | field |
 //! | --- | --- |
-//! | 4 | magic `b"DVC"` then the format version `2` or `3` |
+//! | 4 | magic `b"DVC"` then the format version `2`, `3` or `4` |
 //! | 1 | flags: bit 0 big-endian samples, bit 1 signed (two's complement) samples, bit 2 colour transform, bit 3 swapped pairs |
 //! | 1 | bytes per sample: 1 or 2 |
 //! | 1 | channels: samples per pixel as coded, 1..=4 (planar colour is coded as 1 channel) |
@@ -49,6 +52,7 @@
 //! | 12 × channels | per channel: lowest and highest value (i32 each), number of distinct values `m` (u32; 0: not compacted) |
 //! | ... | per compacted channel, in channel order: `m - 1` LEB128 gaps between its sorted distinct values, minus 1 |
 //! | ... | rest, table section, rANS stream, raw-bit stream, back to back |
+//! | 8 | version 4 only: XXH3-64 of the logical bytes |
 //! | 4 | CRC-32 of every byte before it |
 //!
 //! Without pixels the three pixel streams are empty.
@@ -82,7 +86,7 @@
 //! many as its frequency, from `start_t`.
 //!
 //! The rANS stream is `S` 32-bit states, each at least 2^16 (`S` = 2 in version 2, 4 in
-//! version 3; sample `k` in coding order, counted over all rows and channels, uses state `k %
+//! versions 3 and 4; sample `k` in coding order, counted over all rows and channels, uses state `k %
 //! S`), then 16-bit words. A sample's token, with `x` its state and the table its context
 //! maps to: `t` the token of slot `x % 2^11`; then `x = f_t * (x >> 11) + x % 2^11 -
 //! start_t`, and while `x < 2^16`, `x = x << 16 | the next word` (words are read in one
@@ -94,7 +98,7 @@
 //! of `u < 16` is `u`; of a larger `u` of bit length `b + 1`, `16 + 4 (b - 4)` plus the two
 //! bits below the leading one, then `b - 2` raw bits: the low bits of `u`.
 //!
-//! # The model of versions 2 and 3
+//! # The model of versions 2 to 4
 //!
 //! Channels are coded as images of `columns` pixels a row, row by row, the channels of a row
 //! one after the other. Before that the encoder reads the samples once to choose their reading
@@ -165,23 +169,29 @@
 //! new format version.
 //!
 //! [`decode`](super::decode) checks the CRC, every field and every length against
-//! `logical_len` before it allocates or decompresses anything (the tables of versions 2 and 3:
+//! `logical_len` before it allocates or decompresses anything (the tables of versions 2 to 4:
 //! at most 256 of ~2.5 KiB); a value outside its channel's range, a stream read past its end or not to its
-//! end is an error, never a panic.
+//! end is an error, never a panic; so is a version-4 decode that does not match its checksum.
 
 use crate::error::Result;
+
+use xxhash_rust::xxh3::xxh3_64;
 
 use super::{codec_err, encode_hot, Codec, PixelKind, PixelLayout, Reader, DEFAULT_HOT_LEVEL};
 
 const MAGIC: [u8; 3] = *b"DVC";
 /// The format [`encode_cold`] writes.
-const VERSION: u8 = VERSION_3;
+const VERSION: u8 = VERSION_4;
 const VERSION_1: u8 = 1;
 const VERSION_2: u8 = 2;
 const VERSION_3: u8 = 3;
+/// Version 3 with the XXH3-64 of the logical bytes before the CRC.
+const VERSION_4: u8 = 4;
+/// Version 4's XXH3-64 of the logical bytes.
+const CHECK_LEN: usize = 8;
 /// Fixed header of version 1, up to and including the raw-bit stream length.
 const FIXED_HEADER: usize = 4 + 4 + 4 + 8 + 8 + 8 + 1 + 8 + 8 + 8 + 8;
-/// Fixed header of versions 2 and 3: the table section's method and raw length come on top.
+/// Fixed header of versions 2 to 4: the table section's method and raw length come on top.
 const FIXED_HEADER_V2: usize = FIXED_HEADER + 1 + 8 + 8;
 const CRC_LEN: usize = 4;
 
@@ -262,7 +272,7 @@ pub fn encode_cold_version(logical: &[u8], layout: &PixelLayout, version: u8) ->
     if let Some(why) = cold_support(logical.len(), Some(layout)) {
         return Err(codec_err(format!("the cold model does not code this object: {why:?}")));
     }
-    if version != VERSION_2 && version != VERSION_3 {
+    if !matches!(version, VERSION_2 | VERSION_3 | VERSION_4) {
         return Err(codec_err(format!("no encoder for cold format version {version}")));
     }
     encode_version(logical, layout, version)
@@ -402,7 +412,9 @@ fn encode_version(logical: &[u8], layout: &PixelLayout, version: u8) -> Result<V
     }
 
     let payload: usize = streams.iter().map(Vec::len).sum();
-    let mut out = Vec::with_capacity(FIXED_HEADER_V2 + 12 * channels + rest_stored.len() + payload + 4);
+    let mut out = Vec::with_capacity(
+        FIXED_HEADER_V2 + 12 * channels + rest_stored.len() + payload + CHECK_LEN + CRC_LEN,
+    );
     out.extend_from_slice(&MAGIC);
     out.push(version);
     let mut flags = 0;
@@ -443,6 +455,10 @@ fn encode_version(logical: &[u8], layout: &PixelLayout, version: u8) -> Result<V
     out.extend_from_slice(&rest_stored);
     for s in &streams {
         out.extend_from_slice(s);
+    }
+    if version >= VERSION_4 {
+        // Taken from the bytes just coded, so a decode that matches it is this object.
+        out.extend_from_slice(&xxh3_64(logical).to_le_bytes());
     }
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -818,7 +834,10 @@ impl Reader<'_> {
     }
 }
 
-pub(super) fn decode_cold(stored: &[u8], logical_len: usize) -> Result<Vec<u8>> {
+/// Decodes a cold stream into `out` (its allocation reused, only growth zero-filled: every byte
+/// is written). `Ok(true)`: the decoded bytes matched the logical bytes' checksum stored with
+/// them (version 4); `Ok(false)`: the stream has none (versions 1-3), only its CRC was checked.
+pub(super) fn decode_cold_into(stored: &[u8], logical_len: usize, out: &mut Vec<u8>) -> Result<bool> {
     if stored.len() < FIXED_HEADER + CRC_LEN {
         return Err(codec_err(format!("stored object too short ({} bytes)", stored.len())));
     }
@@ -831,9 +850,18 @@ pub(super) fn decode_cold(stored: &[u8], logical_len: usize) -> Result<Vec<u8>> 
         return Err(codec_err("bad magic"));
     }
     let version = r.u8()?;
-    if !matches!(version, VERSION_1 | VERSION_2 | VERSION_3) {
+    if !matches!(version, VERSION_1 | VERSION_2 | VERSION_3 | VERSION_4) {
         return Err(codec_err(format!("unsupported cold format version {version}")));
     }
+    // Version 4 ends with the logical bytes' checksum: the payload ends before it (the body is
+    // at least FIXED_HEADER long, so the split is past what was read).
+    let (body, check) = if version == VERSION_4 {
+        let (payload, check) = body.split_at(body.len() - CHECK_LEN);
+        (payload, Some(u64::from_le_bytes(check.try_into().expect("8 bytes"))))
+    } else {
+        (body, None)
+    };
+    r.b = body;
     let flags = r.u8()?;
     let bps = r.u8()? as usize;
     let channels = r.u8()? as usize;
@@ -959,7 +987,8 @@ pub(super) fn decode_cold(stored: &[u8], logical_len: usize) -> Result<Vec<u8>> 
         (*sec, rest) = rest.split_at(l);
     }
 
-    let mut out = vec![0u8; logical_len];
+    out.truncate(logical_len);
+    out.resize(logical_len, 0);
     // Rest.
     let rest_plain = decompress(rest_method, rest_bytes, rest_raw, "rest")?;
     out[..off].copy_from_slice(&rest_plain[..off]);
@@ -983,7 +1012,13 @@ pub(super) fn decode_cold(stored: &[u8], logical_len: usize) -> Result<Vec<u8>> 
             body.chunks_exact_mut(2).for_each(|p| p.swap(0, 1));
         }
     }
-    Ok(out)
+    match check {
+        Some(want) if xxh3_64(out) != want => {
+            Err(codec_err("decoded bytes differ from their stored checksum"))
+        }
+        Some(_) => Ok(true),
+        None => Ok(false),
+    }
 }
 
 thread_local! {
@@ -1618,8 +1653,8 @@ impl TokenSink {
     }
 }
 
-/// The decoder of versions 2 and 3: `N` rANS states taken in turn (the first sample's first;
-/// version 2 has two, version 3 four), so that `N` dependency chains run side by side. A row's
+/// The decoder of versions 2 to 4: `N` rANS states taken in turn (the first sample's first;
+/// version 2 has two, versions 3 and 4 four), so that `N` dependency chains run side by side. A row's
 /// tokens, raw bits and MED reconstruction share one loop: the chain of values along the row
 /// (each one's prediction needs its left neighbour) then overlaps the rANS chains instead of
 /// following them.
@@ -1657,7 +1692,7 @@ impl<const N: usize> TokenSource<'_, N> {
     fn row<const FIRST: bool>(&mut self, ctx: &[u16], up: &[i32], cur: &mut [i32]) {
         let (mut x, mut pos, mut bitpos) = (self.x, self.pos, self.bitpos);
         let (words, raw, first) = (self.words, self.raw, &self.tables.first);
-        let (tokens, freq_start) = (&self.tables.tokens[..], &self.tables.freq_start[..]);
+        let tables = &self.tables.tables[..];
         let raw_end = raw.len() - 8;
         let w = ctx.len();
         let (up, cur) = (&up[..w + 1], &mut cur[..w + 1]);
@@ -1668,9 +1703,9 @@ impl<const N: usize> TokenSource<'_, N> {
             ($i:expr, $x:expr) => {{
                 let (i, x): (usize, &mut u32) = ($i, $x);
                 let slot = *x & (TAB_SIZE as u32 - 1);
-                let table = first[ctx[i] as usize & (MAX_CONTEXTS - 1)];
-                let tok = tokens[(table | slot) as usize] as usize;
-                let fs = freq_start[(table >> (TAB_BITS - 7)) as usize | (tok & 127)];
+                let table = &tables[first[ctx[i] as usize & (MAX_CONTEXTS - 1)] as usize];
+                let tok = table.tokens[slot as usize] as usize & 127;
+                let fs = table.freq_start[tok];
                 let next = (fs & 0xFFFF) * (*x >> TAB_BITS) + slot - (fs >> 16);
                 // Renormalisation is a coin toss for the branch predictor: a select instead (the
                 // word is read either way; past the end, reads are zero and the final check fails).
@@ -1679,7 +1714,7 @@ impl<const N: usize> TokenSource<'_, N> {
                 *x = if need { (next << 16) | word } else { next };
                 pos += need as usize;
 
-                let (base, nb, mask) = TOKEN_BITS[tok & 127];
+                let (base, nb, mask) = TOKEN_BITS[tok];
                 let at = (bitpos >> 3).min(raw_end);
                 let bits = u64::from_le_bytes(raw[at..at + 8].try_into().expect("8 bytes"));
                 let u = base + ((bits >> (bitpos & 7)) as u32 & mask);
@@ -1844,7 +1879,7 @@ fn choose_tables(hist: &[u32], channels: usize) -> (Vec<u8>, Vec<[u32; NTOK]>) {
     (cmap, tables)
 }
 
-/// Interleaved rANS states of a format version (2 or 3).
+/// Interleaved rANS states of a format version (2 to 4).
 fn rans_states(version: u8) -> usize {
     if version == VERSION_2 {
         2
@@ -1853,7 +1888,7 @@ fn rans_states(version: u8) -> usize {
     }
 }
 
-/// The pixel streams of versions 2 and 3 (`states` rANS states): table section (plain), rANS
+/// The pixel streams of versions 2 to 4 (`states` rANS states): table section (plain), rANS
 /// stream, raw-bit stream.
 fn encode_pixels_v2(
     span: &[u8],
@@ -1949,14 +1984,20 @@ fn compress_tables(section: &[u8]) -> Result<(u8, Vec<u8>)> {
 /// Contexts of all channels.
 const MAX_CONTEXTS: usize = MAX_CHANNELS * CTX_PER_CHANNEL;
 
-/// The decoder's tables: per context, the first slot of its table; per table, the token of
-/// each slot (one byte: a table is 2 KiB, so the few a row uses stay in the first-level cache;
-/// one word per slot with the frequency and start folded in ran no faster, at 4x the memory)
-/// and per token its frequency | start << 16 (128 a table: a 7-bit token needs no bounds check).
+/// The decoder's tables: per context, the number of its table; per table, the token of each
+/// slot (one byte: a table is 2 KiB, so the few a row uses stay in the first-level cache; one
+/// word per slot with the frequency and start folded in ran no faster, at 4x the memory) and
+/// per token its frequency | start << 16. One table's two arrays side by side, of fixed sizes:
+/// a sample's lookups take one bounds check (the table number) and one base pointer.
 struct Tables {
     first: [u32; MAX_CONTEXTS],
-    tokens: Vec<u8>,
-    freq_start: Vec<u32>,
+    tables: Vec<Table>,
+}
+
+struct Table {
+    tokens: [u8; TAB_SIZE],
+    /// 128 entries: a 7-bit token needs no bounds check.
+    freq_start: [u32; 128],
 }
 
 /// The table section read and checked: the context map and the tables.
@@ -1970,27 +2011,28 @@ fn read_tables(section: &[u8], channels: usize) -> Result<Tables> {
     }
     let mut first = [0u32; MAX_CONTEXTS];
     for (f, &t) in first.iter_mut().zip(cmap) {
-        *f = (t as u32) << TAB_BITS;
+        *f = t as u32;
     }
     let mut at = 2 + nctx;
-    let mut tokens = vec![0u8; count * TAB_SIZE];
-    let mut freq_start = vec![0u32; count * 128];
-    for (table, fs) in tokens.chunks_exact_mut(TAB_SIZE).zip(freq_start.chunks_exact_mut(128)) {
+    let mut tables = Vec::with_capacity(count);
+    for _ in 0..count {
         let len = *section.get(at).ok_or_else(bad)? as usize;
         let codes = section.get(at + 1..at + 1 + len).ok_or_else(bad)?;
         at += 1 + len;
         let f = frequencies(codes).ok_or_else(bad)?;
+        let mut table = Table { tokens: [0; TAB_SIZE], freq_start: [0; 128] };
         let mut start = 0;
-        for (t, (&f, fs)) in f.iter().zip(fs.iter_mut()).enumerate() {
-            table[start..start + f as usize].fill(t as u8);
+        for (t, (&f, fs)) in f.iter().zip(table.freq_start.iter_mut()).enumerate() {
+            table.tokens[start..start + f as usize].fill(t as u8);
             *fs = f | (start as u32) << 16;
             start += f as usize;
         }
+        tables.push(table);
     }
     if at != section.len() {
         return Err(bad());
     }
-    Ok(Tables { first, tokens, freq_start })
+    Ok(Tables { first, tables })
 }
 
 /// A version's pixel streams: table section, rANS stream, raw-bit stream.
@@ -2373,10 +2415,10 @@ mod tests {
     /// and 2's. Each also through the portable decoder when the CPU takes the x86-64-v3 one.
     fn roundtrip(obj: &[u8], l: &PixelLayout) -> usize {
         let stored = encode_cold_only(obj, l).unwrap();
-        assert_eq!(stored[3], VERSION_3);
+        assert_eq!(stored[3], VERSION_4);
         assert_eq!(decode(Codec::Cold, &stored, obj.len()).unwrap(), obj, "cold model, {l:?}");
         assert_eq!(decode_portable(&stored, obj.len()).unwrap(), obj, "portable decoder, {l:?}");
-        for version in [VERSION_1, VERSION_2] {
+        for version in [VERSION_1, VERSION_2, VERSION_3] {
             let old = encode_version(obj, l, version).unwrap();
             assert_eq!(old[3], version);
             assert_eq!(decode(Codec::Cold, &old, obj.len()).unwrap(), obj, "version {version}, {l:?}");
@@ -2572,7 +2614,7 @@ mod tests {
         assert!(coded > 10, "only {coded} corpus files went through the cold model");
     }
 
-    /// Small objects and their stored forms, in both versions.
+    /// Small objects and their stored forms, in every version.
     fn sample_stored() -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut objects = Vec::new();
         for (bps, spp, be) in [(2u8, 1u16, false), (1, 3, false), (1, 1, true)] {
@@ -2583,7 +2625,7 @@ mod tests {
         objects.push(object(4, 20, &sparse, 1, native(2, false, 20, 1, false)));
         let mut out = Vec::new();
         for (obj, l) in objects {
-            for version in [VERSION_1, VERSION_2, VERSION_3] {
+            for version in [VERSION_1, VERSION_2, VERSION_3, VERSION_4] {
                 out.push((obj.clone(), encode_version(&obj, &l, version).unwrap()));
             }
         }
@@ -2614,6 +2656,9 @@ mod tests {
                 for _ in 0..=rng.below(3) {
                     let i = rng.below(bad.len());
                     bad[i] ^= 1 << rng.below(8);
+                }
+                if bad == stored {
+                    continue; // one bit flipped twice
                 }
                 assert!(matches!(decode(Codec::Cold, &bad, obj.len()), Err(Error::Codec { .. })));
             }
@@ -2652,6 +2697,8 @@ mod tests {
                 bad[body..].copy_from_slice(&crc.to_le_bytes());
                 if let Ok(out) = decode(Codec::Cold, &bad, obj.len()) {
                     assert_eq!(out.len(), obj.len());
+                    // Version 4 checks what it decoded: whatever it accepts is the object.
+                    assert!(stored[3] != VERSION_4 || out == obj, "a damaged version-4 stream decoded");
                 }
             }
         }
@@ -2712,6 +2759,8 @@ mod tests {
         [(1898, 0x6220_3f89), (557, 0xc79a_fb6d), (366, 0xf60a_5a10), (354, 0x9b4c_81fb)];
     const PINNED_V3: [(usize, u32); 4] =
         [(1906, 0x6698_bed6), (561, 0x81e6_d99b), (370, 0xf980_68f8), (360, 0xa7d8_5c02)];
+    const PINNED_V4: [(usize, u32); 4] =
+        [(1914, 0x2beb_7804), (569, 0x2cd8_2889), (378, 0x5ec7_2da7), (368, 0xa8f6_5dcc)];
 
     /// Version 1 as the original encoder wrote it (length and CRC of its output, recorded from
     /// that encoder): what archives hold keeps decoding.
@@ -2786,11 +2835,11 @@ mod tests {
         assert!((log2_fp(3) as i64 - 103_872).abs() < 4);
     }
 
-    /// Version 2 and version 3 streams decode the same everywhere: their bytes are pinned
-    /// (version 2's as the version-2 encoder wrote them; it is kept, next to version 3's).
+    /// Version 2, 3 and 4 streams decode the same everywhere: their bytes are pinned (version
+    /// 2's and 3's as their encoders wrote them; they are kept, next to version 4's).
     #[test]
-    fn versions_2_and_3_are_pinned() {
-        for (version, pinned) in [(VERSION_2, PINNED_V2), (VERSION_3, PINNED_V3)] {
+    fn versions_2_to_4_are_pinned() {
+        for (version, pinned) in [(VERSION_2, PINNED_V2), (VERSION_3, PINNED_V3), (VERSION_4, PINNED_V4)] {
             let mut crcs = Vec::new();
             for (obj, l) in golden_objects() {
                 let stored = encode_cold_version(&obj, &l, version).unwrap();
@@ -2803,7 +2852,104 @@ mod tests {
         }
     }
 
-    /// Versions 2 and 3's own streams, corrupt: the table section (plain, so that the mutations
+    /// `stored` with its CRC made right again after an edit.
+    fn recrc(mut stored: Vec<u8>) -> Vec<u8> {
+        let body = stored.len() - CRC_LEN;
+        let crc = crc32fast::hash(&stored[..body]);
+        stored[body..].copy_from_slice(&crc.to_le_bytes());
+        stored
+    }
+
+    /// Version 4 is version 3 and the XXH3-64 of the logical bytes, which a decode checks and
+    /// reports; versions 1 to 3 decode as before, unchecked.
+    #[test]
+    fn version_4_checks_the_decoded_bytes() {
+        let mut out = Vec::new();
+        for (obj, l) in golden_objects() {
+            let v4 = encode_cold_only(&obj, &l).unwrap();
+            let v3 = encode_cold_version(&obj, &l, VERSION_3).unwrap();
+            assert_eq!(v4[3], VERSION_4);
+            let at = v4.len() - CRC_LEN - CHECK_LEN;
+            assert_eq!(v4[at..at + CHECK_LEN], xxh3_64(&obj).to_le_bytes());
+            assert_eq!((&v4[4..at], v4.len()), (&v3[4..v3.len() - CRC_LEN], v3.len() + CHECK_LEN));
+            assert!(crate::codec::decode_checked_into(Codec::Cold, &v4, obj.len(), &mut out).unwrap());
+            assert_eq!(out, obj);
+            for old in [VERSION_1, VERSION_2, VERSION_3] {
+                let s = encode_version(&obj, &l, old).unwrap();
+                assert!(!crate::codec::decode_checked_into(Codec::Cold, &s, obj.len(), &mut out).unwrap());
+                assert_eq!(out, obj, "version {old}");
+            }
+            // The checksum of other bytes, the stream otherwise intact and its CRC right: an
+            // error, not a silent success.
+            for bit in [0, 17, 63] {
+                let mut bad = v4.clone();
+                bad[at + bit / 8] ^= 1 << (bit % 8);
+                let r = decode(Codec::Cold, &recrc(bad), obj.len());
+                assert!(
+                    matches!(r, Err(Error::Codec { ref reason }) if reason.contains("stored checksum")),
+                    "{r:?}"
+                );
+            }
+            // A version-3 stream is not a version-4 one (it has no checksum) and back.
+            let mut as_v4 = v3.clone();
+            as_v4[3] = VERSION_4;
+            assert!(decode(Codec::Cold, &recrc(as_v4), obj.len()).is_err());
+            let mut as_v3 = v4.clone();
+            as_v3[3] = VERSION_3;
+            assert!(decode(Codec::Cold, &recrc(as_v3), obj.len()).is_err());
+        }
+    }
+
+    /// Damage in the pixel streams that their own checks cannot see (a raw bit, which only
+    /// changes a sample's low bits) decodes to other bytes from a version-3 stream, silently;
+    /// version 4 refuses every one. Both CRCs made right again: what a decoder fault, memory
+    /// corruption or a forged stream looks like.
+    #[test]
+    fn damaged_version_4_streams_with_right_crcs_are_refused() {
+        let (mut silent_v3, mut refused_v4) = (0, 0);
+        for (obj, l) in golden_objects() {
+            for version in [VERSION_3, VERSION_4] {
+                let stored = encode_version(&obj, &l, version).unwrap();
+                let end = stored.len() - CRC_LEN - if version == VERSION_4 { CHECK_LEN } else { 0 };
+                // The raw-bit stream is the payload's last section.
+                let raw_len =
+                    u64::from_le_bytes(stored[FIXED_HEADER_V2 - 8..FIXED_HEADER_V2].try_into().unwrap());
+                let raw_at = end - raw_len as usize;
+                for i in raw_at..end {
+                    for bit in 0..8 {
+                        let mut bad = stored.clone();
+                        bad[i] ^= 1 << bit;
+                        match (version, decode(Codec::Cold, &recrc(bad), obj.len())) {
+                            (VERSION_3, Ok(out)) if out != obj => silent_v3 += 1,
+                            (VERSION_4, Ok(out)) => assert!(out == obj, "byte {i} bit {bit} decoded"),
+                            (VERSION_4, Err(Error::Codec { reason }))
+                                if reason.contains("stored checksum") =>
+                            {
+                                refused_v4 += 1
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        assert!(silent_v3 > 100, "{silent_v3}");
+        assert_eq!(refused_v4, silent_v3);
+    }
+
+    /// A decode into a reused buffer (longer or shorter, stale bytes) writes every byte.
+    #[test]
+    fn decode_into_reused_buffers() {
+        for (obj, stored) in sample_stored() {
+            for stale in [0, obj.len() / 2, obj.len(), obj.len() + 999] {
+                let mut out = vec![0xA5; stale];
+                crate::codec::decode_into(Codec::Cold, &stored, obj.len(), &mut out).unwrap();
+                assert!(out == obj, "stale {stale}");
+            }
+        }
+    }
+
+    /// Versions 2 to 4's own streams, corrupt: the table section (plain, so that the mutations
     /// reach its reader rather than zstd's), the rANS and raw-bit streams. Errors, never panics,
     /// through both compilations of the decoder.
     #[test]
@@ -2871,13 +3017,14 @@ mod tests {
         }
     }
 
-    /// [`decode_cold`] with the portable compilation of the rANS decoder (what CPUs without
+    /// [`decode_cold_into`] with the portable compilation of the rANS decoder (what CPUs without
     /// AVX2/BMI2 run): the tests compare it with the dispatched one.
     fn decode_portable(stored: &[u8], logical_len: usize) -> Result<Vec<u8>> {
         PORTABLE.with(|p| p.set(true));
-        let out = decode_cold(stored, logical_len);
+        let mut out = Vec::new();
+        let r = decode_cold_into(stored, logical_len, &mut out);
         PORTABLE.with(|p| p.set(false));
-        out
+        r.map(|_| out)
     }
 
     #[test]

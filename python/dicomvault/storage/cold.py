@@ -44,6 +44,7 @@ from ..errors import (
 )
 from .objectstore import SSE, MiB, ObjectStore
 from .packs import HASH_LEN, HEADER, MAGIC, VERSION, PackEntry, PackReader, PackWriter, unreferenced_packs
+from .read_check import DEFAULT as READ_CHECK_DEFAULT
 
 log = logging.getLogger("dicomvault.storage.cold")
 
@@ -477,16 +478,22 @@ class ColdTier:
         against the blob's hash."""
         return self._check_logical(p.hash, codec, stored, p.logical_len, self._where(p))
 
-    def read_decoded(self, p: ColdPlacement) -> tuple[str, _native.DecodedObject]:
+    def read_decoded(
+        self, p: ColdPlacement, verify_reads: str = READ_CHECK_DEFAULT
+    ) -> tuple[str, _native.DecodedObject]:
         """`decoded_of` the blob's stored bytes, read by one ranged GET."""
         codec, stored = self.read(p)
-        return self.decoded_of(p, codec, stored)
+        return self.decoded_of(p, codec, stored, verify_reads)
 
-    def decoded_of(self, p: ColdPlacement, codec: int, stored: bytes) -> tuple[str, _native.DecodedObject]:
-        """(transfer syntax, data set in a native buffer) of stored bytes already read, decoded
-        and checked against the blob's hash off the GIL (what a retrieve sends as it is)."""
+    def decoded_of(
+        self, p: ColdPlacement, codec: int, stored: bytes, verify_reads: str = READ_CHECK_DEFAULT
+    ) -> tuple[str, _native.DecodedObject]:
+        """(transfer syntax, data set in a native buffer) of stored bytes already read (their
+        digest checked), decoded off the GIL and checked as `verify_reads` says
+        (storage/read_check.py): what a retrieve sends as it is. Tier moves and the scrub check
+        BLAKE3 (`read_logical`, `verify`)."""
         try:
-            return _native.decode_verified(codec, stored, p.logical_len, p.hash)
+            return _native.decode_read(codec, stored, p.logical_len, p.hash, verify_reads)
         except DicomVaultError as exc:
             raise _integrity(
                 f"blob {p.hash.hex()}: {self._where(p)} (codec {codec}) do not decode to it: {exc}",

@@ -6,11 +6,12 @@ verify_reads = "checksum"   # default; or "hash"
 ```
 
 - `"checksum"`: a read decodes the stored bytes and checks what they decode to against the
-  checksum stored with them: objects compressed with the hot codec (the warm tier) carry an
-  XXH3-64 of their original bytes, taken by the encoder from the bytes it compressed; a raw
-  object (the landing tier) is its original bytes, checked by the blob record's CRC-32 on every
-  read. Anything stored without such a checksum (the cold codec, hot streams written before it
-  existed) is checked by BLAKE3 against the object's address, as with `"hash"`.
+  checksum stored with them: objects compressed with the hot codec (the warm tier) or the cold
+  codec (an object-store tier) carry an XXH3-64 of their original bytes, taken by the encoder
+  from the bytes it compressed; a raw object (the landing tier) is its original bytes, checked
+  by the blob record's CRC-32 on every read. Anything stored without such a checksum (hot
+  streams and cold streams written before it existed: hot format 1, cold formats 1-3) is
+  checked by BLAKE3 against the object's address, as with `"hash"`.
 - `"hash"`: BLAKE3 of the decoded bytes against the object's address on every read.
 
 Why "checksum" is the default: both catch every damaged or wrongly decoded byte, but BLAKE3 of

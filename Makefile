@@ -126,8 +126,8 @@ bench-dimse: sysdeps build ## DIMSE ingest and C-FIND latency vs Orthanc, side b
 bench-compare: sysdeps build ## dicomvault vs Orthanc vs the raw device, every headline figure -> bench/RESULTS.md (< 20 min; QUICK=1 ~1 min)
 	$(VPY) bench/compare_all.py $(if $(QUICK),--quick,)
 
-bench-retrieve: sysdeps build ## C-GET/C-MOVE retrieve and first image vs Orthanc and the no-op C-GET SCP ceiling, interleaved (~2 min; COLD=1 page cache dropped)
-	$(VPY) bench/retrieve_ceiling.py $(if $(COLD),--cold,)
+bench-retrieve: sysdeps build ## C-GET/C-MOVE retrieve and first image vs Orthanc and the no-op C-GET SCP ceiling, interleaved (~2 min; COLD=1 page cache dropped, ORTHANC_CACHE=0 Orthanc's file cache off)
+	$(VPY) bench/retrieve_ceiling.py $(if $(COLD),--cold,) $(if $(ORTHANC_CACHE),--orthanc-storage-cache $(ORTHANC_CACHE),)
 
 bench-assoc: sysdeps build ## association set-up alone: getscu's and echoscu's requests replayed against serve and Orthanc (~1 min)
 	$(VPY) bench/assoc_setup.py --orthanc

@@ -1351,7 +1351,7 @@ fn prefix_sum<T: Sample>(x: &mut [T], left: usize) {
 mod tests {
     use super::*;
 
-    use crate::testutil::Rng;
+    use crate::testutil::{recrc, Rng};
 
     /// Image-like samples: a smooth field, an edge, a bright disc and a little noise, as
     /// `bps`-byte samples in the given order and planar/interleaved layout.
@@ -1611,14 +1611,6 @@ mod tests {
         let (codec, stored) = encode_hot(&obj, Some(&l), DEFAULT_HOT_LEVEL).unwrap();
         assert_eq!(codec, Codec::Hot);
         (obj, stored)
-    }
-
-    /// `stored` with its CRC made right again after an edit.
-    fn recrc(mut stored: Vec<u8>) -> Vec<u8> {
-        let body = stored.len() - CRC_LEN;
-        let crc = crc32fast::hash(&stored[..body]);
-        stored[body..].copy_from_slice(&crc.to_le_bytes());
-        stored
     }
 
     #[test]

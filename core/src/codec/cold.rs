@@ -2338,7 +2338,7 @@ mod tests {
     use super::*;
     use crate::codec::decode;
     use crate::error::Error;
-    use crate::testutil::Rng;
+    use crate::testutil::{recrc, Rng};
 
     /// Image-like samples (smooth field, edges, a flat disc, noise) for every channel, as
     /// `bps`-byte words in the given byte order, interleaved or planar. `bits` caps the values
@@ -2850,14 +2850,6 @@ mod tests {
             }
             assert_eq!(crcs, pinned, "version {version}");
         }
-    }
-
-    /// `stored` with its CRC made right again after an edit.
-    fn recrc(mut stored: Vec<u8>) -> Vec<u8> {
-        let body = stored.len() - CRC_LEN;
-        let crc = crc32fast::hash(&stored[..body]);
-        stored[body..].copy_from_slice(&crc.to_le_bytes());
-        stored
     }
 
     /// Version 4 is version 3 and the XXH3-64 of the logical bytes, which a decode checks and

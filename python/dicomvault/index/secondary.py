@@ -141,6 +141,14 @@ def sop_from_hierarchy_key(k: bytes, prefix_len: int = 1) -> str:
     return raw.decode() if b"\x00" not in raw else keys.decode_at(k, pos)[0]
 
 
+
+def sop_after_series_prefix(k: bytes, series_prefix_len: int) -> str:
+    """sop_from_hierarchy_key of a key that starts with a series' hierarchy prefix of this
+    length: the instance number (u32) and E(sop) follow it, so no terminator is searched for."""
+    start = series_prefix_len + 4
+    raw = k[start:-len(keys.TERM)]
+    return raw.decode() if b"\x00" not in raw else keys.decode_at(k, start)[0]
+
 def _add(out: dict[bytes, bytes], spec: IndexSpec, values: list[str], target: bytes) -> None:
     for term in values:
         out[entry_key(spec, term, target)] = b""

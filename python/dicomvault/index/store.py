@@ -1085,11 +1085,8 @@ class Index(PatientCorrections):
                 yield uid
             return
         for p in self._hierarchy_prefixes(level, uid):
-            start = len(p) + 4  # the series' prefix, then the instance number (u32), then E(sop)
             for k in scan_keys(self._cfs[CF_IDX], p, keys.prefix_upper_bound(p)):
-                # E(sop) without its terminator: the UID itself unless that holds a NUL (escaped)
-                raw = k[start:-2]
-                yield raw.decode() if b"\x00" not in raw else secondary.sop_from_hierarchy_key(k)
+                yield secondary.sop_after_series_prefix(k, len(p))
 
     def _hierarchy_prefixes(self, level: str, uid: str) -> list[bytes]:
         """Hierarchy index prefixes of the series under a patient/study/series, in series order."""

@@ -241,6 +241,16 @@ def _n(v: float | None, fmt: str = ",.1f") -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def ingest_bound(dv: dc.IngestResult | None, ceiling: dc.IngestResult | None, device_mb_s: float
+                 ) -> float | None:
+    """dicomvault's ingest MB/s over the lower of the no-op ceiling's (same clients, same run) and
+    the device's synced sequential write: the bound issue 13's ingest target is stated against
+    ("or of the disk's synced sequential write of the same bytes, where that is lower")."""
+    if dv is None or ceiling is None or not device_mb_s or not ceiling.mbps:
+        return None
+    return dv.mbps / min(ceiling.mbps, device_mb_s)
+
+
 def report(r: Run, files: list[Path], study_files: int, study_mb: float, load0: tuple[float, ...],
            load1: tuple[float, ...], started: dt.datetime) -> str:
     m = machine()
@@ -271,6 +281,10 @@ def report(r: Run, files: list[Path], study_files: int, study_mb: float, load0: 
         row(f"DIMSE ingest, {a} assoc., MB/s", {t: ing[(t, a)].mbps for t in done}, sw, ",.1f", False)
         row(f"DIMSE ingest, {a} assoc., p50 ms per instance",
             {t: ing[(t, a)].latency_p50_ms for t in done}, None, ",.0f", True)
+        bound = ingest_bound(ing.get(("dicomvault", a)), ing.get((dc.CEILING, a)), sw)
+        if bound is not None:
+            rows.append(f"| DIMSE ingest, {a} assoc., / min(no-op ceiling, device synced write) "
+                        f"(issue 13: >= 0.8 with 4) | {bound:.2f}x | | | | | | | | |")
     if r.find:
         for kind in dc.QUERY_KINDS:
             row(f"C-FIND {kind}, p50 ms", {"dicomvault": r.find["dv"][kind][0],

@@ -112,6 +112,17 @@ def test_compare_all_report_has_the_ceiling_column(tmp_path: Path) -> None:
     assert by["C-GET study retrieve, MB/s"][dc.CEILING] == "-"
     assert by["device synced sequential write, MB/s"]["device"] == "400.0"
     assert "No-op ceiling: dcmtk `storescp -pdu 131072 --ignore`" in text
+    # the issue's bound: the device (400 MB/s) is below the ceiling (157.5 MB in 300/820 s)
+    bound4 = by["DIMSE ingest, 4 assoc., / min(no-op ceiling, device synced write) (issue 13: >= 0.8 with 4)"]
+    assert bound4["dicomvault"] == f"{157.5 / (300 / 600) / 400:.2f}x"
+
+
+def test_ingest_bound_is_against_the_lower_of_ceiling_and_device() -> None:
+    dv = dc.IngestResult("dicomvault", 4, 1.0, 300, 300, 300.0)
+    ceiling = dc.IngestResult(dc.CEILING, 4, 0.5, 300, 300, 300.0)  # 600 MB/s
+    assert ca.ingest_bound(dv, ceiling, 400.0) == pytest.approx(300 / 400)  # the disk is lower
+    assert ca.ingest_bound(dv, ceiling, 1600.0) == pytest.approx(300 / 600)  # the clients are
+    assert ca.ingest_bound(dv, None, 400.0) is None
 
 
 def test_compare_all_report_c_find_rows(tmp_path: Path) -> None:

@@ -180,17 +180,14 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::{codec_err, encode_hot, Codec, PixelKind, PixelLayout, Reader, DEFAULT_HOT_LEVEL};
 
 const MAGIC: [u8; 3] = *b"DVC";
-/// The format [`encode_cold`] writes (version 5, a prototype, decoded no faster: see
-/// [`split_column`]).
+/// The format [`encode_cold`] writes.
 const VERSION: u8 = VERSION_4;
 const VERSION_1: u8 = 1;
 const VERSION_2: u8 = 2;
 const VERSION_3: u8 = 3;
 /// Version 3 with the XXH3-64 of the logical bytes before the CRC.
 const VERSION_4: u8 = 4;
-/// Version 4 with each row coded as two halves side by side (see [`split_column`]).
-const VERSION_5: u8 = 5;
-/// Version 4's (and 5's) XXH3-64 of the logical bytes.
+/// Version 4's XXH3-64 of the logical bytes.
 const CHECK_LEN: usize = 8;
 /// Fixed header of version 1, up to and including the raw-bit stream length.
 const FIXED_HEADER: usize = 4 + 4 + 4 + 8 + 8 + 8 + 1 + 8 + 8 + 8 + 8;
@@ -275,7 +272,7 @@ pub fn encode_cold_version(logical: &[u8], layout: &PixelLayout, version: u8) ->
     if let Some(why) = cold_support(logical.len(), Some(layout)) {
         return Err(codec_err(format!("the cold model does not code this object: {why:?}")));
     }
-    if !matches!(version, VERSION_2 | VERSION_3 | VERSION_4 | VERSION_5) {
+    if !matches!(version, VERSION_2 | VERSION_3 | VERSION_4) {
         return Err(codec_err(format!("no encoder for cold format version {version}")));
     }
     encode_version(logical, layout, version)
@@ -403,8 +400,7 @@ fn encode_version(logical: &[u8], layout: &PixelLayout, version: u8) -> Result<V
             vec![ac, raw]
         }
         _ => {
-            let split = split_column(version, g.columns);
-            let (tables, rans, raw) = encode_pixels_v2(span, &g, &infos, rans_states(version), split);
+            let (tables, rans, raw) = encode_pixels_v2(span, &g, &infos, rans_states(version));
             let (table_method, table_stored) = compress_tables(&tables)?;
             fields.push(table_method);
             fields.extend_from_slice(&(tables.len() as u64).to_le_bytes());
@@ -854,12 +850,12 @@ pub(super) fn decode_cold_into(stored: &[u8], logical_len: usize, out: &mut Vec<
         return Err(codec_err("bad magic"));
     }
     let version = r.u8()?;
-    if !matches!(version, VERSION_1 | VERSION_2 | VERSION_3 | VERSION_4 | VERSION_5) {
+    if !matches!(version, VERSION_1 | VERSION_2 | VERSION_3 | VERSION_4) {
         return Err(codec_err(format!("unsupported cold format version {version}")));
     }
-    // Versions 4 and 5 end with the logical bytes' checksum: the payload ends before it (the
-    // body is at least FIXED_HEADER long, so the split is past what was read).
-    let (body, check) = if version >= VERSION_4 {
+    // Version 4 ends with the logical bytes' checksum: the payload ends before it (the body is
+    // at least FIXED_HEADER long, so the split is past what was read).
+    let (body, check) = if version == VERSION_4 {
         let (payload, check) = body.split_at(body.len() - CHECK_LEN);
         (payload, Some(u64::from_le_bytes(check.try_into().expect("8 bytes"))))
     } else {
@@ -1006,11 +1002,10 @@ pub(super) fn decode_cold_into(stored: &[u8], logical_len: usize, out: &mut Vec<
         } else {
             let tables = decompress(table_method, sections[0], table_raw, "table section")?;
             let streams = (&tables[..], sections[1], sections[2]);
-            let split = split_column(version, g.columns);
             if version == VERSION_2 {
-                decode_pixels_rans::<2>(streams, &g, &infos, body, split)?;
+                decode_pixels_rans::<2>(streams, &g, &infos, body)?;
             } else {
-                decode_pixels_rans::<4>(streams, &g, &infos, body, split)?;
+                decode_pixels_rans::<4>(streams, &g, &infos, body)?;
             }
         }
         if flags & FLAG_SWAP_PAIRS != 0 {
@@ -1594,7 +1589,7 @@ impl MedChannel {
     /// them), from its values and their predictions, which are known now, so that the loop
     /// vectorises; and whether every value is in range (else the stream is corrupt).
     #[inline(always)]
-    fn check_row(&mut self, r: usize, w: usize, split: usize) -> bool {
+    fn check_row(&mut self, r: usize, w: usize) -> bool {
         let (lo, span) = (self.lo, (self.hi - self.lo) as u32);
         let (cur, up, mcur) = (&self.cur[..w + 1], &self.up[..w + 1], &mut self.mcur[2..w + 2]);
         let mut bad = 0u32;
@@ -1609,26 +1604,11 @@ impl MedChannel {
             mcur[i] = x.wrapping_sub(pv).unsigned_abs();
             bad |= (x.wrapping_sub(lo) as u32 > span) as u32;
         }
-        if let Some(b) = second_half(split, w) {
-            let pv = self.half_start(r, b);
-            self.mcur[2 + b] = self.cur[b + 1].wrapping_sub(pv).unsigned_abs();
-        }
         bad == 0
     }
 
-    /// The prediction of the first sample of a row's second half, at column `b`: as of a
-    /// row's first sample, N (the middle of the range in the first row).
-    #[inline(always)]
-    fn half_start(&self, r: usize, b: usize) -> i32 {
-        if r == 0 {
-            self.lo + (self.hi - self.lo) / 2
-        } else {
-            self.up[b + 1]
-        }
-    }
-
     /// The encoder's residuals of the row (its values are in `cur`).
-    fn residuals(&mut self, r: usize, w: usize, split: usize) {
+    fn residuals(&mut self, r: usize, w: usize) {
         self.cur[0] = if r == 0 { self.lo + (self.hi - self.lo) / 2 } else { self.up[1] };
         self.up[0] = self.up[1];
         let (cur, res, mcur) = (&self.cur[..w + 1], &mut self.res[..w], &mut self.mcur[2..w + 2]);
@@ -1642,10 +1622,6 @@ impl MedChannel {
             };
             res[i] = x - pv;
             mcur[i] = res[i].unsigned_abs();
-        }
-        if let Some(b) = second_half(split, w) {
-            self.res[b] = self.cur[b + 1] - self.half_start(r, b);
-            self.mcur[2 + b] = self.res[b].unsigned_abs();
         }
     }
 
@@ -1667,9 +1643,8 @@ struct TokenSink {
 }
 
 impl TokenSink {
-    fn row(&mut self, ctx: &[u16], res: &[i32], split: usize) {
-        for i in coding_order(split, ctx.len()) {
-            let (c, e) = (ctx[i], res[i]);
+    fn row(&mut self, ctx: &[u16], res: &[i32]) {
+        for (&c, &e) in ctx.iter().zip(res) {
             let (t, nb, v) = tokenize(((e << 1) ^ (e >> 31)) as u32);
             self.toks.push((c as u32) << 8 | t);
             self.hist[c as usize * NTOK + t as usize] += 1;
@@ -1685,22 +1660,14 @@ impl TokenSink {
 /// following them.
 struct TokenSource<'a, const N: usize> {
     x: [u32; N],
-    /// The rANS stream's words, then `columns` zeros: a row reads at most one word a sample, so
-    /// a row that starts at or before the stream's end reads within the slice.
+    /// The rANS stream's words, then a zero.
     words: &'a [u16],
-    nwords: usize,
     pos: usize,
     tables: &'a Tables,
-    /// The raw-bit stream, then `2 columns + 8` zero bytes: a sample takes at most 15 bits
-    /// (two bytes) and every read is one unaligned 8-byte load, so a row that starts within
-    /// the stream reads within the slice.
+    /// The raw-bit stream, then 8 zero bytes: every read is one unaligned 8-byte load.
     raw: &'a [u8],
-    raw_len: usize,
     bitpos: usize,
 }
-
-// The decoder's padding of the raw-bit stream assumes at most 15 raw bits (two bytes) a sample.
-const _: () = assert!((NTOK - 1 - 16) / 4 + 4 - 2 <= 15);
 
 /// Per token: the smallest zigzagged residual it stands for, its raw-bit count and their mask,
 /// padded to 128 entries so that a 7-bit token indexes it without a bounds check.
@@ -1722,55 +1689,34 @@ impl<const N: usize> TokenSource<'_, N> {
     /// What the loop does not need (the residuals' magnitudes, the range check) is left to that
     /// vectorised pass: this loop's registers are scarce.
     #[inline(always)]
-    ///
-    /// Returns false, decoding nothing, when the row would start past the end of the rANS or
-    /// the raw-bit stream: both positions only grow and must end within their streams, so
-    /// the stream is corrupt; that check is what keeps every read of the row in the padded
-    /// slices without a check per sample.
-    fn row<const FIRST: bool>(&mut self, ctx: &[u16], up: &[i32], cur: &mut [i32], split: usize) -> bool {
-        let w = ctx.len();
+    fn row<const FIRST: bool>(&mut self, ctx: &[u16], up: &[i32], cur: &mut [i32]) {
         let (mut x, mut pos, mut bitpos) = (self.x, self.pos, self.bitpos);
         let (words, raw, first) = (self.words, self.raw, &self.tables.first);
         let tables = &self.tables.tables[..];
-        if pos > self.nwords || bitpos > 8 * self.raw_len {
-            return false;
-        }
-        // The padding covers the row (see the fields), so neither stream is read past its slice.
-        assert!(pos + w <= words.len() && (bitpos >> 3) + 2 * w + 8 <= raw.len());
+        let raw_end = raw.len() - 8;
+        let w = ctx.len();
         let (up, cur) = (&up[..w + 1], &mut cur[..w + 1]);
-        // One sample at column `i` with state `x`, its left neighbour's value in `wv` (a macro:
-        // a closure is not always inlined, and its captures then live in memory).
+        let mut wv = cur[0];
+        // One sample with state `x` (a macro: a closure is not always inlined, and its
+        // captures then live in memory).
         macro_rules! step {
-            ($i:expr, $x:expr, $wv:ident) => {{
+            ($i:expr, $x:expr) => {{
                 let (i, x): (usize, &mut u32) = ($i, $x);
                 let slot = *x & (TAB_SIZE as u32 - 1);
-                let t = first[ctx[i] as usize & (MAX_CONTEXTS - 1)] as usize;
-                debug_assert!(t < tables.len());
-                // SAFETY: read_tables checked every entry of `first` against the table count.
-                let table = unsafe { tables.get_unchecked(t) };
+                let table = &tables[first[ctx[i] as usize & (MAX_CONTEXTS - 1)] as usize];
                 let tok = table.tokens[slot as usize] as usize & 127;
                 let fs = table.freq_start[tok];
                 let next = (fs & 0xFFFF) * (*x >> TAB_BITS) + slot - (fs >> 16);
                 // Renormalisation is a coin toss for the branch predictor: a select instead (the
-                // word is read either way; past the stream's end it is padding, and the final
-                // check fails).
-                debug_assert!(pos < words.len());
-                // SAFETY: pos grows by at most one a sample and the row started at
-                // pos + w <= words.len() (asserted above).
-                let word = unsafe { *words.get_unchecked(pos) } as u32;
-                // Arithmetic, not `if`: the compiler turns a select whose one side loads into a
-                // branch.
-                let need = (next < RANS_L) as u32;
-                *x = (next << (need << 4)) | (word & need.wrapping_neg());
+                // word is read either way; past the end, reads are zero and the final check fails).
+                let word = words.get(pos).copied().unwrap_or(0) as u32;
+                let need = next < RANS_L;
+                *x = if need { (next << 16) | word } else { next };
                 pos += need as usize;
 
                 let (base, nb, mask) = TOKEN_BITS[tok];
-                let at = bitpos >> 3;
-                debug_assert!(at + 8 <= raw.len());
-                // SAFETY: bitpos grows by at most 15 a sample and the row started at
-                // (bitpos >> 3) + 2 w + 8 <= raw.len() (asserted above).
-                let bytes = unsafe { raw.get_unchecked(at..at + 8) };
-                let bits = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+                let at = (bitpos >> 3).min(raw_end);
+                let bits = u64::from_le_bytes(raw[at..at + 8].try_into().expect("8 bytes"));
                 let u = base + ((bits >> (bitpos & 7)) as u32 & mask);
                 bitpos += nb as usize;
                 let e = (u >> 1) as i32 ^ -((u & 1) as i32);
@@ -1779,75 +1725,29 @@ impl<const N: usize> TokenSource<'_, N> {
                 // [min(W, N), max(W, N)], so in range, and without branches, which noise would make
                 // random. The first row predicts W.
                 let pv = if FIRST {
-                    $wv
+                    wv
                 } else {
                     let (n, nw) = (up[i + 1], up[i]);
-                    $wv.wrapping_add(n).wrapping_sub(nw).max($wv.min(n)).min($wv.max(n))
+                    wv.wrapping_add(n).wrapping_sub(nw).max(wv.min(n)).min(wv.max(n))
                 };
                 let v = pv.wrapping_add(e);
                 cur[i + 1] = v;
-                $wv = v;
+                wv = v;
             }};
         }
-        // The states in coding order: the next one is x[0] (indexed by constants only, the
-        // rotations included, so that they stay in registers).
-        macro_rules! rotate {
-            ($k:expr) => {
-                for _ in 0..$k {
-                    x = std::array::from_fn(|j| x[(j + 1) % N]);
-                }
-            };
-        }
-        // Columns `from..to` of one chain: N samples at a time, each with its own state.
-        macro_rules! run {
-            ($from:expr, $to:expr, $wv:ident) => {{
-                let (from, to): (usize, usize) = ($from, $to);
-                let whole = from + (to - from) / N * N;
-                for i in (from..whole).step_by(N) {
-                    for (j, x) in x.iter_mut().enumerate() {
-                        step!(i + j, x, $wv);
-                    }
-                }
-                let rem = to - whole;
-                for (j, x) in x.iter_mut().enumerate() {
-                    if j < rem {
-                        step!(whole + j, x, $wv);
-                    }
-                }
-                rotate!(rem);
-            }};
-        }
-        // W of a row's first sample (and NW): N, set by the caller; of the first row, the middle
-        // of the range, likewise.
-        let mut wa = cur[0];
-        let (a, m) = match second_half(split, w) {
-            Some(b) => (b, b.min(w - b)),
-            None => (w, 0),
-        };
-        if m == 0 {
-            run!(0, w, wa);
-        } else {
-            // The second half starts as a row does (see MedChannel::half_start).
-            let mut wb = if FIRST { wa } else { up[a + 1] };
-            // The halves alternate, N / 2 pairs at a time, then pair by pair.
-            let whole = m / (N / 2) * (N / 2);
-            for i in (0..whole).step_by(N / 2) {
-                for (j, x) in x.chunks_exact_mut(2).enumerate() {
-                    step!(i + j, &mut x[0], wa);
-                    step!(a + i + j, &mut x[1], wb);
-                }
+        // N samples at a time, each with its own state (unrolled: the states stay in registers).
+        let whole = w - w % N;
+        for i in (0..whole).step_by(N) {
+            for (j, x) in x.iter_mut().enumerate() {
+                step!(i + j, x);
             }
-            for i in whole..m {
-                step!(i, &mut x[0], wa);
-                step!(a + i, &mut x[1], wb);
-                rotate!(2);
-            }
-            // What is left of the longer half.
-            run!(m, a, wa);
-            run!(a + m, w, wb);
         }
+        for (j, x) in x[..w % N].iter_mut().enumerate() {
+            step!(whole + j, x);
+        }
+        // The next row starts with the state after the last one used.
+        x.rotate_left(w % N);
         (self.x, self.pos, self.bitpos) = (x, pos, bitpos);
-        true
     }
 }
 
@@ -1979,34 +1879,7 @@ fn choose_tables(hist: &[u32], channels: usize) -> (Vec<u8>, Vec<[u32; NTOK]>) {
     (cmap, tables)
 }
 
-/// The column where the second half of every row starts in format `version`, 0 for none.
-/// From version 5 a row is coded as two runs side by side, its first `columns / 2` samples and
-/// the others, each with its own prediction chain (the second one starts as a row does): a
-/// sample's prediction needs the decoded sample on its left, a chain of a few cycles per
-/// sample that bounded the decoder, which now runs the two chains interleaved.
-fn split_column(version: u8, columns: usize) -> usize {
-    if version >= VERSION_5 {
-        columns / 2
-    } else {
-        0
-    }
-}
-
-/// The column where a row of `w` samples' second half starts, if it has two halves.
-#[inline(always)]
-fn second_half(split: usize, w: usize) -> Option<usize> {
-    (split > 0 && w > split).then_some(split)
-}
-
-/// The coding order of a row of `w` samples with its second half at `split`: the two halves'
-/// samples alternately (first half first), then what is left of the longer one.
-fn coding_order(split: usize, w: usize) -> impl Iterator<Item = usize> {
-    let a = split.min(w);
-    let m = a.min(w - a);
-    (0..m).flat_map(move |i| [i, a + i]).chain(m..a).chain(a + m..w)
-}
-
-/// Interleaved rANS states of a format version (2 to 5).
+/// Interleaved rANS states of a format version (2 to 4).
 fn rans_states(version: u8) -> usize {
     if version == VERSION_2 {
         2
@@ -2022,7 +1895,6 @@ fn encode_pixels_v2(
     g: &Geometry,
     infos: &[ChanInfo],
     states: usize,
-    split: usize,
 ) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     if g.pixels == 0 {
         return (Vec::new(), Vec::new(), Vec::new());
@@ -2046,8 +1918,8 @@ fn encode_pixels_v2(
             let c = &mut rest[0];
             load_model_row(load, row, g, ch, &infos[ch], &ranks[ch], &mut c.cur[1..1 + w]);
             c.contexts(first.first().map_or(&zeros[..], |b| &b.mcur[..]), r, ch * CTX_PER_CHANNEL, w);
-            c.residuals(r, w, split);
-            sink.row(&c.ctx[..w], &c.res[..w], split);
+            c.residuals(r, w);
+            sink.row(&c.ctx[..w], &c.res[..w]);
         }
         chans.iter_mut().for_each(MedChannel::next_row);
     }
@@ -2175,14 +2047,13 @@ fn decode_pixels_rans<const N: usize>(
     g: &Geometry,
     infos: &[ChanInfo],
     out: &mut [u8],
-    split: usize,
 ) -> Result<()> {
     #[cfg(target_arch = "x86_64")]
     if x86_v3() && !tests_want_portable() {
         // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { decode_pixels_x86_v3::<N>(streams, g, infos, out, split) };
+        return unsafe { decode_pixels_x86_v3::<N>(streams, g, infos, out) };
     }
-    decode_pixels_body::<N>(streams, g, infos, out, split)
+    decode_pixels_body::<N>(streams, g, infos, out)
 }
 
 #[cfg(test)]
@@ -2215,9 +2086,8 @@ unsafe fn decode_pixels_x86_v3<const N: usize>(
     g: &Geometry,
     infos: &[ChanInfo],
     out: &mut [u8],
-    split: usize,
 ) -> Result<()> {
-    decode_pixels_body::<N>(streams, g, infos, out, split)
+    decode_pixels_body::<N>(streams, g, infos, out)
 }
 
 #[inline(always)]
@@ -2226,7 +2096,6 @@ fn decode_pixels_body<const N: usize>(
     g: &Geometry,
     infos: &[ChanInfo],
     out: &mut [u8],
-    split: usize,
 ) -> Result<()> {
     let tables = read_tables(tables, g.channels)?;
     // N states, then whole words.
@@ -2238,23 +2107,14 @@ fn decode_pixels_body<const N: usize>(
     if x.iter().any(|&x| x < RANS_L) {
         return Err(codec_err("bad rANS state"));
     }
-    let nwords = (rans.len() - 4 * N) / 2;
-    let mut words: Vec<u16> = Vec::with_capacity(nwords + g.columns);
-    words.extend(rans[4 * N..].chunks_exact(2).map(|w| u16::from_le_bytes([w[0], w[1]])));
-    words.resize(nwords + g.columns, 0);
-    let mut padded = Vec::with_capacity(raw.len() + 2 * g.columns + 8);
+    let mut words: Vec<u16> =
+        rans[4 * N..].chunks_exact(2).map(|w| u16::from_le_bytes([w[0], w[1]])).collect();
+    let nwords = words.len();
+    words.push(0);
+    let mut padded = Vec::with_capacity(raw.len() + 8);
     padded.extend_from_slice(raw);
-    padded.resize(raw.len() + 2 * g.columns + 8, 0);
-    let mut io = TokenSource::<N> {
-        x,
-        words: &words,
-        nwords,
-        pos: 0,
-        tables: &tables,
-        raw: &padded,
-        raw_len: raw.len(),
-        bitpos: 0,
-    };
+    padded.extend_from_slice(&[0; 8]);
+    let mut io = TokenSource::<N> { x, words: &words, pos: 0, tables: &tables, raw: &padded, bitpos: 0 };
     let mut chans: Vec<MedChannel> =
         infos.iter().map(|c| MedChannel::new(c.model_range(), g.columns)).collect();
     let row_bytes = g.columns * g.pixel_bytes();
@@ -2269,12 +2129,12 @@ fn decode_pixels_body<const N: usize>(
             c.contexts(first.first().map_or(&zeros[..], |b| &b.mcur[..]), r, ch * CTX_PER_CHANNEL, w);
             // Left of the row: W = NW = N; of the first row: W, the middle of the range.
             c.cur[0] = if r == 0 { c.lo + (c.hi - c.lo) / 2 } else { c.up[1] };
-            ok &= if r == 0 {
-                io.row::<true>(&c.ctx[..w], &c.up, &mut c.cur, split)
+            if r == 0 {
+                io.row::<true>(&c.ctx[..w], &c.up, &mut c.cur);
             } else {
-                io.row::<false>(&c.ctx[..w], &c.up, &mut c.cur, split)
-            };
-            ok &= c.check_row(r, w, split);
+                io.row::<false>(&c.ctx[..w], &c.up, &mut c.cur);
+            }
+            ok &= c.check_row(r, w);
         }
         if !ok {
             return Err(codec_err(format!("corrupt pixel stream (row {r})")));
@@ -2558,7 +2418,7 @@ mod tests {
         assert_eq!(stored[3], VERSION_4);
         assert_eq!(decode(Codec::Cold, &stored, obj.len()).unwrap(), obj, "cold model, {l:?}");
         assert_eq!(decode_portable(&stored, obj.len()).unwrap(), obj, "portable decoder, {l:?}");
-        for version in [VERSION_1, VERSION_2, VERSION_3, VERSION_5] {
+        for version in [VERSION_1, VERSION_2, VERSION_3] {
             let old = encode_version(obj, l, version).unwrap();
             assert_eq!(old[3], version);
             assert_eq!(decode(Codec::Cold, &old, obj.len()).unwrap(), obj, "version {version}, {l:?}");
@@ -3120,10 +2980,10 @@ mod tests {
             let (rans_len, raw_len) = (rng.below(200), rng.below(200));
             let (rans, raw) = (rng.bytes(rans_len), rng.bytes(raw_len));
             let streams = (&tables[..], &rans[..], &raw[..]);
-            assert!(decode_pixels_rans::<2>(streams, &g, &infos, &mut out, 0).is_err());
-            assert!(decode_pixels_rans::<4>(streams, &g, &infos, &mut out, 0).is_err());
-            assert!(decode_pixels_body::<2>(streams, &g, &infos, &mut out, 0).is_err());
-            assert!(decode_pixels_body::<4>(streams, &g, &infos, &mut out, 0).is_err());
+            assert!(decode_pixels_rans::<2>(streams, &g, &infos, &mut out).is_err());
+            assert!(decode_pixels_rans::<4>(streams, &g, &infos, &mut out).is_err());
+            assert!(decode_pixels_body::<2>(streams, &g, &infos, &mut out).is_err());
+            assert!(decode_pixels_body::<4>(streams, &g, &infos, &mut out).is_err());
         }
         // Mutations of real streams, CRC fixed up: in the payload, past the header.
         for (obj, stored) in sample_stored().into_iter().filter(|(_, s)| s[3] != VERSION_1) {

@@ -5,16 +5,22 @@
 //! retrieve was Python: the read-ahead's hand-off of each object between two threads (and the GIL
 //! between them), the C-STORE-RQ and pending response packed by `struct`, the response read
 //! through a Python loop. On 2 cores that was a fifth of a C-GET's server CPU (perf, 300-slice CT).
-//! Here one call runs a batch: a reader thread loads the objects in order, a few ahead, while
-//! this one writes each C-STORE-RQ with its data set, reads its C-STORE-RSP and makes the pending
-//! response. Anything but a plain Success with nothing else read stops the batch and goes back to
-//! the caller, which acts on it exactly as it did before (warnings, failures, a C-CANCEL, an
-//! association that ends, a response slower than `wait`), so the PS3.4 semantics stay in one
-//! place.
+//! Here one call runs a batch on one thread: it writes each C-STORE-RQ with its data set, then
+//! reads and decodes the next object while the peer receives this one and answers, then reads the
+//! C-STORE-RSP (there by then, for a CT slice) and makes the pending response. Anything but a
+//! plain Success with nothing else read stops the batch and goes back to the caller, which acts on
+//! it exactly as it did before (warnings, failures, a C-CANCEL, an association that ends, a
+//! response slower than `wait`), so the PS3.4 semantics stay in one place.
+//!
+//! Why not a reader thread a few objects ahead (as until session 13): on 2 cores the reader, the
+//! sending thread and the peer were three busy threads. The sender was woken by each response and
+//! the peer by each write, the reader preempted for them and then queued ~0.4 ms for a core (perf
+//! sched), so the sender waited for the next object on most sub-operations (~0.2-0.3 ms of a ~0.55
+//! ms object, timeline in bench/RESULTS.md, "C-GET per-object loop"). The decode fills the wait
+//! for the response instead, on the thread that sends: no hand-off, no wake-up for the response.
 
 use std::io::{self, IoSlice};
 use std::os::fd::RawFd;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::assembler::Out;
@@ -23,8 +29,6 @@ use super::conn::{Conn, Wait};
 use super::pdu::{message_pdus, A_ABORT};
 use super::send::{write_all, Framed};
 
-/// Objects loaded ahead of the one being sent (readahead.py's depth).
-pub const READ_AHEAD: usize = 4;
 const SUCCESS: u16 = 0x0000;
 /// A C-STORE-RSP without a Status (what dimse/fastretrieve.py counted it as).
 const PROCESSING_FAILURE: u16 = 0xC211;
@@ -115,55 +119,27 @@ pub fn ends_association(out: &Out) -> bool {
     }
 }
 
-/// Runs `items` in order (see [`Stop`]): `load(i)` gives item i's data set, called on a reader
-/// thread at most [`READ_AHEAD`] items ahead; `conn` reads the association the C-STOREs go on,
-/// `requestor` (C-MOVE) the requestor's, looked at without waiting after each response.
+/// Runs `items` in order (see [`Stop`]): `load(i)` gives item i's data set, called for item i + 1
+/// once item i is written, before its response is read (so a batch that stops at item i has
+/// loaded item i + 1 for nothing); `conn` reads the association the C-STOREs go on, `requestor`
+/// (C-MOVE) the requestor's, looked at without waiting after each response.
 pub fn run<L, D>(
-    route: &Route<'_>,
-    conn: &mut Conn,
-    requestor: Option<&mut Conn>,
-    items: &[Item],
-    load: L,
-    progress: &mut Progress,
-) -> (usize, Stop)
-where
-    L: Fn(usize) -> Result<D, String> + Sync,
-    D: AsRef<[u8]> + Send,
-{
-    if items.is_empty() {
-        return (0, Stop::End);
-    }
-    std::thread::scope(|s| {
-        let (tx, rx) = mpsc::sync_channel(READ_AHEAD);
-        let load = &load;
-        s.spawn(move || {
-            for i in 0..items.len() {
-                let loaded = load(i);
-                let failed = loaded.is_err();
-                // a closed channel: the batch stopped, the rest is not wanted
-                if tx.send(loaded).is_err() || failed {
-                    break;
-                }
-            }
-        });
-        // `rx` is dropped when this returns, which ends a reader blocked on a full channel
-        send_all(route, conn, requestor, items, rx, progress)
-    })
-}
-
-fn send_all<D: AsRef<[u8]>>(
     route: &Route<'_>,
     conn: &mut Conn,
     mut requestor: Option<&mut Conn>,
     items: &[Item],
-    loaded: mpsc::Receiver<Result<D, String>>,
+    mut load: L,
     progress: &mut Progress,
-) -> (usize, Stop) {
+) -> (usize, Stop)
+where
+    L: FnMut(usize) -> Result<D, String>,
+    D: AsRef<[u8]>,
+{
+    let mut next = None; // item i + 1, loaded while item i is answered
     for (i, item) in items.iter().enumerate() {
-        let data = match loaded.recv() {
-            Ok(Ok(data)) => data,
-            Ok(Err(why)) => return (i, Stop::Load(why)),
-            Err(_) => return (i, Stop::Load("the reader stopped".into())),
+        let data = match next.take().unwrap_or_else(|| load(i)) {
+            Ok(data) => data,
+            Err(why) => return (i, Stop::Load(why)),
         };
         progress.message_id = progress.message_id % 0xFFFF + 1;
         let message_id = progress.message_id;
@@ -175,9 +151,13 @@ fn send_all<D: AsRef<[u8]>>(
             progress.unsent = prefix; // not delivered: it goes with whatever is sent next
             return (i, Stop::Send { message_id, error });
         }
+        let deadline = Instant::now() + route.wait;
         drop(framed);
-        drop(data); // its buffer back to the pool while the response is awaited
-        let (status, outs, closed) = await_status(conn, message_id, route.wait, !route.same_association);
+        drop(data); // its buffer back to the pool, for the next object
+        if i + 1 < items.len() {
+            next = Some(load(i + 1));
+        }
+        let (status, outs, closed) = await_status(conn, message_id, deadline, !route.same_association);
         if status != Some(SUCCESS) || !outs.is_empty() || closed.is_some() {
             let stop = Stop::Await {
                 message_id,
@@ -226,16 +206,15 @@ fn send_all<D: AsRef<[u8]>>(
     (items.len(), Stop::End)
 }
 
-/// The status of the C-STORE-RSP to `message_id`, waiting at most `wait`, with what else arrived
+/// The status of the C-STORE-RSP to `message_id`, waiting until `deadline`, with what else arrived
 /// (`destination`: only what ends the association; the rest is of no interest on a
 /// sub-association) and whether the association closed.
 fn await_status(
     conn: &mut Conn,
     message_id: u16,
-    wait: Duration,
+    deadline: Instant,
     destination: bool,
 ) -> (Option<u16>, Vec<Out>, Option<Option<String>>) {
-    let deadline = Instant::now() + wait;
     let mut status = None;
     let mut others = Vec::new();
     loop {

@@ -465,7 +465,7 @@ fn run_get_with(
     cancel_after: Option<u16>,
     interval: Duration,
     last_pending: Option<std::time::Instant>,
-    load: impl FnMut(usize) -> Result<Vec<u8>, String>,
+    load: impl Fn(usize) -> Result<Vec<u8>, String> + Sync,
     before_answer: impl Fn(usize) + Send + 'static,
 ) -> (usize, retrieve::Stop, retrieve::Progress, Vec<(Command, Vec<u8>)>) {
     let (ours, theirs) = UnixStream::pair().unwrap();
@@ -606,9 +606,11 @@ fn retrieve_batch_makes_pending_responses_once_their_interval_has_passed() {
 }
 
 #[test]
-fn retrieve_batch_loads_the_next_object_while_the_response_is_awaited() {
+fn retrieve_batch_loads_a_large_next_object_while_the_response_is_awaited() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+    let big = retrieve::INLINE_MIN;
+    let caller = std::thread::current().id();
     let loads = Arc::new(AtomicUsize::new(0));
     let seen_at_answer = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (l, seen) = (loads.clone(), seen_at_answer.clone());
@@ -622,22 +624,39 @@ fn retrieve_batch_loads_the_next_object_while_the_response_is_awaited() {
         seen.lock().unwrap().push(l.load(Ordering::SeqCst));
     };
     let load = |i: usize| -> Result<Vec<u8>, String> {
+        assert_eq!(std::thread::current().id(), caller, "large objects are loaded by the sending thread");
         assert_eq!(loads.fetch_add(1, Ordering::SeqCst), i, "loaded in order, once each");
-        Ok(vec![i as u8; 100_000])
+        Ok(vec![i as u8; big])
     };
     let (done, stop, _, got) = run_get_with(5, vec![0; 5], None, Duration::ZERO, None, load, gate);
     assert!(matches!(stop, retrieve::Stop::End), "{stop:?}");
     assert_eq!((done, got.len()), (5, 5));
+    assert!(got.iter().enumerate().all(|(i, (_, data))| *data == vec![i as u8; big]));
     assert_eq!(*seen_at_answer.lock().unwrap(), vec![2, 3, 4, 5, 5]);
     // A batch that stops at a warning has loaded the object after it, and no more.
     let loads = AtomicUsize::new(0);
     let load = |i: usize| -> Result<Vec<u8>, String> {
         loads.fetch_add(1, Ordering::SeqCst);
-        Ok(vec![i as u8; 1000])
+        Ok(vec![i as u8; big])
     };
     let (done, stop, _, got) = run_get_with(6, vec![0, 0, 0xB000], None, Duration::ZERO, None, load, |_| {});
     assert!(matches!(stop, retrieve::Stop::Await { status: Some(0xB000), .. }), "{stop:?}");
     assert_eq!((done, got.len(), loads.load(Ordering::SeqCst)), (2, 3, 4));
+}
+
+#[test]
+fn retrieve_batch_loads_small_objects_on_a_reader_thread() {
+    let caller = std::thread::current().id();
+    let threads = std::sync::Mutex::new(Vec::new());
+    let load = |i: usize| -> Result<Vec<u8>, String> {
+        threads.lock().unwrap().push(std::thread::current().id() == caller);
+        Ok(vec![i as u8; retrieve::INLINE_MIN - 1])
+    };
+    let (done, stop, _, got) = run_get_with(4, vec![0; 4], None, Duration::ZERO, None, load, |_| {});
+    assert!(matches!(stop, retrieve::Stop::End), "{stop:?}");
+    assert_eq!((done, got.len()), (4, 4));
+    // the first to choose the way, the others ahead on the reader
+    assert_eq!(*threads.lock().unwrap(), vec![true, false, false, false]);
 }
 
 #[test]

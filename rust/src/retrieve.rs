@@ -1,8 +1,7 @@
 //! `retrieve_batch`: a batch of a C-GET's or C-MOVE's C-STORE sub-operations run natively
 //! (core::net::retrieve), for dimse/fastretrieve.py. The objects are read from the vault (decoded
-//! and checked (`verify_reads`), as `Vault.read_decoded` reads them) by the sending thread while
-//! the response to the one before is awaited (large objects) or by a reader thread a few ahead
-//! (small ones; core::net::retrieve::INLINE_MIN), all of it with the GIL released.
+//! and checked (`verify_reads`), as `Vault.read_decoded` reads them) on a reader thread, all of it with the
+//! GIL released.
 
 use std::time::{Duration, Instant};
 

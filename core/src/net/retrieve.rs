@@ -5,22 +5,12 @@
 //! retrieve was Python: the read-ahead's hand-off of each object between two threads (and the GIL
 //! between them), the C-STORE-RQ and pending response packed by `struct`, the response read
 //! through a Python loop. On 2 cores that was a fifth of a C-GET's server CPU (perf, 300-slice CT).
-//! Here one call runs a batch: this thread writes each C-STORE-RQ with its data set, reads its
-//! C-STORE-RSP and makes the pending response; the objects are read and decoded either by this
-//! thread, the next one while the peer receives the current one and answers (large objects), or
-//! by a reader thread a few ahead (small ones; see [`INLINE_MIN`]). Anything but a plain Success
-//! with nothing else read stops the batch and goes back to the caller, which acts on it exactly
-//! as it did before (warnings, failures, a C-CANCEL, an association that ends, a response slower
-//! than `wait`), so the PS3.4 semantics stay in one place.
-//!
-//! Why large objects are decoded inline: with the reader thread, on 2 cores, the reader, the
-//! sending thread and the peer were three busy threads; the reader was preempted by the other
-//! two's wake-ups and then queued ~0.4 ms for a core (perf sched), and the sender waited for the
-//! next CT slice on most sub-operations (median 0.19-0.33 ms of a 0.46-0.53 ms object; timeline
-//! in bench/RESULTS.md, "C-GET per-object loop"). Inline, the decode fills the wait for the
-//! response on the thread that sends: no hand-off, and the response is there when it is read.
-//! It is not faster on those 2 cores (the decode is on the critical path either way), it costs
-//! less CPU.
+//! Here one call runs a batch: a reader thread loads the objects in order, a few ahead, while
+//! this one writes each C-STORE-RQ with its data set, reads its C-STORE-RSP and makes the pending
+//! response. Anything but a plain Success with nothing else read stops the batch and goes back to
+//! the caller, which acts on it exactly as it did before (warnings, failures, a C-CANCEL, an
+//! association that ends, a response slower than `wait`), so the PS3.4 semantics stay in one
+//! place.
 
 use std::io::{self, IoSlice};
 use std::os::fd::RawFd;
@@ -33,6 +23,8 @@ use super::conn::{Conn, Wait};
 use super::pdu::{message_pdus, A_ABORT};
 use super::send::{write_all, Framed};
 
+/// Objects loaded ahead of the one being sent (readahead.py's depth).
+pub const READ_AHEAD: usize = 4;
 const SUCCESS: u16 = 0x0000;
 /// A C-STORE-RSP without a Status (what dimse/fastretrieve.py counted it as).
 const PROCESSING_FAILURE: u16 = 0xC211;
@@ -123,49 +115,9 @@ pub fn ends_association(out: &Out) -> bool {
     }
 }
 
-/// Objects from this size (the batch's first object's data set) are decoded by the sending
-/// thread between a write and its response; smaller ones by a reader thread, [`READ_AHEAD`]
-/// ahead. Measured on 2 cores against getscu (bench/RESULTS.md, "C-GET per-object loop"): for a
-/// 512 KiB CT slice (~0.32 ms to decode, longer than the peer's turnaround) inline gave the same
-/// objects per second as the reader thread (paired rounds, median ratio 1.00-1.02) for 10-20 %
-/// less server CPU (no hand-off, no wake-up per object); for a 100 KB CR object (~0.12 ms, which
-/// the reader hides behind the peer's turnaround and the sending thread cannot) it was 0.87x.
-pub const INLINE_MIN: usize = 256 << 10;
-/// Objects loaded ahead of the one being sent by a reader thread (readahead.py's depth).
-pub const READ_AHEAD: usize = 4;
-
-/// Where each object comes from: loaded by the sending thread, the next one while the current
-/// one is answered, or by a reader thread.
-enum Objects<D, L> {
-    Inline { load: L, next: Option<Result<D, String>> },
-    Ahead { first: Option<Result<D, String>>, rx: mpsc::Receiver<Result<D, String>> },
-}
-
-impl<D, L: FnMut(usize) -> Result<D, String>> Objects<D, L> {
-    fn take(&mut self, i: usize) -> Result<D, String> {
-        match self {
-            Objects::Inline { load, next } => next.take().unwrap_or_else(|| load(i)),
-            Objects::Ahead { first, rx } => {
-                first.take().unwrap_or_else(|| rx.recv().unwrap_or_else(|_| Err("the reader stopped".into())))
-            }
-        }
-    }
-
-    /// Item `i` is written and its response not read yet.
-    fn sent(&mut self, i: usize, count: usize) {
-        if let Objects::Inline { load, next } = self {
-            if i + 1 < count {
-                *next = Some(load(i + 1));
-            }
-        }
-    }
-}
-
-/// Runs `items` in order (see [`Stop`]): `load(i)` gives item i's data set: item 0 on this
-/// thread, then (see [`INLINE_MIN`]) item i + 1 here once item i is written, before its
-/// response is read (a batch that stops at item i has loaded item i + 1 for nothing), or on a
-/// reader thread at most [`READ_AHEAD`] items ahead. `conn` reads the association the C-STOREs
-/// go on, `requestor` (C-MOVE) the requestor's, looked at without waiting after each response.
+/// Runs `items` in order (see [`Stop`]): `load(i)` gives item i's data set, called on a reader
+/// thread at most [`READ_AHEAD`] items ahead; `conn` reads the association the C-STOREs go on,
+/// `requestor` (C-MOVE) the requestor's, looked at without waiting after each response.
 pub fn run<L, D>(
     route: &Route<'_>,
     conn: &mut Conn,
@@ -181,20 +133,11 @@ where
     if items.is_empty() {
         return (0, Stop::End);
     }
-    let first = load(0);
-    let large = match &first {
-        Ok(data) => data.as_ref().len() >= INLINE_MIN,
-        Err(_) => true, // nothing more to load: the batch stops there
-    };
-    if items.len() == 1 || large {
-        let objects = Objects::Inline { load, next: Some(first) };
-        return send_all(route, conn, requestor, items, objects, progress);
-    }
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::sync_channel(READ_AHEAD);
         let load = &load;
         s.spawn(move || {
-            for i in 1..items.len() {
+            for i in 0..items.len() {
                 let loaded = load(i);
                 let failed = loaded.is_err();
                 // a closed channel: the batch stopped, the rest is not wanted
@@ -204,23 +147,23 @@ where
             }
         });
         // `rx` is dropped when this returns, which ends a reader blocked on a full channel
-        let objects = Objects::<D, &L>::Ahead { first: Some(first), rx };
-        send_all(route, conn, requestor, items, objects, progress)
+        send_all(route, conn, requestor, items, rx, progress)
     })
 }
 
-fn send_all<D: AsRef<[u8]>, L: FnMut(usize) -> Result<D, String>>(
+fn send_all<D: AsRef<[u8]>>(
     route: &Route<'_>,
     conn: &mut Conn,
     mut requestor: Option<&mut Conn>,
     items: &[Item],
-    mut objects: Objects<D, L>,
+    loaded: mpsc::Receiver<Result<D, String>>,
     progress: &mut Progress,
 ) -> (usize, Stop) {
     for (i, item) in items.iter().enumerate() {
-        let data = match objects.take(i) {
-            Ok(data) => data,
-            Err(why) => return (i, Stop::Load(why)),
+        let data = match loaded.recv() {
+            Ok(Ok(data)) => data,
+            Ok(Err(why)) => return (i, Stop::Load(why)),
+            Err(_) => return (i, Stop::Load("the reader stopped".into())),
         };
         progress.message_id = progress.message_id % 0xFFFF + 1;
         let message_id = progress.message_id;
@@ -232,11 +175,9 @@ fn send_all<D: AsRef<[u8]>, L: FnMut(usize) -> Result<D, String>>(
             progress.unsent = prefix; // not delivered: it goes with whatever is sent next
             return (i, Stop::Send { message_id, error });
         }
-        let deadline = Instant::now() + route.wait;
         drop(framed);
-        drop(data); // its buffer back to the pool, for the next object
-        objects.sent(i, items.len());
-        let (status, outs, closed) = await_status(conn, message_id, deadline, !route.same_association);
+        drop(data); // its buffer back to the pool while the response is awaited
+        let (status, outs, closed) = await_status(conn, message_id, route.wait, !route.same_association);
         if status != Some(SUCCESS) || !outs.is_empty() || closed.is_some() {
             let stop = Stop::Await {
                 message_id,
@@ -285,15 +226,16 @@ fn send_all<D: AsRef<[u8]>, L: FnMut(usize) -> Result<D, String>>(
     (items.len(), Stop::End)
 }
 
-/// The status of the C-STORE-RSP to `message_id`, waiting until `deadline`, with what else arrived
+/// The status of the C-STORE-RSP to `message_id`, waiting at most `wait`, with what else arrived
 /// (`destination`: only what ends the association; the rest is of no interest on a
 /// sub-association) and whether the association closed.
 fn await_status(
     conn: &mut Conn,
     message_id: u16,
-    deadline: Instant,
+    wait: Duration,
     destination: bool,
 ) -> (Option<u16>, Vec<Out>, Option<Option<String>>) {
+    let deadline = Instant::now() + wait;
     let mut status = None;
     let mut others = Vec::new();
     loop {

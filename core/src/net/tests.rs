@@ -361,13 +361,11 @@ fn oversize_store_is_counted_not_kept_and_the_next_one_passes() {
 
 /// A C-GET requestor on the other end of a socket pair: reads each C-STORE-RQ with its data set
 /// (and passes over the pending responses) and answers it with the next of `statuses` (a C-CANCEL-RQ for `cancel_after` sent with the answer
-/// to that request); returns the (command, data set) pairs it received. `before_answer(k)` runs
-/// before the answer to the k-th request (from 0) is written.
+/// to that request); returns the (command, data set) pairs it received.
 fn store_peer(
     mut sock: UnixStream,
     statuses: Vec<u16>,
     cancel_after: Option<u16>,
-    before_answer: impl Fn(usize),
 ) -> Vec<(Command, Vec<u8>)> {
     use std::io::Read;
     let mut got = Vec::new();
@@ -407,7 +405,6 @@ fn store_peer(
                 error_comment: "",
             });
             let mut out = pdu::message_pdus(1, &rsp, None, 0);
-            before_answer(got.len());
             if cancel_after == Some(cmd.message_id) {
                 out.extend(pdu::message_pdus(1, &cancel(cmd.message_id), None, 0));
             }
@@ -449,27 +446,8 @@ fn run_get_every(
     interval: Duration,
     last_pending: Option<std::time::Instant>,
 ) -> (usize, retrieve::Stop, retrieve::Progress, Vec<(Command, Vec<u8>)>) {
-    let load = |i: usize| -> Result<Vec<u8>, String> {
-        if Some(i) == fail_load {
-            return Err(format!("object {i} unreadable"));
-        }
-        Ok(vec![i as u8; 100_000])
-    };
-    run_get_with(n, statuses, cancel_after, interval, last_pending, load, |_| {})
-}
-
-/// [`run_get_every`] with its objects from `load` and the peer's `before_answer` (see [`store_peer`]).
-fn run_get_with(
-    n: usize,
-    statuses: Vec<u16>,
-    cancel_after: Option<u16>,
-    interval: Duration,
-    last_pending: Option<std::time::Instant>,
-    load: impl Fn(usize) -> Result<Vec<u8>, String> + Sync,
-    before_answer: impl Fn(usize) + Send + 'static,
-) -> (usize, retrieve::Stop, retrieve::Progress, Vec<(Command, Vec<u8>)>) {
     let (ours, theirs) = UnixStream::pair().unwrap();
-    let peer = std::thread::spawn(move || store_peer(theirs, statuses, cancel_after, before_answer));
+    let peer = std::thread::spawn(move || store_peer(theirs, statuses, cancel_after));
     let items: Vec<retrieve::Item> = (0..n)
         .map(|i| retrieve::Item {
             context_id: 1,
@@ -510,6 +488,12 @@ fn run_get_with(
             0,
         ),
         last_pending,
+    };
+    let load = |i: usize| -> Result<Vec<u8>, String> {
+        if Some(i) == fail_load {
+            return Err(format!("object {i} unreadable"));
+        }
+        Ok(vec![i as u8; 100_000])
     };
     let (done, stop) = retrieve::run(&route, &mut conn, None, &items, load, &mut progress);
     drop(conn);
@@ -603,60 +587,6 @@ fn retrieve_batch_makes_pending_responses_once_their_interval_has_passed() {
     let long_ago = now.checked_sub(Duration::from_secs(7200));
     let (_, _, progress, _) = run_get_every(1, vec![0], None, None, Duration::from_secs(3600), long_ago);
     assert_eq!(pending_counts(&progress.unsent), vec![(1, 2)]);
-}
-
-#[test]
-fn retrieve_batch_loads_a_large_next_object_while_the_response_is_awaited() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    let big = retrieve::INLINE_MIN;
-    let caller = std::thread::current().id();
-    let loads = Arc::new(AtomicUsize::new(0));
-    let seen_at_answer = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (l, seen) = (loads.clone(), seen_at_answer.clone());
-    // The peer answers request k once object k + 1 is loaded (or after 2 s: a loop that loads it
-    // only after the answer is read), noting how many objects were loaded by then.
-    let gate = move |k: usize| {
-        let t0 = std::time::Instant::now();
-        while l.load(Ordering::SeqCst) < (k + 2).min(5) && t0.elapsed() < Duration::from_secs(2) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        seen.lock().unwrap().push(l.load(Ordering::SeqCst));
-    };
-    let load = |i: usize| -> Result<Vec<u8>, String> {
-        assert_eq!(std::thread::current().id(), caller, "large objects are loaded by the sending thread");
-        assert_eq!(loads.fetch_add(1, Ordering::SeqCst), i, "loaded in order, once each");
-        Ok(vec![i as u8; big])
-    };
-    let (done, stop, _, got) = run_get_with(5, vec![0; 5], None, Duration::ZERO, None, load, gate);
-    assert!(matches!(stop, retrieve::Stop::End), "{stop:?}");
-    assert_eq!((done, got.len()), (5, 5));
-    assert!(got.iter().enumerate().all(|(i, (_, data))| *data == vec![i as u8; big]));
-    assert_eq!(*seen_at_answer.lock().unwrap(), vec![2, 3, 4, 5, 5]);
-    // A batch that stops at a warning has loaded the object after it, and no more.
-    let loads = AtomicUsize::new(0);
-    let load = |i: usize| -> Result<Vec<u8>, String> {
-        loads.fetch_add(1, Ordering::SeqCst);
-        Ok(vec![i as u8; big])
-    };
-    let (done, stop, _, got) = run_get_with(6, vec![0, 0, 0xB000], None, Duration::ZERO, None, load, |_| {});
-    assert!(matches!(stop, retrieve::Stop::Await { status: Some(0xB000), .. }), "{stop:?}");
-    assert_eq!((done, got.len(), loads.load(Ordering::SeqCst)), (2, 3, 4));
-}
-
-#[test]
-fn retrieve_batch_loads_small_objects_on_a_reader_thread() {
-    let caller = std::thread::current().id();
-    let threads = std::sync::Mutex::new(Vec::new());
-    let load = |i: usize| -> Result<Vec<u8>, String> {
-        threads.lock().unwrap().push(std::thread::current().id() == caller);
-        Ok(vec![i as u8; retrieve::INLINE_MIN - 1])
-    };
-    let (done, stop, _, got) = run_get_with(4, vec![0; 4], None, Duration::ZERO, None, load, |_| {});
-    assert!(matches!(stop, retrieve::Stop::End), "{stop:?}");
-    assert_eq!((done, got.len()), (4, 4));
-    // the first to choose the way, the others ahead on the reader
-    assert_eq!(*threads.lock().unwrap(), vec![true, false, false, false]);
 }
 
 #[test]

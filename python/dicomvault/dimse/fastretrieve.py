@@ -7,17 +7,15 @@ reader thread, which already owns the socket, runs the whole operation: it resol
 identifier from the index and sends the first object at once. The rest go a batch (BATCH) at a
 time through one native call each (_native.retrieve_batch, core/src/net/retrieve.rs): the batch's
 index records are looked up in one multi-get (Engine.blobs_for_sending), then, with the GIL
-released, this thread frames each C-STORE-RQ, writes it with its data set, reads its
-C-STORE-RSP and makes the pending response; the next object is read and decoded meanwhile, by
-this thread while the requestor receives the current one and answers (objects of 256 KiB and
-more), or by a native reader thread a few ahead (smaller ones). Python sees a sub-operation
-again only when it needs more than a plain Success: a warning or failure status, a C-CANCEL or
-anything else read meanwhile, an association that ends, a slow response, an object not
-readable as a local blob. Objects sent otherwise than as stored (converted, patient-corrected,
-from an object-store tier) are read here, as before, by the read-ahead reader (readahead.py)
-with prepare(), a data set going out from the native buffer it was decoded into
-(Engine.read_for_sending), not through a bytes copy. Measured: server CPU per 300-slice CT C-GET
-0.26 -> 0.20 s, C-MOVE 0.29 -> 0.22 s (bench/RESULTS.md, "Native retrieve loop").
+released, a native reader thread reads and decodes the objects a few ahead while this thread
+frames each C-STORE-RQ, writes it with its data set, reads its C-STORE-RSP and makes the pending
+response. Python sees a sub-operation again only when it needs more than a plain Success: a
+warning or failure status, a C-CANCEL or anything else read meanwhile, an association that ends,
+a slow response, an object not readable as a local blob. Objects sent otherwise than as stored
+(converted, patient-corrected, from an object-store tier) are read here, as before, by the
+read-ahead reader (readahead.py) with prepare(), a data set going out from the native buffer it
+was decoded into (Engine.read_for_sending), not through a bytes copy. Measured: server CPU per
+300-slice CT C-GET 0.26 -> 0.20 s, C-MOVE 0.29 -> 0.22 s (bench/RESULTS.md, "Native retrieve loop").
 
 - C-GET: the sub-operations go back on the same association, on the storage contexts the
   requestor proposed with the SCP role.

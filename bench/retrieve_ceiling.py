@@ -27,6 +27,12 @@ no-op SCP holds its objects in memory either way).
     .venv/bin/python bench/retrieve_ceiling.py                 # 5 rounds, C-GET and C-MOVE
     .venv/bin/python bench/retrieve_ceiling.py --rounds 7 --cold --json out.json
     .venv/bin/python bench/retrieve_ceiling.py --cold --orthanc-storage-cache 0   # Orthanc cold too
+    .venv/bin/python bench/retrieve_ceiling.py --no-orthanc --no-move --tree main=/work/main/python \
+        --tree new=BRANCH/python                                 # A/B: one `serve` per tree, interleaved
+
+With --tree, one `serve` per tree (PYTHONPATH = that folder, with the _native module it holds) on
+its own copy of the same compacted data directory, measured in the same rotation as the others;
+the table then has a column per tree, its share of the ceiling, and the last tree / the first.
 """
 
 from __future__ import annotations
@@ -185,9 +191,11 @@ def start_noop(folders: list[Path], work: Path, dest: StoreScp | None = None) ->
         time.sleep(0.1)
 
 
-def start_dv(data: Path, folders: list[Path], dest: StoreScp) -> Server:
+def start_dv(data: Path, folders: list[Path], dest: StoreScp, name: str = DV,
+             env: dict[str, str] | None = None) -> Server:
     """`serve` on `data`: the inputs sent by storescu, the server left up for its metadata warmer,
-    stopped, the landing tier compacted to warm (`dicomvault tier compact`), started again."""
+    stopped, the landing tier compacted to warm (`dicomvault tier compact`), started again (with
+    `env`, e.g. another tree's PYTHONPATH)."""
     config = data.parent / "dv.toml"
     # The analysis pipeline off: after the restart its worker would analyse the studies (a child
     # process at ~1 core, counted as server CPU, competing with the retrieves; Orthanc runs none).
@@ -204,8 +212,14 @@ def start_dv(data: Path, folders: list[Path], dest: StoreScp) -> Server:
     if r.returncode != 0:
         raise RuntimeError(f"dicomvault tier compact exited {r.returncode}: {r.stderr[-1000:]}")
     log(f"  compacted: {r.stdout.strip()[-300:]}")
-    server = dc.start_serve(data, config=config, fresh=False, log_path=data.parent / "serve.log")
-    return Server(DV, server.ae, server.port, server.proc.pid, lambda: server.stop() and None, data)
+    return restart_dv(data, name, env)
+
+
+def restart_dv(data: Path, name: str = DV, env: dict[str, str] | None = None) -> Server:
+    """`serve` on a data directory made by start_dv (or a copy of one, for another tree)."""
+    server = dc.start_serve(data, config=data.parent / "dv.toml", fresh=False, env=env,
+                            log_path=data.parent / ("serve.log" if name == DV else f"serve-{name}.log"))
+    return Server(name, server.ae, server.port, server.proc.pid, lambda: server.stop() and None, data)
 
 
 def start_orthanc_server(root: Path, folders: list[Path], dest: StoreScp,
@@ -299,6 +313,31 @@ FIGURES = (("mb_s", "MB/s", ",.0f", False), ("objects_s", "objects/s", ",.0f", F
            ("server_cpu_s", "server CPU s per retrieve", ".2f", True))
 
 
+def _figures(runs: list[Retrieve], w: Workload) -> dict[str, float | None]:
+    """The medians (and best first image) of one server's complete retrieves of `w`."""
+    ok = [r for r in runs if r.objects == w.objects and r.exit_code == 0]
+    return {
+        "mb_s": _med([w.mb / r.seconds for r in ok]),
+        "objects_s": _med([w.objects / r.seconds for r in ok]),
+        "first_ms": _med([r.first_ms for r in ok]),
+        "first_min_ms": min((r.first_ms for r in ok if r.first_ms is not None), default=None),
+        "assoc_ms": _med([r.assoc_ms for r in ok]),
+        "client_cpu_s": _med([r.client_cpu for r in ok]),
+        "server_cpu_s": _med([r.server_cpu for r in ok]),
+        "complete_runs": len(ok),
+        "runs": len(runs),
+    }
+
+
+def _head(loads: list[Workload], rounds: int, cold: bool, started: dt.datetime,
+          load0: tuple[float, ...]) -> str:
+    return (f"Run {started:%Y-%m-%d %H:%M} UTC, `python bench/retrieve_ceiling.py {' '.join(sys.argv[1:])}`, "
+            f"{rounds} interleaved rounds, medians, page cache {'dropped' if cold else 'warm'}; load average "
+            f"{load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f} at the start and "
+            f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())} at the end. "
+            + "; ".join(f"{w.name}: {w.objects} objects, {w.mb:.1f} MB" for w in loads) + ".")
+
+
 def report(results: dict[tuple[str, str, str], list[Retrieve]], loads: list[Workload], rounds: int,
            cold: bool, started: dt.datetime, load0: tuple[float, ...]) -> tuple[str, dict[str, Any]]:
     rows = [f"| figure | {NOOP} | {DV} | {ORTHANC} | dicomvault / Orthanc | ceiling / Orthanc | "
@@ -309,20 +348,7 @@ def report(results: dict[tuple[str, str, str], list[Retrieve]], loads: list[Work
             per = {s: results.get((kind, w.name, s), []) for s in (NOOP, DV, ORTHANC)}
             if not any(per.values()):
                 continue
-            figs: dict[str, dict[str, float | None]] = {}
-            for s, runs in per.items():
-                ok = [r for r in runs if r.objects == w.objects and r.exit_code == 0]
-                figs[s] = {
-                    "mb_s": _med([w.mb / r.seconds for r in ok]),
-                    "objects_s": _med([w.objects / r.seconds for r in ok]),
-                    "first_ms": _med([r.first_ms for r in ok]),
-                    "first_min_ms": min((r.first_ms for r in ok if r.first_ms is not None), default=None),
-                    "assoc_ms": _med([r.assoc_ms for r in ok]),
-                    "client_cpu_s": _med([r.client_cpu for r in ok]),
-                    "server_cpu_s": _med([r.server_cpu for r in ok]),
-                    "complete_runs": len(ok),
-                    "runs": len(runs),
-                }
+            figs = {s: _figures(runs, w) for s, runs in per.items()}
             summary[f"{kind} {w.name}"] = figs
             for key, label, f, lower in FIGURES:
                 n, d, o = (figs[s][key] for s in (NOOP, DV, ORTHANC))
@@ -330,16 +356,34 @@ def report(results: dict[tuple[str, str, str], list[Retrieve]], loads: list[Work
                 ratios = ["-"] * 3 if cpu else [_ratio(d, o, lower), _ratio(n, o, lower), _ratio(d, n, lower)]
                 rows.append(f"| {kind} {w.name}, {label} | {_fmt(n, f)} | {_fmt(d, f)} | {_fmt(o, f)} | "
                             + " | ".join(ratios) + " |")
-    head = (f"Run {started:%Y-%m-%d %H:%M} UTC, `python bench/retrieve_ceiling.py {' '.join(sys.argv[1:])}`, "
-            f"{rounds} interleaved rounds, medians, page cache {'dropped' if cold else 'warm'}; load average "
-            f"{load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f} at the start and "
-            f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())} at the end. "
-            + "; ".join(f"{w.name}: {w.objects} objects, {w.mb:.1f} MB" for w in loads) + ".")
+    head = _head(loads, rounds, cold, started, load0)
     note = ("Ratios: throughput a / b, latency b / a (above 1.00x = the first named is better). "
             "Medians of the rounds, except \"best round\": the lowest. "
             "CPU: utime + stime (10 ms ticks) of the client (getscu/movescu, wait4) and of the "
             "server's process tree (/proc/<pid>/stat) over one retrieve.")
     return "\n".join([head, "", *rows, "", note]), summary
+
+
+def report_trees(results: dict[tuple[str, str, str], list[Retrieve]], loads: list[Workload], trees: list[str],
+                 rounds: int, cold: bool, started: dt.datetime, load0: tuple[float, ...]) -> str:
+    """--tree: a column per tree, each tree's share of the ceiling, the last tree / the first."""
+    names = [NOOP, *trees]
+    rows = [f"| figure | {' | '.join(names)} | " + " | ".join(f"{t} / ceiling" for t in trees)
+            + f" | {trees[-1]} / {trees[0]} |", "| --- " * (2 * len(trees) + 3) + "|"]
+    for kind in ("C-GET", "C-MOVE"):
+        for w in loads:
+            figs = {s: _figures(results.get((kind, w.name, s), []), w) for s in names}
+            if not any(f["mb_s"] for f in figs.values()):
+                continue
+            for key, label, f, lower in FIGURES:
+                cpu = key.endswith("cpu_s")
+                ratios = (["-"] * (len(trees) + 1) if cpu else
+                          [_ratio(figs[t][key], figs[NOOP][key], lower) for t in trees]
+                          + [_ratio(figs[trees[-1]][key], figs[trees[0]][key], lower)])
+                values = " | ".join(_fmt(figs[s][key], f) for s in names)
+                rows.append(f"| {kind} {w.name}, {label} | {values} | " + " | ".join(ratios) + " |")
+    head = _head(loads, rounds, cold, started, load0)
+    return "\n".join([head, "", *rows])
 
 
 def main() -> int:
@@ -355,7 +399,10 @@ def main() -> int:
                          "makes Orthanc's cold runs read its files from the disk too")
     ap.add_argument("--scratch", type=Path, default=ROOT / ".scratch" / "ceiling")
     ap.add_argument("--json", type=Path, help="write the medians here too")
+    ap.add_argument("--tree", action="append", default=[], metavar="LABEL=PYTHONPATH",
+                    help="A/B: a `serve` per tree instead of one of this interpreter's (repeatable)")
     args = ap.parse_args()
+    trees = [tuple(t.split("=", 1)) for t in args.tree]
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, _f: sys.exit(128 + signum))
     started, load0 = dt.datetime.now(dt.UTC), os.getloadavg()
@@ -375,15 +422,29 @@ def main() -> int:
         servers.append(start_noop(folders, work, dest))
         stack.callback(servers[-1].stop)
         log("dicomvault: ingest, compaction to warm")
-        (work / "dv").mkdir()
-        servers.append(start_dv(work / "dv" / "data", folders, dest))
-        stack.callback(servers[-1].stop)
+        if not trees:
+            (work / "dv").mkdir()
+            servers.append(start_dv(work / "dv" / "data", folders, dest))
+            stack.callback(servers[-1].stop)
+        else:  # ingested and compacted once, by the first tree; a copy of that for each other
+            first = work / "dv-0" / "data"
+            first.parent.mkdir()
+            start_dv(first, folders, dest, env=dict(os.environ, PYTHONPATH=trees[0][1])).stop()
+            for k, (label, path) in enumerate(trees):
+                if k:
+                    shutil.copytree(first.parent, work / f"dv-{k}")
+                env = dict(os.environ, PYTHONPATH=path)
+                servers.append(restart_dv(work / f"dv-{k}" / "data", label, env))
+                stack.callback(servers[-1].stop)
         if not args.no_orthanc:
             log("Orthanc: ingest")
             servers.append(start_orthanc_server(work / "orthanc", folders, dest,
                                                 args.orthanc_storage_cache))
             stack.callback(servers[-1].stop)
         results = measure(servers, loads, args.rounds, not args.no_move, args.cold, dest, work)
+    if trees:
+        print(report_trees(results, loads, [t[0] for t in trees], args.rounds, args.cold, started, load0))
+        return 0
     text, summary = report(results, loads, args.rounds, args.cold, started, load0)
     print(text)
     if args.json:

@@ -110,3 +110,23 @@ def test_movescu_gets_every_object_to_the_destination(noop: rc.Server, dest: Sto
         assert r.first_ms is not None and r.first_ms > 0
     log = (tmp_path / "movescu.log").read_text()
     assert "Move Response" in log and "Failed" not in log
+
+
+def test_the_tree_report_has_a_column_per_tree_and_the_last_over_the_first() -> None:
+    """--tree A/B: each tree's medians, its share of the ceiling and the last tree / the first;
+    an incomplete retrieve does not count."""
+    load = rc.Workload("CT", Path("."), "1.2.3", 300, 150.0)
+
+    def runs(*seconds: float, objects: int = 300) -> list[rc.Retrieve]:
+        return [rc.Retrieve(s, objects, 1.0, 0.05, 0.1, 0) for s in seconds]
+
+    results = {("C-GET", "CT", rc.NOOP): runs(0.1, 0.1, 0.1),
+               ("C-GET", "CT", "old"): runs(0.6, 0.6, 0.5),
+               ("C-GET", "CT", "new"): runs(0.2, 0.3, 0.3) + runs(0.01, 0.01, objects=299)}
+    text = rc.report_trees(results, [load], ["old", "new"], 3, False, rc.dt.datetime.now(rc.dt.UTC),
+                           (0.0, 0.0, 0.0))
+    header = next(line for line in text.splitlines() if line.startswith("| figure"))
+    assert header.split(" | ")[1:] == [rc.NOOP, "old", "new", "old / ceiling", "new / ceiling", "new / old |"]
+    row = next(line for line in text.splitlines() if line.startswith("| C-GET CT, MB/s"))
+    assert [c.strip() for c in row.strip("|").split("|")][1:] == ["1,500", "250", "500", "0.17x", "0.33x",
+                                                                  "2.00x"]

@@ -5,10 +5,9 @@
 //! buffer fresh would zero-fill it; here the buffers go back to a small pool when the Python
 //! object is released, so a retrieve of same-size objects reuses them without either.
 
-use std::sync::Mutex;
-
 use dicomvault_core::codec::Codec;
 use dicomvault_core::object::{self, ReadCheck};
+use dicomvault_core::pool::Pool;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -21,22 +20,18 @@ const KEEP_BUFFERS: usize = 8;
 /// ... and none larger than this (a big multi-frame object is not kept).
 const KEEP_BYTES: usize = 32 << 20;
 
-static FREE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+static FREE: Pool<Vec<u8>> = Pool::new(KEEP_BUFFERS);
 
 /// A buffer from the pool (its bytes are stale: the decoder overwrites them), or a new one.
 pub fn take_buffer() -> Vec<u8> {
-    FREE.lock().ok().and_then(|mut free| free.pop()).unwrap_or_default()
+    FREE.take()
 }
 
 pub fn give_back(buf: Vec<u8>) {
     if buf.capacity() == 0 || buf.capacity() > KEEP_BYTES {
         return;
     }
-    if let Ok(mut free) = FREE.lock() {
-        if free.len() < KEEP_BUFFERS {
-            free.push(buf);
-        }
-    }
+    FREE.give(buf);
 }
 
 /// The data set of a decoded, hash-verified object (`Vault.read_decoded`). `send_message` sends

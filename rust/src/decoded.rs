@@ -27,6 +27,23 @@ pub fn take_buffer() -> Vec<u8> {
     FREE.take()
 }
 
+/// Buffers put in the pool when a vault opens, of this size (a CT or MR slice fits) ...
+const WARM_BUFFERS: usize = 2;
+const WARM_BYTES: usize = 1 << 20;
+
+/// ... with their pages already mapped, so that the first objects a new process decodes (the
+/// first image of its first retrieve) do not take a page fault per 4 KiB of a fresh buffer
+/// (~130 faults, ~0.35 ms for a 512 KiB CT slice on this machine). Idempotent.
+pub fn prewarm() {
+    while FREE.idle() < WARM_BUFFERS {
+        let mut buf = Vec::with_capacity(WARM_BYTES);
+        buf.resize(WARM_BYTES, 0x55u8); // writes (a zero fill could map no page), so maps, every page
+        std::hint::black_box(&mut buf); // not a dead store: the pages are the point
+        buf.clear();
+        FREE.give(buf);
+    }
+}
+
 pub fn give_back(buf: Vec<u8>) {
     if buf.capacity() == 0 || buf.capacity() > KEEP_BYTES {
         return;

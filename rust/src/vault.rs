@@ -147,7 +147,11 @@ impl Vault {
         if let Some(t) = tiers {
             config.tiers = t.into_iter().map(|(name, dir)| LocalTierConfig::new(name, dir)).collect();
         }
-        let store = gil::blocking(py, || BlobStore::open(config)).py_err()?;
+        let store = gil::blocking(py, || {
+            decoded::prewarm();
+            BlobStore::open(config)
+        })
+        .py_err()?;
         // The free space every write leaves: `reserve_fraction` of the filesystem, at least
         // `min_free_bytes`, at most `reserve_max_bytes` (core::store::Reserve).
         let reserve = Reserve {

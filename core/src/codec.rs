@@ -70,12 +70,11 @@
 //! [`decode`] checks the CRC, every field and every length against `logical_len` before it
 //! allocates or decompresses anything, and the output length at the end.
 
-use std::cell::RefCell;
-
 use xxhash_rust::xxh3::xxh3_64;
 use zstd::zstd_safe::zstd_sys;
 
 use crate::error::{Error, Result};
+use crate::pool::Pool;
 
 pub mod cold;
 mod unfilter;
@@ -286,12 +285,7 @@ pub fn encode_hot_with(
     opts: &HotOptions,
 ) -> Result<(Codec, Vec<u8>)> {
     let plan = Plan::new(logical.len(), layout, opts);
-    let stored = SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        let r = encode_plan(logical, &plan, opts, &mut s);
-        s.trim();
-        r
-    })?;
+    let stored = SCRATCH.with(|s| encode_plan(logical, &plan, opts, s), Scratch::trim)?;
     if stored.len() > logical.len() - logical.len() / 32 {
         return Ok((Codec::Raw, logical.to_vec()));
     }
@@ -333,12 +327,7 @@ pub fn decode_checked_into(
             out.extend_from_slice(stored);
             Ok(false)
         }
-        Codec::Hot => SCRATCH.with(|s| {
-            let mut s = s.borrow_mut();
-            let r = decode_hot(stored, logical_len, &mut s, out);
-            s.trim();
-            r
-        }),
+        Codec::Hot => SCRATCH.with(|s| decode_hot(stored, logical_len, s, out), Scratch::trim),
         Codec::Cold => cold::decode_cold_into(stored, logical_len, out),
     }
 }
@@ -434,7 +423,8 @@ impl Plan {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Reusable scratch buffers (one set per thread; large ones are dropped after use).
+// Reusable scratch buffers and contexts, shared by every thread (see [`crate::pool`]); large
+// buffers are dropped after use.
 
 #[derive(Default)]
 struct Scratch {
@@ -461,9 +451,10 @@ impl Scratch {
     }
 }
 
-thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
-}
+/// Sets of scratch kept idle: about the number of threads that encode or decode at once.
+const KEEP_SETS: usize = 8;
+
+static SCRATCH: Pool<Scratch> = Pool::new(KEEP_SETS);
 
 // ---------------------------------------------------------------------------------------------
 // Encoder.
@@ -606,6 +597,10 @@ type ZKey = (i32, [u32; 4]);
 /// A zstd compression context (reused across objects), driven through the raw API because
 /// the safe wrapper does not expose the literal compression mode.
 struct Zc(std::ptr::NonNull<zstd_sys::ZSTD_CCtx>);
+
+// SAFETY: a zstd compression context has no thread affinity; it may be used from any thread
+// as long as no two use it at once, which `&mut` access (one owner, in a pooled Scratch) ensures.
+unsafe impl Send for Zc {}
 
 impl Drop for Zc {
     fn drop(&mut self) {
@@ -979,32 +974,24 @@ struct Rows<T> {
     res: Vec<T>,
 }
 
-impl<T> Rows<T> {
-    const fn new() -> Self {
+impl<T> Default for Rows<T> {
+    fn default() -> Self {
         Rows { prev: Vec::new(), cur: Vec::new(), res: Vec::new() }
     }
 }
 
-thread_local! {
-    static ROWS8: RefCell<Rows<u8>> = const { RefCell::new(Rows::new()) };
-    static ROWS16: RefCell<Rows<u16>> = const { RefCell::new(Rows::new()) };
-    static ROWS32: RefCell<Rows<u32>> = const { RefCell::new(Rows::new()) };
-}
+static ROWS8: Pool<Rows<u8>> = Pool::new(KEEP_SETS);
+static ROWS16: Pool<Rows<u16>> = Pool::new(KEEP_SETS);
+static ROWS32: Pool<Rows<u32>> = Pool::new(KEEP_SETS);
 
-fn with_rows<T: 'static, R>(
-    key: &'static std::thread::LocalKey<RefCell<Rows<T>>>,
-    f: impl FnOnce(&mut Rows<T>) -> R,
-) -> R {
-    key.with(|c| {
-        let mut c = c.borrow_mut();
-        let r = f(&mut c);
-        let Rows { prev, cur, res } = &mut *c;
+fn with_rows<T, R>(pool: &'static Pool<Rows<T>>, f: impl FnOnce(&mut Rows<T>) -> R) -> R {
+    pool.with(f, |rows| {
+        let Rows { prev, cur, res } = rows;
         for v in [prev, cur, res] {
             if v.capacity() * std::mem::size_of::<T>() > KEEP_SCRATCH {
                 *v = Vec::new();
             }
         }
-        r
     })
 }
 

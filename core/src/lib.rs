@@ -13,6 +13,7 @@ pub mod hash;
 pub mod net;
 pub mod object;
 pub mod parse;
+pub mod pool;
 pub mod store;
 #[cfg(test)]
 mod testutil;

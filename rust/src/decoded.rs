@@ -5,10 +5,9 @@
 //! buffer fresh would zero-fill it; here the buffers go back to a small pool when the Python
 //! object is released, so a retrieve of same-size objects reuses them without either.
 
-use std::sync::Mutex;
-
 use dicomvault_core::codec::Codec;
 use dicomvault_core::object::{self, ReadCheck};
+use dicomvault_core::pool::Pool;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -21,22 +20,35 @@ const KEEP_BUFFERS: usize = 8;
 /// ... and none larger than this (a big multi-frame object is not kept).
 const KEEP_BYTES: usize = 32 << 20;
 
-static FREE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+static FREE: Pool<Vec<u8>> = Pool::new(KEEP_BUFFERS);
 
 /// A buffer from the pool (its bytes are stale: the decoder overwrites them), or a new one.
 pub fn take_buffer() -> Vec<u8> {
-    FREE.lock().ok().and_then(|mut free| free.pop()).unwrap_or_default()
+    FREE.take()
+}
+
+/// Buffers put in the pool when a vault opens, of this size (a CT or MR slice fits) ...
+const WARM_BUFFERS: usize = 2;
+const WARM_BYTES: usize = 1 << 20;
+
+/// ... with their pages already mapped, so that the first objects a new process decodes (the
+/// first image of its first retrieve) do not take a page fault per 4 KiB of a fresh buffer
+/// (~130 faults, ~0.35 ms for a 512 KiB CT slice on this machine). Idempotent.
+pub fn prewarm() {
+    while FREE.idle() < WARM_BUFFERS {
+        let mut buf = Vec::with_capacity(WARM_BYTES);
+        buf.resize(WARM_BYTES, 0x55u8); // writes (a zero fill could map no page), so maps, every page
+        std::hint::black_box(&mut buf); // not a dead store: the pages are the point
+        buf.clear();
+        FREE.give(buf);
+    }
 }
 
 pub fn give_back(buf: Vec<u8>) {
     if buf.capacity() == 0 || buf.capacity() > KEEP_BYTES {
         return;
     }
-    if let Ok(mut free) = FREE.lock() {
-        if free.len() < KEEP_BUFFERS {
-            free.push(buf);
-        }
-    }
+    FREE.give(buf);
 }
 
 /// The data set of a decoded, hash-verified object (`Vault.read_decoded`). `send_message` sends

@@ -147,7 +147,11 @@ impl Vault {
         if let Some(t) = tiers {
             config.tiers = t.into_iter().map(|(name, dir)| LocalTierConfig::new(name, dir)).collect();
         }
-        let store = gil::blocking(py, || BlobStore::open(config)).py_err()?;
+        let store = gil::blocking(py, || {
+            decoded::prewarm();
+            BlobStore::open(config)
+        })
+        .py_err()?;
         // The free space every write leaves: `reserve_fraction` of the filesystem, at least
         // `min_free_bytes`, at most `reserve_max_bytes` (core::store::Reserve).
         let reserve = Reserve {
@@ -239,22 +243,17 @@ impl Vault {
     fn read<'py>(&self, py: Python<'py>, hash: &[u8]) -> PyResult<Bound<'py, PyTuple>> {
         let store = self.store()?;
         let h = hash_arg(hash)?;
-        // Decoded into this thread's buffer (gil::blocking runs on the calling thread), which
-        // the bytes object is then copied from: the readers of a retrieve reuse one allocation
-        // instead of allocating and zero-filling one per object.
-        READ_BUFFER.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            let logical = &mut *buf;
-            let read = gil::blocking(py, || read_logical_into(&store, &h, logical, self.read_check));
-            let tuple = read.py_err().and_then(|()| {
-                let (ts, ds) = object::split_canonical(&buf).py_err()?;
-                PyTuple::new(py, [ts.into_pyobject(py)?.into_any(), PyBytes::new(py, ds).into_any()])
-            });
-            if buf.capacity() > KEEP_READ_BUFFER {
-                *buf = Vec::new();
-            }
-            tuple
-        })
+        // Decoded into a pooled buffer (decoded.rs), which the bytes object is then copied
+        // from: readers reuse a few warm allocations instead of allocating and zero-filling
+        // one per object, on whatever thread they run.
+        let mut buf = decoded::take_buffer();
+        let read = gil::blocking(py, || read_logical_into(&store, &h, &mut buf, self.read_check));
+        let tuple = read.py_err().and_then(|()| {
+            let (ts, ds) = object::split_canonical(&buf).py_err()?;
+            PyTuple::new(py, [ts.into_pyobject(py)?.into_any(), PyBytes::new(py, ds).into_any()])
+        });
+        decoded::give_back(buf);
+        tuple
     }
 
     /// (transfer syntax UID, data set) of a blob, decoded and checked (`verify_reads`), the data set left in
@@ -527,13 +526,6 @@ pub(crate) fn read_logical_into(
 ) -> Result<(), Error> {
     let blob = store.get(h)?;
     object::decode_read_into(h, Codec::from_u8(blob.codec)?, &blob.bytes, blob.logical_len, logical, check)
-}
-
-/// A read buffer larger than this (a big multi-frame object) is not kept for the next read.
-const KEEP_READ_BUFFER: usize = 32 << 20;
-
-thread_local! {
-    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn write_file(path: &std::path::Path, prefix: &[u8], dataset: &[u8]) -> Result<(), Error> {

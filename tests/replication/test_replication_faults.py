@@ -40,6 +40,11 @@ def run_trial(tmp: Path, seed: int) -> None:
         replica.start()
         time.sleep(rng.uniform(0.5, 1.5))
         primary.kill9()  # 2. the primary dies mid-ingest (unacked posts are re-sent)
+        # Down until the ingester has seen it fail: on a loaded machine its thread could sit out
+        # a short outage and the trial then tested no re-send (failed once in CI).
+        seen = time.monotonic() + 10
+        while ing.errors == 0 and time.monotonic() < seen:
+            time.sleep(0.02)
         time.sleep(rng.uniform(0.1, 0.5))
         primary.start()
         time.sleep(rng.uniform(0.3, 1.0))

@@ -46,7 +46,7 @@ impl<T: Default> Pool<T> {
         r
     }
 
-    /// How many values are idle (for tests).
+    /// How many values are idle (0 if the pool cannot be read).
     pub fn idle(&self) -> usize {
         self.free.lock().map(|free| free.len()).unwrap_or(0)
     }

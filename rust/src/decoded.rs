@@ -35,7 +35,8 @@ const WARM_BYTES: usize = 1 << 20;
 /// first image of its first retrieve) do not take a page fault per 4 KiB of a fresh buffer
 /// (~130 faults, ~0.35 ms for a 512 KiB CT slice on this machine). Idempotent.
 pub fn prewarm() {
-    while FREE.idle() < WARM_BUFFERS {
+    // Bounded, not `while idle < WARM_BUFFERS`: a pool that kept nothing must not spin here.
+    for _ in FREE.idle()..WARM_BUFFERS {
         let mut buf = Vec::with_capacity(WARM_BYTES);
         buf.resize(WARM_BYTES, 0x55u8); // writes (a zero fill could map no page), so maps, every page
         std::hint::black_box(&mut buf); // not a dead store: the pages are the point

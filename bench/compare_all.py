@@ -9,10 +9,11 @@ Steps: raw device (synced sequential write, sequential read: dicomvault.bench.de
 over 1 and 4 associations into Orthanc, Orthanc with zlib and dicomvault (dimse_compare.py); after
 the 4-association ingest, on the same store: bytes on disk, C-GET (getscu) and C-MOVE (movescu to a
 dcmtk storescp of ours) of one 300-slice study with first-image latency, and `dicomvault verify`;
-the same two ingests into the machine's no-op ceiling (dcmtk `storescp --ignore`: receives, stores
-nothing); then C-FIND latency at 100k instances (dimse_compare.py: dcmtk findscu as the client,
-per-query latency from its microsecond-stamped log). Every server is stopped and the run's work
-directory removed even on failure; the generated input is cached under --scratch.
+the same two ingests into the machine's no-op ceiling (dcmtk `storescp --fork --ignore`: one
+process per association, receives, stores nothing); then C-FIND latency at 100k instances
+(dimse_compare.py: dcmtk findscu as the client, per-query latency from its microsecond-stamped
+log). Every server is stopped and the run's work directory removed even on failure; the
+generated input is cached under --scratch.
 See bench/README.md, "Side by side: make bench-compare".
 """
 
@@ -159,7 +160,7 @@ class Run:
             shutil.rmtree(store, ignore_errors=True)
 
     def ceiling_round(self, files: list[Path], whole: list[Path], quarters: list[Path]) -> None:
-        """The same 1- and 4-association ingests into the no-op ceiling (dcmtk storescp --ignore),
+        """The same 1- and 4-association ingests into the no-op ceiling (dcmtk storescp --fork --ignore),
         a fresh one each time: what the machine allows any receiver fed by these clients."""
         for dirs in (whole, quarters):
             store = self.work / "store"

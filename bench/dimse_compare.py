@@ -4,9 +4,10 @@
    over 1 association and over 4 parallel associations (4 storescu processes, a quarter of the
    files each), to: Orthanc storing uncompressed, Orthanc with its zlib StorageCompression (the
    like-for-like: we store compressed too), and `dicomvault serve` (BLAKE3 + hot codec, durable);
-   then to the machine's own ceiling, dcmtk `storescp -pdu 131072 --ignore` (receives every object
-   and discards it: no disk write, no hash). On 2 cores the storescu clients share the CPUs with the
-   server, so no archive can go faster than that no-op receiver fed by the same clients.
+   then to the machine's own ceiling, dcmtk `storescp --fork -pdu 131072 --ignore` (one process
+   per association; receives every object and discards it: no disk write, no hash). On 2 cores
+   the storescu clients share the CPUs with the server, so no archive can go faster than that
+   no-op receiver fed by the same clients.
    Each (target, mode) starts from an empty store. Wall time = first storescu start to last exit.
 2. C-FIND study level: an index of N instances in both systems, then 200 C-FINDs per query type
    (PatientID exact, PatientName wildcard, StudyDate range) sent by dcmtk's C++ `findscu`, one
@@ -161,14 +162,17 @@ def start_orthanc_target(root: Path, compression: bool,
 
 
 def start_ceiling(folder: Path) -> Target:
-    """The machine's own ceiling for DIMSE receive: dcmtk `storescp -pdu 131072 --ignore` with
-    `TCP_NODELAY=1` on a free port (`dicomvault.bench.dimse.start_storescp`). It reads every object
-    off the wire and discards it (no disk write, no hash, no index), so it bounds what any archive
-    fed by the same storescu clients on this machine can reach. Its timestamped log (one line per
-    object received: `count` reads them) goes to `folder`/storescp.log, not the terminal. dcmtk's
-    default single-process mode serves parallel associations one after another; it has no option
-    to bind 127.0.0.1 only, so it listens on every interface (the clients connect to 127.0.0.1)."""
-    scp = start_storescp(folder)
+    """The machine's own ceiling for DIMSE receive: dcmtk `storescp --fork -pdu 131072 --ignore`
+    with `TCP_NODELAY=1` on a free port (`dicomvault.bench.dimse.start_storescp`). It reads every
+    object off the wire and discards it (no disk write, no hash, no index), so it bounds what any
+    archive fed by the same storescu clients on this machine can reach. `--fork` gives each
+    association its own process, as a multi-association archive receives them: dcmtk's default
+    single-process mode serves parallel associations one after another and reports about half the
+    4-association ceiling (issue 13). Its timestamped log (one line per object received, the forked
+    children writing to the same file: `count` reads them) goes to `folder`/storescp.log, not the
+    terminal. It has no option to bind 127.0.0.1 only, so it listens on every interface (the
+    clients connect to 127.0.0.1)."""
+    scp = start_storescp(folder, extra=("--fork",))
 
     def stop() -> None:
         rc = terminate(scp.proc, 10)
@@ -182,7 +186,7 @@ def start_ceiling(folder: Path) -> Target:
 
 
 TARGETS = ("Orthanc", "Orthanc zlib", "dicomvault")  # the archives compared
-CEILING = "storescp --ignore (no-op ceiling)"  # measured after them, from the same clients
+CEILING = "storescp --fork --ignore (no-op ceiling)"  # measured after them, from the same clients
 
 
 def start_target(which: str, store: Path, move_dest: tuple[str, int] | None = None) -> Target:
@@ -715,7 +719,8 @@ def ceiling_note(results: list[IngestResult]) -> str:
         parts.append(part)
     if not parts:
         return ""
-    return ("No-op ceiling: dcmtk `storescp -pdu 131072 --ignore` (single process, `TCP_NODELAY=1`) "
+    return ("No-op ceiling: dcmtk `storescp --fork -pdu 131072 --ignore` (one process per association, "
+            "`TCP_NODELAY=1`) "
             "receives and discards every object (no disk write, no hash) sent by the same storescu runs; "
             "its instances column counts objects received. The storescu clients share this machine's "
             "CPUs with the server, so no receiver, archive or not, goes faster here: an archive can be "
@@ -763,7 +768,8 @@ def main() -> int:
            f"scratch: {scratch}; Orthanc 1.10.1 (TcpNoDelay, PDU 131072, SyncStorageArea true, "
            "SQLite default, no plugins, 4 DICOM threads); "
            "dicomvault serve (BLAKE3 + hot codec, durable); "
-           "no-op ceiling: dcmtk storescp -pdu 131072 --ignore (receives, stores nothing).", ""]
+           "no-op ceiling: dcmtk storescp --fork -pdu 131072 --ignore (one process per association; "
+           "receives, stores nothing).", ""]
 
     if not args.skip_ingest:
         files = make_ct_input(scratch / f"ct-{studies}x{slices}", studies, slices)

@@ -1,5 +1,5 @@
 """The DIMSE comparison tables (bench/dimse_compare.py, bench/compare_all.py) carry the no-op
-ceiling (dcmtk storescp --ignore) as a target with its ratios, and every markdown row has as many
+ceiling (dcmtk storescp --fork --ignore) as a target with its ratios, and every markdown row has as many
 cells as its header. No server runs: the tables are rendered from made-up results."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def test_ingest_table_has_the_ceiling_row_and_ratios() -> None:
     assert head[-2:] == ["dicomvault / this", "this / ceiling"]
     by = {(r[0], r[1]): dict(zip(head, r, strict=True)) for r in rows[2:]}
     assert set(by) == {(t, a) for t in (*dc.TARGETS, dc.CEILING) for a in ("1", "4")}
-    assert dc.CEILING == "storescp --ignore (no-op ceiling)"
+    assert dc.CEILING == "storescp --fork --ignore (no-op ceiling)"
     ceil4 = by[(dc.CEILING, "4")]
     assert ceil4["instances"] == "300/300" and ceil4["this / ceiling"] == ""
     assert ceil4["dicomvault / this"] == f"{600 / 820:.2f}x"  # dicomvault / ceiling
@@ -111,7 +111,7 @@ def test_compare_all_report_has_the_ceiling_column(tmp_path: Path) -> None:
     assert by["DIMSE ingest, 4 assoc., p50 ms per instance"]["dicomvault / ceiling"] == "-"
     assert by["C-GET study retrieve, MB/s"][dc.CEILING] == "-"
     assert by["device synced sequential write, MB/s"]["device"] == "400.0"
-    assert "No-op ceiling: dcmtk `storescp -pdu 131072 --ignore`" in text
+    assert "No-op ceiling: dcmtk `storescp --fork -pdu 131072 --ignore` (one process per association" in text
     # the issue's bound: the device (400 MB/s) is below the ceiling (157.5 MB in 300/820 s)
     bound4 = by["DIMSE ingest, 4 assoc., / min(no-op ceiling, device synced write) (issue 13: >= 0.8 with 4)"]
     assert bound4["dicomvault"] == f"{157.5 / (300 / 600) / 400:.2f}x"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -23,6 +24,7 @@ from typing import Any
 import pydicom
 from pynetdicom import AE, _config
 from pynetdicom.dsutils import split_dataset
+from pynetdicom.sop_class import Verification
 
 from dicomvault.bench.ports import free_port  # noqa: F401  (re-exported to the tests)
 from dicomvault.engine import Engine
@@ -230,3 +232,18 @@ def storescu(archive: Archive, files: list[Path], *extra: str) -> None:
         for f in group:
             s = Sent.of(f)
             archive.sent[s.sop_uid] = s
+
+
+def _item(kind: int, body: bytes) -> bytes:
+    return struct.pack(">BBH", kind, 0, len(body)) + body
+
+
+def associate_rq(calling: str = "HOSTILE", called: str = ARCHIVE_AE) -> bytes:
+    """A minimal A-ASSOCIATE-RQ (PS3.8 9.3.2) proposing Verification, by hand: the PDUs below are
+    then sent on a real association that pynetdicom never sees."""
+    pc = _item(0x20, bytes([1, 0, 0, 0]) + _item(0x30, Verification.encode())
+               + _item(0x40, b"1.2.840.10008.1.2"))
+    user = _item(0x50, _item(0x51, struct.pack(">I", 16384)) + _item(0x52, b"1.2.3.4"))
+    body = (struct.pack(">HH", 1, 0) + called.ljust(16).encode() + calling.ljust(16).encode() + b"\0" * 32
+            + _item(0x10, b"1.2.840.10008.3.1.1.1") + pc + user)
+    return struct.pack(">BBI", 0x01, 0, len(body)) + body

@@ -14,31 +14,16 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from dimse_helpers import ARCHIVE_AE, HOST, Archive, associate, run
+from dimse_helpers import ARCHIVE_AE, HOST, Archive, associate, associate_rq, run
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import _config, build_context
-from pynetdicom.sop_class import SecondaryCaptureImageStorage, Verification
+from pynetdicom.sop_class import SecondaryCaptureImageStorage
 
 from dicomvault.engine import Engine, file_name
 
 pytestmark = pytest.mark.interop
 
 SC = str(SecondaryCaptureImageStorage)
-
-
-def _item(kind: int, body: bytes) -> bytes:
-    return struct.pack(">BBH", kind, 0, len(body)) + body
-
-
-def associate_rq(calling: str = "HOSTILE", called: str = ARCHIVE_AE) -> bytes:
-    """A minimal A-ASSOCIATE-RQ (PS3.8 9.3.2) proposing Verification, by hand: the PDUs below are
-    then sent on a real association that pynetdicom never sees."""
-    pc = _item(0x20, bytes([1, 0, 0, 0]) + _item(0x30, Verification.encode())
-               + _item(0x40, b"1.2.840.10008.1.2"))
-    user = _item(0x50, _item(0x51, struct.pack(">I", 16384)) + _item(0x52, b"1.2.3.4"))
-    body = (struct.pack(">HH", 1, 0) + called.ljust(16).encode() + calling.ljust(16).encode() + b"\0" * 32
-            + _item(0x10, b"1.2.840.10008.3.1.1.1") + pc + user)
-    return struct.pack(">BBI", 0x01, 0, len(body)) + body
 
 
 def established(archive: Archive) -> socket.socket:

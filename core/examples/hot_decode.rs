@@ -2,13 +2,17 @@
 //! (`perf`, `valgrind --tool=callgrind`) and for comparing decoder changes on the same files.
 //!
 //! ```sh
-//! cargo run --release --example hot_decode -- [--seconds=S] DIR...
+//! cargo run --release --example hot_decode -- [--seconds=S] [--codec-crc] DIR...
 //! ```
 //!
 //! Every `*.dcm` file is encoded once as the archive stores it (the filter on its native pixel
 //! data), then all are decoded into one reused buffer, as the vault's reader does, for at least
 //! `--seconds` of this thread's CPU time (default 2). Prints the stored ratio and the decode
 //! MB/s per core (file bytes per second of thread CPU time) and ns per file.
+//!
+//! The decode is the local blob store's read path: the stored bytes count as checked by the
+//! record CRC, so the codec's own CRC is skipped ([`codec::StoredCrc::RecordChecked`]).
+//! `--codec-crc` checks it too, as a decode of bytes from an object store does.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,9 +30,12 @@ fn cpu_time() -> Duration {
 
 fn main() {
     let mut seconds = 2.0f64;
+    let mut checked = codec::StoredCrc::RecordChecked;
     let mut dirs: Vec<PathBuf> = Vec::new();
     for a in std::env::args().skip(1) {
-        if let Some(v) = a.strip_prefix("--seconds=") {
+        if a == "--codec-crc" {
+            checked = codec::StoredCrc::Unchecked;
+        } else if let Some(v) = a.strip_prefix("--seconds=") {
             seconds = v.parse().expect("--seconds=S");
         } else {
             dirs.push(a.into());
@@ -62,7 +69,7 @@ fn main() {
     let (t0, mut n) = (cpu_time(), 0u32);
     loop {
         for (codec, stored, len) in &objects {
-            codec::decode_into(*codec, stored, *len, &mut out).expect("decodes");
+            codec::decode_checked_into(*codec, stored, *len, &mut out, checked).expect("decodes");
             std::hint::black_box(&out);
         }
         n += 1;

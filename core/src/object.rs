@@ -6,7 +6,7 @@
 //! (preamble, "DICM", group 0002) are returned as `prefix` for the index to keep, so an exported
 //! file is byte-identical to the ingested one.
 
-use crate::codec::{self, Codec, PixelLayout};
+use crate::codec::{self, Codec, PixelLayout, StoredCrc};
 use crate::error::{Error, Result};
 use crate::hash::{self, Hash};
 use crate::parse::{self, Parsed, PixelInfo};
@@ -370,9 +370,10 @@ impl ReadCheck {
     }
 }
 
-/// Decodes the stored bytes of a blob read from the local blob store (its record CRC checked)
-/// into `logical` and checks the result as `check` says. Compaction, tier moves, replication
-/// and `verify` use [`decode_verified`]: BLAKE3 always.
+/// Decodes the stored bytes of a blob into `logical` and checks the result as `check` says.
+/// `stored` says whether the bytes were just read from the local blob store (its record CRC
+/// checked them: the codec's CRC is skipped) or come from elsewhere (the codec checks its CRC).
+/// Compaction, tier moves, replication and `verify` use [`decode_verified`]: BLAKE3 always.
 pub fn decode_read_into(
     expected: &Hash,
     codec: Codec,
@@ -380,9 +381,10 @@ pub fn decode_read_into(
     logical_len: u64,
     logical: &mut Vec<u8>,
     check: ReadCheck,
+    checked_by: StoredCrc,
 ) -> Result<()> {
     let len = usize::try_from(logical_len).map_err(|_| Error::Codec { reason: "object too large".into() })?;
-    let checked = codec::decode_checked_into(codec, stored, len, logical)?;
+    let checked = codec::decode_checked_into(codec, stored, len, logical, checked_by)?;
     if check == ReadCheck::Checksum && (checked || codec == Codec::Raw) {
         return Ok(());
     }
@@ -408,7 +410,7 @@ pub fn decode_verified_into(
     logical_len: u64,
     logical: &mut Vec<u8>,
 ) -> Result<()> {
-    decode_read_into(expected, codec, stored, logical_len, logical, ReadCheck::Hash)
+    decode_read_into(expected, codec, stored, logical_len, logical, ReadCheck::Hash, StoredCrc::Unchecked)
 }
 
 #[cfg(test)]
@@ -423,18 +425,55 @@ mod tests {
         assert_eq!(codec, Codec::Hot);
         let mut out = Vec::new();
         for check in [ReadCheck::Checksum, ReadCheck::Hash] {
-            decode_read_into(&h, Codec::Hot, &hot, logical.len() as u64, &mut out, check).unwrap();
+            decode_read_into(
+                &h,
+                Codec::Hot,
+                &hot,
+                logical.len() as u64,
+                &mut out,
+                check,
+                StoredCrc::Unchecked,
+            )
+            .unwrap();
             assert_eq!(out, logical);
-            decode_read_into(&h, Codec::Raw, &logical, logical.len() as u64, &mut out, check).unwrap();
+            decode_read_into(
+                &h,
+                Codec::Raw,
+                &logical,
+                logical.len() as u64,
+                &mut out,
+                check,
+                StoredCrc::Unchecked,
+            )
+            .unwrap();
         }
         // Stored under another address: only the BLAKE3 check can tell, and it runs where asked
         // and wherever the stored bytes carry no checksum of what they decode to.
         let other = hash::hash(b"other");
         let len = logical.len() as u64;
-        assert!(decode_read_into(&other, Codec::Hot, &hot, len, &mut out, ReadCheck::Checksum).is_ok());
-        assert!(decode_read_into(&other, Codec::Raw, &logical, len, &mut out, ReadCheck::Checksum).is_ok());
+        assert!(decode_read_into(
+            &other,
+            Codec::Hot,
+            &hot,
+            len,
+            &mut out,
+            ReadCheck::Checksum,
+            StoredCrc::Unchecked
+        )
+        .is_ok());
+        assert!(decode_read_into(
+            &other,
+            Codec::Raw,
+            &logical,
+            len,
+            &mut out,
+            ReadCheck::Checksum,
+            StoredCrc::Unchecked
+        )
+        .is_ok());
         for (codec, stored) in [(Codec::Hot, &hot), (Codec::Raw, &logical)] {
-            let r = decode_read_into(&other, codec, stored, len, &mut out, ReadCheck::Hash);
+            let r =
+                decode_read_into(&other, codec, stored, len, &mut out, ReadCheck::Hash, StoredCrc::Unchecked);
             assert!(matches!(r, Err(Error::HashMismatch { .. })), "{codec:?}: {r:?}");
         }
         assert!(decode_verified(&other, Codec::Hot, &hot, len).is_err());
@@ -446,16 +485,26 @@ mod tests {
         let len = logical.len() as u64;
         let h = hash::hash(&logical);
         for check in [ReadCheck::Checksum, ReadCheck::Hash] {
-            decode_read_into(&h, codec, &cold, len, &mut out, check).unwrap();
+            decode_read_into(&h, codec, &cold, len, &mut out, check, StoredCrc::Unchecked).unwrap();
             assert_eq!(out, logical);
         }
-        assert!(decode_read_into(&other, codec, &cold, len, &mut out, ReadCheck::Checksum).is_ok());
-        let r = decode_read_into(&other, codec, &cold, len, &mut out, ReadCheck::Hash);
+        assert!(decode_read_into(
+            &other,
+            codec,
+            &cold,
+            len,
+            &mut out,
+            ReadCheck::Checksum,
+            StoredCrc::Unchecked
+        )
+        .is_ok());
+        let r = decode_read_into(&other, codec, &cold, len, &mut out, ReadCheck::Hash, StoredCrc::Unchecked);
         assert!(matches!(r, Err(Error::HashMismatch { .. })), "{r:?}");
         let v3 = codec::cold::encode_cold_version(&logical, &canonical_layout(&logical).unwrap(), 3).unwrap();
-        decode_read_into(&h, codec, &v3, len, &mut out, ReadCheck::Checksum).unwrap();
+        decode_read_into(&h, codec, &v3, len, &mut out, ReadCheck::Checksum, StoredCrc::Unchecked).unwrap();
         assert_eq!(out, logical);
-        let r = decode_read_into(&other, codec, &v3, len, &mut out, ReadCheck::Checksum);
+        let r =
+            decode_read_into(&other, codec, &v3, len, &mut out, ReadCheck::Checksum, StoredCrc::Unchecked);
         assert!(matches!(r, Err(Error::HashMismatch { .. })), "{r:?}");
         assert_eq!(ReadCheck::parse("hash").unwrap(), ReadCheck::Hash);
         assert_eq!(ReadCheck::parse("checksum").unwrap(), ReadCheck::default());

@@ -5,7 +5,7 @@
 //! buffer fresh would zero-fill it; here the buffers go back to a small pool when the Python
 //! object is released, so a retrieve of same-size objects reuses them without either.
 
-use dicomvault_core::codec::Codec;
+use dicomvault_core::codec::{Codec, StoredCrc};
 use dicomvault_core::object::{self, ReadCheck};
 use dicomvault_core::pool::Pool;
 use pyo3::prelude::*;
@@ -92,7 +92,7 @@ impl DecodedObject {
 }
 
 /// Stored bytes read from elsewhere (an object-store tier, its digest of the stored bytes
-/// checked) decoded into a pooled native buffer and checked as `verify_reads` says (against the
+/// checked; not a local blob-store record, so the codec checks its own CRC too) decoded into a pooled native buffer and checked as `verify_reads` says (against the
 /// checksum stored with them, else the blob's hash), off the GIL: (transfer syntax UID, data
 /// set). Why: the cold codec's decode is what paces a retrieve from an object store, and
 /// `decode` + `blake3` took the GIL back between them and copied each object twice (into
@@ -111,7 +111,7 @@ pub fn decode_read<'py>(
     let check = ReadCheck::parse(verify_reads).py_err()?;
     let mut buf = take_buffer();
     let read = gil::bytes_work(py, stored.len().max(logical_len as usize), || {
-        object::decode_read_into(&h, codec, stored, logical_len, &mut buf, check)?;
+        object::decode_read_into(&h, codec, stored, logical_len, &mut buf, check, StoredCrc::Unchecked)?;
         let (ts, ds) = object::split_canonical(&buf)?;
         Ok((ts.to_owned(), buf.len() - ds.len()))
     });

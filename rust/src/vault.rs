@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use dicomvault_core::attrtext::decode_index_attrs;
-use dicomvault_core::codec::Codec;
+use dicomvault_core::codec::{Codec, StoredCrc};
 use dicomvault_core::hash::Hash;
 use dicomvault_core::object::{self, Landed, Prepared, ReadCheck};
 use dicomvault_core::parse::INDEX_TAGS;
@@ -525,7 +525,17 @@ pub(crate) fn read_logical_into(
     check: ReadCheck,
 ) -> Result<(), Error> {
     let blob = store.get(h)?;
-    object::decode_read_into(h, Codec::from_u8(blob.codec)?, &blob.bytes, blob.logical_len, logical, check)
+    // `get` has checked the record CRC over exactly these bytes: the codec's CRC is not repeated.
+    let codec = Codec::from_u8(blob.codec)?;
+    object::decode_read_into(
+        h,
+        codec,
+        &blob.bytes,
+        blob.logical_len,
+        logical,
+        check,
+        StoredCrc::RecordChecked,
+    )
 }
 
 fn write_file(path: &std::path::Path, prefix: &[u8], dataset: &[u8]) -> Result<(), Error> {

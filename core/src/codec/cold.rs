@@ -837,12 +837,18 @@ impl Reader<'_> {
 /// Decodes a cold stream into `out` (its allocation reused, only growth zero-filled: every byte
 /// is written). `Ok(true)`: the decoded bytes matched the logical bytes' checksum stored with
 /// them (version 4); `Ok(false)`: the stream has none (versions 1-3), only its CRC was checked.
-pub(super) fn decode_cold_into(stored: &[u8], logical_len: usize, out: &mut Vec<u8>) -> Result<bool> {
+/// `check_crc`: whether to check the stream's CRC-32 (see [`super::StoredCrc`]).
+pub(super) fn decode_cold_into(
+    stored: &[u8],
+    logical_len: usize,
+    check_crc: bool,
+    out: &mut Vec<u8>,
+) -> Result<bool> {
     if stored.len() < FIXED_HEADER + CRC_LEN {
         return Err(codec_err(format!("stored object too short ({} bytes)", stored.len())));
     }
     let (body, crc) = stored.split_at(stored.len() - CRC_LEN);
-    if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+    if check_crc && crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
         return Err(codec_err("checksum mismatch"));
     }
     let mut r = Reader { b: body, pos: 0 };
@@ -2864,11 +2870,25 @@ mod tests {
             let at = v4.len() - CRC_LEN - CHECK_LEN;
             assert_eq!(v4[at..at + CHECK_LEN], xxh3_64(&obj).to_le_bytes());
             assert_eq!((&v4[4..at], v4.len()), (&v3[4..v3.len() - CRC_LEN], v3.len() + CHECK_LEN));
-            assert!(crate::codec::decode_checked_into(Codec::Cold, &v4, obj.len(), &mut out).unwrap());
+            assert!(crate::codec::decode_checked_into(
+                Codec::Cold,
+                &v4,
+                obj.len(),
+                &mut out,
+                crate::codec::StoredCrc::Unchecked
+            )
+            .unwrap());
             assert_eq!(out, obj);
             for old in [VERSION_1, VERSION_2, VERSION_3] {
                 let s = encode_version(&obj, &l, old).unwrap();
-                assert!(!crate::codec::decode_checked_into(Codec::Cold, &s, obj.len(), &mut out).unwrap());
+                assert!(!crate::codec::decode_checked_into(
+                    Codec::Cold,
+                    &s,
+                    obj.len(),
+                    &mut out,
+                    crate::codec::StoredCrc::Unchecked
+                )
+                .unwrap());
                 assert_eq!(out, obj, "version {old}");
             }
             // The checksum of other bytes, the stream otherwise intact and its CRC right: an
@@ -3014,7 +3034,7 @@ mod tests {
     fn decode_portable(stored: &[u8], logical_len: usize) -> Result<Vec<u8>> {
         PORTABLE.with(|p| p.set(true));
         let mut out = Vec::new();
-        let r = decode_cold_into(stored, logical_len, &mut out);
+        let r = decode_cold_into(stored, logical_len, true, &mut out);
         PORTABLE.with(|p| p.set(false));
         r.map(|_| out)
     }

@@ -198,9 +198,12 @@ class IdentifierEncoder:
         # The keys the index answers (tag order) and where each goes among all the keys; the
         # others (level, sequences) are the same in every identifier.
         self.columns = [k.keyword for k in keys if k.keyword in query]
-        self._slots = [(i, k.default) for i, k in enumerate(keys) if k.keyword in query]
-        self._template: list[str | bytes] = ["" if not k.keyword or k.keyword in query else k.default
-                                             for k in keys]
+        # what encode_values does to a row of them: the defaults of empty values (by position in
+        # the row), then the constant elements inserted (positions in the whole identifier)
+        self._defaults = [(i, k.default) for i, k in enumerate(k for k in keys if k.keyword in query)
+                          if k.default]
+        self._inserts = [(i, "" if not k.keyword else k.default) for i, k in enumerate(keys)
+                         if k.keyword not in query]
 
     def _element(self, head: bytes, fmt: str, value: bytes) -> bytes:
         if fmt == "<H" and len(value) > _MAX_SHORT:
@@ -223,9 +226,14 @@ class IdentifierEncoder:
     def encode_values(self, values: list[str]) -> bytes:
         """One match as an encoded identifier, from the texts of :attr:`columns` in order (what
         ``Index.find_values`` gives)."""
-        texts = self._template.copy()
-        for (i, default), v in zip(self._slots, values, strict=True):
-            texts[i] = v or default
+        if len(values) != len(self.columns):
+            raise ValueError(f"{len(values)} values for {len(self.columns)} columns")
+        texts: list[str | bytes] = list(values)
+        for i, default in self._defaults:
+            if not texts[i]:
+                texts[i] = default
+        for i, constant in self._inserts:
+            texts.insert(i, constant)
         # every DICOM character set writes ASCII as ASCII; anything else goes out as UTF-8
         charset = self.request_charset if "".join(texts).isascii() else "ISO_IR 192"  # type: ignore[arg-type]
         if self._special:

@@ -56,6 +56,7 @@ import re
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import islice
 from typing import Any
 
 from rocksdict import ReadOptions
@@ -668,10 +669,11 @@ class Planner:
         for k in src.keys():
             if stats is not None:
                 stats.scanned += 1
-            for lk in self.expand(src.level, level, k):
-                if lk not in seen:
-                    seen.add(lk)
-                    yield lk
+            # a list per source key, not a key at a time: a study's 2,000 images went through
+            # three generators each
+            fresh = [lk for lk in dict.fromkeys(self.expand(src.level, level, k)) if lk not in seen]
+            seen.update(fresh)
+            yield from fresh
 
     # -- execution ------------------------------------------------------------
 
@@ -810,15 +812,10 @@ def _as_str(v: Any) -> str:
 def _chunks(it: Iterable[bytes], n: int) -> Iterator[list[bytes]]:
     # Small first chunks: a query stopped by a limit (a newest-first page) loads few extra records.
     size = min(n, _FIRST_CHUNK)
-    buf: list[bytes] = []
-    for x in it:
-        buf.append(x)
-        if len(buf) >= size:
-            yield buf
-            buf = []
-            size = min(n, size * 2)
-    if buf:
+    source = iter(it)
+    while buf := list(islice(source, size)):
         yield buf
+        size = min(n, size * 2)
 
 
 Filters = list[tuple[str, Callable[[str | None], bool]]]

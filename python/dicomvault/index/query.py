@@ -666,6 +666,14 @@ class Planner:
                 yield k
             return
         seen: set[bytes] = set()
+        if src.level == level:
+            for k in src.keys():
+                if stats is not None:
+                    stats.scanned += 1
+                if k not in seen:
+                    seen.add(k)
+                    yield k
+            return
         for k in src.keys():
             if stats is not None:
                 stats.scanned += 1

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod error;
 pub mod fuzzing;
 pub mod hash;
+pub mod index_record;
 pub mod net;
 pub mod object;
 pub mod parse;

@@ -1,6 +1,7 @@
 """Typed stubs of the native extension (rust/src): the names, parameters and types Python code sees."""
 
 import builtins
+from collections.abc import Callable
 from os import PathLike
 from types import ModuleType
 from typing import Any, Literal
@@ -24,6 +25,7 @@ __all__ = [
     "ReceivedDataSet",
     "DecodedObject",
     "IdentifierPlan",
+    "InstanceColumns",
     "encode_response",
     "frame_message",
     "send_message",
@@ -193,6 +195,19 @@ class IdentifierPlan:
     def __init__(self, keys: list[tuple[bytes, bool, int]]) -> None: ...
     def encode(self, prefix: bytes, values: list[str | bytes]) -> bytes:
         """`prefix` then one element per key, from `values` (one per key, in order)."""
+
+class InstanceColumns:
+    def __init__(self, columns: list[tuple[str | None, str | None, bool, bool]]) -> None:
+        """`columns`: (record field, attrs keyword, series'/study's value first, integer field as
+        text) per column of an IMAGE-level query."""
+    def rows(
+        self,
+        raws: list[bytes | None],
+        uppers: dict[tuple[str, str], list[str | None]],
+        fill: Callable[[list[tuple[str, str]]], None],
+    ) -> list[list[str] | None | bool]:
+        """Per record: None (no record), False (read it in Python) or the column texts; `fill`
+        adds the (study UID, series UID) pairs `uppers` lacks."""
 
 def encode_response(
     context_id: int,

@@ -97,3 +97,16 @@ def test_pdata_reassembles_in_pynetdicom(max_pdu: int) -> None:
     assert msg.command_set.Status == PENDING and msg.command_set.MessageIDBeingRespondedTo == 5
     assert msg.data_set.getvalue() == dataset
 
+
+
+@pytest.mark.parametrize("sequences", [[], [0x00081110, 0x00081115]])
+def test_values_in_column_order_encode_like_the_row(sequences: list[int]) -> None:
+    """encode_values (what find_responses gives it: Index.find_values in `columns` order) writes
+    the same bytes as encode of the row dict: defaults, level and sequences in their places."""
+    enc = IdentifierEncoder("STUDY", QUERY, sequences, "ISO_IR 100", "ARCHIVE", implicit=False)
+    assert sorted(enc.columns) == sorted(QUERY)
+    for row in (ROW, {}, {**ROW, "PatientName": "Müller^Jürgen"}):
+        assert enc.encode_values([row.get(c, "") for c in enc.columns]) == enc.encode(row)
+    assert decode_identifier(enc.encode_values([""] * len(enc.columns)), False).RetrieveAETitle == "ARCHIVE"
+    with pytest.raises(ValueError, match="values for"):
+        enc.encode_values([""])

@@ -195,6 +195,15 @@ class IdentifierEncoder:
                         for k in keys]
         self._prefixes: dict[str, bytes] = {}
         self._special = any(empty or number for _, _, empty, number, _ in self._values)  # not plain text
+        # The keys the index answers (tag order) and where each goes among all the keys; the
+        # others (level, sequences) are the same in every identifier.
+        self.columns = [k.keyword for k in keys if k.keyword in query]
+        # what encode_values does to a row of them: the defaults of empty values (by position in
+        # the row), then the constant elements inserted (positions in the whole identifier)
+        self._defaults = [(i, k.default) for i, k in enumerate(k for k in keys if k.keyword in query)
+                          if k.default]
+        self._inserts = [(i, "" if not k.keyword else k.default) for i, k in enumerate(keys)
+                         if k.keyword not in query]
 
     def _element(self, head: bytes, fmt: str, value: bytes) -> bytes:
         if fmt == "<H" and len(value) > _MAX_SHORT:
@@ -212,9 +221,19 @@ class IdentifierEncoder:
 
     def encode(self, row: Mapping[str, str]) -> bytes:
         """One match (an index row: keyword -> text) as an encoded identifier."""
-        get = row.get
-        texts: list[str | bytes] = [(get(kw) or default) if kw else ""
-                                    for kw, default, _, _, _ in self._values]
+        return self.encode_values([row.get(kw) or "" for kw in self.columns])
+
+    def encode_values(self, values: list[str]) -> bytes:
+        """One match as an encoded identifier, from the texts of :attr:`columns` in order (what
+        ``Index.find_values`` gives)."""
+        if len(values) != len(self.columns):
+            raise ValueError(f"{len(values)} values for {len(self.columns)} columns")
+        texts: list[str | bytes] = list(values)
+        for i, default in self._defaults:
+            if not texts[i]:
+                texts[i] = default
+        for i, constant in self._inserts:
+            texts.insert(i, constant)
         # every DICOM character set writes ASCII as ASCII; anything else goes out as UTF-8
         charset = self.request_charset if "".join(texts).isascii() else "ISO_IR 192"  # type: ignore[arg-type]
         if self._special:
@@ -338,14 +357,14 @@ def find_responses(engine: Engine, model: str, identifier: Dataset, our_ae: str,
         log.warning("C-FIND from %s refused: %s", caller, why)
         yield IDENTIFIER_DOES_NOT_MATCH, None, why
         return
+    encoder = IdentifierEncoder(level, query, sequences, identifier.get("SpecificCharacterSet"), our_ae,
+                                implicit=implicit)
     try:
-        rows = engine.index.find(level, query)
+        rows = engine.index.find_values(level, query, encoder.columns)
     except QueryError as exc:
         log.warning("C-FIND from %s refused: %s", caller, exc)
         yield IDENTIFIER_DOES_NOT_MATCH, None, str(exc)
         return
-    encoder = IdentifierEncoder(level, query, sequences, identifier.get("SpecificCharacterSet"), our_ae,
-                                implicit=implicit)
     n = 0
     for row in rows:
         if max_results and n >= max_results:
@@ -362,7 +381,7 @@ def find_responses(engine: Engine, model: str, identifier: Dataset, our_ae: str,
                 audit.queried(caller, level, query, n, model=model)
             yield CANCEL, None, None
             return
-        yield PENDING, encoder.encode(row), None
+        yield PENDING, encoder.encode_values(row), None
         n += 1
     log.info("C-FIND from %s at %s level: %d matches", caller, level, n)
     if audit is not None:

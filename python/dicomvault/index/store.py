@@ -1158,6 +1158,13 @@ class Index(PatientCorrections):
         self._check_open()
         return self._planner.find(level, query, limit, stats)
 
+    def find_values(self, level: str, query: Mapping[str, str | None], columns: list[str],
+                    limit: int | None = None, stats: QueryStats | None = None) -> Iterator[list[str]]:
+        """:meth:`find`, each match as the texts of ``columns`` (keywords) in that order; no dict
+        per match (C-FIND writes them into its responses at once)."""
+        self._check_open()
+        return self._planner.find_values(level, query, columns, limit, stats)
+
     def explain(self, level: str, query: Mapping[str, str | None]) -> dict[str, Any]:
         """The candidate source the planner picks for a query (debugging)."""
         self._check_open()

@@ -92,9 +92,9 @@ impl DecodedObject {
 }
 
 /// Stored bytes read from elsewhere (an object-store tier, its digest of the stored bytes
-/// checked; not a local blob-store record, so the codec checks its own CRC too) decoded into a pooled native buffer and checked as `verify_reads` says (against the
-/// checksum stored with them, else the blob's hash), off the GIL: (transfer syntax UID, data
-/// set). Why: the cold codec's decode is what paces a retrieve from an object store, and
+/// checked; not a local blob-store record, so the codec checks its own CRC too) decoded into a
+/// pooled native buffer and checked as `verify_reads` says (against the checksum stored with
+/// them, else the blob's hash), off the GIL: (transfer syntax UID, data set). Why: the cold codec's decode is what paces a retrieve from an object store, and
 /// `decode` + `blake3` took the GIL back between them and copied each object twice (into
 /// bytes, then its data set out of those); here the retrieve's readers decode on all cores and
 /// the sender gets the buffer.

@@ -30,7 +30,7 @@ from dicomvault.dimse import association, dul, encoded
 from dicomvault.dimse.association import ArchiveAE, ArchiveAssociation
 from dicomvault.dimse.dul import EventDrivenDUL
 from dicomvault.dimse.encoded import ArchiveDIMSEProvider
-from dicomvault.dimse.transport import ArchiveSocket, recv_exactly
+from dicomvault.dimse.transport import ArchiveSocket, recv_exactly, recv_pdu
 
 
 def test_fast_rsp_is_pynetdicoms_encoding() -> None:
@@ -233,21 +233,16 @@ def test_a_release_is_answered_without_waiting_out_the_idle_wait(monkeypatch: py
             with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) as s:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 s.sendall(associate_rq("SCU", "TUNED"))
-                assert _read_pdu(s)[0] == 0x02, "association not accepted"
+                assert recv_pdu(s)[0] == 0x02, "association not accepted"
                 t0 = time.monotonic()
                 s.sendall(bytes([5, 0, 0, 0, 0, 4, 0, 0, 0, 0]))  # A-RELEASE-RQ
-                assert _read_pdu(s)[0] == 0x06, "no A-RELEASE-RP"
+                assert recv_pdu(s)[0] == 0x06, "no A-RELEASE-RP"
                 took = time.monotonic() - t0
             if took > 1.0:
                 slow.append(round(took, 2))
     finally:
         server.shutdown()
     assert not slow, f"releases that waited out the reactor's idle wait: {slow}"
-
-
-def _read_pdu(s: socket.socket) -> bytes:
-    head = recv_exactly(s, 6)
-    return head + recv_exactly(s, int.from_bytes(head[2:6], "big"))
 
 
 def test_a_connection_closed_before_its_request_frees_its_slot_at_once(tmp_path: Any) -> None:

@@ -16,6 +16,7 @@ import threading
 import time
 
 from ...engine import Engine
+from ...errors import DicomVaultError
 from ...index.records import REPLACED, STORED
 from .metadata import MetadataService
 
@@ -53,6 +54,7 @@ class MetadataWarmer:
         self.cursor = min(kept, last) if kept is not None else max(0, last - CATCH_UP)
         self.pending: dict[tuple[str, str], float] = {}  # (study, series) -> last change time
         self.warmed = 0
+        self.skipped = 0  # series not warmed because an object could not be read
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -92,17 +94,33 @@ class MetadataWarmer:
                 break
             _yield()
         done = 0
+        skipped: list[str] = []
         for key, at in list(self.pending.items()):
             if now - at < self.quiet_s or self._stop.is_set():
                 continue
             del self.pending[key]
-            recs = [r for r in self.engine.index.instances_of("series", key[1]) if r.study_uid == key[0]]
-            for i in range(0, len(recs), BATCH):
-                if self._stop.is_set():
-                    break
-                done += self.metadata.warm(recs[i:i + BATCH])
-                _yield()
+            try:
+                done += self._warm_series(*key)
+            except (DicomVaultError, OSError) as exc:
+                # An unreadable object (a missing or damaged blob, which `verify` reports) costs
+                # its series its warm cache, not the series behind it: stopping the step here
+                # left one series done per second, and a catch-up over a damaged archive never
+                # ended.
+                skipped.append(f"{key[1]} ({exc})")
+        if skipped:
+            self.skipped += len(skipped)
+            log.warning("metadata warmer: %d series not warmed (first: series %s)", len(skipped), skipped[0])
         self.warmed += done
         if not self.pending and self.metadata.cache is not None:
             self.metadata.cache.set_cursor(self.cursor)
+        return done
+
+    def _warm_series(self, study_uid: str, series_uid: str) -> int:
+        recs = [r for r in self.engine.index.instances_of("series", series_uid) if r.study_uid == study_uid]
+        done = 0
+        for i in range(0, len(recs), BATCH):
+            if self._stop.is_set():
+                break
+            done += self.metadata.warm(recs[i:i + BATCH])
+            _yield()
         return done

@@ -17,6 +17,7 @@ acse_timeout = 30                  # seconds for the A-ASSOCIATE-RQ (and A-RELEA
 dimse_timeout = 120                # seconds for a DIMSE message we wait for
 pending_interval = 0.1             # seconds between C-GET/C-MOVE pending responses (0: one per object)
 network_timeout = 300              # an association idle this long is dropped
+tcp_max_segment = 16384            # TCP segment size we announce (bytes, 0: the OS's); see below
 workers = 1                        # DIMSE receiver processes; 1 = in the server process
 tuned_reactor = true               # event-driven reactors of our associations (dimse/association.py)
 fast_path = true                   # C-STORE/C-ECHO read and answered natively (dimse/fastpath.py)
@@ -96,6 +97,13 @@ def _check_int(value: object, where: str, lo: int, hi: int) -> int:
     return value
 
 
+def _check_tcp_segment(value: object, where: str) -> int:
+    # Linux takes TCP_MAXSEG up to 32,767; 536 is the smallest segment every IPv4 host accepts.
+    if value == 0:
+        return 0
+    return _check_int(value, where + " (0: the OS's)", 536, 32767)
+
+
 def _check_seconds(value: object, where: str, lo: float = 0.1, hi: float = 86_400.0) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool) or not lo <= value <= hi:
         raise ConfigError(f"{where}: must be a number of seconds {lo:g}-{hi:g}, got {value!r}")
@@ -151,6 +159,12 @@ class DimseConfig:
     # passed since its last one; 0: after every sub-operation. PS3.4 makes them optional; one per
     # object cost the requestor a message per object (~15 % of a small-object C-MOVE's time).
     pending_interval: float = 0.1
+    # bytes: the largest TCP segment our listening sockets announce to callers (TCP_MAXSEG), 0 =
+    # the OS's. Only loopback (64 KB segments) and jumbo-frame links exceed it; Ethernet is 1,460.
+    # Why: dcmtk-based peers (findscu, Orthanc) shrink their receive buffer to 32 KB, less than one
+    # loopback segment; a long answer (2,000 C-FIND matches) then waited out a 200 ms window
+    # probe in a third of the answers. With 16 KB segments it never did (bench/RESULTS.md).
+    tcp_max_segment: int = 16384
     # Processes receiving DIMSE associations (dimse/workers.py). 1 = in the server process; N >= 2:
     # N receiver processes share the port, the server process alone writes the data directory.
     workers: int = 1
@@ -255,7 +269,7 @@ _DIMSE_KEYS = {
     "ae_title", "host", "port", "accept_unknown_callers", "max_pdu", "max_associations", "workers",
     "tuned_reactor", "fast_path", "tls_port", "tls_cert", "tls_key", "tls_ca",
     "max_associations_per_peer", "max_object_size", "max_query_results", "acse_timeout", "dimse_timeout",
-    "network_timeout", "pending_interval",
+    "network_timeout", "pending_interval", "tcp_max_segment",
 }
 _TOP_KEYS = {"data", "dimse", "peers", "replication", "forward", "http", "tiers", "tiering", "storage",
               "audit", "iocm", "hl7", "priors", "deidentify", "analysis"}
@@ -302,6 +316,8 @@ def _parse_dimse(table: object, where: str, base: Path = Path(".")) -> DimseConf
                                        f"{where}.network_timeout"),
         pending_interval=_check_seconds(table.get("pending_interval", d.pending_interval),
                                         f"{where}.pending_interval", 0.0, 60.0),
+        tcp_max_segment=_check_tcp_segment(table.get("tcp_max_segment", d.tcp_max_segment),
+                                           f"{where}.tcp_max_segment"),
         tuned_reactor=tuned,
         fast_path=fast and tuned,
         **_parse_tls(table, where, base),

@@ -247,3 +247,10 @@ def associate_rq(calling: str = "HOSTILE", called: str = ARCHIVE_AE) -> bytes:
     body = (struct.pack(">HH", 1, 0) + called.ljust(16).encode() + calling.ljust(16).encode() + b"\0" * 32
             + _item(0x10, b"1.2.840.10008.3.1.1.1") + pc + user)
     return struct.pack(">BBI", 0x01, 0, len(body)) + body
+
+
+def announced_segment(host: str, port: int) -> int:
+    """The TCP segment size a client connecting to (host, port) sends with: on loopback (64 KB
+    segments), the smaller of the OS's and what the listening socket announced."""
+    with socket.create_connection((host, port), timeout=5) as sock:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)

@@ -274,3 +274,27 @@ def test_a_connection_closed_before_its_request_frees_its_slot_at_once(tmp_path:
             assoc.release()
         finally:
             assert srv.stop(5)
+
+
+@pytest.mark.parametrize("cap", [8192, 0])
+def test_the_listening_socket_caps_the_tcp_segment(tmp_path: Any, cap: int) -> None:
+    """`[dimse] tcp_max_segment`: callers send (and get) segments no larger than it, so a
+    dcmtk peer's 32 KB receive buffer holds more than one; 0 leaves loopback's 64 KB."""
+    from dimse_helpers import announced_segment, pynetdicom_options_kept
+
+    from dicomvault.config import Config, DimseConfig
+    from dicomvault.dimse import DimseServer
+    from dicomvault.engine import Engine
+
+    with pynetdicom_options_kept(), Engine(tmp_path / "data") as eng:
+        srv = DimseServer(eng, Config(data_dir=tmp_path / "data",
+                                      dimse=DimseConfig(port=0, tcp_max_segment=cap)))
+        host, port = srv.start()
+        try:
+            mss = announced_segment(host, port)
+        finally:
+            assert srv.stop(5)
+    if cap:
+        assert mss <= cap
+    else:
+        assert mss > 16384  # loopback's own (64 KB, halved until the window grows)

@@ -68,6 +68,8 @@ def test_defaults_and_overrides(tmp_path: Path) -> None:
         ("[dimse]\nnetwork_timeout = 0\n", "network_timeout: must be a number of seconds"),
         ("[dimse]\nmax_associations_per_peer = 0\n", "max_associations_per_peer: must be an integer"),
         ("[http]\nrate_limit = -1\n", "rate_limit: must be requests per second"),
+        ("[dimse]\ntcp_max_segment = 100\n", "tcp_max_segment (0: the OS's): must be an integer 536-32767"),
+        ("[dimse]\ntcp_max_segment = 65536\n", "tcp_max_segment (0: the OS's): must be an integer 536-32767"),
         ("[http]\nrate_limits = 5\n", "unknown key(s) rate_limits"),
     ],
 )

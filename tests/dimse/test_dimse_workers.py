@@ -127,6 +127,14 @@ def find_images(arch: Archive, study_uid: str) -> int:
     return sum(1 for st, _ in rsps if st.Status in (0xFF00, 0xFF01))
 
 
+def test_receivers_cap_the_tcp_segment(archive: Archive) -> None:
+    """The receivers accept on the writer's listening socket, which carries the segment cap
+    (`[dimse] tcp_max_segment`, 16 KB by default; loopback's own is 64 KB)."""
+    from dimse_helpers import announced_segment
+
+    assert announced_segment(HOST, archive.port) <= 16384
+
+
 def study_of(path: Path) -> str:
     import pydicom
 

@@ -82,13 +82,24 @@ def enable_quickack(assoc: Any) -> None:
     dul_socket.quickack = True  # ArchiveSocket.recv and fastpath.py's native reader re-arm it
 
 
-def listen_socket(host: str, port: int) -> socket.socket:
+def cap_segment(sock: socket.socket, max_segment: int) -> None:
+    """Caps the TCP segment size a listening socket announces to the connections it accepts
+    (`[dimse] tcp_max_segment`, 0: the OS's; config.py says why)."""
+    if max_segment and hasattr(socket, "TCP_MAXSEG"):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, max_segment)
+        except OSError as exc:  # not TCP (a test's UNIX socket) or a kernel that refuses it
+            log.warning("TCP segment cap %d not set on %s: %s", max_segment, sock.getsockname(), exc)
+
+
+def listen_socket(host: str, port: int, max_segment: int = 0) -> socket.socket:
     """A listening TCP socket, inheritable (workers.py hands it to its receiver processes)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _, _, _, addr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        cap_segment(sock, max_segment)
         sock.bind(addr)
         sock.listen(128)
     except OSError:

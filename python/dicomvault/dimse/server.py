@@ -49,7 +49,7 @@ from . import fastpath, tls
 from .admission import relay_origins
 from .association import ArchiveAE
 from .commitment import CommitmentService
-from .common import calling_ae, listen_socket, log, peer_desc, requestor_host, set_nodelay
+from .common import calling_ae, cap_segment, listen_socket, log, peer_desc, requestor_host, set_nodelay
 from .dul import acse_expired, stalled
 from .encoded import encoders_verified
 from .fastretrieve import fast_get, fast_move
@@ -231,6 +231,7 @@ class DimseServer:
         d = self.config.dimse
         server = self.ae.start_server((d.host, d.port), block=False, evt_handlers=self._handlers())
         assert server is not None  # non-blocking start returns the server
+        cap_segment(server.socket, d.tcp_max_segment)  # read at each SYN: in time for every caller
         self._server = server
         host, port = server.server_address[:2]
         log.info("DIMSE SCP %s listening on %s:%d (max PDU %d, max %d associations, %d per peer, %s callers)",
@@ -239,7 +240,7 @@ class DimseServer:
         if d.tls_port:
             # TLS is terminated in front of the plain listener and relayed to it (tls_relay.py),
             # so TLS associations take the same native path as plain ones.
-            self._tls_listen = listen_socket(d.host, d.tls_port)
+            self._tls_listen = listen_socket(d.host, d.tls_port, d.tcp_max_segment)
             self._tls_stop.clear()
             scp = ("127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host, port)
             reloader = tls.listener_contexts(d)

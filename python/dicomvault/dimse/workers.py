@@ -244,9 +244,9 @@ class WorkerPool:
         receiver is accepting."""
         d = self.dimse
         try:
-            self._listen = listen_socket(d.host, d.port)
+            self._listen = listen_socket(d.host, d.port, d.tcp_max_segment)
             if d.tls_port:
-                self._tls_listen = listen_socket(d.host, d.tls_port)
+                self._tls_listen = listen_socket(d.host, d.tls_port, d.tcp_max_segment)
             self.ipc.start()
             for w in self._workers:
                 self._spawn(w)

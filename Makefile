@@ -148,7 +148,7 @@ bench-tiers: sysdeps ## tiered storage: landing vs inline ingest, compaction, co
 	$(VPY) bench/tier_bench.py $(if $(QUICK),--quick,)
 
 bench-find: sysdeps build ## C-FIND latency at 1M instances (+ queries inside 2,000-image studies), memory (~5 min)
-	$(VPY) bench/find_dv.py --index 1000000 --finds 150 --rounds 2
+	$(VPY) bench/find_dv.py --index 1000000 --finds 150 --rounds 2 --ceiling
 
 bench-fhir: build ## FHIR ImagingStudy/Patient search latency on 1,000 studies (~2 min)
 	$(VPY) bench/fhir_search.py

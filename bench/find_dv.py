@@ -19,6 +19,12 @@ method: its own ~6 ms CPU per query is in its figures) as a secondary table, wit
 (dimse/association.py); `--dcmtk N` also times dcmtk findscu/echoscu `--repeat N` (means only,
 and C-ECHO); `--profile-dir` records a py-spy
 profile (collapsed stacks) of every server.
+
+`--ceiling` adds, in every round, the machine's ceiling for the same answers: per query kind, one
+answer of that kind is captured from the first variant's server (pynetdicom SCU, once), and
+bench/noop_find.py replays it to every query of that kind, so findscu receives answers of the
+same size from a server that does nothing but write them. Its p50 is what no archive can beat
+with this client on this machine at this moment; the table gives each variant's share of it.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import time
 from pathlib import Path
 
 import dimse_compare as dc
+import noop_find
 
 from dicomvault.bench.orthanc import free_port
 from dicomvault.bench.procs import proc_cpu, terminate
@@ -137,6 +144,8 @@ def main() -> int:
     ap.add_argument("--dcmtk", type=int, default=0, metavar="N",
                     help="also time dcmtk findscu/echoscu --repeat N per query (means only)")
     ap.add_argument("--profile-dir", type=Path, help="py-spy record every server into this folder")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="also the same answers replayed by a no-op SCP (bench/noop_find.py) each round")
     ap.add_argument("--scratch", type=Path, default=dc.ROOT / ".scratch" / "find-dv")
     args = ap.parse_args()
     variants = [tuple(v.split("=", 1)) for v in args.variant] or [("current", str(dc.ROOT.parent / "python"))]
@@ -153,9 +162,15 @@ def main() -> int:
     dcmtk: dict[tuple[str, str], list[tuple[float, float]]] = {}
     # variant -> per-round (server resident MB after the findscu queries, peak resident MB)
     memory: dict[str, list[tuple[float, float]]] = {}
+    answers: dict[str, Path] = {}  # kind -> one captured answer (--ceiling)
     for rnd in range(args.rounds):
+        if answers:
+            res["findscu"].update({("ceiling", k): res["findscu"].get(("ceiling", k), []) + [v]
+                                   for k, v in ceiling_latencies(answers, args, rnd).items()})
         for name, path in variants:
             target, pid = start_variant(data, path)
+            if args.ceiling and not answers:
+                answers = capture_answers(target.port, args)
             spy = None
             if args.profile_dir is not None:
                 args.profile_dir.mkdir(parents=True, exist_ok=True)
@@ -194,6 +209,10 @@ def main() -> int:
                     res[client].setdefault((name, kind), []).append(v)
                     dc.log(f"round {rnd} {name:>10} {client:<10} {kind:<22} p50 {v[0]:6.2f} ms  "
                            f"p95 {v[1]:6.2f} ms  matches {v[2]:.1f}")
+    if args.ceiling:  # the last round's ceiling, after every variant
+        res["findscu"].update({("ceiling", k): res["findscu"].get(("ceiling", k), []) + [v]
+                               for k, v in ceiling_latencies(answers, args, args.rounds).items()})
+        variants = [*variants, ("ceiling", "")]
     base = variants[0][0]
     lines = [f"C-FIND, {args.index:,} instances + {dc.BIG_STUDIES} studies of {dc.BIG_INSTANCES:,}, "
              f"{args.finds} queries/type, "
@@ -217,6 +236,40 @@ def main() -> int:
                          f"{statistics.median(v[1] for v in vs):.2f} |")
     print("\n".join(lines))
     return 0
+
+
+def capture_answers(port: int, args: argparse.Namespace) -> dict[str, Path]:
+    """kind -> a file of one answer of that kind (its first query's), from a running server."""
+    peer = dc.scu.Peer(AE, dc.HOST, port)
+    out = {}
+    for kind in KINDS:
+        keys = dc.queries(kind, 1, args.index)[0]
+        rows = dc.scu.find(peer, dc.query_identifier(keys, dc.kind_level(kind)))
+        path = args.scratch / "cfind" / f"answer-{kind.replace(' ', '-').replace(',', '')}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        noop_find.write_answers(path, rows)
+        out[kind] = path
+    return out
+
+
+def ceiling_latencies(answers: dict[str, Path], args: argparse.Namespace, rnd: int
+                      ) -> dict[str, tuple[float, float, float]]:
+    """kind -> (p50, p95, matches) of findscu against bench/noop_find.py replaying that kind's
+    captured answer (one noop server per kind; the same query files as the variants)."""
+    out = {}
+    for kind, path in answers.items():
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("noop_find.py")), str(path)],
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            port = int((proc.stdout.readline() if proc.stdout else "").split()[3].rstrip(":"))
+            out.update(dc.find_latencies("NOOPFIND", port, args.finds, args.index,
+                                         args.scratch / "cfind" / f"ceiling-r{rnd}", [kind]))
+        finally:
+            terminate(proc, 10)
+        v = out[kind]
+        dc.log(f"round {rnd}    ceiling findscu    {kind:<22} p50 {v[0]:6.2f} ms  p95 {v[1]:6.2f} ms  "
+               f"matches {v[2]:.1f}")
+    return out
 
 
 def table(res: dict[tuple[str, str], list[tuple[float, float, float]]], variants: list[tuple[str, ...]],

@@ -161,9 +161,11 @@ class DimseConfig:
     pending_interval: float = 0.1
     # bytes: the largest TCP segment our listening sockets announce to callers (TCP_MAXSEG), 0 =
     # the OS's. Only loopback (64 KB segments) and jumbo-frame links exceed it; Ethernet is 1,460.
-    # Why: dcmtk-based peers (findscu, Orthanc) shrink their receive buffer to 32 KB, less than one
-    # loopback segment; a long answer (2,000 C-FIND matches) then waited out a 200 ms window
-    # probe in a third of the answers. With 16 KB segments it never did (bench/RESULTS.md).
+    # Why: a client that reads slower than we send (dcmtk findscu printing each of 2,000 C-FIND
+    # matches) is never given a larger receive buffer by the kernel, so its window stays at about
+    # one 64 KB loopback segment; it then holds back window updates smaller than a segment, and a
+    # third of those answers waited out a 200 ms window probe. With 16 KB segments none did
+    # (bench/RESULTS.md).
     tcp_max_segment: int = 16384
     # Processes receiving DIMSE associations (dimse/workers.py). 1 = in the server process; N >= 2:
     # N receiver processes share the port, the server process alone writes the data directory.

@@ -278,8 +278,8 @@ def test_a_connection_closed_before_its_request_frees_its_slot_at_once(tmp_path:
 
 @pytest.mark.parametrize("cap", [8192, 0])
 def test_the_listening_socket_caps_the_tcp_segment(tmp_path: Any, cap: int) -> None:
-    """`[dimse] tcp_max_segment`: callers send (and get) segments no larger than it, so a
-    dcmtk peer's 32 KB receive buffer holds more than one; 0 leaves loopback's 64 KB."""
+    """`[dimse] tcp_max_segment`: callers send (and get) segments no larger than it, so a slow
+    reader's window (~64 KB) holds several; 0 leaves loopback's 64 KB."""
     from dimse_helpers import announced_segment, pynetdicom_options_kept
 
     from dicomvault.config import Config, DimseConfig

@@ -56,6 +56,7 @@ def ensure_index(data: Path, n: int) -> None:
     (marker file beside it)."""
     marker = data.parent / f"{data.name}.big{dc.BIG_STUDIES}.done"
     if marker.exists() and data.exists():
+        dc.mark_warmed(data)  # (indexes cached before the mark existed)
         return
     marker.unlink(missing_ok=True)
     dc.log(f"building a {n:,}-instance index + {dc.BIG_STUDIES} studies of {dc.BIG_INSTANCES:,} at {data}")

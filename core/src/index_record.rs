@@ -338,7 +338,8 @@ mod tests {
 
     #[test]
     fn maps_are_handed_over_and_counted() {
-        let modalities = map(&[("MR", vec![2]), ("CT", vec![1]), ("PR", vec![0]), ("SR", vec![0xff]), ("É", vec![1])]);
+        let modalities =
+            map(&[("MR", vec![2]), ("CT", vec![1]), ("PR", vec![0]), ("SR", vec![0xff]), ("É", vec![1])]);
         let raw = record(&[("modalities", modalities.clone()), ("attrs", vec![0xc0]), ("n", vec![3])]);
         let p = pick(&raw, &["modalities", "n"], &[]).expect("readable");
         assert_eq!(p.fields, vec![Value::Map(&modalities), Value::Int(3)]);

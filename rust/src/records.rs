@@ -277,7 +277,9 @@ impl StudyColumns {
                 "count" => Ok(StudyColumn::Count(slot(&mut fields, name))),
                 "keys" => Ok(StudyColumn::Keys(slot(&mut fields, name))),
                 "attr" => Ok(StudyColumn::Attr(slot(&mut keywords, name))),
-                _ => Err(pyo3::exceptions::PyValueError::new_err(format!("unknown column source {source:?}"))),
+                _ => {
+                    Err(pyo3::exceptions::PyValueError::new_err(format!("unknown column source {source:?}")))
+                }
             })
             .collect::<PyResult<_>>()?;
         Ok(StudyColumns { fields, keywords, columns })

@@ -306,16 +306,17 @@ def test_study_records_the_native_reader_hands_back(loose: Index, mk: MakeInst) 
     idx = loose
     for i in range(1, 9):
         idx.add_instance(mk(f"{i}.1", study=f"2.{i}", series=f"2.{i}.1", study_date=f"2024010{i}"))
-    idx.add_instance(mk("1.2", study="2.1", series="2.1.2", modality="MR", sop_class="1.2.840.10008.5.1.4.1.1.4"))
+    idx.add_instance(mk("1.2", study="2.1", series="2.1.2", modality="MR",
+                        sop_class="1.2.840.10008.5.1.4.1.1.4"))
     _rewrite_study(idx, "2.2", {"num_series": None, "attrs": {"StudyDescription": 5}})
     _rewrite_study(idx, "2.3", {"modalities": {"CT": 1.0}})
     _rewrite_study(idx, "2.4", {"modalities": {"CT": 0, "US": 2, "MR": -1}, "sop_classes": {},
                                 "study_uid": None, "newer_field": [1, {"x": b"y"}]})
     _rewrite_study(idx, "2.5", {"attrs": {"PatientName": None}}, drop=("num_instances", "modalities"))
     _rewrite_study(idx, "2.6", {"num_instances": True})
-    query = {"StudyInstanceUID": "", "PatientID": "", "PatientName": "", "StudyDate": "", "StudyDescription": "",
-             "ModalitiesInStudy": "", "SOPClassesInStudy": "", "NumberOfStudyRelatedSeries": "",
-             "NumberOfStudyRelatedInstances": ""}
+    query = dict.fromkeys(["StudyInstanceUID", "PatientID", "PatientName", "StudyDate", "StudyDescription",
+                           "ModalitiesInStudy", "SOPClassesInStudy", "NumberOfStudyRelatedSeries",
+                           "NumberOfStudyRelatedInstances"], "")
     native, python, stats = both(idx, query, level="STUDY")
     assert native == python and len(native) == 8
     # 2.2 (a nil count, an int attribute), 2.3 (a float count) and 2.6 (a bool count) through

@@ -960,14 +960,17 @@ def _memo(matches: Callable[[str | None], bool]) -> Callable[[str], bool]:
     return check
 
 
-def _checks(columns: list[str], filters: Filters) -> list[tuple[int, Callable[[str], bool]]]:
+Checks = list[tuple[int, Callable[[str], bool]]]
+
+
+def _checks(columns: list[str], filters: Filters) -> Checks:
     """(column index, memoised matcher) per filter of a native reader's rows."""
     return [(columns.index(kw), _memo(matches)) for kw, matches in filters]
 
 
-def _checked(rows: Iterable[Any], chunk: list[bytes], n: int,
-             checks: list[tuple[int, Callable[[str], bool]]], hand_back: Callable[[bytes], Iterator[list[str]]],
-             stats: QueryStats | None) -> Iterator[list[str]]:
+def _checked(rows: Iterable[Any], chunk: list[bytes], n: int, checks: Checks,
+             hand_back: Callable[[bytes], Iterator[list[str]]], stats: QueryStats | None
+             ) -> Iterator[list[str]]:
     """The rows of a native reader's answer for ``chunk`` that pass every check, cut to the first
     ``n`` columns; a record handed back (False) is read by ``hand_back``."""
     for key, row in zip(chunk, rows, strict=True):

@@ -37,6 +37,29 @@ fn slot(names: &mut Vec<String>, name: String) -> usize {
     })
 }
 
+/// The records of a chunk (bytes, or None where the record is gone), held while their picks
+/// borrow them.
+fn record_bytes<'py>(raws: &Bound<'py, PyList>) -> PyResult<Vec<Option<Bound<'py, PyBytes>>>> {
+    raws.iter().map(|r| if r.is_none() { Ok(None) } else { Ok(Some(r.cast_into::<PyBytes>()?)) }).collect()
+}
+
+/// `index_record::pick` of every record (None where there is none), without the GIL for a
+/// chunk large enough to be worth it.
+fn pick_all<'a>(
+    py: Python<'_>,
+    items: &'a [Option<Bound<'_, PyBytes>>],
+    fields: &[String],
+    keywords: &[String],
+) -> Vec<Option<Option<Picked<'a>>>> {
+    let slices: Vec<Option<&'a [u8]>> = items.iter().map(|b| b.as_ref().map(|b| b.as_bytes())).collect();
+    let total: usize = slices.iter().flatten().map(|s| s.len()).sum();
+    let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+    let keywords: Vec<&str> = keywords.iter().map(String::as_str).collect();
+    gil::bytes_work(py, total, || {
+        slices.iter().map(|s| s.map(|raw| index_record::pick(raw, &fields, &keywords))).collect()
+    })
+}
+
 /// One record's study and series UIDs as the Python path keys them ("" if absent); None if
 /// either is of another kind (the Python path handles that record).
 fn uids<'a>(p: &Picked<'a>) -> Option<(&'a str, &'a str)> {
@@ -105,17 +128,8 @@ impl InstanceColumns {
         uppers: &Bound<'py, PyDict>,
         fill: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let items: Vec<Option<Bound<'py, PyBytes>>> = raws
-            .iter()
-            .map(|r| if r.is_none() { Ok(None) } else { r.cast_into::<PyBytes>().map(Some) })
-            .collect::<Result<_, _>>()?;
-        let slices: Vec<Option<&[u8]>> = items.iter().map(|b| b.as_ref().map(|b| b.as_bytes())).collect();
-        let total: usize = slices.iter().flatten().map(|s| s.len()).sum();
-        let fields: Vec<&str> = self.fields.iter().map(String::as_str).collect();
-        let keywords: Vec<&str> = self.keywords.iter().map(String::as_str).collect();
-        let picked: Vec<Option<Option<Picked<'_>>>> = gil::bytes_work(py, total, || {
-            slices.iter().map(|s| s.map(|raw| index_record::pick(raw, &fields, &keywords))).collect()
-        });
+        let items = record_bytes(raws)?;
+        let picked = pick_all(py, &items, &self.fields, &self.keywords);
 
         let mut seen: HashSet<(&str, &str)> = HashSet::new();
         let mut missing: Vec<Bound<'py, PyTuple>> = Vec::new();
@@ -288,17 +302,8 @@ impl StudyColumns {
     /// One entry per item of `raws` (a study record's bytes, or None): None for None, False for
     /// a record to read in Python (see core::index_record), else the column texts.
     fn rows<'py>(&self, py: Python<'py>, raws: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyList>> {
-        let items: Vec<Option<Bound<'py, PyBytes>>> = raws
-            .iter()
-            .map(|r| if r.is_none() { Ok(None) } else { r.cast_into::<PyBytes>().map(Some) })
-            .collect::<Result<_, _>>()?;
-        let slices: Vec<Option<&[u8]>> = items.iter().map(|b| b.as_ref().map(|b| b.as_bytes())).collect();
-        let total: usize = slices.iter().flatten().map(|s| s.len()).sum();
-        let fields: Vec<&str> = self.fields.iter().map(String::as_str).collect();
-        let keywords: Vec<&str> = self.keywords.iter().map(String::as_str).collect();
-        let picked: Vec<Option<Option<Picked<'_>>>> = gil::bytes_work(py, total, || {
-            slices.iter().map(|s| s.map(|raw| index_record::pick(raw, &fields, &keywords))).collect()
-        });
+        let items = record_bytes(raws)?;
+        let picked = pick_all(py, &items, &self.fields, &self.keywords);
 
         let hand_back = pyo3::types::PyBool::new(py, false).to_owned().into_any();
         // Per column the previous record's text and its str: studies of one query share many

@@ -24,17 +24,21 @@ pub enum Value<'a> {
     Nil,
     Str(&'a str),
     Int(i64),
-    /// Anything else (bool, float, bytes, array, map, ext, an integer beyond i64).
+    /// A map, as its encoded bytes (marker included): [`counted_keys`] reads one.
+    Map(&'a [u8]),
+    /// Anything else (bool, float, bytes, array, ext, an integer beyond i64).
     Other,
 }
 
 /// What was read of one record: `fields[i]` is the top-level field `names[i]`, `attrs[j]` the
-/// `attrs` entry `keywords[j]`. `attrs_map` is false if the record has no `attrs` or a nil one.
+/// `attrs` entry `keywords[j]`. `attrs_map` is false if the record has no `attrs` or a nil one;
+/// `attrs_nil` says it is a nil one (a record the Python views cannot take as it is).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Picked<'a> {
     pub fields: Vec<Value<'a>>,
     pub attrs: Vec<Value<'a>>,
     pub attrs_map: bool,
+    pub attrs_nil: bool,
 }
 
 /// Reads the top-level fields `names` and the `attrs` entries `keywords` of one record; None if
@@ -50,6 +54,7 @@ pub fn pick<'a>(raw: &'a [u8], names: &[&str], keywords: &[&str]) -> Option<Pick
         fields: vec![Value::Absent; names.len()],
         attrs: vec![Value::Absent; keywords.len()],
         attrs_map: false,
+        attrs_nil: false,
     };
     let n = r.map_len()?;
     for _ in 0..n {
@@ -61,9 +66,11 @@ pub fn pick<'a>(raw: &'a [u8], names: &[&str], keywords: &[&str]) -> Option<Pick
                 0xc0 => {
                     r.pos += 1;
                     out.attrs_map = false;
+                    out.attrs_nil = true;
                 }
                 m if is_map(m) => {
                     out.attrs_map = true;
+                    out.attrs_nil = false;
                     let m = r.map_len()?;
                     for _ in 0..m {
                         let kw = r.key()?;
@@ -83,6 +90,30 @@ pub fn pick<'a>(raw: &'a [u8], names: &[&str], keywords: &[&str]) -> Option<Pick
         }
     }
     (r.pos == body.len()).then_some(out)
+}
+
+/// The keys of a map of text -> integer whose value is above zero, sorted (by code point, as
+/// Python sorts str): what StudyRecord.modalities_in_study makes of `modalities`, and the query
+/// view of `sop_classes`. None if a key is not text or a value not an integer (Python then
+/// decides). A key present twice counts with its last value, as in a Python dict.
+pub fn counted_keys(map: &[u8]) -> Option<Vec<&str>> {
+    let mut r = Reader { buf: map, pos: 0 };
+    let n = r.map_len()?;
+    let mut counts: Vec<(&str, i64)> = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        let key = r.key()?;
+        let Value::Int(count) = r.value()? else { return None };
+        match counts.iter_mut().find(|(k, _)| *k == key) {
+            Some(entry) => entry.1 = count,
+            None => counts.push((key, count)),
+        }
+    }
+    if r.pos != map.len() {
+        return None;
+    }
+    let mut keys: Vec<&str> = counts.into_iter().filter(|&(_, c)| c > 0).map(|(k, _)| k).collect();
+    keys.sort_unstable();
+    Some(keys)
 }
 
 fn is_map(marker: u8) -> bool {
@@ -166,6 +197,11 @@ impl<'a> Reader<'a> {
                 // sign-extend the n-byte two's complement value
                 let shift = 64 - 8 * n as u32;
                 return Some(Value::Int(((v << shift) as i64) >> shift));
+            }
+            m if is_map(m) => {
+                let start = self.pos;
+                self.skip()?;
+                return Some(Value::Map(&self.buf[start..self.pos]));
             }
             _ => {
                 self.skip()?;
@@ -288,6 +324,42 @@ mod tests {
         let mut int_key = vec![RECORD_VERSION, 0x81, 0x01];
         int_key.extend(s("x"));
         assert_eq!(pick(&int_key, &["a"], &[]), None);
+    }
+
+    /// fixmap of (key, encoded value) pairs
+    fn map(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut o = vec![0x80 | entries.len() as u8];
+        for (k, v) in entries {
+            o.extend(s(k));
+            o.extend_from_slice(v);
+        }
+        o
+    }
+
+    #[test]
+    fn maps_are_handed_over_and_counted() {
+        let modalities =
+            map(&[("MR", vec![2]), ("CT", vec![1]), ("PR", vec![0]), ("SR", vec![0xff]), ("É", vec![1])]);
+        let raw = record(&[("modalities", modalities.clone()), ("attrs", vec![0xc0]), ("n", vec![3])]);
+        let p = pick(&raw, &["modalities", "n"], &[]).expect("readable");
+        assert_eq!(p.fields, vec![Value::Map(&modalities), Value::Int(3)]);
+        assert!(!p.attrs_map && p.attrs_nil);
+        // zero and negative counts left out, sorted by code point
+        assert_eq!(counted_keys(&modalities), Some(vec!["CT", "MR", "É"]));
+        // the last of two equal keys counts
+        assert_eq!(counted_keys(&map(&[("CT", vec![1]), ("CT", vec![0])])), Some(vec![]));
+        assert_eq!(counted_keys(&map(&[("CT", vec![0]), ("CT", vec![5])])), Some(vec!["CT"]));
+        assert_eq!(counted_keys(&[0x80]), Some(vec![]));
+        // what Python decides: a float or a nil count, a non-text key, trailing bytes, not a map
+        assert_eq!(counted_keys(&map(&[("CT", vec![0xcb, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0])])), None);
+        assert_eq!(counted_keys(&map(&[("CT", vec![0xc0])])), None);
+        assert_eq!(counted_keys(&[0x81, 0x01, 0x01]), None);
+        assert_eq!(counted_keys(&[0x80, 0xc0]), None);
+        assert_eq!(counted_keys(&[0x90]), None);
+        assert_eq!(counted_keys(&[0x81, 0xa1]), None); // truncated
+        let empty_attrs = record(&[("attrs", map(&[]))]);
+        let p = pick(&empty_attrs, &[], &[]).expect("readable");
+        assert!(p.attrs_map && !p.attrs_nil);
     }
 
     #[test]

@@ -26,6 +26,7 @@ __all__ = [
     "DecodedObject",
     "IdentifierPlan",
     "InstanceColumns",
+    "StudyColumns",
     "encode_response",
     "frame_message",
     "send_message",
@@ -208,6 +209,13 @@ class InstanceColumns:
     ) -> list[list[str] | None | bool]:
         """Per record: None (no record), False (read it in Python) or the column texts; `fill`
         adds the (study UID, series UID) pairs `uppers` lacks."""
+
+class StudyColumns:
+    def __init__(self, columns: list[tuple[str, str]]) -> None:
+        """`columns`: (source, name) per column of a STUDY-level query; source "text" or
+        "count" (a study record field), "keys" (a map field of counts), "attr" (an attribute)."""
+    def rows(self, raws: list[bytes | None]) -> list[list[str] | None | bool]:
+        """Per record: None (no record), False (read it in Python) or the column texts."""
 
 def encode_response(
     context_id: int,

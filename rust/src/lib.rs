@@ -26,6 +26,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<net::ReceivedDataSet>()?;
     m.add_class::<net::IdentifierPlan>()?;
     m.add_class::<records::InstanceColumns>()?;
+    m.add_class::<records::StudyColumns>()?;
     m.add_function(wrap_pyfunction!(net::encode_response, m)?)?;
     m.add_function(wrap_pyfunction!(net::frame_message, m)?)?;
     m.add_function(wrap_pyfunction!(net::send_message, m)?)?;

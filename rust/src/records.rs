@@ -1,5 +1,6 @@
-//! The IMAGE-level query path's reader of instance records (core::index_record): one call per
-//! chunk of records read from the index turns them into the text values of a query's columns.
+//! The query path's readers of index records (core::index_record): one call per chunk of
+//! records read from the index turns them into the text values of a query's columns. IMAGE
+//! level: instance records (`InstanceColumns`); STUDY level: study records (`StudyColumns`).
 
 use std::collections::HashSet;
 
@@ -33,6 +34,29 @@ fn slot(names: &mut Vec<String>, name: String) -> usize {
     names.iter().position(|n| *n == name).unwrap_or_else(|| {
         names.push(name);
         names.len() - 1
+    })
+}
+
+/// The records of a chunk (bytes, or None where the record is gone), held while their picks
+/// borrow them.
+fn record_bytes<'py>(raws: &Bound<'py, PyList>) -> PyResult<Vec<Option<Bound<'py, PyBytes>>>> {
+    raws.iter().map(|r| if r.is_none() { Ok(None) } else { Ok(Some(r.cast_into::<PyBytes>()?)) }).collect()
+}
+
+/// `index_record::pick` of every record (None where there is none), without the GIL for a
+/// chunk large enough to be worth it.
+fn pick_all<'a>(
+    py: Python<'_>,
+    items: &'a [Option<Bound<'_, PyBytes>>],
+    fields: &[String],
+    keywords: &[String],
+) -> Vec<Option<Option<Picked<'a>>>> {
+    let slices: Vec<Option<&'a [u8]>> = items.iter().map(|b| b.as_ref().map(|b| b.as_bytes())).collect();
+    let total: usize = slices.iter().flatten().map(|s| s.len()).sum();
+    let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+    let keywords: Vec<&str> = keywords.iter().map(String::as_str).collect();
+    gil::bytes_work(py, total, || {
+        slices.iter().map(|s| s.map(|raw| index_record::pick(raw, &fields, &keywords))).collect()
     })
 }
 
@@ -104,17 +128,8 @@ impl InstanceColumns {
         uppers: &Bound<'py, PyDict>,
         fill: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let items: Vec<Option<Bound<'py, PyBytes>>> = raws
-            .iter()
-            .map(|r| if r.is_none() { Ok(None) } else { r.cast_into::<PyBytes>().map(Some) })
-            .collect::<Result<_, _>>()?;
-        let slices: Vec<Option<&[u8]>> = items.iter().map(|b| b.as_ref().map(|b| b.as_bytes())).collect();
-        let total: usize = slices.iter().flatten().map(|s| s.len()).sum();
-        let fields: Vec<&str> = self.fields.iter().map(String::as_str).collect();
-        let keywords: Vec<&str> = self.keywords.iter().map(String::as_str).collect();
-        let picked: Vec<Option<Option<Picked<'_>>>> = gil::bytes_work(py, total, || {
-            slices.iter().map(|s| s.map(|raw| index_record::pick(raw, &fields, &keywords))).collect()
-        });
+        let items = record_bytes(raws)?;
+        let picked = pick_all(py, &items, &self.fields, &self.keywords);
 
         let mut seen: HashSet<(&str, &str)> = HashSet::new();
         let mut missing: Vec<Bound<'py, PyTuple>> = Vec::new();
@@ -205,5 +220,131 @@ impl<'a, 'py> Rows<'a, 'py> {
             }
         }
         Ok(Some(PyList::new(py, row)?.into_any()))
+    }
+}
+
+/// Where one STUDY-level column's value comes from (index/query.py `study_view`).
+enum StudyColumn {
+    /// A text field of the record (StudyInstanceUID, PatientID): "" if absent or nil.
+    Text(usize),
+    /// An integer field written as decimal text ("0" if absent): the study's counts.
+    Count(usize),
+    /// The sorted keys with a count above zero of a map field, joined by `\\`
+    /// (ModalitiesInStudy, SOPClassesInStudy): "" if absent.
+    Keys(usize),
+    /// An `attrs` entry: "" if absent or nil.
+    Attr(usize),
+}
+
+/// The columns of one STUDY-level query (index/query.py builds them once per query).
+#[pyclass(frozen, module = "dicomvault._native")]
+pub struct StudyColumns {
+    fields: Vec<String>,
+    keywords: Vec<String>,
+    columns: Vec<StudyColumn>,
+}
+
+impl StudyColumns {
+    /// Column `c` of a readable record, or None to hand the record to Python.
+    fn value<'a>(c: &StudyColumn, p: &Picked<'a>) -> Option<StudyCell<'a>> {
+        match *c {
+            StudyColumn::Text(i) | StudyColumn::Attr(i) => {
+                let v = if matches!(c, StudyColumn::Text(_)) { p.fields[i] } else { p.attrs[i] };
+                match v {
+                    Value::Str(s) => Some(StudyCell::Text(s)),
+                    Value::Absent | Value::Nil => Some(StudyCell::Text("")),
+                    _ => None,
+                }
+            }
+            StudyColumn::Count(i) => match p.fields[i] {
+                Value::Int(n) => Some(StudyCell::Number(n)),
+                Value::Absent => Some(StudyCell::Number(0)),
+                _ => None, // str(None) is "None": Python writes it
+            },
+            StudyColumn::Keys(i) => match p.fields[i] {
+                Value::Map(m) => index_record::counted_keys(m).map(StudyCell::Keys),
+                Value::Absent => Some(StudyCell::Text("")),
+                _ => None,
+            },
+        }
+    }
+}
+
+enum StudyCell<'a> {
+    Text(&'a str),
+    Number(i64),
+    Keys(Vec<&'a str>),
+}
+
+#[pymethods]
+impl StudyColumns {
+    /// `columns`: (source, name) per column; source is "text" or "count" (a record field),
+    /// "keys" (a map field of counts) or "attr" (an `attrs` keyword), see `StudyColumn`.
+    #[new]
+    fn new(columns: Vec<(String, String)>) -> PyResult<Self> {
+        let mut fields = Vec::new();
+        let mut keywords = Vec::new();
+        let columns = columns
+            .into_iter()
+            .map(|(source, name)| match source.as_str() {
+                "text" => Ok(StudyColumn::Text(slot(&mut fields, name))),
+                "count" => Ok(StudyColumn::Count(slot(&mut fields, name))),
+                "keys" => Ok(StudyColumn::Keys(slot(&mut fields, name))),
+                "attr" => Ok(StudyColumn::Attr(slot(&mut keywords, name))),
+                _ => {
+                    Err(pyo3::exceptions::PyValueError::new_err(format!("unknown column source {source:?}")))
+                }
+            })
+            .collect::<PyResult<_>>()?;
+        Ok(StudyColumns { fields, keywords, columns })
+    }
+
+    /// One entry per item of `raws` (a study record's bytes, or None): None for None, False for
+    /// a record to read in Python (see core::index_record), else the column texts.
+    fn rows<'py>(&self, py: Python<'py>, raws: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyList>> {
+        let items = record_bytes(raws)?;
+        let picked = pick_all(py, &items, &self.fields, &self.keywords);
+
+        let hand_back = pyo3::types::PyBool::new(py, false).to_owned().into_any();
+        // Per column the previous record's text and its str: studies of one query share many
+        // texts (a date, a description), each then one Python str.
+        let mut texts: Vec<Option<(String, Bound<'py, PyString>)>> = vec![None; self.columns.len()];
+        let mut out = Vec::with_capacity(picked.len());
+        let mut row: Vec<Bound<'py, PyAny>> = Vec::with_capacity(self.columns.len());
+        'records: for p in &picked {
+            let p = match p {
+                None => {
+                    out.push(py.None().into_bound(py));
+                    continue;
+                }
+                Some(Some(p)) if !p.attrs_nil => p,
+                Some(_) => {
+                    out.push(hand_back.clone());
+                    continue;
+                }
+            };
+            row.clear();
+            for (i, c) in self.columns.iter().enumerate() {
+                let text: std::borrow::Cow<'_, str> = match Self::value(c, p) {
+                    Some(StudyCell::Text(s)) => s.into(),
+                    Some(StudyCell::Number(n)) => n.to_string().into(),
+                    Some(StudyCell::Keys(k)) => k.join("\\").into(),
+                    None => {
+                        out.push(hand_back.clone());
+                        continue 'records;
+                    }
+                };
+                match &texts[i] {
+                    Some((last, obj)) if *last == *text => row.push(obj.clone().into_any()),
+                    _ => {
+                        let obj = PyString::new(py, &text);
+                        row.push(obj.clone().into_any());
+                        texts[i] = Some((text.into_owned(), obj));
+                    }
+                }
+            }
+            out.push(PyList::new(py, row.drain(..))?.into_any());
+        }
+        PyList::new(py, out)
     }
 }

@@ -1,6 +1,7 @@
-"""IMAGE-level rows read natively from the instance records (query._ImageRows over
-core/src/index_record.rs) against the Python path (every record decoded, views merged): the same
-rows in the same order, on the real corpus and on records the native reader hands back."""
+"""IMAGE- and STUDY-level rows read natively from the instance and study records
+(query._ImageRows and query._StudyRows over core/src/index_record.rs) against the Python path
+(every record decoded, views merged): the same rows in the same order, on the real corpus and on
+records the native readers hand back."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from dicomvault import _native
 from dicomvault.engine import Engine
 from dicomvault.index import Index, RecordDecodeError
 from dicomvault.index import keys as index_keys
-from dicomvault.index.query import QueryStats
-from dicomvault.index.records import RECORD_VERSION, InstanceRecord
-from dicomvault.index.schema import CF_INSTANCES
+from dicomvault.index.query import NewestFirst, QueryStats
+from dicomvault.index.records import RECORD_VERSION, InstanceRecord, StudyRecord
+from dicomvault.index.schema import CF_INSTANCES, CF_STUDIES
 from dv_corpus import corpus_files
 
 CHARSET_FILES = sorted((Path(pydicom.data.__file__).parent / "charset_files").glob("*.dcm"))
@@ -32,17 +33,29 @@ RETURN_KEYS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPCl
                "BodyPartExamined", "PatientComments"]
 
 
-def both(idx: Index, query: dict[str, str], limit: int | None = None
-         ) -> tuple[list[dict[str, str]], list[dict[str, str]], QueryStats]:
-    """(native rows, Python rows, the native query's stats) of one IMAGE-level query."""
+# STUDY level: the record's fields, the computed lists and counts, patient and study attributes
+# (text, person names, a sequence's stored form) and keys nothing holds at this level.
+STUDY_KEYS = ["StudyInstanceUID", "PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyDate",
+              "StudyTime", "AccessionNumber", "StudyID", "StudyDescription", "ReferringPhysicianName",
+              "ModalitiesInStudy", "SOPClassesInStudy", "NumberOfStudyRelatedSeries",
+              "NumberOfStudyRelatedInstances", "SpecificCharacterSet", "InstitutionName", "PatientComments",
+              "IssuerOfAccessionNumberSequence", "Modality", "SOPInstanceUID", "OtherPatientIDs"]
+
+
+def both(idx: Index, query: dict[str, str], limit: int | None = None, level: str = "IMAGE",
+         newest_first: bool = False) -> tuple[list[dict[str, str]], list[dict[str, str]], QueryStats]:
+    """(native rows, Python rows, the native query's stats) of one IMAGE- or STUDY-level query
+    (`newest_first`: a STUDY query's results newest first)."""
+    if newest_first:
+        query = {**query, "StudyDate": NewestFirst(query.get("StudyDate", ""))}
     stats = QueryStats()
-    native = list(idx.find("IMAGE", query, limit, stats))
+    native = list(idx.find(level, query, limit, stats))
     planner = idx._planner  # noqa: SLF001 - the switch between the two paths under test
-    planner.native_image_rows = False
+    planner.native_image_rows = planner.native_study_rows = False
     try:
-        python = list(idx.find("IMAGE", query, limit))
+        python = list(idx.find(level, query, limit))
     finally:
-        planner.native_image_rows = True
+        planner.native_image_rows = planner.native_study_rows = True
     return native, python, stats
 
 
@@ -208,3 +221,148 @@ def test_reader_rejects_a_wrong_upper_list() -> None:
     uppers[("S", "E")] = ["x"]
     with pytest.raises(ValueError, match="1 upper values for 2 columns"):
         reader.rows([raw], uppers, fill)
+
+
+# ---------------------------------------------------------------------------
+# STUDY level
+# ---------------------------------------------------------------------------
+
+
+def test_every_study_of_the_corpus_at_study_level(corpus: Engine) -> None:
+    idx = corpus.index
+    query = dict.fromkeys(STUDY_KEYS, "")
+    uids = _studies(idx)
+    for uid in uids:
+        native, python, stats = both(idx, {**query, "StudyInstanceUID": uid}, level="STUDY")
+        assert native == python and len(native) == 1, uid
+        assert stats.native == 1, uid  # read natively, not handed back
+    # the whole archive (a full scan of the studies), newest first too
+    native, python, stats = both(idx, query, level="STUDY")
+    assert native == python and len(native) == len(uids) == stats.native
+    native, python, _ = both(idx, query, level="STUDY", newest_first=True)
+    assert native == python and len(native) == len(uids)
+    # what the rows hold: non-ASCII names, many modalities and SOP classes (the corpus has no
+    # study of two: test_study_records_the_native_reader_hands_back has one)
+    assert any(not r["PatientName"].isascii() for r in native)
+    assert len({r["ModalitiesInStudy"] for r in native}) > 5
+    assert len({r["SOPClassesInStudy"] for r in native}) > 5
+    assert sum(int(r["NumberOfStudyRelatedInstances"]) for r in native) == idx.stats()["objects"]
+
+
+@pytest.mark.parametrize("match", [
+    {"StudyDate": "19900101-"},
+    {"StudyDate": "-20000101"},
+    {"StudyDate": "20000101-20201231"},
+    {"StudyDate": '""'},
+    {"PatientName": "*^*"},
+    {"PatientName": "?*"},
+    {"PatientID": "*", "StudyDescription": "*"},
+    {"ModalitiesInStudy": "CT\\MR"},
+    {"ModalitiesInStudy": "MR"},
+    {"SOPClassesInStudy": "1.2.840.10008.5.1.4.1.1.2"},
+    {"NumberOfStudyRelatedInstances": "1"},
+    {"NumberOfStudyRelatedSeries": "1\\2"},
+    {"AccessionNumber": '""'},
+    {"PatientSex": "F"},
+    {"Modality": '""'},
+    {"SpecificCharacterSet": "ISO_IR*"},
+])
+def test_matching_keys_at_study_level(corpus: Engine, match: dict[str, str]) -> None:
+    query = {**dict.fromkeys(STUDY_KEYS, ""), **match}
+    native, python, _ = both(corpus.index, query, level="STUDY")
+    assert native == python
+    for limit in (1, 3):
+        native, python, _ = both(corpus.index, query, limit, level="STUDY", newest_first=True)
+        assert native == python
+
+
+def test_study_columns_in_any_order_and_the_patient_counts(corpus: Engine) -> None:
+    idx = corpus.index
+    query = dict.fromkeys(STUDY_KEYS, "")
+    rows = list(idx.find("STUDY", query))
+    cols = list(reversed(STUDY_KEYS))
+    assert list(idx.find_values("STUDY", query, cols)) == [[r[c] for c in cols] for r in rows]
+    # the patient's counts are another record's: the Python path answers, the same rows
+    counted = {**query, "NumberOfPatientRelatedStudies": ""}
+    native, python, stats = both(idx, counted, level="STUDY")
+    assert native == python and stats.native == 0 and len(native) == len(rows)
+
+
+def _rewrite_study(idx: Index, uid: str, change: dict[str, Any], drop: tuple[str, ...] = ()) -> None:
+    """Rewrites a study record's stored map (as _rewrite does an instance's); a dict of `attrs`
+    is merged over the stored ones."""
+    cf = idx._cfs[CF_STUDIES]  # noqa: SLF001
+    key = index_keys.encode(uid)
+    fields = StudyRecord.fields_of(cf[key])
+    if isinstance(change.get("attrs"), dict):
+        change = {**change, "attrs": {**fields["attrs"], **change["attrs"]}}
+    fields.update(change)
+    for name in drop:
+        del fields[name]
+    cf[key] = bytes((RECORD_VERSION,)) + msgpack.packb(fields, use_bin_type=True)
+
+
+def test_study_records_the_native_reader_hands_back(loose: Index, mk: MakeInst) -> None:
+    idx = loose
+    for i in range(1, 9):
+        idx.add_instance(mk(f"{i}.1", study=f"2.{i}", series=f"2.{i}.1", study_date=f"2024010{i}"))
+    idx.add_instance(mk("1.2", study="2.1", series="2.1.2", modality="MR",
+                        sop_class="1.2.840.10008.5.1.4.1.1.4"))
+    _rewrite_study(idx, "2.2", {"num_series": None, "attrs": {"StudyDescription": 5}})
+    _rewrite_study(idx, "2.3", {"modalities": {"CT": 1.0}})
+    _rewrite_study(idx, "2.4", {"modalities": {"CT": 0, "US": 2, "MR": -1}, "sop_classes": {},
+                                "study_uid": None, "newer_field": [1, {"x": b"y"}]})
+    _rewrite_study(idx, "2.5", {"attrs": {"PatientName": None}}, drop=("num_instances", "modalities"))
+    _rewrite_study(idx, "2.6", {"num_instances": True})
+    query = dict.fromkeys(["StudyInstanceUID", "PatientID", "PatientName", "StudyDate", "StudyDescription",
+                           "ModalitiesInStudy", "SOPClassesInStudy", "NumberOfStudyRelatedSeries",
+                           "NumberOfStudyRelatedInstances"], "")
+    native, python, stats = both(idx, query, level="STUDY")
+    assert native == python and len(native) == 8
+    # 2.2 (a nil count, an int attribute), 2.3 (a float count) and 2.6 (a bool count) through
+    # Python; the others natively
+    assert stats.native == 5
+    by_date = {r["StudyDate"]: r for r in native}
+    assert by_date["20240101"]["ModalitiesInStudy"] == "CT\\MR"
+    assert by_date["20240101"]["SOPClassesInStudy"] == "1.2.840.10008.5.1.4.1.1.2\\1.2.840.10008.5.1.4.1.1.4"
+    assert by_date["20240102"]["NumberOfStudyRelatedSeries"] == "None"
+    assert by_date["20240102"]["StudyDescription"] == "5"
+    assert by_date["20240104"]["ModalitiesInStudy"] == "US" and by_date["20240104"]["SOPClassesInStudy"] == ""
+    assert by_date["20240104"]["StudyInstanceUID"] == ""
+    assert by_date["20240105"]["NumberOfStudyRelatedInstances"] == "0"
+    assert by_date["20240105"]["ModalitiesInStudy"] == by_date["20240105"]["PatientName"] == ""
+    # (ModalitiesInStudy "US" would be served by the Modality index, which knows no US here)
+    for match, n in (({"SOPClassesInStudy": '""'}, 1), ({"StudyInstanceUID": '""'}, 1),
+                     ({"NumberOfStudyRelatedInstances": "0"}, 1), ({"PatientName": '""'}, 1),
+                     ({"StudyDate": "20240102-20240105"}, 4), ({"NumberOfStudyRelatedSeries": "2"}, 1)):
+        native, python, _ = both(idx, {**query, **match}, level="STUDY")
+        assert native == python and len(native) == n, match
+
+
+def test_a_study_record_python_cannot_take_fails_the_same_way(loose: Index, mk: MakeInst) -> None:
+    idx = loose
+    idx.add_instance(mk("1.1", study="2.1", series="2.1.1"))
+    idx.add_instance(mk("1.2", study="2.2", series="2.2.1"))
+    for broken, error in ((None, TypeError), (b"\x01\xc1", RecordDecodeError)):
+        if broken is None:
+            _rewrite_study(idx, "2.2", {"attrs": None})  # no attributes at all: study_view fails
+        else:
+            idx._cfs[CF_STUDIES][index_keys.encode("2.2")] = broken  # noqa: SLF001
+        errors = []
+        for native in (True, False):
+            idx._planner.native_study_rows = native  # noqa: SLF001
+            try:
+                with pytest.raises(error) as info:
+                    list(idx.find("STUDY", {"StudyInstanceUID": "", "StudyDate": ""}))
+                errors.append(str(info.value))
+            finally:
+                idx._planner.native_study_rows = True  # noqa: SLF001
+        assert errors[0] == errors[1]
+
+
+def test_study_reader_rejects_an_unknown_source() -> None:
+    with pytest.raises(ValueError, match="unknown column source"):
+        _native.StudyColumns([("text", "study_uid"), ("nope", "x")])
+    reader = _native.StudyColumns([("text", "study_uid"), ("keys", "modalities"), ("count", "num_series")])
+    raw = bytes((RECORD_VERSION,)) + msgpack.packb({"study_uid": "S", "modalities": {"MR": 1, "CT": 3}})
+    assert reader.rows([raw, None, b"\x02"]) == [["S", "CT\\MR", "0"], None, False]

@@ -417,8 +417,10 @@ def scan_keys_reverse(cf: Any, lo: bytes, hi: bytes | None) -> Iterator[bytes]:
 
 
 def _after_term(k: bytes) -> bytes:
-    """Target part of an idx key: everything after the id byte and the term."""
-    return k[keys.decode_at(k, 1)[1]:]
+    """Target part of an idx key: everything after the id byte and the term. The terminator is
+    searched for, not decoded (as in _sop_from_hierarchy: an escaped NUL is 00 FF, never 00 01):
+    a STUDY query reads one such key per candidate."""
+    return k[k.index(keys.TERM, 1) + 2:]
 
 
 def _series_from_uid_entry(k: bytes) -> bytes:
@@ -524,7 +526,7 @@ class QueryStats:
     scanned: int = 0  # entries read from the chosen source (or the level's full scan)
     loaded: int = 0  # records read to check the matching keys
     matched: int = 0  # results returned
-    native: int = 0  # IMAGE records read by the native reader (the others: decoded in Python)
+    native: int = 0  # IMAGE/STUDY records read by the native readers (the others: decoded in Python)
 
 
 class Planner:
@@ -533,6 +535,8 @@ class Planner:
     # IMAGE rows read by the native reader (_ImageRows); False: every record decoded in Python,
     # the reference the tests compare the native rows with.
     native_image_rows = True
+    # The same for STUDY rows (_StudyRows).
+    native_study_rows = True
 
     def __init__(self, cfs: Mapping[str, Any], stats: Callable[[], Stats]) -> None:
         self.cfs = cfs
@@ -781,12 +785,17 @@ class Planner:
                  stats: QueryStats | None) -> Iterator[list[str]]:
         filters = [(m.keyword, m.matches) for m in matchers if m.constrains]
         views = _Views(self.cfs, want=set(columns) | {kw for kw, _ in filters})
-        image = _ImageRows(views, columns, filters) if lv == IMAGE and self.native_image_rows else None
+        native: _ImageRows | _StudyRows | None = None
+        if lv == IMAGE and self.native_image_rows:
+            native = _ImageRows(views, columns, filters)
+        elif lv == STUDY and self.native_study_rows and not views.want_patient_counts:
+            # (the patient's counts are another record's: such rare queries take the Python path)
+            native = _StudyRows(views, columns, filters)
         for chunk in _chunks(candidates, _CHUNK):
             if stats is not None:
                 stats.loaded += len(chunk)
-            if image is not None:
-                for row in image.rows(chunk, stats):
+            if native is not None:
+                for row in native.rows(chunk, stats):
                     if stats is not None:
                         stats.matched += 1
                     yield row
@@ -931,6 +940,54 @@ def _instance_column(kw: str) -> tuple[str | None, str | None, bool, bool]:
     return None, kw, True, False
 
 
+# Distinct stored values whose match a query remembers (see _memo).
+_MEMO_MAX = 4096
+
+
+def _memo(matches: Callable[[str | None], bool]) -> Callable[[str], bool]:
+    """``matches`` remembering its answer per stored text: the rows of one query share many
+    values (a week's StudyDates, a study's modality), each parsed and compared once."""
+    seen: dict[str, bool] = {}
+
+    def check(value: str) -> bool:
+        hit = seen.get(value)
+        if hit is None:
+            hit = matches(value)
+            if len(seen) < _MEMO_MAX:
+                seen[value] = hit
+        return hit
+
+    return check
+
+
+Checks = list[tuple[int, Callable[[str], bool]]]
+
+
+def _checks(columns: list[str], filters: Filters) -> Checks:
+    """(column index, memoised matcher) per filter of a native reader's rows."""
+    return [(columns.index(kw), _memo(matches)) for kw, matches in filters]
+
+
+def _checked(rows: Iterable[Any], chunk: list[bytes], n: int, checks: Checks,
+             hand_back: Callable[[bytes], Iterator[list[str]]], stats: QueryStats | None
+             ) -> Iterator[list[str]]:
+    """The rows of a native reader's answer for ``chunk`` that pass every check, cut to the first
+    ``n`` columns; a record handed back (False) is read by ``hand_back``."""
+    for key, row in zip(chunk, rows, strict=True):
+        if row is None:
+            continue
+        if row is False:
+            yield from hand_back(key)
+            continue
+        if stats is not None:
+            stats.native += 1
+        for at, matches in checks:
+            if not matches(row[at]):
+                break
+        else:
+            yield row[:n] if len(row) != n else row
+
+
 class _ImageRows:
     """IMAGE-level rows read natively from the instance records (_native.InstanceColumns: only
     the fields the query needs, no dict per record); a record it cannot read goes through
@@ -941,7 +998,7 @@ class _ImageRows:
         self.columns = columns
         self.filters = filters
         self.all = list(dict.fromkeys([*columns, *(kw for kw, _ in filters)]))
-        self.checks = [(self.all.index(kw), matches) for kw, matches in filters]
+        self.checks = _checks(self.all, filters)
         self.spec = [_instance_column(kw) for kw in self.all]
         self.reader = _native.InstanceColumns(self.spec)
         # (study UID, series UID) -> per column the series'/study's text, or None: the instance's
@@ -960,21 +1017,44 @@ class _ImageRows:
     def rows(self, chunk: list[bytes], stats: QueryStats | None) -> Iterator[list[str]]:
         """The rows of the matching records of a chunk of SOP Instance UID keys."""
         raws = self.views.cfs[CF_INSTANCES].get(chunk)
-        n = len(self.columns)
-        cut = n != len(self.all)
-        for key, row in zip(chunk, self.reader.rows(raws, self.uppers, self._fill), strict=True):
-            if row is None:
-                continue
-            if row is False:
-                yield from _matching_rows(self.views.load(IMAGE, [key]), self.filters, self.columns, None)
-                continue
-            if stats is not None:
-                stats.native += 1
-            for at, matches in self.checks:
-                if not matches(row[at]):
-                    break
-            else:
-                yield row[:n] if cut else row
+        rows = self.reader.rows(raws, self.uppers, self._fill)
+        return _checked(rows, chunk, len(self.columns), self.checks, self._hand_back, stats)
+
+    def _hand_back(self, key: bytes) -> Iterator[list[str]]:
+        return _matching_rows(self.views.load(IMAGE, [key]), self.filters, self.columns, None)
+
+
+# Keywords a study view answers from the study record's own fields (study_view), over any
+# attribute of the same name: (source, field) as _native.StudyColumns takes them.
+_STUDY_FIELDS: dict[str, tuple[str, str]] = {
+    "StudyInstanceUID": ("text", "study_uid"), "PatientID": ("text", "patient_id"),
+    "ModalitiesInStudy": ("keys", "modalities"), "SOPClassesInStudy": ("keys", "sop_classes"),
+    "NumberOfStudyRelatedSeries": ("count", "num_series"),
+    "NumberOfStudyRelatedInstances": ("count", "num_instances"),
+}
+
+
+class _StudyRows:
+    """STUDY-level rows read natively from the study records (_native.StudyColumns: only the
+    fields the query needs, the texts study_view computes, no record or dict per study); a
+    record it cannot read goes through :meth:`_Views.load`, so what a query returns does not
+    change. Not for a query of the patient's counts (another record: _Views._study_view)."""
+
+    def __init__(self, views: _Views, columns: list[str], filters: Filters) -> None:
+        self.views = views
+        self.columns = columns
+        self.filters = filters
+        self.all = list(dict.fromkeys([*columns, *(kw for kw, _ in filters)]))
+        self.checks = _checks(self.all, filters)
+        self.reader = _native.StudyColumns([_STUDY_FIELDS.get(kw, ("attr", kw)) for kw in self.all])
+
+    def rows(self, chunk: list[bytes], stats: QueryStats | None) -> Iterator[list[str]]:
+        """The rows of the matching records of a chunk of study keys."""
+        rows = self.reader.rows(self.views.cfs[CF_STUDIES].get(chunk))
+        return _checked(rows, chunk, len(self.columns), self.checks, self._hand_back, stats)
+
+    def _hand_back(self, key: bytes) -> Iterator[list[str]]:
+        return _matching_rows(self.views.load(STUDY, [key]), self.filters, self.columns, None)
 
 
 class _Views:

@@ -71,9 +71,11 @@ log = logging.getLogger("dicomvault.dimse")
 
 FIND_MODELS = (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind)
 LITTLE_ENDIAN = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
-# C-FIND pending responses per send: FIRST, doubling up to MAX
+# C-FIND pending responses per send: FIRST, doubling up to MAX. Why 64 (~18 KB of IMAGE
+# responses), not 16: each batch costs a send and a cancel poll, and a 2,000-match answer's server
+# CPU fell by about a quarter (bench/find_cpu.py, RESULTS.md) once framing no longer dominated.
 FIND_BATCH_FIRST = 4
-FIND_BATCH_MAX = 16
+FIND_BATCH_MAX = 64
 
 
 def _batch_sizes() -> Iterator[int]:

@@ -27,6 +27,7 @@ __all__ = [
     "IdentifierPlan",
     "InstanceColumns",
     "StudyColumns",
+    "PendingFrames",
     "encode_response",
     "frame_message",
     "send_message",
@@ -196,6 +197,24 @@ class IdentifierPlan:
     def __init__(self, keys: list[tuple[bytes, bool, int]]) -> None: ...
     def encode(self, prefix: bytes, values: list[str | bytes]) -> bytes:
         """`prefix` then one element per key, from `values` (one per key, in order)."""
+
+class PendingFrames:
+    def __init__(
+        self,
+        elements: list[tuple[bytes, bool, int, int | None, str, bool]],
+        columns: int,
+        ascii_prefix: bytes | None,
+        utf8_prefix: bytes,
+        context_id: int,
+        command: bytes,
+        max_pdu: int,
+    ) -> None:
+        """`elements`: per identifier element in tag order (tag/VR bytes, 4-byte length, padding
+        byte, index column or None, text when the column's is empty or the constant, written
+        empty); the Specific Character Set elements of all-ASCII and of other identifiers; the
+        framing of each pending response (dimse/find.py IdentifierEncoder.pending_frames)."""
+    def frame(self, rows: list[list[str]]) -> bytes:
+        """The P-DATA-TF PDUs of one pending response per row (its column texts), in order."""
 
 class InstanceColumns:
     def __init__(self, columns: list[tuple[str | None, str | None, bool, bool]]) -> None:

@@ -72,3 +72,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("StoreIOError", py.get_type::<StoreIOError>())?;
     Ok(())
 }
+
+/// A chunk of C-FIND matches that cannot be framed natively (find_frames.rs): the caller redoes
+/// it in Python, which raises its own error for the same row.
+pub fn frame_error(err: dicomvault_core::net::find_frames::FrameError) -> PyErr {
+    pyo3::exceptions::PyValueError::new_err(err.to_string())
+}

@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 mod convert;
 mod decoded;
 mod errors;
+mod find_frames;
 mod gil;
 mod net;
 mod primitives;
@@ -27,6 +28,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<net::IdentifierPlan>()?;
     m.add_class::<records::InstanceColumns>()?;
     m.add_class::<records::StudyColumns>()?;
+    m.add_class::<find_frames::PendingFrames>()?;
     m.add_function(wrap_pyfunction!(net::encode_response, m)?)?;
     m.add_function(wrap_pyfunction!(net::frame_message, m)?)?;
     m.add_function(wrap_pyfunction!(net::send_message, m)?)?;

@@ -7,11 +7,13 @@
 //! P-DATA PDUs into either complete "fast" messages (C-STORE-RQ, C-ECHO-RQ on contexts the caller
 //! names), answered by the archive directly with [`command::encode_response`], or re-framed PDUs
 //! handed back to pynetdicom unchanged in meaning (C-MOVE, release, abort, ...);
-//! [`identifier`] writes the response identifiers of the C-FINDs answered here.
+//! [`identifier`] writes the response identifiers of the C-FINDs answered here, [`find_frames`]
+//! whole chunks of their pending responses.
 
 pub mod assembler;
 pub mod command;
 pub mod conn;
+pub mod find_frames;
 pub mod identifier;
 pub mod pdu;
 pub mod retrieve;

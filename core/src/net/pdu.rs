@@ -73,25 +73,37 @@ pub fn push_pdata(out: &mut Vec<u8>, pdvs: &[(u8, u8, &[u8])]) {
 /// PDU when both fit the peer's maximum length (`max_pdu` = its Maximum Length Received, 0 =
 /// unlimited), else split so that no PDU exceeds it.
 pub fn message_pdus(context_id: u8, command: &[u8], data_set: Option<&[u8]>, max_pdu: usize) -> Vec<u8> {
+    let data_len = data_set.map_or(0, |d| d.len() + PDV_HEADER_LEN);
+    let mut out = Vec::with_capacity(command.len() + data_len + 32);
+    push_message_pdus(&mut out, context_id, command, data_set, max_pdu);
+    out
+}
+
+/// [`message_pdus`], appended to `out` (a batch of messages framed into one buffer).
+pub fn push_message_pdus(
+    out: &mut Vec<u8>,
+    context_id: u8,
+    command: &[u8],
+    data_set: Option<&[u8]>,
+    max_pdu: usize,
+) {
     // The peer's limit counts the PDU body (PDV items), not the 6-byte PDU header.
     let limit = if max_pdu == 0 { usize::MAX } else { max_pdu };
     let data_len = data_set.map_or(0, |d| d.len() + PDV_HEADER_LEN);
-    let mut out = Vec::with_capacity(command.len() + data_len + 32);
     if let Some(data) = data_set.filter(|_| command.len() + PDV_HEADER_LEN + data_len <= limit) {
-        push_pdata(&mut out, &[(context_id, MCH_COMMAND | MCH_LAST, command), (context_id, MCH_LAST, data)]);
-        return out;
+        push_pdata(out, &[(context_id, MCH_COMMAND | MCH_LAST, command), (context_id, MCH_LAST, data)]);
+        return;
     }
     let room = limit.saturating_sub(PDV_HEADER_LEN).max(1);
     for (bytes, kind) in [(Some(command), MCH_COMMAND), (data_set, 0)] {
         let Some(bytes) = bytes else { continue };
         let mut chunks = bytes.chunks(room).peekable();
         if chunks.peek().is_none() {
-            push_pdata(&mut out, &[(context_id, kind | MCH_LAST, &[])]);
+            push_pdata(out, &[(context_id, kind | MCH_LAST, &[])]);
         }
         while let Some(chunk) = chunks.next() {
             let control = kind | if chunks.peek().is_none() { MCH_LAST } else { 0 };
-            push_pdata(&mut out, &[(context_id, control, chunk)]);
+            push_pdata(out, &[(context_id, control, chunk)]);
         }
     }
-    out
 }

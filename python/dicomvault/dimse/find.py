@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from io import BytesIO
+from itertools import islice, repeat
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -189,8 +190,8 @@ class IdentifierEncoder:
         self._charset_head = _header(_CHARSET_TAG, "CS", implicit)
         # The elements are written natively (_native.IdentifierPlan): this runs once per match,
         # and 120-match answers spent more time here than in the index.
-        self._plan = _native.IdentifierPlan(
-            [(k.head, k.length_format == "<I", 0 if k.vr == "UI" else 0x20) for k in keys])
+        self._keys = [(k.head, k.length_format == "<I", 0 if k.vr == "UI" else 0x20) for k in keys]
+        self._plan = _native.IdentifierPlan(self._keys)
         self._values = [(k.keyword, k.default, k.vr in _BINARY_VRS or k.vr == "SQ", k.vr in _PACK, k.vr)
                         for k in keys]
         self._prefixes: dict[str, bytes] = {}
@@ -243,6 +244,28 @@ class IdentifierEncoder:
                 elif number and texts[i]:
                     texts[i] = _binary_bytes(vr, str(texts[i]))
         return bytes(self._plan.encode(self._prefix(charset), texts))
+
+    def pending_frames(self, context_id: int, command: bytes, max_pdu: int) -> _native.PendingFrames | None:
+        """The native writer of whole chunks of this query's pending responses: the bytes of
+        :meth:`encode_values` framed by ``_native.frame_message``, per row. None for a query with
+        a numeric binary key (US, FL, ...), whose text-to-binary conversion stays here."""
+        if any(number for _, _, _, number, _ in self._values):
+            return None
+        try:
+            ascii_prefix: bytes | None = self._prefix(self.request_charset)
+        except UnicodeError:
+            # encode_values raises for an all-ASCII match; so do the native rows that need it,
+            # which the caller then redoes here
+            ascii_prefix = None
+        column = {kw: i for i, kw in enumerate(self.columns)}
+        inserted = {i: constant for i, constant in self._inserts}
+        elements = []
+        for i, ((head, long_length, pad), (keyword, default, empty, _, _)) in enumerate(
+                zip(self._keys, self._values, strict=True)):
+            at = None if i in inserted else column[keyword]
+            elements.append((head, long_length, pad, at, inserted.get(i, default), empty))
+        return _native.PendingFrames(elements, len(self.columns), ascii_prefix, self._prefix("ISO_IR 192"),
+                                     context_id, command, max_pdu)
 
 
 def decode_identifier(raw: bytes, implicit: bool) -> Dataset:
@@ -339,54 +362,128 @@ class RawResponder:
 Responses = Iterator[tuple[int, bytes | None, str | None]]
 
 
+class FindAnswer:
+    """One C-FIND's answer: planned on creation (the identifier's level, the response encoder,
+    the index query), then its matches in batches (:meth:`batches`), then :attr:`final`.
+
+    Shared by :func:`find_responses` (one match per batch: the pynetdicom handler) and the native
+    path (dimse/fastpath.py: a chunk of matches per batch, framed by :class:`PendingResponses`)."""
+
+    def __init__(self, engine: Engine, model: str, identifier: Dataset, our_ae: str, *, implicit: bool,
+                 caller: str, audit: DimseAudit | None = None, max_results: int = 0) -> None:
+        self.model = model
+        self.caller = caller
+        self.audit = audit
+        self.max_results = max_results
+        self.encoder: IdentifierEncoder | None = None  # None: refused before any match
+        # (status, error comment): set when refused, or once batches() has run out
+        self.final: tuple[int, str | None] | None = None
+        self._rows: Iterator[list[str]] = iter(())
+        self.level, self.query, sequences = parse_identifier(identifier)
+        if self.level not in levels_for(model):
+            why = f"QueryRetrieveLevel {self.level or '(missing)'!r} not valid for {model}"
+            log.warning("C-FIND from %s refused: %s", caller, why)
+            self.final = IDENTIFIER_DOES_NOT_MATCH, why
+            return
+        encoder = IdentifierEncoder(self.level, self.query, sequences, identifier.get("SpecificCharacterSet"),
+                                    our_ae, implicit=implicit)
+        try:
+            self._rows = iter(engine.index.find_values(self.level, self.query, encoder.columns))
+        except QueryError as exc:
+            log.warning("C-FIND from %s refused: %s", caller, exc)
+            self.final = IDENTIFIER_DOES_NOT_MATCH, str(exc)
+            return
+        self.encoder = encoder
+
+    def batches(self, cancelled: Callable[[], bool], sizes: Iterator[int]) -> Iterator[list[list[str]]]:
+        """The matches (index rows in :attr:`encoder`'s columns), in batches of the sizes `sizes`
+        (endless) gives; then :attr:`final`. `cancelled()` is asked before each batch that has a
+        match to give (C-CANCEL). More than `max_results` matches (0: no limit): that many, then
+        Refused: Out of Resources (0xA700) saying so. Not Success, which PS3.4 C.4.1.3 reserves
+        for "a response has been sent for any match known to the SCP"; not Cancel (0xFE00, what
+        Orthanc answers), which answers a C-CANCEL the caller never sent. SCUs show the matches
+        they got and the failure's Error Comment. An answered query is an ATNA Query record.
+
+        A failing index gives the matches before the failure as a last batch, then raises."""
+        rows, max_results, n = self._rows, self.max_results, 0
+        while True:
+            size = next(sizes)
+            first = next(rows, None)
+            if first is None:
+                log.info("C-FIND from %s at %s level: %d matches", self.caller, self.level, n)
+                self._audit(n, model=self.model)
+                self.final = SUCCESS, None
+                return
+            if max_results and n >= max_results:
+                REFUSALS.count("query", "max_query_results")
+                why = f"more than {max_results} matches ([dimse] max_query_results): narrow the query"
+                log.warning("C-FIND from %s at %s level cut after %d matches: %s", self.caller, self.level, n,
+                            why)
+                self._audit(n)
+                self.final = OUT_OF_RESOURCES, why
+                return
+            if cancelled():
+                log.info("C-FIND from %s cancelled after %d matches", self.caller, n)
+                self._audit(n, model=self.model)
+                self.final = CANCEL, None
+                return
+            batch = [first]
+            more = size - 1 if not max_results else min(size, max_results - n) - 1
+            try:
+                for row in islice(rows, more):
+                    batch.append(row)
+            except Exception:
+                yield batch  # what the index gave before failing still goes out, then the failure
+                raise
+            n += len(batch)
+            yield batch
+
+    def _audit(self, n: int, **model: str) -> None:
+        if self.audit is not None:
+            self.audit.queried(self.caller, self.level, self.query, n, **model)
+
+
+class PendingResponses:
+    """The pending responses of one C-FIND answered on the native path, framed a batch of matches
+    at a time (_native.PendingFrames): the bytes the per-match path writes, without its Python
+    per match."""
+
+    def __init__(self, encoder: IdentifierEncoder, context_id: int, command: bytes, max_pdu: int) -> None:
+        self.encoder = encoder
+        self.context_id = context_id
+        self.command = command
+        self.max_pdu = max_pdu
+        self.frames = encoder.pending_frames(context_id, command, max_pdu)
+
+    def frame_into(self, out: bytearray, rows: list[list[str]]) -> None:
+        """Appends the pending responses of `rows` to `out`. A row that cannot be encoded raises
+        what encode_values raises for it, with the responses of the rows before it in `out`."""
+        if self.frames is not None:
+            try:
+                out += self.frames.frame(rows)
+                return
+            except (ValueError, TypeError):
+                pass  # redone below one row at a time, which stops at the same row with its own error
+        encode = self.encoder.encode_values
+        for row in rows:
+            out += _native.frame_message(self.context_id, self.command, encode(row), self.max_pdu)
+
+
 def find_responses(engine: Engine, model: str, identifier: Dataset, our_ae: str, *, implicit: bool,
                    caller: str, cancelled: Callable[[], bool],
                    audit: DimseAudit | None = None, max_results: int = 0) -> Responses:
     """The responses to one C-FIND: (Pending, encoded identifier, None) per match, then one final
     (status, None, error comment or None). `cancelled()` is asked before each match (C-CANCEL).
-    An answered query is an ATNA Query record in `audit`. More than `max_results` matches (0: no
-    limit): that many Pending responses, then Refused: Out of Resources (0xA700) saying so. Not
-    Success, which PS3.4 C.4.1.3 reserves for "a response has been sent for any match known to
-    the SCP"; not Cancel (0xFE00, what Orthanc answers), which answers a C-CANCEL the caller never
-    sent. SCUs show the matches they got and the failure's Error Comment.
-
-    Shared by the pynetdicom handler below and the native path (dimse/fastpath.py)."""
-    level, query, sequences = parse_identifier(identifier)
-    if level not in levels_for(model):
-        why = f"QueryRetrieveLevel {level or '(missing)'!r} not valid for {model}"
-        log.warning("C-FIND from %s refused: %s", caller, why)
-        yield IDENTIFIER_DOES_NOT_MATCH, None, why
-        return
-    encoder = IdentifierEncoder(level, query, sequences, identifier.get("SpecificCharacterSet"), our_ae,
-                                implicit=implicit)
-    try:
-        rows = engine.index.find_values(level, query, encoder.columns)
-    except QueryError as exc:
-        log.warning("C-FIND from %s refused: %s", caller, exc)
-        yield IDENTIFIER_DOES_NOT_MATCH, None, str(exc)
-        return
-    n = 0
-    for row in rows:
-        if max_results and n >= max_results:
-            REFUSALS.count("query", "max_query_results")
-            why = f"more than {max_results} matches ([dimse] max_query_results): narrow the query"
-            log.warning("C-FIND from %s at %s level cut after %d matches: %s", caller, level, n, why)
-            if audit is not None:
-                audit.queried(caller, level, query, n)
-            yield OUT_OF_RESOURCES, None, why
-            return
-        if cancelled():
-            log.info("C-FIND from %s cancelled after %d matches", caller, n)
-            if audit is not None:
-                audit.queried(caller, level, query, n, model=model)
-            yield CANCEL, None, None
-            return
-        yield PENDING, encoder.encode_values(row), None
-        n += 1
-    log.info("C-FIND from %s at %s level: %d matches", caller, level, n)
-    if audit is not None:
-        audit.queried(caller, level, query, n, model=model)
-    yield SUCCESS, None, None
+    The rest as :meth:`FindAnswer.batches`."""
+    answer = FindAnswer(engine, model, identifier, our_ae, implicit=implicit, caller=caller, audit=audit,
+                        max_results=max_results)
+    if answer.encoder is not None:
+        encode = answer.encoder.encode_values
+        for (row,) in answer.batches(cancelled, repeat(1)):
+            yield PENDING, encode(row), None
+    assert answer.final is not None  # refused, or set when the batches ran out
+    code, comment = answer.final
+    yield code, None, comment
 
 
 def handle_find(event: Any, engine: Engine, our_ae: str, audit: DimseAudit | None = None,
@@ -409,18 +506,17 @@ def handle_find(event: Any, engine: Engine, our_ae: str, audit: DimseAudit | Non
             return  # released or aborted under us: nobody to answer
 
 
-FindHandler = Callable[[Any, Any, str, Dataset, bool, Callable[[], bool]], Responses]
+# (association, context, model, identifier, implicit VR) -> the answer (dimse/fastpath.py)
+FindHandler = Callable[[Any, Any, str, Dataset, bool], FindAnswer]
 
 
 def fast_find(engine: Engine, our_ae: str, audit: DimseAudit | None = None,
               max_results: int = 0) -> FindHandler:
     """The C-FIND handler of dimse/fastpath.py: (association, context, model, identifier,
-    implicit VR, cancelled) -> find_responses."""
+    implicit VR) -> FindAnswer."""
 
-    def find(assoc: Any, context: Any, model: str, identifier: Dataset, implicit: bool,
-             cancelled: Callable[[], bool]) -> Responses:
-        return find_responses(engine, model, identifier, our_ae, implicit=implicit,
-                              caller=str(assoc.requestor.ae_title).strip(), cancelled=cancelled, audit=audit,
-                              max_results=max_results)
+    def find(assoc: Any, context: Any, model: str, identifier: Dataset, implicit: bool) -> FindAnswer:
+        return FindAnswer(engine, model, identifier, our_ae, implicit=implicit,
+                          caller=str(assoc.requestor.ae_title).strip(), audit=audit, max_results=max_results)
 
     return find

@@ -3,7 +3,10 @@ change feed, so the first /metadata request is served from the cache."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+
+from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomvault.bench.synth import SeriesSpec, ct_series
 from dicomvault.engine import Engine
@@ -57,14 +60,11 @@ def test_catches_up_on_what_arrived_while_not_serving(tmp_path: Path) -> None:
 def test_an_unreadable_series_does_not_hold_up_the_others(tmp_path: Path) -> None:
     """A series whose object cannot be read (here: indexed, its blob never written) is skipped
     with a warning and counted; the quiet series beside it are warmed in the same step."""
-    import time
-
-    from pydicom.uid import ExplicitVRLittleEndian
-
     with Engine(tmp_path / "d") as eng:
         good = eng.store_buffers(list(ct_series(SeriesSpec(slices=4, rows=32, columns=32, seed=5))))
         attrs = {"PatientID": "P-LOST", "StudyInstanceUID": "1.2.3.9", "SeriesInstanceUID": "1.2.3.9.1",
-                 "SOPInstanceUID": "1.2.3.9.1.1", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2", "Modality": "CT"}
+                 "SOPInstanceUID": "1.2.3.9.1.1", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2",
+                 "Modality": "CT"}
         eng.index.add_instances([{"attrs": attrs, "hash": b"\x07" * 32, "prefix": b"",
                                   "transfer_syntax": ExplicitVRLittleEndian, "logical_len": 500,
                                   "stored_len": 400, "codec": 1, "tier": "hot", "received_at": time.time()}])

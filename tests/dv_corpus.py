@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
+
+if TYPE_CHECKING:
+    from dicomvault.engine import Engine
 
 
 def corpus_dirs() -> list[Path]:
@@ -31,6 +36,24 @@ def corpus_files() -> list[Path]:
     for d in corpus_dirs():
         files.extend(sorted(p for p in d.iterdir() if p.is_file() and p.suffix == ".dcm"))
     return files
+
+
+def charset_files() -> list[Path]:
+    """pydicom's character set files (every Specific Character Set it tests)."""
+    import pydicom.data
+
+    return sorted((Path(pydicom.data.__file__).parent / "charset_files").glob("*.dcm"))
+
+
+def archive_corpus(data: Path) -> Iterator[Engine]:
+    """An engine at `data` holding every real file it takes: the corpus and the character set
+    files (for tests that compare two paths of the same query on real values)."""
+    from dicomvault.engine import Engine
+
+    with Engine(data) as eng:
+        outcomes = eng.store_files([*corpus_files(), *charset_files()])
+        assert sum(not isinstance(o, Exception) for o in outcomes) > 80
+        yield eng
 
 
 def pydicom_reads(path: Path) -> str | None:

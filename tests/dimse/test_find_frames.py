@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from itertools import repeat
-from pathlib import Path
 from typing import Any
 
-import pydicom.data
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind as PATIENT_ROOT
@@ -28,19 +26,15 @@ from dicomvault.dimse.find import (
 )
 from dicomvault.dimse.status import CANCEL, OUT_OF_RESOURCES, SUCCESS
 from dicomvault.engine import Engine
-from dv_corpus import corpus_files
+from dv_corpus import archive_corpus
 
-CHARSET_FILES = sorted((Path(pydicom.data.__file__).parent / "charset_files").glob("*.dcm"))
 CONTEXT_ID = 5
 MESSAGE_ID = 7
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    with Engine(tmp_path_factory.mktemp("find-frames") / "data") as eng:
-        outs = eng.store_files([*corpus_files(), *CHARSET_FILES])
-        assert sum(not isinstance(o, Exception) for o in outs) > 80
-        yield eng
+    yield from archive_corpus(tmp_path_factory.mktemp("find-frames") / "data")
 
 
 def _identifier(level: str, keys: list[str], charset: str | None, sequence: str | None = None) -> Dataset:

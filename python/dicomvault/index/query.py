@@ -789,7 +789,7 @@ class Planner:
                  stats: QueryStats | None) -> Iterator[list[str]]:
         filters = [(m.keyword, m.matches) for m in matchers if m.constrains]
         views = _Views(self.cfs, want=set(columns) | {kw for kw, _ in filters})
-        native: _ImageRows | _StudyRows | None = None
+        native: _NativeRows | None = None
         if lv == IMAGE and self.native_image_rows:
             native = _ImageRows(views, columns, filters)
         elif lv == STUDY and self.native_study_rows and not views.want_patient_counts:
@@ -992,10 +992,12 @@ def _checked(rows: Iterable[Any], chunk: list[bytes], n: int, checks: Checks,
             yield row[:n] if len(row) != n else row
 
 
-class _ImageRows:
-    """IMAGE-level rows read natively from the instance records (_native.InstanceColumns: only
-    the fields the query needs, no dict per record); a record it cannot read goes through
-    :meth:`_Views.load` as every record did before, so what a query returns does not change."""
+class _NativeRows:
+    """Rows of one level read by a native reader: the query's columns, then the filtered keys
+    not among them (``all``); a record the reader hands back goes through :meth:`_Views.load` as
+    every record did before, so what a query returns does not change."""
+
+    level = ""
 
     def __init__(self, views: _Views, columns: list[str], filters: Filters) -> None:
         self.views = views
@@ -1003,6 +1005,19 @@ class _ImageRows:
         self.filters = filters
         self.all = list(dict.fromkeys([*columns, *(kw for kw, _ in filters)]))
         self.checks = _checks(self.all, filters)
+
+    def _hand_back(self, key: bytes) -> Iterator[list[str]]:
+        return _matching_rows(self.views.load(self.level, [key]), self.filters, self.columns, None)
+
+
+class _ImageRows(_NativeRows):
+    """IMAGE-level rows read natively from the instance records (_native.InstanceColumns: only
+    the fields the query needs, no dict per record)."""
+
+    level = IMAGE
+
+    def __init__(self, views: _Views, columns: list[str], filters: Filters) -> None:
+        super().__init__(views, columns, filters)
         self.spec = [_instance_column(kw) for kw in self.all]
         self.reader = _native.InstanceColumns(self.spec)
         # (study UID, series UID) -> per column the series'/study's text, or None: the instance's
@@ -1024,9 +1039,6 @@ class _ImageRows:
         rows = self.reader.rows(raws, self.uppers, self._fill)
         return _checked(rows, chunk, len(self.columns), self.checks, self._hand_back, stats)
 
-    def _hand_back(self, key: bytes) -> Iterator[list[str]]:
-        return _matching_rows(self.views.load(IMAGE, [key]), self.filters, self.columns, None)
-
 
 # Keywords a study view answers from the study record's own fields (study_view), over any
 # attribute of the same name: (source, field) as _native.StudyColumns takes them.
@@ -1038,27 +1050,21 @@ _STUDY_FIELDS: dict[str, tuple[str, str]] = {
 }
 
 
-class _StudyRows:
+class _StudyRows(_NativeRows):
     """STUDY-level rows read natively from the study records (_native.StudyColumns: only the
-    fields the query needs, the texts study_view computes, no record or dict per study); a
-    record it cannot read goes through :meth:`_Views.load`, so what a query returns does not
-    change. Not for a query of the patient's counts (another record: _Views._study_view)."""
+    fields the query needs, the texts study_view computes, no record or dict per study). Not for
+    a query of the patient's counts (another record: _Views._study_view)."""
+
+    level = STUDY
 
     def __init__(self, views: _Views, columns: list[str], filters: Filters) -> None:
-        self.views = views
-        self.columns = columns
-        self.filters = filters
-        self.all = list(dict.fromkeys([*columns, *(kw for kw, _ in filters)]))
-        self.checks = _checks(self.all, filters)
+        super().__init__(views, columns, filters)
         self.reader = _native.StudyColumns([_STUDY_FIELDS.get(kw, ("attr", kw)) for kw in self.all])
 
     def rows(self, chunk: list[bytes], stats: QueryStats | None) -> Iterator[list[str]]:
         """The rows of the matching records of a chunk of study keys."""
         rows = self.reader.rows(self.views.cfs[CF_STUDIES].get(chunk))
         return _checked(rows, chunk, len(self.columns), self.checks, self._hand_back, stats)
-
-    def _hand_back(self, key: bytes) -> Iterator[list[str]]:
-        return _matching_rows(self.views.load(STUDY, [key]), self.filters, self.columns, None)
 
 
 class _Views:

@@ -16,9 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from dicomvault import _native
 from dicomvault.attributes import decode_attrs, index_attrs
 from dicomvault.engine import Engine
-from dv_corpus import corpus_files
-
-CHARSET_FILES = sorted((Path(pydicom.data.__file__).parent / "charset_files").glob("*.dcm"))
+from dv_corpus import charset_files, corpus_files
 
 
 def _both(data: bytes) -> tuple[dict[str, str] | None, dict[str, str]]:
@@ -29,7 +27,7 @@ def _both(data: bytes) -> tuple[dict[str, str] | None, dict[str, str]]:
 
 def test_native_and_python_decoding_agree_on_every_real_file() -> None:
     native = fallback = 0
-    for path in [*corpus_files(), *CHARSET_FILES]:
+    for path in [*corpus_files(), *charset_files()]:
         try:
             got, want = _both(path.read_bytes())
         except _native.DicomVaultError:

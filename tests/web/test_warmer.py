@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomvault.bench.synth import SeriesSpec, ct_series
@@ -57,23 +58,37 @@ def test_catches_up_on_what_arrived_while_not_serving(tmp_path: Path) -> None:
         cache.close()
 
 
-def test_an_unreadable_series_does_not_hold_up_the_others(tmp_path: Path) -> None:
-    """A series whose object cannot be read (here: indexed, its blob never written) is skipped
-    with a warning and counted; the quiet series beside it are warmed in the same step."""
+def test_an_unreadable_object_does_not_hold_up_the_others(tmp_path: Path) -> None:
+    """An object that cannot be read (here: indexed, its blob never written) is skipped with a
+    warning and counted; the rest of its series and the quiet series beside it are warmed in the
+    same step. A passing failure (here the cache's write) skips nothing: the series is tried
+    again at the next step, and the feed position is not saved past it."""
     with Engine(tmp_path / "d") as eng:
         good = eng.store_buffers(list(ct_series(SeriesSpec(slices=4, rows=32, columns=32, seed=5))))
-        attrs = {"PatientID": "P-LOST", "StudyInstanceUID": "1.2.3.9", "SeriesInstanceUID": "1.2.3.9.1",
-                 "SOPInstanceUID": "1.2.3.9.1.1", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2",
-                 "Modality": "CT"}
+        series = eng.instance(good[0].sop_instance_uid)
+        attrs = {"PatientID": series.patient_id, "StudyInstanceUID": series.study_uid,
+                 "SeriesInstanceUID": series.series_uid, "SOPInstanceUID": "1.2.3.9.1.1",
+                 "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2", "Modality": "CT"}
         eng.index.add_instances([{"attrs": attrs, "hash": b"\x07" * 32, "prefix": b"",
                                   "transfer_syntax": ExplicitVRLittleEndian, "logical_len": 500,
                                   "stored_len": 400, "codec": 1, "tier": "hot", "received_at": time.time()}])
         later = eng.store_buffers(list(ct_series(SeriesSpec(slices=3, rows=32, columns=32, seed=6))))
         cache = MetadataCache(str(tmp_path / "cache"))
-        warmer = MetadataWarmer(eng, MetadataService(eng, cache), quiet_s=5.0)
+        service = MetadataService(eng, cache)
+        warmer = MetadataWarmer(eng, service, quiet_s=5.0)
         assert warmer.step(now=0.0) == 0
-        assert warmer.step(now=10.0) == 7  # both readable series, whichever side of the lost one
-        assert warmer.skipped == 1
+        put_many = cache.put_many
+
+        def full(items: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        cache.put_many = full  # type: ignore[method-assign]
+        with pytest.raises(OSError):
+            warmer.step(now=10.0)
+        assert warmer.pending and cache.cursor() is None  # nothing given up, nothing saved
+        cache.put_many = put_many  # type: ignore[method-assign]
+        assert warmer.step(now=11.0) == 7  # both series but the lost object, in the same step
+        assert warmer.skipped == 2  # the lost object, once per attempt at its series
         assert all(cache.get_many([o.hash for o in good + later]))
         assert cache.cursor() == eng.index.last_seq()
         cache.close()

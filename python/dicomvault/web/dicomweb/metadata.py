@@ -26,6 +26,7 @@ import orjson
 from rocksdict import DBCompressionType, Options, Rdict, WriteBatch, WriteOptions
 
 from ...coercion import json_entries
+from ...errors import CorruptError, IntegrityError, NotFoundError
 from ...index.records import InstanceRecord
 from .json_model import dataset_json
 
@@ -212,6 +213,11 @@ def _is_lock_error(msg: str) -> bool:
     return "lock" in low and ("/lock" in low or "lock file" in low or "no locks" in low)
 
 
+def metadata_cache_path(data_dir: Path) -> Path:
+    """Where a data directory's metadata cache lives."""
+    return data_dir / "cache" / "metadata"
+
+
 class MetadataService:
     """The metadata arrays of WADO-RS (study, series and instance metadata are all
     `instances_json` of the records the route selected)."""
@@ -220,6 +226,8 @@ class MetadataService:
         self.engine = engine
         self.cache = cache
         self.threshold = cache.threshold if cache is not None else DEFAULT_THRESHOLD
+        # "SOP UID: why" of each object warm() could not read, for its caller to report
+        self.unreadable: list[str] = []
 
     def instances_json(self, records: Sequence[InstanceRecord], base_url: str) -> bytes:
         """The JSON array (bytes) of the instances' metadata; each instance's BulkDataURIs are
@@ -294,7 +302,13 @@ class MetadataService:
             # An instance in an object-store tier is not warmed: a GET and a cold decode for a
             # cache nobody asked for (it is cached when it is first read).
             if hit is None and not self.engine.is_remote(rec.hash):
-                encoded = self._encode(rec, background=True)
+                try:
+                    encoded = self._encode(rec, background=True)
+                except (NotFoundError, IntegrityError, CorruptError) as exc:
+                    # A missing or damaged object (`verify` reports it) is left to its first
+                    # view, which fails with the same error; the rest of the batch is warmed.
+                    self.unreadable.append(f"{rec.sop_uid}: {exc}")
+                    continue
                 if encoded is not None:
                     fresh.append((rec.hash, encoded))
         self.cache.put_many(fresh)

@@ -16,7 +16,6 @@ import threading
 import time
 
 from ...engine import Engine
-from ...errors import DicomVaultError
 from ...index.records import REPLACED, STORED
 from .metadata import MetadataService
 
@@ -54,7 +53,7 @@ class MetadataWarmer:
         self.cursor = min(kept, last) if kept is not None else max(0, last - CATCH_UP)
         self.pending: dict[tuple[str, str], float] = {}  # (study, series) -> last change time
         self.warmed = 0
-        self.skipped = 0  # series not warmed because an object could not be read
+        self.skipped = 0  # objects found unreadable (at each attempt at their series)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -94,23 +93,27 @@ class MetadataWarmer:
                 break
             _yield()
         done = 0
-        skipped: list[str] = []
-        for key, at in list(self.pending.items()):
-            if now - at < self.quiet_s or self._stop.is_set():
-                continue
-            del self.pending[key]
-            try:
-                done += self._warm_series(*key)
-            except (DicomVaultError, OSError) as exc:
-                # An unreadable object (a missing or damaged blob, which `verify` reports) costs
-                # its series its warm cache, not the series behind it: stopping the step here
-                # left one series done per second, and a catch-up over a damaged archive never
-                # ended.
-                skipped.append(f"{key[1]} ({exc})")
-        if skipped:
-            self.skipped += len(skipped)
-            log.warning("metadata warmer: %d series not warmed (first: series %s)", len(skipped), skipped[0])
-        self.warmed += done
+        unreadable = self.metadata.unreadable
+        unreadable.clear()
+        try:
+            for key, at in list(self.pending.items()):
+                if now - at < self.quiet_s or self._stop.is_set():
+                    continue
+                del self.pending[key]
+                try:
+                    done += self._warm_series(*key)
+                except BaseException:
+                    # anything but an unreadable object (skipped by warm(): it stopped the
+                    # step, so a catch-up over a damaged archive warmed one series a second)
+                    # may pass: the series is tried again at the next step
+                    self.pending[key] = at
+                    raise
+        finally:
+            self.warmed += done
+            if unreadable:
+                self.skipped += len(unreadable)
+                log.warning("metadata warmer: %d objects not readable, left to their first view "
+                            "(first: %s)", len(unreadable), unreadable[0])
         if not self.pending and self.metadata.cache is not None:
             self.metadata.cache.set_cursor(self.cursor)
         return done

@@ -82,8 +82,9 @@ def _per_match(engine: Engine, model: str, identifier: Dataset, implicit: bool, 
 
 def _chunked(engine: Engine, model: str, identifier: Dataset, implicit: bool, max_pdu: int,
              sizes: Iterator[int], cancelled: Callable[[], bool] = lambda: False,
-             max_results: int = 0) -> tuple[bytes, Any, int]:
-    """What dimse/fastpath.py sends: a batch of rows framed per call; (bytes, final, batches)."""
+             max_results: int = 0, native: bool = False) -> tuple[bytes, Any, int]:
+    """What dimse/fastpath.py sends: a batch of rows framed per call; (bytes, final, batches).
+    `native`: every batch through the native framer itself, no per-row fallback."""
     answer = FindAnswer(engine, model, identifier, "ARCHIVE", implicit=implicit, caller="TEST",
                         max_results=max_results)
     assert answer.encoder is not None
@@ -91,7 +92,11 @@ def _chunked(engine: Engine, model: str, identifier: Dataset, implicit: bool, ma
     out = bytearray()
     batches = 0
     for rows in answer.batches(cancelled, sizes):
-        responses.frame_into(out, rows)
+        if native:
+            assert responses.frames is not None
+            out += responses.frames.frame(rows)
+        else:
+            responses.frame_into(out, rows)
         batches += 1
     return bytes(out), answer.final, batches
 
@@ -104,7 +109,7 @@ def test_chunks_are_the_per_match_bytes_on_the_corpus(corpus: Engine, model: str
                                                        implicit: bool, max_pdu: int) -> None:
     identifier = _identifier(level, keys, charset, sequence)
     want, want_final = _per_match(corpus, model, identifier, implicit, max_pdu)
-    got, final, batches = _chunked(corpus, model, identifier, implicit, max_pdu, repeat(16))
+    got, final, batches = _chunked(corpus, model, identifier, implicit, max_pdu, repeat(16), native=True)
     assert final == want_final == (SUCCESS, None)
     assert got == want
     if "PatientName" in keys:
@@ -207,6 +212,7 @@ def test_max_query_results_as_per_match(corpus: Engine, max_results: int) -> Non
     got, final, _ = _chunked(corpus, STUDY_ROOT, identifier, False, 0, repeat(3), max_results=max_results)
     assert final == want_final and final is not None and final[0] == OUT_OF_RESOURCES
     assert got == want and len(want) < len(all_rows)
+    assert got.count(command_set(STUDY_ROOT, MESSAGE_ID, PENDING)) == max_results
     # exactly as many matches as the limit: Success, not a refusal
     n = len(list(corpus.index.find_values("STUDY", {kw: "" for kw in STUDY_KEYS}, STUDY_KEYS)))
     _, final, _ = _chunked(corpus, STUDY_ROOT, identifier, False, 0, repeat(4), max_results=n)

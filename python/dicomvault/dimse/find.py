@@ -462,8 +462,9 @@ class PendingResponses:
             try:
                 out += self.frames.frame(rows)
                 return
-            except (ValueError, TypeError):
-                pass  # redone below one row at a time, which stops at the same row with its own error
+            except (ValueError, TypeError) as exc:
+                # redone below one row at a time, which stops at the same row with its own error
+                log.debug("C-FIND batch of %d rows framed per row: %s", len(rows), exc)
         encode = self.encoder.encode_values
         for row in rows:
             out += _native.frame_message(self.context_id, self.command, encode(row), self.max_pdu)

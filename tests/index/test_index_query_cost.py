@@ -78,3 +78,25 @@ def test_a_second_key_filters_the_cheapest_source(big: Index) -> None:
 def test_unindexed_key_is_a_full_scan(big: Index) -> None:
     _, st = _find(big, {"StudyDescription": "nothing*"})
     assert st.source == "full-scan" and st.loaded == INSTANCES // PER_STUDY
+
+
+def test_a_source_keys_expansion_is_read_in_pieces_without_duplicates() -> None:
+    """_keys_from reads a source key's expansion (a study's images) piece by piece, so the first
+    keys leave before the whole expansion is read, and still yields each key once: duplicates
+    inside a piece, across pieces, and across source keys are dropped."""
+    from dicomvault.index.query import IMAGE, STUDY, Planner, Source
+
+    consumed = []
+
+    def expansion(study: bytes) -> Iterator[bytes]:
+        for i in range(300):
+            consumed.append(i)
+            yield b"%s-%03d" % (study[:1], i % 250)  # 250 distinct, the last 50 again
+
+    planner = Planner({}, lambda: None)  # type: ignore[arg-type,return-value]
+    planner.expand = lambda src_level, level, key: expansion(key)  # type: ignore[method-assign]
+    src = Source(name="test", cf=None, ranges=[], extract=lambda k: k, level=STUDY, probed=[b"A", b"B", b"A"])
+    out = planner._keys_from(src, IMAGE, None)
+    assert next(out) == b"A-000" and len(consumed) < 50  # a first piece, not the whole study
+    rest = [b"A-000", *out]
+    assert len(rest) == len(set(rest)) == 500

@@ -684,12 +684,10 @@ class Planner:
             # lists of a source key's keys, not a key at a time (a study's 2,000 images went
             # through three generators each), and in pieces, not all at once: listing 2,000 held
             # the first match back by ~2.7 ms (growing pieces, as _chunks reads them)
-            expanded, size = self.expand(src.level, level, k), _FIRST_CHUNK
-            while piece := list(islice(expanded, size)):
+            for piece in _chunks(self.expand(src.level, level, k), _CHUNK):
                 fresh = [lk for lk in dict.fromkeys(piece) if lk not in seen]
                 seen.update(fresh)
                 yield from fresh
-                size = min(_CHUNK, size * 2)
 
     # -- execution ------------------------------------------------------------
 

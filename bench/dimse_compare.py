@@ -74,7 +74,7 @@ from dicomvault.bench.procs import terminate, tree_cpu
 from dicomvault.bench.synth import UID_ROOT, SeriesSpec, cr_image, ct_series
 from dicomvault.dimse import scu
 from dicomvault.engine import Engine
-from dicomvault.web.dicomweb.metadata import MetadataCache
+from dicomvault.web.dicomweb.metadata import MetadataCache, metadata_cache_path
 
 ROOT = Path(__file__).resolve().parent
 INSTANCES_PER_STUDY = 10  # index shape: 10 instances per study, 2 studies per patient
@@ -502,7 +502,7 @@ def mark_warmed(data: Path) -> None:
     the queries being timed; a server stopped before that ends saves no progress."""
     with Engine(data, read_only=True) as eng:
         last = eng.index.last_seq()
-    cache = MetadataCache(str(data / "cache" / "metadata"))
+    cache = MetadataCache(str(metadata_cache_path(data)))
     try:
         cache.set_cursor(last)
     finally:

@@ -99,7 +99,7 @@ def _check_int(value: object, where: str, lo: int, hi: int) -> int:
 
 def _check_tcp_segment(value: object, where: str) -> int:
     # Linux takes TCP_MAXSEG up to 32,767; 536 is the smallest segment every IPv4 host accepts.
-    if value == 0:
+    if value == 0 and type(value) is int:
         return 0
     return _check_int(value, where + " (0: the OS's)", 536, 32767)
 

@@ -70,6 +70,7 @@ def test_defaults_and_overrides(tmp_path: Path) -> None:
         ("[http]\nrate_limit = -1\n", "rate_limit: must be requests per second"),
         ("[dimse]\ntcp_max_segment = 100\n", "tcp_max_segment (0: the OS's): must be an integer 536-32767"),
         ("[dimse]\ntcp_max_segment = 65536\n", "tcp_max_segment (0: the OS's): must be an integer 536-32767"),
+        ("[dimse]\ntcp_max_segment = false\n", "tcp_max_segment (0: the OS's): must be an integer 536-32767"),
         ("[http]\nrate_limits = 5\n", "unknown key(s) rate_limits"),
     ],
 )

@@ -99,8 +99,8 @@ def listen_socket(host: str, port: int, max_segment: int = 0) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        cap_segment(sock, max_segment)
         sock.bind(addr)
+        cap_segment(sock, max_segment)
         sock.listen(128)
     except OSError:
         sock.close()

@@ -33,7 +33,7 @@ from ..responses import base_url, int_param
 from ..security import secured
 from . import media, multipart, qido, render, stow
 from .json_model import bulk_value
-from .metadata import MetadataCache, MetadataService
+from .metadata import MetadataCache, MetadataService, metadata_cache_path
 from .pixels import FrameSource, native_frame_bytes
 
 PREFIX = "/dicom-web"
@@ -102,7 +102,7 @@ class DicomWeb:
     def __init__(self, ctx: WebContext) -> None:
         self.ctx = ctx
         self.engine = ctx.engine
-        cache_dir = str(ctx.engine.data_dir / "cache" / "metadata")
+        cache_dir = str(metadata_cache_path(ctx.engine.data_dir))
         cache = None if ctx.engine.read_only else MetadataCache(cache_dir)
         self.metadata = MetadataService(ctx.engine, cache)
         ctx.extras["metadata"] = self.metadata

@@ -2,9 +2,11 @@
 //! records read from the index turns them into the text values of a query's columns. IMAGE
 //! level: instance records (`InstanceColumns`); STUDY level: study records (`StudyColumns`).
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use dicomvault_core::index_record::{self, Picked, Value};
+
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
@@ -307,8 +309,9 @@ impl StudyColumns {
 
         let hand_back = pyo3::types::PyBool::new(py, false).to_owned().into_any();
         // Per column the previous record's text and its str: studies of one query share many
-        // texts (a date, a description), each then one Python str.
-        let mut texts: Vec<Option<(String, Bound<'py, PyString>)>> = vec![None; self.columns.len()];
+        // texts (a date, a description), each then one Python str. Borrowed from the records
+        // where the text is theirs: a new text costs no copy.
+        let mut texts: Vec<Option<(Cow<'_, str>, Bound<'py, PyString>)>> = vec![None; self.columns.len()];
         let mut out = Vec::with_capacity(picked.len());
         let mut row: Vec<Bound<'py, PyAny>> = Vec::with_capacity(self.columns.len());
         'records: for p in &picked {
@@ -325,7 +328,7 @@ impl StudyColumns {
             };
             row.clear();
             for (i, c) in self.columns.iter().enumerate() {
-                let text: std::borrow::Cow<'_, str> = match Self::value(c, p) {
+                let text: Cow<'_, str> = match Self::value(c, p) {
                     Some(StudyCell::Text(s)) => s.into(),
                     Some(StudyCell::Number(n)) => n.to_string().into(),
                     Some(StudyCell::Keys(k)) => k.join("\\").into(),
@@ -339,7 +342,7 @@ impl StudyColumns {
                     _ => {
                         let obj = PyString::new(py, &text);
                         row.push(obj.clone().into_any());
-                        texts[i] = Some((text.into_owned(), obj));
+                        texts[i] = Some((text, obj));
                     }
                 }
             }

@@ -153,7 +153,7 @@ bench-find: sysdeps build ## C-FIND latency at 1M instances (+ queries inside 2,
 bench-fhir: build ## FHIR ImagingStudy/Patient search latency on 1,000 studies (~2 min)
 	$(VPY) bench/fhir_search.py
 
-bench-tls: sysdeps build ## DICOM TLS vs plain: ingest and C-MOVE, workers 1 and 2, and the no-op storescp ceiling (~2 min)
+bench-tls: sysdeps build ## DICOM TLS vs plain: ingest and C-MOVE, workers 1 and 2, and the machine's ceilings for both (~2 min)
 	$(VPY) bench/tls_bench.py --slices 300 --repeats 3
 
 bench-ingest: sysdeps build ## DIMSE ingest (4 x storescu) against storescp --fork --ignore in the same run, /dev/shm and disk, workers 1 and 2 (~3 min)

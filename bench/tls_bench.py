@@ -13,6 +13,10 @@ files before any clock starts.
   terminates TLS; N: the N receiver processes do, and relay to the writer).
 - Retrieve: `movescu` asks (plain) for the whole study, sent to a dcmtk `storescp --ignore`
   destination over plain TCP or over TLS (`[[peers]] tls = true`); the time is movescu's.
+- The retrieve's ceiling: one dcmtk `storescu` sends the same files, one association, to the same
+  two destinations. A C-MOVE is that stream (one C-STORE at a time, each waiting for its
+  response), so its TLS / plain is what a sender that only reads files reaches against this
+  destination: the TLS peer's decryption and the record round trips bound it, not the sender.
 
 Plain and TLS alternate within each repeat; the table gives medians, and TLS / plain.
 """
@@ -128,6 +132,20 @@ def main() -> int:
                               log_name="storescp-tls.log")
     peers = {"PLAINSCP": (plain_dest.port, False), "TLSSCP": (tls_dest.port, True)}
     try:
+        for rep in range(args.repeats):
+            for mode in ("plain", "tls") if rep % 2 == 0 else ("tls", "plain"):
+                logs = work / f"logs-ceiling-move-{mode}-{rep}"
+                logs.mkdir(exist_ok=True)
+                dest_ae = "TLSSCP" if mode == "tls" else "PLAINSCP"
+                port = (tls_dest if mode == "tls" else plain_dest).port
+                extra = dcmtk_tls_args(pki, "client") if mode == "tls" else []
+                run = storescu_parallel(dest_ae, port, [series], logs, extra=extra)
+                if run.errors:
+                    raise SystemExit(f"storescu to the C-MOVE destination failed ({mode}):\n{run.errors[0]}")
+                res.setdefault((0, "C-MOVE", mode), []).append(mb / run.seconds)
+        log(f"C-MOVE ceiling (one storescu to the same storescp): plain "
+            f"{statistics.median(res[(0, 'C-MOVE', 'plain')]):.0f} MB/s, "
+            f"TLS {statistics.median(res[(0, 'C-MOVE', 'tls')]):.0f} MB/s")
         for workers in (int(w) for w in args.workers.split(",")):
             for rep in range(args.repeats):
                 for mode in ("plain", "tls") if rep % 2 == 0 else ("tls", "plain"):
@@ -159,14 +177,18 @@ def main() -> int:
         plain_dest.stop()
         tls_dest.stop()
     print(f"DICOM TLS vs plain, {len(files)} CT slices ({mb:.0f} MB), medians of {args.repeats}\n")
-    print("| workers | transfer | plain MB/s | TLS MB/s | TLS / plain |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| workers | transfer | plain MB/s | TLS MB/s | TLS / plain | TLS / the ceiling's TLS |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for workers in (0, *(int(w) for w in args.workers.split(","))):
-        for what in ("ingest", "C-MOVE") if workers else ("ingest",):
+        for what in ("ingest", "C-MOVE"):
             p = statistics.median(res[(workers, what, "plain")])
             t = statistics.median(res[(workers, what, "tls")])
-            who = str(workers) if workers else "no-op ceiling (storescp --fork --ignore)"
-            print(f"| {who} | {what} | {p:.0f} | {t:.0f} | {t / p:.2f} |")
+            ceiling_tls = statistics.median(res[(0, what, "tls")])
+            who = str(workers) if workers else {
+                "ingest": "no-op ceiling (4 storescu to storescp --fork --ignore)",
+                "C-MOVE": "C-MOVE ceiling (1 storescu to the C-MOVE's storescp --ignore)",
+            }[what]
+            print(f"| {who} | {what} | {p:.0f} | {t:.0f} | {t / p:.2f} | {t / ceiling_tls:.2f} |")
     if args.scratch is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -1668,8 +1668,9 @@ impl TokenSink {
 /// Version 5 decodes a row in three passes: its tokens (its contexts come from the rows above,
 /// so they are known before it; on x86-64-v3 8 states a vector, 4 vectors side by side), their
 /// raw bits (a running sum of bit counts; on x86-64-v3 8 samples a step), then the MED
-/// reconstruction (the chain of values along the row). Versions 2 to 4 take a sample's three
-/// steps in one loop ([`Self::fused`]): with 4 states, a token pass is bound by their chains.
+/// reconstruction (the chain of values along the row). Versions 2 to 4, and version 5 without
+/// x86-64-v3, take a sample's three steps in one loop ([`Self::fused`]): with 4 states a token
+/// pass is bound by their chains, and scalar passes decoded version 5 ~20 % slower than it.
 struct TokenSource<'a, const N: usize> {
     x: [u32; N],
     /// The rANS stream's words, then `N` zeros.
@@ -1707,8 +1708,9 @@ impl<const N: usize> TokenSource<'_, N> {
     /// corrupt stream gives garbage, never an overflow; [`MedChannel::check_row`] finds it.
     #[inline(always)]
     fn row<const FIRST: bool, const V3: bool>(&mut self, ctx: &[u16], up: &[i32], cur: &mut [i32]) {
-        if N < 8 {
-            // Versions 2 to 4: in passes, their few states' chain bounds the token pass.
+        if N < 8 || !V3 {
+            // Versions 2 to 4: in passes, their few states' chain bounds the token pass; and
+            // without the vector passes, one loop is the faster (see the type's comment).
             return self.fused::<FIRST>(ctx, up, cur);
         }
         let w = ctx.len();

@@ -231,6 +231,10 @@ class Engine:
                 self._remote[tier] = r
             return r
 
+    def connected_remotes(self) -> set[str]:
+        """The object-store tiers connected so far (by `remote`)."""
+        return set(self._remote)
+
     def placed_tier(self, blob: BlobRecord) -> str:
         """The tier a blob record names (records from before tiers say `hot`: the volumes/ tier)."""
         if blob.tier == LEGACY_TIER and LEGACY_TIER not in {t.name for t in self.tiers}:

@@ -630,3 +630,47 @@ def test_a_promotion_waits_for_the_reads_that_caused_it_to_pause() -> None:
     assert not promotion_due(t, last_read=t - 0.1, pending_since=t - 5)  # a retrieve is going on
     assert promotion_due(t, last_read=t - PROMOTE_QUIET, pending_since=t - 5)  # it paused
     assert promotion_due(t, last_read=t, pending_since=t - PROMOTE_MAX_DEFER)  # reads never stop
+
+
+# -- the tiering service's start ----------------------------------------------------------------
+
+
+def test_the_service_connects_its_object_stores_before_start_returns(tmp_path: Path,
+                                                                      seaweed: SeaweedServer) -> None:
+    """`serve` opens its DIMSE port after the service's start: a retrieve that comes at once must
+    not wait for (or share the cores with) the object store's client set-up."""
+    from dicomvault.tiering.service import TieringService
+
+    with Engine(tmp_path / "data", tiers=three_tiers(seaweed, bucket()), min_free_bytes=0) as e:
+        svc = TieringService(e, TieringSettings())
+        svc.start()
+        try:
+            assert e.connected_remotes() == {"cold"}
+        finally:
+            svc.stop()
+
+
+def test_a_store_that_does_not_answer_holds_the_start_up_no_longer_than_the_wait(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    from dicomvault.tiering import service
+
+    monkeypatch.setattr(service, "CONNECT_WAIT", 0.3)
+    silent = socket.create_server(("127.0.0.1", 0))  # connections queue up; nothing ever answers
+    try:
+        port = silent.getsockname()[1]
+        tiers = (TierSpec("warm", "local", "hot", path="warm"),
+                 TierSpec("cold", "s3", "cold", endpoint=f"http://127.0.0.1:{port}", bucket="b",
+                          access_key="k", secret_key="s"))
+        with Engine(tmp_path / "data", tiers=tiers, min_free_bytes=0) as e:
+            svc = service.TieringService(e, TieringSettings())
+            t0 = time.monotonic()
+            svc.start()
+            waited = time.monotonic() - t0
+            silent.close()  # the queued connections are reset: the connect attempt ends now
+            svc.stop()
+        assert 0.3 <= waited < 1.5, waited
+        assert "not connected after" in caplog.text
+    finally:
+        silent.close()

@@ -76,7 +76,7 @@ pub fn recode<'py>(
 }
 
 /// The cold codec's stream of canonical bytes (what `decode` gives) in an older format
-/// `version` (2 to 5), as archives written before today's format hold them: for tests.
+/// `version` (2 to 6), as archives written before today's format hold them: for tests.
 #[pyfunction]
 pub fn cold_encode_version<'py>(
     py: Python<'py>,

@@ -186,7 +186,7 @@ use super::{codec_err, encode_hot, Codec, PixelKind, PixelLayout, Reader, DEFAUL
 
 const MAGIC: [u8; 3] = *b"DVC";
 /// The format [`encode_cold`] writes.
-const VERSION: u8 = VERSION_5;
+const VERSION: u8 = VERSION_6;
 const VERSION_1: u8 = 1;
 const VERSION_2: u8 = 2;
 const VERSION_3: u8 = 3;
@@ -194,6 +194,12 @@ const VERSION_3: u8 = 3;
 const VERSION_4: u8 = 4;
 /// Version 4 with 32 rANS states (8 to a vector of the x86-64-v3 decoder).
 const VERSION_5: u8 = 5;
+/// Version 5 with each row's MED chain cut into [`SEGMENTS`] independent ones.
+const VERSION_6: u8 = 6;
+/// The segments of a row (per channel) in version 6: each starts where `k * w / SEGMENTS`
+/// pixels of the row's `w` come before it, and its first pixel is predicted as a row's first,
+/// so the decoder reconstructs the segments side by side (8: one AVX2 vector's lanes).
+const SEGMENTS: usize = 8;
 /// The XXH3-64 of the logical bytes of versions 4 and 5.
 const CHECK_LEN: usize = 8;
 /// Fixed header of version 1, up to and including the raw-bit stream length.
@@ -279,7 +285,7 @@ pub fn encode_cold_version(logical: &[u8], layout: &PixelLayout, version: u8) ->
     if let Some(why) = cold_support(logical.len(), Some(layout)) {
         return Err(codec_err(format!("the cold model does not code this object: {why:?}")));
     }
-    if !matches!(version, VERSION_2 | VERSION_3 | VERSION_4 | VERSION_5) {
+    if !matches!(version, VERSION_2 | VERSION_3 | VERSION_4 | VERSION_5 | VERSION_6) {
         return Err(codec_err(format!("no encoder for cold format version {version}")));
     }
     encode_version(logical, layout, version)
@@ -407,7 +413,8 @@ fn encode_version(logical: &[u8], layout: &PixelLayout, version: u8) -> Result<V
             vec![ac, raw]
         }
         _ => {
-            let (tables, rans, raw) = encode_pixels_v2(span, &g, &infos, rans_states(version));
+            let (tables, rans, raw) =
+                encode_pixels_v2(span, &g, &infos, rans_states(version), version >= VERSION_6);
             let (table_method, table_stored) = compress_tables(&tables)?;
             fields.push(table_method);
             fields.extend_from_slice(&(tables.len() as u64).to_le_bytes());
@@ -863,7 +870,7 @@ pub(super) fn decode_cold_into(
         return Err(codec_err("bad magic"));
     }
     let version = r.u8()?;
-    if !matches!(version, VERSION_1 | VERSION_2 | VERSION_3 | VERSION_4 | VERSION_5) {
+    if !matches!(version, VERSION_1 | VERSION_2 | VERSION_3 | VERSION_4 | VERSION_5 | VERSION_6) {
         return Err(codec_err(format!("unsupported cold format version {version}")));
     }
     // Version 4 ends with the logical bytes' checksum: the payload ends before it (the body is
@@ -1015,12 +1022,11 @@ pub(super) fn decode_cold_into(
         } else {
             let tables = decompress(table_method, sections[0], table_raw, "table section")?;
             let streams = (&tables[..], sections[1], sections[2]);
-            if version == VERSION_2 {
-                decode_pixels_rans::<2>(streams, &g, &infos, body)?;
-            } else if version == VERSION_5 {
-                decode_pixels_rans::<32>(streams, &g, &infos, body)?;
-            } else {
-                decode_pixels_rans::<4>(streams, &g, &infos, body)?;
+            let split = version >= VERSION_6;
+            match rans_states(version) {
+                2 => decode_pixels_rans::<2>(streams, &g, &infos, split, body)?,
+                4 => decode_pixels_rans::<4>(streams, &g, &infos, split, body)?,
+                _ => decode_pixels_rans::<32>(streams, &g, &infos, split, body)?,
             }
         }
         if flags & FLAG_SWAP_PAIRS != 0 {
@@ -1537,6 +1543,8 @@ struct MedChannel {
     lo: i32,
     hi: i32,
     columns: usize,
+    /// Rows cut into [`SEGMENTS`] (version 6).
+    split: bool,
     cur: Vec<i32>,
     up: Vec<i32>,
     up2: Vec<i32>,
@@ -1548,12 +1556,13 @@ struct MedChannel {
 }
 
 impl MedChannel {
-    fn new((lo, hi): (i32, i32), columns: usize) -> MedChannel {
+    fn new((lo, hi): (i32, i32), columns: usize, split: bool) -> MedChannel {
         let (v, m) = (columns + 2, columns + 4);
         MedChannel {
             lo,
             hi,
             columns,
+            split,
             cur: vec![0; v],
             up: vec![0; v],
             up2: vec![0; v],
@@ -1619,6 +1628,13 @@ impl MedChannel {
             mcur[i] = x.wrapping_sub(pv).unsigned_abs();
             bad |= (x.wrapping_sub(lo) as u32 > span) as u32;
         }
+        if self.split {
+            // The segments' first pixels, predicted as the row's first (`cur[0]` is its W).
+            for &s in &segment_starts(w)[1..SEGMENTS] {
+                let pv = if r == 0 { cur[0] } else { up[s + 1] };
+                mcur[s] = cur[s + 1].wrapping_sub(pv).unsigned_abs();
+            }
+        }
         bad == 0
     }
 
@@ -1637,6 +1653,15 @@ impl MedChannel {
             };
             res[i] = x - pv;
             mcur[i] = res[i].unsigned_abs();
+        }
+        if self.split {
+            // Version 6: each segment's first pixel as the row's first, so that the decoder's
+            // chains of values along the row are independent.
+            for &s in &segment_starts(w)[1..SEGMENTS] {
+                let pv = if r == 0 { cur[0] } else { self.up[s + 1] };
+                res[s] = cur[s + 1] - pv;
+                mcur[s] = res[s].unsigned_abs();
+            }
         }
     }
 
@@ -1689,6 +1714,8 @@ struct TokenSource<'a, const N: usize> {
     /// The row's tokens, then its residuals (a row at most: `columns` samples).
     toks: Vec<u8>,
     res: Vec<i32>,
+    /// Rows cut into [`SEGMENTS`] (version 6).
+    split: bool,
 }
 
 /// Zero bytes after the raw-bit stream: a read at its end (clamped there) stays inside; the
@@ -1717,7 +1744,11 @@ impl<const N: usize> TokenSource<'_, N> {
         if N < 8 || !V3 {
             // Versions 2 to 4: in passes, their few states' chain bounds the token pass; and
             // without the vector passes, one loop is the faster (see the type's comment).
-            return self.fused::<FIRST>(ctx, up, cur);
+            return if self.split {
+                self.fused::<FIRST, true>(ctx, up, cur)
+            } else {
+                self.fused::<FIRST, false>(ctx, up, cur)
+            };
         }
         let w = ctx.len();
         #[cfg(target_arch = "x86_64")]
@@ -1739,14 +1770,18 @@ impl<const N: usize> TokenSource<'_, N> {
         }
         #[cfg(not(target_arch = "x86_64"))]
         self.residuals(0, w);
-        med::<FIRST>(&self.res[..w], up, cur);
+        if self.split {
+            med_split::<FIRST, V3>(&self.res[..w], up, cur);
+        } else {
+            med::<FIRST>(&self.res[..w], up, cur);
+        }
     }
 
     /// [`Self::row`] for 2 or 4 states (versions 2 to 4): a sample's token, raw bits and MED
     /// value in one loop, so that the chain of values along the row overlaps the rANS chains
     /// (in passes each pass waits on its own chain, and the decode was ~7 % slower).
     #[inline(always)]
-    fn fused<const FIRST: bool>(&mut self, ctx: &[u16], up: &[i32], cur: &mut [i32]) {
+    fn fused<const FIRST: bool, const SPLIT: bool>(&mut self, ctx: &[u16], up: &[i32], cur: &mut [i32]) {
         let (mut x, mut pos, mut bitpos) = (self.x, self.pos, self.bitpos);
         let (words, raw, first) = (self.words, self.raw, &self.tables.first);
         let slots = &self.tables.slots[..];
@@ -1754,6 +1789,9 @@ impl<const N: usize> TokenSource<'_, N> {
         let w = ctx.len();
         let (up, cur) = (&up[..w + 1], &mut cur[..w + 1]);
         let mut wv = cur[0];
+        // Version 6: the next segment's start (then `w`), predicted as the row's first pixel.
+        let (starts, row_first) = (segment_starts(w), cur[0]);
+        let mut seg = 1;
         // One sample with state `x` (a macro: a closure is not always inlined, and its
         // captures then live in memory).
         macro_rules! step {
@@ -1780,12 +1818,19 @@ impl<const N: usize> TokenSource<'_, N> {
                 // MED (LOCO-I's median edge detector) as the median of W, N and W + N - NW: within
                 // [min(W, N), max(W, N)], so in range, and without branches, which noise would make
                 // random. The first row predicts W.
-                let pv = if FIRST {
+                let mut pv = if FIRST {
                     wv
                 } else {
                     let (n, nw) = (up[i + 1], up[i]);
                     wv.wrapping_add(n).wrapping_sub(nw).max(wv.min(n)).min(wv.max(n))
                 };
+                if SPLIT && i == starts[seg] {
+                    pv = if FIRST { row_first } else { up[i + 1] };
+                    // Short rows repeat starts.
+                    while starts[seg] == i {
+                        seg += 1;
+                    }
+                }
                 let v = pv.wrapping_add(e);
                 cur[i + 1] = v;
                 wv = v;
@@ -2052,6 +2097,154 @@ fn med<const FIRST: bool>(res: &[i32], up: &[i32], cur: &mut [i32]) {
     }
 }
 
+/// [`med`] for a row cut into [`SEGMENTS`] (version 6): each segment's first pixel is predicted
+/// as the row's first (N; in the first row `cur[0]`), so the segments are independent chains,
+/// stepped side by side: the throughput of the MED steps bounds the pass, not the latency of
+/// one chain (~4-5 cycles a pixel). On x86-64-v3 one AVX2 vector holds the 8 chains.
+#[inline(always)]
+fn med_split<const FIRST: bool, const V3: bool>(res: &[i32], up: &[i32], cur: &mut [i32]) {
+    let w = res.len();
+    let (up, cur) = (&up[..w + 1], &mut cur[..w + 1]);
+    let s = segment_starts(w);
+    // Every segment has `l` or `l + 1` pixels.
+    let l = w / SEGMENTS;
+    let mut wv = [0i32; SEGMENTS];
+    for k in 0..SEGMENTS {
+        if s[k] < s[k + 1] {
+            let p = s[k];
+            let pv = if FIRST { cur[0] } else { up[p + 1] };
+            wv[k] = pv.wrapping_add(res[p]);
+            cur[p + 1] = wv[k];
+        }
+    }
+    // Pixel `j` of segment `k`.
+    macro_rules! step {
+        ($k:expr, $j:expr) => {{
+            let (k, j): (usize, usize) = ($k, $j);
+            let i = s[k] + j;
+            let pv = if FIRST {
+                wv[k]
+            } else {
+                let (n, nw, wk) = (up[i + 1], up[i], wv[k]);
+                wk.wrapping_add(n).wrapping_sub(nw).max(wk.min(n)).min(wk.max(n))
+            };
+            wv[k] = pv.wrapping_add(res[i]);
+            cur[i + 1] = wv[k];
+        }};
+    }
+    #[allow(unused_mut)]
+    let mut j = 1;
+    #[cfg(target_arch = "x86_64")]
+    if V3 && !FIRST {
+        // SAFETY: `V3` is set only where the CPU has AVX2.
+        j = unsafe { med_segments_avx2(res, up, cur, &s, &mut wv, l) };
+    }
+    while j < l {
+        for k in 0..SEGMENTS {
+            step!(k, j);
+        }
+        j += 1;
+    }
+    if l >= 1 {
+        // The longer segments' last pixel.
+        for k in 0..SEGMENTS {
+            if s[k + 1] - s[k] > l {
+                step!(k, l);
+            }
+        }
+    }
+}
+
+/// [`med_split`]'s pixels from 1 on of the 8 segments (their first ones decoded, their values
+/// in `wv`), 8 at a time: a vector a step (lane `k` segment `k`), the segments' residuals and
+/// rows above turned into that order by 8 x 8 transposes, the values back likewise. Returns
+/// where it stopped (`l`, the shortest segment's length, or up to 7 before it).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn med_segments_avx2(
+    res: &[i32],
+    up: &[i32],
+    cur: &mut [i32],
+    s: &[usize; SEGMENTS + 1],
+    wv: &mut [i32; SEGMENTS],
+    l: usize,
+) -> usize {
+    use std::arch::x86_64::*;
+    const { assert!(SEGMENTS == 8) };
+    let mut j = 1;
+    if j + 8 > l {
+        return j;
+    }
+    // 8 rows of 8 i32s to 8 columns.
+    #[inline(always)]
+    fn transpose(r: [__m256i; 8]) -> [__m256i; 8] {
+        // SAFETY (of the intrinsics): AVX2, enabled by the caller.
+        unsafe {
+            let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+            let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+            let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+            let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+            let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
+            let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+            let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
+            let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+            let u0 = _mm256_unpacklo_epi64(t0, t2);
+            let u1 = _mm256_unpackhi_epi64(t0, t2);
+            let u2 = _mm256_unpacklo_epi64(t1, t3);
+            let u3 = _mm256_unpackhi_epi64(t1, t3);
+            let u4 = _mm256_unpacklo_epi64(t4, t6);
+            let u5 = _mm256_unpackhi_epi64(t4, t6);
+            let u6 = _mm256_unpacklo_epi64(t5, t7);
+            let u7 = _mm256_unpackhi_epi64(t5, t7);
+            [
+                _mm256_permute2x128_si256(u0, u4, 0x20),
+                _mm256_permute2x128_si256(u1, u5, 0x20),
+                _mm256_permute2x128_si256(u2, u6, 0x20),
+                _mm256_permute2x128_si256(u3, u7, 0x20),
+                _mm256_permute2x128_si256(u0, u4, 0x31),
+                _mm256_permute2x128_si256(u1, u5, 0x31),
+                _mm256_permute2x128_si256(u2, u6, 0x31),
+                _mm256_permute2x128_si256(u3, u7, 0x31),
+            ]
+        }
+    }
+    let load = |v: &[i32], at: usize| -> __m256i {
+        let v: &[i32; 8] = v[at..at + 8].try_into().expect("8 values");
+        // SAFETY: 8 i32s.
+        unsafe { _mm256_loadu_si256(v.as_ptr() as *const __m256i) }
+    };
+    // SAFETY: 8 i32s.
+    let mut x = unsafe { _mm256_loadu_si256(wv.as_ptr() as *const __m256i) };
+    // NW of pixel 1: N of pixel 0.
+    let nw0: [i32; 8] = std::array::from_fn(|k| up[s[k] + 1]);
+    // SAFETY: 8 i32s.
+    let mut nw = unsafe { _mm256_loadu_si256(nw0.as_ptr() as *const __m256i) };
+    // Segment k's pixels j..j + 8 are inside it (j + 8 <= l), so are their rows above.
+    while j + 8 <= l {
+        let e = transpose(std::array::from_fn(|k| load(res, s[k] + j)));
+        let n = transpose(std::array::from_fn(|k| load(up, s[k] + j + 1)));
+        let mut v = [_mm256_setzero_si256(); 8];
+        for t in 0..8 {
+            let grad = _mm256_add_epi32(x, _mm256_sub_epi32(n[t], nw));
+            let lo = _mm256_min_epi32(x, n[t]);
+            let hi = _mm256_max_epi32(x, n[t]);
+            x = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(grad, lo), hi), e[t]);
+            v[t] = x;
+            nw = n[t];
+        }
+        for (k, v) in transpose(v).into_iter().enumerate() {
+            let at = s[k] + j + 1;
+            let dst: &mut [i32; 8] = (&mut cur[at..at + 8]).try_into().expect("8 values");
+            // SAFETY: 8 i32s.
+            unsafe { _mm256_storeu_si256(dst.as_mut_ptr() as *mut __m256i, v) };
+        }
+        j += 8;
+    }
+    // SAFETY: 8 i32s.
+    unsafe { _mm256_storeu_si256(wv.as_mut_ptr() as *mut __m256i, x) };
+    j
+}
+
 /// Weight of a frequency code (see [`MAX_CODE`]).
 fn code_weight(c: u8) -> u64 {
     let c = c as u64 - 1;
@@ -2180,22 +2373,31 @@ fn choose_tables(hist: &[u32], channels: usize) -> (Vec<u8>, Vec<[u32; NTOK]>) {
     (cmap, tables)
 }
 
-/// Interleaved rANS states of a format version (2 to 5).
+/// Interleaved rANS states of a format version (2 to 6).
 fn rans_states(version: u8) -> usize {
     match version {
         VERSION_2 => 2,
-        VERSION_5 => 32,
+        VERSION_5 | VERSION_6 => 32,
         _ => 4,
     }
 }
 
-/// The pixel streams of versions 2 to 5 (`states` rANS states): table section (plain), rANS
-/// stream, raw-bit stream.
+/// Where each of a `w`-pixel row's [`SEGMENTS`] segments starts (version 6), then `w`: `k *
+/// w / SEGMENTS`, so the lengths differ by at most one (rows shorter than `SEGMENTS` have
+/// empty segments: a start may repeat).
+#[inline(always)]
+fn segment_starts(w: usize) -> [usize; SEGMENTS + 1] {
+    std::array::from_fn(|k| k * w / SEGMENTS)
+}
+
+/// The pixel streams of versions 2 to 6 (`states` rANS states; `split`: rows cut into
+/// [`SEGMENTS`], version 6): table section (plain), rANS stream, raw-bit stream.
 fn encode_pixels_v2(
     span: &[u8],
     g: &Geometry,
     infos: &[ChanInfo],
     states: usize,
+    split: bool,
 ) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     if g.pixels == 0 {
         return (Vec::new(), Vec::new(), Vec::new());
@@ -2207,7 +2409,7 @@ fn encode_pixels_v2(
         bits: BitWriter::new(span.len() / 2),
     };
     let mut chans: Vec<MedChannel> =
-        infos.iter().map(|c| MedChannel::new(c.model_range(), g.columns)).collect();
+        infos.iter().map(|c| MedChannel::new(c.model_range(), g.columns, split)).collect();
     let ranks = rank_maps(infos);
     let load = row_loader(g);
     // The base channel's |residual|s for the first channel: none.
@@ -2339,14 +2541,15 @@ fn decode_pixels_rans<const N: usize>(
     streams: RansStreams<'_>,
     g: &Geometry,
     infos: &[ChanInfo],
+    split: bool,
     out: &mut [u8],
 ) -> Result<()> {
     #[cfg(target_arch = "x86_64")]
     if x86_v3() && !tests_want_portable() {
         // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { decode_pixels_x86_v3::<N>(streams, g, infos, out) };
+        return unsafe { decode_pixels_x86_v3::<N>(streams, g, infos, split, out) };
     }
-    decode_pixels_body::<N, false>(streams, g, infos, out)
+    decode_pixels_body::<N, false>(streams, g, infos, split, out)
 }
 
 #[cfg(test)]
@@ -2379,9 +2582,10 @@ unsafe fn decode_pixels_x86_v3<const N: usize>(
     streams: RansStreams<'_>,
     g: &Geometry,
     infos: &[ChanInfo],
+    split: bool,
     out: &mut [u8],
 ) -> Result<()> {
-    decode_pixels_body::<N, true>(streams, g, infos, out)
+    decode_pixels_body::<N, true>(streams, g, infos, split, out)
 }
 
 /// The decode; `V3`: the CPU has x86-64-v3's features (AVX2 is used explicitly).
@@ -2390,6 +2594,7 @@ fn decode_pixels_body<const N: usize, const V3: bool>(
     (tables, rans, raw): RansStreams<'_>,
     g: &Geometry,
     infos: &[ChanInfo],
+    split: bool,
     out: &mut [u8],
 ) -> Result<()> {
     let tables = read_tables(tables, g.channels)?;
@@ -2418,9 +2623,10 @@ fn decode_pixels_body<const N: usize, const V3: bool>(
         bitpos: 0,
         toks: vec![0; g.columns],
         res: vec![0; g.columns],
+        split,
     };
     let mut chans: Vec<MedChannel> =
-        infos.iter().map(|c| MedChannel::new(c.model_range(), g.columns)).collect();
+        infos.iter().map(|c| MedChannel::new(c.model_range(), g.columns, split)).collect();
     let row_bytes = g.columns * g.pixel_bytes();
     let mut writer = RowWriter::new(g);
     let zeros = vec![0u32; g.columns + 4];
@@ -2719,15 +2925,15 @@ mod tests {
     /// and 2's. Each also through the portable decoder when the CPU takes the x86-64-v3 one.
     fn roundtrip(obj: &[u8], l: &PixelLayout) -> usize {
         let stored = encode_cold_only(obj, l).unwrap();
-        assert_eq!(stored[3], VERSION_5);
+        assert_eq!(stored[3], VERSION_6);
         assert_eq!(decode(Codec::Cold, &stored, obj.len()).unwrap(), obj, "cold model, {l:?}");
         assert_eq!(decode_portable(&stored, obj.len()).unwrap(), obj, "portable decoder, {l:?}");
-        for version in [VERSION_1, VERSION_2, VERSION_3, VERSION_4] {
+        for version in [VERSION_1, VERSION_2, VERSION_3, VERSION_4, VERSION_5] {
             let old = encode_version(obj, l, version).unwrap();
             assert_eq!(old[3], version);
             assert_eq!(decode(Codec::Cold, &old, obj.len()).unwrap(), obj, "version {version}, {l:?}");
         }
-        for version in [VERSION_2, VERSION_4] {
+        for version in [VERSION_2, VERSION_4, VERSION_5] {
             let old = encode_cold_version(obj, l, version).unwrap();
             assert_eq!(decode_portable(&old, obj.len()).unwrap(), obj, "portable, version {version}, {l:?}");
         }
@@ -2932,9 +3138,15 @@ mod tests {
         // Rows of two groups of 32 samples and 6 more: version 5's vector decoder and its tail.
         let wide = image(12, 70, 6, 1, 2, false, false, false);
         objects.push(object(4, 30, &wide, 3, native(2, false, 70, 1, false)));
+        // Rows of 8 segments of 10 or 11 samples (2 channels) and of 17 or 18 (RGB): version 6's
+        // vector MED, its scalar steps after it and the longer segments' last samples.
+        let two = image(13, 83, 5, 2, 2, false, false, false);
+        objects.push(object(4, 8, &two, 2, native(2, false, 83, 2, false)));
+        let rgb = image(14, 141, 4, 3, 1, false, false, false);
+        objects.push(object(4, 8, &rgb, 2, native(1, false, 141, 3, false)));
         let mut out = Vec::new();
         for (obj, l) in objects {
-            for version in [VERSION_1, VERSION_2, VERSION_3, VERSION_4, VERSION_5] {
+            for version in [VERSION_1, VERSION_2, VERSION_3, VERSION_4, VERSION_5, VERSION_6] {
                 out.push((obj.clone(), encode_version(&obj, &l, version).unwrap()));
             }
         }
@@ -3072,6 +3284,8 @@ mod tests {
         [(1914, 0x2beb_7804), (569, 0x2cd8_2889), (378, 0x5ec7_2da7), (368, 0xa8f6_5dcc)];
     const PINNED_V5: [(usize, u32); 4] =
         [(1994, 0xd192_af94), (649, 0xf0c5_da39), (472, 0x629b_b941), (458, 0x268a_1b7e)];
+    const PINNED_V6: [(usize, u32); 4] =
+        [(2021, 0x2df2_cb33), (662, 0x2b30_2521), (476, 0x9b5f_d97f), (462, 0x6f1f_ddb2)];
 
     /// Version 1 as the original encoder wrote it (length and CRC of its output, recorded from
     /// that encoder): what archives hold keeps decoding.
@@ -3146,12 +3360,17 @@ mod tests {
         assert!((log2_fp(3) as i64 - 103_872).abs() < 4);
     }
 
-    /// Version 2 to 5 streams decode the same everywhere: their bytes are pinned (versions 2 to
-    /// 4 as their encoders wrote them; they are kept, next to version 5's).
+    /// Version 2 to 6 streams decode the same everywhere: their bytes are pinned (versions 2 to
+    /// 5 as their encoders wrote them; they are kept, next to version 6's).
     #[test]
-    fn versions_2_to_5_are_pinned() {
-        let versions =
-            [(VERSION_2, PINNED_V2), (VERSION_3, PINNED_V3), (VERSION_4, PINNED_V4), (VERSION_5, PINNED_V5)];
+    fn versions_2_to_6_are_pinned() {
+        let versions = [
+            (VERSION_2, PINNED_V2),
+            (VERSION_3, PINNED_V3),
+            (VERSION_4, PINNED_V4),
+            (VERSION_5, PINNED_V5),
+            (VERSION_6, PINNED_V6),
+        ];
         for (version, pinned) in versions {
             let mut crcs = Vec::new();
             for (obj, l) in golden_objects() {
@@ -3166,18 +3385,18 @@ mod tests {
     }
 
     /// Version 4 is version 3 and the XXH3-64 of the logical bytes, which a decode checks and
-    /// reports; versions 1 to 3 decode as before, unchecked. Version 5 has it too.
+    /// reports; versions 1 to 3 decode as before, unchecked. Versions 5 and 6 have it too.
     #[test]
     fn version_4_checks_the_decoded_bytes() {
         let mut out = Vec::new();
         for (obj, l) in golden_objects() {
-            let v5 = encode_cold_only(&obj, &l).unwrap();
-            assert_eq!(v5[3], VERSION_5);
-            let at = v5.len() - CRC_LEN - CHECK_LEN;
-            assert_eq!(v5[at..at + CHECK_LEN], xxh3_64(&obj).to_le_bytes());
+            let v6 = encode_cold_only(&obj, &l).unwrap();
+            assert_eq!(v6[3], VERSION_6);
+            let at = v6.len() - CRC_LEN - CHECK_LEN;
+            assert_eq!(v6[at..at + CHECK_LEN], xxh3_64(&obj).to_le_bytes());
             assert!(crate::codec::decode_checked_into(
                 Codec::Cold,
-                &v5,
+                &v6,
                 obj.len(),
                 &mut out,
                 crate::codec::StoredCrc::Unchecked
@@ -3238,9 +3457,9 @@ mod tests {
     /// corruption or a forged stream looks like.
     #[test]
     fn damaged_version_4_streams_with_right_crcs_are_refused() {
-        let (mut silent_v3, mut refused_v4, mut refused_v5) = (0, 0, 0);
+        let (mut silent_v3, mut refused_v4, mut refused_v5, mut refused_v6) = (0, 0, 0, 0);
         for (obj, l) in golden_objects() {
-            for version in [VERSION_3, VERSION_4, VERSION_5] {
+            for version in [VERSION_3, VERSION_4, VERSION_5, VERSION_6] {
                 let stored = encode_version(&obj, &l, version).unwrap();
                 let end = stored.len() - CRC_LEN - if version >= VERSION_4 { CHECK_LEN } else { 0 };
                 // The raw-bit stream is the payload's last section.
@@ -3253,7 +3472,7 @@ mod tests {
                         bad[i] ^= 1 << bit;
                         match (version, decode(Codec::Cold, &recrc(bad), obj.len())) {
                             (VERSION_3, Ok(out)) if out != obj => silent_v3 += 1,
-                            (VERSION_4 | VERSION_5, Ok(out)) => {
+                            (VERSION_4 | VERSION_5 | VERSION_6, Ok(out)) => {
                                 assert!(out == obj, "version {version} byte {i} bit {bit} decoded")
                             }
                             (VERSION_4, Err(Error::Codec { reason }))
@@ -3266,6 +3485,11 @@ mod tests {
                             {
                                 refused_v5 += 1
                             }
+                            (VERSION_6, Err(Error::Codec { reason }))
+                                if reason.contains("stored checksum") =>
+                            {
+                                refused_v6 += 1
+                            }
                             _ => {}
                         }
                     }
@@ -3275,6 +3499,61 @@ mod tests {
         assert!(silent_v3 > 100, "{silent_v3}");
         assert_eq!(refused_v4, silent_v3);
         assert!(refused_v5 > 100, "{refused_v5}");
+        assert!(refused_v6 > 100, "{refused_v6}");
+    }
+
+    /// Version 6's segments: rows shorter than [`SEGMENTS`] (empty segments), of lengths that
+    /// [`SEGMENTS`] does not divide, and long enough for the vector MED to take 1 to 3 blocks
+    /// and leave 0 to 7 steps to the scalar loop; 8- and 16-bit, 1 to 4 channels. The vector
+    /// and portable decoders give back the object, and version 5 of the same object too.
+    #[test]
+    fn version_6_rows_in_segments_roundtrip() {
+        let mut seed = 20;
+        for cols in [1usize, 2, 3, 5, 7, 8, 9, 15, 16, 17, 23, 71, 72, 73, 79, 80, 81, 95, 150, 203, 259] {
+            for (bps, spp) in [(1u8, 1u16), (2, 1), (2, 2), (1, 3), (2, 4)] {
+                seed += 1;
+                let span = image(seed, cols, 6, spp as usize, bps as usize, false, false, false);
+                let (obj, l) = object(seed, 16, &span, 3, native(bps, false, cols as u32, spp, false));
+                for version in [VERSION_6, VERSION_5] {
+                    let stored = encode_version(&obj, &l, version).unwrap();
+                    assert_eq!(stored[3], version);
+                    let what = format!("version {version}, {cols} columns, bps {bps}, spp {spp}");
+                    assert!(decode(Codec::Cold, &stored, obj.len()).unwrap() == obj, "{what}");
+                    assert!(decode_portable(&stored, obj.len()).unwrap() == obj, "portable, {what}");
+                }
+            }
+        }
+    }
+
+    /// The encoder's residuals of version 6: each segment's first sample against N (in the
+    /// first row against the middle of the range, as the row's first), the others against MED,
+    /// so that only the rows above join the segments.
+    #[test]
+    fn version_6_predicts_segment_starts_from_above() {
+        let (w, lo, hi) = (37, 0, 1000);
+        let rows: [Vec<i32>; 2] =
+            [(0..w as i32).map(|x| 300 + 7 * x).collect(), (0..w as i32).map(|x| 310 + 5 * x).collect()];
+        let mut c = MedChannel::new((lo, hi), w, true);
+        let mut plain = MedChannel::new((lo, hi), w, false);
+        let starts = segment_starts(w);
+        assert_eq!(starts, [0, 4, 9, 13, 18, 23, 27, 32, 37]);
+        for (r, row) in rows.iter().enumerate() {
+            for m in [&mut c, &mut plain] {
+                m.cur[1..w + 1].copy_from_slice(row);
+                m.residuals(r, w);
+            }
+            for i in 0..w {
+                let want = if starts[1..SEGMENTS].contains(&i) {
+                    row[i] - if r == 0 { lo + (hi - lo) / 2 } else { rows[0][i] }
+                } else {
+                    plain.res[i]
+                };
+                assert_eq!(c.res[i], want, "row {r} sample {i}");
+                assert_eq!(c.mcur[2 + i], want.unsigned_abs());
+            }
+            c.next_row();
+            plain.next_row();
+        }
     }
 
     /// A decode into a reused buffer (longer or shorter, stale bytes) writes every byte.
@@ -3330,12 +3609,15 @@ mod tests {
             let streams = (&tables[..], &rans[..], &raw[..]);
             let g = geometry(if round % 3 == 0 { 9 } else { 40 });
             let mut out = vec![0u8; g.body_len()];
-            assert!(decode_pixels_rans::<2>(streams, &g, &infos, &mut out).is_err());
-            assert!(decode_pixels_rans::<4>(streams, &g, &infos, &mut out).is_err());
-            assert!(decode_pixels_rans::<32>(streams, &g, &infos, &mut out).is_err());
-            assert!(decode_pixels_body::<2, false>(streams, &g, &infos, &mut out).is_err());
-            assert!(decode_pixels_body::<4, false>(streams, &g, &infos, &mut out).is_err());
-            assert!(decode_pixels_body::<32, false>(streams, &g, &infos, &mut out).is_err());
+            assert!(decode_pixels_rans::<2>(streams, &g, &infos, false, &mut out).is_err());
+            assert!(decode_pixels_rans::<4>(streams, &g, &infos, false, &mut out).is_err());
+            assert!(decode_pixels_body::<2, false>(streams, &g, &infos, false, &mut out).is_err());
+            assert!(decode_pixels_body::<4, false>(streams, &g, &infos, false, &mut out).is_err());
+            // Versions 5 and 6.
+            for split in [false, true] {
+                assert!(decode_pixels_rans::<32>(streams, &g, &infos, split, &mut out).is_err());
+                assert!(decode_pixels_body::<32, false>(streams, &g, &infos, split, &mut out).is_err());
+            }
         }
         // Mutations of real streams, CRC fixed up: in the payload, past the header.
         for (obj, stored) in sample_stored().into_iter().filter(|(_, s)| s[3] != VERSION_1) {
@@ -3361,11 +3643,11 @@ mod tests {
         }
     }
 
-    /// Real slices (pydicom's CT and MR, rows of 128 and 64 samples: version 5's vector
-    /// decoder) damaged in their pixel streams, CRC made right: each decode errs or gives back
+    /// Real slices (pydicom's CT and MR, rows of 128 and 64 samples: versions 5 and 6's vector
+    /// decoders) damaged in their pixel streams, CRC made right: each decode errs or gives back
     /// the object (the checksum), never panics; the vector and portable decoders agree.
     #[test]
-    fn damaged_real_version_5_slices_never_panic() {
+    fn damaged_real_version_5_and_6_slices_never_panic() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../.venv/lib/python3.11/site-packages/pydicom/data/test_files");
         let mut rng = Rng(5);
@@ -3377,29 +3659,30 @@ mod tests {
             };
             let p = crate::parse::parse_file(&data, crate::parse::INDEX_TAGS).unwrap();
             let l = crate::object::pixel_layout(p.pixel.as_ref().unwrap(), p.dataset_offset).unwrap();
-            let stored = encode_cold_only(&data, &l).unwrap();
-            assert_eq!(stored[3], VERSION_5);
-            let body = stored.len() - CRC_LEN;
-            for _ in 0..400 {
-                let mut bad = stored.clone();
-                for _ in 0..=rng.below(3) {
-                    let i = FIXED_HEADER_V2 + rng.below(body - FIXED_HEADER_V2);
-                    bad[i] = match rng.below(2) {
-                        0 => bad[i] ^ (1 << rng.below(8)),
-                        _ => rng.next() as u8,
-                    };
+            for version in [VERSION_5, VERSION_6] {
+                let stored = encode_cold_version(&data, &l, version).unwrap();
+                let body = stored.len() - CRC_LEN;
+                for _ in 0..400 {
+                    let mut bad = stored.clone();
+                    for _ in 0..=rng.below(3) {
+                        let i = FIXED_HEADER_V2 + rng.below(body - FIXED_HEADER_V2);
+                        bad[i] = match rng.below(2) {
+                            0 => bad[i] ^ (1 << rng.below(8)),
+                            _ => rng.next() as u8,
+                        };
+                    }
+                    let bad = recrc(bad);
+                    let fast = decode(Codec::Cold, &bad, data.len());
+                    let portable = decode_portable(&bad, data.len());
+                    assert_eq!(fast.is_ok(), portable.is_ok());
+                    if let (Ok(a), Ok(b)) = (fast, portable) {
+                        assert!(a == data && b == data, "a damaged {name} decoded to other bytes");
+                    }
+                    tried += 1;
                 }
-                let bad = recrc(bad);
-                let fast = decode(Codec::Cold, &bad, data.len());
-                let portable = decode_portable(&bad, data.len());
-                assert_eq!(fast.is_ok(), portable.is_ok());
-                if let (Ok(a), Ok(b)) = (fast, portable) {
-                    assert!(a == data && b == data, "a damaged {name} decoded to other bytes");
-                }
-                tried += 1;
             }
         }
-        assert!(tried == 0 || tried == 800);
+        assert!(tried == 0 || tried == 1600);
     }
 
     /// [`decode_cold_into`] with the portable compilation of the rANS decoder (what CPUs without

@@ -14,8 +14,9 @@
 //!
 //! Measured on the codec benchmark's corpus (`cargo run --release --example cold_ratio`):
 //! about 1.69x the stored size of Orthanc's zlib-6 in total and 1.13x the hot codec's, at
-//! ~90 MB/s per core to encode and ~230-265 MB/s to decode (~290-300 MB/s on the tier bench's
-//! CT; `--example cold_decode` times the decode alone). Version 1 (an error-weighted blend of
+//! ~90 MB/s per core to encode and ~230-265 MB/s to decode in version 5 (~290-300 MB/s on the
+//! tier bench's CT; `--example cold_decode` times the decode alone), ~1.2-1.25x that in
+//! version 6. Version 1 (an error-weighted blend of
 //! five predictors, adaptive binary arithmetic coding; decoded, no longer written) stored ~2%
 //! less in total, up to ~12% less on some mid-size images, and decoded at ~38 MB/s: the cold
 //! tier's retrieval is bound by this decode, so version 2 traded that for speed. Version 3 is
@@ -25,19 +26,29 @@
 //! 3 with the XXH3-64 of the logical bytes at its end, for the reason of the hot codec's
 //! version 2 (see [`super`]): a read checks its decode against it (~30 µs for a CT slice)
 //! instead of hashing it with BLAKE3 (~150 µs), ~7 % of a cold C-GET's server CPU. Version 5
-//! (written today) is version 4 with 32 rANS states: the decoder takes a row in passes (tokens,
-//! raw bits, MED), and on x86-64-v3 decodes the tokens 8 states to a vector (one gather a
-//! step), 4 vectors side by side; with 4 states a vector's steps wait on each other. ~1.15-1.2x
-//! version 4's decode on CT, 128 bytes more per object (bench/RESULTS.md, "Cold decode in
-//! passes").
+//! is version 4 with 32 rANS states: the decoder takes a row in passes (tokens, raw bits, MED),
+//! and on x86-64-v3 decodes the tokens 8 states to a vector (one gather a step), 4 vectors side
+//! by side; with 4 states a vector's steps wait on each other. ~1.15-1.2x version 4's decode on
+//! CT, 128 bytes more per object (bench/RESULTS.md, "Cold decode in passes"). Version 6
+//! (written today) is version 5 with each row cut into 8 segments whose first samples are
+//! predicted from above, as a row's first: version 5's MED pass was one chain along the row
+//! (each prediction waits on the value before it, ~4-5 cycles a sample, ~20 % of the decode);
+//! version 6's 8 chains are independent, and on x86-64-v3 one AVX2 vector steps them all (lane
+//! `k` segment `k`; 8 x 8 transposes bring the segments' residuals and rows above into that
+//! order and take the values back). On 50 CT slices of the tier bench (medians of 8
+//! interleaved runs on a shared 2-core EPYC): version 4 200, version 5 244, version 6 308 MB/s
+//! per core (1.26x version 5; with 8, 4 or 2 scalar chains instead of the vector 257, 282 and
+//! 237), 119 then 98 instructions a pixel (callgrind); the corpus's stored total 0.06 % more
+//! (1.689x zlib-6 for 1.690x; the first sample of a segment costs about what a row's first
+//! does, 7 more of those a row).
 //!
-//! # Stored format of `Codec::Cold`, versions 2 to 5
+//! # Stored format of `Codec::Cold`, versions 2 to 6
 //!
 //! All integers are little-endian.
 //!
 //! | bytes | field |
 //! | --- | --- |
-//! | 4 | magic `b"DVC"` then the format version `2` to `5` |
+//! | 4 | magic `b"DVC"` then the format version `2` to `6` |
 //! | 1 | flags: bit 0 big-endian samples, bit 1 signed (two's complement) samples, bit 2 colour transform, bit 3 swapped pairs |
 //! | 1 | bytes per sample: 1 or 2 |
 //! | 1 | channels: samples per pixel as coded, 1..=4 (planar colour is coded as 1 channel) |
@@ -57,7 +68,7 @@
 //! | 12 × channels | per channel: lowest and highest value (i32 each), number of distinct values `m` (u32; 0: not compacted) |
 //! | ... | per compacted channel, in channel order: `m - 1` LEB128 gaps between its sorted distinct values, minus 1 |
 //! | ... | rest, table section, rANS stream, raw-bit stream, back to back |
-//! | 8 | versions 4 and 5 only: XXH3-64 of the logical bytes |
+//! | 8 | versions 4 to 6 only: XXH3-64 of the logical bytes |
 //! | 4 | CRC-32 of every byte before it |
 //!
 //! Without pixels the three pixel streams are empty.
@@ -91,8 +102,8 @@
 //! many as its frequency, from `start_t`.
 //!
 //! The rANS stream is `S` 32-bit states, each at least 2^16 (`S` = 2 in version 2, 4 in
-//! versions 3 and 4, 32 in version 5; sample `k` in coding order, counted over all rows and channels, uses state `k %
-//! S`), then 16-bit words. A sample's token, with `x` its state and the table its context
+//! versions 3 and 4, 32 in versions 5 and 6; sample `k` in coding order, counted over all rows
+//! and channels, uses state `k % S`), then 16-bit words. A sample's token, with `x` its state and the table its context
 //! maps to: `t` the token of slot `x % 2^11`; then `x = f_t * (x >> 11) + x % 2^11 -
 //! start_t`, and while `x < 2^16`, `x = x << 16 | the next word` (words are read in one
 //! sequence, whichever state takes them). After the last sample every state is 2^16 and every
@@ -103,7 +114,7 @@
 //! of `u < 16` is `u`; of a larger `u` of bit length `b + 1`, `16 + 4 (b - 4)` plus the two
 //! bits below the leading one, then `b - 2` raw bits: the low bits of `u`.
 //!
-//! # The model of versions 2 to 5
+//! # The model of versions 2 to 6
 //!
 //! Channels are coded as images of `columns` pixels a row, row by row, the channels of a row
 //! one after the other. Before that the encoder reads the samples once to choose their reading
@@ -113,7 +124,10 @@
 //! N, NW, NE, NN its neighbours (NW = N in the first column, NE = N in the last, NN = N in the
 //! second row) and `|e_X|` the magnitude of the residual at X:
 //! - the prediction: MED, the median of W, N and W + N - NW; in the first row W (for the first
-//!   sample `lo + (hi - lo) / 2`), in the first column of the others N;
+//!   sample `lo + (hi - lo) / 2`), in the first column of the others N. Version 6 cuts each row
+//!   of `w` samples (of a channel) into 8 segments, the `k`-th from sample `k w / 8` (integer
+//!   division; `k` = 0..8, so rows shorter than 8 have empty segments), and predicts the first
+//!   sample of every segment as the first column's: N, in the first row `lo + (hi - lo) / 2`;
 //! - the context, from the rows above only (so the decoder computes a row's contexts ahead,
 //!   vectorised, and its per-sample loops carry no context dependency): the error size `a =
 //!   |e_NWW| + |e_NEE| + 2 (|e_NW| + |e_N| + |e_NE| + |e_NN| + 2 |e_B|)`, with `e_B` channel
@@ -174,9 +188,9 @@
 //! new format version.
 //!
 //! [`decode`](super::decode) checks the CRC, every field and every length against
-//! `logical_len` before it allocates or decompresses anything (the tables of versions 2 to 5:
+//! `logical_len` before it allocates or decompresses anything (the tables of versions 2 to 6:
 //! at most 256 of 8 KiB); a value outside its channel's range, a stream read past its end or not to its
-//! end is an error, never a panic; so is a version-4 or -5 decode that does not match its checksum.
+//! end is an error, never a panic; so is a version-4, -5 or -6 decode that does not match its checksum.
 
 use crate::error::Result;
 
@@ -200,11 +214,11 @@ const VERSION_6: u8 = 6;
 /// pixels of the row's `w` come before it, and its first pixel is predicted as a row's first,
 /// so the decoder reconstructs the segments side by side (8: one AVX2 vector's lanes).
 const SEGMENTS: usize = 8;
-/// The XXH3-64 of the logical bytes of versions 4 and 5.
+/// The XXH3-64 of the logical bytes of versions 4 to 6.
 const CHECK_LEN: usize = 8;
 /// Fixed header of version 1, up to and including the raw-bit stream length.
 const FIXED_HEADER: usize = 4 + 4 + 4 + 8 + 8 + 8 + 1 + 8 + 8 + 8 + 8;
-/// Fixed header of versions 2 to 5: the table section's method and raw length come on top.
+/// Fixed header of versions 2 to 6: the table section's method and raw length come on top.
 const FIXED_HEADER_V2: usize = FIXED_HEADER + 1 + 8 + 8;
 const CRC_LEN: usize = 4;
 
@@ -850,7 +864,7 @@ impl Reader<'_> {
 
 /// Decodes a cold stream into `out` (its allocation reused, only growth zero-filled: every byte
 /// is written). `Ok(true)`: the decoded bytes matched the logical bytes' checksum stored with
-/// them (versions 4 and 5); `Ok(false)`: the stream has none (versions 1-3), only its CRC was checked.
+/// them (versions 4 to 6); `Ok(false)`: the stream has none (versions 1-3), only its CRC was checked.
 /// `check_crc`: whether to check the stream's CRC-32 (see [`super::StoredCrc`]).
 pub(super) fn decode_cold_into(
     stored: &[u8],
@@ -1693,13 +1707,14 @@ impl TokenSink {
     }
 }
 
-/// The decoder of versions 2 to 5: `N` rANS states taken in turn (the first sample's first;
-/// version 2 has two, versions 3 and 4 four, version 5 32), so that `N` dependency chains run
-/// side by side.
+/// The decoder of versions 2 to 6: `N` rANS states taken in turn (the first sample's first;
+/// version 2 has two, versions 3 and 4 four, versions 5 and 6 32), so that `N` dependency
+/// chains run side by side.
 /// Version 5 decodes a row in three passes: its tokens (its contexts come from the rows above,
 /// so they are known before it; on x86-64-v3 8 states a vector, 4 vectors side by side), their
 /// raw bits (a running sum of bit counts; on x86-64-v3 8 samples a step), then the MED
-/// reconstruction (the chain of values along the row). Versions 2 to 4, and version 5 without
+/// reconstruction (the chain of values along the row; version 6's 8 chains, [`med_split`]).
+/// Versions 2 to 4, and versions 5 and 6 without
 /// x86-64-v3, take a sample's three steps in one loop ([`Self::fused`]): with 4 states a token
 /// pass is bound by their chains, and scalar passes decoded version 5 ~20 % slower than it.
 struct TokenSource<'a, const N: usize> {

@@ -296,6 +296,15 @@ pub fn encode_canonical(logical: &[u8], target: Codec, level: i32) -> Result<(Co
     encode_with(logical, canonical_layout(logical).as_ref(), target, level)
 }
 
+/// The cold codec's stream of canonical bytes in format `version` (2 to 6): tests that need
+/// the streams older archives hold (format 6 is written today).
+#[doc(hidden)]
+pub fn encode_canonical_cold_version(logical: &[u8], version: u8) -> Result<Vec<u8>> {
+    let layout = canonical_layout(logical)
+        .ok_or_else(|| Error::Codec { reason: "no pixel layout in these canonical bytes".into() })?;
+    codec::cold::encode_cold_version(logical, &layout, version)
+}
+
 /// The pixel layout of canonical bytes, found by parsing them; None if they do not parse.
 fn canonical_layout(logical: &[u8]) -> Option<PixelLayout> {
     let (ts, dataset) = split_canonical(logical).ok()?;

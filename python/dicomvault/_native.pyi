@@ -302,6 +302,9 @@ def decode(codec_id: int, stored: bytes, logical_len: int) -> bytes:
 def recode(
     codec_id: int, stored: bytes, logical_len: int, target: int, level: int = 1
 ) -> tuple[int, bytes]: ...
+def cold_encode_version(logical: bytes, version: int) -> bytes:
+    """The cold codec's stream of canonical bytes in an older format version (2 to 6), for tests."""
+
 def decode_read(
     codec_id: int, stored: bytes, logical_len: int, hash: bytes, verify_reads: str
 ) -> tuple[str, DecodedObject]:

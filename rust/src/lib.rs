@@ -39,6 +39,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(primitives::encode, m)?)?;
     m.add_function(wrap_pyfunction!(primitives::decode, m)?)?;
     m.add_function(wrap_pyfunction!(primitives::recode, m)?)?;
+    m.add_function(wrap_pyfunction!(primitives::cold_encode_version, m)?)?;
     m.add_function(wrap_pyfunction!(decoded::decode_read, m)?)?;
     m.add("CODEC_RAW", dicomvault_core::codec::Codec::Raw as u8)?;
     m.add("CODEC_HOT", dicomvault_core::codec::Codec::Hot as u8)?;

@@ -75,6 +75,19 @@ pub fn recode<'py>(
     Ok((used as u8, PyBytes::new(py, &out)))
 }
 
+/// The cold codec's stream of canonical bytes (what `decode` gives) in an older format
+/// `version` (2 to 6), as archives written before today's format hold them: for tests.
+#[pyfunction]
+pub fn cold_encode_version<'py>(
+    py: Python<'py>,
+    logical: &[u8],
+    version: u8,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let out = gil::bytes_work(py, logical.len(), || object::encode_canonical_cold_version(logical, version))
+        .py_err()?;
+    Ok(PyBytes::new(py, &out))
+}
+
 /// Inverse of the codec part of `encode`: the canonical bytes (transfer syntax, NUL, dataset).
 #[pyfunction]
 pub fn decode<'py>(

@@ -162,19 +162,20 @@ def test_verify_reads_setting(tmp_path: Path) -> None:
 
 
 COLD_FIXED_HEADER = 86  # core/src/codec/cold.rs FIXED_HEADER_V2; its last field: raw-bit stream length
-COLD_CHECK = 8  # format 4's XXH3-64 of the logical bytes, before the CRC
+COLD_CHECK = 8  # formats 4 to 6: the XXH3-64 of the logical bytes, before the CRC
 
 
 def forge_cold(stored: bytes, version: int, flip: int | None = None) -> bytes:
-    """A format-4 cold stream as format `version` (3: without its checksum), with bit `flip` of
-    the second half of its raw-bit stream flipped (the low bits of samples: a change that the
-    stream's own checks may not see); its CRC right."""
-    assert stored[:4] == b"DVC\x04", stored[:4]
+    """A format-4, -5 or -6 cold stream as format `version` (its own, or 3 from format 4: without its
+    checksum), with bit `flip` of the second half of its raw-bit stream flipped (the low bits of
+    samples: a change that the stream's own checks may not see); its CRC right."""
+    assert stored[:3] == b"DVC" and stored[3] in (4, 5, 6), stored[:4]
+    assert version in (3, stored[3]), (version, stored[3])
     body = bytearray(stored[:-4 - COLD_CHECK])
     (raw_len,) = struct.unpack_from("<Q", stored, COLD_FIXED_HEADER - 8)
     if flip is not None:
         body[len(body) - raw_len // 2 + flip // 8] ^= 1 << flip % 8
-    if version == 4:
+    if version == stored[3]:
         body += stored[-4 - COLD_CHECK:-4]
     else:
         body[3] = version
@@ -185,9 +186,10 @@ def silent_damage(codec: int, stored: bytes, logical_len: int) -> int:
     """The first bit of `forge_cold` whose flip a stream without a checksum decodes, to other
     bytes, without an error."""
     want = _native.decode(codec, stored, logical_len)
+    v4 = _native.cold_encode_version(want, 4)
     for flip in range(256):
         try:
-            got = _native.decode(codec, forge_cold(stored, 3, flip), logical_len)
+            got = _native.decode(codec, forge_cold(v4, 3, flip), logical_len)
         except DicomVaultError:
             continue
         if got != want:
@@ -195,7 +197,9 @@ def silent_damage(codec: int, stored: bytes, logical_len: int) -> int:
     raise AssertionError("no damage that decodes")
 
 
-@pytest.mark.parametrize(("version", "damaged"), [(4, True), (3, True), (3, False)])
+@pytest.mark.parametrize(
+    ("version", "damaged"), [(6, True), (5, True), (5, False), (4, True), (3, True), (3, False)]
+)
 def test_a_forged_cold_stream_is_refused_on_read(
     tmp_path: Path, seaweed: SeaweedServer, version: int, damaged: bool
 ) -> None:
@@ -217,7 +221,13 @@ def test_a_forged_cold_stream_is_refused_on_read(
         store = eng.remote("cold").store
         pack = bytearray(store.get(blob.pack_key))
         stored = bytes(pack[blob.pack_offset:blob.pack_offset + blob.stored_len])
+        assert stored[:4] == b"DVC\x06", stored[:4]
         flip = silent_damage(blob.codec, stored, blob.logical_len) if damaged else None
+        if version < 6:
+            # As archives written in format 5 or 4 hold it (format 3: forged from 4).
+            stored = _native.cold_encode_version(
+                _native.decode(blob.codec, stored, blob.logical_len), max(version, 4)
+            )
         forged = forge_cold(stored, version, flip)
         # In place of the blob's bytes in its pack, its placement's length and digest made right.
         pack[blob.pack_offset:blob.pack_offset + len(forged)] = forged

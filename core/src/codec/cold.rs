@@ -14,25 +14,41 @@
 //!
 //! Measured on the codec benchmark's corpus (`cargo run --release --example cold_ratio`):
 //! about 1.69x the stored size of Orthanc's zlib-6 in total and 1.13x the hot codec's, at
-//! ~90 MB/s per core to encode and ~230-265 MB/s to decode (~290-300 MB/s on the tier bench's
-//! CT; `--example cold_decode` times the decode alone). Version 1 (an error-weighted blend of
+//! ~90 MB/s per core to encode and ~230-265 MB/s to decode in version 5 (~290-300 MB/s on the
+//! tier bench's CT; `--example cold_decode` times the decode alone), ~1.2-1.25x that in
+//! version 6. Version 1 (an error-weighted blend of
 //! five predictors, adaptive binary arithmetic coding; decoded, no longer written) stored ~2%
 //! less in total, up to ~12% less on some mid-size images, and decoded at ~38 MB/s: the cold
 //! tier's retrieval is bound by this decode, so version 2 traded that for speed. Version 3 is
 //! version 2's model with four interleaved rANS states instead of two; both are decoded by one
 //! loop that reads a sample's token, raw bits and MED value together, compiled a second time
-//! for x86-64-v3 CPUs (AVX2, BMI2) and picked at run time. Version 4 (written today) is version
+//! for x86-64-v3 CPUs (AVX2, BMI2) and picked at run time. Version 4 is version
 //! 3 with the XXH3-64 of the logical bytes at its end, for the reason of the hot codec's
 //! version 2 (see [`super`]): a read checks its decode against it (~30 µs for a CT slice)
-//! instead of hashing it with BLAKE3 (~150 µs), ~7 % of a cold C-GET's server CPU.
+//! instead of hashing it with BLAKE3 (~150 µs), ~7 % of a cold C-GET's server CPU. Version 5
+//! is version 4 with 32 rANS states: the decoder takes a row in passes (tokens, raw bits, MED),
+//! and on x86-64-v3 decodes the tokens 8 states to a vector (one gather a step), 4 vectors side
+//! by side; with 4 states a vector's steps wait on each other. ~1.15-1.2x version 4's decode on
+//! CT, 128 bytes more per object (bench/RESULTS.md, "Cold decode in passes"). Version 6
+//! (written today) is version 5 with each row cut into 8 segments whose first samples are
+//! predicted from above, as a row's first: version 5's MED pass was one chain along the row
+//! (each prediction waits on the value before it, ~4-5 cycles a sample, ~20 % of the decode);
+//! version 6's 8 chains are independent, and on x86-64-v3 one AVX2 vector steps them all (lane
+//! `k` segment `k`; 8 x 8 transposes bring the segments' residuals and rows above into that
+//! order and take the values back). On 50 CT slices of the tier bench (medians of 8
+//! interleaved runs on a shared 2-core EPYC): version 4 200, version 5 244, version 6 308 MB/s
+//! per core (1.26x version 5; with 8, 4 or 2 scalar chains instead of the vector 257, 282 and
+//! 237), 119 then 98 instructions a pixel (callgrind); the corpus's stored total 0.06 % more
+//! (1.689x zlib-6 for 1.690x; the first sample of a segment costs about what a row's first
+//! does, 7 more of those a row).
 //!
-//! # Stored format of `Codec::Cold`, versions 2 to 4
+//! # Stored format of `Codec::Cold`, versions 2 to 6
 //!
 //! All integers are little-endian.
 //!
 //! | bytes | field |
 //! | --- | --- |
-//! | 4 | magic `b"DVC"` then the format version `2`, `3` or `4` |
+//! | 4 | magic `b"DVC"` then the format version `2` to `6` |
 //! | 1 | flags: bit 0 big-endian samples, bit 1 signed (two's complement) samples, bit 2 colour transform, bit 3 swapped pairs |
 //! | 1 | bytes per sample: 1 or 2 |
 //! | 1 | channels: samples per pixel as coded, 1..=4 (planar colour is coded as 1 channel) |
@@ -52,7 +68,7 @@
 //! | 12 × channels | per channel: lowest and highest value (i32 each), number of distinct values `m` (u32; 0: not compacted) |
 //! | ... | per compacted channel, in channel order: `m - 1` LEB128 gaps between its sorted distinct values, minus 1 |
 //! | ... | rest, table section, rANS stream, raw-bit stream, back to back |
-//! | 8 | version 4 only: XXH3-64 of the logical bytes |
+//! | 8 | versions 4 to 6 only: XXH3-64 of the logical bytes |
 //! | 4 | CRC-32 of every byte before it |
 //!
 //! Without pixels the three pixel streams are empty.
@@ -86,8 +102,8 @@
 //! many as its frequency, from `start_t`.
 //!
 //! The rANS stream is `S` 32-bit states, each at least 2^16 (`S` = 2 in version 2, 4 in
-//! versions 3 and 4; sample `k` in coding order, counted over all rows and channels, uses state `k %
-//! S`), then 16-bit words. A sample's token, with `x` its state and the table its context
+//! versions 3 and 4, 32 in versions 5 and 6; sample `k` in coding order, counted over all rows
+//! and channels, uses state `k % S`), then 16-bit words. A sample's token, with `x` its state and the table its context
 //! maps to: `t` the token of slot `x % 2^11`; then `x = f_t * (x >> 11) + x % 2^11 -
 //! start_t`, and while `x < 2^16`, `x = x << 16 | the next word` (words are read in one
 //! sequence, whichever state takes them). After the last sample every state is 2^16 and every
@@ -98,7 +114,7 @@
 //! of `u < 16` is `u`; of a larger `u` of bit length `b + 1`, `16 + 4 (b - 4)` plus the two
 //! bits below the leading one, then `b - 2` raw bits: the low bits of `u`.
 //!
-//! # The model of versions 2 to 4
+//! # The model of versions 2 to 6
 //!
 //! Channels are coded as images of `columns` pixels a row, row by row, the channels of a row
 //! one after the other. Before that the encoder reads the samples once to choose their reading
@@ -108,7 +124,10 @@
 //! N, NW, NE, NN its neighbours (NW = N in the first column, NE = N in the last, NN = N in the
 //! second row) and `|e_X|` the magnitude of the residual at X:
 //! - the prediction: MED, the median of W, N and W + N - NW; in the first row W (for the first
-//!   sample `lo + (hi - lo) / 2`), in the first column of the others N;
+//!   sample `lo + (hi - lo) / 2`), in the first column of the others N. Version 6 cuts each row
+//!   of `w` samples (of a channel) into 8 segments, the `k`-th from sample `k w / 8` (integer
+//!   division; `k` = 0..8, so rows shorter than 8 have empty segments), and predicts the first
+//!   sample of every segment as the first column's: N, in the first row `lo + (hi - lo) / 2`;
 //! - the context, from the rows above only (so the decoder computes a row's contexts ahead,
 //!   vectorised, and its per-sample loops carry no context dependency): the error size `a =
 //!   |e_NWW| + |e_NEE| + 2 (|e_NW| + |e_N| + |e_NE| + |e_NN| + 2 |e_B|)`, with `e_B` channel
@@ -169,9 +188,9 @@
 //! new format version.
 //!
 //! [`decode`](super::decode) checks the CRC, every field and every length against
-//! `logical_len` before it allocates or decompresses anything (the tables of versions 2 to 4:
-//! at most 256 of ~2.5 KiB); a value outside its channel's range, a stream read past its end or not to its
-//! end is an error, never a panic; so is a version-4 decode that does not match its checksum.
+//! `logical_len` before it allocates or decompresses anything (the tables of versions 2 to 6:
+//! at most 256 of 8 KiB); a value outside its channel's range, a stream read past its end or not to its
+//! end is an error, never a panic; so is a version-4, -5 or -6 decode that does not match its checksum.
 
 use crate::error::Result;
 
@@ -181,17 +200,25 @@ use super::{codec_err, encode_hot, Codec, PixelKind, PixelLayout, Reader, DEFAUL
 
 const MAGIC: [u8; 3] = *b"DVC";
 /// The format [`encode_cold`] writes.
-const VERSION: u8 = VERSION_4;
+const VERSION: u8 = VERSION_6;
 const VERSION_1: u8 = 1;
 const VERSION_2: u8 = 2;
 const VERSION_3: u8 = 3;
 /// Version 3 with the XXH3-64 of the logical bytes before the CRC.
 const VERSION_4: u8 = 4;
-/// Version 4's XXH3-64 of the logical bytes.
+/// Version 4 with 32 rANS states (8 to a vector of the x86-64-v3 decoder).
+const VERSION_5: u8 = 5;
+/// Version 5 with each row's MED chain cut into [`SEGMENTS`] independent ones.
+const VERSION_6: u8 = 6;
+/// The segments of a row (per channel) in version 6: each starts where `k * w / SEGMENTS`
+/// pixels of the row's `w` come before it, and its first pixel is predicted as a row's first,
+/// so the decoder reconstructs the segments side by side (8: one AVX2 vector's lanes).
+const SEGMENTS: usize = 8;
+/// The XXH3-64 of the logical bytes of versions 4 to 6.
 const CHECK_LEN: usize = 8;
 /// Fixed header of version 1, up to and including the raw-bit stream length.
 const FIXED_HEADER: usize = 4 + 4 + 4 + 8 + 8 + 8 + 1 + 8 + 8 + 8 + 8;
-/// Fixed header of versions 2 to 4: the table section's method and raw length come on top.
+/// Fixed header of versions 2 to 6: the table section's method and raw length come on top.
 const FIXED_HEADER_V2: usize = FIXED_HEADER + 1 + 8 + 8;
 const CRC_LEN: usize = 4;
 
@@ -272,7 +299,7 @@ pub fn encode_cold_version(logical: &[u8], layout: &PixelLayout, version: u8) ->
     if let Some(why) = cold_support(logical.len(), Some(layout)) {
         return Err(codec_err(format!("the cold model does not code this object: {why:?}")));
     }
-    if !matches!(version, VERSION_2 | VERSION_3 | VERSION_4) {
+    if !matches!(version, VERSION_2 | VERSION_3 | VERSION_4 | VERSION_5 | VERSION_6) {
         return Err(codec_err(format!("no encoder for cold format version {version}")));
     }
     encode_version(logical, layout, version)
@@ -400,7 +427,8 @@ fn encode_version(logical: &[u8], layout: &PixelLayout, version: u8) -> Result<V
             vec![ac, raw]
         }
         _ => {
-            let (tables, rans, raw) = encode_pixels_v2(span, &g, &infos, rans_states(version));
+            let (tables, rans, raw) =
+                encode_pixels_v2(span, &g, &infos, rans_states(version), version >= VERSION_6);
             let (table_method, table_stored) = compress_tables(&tables)?;
             fields.push(table_method);
             fields.extend_from_slice(&(tables.len() as u64).to_le_bytes());
@@ -836,7 +864,7 @@ impl Reader<'_> {
 
 /// Decodes a cold stream into `out` (its allocation reused, only growth zero-filled: every byte
 /// is written). `Ok(true)`: the decoded bytes matched the logical bytes' checksum stored with
-/// them (version 4); `Ok(false)`: the stream has none (versions 1-3), only its CRC was checked.
+/// them (versions 4 to 6); `Ok(false)`: the stream has none (versions 1-3), only its CRC was checked.
 /// `check_crc`: whether to check the stream's CRC-32 (see [`super::StoredCrc`]).
 pub(super) fn decode_cold_into(
     stored: &[u8],
@@ -856,12 +884,12 @@ pub(super) fn decode_cold_into(
         return Err(codec_err("bad magic"));
     }
     let version = r.u8()?;
-    if !matches!(version, VERSION_1 | VERSION_2 | VERSION_3 | VERSION_4) {
+    if !matches!(version, VERSION_1 | VERSION_2 | VERSION_3 | VERSION_4 | VERSION_5 | VERSION_6) {
         return Err(codec_err(format!("unsupported cold format version {version}")));
     }
     // Version 4 ends with the logical bytes' checksum: the payload ends before it (the body is
     // at least FIXED_HEADER long, so the split is past what was read).
-    let (body, check) = if version == VERSION_4 {
+    let (body, check) = if version >= VERSION_4 {
         let (payload, check) = body.split_at(body.len() - CHECK_LEN);
         (payload, Some(u64::from_le_bytes(check.try_into().expect("8 bytes"))))
     } else {
@@ -1008,10 +1036,11 @@ pub(super) fn decode_cold_into(
         } else {
             let tables = decompress(table_method, sections[0], table_raw, "table section")?;
             let streams = (&tables[..], sections[1], sections[2]);
-            if version == VERSION_2 {
-                decode_pixels_rans::<2>(streams, &g, &infos, body)?;
-            } else {
-                decode_pixels_rans::<4>(streams, &g, &infos, body)?;
+            let split = version >= VERSION_6;
+            match rans_states(version) {
+                2 => decode_pixels_rans::<2>(streams, &g, &infos, split, body)?,
+                4 => decode_pixels_rans::<4>(streams, &g, &infos, split, body)?,
+                _ => decode_pixels_rans::<32>(streams, &g, &infos, split, body)?,
             }
         }
         if flags & FLAG_SWAP_PAIRS != 0 {
@@ -1528,6 +1557,8 @@ struct MedChannel {
     lo: i32,
     hi: i32,
     columns: usize,
+    /// Rows cut into [`SEGMENTS`] (version 6).
+    split: bool,
     cur: Vec<i32>,
     up: Vec<i32>,
     up2: Vec<i32>,
@@ -1539,12 +1570,13 @@ struct MedChannel {
 }
 
 impl MedChannel {
-    fn new((lo, hi): (i32, i32), columns: usize) -> MedChannel {
+    fn new((lo, hi): (i32, i32), columns: usize, split: bool) -> MedChannel {
         let (v, m) = (columns + 2, columns + 4);
         MedChannel {
             lo,
             hi,
             columns,
+            split,
             cur: vec![0; v],
             up: vec![0; v],
             up2: vec![0; v],
@@ -1610,6 +1642,13 @@ impl MedChannel {
             mcur[i] = x.wrapping_sub(pv).unsigned_abs();
             bad |= (x.wrapping_sub(lo) as u32 > span) as u32;
         }
+        if self.split {
+            // The segments' first pixels, predicted as the row's first (`cur[0]` is its W).
+            for &s in &segment_starts(w)[1..SEGMENTS] {
+                let pv = if r == 0 { cur[0] } else { up[s + 1] };
+                mcur[s] = cur[s + 1].wrapping_sub(pv).unsigned_abs();
+            }
+        }
         bad == 0
     }
 
@@ -1628,6 +1667,15 @@ impl MedChannel {
             };
             res[i] = x - pv;
             mcur[i] = res[i].unsigned_abs();
+        }
+        if self.split {
+            // Version 6: each segment's first pixel as the row's first, so that the decoder's
+            // chains of values along the row are independent.
+            for &s in &segment_starts(w)[1..SEGMENTS] {
+                let pv = if r == 0 { cur[0] } else { self.up[s + 1] };
+                res[s] = cur[s + 1] - pv;
+                mcur[s] = res[s].unsigned_abs();
+            }
         }
     }
 
@@ -1659,21 +1707,35 @@ impl TokenSink {
     }
 }
 
-/// The decoder of versions 2 to 4: `N` rANS states taken in turn (the first sample's first;
-/// version 2 has two, versions 3 and 4 four), so that `N` dependency chains run side by side. A row's
-/// tokens, raw bits and MED reconstruction share one loop: the chain of values along the row
-/// (each one's prediction needs its left neighbour) then overlaps the rANS chains instead of
-/// following them.
+/// The decoder of versions 2 to 6: `N` rANS states taken in turn (the first sample's first;
+/// version 2 has two, versions 3 and 4 four, versions 5 and 6 32), so that `N` dependency
+/// chains run side by side.
+/// Version 5 decodes a row in three passes: its tokens (its contexts come from the rows above,
+/// so they are known before it; on x86-64-v3 8 states a vector, 4 vectors side by side), their
+/// raw bits (a running sum of bit counts; on x86-64-v3 8 samples a step), then the MED
+/// reconstruction (the chain of values along the row; version 6's 8 chains, [`med_split`]).
+/// Versions 2 to 4, and versions 5 and 6 without
+/// x86-64-v3, take a sample's three steps in one loop ([`Self::fused`]): with 4 states a token
+/// pass is bound by their chains, and scalar passes decoded version 5 ~20 % slower than it.
 struct TokenSource<'a, const N: usize> {
     x: [u32; N],
-    /// The rANS stream's words, then a zero.
+    /// The rANS stream's words, then `N` zeros.
     words: &'a [u16],
     pos: usize,
     tables: &'a Tables,
-    /// The raw-bit stream, then 8 zero bytes: every read is one unaligned 8-byte load.
+    /// The raw-bit stream, then [`RAW_PAD`] zero bytes: every read is one unaligned load.
     raw: &'a [u8],
     bitpos: usize,
+    /// The row's tokens, then its residuals (a row at most: `columns` samples).
+    toks: Vec<u8>,
+    res: Vec<i32>,
+    /// Rows cut into [`SEGMENTS`] (version 6).
+    split: bool,
 }
+
+/// Zero bytes after the raw-bit stream: a read at its end (clamped there) stays inside; the
+/// vector pass reads 16 bytes (8 fields of at most 15 bits).
+const RAW_PAD: usize = 32;
 
 /// Per token: the smallest zigzagged residual it stands for, its raw-bit count and their mask,
 /// padded to 128 entries so that a 7-bit token indexes it without a bounds check.
@@ -1692,27 +1754,68 @@ impl<const N: usize> TokenSource<'_, N> {
     /// Decodes a row of `w = ctx.len()` samples of one channel into `cur[1..=w]` (`cur[0]`: the
     /// value left of the row; `up`: the row above, padded likewise). Wrapping arithmetic: a
     /// corrupt stream gives garbage, never an overflow; [`MedChannel::check_row`] finds it.
-    /// What the loop does not need (the residuals' magnitudes, the range check) is left to that
-    /// vectorised pass: this loop's registers are scarce.
     #[inline(always)]
-    fn row<const FIRST: bool>(&mut self, ctx: &[u16], up: &[i32], cur: &mut [i32]) {
+    fn row<const FIRST: bool, const V3: bool>(&mut self, ctx: &[u16], up: &[i32], cur: &mut [i32]) {
+        if N < 8 || !V3 {
+            // Versions 2 to 4: in passes, their few states' chain bounds the token pass; and
+            // without the vector passes, one loop is the faster (see the type's comment).
+            return if self.split {
+                self.fused::<FIRST, true>(ctx, up, cur)
+            } else {
+                self.fused::<FIRST, false>(ctx, up, cur)
+            };
+        }
+        let w = ctx.len();
+        #[cfg(target_arch = "x86_64")]
+        let from = if V3 {
+            // SAFETY: `V3` is set only where the CPU has x86-64-v3's features.
+            unsafe { self.tokens_avx2(ctx) }
+        } else {
+            0
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let from = 0;
+        self.tokens(ctx, from);
+        #[cfg(target_arch = "x86_64")]
+        if V3 {
+            // SAFETY: `V3` is set only where the CPU has AVX2 (see `decode_pixels_rans`).
+            unsafe { self.residuals_avx2(w) };
+        } else {
+            self.residuals(0, w);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        self.residuals(0, w);
+        if self.split {
+            med_split::<FIRST, V3>(&self.res[..w], up, cur);
+        } else {
+            med::<FIRST>(&self.res[..w], up, cur);
+        }
+    }
+
+    /// [`Self::row`] for 2 or 4 states (versions 2 to 4): a sample's token, raw bits and MED
+    /// value in one loop, so that the chain of values along the row overlaps the rANS chains
+    /// (in passes each pass waits on its own chain, and the decode was ~7 % slower).
+    #[inline(always)]
+    fn fused<const FIRST: bool, const SPLIT: bool>(&mut self, ctx: &[u16], up: &[i32], cur: &mut [i32]) {
         let (mut x, mut pos, mut bitpos) = (self.x, self.pos, self.bitpos);
         let (words, raw, first) = (self.words, self.raw, &self.tables.first);
-        let tables = &self.tables.tables[..];
+        let slots = &self.tables.slots[..];
         let raw_end = raw.len() - 8;
         let w = ctx.len();
         let (up, cur) = (&up[..w + 1], &mut cur[..w + 1]);
         let mut wv = cur[0];
+        // Version 6: the next segment's start (then `w`), predicted as the row's first pixel.
+        let (starts, row_first) = (segment_starts(w), cur[0]);
+        let mut seg = 1;
         // One sample with state `x` (a macro: a closure is not always inlined, and its
         // captures then live in memory).
         macro_rules! step {
             ($i:expr, $x:expr) => {{
                 let (i, x): (usize, &mut u32) = ($i, $x);
                 let slot = *x & (TAB_SIZE as u32 - 1);
-                let table = &tables[first[ctx[i] as usize & (MAX_CONTEXTS - 1)] as usize];
-                let tok = table.tokens[slot as usize] as usize & 127;
-                let fs = table.freq_start[tok];
-                let next = (fs & 0xFFFF) * (*x >> TAB_BITS) + slot - (fs >> 16);
+                let entry = slots[first[ctx[i] as usize & (MAX_CONTEXTS - 1)] as usize + slot as usize];
+                let tok = (entry >> 24) as usize & 127;
+                let next = (entry & 0xFFF) * (*x >> TAB_BITS) + ((entry >> 12) & 0x7FF);
                 // Renormalisation is a coin toss for the branch predictor: a select instead (the
                 // word is read either way; past the end, reads are zero and the final check fails).
                 let word = words.get(pos).copied().unwrap_or(0) as u32;
@@ -1730,12 +1833,19 @@ impl<const N: usize> TokenSource<'_, N> {
                 // MED (LOCO-I's median edge detector) as the median of W, N and W + N - NW: within
                 // [min(W, N), max(W, N)], so in range, and without branches, which noise would make
                 // random. The first row predicts W.
-                let pv = if FIRST {
+                let mut pv = if FIRST {
                     wv
                 } else {
                     let (n, nw) = (up[i + 1], up[i]);
                     wv.wrapping_add(n).wrapping_sub(nw).max(wv.min(n)).min(wv.max(n))
                 };
+                if SPLIT && i == starts[seg] {
+                    pv = if FIRST { row_first } else { up[i + 1] };
+                    // Short rows repeat starts.
+                    while starts[seg] == i {
+                        seg += 1;
+                    }
+                }
                 let v = pv.wrapping_add(e);
                 cur[i + 1] = v;
                 wv = v;
@@ -1755,6 +1865,397 @@ impl<const N: usize> TokenSource<'_, N> {
         x.rotate_left(w % N);
         (self.x, self.pos, self.bitpos) = (x, pos, bitpos);
     }
+
+    /// The row's tokens from `from` on (a multiple of `N`: the states start with the first), by
+    /// the `N` states in turn.
+    #[inline(always)]
+    fn tokens(&mut self, ctx: &[u16], from: usize) {
+        let (mut x, mut pos) = (self.x, self.pos);
+        let (words, first) = (self.words, &self.tables.first);
+        // `words` ends with N zeros: a group's N words are one slice from `pos` (clamped there:
+        // past the end of the stream every read is zero, and the final check fails).
+        let last = words.len() - N;
+        let slots = &self.tables.slots[..];
+        let w = ctx.len();
+        let toks = &mut self.toks[..w];
+        // Samples `at..at + n` with states `x[..n]`: within a group the states take the next
+        // words in turn, each at most one (a macro: a closure is not always inlined, and its
+        // captures then live in memory).
+        macro_rules! group {
+            ($at:expr, $n:expr) => {{
+                let (at, n): (usize, usize) = ($at, $n);
+                let next: &[u16; N] = words[pos.min(last)..][..N].try_into().expect("N words");
+                let mut k = 0;
+                for (j, x) in x[..n].iter_mut().enumerate() {
+                    let slot = *x & (TAB_SIZE as u32 - 1);
+                    let entry =
+                        slots[first[ctx[at + j] as usize & (MAX_CONTEXTS - 1)] as usize + slot as usize];
+                    let tok = (entry >> 24) as u8;
+                    let y = (entry & 0xFFF) * (*x >> TAB_BITS) + ((entry >> 12) & 0x7FF);
+                    // Renormalisation is a coin toss for the branch predictor: a select instead.
+                    let need = y < RANS_L;
+                    *x = if need { (y << 16) | next[k & (N - 1)] as u32 } else { y };
+                    k += need as usize;
+                    toks[at + j] = tok;
+                }
+                pos += k;
+            }};
+        }
+        // N samples at a time, each with its own state (unrolled: the states stay in registers).
+        let whole = w - w % N;
+        for i in (from..whole).step_by(N) {
+            group!(i, N);
+        }
+        group!(whole, w % N);
+        // The next row starts with the state after the last one used.
+        x.rotate_left(w % N);
+        (self.x, self.pos) = (x, pos);
+    }
+
+    /// The row's tokens in whole groups of `N` (a multiple of 8) samples, 8 states a vector;
+    /// returns how many. Bit-exact with [`Self::tokens`]: the lanes that renormalise take the
+    /// next words in lane order, as the states taken in turn do.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,popcnt")]
+    fn tokens_avx2(&mut self, ctx: &[u16]) -> usize {
+        use std::arch::x86_64::*;
+        const VECS: usize = 4;
+        assert!(N.is_multiple_of(8) && N / 8 <= VECS);
+        let w = ctx.len();
+        let whole = w - w % N;
+        if whole == 0 {
+            return 0;
+        }
+        let words = self.words;
+        // `words` ends with N >= 8 zeros: 8 words from any `pos.min(last)` are inside.
+        let last = words.len() - N;
+        let mut pos = self.pos;
+        let (slots, first) = (&self.tables.slots[..], &self.tables.first);
+        // `read_tables` points every context at a table; the clamp keeps the gather inside anyway.
+        let max_slot = _mm256_set1_epi32(slots.len() as i32 - 1);
+        let slot_mask = _mm256_set1_epi32(TAB_SIZE as i32 - 1);
+        let (f_mask, b_mask) = (_mm256_set1_epi32(0xFFF), _mm256_set1_epi32(0x7FF));
+        // Byte 0 of each lane to the first 4 bytes of its half, the halves' to the first 8.
+        let low_bytes = _mm256_setr_epi8(
+            0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1,
+            -1, -1, -1, -1, -1, -1,
+        );
+        let halves = _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0);
+        let mut xs = [_mm256_setzero_si256(); VECS];
+        for (v, x) in xs.iter_mut().zip(self.x.chunks_exact(8)) {
+            // SAFETY: 8 u32s.
+            *v = unsafe { _mm256_loadu_si256(x.as_ptr() as *const __m256i) };
+        }
+        let toks = &mut self.toks[..whole];
+        for g in (0..whole).step_by(N) {
+            for (j, x) in xs[..N / 8].iter_mut().enumerate() {
+                let at = g + 8 * j;
+                // The tables' starts by scalar loads: off the states' chain, and cheaper than a gather.
+                let c: &[u16; 8] = ctx[at..at + 8].try_into().expect("8 contexts");
+                let t: [u32; 8] = std::array::from_fn(|k| first[c[k] as usize & (MAX_CONTEXTS - 1)]);
+                // SAFETY: 8 u32s.
+                let t = unsafe { _mm256_loadu_si256(t.as_ptr() as *const __m256i) };
+                let idx = _mm256_min_epu32(_mm256_add_epi32(t, _mm256_and_si256(*x, slot_mask)), max_slot);
+                // SAFETY: every index is below `slots.len()`.
+                let e = unsafe { _mm256_i32gather_epi32::<4>(slots.as_ptr() as *const i32, idx) };
+                let f = _mm256_and_si256(e, f_mask);
+                let bias = _mm256_and_si256(_mm256_srli_epi32(e, 12), b_mask);
+                let y = _mm256_add_epi32(_mm256_mullo_epi32(f, _mm256_srli_epi32(*x, TAB_BITS as i32)), bias);
+                let need = _mm256_cmpeq_epi32(_mm256_srli_epi32(y, 16), _mm256_setzero_si256());
+                let m = _mm256_movemask_ps(_mm256_castsi256_ps(need)) as usize;
+                let p = pos.min(last);
+                let next: &[u16; 8] = words[p..p + 8].try_into().expect("8 words");
+                // SAFETY: 8 u16s.
+                let next = _mm256_cvtepu16_epi32(unsafe { _mm_loadu_si128(next.as_ptr() as *const __m128i) });
+                // SAFETY: 8 u32s.
+                let perm = unsafe { _mm256_loadu_si256(RENORM_PERM[m].as_ptr() as *const __m256i) };
+                let renorm =
+                    _mm256_or_si256(_mm256_slli_epi32(y, 16), _mm256_permutevar8x32_epi32(next, perm));
+                *x = _mm256_blendv_epi8(y, renorm, need);
+                pos += m.count_ones() as usize;
+                let t8 = _mm256_permutevar8x32_epi32(
+                    _mm256_shuffle_epi8(_mm256_srli_epi32(e, 24), low_bytes),
+                    halves,
+                );
+                let t8 = _mm_cvtsi128_si64(_mm256_castsi256_si128(t8)) as u64;
+                toks[at..at + 8].copy_from_slice(&t8.to_le_bytes());
+            }
+        }
+        for (v, x) in xs.iter().zip(self.x.chunks_exact_mut(8)) {
+            // SAFETY: 8 u32s.
+            unsafe { _mm256_storeu_si256(x.as_mut_ptr() as *mut __m256i, *v) };
+        }
+        self.pos = pos;
+        whole
+    }
+
+    /// The residuals of the row's tokens `from..w`: their raw bits read, zigzag undone.
+    #[inline(always)]
+    fn residuals(&mut self, from: usize, w: usize) {
+        let raw = self.raw;
+        let raw_end = raw.len() - 8;
+        let mut bitpos = self.bitpos;
+        for (e, &tok) in self.res[from..w].iter_mut().zip(&self.toks[from..w]) {
+            let (base, nb, mask) = TOKEN_BITS[tok as usize & 127];
+            let at = (bitpos >> 3).min(raw_end);
+            let bits = u64::from_le_bytes(raw[at..at + 8].try_into().expect("8 bytes"));
+            let u = base + ((bits >> (bitpos & 7)) as u32 & mask);
+            bitpos += nb as usize;
+            *e = (u >> 1) as i32 ^ -((u & 1) as i32);
+        }
+        self.bitpos = bitpos;
+    }
+
+    /// [`Self::residuals`] of the whole row, 8 samples a step: bit counts and bases from the
+    /// tokens by arithmetic, the fields' offsets by a prefix sum, the fields out of the 16 bytes
+    /// that hold them by a byte shuffle (a gather took ~3 cycles a sample on Zen 3).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn residuals_avx2(&mut self, w: usize) {
+        use std::arch::x86_64::*;
+        let raw = self.raw;
+        // The last base a step may read from: it reads 16 bytes there.
+        let raw_end = raw.len() - RAW_PAD;
+        let spread = _mm256_set1_epi32(0x0101_0101);
+        let window = _mm256_set1_epi32(0x0302_0100);
+        let mut bitpos = self.bitpos;
+        let whole = w - w % 8;
+        let (toks, res) = (&self.toks[..whole], &mut self.res[..whole]);
+        let c16 = _mm256_set1_epi32(16);
+        let c2 = _mm256_set1_epi32(2);
+        let c3 = _mm256_set1_epi32(3);
+        let c4 = _mm256_set1_epi32(4);
+        let c7 = _mm256_set1_epi32(7);
+        let one = _mm256_set1_epi32(1);
+        let c15 = _mm256_set1_epi32(15);
+        let lane3 = _mm256_set1_epi32(3);
+        for (t8, e8) in toks.chunks_exact(8).zip(res.chunks_exact_mut(8)) {
+            let t8: [u8; 8] = t8.try_into().expect("8 tokens");
+            let t = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(i64::from_le_bytes(t8)));
+            // Tokens are < NTOK (read_tables fills every slot with one): below 16 the residual
+            // itself, no raw bits; above, (4 + t % 4) << nb with nb = (t - 16) / 4 + 2 raw bits.
+            let big = _mm256_cmpgt_epi32(t, c15);
+            let nb =
+                _mm256_and_si256(big, _mm256_add_epi32(_mm256_srli_epi32(_mm256_sub_epi32(t, c16), 2), c2));
+            let base_big = _mm256_sllv_epi32(_mm256_add_epi32(c4, _mm256_and_si256(t, c3)), nb);
+            let base = _mm256_blendv_epi8(t, base_big, big);
+            let mask = _mm256_sub_epi32(_mm256_sllv_epi32(one, nb), one);
+            // Inclusive prefix sum of the bit counts, within each half then across.
+            let mut s = _mm256_add_epi32(nb, _mm256_slli_si256(nb, 4));
+            s = _mm256_add_epi32(s, _mm256_slli_si256(s, 8));
+            let low = _mm256_permutevar8x32_epi32(s, lane3);
+            s = _mm256_add_epi32(s, _mm256_permute2x128_si256(low, low, 0x08));
+            let total = _mm256_extract_epi32(s, 7) as usize;
+            // Bit offsets from the base byte: each field ends by bit 7 + 8 * 15 = 127, inside
+            // the 16 bytes from it. Each lane takes the 4 bytes from its field's first (those
+            // past the 16th are bytes from the start again: above the field, masked off).
+            let at = (bitpos >> 3).min(raw_end);
+            let off = _mm256_add_epi32(_mm256_sub_epi32(s, nb), _mm256_set1_epi32((bitpos & 7) as i32));
+            let byte = _mm256_srli_epi32(off, 3);
+            let src: &[u8; 16] = raw[at..at + 16].try_into().expect("16 bytes");
+            // SAFETY: 16 bytes.
+            let src = _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(src.as_ptr() as *const __m128i) });
+            let words = _mm256_shuffle_epi8(src, _mm256_add_epi32(_mm256_mullo_epi32(byte, spread), window));
+            let field = _mm256_and_si256(_mm256_srlv_epi32(words, _mm256_and_si256(off, c7)), mask);
+            let u = _mm256_add_epi32(base, field);
+            let e = _mm256_xor_si256(
+                _mm256_srli_epi32(u, 1),
+                _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_and_si256(u, one)),
+            );
+            // SAFETY: `e8` is 8 i32s.
+            unsafe { _mm256_storeu_si256(e8.as_mut_ptr() as *mut __m256i, e) };
+            bitpos += total;
+        }
+        self.bitpos = bitpos;
+        self.residuals(whole, w);
+    }
+}
+
+/// Per 8-bit mask of the lanes that renormalise: for each lane, the index of its word among
+/// the next 8 (the number of renormalising lanes before it).
+#[cfg(target_arch = "x86_64")]
+static RENORM_PERM: [[u32; 8]; 256] = {
+    let mut t = [[0u32; 8]; 256];
+    let mut m = 0;
+    while m < 256 {
+        let (mut i, mut k) = (0, 0);
+        while i < 8 {
+            if m >> i & 1 == 1 {
+                t[m][i] = k;
+                k += 1;
+            }
+            i += 1;
+        }
+        m += 1;
+    }
+    t
+};
+
+/// The MED reconstruction of a row (see [`TokenSource::row`]) from its residuals.
+#[inline(always)]
+fn med<const FIRST: bool>(res: &[i32], up: &[i32], cur: &mut [i32]) {
+    let w = res.len();
+    let (up, cur) = (&up[..w + 1], &mut cur[..w + 1]);
+    let mut wv = cur[0];
+    for i in 0..w {
+        // MED (LOCO-I's median edge detector) as the median of W, N and W + N - NW: within
+        // [min(W, N), max(W, N)], so in range, and without branches, which noise would make
+        // random. The first row predicts W.
+        let pv = if FIRST {
+            wv
+        } else {
+            let (n, nw) = (up[i + 1], up[i]);
+            wv.wrapping_add(n).wrapping_sub(nw).max(wv.min(n)).min(wv.max(n))
+        };
+        wv = pv.wrapping_add(res[i]);
+        cur[i + 1] = wv;
+    }
+}
+
+/// [`med`] for a row cut into [`SEGMENTS`] (version 6): each segment's first pixel is predicted
+/// as the row's first (N; in the first row `cur[0]`), so the segments are independent chains,
+/// stepped side by side: the throughput of the MED steps bounds the pass, not the latency of
+/// one chain (~4-5 cycles a pixel). On x86-64-v3 one AVX2 vector holds the 8 chains.
+#[inline(always)]
+fn med_split<const FIRST: bool, const V3: bool>(res: &[i32], up: &[i32], cur: &mut [i32]) {
+    let w = res.len();
+    let (up, cur) = (&up[..w + 1], &mut cur[..w + 1]);
+    let s = segment_starts(w);
+    // Every segment has `l` or `l + 1` pixels.
+    let l = w / SEGMENTS;
+    let mut wv = [0i32; SEGMENTS];
+    for k in 0..SEGMENTS {
+        if s[k] < s[k + 1] {
+            let p = s[k];
+            let pv = if FIRST { cur[0] } else { up[p + 1] };
+            wv[k] = pv.wrapping_add(res[p]);
+            cur[p + 1] = wv[k];
+        }
+    }
+    // Pixel `j` of segment `k`.
+    macro_rules! step {
+        ($k:expr, $j:expr) => {{
+            let (k, j): (usize, usize) = ($k, $j);
+            let i = s[k] + j;
+            let pv = if FIRST {
+                wv[k]
+            } else {
+                let (n, nw, wk) = (up[i + 1], up[i], wv[k]);
+                wk.wrapping_add(n).wrapping_sub(nw).max(wk.min(n)).min(wk.max(n))
+            };
+            wv[k] = pv.wrapping_add(res[i]);
+            cur[i + 1] = wv[k];
+        }};
+    }
+    #[allow(unused_mut)]
+    let mut j = 1;
+    #[cfg(target_arch = "x86_64")]
+    if V3 && !FIRST {
+        // SAFETY: `V3` is set only where the CPU has AVX2.
+        j = unsafe { med_segments_avx2(res, up, cur, &s, &mut wv, l) };
+    }
+    while j < l {
+        for k in 0..SEGMENTS {
+            step!(k, j);
+        }
+        j += 1;
+    }
+    if l >= 1 {
+        // The longer segments' last pixel.
+        for k in 0..SEGMENTS {
+            if s[k + 1] - s[k] > l {
+                step!(k, l);
+            }
+        }
+    }
+}
+
+/// [`med_split`]'s pixels from 1 on of the 8 segments (their first ones decoded, their values
+/// in `wv`), 8 at a time: a vector a step (lane `k` segment `k`), the segments' residuals and
+/// rows above turned into that order by 8 x 8 transposes, the values back likewise. Returns
+/// where it stopped (`l`, the shortest segment's length, or up to 7 before it).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn med_segments_avx2(
+    res: &[i32],
+    up: &[i32],
+    cur: &mut [i32],
+    s: &[usize; SEGMENTS + 1],
+    wv: &mut [i32; SEGMENTS],
+    l: usize,
+) -> usize {
+    use std::arch::x86_64::*;
+    const { assert!(SEGMENTS == 8) };
+    let mut j = 1;
+    if j + 8 > l {
+        return j;
+    }
+    // 8 rows of 8 i32s to 8 columns.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn transpose(r: [__m256i; 8]) -> [__m256i; 8] {
+        let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+        let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+        let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+        let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+        let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
+        let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+        let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
+        let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+        let u0 = _mm256_unpacklo_epi64(t0, t2);
+        let u1 = _mm256_unpackhi_epi64(t0, t2);
+        let u2 = _mm256_unpacklo_epi64(t1, t3);
+        let u3 = _mm256_unpackhi_epi64(t1, t3);
+        let u4 = _mm256_unpacklo_epi64(t4, t6);
+        let u5 = _mm256_unpackhi_epi64(t4, t6);
+        let u6 = _mm256_unpacklo_epi64(t5, t7);
+        let u7 = _mm256_unpackhi_epi64(t5, t7);
+        [
+            _mm256_permute2x128_si256(u0, u4, 0x20),
+            _mm256_permute2x128_si256(u1, u5, 0x20),
+            _mm256_permute2x128_si256(u2, u6, 0x20),
+            _mm256_permute2x128_si256(u3, u7, 0x20),
+            _mm256_permute2x128_si256(u0, u4, 0x31),
+            _mm256_permute2x128_si256(u1, u5, 0x31),
+            _mm256_permute2x128_si256(u2, u6, 0x31),
+            _mm256_permute2x128_si256(u3, u7, 0x31),
+        ]
+    }
+    let load = |v: &[i32], at: usize| -> __m256i {
+        let v: &[i32; 8] = v[at..at + 8].try_into().expect("8 values");
+        // SAFETY: 8 i32s.
+        unsafe { _mm256_loadu_si256(v.as_ptr() as *const __m256i) }
+    };
+    // SAFETY: 8 i32s.
+    let mut x = unsafe { _mm256_loadu_si256(wv.as_ptr() as *const __m256i) };
+    // NW of pixel 1: N of pixel 0.
+    let nw0: [i32; 8] = std::array::from_fn(|k| up[s[k] + 1]);
+    // SAFETY: 8 i32s.
+    let mut nw = unsafe { _mm256_loadu_si256(nw0.as_ptr() as *const __m256i) };
+    // Segment k's pixels j..j + 8 are inside it (j + 8 <= l), so are their rows above.
+    while j + 8 <= l {
+        let e = transpose(std::array::from_fn(|k| load(res, s[k] + j)));
+        let n = transpose(std::array::from_fn(|k| load(up, s[k] + j + 1)));
+        let mut v = [_mm256_setzero_si256(); 8];
+        for t in 0..8 {
+            let grad = _mm256_add_epi32(x, _mm256_sub_epi32(n[t], nw));
+            let lo = _mm256_min_epi32(x, n[t]);
+            let hi = _mm256_max_epi32(x, n[t]);
+            x = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(grad, lo), hi), e[t]);
+            v[t] = x;
+            nw = n[t];
+        }
+        for (k, v) in transpose(v).into_iter().enumerate() {
+            let at = s[k] + j + 1;
+            let dst: &mut [i32; 8] = (&mut cur[at..at + 8]).try_into().expect("8 values");
+            // SAFETY: 8 i32s.
+            unsafe { _mm256_storeu_si256(dst.as_mut_ptr() as *mut __m256i, v) };
+        }
+        j += 8;
+    }
+    // SAFETY: 8 i32s.
+    unsafe { _mm256_storeu_si256(wv.as_mut_ptr() as *mut __m256i, x) };
+    j
 }
 
 /// Weight of a frequency code (see [`MAX_CODE`]).
@@ -1885,22 +2386,31 @@ fn choose_tables(hist: &[u32], channels: usize) -> (Vec<u8>, Vec<[u32; NTOK]>) {
     (cmap, tables)
 }
 
-/// Interleaved rANS states of a format version (2 to 4).
+/// Interleaved rANS states of a format version (2 to 6).
 fn rans_states(version: u8) -> usize {
-    if version == VERSION_2 {
-        2
-    } else {
-        4
+    match version {
+        VERSION_2 => 2,
+        VERSION_5 | VERSION_6 => 32,
+        _ => 4,
     }
 }
 
-/// The pixel streams of versions 2 to 4 (`states` rANS states): table section (plain), rANS
-/// stream, raw-bit stream.
+/// Where each of a `w`-pixel row's [`SEGMENTS`] segments starts (version 6), then `w`: `k *
+/// w / SEGMENTS`, so the lengths differ by at most one (rows shorter than `SEGMENTS` have
+/// empty segments: a start may repeat).
+#[inline(always)]
+fn segment_starts(w: usize) -> [usize; SEGMENTS + 1] {
+    std::array::from_fn(|k| k * w / SEGMENTS)
+}
+
+/// The pixel streams of versions 2 to 6 (`states` rANS states; `split`: rows cut into
+/// [`SEGMENTS`], version 6): table section (plain), rANS stream, raw-bit stream.
 fn encode_pixels_v2(
     span: &[u8],
     g: &Geometry,
     infos: &[ChanInfo],
     states: usize,
+    split: bool,
 ) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     if g.pixels == 0 {
         return (Vec::new(), Vec::new(), Vec::new());
@@ -1912,7 +2422,7 @@ fn encode_pixels_v2(
         bits: BitWriter::new(span.len() / 2),
     };
     let mut chans: Vec<MedChannel> =
-        infos.iter().map(|c| MedChannel::new(c.model_range(), g.columns)).collect();
+        infos.iter().map(|c| MedChannel::new(c.model_range(), g.columns, split)).collect();
     let ranks = rank_maps(infos);
     let load = row_loader(g);
     // The base channel's |residual|s for the first channel: none.
@@ -1990,20 +2500,13 @@ fn compress_tables(section: &[u8]) -> Result<(u8, Vec<u8>)> {
 /// Contexts of all channels.
 const MAX_CONTEXTS: usize = MAX_CHANNELS * CTX_PER_CHANNEL;
 
-/// The decoder's tables: per context, the number of its table; per table, the token of each
-/// slot (one byte: a table is 2 KiB, so the few a row uses stay in the first-level cache; one
-/// word per slot with the frequency and start folded in ran no faster, at 4x the memory) and
-/// per token its frequency | start << 16. One table's two arrays side by side, of fixed sizes:
-/// a sample's lookups take one bounds check (the table number) and one base pointer.
+/// The decoder's tables, one after the other in `slots`: per slot, frequency | (slot - start)
+/// << 12 | token << 24 of its token (8 KiB a table; the rANS step is one lookup, and 8 lanes
+/// take it by one gather); per context, where its table starts.
 struct Tables {
+    /// Per context: its table's number times [`TAB_SIZE`] (< `slots.len()`).
     first: [u32; MAX_CONTEXTS],
-    tables: Vec<Table>,
-}
-
-struct Table {
-    tokens: [u8; TAB_SIZE],
-    /// 128 entries: a 7-bit token needs no bounds check.
-    freq_start: [u32; 128],
+    slots: Vec<u32>,
 }
 
 /// The table section read and checked: the context map and the tables.
@@ -2017,28 +2520,27 @@ fn read_tables(section: &[u8], channels: usize) -> Result<Tables> {
     }
     let mut first = [0u32; MAX_CONTEXTS];
     for (f, &t) in first.iter_mut().zip(cmap) {
-        *f = t as u32;
+        *f = (t as u32) << TAB_BITS;
     }
     let mut at = 2 + nctx;
-    let mut tables = Vec::with_capacity(count);
-    for _ in 0..count {
+    let mut slots = vec![0u32; count * TAB_SIZE];
+    for table in slots.chunks_exact_mut(TAB_SIZE) {
         let len = *section.get(at).ok_or_else(bad)? as usize;
         let codes = section.get(at + 1..at + 1 + len).ok_or_else(bad)?;
         at += 1 + len;
         let f = frequencies(codes).ok_or_else(bad)?;
-        let mut table = Table { tokens: [0; TAB_SIZE], freq_start: [0; 128] };
         let mut start = 0;
-        for (t, (&f, fs)) in f.iter().zip(table.freq_start.iter_mut()).enumerate() {
-            table.tokens[start..start + f as usize].fill(t as u8);
-            *fs = f | (start as u32) << 16;
+        for (t, &f) in f.iter().enumerate() {
+            for (k, e) in table[start..start + f as usize].iter_mut().enumerate() {
+                *e = f | (k as u32) << 12 | (t as u32) << 24;
+            }
             start += f as usize;
         }
-        tables.push(table);
     }
     if at != section.len() {
         return Err(bad());
     }
-    Ok(Tables { first, tables })
+    Ok(Tables { first, slots })
 }
 
 /// A version's pixel streams: table section, rANS stream, raw-bit stream.
@@ -2052,14 +2554,15 @@ fn decode_pixels_rans<const N: usize>(
     streams: RansStreams<'_>,
     g: &Geometry,
     infos: &[ChanInfo],
+    split: bool,
     out: &mut [u8],
 ) -> Result<()> {
     #[cfg(target_arch = "x86_64")]
     if x86_v3() && !tests_want_portable() {
         // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { decode_pixels_x86_v3::<N>(streams, g, infos, out) };
+        return unsafe { decode_pixels_x86_v3::<N>(streams, g, infos, split, out) };
     }
-    decode_pixels_body::<N>(streams, g, infos, out)
+    decode_pixels_body::<N, false>(streams, g, infos, split, out)
 }
 
 #[cfg(test)]
@@ -2080,27 +2583,31 @@ fn tests_want_portable() -> bool {
 #[cfg(target_arch = "x86_64")]
 pub(super) fn x86_v3() -> bool {
     std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("popcnt")
         && std::is_x86_feature_detected!("bmi1")
         && std::is_x86_feature_detected!("bmi2")
         && std::is_x86_feature_detected!("lzcnt")
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,bmi1,bmi2,lzcnt")]
+#[target_feature(enable = "avx2,popcnt,bmi1,bmi2,lzcnt")]
 unsafe fn decode_pixels_x86_v3<const N: usize>(
     streams: RansStreams<'_>,
     g: &Geometry,
     infos: &[ChanInfo],
+    split: bool,
     out: &mut [u8],
 ) -> Result<()> {
-    decode_pixels_body::<N>(streams, g, infos, out)
+    decode_pixels_body::<N, true>(streams, g, infos, split, out)
 }
 
+/// The decode; `V3`: the CPU has x86-64-v3's features (AVX2 is used explicitly).
 #[inline(always)]
-fn decode_pixels_body<const N: usize>(
+fn decode_pixels_body<const N: usize, const V3: bool>(
     (tables, rans, raw): RansStreams<'_>,
     g: &Geometry,
     infos: &[ChanInfo],
+    split: bool,
     out: &mut [u8],
 ) -> Result<()> {
     let tables = read_tables(tables, g.channels)?;
@@ -2116,13 +2623,23 @@ fn decode_pixels_body<const N: usize>(
     let mut words: Vec<u16> =
         rans[4 * N..].chunks_exact(2).map(|w| u16::from_le_bytes([w[0], w[1]])).collect();
     let nwords = words.len();
-    words.push(0);
-    let mut padded = Vec::with_capacity(raw.len() + 8);
+    words.extend_from_slice(&[0; N]);
+    let mut padded = Vec::with_capacity(raw.len() + RAW_PAD);
     padded.extend_from_slice(raw);
-    padded.extend_from_slice(&[0; 8]);
-    let mut io = TokenSource::<N> { x, words: &words, pos: 0, tables: &tables, raw: &padded, bitpos: 0 };
+    padded.extend_from_slice(&[0; RAW_PAD]);
+    let mut io = TokenSource::<N> {
+        x,
+        words: &words,
+        pos: 0,
+        tables: &tables,
+        raw: &padded,
+        bitpos: 0,
+        toks: vec![0; g.columns],
+        res: vec![0; g.columns],
+        split,
+    };
     let mut chans: Vec<MedChannel> =
-        infos.iter().map(|c| MedChannel::new(c.model_range(), g.columns)).collect();
+        infos.iter().map(|c| MedChannel::new(c.model_range(), g.columns, split)).collect();
     let row_bytes = g.columns * g.pixel_bytes();
     let mut writer = RowWriter::new(g);
     let zeros = vec![0u32; g.columns + 4];
@@ -2136,9 +2653,9 @@ fn decode_pixels_body<const N: usize>(
             // Left of the row: W = NW = N; of the first row: W, the middle of the range.
             c.cur[0] = if r == 0 { c.lo + (c.hi - c.lo) / 2 } else { c.up[1] };
             if r == 0 {
-                io.row::<true>(&c.ctx[..w], &c.up, &mut c.cur);
+                io.row::<true, V3>(&c.ctx[..w], &c.up, &mut c.cur);
             } else {
-                io.row::<false>(&c.ctx[..w], &c.up, &mut c.cur);
+                io.row::<false, V3>(&c.ctx[..w], &c.up, &mut c.cur);
             }
             ok &= c.check_row(r, w);
         }
@@ -2421,16 +2938,18 @@ mod tests {
     /// and 2's. Each also through the portable decoder when the CPU takes the x86-64-v3 one.
     fn roundtrip(obj: &[u8], l: &PixelLayout) -> usize {
         let stored = encode_cold_only(obj, l).unwrap();
-        assert_eq!(stored[3], VERSION_4);
+        assert_eq!(stored[3], VERSION_6);
         assert_eq!(decode(Codec::Cold, &stored, obj.len()).unwrap(), obj, "cold model, {l:?}");
         assert_eq!(decode_portable(&stored, obj.len()).unwrap(), obj, "portable decoder, {l:?}");
-        for version in [VERSION_1, VERSION_2, VERSION_3] {
+        for version in [VERSION_1, VERSION_2, VERSION_3, VERSION_4, VERSION_5] {
             let old = encode_version(obj, l, version).unwrap();
             assert_eq!(old[3], version);
             assert_eq!(decode(Codec::Cold, &old, obj.len()).unwrap(), obj, "version {version}, {l:?}");
         }
-        let v2 = encode_cold_version(obj, l, VERSION_2).unwrap();
-        assert_eq!(decode_portable(&v2, obj.len()).unwrap(), obj, "portable decoder, version 2, {l:?}");
+        for version in [VERSION_2, VERSION_4, VERSION_5] {
+            let old = encode_cold_version(obj, l, version).unwrap();
+            assert_eq!(decode_portable(&old, obj.len()).unwrap(), obj, "portable, version {version}, {l:?}");
+        }
         let (codec, best) = encode_cold(obj, Some(l)).unwrap();
         assert!(best.len() <= stored.len());
         assert_eq!(decode(codec, &best, obj.len()).unwrap(), obj, "encode_cold, {l:?}");
@@ -2629,9 +3148,18 @@ mod tests {
         }
         let sparse: Vec<u8> = (0..400u32).flat_map(|i| ((i % 7) as u16 * 1000).to_le_bytes()).collect();
         objects.push(object(4, 20, &sparse, 1, native(2, false, 20, 1, false)));
+        // Rows of two groups of 32 samples and 6 more: version 5's vector decoder and its tail.
+        let wide = image(12, 70, 6, 1, 2, false, false, false);
+        objects.push(object(4, 30, &wide, 3, native(2, false, 70, 1, false)));
+        // Rows of 8 segments of 10 or 11 samples (2 channels) and of 17 or 18 (RGB): version 6's
+        // vector MED, its scalar steps after it and the longer segments' last samples.
+        let two = image(13, 83, 5, 2, 2, false, false, false);
+        objects.push(object(4, 8, &two, 2, native(2, false, 83, 2, false)));
+        let rgb = image(14, 141, 4, 3, 1, false, false, false);
+        objects.push(object(4, 8, &rgb, 2, native(1, false, 141, 3, false)));
         let mut out = Vec::new();
         for (obj, l) in objects {
-            for version in [VERSION_1, VERSION_2, VERSION_3, VERSION_4] {
+            for version in [VERSION_1, VERSION_2, VERSION_3, VERSION_4, VERSION_5, VERSION_6] {
                 out.push((obj.clone(), encode_version(&obj, &l, version).unwrap()));
             }
         }
@@ -2704,7 +3232,7 @@ mod tests {
                 if let Ok(out) = decode(Codec::Cold, &bad, obj.len()) {
                     assert_eq!(out.len(), obj.len());
                     // Version 4 checks what it decoded: whatever it accepts is the object.
-                    assert!(stored[3] != VERSION_4 || out == obj, "a damaged version-4 stream decoded");
+                    assert!(stored[3] < VERSION_4 || out == obj, "a damaged checked stream decoded");
                 }
             }
         }
@@ -2767,6 +3295,10 @@ mod tests {
         [(1906, 0x6698_bed6), (561, 0x81e6_d99b), (370, 0xf980_68f8), (360, 0xa7d8_5c02)];
     const PINNED_V4: [(usize, u32); 4] =
         [(1914, 0x2beb_7804), (569, 0x2cd8_2889), (378, 0x5ec7_2da7), (368, 0xa8f6_5dcc)];
+    const PINNED_V5: [(usize, u32); 4] =
+        [(1994, 0xd192_af94), (649, 0xf0c5_da39), (472, 0x629b_b941), (458, 0x268a_1b7e)];
+    const PINNED_V6: [(usize, u32); 4] =
+        [(2021, 0x2df2_cb33), (662, 0x2b30_2521), (476, 0x9b5f_d97f), (462, 0x6f1f_ddb2)];
 
     /// Version 1 as the original encoder wrote it (length and CRC of its output, recorded from
     /// that encoder): what archives hold keeps decoding.
@@ -2841,11 +3373,18 @@ mod tests {
         assert!((log2_fp(3) as i64 - 103_872).abs() < 4);
     }
 
-    /// Version 2, 3 and 4 streams decode the same everywhere: their bytes are pinned (version
-    /// 2's and 3's as their encoders wrote them; they are kept, next to version 4's).
+    /// Version 2 to 6 streams decode the same everywhere: their bytes are pinned (versions 2 to
+    /// 5 as their encoders wrote them; they are kept, next to version 6's).
     #[test]
-    fn versions_2_to_4_are_pinned() {
-        for (version, pinned) in [(VERSION_2, PINNED_V2), (VERSION_3, PINNED_V3), (VERSION_4, PINNED_V4)] {
+    fn versions_2_to_6_are_pinned() {
+        let versions = [
+            (VERSION_2, PINNED_V2),
+            (VERSION_3, PINNED_V3),
+            (VERSION_4, PINNED_V4),
+            (VERSION_5, PINNED_V5),
+            (VERSION_6, PINNED_V6),
+        ];
+        for (version, pinned) in versions {
             let mut crcs = Vec::new();
             for (obj, l) in golden_objects() {
                 let stored = encode_cold_version(&obj, &l, version).unwrap();
@@ -2859,12 +3398,25 @@ mod tests {
     }
 
     /// Version 4 is version 3 and the XXH3-64 of the logical bytes, which a decode checks and
-    /// reports; versions 1 to 3 decode as before, unchecked.
+    /// reports; versions 1 to 3 decode as before, unchecked. Versions 5 and 6 have it too.
     #[test]
     fn version_4_checks_the_decoded_bytes() {
         let mut out = Vec::new();
         for (obj, l) in golden_objects() {
-            let v4 = encode_cold_only(&obj, &l).unwrap();
+            let v6 = encode_cold_only(&obj, &l).unwrap();
+            assert_eq!(v6[3], VERSION_6);
+            let at = v6.len() - CRC_LEN - CHECK_LEN;
+            assert_eq!(v6[at..at + CHECK_LEN], xxh3_64(&obj).to_le_bytes());
+            assert!(crate::codec::decode_checked_into(
+                Codec::Cold,
+                &v6,
+                obj.len(),
+                &mut out,
+                crate::codec::StoredCrc::Unchecked
+            )
+            .unwrap());
+            assert_eq!(out, obj);
+            let v4 = encode_cold_version(&obj, &l, VERSION_4).unwrap();
             let v3 = encode_cold_version(&obj, &l, VERSION_3).unwrap();
             assert_eq!(v4[3], VERSION_4);
             let at = v4.len() - CRC_LEN - CHECK_LEN;
@@ -2918,11 +3470,11 @@ mod tests {
     /// corruption or a forged stream looks like.
     #[test]
     fn damaged_version_4_streams_with_right_crcs_are_refused() {
-        let (mut silent_v3, mut refused_v4) = (0, 0);
+        let (mut silent_v3, mut refused_v4, mut refused_v5, mut refused_v6) = (0, 0, 0, 0);
         for (obj, l) in golden_objects() {
-            for version in [VERSION_3, VERSION_4] {
+            for version in [VERSION_3, VERSION_4, VERSION_5, VERSION_6] {
                 let stored = encode_version(&obj, &l, version).unwrap();
-                let end = stored.len() - CRC_LEN - if version == VERSION_4 { CHECK_LEN } else { 0 };
+                let end = stored.len() - CRC_LEN - if version >= VERSION_4 { CHECK_LEN } else { 0 };
                 // The raw-bit stream is the payload's last section.
                 let raw_len =
                     u64::from_le_bytes(stored[FIXED_HEADER_V2 - 8..FIXED_HEADER_V2].try_into().unwrap());
@@ -2933,11 +3485,23 @@ mod tests {
                         bad[i] ^= 1 << bit;
                         match (version, decode(Codec::Cold, &recrc(bad), obj.len())) {
                             (VERSION_3, Ok(out)) if out != obj => silent_v3 += 1,
-                            (VERSION_4, Ok(out)) => assert!(out == obj, "byte {i} bit {bit} decoded"),
+                            (VERSION_4 | VERSION_5 | VERSION_6, Ok(out)) => {
+                                assert!(out == obj, "version {version} byte {i} bit {bit} decoded")
+                            }
                             (VERSION_4, Err(Error::Codec { reason }))
                                 if reason.contains("stored checksum") =>
                             {
                                 refused_v4 += 1
+                            }
+                            (VERSION_5, Err(Error::Codec { reason }))
+                                if reason.contains("stored checksum") =>
+                            {
+                                refused_v5 += 1
+                            }
+                            (VERSION_6, Err(Error::Codec { reason }))
+                                if reason.contains("stored checksum") =>
+                            {
+                                refused_v6 += 1
                             }
                             _ => {}
                         }
@@ -2947,6 +3511,62 @@ mod tests {
         }
         assert!(silent_v3 > 100, "{silent_v3}");
         assert_eq!(refused_v4, silent_v3);
+        assert!(refused_v5 > 100, "{refused_v5}");
+        assert!(refused_v6 > 100, "{refused_v6}");
+    }
+
+    /// Version 6's segments: rows shorter than [`SEGMENTS`] (empty segments), of lengths that
+    /// [`SEGMENTS`] does not divide, and long enough for the vector MED to take 1 to 3 blocks
+    /// and leave 0 to 7 steps to the scalar loop; 8- and 16-bit, 1 to 4 channels. The vector
+    /// and portable decoders give back the object, and version 5 of the same object too.
+    #[test]
+    fn version_6_rows_in_segments_roundtrip() {
+        let mut seed = 20;
+        for cols in [1usize, 2, 3, 5, 7, 8, 9, 15, 16, 17, 23, 71, 72, 73, 79, 80, 81, 95, 150, 203, 259] {
+            for (bps, spp) in [(1u8, 1u16), (2, 1), (2, 2), (1, 3), (2, 4)] {
+                seed += 1;
+                let span = image(seed, cols, 6, spp as usize, bps as usize, false, false, false);
+                let (obj, l) = object(seed, 16, &span, 3, native(bps, false, cols as u32, spp, false));
+                for version in [VERSION_6, VERSION_5] {
+                    let stored = encode_version(&obj, &l, version).unwrap();
+                    assert_eq!(stored[3], version);
+                    let what = format!("version {version}, {cols} columns, bps {bps}, spp {spp}");
+                    assert!(decode(Codec::Cold, &stored, obj.len()).unwrap() == obj, "{what}");
+                    assert!(decode_portable(&stored, obj.len()).unwrap() == obj, "portable, {what}");
+                }
+            }
+        }
+    }
+
+    /// The encoder's residuals of version 6: each segment's first sample against N (in the
+    /// first row against the middle of the range, as the row's first), the others against MED,
+    /// so that only the rows above join the segments.
+    #[test]
+    fn version_6_predicts_segment_starts_from_above() {
+        let (w, lo, hi) = (37, 0, 1000);
+        let rows: [Vec<i32>; 2] =
+            [(0..w as i32).map(|x| 300 + 7 * x).collect(), (0..w as i32).map(|x| 310 + 5 * x).collect()];
+        let mut c = MedChannel::new((lo, hi), w, true);
+        let mut plain = MedChannel::new((lo, hi), w, false);
+        let starts = segment_starts(w);
+        assert_eq!(starts, [0, 4, 9, 13, 18, 23, 27, 32, 37]);
+        for (r, row) in rows.iter().enumerate() {
+            for m in [&mut c, &mut plain] {
+                m.cur[1..w + 1].copy_from_slice(row);
+                m.residuals(r, w);
+            }
+            for i in 0..w {
+                let want = if starts[1..SEGMENTS].contains(&i) {
+                    row[i] - if r == 0 { lo + (hi - lo) / 2 } else { rows[0][i] }
+                } else {
+                    plain.res[i]
+                };
+                assert_eq!(c.res[i], want, "row {r} sample {i}");
+                assert_eq!(c.mcur[2 + i], want.unsigned_abs());
+            }
+            c.next_row();
+            plain.next_row();
+        }
     }
 
     /// A decode into a reused buffer (longer or shorter, stale bytes) writes every byte.
@@ -2967,17 +3587,17 @@ mod tests {
     #[test]
     fn corrupt_rans_streams_are_errors() {
         let mut rng = Rng(11);
-        let g = Geometry {
+        // Rows of 9 samples, and of 40 (version 5's vector decoder takes 32 of them).
+        let geometry = |columns| Geometry {
             bps: 2,
             channels: 2,
             big_endian: false,
             signed: false,
             transform: false,
-            columns: 9,
-            pixels: 9 * 7,
+            columns,
+            pixels: columns * 7,
         };
         let infos = vec![ChanInfo { lo: 0, hi: 4095, values: Vec::new() }; 2];
-        let mut out = vec![0u8; g.body_len()];
         // A valid section: two tables, contexts alternating between them.
         let mut section = vec![2, 0];
         section.extend((0..2 * CTX_PER_CHANNEL).map(|c| (c % 2) as u8));
@@ -2997,13 +3617,20 @@ mod tests {
                     tables.truncate(rng.below(tables.len()));
                 }
             }
-            let (rans_len, raw_len) = (rng.below(200), rng.below(200));
+            let (rans_len, raw_len) = (rng.below(400), rng.below(200));
             let (rans, raw) = (rng.bytes(rans_len), rng.bytes(raw_len));
             let streams = (&tables[..], &rans[..], &raw[..]);
-            assert!(decode_pixels_rans::<2>(streams, &g, &infos, &mut out).is_err());
-            assert!(decode_pixels_rans::<4>(streams, &g, &infos, &mut out).is_err());
-            assert!(decode_pixels_body::<2>(streams, &g, &infos, &mut out).is_err());
-            assert!(decode_pixels_body::<4>(streams, &g, &infos, &mut out).is_err());
+            let g = geometry(if round % 3 == 0 { 9 } else { 40 });
+            let mut out = vec![0u8; g.body_len()];
+            assert!(decode_pixels_rans::<2>(streams, &g, &infos, false, &mut out).is_err());
+            assert!(decode_pixels_rans::<4>(streams, &g, &infos, false, &mut out).is_err());
+            assert!(decode_pixels_body::<2, false>(streams, &g, &infos, false, &mut out).is_err());
+            assert!(decode_pixels_body::<4, false>(streams, &g, &infos, false, &mut out).is_err());
+            // Versions 5 and 6.
+            for split in [false, true] {
+                assert!(decode_pixels_rans::<32>(streams, &g, &infos, split, &mut out).is_err());
+                assert!(decode_pixels_body::<32, false>(streams, &g, &infos, split, &mut out).is_err());
+            }
         }
         // Mutations of real streams, CRC fixed up: in the payload, past the header.
         for (obj, stored) in sample_stored().into_iter().filter(|(_, s)| s[3] != VERSION_1) {
@@ -3027,6 +3654,48 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Real slices (pydicom's CT and MR, rows of 128 and 64 samples: versions 5 and 6's vector
+    /// decoders) damaged in their pixel streams, CRC made right: each decode errs or gives back
+    /// the object (the checksum), never panics; the vector and portable decoders agree.
+    #[test]
+    fn damaged_real_version_5_and_6_slices_never_panic() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../.venv/lib/python3.11/site-packages/pydicom/data/test_files");
+        let mut rng = Rng(5);
+        let mut tried = 0;
+        for name in ["CT_small.dcm", "MR_small.dcm"] {
+            let Ok(data) = std::fs::read(dir.join(name)) else {
+                eprintln!("{name} not found under {}: skipped", dir.display());
+                continue;
+            };
+            let p = crate::parse::parse_file(&data, crate::parse::INDEX_TAGS).unwrap();
+            let l = crate::object::pixel_layout(p.pixel.as_ref().unwrap(), p.dataset_offset).unwrap();
+            for version in [VERSION_5, VERSION_6] {
+                let stored = encode_cold_version(&data, &l, version).unwrap();
+                let body = stored.len() - CRC_LEN;
+                for _ in 0..400 {
+                    let mut bad = stored.clone();
+                    for _ in 0..=rng.below(3) {
+                        let i = FIXED_HEADER_V2 + rng.below(body - FIXED_HEADER_V2);
+                        bad[i] = match rng.below(2) {
+                            0 => bad[i] ^ (1 << rng.below(8)),
+                            _ => rng.next() as u8,
+                        };
+                    }
+                    let bad = recrc(bad);
+                    let fast = decode(Codec::Cold, &bad, data.len());
+                    let portable = decode_portable(&bad, data.len());
+                    assert_eq!(fast.is_ok(), portable.is_ok());
+                    if let (Ok(a), Ok(b)) = (fast, portable) {
+                        assert!(a == data && b == data, "a damaged {name} decoded to other bytes");
+                    }
+                    tried += 1;
+                }
+            }
+        }
+        assert!(tried == 0 || tried == 1600);
     }
 
     /// [`decode_cold_into`] with the portable compilation of the rANS decoder (what CPUs without

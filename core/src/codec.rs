@@ -317,13 +317,13 @@ pub enum StoredCrc {
     /// buffer by that call) matched. The codec's own CRC-32 over the same bytes would detect
     /// nothing more, so it is skipped (~5 µs of a 512 KiB CT slice's ~280 µs decode). Every
     /// field and length is still validated, and the logical bytes' checksum (hot version 2,
-    /// cold version 4) still checks what they decode to.
+    /// cold versions 4 and later) still checks what they decode to.
     RecordChecked,
 }
 
 /// [`decode_into`], and whether the decoded bytes were checked against a checksum of the
-/// logical bytes that the encoder stored with them (hot format version 2, cold format version
-/// 4: an error if they differ). `false`: only the stored bytes were checked (their CRC, by the
+/// logical bytes that the encoder stored with them (hot format version 2, cold format versions
+/// 4 and later: an error if they differ). `false`: only the stored bytes were checked (their CRC, by the
 /// codec or as `stored` says by the caller), not what they decode to.
 pub fn decode_checked_into(
     codec: Codec,

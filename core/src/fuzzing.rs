@@ -106,7 +106,7 @@ pub fn cold_roundtrip(data: &[u8]) {
     if cold::cold_support(pixels.len(), Some(&layout)).is_some() {
         return;
     }
-    // The format written today (version 3) and version 2, whose encoder is kept for this.
+    // The format written today (version 6) and version 2, whose encoder is kept for this.
     let versions = [cold::encode_cold_only(pixels, &layout), cold::encode_cold_version(pixels, &layout, 2)];
     for stored in versions.into_iter().flatten() {
         let back =

@@ -14,9 +14,9 @@
 //!
 //! Measured on the codec benchmark's corpus (`cargo run --release --example cold_ratio`):
 //! about 1.69x the stored size of Orthanc's zlib-6 in total and 1.13x the hot codec's, at
-//! ~90 MB/s per core to encode and ~230-265 MB/s to decode in version 5 (~290-300 MB/s on the
-//! tier bench's CT; `--example cold_decode` times the decode alone), ~1.2-1.25x that in
-//! version 6. Version 1 (an error-weighted blend of
+//! ~90 MB/s per core to encode and ~230-265 MB/s to decode in version 5 (~240-260 MB/s on the
+//! tier bench's CT; `--example cold_decode` times the decode alone), ~1.26-1.35x that in
+//! version 6 (below). Version 1 (an error-weighted blend of
 //! five predictors, adaptive binary arithmetic coding; decoded, no longer written) stored ~2%
 //! less in total, up to ~12% less on some mid-size images, and decoded at ~38 MB/s: the cold
 //! tier's retrieval is bound by this decode, so version 2 traded that for speed. Version 3 is
@@ -38,7 +38,8 @@
 //! order and take the values back). On 50 CT slices of the tier bench (medians of 8
 //! interleaved runs on a shared 2-core EPYC): version 4 200, version 5 244, version 6 308 MB/s
 //! per core (1.26x version 5; with 8, 4 or 2 scalar chains instead of the vector 257, 282 and
-//! 237), 119 then 98 instructions a pixel (callgrind); the corpus's stored total 0.06 % more
+//! 237; again in 6 runs: 215, 258, 349), 119 then 98 instructions a pixel (callgrind); the
+//! bench set's stored total 0.07 % more (the whole corpus 0.04 %)
 //! (1.689x zlib-6 for 1.690x; the first sample of a segment costs about what a row's first
 //! does, 7 more of those a row).
 //!
@@ -1792,8 +1793,8 @@ impl<const N: usize> TokenSource<'_, N> {
         }
     }
 
-    /// [`Self::row`] for 2 or 4 states (versions 2 to 4): a sample's token, raw bits and MED
-    /// value in one loop, so that the chain of values along the row overlaps the rANS chains
+    /// [`Self::row`] for 2 or 4 states (versions 2 to 4), and for every version on CPUs without
+    /// x86-64-v3: a sample's token, raw bits and MED value in one loop, so that the chain of values along the row overlaps the rANS chains
     /// (in passes each pass waits on its own chain, and the decode was ~7 % slower).
     #[inline(always)]
     fn fused<const FIRST: bool, const SPLIT: bool>(&mut self, ctx: &[u16], up: &[i32], cur: &mut [i32]) {
@@ -2546,7 +2547,7 @@ fn read_tables(section: &[u8], channels: usize) -> Result<Tables> {
 /// A version's pixel streams: table section, rANS stream, raw-bit stream.
 type RansStreams<'a> = (&'a [u8], &'a [u8], &'a [u8]);
 
-/// The pixels of versions 2 (`N` = 2) and 3 (`N` = 4) from their streams. On x86-64 CPUs with
+/// The pixels of versions 2 (`N` = 2), 3 and 4 (`N` = 4), 5 and 6 (`N` = 32) from their streams. On x86-64 CPUs with
 /// AVX2 and BMI2 the same code compiled for them (the crate is built for baseline x86-64):
 /// the contexts' loop runs 8 lanes wide and the bit extraction takes single-µop shifts.
 /// Integer code and exact conversions only, so both compilations decode alike (tested).
@@ -2601,7 +2602,10 @@ unsafe fn decode_pixels_x86_v3<const N: usize>(
     decode_pixels_body::<N, true>(streams, g, infos, split, out)
 }
 
-/// The decode; `V3`: the CPU has x86-64-v3's features (AVX2 is used explicitly).
+/// The decode; `V3`: the CPU has x86-64-v3's features (AVX2 is used explicitly). Soundness:
+/// `V3 = true` instantiations (of this, [`TokenSource::row`] and [`med_split`]) reach AVX2
+/// intrinsics, so they must be called only from `decode_pixels_x86_v3`, which is entered after
+/// the run-time feature check; every other caller passes `false`.
 #[inline(always)]
 fn decode_pixels_body<const N: usize, const V3: bool>(
     (tables, rans, raw): RansStreams<'_>,
@@ -3536,6 +3540,15 @@ mod tests {
                 }
             }
         }
+        // A last row shorter than the others, long enough that its segments take the vector
+        // loop too (150 columns: 18-19 a segment; the last row 100 or 131: 12-13 and 16-17).
+        let span = image(77, 150, 5, 1, 2, false, false, false);
+        for len in [span.len() - 100, span.len() - 38] {
+            let (obj, l) = object(5, 16, &span[..len], 3, native(2, false, 150, 1, false));
+            let stored = encode_version(&obj, &l, VERSION_6).unwrap();
+            assert!(decode(Codec::Cold, &stored, obj.len()).unwrap() == obj, "last row of {len}");
+            assert!(decode_portable(&stored, obj.len()).unwrap() == obj, "portable, last row of {len}");
+        }
     }
 
     /// The encoder's residuals of version 6: each segment's first sample against N (in the
@@ -3587,7 +3600,8 @@ mod tests {
     #[test]
     fn corrupt_rans_streams_are_errors() {
         let mut rng = Rng(11);
-        // Rows of 9 samples, and of 40 (version 5's vector decoder takes 32 of them).
+        // Rows of 9 samples, of 40 (version 5's vector decoder takes 32 of them) and of 150
+        // (version 6's segments of 18-19 take its vector MED loop).
         let geometry = |columns| Geometry {
             bps: 2,
             channels: 2,
@@ -3620,7 +3634,7 @@ mod tests {
             let (rans_len, raw_len) = (rng.below(400), rng.below(200));
             let (rans, raw) = (rng.bytes(rans_len), rng.bytes(raw_len));
             let streams = (&tables[..], &rans[..], &raw[..]);
-            let g = geometry(if round % 3 == 0 { 9 } else { 40 });
+            let g = geometry([9, 40, 150][round % 3]);
             let mut out = vec![0u8; g.body_len()];
             assert!(decode_pixels_rans::<2>(streams, &g, &infos, false, &mut out).is_err());
             assert!(decode_pixels_rans::<4>(streams, &g, &infos, false, &mut out).is_err());

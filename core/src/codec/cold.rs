@@ -2524,6 +2524,11 @@ fn read_tables(section: &[u8], channels: usize) -> Result<Tables> {
         *f = (t as u32) << TAB_BITS;
     }
     let mut at = 2 + nctx;
+    // A table takes at least two bytes (its length, one code): a forged count is refused here,
+    // not after its 8 KiB of slots each were allocated and zeroed.
+    if section.len() < at + 2 * count {
+        return Err(bad());
+    }
     let mut slots = vec![0u32; count * TAB_SIZE];
     for table in slots.chunks_exact_mut(TAB_SIZE) {
         let len = *section.get(at).ok_or_else(bad)? as usize;

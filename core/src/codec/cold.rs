@@ -3411,19 +3411,23 @@ mod tests {
     #[test]
     fn version_4_checks_the_decoded_bytes() {
         let mut out = Vec::new();
+        // Ok(true): checked against the stored checksum of the decoded bytes; `out` holds them.
+        let checked = |stored: &[u8], len: usize, out: &mut Vec<u8>| {
+            crate::codec::decode_checked_into(
+                Codec::Cold,
+                stored,
+                len,
+                out,
+                crate::codec::StoredCrc::Unchecked,
+            )
+            .unwrap()
+        };
         for (obj, l) in golden_objects() {
             let v6 = encode_cold_only(&obj, &l).unwrap();
             assert_eq!(v6[3], VERSION_6);
             let at = v6.len() - CRC_LEN - CHECK_LEN;
             assert_eq!(v6[at..at + CHECK_LEN], xxh3_64(&obj).to_le_bytes());
-            assert!(crate::codec::decode_checked_into(
-                Codec::Cold,
-                &v6,
-                obj.len(),
-                &mut out,
-                crate::codec::StoredCrc::Unchecked
-            )
-            .unwrap());
+            assert!(checked(&v6, obj.len(), &mut out));
             assert_eq!(out, obj);
             let v4 = encode_cold_version(&obj, &l, VERSION_4).unwrap();
             let v3 = encode_cold_version(&obj, &l, VERSION_3).unwrap();
@@ -3431,25 +3435,11 @@ mod tests {
             let at = v4.len() - CRC_LEN - CHECK_LEN;
             assert_eq!(v4[at..at + CHECK_LEN], xxh3_64(&obj).to_le_bytes());
             assert_eq!((&v4[4..at], v4.len()), (&v3[4..v3.len() - CRC_LEN], v3.len() + CHECK_LEN));
-            assert!(crate::codec::decode_checked_into(
-                Codec::Cold,
-                &v4,
-                obj.len(),
-                &mut out,
-                crate::codec::StoredCrc::Unchecked
-            )
-            .unwrap());
+            assert!(checked(&v4, obj.len(), &mut out));
             assert_eq!(out, obj);
             for old in [VERSION_1, VERSION_2, VERSION_3] {
                 let s = encode_version(&obj, &l, old).unwrap();
-                assert!(!crate::codec::decode_checked_into(
-                    Codec::Cold,
-                    &s,
-                    obj.len(),
-                    &mut out,
-                    crate::codec::StoredCrc::Unchecked
-                )
-                .unwrap());
+                assert!(!checked(&s, obj.len(), &mut out));
                 assert_eq!(out, obj, "version {old}");
             }
             // The checksum of other bytes, the stream otherwise intact and its CRC right: an

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -33,6 +33,9 @@ from dicomvault.engine import Engine
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 N_INSTANCES = 300
+# The cancel test's answer: large enough (~1 MB framed) that it cannot all be framed and sent
+# before findscu's C-CANCEL arrives, which 300 small matches could (CI, session 16).
+N_CANCEL = 4000
 
 
 def _dataset(**attrs: str) -> bytes:
@@ -48,6 +51,23 @@ def _dataset(**attrs: str) -> bytes:
     return fp.getvalue()
 
 
+def _part10_many(n: int, **attrs: str) -> list[bytes]:
+    """`n` Part-10 files alike but for their SOP Instance UID: one written by pydicom, the others
+    by replacing its fixed-width UID (pydicom per file took 3.6 s for 4,000)."""
+    root = generate_uid()[:40]
+    first = f"{root}.{10**9}"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
+    meta.MediaStorageSOPInstanceUID = first
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_file_meta_info(fp, meta)
+    template = b"\0" * 128 + b"DICM" + fp.getvalue() + _dataset(SOPInstanceUID=first, **attrs)
+    assert template.count(first.encode()) == 2  # file meta and data set
+    return [template.replace(first.encode(), f"{root}.{10**9 + i}".encode()) for i in range(n)]
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, DimseServer]]:
     saved = {k: getattr(_config, k) for k in ("UNRESTRICTED_STORAGE_SERVICE", "LOG_HANDLER_LEVEL",
@@ -58,6 +78,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Dims
         for _ in range(N_INSTANCES):
             engine.store_dataset(_dataset(PatientID="MANY", PatientName="Many^Images", StudyInstanceUID=study,
                                           SeriesInstanceUID=series), ExplicitVRLittleEndian)
+        study, series = generate_uid(), generate_uid()
+        results = engine.store_buffers(_part10_many(N_CANCEL, PatientID="CANCEL", StudyInstanceUID=study,
+                                                    SeriesInstanceUID=series))
+        assert not [r for r in results if isinstance(r, Exception)]
         engine.store_dataset(_dataset(SpecificCharacterSet="ISO_IR 100", PatientID="LATIN1",
                                       PatientName="Müller^Jürgen", StudyInstanceUID=generate_uid(),
                                       SeriesInstanceUID=generate_uid(), StudyDate="20240131"),
@@ -126,26 +150,28 @@ def test_find_non_ascii_names(server: tuple[int, DimseServer], charset: str, nam
 def test_find_cancel(server: tuple[int, DimseServer]) -> None:
     """dcmtk findscu cancels after the first response; the answer stops short with Cancel and the
     association stays usable. The client is a process of its own: a pynetdicom client in this
-    process shares the GIL with the server it cancels, and could lose the race to the last match
-    (seen once: all 300 matches sent before its C-CANCEL was). A findscu descheduled on a loaded
-    machine can lose it too (seen once in CI at load ~10): the cancel is asked for up to three
-    times, and a server that ignores cancels answers Success to all three."""
+    process shares the GIL with the server it cancels. The answer is N_CANCEL matches (~1 MB) and
+    findscu's socket buffers are 4 KB (dcmtk's TCP_BUFFER_LENGTH), so the server is held by flow
+    control long before its last match: with 300 matches and default buffers the whole answer was
+    out before the C-CANCEL arrived (CI, once). The cancel is still asked for up to three times,
+    for a findscu descheduled on a loaded machine; a server that ignores cancels answers Success
+    to all three."""
     port, _ = server
-    keys = ["QueryRetrieveLevel=IMAGE", "PatientID=MANY", "StudyInstanceUID", "SeriesInstanceUID",
+    keys = ["QueryRetrieveLevel=IMAGE", "PatientID=CANCEL", "StudyInstanceUID", "SeriesInstanceUID",
             "SOPInstanceUID"]
     cmd = ["findscu", "-v", "-P", "-aec", "DICOMVAULT", "--cancel", "1",
            *(a for k in keys for a in ("-k", k)), "127.0.0.1", str(port)]
     finals: list[str] = []
     for _ in range(3):
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
-                             env={**os.environ, "TCP_NODELAY": "1"})
+                             env={**os.environ, "TCP_NODELAY": "1", "TCP_BUFFER_LENGTH": "4096"})
         log = out.stdout + out.stderr
         assert out.returncode == 0, log
         final = re.search(r"Received Final Find Response \(([^)]*)\)", log)
         assert final is not None, log
         finals.append(final.group(1))
         if "cancel" in final.group(1).lower():
-            assert 1 <= len(re.findall(r"Find Response: \d+ \(Pending", log)) < N_INSTANCES, log
+            assert 1 <= len(re.findall(r"Find Response: \d+ \(Pending", log)) < N_CANCEL, log[-3000:]
             break
     assert "cancel" in finals[-1].lower(), f"no C-FIND was cancelled in {len(finals)} tries: {finals}"
     # the same server answers the next association normally

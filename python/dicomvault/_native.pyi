@@ -279,6 +279,8 @@ def retrieve_batch(
     wait: float,
     pending_interval: float,
     since_pending: float | None,
+    stored: list[tuple[int, bytes, int]] | None = None,
+    loaders: int = 1,
 ) -> tuple[int, str, int, int | None, list[tuple[Any, ...]], str | None, list[tuple[Any, ...]], str | None,
            str | None, bytes, tuple[int, int, float | None]]: ...
 

@@ -353,6 +353,48 @@ class Engine:
             ts, decoded = self._read_remote(rec.hash, rec.study_uid)
         return rec, ts, decoded
 
+    def stored_for_sending(self, sop_uids: list[str]) -> list[tuple[int, bytes, int]]:
+        """(codec, stored bytes, logical length) of the leading objects of `sop_uids` that an
+        object-store tier holds, for a native sender that decodes them itself
+        (_native.retrieve_batch's `stored`): the first one (with the read-ahead window of its
+        study, fetched now if need be), then those after it that the read-ahead has already
+        fetched, so that the first object leaves while the next window is on its way. [] when
+        the first one is not in an object store, or cannot be read now (the store down, a
+        damaged copy): read_for_sending then reads it, and says why if it cannot."""
+        fields = self.index.sending_fields(sop_uids)
+        out: list[tuple[int, bytes, int]] = []
+        blobs = self.index.blobs_of([f[0] if f is not None else b"" for f in fields])
+        for f, blob in zip(fields, blobs, strict=True):
+            if f is None or blob is None or blob.tier not in self.remote_tiers:
+                break
+            down = self._remote_down.get(blob.tier)
+            if down is not None and time.monotonic() - down[0] < REMOTE_RETRY_AFTER:
+                break
+            p, study_uid = cold_placement(blob), f[3]
+            hit = self._cold_cache.get(blob.hash)
+            if hit is None:
+                if out:
+                    break  # the next window: fetched in the background, or by the next call
+                try:
+                    tier = self.remote(blob.tier)
+                    hit = self._cold_cache.read_ahead(
+                        tier, p, f"{p.pack_key}/{study_uid}",
+                        lambda s=study_uid, t=blob.tier: [cold_placement(b) for b in self.study_blobs(s)
+                                                          if b.tier == t],
+                    )
+                except UnavailableError as exc:
+                    self._remote_down[blob.tier] = (time.monotonic(), exc)
+                    break
+                except DicomVaultError:
+                    break  # read_for_sending reads it alone and reports why
+                if hit is None:
+                    break
+                self._remote_down.pop(blob.tier, None)
+            self.cold_reads.add(study_uid)
+            codec, stored = hit
+            out.append((codec, stored, blob.logical_len))
+        return out
+
     def prefetch(self, blob_hashes: list[bytes]) -> None:
         """Starts reading these local blobs from the disk in the background (a study about to be
         read in its own order, which is not the volumes'); returns at once."""

@@ -1,15 +1,18 @@
 //! `retrieve_batch`: a batch of a C-GET's or C-MOVE's C-STORE sub-operations run natively
 //! (core::net::retrieve), for dimse/fastretrieve.py. The objects are read from the vault (decoded
-//! and checked (`verify_reads`), as `Vault.read_decoded` reads them) on a reader thread, all of it with the
-//! GIL released.
+//! and checked (`verify_reads`), as `Vault.read_decoded` reads them) on a reader thread, or decoded
+//! from the stored bytes the caller read from an object-store tier, all of it with the GIL released.
 
 use std::time::{Duration, Instant};
 
+use dicomvault_core::codec::{Codec, StoredCrc};
 use dicomvault_core::hash::Hash;
 use dicomvault_core::net::retrieve::{self, Item, Progress, Route, Stop};
 use dicomvault_core::net::SubOperations;
 use dicomvault_core::object::{self, ReadCheck};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use crate::convert::hash_arg;
@@ -24,16 +27,14 @@ impl AsRef<[u8]> for DecodedObject {
     }
 }
 
-/// Reads one object into a pooled buffer; its stored syntax must be the one its context was
-/// chosen for (the index record's).
-fn load(
-    store: &dicomvault_core::store::BlobStore,
-    hash: &Hash,
+/// One object's data set in a pooled buffer, read into it by `read`; its stored syntax must be
+/// the one its context was chosen for (the index record's).
+fn load_with(
     syntax: &str,
-    check: ReadCheck,
+    read: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
 ) -> Result<DecodedObject, String> {
     let mut buf = decoded::take_buffer();
-    let start = read_logical_into(store, hash, &mut buf, check).map_err(|e| e.to_string()).and_then(|()| {
+    let start = read(&mut buf).and_then(|()| {
         let (ts, ds) = object::split_canonical(&buf).map_err(|e| e.to_string())?;
         if ts != syntax {
             return Err(format!("stored in {ts}, indexed as {syntax}"));
@@ -47,6 +48,19 @@ fn load(
             Err(why)
         }
     }
+}
+
+/// Stored bytes read by the caller from an object-store tier (digest-checked there), decoded
+/// and checked as `Vault.read_decoded` checks a local blob (`_native.decode_read`).
+fn decode_stored(
+    (codec, stored, logical_len): &(u8, PyBackedBytes, u64),
+    hash: &Hash,
+    buf: &mut Vec<u8>,
+    check: ReadCheck,
+) -> Result<(), String> {
+    let codec = Codec::from_u8(*codec).map_err(|e| e.to_string())?;
+    object::decode_read_into(hash, codec, stored, *logical_len, buf, check, StoredCrc::Unchecked)
+        .map_err(|e| e.to_string())
 }
 
 fn closed_to_py(closed: Option<Option<String>>) -> Option<String> {
@@ -64,9 +78,13 @@ fn closed_to_py(closed: Option<Option<String>>) -> Option<String> {
 /// close cut short ("" for nothing), and outs are `PduReader.next` outputs. A pending response
 /// is made once `pending_interval` seconds have passed since the last one (0: after every
 /// sub-operation); `since_pending`: seconds since the caller made the last one (None: none yet).
+/// `stored`: for objects an object-store tier holds, (codec, stored bytes, logical length) of
+/// each item, read by the caller; they are decoded here, on `loaders` threads, instead of read
+/// from the vault.
 #[pyfunction]
 #[pyo3(signature = (vault, fd, reader, items, max_pdu, send_timeout, originator, rsp, same_association,
-                    requestor, message_id, counts, unsent, wait, pending_interval, since_pending))]
+                    requestor, message_id, counts, unsent, wait, pending_interval, since_pending,
+                    stored=None, loaders=1))]
 #[allow(clippy::too_many_arguments)]
 pub fn retrieve_batch<'py>(
     py: Python<'py>,
@@ -86,7 +104,12 @@ pub fn retrieve_batch<'py>(
     wait: f64,
     pending_interval: f64,
     since_pending: Option<f64>,
+    stored: Option<Vec<(u8, PyBackedBytes, u64)>>,
+    loaders: usize,
 ) -> PyResult<Bound<'py, PyTuple>> {
+    if stored.as_ref().is_some_and(|s| s.len() != items.len()) {
+        return Err(PyValueError::new_err("stored: one entry per item"));
+    }
     let store = vault.get().store()?;
     let check = vault.get().read_check();
     let mut sources: Vec<(Hash, String)> = Vec::with_capacity(items.len());
@@ -125,18 +148,22 @@ pub fn retrieve_batch<'py>(
     let (done, stop) = {
         let conn = &mut reader.conn;
         let req = requestor.as_deref_mut().map(|r| &mut r.conn);
-        let (route, subs, sources, progress) = (&route, &subs, &sources, &mut progress);
+        let (route, subs, sources, progress, stored) = (&route, &subs, &sources, &mut progress, &stored);
         gil::blocking(py, move || {
-            // the batch's objects read from the disk in parallel, not one at a time as sent
-            store.prefetch(&sources.iter().map(|(h, _)| *h).collect::<Vec<_>>());
-            retrieve::run(
-                route,
-                conn,
-                req,
-                subs,
-                |i| load(&store, &sources[i].0, &sources[i].1, check),
-                progress,
-            )
+            let load = |i: usize| {
+                let (hash, syntax) = &sources[i];
+                match stored {
+                    Some(stored) => load_with(syntax, |buf| decode_stored(&stored[i], hash, buf, check)),
+                    None => load_with(syntax, |buf| {
+                        read_logical_into(&store, hash, buf, check).map_err(|e| e.to_string())
+                    }),
+                }
+            };
+            if stored.is_none() {
+                // the batch's objects read from the disk in parallel, not one at a time as sent
+                store.prefetch(&sources.iter().map(|(h, _)| *h).collect::<Vec<_>>());
+            }
+            retrieve::run(route, conn, req, subs, load, loaders, progress)
         })
     };
     let (kind, message_id, status, outs, closed, req_outs, req_closed, error) = match stop {

@@ -434,7 +434,7 @@ fn run_get(
     cancel_after: Option<u16>,
     fail_load: Option<usize>,
 ) -> (usize, retrieve::Stop, retrieve::Progress, Vec<(Command, Vec<u8>)>) {
-    run_get_every(n, statuses, cancel_after, fail_load, Duration::ZERO, None)
+    run_get_every(n, statuses, cancel_after, fail_load, Duration::ZERO, None, 1)
 }
 
 /// [`run_get`] with a pending response once `interval` has passed since `last_pending`.
@@ -445,6 +445,7 @@ fn run_get_every(
     fail_load: Option<usize>,
     interval: Duration,
     last_pending: Option<std::time::Instant>,
+    loaders: usize,
 ) -> (usize, retrieve::Stop, retrieve::Progress, Vec<(Command, Vec<u8>)>) {
     let (ours, theirs) = UnixStream::pair().unwrap();
     let peer = std::thread::spawn(move || store_peer(theirs, statuses, cancel_after));
@@ -493,9 +494,13 @@ fn run_get_every(
         if Some(i) == fail_load {
             return Err(format!("object {i} unreadable"));
         }
+        if loaders > 1 {
+            // later items loaded sooner than earlier ones: the order on the wire is the batch's
+            std::thread::sleep(Duration::from_millis(((n - i) % 3 * 4) as u64));
+        }
         Ok(vec![i as u8; 100_000])
     };
-    let (done, stop) = retrieve::run(&route, &mut conn, None, &items, load, &mut progress);
+    let (done, stop) = retrieve::run(&route, &mut conn, None, &items, load, loaders, &mut progress);
     drop(conn);
     ours.shutdown(std::net::Shutdown::Both).unwrap();
     (done, stop, progress, peer.join().unwrap())
@@ -573,19 +578,19 @@ fn retrieve_batch_makes_pending_responses_once_their_interval_has_passed() {
     // One made just before the batch: none of the four is due within an hour; the one held
     // from before goes with the first request.
     let (done, stop, progress, got) =
-        run_get_every(4, vec![0; 4], None, None, Duration::from_secs(3600), Some(now));
+        run_get_every(4, vec![0; 4], None, None, Duration::from_secs(3600), Some(now), 1);
     assert!(matches!(stop, retrieve::Stop::End), "{stop:?}");
     assert_eq!((done, got.len()), (4, 4));
     assert!(progress.unsent.is_empty());
     assert_eq!(progress.last_pending, Some(now));
     assert_eq!((progress.counts.remaining, progress.counts.completed), (1, 5));
     // None made yet: the first sub-operation's is due, then none within the hour.
-    let (_, _, progress, _) = run_get_every(4, vec![0; 4], None, None, Duration::from_secs(3600), None);
+    let (_, _, progress, _) = run_get_every(4, vec![0; 4], None, None, Duration::from_secs(3600), None, 1);
     assert!(progress.unsent.is_empty()); // it went with the second request
     assert!(progress.last_pending.is_some_and(|t| t > now));
     // The last one made long enough ago: due at once.
     let long_ago = now.checked_sub(Duration::from_secs(7200));
-    let (_, _, progress, _) = run_get_every(1, vec![0], None, None, Duration::from_secs(3600), long_ago);
+    let (_, _, progress, _) = run_get_every(1, vec![0], None, None, Duration::from_secs(3600), long_ago, 1);
     assert_eq!(pending_counts(&progress.unsent), vec![(1, 2)]);
 }
 
@@ -618,6 +623,34 @@ fn retrieve_batch_hands_back_a_cancel_read_with_a_response() {
     }
     assert_eq!(got.len(), 2);
     assert_eq!(progress.counts.completed, 2); // the caller counts the one with the cancel
+}
+
+#[test]
+fn retrieve_batch_on_several_loaders_sends_in_order() {
+    for loaders in [2, 3, 20] {
+        let (done, stop, progress, got) =
+            run_get_every(9, vec![0; 9], None, None, Duration::ZERO, None, loaders);
+        assert!(matches!(stop, retrieve::Stop::End), "{loaders}: {stop:?}");
+        assert_eq!((done, got.len()), (9, 9));
+        for (i, (cmd, data)) in got.iter().enumerate() {
+            assert_eq!(cmd.sop_instance_uid, format!("1.2.3.{i}"), "{loaders} loaders");
+            assert_eq!(data, &vec![i as u8; 100_000], "{loaders} loaders");
+        }
+        assert_eq!((progress.counts.remaining, progress.counts.completed), (1, 10));
+    }
+}
+
+#[test]
+fn retrieve_batch_on_several_loaders_stops_before_an_object_it_cannot_load() {
+    for (loaders, fail) in [(2, 3), (2, 0), (3, 4)] {
+        let (done, stop, _, got) =
+            run_get_every(7, vec![0; 7], None, Some(fail), Duration::ZERO, None, loaders);
+        assert_eq!((done, got.len()), (fail, fail), "{loaders} loaders, object {fail} unreadable");
+        assert!(matches!(stop, retrieve::Stop::Load(ref why) if *why == format!("object {fail} unreadable")));
+        for (i, (cmd, _)) in got.iter().enumerate() {
+            assert_eq!(cmd.sop_instance_uid, format!("1.2.3.{i}"));
+        }
+    }
 }
 
 #[test]

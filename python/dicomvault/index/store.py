@@ -1125,6 +1125,14 @@ class Index(PatientCorrections):
         raw = self._cfs[CF_BLOBS].get(bytes(hash))
         return BlobRecord.decode(raw) if raw is not None else None
 
+    def blobs_of(self, hashes: list[bytes]) -> list[BlobRecord | None]:
+        """The blob record of each content hash (None: no such blob), in one multi-get."""
+        self._check_open()
+        if not hashes:
+            return []
+        return [BlobRecord.decode(raw) if raw is not None else None
+                for raw in self._cfs[CF_BLOBS].get([bytes(h) for h in hashes])]
+
     def blobs(self) -> Iterator[tuple[bytes, BlobRecord]]:
         """Every (hash, blob record), in hash order (for verify)."""
         self._check_open()

@@ -361,39 +361,49 @@ class Engine:
         fetched, so that the first object leaves while the next window is on its way. [] when
         the first one is not in an object store, or cannot be read now (the store down, a
         damaged copy): read_for_sending then reads it, and says why if it cannot."""
-        fields = self.index.sending_fields(sop_uids)
         out: list[tuple[int, bytes, int]] = []
-        blobs = self.index.blobs_of([f[0] if f is not None else b"" for f in fields])
-        for f, blob in zip(fields, blobs, strict=True):
-            if f is None or blob is None or blob.tier not in self.remote_tiers:
-                break
-            down = self._remote_down.get(blob.tier)
-            if down is not None and time.monotonic() - down[0] < REMOTE_RETRY_AFTER:
-                break
-            p, study_uid = cold_placement(blob), f[3]
-            hit = self._cold_cache.get(blob.hash)
-            if hit is None:
-                if out:
-                    break  # the next window: fetched in the background, or by the next call
-                try:
-                    tier = self.remote(blob.tier)
-                    hit = self._cold_cache.read_ahead(
-                        tier, p, f"{p.pack_key}/{study_uid}",
-                        lambda s=study_uid, t=blob.tier: [cold_placement(b) for b in self.study_blobs(s)
-                                                          if b.tier == t],
-                    )
-                except UnavailableError as exc:
-                    self._remote_down[blob.tier] = (time.monotonic(), exc)
-                    break
-                except DicomVaultError:
-                    break  # read_for_sending reads it alone and reports why
-                if hit is None:
-                    break
-                self._remote_down.pop(blob.tier, None)
-            self.cold_reads.add(study_uid)
-            codec, stored = hit
-            out.append((codec, stored, blob.logical_len))
+        # the first alone first: when it cannot be sent so (the store down, a local blob gone),
+        # the caller asks again for the next object, and must not pay for the others' records
+        for chunk in (sop_uids[:1], sop_uids[1:]):
+            fields = self.index.sending_fields(chunk)
+            blobs = self.index.blobs_of([f[0] if f is not None else b"" for f in fields])
+            for f, blob in zip(fields, blobs, strict=True):
+                stored = self._stored_to_send(f, blob, first=not out)
+                if stored is None:
+                    return out
+                out.append(stored)
         return out
+
+    def _stored_to_send(self, fields: tuple[bytes, str, str, str] | None, blob: BlobRecord | None, *,
+                        first: bool) -> tuple[int, bytes, int] | None:
+        """stored_for_sending of one object: its (codec, stored bytes, logical length), or None
+        where the run stops (not remote, its store down; not fetched yet unless `first`)."""
+        if fields is None or blob is None or blob.tier not in self.remote_tiers:
+            return None
+        down = self._remote_down.get(blob.tier)
+        if down is not None and time.monotonic() - down[0] < REMOTE_RETRY_AFTER:
+            return None
+        p, study_uid = cold_placement(blob), fields[3]
+        hit = self._cold_cache.get(blob.hash)
+        if hit is None:
+            if not first:
+                return None  # the next window: fetched in the background, or by the next call
+            try:
+                hit = self._cold_cache.read_ahead(
+                    self.remote(blob.tier), p, f"{p.pack_key}/{study_uid}",
+                    lambda: [cold_placement(b) for b in self.study_blobs(study_uid) if b.tier == blob.tier],
+                )
+            except UnavailableError as exc:
+                self._remote_down[blob.tier] = (time.monotonic(), exc)
+                return None
+            except DicomVaultError:
+                return None  # read_for_sending reads it alone and reports why
+            if hit is None:
+                return None
+            self._remote_down.pop(blob.tier, None)
+        self.cold_reads.add(study_uid)
+        codec, stored = hit
+        return codec, stored, blob.logical_len
 
     def prefetch(self, blob_hashes: list[bytes]) -> None:
         """Starts reading these local blobs from the disk in the background (a study about to be

@@ -5,7 +5,10 @@ native way rather than one by one through Python."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +23,12 @@ from pynetdicom.sop_class import (
 )
 from test_cold_readahead import cold_study
 
+from dicomvault.bench.ports import free_port
 from dicomvault.bench.synth import SeriesSpec
 from dicomvault.config import Config, DimseConfig, PeerConfig
 from dicomvault.dimse import DimseServer
 from dicomvault.engine import Engine
+from dicomvault.storage.settings import TierSpec
 from seaweed_server import SeaweedServer
 
 SLICES, DAMAGED = 40, 17
@@ -44,12 +49,14 @@ def sound(outs: list[Any], files: list[bytes]) -> list[tuple[str, bytes]]:
             if i != DAMAGED]
 
 
-@pytest.fixture
-def served(tmp_path: Path, seaweed: SeaweedServer) -> Iterator[Served]:
-    data, files, outs = cold_study(tmp_path, seaweed, SeriesSpec(slices=SLICES, rows=96, columns=96, seed=21),
-                                   damaged=DAMAGED)
-    with Engine(data) as engine:
-        runs: list[int] = []  # how many objects each call handed to a native batch
+@contextmanager
+def serving(data: Path, tiers: tuple[TierSpec, ...] | None = None
+            ) -> Iterator[tuple[int, Engine, list[int], list[tuple[str, bytes]]]]:
+    """(port, engine, native run lengths, what the C-MOVE destination got) of an in-process
+    DIMSE server on `data`, whose Engine.stored_for_sending records how many objects each call
+    handed to a native batch."""
+    with Engine(data, tiers=tiers) as engine:
+        runs: list[int] = []
         inner = engine.stored_for_sending
 
         def stored_for_sending(sop_uids: list[str]) -> list[tuple[int, bytes, int]]:
@@ -68,10 +75,18 @@ def served(tmp_path: Path, seaweed: SeaweedServer) -> Iterator[Served]:
             port=0, accept_unknown_callers=True, pending_interval=0.0)))
         _, port = srv.start()
         try:
-            yield port, engine, files, outs, runs, moved
+            yield port, engine, runs, moved
         finally:
             assert srv.stop(10)
             scp.shutdown()
+
+
+@pytest.fixture
+def served(tmp_path: Path, seaweed: SeaweedServer) -> Iterator[Served]:
+    data, files, outs = cold_study(tmp_path, seaweed, SeriesSpec(slices=SLICES, rows=96, columns=96, seed=21),
+                                   damaged=DAMAGED)
+    with serving(data) as (port, engine, runs, moved):
+        yield port, engine, files, outs, runs, moved
 
 
 def received(event: Any) -> tuple[str, bytes]:
@@ -140,3 +155,26 @@ def test_a_cold_c_move_goes_natively_bit_exact_in_order(served: Served) -> None:
     assert failed is not None and failed.FailedSOPInstanceUIDList == outs[DAMAGED].sop_instance_uid
     assert moved == sound(outs, files)
     assert sum(runs) >= SLICES - 2, runs
+
+
+def test_a_cold_c_get_while_the_store_is_down_fails_every_object_fast(tmp_path: Path,
+                                                                     seaweed: SeaweedServer) -> None:
+    """The cold tier's endpoint moved to a port nothing listens on: every sub-operation fails
+    within seconds (the store is marked down at the first failure, not tried per object), the
+    Failed SOP Instance UID List names them all, and nothing went to a native batch."""
+    data, _, outs = cold_study(tmp_path, seaweed, SeriesSpec(slices=SLICES, rows=96, columns=96, seed=22))
+    with Engine(data) as e:
+        tiers = tuple(replace(t, endpoint=f"http://127.0.0.1:{free_port()}") if t.backend == "s3" else t
+                      for t in e.tiers)
+    with serving(data, tiers) as (port, _, runs, _):
+        t0 = time.monotonic()
+        got, rsps = c_get(port, outs[0].study_instance_uid)
+        took = time.monotonic() - t0
+    final, failed = rsps[-1]
+    assert got == []
+    assert (final.Status, final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (
+        0xA702, 0, SLICES)
+    assert failed is not None and sorted(failed.FailedSOPInstanceUIDList) == sorted(
+        o.sop_instance_uid for o in outs)
+    assert took < 15, took
+    assert sum(runs) == 0, runs

@@ -396,8 +396,8 @@ class Engine:
             except UnavailableError as exc:
                 self._remote_down[blob.tier] = (time.monotonic(), exc)
                 return None
-            except DicomVaultError:
-                return None  # read_for_sending reads it alone and reports why
+            except Exception:  # noqa: BLE001 - read_for_sending reads it alone and reports why
+                return None
             if hit is None:
                 return None
             self._remote_down.pop(blob.tier, None)

@@ -33,9 +33,10 @@ from dicomvault.engine import Engine
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 N_INSTANCES = 300
-# The cancel test's answer: large enough (~1 MB framed) that it cannot all be framed and sent
-# before findscu's C-CANCEL arrives, which 300 small matches could (CI, session 16).
-N_CANCEL = 4000
+# The cancel test's answer: ~5 MB framed, more than loopback lets the server queue for a client
+# that reads slowly (~3 MB measured with findscu's 4 KB buffers, tcp_wmem's maximum 4 MB), so
+# it cannot all be sent before findscu's C-CANCEL arrives, as 300 small matches were (CI, once).
+N_CANCEL = 20000
 
 
 def _dataset(**attrs: str) -> bytes:
@@ -150,12 +151,12 @@ def test_find_non_ascii_names(server: tuple[int, DimseServer], charset: str, nam
 def test_find_cancel(server: tuple[int, DimseServer]) -> None:
     """dcmtk findscu cancels after the first response; the answer stops short with Cancel and the
     association stays usable. The client is a process of its own: a pynetdicom client in this
-    process shares the GIL with the server it cancels. The answer is N_CANCEL matches (~1 MB) and
+    process shares the GIL with the server it cancels. The answer is N_CANCEL matches (~5 MB) and
     findscu's socket buffers are 4 KB (dcmtk's TCP_BUFFER_LENGTH), so the server is held by flow
-    control long before its last match: with 300 matches and default buffers the whole answer was
-    out before the C-CANCEL arrived (CI, once). The cancel is still asked for up to three times,
-    for a findscu descheduled on a loaded machine; a server that ignores cancels answers Success
-    to all three."""
+    control before its last match: with 300 matches and default buffers the whole answer was out
+    before the C-CANCEL arrived (CI, once). The cancel is still asked for up to three times, for
+    a findscu descheduled on a loaded machine; a server that ignores cancels answers Success to
+    all three."""
     port, _ = server
     keys = ["QueryRetrieveLevel=IMAGE", "PatientID=CANCEL", "StudyInstanceUID", "SeriesInstanceUID",
             "SOPInstanceUID"]

@@ -27,7 +27,7 @@ from dicomvault.bench.ports import free_port
 from dicomvault.bench.synth import SeriesSpec
 from dicomvault.config import Config, DimseConfig, PeerConfig
 from dicomvault.dimse import DimseServer
-from dicomvault.engine import Engine
+from dicomvault.engine import Engine, cold_placement
 from dicomvault.storage.settings import TierSpec
 from seaweed_server import SeaweedServer
 
@@ -132,9 +132,29 @@ def test_a_cold_c_get_goes_natively_bit_exact_in_order_and_a_damaged_blob_fails_
     # every pending response counts one more (pending_interval 0)
     pend = [(r.NumberOfRemainingSuboperations, r.NumberOfCompletedSuboperations) for r, _ in rsps[:-1]]
     assert pend[-1] == (0, SLICES - 1) and len(pend) == SLICES
-    # the sound objects went in native batches (all but a few read one by one: the damaged one)
-    assert sum(runs) >= SLICES - 2, runs
+    # every sound object after the first (sent before the listing) went in a native batch, once
+    assert sum(runs) == SLICES - 2, runs
 
+
+
+def test_a_cold_object_that_does_not_decode_in_a_native_batch_fails_alone(served: Served) -> None:
+    """Stored bytes that passed the pack's digest but do not decode (damaged in the read cache
+    here, as a codec bug would leave them) stop the native batch at that object: it fails
+    alone, read one by one, and the objects after it still come, in order."""
+    port, engine, files, outs, _, _ = served
+    bad = 25
+    blob = engine.index.blob(outs[bad].hash)
+    codec, stored = engine.remote("cold").read(cold_placement(blob))
+    broken = bytearray(stored)
+    broken[len(broken) // 2] ^= 0xFF
+    engine._cold_cache.put_many({blob.hash: (codec, bytes(broken))})  # kept: a fetch skips cached blobs
+    got, rsps = c_get(port, outs[0].study_instance_uid)
+    final, failed = rsps[-1]
+    assert (final.Status, final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (
+        0xB000, SLICES - 2, 2)
+    assert failed is not None and sorted(failed.FailedSOPInstanceUIDList) == sorted(
+        [outs[DAMAGED].sop_instance_uid, outs[bad].sop_instance_uid])
+    assert got == [x for x in sound(outs, files) if x[0] != outs[bad].sop_instance_uid]
 
 def test_a_cold_c_move_goes_natively_bit_exact_in_order(served: Served) -> None:
     port, _, files, outs, runs, moved = served
@@ -154,7 +174,7 @@ def test_a_cold_c_move_goes_natively_bit_exact_in_order(served: Served) -> None:
         0xB000, SLICES - 1, 1)
     assert failed is not None and failed.FailedSOPInstanceUIDList == outs[DAMAGED].sop_instance_uid
     assert moved == sound(outs, files)
-    assert sum(runs) >= SLICES - 2, runs
+    assert sum(runs) == SLICES - 2, runs
 
 
 def test_a_cold_c_get_while_the_store_is_down_fails_every_object_fast(tmp_path: Path,

@@ -116,11 +116,12 @@ pub fn ends_association(out: &Out) -> bool {
 }
 
 /// Runs `items` in order (see [`Stop`]): `load(i)` gives item i's data set, called on
-/// `loaders` reader threads (item i on thread i mod `loaders`) at most [`READ_AHEAD`] items
-/// ahead in all; `conn` reads the association the C-STOREs go on, `requestor` (C-MOVE) the
-/// requestor's, looked at without waiting after each response. More than one loader is for
-/// loads one core cannot keep up with (the dense cold codec's decode, ~350 MB/s a core against
-/// ~1,500 for the hot one); they still reach the wire in order.
+/// `loaders` reader threads (item i on thread i mod `loaders`), each at most
+/// `max(READ_AHEAD / loaders, 1)` items ahead of the sender; `conn` reads the association the
+/// C-STOREs go on, `requestor` (C-MOVE) the requestor's, looked at without waiting after each
+/// response. More than one loader is for loads one core cannot keep up with (the dense cold
+/// codec's decode, ~250-380 MB/s a core against ~1,400 for the hot one); they still reach the
+/// wire in order.
 pub fn run<L, D>(
     route: &Route<'_>,
     conn: &mut Conn,

@@ -257,20 +257,14 @@ class Engine:
         blob = self._remote_blob(blob_hash)
         if blob is None:
             raise _native.NotFoundError(f"blob {blob_hash.hex()} is in no tier")
-        down = self._remote_down.get(blob.tier)
-        if down is not None and time.monotonic() - down[0] < REMOTE_RETRY_AFTER:
-            # A study of 500 cold instances while the store is down: one timeout, not 500.
-            raise UnavailableError(f"{down[1]} (not retried for {REMOTE_RETRY_AFTER:.0f} s)") from down[1]
+        down = self._recently_down(blob.tier)
+        if down is not None:
+            raise UnavailableError(f"{down} (not retried for {REMOTE_RETRY_AFTER:.0f} s)") from down
         try:
             tier, p = self.remote(blob.tier), cold_placement(blob)
             if p.codec == _native.CODEC_COLD:
                 decode_bound()  # the dense codec's decode paces a retrieve: its read-ahead widens
-            hit = self._cold_cache.get(blob_hash)
-            if hit is None and study_uid:
-                hit = self._cold_cache.read_ahead(
-                    tier, p, f"{p.pack_key}/{study_uid}",
-                    lambda: [cold_placement(b) for b in self.study_blobs(study_uid) if b.tier == blob.tier],
-                )
+            hit = self._cold_stored(blob, study_uid, fetch=True)
             ts, dataset = (
                 tier.decoded_of(p, *hit, self.verify_reads) if hit is not None
                 else tier.read_decoded(p, self.verify_reads)
@@ -282,6 +276,25 @@ class Engine:
         if study_uid:
             self.cold_reads.add(study_uid)
         return ts, dataset
+
+    def _recently_down(self, tier: str) -> UnavailableError | None:
+        """Why `tier`'s store failed, if that was less than REMOTE_RETRY_AFTER ago: a study of
+        500 cold instances while the store is down costs one timeout, not 500."""
+        down = self._remote_down.get(tier)
+        return down[1] if down is not None and time.monotonic() - down[0] < REMOTE_RETRY_AFTER else None
+
+    def _cold_stored(self, blob: BlobRecord, study_uid: str | None, *, fetch: bool
+                     ) -> tuple[int, bytes] | None:
+        """(codec, stored bytes) of an object-store blob from the read cache; else, with `fetch`
+        and its study, fetched with the study's next read-ahead window; else None."""
+        hit = self._cold_cache.get(blob.hash)
+        if hit is None and fetch and study_uid:
+            p = cold_placement(blob)
+            hit = self._cold_cache.read_ahead(
+                self.remote(blob.tier), p, f"{p.pack_key}/{study_uid}",
+                lambda: [cold_placement(b) for b in self.study_blobs(study_uid) if b.tier == blob.tier],
+            )
+        return hit
 
     def read_stored(self, blob_hash: bytes) -> tuple[int, int, bytes]:
         """(codec, logical length, stored bytes) of a blob from whichever tier holds it, not
@@ -380,27 +393,21 @@ class Engine:
         where the run stops (not remote, its store down; not fetched yet unless `first`)."""
         if fields is None or blob is None or blob.tier not in self.remote_tiers:
             return None
-        down = self._remote_down.get(blob.tier)
-        if down is not None and time.monotonic() - down[0] < REMOTE_RETRY_AFTER:
+        if self._recently_down(blob.tier):
             return None
-        p, study_uid = cold_placement(blob), fields[3]
-        hit = self._cold_cache.get(blob.hash)
+        study_uid = fields[3]
+        try:
+            # after the first, only what the read-ahead has in: the next window is fetched in
+            # the background, or by the next call
+            hit = self._cold_stored(blob, study_uid, fetch=first)
+        except UnavailableError as exc:
+            self._remote_down[blob.tier] = (time.monotonic(), exc)
+            return None
+        except Exception:  # noqa: BLE001 - read_for_sending reads it alone and reports why
+            return None
         if hit is None:
-            if not first:
-                return None  # the next window: fetched in the background, or by the next call
-            try:
-                hit = self._cold_cache.read_ahead(
-                    self.remote(blob.tier), p, f"{p.pack_key}/{study_uid}",
-                    lambda: [cold_placement(b) for b in self.study_blobs(study_uid) if b.tier == blob.tier],
-                )
-            except UnavailableError as exc:
-                self._remote_down[blob.tier] = (time.monotonic(), exc)
-                return None
-            except Exception:  # noqa: BLE001 - read_for_sending reads it alone and reports why
-                return None
-            if hit is None:
-                return None
-            self._remote_down.pop(blob.tier, None)
+            return None
+        self._remote_down.pop(blob.tier, None)
         self.cold_reads.add(study_uid)
         codec, stored = hit
         return codec, stored, blob.logical_len

@@ -29,6 +29,7 @@ from dicomvault.config import Config, DimseConfig, PeerConfig
 from dicomvault.dimse import DimseServer
 from dicomvault.engine import Engine, cold_placement
 from dicomvault.storage.settings import TierSpec
+from dv_corpus import split_part10
 from seaweed_server import SeaweedServer
 
 SLICES, DAMAGED = 40, 17
@@ -37,15 +38,9 @@ DEST_AE = "COLDDEST"
 Served = tuple[int, Engine, list[bytes], list[Any], list[int], list[tuple[str, bytes]]]
 
 
-def dataset_of(part10: bytes) -> bytes:
-    """The data set of a Part-10 file (after its file meta group)."""
-    meta_len = int.from_bytes(part10[140:144], "little")
-    return part10[144 + meta_len:]
-
-
 def sound(outs: list[Any], files: list[bytes]) -> list[tuple[str, bytes]]:
     """(SOP Instance UID, data set) of every object but the damaged one, in the study's order."""
-    return [(o.sop_instance_uid, dataset_of(f)) for i, (o, f) in enumerate(zip(outs, files, strict=True))
+    return [(o.sop_instance_uid, split_part10(f)[1]) for i, (o, f) in enumerate(zip(outs, files, strict=True))
             if i != DAMAGED]
 
 

@@ -9,6 +9,8 @@ each. Receivers, every one in every round, the order reversed on odd rounds:
 
 - the ceiling: dcmtk `storescp --fork --ignore -pdu 131072` (one process per association, as a
   multi-association archive works; it stores nothing);
+- `files`: the same `storescp --fork` writing each object as a file to each --data place (`-od`;
+  no hash, no fsync, no index): what storing the bytes at all costs next to the same clients;
 - `dicomvault serve` with `[dimse] workers` = each value of --workers, its data directory on
   /dev/shm (`shm`: the CPU path shows whatever the disk) and on the working disk (`disk`), a
   fresh directory each run; with several --tree values, each tree's code (PYTHONPATH) in turn,
@@ -104,9 +106,14 @@ def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
             time.sleep(0.05)
 
 
-def ceiling_run(dirs: list[Path], per_dir: list[int]) -> Run:
+def ceiling_run(dirs: list[Path], per_dir: list[int], out: Path | None = None) -> Run:
+    """dcmtk's `storescp --fork` with the same clients: `--ignore` (receives, stores nothing: the
+    no-op ceiling), or with `out`, writing each object as a file there (`-od`; no hash, no
+    fsync, no index: what merely storing the bytes costs this machine, the floor under any
+    archive's ingest)."""
     port = free_port()
-    scp = subprocess.Popen(["storescp", "--fork", "--ignore", "-pdu", str(PDU), str(port)],
+    store = ["-od", str(out)] if out is not None else ["--ignore"]
+    scp = subprocess.Popen(["storescp", "--fork", *store, "-pdu", str(PDU), str(port)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=DCMTK_ENV)
     try:
         wait_port(port, scp)
@@ -118,7 +125,8 @@ def ceiling_run(dirs: list[Path], per_dir: list[int]) -> Run:
     finally:
         scp.terminate()
         scp.wait(10)
-    return Run(seconds, server_cpu, client_cpu, acked, None, busy)
+    stored = None if out is None else sum(1 for _ in out.iterdir())
+    return Run(seconds, server_cpu, client_cpu, acked, stored, busy)
 
 
 def serve_run(data: Path, cfg: Path, env: dict[str, str], dirs: list[Path], per_dir: list[int]) -> Run:
@@ -177,8 +185,8 @@ def main() -> int:
             for w in workers:
                 cfgs[(name, w)] = work / f"{name}-workers-{w}.toml"
                 cfgs[(name, w)].write_text(f"[dimse]\nworkers = {w}\n{extra}\n")
-        variants = [("ceiling", "", 0, "")] + [(name, path, w, place) for name, path, _ in serves
-                                                for w in workers for place in places]
+        variants = [("ceiling", "", 0, "")] + [("files", "", 0, place) for place in places]
+        variants += [(name, path, w, place) for name, path, _ in serves for w in workers for place in places]
         runs: dict[tuple[str, int, str], list[Run]] = {}
         ratios: dict[tuple[str, int, str], list[float]] = {}
         for rnd in range(args.rounds):
@@ -187,6 +195,10 @@ def main() -> int:
             for name, path, w, place in order:
                 if name == "ceiling":
                     run = ceiling_run(dirs, per_dir)
+                elif name == "files":
+                    out = Path(tempfile.mkdtemp(prefix="dv-ingest-files-", dir=data_roots[place]))
+                    run = ceiling_run(dirs, per_dir, out)
+                    shutil.rmtree(out, ignore_errors=True)
                 else:
                     env = {**os.environ}
                     if path:
@@ -217,7 +229,8 @@ def main() -> int:
             secs = statistics.median(r.seconds for r in rs)
             srv = statistics.median(r.server_cpu for r in rs) * 1e6 / n
             cli = statistics.median(r.client_cpu for r in rs) * 1e6 / n
-            who = "storescp --fork --ignore (no-op ceiling)" if name == "ceiling" else name
+            who = {"ceiling": "storescp --fork --ignore (no-op ceiling)",
+                   "files": "storescp --fork -od (writes files: no hash, fsync or index)"}.get(name, name)
             stored = "-" if rs[0].stored is None else str(min(r.stored or 0 for r in rs))
             print(f"| {who} | {w or '-'} | {place or '-'} | {n / secs:.0f} | {mb / secs:.0f} | "
                   f"{statistics.median(ratios[key]):.2f} | {srv:.0f} | {cli:.0f} | "

@@ -11,6 +11,8 @@ each. Receivers, every one in every round, the order reversed on odd rounds:
   multi-association archive works; it stores nothing);
 - `files`: the same `storescp --fork` writing each object as a file to each --data place (`-od`;
   no hash, no fsync, no index): what storing the bytes at all costs next to the same clients;
+- Orthanc (when installed; `--no-orthanc` leaves it out), storage and index on each --data place,
+  configured as in bench/orthanc.py (fsync per file, 4 DICOM threads);
 - `dicomvault serve` with `[dimse] workers` = each value of --workers, its data directory on
   /dev/shm (`shm`: the CPU path shows whatever the disk) and on the working disk (`disk`), a
   fresh directory each run; with several --tree values, each tree's code (PYTHONPATH) in turn,
@@ -40,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicomvault.bench.dimse import DCMTK_ENV, HOST, PDU, dicomvault_command, split_files, start_serve
-from dicomvault.bench.orthanc import free_port
+from dicomvault.bench.orthanc import ORTHANC_BIN, free_port, start_orthanc
 from dicomvault.bench.procs import tree_cpu
 from dicomvault.bench.synth import SeriesSpec, ct_series
 
@@ -129,6 +131,21 @@ def ceiling_run(dirs: list[Path], per_dir: list[int], out: Path | None = None) -
     return Run(seconds, server_cpu, client_cpu, acked, stored, busy)
 
 
+def orthanc_run(root: Path, dirs: list[Path], per_dir: list[int]) -> Run:
+    """Orthanc (bench/orthanc.py's configuration: fsync per file, as durable as ours) with its
+    storage and index under `root`."""
+    orthanc = start_orthanc(root)
+    try:
+        time.sleep(0.3)
+        c0 = tree_cpu(orthanc.proc.pid)
+        seconds, client_cpu, acked, busy = run_clients(orthanc.dicom_port, dirs, per_dir)
+        server_cpu = tree_cpu(orthanc.proc.pid) - c0
+        stored = int(orthanc.statistics()["CountInstances"])
+    finally:
+        orthanc.stop()
+    return Run(seconds, server_cpu, client_cpu, acked, stored, busy)
+
+
 def serve_run(data: Path, cfg: Path, env: dict[str, str], dirs: list[Path], per_dir: list[int]) -> Run:
     srv = start_serve(data, config=cfg, env=env)
     try:
@@ -159,6 +176,7 @@ def main() -> int:
                     help="code to run `serve` from (several: alternated; default: this interpreter's)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=TOML",
                     help="also serve with these config lines (\\n between lines), this interpreter's code")
+    ap.add_argument("--no-orthanc", action="store_true", help="leave Orthanc out (it runs when installed)")
     ap.add_argument("--json", type=Path, default=None, help="also write every run here")
     args = ap.parse_args()
     # (name, PYTHONPATH or "" for this interpreter's, extra config lines)
@@ -186,15 +204,22 @@ def main() -> int:
                 cfgs[(name, w)] = work / f"{name}-workers-{w}.toml"
                 cfgs[(name, w)].write_text(f"[dimse]\nworkers = {w}\n{extra}\n")
         variants = [("ceiling", "", 0, "")] + [("files", "", 0, place) for place in places]
+        if Path(ORTHANC_BIN).exists() and not args.no_orthanc:
+            variants += [("orthanc", "", 0, place) for place in places]
         variants += [(name, path, w, place) for name, path, _ in serves for w in workers for place in places]
         runs: dict[tuple[str, int, str], list[Run]] = {}
         ratios: dict[tuple[str, int, str], list[float]] = {}
+        vs_orthanc: dict[tuple[str, int, str], list[float]] = {}  # dicomvault / Orthanc, same data place
         for rnd in range(args.rounds):
             order = variants if rnd % 2 == 0 else variants[::-1]
             done: dict[tuple[str, int, str], Run] = {}
             for name, path, w, place in order:
                 if name == "ceiling":
                     run = ceiling_run(dirs, per_dir)
+                elif name == "orthanc":
+                    root = Path(tempfile.mkdtemp(prefix="dv-ingest-orthanc-", dir=data_roots[place]))
+                    run = orthanc_run(root / "orthanc", dirs, per_dir)
+                    shutil.rmtree(root, ignore_errors=True)
                 elif name == "files":
                     out = Path(tempfile.mkdtemp(prefix="dv-ingest-files-", dir=data_roots[place]))
                     run = ceiling_run(dirs, per_dir, out)
@@ -217,12 +242,15 @@ def main() -> int:
             ceiling = done[("ceiling", 0, "")]
             for key, run in done.items():
                 ratios.setdefault(key, []).append(ceiling.seconds / run.seconds)
+                peer = done.get(("orthanc", 0, key[2]))
+                if peer is not None and key[0] not in ("ceiling", "files", "orthanc"):
+                    vs_orthanc.setdefault(key, []).append(peer.seconds / run.seconds)
         n = len(files)
         print(f"\nDIMSE ingest, {CLIENTS} x storescu, {n} CT slices ({mb:.0f} MB), medians of {args.rounds} "
               f"rounds; load average at the end {', '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
-        print("| receiver | workers | data | inst/s | MB/s | / ceiling (same round) | server CPU us/obj "
-              "| clients CPU us/obj | machine busy | acked / stored |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("| receiver | workers | data | inst/s | MB/s | / ceiling (same round) | / Orthanc (same data, "
+              "same round) | server CPU us/obj | clients CPU us/obj | machine busy | acked / stored |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for key in [v[0:1] + v[2:4] for v in variants]:
             rs = runs[key]
             name, w, place = key
@@ -230,10 +258,13 @@ def main() -> int:
             srv = statistics.median(r.server_cpu for r in rs) * 1e6 / n
             cli = statistics.median(r.client_cpu for r in rs) * 1e6 / n
             who = {"ceiling": "storescp --fork --ignore (no-op ceiling)",
-                   "files": "storescp --fork -od (writes files: no hash, fsync or index)"}.get(name, name)
+                   "files": "storescp --fork -od (writes files: no hash, fsync or index)",
+                   "orthanc": "Orthanc (fsync per file)"}.get(name, name)
             stored = "-" if rs[0].stored is None else str(min(r.stored or 0 for r in rs))
             print(f"| {who} | {w or '-'} | {place or '-'} | {n / secs:.0f} | {mb / secs:.0f} | "
-                  f"{statistics.median(ratios[key]):.2f} | {srv:.0f} | {cli:.0f} | "
+                  f"{statistics.median(ratios[key]):.2f} | "
+                  f"{f'{statistics.median(vs_orthanc[key]):.2f}x' if key in vs_orthanc else '-'} | "
+                  f"{srv:.0f} | {cli:.0f} | "
                   f"{statistics.median(r.busy for r in rs):.0%} | "
                   f"{min(r.acked for r in rs)} / {stored} |")
         if args.json:

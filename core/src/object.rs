@@ -107,8 +107,39 @@ impl Default for ReceivedDataSet {
 }
 
 impl ReceivedDataSet {
+    /// Empty, with room for `expected` bytes of data set: the reader's guess (the previous data
+    /// set of the association), so a CT slice is not copied again by every doubling of its
+    /// buffer as it arrives.
+    pub fn with_capacity(expected: usize) -> Self {
+        let mut buf = Vec::with_capacity(HEADROOM + expected);
+        buf.resize(HEADROOM, 0);
+        ReceivedDataSet { buf }
+    }
+
     pub fn extend(&mut self, fragment: &[u8]) {
         self.buf.extend_from_slice(fragment);
+    }
+
+    /// Appends up to `n` bytes that `fill` writes into uninitialised room at the end, as a
+    /// `recv` into the data set itself (no copy from a read buffer). `fill` returns how many
+    /// bytes it wrote, or a negative value for none (an error it reports itself); the result
+    /// is `fill`'s.
+    ///
+    /// # Safety
+    /// `fill` must have initialised the first `r` bytes of the slice it is given when it
+    /// returns `r > 0`, and `r` must be at most the slice's length.
+    pub unsafe fn fill(
+        &mut self,
+        n: usize,
+        fill: impl FnOnce(&mut [std::mem::MaybeUninit<u8>]) -> isize,
+    ) -> isize {
+        self.buf.reserve(n);
+        let r = fill(&mut self.buf.spare_capacity_mut()[..n]);
+        if r > 0 {
+            // SAFETY: the caller's contract: `r <= n` bytes initialised by `fill`.
+            unsafe { self.buf.set_len(self.buf.len() + r as usize) };
+        }
+        r
     }
 
     /// The data set bytes as received.

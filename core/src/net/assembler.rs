@@ -50,12 +50,15 @@ pub struct Assembler {
     any_status: HashSet<u8>,
     /// Largest C-STORE data set gathered (0 = no limit); see [`Out::Oversize`].
     max_data_set: usize,
+    /// Length of the last data set gathered: the room the next one starts with (a modality
+    /// sends a series of like objects).
+    last_len: usize,
     state: State,
 }
 
 impl Assembler {
     pub fn new(fast: HashMap<u8, Vec<u16>>) -> Self {
-        Assembler { fast, any_status: HashSet::new(), max_data_set: 0, state: State::Idle }
+        Assembler { fast, any_status: HashSet::new(), max_data_set: 0, last_len: 0, state: State::Idle }
     }
 
     /// C-STORE data sets longer than `limit` bytes (0 = no limit) are dropped as they arrive and
@@ -164,12 +167,8 @@ impl Assembler {
                 }
                 bytes.extend(pdv.fragment);
                 if pdv.is_last() {
-                    if let State::Data { context_id, command, bytes } =
-                        std::mem::replace(&mut self.state, State::Idle)
-                    {
-                        flush(pass, out);
-                        out.push(Out::Message { context_id, command, data_set: Some(bytes) });
-                    }
+                    flush(pass, out);
+                    self.data_set_complete(out);
                 }
                 Ok(())
             }
@@ -192,6 +191,45 @@ impl Assembler {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// In `State::Data`, after its last fragment: the message comes out.
+    fn data_set_complete(&mut self, out: &mut Vec<Out>) {
+        if let State::Data { context_id, command, bytes } = std::mem::replace(&mut self.state, State::Idle) {
+            self.last_len = bytes.len();
+            out.push(Out::Message { context_id, command, data_set: Some(bytes) });
+        }
+    }
+
+    /// The data set a fast message is gathering on `context_id`, if a fragment of `len` more
+    /// bytes may go straight into it (within the size limit): the reader then receives the
+    /// fragment there itself instead of through [`Self::feed`], and calls
+    /// [`Self::fragment_received`] once it is all in.
+    pub fn receiving_into(&mut self, context_id: u8, len: usize) -> Option<&mut ReceivedDataSet> {
+        match &mut self.state {
+            State::Data { context_id: c, command, bytes } if *c == context_id => {
+                let over = self.max_data_set > 0
+                    && command.command_field == C_STORE_RQ
+                    && bytes.len() + len > self.max_data_set;
+                (!over).then_some(bytes)
+            }
+            _ => None,
+        }
+    }
+
+    /// The data set [`Self::receiving_into`] handed out, while its fragment is coming in.
+    pub fn receiving_into_current(&mut self) -> Option<&mut ReceivedDataSet> {
+        match &mut self.state {
+            State::Data { bytes, .. } => Some(bytes),
+            _ => None,
+        }
+    }
+
+    /// The fragment [`Self::receiving_into`] took is all in; `last`: its PDV ended the data set.
+    pub fn fragment_received(&mut self, last: bool, out: &mut Vec<Out>) {
+        if last {
+            self.data_set_complete(out);
         }
     }
 
@@ -228,7 +266,13 @@ impl Assembler {
         match decoded {
             Ok(command) if fast => {
                 if command.has_data_set() {
-                    self.state = State::Data { context_id, command, bytes: ReceivedDataSet::default() };
+                    let room = if self.max_data_set > 0 {
+                        self.last_len.min(self.max_data_set)
+                    } else {
+                        self.last_len
+                    };
+                    self.state =
+                        State::Data { context_id, command, bytes: ReceivedDataSet::with_capacity(room) };
                 } else {
                     flush(pass, out);
                     out.push(Out::Message { context_id, command, data_set: None });

@@ -32,12 +32,29 @@ pub struct Conn {
     max_pdu_len: usize,
     closed: Option<Option<String>>,
     assembler: Assembler,
+    /// A data-set PDV being received straight into its data set ([`Self::begin_direct`]).
+    direct: Option<Direct>,
+    /// Data set bytes received in place so far (tests; the path's share of a run).
+    in_place: u64,
     /// Re-arm TCP_QUICKACK after every read (associations on which we send the data: see
     /// dimse/common.py enable_quickack for the measured stall this avoids).
     pub quickack: bool,
 }
 
 const READ_CHUNK: usize = 256 * 1024;
+
+/// A PDV being received in place: its bytes still to come, whether it is its data set's last
+/// fragment, and the bytes of its PDU received so far (headers included).
+#[derive(Debug, Clone, Copy)]
+struct Direct {
+    left: usize,
+    last: bool,
+    received: usize,
+}
+
+/// Least of a data-set PDV still to come for it to be received in place: below, one more
+/// read into the buffer costs less than switching.
+const DIRECT_MIN: usize = 16 * 1024;
 
 impl Conn {
     /// `max_pdu` is the Maximum Length Received we announced (0 = unlimited).
@@ -50,13 +67,20 @@ impl Conn {
             max_pdu_len,
             closed: None,
             assembler,
+            direct: None,
+            in_place: 0,
             quickack: false,
         }
     }
 
+    /// Data set bytes received straight into their data sets ([`Self::begin_direct`]).
+    pub fn received_in_place(&self) -> u64 {
+        self.in_place
+    }
+
     /// Bytes received but not yet part of a complete PDU.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
+        self.buf.len() - self.start + self.direct.map_or(0, |d| d.received)
     }
 
     /// Waits up to `timeout` for whole PDUs and returns what they completed, in order. Empty
@@ -76,12 +100,79 @@ impl Conn {
             if let Some(reason) = &self.closed {
                 return (out, Wait::Closed(reason.clone()));
             }
+            if self.direct.is_none() {
+                self.begin_direct();
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             match self.wait_readable(wake_fd, left) {
                 Ok(Some(w)) => return (out, w),
+                Ok(None) if self.direct.is_some() => self.read_direct(&mut out),
                 Ok(None) => self.read_available(),
                 Err(e) => self.closed = Some(Some(format!("poll: {e}"))),
             }
+        }
+    }
+
+    /// Whether the PDU begun in the buffer is one data-set PDV of the data set being gathered
+    /// (as C-STORE's bulk is sent: one PDV per P-DATA-TF PDU), with much of it still to come;
+    /// if so, what is buffered of it goes to the data set and the rest will be received there
+    /// directly ([`Self::read_direct`]): one copy of the bytes fewer than through the buffer
+    /// (~8 % of the server's CPU on a CT ingest, perf).
+    fn begin_direct(&mut self) {
+        const AT: usize = pdu::HEADER_LEN + pdu::PDV_HEADER_LEN;
+        let avail = &self.buf[self.start..];
+        if avail.len() < AT || avail[0] != pdu::P_DATA_TF {
+            return;
+        }
+        let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        let (pdu_len, pdv_len, context_id, control) =
+            (be(&avail[2..6]), be(&avail[6..10]), avail[10], avail[11]);
+        // One PDV filling the PDU (`drain` has checked the PDU length against the bound), of
+        // a data set; anything else goes the usual way, through `feed` and its checks.
+        if pdv_len < 2 || pdv_len + 4 != pdu_len || control & !pdu::MCH_LAST != 0 {
+            return;
+        }
+        let (fragment, have) = (pdv_len - 2, avail.len() - AT);
+        if have >= fragment || fragment - have < DIRECT_MIN {
+            return;
+        }
+        let Some(data_set) = self.assembler.receiving_into(context_id, fragment) else { return };
+        data_set.extend(&avail[AT..]);
+        self.direct =
+            Some(Direct { left: fragment - have, last: control & pdu::MCH_LAST != 0, received: avail.len() });
+        self.buf.clear();
+        self.start = 0;
+    }
+
+    /// [`Self::read_available`] for a PDV received in place: into the data set, no further
+    /// than the PDV's end; once it is all in, the assembler is told (and may complete the
+    /// message into `out`).
+    fn read_direct(&mut self, out: &mut Vec<Out>) {
+        let Some(Direct { left, last, received }) = self.direct else { return };
+        let fd = self.fd;
+        let Some(data_set) = self.assembler.receiving_into_current() else {
+            self.direct = None;
+            return;
+        };
+        // SAFETY: recv writes at most `spare.len()` bytes into the given room and returns how
+        // many (or -1): exactly `fill`'s contract.
+        let n = unsafe {
+            data_set.fill(left, |spare| {
+                libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), libc::MSG_DONTWAIT) as isize
+            })
+        };
+        if n > 0 {
+            self.rearm_quickack();
+            let n = n as usize;
+            self.in_place += n as u64;
+            if n == left {
+                self.direct = None;
+                self.assembler.fragment_received(last, out);
+            } else {
+                self.direct = Some(Direct { left: left - n, last, received: received + n });
+            }
+        } else {
+            self.read_failed(n);
         }
     }
 
@@ -161,21 +252,33 @@ impl Conn {
         if n > 0 {
             // SAFETY: n bytes were just initialised by recv.
             unsafe { self.buf.set_len(self.buf.len() + n as usize) };
-            if self.quickack {
-                let one: libc::c_int = 1;
-                // SAFETY: setsockopt with a pointer to a live c_int of the stated size; a failure
-                // (socket closing) only means there is nothing left to acknowledge.
-                unsafe {
-                    libc::setsockopt(
-                        self.fd,
-                        libc::IPPROTO_TCP,
-                        libc::TCP_QUICKACK,
-                        (&one as *const libc::c_int).cast(),
-                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                    )
-                };
-            }
-        } else if n == 0 {
+            self.rearm_quickack();
+        } else {
+            self.read_failed(n as isize);
+        }
+    }
+
+    fn rearm_quickack(&self) {
+        if self.quickack {
+            let one: libc::c_int = 1;
+            // SAFETY: setsockopt with a pointer to a live c_int of the stated size; a failure
+            // (socket closing) only means there is nothing left to acknowledge.
+            unsafe {
+                libc::setsockopt(
+                    self.fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_QUICKACK,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+        }
+    }
+
+    /// A `recv` that returned `n <= 0`: the peer closed (inside a PDU or between two), or the
+    /// socket failed; a read that would block or was interrupted is tried again later.
+    fn read_failed(&mut self, n: isize) {
+        if n == 0 {
             let partial = self.buffered();
             self.closed =
                 Some((partial > 0).then(|| format!("connection closed inside a PDU ({partial} bytes)")));

@@ -213,6 +213,172 @@ fn conn_reads_pdus_written_in_pieces_and_sees_eof() {
     }
 }
 
+/// Pseudo-random piece sizes (xorshift), so a stream is cut anywhere: inside PDU and PDV
+/// headers, inside fragments, several PDUs at once.
+fn pieces(wire: &[u8], seed: u64, max: usize) -> Vec<Vec<u8>> {
+    let (mut x, mut at, mut out) = (seed | 1, 0, Vec::new());
+    while at < wire.len() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let n = (1 + (x as usize) % max).min(wire.len() - at);
+        out.push(wire[at..at + n].to_vec());
+        at += n;
+    }
+    out
+}
+
+/// Every message `conn` completes until `n` have, from a writer sending `parts` (in its own
+/// thread, a short pause now and then so reads also come short).
+fn read_messages(conn: &mut Conn, tx: UnixStream, parts: Vec<Vec<u8>>, n: usize) -> (Vec<Out>, UnixStream) {
+    let writer = std::thread::spawn(move || {
+        for (i, part) in parts.iter().enumerate() {
+            (&tx).write_all(part).unwrap();
+            if i % 97 == 0 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        tx
+    });
+    let mut got = Vec::new();
+    while got.len() < n {
+        let (out, wait) = conn.next(None, Duration::from_secs(5));
+        assert_ne!(wait, Wait::Timeout, "after {} of {n} messages", got.len());
+        assert!(!matches!(wait, Wait::Closed(_)), "closed after {} of {n}: {wait:?}", got.len());
+        got.extend(out);
+    }
+    (got, writer.join().unwrap())
+}
+
+#[test]
+fn large_data_set_fragments_are_received_in_place_however_the_stream_is_cut() {
+    // C-STOREs as storescu sends them (one PDV per PDU, fragments of ~128 KiB), between them an
+    // echo and a store whose command and first fragment share a PDU; every byte must arrive,
+    // in order, however the bytes come in.
+    let data: Vec<Vec<u8>> =
+        (0..4u32).map(|k| (0..300_000 + 70_001 * k).map(|i| (i * 7 + k) as u8).collect()).collect();
+    let mut wire = Vec::new();
+    for (k, d) in data.iter().enumerate() {
+        let cmd = request(C_STORE_RQ, k as u16 + 1, CT, &format!("1.2.3.{k}"), true);
+        let chunks: Vec<&[u8]> = d.chunks(131_066).collect();
+        if k == 2 {
+            wire.extend(pdata(&[(1, MCH_COMMAND | MCH_LAST, &cmd), (1, 0, chunks[0])]));
+        } else {
+            wire.extend(pdata(&[(1, MCH_COMMAND | MCH_LAST, &cmd)]));
+            wire.extend(pdata(&[(1, 0, chunks[0])]));
+        }
+        for (i, c) in chunks.iter().enumerate().skip(1) {
+            wire.extend(pdata(&[(1, if i + 1 == chunks.len() { MCH_LAST } else { 0 }, c)]));
+        }
+        if k == 1 {
+            wire.extend(pdata(&[(
+                3,
+                MCH_COMMAND | MCH_LAST,
+                &request(C_ECHO_RQ, 50, "1.2.840.10008.1.1", "", false),
+            )]));
+        }
+    }
+    for (seed, max) in [(1u64, 1_000usize), (2, 40_000), (3, 300_000), (4, 61), (5, wire.len())] {
+        let (tx, rx) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(rx.as_raw_fd(), 131_072, fast());
+        let (got, _tx) = read_messages(&mut conn, tx, pieces(&wire, seed, max), 5);
+        let stores: Vec<(u16, &[u8])> = got
+            .iter()
+            .filter_map(|o| match o {
+                Out::Message { command, data_set: Some(d), .. } => Some((command.message_id, d.data_set())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(stores.len(), 4, "seed {seed}");
+        for (k, (d, (id, bytes))) in data.iter().zip(&stores).enumerate() {
+            assert_eq!((*id, bytes.len()), (k as u16 + 1, d.len()), "seed {seed}");
+            assert!(bytes == d, "seed {seed}: data set {k} differs");
+        }
+        assert!(
+            matches!(&got[2], Out::Message { command, data_set: None, .. } if command.message_id == 50),
+            "seed {seed}: the echo, in its place between the stores: {:?}",
+            got.iter().map(std::mem::discriminant).collect::<Vec<_>>()
+        );
+        assert_eq!(conn.buffered(), 0, "seed {seed}");
+    }
+}
+
+#[test]
+fn the_rest_of_a_fragment_begun_in_the_buffer_is_received_in_place() {
+    // Written in two steps, the first read before the second is sent: the command and 30,000
+    // bytes of a 100,000-byte fragment, then the rest and a second fragment; the first
+    // fragment's other 70,000 bytes go straight into the data set.
+    let (tx, rx) = UnixStream::pair().unwrap();
+    let mut conn = Conn::new(rx.as_raw_fd(), 131_072, fast());
+    let data: Vec<u8> = (0..180_000u32).map(|i| (i % 251) as u8).collect();
+    let mut wire = pdata(&[(1, MCH_COMMAND | MCH_LAST, &request(C_STORE_RQ, 1, CT, "1.2.3.4", true))]);
+    wire.extend(pdata(&[(1, 0, &data[..100_000])]));
+    let first = wire.len() - 70_000;
+    wire.extend(pdata(&[(1, MCH_LAST, &data[100_000..])]));
+    (&tx).write_all(&wire[..first]).unwrap();
+    assert_eq!(conn.next(None, Duration::from_millis(20)), (vec![], Wait::Timeout));
+    assert_eq!(conn.received_in_place(), 0);
+    // the PDU's headers and its first 30,000 bytes, already in the data set
+    assert_eq!(conn.buffered(), 30_012);
+    let rest = wire[first..].to_vec();
+    let writer = std::thread::spawn(move || (&tx).write_all(&rest).unwrap());
+    let mut got = Vec::new();
+    while got.is_empty() {
+        let (out, wait) = conn.next(None, Duration::from_secs(5));
+        assert_ne!(wait, Wait::Timeout);
+        got = out;
+    }
+    writer.join().unwrap();
+    assert!(matches!(&got[..], [Out::Message { data_set: Some(d), .. }] if d.data_set() == data));
+    // the first fragment's 70,000 left at least (the second's too if it came in pieces)
+    assert!((70_000..=150_000).contains(&conn.received_in_place()), "{}", conn.received_in_place());
+    assert_eq!(conn.buffered(), 0);
+}
+
+#[test]
+fn a_peer_gone_inside_a_fragment_received_in_place_is_a_cut_short_close() {
+    let (tx, rx) = UnixStream::pair().unwrap();
+    let mut conn = Conn::new(rx.as_raw_fd(), 131_072, fast());
+    let cmd = request(C_STORE_RQ, 1, CT, "1.2.3.4", true);
+    let mut wire = pdata(&[(1, MCH_COMMAND | MCH_LAST, &cmd)]);
+    wire.extend(pdata(&[(1, MCH_LAST, &[5u8; 100_000])]));
+    let cut = wire.len() - 50_000;
+    (&tx).write_all(&wire[..cut]).unwrap();
+    drop(tx);
+    match conn.next(None, Duration::from_secs(5)) {
+        (out, Wait::Closed(Some(why))) => {
+            assert!(out.is_empty() && why.contains("inside a PDU"), "{why}");
+            // what was received of the PDU: its headers and the first 50,000 fragment bytes
+            assert!(why.contains(&format!("({} bytes)", 12 + 50_000)), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn fragments_past_the_size_limit_or_on_another_context_are_not_received_in_place() {
+    // over the limit: counted and dropped as before, the next store passes
+    let (tx, rx) = UnixStream::pair().unwrap();
+    let mut conn = Conn::new(rx.as_raw_fd(), 131_072, fast().with_max_data_set(150_000));
+    let mut wire = pdata(&[(1, MCH_COMMAND | MCH_LAST, &request(C_STORE_RQ, 1, CT, "1.2.3.4", true))]);
+    wire.extend(pdata(&[(1, 0, &[1u8; 100_000])]));
+    wire.extend(pdata(&[(1, MCH_LAST, &[1u8; 100_000])]));
+    wire.extend(pdata(&[(1, MCH_COMMAND | MCH_LAST, &request(C_STORE_RQ, 2, CT, "1.2.3.5", true))]));
+    wire.extend(pdata(&[(1, MCH_LAST, &[2u8; 120_000])]));
+    let (got, _tx) = read_messages(&mut conn, tx, pieces(&wire, 9, 30_000), 2);
+    assert!(matches!(&got[0], Out::Oversize { received: 200_000, .. }), "{:?}", got[0]);
+    assert!(matches!(&got[1], Out::Message { data_set: Some(d), .. } if d.data_set() == [2u8; 120_000]));
+
+    // a data set fragment on another context: the protocol error of the usual path
+    let (tx, rx) = UnixStream::pair().unwrap();
+    let mut conn = Conn::new(rx.as_raw_fd(), 131_072, fast());
+    let mut wire = pdata(&[(1, MCH_COMMAND | MCH_LAST, &request(C_STORE_RQ, 1, CT, "1.2.3.4", true))]);
+    wire.extend(pdata(&[(3, MCH_LAST, &[1u8; 100_000])]));
+    let (got, _tx) = read_messages(&mut conn, tx, pieces(&wire, 11, 20_000), 1);
+    assert!(matches!(&got[..], [Out::ProtocolError(why)] if why.contains("context 1")), "{got:?}");
+    assert_eq!(conn.received_in_place(), 0);
+}
+
 #[test]
 fn conn_refuses_a_pdu_far_beyond_the_announced_maximum() {
     let (tx, rx) = UnixStream::pair().unwrap();

@@ -135,6 +135,7 @@ impl ReceivedDataSet {
     ) -> isize {
         self.buf.reserve(n);
         let r = fill(&mut self.buf.spare_capacity_mut()[..n]);
+        assert!(r <= n as isize, "fill reported {r} bytes written into {n}");
         if r > 0 {
             // SAFETY: the caller's contract: `r <= n` bytes initialised by `fill`.
             unsafe { self.buf.set_len(self.buf.len() + r as usize) };

@@ -755,6 +755,7 @@ impl RowWriter {
     /// ranks: the rank lookup into scratch rows, then the store, were ~17 % of the decode
     /// (perf, the tier bench's CT).
     #[inline(always)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     fn write<'a, const V3: bool>(
         &mut self,
         mut ups: impl Iterator<Item = &'a [i32]>,
@@ -1848,16 +1849,19 @@ impl<const N: usize> TokenSource<'_, N> {
     /// Decodes a row of `w = ctx.len()` samples of one channel into `cur[1..=w]` (`cur[0]`: the
     /// value left of the row; `up`: the row above, padded likewise). Wrapping arithmetic: a
     /// corrupt stream gives garbage, never an overflow; [`MedChannel::check_row`] finds it.
+    /// Returns whether the row's residuals are left in `self.res[..w]` (the passes keep them,
+    /// the fused loop does not).
     #[inline(always)]
-    fn row<const FIRST: bool, const V3: bool>(&mut self, ctx: &[u16], up: &[i32], cur: &mut [i32]) {
+    fn row<const FIRST: bool, const V3: bool>(&mut self, ctx: &[u16], up: &[i32], cur: &mut [i32]) -> bool {
         if N < 8 || !V3 {
             // Versions 2 to 4: in passes, their few states' chain bounds the token pass; and
             // without the vector passes, one loop is the faster (see the type's comment).
-            return if self.split {
+            if self.split {
                 self.fused::<FIRST, true>(ctx, up, cur)
             } else {
                 self.fused::<FIRST, false>(ctx, up, cur)
-            };
+            }
+            return false;
         }
         let w = ctx.len();
         #[cfg(target_arch = "x86_64")]
@@ -1884,6 +1888,7 @@ impl<const N: usize> TokenSource<'_, N> {
         } else {
             med::<FIRST>(&self.res[..w], up, cur);
         }
+        true
     }
 
     /// [`Self::row`] for 2 or 4 states (versions 2 to 4), and for every version on CPUs without
@@ -2079,6 +2084,7 @@ impl<const N: usize> TokenSource<'_, N> {
             }};
         }
         if N == 32 {
+            const { assert!(VECS == 4) };
             let [mut x0, mut x1, mut x2, mut x3] = xs;
             for g in (0..whole).step_by(N) {
                 x0 = step!(x0, g);
@@ -2720,7 +2726,8 @@ unsafe fn decode_pixels_x86_v3<const N: usize>(
 }
 
 /// The decode; `V3`: the CPU has x86-64-v3's features (AVX2 is used explicitly). Soundness:
-/// `V3 = true` instantiations (of this, [`TokenSource::row`] and [`med_split`]) reach AVX2
+/// `V3 = true` instantiations (of this, [`TokenSource::row`], [`med_split`] and
+/// `RowWriter::write`) reach AVX2
 /// intrinsics, so they must be called only from `decode_pixels_x86_v3`, which is entered after
 /// the run-time feature check; every other caller passes `false`.
 #[inline(always)]
@@ -2773,13 +2780,12 @@ fn decode_pixels_body<const N: usize, const V3: bool>(
             c.contexts(first.first().map_or(&zeros[..], |b| &b.mcur[..]), r, ch * CTX_PER_CHANNEL, w);
             // Left of the row: W = NW = N; of the first row: W, the middle of the range.
             c.cur[0] = if r == 0 { c.lo + (c.hi - c.lo) / 2 } else { c.up[1] };
-            if r == 0 {
-                io.row::<true, V3>(&c.ctx[..w], &c.up, &mut c.cur);
+            let kept = if r == 0 {
+                io.row::<true, V3>(&c.ctx[..w], &c.up, &mut c.cur)
             } else {
-                io.row::<false, V3>(&c.ctx[..w], &c.up, &mut c.cur);
-            }
-            // The passes (32 states, AVX2) keep the row's residuals; the fused loop does not.
-            ok &= c.check_row(r, w, (N >= 8 && V3).then(|| &io.res[..w]));
+                io.row::<false, V3>(&c.ctx[..w], &c.up, &mut c.cur)
+            };
+            ok &= c.check_row(r, w, kept.then(|| &io.res[..w]));
         }
         if !ok {
             return Err(codec_err(format!("corrupt pixel stream (row {r})")));

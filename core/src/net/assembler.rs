@@ -9,6 +9,9 @@ use crate::object::ReceivedDataSet;
 /// The one message whose data set [`Assembler::with_max_data_set`] bounds.
 const C_STORE_RQ: u16 = 0x0001;
 
+/// Most room a C-STORE data set starts with (the previous one's length, at most this).
+const ROOM_HINT_MAX: usize = 64 << 20;
+
 /// What one PDU (or a run of PDUs) produced, in arrival order.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Out {
@@ -50,8 +53,8 @@ pub struct Assembler {
     any_status: HashSet<u8>,
     /// Largest C-STORE data set gathered (0 = no limit); see [`Out::Oversize`].
     max_data_set: usize,
-    /// Length of the last data set gathered: the room the next one starts with (a modality
-    /// sends a series of like objects).
+    /// Length of the last C-STORE data set gathered: the room the next one starts with (a
+    /// modality sends a series of like objects).
     last_len: usize,
     state: State,
 }
@@ -197,7 +200,9 @@ impl Assembler {
     /// In `State::Data`, after its last fragment: the message comes out.
     fn data_set_complete(&mut self, out: &mut Vec<Out>) {
         if let State::Data { context_id, command, bytes } = std::mem::replace(&mut self.state, State::Idle) {
-            self.last_len = bytes.len();
+            if command.command_field == C_STORE_RQ {
+                self.last_len = bytes.len();
+            }
             out.push(Out::Message { context_id, command, data_set: Some(bytes) });
         }
     }
@@ -266,10 +271,12 @@ impl Assembler {
         match decoded {
             Ok(command) if fast => {
                 if command.has_data_set() {
-                    let room = if self.max_data_set > 0 {
-                        self.last_len.min(self.max_data_set)
+                    // A C-STORE starts with room for the association's previous one, at most
+                    // ROOM_HINT_MAX (an odd 2 GB multi-frame must not size every later buffer).
+                    let room = if command.command_field == C_STORE_RQ {
+                        self.last_len.min(ROOM_HINT_MAX)
                     } else {
-                        self.last_len
+                        0
                     };
                     self.state =
                         State::Data { context_id, command, bytes: ReceivedDataSet::with_capacity(room) };

@@ -129,7 +129,7 @@ impl Conn {
             (be(&avail[2..6]), be(&avail[6..10]), avail[10], avail[11]);
         // One PDV filling the PDU (`drain` has checked the PDU length against the bound), of
         // a data set; anything else goes the usual way, through `feed` and its checks.
-        if pdv_len < 2 || pdv_len + 4 != pdu_len || control & !pdu::MCH_LAST != 0 {
+        if pdv_len < 2 || pdv_len.checked_add(4) != Some(pdu_len) || control & !pdu::MCH_LAST != 0 {
             return;
         }
         let (fragment, have) = (pdv_len - 2, avail.len() - AT);
@@ -151,7 +151,12 @@ impl Conn {
         let Some(Direct { left, last, received }) = self.direct else { return };
         let fd = self.fd;
         let Some(data_set) = self.assembler.receiving_into_current() else {
+            // Not reached (nothing else feeds the assembler while a fragment comes in); were
+            // it, the fragment's rest would be read as PDUs: stop instead.
+            debug_assert!(false, "a fragment received in place without its data set");
             self.direct = None;
+            self.closed = Some(None);
+            out.push(Out::ProtocolError("a fragment received in place lost its data set".into()));
             return;
         };
         // SAFETY: recv writes at most `spare.len()` bytes into the given room and returns how

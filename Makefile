@@ -156,7 +156,7 @@ bench-fhir: build ## FHIR ImagingStudy/Patient search latency on 1,000 studies (
 bench-tls: sysdeps build ## DICOM TLS vs plain: ingest and C-MOVE, workers 1 and 2, and the machine's ceilings for both (~2 min)
 	$(VPY) bench/tls_bench.py --slices 300 --repeats 3
 
-bench-ingest: sysdeps build ## DIMSE ingest (4 x storescu) against storescp --fork --ignore (no-op) and storescp --fork -od (writes files) in the same run, /dev/shm and disk, workers 1 and 2 (~4 min)
+bench-ingest: sysdeps build ## DIMSE ingest (4 x storescu) against storescp --fork --ignore (no-op), storescp --fork -od (writes files) and Orthanc in the same run, /dev/shm and disk, workers 1 and 2 (~4 min)
 	$(VPY) bench/ingest_ceiling.py --slices 400 --rounds 3
 
 bench-load: build ## 32/64/128 concurrent associations against serve's default limits: throughput, p99, RSS, refusals, lost -> bench/RESULTS.md (~5 min; QUICK=1 < 1 min)

@@ -61,7 +61,7 @@ test-full: sysdeps build test-rust ## every test, slow ones included
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
 FUZZ_SECONDS ?= 300
-FUZZ_TARGETS := dicom_parse pdu_stream codec_decode cold_roundtrip
+FUZZ_TARGETS := dicom_parse pdu_stream conn_stream codec_decode cold_roundtrip
 PYDICOM_FILES = $(CURDIR)/$(VENV)/lib/python3.11/site-packages/pydicom/data/test_files
 
 fuzz: build ## coverage-guided fuzzing of every parser: cargo-fuzz (nightly, AddressSanitizer), then atheris; FUZZ_SECONDS per target (default 300)

@@ -12,8 +12,9 @@
 use std::collections::HashMap;
 
 use crate::codec::{self, cold, Codec, PixelLayout};
-use crate::net::assembler::Assembler;
+use crate::net::assembler::{Assembler, Out};
 use crate::net::command::{self, C_ECHO_RQ, C_FIND_RQ, C_STORE_RQ};
+use crate::net::conn::{Conn, Wait};
 use crate::net::pdu;
 use crate::object;
 use crate::parse::{self, INDEX_TAGS};
@@ -28,6 +29,7 @@ pub type Target = fn(&[u8]);
 pub const TARGETS: &[(&str, Target)] = &[
     ("dicom_parse", dicom_parse),
     ("pdu_stream", pdu_stream),
+    ("conn_stream", conn_stream),
     ("codec_decode", codec_decode),
     ("cold_roundtrip", cold_roundtrip),
 ];
@@ -53,9 +55,8 @@ pub fn dicom_parse(data: &[u8]) {
 /// bounded by our maximum PDU size) and reassembled into DIMSE messages; and the same bytes as
 /// a command set.
 pub fn pdu_stream(data: &[u8]) {
-    let fast: HashMap<u8, Vec<u16>> = [(1, vec![C_STORE_RQ, C_ECHO_RQ]), (3, vec![C_FIND_RQ])].into();
     // A small data set limit, so that the drop-and-count path of an oversize C-STORE runs too.
-    let mut asm = Assembler::new(fast).with_any_status([3]).with_max_data_set(4096);
+    let mut asm = fuzz_assembler(4096);
     let mut out = Vec::new();
     let mut rest = data;
     while rest.len() >= pdu::HEADER_LEN {
@@ -67,6 +68,87 @@ pub fn pdu_stream(data: &[u8]) {
         rest = &rest[pdu::HEADER_LEN + len..];
     }
     let _ = command::decode(data);
+}
+
+/// The reassembler the network targets drive: C-STORE and C-ECHO fast on context 1, C-FIND
+/// (any status) on 3, data sets up to `limit` bytes (0: no limit).
+fn fuzz_assembler(limit: usize) -> Assembler {
+    let fast: HashMap<u8, Vec<u16>> = [(1, vec![C_STORE_RQ, C_ECHO_RQ]), (3, vec![C_FIND_RQ])].into();
+    Assembler::new(fast).with_any_status([3]).with_max_data_set(limit)
+}
+
+/// Protocol errors compared by kind: the reader words its own (a PDU over its length bound).
+fn kinds(out: Vec<Out>) -> Vec<Out> {
+    out.into_iter()
+        .map(|o| if let Out::ProtocolError(_) = o { Out::ProtocolError(String::new()) } else { o })
+        .collect()
+}
+
+/// Bytes from a peer's socket as the connection reads them: the first two bytes choose how the
+/// rest is cut into writes (pseudo-random pieces up to 64 KiB) and a data set size limit, the
+/// rest is the stream. [`Conn`] reads it from a socket pair after each write, receiving large
+/// data-set fragments straight into their data sets where it can; what comes out must be
+/// exactly what [`Assembler::feed`] makes of the same whole PDUs.
+pub fn conn_stream(data: &[u8]) {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    if data.len() < 2 {
+        return;
+    }
+    let (knobs, wire) = data.split_at(2);
+    let limit = if knobs[0] & 1 == 0 { 0 } else { 80_000 };
+    // At most ~2,000 writes a run; never more than the socket holds unread (the reader drains it
+    // after each write).
+    let max_piece = (1 + usize::from(knobs[1]) * 256).max(wire.len() / 2048 + 1).min(64 << 10);
+    let (bound, conn_max_pdu) = (16usize << 20, 16_384);
+
+    let mut want = Vec::new();
+    let mut reference = fuzz_assembler(limit);
+    let mut rest = wire;
+    while rest.len() >= pdu::HEADER_LEN {
+        let len = u32::from_be_bytes([rest[2], rest[3], rest[4], rest[5]]) as usize;
+        if len > bound {
+            want.push(Out::ProtocolError(String::new()));
+            break;
+        }
+        if rest.len() < pdu::HEADER_LEN + len {
+            break;
+        }
+        reference.feed(&rest[..pdu::HEADER_LEN + len], &mut want);
+        rest = &rest[pdu::HEADER_LEN + len..];
+    }
+
+    let (tx, rx) = UnixStream::pair().expect("a socket pair");
+    let mut conn = Conn::new(rx.as_raw_fd(), conn_max_pdu, fuzz_assembler(limit));
+    let mut got = Vec::new();
+    let mut closed = false;
+    let drain = |conn: &mut Conn, got: &mut Vec<Out>| loop {
+        let (out, wait) = conn.next(None, Duration::ZERO);
+        got.extend(out);
+        match wait {
+            Wait::Ready => continue,
+            Wait::Closed(_) => return true,
+            Wait::Timeout | Wait::Woken => return false,
+        }
+    };
+    let (mut x, mut at) = (u64::from(u16::from_le_bytes([knobs[0], knobs[1]])) | 1 << 32, 0);
+    while at < wire.len() && !closed {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let n = (1 + (x as usize) % max_piece).min(wire.len() - at);
+        (&tx).write_all(&wire[at..at + n]).expect("the socket takes a piece the reader drained room for");
+        at += n;
+        closed = drain(&mut conn, &mut got);
+    }
+    drop(tx);
+    while !closed {
+        closed = drain(&mut conn, &mut got);
+    }
+    assert!(kinds(got) == kinds(want), "the connection's messages differ from the assembler's");
 }
 
 /// A stored blob read back from a volume or an object store: the first byte picks the codec,
@@ -246,6 +328,47 @@ mod tests {
                     pdu::message_pdus(3, &cmd, None, 0),
                 ]
             }
+            "conn_stream" => {
+                // Two C-STOREs as storescu sends them (command, then one PDV a PDU), the second
+                // over the 80 KB limit when the first knob byte is odd; an echo between them.
+                let store = |id: u16, len: usize| {
+                    let mut cmd = Vec::new();
+                    let mut put = |elem: u16, value: &[u8]| {
+                        cmd.extend_from_slice(&0u16.to_le_bytes());
+                        cmd.extend_from_slice(&elem.to_le_bytes());
+                        cmd.extend_from_slice(&(value.len() as u32).to_le_bytes());
+                        cmd.extend_from_slice(value);
+                    };
+                    put(0x0002, b"1.2.840.10008.5.1.4.1.1.2\0");
+                    put(0x0100, &C_STORE_RQ.to_le_bytes());
+                    put(0x0110, &id.to_le_bytes());
+                    put(0x0700, &0u16.to_le_bytes());
+                    put(0x0800, &0u16.to_le_bytes());
+                    put(0x1000, b"1.2.3.4\0");
+                    let mut group = Vec::new();
+                    group.extend_from_slice(&[0, 0, 0, 0, 4, 0, 0, 0]);
+                    group.extend_from_slice(&(cmd.len() as u32).to_le_bytes());
+                    group.extend(cmd);
+                    let data: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
+                    pdu::message_pdus(1, &group, Some(&data), 32_768)
+                };
+                let echo = command::encode_response(&command::ResponseFields {
+                    command_field: C_ECHO_RQ,
+                    message_id_being_responded_to: 0,
+                    sop_class_uid: "1.2.840.10008.1.1",
+                    sop_instance_uid: "",
+                    status: 0,
+                    error_comment: "",
+                });
+                let mut stream = vec![0u8, 40];
+                stream.extend(store(1, 70_000));
+                stream.extend(pdu::message_pdus(1, &echo, None, 0));
+                stream.extend(store(2, 90_000));
+                let mut odd = stream.clone();
+                odd[0] = 1;
+                odd[1] = 3;
+                vec![stream, odd]
+            }
             "codec_decode" => {
                 let layout = PixelLayout::native(0, image.len(), 2, false, 64, 1, false);
                 // 150 columns: the segments of format 6's rows (18-19 samples) take its vector loop.
@@ -300,7 +423,8 @@ mod tests {
             }
             assert!(!corpus.is_empty(), "no seeds for {name}");
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ name.len() as u64);
-            let rounds = 3000;
+            // conn_stream runs a socket pair and a few hundred system calls a run
+            let rounds = if name == "conn_stream" { 300 } else { 3000 };
             for i in 0..rounds {
                 let seed = &corpus[i % corpus.len()];
                 target(seed);

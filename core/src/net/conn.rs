@@ -31,6 +31,8 @@ pub struct Conn {
     /// lenient (4x, at least 16 MiB) and only stops lengths that are garbage or an attack.
     max_pdu_len: usize,
     closed: Option<Option<String>>,
+    /// A PDU was refused (its length): the stream is given up, every later call says so.
+    broken: bool,
     assembler: Assembler,
     /// A data-set PDV being received straight into its data set ([`Self::begin_direct`]).
     direct: Option<Direct>,
@@ -66,6 +68,7 @@ impl Conn {
             start: 0,
             max_pdu_len,
             closed: None,
+            broken: false,
             assembler,
             direct: None,
             in_place: 0,
@@ -89,9 +92,14 @@ impl Conn {
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
         loop {
+            if self.broken {
+                // The stream was refused once (below): nothing after it is read or reported again.
+                return (out, Wait::Closed(None));
+            }
             if let Err(why) = self.drain(&mut out) {
                 out.push(Out::ProtocolError(why));
                 self.closed = Some(None);
+                self.broken = true;
                 return (out, Wait::Ready);
             }
             if !out.is_empty() {

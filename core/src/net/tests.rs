@@ -386,6 +386,8 @@ fn conn_refuses_a_pdu_far_beyond_the_announced_maximum() {
     (&tx).write_all(&[0x04, 0, 0x7F, 0xFF, 0xFF, 0xFF]).unwrap();
     let (out, _) = conn.next(None, Duration::from_secs(5));
     assert!(matches!(&out[..], [Out::ProtocolError(why)] if why.contains("exceeds")));
+    // reported once: a caller that reads on is told the stream is over, not the error again
+    assert_eq!(conn.next(None, Duration::from_secs(5)), (vec![], Wait::Closed(None)));
 }
 
 #[test]

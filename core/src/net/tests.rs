@@ -228,18 +228,22 @@ fn pieces(wire: &[u8], seed: u64, max: usize) -> Vec<Vec<u8>> {
     out
 }
 
-/// Every message `conn` completes until `n` have, from a writer sending `parts` (in its own
-/// thread, a short pause now and then so reads also come short).
-fn read_messages(conn: &mut Conn, tx: UnixStream, parts: Vec<Vec<u8>>, n: usize) -> (Vec<Out>, UnixStream) {
-    let writer = std::thread::spawn(move || {
+/// A thread writing `parts` to `tx`, a short pause every `pause_every` of them so that reads
+/// also come short, then closing the stream.
+fn spawn_writer(tx: UnixStream, parts: Vec<Vec<u8>>, pause_every: usize) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
         for (i, part) in parts.iter().enumerate() {
             (&tx).write_all(part).unwrap();
-            if i % 97 == 0 {
-                std::thread::sleep(Duration::from_micros(200));
+            if i % pause_every == 0 {
+                std::thread::sleep(Duration::from_micros(150));
             }
         }
-        tx
-    });
+    })
+}
+
+/// Every message `conn` completes until `n` have, from a writer sending `parts`.
+fn read_messages(conn: &mut Conn, tx: UnixStream, parts: Vec<Vec<u8>>, n: usize) -> Vec<Out> {
+    let writer = spawn_writer(tx, parts, 97);
     let mut got = Vec::new();
     while got.len() < n {
         let (out, wait) = conn.next(None, Duration::from_secs(5));
@@ -247,7 +251,8 @@ fn read_messages(conn: &mut Conn, tx: UnixStream, parts: Vec<Vec<u8>>, n: usize)
         assert!(!matches!(wait, Wait::Closed(_)), "closed after {} of {n}: {wait:?}", got.len());
         got.extend(out);
     }
-    (got, writer.join().unwrap())
+    writer.join().unwrap();
+    got
 }
 
 #[test]
@@ -281,7 +286,7 @@ fn large_data_set_fragments_are_received_in_place_however_the_stream_is_cut() {
     for (seed, max) in [(1u64, 1_000usize), (2, 40_000), (3, 300_000), (4, 61), (5, wire.len())] {
         let (tx, rx) = UnixStream::pair().unwrap();
         let mut conn = Conn::new(rx.as_raw_fd(), 131_072, fast());
-        let (got, _tx) = read_messages(&mut conn, tx, pieces(&wire, seed, max), 5);
+        let got = read_messages(&mut conn, tx, pieces(&wire, seed, max), 5);
         let stores: Vec<(u16, &[u8])> = got
             .iter()
             .filter_map(|o| match o {
@@ -365,7 +370,7 @@ fn fragments_past_the_size_limit_or_on_another_context_are_not_received_in_place
     wire.extend(pdata(&[(1, MCH_LAST, &[1u8; 100_000])]));
     wire.extend(pdata(&[(1, MCH_COMMAND | MCH_LAST, &request(C_STORE_RQ, 2, CT, "1.2.3.5", true))]));
     wire.extend(pdata(&[(1, MCH_LAST, &[2u8; 120_000])]));
-    let (got, _tx) = read_messages(&mut conn, tx, pieces(&wire, 9, 30_000), 2);
+    let got = read_messages(&mut conn, tx, pieces(&wire, 9, 30_000), 2);
     assert!(matches!(&got[0], Out::Oversize { received: 200_000, .. }), "{:?}", got[0]);
     assert!(matches!(&got[1], Out::Message { data_set: Some(d), .. } if d.data_set() == [2u8; 120_000]));
 
@@ -374,7 +379,7 @@ fn fragments_past_the_size_limit_or_on_another_context_are_not_received_in_place
     let mut conn = Conn::new(rx.as_raw_fd(), 131_072, fast());
     let mut wire = pdata(&[(1, MCH_COMMAND | MCH_LAST, &request(C_STORE_RQ, 1, CT, "1.2.3.4", true))]);
     wire.extend(pdata(&[(3, MCH_LAST, &[1u8; 100_000])]));
-    let (got, _tx) = read_messages(&mut conn, tx, pieces(&wire, 11, 20_000), 1);
+    let got = read_messages(&mut conn, tx, pieces(&wire, 11, 20_000), 1);
     assert!(matches!(&got[..], [Out::ProtocolError(why)] if why.contains("context 1")), "{got:?}");
     assert_eq!(conn.received_in_place(), 0);
 }
@@ -904,14 +909,8 @@ fn conn_gives_what_the_assembler_gives_for_random_streams_cut_anywhere() {
         let (tx, rx) = UnixStream::pair().unwrap();
         let mut conn = Conn::new(rx.as_raw_fd(), 131_072, mk());
         let parts = pieces(&wire, round as u64 + 7, [61usize, 5_000, 70_000, 1 << 20][rnd(4)]);
-        let writer = std::thread::spawn(move || {
-            for (i, part) in parts.iter().enumerate() {
-                (&tx).write_all(part).unwrap();
-                if i % 7 == 0 {
-                    std::thread::sleep(Duration::from_micros(100));
-                }
-            }
-        });
+        // the writer's end is dropped when it is done: the reader then sees the stream close
+        let writer = spawn_writer(tx, parts, 7);
         let mut got = Vec::new();
         loop {
             let (out, wait) = conn.next(None, Duration::from_secs(5));

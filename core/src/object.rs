@@ -102,7 +102,7 @@ pub struct ReceivedDataSet {
 
 impl Default for ReceivedDataSet {
     fn default() -> Self {
-        ReceivedDataSet { buf: vec![0; HEADROOM] }
+        ReceivedDataSet::with_capacity(0)
     }
 }
 

@@ -704,17 +704,22 @@ fn load_row_rgb(row: &[u8], g: &Geometry, ch: usize, dst: &mut [i32]) {
     }
 }
 
+/// One sample's `BPS` bytes in its byte order (its low bits: any bit pattern round-trips).
+#[inline(always)]
+fn put_sample<const BPS: usize, const BE: bool>(v: i32, b: &mut [u8]) {
+    match (BPS, BE) {
+        (1, _) => b[0] = v as u8,
+        (_, false) => b.copy_from_slice(&(v as u16).to_le_bytes()),
+        (_, true) => b.copy_from_slice(&(v as u16).to_be_bytes()),
+    }
+}
+
 /// A row of pixels from the channels' rows.
 fn store_row<const BPS: usize, const BE: bool>(rows: &[&[i32]], g: &Geometry, out: &mut [u8]) {
     for (ch, src) in rows.iter().enumerate() {
         let at = ch * BPS;
         for (p, &v) in out.chunks_exact_mut(BPS * g.channels).zip(src.iter()) {
-            let b = &mut p[at..at + BPS];
-            match (BPS, BE) {
-                (1, _) => b[0] = v as u8,
-                (_, false) => b.copy_from_slice(&(v as u16).to_le_bytes()),
-                (_, true) => b.copy_from_slice(&(v as u16).to_be_bytes()),
-            }
+            put_sample::<BPS, BE>(v, &mut p[at..at + BPS]);
         }
     }
 }
@@ -803,11 +808,7 @@ unsafe fn store_grey_avx2<const BPS: usize, const BE: bool>(src: &[i32], values:
     use std::arch::x86_64::*;
     let w = out.len() / BPS;
     let src = &src[..w];
-    let put = |v: i32, o: &mut [u8]| match (BPS, BE) {
-        (1, _) => o[0] = v as u8,
-        (_, false) => o.copy_from_slice(&(v as u16).to_le_bytes()),
-        (_, true) => o.copy_from_slice(&(v as u16).to_be_bytes()),
-    };
+    let put = put_sample::<BPS, BE>;
     if !values.is_empty() {
         // In range: the row decoded without error (the clamp only spares the bounds checks).
         let last = values.len() - 1;

@@ -24,9 +24,11 @@ pub enum Value<'a> {
     Nil,
     Str(&'a str),
     Int(i64),
+    /// msgpack bin (Python bytes), its payload: a record's blob hash.
+    Bin(&'a [u8]),
     /// A map, as its encoded bytes (marker included): [`counted_keys`] reads one.
     Map(&'a [u8]),
-    /// Anything else (bool, float, bytes, array, ext, an integer beyond i64).
+    /// Anything else (bool, float, array, ext, an integer beyond i64).
     Other,
 }
 
@@ -185,6 +187,11 @@ impl<'a> Reader<'a> {
                 let len = self.be(1 << (m - 0xd9))?;
                 return self.text(len);
             }
+            0xc4..=0xc6 => {
+                self.pos += 1;
+                let len = self.be(1 << (m - 0xc4))?;
+                return self.take(usize::try_from(len).ok()?).map(Value::Bin);
+            }
             0xcc..=0xcf => {
                 self.pos += 1;
                 let v = self.be(1 << (m - 0xcc))?;
@@ -290,7 +297,13 @@ mod tests {
                 .expect("readable");
         assert_eq!(
             p.fields,
-            vec![Value::Str("1.2.3"), Value::Int(256), Value::Absent, Value::Int(-123), Value::Other]
+            vec![
+                Value::Str("1.2.3"),
+                Value::Int(256),
+                Value::Absent,
+                Value::Int(-123),
+                Value::Bin(&[1, 2, 3])
+            ]
         );
         assert_eq!(p.attrs, vec![Value::Str("7"), Value::Absent]);
         assert!(p.attrs_map);

@@ -27,6 +27,7 @@ __all__ = [
     "IdentifierPlan",
     "InstanceColumns",
     "StudyColumns",
+    "sending_fields",
     "PendingFrames",
     "encode_response",
     "frame_message",
@@ -235,6 +236,10 @@ class StudyColumns:
         "count" (a study record field), "keys" (a map field of counts), "attr" (an attribute)."""
     def rows(self, raws: list[bytes | None]) -> list[list[str] | None | bool]:
         """Per record: None (no record), False (read it in Python) or the column texts."""
+
+def sending_fields(raws: list[bytes | None]) -> list[tuple[bytes, str, str, str] | None | bool]:
+    """Per instance record: None (no record), False (read it in Python) or (blob hash, transfer
+    syntax, SOP Class UID, Study Instance UID), an absent field empty."""
 
 def encode_response(
     context_id: int,

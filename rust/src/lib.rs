@@ -28,6 +28,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<net::IdentifierPlan>()?;
     m.add_class::<records::InstanceColumns>()?;
     m.add_class::<records::StudyColumns>()?;
+    m.add_function(wrap_pyfunction!(records::sending_fields, m)?)?;
     m.add_class::<find_frames::PendingFrames>()?;
     m.add_function(wrap_pyfunction!(net::encode_response, m)?)?;
     m.add_function(wrap_pyfunction!(net::frame_message, m)?)?;

@@ -351,3 +351,47 @@ impl StudyColumns {
         PyList::new(py, out)
     }
 }
+
+/// The fields of an instance record a retrieve's native batch needs (`Index.sending_fields`).
+const SENDING_FIELDS: [&str; 4] = ["hash", "transfer_syntax", "sop_class_uid", "study_uid"];
+
+/// Per instance record of `raws` (its bytes, or None): None for None, False for a record to read
+/// in Python, else (blob hash, transfer syntax, SOP Class UID, Study Instance UID), an absent
+/// field read as empty. Why: a retrieve plans a hundred objects at a time, and msgpack-decoding
+/// each whole record (its ~25 attributes) in Python took ~9 µs of the ~10 µs per object.
+#[pyfunction]
+pub fn sending_fields<'py>(py: Python<'py>, raws: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyList>> {
+    let items = record_bytes(raws)?;
+    let picked = pick_all(py, &items, &SENDING_FIELDS.map(String::from), &[]);
+    let hand_back = pyo3::types::PyBool::new(py, false).to_owned().into_any();
+    fn text(v: Value<'_>) -> Option<&str> {
+        match v {
+            Value::Str(s) => Some(s),
+            Value::Absent => Some(""),
+            _ => None, // str(None) is "None", and so on: Python says what it says
+        }
+    }
+    let mut out = Vec::with_capacity(picked.len());
+    for p in &picked {
+        let row = match p {
+            None => None,
+            Some(None) => Some(hand_back.clone()),
+            Some(Some(p)) => {
+                let hash: Option<&[u8]> = match p.fields[0] {
+                    Value::Bin(b) => Some(b),
+                    Value::Absent => Some(b""),
+                    _ => None,
+                };
+                let texts = (text(p.fields[1]), text(p.fields[2]), text(p.fields[3]));
+                Some(match (hash, texts) {
+                    (Some(h), (Some(ts), Some(class), Some(study))) => {
+                        (PyBytes::new(py, h), ts, class, study).into_pyobject(py)?.into_any()
+                    }
+                    _ => hand_back.clone(),
+                })
+            }
+        };
+        out.push(row.unwrap_or_else(|| py.None().into_bound(py)));
+    }
+    PyList::new(py, out)
+}

@@ -202,6 +202,49 @@ def test_a_record_that_cannot_be_decoded_fails_the_same_way(loose: Index, mk: Ma
     assert errors[0] == errors[1]
 
 
+def _sending_fields_in_python(raw: bytes | None) -> tuple[bytes, str, str, str] | None:
+    """What Index.sending_fields made of a record before it was read natively."""
+    if raw is None:
+        return None
+    f = InstanceRecord.fields_of(raw)
+    return (bytes(f.get("hash", b"")), str(f.get("transfer_syntax", "")), str(f.get("sop_class_uid", "")),
+            str(f.get("study_uid", "")))
+
+
+def test_sending_fields_of_the_corpus(corpus: Engine) -> None:
+    """A retrieve's plan (Index.sending_fields, read natively): Python's answer for every object."""
+    idx = corpus.index
+    uids = [u for s in _studies(idx) for u in idx.iter_sop_uids_of("study", s)]
+    raws = idx._cfs[CF_INSTANCES].get([index_keys.encode(u) for u in uids])  # noqa: SLF001
+    expected = [_sending_fields_in_python(r) for r in raws]
+    assert _native.sending_fields(raws) == expected  # none handed back
+    assert idx.sending_fields([*uids, "9.9.9"]) == [*expected, None]
+    assert len(uids) == idx.stats()["objects"] and all(len(e[0]) == 32 for e in expected if e)
+
+
+def test_sending_fields_of_records_the_native_reader_hands_back(loose: Index, mk: MakeInst) -> None:
+    idx = loose
+    for i in range(1, 7):
+        idx.add_instance(mk(f"1.{i}"))
+    _rewrite(idx, "1.2", {"transfer_syntax": None})  # str(None) is "None": Python's answer
+    _rewrite(idx, "1.3", {"hash": [1, 2, 3], "sop_class_uid": 7})  # an array: bytes() takes it
+    _rewrite(idx, "1.4", {"attrs": None, "extra_field_of_a_newer_version": [1, {"x": b"y"}]})
+    cf = idx._cfs[CF_INSTANCES]  # noqa: SLF001
+    fields = InstanceRecord.fields_of(cf[index_keys.encode("1.5")])
+    for k in ("hash", "transfer_syntax", "sop_class_uid", "study_uid"):
+        del fields[k]
+    cf[index_keys.encode("1.5")] = bytes((RECORD_VERSION,)) + msgpack.packb(fields, use_bin_type=True)
+    cf[index_keys.encode("1.6")] = bytes((RECORD_VERSION + 1,)) + b"\x80"  # a version not known here
+    uids = [f"1.{i}" for i in range(1, 7)]
+    raws = cf.get([index_keys.encode(u) for u in uids])
+    assert [r is False for r in _native.sending_fields(raws)] == [False, True, True, False, False, True]
+    rows = idx.sending_fields(uids[:5])
+    assert rows == [_sending_fields_in_python(r) for r in raws[:5]]
+    assert rows[1][1] == "None" and rows[2][:3:2] == (b"\x01\x02\x03", "7") and rows[4] == (b"", "", "", "")
+    with pytest.raises(RecordDecodeError):  # the unknown version: Python's error, as before
+        idx.sending_fields(["1.6"])
+
+
 def test_reader_rejects_a_wrong_upper_list() -> None:
     reader = _native.InstanceColumns([("sop_uid", None, False, False), (None, "Modality", True, False)])
     raw = bytes((RECORD_VERSION,)) + msgpack.packb({"study_uid": "S", "series_uid": "E", "sop_uid": "1"})

@@ -22,6 +22,7 @@ from typing import Any, Self, TypeVar
 
 from rocksdict import Checkpoint, Rdict, WriteOptions
 
+from .. import _native  # type: ignore[attr-defined]
 from . import keys, secondary
 from .commit import GroupCommitter
 from .errors import (
@@ -976,15 +977,13 @@ class Index(PatientCorrections):
         if not sop_uids:
             return []
         raws = self._cfs[CF_INSTANCES].get([keys.encode(keys.norm_uid(u)) for u in sop_uids])
-        fields_of = InstanceRecord.fields_of
-        out: list[tuple[bytes, str, str, str] | None] = []
-        for raw in raws:
-            if raw is None:
-                out.append(None)
-                continue
-            f = fields_of(raw)
-            out.append((bytes(f.get("hash", b"")), str(f.get("transfer_syntax", "")),
-                        str(f.get("sop_class_uid", "")), str(f.get("study_uid", ""))))
+        # read natively; a record that reader hands back (False) is decoded here, as all were
+        out: list[tuple[bytes, str, str, str] | None] = _native.sending_fields(raws)
+        for i, row in enumerate(out):
+            if row is False:
+                f = InstanceRecord.fields_of(raws[i])
+                out[i] = (bytes(f.get("hash", b"")), str(f.get("transfer_syntax", "")),
+                          str(f.get("sop_class_uid", "")), str(f.get("study_uid", "")))
         return out
 
     def get_study(self, study_uid: str) -> StudyRecord | None:

@@ -83,6 +83,22 @@ class _Readers:
 _readers = _Readers()
 
 
+def in_background(work: Callable[[], R]) -> Future[R]:
+    """`work()` on a reader thread (one kept from an earlier retrieve if one is idle): its
+    future. For a single step the caller wants done while it waits on something else."""
+    fut: Future[R] = Future()
+
+    def task() -> None:
+        if fut.set_running_or_notify_cancel():
+            try:
+                fut.set_result(work())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                fut.set_exception(exc)
+
+    _readers.submit(task)
+    return fut
+
+
 def read_ahead(load: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[T, Future[R]]]:
     """(item, future of load(item)) in order, at most READ_AHEAD + 1 loads done or running ahead
     of the consumer; loads not started when the consumer stops (a cancel, a client that went

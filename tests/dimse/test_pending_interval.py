@@ -23,9 +23,10 @@ from pynetdicom.sop_class import (
 from dicomvault.bench.ports import free_port
 from dicomvault.bench.synth import SeriesSpec, ct_series
 from dicomvault.config import ConfigError, load_config
+from dicomvault.dimse.fastretrieve import BATCH, FIRST_BATCH, chunks
 
 PENDING = 0xFF00
-SLICES = 130  # more than one native batch (100)
+SLICES = 130  # three native batches (fastretrieve.chunks: 16, 100, then the rest)
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +107,12 @@ def test_pending_interval_setting(tmp_path: Path) -> None:
         cfg.write_text(f"[dimse]\npending_interval = {bad}\n")
         with pytest.raises(ConfigError, match="pending_interval"):
             load_config(cfg)
+
+
+def test_batches_are_a_small_first_one_then_full_ones() -> None:
+    assert chunks(1, 1) == []
+    assert chunks(1, 5) == [(1, 5)]
+    spans = chunks(1, SLICES)
+    assert spans[0] == (1, 1 + FIRST_BATCH) and spans[1] == (1 + FIRST_BATCH, 1 + FIRST_BATCH + BATCH)
+    assert spans[-1][1] == SLICES and len(spans) == 3
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))  # contiguous, in order

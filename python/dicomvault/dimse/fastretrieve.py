@@ -51,6 +51,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,7 +84,7 @@ from ..audit.dimse import DimseAudit
 from ..config import PeerConfig
 from ..engine import Engine
 from ..errors import DicomVaultError
-from ..readahead import DECODE_BOUND_READERS, read_ahead
+from ..readahead import DECODE_BOUND_READERS, in_background, read_ahead
 from ..transfer.transcode import can_transcode, transcode
 from . import command_set as cs
 from .command_set import C_CANCEL_RQ, C_GET_RSP, C_MOVE_RSP, C_STORE_RQ, C_STORE_RSP
@@ -209,6 +210,16 @@ class PendingOffer:
         self._ready.wait()
         assert self._offer is not None  # set before the event
         return self._offer.choose(sop_class, stored)
+
+
+def chunks(start: int, end: int) -> list[tuple[int, int]]:
+    """(start, end) of each batch of sub-operations start..end-1: FIRST_BATCH, then BATCH each."""
+    out: list[tuple[int, int]] = []
+    while start < end:
+        stop = min(end, start + (FIRST_BATCH if not out else BATCH))
+        out.append((start, stop))
+        start = stop
+    return out
 
 
 def _unsendable(m: Match, sop_class: str, ts: str, what: str) -> Outgoing:
@@ -493,6 +504,8 @@ WAKE_S = 0.5  # longest wait between looks at whether the association is being k
 # Sub-operations per native batch: what is looked up in the index at once, and how many go by
 # before a kill of the association (a server shutdown) is looked at again (~0.2 s of CT).
 BATCH = 100
+# The first batch after the first object is smaller: its lookup is the one the wire waits for.
+FIRST_BATCH = 16
 UNREAD: Any = object()  # _finish: the response is still to be read
 # (blob hash, stored transfer syntax, context id, SOP Class UID, SOP Instance UID)
 NativeItem = tuple[bytes, str, int, str, str]
@@ -815,28 +828,44 @@ class NativeRetrieve:
 
     def _sub_operations(self, dest: SameAssociation | SubAssociation, matches: list[Match], counts: Counts,
                         start: int) -> None:
-        """Sub-operations `start`, `start` + 1, ... of `matches`: BATCH at a time, those sent as
-        stored from a local blob by _native.retrieve_batch, the others (converted,
-        patient-corrected, from an object-store tier, not indexed) read here as before."""
-        for chunk_start in range(start, len(matches), BATCH):
-            plan = self._plan(dest.offer, matches[chunk_start:chunk_start + BATCH])
-            k = 0
-            while k < len(plan):  # runs of native items and of items read here, in order
-                if self.cancelled or self.gone:
-                    return
-                if self.io.killed():
-                    self.gone = True
-                    return
-                native = plan[k] is not None
-                end = next((j for j in range(k, len(plan)) if (plan[j] is not None) != native), len(plan))
-                if native:
-                    items = [p for p in plan[k:end] if p is not None]
-                    nxt = self._batch(dest, items, matches, counts, chunk_start + k)
-                else:
-                    nxt = self._read_here(dest, matches, counts, chunk_start + k, chunk_start + end)
-                if nxt is None:
-                    return
-                k = nxt - chunk_start
+        """Sub-operations `start`, `start` + 1, ... of `matches`, a chunk at a time (chunks()),
+        those sent as stored from a local blob by _native.retrieve_batch, the others (converted,
+        patient-corrected, from an object-store tier, not indexed) read here as before. Each
+        chunk after the first is planned (looked up in the index) on a read-ahead thread while
+        the one before it is on the wire: in this thread that lookup left the wire idle between
+        batches (~0.5-0.9 ms per hundred objects, measured in a running serve)."""
+        spans = chunks(start, len(matches))
+        ahead: Future[list[NativeItem | None]] | None = None
+        for i, (lo, hi) in enumerate(spans):
+            plan = self._plan(dest.offer, matches[lo:hi]) if ahead is None else ahead.result()
+            ahead = None
+            if i + 1 < len(spans):  # looked up while this chunk is on the wire
+                nlo, nhi = spans[i + 1]
+                ahead = in_background(lambda a=nlo, b=nhi: self._plan(dest.offer, matches[a:b]))
+            if not self._chunk(dest, matches, counts, lo, plan):
+                return
+
+    def _chunk(self, dest: SameAssociation | SubAssociation, matches: list[Match], counts: Counts,
+               chunk_start: int, plan: list[NativeItem | None]) -> bool:
+        """The sub-operations of one planned chunk; False when the operation cannot go on."""
+        k = 0
+        while k < len(plan):  # runs of native items and of items read here, in order
+            if self.cancelled or self.gone:
+                return False
+            if self.io.killed():
+                self.gone = True
+                return False
+            native = plan[k] is not None
+            end = next((j for j in range(k, len(plan)) if (plan[j] is not None) != native), len(plan))
+            if native:
+                items = [p for p in plan[k:end] if p is not None]
+                nxt = self._batch(dest, items, matches, counts, chunk_start + k)
+            else:
+                nxt = self._read_here(dest, matches, counts, chunk_start + k, chunk_start + end)
+            if nxt is None:
+                return False
+            k = nxt - chunk_start
+        return True
 
     def _plan(self, offer: Offer | PendingOffer, chunk: list[Match]) -> list[NativeItem | None]:
         """The native sub-operation of each match, None for one read here."""

@@ -83,19 +83,20 @@ class _Readers:
 _readers = _Readers()
 
 
+def _fulfil(fut: Future[R], work: Callable[[], R]) -> None:
+    """Runs `work` into `fut` unless it was cancelled; what it raises is handed to the consumer."""
+    if fut.set_running_or_notify_cancel():
+        try:
+            fut.set_result(work())
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            fut.set_exception(exc)
+
+
 def in_background(work: Callable[[], R]) -> Future[R]:
     """`work()` on a reader thread (one kept from an earlier retrieve if one is idle): its
     future. For a single step the caller wants done while it waits on something else."""
     fut: Future[R] = Future()
-
-    def task() -> None:
-        if fut.set_running_or_notify_cancel():
-            try:
-                fut.set_result(work())
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                fut.set_exception(exc)
-
-    _readers.submit(task)
+    _readers.submit(lambda: _fulfil(fut, work))
     return fut
 
 
@@ -127,11 +128,7 @@ def read_ahead(load: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[T, 
             while (job := jobs.get()) is not None:
                 item, fut = job
                 del job
-                if fut.set_running_or_notify_cancel():
-                    try:
-                        fut.set_result(load(item))
-                    except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-                        fut.set_exception(exc)
+                _fulfil(fut, lambda: load(item))  # noqa: B023 - called before item changes
                 del item, fut
             jobs.put(None)
         finally:

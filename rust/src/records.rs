@@ -65,12 +65,17 @@ fn pick_all<'a>(
 /// One record's study and series UIDs as the Python path keys them ("" if absent); None if
 /// either is of another kind (the Python path handles that record).
 fn uids<'a>(p: &Picked<'a>) -> Option<(&'a str, &'a str)> {
-    let text = |v: Value<'a>| match v {
+    Some((text(p.fields[0])?, text(p.fields[1])?))
+}
+
+/// A text field as Python's `str(f.get(name, ""))` reads it ("" if absent); None for any other
+/// kind (str(None) is "None", and so on: the Python path says what it says).
+fn text(v: Value<'_>) -> Option<&str> {
+    match v {
         Value::Str(s) => Some(s),
         Value::Absent => Some(""),
         _ => None,
-    };
-    Some((text(p.fields[0])?, text(p.fields[1])?))
+    }
 }
 
 /// One column's value of a readable record.
@@ -364,34 +369,27 @@ pub fn sending_fields<'py>(py: Python<'py>, raws: &Bound<'py, PyList>) -> PyResu
     let items = record_bytes(raws)?;
     let picked = pick_all(py, &items, &SENDING_FIELDS.map(String::from), &[]);
     let hand_back = pyo3::types::PyBool::new(py, false).to_owned().into_any();
-    fn text(v: Value<'_>) -> Option<&str> {
-        match v {
-            Value::Str(s) => Some(s),
-            Value::Absent => Some(""),
-            _ => None, // str(None) is "None", and so on: Python says what it says
-        }
-    }
     let mut out = Vec::with_capacity(picked.len());
     for p in &picked {
-        let row = match p {
-            None => None,
-            Some(None) => Some(hand_back.clone()),
-            Some(Some(p)) => {
-                let hash: Option<&[u8]> = match p.fields[0] {
-                    Value::Bin(b) => Some(b),
-                    Value::Absent => Some(b""),
-                    _ => None,
-                };
-                let texts = (text(p.fields[1]), text(p.fields[2]), text(p.fields[3]));
-                Some(match (hash, texts) {
-                    (Some(h), (Some(ts), Some(class), Some(study))) => {
-                        (PyBytes::new(py, h), ts, class, study).into_pyobject(py)?.into_any()
-                    }
-                    _ => hand_back.clone(),
-                })
-            }
+        let Some(picked) = p else {
+            out.push(py.None().into_bound(py));
+            continue;
         };
-        out.push(row.unwrap_or_else(|| py.None().into_bound(py)));
+        let hash = match picked.as_ref().map(|p| p.fields[0]) {
+            Some(Value::Bin(b)) => Some(b),
+            Some(Value::Absent) => Some(&b""[..]),
+            _ => None,
+        };
+        let row = picked
+            .as_ref()
+            .zip(hash)
+            .and_then(|(p, h)| Some((h, text(p.fields[1])?, text(p.fields[2])?, text(p.fields[3])?)));
+        out.push(match row {
+            Some((h, ts, class, study)) => {
+                (PyBytes::new(py, h), ts, class, study).into_pyobject(py)?.into_any()
+            }
+            None => hand_back.clone(),
+        });
     }
     PyList::new(py, out)
 }
